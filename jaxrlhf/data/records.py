@@ -1,0 +1,118 @@
+"""The canonical records every adapter, transform and pipeline stage exchanges.
+
+A prompt is either plain text or a list of chat messages ({"role": ..., "content": ...}); a response is
+plain text or a list of assistant messages. Scores may be on any scale (NaN-free; absent is None).
+"""
+
+import dataclasses
+import math
+from typing import Sequence, Union
+
+Message = dict[str, str]
+Prompt = Union[str, list[Message]]
+Response = Union[str, list[Message]]
+
+VALID_ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceRecord:
+  """One preference pair: `chosen` is preferred over `rejected` for `prompt`.
+
+  Attributes:
+    prompt: text, or chat messages ending before the responses.
+    chosen: the preferred response (text or assistant messages).
+    rejected: the dispreferred response.
+    chosen_score, rejected_score: optional quality scores (any scale, e.g. a 1-10 judge score).
+    margin: optional preference strength (used by margin losses).
+    chosen_attributes, rejected_attributes: optional per-attribute scores (HelpSteer2-style), equal length.
+    annotator: optional annotator / group id.
+    subset: optional subset name (for per-subset accuracy).
+    source: where the record came from ("file.jsonl:17"), for error messages.
+  """
+
+  prompt: Prompt
+  chosen: Response
+  rejected: Response
+  chosen_score: float | None = None
+  rejected_score: float | None = None
+  margin: float | None = None
+  chosen_attributes: tuple[float, ...] | None = None
+  rejected_attributes: tuple[float, ...] | None = None
+  annotator: str | None = None
+  subset: str | None = None
+  source: str | None = None
+
+  def __post_init__(self):
+    for name in ("chosen_score", "rejected_score", "margin"):
+      value = getattr(self, name)
+      if value is not None and not math.isfinite(value):
+        raise ValueError(f"{self.source or 'record'}: {name} must be finite, got {value!r}")
+    if (self.chosen_attributes is None) != (self.rejected_attributes is None) or (
+        self.chosen_attributes is not None
+        and len(self.chosen_attributes) != len(self.rejected_attributes)):
+      raise ValueError(f"{self.source or 'record'}: chosen_attributes and rejected_attributes must both be "
+                       "given with equal length, or both be absent")
+
+  def swapped(self) -> "PreferenceRecord":
+    """The same pair with chosen and rejected (and their scores/attributes) exchanged."""
+    return dataclasses.replace(
+        self, chosen=self.rejected, rejected=self.chosen,
+        chosen_score=self.rejected_score, rejected_score=self.chosen_score,
+        chosen_attributes=self.rejected_attributes, rejected_attributes=self.chosen_attributes)
+
+
+@dataclasses.dataclass(frozen=True)
+class KWayRecord:
+  """A prompt with k >= 2 completions for best-of-k evaluation.
+
+  Exactly one of `scores` (one per completion, higher is better) or `best_index` must be given.
+  """
+
+  prompt: Prompt
+  completions: tuple[Response, ...]
+  scores: tuple[float, ...] | None = None
+  best_index: int | None = None
+  subset: str | None = None
+  source: str | None = None
+
+  def __post_init__(self):
+    where = self.source or "record"
+    if len(self.completions) < 2:
+      raise ValueError(f"{where}: a k-way record needs >= 2 completions, got {len(self.completions)}")
+    if (self.scores is None) == (self.best_index is None):
+      raise ValueError(f"{where}: give exactly one of scores or best_index")
+    if self.scores is not None:
+      if len(self.scores) != len(self.completions):
+        raise ValueError(f"{where}: {len(self.scores)} scores for {len(self.completions)} completions")
+      if not all(math.isfinite(s) for s in self.scores):
+        raise ValueError(f"{where}: scores must be finite, got {self.scores}")
+    if self.best_index is not None and not 0 <= self.best_index < len(self.completions):
+      raise ValueError(f"{where}: best_index {self.best_index} outside [0, {len(self.completions)})")
+
+
+def response_text(response: Response) -> str:
+  """The text of a response: itself, or the concatenated contents of its assistant messages."""
+  if isinstance(response, str):
+    return response
+  return "".join(m["content"] for m in response)
+
+
+def as_messages(prompt: Prompt) -> list[Message]:
+  """A prompt as chat messages (plain text becomes one user turn)."""
+  if isinstance(prompt, str):
+    return [{"role": "user", "content": prompt}]
+  return list(prompt)
+
+
+def validate_messages(messages: Sequence, where: str) -> None:
+  """Raises ValueError (naming `where`) unless `messages` is a non-empty list of {role, content: str}."""
+  if not isinstance(messages, (list, tuple)) or not messages:
+    raise ValueError(f"{where}: expected a non-empty list of messages, got {type(messages).__name__}")
+  for i, m in enumerate(messages):
+    if not isinstance(m, dict) or "role" not in m or "content" not in m:
+      raise ValueError(f"{where}: message {i} must be a dict with 'role' and 'content'")
+    if m["role"] not in VALID_ROLES:
+      raise ValueError(f"{where}: message {i} has role {m['role']!r}; valid roles: {VALID_ROLES}")
+    if not isinstance(m["content"], str):
+      raise ValueError(f"{where}: message {i} content must be a string, got {type(m['content']).__name__}")

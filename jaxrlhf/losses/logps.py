@@ -1,0 +1,205 @@
+"""Per-token and per-sequence log-probabilities of target tokens, plain and chunked.
+
+Convention: position t of `logits_BxTxV` scores `targets_BxT[:, t]`; the caller shifts. With the data contract's
+`loss_mask` (1 where token t is a target, predicted from logits at t-1), `shift_for_next_token` gives the aligned
+(targets, mask) for logits of the same length T.
+
+Everything is computed in float32 whatever the input dtype (bf16 logits, hidden states or LM head), and the log-
+softmax normaliser is a logsumexp, so logits up to ~1e4 (and beyond) stay finite.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrlhf.losses.registry import register
+
+
+def _check_btv(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, name: str) -> None:
+  if logits_BxTxV.ndim != 3:
+    raise ValueError(f"{name} must have shape (B, T, V); got {logits_BxTxV.shape}")
+  if targets_BxT.shape != logits_BxTxV.shape[:2]:
+    raise ValueError(f"targets_BxT must have shape {logits_BxTxV.shape[:2]} to match {name}; "
+                     f"got {targets_BxT.shape}")
+  if mask_BxT.shape != targets_BxT.shape:
+    raise ValueError(f"mask_BxT must have shape {targets_BxT.shape}; got {mask_BxT.shape}")
+
+
+@register("logps", "shift_for_next_token")
+def shift_for_next_token(input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Aligns next-token targets with logits of the same length.
+
+  Args:
+    input_ids_BxT: int token ids (B, T).
+    loss_mask_BxT: (B, T), nonzero where token t is a target (the data contract: predicted by logits at t-1).
+
+  Returns:
+    (targets_BxT, mask_BxT): targets[:, t] = input_ids[:, t+1] and mask[:, t] = loss_mask[:, t+1]; the last
+    position gets target 0 and mask 0. Feed them with the model's logits (B, T, V) to `sequence_logps`.
+  """
+  if input_ids_BxT.ndim != 2:
+    raise ValueError(f"input_ids_BxT must have shape (B, T); got {input_ids_BxT.shape}")
+  if loss_mask_BxT.shape != input_ids_BxT.shape:
+    raise ValueError(f"loss_mask_BxT must have shape {input_ids_BxT.shape}; got {loss_mask_BxT.shape}")
+  pad_ids = jnp.zeros_like(input_ids_BxT[:, :1])
+  pad_mask = jnp.zeros_like(loss_mask_BxT[:, :1])
+  targets = jnp.concatenate([input_ids_BxT[:, 1:], pad_ids], axis=1)
+  mask = jnp.concatenate([loss_mask_BxT[:, 1:], pad_mask], axis=1)
+  return targets, mask
+
+
+def _target_logps_and_entropy(logits_NxV: jax.Array, targets_N: jax.Array, valid_N: jax.Array,
+                              temperature: float, with_entropy: bool = True) -> tuple[jax.Array, jax.Array]:
+  """log softmax(logits / temperature)[target] and the softmax entropy (or zeros), fp32, for one block of rows."""
+  logits = logits_NxV.astype(jnp.float32) / temperature
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  # Masked rows may hold pad ids like -100; gather a valid index there, the value is zeroed below.
+  safe_targets = jnp.where(valid_N, targets_N, 0).astype(jnp.int32)
+  target_logits = jnp.take_along_axis(logits, safe_targets[..., None], axis=-1)[..., 0]
+  token_logps = jnp.where(valid_N, target_logits - lse, 0.0)
+  if not with_entropy:  # skip the extra (N, V) work, also in the rematerialized backward
+    return token_logps, jnp.zeros_like(token_logps)
+  # H = lse - sum_v p_v * logit_v; p is exact softmax so large logits do not overflow.
+  probs = jnp.exp(logits - lse[..., None])
+  entropy = jnp.where(valid_N, lse - jnp.sum(probs * logits, axis=-1), 0.0)
+  return token_logps, entropy
+
+
+@register("logps", "sequence_logps")
+def sequence_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
+                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """Log-probabilities of the targets under softmax(logits / temperature).
+
+  token_logps[b, t] = mask[b, t] * (logits[b, t, y] / tau - logsumexp_v(logits[b, t, v] / tau)), y = targets[b, t];
+  logps[b] = sum_t token_logps[b, t]. The summed form is the sequence log-likelihood used by DPO (Rafailov et al.
+  2023, eq. 7) and by TRL's `selective_log_softmax`. Computed in float32.
+
+  Args:
+    logits_BxTxV: (B, T, V) logits, any float dtype; position t scores targets[:, t] (the caller shifts).
+    targets_BxT: (B, T) int target ids; values at masked positions are ignored (may be -100).
+    mask_BxT: (B, T), nonzero where the target counts.
+    temperature: divides the logits (TRL GRPO/PPO use the sampling temperature here).
+
+  Returns:
+    (token_logps_BxT float32 with 0 at masked positions, logps_B float32 sums over t).
+  """
+  _check_btv(logits_BxTxV, targets_BxT, mask_BxT, "logits_BxTxV")
+  token_logps, _ = _target_logps_and_entropy(logits_BxTxV, targets_BxT, mask_BxT > 0, temperature, False)
+  return token_logps, jnp.sum(token_logps, axis=-1)
+
+
+@register("logps", "token_entropy")
+def token_entropy(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+  """Per-token entropy of softmax(logits / temperature), in nats, float32, 0 at masked positions.
+
+  H[b, t] = logsumexp(z) - sum_v softmax(z)_v z_v with z = logits[b, t] / tau (TRL's `entropy_from_logits`).
+
+  Args:
+    logits_BxTxV: (B, T, V) logits, any float dtype.
+    mask_BxT: (B, T), nonzero where the entropy counts.
+    temperature: divides the logits.
+
+  Returns:
+    entropy_BxT float32.
+  """
+  if logits_BxTxV.ndim != 3:
+    raise ValueError(f"logits_BxTxV must have shape (B, T, V); got {logits_BxTxV.shape}")
+  if mask_BxT.shape != logits_BxTxV.shape[:2]:
+    raise ValueError(f"mask_BxT must have shape {logits_BxTxV.shape[:2]}; got {mask_BxT.shape}")
+  dummy_targets = jnp.zeros(mask_BxT.shape, jnp.int32)
+  _, entropy = _target_logps_and_entropy(logits_BxTxV, dummy_targets, mask_BxT > 0, temperature)
+  return entropy
+
+
+def _chunked_scan(rows_NxX: jax.Array, project: Callable[[jax.Array], jax.Array], targets_N: jax.Array,
+                  valid_N: jax.Array, chunk_size: int, temperature: float,
+                  with_entropy: bool) -> tuple[jax.Array, jax.Array]:
+  """Scans `project` + log-softmax gather over row chunks; each chunk is rematerialized in the backward pass."""
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  n = rows_NxX.shape[0]
+  chunk_size = min(chunk_size, max(n, 1))
+  num_chunks = -(-n // chunk_size)
+  pad = num_chunks * chunk_size - n
+  # Pad to whole chunks with masked rows (their values are zeroed and get no gradient).
+  rows = jnp.pad(rows_NxX, ((0, pad),) + ((0, 0),) * (rows_NxX.ndim - 1))
+  targets = jnp.pad(targets_N, (0, pad))
+  valid = jnp.pad(valid_N, (0, pad))
+  rows = rows.reshape((num_chunks, chunk_size) + rows.shape[1:])
+  targets = targets.reshape(num_chunks, chunk_size)
+  valid = valid.reshape(num_chunks, chunk_size)
+
+  # nothing_saveable: the backward recomputes this chunk's (C, V) logits instead of storing all of them.
+  @jax.checkpoint
+  def one_chunk(rows_c, targets_c, valid_c):
+    return _target_logps_and_entropy(project(rows_c), targets_c, valid_c, temperature, with_entropy)
+
+  def body(carry, xs):
+    return carry, one_chunk(*xs)
+
+  _, (token_logps, entropy) = jax.lax.scan(body, None, (rows, targets, valid))
+  return token_logps.reshape(-1)[:n], entropy.reshape(-1)[:n]
+
+
+@register("logps", "chunked_sequence_logps")
+def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
+                           mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
+                           return_entropy: bool = False):
+  """`sequence_logps(hidden @ lm_head, ...)` without ever holding the (B, T, V) logits.
+
+  The B*T token rows are split into chunks of `chunk_size` tokens; a `lax.scan` computes each chunk's fp32 logits
+  (C, V) = hidden_c @ lm_head (float32 accumulation), its logsumexp and target gather, under `jax.checkpoint`, so
+  the backward pass also works one chunk at a time. Peak extra memory is O(chunk_size * V) instead of O(B*T*V).
+  Values and gradients (w.r.t. hidden and lm_head) equal the unchunked form up to float rounding.
+
+  Args:
+    hidden_BxTxD: (B, T, D) final hidden states (after the final norm), any float dtype.
+    lm_head_DxV: (D, V) output projection (for tied embeddings pass embedding.T).
+    targets_BxT: (B, T) int targets aligned with hidden positions (the caller shifts).
+    mask_BxT: (B, T), nonzero where the target counts.
+    chunk_size: tokens per chunk (need not divide B*T).
+    temperature: divides the logits.
+    return_entropy: also return the per-token entropy (B, T) of the same softmax.
+
+  Returns:
+    (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, entropy_BxT) with return_entropy.
+  """
+  if hidden_BxTxD.ndim != 3:
+    raise ValueError(f"hidden_BxTxD must have shape (B, T, D); got {hidden_BxTxD.shape}")
+  if lm_head_DxV.ndim != 2 or lm_head_DxV.shape[0] != hidden_BxTxD.shape[-1]:
+    raise ValueError(f"lm_head_DxV must have shape ({hidden_BxTxD.shape[-1]}, V); got {lm_head_DxV.shape}")
+  b, t, d = hidden_BxTxD.shape
+  if targets_BxT.shape != (b, t):
+    raise ValueError(f"targets_BxT must have shape {(b, t)}; got {targets_BxT.shape}")
+  if mask_BxT.shape != (b, t):
+    raise ValueError(f"mask_BxT must have shape {(b, t)}; got {mask_BxT.shape}")
+
+  def project(h_CxD):
+    return jnp.dot(h_CxD, lm_head_DxV, preferred_element_type=jnp.float32)
+
+  token_logps, entropy = _chunked_scan(hidden_BxTxD.reshape(b * t, d), project, targets_BxT.reshape(-1),
+                                       mask_BxT.reshape(-1) > 0, chunk_size, temperature, return_entropy)
+  token_logps = token_logps.reshape(b, t)
+  if return_entropy:
+    return token_logps, jnp.sum(token_logps, axis=-1), entropy.reshape(b, t)
+  return token_logps, jnp.sum(token_logps, axis=-1)
+
+
+@register("logps", "chunked_sequence_logps_from_logits")
+def chunked_sequence_logps_from_logits(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
+                                       chunk_size: int = 1024, temperature: float = 1.0,
+                                       return_entropy: bool = False):
+  """`sequence_logps` over existing (e.g. bf16) logits, upcasting only one chunk of `chunk_size` tokens at a time.
+
+  Same equation and outputs as `sequence_logps` (plus entropy with return_entropy); avoids the (B, T, V) float32
+  copy when the model returns low-precision logits. Gradients flow to the logits chunk by chunk.
+  """
+  _check_btv(logits_BxTxV, targets_BxT, mask_BxT, "logits_BxTxV")
+  b, t, v = logits_BxTxV.shape
+  token_logps, entropy = _chunked_scan(logits_BxTxV.reshape(b * t, v), lambda x: x, targets_BxT.reshape(-1),
+                                       mask_BxT.reshape(-1) > 0, chunk_size, temperature, return_entropy)
+  token_logps = token_logps.reshape(b, t)
+  if return_entropy:
+    return token_logps, jnp.sum(token_logps, axis=-1), entropy.reshape(b, t)
+  return token_logps, jnp.sum(token_logps, axis=-1)

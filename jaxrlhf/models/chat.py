@@ -1,0 +1,86 @@
+"""Chat templates: render a model's Jinja chat template the way transformers does.
+
+Templates come with checkpoints, i.e. they are untrusted code, so they run in jinja2's immutable sandbox with
+the environment transformers uses (`trim_blocks`, `lstrip_blocks`, loop controls, `raise_exception`, a
+non-escaping `tojson`, `strftime_now`), and see the special tokens (`bos_token`, `eos_token`, ...) as variables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+from typing import Any, Mapping, Sequence
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
+Message = Mapping[str, Any]
+
+
+def _raise_exception(message: str) -> None:
+  raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
+  # jinja's own tojson HTML-escapes; chat templates expect plain JSON.
+  return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+  return datetime.datetime.now().strftime(fmt)
+
+
+@functools.lru_cache(maxsize=32)
+def compile_chat_template(source: str) -> jinja2.Template:
+  """Compiles a chat template source string (cached; templates are immutable)."""
+  env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+      trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+  env.filters["tojson"] = _tojson
+  env.globals["raise_exception"] = _raise_exception
+  env.globals["strftime_now"] = _strftime_now
+  return env.from_string(source)
+
+
+def render_chat(source: str, messages: Sequence[Message], add_generation_prompt: bool = False,
+                special_tokens: Mapping[str, str | None] | None = None) -> str:
+  """Renders `messages` with a chat template.
+
+  Args:
+    source: the Jinja template source (a tokenizer's `chat_template`).
+    messages: dicts with at least "role" and "content".
+    add_generation_prompt: append the header that starts the assistant's turn.
+    special_tokens: template variables such as {"bos_token": "<s>", "eos_token": "</s>"}.
+
+  Returns:
+    The rendered prompt text (not tokenized).
+
+  Raises:
+    ValueError: a message is not a dict with "role" and "content".
+    jinja2.exceptions.TemplateError: the template rejects the conversation (via `raise_exception`).
+  """
+  for i, message in enumerate(messages):
+    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+      raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}")
+  # Plain dicts and None-free values, as transformers passes them (templates test key presence).
+  plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
+  variables = {k: v for k, v in (special_tokens or {}).items()}
+  return compile_chat_template(source).render(
+      messages=plain, add_generation_prompt=add_generation_prompt, tools=None, documents=None, **variables)
+
+
+def template_supports_system_role(source: str, special_tokens: Mapping[str, str | None] | None = None) -> bool:
+  """Whether a template accepts a system message and shows its content.
+
+  Templates that reject a system turn (raise) or silently drop it both count as not supporting it.
+  """
+  compile_chat_template(source)  # A syntax error is a broken template, not a missing feature: let it raise.
+  marker = "SYSTEM-ROLE-PROBE-7f3a"
+  messages = [{"role": "system", "content": marker}, {"role": "user", "content": "hi"}]
+  try:
+    rendered = render_chat(source, messages, add_generation_prompt=True, special_tokens=special_tokens)
+  except jinja2.exceptions.TemplateError:
+    return False
+  return marker in rendered

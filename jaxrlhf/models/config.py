@@ -1,0 +1,345 @@
+"""ModelConfig: one frozen description of every supported decoder family.
+
+The families differ only by switches (norm type, position encoding, MLP type, biases, tying), so a single
+decoder implementation (`jaxrlhf.models.decoder.CausalLM`) covers Llama 2/3.x, Mistral, SmolLM2, Qwen2 and
+GPT-2. `ModelConfig.from_hf` / `ModelConfig.to_hf` convert to and from a transformers `config.json` dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+FAMILIES = ("llama", "qwen2", "gpt2")
+# transformers model_type -> our family. Mistral and SmolLM2 are Llama-family checkpoints.
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
+HF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+NORMS = ("rmsnorm", "layernorm")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
+POSITION_KINDS = ("rope", "learned")
+ROPE_TYPES = ("default", "linear", "llama3")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# transformers activation names -> ours. "gelu_new" is GPT-2's tanh approximation.
+_HF_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+}
+_ACTIVATION_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+
+def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"{name}={value!r} is not supported; expected one of {list(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """RoPE frequency scaling (transformers' `rope_scaling` / `rope_parameters`).
+
+  rope_type "linear" divides every frequency by `factor`; "llama3" divides low frequencies by `factor`, keeps
+  high frequencies and interpolates in between (Llama 3.1 recipe, wavelengths measured against
+  `original_max_position_embeddings` tokens).
+  """
+  rope_type: str = "default"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  def __post_init__(self):
+    _choice("rope_scaling.rope_type", self.rope_type, ROPE_TYPES)
+    if self.factor <= 0:
+      raise ValueError(f"rope_scaling.factor must be > 0, got {self.factor}")
+    if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+      raise ValueError(
+          "rope_scaling.high_freq_factor must exceed low_freq_factor for rope_type 'llama3', got "
+          f"{self.high_freq_factor} <= {self.low_freq_factor}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics of a decoder-only LM.
+
+  Attributes:
+    family: "llama" (also Mistral, SmolLM2), "qwen2" or "gpt2".
+    vocab_size, embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim: sizes (V, D, L, N, K, H, F).
+    max_position_embeddings: length of the learned position table (GPT-2) / nominal context.
+    norm: "rmsnorm" or "layernorm"; norm_eps its epsilon.
+    activation: MLP nonlinearity; gated_mlp=True is SwiGLU-style down(act(gate(x)) * up(x)), False is
+      fc -> act -> proj (GPT-2).
+    position: "rope" or "learned".
+    rope_theta, rope_scaling: RoPE base and optional frequency scaling.
+    qkv_bias, out_bias, mlp_bias: biases on q/k/v projections, attention output, and MLP projections.
+    tie_word_embeddings: LM head reuses the token embedding matrix.
+    sliding_window: Mistral-style window in tokens (keys more than `sliding_window - 1` slots back are masked).
+    dtype: computation dtype; param_dtype: storage dtype of the parameters.
+    scan_layers: run the stacked layers with `jax.lax.scan` (compile once) instead of a Python loop.
+    remat: "none", "full" (recompute the whole layer), "dots" or "dots_no_batch" (save matmul outputs).
+    hf_model_type: transformers model_type written back by `to_hf` ("mistral" for Mistral checkpoints).
+    bos_token_id, eos_token_id, pad_token_id: kept for a faithful `to_hf` round trip.
+  """
+  family: str = "llama"
+  vocab_size: int = 256
+  embed_dim: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int = 16
+  mlp_dim: int = 128
+  max_position_embeddings: int = 2048
+  norm: str = "rmsnorm"
+  norm_eps: float = 1e-6
+  activation: str = "silu"
+  gated_mlp: bool = True
+  position: str = "rope"
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  qkv_bias: bool = False
+  out_bias: bool = False
+  mlp_bias: bool = False
+  tie_word_embeddings: bool = False
+  sliding_window: int | None = None
+  initializer_range: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat: str = "none"
+  hf_model_type: str | None = None
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  pad_token_id: int | None = None
+
+  def __post_init__(self):
+    _choice("family", self.family, FAMILIES)
+    _choice("norm", self.norm, NORMS)
+    _choice("activation", self.activation, ACTIVATIONS)
+    _choice("position", self.position, POSITION_KINDS)
+    _choice("remat", self.remat, REMAT_POLICIES)
+    _choice("dtype", self.dtype, DTYPES)
+    _choice("param_dtype", self.param_dtype, DTYPES)
+    for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                 "max_position_embeddings"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.position == "rope" and self.head_dim % 2:
+      raise ValueError(f"head_dim must be even for rope, got {self.head_dim}")
+    if self.sliding_window is not None and self.sliding_window <= 0:
+      raise ValueError(f"sliding_window must be > 0 or None, got {self.sliding_window}")
+    if self.hf_model_type is not None and HF_MODEL_TYPES.get(self.hf_model_type) != self.family:
+      raise ValueError(
+          f"hf_model_type={self.hf_model_type!r} does not belong to family={self.family!r}; expected one of "
+          f"{[k for k, v in HF_MODEL_TYPES.items() if v == self.family]}")
+    if isinstance(self.eos_token_id, list):
+      object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def num_groups(self) -> int:
+    """Query heads per key/value head (G = N / K)."""
+    return self.num_heads // self.num_kv_heads
+
+  def replace(self, **changes: Any) -> ModelConfig:
+    return dataclasses.replace(self, **changes)
+
+  # --------------------------------------------------------------------------------------------- HF conversion
+  @classmethod
+  def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
+    """Builds a ModelConfig from a transformers config dict (LlamaConfig, MistralConfig, Qwen2Config, GPT2Config).
+
+    Args:
+      hf: the parsed `config.json`.
+      **overrides: ModelConfig fields to set on top (e.g. dtype="bfloat16", scan_layers=False).
+
+    Raises:
+      ValueError: naming the field, for an unsupported model_type, architecture, rope type, activation or
+        attention variant.
+    """
+    model_type = hf.get("model_type")
+    _choice("model_type", model_type, tuple(HF_MODEL_TYPES))
+    architectures = hf.get("architectures") or []
+    supported_archs = tuple(HF_ARCHITECTURES.values())
+    for arch in architectures:
+      _choice("architectures", arch, supported_archs)
+    family = HF_MODEL_TYPES[model_type]
+    if family == "gpt2":
+      fields = _gpt2_fields(hf)
+    else:
+      fields = _llama_like_fields(hf, model_type)
+    fields.update(
+        family=family,
+        hf_model_type=model_type,
+        initializer_range=float(hf.get("initializer_range", 0.02)),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    fields.update(overrides)
+    return cls(**fields)
+
+  def to_hf(self) -> dict[str, Any]:
+    """Returns a transformers config dict (loadable by AutoConfig / AutoModelForCausalLM)."""
+    model_type = self.hf_model_type or self.family
+    eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+    out: dict[str, Any] = {
+        "model_type": model_type,
+        "architectures": [HF_ARCHITECTURES[model_type]],
+        "vocab_size": self.vocab_size,
+        "initializer_range": self.initializer_range,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "bos_token_id": self.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": self.pad_token_id,
+        "dtype": self.param_dtype,
+    }
+    if self.family == "gpt2":
+      if self.head_dim * self.num_heads != self.embed_dim or self.num_kv_heads != self.num_heads:
+        raise ValueError("gpt2 requires head_dim * num_heads == embed_dim and num_kv_heads == num_heads")
+      out.update(
+          n_embd=self.embed_dim, n_layer=self.num_layers, n_head=self.num_heads, n_inner=self.mlp_dim,
+          n_positions=self.max_position_embeddings, layer_norm_epsilon=self.norm_eps,
+          activation_function=_ACTIVATION_TO_HF[self.activation],
+          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+      return out
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+    if self.rope_scaling is not None and self.rope_scaling.rope_type != "default":
+      rope.update(rope_type=self.rope_scaling.rope_type, factor=self.rope_scaling.factor)
+      if self.rope_scaling.rope_type == "llama3":
+        rope.update(
+            low_freq_factor=self.rope_scaling.low_freq_factor,
+            high_freq_factor=self.rope_scaling.high_freq_factor,
+            original_max_position_embeddings=self.rope_scaling.original_max_position_embeddings)
+    out.update(
+        hidden_size=self.embed_dim, intermediate_size=self.mlp_dim, num_hidden_layers=self.num_layers,
+        num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
+        hidden_act=_ACTIVATION_TO_HF[self.activation], max_position_embeddings=self.max_position_embeddings,
+        rms_norm_eps=self.norm_eps, rope_parameters=rope, attention_dropout=0.0)
+    if model_type == "llama":
+      out.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias)
+    elif model_type == "mistral":
+      out.update(sliding_window=self.sliding_window)
+    elif model_type == "qwen2":
+      out.update(use_sliding_window=False, sliding_window=None)
+    return out
+
+
+def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+  """Reads RoPE theta and scaling from transformers 5 `rope_parameters` or legacy `rope_theta`/`rope_scaling`."""
+  params = dict(hf.get("rope_parameters") or {})
+  legacy = hf.get("rope_scaling") or {}
+  if not params:
+    params = dict(legacy)
+  theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+  rope_type = params.get("rope_type", params.get("type", "default"))
+  _choice("rope_scaling.rope_type", rope_type, ROPE_TYPES)
+  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+  if partial != 1.0:
+    raise ValueError(f"partial_rotary_factor={partial} is not supported; expected 1.0")
+  if rope_type == "default":
+    return theta, None
+  kwargs = {"rope_type": rope_type, "factor": float(params["factor"])}
+  if rope_type == "llama3":
+    kwargs.update(
+        low_freq_factor=float(params["low_freq_factor"]),
+        high_freq_factor=float(params["high_freq_factor"]),
+        original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+  return theta, RopeScaling(**kwargs)
+
+
+def _activation_from_hf(name: str, value: Any) -> str:
+  _choice(name, value, tuple(_HF_ACTIVATIONS))
+  return _HF_ACTIVATIONS[value]
+
+
+def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+  num_heads = int(hf["num_attention_heads"])
+  embed_dim = int(hf["hidden_size"])
+  head_dim = hf.get("head_dim") or embed_dim // num_heads
+  theta, scaling = _rope_from_hf(hf)
+  fields = dict(
+      vocab_size=int(hf["vocab_size"]),
+      embed_dim=embed_dim,
+      num_layers=int(hf["num_hidden_layers"]),
+      num_heads=num_heads,
+      num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+      head_dim=int(head_dim),
+      mlp_dim=int(hf["intermediate_size"]),
+      max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+      norm="rmsnorm",
+      norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      activation=_activation_from_hf("hidden_act", hf.get("hidden_act", "silu")),
+      gated_mlp=True,
+      position="rope",
+      rope_theta=theta,
+      rope_scaling=scaling,
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+  )
+  if model_type == "qwen2":
+    if hf.get("use_sliding_window", False):
+      raise ValueError("use_sliding_window=True is not supported for qwen2; expected False")
+    fields.update(qkv_bias=True, out_bias=False, mlp_bias=False)
+  else:
+    attention_bias = bool(hf.get("attention_bias", False))
+    fields.update(qkv_bias=attention_bias, out_bias=attention_bias, mlp_bias=bool(hf.get("mlp_bias", False)))
+  if model_type == "mistral" and hf.get("sliding_window") is not None:
+    fields["sliding_window"] = int(hf["sliding_window"])
+  return fields
+
+
+def _gpt2_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
+  for key, default in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                       ("add_cross_attention", False)):
+    if hf.get(key, default) != default:
+      raise ValueError(f"{key}={hf.get(key)!r} is not supported for gpt2; expected {default}")
+  embed_dim = int(hf["n_embd"])
+  num_heads = int(hf["n_head"])
+  if embed_dim % num_heads:
+    raise ValueError(f"n_embd={embed_dim} must be divisible by n_head={num_heads}")
+  return dict(
+      vocab_size=int(hf["vocab_size"]),
+      embed_dim=embed_dim,
+      num_layers=int(hf["n_layer"]),
+      num_heads=num_heads,
+      num_kv_heads=num_heads,
+      head_dim=embed_dim // num_heads,
+      mlp_dim=int(hf.get("n_inner") or 4 * embed_dim),
+      max_position_embeddings=int(hf.get("n_positions", 1024)),
+      norm="layernorm",
+      norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+      activation=_activation_from_hf("activation_function", hf.get("activation_function", "gelu_new")),
+      gated_mlp=False,
+      position="learned",
+      qkv_bias=True,
+      out_bias=True,
+      mlp_bias=True,
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", True)),
+  )
+
+
+def attention_scale(config: ModelConfig) -> float:
+  """Softmax temperature 1/sqrt(H) shared by every family here."""
+  return 1.0 / math.sqrt(config.head_dim)

@@ -1,0 +1,397 @@
+"""One Flax NNX decoder for the Llama (Mistral, SmolLM2), Qwen2 and GPT-2 families.
+
+Layer parameters are stacked on a leading "layers" axis and run with `jax.lax.scan` (optionally under
+`jax.checkpoint`), so an L-layer model compiles one layer body. Each family is a set of `ModelConfig` switches:
+norm type, RoPE vs learned positions, gated vs plain MLP, biases, tied embeddings.
+
+Shape letters: B batch, T new tokens, S key/value slots (T without a cache, max_len with one), D embed,
+N query heads, K kv heads, G = N / K, H head dim, F mlp width, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.models.config import ModelConfig, attention_scale
+
+Array = jax.Array
+
+_REMAT_POLICIES: dict[str, Callable[..., Any] | None] = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class ParamSpec(NamedTuple):
+  """Shape (without the layer axis), logical axis names and initializer kind of one parameter."""
+  shape: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  init: str  # "normal", "ones" or "zeros"
+
+
+def layer_param_specs(config: ModelConfig) -> dict[str, ParamSpec]:
+  """Per-layer parameters (stacked over "layers" in the model) for this config's switches."""
+  c = config
+  D, N, K, H, F = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
+  specs = {
+      "attn_norm_scale": ParamSpec((D,), ("embed",), "ones"),
+      "q_kernel": ParamSpec((D, N, H), ("embed", "heads", "head_dim"), "normal"),
+      "k_kernel": ParamSpec((D, K, H), ("embed", "kv_heads", "head_dim"), "normal"),
+      "v_kernel": ParamSpec((D, K, H), ("embed", "kv_heads", "head_dim"), "normal"),
+      "o_kernel": ParamSpec((N, H, D), ("heads", "head_dim", "embed"), "normal"),
+      "mlp_norm_scale": ParamSpec((D,), ("embed",), "ones"),
+      "up_kernel": ParamSpec((D, F), ("embed", "mlp"), "normal"),
+      "down_kernel": ParamSpec((F, D), ("mlp", "embed"), "normal"),
+  }
+  if c.norm == "layernorm":
+    specs["attn_norm_bias"] = ParamSpec((D,), ("embed",), "zeros")
+    specs["mlp_norm_bias"] = ParamSpec((D,), ("embed",), "zeros")
+  if c.qkv_bias:
+    specs["q_bias"] = ParamSpec((N, H), ("heads", "head_dim"), "zeros")
+    specs["k_bias"] = ParamSpec((K, H), ("kv_heads", "head_dim"), "zeros")
+    specs["v_bias"] = ParamSpec((K, H), ("kv_heads", "head_dim"), "zeros")
+  if c.out_bias:
+    specs["o_bias"] = ParamSpec((D,), ("embed",), "zeros")
+  if c.gated_mlp:
+    specs["gate_kernel"] = ParamSpec((D, F), ("embed", "mlp"), "normal")
+  if c.mlp_bias:
+    specs["up_bias"] = ParamSpec((F,), ("mlp",), "zeros")
+    specs["down_bias"] = ParamSpec((D,), ("embed",), "zeros")
+    if c.gated_mlp:
+      specs["gate_bias"] = ParamSpec((F,), ("mlp",), "zeros")
+  return specs
+
+
+def model_param_specs(config: ModelConfig) -> dict[str, ParamSpec]:
+  """Parameters outside the layer stack."""
+  c = config
+  specs = {
+      "embed": ParamSpec((c.vocab_size, c.embed_dim), ("vocab", "embed"), "normal"),
+      "final_norm_scale": ParamSpec((c.embed_dim,), ("embed",), "ones"),
+  }
+  if c.position == "learned":
+    specs["pos_embed"] = ParamSpec((c.max_position_embeddings, c.embed_dim), (None, "embed"), "normal")
+  if c.norm == "layernorm":
+    specs["final_norm_bias"] = ParamSpec((c.embed_dim,), ("embed",), "zeros")
+  if not c.tie_word_embeddings:
+    specs["lm_head"] = ParamSpec((c.embed_dim, c.vocab_size), ("embed", "vocab"), "normal")
+  return specs
+
+
+def _make_param(spec: ParamSpec, key: Array, config: ModelConfig, num_layers: int | None = None) -> nnx.Param:
+  shape, axes = spec.shape, spec.axes
+  if num_layers is not None:
+    shape, axes = (num_layers, *shape), ("layers", *axes)
+  dtype = config.params_dtype
+  if spec.init == "ones":
+    value = jnp.ones(shape, dtype)
+  elif spec.init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = (config.initializer_range * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+  # eager_sharding=False: the names are logical; jaxrlhf.parallel maps them to a mesh with one rules table.
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Static-shape key/value cache for incremental decoding.
+
+  Attributes:
+    keys, values: (L, B, S, K, H) rotated keys and values, slot s holds the token fed at call offset s.
+    mask: (B, S) bool, True on slots that hold a real (non-pad) token.
+    index: () int32, the next slot to write.
+  """
+  keys: Array
+  values: Array
+  mask: Array
+  index: Array
+
+  @property
+  def max_len(self) -> int:
+    return self.keys.shape[2]
+
+
+class LayerStack(nnx.Module):
+  """All decoder layers' parameters, each stacked on a leading "layers" axis of size L."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    for name, spec in layer_param_specs(config).items():
+      setattr(self, name, _make_param(spec, rngs.params(), config, num_layers=config.num_layers))
+
+  def arrays(self, config: ModelConfig) -> dict[str, Array]:
+    """Parameter values as a dict of (L, ...) arrays, cast to the compute dtype."""
+    return {name: getattr(self, name)[...].astype(config.compute_dtype) for name in layer_param_specs(config)}
+
+
+# ------------------------------------------------------------------------------------------ pure layer math
+def _norm(config: ModelConfig, x_BxTxD: Array, scale_D: Array, bias_D: Array | None) -> Array:
+  """RMSNorm or LayerNorm, statistics in float32 (as transformers), output in x's dtype."""
+  x = x_BxTxD.astype(jnp.float32)
+  if config.norm == "rmsnorm":
+    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + config.norm_eps)
+  else:
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + config.norm_eps)
+  y = y.astype(x_BxTxD.dtype) * scale_D
+  return y if bias_D is None else y + bias_D
+
+
+def _activation(config: ModelConfig, x: Array) -> Array:
+  if config.activation == "silu":
+    return jax.nn.silu(x)
+  if config.activation == "relu":
+    return jax.nn.relu(x)
+  return jax.nn.gelu(x, approximate=config.activation == "gelu_tanh")
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """(H/2,) float32 RoPE inverse frequencies, after rope_scaling (matches transformers' rope init functions)."""
+  H = config.head_dim
+  inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, H, 2, dtype=np.float32) / np.float32(H)))
+  scaling = config.rope_scaling
+  if scaling is None or scaling.rope_type == "default":
+    return inv_freq.astype(np.float32)
+  if scaling.rope_type == "linear":
+    return (inv_freq / scaling.factor).astype(np.float32)
+  # llama3: keep high frequencies, divide low ones by `factor`, interpolate the band in between.
+  old_len = scaling.original_max_position_embeddings
+  low_wavelen = old_len / scaling.low_freq_factor
+  high_wavelen = old_len / scaling.high_freq_factor
+  wavelen = 2 * np.pi / inv_freq
+  scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def _rope_tables(config: ModelConfig, positions_BxT: Array) -> tuple[Array, Array]:
+  """cos, sin tables (B, T, H) in the compute dtype (half-split "rotate_half" layout as transformers)."""
+  freqs_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+  emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
+  return jnp.cos(emb_BxTxH).astype(config.compute_dtype), jnp.sin(emb_BxTxH).astype(config.compute_dtype)
+
+
+def _apply_rope(x_BxTxNxH: Array, cos_BxTxH: Array, sin_BxTxH: Array) -> Array:
+  x1, x2 = jnp.split(x_BxTxNxH, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return x_BxTxNxH * cos_BxTxH[:, :, None] + rotated * sin_BxTxH[:, :, None]
+
+
+def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array,
+               allowed_BxTxS: Array) -> Array:
+  """Grouped-query attention; scores and softmax in float32. Rows with no allowed key (pad queries) stay finite."""
+  B, T, N, H = q_BxTxNxH.shape
+  K = k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
+  scores = scores * attention_scale(config)
+  scores = jnp.where(allowed_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
+  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH)
+  return out_BxTxKxGxH.reshape(B, T, N, H)
+
+
+def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple[Array, Array] | None,
+           allowed_BxTxS: Array, kv: tuple[Array, Array] | None, cache_index: Array | None,
+           ) -> tuple[Array, tuple[Array, Array] | None]:
+  """One pre-norm decoder layer. With `kv` (this layer's (B, S, K, H) cache), writes the new keys/values at
+  `cache_index` and attends over the whole cache; returns the updated (keys, values)."""
+  h = _norm(config, x_BxTxD, p["attn_norm_scale"], p.get("attn_norm_bias"))
+  q = jnp.einsum("btd,dnh->btnh", h, p["q_kernel"])
+  k = jnp.einsum("btd,dkh->btkh", h, p["k_kernel"])
+  v = jnp.einsum("btd,dkh->btkh", h, p["v_kernel"])
+  if config.qkv_bias:
+    q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+  if rope is not None:
+    q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+  if kv is not None:
+    keys, values = kv
+    keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, cache_index, 0, 0))
+    values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, cache_index, 0, 0))
+    kv = (keys, values)
+    k, v = keys.astype(q.dtype), values.astype(q.dtype)
+  attn = _attention(config, q, k, v, allowed_BxTxS)
+  out = jnp.einsum("btnh,nhd->btd", attn, p["o_kernel"])
+  if config.out_bias:
+    out = out + p["o_bias"]
+  x_BxTxD = x_BxTxD + out
+
+  h = _norm(config, x_BxTxD, p["mlp_norm_scale"], p.get("mlp_norm_bias"))
+  up = jnp.einsum("btd,df->btf", h, p["up_kernel"])
+  if config.mlp_bias:
+    up = up + p["up_bias"]
+  if config.gated_mlp:
+    gate = jnp.einsum("btd,df->btf", h, p["gate_kernel"])
+    if config.mlp_bias:
+      gate = gate + p["gate_bias"]
+    up = _activation(config, gate) * up
+  else:
+    up = _activation(config, up)
+  down = jnp.einsum("btf,fd->btd", up, p["down_kernel"])
+  if config.mlp_bias:
+    down = down + p["down_bias"]
+  return x_BxTxD + down, kv
+
+
+def default_positions(attention_mask_BxT: Array, offset_B: Array | None = None) -> Array:
+  """Position ids: number of real tokens before each token (cumsum(mask) - 1, clipped at 0), plus offset."""
+  positions = jnp.cumsum(attention_mask_BxT.astype(jnp.int32), axis=-1) - 1
+  if offset_B is not None:
+    positions = positions + offset_B[:, None]
+  return jnp.maximum(positions, 0)
+
+
+def _allowed_mask(config: ModelConfig, q_slots_T: Array, kv_slots_S: Array, kv_valid_BxS: Array) -> Array:
+  """(B, T, S) bool: key slot is real, not in the future, and inside the sliding window if any."""
+  causal_TxS = kv_slots_S[None, :] <= q_slots_T[:, None]
+  if config.sliding_window is not None:
+    causal_TxS &= kv_slots_S[None, :] > q_slots_T[:, None] - config.sliding_window
+  return causal_TxS[None] & kv_valid_BxS[:, None, :]
+
+
+# ----------------------------------------------------------------------------------------------- the module
+class CausalLM(nnx.Module):
+  """Decoder-only language model; `config` switches select the family.
+
+  Call: `model(input_ids_BxT, attention_mask_BxT=None, positions_BxT=None, *, cache=None, return_hidden=False)`
+    -> logits (B, T, V) float32; with `return_hidden` -> (logits, hidden_BxTxD); with `cache` the new KVCache is
+    appended to the output: (logits, cache) or (logits, hidden, cache).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    for name, spec in model_param_specs(config).items():
+      setattr(self, name, _make_param(spec, rngs.params(), config))
+    self.layers = LayerStack(config, rngs=rngs)
+
+  # ---- public API
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None, *,
+               cache: KVCache | None = None, return_hidden: bool = False):
+    hidden_BxTxD, new_cache = self._backbone(input_ids, attention_mask, positions, cache)
+    logits_BxTxV = self.unembed(hidden_BxTxD)
+    out = (logits_BxTxV, hidden_BxTxD) if return_hidden else (logits_BxTxV,)
+    if cache is not None:
+      out = (*out, new_cache)
+    return out if len(out) > 1 else out[0]
+
+  def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
+                    positions: Array | None = None) -> Array:
+    """Final-norm hidden states (B, T, D) in the compute dtype, without the LM head."""
+    return self._backbone(input_ids, attention_mask, positions, None)[0]
+
+  def output_embedding(self) -> Array:
+    """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied)."""
+    if self.config.tie_word_embeddings:
+      return self.embed[...].astype(self.config.compute_dtype).T
+    return self.lm_head[...].astype(self.config.compute_dtype)
+
+  def unembed(self, hidden_BxTxD: Array) -> Array:
+    """Logits (B, T, V), accumulated and returned in float32."""
+    c = self.config
+    if c.tie_word_embeddings:
+      return jnp.einsum("btd,vd->btv", hidden_BxTxD, self.embed[...].astype(c.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("btd,dv->btv", hidden_BxTxD, self.lm_head[...].astype(c.compute_dtype),
+                      preferred_element_type=jnp.float32)
+
+  def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+    """Empty cache for `batch` sequences of up to `max_len` tokens (prompt + generated); dtype defaults to the
+    compute dtype."""
+    c = self.config
+    shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+    dtype = jnp.dtype(dtype or c.compute_dtype)
+    return KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
+                   mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
+
+  # ---- internals
+  def _backbone(self, input_ids_BxT: Array, attention_mask: Array | None, positions: Array | None,
+                cache: KVCache | None) -> tuple[Array, KVCache | None]:
+    c = self.config
+    if input_ids_BxT.ndim != 2:
+      raise ValueError(f"input_ids must be (B, T), got shape {input_ids_BxT.shape}")
+    B, T = input_ids_BxT.shape
+    mask_BxT = (jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool))
+    if mask_BxT.shape != (B, T):
+      raise ValueError(f"attention_mask must have shape {(B, T)}, got {mask_BxT.shape}")
+
+    if cache is None:
+      q_slots_T = jnp.arange(T)
+      kv_valid_BxS, kv_slots_S, index = mask_BxT, q_slots_T, None
+      offset_B = None
+    else:
+      if cache.keys.shape[1] != B or T > cache.max_len:
+        raise ValueError(
+            f"cache holds batch {cache.keys.shape[1]} x max_len {cache.max_len}; got input_ids {(B, T)}")
+      index = cache.index
+      offset_B = jnp.sum(cache.mask, axis=-1, dtype=jnp.int32)
+      kv_valid_BxS = jax.lax.dynamic_update_slice(cache.mask, mask_BxT, (0, index))
+      q_slots_T = index + jnp.arange(T)
+      kv_slots_S = jnp.arange(cache.max_len)
+    if positions is None:
+      positions = default_positions(mask_BxT, offset_B)
+    allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS)  # built once, shared by all layers
+
+    x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(c.compute_dtype)
+    rope = None
+    if c.position == "learned":
+      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions, axis=0).astype(c.compute_dtype)
+    else:
+      rope = _rope_tables(c, positions)
+
+    kv = None if cache is None else (cache.keys, cache.values)
+    x_BxTxD, kv = self._run_layers(x_BxTxD, rope, allowed_BxTxS, kv, index)
+    hidden_BxTxD = _norm(c, x_BxTxD, self.final_norm_scale[...].astype(c.compute_dtype),
+                         None if c.norm == "rmsnorm" else self.final_norm_bias[...].astype(c.compute_dtype))
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(keys=kv[0], values=kv[1], mask=kv_valid_BxS, index=index + T)
+    return hidden_BxTxD, new_cache
+
+  def _run_layers(self, x_BxTxD: Array, rope, allowed_BxTxS: Array, kv_LxBxSxKxH: tuple[Array, Array] | None,
+                  index: Array | None) -> tuple[Array, tuple[Array, Array] | None]:
+    """Applies the L layers: a scan over the stacked params (or an unrolled loop), the cache in the carry so
+    XLA can update it in place."""
+    c = self.config
+    params = self.layers.arrays(c)
+
+    def body(carry, xs):
+      x, kv_all = carry
+      p, layer = xs
+      kv_layer = None if kv_all is None else (kv_all[0][layer], kv_all[1][layer])
+      x, kv_layer = _layer(c, p, x, rope, allowed_BxTxS, kv_layer, index)
+      if kv_all is not None:
+        kv_all = tuple(jax.lax.dynamic_update_index_in_dim(a, u, layer, axis=0) for a, u in zip(kv_all, kv_layer))
+      return (x, kv_all), None
+
+    if c.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+    carry = (x_BxTxD, kv_LxBxSxKxH)
+    if c.scan_layers:
+      carry, _ = jax.lax.scan(body, carry, (params, jnp.arange(c.num_layers)))
+    else:
+      for layer in range(c.num_layers):
+        carry, _ = body(carry, (jax.tree.map(lambda a, i=layer: a[i], params), layer))
+    return carry
+
+
+def abstract_model(config: ModelConfig, rngs_seed: int = 0) -> CausalLM:
+  """CausalLM with jax.ShapeDtypeStruct leaves (no memory): the target for sharded init or checkpoint load."""
+  return nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(rngs_seed)))
+
+
+def init_model(config: ModelConfig, seed: int = 0, shardings: Any = None) -> CausalLM:
+  """Random init under jit; with `shardings` (a pytree matching `nnx.state(model)`, e.g. NamedShardings from the
+  logical axes) every parameter is created directly in its sharded layout, never whole on one device."""
+  graphdef = nnx.graphdef(abstract_model(config, seed))
+  init = jax.jit(lambda key: nnx.state(CausalLM(config, rngs=nnx.Rngs(key))), out_shardings=shardings)
+  return nnx.merge(graphdef, init(jax.random.key(seed)))

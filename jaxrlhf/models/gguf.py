@@ -1,0 +1,253 @@
+"""GGUF import: a llama.cpp checkpoint as a transformers-style config and state dict.
+
+`read_gguf` turns a `.gguf` file into `(hf_config, tensors)` in the naming and layout of a transformers
+`LlamaForCausalLM` checkpoint, so the one HF loading path (`jaxrlhf.models.hf`) builds the model. Tensors are
+dequantized to float32 with the `gguf` package; llama.cpp's q/k row permutation (applied by its converter so
+that GGML's interleaved RoPE matches HF's rotate-half RoPE) is undone here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import gguf
+import numpy as np
+
+# Quantization types we dequantize. Others (K-quants, IQ*) would also dequantize with `gguf`, but they are
+# untested here, so a file using them fails loudly instead of silently trusting an unchecked path.
+SUPPORTED_TENSOR_TYPES = frozenset({
+    gguf.GGMLQuantizationType.F32,
+    gguf.GGMLQuantizationType.F16,
+    gguf.GGMLQuantizationType.BF16,
+    gguf.GGMLQuantizationType.Q8_0,
+    gguf.GGMLQuantizationType.Q4_0,
+    gguf.GGMLQuantizationType.Q4_1,
+})
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# GGUF tensor name -> transformers name. `{i}` is the layer index.
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_TENSORS = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Reads a llama-architecture GGUF file.
+
+  Args:
+    path: a `.gguf` file.
+
+  Returns:
+    `(hf_config, tensors)`: `hf_config` is a transformers `LlamaConfig`-style dict (config.json keys);
+    `tensors` maps transformers parameter names (`model.embed_tokens.weight`,
+    `model.layers.{i}.self_attn.q_proj.weight`, ...) to float32 arrays in torch `nn.Linear` layout
+    (out_features, in_features). `lm_head.weight` is present only when the embeddings are untied.
+
+  Raises:
+    ValueError: unsupported `general.architecture`, unsupported quantization type, a missing, unexpected
+      or misshapen tensor, or a missing metadata field; the message names the field or tensor.
+  """
+  reader = gguf.GGUFReader(os.fspath(path))
+  metadata = _metadata(reader)
+  gguf_tensors = {t.name: t for t in reader.tensors}
+  hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
+  expected_shapes = _expected_shapes(hf_config)
+  name_map = _hf_names(hf_config["num_hidden_layers"])
+
+  unexpected = sorted(set(gguf_tensors) - set(name_map))
+  if "rope_freqs.weight" in unexpected:
+    # llama.cpp stores llama3 RoPE scaling as precomputed per-frequency factors; ignoring them would change
+    # every attention score, so refuse rather than load a subtly different model.
+    raise ValueError("GGUF tensor 'rope_freqs.weight' (precomputed llama3 RoPE factors) is not supported")
+  if unexpected:
+    raise ValueError(f"unexpected GGUF tensors for a llama model: {unexpected}")
+
+  tensors = {}
+  for gguf_name, hf_name in name_map.items():
+    if gguf_name not in gguf_tensors:
+      if hf_name == "lm_head.weight":
+        continue  # Tied embeddings: no separate output matrix.
+      raise ValueError(f"GGUF file {os.fspath(path)!r} is missing tensor {gguf_name!r} ({hf_name})")
+    weight = _dequantize(gguf_tensors[gguf_name])
+    if weight.shape != expected_shapes[hf_name]:
+      raise ValueError(
+          f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {weight.shape}, expected {expected_shapes[hf_name]}")
+    if hf_name.endswith("q_proj.weight"):
+      weight = reverse_permute_qk(weight, hf_config["num_attention_heads"])
+    elif hf_name.endswith("k_proj.weight"):
+      weight = reverse_permute_qk(weight, hf_config["num_key_value_heads"])
+    tensors[hf_name] = weight
+  return hf_config, tensors
+
+
+def reverse_permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:
+  """Undoes llama.cpp's `permute` of q_proj / k_proj rows.
+
+  llama.cpp's converter reorders each head's rows from HF's [first half | second half] rotary layout to
+  GGML's interleaved pairs: `w.reshape(N, 2, H/2, I).swapaxes(1, 2)`. This is its inverse.
+
+  Args:
+    weight_OxI: (num_heads * head_dim, in_features) projection weight as stored in the GGUF.
+    num_heads: attention heads for q_proj, key/value heads for k_proj.
+
+  Returns:
+    The weight in transformers layout, same shape.
+  """
+  out_features = weight_OxI.shape[0]
+  if out_features % (2 * num_heads):
+    raise ValueError(f"weight rows {out_features} are not divisible by 2 * num_heads = {2 * num_heads}")
+  half_head_dim = out_features // num_heads // 2
+  w = weight_OxI.reshape(num_heads, half_head_dim, 2, *weight_OxI.shape[1:])
+  return np.ascontiguousarray(w.swapaxes(1, 2).reshape(weight_OxI.shape))
+
+
+def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
+  """Builds a transformers `LlamaConfig` dict from GGUF metadata.
+
+  Args:
+    metadata: GGUF key -> value (as returned by `read_metadata`).
+    tensor_names: names of the tensors in the file (decides `tie_word_embeddings`).
+
+  Returns:
+    A config.json-style dict with `model_type` "llama".
+  """
+  arch = metadata.get("general.architecture")
+  if arch not in SUPPORTED_ARCHITECTURES:
+    raise ValueError(
+        f"unsupported GGUF general.architecture {arch!r}; supported: {list(SUPPORTED_ARCHITECTURES)}")
+
+  def required(key: str) -> Any:
+    full_key = f"{arch}.{key}"
+    if full_key not in metadata:
+      raise ValueError(f"GGUF metadata field {full_key!r} is missing")
+    return metadata[full_key]
+
+  hidden_size = int(required("embedding_length"))
+  num_heads = int(required("attention.head_count"))
+  num_kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", num_heads))
+  head_dim = int(metadata.get(f"{arch}.attention.key_length",
+                              metadata.get(f"{arch}.rope.dimension_count", hidden_size // num_heads)))
+  vocab_size = metadata.get(f"{arch}.vocab_size")
+  if vocab_size is None:
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is None:
+      raise ValueError(f"GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+    vocab_size = len(tokens)
+
+  config = {
+      "architectures": ["LlamaForCausalLM"],
+      "model_type": "llama",
+      "vocab_size": int(vocab_size),
+      "hidden_size": hidden_size,
+      "intermediate_size": int(required("feed_forward_length")),
+      "num_hidden_layers": int(required("block_count")),
+      "num_attention_heads": num_heads,
+      "num_key_value_heads": num_kv_heads,
+      "head_dim": head_dim,
+      "hidden_act": "silu",
+      "max_position_embeddings": int(required("context_length")),
+      "rms_norm_eps": float(required("attention.layer_norm_rms_epsilon")),
+      "rope_theta": float(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
+      "attention_bias": False,
+      "mlp_bias": False,
+      "tie_word_embeddings": "output.weight" not in tensor_names,
+      "torch_dtype": "float32",
+  }
+  for hf_key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                           ("pad_token_id", "padding_token_id")):
+    if f"tokenizer.ggml.{gguf_key}" in metadata:
+      config[hf_key] = int(metadata[f"tokenizer.ggml.{gguf_key}"])
+  rope_scaling = _rope_scaling(metadata, arch)
+  if rope_scaling is not None:
+    config["rope_scaling"] = rope_scaling
+  return config
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+  """All GGUF key/value metadata of a file as Python values (arrays as lists, strings decoded)."""
+  return _metadata(gguf.GGUFReader(os.fspath(path)))
+
+
+def _metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+  return {name: field.contents() for name, field in reader.fields.items()}
+
+
+def _rope_scaling(metadata: dict[str, Any], arch: str) -> dict[str, Any] | None:
+  """transformers `rope_scaling` from llama.cpp's `{arch}.rope.scaling.*` keys, or None."""
+  rope_type = metadata.get(f"{arch}.rope.scaling.type")
+  if rope_type in (None, "none"):
+    return None
+  if rope_type not in ("linear", "yarn"):
+    raise ValueError(f"unsupported GGUF {arch}.rope.scaling.type {rope_type!r}; supported: linear, yarn")
+  factor_key = f"{arch}.rope.scaling.factor"
+  if factor_key not in metadata:
+    raise ValueError(f"GGUF metadata field {factor_key!r} is missing for rope scaling {rope_type!r}")
+  scaling = {"rope_type": rope_type, "factor": float(metadata[factor_key])}
+  original_key = f"{arch}.rope.scaling.original_context_length"
+  if original_key in metadata:
+    scaling["original_max_position_embeddings"] = int(metadata[original_key])
+  return scaling
+
+
+def _hf_names(num_layers: int) -> dict[str, str]:
+  """GGUF tensor name -> transformers name for every tensor a llama model may hold."""
+  names = dict(_GLOBAL_TENSORS)
+  for i in range(num_layers):
+    for gguf_suffix, hf_suffix in _LAYER_TENSORS.items():
+      names[f"blk.{i}.{gguf_suffix}"] = f"model.layers.{i}.{hf_suffix}"
+  return names
+
+
+def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+  """transformers name -> expected (torch layout) shape."""
+  d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+  q_dim = config["num_attention_heads"] * config["head_dim"]
+  kv_dim = config["num_key_value_heads"] * config["head_dim"]
+  shapes = {
+      "model.embed_tokens.weight": (v, d),
+      "model.norm.weight": (d,),
+      "lm_head.weight": (v, d),
+  }
+  layer_shapes = {
+      "input_layernorm.weight": (d,),
+      "self_attn.q_proj.weight": (q_dim, d),
+      "self_attn.k_proj.weight": (kv_dim, d),
+      "self_attn.v_proj.weight": (kv_dim, d),
+      "self_attn.o_proj.weight": (d, q_dim),
+      "post_attention_layernorm.weight": (d,),
+      "mlp.gate_proj.weight": (f, d),
+      "mlp.up_proj.weight": (f, d),
+      "mlp.down_proj.weight": (d, f),
+  }
+  for i in range(config["num_hidden_layers"]):
+    for suffix, shape in layer_shapes.items():
+      shapes[f"model.layers.{i}.{suffix}"] = shape
+  return shapes
+
+
+def _dequantize(tensor: gguf.ReaderTensor) -> np.ndarray:
+  """A GGUF tensor as float32 in numpy order (GGUF lists dims innermost-first; numpy is outermost-first)."""
+  qtype = gguf.GGMLQuantizationType(tensor.tensor_type)
+  if qtype not in SUPPORTED_TENSOR_TYPES:
+    supported = sorted(t.name for t in SUPPORTED_TENSOR_TYPES)
+    raise ValueError(
+        f"GGUF tensor {tensor.name!r} has unsupported quantization type {qtype.name}; supported: {supported}")
+  values = gguf.dequantize(tensor.data, qtype)
+  shape = tuple(int(n) for n in reversed(tensor.shape))
+  return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
