@@ -5,6 +5,7 @@ plain text or a list of assistant messages. Scores may be on any scale (NaN-free
 """
 
 import dataclasses
+import json
 import math
 from typing import Sequence, Union
 
@@ -116,3 +117,23 @@ def validate_messages(messages: Sequence, where: str) -> None:
       raise ValueError(f"{where}: message {i} has role {m['role']!r}; valid roles: {VALID_ROLES}")
     if not isinstance(m["content"], str):
       raise ValueError(f"{where}: message {i} content must be a string, got {type(m['content']).__name__}")
+
+
+def record_to_json(record: PreferenceRecord | KWayRecord) -> bytes:
+  """UTF-8 JSON bytes for a record (a "kind" key tells the two kinds apart); nested messages survive."""
+  fields = dataclasses.asdict(record)
+  fields["kind"] = "kway" if isinstance(record, KWayRecord) else "pair"
+  return json.dumps(fields, ensure_ascii=False).encode("utf-8")
+
+
+def record_from_json(data: bytes | str) -> PreferenceRecord | KWayRecord:
+  """Inverse of record_to_json (tuples come back as tuples)."""
+  fields = json.loads(data)
+  kind = fields.pop("kind")
+  if kind == "kway":
+    fields["completions"] = tuple(fields["completions"])
+    fields["scores"] = None if fields["scores"] is None else tuple(fields["scores"])
+    return KWayRecord(**fields)
+  for name in ("chosen_attributes", "rejected_attributes"):
+    fields[name] = None if fields[name] is None else tuple(fields[name])
+  return PreferenceRecord(**fields)

@@ -9,7 +9,6 @@ that GGML's interleaved RoPE matches HF's rotate-half RoPE) is undone here.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import gguf
@@ -44,7 +43,6 @@ _LAYER_TENSORS = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -84,10 +82,11 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
       if hf_name == "lm_head.weight":
         continue  # Tied embeddings: no separate output matrix.
       raise ValueError(f"GGUF file {os.fspath(path)!r} is missing tensor {gguf_name!r} ({hf_name})")
-    weight = _dequantize(gguf_tensors[gguf_name])
-    if weight.shape != expected_shapes[hf_name]:
+    shape = _numpy_shape(gguf_tensors[gguf_name])
+    if shape != expected_shapes[hf_name]:  # Checked before the (slow) dequantization.
       raise ValueError(
-          f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {weight.shape}, expected {expected_shapes[hf_name]}")
+          f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {shape}, expected {expected_shapes[hf_name]}")
+    weight = _dequantize(gguf_tensors[gguf_name])
     if hf_name.endswith("q_proj.weight"):
       weight = reverse_permute_qk(weight, hf_config["num_attention_heads"])
     elif hf_name.endswith("k_proj.weight"):
@@ -242,12 +241,16 @@ def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 
 def _dequantize(tensor: gguf.ReaderTensor) -> np.ndarray:
-  """A GGUF tensor as float32 in numpy order (GGUF lists dims innermost-first; numpy is outermost-first)."""
+  """A GGUF tensor dequantized to float32, in numpy order."""
   qtype = gguf.GGMLQuantizationType(tensor.tensor_type)
   if qtype not in SUPPORTED_TENSOR_TYPES:
     supported = sorted(t.name for t in SUPPORTED_TENSOR_TYPES)
     raise ValueError(
         f"GGUF tensor {tensor.name!r} has unsupported quantization type {qtype.name}; supported: {supported}")
   values = gguf.dequantize(tensor.data, qtype)
-  shape = tuple(int(n) for n in reversed(tensor.shape))
-  return np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
+  return np.ascontiguousarray(values, dtype=np.float32).reshape(_numpy_shape(tensor))
+
+
+def _numpy_shape(tensor: gguf.ReaderTensor) -> tuple[int, ...]:
+  """GGUF lists dims innermost-first; numpy (and torch) order is outermost-first."""
+  return tuple(int(n) for n in reversed(tensor.shape))

@@ -1,0 +1,418 @@
+"""Format adapters: local JSONL / JSONL.gz / parquet files -> PreferenceRecords (or KWayRecords).
+
+Formats (`AdapterConfig.format`); the canonical column names below can be renamed with `columns`:
+
+- "pairwise": `prompt` (text or messages), `chosen`, `rejected` (text); optional `chosen_score`, `rejected_score`,
+  `margin`, `chosen_attributes`, `rejected_attributes` (lists of numbers), `annotator`, `subset`.
+- "chat": `chosen` and `rejected` are message lists. The responses are the messages after the longest shared
+  leading run of messages; the prompt is the optional `prompt` column (text or messages) or else that shared run.
+  The first response message must have role "assistant". Same optional columns as "pairwise".
+- "hh": Anthropic HH-RLHF: `chosen`, `rejected` are dialogues of "\n\nHuman:" / "\n\nAssistant:" turns. The prompt
+  is the shared dialogue up to and including the final "\n\nAssistant:" marker; the responses are the final
+  assistant turns with exactly one leading space removed (HH writes "Assistant: text"). When the two dialogues
+  diverge before their final assistant turn (5 of 2,312 harmless-base test pairs), the prompt is the longest shared
+  prefix that ends with an assistant marker and the responses are the (multi-turn) remainders; such rows are kept
+  and counted as the note "hh_diverging_dialogue". An empty final assistant turn is kept (HH has a few, its
+  annotators preferred silence) and counted as the note "hh_empty_response".
+- "ultrafeedback": an instruction (`prompt`, default column "instruction") with `completions`: either dicts with a
+  `response` text and an `overall_score` (UltraFeedback's layout; keys renamable via `columns`), or texts with a
+  parallel `scores` list. chosen = the top-scored completion; ties at the top go to the lowest index. rejected =
+  a completion scored strictly below the top, drawn uniformly with `random.Random(f"{seed}:{file}:{line}")`
+  (`rejected="random"`, so the draw does not depend on read order) or the lowest-scored one (`rejected="lowest"`,
+  ties to the lowest index). A row whose completions all tie has no preference and is a bad row
+  ("no_preference").
+- "kway": `prompt`, `completions` (texts, message lists, or ultrafeedback-style dicts), and `scores` (or dict
+  scores) or `best_index` -> KWayRecord for best-of-k evaluation.
+
+Bad rows raise `ValueError("file:line: reason: detail")` in strict mode and are counted per reason in a
+`SkipReport` in lenient mode (see errors.py).
+"""
+
+import dataclasses
+import gzip
+import json
+import logging
+import math
+import os
+import random
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from jaxrlhf.data import errors
+from jaxrlhf.data.records import KWayRecord, PreferenceRecord, VALID_ROLES
+
+FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway")
+_OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_attributes", "rejected_attributes",
+                          "annotator", "subset")
+# Canonical column -> default name in the file, per format.
+DEFAULT_COLUMNS = {
+    "pairwise": {c: c for c in ("prompt", "chosen", "rejected") + _OPTIONAL_PAIR_COLUMNS},
+    "chat": {c: c for c in ("prompt", "chosen", "rejected") + _OPTIONAL_PAIR_COLUMNS},
+    "hh": {"chosen": "chosen", "rejected": "rejected", "subset": "subset"},
+    "ultrafeedback": {"prompt": "instruction", "completions": "completions", "scores": "scores",
+                      "response": "response", "score": "overall_score", "subset": "subset"},
+    "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
+             "response": "response", "score": "overall_score", "subset": "subset"},
+}
+HUMAN = "\n\nHuman:"
+ASSISTANT = "\n\nAssistant:"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+  """How to read a file.
+
+  Attributes:
+    format: one of FORMATS.
+    columns: canonical column name -> the file's column name, overriding DEFAULT_COLUMNS[format].
+    strict: raise on the first bad row (True) or skip and count it (False).
+    seed: seeds the ultrafeedback rejected draw.
+    rejected: ultrafeedback rejected choice, "random" or "lowest".
+  """
+
+  format: str
+  columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  strict: bool = True
+  seed: int = 0
+  rejected: str = "random"
+
+  def __post_init__(self):
+    if self.format not in FORMATS:
+      raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+    unknown = set(self.columns) - set(DEFAULT_COLUMNS[self.format])
+    if unknown:
+      raise ValueError(f"columns: unknown keys {sorted(unknown)} for format {self.format!r}; "
+                       f"valid: {sorted(DEFAULT_COLUMNS[self.format])}")
+    if self.rejected not in ("random", "lowest"):
+      raise ValueError(f"rejected must be 'random' or 'lowest', got {self.rejected!r}")
+
+  def column(self, name: str) -> str:
+    return self.columns.get(name, DEFAULT_COLUMNS[self.format][name])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading rows.
+
+
+def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+  """Yields (line number from 1, row dict or RecordError) for a .jsonl, .jsonl.gz or .parquet file.
+
+  Whitespace-only JSONL lines are not rows (they yield nothing); parquet rows are numbered from 1.
+  """
+  path = os.fspath(path)
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+    for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+      yield i, row
+    return
+  if path.endswith(".jsonl"):
+    opener = open
+  elif path.endswith(".jsonl.gz"):
+    opener = gzip.open
+  else:
+    raise ValueError(f"path {path!r}: expected a .jsonl, .jsonl.gz or .parquet file")
+  with opener(path, "rt", encoding="utf-8") as f:
+    for i, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        yield i, json.loads(line)
+      except json.JSONDecodeError as e:
+        yield i, errors.RecordError(errors.MALFORMED_JSON, str(e))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Field checks: each raises RecordError with the reason and the column name.
+
+
+def _required(row: Mapping, col: str) -> Any:
+  if col not in row or row[col] is None:
+    raise errors.RecordError(errors.MISSING_FIELD, f"column {col!r} is missing")
+  return row[col]
+
+
+def _text(value: Any, col: str, allow_empty: bool = False) -> str:
+  if not isinstance(value, str):
+    raise errors.RecordError(errors.NON_STRING_CONTENT, f"{col} must be a string, got {type(value).__name__}")
+  if not allow_empty and not value.strip():
+    raise errors.RecordError(errors.EMPTY_FIELD, f"{col} is empty")
+  return value
+
+
+def _number(value: Any, col: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise errors.RecordError(errors.BAD_SCORE, f"{col} must be a number, got {value!r}")
+  if not math.isfinite(value):
+    raise errors.RecordError(errors.NON_FINITE_SCORE, f"{col} must be finite, got {value!r}")
+  return float(value)
+
+
+def _optional_number(row: Mapping, col: str) -> float | None:
+  value = row.get(col)
+  return None if value is None else _number(value, col)
+
+
+def _optional_text(row: Mapping, col: str) -> str | None:
+  value = row.get(col)
+  return None if value is None else _text(value, col)
+
+
+def _optional_id(row: Mapping, col: str) -> str | None:
+  """An optional id: text, or an integer (annotator ids often are) turned into text."""
+  value = row.get(col)
+  if isinstance(value, int) and not isinstance(value, bool):
+    return str(value)
+  return None if value is None else _text(value, col)
+
+
+def _optional_vector(row: Mapping, col: str) -> tuple[float, ...] | None:
+  value = row.get(col)
+  if value is None:
+    return None
+  if not isinstance(value, (list, tuple)) or not value:
+    raise errors.RecordError(errors.BAD_FIELD, f"{col} must be a non-empty list of numbers, got {value!r}")
+  return tuple(_number(v, f"{col}[{i}]") for i, v in enumerate(value))
+
+
+def _messages(value: Any, col: str) -> list[dict[str, str]]:
+  """A validated, normalized ({"role", "content"} only) message list."""
+  if not isinstance(value, (list, tuple)):
+    raise errors.RecordError(errors.BAD_MESSAGES, f"{col} must be a list of messages, got {type(value).__name__}")
+  if not value:
+    raise errors.RecordError(errors.EMPTY_FIELD, f"{col} has no messages")
+  out = []
+  for i, m in enumerate(value):
+    if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] must be a dict with 'role' and 'content'")
+    if m["role"] not in VALID_ROLES:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] has role {m['role']!r}; valid: {VALID_ROLES}")
+    out.append({"role": m["role"], "content": _text(m["content"], f"{col}[{i}].content")})
+  return out
+
+
+def _prompt(value: Any, col: str):
+  return _messages(value, col) if isinstance(value, (list, tuple)) else _text(value, col)
+
+
+def _pair_extras(row: Mapping, config: AdapterConfig) -> dict:
+  c = config.column
+  return {
+      "chosen_score": _optional_number(row, c("chosen_score")),
+      "rejected_score": _optional_number(row, c("rejected_score")),
+      "margin": _optional_number(row, c("margin")),
+      "chosen_attributes": _optional_vector(row, c("chosen_attributes")),
+      "rejected_attributes": _optional_vector(row, c("rejected_attributes")),
+      "annotator": _optional_id(row, c("annotator")),
+      "subset": _optional_text(row, c("subset")),
+  }
+
+
+def _make(cls, where: str, **fields):
+  """Builds a record; its own validation errors (e.g. attribute lengths) become bad-row errors."""
+  try:
+    return cls(source=where, **fields)
+  except ValueError as e:
+    raise errors.RecordError(errors.BAD_FIELD, str(e).removeprefix(f"{where}: ")) from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One parser per format: row -> record, raising RecordError.
+
+
+def _parse_pairwise(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRecord:
+  c = config.column
+  prompt = _prompt(_required(row, c("prompt")), c("prompt"))
+  chosen = _text(_required(row, c("chosen")), c("chosen"))
+  rejected = _text(_required(row, c("rejected")), c("rejected"))
+  if chosen == rejected:
+    raise errors.RecordError(errors.IDENTICAL_RESPONSES, "chosen and rejected are identical")
+  return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen, rejected=rejected,
+               **_pair_extras(row, config))
+
+
+def _parse_chat(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRecord:
+  c = config.column
+  chosen = _messages(_required(row, c("chosen")), c("chosen"))
+  rejected = _messages(_required(row, c("rejected")), c("rejected"))
+  shared = 0
+  while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+    shared += 1
+  chosen_response, rejected_response = chosen[shared:], rejected[shared:]
+  if not chosen_response and not rejected_response:
+    raise errors.RecordError(errors.IDENTICAL_RESPONSES, "chosen and rejected messages are identical")
+  for name, response in (("chosen", chosen_response), ("rejected", rejected_response)):
+    if not response:
+      raise errors.RecordError(errors.EMPTY_FIELD, f"{c(name)} has no messages after the shared prefix")
+    if response[0]["role"] != "assistant":
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{c(name)}: the first response message has role "
+                               f"{response[0]['role']!r}, expected 'assistant'")
+  if row.get(c("prompt")) is not None:
+    prompt = _prompt(row[c("prompt")], c("prompt"))
+  elif shared:
+    prompt = chosen[:shared]
+  else:
+    raise errors.RecordError(errors.MISSING_FIELD, f"no column {c('prompt')!r} and {c('chosen')} / "
+                             f"{c('rejected')} share no leading messages")
+  return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen_response, rejected=rejected_response,
+               **_pair_extras(row, config))
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
+  """Splits two HH dialogues into (prompt, chosen_response, rejected_response, diverged).
+
+  Raises RecordError if there is no shared assistant marker. See the module docstring for the rule.
+  """
+  c_cut, r_cut = chosen.rfind(ASSISTANT), rejected.rfind(ASSISTANT)
+  if c_cut < 0 or r_cut < 0:
+    raise errors.RecordError(errors.BAD_FIELD, f"no {ASSISTANT!r} turn in chosen or rejected")
+  c_end, r_end = c_cut + len(ASSISTANT), r_cut + len(ASSISTANT)
+  diverged = chosen[:c_end] != rejected[:r_end]
+  if diverged:
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = shared.rfind(ASSISTANT)
+    if cut < 0:
+      raise errors.RecordError(errors.BAD_FIELD, "chosen and rejected share no assistant turn")
+    c_end = r_end = cut + len(ASSISTANT)
+  prompt = chosen[:c_end]
+  return prompt, chosen[c_end:].removeprefix(" "), rejected[r_end:].removeprefix(" "), diverged
+
+
+def _parse_hh(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None):
+  c = config.column
+  chosen = _text(_required(row, c("chosen")), c("chosen"))
+  rejected = _text(_required(row, c("rejected")), c("rejected"))
+  prompt, chosen_response, rejected_response, diverged = split_hh(chosen, rejected)
+  if chosen_response == rejected_response:
+    raise errors.RecordError(errors.IDENTICAL_RESPONSES, "the final assistant turns are identical")
+  record = _make(PreferenceRecord, where, prompt=prompt, chosen=chosen_response, rejected=rejected_response,
+                 subset=_optional_text(row, c("subset")))
+  if report is not None:
+    if diverged:
+      report.note("hh_diverging_dialogue")
+    if not chosen_response.strip() or not rejected_response.strip():
+      report.note("hh_empty_response")
+  return record
+
+
+def _completions(row: Mapping, config: AdapterConfig, allow_messages: bool) -> tuple[list, list | None]:
+  """(completions, scores or None) from either dict completions or texts (+ a parallel scores column)."""
+  c = config.column
+  items = _required(row, c("completions"))
+  if not isinstance(items, (list, tuple)) or len(items) < 2:
+    raise errors.RecordError(errors.BAD_FIELD, f"{c('completions')} must be a list of >= 2 completions")
+  if all(isinstance(x, Mapping) and "role" not in x for x in items):
+    texts = [_text(_required(x, c("response")), f"{c('completions')}[{i}].{c('response')}")
+             for i, x in enumerate(items)]
+    scores = [_number(_required(x, c("score")), f"{c('completions')}[{i}].{c('score')}")
+              for i, x in enumerate(items)]
+    return texts, scores
+  texts = [_messages(x, f"{c('completions')}[{i}]") if allow_messages and isinstance(x, (list, tuple))
+           else _text(x, f"{c('completions')}[{i}]") for i, x in enumerate(items)]
+  if row.get(c("scores")) is None:
+    return texts, None
+  scores = row[c("scores")]
+  if not isinstance(scores, (list, tuple)) or len(scores) != len(texts):
+    raise errors.RecordError(errors.BAD_FIELD, f"{c('scores')} must be a list of {len(texts)} numbers")
+  return texts, [_number(s, f"{c('scores')}[{i}]") for i, s in enumerate(scores)]
+
+
+def _parse_ultrafeedback(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRecord:
+  c = config.column
+  prompt = _text(_required(row, c("prompt")), c("prompt"))
+  texts, scores = _completions(row, config, allow_messages=False)
+  if scores is None:
+    raise errors.RecordError(errors.MISSING_FIELD, f"column {c('scores')!r} is missing")
+  top = max(scores)
+  best = scores.index(top)  # Ties at the top: the lowest index wins.
+  below = [i for i, s in enumerate(scores) if s < top]
+  if not below:
+    raise errors.RecordError(errors.NO_PREFERENCE, f"all {len(scores)} completions score {top}")
+  if config.rejected == "lowest":
+    worst = scores.index(min(scores))
+  else:
+    worst = random.Random(f"{config.seed}:{where}").choice(below)
+  if texts[best] == texts[worst]:
+    raise errors.RecordError(errors.IDENTICAL_RESPONSES, f"completions {best} and {worst} are identical")
+  return _make(PreferenceRecord, where, prompt=prompt, chosen=texts[best], rejected=texts[worst],
+               chosen_score=scores[best], rejected_score=scores[worst], subset=_optional_text(row, c("subset")))
+
+
+def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
+  c = config.column
+  prompt = _prompt(_required(row, c("prompt")), c("prompt"))
+  texts, scores = _completions(row, config, allow_messages=True)
+  best_index = row.get(c("best_index"))
+  if best_index is not None and (isinstance(best_index, bool) or not isinstance(best_index, int)):
+    raise errors.RecordError(errors.BAD_FIELD, f"{c('best_index')} must be an integer, got {best_index!r}")
+  if scores is None and best_index is None:
+    raise errors.RecordError(errors.MISSING_FIELD, f"need {c('scores')!r} or {c('best_index')!r}")
+  return _make(KWayRecord, where, prompt=prompt, completions=tuple(texts),
+               scores=None if scores is None else tuple(scores),
+               best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")))
+
+
+def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipReport | None = None):
+  """One decoded row -> a record; raises errors.RecordError for a bad row. `where` is "file:line"."""
+  if isinstance(row, errors.RecordError):
+    raise row
+  if not isinstance(row, Mapping):
+    raise errors.RecordError(errors.NOT_AN_OBJECT, f"expected a JSON object, got {type(row).__name__}")
+  if config.format == "pairwise":
+    return _parse_pairwise(row, config, where)
+  if config.format == "chat":
+    return _parse_chat(row, config, where)
+  if config.format == "hh":
+    return _parse_hh(row, config, where, report)
+  if config.format == "ultrafeedback":
+    return _parse_ultrafeedback(row, config, where)
+  return _parse_kway(row, config, where)
+
+
+def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | str,
+                 report: errors.SkipReport | None = None) -> Iterator[PreferenceRecord | KWayRecord]:
+  """Yields the records of `paths` in file and line order.
+
+  Args:
+    paths: one path or a list of paths (.jsonl, .jsonl.gz, .parquet).
+    config: an AdapterConfig, or a format name (strict, default columns).
+    report: where lenient mode counts skipped rows (and where notes/kept are counted in both modes).
+
+  Raises:
+    ValueError: "file:line: reason: detail" for the first bad row in strict mode.
+  """
+  if isinstance(config, str):
+    config = AdapterConfig(format=config)
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  report = errors.SkipReport() if report is None else report
+  skipped_before = report.skipped
+  for path in paths:
+    name = os.path.basename(os.fspath(path))
+    for line, row in iter_rows(path):
+      where = f"{name}:{line}"
+      try:
+        record = parse_row(row, config, where, report)
+      except errors.RecordError as e:
+        if config.strict:
+          raise ValueError(f"{os.fspath(path)}:{line}: {e}") from e
+        report.skip(e, where)
+        continue
+      report.kept += 1
+      yield record
+  if report.skipped > skipped_before:
+    logging.warning("%s", errors.format_skip_report(report, f"{config.format} {[os.fspath(p) for p in paths]}"))
+
+
+def read_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | str,
+                 ) -> tuple[list[PreferenceRecord | KWayRecord], errors.SkipReport]:
+  """All records of `paths` plus the SkipReport (see iter_records)."""
+  report = errors.SkipReport()
+  records = list(iter_records(paths, config, report))
+  return records, report
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping]) -> None:
+  """Writes rows as JSON lines (gzip when the name ends with .gz); a helper for tests and data prep."""
+  opener = gzip.open if os.fspath(path).endswith(".gz") else open
+  with opener(path, "wt", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")

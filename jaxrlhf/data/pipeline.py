@@ -1,0 +1,342 @@
+"""The input pipeline: a random-access record source -> shuffled, tokenized, bucket-padded numpy batches.
+
+    source (len + getitem, e.g. tfds_builders.record_source) -> grain.MapDataset: [shard] -> shuffle(seed)
+    (a new permutation every epoch) -> repeat -> map(tokenize + truncate) -> to_iter_dataset (threads, prefetch)
+    -> BatchIterator: drops too-long examples (counted), pads to a length bucket or packs, counts truncation.
+
+Batches follow docs/design.md, right padded, int32 ids and masks:
+  SFT:        input_ids, attention_mask, loss_mask (B, T); with packing also segment_ids (1, 2, ... per packed
+              example, 0 on pad) and positions (restarting at 0 in each segment).
+  preference: chosen_/rejected_ input_ids, attention_mask, loss_mask (B, T) (both padded to the same T), float32
+              (B,) chosen_score, rejected_score, margin (NaN where absent), weight (1 by default); with
+              num_attributes=K also chosen_attributes, rejected_attributes (B, K) and attributes_mask (B, K).
+T is the smallest bucket >= the batch's longest sequence, so at most len(buckets) shapes compile (packing: one).
+A final partial batch (finite num_epochs) is filled with empty rows (masks 0, weight 0) to keep the shape.
+
+Exact resume: `BatchIterator.get_state()` is a small JSON-able dict (grain's element index, the counters, and a
+packing carry-over); `make_pipeline(...).set_state(state)` continues with the identical next batch.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Iterator, Sequence
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxrlhf.data import tokenize
+
+KINDS = ("preference", "sft")
+_STAT_KEYS = ("examples", "truncated_prompts", "truncated_responses", "dropped_too_long")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """Input pipeline settings.
+
+  Attributes:
+    kind: "preference" or "sft".
+    batch_size: the global batch size (each of `shard_count` processes yields batch_size // shard_count rows).
+    max_length: token budget for prompt + response (TruncationConfig); the largest padded length.
+    max_prompt_length: optional prompt budget (the prompt's tail is kept).
+    min_response_length: examples leaving fewer response tokens are dropped (counted).
+    buckets: padded lengths; values above max_length are ignored and max_length is always a bucket.
+    pack: SFT only: pack examples greedily into rows of max_length.
+    seed: shuffle seed (each epoch uses a different permutation derived from it).
+    shuffle: shuffle or keep the source order.
+    num_epochs: None repeats forever.
+    num_attributes: K for attribute vectors in preference batches (0: none).
+    num_threads, prefetch: grain read threads and prefetch buffer (0 threads: read in the caller's thread).
+    shard_index, shard_count: this process's slice of the source (defaults: jax.process_index/count()).
+  """
+
+  kind: str = "preference"
+  batch_size: int = 8
+  max_length: int = 512
+  max_prompt_length: int | None = None
+  min_response_length: int = 1
+  buckets: Sequence[int] = (64, 128, 256, 512)
+  pack: bool = False
+  seed: int = 0
+  shuffle: bool = True
+  num_epochs: int | None = None
+  num_attributes: int = 0
+  num_threads: int = 2
+  prefetch: int = 64
+  shard_index: int | None = None
+  shard_count: int | None = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+    if self.pack and self.kind != "sft":
+      raise ValueError("pack=True is only supported for kind='sft'")
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if any(b < 1 for b in self.buckets):
+      raise ValueError(f"buckets must be positive lengths, got {tuple(self.buckets)}")
+    if self.num_epochs is not None and self.num_epochs < 1:
+      raise ValueError(f"num_epochs must be None or >= 1, got {self.num_epochs}")
+    self.truncation  # Validates the token budgets.  pylint: disable=pointless-statement
+
+  @property
+  def truncation(self) -> tokenize.TruncationConfig:
+    return tokenize.TruncationConfig(self.max_length, self.max_prompt_length, self.min_response_length)
+
+  @property
+  def bucket_lengths(self) -> tuple[int, ...]:
+    return tuple(sorted({b for b in self.buckets if b <= self.max_length} | {self.max_length}))
+
+
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= length (buckets sorted ascending); raises ValueError if none fits."""
+  for b in buckets:
+    if length <= b:
+      return b
+  raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+def _pad_rows(rows_ids: Sequence[np.ndarray], rows_loss: Sequence[np.ndarray], length: int, batch_size: int,
+              pad_id: int) -> dict[str, np.ndarray]:
+  """Right-pads rows into (batch_size, length) input_ids / attention_mask / loss_mask; missing rows are empty."""
+  ids = np.full((batch_size, length), pad_id, np.int32)
+  attention = np.zeros((batch_size, length), np.int32)
+  loss = np.zeros((batch_size, length), np.int32)
+  for i, (row, row_loss) in enumerate(zip(rows_ids, rows_loss)):
+    ids[i, :len(row)] = row
+    attention[i, :len(row)] = 1
+    loss[i, :len(row)] = row_loss
+  return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss}
+
+
+def _sequence(prompt: np.ndarray, response: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """prompt + response ids and the loss mask (1 on response tokens)."""
+  ids = np.concatenate([prompt, response]).astype(np.int32)
+  loss = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)])
+  return ids, loss
+
+
+def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id: int) -> dict[str, np.ndarray]:
+  """Tokenized pairs -> the preference batch (rows beyond len(examples) are empty with weight 0)."""
+  b = config.batch_size // _shard_count(config)
+  chosen = [_sequence(e["prompt"], e["chosen"]) for e in examples]
+  rejected = [_sequence(e["prompt"], e["rejected"]) for e in examples]
+  length = bucket_length(max(len(ids) for ids, _ in chosen + rejected), config.bucket_lengths)
+  batch = {}
+  for name, seqs in (("chosen", chosen), ("rejected", rejected)):
+    padded = _pad_rows([s[0] for s in seqs], [s[1] for s in seqs], length, b, pad_id)
+    batch.update({f"{name}_{k}": v for k, v in padded.items()})
+  for key, fill in (("chosen_score", np.nan), ("rejected_score", np.nan), ("margin", np.nan), ("weight", 0.0)):
+    column = np.full((b,), fill, np.float32)
+    column[:len(examples)] = [e[key] for e in examples]
+    batch[key] = column
+  if config.num_attributes:
+    attributes = np.full((b, 2, config.num_attributes), np.nan, np.float32)
+    attributes[:len(examples)] = [e["attributes"] for e in examples]
+    mask = np.isfinite(attributes).all(axis=1)
+    batch["chosen_attributes"] = np.where(mask, attributes[:, 0], 0.0).astype(np.float32)
+    batch["rejected_attributes"] = np.where(mask, attributes[:, 1], 0.0).astype(np.float32)
+    batch["attributes_mask"] = mask.astype(np.int32)
+  return batch
+
+
+def collate_sft(examples: Sequence[dict], config: PipelineConfig, pad_id: int) -> dict[str, np.ndarray]:
+  """Tokenized SFT examples -> {input_ids, attention_mask, loss_mask} padded to a bucket."""
+  b = config.batch_size // _shard_count(config)
+  seqs = [_sequence(e["prompt"], e["response"]) for e in examples]
+  length = bucket_length(max(len(ids) for ids, _ in seqs), config.bucket_lengths)
+  return _pad_rows([s[0] for s in seqs], [s[1] for s in seqs], length, b, pad_id)
+
+
+def collate_packed(rows: Sequence[Sequence[dict]], config: PipelineConfig, pad_id: int) -> dict[str, np.ndarray]:
+  """Packed rows (each a list of SFT examples whose total length <= max_length) -> an SFT batch of
+  (B, max_length) plus segment_ids and positions."""
+  b, t = config.batch_size // _shard_count(config), config.max_length
+  flat_ids, flat_loss = [], []
+  segment_ids = np.zeros((b, t), np.int32)
+  positions = np.zeros((b, t), np.int32)
+  for i, row in enumerate(rows):
+    seqs = [_sequence(e["prompt"], e["response"]) for e in row]
+    flat_ids.append(np.concatenate([s[0] for s in seqs]))
+    flat_loss.append(np.concatenate([s[1] for s in seqs]))
+    start = 0
+    for segment, (ids, _) in enumerate(seqs, start=1):
+      segment_ids[i, start:start + len(ids)] = segment
+      positions[i, start:start + len(ids)] = np.arange(len(ids))
+      start += len(ids)
+  batch = _pad_rows(flat_ids, flat_loss, t, b, pad_id)
+  batch.update(segment_ids=segment_ids, positions=positions)
+  return batch
+
+
+def _shard_count(config: PipelineConfig) -> int:
+  return jax.process_count() if config.shard_count is None else config.shard_count
+
+
+def _example_length(example: dict) -> int:
+  return len(example["prompt"]) + len(example["response"])
+
+
+def _to_jsonable(example: dict) -> dict:
+  return {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if isinstance(v, np.generic) else v)
+          for k, v in example.items()}
+
+
+def _from_jsonable(example: dict) -> dict:
+  return {k: np.asarray(v, np.int32) if isinstance(v, list) else v for k, v in example.items()}
+
+
+class BatchIterator:
+  """Iterates batches from a grain element iterator; owns the drop/truncation counters and packing carry-over.
+
+  Attributes:
+    stats: {"examples", "truncated_prompts", "truncated_responses", "dropped_too_long"} counted over the
+      examples read so far (restored with the state). `format_stats(self.stats)` renders one log line.
+  """
+
+  def __init__(self, elements: grain.DatasetIterator, config: PipelineConfig, pad_id: int):
+    self._elements = elements
+    self._config = config
+    self._pad_id = pad_id
+    self._per_process = config.batch_size // _shard_count(config)
+    self._carry: dict | None = None  # Packing: the example that did not fit the last row.
+    self._exhausted = False
+    self.stats = dict.fromkeys(_STAT_KEYS, 0)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def _next_example(self) -> dict | None:
+    """The next kept example (None at the end of a finite dataset); counts drops and truncation."""
+    while True:
+      try:
+        example = next(self._elements)
+      except StopIteration:
+        self._exhausted = True
+        return None
+      self.stats["examples"] += 1
+      if example.get("dropped"):
+        self.stats["dropped_too_long"] += 1
+        continue
+      self.stats["truncated_prompts"] += int(example["truncated_prompt"])
+      self.stats["truncated_responses"] += int(example["truncated_responses"])
+      return example
+
+  def _next_packed_rows(self) -> list[list[dict]]:
+    rows, row, used = [], [], 0
+    while len(rows) < self._per_process:
+      example = self._carry if self._carry is not None else self._next_example()
+      self._carry = None
+      if example is None:
+        break
+      if used + _example_length(example) > self._config.max_length:
+        rows.append(row)
+        row, used = [], 0
+        self._carry = example  # It starts the next row (or the next batch).
+        continue
+      row.append(example)
+      used += _example_length(example)
+    if row and len(rows) < self._per_process:
+      rows.append(row)
+    return rows
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._exhausted and self._carry is None:
+      raise StopIteration
+    config = self._config
+    if config.pack:
+      rows = self._next_packed_rows()
+      if not rows:
+        raise StopIteration
+      return collate_packed(rows, config, self._pad_id)
+    examples = []
+    while len(examples) < self._per_process:
+      example = self._next_example()
+      if example is None:
+        break
+      examples.append(example)
+    if not examples:
+      raise StopIteration
+    collate = collate_preference if config.kind == "preference" else collate_sft
+    return collate(examples, config, self._pad_id)
+
+  def get_state(self) -> dict:
+    """A JSON-able snapshot taken between batches: restore it with set_state for the identical next batch."""
+    return {"elements": self._elements.get_state(), "stats": dict(self.stats),
+            "carry": None if self._carry is None else _to_jsonable(self._carry), "exhausted": self._exhausted}
+
+  def set_state(self, state: dict) -> None:
+    """Restores get_state()'s snapshot (on an iterator built with the same source, tokenizer and config)."""
+    missing = {"elements", "stats", "carry", "exhausted"} - set(state)
+    if missing:
+      raise ValueError(f"state is missing keys {sorted(missing)}")
+    self._elements.set_state(state["elements"])
+    self.stats = {k: int(state["stats"][k]) for k in _STAT_KEYS}
+    self._carry = None if state["carry"] is None else _from_jsonable(state["carry"])
+    self._exhausted = bool(state["exhausted"])
+
+
+def make_pipeline(source: Any, tokenizer: Any, config: PipelineConfig) -> BatchIterator:
+  """Builds the batch iterator over a random-access `source` of records (len + getitem).
+
+  Args:
+    source: records by index (PreferenceRecords; for SFT also {"prompt", "response"} mappings).
+    tokenizer: follows the protocol in docs/design.md (encode, apply_chat_template, eos_id, pad_id).
+    config: PipelineConfig.
+  """
+  shard_count = _shard_count(config)
+  shard_index = jax.process_index() if config.shard_index is None else config.shard_index
+  if config.batch_size % shard_count:
+    raise ValueError(f"batch_size {config.batch_size} must be divisible by shard_count {shard_count}")
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+  if len(source) == 0:
+    raise ValueError("source is empty")
+  ds = grain.MapDataset.source(source)
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  if config.shuffle:
+    ds = ds.shuffle(seed=config.seed)  # Before repeat: each epoch gets its own permutation.
+  ds = ds.repeat(config.num_epochs)
+  if config.kind == "preference":
+    fn = functools.partial(tokenize.tokenize_pair, tokenizer=tokenizer, config=config.truncation,
+                           num_attributes=config.num_attributes)
+  else:
+    fn = functools.partial(tokenize.tokenize_sft, tokenizer=tokenizer, config=config.truncation)
+  ds = ds.map(fn)
+  read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch)
+  elements = iter(ds.to_iter_dataset(read_options))
+  return BatchIterator(elements, config, tokenizer.pad_id)
+
+
+def format_stats(stats: dict, name: str = "pipeline") -> str:
+  """One log line of the truncation counters, e.g. `pipeline: 1000 examples, 12 truncated prompts, ...`."""
+  return (f"{name}: {stats['examples']} examples, {stats['truncated_prompts']} truncated prompts, "
+          f"{stats['truncated_responses']} truncated responses, {stats['dropped_too_long']} dropped (too long)")
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, axes: Sequence[str] = ("data", "fsdp")
+                ) -> dict[str, jax.Array]:
+  """Places a process-local batch on `mesh`, the leading (batch) axis sharded over `axes`.
+
+  Each process passes its own rows; the global batch is their concatenation (process order). Axes absent from
+  the mesh are ignored.
+
+  Raises:
+    ValueError: naming the key whose global batch size does not divide over the axes' devices.
+  """
+  axes = tuple(a for a in axes if a in mesh.axis_names)
+  ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  spec_axis = axes if len(axes) > 1 else (axes[0] if axes else None)
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    global_rows = value.shape[0] * jax.process_count()
+    if global_rows % ways:
+      raise ValueError(f"batch[{key!r}]: global batch size {global_rows} is not divisible by the {ways} devices "
+                       f"of mesh axes {axes}")
+    sharding = NamedSharding(mesh, PartitionSpec(spec_axis, *([None] * (value.ndim - 1))))
+    out[key] = jax.make_array_from_process_local_data(sharding, value)
+  return out

@@ -1,0 +1,117 @@
+"""RewardModel (decoder backbone + reward head) and ensembles of K stacked members."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.decoder import CausalLM
+from jaxrlhf.models.heads import HeadConfig, RewardHead, gather_last
+
+Array = jax.Array
+
+
+class RewardModel(nnx.Module):
+  """A causal-LM backbone (LM head dropped) read at the last non-pad token by a RewardHead.
+
+  Call: `rm(input_ids_BxT, attention_mask_BxT=None, positions=None)` -> rewards (B,) float32, or (B, K) for a
+  "multihead" head. `rm.attributes(...)` gives the (B, K) regression outputs of an "attributes" head.
+  """
+
+  def __init__(self, config: ModelConfig, head: HeadConfig = HeadConfig(), *, rngs: nnx.Rngs,
+               backbone: CausalLM | None = None):
+    backbone = CausalLM(config, rngs=rngs) if backbone is None else backbone
+    if hasattr(backbone, "lm_head"):
+      del backbone.lm_head  # never used by a reward model: no memory, no optimizer state for it
+    self.backbone = backbone
+    self.head = RewardHead(config.embed_dim, head, rngs=rngs,
+                           param_dtype=jnp.dtype(config.param_dtype))
+
+  @property
+  def config(self) -> ModelConfig:
+    return self.backbone.config
+
+  def features(self, input_ids: Array, attention_mask: Array | None = None,
+               positions: Array | None = None) -> Array:
+    """(B, D) final hidden state at each sequence's last non-pad token."""
+    if attention_mask is None:
+      attention_mask = jnp.ones(input_ids.shape, bool)
+    hidden_BxTxD = self.backbone.hidden_states(input_ids, attention_mask, positions)
+    return gather_last(hidden_BxTxD, attention_mask)
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               positions: Array | None = None) -> Array:
+    return self.head(self.features(input_ids, attention_mask, positions))
+
+  def attributes(self, input_ids: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None) -> Array:
+    """(B, K) per-attribute outputs (the K scalar projections before any scalarization)."""
+    return self.head.outputs(self.features(input_ids, attention_mask, positions))
+
+  @classmethod
+  def from_causal_lm(cls, lm: CausalLM, head: HeadConfig = HeadConfig(), *, seed: int = 0) -> "RewardModel":
+    """A reward model initialized from a (pretrained) causal LM's weights with a fresh head.
+
+    `lm` is consumed: the reward model shares (and owns) its parameter arrays.
+    """
+    return cls(lm.config, head, rngs=nnx.Rngs(seed), backbone=lm)
+
+
+class RewardEnsemble(nnx.Module):
+  """K reward models kept as one stacked module: every parameter has a leading "ensemble" axis of size K.
+
+  One call returns rewards (B, K) (or (B, K, H) for multihead members). Members differ by init seed
+  (`RewardEnsemble(config, head, K, rngs=...)`) or share pretrained backbone weights with different head
+  seeds (`RewardEnsemble.from_pretrained_backbone`).
+  """
+
+  def __init__(self, config: ModelConfig, head: HeadConfig, num_members: int, *, rngs: nnx.Rngs):
+    if num_members < 1:
+      raise ValueError(f"num_members must be >= 1, got {num_members}")
+
+    @nnx.split_rngs(splits=num_members)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "ensemble"})
+    def make(rngs):
+      return RewardModel(config, head, rngs=rngs)
+
+    self.members = make(rngs)
+    self.num_members = num_members
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               positions: Array | None = None) -> Array:
+    return self._per_member(lambda m, *a: m(*a), input_ids, attention_mask, positions)
+
+  def attributes(self, input_ids: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None) -> Array:
+    """(B, K_members, K_attributes) attribute outputs."""
+    return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
+
+  def _per_member(self, fn, input_ids, attention_mask, positions) -> Array:
+    if attention_mask is None:
+      attention_mask = jnp.ones(input_ids.shape, bool)
+
+    @nnx.vmap(in_axes=(0, None, None, None), out_axes=1)
+    def run(member, ids, mask, pos):
+      return fn(member, ids, mask, pos)
+
+    return run(self.members, input_ids, attention_mask, positions)
+
+  @classmethod
+  def from_pretrained_backbone(cls, lm: CausalLM, head: HeadConfig, num_members: int, *,
+                               seed: int = 0) -> "RewardEnsemble":
+    """K members that all start from `lm`'s weights, each with its own head init (seed + k).
+
+    This is the "finetune-seed" ensemble of Eisenstein et al. (2023): members differ only by head init and,
+    during training, by data order.
+    """
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(lm.config, head, num_members, rngs=nnx.Rngs(seed))))
+    pure = nnx.to_pure_dict(state)
+    backbone = nnx.to_pure_dict(nnx.state(lm))
+    backbone.pop("lm_head", None)
+    heads = [nnx.to_pure_dict(nnx.state(RewardHead(lm.config.embed_dim, head, rngs=nnx.Rngs(seed + k),
+                                                   param_dtype=jnp.dtype(lm.config.param_dtype))))
+             for k in range(num_members)]
+    pure["members"]["backbone"] = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_members, *x.shape)), backbone)
+    pure["members"]["head"] = jax.tree.map(lambda *xs: jnp.stack(xs), *heads)
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)

@@ -1,0 +1,295 @@
+"""Tokenizers for real checkpoints: a HF tokenizer folder or the vocabulary embedded in a GGUF file.
+
+`Tokenizer` implements the tokenizer protocol of docs/design.md on top of the `tokenizers` library, plus the
+model's chat template (rendered by `jaxrlhf.models.chat`). `load_tokenizer(path)` builds one from
+  * a HF folder: `tokenizer.json` + `tokenizer_config.json` (special tokens, `chat_template`; a
+    `chat_template.jinja` file, as transformers now saves it, takes precedence), or
+  * a `.gguf` file with a byte-level BPE vocabulary (`tokenizer.ggml.model` "gpt2"), rebuilt the way
+    transformers' GGUF converter does: vocabulary + merges, byte-level pre-tokenizer with the split regex named
+    by `tokenizer.ggml.pre`, control tokens as special tokens, user-defined tokens as added tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from typing import Any, Mapping, Sequence
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+
+from jaxrlhf.models import chat
+from jaxrlhf.models import gguf as gguf_io
+
+# llama.cpp token types (tokenizer.ggml.token_type).
+_CONTROL = 3
+_USER_DEFINED = 4
+
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tokenizer.ggml.pre -> split regex applied before the byte-level mapping (as in transformers' GGUF converter).
+_PRE_TOKENIZER_SPLITS = {
+    "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT, "dbrx": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
+}
+# Pre-tokenizers that put every digit on its own (StarCoder-style vocabularies such as SmolLM2), as in the
+# models' own tokenizer.json and llama.cpp; then GPT-2's byte-level regex.
+_DIGIT_SPLIT_PRE = frozenset({"smollm", "starcoder", "refact"})
+# Pre-tokenizers that are GPT-2's byte-level regex as is ("default" is what llama.cpp assumes when unset).
+_GPT2_PRE = frozenset({"default", "gpt2", "gpt-2"})
+
+
+class Tokenizer:
+  """A text tokenizer with special-token ids and a chat template (the protocol in docs/design.md).
+
+  Attributes:
+    vocab_size: number of token ids, added tokens included.
+    bos_id: beginning-of-sequence id, or None if the vocabulary has none.
+    eos_id: end-of-sequence id (for chat models, the end-of-turn token).
+    pad_id: padding id (falls back to eos_id when the checkpoint defines none).
+    chat_template: the Jinja chat template source, or None.
+  """
+
+  def __init__(self, backend: tokenizers.Tokenizer, *, eos_token: str, bos_token: str | None = None,
+               pad_token: str | None = None, unk_token: str | None = None, chat_template: str | None = None):
+    """Wraps a `tokenizers.Tokenizer`.
+
+    Args:
+      backend: the tokenizer; its post-processor decides what `add_special_tokens=True` adds.
+      eos_token, bos_token, pad_token, unk_token: special token strings (must be in the vocabulary).
+      chat_template: Jinja chat template source.
+    """
+    self.backend = backend
+    self.chat_template = chat_template
+    self._special_tokens = {"bos_token": bos_token, "eos_token": eos_token, "unk_token": unk_token,
+                            "pad_token": pad_token}
+    self.eos_id = self._token_id("eos_token", eos_token)
+    self.bos_id = None if bos_token is None else self._token_id("bos_token", bos_token)
+    self.pad_id = self.eos_id if pad_token is None else self._token_id("pad_token", pad_token)
+    self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+
+  def _token_id(self, name: str, token: str) -> int:
+    token_id = self.backend.token_to_id(token)
+    if token_id is None:
+      raise ValueError(f"{name} {token!r} is not in the vocabulary")
+    return token_id
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text`; special-token strings in it map to their ids.
+
+    `add_special_tokens=True` adds what the checkpoint asks for (e.g. BOS when `add_bos_token` is set).
+    """
+    return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    """Text of token ids (`ids` may be any int sequence, e.g. a numpy row)."""
+    return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+  def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
+                          add_generation_prompt: bool = False) -> str:
+    """Renders chat messages ({"role", "content"} dicts) with the model's template; returns text."""
+    if self.chat_template is None:
+      raise ValueError("this tokenizer has no chat_template")
+    return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                            special_tokens=self._special_tokens)
+
+  @functools.cached_property
+  def supports_system_role(self) -> bool:
+    """False when the template rejects or drops a system message (or there is no template)."""
+    if self.chat_template is None:
+      return False
+    return chat.template_supports_system_role(self.chat_template, self._special_tokens)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+  """Loads the tokenizer of a checkpoint.
+
+  Args:
+    path: a HF tokenizer/model folder (tokenizer.json + tokenizer_config.json) or a `.gguf` file.
+
+  Returns:
+    A `Tokenizer`.
+
+  Raises:
+    ValueError: the path is neither, or required fields (tokenizer files, eos token, ...) are missing.
+  """
+  path = pathlib.Path(path)
+  if path.is_file() and path.suffix == ".gguf":
+    return tokenizer_from_gguf(path)
+  if path.is_dir():
+    return tokenizer_from_hf_folder(path)
+  raise ValueError(f"path {str(path)!r} is neither a .gguf file nor a tokenizer folder")
+
+
+def tokenizer_from_hf_folder(folder: str | os.PathLike) -> Tokenizer:
+  """A `Tokenizer` from a transformers-saved folder (tokenizer.json, tokenizer_config.json, ...)."""
+  folder = pathlib.Path(folder)
+  tokenizer_file = folder / "tokenizer.json"
+  if not tokenizer_file.exists():
+    raise ValueError(f"tokenizer folder {str(folder)!r} has no tokenizer.json")
+  backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+  config = _read_json(folder / "tokenizer_config.json")
+  # Older checkpoints keep the special tokens in special_tokens_map.json; tokenizer_config.json wins.
+  special = {**_read_json(folder / "special_tokens_map.json"), **config}
+  tokens = {name: _token_content(special.get(name)) for name in ("bos_token", "eos_token", "pad_token",
+                                                                  "unk_token")}
+  if tokens["eos_token"] is None:
+    raise ValueError(f"{str(folder)!r}: tokenizer_config.json has no eos_token")
+  return Tokenizer(backend, chat_template=_hf_chat_template(folder, config), **tokens)
+
+
+def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
+  """A `Tokenizer` from the vocabulary, merges, special ids and chat template stored in a GGUF file."""
+  metadata = gguf_io.read_metadata(path)
+  model_type = metadata.get("tokenizer.ggml.model")
+  if model_type != "gpt2":
+    raise ValueError(
+        f"unsupported GGUF tokenizer.ggml.model {model_type!r}; supported: 'gpt2' (byte-level BPE)")
+  for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id"):
+    if key not in metadata:
+      raise ValueError(f"GGUF metadata field {key!r} is missing")
+  tokens = list(metadata["tokenizer.ggml.tokens"])
+  token_types = list(metadata.get("tokenizer.ggml.token_type", [1] * len(tokens)))
+  backend = byte_level_bpe(tokens, metadata["tokenizer.ggml.merges"], token_types,
+                           metadata.get("tokenizer.ggml.pre", "default"))
+
+  def special(key: str) -> str | None:
+    token_id = metadata.get(f"tokenizer.ggml.{key}")
+    if token_id is None:
+      return None
+    if not 0 <= token_id < len(tokens):
+      raise ValueError(f"GGUF tokenizer.ggml.{key} {token_id} is outside the vocabulary [0, {len(tokens)})")
+    return tokens[token_id]
+
+  bos_token, eos_token = special("bos_token_id"), special("eos_token_id")
+  backend.post_processor = _special_tokens_processor(
+      bos_token if metadata.get("tokenizer.ggml.add_bos_token", False) else None,
+      eos_token if metadata.get("tokenizer.ggml.add_eos_token", False) else None, backend)
+  return Tokenizer(backend, bos_token=bos_token, eos_token=eos_token, pad_token=special("padding_token_id"),
+                   unk_token=special("unknown_token_id"),
+                   chat_template=metadata.get("tokenizer.chat_template"))
+
+
+def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
+                   pre_type: str = "default") -> tokenizers.Tokenizer:
+  """A byte-level BPE `tokenizers.Tokenizer` from llama.cpp's vocabulary description.
+
+  Args:
+    tokens: token strings in id order, spelled in GPT-2's byte alphabet.
+    merges: "left right" merge rules in priority order.
+    token_types: llama.cpp token types per token (3 = control -> special, 4 = user-defined -> added).
+    pre_type: `tokenizer.ggml.pre`, which picks the split regex.
+
+  Raises:
+    ValueError: inconsistent lengths, a malformed merge, or an unknown `pre_type`.
+  """
+  if len(token_types) != len(tokens):
+    raise ValueError(f"tokenizer.ggml.token_type has {len(token_types)} entries, expected {len(tokens)}")
+  byte_chars = _bytes_to_unicode()
+  alphabet = set(byte_chars.values())
+  # Tokens outside the byte alphabet (some converters store special tokens raw) are respelled byte by byte,
+  # as transformers does, so the vocabulary stays consistent with the byte-level pre-tokenizer.
+  vocab = {}
+  for index, token in enumerate(tokens):
+    spelled = token if set(token) <= alphabet else "".join(byte_chars[b] for b in token.encode("utf-8"))
+    vocab[spelled] = index
+  pairs = []
+  for i, merge in enumerate(merges):
+    parts = merge.split(" ")
+    if len(parts) != 2:
+      raise ValueError(f"tokenizer.ggml.merges[{i}] = {merge!r} is not 'left right'")
+    pairs.append(tuple(parts))
+  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+  backend.pre_tokenizer = _pre_tokenizer(pre_type)
+  backend.decoder = decoders.ByteLevel()
+  # Control tokens spelled in the byte alphabet become special (matched whole, skipped on decode); others
+  # are llama.cpp mislabels that transformers skips too.
+  control = [AddedToken(t, normalized=False, special=True)
+             for t, kind in zip(tokens, token_types) if kind == _CONTROL and set(t) <= alphabet]
+  user_defined = [AddedToken(t, normalized=False, special=False)
+                  for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED and t in vocab]
+  if control:
+    backend.add_special_tokens(control)
+  if user_defined:
+    backend.add_tokens(user_defined)
+  return backend
+
+
+def _pre_tokenizer(pre_type: str) -> pre_tokenizers.PreTokenizer:
+  """The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` names."""
+  split = _PRE_TOKENIZER_SPLITS.get(pre_type)
+  if split is not None:
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  if pre_type in _DIGIT_SPLIT_PRE:
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+  if pre_type in _GPT2_PRE:
+    return byte_level
+  # llama.cpp knows many more splits; guessing GPT-2's for them would tokenize subtly wrong.
+  supported = sorted({*_PRE_TOKENIZER_SPLITS, *_DIGIT_SPLIT_PRE, *_GPT2_PRE})
+  raise ValueError(f"unsupported GGUF tokenizer.ggml.pre {pre_type!r}; supported: {supported}")
+
+
+def _special_tokens_processor(bos_token: str | None, eos_token: str | None,
+                              backend: tokenizers.Tokenizer) -> processors.PostProcessor:
+  """A post-processor adding BOS and/or EOS around a sequence (identity when both are None)."""
+  single, pair, specials = ["$A:0"], ["$A:0", "$B:1"], []
+  if bos_token is not None:
+    single, pair = [f"{bos_token}:0"] + single, [f"{bos_token}:0"] + pair
+    specials.append((bos_token, backend.token_to_id(bos_token)))
+  if eos_token is not None:
+    single, pair = single + [f"{eos_token}:0"], pair + [f"{eos_token}:1"]
+    if eos_token != bos_token:
+      specials.append((eos_token, backend.token_to_id(eos_token)))
+  return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+
+
+def _hf_chat_template(folder: pathlib.Path, config: Mapping[str, Any]) -> str | None:
+  """The default chat template of a HF folder: chat_template.jinja, else tokenizer_config.json's."""
+  jinja_file = folder / "chat_template.jinja"
+  if jinja_file.exists():
+    return jinja_file.read_text(encoding="utf-8")
+  template = config.get("chat_template")
+  if isinstance(template, list):  # Named templates: [{"name": ..., "template": ...}, ...].
+    named = {t["name"]: t["template"] for t in template}
+    template = named.get("default")
+  return template
+
+
+def _token_content(token: Any) -> str | None:
+  """A special token entry as a string (tokenizer configs store either a string or an AddedToken dict)."""
+  if isinstance(token, Mapping):
+    return token.get("content")
+  return token
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  if not path.exists():
+    return {}
+  with path.open(encoding="utf-8") as f:
+    return json.load(f)
+
+
+@functools.lru_cache(maxsize=1)
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's reversible byte -> printable character map (the byte-level BPE alphabet)."""
+  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+               + list(range(ord("®"), ord("ÿ") + 1)))
+  chars = printable[:]
+  n = 0
+  for b in range(256):
+    if b not in printable:
+      printable.append(b)
+      chars.append(256 + n)
+      n += 1
+  return {b: chr(c) for b, c in zip(printable, chars)}

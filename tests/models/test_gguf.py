@@ -1,0 +1,271 @@
+"""GGUF reader: hand-written quantized blocks, llama.cpp's q/k permutation, error messages, and SmolLM2 vs
+transformers' own GGUF loader."""
+
+import importlib.util
+import os
+
+import gguf
+import numpy as np
+import pytest
+
+from conftest import require_asset
+from jaxrlhf.models import gguf as gguf_io
+
+# A tiny llama: D=32 (one 32-wide quant block per row), N=4 heads of H=8, 2 kv heads, F=64, V=48, 2 layers.
+D, N, NKV, H, F, V, L = 32, 4, 2, 8, 64, 48, 2
+
+
+def _f16_bytes(x):
+  return np.asarray(x, np.float16).reshape(-1, 1).view(np.uint8)
+
+
+def _q8_0(rng, rows, cols):
+  """Random Q8_0 rows (GGML block: f16 scale d, 32 int8 q; x = d * q) -> (raw uint8, dequantized golden)."""
+  blocks = rows * cols // 32
+  d = rng.uniform(0.01, 0.1, blocks).astype(np.float16)
+  q = rng.integers(-128, 128, (blocks, 32)).astype(np.int8)
+  raw = np.concatenate([_f16_bytes(d), q.view(np.uint8)], axis=1).reshape(rows, -1)
+  golden = d.astype(np.float32)[:, None] * q.astype(np.float32)
+  return raw, golden.reshape(rows, cols)
+
+
+def _q4(rng, rows, cols, with_min):
+  """Random Q4_0 / Q4_1 rows: f16 d (+ f16 m), 16 bytes of nibbles; low nibbles are elements 0-15, high
+  nibbles 16-31. Q4_0: x = d * (q - 8); Q4_1: x = d * q + m."""
+  blocks = rows * cols // 32
+  d = rng.uniform(0.01, 0.1, blocks).astype(np.float16)
+  m = rng.uniform(-0.5, 0.5, blocks).astype(np.float16)
+  q = rng.integers(0, 16, (blocks, 32)).astype(np.uint8)
+  packed = q[:, :16] | (q[:, 16:] << 4)
+  header = [_f16_bytes(d), _f16_bytes(m)] if with_min else [_f16_bytes(d)]
+  raw = np.concatenate(header + [packed], axis=1).reshape(rows, -1)
+  qf, df, mf = q.astype(np.float32), d.astype(np.float32)[:, None], m.astype(np.float32)[:, None]
+  golden = qf * df + mf if with_min else (qf - 8) * df
+  return raw, golden.reshape(rows, cols)
+
+
+def llama_cpp_permute(w, n_head):
+  """llama.cpp convert_hf_to_gguf.py `LlamaModel.permute` (HF rotate-half rows -> GGML interleaved rows)."""
+  return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tiny_llama_tensors(rng, tied=True):
+  """GGUF name -> (array to write, raw_dtype or None, golden in HF layout)."""
+  out = {}
+
+  def f32(name, shape, golden_fn=lambda w: w):
+    w = rng.normal(size=shape).astype(np.float32)
+    out[name] = (w, None, golden_fn(w))
+
+  f32("token_embd.weight", (V, D))
+  f32("output_norm.weight", (D,))
+  if not tied:
+    f32("output.weight", (V, D))
+  for i in range(L):
+    f32(f"blk.{i}.attn_norm.weight", (D,))
+    f16 = rng.normal(size=D).astype(np.float16)
+    out[f"blk.{i}.ffn_norm.weight"] = (f16, None, f16.astype(np.float32))
+    # q/k are stored permuted; the golden is the HF-layout weight before llama.cpp's permute.
+    hf_q = rng.normal(size=(N * H, D)).astype(np.float32)
+    out[f"blk.{i}.attn_q.weight"] = (llama_cpp_permute(hf_q, N), None, hf_q)
+    raw, hf_k = _q8_0(rng, NKV * H, D)
+    # Permuting whole rows commutes with per-row quantization, so permute the raw rows.
+    out[f"blk.{i}.attn_k.weight"] = (llama_cpp_permute(raw, NKV), gguf.GGMLQuantizationType.Q8_0, hf_k)
+    raw, golden = _q8_0(rng, NKV * H, D)
+    out[f"blk.{i}.attn_v.weight"] = (raw, gguf.GGMLQuantizationType.Q8_0, golden)
+    raw, golden = _q4(rng, D, N * H, with_min=False)
+    out[f"blk.{i}.attn_output.weight"] = (raw, gguf.GGMLQuantizationType.Q4_0, golden)
+    raw, golden = _q4(rng, F, D, with_min=True)
+    out[f"blk.{i}.ffn_gate.weight"] = (raw, gguf.GGMLQuantizationType.Q4_1, golden)
+    bf16 = rng.normal(size=(F, D)).astype(np.float32)
+    bf16_bits = (bf16.view(np.uint32) >> 16).astype(np.uint16)  # Truncation to bf16.
+    out[f"blk.{i}.ffn_up.weight"] = (bf16_bits.view(np.uint8), gguf.GGMLQuantizationType.BF16,
+                                     (bf16_bits.astype(np.uint32) << 16).view(np.float32))
+    f32(f"blk.{i}.ffn_down.weight", (D, F))
+  return out
+
+
+def write_tiny_gguf(path, tensors, arch="llama", skip_keys=(), extra=None):
+  """Writes a tiny llama GGUF with the given tensors ({name: (array, raw_dtype, golden)})."""
+  writer = gguf.GGUFWriter(str(path), arch)
+  keys = {
+      "block_count": lambda: writer.add_block_count(L),
+      "context_length": lambda: writer.add_context_length(128),
+      "embedding_length": lambda: writer.add_embedding_length(D),
+      "feed_forward_length": lambda: writer.add_feed_forward_length(F),
+      "head_count": lambda: writer.add_head_count(N),
+      "head_count_kv": lambda: writer.add_head_count_kv(NKV),
+      "rope_freq_base": lambda: writer.add_rope_freq_base(5000.0),
+      "rms_eps": lambda: writer.add_layer_norm_rms_eps(1e-6),
+      "rope_dim": lambda: writer.add_rope_dimension_count(H),
+      "vocab_size": lambda: writer.add_vocab_size(V),
+  }
+  for key, add in keys.items():
+    if key not in skip_keys:
+      add()
+  writer.add_bos_token_id(1)
+  writer.add_eos_token_id(2)
+  if extra is not None:
+    extra(writer)
+  for name, (array, raw_dtype, _) in tensors.items():
+    writer.add_tensor(name, array, raw_dtype=raw_dtype)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  return path
+
+
+def _hf_name(gguf_name):
+  return gguf_io._hf_names(L)[gguf_name]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_tiny_llama_matches_hand_dequantized_goldens(tmp_path, tied):
+  tensors = _tiny_llama_tensors(np.random.default_rng(0), tied=tied)
+  config, out = gguf_io.read_gguf(write_tiny_gguf(tmp_path / "tiny.gguf", tensors))
+
+  assert set(out) == {_hf_name(n) for n in tensors}
+  assert ("lm_head.weight" in out) == (not tied)
+  for name, (_, _, golden) in tensors.items():
+    got = out[_hf_name(name)]
+    assert got.dtype == np.float32 and got.shape == golden.shape, name
+    np.testing.assert_array_equal(got, golden, err_msg=name)
+  assert config == {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V, "hidden_size": D,
+      "intermediate_size": F, "num_hidden_layers": L, "num_attention_heads": N, "num_key_value_heads": NKV,
+      "head_dim": H, "hidden_act": "silu", "max_position_embeddings": 128,
+      "rms_norm_eps": pytest.approx(1e-6), "rope_theta": 5000.0, "attention_bias": False, "mlp_bias": False,
+      "tie_word_embeddings": tied, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2}
+
+
+def _rope(x_TxH, positions_T, theta, interleaved):
+  """RoPE on one head: GGML's "normal" mode rotates adjacent pairs (2i, 2i+1); HF rotates (i, i + H/2)."""
+  half = x_TxH.shape[-1] // 2
+  angle_TxK = positions_T[:, None] * theta ** (-np.arange(half) / half)[None, :]
+  cos, sin = np.cos(angle_TxK), np.sin(angle_TxK)
+  if interleaved:
+    a, b = x_TxH[:, 0::2], x_TxH[:, 1::2]
+  else:
+    a, b = x_TxH[:, :half], x_TxH[:, half:]
+  return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+
+def test_reverse_permute_makes_hf_rope_equal_ggml_rope():
+  """Attention scores from GGUF-layout weights + GGML RoPE equal those from un-permuted weights + HF RoPE."""
+  rng = np.random.default_rng(1)
+  heads, head_dim, d, t = 3, 8, 16, 5
+  wq_gguf, wk_gguf = rng.normal(size=(2, heads * head_dim, d))
+  x_TxD = rng.normal(size=(t, d))
+  positions = np.arange(t, dtype=np.float64) * 3.0
+  wq_hf = gguf_io.reverse_permute_qk(wq_gguf, heads)
+  wk_hf = gguf_io.reverse_permute_qk(wk_gguf, heads)
+  for h in range(heads):
+    rows = slice(h * head_dim, (h + 1) * head_dim)
+    q_g = _rope(x_TxD @ wq_gguf[rows].T, positions, 100.0, interleaved=True)
+    k_g = _rope(x_TxD @ wk_gguf[rows].T, positions, 100.0, interleaved=True)
+    q_h = _rope(x_TxD @ wq_hf[rows].T, positions, 100.0, interleaved=False)
+    k_h = _rope(x_TxD @ wk_hf[rows].T, positions, 100.0, interleaved=False)
+    np.testing.assert_allclose(q_h @ k_h.T, q_g @ k_g.T, rtol=1e-10, atol=1e-10)
+  np.testing.assert_array_equal(gguf_io.reverse_permute_qk(llama_cpp_permute(wq_hf, heads), heads), wq_hf)
+
+
+def test_rope_scaling_metadata(tmp_path):
+  def extra(writer):
+    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    writer.add_rope_scaling_factor(4.0)
+    writer.add_rope_scaling_orig_ctx_len(32)
+
+  tensors = _tiny_llama_tensors(np.random.default_rng(2))
+  config, _ = gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, extra=extra))
+  assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 32}
+
+
+def test_missing_tensor_names_it(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(3))
+  del tensors["blk.1.ffn_down.weight"]
+  with pytest.raises(ValueError, match=r"missing tensor 'blk\.1\.ffn_down\.weight'"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors))
+
+
+def test_misshapen_tensor_names_it_and_expected_shape(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(4))
+  tensors["blk.0.attn_k.weight"] = (np.zeros((N * H, D), np.float32), None, None)  # Should be (NKV*H, D).
+  with pytest.raises(ValueError, match=r"'blk\.0\.attn_k\.weight'.*\(32, 32\), expected \(16, 32\)"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors))
+
+
+def test_unexpected_tensor_is_rejected(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(5))
+  tensors["blk.0.attn_q.bias"] = (np.zeros(N * H, np.float32), None, None)
+  with pytest.raises(ValueError, match=r"unexpected GGUF tensors.*blk\.0\.attn_q\.bias"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors))
+
+
+def test_unsupported_quantization_names_tensor_and_type(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(6))
+  # Q5_0 block: f16 d, 4 bytes of high bits, 16 bytes of nibbles = 22 bytes per 32 values.
+  raw = np.random.default_rng(7).integers(0, 256, (F, 22)).astype(np.uint8)
+  raw[:, :2] = _f16_bytes(np.full(F, 0.01))
+  tensors["blk.1.ffn_gate.weight"] = (raw, gguf.GGMLQuantizationType.Q5_0, None)
+  with pytest.raises(ValueError, match=r"'blk\.1\.ffn_gate\.weight'.*unsupported quantization type Q5_0"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors))
+
+
+def test_unsupported_architecture_names_field(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(8))
+  with pytest.raises(ValueError, match=r"general\.architecture 'gpt2'"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, arch="gpt2"))
+
+
+def test_missing_metadata_field_names_it(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(9))
+  with pytest.raises(ValueError, match=r"'llama\.embedding_length' is missing"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, skip_keys=("embedding_length",)))
+
+
+@pytest.fixture(scope="module")
+def smollm2_both(smollm2_gguf):
+  """(our config, our tensors, transformers' model) for the SmolLM2 GGUF."""
+  require_asset(importlib.util.find_spec("transformers") is not None, "transformers is not installed")
+  os.environ["HF_HUB_OFFLINE"] = "1"
+  import torch
+  import transformers
+
+  config, tensors = gguf_io.read_gguf(smollm2_gguf)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32)
+  return config, tensors, model
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_smollm2_tensors_match_transformers_gguf_loader(smollm2_both):
+  _, tensors, model = smollm2_both
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  if model.config.tie_word_embeddings:
+    state.pop("lm_head.weight")  # transformers lists the tied matrix twice; we store it once.
+  assert set(tensors) == set(state)
+  max_diff = max(float(np.max(np.abs(tensors[k] - state[k]))) for k in state)
+  for name, value in state.items():
+    assert tensors[name].shape == value.shape, name
+    np.testing.assert_allclose(tensors[name], value, rtol=0, atol=1e-7, err_msg=name)
+  print(f"SmolLM2 max |dequantized diff| vs transformers: {max_diff:.3g}")
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_smollm2_config_matches_transformers(smollm2_both):
+  config, _, model = smollm2_both
+  hf = model.config
+  for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "max_position_embeddings", "tie_word_embeddings",
+              "bos_token_id", "eos_token_id", "pad_token_id", "hidden_act", "attention_bias", "mlp_bias"):
+    assert config[key] == getattr(hf, key), key
+  assert config["rms_norm_eps"] == pytest.approx(hf.rms_norm_eps, rel=1e-7)
+  assert config["rope_theta"] == hf.rope_parameters["rope_theta"]
+  assert hf.rope_parameters.get("rope_type", "default") == "default" and "rope_scaling" not in config
+  # transformers builds a LlamaConfig from our dict that equals its own on every model-defining field.
+  import transformers
+  ours = transformers.LlamaConfig(**config)
+  assert ours.rope_parameters == hf.rope_parameters
