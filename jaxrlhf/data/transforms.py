@@ -1,0 +1,173 @@
+"""Record-level transforms: reward-augmented relabeling, preference-strength curation, contrastive contexts.
+
+* Reward-augmented relabeling (Zhang et al. 2024, "Reward-Augmented Data Enhances Direct Preference
+  Alignment of LLMs"): a scored pair (x, y_w, y_l, r_w, r_l) becomes two goal-conditioned pairs,
+  (x | goal r_w: y_w > y_l) and (x | goal r_l: y_l > y_w): the response whose score equals the goal is the
+  chosen one. The goal renders through a template (default "score: {score}", which the synthetic world's
+  tokenizer can spell) into a system message, or, for chat templates without a system role, as a prefix of the
+  first user turn. Scores print as integers when whole (7.0 -> "7"). At inference one conditions on the top
+  score (`inference_prompt`).
+* Preference-strength curation (Wang et al. 2024, "Secrets of RLHF in LLMs Part II: Reward Modeling"): given a
+  strength per pair (e.g. the mean reward difference of an RM ensemble), flip the labels of the lowest-strength
+  fraction (likely mislabeled) and drop the next-lowest fraction (ambiguous).
+* Contrastive contexts for T-REG (Zhou et al. 2025): better / worse prompt variants (a control prefix such as the
+  synthetic world's `<better>` / `<worse>` tokens) under which a policy's log-prob differences give token rewards.
+"""
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+
+from jaxrlhf.data import records as records_lib
+
+DEFAULT_GOAL_TEMPLATE = "score: {score}"
+_SEPARATOR = "\n\n"
+
+
+def format_score(score: float) -> str:
+  """A score as short text: integer when whole (7.0 -> "7"), else positional decimal (7.5 -> "7.5")."""
+  if not isinstance(score, (int, float, np.integer, np.floating)) or not math.isfinite(score):
+    raise ValueError(f"score must be a finite number, got {score!r}")
+  if float(score).is_integer():
+    return str(int(score))
+  return np.format_float_positional(float(score), trim="-")
+
+
+def render_goal(score: float, template: str = DEFAULT_GOAL_TEMPLATE) -> str:
+  """The goal text for `score`: `template` with "{score}" replaced by format_score(score)."""
+  if "{score}" not in template:
+    raise ValueError(f"template must contain '{{score}}', got {template!r}")
+  return template.replace("{score}", format_score(score))
+
+
+def _prefix_user_turn(messages: list[dict], text: str) -> list[dict]:
+  for i, m in enumerate(messages):
+    if m["role"] == "user":
+      return messages[:i] + [{**m, "content": text + _SEPARATOR + m["content"]}] + messages[i + 1:]
+  raise ValueError("prompt has no user message to prefix the goal to")
+
+
+def goal_conditioned_prompt(prompt: records_lib.Prompt, score: float, template: str = DEFAULT_GOAL_TEMPLATE,
+                            supports_system_role: bool = True) -> list[dict]:
+  """The prompt as chat messages conditioned on the goal `score`.
+
+  With a system role: the goal becomes the system message (prefixed to an existing one). Without one
+  (e.g. Gemma's template): the goal is prefixed to the first user turn, and an existing system message is
+  merged into that prefix as well, since such templates cannot render it.
+  """
+  goal = render_goal(score, template)
+  messages = records_lib.as_messages(prompt)
+  records_lib.validate_messages(messages, "prompt")
+  system = [m for m in messages if m["role"] == "system"]
+  rest = [m for m in messages if m["role"] != "system"]
+  if system:
+    goal = goal + _SEPARATOR + _SEPARATOR.join(m["content"] for m in system)
+  if supports_system_role:
+    return [{"role": "system", "content": goal}] + rest
+  return _prefix_user_turn(rest, goal)
+
+
+def inference_prompt(prompt: records_lib.Prompt, top_score: float = 10.0, template: str = DEFAULT_GOAL_TEMPLATE,
+                     supports_system_role: bool = True) -> list[dict]:
+  """The prompt conditioned on the top score: what a reward-augmented policy is sampled with."""
+  return goal_conditioned_prompt(prompt, top_score, template, supports_system_role)
+
+
+def reward_augmented_pairs(records: Sequence[records_lib.PreferenceRecord],
+                           template: str = DEFAULT_GOAL_TEMPLATE,
+                           supports_system_role: bool = True) -> list[records_lib.PreferenceRecord]:
+  """Doubles scored pairs by goal conditioning (Zhang et al. 2024).
+
+  Record i gives, at positions 2i and 2i+1:
+    goal = chosen_score:   prompt | goal, chosen > rejected (unchanged order);
+    goal = rejected_score: prompt | goal, rejected > chosen (swapped, scores and attributes swap too).
+  Equal scores give the same goal twice with opposite orders (which cancel in a symmetric loss).
+
+  Raises:
+    ValueError: a record without chosen_score or rejected_score (naming its index and source).
+  """
+  out = []
+  for i, r in enumerate(records):
+    if r.chosen_score is None or r.rejected_score is None:
+      raise ValueError(f"records[{i}] ({r.source or 'no source'}): reward-augmented relabeling needs "
+                       "chosen_score and rejected_score")
+    for goal, rec, tag in ((r.chosen_score, r, "goal=chosen"), (r.rejected_score, r.swapped(), "goal=rejected")):
+      out.append(dataclasses.replace(
+          rec, prompt=goal_conditioned_prompt(r.prompt, goal, template, supports_system_role),
+          source=f"{r.source or f'record{i}'}#{tag}"))
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CurationCounts:
+  """What preference-strength curation did: input size, flipped, dropped, output size."""
+
+  total_in: int
+  flipped: int
+  dropped: int
+  total_out: int
+
+
+def curate_by_strength(records: Sequence[records_lib.PreferenceRecord], strengths: Sequence[float],
+                       flip_fraction: float = 0.0, drop_fraction: float = 0.0,
+                       ) -> tuple[list[records_lib.PreferenceRecord], CurationCounts]:
+  """Flips the lowest-strength `flip_fraction` of pairs and drops the next `drop_fraction`.
+
+  Counts are floor(fraction * N); pairs are ranked by strength ascending with ties broken by position
+  (a stable sort). Flipped pairs swap chosen/rejected (and scores/attributes) and negate their margin.
+  The output keeps input order.
+
+  Args:
+    records: N preference records.
+    strengths: N finite preference strengths (higher = more confidently chosen > rejected).
+    flip_fraction, drop_fraction: in [0, 1] with sum <= 1.
+  """
+  strengths = np.asarray(strengths, np.float64)
+  if strengths.shape != (len(records),):
+    raise ValueError(f"strengths must have shape ({len(records)},), got {strengths.shape}")
+  if not np.isfinite(strengths).all():
+    raise ValueError("strengths must be finite")
+  for name, f in (("flip_fraction", flip_fraction), ("drop_fraction", drop_fraction)):
+    if not 0.0 <= f <= 1.0:
+      raise ValueError(f"{name} must be in [0, 1], got {f}")
+  if flip_fraction + drop_fraction > 1.0 + 1e-12:
+    raise ValueError(f"flip_fraction + drop_fraction must be <= 1, got {flip_fraction + drop_fraction}")
+  n = len(records)
+  n_flip = int(math.floor(flip_fraction * n + 1e-9))
+  n_drop = min(n - n_flip, int(math.floor(drop_fraction * n + 1e-9)))
+  order = np.argsort(strengths, kind="stable")
+  flip, drop = set(order[:n_flip].tolist()), set(order[n_flip:n_flip + n_drop].tolist())
+  out = []
+  for i, r in enumerate(records):
+    if i in drop:
+      continue
+    if i in flip:
+      r = dataclasses.replace(r.swapped(), margin=None if r.margin is None else -r.margin)
+    out.append(r)
+  return out, CurationCounts(total_in=n, flipped=n_flip, dropped=n_drop, total_out=len(out))
+
+
+def contrastive_prompt(prompt: records_lib.Prompt, prefix: str) -> records_lib.Prompt:
+  """The prompt with a control prefix: `prefix + " " + text`, or prefixed to the first user turn."""
+  if not isinstance(prefix, str) or not prefix.strip():
+    raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+  if isinstance(prompt, str):
+    return f"{prefix} {prompt}"
+  records_lib.validate_messages(prompt, "prompt")
+  for i, m in enumerate(prompt):
+    if m["role"] == "user":
+      return list(prompt[:i]) + [{**m, "content": f"{prefix} {m['content']}"}] + list(prompt[i + 1:])
+  raise ValueError("prompt has no user message to prefix")
+
+
+def contrastive_variants(records: Sequence[records_lib.PreferenceRecord], better_prefix: str = "<better>",
+                         worse_prefix: str = "<worse>",
+                         ) -> list[tuple[records_lib.PreferenceRecord, records_lib.PreferenceRecord]]:
+  """For T-REG: each record as a (better-context, worse-context) pair of records with the same responses.
+
+  The token rewards are then log pi(y_t | better x, y_<t) - log pi(y_t | worse x, y_<t).
+  """
+  return [(dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, better_prefix)),
+           dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, worse_prefix))) for r in records]
