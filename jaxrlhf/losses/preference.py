@@ -47,7 +47,8 @@ LENGTH_LOSS_TYPES = ("ipo", "sigmoid_norm")
 _ALPHA_DIV_CLAMP = 80.0
 
 
-def _f32(x) -> jax.Array:
+def to_f32(x) -> jax.Array:
+  """x as a float32 array (losses accumulate in fp32 whatever the input dtype)."""
   return jnp.asarray(x, jnp.float32)
 
 
@@ -95,9 +96,9 @@ def dynamic_beta(beta0, reward_margin: jax.Array, w: float, k: float) -> jax.Arr
   Returns:
     beta_i, shape (B,) float32, with no gradient path (the margin is data, beta a coefficient).
   """
-  delta = _f32(reward_margin)
+  delta = to_f32(reward_margin)
   delta = jnp.where(jnp.isnan(delta), 0.0, delta)
-  beta = _f32(beta0) * (1.0 + w * (1.0 - jnp.exp(-k * delta)))
+  beta = to_f32(beta0) * (1.0 + w * (1.0 - jnp.exp(-k * delta)))
   return jax.lax.stop_gradient(beta)
 
 
@@ -264,9 +265,9 @@ def dpo_loss(
         f"{'given' if weights is not None else 'None'})"
     )
 
-  pc, pr = _f32(chosen_logps), _f32(rejected_logps)
-  rc, rr = _f32(ref_chosen_logps), _f32(ref_rejected_logps)
-  beta = _f32(beta)
+  pc, pr = to_f32(chosen_logps), to_f32(rejected_logps)
+  rc, rr = to_f32(ref_chosen_logps), to_f32(ref_rejected_logps)
+  beta = to_f32(beta)
   chosen_logratios = pc - rc
   rejected_logratios = pr - rr
   chosen_scores = f_divergence_scores(chosen_logratios, f_divergence, f_alpha)
@@ -280,8 +281,8 @@ def dpo_loss(
     if t == "hinge":
       return jax.nn.relu(1.0 - beta * delta_score)
     if t in LENGTH_LOSS_TYPES:
-      chosen_avg = chosen_scores / jnp.maximum(_f32(chosen_lengths), 1.0)
-      rejected_avg = rejected_scores / jnp.maximum(_f32(rejected_lengths), 1.0)
+      chosen_avg = chosen_scores / jnp.maximum(to_f32(chosen_lengths), 1.0)
+      rejected_avg = rejected_scores / jnp.maximum(to_f32(rejected_lengths), 1.0)
       if t == "ipo":
         return (chosen_avg - rejected_avg - 1.0 / (2.0 * beta)) ** 2
       return -jax.nn.log_sigmoid(beta * (chosen_avg - rejected_avg))
@@ -297,7 +298,7 @@ def dpo_loss(
       z = beta * delta_score
       return (-(1.0 - eps) * jax.nn.log_sigmoid(z) + eps * jax.nn.log_sigmoid(-z)) / (1.0 - 2.0 * eps)
     if t == "bco_pair":
-      offset = jax.lax.stop_gradient(_f32(bco_delta))
+      offset = jax.lax.stop_gradient(to_f32(bco_delta))
       cr, rj = beta * chosen_logratios - offset, beta * rejected_logratios - offset
       return -jax.nn.log_sigmoid(cr) - jax.nn.log_sigmoid(-rj)
     if t == "sppo_hard":
@@ -321,12 +322,12 @@ def dpo_loss(
       exp_part = jnp.exp(-z + jax.nn.log_sigmoid(z / discopop_tau))
       return -jax.nn.log_sigmoid(z) * (1.0 - modulation) + exp_part
     if t == "sft":
-      return jnp.broadcast_to(_f32(chosen_nll), pc.shape)
+      return jnp.broadcast_to(to_f32(chosen_nll), pc.shape)
     raise AssertionError(t)  # unreachable: names were validated above
 
   losses = sum(w * one_loss(t) for t, w in zip(types, type_weights))
   if weights is not None:
-    losses = losses * _f32(weights)
+    losses = losses * to_f32(weights)
   metrics = pair_metrics(beta * chosen_logratios, beta * rejected_logratios, pc, pr)
   return losses, metrics
 
