@@ -10,7 +10,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# XLA compilation dominates test time on a 2-core CPU; a persistent cache makes re-runs fast.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("JAXRLHF_TEST_XLA_CACHE", str(pathlib.Path.home() / ".cache" / "jaxrlhf-xla")))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
