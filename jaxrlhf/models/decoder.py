@@ -77,7 +77,7 @@ def model_param_specs(config: ModelConfig) -> dict[str, ParamSpec]:
       "final_norm_scale": ParamSpec((c.embed_dim,), ("embed",), "ones"),
   }
   if c.position == "learned":
-    specs["pos_embed"] = ParamSpec((c.max_position_embeddings, c.embed_dim), (None, "embed"), "normal")
+    specs["pos_embed"] = ParamSpec((c.max_position_embeddings, c.embed_dim), ("positions", "embed"), "normal")
   if c.norm == "layernorm":
     specs["final_norm_bias"] = ParamSpec((c.embed_dim,), ("embed",), "zeros")
   if not c.tie_word_embeddings:
@@ -107,7 +107,8 @@ class KVCache:
   Attributes:
     keys, values: (L, B, S, K, H) rotated keys and values, slot s holds the token fed at call offset s.
     mask: (B, S) bool, True on slots that hold a real (non-pad) token.
-    index: () int32, the next slot to write.
+    index: () int32, the next slot to write. Callers keep index + T <= S (under jit the write position is
+      clamped, not checked); generation left-pads prompts so every row shares one index.
   """
   keys: Array
   values: Array
@@ -127,8 +128,8 @@ class LayerStack(nnx.Module):
       setattr(self, name, _make_param(spec, rngs.params(), config, num_layers=config.num_layers))
 
   def arrays(self, config: ModelConfig) -> dict[str, Array]:
-    """Parameter values as a dict of (L, ...) arrays, cast to the compute dtype."""
-    return {name: getattr(self, name)[...].astype(config.compute_dtype) for name in layer_param_specs(config)}
+    """Parameter values as a dict of (L, ...) arrays in the storage dtype."""
+    return {name: getattr(self, name)[...] for name in layer_param_specs(config)}
 
 
 # ------------------------------------------------------------------------------------------ pure layer math
@@ -367,6 +368,8 @@ class CausalLM(nnx.Module):
     def body(carry, xs):
       x, kv_all = carry
       p, layer = xs
+      # Cast one layer at a time: mixed precision never holds a second full copy of the weights.
+      p = {name: value.astype(c.compute_dtype) for name, value in p.items()}
       kv_layer = None if kv_all is None else (kv_all[0][layer], kv_all[1][layer])
       x, kv_layer = _layer(c, p, x, rope, allowed_BxTxS, kv_layer, index)
       if kv_all is not None:

@@ -1,0 +1,353 @@
+"""Hugging Face interop: transformers-named tensors <-> CausalLM parameters, safetensors read/write.
+
+`model_from_hf_tensors` is the one path every checkpoint format takes (safetensors folders here, GGUF files via
+`jaxrlhf.models.gguf.read_gguf`). One table per family lists each transformers tensor, its shape and how it maps
+to our stacked (L, ...) parameters, so loading, shape checks and export share one source of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.decoder import CausalLM, abstract_model
+
+# Buffers some checkpoints carry that are not parameters (recomputed here from the config).
+_IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
+
+_ST_DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+class _Tensor(NamedTuple):
+  """One transformers tensor: name (with `{i}` for the layer), shape, and our parameter names it feeds.
+
+  to_ours(hf_array) -> tuple of arrays (one per name in `ours`); to_hf(*our_arrays) -> hf_array.
+  """
+  hf_name: str
+  hf_shape: tuple[int, ...]
+  ours: tuple[str, ...]
+  to_ours: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+  to_hf: Callable[..., np.ndarray]
+  per_layer: bool
+
+
+def _same(name: str, hf_name: str, shape: tuple[int, ...], per_layer: bool) -> _Tensor:
+  return _Tensor(hf_name, shape, (name,), lambda w: (w,), lambda w: w, per_layer)
+
+
+def _linear(name: str, hf_name: str, in_dim: int, out_shape: tuple[int, ...]) -> _Tensor:
+  """torch nn.Linear weight (out, in) -> our kernel (in, *out_shape)."""
+  out_dim = int(np.prod(out_shape))
+  return _Tensor(hf_name, (out_dim, in_dim), (name,),
+                 lambda w: (w.T.reshape(in_dim, *out_shape),), lambda k: k.reshape(in_dim, out_dim).T, True)
+
+
+def _linear_in(name: str, hf_name: str, in_shape: tuple[int, ...], out_dim: int) -> _Tensor:
+  """torch nn.Linear weight (out, in) -> our kernel (*in_shape, out) (attention output projection)."""
+  in_dim = int(np.prod(in_shape))
+  return _Tensor(hf_name, (out_dim, in_dim), (name,),
+                 lambda w: (w.T.reshape(*in_shape, out_dim),), lambda k: k.reshape(in_dim, out_dim).T, True)
+
+
+def _reshaped(name: str, hf_name: str, our_shape: tuple[int, ...], per_layer: bool = True) -> _Tensor:
+  flat = (int(np.prod(our_shape)),)
+  return _Tensor(hf_name, flat, (name,), lambda b: (b.reshape(our_shape),), lambda b: b.reshape(flat), per_layer)
+
+
+def _llama_table(c: ModelConfig) -> list[_Tensor]:
+  D, N, K, H, F, V = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
+  layer = "model.layers.{i}."
+  table = [
+      _same("embed", "model.embed_tokens.weight", (V, D), False),
+      _same("final_norm_scale", "model.norm.weight", (D,), False),
+      _same("attn_norm_scale", layer + "input_layernorm.weight", (D,), True),
+      _same("mlp_norm_scale", layer + "post_attention_layernorm.weight", (D,), True),
+      _linear("q_kernel", layer + "self_attn.q_proj.weight", D, (N, H)),
+      _linear("k_kernel", layer + "self_attn.k_proj.weight", D, (K, H)),
+      _linear("v_kernel", layer + "self_attn.v_proj.weight", D, (K, H)),
+      _linear_in("o_kernel", layer + "self_attn.o_proj.weight", (N, H), D),
+      _linear("gate_kernel", layer + "mlp.gate_proj.weight", D, (F,)),
+      _linear("up_kernel", layer + "mlp.up_proj.weight", D, (F,)),
+      _linear_in("down_kernel", layer + "mlp.down_proj.weight", (F,), D),
+  ]
+  if c.qkv_bias:
+    table += [_reshaped("q_bias", layer + "self_attn.q_proj.bias", (N, H)),
+              _reshaped("k_bias", layer + "self_attn.k_proj.bias", (K, H)),
+              _reshaped("v_bias", layer + "self_attn.v_proj.bias", (K, H))]
+  if c.out_bias:
+    table.append(_same("o_bias", layer + "self_attn.o_proj.bias", (D,), True))
+  if c.mlp_bias:
+    table += [_same("gate_bias", layer + "mlp.gate_proj.bias", (F,), True),
+              _same("up_bias", layer + "mlp.up_proj.bias", (F,), True),
+              _same("down_bias", layer + "mlp.down_proj.bias", (D,), True)]
+  if not c.tie_word_embeddings:
+    table.append(_Tensor("lm_head.weight", (V, D), ("lm_head",), lambda w: (w.T,), lambda k: k.T, False))
+  return table
+
+
+def _gpt2_table(c: ModelConfig) -> list[_Tensor]:
+  """GPT-2 uses Conv1D, whose weights are stored (in, out); c_attn fuses q, k, v along `out`."""
+  D, N, H, F, V, P = c.embed_dim, c.num_heads, c.head_dim, c.mlp_dim, c.vocab_size, c.max_position_embeddings
+  layer = "transformer.h.{i}."
+
+  def split_qkv(w):  # (..., 3 * N * H) -> three (..., N, H)
+    return tuple(part.reshape(*w.shape[:-1], N, H) for part in np.split(w, 3, axis=-1))
+
+  def merge_qkv(*parts):
+    return np.concatenate([p.reshape(*p.shape[:-2], N * H) for p in parts], axis=-1)
+
+  qkv = ("q_kernel", "k_kernel", "v_kernel")
+  qkv_bias = ("q_bias", "k_bias", "v_bias")
+  table = [
+      _same("embed", "transformer.wte.weight", (V, D), False),
+      _same("pos_embed", "transformer.wpe.weight", (P, D), False),
+      _same("final_norm_scale", "transformer.ln_f.weight", (D,), False),
+      _same("final_norm_bias", "transformer.ln_f.bias", (D,), False),
+      _same("attn_norm_scale", layer + "ln_1.weight", (D,), True),
+      _same("attn_norm_bias", layer + "ln_1.bias", (D,), True),
+      _same("mlp_norm_scale", layer + "ln_2.weight", (D,), True),
+      _same("mlp_norm_bias", layer + "ln_2.bias", (D,), True),
+      _Tensor(layer + "attn.c_attn.weight", (D, 3 * N * H), qkv, split_qkv, merge_qkv, True),
+      _Tensor(layer + "attn.c_attn.bias", (3 * N * H,), qkv_bias, split_qkv, merge_qkv, True),
+      _Tensor(layer + "attn.c_proj.weight", (N * H, D), ("o_kernel",), lambda w: (w.reshape(N, H, D),),
+              lambda k: k.reshape(N * H, D), True),
+      _same("o_bias", layer + "attn.c_proj.bias", (D,), True),
+      _same("up_kernel", layer + "mlp.c_fc.weight", (D, F), True),
+      _same("up_bias", layer + "mlp.c_fc.bias", (F,), True),
+      _same("down_kernel", layer + "mlp.c_proj.weight", (F, D), True),
+      _same("down_bias", layer + "mlp.c_proj.bias", (D,), True),
+  ]
+  if not c.tie_word_embeddings:
+    table.append(_Tensor("lm_head.weight", (V, D), ("lm_head",), lambda w: (w.T,), lambda k: k.T, False))
+  return table
+
+
+def tensor_table(config: ModelConfig) -> list[_Tensor]:
+  """The transformers tensors of `config`'s family, in checkpoint naming."""
+  return _gpt2_table(config) if config.family == "gpt2" else _llama_table(config)
+
+
+def expected_hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """{transformers tensor name: shape} for every tensor a checkpoint of `config` must hold."""
+  shapes = {}
+  for t in tensor_table(config):
+    layers = range(config.num_layers) if t.per_layer else [None]
+    for i in layers:
+      shapes[t.hf_name.format(i=i)] = t.hf_shape
+  return shapes
+
+
+def _canonical_names(config: ModelConfig, names: list[str]) -> dict[str, str]:
+  """Maps our canonical names to the checkpoint's names (original GPT-2 files lack the `transformer.` prefix)."""
+  mapping = {n: n for n in names}
+  if config.family == "gpt2":
+    for n in names:
+      if not n.startswith("transformer.") and n != "lm_head.weight":
+        mapping["transformer." + n] = n
+        del mapping[n]
+  return mapping
+
+
+def hf_to_params(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  """Converts transformers-named tensors to a pure dict matching `nnx.to_pure_dict(nnx.state(CausalLM))`.
+
+  Layer tensors are stacked on a leading (L,) axis and cast to `config.param_dtype` (numpy, on host).
+
+  Raises:
+    ValueError: a missing, unexpected or misshapen tensor, naming it with expected vs actual shape.
+  """
+  names = _canonical_names(config, list(tensors.keys()))
+  dtype = np.dtype(config.params_dtype)
+  used: set[str] = set()
+
+  def read(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if name not in names:
+      raise ValueError(
+          f"missing tensor {name!r} (expected shape {shape}) for model_type {config.hf_model_type or config.family}")
+    array = tensors[names[name]]
+    if tuple(array.shape) != shape:
+      raise ValueError(f"tensor {name!r} has shape {tuple(array.shape)}, expected {shape}")
+    used.add(name)
+    return np.asarray(array)
+
+  top: dict[str, Any] = {}
+  layers: dict[str, list[np.ndarray]] = {}
+  for t in tensor_table(config):
+    if not t.per_layer:
+      for our, value in zip(t.ours, t.to_ours(read(t.hf_name, t.hf_shape))):
+        top[our] = value.astype(dtype)
+      continue
+    for i in range(config.num_layers):
+      for our, value in zip(t.ours, t.to_ours(read(t.hf_name.format(i=i), t.hf_shape))):
+        layers.setdefault(our, []).append(value.astype(dtype))
+
+  unexpected = sorted(n for n in names if n not in used and not _IGNORED.search(n))
+  if config.tie_word_embeddings and "lm_head.weight" in unexpected:
+    unexpected.remove("lm_head.weight")  # some tied checkpoints store the shared matrix twice
+  if unexpected:
+    raise ValueError(f"unexpected tensors for model_type {config.hf_model_type or config.family}: "
+                     f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+  top["layers"] = {name: np.stack(values) for name, values in layers.items()}
+  return top
+
+
+def params_to_hf(config: ModelConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Inverse of `hf_to_params`: a pure param dict -> {transformers name: numpy array} (contiguous)."""
+  out = {}
+  for t in tensor_table(config):
+    if not t.per_layer:
+      out[t.hf_name] = t.to_hf(*(np.asarray(params[n]) for n in t.ours))
+      continue
+    stacked = [np.asarray(params["layers"][n]) for n in t.ours]
+    for i in range(config.num_layers):
+      out[t.hf_name.format(i=i)] = t.to_hf(*(s[i] for s in stacked))
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _to_pure(tree: Any) -> Any:
+  return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+
+
+def model_from_hf_tensors(hf_config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], *,
+                          dtype: Any = jnp.float32, shardings: Any = None,
+                          **config_overrides: Any) -> tuple[CausalLM, ModelConfig]:
+  """Builds a CausalLM from a transformers config dict and transformers-named tensors.
+
+  Args:
+    hf_config: config.json contents (model_type llama / mistral / qwen2 / gpt2).
+    tensors: {transformers tensor name: array} in transformers layout (torch Linear (out, in), GPT-2 Conv1D).
+    dtype: parameter and compute dtype.
+    shardings: optional pytree matching `nnx.state(model)` (nnx.State or pure dict) of jax Shardings, or a
+      callable taking the abstract nnx.State and returning one; each parameter is placed with `device_put`
+      straight into its sharding, so no device holds an unsharded copy.
+    **config_overrides: extra ModelConfig fields (scan_layers, remat, ...).
+
+  Returns:
+    (model, config).
+  """
+  dtype_name = jnp.dtype(dtype).name
+  config = ModelConfig.from_hf(hf_config, dtype=dtype_name, param_dtype=dtype_name, **config_overrides)
+  params = hf_to_params(config, tensors)
+  graphdef, abstract_state = nnx.split(abstract_model(config))
+  if callable(shardings):
+    shardings = shardings(abstract_state)
+  if shardings is None:
+    values = jax.tree.map(jnp.asarray, params)
+  else:
+    values = jax.tree.map(jax.device_put, params, _to_pure(shardings))
+  nnx.replace_by_pure_dict(abstract_state, values)
+  return nnx.merge(graphdef, abstract_state), config
+
+
+# ---------------------------------------------------------------------------------------------- safetensors
+class SafetensorsFile(Mapping[str, np.ndarray]):
+  """Lazy, memory-mapped reader of one .safetensors file (bfloat16 via ml_dtypes; no torch/jax needed)."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = pathlib.Path(path)
+    with open(self.path, "rb") as f:
+      header_len = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(header_len))
+    header.pop("__metadata__", None)
+    self._data_start = 8 + header_len
+    self._header = header
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    info = self._header[name]
+    if info["dtype"] not in _ST_DTYPES:
+      raise ValueError(f"tensor {name!r} in {self.path}: dtype {info['dtype']} unsupported; "
+                       f"expected one of {sorted(_ST_DTYPES)}")
+    start, end = info["data_offsets"]
+    dtype = _ST_DTYPES[info["dtype"]]
+    shape = tuple(info["shape"])
+    if end == start:
+      return np.zeros(shape, dtype)
+    return np.memmap(self.path, dtype=dtype, mode="r", offset=self._data_start + start, shape=shape)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._header)
+
+  def __len__(self) -> int:
+    return len(self._header)
+
+
+class ShardedSafetensors(Mapping[str, np.ndarray]):
+  """Tensors of a `model.safetensors.index.json` checkpoint, each read lazily from its shard."""
+
+  def __init__(self, index_path: str | os.PathLike):
+    index_path = pathlib.Path(index_path)
+    weight_map = json.loads(index_path.read_text()).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index_path}: expected a 'weight_map' object mapping tensor names to files")
+    self._files = {f: SafetensorsFile(index_path.parent / f) for f in sorted(set(weight_map.values()))}
+    self._weight_map = weight_map
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    return self._files[self._weight_map[name]][name]
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._weight_map)
+
+  def __len__(self) -> int:
+    return len(self._weight_map)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]) -> None:
+  """Writes numpy arrays (incl. ml_dtypes bfloat16) as a .safetensors file (format metadata "pt")."""
+  header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+  offset = 0
+  arrays = {}
+  for name in sorted(tensors):
+    array = np.ascontiguousarray(tensors[name])
+    if array.dtype not in _ST_NAMES:
+      raise ValueError(f"tensor {name!r}: dtype {array.dtype} cannot be written to safetensors")
+    header[name] = {"dtype": _ST_NAMES[array.dtype], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+    arrays[name] = array
+  header_bytes = json.dumps(header, separators=(",", ":")).encode()
+  header_bytes += b" " * (-len(header_bytes) % 8)  # the data section starts 8-byte aligned
+  with open(path, "wb") as f:
+    f.write(len(header_bytes).to_bytes(8, "little"))
+    f.write(header_bytes)
+    for array in arrays.values():
+      f.write(array.tobytes())
+
+
+def read_hf_folder(path: str | os.PathLike) -> tuple[dict[str, Any], Mapping[str, np.ndarray]]:
+  """(config.json dict, lazy tensors) of a HF model folder with model.safetensors or a sharded index."""
+  path = pathlib.Path(path)
+  config_path = path / "config.json"
+  if not config_path.is_file():
+    raise ValueError(f"{path}: expected a Hugging Face model folder with config.json")
+  hf_config = json.loads(config_path.read_text())
+  if (path / "model.safetensors.index.json").is_file():
+    return hf_config, ShardedSafetensors(path / "model.safetensors.index.json")
+  if (path / "model.safetensors").is_file():
+    return hf_config, SafetensorsFile(path / "model.safetensors")
+  raise ValueError(f"{path}: expected model.safetensors or model.safetensors.index.json next to config.json")
+
+
+def save_hf_folder(model: CausalLM, out_dir: str | os.PathLike, config: ModelConfig | None = None) -> None:
+  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM` loads."""
+  config = config or model.config
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  write_safetensors(out_dir / "model.safetensors", params_to_hf(config, params))
+  (out_dir / "config.json").write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True))

@@ -1,0 +1,208 @@
+"""Logit parity with transformers on tiny random checkpoints of each family, export round trip, load errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import require_asset
+from flax import nnx
+from hf_fixtures import FAMILIES, hf_logits, make_hf_model, padded_batch
+from model_fixtures import forward
+
+from jaxrlhf.models import ModelConfig, from_pretrained, model_from_hf_tensors, save_pretrained
+from jaxrlhf.models import hf as hf_io
+
+TOL = 1e-4
+
+
+def _require_parity():
+  try:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  except ImportError:
+    require_asset(False, "torch/transformers missing: pip install -e '.[parity]'")
+
+
+def _real(x, mask):
+  return x[mask == 1]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_logits_match_transformers_with_padding(family, tmp_path):
+  _require_parity()
+  import transformers
+
+  hf_model = make_hf_model(family)
+  hf_model.save_pretrained(tmp_path / "hf")
+  ids, mask = padded_batch()
+  ref = hf_logits(hf_model, ids, mask)
+
+  model, config = from_pretrained(tmp_path / "hf")
+  ours = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  diff = np.abs(_real(ours, mask) - _real(ref, mask)).max()
+  print(f"parity {family}: max|logit diff| = {diff:.3g}")
+  assert diff <= TOL, f"{family}: max |logit diff| {diff}"
+  assert np.abs(_real(ref, mask)).max() > 0.5  # logits are not trivially small
+
+  # Our export, loaded back by transformers, reproduces the original logits.
+  save_pretrained(model, tmp_path / "ours")
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", attn_implementation="eager")
+  assert type(reloaded).__name__ == FAMILIES[family][1]
+  ref_roundtrip = hf_logits(reloaded.eval(), ids, mask)
+  assert np.abs(_real(ref_roundtrip, mask) - _real(ref, mask)).max() <= TOL
+  assert np.abs(_real(ref_roundtrip, mask) - _real(ours, mask)).max() <= TOL
+  assert ModelConfig.from_hf(json.loads((tmp_path / "ours" / "config.json").read_text())) == config
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("family, override", [
+    ("mistral_sliding", dict(sliding_window=None)),
+    ("llama3_untied_scaled", dict(rope_scaling=None)),
+    ("llama_linear_rope", dict(rope_scaling=None)),
+])
+def test_parity_is_sensitive_to_the_switch_under_test(family, override, tmp_path):
+  """The tiny cases really exercise sliding windows and rope scaling: turning them off breaks parity."""
+  _require_parity()
+  hf_model = make_hf_model(family)
+  hf_model.save_pretrained(tmp_path)
+  ids, mask = padded_batch()
+  ref = hf_logits(hf_model, ids, mask)
+  model, _ = from_pretrained(tmp_path, **override)
+  ours = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  assert np.abs(_real(ours, mask) - _real(ref, mask)).max() > 1e-2
+
+
+# ----------------------------------------------------------------------------- load errors (no torch needed)
+def _tiny_checkpoint():
+  """(hf config dict, {hf name: float32 array}) of a 2-layer Qwen2 with GQA and biases, from numpy."""
+  config = ModelConfig(family="qwen2", hf_model_type="qwen2", vocab_size=11, embed_dim=8, num_layers=2,
+                       num_heads=2, num_kv_heads=1, head_dim=4, mlp_dim=12, qkv_bias=True)
+  rng = np.random.default_rng(0)
+  tensors = {name: rng.standard_normal(shape).astype(np.float32)
+             for name, shape in hf_io.expected_hf_shapes(config).items()}
+  return config.to_hf(), tensors
+
+
+def nnx_pure(model):
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def test_tensor_round_trip_is_lossless():
+  hf_config, tensors = _tiny_checkpoint()
+  model, config = model_from_hf_tensors(hf_config, tensors)
+  again = hf_io.params_to_hf(config, jax.tree.map(np.asarray, nnx_pure(model)))
+  assert again.keys() == tensors.keys()
+  for name in tensors:
+    np.testing.assert_array_equal(again[name], tensors[name], err_msg=name)
+
+
+def test_missing_tensor_is_named():
+  hf_config, tensors = _tiny_checkpoint()
+  del tensors["model.layers.1.self_attn.k_proj.bias"]
+  with pytest.raises(ValueError, match=r"missing tensor 'model\.layers\.1\.self_attn\.k_proj\.bias'.*\(4,\)"):
+    model_from_hf_tensors(hf_config, tensors)
+
+
+def test_misshapen_tensor_names_expected_and_actual_shape():
+  hf_config, tensors = _tiny_checkpoint()
+  tensors["model.layers.0.mlp.up_proj.weight"] = np.zeros((12, 9), np.float32)
+  with pytest.raises(ValueError, match=r"'model\.layers\.0\.mlp\.up_proj\.weight' has shape \(12, 9\), "
+                                       r"expected \(12, 8\)"):
+    model_from_hf_tensors(hf_config, tensors)
+
+
+def test_unexpected_tensor_is_named():
+  hf_config, tensors = _tiny_checkpoint()
+  tensors["score.weight"] = np.zeros((1, 8), np.float32)
+  with pytest.raises(ValueError, match=r"unexpected tensors .*score\.weight"):
+    model_from_hf_tensors(hf_config, tensors)
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("model_type", "mamba", r"model_type='mamba' is not supported; expected one of \['llama', 'mistral'"),
+    ("architectures", ["Qwen2ForSequenceClassification"], r"architectures='Qwen2ForSequenceClassification'"),
+    ("hidden_act", "tanh", r"hidden_act='tanh' is not supported"),
+    ("rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
+     r"rope_scaling\.rope_type='yarn' is not supported; expected one of \['default', 'linear', 'llama3'\]"),
+    ("use_sliding_window", True, r"use_sliding_window"),
+])
+def test_unsupported_config_fields_are_named(field, value, pattern):
+  hf_config, tensors = _tiny_checkpoint()
+  hf_config[field] = value
+  with pytest.raises(ValueError, match=pattern):
+    model_from_hf_tensors(hf_config, tensors)
+
+
+def test_folder_round_trip_bfloat16_and_sharded_index(tmp_path):
+  """bf16 safetensors written by us are read back bit-exactly, also when split over an index.json."""
+  hf_config, tensors = _tiny_checkpoint()
+  model, _ = model_from_hf_tensors(hf_config, tensors, dtype=jnp.bfloat16)
+  save_pretrained(model, tmp_path / "one")
+  written = hf_io.SafetensorsFile(tmp_path / "one" / "model.safetensors")
+  assert json.loads((tmp_path / "one" / "config.json").read_text())["dtype"] == "bfloat16"
+  assert all(written[n].dtype == jnp.bfloat16 for n in written)
+
+  names = sorted(written)
+  shard = tmp_path / "sharded"
+  shard.mkdir()
+  (shard / "config.json").write_text((tmp_path / "one" / "config.json").read_text())
+  weight_map = {}
+  for k, part in enumerate((names[::2], names[1::2])):
+    fname = f"model-0000{k + 1}-of-00002.safetensors"
+    hf_io.write_safetensors(shard / fname, {n: np.asarray(written[n]) for n in part})
+    weight_map.update({n: fname for n in part})
+  (shard / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+  loaded, config = from_pretrained(shard, dtype=jnp.bfloat16)
+  assert config.param_dtype == "bfloat16"
+  for a, b in zip(jax.tree.leaves(nnx_pure(loaded)), jax.tree.leaves(nnx_pure(model))):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  assert forward(loaded, jnp.array([[1, 2, 3]])).dtype == jnp.float32
+
+
+def test_folder_without_weights_is_rejected(tmp_path):
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="model.safetensors"):
+    from_pretrained(tmp_path)
+
+
+def test_safetensors_readable_by_the_reference_library(tmp_path):
+  """Our writer produces files the `safetensors` package itself reads (what transformers uses)."""
+  from safetensors.numpy import load_file
+  arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((5,), np.float16)}
+  hf_io.write_safetensors(tmp_path / "x.safetensors", arrays)
+  loaded = load_file(tmp_path / "x.safetensors")
+  for name, value in arrays.items():
+    np.testing.assert_array_equal(loaded[name], value)
+
+
+def test_from_pretrained_with_mesh_places_sharded_params(tmp_path):
+  hf_config, tensors = _tiny_checkpoint()
+  model, _ = model_from_hf_tensors(hf_config, tensors)
+  save_pretrained(model, tmp_path)
+  auto = jax.sharding.AxisType.Auto
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(auto,) * 3)
+  sharded, _ = from_pretrained(tmp_path, mesh=mesh)
+  up = sharded.layers.up_kernel[...]  # (L, D, F) = (2, 8, 12): embed over fsdp, mlp over tensor
+  assert up.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+  assert up.addressable_shards[0].data.shape == (2, 4, 6)
+  ids = jnp.array([[1, 2, 3, 4]])
+  np.testing.assert_allclose(np.asarray(forward(sharded, ids)), np.asarray(forward(model, ids)), atol=1e-5)
+
+
+def test_original_gpt2_naming_and_buffers_are_accepted():
+  """OpenAI-era GPT-2 files lack the `transformer.` prefix and carry attention-mask buffers."""
+  config = ModelConfig.from_hf({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 13,
+                                "n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 6, "eos_token_id": [5, 6]})
+  rng = np.random.default_rng(0)
+  tensors = {name.removeprefix("transformer."): rng.standard_normal(shape).astype(np.float32)
+             for name, shape in hf_io.expected_hf_shapes(config).items()}
+  tensors["h.0.attn.bias"] = np.tril(np.ones((1, 1, 6, 6), np.float32))
+  tensors["h.1.attn.masked_bias"] = np.array(-1e4, np.float32)
+  model, loaded_config = model_from_hf_tensors(config.to_hf(), tensors)
+  assert loaded_config == config and config.eos_token_id == (5, 6)
+  np.testing.assert_array_equal(model.layers.q_kernel[...][1], tensors["h.1.attn.c_attn.weight"][:, :8].reshape(8, 2, 4))
+  np.testing.assert_array_equal(model.pos_embed[...], tensors["wpe.weight"])
