@@ -11,7 +11,6 @@ buffer donation.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -69,7 +68,7 @@ def _make_step(loss_fn):
 
 def rm_loss(model, batch):
   ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
-  rewards = model(ids, jnp.ones(ids.shape, bool))
+  rewards = model(ids)  # unpadded full-length rows: the fused causal kernel needs no mask
   b = batch["chosen_ids"].shape[0]
   losses, _ = bradley_terry_loss(rewards[:b], rewards[b:])
   return losses.mean(), rewards.mean()
@@ -77,8 +76,7 @@ def rm_loss(model, batch):
 
 def dpo_step_loss(model, batch):
   ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
-  mask = jnp.ones(ids.shape, bool)
-  hidden = model.hidden_states(ids, mask)
+  hidden = model.hidden_states(ids)
   targets = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
   loss_mask = jnp.ones(ids.shape, jnp.float32).at[:, -1].set(0.0)
   _, logps = chunked_sequence_logps(hidden, model.output_embedding(), targets, loss_mask, chunk_size=4096)
@@ -130,8 +128,7 @@ def main():
   args = parser.parse_args()
 
   fields = dict(LLAMA_1B, dtype="bfloat16", param_dtype="float32", remat=args.remat)
-  if "attention" in {f.name for f in dataclasses.fields(ModelConfig)}:
-    fields["attention"] = args.attention
+  fields["attention"] = args.attention
   if args.layers:
     fields["num_layers"] = args.layers
   c = ModelConfig(**fields)

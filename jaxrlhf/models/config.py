@@ -28,6 +28,7 @@ POSITION_KINDS = ("rope", "learned")
 ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 # transformers activation names -> ours. "gelu_new" is GPT-2's tanh approximation.
 _HF_ACTIVATIONS = {
@@ -90,6 +91,8 @@ class ModelConfig:
     dtype: computation dtype; param_dtype: storage dtype of the parameters.
     scan_layers: run the stacked layers with `jax.lax.scan` (compile once) instead of a Python loop.
     remat: "none", "full" (recompute the whole layer), "dots" or "dots_no_batch" (save matmul outputs).
+    attention: "xla" (einsum with fp32 scores; every backend) or "cudnn" (`jax.nn.dot_product_attention`'s fused
+      cuDNN flash attention; NVIDIA GPUs, bf16/fp16 compute). The KV-cache path always uses "xla".
     hf_model_type: transformers model_type written back by `to_hf` ("mistral" for Mistral checkpoints).
     bos_token_id, eos_token_id, pad_token_id: kept for a faithful `to_hf` round trip.
   """
@@ -119,6 +122,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat: str = "none"
+  attention: str = "xla"
   hf_model_type: str | None = None
   bos_token_id: int | None = None
   eos_token_id: int | tuple[int, ...] | None = None
@@ -130,6 +134,7 @@ class ModelConfig:
     _choice("activation", self.activation, ACTIVATIONS)
     _choice("position", self.position, POSITION_KINDS)
     _choice("remat", self.remat, REMAT_POLICIES)
+    _choice("attention", self.attention, ATTENTION_IMPLS)
     _choice("dtype", self.dtype, DTYPES)
     _choice("param_dtype", self.param_dtype, DTYPES)
     for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",

@@ -189,10 +189,19 @@ def _apply_rope(x_BxTxNxH: Array, cos_BxTxH: Array, sin_BxTxH: Array) -> Array:
 
 
 def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array,
-               allowed_BxTxS: Array) -> Array:
-  """Grouped-query attention; scores and softmax in float32. Rows with no allowed key (pad queries) stay finite."""
+               allowed_BxTxS: Array | None, use_cache: bool = False) -> Array:
+  """Grouped-query attention; scores and softmax in float32. Rows with no allowed key (pad queries) stay finite.
+
+  `allowed_BxTxS=None` means plain causal attention over unpadded sequences (the fused kernel's fast path).
+  """
+  if config.attention == "cudnn" and not use_cache:
+    mask = None if allowed_BxTxS is None else allowed_BxTxS[:, None]
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, is_causal=mask is None,
+                                        scale=attention_scale(config), implementation="cudnn")
   B, T, N, H = q_BxTxNxH.shape
   K = k_BxSxKxH.shape[2]
+  if allowed_BxTxS is None:
+    allowed_BxTxS = jnp.tril(jnp.ones((T, k_BxSxKxH.shape[1]), bool))[None]
   q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
   scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
   scores = scores * attention_scale(config)
@@ -221,7 +230,7 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
     values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, cache_index, 0, 0))
     kv = (keys, values)
     k, v = keys.astype(q.dtype), values.astype(q.dtype)
-  attn = _attention(config, q, k, v, allowed_BxTxS)
+  attn = _attention(config, q, k, v, allowed_BxTxS, use_cache=kv is not None)
   out = jnp.einsum("btnh,nhd->btd", attn, p["o_kernel"])
   if config.out_bias:
     out = out + p["o_bias"]
@@ -341,6 +350,8 @@ class CausalLM(nnx.Module):
     if positions is None:
       positions = default_positions(mask_BxT, offset_B)
     allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS)  # built once, shared by all layers
+    if c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None:
+      allowed_BxTxS = None  # unpadded causal: the fused kernel masks by itself, no (B, T, S) mask needed
 
     x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(c.compute_dtype)
     rope = None

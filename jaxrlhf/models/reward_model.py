@@ -33,10 +33,10 @@ class RewardModel(nnx.Module):
 
   def features(self, input_ids: Array, attention_mask: Array | None = None,
                positions: Array | None = None) -> Array:
-    """(B, D) final hidden state at each sequence's last non-pad token."""
-    if attention_mask is None:
-      attention_mask = jnp.ones(input_ids.shape, bool)
+    """(B, D) final hidden state at each sequence's last non-pad token (the last position when unpadded)."""
     hidden_BxTxD = self.backbone.hidden_states(input_ids, attention_mask, positions)
+    if attention_mask is None:
+      return hidden_BxTxD[:, -1]
     return gather_last(hidden_BxTxD, attention_mask)
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
@@ -87,9 +87,6 @@ class RewardEnsemble(nnx.Module):
     return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
 
   def _per_member(self, fn, input_ids, attention_mask, positions) -> Array:
-    if attention_mask is None:
-      attention_mask = jnp.ones(input_ids.shape, bool)
-
     @nnx.vmap(in_axes=(0, None, None, None), out_axes=1)
     def run(member, ids, mask, pos):
       return fn(member, ids, mask, pos)

@@ -1,0 +1,180 @@
+"""Runs a config's sweep grid: `python -m experiments.sweep --config configs/x.py[:variant] --workdir DIR
+[--workers N]`.
+
+The config file defines `sweep(add)` (or `sweep(add, arg)` to see the variant), big_vision style:
+    def sweep(add):
+      for seed in (0, 1):
+        add(seed=seed, **{"optimizer.learning_rate": 1e-3})
+Each `add(...)` is one run: `experiments.run` in a subprocess with those `--config.key=value` overrides,
+in DIR/<name> where the name is built from the overrides (`optimizer.learning_rate=0.001,seed=0`).
+A run whose DIR/<name>/status.json says "done" is skipped on re-run; a failing run gets status "failed"
+and its traceback (error.txt, log.txt) in its directory, and the other runs continue. DIR/sweep.json
+lists the runs and their status; the exit code is 1 if any run failed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+
+from jaxrlhf import config as config_lib
+
+
+STATUS_FILE = "status.json"
+
+
+def collect(spec: str) -> list[dict[str, Any]]:
+  """The list of override dicts the config's sweep(add[, arg]) adds, in order."""
+  path, arg = config_lib.split_config_arg(spec)
+  module = config_lib.load_config_module(path)
+  sweep_fn = getattr(module, "sweep", None)
+  if not callable(sweep_fn):
+    raise config_lib.ConfigError(f"--config: {path!r} defines no sweep(add) function")
+  runs: list[dict[str, Any]] = []
+  add = lambda **kw: runs.append(dict(kw))
+  if len(inspect.signature(sweep_fn).parameters) >= 2:
+    sweep_fn(add, arg)
+  else:
+    sweep_fn(add)
+  if not runs:
+    raise config_lib.ConfigError(f"--config: {path}.sweep(add) added no runs")
+  config = config_lib.load_config(spec)
+  for overrides in runs:
+    for key in overrides:
+      config_lib.check_override(config, key)
+  return runs
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+  """A stable, readable, filesystem-safe directory name: keys sorted, `key=value` joined by commas."""
+  parts = [f"{k}={_format(v)}" for k, v in sorted(overrides.items())]
+  name = ",".join(parts) or "default"
+  return re.sub(r"[^A-Za-z0-9._=,+-]", "_", name)[:200]
+
+
+def _format(value: Any) -> str:
+  """How a value is spelled on the command line for ml_collections config_flags."""
+  if isinstance(value, (list, tuple)):
+    return "(" + ",".join(_format(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def command(spec: str, workdir: str, overrides: dict[str, Any]) -> list[str]:
+  return [sys.executable, "-m", "experiments.run", f"--config={spec}", f"--workdir={workdir}",
+          *[f"--config.{k}={_format(v)}" for k, v in overrides.items()]]
+
+
+def _status(run_dir: str) -> dict[str, Any] | None:
+  path = os.path.join(run_dir, STATUS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def run_one(spec: str, run_dir: str, overrides: dict[str, Any]) -> dict[str, Any]:
+  """Runs one member in a subprocess (output in run_dir/log.txt) and writes run_dir/status.json."""
+  os.makedirs(run_dir, exist_ok=True)
+  _write_json(os.path.join(run_dir, "overrides.json"), overrides)
+  start = time.time()
+  cmd = command(spec, run_dir, overrides)
+  # The child must import `experiments` and `configs` even when the package is not pip-installed.
+  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p))
+  with open(os.path.join(run_dir, "log.txt"), "w") as log:
+    rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+  status = {"status": "done" if rc == 0 else "failed", "returncode": rc, "wall_s": time.time() - start,
+            "command": cmd}
+  if rc != 0:
+    error = os.path.join(run_dir, "error.txt")
+    if os.path.exists(error):
+      with open(error) as f:
+        status["error"] = f.read()[-4000:]
+    else:
+      with open(os.path.join(run_dir, "log.txt")) as f:
+        status["error"] = f.read()[-4000:]
+  _write_json(os.path.join(run_dir, STATUS_FILE), status)
+  return status
+
+
+def sweep(spec: str, workdir: str, workers: int = 1) -> dict[str, dict[str, Any]]:
+  """Runs every unfinished member (up to `workers` at a time); returns {run name: status}."""
+  if workers < 1:
+    raise ValueError(f"workers: expected >= 1, got {workers}")
+  runs = collect(spec)
+  names = [run_name(o) for o in runs]
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    raise config_lib.ConfigError(f"sweep(add): runs with identical overrides: {dupes}")
+  os.makedirs(workdir, exist_ok=True)
+  results: dict[str, dict[str, Any]] = {}
+  todo = []
+  for name, overrides in zip(names, runs):
+    previous = _status(os.path.join(workdir, name))
+    if previous and previous["status"] == "done":
+      print(f"[sweep] {name}: already done; skipping", flush=True)
+      results[name] = previous
+    else:
+      todo.append((name, overrides))
+
+  def summary() -> None:
+    listed = [{"name": n, "overrides": o, "status": results.get(n, {}).get("status", "pending")}
+              for n, o in zip(names, runs)]
+    _write_json(os.path.join(workdir, "sweep.json"), {"config": spec, "runs": listed})
+
+  summary()
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    futures = {pool.submit(run_one, spec, os.path.join(workdir, name), o): name for name, o in todo}
+    for future in concurrent.futures.as_completed(futures):
+      name = futures[future]
+      results[name] = future.result()
+      print(f"[sweep] {name}: {results[name]['status']} ({results[name]['wall_s']:.1f}s)", flush=True)
+      summary()
+  failed = [n for n in names if results[n]["status"] != "done"]
+  print(f"[sweep] {len(names) - len(failed)}/{len(names)} runs done" +
+        (f"; failed: {', '.join(failed)} (see <run>/error.txt)" if failed else ""), flush=True)
+  return results
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["config"].value or not flags.FLAGS["workdir"].value:
+    raise app.UsageError("--config and --workdir are required")
+  try:
+    results = sweep(flags.FLAGS["config"].value, flags.FLAGS["workdir"].value,
+                    flags.FLAGS["workers"].value)
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  if any(r["status"] != "done" for r in results.values()):
+    sys.exit(1)
+
+
+def cli() -> None:
+  """The command line entry point (flags are defined here so that importing this module defines none)."""
+  flags.DEFINE_string("config", None, "Config file with a sweep(add) function, `path.py[:variant]`.")
+  flags.DEFINE_string("workdir", None, "Sweep directory; one sub-directory per run.")
+  flags.DEFINE_integer("workers", 1, "Runs executed in parallel (subprocesses).")
+  app.run(main)
+
+
+if __name__ == "__main__":
+  cli()

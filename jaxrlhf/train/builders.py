@@ -1,0 +1,418 @@
+"""Model, tokenizer, data and mesh construction from validated config sections, shared by every stage.
+
+Sections (each a frozen dataclass converted once by `jaxrlhf.config.from_config`):
+  model  `ModelSpec`: random init from ModelConfig fields, a pretrained HF folder / .gguf file, or a previous
+         stage's saved model (`init_from: "stage:sft"`, resolved through the stage outputs dict).
+  data   `DataSpec`: the synthetic world (WorldConfig kwargs) or preference files (paths + format, strict or
+         lenient; the skip report is logged and returned for results.json), the pipeline sizes, an optional
+         reward-augmented relabeling and where the per-pair `margin` comes from.
+  mesh   `jaxrlhf.parallel.MeshConfig`, plus `num_devices` on the stage config.
+
+A stage's saved policy is a Hugging Face folder (`save_pretrained`), so "stage:<name>" and a path load the
+same way; a saved reward model is `rm/params.msgpack` + `rm/spec.json` (see `save_reward_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from jaxrlhf.config import ConfigError, field
+from jaxrlhf.data import pipeline as pipeline_lib
+from jaxrlhf.models.config import ModelConfig, RopeScaling
+
+STAGE_PREFIX = "stage:"
+MARGIN_SOURCES = ("none", "file", "score", "reward_model")
+
+
+# ------------------------------------------------------------------------------------------------ config sections
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Where the (policy or backbone) weights come from.
+
+  init_from: "" random init from `config`; "stage:<name>" a previous stage's saved model; otherwise a HF
+    folder or a .gguf file.
+  config: ModelConfig fields (random init; vocab_size defaults to the tokenizer's) or overrides of a loaded
+    model's config (e.g. scan_layers, remat, dtype).
+  """
+  init_from: str = field("")
+  config: dict = field(default_factory=dict)
+
+  def validate(self, path: str) -> None:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(self.config) - fields)
+    if unknown:
+      raise ConfigError(f"{path}.config.{unknown[0]}: unknown ModelConfig key; valid keys: "
+                        + ", ".join(sorted(fields)))
+    if self.init_from and not self.init_from.startswith(STAGE_PREFIX) and not os.path.exists(self.init_from):
+      raise ConfigError(f"{path}.init_from: {self.init_from!r} does not exist (expected '', "
+                        f"'{STAGE_PREFIX}<stage name>', a HF folder or a .gguf file)")
+    if not self.init_from:
+      try:
+        model_config(self, vocab_size=self.config.get("vocab_size", 256))
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}.config: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """Training / evaluation data and the input pipeline.
+
+  source: "world" (the synthetic gold-reward world, `world` = WorldConfig kwargs) or "files" (`paths`,
+    `format`, `strict`, `columns`; held-out pairs from `eval_paths` or the last `eval_fraction`).
+  num_train / num_eval: world records per split (files: caps, 0 = all).
+  contrastive_sft: SFT on the world's neutral, `<better>` and `<worse>` samples (a policy T-REG can query).
+  transform: "reward_augmented" doubles scored pairs by goal conditioning (Zhang et al. 2024).
+  margin_from: the per-pair `margin` field: "none" (NaN), "file" (as read), "score" (chosen_score -
+    rejected_score) or "reward_model" (mean member margin of the reward model `reward_model`, e.g.
+    "stage:reward"); consumed by margin losses, adaptive margins and dynamic beta.
+  """
+  source: str = field("world", choices=("world", "files"))
+  world: dict = field(default_factory=dict)
+  num_train: int = field(2048, min=0)
+  num_eval: int = field(256, min=0)
+  contrastive_sft: bool = field(False)
+  paths: tuple[str, ...] = field(())
+  eval_paths: tuple[str, ...] = field(())
+  eval_fraction: float = field(0.05, min=0.0, max=0.5)
+  format: str = field("pairwise", choices=("pairwise", "chat", "hh", "ultrafeedback"))
+  strict: bool = field(False)
+  columns: dict = field(default_factory=dict)
+  tokenizer: str = field("")  # A HF folder / .gguf; default: the world's, else the model's.
+  batch_size: int = field(16, min=1)
+  eval_batch_size: int = field(0, min=0)  # 0: batch_size.
+  max_length: int = field(64, min=2)
+  max_prompt_length: int = field(0, min=0)  # 0: no separate prompt budget.
+  buckets: tuple[int, ...] = field(())  # () : max_length only (one compiled shape).
+  pack: bool = field(False)
+  shuffle: bool = field(True)
+  transform: str = field("none", choices=("none", "reward_augmented"))
+  margin_from: str = field("none", choices=MARGIN_SOURCES)
+  reward_model: str = field("")
+  num_threads: int = field(0, min=0)
+
+  def validate(self, path: str) -> None:
+    if self.source == "files" and not self.paths:
+      raise ConfigError(f"{path}.paths: required when {path}.source='files' (e.g. --config.{path[7:]}.paths="
+                        "'(\"a.jsonl\",)')")
+    for key in ("paths", "eval_paths"):
+      for i, p in enumerate(getattr(self, key)):
+        if not os.path.exists(p):
+          raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
+    if self.source == "world":
+      from jaxrlhf.data.synthetic import WorldConfig  # pylint: disable=g-import-not-at-top
+      fields = {f.name for f in dataclasses.fields(WorldConfig)}
+      unknown = sorted(set(self.world) - fields)
+      if unknown:
+        raise ConfigError(f"{path}.world.{unknown[0]}: unknown WorldConfig key; valid keys: "
+                          + ", ".join(sorted(fields)))
+    if self.margin_from == "reward_model" and not self.reward_model:
+      raise ConfigError(f"{path}.reward_model: required when {path}.margin_from='reward_model' "
+                        f"(e.g. '{STAGE_PREFIX}reward')")
+    if self.max_prompt_length >= self.max_length:
+      raise ConfigError(f"{path}.max_prompt_length: {self.max_prompt_length} must be < "
+                        f"{path}.max_length={self.max_length}")
+    if any(b > self.max_length or b < 2 for b in self.buckets):
+      raise ConfigError(f"{path}.buckets: {self.buckets} must lie in [2, max_length={self.max_length}]")
+
+
+# ------------------------------------------------------------------------------------------------ models
+def model_config(spec: ModelSpec, vocab_size: int | None = None, base: ModelConfig | None = None) -> ModelConfig:
+  """The ModelConfig of a random init (`spec.config` over the defaults) or `base` with `spec.config` overrides."""
+  overrides = dict(spec.config)
+  if isinstance(overrides.get("rope_scaling"), Mapping):
+    overrides["rope_scaling"] = RopeScaling(**overrides["rope_scaling"])
+  if base is not None:
+    return base.replace(**overrides)
+  if vocab_size is not None:
+    overrides.setdefault("vocab_size", vocab_size)
+  return ModelConfig(**overrides)
+
+
+def resolve_path(init_from: str, inputs: Mapping[str, Mapping[str, Any]], key: str = "model_dir") -> str:
+  """A path from `init_from`: "stage:<name>" -> that stage's `outputs[key]`; anything else as is."""
+  if not init_from.startswith(STAGE_PREFIX):
+    return init_from
+  name = init_from[len(STAGE_PREFIX):]
+  if name not in inputs:
+    raise ValueError(f"init_from={init_from!r}: no finished stage {name!r}; finished stages: {sorted(inputs)}")
+  if key not in inputs[name]:
+    raise ValueError(f"init_from={init_from!r}: stage {name!r} has no {key!r} output (its outputs: "
+                     f"{sorted(inputs[name])})")
+  return inputs[name][key]
+
+
+def load_weights(spec: ModelSpec, inputs: Mapping[str, Any], vocab_size: int | None
+                 ) -> tuple[ModelConfig, dict | None, str]:
+  """(config, pure param dict of the pretrained CausalLM or None, model path or "")."""
+  if not spec.init_from:
+    return model_config(spec, vocab_size), None, ""
+  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  path = resolve_path(spec.init_from, inputs)
+  overrides = dict(spec.config)
+  lm, config = from_pretrained(path, dtype=jnp.dtype(overrides.get("param_dtype", "float32")), **overrides)
+  pure = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
+  return config, jax.device_get(pure), path
+
+
+def overwrite(state: nnx.State, pure: Mapping[str, Any], prefix: Sequence[str] = (), broadcast: int = 0
+              ) -> nnx.State:
+  """A copy of `state` whose leaves under `prefix` are replaced by `pure` (placed like the old leaves).
+
+  broadcast > 0 stacks each new leaf `broadcast` times on a leading axis (an ensemble's shared backbone).
+  """
+  target = nnx.to_pure_dict(state)
+  node = target
+  for key in prefix:
+    node = node[key]
+
+  def put(old, new):
+    new = np.asarray(new)
+    if broadcast:
+      new = np.broadcast_to(new, (broadcast, *new.shape))
+    if new.shape != old.shape:
+      raise ValueError(f"pretrained weights: shape {new.shape} does not match the model's {old.shape}")
+    return jax.device_put(new.astype(old.dtype), old.sharding)
+
+  replaced = jax.tree.map(put, {k: node[k] for k in pure}, dict(pure))
+  node.update(replaced)
+  out = jax.tree.map(lambda x: x, state)
+  nnx.replace_by_pure_dict(out, target)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer, data
+def make_world(data: DataSpec):
+  from jaxrlhf.data.synthetic import World, WorldConfig  # pylint: disable=g-import-not-at-top
+  world_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.world.items()}
+  return World(WorldConfig(**world_kwargs))
+
+
+def make_tokenizer(data: DataSpec, world: Any, model_path: str):
+  """The world's tokenizer, `data.tokenizer`, or the pretrained model's."""
+  if world is not None and not data.tokenizer:
+    return world.tokenizer
+  from jaxrlhf.models import load_tokenizer  # pylint: disable=g-import-not-at-top
+  path = data.tokenizer or model_path
+  if not path:
+    raise ValueError("data.tokenizer: needed for file data with a randomly initialized model")
+  return load_tokenizer(path)
+
+
+def read_files(data: DataSpec) -> tuple[list, list, dict]:
+  """(train records, held-out records, skip report dict) from preference files."""
+  from jaxrlhf.data import AdapterConfig, format_skip_report, read_records  # pylint: disable=g-import-not-at-top
+  adapter = AdapterConfig(format=data.format, columns=dict(data.columns), strict=data.strict)
+  records, report = read_records(list(data.paths), adapter)
+  line = format_skip_report(report, f"{data.format} {list(data.paths)}")
+  logging.warning("%s", line)
+  print(f"[data] {line}", flush=True)
+  summary = {"kept": report.kept, "skipped": report.skipped, "counts": dict(report.counts), "line": line}
+  if data.eval_paths:
+    held_out, eval_report = read_records(list(data.eval_paths), adapter)
+    summary["eval_skipped"] = eval_report.skipped
+  else:
+    n_eval = int(round(len(records) * data.eval_fraction))
+    if data.num_eval:
+      n_eval = min(n_eval, data.num_eval) if n_eval else 0
+    held_out, records = (records[len(records) - n_eval:], records[:len(records) - n_eval]) if n_eval else (
+        [], records)
+  if data.num_train:
+    records = records[:data.num_train]
+  if not records:
+    raise ValueError(f"data.paths: no usable records in {list(data.paths)} ({line})")
+  return records, held_out, summary
+
+
+def preference_records(data: DataSpec, world: Any) -> tuple[list, list, dict]:
+  """(train pairs, held-out pairs, data report) before transforms."""
+  if data.source == "world":
+    return (world.preference_records(data.num_train, "train"),
+            world.preference_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})
+  return read_files(data)
+
+
+def sft_records(data: DataSpec, world: Any) -> tuple[list, list, dict]:
+  """(train, held-out, report) SFT records: world reference samples, or the chosen side of preference files."""
+  if data.source == "world":
+    return (world.sft_records(data.num_train, "train", contrastive=data.contrastive_sft),
+            world.sft_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})
+  return read_files(data)
+
+
+def transform_pairs(records: list, data: DataSpec, tokenizer: Any) -> list:
+  """Applies `data.transform` (reward-augmented relabeling) at data build time."""
+  if data.transform == "reward_augmented":
+    from jaxrlhf.data.transforms import reward_augmented_pairs  # pylint: disable=g-import-not-at-top
+    return reward_augmented_pairs(records, supports_system_role=tokenizer.supports_system_role)
+  return records
+
+
+def with_margins(records: list, margins: Sequence[float] | None, data: DataSpec) -> list:
+  """Sets each record's `margin` per `data.margin_from` (`margins` given for "reward_model")."""
+  if data.margin_from == "file":
+    return records
+  out = []
+  for i, r in enumerate(records):
+    if data.margin_from == "none":
+      m = None
+    elif data.margin_from == "score":
+      m = (r.chosen_score - r.rejected_score) if None not in (r.chosen_score, r.rejected_score) else None
+    else:
+      m = float(margins[i])
+    out.append(dataclasses.replace(r, margin=m))
+  return out
+
+
+def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | None = None,
+                    shuffle: bool | None = None, num_epochs: int | None = None, num_attributes: int = 0,
+                    pack: bool = False) -> pipeline_lib.PipelineConfig:
+  return pipeline_lib.PipelineConfig(
+      kind=kind, batch_size=batch_size or data.batch_size, max_length=data.max_length,
+      max_prompt_length=data.max_prompt_length or None, buckets=tuple(data.buckets) or (data.max_length,),
+      pack=pack, seed=seed, shuffle=data.shuffle if shuffle is None else shuffle, num_epochs=num_epochs,
+      num_attributes=num_attributes, num_threads=data.num_threads, prefetch=8 if data.num_threads else 0,
+      shard_index=0, shard_count=1)
+
+
+def train_iterator(records: list, tokenizer: Any, data: DataSpec, kind: str, seed: int, **kwargs):
+  """An endless shuffled batch iterator (get_state/set_state for exact resume)."""
+  return pipeline_lib.make_pipeline(records, tokenizer, pipeline_config(data, kind, seed=seed, **kwargs))
+
+
+def eval_batches(records: list, tokenizer: Any, data: DataSpec, kind: str, **kwargs) -> list[dict]:
+  """One pass over `records` in order as a list of numpy batches (the last one filled with weight-0 rows)."""
+  if not records:
+    return []
+  config = pipeline_config(data, kind, seed=0, batch_size=data.eval_batch_size or data.batch_size,
+                           shuffle=False, num_epochs=1, **kwargs)
+  return list(pipeline_lib.make_pipeline(records, tokenizer, config))
+
+
+class StackedIterator:
+  """K batch iterators -> batches with a leading member axis (K, B, ...), padded to the longest T.
+
+  Each member reads its own pipeline (own shuffle seed), so ensemble members see different data orders.
+  """
+
+  def __init__(self, iterators: Sequence[Any], pad_id: int):
+    self.iterators = list(iterators)
+    self.pad_id = pad_id
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self.iterators]
+    out = {}
+    for key in batches[0]:
+      arrays = [b[key] for b in batches]
+      if arrays[0].ndim == 2 and key.endswith(("input_ids", "attention_mask", "loss_mask")):
+        t = max(a.shape[1] for a in arrays)
+        fill = self.pad_id if key.endswith("input_ids") else 0
+        arrays = [np.pad(a, ((0, 0), (0, t - a.shape[1])), constant_values=fill) for a in arrays]
+      out[key] = np.stack(arrays)
+    return out
+
+  def get_state(self) -> dict:
+    return {"members": [it.get_state() for it in self.iterators]}
+
+  def set_state(self, state: dict) -> None:
+    for it, s in zip(self.iterators, state["members"]):
+      it.set_state(s)
+
+
+# ------------------------------------------------------------------------------------------------ mesh
+def make_stage_mesh(mesh_config: Any, num_devices: int):
+  from jaxrlhf.parallel import make_mesh  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  return make_mesh(mesh_config, devices)
+
+
+def check_batch_divisible(batch_size: int, mesh: Any, path: str) -> None:
+  shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.axis_names]))
+  if batch_size % shards:
+    raise ValueError(f"{path}: batch size {batch_size} is not divisible by the {shards} data shards of the mesh")
+
+
+# ------------------------------------------------------------------------------------------------ saved reward models
+def _config_dict(config: ModelConfig) -> dict:
+  return dataclasses.asdict(config)
+
+
+def _config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+  d = dict(d)
+  if d.get("rope_scaling") is not None:
+    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  if isinstance(d.get("eos_token_id"), list):
+    d["eos_token_id"] = tuple(d["eos_token_id"])
+  return ModelConfig(**d)
+
+
+def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State) -> str:
+  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state)."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "spec.json"), "w") as f:
+    json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
+              indent=2)
+  with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
+    f.write(flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(state))))
+  return out_dir
+
+
+def load_reward_model(rm_dir: str):
+  """The saved RewardEnsemble (rewards (B, K)) of `save_reward_model`."""
+  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(rm_dir, "spec.json")) as f:
+    spec = json.load(f)
+  head = dict(spec["head"])
+  if head.get("attribute_weights") is not None:
+    head["attribute_weights"] = tuple(head["attribute_weights"])
+  config, head = _config_from_dict(spec["model"]), HeadConfig(**head)
+  abstract = nnx.eval_shape(lambda: RewardEnsemble(config, head, spec["num_members"], rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  with open(os.path.join(rm_dir, "params.msgpack"), "rb") as f:
+    pure = flax.serialization.msgpack_restore(f.read())
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+  return nnx.merge(graphdef, state)
+
+
+def reward_margins(rm_dir: str, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
+  """(N,) mean over members of r(chosen) - r(rejected) under a saved reward model, in record order."""
+  rm = load_reward_model(rm_dir)
+  graphdef, state = nnx.split(rm)
+
+  @jax.jit
+  def margins(state, batch):
+    model = nnx.merge(graphdef, state)
+    r_c = model(batch["chosen_input_ids"], batch["chosen_attention_mask"])
+    r_r = model(batch["rejected_input_ids"], batch["rejected_attention_mask"])
+    diff = (r_c - r_r).reshape(r_c.shape[0], -1)
+    return jnp.mean(diff, axis=-1)
+
+  out = [np.asarray(margins(state, b))[b["weight"] > 0] for b in eval_batches(records, tokenizer, data, "preference")]
+  values = np.concatenate(out) if out else np.zeros((0,), np.float32)
+  if len(values) != len(records):
+    raise ValueError(f"data.reward_model: scored {len(values)} of {len(records)} pairs (pairs dropped as too long "
+                     "cannot be scored; raise data.max_length)")
+  return values
+
+
+def stage_outputs(results: Mapping[str, Any], **extra: Any) -> dict:
+  """The JSON outputs of a stage: the checkpoint dir, final metrics, and `extra` (paths, reports)."""
+  return {"checkpoint_dir": results["checkpoint_dir"], "metrics": results["metrics"], **extra}
+
+
+def tree_mean(values: Iterable[Mapping[str, float]]) -> dict[str, float]:
+  values = list(values)
+  return {k: float(np.mean([v[k] for v in values])) for k in values[0]} if values else {}

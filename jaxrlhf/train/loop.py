@@ -1,0 +1,230 @@
+"""The training loop shared by every algorithm: resume, NaN guard, eval cadence, metrics, checkpoints.
+
+Contract with an algorithm:
+  step_fn(state: TrainState, batch) -> (state, metrics)   pure; the loop jits it with explicit in/out
+      shardings and donates the state. metrics values: scalars, `metrics.Avg`, `metrics.Sum` (see metrics.py).
+  data_iter: an iterator of numpy batch pytrees with get_state() -> JSON-able and set_state(state) (e.g. a
+      grain DatasetIterator); its state is checkpointed with the train state for an exact resume.
+  eval_fn(state) -> dict[str, float]  (optional), reported under "eval/".
+
+Files in `workdir`: checkpoints/ (orbax), metrics.jsonl, tensorboard/, results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Protocol
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import tqdm
+
+from jaxrlhf.config import ConfigError, field
+from jaxrlhf.train import checkpoint as checkpoint_lib
+from jaxrlhf.train import metrics as metrics_lib
+from jaxrlhf.train import state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Loop cadence. Steps count optimizer updates; `checkpoint_every` must be a multiple of `log_every` so a
+  resumed run's logging windows line up with an uninterrupted run's."""
+  num_steps: int = field(100, min=1)
+  log_every: int = field(10, min=1)
+  checkpoint_every: int = field(50, min=1)
+  eval_every: int = field(0, min=0)  # 0: evaluate only at the end.
+  keep_checkpoints: int = field(2, min=1)
+  best_metric: str = field("")  # e.g. "eval/loss"; "" keeps no best checkpoint.
+  best_mode: str = field("min", choices=("min", "max"))
+  async_checkpoints: bool = field(True)
+  progress: bool = field(True)
+  tensorboard: bool = field(True)
+  tokens_key: str = field("tokens")  # A `metrics.Sum` metric counted for tokens/s.
+
+  def validate(self, path: str = "config.loop") -> None:
+    if self.checkpoint_every % self.log_every:
+      raise ConfigError(f"{path}.checkpoint_every: {self.checkpoint_every} must be a multiple of "
+                        f"{path}.log_every={self.log_every}")
+
+
+class NonFiniteError(FloatingPointError):
+  """A step produced a NaN/inf metric; the message names the step, metric and last finite checkpoint."""
+
+
+class DataIterator(Protocol):
+
+  def __next__(self) -> Any: ...
+
+  def get_state(self) -> Any: ...
+
+  def set_state(self, state: Any) -> None: ...
+
+
+def batch_sharding(mesh: Mesh | None) -> NamedSharding | None:
+  """Leading (batch) axis over the mesh's ("data", "fsdp") axes that exist; other axes replicated."""
+  if mesh is None:
+    return None
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  return NamedSharding(mesh, P(axes if axes else None))
+
+
+def _global_batch(batch: Any, sharding: Any) -> Any:
+  """Single process: the numpy batch as is (jit places it). Multi-host: each process holds its slice of
+  the global batch, assembled into global arrays with one sharding for every leaf."""
+  if jax.process_count() == 1:
+    return batch
+  if not isinstance(sharding, jax.sharding.Sharding):
+    raise ValueError("batch_shardings: multi-process training needs one jax.sharding.Sharding for the batch")
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step == last or (every > 0 and step % every == 0)
+
+
+def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
+          step_fn: Callable[[state_lib.TrainState, Any], tuple[state_lib.TrainState, dict[str, Any]]],
+          data_iter: DataIterator, mesh: Mesh | None = None, batch_shardings: Any = None,
+          eval_fn: Callable[[state_lib.TrainState], dict[str, float]] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) training to `config.num_steps` updates and writes `workdir/results.json`.
+
+  Args:
+    config: the loop cadence.
+    workdir: the run directory; if it holds checkpoints the run resumes from the latest (train state and
+      data-iterator state), and metrics.jsonl lines after that step are dropped and re-logged.
+    setup: from `state.init_train_state` (abstract sharded target, shardings, init).
+    step_fn: the algorithm's pure step.
+    data_iter: batches (numpy pytrees with a leading batch axis) with get_state/set_state.
+    mesh: the device mesh; batches are sharded over ("data", "fsdp") unless `batch_shardings` is given.
+    batch_shardings: a sharding (prefix) pytree for the batch argument.
+    eval_fn: state -> metrics, run every `eval_every` updates and at the end.
+
+  Returns:
+    The results dict also written to results.json: final step, last train window and eval metrics,
+    best checkpoint step, wall time.
+
+  Raises:
+    NonFiniteError: a train or eval metric is NaN/inf; nothing from that step on is saved.
+  """
+  missing = [m for m in ("__next__", "get_state", "set_state") if not hasattr(data_iter, m)]
+  if missing:
+    raise ValueError(f"data_iter: {type(data_iter).__name__} lacks {missing}; the loop needs an iterator with "
+                     "get_state()/set_state() to checkpoint and resume its position")
+  os.makedirs(workdir, exist_ok=True)
+  start_time = time.time()
+  ckpt = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
+      best_metric=config.best_metric or None, best_mode=config.best_mode,
+      async_save=config.async_checkpoints)
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard)
+  try:
+    start = ckpt.latest_step()
+    if start is None:
+      start = 0
+      state = setup.init()
+      if os.path.exists(writer.path):
+        os.remove(writer.path)
+    else:
+      print(f"[train] resuming from step {start} ({ckpt.directory})", flush=True)
+      state, data_state = ckpt.restore(setup.abstract, start)
+      if data_state:
+        data_iter.set_state(data_state)
+      writer.truncate_after(start)
+    if batch_shardings is None:
+      batch_shardings = batch_sharding(mesh)
+    jit_step = jax.jit(step_fn, in_shardings=(setup.shardings, batch_shardings),
+                       out_shardings=(setup.shardings, None), donate_argnums=0)
+    all_finite = jax.jit(state_lib.tree_all_finite)
+    return _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn, ckpt, writer,
+                start_time, batch_shardings)
+  finally:
+    writer.close()
+    ckpt.close()
+
+
+def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn, ckpt, writer,
+         start_time, batch_shardings) -> dict[str, Any]:
+  """The step loop proper (see `train`)."""
+  last = config.num_steps
+  window = metrics_lib.Window()
+  # A resumed run reports what was logged before the restart until it logs again (e.g. a run killed
+  # after its final checkpoint but before results.json).
+  train_values = _last_logged(writer.path, "train/")
+  eval_values = _last_logged(writer.path, "eval/")
+  window_start, window_tokens, window_paused = time.time(), 0.0, 0.0
+  bar = tqdm.tqdm(total=last, initial=start, disable=not config.progress, dynamic_ncols=True,
+                  desc=os.path.basename(os.path.normpath(workdir)))
+  for step in range(start + 1, last + 1):
+    batch = _global_batch(next(data_iter), batch_shardings)
+    state, step_metrics = jit_step(state, batch)
+    host = jax.device_get(step_metrics)
+    values = metrics_lib.compute(host)
+    bad = metrics_lib.first_non_finite(values)
+    if bad is not None:
+      _fail_non_finite(ckpt, step, bad, values[bad], "train")
+    window.add(host)
+    window_tokens += values.get(config.tokens_key, 0.0)
+    if _is_due(step, config.log_every, last):
+      # Throughput of training alone: eval and checkpoint time inside the window is left out.
+      elapsed = max(time.time() - window_start - window_paused, 1e-9)
+      perf = {"perf/steps_per_sec": window.steps / elapsed, "perf/tokens_per_sec": window_tokens / elapsed}
+      train_values = {f"train/{k}": v for k, v in window.result().items()}
+      writer.write(step, {**train_values, **perf})
+      bar.set_postfix({"loss": f"{train_values.get('train/loss', float('nan')):.4g}",
+                       "steps/s": f"{perf['perf/steps_per_sec']:.3g}",
+                       "tok/s": f"{perf['perf/tokens_per_sec']:.4g}"})
+      window.reset()
+      window_start, window_tokens, window_paused = time.time(), 0.0, 0.0
+    paused_from = time.time()
+    step_eval = {}
+    if eval_fn is not None and _is_due(step, config.eval_every, last):
+      step_eval = {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in eval_fn(state).items()}
+      bad = metrics_lib.first_non_finite(step_eval)
+      if bad is not None:
+        _fail_non_finite(ckpt, step, bad, step_eval[bad], "eval")
+      writer.write(step, step_eval)
+      eval_values = step_eval
+    if _is_due(step, config.checkpoint_every, last):
+      if not bool(all_finite(state)):
+        _fail_non_finite(ckpt, step, "train state", float("nan"), "state")
+      ckpt.save(step, state, data_state=data_iter.get_state(), metrics={**train_values, **step_eval})
+    window_paused += time.time() - paused_from
+    bar.update(1)
+  bar.close()
+  ckpt.wait()
+  results = {
+      "status": "done",
+      "step": int(jax.device_get(state.step)),
+      "metrics": {**train_values, **eval_values},
+      "best_step": ckpt.best_step(),
+      "checkpoint_dir": ckpt.directory,
+      "last_checkpoint_step": ckpt.latest_step(),
+      "wall_s": time.time() - start_time,
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def _last_logged(path: str, prefix: str) -> dict[str, float]:
+  """The `prefix` metrics of the last metrics.jsonl line that has any ({} without such a line)."""
+  if not os.path.exists(path):
+    return {}
+  for line in reversed(metrics_lib.read_jsonl(path)):
+    values = {k: v for k, v in line.items() if k.startswith(prefix)}
+    if values:
+      return values
+  return {}
+
+
+def _fail_non_finite(ckpt: checkpoint_lib.Checkpointer, step: int, name: str, value: float,
+                     where: str) -> None:
+  ckpt.wait()
+  last = ckpt.latest_step()
+  kept = f"the last finite checkpoint is step {last} in {ckpt.directory}" if last is not None else \
+      "no checkpoint was saved"
+  raise NonFiniteError(f"non-finite {where} metric {name!r} = {value} at step {step}; stopping without "
+                       f"saving it; {kept}")

@@ -1,0 +1,56 @@
+"""Weighted metric accumulation and the metrics writers."""
+
+import glob
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrlhf.train import metrics as metrics_lib
+from jaxrlhf.train.metrics import Avg, Sum
+
+
+def test_window_weighted_mean_equals_pooled_mean():
+  rng = np.random.default_rng(0)
+  chunks = [rng.normal(size=n) for n in (3, 7, 1, 5)]  # Unequal weights: a naive mean of means is wrong.
+  window = metrics_lib.Window()
+  for c in chunks:
+    window.add({"loss": Avg(jnp.asarray(c.sum()), jnp.asarray(float(len(c)))), "tokens": Sum(jnp.asarray(len(c))),
+                "gnorm": jnp.asarray(c.max())})
+  out = window.result()
+  pooled = np.concatenate(chunks)
+  np.testing.assert_allclose(out["loss"], pooled.mean(), rtol=1e-6)
+  assert np.mean([c.mean() for c in chunks]) != np.float64(out["loss"])
+  assert out["tokens"] == len(pooled)
+  np.testing.assert_allclose(out["gnorm"], np.mean([c.max() for c in chunks]), rtol=1e-6)
+  assert window.steps == 4
+  window.reset()
+  assert window.result() == {}
+
+
+def test_stack_reduce_under_jit_and_first_non_finite():
+  stacked = {"a": Avg(jnp.array([1.0, 2.0]), jnp.array([1.0, 3.0])), "b": jnp.array([2.0, 4.0]),
+             "c": Sum(jnp.array([5.0, 6.0]))}
+  out = metrics_lib.compute(jax.jit(metrics_lib.stack_reduce)(stacked))
+  assert out == {"a": 0.75, "b": 3.0, "c": 11.0}
+  assert metrics_lib.first_non_finite({"x": 1.0, "y": float("inf"), "z": float("nan")}) == "y"
+  assert metrics_lib.first_non_finite({"grad_norm": float("nan"), "loss": float("nan")}) == "loss"
+  assert metrics_lib.first_non_finite(out) is None
+
+
+def test_writer_jsonl_truncate_and_tensorboard(tmp_path):
+  writer = metrics_lib.MetricsWriter(str(tmp_path))
+  for step in (2, 4, 6):
+    writer.write(step, {"train/loss": step / 10})
+  writer.truncate_after(4)
+  writer.write(6, {"train/loss": 0.7})
+  writer.close()
+  lines = metrics_lib.read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  assert lines == [{"step": 2, "train/loss": 0.2}, {"step": 4, "train/loss": 0.4}, {"step": 6, "train/loss": 0.7}]
+  events = glob.glob(os.path.join(tmp_path, "tensorboard", "events.out.tfevents.*"))
+  assert events and os.path.getsize(events[0]) > 0
+  # The event file holds the scalar tag (TFRecord framing around a serialized Summary proto).
+  assert b"train/loss" in open(events[0], "rb").read()
+  json.dumps(lines)
