@@ -145,7 +145,9 @@ def kl_divergence(logps_BxT: jax.Array, ref_logps_BxT: jax.Array, mask_BxT: jax.
   elif estimator == "k2":
     kl = 0.5 * jnp.square(log_r)
   else:
-    kl = jnp.exp(log_r) - log_r - 1.0
+    # expm1 keeps (r - 1) - log r accurate near r = 1, where exp(x) - x - 1 cancels to rounding noise and can
+    # come out slightly negative; the clamp removes the last ulp of doubt for a quantity that is >= 0.
+    kl = jnp.maximum(jnp.expm1(log_r) - log_r, 0.0)
   return jnp.where(valid, kl, 0.0)
 
 
