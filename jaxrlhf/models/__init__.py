@@ -10,10 +10,12 @@ import jax.numpy as jnp
 
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models.decoder import CausalLM, KVCache, abstract_model, default_positions, init_model
+from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf import model_from_hf_tensors, read_hf_folder, save_hf_folder
+from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
 
 __all__ = [
-    "CausalLM", "KVCache", "ModelConfig", "RopeScaling", "abstract_model", "default_positions", "from_pretrained",
+    "CausalLM", "HeadConfig", "KVCache", "ModelConfig", "RewardEnsemble", "RewardModel", "RopeScaling", "abstract_model", "default_positions", "from_pretrained",
     "init_model", "load_tokenizer", "model_from_hf_tensors", "save_pretrained",
 ]
 

@@ -287,7 +287,7 @@ class CausalLM(nnx.Module):
   # ---- public API
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None, *,
                cache: KVCache | None = None, return_hidden: bool = False):
-    hidden_BxTxD, new_cache = self._backbone(input_ids, attention_mask, positions, cache)
+    hidden_BxTxD, new_cache = self.backbone(input_ids, attention_mask, positions, cache)
     logits_BxTxV = self.unembed(hidden_BxTxD)
     out = (logits_BxTxV, hidden_BxTxD) if return_hidden else (logits_BxTxV,)
     if cache is not None:
@@ -297,7 +297,7 @@ class CausalLM(nnx.Module):
   def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
                     positions: Array | None = None) -> Array:
     """Final-norm hidden states (B, T, D) in the compute dtype, without the LM head."""
-    return self._backbone(input_ids, attention_mask, positions, None)[0]
+    return self.backbone(input_ids, attention_mask, positions, None)[0]
 
   def output_embedding(self) -> Array:
     """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied)."""
@@ -323,9 +323,13 @@ class CausalLM(nnx.Module):
     return KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
                    mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
-  # ---- internals
-  def _backbone(self, input_ids_BxT: Array, attention_mask: Array | None, positions: Array | None,
-                cache: KVCache | None) -> tuple[Array, KVCache | None]:
+  def backbone(self, input_ids_BxT: Array, attention_mask: Array | None = None, positions: Array | None = None,
+               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+    """Final-norm hidden states (B, T, D) and the updated cache (None without one), without the LM head.
+
+    The cache-aware form of `hidden_states`: sampling prefills a prompt with it and unembeds only the last position.
+    Token ids outside [0, V) are clamped (a pad id of -1 must not embed as NaN, which masking cannot undo).
+    """
     c = self.config
     if input_ids_BxT.ndim != 2:
       raise ValueError(f"input_ids must be (B, T), got shape {input_ids_BxT.shape}")
@@ -353,10 +357,10 @@ class CausalLM(nnx.Module):
     if c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None:
       allowed_BxTxS = None  # unpadded causal: the fused kernel masks by itself, no (B, T, S) mask needed
 
-    x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0).astype(c.compute_dtype)
+    x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0, mode="clip").astype(c.compute_dtype)
     rope = None
     if c.position == "learned":
-      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions, axis=0).astype(c.compute_dtype)
+      x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions, axis=0, mode="clip").astype(c.compute_dtype)
     else:
       rope = _rope_tables(c, positions)
 
@@ -369,6 +373,7 @@ class CausalLM(nnx.Module):
       new_cache = KVCache(keys=kv[0], values=kv[1], mask=kv_valid_BxS, index=index + T)
     return hidden_BxTxD, new_cache
 
+  # ---- internals
   def _run_layers(self, x_BxTxD: Array, rope, allowed_BxTxS: Array, kv_LxBxSxKxH: tuple[Array, Array] | None,
                   index: Array | None) -> tuple[Array, tuple[Array, Array] | None]:
     """Applies the L layers: a scan over the stacked params (or an unrolled loop), the cache in the carry so

@@ -1,0 +1,357 @@
+"""Jitted KV-cache generation for every CausalLM family.
+
+One compiled program per (model graph, batch, prompt width, max_new_tokens, sampling switches): the prompt is
+prefilled in one call, then a `jax.lax.while_loop` feeds one token at a time into a static-shape KV cache, so the
+decode loop never recompiles and stops early once every row has emitted an end token.
+
+Conventions:
+  * Prompts are LEFT-padded (B, P) with a mask (1 = real token); `pad_prompts` builds such arrays from token
+    lists with bucketed widths so that a run compiles a handful of programs.
+  * Row b's randomness comes only from its own key: `rng` is one key (row b uses fold_in(rng, b)) or a (B,)
+    array of keys; sample s of row b (num_samples > 1) uses fold_in(row_key, s) and step t of it
+    fold_in(sample_key, t). A row's samples therefore never depend on the other rows of the batch.
+  * An end token (eos_ids) is part of the response (mask 1), as in the data pipeline's "text + eos"; every slot
+    after it is `pad_id` with mask 0.
+
+Shape letters: B batch (prompts), S samples per prompt, R = B * S rows, P prompt width, N new tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+Array = jax.Array
+
+BATCH_AXES = ("data", "fsdp")
+_NUCLEUS_HEAD = 256  # top-p sorts this many largest logits first (see _truncate)
+
+
+@flax.struct.dataclass
+class Generation:
+  """Sampled continuations of left-padded prompts.
+
+  Rows are prompt-major: row b * num_samples + s is sample s of prompt b.
+
+  Attributes:
+    tokens: int32 (R, N) generated ids; `pad_id` after a row ended.
+    logps: float32 (R, N) log-probability of each token under the distribution it was drawn from
+      (temperature, top-k, top-p applied; 0 for greedy, which is a point mass); 0 on masked slots.
+    model_logps: float32 (R, N) log-probability under the unmodified model (temperature 1, no truncation);
+      0 on masked slots.
+    mask: int32 (R, N), 1 on response tokens (the end token included), 0 after it.
+    lengths: int32 (R,) number of response tokens (= mask.sum(-1)).
+  """
+  tokens: Array
+  logps: Array
+  model_logps: Array
+  mask: Array
+  lengths: Array
+
+
+# -------------------------------------------------------------------------------------- prompt preparation
+def bucket_width(length: int, buckets: Sequence[int] | None = None, multiple: int = 16) -> int:
+  """The padded width for a prompt of `length` tokens: the smallest bucket >= length, else a multiple of
+  `multiple`. Few distinct widths mean few compiled programs."""
+  if length < 1:
+    raise ValueError(f"length must be >= 1, got {length}")
+  if buckets:
+    for b in sorted(buckets):
+      if b >= length:
+        return int(b)
+    raise ValueError(f"prompt length {length} exceeds the largest bucket {max(buckets)}")
+  return int(-(-length // multiple) * multiple)
+
+
+def pad_prompts(rows: Sequence[Sequence[int]], pad_id: int = 0, width: int | None = None,
+                buckets: Sequence[int] | None = None, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads token lists into (ids int32 (B, P), mask int32 (B, P)).
+
+  `width` fixes P; otherwise P = bucket_width(longest row, buckets, multiple).
+  """
+  if not rows or any(len(r) == 0 for r in rows):
+    raise ValueError("rows must be a non-empty list of non-empty token lists")
+  longest = max(len(r) for r in rows)
+  width = bucket_width(longest, buckets, multiple) if width is None else width
+  if longest > width:
+    raise ValueError(f"a prompt has {longest} tokens, more than width={width}")
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, width - len(r):] = np.asarray(r, np.int32)
+    mask[i, width - len(r):] = 1
+  return ids, mask
+
+
+# ------------------------------------------------------------------------------------- sampling primitives
+def _truncate(logits_RxV: Array, top_k: int | None, top_p: float | None) -> Array:
+  """Sets logits outside the top-k / nucleus (top-p) set to -inf. Temperature is applied by the caller.
+
+  Nucleus (Holtzman et al. 2020), as transformers' TopPLogitsWarper: keep the smallest set of most likely
+  tokens whose probability mass reaches top_p (the most likely token is always kept). The cut is a logit
+  threshold, so tokens tied with the last kept one are kept too.
+  """
+  neg_inf = jnp.finfo(jnp.float32).min
+  if top_k is not None and top_k < logits_RxV.shape[-1]:
+    kth_R1 = jax.lax.top_k(logits_RxV, top_k)[0][:, -1:]
+    logits_RxV = jnp.where(logits_RxV >= kth_R1, logits_RxV, neg_inf)
+  if top_p is not None and top_p < 1.0:
+    logits_RxV = jnp.where(logits_RxV >= _nucleus_threshold(logits_RxV, top_p), logits_RxV, neg_inf)
+  return logits_RxV
+
+
+def _nucleus_threshold(logits_RxV: Array, top_p: float) -> Array:
+  """(R, 1) the largest logit t with P(logit >= t) >= top_p: the nucleus is {v : logit_v >= t}.
+
+  A full sort of a large vocabulary every step is slow on CPUs, so the sorted top `_NUCLEUS_HEAD` logits are
+  used when the nucleus lies inside them (the usual case) and an exact bisection over logit values otherwise.
+  """
+  lse_R1 = jax.nn.logsumexp(logits_RxV, axis=-1, keepdims=True)
+  probs_RxV = jnp.exp(logits_RxV - lse_R1)
+
+  head_RxC = jax.lax.top_k(logits_RxV, min(_NUCLEUS_HEAD, logits_RxV.shape[-1]))[0]
+  head_probs_RxC = jnp.exp(head_RxC - lse_R1)
+  mass_before_RxC = jnp.cumsum(head_probs_RxC, axis=-1) - head_probs_RxC
+  num_kept_R = jnp.maximum(jnp.sum(mass_before_RxC < top_p, axis=-1), 1)
+  head_threshold_R1 = jnp.take_along_axis(head_RxC, num_kept_R[:, None] - 1, axis=-1)
+  inside = jnp.all(jnp.sum(head_probs_RxC, axis=-1) >= top_p)
+
+  def bisect():
+    # Invariant: mass(logits >= lo) >= top_p > mass(logits >= hi). Logits more than 100 below the maximum
+    # carry < V * e^-100 of the mass, so lo may start there; 64 halvings then reach adjacent floats.
+    def body(_, bounds):
+      lo, hi = bounds
+      mid = 0.5 * (lo + hi)
+      enough = jnp.sum(jnp.where(logits_RxV >= mid, probs_RxV, 0.0), axis=-1, keepdims=True) >= top_p
+      return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    top_R1 = jnp.max(logits_RxV, axis=-1, keepdims=True)
+    lo = jnp.maximum(jnp.min(logits_RxV, axis=-1, keepdims=True), top_R1 - 100.0)
+    hi = top_R1 + 1.0
+    lo, _ = jax.lax.fori_loop(0, 64, body, (lo, hi))
+    return jnp.min(jnp.where(logits_RxV >= lo, logits_RxV, jnp.inf), axis=-1, keepdims=True)  # snap to a logit
+
+  return jax.lax.cond(inside, lambda: head_threshold_R1, bisect)
+
+
+def _categorical(keys_R: Array, logits_RxV: Array) -> Array:
+  """One draw per row from softmax(logits) by inverting the CDF with one uniform per row (a Gumbel-max draw
+  needs V random numbers per row, which dominates a step on CPUs for large vocabularies). -inf logits are
+  never drawn."""
+  cdf_RxV = jnp.cumsum(jax.nn.softmax(logits_RxV, axis=-1), axis=-1)
+  u_R = jax.vmap(jax.random.uniform)(keys_R) * cdf_RxV[:, -1]
+  return jnp.minimum(jnp.sum(cdf_RxV <= u_R[:, None], axis=-1), logits_RxV.shape[-1] - 1).astype(jnp.int32)
+
+
+def _sample_step(logits_RxV: Array, keys_R: Array, *, temperature: float, top_k: int | None,
+                 top_p: float | None, greedy: bool) -> tuple[Array, Array, Array]:
+  """One token per row -> (tokens (R,), sampling logps (R,), model logps (R,))."""
+  logits_RxV = logits_RxV.astype(jnp.float32)
+  model_logp_RxV = jax.nn.log_softmax(logits_RxV, axis=-1)
+  if greedy:
+    tokens_R = jnp.argmax(logits_RxV, axis=-1).astype(jnp.int32)
+    sample_logp_R = jnp.zeros(tokens_R.shape, jnp.float32)
+  else:
+    scaled_RxV = _truncate(logits_RxV / temperature, top_k, top_p)
+    tokens_R = _categorical(keys_R, scaled_RxV)
+    sample_logp_R = jnp.take_along_axis(jax.nn.log_softmax(scaled_RxV, axis=-1), tokens_R[:, None], -1)[:, 0]
+  model_logp_R = jnp.take_along_axis(model_logp_RxV, tokens_R[:, None], axis=-1)[:, 0]
+  return tokens_R, sample_logp_R, model_logp_R
+
+
+def _row_keys(rng: Array, num_rows: int) -> Array:
+  """(B,) keys: one per row, from a single key (fold_in the row index) or passed through."""
+  rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    single = rng.ndim == 0
+  else:  # raw uint32 keys: (2,) is one key, (B, 2) a batch
+    single = rng.ndim == 1
+  if single:
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(num_rows))
+  if rng.shape[0] != num_rows:
+    raise ValueError(f"rng holds {rng.shape[0]} row keys for {num_rows} prompts; pass one key or one per prompt")
+  return rng
+
+
+# -------------------------------------------------------------------------------------------- the program
+def _constrain_batch(x: Array, mesh: Mesh | None, axis: int = 0) -> Array:
+  if mesh is None:
+    return x
+  spec = [None] * x.ndim
+  spec[axis] = BATCH_AXES
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "graphdef", "max_new_tokens", "num_samples", "temperature", "top_k", "top_p", "greedy", "eos_ids", "pad_id",
+    "mesh"))
+def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, *, max_new_tokens: int,
+                  num_samples: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool,
+                  eos_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None) -> Generation:
+  model = nnx.merge(graphdef, state)
+  B, P = prompt_ids_BxP.shape
+  S, N = num_samples, max_new_tokens
+  R = B * S
+  sample_keys_R = jax.vmap(lambda k: jax.vmap(lambda s: jax.random.fold_in(k, s))(jnp.arange(S)))(row_keys_B)
+  sample_keys_R = sample_keys_R.reshape(R, *sample_keys_R.shape[2:])
+
+  # Prefill each prompt once, then copy its cache for the S samples. Only the last position's logits are
+  # needed, so the LM head runs on it alone (never a (B, P, V) array); CausalLM has no public call that skips
+  # the LM head, hence `backbone`. The last generated token is never fed back, so P + N - 1 slots suffice.
+  cache = model.init_cache(B, P + max(N - 1, 0))
+  # Pad slots get id 0: an out-of-range pad id (e.g. -1) would embed as NaN, and masked NaN values still
+  # poison attention (0 * NaN).
+  prompt_ids_BxP = jnp.where(prompt_mask_BxP > 0, prompt_ids_BxP, 0).astype(jnp.int32)
+  hidden_BxPxD, cache = model.backbone(prompt_ids_BxP, prompt_mask_BxP.astype(bool), None, cache)
+  first_logits_RxV = jnp.repeat(model.unembed(hidden_BxPxD[:, -1:])[:, 0], S, axis=0)
+  cache = cache.replace(keys=_constrain_batch(jnp.repeat(cache.keys, S, axis=1), mesh, 1),
+                        values=_constrain_batch(jnp.repeat(cache.values, S, axis=1), mesh, 1),
+                        mask=_constrain_batch(jnp.repeat(cache.mask, S, axis=0), mesh))
+  eos_V = jnp.asarray(eos_ids, jnp.int32) if eos_ids else jnp.full((1,), -1, jnp.int32)
+  step = functools.partial(_sample_step, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+
+  def emit(t, logits_RxV, done_R, out):
+    """Draws token t from logits_RxV and writes it (pad after the row's end) into the output buffers."""
+    keys_R = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sample_keys_R, t)
+    tok_R, logp_R, model_logp_R = step(logits_RxV, keys_R)
+    live_R = ~done_R
+    tok_R = jnp.where(live_R, tok_R, pad_id)
+    cols = dict(tokens=tok_R, logps=jnp.where(live_R, logp_R, 0.0), model_logps=jnp.where(live_R, model_logp_R, 0.0),
+                mask=live_R.astype(jnp.int32))
+    out = {k: jax.lax.dynamic_update_index_in_dim(out[k], v.astype(out[k].dtype), t, axis=1)
+           for k, v in cols.items()}
+    done_R = done_R | jnp.isin(tok_R, eos_V)
+    return tok_R, live_R, done_R, out
+
+  out = dict(tokens=jnp.full((R, N), pad_id, jnp.int32), logps=jnp.zeros((R, N), jnp.float32),
+             model_logps=jnp.zeros((R, N), jnp.float32), mask=jnp.zeros((R, N), jnp.int32))
+  out = {k: _constrain_batch(v, mesh) for k, v in out.items()}
+  tok_R, live_R, done_R, out = emit(0, _constrain_batch(first_logits_RxV, mesh), jnp.zeros((R,), bool), out)
+
+  def cond(carry):
+    t, _, _, done_R, _, _ = carry
+    return (t < N) & ~jnp.all(done_R)
+
+  def body(carry):
+    t, tok_R, live_R, done_R, cache, out = carry
+    # A row that already ended feeds a masked pad: its cache slot is never attended to.
+    feed_R = jnp.where(live_R, tok_R, 0)  # never embed pad_id (it may be out of range)
+    logits_Rx1xV, cache = model(feed_R[:, None], live_R[:, None], cache=cache)
+    tok_R, live_R, done_R, out = emit(t, logits_Rx1xV[:, 0], done_R, out)
+    return t + 1, tok_R, live_R, done_R, cache, out
+
+  carry = (jnp.asarray(1, jnp.int32), tok_R, live_R, done_R, cache, out)
+  *_, out = jax.lax.while_loop(cond, body, carry)
+  return Generation(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], mask=out["mask"],
+                    lengths=jnp.sum(out["mask"], axis=-1, dtype=jnp.int32))
+
+
+def _check_prompts(prompt_ids_BxP, prompt_mask_BxP) -> None:
+  if prompt_ids_BxP.ndim != 2 or prompt_mask_BxP.shape != prompt_ids_BxP.shape:
+    raise ValueError(f"prompt_ids_BxP and prompt_mask_BxP must be (B, P) of equal shape; got "
+                     f"{prompt_ids_BxP.shape} and {prompt_mask_BxP.shape}")
+  try:
+    mask = np.asarray(prompt_mask_BxP) > 0
+  except jax.errors.TracerArrayConversionError:
+    return  # traced inside a caller's jit: the layout cannot be checked here
+  if not mask[:, -1].all():
+    rows = np.flatnonzero(~mask[:, -1]).tolist()
+    raise ValueError(f"prompt_mask_BxP: prompts must be left-padded and non-empty (last column real); rows {rows} "
+                     "end in padding")
+  if (np.diff(mask.astype(np.int8), axis=1) < 0).any():
+    raise ValueError("prompt_mask_BxP: prompts must be left-padded (zeros only before the first real token)")
+
+
+def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng: Any = None,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+             eos_ids: Sequence[int] | int | None = (), pad_id: int = 0, num_samples: int = 1,
+             mesh: Mesh | None = None) -> Generation:
+  """Samples `max_new_tokens` continuations of left-padded prompts with a KV cache (one jitted program).
+
+  Args:
+    model: a CausalLM (any family).
+    prompt_ids_BxP, prompt_mask_BxP: left-padded prompts (int, 1 = real token); every row non-empty.
+    max_new_tokens: N, the number of decode steps (static).
+    rng: a PRNG key (row b uses fold_in(rng, b)) or (B,) per-prompt keys; required unless greedy.
+    temperature: divides the logits (> 0) before truncation and sampling.
+    top_k: keep the k most likely tokens (k >= 1), or None.
+    top_p: nucleus mass in (0, 1], or None.
+    greedy: argmax decoding (ignores temperature/top_k/top_p and rng).
+    eos_ids: end tokens: a row ends after emitting one (it is kept, mask 1); later slots are pad, mask 0.
+    pad_id: the id written after a row ended.
+    num_samples: S completions per prompt (the prompt is repeated; sample s uses fold_in(row_key, s)).
+    mesh: optional mesh; the rows (and the KV cache) are then sharded over its ("data", "fsdp") axes, and
+      R = B * S must divide by their size. Inputs already sharded this way propagate without it.
+
+  Returns:
+    Generation with (R, N) tokens / logps / model_logps / mask and (R,) lengths, R = B * num_samples,
+    prompt-major rows.
+  """
+  prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
+  _check_prompts(prompt_ids_BxP, prompt_mask_BxP)
+  if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+  if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+    raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+  if not greedy:
+    if not temperature > 0:
+      raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, (int, np.integer)) and top_k >= 1):
+      raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if rng is None:
+      raise ValueError("rng is required for sampling (greedy=False)")
+  if rng is None:
+    rng = jax.random.key(0)  # unused by greedy decoding, but keeps one program signature
+  eos_ids = (eos_ids,) if isinstance(eos_ids, (int, np.integer)) else tuple(int(e) for e in (eos_ids or ()))
+  B = prompt_ids_BxP.shape[0]
+  if mesh is not None:
+    size = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if (B * num_samples) % size:
+      raise ValueError(f"B * num_samples = {B * num_samples} rows must divide by the mesh batch size {size}")
+  graphdef, state = nnx.split(model)
+  return _generate_jit(
+      graphdef, state, prompt_ids_BxP, prompt_mask_BxP, _row_keys(rng, B), max_new_tokens=int(max_new_tokens),
+      num_samples=int(num_samples), temperature=1.0 if greedy else float(temperature),
+      top_k=None if greedy or top_k is None else int(top_k), top_p=None if greedy or top_p is None else float(top_p),
+      greedy=bool(greedy), eos_ids=eos_ids, pad_id=int(pad_id), mesh=mesh)
+
+
+# ------------------------------------------------------------------------------------ scoring a response
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _token_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN):
+  model = nnx.merge(graphdef, state)
+  P = prompt_ids_BxP.shape[1]
+  mask_BxT = jnp.concatenate([prompt_mask_BxP, response_mask_BxN], axis=1).astype(bool)
+  ids_BxT = jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1).astype(jnp.int32)
+  ids_BxT = jnp.where(mask_BxT, ids_BxT, 0)  # out-of-range pad ids would embed as NaN
+  response_ids_BxN = ids_BxT[:, P:]
+  logits_BxTxV = model(ids_BxT, mask_BxT)
+  # Response token n is predicted by the logits at position P + n - 1.
+  logits_BxNxV = logits_BxTxV[:, P - 1:-1].astype(jnp.float32)
+  logp_BxN = jnp.take_along_axis(jax.nn.log_softmax(logits_BxNxV, axis=-1),
+                                 response_ids_BxN.astype(jnp.int32)[..., None], axis=-1)[..., 0]
+  return jnp.where(response_mask_BxN > 0, logp_BxN, 0.0)
+
+
+def response_logps(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN) -> Array:
+  """float32 (B, N) log-probs of the response tokens under `model` (temperature 1), by one full forward over
+  [left-padded prompt | right-padded response]; 0 on masked slots. For the reference policy's log-probs of
+  samples (KL estimates) and for teacher-forced checks of `generate`.
+  """
+  prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
+  response_ids_BxN, response_mask_BxN = jnp.asarray(response_ids_BxN), jnp.asarray(response_mask_BxN)
+  _check_prompts(prompt_ids_BxP, prompt_mask_BxP)
+  if response_ids_BxN.shape != response_mask_BxN.shape or response_ids_BxN.shape[0] != prompt_ids_BxP.shape[0]:
+    raise ValueError(f"response_ids_BxN / response_mask_BxN must be (B, N) with B = {prompt_ids_BxP.shape[0]}; "
+                     f"got {response_ids_BxN.shape} and {response_mask_BxN.shape}")
+  graphdef, state = nnx.split(model)
+  return _token_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN)
