@@ -1,0 +1,247 @@
+"""Reward sources for online RL: a reward model, an ensemble with an aggregation, the synthetic gold reward,
+sentence BLEU against reference responses, and a user Python function; several sources are summed with weights.
+
+Every source is a function called INSIDE the jitted RL step:
+
+    score(models, rollout) -> float32 (R,)
+
+where `models` maps reward-model names to their (frozen) RewardEnsemble modules (merged from the train state)
+and `rollout` holds `prompt_ids` / `prompt_mask` (R, P) left-padded, `tokens` / `mask` (R, N) right-padded
+(the end token included) and `prompt_index` (R,) int32, the row's index in the host-side prompt table.
+Jittable sources (reward model, gold) run as XLA; BLEU and Python functions run on the host through
+`jax.pure_callback` on the decoded texts, so the step stays one jitted program.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrlhf.config import ConfigError, field
+from jaxrlhf.losses import aggregation as aggregation_lib
+
+KINDS = ("reward_model", "gold", "bleu", "python")
+AGGREGATIONS = ("mean", "median", "min", "mean_minus_std", "mean_minus_var")
+SMOOTHING = ("exp", "add1", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSourceSpec:
+  """One weighted reward source.
+
+  kind: "reward_model" (`reward_model`: "stage:<name>" or a saved reward-model folder; K > 1 members are reduced
+    by `aggregation` with `lam`), "gold" (the synthetic world's r*), "bleu" (sentence BLEU-4 in [0, 1] of the
+    response against the prompt's reference responses, whitespace tokens, `smoothing`), "python"
+    (`function`: "module:function" called as fn(prompts: list[str], completions: list[str]) -> R floats).
+  name: the metric name (`reward/<name>`); default: the kind.
+  """
+  kind: str = field("gold", choices=KINDS)
+  name: str = field("")
+  weight: float = field(1.0)
+  reward_model: str = field("")
+  aggregation: str = field("mean", choices=AGGREGATIONS)
+  lam: float = field(1.0, min=0.0)
+  function: str = field("")
+  smoothing: str = field("exp", choices=SMOOTHING)
+
+  @property
+  def label(self) -> str:
+    return self.name or self.kind
+
+  def validate(self, path: str) -> None:
+    if self.kind == "reward_model" and not self.reward_model:
+      raise ConfigError(f"{path}.reward_model: required for kind 'reward_model' (e.g. 'stage:reward')")
+    if self.kind == "python":
+      if ":" not in self.function:
+        raise ConfigError(f"{path}.function: expected 'module:function' for kind 'python', got "
+                          f"{self.function!r}")
+      load_function(self.function, f"{path}.function")
+
+
+def load_function(spec: str, path: str = "function") -> Callable[..., Any]:
+  """The callable named by "package.module:function"; ValueError naming `path` if it cannot be imported."""
+  module_name, _, attr = spec.partition(":")
+  try:
+    fn = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f"{path}: cannot load {spec!r}: {e}") from e
+  if not callable(fn):
+    raise ConfigError(f"{path}: {spec!r} is not callable")
+  return fn
+
+
+# ------------------------------------------------------------------------------------------------ BLEU
+def _ngrams(tokens: Sequence[Any], n: int) -> collections.Counter:
+  return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def sentence_bleu(hypothesis: Sequence[Any], references: Sequence[Sequence[Any]], *, max_order: int = 4,
+                  smoothing: str = "exp") -> float:
+  """Sentence BLEU (Papineni et al. 2002) in [0, 1] of one tokenized hypothesis against tokenized references.
+
+  p_n = clipped n-gram matches / hypothesis n-grams for n = 1..max_order, BLEU = BP * exp(mean_n log p_n),
+  BP = exp(1 - r / c) when the hypothesis length c is below the reference length r closest to c (ties: the
+  shorter), else 1. Orders with no hypothesis n-gram (c < n) are left out of the mean (sacrebleu's effective
+  order). Smoothing of orders with zero matches (Chen & Cherry 2014):
+    "exp":  p_n = 1 / (2^k * total_n), k counting the zero-match orders so far (sacrebleu's default, method 3);
+    "add1": p_n = (m_n + 1) / (total_n + 1) for n >= 2 (Lin & Och 2004);
+    "none": any zero precision gives 0.
+  An empty hypothesis scores 0.
+  """
+  if not references:
+    raise ValueError("references: expected at least one reference")
+  if smoothing not in SMOOTHING:
+    raise ValueError(f"smoothing: expected one of {SMOOTHING}, got {smoothing!r}")
+  c = len(hypothesis)
+  if c == 0:
+    return 0.0
+  ref_lengths = [len(r) for r in references]
+  r = min(ref_lengths, key=lambda x: (abs(x - c), x))
+  log_p = []
+  zeros = 0
+  for n in range(1, max_order + 1):
+    total = max(c - n + 1, 0)
+    if total == 0:
+      continue
+    hyp = _ngrams(hypothesis, n)
+    max_ref = collections.Counter()
+    for ref in references:
+      for g, k in _ngrams(ref, n).items():
+        max_ref[g] = max(max_ref[g], k)
+    matches = sum(min(k, max_ref[g]) for g, k in hyp.items())
+    if smoothing == "add1" and n >= 2:
+      p = (matches + 1) / (total + 1)
+    elif matches == 0:
+      if smoothing == "none":
+        return 0.0
+      zeros += 1
+      p = 1.0 / (2 ** zeros * total)
+    else:
+      p = matches / total
+    log_p.append(math.log(p))
+  bp = 1.0 if c >= r else math.exp(1.0 - r / c)
+  return bp * math.exp(sum(log_p) / len(log_p))
+
+
+# ------------------------------------------------------------------------------------------------ sources
+Rollout = Mapping[str, jax.Array]
+Score = Callable[[Mapping[str, Any], Rollout], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSource:
+  """A built source: its metric label, weight and jittable `score(models, rollout) -> (R,)`."""
+  label: str
+  weight: float
+  score: Score
+
+
+def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
+  ids = jnp.concatenate([rollout["prompt_ids"], rollout["tokens"]], axis=1).astype(jnp.int32)
+  mask = jnp.concatenate([rollout["prompt_mask"], rollout["mask"]], axis=1).astype(jnp.int32)
+  return jnp.where(mask > 0, ids, 0), mask
+
+
+def reward_model_score(key: str, aggregation: str, lam: float) -> Score:
+  """Scores with `models[key]` (a RewardEnsemble -> (R, K), or a RewardModel -> (R,)) reduced by `aggregation`."""
+
+  def score(models, rollout):
+    ids, mask = _concat(rollout)
+    r = models[key](ids, mask).astype(jnp.float32)
+    return r if r.ndim == 1 else aggregation_lib.aggregate(r, aggregation, lam)
+
+  return score
+
+
+def gold_score(world: Any) -> Score:
+  """The world's jittable r*(prompt, response) (the response's end token and padding are not scored)."""
+
+  def score(models, rollout):
+    del models
+    return world.gold_reward(rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"], rollout["mask"])
+
+  return score
+
+
+def _host_score(host_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Score:
+  """A host function of (tokens (R, N), mask (R, N), prompt_index (R,)) -> (R,) as a jittable pure_callback."""
+
+  def score(models, rollout):
+    del models
+    out = jax.ShapeDtypeStruct(rollout["prompt_index"].shape, jnp.float32)
+    return jax.pure_callback(lambda t, m, i: np.asarray(host_fn(np.asarray(t), np.asarray(m), np.asarray(i)),
+                                                        np.float32),
+                             out, rollout["tokens"], rollout["mask"], rollout["prompt_index"])
+
+  return score
+
+
+def _texts(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
+  return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m > 0], skip_special_tokens=True)
+          for row, mrow in zip(tokens, mask)]
+
+
+def bleu_score(tokenizer: Any, references: Sequence[Sequence[str]], smoothing: str = "exp") -> Score:
+  """Sentence BLEU of the decoded response against `references[prompt_index]` (whitespace tokens)."""
+  refs = [[r.split() for r in rs] for rs in references]
+
+  def host(tokens, mask, index):
+    hyps = _texts(tokenizer, tokens, mask)
+    return [sentence_bleu(h.split(), refs[i], smoothing=smoothing) for h, i in zip(hyps, index)]
+
+  return _host_score(host)
+
+
+def python_score(fn: Callable[..., Any], tokenizer: Any, prompts: Sequence[str], label: str) -> Score:
+  """fn(prompts: list[str], completions: list[str]) -> R floats, on the decoded texts."""
+
+  def host(tokens, mask, index):
+    out = np.asarray(fn([prompts[i] for i in index], _texts(tokenizer, tokens, mask)), np.float32).reshape(-1)
+    if out.shape[0] != tokens.shape[0]:
+      raise ValueError(f"reward function {label!r}: returned {out.shape[0]} rewards for {tokens.shape[0]} "
+                       "completions")
+    return out
+
+  return _host_score(host)
+
+
+def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, tokenizer: Any = None,
+                  prompts: Sequence[str] = (), references: Sequence[Sequence[str]] = ()) -> list[RewardSource]:
+  """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index)."""
+  if not specs:
+    raise ValueError("rewards: expected at least one reward source")
+  labels = [s.label for s in specs]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"rewards: source names must be distinct (set `name`), got {labels}")
+  out = []
+  for i, spec in enumerate(specs):
+    if spec.kind == "reward_model":
+      score = reward_model_score(f"rm_{i}", spec.aggregation, spec.lam)
+    elif spec.kind == "gold":
+      if world is None:
+        raise ValueError(f"rewards[{i}]: kind 'gold' needs the synthetic world")
+      score = gold_score(world)
+    elif spec.kind == "bleu":
+      if not references:
+        raise ValueError(f"rewards[{i}]: kind 'bleu' needs reference responses")
+      score = bleu_score(tokenizer, references, spec.smoothing)
+    else:
+      score = python_score(load_function(spec.function, f"rewards[{i}].function"), tokenizer, prompts,
+                           spec.label)
+    out.append(RewardSource(spec.label, float(spec.weight), score))
+  return out
+
+
+def combined_rewards(sources: Sequence[RewardSource], models: Mapping[str, Any], rollout: Rollout
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(sum_i weight_i * score_i (R,), {label: score_i (R,)})."""
+  per_source = {s.label: s.score(models, rollout).astype(jnp.float32) for s in sources}
+  total = sum(s.weight * per_source[s.label] for s in sources)
+  return total, per_source

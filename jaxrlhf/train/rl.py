@@ -1,0 +1,421 @@
+"""Online RL from rewards: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) in one step, through the loop.
+
+Design: ONE jitted program per loop step does the whole iteration, so sampling and updates never leave XLA:
+  1. rollout: G samples per prompt from the current policy with `sampling.generate` (KV cache, while_loop),
+     rows prompt-major (contiguous groups of G, the losses library's layout);
+  2. scoring: the weighted reward sources (`train.rewards`; reward models run inside the program, BLEU and
+     Python functions through `jax.pure_callback`); the old-policy and reference log-probs by one
+     teacher-forced forward each (logits / temperature, as TRL), all under stop_gradient;
+  3. advantages: `group_advantages` (GRPO, scale_rewards group/batch/none) or `rloo_advantages`;
+     KL to the frozen reference either as a reward penalty (r - beta * sum_t k1, before the advantages) or as
+     a loss term (beta * k1/k2/k3 per token);
+  4. `num_iterations` (mu) optimizer updates on that rollout, a `lax.scan` over the shared
+     `state.make_train_step` (so gradient accumulation and metrics work as for every trainer), each the
+     PPO-clipped surrogate with the rollout's old log-probs.
+One loop step is therefore one rollout batch and mu optimizer updates (`state.step` counts the updates).
+
+The model in the train state is `RLModel`: the trained policy plus a frozen reference and frozen reward models
+whose parameters are `FrozenParam`s in the state's `extra` (no gradient, no optimizer state; checkpointed with
+the state). The rollout key is fold_in(fold_in(state.rng, state.step), ROLLOUT_STREAM) and the prompt
+iterator checkpoints its position, so a resumed run draws exactly the rollouts of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrlhf.config import ConfigError, field
+from jaxrlhf.data import tokenize as tokenize_lib
+from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf.parallel import MeshConfig
+from jaxrlhf.train import builders
+from jaxrlhf.train import loop as loop_lib
+from jaxrlhf.train import metrics as metrics_lib
+from jaxrlhf.train import optim
+from jaxrlhf.train import rewards as rewards_lib
+from jaxrlhf.train import state as state_lib
+from jaxrlhf.train.preference import frozen
+from jaxrlhf.train.sft import final_state, save_policy
+from jaxrlhf.train.sft import logical_or_replicated as _shardings
+
+ALGORITHMS = ("grpo", "rloo")
+KL_MODES = ("none", "reward", "loss")
+ROLLOUT_STREAM = 0x5eed
+
+
+@dataclasses.dataclass(frozen=True)
+class RLLossConfig:
+  """Algorithm and loss hyperparameters (TRL names where they exist).
+
+  num_generations: G samples per prompt. scale_rewards: GRPO's advantage scaling ("group", "batch", "none").
+  rloo_normalize: batch-standardize RLOO advantages. kl_mode: "reward" subtracts beta * sum_t k1 from each
+  sequence's reward; "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference.
+  epsilon / epsilon_high: PPO clip range (epsilon_high < 0: = epsilon). num_iterations: mu updates per rollout.
+  """
+  algorithm: str = field("grpo", choices=ALGORITHMS)
+  num_generations: int = field(4, min=2)
+  scale_rewards: str = field("group", choices=pg.SCALE_REWARDS)
+  rloo_normalize: bool = field(False)
+  beta: float = field(0.04, min=0.0)
+  kl_mode: str = field("loss", choices=KL_MODES)
+  kl_estimator: str = field("k3", choices=pg.KL_ESTIMATORS)
+  epsilon: float = field(0.2, min=0.0)
+  epsilon_high: float = field(-1.0)
+  loss_aggregation: str = field("token_mean", choices=pg.LOSS_AGGREGATIONS)
+  num_iterations: int = field(1, min=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """Rollout sampling: top_k 0 and top_p 1 mean no truncation."""
+  max_new_tokens: int = field(24, min=1)
+  temperature: float = field(1.0, min=1e-3)
+  top_k: int = field(0, min=0)
+  top_p: float = field(1.0, min=0.0, max=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """The "rl" stage (GRPO / RLOO on prompts of the synthetic world).
+
+  Prompts: `num_prompts` reference samples of the world's train split (prompt + reference response, the
+  reference used by BLEU), `prompts_per_step` per rollout (R = prompts_per_step * num_generations rows),
+  padded to `max_prompt_length`; `eval_prompts` validation prompts for eval (gold, proxy, KL, length).
+  """
+  seed: int = field(0)
+  model: builders.ModelSpec = field(default_factory=builders.ModelSpec)
+  world: dict = field(default_factory=dict)
+  num_prompts: int = field(1024, min=1)
+  prompts_per_step: int = field(8, min=1)
+  max_prompt_length: int = field(8, min=1)
+  eval_prompts: int = field(64, min=0)
+  rewards: tuple[rewards_lib.RewardSourceSpec, ...] = field((rewards_lib.RewardSourceSpec(),))
+  loss: RLLossConfig = field(default_factory=RLLossConfig)
+  sampling: SamplingConfig = field(default_factory=SamplingConfig)
+  optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
+  loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
+  mesh: MeshConfig = field(default_factory=MeshConfig)
+  num_devices: int = field(0, min=0)
+
+  def validate(self, path: str) -> None:
+    if not self.rewards:
+      raise ConfigError(f"{path}.rewards: expected at least one reward source")
+    labels = [r.label for r in self.rewards]
+    if len(set(labels)) != len(labels):
+      raise ConfigError(f"{path}.rewards: source names must be distinct (set `name`), got {labels}")
+    rows = self.prompts_per_step * self.loss.num_generations
+    if rows % self.optimizer.grad_accum_steps:
+      raise ConfigError(f"{path}.optimizer.grad_accum_steps: {self.optimizer.grad_accum_steps} must divide "
+                        f"prompts_per_step * loss.num_generations = {rows}")
+    if self.loss.kl_mode != "none" and self.loss.beta == 0:
+      raise ConfigError(f"{path}.loss.beta: must be > 0 with kl_mode={self.loss.kl_mode!r} (or set kl_mode "
+                        "'none')")
+    builders.DataSpec(world=self.world).validate(path)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+class RLModel(nnx.Module):
+  """The trained policy, a frozen reference copy, and frozen reward models `rm_<i>` (source index i)."""
+
+  def __init__(self, policy: nnx.Module, reference: nnx.Module | None, reward_models: dict[str, nnx.Module]):
+    self.policy = policy
+    self.reference = frozen(reference) if reference is not None else None
+    self.rm_names = tuple(sorted(reward_models))
+    for name, rm in reward_models.items():
+      setattr(self, name, frozen(rm))
+
+  def reward_models(self) -> dict[str, nnx.Module]:
+    return {name: getattr(self, name) for name in self.rm_names}
+
+
+def response_logps(model: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.Array, tokens_RxN: jax.Array,
+                   mask_RxN: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(logps_RxN, entropy_RxN) of the response tokens under softmax(logits / temperature), 0 on masked slots.
+
+  One forward over [left-padded prompt | right-padded response]; response token n is predicted at P + n - 1.
+  Differentiable (the policy loss) and used under stop_gradient for the old-policy and reference log-probs.
+  """
+  p = prompt_ids_RxP.shape[1]
+  valid = mask_RxN > 0
+  mask_RxT = jnp.concatenate([prompt_mask_RxP > 0, valid], axis=1)
+  ids_RxT = jnp.where(mask_RxT, jnp.concatenate([prompt_ids_RxP, tokens_RxN], axis=1), 0).astype(jnp.int32)
+  logits_RxNxV = model(ids_RxT, mask_RxT)[:, p - 1:-1].astype(jnp.float32) / temperature
+  logp_RxNxV = jax.nn.log_softmax(logits_RxNxV, axis=-1)
+  logps = jnp.take_along_axis(logp_RxNxV, ids_RxT[:, p:, None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp_RxNxV) * logp_RxNxV, axis=-1)
+  return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ advantages / loss
+def advantages(loss: RLLossConfig, rewards_R: jax.Array) -> jax.Array:
+  """(R,) advantages of contiguous groups of `num_generations` rewards, by the losses library."""
+  if loss.algorithm == "grpo":
+    return pg.group_advantages(rewards_R, loss.num_generations, scale_rewards=loss.scale_rewards)
+  return pg.rloo_advantages(rewards_R, loss.num_generations, normalize=loss.rloo_normalize)
+
+
+def _epsilon_high(loss: RLLossConfig) -> float | None:
+  return None if loss.epsilon_high < 0 else loss.epsilon_high
+
+
+def policy_loss_terms(loss: RLLossConfig, logps_RxN: jax.Array, batch: dict[str, jax.Array], max_length: int
+                      ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+  """(loss total, weight, metrics) of the clipped surrogate (+ beta * KL in "loss" mode) on a rollout batch.
+
+  total / weight equals `pg.clipped_policy_loss(...)` for the batch, and totals and weights add up exactly over
+  micro-batches: token_mean -> (sum of token losses, tokens); sequence_mean -> (sum of per-sequence means,
+  rows); dr_grpo -> (sum of token losses / max_length, rows).
+  """
+  mask = batch["mask"]
+  per_token, m = pg.clipped_surrogate(logps_RxN, batch["old_logps"], batch["advantages"], mask,
+                                      epsilon=loss.epsilon, epsilon_high=_epsilon_high(loss))
+  valid = (mask > 0).astype(jnp.float32)
+  tokens = jnp.sum(valid)
+  metrics = {k: metrics_lib.Avg(v * tokens, tokens) for k, v in m.items()}
+  if loss.kl_mode == "loss":
+    kl = pg.kl_divergence(logps_RxN, batch["ref_logps"], mask, estimator=loss.kl_estimator)
+    per_token = per_token + loss.beta * kl
+    metrics["kl_loss_term"] = metrics_lib.Avg(jnp.sum(jax.lax.stop_gradient(kl)), tokens)
+  rows = jnp.asarray(mask.shape[0], jnp.float32)
+  if loss.loss_aggregation == "token_mean":
+    total, weight = jnp.sum(per_token * valid), tokens
+  elif loss.loss_aggregation == "sequence_mean":
+    per_seq = jnp.sum(per_token * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+    total, weight = jnp.sum(per_seq), rows
+  else:
+    total, weight = jnp.sum(per_token * valid) / max_length, rows
+  return total, weight, metrics
+
+
+def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state_lib.LossFn:
+  """loss_fn(RLModel, rollout batch, rng) for `state.make_train_step`."""
+
+  def loss_fn(model, batch, rng):
+    del rng
+    logps, _ = response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
+                              batch["mask"], temperature)
+    return policy_loss_terms(loss, logps, batch, max_length)
+
+  return loss_fn
+
+
+# ------------------------------------------------------------------------------------------------ rollout and step
+def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
+            sampling: SamplingConfig, sources: Sequence[rewards_lib.RewardSource], eos_id: int, pad_id: int,
+            world: Any = None, num_samples: int | None = None) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """Samples G completions per prompt and scores them -> (rollout batch of R rows, metrics); no gradients.
+
+  The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
+  advantages (R,), prompt_index (R,).
+  """
+  from jaxrlhf.sampling.generate import generate  # pylint: disable=g-import-not-at-top
+  g = num_samples or loss.num_generations
+  gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
+                 rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
+                 top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=(eos_id,), pad_id=pad_id,
+                 num_samples=g)
+  rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
+  batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
+               mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
+  old_logps, entropy = response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
+                                      sampling.temperature)
+  batch["old_logps"] = jax.lax.stop_gradient(old_logps)
+  valid = (gen.mask > 0).astype(jnp.float32)
+  tokens = jnp.sum(valid)
+  metrics: dict[str, Any] = {"tokens": metrics_lib.Sum(tokens), "completion_length": jnp.mean(gen.lengths),
+                             "entropy": metrics_lib.Avg(jnp.sum(entropy), tokens)}
+  total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
+  for label, r in per_source.items():
+    metrics[f"reward/{label}"] = jnp.mean(r)
+  if model.reference is not None:
+    ref_logps, _ = response_logps(model.reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
+                                  sampling.temperature)
+    batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
+    seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
+    metrics["kl"] = jnp.mean(seq_kl)
+    if loss.kl_mode == "reward":
+      total = total - loss.beta * seq_kl
+  if world is not None:
+    metrics["gold"] = jnp.mean(rewards_lib.gold_score(world)({}, batch))
+  metrics["reward/total"] = jnp.mean(total)
+  batch["rewards"] = jax.lax.stop_gradient(total)
+  batch["advantages"] = advantages(loss, batch["rewards"])
+  return batch, metrics
+
+
+def make_rl_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources: Sequence[rewards_lib.RewardSource],
+                 *, eos_id: int, pad_id: int, world: Any = None) -> state_lib.StepFn:
+  """The pure step (state, prompt batch) -> (state, metrics): one rollout, then `num_iterations` updates."""
+  loss = cfg.loss
+  inner = state_lib.make_train_step(graphdef, rl_loss_fn(loss, cfg.sampling.temperature, cfg.sampling.max_new_tokens),
+                                    optimizer, grad_accum_steps=cfg.optimizer.grad_accum_steps,
+                                    schedule=optim.make_schedule(cfg.optimizer))
+  keep = ("prompt_ids", "prompt_mask", "tokens", "mask", "old_logps", "advantages") + (
+      ("ref_logps",) if loss.kl_mode == "loss" else ())
+
+  def step_fn(state: state_lib.TrainState, prompts: dict[str, jax.Array]):
+    rng = rollout_key(state)
+    model = nnx.merge(graphdef, state.params, state.extra)
+    batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
+                             eos_id=eos_id, pad_id=pad_id, world=world)
+    batch = {k: batch[k] for k in keep}
+    state, stacked = jax.lax.scan(lambda s, _: inner(s, batch), state, None, length=loss.num_iterations)
+    update_metrics = metrics_lib.stack_reduce(stacked)
+    return state, {**update_metrics, **metrics}
+
+  return step_fn
+
+
+def rollout_key(state: state_lib.TrainState) -> jax.Array:
+  """The rollout key of the next step: a function of the state alone (exact resume)."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), ROLLOUT_STREAM)
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+class PromptIterator:
+  """Endless batches of left-padded prompts {prompt_ids, prompt_mask (B, P) int32, prompt_index (B,) int32},
+  a fresh seeded permutation each epoch; get_state/set_state for an exact resume."""
+
+  def __init__(self, ids_NxP: np.ndarray, mask_NxP: np.ndarray, batch_size: int, seed: int):
+    if ids_NxP.shape[0] < batch_size:
+      raise ValueError(f"prompts: {ids_NxP.shape[0]} prompts is fewer than one batch of {batch_size}")
+    self.ids, self.mask, self.batch_size, self.seed = ids_NxP, mask_NxP, batch_size, seed
+    self.epoch, self.pos = 0, 0
+
+  def __iter__(self):
+    return self
+
+  def _order(self) -> np.ndarray:
+    return np.random.default_rng([self.seed, self.epoch]).permutation(self.ids.shape[0])
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.pos + self.batch_size > self.ids.shape[0]:
+      self.epoch, self.pos = self.epoch + 1, 0
+    idx = self._order()[self.pos:self.pos + self.batch_size]
+    self.pos += self.batch_size
+    return {"prompt_ids": self.ids[idx], "prompt_mask": self.mask[idx], "prompt_index": idx.astype(np.int32)}
+
+  def get_state(self) -> dict:
+    return {"epoch": self.epoch, "pos": self.pos}
+
+  def set_state(self, state: dict) -> None:
+    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-padded (N, width) ids and mask; longer prompts keep their last `width` tokens."""
+  from jaxrlhf.sampling.generate import pad_prompts  # pylint: disable=g-import-not-at-top
+  rows = [tokenize_lib.encode_prompt(tokenizer, p)[-width:] for p in prompts]
+  return pad_prompts(rows, tokenizer.pad_id, width=width)
+
+
+# ------------------------------------------------------------------------------------------------ setup and stage
+def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: dict) -> dict[str, tuple[Any, dict]]:
+  """{"rm_<i>": (factory key -> fresh RewardEnsemble of the saved shape, its saved Param values)} for the
+  reward-model sources; the factory keeps the jitted init free of the saved weights (they are written after)."""
+  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
+  out = {}
+  for i, spec in enumerate(specs):
+    if spec.kind != "reward_model":
+      continue
+    rm_dir = builders.resolve_path(spec.reward_model, inputs, "rm_dir")
+    rm = builders.load_reward_model(rm_dir)
+    with open(os.path.join(rm_dir, "spec.json")) as f:
+      saved = json.load(f)
+    head = dict(saved["head"])
+    if head.get("attribute_weights") is not None:
+      head["attribute_weights"] = tuple(head["attribute_weights"])
+    config, head = builders._config_from_dict(saved["model"]), HeadConfig(**head)  # pylint: disable=protected-access
+
+    def factory(key, config=config, head=head, k=saved["num_members"]):
+      return RewardEnsemble(config, head, k, rngs=nnx.Rngs(key))
+
+    out[f"rm_{i}"] = (factory, jax.device_get(nnx.to_pure_dict(nnx.state(rm, nnx.Param))))
+  return out
+
+
+def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_models: dict, optimizer: Any,
+             mesh: Any) -> state_lib.StateSetup:
+  """The RLModel train state: policy (+ frozen reference = the initial policy) + frozen reward models."""
+  from jaxrlhf.models import CausalLM  # pylint: disable=g-import-not-at-top
+  with_reference = cfg.loss.kl_mode != "none"
+
+  def model_fn(key):
+    rms = {name: factory(key) for name, (factory, _) in reward_models.items()}
+    ref = CausalLM(model_config, rngs=nnx.Rngs(key)) if with_reference else None
+    return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms)
+
+  setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh, shardings=_shardings(mesh))
+  fresh = setup.init
+
+  def init():
+    state = fresh()
+    params, extra = state.params, state.extra
+    if pretrained is not None:
+      params = builders.overwrite(params, pretrained, ("policy",))
+      if with_reference:
+        extra = builders.overwrite(extra, pretrained, ("reference",))
+    for name, (_, pure) in reward_models.items():
+      extra = builders.overwrite(extra, pure, (name,))
+    return state.replace(params=params, extra=extra)
+
+  return setup._replace(init=init)
+
+
+def run_rl(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
+  """The "rl" stage: GRPO / RLOO training, eval on held-out prompts, saves the policy to `workdir/model`."""
+  world = builders.make_world(builders.DataSpec(world=cfg.world))
+  tokenizer = world.tokenizer
+  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
+  model_config, pretrained, _ = builders.load_weights(cfg.model, inputs, tokenizer.vocab_size)
+  records = world.sft_records(cfg.num_prompts, "train")
+  prompts = [r.prompt for r in records]
+  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, prompts=prompts,
+                                      references=[[r.response] for r in records])
+  reward_models = _load_reward_models(cfg.rewards, inputs)
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
+  step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                         world=world)
+  ids, mask = encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
+  data_iter = PromptIterator(ids, mask, cfg.prompts_per_step, cfg.seed)
+  eval_fn = None
+  if cfg.eval_prompts:
+    eval_fn = _eval_fn(cfg, setup, sources, world, tokenizer)
+  replicated = NamedSharding(mesh, P())  # Prompt batches are tiny; R rows need not divide the mesh.
+  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
+                           mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn)
+  model_dir = save_policy(setup, final_state(setup, results), os.path.join(workdir, "model"), prefix="policy")
+  return builders.stage_outputs(results, model_dir=model_dir)
+
+
+def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, tokenizer: Any):
+  """state -> {gold, reward/*, kl, completion_length} of one sample per held-out prompt (fixed key)."""
+  texts = world.prompts(cfg.eval_prompts, "validation")
+  ids, mask = encode_prompts(tokenizer, texts, cfg.max_prompt_length)
+  prompts = {"prompt_ids": ids, "prompt_mask": mask, "prompt_index": np.zeros(len(texts), np.int32)}
+  # BLEU and Python sources index the TRAIN prompt table (references, texts): not defined for these prompts.
+  eval_sources = [s for s, spec in zip(sources, cfg.rewards) if spec.kind in ("reward_model", "gold")]
+  eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo")
+
+  @jax.jit
+  def evaluate(state):
+    model = nnx.merge(setup.graphdef, state.params, state.extra)
+    _, m = rollout(model, prompts, jax.random.PRNGKey(cfg.seed + 1), loss=eval_loss, sampling=cfg.sampling,
+                   sources=eval_sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, world=world, num_samples=1)
+    return {k: v for k, v in m.items() if k.startswith(("reward/", "gold", "kl", "completion_length"))}
+
+  def eval_fn(state):
+    return {k: float(v) for k, v in jax.device_get(evaluate(state)).items()}
+
+  return eval_fn

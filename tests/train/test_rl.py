@@ -1,0 +1,231 @@
+"""Online RL (GRPO / RLOO): BLEU goldens, reward-source weighting, advantages in the step equal the loss
+library's, the loss on a fixed rollout equals a hand computation, and a resumed run draws identical rollouts."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxrlhf.config import ConfigError, from_config
+from jaxrlhf.data.synthetic import World, WorldConfig
+from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf.models import CausalLM, ModelConfig
+from jaxrlhf.train import metrics as metrics_lib
+from jaxrlhf.train import rewards as rewards_lib
+from jaxrlhf.train import rl
+
+TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
+            max_position_embeddings=64)
+
+
+# ------------------------------------------------------------------------------------------------ BLEU
+def test_sentence_bleu_hand_computed():
+  hyp, ref = "the cat sat on the mat".split(), "the cat is on the mat".split()
+  # p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = 0/3 -> exp smoothing 1 / (2 * 3); BP = 1 (equal lengths).
+  assert rewards_lib.sentence_bleu(hyp, [ref]) == pytest.approx((5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25, rel=1e-12)
+  # add-1 on n >= 2: (3+1)/(5+1), (1+1)/(4+1), (0+1)/(3+1).
+  assert rewards_lib.sentence_bleu(hyp, [ref], smoothing="add1") == pytest.approx(
+      (5 / 6 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25, rel=1e-12)
+  assert rewards_lib.sentence_bleu(hyp, [ref], smoothing="none") == 0.0
+  assert rewards_lib.sentence_bleu(ref, [ref]) == pytest.approx(1.0)
+
+
+def test_sentence_bleu_brevity_and_references():
+  # c = 2 < r = 6: BP = exp(1 - 6/2); orders 3, 4 have no hypothesis n-gram (effective order 2).
+  assert rewards_lib.sentence_bleu(["the", "cat"], ["the cat sat on the mat".split()]) == pytest.approx(
+      math.exp(-2.0))
+  # Closest reference length (2) -> no brevity penalty; clipping takes the max count over references.
+  assert rewards_lib.sentence_bleu(["a", "b"], [["x"] * 9, ["a", "b"]]) == pytest.approx(1.0)
+  assert rewards_lib.sentence_bleu(["a", "a", "a"], [["a", "b", "c"]], max_order=1) == pytest.approx(1 / 3)
+  assert rewards_lib.sentence_bleu([], [["a"]]) == 0.0
+  with pytest.raises(ValueError, match="references"):
+    rewards_lib.sentence_bleu(["a"], [])
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def lengths_reward(prompts, completions):
+  """A user reward function (module:function) for the tests: words in the completion."""
+  return [float(len(c.split())) for c in completions]
+
+
+def _rollout_arrays():
+  return {"prompt_ids": jnp.asarray([[0, 5], [6, 7]], jnp.int32), "prompt_mask": jnp.asarray([[0, 1], [1, 1]]),
+          "tokens": jnp.asarray([[8, 9, 2], [10, 2, 0]], jnp.int32), "mask": jnp.asarray([[1, 1, 1], [1, 1, 0]]),
+          "prompt_index": jnp.asarray([1, 0], jnp.int32)}
+
+
+def test_reward_sources_weighted_sum_and_host_callbacks():
+  words = {8: "alpha", 9: "beta", 10: "gamma", 2: "</s>"}
+
+  class Tok:
+    def decode(self, ids, skip_special_tokens=True):
+      return " ".join(words[i] for i in ids if i != 2 or not skip_special_tokens)
+
+  refs = [["gamma gamma"], ["alpha beta"]]
+  specs = [rewards_lib.RewardSourceSpec(kind="python", function=f"{__name__}:lengths_reward", weight=0.5),
+           rewards_lib.RewardSourceSpec(kind="bleu", weight=2.0)]
+  sources = rewards_lib.build_sources(specs, tokenizer=Tok(), prompts=["p0", "p1"], references=refs)
+  total, per = jax.jit(lambda r: rewards_lib.combined_rewards(sources, {}, r))(_rollout_arrays())
+  np.testing.assert_allclose(per["python"], [2.0, 1.0])
+  # Row 0 equals its reference (prompt 1); row 1 "gamma" against "gamma gamma": p1 = 1, BP = exp(1 - 2/1).
+  bleu = np.asarray([1.0, math.exp(-1.0)])
+  np.testing.assert_allclose(per["bleu"], bleu, rtol=1e-6)
+  np.testing.assert_allclose(total, 0.5 * np.asarray([2.0, 1.0]) + 2.0 * bleu, rtol=1e-6)
+
+
+def test_reward_source_config_errors():
+  with pytest.raises(ConfigError, match="reward_model"):
+    from_config({"kind": "reward_model"}, rewards_lib.RewardSourceSpec)
+  with pytest.raises(ConfigError, match="function"):
+    from_config({"kind": "python", "function": "no_such_module_xyz:f"}, rewards_lib.RewardSourceSpec)
+  with pytest.raises(ValueError, match="distinct"):
+    rewards_lib.build_sources([rewards_lib.RewardSourceSpec(), rewards_lib.RewardSourceSpec()], world=object())
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+def _np_k3(logp, ref):
+  log_r = ref - logp
+  return np.exp(log_r) - 1 - log_r
+
+
+def test_policy_loss_matches_hand_computation():
+  rng = np.random.default_rng(0)
+  logps = rng.normal(-2, 0.5, (4, 5)).astype(np.float32)
+  old = (logps + rng.normal(0, 0.3, (4, 5))).astype(np.float32)
+  ref = (logps + rng.normal(0, 0.3, (4, 5))).astype(np.float32)
+  adv = np.asarray([1.0, -0.5, 2.0, -1.5], np.float32)
+  mask = np.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], np.int32)
+  eps, eps_high, beta = 0.2, 0.28, 0.1
+  # Hand computation: rho = exp(logp - old); l = -min(rho A, clip(rho, 1 - eps, 1 + eps_high) A) + beta k3.
+  rho = np.exp(logps.astype(np.float64) - old)
+  a = adv[:, None].astype(np.float64)
+  per_token = -np.minimum(rho * a, np.clip(rho, 1 - eps, 1 + eps_high) * a) + beta * _np_k3(logps, ref)
+  token_mean = np.sum(per_token * mask) / mask.sum()
+  seq_mean = np.mean(np.sum(per_token * mask, 1) / mask.sum(1))
+  batch = {"old_logps": jnp.asarray(old), "ref_logps": jnp.asarray(ref), "advantages": jnp.asarray(adv),
+           "mask": jnp.asarray(mask)}
+  for agg, expected in (("token_mean", token_mean), ("sequence_mean", seq_mean),
+                        ("dr_grpo", np.sum(per_token * mask) / (4 * 5))):
+    cfg = rl.RLLossConfig(epsilon=eps, epsilon_high=eps_high, beta=beta, kl_mode="loss", kl_estimator="k3",
+                          loss_aggregation=agg)
+    total, weight, m = rl.policy_loss_terms(cfg, jnp.asarray(logps), batch, max_length=5)
+    assert float(total / weight) == pytest.approx(expected, rel=1e-5)
+    lib, _ = pg.clipped_policy_loss(jnp.asarray(logps), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask),
+                                    epsilon=eps, epsilon_high=eps_high, loss_aggregation=agg,
+                                    ref_logps_BxT=jnp.asarray(ref), kl_coeff=beta, kl_estimator="k3", max_length=5)
+    assert float(total / weight) == pytest.approx(float(lib), rel=1e-5)
+  clipped = ((rho < 1 - eps) & (a < 0)) | ((rho > 1 + eps_high) & (a > 0))
+  assert float(metrics_lib.compute(m)["clip_ratio/region_mean"]) == pytest.approx(
+      np.sum(clipped * mask) / mask.sum(), rel=1e-6)
+  # Micro-batch totals and weights add up to the full batch's (exact gradient accumulation).
+  cfg = rl.RLLossConfig(beta=beta, kl_mode="loss", loss_aggregation="sequence_mean")
+  parts = [rl.policy_loss_terms(cfg, jnp.asarray(logps[s]), {k: v[s] for k, v in batch.items()}, 5)
+           for s in (slice(0, 2), slice(2, 4))]
+  total, weight, _ = rl.policy_loss_terms(cfg, jnp.asarray(logps), batch, 5)
+  assert float(parts[0][0] + parts[1][0]) == pytest.approx(float(total), rel=1e-6)
+  assert float(parts[0][1] + parts[1][1]) == float(weight)
+
+
+# ------------------------------------------------------------------------------------------------ rollouts
+@pytest.fixture(scope="module")
+def world():
+  return World(WorldConfig(num_prompts=256, max_response_len=12))
+
+
+def _model(world, seed):
+  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
+  return CausalLM(config, rngs=nnx.Rngs(seed))
+
+
+def _prompts(world, n=3, width=6):
+  ids, mask = rl.encode_prompts(world.tokenizer, world.prompts(n, "train"), width)
+  return {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask),
+          "prompt_index": jnp.arange(n, dtype=jnp.int32)}
+
+
+@pytest.mark.parametrize("algorithm,kl_mode", [("grpo", "loss"), ("rloo", "reward")])
+def test_rollout_advantages_equal_library(world, algorithm, kl_mode):
+  model = rl.RLModel(_model(world, 0), _model(world, 1), {})
+  loss = rl.RLLossConfig(algorithm=algorithm, num_generations=4, beta=0.3, kl_mode=kl_mode, scale_rewards="batch")
+  sampling = rl.SamplingConfig(max_new_tokens=6, temperature=0.9)
+  sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
+  batch, metrics = rl.rollout(model, _prompts(world), jax.random.PRNGKey(0), loss=loss, sampling=sampling,
+                              sources=sources, eos_id=world.tokenizer.eos_id, pad_id=world.tokenizer.pad_id,
+                              world=world)
+  gold = world.gold_reward_np(batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"])
+  seq_k1 = np.sum((np.asarray(batch["old_logps"]) - np.asarray(batch["ref_logps"])) * np.asarray(batch["mask"]), 1)
+  expected_rewards = gold - 0.3 * seq_k1 if kl_mode == "reward" else gold
+  np.testing.assert_allclose(batch["rewards"], expected_rewards, rtol=1e-5, atol=1e-5)
+  if algorithm == "grpo":
+    expected = pg.group_advantages(jnp.asarray(expected_rewards), 4, scale_rewards="batch")
+  else:
+    expected = pg.rloo_advantages(jnp.asarray(expected_rewards), 4)
+  np.testing.assert_allclose(batch["advantages"], expected, rtol=1e-4, atol=1e-5)
+  assert float(metrics["gold"]) == pytest.approx(float(np.mean(gold)), rel=1e-5)
+  # Old log-probs are the sampling distribution's (logits / temperature): the KV-cache decode agrees.
+  from jaxrlhf.sampling.generate import generate  # pylint: disable=g-import-not-at-top
+  p = _prompts(world)
+  gen = generate(model.policy, p["prompt_ids"], p["prompt_mask"], max_new_tokens=6, rng=jax.random.PRNGKey(0),
+                 temperature=0.9, eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, num_samples=4)
+  np.testing.assert_array_equal(gen.tokens, batch["tokens"])
+  np.testing.assert_allclose(gen.logps, batch["old_logps"], atol=1e-4)
+
+
+def _stage_config(workdir_steps, **loop):
+  return from_config({
+      "seed": 3, "model": {"config": TINY}, "world": {"num_prompts": 256, "max_response_len": 12},
+      "num_prompts": 16, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0, "num_devices": 1,
+      "rewards": ({"kind": "gold"}, {"kind": "python", "function": f"{__name__}:lengths_reward", "weight": 0.1}),
+      "loss": {"algorithm": "grpo", "num_generations": 4, "num_iterations": 2, "beta": 0.05},
+      "sampling": {"max_new_tokens": 6}, "optimizer": {"learning_rate": 1e-2},
+      "loop": {"num_steps": workdir_steps, "log_every": 1, "checkpoint_every": 1, "progress": False,
+               "tensorboard": False, "async_checkpoints": False, **loop}}, rl.RLConfig)
+
+
+def _lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {d["step"]: d for d in map(json.loads, f) if "train/gold" in d}
+
+
+@pytest.mark.slow
+def test_stage_resume_draws_identical_rollouts(tmp_path):
+  full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+  out = rl.run_rl(_stage_config(3), full, {})
+  assert os.path.exists(os.path.join(out["model_dir"], "config.json"))
+  rl.run_rl(_stage_config(2), resumed, {})
+  rl.run_rl(_stage_config(3), resumed, {})  # resumes at step 2: train state (rng, step) + prompt iterator
+  a, b = _lines(full), _lines(resumed)
+  for key in ("train/gold", "train/reward/python", "train/completion_length", "train/kl", "train/loss"):
+    assert a[3][key] == pytest.approx(b[3][key], rel=1e-5, abs=1e-6), key
+  assert a[3]["train/gold"] != a[2]["train/gold"] or a[3]["train/kl"] != a[2]["train/kl"]
+  # num_iterations = 2 updates per rollout: the optimizer step count is 2 per loop step.
+  with open(os.path.join(full, "results.json")) as f:
+    assert json.load(f)["step"] == 6
+
+
+def test_prompt_iterator_state_roundtrip():
+  ids = np.arange(10, dtype=np.int32)[:, None] + np.zeros((10, 3), np.int32)
+  it = rl.PromptIterator(ids, np.ones_like(ids), 4, seed=1)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["prompt_index"] for _ in range(3)]
+  it2 = rl.PromptIterator(ids, np.ones_like(ids), 4, seed=1)
+  it2.set_state(json.loads(json.dumps(state)))
+  for e in expected:
+    np.testing.assert_array_equal(next(it2)["prompt_index"], e)
+
+
+def test_config_validation_names_keys():
+  with pytest.raises(ConfigError, match="grad_accum_steps"):
+    from_config({"prompts_per_step": 3, "loss": {"num_generations": 2}, "optimizer": {"grad_accum_steps": 4}},
+                rl.RLConfig)
+  with pytest.raises(ConfigError, match="beta"):
+    from_config({"loss": {"beta": 0.0, "kl_mode": "loss"}}, rl.RLConfig)
+  with pytest.raises(ConfigError, match="algorithm"):
+    from_config({"loss": {"algorithm": "ppo"}}, rl.RLConfig)
