@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_flags
 
 import experiments
+import experiments.stages  # noqa: F401  (registers the real stage kinds: sft, reward, preference, ...)
 from jaxrlhf import config as config_lib
 
 # Top-level keys of a config that belong to no stage.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.serialization
 import jax
@@ -159,7 +159,10 @@ def load_weights(spec: ModelSpec, inputs: Mapping[str, Any], vocab_size: int | N
   from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
   path = resolve_path(spec.init_from, inputs)
   overrides = dict(spec.config)
-  lm, config = from_pretrained(path, dtype=jnp.dtype(overrides.get("param_dtype", "float32")), **overrides)
+  # One dtype for parameters and compute when loading (from_pretrained's contract); overrides may set it.
+  dtype = overrides.pop("param_dtype", None) or overrides.pop("dtype", None) or "float32"
+  overrides.pop("dtype", None)
+  lm, config = from_pretrained(path, dtype=jnp.dtype(dtype), **overrides)
   pure = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
   return config, jax.device_get(pure), path
 
@@ -412,7 +415,3 @@ def stage_outputs(results: Mapping[str, Any], **extra: Any) -> dict:
   """The JSON outputs of a stage: the checkpoint dir, final metrics, and `extra` (paths, reports)."""
   return {"checkpoint_dir": results["checkpoint_dir"], "metrics": results["metrics"], **extra}
 
-
-def tree_mean(values: Iterable[Mapping[str, float]]) -> dict[str, float]:
-  values = list(values)
-  return {k: float(np.mean([v[k] for v in values])) for k in values[0]} if values else {}

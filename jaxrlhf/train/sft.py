@@ -79,12 +79,20 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer_config: optim.OptimizerConfi
                                    schedule=optim.make_schedule(optimizer_config))
 
 
+def _shardings(mesh: Any) -> Any:
+  """Parameter shardings from logical axes on `mesh` (None: replicated on one device)."""
+  return state_lib.logical_shardings(mesh) if mesh is not None else None
+
+
+logical_or_replicated = _shardings
+
+
 def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, seed: int, mesh: Any
                  ) -> state_lib.StateSetup:
   """A CausalLM train state (sharded by logical axes), starting from `pretrained` weights if given."""
   from jaxrlhf.models import CausalLM  # pylint: disable=g-import-not-at-top
   setup = state_lib.init_train_state(lambda key: CausalLM(model_config, rngs=nnx.Rngs(key)), optimizer, seed,
-                                     mesh=mesh, shardings=state_lib.logical_shardings(mesh))
+                                     mesh=mesh, shardings=_shardings(mesh))
   if pretrained is None:
     return setup
   fresh = setup.init

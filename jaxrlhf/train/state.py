@@ -85,8 +85,7 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 def init_train_state(model_fn: Callable[[jax.Array], nnx.Module], optimizer: optax.GradientTransformation,
-                     seed: int, *, mesh: Mesh | None = None, shardings: Shardings = None,
-                     trainable: Any = nnx.Param) -> StateSetup:
+                     seed: int, *, mesh: Mesh | None = None, shardings: Shardings = None) -> StateSetup:
   """Builds the abstract train state, its shardings and a jitted, sharded init.
 
   Args:
@@ -95,8 +94,6 @@ def init_train_state(model_fn: Callable[[jax.Array], nnx.Module], optimizer: opt
     seed: the run seed; the model init key and the step RNG key are derived from it.
     mesh: the device mesh for the default (replicated) shardings.
     shardings: see `Shardings`.
-    trainable: an nnx filter selecting the optimized variables (default `nnx.Param`); the rest (e.g. a frozen
-      reference policy's parameters) go to `extra` and get no gradient and no optimizer state.
 
   Returns:
     A `StateSetup`; call `.init()` to materialize (or restore a checkpoint into `.abstract` instead).
@@ -107,7 +104,7 @@ def init_train_state(model_fn: Callable[[jax.Array], nnx.Module], optimizer: opt
   def init_fn() -> TrainState:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
     model = model_fn(init_key)
-    _, params, extra = nnx.split(model, trainable, ...)
+    _, params, extra = nnx.split(model, nnx.Param, ...)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, extra=extra,
                       opt_state=optimizer.init(params), rng=train_key)
 

@@ -1,0 +1,87 @@
+"""Config composition helpers shared by the experiment configs: a stage section with EVERY key of its config
+dataclass (so any `--config.a.b=value` override names an existing key), defaults overridden by nested dicts.
+
+Also the model sizes used with the synthetic world (its vocabulary has about 100 tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+# Model sizes for the synthetic world (vocab_size comes from the world's tokenizer).
+WORLD_MODEL = dict(embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=128,
+                   max_position_embeddings=128)
+SMOKE_MODEL = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
+                   max_position_embeddings=64)
+SMOKE_LOOP = dict(num_steps=4, log_every=2, checkpoint_every=2, eval_every=0, progress=False, tensorboard=False,
+                  async_checkpoints=False)
+SMOKE_DATA = dict(num_train=64, num_eval=16, batch_size=8, max_length=40)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+  """{field: default} of a config dataclass, nested dataclasses expanded."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.default_factory is not dataclasses.MISSING:
+      value = f.default_factory()
+    else:
+      value = f.default
+    if dataclasses.is_dataclass(value):
+      value = defaults(type(value))
+    out[f.name] = value
+  return out
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+  out = dict(base)
+  for k, v in overrides.items():
+    if k not in base:
+      raise KeyError(f"unknown config key {k!r}; valid: {sorted(base)}")
+    out[k] = _merge(base[k], v) if isinstance(base[k], dict) and isinstance(v, dict) and base[k] else v
+  return out
+
+
+def stage(kind: str, cls: type, **overrides: Any) -> ml_collections.ConfigDict:
+  """A ConfigDict section for stage `kind` with all of `cls`'s keys, `overrides` applied (nested dicts)."""
+  values = _merge(defaults(cls), overrides)
+  return ml_collections.ConfigDict({"kind": kind, **values})
+
+
+def chain(stages: dict[str, ml_collections.ConfigDict], **top: Any) -> ml_collections.ConfigDict:
+  """A multi-stage config: `stages` in order."""
+  config = ml_collections.ConfigDict({"stages": tuple(stages), **top})
+  for name, section in stages.items():
+    config[name] = section
+  return config
+
+
+def sft_then_preference(smoke: bool, *, contrastive_sft: bool = False, **preference: Any
+                        ) -> ml_collections.ConfigDict:
+  """Two stages on the synthetic world: "sft" (the base / reference policy) -> "preference" (`preference`
+  overrides of PreferenceConfig), the second starting from the first's saved model."""
+  from jaxrlhf.train import preference as preference_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import sft as sft_lib  # pylint: disable=g-import-not-at-top
+  if smoke:
+    sft = stage("sft", sft_lib.SFTConfig, model=dict(config=SMOKE_MODEL),
+                data=dict(SMOKE_DATA, contrastive_sft=contrastive_sft), loop=SMOKE_LOOP,
+                optimizer=dict(learning_rate=3e-3))
+    pref_defaults = dict(data=SMOKE_DATA, loop=SMOKE_LOOP, optimizer=dict(learning_rate=1e-3))
+  else:
+    sft = stage("sft", sft_lib.SFTConfig, model=dict(config=WORLD_MODEL),
+                data=dict(num_train=8192, num_eval=256, batch_size=32, max_length=48,
+                          contrastive_sft=contrastive_sft),
+                optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=20, decay_steps=300,
+                               end_lr_factor=0.1, clip_norm=1.0),
+                loop=dict(num_steps=300, log_every=25, checkpoint_every=150, eval_every=150))
+    pref_defaults = dict(
+        data=dict(num_train=4096, num_eval=256, batch_size=32, max_length=48),
+        optimizer=dict(learning_rate=3e-4, schedule="cosine", warmup_steps=10, decay_steps=200, end_lr_factor=0.1,
+                       clip_norm=1.0),
+        loop=dict(num_steps=200, log_every=20, checkpoint_every=100, eval_every=100))
+  merged = _merge(defaults(preference_lib.PreferenceConfig), pref_defaults)
+  merged = _merge(merged, dict(model=dict(init_from="stage:sft")))
+  merged = _merge(merged, preference)
+  return chain({"sft": sft, "preference": ml_collections.ConfigDict({"kind": "preference", **merged})})

@@ -1,0 +1,30 @@
+"""DPO on the synthetic world: SFT a base policy, then DPO from it (reference = the SFT policy).
+
+Variants: default, smoke, resident (reference kept in memory instead of precomputed), ipo, mixed
+(loss_type = sigmoid + sft, the RPO recipe), dynamic_beta (MM-DPO beta from the judge-score margin).
+Any `dpo_loss` type: `--config.preference.loss.loss_type='("hinge",)'`.
+    python -m experiments.run --config configs/dpo.py:smoke --workdir runs/dpo
+"""
+
+from configs import _sections as S
+
+VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta")
+
+
+def get_config(arg=None):
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/dpo.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+  config = S.sft_then_preference(variant == "smoke", loss=dict(algorithm="dpo", loss_type=("sigmoid",), beta=0.1))
+  if variant == "resident":
+    config.preference.reference = "resident"
+  elif variant == "ipo":
+    config.preference.loss.loss_type = ("ipo",)
+  elif variant == "mixed":
+    config.preference.loss.loss_type = ("sigmoid", "sft")
+    config.preference.loss.loss_weights = (1.0, 0.2)
+  elif variant == "dynamic_beta":
+    config.preference.data.margin_from = "score"
+    config.preference.loss.dynamic_beta_w = 0.5
+    config.preference.loss.dynamic_beta_k = 0.5
+  return config

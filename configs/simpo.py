@@ -1,0 +1,13 @@
+"""SimPO (reference-free, length-normalized) on the synthetic world, after SFT.
+
+Variants: default, smoke.
+"""
+
+from configs import _sections as S
+
+
+def get_config(arg=None):
+  variant = arg or "default"
+  if variant not in ("default", "smoke"):
+    raise ValueError(f"configs/simpo.py: unknown variant {variant!r}; valid: default, smoke")
+  return S.sft_then_preference(variant == "smoke", loss=dict(algorithm="simpo", beta=2.0, simpo_gamma=0.5))

@@ -1,0 +1,480 @@
+"""Preference optimization: the DPO family (every `dpo_loss` type, weighted combinations), SimPO, ORPO, KTO
+(the unpaired view of the pairs) and T-REG, with per-example weights and dynamic beta, through the shared loop.
+
+One step runs chosen and rejected rows through the policy in ONE concatenated forward (2B rows). The reference
+policy (the initial policy) is either
+  "resident":   a frozen copy inside the model (`PolicyWithReference.reference`); its parameters live in the
+                state's `extra`, so they get no gradient and no optimizer state;
+  "precompute": a pass over the training (and held-out) pairs before training computes the reference
+                log-probs (and, for T-REG with reference token rewards, the token rewards), saved to
+                `workdir/reference_cache.npz` and reused on resume; `ReferenceBatches` attaches them to each
+                batch by the pair's token content.
+Reference-free losses (SimPO, ORPO) use neither.
+
+Dynamic beta (MM-DPO): beta_i = dynamic_beta(beta, margin_i, w, k) from the batch's `margin` (set at data build
+time by data.margin_from: the pair's score difference or a reward model's margin).
+KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example; the reference point z0 is the
+detached batch mean of log pi/pi_ref over all 2B responses (a matched-pair estimate; TRL uses mismatched
+prompt/completion pairs).
+T-REG: token rewards r_t = sigmoid(log p(y_t | <better> x) - log p(y_t | <worse> x)) - 0.5 from the current
+policy (detached) or from the reference, the control prefix inserted in front of the (text) prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.config import ConfigError, field
+from jaxrlhf.losses import kto as kto_lib
+from jaxrlhf.losses import preference as pref_lib
+from jaxrlhf.losses import reference_free
+from jaxrlhf.losses import token_level
+from jaxrlhf.parallel import MeshConfig
+from jaxrlhf.train import builders
+from jaxrlhf.train import loop as loop_lib
+from jaxrlhf.train import metrics as metrics_lib
+from jaxrlhf.train import optim
+from jaxrlhf.train import state as state_lib
+from jaxrlhf.train.sft import final_state, response_token_logps, save_policy
+from jaxrlhf.train.sft import logical_or_replicated as _shardings
+
+ALGORITHMS = ("dpo", "simpo", "orpo", "kto", "treg")
+REFERENCE_FREE = ("simpo", "orpo")
+PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
+                "logps/rejected")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceLossConfig:
+  """Loss hyperparameters (TRL names where they exist)."""
+  algorithm: str = field("dpo", choices=ALGORITHMS)
+  loss_type: tuple[str, ...] = field(("sigmoid",))  # dpo / treg: names from jaxrlhf.losses.preference.LOSS_TYPES.
+  loss_weights: tuple[float, ...] = field(())  # () : all 1.
+  beta: float = field(0.1, min=0.0)
+  label_smoothing: float = field(0.0, min=0.0, max=0.49)
+  f_divergence: str = field("reverse_kl", choices=pref_lib.F_DIVERGENCES)
+  f_alpha: float = field(0.5)
+  rpo_alpha: float = field(0.0, min=0.0)
+  simpo_gamma: float = field(0.5)
+  kto_loss_type: str = field("kto", choices=kto_lib.KTO_LOSS_TYPES)
+  desirable_weight: float = field(1.0, min=0.0)
+  undesirable_weight: float = field(1.0, min=0.0)
+  treg_alpha: float = field(1.0, min=0.0)
+  treg_token_rewards: str = field("policy", choices=("policy", "reference"))
+  treg_better: str = field("<better>")
+  treg_worse: str = field("<worse>")
+  dynamic_beta_w: float = field(0.0, min=0.0)  # 0: constant beta.
+  dynamic_beta_k: float = field(1.0, min=0.0)
+
+  def validate(self, path: str) -> None:
+    bad = [t for t in self.loss_type if t not in pref_lib.LOSS_TYPES]
+    if bad or not self.loss_type:
+      raise ConfigError(f"{path}.loss_type: {bad or '()'} is not valid; valid choices: "
+                        + ", ".join(pref_lib.LOSS_TYPES))
+    if self.loss_weights and len(self.loss_weights) != len(self.loss_type):
+      raise ConfigError(f"{path}.loss_weights: {len(self.loss_weights)} weights for {len(self.loss_type)} "
+                        f"loss types {self.loss_type}")
+    if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+      raise ConfigError(f"{path}.label_smoothing: must be > 0 for loss_type 'exo_pair' (e.g. 1e-3)")
+    if self.beta <= 0:
+      raise ConfigError(f"{path}.beta: must be > 0, got {self.beta}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceConfig:
+  """The "preference" stage."""
+  seed: int = field(0)
+  model: builders.ModelSpec = field(default_factory=builders.ModelSpec)
+  data: builders.DataSpec = field(default_factory=builders.DataSpec)
+  loss: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
+  reference: str = field("precompute", choices=("precompute", "resident"))
+  logps_chunk_size: int = field(0, min=0)
+  optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
+  loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
+  mesh: MeshConfig = field(default_factory=MeshConfig)
+  num_devices: int = field(0, min=0)
+
+  def validate(self, path: str) -> None:
+    if self.loss.dynamic_beta_w > 0 and self.data.margin_from == "none":
+      raise ConfigError(f"{path}.data.margin_from: dynamic beta (loss.dynamic_beta_w > 0) needs margins; valid "
+                        f"choices: {', '.join(m for m in builders.MARGIN_SOURCES if m != 'none')}")
+    sorting = [t for t in self.loss.loss_type if t in pref_lib.SORTING_LOSS_TYPES]
+    if sorting and self.loss.dynamic_beta_w > 0:
+      raise ConfigError(f"{path}.loss.loss_type: {sorting} sorts the batch and cannot use dynamic beta")
+    if self.data.batch_size % self.optimizer.grad_accum_steps:
+      raise ConfigError(f"{path}.data.batch_size: {self.data.batch_size} is not divisible by "
+                        f"{path}.optimizer.grad_accum_steps={self.optimizer.grad_accum_steps}")
+
+
+class FrozenParam(nnx.Variable):
+  """A parameter that is not trained: `nnx.split(model, nnx.Param, ...)` puts it in the state's `extra`."""
+
+
+def frozen(module: nnx.Module) -> nnx.Module:
+  """`module` with every nnx.Param turned into a FrozenParam (same values and logical-axis metadata)."""
+  graphdef, state = nnx.split(module)
+  state = jax.tree.map(
+      lambda v: FrozenParam(v.get_value(), **v.get_metadata()) if isinstance(v, nnx.Param) else v, state,
+      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdef, state)
+
+
+class PolicyWithReference(nnx.Module):
+  """The trained policy and a frozen reference copy whose parameters are FrozenParams: they live in the train
+  state's `extra`, get no gradient and no optimizer state."""
+
+  def __init__(self, policy: nnx.Module, reference: nnx.Module):
+    self.policy = policy
+    self.reference = frozen(reference)
+
+
+def needs_reference(loss: PreferenceLossConfig) -> bool:
+  return loss.algorithm not in REFERENCE_FREE
+
+
+# ------------------------------------------------------------------------------------------------ log-probs
+def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: tuple[int, ...] = ()
+                     ) -> tuple[jax.Array, jax.Array]:
+  """Chosen and rejected in one forward: (token_logps (2B, T), target mask (2B, T)), chosen rows first.
+
+  prefix_ids: tokens inserted in front of every row (T-REG's control context); the outputs are realigned to
+  the original positions.
+  """
+  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
+  att = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
+  lm = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
+  if prefix_ids:
+    n = len(prefix_ids)
+    prefix = jnp.broadcast_to(jnp.asarray(prefix_ids, ids.dtype), (ids.shape[0], n))
+    ids = jnp.concatenate([prefix, ids], axis=1)
+    att = jnp.concatenate([jnp.ones_like(prefix, att.dtype), att], axis=1)
+    lm = jnp.concatenate([jnp.zeros_like(prefix, lm.dtype), lm], axis=1)
+    token_logps, mask = response_token_logps(model, ids, att, lm, chunk_size)
+    return token_logps[:, n:], mask[:, n:]
+  return response_token_logps(model, ids, att, lm, chunk_size)
+
+
+def _halves(x):
+  b = x.shape[0] // 2
+  return x[:b], x[b:]
+
+
+def token_rewards(model: Any, batch: dict, better_ids: tuple[int, ...], worse_ids: tuple[int, ...],
+                  chunk_size: int = 0) -> jax.Array:
+  """T-REG token rewards (2B, T) of chosen then rejected rows under `model` (detached)."""
+  better, mask = pair_token_logps(model, batch, chunk_size, better_ids)
+  worse, _ = pair_token_logps(model, batch, chunk_size, worse_ids)
+  return token_level.contrastive_token_rewards(better, worse, mask)
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size: int = 0,
+                       better_ids: tuple[int, ...] = (), worse_ids: tuple[int, ...] = ()) -> state_lib.LossFn:
+  """loss_fn(model, batch, rng) -> (sum_i weight_i * loss_i, sum_i weight_i, metrics).
+
+  model: a CausalLM (reference-free, or reference "precompute": the batch carries `ref_chosen_logps`,
+  `ref_rejected_logps` (B,) and for T-REG with reference token rewards `ref_token_rewards` (2B, T)), or a
+  `PolicyWithReference` (resident). Metrics: the pair metrics of `PAIR_METRICS` as weighted sums / weights.
+  """
+  types = tuple(loss.loss_type)
+  type_weights = tuple(loss.loss_weights) or None
+
+  def loss_fn(model, batch, rng):
+    del rng
+    policy = model.policy if resident else model
+    token_logps, mask = pair_token_logps(policy, batch, chunk_size)
+    mask = mask.astype(jnp.float32)
+    logps_2B = jnp.sum(token_logps, axis=-1)
+    lengths_2B = jnp.sum(mask, axis=-1)
+    pc, pr = _halves(logps_2B)
+    len_c, len_r = _halves(lengths_2B)
+    nll_c = -pc / jnp.maximum(len_c, 1.0)
+    w_B = batch["weight"].astype(jnp.float32)
+    beta = loss.beta
+    if loss.dynamic_beta_w > 0:
+      # The paper's margins are >= 0; a negative one (a pair the RM ranks the other way) keeps beta0.
+      margin = jnp.maximum(batch["margin"], 0.0)  # NaN stays NaN -> beta0.
+      beta = pref_lib.dynamic_beta(loss.beta, margin, loss.dynamic_beta_w, loss.dynamic_beta_k)
+    rc = rr = None
+    if needs_reference(loss):
+      if resident:
+        ref_token_logps, _ = pair_token_logps(model.reference, batch, chunk_size)
+        rc, rr = _halves(jax.lax.stop_gradient(jnp.sum(ref_token_logps, axis=-1)))
+      else:
+        rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    dpo_kwargs = dict(loss_type=types, loss_weights=type_weights, label_smoothing=loss.label_smoothing,
+                      f_divergence=loss.f_divergence, f_alpha=loss.f_alpha, rpo_alpha=loss.rpo_alpha,
+                      chosen_nll=nll_c)
+    extra = {}
+    if loss.algorithm == "dpo":
+      losses, m = pref_lib.dpo_loss(pc, pr, rc, rr, beta=beta, chosen_lengths=len_c, rejected_lengths=len_r,
+                                    **dpo_kwargs)
+    elif loss.algorithm == "simpo":
+      losses, m = reference_free.simpo_loss(pc, pr, len_c, len_r, beta=beta, gamma=loss.simpo_gamma,
+                                            label_smoothing=loss.label_smoothing)
+    elif loss.algorithm == "orpo":
+      losses, m = reference_free.orpo_loss(pc, pr, len_c, len_r, chosen_nll=nll_c, beta=beta)
+    elif loss.algorithm == "kto":
+      losses, m = _kto(loss, logps_2B, jnp.concatenate([rc, rr]), w_B, beta)
+    else:  # treg
+      if loss.treg_token_rewards == "policy":
+        r_2BxT = jax.lax.stop_gradient(token_rewards(policy, batch, better_ids, worse_ids, chunk_size))
+      elif resident:
+        r_2BxT = jax.lax.stop_gradient(token_rewards(model.reference, batch, better_ids, worse_ids, chunk_size))
+      else:
+        r_2BxT = batch["ref_token_rewards"]
+      tc, tr = _halves(token_logps)
+      mc, mr = _halves(mask)
+      r_c, r_r = _halves(r_2BxT)
+      losses, m = token_level.treg_loss(tc, tr, rc, rr, r_c, r_r, mc, mr, beta=beta, alpha=loss.treg_alpha,
+                                        **dpo_kwargs)
+      extra = {k: metrics_lib.Avg(jnp.sum(w_B * m[k]), jnp.sum(w_B)) for k in ("treg/weight",)}
+    if loss.algorithm == "kto":
+      metrics = dict(m)  # Already weighted sums (see _kto).
+    else:
+      metrics = {k: metrics_lib.Avg(jnp.sum(w_B * m[k]), jnp.sum(w_B)) for k in PAIR_METRICS}
+    metrics.update(extra)
+    metrics["tokens"] = metrics_lib.Sum(jnp.sum(lengths_2B * (jnp.concatenate([w_B, w_B]) > 0)))
+    return jnp.sum(w_B * losses), jnp.sum(w_B), metrics
+
+  return loss_fn
+
+
+def _kto(loss: PreferenceLossConfig, logps_2B, ref_2B, w_B, beta):
+  """KTO on the unpaired view: per-pair loss = loss(chosen as desirable) + loss(rejected as undesirable)."""
+  w_2B = jnp.concatenate([w_B, w_B])
+  b = w_B.shape[0]
+  desirable = jnp.concatenate([jnp.ones((b,), bool), jnp.zeros((b,), bool)])
+  kl = jnp.sum(w_2B * (logps_2B - ref_2B)) / jnp.maximum(jnp.sum(w_2B), 1.0)
+  beta_2B = beta if jnp.ndim(beta) == 0 else jnp.concatenate([beta, beta])
+  losses_2B, m = kto_lib.kto_loss(logps_2B, ref_2B, desirable, kl=jax.lax.stop_gradient(kl), beta=beta_2B,
+                                  desirable_weight=loss.desirable_weight,
+                                  undesirable_weight=loss.undesirable_weight, loss_type=loss.kto_loss_type)
+  lc, lr = _halves(losses_2B)
+  reward_c, _ = _halves(m["rewards/chosen"])
+  _, reward_r = _halves(m["rewards/rejected"])
+  logp_c, logp_r = _halves(logps_2B)
+  metrics = {
+      "rewards/chosen": metrics_lib.Avg(jnp.sum(w_B * reward_c), jnp.sum(w_B)),
+      "rewards/rejected": metrics_lib.Avg(jnp.sum(w_B * reward_r), jnp.sum(w_B)),
+      "rewards/margin": metrics_lib.Avg(jnp.sum(w_B * (reward_c - reward_r)), jnp.sum(w_B)),
+      "rewards/accuracy": metrics_lib.Avg(jnp.sum(w_B * (reward_c > reward_r)), jnp.sum(w_B)),
+      "logps/chosen": metrics_lib.Avg(jnp.sum(w_B * jax.lax.stop_gradient(logp_c)), jnp.sum(w_B)),
+      "logps/rejected": metrics_lib.Avg(jnp.sum(w_B * jax.lax.stop_gradient(logp_r)), jnp.sum(w_B)),
+      "kl": jax.lax.stop_gradient(kl),
+  }
+  return lc + lr, metrics
+
+
+# ------------------------------------------------------------------------------------------------ reference cache
+def _row_key(ids_c: np.ndarray, att_c: np.ndarray, ids_r: np.ndarray, att_r: np.ndarray) -> bytes:
+  return (np.asarray(ids_c[att_c > 0], np.int32).tobytes() + b"|"
+          + np.asarray(ids_r[att_r > 0], np.int32).tobytes())
+
+
+class ReferenceCache:
+  """Reference log-probs (and optional T-REG token rewards) of pairs, keyed by the pair's tokens."""
+
+  def __init__(self, table: dict[bytes, tuple[float, float, np.ndarray | None]]):
+    self.table = table
+
+  @classmethod
+  def compute(cls, ref_fn, batches: list[dict]) -> "ReferenceCache":
+    """ref_fn(batch) -> (ref_c (B,), ref_r (B,), token rewards (2B, T) or None) over `batches`."""
+    table = {}
+    for batch in batches:
+      rc, rr, tok = jax.device_get(ref_fn(batch))
+      b = rc.shape[0]
+      for i in np.flatnonzero(batch["chosen_attention_mask"].any(axis=-1)):  # Skip only empty filler rows.
+        key = _row_key(batch["chosen_input_ids"][i], batch["chosen_attention_mask"][i],
+                       batch["rejected_input_ids"][i], batch["rejected_attention_mask"][i])
+        rows = None if tok is None else np.stack([tok[i], tok[b + i]])
+        table[key] = (float(rc[i]), float(rr[i]), rows)
+    return cls(table)
+
+  def save(self, path: str) -> None:
+    keys = list(self.table)
+    values = np.asarray([self.table[k][:2] for k in keys], np.float64)
+    arrays = {"keys": np.asarray(keys, dtype=object), "values": values}
+    if keys and self.table[keys[0]][2] is not None:
+      arrays["token_rewards"] = np.asarray([self.table[k][2] for k in keys], dtype=object)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> "ReferenceCache":
+    with np.load(path, allow_pickle=True) as f:
+      keys, values = f["keys"], f["values"]
+      tok = f["token_rewards"] if "token_rewards" in f else [None] * len(keys)
+      return cls({bytes(k): (float(v[0]), float(v[1]), t) for k, v, t in zip(keys, values, tok)})
+
+  def attach(self, batch: dict) -> dict:
+    """The batch plus `ref_chosen_logps`, `ref_rejected_logps` (B,) [and `ref_token_rewards` (2B, T)]."""
+    b, t = batch["chosen_input_ids"].shape
+    rc, rr = np.zeros((b,), np.float32), np.zeros((b,), np.float32)
+    tok = None
+    for i in range(b):
+      if not batch["chosen_attention_mask"][i].any():  # An empty filler row (end of a finite pass).
+        continue
+      key = _row_key(batch["chosen_input_ids"][i], batch["chosen_attention_mask"][i],
+                     batch["rejected_input_ids"][i], batch["rejected_attention_mask"][i])
+      if key not in self.table:
+        raise KeyError("reference cache: a batch pair has no precomputed reference log-probs (was the cache "
+                       "built from other data or another tokenizer? delete reference_cache.npz to rebuild)")
+      rc[i], rr[i], rows = self.table[key]
+      if rows is not None:
+        if tok is None:
+          tok = np.zeros((2 * b, t), np.float32)
+        n = min(t, rows.shape[1])
+        tok[i, :n], tok[b + i, :n] = rows[0, :n], rows[1, :n]
+    out = dict(batch, ref_chosen_logps=rc, ref_rejected_logps=rr)
+    if tok is not None:
+      out["ref_token_rewards"] = tok
+    return out
+
+
+class ReferenceBatches:
+  """Wraps a batch iterator, attaching cached reference values; state passes through."""
+
+  def __init__(self, iterator: Any, cache: ReferenceCache):
+    self.iterator = iterator
+    self.cache = cache
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return self.cache.attach(next(self.iterator))
+
+  def get_state(self) -> Any:
+    return self.iterator.get_state()
+
+  def set_state(self, state: Any) -> None:
+    self.iterator.set_state(state)
+
+
+# ------------------------------------------------------------------------------------------------ setup and stage
+def preference_setup(cfg: PreferenceConfig, model_config: Any, pretrained: dict | None, optimizer: Any, mesh: Any
+                     ) -> state_lib.StateSetup:
+  """The policy (precompute / reference-free) or PolicyWithReference (resident) train state."""
+  from jaxrlhf.models import CausalLM  # pylint: disable=g-import-not-at-top
+  if cfg.reference == "resident" and needs_reference(cfg.loss):
+    def model_fn(key):
+      return PolicyWithReference(CausalLM(model_config, rngs=nnx.Rngs(key)),
+                                 CausalLM(model_config, rngs=nnx.Rngs(key)))
+    setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh,
+                                       shardings=_shardings(mesh))
+    if pretrained is None:
+      return setup
+    fresh = setup.init
+
+    def init():
+      state = fresh()
+      params = builders.overwrite(state.params, pretrained, ("policy",))
+      extra = builders.overwrite(state.extra, {k: v for k, v in pretrained.items()}, ("reference",))
+      return state.replace(params=params, extra=extra)
+
+    return setup._replace(init=init)
+  from jaxrlhf.train.sft import policy_setup  # pylint: disable=g-import-not-at-top
+  return policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
+
+
+def control_ids(tokenizer: Any, text: str, path: str) -> tuple[int, ...]:
+  ids = tuple(tokenizer.encode(text))
+  if not ids:
+    raise ValueError(f"{path}: {text!r} encodes to no tokens")
+  return ids
+
+
+def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
+  """The "preference" stage: (reference pass), training, held-out pair metrics, saves `workdir/model`."""
+  data, loss = cfg.data, cfg.loss
+  world = builders.make_world(data) if data.source == "world" else None
+  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
+  builders.check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
+  model_config, pretrained, model_path = builders.load_weights(
+      cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
+  tokenizer = builders.make_tokenizer(data, world, model_path)
+  train_records, eval_records, report = builders.preference_records(data, world)
+  train_records = builders.transform_pairs(train_records, data, tokenizer)
+  eval_records = builders.transform_pairs(eval_records, data, tokenizer)
+  margins = eval_margins = None
+  if data.margin_from == "reward_model":
+    rm_dir = builders.resolve_path(data.reward_model, inputs, "rm_dir")
+    margins = builders.reward_margins(rm_dir, train_records, tokenizer, data)
+    eval_margins = builders.reward_margins(rm_dir, eval_records, tokenizer, data) if eval_records else None
+  train_records = builders.with_margins(train_records, margins, data)
+  eval_records = builders.with_margins(eval_records, eval_margins, data)
+  better = worse = ()
+  if loss.algorithm == "treg":
+    better = control_ids(tokenizer, loss.treg_better, "config.loss.treg_better")
+    worse = control_ids(tokenizer, loss.treg_worse, "config.loss.treg_worse")
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = preference_setup(cfg, model_config, pretrained, optimizer, mesh)
+  resident = cfg.reference == "resident" and needs_reference(loss)
+  loss_fn = preference_loss_fn(loss, resident=resident, chunk_size=cfg.logps_chunk_size, better_ids=better,
+                               worse_ids=worse)
+  step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
+                                      grad_accum_steps=cfg.optimizer.grad_accum_steps,
+                                      schedule=optim.make_schedule(cfg.optimizer))
+  data_iter = builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed)
+  batches = builders.eval_batches(eval_records, tokenizer, data, "preference")
+  if needs_reference(loss) and not resident:
+    cache = _reference_cache(cfg, setup, train_records + eval_records, tokenizer, better, worse, workdir)
+    data_iter = ReferenceBatches(data_iter, cache)
+    batches = [cache.attach(b) for b in batches]
+
+  @jax.jit
+  def eval_step(state, batch):
+    total, weight, metrics = loss_fn(nnx.merge(setup.graphdef, state.params, state.extra), batch, None)
+    return {**{k: metrics_lib.as_avg(v) for k, v in metrics.items()}, "loss": metrics_lib.Avg(total, weight)}
+
+  def eval_fn(state):
+    acc = None
+    for b in batches:
+      m = jax.device_get(eval_step(state, b))
+      acc = m if acc is None else metrics_lib.merge(acc, m)
+    values = metrics_lib.compute(acc)
+    return {k: v for k, v in values.items() if k in ("loss",) + PAIR_METRICS}
+
+  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
+                           mesh=mesh, eval_fn=eval_fn if batches else None)
+  model_dir = save_policy(setup, final_state(setup, results), os.path.join(workdir, "model"),
+                          prefix="policy" if resident else "")
+  return builders.stage_outputs(results, model_dir=model_dir, data_report=report)
+
+
+def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records: list, tokenizer: Any,
+                     better: tuple[int, ...], worse: tuple[int, ...], workdir: str) -> ReferenceCache:
+  """Loads `workdir/reference_cache.npz`, or computes it with the initial policy (= the reference) and saves it."""
+  path = os.path.join(workdir, "reference_cache.npz")
+  if os.path.exists(path):
+    print(f"[preference] reusing reference log-probs from {path}", flush=True)
+    return ReferenceCache.load(path)
+  with_tokens = cfg.loss.algorithm == "treg" and cfg.loss.treg_token_rewards == "reference"
+  state = setup.init()
+  chunk = cfg.logps_chunk_size
+
+  @jax.jit
+  def ref_fn(params, extra, batch):
+    model = nnx.merge(setup.graphdef, params, extra)
+    token_logps, _ = pair_token_logps(model, batch, chunk)
+    rc, rr = _halves(jnp.sum(token_logps, axis=-1))
+    tok = token_rewards(model, batch, better, worse, chunk) if with_tokens else None
+    return rc, rr, tok
+
+  batches = builders.eval_batches(records, tokenizer, cfg.data, "preference")
+  cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches)
+  del state
+  os.makedirs(workdir, exist_ok=True)
+  cache.save(path)
+  print(f"[preference] reference log-probs of {len(cache.table)} pairs saved to {path}", flush=True)
+  return cache

@@ -1,0 +1,360 @@
+"""Reward modeling: Bradley-Terry (margins, centering, label smoothing, adaptive margins), multi-attribute
+regression, K-head and K-member ensembles, trained through the shared loop.
+
+One member is a `RewardModel`; its pure loss is `reward_loss_fn(config, head)`. A stage always trains K >= 1
+INDEPENDENT members in ONE step: the per-member step of `state.make_train_step` is `jax.vmap`ped over the
+stacked member axis of the parameters, the optimizer state and the batch, so member k follows exactly the
+trajectory it would follow alone (same init seed, same batches, its own gradient normalization and clipping).
+
+Members and their randomness:
+  - init: member k is `RewardModel(config, head, rngs=nnx.Rngs(member_key(seed, k)))`; from a pretrained or
+    SFT checkpoint all members share the backbone weights and differ by head init (Eisenstein et al. 2023);
+  - data order: member k reads its OWN pipeline over the same training pairs, shuffled with seed `seed + k`
+    (K pipelines, stacked into (K, B, T) batches by `builders.StackedIterator`).
+A "multihead" head instead puts K scalar heads on one shared backbone, with one BT loss per head.
+
+Evaluation (held-out pairs): pairwise accuracy per member and of the member mean (ties count as wrong) and, in
+the synthetic world, agreement with the GOLD preference (r*(chosen) > r*(rejected)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrlhf.config import ConfigError, field
+from jaxrlhf.losses import reward as reward_losses
+from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
+from jaxrlhf.parallel import MeshConfig
+from jaxrlhf.train import builders
+from jaxrlhf.train import loop as loop_lib
+from jaxrlhf.train import metrics as metrics_lib
+from jaxrlhf.train import optim
+from jaxrlhf.train import state as state_lib
+from jaxrlhf.train.sft import logical_or_replicated as _shardings
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """The reward head (see jaxrlhf.models.heads); hidden_dim 0 means the model width."""
+  kind: str = field("linear", choices=("linear", "mlp", "attributes", "multihead"))
+  num_outputs: int = field(1, min=1)
+  member_kind: str = field("linear", choices=("linear", "mlp"))
+  hidden_dim: int = field(0, min=0)
+  attribute_weights: tuple[float, ...] = field(())
+
+  def head_config(self) -> HeadConfig:
+    return HeadConfig(kind=self.kind, num_outputs=self.num_outputs, member_kind=self.member_kind,
+                      hidden_dim=self.hidden_dim or None, attribute_weights=tuple(self.attribute_weights) or None)
+
+  def validate(self, path: str) -> None:
+    try:
+      self.head_config()
+    except ValueError as e:
+      raise ConfigError(f"{path}: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardLossConfig:
+  """margin: "none", "margin" (the batch's `margin`, e.g. from data.margin_from) or "adaptive"
+  (`adaptive_margin(margin, margin_scale, clip_min=margin_clip_min)`, with margins from an ensemble:
+  data.margin_from="reward_model"). attribute_weight / bt_weight weigh the masked attribute MSE and the BT loss
+  on the scalarized reward for an "attributes" head (BT only otherwise)."""
+  margin: str = field("none", choices=("none", "margin", "adaptive"))
+  margin_scale: float = field(1.0)
+  margin_clip_min: float | None = field(None)
+  center_coeff: float = field(0.0, min=0.0)
+  label_smoothing: float = field(0.0, min=0.0, max=0.49)
+  attribute_weight: float = field(1.0, min=0.0)
+  bt_weight: float = field(1.0, min=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+  """The "reward" stage."""
+  seed: int = field(0)
+  model: builders.ModelSpec = field(default_factory=builders.ModelSpec)
+  data: builders.DataSpec = field(default_factory=builders.DataSpec)
+  head: HeadSpec = field(default_factory=HeadSpec)
+  num_members: int = field(1, min=1)
+  loss: RewardLossConfig = field(default_factory=RewardLossConfig)
+  optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
+  loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
+  mesh: MeshConfig = field(default_factory=MeshConfig)
+  num_devices: int = field(0, min=0)
+
+  def validate(self, path: str) -> None:
+    if self.data.batch_size % self.optimizer.grad_accum_steps:
+      raise ConfigError(f"{path}.data.batch_size: {self.data.batch_size} is not divisible by "
+                        f"{path}.optimizer.grad_accum_steps={self.optimizer.grad_accum_steps}")
+
+
+# ------------------------------------------------------------------------------------------------ the loss
+def _pair_rewards(model: Any, batch: dict, method: str = "__call__") -> tuple[jax.Array, jax.Array]:
+  """One concatenated forward of chosen and rejected rows -> (chosen, rejected) outputs."""
+  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
+  mask = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
+  out = getattr(model, method)(ids, mask)
+  b = batch["chosen_input_ids"].shape[0]
+  return out[:b], out[b:]
+
+
+def _weighted(x_B: jax.Array, w_B: jax.Array) -> metrics_lib.Avg:
+  return metrics_lib.Avg(jnp.sum(w_B * x_B), jnp.sum(w_B))
+
+
+def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn:
+  """loss_fn(model: RewardModel, batch, rng) -> (weighted sum of per-pair losses, sum of weights, metrics).
+
+  Per pair: Bradley-Terry on r_c - r_r (summed over heads for "multihead"); for "attributes" heads
+  attribute_weight * (MSE_c + MSE_r) over observed attributes + bt_weight * BT on the scalarized reward.
+  The pair weight is the batch's `weight` (0 on padding rows).
+  """
+
+  def bt(r_c, r_r, margin):
+    losses, _ = reward_losses.bradley_terry_loss(r_c, r_r, margin=margin, label_smoothing=loss.label_smoothing,
+                                                 center_coeff=loss.center_coeff)
+    return losses
+
+  def loss_fn(model, batch, rng):
+    del rng
+    w_B = batch["weight"].astype(jnp.float32)
+    margin = None
+    if loss.margin != "none":
+      m = jnp.where(jnp.isnan(batch["margin"]), 0.0, batch["margin"]).astype(jnp.float32)
+      margin = m if loss.margin == "margin" else reward_losses.adaptive_margin(
+          m, loss.margin_scale, clip_min=loss.margin_clip_min)
+    metrics = {}
+    if head.kind == "attributes":
+      a_c, a_r = _pair_rewards(model, batch, "attributes")
+      valid = batch["attributes_mask"] * (w_B[:, None] > 0)
+      mse_c, _ = reward_losses.attribute_regression_loss(a_c, batch["chosen_attributes"], valid)
+      mse_r, _ = reward_losses.attribute_regression_loss(a_r, batch["rejected_attributes"], valid)
+      weights_K = model.head.attribute_weights[...]
+      r_c, r_r = a_c @ weights_K, a_r @ weights_K
+      per_pair = loss.attribute_weight * (mse_c + mse_r) + loss.bt_weight * bt(r_c, r_r, margin)
+      has_attr = (jnp.sum(valid, axis=-1) > 0).astype(jnp.float32)
+      metrics["attributes/mse"] = metrics_lib.Avg(jnp.sum(w_B * has_attr * (mse_c + mse_r) / 2),
+                                                  jnp.sum(w_B * has_attr))
+    else:
+      r_c, r_r = _pair_rewards(model, batch)
+      if r_c.ndim == 2:  # multihead: one BT loss per head, summed
+        per_pair = jnp.sum(jax.vmap(bt, in_axes=(1, 1, None))(r_c, r_r, margin), axis=0)
+        r_c, r_r = jnp.mean(r_c, axis=-1), jnp.mean(r_r, axis=-1)
+      else:
+        per_pair = bt(r_c, r_r, margin)
+    metrics.update({
+        "rewards/chosen": _weighted(r_c, w_B),
+        "rewards/rejected": _weighted(r_r, w_B),
+        "rewards/margin": _weighted(r_c - r_r, w_B),
+        "rewards/accuracy": _weighted((r_c > r_r).astype(jnp.float32), w_B),
+        "examples": metrics_lib.Sum(jnp.sum((w_B > 0).astype(jnp.float32))),
+    })
+    return jnp.sum(w_B * per_pair), jnp.sum(w_B), metrics
+
+  return loss_fn
+
+
+# ------------------------------------------------------------------------------------------------ the ensemble
+def member_key(seed: int, k: int) -> jax.Array:
+  """The init key of member k."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), k)
+
+
+def member_model(model_config: Any, head: HeadConfig, seed: int, k: int) -> RewardModel:
+  """Member k exactly as the stacked ensemble initializes it (for training or checking it alone)."""
+  return RewardModel(model_config, head, rngs=nnx.Rngs(member_key(seed, k)))
+
+
+def _stacked_members(model_config: Any, head: HeadConfig, num_members: int, seed: int) -> RewardEnsemble:
+  keys = jnp.stack([member_key(seed, k) for k in range(num_members)])
+  states = jax.vmap(lambda key: nnx.state(RewardModel(model_config, head, rngs=nnx.Rngs(key))))(keys)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardEnsemble(model_config, head, num_members,
+                                                                    rngs=nnx.Rngs(0))))
+  pure = nnx.to_pure_dict(state)
+  pure["members"] = nnx.to_pure_dict(states)
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)
+
+
+def _restack(like: Any, members: Any) -> Any:
+  """`members` put back under the "members" key with exactly the pytree structure of `like`."""
+  return jax.tree.unflatten(jax.tree.structure(like), jax.tree.leaves(members))
+
+
+def member_optimizer(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` applied to each member of a stacked {"members": ...} parameter state independently."""
+
+  def init(params):
+    return jax.vmap(optimizer.init)(params["members"])
+
+  def update(updates, opt_state, params=None):
+    member_params = None if params is None else params["members"]
+    new_updates, opt_state = jax.vmap(optimizer.update)(updates["members"], opt_state, member_params)
+    return _restack(updates, new_updates), opt_state
+
+  return optax.GradientTransformation(init, update)
+
+
+def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimizer: Any, seed: int, mesh: Any,
+                   pretrained: dict | None = None) -> state_lib.StateSetup:
+  """A TrainState whose params / extra / opt_state are stacked over members; the graphdef is the ensemble's."""
+  setup = state_lib.init_train_state(lambda key: _stacked_members(model_config, head, num_members, seed),
+                                     member_optimizer(optimizer), seed, mesh=mesh,
+                                     shardings=_shardings(mesh))
+  if pretrained is None:
+    return setup
+  backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
+  fresh = setup.init
+
+  def init():
+    state = fresh()
+    return state.replace(params=builders.overwrite(state.params, backbone, ("members", "backbone"),
+                                                   broadcast=num_members))
+
+  return setup._replace(init=init)
+
+
+def make_ensemble_step(member_graphdef: nnx.GraphDef, loss_fn: state_lib.LossFn,
+                       optimizer_config: optim.OptimizerConfig, num_members: int) -> state_lib.StepFn:
+  """The stacked step: `make_train_step` of one member, vmapped over the member axis of state and batch.
+
+  Batches are (K, B, ...). Metrics: the member-summed Avg/Sum metrics, the member mean of scalar ones, and
+  `members/loss_<k>` per member.
+  """
+  member_step = state_lib.make_train_step(member_graphdef, loss_fn, optim.make_optimizer(optimizer_config),
+                                          grad_accum_steps=optimizer_config.grad_accum_steps,
+                                          schedule=optim.make_schedule(optimizer_config))
+
+  def step_fn(state, batch_K):
+    extra = state.extra["members"] if "members" in state.extra else state.extra
+
+    def one(params, extra_k, opt_state, k, batch):
+      s = state_lib.TrainState(step=state.step, params=params, extra=extra_k, opt_state=opt_state,
+                               rng=jax.random.fold_in(state.rng, k))
+      new, metrics = member_step(s, batch)
+      return new.params, new.opt_state, metrics
+
+    params, opt_state, metrics = jax.vmap(one)(state.params["members"], extra, state.opt_state,
+                                               jnp.arange(num_members), batch_K)
+    out = {}
+    for name, v in metrics.items():
+      if isinstance(v, metrics_lib.Avg):
+        out[name] = metrics_lib.Avg(jnp.sum(v.total), jnp.sum(v.count))
+      elif isinstance(v, metrics_lib.Sum):
+        out[name] = metrics_lib.Sum(jnp.sum(v.value) / num_members)  # Every member reads as many examples.
+      else:
+        out[name] = jnp.mean(v)
+    loss = metrics["loss"]
+    for k in range(num_members):
+      out[f"members/loss_{k}"] = metrics_lib.Avg(loss.total[k], loss.count[k])
+    new_state = state.replace(step=state.step + 1, params=_restack(state.params, params), opt_state=opt_state)
+    return new_state, out
+
+  return step_fn
+
+
+def member_batch_sharding(mesh: Any) -> NamedSharding:
+  """(K, B, ...) batches: the member axis replicated, B over the mesh's data axes."""
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  return NamedSharding(mesh, P(None, axes))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def pairwise_scores(rewards_c_BxK: np.ndarray, rewards_r_BxK: np.ndarray, labels_B: np.ndarray | None = None
+                    ) -> dict[str, float]:
+  """accuracy of each member (`accuracy_<k>`) and of the member mean (`accuracy`); ties count as wrong.
+
+  labels_B (optional): True where the reference label says chosen is better (e.g. gold); then the scores are
+  agreement with those labels: the prediction is r_c > r_r, wrong on ties.
+  """
+  labels = np.ones(rewards_c_BxK.shape[0], bool) if labels_B is None else np.asarray(labels_B, bool)
+
+  def agree(d):
+    return float(np.mean(np.where(labels, d > 0, d < 0)))
+
+  diff = rewards_c_BxK - rewards_r_BxK
+  out = {"accuracy": agree(diff.mean(axis=1))}
+  if diff.shape[1] > 1:
+    out.update({f"accuracy_{k}": agree(diff[:, k]) for k in range(diff.shape[1])})
+  return out
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, batches: list[dict], gold_labels: np.ndarray | None):
+  """state -> {"accuracy", "accuracy_<k>", ["gold_agreement", "gold_agreement_<k>"]} on held-out pairs."""
+
+  @jax.jit
+  def rewards(state, batch):
+    model = nnx.merge(graphdef, state.params, state.extra)
+    r_c, r_r = _pair_rewards(model, batch)
+    if r_c.ndim == 3:  # multihead members: (B, K, H) -> mean over heads
+      r_c, r_r = r_c.mean(-1), r_r.mean(-1)
+    return r_c, r_r
+
+  def eval_fn(state):
+    outs = [(*jax.device_get(rewards(state, b)), b["weight"] > 0) for b in batches]
+    r_c = np.concatenate([o[0][o[2]] for o in outs])
+    r_r = np.concatenate([o[1][o[2]] for o in outs])
+    result = pairwise_scores(r_c, r_r)
+    if gold_labels is not None and len(gold_labels) == len(r_c):
+      result.update({k.replace("accuracy", "gold_agreement"): v
+                     for k, v in pairwise_scores(r_c, r_r, gold_labels).items()})
+    return result
+
+  return eval_fn
+
+
+def gold_labels(world: Any, records: list) -> np.ndarray:
+  """True where r*(chosen) > r*(rejected) for synthetic-world records (text prompts)."""
+  prompts = [r.prompt for r in records]
+  gold_c = world.gold_of_texts(prompts, [r.chosen for r in records])
+  gold_r = world.gold_of_texts(prompts, [r.rejected for r in records])
+  return np.asarray(gold_c) > np.asarray(gold_r)
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
+  """The "reward" stage: K members (stacked), eval on held-out pairs, saves `workdir/rm`."""
+  data = cfg.data
+  world = builders.make_world(data) if data.source == "world" else None
+  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
+  builders.check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
+  model_config, pretrained, model_path = builders.load_weights(
+      cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
+  tokenizer = builders.make_tokenizer(data, world, model_path)
+  train_records, eval_records, report = builders.preference_records(data, world)
+  train_records = builders.transform_pairs(train_records, data, tokenizer)
+  margins = None
+  if data.margin_from == "reward_model":
+    rm_dir = builders.resolve_path(data.reward_model, inputs, "rm_dir")
+    margins = builders.reward_margins(rm_dir, train_records, tokenizer, data)
+  train_records = builders.with_margins(train_records, margins, data)
+  head = cfg.head.head_config()
+  num_attributes = head.num_outputs if head.kind == "attributes" else 0
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = ensemble_setup(model_config, head, cfg.num_members, optimizer, cfg.seed, mesh, pretrained)
+  member_graphdef = nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, cfg.seed, 0)))
+  step_fn = make_ensemble_step(member_graphdef, reward_loss_fn(cfg.loss, head), cfg.optimizer, cfg.num_members)
+  data_iter = builders.StackedIterator(
+      [builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed + k,
+                               num_attributes=num_attributes) for k in range(cfg.num_members)], tokenizer.pad_id)
+  batches = builders.eval_batches(eval_records, tokenizer, data, "preference")
+  gold = gold_labels(world, eval_records) if world is not None and eval_records else None
+  eval_fn = make_eval_fn(setup.graphdef, batches, gold) if batches else None
+  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
+                           mesh=mesh, batch_shardings=member_batch_sharding(mesh), eval_fn=eval_fn)
+  from jaxrlhf.train.sft import final_state  # pylint: disable=g-import-not-at-top
+  state = final_state(setup, results)
+  model = nnx.merge(setup.graphdef, state.params, state.extra)
+  rm_dir = builders.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
+                                      nnx.state(model))
+  return builders.stage_outputs(results, rm_dir=rm_dir, num_members=cfg.num_members, data_report=report)

@@ -1,0 +1,101 @@
+"""experiments.bench plumbing at smoke size (not a timed test): both sides train the same model on the same data.
+
+The independent references are TRL 1.16 (RewardTrainer / DPOTrainer, PyTorch) and transformers' generate(): with
+the same weights, token ids and optimizer settings, every step's loss and every greedy token must agree, which is
+what makes the benchmark's throughput ratio a like-for-like comparison.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+pytest.importorskip("trl")
+
+from experiments import bench as bench_cli  # noqa: E402
+from experiments import bench_lib  # noqa: E402
+
+SMOKE = bench_lib.SHAPES["smoke"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  return bench_lib.write_model("smoke", tmp_path_factory.mktemp("bench") / "smoke")
+
+
+@pytest.mark.parametrize("algo", ["rm", "dpo"])
+def test_jaxrlhf_and_trl_train_identically(folder, algo):
+  jax_row = bench_lib.run_case("smoke", algo, "jaxrlhf", folder, SMOKE, steps=2, warmup=1)
+  trl_row = bench_lib.run_case("smoke", algo, "trl", folder, SMOKE, steps=2, warmup=1)
+  assert len(jax_row["losses"]) == len(trl_row["losses"]) == 3
+  # Same weights, data order, AdamW and clipping: the whole trajectory matches, not only the first loss.
+  np.testing.assert_allclose(jax_row["losses"], trl_row["losses"], atol=1e-5)
+  if algo == "dpo":
+    assert jax_row["losses"][0] == pytest.approx(np.log(2.0), abs=1e-6)  # policy == reference at step 0
+  for row in (jax_row, trl_row):
+    assert row["tokens_per_s"] == pytest.approx(2 * SMOKE.batch * SMOKE.seq / row["step_s"])
+    assert row["pairs_per_s"] == pytest.approx(SMOKE.batch / row["step_s"])
+  assert jax_row["params"] >= trl_row["params"]  # ours adds the reward head's bias for "rm"
+  assert jax_row["xla_step_mib"] > 0
+
+
+def test_generate_matches_transformers(folder):
+  jax_row = bench_lib.run_case("smoke", "generate", "jaxrlhf", folder, SMOKE, steps=1)
+  hf_row = bench_lib.run_case("smoke", "generate", "trl", folder, SMOKE, steps=1)
+  assert np.asarray(jax_row["tokens"]).shape == (SMOKE.gen_batch, SMOKE.gen_new)
+  assert jax_row["tokens"] == hf_row["tokens"]
+
+
+def test_hf_tokenizer_round_trips_ids():
+  tok = bench_lib.hf_tokenizer(64)
+  pairs = bench_lib.make_pairs(64, SMOKE, num_batches=1)
+  text = bench_lib._text(pairs["chosen"][0])  # pylint: disable=protected-access
+  assert tok(text, add_special_tokens=False)["input_ids"] == pairs["chosen"][0].tolist()
+  assert tok.pad_token_id == bench_lib.PAD_ID and tok.eos_token_id == bench_lib.EOS_ID
+
+
+def test_flops_hand_count():
+  # SMOKE_CONFIG: D=32, 1 layer, 2 query / 1 KV heads of 16, gated MLP 64, V=128.
+  attn = 32 * 16 * (2 * 2 + 2 * 1)
+  mlp = 32 * 64 * 3
+  per_token_rm = 6 * (attn + mlp) + 6 * SMOKE.seq * 2 * 16 * 1
+  per_token_dpo = per_token_rm + 6 * 32 * 128
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  hf_config = ModelConfig(**bench_lib.SMOKE_CONFIG).to_hf()
+  tokens = 2 * SMOKE.batch * SMOKE.seq
+  assert bench_lib.model_flops_per_step(hf_config, "rm", SMOKE) == per_token_rm * tokens
+  assert bench_lib.model_flops_per_step(hf_config, "dpo", SMOKE) == per_token_dpo * tokens
+
+
+def test_fastest_round_and_ratio():
+  rows = [dict(model="tiny", algo="rm", side="jaxrlhf", step_s=2.0, tokens_per_s=10.0),
+          dict(model="tiny", algo="rm", side="trl", step_s=5.0, tokens_per_s=4.0),
+          dict(model="tiny", algo="rm", side="jaxrlhf", step_s=1.0, tokens_per_s=20.0),
+          dict(model="tiny", algo="rm", side="trl", error="exit 1: boom")]
+  best = bench_cli.fastest_rounds(rows)
+  assert [(r["side"], r["step_s"], r["round_step_s"]) for r in best] == [("jaxrlhf", 1.0, [2.0, 1.0]),
+                                                                         ("trl", 5.0, [5.0])]
+  assert bench_cli.ratio(best, "tiny", "rm") == pytest.approx(5.0)
+  assert bench_cli.ratio(best, "tiny", "dpo") is None
+
+
+def test_cli_smoke_writes_json(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  rows = bench_cli.main(["--smoke", "--only", "rm", "--workdir", str(tmp_path), "--out", str(out)])
+  assert {(r["algo"], r["side"]) for r in rows} == {("rm", "jaxrlhf"), ("rm", "trl")}
+  saved = json.loads(out.read_text())
+  assert "load" in saved["machine"] and len(saved["rows"]) == 2
+  assert "| smoke | reward model (BT) |" in capsys.readouterr().out
+
+
+def test_bad_flags_name_the_flag():
+  with pytest.raises(ValueError, match="--only"):
+    bench_cli.main(["--smoke", "--only", "ppo"])
+  with pytest.raises(ValueError, match="--models"):
+    bench_cli.main(["--models", "gpt5"])
