@@ -48,7 +48,7 @@ def get_config(arg=None):
                         data=dict(po_data, transform="reward_augmented", max_length=64), optimizer=po_opt,
                         loop=po_loop, loss=dict(algorithm="dpo", beta=0.1)),
   }
-  eval_kwargs = dict(num_prompts=32 if smoke else 512, batch_size=32 if smoke else 128,
+  eval_kwargs = dict(reward_model="stage:reward", num_prompts=32 if smoke else 512, batch_size=32 if smoke else 128,
                      max_new_tokens=16 if smoke else 32)
   stages["eval_dpo"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy="stage:dpo",
                                base="stage:sft", **eval_kwargs)

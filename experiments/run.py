@@ -24,6 +24,7 @@ import ml_collections
 from ml_collections import config_flags
 
 import experiments
+from experiments import summary
 import experiments.stages  # noqa: F401  (registers the real stage kinds: sft, reward, preference, ...)
 from jaxrlhf import config as config_lib
 
@@ -83,6 +84,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       metrics[k if name == "main" else f"{name}/{k}"] = v
   _write_json(os.path.join(workdir, "results.json"),
               {"status": "done", "metrics": metrics, "stages": outputs})
+  table = summary.write_summary(workdir, [(name, kind.name, cfg) for name, kind, cfg in stages], outputs)
+  if table:
+    print(f"[run] summary ({os.path.join(workdir, 'summary.md')}):\n{table}", flush=True)
   return outputs
 
 

@@ -100,7 +100,8 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
                     lam: float = 1.0, base=None, num_samples: int = 1, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, eos_ids: Sequence[int] = (),
                     pad_id: int = 0, ci: str = "normal", level: float = 0.95, num_resamples: int = 2000,
-                    mesh=None) -> PolicyEvaluation:
+                    mesh=None, reference_prompt_ids_BxP=None, reference_prompt_mask_BxP=None
+                    ) -> PolicyEvaluation:
   """Evaluates a policy against the gold reward, a proxy, the reference (KL) and a base policy (win rate).
 
   Args:
@@ -115,19 +116,30 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
     num_samples: samples per prompt (averaged per prompt before the interval).
     temperature, top_k, top_p, eos_ids, pad_id, mesh: sampling settings for both policies (see `generate`).
     ci, level, num_resamples: confidence intervals ("normal" or "bootstrap").
+    reference_prompt_ids_BxP, reference_prompt_mask_BxP: the same B prompts as the reference, the base policy and
+      the gold / proxy rewards see them (default: the policy's prompts). A goal-conditioned policy (reward-augmented
+      DPO) is sampled on its goal prompt while the KL, the base samples and the rewards use the plain prompt.
 
   Returns:
     PolicyEvaluation.
   """
   prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
+  if (reference_prompt_ids_BxP is None) != (reference_prompt_mask_BxP is None):
+    raise ValueError("give both reference_prompt_ids_BxP and reference_prompt_mask_BxP, or neither")
+  if reference_prompt_ids_BxP is None:
+    ref_ids_BxP, ref_mask_BxP = prompt_ids_BxP, prompt_mask_BxP
+  else:
+    ref_ids_BxP, ref_mask_BxP = jnp.asarray(reference_prompt_ids_BxP), jnp.asarray(reference_prompt_mask_BxP)
+    if ref_ids_BxP.shape[0] != prompt_ids_BxP.shape[0]:
+      raise ValueError(f"reference prompts: {ref_ids_BxP.shape[0]} rows for {prompt_ids_BxP.shape[0]} prompts")
   B, S = prompt_ids_BxP.shape[0], num_samples
   base = reference if base is None else base
   sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                   eos_ids=eos_ids, pad_id=pad_id, num_samples=S, mesh=mesh)
-  ids_R, mask_R = jnp.repeat(prompt_ids_BxP, S, axis=0), jnp.repeat(prompt_mask_BxP, S, axis=0)
+  ids_R, mask_R = jnp.repeat(ref_ids_BxP, S, axis=0), jnp.repeat(ref_mask_BxP, S, axis=0)
 
   gen = generate(policy, prompt_ids_BxP, prompt_mask_BxP, rng=jax.random.fold_in(rng, 0), **sampling)
-  base_gen = generate(base, prompt_ids_BxP, prompt_mask_BxP, rng=jax.random.fold_in(rng, 1), **sampling)
+  base_gen = generate(base, ref_ids_BxP, ref_mask_BxP, rng=jax.random.fold_in(rng, 1), **sampling)
   ref_logps = response_logps(reference, ids_R, mask_R, gen.tokens, gen.mask)
 
   def per_prompt(x) -> np.ndarray:

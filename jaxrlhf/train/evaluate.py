@@ -1,9 +1,12 @@
-"""The "evaluate_policy" stage: gold reward of a policy's samples on held-out synthetic-world prompts, against
-a base policy (same prompts, same sampling settings).
+"""The "evaluate_policy" stage: a policy's samples on held-out synthetic-world prompts, scored by the gold
+reward (and optionally a proxy reward model), against a base policy that is also the KL reference.
 
-Metrics: gold/policy and gold/base (mean r* of one sample per prompt), gold/gain (policy - base),
-gold/win_rate (fraction of prompts where the policy's sample beats the base's; ties count half),
-length/policy and length/base (mean response tokens, end token included).
+It runs `jaxrlhf.evaluation.policy.evaluate_policy` over the prompts in batches and reports each metric as a mean
+over prompts with a 95% confidence interval (`<name>_lower` / `<name>_upper`):
+  gold/policy, gold/base, gold/gain (paired per prompt), gold/win_rate (ties count half),
+  kl (sampled KL(policy || base) in nats per response), length/policy, and proxy/policy with a reward model.
+A goal-conditioned policy (reward-augmented DPO) samples on the top-score goal prompt; the base, the KL and the
+rewards see the plain prompt.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from jaxrlhf.config import ConfigError, field
 from jaxrlhf.data import tokenize as tokenize_lib
 from jaxrlhf.train import builders
 
+# evaluate_policy's metric names -> this stage's (kept stable for configs' tables).
+_METRIC_NAMES = {"gold": "gold/policy", "base_gold": "gold/base", "gold_gain": "gold/gain",
+                 "win_rate": "gold/win_rate", "kl": "kl", "length": "length/policy", "proxy": "proxy/policy"}
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluatePolicyConfig:
@@ -28,6 +35,9 @@ class EvaluatePolicyConfig:
   seed: int = field(0)
   policy: str = field("")
   base: str = field("")
+  reward_model: str = field("")
+  aggregation: str = field("mean", choices=("mean", "median", "min", "mean_minus_std", "mean_minus_var"))
+  lam: float = field(1.0)
   goal_conditioned: bool = field(False)
   top_score: float = field(10.0)
   world: dict = field(default_factory=dict)
@@ -37,58 +47,55 @@ class EvaluatePolicyConfig:
   temperature: float = field(1.0, min=1e-3)
 
   def validate(self, path: str) -> None:
-    if not self.policy:
-      raise ConfigError(f"{path}.policy: required ('stage:<name>' or a HF folder)")
     for key in ("policy", "base"):
+      if not getattr(self, key):
+        raise ConfigError(f"{path}.{key}: required ('stage:<name>' or a HF folder; base is the KL reference)")
+    for key in ("policy", "base", "reward_model"):
       value = getattr(self, key)
       if value and not value.startswith(builders.STAGE_PREFIX) and not os.path.exists(value):
         raise ConfigError(f"{path}.{key}: {value!r} does not exist")
     builders.DataSpec(world=self.world).validate(f"{path}")
 
 
-def sample_gold(model: Any, world: Any, prompts: list, tokenizer: Any, *, seed: int, batch_size: int,
-                max_new_tokens: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-  """(gold r* (N,), response lengths (N,)) of one sample per prompt; gold is scored on the plain prompt."""
-  from jaxrlhf.sampling.generate import generate, pad_prompts  # pylint: disable=g-import-not-at-top
-  golds, lengths = [], []
-  for start in range(0, len(prompts), batch_size):
-    chunk = prompts[start:start + batch_size]
-    rows = [tokenize_lib.encode_prompt(tokenizer, p) for p, _ in chunk]
-    ids, mask = pad_prompts(rows, tokenizer.pad_id)
-    out = generate(model, ids, mask, max_new_tokens=max_new_tokens, rng=jax.random.PRNGKey(seed + start),
-                   temperature=temperature, eos_ids=tokenizer.eos_id, pad_id=tokenizer.pad_id)
-    tokens, lens = np.asarray(out.tokens), np.asarray(out.lengths)
-    responses = [[t for t in row[:n] if t != tokenizer.eos_id] for row, n in zip(tokens, lens)]
-    plain = [tokenizer.encode(text) for _, text in chunk]
-    golds.append(world.gold_of_ids(plain, [r if r else [tokenizer.eos_id] for r in responses]))
-    lengths.append(lens)
-  return np.concatenate(golds), np.concatenate(lengths)
-
-
 def run_evaluate_policy(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
   from jaxrlhf.data.transforms import inference_prompt  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.evaluation.policy import confidence_interval, evaluate_policy  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.sampling.best_of_n import gold_scorer, reward_model_scorer  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.sampling.generate import pad_prompts  # pylint: disable=g-import-not-at-top
+
   world = builders.make_world(builders.DataSpec(world=cfg.world))
   tok = world.tokenizer
+  policy, _ = from_pretrained(builders.resolve_path(cfg.policy, inputs))
+  base, _ = from_pretrained(builders.resolve_path(cfg.base, inputs))
+  proxy_fn = None
+  if cfg.reward_model:
+    rm_dir = builders.resolve_path(cfg.reward_model, inputs, key="rm_dir")
+    proxy_fn = reward_model_scorer(builders.load_reward_model(rm_dir))
   texts = world.prompts(cfg.num_prompts, "test")
-  kwargs = dict(seed=cfg.seed, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature)
+  per_prompt: dict[str, list[np.ndarray]] = {}
+  for start in range(0, len(texts), cfg.batch_size):
+    chunk = texts[start:start + cfg.batch_size]
+    plain_rows = [tokenize_lib.encode_prompt(tok, t) for t in chunk]
+    policy_rows = ([tokenize_lib.encode_prompt(tok, inference_prompt(t, cfg.top_score)) for t in chunk]
+                   if cfg.goal_conditioned else plain_rows)
+    ids, mask = pad_prompts(policy_rows, tok.pad_id)
+    ref_ids, ref_mask = pad_prompts(plain_rows, tok.pad_id)
+    result = evaluate_policy(
+        policy, base, ids, mask, gold_fn=gold_scorer(world), proxy_fn=proxy_fn, aggregation=cfg.aggregation,
+        lam=cfg.lam, rng=jax.random.PRNGKey(cfg.seed + start), max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature, eos_ids=(tok.eos_id,), pad_id=tok.pad_id,
+        reference_prompt_ids_BxP=ref_ids, reference_prompt_mask_BxP=ref_mask)
+    for name, values in result.per_prompt.items():
+      per_prompt.setdefault(name, []).append(values)
   metrics = {}
-  results = {}
-  for name, spec, goal in (("policy", cfg.policy, cfg.goal_conditioned), ("base", cfg.base, False)):
-    if not spec:
-      continue
-    model, _ = from_pretrained(builders.resolve_path(spec, inputs))
-    prompts = [(inference_prompt(t, cfg.top_score) if goal else t, t) for t in texts]
-    results[name] = sample_gold(model, world, prompts, tok, **kwargs)
-    metrics[f"gold/{name}"] = float(np.mean(results[name][0]))
-    metrics[f"length/{name}"] = float(np.mean(results[name][1]))
-  if "base" in results:
-    g_p, g_b = results["policy"][0], results["base"][0]
-    metrics["gold/gain"] = metrics["gold/policy"] - metrics["gold/base"]
-    metrics["gold/win_rate"] = float(np.mean((g_p > g_b) + 0.5 * (g_p == g_b)))
+  for name, chunks in per_prompt.items():
+    estimate = confidence_interval(np.concatenate(chunks))
+    key = _METRIC_NAMES[name]
+    metrics.update({key: estimate.mean, f"{key}_lower": estimate.lower, f"{key}_upper": estimate.upper})
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"status": "done", "metrics": metrics}, f, indent=2)
-  print(f"[evaluate_policy] {metrics}", flush=True)
+  print("[evaluate_policy] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "_lower" not in k
+                                         and "_upper" not in k), flush=True)
   return {"metrics": metrics}
