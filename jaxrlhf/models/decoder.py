@@ -286,8 +286,8 @@ class CausalLM(nnx.Module):
 
   # ---- public API
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None, *,
-               cache: KVCache | None = None, return_hidden: bool = False):
-    hidden_BxTxD, new_cache = self.backbone(input_ids, attention_mask, positions, cache)
+               cache: KVCache | None = None, return_hidden: bool = False, segment_ids: Array | None = None):
+    hidden_BxTxD, new_cache = self.backbone(input_ids, attention_mask, positions, cache, segment_ids=segment_ids)
     logits_BxTxV = self.unembed(hidden_BxTxD)
     out = (logits_BxTxV, hidden_BxTxD) if return_hidden else (logits_BxTxV,)
     if cache is not None:
@@ -295,9 +295,9 @@ class CausalLM(nnx.Module):
     return out if len(out) > 1 else out[0]
 
   def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
-                    positions: Array | None = None) -> Array:
+                    positions: Array | None = None, *, segment_ids: Array | None = None) -> Array:
     """Final-norm hidden states (B, T, D) in the compute dtype, without the LM head."""
-    return self.backbone(input_ids, attention_mask, positions, None)[0]
+    return self.backbone(input_ids, attention_mask, positions, None, segment_ids=segment_ids)[0]
 
   def output_embedding(self) -> Array:
     """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied)."""
@@ -324,11 +324,13 @@ class CausalLM(nnx.Module):
                    mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
   def backbone(self, input_ids_BxT: Array, attention_mask: Array | None = None, positions: Array | None = None,
-               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None, *, segment_ids: Array | None = None) -> tuple[Array, KVCache | None]:
     """Final-norm hidden states (B, T, D) and the updated cache (None without one), without the LM head.
 
     The cache-aware form of `hidden_states`: sampling prefills a prompt with it and unembeds only the last position.
     Token ids outside [0, V) are clamped (a pad id of -1 must not embed as NaN, which masking cannot undo).
+    `segment_ids` (B, T) (1, 2, ... per packed example, 0 on padding) keeps packed examples from attending to
+    each other; pass each example's own `positions` with it. Not supported with a cache.
     """
     c = self.config
     if input_ids_BxT.ndim != 2:
@@ -354,7 +356,12 @@ class CausalLM(nnx.Module):
     if positions is None:
       positions = default_positions(mask_BxT, offset_B)
     allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS)  # built once, shared by all layers
-    if c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None:
+    if segment_ids is not None:
+      if cache is not None or segment_ids.shape != (B, T):
+        raise ValueError(f"segment_ids must be (B, T) = {(B, T)} and used without a cache; got "
+                         f"{segment_ids.shape}{' with a cache' if cache is not None else ''}")
+      allowed_BxTxS &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    elif c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None:
       allowed_BxTxS = None  # unpadded causal: the fused kernel masks by itself, no (B, T, S) mask needed
 
     x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0, mode="clip").astype(c.compute_dtype)

@@ -278,7 +278,10 @@ def with_margins(records: list, margins: Sequence[float] | None, data: DataSpec)
 
 def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | None = None,
                     shuffle: bool | None = None, num_epochs: int | None = None, num_attributes: int = 0,
-                    pack: bool = False) -> pipeline_lib.PipelineConfig:
+                    pack: bool | None = None) -> pipeline_lib.PipelineConfig:
+  """The pipeline settings of `data` for one stage; packing applies to SFT batches only (`data.pack`)."""
+  if pack is None:
+    pack = data.pack and kind == "sft"
   return pipeline_lib.PipelineConfig(
       kind=kind, batch_size=batch_size or data.batch_size, max_length=data.max_length,
       max_prompt_length=data.max_prompt_length or None, buckets=tuple(data.buckets) or (data.max_length,),

@@ -2,8 +2,8 @@
 
 The loss of a micro-batch is the SUM of -log p(token) over its target tokens (`loss_mask`, aligned with
 `shift_for_next_token`) with the token count as weight, so the step's loss is the token mean over the whole
-(accumulated) batch. Packing: the decoder has no segment mask, so packed rows would attend across examples;
-the stage turns `data.pack` off and says so.
+(accumulated) batch. With `data.pack`, several examples share a row; the batch's `segment_ids` and per-example
+`positions` keep them from attending to each other.
 """
 
 from __future__ import annotations
@@ -40,17 +40,24 @@ class SFTConfig:
 
 
 def response_token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array,
-                         loss_mask_BxT: jax.Array, chunk_size: int = 0) -> tuple[jax.Array, jax.Array]:
+                         loss_mask_BxT: jax.Array, chunk_size: int = 0, *, positions_BxT: jax.Array | None = None,
+                         segment_ids_BxT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """(token_logps_BxT, target_mask_BxT): log p of each target token at the position that predicts it.
 
   Position t holds log p(input_ids[t + 1] | ids[<= t]) where loss_mask[t + 1] = 1, else 0. `chunk_size` > 0
-  gathers from the hidden states chunk by chunk instead of materializing (B, T, V) logits.
+  gathers from the hidden states chunk by chunk instead of materializing (B, T, V) logits. Packed rows pass
+  `segment_ids_BxT` and `positions_BxT` (a segment's first token is a prompt token, so no target crosses a
+  segment boundary).
   """
   targets_BxT, mask_BxT = logps_lib.shift_for_next_token(input_ids_BxT, loss_mask_BxT)
-  if chunk_size:
-    hidden_BxTxD = model.hidden_states(input_ids_BxT, attention_mask_BxT)
+  if segment_ids_BxT is not None:
+    next_segment = jnp.concatenate([segment_ids_BxT[:, 1:], jnp.zeros_like(segment_ids_BxT[:, :1])], axis=1)
+    mask_BxT = mask_BxT * (next_segment == segment_ids_BxT)
+  if chunk_size or segment_ids_BxT is not None:
+    hidden_BxTxD = model.hidden_states(input_ids_BxT, attention_mask_BxT, positions_BxT,
+                                       segment_ids=segment_ids_BxT)
     token_logps, _ = logps_lib.chunked_sequence_logps(hidden_BxTxD, model.output_embedding(), targets_BxT,
-                                                      mask_BxT, chunk_size=chunk_size)
+                                                      mask_BxT, chunk_size=chunk_size or 1024)
   else:
     token_logps, _ = logps_lib.sequence_logps(model(input_ids_BxT, attention_mask_BxT), targets_BxT, mask_BxT)
   return token_logps, mask_BxT
@@ -62,7 +69,8 @@ def sft_loss_fn(chunk_size: int = 0) -> state_lib.LossFn:
   def loss_fn(model, batch, rng):
     del rng
     token_logps, mask = response_token_logps(model, batch["input_ids"], batch["attention_mask"],
-                                             batch["loss_mask"], chunk_size)
+                                             batch["loss_mask"], chunk_size, positions_BxT=batch.get("positions"),
+                                             segment_ids_BxT=batch.get("segment_ids"))
     tokens = jnp.sum(mask).astype(jnp.float32)
     total = -jnp.sum(token_logps)
     rows = jnp.sum(jnp.any(mask > 0, axis=-1)).astype(jnp.float32)
@@ -133,9 +141,6 @@ def run_sft(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   model_config, pretrained, model_path = builders.load_weights(
       cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
   tokenizer = builders.make_tokenizer(cfg.data, world, model_path)
-  if cfg.data.pack:
-    print("[sft] data.pack=True ignored: the decoder has no segment mask, so packed examples would attend to "
-          "each other; training on padded rows instead", flush=True)
   train_records, eval_records, report = builders.sft_records(cfg.data, world)
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)

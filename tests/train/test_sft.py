@@ -118,3 +118,31 @@ def test_init_from_previous_stage(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
   with pytest.raises(ValueError, match="no finished stage 'zz'"):
     builders.resolve_path("stage:zz", {"a": first})
+
+
+def test_packed_rows_give_the_same_loss_as_padded_rows():
+  """Two examples packed in one row (segment mask + per-example positions) score exactly as two padded rows."""
+  import numpy as np
+  from flax import nnx
+  from jaxrlhf.models.config import ModelConfig
+  from jaxrlhf.models.decoder import CausalLM
+  from jaxrlhf.train.sft import sft_loss_fn
+
+  model = CausalLM(ModelConfig(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                               mlp_dim=64), rngs=nnx.Rngs(0))
+  a, b = [5, 6, 7, 8, 9], [11, 12, 13, 14]
+  a_loss, b_loss = [0, 0, 1, 1, 1], [0, 1, 1, 1]
+  padded = dict(input_ids=np.array([a, b + [0]], np.int32), attention_mask=np.array([[1] * 5, [1] * 4 + [0]]),
+                loss_mask=np.array([a_loss, b_loss + [0]]))
+  packed = dict(input_ids=np.array([a + b], np.int32), attention_mask=np.ones((1, 9), np.int32),
+                loss_mask=np.array([a_loss + b_loss]), segment_ids=np.array([[1] * 5 + [2] * 4]),
+                positions=np.array([list(range(5)) + list(range(4))]))
+  loss_fn = sft_loss_fn()
+  total_padded, tokens_padded, _ = loss_fn(model, padded, None)
+  total_packed, tokens_packed, _ = loss_fn(model, packed, None)
+  assert float(tokens_packed) == float(tokens_padded) == 6.0
+  np.testing.assert_allclose(float(total_packed), float(total_padded), rtol=1e-5)
+  # Without the segment mask the second example would see the first: the loss changes.
+  unmasked = {k: v for k, v in packed.items() if k != "segment_ids"}
+  total_unmasked, _, _ = loss_fn(model, unmasked, None)
+  assert abs(float(total_unmasked) - float(total_padded)) > 1e-4
