@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import flax.serialization
 import jax
@@ -274,6 +274,48 @@ def with_margins(records: list, margins: Sequence[float] | None, data: DataSpec)
       m = float(margins[i])
     out.append(dataclasses.replace(r, margin=m))
   return out
+
+
+class StageContext(NamedTuple):
+  """What every training stage starts from: the world (None for file data), the mesh, the model's config and
+  pretrained weights (None for a random init), and the tokenizer."""
+  world: Any
+  mesh: Any
+  model_config: ModelConfig
+  pretrained: Any
+  tokenizer: Any
+
+
+def stage_context(cfg: Any, inputs: Mapping[str, Any]) -> StageContext:
+  """The shared start of the sft / reward / preference stages, from a stage config with `data`, `model`,
+  `mesh`, `num_devices` and `optimizer` sections; checks the batch divides over the mesh."""
+  data = cfg.data
+  world = make_world(data) if data.source == "world" else None
+  mesh = make_stage_mesh(cfg.mesh, cfg.num_devices)
+  check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
+  model_config, pretrained, model_path = load_weights(
+      cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
+  return StageContext(world, mesh, model_config, pretrained, make_tokenizer(data, world, model_path))
+
+
+def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, Any], *,
+                   prepare_eval: bool = True) -> tuple[list, list, dict]:
+  """(train, eval, report) preference records with `data.transform` applied and margins attached
+  (`data.margin_from`); `prepare_eval=False` leaves the held-out pairs as read (e.g. to score them on gold)."""
+  train, held_out, report = preference_records(data, context.world)
+  train = transform_pairs(train, data, context.tokenizer)
+  if prepare_eval:
+    held_out = transform_pairs(held_out, data, context.tokenizer)
+  margins = eval_margins = None
+  if data.margin_from == "reward_model":
+    rm_dir = resolve_path(data.reward_model, inputs, "rm_dir")
+    margins = reward_margins(rm_dir, train, context.tokenizer, data)
+    if prepare_eval and held_out:
+      eval_margins = reward_margins(rm_dir, held_out, context.tokenizer, data)
+  train = with_margins(train, margins, data)
+  if prepare_eval:
+    held_out = with_margins(held_out, eval_margins, data)
+  return train, held_out, report
 
 
 def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | None = None,

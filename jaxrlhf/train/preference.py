@@ -397,22 +397,9 @@ def control_ids(tokenizer: Any, text: str, path: str) -> tuple[int, ...]:
 def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   """The "preference" stage: (reference pass), training, held-out pair metrics, saves `workdir/model`."""
   data, loss = cfg.data, cfg.loss
-  world = builders.make_world(data) if data.source == "world" else None
-  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
-  builders.check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
-  model_config, pretrained, model_path = builders.load_weights(
-      cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
-  tokenizer = builders.make_tokenizer(data, world, model_path)
-  train_records, eval_records, report = builders.preference_records(data, world)
-  train_records = builders.transform_pairs(train_records, data, tokenizer)
-  eval_records = builders.transform_pairs(eval_records, data, tokenizer)
-  margins = eval_margins = None
-  if data.margin_from == "reward_model":
-    rm_dir = builders.resolve_path(data.reward_model, inputs, "rm_dir")
-    margins = builders.reward_margins(rm_dir, train_records, tokenizer, data)
-    eval_margins = builders.reward_margins(rm_dir, eval_records, tokenizer, data) if eval_records else None
-  train_records = builders.with_margins(train_records, margins, data)
-  eval_records = builders.with_margins(eval_records, eval_margins, data)
+  context = builders.stage_context(cfg, inputs)
+  world, mesh, model_config, pretrained, tokenizer = context
+  train_records, eval_records, report = builders.prepared_pairs(data, context, inputs)
   better = worse = ()
   if loss.algorithm == "treg":
     better = control_ids(tokenizer, loss.treg_better, "config.loss.treg_better")

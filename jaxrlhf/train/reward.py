@@ -325,19 +325,10 @@ def gold_labels(world: Any, records: list) -> np.ndarray:
 def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   """The "reward" stage: K members (stacked), eval on held-out pairs, saves `workdir/rm`."""
   data = cfg.data
-  world = builders.make_world(data) if data.source == "world" else None
-  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
-  builders.check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
-  model_config, pretrained, model_path = builders.load_weights(
-      cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
-  tokenizer = builders.make_tokenizer(data, world, model_path)
-  train_records, eval_records, report = builders.preference_records(data, world)
-  train_records = builders.transform_pairs(train_records, data, tokenizer)
-  margins = None
-  if data.margin_from == "reward_model":
-    rm_dir = builders.resolve_path(data.reward_model, inputs, "rm_dir")
-    margins = builders.reward_margins(rm_dir, train_records, tokenizer, data)
-  train_records = builders.with_margins(train_records, margins, data)
+  context = builders.stage_context(cfg, inputs)
+  world, mesh, model_config, pretrained, tokenizer = context
+  # Held-out pairs stay as read: they are scored against gold labels on their plain prompts.
+  train_records, eval_records, report = builders.prepared_pairs(data, context, inputs, prepare_eval=False)
   head = cfg.head.head_config()
   num_attributes = head.num_outputs if head.kind == "attributes" else 0
   optimizer = optim.make_optimizer(cfg.optimizer)

