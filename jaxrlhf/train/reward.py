@@ -158,6 +158,9 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
         "rewards/margin": _weighted(r_c - r_r, w_B),
         "rewards/accuracy": _weighted((r_c > r_r).astype(jnp.float32), w_B),
         "examples": metrics_lib.Sum(jnp.sum((w_B > 0).astype(jnp.float32))),
+        # Tokens read by the forward passes (chosen + rejected, real pairs only), for the loop's tokens/s.
+        "tokens": metrics_lib.Sum(jnp.sum((w_B > 0)[:, None] * (batch["chosen_attention_mask"] > 0))
+                                  + jnp.sum((w_B > 0)[:, None] * (batch["rejected_attention_mask"] > 0))),
     })
     return jnp.sum(w_B * per_pair), jnp.sum(w_B), metrics
 
