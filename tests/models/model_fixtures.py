@@ -1,28 +1,7 @@
-"""Random CausalLMs built from numpy (no jitted PRNG init: XLA compiles of threefry are slow on 2 CPU cores)."""
+"""Model helpers for tests/models: random models (shared, tests/random_models.py) and a jitted forward."""
 
-import jax
-import numpy as np
 from flax import nnx
-
-from jaxrlhf.models import CausalLM, ModelConfig, abstract_model
-from jaxrlhf.models.decoder import layer_param_specs, model_param_specs
-
-
-def random_model(config: ModelConfig, seed: int = 0, scale: float = 0.2) -> CausalLM:
-  """CausalLM with N(0, scale) weights and biases and norm scales near one."""
-  rng = np.random.default_rng(seed)
-
-  def draw(spec, lead=()):
-    shape = (*lead, *spec.shape)
-    base = 1.0 if spec.init == "ones" else 0.0
-    span = 0.1 if spec.init == "ones" else scale
-    return (base + span * rng.standard_normal(shape)).astype(config.params_dtype)
-
-  params = {name: draw(spec) for name, spec in model_param_specs(config).items()}
-  params["layers"] = {name: draw(spec, (config.num_layers,)) for name, spec in layer_param_specs(config).items()}
-  graphdef, state = nnx.split(abstract_model(config))
-  nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
-  return nnx.merge(graphdef, state)
+from random_models import random_model  # noqa: F401  (re-exported for the tests of this folder)
 
 
 @nnx.jit(static_argnames=("return_hidden",))

@@ -1,11 +1,10 @@
 """Tiny random CausalLMs of each family, built from numpy (jitted PRNG init compiles slowly on 2 CPU cores)."""
 
-import jax
 import numpy as np
+import random_models
 from flax import nnx
 
-from jaxrlhf.models import ModelConfig, abstract_model
-from jaxrlhf.models.decoder import layer_param_specs, model_param_specs
+from jaxrlhf.models import ModelConfig
 
 VOCAB = 37
 _SMALL = dict(vocab_size=VOCAB, embed_dim=16, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4, mlp_dim=24,
@@ -20,20 +19,8 @@ CONFIGS = {
 
 
 def random_model(config: ModelConfig, seed: int = 0, scale: float = 0.5):
-  """CausalLM with N(0, scale) weights and biases (peaked next-token distributions) and norm scales near one."""
-  rng = np.random.default_rng(seed)
-
-  def draw(spec, lead=()):
-    shape = (*lead, *spec.shape)
-    base = 1.0 if spec.init == "ones" else 0.0
-    span = 0.1 if spec.init == "ones" else scale
-    return (base + span * rng.standard_normal(shape)).astype(np.float32)
-
-  params = {name: draw(spec) for name, spec in model_param_specs(config).items()}
-  params["layers"] = {name: draw(spec, (config.num_layers,)) for name, spec in layer_param_specs(config).items()}
-  graphdef, state = nnx.split(abstract_model(config))
-  nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
-  return nnx.merge(graphdef, state)
+  """A random CausalLM (tests/random_models.py) with peaked next-token distributions by default."""
+  return random_models.random_model(config, seed, scale)
 
 
 @nnx.jit
