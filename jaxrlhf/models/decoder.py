@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -211,15 +213,28 @@ def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKx
   return out_BxTxKxGxH.reshape(B, T, N, H)
 
 
+def _dense(x: Array, w: Array, num_in_dims: int = 1) -> Array:
+  """x (..., *in) @ w (*in, *out) -> (..., *out) as ONE 2-D matmul.
+
+  Same math as the einsum; flattening the token axes matters for speed: XLA:CPU runs the backward of a 2-D
+  dot about twice as fast as that of a dot contracting over several batch-like axes (the weight gradient
+  contracts over B and T). On accelerators the two lower to the same kernel.
+  """
+  in_shape, out_shape = w.shape[:num_in_dims], w.shape[num_in_dims:]
+  lead = x.shape[:x.ndim - num_in_dims]
+  y = jnp.dot(x.reshape(-1, math.prod(in_shape)), w.reshape(math.prod(in_shape), -1))
+  return y.reshape(*lead, *out_shape)
+
+
 def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple[Array, Array] | None,
            allowed_BxTxS: Array, kv: tuple[Array, Array] | None, cache_index: Array | None,
            ) -> tuple[Array, tuple[Array, Array] | None]:
   """One pre-norm decoder layer. With `kv` (this layer's (B, S, K, H) cache), writes the new keys/values at
   `cache_index` and attends over the whole cache; returns the updated (keys, values)."""
   h = _norm(config, x_BxTxD, p["attn_norm_scale"], p.get("attn_norm_bias"))
-  q = jnp.einsum("btd,dnh->btnh", h, p["q_kernel"])
-  k = jnp.einsum("btd,dkh->btkh", h, p["k_kernel"])
-  v = jnp.einsum("btd,dkh->btkh", h, p["v_kernel"])
+  q = _dense(h, p["q_kernel"])
+  k = _dense(h, p["k_kernel"])
+  v = _dense(h, p["v_kernel"])
   if config.qkv_bias:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
   if rope is not None:
@@ -231,23 +246,23 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
     kv = (keys, values)
     k, v = keys.astype(q.dtype), values.astype(q.dtype)
   attn = _attention(config, q, k, v, allowed_BxTxS, use_cache=kv is not None)
-  out = jnp.einsum("btnh,nhd->btd", attn, p["o_kernel"])
+  out = _dense(attn, p["o_kernel"], num_in_dims=2)
   if config.out_bias:
     out = out + p["o_bias"]
   x_BxTxD = x_BxTxD + out
 
   h = _norm(config, x_BxTxD, p["mlp_norm_scale"], p.get("mlp_norm_bias"))
-  up = jnp.einsum("btd,df->btf", h, p["up_kernel"])
+  up = _dense(h, p["up_kernel"])
   if config.mlp_bias:
     up = up + p["up_bias"]
   if config.gated_mlp:
-    gate = jnp.einsum("btd,df->btf", h, p["gate_kernel"])
+    gate = _dense(h, p["gate_kernel"])
     if config.mlp_bias:
       gate = gate + p["gate_bias"]
     up = _activation(config, gate) * up
   else:
     up = _activation(config, up)
-  down = jnp.einsum("btf,fd->btd", up, p["down_kernel"])
+  down = _dense(up, p["down_kernel"])
   if config.mlp_bias:
     down = down + p["down_bias"]
   return x_BxTxD + down, kv
