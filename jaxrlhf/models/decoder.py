@@ -214,12 +214,14 @@ def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKx
 
 
 def _dense(x: Array, w: Array, num_in_dims: int = 1) -> Array:
-  """x (..., *in) @ w (*in, *out) -> (..., *out) as ONE 2-D matmul.
+  """x (..., *in) @ w (*in, *out) -> (..., *out): a dot contracting x's last `num_in_dims` axes with w's first.
 
-  Same math as the einsum; flattening the token axes matters for speed: XLA:CPU runs the backward of a 2-D
-  dot about twice as fast as that of a dot contracting over several batch-like axes (the weight gradient
-  contracts over B and T). On accelerators the two lower to the same kernel.
+  On CPU it runs as ONE 2-D matmul over the flattened tokens: XLA:CPU's backward of a 2-D dot is ~1.6x faster
+  than that of a dot whose weight gradient contracts over several batch-like axes (B and T). Accelerators keep
+  the multi-axis dot (measured on an H200: the flattened form cost ~3 MFU points in the DPO step).
   """
+  if jax.default_backend() != "cpu":
+    return jnp.tensordot(x, w, axes=num_in_dims)
   in_shape, out_shape = w.shape[:num_in_dims], w.shape[num_in_dims:]
   lead = x.shape[:x.ndim - num_in_dims]
   y = jnp.dot(x.reshape(-1, math.prod(in_shape)), w.reshape(math.prod(in_shape), -1))
