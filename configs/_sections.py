@@ -51,7 +51,7 @@ def stage(kind: str, cls: type, **overrides: Any) -> ml_collections.ConfigDict:
 
 
 def chain(stages: dict[str, ml_collections.ConfigDict], **top: Any) -> ml_collections.ConfigDict:
-  """A multi-stage config: `stages` in order."""
+  """A multi-stage config: `stages` in order; `top` adds top-level keys (`seed=0` reseeds every stage)."""
   config = ml_collections.ConfigDict({"stages": tuple(stages), **top})
   for name, section in stages.items():
     config[name] = section

@@ -2,8 +2,11 @@
 [--config.a.b=value ...]`.
 
 A config is either one stage (a top-level `kind` plus that kind's keys) or a chain: `config.stages` is an
-ordered list of section names, each section has a `kind`. Every stage's section is converted and validated
-(jaxrlhf.config.from_config) before the first one runs. Each stage runs in DIR/<stage>; a finished stage
+ordered list of section names, each section has a `kind`. A chain's top-level `config.seed` (optional)
+replaces the `seed` of every stage that has one, so a sweep over seeds (`add(seed=s)`) reseeds the whole
+chain (the synthetic world's own seed, `data.world.seed`, is not touched: seeds vary training, not the
+environment). Every stage's section is converted and validated (jaxrlhf.config.from_config) before the
+first one runs. Each stage runs in DIR/<stage>; a finished stage
 writes DIR/<stage>/DONE.json with its outputs and is skipped on re-run, so a failing stage leaves the
 earlier ones intact. DIR/results.json collects the outputs when all stages are done; a failure writes its
 traceback to DIR/error.txt.
@@ -43,7 +46,7 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, experiments.Stage
     for name in names:
       if not isinstance(name, str) or name not in config:
         raise config_lib.ConfigError(f"config.stages: {name!r} has no section config.{name}; sections: "
-                                     + ", ".join(k for k in config.keys() if k not in RESERVED_KEYS))
+                                     + ", ".join(k for k in config.keys() if k not in (*RESERVED_KEYS, "seed")))
       sections.append((name, config[name], f"config.{name}"))
   elif "kind" in config:
     sections = [("main", config, "config")]
@@ -57,6 +60,8 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, experiments.Stage
     kind = experiments.get_stage(section.kind, f"{path}.kind")
     reserved = RESERVED_KEYS if path == "config" else ("kind",)
     items = {k: section[k] for k in section.keys() if k not in reserved}
+    if path != "config" and "seed" in config and "seed" in items:
+      items["seed"] = config.seed
     stages.append((name, kind, config_lib.from_config(items, kind.config_type, path=path)))
   return stages
 

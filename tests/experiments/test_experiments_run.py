@@ -131,3 +131,16 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
   losses = lambda d: [(l["step"], l.get("train/loss"), l.get("eval/loss"))
                       for l in metrics_lib.read_jsonl(str(tmp_path / d / "metrics.jsonl"))]
   assert losses("killed") == losses("ref")
+
+
+def test_chain_seed_reseeds_every_stage():
+  config = _load("staged")
+  config.pretrain.seed = 11  # A literal stage seed (no reference to config.seed) is replaced too.
+  config.seed = 5
+  seeds = {name: cfg.seed for name, _, cfg in run_lib.plan(config)}
+  assert seeds == {"pretrain": 5, "finetune": 5}
+  # Without a chain-level seed, each stage keeps its own.
+  quick = config_lib.load_config(f"{REPO_ROOT / 'configs/quickstart.py'}:smoke")
+  quick.sft.seed = 7
+  seeds = {name: cfg.seed for name, _, cfg in run_lib.plan(quick) if hasattr(cfg, "seed")}
+  assert seeds["sft"] == 7 and seeds["reward"] == 0
