@@ -29,6 +29,7 @@ EXTRAS = {
         "pytest>=8",
         "hypothesis>=6.100",
         "pytest-xdist>=3.5",
+        "filelock>=3.12",  # the paper smoke sweeps are shared between xdist workers (tests/conftest.py)
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",

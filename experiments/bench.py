@@ -1,6 +1,6 @@
 """CPU benchmark: jaxrlhf's reward-model and DPO train steps and KV-cache generation next to TRL / transformers.
 
-    python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,generate] [--steps 6]
+    python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,grpo,generate] [--steps 6]
                                 [--rounds 2] [--threads 2] [--scan_layers true] [--out bench.json] [--smoke]
     python -m experiments.bench --render bench.json      # the tables of a saved run
 
@@ -10,7 +10,9 @@ library's own path (`from_pretrained`, `init_train_state`, `make_train_step`, `r
 transformers' `generate()`), on the same fp32 weights, token ids, batch, sequence length, optimizer settings and
 thread count, in the same run. Every case runs in its own fresh process (so peak memory is per case and the two
 libraries never share a thread pool), the two sides alternately for `--rounds` rounds; the faster round counts (the
-machine may be shared). GRPO is not benchmarked: jaxrlhf/train has no RL step yet. After warm-up (compilation on
+machine may be shared). The GRPO case (`grpo`) times the library's whole GRPO step (`rl.make_rl_step`: rollout of
+G = 4 samples per prompt with the KV cache, a reward model, old-policy and reference log-probs, one clipped update)
+on the jaxrlhf side only, in one round (no TRL baseline), on `rl_prompts` prompts x G of `rl_new` new tokens. After warm-up (compilation on
 the jaxrlhf side) the median of `--steps` timed steps is reported: pairs/s, tokens/s and the jaxrlhf/TRL ratio
 (target >= 2x), plus for jaxrlhf steps/s, GFLOP/s, model-FLOPs utilization (MaxText's count, against the best fp32
 GEMM rate jax reaches on this CPU), compile time, the XLA step buffer size and peak process memory; a memory table
@@ -35,7 +37,8 @@ from experiments import bench_lib
 
 TRAIN_ALGOS = ("rm", "dpo", "dpo_resident")
 ALGO_NAMES = {"rm": "reward model (BT)", "dpo": "DPO (precomputed ref)", "dpo_resident": "DPO (resident ref)",
-              "generate": "generate (greedy)"}
+              "grpo": "GRPO (G=4, RM reward)", "generate": "generate (greedy)"}
+JAX_ONLY = ("grpo",)  # Cases without a TRL / transformers side.
 
 
 def _parse_list(value: str, valid: tuple[str, ...], flag: str) -> list[str]:
@@ -140,7 +143,7 @@ def markdown(rows: list[dict], models: list[str]) -> str:
   lines += ["", "| model | jaxrlhf step | step s | steps/s | tokens/s | GFLOP/s | MFU | compile s | "
             "XLA step MiB | peak RSS MiB (TRL) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for m in models:
-    for a in TRAIN_ALGOS:
+    for a in TRAIN_ALGOS + JAX_ONLY:
       j, t = _pick(rows, m, a, "jaxrlhf"), _pick(rows, m, a, "trl")
       if not j:
         continue
@@ -247,8 +250,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     folder = bench_lib.write_model(m, os.path.join(args.workdir, m))
     for a in algos:
       # The machine is shared: alternating the sides exposes both to the same background load.
-      for r in range(1 if args.smoke else args.rounds):
-        for s in sides:
+      # One round for cases without a TRL side: rounds exist to expose both sides to the same load.
+      for r in range(1 if args.smoke or a in JAX_ONLY else args.rounds):
+        for s in [s for s in sides if a not in JAX_ONLY or s == "jaxrlhf"]:
           t0 = time.perf_counter()
           if args.smoke:
             row = bench_lib.run_case(m, a, s, folder, bench_lib.SHAPES[m], steps, args.warmup, threads=args.threads,

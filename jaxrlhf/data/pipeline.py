@@ -15,6 +15,13 @@ A final partial batch (finite num_epochs) is filled with empty rows (masks 0, we
 
 Exact resume: `BatchIterator.get_state()` is a small JSON-able dict (grain's element index, the counters, and a
 packing carry-over); `make_pipeline(...).set_state(state)` continues with the identical next batch.
+
+Multi-process input (shard_count > 1): every process walks the SAME shuffled example stream and reads the global
+batch's examples (tokenization is cheap next to a model step), picks the padded length T from the longest
+sequence of the GLOBAL batch, and collates only its own rows [shard_index * b, (shard_index + 1) * b) with
+b = batch_size // shard_count. So the global batch, and hence the loss, is the same for any number of processes,
+and every process has the same T (a requirement for assembling one global array). `global_batch` turns the
+process-local numpy rows into global jax.Arrays (jax.make_array_from_process_local_data).
 """
 
 import dataclasses
@@ -38,7 +45,8 @@ class PipelineConfig:
 
   Attributes:
     kind: "preference" or "sft".
-    batch_size: the global batch size (each of `shard_count` processes yields batch_size // shard_count rows).
+    batch_size: the global batch size (each of `shard_count` processes yields batch_size // shard_count rows:
+      its slice of the same global batch).
     max_length: token budget for prompt + response (TruncationConfig); the largest padded length.
     max_prompt_length: optional prompt budget (the prompt's tail is kept).
     min_response_length: examples leaving fewer response tokens are dropped (counted).
@@ -49,7 +57,7 @@ class PipelineConfig:
     num_epochs: None repeats forever.
     num_attributes: K for attribute vectors in preference batches (0: none).
     num_threads, prefetch: grain read threads and prefetch buffer (0 threads: read in the caller's thread).
-    shard_index, shard_count: this process's slice of the source (defaults: jax.process_index/count()).
+    shard_index, shard_count: this process's rows of each global batch (defaults: jax.process_index/count()).
   """
 
   kind: str = "preference"
@@ -118,12 +126,19 @@ def _sequence(prompt: np.ndarray, response: np.ndarray) -> tuple[np.ndarray, np.
   return ids, loss
 
 
-def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id: int) -> dict[str, np.ndarray]:
-  """Tokenized pairs -> the preference batch (rows beyond len(examples) are empty with weight 0)."""
+def _preference_length(example: dict) -> int:
+  return len(example["prompt"]) + max(len(example["chosen"]), len(example["rejected"]))
+
+
+def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id: int, length: int | None = None
+                       ) -> dict[str, np.ndarray]:
+  """Tokenized pairs -> this process's rows of a preference batch (rows beyond len(examples) are empty with
+  weight 0); `length` (default: the bucket of the longest of `examples`) is the padded T."""
   b = config.batch_size // _shard_count(config)
   chosen = [_sequence(e["prompt"], e["chosen"]) for e in examples]
   rejected = [_sequence(e["prompt"], e["rejected"]) for e in examples]
-  length = bucket_length(max(len(ids) for ids, _ in chosen + rejected), config.bucket_lengths)
+  if length is None:
+    length = bucket_length(max(len(ids) for ids, _ in chosen + rejected), config.bucket_lengths)
   batch = {}
   for name, seqs in (("chosen", chosen), ("rejected", rejected)):
     padded = _pad_rows([s[0] for s in seqs], [s[1] for s in seqs], length, b, pad_id)
@@ -142,11 +157,14 @@ def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id:
   return batch
 
 
-def collate_sft(examples: Sequence[dict], config: PipelineConfig, pad_id: int) -> dict[str, np.ndarray]:
-  """Tokenized SFT examples -> {input_ids, attention_mask, loss_mask} padded to a bucket."""
+def collate_sft(examples: Sequence[dict], config: PipelineConfig, pad_id: int, length: int | None = None
+                ) -> dict[str, np.ndarray]:
+  """Tokenized SFT examples -> {input_ids, attention_mask, loss_mask} padded to `length` (default: the bucket
+  of the longest of `examples`)."""
   b = config.batch_size // _shard_count(config)
   seqs = [_sequence(e["prompt"], e["response"]) for e in examples]
-  length = bucket_length(max(len(ids) for ids, _ in seqs), config.bucket_lengths)
+  if length is None:
+    length = bucket_length(max(len(ids) for ids, _ in seqs), config.bucket_lengths)
   return _pad_rows([s[0] for s in seqs], [s[1] for s in seqs], length, b, pad_id)
 
 
@@ -175,6 +193,10 @@ def _shard_count(config: PipelineConfig) -> int:
   return jax.process_count() if config.shard_count is None else config.shard_count
 
 
+def _shard_index(config: PipelineConfig) -> int:
+  return jax.process_index() if config.shard_index is None else config.shard_index
+
+
 def _example_length(example: dict) -> int:
   return len(example["prompt"]) + len(example["response"])
 
@@ -201,6 +223,9 @@ class BatchIterator:
     self._config = config
     self._pad_id = pad_id
     self._per_process = config.batch_size // _shard_count(config)
+    self._first_row = _shard_index(config) * self._per_process
+    # True when each batch holds only this process's rows of the global batch (see `global_batch`).
+    self.process_local = _shard_count(config) > 1
     self._carry: dict | None = None  # Packing: the example that did not fit the last row.
     self._exhausted = False
     self.stats = dict.fromkeys(_STAT_KEYS, 0)
@@ -226,7 +251,7 @@ class BatchIterator:
 
   def _next_packed_rows(self) -> list[list[dict]]:
     rows, row, used = [], [], 0
-    while len(rows) < self._per_process:
+    while len(rows) < self._config.batch_size:
       example = self._carry if self._carry is not None else self._next_example()
       self._carry = None
       if example is None:
@@ -238,7 +263,7 @@ class BatchIterator:
         continue
       row.append(example)
       used += _example_length(example)
-    if row and len(rows) < self._per_process:
+    if row and len(rows) < self._config.batch_size:
       rows.append(row)
     return rows
 
@@ -246,21 +271,25 @@ class BatchIterator:
     if self._exhausted and self._carry is None:
       raise StopIteration
     config = self._config
+    mine = slice(self._first_row, self._first_row + self._per_process)
     if config.pack:
-      rows = self._next_packed_rows()
+      rows = self._next_packed_rows()  # The global batch's rows; this process collates its own.
       if not rows:
         raise StopIteration
-      return collate_packed(rows, config, self._pad_id)
+      return collate_packed(rows[mine], config, self._pad_id)
     examples = []
-    while len(examples) < self._per_process:
+    while len(examples) < config.batch_size:
       example = self._next_example()
       if example is None:
         break
       examples.append(example)
     if not examples:
       raise StopIteration
+    # T from the whole global batch, so every process pads its rows to the same length.
+    measure = _preference_length if config.kind == "preference" else _example_length
+    length = bucket_length(max(measure(e) for e in examples), config.bucket_lengths)
     collate = collate_preference if config.kind == "preference" else collate_sft
-    return collate(examples, config, self._pad_id)
+    return collate(examples[mine], config, self._pad_id, length)
 
   def get_state(self) -> dict:
     """A JSON-able snapshot taken between batches: restore it with set_state for the identical next batch."""
@@ -286,17 +315,14 @@ def make_pipeline(source: Any, tokenizer: Any, config: PipelineConfig) -> BatchI
     tokenizer: follows the protocol in docs/design.md (encode, apply_chat_template, eos_id, pad_id).
     config: PipelineConfig.
   """
-  shard_count = _shard_count(config)
-  shard_index = jax.process_index() if config.shard_index is None else config.shard_index
+  shard_count, shard_index = _shard_count(config), _shard_index(config)
   if config.batch_size % shard_count:
     raise ValueError(f"batch_size {config.batch_size} must be divisible by shard_count {shard_count}")
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
   if len(source) == 0:
     raise ValueError("source is empty")
-  ds = grain.MapDataset.source(source)
-  if shard_count > 1:
-    ds = ds[shard_index::shard_count]
+  ds = grain.MapDataset.source(source)  # Not split by process: all walk one global order (module docstring).
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)  # Before repeat: each epoch gets its own permutation.
   ds = ds.repeat(config.num_epochs)
@@ -340,3 +366,62 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, axes: Sequence[str] = 
     sharding = NamedSharding(mesh, PartitionSpec(spec_axis, *([None] * (value.ndim - 1))))
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out
+
+
+def _process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...], axis: int) -> range:
+  """The global rows (along `axis`) that this process's devices hold under `sharding`."""
+  rows = set()
+  for index in sharding.addressable_devices_indices_map(global_shape).values():
+    rows.update(range(*index[axis].indices(global_shape[axis])))
+  return range(min(rows), max(rows) + 1) if rows else range(0)
+
+
+def _batch_axis(sharding: jax.sharding.Sharding, ndim: int) -> int:
+  """The first array axis a NamedSharding splits over devices (0 for other shardings or none)."""
+  spec = getattr(sharding, "spec", None)
+  if spec is None:
+    return 0
+  for axis, entry in enumerate(tuple(spec)[:ndim]):
+    if entry is not None:
+      return axis
+  return 0
+
+
+def global_batch(batch: Any, shardings: Any, *, process_local: bool) -> Any:
+  """A numpy batch pytree -> global jax.Arrays placed with `shardings` (multi-process or not).
+
+  Args:
+    batch: numpy arrays; the batch axis is the first axis `shardings` splits (e.g. 0, or 1 for (K, B, ...)
+      ensemble batches).
+    shardings: one jax.sharding.Sharding for every leaf, or a pytree prefix of `batch` of them.
+    process_local: True if each process holds only its rows of the global batch (a `BatchIterator` with
+      shard_count > 1): process p's rows are rows [p * b, (p + 1) * b) of the global batch, so the global
+      batch is `process_count` times larger along the batch axis. False if every process holds the same
+      whole global batch (each places only the rows of its own devices).
+
+  Raises:
+    ValueError: a process-local batch whose rows are not the rows this process's devices hold under
+      `shardings` (then read whole global batches, process_local=False), naming the key.
+  """
+  is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)  # pylint: disable=unnecessary-lambda-assignment
+  if is_sharding(shardings):
+    shardings = jax.tree.map(lambda _: shardings, batch)
+  else:  # Broadcast a prefix tree to one sharding per leaf.
+    shardings = jax.tree.map(lambda s, sub: jax.tree.map(lambda _: s, sub), shardings, batch, is_leaf=is_sharding)
+
+  def place(path, sharding, x):
+    x = np.asarray(x)
+    if not process_local:
+      return jax.make_array_from_process_local_data(sharding, x, x.shape)
+    axis = _batch_axis(sharding, x.ndim)
+    shape = list(x.shape)
+    shape[axis] *= jax.process_count()
+    rows = _process_rows(sharding, tuple(shape), axis)
+    mine = range(jax.process_index() * x.shape[axis], (jax.process_index() + 1) * x.shape[axis])
+    if rows != mine:
+      raise ValueError(f"batch{jax.tree_util.keystr(path)}: process {jax.process_index()} holds global rows "
+                       f"{mine.start}:{mine.stop} but its devices hold rows {rows.start}:{rows.stop} of axis "
+                       f"{axis} under {sharding}; read whole global batches (shard_count=1) for this mesh")
+    return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+
+  return jax.tree_util.tree_map_with_path(lambda path, x, s: place(path, s, x), batch, shardings)

@@ -6,7 +6,9 @@
   chosen one. The goal renders through a template (default "score: {score}", which the synthetic world's
   tokenizer can spell) into a system message, or, for chat templates without a system role, as a prefix of the
   first user turn. Scores print as integers when whole (7.0 -> "7"). At inference one conditions on the top
-  score (`inference_prompt`).
+  score (`inference_prompt`). `goal_format_records` gives SFT data a share of goal prompts with random scores,
+  so that a base policy knows the goal format (the paper starts from instruct models) without knowing what a
+  score means.
 * Preference-strength curation (Wang et al. 2024, "Secrets of RLHF in LLMs Part II: Reward Modeling"): given a
   strength per pair (e.g. the mean reward difference of an RM ensemble), flip the labels of the lowest-strength
   fraction (likely mislabeled) and drop the next-lowest fraction (ambiguous).
@@ -171,3 +173,35 @@ def contrastive_variants(records: Sequence[records_lib.PreferenceRecord], better
   """
   return [(dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, better_prefix)),
            dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, worse_prefix))) for r in records]
+
+
+def goal_format_records(records: Sequence, fraction: float, seed: int,
+                        scores: Sequence[float] = tuple(range(1, 11)), template: str = DEFAULT_GOAL_TEMPLATE,
+                        supports_system_role: bool = True) -> list:
+  """SFT records with a `fraction` of prompts goal-conditioned on a score drawn uniformly from `scores`,
+  independently of the response.
+
+  The policy learns the goal prompt's format (rendered exactly as `reward_augmented_pairs` renders it) but not
+  what a score means: the analog of an instruct model that reads system prompts before reward-augmented DPO.
+  Selection and goals are a pure function of `seed`; records keep their order and other fields.
+
+  Args:
+    records: records with a `prompt` (e.g. the synthetic world's SFTRecord or PreferenceRecord).
+    fraction: in [0, 1], the share of records given a goal (each record independently).
+    seed: the random stream.
+    scores: the goals to draw from (non-empty, finite).
+  """
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+  if not scores:
+    raise ValueError("scores must be a non-empty sequence of goal scores")
+  rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7411]))
+  chosen_N = rng.random(len(records)) < fraction
+  goals_N = rng.choice(np.asarray(scores, np.float64), size=len(records))
+  out = []
+  for r, with_goal, goal in zip(records, chosen_N, goals_N):
+    if with_goal:
+      r = dataclasses.replace(r, prompt=goal_conditioned_prompt(r.prompt, float(goal), template,
+                                                                 supports_system_role))
+    out.append(r)
+  return out

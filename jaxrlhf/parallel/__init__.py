@@ -1,5 +1,6 @@
-"""Meshes, logical-axis sharding rules and sharded initialization."""
+"""Meshes, logical-axis sharding rules, sharded initialization and multi-process setup (`distributed`)."""
 
+from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel.mesh import MeshConfig, make_mesh
 from jaxrlhf.parallel.sharding import (
     LOGICAL_RULES,
@@ -11,6 +12,6 @@ from jaxrlhf.parallel.sharding import (
 )
 
 __all__ = [
-    "MeshConfig", "make_mesh", "LOGICAL_RULES", "batch_sharding", "init_sharded", "logical_to_spec",
+    "distributed", "MeshConfig", "make_mesh", "LOGICAL_RULES", "batch_sharding", "init_sharded", "logical_to_spec",
     "replicated", "state_shardings",
 ]

@@ -17,11 +17,39 @@ class MeshConfig:
   data: pure data parallelism (parameters replicated).
   fsdp: data parallelism with parameters and optimizer state sharded (ZeRO-3 style).
   tensor: tensor parallelism over heads / MLP width / vocabulary.
+  The mesh spans the devices of ALL processes of a multi-process run (data * fsdp * tensor = global count).
+
+  Multi-process settings (see `jaxrlhf.parallel.distributed`; all default to "not set here", and the
+  environment or a single process applies):
+  coordinator_address: "host:port" of process 0's coordinator, or "auto" (JAX's cluster detection: TPU pod
+    slices, SLURM, Open MPI, Kubernetes).
+  num_processes, process_id: required with an explicit address (0 / -1: unset).
+  local_device_ids: the devices this process drives (e.g. (0,) for one process per GPU); (): all visible.
   """
 
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+  local_device_ids: tuple[int, ...] = ()
+
+  def validate(self, path: str = "config.mesh") -> None:
+    """Checks the axis sizes and the multi-process keys without touching JAX (raises ConfigError)."""
+    from jaxrlhf.config import ConfigError  # pylint: disable=g-import-not-at-top
+    for name in MESH_AXES:
+      size = getattr(self, name)
+      if size == 0 or size < -1:
+        raise ConfigError(f"{path}.{name}: must be a positive size or -1, got {size}")
+    if [getattr(self, n) for n in MESH_AXES].count(-1) > 1:
+      raise ConfigError(f"{path}: at most one of data/fsdp/tensor may be -1")
+    if self.coordinator_address:
+      from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+      try:
+        distributed.resolve([self], environ={})
+      except ValueError as e:
+        raise ConfigError(f"{path}.{str(e).removeprefix('mesh.')}") from e
 
   def shape(self, num_devices: int) -> tuple[int, int, int]:
     """The concrete (data, fsdp, tensor) sizes for `num_devices` devices."""

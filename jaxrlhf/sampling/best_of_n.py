@@ -260,16 +260,19 @@ def best_of_n_kl_estimate(proxy, ns: Sequence[int] | None = None) -> np.ndarray:
   return out[0] if single else out
 
 
-def best_of_n_curves(proxy_BxN, gold_BxN, ns: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+def best_of_n_curves(proxy_BxN, gold_BxN, ns: Sequence[int] | None = None, lengths_BxN=None
+                     ) -> dict[str, np.ndarray]:
   """Best-of-n curves averaged over prompts, from one pool of N samples per prompt.
 
   Returns a dict of float64 (len(ns),) arrays: "n", "gold" (expected gold reward of best-of-n under the proxy),
   "proxy" (its expected proxy reward), "gold_oracle" (best-of-n selected by gold itself: the ceiling),
-  "kl" (log n - (n-1)/n) and "kl_estimate" (best_of_n_kl_estimate averaged over prompts).
+  "kl" (log n - (n-1)/n) and "kl_estimate" (best_of_n_kl_estimate averaged over prompts); with `lengths_BxN`
+  (response lengths in tokens) also "length": the expected length of the response best-of-n selects by proxy
+  (the same unbiased estimator with length in place of gold: does selection push past the gold optimum?).
   """
   proxy, gold = _pools(proxy_BxN, gold_BxN)
   ns = _check_ns(ns, proxy.shape[1])
-  return {
+  out = {
       "n": ns.astype(np.float64),
       "gold": unbiased_best_of_n(proxy, gold, ns).mean(0),
       "proxy": unbiased_best_of_n(proxy, proxy, ns).mean(0),
@@ -277,3 +280,9 @@ def best_of_n_curves(proxy_BxN, gold_BxN, ns: Sequence[int] | None = None) -> di
       "kl": best_of_n_kl(ns),
       "kl_estimate": best_of_n_kl_estimate(proxy, ns).mean(0),
   }
+  if lengths_BxN is not None:
+    if np.size(lengths_BxN) != proxy.size:
+      raise ValueError(f"lengths_BxN must have the shape of proxy {proxy.shape}; got {np.shape(lengths_BxN)}")
+    lengths = np.asarray(lengths_BxN, np.float64).reshape(proxy.shape)
+    out["length"] = unbiased_best_of_n(proxy, lengths, ns).mean(0)
+  return out

@@ -32,6 +32,7 @@ from jaxrlhf.models.config import ModelConfig, RopeScaling
 
 STAGE_PREFIX = "stage:"
 MARGIN_SOURCES = ("none", "file", "score", "reward_model")
+CURATE_CHOICES = ("none", "flip", "drop")
 
 
 # ------------------------------------------------------------------------------------------------ config sections
@@ -75,6 +76,13 @@ class DataSpec:
   margin_from: the per-pair `margin` field: "none" (NaN), "file" (as read), "score" (chosen_score -
     rejected_score) or "reward_model" (mean member margin of the reward model `reward_model`, e.g.
     "stage:reward"); consumed by margin losses, adaptive margins and dynamic beta.
+  curate / curate_fraction: preference-strength curation of the TRAINING pairs (Wang et al. 2024, "Secrets of
+    RLHF II"): "flip" swaps chosen/rejected of, "drop" removes, the lowest-strength `curate_fraction` of pairs,
+    with strength = the mean member margin of the reward model `reward_model` (e.g. "stage:ensemble"). The
+    counts go to the stage's data report (`curation`). Held-out pairs are never curated.
+  attribute_levels: 0 keeps the training pairs' attribute vectors as read; L >= 2 replaces each attribute by
+    its level 0..L-1 among the training responses (per-attribute quantile bins, like a coarse Likert rating,
+    e.g. HelpSteer2's 0-4 scale); the bin edges go to the data report (`attribute_levels`).
   """
   source: str = field("world", choices=("world", "files"))
   world: dict = field(default_factory=dict)
@@ -99,6 +107,9 @@ class DataSpec:
   margin_from: str = field("none", choices=MARGIN_SOURCES)
   reward_model: str = field("")
   num_threads: int = field(0, min=0)
+  curate: str = field("none", choices=CURATE_CHOICES)
+  curate_fraction: float = field(0.1, min=0.0, max=1.0)
+  attribute_levels: int = field(0, min=0)
 
   def validate(self, path: str) -> None:
     if self.source == "files" and not self.paths:
@@ -118,6 +129,11 @@ class DataSpec:
     if self.margin_from == "reward_model" and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required when {path}.margin_from='reward_model' "
                         f"(e.g. '{STAGE_PREFIX}reward')")
+    if self.curate != "none" and not self.reward_model:
+      raise ConfigError(f"{path}.reward_model: required when {path}.curate={self.curate!r} (the ensemble whose "
+                        f"mean margin is the preference strength, e.g. '{STAGE_PREFIX}ensemble')")
+    if self.attribute_levels == 1:
+      raise ConfigError(f"{path}.attribute_levels: 1 level erases the attributes; use 0 (as read) or >= 2")
     if self.max_prompt_length >= self.max_length:
       raise ConfigError(f"{path}.max_prompt_length: {self.max_prompt_length} must be < "
                         f"{path}.max_length={self.max_length}")
@@ -276,6 +292,54 @@ def with_margins(records: list, margins: Sequence[float] | None, data: DataSpec)
   return out
 
 
+def curate_pairs(records: list, strengths: Sequence[float], data: DataSpec) -> tuple[list, dict]:
+  """(curated records, counts) per `data.curate`: flips or drops the lowest-strength `data.curate_fraction`.
+
+  The counts dict (total_in, flipped, dropped, total_out, mode, fraction, threshold = the highest strength
+  that was flipped or dropped, None if none) is logged and goes to the stage's data report as "curation".
+  """
+  from jaxrlhf.data.transforms import curate_by_strength  # pylint: disable=g-import-not-at-top
+  if data.curate == "none":
+    return list(records), {}
+  fraction = data.curate_fraction
+  out, counts = curate_by_strength(records, strengths, flip_fraction=fraction if data.curate == "flip" else 0.0,
+                                   drop_fraction=fraction if data.curate == "drop" else 0.0)
+  changed = counts.flipped + counts.dropped
+  ranked = np.sort(np.asarray(strengths, np.float64))
+  summary = {**dataclasses.asdict(counts), "mode": data.curate, "fraction": fraction,
+             "threshold": float(ranked[changed - 1]) if changed else None}
+  line = (f"curation ({data.curate}, lowest {fraction:g} by strength from {data.reward_model}): "
+          f"{counts.total_in} pairs in, {counts.flipped} flipped, {counts.dropped} dropped, {counts.total_out} out")
+  logging.warning("%s", line)
+  print(f"[data] {line}", flush=True)
+  return out, summary
+
+
+def quantize_attributes(records: list, levels: int) -> tuple[list, dict]:
+  """(records with attributes replaced by levels 0..levels-1, report) — a coarse rating scale.
+
+  Per attribute k, the edges are the quantiles j/levels (j = 1..levels-1) of attribute k over every chosen and
+  rejected vector of `records`; a value's level is the number of edges <= it (ties go up). Records without
+  attributes pass through unchanged.
+  """
+  if levels < 2:
+    raise ValueError(f"levels must be >= 2, got {levels}")
+  vectors = [v for r in records for v in (r.chosen_attributes, r.rejected_attributes) if v is not None]
+  if not vectors:
+    raise ValueError("data.attribute_levels: no training pair has attributes to quantize")
+  values_NxK = np.asarray(vectors, np.float64)
+  edges_KxE = np.quantile(values_NxK, np.arange(1, levels) / levels, axis=0).T
+
+  def level(v):
+    if v is None:
+      return None
+    return tuple(float(np.searchsorted(edges_KxE[k], x, side="right")) for k, x in enumerate(v))
+
+  out = [dataclasses.replace(r, chosen_attributes=level(r.chosen_attributes),
+                             rejected_attributes=level(r.rejected_attributes)) for r in records]
+  return out, {"levels": levels, "edges": edges_KxE.tolist()}
+
+
 class StageContext(NamedTuple):
   """What every training stage starts from: the world (None for file data), the mesh, the model's config and
   pretrained weights (None for a random init), and the tokenizer."""
@@ -315,6 +379,15 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
   train = with_margins(train, margins, data)
   if prepare_eval:
     held_out = with_margins(held_out, eval_margins, data)
+  if data.curate != "none":
+    # The strengths are the same mean member margins as margin_from="reward_model" (reused when both are set).
+    strengths = margins if margins is not None else reward_margins(
+        resolve_path(data.reward_model, inputs, "rm_dir"), train, context.tokenizer, data)
+    train, curation = curate_pairs(train, strengths, data)
+    report = {**report, "curation": curation}
+  if data.attribute_levels:
+    train, quantized = quantize_attributes(train, data.attribute_levels)
+    report = {**report, "attribute_levels": quantized}
   return train, held_out, report
 
 

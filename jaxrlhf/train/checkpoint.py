@@ -3,6 +3,11 @@
 Each checkpoint step holds two items: `state` (the TrainState pytree: model, optimizer, step, RNG; written
 asynchronously where orbax supports it) and `data` (the data iterator's `get_state()` as JSON). Restores go
 into the abstract, sharded target (`StateSetup.abstract`), so each device reads only its shards.
+
+Multi-process runs: every process constructs the Checkpointer and calls `save` / `restore` / `wait` for the same
+steps (orbax synchronizes them through jax.distributed); each process writes the shards its devices own, and
+process 0 writes the metadata and the `data` JSON, which is the same on every process because all processes walk
+the same global example order (see jaxrlhf/data/pipeline.py). The directory must be shared by all processes.
 """
 
 from __future__ import annotations

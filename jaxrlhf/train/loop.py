@@ -8,6 +8,12 @@ Contract with an algorithm:
   eval_fn(state) -> dict[str, float]  (optional), reported under "eval/".
 
 Files in `workdir`: checkpoints/ (orbax), metrics.jsonl, tensorboard/, results.json.
+
+Multi-process runs: every process runs the same loop on the same global arrays. Batches become global arrays
+with `pipeline.global_batch` (an iterator with `process_local = True` yields only this process's rows of each
+global batch; otherwise every process holds the whole global batch), all processes save and restore the orbax
+checkpoints together, and only process 0 writes metrics.jsonl, TensorBoard events and results.json and shows
+the progress bar.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import tqdm
 
 from jaxrlhf.config import ConfigError, field
+from jaxrlhf.data import pipeline as pipeline_lib
+from jaxrlhf.parallel import distributed
 from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import state as state_lib
@@ -71,14 +79,14 @@ def batch_sharding(mesh: Mesh | None) -> NamedSharding | None:
   return NamedSharding(mesh, P(axes if axes else None))
 
 
-def _global_batch(batch: Any, sharding: Any) -> Any:
-  """Single process: the numpy batch as is (jit places it). Multi-host: each process holds its slice of
-  the global batch, assembled into global arrays with one sharding for every leaf."""
+def _global_batch(batch: Any, sharding: Any, process_local: bool) -> Any:
+  """Single process: the numpy batch as is (jit places it). Multi-process: global arrays assembled from each
+  process's rows (`process_local`) or from the whole global batch every process holds."""
   if jax.process_count() == 1:
     return batch
-  if not isinstance(sharding, jax.sharding.Sharding):
-    raise ValueError("batch_shardings: multi-process training needs one jax.sharding.Sharding for the batch")
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  if sharding is None:
+    raise ValueError("batch_shardings: multi-process training needs a mesh or explicit batch shardings")
+  return pipeline_lib.global_batch(batch, sharding, process_local=process_local)
 
 
 def _is_due(step: int, every: int, last: int) -> bool:
@@ -125,28 +133,30 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
     if start is None:
       start = 0
       state = setup.init()
-      if os.path.exists(writer.path):
-        os.remove(writer.path)
+      writer.reset()  # A fresh run: drop metrics of a run that never checkpointed.
     else:
-      print(f"[train] resuming from step {start} ({ckpt.directory})", flush=True)
+      if distributed.is_primary():
+        print(f"[train] resuming from step {start} ({ckpt.directory})", flush=True)
       state, data_state = ckpt.restore(setup.abstract, start)
       if data_state:
         data_iter.set_state(data_state)
-      writer.truncate_after(start)
+      writer.truncate_after(start)  # Process 0 only; the others wait so they read the truncated file.
+      distributed.barrier(f"loop:resume:{workdir}")
     if batch_shardings is None:
       batch_shardings = batch_sharding(mesh)
     jit_step = jax.jit(step_fn, in_shardings=(setup.shardings, batch_shardings),
                        out_shardings=(setup.shardings, None), donate_argnums=0)
     all_finite = jax.jit(state_lib.tree_all_finite)
+    process_local = bool(getattr(data_iter, "process_local", False))
     return _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn, ckpt, writer,
-                start_time, batch_shardings)
+                start_time, batch_shardings, process_local)
   finally:
     writer.close()
     ckpt.close()
 
 
 def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn, ckpt, writer,
-         start_time, batch_shardings) -> dict[str, Any]:
+         start_time, batch_shardings, process_local) -> dict[str, Any]:
   """The step loop proper (see `train`)."""
   last = config.num_steps
   window = metrics_lib.Window()
@@ -155,10 +165,14 @@ def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn
   train_values = _last_logged(writer.path, "train/")
   eval_values = _last_logged(writer.path, "eval/")
   window_start, window_tokens, window_paused = time.time(), 0.0, 0.0
-  bar = tqdm.tqdm(total=last, initial=start, disable=not config.progress, dynamic_ncols=True,
+  bar = tqdm.tqdm(total=last, initial=start, disable=not (config.progress and distributed.is_primary()),
+                  dynamic_ncols=True,
                   desc=os.path.basename(os.path.normpath(workdir)))
+  compiled_for: set = set()
   for step in range(start + 1, last + 1):
-    batch = _global_batch(next(data_iter), batch_shardings)
+    batch = _global_batch(next(data_iter), batch_shardings, process_local)
+    if jax.process_count() > 1:
+      _compile_together(jit_step, state, batch, compiled_for)
     state, step_metrics = jit_step(state, batch)
     host = jax.device_get(step_metrics)
     values = metrics_lib.compute(host)
@@ -204,9 +218,22 @@ def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn
       "last_checkpoint_step": ckpt.latest_step(),
       "wall_s": time.time() - start_time,
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  if distributed.is_primary():
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
   return results
+
+
+def _compile_together(jit_step: Any, state: Any, batch: Any, compiled_for: set) -> None:
+  """Multi-process: compiles the step for a new batch signature ahead of time (jit reuses that executable),
+  then waits for every process, so no process enters the step's collectives while another still compiles
+  (CPU collectives time out connecting to a late peer)."""
+  signature = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(batch))
+  if signature in compiled_for:
+    return
+  jit_step.lower(state, batch).compile()
+  distributed.barrier("loop:compiled")
+  compiled_for.add(signature)
 
 
 def _last_logged(path: str, prefix: str) -> dict[str, float]:

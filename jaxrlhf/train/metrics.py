@@ -118,19 +118,29 @@ class Window:
 
 
 class MetricsWriter:
-  """Writes {"step": s, **metrics} lines to workdir/metrics.jsonl and scalars to TensorBoard event files."""
+  """Writes {"step": s, **metrics} lines to workdir/metrics.jsonl and scalars to TensorBoard event files.
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  In a multi-process run only the primary process (process 0, the default) writes; on the others every method
+  is a no-op, so each line is logged once. `path` is readable from every process (shared workdir).
+  """
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True, primary: bool | None = None):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.primary = jax.process_index() == 0 if primary is None else primary
     self._tb = None
-    if tensorboard:
+    if tensorboard and self.primary:
       import tensorboardX  # Imported lazily: only the writer needs it.
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+  def reset(self) -> None:
+    """Deletes metrics.jsonl (a run starting from step 0)."""
+    if self.primary and os.path.exists(self.path):
+      os.remove(self.path)
+
   def truncate_after(self, step: int) -> None:
     """Drops lines logged after `step` (a run killed after its last checkpoint re-logs those steps)."""
-    if not os.path.exists(self.path):
+    if not self.primary or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
@@ -138,6 +148,8 @@ class MetricsWriter:
       f.writelines(lines)
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
+    if not self.primary:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
     if self._tb is not None:

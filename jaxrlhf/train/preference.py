@@ -18,6 +18,8 @@ detached batch mean of log pi/pi_ref over all 2B responses (a matched-pair estim
 prompt/completion pairs).
 T-REG: token rewards r_t = sigmoid(log p(y_t | <better> x) - log p(y_t | <worse> x)) - 0.5 from the current
 policy (detached) or from the reference, the control prefix inserted in front of the (text) prompt.
+Reward-augmented DPO's base policy: the "goal_sft" stage (`run_goal_format_sft`) is the SFT stage on data where a
+share of prompts carry the goal prompt with a random score, so the policy knows the goal format beforehand.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from jaxrlhf.train import builders
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
+from jaxrlhf.train import sft as sft_lib
 from jaxrlhf.train import state as state_lib
 from jaxrlhf.train.sft import final_state, response_token_logps, save_policy
 from jaxrlhf.train.sft import logical_or_replicated as _shardings
@@ -465,3 +468,44 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
   cache.save(path)
   print(f"[preference] reference log-probs of {len(cache.table)} pairs saved to {path}", flush=True)
   return cache
+
+
+# ------------------------------------------------------------------------------------------------ goal-format SFT
+@dataclasses.dataclass(frozen=True)
+class GoalFormatSFTConfig(sft_lib.SFTConfig):
+  """The "goal_sft" stage: the "sft" stage on data where a `goal_fraction` share of prompts carry a goal prompt
+  with a RANDOM score (`jaxrlhf.data.transforms.goal_format_records`), so that reward-augmented DPO starts from
+  a policy that knows the goal format but not what a score means (the paper starts from instruct models that
+  read system prompts; a base policy SFT'd on plain prompts only has never seen the goal tokens)."""
+  goal_fraction: float = field(0.5, min=0.0, max=1.0)
+
+
+def run_goal_format_sft(cfg: GoalFormatSFTConfig, workdir: str, inputs: dict) -> dict:
+  """The "goal_sft" stage: `sft_lib.run_sft`'s recipe on goal-formatted records; saves `workdir/model`."""
+  from jaxrlhf.data.transforms import goal_format_records  # pylint: disable=g-import-not-at-top
+  world, mesh, model_config, pretrained, tokenizer = builders.stage_context(cfg, inputs)
+  train_records, eval_records, report = builders.sft_records(cfg.data, world)
+  role = tokenizer.supports_system_role
+  train_records = goal_format_records(train_records, cfg.goal_fraction, cfg.seed, supports_system_role=role)
+  eval_records = goal_format_records(eval_records, cfg.goal_fraction, cfg.seed + 1, supports_system_role=role)
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = sft_lib.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
+  step_fn = sft_lib.make_sft_step(setup.graphdef, cfg.optimizer, cfg.logps_chunk_size)
+  data_iter = builders.train_iterator(train_records, tokenizer, cfg.data, "sft", cfg.seed)
+  batches = builders.eval_batches(eval_records, tokenizer, cfg.data, "sft")
+  loss_fn = sft_lib.sft_loss_fn(cfg.logps_chunk_size)
+
+  @jax.jit
+  def eval_step(state, batch):
+    total, tokens, _ = loss_fn(nnx.merge(setup.graphdef, state.params, state.extra), batch, None)
+    return total, tokens
+
+  def eval_fn(state):
+    sums = [eval_step(state, b) for b in batches]
+    total, tokens = (sum(float(s[i]) for s in sums) for i in (0, 1))
+    return {"loss": total / max(tokens, 1.0)} if batches else {}
+
+  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
+                           mesh=mesh, eval_fn=eval_fn if batches else None)
+  model_dir = save_policy(setup, final_state(setup, results), os.path.join(workdir, "model"))
+  return builders.stage_outputs(results, model_dir=model_dir, data_report=report)

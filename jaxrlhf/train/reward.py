@@ -9,6 +9,9 @@ trajectory it would follow alone (same init seed, same batches, its own gradient
 Members and their randomness:
   - init: member k is `RewardModel(config, head, rngs=nnx.Rngs(member_key(seed, k)))`; from a pretrained or
     SFT checkpoint all members share the backbone weights and differ by head init (Eisenstein et al. 2023);
+    `shared_backbone=True` does the same for a random init: every member starts from member 0's backbone and
+    keeps its own head init (a "finetune-seed" ensemble; the default, one backbone init per member, is the
+    "pretrain-seed" ensemble);
   - data order: member k reads its OWN pipeline over the same training pairs, shuffled with seed `seed + k`
     (K pipelines, stacked into (K, B, T) batches by `builders.StackedIterator`).
 A "multihead" head instead puts K scalar heads on one shared backbone, with one BT loss per head.
@@ -86,6 +89,7 @@ class RewardConfig:
   data: builders.DataSpec = field(default_factory=builders.DataSpec)
   head: HeadSpec = field(default_factory=HeadSpec)
   num_members: int = field(1, min=1)
+  shared_backbone: bool = field(False)  # Random init: all members start from member 0's backbone.
   loss: RewardLossConfig = field(default_factory=RewardLossConfig)
   optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
   loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
@@ -178,13 +182,18 @@ def member_model(model_config: Any, head: HeadConfig, seed: int, k: int) -> Rewa
   return RewardModel(model_config, head, rngs=nnx.Rngs(member_key(seed, k)))
 
 
-def _stacked_members(model_config: Any, head: HeadConfig, num_members: int, seed: int) -> RewardEnsemble:
+def _stacked_members(model_config: Any, head: HeadConfig, num_members: int, seed: int,
+                     shared_backbone: bool = False) -> RewardEnsemble:
+  """The K members stacked; shared_backbone: every member's backbone is member 0's (heads stay per member)."""
   keys = jnp.stack([member_key(seed, k) for k in range(num_members)])
   states = jax.vmap(lambda key: nnx.state(RewardModel(model_config, head, rngs=nnx.Rngs(key))))(keys)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardEnsemble(model_config, head, num_members,
                                                                     rngs=nnx.Rngs(0))))
   pure = nnx.to_pure_dict(state)
   pure["members"] = nnx.to_pure_dict(states)
+  if shared_backbone:
+    pure["members"]["backbone"] = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape),
+                                               pure["members"]["backbone"])
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
 
@@ -209,9 +218,14 @@ def member_optimizer(optimizer: optax.GradientTransformation) -> optax.GradientT
 
 
 def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimizer: Any, seed: int, mesh: Any,
-                   pretrained: dict | None = None) -> state_lib.StateSetup:
-  """A TrainState whose params / extra / opt_state are stacked over members; the graphdef is the ensemble's."""
-  setup = state_lib.init_train_state(lambda key: _stacked_members(model_config, head, num_members, seed),
+                   pretrained: dict | None = None, shared_backbone: bool = False) -> state_lib.StateSetup:
+  """A TrainState whose params / extra / opt_state are stacked over members; the graphdef is the ensemble's.
+
+  pretrained (a CausalLM's pure params) is every member's backbone; else shared_backbone=True gives every
+  member member 0's random backbone init (heads keep their own seeds).
+  """
+  setup = state_lib.init_train_state(lambda key: _stacked_members(model_config, head, num_members, seed,
+                                                                  shared_backbone),
                                      member_optimizer(optimizer), seed, mesh=mesh,
                                      shardings=_shardings(mesh))
   if pretrained is None:
@@ -335,7 +349,8 @@ def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   head = cfg.head.head_config()
   num_attributes = head.num_outputs if head.kind == "attributes" else 0
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = ensemble_setup(model_config, head, cfg.num_members, optimizer, cfg.seed, mesh, pretrained)
+  setup = ensemble_setup(model_config, head, cfg.num_members, optimizer, cfg.seed, mesh, pretrained,
+                         cfg.shared_backbone)
   member_graphdef = nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, cfg.seed, 0)))
   step_fn = make_ensemble_step(member_graphdef, reward_loss_fn(cfg.loss, head), cfg.optimizer, cfg.num_members)
   data_iter = builders.StackedIterator(

@@ -1,5 +1,6 @@
 """Reward sources for online RL: a reward model, an ensemble with an aggregation, the synthetic gold reward,
-sentence BLEU against reference responses, and a user Python function; several sources are summed with weights.
+a (deliberately hackable) process reward over response steps with Clip / Delta refinement, sentence BLEU against
+reference responses, and a user Python function; several sources are summed with weights.
 
 Every source is a function called INSIDE the jitted RL step:
 
@@ -25,9 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrlhf.config import ConfigError, field
+from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.losses import aggregation as aggregation_lib
+from jaxrlhf.losses import policy_gradient as pg
 
-KINDS = ("reward_model", "gold", "bleu", "python")
+KINDS = ("reward_model", "gold", "process", "bleu", "python")
+REFINEMENTS = ("none", "clip", "delta")
 AGGREGATIONS = ("mean", "median", "min", "mean_minus_std", "mean_minus_var")
 SMOOTHING = ("exp", "add1", "none")
 
@@ -37,7 +41,9 @@ class RewardSourceSpec:
   """One weighted reward source.
 
   kind: "reward_model" (`reward_model`: "stage:<name>" or a saved reward-model folder; K > 1 members are reduced
-    by `aggregation` with `lam`), "gold" (the synthetic world's r*), "bleu" (sentence BLEU-4 in [0, 1] of the
+    by `aggregation` with `lam`), "gold" (the synthetic world's r*), "process" (the return of the world's
+    per-step process reward `prm_step_scores`, refined by `refinement` "none" / "clip" (threshold `eta`) /
+    "delta", Gao et al. 2024), "bleu" (sentence BLEU-4 in [0, 1] of the
     response against the prompt's reference responses, whitespace tokens, `smoothing`), "python"
     (`function`: "module:function" called as fn(prompts: list[str], completions: list[str]) -> R floats).
   name: the metric name (`reward/<name>`); default: the kind.
@@ -50,6 +56,8 @@ class RewardSourceSpec:
   lam: float = field(1.0, min=0.0)
   function: str = field("")
   smoothing: str = field("exp", choices=SMOOTHING)
+  refinement: str = field("none", choices=REFINEMENTS)
+  eta: float = field(0.5)
 
   @property
   def label(self) -> str:
@@ -63,6 +71,17 @@ class RewardSourceSpec:
         raise ConfigError(f"{path}.function: expected 'module:function' for kind 'python', got "
                           f"{self.function!r}")
       load_function(self.function, f"{path}.function")
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> Any:
+  """The ModelConfig of a saved `dataclasses.asdict(config)` (a saved reward model's spec.json "model")."""
+  from jaxrlhf.models.config import ModelConfig, RopeScaling  # pylint: disable=g-import-not-at-top
+  d = dict(d)
+  if d.get("rope_scaling") is not None:
+    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  if isinstance(d.get("eos_token_id"), list):
+    d["eos_token_id"] = tuple(d["eos_token_id"])
+  return ModelConfig(**d)
 
 
 def load_function(spec: str, path: str = "function") -> Callable[..., Any]:
@@ -170,6 +189,89 @@ def gold_score(world: Any) -> Score:
   return score
 
 
+def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.Array, tokens_RxN: jax.Array,
+                    mask_RxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A step-local process reward model of the synthetic world: (scores_RxN in (0, 1), steps_RxN bool).
+
+  Each scored response token is one step (the gold reward's scored positions: masked tokens before the first
+  `<eos>`, so steps are a right-padded prefix). The PRM judges a step by its local gold evidence only:
+
+      s_t = sigmoid(alpha q[y_t] + rho rel(y_t, x) + B[y_{t-1}, y_t])      (B only when y_{t-1} is a step)
+
+  the "probability that step t is a good step". It is a sensible step scorer (it ranks tokens as the gold
+  quality / relevance / coherence terms do) and hackable in the two ways Gao et al. (2024) describe: every step
+  scores > 0, so a summed return grows with the number of steps (gold's length term peaks at L* and then falls),
+  and it is blind to repetition (gold penalizes repeats), so repeating the best step keeps scoring high.
+
+  Args:
+    spec: the world's `GoldSpec` (`world.spec`).
+    prompt_ids_RxP, prompt_mask_RxP: prompts (any padding; chat/control tokens have no topic).
+    tokens_RxN, mask_RxN: responses, right padded, the end token included.
+
+  Returns:
+    (scores float32 (R, N), 0 off steps; steps bool (R, N)).
+  """
+  ids = jnp.asarray(tokens_RxN).astype(jnp.int32)
+  ids = jnp.where((ids < 0) | (ids >= spec.quality_V.shape[0]), spec.oov_id, ids)
+  mask = jnp.asarray(mask_RxN) > 0
+  is_eos = (ids == spec.eos_id) & mask
+  eos_before = (jnp.cumsum(is_eos.astype(jnp.int32), axis=1) - is_eos.astype(jnp.int32)) > 0
+  steps = mask & ~eos_before & ~is_eos
+  topic_R = gold_lib.prompt_topic(spec, jnp.asarray(prompt_ids_RxP).astype(jnp.int32),
+                                  jnp.asarray(prompt_mask_RxP), xp=jnp)
+  token_topic = jnp.asarray(spec.topic_V)[ids]
+  rel = jnp.where(token_topic < 0, 0.0, jnp.where(token_topic == topic_R[:, None], 1.0,
+                                                  jnp.where(topic_R[:, None] < 0, 0.0, -1.0)))
+  prev_ids = jnp.concatenate([ids[:, :1], ids[:, :-1]], axis=1)
+  prev_steps = jnp.concatenate([jnp.zeros_like(steps[:, :1]), steps[:, :-1]], axis=1)
+  logit = (spec.quality_weight * jnp.asarray(spec.quality_V)[ids] + spec.relevance_weight * rel
+           + jnp.where(prev_steps, jnp.asarray(spec.bigram_VxV)[prev_ids, ids], 0.0))
+  return jnp.where(steps, jax.nn.sigmoid(logit), 0.0).astype(jnp.float32), steps
+
+
+def refined_process_return(scores_RxS: jax.Array, steps_RxS: jax.Array, refinement: str, eta: float = 0.5
+                           ) -> jax.Array:
+  """(R,) return sum_t r'_t of refined step rewards (Gao et al. 2024, §4), steps a right-padded prefix.
+
+  "none": r'_t = r_t (grows with the number of steps); "clip": r'_t = min(r_t - eta, 0) (only penalties, so
+  no step can add reward); "delta": r'_t = r_t - r_{t+1}, the last step keeps r_T (the sum telescopes to the
+  first step's reward, bounded whatever the length).
+  """
+  if refinement == "none":
+    refined = jnp.where(steps_RxS, scores_RxS, 0.0)
+  elif refinement == "clip":
+    refined = pg.clip_process_rewards(scores_RxS, steps_RxS, eta)
+  elif refinement == "delta":
+    refined = pg.delta_process_rewards(scores_RxS, steps_RxS)
+  else:
+    raise ValueError(f"refinement: expected one of {REFINEMENTS}, got {refinement!r}")
+  return jnp.sum(refined, axis=1)
+
+
+def process_score(world: Any, refinement: str, eta: float) -> Score:
+  """The return of the world's process reward (`prm_step_scores`) under `refinement` (see
+  `refined_process_return`); the paper's sequence-level return from the first step, as GRPO / RLOO use it."""
+
+  def score(models, rollout):
+    del models
+    scores, steps = prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
+                                    rollout["mask"])
+    return refined_process_return(scores, steps, refinement, eta)
+
+  return score
+
+
+def repetition_rate(world: Any, rollout: Rollout) -> jax.Array:
+  """Scalar: repeated non-function tokens (the gold repetition count) / scored tokens, over the whole batch."""
+  if world.spec.repeat_penalty <= 0:  # The count is only recoverable from a nonzero penalty.
+    return jnp.asarray(jnp.nan, jnp.float32)
+  comps = world.gold_components(rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"], rollout["mask"])
+  repeats = -jnp.sum(comps[:, 3]) / world.spec.repeat_penalty
+  _, steps = prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
+                             rollout["mask"])
+  return repeats / jnp.maximum(jnp.sum(steps), 1)
+
+
 def _host_score(host_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Score:
   """A host function of (tokens (R, N), mask (R, N), prompt_index (R,)) -> (R,) as a jittable pure_callback."""
 
@@ -228,6 +330,10 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
       if world is None:
         raise ValueError(f"rewards[{i}]: kind 'gold' needs the synthetic world")
       score = gold_score(world)
+    elif spec.kind == "process":
+      if world is None:
+        raise ValueError(f"rewards[{i}]: kind 'process' needs the synthetic world")
+      score = process_score(world, spec.refinement, spec.eta)
     elif spec.kind == "bleu":
       if not references:
         raise ValueError(f"rewards[{i}]: kind 'bleu' needs reference responses")

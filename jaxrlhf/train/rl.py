@@ -246,6 +246,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
       total = total - loss.beta * seq_kl
   if world is not None:
     metrics["gold"] = jnp.mean(rewards_lib.gold_score(world)({}, batch))
+    metrics["repeat_rate"] = rewards_lib.repetition_rate(world, batch)
   metrics["reward/total"] = jnp.mean(total)
   batch["rewards"] = jax.lax.stop_gradient(total)
   batch["advantages"] = advantages(loss, batch["rewards"])
@@ -335,7 +336,7 @@ def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: d
     head = dict(saved["head"])
     if head.get("attribute_weights") is not None:
       head["attribute_weights"] = tuple(head["attribute_weights"])
-    config, head = builders._config_from_dict(saved["model"]), HeadConfig(**head)  # pylint: disable=protected-access
+    config, head = rewards_lib.model_config_from_dict(saved["model"]), HeadConfig(**head)
 
     def factory(key, config=config, head=head, k=saved["num_members"]):
       return RewardEnsemble(config, head, k, rngs=nnx.Rngs(key))
@@ -400,12 +401,12 @@ def run_rl(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
 
 
 def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, tokenizer: Any):
-  """state -> {gold, reward/*, kl, completion_length} of one sample per held-out prompt (fixed key)."""
+  """state -> {gold, reward/*, kl, completion_length, repeat_rate} of one sample per held-out prompt (fixed key)."""
   texts = world.prompts(cfg.eval_prompts, "validation")
   ids, mask = encode_prompts(tokenizer, texts, cfg.max_prompt_length)
   prompts = {"prompt_ids": ids, "prompt_mask": mask, "prompt_index": np.zeros(len(texts), np.int32)}
   # BLEU and Python sources index the TRAIN prompt table (references, texts): not defined for these prompts.
-  eval_sources = [s for s, spec in zip(sources, cfg.rewards) if spec.kind in ("reward_model", "gold")]
+  eval_sources = [s for s, spec in zip(sources, cfg.rewards) if spec.kind in ("reward_model", "gold", "process")]
   eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo")
 
   @jax.jit
@@ -413,7 +414,7 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, to
     model = nnx.merge(setup.graphdef, state.params, state.extra)
     _, m = rollout(model, prompts, jax.random.PRNGKey(cfg.seed + 1), loss=eval_loss, sampling=cfg.sampling,
                    sources=eval_sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, world=world, num_samples=1)
-    return {k: v for k, v in m.items() if k.startswith(("reward/", "gold", "kl", "completion_length"))}
+    return {k: v for k, v in m.items() if k.startswith(("reward/", "gold", "kl", "completion_length", "repeat_rate"))}
 
   def eval_fn(state):
     return {k: float(v) for k, v in jax.device_get(evaluate(state)).items()}

@@ -1,0 +1,70 @@
+"""Clip and Delta refinement of a hackable process reward (Gao et al. 2024, "On Designing Effective RL Reward at
+Training Time for LLM Reasoning", arXiv:2410.15115): summed per-step PRM rewards are hacked by RL (more steps,
+repeated high-scoring steps); Clip (r_t <- min(r_t - eta, 0)) and Delta (r_t <- r_t - r_{t+1}) bound the return
+and keep the outcome (gold) reward up.
+
+One run = one seed of the chain
+  sft -> rl_outcome (GRPO on the outcome reward alone: the paper's success-reward baseline)
+      -> rl_none / rl_clip / rl_delta (GRPO on outcome + the world's process reward, refined none / clip / delta)
+all four RL stages starting from the same SFT policy (the settings share the SFT run; the seed reseeds all).
+The outcome reward is the gold r*(x, y) (the paper's verified success reward); the process reward is
+`train.rewards.prm_step_scores`: one step per response token, s_t = sigmoid(alpha q + rho rel + B) in (0, 1),
+a sensible step scorer that is blind to length and repetition. `prm_raw` (weight 0) logs the unrefined PRM
+return of every policy (the proxy the hack inflates); `repeat_rate` the fraction of repeated content tokens.
+
+    python -m experiments.sweep --config configs/papers/clip_delta.py --workdir runs/papers/clip_delta --workers 1
+    python -m experiments.tables --workdir runs/papers/clip_delta
+    python -m experiments.run --config configs/papers/clip_delta.py:smoke --workdir runs/clip_delta_smoke
+"""
+
+from configs import _sections as S
+from jaxrlhf.train import rl, sft
+
+VARIANTS = ("default", "smoke")
+SETTINGS = ("outcome", "none", "clip", "delta")  # rl_<setting> stages; "outcome": no process reward
+METRICS = ("eval/gold", "eval/reward/prm_raw", "eval/completion_length", "eval/repeat_rate", "eval/kl")
+ETA = 0.5  # Clip threshold: a step the PRM judges more likely good than bad (s_t > 0.5) costs nothing.
+
+
+def rewards(setting: str) -> tuple[dict, ...]:
+  """Reward sources of stage rl_<setting>: gold outcome (+ refined process reward) + the raw PRM return as a
+  weight-0 metric."""
+  out = [dict(kind="gold", name="outcome")]
+  if setting != "outcome":
+    out.append(dict(kind="process", name="prm", refinement=setting, eta=ETA))
+  out.append(dict(kind="process", name="prm_raw", refinement="none", weight=0.0))
+  return tuple(out)
+
+
+def get_config(arg=None):
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/papers/clip_delta.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+  if variant == "smoke":
+    sft_kwargs = dict(data=S.SMOKE_DATA, loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3))
+    rl_kwargs = dict(num_prompts=64, prompts_per_step=4, eval_prompts=8, sampling=dict(max_new_tokens=12),
+                     loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=1e-3))
+    settings = ("delta",)
+  else:
+    sft_kwargs = dict(data=dict(num_train=2048, num_eval=64, batch_size=32, max_length=40),
+                      optimizer=dict(learning_rate=3e-3, clip_norm=1.0),
+                      loop=dict(S.SMOKE_LOOP, num_steps=120, log_every=20, checkpoint_every=120))
+    rl_kwargs = dict(num_prompts=512, prompts_per_step=8, eval_prompts=128, sampling=dict(max_new_tokens=40),
+                     optimizer=dict(learning_rate=1e-3, clip_norm=1.0),
+                     loop=dict(S.SMOKE_LOOP, num_steps=60, log_every=10, checkpoint_every=60))
+    settings = SETTINGS
+  stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=S.SMOKE_MODEL), **sft_kwargs)}
+  for setting in settings:
+    stages[f"rl_{setting}"] = S.stage(
+        "rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=rewards(setting), num_devices=1,
+        loss=dict(algorithm="grpo", num_generations=4, scale_rewards="group", beta=0.04, kl_mode="loss",
+                  kl_estimator="k3"), **rl_kwargs)
+  config = S.chain(stages, seed=0)
+  config.tables = dict(metrics=tuple(f"rl_{s}/{m}" for s in settings for m in METRICS))
+  return config
+
+
+def sweep(add, arg=None):
+  seeds = (0,) if arg == "smoke" else (0, 1, 2)
+  for seed in seeds:
+    add(seed=seed)

@@ -1,0 +1,159 @@
+"""Reward-augmented DPO (Zhang et al. 2024, "Reward-Augmented Data Enhances Direct Preference Alignment of LLMs")
+vs DPO on the synthetic world: gold reward of each policy and the "unlearning" of high-score rejected responses.
+
+One run (per seed and beta) is the chain
+  sft         "goal_sft": SFT on the world's reference samples, half of the prompts carrying a goal prompt
+              ("<system> score: s <user> ...") with a RANDOM score s: the policy knows the goal format but not
+              what a score means (the paper starts from instruct models that read system prompts; see
+              docs/_drafts/reward_augmented_dpo.md for why a plain-prompt SFT breaks RA-DPO in this world)
+  dpo, ra_dpo             DPO on the pairs / on the reward-augmented pairs (data.transform="reward_augmented")
+  dpo_ls, ra_dpo_ls       the same with label smoothing 0.1 (conservative DPO)
+  eval_*      gold reward of each policy's samples vs the SFT's (paired per prompt) and sampled KL; RA-DPO
+              policies sample with the top-score goal (goal_conditioned=True, "score: 10"); eval_sft_goal is
+              the SFT itself sampled with the goal (the format check: ~0 gain expected)
+  shift_*     "logp_shift": log pi - log pi_sft of held-out chosen / rejected responses by judge-score bucket
+              (rejected_high: rejected with score >= 7); DPO on plain prompts, RA-DPO with the top-score goal
+              in both models' prompts (shift_ra_dpo_plain: RA-DPO on plain prompts), plus the goal-margin gap
+              (log pi(y | goal 10) - log pi(y | goal 3) on high- minus low-score responses)
+
+Every preference stage has the same optimizer (lr 1e-3, cosine), 150 steps of 32 pairs from 2400 labeled pairs:
+DPO sees each pair twice, RA-DPO (4800 relabeled pairs) each relabeled pair once. The sweep: beta in {0.01, 0.1} x seeds {0, 1, 2} (a seed reseeds every stage: init,
+data order, sampling; the world is fixed).
+
+Variants: default (the full per-seed run), smoke (seconds).
+    python -m experiments.run --config configs/papers/reward_augmented_dpo.py --workdir runs/ra_dpo
+    python -m experiments.sweep --config configs/papers/reward_augmented_dpo.py --workdir runs/papers/reward_augmented_dpo
+    python -m experiments.tables --workdir runs/papers/reward_augmented_dpo
+"""
+
+import ml_collections
+
+from configs import _sections as S
+from jaxrlhf.evaluation import unlearning
+from jaxrlhf.train import evaluate, preference
+
+VARIANTS = ("default", "smoke")
+METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls")
+BETAS = (0.01, 0.1)
+SEEDS = (0, 1, 2)
+LABEL_SMOOTHING = 0.1
+
+
+def _sizes(smoke: bool) -> dict:
+  if smoke:
+    return dict(
+        model=S.SMOKE_MODEL,
+        sft=dict(data=S.SMOKE_DATA, loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3)),
+        pref=dict(data=dict(S.SMOKE_DATA, max_length=48), loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=1e-3)),
+        eval=dict(num_prompts=16, batch_size=16, max_new_tokens=12),
+        shift=dict(num_pairs=32, batch_size=32))
+  cosine = dict(schedule="cosine", warmup_steps=10, end_lr_factor=0.1, clip_norm=1.0)
+  return dict(
+      model=S.WORLD_MODEL,
+      sft=dict(data=dict(num_train=8192, num_eval=256, batch_size=32, max_length=48),
+               optimizer=dict(cosine, learning_rate=3e-3, decay_steps=150),
+               loop=dict(num_steps=150, log_every=25, checkpoint_every=150, eval_every=0)),
+      # 2400 pairs: DPO sees each pair twice in 150 steps of 32, RA-DPO (4800 relabeled pairs) once.
+      pref=dict(data=dict(num_train=2400, num_eval=128, batch_size=32, max_length=48),
+                optimizer=dict(cosine, learning_rate=1e-3, decay_steps=150),
+                loop=dict(num_steps=150, log_every=25, checkpoint_every=150, eval_every=0)),
+      eval=dict(num_prompts=256, batch_size=128, max_new_tokens=32),
+      shift=dict(num_pairs=512, batch_size=128))
+
+
+def _methods(variant: str) -> tuple[str, ...]:
+  """The preference stages of a variant (smoke: one DPO and one RA-DPO stage, for seconds)."""
+  return ("dpo", "ra_dpo_ls") if variant == "smoke" else METHODS
+
+
+def get_config(arg=None):
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/papers/reward_augmented_dpo.py: unknown variant {variant!r}; valid: "
+                     + ", ".join(VARIANTS))
+  sizes = _sizes(variant == "smoke")
+  methods = _methods(variant)
+  stages = {"sft": S.stage("goal_sft", preference.GoalFormatSFTConfig, model=dict(config=sizes["model"]),
+                           goal_fraction=0.5, **sizes["sft"])}
+  for method in methods:
+    data = dict(sizes["pref"]["data"], transform="reward_augmented" if method.startswith("ra_") else "none")
+    loss = dict(algorithm="dpo", beta=0.1, label_smoothing=LABEL_SMOOTHING if method.endswith("_ls") else 0.0)
+    stages[method] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),
+                             data=data, loss=loss, optimizer=sizes["pref"]["optimizer"], loop=sizes["pref"]["loop"])
+  extra_metrics = ()
+  if variant != "smoke":
+    stages["eval_sft_goal"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy="stage:sft",
+                                      base="stage:sft", goal_conditioned=True, **sizes["eval"])
+    stages["shift_ra_dpo_plain"] = S.stage("logp_shift", unlearning.LogpShiftConfig, policy="stage:ra_dpo",
+                                           base="stage:sft", goal="none", **sizes["shift"])
+    extra_metrics = ("shift_ra_dpo_plain/rejected_high", "eval_sft_goal/gold/gain")
+  for method in methods:
+    goal = method.startswith("ra_")
+    stages[f"eval_{method}"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy=f"stage:{method}",
+                                       base="stage:sft", goal_conditioned=goal, **sizes["eval"])
+    stages[f"shift_{method}"] = S.stage("logp_shift", unlearning.LogpShiftConfig, policy=f"stage:{method}",
+                                        base="stage:sft", goal="top" if goal else "none", **sizes["shift"])
+  config = S.chain(stages, seed=0)
+  ra = [m for m in methods if m.startswith("ra_")]
+  config.tables = dict(metrics=(
+      *[f"eval_{m}/gold/gain" for m in methods],
+      *[f"eval_{m}/kl" for m in methods],
+      *[f"shift_{m}/rejected_high" for m in methods],
+      *[f"shift_{m}/chosen" for m in methods],
+      *[f"shift_{m}/goal_margin/gap" for m in ra],
+      *extra_metrics))
+  config.plots = [
+      ml_collections.ConfigDict(dict(name=f"{kind}_{m}", x="dpo.loss.beta", y=f"{prefix}_{m}/{metric}", group_by=""))
+      for kind, prefix, metric in (("gold_gain", "eval", "gold/gain"), ("rejected_high_shift", "shift",
+                                                                        "rejected_high"))
+      for m in methods]
+  return config
+
+
+def sweep(add, arg=None):
+  variant = arg or "default"
+  smoke = variant == "smoke"
+  for seed in SEEDS[:1] if smoke else SEEDS:
+    for beta in BETAS[1:] if smoke else BETAS:
+      add(seed=seed, **{f"{m}.loss.beta": beta for m in _methods(variant)})
+
+
+def by_method_table(sweep_dir: str) -> str:
+  """The sweep as one markdown row per (method, beta), mean ± std over seeds, from each run's results.json
+  (the docs table; `experiments.tables` gives one wide row per beta)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  runs = []
+  for run_dir in sorted(glob.glob(os.path.join(sweep_dir, "*seed=*"))):
+    path = os.path.join(run_dir, "results.json")
+    if os.path.exists(path):
+      with open(path) as f, open(os.path.join(run_dir, "overrides.json")) as g:
+        runs.append((json.load(g), json.load(f)["metrics"]))
+  if not runs:
+    raise FileNotFoundError(f"sweep_dir: no finished runs under {sweep_dir!r}")
+
+  def cell(values):
+    v = np.asarray(values, np.float64)
+    return f"{v.mean():.2f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.2f}" if v.size else "-"
+
+  cols = (("gold gain", "eval_{m}/gold/gain"), ("win rate", "eval_{m}/gold/win_rate"), ("KL", "eval_{m}/kl"),
+          ("length", "eval_{m}/length/policy"), ("shift chosen", "shift_{m}/chosen"),
+          ("shift rejected (score>=7)", "shift_{m}/rejected_high"),
+          ("shift rejected (score<=4)", "shift_{m}/rejected_low"), ("goal gap (nats)", "shift_{m}/goal_margin/gap"))
+  lines = ["| method | beta | seeds | " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * (3 + len(cols))]
+  for m in (*METHODS, "ra_dpo_plain"):
+    for beta in BETAS:
+      sel = [x for o, x in runs if o.get("dpo.loss.beta") == beta]
+      cells = [cell([x[k.format(m=m)] for x in sel if k.format(m=m) in x]) for _, k in cols]
+      if sel and any(c != "-" for c in cells):
+        lines.append(f"| {m} | {beta} | {len(sel)} | " + " | ".join(cells) + " |")
+  sft = [x["eval_sft_goal/gold/gain"] for _, x in runs if "eval_sft_goal/gold/gain" in x]
+  lines.append(f"\nSFT sampled with the top-score goal (eval_sft_goal): gold gain {cell(sft)} ({len(sft)} runs)")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  print(by_method_table(sys.argv[1]), end="")

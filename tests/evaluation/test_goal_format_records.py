@@ -1,0 +1,55 @@
+"""jaxrlhf.data.transforms.goal_format_records: random-goal SFT prompts rendered exactly like reward-augmented
+pairs, a pure function of the seed (the "goal_sft" stage of configs/papers/reward_augmented_dpo.py)."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from jaxrlhf.data import transforms
+from jaxrlhf.data.synthetic import SFTRecord, WorldTokenizer
+
+
+def _records(n):
+  return [SFTRecord(prompt=f"explain bala {i % 3}", response="the bala", source=f"s{i}") for i in range(n)]
+
+
+def test_fraction_goals_and_rendering():
+  recs = _records(4000)
+  out = transforms.goal_format_records(recs, 0.5, seed=3)
+  assert [r.response for r in out] == [r.response for r in recs]
+  assert [r.source for r in out] == [r.source for r in recs]
+  with_goal = [(r, o) for r, o in zip(recs, out) if not isinstance(o.prompt, str)]
+  assert abs(len(with_goal) / len(recs) - 0.5) < 0.03  # Binomial(4000, 0.5): 4 sigma = 0.032.
+  goals = collections.Counter()
+  for r, o in with_goal:
+    # Rendered by the same function as the reward-augmented pairs' prompts.
+    score = float(o.prompt[0]["content"].split()[-1])
+    assert o.prompt == transforms.goal_conditioned_prompt(r.prompt, score)
+    goals[score] += 1
+  assert set(goals) == set(float(s) for s in range(1, 11))
+  assert max(goals.values()) / min(goals.values()) < 1.5  # Uniform over 1..10 (~200 each).
+  unchanged = [(r, o) for r, o in zip(recs, out) if isinstance(o.prompt, str)]
+  assert all(r == o for r, o in unchanged)
+
+
+def test_goal_is_independent_of_the_response_and_deterministic():
+  recs = [SFTRecord(prompt="explain bala", response="the" if i % 2 else "bala", source=None) for i in range(3000)]
+  out = transforms.goal_format_records(recs, 1.0, seed=0)
+  mean_goal = {resp: np.mean([float(o.prompt[0]["content"].split()[-1]) for o in out if o.response == resp])
+               for resp in ("the", "bala")}
+  assert abs(mean_goal["the"] - mean_goal["bala"]) < 0.35  # Both ~5.5 (std of a mean of 1500 draws ~0.07).
+  assert transforms.goal_format_records(recs, 1.0, seed=0) == out
+  assert transforms.goal_format_records(recs, 1.0, seed=1) != out
+  assert transforms.goal_format_records(recs, 0.0, seed=0) == recs
+
+
+def test_world_tokenizer_spells_the_goal_prompt_and_bad_input_raises():
+  tok = WorldTokenizer()
+  out = transforms.goal_format_records(_records(1), 1.0, seed=0, scores=(7,))
+  text = tok.apply_chat_template(out[0].prompt, add_generation_prompt=True)
+  assert text == "<system> score: 7 <user> explain bala 0 <assistant>"
+  with pytest.raises(ValueError, match="fraction"):
+    transforms.goal_format_records(_records(2), 1.5, seed=0)
+  with pytest.raises(ValueError, match="scores"):
+    transforms.goal_format_records(_records(2), 0.5, seed=0, scores=())

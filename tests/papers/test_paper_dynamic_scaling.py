@@ -1,0 +1,56 @@
+"""configs/papers/dynamic_scaling.py: DPO vs DPO + dynamic reward scaling (MM-DPO) from one SFT, the margins
+from a reward-model stage or the judge scores, the seed sweep, and the smoke sweep + tables end to end."""
+
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from experiments import run as run_lib  # noqa: E402
+from experiments import sweep as sweep_lib  # noqa: E402
+from experiments import tables as tables_lib  # noqa: E402
+from jaxrlhf import config as config_lib  # noqa: E402
+
+SPEC = str(REPO_ROOT / "configs" / "papers" / "dynamic_scaling.py")
+
+
+def test_chain_structure_and_sweep():
+  plan = {name: (kind.name, cfg) for name, kind, cfg in run_lib.plan(config_lib.load_config(SPEC))}
+  assert list(plan)[:5] == ["sft", "reward", "dpo", "dpo_dyn_rm", "dpo_dyn_score"]
+  base = plan["dpo"][1]
+  assert base.loss.dynamic_beta_w == 0.0 and base.data.margin_from == "none"
+  for name, source in (("dpo_dyn_rm", "reward_model"), ("dpo_dyn_score", "score")):
+    cfg = plan[name][1]
+    assert (cfg.loss.dynamic_beta_w, cfg.loss.dynamic_beta_k, cfg.data.margin_from) == (0.5, 0.5, source)
+    # Only the beta schedule differs from plain DPO.
+    assert (cfg.loss.beta, cfg.loop.num_steps, cfg.optimizer.learning_rate, cfg.data.num_train) == (
+        base.loss.beta, base.loop.num_steps, base.optimizer.learning_rate, base.data.num_train)
+  assert plan["dpo_dyn_rm"][1].data.reward_model == "stage:reward"
+  for name in ("dpo", "dpo_dyn_rm", "dpo_dyn_score"):
+    assert (plan[f"eval_{name}"][1].policy, plan[f"eval_{name}"][1].base) == (f"stage:{name}", "stage:sft")
+  assert sweep_lib.collect(SPEC) == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+  assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0}]
+
+
+@pytest.mark.slow
+def test_smoke_sweep_and_table(paper_smoke):
+  tmp_path = paper_smoke("dynamic_scaling")  # the smoke sweep, shared with the notebook test
+  results = sorted(p.name for p in tmp_path.iterdir() if (p / "status.json").exists())
+  md = tables_lib.tables(str(tmp_path))
+  columns = list(config_lib.load_config(SPEC + ":smoke").tables.metrics)
+  assert columns and all(c in md for c in columns)
+  with open(tmp_path / "seed=0" / "results.json") as f:
+    metrics = json.load(f)["metrics"]
+  for c in columns:
+    assert math.isfinite(metrics[c]), c
+    if "accuracy" in c or "agreement" in c or "win_rate" in c:
+      assert 0.0 <= metrics[c] <= 1.0, c
+  for m in ("dpo", "dpo_dyn_rm"):
+    assert metrics[f"eval_{m}/gold/gain"] == pytest.approx(
+        metrics[f"eval_{m}/gold/policy"] - metrics[f"eval_{m}/gold/base"], abs=1e-4)

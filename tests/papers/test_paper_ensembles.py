@@ -1,0 +1,91 @@
+"""configs/papers/ensembles.py: every variant validates, the sweep grid is 3 seeds (1 for smoke), and the smoke
+sweep runs end to end into a table whose columns exist and are sane, plus the headline figure and curve table."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from configs.papers import ensembles
+from experiments import run as run_lib
+from experiments import sweep as sweep_lib
+from experiments import tables as tables_lib
+
+SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "ensembles.py")
+
+
+@pytest.mark.parametrize("variant", ensembles.VARIANTS)
+def test_every_variant_validates(variant):
+  stages = run_lib.plan(ensembles.get_config(variant))
+  names = [name for name, _, _ in stages]
+  assert names[0] == "sft"
+  if variant.startswith("grpo"):
+    assert len([n for n in names if n.startswith("grpo_")]) == 2 * len(ensembles.BETAS)
+  else:
+    by_name = {name: cfg for name, _, cfg in stages}
+    assert by_name["rm_pretrain"].num_members == by_name["rm_finetune"].num_members == 5
+    assert by_name["rm_finetune"].shared_backbone and not by_name["rm_pretrain"].shared_backbone
+    assert by_name["bon_finetune"].pool_from == "stage:bon_pretrain"
+    if variant == "default":
+      assert by_name["bon_pretrain"].pool_size >= 256
+      assert by_name["rm_pretrain"].data.world["flip_rate"] == ensembles.FLIP_RATE
+
+
+def test_sweep_grid_and_bad_variant():
+  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2]
+  assert [r["seed"] for r in sweep_lib.collect(SPEC + ":smoke")] == [0]
+  with pytest.raises(ValueError, match="variant"):
+    ensembles.get_config("nope")
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
+  workdir = str(paper_smoke("ensembles"))  # the smoke sweep, shared with the notebook test
+  md = tables_lib.tables(workdir)
+  config = ensembles.get_config("smoke")
+  header = md.splitlines()[0]
+  for metric in config.tables.metrics:
+    assert metric in header
+  with open(os.path.join(workdir, "results.csv")) as f:
+    lines = f.read().splitlines()
+  cells = dict(zip(lines[0].split(","), lines[1].split(",")))
+  for metric in config.tables.metrics:
+    assert math.isfinite(float(cells[f"{metric} mean"])), metric
+  for e in ensembles.ENSEMBLES:
+    assert float(cells[f"bon_{e}/rm_single/gold_drop mean"]) >= 0.0  # the peak is never below gold@N
+    assert 0.0 <= float(cells[f"rm_{e}/eval/gold_agreement mean"]) <= 1.0
+  # Selected lengths lie in [1, max_new_tokens]; the oracle's peak is the best gold any selector reaches.
+  length = float(cells["bon_pretrain/rm_mean/length@N mean"])
+  assert 1.0 <= length <= config.bon_pretrain.max_new_tokens
+  peak = float(cells["bon_pretrain/gold/gold_peak mean"])
+  assert all(float(cells[f"bon_pretrain/{s}/gold@N mean"]) <= peak + 1e-9
+             for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std"))
+  out = ensembles.headline_plot(workdir, str(tmp_path / "docs" / "plots" / "headline_bon.png"))
+  assert os.path.getsize(out) > 10_000
+  table = ensembles.summary_table(workdir)
+  rows = [line for line in table.splitlines()[2:]]
+  assert len(rows) == 1 + 2 * (len(ensembles.SELECTORS) - 1)  # oracle + 6 selectors per ensemble
+  numbers = [float(c.split(" ± ")[0]) for r in rows for c in r.strip("|").split("|")[3:]]
+  assert np.all(np.isfinite(numbers))
+  # The post-hoc diagnostic rescoring the saved pools: one row per ensemble, raw and standardized columns.
+  diag = ensembles.standardized_table(workdir).splitlines()
+  assert len(diag) == 2 + len(ensembles.ENSEMBLES)
+  assert "standardized min" in diag[0] and "raw mean_minus_std" in diag[0]
+  values = [float(c.split(" ± ")[0]) for r in diag[2:] for c in r.strip("|").split("|")[2:]]
+  assert np.all(np.isfinite(values)) and values[1] >= 1.0  # the scale ratio max/min is >= 1
+
+
+def test_grpo_plot_from_fake_results(tmp_path):
+  for seed in (0, 1):
+    metrics = {f"{ensembles.rl_stage_name(rm, b)}/eval/{m}": float(seed + i)
+               for rm in ("single", "min") for i, b in enumerate(ensembles.BETAS)
+               for m in ("gold", "kl", "completion_length")}
+    (tmp_path / f"seed={seed}").mkdir()
+    (tmp_path / f"seed={seed}" / "results.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
+  out = ensembles.grpo_plot(str(tmp_path), str(tmp_path / "plots" / "grpo.png"))
+  assert os.path.getsize(out) > 10_000
+  assert ensembles.rl_stage_name("min", 0.05) == "grpo_min_b0p05"
+  with pytest.raises(FileNotFoundError, match="sweep_dir"):
+    ensembles.grpo_plot(str(tmp_path / "plots"), str(tmp_path / "x.png"))
