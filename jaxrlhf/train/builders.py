@@ -393,8 +393,13 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
 
 def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | None = None,
                     shuffle: bool | None = None, num_epochs: int | None = None, num_attributes: int = 0,
-                    pack: bool | None = None) -> pipeline_lib.PipelineConfig:
-  """The pipeline settings of `data` for one stage; packing applies to SFT batches only (`data.pack`)."""
+                    pack: bool | None = None, split_by_process: bool = False) -> pipeline_lib.PipelineConfig:
+  """The pipeline settings of `data` for one stage; packing applies to SFT batches only (`data.pack`).
+
+  split_by_process: each of jax.process_count() processes collates only its rows of every global batch (training
+    iterators; the loop assembles global arrays from them); False: every process holds whole batches (evaluation,
+    which every process runs on the same data).
+  """
   if pack is None:
     pack = data.pack and kind == "sft"
   return pipeline_lib.PipelineConfig(
@@ -402,11 +407,13 @@ def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | N
       max_prompt_length=data.max_prompt_length or None, buckets=tuple(data.buckets) or (data.max_length,),
       pack=pack, seed=seed, shuffle=data.shuffle if shuffle is None else shuffle, num_epochs=num_epochs,
       num_attributes=num_attributes, num_threads=data.num_threads, prefetch=8 if data.num_threads else 0,
-      shard_index=0, shard_count=1)
+      shard_index=None if split_by_process else 0, shard_count=None if split_by_process else 1)
 
 
 def train_iterator(records: list, tokenizer: Any, data: DataSpec, kind: str, seed: int, **kwargs):
-  """An endless shuffled batch iterator (get_state/set_state for exact resume)."""
+  """An endless shuffled batch iterator (get_state/set_state for exact resume); with several processes each
+  yields only its rows of every global batch (`process_local`)."""
+  kwargs.setdefault("split_by_process", True)
   return pipeline_lib.make_pipeline(records, tokenizer, pipeline_config(data, kind, seed=seed, **kwargs))
 
 
@@ -428,6 +435,10 @@ class StackedIterator:
   def __init__(self, iterators: Sequence[Any], pad_id: int):
     self.iterators = list(iterators)
     self.pad_id = pad_id
+    local = {bool(getattr(it, "process_local", False)) for it in self.iterators}
+    if len(local) > 1:
+      raise ValueError("StackedIterator: members mix process-local and whole-batch iterators")
+    self.process_local = local.pop() if local else False  # The loop assembles global arrays from local rows.
 
   def __iter__(self):
     return self
@@ -480,13 +491,20 @@ def _config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
 
 
 def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State) -> str:
-  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state)."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "spec.json"), "w") as f:
-    json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
-              indent=2)
-  with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(state))))
+  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state).
+
+  With several processes only process 0 writes (the parameters must be addressable by it, e.g. replicated or
+  sharded within its devices); every process returns after the files exist.
+  """
+  from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.is_primary():
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "spec.json"), "w") as f:
+      json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
+                indent=2)
+    with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(state))))
+  distributed.barrier(f"save_reward_model:{out_dir}")
   return out_dir
 
 

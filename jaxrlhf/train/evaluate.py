@@ -92,9 +92,11 @@ def run_evaluate_policy(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -
     estimate = confidence_interval(np.concatenate(chunks))
     key = _METRIC_NAMES[name]
     metrics.update({key: estimate.mean, f"{key}_lower": estimate.lower, f"{key}_upper": estimate.upper})
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"status": "done", "metrics": metrics}, f, indent=2)
+  from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"status": "done", "metrics": metrics}, f, indent=2)
   print("[evaluate_policy] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "_lower" not in k
                                          and "_upper" not in k), flush=True)
   return {"metrics": metrics}

@@ -350,6 +350,7 @@ class ReferenceBatches:
   def __init__(self, iterator: Any, cache: ReferenceCache):
     self.iterator = iterator
     self.cache = cache
+    self.process_local = bool(getattr(iterator, "process_local", False))  # Rows are looked up one by one.
 
   def __iter__(self):
     return self
@@ -464,8 +465,11 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
   batches = builders.eval_batches(records, tokenizer, cfg.data, "preference")
   cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches)
   del state
-  os.makedirs(workdir, exist_ok=True)
-  cache.save(path)
+  from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.is_primary():  # Every process computed the same table; one writes it.
+    os.makedirs(workdir, exist_ok=True)
+    cache.save(path)
+  distributed.barrier(f"reference_cache:{path}")
   print(f"[preference] reference log-probs of {len(cache.table)} pairs saved to {path}", flush=True)
   return cache
 

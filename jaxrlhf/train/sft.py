@@ -113,12 +113,16 @@ def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, see
 
 
 def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_dir: str, prefix: str = "") -> str:
-  """Saves the (policy part of the) trained model as a HF folder that `init_from` can load."""
+  """Saves the (policy part of the) trained model as a HF folder that `init_from` can load (process 0 writes;
+  every process returns after the folder exists)."""
   from jaxrlhf.models import save_pretrained  # pylint: disable=g-import-not-at-top
-  model = nnx.merge(setup.graphdef, state.params, state.extra)
-  if prefix:
-    model = getattr(model, prefix)
-  save_pretrained(model, out_dir)
+  from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+  if distributed.is_primary():
+    model = nnx.merge(setup.graphdef, state.params, state.extra)
+    if prefix:
+      model = getattr(model, prefix)
+    save_pretrained(model, out_dir)
+  distributed.barrier(f"save_policy:{out_dir}")
   return out_dir
 
 
