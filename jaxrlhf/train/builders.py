@@ -481,7 +481,9 @@ def _config_dict(config: ModelConfig) -> dict:
   return dataclasses.asdict(config)
 
 
-def _config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+  """The ModelConfig of a saved `dataclasses.asdict(config)` (a saved reward model's spec.json "model"; json
+  turns tuples into lists and nested dataclasses into dicts)."""
   d = dict(d)
   if d.get("rope_scaling") is not None:
     d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
@@ -517,7 +519,7 @@ def load_reward_model(rm_dir: str):
   head = dict(spec["head"])
   if head.get("attribute_weights") is not None:
     head["attribute_weights"] = tuple(head["attribute_weights"])
-  config, head = _config_from_dict(spec["model"]), HeadConfig(**head)
+  config, head = model_config_from_dict(spec["model"]), HeadConfig(**head)
   abstract = nnx.eval_shape(lambda: RewardEnsemble(config, head, spec["num_members"], rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   with open(os.path.join(rm_dir, "params.msgpack"), "rb") as f:

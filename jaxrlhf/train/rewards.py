@@ -73,17 +73,6 @@ class RewardSourceSpec:
       load_function(self.function, f"{path}.function")
 
 
-def model_config_from_dict(d: Mapping[str, Any]) -> Any:
-  """The ModelConfig of a saved `dataclasses.asdict(config)` (a saved reward model's spec.json "model")."""
-  from jaxrlhf.models.config import ModelConfig, RopeScaling  # pylint: disable=g-import-not-at-top
-  d = dict(d)
-  if d.get("rope_scaling") is not None:
-    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
-  if isinstance(d.get("eos_token_id"), list):
-    d["eos_token_id"] = tuple(d["eos_token_id"])
-  return ModelConfig(**d)
-
-
 def load_function(spec: str, path: str = "function") -> Callable[..., Any]:
   """The callable named by "package.module:function"; ValueError naming `path` if it cannot be imported."""
   module_name, _, attr = spec.partition(":")

@@ -336,7 +336,7 @@ def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: d
     head = dict(saved["head"])
     if head.get("attribute_weights") is not None:
       head["attribute_weights"] = tuple(head["attribute_weights"])
-    config, head = rewards_lib.model_config_from_dict(saved["model"]), HeadConfig(**head)
+    config, head = builders.model_config_from_dict(saved["model"]), HeadConfig(**head)
 
     def factory(key, config=config, head=head, k=saved["num_members"]):
       return RewardEnsemble(config, head, k, rngs=nnx.Rngs(key))

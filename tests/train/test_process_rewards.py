@@ -11,6 +11,7 @@ import pytest
 
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.train import builders
 from jaxrlhf.train import rewards
 
 
@@ -144,4 +145,4 @@ def test_model_config_from_dict_round_trips():
                        mlp_dim=32, rope_scaling=RopeScaling(rope_type="linear", factor=2.0), eos_token_id=(1, 2))
   d = dataclasses.asdict(config)
   d["eos_token_id"] = list(d["eos_token_id"])  # as json writes it
-  assert rewards.model_config_from_dict(d) == config
+  assert builders.model_config_from_dict(d) == config
