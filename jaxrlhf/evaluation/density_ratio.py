@@ -37,6 +37,7 @@ import numpy as np
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.data import records as records_lib
 from jaxrlhf.data import tokenize as tokenize_lib
+from jaxrlhf.data.synthetic.world import pad_rows
 from jaxrlhf.evaluation import pairwise
 from jaxrlhf.train import builders
 
@@ -127,15 +128,6 @@ def _prompt(text: str, context: str) -> str:
   return f"<{context}> {text}" if context else text
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, :len(r)] = r
-    mask[i, :len(r)] = 1
-  return ids, mask
-
-
 def sequence_logps(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
                    batch_size: int) -> np.ndarray:
   """float64 (B,): sum_t log pi(y_t | x, y_<t) of each response text (+ the end token) after its prompt text."""
@@ -148,7 +140,7 @@ def sequence_logps(model: Any, tokenizer: Any, prompts: Sequence[str], responses
   out = []
   for start in range(0, len(prompts), batch_size):
     p_ids, p_mask = pad_prompts(prompt_rows[start:start + batch_size], tokenizer.pad_id, width=p_width)
-    r_ids, r_mask = _right_pad(response_rows[start:start + batch_size], tokenizer.pad_id, n_width)
+    r_ids, r_mask = pad_rows(response_rows[start:start + batch_size], n_width, tokenizer.pad_id)
     out.append(np.asarray(jax.device_get(response_logps(model, p_ids, p_mask, r_ids, r_mask)), np.float64).sum(1))
   return np.concatenate(out)
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxrlhf.config import ConfigError, field
+from jaxrlhf.data.synthetic.world import pad_rows
 
 GOALS = ("none", "top")
 
@@ -115,15 +116,6 @@ def goal_margin_metrics(top_logps_N, contrast_logps_N, scores_N, *, high_score: 
   return {"high": high, "low": low, "gap": high - low}
 
 
-def _right_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, :len(r)] = r
-    mask[i, :len(r)] = 1
-  return ids, mask
-
-
 def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_rows: Sequence[Sequence[int]],
                    pad_id: int, batch_size: int = 128) -> np.ndarray:
   """float64 (N,) log p(response | prompt) under `model` (temperature 1), summed over the response tokens.
@@ -146,7 +138,7 @@ def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_ro
     prompts += [prompts[0]] * fill
     responses += [responses[0]] * fill
     ids, mask = pad_prompts(prompts, pad_id, width=p_width)
-    r_ids, r_mask = _right_pad(responses, r_width, pad_id)
+    r_ids, r_mask = pad_rows(responses, r_width, pad_id)
     token_logps = np.asarray(response_logps(model, ids, mask, r_ids, r_mask), np.float64)
     out.append(token_logps.sum(axis=1)[:batch_size - fill])
   return np.concatenate(out)

@@ -487,29 +487,10 @@ class GoalFormatSFTConfig(sft_lib.SFTConfig):
 def run_goal_format_sft(cfg: GoalFormatSFTConfig, workdir: str, inputs: dict) -> dict:
   """The "goal_sft" stage: `sft_lib.run_sft`'s recipe on goal-formatted records; saves `workdir/model`."""
   from jaxrlhf.data.transforms import goal_format_records  # pylint: disable=g-import-not-at-top
-  world, mesh, model_config, pretrained, tokenizer = builders.stage_context(cfg, inputs)
+  context = builders.stage_context(cfg, inputs)
+  world, tokenizer = context[0], context[4]
   train_records, eval_records, report = builders.sft_records(cfg.data, world)
   role = tokenizer.supports_system_role
   train_records = goal_format_records(train_records, cfg.goal_fraction, cfg.seed, supports_system_role=role)
   eval_records = goal_format_records(eval_records, cfg.goal_fraction, cfg.seed + 1, supports_system_role=role)
-  optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = sft_lib.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
-  step_fn = sft_lib.make_sft_step(setup.graphdef, cfg.optimizer, cfg.logps_chunk_size)
-  data_iter = builders.train_iterator(train_records, tokenizer, cfg.data, "sft", cfg.seed)
-  batches = builders.eval_batches(eval_records, tokenizer, cfg.data, "sft")
-  loss_fn = sft_lib.sft_loss_fn(cfg.logps_chunk_size)
-
-  @jax.jit
-  def eval_step(state, batch):
-    total, tokens, _ = loss_fn(nnx.merge(setup.graphdef, state.params, state.extra), batch, None)
-    return total, tokens
-
-  def eval_fn(state):
-    sums = [eval_step(state, b) for b in batches]
-    total, tokens = (sum(float(s[i]) for s in sums) for i in (0, 1))
-    return {"loss": total / max(tokens, 1.0)} if batches else {}
-
-  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, eval_fn=eval_fn if batches else None)
-  model_dir = save_policy(setup, final_state(setup, results), os.path.join(workdir, "model"))
-  return builders.stage_outputs(results, model_dir=model_dir, data_report=report)
+  return sft_lib.train_sft(cfg, workdir, context, (train_records, eval_records, report))

@@ -139,8 +139,15 @@ def final_state(setup: state_lib.StateSetup, results: dict) -> state_lib.TrainSt
 
 def run_sft(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   """The "sft" stage: trains, evaluates held-out NLL, saves `workdir/model` (HF folder)."""
-  world, mesh, model_config, pretrained, tokenizer = builders.stage_context(cfg, inputs)
-  train_records, eval_records, report = builders.sft_records(cfg.data, world)
+  context = builders.stage_context(cfg, inputs)
+  return train_sft(cfg, workdir, context, builders.sft_records(cfg.data, context[0]))
+
+
+def train_sft(cfg: SFTConfig, workdir: str, context: tuple, records: tuple[list, list, dict]) -> dict:
+  """The SFT recipe on given records: `context` = builders.stage_context(...), `records` = (train, held-out,
+  data report); trains, evaluates held-out NLL, saves `workdir/model`; returns the stage outputs."""
+  _, mesh, model_config, pretrained, tokenizer = context
+  train_records, eval_records, report = records
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
   step_fn = make_sft_step(setup.graphdef, cfg.optimizer, cfg.logps_chunk_size)
