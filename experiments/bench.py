@@ -18,6 +18,9 @@ the jaxrlhf side) the median of `--steps` timed steps is reported: pairs/s, toke
 GEMM rate jax reaches on this CPU), compile time, the XLA step buffer size and peak process memory; a memory table
 of DPO with precomputed reference log-probs vs a resident reference; generation tokens/s next to transformers.
 The loss of every step is recorded on both sides: with the same weights and data they agree (parity column).
+`--shared_prompt true` runs the jaxrlhf RM and DPO steps on shared-prompt batches (one [prompt | chosen |
+rejected] row per pair, `data.shared_prompt`); their tokens/s, GFLOP/s and MFU still count the two-row tokens and
+FLOPs of the same pairs, so the rows compare work done per second.
 `--smoke` runs a 13k-parameter model in-process in seconds (the test of the plumbing).
 """
 
@@ -65,7 +68,7 @@ def run_isolated(model: str, algo: str, side: str, folder: str, args: argparse.N
   cmd = [sys.executable, "-m", "experiments.bench", "--case", f"{model}:{algo}:{side}", "--folder", folder,
          "--steps", str(args.steps), "--threads", str(args.threads), "--shape", args.shape or model,
          "--logps_chunk_size", str(args.logps_chunk_size), "--warmup", str(args.warmup),
-         "--scan_layers", str(args.scan_layers), "--case_out", out]
+         "--scan_layers", str(args.scan_layers), "--shared_prompt", str(args.shared_prompt), "--case_out", out]
   proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if proc.returncode != 0:
@@ -136,7 +139,8 @@ def markdown(rows: list[dict], models: list[str]) -> str:
       diff = (max(abs(x - y) for x, y in zip(j["losses"], t["losses"]))
               if j and t and j["losses"] and t["losses"] else None)
       r = ratio(rows, m, a)
-      lines.append(f"| {m} | {ALGO_NAMES[a]} | {any_row['params'] / 1e6:.1f}M | {any_row['batch']} x "
+      name = ALGO_NAMES[a] + (" (jaxrlhf: shared prompt)" if j and j.get("shared_prompt") else "")
+      lines.append(f"| {m} | {name} | {any_row['params'] / 1e6:.1f}M | {any_row['batch']} x "
                    f"{any_row['seq']} | {_fmt(j and j['pairs_per_s'], 2)} | {_fmt(j and j['tokens_per_s'], 0)} | "
                    f"{_fmt(t and t['pairs_per_s'], 2)} | {_fmt(t and t['tokens_per_s'], 0)} | "
                    f"**{_fmt(r, 2)}x** | {'-' if diff is None else f'{diff:.1e}'} |")
@@ -148,7 +152,8 @@ def markdown(rows: list[dict], models: list[str]) -> str:
       if not j:
         continue
       mfu = f"{j['mfu']:.1%}" if "mfu" in j else "-"
-      lines.append(f"| {m} | {ALGO_NAMES[a]} | {j['step_s']:.3f} | {j['steps_per_s']:.2f} | "
+      name = ALGO_NAMES[a] + (" (shared prompt)" if j.get("shared_prompt") else "")
+      lines.append(f"| {m} | {name} | {j['step_s']:.3f} | {j['steps_per_s']:.2f} | "
                    f"{j['tokens_per_s']:,.0f} | {j['gflops_per_s']:.1f} | {mfu} | {j['compile_s']:.1f} | "
                    f"{_fmt(j.get('xla_step_mib'))} | {j['peak_rss_mib']:,.0f} ({_fmt(t and t['peak_rss_mib'], 0)}) |")
   mem = [(m, a, _pick(rows, m, a, "jaxrlhf"), _pick(rows, m, a, "trl")) for m in models
@@ -190,7 +195,8 @@ def _case_main(args: argparse.Namespace) -> None:
   model, algo, side = args.case.split(":")
   shape = bench_lib.SHAPES[args.shape]
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
-                           logps_chunk_size=args.logps_chunk_size, scan_layers=args.scan_layers == "true")
+                           logps_chunk_size=args.logps_chunk_size, scan_layers=args.scan_layers == "true",
+                           shared_prompt=args.shared_prompt == "true")
   with open(args.case_out, "w") as f:
     json.dump(row, f)
 
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--logps_chunk_size", type=int, default=0, help="jaxrlhf DPO chunked log-prob gather")
   parser.add_argument("--scan_layers", default="true", choices=("true", "false"),
                       help="jaxrlhf ModelConfig.scan_layers (false: unrolled layers, faster backward on XLA:CPU)")
+  parser.add_argument("--shared_prompt", default="false", choices=("true", "false"),
+                      help="jaxrlhf RM/DPO steps score each pair as one [prompt | chosen | rejected] row")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxrlhf_bench"))
   parser.add_argument("--out", default=None, help="write all rows and the machine description as JSON")
   parser.add_argument("--smoke", action="store_true", help="a tiny model in-process, 2 steps: the plumbing only")
@@ -257,7 +265,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
           if args.smoke:
             row = bench_lib.run_case(m, a, s, folder, bench_lib.SHAPES[m], steps, args.warmup, threads=args.threads,
                                      logps_chunk_size=args.logps_chunk_size,
-                                     scan_layers=args.scan_layers == "true")
+                                     scan_layers=args.scan_layers == "true",
+                                     shared_prompt=args.shared_prompt == "true")
           else:
             row = run_isolated(m, a, s, folder, args)
           if peak and "gflops_per_s" in row:

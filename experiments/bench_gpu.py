@@ -1,6 +1,12 @@
 """GPU benchmark: bf16 reward-model and DPO train steps on a ~1B Llama-architecture model at sequence 2048.
 
     python -m experiments.bench_gpu [--steps 10] [--batch 8] [--seq 2048] [--peak_tflops 989] [--out results.json]
+    python -m experiments.bench_gpu --only rm,dpo,rm_shared,dpo_shared     # + shared-prompt scoring
+
+The `_shared` steps score the same pairs (prompt = the first half of each sequence, shared by chosen and
+rejected) as ONE [prompt | chosen | rejected] row of 1.5 x seq tokens through `train.pairs` (models.shared_prompt)
+instead of two rows of seq tokens; their `speedup` is the two-row step time over theirs, and their MFU counts the
+FLOPs of the tokens they actually run (attention over the 1.5 x seq row).
 
 Reports step time, tokens/s, peak device memory and model-FLOPs utilization (MFU) against `--peak_tflops`
 (989 TFLOP/s: dense bf16 on an H100/H200 SXM). FLOPs follow MaxText's count (per trained token: 6 x matmul
@@ -28,6 +34,7 @@ from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import CausalLM
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardModel
+from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
 
 # Llama-3.2-1B's shape (about 1.24B parameters with its tied 128k embedding).
 LLAMA_1B = dict(family="llama", vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
@@ -85,6 +92,36 @@ def dpo_step_loss(model, batch):
   return losses.mean(), logps.mean()
 
 
+def _lengths(batch):
+  return batch["prompt_length"], batch["chosen_length"], batch["rejected_length"]
+
+
+def rm_shared_loss(model, batch):
+  r_c, r_r = model.score_shared_prompt(batch["pair_input_ids"], *_lengths(batch))
+  losses, _ = bradley_terry_loss(r_c, r_r)
+  return losses.mean(), r_c.mean()
+
+
+def dpo_shared_loss(model, batch):
+  ids = batch["pair_input_ids"]
+  layout = shared_prompt_layout(*_lengths(batch), ids.shape[1])
+  token_logps, _ = shared_prompt_token_logps(model, ids, layout, chunk_size=4096)
+  logps = jnp.sum(token_logps, axis=-1)
+  b = logps.shape[0] // 2
+  losses, _ = dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=0.1)
+  return losses.mean(), logps.mean()
+
+
+def shared_batch(batch: dict, seq: int) -> dict:
+  """The same pairs as [prompt | chosen | rejected] rows: prompt = the first seq // 2 tokens of chosen."""
+  p = seq // 2
+  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"][:, p:]], axis=1)
+  b = ids.shape[0]
+  full = lambda n: jnp.full((b,), n, jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
+  return dict(pair_input_ids=ids, prompt_length=full(p), chosen_length=full(seq - p), rejected_length=full(seq - p),
+              ref_chosen_logps=batch["ref_chosen_logps"], ref_rejected_logps=batch["ref_rejected_logps"])
+
+
 def bench_one(name, make_model, loss_fn, batch, c: ModelConfig, seq: int, steps: int, with_unembed: bool,
               peak_tflops: float) -> dict:
   model = make_model()
@@ -103,12 +140,17 @@ def bench_one(name, make_model, loss_fn, batch, c: ModelConfig, seq: int, steps:
     loss.block_until_ready()
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  tokens = 2 * batch["chosen_ids"].shape[0] * seq
-  flops = train_flops_per_token(c, seq, with_unembed) * tokens
+  if "pair_input_ids" in batch:  # one row of 1.5 x seq tokens per pair
+    num_pairs, row = batch["pair_input_ids"].shape
+    tokens, flops = num_pairs * row, train_flops_per_token(c, row, with_unembed) * num_pairs * row
+  else:
+    num_pairs = batch["chosen_ids"].shape[0]
+    tokens = 2 * num_pairs * seq
+    flops = train_flops_per_token(c, seq, with_unembed) * tokens
   stats = jax.devices()[0].memory_stats() or {}
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  return dict(step=name, params=int(n_params), batch_pairs=batch["chosen_ids"].shape[0], seq=seq,
-              compile_s=round(compile_s, 1), step_s=round(step_s, 4), pairs_per_s=round(tokens / 2 / seq / step_s, 2),
+  return dict(step=name, params=int(n_params), batch_pairs=num_pairs, seq=seq,
+              compile_s=round(compile_s, 1), step_s=round(step_s, 4), pairs_per_s=round(num_pairs / step_s, 2),
               tokens_per_s=round(tokens / step_s), tflops_per_s=round(flops / step_s / 1e12, 1),
               mfu=round(flops / step_s / 1e12 / peak_tflops, 4),
               peak_mem_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2), final_loss=float(loss))
@@ -139,19 +181,32 @@ def main():
                ref_rejected_logps=jnp.asarray(rng.normal(-2.0 * args.seq, 10.0, args.batch), jnp.float32))
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, config: {c}", flush=True)
   rows = []
-  if "rm" in args.only:
-    rows.append(bench_one("reward_model (BT)", lambda: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(0)),
-                          rm_loss, batch, c, args.seq, args.steps, False, args.peak_tflops))
+  cases = {
+      "rm": ("reward_model (BT)", rm_loss, False, batch),
+      "dpo": ("dpo (sigmoid, precomputed ref)", dpo_step_loss, True, batch),
+      "rm_shared": ("reward_model (BT), shared prompt", rm_shared_loss, False, shared_batch(batch, args.seq)),
+      "dpo_shared": ("dpo (sigmoid, precomputed ref), shared prompt", dpo_shared_loss, True,
+                     shared_batch(batch, args.seq)),
+  }
+  for key in args.only.split(","):
+    name, loss_fn, lm, case_batch = cases[key]
+    make_model = ((lambda: CausalLM(c, rngs=nnx.Rngs(0))) if lm
+                  else (lambda: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(0))))
+    try:
+      rows.append(bench_one(name, make_model, loss_fn, case_batch, c, args.seq, args.steps, lm, args.peak_tflops))
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"{key} FAILED: {type(e).__name__}: {str(e)[:2000]}", flush=True)  # the other cases still run
+      continue
+    base = next((r for r in rows if r["step"] == cases[key.replace("_shared", "")][0]), None)
+    if key.endswith("_shared") and base is not None:
+      rows[-1]["speedup"] = round(base["step_s"] / rows[-1]["step_s"], 3)
     print(json.dumps(rows[-1]), flush=True)
-  if "dpo" in args.only:
-    rows.append(bench_one("dpo (sigmoid, precomputed ref)", lambda: CausalLM(c, rngs=nnx.Rngs(0)),
-                          dpo_step_loss, batch, c, args.seq, args.steps, True, args.peak_tflops))
-    print(json.dumps(rows[-1]), flush=True)
-  print("\n| step | params | pairs/step | seq | step s | tokens/s | TFLOP/s | MFU | peak GiB |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("\n| step | params | pairs/step | seq | step s | pairs/s | tokens/s | TFLOP/s | MFU | peak GiB | speedup |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['step']} | {r['params'] / 1e9:.2f}B | {r['batch_pairs']} | {r['seq']} | {r['step_s']} | "
-          f"{r['tokens_per_s']} | {r['tflops_per_s']} | {r['mfu']:.1%} | {r['peak_mem_gib']} |")
+          f"{r['pairs_per_s']} | {r['tokens_per_s']} | {r['tflops_per_s']} | {r['mfu']:.1%} | {r['peak_mem_gib']} | "
+          f"{r.get('speedup', '')} |")
   out = args.out or (os.path.join(os.environ["OUT"], "bench_gpu.json") if os.environ.get("OUT") else None)
   if out:
     with open(out, "w") as f:

@@ -135,6 +135,21 @@ def jax_batches(pairs: dict[str, np.ndarray], batch: int) -> list[dict[str, np.n
   return out
 
 
+def jax_shared_prompt_batches(pairs: dict[str, np.ndarray], batch: int) -> list[dict[str, np.ndarray]]:
+  """The same pairs as shared-prompt batches (data.pipeline): one [prompt | chosen | rejected] row per pair."""
+  n, p = pairs["prompt"].shape
+  r = pairs["chosen"].shape[1]
+  out = []
+  for i in range(0, n, batch):
+    rows = slice(i, i + batch)
+    out.append(dict(
+        pair_input_ids=np.concatenate([pairs["prompt"][rows], pairs["chosen"][rows], pairs["rejected"][rows]], 1),
+        prompt_length=np.full((batch,), p, np.int32), chosen_length=np.full((batch,), r, np.int32),
+        rejected_length=np.full((batch,), r, np.int32), weight=np.ones((batch,), np.float32),
+        margin=np.full((batch,), np.nan, np.float32)))
+  return out
+
+
 def rm_head_kernel(embed_dim: int, seed: int = 0) -> np.ndarray:
   """(1, D) reward-head weights used by both sides (TRL's score-head scale)."""
   rng = np.random.default_rng(seed + 1)
@@ -208,13 +223,15 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 # ------------------------------------------------------------------------------------------------ jaxrlhf side
 def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5,
-              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool = True) -> dict[str, Any]:
+              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool = True, shared_prompt: bool = False
+              ) -> dict[str, Any]:
   """Times the library's jitted, donating train step (`make_train_step` over `init_train_state`) on `algo`.
 
   RM: `RewardModel` + `reward_loss_fn`; DPO: the policy state of `sft.policy_setup` + `preference_loss_fn` with
   reference log-probs precomputed by `pair_token_logps` (untimed, as TRL's precompute); DPO resident:
   `preference_setup(reference="resident")`. Each timed step includes the host-to-device copy of its batch and
   reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default: True).
+  `shared_prompt`: the batches hold one [prompt | chosen | rejected] row per pair (`data.shared_prompt`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -225,7 +242,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models.reward_model import RewardModel  # pylint: disable=g-import-not-at-top
   from jaxrlhf.parallel import MeshConfig, make_mesh  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import builders, optim, preference, reward, sft  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import builders, optim, preference, reward  # pylint: disable=g-import-not-at-top
   from jaxrlhf.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   if algo not in ("rm", "dpo", "dpo_resident"):
@@ -236,7 +253,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   del lm
   mesh = make_mesh(MeshConfig(), jax.devices()[:1])
   optimizer = optim.make_optimizer(optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
-  batches = jax_batches(make_pairs(config.vocab_size, shape, warmup + steps, seed), shape.batch)
+  make_batches = jax_shared_prompt_batches if shared_prompt else jax_batches
+  batches = make_batches(make_pairs(config.vocab_size, shape, warmup + steps, seed), shape.batch)
 
   if algo == "rm":
     head = HeadConfig("linear")
@@ -506,9 +524,12 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 
 
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
-             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool = True) -> dict[str, Any]:
+             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool = True, shared_prompt: bool = False
+             ) -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary)."""
   row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
+  if shared_prompt and side == "jaxrlhf" and algo in ("rm", "dpo", "dpo_resident"):
+    row["shared_prompt"] = True
   if algo == "generate":
     if side == "jaxrlhf":
       raw = jax_generate(folder, shape, steps, scan_layers=scan_layers)
@@ -531,7 +552,8 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
     row.pop("times")
     return row
   if side == "jaxrlhf":
-    raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, scan_layers=scan_layers)
+    raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, scan_layers=scan_layers,
+                    shared_prompt=shared_prompt)
   elif side == "trl":
     raw = trl_train(folder, algo, shape, steps, warmup, threads=threads)
   else:

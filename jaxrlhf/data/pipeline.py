@@ -10,6 +10,10 @@ Batches follow docs/design.md, right padded, int32 ids and masks:
   preference: chosen_/rejected_ input_ids, attention_mask, loss_mask (B, T) (both padded to the same T), float32
               (B,) chosen_score, rejected_score, margin (NaN where absent), weight (1 by default); with
               num_attributes=K also chosen_attributes, rejected_attributes (B, K) and attributes_mask (B, K).
+  shared-prompt preference (shared_prompt=True): pair_input_ids (B, T) holding [prompt | chosen | rejected]
+              and int32 (B,) prompt_length, chosen_length, rejected_length instead of the chosen_/rejected_ rows
+              (models.shared_prompt builds the attention segments and positions from the lengths); T from
+              `shared_bucket_lengths`. The other fields are as above.
 T is the smallest bucket >= the batch's longest sequence, so at most len(buckets) shapes compile (packing: one).
 A final partial batch (finite num_epochs) is filled with empty rows (masks 0, weight 0) to keep the shape.
 
@@ -52,6 +56,8 @@ class PipelineConfig:
     min_response_length: examples leaving fewer response tokens are dropped (counted).
     buckets: padded lengths; values above max_length are ignored and max_length is always a bucket.
     pack: SFT only: pack examples greedily into rows of max_length.
+    shared_prompt: preference only: one [prompt | chosen | rejected] row per pair (the prompt tokenized and
+      run once) instead of two rows; see `shared_prompt_cost_ratio` for when it pays.
     seed: shuffle seed (each epoch uses a different permutation derived from it).
     shuffle: shuffle or keep the source order.
     num_epochs: None repeats forever.
@@ -67,6 +73,7 @@ class PipelineConfig:
   min_response_length: int = 1
   buckets: Sequence[int] = (64, 128, 256, 512)
   pack: bool = False
+  shared_prompt: bool = False
   seed: int = 0
   shuffle: bool = True
   num_epochs: int | None = None
@@ -81,6 +88,8 @@ class PipelineConfig:
       raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
     if self.pack and self.kind != "sft":
       raise ValueError("pack=True is only supported for kind='sft'")
+    if self.shared_prompt and self.kind != "preference":
+      raise ValueError("shared_prompt=True is only supported for kind='preference'")
     if self.batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
     if any(b < 1 for b in self.buckets):
@@ -96,6 +105,15 @@ class PipelineConfig:
   @property
   def bucket_lengths(self) -> tuple[int, ...]:
     return tuple(sorted({b for b in self.buckets if b <= self.max_length} | {self.max_length}))
+
+  @property
+  def shared_bucket_lengths(self) -> tuple[int, ...]:
+    """Padded lengths of shared-prompt rows (up to P + 2 * (max_length - P) < 2 * max_length tokens): each
+    bucket b and 1.5 b, 2 b, rounded up to a multiple of 8."""
+    out = set()
+    for b in self.bucket_lengths:
+      out.update({b, 8 * -(-3 * b // 16), 2 * b})  # 8 * ceil(1.5 b / 8)
+    return tuple(sorted(out))
 
 
 def bucket_length(length: int, buckets: Sequence[int]) -> int:
@@ -130,6 +148,32 @@ def _preference_length(example: dict) -> int:
   return len(example["prompt"]) + max(len(example["chosen"]), len(example["rejected"]))
 
 
+def _shared_length(example: dict) -> int:
+  return len(example["prompt"]) + len(example["chosen"]) + len(example["rejected"])
+
+
+def shared_prompt_cost_ratio(examples: Sequence[dict], config: PipelineConfig,
+                             row_cost: Any = lambda t: t) -> float:
+  """Cost of the shared-prompt layout over the two-row layout for `examples` in batches of config.batch_size.
+
+  Each batch costs B * row_cost(T) with T its padded length (bucketed as the pipeline pads): two-row batches
+  have 2B rows of the bucket of max(P + max(R_c, R_r)), shared-prompt batches B rows of the shared bucket of
+  max(P + R_c + R_r). `row_cost(T)` is the work of one padded row (default: T tokens; pass FLOPs including the
+  T^2 attention term for a model). A ratio < 1 means shared-prompt scoring does less work.
+  """
+  examples = [e for e in examples if not e.get("dropped")]
+  if not examples:
+    return 1.0
+  two_rows = shared = 0.0
+  for i in range(0, len(examples), config.batch_size):
+    chunk = examples[i:i + config.batch_size]
+    two_rows += 2 * config.batch_size * row_cost(
+        bucket_length(max(map(_preference_length, chunk)), config.bucket_lengths))
+    shared += config.batch_size * row_cost(
+        bucket_length(max(map(_shared_length, chunk)), config.shared_bucket_lengths))
+  return shared / two_rows
+
+
 def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id: int, length: int | None = None
                        ) -> dict[str, np.ndarray]:
   """Tokenized pairs -> this process's rows of a preference batch (rows beyond len(examples) are empty with
@@ -143,6 +187,13 @@ def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id:
   for name, seqs in (("chosen", chosen), ("rejected", rejected)):
     padded = _pad_rows([s[0] for s in seqs], [s[1] for s in seqs], length, b, pad_id)
     batch.update({f"{name}_{k}": v for k, v in padded.items()})
+  batch.update(_pair_fields(examples, config, b))
+  return batch
+
+
+def _pair_fields(examples: Sequence[dict], config: PipelineConfig, b: int) -> dict[str, np.ndarray]:
+  """The per-pair columns (scores, margin, weight, attributes) of b rows, empty rows last."""
+  batch = {}
   for key, fill in (("chosen_score", np.nan), ("rejected_score", np.nan), ("margin", np.nan), ("weight", 0.0)):
     column = np.full((b,), fill, np.float32)
     column[:len(examples)] = [e[key] for e in examples]
@@ -154,6 +205,24 @@ def collate_preference(examples: Sequence[dict], config: PipelineConfig, pad_id:
     batch["chosen_attributes"] = np.where(mask, attributes[:, 0], 0.0).astype(np.float32)
     batch["rejected_attributes"] = np.where(mask, attributes[:, 1], 0.0).astype(np.float32)
     batch["attributes_mask"] = mask.astype(np.int32)
+  return batch
+
+
+def collate_shared_prompt(examples: Sequence[dict], config: PipelineConfig, pad_id: int, length: int | None = None
+                          ) -> dict[str, np.ndarray]:
+  """Tokenized pairs -> this process's rows of a shared-prompt preference batch: pair_input_ids (B, T) with
+  [prompt | chosen | rejected] right padded, the three lengths (B,), and the per-pair fields of
+  `collate_preference` (rows beyond len(examples) are empty with weight 0)."""
+  b = config.batch_size // _shard_count(config)
+  if length is None:
+    length = bucket_length(max(_shared_length(e) for e in examples), config.shared_bucket_lengths)
+  rows = [np.concatenate([e["prompt"], e["chosen"], e["rejected"]]) for e in examples]
+  batch = {"pair_input_ids": _pad_rows(rows, [np.zeros_like(r) for r in rows], length, b, pad_id)["input_ids"]}
+  for key in ("prompt", "chosen", "rejected"):
+    column = np.zeros((b,), np.int32)
+    column[:len(examples)] = [len(e[key]) for e in examples]
+    batch[f"{key}_length"] = column
+  batch.update(_pair_fields(examples, config, b))
   return batch
 
 
@@ -286,9 +355,13 @@ class BatchIterator:
     if not examples:
       raise StopIteration
     # T from the whole global batch, so every process pads its rows to the same length.
-    measure = _preference_length if config.kind == "preference" else _example_length
-    length = bucket_length(max(measure(e) for e in examples), config.bucket_lengths)
-    collate = collate_preference if config.kind == "preference" else collate_sft
+    if config.shared_prompt:
+      measure, buckets, collate = _shared_length, config.shared_bucket_lengths, collate_shared_prompt
+    elif config.kind == "preference":
+      measure, buckets, collate = _preference_length, config.bucket_lengths, collate_preference
+    else:
+      measure, buckets, collate = _example_length, config.bucket_lengths, collate_sft
+    length = bucket_length(max(measure(e) for e in examples), buckets)
     return collate(examples[mine], config, self._pad_id, length)
 
   def get_state(self) -> dict:

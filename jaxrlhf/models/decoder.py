@@ -197,8 +197,10 @@ def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKx
   `allowed_BxTxS=None` means plain causal attention over unpadded sequences (the fused kernel's fast path).
   """
   if config.attention == "cudnn" and not use_cache:
+    # Without a cache every allowed mask is causal (padding, packing, shared prompts only remove more keys), so
+    # the kernel may skip the blocks above the diagonal; the mask (turned into a bias by jax) does the rest.
     mask = None if allowed_BxTxS is None else allowed_BxTxS[:, None]
-    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, is_causal=mask is None,
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask=mask, is_causal=True,
                                         scale=attention_scale(config), implementation="cudnn")
   B, T, N, H = q_BxTxNxH.shape
   K = k_BxSxKxH.shape[2]
@@ -278,12 +280,21 @@ def default_positions(attention_mask_BxT: Array, offset_B: Array | None = None) 
   return jnp.maximum(positions, 0)
 
 
-def _allowed_mask(config: ModelConfig, q_slots_T: Array, kv_slots_S: Array, kv_valid_BxS: Array) -> Array:
-  """(B, T, S) bool: key slot is real, not in the future, and inside the sliding window if any."""
+def _allowed_mask(config: ModelConfig, q_slots_T: Array, kv_slots_S: Array, kv_valid_BxS: Array,
+                  positions_BxT: Array | None = None) -> Array:
+  """(B, T, S) bool: key slot is real, not in the future, and inside the sliding window if any.
+
+  The window is measured in slots, or in `positions_BxT` when given (T == S, no cache): rows whose segments
+  restart or share a prefix (packing, shared prompts) have slot distances larger than token distances.
+  """
   causal_TxS = kv_slots_S[None, :] <= q_slots_T[:, None]
+  allowed_BxTxS = causal_TxS[None] & kv_valid_BxS[:, None, :]
   if config.sliding_window is not None:
-    causal_TxS &= kv_slots_S[None, :] > q_slots_T[:, None] - config.sliding_window
-  return causal_TxS[None] & kv_valid_BxS[:, None, :]
+    if positions_BxT is None:
+      allowed_BxTxS &= (kv_slots_S[None, :] > q_slots_T[:, None] - config.sliding_window)[None]
+    else:
+      allowed_BxTxS &= positions_BxT[:, None, :] > positions_BxT[:, :, None] - config.sliding_window
+  return allowed_BxTxS
 
 
 # ----------------------------------------------------------------------------------------------- the module
@@ -303,8 +314,10 @@ class CausalLM(nnx.Module):
 
   # ---- public API
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None, *,
-               cache: KVCache | None = None, return_hidden: bool = False, segment_ids: Array | None = None):
-    hidden_BxTxD, new_cache = self.backbone(input_ids, attention_mask, positions, cache, segment_ids=segment_ids)
+               cache: KVCache | None = None, return_hidden: bool = False, segment_ids: Array | None = None,
+               shared_mask: Array | None = None):
+    hidden_BxTxD, new_cache = self.backbone(input_ids, attention_mask, positions, cache, segment_ids=segment_ids,
+                                            shared_mask=shared_mask)
     logits_BxTxV = self.unembed(hidden_BxTxD)
     out = (logits_BxTxV, hidden_BxTxD) if return_hidden else (logits_BxTxV,)
     if cache is not None:
@@ -312,9 +325,11 @@ class CausalLM(nnx.Module):
     return out if len(out) > 1 else out[0]
 
   def hidden_states(self, input_ids: Array, attention_mask: Array | None = None,
-                    positions: Array | None = None, *, segment_ids: Array | None = None) -> Array:
+                    positions: Array | None = None, *, segment_ids: Array | None = None,
+                    shared_mask: Array | None = None) -> Array:
     """Final-norm hidden states (B, T, D) in the compute dtype, without the LM head."""
-    return self.backbone(input_ids, attention_mask, positions, None, segment_ids=segment_ids)[0]
+    return self.backbone(input_ids, attention_mask, positions, None, segment_ids=segment_ids,
+                         shared_mask=shared_mask)[0]
 
   def output_embedding(self) -> Array:
     """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied)."""
@@ -341,13 +356,16 @@ class CausalLM(nnx.Module):
                    mask=jnp.zeros((batch, max_len), bool), index=jnp.zeros((), jnp.int32))
 
   def backbone(self, input_ids_BxT: Array, attention_mask: Array | None = None, positions: Array | None = None,
-               cache: KVCache | None = None, *, segment_ids: Array | None = None) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None, *, segment_ids: Array | None = None, shared_mask: Array | None = None
+               ) -> tuple[Array, KVCache | None]:
     """Final-norm hidden states (B, T, D) and the updated cache (None without one), without the LM head.
 
     The cache-aware form of `hidden_states`: sampling prefills a prompt with it and unembeds only the last position.
     Token ids outside [0, V) are clamped (a pad id of -1 must not embed as NaN, which masking cannot undo).
     `segment_ids` (B, T) (1, 2, ... per packed example, 0 on padding) keeps packed examples from attending to
     each other; pass each example's own `positions` with it. Not supported with a cache.
+    `shared_mask` (B, T) bool (with `segment_ids`) marks tokens every later segment of the row may attend to: a
+    prompt shared by the responses packed after it (models.shared_prompt), still causal.
     """
     c = self.config
     if input_ids_BxT.ndim != 2:
@@ -372,12 +390,18 @@ class CausalLM(nnx.Module):
       kv_slots_S = jnp.arange(cache.max_len)
     if positions is None:
       positions = default_positions(mask_BxT, offset_B)
-    allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS)  # built once, shared by all layers
+    if segment_ids is not None and (cache is not None or segment_ids.shape != (B, T)):
+      raise ValueError(f"segment_ids must be (B, T) = {(B, T)} and used without a cache; got "
+                       f"{segment_ids.shape}{' with a cache' if cache is not None else ''}")
+    allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS,  # built once, shared by all layers
+                                  positions if segment_ids is not None else None)
     if segment_ids is not None:
-      if cache is not None or segment_ids.shape != (B, T):
-        raise ValueError(f"segment_ids must be (B, T) = {(B, T)} and used without a cache; got "
-                         f"{segment_ids.shape}{' with a cache' if cache is not None else ''}")
-      allowed_BxTxS &= segment_ids[:, :, None] == segment_ids[:, None, :]
+      same_segment_BxTxS = segment_ids[:, :, None] == segment_ids[:, None, :]
+      if shared_mask is not None:
+        same_segment_BxTxS |= shared_mask.astype(bool)[:, None, :]
+      allowed_BxTxS &= same_segment_BxTxS
+    elif shared_mask is not None:
+      raise ValueError("shared_mask needs segment_ids (the segments that share the masked tokens)")
     elif c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None:
       allowed_BxTxS = None  # unpadded causal: the fused kernel masks by itself, no (B, T, S) mask needed
 

@@ -7,6 +7,7 @@ from flax import nnx
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import CausalLM
 from jaxrlhf.models.heads import HeadConfig, RewardHead, gather_last
+from jaxrlhf.models.shared_prompt import shared_prompt_hidden, shared_prompt_layout
 
 Array = jax.Array
 
@@ -48,6 +49,23 @@ class RewardModel(nnx.Module):
     """(B, K) per-attribute outputs (the K scalar projections before any scalarization)."""
     return self.head.outputs(self.features(input_ids, attention_mask, positions))
 
+  def score_shared_prompt(self, input_ids: Array, prompt_length: Array, chosen_length: Array,
+                          rejected_length: Array, *, attributes: bool = False) -> tuple[Array, Array]:
+    """(chosen, rejected) rewards (B,) (or (B, K) multihead / attributes) of [prompt | chosen | rejected] rows.
+
+    One forward over P + R_c + R_r tokens per pair (models.shared_prompt); each response is read at its own
+    last token, so the rewards equal scoring prompt + chosen and prompt + rejected as separate rows.
+    `attributes=True` returns the attribute outputs, as `attributes()`.
+    """
+    layout = shared_prompt_layout(prompt_length, chosen_length, rejected_length, input_ids.shape[1])
+    hidden_BxTxD = shared_prompt_hidden(self.backbone, input_ids, layout)
+    read_Bx2 = jnp.stack([layout.chosen_last, layout.rejected_last], axis=1)
+    features_Bx2xD = jnp.take_along_axis(hidden_BxTxD, read_Bx2[:, :, None], axis=1)
+    features_2BxD = jnp.concatenate([features_Bx2xD[:, 0], features_Bx2xD[:, 1]], axis=0)
+    out = self.head.outputs(features_2BxD) if attributes else self.head(features_2BxD)
+    b = input_ids.shape[0]
+    return out[:b], out[b:]
+
   @classmethod
   def from_causal_lm(cls, lm: CausalLM, head: HeadConfig = HeadConfig(), *, seed: int = 0) -> "RewardModel":
     """A reward model initialized from a (pretrained) causal LM's weights with a fresh head.
@@ -86,12 +104,19 @@ class RewardEnsemble(nnx.Module):
     """(B, K_members, K_attributes) attribute outputs."""
     return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
 
-  def _per_member(self, fn, input_ids, attention_mask, positions) -> Array:
-    @nnx.vmap(in_axes=(0, None, None, None), out_axes=1)
-    def run(member, ids, mask, pos):
-      return fn(member, ids, mask, pos)
+  def score_shared_prompt(self, input_ids: Array, prompt_length: Array, chosen_length: Array,
+                          rejected_length: Array, *, attributes: bool = False) -> tuple[Array, Array]:
+    """(chosen, rejected) rewards (B, K_members, ...) of shared-prompt rows (RewardModel.score_shared_prompt)."""
+    return self._per_member(lambda m, *a: m.score_shared_prompt(*a, attributes=attributes), input_ids,
+                            prompt_length, chosen_length, rejected_length)
 
-    return run(self.members, input_ids, attention_mask, positions)
+  def _per_member(self, fn, *args) -> Array:
+    """fn(member, *args) for every member (args shared), member outputs stacked on axis 1."""
+    @nnx.vmap(in_axes=(0,) + (None,) * len(args), out_axes=1)
+    def run(member, *a):
+      return fn(member, *a)
+
+    return run(self.members, *args)
 
   @classmethod
   def from_pretrained_backbone(cls, lm: CausalLM, head: HeadConfig, num_members: int, *,

@@ -33,6 +33,10 @@ from jaxrlhf.models.config import ModelConfig, RopeScaling
 STAGE_PREFIX = "stage:"
 MARGIN_SOURCES = ("none", "file", "score", "reward_model")
 CURATE_CHOICES = ("none", "flip", "drop")
+SHARED_PROMPT_CHOICES = ("auto", "on", "off")
+# "auto" scores pairs in the shared-prompt layout when it costs at most this fraction of the two-row layout's
+# estimated FLOPs (the layout adds a gather and a wider attention mask, so a near tie is not worth it).
+SHARED_PROMPT_MAX_COST = 0.9
 
 
 # ------------------------------------------------------------------------------------------------ config sections
@@ -83,6 +87,10 @@ class DataSpec:
   attribute_levels: 0 keeps the training pairs' attribute vectors as read; L >= 2 replaces each attribute by
     its level 0..L-1 among the training responses (per-attribute quantile bins, like a coarse Likert rating,
     e.g. HelpSteer2's 0-4 scale); the bin edges go to the data report (`attribute_levels`).
+  shared_prompt: reward / preference training and held-out scoring: "on" runs each pair as one
+    [prompt | chosen | rejected] row (the prompt once, models.shared_prompt), "off" as two rows, "auto" shares
+    when the estimated step FLOPs over the training pairs drop to <= SHARED_PROMPT_MAX_COST of two rows (long
+    prompts, short responses); the choice and the ratio go to the data report (`shared_prompt`).
   """
   source: str = field("world", choices=("world", "files"))
   world: dict = field(default_factory=dict)
@@ -110,6 +118,7 @@ class DataSpec:
   curate: str = field("none", choices=CURATE_CHOICES)
   curate_fraction: float = field(0.1, min=0.0, max=1.0)
   attribute_levels: int = field(0, min=0)
+  shared_prompt: str = field("auto", choices=SHARED_PROMPT_CHOICES)
 
   def validate(self, path: str) -> None:
     if self.source == "files" and not self.paths:
@@ -393,8 +402,10 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
 
 def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | None = None,
                     shuffle: bool | None = None, num_epochs: int | None = None, num_attributes: int = 0,
-                    pack: bool | None = None, split_by_process: bool = False) -> pipeline_lib.PipelineConfig:
-  """The pipeline settings of `data` for one stage; packing applies to SFT batches only (`data.pack`).
+                    pack: bool | None = None, split_by_process: bool = False, shared_prompt: bool = False
+                    ) -> pipeline_lib.PipelineConfig:
+  """The pipeline settings of `data` for one stage; packing applies to SFT batches only (`data.pack`);
+  `shared_prompt` (preference batches) is the stage's decided layout (`shared_prompt_layout`), not data's mode.
 
   split_by_process: each of jax.process_count() processes collates only its rows of every global batch (training
     iterators; the loop assembles global arrays from them); False: every process holds whole batches (evaluation,
@@ -405,9 +416,40 @@ def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | N
   return pipeline_lib.PipelineConfig(
       kind=kind, batch_size=batch_size or data.batch_size, max_length=data.max_length,
       max_prompt_length=data.max_prompt_length or None, buckets=tuple(data.buckets) or (data.max_length,),
-      pack=pack, seed=seed, shuffle=data.shuffle if shuffle is None else shuffle, num_epochs=num_epochs,
+      pack=pack, shared_prompt=shared_prompt, seed=seed, shuffle=data.shuffle if shuffle is None else shuffle, num_epochs=num_epochs,
       num_attributes=num_attributes, num_threads=data.num_threads, prefetch=8 if data.num_threads else 0,
       shard_index=None if split_by_process else 0, shard_count=None if split_by_process else 1)
+
+
+def _row_flops(model_config: ModelConfig, with_lm_head: bool):
+  """Forward FLOPs of one padded row of T tokens: 2 x (non-embedding parameters) per token, the LM head if any,
+  and 4 L N H T^2 for the scores and the weighted values (computed over the full T x T mask)."""
+  from jaxrlhf.models.decoder import layer_param_specs  # pylint: disable=g-import-not-at-top
+  c = model_config
+  per_token = 2 * c.num_layers * sum(int(np.prod(spec.shape)) for spec in layer_param_specs(c).values())
+  if with_lm_head:
+    per_token += 2 * c.embed_dim * c.vocab_size
+  return lambda t: per_token * t + 4 * c.num_layers * c.num_heads * c.head_dim * t * t
+
+
+def shared_prompt_layout(data: DataSpec, records: list, tokenizer: Any, model_config: ModelConfig, *,
+                         with_lm_head: bool, sample: int = 1024) -> tuple[bool, dict]:
+  """Whether a stage scores pairs in the shared-prompt layout, and the report {"mode", "used", "cost_ratio"}.
+
+  "auto" tokenizes up to `sample` training pairs (the pipeline's truncation) and compares the two layouts'
+  estimated forward FLOPs over batches of data.batch_size padded to their buckets (`_row_flops`,
+  `pipeline.shared_prompt_cost_ratio`).
+  """
+  if data.shared_prompt != "auto":
+    return data.shared_prompt == "on", {"mode": data.shared_prompt, "used": data.shared_prompt == "on"}
+  from jaxrlhf.data import tokenize  # pylint: disable=g-import-not-at-top
+  config = pipeline_config(data, "preference", seed=0, shuffle=False)
+  examples = [tokenize.tokenize_pair(r, tokenizer, config.truncation) for r in records[:sample]]
+  ratio = pipeline_lib.shared_prompt_cost_ratio(examples, config, _row_flops(model_config, with_lm_head))
+  used = ratio <= SHARED_PROMPT_MAX_COST
+  print(f"[data] shared_prompt=auto: {'one shared-prompt row' if used else 'two rows'} per pair (estimated cost "
+        f"of shared rows / two rows: {ratio:.2f}, threshold {SHARED_PROMPT_MAX_COST})", flush=True)
+  return used, {"mode": "auto", "used": used, "cost_ratio": round(float(ratio), 4)}
 
 
 def train_iterator(records: list, tokenizer: Any, data: DataSpec, kind: str, seed: int, **kwargs):

@@ -1,7 +1,8 @@
 """Preference optimization: the DPO family (every `dpo_loss` type, weighted combinations), SimPO, ORPO, KTO
 (the unpaired view of the pairs) and T-REG, with per-example weights and dynamic beta, through the shared loop.
 
-One step runs chosen and rejected rows through the policy in ONE concatenated forward (2B rows). The reference
+One step runs chosen and rejected through the policy in ONE forward: 2B rows, or B shared-prompt rows
+[prompt | chosen | rejected] (`data.shared_prompt`; train.pairs dispatches on the batch layout). The reference
 policy (the initial policy) is either
   "resident":   a frozen copy inside the model (`PolicyWithReference.reference`); its parameters live in the
                 state's `extra`, so they get no gradient and no optimizer state;
@@ -43,9 +44,11 @@ from jaxrlhf.train import builders
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
+from jaxrlhf.train import pairs
+from jaxrlhf.train.pairs import pair_token_logps  # Re-exported: the layout-aware pair forward.
 from jaxrlhf.train import sft as sft_lib
 from jaxrlhf.train import state as state_lib
-from jaxrlhf.train.sft import final_state, response_token_logps, save_policy
+from jaxrlhf.train.sft import final_state, save_policy
 from jaxrlhf.train.sft import logical_or_replicated as _shardings
 
 ALGORITHMS = ("dpo", "simpo", "orpo", "kto", "treg")
@@ -143,27 +146,6 @@ def needs_reference(loss: PreferenceLossConfig) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ log-probs
-def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: tuple[int, ...] = ()
-                     ) -> tuple[jax.Array, jax.Array]:
-  """Chosen and rejected in one forward: (token_logps (2B, T), target mask (2B, T)), chosen rows first.
-
-  prefix_ids: tokens inserted in front of every row (T-REG's control context); the outputs are realigned to
-  the original positions.
-  """
-  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
-  att = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
-  lm = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
-  if prefix_ids:
-    n = len(prefix_ids)
-    prefix = jnp.broadcast_to(jnp.asarray(prefix_ids, ids.dtype), (ids.shape[0], n))
-    ids = jnp.concatenate([prefix, ids], axis=1)
-    att = jnp.concatenate([jnp.ones_like(prefix, att.dtype), att], axis=1)
-    lm = jnp.concatenate([jnp.zeros_like(prefix, lm.dtype), lm], axis=1)
-    token_logps, mask = response_token_logps(model, ids, att, lm, chunk_size)
-    return token_logps[:, n:], mask[:, n:]
-  return response_token_logps(model, ids, att, lm, chunk_size)
-
-
 def _halves(x):
   b = x.shape[0] // 2
   return x[:b], x[b:]
@@ -277,11 +259,6 @@ def _kto(loss: PreferenceLossConfig, logps_2B, ref_2B, w_B, beta):
 
 
 # ------------------------------------------------------------------------------------------------ reference cache
-def _row_key(ids_c: np.ndarray, att_c: np.ndarray, ids_r: np.ndarray, att_r: np.ndarray) -> bytes:
-  return (np.asarray(ids_c[att_c > 0], np.int32).tobytes() + b"|"
-          + np.asarray(ids_r[att_r > 0], np.int32).tobytes())
-
-
 class ReferenceCache:
   """Reference log-probs (and optional T-REG token rewards) of pairs, keyed by the pair's tokens."""
 
@@ -295,9 +272,8 @@ class ReferenceCache:
     for batch in batches:
       rc, rr, tok = jax.device_get(ref_fn(batch))
       b = rc.shape[0]
-      for i in np.flatnonzero(batch["chosen_attention_mask"].any(axis=-1)):  # Skip only empty filler rows.
-        key = _row_key(batch["chosen_input_ids"][i], batch["chosen_attention_mask"][i],
-                       batch["rejected_input_ids"][i], batch["rejected_attention_mask"][i])
+      for i in np.flatnonzero(pairs.nonempty_rows(batch)):  # Skip only empty filler rows.
+        key = pairs.row_key(batch, i)
         rows = None if tok is None else np.stack([tok[i], tok[b + i]])
         table[key] = (float(rc[i]), float(rr[i]), rows)
     return cls(table)
@@ -321,14 +297,11 @@ class ReferenceCache:
 
   def attach(self, batch: dict) -> dict:
     """The batch plus `ref_chosen_logps`, `ref_rejected_logps` (B,) [and `ref_token_rewards` (2B, T)]."""
-    b, t = batch["chosen_input_ids"].shape
+    b, t = batch["weight"].shape[0], pairs.row_length(batch)
     rc, rr = np.zeros((b,), np.float32), np.zeros((b,), np.float32)
     tok = None
-    for i in range(b):
-      if not batch["chosen_attention_mask"][i].any():  # An empty filler row (end of a finite pass).
-        continue
-      key = _row_key(batch["chosen_input_ids"][i], batch["chosen_attention_mask"][i],
-                     batch["rejected_input_ids"][i], batch["rejected_attention_mask"][i])
+    for i in np.flatnonzero(pairs.nonempty_rows(batch)):  # Not the empty filler rows (end of a finite pass).
+      key = pairs.row_key(batch, i)
       if key not in self.table:
         raise KeyError("reference cache: a batch pair has no precomputed reference log-probs (was the cache "
                        "built from other data or another tokenizer? delete reference_cache.npz to rebuild)")
@@ -416,10 +389,13 @@ def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                       schedule=optim.make_schedule(cfg.optimizer))
-  data_iter = builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed)
-  batches = builders.eval_batches(eval_records, tokenizer, data, "preference")
+  shared, layout_report = builders.shared_prompt_layout(data, train_records, tokenizer, model_config,
+                                                        with_lm_head=True)
+  report = {**report, "shared_prompt": layout_report}
+  data_iter = builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed, shared_prompt=shared)
+  batches = builders.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
   if needs_reference(loss) and not resident:
-    cache = _reference_cache(cfg, setup, train_records + eval_records, tokenizer, better, worse, workdir)
+    cache = _reference_cache(cfg, setup, train_records + eval_records, tokenizer, better, worse, workdir, shared)
     data_iter = ReferenceBatches(data_iter, cache)
     batches = [cache.attach(b) for b in batches]
 
@@ -444,7 +420,8 @@ def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
 
 
 def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records: list, tokenizer: Any,
-                     better: tuple[int, ...], worse: tuple[int, ...], workdir: str) -> ReferenceCache:
+                     better: tuple[int, ...], worse: tuple[int, ...], workdir: str, shared_prompt: bool
+                     ) -> ReferenceCache:
   """Loads `workdir/reference_cache.npz`, or computes it with the initial policy (= the reference) and saves it."""
   path = os.path.join(workdir, "reference_cache.npz")
   if os.path.exists(path):
@@ -462,7 +439,7 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
     tok = token_rewards(model, batch, better, worse, chunk) if with_tokens else None
     return rc, rr, tok
 
-  batches = builders.eval_batches(records, tokenizer, cfg.data, "preference")
+  batches = builders.eval_batches(records, tokenizer, cfg.data, "preference", shared_prompt=shared_prompt)
   cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches)
   del state
   from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top

@@ -42,6 +42,7 @@ from jaxrlhf.train import builders
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
+from jaxrlhf.train import pairs
 from jaxrlhf.train import state as state_lib
 from jaxrlhf.train.sft import logical_or_replicated as _shardings
 
@@ -103,15 +104,6 @@ class RewardConfig:
 
 
 # ------------------------------------------------------------------------------------------------ the loss
-def _pair_rewards(model: Any, batch: dict, method: str = "__call__") -> tuple[jax.Array, jax.Array]:
-  """One concatenated forward of chosen and rejected rows -> (chosen, rejected) outputs."""
-  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
-  mask = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
-  out = getattr(model, method)(ids, mask)
-  b = batch["chosen_input_ids"].shape[0]
-  return out[:b], out[b:]
-
-
 def _weighted(x_B: jax.Array, w_B: jax.Array) -> metrics_lib.Avg:
   return metrics_lib.Avg(jnp.sum(w_B * x_B), jnp.sum(w_B))
 
@@ -139,7 +131,7 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
           m, loss.margin_scale, clip_min=loss.margin_clip_min)
     metrics = {}
     if head.kind == "attributes":
-      a_c, a_r = _pair_rewards(model, batch, "attributes")
+      a_c, a_r = pairs.pair_rewards(model, batch, attributes=True)
       valid = batch["attributes_mask"] * (w_B[:, None] > 0)
       mse_c, _ = reward_losses.attribute_regression_loss(a_c, batch["chosen_attributes"], valid)
       mse_r, _ = reward_losses.attribute_regression_loss(a_r, batch["rejected_attributes"], valid)
@@ -150,7 +142,7 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
       metrics["attributes/mse"] = metrics_lib.Avg(jnp.sum(w_B * has_attr * (mse_c + mse_r) / 2),
                                                   jnp.sum(w_B * has_attr))
     else:
-      r_c, r_r = _pair_rewards(model, batch)
+      r_c, r_r = pairs.pair_rewards(model, batch)
       if r_c.ndim == 2:  # multihead: one BT loss per head, summed
         per_pair = jnp.sum(jax.vmap(bt, in_axes=(1, 1, None))(r_c, r_r, margin), axis=0)
         r_c, r_r = jnp.mean(r_c, axis=-1), jnp.mean(r_r, axis=-1)
@@ -162,9 +154,8 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
         "rewards/margin": _weighted(r_c - r_r, w_B),
         "rewards/accuracy": _weighted((r_c > r_r).astype(jnp.float32), w_B),
         "examples": metrics_lib.Sum(jnp.sum((w_B > 0).astype(jnp.float32))),
-        # Tokens read by the forward passes (chosen + rejected, real pairs only), for the loop's tokens/s.
-        "tokens": metrics_lib.Sum(jnp.sum((w_B > 0)[:, None] * (batch["chosen_attention_mask"] > 0))
-                                  + jnp.sum((w_B > 0)[:, None] * (batch["rejected_attention_mask"] > 0))),
+        # Tokens read by the forward (both responses and the prompt once or twice, by layout), real pairs only.
+        "tokens": metrics_lib.Sum(jnp.sum((w_B > 0) * pairs.tokens_read(batch))),
     })
     return jnp.sum(w_B * per_pair), jnp.sum(w_B), metrics
 
@@ -312,7 +303,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, batches: list[dict], gold_labels: np.nd
   @jax.jit
   def rewards(state, batch):
     model = nnx.merge(graphdef, state.params, state.extra)
-    r_c, r_r = _pair_rewards(model, batch)
+    r_c, r_r = pairs.pair_rewards(model, batch)
     if r_c.ndim == 3:  # multihead members: (B, K, H) -> mean over heads
       r_c, r_r = r_c.mean(-1), r_r.mean(-1)
     return r_c, r_r
@@ -353,10 +344,14 @@ def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
                          cfg.shared_backbone)
   member_graphdef = nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, cfg.seed, 0)))
   step_fn = make_ensemble_step(member_graphdef, reward_loss_fn(cfg.loss, head), cfg.optimizer, cfg.num_members)
+  shared, layout_report = builders.shared_prompt_layout(data, train_records, tokenizer, model_config,
+                                                        with_lm_head=False)
+  report = {**report, "shared_prompt": layout_report}
   data_iter = builders.StackedIterator(
       [builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed + k,
-                               num_attributes=num_attributes) for k in range(cfg.num_members)], tokenizer.pad_id)
-  batches = builders.eval_batches(eval_records, tokenizer, data, "preference")
+                               num_attributes=num_attributes, shared_prompt=shared)
+       for k in range(cfg.num_members)], tokenizer.pad_id)
+  batches = builders.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
   gold = gold_labels(world, eval_records) if world is not None and eval_records else None
   eval_fn = make_eval_fn(setup.graphdef, batches, gold) if batches else None
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,

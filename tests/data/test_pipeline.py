@@ -184,10 +184,11 @@ def test_partial_final_batch_keeps_the_shape():
   assert batches[1]["chosen_attention_mask"][2:].sum() == 0
 
 
-@pytest.mark.parametrize("kind,pack", [("preference", False), ("sft", False), ("sft", True)])
-def test_resume_gives_the_identical_next_batch(kind, pack):
+@pytest.mark.parametrize("kind,pack,shared", [("preference", False, False), ("preference", False, True),
+                                               ("sft", False, False), ("sft", True, False)])
+def test_resume_gives_the_identical_next_batch(kind, pack, shared):
   source = _source(30)
-  config = _config(kind=kind, pack=pack, num_threads=2, prefetch=8)
+  config = _config(kind=kind, pack=pack, shared_prompt=shared, num_threads=2, prefetch=8)
   it = pipeline.make_pipeline(source, TOK, config)
   _take(it, 5)
   state = json.loads(json.dumps(it.get_state()))  # Checkpointable as JSON.
@@ -196,6 +197,42 @@ def test_resume_gives_the_identical_next_batch(kind, pack):
   restored.set_state(state)
   assert all(_same(x, y) for x, y in zip(_take(restored, 4), expected))
   assert restored.stats == it.stats
+
+
+def test_shared_prompt_batch_golden_values():
+  records = [PreferenceRecord(prompt="hello there", chosen="good answer", rejected="bad", chosen_score=7.0,
+                              rejected_score=2.0),
+             PreferenceRecord(prompt="question", chosen="w1 w2 w3 w4 w5 w6", rejected="w7 w8 w9 w10 w11")]
+  config = _config(batch_size=3, shuffle=False, num_epochs=1, max_length=8, buckets=(8,), shared_prompt=True)
+  assert config.shared_bucket_lengths == (8, 16)  # 1.5 x 8 = 12 rounds up to 16
+  batch = next(pipeline.make_pipeline(records, TOK, config))
+  assert sorted(batch) == sorted(["pair_input_ids", "prompt_length", "chosen_length", "rejected_length",
+                                  "chosen_score", "rejected_score", "margin", "weight"])
+  p, e = ID["<pad>"], ID["<eos>"]
+  # Row 1 holds 1 + 7 + 6 = 14 tokens: the batch pads to the shared bucket 16 (two rows would take 2 x 8).
+  np.testing.assert_array_equal(batch["pair_input_ids"][0], [ID["hello"], ID["there"], ID["good"], ID["answer"],
+                                                             e, ID["bad"], e] + [p] * 9)
+  np.testing.assert_array_equal(batch["pair_input_ids"][1, :14], [ID["question"]] + [ID[f"w{i}"] for i in range(1, 7)]
+                                + [e] + [ID[f"w{i}"] for i in range(7, 12)] + [e])
+  np.testing.assert_array_equal(batch["prompt_length"], [2, 1, 0])
+  np.testing.assert_array_equal(batch["chosen_length"], [3, 7, 0])
+  np.testing.assert_array_equal(batch["rejected_length"], [2, 6, 0])
+  np.testing.assert_array_equal(batch["weight"], [1.0, 1.0, 0.0])  # the filler row
+  for k in ("pair_input_ids", "prompt_length", "chosen_length"):
+    assert batch[k].dtype == np.int32
+
+
+def test_shared_prompt_cost_ratio_by_hand():
+  ex = lambda p, c, r: {"prompt": np.zeros(p), "chosen": np.zeros(c), "rejected": np.zeros(r)}
+  config = _config(batch_size=2, max_length=32, buckets=(8, 16, 32))  # shared buckets 8 16 24 32 48 64
+  examples = [ex(10, 3, 5), ex(4, 2, 2), ex(2, 9, 12)]
+  # Batch 1: two rows of bucket(15) = 16 -> 2 * 2 * 16 = 64; shared: bucket(18) = 24 -> 2 * 24 = 48.
+  # Batch 2 (one pair, padded to 2 rows): two rows 2 * 2 * bucket(14) = 64; shared 2 * bucket(23) = 2 * 24 = 48.
+  assert pipeline.shared_prompt_cost_ratio(examples, config) == pytest.approx(96 / 128)
+  # A quadratic row cost (attention) penalizes the longer shared rows.
+  assert pipeline.shared_prompt_cost_ratio(examples, config, lambda t: t * t) == pytest.approx(
+      (2 * 24 ** 2 + 2 * 24 ** 2) / (4 * 16 ** 2 + 4 * 16 ** 2))
+  assert pipeline.shared_prompt_cost_ratio([{"dropped": 1}], config) == 1.0
 
 
 def test_sft_batches_and_packing():
@@ -226,6 +263,8 @@ def test_config_validation():
     pipeline.PipelineConfig(max_length=8, max_prompt_length=8)
   with pytest.raises(ValueError, match="leaves less than min_response_length=3"):
     pipeline.PipelineConfig(max_length=8, max_prompt_length=6, min_response_length=3)
+  with pytest.raises(ValueError, match="shared_prompt=True is only supported"):
+    pipeline.PipelineConfig(kind="sft", shared_prompt=True)
   with pytest.raises(ValueError, match="state is missing keys"):
     pipeline.make_pipeline(_source(4), TOK, _config()).set_state({"elements": {}})
 

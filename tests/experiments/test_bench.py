@@ -33,9 +33,13 @@ def folder(tmp_path_factory):
 def test_jaxrlhf_and_trl_train_identically(folder, algo):
   jax_row = bench_lib.run_case("smoke", algo, "jaxrlhf", folder, SMOKE, steps=2, warmup=1)
   trl_row = bench_lib.run_case("smoke", algo, "trl", folder, SMOKE, steps=2, warmup=1)
-  assert len(jax_row["losses"]) == len(trl_row["losses"]) == 3
-  # Same weights, data order, AdamW and clipping: the whole trajectory matches, not only the first loss.
+  shared_row = bench_lib.run_case("smoke", algo, "jaxrlhf", folder, SMOKE, steps=2, warmup=1, shared_prompt=True)
+  assert len(jax_row["losses"]) == len(trl_row["losses"]) == len(shared_row["losses"]) == 3
+  # Same weights, data order, AdamW and clipping: the whole trajectory matches, not only the first loss; with the
+  # prompt read once ([prompt | chosen | rejected] rows) too.
   np.testing.assert_allclose(jax_row["losses"], trl_row["losses"], atol=1e-5)
+  np.testing.assert_allclose(shared_row["losses"], trl_row["losses"], atol=1e-5)
+  assert shared_row["shared_prompt"] and "shared_prompt" not in jax_row
   if algo == "dpo":
     assert jax_row["losses"][0] == pytest.approx(np.log(2.0), abs=1e-6)  # policy == reference at step 0
   for row in (jax_row, trl_row):

@@ -247,3 +247,18 @@ def test_dpo_stage_same_losses_on_1_and_8_devices(tmp_path):
                                         str(tmp_path / f"d{n}"), {}), _losses(tmp_path / f"d{n}"))[1]
           for n in (1, 8)}
   np.testing.assert_allclose(runs[1], runs[8], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reference", ["precompute", "resident"])
+def test_dpo_stage_same_losses_with_shared_prompt_scoring(tmp_path, reference):
+  """One [prompt | chosen | rejected] row per pair (and its reference cache) trains exactly as two rows."""
+  runs = {}
+  for mode in ("off", "on"):
+    cfg = _stage_cfg(reference=reference, data=dict(num_train=128, num_eval=32, batch_size=16, max_length=40,
+                                                    shared_prompt=mode))
+    out = preference.run_preference(cfg, str(tmp_path / mode), {})
+    assert out["data_report"]["shared_prompt"] == {"mode": mode, "used": mode == "on"}
+    runs[mode] = (_losses(tmp_path / mode), out["metrics"])
+  np.testing.assert_allclose(runs["on"][0], runs["off"][0], rtol=1e-5, atol=1e-5)
+  for key in ("eval/loss", "eval/rewards/margin", "eval/logps/chosen", "eval/logps/rejected"):
+    np.testing.assert_allclose(runs["on"][1][key], runs["off"][1][key], rtol=1e-4, atol=1e-4)

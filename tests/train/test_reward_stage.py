@@ -227,3 +227,17 @@ def test_saved_reward_model_margins_feed_the_data(tmp_path):
   np.testing.assert_allclose(margins, (rewards[0] - rewards[1]).mean(axis=1), rtol=1e-4, atol=1e-5)
   relabeled = builders.with_margins(records, margins, data)
   assert [r.margin for r in relabeled] == pytest.approx(list(margins))
+
+
+def test_ensemble_stage_same_losses_with_shared_prompt_scoring(tmp_path):
+  """Shared-prompt rows give the same member losses and held-out scores as two rows per pair."""
+  runs = {}
+  for mode in ("off", "on"):
+    cfg = _stage_cfg(data=dict(num_train=256, num_eval=64, batch_size=16, max_length=40, shared_prompt=mode))
+    out = reward.run_reward(cfg, str(tmp_path / mode), {})
+    assert out["data_report"]["shared_prompt"]["used"] == (mode == "on")
+    with open(tmp_path / mode / "metrics.jsonl") as f:
+      runs[mode] = ([json.loads(l)["train/loss"] for l in f if "train/loss" in l], out["metrics"])
+  np.testing.assert_allclose(runs["on"][0], runs["off"][0], rtol=1e-5, atol=1e-5)
+  for key in ("eval/accuracy", "eval/gold_agreement"):
+    assert runs["on"][1][key] == pytest.approx(runs["off"][1][key])
