@@ -13,7 +13,9 @@ from the config (the `mesh` section, see `MeshConfig`) or else from the environm
   neither  a single process: nothing is initialized.
 
 `is_primary()` (process 0) gates every file that must be written once (metrics.jsonl, results.json, DONE
-files, summaries); `barrier(name)` lets the other processes wait until process 0's files are complete.
+files, summaries); `barrier(name)` lets the other processes wait until process 0's files are complete;
+`host_copy(tree)` gives every process whole numpy copies of arrays sharded across processes (saving a model that
+FSDP or tensor parallelism splits over hosts).
 """
 
 from __future__ import annotations
@@ -174,6 +176,26 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(f"jaxrlhf:{_barrier_count[0]}:{name}", int(timeout_s * 1000))
+
+
+def host_copy(tree):
+  """`tree` with every jax.Array replaced by its whole value as a numpy array, on every process.
+
+  Arrays this process can read entirely (replicated, or sharded over its own devices only) are copied with
+  `jax.device_get`; arrays sharded across processes are all-gathered (`multihost_utils.process_allgather`), a
+  collective: every process must call `host_copy` on the same tree. Other leaves pass through.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    if x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
 
 
 def warm_up_collectives() -> None:

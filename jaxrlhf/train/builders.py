@@ -537,17 +537,18 @@ def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
 def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State) -> str:
   """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state).
 
-  With several processes only process 0 writes (the parameters must be addressable by it, e.g. replicated or
-  sharded within its devices); every process returns after the files exist.
+  With several processes, parameters sharded across processes are gathered (every process takes part) and
+  process 0 writes; every process returns after the files exist.
   """
   from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+  values = distributed.host_copy(nnx.to_pure_dict(state))
   if distributed.is_primary():
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "spec.json"), "w") as f:
       json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
                 indent=2)
     with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(jax.device_get(nnx.to_pure_dict(state))))
+      f.write(flax.serialization.msgpack_serialize(values))
   distributed.barrier(f"save_reward_model:{out_dir}")
   return out_dir
 

@@ -114,11 +114,15 @@ def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, see
 
 def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_dir: str, prefix: str = "") -> str:
   """Saves the (policy part of the) trained model as a HF folder that `init_from` can load (process 0 writes;
-  every process returns after the folder exists)."""
+  every process returns after the folder exists). Parameters sharded across processes are gathered first (every
+  process takes part)."""
   from jaxrlhf.models import save_pretrained  # pylint: disable=g-import-not-at-top
   from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
+  params, extra = state.params, state.extra
+  if jax.process_count() > 1:
+    params, extra = distributed.host_copy((params, extra))
   if distributed.is_primary():
-    model = nnx.merge(setup.graphdef, state.params, state.extra)
+    model = nnx.merge(setup.graphdef, params, extra)
     if prefix:
       model = getattr(model, prefix)
     save_pretrained(model, out_dir)

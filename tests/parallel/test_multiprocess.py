@@ -158,6 +158,69 @@ def test_two_processes_assemble_the_single_process_batches(tmp_path):
   assert len({t for t, _ in want}) > 1  # Several buckets: the processes agreed on each batch's length.
 
 
+_SAVE_SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxrlhf.models import ModelConfig
+from jaxrlhf.parallel import MeshConfig, distributed, make_mesh
+from jaxrlhf.train import sft
+distributed.initialize(distributed.resolve())
+mesh = make_mesh(MeshConfig(data=1, fsdp=8))  # Every sharded parameter spans both processes.
+# host_copy of an array split over the 2 processes: the whole value on each.
+x = jax.make_array_from_callback((8, 6), NamedSharding(mesh, P("fsdp")),
+                                 lambda index: np.arange(48, dtype=np.float32).reshape(8, 6)[index])
+assert not x.is_fully_addressable
+np.testing.assert_array_equal(distributed.host_copy(x), np.arange(48, dtype=np.float32).reshape(8, 6))
+config = ModelConfig(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                     mlp_dim=64)
+setup = sft.policy_setup(config, None, optax.sgd(0.1), 0, mesh)
+state = setup.init()
+leaves = jax.tree_util.tree_leaves_with_path(state.params)
+assert any(not v.is_fully_addressable for _, v in leaves)
+# Order-sensitive checksums computed from the sharded arrays themselves (replicated results).
+checks = {jax.tree_util.keystr(k): float(jax.jit(lambda a: jnp.sum(a * (jnp.arange(a.size).reshape(a.shape) % 7)),
+                                                 out_shardings=NamedSharding(mesh, P()))(v))
+          for k, v in leaves}
+sft.save_policy(setup, state, sys.argv[1] + "/model")
+if jax.process_index() == 0:
+  json.dump(checks, open(sys.argv[1] + "/checks.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_save_parameters_sharded_across_them(tmp_path):
+  """FSDP over 2 processes x 4 devices: host_copy gathers whole arrays and save_policy writes the whole model."""
+  script = tmp_path / "save.py"
+  script.write_text(_SAVE_SCRIPT)
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(i), PYTHONPATH=str(REPO_ROOT)))
+           for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
+  model, _ = from_pretrained(str(tmp_path / "model"))
+  checks = json.loads((tmp_path / "checks.json").read_text())
+  saved = {jax.tree_util.keystr(k): np.asarray(v)
+           for k, v in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+  assert len(checks) == len(saved) > 5
+  for key, want in checks.items():
+    value = saved[key.replace("['value']", "")] if key not in saved else saved[key]
+    got = float(np.sum(value * (np.arange(value.size).reshape(value.shape) % 7)))
+    assert got == pytest.approx(want, rel=1e-5), key
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
