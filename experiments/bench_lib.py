@@ -366,7 +366,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
                     optimizer=optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
   mesh = make_mesh(MeshConfig(), jax.devices()[:1])
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = rl.rl_setup(cfg, config, pretrained, rl._load_reward_models(cfg.rewards, {}),  # pylint: disable=protected-access
+  setup = rl.rl_setup(cfg, config, pretrained, rl._load_reward_models(cfg.rewards, {})[0],  # pylint: disable=protected-access
                       optimizer, mesh)
   del pretrained
   state = setup.init()

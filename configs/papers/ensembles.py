@@ -22,8 +22,9 @@ only in whether the backbone init is shared. (Fine-tuning all members from the S
 backbone's quality, so it is not the controlled comparison.)
 
 Variant "grpo": sft -> rm_single (K = 1; identical to member 0 of rm_pretrain: same init key and data order) ->
-rm_pretrain -> GRPO against the single RM and against the worst-case (min) ensemble for beta in BETAS (KL as a k3
-loss term); eval gold / proxy / KL / length of each policy. Variants "smoke" and "grpo_smoke": seconds.
+rm_pretrain -> GRPO against the single RM, the worst-case (min) ensemble of raw members, and the min and
+mean - LAM * std of members standardized over the reference responses (GRPO_REWARDS), for beta in BETAS (KL as a
+k3 loss term); eval gold / proxy / KL / length of each policy. Variants "smoke" and "grpo_smoke": seconds.
 
     python -m experiments.sweep --config configs/papers/ensembles.py --workdir runs/papers/ensembles --workers 1
     python -m experiments.tables --workdir runs/papers/ensembles
@@ -53,6 +54,10 @@ AGGREGATIONS = ("mean", "median", "min", "mean_minus_var", "mean_minus_std")
 ENSEMBLES = ("pretrain", "finetune")
 SELECTORS = ("gold", "rm_single", *(f"rm_{a}" for a in AGGREGATIONS))
 BETAS = (0.01, 0.05, 0.2)
+# GRPO rewards: a single RM, the raw min ensemble, and (standardized members) min and mean - LAM * std.
+GRPO_REWARDS = ("single", "min", "zmin", "zmeanstd")
+GRPO_LABELS = {"single": "single RM", "min": "ensemble min (raw members)", "zmin": "ensemble min (standardized)",
+               "zmeanstd": "ensemble mean - std (standardized)"}
 GOLD_OPTIMUM_LENGTH = 16
 # Label noise of the reward models' training pairs: Coste et al. (2023) train their proxy RMs with 25% label
 # noise (the world's default is 5% flips on top of the Bradley-Terry draw).
@@ -109,7 +114,13 @@ def _grpo_chain(sizes: dict) -> dict:
       "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **sizes["rm"]),
   }
   sources = {"single": dict(kind="reward_model", reward_model="stage:rm_single", name="rm"),
-             "min": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="min", name="rm")}
+             "min": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="min", name="rm"),
+             # Added in session 3, after the raw min above had failed: members standardized over the reference
+             # responses (rewards.RewardSourceSpec.standardize), as the best-of-N diagnostic suggested.
+             "zmin": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="min",
+                          standardize=True, name="rm"),
+             "zmeanstd": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="mean_minus_std",
+                              lam=LAM, standardize=True, name="rm")}
   for rm_name, source in sources.items():
     for beta in BETAS:
       stages[rl_stage_name(rm_name, beta)] = S.stage(
@@ -126,7 +137,7 @@ def get_config(arg=None):
   sizes = _sizes(variant.endswith("smoke"))
   if variant.startswith("grpo"):
     config = S.chain(_grpo_chain(sizes), seed=0)
-    config.tables = dict(metrics=tuple(f"{rl_stage_name(rm, b)}/eval/{m}" for rm in ("single", "min")
+    config.tables = dict(metrics=tuple(f"{rl_stage_name(rm, b)}/eval/{m}" for rm in GRPO_REWARDS
                                        for b in BETAS for m in ("gold", "kl", "completion_length")))
     return config
   config = S.chain(_bon_chain(sizes), seed=0)
@@ -240,7 +251,7 @@ def headline_plot(sweep_dir: str, out_path: str) -> str:
 
 def grpo_plot(sweep_dir: str, out_path: str) -> str:
   """GRPO variant: eval gold reward and completion length against eval KL, one point per beta (mean ± std over
-  seeds), one line per reward (single RM, min ensemble); the dotted line is the gold optimum L* in the length panel."""
+  seeds), one line per reward of GRPO_REWARDS; the dotted line is the gold optimum L* in the length panel."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -254,7 +265,9 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
   if not runs:
     raise FileNotFoundError(f"sweep_dir: no <run>/results.json under {sweep_dir!r}")
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for rm, label in (("single", "single RM"), ("min", "ensemble min (WCO)")):
+  for rm, label in GRPO_LABELS.items():
+    if not all(f"{rl_stage_name(rm, b)}/eval/gold" in r for r in runs for b in BETAS):
+      continue  # a sweep from before this reward was added
     stats = {}
     for metric in ("gold", "kl", "completion_length"):
       x = np.asarray([[r[f"{rl_stage_name(rm, b)}/eval/{metric}"] for b in BETAS] for r in runs])

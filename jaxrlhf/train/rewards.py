@@ -47,6 +47,10 @@ class RewardSourceSpec:
     response against the prompt's reference responses, whitespace tokens, `smoothing`), "python"
     (`function`: "module:function" called as fn(prompts: list[str], completions: list[str]) -> R floats).
   name: the metric name (`reward/<name>`); default: the kind.
+  standardize (reward models): each member's score is shifted and scaled to mean 0, std 1 over the reference
+    responses to the stage's training prompts (the base distribution the policy starts from) BEFORE the
+    aggregation, so that min / mean - lam * std compare members on one scale (the conservative ensembles of
+    Coste et al. 2023 assume comparable members); the statistics are computed once and logged.
   """
   kind: str = field("gold", choices=KINDS)
   name: str = field("")
@@ -58,6 +62,7 @@ class RewardSourceSpec:
   smoothing: str = field("exp", choices=SMOOTHING)
   refinement: str = field("none", choices=REFINEMENTS)
   eta: float = field(0.5)
+  standardize: bool = field(False)
 
   @property
   def label(self) -> str:
@@ -71,6 +76,9 @@ class RewardSourceSpec:
         raise ConfigError(f"{path}.function: expected 'module:function' for kind 'python', got "
                           f"{self.function!r}")
       load_function(self.function, f"{path}.function")
+    if self.standardize and self.kind != "reward_model":
+      raise ConfigError(f"{path}.standardize: only reward-model sources have members to standardize "
+                        f"(kind is {self.kind!r})")
 
 
 def load_function(spec: str, path: str = "function") -> Callable[..., Any]:
@@ -157,15 +165,47 @@ def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
   return jnp.where(mask > 0, ids, 0), mask
 
 
-def reward_model_score(key: str, aggregation: str, lam: float) -> Score:
-  """Scores with `models[key]` (a RewardEnsemble -> (R, K), or a RewardModel -> (R,)) reduced by `aggregation`."""
+def reward_model_score(key: str, aggregation: str, lam: float,
+                       member_stats: tuple[np.ndarray, np.ndarray] | None = None) -> Score:
+  """Scores with `models[key]` (a RewardEnsemble -> (R, K), or a RewardModel -> (R,)) reduced by `aggregation`;
+  with `member_stats` = (mean_K, std_K) each member is first standardized, (r_k - mean_k) / std_k."""
+  mean_K = std_K = None
+  if member_stats is not None:
+    mean_K, std_K = (jnp.asarray(np.asarray(x, np.float32)) for x in member_stats)
 
   def score(models, rollout):
     ids, mask = _concat(rollout)
     r = models[key](ids, mask).astype(jnp.float32)
+    if mean_K is not None:
+      r = (r - mean_K) / std_K
     return r if r.ndim == 1 else aggregation_lib.aggregate(r, aggregation, lam)
 
   return score
+
+
+def member_statistics(rm: Any, prompt_ids_NxP: np.ndarray, prompt_mask_NxP: np.ndarray, response_ids_NxT: np.ndarray,
+                      response_mask_NxT: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """(mean_K, std_K) float64 of each member's reward over N (prompt, response) rows, scored exactly as rollouts
+  are (left-padded prompt, right-padded response, `_concat`). A member with std 0 gets std 1.
+
+  Args:
+    rm: a RewardEnsemble ((R, K) rewards) or RewardModel ((R,), treated as K = 1).
+    prompt_ids_NxP, prompt_mask_NxP: left-padded prompts (rl.encode_prompts).
+    response_ids_NxT, response_mask_NxT: right-padded responses.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  graphdef, state = nnx.split(rm)
+  score = jax.jit(lambda state, rollout: nnx.merge(graphdef, state)(*_concat(rollout)))
+  rows = []
+  for i in range(0, len(prompt_ids_NxP), batch_size):
+    part = slice(i, i + batch_size)
+    rollout = {"prompt_ids": prompt_ids_NxP[part], "prompt_mask": prompt_mask_NxP[part],
+               "tokens": response_ids_NxT[part], "mask": response_mask_NxT[part]}
+    r = np.asarray(score(state, rollout), np.float64)
+    rows.append(r.reshape(r.shape[0], -1))
+  scores_NxK = np.concatenate(rows)
+  std = scores_NxK.std(axis=0)
+  return scores_NxK.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
 def gold_score(world: Any) -> Score:
@@ -304,8 +344,10 @@ def python_score(fn: Callable[..., Any], tokenizer: Any, prompts: Sequence[str],
 
 
 def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, tokenizer: Any = None,
-                  prompts: Sequence[str] = (), references: Sequence[Sequence[str]] = ()) -> list[RewardSource]:
-  """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index)."""
+                  prompts: Sequence[str] = (), references: Sequence[Sequence[str]] = (),
+                  member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None) -> list[RewardSource]:
+  """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index).
+  `member_stats[i]` = (mean_K, std_K) is required for a source with `standardize` (`member_statistics`)."""
   if not specs:
     raise ValueError("rewards: expected at least one reward source")
   labels = [s.label for s in specs]
@@ -314,7 +356,12 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
   out = []
   for i, spec in enumerate(specs):
     if spec.kind == "reward_model":
-      score = reward_model_score(f"rm_{i}", spec.aggregation, spec.lam)
+      stats = None
+      if spec.standardize:
+        if not member_stats or i not in member_stats:
+          raise ValueError(f"rewards[{i}]: standardize=True needs the members' statistics (member_stats[{i}])")
+        stats = member_stats[i]
+      score = reward_model_score(f"rm_{i}", spec.aggregation, spec.lam, stats)
     elif spec.kind == "gold":
       if world is None:
         raise ValueError(f"rewards[{i}]: kind 'gold' needs the synthetic world")

@@ -320,17 +320,36 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], width: int) -> tuple[
 
 
 # ------------------------------------------------------------------------------------------------ setup and stage
-def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: dict) -> dict[str, tuple[Any, dict]]:
-  """{"rm_<i>": (factory key -> fresh RewardEnsemble of the saved shape, its saved Param values)} for the
-  reward-model sources; the factory keeps the jitted init free of the saved weights (they are written after)."""
+def reference_responses(tokenizer: Any, responses: Sequence[str], width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Right-padded (N, width) ids and mask of responses as a rollout holds them (text + eos, cut at `width`)."""
+  ids = np.full((len(responses), width), tokenizer.pad_id, np.int32)
+  mask = np.zeros((len(responses), width), np.int32)
+  for i, text in enumerate(responses):
+    row = tokenize_lib.encode_response(tokenizer, text)[:width]
+    ids[i, :len(row)], mask[i, :len(row)] = row, 1
+  return ids, mask
+
+
+def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: dict,
+                        reference: tuple[np.ndarray, ...] | None = None
+                        ) -> tuple[dict[str, tuple[Any, dict]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+  """({"rm_<i>": (factory key -> fresh RewardEnsemble of the saved shape, its saved Param values)} for the
+  reward-model sources; the factory keeps the jitted init free of the saved weights (they are written after)),
+  {i: (mean_K, std_K)} for the sources with `standardize`, over `reference` = (prompt ids, prompt mask,
+  response ids, response mask) of the reference responses."""
   from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
-  out = {}
+  out, stats = {}, {}
   for i, spec in enumerate(specs):
     if spec.kind != "reward_model":
       continue
     rm_dir = builders.resolve_path(spec.reward_model, inputs, "rm_dir")
     rm = builders.load_reward_model(rm_dir)
+    if spec.standardize:
+      stats[i] = rewards_lib.member_statistics(rm, *reference)
+      print(f"[rl] rewards[{i}] ({spec.label}): members standardized over {len(reference[0])} reference "
+            f"responses: mean {np.round(stats[i][0], 4).tolist()}, std {np.round(stats[i][1], 4).tolist()}",
+            flush=True)
     with open(os.path.join(rm_dir, "spec.json")) as f:
       saved = json.load(f)
     head = dict(saved["head"])
@@ -342,7 +361,7 @@ def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: d
       return RewardEnsemble(config, head, k, rngs=nnx.Rngs(key))
 
     out[f"rm_{i}"] = (factory, jax.device_get(nnx.to_pure_dict(nnx.state(rm, nnx.Param))))
-  return out
+  return out, stats
 
 
 def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_models: dict, optimizer: Any,
@@ -381,14 +400,15 @@ def run_rl(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   model_config, pretrained, _ = builders.load_weights(cfg.model, inputs, tokenizer.vocab_size)
   records = world.sft_records(cfg.num_prompts, "train")
   prompts = [r.prompt for r in records]
+  ids, mask = encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
+  reference = (ids, mask, *reference_responses(tokenizer, [r.response for r in records], cfg.sampling.max_new_tokens))
+  reward_models, member_stats = _load_reward_models(cfg.rewards, inputs, reference)
   sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, prompts=prompts,
-                                      references=[[r.response] for r in records])
-  reward_models = _load_reward_models(cfg.rewards, inputs)
+                                      references=[[r.response] for r in records], member_stats=member_stats)
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
   step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
                          world=world)
-  ids, mask = encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
   data_iter = PromptIterator(ids, mask, cfg.prompts_per_step, cfg.seed)
   eval_fn = None
   if cfg.eval_prompts:

@@ -22,7 +22,7 @@ def test_every_variant_validates(variant):
   names = [name for name, _, _ in stages]
   assert names[0] == "sft"
   if variant.startswith("grpo"):
-    assert len([n for n in names if n.startswith("grpo_")]) == 2 * len(ensembles.BETAS)
+    assert len([n for n in names if n.startswith("grpo_")]) == len(ensembles.GRPO_REWARDS) * len(ensembles.BETAS)
   else:
     by_name = {name: cfg for name, _, cfg in stages}
     assert by_name["rm_pretrain"].num_members == by_name["rm_finetune"].num_members == 5

@@ -1,6 +1,7 @@
 """Online RL (GRPO / RLOO): BLEU goldens, reward-source weighting, advantages in the step equal the loss
 library's, the loss on a fixed rollout equals a hand computation, and a resumed run draws identical rollouts."""
 
+import dataclasses
 import json
 import math
 import os
@@ -76,6 +77,54 @@ def test_reward_sources_weighted_sum_and_host_callbacks():
   bleu = np.asarray([1.0, math.exp(-1.0)])
   np.testing.assert_allclose(per["bleu"], bleu, rtol=1e-6)
   np.testing.assert_allclose(total, 0.5 * np.asarray([2.0, 1.0]) + 2.0 * bleu, rtol=1e-6)
+
+
+def test_standardized_ensemble_source_by_hand():
+  """standardize: (r_k - mean_k) / std_k per member before the aggregation (here min and mean - std)."""
+
+  class Ensemble:  # (R, K) rewards that depend on the rollout only through its shape
+    def __call__(self, ids, mask):
+      del mask
+      return jnp.asarray([[1.0, 10.0, -2.0], [3.0, 30.0, 2.0]])[:ids.shape[0]]
+
+  stats = (np.asarray([2.0, 20.0, 0.0]), np.asarray([1.0, 10.0, 2.0]))
+  specs = [rewards_lib.RewardSourceSpec(kind="reward_model", reward_model="x", aggregation="min", name="zmin",
+                                        standardize=True),
+           rewards_lib.RewardSourceSpec(kind="reward_model", reward_model="x", aggregation="mean_minus_std",
+                                        lam=0.5, name="zmeanstd", standardize=True),
+           rewards_lib.RewardSourceSpec(kind="reward_model", reward_model="x", aggregation="min", name="rawmin")]
+  sources = rewards_lib.build_sources(specs, member_stats={0: stats, 1: stats})
+  models = {f"rm_{i}": Ensemble() for i in range(3)}
+  _, per = rewards_lib.combined_rewards(sources, models, _rollout_arrays())
+  z = np.asarray([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])  # every member standardizes to the same values
+  np.testing.assert_allclose(per["zmin"], z.min(1), rtol=1e-6)
+  np.testing.assert_allclose(per["zmeanstd"], z.mean(1) - 0.5 * z.std(1), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(per["rawmin"], [-2.0, 2.0])  # raw: member 2's scale decides
+  with pytest.raises(ValueError, match="member_stats"):
+    rewards_lib.build_sources(specs[:1])
+  with pytest.raises(ConfigError, match="standardize"):
+    from_config({"kind": "gold", "standardize": True}, rewards_lib.RewardSourceSpec)
+
+
+def test_member_statistics_score_rows_as_rollouts():
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
+  config = ModelConfig(vocab_size=16, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32)
+  rm = RewardEnsemble(config, HeadConfig(), 3, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  p_ids, r_ids = rng.integers(3, 16, (5, 4)).astype(np.int32), rng.integers(3, 16, (5, 6)).astype(np.int32)
+  p_mask, r_mask = np.ones((5, 4), np.int32), np.ones((5, 6), np.int32)
+  p_mask[0, :2] = 0  # left-padded prompt
+  r_mask[1, 3:] = 0  # short response
+  mean, std = rewards_lib.member_statistics(rm, p_ids, p_mask, r_ids, r_mask, batch_size=2)
+  rows = []
+  for i in range(5):  # each row alone, without padding
+    ids = np.concatenate([p_ids[i][p_mask[i] > 0], r_ids[i][r_mask[i] > 0]])[None]
+    rows.append(np.asarray(rm(jnp.asarray(ids)))[0])
+  np.testing.assert_allclose(mean, np.mean(rows, 0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(std, np.std(rows, 0), rtol=1e-4, atol=1e-6)
 
 
 def test_reward_source_config_errors():
@@ -206,6 +255,33 @@ def test_stage_resume_draws_identical_rollouts(tmp_path):
   # num_iterations = 2 updates per rollout: the optimizer step count is 2 per loop step.
   with open(os.path.join(full, "results.json")) as f:
     assert json.load(f)["step"] == 6
+
+
+@pytest.mark.slow
+def test_stage_with_a_standardized_ensemble(tmp_path, capsys):
+  """A saved 3-member ensemble as a standardized min source: the members' statistics over the reference
+  responses are computed, logged and used (the train reward is the min of standardized members)."""
+  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import builders  # pylint: disable=g-import-not-at-top
+  vocab = World(WorldConfig(num_prompts=256, max_response_len=12)).tokenizer.vocab_size
+  config = ModelConfig(vocab_size=vocab, **TINY)
+  ensemble = RewardEnsemble(config, HeadConfig(), 3, rngs=nnx.Rngs(5))
+  rm_dir = builders.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 3, nnx.state(ensemble))
+  cfg = _stage_config(1)
+  cfg = dataclasses.replace(cfg, rewards=(rewards_lib.RewardSourceSpec(
+      kind="reward_model", reward_model=rm_dir, aggregation="min", standardize=True, name="zmin"),))
+  rl.run_rl(cfg, str(tmp_path / "run"), {})
+  log = capsys.readouterr().out
+  assert "rewards[0] (zmin): members standardized over 16 reference responses" in log
+  line = _lines_of(str(tmp_path / "run"), "train/reward/zmin")[1]
+  # min over members of z-scores of the policy's samples: near the reference distribution, so O(1) and <= 0-ish.
+  assert np.isfinite(line["train/reward/zmin"]) and abs(line["train/reward/zmin"]) < 5
+
+
+def _lines_of(workdir, key):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {d["step"]: d for d in map(json.loads, f) if key in d}
 
 
 def test_prompt_iterator_state_roundtrip():
