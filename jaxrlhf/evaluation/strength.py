@@ -35,10 +35,7 @@ import os
 import re
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.losses.reward import preference_strength
@@ -242,27 +239,6 @@ def plot_buckets(path: str, rows: Sequence[dict[str, float]], errors: Sequence[d
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def member_margins(rm: Any, records: list, tokenizer: Any, data: builders.DataSpec) -> np.ndarray:
-  """(N, M) r_m(chosen) - r_m(rejected) of every record under each member of a RewardEnsemble (multihead
-  members: mean over heads), in record order."""
-  graphdef, state = nnx.split(rm)
-
-  @jax.jit
-  def margins(state, batch):
-    model = nnx.merge(graphdef, state)
-    diff = (model(batch["chosen_input_ids"], batch["chosen_attention_mask"])
-            - model(batch["rejected_input_ids"], batch["rejected_attention_mask"]))
-    return diff.mean(-1) if diff.ndim == 3 else diff
-
-  outs = [np.asarray(margins(state, b))[b["weight"] > 0]
-          for b in builders.eval_batches(records, tokenizer, data, "preference")]
-  values = np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
-  if values.shape[0] != len(records):
-    raise ValueError(f"data.max_length: scored {values.shape[0]} of {len(records)} pairs (pairs dropped as too "
-                     "long cannot be scored; raise data.max_length)")
-  return values
-
-
 def world_truths(world: Any, records: list, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
   """(flipped_N, gold_agree_N) of synthetic-world records, matched by the index at the end of `source`.
 
@@ -289,7 +265,7 @@ def run_preference_strength(cfg: PreferenceStrengthConfig, workdir: str, inputs:
   tokenizer = builders.make_tokenizer(data, world, "")
   records, _, report = builders.preference_records(data, world)
   rm = builders.load_reward_model(builders.resolve_path(cfg.reward_model, inputs, "rm_dir"))
-  margins_NxM = member_margins(rm, records, tokenizer, data)
+  margins_NxM = builders.member_margins(rm, records, tokenizer, data)
   mean_N, std_N = (np.asarray(x, np.float64) for x in preference_strength(margins_NxM, np.zeros_like(margins_NxM)))
   flipped = gold_agree = None
   if world is not None:

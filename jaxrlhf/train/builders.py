@@ -571,25 +571,39 @@ def load_reward_model(rm_dir: str):
   return nnx.merge(graphdef, state)
 
 
-def reward_margins(rm_dir: str, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
-  """(N,) mean over members of r(chosen) - r(rejected) under a saved reward model, in record order."""
-  rm = load_reward_model(rm_dir)
+def member_margins(rm: Any, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
+  """(N, K) r_k(chosen) - r_k(rejected) of every record under each member k of a RewardEnsemble (multihead
+  members: mean over heads), in record order; one forward per batch, in the shared-prompt layout where
+  `data.shared_prompt` ("auto": the FLOPs estimate) says so.
+
+  Raises:
+    ValueError: when pairs were dropped as too long (they cannot be scored), naming data.max_length.
+  """
+  from jaxrlhf.train import pairs  # pylint: disable=g-import-not-at-top
   graphdef, state = nnx.split(rm)
+  shared, _ = shared_prompt_layout(data, records, tokenizer, rm.members.config, with_lm_head=False)
 
   @jax.jit
   def margins(state, batch):
-    model = nnx.merge(graphdef, state)
-    r_c = model(batch["chosen_input_ids"], batch["chosen_attention_mask"])
-    r_r = model(batch["rejected_input_ids"], batch["rejected_attention_mask"])
-    diff = (r_c - r_r).reshape(r_c.shape[0], -1)
-    return jnp.mean(diff, axis=-1)
+    r_c, r_r = pairs.pair_rewards(nnx.merge(graphdef, state), batch)
+    diff = r_c - r_r
+    return diff.mean(-1) if diff.ndim == 3 else diff
 
-  out = [np.asarray(margins(state, b))[b["weight"] > 0] for b in eval_batches(records, tokenizer, data, "preference")]
-  values = np.concatenate(out) if out else np.zeros((0,), np.float32)
-  if len(values) != len(records):
-    raise ValueError(f"data.reward_model: scored {len(values)} of {len(records)} pairs (pairs dropped as too long "
-                     "cannot be scored; raise data.max_length)")
+  outs = [np.asarray(margins(state, b))[b["weight"] > 0]
+          for b in eval_batches(records, tokenizer, data, "preference", shared_prompt=shared)]
+  values = np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+  if values.shape[0] != len(records):
+    raise ValueError(f"data.max_length: scored {values.shape[0]} of {len(records)} pairs (pairs dropped as too "
+                     "long cannot be scored; raise data.max_length)")
   return values
+
+
+def reward_margins(rm_dir: str, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
+  """(N,) mean over members of r(chosen) - r(rejected) under a saved reward model, in record order."""
+  try:
+    return member_margins(load_reward_model(rm_dir), records, tokenizer, data).mean(axis=-1)
+  except ValueError as e:
+    raise ValueError(f"data.reward_model ({rm_dir}): {e}") from None
 
 
 def stage_outputs(results: Mapping[str, Any], **extra: Any) -> dict:

@@ -108,7 +108,8 @@ def test_world_truths_match_the_world_labels_and_gold_texts():
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def test_member_margins_match_each_member_forward(tmp_path):
+@pytest.mark.parametrize("shared_prompt", ["off", "on"])
+def test_member_margins_match_each_member_forward(tmp_path, shared_prompt):
   world = World(WorldConfig(seed=0, num_prompts=256))
   tok = world.tokenizer
   config = ModelConfig(vocab_size=tok.vocab_size, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2,
@@ -117,8 +118,8 @@ def test_member_margins_match_each_member_forward(tmp_path):
   ens = RewardEnsemble(config, head, 3, rngs=nnx.Rngs(0))
   rm_dir = builders.save_reward_model(str(tmp_path / "rm"), config, head, 3, nnx.state(ens))
   records = world.preference_records(11, "train")
-  data = builders.DataSpec(batch_size=4, max_length=48)
-  got = strength.member_margins(builders.load_reward_model(rm_dir), records, tok, data)
+  data = builders.DataSpec(batch_size=4, max_length=48, shared_prompt=shared_prompt)
+  got = builders.member_margins(builders.load_reward_model(rm_dir), records, tok, data)
   assert got.shape == (11, 3)
   # Independent path: one record at a time, unpadded, through the in-memory ensemble.
   for i in (0, 5, 10):
