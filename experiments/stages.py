@@ -23,4 +23,4 @@ experiments.register_stage("best_of_n", best_of_n_stage.BestOfNConfig, best_of_n
 from jaxrlhf.evaluation import strength as _strength; experiments.register_stage("preference_strength", _strength.PreferenceStrengthConfig, _strength.run_preference_strength)  # noqa: E402,E501
 from jaxrlhf.evaluation import token_credit as _token_credit; experiments.register_stage("token_credit", _token_credit.TokenCreditConfig, _token_credit.run_token_credit)  # noqa: E402,E501
 from jaxrlhf.evaluation import density_ratio as _density_ratio; experiments.register_stage("density_ratio", _density_ratio.DensityRatioConfig, _density_ratio.run_density_ratio)  # noqa: E402,E501
-from jaxrlhf.evaluation import unlearning as _unlearning; experiments.register_stage("logp_shift", _unlearning.LogpShiftConfig, _unlearning.run_logp_shift); experiments.register_stage("goal_sft", preference.GoalFormatSFTConfig, preference.run_goal_format_sft)  # noqa: E402,E501
+from jaxrlhf.evaluation import unlearning as _unlearning; experiments.register_stage("logp_shift", _unlearning.LogpShiftConfig, _unlearning.run_logp_shift)  # noqa: E402,E501

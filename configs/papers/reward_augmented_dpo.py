@@ -2,10 +2,10 @@
 vs DPO on the synthetic world: gold reward of each policy and the "unlearning" of high-score rejected responses.
 
 One run (per seed and beta) is the chain
-  sft         "goal_sft": SFT on the world's reference samples, half of the prompts carrying a goal prompt
-              ("<system> score: s <user> ...") with a RANDOM score s: the policy knows the goal format but not
-              what a score means (the paper starts from instruct models that read system prompts; see
-              docs/_drafts/reward_augmented_dpo.md for why a plain-prompt SFT breaks RA-DPO in this world)
+  sft         SFT on the world's reference samples with data.goal_fraction = 0.5: half of the prompts carry a
+              goal prompt ("<system> score: s <user> ...") with a RANDOM score s, so the policy knows the goal
+              format but not what a score means (the paper starts from instruct models that read system prompts;
+              docs/reproductions.md says why a plain-prompt SFT breaks RA-DPO in this world)
   dpo, ra_dpo             DPO on the pairs / on the reward-augmented pairs (data.transform="reward_augmented")
   dpo_ls, ra_dpo_ls       the same with label smoothing 0.1 (conservative DPO)
   eval_*      gold reward of each policy's samples vs the SFT's (paired per prompt) and sampled KL; RA-DPO
@@ -30,13 +30,14 @@ import ml_collections
 
 from configs import _sections as S
 from jaxrlhf.evaluation import unlearning
-from jaxrlhf.train import evaluate, preference
+from jaxrlhf.train import evaluate, preference, sft
 
 VARIANTS = ("default", "smoke")
 METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls")
 BETAS = (0.01, 0.1)
 SEEDS = (0, 1, 2)
 LABEL_SMOOTHING = 0.1
+GOAL_FRACTION = 0.5  # Share of SFT prompts with a goal prompt (random score): the policy learns the format.
 
 
 def _sizes(smoke: bool) -> dict:
@@ -73,8 +74,8 @@ def get_config(arg=None):
                      + ", ".join(VARIANTS))
   sizes = _sizes(variant == "smoke")
   methods = _methods(variant)
-  stages = {"sft": S.stage("goal_sft", preference.GoalFormatSFTConfig, model=dict(config=sizes["model"]),
-                           goal_fraction=0.5, **sizes["sft"])}
+  sft_sizes = dict(sizes["sft"], data=dict(sizes["sft"]["data"], goal_fraction=GOAL_FRACTION))
+  stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=sizes["model"]), **sft_sizes)}
   for method in methods:
     data = dict(sizes["pref"]["data"], transform="reward_augmented" if method.startswith("ra_") else "none")
     loss = dict(algorithm="dpo", beta=0.1, label_smoothing=LABEL_SMOOTHING if method.endswith("_ls") else 0.0)

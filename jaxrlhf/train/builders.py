@@ -76,6 +76,10 @@ class DataSpec:
     `format`, `strict`, `columns`; held-out pairs from `eval_paths` or the last `eval_fraction`).
   num_train / num_eval: world records per split (files: caps, 0 = all).
   contrastive_sft: SFT on the world's neutral, `<better>` and `<worse>` samples (a policy T-REG can query).
+  goal_fraction: SFT data: this share of the prompts carries a goal prompt with a RANDOM score
+    (`data.transforms.goal_format_records`), so that reward-augmented DPO starts from a policy that knows the goal
+    format but not what a score means (the paper starts from instruct models that read system prompts; a policy
+    SFT'd on plain prompts has never seen the goal tokens). 0: plain prompts.
   transform: "reward_augmented" doubles scored pairs by goal conditioning (Zhang et al. 2024).
   margin_from: the per-pair `margin` field: "none" (NaN), "file" (as read), "score" (chosen_score -
     rejected_score) or "reward_model" (mean member margin of the reward model `reward_model`, e.g.
@@ -97,6 +101,7 @@ class DataSpec:
   num_train: int = field(2048, min=0)
   num_eval: int = field(256, min=0)
   contrastive_sft: bool = field(False)
+  goal_fraction: float = field(0.0, min=0.0, max=1.0)
   paths: tuple[str, ...] = field(())
   eval_paths: tuple[str, ...] = field(())
   eval_fraction: float = field(0.05, min=0.0, max=0.5)
@@ -269,12 +274,20 @@ def preference_records(data: DataSpec, world: Any) -> tuple[list, list, dict]:
   return read_files(data)
 
 
-def sft_records(data: DataSpec, world: Any) -> tuple[list, list, dict]:
-  """(train, held-out, report) SFT records: world reference samples, or the chosen side of preference files."""
+def sft_records(data: DataSpec, world: Any, tokenizer: Any = None, seed: int = 0) -> tuple[list, list, dict]:
+  """(train, held-out, report) SFT records: world reference samples, or the chosen side of preference files;
+  with `data.goal_fraction` > 0 that share of prompts is goal-formatted (seeded by `seed`; needs `tokenizer`)."""
   if data.source == "world":
-    return (world.sft_records(data.num_train, "train", contrastive=data.contrastive_sft),
-            world.sft_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})
-  return read_files(data)
+    train, held_out, report = (world.sft_records(data.num_train, "train", contrastive=data.contrastive_sft),
+                               world.sft_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})
+  else:
+    train, held_out, report = read_files(data)
+  if data.goal_fraction > 0:
+    from jaxrlhf.data.transforms import goal_format_records  # pylint: disable=g-import-not-at-top
+    role = tokenizer.supports_system_role
+    train = goal_format_records(train, data.goal_fraction, seed, supports_system_role=role)
+    held_out = goal_format_records(held_out, data.goal_fraction, seed + 1, supports_system_role=role)
+  return train, held_out, report
 
 
 def transform_pairs(records: list, data: DataSpec, tokenizer: Any) -> list:

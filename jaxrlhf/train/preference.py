@@ -19,8 +19,8 @@ detached batch mean of log pi/pi_ref over all 2B responses (a matched-pair estim
 prompt/completion pairs).
 T-REG: token rewards r_t = sigmoid(log p(y_t | <better> x) - log p(y_t | <worse> x)) - 0.5 from the current
 policy (detached) or from the reference, the control prefix inserted in front of the (text) prompt.
-Reward-augmented DPO's base policy: the "goal_sft" stage (`run_goal_format_sft`) is the SFT stage on data where a
-share of prompts carry the goal prompt with a random score, so the policy knows the goal format beforehand.
+Reward-augmented DPO's base policy: an "sft" stage with `data.goal_fraction` > 0 (a share of prompts carry the goal
+prompt with a random score), so the policy knows the goal format beforehand.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
 from jaxrlhf.train import pairs
 from jaxrlhf.train.pairs import pair_token_logps  # Re-exported: the layout-aware pair forward.
-from jaxrlhf.train import sft as sft_lib
 from jaxrlhf.train import state as state_lib
 from jaxrlhf.train.sft import final_state, save_policy
 from jaxrlhf.train.sft import logical_or_replicated as _shardings
@@ -449,25 +448,3 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
   distributed.barrier(f"reference_cache:{path}")
   print(f"[preference] reference log-probs of {len(cache.table)} pairs saved to {path}", flush=True)
   return cache
-
-
-# ------------------------------------------------------------------------------------------------ goal-format SFT
-@dataclasses.dataclass(frozen=True)
-class GoalFormatSFTConfig(sft_lib.SFTConfig):
-  """The "goal_sft" stage: the "sft" stage on data where a `goal_fraction` share of prompts carry a goal prompt
-  with a RANDOM score (`jaxrlhf.data.transforms.goal_format_records`), so that reward-augmented DPO starts from
-  a policy that knows the goal format but not what a score means (the paper starts from instruct models that
-  read system prompts; a base policy SFT'd on plain prompts only has never seen the goal tokens)."""
-  goal_fraction: float = field(0.5, min=0.0, max=1.0)
-
-
-def run_goal_format_sft(cfg: GoalFormatSFTConfig, workdir: str, inputs: dict) -> dict:
-  """The "goal_sft" stage: `sft_lib.run_sft`'s recipe on goal-formatted records; saves `workdir/model`."""
-  from jaxrlhf.data.transforms import goal_format_records  # pylint: disable=g-import-not-at-top
-  context = builders.stage_context(cfg, inputs)
-  world, tokenizer = context[0], context[4]
-  train_records, eval_records, report = builders.sft_records(cfg.data, world)
-  role = tokenizer.supports_system_role
-  train_records = goal_format_records(train_records, cfg.goal_fraction, cfg.seed, supports_system_role=role)
-  eval_records = goal_format_records(eval_records, cfg.goal_fraction, cfg.seed + 1, supports_system_role=role)
-  return sft_lib.train_sft(cfg, workdir, context, (train_records, eval_records, report))

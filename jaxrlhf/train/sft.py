@@ -144,7 +144,7 @@ def final_state(setup: state_lib.StateSetup, results: dict) -> state_lib.TrainSt
 def run_sft(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   """The "sft" stage: trains, evaluates held-out NLL, saves `workdir/model` (HF folder)."""
   context = builders.stage_context(cfg, inputs)
-  return train_sft(cfg, workdir, context, builders.sft_records(cfg.data, context[0]))
+  return train_sft(cfg, workdir, context, builders.sft_records(cfg.data, context.world, context.tokenizer, cfg.seed))
 
 
 def train_sft(cfg: SFTConfig, workdir: str, context: tuple, records: tuple[list, list, dict]) -> dict:

@@ -25,7 +25,7 @@ METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls")
 def test_default_chain_structure():
   plan = {name: (kind.name, cfg) for name, kind, cfg in run_lib.plan(config_lib.load_config(SPEC))}
   assert list(plan)[:5] == ["sft", *METHODS]
-  assert plan["sft"][0] == "goal_sft" and plan["sft"][1].goal_fraction == 0.5
+  assert plan["sft"][0] == "sft" and plan["sft"][1].data.goal_fraction == 0.5
   for m in METHODS:
     kind, cfg = plan[m]
     assert kind == "preference" and cfg.model.init_from == "stage:sft" and cfg.loss.algorithm == "dpo"
