@@ -1,6 +1,7 @@
 """The quickstart chain on the synthetic gold-reward world, sized for a 2-core CPU (<= 10 minutes):
 
-  sft      a tiny base policy on the world's reference distribution
+  sft      a tiny base policy on the world's reference distribution; half of its prompts carry a goal prompt with a
+           random score (data.goal_fraction), so reward-augmented DPO starts from a policy that knows the format
   reward   an ensemble of K = 3 reward models (one vmapped step; eval: held-out and gold agreement)
   dpo      DPO from the SFT policy
   ra_dpo   reward-augmented DPO from the SFT policy
@@ -38,8 +39,8 @@ def get_config(arg=None):
     rm_opt = dict(cosine, learning_rate=2e-3, decay_steps=300, weight_decay=0.01)
     po_opt = dict(cosine, learning_rate=3e-4, decay_steps=150)
   stages = {
-      "sft": S.stage("sft", sft.SFTConfig, model=dict(config=model), data=sft_data, optimizer=sft_opt,
-                     loop=sft_loop),
+      "sft": S.stage("sft", sft.SFTConfig, model=dict(config=model), data=dict(sft_data, goal_fraction=0.5),
+                     optimizer=sft_opt, loop=sft_loop),
       "reward": S.stage("reward", reward.RewardConfig, num_members=3, model=dict(config=model), data=rm_data,
                         optimizer=rm_opt, loop=rm_loop),
       "dpo": S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),
