@@ -222,6 +222,33 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ jaxrlhf side
+def _timed_steps(step: Any, state: Any, batches: list[dict], batch_sharding: Any, warmup: int, rss_start: float
+                 ) -> dict[str, Any]:
+  """Compiles the jitted `step` (AOT) on batches[0], runs every batch (host-to-device copy and the loss read back
+  included), and returns compile_s, losses, the times after `warmup`, params, peak/start RSS and the XLA buffer
+  sizes of the compiled step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batches[0]).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  losses, times = [], []
+  for i, b in enumerate(batches):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, jax.device_put(b, batch_sharding))
+    losses.append(float(metrics["loss"].total / metrics["loss"].count))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  out = dict(compile_s=compile_s, losses=losses, times=times, params=int(n_params),
+             peak_rss_mib=peak_rss_mib(), start_rss_mib=rss_start)
+  if mem is not None:
+    out["xla_step_mib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                           + mem.temp_size_in_bytes) / 2**20
+    out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
+  return out
+
+
 def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5,
               seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool = True, shared_prompt: bool = False
               ) -> dict[str, Any]:
@@ -289,25 +316,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   step = jax.jit(state_lib.make_train_step(setup.graphdef, loss_fn, optimizer),
                  in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None),
                  donate_argnums=0)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  losses, times = [], []
-  for i, b in enumerate(batches):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, jax.device_put(b, batch_sharding))
-    losses.append(float(metrics["loss"].total / metrics["loss"].count))
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  out = dict(compile_s=compile_s, losses=losses, times=times, params=int(n_params),
-             peak_rss_mib=peak_rss_mib(), start_rss_mib=rss_start)
-  if mem is not None:
-    out["xla_step_mib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                           + mem.temp_size_in_bytes) / 2**20
-    out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
-  return out
+  return _timed_steps(step, state, batches, batch_sharding, warmup, rss_start)
 
 
 GRPO_GENERATIONS = 4  # G samples per prompt in the GRPO case.
@@ -379,25 +388,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   replicated = NamedSharding(mesh, P())
   step = jax.jit(step_fn, in_shardings=(setup.shardings, replicated), out_shardings=(setup.shardings, None),
                  donate_argnums=0)
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  losses, times = [], []
-  for i, b in enumerate(batches):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, jax.device_put(b, replicated))
-    losses.append(float(metrics["loss"].total / metrics["loss"].count))
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  out = dict(compile_s=compile_s, losses=losses, times=times, params=int(n_params), peak_rss_mib=peak_rss_mib(),
-             start_rss_mib=rss_start, generations=num_generations)
-  if mem is not None:
-    out["xla_step_mib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-                           + mem.temp_size_in_bytes) / 2**20
-    out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
-  return out
+  return dict(_timed_steps(step, state, batches, replicated, warmup, rss_start), generations=num_generations)
 
 
 def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool = True

@@ -353,24 +353,18 @@ class TokenCreditConfig:
     builders.DataSpec(world=self.world).validate(path)
 
 
-def _control_ids(tokenizer: Any, text: str, key: str) -> tuple[int, ...]:
-  ids = tuple(tokenizer.encode(text))
-  if not ids:
-    raise ValueError(f"config.{key}: {text!r} encodes to no tokens")
-  return ids
-
-
 def run_token_credit(cfg: TokenCreditConfig, workdir: str, inputs: dict) -> dict:
   """The "token_credit" stage: writes workdir/results.json (and token_credit.png); returns {"metrics"}."""
   from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
   from jaxrlhf.train import builders  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train.preference import control_ids  # pylint: disable=g-import-not-at-top
   world = builders.make_world(builders.DataSpec(world=cfg.world))
   policy, _ = from_pretrained(builders.resolve_path(cfg.policy, inputs))
   reference = from_pretrained(builders.resolve_path(cfg.reference, inputs))[0] if cfg.reference else None
   better = worse = ()
   if cfg.contrastive:
-    better = _control_ids(world.tokenizer, cfg.better, "better")
-    worse = _control_ids(world.tokenizer, cfg.worse, "worse")
+    better = control_ids(world.tokenizer, cfg.better, "config.better")
+    worse = control_ids(world.tokenizer, cfg.worse, "config.worse")
   rows = response_set(world, cfg.num_pairs, cfg.max_length)
   rewards = token_rewards(policy, reference, rows, beta=cfg.beta, better_ids=better, worse_ids=worse,
                           batch_size=cfg.batch_size)

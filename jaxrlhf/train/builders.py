@@ -418,7 +418,7 @@ def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | N
                     pack: bool | None = None, split_by_process: bool = False, shared_prompt: bool = False
                     ) -> pipeline_lib.PipelineConfig:
   """The pipeline settings of `data` for one stage; packing applies to SFT batches only (`data.pack`);
-  `shared_prompt` (preference batches) is the stage's decided layout (`shared_prompt_layout`), not data's mode.
+  `shared_prompt` (preference batches) is the stage's decided layout (`choose_shared_prompt`), not data's mode.
 
   split_by_process: each of jax.process_count() processes collates only its rows of every global batch (training
     iterators; the loop assembles global arrays from them); False: every process holds whole batches (evaluation,
@@ -445,7 +445,7 @@ def _row_flops(model_config: ModelConfig, with_lm_head: bool):
   return lambda t: per_token * t + 4 * c.num_layers * c.num_heads * c.head_dim * t * t
 
 
-def shared_prompt_layout(data: DataSpec, records: list, tokenizer: Any, model_config: ModelConfig, *,
+def choose_shared_prompt(data: DataSpec, records: list, tokenizer: Any, model_config: ModelConfig, *,
                          with_lm_head: bool, sample: int = 1024) -> tuple[bool, dict]:
   """Whether a stage scores pairs in the shared-prompt layout, and the report {"mode", "used", "cost_ratio"}.
 
@@ -594,7 +594,7 @@ def member_margins(rm: Any, records: list, tokenizer: Any, data: DataSpec) -> np
   """
   from jaxrlhf.train import pairs  # pylint: disable=g-import-not-at-top
   graphdef, state = nnx.split(rm)
-  shared, _ = shared_prompt_layout(data, records, tokenizer, rm.members.config, with_lm_head=False)
+  shared, _ = choose_shared_prompt(data, records, tokenizer, rm.members.config, with_lm_head=False)
 
   @jax.jit
   def margins(state, batch):

@@ -388,7 +388,7 @@ def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                       schedule=optim.make_schedule(cfg.optimizer))
-  shared, layout_report = builders.shared_prompt_layout(data, train_records, tokenizer, model_config,
+  shared, layout_report = builders.choose_shared_prompt(data, train_records, tokenizer, model_config,
                                                         with_lm_head=True)
   report = {**report, "shared_prompt": layout_report}
   data_iter = builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed, shared_prompt=shared)

@@ -344,7 +344,7 @@ def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
                          cfg.shared_backbone)
   member_graphdef = nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, cfg.seed, 0)))
   step_fn = make_ensemble_step(member_graphdef, reward_loss_fn(cfg.loss, head), cfg.optimizer, cfg.num_members)
-  shared, layout_report = builders.shared_prompt_layout(data, train_records, tokenizer, model_config,
+  shared, layout_report = builders.choose_shared_prompt(data, train_records, tokenizer, model_config,
                                                         with_lm_head=False)
   report = {**report, "shared_prompt": layout_report}
   data_iter = builders.StackedIterator(

@@ -240,17 +240,10 @@ def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.A
   Returns:
     (scores float32 (R, N), 0 off steps; steps bool (R, N)).
   """
-  ids = jnp.asarray(tokens_RxN).astype(jnp.int32)
-  ids = jnp.where((ids < 0) | (ids >= spec.quality_V.shape[0]), spec.oov_id, ids)
-  mask = jnp.asarray(mask_RxN) > 0
-  is_eos = (ids == spec.eos_id) & mask
-  eos_before = (jnp.cumsum(is_eos.astype(jnp.int32), axis=1) - is_eos.astype(jnp.int32)) > 0
-  steps = mask & ~eos_before & ~is_eos
+  ids, steps = gold_lib.scored_tokens(spec, tokens_RxN, mask_RxN, xp=jnp)
   topic_R = gold_lib.prompt_topic(spec, jnp.asarray(prompt_ids_RxP).astype(jnp.int32),
                                   jnp.asarray(prompt_mask_RxP), xp=jnp)
-  token_topic = jnp.asarray(spec.topic_V)[ids]
-  rel = jnp.where(token_topic < 0, 0.0, jnp.where(token_topic == topic_R[:, None], 1.0,
-                                                  jnp.where(topic_R[:, None] < 0, 0.0, -1.0)))
+  rel = gold_lib.token_relevance(spec, topic_R, ids, xp=jnp)
   prev_ids = jnp.concatenate([ids[:, :1], ids[:, :-1]], axis=1)
   prev_steps = jnp.concatenate([jnp.zeros_like(steps[:, :1]), steps[:, :-1]], axis=1)
   logit = (spec.quality_weight * jnp.asarray(spec.quality_V)[ids] + spec.relevance_weight * rel

@@ -30,7 +30,6 @@ def test_default_config_scores_every_ratio_and_sweeps_three_seeds():
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("density_ratio")  # the smoke sweep, shared with the notebook test
-  results = sorted(p.name for p in tmp_path.iterdir() if (p / "status.json").exists())
   md = tables_lib.tables(str(tmp_path))
   with open(tmp_path / "results.csv") as f:
     row = next(csv.DictReader(f))

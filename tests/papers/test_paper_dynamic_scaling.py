@@ -41,7 +41,6 @@ def test_chain_structure_and_sweep():
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("dynamic_scaling")  # the smoke sweep, shared with the notebook test
-  results = sorted(p.name for p in tmp_path.iterdir() if (p / "status.json").exists())
   md = tables_lib.tables(str(tmp_path))
   columns = list(config_lib.load_config(SPEC + ":smoke").tables.metrics)
   assert columns and all(c in md for c in columns)

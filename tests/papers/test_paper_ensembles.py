@@ -2,16 +2,15 @@
 sweep runs end to end into a table whose columns exist and are sane, plus the headline figure and curve table."""
 
 import json
-import math
 import os
 
 import numpy as np
 import pytest
+from paper_tables import smoke_table_means
 
 from configs.papers import ensembles
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
-from experiments import tables as tables_lib
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "ensembles.py")
 
@@ -43,24 +42,16 @@ def test_sweep_grid_and_bad_variant():
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   workdir = str(paper_smoke("ensembles"))  # the smoke sweep, shared with the notebook test
-  md = tables_lib.tables(workdir)
   config = ensembles.get_config("smoke")
-  header = md.splitlines()[0]
-  for metric in config.tables.metrics:
-    assert metric in header
-  with open(os.path.join(workdir, "results.csv")) as f:
-    lines = f.read().splitlines()
-  cells = dict(zip(lines[0].split(","), lines[1].split(",")))
-  for metric in config.tables.metrics:
-    assert math.isfinite(float(cells[f"{metric} mean"])), metric
+  means = smoke_table_means(workdir, config)
   for e in ensembles.ENSEMBLES:
-    assert float(cells[f"bon_{e}/rm_single/gold_drop mean"]) >= 0.0  # the peak is never below gold@N
-    assert 0.0 <= float(cells[f"rm_{e}/eval/gold_agreement mean"]) <= 1.0
+    assert means[f"bon_{e}/rm_single/gold_drop"] >= 0.0  # the peak is never below gold@N
+    assert 0.0 <= means[f"rm_{e}/eval/gold_agreement"] <= 1.0
   # Selected lengths lie in [1, max_new_tokens]; the oracle's peak is the best gold any selector reaches.
-  length = float(cells["bon_pretrain/rm_mean/length@N mean"])
+  length = means["bon_pretrain/rm_mean/length@N"]
   assert 1.0 <= length <= config.bon_pretrain.max_new_tokens
-  peak = float(cells["bon_pretrain/gold/gold_peak mean"])
-  assert all(float(cells[f"bon_pretrain/{s}/gold@N mean"]) <= peak + 1e-9
+  peak = means["bon_pretrain/gold/gold_peak"]
+  assert all(means[f"bon_pretrain/{s}/gold@N"] <= peak + 1e-9
              for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std"))
   out = ensembles.headline_plot(workdir, str(tmp_path / "docs" / "plots" / "headline_bon.png"))
   assert os.path.getsize(out) > 10_000

@@ -6,7 +6,6 @@ import math
 import pathlib
 import sys
 
-import jax
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -58,7 +57,6 @@ def test_unknown_variant_names_the_choices():
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("treg")  # the smoke sweep, shared with the notebook test
-  results = sorted(p.name for p in tmp_path.iterdir() if (p / "status.json").exists())
   md = tables_lib.tables(str(tmp_path))
   config = config_lib.load_config(SPEC + ":smoke")
   columns = list(config.tables.metrics)

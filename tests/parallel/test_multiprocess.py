@@ -128,22 +128,8 @@ if jax.process_index() == 0:
 @pytest.mark.slow
 def test_two_processes_assemble_the_single_process_batches(tmp_path):
   """2 processes x 4 devices, each collating its half: the global arrays equal one process's whole batches."""
-  script = tmp_path / "slices.py"
-  script.write_text(_SLICES_SCRIPT)
   out = tmp_path / "sums.json"
-  port = _free_port()
-  procs = [subprocess.Popen([sys.executable, str(script), str(out)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                                     JAX_PROCESS_ID=str(i), PYTHONPATH=str(REPO_ROOT)))
-           for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  _run_script_in_two_processes(tmp_path / "slices.py", _SLICES_SCRIPT, str(out))
   world = World(WorldConfig())
   it = pipeline.make_pipeline(world.preference_records(64, "train"), world.tokenizer, pipeline.PipelineConfig(
       kind="preference", batch_size=8, max_length=40, buckets=(16, 24, 32), seed=3, num_threads=0, shard_index=0,
@@ -192,21 +178,7 @@ if jax.process_index() == 0:
 @pytest.mark.slow
 def test_two_processes_save_parameters_sharded_across_them(tmp_path):
   """FSDP over 2 processes x 4 devices: host_copy gathers whole arrays and save_policy writes the whole model."""
-  script = tmp_path / "save.py"
-  script.write_text(_SAVE_SCRIPT)
-  port = _free_port()
-  procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                                     JAX_PROCESS_ID=str(i), PYTHONPATH=str(REPO_ROOT)))
-           for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+  _run_script_in_two_processes(tmp_path / "save.py", _SAVE_SCRIPT, str(tmp_path))
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
@@ -219,6 +191,25 @@ def test_two_processes_save_parameters_sharded_across_them(tmp_path):
     value = saved[key.replace("['value']", "")] if key not in saved else saved[key]
     got = float(np.sum(value * (np.arange(value.size).reshape(value.shape) % 7)))
     assert got == pytest.approx(want, rel=1e-5), key
+
+
+def _run_script_in_two_processes(path: pathlib.Path, text: str, arg: str) -> None:
+  """Writes `text` to `path` and runs it as 2 jax.distributed processes x 4 CPU devices (argv[1] = `arg`);
+  fails with both logs' tails if either exits non-zero."""
+  path.write_text(text)
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, str(path), arg], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=_env(4, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                     JAX_PROCESS_ID=str(i), PYTHONPATH=str(REPO_ROOT)))
+           for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=RUN_TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
 
 
 def _free_port() -> int:

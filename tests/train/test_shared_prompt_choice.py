@@ -31,9 +31,9 @@ def _records(prompt_len, response_len, n=8):
 def test_auto_shares_long_prompts_and_not_long_responses(with_lm_head):
   # Buckets as tight as the data: only the prompt's repetition can be saved.
   data = _data(max_length=64, buckets=(16, 32, 48, 64))
-  long_prompt = builders.shared_prompt_layout(data, _records(40, 7), CharTokenizer(), MODEL,
+  long_prompt = builders.choose_shared_prompt(data, _records(40, 7), CharTokenizer(), MODEL,
                                               with_lm_head=with_lm_head)
-  long_responses = builders.shared_prompt_layout(data, _records(2, 29), CharTokenizer(), MODEL,
+  long_responses = builders.choose_shared_prompt(data, _records(2, 29), CharTokenizer(), MODEL,
                                                  with_lm_head=with_lm_head)
   assert long_prompt[0] and long_prompt[1]["cost_ratio"] < builders.SHARED_PROMPT_MAX_COST
   # 2 + 30 = 32 fits the bucket 32 exactly; shared 2 + 30 + 30 = 62 pads to 64: no saving, more attention.
@@ -43,7 +43,7 @@ def test_auto_shares_long_prompts_and_not_long_responses(with_lm_head):
 
 def test_on_and_off_are_obeyed_without_measuring():
   for mode in ("on", "off"):
-    used, report = builders.shared_prompt_layout(_data(shared_prompt=mode), [], CharTokenizer(), MODEL,
+    used, report = builders.choose_shared_prompt(_data(shared_prompt=mode), [], CharTokenizer(), MODEL,
                                                  with_lm_head=False)
     assert used == (mode == "on") and report == {"mode": mode, "used": mode == "on"}
 

@@ -87,23 +87,35 @@ def prompt_topic(spec: GoldSpec, prompt_ids_BxP: Any, prompt_mask_BxP: Any, xp: 
   return xp.where(counts_BxK.max(axis=1) > 0, counts_BxK.argmax(axis=1), -1).astype(xp.int32)
 
 
-def _token_terms(spec, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxT, response_mask_BxT, xp):
-  """Per-token pieces shared by the reward, its components and its token credit."""
+def scored_tokens(spec, response_ids_BxT, response_mask_BxT, xp=np):
+  """(ids (B, T) int32 with ids outside the vocabulary mapped to `oov_id`, scored (B, T) bool): the response
+  tokens the gold reward scores, i.e. masked tokens before the first end token."""
   ids_BxT = xp.asarray(response_ids_BxT).astype(xp.int32)
   ids_BxT = xp.where((ids_BxT < 0) | (ids_BxT >= spec.quality_V.shape[0]), spec.oov_id, ids_BxT)
   mask_BxT = xp.asarray(response_mask_BxT) > 0
   is_eos_BxT = (ids_BxT == spec.eos_id) & mask_BxT
   eos_before_BxT = (xp.cumsum(is_eos_BxT.astype(xp.int32), axis=1) - is_eos_BxT.astype(xp.int32)) > 0
-  scored_BxT = mask_BxT & ~eos_before_BxT & ~is_eos_BxT
+  return ids_BxT, mask_BxT & ~eos_before_BxT & ~is_eos_BxT
+
+
+def token_relevance(spec, topic_B, ids_BxT, xp=np):
+  """(B, T) float32 relevance of each token to its prompt's topic: +1 on topic, -1 off topic, 0 for topic-free
+  tokens or prompts."""
+  token_topic_BxT = xp.asarray(spec.topic_V)[ids_BxT]
+  return xp.where(token_topic_BxT < 0, 0.0,
+                  xp.where((token_topic_BxT == topic_B[:, None]), 1.0,
+                           xp.where(topic_B[:, None] < 0, 0.0, -1.0))).astype(xp.float32)
+
+
+def _token_terms(spec, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxT, response_mask_BxT, xp):
+  """Per-token pieces shared by the reward, its components and its token credit."""
+  ids_BxT, scored_BxT = scored_tokens(spec, response_ids_BxT, response_mask_BxT, xp)
   s_BxT = scored_BxT.astype(xp.float32)
   n_B = s_BxT.sum(axis=1)
   inv_n_B = 1.0 / xp.maximum(n_B, 1.0)
 
   topic_B = prompt_topic(spec, xp.asarray(prompt_ids_BxP).astype(xp.int32), xp.asarray(prompt_mask_BxP), xp)
-  token_topic_BxT = xp.asarray(spec.topic_V)[ids_BxT]
-  rel_BxT = xp.where(token_topic_BxT < 0, 0.0,
-                     xp.where((token_topic_BxT == topic_B[:, None]), 1.0,
-                              xp.where(topic_B[:, None] < 0, 0.0, -1.0))).astype(xp.float32)
+  rel_BxT = token_relevance(spec, topic_B, ids_BxT, xp)
   quality_BxT = spec.quality_weight * xp.asarray(spec.quality_V)[ids_BxT] * inv_n_B[:, None] * s_BxT
   relevance_BxT = spec.relevance_weight * rel_BxT * inv_n_B[:, None] * s_BxT
 
