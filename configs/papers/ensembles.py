@@ -22,9 +22,9 @@ only in whether the backbone init is shared. (Fine-tuning all members from the S
 backbone's quality, so it is not the controlled comparison.)
 
 Variant "grpo": sft -> rm_single (K = 1; identical to member 0 of rm_pretrain: same init key and data order) ->
-rm_pretrain -> GRPO against the single RM, the worst-case (min) ensemble of raw members, and the min and
-mean - LAM * std of members standardized over the reference responses (GRPO_REWARDS), for beta in BETAS (KL as a
-k3 loss term); eval gold / proxy / KL / length of each policy. Variants "smoke" and "grpo_smoke": seconds.
+rm_pretrain -> GRPO against the single RM, the pretrain ensemble under each aggregation of raw member scores, and
+the min and mean - LAM * std of members standardized over the reference responses (GRPO_REWARDS), for beta in
+BETAS (KL as a k3 loss term); eval gold / proxy / KL / length of each policy. Variants "smoke" and "grpo_smoke": seconds.
 
     python -m experiments.sweep --config configs/papers/ensembles.py --workdir runs/papers/ensembles --workers 1
     python -m experiments.tables --workdir runs/papers/ensembles
@@ -54,10 +54,15 @@ AGGREGATIONS = ("mean", "median", "min", "mean_minus_var", "mean_minus_std")
 ENSEMBLES = ("pretrain", "finetune")
 SELECTORS = ("gold", "rm_single", *(f"rm_{a}" for a in AGGREGATIONS))
 BETAS = (0.01, 0.05, 0.2)
-# GRPO rewards: a single RM, the raw min ensemble, and (standardized members) min and mean - LAM * std.
-GRPO_REWARDS = ("single", "min", "zmin", "zmeanstd")
-GRPO_LABELS = {"single": "single RM", "min": "ensemble min (raw members)", "zmin": "ensemble min (standardized)",
+# GRPO rewards: a single RM, the pretrain ensemble under every aggregation of raw member scores, and min and
+# mean - LAM * std over standardized members.
+GRPO_REWARDS = ("single", "mean", "median", "min", "meanvar", "meanstd", "zmin", "zmeanstd")
+GRPO_LABELS = {"single": "single RM", "mean": "ensemble mean", "median": "ensemble median",
+               "min": "ensemble min (raw members)", "meanvar": "ensemble mean - var (raw)",
+               "meanstd": "ensemble mean - std (raw)", "zmin": "ensemble min (standardized)",
                "zmeanstd": "ensemble mean - std (standardized)"}
+_GRPO_AGGREGATIONS = {"mean": "mean", "median": "median", "min": "min", "meanvar": "mean_minus_var",
+                      "meanstd": "mean_minus_std", "zmin": "min", "zmeanstd": "mean_minus_std"}
 GOLD_OPTIMUM_LENGTH = 16
 # Label noise of the reward models' training pairs: Coste et al. (2023) train their proxy RMs with 25% label
 # noise (the world's default is 5% flips on top of the Bradley-Terry draw).
@@ -113,14 +118,12 @@ def _grpo_chain(sizes: dict) -> dict:
       "rm_single": S.stage("reward", reward.RewardConfig, model=model, num_members=1, **sizes["rm"]),
       "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **sizes["rm"]),
   }
-  sources = {"single": dict(kind="reward_model", reward_model="stage:rm_single", name="rm"),
-             "min": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="min", name="rm"),
-             # Added in session 3, after the raw min above had failed: members standardized over the reference
-             # responses (rewards.RewardSourceSpec.standardize), as the best-of-N diagnostic suggested.
-             "zmin": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="min",
-                          standardize=True, name="rm"),
-             "zmeanstd": dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation="mean_minus_std",
-                              lam=LAM, standardize=True, name="rm")}
+  sources = {"single": dict(kind="reward_model", reward_model="stage:rm_single", name="rm")}
+  for name, aggregation in _GRPO_AGGREGATIONS.items():
+    # The standardized rewards (z*) were added in session 3, after the raw min had failed, as the best-of-N
+    # diagnostic suggested: members standardized over the reference responses (RewardSourceSpec.standardize).
+    sources[name] = dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation=aggregation, lam=LAM,
+                         standardize=name.startswith("z"), name="rm")
   for rm_name, source in sources.items():
     for beta in BETAS:
       stages[rl_stage_name(rm_name, beta)] = S.stage(
@@ -138,7 +141,7 @@ def get_config(arg=None):
   if variant.startswith("grpo"):
     config = S.chain(_grpo_chain(sizes), seed=0)
     config.tables = dict(metrics=tuple(f"{rl_stage_name(rm, b)}/eval/{m}" for rm in GRPO_REWARDS
-                                       for b in BETAS for m in ("gold", "kl", "completion_length")))
+                                       for b in BETAS for m in ("gold", "reward/rm", "kl", "completion_length")))
     return config
   config = S.chain(_bon_chain(sizes), seed=0)
   config.tables = dict(metrics=(
