@@ -267,7 +267,7 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
         runs.append(json.load(f)["metrics"])
   if not runs:
     raise FileNotFoundError(f"sweep_dir: no <run>/results.json under {sweep_dir!r}")
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5))
   for rm, label in GRPO_LABELS.items():
     if not all(f"{rl_stage_name(rm, b)}/eval/gold" in r for r in runs for b in BETAS):
       continue  # a sweep from before this reward was added
@@ -278,8 +278,9 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
     for ax, metric in zip(axes, ("gold", "completion_length")):
       ax.errorbar(stats["kl"][0], stats[metric][0], xerr=stats["kl"][1], yerr=stats[metric][1], marker="o",
                   capsize=3, label=label)
-      for b, x, y in zip(BETAS, stats["kl"][0], stats[metric][0]):
-        ax.annotate(f"beta={b:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+      if rm == "single":  # one curve's labels suffice: beta falls from left to right on every curve
+        for b, x, y in zip(BETAS, stats["kl"][0], stats[metric][0]):
+          ax.annotate(f"beta={b:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
   axes[1].axhline(GOLD_OPTIMUM_LENGTH, color="k", lw=0.8, ls=":", label="gold optimum L* = 16")
   for ax, title in zip(axes, ("eval gold reward", "eval completion length")):
     ax.set_xlabel("eval KL to the SFT policy [nats]")
