@@ -62,8 +62,8 @@ def sft_then_preference(smoke: bool, *, contrastive_sft: bool = False, **prefere
                         ) -> ml_collections.ConfigDict:
   """Two stages on the synthetic world: "sft" (the base / reference policy) -> "preference" (`preference`
   overrides of PreferenceConfig), the second starting from the first's saved model."""
-  from jaxrlhf.train import preference as preference_lib  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import sft as sft_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import preference as preference_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import sft as sft_lib  # pylint: disable=g-import-not-at-top
   if smoke:
     sft = stage("sft", sft_lib.SFTConfig, model=dict(config=SMOKE_MODEL),
                 data=dict(SMOKE_DATA, contrastive_sft=contrastive_sft), loop=SMOKE_LOOP,

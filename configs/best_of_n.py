@@ -10,8 +10,8 @@ acceptance (the smallest sizes that show the claims of issue 6 reliably; used by
 """
 
 from configs import _sections as S
-from jaxrlhf.evaluation import best_of_n_stage
-from jaxrlhf.train import reward, sft
+from jaxrlhf.stages import best_of_n as best_of_n_stage
+from jaxrlhf.stages import reward, sft
 
 VARIANTS = ("default", "ensemble", "smoke", "acceptance")
 

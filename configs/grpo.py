@@ -11,7 +11,7 @@ it reuses when run in the same workdir; the acceptance test's "GRPO raises gold 
 """
 
 from configs import _sections as S
-from jaxrlhf.train import evaluate, reward, rl, sft
+from jaxrlhf.stages import evaluate_policy, reward, rl, sft
 
 VARIANTS = ("default", "smoke", "gold", "mixed", "kl_reward", "acceptance")
 
@@ -58,7 +58,7 @@ def rl_chain(algorithm: str, size: str, **loss):
       algorithm: S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"),
                          rewards=(dict(kind="reward_model", reward_model="stage:reward", name="rm"),),
                          loss=dict(dict(algorithm=algorithm, num_generations=4), **loss), **rl_kwargs),
-      "evaluate": S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy=f"stage:{algorithm}",
+      "evaluate": S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{algorithm}",
                           base="stage:sft", **eval_kwargs),
   }
   config = S.chain(stages)

@@ -12,7 +12,7 @@ Variants: default, smoke (seconds).
 """
 
 from configs import _sections as S
-from jaxrlhf.train import evaluate, preference, reward, sft
+from jaxrlhf.stages import evaluate_policy, preference, reward, sft
 
 
 def get_config(arg=None):
@@ -51,9 +51,9 @@ def get_config(arg=None):
   }
   eval_kwargs = dict(reward_model="stage:reward", num_prompts=32 if smoke else 512, batch_size=32 if smoke else 128,
                      max_new_tokens=16 if smoke else 32)
-  stages["eval_dpo"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy="stage:dpo",
+  stages["eval_dpo"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy="stage:dpo",
                                base="stage:sft", **eval_kwargs)
-  stages["eval_ra_dpo"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy="stage:ra_dpo",
+  stages["eval_ra_dpo"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy="stage:ra_dpo",
                                   base="stage:sft", goal_conditioned=True, **eval_kwargs)
   config = S.chain(stages)
   config.tables = dict(metrics=("reward/eval/gold_agreement", "eval_dpo/gold/gain", "eval_ra_dpo/gold/gain"))

@@ -7,7 +7,7 @@ multihead (3 heads on one backbone).
 """
 
 from configs import _sections as S
-from jaxrlhf.train import reward
+from jaxrlhf.stages import reward
 
 VARIANTS = ("default", "smoke", "margin", "attributes", "multihead")
 

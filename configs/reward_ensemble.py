@@ -6,7 +6,7 @@ Variants: default, smoke, finetune_seed (members from one SFT checkpoint with di
 """
 
 from configs import _sections as S
-from jaxrlhf.train import reward
+from jaxrlhf.stages import reward
 
 
 def get_config(arg=None):

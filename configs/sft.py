@@ -6,7 +6,7 @@ Variants: default (about a minute on 2 CPU cores), smoke (seconds), contrastive 
 """
 
 from configs import _sections as S
-from jaxrlhf.train import sft
+from jaxrlhf.stages import sft
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ import importlib.util
 import pathlib
 
 from configs import _sections as S
-from jaxrlhf.train import preference, reward
+from jaxrlhf.stages import preference, reward
 
 HH_FILE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 

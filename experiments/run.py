@@ -6,12 +6,17 @@ ordered list of section names, each section has a `kind`. A chain's top-level `c
 replaces the `seed` of every stage that has one, so a sweep over seeds (`add(seed=s)`) reseeds the whole
 chain (the synthetic world's own seed, `data.world.seed`, is not touched: seeds vary training, not the
 environment). Every stage's section is converted and validated (jaxrlhf.config.from_config) before the
-first one runs. Each stage runs in DIR/<stage>; a finished stage
+first one runs, and every stage reference ("stage:<name>" in a `config.stage_ref` field) is checked against the
+earlier stages of the chain and the outputs their kinds produce: a typo fails before any compute, naming the key.
+`--show_config` prints every stage's expanded, validated config (every key, defaults included) and exits.
+Stage kinds come from the literal table jaxrlhf.stages.kinds.KINDS; `--extra_kinds module:NAME` adds a user's
+table (a dict of name -> jaxrlhf.stages.kinds.StageKind, e.g. a research prototype's stage). Each stage runs in
+DIR/<stage>; a finished stage
 writes DIR/<stage>/DONE.json with its outputs and is skipped on re-run, so a failing stage leaves the
 earlier ones intact. DIR/results.json collects the outputs when all stages are done; a failure writes its
 traceback to DIR/error.txt.
 
-Multi-process runs (one process per host or per GPU, see docs/_drafts/multihost.md): `main` calls
+Multi-process runs (one process per host or per GPU, see docs/multihost.md): `main` calls
 `jax.distributed.initialize` once, after validating the config and before any JAX computation, with the
 settings of the stages' `mesh` sections or the environment (`jaxrlhf.parallel.distributed`). Every process runs
 every stage; only process 0 writes DONE.json, results.json, summary.md and error.txt (other processes write
@@ -21,11 +26,13 @@ process) reads complete files.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import json
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, Mapping, NamedTuple
 
 from absl import app
 from absl import flags
@@ -33,19 +40,26 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-import experiments
 from experiments import summary
-import experiments.stages  # noqa: F401  (registers the real stage kinds: sft, reward, preference, ...)
 from jaxrlhf import config as config_lib
 from jaxrlhf.parallel import distributed
+from jaxrlhf.stages.kinds import KINDS, StageKind
 
 # Top-level keys of a config that belong to no stage.
 RESERVED_KEYS = ("kind", "stages", "tables", "plots")
 DONE_FILE = "DONE.json"
 
 
-def plan(config: ml_collections.ConfigDict) -> list[tuple[str, experiments.StageKind, Any]]:
-  """[(stage name, kind, validated stage config)] for every stage, in order; raises ConfigError."""
+class PlannedStage(NamedTuple):
+  """One stage of a planned chain: its section name, its kind, and its validated config dataclass."""
+  name: str
+  kind: StageKind
+  config: Any
+
+
+def plan(config: ml_collections.ConfigDict, kinds: Mapping[str, StageKind] = KINDS) -> list[PlannedStage]:
+  """Every stage in order, each section converted and validated, every stage reference checked; raises
+  ConfigError naming the key."""
   if "stages" in config:
     names = list(config.stages)
     if not names:
@@ -64,19 +78,60 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, experiments.Stage
   for name, section, path in sections:
     if not isinstance(section, ml_collections.ConfigDict) or "kind" not in section:
       raise config_lib.ConfigError(f"{path}.kind: required key is missing; valid choices: "
-                                   + ", ".join(repr(k) for k in experiments.registered_kinds()))
-    kind = experiments.get_stage(section.kind, f"{path}.kind")
+                                   + ", ".join(repr(k) for k in sorted(kinds)))
+    if section.kind not in kinds:
+      raise config_lib.ConfigError(f"{path}.kind: {section.kind!r} is not a stage kind; valid choices: "
+                                   + ", ".join(repr(k) for k in sorted(kinds)))
+    kind = kinds[section.kind]
     reserved = RESERVED_KEYS if path == "config" else ("kind",)
     items = {k: section[k] for k in section.keys() if k not in reserved}
     if path != "config" and "seed" in config and "seed" in items:
       items["seed"] = config.seed
-    stages.append((name, kind, config_lib.from_config(items, kind.config_type, path=path)))
+    stage_config = config_lib.from_config(items, kind.config_type, path=path)
+    check_references(stage_config, path, stages)
+    stages.append(PlannedStage(name, kind, stage_config))
   return stages
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def check_references(stage_config: Any, path: str, earlier: list[PlannedStage]) -> None:
+  """ConfigError unless every "stage:<name>" reference of `stage_config` names an earlier stage whose kind
+  produces the output the field needs (e.g. a `model_dir` from an sft, preference or rl stage)."""
+  by_name = {s.name: s for s in earlier}
+  for key, value, output in config_lib.stage_refs(stage_config, path):
+    name = value[len(config_lib.STAGE_PREFIX):]
+    if name not in by_name:
+      close = difflib.get_close_matches(name, list(by_name), n=1)
+      hint = f" (did you mean '{config_lib.STAGE_PREFIX}{close[0]}'?)" if close else ""
+      raise config_lib.ConfigError(
+          f"{key}: {value!r} names no earlier stage{hint}; earlier stages: "
+          + (", ".join(by_name) if by_name else "none (a stage can only use the outputs of stages before it)"))
+    producer = by_name[name]
+    if output not in producer.kind.outputs:
+      makers = [s.name for s in earlier if output in s.kind.outputs]
+      raise config_lib.ConfigError(
+          f"{key}: stage {name!r} is a {producer.kind.name!r} stage, which produces no {output!r} (it produces: "
+          f"{', '.join(producer.kind.outputs) or 'no referable outputs'}); earlier stages that produce one: "
+          f"{', '.join(makers) or 'none'}")
+
+
+def show(stages: list[PlannedStage]) -> str:
+  """Every stage's expanded, validated config as `--config.<key>=<value>` lines (the override each key takes)."""
+  lines = []
+  for stage in stages:
+    prefix = "" if stage.name == "main" else f"{stage.name}."
+    lines.append(f"# {stage.name}: kind {stage.kind.name!r} ({stage.kind.config_type.__module__}."
+                 f"{stage.kind.config_type.__name__})")
+    if prefix:
+      lines.append(f"{prefix}kind = {stage.kind.name!r}")
+    for key, value in config_lib.flatten(stage.config):
+      lines.append(f"{prefix}{key} = {value!r}")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, StageKind] = KINDS
+        ) -> dict[str, Any]:
   """Validates every stage, then runs the unfinished ones in order; returns {stage: outputs}."""
-  stages = plan(config)
+  stages = plan(config, kinds)
   os.makedirs(workdir, exist_ok=True)
   outputs: dict[str, dict[str, Any]] = {}
   for name, kind, stage_config in stages:
@@ -107,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return outputs
 
 
-def init_distributed(stages: list[tuple[str, experiments.StageKind, Any]]) -> bool:
+def init_distributed(stages: list[PlannedStage]) -> bool:
   """`jax.distributed.initialize` from the stages' `mesh` sections or the environment (no-op for one
   process); must run before any JAX computation. Raises ConfigError on bad multi-process settings."""
   meshes = [cfg.mesh for _, _, cfg in stages if hasattr(cfg, "mesh")]
@@ -134,6 +189,32 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def load_kinds(spec: str) -> dict[str, StageKind]:
+  """KINDS plus the table named by `--extra_kinds`: "package.module:NAME" or "path/to/file.py:NAME", a dict of
+  name -> StageKind (NAME defaults to KINDS)."""
+  if not spec:
+    return dict(KINDS)
+  if ".py:" in spec or spec.endswith(".py"):  # A file path (split at its ".py").
+    stem, _, attr = spec.partition(".py")
+    module_name, attr = stem + ".py", attr.lstrip(":")
+  else:
+    module_name, _, attr = spec.partition(":")
+  try:
+    if module_name.endswith(".py"):
+      module = config_lib.load_module_file(module_name)
+    else:
+      module = importlib.import_module(module_name)
+    extra = getattr(module, attr or "KINDS")
+  except (ImportError, AttributeError, OSError) as e:
+    raise config_lib.ConfigError(f"--extra_kinds: cannot load {spec!r}: {e}") from e
+  if not isinstance(extra, Mapping) or not all(isinstance(k, StageKind) for k in extra.values()):
+    raise config_lib.ConfigError(f"--extra_kinds: {spec!r} is not a dict of name -> StageKind")
+  clash = sorted(set(extra) & set(KINDS))
+  if clash:
+    raise config_lib.ConfigError(f"--extra_kinds: {spec!r} redefines built-in stage kinds {clash}")
+  return {**KINDS, **extra}
+
+
 def precheck_argv(argv: list[str]) -> None:
   """Fails before flag parsing on a missing config file or an unknown `--config.a.b` key.
 
@@ -153,19 +234,23 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = flags.FLAGS["config"].value
   workdir = flags.FLAGS["workdir"].value
-  if not workdir:
+  if not workdir and not flags.FLAGS["show_config"].value:
     raise app.UsageError("--workdir is required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO.
   try:
-    stages = plan(config)  # Every stage's config is validated before any compute.
+    kinds = load_kinds(flags.FLAGS["extra_kinds"].value)
+    stages = plan(config, kinds)  # Every stage's config and reference is validated before any compute.
+    if flags.FLAGS["show_config"].value:
+      print(show(stages), flush=True)
+      return
     init_distributed(stages)  # Before any JAX computation.
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
   error_file = _error_file(workdir)
   try:
-    run(config, workdir)
+    run(config, workdir, kinds)
   except Exception:  # Record the traceback in the run dir (sweeps read it), then fail loudly.
     os.makedirs(workdir, exist_ok=True)
     with open(error_file, "w") as f:
@@ -179,6 +264,8 @@ def cli() -> None:
   """The command line entry point (flags are defined here so that importing this module defines none)."""
   config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:variant]`.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (resumed if it exists).")
+  flags.DEFINE_bool("show_config", False, "Print every stage's expanded, validated config and exit.")
+  flags.DEFINE_string("extra_kinds", "", "Extra stage kinds: 'package.module:NAME', a dict of name -> StageKind.")
   try:
     precheck_argv(sys.argv[1:])
   except config_lib.ConfigError as e:

@@ -9,7 +9,8 @@ Each `add(...)` is one run: `experiments.run` in a subprocess with those `--conf
 in DIR/<name> where the name is built from the overrides (`optimizer.learning_rate=0.001,seed=0`).
 A run whose DIR/<name>/status.json says "done" is skipped on re-run; a failing run gets status "failed"
 and its traceback (error.txt, log.txt) in its directory, and the other runs continue. DIR/sweep.json
-lists the runs and their status; the exit code is 1 if any run failed.
+lists the runs and their status; the exit code is 1 if any run failed. `--extra_kinds module:NAME` is passed to
+every run (a user's own stage kinds, see experiments.run).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def _format(value: Any) -> str:
   return str(value)
 
 
-def command(spec: str, workdir: str, overrides: dict[str, Any]) -> list[str]:
+def command(spec: str, workdir: str, overrides: dict[str, Any], extra_kinds: str = "") -> list[str]:
+  """The `experiments.run` command line of one sweep member."""
   return [sys.executable, "-m", "experiments.run", f"--config={spec}", f"--workdir={workdir}",
+          *([f"--extra_kinds={extra_kinds}"] if extra_kinds else []),
           *[f"--config.{k}={_format(v)}" for k, v in overrides.items()]]
 
 
@@ -89,12 +92,12 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def run_one(spec: str, run_dir: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_one(spec: str, run_dir: str, overrides: dict[str, Any], extra_kinds: str = "") -> dict[str, Any]:
   """Runs one member in a subprocess (output in run_dir/log.txt) and writes run_dir/status.json."""
   os.makedirs(run_dir, exist_ok=True)
   _write_json(os.path.join(run_dir, "overrides.json"), overrides)
   start = time.time()
-  cmd = command(spec, run_dir, overrides)
+  cmd = command(spec, run_dir, overrides, extra_kinds)
   # The child must import `experiments` and `configs` even when the package is not pip-installed.
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (repo_root, os.environ.get("PYTHONPATH")) if p))
@@ -114,7 +117,7 @@ def run_one(spec: str, run_dir: str, overrides: dict[str, Any]) -> dict[str, Any
   return status
 
 
-def sweep(spec: str, workdir: str, workers: int = 1) -> dict[str, dict[str, Any]]:
+def sweep(spec: str, workdir: str, workers: int = 1, extra_kinds: str = "") -> dict[str, dict[str, Any]]:
   """Runs every unfinished member (up to `workers` at a time); returns {run name: status}."""
   if workers < 1:
     raise ValueError(f"workers: expected >= 1, got {workers}")
@@ -141,7 +144,7 @@ def sweep(spec: str, workdir: str, workers: int = 1) -> dict[str, dict[str, Any]
 
   summary()
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    futures = {pool.submit(run_one, spec, os.path.join(workdir, name), o): name for name, o in todo}
+    futures = {pool.submit(run_one, spec, os.path.join(workdir, name), o, extra_kinds): name for name, o in todo}
     for future in concurrent.futures.as_completed(futures):
       name = futures[future]
       results[name] = future.result()
@@ -160,7 +163,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--config and --workdir are required")
   try:
     results = sweep(flags.FLAGS["config"].value, flags.FLAGS["workdir"].value,
-                    flags.FLAGS["workers"].value)
+                    flags.FLAGS["workers"].value, flags.FLAGS["extra_kinds"].value)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -173,6 +176,7 @@ def cli() -> None:
   flags.DEFINE_string("config", None, "Config file with a sweep(add) function, `path.py[:variant]`.")
   flags.DEFINE_string("workdir", None, "Sweep directory; one sub-directory per run.")
   flags.DEFINE_integer("workers", 1, "Runs executed in parallel (subprocesses).")
+  flags.DEFINE_string("extra_kinds", "", "Extra stage kinds for every run ('package.module:NAME').")
   app.run(main)
 
 

@@ -37,10 +37,16 @@ class ConfigError(ValueError):
   """A config key is unknown, missing, or has a bad value; the message names the dotted key."""
 
 
+# A config value "stage:<name>" names an output of an earlier stage of the same chain (its saved model, reward
+# model, pool, ...); anything else is a path on disk. Fields that take such references are declared with
+# `stage_ref`, so the chain planner can check every reference before any stage runs (`stage_refs`).
+STAGE_PREFIX = "stage:"
+
+
 # pylint: disable=redefined-builtin
 def field(default: Any = _MISSING, *, choices: tuple[Any, ...] | None = None, min: float | None = None,
           max: float | None = None, must_exist: bool = False, help: str = "",
-          default_factory: Callable[[], Any] | None = None) -> Any:
+          default_factory: Callable[[], Any] | None = None, ref: str | None = None) -> Any:
   """A dataclass field whose metadata the boundary checks.
 
   Args:
@@ -51,13 +57,40 @@ def field(default: Any = _MISSING, *, choices: tuple[Any, ...] | None = None, mi
     must_exist: the value is a filesystem path that must exist (empty string / None means unset).
     help: one line shown nowhere but kept next to the field for readers.
     default_factory: as in dataclasses.field.
+    ref: the value is a stage reference or a path (see `stage_ref`); names the output key it needs.
   """
   metadata = {"choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
-              "must_exist": must_exist, "help": help}
+              "must_exist": must_exist, "help": help, "ref": ref}
   if default_factory is not None:
     return dataclasses.field(default_factory=default_factory, metadata=metadata)
   return dataclasses.field(default=default, metadata=metadata)
 # pylint: enable=redefined-builtin
+
+
+def stage_ref(output: str, default: str = "", *, help: str = "") -> Any:  # pylint: disable=redefined-builtin
+  """A string field holding "" (unset), "stage:<name>" (the `output` of an earlier stage of the chain, e.g.
+  "model_dir", "rm_dir", "pool") or a path that must exist. The boundary checks paths and the form of a
+  reference; `stage_refs` lists the references so that the chain planner checks them against earlier stages."""
+  return field(default, help=help, ref=output)
+
+
+def stage_refs(obj: Any, path: str = "config") -> list[tuple[str, str, str]]:
+  """[(dotted key, "stage:<name>" value, output key)] of every stage reference set in a converted config
+  dataclass, nested sections and tuples of sections included, in field order."""
+  out = []
+  if not dataclasses.is_dataclass(obj):
+    return out
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    key = f"{path}.{f.name}"
+    if f.metadata.get("ref") and isinstance(value, str) and value.startswith(STAGE_PREFIX):
+      out.append((key, value, f.metadata["ref"]))
+    elif dataclasses.is_dataclass(value):
+      out.extend(stage_refs(value, key))
+    elif isinstance(value, (tuple, list)):
+      for i, item in enumerate(value):
+        out.extend(stage_refs(item, f"{key}[{i}]"))
+  return out
 
 
 def _type_name(tp: Any) -> str:
@@ -135,6 +168,13 @@ def _check_metadata(value: Any, meta: Mapping[str, Any], path: str) -> None:
       raise ConfigError(f"{path}: {value!r} is above the maximum {hi!r}")
   if meta.get("must_exist") and value and not os.path.exists(value):
     raise ConfigError(f"{path}: file not found: {value!r}")
+  if meta.get("ref") and value:
+    if value.startswith(STAGE_PREFIX):
+      if not value[len(STAGE_PREFIX):]:
+        raise ConfigError(f"{path}: {value!r} names no stage (expected '{STAGE_PREFIX}<stage name>')")
+    elif not os.path.exists(value):
+      raise ConfigError(f"{path}: {value!r} does not exist (expected '', '{STAGE_PREFIX}<stage name>' or an "
+                        "existing path)")
 
 
 def from_config(section: Any, cls: type[T], *, path: str = "config") -> T:
@@ -185,10 +225,42 @@ def from_config(section: Any, cls: type[T], *, path: str = "config") -> T:
   return obj
 
 
+def flatten(obj: Any, path: str = "") -> list[tuple[str, Any]]:
+  """[(dotted key, value)] of every leaf of a converted config dataclass, in field order; tuples of sections
+  expand as `key[i].field`."""
+  out = []
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    key = f"{path}.{f.name}" if path else f.name
+    if dataclasses.is_dataclass(value):
+      out.extend(flatten(value, key))
+    elif isinstance(value, (tuple, list)) and value and all(dataclasses.is_dataclass(v) for v in value):
+      for i, item in enumerate(value):
+        out.extend(flatten(item, f"{key}[{i}]"))
+    else:
+      out.append((key, value))
+  return out
+
+
 def split_config_arg(spec: str) -> tuple[str, str | None]:
   """'configs/x.py:smoke' -> ('configs/x.py', 'smoke'); 'configs/x.py' -> ('configs/x.py', None)."""
   path, sep, arg = spec.partition(":")
   return path, (arg if sep else None)
+
+
+def load_module_file(path: str, prefix: str = "_jaxrlhf_file_") -> types.ModuleType:
+  """Imports a Python file by path (once per resolved path); ImportError if it is missing."""
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ImportError(f"no such file: {path!r}")
+  name = prefix + "".join(c if c.isalnum() else "_" for c in str(file.resolve()))
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, file)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module
+  spec.loader.exec_module(module)
+  return module
 
 
 def load_config_module(path: str) -> types.ModuleType:

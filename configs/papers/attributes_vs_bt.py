@@ -33,7 +33,7 @@ Smoke (seconds): `--config configs/papers/attributes_vs_bt.py:smoke` (sweep: one
 """
 
 from configs import _sections as S
-from jaxrlhf.train import reward
+from jaxrlhf.stages import reward
 
 VARIANTS = ("default", "smoke")
 NUM_ATTRIBUTES = 5

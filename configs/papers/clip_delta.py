@@ -18,7 +18,7 @@ return of every policy (the proxy the hack inflates); `repeat_rate` the fraction
 """
 
 from configs import _sections as S
-from jaxrlhf.train import rl, sft
+from jaxrlhf.stages import rl, sft
 
 VARIANTS = ("default", "smoke")
 SETTINGS = ("outcome", "none", "clip", "delta")  # rl_<setting> stages; "outcome": no process reward

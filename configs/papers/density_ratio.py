@@ -18,8 +18,8 @@ the seven pairs. All pairs come from the same trained models, so they are column
 """
 
 from configs import _sections as S
-from jaxrlhf.evaluation import density_ratio
-from jaxrlhf.train import preference, sft
+from jaxrlhf.stages import density_ratio
+from jaxrlhf.stages import preference, sft
 
 VARIANTS = ("default", "smoke")
 

@@ -18,7 +18,7 @@ Variants: default (the full per-seed run), smoke (seconds; without dpo_dyn_score
 """
 
 from configs import _sections as S
-from jaxrlhf.train import evaluate, preference, reward, sft
+from jaxrlhf.stages import evaluate_policy, preference, reward, sft
 
 VARIANTS = ("default", "smoke")
 SEEDS = (0, 1, 2)
@@ -68,7 +68,7 @@ def get_config(arg=None):
                            loss=dict(algorithm="dpo", beta=BETA, dynamic_beta_w=w, dynamic_beta_k=K),
                            optimizer=sizes["pref"]["optimizer"], loop=sizes["pref"]["loop"])
   for name in methods:
-    stages[f"eval_{name}"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy=f"stage:{name}",
+    stages[f"eval_{name}"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{name}",
                                      base="stage:sft", **sizes["eval"])
   config = S.chain(stages, seed=0)
   config.tables = dict(metrics=(

@@ -18,13 +18,13 @@ Every stage reads the same world (world seed 0, flip_rate 0.25); the sweep's `se
     python -m experiments.sweep --config configs/papers/preference_strength.py \
         --workdir runs/papers/preference_strength --workers 1
     python -m experiments.tables --workdir runs/papers/preference_strength
-    python -m jaxrlhf.evaluation.strength --workdir runs/papers/preference_strength   # Fig. 2 buckets over seeds
+    python -m experiments.analysis.preference_strength --workdir runs/papers/preference_strength  # Fig. 2 over seeds
 Smoke (seconds): `--config configs/papers/preference_strength.py:smoke` (sweep: one seed).
 """
 
 from configs import _sections as S
-from jaxrlhf.evaluation import strength
-from jaxrlhf.train import reward
+from jaxrlhf.stages import preference_strength
+from jaxrlhf.stages import reward
 
 VARIANTS = ("default", "smoke")
 FLIP_RATE = 0.25
@@ -77,7 +77,8 @@ def get_config(arg=None):
       "ensemble": S.stage("reward", reward.RewardConfig, num_members=z["members"],
                           model=dict(config=z["ensemble_model"]), data=z["data"],
                           optimizer=z["ensemble_optimizer"], loop=z["ensemble_loop"]),
-      "strength": S.stage("preference_strength", strength.PreferenceStrengthConfig, reward_model="stage:ensemble",
+      "strength": S.stage("preference_strength", preference_strength.PreferenceStrengthConfig,
+                          reward_model="stage:ensemble",
                           data=z["data"], fractions=(0.1, 0.2, 0.3), num_buckets=10),
       "rm_none": rm(),
       "rm_flip": rm(data=dict(from_ensemble, curate="flip", curate_fraction=CURATE_FRACTION)),

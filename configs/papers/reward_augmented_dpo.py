@@ -29,8 +29,8 @@ Variants: default (the full per-seed run), smoke (seconds).
 import ml_collections
 
 from configs import _sections as S
-from jaxrlhf.evaluation import unlearning
-from jaxrlhf.train import evaluate, preference, sft
+from jaxrlhf.stages import logp_shift
+from jaxrlhf.stages import evaluate_policy, preference, sft
 
 VARIANTS = ("default", "smoke")
 METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls")
@@ -83,16 +83,17 @@ def get_config(arg=None):
                              data=data, loss=loss, optimizer=sizes["pref"]["optimizer"], loop=sizes["pref"]["loop"])
   extra_metrics = ()
   if variant != "smoke":
-    stages["eval_sft_goal"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy="stage:sft",
+    stages["eval_sft_goal"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy="stage:sft",
                                       base="stage:sft", goal_conditioned=True, **sizes["eval"])
-    stages["shift_ra_dpo_plain"] = S.stage("logp_shift", unlearning.LogpShiftConfig, policy="stage:ra_dpo",
+    stages["shift_ra_dpo_plain"] = S.stage("logp_shift", logp_shift.LogpShiftConfig, policy="stage:ra_dpo",
                                            base="stage:sft", goal="none", **sizes["shift"])
     extra_metrics = ("shift_ra_dpo_plain/rejected_high", "eval_sft_goal/gold/gain")
   for method in methods:
     goal = method.startswith("ra_")
-    stages[f"eval_{method}"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy=f"stage:{method}",
+    stages[f"eval_{method}"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig,
+                                       policy=f"stage:{method}",
                                        base="stage:sft", goal_conditioned=goal, **sizes["eval"])
-    stages[f"shift_{method}"] = S.stage("logp_shift", unlearning.LogpShiftConfig, policy=f"stage:{method}",
+    stages[f"shift_{method}"] = S.stage("logp_shift", logp_shift.LogpShiftConfig, policy=f"stage:{method}",
                                         base="stage:sft", goal="top" if goal else "none", **sizes["shift"])
   config = S.chain(stages, seed=0)
   ra = [m for m in methods if m.startswith("ra_")]
@@ -117,44 +118,3 @@ def sweep(add, arg=None):
   for seed in SEEDS[:1] if smoke else SEEDS:
     for beta in BETAS[1:] if smoke else BETAS:
       add(seed=seed, **{f"{m}.loss.beta": beta for m in _methods(variant)})
-
-
-def by_method_table(sweep_dir: str) -> str:
-  """The sweep as one markdown row per (method, beta), mean ± std over seeds, from each run's results.json
-  (the docs table; `experiments.tables` gives one wide row per beta)."""
-  import glob  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  runs = []
-  for run_dir in sorted(glob.glob(os.path.join(sweep_dir, "*seed=*"))):
-    path = os.path.join(run_dir, "results.json")
-    if os.path.exists(path):
-      with open(path) as f, open(os.path.join(run_dir, "overrides.json")) as g:
-        runs.append((json.load(g), json.load(f)["metrics"]))
-  if not runs:
-    raise FileNotFoundError(f"sweep_dir: no finished runs under {sweep_dir!r}")
-
-  def cell(values):
-    v = np.asarray(values, np.float64)
-    return f"{v.mean():.2f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.2f}" if v.size else "-"
-
-  cols = (("gold gain", "eval_{m}/gold/gain"), ("win rate", "eval_{m}/gold/win_rate"), ("KL", "eval_{m}/kl"),
-          ("length", "eval_{m}/length/policy"), ("shift chosen", "shift_{m}/chosen"),
-          ("shift rejected (score>=7)", "shift_{m}/rejected_high"),
-          ("shift rejected (score<=4)", "shift_{m}/rejected_low"), ("goal gap (nats)", "shift_{m}/goal_margin/gap"))
-  lines = ["| method | beta | seeds | " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * (3 + len(cols))]
-  for m in (*METHODS, "ra_dpo_plain"):
-    for beta in BETAS:
-      sel = [x for o, x in runs if o.get("dpo.loss.beta") == beta]
-      cells = [cell([x[k.format(m=m)] for x in sel if k.format(m=m) in x]) for _, k in cols]
-      if sel and any(c != "-" for c in cells):
-        lines.append(f"| {m} | {beta} | {len(sel)} | " + " | ".join(cells) + " |")
-  sft = [x["eval_sft_goal/gold/gain"] for _, x in runs if "eval_sft_goal/gold/gain" in x]
-  lines.append(f"\nSFT sampled with the top-score goal (eval_sft_goal): gold gain {cell(sft)} ({len(sft)} runs)")
-  return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-  import sys  # pylint: disable=g-import-not-at-top
-  print(by_method_table(sys.argv[1]), end="")

@@ -30,8 +30,8 @@ Smoke (seconds): `--config configs/papers/treg.py:smoke` (sweep: one seed; dpo a
 """
 
 from configs import _sections as S
-from jaxrlhf.evaluation import token_credit
-from jaxrlhf.train import evaluate, preference, sft
+from jaxrlhf.stages import token_credit
+from jaxrlhf.stages import evaluate_policy, preference, sft
 
 VARIANTS = ("default", "smoke")
 BETA = 0.1
@@ -76,7 +76,7 @@ def get_config(arg=None):
   policies.update({name: po(algorithm="treg", treg_alpha=alpha) for name, alpha in z["alphas"].items()})
   stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=z["model"]), **z["sft"]), **policies}
   for name in policies:
-    stages[f"eval_{name}"] = S.stage("evaluate_policy", evaluate.EvaluatePolicyConfig, policy=f"stage:{name}",
+    stages[f"eval_{name}"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{name}",
                                      base="stage:sft", **z["eval"])
   stages["credit_sft"] = S.stage("token_credit", token_credit.TokenCreditConfig, policy="stage:sft",
                                  **z["credit"])

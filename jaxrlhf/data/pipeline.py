@@ -38,6 +38,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrlhf.data import tokenize
+from jaxrlhf.parallel.sharding import BATCH_AXES
 
 KINDS = ("preference", "sft")
 _STAT_KEYS = ("examples", "truncated_prompts", "truncated_responses", "dropped_too_long")
@@ -416,7 +417,7 @@ def format_stats(stats: dict, name: str = "pipeline") -> str:
           f"{stats['truncated_responses']} truncated responses, {stats['dropped_too_long']} dropped (too long)")
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, axes: Sequence[str] = ("data", "fsdp")
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh, axes: Sequence[str] = BATCH_AXES
                 ) -> dict[str, jax.Array]:
   """Places a process-local batch on `mesh`, the leading (batch) axis sharded over `axes`.
 

@@ -30,6 +30,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxrlhf.evaluation import stats
+
 EXAMPLE_COUNTS: dict[str, int] = {
     "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
     "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
@@ -246,28 +248,10 @@ def calibration(chosen_rewards, rejected_rewards, num_bins: int = 10, strategy: 
   return out
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..n with ties given their average rank (as Spearman's rho needs)."""
-  order = np.argsort(x, kind="stable")
-  sorted_x = x[order]
-  starts = np.flatnonzero(np.concatenate([[True], sorted_x[1:] != sorted_x[:-1]]))
-  ends = np.concatenate([starts[1:], [x.size]])
-  ranks = np.empty(x.size)
-  ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-  return ranks
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-  a, b = a - a.mean(), b - b.mean()
-  denom = math.sqrt(float(np.sum(a * a) * np.sum(b * b)))
-  return float(np.sum(a * b) / denom) if denom > 0 else math.nan
-
-
 def length_correlation(rewards, lengths) -> dict[str, float]:
   """Pearson and Spearman (average ranks for ties) correlation between rewards (B,) and response lengths (B,);
   NaN when either is constant. A strong positive value flags a length-biased reward."""
   rewards, lengths = _vector("rewards", rewards), _vector("lengths", lengths)
   if rewards.shape != lengths.shape or rewards.size < 2:
     raise ValueError(f"rewards {rewards.shape} and lengths {lengths.shape} must be equal-length, >= 2 entries")
-  return {"pearson": _pearson(rewards, lengths),
-          "spearman": _pearson(_average_ranks(rewards), _average_ranks(lengths))}
+  return {"pearson": stats.pearson(rewards, lengths), "spearman": stats.spearman(rewards, lengths)}

@@ -1,82 +1,32 @@
-"""Preference strength of training pairs under a reward ensemble, and how well it finds mislabeled pairs.
+"""Preference strength metrics: how well a reward ensemble's strength of training pairs finds mislabeled pairs.
 
 Wang et al. 2024, "Secrets of RLHF in Large Language Models Part II: Reward Modeling", §2: M reward models
 score every pair; d_m = r_m(x, y_chosen) - r_m(x, y_rejected); the pair's preference strength is the member
 mean of d_m (and its std the disagreement). Pairs with the lowest strength are the likely mislabeled ones
-(the paper's Fig. 2: pairs sorted by mean strength into 10 buckets; the lowest buckets have mean < 0).
+(the paper's Fig. 2: pairs sorted by mean strength into buckets; the lowest buckets have mean < 0).
 
-The "preference_strength" stage scores the TRAINING pairs of `data` (the same records the ensemble trained on)
-with the saved ensemble `reward_model` and, in the synthetic world, compares against the world's own record of
-which labels were flipped (`World.preference_pairs(...)["flipped"]`, matched to records by their `source`
-index) and against the gold preference r*(chosen) > r*(rejected).
-
-Metrics (results.json; `f` = a fraction in `fractions`, printed as a percentage, e.g. lowest10):
-  flip_rate                        fraction of training labels flipped by the world (the base rate);
+`strength_metrics` (the "preference_strength" stage's results; `f` = a fraction, printed as a percentage, e.g.
+lowest10):
+  flip_rate                        fraction of labels flipped (the base rate), where the truth is known;
   auroc                            P(strength of a flipped pair < strength of an unflipped pair) (ties 1/2);
   lowest<f>/precision, /recall     of the lowest-strength floor(f N) pairs as a detector of flipped labels;
   lowest<f>/gold_disagreement      fraction of that bucket whose label disagrees with gold;
   bucket<b>/strength_mean, /strength_std, /flip_rate, /gold_agreement   per bucket b = 0 (weakest) .. B-1,
                                    B = `num_buckets` equal-count buckets by mean strength (Fig. 2);
   strength_mean, strength_std      over all pairs.
-Files (workdir): strengths.npz (mean_N, std_N, margins_NxM, flipped_N, gold_agree_N), buckets.md,
-strength_buckets.png.
-
-`python -m jaxrlhf.evaluation.strength --workdir <sweep dir> [--stage strength]` aggregates the bucket table
-over a sweep's runs (mean ± std over seeds) into <sweep dir>/buckets.md and plots/strength_buckets.png.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import math
 import os
-import re
 from typing import Any, Sequence
 
 import numpy as np
 
-from jaxrlhf.config import ConfigError, field
-from jaxrlhf.losses.reward import preference_strength
-from jaxrlhf.train import builders
-
-_SOURCE_INDEX = re.compile(r":(\d+)$")
+from jaxrlhf.evaluation import stats
 
 
-@dataclasses.dataclass(frozen=True)
-class PreferenceStrengthConfig:
-  """The "preference_strength" stage.
-
-  reward_model: "stage:<name>" or a saved reward-model folder (an ensemble; M = its members).
-  data: the pairs to score (its TRAINING split, `data.num_train` pairs: the ensemble's own training data).
-  fractions: the lowest-strength buckets scored as flip detectors (precision / recall).
-  num_buckets: equal-count buckets by mean strength for the bucket table (the paper uses 10).
-  """
-  reward_model: str = field("")
-  data: builders.DataSpec = field(default_factory=builders.DataSpec)
-  fractions: tuple[float, ...] = field((0.1, 0.2, 0.3))
-  num_buckets: int = field(10, min=2)
-  plots: bool = field(True)
-
-  def validate(self, path: str) -> None:
-    if not self.reward_model:
-      raise ConfigError(f"{path}.reward_model: required ('{builders.STAGE_PREFIX}<ensemble stage>' or a saved "
-                        "reward-model folder)")
-    if not self.reward_model.startswith(builders.STAGE_PREFIX) and not os.path.exists(self.reward_model):
-      raise ConfigError(f"{path}.reward_model: {self.reward_model!r} does not exist")
-    if not self.fractions or any(not 0.0 < f < 1.0 for f in self.fractions):
-      raise ConfigError(f"{path}.fractions: {self.fractions} must be non-empty, each in (0, 1)")
-    for key in ("transform", "curate", "margin_from"):
-      if getattr(self.data, key) != "none":
-        raise ConfigError(f"{path}.data.{key}: must be 'none' (the stage scores the pairs as read, as the "
-                          f"ensemble trained on them), got {getattr(self.data, key)!r}")
-    if self.data.num_train < self.num_buckets:
-      raise ConfigError(f"{path}.data.num_train: {self.data.num_train} pairs cannot fill "
-                        f"{path}.num_buckets={self.num_buckets} buckets")
-
-
-# ------------------------------------------------------------------------------------------------ pure metrics
 def _flags(name: str, x: Any, n: int | None = None) -> np.ndarray:
   x = np.asarray(x)
   if x.ndim != 1 or (n is not None and x.shape[0] != n):
@@ -122,23 +72,9 @@ def detection_scores(strength_N: Any, flipped_N: Any, fraction: float) -> dict[s
 
 def auroc(strength_N: Any, flipped_N: Any) -> float:
   """P(strength of a random flipped pair < strength of a random unflipped pair), ties counting 1/2: the area
-  under the ROC curve of -strength as a flip detector (Mann-Whitney U / (n_flipped * n_clean)); NaN when one
-  class is empty."""
+  under the ROC curve of -strength as a flip detector; NaN when one class is empty."""
   s = _strengths("strength_N", strength_N)
-  flipped = _flags("flipped_N", flipped_N, s.size)
-  n_pos, n_neg = int(flipped.sum()), int((~flipped).sum())
-  if not n_pos or not n_neg:
-    return math.nan
-  # Average ranks of -strength (ties share their mean rank); U of the flipped class.
-  order = np.argsort(-s, kind="stable")
-  ranks = np.empty(s.size, np.float64)
-  sorted_vals = -s[order]
-  starts = np.r_[0, np.flatnonzero(np.diff(sorted_vals)) + 1]
-  ends = np.r_[starts[1:], s.size]
-  for a, b in zip(starts, ends):
-    ranks[order[a:b]] = (a + b + 1) / 2.0  # 1-based mean rank of positions a..b-1
-  u = ranks[flipped].sum() - n_pos * (n_pos + 1) / 2.0
-  return float(u / (n_pos * n_neg))
+  return stats.auroc(-s, _flags("flipped_N", flipped_N, s.size))
 
 
 def bucket_table(mean_N: Any, std_N: Any, flipped_N: Any = None, gold_agree_N: Any = None,
@@ -236,101 +172,3 @@ def plot_buckets(path: str, rows: Sequence[dict[str, float]], errors: Sequence[d
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------ scoring
-def world_truths(world: Any, records: list, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-  """(flipped_N, gold_agree_N) of synthetic-world records, matched by the index at the end of `source`.
-
-  gold_agree: the record's label agrees with r*: chosen is the response with the higher gold reward.
-  """
-  indices = []
-  for i, r in enumerate(records):
-    m = _SOURCE_INDEX.search(r.source or "")
-    if not m or f":{split}:" not in r.source:
-      raise ValueError(f"records[{i}].source: {r.source!r} is not a synthetic-world {split} pair "
-                       f"('synthetic:seed=<s>:{split}:<index>')")
-    indices.append(int(m.group(1)))
-  idx = np.asarray(indices)
-  pairs = world.preference_pairs(int(idx.max()) + 1, split)
-  a_better = pairs["gold_a"][idx] > pairs["gold_b"][idx]
-  return pairs["flipped"][idx].astype(bool), pairs["a_wins"][idx] == a_better
-
-
-# ------------------------------------------------------------------------------------------------ the stage
-def run_preference_strength(cfg: PreferenceStrengthConfig, workdir: str, inputs: dict) -> dict:
-  """Scores the training pairs with the ensemble; writes strengths.npz, buckets.md and the plot."""
-  data = cfg.data
-  world = builders.make_world(data) if data.source == "world" else None
-  tokenizer = builders.make_tokenizer(data, world, "")
-  records, _, report = builders.preference_records(data, world)
-  rm = builders.load_reward_model(builders.resolve_path(cfg.reward_model, inputs, "rm_dir"))
-  margins_NxM = builders.member_margins(rm, records, tokenizer, data)
-  mean_N, std_N = (np.asarray(x, np.float64) for x in preference_strength(margins_NxM, np.zeros_like(margins_NxM)))
-  flipped = gold_agree = None
-  if world is not None:
-    flipped, gold_agree = world_truths(world, records, "train")
-  metrics = strength_metrics(mean_N, std_N, flipped, gold_agree, cfg.fractions, cfg.num_buckets)
-  metrics["num_members"] = float(margins_NxM.shape[1])
-  os.makedirs(workdir, exist_ok=True)
-  np.savez(os.path.join(workdir, "strengths.npz"), mean_N=mean_N, std_N=std_N, margins_NxM=margins_NxM,
-           **({"flipped_N": flipped, "gold_agree_N": gold_agree} if world is not None else {}))
-  rows = bucket_table(mean_N, std_N, flipped, gold_agree, cfg.num_buckets)
-  with open(os.path.join(workdir, "buckets.md"), "w") as f:
-    f.write(bucket_markdown(rows))
-  print(bucket_markdown(rows), flush=True)
-  if cfg.plots:
-    plot_buckets(os.path.join(workdir, "strength_buckets.png"), rows)
-  return {"metrics": metrics, "strengths": os.path.join(workdir, "strengths.npz"), "data_report": report}
-
-
-# ------------------------------------------------------------------------------------------------ sweep summary
-def sweep_buckets(workdir: str, stage: str = "strength") -> tuple[list[dict[str, str]], list[dict], list[dict]]:
-  """Aggregates `<stage>/bucket<b>/*` metrics over a sweep's finished runs.
-
-  Returns (markdown rows "mean ± std", mean rows, std rows) per bucket (sample std over runs, ddof=1).
-  """
-  per_run = []
-  for name in sorted(os.listdir(workdir)):
-    path = os.path.join(workdir, name, "results.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        results = json.load(f)
-      if results.get("status") == "done":
-        per_run.append(results["metrics"])
-  prefix = f"{stage}/bucket"
-  keys = sorted({k for m in per_run for k in m if k.startswith(prefix)})
-  if not keys:
-    raise ValueError(f"--workdir: no finished run under {workdir!r} has {prefix}<b>/* metrics")
-  buckets = sorted({int(k[len(prefix):].split("/")[0]) for k in keys})
-  fields = sorted({k.split("/", 2)[2] for k in keys}, key=["strength_mean", "strength_std", "flip_rate",
-                                                           "gold_agreement"].index)
-  md, means, stds = [], [], []
-  for b in buckets:
-    mean_row, std_row, md_row = {"bucket": b}, {"bucket": b}, {"bucket": str(b)}
-    for fld in fields:
-      v = np.asarray([m[f"{prefix}{b}/{fld}"] for m in per_run if f"{prefix}{b}/{fld}" in m], np.float64)
-      mean_row[fld] = float(v.mean())
-      std_row[fld] = float(v.std(ddof=1)) if v.size > 1 else 0.0
-      md_row[fld] = f"{mean_row[fld]:.3g} ± {std_row[fld]:.2g}"
-    md.append(md_row)
-    means.append(mean_row)
-    stds.append(std_row)
-  return md, means, stds
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="Bucket table (Fig. 2) of a preference-strength sweep.")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--stage", default="strength")
-  args = parser.parse_args(argv)
-  md, means, stds = sweep_buckets(args.workdir, args.stage)
-  text = bucket_markdown(md)
-  with open(os.path.join(args.workdir, "buckets.md"), "w") as f:
-    f.write(text)
-  plot_buckets(os.path.join(args.workdir, "plots", "strength_buckets.png"), means, stds)
-  print(text, end="")
-
-
-if __name__ == "__main__":
-  main()

@@ -2,8 +2,9 @@
 
 Zhang et al. 2024 ("Reward-Augmented Data Enhances Direct Preference Alignment of LLMs") argue that DPO
 lowers the likelihood of every rejected response, even one the judge scored highly (a 9 that lost to a 10),
-and that DPO on reward-augmented (goal-conditioned) pairs unlearns such responses less. This module measures
-it on held-out scored pairs (x, y_w, y_l, s_w, s_l):
+and that DPO on reward-augmented (goal-conditioned) pairs unlearns such responses less. The "logp_shift" stage
+(jaxrlhf.stages.logp_shift) measures it on held-out scored pairs (x, y_w, y_l, s_w, s_l); this module holds its
+metrics:
 
     shift(y) = log pi(y | x') - log pi_ref(y | x')        (sequence log-prob, nats; end token included)
 
@@ -25,18 +26,10 @@ Goal sensitivity (did a reward-conditioned policy learn to read its goal?), over
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
-
-from jaxrlhf.config import ConfigError, field
-from jaxrlhf.data.synthetic.world import pad_rows
-
-GOALS = ("none", "top")
 
 
 def bucket_mean(values_N: Any, include_N: Any) -> float:
@@ -114,114 +107,3 @@ def goal_margin_metrics(top_logps_N, contrast_logps_N, scores_N, *, high_score: 
   high = bucket_mean(margin, scores >= high_score)
   low = bucket_mean(margin, scores <= low_score)
   return {"high": high, "low": low, "gap": high - low}
-
-
-def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_rows: Sequence[Sequence[int]],
-                   pad_id: int, batch_size: int = 128) -> np.ndarray:
-  """float64 (N,) log p(response | prompt) under `model` (temperature 1), summed over the response tokens.
-
-  Prompts are left-padded and responses right-padded to one width per call (`response_logps`, one forward).
-  """
-  from jaxrlhf.sampling.generate import pad_prompts, response_logps  # pylint: disable=g-import-not-at-top
-  if len(prompt_rows) != len(response_rows):
-    raise ValueError(f"prompt_rows and response_rows: {len(prompt_rows)} prompts for {len(response_rows)} "
-                     "responses")
-  if any(not r for r in response_rows):
-    raise ValueError("response_rows: every response needs at least one token")
-  out = []
-  p_width = max(len(p) for p in prompt_rows)
-  r_width = max(len(r) for r in response_rows)
-  for start in range(0, len(prompt_rows), batch_size):
-    prompts = list(prompt_rows[start:start + batch_size])
-    responses = list(response_rows[start:start + batch_size])
-    fill = batch_size - len(prompts)  # One compiled shape: pad the last batch with copies of its first row.
-    prompts += [prompts[0]] * fill
-    responses += [responses[0]] * fill
-    ids, mask = pad_prompts(prompts, pad_id, width=p_width)
-    r_ids, r_mask = pad_rows(responses, r_width, pad_id)
-    token_logps = np.asarray(response_logps(model, ids, mask, r_ids, r_mask), np.float64)
-    out.append(token_logps.sum(axis=1)[:batch_size - fill])
-  return np.concatenate(out)
-
-
-# ------------------------------------------------------------------------------------------------ the stage
-@dataclasses.dataclass(frozen=True)
-class LogpShiftConfig:
-  """The "logp_shift" stage. policy / base: "stage:<name>" or a HF folder (base = the reference the shifts are
-  measured from, e.g. the SFT policy). goal: "none" (plain prompts) or "top" (both models see the prompt with
-  the goal `top_score`, rendered as the reward-augmented transform renders it); with "top" the goal-margin
-  metrics compare the goals `top_score` and `contrast_score`."""
-  seed: int = field(0)  # Unused (the measurement is deterministic); present so a chain's seed applies uniformly.
-  policy: str = field("")
-  base: str = field("")
-  world: dict = field(default_factory=dict)
-  split: str = field("validation", choices=("train", "validation", "test"))
-  num_pairs: int = field(512, min=1)
-  batch_size: int = field(128, min=1)
-  goal: str = field("none", choices=GOALS)
-  top_score: float = field(10.0)
-  contrast_score: float = field(3.0)
-  high_score: float = field(7.0)
-  low_score: float = field(4.0)
-
-  def validate(self, path: str) -> None:
-    for key in ("policy", "base"):
-      value = getattr(self, key)
-      if not value:
-        raise ConfigError(f"{path}.{key}: required ('stage:<name>' or a HF folder)")
-      if not value.startswith("stage:") and not os.path.exists(value):
-        raise ConfigError(f"{path}.{key}: {value!r} does not exist")
-    if self.low_score >= self.high_score:
-      raise ConfigError(f"{path}.low_score: {self.low_score} must be < {path}.high_score={self.high_score}")
-    from jaxrlhf.train import builders  # pylint: disable=g-import-not-at-top
-    builders.DataSpec(world=self.world).validate(path)
-
-
-def _prompt_fn(goal: float | None, supports_system_role: bool) -> Callable[[str], Any]:
-  from jaxrlhf.data.transforms import goal_conditioned_prompt  # pylint: disable=g-import-not-at-top
-  if goal is None:
-    return lambda text: text
-  return lambda text: goal_conditioned_prompt(text, goal, supports_system_role=supports_system_role)
-
-
-def run_logp_shift(cfg: LogpShiftConfig, workdir: str, inputs: dict) -> dict:
-  """The "logp_shift" stage: the shift metrics of the module docstring on `num_pairs` held-out world pairs."""
-  from jaxrlhf.data import tokenize as tokenize_lib  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import builders  # pylint: disable=g-import-not-at-top
-
-  world = builders.make_world(builders.DataSpec(world=cfg.world))
-  tok = world.tokenizer
-  policy, _ = from_pretrained(builders.resolve_path(cfg.policy, inputs))
-  base, _ = from_pretrained(builders.resolve_path(cfg.base, inputs))
-  records = world.preference_records(cfg.num_pairs, cfg.split)
-  chosen = [tokenize_lib.encode_response(tok, r.chosen) for r in records]
-  rejected = [tokenize_lib.encode_response(tok, r.rejected) for r in records]
-  score_c = np.asarray([r.chosen_score for r in records], np.float64)
-  score_r = np.asarray([r.rejected_score for r in records], np.float64)
-
-  def logps(model, goal, responses):
-    fn = _prompt_fn(goal, tok.supports_system_role)
-    prompts = [tokenize_lib.encode_prompt(tok, fn(r.prompt)) for r in records]
-    return sequence_logps(model, prompts, responses, tok.pad_id, cfg.batch_size)
-
-  goal = cfg.top_score if cfg.goal == "top" else None
-  values = {m: {side: logps(m_model, goal, rows) for side, rows in (("c", chosen), ("r", rejected))}
-            for m, m_model in (("policy", policy), ("base", base))}
-  metrics = shift_metrics(values["policy"]["c"], values["policy"]["r"], values["base"]["c"], values["base"]["r"],
-                          score_c, score_r, high_score=cfg.high_score, low_score=cfg.low_score)
-  metrics["goal"] = float("nan") if goal is None else float(goal)
-  if cfg.goal == "top":
-    scores = np.concatenate([score_c, score_r])
-    for name, model, top in (("goal_margin", policy, values["policy"]), ("goal_margin_ref", base, values["base"])):
-      contrast = np.concatenate([logps(model, cfg.contrast_score, chosen), logps(model, cfg.contrast_score,
-                                                                                 rejected)])
-      m = goal_margin_metrics(np.concatenate([top["c"], top["r"]]), contrast, scores, high_score=cfg.high_score,
-                              low_score=cfg.low_score)
-      metrics.update({f"{name}/{k}": v for k, v in m.items()})
-  metrics = {k: v for k, v in metrics.items() if k != "goal" or not math.isnan(v)}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"status": "done", "metrics": metrics}, f, indent=2)
-  print("[logp_shift] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()), flush=True)
-  return {"metrics": metrics}

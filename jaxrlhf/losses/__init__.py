@@ -1,19 +1,23 @@
-"""Pure loss functions of arrays (no model calls) and the name -> function registry.
+"""Pure loss functions of arrays (no model calls), importable from the package as in optax:
+`jaxrlhf.losses.dpo_loss`, `jaxrlhf.losses.bradley_terry_loss`, ...
 
 Modules: logps (sequence log-probs, chunked), reward (Bradley-Terry, margins, attributes, preference
-strength), preference (DPO family), reference_free (SimPO, ORPO), kto, token_level (T-REG), aggregation
+strength), preference (the DPO family), reference_free (SimPO, ORPO), kto, token_level (T-REG), aggregation
 (ensemble reward aggregation), policy_gradient (GRPO/RLOO advantages, clipped surrogate, KL estimators,
-process-reward refinement). Importing this package registers every loss with `registry`.
+process-reward refinement). A stage picks a variant by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`,
+the preference stage's `loss.algorithm`); each name maps to one small function inside its module.
 """
 
-from jaxrlhf.losses import (  # noqa: F401  (imported for their registrations)
-    aggregation,
-    kto,
-    logps,
-    policy_gradient,
-    preference,
-    reference_free,
-    reward,
-    token_level,
-)
-from jaxrlhf.losses.registry import get, names, register  # noqa: F401
+from jaxrlhf.losses.aggregation import (AGGREGATION_METHODS, aggregate, mean_minus_std_reward, mean_minus_var_reward,
+                                        mean_reward, median_reward, min_reward)
+from jaxrlhf.losses.kto import kto_kl_estimate, kto_loss
+from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps_from_logits, sequence_logps,
+                                  shift_for_next_token, token_entropy)
+from jaxrlhf.losses.policy_gradient import (aggregate_token_losses, clip_process_rewards, clipped_policy_loss,
+                                            clipped_surrogate, delta_process_rewards, group_advantages,
+                                            kl_divergence, kl_penalized_token_rewards, rloo_advantages)
+from jaxrlhf.losses.preference import LOSS_TYPES, dpo_loss, dynamic_beta, f_divergence_scores
+from jaxrlhf.losses.reference_free import orpo_loss, simpo_loss
+from jaxrlhf.losses.reward import (adaptive_margin, attribute_regression_loss, bradley_terry_loss,
+                                   preference_strength, scalarize_attributes)
+from jaxrlhf.losses.token_level import contrastive_token_rewards, token_reward_regularizer, treg_loss

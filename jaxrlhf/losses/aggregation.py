@@ -9,7 +9,6 @@ population statistics (ddof=0), and work under jit/vmap/grad.
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.losses.registry import register
 
 
 def _members(rewards_BxK: jax.Array) -> jax.Array:
@@ -19,25 +18,21 @@ def _members(rewards_BxK: jax.Array) -> jax.Array:
   return rewards.astype(jnp.float32)
 
 
-@register("aggregation", "mean")
 def mean_reward(rewards_BxK: jax.Array) -> jax.Array:
   """Ensemble mean: R = (1/K) sum_k r_k (Coste et al. 2023, "mean"). (B, K) -> (B,) float32."""
   return jnp.mean(_members(rewards_BxK), axis=-1)
 
 
-@register("aggregation", "median")
 def median_reward(rewards_BxK: jax.Array) -> jax.Array:
   """Ensemble median over members (Eisenstein et al. 2023); even K averages the two middle values. (B, K) -> (B,)."""
   return jnp.median(_members(rewards_BxK), axis=-1)
 
 
-@register("aggregation", "min")
 def min_reward(rewards_BxK: jax.Array) -> jax.Array:
   """Worst-case optimization, R = min_k r_k (Coste et al. 2023, WCO). (B, K) -> (B,) float32."""
   return jnp.min(_members(rewards_BxK), axis=-1)
 
 
-@register("aggregation", "mean_minus_std")
 def mean_minus_std_reward(rewards_BxK: jax.Array, lam: float = 1.0) -> jax.Array:
   """R = mean_k r_k - lam * std_k r_k, population std (Eisenstein et al. 2023). (B, K) -> (B,) float32.
 
@@ -52,7 +47,6 @@ def mean_minus_std_reward(rewards_BxK: jax.Array, lam: float = 1.0) -> jax.Array
   return mean - lam * std
 
 
-@register("aggregation", "mean_minus_var")
 def mean_minus_var_reward(rewards_BxK: jax.Array, lam: float = 1.0) -> jax.Array:
   """Uncertainty-weighted optimization, R = mean_k r_k - lam * Var_k r_k, population variance (Coste et al. 2023,
   UWO eq. 3). (B, K) -> (B,) float32."""

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxrlhf.losses.preference import check_per_example, check_same_shape, to_f32
-from jaxrlhf.losses.registry import register
 
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
@@ -28,7 +27,6 @@ def kto_kl_estimate(kl_logps: jax.Array, ref_kl_logps: jax.Array) -> jax.Array:
   return jax.lax.stop_gradient(jnp.maximum(kl, 0.0))
 
 
-@register("preference", "kto")
 def kto_loss(
     policy_logps: jax.Array,
     ref_logps: jax.Array,

@@ -13,7 +13,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.losses.registry import register
 
 
 def _check_btv(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, name: str) -> None:
@@ -26,7 +25,6 @@ def _check_btv(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Ar
     raise ValueError(f"mask_BxT must have shape {targets_BxT.shape}; got {mask_BxT.shape}")
 
 
-@register("logps", "shift_for_next_token")
 def shift_for_next_token(input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Aligns next-token targets with logits of the same length.
 
@@ -66,7 +64,6 @@ def _target_logps_and_entropy(logits_NxV: jax.Array, targets_N: jax.Array, valid
   return token_logps, entropy
 
 
-@register("logps", "sequence_logps")
 def sequence_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
                    temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Log-probabilities of the targets under softmax(logits / temperature).
@@ -89,7 +86,6 @@ def sequence_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: ja
   return token_logps, jnp.sum(token_logps, axis=-1)
 
 
-@register("logps", "token_entropy")
 def token_entropy(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, temperature: float = 1.0) -> jax.Array:
   """Per-token entropy of softmax(logits / temperature), in nats, float32, 0 at masked positions.
 
@@ -143,7 +139,6 @@ def _chunked_scan(rows_NxX: jax.Array, project: Callable[[jax.Array], jax.Array]
   return token_logps.reshape(-1)[:n], entropy.reshape(-1)[:n]
 
 
-@register("logps", "chunked_sequence_logps")
 def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                            mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
                            return_entropy: bool = False):
@@ -193,7 +188,6 @@ def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targ
   return token_logps, jnp.sum(token_logps, axis=-1)
 
 
-@register("logps", "chunked_sequence_logps_from_logits")
 def chunked_sequence_logps_from_logits(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
                                        chunk_size: int = 1024, temperature: float = 1.0,
                                        return_entropy: bool = False):

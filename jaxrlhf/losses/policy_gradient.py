@@ -9,7 +9,6 @@ Layout: B = completions, laid out as contiguous groups of `group_size` completio
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.losses.registry import register
 
 SCALE_REWARDS = ("group", "batch", "none")
 LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "dr_grpo")
@@ -41,7 +40,6 @@ def _nanstd_ddof1(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
   return std if keepdims else jnp.squeeze(std, axis=axis)
 
 
-@register("policy_gradient", "group_advantages")
 def group_advantages(rewards_B: jax.Array, group_size: int, *, scale_rewards: str = "group",
                      eps: float = 1e-4) -> jax.Array:
   """GRPO group-normalized advantages (Shao et al. 2024, DeepSeekMath §4.1.2), as TRL 1.16 GRPOTrainer computes them.
@@ -73,7 +71,6 @@ def group_advantages(rewards_B: jax.Array, group_size: int, *, scale_rewards: st
   return jnp.nan_to_num(centered.reshape(-1), nan=0.0)
 
 
-@register("policy_gradient", "rloo_advantages")
 def rloo_advantages(rewards_B: jax.Array, group_size: int, *, normalize: bool = False,
                     eps: float = 1e-4) -> jax.Array:
   """REINFORCE leave-one-out advantages (Ahmadian et al. 2024, eq. 6; Kool et al. 2019), as TRL 1.16 RLOOTrainer.
@@ -112,7 +109,6 @@ def _check_tokens(x: jax.Array, mask_BxT: jax.Array, name: str) -> None:
     raise ValueError(f"mask_BxT must have the shape of {name} {x.shape}; got {mask_BxT.shape}")
 
 
-@register("policy_gradient", "kl_divergence")
 def kl_divergence(logps_BxT: jax.Array, ref_logps_BxT: jax.Array, mask_BxT: jax.Array, *,
                   estimator: str = "k3") -> jax.Array:
   """Per-token Monte-Carlo estimators of KL(pi || pi_ref) on tokens sampled from pi (Schulman 2020, "Approximating
@@ -151,7 +147,6 @@ def kl_divergence(logps_BxT: jax.Array, ref_logps_BxT: jax.Array, mask_BxT: jax.
   return jnp.where(valid, kl, 0.0)
 
 
-@register("policy_gradient", "kl_penalized_token_rewards")
 def kl_penalized_token_rewards(scores_B: jax.Array, kl_BxT: jax.Array, mask_BxT: jax.Array,
                                beta: float) -> jax.Array:
   """Per-token RLHF rewards r_t = -beta * kl_t, plus the sequence score on the last completion token (Ziegler et al.
@@ -178,7 +173,6 @@ def kl_penalized_token_rewards(scores_B: jax.Array, kl_BxT: jax.Array, mask_BxT:
   return jnp.where(valid, rewards, 0.0)
 
 
-@register("policy_gradient", "clipped_surrogate")
 def clipped_surrogate(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, advantages: jax.Array,
                       mask_BxT: jax.Array, *, epsilon: float = 0.2,
                       epsilon_high: float | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -235,7 +229,6 @@ def clipped_surrogate(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, adv
   return loss, metrics
 
 
-@register("policy_gradient", "aggregate_token_losses")
 def aggregate_token_losses(loss_BxT: jax.Array, mask_BxT: jax.Array, mode: str = "token_mean", *,
                            max_length: int | None = None) -> jax.Array:
   """Reduces per-token losses to a scalar.
@@ -270,7 +263,6 @@ def aggregate_token_losses(loss_BxT: jax.Array, mask_BxT: jax.Array, mode: str =
   return jnp.sum(masked) / (loss_BxT.shape[0] * length)
 
 
-@register("policy_gradient", "clipped_policy_loss")
 def clipped_policy_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, advantages: jax.Array,
                         mask_BxT: jax.Array, *, epsilon: float = 0.2, epsilon_high: float | None = None,
                         loss_aggregation: str = "token_mean", ref_logps_BxT: jax.Array | None = None,
@@ -316,7 +308,6 @@ def _check_steps(step_rewards_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
   return rewards
 
 
-@register("policy_gradient", "clip_process_rewards")
 def clip_process_rewards(step_rewards_BxS: jax.Array, mask_BxS: jax.Array, eta: float) -> jax.Array:
   """Clip mechanism for process rewards (Gao et al. 2024, "On Designing Effective RL Reward at Training Time for
   LLM Reasoning", §4): r_t <- min(r_t - eta, 0), so every step reward is <= 0 and the policy cannot gain by adding
@@ -334,7 +325,6 @@ def clip_process_rewards(step_rewards_BxS: jax.Array, mask_BxS: jax.Array, eta: 
   return jnp.where(mask_BxS > 0, jnp.minimum(rewards - eta, 0.0), 0.0)
 
 
-@register("policy_gradient", "delta_process_rewards")
 def delta_process_rewards(step_rewards_BxS: jax.Array, mask_BxS: jax.Array) -> jax.Array:
   """Delta mechanism for process rewards (Gao et al. 2024, §4): r_t <- r_t - r_{t+1} for all but the last step,
   whose reward is kept, so the return-to-go sum_{k>=t} r_k telescopes to r_t (bounded, independent of length).

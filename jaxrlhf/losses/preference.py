@@ -16,7 +16,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.losses.registry import register
 
 LOSS_TYPES = (
     "sigmoid",
@@ -148,7 +147,6 @@ def _normalize_loss_types(loss_type, loss_weights) -> tuple[tuple[str, ...], tup
   return types, weights
 
 
-@register("preference", "dpo")
 def dpo_loss(
     chosen_logps: jax.Array,
     rejected_logps: jax.Array,

@@ -18,14 +18,12 @@ from jaxrlhf.losses.preference import (
     check_same_shape,
     pair_metrics,
 )
-from jaxrlhf.losses.registry import register
 
 
 def _average(logps: jax.Array, lengths: jax.Array) -> jax.Array:
   return to_f32(logps) / jnp.maximum(to_f32(lengths), 1.0)
 
 
-@register("preference", "simpo")
 def simpo_loss(
     chosen_logps: jax.Array,
     rejected_logps: jax.Array,
@@ -86,7 +84,6 @@ def log1mexp(x: jax.Array) -> jax.Array:
   return jnp.where(use_expm1, jnp.log(-jnp.expm1(near)), jnp.log1p(-jnp.exp(far)))
 
 
-@register("preference", "orpo")
 def orpo_loss(
     chosen_logps: jax.Array,
     rejected_logps: jax.Array,

@@ -7,7 +7,6 @@ All functions take rewards as arrays, never a model; they compute in float32 wha
 import jax
 import jax.numpy as jnp
 
-from jaxrlhf.losses.registry import register
 
 
 def _f32(x) -> jax.Array:
@@ -21,7 +20,6 @@ def _check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str, ndim
     raise ValueError(f"{name_b} must have the shape of {name_a} {a.shape}; got {b.shape}")
 
 
-@register("reward", "bradley_terry")
 def bradley_terry_loss(chosen_rewards_B: jax.Array, rejected_rewards_B: jax.Array, *,
                        margin: jax.Array | float | None = None, label_smoothing: float = 0.0,
                        center_coeff: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -74,7 +72,6 @@ def bradley_terry_loss(chosen_rewards_B: jax.Array, rejected_rewards_B: jax.Arra
   return losses, metrics
 
 
-@register("reward", "preference_strength")
 def preference_strength(chosen_rewards_BxM: jax.Array,
                         rejected_rewards_BxM: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Preference strength of each pair under an M-member reward ensemble (Secrets of RLHF II, Wang et al. 2024, §2).
@@ -96,7 +93,6 @@ def preference_strength(chosen_rewards_BxM: jax.Array,
   return jnp.mean(diff, axis=-1), jnp.std(diff, axis=-1)
 
 
-@register("reward", "adaptive_margin")
 def adaptive_margin(strength_mean_B: jax.Array, scale: float = 1.0, *,
                     clip_min: float | None = None) -> jax.Array:
   """Adaptive BT margin from ensemble preference strength (Secrets of RLHF II, Wang et al. 2024, §3.2).
@@ -124,7 +120,6 @@ def adaptive_margin(strength_mean_B: jax.Array, scale: float = 1.0, *,
   return margin
 
 
-@register("reward", "attribute_regression")
 def attribute_regression_loss(pred_BxK: jax.Array, target_BxK: jax.Array,
                               mask_BxK: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Masked per-attribute MSE for multi-attribute reward heads (HelpSteer2, Wang et al. 2024, §4 "regression").
@@ -161,7 +156,6 @@ def attribute_regression_loss(pred_BxK: jax.Array, target_BxK: jax.Array,
   return losses, metrics
 
 
-@register("reward", "scalarize_attributes")
 def scalarize_attributes(attrs_BxK: jax.Array, weights_K: jax.Array) -> jax.Array:
   """Weighted sum of attribute scores into one reward (HelpSteer2, Wang et al. 2024, §4: r = sum_k w_k a_k).
 

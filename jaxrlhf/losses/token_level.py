@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxrlhf.losses.preference import check_same_shape, dpo_loss, to_f32
-from jaxrlhf.losses.registry import register
 
 
 def contrastive_token_rewards(
@@ -55,7 +54,6 @@ def token_reward_regularizer(
   return -to_f32(beta) * jnp.sum(per_token, axis=-1)
 
 
-@register("token_level", "treg")
 def treg_loss(
     chosen_token_logps_BxT: jax.Array,
     rejected_token_logps_BxT: jax.Array,

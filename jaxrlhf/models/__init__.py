@@ -13,10 +13,12 @@ from jaxrlhf.models.decoder import CausalLM, KVCache, abstract_model, default_po
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf import model_from_hf_tensors, read_hf_folder, save_hf_folder
 from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
+from jaxrlhf.parallel.sharding import auto_axes, state_shardings
 
 __all__ = [
-    "CausalLM", "HeadConfig", "KVCache", "ModelConfig", "RewardEnsemble", "RewardModel", "RopeScaling", "abstract_model", "default_positions", "from_pretrained",
-    "init_model", "load_tokenizer", "model_from_hf_tensors", "save_pretrained",
+    "CausalLM", "HeadConfig", "KVCache", "ModelConfig", "RewardEnsemble", "RewardModel", "RopeScaling",
+    "abstract_model", "default_positions", "from_pretrained", "init_model", "load_tokenizer", "model_from_hf_tensors",
+    "save_pretrained",
 ]
 
 
@@ -28,8 +30,9 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Any
   Args:
     path: the folder or the .gguf file.
     dtype: parameter and compute dtype.
-    mesh: optional jax.sharding.Mesh; parameters are then placed directly in the shardings that
-      `jaxrlhf.parallel.sharding.state_shardings` derives from their logical axis names.
+    mesh: optional jax.sharding.Mesh (any axis types: `jax.make_mesh`'s Explicit default too); parameters are
+      then placed directly in the shardings that `jaxrlhf.parallel.sharding.state_shardings` derives from their
+      logical axis names.
     **config_overrides: ModelConfig fields such as scan_layers=False or remat="full".
 
   Returns:
@@ -43,7 +46,7 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Any
     hf_config, tensors = read_hf_folder(path)
   shardings = None
   if mesh is not None:
-    from jaxrlhf.parallel.sharding import state_shardings
+    mesh = auto_axes(mesh)
     shardings = lambda abstract_state: state_shardings(abstract_state, mesh)  # noqa: E731
   return model_from_hf_tensors(hf_config, tensors, dtype=dtype, shardings=shardings, **config_overrides)
 

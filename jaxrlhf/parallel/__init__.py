@@ -3,8 +3,12 @@
 from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel.mesh import MeshConfig, make_mesh
 from jaxrlhf.parallel.sharding import (
+    BATCH_AXES,
     LOGICAL_RULES,
+    auto_axes,
+    batch_axes,
     batch_sharding,
+    batch_shards,
     init_sharded,
     logical_to_spec,
     replicated,
@@ -12,6 +16,6 @@ from jaxrlhf.parallel.sharding import (
 )
 
 __all__ = [
-    "distributed", "MeshConfig", "make_mesh", "LOGICAL_RULES", "batch_sharding", "init_sharded", "logical_to_spec",
-    "replicated", "state_shardings",
+    "BATCH_AXES", "LOGICAL_RULES", "MeshConfig", "auto_axes", "batch_axes", "batch_sharding", "batch_shards",
+    "distributed", "init_sharded", "logical_to_spec", "make_mesh", "replicated", "state_shardings",
 ]

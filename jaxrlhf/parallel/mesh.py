@@ -7,6 +7,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
+from jaxrlhf.config import ConfigError
+from jaxrlhf.parallel import distributed
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -37,7 +40,6 @@ class MeshConfig:
 
   def validate(self, path: str = "config.mesh") -> None:
     """Checks the axis sizes and the multi-process keys without touching JAX (raises ConfigError)."""
-    from jaxrlhf.config import ConfigError  # pylint: disable=g-import-not-at-top
     for name in MESH_AXES:
       size = getattr(self, name)
       if size == 0 or size < -1:
@@ -45,7 +47,6 @@ class MeshConfig:
     if [getattr(self, n) for n in MESH_AXES].count(-1) > 1:
       raise ConfigError(f"{path}: at most one of data/fsdp/tensor may be -1")
     if self.coordinator_address:
-      from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
       try:
         distributed.resolve([self], environ={})
       except ValueError as e:

@@ -9,13 +9,18 @@ any mesh; the resulting layout is still deterministic and inspectable.
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 Rules = Sequence[tuple[str, Any]]
 
+# The mesh axes a batch's leading (example) axis is split over: data parallelism and FSDP both take a share of
+# the examples. Every batch placement in the library goes through `batch_axes` / `batch_sharding`.
+BATCH_AXES = ("data", "fsdp")
+
 LOGICAL_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
+    ("batch", BATCH_AXES),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -78,8 +83,9 @@ def _variable_names(variable) -> tuple | None:
 def state_shardings(abstract_state, mesh: Mesh, rules: Rules = LOGICAL_RULES):
   """NamedShardings for every leaf of an (abstract) nnx.State, from its logical axis metadata.
 
-  Leaves without logical names are replicated.
+  Leaves without logical names are replicated. Any mesh works (see `auto_axes`).
   """
+  mesh = auto_axes(mesh)
 
   def one(variable):
     names = _variable_names(variable)
@@ -99,9 +105,40 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2, batch_axes: Sequence[str] = ("data", "fsdp")) -> NamedSharding:
-  """Sharding of a batch array: leading axis over `batch_axes`, the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(tuple(batch_axes), *([None] * (ndim - 1))))
+def auto_axes(mesh: Mesh) -> Mesh:
+  """`mesh` with every axis of type Auto (the same devices and names).
+
+  The library places arrays with explicit in/out shardings at jit boundaries and lets XLA propagate inside
+  (Auto axes). `jax.make_mesh` defaults to Explicit axes in recent JAX, under which sharding becomes part of
+  every array's type and ops such as gathers over a sharded axis fail to type-check; every public function
+  that takes a user's mesh converts it here first, so any mesh works.
+  """
+  if mesh is None or all(t == AxisType.Auto for t in mesh.axis_types):
+    return mesh
+  return Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The `BATCH_AXES` that `mesh` has, in order (a batch's leading axis is split over them)."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many shards a batch's leading axis is split into on `mesh` (the product of its batch axes)."""
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+
+
+def batch_sharding(mesh: Mesh | None, ndim: int = 1, axis: int = 0) -> NamedSharding | None:
+  """Sharding of batch arrays: axis `axis` (the examples) over the mesh's batch axes, the others replicated.
+
+  `ndim` only pads the spec with trailing Nones; a spec shorter than an array's rank replicates the rest, so
+  the default also fits every array of a batch pytree. None for mesh None (jit places the batch).
+  """
+  if mesh is None:
+    return None
+  spec = [None] * max(ndim, axis + 1)
+  spec[axis] = batch_axes(mesh) or None
+  return NamedSharding(mesh, PartitionSpec(*spec))
 
 
 def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh | None,
@@ -113,6 +150,7 @@ def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh | None,
   """
   if mesh is None:
     return make_module()
+  mesh = auto_axes(mesh)
   abstract = nnx.eval_shape(make_module)
   graphdef, abstract_state = nnx.split(abstract)
   shardings = state_shardings(abstract_state, mesh, rules)

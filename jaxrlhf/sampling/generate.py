@@ -5,8 +5,8 @@ prefilled in one call, then a `jax.lax.while_loop` feeds one token at a time int
 decode loop never recompiles and stops early once every row has emitted an end token.
 
 Conventions:
-  * Prompts are LEFT-padded (B, P) with a mask (1 = real token); `pad_prompts` builds such arrays from token
-    lists with bucketed widths so that a run compiles a handful of programs.
+  * Prompts are LEFT-padded (B, P) with a mask (1 = real token); `jaxrlhf.data.padding.pad_prompts` builds such
+    arrays from token lists with bucketed widths so that a run compiles a handful of programs.
   * Row b's randomness comes only from its own key: `rng` is one key (row b uses fold_in(rng, b)) or a (B,)
     array of keys; sample s of row b (num_samples > 1) uses fold_in(row_key, s) and step t of it
     fold_in(sample_key, t). A row's samples therefore never depend on the other rows of the batch.
@@ -28,9 +28,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxrlhf.parallel.sharding import auto_axes, batch_axes, batch_shards
+
 Array = jax.Array
 
-BATCH_AXES = ("data", "fsdp")
 _NUCLEUS_HEAD = 256  # top-p sorts this many largest logits first (see _truncate)
 
 
@@ -54,40 +55,6 @@ class Generation:
   model_logps: Array
   mask: Array
   lengths: Array
-
-
-# -------------------------------------------------------------------------------------- prompt preparation
-def bucket_width(length: int, buckets: Sequence[int] | None = None, multiple: int = 16) -> int:
-  """The padded width for a prompt of `length` tokens: the smallest bucket >= length, else a multiple of
-  `multiple`. Few distinct widths mean few compiled programs."""
-  if length < 1:
-    raise ValueError(f"length must be >= 1, got {length}")
-  if buckets:
-    for b in sorted(buckets):
-      if b >= length:
-        return int(b)
-    raise ValueError(f"prompt length {length} exceeds the largest bucket {max(buckets)}")
-  return int(-(-length // multiple) * multiple)
-
-
-def pad_prompts(rows: Sequence[Sequence[int]], pad_id: int = 0, width: int | None = None,
-                buckets: Sequence[int] | None = None, multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
-  """Left-pads token lists into (ids int32 (B, P), mask int32 (B, P)).
-
-  `width` fixes P; otherwise P = bucket_width(longest row, buckets, multiple).
-  """
-  if not rows or any(len(r) == 0 for r in rows):
-    raise ValueError("rows must be a non-empty list of non-empty token lists")
-  longest = max(len(r) for r in rows)
-  width = bucket_width(longest, buckets, multiple) if width is None else width
-  if longest > width:
-    raise ValueError(f"a prompt has {longest} tokens, more than width={width}")
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, width - len(r):] = np.asarray(r, np.int32)
-    mask[i, width - len(r):] = 1
-  return ids, mask
 
 
 # ------------------------------------------------------------------------------------- sampling primitives
@@ -185,7 +152,7 @@ def _constrain_batch(x: Array, mesh: Mesh | None, axis: int = 0) -> Array:
   if mesh is None:
     return x
   spec = [None] * x.ndim
-  spec[axis] = BATCH_AXES
+  spec[axis] = batch_axes(mesh)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
@@ -314,7 +281,8 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
   eos_ids = (eos_ids,) if isinstance(eos_ids, (int, np.integer)) else tuple(int(e) for e in (eos_ids or ()))
   B = prompt_ids_BxP.shape[0]
   if mesh is not None:
-    size = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    mesh = auto_axes(mesh)
+    size = batch_shards(mesh)
     if (B * num_samples) % size:
       raise ValueError(f"B * num_samples = {B * num_samples} rows must divide by the mesh batch size {size}")
   graphdef, state = nnx.split(model)
@@ -323,35 +291,3 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
       num_samples=int(num_samples), temperature=1.0 if greedy else float(temperature),
       top_k=None if greedy or top_k is None else int(top_k), top_p=None if greedy or top_p is None else float(top_p),
       greedy=bool(greedy), eos_ids=eos_ids, pad_id=int(pad_id), mesh=mesh)
-
-
-# ------------------------------------------------------------------------------------ scoring a response
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _token_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN):
-  model = nnx.merge(graphdef, state)
-  P = prompt_ids_BxP.shape[1]
-  mask_BxT = jnp.concatenate([prompt_mask_BxP, response_mask_BxN], axis=1).astype(bool)
-  ids_BxT = jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1).astype(jnp.int32)
-  ids_BxT = jnp.where(mask_BxT, ids_BxT, 0)  # out-of-range pad ids would embed as NaN
-  response_ids_BxN = ids_BxT[:, P:]
-  logits_BxTxV = model(ids_BxT, mask_BxT)
-  # Response token n is predicted by the logits at position P + n - 1.
-  logits_BxNxV = logits_BxTxV[:, P - 1:-1].astype(jnp.float32)
-  logp_BxN = jnp.take_along_axis(jax.nn.log_softmax(logits_BxNxV, axis=-1),
-                                 response_ids_BxN.astype(jnp.int32)[..., None], axis=-1)[..., 0]
-  return jnp.where(response_mask_BxN > 0, logp_BxN, 0.0)
-
-
-def response_logps(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN) -> Array:
-  """float32 (B, N) log-probs of the response tokens under `model` (temperature 1), by one full forward over
-  [left-padded prompt | right-padded response]; 0 on masked slots. For the reference policy's log-probs of
-  samples (KL estimates) and for teacher-forced checks of `generate`.
-  """
-  prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
-  response_ids_BxN, response_mask_BxN = jnp.asarray(response_ids_BxN), jnp.asarray(response_mask_BxN)
-  _check_prompts(prompt_ids_BxP, prompt_mask_BxP)
-  if response_ids_BxN.shape != response_mask_BxN.shape or response_ids_BxN.shape[0] != prompt_ids_BxP.shape[0]:
-    raise ValueError(f"response_ids_BxN / response_mask_BxN must be (B, N) with B = {prompt_ids_BxP.shape[0]}; "
-                     f"got {response_ids_BxN.shape} and {response_mask_BxN.shape}")
-  graphdef, state = nnx.split(model)
-  return _token_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN)

@@ -25,12 +25,13 @@ import time
 from typing import Any, Callable, Protocol
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 import tqdm
 
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.data import pipeline as pipeline_lib
 from jaxrlhf.parallel import distributed
+from jaxrlhf.parallel.sharding import batch_sharding
 from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import state as state_lib
@@ -71,14 +72,6 @@ class DataIterator(Protocol):
   def set_state(self, state: Any) -> None: ...
 
 
-def batch_sharding(mesh: Mesh | None) -> NamedSharding | None:
-  """Leading (batch) axis over the mesh's ("data", "fsdp") axes that exist; other axes replicated."""
-  if mesh is None:
-    return None
-  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-  return NamedSharding(mesh, P(axes if axes else None))
-
-
 def _global_batch(batch: Any, sharding: Any, process_local: bool) -> Any:
   """Single process: the numpy batch as is (jit places it). Multi-process: global arrays assembled from each
   process's rows (`process_local`) or from the whole global batch every process holds."""
@@ -106,7 +99,8 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
     setup: from `state.init_train_state` (abstract sharded target, shardings, init).
     step_fn: the algorithm's pure step.
     data_iter: batches (numpy pytrees with a leading batch axis) with get_state/set_state.
-    mesh: the device mesh; batches are sharded over ("data", "fsdp") unless `batch_shardings` is given.
+    mesh: the device mesh; batches are sharded over its batch axes (`parallel.batch_sharding`) unless
+      `batch_shardings` is given.
     batch_shardings: a sharding (prefix) pytree for the batch argument.
     eval_fn: state -> metrics, run every `eval_every` updates and at the end.
 
@@ -143,7 +137,7 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
       writer.truncate_after(start)  # Process 0 only; the others wait so they read the truncated file.
       distributed.barrier(f"loop:resume:{workdir}")
     if batch_shardings is None:
-      batch_shardings = batch_sharding(mesh)
+      batch_shardings = batch_sharding(mesh)  # The leading (example) axis over the mesh's batch axes.
     jit_step = jax.jit(step_fn, in_shardings=(setup.shardings, batch_shardings),
                        out_shardings=(setup.shardings, None), donate_argnums=0)
     all_finite = jax.jit(state_lib.tree_all_finite)

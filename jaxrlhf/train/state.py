@@ -19,6 +19,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxrlhf.parallel import sharding as sharding_lib
+from jaxrlhf.parallel.sharding import auto_axes
 from jaxrlhf.train import metrics as metrics_lib
 
 
@@ -64,8 +66,8 @@ def logical_shardings(mesh: Mesh, rules: Any = None) -> Callable[[Any], Any]:
   """A `Shardings` function: nnx Variables (params, and the optimizer moments that mirror them) by their
   logical-axis metadata via `jaxrlhf.parallel.state_shardings`; every other leaf (step, rng, counts)
   replicated."""
-  from jaxrlhf.parallel import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
 
+  mesh = auto_axes(mesh)
   replicated = NamedSharding(mesh, P())
   rules = sharding_lib.LOGICAL_RULES if rules is None else rules
 
@@ -100,6 +102,7 @@ def init_train_state(model_fn: Callable[[jax.Array], nnx.Module], optimizer: opt
   """
   if not isinstance(seed, int):
     raise ValueError(f"seed: expected an int, got {seed!r}")
+  mesh = auto_axes(mesh)
 
   def init_fn() -> TrainState:
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))

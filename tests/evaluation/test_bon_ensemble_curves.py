@@ -12,12 +12,15 @@ from flax import nnx
 
 from jaxrlhf.config import from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
-from jaxrlhf.evaluation import best_of_n_stage
+from jaxrlhf.evaluation import best_of_n as bon_metrics
+from jaxrlhf.stages import best_of_n as best_of_n_stage
 from jaxrlhf.models import CausalLM, ModelConfig, save_pretrained
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble
 from jaxrlhf.sampling.best_of_n import best_of_n_curves, best_of_n_kl
-from jaxrlhf.train import builders, optim, reward
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import reward
+from jaxrlhf.train import optim
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -50,7 +53,7 @@ def test_length_curve_matches_subset_enumeration():
 def test_member_average_curves_match_enumeration():
   rng = np.random.default_rng(1)
   scores, gold, lengths = rng.normal(size=(2, 6, 3)), rng.normal(size=(2, 6)), rng.integers(1, 20, (2, 6))
-  curves, proxy_std = best_of_n_stage.member_average_curves(scores, gold, lengths)
+  curves, proxy_std = bon_metrics.member_average_curves(scores, gold, lengths)
   ns = curves["n"].astype(int)
   for key, values in (("gold", gold), ("length", lengths)):
     want = [np.mean([_brute_force(scores[b, :, k], values[b], n) for b in range(2) for k in range(3)]) for n in ns]
@@ -64,23 +67,23 @@ def test_member_average_curves_match_enumeration():
 def test_peak_and_drop_metrics_by_hand():
   curves = {"n": np.array([1.0, 2.0, 4.0, 8.0]), "gold": np.array([0.0, 2.0, 1.5, -1.0]),
             "proxy": np.array([0.0, 1.0, 2.0, 3.0]), "length": np.array([8.0, 10.0, 14.0, 20.0])}
-  m = best_of_n_stage.curve_metrics(curves, gold_std=1.0, proxy_std=1.0)
+  m = bon_metrics.curve_metrics(curves, gold_std=1.0, proxy_std=1.0)
   assert m["gold_peak"] == 2.0 and m["gold_drop"] == pytest.approx(3.0)
   assert m["gold_peak_kl"] == pytest.approx(np.log(2.0) - 0.5)  # n = 2
   assert m["length@1"] == 8.0 and m["length@N"] == 20.0
   monotone = dict(curves, gold=np.array([0.0, 1.0, 1.0, 2.0]))
-  assert best_of_n_stage.curve_metrics(monotone, 1.0, 1.0)["gold_drop"] == 0.0
+  assert bon_metrics.curve_metrics(monotone, 1.0, 1.0)["gold_drop"] == 0.0
   np.testing.assert_allclose(best_of_n_kl([8.0]), [np.log(8.0) - 7.0 / 8.0])
 
 
 def test_standardize_members_by_hand():
   scores = np.array([[[1.0, 10.0, 5.0], [3.0, 30.0, 5.0]]])  # (B=1, N=2, K=3); member 2 is constant
-  z = best_of_n_stage.standardize_members(scores)
+  z = bon_metrics.standardize_members(scores)
   np.testing.assert_allclose(z[..., 0], [[-1.0, 1.0]])  # mean 2, std 1
   np.testing.assert_allclose(z[..., 1], [[-1.0, 1.0]])  # mean 20, std 10: the scale is removed too
   np.testing.assert_allclose(z[..., 2], [[0.0, 0.0]])
   with pytest.raises(ValueError, match="scores_BxNxK"):
-    best_of_n_stage.standardize_members(scores[0])
+    bon_metrics.standardize_members(scores[0])
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -109,28 +112,28 @@ def test_stage_reuses_a_saved_pool(tmp_path):
   config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
   policy_dir = str(tmp_path / "policy")
   save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), policy_dir)
-  rm_dirs = [builders.save_reward_model(str(tmp_path / f"rm{i}"), config, HeadConfig(), 3,
+  rm_dirs = [artifacts.save_reward_model(str(tmp_path / f"rm{i}"), config, HeadConfig(), 3,
                                         nnx.state(RewardEnsemble(config, HeadConfig(), 3, rngs=nnx.Rngs(i + 1))))
              for i in range(2)]
   base = {"policy": policy_dir, "aggregations": ("mean", "min"), "world": WORLD, "num_prompts": 3, "pool_size": 8,
           "batch_size": 2, "max_new_tokens": 6, "plots": False, "member_curves": True, "standardize": True}
-  first = best_of_n_stage.run_best_of_n(from_config(dict(base, reward_model=rm_dirs[0]),
+  first = best_of_n_stage.run(from_config(dict(base, reward_model=rm_dirs[0]),
                                                     best_of_n_stage.BestOfNConfig), str(tmp_path / "a"), {})
   cfg2 = from_config(dict(base, reward_model=rm_dirs[1], pool_from="stage:a"), best_of_n_stage.BestOfNConfig)
-  second = best_of_n_stage.run_best_of_n(cfg2, str(tmp_path / "b"), {"a": first})
+  second = best_of_n_stage.run(cfg2, str(tmp_path / "b"), {"a": first})
   r1, r2 = (json.load(open(o["results"])) for o in (first, second))
   assert r1["curves"]["gold"] == r2["curves"]["gold"]  # the same samples
   pools = dict(np.load(first["pool"]))
   assert pools["tokens"].shape[:2] == (3, 8) and pools["gold"].shape == (3, 8)
-  scores = best_of_n_stage.score_pools(builders.load_reward_model(rm_dirs[1]), pools, batch_size=3)
+  scores = best_of_n_stage.score_pools(artifacts.load_reward_model(rm_dirs[1]), pools, batch_size=3)
   best = pools["gold"][np.arange(3), scores.min(-1).argmax(1)]
   assert r2["curves"]["rm_min"]["gold"][-1] == pytest.approx(best.mean(), rel=1e-6)
   single = np.mean([pools["gold"][np.arange(3), scores[..., k].argmax(1)].mean() for k in range(3)])
   assert r2["metrics"]["rm_single/gold@N"] == pytest.approx(single, rel=1e-6)
   assert r2["metrics"]["rm_min/length@N"] == pytest.approx(
       pools["lengths"][np.arange(3), scores.min(-1).argmax(1)].mean())
-  z_best = pools["gold"][np.arange(3), best_of_n_stage.standardize_members(scores).min(-1).argmax(1)]
+  z_best = pools["gold"][np.arange(3), bon_metrics.standardize_members(scores).min(-1).argmax(1)]
   assert r2["metrics"]["rmz_min/gold@N"] == pytest.approx(z_best.mean(), rel=1e-6)
   with pytest.raises(ValueError, match="pool_from"):
-    best_of_n_stage.run_best_of_n(from_config(dict(base, reward_model=rm_dirs[1], pool_from="stage:a", num_prompts=4),
+    best_of_n_stage.run(from_config(dict(base, reward_model=rm_dirs[1], pool_from="stage:a", num_prompts=4),
                                               best_of_n_stage.BestOfNConfig), str(tmp_path / "c"), {"a": first})

@@ -9,6 +9,8 @@ from random_models import random_model
 from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.evaluation import density_ratio as dr
+from jaxrlhf.evaluation import stats
+from jaxrlhf.stages import density_ratio as dr_stage
 from jaxrlhf.models import ModelConfig
 
 
@@ -40,9 +42,9 @@ def test_ratio_metrics_hand_computed():
 def test_pearson_matches_numpy_and_is_nan_below_three_points():
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=7), rng.normal(size=7)
-  assert dr.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
-  assert np.isnan(dr.pearson([1.0, 2.0], [2.0, 1.0]))
-  assert np.isnan(dr.pearson([1.0, 1.0, 1.0], [2.0, 1.0, 0.0]))
+  assert stats.pearson(x, y, min_size=3) == pytest.approx(np.corrcoef(x, y)[0, 1])
+  assert np.isnan(stats.pearson([1.0, 2.0], [2.0, 1.0], min_size=3))
+  assert np.isnan(stats.pearson([1.0, 1.0, 1.0], [2.0, 1.0, 0.0], min_size=3))
 
 
 def test_sequence_logps_match_an_unpadded_forward():
@@ -54,7 +56,7 @@ def test_sequence_logps_match_an_unpadded_forward():
   records = world.preference_records(5, "test")
   prompts = [f"<better> {r.prompt}" if i % 2 else r.prompt for i, r in enumerate(records)]
   responses = [r.chosen for r in records]
-  got = dr.sequence_logps(model, tok, prompts, responses, batch_size=2)
+  got = dr_stage.text_logps(model, tok, prompts, responses, batch_size=2)
   for i, (p, r) in enumerate(zip(prompts, responses)):
     p_ids, r_ids = tok.encode(p), tok.encode(r) + [tok.eos_id]
     ids = np.asarray([p_ids + r_ids], np.int32)
@@ -66,8 +68,8 @@ def test_sequence_logps_match_an_unpadded_forward():
 def test_config_rejects_duplicate_names_and_missing_models():
   ratio = dict(name="a", strong="stage:dpo", weak="stage:sft", strong_context="", weak_context="")
   with pytest.raises(ConfigError, match="distinct"):
-    from_config(dict(ratios=(ratio, ratio)), dr.DensityRatioConfig, path="config.density_ratio")
+    from_config(dict(ratios=(ratio, ratio)), dr_stage.DensityRatioConfig, path="config.density_ratio")
   with pytest.raises(ConfigError, match="weak"):
-    from_config(dict(ratios=(dict(ratio, weak=""),)), dr.DensityRatioConfig, path="config.density_ratio")
+    from_config(dict(ratios=(dict(ratio, weak=""),)), dr_stage.DensityRatioConfig, path="config.density_ratio")
   with pytest.raises(ConfigError, match="strong_context"):
-    from_config(dict(ratios=(dict(ratio, strong_context="best"),)), dr.DensityRatioConfig, path="config.dr")
+    from_config(dict(ratios=(dict(ratio, strong_context="best"),)), dr_stage.DensityRatioConfig, path="config.dr")

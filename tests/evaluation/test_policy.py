@@ -10,10 +10,12 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.data.synthetic import World, WorldConfig
-from jaxrlhf.evaluation import confidence_interval, evaluate_policy, win_credit
+from jaxrlhf.evaluation import confidence_interval, win_credit
 from jaxrlhf.models import ModelConfig, abstract_model
 from jaxrlhf.models.decoder import layer_param_specs, model_param_specs
-from jaxrlhf.sampling import generate, gold_scorer, pad_prompts
+from jaxrlhf.data.padding import pad_prompts
+from jaxrlhf.sampling import generate, gold_scorer
+from jaxrlhf.stages.evaluate_policy import evaluate_policy
 
 NEW = 8
 SAMPLES = 2

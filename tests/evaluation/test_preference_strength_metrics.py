@@ -14,10 +14,11 @@ from jaxrlhf.data.records import PreferenceRecord
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.data.transforms import curate_by_strength
 from jaxrlhf.evaluation import strength
+from jaxrlhf.stages import preference_strength as strength_stage
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble
-from jaxrlhf.train import builders
+from jaxrlhf.stages import artifacts, inputs
 
 
 # ------------------------------------------------------------------------------------------------ goldens
@@ -96,7 +97,7 @@ def test_strength_metrics_names_and_errors():
 def test_world_truths_match_the_world_labels_and_gold_texts():
   world = World(WorldConfig(seed=3, flip_rate=0.3, num_prompts=256))
   records = world.preference_records(80, "train")
-  flipped, agree = strength.world_truths(world, records[10:] + records[:10], "train")
+  flipped, agree = strength_stage.world_truths(world, records[10:] + records[:10], "train")
   pairs = world.preference_pairs(80, "train")
   order = np.r_[np.arange(10, 80), np.arange(10)]
   np.testing.assert_array_equal(flipped, pairs["flipped"][order])
@@ -104,7 +105,7 @@ def test_world_truths_match_the_world_labels_and_gold_texts():
   np.testing.assert_array_equal(agree, gold[:, 0] > gold[:, 1])  # recomputed from the texts
   assert 0.15 < flipped.mean() < 0.45
   with pytest.raises(ValueError, match="source"):
-    strength.world_truths(world, [dataclasses.replace(records[0], source="x")], "train")
+    strength_stage.world_truths(world, [dataclasses.replace(records[0], source="x")], "train")
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -116,16 +117,16 @@ def test_member_margins_match_each_member_forward(tmp_path, shared_prompt):
                        head_dim=8, mlp_dim=32, max_position_embeddings=64)
   head = HeadConfig(kind="linear")
   ens = RewardEnsemble(config, head, 3, rngs=nnx.Rngs(0))
-  rm_dir = builders.save_reward_model(str(tmp_path / "rm"), config, head, 3, nnx.state(ens))
+  rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, head, 3, nnx.state(ens))
   records = world.preference_records(11, "train")
-  data = builders.DataSpec(batch_size=4, max_length=48, shared_prompt=shared_prompt)
-  got = builders.member_margins(builders.load_reward_model(rm_dir), records, tok, data)
+  data = inputs.DataSpec(batch_size=4, max_length=48, shared_prompt=shared_prompt)
+  got = inputs.member_margins(artifacts.load_reward_model(rm_dir), records, tok, data)
   assert got.shape == (11, 3)
   # Independent path: one record at a time, unpadded, through the in-memory ensemble.
   for i in (0, 5, 10):
     rows = []
     for resp in (records[i].chosen, records[i].rejected):
-      batch = builders.eval_batches([dataclasses.replace(records[i], chosen=resp, rejected=resp)], tok,
+      batch = inputs.eval_batches([dataclasses.replace(records[i], chosen=resp, rejected=resp)], tok,
                                     dataclasses.replace(data, batch_size=1), "preference")[0]
       rows.append(np.asarray(ens(batch["chosen_input_ids"], batch["chosen_attention_mask"]))[0])
     np.testing.assert_allclose(got[i], rows[0] - rows[1], rtol=1e-4, atol=1e-5)

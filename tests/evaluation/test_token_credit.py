@@ -14,7 +14,10 @@ from flax import nnx
 from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.data.synthetic import gold as gold_lib
+from jaxrlhf.evaluation import stats
 from jaxrlhf.evaluation import token_credit as tc
+from jaxrlhf.stages import token_credit as tc_stage
+from jaxrlhf.train import scoring
 from jaxrlhf.models import CausalLM, ModelConfig, save_pretrained
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
@@ -44,7 +47,7 @@ def test_token_logps_bigram_by_hand():
   ids = jnp.asarray([[0, 1, 1, 2], [2, 2, 0, 0]])
   att = jnp.asarray([[1, 1, 1, 1], [1, 1, 1, 0]])
   lm = jnp.asarray([[0, 1, 1, 1], [0, 0, 1, 1]])  # row 1: the last token is padding (attention 0)
-  logps, mask = tc.token_logps(bigram_model, ids, att, lm)
+  logps, mask = scoring.aligned_token_logps(bigram_model, ids, att, lm)
   want = np.asarray([[0.0, math.log(0.25), math.log(0.8), math.log(0.1)],   # p(1|0), p(1|1), p(2|1)
                      [0.0, 0.0, math.log(0.2), 0.0]])                         # p(0|2); t=3 is padding
   np.testing.assert_allclose(np.asarray(logps), want, atol=1e-6)
@@ -52,7 +55,7 @@ def test_token_logps_bigram_by_hand():
 
 
 def test_token_logps_position_zero_is_never_scored():
-  logps, mask = tc.token_logps(bigram_model, jnp.asarray([[1, 0]]), jnp.ones((1, 2)), jnp.ones((1, 2)))
+  logps, mask = scoring.aligned_token_logps(bigram_model, jnp.asarray([[1, 0]]), jnp.ones((1, 2)), jnp.ones((1, 2)))
   np.testing.assert_array_equal(np.asarray(mask), [[0, 1]])
   np.testing.assert_allclose(np.asarray(logps), [[0.0, math.log(0.1)]], atol=1e-6)
 
@@ -61,9 +64,9 @@ def test_token_logps_prefix_conditions_every_row():
   ids = jnp.asarray([[1, 0, 2]])
   att = jnp.ones((1, 3), jnp.int32)
   lm = jnp.asarray([[0, 1, 1]])
-  plain, _ = tc.token_logps(first_token_model, ids, att, lm)
-  with_2, mask = tc.token_logps(first_token_model, ids, att, lm, prefix_ids=(2,))
-  with_0, _ = tc.token_logps(first_token_model, ids, att, lm, prefix_ids=jnp.asarray([0]))
+  plain, _ = scoring.aligned_token_logps(first_token_model, ids, att, lm)
+  with_2, mask = scoring.aligned_token_logps(first_token_model, ids, att, lm, prefix_ids=(2,))
+  with_0, _ = scoring.aligned_token_logps(first_token_model, ids, att, lm, prefix_ids=jnp.asarray([0]))
   np.testing.assert_allclose(np.asarray(plain), [[0.0, math.log(0.1), math.log(0.1)]], atol=1e-6)  # from y_0 = 1
   np.testing.assert_allclose(np.asarray(with_2), [[0.0, math.log(0.2), math.log(0.6)]], atol=1e-6)  # from prefix 2
   np.testing.assert_allclose(np.asarray(with_0), [[0.0, math.log(0.5), math.log(0.25)]], atol=1e-6)
@@ -72,21 +75,21 @@ def test_token_logps_prefix_conditions_every_row():
 
 def test_token_logps_rejects_bad_shapes():
   with pytest.raises(ValueError, match="loss_mask_BxT"):
-    tc.token_logps(bigram_model, jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3)), jnp.ones((2, 4)))
+    scoring.aligned_token_logps(bigram_model, jnp.zeros((2, 3), jnp.int32), jnp.ones((2, 3)), jnp.ones((2, 4)))
   with pytest.raises(ValueError, match="input_ids_BxT"):
-    tc.token_logps(bigram_model, jnp.zeros((3,), jnp.int32), jnp.ones((3,)), jnp.ones((3,)))
+    scoring.aligned_token_logps(bigram_model, jnp.zeros((3,), jnp.int32), jnp.ones((3,)), jnp.ones((3,)))
 
 
 def test_pearson_and_spearman_by_hand():
   # x deviations (-1, 0, 1), y = (2, 4, 7) deviations (-7/3, -1/3, 8/3): r = 5 / sqrt(2 * 114 / 9).
-  assert tc.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 114 / 9))
-  assert tc.spearman([1, 2, 3], [2, 4, 7]) == pytest.approx(1.0)
-  assert tc.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-  assert math.isnan(tc.pearson([1, 1, 1], [1, 2, 3]))
-  assert math.isnan(tc.pearson([1.0], [2.0]))
-  np.testing.assert_array_equal(tc.rankdata([10, 20, 10, 5]), [2.5, 4.0, 2.5, 1.0])
+  assert stats.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 114 / 9))
+  assert stats.spearman([1, 2, 3], [2, 4, 7]) == pytest.approx(1.0)
+  assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+  assert math.isnan(stats.pearson([1, 1, 1], [1, 2, 3]))
+  assert math.isnan(stats.pearson([1.0], [2.0]))
+  np.testing.assert_array_equal(stats.rankdata([10, 20, 10, 5]), [2.5, 4.0, 2.5, 1.0])
   with pytest.raises(ValueError, match="pearson"):
-    tc.pearson([1, 2], [1, 2, 3])
+    stats.pearson([1, 2], [1, 2, 3])
 
 
 def test_correlations_match_scipy_with_ties():
@@ -94,9 +97,9 @@ def test_correlations_match_scipy_with_ties():
   for _ in range(5):
     x = rng.integers(0, 5, size=40).astype(float)  # many ties
     y = x + rng.normal(size=40)
-    np.testing.assert_allclose(tc.rankdata(x), scipy.stats.rankdata(x))
-    assert tc.pearson(x, y) == pytest.approx(scipy.stats.pearsonr(x, y)[0], abs=1e-12)
-    assert tc.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y)[0], abs=1e-12)
+    np.testing.assert_allclose(stats.rankdata(x), scipy.stats.rankdata(x))
+    assert stats.pearson(x, y) == pytest.approx(scipy.stats.pearsonr(x, y)[0], abs=1e-12)
+    assert stats.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y)[0], abs=1e-12)
 
 
 def test_credit_metrics_by_hand():
@@ -140,7 +143,7 @@ def test_left_align():
 def test_response_set_tokenizes_like_the_records():
   world = World(WorldConfig(**WORLD))
   tok = world.tokenizer
-  rows = tc.response_set(world, 6, max_length=40)
+  rows = tc_stage.response_set(world, 6, max_length=40)
   records = world.preference_records(6, "test")
   assert rows.num_pairs == 6 and rows.input_ids.shape == (12, 40)
   for i, record in enumerate(records):
@@ -158,7 +161,7 @@ def test_gold_credit_itself_scores_perfectly_and_aligns():
   path) must correlate 1 with the stage's gold; their negation -1."""
   world = World(WorldConfig(**WORLD))
   tok = world.tokenizer
-  rows = tc.response_set(world, 8, max_length=40)
+  rows = tc_stage.response_set(world, 8, max_length=40)
   records = world.preference_records(8, "test")
   reward = np.zeros(rows.input_ids.shape)
   for i, record in enumerate(records):
@@ -187,12 +190,12 @@ def _tiny_world_model(seed):
 def test_contrastive_rewards_match_the_treg_trainer():
   """sigmoid(contrastive) - 0.5 equals what the T-REG trainer regularizes towards (its alignment: position t
   holds token t + 1's reward)."""
-  from jaxrlhf.train import preference  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import preference  # pylint: disable=g-import-not-at-top
   world, model = _tiny_world_model(0)
   tok = world.tokenizer
-  rows = tc.response_set(world, 4, max_length=32)
+  rows = tc_stage.response_set(world, 4, max_length=32)
   better, worse = (tok.better_id,), (tok.worse_id,)
-  ours = tc.token_rewards(model, None, rows, beta=0.1, better_ids=better, worse_ids=worse, batch_size=8)
+  ours = tc_stage.token_rewards(model, None, rows, beta=0.1, better_ids=better, worse_ids=worse, batch_size=8)
   assert set(ours) == {"contrastive", "contrastive_sigmoid"}
   n = rows.num_pairs
   batch = {"chosen_input_ids": rows.input_ids[:n], "chosen_attention_mask": rows.attention_mask[:n],
@@ -205,12 +208,12 @@ def test_contrastive_rewards_match_the_treg_trainer():
 def test_implicit_rewards_are_beta_times_log_ratio(tmp_path):
   world, policy = _tiny_world_model(0)
   _, reference = _tiny_world_model(1)
-  rows = tc.response_set(world, 3, max_length=32)
-  out = tc.token_rewards(policy, reference, rows, beta=0.5, batch_size=4)
+  rows = tc_stage.response_set(world, 3, max_length=32)
+  out = tc_stage.token_rewards(policy, reference, rows, beta=0.5, batch_size=4)
   assert set(out) == {"implicit"}
-  lp_pi, mask = tc.token_logps(policy, jnp.asarray(rows.input_ids), jnp.asarray(rows.attention_mask),
+  lp_pi, mask = scoring.aligned_token_logps(policy, jnp.asarray(rows.input_ids), jnp.asarray(rows.attention_mask),
                                jnp.asarray(rows.loss_mask))
-  lp_ref, _ = tc.token_logps(reference, jnp.asarray(rows.input_ids), jnp.asarray(rows.attention_mask),
+  lp_ref, _ = scoring.aligned_token_logps(reference, jnp.asarray(rows.input_ids), jnp.asarray(rows.attention_mask),
                              jnp.asarray(rows.loss_mask))
   np.testing.assert_allclose(out["implicit"], 0.5 * np.asarray(lp_pi - lp_ref), atol=1e-5)
   assert np.all(out["implicit"][np.asarray(mask) == 0] == 0)
@@ -218,11 +221,11 @@ def test_implicit_rewards_are_beta_times_log_ratio(tmp_path):
 
 def test_config_errors():
   with pytest.raises(ConfigError, match="policy"):
-    from_config({}, tc.TokenCreditConfig)
+    from_config({}, tc_stage.TokenCreditConfig)
   with pytest.raises(ConfigError, match="reference"):
-    from_config({"policy": "stage:sft", "contrastive": False}, tc.TokenCreditConfig)
+    from_config({"policy": "stage:sft", "contrastive": False}, tc_stage.TokenCreditConfig)
   with pytest.raises(ConfigError, match="does not exist"):
-    from_config({"policy": "/no/such/folder"}, tc.TokenCreditConfig)
+    from_config({"policy": "/no/such/folder"}, tc_stage.TokenCreditConfig)
 
 
 def test_stage_on_tiny_models(tmp_path):
@@ -231,8 +234,8 @@ def test_stage_on_tiny_models(tmp_path):
   save_pretrained(policy, str(tmp_path / "policy"))
   save_pretrained(reference, str(tmp_path / "ref"))
   cfg = from_config({"policy": str(tmp_path / "policy"), "reference": str(tmp_path / "ref"), "world": WORLD,
-                     "num_pairs": 8, "batch_size": 8, "max_length": 32}, tc.TokenCreditConfig)
-  out = tc.run_token_credit(cfg, str(tmp_path / "credit"), {})
+                     "num_pairs": 8, "batch_size": 8, "max_length": 32}, tc_stage.TokenCreditConfig)
+  out = tc_stage.run(cfg, str(tmp_path / "credit"), {})
   with open(tmp_path / "credit" / "results.json") as f:
     saved = json.load(f)["metrics"]
   assert saved == pytest.approx(out["metrics"])

@@ -9,6 +9,8 @@ import pytest
 import random_models
 
 from jaxrlhf.evaluation import unlearning
+from jaxrlhf.stages import logp_shift
+from jaxrlhf.train import scoring
 from jaxrlhf.models import ModelConfig
 
 # Four pairs: judge scores (chosen, rejected) = (9, 8), (6, 2), (8, 7), (5, 4).
@@ -69,21 +71,21 @@ def test_sequence_logps_matches_unpadded_forward():
   model = random_models.random_model(config, seed=3, scale=0.4)
   prompts = [[3, 4, 5], [6], [7, 8], [9, 10, 11, 12], [1, 2]]
   responses = [[13, 2], [14, 15, 16, 2], [17], [18, 19, 2], [20, 21, 22]]
-  got = unlearning.sequence_logps(model, prompts, responses, pad_id=0, batch_size=2)  # Last batch is filled.
+  got = scoring.sequence_logps(model, prompts, responses, pad_id=0, batch_size=2)  # Last batch is filled.
   np.testing.assert_allclose(got, _reference_logps(model, prompts, responses), rtol=1e-4, atol=1e-4)
   assert got.shape == (5,) and (got < 0).all()
   with pytest.raises(ValueError, match="response_rows"):
-    unlearning.sequence_logps(model, prompts, responses[:4], pad_id=0)
+    scoring.sequence_logps(model, prompts, responses[:4], pad_id=0)
 
 
 def test_stage_config_validation():
   from jaxrlhf import config as config_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(config_lib.ConfigError, match="policy"):
-    config_lib.from_config({"base": "stage:sft"}, unlearning.LogpShiftConfig, path="config.shift")
+    config_lib.from_config({"base": "stage:sft"}, logp_shift.LogpShiftConfig, path="config.shift")
   with pytest.raises(config_lib.ConfigError, match="goal"):
-    config_lib.from_config({"policy": "stage:a", "base": "stage:b", "goal": "own"}, unlearning.LogpShiftConfig,
+    config_lib.from_config({"policy": "stage:a", "base": "stage:b", "goal": "own"}, logp_shift.LogpShiftConfig,
                            path="config.shift")
   with pytest.raises(config_lib.ConfigError, match="low_score"):
     config_lib.from_config({"policy": "stage:a", "base": "stage:b", "low_score": 8.0},
-                           unlearning.LogpShiftConfig, path="config.shift")
+                           logp_shift.LogpShiftConfig, path="config.shift")
   jax.block_until_ready(0)

@@ -18,7 +18,8 @@ from experiments import run as run_lib  # noqa: E402
 from jaxrlhf import config as config_lib  # noqa: E402
 from jaxrlhf.train import metrics as metrics_lib  # noqa: E402
 
-TOY = "configs/_toy.py"
+TOY = "tests/toy_config.py"
+TOY_KINDS = run_lib.load_kinds(f"{REPO_ROOT / TOY}:KINDS")  # The built-in kinds plus "toy_regression".
 
 
 def _env():
@@ -26,8 +27,8 @@ def _env():
 
 
 def _run_cli(*args, timeout=300):
-  return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO_ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run([sys.executable, "-m", "experiments.run", f"--extra_kinds={TOY}:KINDS", *args],
+                        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def _load(variant="smoke", **dotted):
@@ -61,25 +62,25 @@ def test_missing_files_fail_with_clear_messages():
   with pytest.raises(config_lib.ConfigError, match=r"--config: config file not found: 'configs/nope\.py'"):
     run_lib.precheck_argv(["--config=configs/nope.py", "--workdir=/tmp/x"])
   with pytest.raises(config_lib.ConfigError, match=r"config\.init_from: file not found: '/no/such/ckpt'"):
-    run_lib.plan(_load(init_from="/no/such/ckpt"))
+    run_lib.plan(_load(init_from="/no/such/ckpt"), TOY_KINDS)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config\.finetune\.kind: 'nope' is not a registered stage kind; "
+                     match=r"config\.finetune\.kind: 'nope' is not a stage kind; "
                      r"valid choices: .*'toy_regression'"):
-    run_lib.plan(_load("staged", finetune__kind="nope"))
+    run_lib.plan(_load("staged", finetune__kind="nope"), TOY_KINDS)
   with pytest.raises(config_lib.ConfigError,
                      match=r"config\.finetune\.optimizer\.schedule: 'cosin' is not a valid"):
-    run_lib.plan(_load("staged", finetune__optimizer__schedule="cosin"))
+    run_lib.plan(_load("staged", finetune__optimizer__schedule="cosin"), TOY_KINDS)
 
 
 def test_stages_chain_skip_finished_and_survive_a_failing_stage(tmp_path, capsys):
   with pytest.raises(RuntimeError, match="boom"):
-    run_lib.run(_load("staged", finetune__fail="boom", pretrain__loop__tensorboard=False), str(tmp_path))
+    run_lib.run(_load("staged", finetune__fail="boom", pretrain__loop__tensorboard=False), str(tmp_path), TOY_KINDS)
   done = tmp_path / "pretrain" / "DONE.json"
   assert done.exists() and not (tmp_path / "finetune" / "DONE.json").exists()
   assert not (tmp_path / "results.json").exists()
   mtime = done.stat().st_mtime_ns
   capsys.readouterr()
-  outputs = run_lib.run(_load("staged", pretrain__loop__tensorboard=False), str(tmp_path))
+  outputs = run_lib.run(_load("staged", pretrain__loop__tensorboard=False), str(tmp_path), TOY_KINDS)
   assert "stage 'pretrain' already finished; skipping" in capsys.readouterr().out
   assert done.stat().st_mtime_ns == mtime
   results = json.loads((tmp_path / "results.json").read_text())
@@ -124,7 +125,7 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "[train] resuming from step" in rerun.stdout
 
-  [(_, kind, cfg)] = run_lib.plan(_load(**overrides))
+  [(_, kind, cfg)] = run_lib.plan(_load(**overrides), TOY_KINDS)
   ref = kind.run(cfg, str(tmp_path / "ref"), {})
   got = json.loads((tmp_path / "killed" / "results.json").read_text())
   assert got["metrics"] == ref["metrics"]
@@ -134,7 +135,7 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
 
 
 def test_chain_seed_reseeds_every_stage():
-  # quickstart's stages hold literal seeds (no references to a top-level key, unlike configs/_toy.py:staged).
+  # quickstart's stages hold literal seeds (no references to a top-level key, unlike tests/toy_config.py:staged).
   quick = config_lib.load_config(f"{REPO_ROOT / 'configs/quickstart.py'}:smoke")
   quick.sft.seed = 7
   seeds = {name: cfg.seed for name, _, cfg in run_lib.plan(quick) if hasattr(cfg, "seed")}

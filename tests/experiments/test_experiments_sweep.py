@@ -17,7 +17,7 @@ if str(REPO_ROOT) not in sys.path:
 from experiments import sweep as sweep_lib  # noqa: E402
 from experiments import tables as tables_lib  # noqa: E402
 
-SPEC = "configs/_toy.py:fail"  # seeds 0, 1 at lr 0.03, plus a member that raises.
+SPEC = "tests/toy_config.py:fail"  # seeds 0, 1 at lr 0.03, plus a member that raises.
 GOOD = ["optimizer.learning_rate=0.03,seed=0", "optimizer.learning_rate=0.03,seed=1"]
 BAD = "fail=deliberate_failure,optimizer.learning_rate=0.1,seed=0"
 
@@ -26,7 +26,7 @@ BAD = "fail=deliberate_failure,optimizer.learning_rate=0.1,seed=0"
 def swept(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("sweep")
   proc = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={SPEC}", f"--workdir={workdir}",
-                         "--workers=2"],
+                         "--workers=2", "--extra_kinds=tests/toy_config.py:KINDS"],
                         cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), capture_output=True,
                         text=True, timeout=600)
   return workdir, proc
@@ -83,7 +83,7 @@ def test_tables_mean_std_over_seeds_and_plots(swept):
 def test_resume_skips_finished_runs(swept, capsys):
   workdir, _ = swept
   mtimes = {n: (workdir / n / "results.json").stat().st_mtime_ns for n in GOOD}
-  results = sweep_lib.sweep(SPEC, str(workdir), workers=1)
+  results = sweep_lib.sweep(SPEC, str(workdir), workers=1, extra_kinds="tests/toy_config.py:KINDS")
   out = capsys.readouterr().out
   for name in GOOD:
     assert f"[sweep] {name}: already done; skipping" in out

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxrlhf.losses import logps
-from jaxrlhf.losses import registry
 
 B, T, D, V = 2, 9, 8, 1000
 
@@ -193,8 +192,3 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="loss_mask_BxT"):
     logps.shift_for_next_token(targets, mask[:, :2])
 
-
-def test_registry_names():
-  for name in ("sequence_logps", "chunked_sequence_logps", "chunked_sequence_logps_from_logits", "token_entropy",
-               "shift_for_next_token"):
-    assert registry._REGISTRY["logps"][name] is getattr(logps, name)

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxrlhf.losses import policy_gradient as pg
-from jaxrlhf.losses import registry
 
 
 # ---------------------------------------------------------------- advantages
@@ -256,7 +255,7 @@ def test_clip_and_delta_goldens():
     pg.delta_process_rewards(r, mask[:, :3])
 
 
-# ---------------------------------------------------------------- transformations, dtypes, registry
+# ---------------------------------------------------------------- transformations, dtypes
 
 def test_jit_vmap_grad_bf16():
   rng = np.random.default_rng(1)
@@ -281,9 +280,3 @@ def test_jit_vmap_grad_bf16():
   g = jax.jit(jax.grad(lambda r: pg.group_advantages(r, 4)[0] + pg.rloo_advantages(r, 4, normalize=True)[0]))
   assert bool(jnp.all(jnp.isfinite(g(jnp.ones(8)))))  # zero-variance groups keep finite gradients
 
-
-def test_registry_names():
-  for name in ("group_advantages", "rloo_advantages", "clipped_surrogate", "clipped_policy_loss",
-               "aggregate_token_losses", "kl_divergence", "kl_penalized_token_rewards", "clip_process_rewards",
-               "delta_process_rewards"):
-    assert registry._REGISTRY["policy_gradient"][name] is getattr(pg, name)

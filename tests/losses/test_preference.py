@@ -12,7 +12,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrlhf.losses import kto as kto_lib
 from jaxrlhf.losses import preference, reference_free
-from jaxrlhf.losses.registry import get
 
 B = 4
 PAIRWISE = [t for t in preference.LOSS_TYPES if t != "sft"]
@@ -161,12 +160,6 @@ def test_kto_golden_and_kl_clamp():
   g = jax.grad(lambda k: kto_lib.kto_loss(jnp.array([-1.0]), jnp.array([-2.0]), jnp.array([True]), kl=k)[0].sum())
   assert float(g(jnp.float32(0.3))) == 0.0
 
-
-def test_registry_names():
-  assert get("preference", "dpo") is preference.dpo_loss
-  assert get("preference", "simpo") is reference_free.simpo_loss
-  assert get("preference", "orpo") is reference_free.orpo_loss
-  assert get("preference", "kto") is kto_lib.kto_loss
 
 
 # ----------------------------------------------------------------------------- properties

@@ -13,7 +13,7 @@ from jaxrlhf.models import ModelConfig
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
 from jaxrlhf.models.shared_prompt import CHOSEN, PROMPT, REJECTED, shared_prompt_layout
-from jaxrlhf.train import pairs
+from jaxrlhf.train import scoring
 from random_models import random_model
 
 V = 40
@@ -82,7 +82,7 @@ def test_token_logps_equal_each_sequence_run_alone(family, chunk_size):
   want_c = [_alone_logps(model, e["prompt"], e["chosen"]) for e in examples]
   want_r = [_alone_logps(model, e["prompt"], e["rejected"]) for e in examples]
   for batch in (shared, two_rows):
-    token_logps, mask = pairs.pair_token_logps(model, jax.tree.map(jnp.asarray, batch), chunk_size)
+    token_logps, mask = scoring.pair_token_logps(model, jax.tree.map(jnp.asarray, batch), chunk_size)
     sums = np.asarray(jnp.sum(token_logps, -1))
     np.testing.assert_allclose(sums[:len(examples)], want_c, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sums[b:b + len(examples)], want_r, rtol=1e-5, atol=1e-5)
@@ -98,7 +98,7 @@ def test_gradients_equal_the_two_row_layout():
   graphdef, params = nnx.split(model)
 
   def objective(params, batch):
-    token_logps, _ = pairs.pair_token_logps(nnx.merge(graphdef, params), batch)
+    token_logps, _ = scoring.pair_token_logps(nnx.merge(graphdef, params), batch)
     b = token_logps.shape[0] // 2
     # A DPO-like contrast, so both halves and their signs matter.
     return jnp.sum(jax.nn.log_sigmoid(jnp.sum(token_logps[:b], -1) - jnp.sum(token_logps[b:], -1)))
@@ -114,7 +114,7 @@ def test_control_prefix_shifts_the_prompt_only():
   examples = _examples(5)
   _, shared = _batches(examples)
   prefix = (7, 8, 9)
-  token_logps, _ = pairs.pair_token_logps(model, jax.tree.map(jnp.asarray, shared), 0, prefix)
+  token_logps, _ = scoring.pair_token_logps(model, jax.tree.map(jnp.asarray, shared), 0, prefix)
   b = shared["weight"].shape[0]
   p = np.asarray(prefix, np.int32)
   want = [_alone_logps(model, np.concatenate([p, e["prompt"]]), e["rejected"]) for e in examples]
@@ -130,8 +130,8 @@ def test_rewards_equal_each_sequence_scored_alone(head):
   examples = _examples(7)
   _, shared = _batches(examples)
   n = len(examples)
-  r_c, r_r = pairs.pair_rewards(rm, jax.tree.map(jnp.asarray, shared))
-  a_c, _ = pairs.pair_rewards(rm, jax.tree.map(jnp.asarray, shared), attributes=True)
+  r_c, r_r = scoring.pair_rewards(rm, jax.tree.map(jnp.asarray, shared))
+  a_c, _ = scoring.pair_rewards(rm, jax.tree.map(jnp.asarray, shared), attributes=True)
   for i, e in enumerate(examples):
     for got, response in ((r_c, e["chosen"]), (r_r, e["rejected"])):
       ids = jnp.asarray(np.concatenate([e["prompt"], response])[None])
@@ -144,8 +144,8 @@ def test_rewards_equal_each_sequence_scored_alone(head):
 def test_ensemble_rewards_equal_the_two_row_layout():
   ensemble = RewardEnsemble(CONFIGS["gpt2"], HeadConfig(kind="mlp"), 3, rngs=nnx.Rngs(0))
   two_rows, shared = _batches(_examples(8))
-  got = pairs.pair_rewards(ensemble, jax.tree.map(jnp.asarray, shared))
-  want = pairs.pair_rewards(ensemble, jax.tree.map(jnp.asarray, two_rows))
+  got = scoring.pair_rewards(ensemble, jax.tree.map(jnp.asarray, shared))
+  want = scoring.pair_rewards(ensemble, jax.tree.map(jnp.asarray, two_rows))
   n = len(LENGTHS)
   for g, w in zip(got, want):
     assert g.shape == w.shape == (6, 3)

@@ -12,7 +12,7 @@ from configs.papers import preference_strength as paper
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
 from jaxrlhf.config import ConfigError
-from jaxrlhf.evaluation import strength
+from experiments.analysis import preference_strength as strength_analysis
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "preference_strength.py")
 
@@ -67,7 +67,7 @@ def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   assert sum(metrics[f"strength/bucket{b}/strength_mean"] <= metrics[f"strength/bucket{b + 1}/strength_mean"]
              for b in range(9)) == 9  # buckets are sorted by strength
   assert os.path.exists(os.path.join(run_dir, "strength", "strength_buckets.png"))
-  strength.main(["--workdir", workdir])
+  strength_analysis.main(["--workdir", workdir])
   with open(os.path.join(workdir, "buckets.md")) as f:
     assert len(f.read().splitlines()) == 2 + 10
   assert os.path.exists(os.path.join(workdir, "plots", "strength_buckets.png"))

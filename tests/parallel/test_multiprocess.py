@@ -105,7 +105,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jaxrlhf.data import pipeline
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.parallel import MeshConfig, distributed, make_mesh
-from jaxrlhf.train import loop
+from jaxrlhf.parallel.sharding import batch_sharding
 distributed.initialize(distributed.resolve())
 world = World(WorldConfig())
 config = pipeline.PipelineConfig(kind="preference", batch_size=8, max_length=40, buckets=(16, 24, 32), seed=3,
@@ -115,7 +115,7 @@ assert it.process_local and jax.process_count() == 2
 mesh = make_mesh(MeshConfig())
 sums = []
 for _ in range(4):
-  batch = pipeline.global_batch(next(it), loop.batch_sharding(mesh), process_local=True)
+  batch = pipeline.global_batch(next(it), batch_sharding(mesh), process_local=True)
   weights = jnp.arange(1, batch["chosen_input_ids"].shape[1] + 1)
   rows = jax.jit(lambda b: (b["chosen_input_ids"] * weights).sum(1) + 7 * (b["rejected_input_ids"] * weights).sum(1),
                  out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))(batch)
@@ -151,7 +151,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrlhf.models import ModelConfig
 from jaxrlhf.parallel import MeshConfig, distributed, make_mesh
-from jaxrlhf.train import sft
+from jaxrlhf.stages import artifacts, common
 distributed.initialize(distributed.resolve())
 mesh = make_mesh(MeshConfig(data=1, fsdp=8))  # Every sharded parameter spans both processes.
 # host_copy of an array split over the 2 processes: the whole value on each.
@@ -161,7 +161,7 @@ assert not x.is_fully_addressable
 np.testing.assert_array_equal(distributed.host_copy(x), np.arange(48, dtype=np.float32).reshape(8, 6))
 config = ModelConfig(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                      mlp_dim=64)
-setup = sft.policy_setup(config, None, optax.sgd(0.1), 0, mesh)
+setup = common.policy_setup(config, None, optax.sgd(0.1), 0, mesh)
 state = setup.init()
 leaves = jax.tree_util.tree_leaves_with_path(state.params)
 assert any(not v.is_fully_addressable for _, v in leaves)
@@ -169,7 +169,7 @@ assert any(not v.is_fully_addressable for _, v in leaves)
 checks = {jax.tree_util.keystr(k): float(jax.jit(lambda a: jnp.sum(a * (jnp.arange(a.size).reshape(a.shape) % 7)),
                                                  out_shardings=NamedSharding(mesh, P()))(v))
           for k, v in leaves}
-sft.save_policy(setup, state, sys.argv[1] + "/model")
+artifacts.save_policy(setup, state, sys.argv[1] + "/model")
 if jax.process_index() == 0:
   json.dump(checks, open(sys.argv[1] + "/checks.json", "w"))
 """

@@ -12,8 +12,9 @@ from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models import ModelConfig
 from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.data.padding import pad_prompts
 from jaxrlhf.sampling import (best_of_n, best_of_n_curves, best_of_n_kl, best_of_n_kl_estimate, best_of_n_weights,
-                              gold_scorer, pad_prompts, reward_model_scorer, unbiased_best_of_n)
+                              gold_scorer, reward_model_scorer, unbiased_best_of_n)
 
 
 def _brute_force(proxy, gold, n):

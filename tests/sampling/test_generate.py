@@ -9,7 +9,9 @@ import pytest
 from sampling_models import CONFIGS, VOCAB, full_forward, left_padded_prompts, random_model
 
 from jaxrlhf.parallel import MeshConfig, make_mesh
-from jaxrlhf.sampling import generate, pad_prompts, response_logps
+from jaxrlhf.data.padding import pad_prompts
+from jaxrlhf.sampling import generate
+from jaxrlhf.train.scoring import jit_response_logps as response_logps
 
 generate_lib = importlib.import_module("jaxrlhf.sampling.generate")  # the package re-exports the function
 

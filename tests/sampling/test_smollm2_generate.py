@@ -9,7 +9,8 @@ import pytest
 
 from conftest import require_asset
 from jaxrlhf.models import from_pretrained, load_tokenizer
-from jaxrlhf.sampling import generate, pad_prompts
+from jaxrlhf.data.padding import pad_prompts
+from jaxrlhf.sampling import generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.parity]
 

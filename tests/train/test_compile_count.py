@@ -13,11 +13,12 @@ from flax import nnx
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.parallel import MeshConfig, make_mesh
-from jaxrlhf.train import builders
+from jaxrlhf.stages import inputs
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import optim
-from jaxrlhf.train import preference
-from jaxrlhf.train import reward
+from jaxrlhf.parallel.sharding import batch_sharding
+from jaxrlhf.stages import preference
+from jaxrlhf.stages import reward
 from jaxrlhf.train import state as state_lib
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
@@ -116,8 +117,8 @@ def world():
   return World(WorldConfig())
 
 
-def _data_spec() -> builders.DataSpec:
-  return builders.DataSpec(batch_size=8, max_length=MAX_LENGTH, buckets=BUCKETS)
+def _data_spec() -> inputs.DataSpec:
+  return inputs.DataSpec(batch_size=8, max_length=MAX_LENGTH, buckets=BUCKETS)
 
 
 def _model_config(world) -> ModelConfig:
@@ -165,9 +166,9 @@ def test_reward_step_compiles_once_per_bucket(tmp_path, world):
   step_fn = reward.make_ensemble_step(member_graphdef, reward.reward_loss_fn(reward.RewardLossConfig(), head),
                                       opt_config, 1)
   records = world.preference_records(96, "train")
-  iterator = builders.StackedIterator([builders.train_iterator(records, world.tokenizer, data, "preference", 0)],
+  iterator = inputs.StackedIterator([inputs.train_iterator(records, world.tokenizer, data, "preference", 0)],
                                       world.tokenizer.pad_id)
-  _run_and_check(tmp_path, setup, step_fn, iterator, "chosen_input_ids", reward.member_batch_sharding(mesh), mesh)
+  _run_and_check(tmp_path, setup, step_fn, iterator, "chosen_input_ids", batch_sharding(mesh, axis=1), mesh)
 
 
 @pytest.mark.slow
@@ -180,10 +181,10 @@ def test_dpo_step_compiles_once_per_bucket(tmp_path, world, reference):
   setup = preference.preference_setup(cfg, model_config, None, optimizer, mesh)
   loss_fn = preference.preference_loss_fn(cfg.loss, resident=reference == "resident")
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer)
-  iterator = builders.train_iterator(world.preference_records(96, "train"), world.tokenizer, data, "preference", 0)
+  iterator = inputs.train_iterator(world.preference_records(96, "train"), world.tokenizer, data, "preference", 0)
   if reference == "precompute":
     iterator = ZeroReference(iterator)
-  _run_and_check(tmp_path, setup, step_fn, iterator, "chosen_input_ids", loop_lib.batch_sharding(mesh), mesh)
+  _run_and_check(tmp_path, setup, step_fn, iterator, "chosen_input_ids", batch_sharding(mesh), mesh)
 
 
 def test_counter_sees_compiles_by_name():

@@ -95,7 +95,7 @@ def test_check_override_and_argv_parsing():
 def test_load_config_missing_file_and_variant():
   with pytest.raises(ConfigError, match=r"--config: config file not found: 'configs/nope\.py'"):
     config_lib.load_config("configs/nope.py")
-  config = config_lib.load_config(str(REPO_ROOT / "configs" / "_toy.py") + ":nan")
+  config = config_lib.load_config(str(REPO_ROOT / "tests" / "toy_config.py") + ":nan")
   assert config.nan_at_step == 5
   with pytest.raises(AttributeError):  # Locked: a new key cannot be added.
     config.new_key = 1

@@ -1,4 +1,4 @@
-"""The shared loop on the toy algorithm (configs/_toy.py): sharding invariance, resume, NaN guard, outputs."""
+"""The shared loop on the toy algorithm (tests/toy_config.py): sharding invariance, resume, NaN guard, outputs."""
 
 import json
 import os
@@ -19,7 +19,8 @@ from jaxrlhf.train import loop as loop_lib  # noqa: E402
 from jaxrlhf.train import metrics as metrics_lib  # noqa: E402
 NonFiniteError = loop_lib.NonFiniteError
 
-TOY = str(REPO_ROOT / "configs" / "_toy.py")
+TOY = str(REPO_ROOT / "tests" / "toy_config.py")
+TOY_KINDS = run_lib.load_kinds(f"{TOY}:KINDS")
 
 
 def toy_stage(variant="smoke", **dotted):
@@ -31,7 +32,7 @@ def toy_stage(variant="smoke", **dotted):
     for p in parents:
       node = node[p]
     node[leaf] = value
-  [(_, kind, cfg)] = run_lib.plan(config)
+  [(_, kind, cfg)] = run_lib.plan(config, TOY_KINDS)
   return kind, cfg
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrlhf.data import records as records_lib
+from jaxrlhf.data.padding import pad_rows
 from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.data.synthetic import tokenizer as tokenizer_lib
 
@@ -148,19 +149,6 @@ def _split_index(split: str) -> int:
 def _check_count(name: str, n: int) -> None:
   if not isinstance(n, (int, np.integer)) or n < 0:
     raise ValueError(f"{name} must be an int >= 0, got {n!r}")
-
-
-def pad_rows(rows: Sequence[Sequence[int]], width: int | None = None, pad_id: int = 0):
-  """Right-pads id lists to (B, width) int32 ids and an int32 mask (width defaults to the longest row)."""
-  width = max([len(r) for r in rows] + [1]) if width is None else width
-  ids = np.full((len(rows), width), pad_id, np.int32)
-  mask = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    if len(r) > width:
-      raise ValueError(f"rows[{i}] has {len(r)} ids, more than width {width}")
-    ids[i, :len(r)] = r
-    mask[i, :len(r)] = 1
-  return ids, mask
 
 
 class World:

@@ -1,10 +1,11 @@
 """TEST FIXTURE config (not an experiment): a tiny NNX MLP regression that exercises the generic train loop,
 the config boundary, stage chaining, sweeps and tables in seconds on a CPU.
 
-It also defines and registers its own stage kind, "toy_regression", because the real stage kinds belong
-to the lead's experiment code and the train-loop tests must not depend on them.
+It defines its own stage kind, "toy_regression", in the table `KINDS` (so the train-loop tests do not depend on
+the real stages); runs pass it explicitly: `python -m experiments.run --config tests/toy_config.py
+--extra_kinds tests.toy_config:KINDS --workdir ...` (the same flag for experiments.sweep).
 
-Variants (`configs/_toy.py:<variant>`):
+Variants (`tests/toy_config.py:<variant>`):
   smoke   (default) one stage, 12 updates.
   staged  two stages: "pretrain" -> "finetune" (finetune starts from pretrain's final checkpoint).
   nan     one stage whose batch at update 5 is NaN (the NaN-guard test).
@@ -22,12 +23,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-import experiments
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.parallel import MeshConfig, make_mesh
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
+from jaxrlhf.stages.kinds import StageKind
+from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import state as state_lib
 
 # ---------------------------------------------------------------------------------------------------------
@@ -128,7 +130,6 @@ def run_toy(cfg: ToyConfig, workdir: str, inputs: dict) -> dict:
                                      cfg.seed, mesh=mesh, shardings=state_lib.logical_shardings(mesh))
   init_from = cfg.init_from or next((o["checkpoint_dir"] for o in inputs.values() if "checkpoint_dir" in o), "")
   if init_from:
-    from jaxrlhf.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
     src = checkpoint_lib.Checkpointer(init_from, async_save=False)
     prev, _ = src.restore(setup.abstract)
     src.close()
@@ -150,7 +151,7 @@ def run_toy(cfg: ToyConfig, workdir: str, inputs: dict) -> dict:
   return {"checkpoint_dir": results["checkpoint_dir"], "metrics": results["metrics"]}
 
 
-experiments.register_stage("toy_regression", ToyConfig, run_toy)
+KINDS = {"toy_regression": StageKind("toy_regression", ToyConfig, run_toy, ("checkpoint_dir",))}
 
 # ---------------------------------------------------------------------------------------------------------
 # The config proper.
@@ -200,7 +201,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.finetune.seed = config.get_ref("seed")
     config.finetune.loop.num_steps = 8
   else:
-    raise ValueError(f"configs/_toy.py: unknown variant {variant!r}; valid: smoke, nan, staged, fail")
+    raise ValueError(f"tests/toy_config.py: unknown variant {variant!r}; valid: smoke, nan, staged, fail")
   config.tables = ml_collections.ConfigDict(dict(metrics=("train/loss", "eval/loss")))
   config.plots = [ml_collections.ConfigDict(dict(name="lr_vs_loss", x="optimizer.learning_rate",
                                                  y="eval/loss", group_by=""))]

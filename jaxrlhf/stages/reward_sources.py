@@ -1,4 +1,4 @@
-"""Reward sources for online RL: a reward model, an ensemble with an aggregation, the synthetic gold reward,
+"""Reward sources of the online stages: a reward model, an ensemble with an aggregation, the synthetic gold reward,
 a (deliberately hackable) process reward over response steps with Clip / Delta refinement, sentence BLEU against
 reference responses, and a user Python function; several sources are summed with weights.
 
@@ -24,15 +24,17 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxrlhf.config import ConfigError, field
+from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.losses import aggregation as aggregation_lib
 from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import common
 
 KINDS = ("reward_model", "gold", "process", "bleu", "python")
 REFINEMENTS = ("none", "clip", "delta")
-AGGREGATIONS = ("mean", "median", "min", "mean_minus_std", "mean_minus_var")
 SMOOTHING = ("exp", "add1", "none")
 
 
@@ -55,8 +57,8 @@ class RewardSourceSpec:
   kind: str = field("gold", choices=KINDS)
   name: str = field("")
   weight: float = field(1.0)
-  reward_model: str = field("")
-  aggregation: str = field("mean", choices=AGGREGATIONS)
+  reward_model: str = stage_ref("rm_dir")
+  aggregation: str = field("mean", choices=aggregation_lib.AGGREGATION_METHODS)
   lam: float = field(1.0, min=0.0)
   function: str = field("")
   smoothing: str = field("exp", choices=SMOOTHING)
@@ -190,10 +192,9 @@ def member_statistics(rm: Any, prompt_ids_NxP: np.ndarray, prompt_mask_NxP: np.n
 
   Args:
     rm: a RewardEnsemble ((R, K) rewards) or RewardModel ((R,), treated as K = 1).
-    prompt_ids_NxP, prompt_mask_NxP: left-padded prompts (rl.encode_prompts).
+    prompt_ids_NxP, prompt_mask_NxP: left-padded prompts (data.padding.encode_prompts).
     response_ids_NxT, response_mask_NxT: right-padded responses.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   graphdef, state = nnx.split(rm)
   score = jax.jit(lambda state, rollout: nnx.merge(graphdef, state)(*_concat(rollout)))
   rows = []
@@ -380,3 +381,26 @@ def combined_rewards(sources: Sequence[RewardSource], models: Mapping[str, Any],
   per_source = {s.label: s.score(models, rollout).astype(jnp.float32) for s in sources}
   total = sum(s.weight * per_source[s.label] for s in sources)
   return total, per_source
+
+
+def load_reward_models(specs: Sequence[RewardSourceSpec], inputs: dict,
+                       reference: tuple[np.ndarray, ...] | None = None
+                       ) -> tuple[dict[str, tuple[Any, dict]], dict[int, tuple[np.ndarray, np.ndarray]]]:
+  """({"rm_<i>": (factory key -> fresh RewardEnsemble of the saved shape, its saved Param values)} for the
+  reward-model sources; the factory keeps the jitted init free of the saved weights (they are written after)),
+  {i: (mean_K, std_K)} for the sources with `standardize`, over `reference` = (prompt ids, prompt mask,
+  response ids, response mask) of the reference responses."""
+  out, stats = {}, {}
+  for i, spec in enumerate(specs):
+    if spec.kind != "reward_model":
+      continue
+    rm_dir = common.resolve_path(spec.reward_model, inputs, "rm_dir")
+    rm = artifacts.load_reward_model(rm_dir)
+    if spec.standardize:
+      stats[i] = member_statistics(rm, *reference)
+      print(f"[rl] rewards[{i}] ({spec.label}): members standardized over {len(reference[0])} reference "
+            f"responses: mean {np.round(stats[i][0], 4).tolist()}, std {np.round(stats[i][1], 4).tolist()}",
+            flush=True)
+    out[f"rm_{i}"] = (artifacts.reward_model_factory(rm_dir),
+                      jax.device_get(nnx.to_pure_dict(nnx.state(rm, nnx.Param))))
+  return out, stats

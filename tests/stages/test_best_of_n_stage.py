@@ -10,12 +10,13 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
-from jaxrlhf.evaluation import best_of_n_stage
+from jaxrlhf.evaluation import best_of_n as bon_metrics
+from jaxrlhf.stages import best_of_n as best_of_n_stage
 from jaxrlhf.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble
 from jaxrlhf.sampling.best_of_n import best_of_n_kl
-from jaxrlhf.train import builders
+from jaxrlhf.stages import artifacts
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -25,7 +26,7 @@ WORLD = {"num_prompts": 256, "max_response_len": 12}
 def test_curve_metrics_by_hand():
   curves = {"n": np.asarray([1.0, 2.0, 4.0]), "gold": np.asarray([0.0, 1.0, 0.5]),
             "proxy": np.asarray([1.0, 3.0, 5.0])}
-  m = best_of_n_stage.curve_metrics(curves, gold_std=0.5, proxy_std=2.0)
+  m = bon_metrics.curve_metrics(curves, gold_std=0.5, proxy_std=2.0)
   assert m["gold_gain_std"] == pytest.approx(1.0)  # (0.5 - 0) / 0.5
   assert m["proxy_gain_std"] == pytest.approx(2.0)  # (5 - 1) / 2
   assert m["gap_std"] == pytest.approx(1.0)
@@ -48,12 +49,12 @@ def test_stage_on_tiny_models(tmp_path):
   policy_dir = str(tmp_path / "policy")
   save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), policy_dir)
   rm = RewardEnsemble(config, HeadConfig(), 2, rngs=nnx.Rngs(1))
-  rm_dir = builders.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(rm))
+  rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(rm))
   cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"), "world": WORLD,
                      "num_prompts": 4, "pool_size": 8, "batch_size": 4, "max_new_tokens": 6},
                     best_of_n_stage.BestOfNConfig)
   workdir = str(tmp_path / "bon")
-  out = best_of_n_stage.run_best_of_n(cfg, workdir, {})
+  out = best_of_n_stage.run(cfg, workdir, {})
   with open(out["results"]) as f:
     results = json.load(f)
   assert set(results["curves"]) == {"gold", "rm_mean", "rm_min"}
@@ -63,8 +64,9 @@ def test_stage_on_tiny_models(tmp_path):
   assert np.all(np.diff(gold_curve["gold"]) >= -1e-9)  # selecting by gold itself never lowers gold
   np.testing.assert_allclose(gold_curve["kl"], best_of_n_kl(gold_curve["n"]))
   # Recompute the pools and check n = 1 (pool mean) and n = N (the proxy argmax's gold) by hand.
-  gold, rm_scores, _ = best_of_n_stage.sample_pools(
-      from_pretrained(policy_dir)[0], world, builders.load_reward_model(rm_dir), cfg)
+  pools = best_of_n_stage.generate_pools(from_pretrained(policy_dir)[0], world, cfg)
+  gold = pools["gold"]
+  rm_scores = best_of_n_stage.score_pools(artifacts.load_reward_model(rm_dir), pools, cfg.batch_size)
   proxy = rm_scores.min(axis=-1)
   curve = results["curves"]["rm_min"]
   assert curve["gold"][0] == pytest.approx(gold.mean(), rel=1e-5)

@@ -13,7 +13,9 @@ from flax import nnx
 from jaxrlhf.config import from_config
 from jaxrlhf.models import ModelConfig
 from jaxrlhf.models.heads import HeadConfig
-from jaxrlhf.train import builders, optim, reward
+from jaxrlhf.stages import artifacts, common, inputs
+from jaxrlhf.stages import reward
+from jaxrlhf.train import optim
 from jaxrlhf.train import state as state_lib
 
 TINY = ModelConfig(vocab_size=32, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32)
@@ -158,12 +160,12 @@ def _stage_cfg(**overrides):
 def test_ensemble_stage_same_losses_on_1_and_8_devices_and_loads_back(tmp_path):
   runs = {}
   for n in (1, 8):
-    out = reward.run_reward(_stage_cfg(num_devices=n), str(tmp_path / f"d{n}"), {})
+    out = reward.run(_stage_cfg(num_devices=n), str(tmp_path / f"d{n}"), {})
     with open(tmp_path / f"d{n}" / "metrics.jsonl") as f:
       runs[n] = [json.loads(l)["train/loss"] for l in f if "train/loss" in l]
   np.testing.assert_allclose(runs[1], runs[8], rtol=1e-5, atol=1e-5)
   assert {"eval/accuracy_0", "eval/accuracy_1", "eval/gold_agreement"} <= set(out["metrics"])
-  ensemble = builders.load_reward_model(out["rm_dir"])
+  ensemble = artifacts.load_reward_model(out["rm_dir"])
   ids = jnp.ones((2, 5), jnp.int32)
   assert ensemble(ids).shape == (2, 2)
 
@@ -180,7 +182,7 @@ def test_tiny_rm_agrees_with_gold_on_held_out_pairs(tmp_path):
       loop=dict(num_steps=300, log_every=50, checkpoint_every=300, progress=False, tensorboard=False,
                 async_checkpoints=False))
   start = time.time()
-  out = reward.run_reward(cfg, str(tmp_path), {})
+  out = reward.run(cfg, str(tmp_path), {})
   elapsed = time.time() - start
   print(f"gold agreement {out['metrics']['eval/gold_agreement']:.3f}, held-out accuracy "
         f"{out['metrics']['eval/accuracy']:.3f}, {elapsed:.0f} s")
@@ -207,25 +209,25 @@ def test_members_from_one_pretrained_backbone_differ_only_by_head():
 
 
 def test_saved_reward_model_margins_feed_the_data(tmp_path):
-  data = builders.DataSpec(num_train=12, num_eval=0, batch_size=8, max_length=40, margin_from="reward_model",
+  data = inputs.DataSpec(num_train=12, num_eval=0, batch_size=8, max_length=40, margin_from="reward_model",
                            reward_model="stage:rm")
-  world = builders.make_world(data)
+  world = inputs.make_world(data.world)
   records = world.preference_records(12, "train")
   config = TINY.replace(vocab_size=world.tokenizer.vocab_size)
   setup = reward.ensemble_setup(config, HeadConfig(), 2, optim.make_optimizer(optim.OptimizerConfig()), 0, None)
   state = setup.init()
   ensemble = nnx.merge(setup.graphdef, state.params, state.extra)
-  rm_dir = builders.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(ensemble))
-  path = builders.resolve_path(data.reward_model, {"rm": {"rm_dir": rm_dir}}, "rm_dir")
-  margins = builders.reward_margins(path, records, world.tokenizer, data)
+  rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(ensemble))
+  path = common.resolve_path(data.reward_model, {"rm": {"rm_dir": rm_dir}}, "rm_dir")
+  margins = inputs.reward_margins(path, records, world.tokenizer, data)
   tok = world.tokenizer
-  from jaxrlhf.data.synthetic import pad_rows
+  from jaxrlhf.data.padding import pad_rows
   rewards = []
   for side in ("chosen", "rejected"):
     ids, mask = pad_rows([tok.encode(r.prompt) + tok.encode(getattr(r, side)) + [tok.eos_id] for r in records])
     rewards.append(np.asarray(ensemble(jnp.asarray(ids), jnp.asarray(mask))))  # (N, K members)
   np.testing.assert_allclose(margins, (rewards[0] - rewards[1]).mean(axis=1), rtol=1e-4, atol=1e-5)
-  relabeled = builders.with_margins(records, margins, data)
+  relabeled = inputs.with_margins(records, margins, data)
   assert [r.margin for r in relabeled] == pytest.approx(list(margins))
 
 
@@ -234,7 +236,7 @@ def test_ensemble_stage_same_losses_with_shared_prompt_scoring(tmp_path):
   runs = {}
   for mode in ("off", "on"):
     cfg = _stage_cfg(data=dict(num_train=256, num_eval=64, batch_size=16, max_length=40, shared_prompt=mode))
-    out = reward.run_reward(cfg, str(tmp_path / mode), {})
+    out = reward.run(cfg, str(tmp_path / mode), {})
     assert out["data_report"]["shared_prompt"]["used"] == (mode == "on")
     with open(tmp_path / mode / "metrics.jsonl") as f:
       runs[mode] = ([json.loads(l)["train/loss"] for l in f if "train/loss" in l], out["metrics"])

@@ -1,4 +1,4 @@
-"""Preference optimization: the DPO family (every `dpo_loss` type, weighted combinations), SimPO, ORPO, KTO
+"""The "preference" stage. Preference optimization: the DPO family (every `dpo_loss` type, weighted combinations), SimPO, ORPO, KTO
 (the unpaired view of the pairs) and T-REG, with per-example weights and dynamic beta, through the shared loop.
 
 One step runs chosen and rejected through the policy in ONE forward: 2B rows, or B shared-prompt rows
@@ -39,16 +39,17 @@ from jaxrlhf.losses import kto as kto_lib
 from jaxrlhf.losses import preference as pref_lib
 from jaxrlhf.losses import reference_free
 from jaxrlhf.losses import token_level
+from jaxrlhf.models import CausalLM
 from jaxrlhf.parallel import MeshConfig
-from jaxrlhf.train import builders
+from jaxrlhf.parallel import distributed
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import common
+from jaxrlhf.stages import inputs as inputs_lib
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
-from jaxrlhf.train import pairs
-from jaxrlhf.train.pairs import pair_token_logps  # Re-exported: the layout-aware pair forward.
+from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
-from jaxrlhf.train.sft import final_state, save_policy
-from jaxrlhf.train.sft import logical_or_replicated as _shardings
 
 ALGORITHMS = ("dpo", "simpo", "orpo", "kto", "treg")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -96,8 +97,8 @@ class PreferenceLossConfig:
 class PreferenceConfig:
   """The "preference" stage."""
   seed: int = field(0)
-  model: builders.ModelSpec = field(default_factory=builders.ModelSpec)
-  data: builders.DataSpec = field(default_factory=builders.DataSpec)
+  model: common.ModelSpec = field(default_factory=common.ModelSpec)
+  data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
   loss: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
   reference: str = field("precompute", choices=("precompute", "resident"))
   logps_chunk_size: int = field(0, min=0)
@@ -109,26 +110,11 @@ class PreferenceConfig:
   def validate(self, path: str) -> None:
     if self.loss.dynamic_beta_w > 0 and self.data.margin_from == "none":
       raise ConfigError(f"{path}.data.margin_from: dynamic beta (loss.dynamic_beta_w > 0) needs margins; valid "
-                        f"choices: {', '.join(m for m in builders.MARGIN_SOURCES if m != 'none')}")
+                        f"choices: {', '.join(m for m in inputs_lib.MARGIN_SOURCES if m != 'none')}")
     sorting = [t for t in self.loss.loss_type if t in pref_lib.SORTING_LOSS_TYPES]
     if sorting and self.loss.dynamic_beta_w > 0:
       raise ConfigError(f"{path}.loss.loss_type: {sorting} sorts the batch and cannot use dynamic beta")
-    if self.data.batch_size % self.optimizer.grad_accum_steps:
-      raise ConfigError(f"{path}.data.batch_size: {self.data.batch_size} is not divisible by "
-                        f"{path}.optimizer.grad_accum_steps={self.optimizer.grad_accum_steps}")
-
-
-class FrozenParam(nnx.Variable):
-  """A parameter that is not trained: `nnx.split(model, nnx.Param, ...)` puts it in the state's `extra`."""
-
-
-def frozen(module: nnx.Module) -> nnx.Module:
-  """`module` with every nnx.Param turned into a FrozenParam (same values and logical-axis metadata)."""
-  graphdef, state = nnx.split(module)
-  state = jax.tree.map(
-      lambda v: FrozenParam(v.get_value(), **v.get_metadata()) if isinstance(v, nnx.Param) else v, state,
-      is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return nnx.merge(graphdef, state)
+    common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
 
 
 class PolicyWithReference(nnx.Module):
@@ -137,12 +123,11 @@ class PolicyWithReference(nnx.Module):
 
   def __init__(self, policy: nnx.Module, reference: nnx.Module):
     self.policy = policy
-    self.reference = frozen(reference)
+    self.reference = common.frozen(reference)
 
 
 def needs_reference(loss: PreferenceLossConfig) -> bool:
   return loss.algorithm not in REFERENCE_FREE
-
 
 # ------------------------------------------------------------------------------------------------ log-probs
 def _halves(x):
@@ -153,10 +138,9 @@ def _halves(x):
 def token_rewards(model: Any, batch: dict, better_ids: tuple[int, ...], worse_ids: tuple[int, ...],
                   chunk_size: int = 0) -> jax.Array:
   """T-REG token rewards (2B, T) of chosen then rejected rows under `model` (detached)."""
-  better, mask = pair_token_logps(model, batch, chunk_size, better_ids)
-  worse, _ = pair_token_logps(model, batch, chunk_size, worse_ids)
+  better, mask = scoring.pair_token_logps(model, batch, chunk_size, better_ids)
+  worse, _ = scoring.pair_token_logps(model, batch, chunk_size, worse_ids)
   return token_level.contrastive_token_rewards(better, worse, mask)
-
 
 # ------------------------------------------------------------------------------------------------ the loss
 def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size: int = 0,
@@ -173,7 +157,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
   def loss_fn(model, batch, rng):
     del rng
     policy = model.policy if resident else model
-    token_logps, mask = pair_token_logps(policy, batch, chunk_size)
+    token_logps, mask = scoring.pair_token_logps(policy, batch, chunk_size)
     mask = mask.astype(jnp.float32)
     logps_2B = jnp.sum(token_logps, axis=-1)
     lengths_2B = jnp.sum(mask, axis=-1)
@@ -189,7 +173,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     rc = rr = None
     if needs_reference(loss):
       if resident:
-        ref_token_logps, _ = pair_token_logps(model.reference, batch, chunk_size)
+        ref_token_logps, _ = scoring.pair_token_logps(model.reference, batch, chunk_size)
         rc, rr = _halves(jax.lax.stop_gradient(jnp.sum(ref_token_logps, axis=-1)))
       else:
         rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -256,7 +240,6 @@ def _kto(loss: PreferenceLossConfig, logps_2B, ref_2B, w_B, beta):
   }
   return lc + lr, metrics
 
-
 # ------------------------------------------------------------------------------------------------ reference cache
 class ReferenceCache:
   """Reference log-probs (and optional T-REG token rewards) of pairs, keyed by the pair's tokens."""
@@ -271,8 +254,8 @@ class ReferenceCache:
     for batch in batches:
       rc, rr, tok = jax.device_get(ref_fn(batch))
       b = rc.shape[0]
-      for i in np.flatnonzero(pairs.nonempty_rows(batch)):  # Skip only empty filler rows.
-        key = pairs.row_key(batch, i)
+      for i in np.flatnonzero(scoring.nonempty_rows(batch)):  # Skip only empty filler rows.
+        key = scoring.row_key(batch, i)
         rows = None if tok is None else np.stack([tok[i], tok[b + i]])
         table[key] = (float(rc[i]), float(rr[i]), rows)
     return cls(table)
@@ -296,11 +279,11 @@ class ReferenceCache:
 
   def attach(self, batch: dict) -> dict:
     """The batch plus `ref_chosen_logps`, `ref_rejected_logps` (B,) [and `ref_token_rewards` (2B, T)]."""
-    b, t = batch["weight"].shape[0], pairs.row_length(batch)
+    b, t = batch["weight"].shape[0], scoring.row_length(batch)
     rc, rr = np.zeros((b,), np.float32), np.zeros((b,), np.float32)
     tok = None
-    for i in np.flatnonzero(pairs.nonempty_rows(batch)):  # Not the empty filler rows (end of a finite pass).
-      key = pairs.row_key(batch, i)
+    for i in np.flatnonzero(scoring.nonempty_rows(batch)):  # Not the empty filler rows (end of a finite pass).
+      key = scoring.row_key(batch, i)
       if key not in self.table:
         raise KeyError("reference cache: a batch pair has no precomputed reference log-probs (was the cache "
                        "built from other data or another tokenizer? delete reference_cache.npz to rebuild)")
@@ -336,50 +319,71 @@ class ReferenceBatches:
   def set_state(self, state: Any) -> None:
     self.iterator.set_state(state)
 
-
 # ------------------------------------------------------------------------------------------------ setup and stage
 def preference_setup(cfg: PreferenceConfig, model_config: Any, pretrained: dict | None, optimizer: Any, mesh: Any
                      ) -> state_lib.StateSetup:
   """The policy (precompute / reference-free) or PolicyWithReference (resident) train state."""
-  from jaxrlhf.models import CausalLM  # pylint: disable=g-import-not-at-top
   if cfg.reference == "resident" and needs_reference(cfg.loss):
     def model_fn(key):
       return PolicyWithReference(CausalLM(model_config, rngs=nnx.Rngs(key)),
                                  CausalLM(model_config, rngs=nnx.Rngs(key)))
     setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh,
-                                       shardings=_shardings(mesh))
+                                       shardings=common.logical_or_replicated(mesh))
     if pretrained is None:
       return setup
     fresh = setup.init
 
     def init():
       state = fresh()
-      params = builders.overwrite(state.params, pretrained, ("policy",))
-      extra = builders.overwrite(state.extra, {k: v for k, v in pretrained.items()}, ("reference",))
+      params = common.overwrite(state.params, pretrained, ("policy",))
+      extra = common.overwrite(state.extra, {k: v for k, v in pretrained.items()}, ("reference",))
       return state.replace(params=params, extra=extra)
 
     return setup._replace(init=init)
-  from jaxrlhf.train.sft import policy_setup  # pylint: disable=g-import-not-at-top
-  return policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
+  return common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
 
 
-def control_ids(tokenizer: Any, text: str, path: str) -> tuple[int, ...]:
-  ids = tuple(tokenizer.encode(text))
-  if not ids:
-    raise ValueError(f"{path}: {text!r} encodes to no tokens")
-  return ids
+def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records: list, tokenizer: Any,
+                     better: tuple[int, ...], worse: tuple[int, ...], workdir: str, shared_prompt: bool
+                     ) -> ReferenceCache:
+  """Loads `workdir/reference_cache.npz`, or computes it with the initial policy (= the reference) and saves it."""
+  path = os.path.join(workdir, "reference_cache.npz")
+  if os.path.exists(path):
+    print(f"[preference] reusing reference log-probs from {path}", flush=True)
+    return ReferenceCache.load(path)
+  with_tokens = cfg.loss.algorithm == "treg" and cfg.loss.treg_token_rewards == "reference"
+  state = setup.init()
+  chunk = cfg.logps_chunk_size
+
+  @jax.jit
+  def ref_fn(params, extra, batch):
+    model = nnx.merge(setup.graphdef, params, extra)
+    token_logps, _ = scoring.pair_token_logps(model, batch, chunk)
+    rc, rr = _halves(jnp.sum(token_logps, axis=-1))
+    tok = token_rewards(model, batch, better, worse, chunk) if with_tokens else None
+    return rc, rr, tok
+
+  batches = inputs_lib.eval_batches(records, tokenizer, cfg.data, "preference", shared_prompt=shared_prompt)
+  cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches)
+  del state
+  if distributed.is_primary():  # Every process computed the same table; one writes it.
+    os.makedirs(workdir, exist_ok=True)
+    cache.save(path)
+  distributed.barrier(f"reference_cache:{path}")
+  print(f"[preference] reference log-probs of {len(cache.table)} pairs saved to {path}", flush=True)
+  return cache
 
 
-def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
+def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   """The "preference" stage: (reference pass), training, held-out pair metrics, saves `workdir/model`."""
   data, loss = cfg.data, cfg.loss
-  context = builders.stage_context(cfg, inputs)
+  context = inputs_lib.stage_context(cfg, inputs)
   world, mesh, model_config, pretrained, tokenizer = context
-  train_records, eval_records, report = builders.prepared_pairs(data, context, inputs)
+  train_records, eval_records, report = inputs_lib.prepared_pairs(data, context, inputs)
   better = worse = ()
   if loss.algorithm == "treg":
-    better = control_ids(tokenizer, loss.treg_better, "config.loss.treg_better")
-    worse = control_ids(tokenizer, loss.treg_worse, "config.loss.treg_worse")
+    better = inputs_lib.control_ids(tokenizer, loss.treg_better, "config.loss.treg_better")
+    worse = inputs_lib.control_ids(tokenizer, loss.treg_worse, "config.loss.treg_worse")
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = preference_setup(cfg, model_config, pretrained, optimizer, mesh)
   resident = cfg.reference == "resident" and needs_reference(loss)
@@ -388,11 +392,11 @@ def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                       schedule=optim.make_schedule(cfg.optimizer))
-  shared, layout_report = builders.choose_shared_prompt(data, train_records, tokenizer, model_config,
-                                                        with_lm_head=True)
+  shared, layout_report = inputs_lib.choose_shared_prompt(data, train_records, tokenizer, model_config,
+                                                          with_lm_head=True)
   report = {**report, "shared_prompt": layout_report}
-  data_iter = builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed, shared_prompt=shared)
-  batches = builders.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
+  data_iter = inputs_lib.train_iterator(train_records, tokenizer, data, "preference", cfg.seed, shared_prompt=shared)
+  batches = inputs_lib.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
   if needs_reference(loss) and not resident:
     cache = _reference_cache(cfg, setup, train_records + eval_records, tokenizer, better, worse, workdir, shared)
     data_iter = ReferenceBatches(data_iter, cache)
@@ -413,38 +417,6 @@ def run_preference(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
 
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None)
-  model_dir = save_policy(setup, final_state(setup, results), os.path.join(workdir, "model"),
-                          prefix="policy" if resident else "")
-  return builders.stage_outputs(results, model_dir=model_dir, data_report=report)
-
-
-def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records: list, tokenizer: Any,
-                     better: tuple[int, ...], worse: tuple[int, ...], workdir: str, shared_prompt: bool
-                     ) -> ReferenceCache:
-  """Loads `workdir/reference_cache.npz`, or computes it with the initial policy (= the reference) and saves it."""
-  path = os.path.join(workdir, "reference_cache.npz")
-  if os.path.exists(path):
-    print(f"[preference] reusing reference log-probs from {path}", flush=True)
-    return ReferenceCache.load(path)
-  with_tokens = cfg.loss.algorithm == "treg" and cfg.loss.treg_token_rewards == "reference"
-  state = setup.init()
-  chunk = cfg.logps_chunk_size
-
-  @jax.jit
-  def ref_fn(params, extra, batch):
-    model = nnx.merge(setup.graphdef, params, extra)
-    token_logps, _ = pair_token_logps(model, batch, chunk)
-    rc, rr = _halves(jnp.sum(token_logps, axis=-1))
-    tok = token_rewards(model, batch, better, worse, chunk) if with_tokens else None
-    return rc, rr, tok
-
-  batches = builders.eval_batches(records, tokenizer, cfg.data, "preference", shared_prompt=shared_prompt)
-  cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches)
-  del state
-  from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
-  if distributed.is_primary():  # Every process computed the same table; one writes it.
-    os.makedirs(workdir, exist_ok=True)
-    cache.save(path)
-  distributed.barrier(f"reference_cache:{path}")
-  print(f"[preference] reference log-probs of {len(cache.table)} pairs saved to {path}", flush=True)
-  return cache
+  model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
+                                    prefix="policy" if resident else "")
+  return common.stage_outputs(results, model_dir=model_dir, data_report=report)

@@ -5,7 +5,7 @@ import pytest
 from jaxrlhf.config import from_config
 from jaxrlhf.data.records import PreferenceRecord
 from jaxrlhf.models import ModelConfig
-from jaxrlhf.train import builders
+from jaxrlhf.stages import inputs
 
 MODEL = ModelConfig(vocab_size=64, embed_dim=32, num_layers=2, num_heads=2, num_kv_heads=2, head_dim=16, mlp_dim=64)
 
@@ -19,7 +19,7 @@ class CharTokenizer:
 
 
 def _data(**kw):
-  return from_config(dict(batch_size=4, **kw), builders.DataSpec, path="config.data")
+  return from_config(dict(batch_size=4, **kw), inputs.DataSpec, path="config.data")
 
 
 def _records(prompt_len, response_len, n=8):
@@ -31,11 +31,11 @@ def _records(prompt_len, response_len, n=8):
 def test_auto_shares_long_prompts_and_not_long_responses(with_lm_head):
   # Buckets as tight as the data: only the prompt's repetition can be saved.
   data = _data(max_length=64, buckets=(16, 32, 48, 64))
-  long_prompt = builders.choose_shared_prompt(data, _records(40, 7), CharTokenizer(), MODEL,
+  long_prompt = inputs.choose_shared_prompt(data, _records(40, 7), CharTokenizer(), MODEL,
                                               with_lm_head=with_lm_head)
-  long_responses = builders.choose_shared_prompt(data, _records(2, 29), CharTokenizer(), MODEL,
+  long_responses = inputs.choose_shared_prompt(data, _records(2, 29), CharTokenizer(), MODEL,
                                                  with_lm_head=with_lm_head)
-  assert long_prompt[0] and long_prompt[1]["cost_ratio"] < builders.SHARED_PROMPT_MAX_COST
+  assert long_prompt[0] and long_prompt[1]["cost_ratio"] < inputs.SHARED_PROMPT_MAX_COST
   # 2 + 30 = 32 fits the bucket 32 exactly; shared 2 + 30 + 30 = 62 pads to 64: no saving, more attention.
   assert not long_responses[0] and long_responses[1]["cost_ratio"] > 1.0
   assert long_prompt[1]["mode"] == "auto"
@@ -43,7 +43,7 @@ def test_auto_shares_long_prompts_and_not_long_responses(with_lm_head):
 
 def test_on_and_off_are_obeyed_without_measuring():
   for mode in ("on", "off"):
-    used, report = builders.choose_shared_prompt(_data(shared_prompt=mode), [], CharTokenizer(), MODEL,
+    used, report = inputs.choose_shared_prompt(_data(shared_prompt=mode), [], CharTokenizer(), MODEL,
                                                  with_lm_head=False)
     assert used == (mode == "on") and report == {"mode": mode, "used": mode == "on"}
 

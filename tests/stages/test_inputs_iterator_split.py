@@ -4,15 +4,15 @@ import jax
 import numpy as np
 
 from jaxrlhf.data.synthetic import World, WorldConfig
-from jaxrlhf.train import builders
+from jaxrlhf.stages import inputs
 
 
 def _data():
-  return builders.DataSpec(num_train=64, num_eval=16, batch_size=8, max_length=40, shuffle=False)
+  return inputs.DataSpec(num_train=64, num_eval=16, batch_size=8, max_length=40, shuffle=False)
 
 
 def _batches(records, tokenizer, data, n=2):
-  it = builders.train_iterator(records, tokenizer, data, "preference", seed=0)
+  it = inputs.train_iterator(records, tokenizer, data, "preference", seed=0)
   return it, [next(it) for _ in range(n)]
 
 
@@ -29,9 +29,9 @@ def test_train_iterator_yields_this_process_rows_and_eval_stays_whole(monkeypatc
     assert it.process_local
     assert all(b["chosen_input_ids"].shape[0] == 4 for b in batches)
     parts.append(batches)
-    evals = builders.eval_batches(records[:16], world.tokenizer, data, "preference")
+    evals = inputs.eval_batches(records[:16], world.tokenizer, data, "preference")
     assert evals[0]["chosen_input_ids"].shape[0] == 8  # every process evaluates whole batches
-    stacked = builders.StackedIterator([it, it], world.tokenizer.pad_id)
+    stacked = inputs.StackedIterator([it, it], world.tokenizer.pad_id)
     assert stacked.process_local
   monkeypatch.undo()
   for step, full in enumerate(whole):

@@ -1,9 +1,9 @@
-"""Online RL from rewards: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) in one step, through the loop.
+"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) in one step, through the loop.
 
 Design: ONE jitted program per loop step does the whole iteration, so sampling and updates never leave XLA:
   1. rollout: G samples per prompt from the current policy with `sampling.generate` (KV cache, while_loop),
      rows prompt-major (contiguous groups of G, the losses library's layout);
-  2. scoring: the weighted reward sources (`train.rewards`; reward models run inside the program, BLEU and
+  2. scoring: the weighted reward sources (`stages.reward_sources`; reward models run inside the program, BLEU and
      Python functions through `jax.pure_callback`); the old-policy and reference log-probs by one
      teacher-forced forward each (logits / temperature, as TRL), all under stop_gradient;
   3. advantages: `group_advantages` (GRPO, scale_rewards group/batch/none) or `rloo_advantages`;
@@ -23,7 +23,6 @@ iterator checkpoints its position, so a resumed run draws exactly the rollouts o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -34,18 +33,20 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrlhf.config import ConfigError, field
-from jaxrlhf.data import tokenize as tokenize_lib
+from jaxrlhf.data import padding
 from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf.models import CausalLM
 from jaxrlhf.parallel import MeshConfig
-from jaxrlhf.train import builders
+from jaxrlhf.sampling.generate import generate
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import common
+from jaxrlhf.stages import inputs as inputs_lib
+from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
-from jaxrlhf.train import rewards as rewards_lib
+from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
-from jaxrlhf.train.preference import frozen
-from jaxrlhf.train.sft import final_state, save_policy
-from jaxrlhf.train.sft import logical_or_replicated as _shardings
 
 ALGORITHMS = ("grpo", "rloo")
 KL_MODES = ("none", "reward", "loss")
@@ -92,7 +93,7 @@ class RLConfig:
   padded to `max_prompt_length`; `eval_prompts` validation prompts for eval (gold, proxy, KL, length).
   """
   seed: int = field(0)
-  model: builders.ModelSpec = field(default_factory=builders.ModelSpec)
+  model: common.ModelSpec = field(default_factory=common.ModelSpec)
   world: dict = field(default_factory=dict)
   num_prompts: int = field(1024, min=1)
   prompts_per_step: int = field(8, min=1)
@@ -119,8 +120,7 @@ class RLConfig:
     if self.loss.kl_mode != "none" and self.loss.beta == 0:
       raise ConfigError(f"{path}.loss.beta: must be > 0 with kl_mode={self.loss.kl_mode!r} (or set kl_mode "
                         "'none')")
-    builders.DataSpec(world=self.world).validate(path)
-
+    inputs_lib.check_world(self.world, path)
 
 # ------------------------------------------------------------------------------------------------ the model
 class RLModel(nnx.Module):
@@ -128,32 +128,13 @@ class RLModel(nnx.Module):
 
   def __init__(self, policy: nnx.Module, reference: nnx.Module | None, reward_models: dict[str, nnx.Module]):
     self.policy = policy
-    self.reference = frozen(reference) if reference is not None else None
+    self.reference = common.frozen(reference) if reference is not None else None
     self.rm_names = tuple(sorted(reward_models))
     for name, rm in reward_models.items():
-      setattr(self, name, frozen(rm))
+      setattr(self, name, common.frozen(rm))
 
   def reward_models(self) -> dict[str, nnx.Module]:
     return {name: getattr(self, name) for name in self.rm_names}
-
-
-def response_logps(model: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.Array, tokens_RxN: jax.Array,
-                   mask_RxN: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """(logps_RxN, entropy_RxN) of the response tokens under softmax(logits / temperature), 0 on masked slots.
-
-  One forward over [left-padded prompt | right-padded response]; response token n is predicted at P + n - 1.
-  Differentiable (the policy loss) and used under stop_gradient for the old-policy and reference log-probs.
-  """
-  p = prompt_ids_RxP.shape[1]
-  valid = mask_RxN > 0
-  mask_RxT = jnp.concatenate([prompt_mask_RxP > 0, valid], axis=1)
-  ids_RxT = jnp.where(mask_RxT, jnp.concatenate([prompt_ids_RxP, tokens_RxN], axis=1), 0).astype(jnp.int32)
-  logits_RxNxV = model(ids_RxT, mask_RxT)[:, p - 1:-1].astype(jnp.float32) / temperature
-  logp_RxNxV = jax.nn.log_softmax(logits_RxNxV, axis=-1)
-  logps = jnp.take_along_axis(logp_RxNxV, ids_RxT[:, p:, None], axis=-1)[..., 0]
-  entropy = -jnp.sum(jnp.exp(logp_RxNxV) * logp_RxNxV, axis=-1)
-  return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0)
-
 
 # ------------------------------------------------------------------------------------------------ advantages / loss
 def advantages(loss: RLLossConfig, rewards_R: jax.Array) -> jax.Array:
@@ -201,12 +182,11 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
 
   def loss_fn(model, batch, rng):
     del rng
-    logps, _ = response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
+    logps, _ = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
                               batch["mask"], temperature)
     return policy_loss_terms(loss, logps, batch, max_length)
 
   return loss_fn
-
 
 # ------------------------------------------------------------------------------------------------ rollout and step
 def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
@@ -217,7 +197,6 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
   advantages (R,), prompt_index (R,).
   """
-  from jaxrlhf.sampling.generate import generate  # pylint: disable=g-import-not-at-top
   g = num_samples or loss.num_generations
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
                  rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
@@ -226,7 +205,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
                mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
-  old_logps, entropy = response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
+  old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
                                       sampling.temperature)
   batch["old_logps"] = jax.lax.stop_gradient(old_logps)
   valid = (gen.mask > 0).astype(jnp.float32)
@@ -237,7 +216,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   for label, r in per_source.items():
     metrics[f"reward/{label}"] = jnp.mean(r)
   if model.reference is not None:
-    ref_logps, _ = response_logps(model.reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
+    ref_logps, _ = scoring.response_logps(model.reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
                                   sampling.temperature)
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
     seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
@@ -280,94 +259,10 @@ def rollout_key(state: state_lib.TrainState) -> jax.Array:
   """The rollout key of the next step: a function of the state alone (exact resume)."""
   return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), ROLLOUT_STREAM)
 
-
-# ------------------------------------------------------------------------------------------------ prompts
-class PromptIterator:
-  """Endless batches of left-padded prompts {prompt_ids, prompt_mask (B, P) int32, prompt_index (B,) int32},
-  a fresh seeded permutation each epoch; get_state/set_state for an exact resume."""
-
-  def __init__(self, ids_NxP: np.ndarray, mask_NxP: np.ndarray, batch_size: int, seed: int):
-    if ids_NxP.shape[0] < batch_size:
-      raise ValueError(f"prompts: {ids_NxP.shape[0]} prompts is fewer than one batch of {batch_size}")
-    self.ids, self.mask, self.batch_size, self.seed = ids_NxP, mask_NxP, batch_size, seed
-    self.epoch, self.pos = 0, 0
-
-  def __iter__(self):
-    return self
-
-  def _order(self) -> np.ndarray:
-    return np.random.default_rng([self.seed, self.epoch]).permutation(self.ids.shape[0])
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    if self.pos + self.batch_size > self.ids.shape[0]:
-      self.epoch, self.pos = self.epoch + 1, 0
-    idx = self._order()[self.pos:self.pos + self.batch_size]
-    self.pos += self.batch_size
-    return {"prompt_ids": self.ids[idx], "prompt_mask": self.mask[idx], "prompt_index": idx.astype(np.int32)}
-
-  def get_state(self) -> dict:
-    return {"epoch": self.epoch, "pos": self.pos}
-
-  def set_state(self, state: dict) -> None:
-    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[str], width: int) -> tuple[np.ndarray, np.ndarray]:
-  """Left-padded (N, width) ids and mask; longer prompts keep their last `width` tokens."""
-  from jaxrlhf.sampling.generate import pad_prompts  # pylint: disable=g-import-not-at-top
-  rows = [tokenize_lib.encode_prompt(tokenizer, p)[-width:] for p in prompts]
-  return pad_prompts(rows, tokenizer.pad_id, width=width)
-
-
 # ------------------------------------------------------------------------------------------------ setup and stage
-def reference_responses(tokenizer: Any, responses: Sequence[str], width: int) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded (N, width) ids and mask of responses as a rollout holds them (text + eos, cut at `width`)."""
-  ids = np.full((len(responses), width), tokenizer.pad_id, np.int32)
-  mask = np.zeros((len(responses), width), np.int32)
-  for i, text in enumerate(responses):
-    row = tokenize_lib.encode_response(tokenizer, text)[:width]
-    ids[i, :len(row)], mask[i, :len(row)] = row, 1
-  return ids, mask
-
-
-def _load_reward_models(specs: Sequence[rewards_lib.RewardSourceSpec], inputs: dict,
-                        reference: tuple[np.ndarray, ...] | None = None
-                        ) -> tuple[dict[str, tuple[Any, dict]], dict[int, tuple[np.ndarray, np.ndarray]]]:
-  """({"rm_<i>": (factory key -> fresh RewardEnsemble of the saved shape, its saved Param values)} for the
-  reward-model sources; the factory keeps the jitted init free of the saved weights (they are written after)),
-  {i: (mean_K, std_K)} for the sources with `standardize`, over `reference` = (prompt ids, prompt mask,
-  response ids, response mask) of the reference responses."""
-  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
-  out, stats = {}, {}
-  for i, spec in enumerate(specs):
-    if spec.kind != "reward_model":
-      continue
-    rm_dir = builders.resolve_path(spec.reward_model, inputs, "rm_dir")
-    rm = builders.load_reward_model(rm_dir)
-    if spec.standardize:
-      stats[i] = rewards_lib.member_statistics(rm, *reference)
-      print(f"[rl] rewards[{i}] ({spec.label}): members standardized over {len(reference[0])} reference "
-            f"responses: mean {np.round(stats[i][0], 4).tolist()}, std {np.round(stats[i][1], 4).tolist()}",
-            flush=True)
-    with open(os.path.join(rm_dir, "spec.json")) as f:
-      saved = json.load(f)
-    head = dict(saved["head"])
-    if head.get("attribute_weights") is not None:
-      head["attribute_weights"] = tuple(head["attribute_weights"])
-    config, head = builders.model_config_from_dict(saved["model"]), HeadConfig(**head)
-
-    def factory(key, config=config, head=head, k=saved["num_members"]):
-      return RewardEnsemble(config, head, k, rngs=nnx.Rngs(key))
-
-    out[f"rm_{i}"] = (factory, jax.device_get(nnx.to_pure_dict(nnx.state(rm, nnx.Param))))
-  return out, stats
-
-
 def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_models: dict, optimizer: Any,
              mesh: Any) -> state_lib.StateSetup:
   """The RLModel train state: policy (+ frozen reference = the initial policy) + frozen reward models."""
-  from jaxrlhf.models import CausalLM  # pylint: disable=g-import-not-at-top
   with_reference = cfg.loss.kl_mode != "none"
 
   def model_fn(key):
@@ -375,55 +270,28 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
     ref = CausalLM(model_config, rngs=nnx.Rngs(key)) if with_reference else None
     return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms)
 
-  setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh, shardings=_shardings(mesh))
+  setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh,
+                                     shardings=common.logical_or_replicated(mesh))
   fresh = setup.init
 
   def init():
     state = fresh()
     params, extra = state.params, state.extra
     if pretrained is not None:
-      params = builders.overwrite(params, pretrained, ("policy",))
+      params = common.overwrite(params, pretrained, ("policy",))
       if with_reference:
-        extra = builders.overwrite(extra, pretrained, ("reference",))
+        extra = common.overwrite(extra, pretrained, ("reference",))
     for name, (_, pure) in reward_models.items():
-      extra = builders.overwrite(extra, pure, (name,))
+      extra = common.overwrite(extra, pure, (name,))
     return state.replace(params=params, extra=extra)
 
   return setup._replace(init=init)
 
 
-def run_rl(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
-  """The "rl" stage: GRPO / RLOO training, eval on held-out prompts, saves the policy to `workdir/model`."""
-  world = builders.make_world(builders.DataSpec(world=cfg.world))
-  tokenizer = world.tokenizer
-  mesh = builders.make_stage_mesh(cfg.mesh, cfg.num_devices)
-  model_config, pretrained, _ = builders.load_weights(cfg.model, inputs, tokenizer.vocab_size)
-  records = world.sft_records(cfg.num_prompts, "train")
-  prompts = [r.prompt for r in records]
-  ids, mask = encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
-  reference = (ids, mask, *reference_responses(tokenizer, [r.response for r in records], cfg.sampling.max_new_tokens))
-  reward_models, member_stats = _load_reward_models(cfg.rewards, inputs, reference)
-  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, prompts=prompts,
-                                      references=[[r.response] for r in records], member_stats=member_stats)
-  optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
-  step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                         world=world)
-  data_iter = PromptIterator(ids, mask, cfg.prompts_per_step, cfg.seed)
-  eval_fn = None
-  if cfg.eval_prompts:
-    eval_fn = _eval_fn(cfg, setup, sources, world, tokenizer)
-  replicated = NamedSharding(mesh, P())  # Prompt batches are tiny; R rows need not divide the mesh.
-  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn)
-  model_dir = save_policy(setup, final_state(setup, results), os.path.join(workdir, "model"), prefix="policy")
-  return builders.stage_outputs(results, model_dir=model_dir)
-
-
 def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, tokenizer: Any):
   """state -> {gold, reward/*, kl, completion_length, repeat_rate} of one sample per held-out prompt (fixed key)."""
   texts = world.prompts(cfg.eval_prompts, "validation")
-  ids, mask = encode_prompts(tokenizer, texts, cfg.max_prompt_length)
+  ids, mask = padding.encode_prompts(tokenizer, texts, cfg.max_prompt_length)
   prompts = {"prompt_ids": ids, "prompt_mask": mask, "prompt_index": np.zeros(len(texts), np.int32)}
   # BLEU and Python sources index the TRAIN prompt table (references, texts): not defined for these prompts.
   eval_sources = [s for s, spec in zip(sources, cfg.rewards) if spec.kind in ("reward_model", "gold", "process")]
@@ -440,3 +308,33 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, to
     return {k: float(v) for k, v in jax.device_get(evaluate(state)).items()}
 
   return eval_fn
+
+
+def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
+  """The "rl" stage: GRPO / RLOO training, eval on held-out prompts, saves the policy to `workdir/model`."""
+  world = inputs_lib.make_world(cfg.world)
+  tokenizer = world.tokenizer
+  mesh = common.make_stage_mesh(cfg.mesh, cfg.num_devices)
+  model_config, pretrained, _ = common.load_weights(cfg.model, inputs, tokenizer.vocab_size)
+  records = world.sft_records(cfg.num_prompts, "train")
+  prompts = [r.prompt for r in records]
+  ids, mask = padding.encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
+  reference = (ids, mask, *padding.encode_responses(tokenizer, [r.response for r in records],
+                                                    cfg.sampling.max_new_tokens))
+  reward_models, member_stats = rewards_lib.load_reward_models(cfg.rewards, inputs, reference)
+  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, prompts=prompts,
+                                      references=[[r.response] for r in records], member_stats=member_stats)
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
+  step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                         world=world)
+  data_iter = inputs_lib.PromptIterator(ids, mask, cfg.prompts_per_step, cfg.seed)
+  eval_fn = None
+  if cfg.eval_prompts:
+    eval_fn = _eval_fn(cfg, setup, sources, world, tokenizer)
+  replicated = NamedSharding(mesh, P())  # Prompt batches are tiny; R rows need not divide the mesh.
+  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
+                           mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn)
+  model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
+                                    prefix="policy")
+  return common.stage_outputs(results, model_dir=model_dir)

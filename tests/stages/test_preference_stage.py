@@ -16,7 +16,8 @@ from jaxrlhf.losses import kto as kto_lib
 from jaxrlhf.losses import preference as pref_lib
 from jaxrlhf.losses import reference_free, token_level
 from jaxrlhf.models import CausalLM, ModelConfig
-from jaxrlhf.train import preference
+from jaxrlhf.stages import preference
+from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
 TINY = ModelConfig(vocab_size=32, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32)
@@ -199,7 +200,7 @@ def test_reference_cache_round_trip(tmp_path):
   policy, ref = _models()
   batch = _batch(np.random.default_rng(6))
   expected = _with_ref(batch, ref)
-  ref_fn = jax.jit(lambda b: (*preference._halves(jnp.sum(preference.pair_token_logps(ref, b)[0], -1)), None))
+  ref_fn = jax.jit(lambda b: (*preference._halves(jnp.sum(scoring.pair_token_logps(ref, b)[0], -1)), None))
   cache = preference.ReferenceCache.compute(ref_fn, [batch])
   cache.save(str(tmp_path / "c.npz"))
   loaded = preference.ReferenceCache.load(str(tmp_path / "c.npz"))
@@ -232,18 +233,18 @@ def _losses(workdir):
 def test_dpo_stage_lowers_loss_and_reuses_cache_on_resume(tmp_path, capsys):
   cfg = _stage_cfg(loop=dict(num_steps=24, log_every=4, checkpoint_every=12, progress=False, tensorboard=False,
                              async_checkpoints=False))
-  out = preference.run_preference(cfg, str(tmp_path), {})
+  out = preference.run(cfg, str(tmp_path), {})
   losses = _losses(tmp_path)
   assert losses[-1] < losses[0] - 0.05 and losses[0] == pytest.approx(np.log(2), abs=0.05), losses
   assert (tmp_path / "reference_cache.npz").exists() and out["metrics"]["eval/rewards/accuracy"] >= 0
   # A rerun of the finished workdir loads the cache instead of recomputing it.
-  preference.run_preference(cfg, str(tmp_path), {})
+  preference.run(cfg, str(tmp_path), {})
   assert "reusing reference log-probs" in capsys.readouterr().out
 
 
 @pytest.mark.slow  # ~25 s: two stage runs.
 def test_dpo_stage_same_losses_on_1_and_8_devices(tmp_path):
-  runs = {n: (preference.run_preference(_stage_cfg(num_devices=n, reference="resident"),
+  runs = {n: (preference.run(_stage_cfg(num_devices=n, reference="resident"),
                                         str(tmp_path / f"d{n}"), {}), _losses(tmp_path / f"d{n}"))[1]
           for n in (1, 8)}
   np.testing.assert_allclose(runs[1], runs[8], rtol=1e-5, atol=1e-5)
@@ -256,7 +257,7 @@ def test_dpo_stage_same_losses_with_shared_prompt_scoring(tmp_path, reference):
   for mode in ("off", "on"):
     cfg = _stage_cfg(reference=reference, data=dict(num_train=128, num_eval=32, batch_size=16, max_length=40,
                                                     shared_prompt=mode))
-    out = preference.run_preference(cfg, str(tmp_path / mode), {})
+    out = preference.run(cfg, str(tmp_path / mode), {})
     assert out["data_report"]["shared_prompt"] == {"mode": mode, "used": mode == "on"}
     runs[mode] = (_losses(tmp_path / mode), out["metrics"])
   np.testing.assert_allclose(runs["on"][0], runs["off"][0], rtol=1e-5, atol=1e-5)

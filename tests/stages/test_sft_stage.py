@@ -11,7 +11,9 @@ from flax import nnx
 
 from jaxrlhf.config import from_config
 from jaxrlhf.models import CausalLM, ModelConfig
-from jaxrlhf.train import builders, optim, sft
+from jaxrlhf.stages import common, inputs
+from jaxrlhf.stages import sft
+from jaxrlhf.train import optim
 
 TINY = dict(vocab_size=32, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32)
 
@@ -64,12 +66,12 @@ def _world_cfg(**overrides):
 
 def test_sft_training_lowers_loss_on_world():
   cfg = _world_cfg()
-  world = builders.make_world(cfg.data)
-  records, _, _ = builders.sft_records(cfg.data, world)
-  data_iter = builders.train_iterator(records, world.tokenizer, cfg.data, "sft", 0)
-  mc = builders.model_config(cfg.model, world.tokenizer.vocab_size)
+  world = inputs.make_world(cfg.data.world)
+  records, _, _ = inputs.sft_records(cfg.data, world)
+  data_iter = inputs.train_iterator(records, world.tokenizer, cfg.data, "sft", 0)
+  mc = common.model_config(cfg.model, world.tokenizer.vocab_size)
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = sft.policy_setup(mc, None, optimizer, 0, None)
+  setup = common.policy_setup(mc, None, optimizer, 0, None)
   step = jax.jit(sft.make_sft_step(setup.graphdef, cfg.optimizer))
   state = setup.init()
   losses = []
@@ -87,7 +89,7 @@ def _losses(workdir):
 def test_sft_same_losses_on_1_and_8_devices(tmp_path):
   runs = {}
   for n in (1, 8):
-    out = sft.run_sft(_world_cfg(num_devices=n), str(tmp_path / f"d{n}"), {})
+    out = sft.run(_world_cfg(num_devices=n), str(tmp_path / f"d{n}"), {})
     runs[n] = _losses(tmp_path / f"d{n}")
     assert (tmp_path / f"d{n}" / "model" / "config.json").exists() and out["model_dir"]
   assert len(runs[1]) == 4
@@ -101,7 +103,7 @@ def test_packed_stage_trains_on_more_tokens_per_row(tmp_path):
   tokens = {}
   for pack in (False, True):
     cfg = _world_cfg(data=dict(num_train=64, num_eval=0, batch_size=8, max_length=40, pack=pack), loop=loop)
-    out = sft.run_sft(cfg, str(tmp_path / f"pack_{pack}"), {})
+    out = sft.run(cfg, str(tmp_path / f"pack_{pack}"), {})
     assert np.isfinite(out["metrics"]["train/loss"])
     tokens[pack] = out["metrics"]["train/tokens"]
   assert tokens[True] > tokens[False]
@@ -110,11 +112,11 @@ def test_packed_stage_trains_on_more_tokens_per_row(tmp_path):
 def test_init_from_previous_stage(tmp_path):
   cfg = _world_cfg(loop=dict(num_steps=1, log_every=1, checkpoint_every=1, progress=False, tensorboard=False,
                              async_checkpoints=False))
-  first = sft.run_sft(cfg, str(tmp_path / "a"), {})
+  first = sft.run(cfg, str(tmp_path / "a"), {})
   cfg2 = _world_cfg(model=dict(init_from="stage:a"),
                     loop=dict(num_steps=1, log_every=1, checkpoint_every=1, progress=False, tensorboard=False,
                               async_checkpoints=False), optimizer=dict(learning_rate=0.0))
-  second = sft.run_sft(cfg2, str(tmp_path / "b"), {"a": first})
+  second = sft.run(cfg2, str(tmp_path / "b"), {"a": first})
   # lr 0: the second stage's saved weights are the first stage's.
   from jaxrlhf.models import from_pretrained
   m1, _ = from_pretrained(first["model_dir"])
@@ -122,7 +124,7 @@ def test_init_from_previous_stage(tmp_path):
   for a, b in zip(jax.tree.leaves(nnx.state(m1)), jax.tree.leaves(nnx.state(m2))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
   with pytest.raises(ValueError, match="no finished stage 'zz'"):
-    builders.resolve_path("stage:zz", {"a": first})
+    common.resolve_path("stage:zz", {"a": first})
 
 
 def test_packed_rows_give_the_same_loss_as_padded_rows():
@@ -131,7 +133,7 @@ def test_packed_rows_give_the_same_loss_as_padded_rows():
   from flax import nnx
   from jaxrlhf.models.config import ModelConfig
   from jaxrlhf.models.decoder import CausalLM
-  from jaxrlhf.train.sft import sft_loss_fn
+  from jaxrlhf.stages.sft import sft_loss_fn
 
   model = CausalLM(ModelConfig(vocab_size=50, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                                mlp_dim=64), rngs=nnx.Rngs(0))

@@ -11,8 +11,8 @@ import pytest
 
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models.config import ModelConfig, RopeScaling
-from jaxrlhf.train import builders
-from jaxrlhf.train import rewards
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import reward_sources as rewards
 
 
 @pytest.fixture(scope="module")
@@ -145,4 +145,4 @@ def test_model_config_from_dict_round_trips():
                        mlp_dim=32, rope_scaling=RopeScaling(rope_type="linear", factor=2.0), eos_token_id=(1, 2))
   d = dataclasses.asdict(config)
   d["eos_token_id"] = list(d["eos_token_id"])  # as json writes it
-  assert builders.model_config_from_dict(d) == config
+  assert artifacts.model_config_from_dict(d) == config

@@ -1,4 +1,4 @@
-"""Reward modeling: Bradley-Terry (margins, centering, label smoothing, adaptive margins), multi-attribute
+"""The "reward" stage. Reward modeling: Bradley-Terry (margins, centering, label smoothing, adaptive margins), multi-attribute
 regression, K-head and K-member ensembles, trained through the shared loop.
 
 One member is a `RewardModel`; its pure loss is `reward_loss_fn(config, head)`. A stage always trains K >= 1
@@ -13,7 +13,7 @@ Members and their randomness:
     keeps its own head init (a "finetune-seed" ensemble; the default, one backbone init per member, is the
     "pretrain-seed" ensemble);
   - data order: member k reads its OWN pipeline over the same training pairs, shuffled with seed `seed + k`
-    (K pipelines, stacked into (K, B, T) batches by `builders.StackedIterator`).
+    (K pipelines, stacked into (K, B, T) batches by `inputs.StackedIterator`).
 A "multihead" head instead puts K scalar heads on one shared backbone, with one BT loss per head.
 
 Evaluation (held-out pairs): pairwise accuracy per member and of the member mean (ties count as wrong) and, in
@@ -31,20 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.losses import reward as reward_losses
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
 from jaxrlhf.parallel import MeshConfig
-from jaxrlhf.train import builders
+from jaxrlhf.parallel.sharding import batch_sharding
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import common
+from jaxrlhf.stages import inputs as inputs_lib
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
-from jaxrlhf.train import pairs
+from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
-from jaxrlhf.train.sft import logical_or_replicated as _shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +87,8 @@ class RewardLossConfig:
 class RewardConfig:
   """The "reward" stage."""
   seed: int = field(0)
-  model: builders.ModelSpec = field(default_factory=builders.ModelSpec)
-  data: builders.DataSpec = field(default_factory=builders.DataSpec)
+  model: common.ModelSpec = field(default_factory=common.ModelSpec)
+  data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
   head: HeadSpec = field(default_factory=HeadSpec)
   num_members: int = field(1, min=1)
   shared_backbone: bool = field(False)  # Random init: all members start from member 0's backbone.
@@ -98,10 +99,7 @@ class RewardConfig:
   num_devices: int = field(0, min=0)
 
   def validate(self, path: str) -> None:
-    if self.data.batch_size % self.optimizer.grad_accum_steps:
-      raise ConfigError(f"{path}.data.batch_size: {self.data.batch_size} is not divisible by "
-                        f"{path}.optimizer.grad_accum_steps={self.optimizer.grad_accum_steps}")
-
+    common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
 
 # ------------------------------------------------------------------------------------------------ the loss
 def _weighted(x_B: jax.Array, w_B: jax.Array) -> metrics_lib.Avg:
@@ -131,7 +129,7 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
           m, loss.margin_scale, clip_min=loss.margin_clip_min)
     metrics = {}
     if head.kind == "attributes":
-      a_c, a_r = pairs.pair_rewards(model, batch, attributes=True)
+      a_c, a_r = scoring.pair_rewards(model, batch, attributes=True)
       valid = batch["attributes_mask"] * (w_B[:, None] > 0)
       mse_c, _ = reward_losses.attribute_regression_loss(a_c, batch["chosen_attributes"], valid)
       mse_r, _ = reward_losses.attribute_regression_loss(a_r, batch["rejected_attributes"], valid)
@@ -142,7 +140,7 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
       metrics["attributes/mse"] = metrics_lib.Avg(jnp.sum(w_B * has_attr * (mse_c + mse_r) / 2),
                                                   jnp.sum(w_B * has_attr))
     else:
-      r_c, r_r = pairs.pair_rewards(model, batch)
+      r_c, r_r = scoring.pair_rewards(model, batch)
       if r_c.ndim == 2:  # multihead: one BT loss per head, summed
         per_pair = jnp.sum(jax.vmap(bt, in_axes=(1, 1, None))(r_c, r_r, margin), axis=0)
         r_c, r_r = jnp.mean(r_c, axis=-1), jnp.mean(r_r, axis=-1)
@@ -155,12 +153,11 @@ def reward_loss_fn(loss: RewardLossConfig, head: HeadConfig) -> state_lib.LossFn
         "rewards/accuracy": _weighted((r_c > r_r).astype(jnp.float32), w_B),
         "examples": metrics_lib.Sum(jnp.sum((w_B > 0).astype(jnp.float32))),
         # Tokens read by the forward (both responses and the prompt once or twice, by layout), real pairs only.
-        "tokens": metrics_lib.Sum(jnp.sum((w_B > 0) * pairs.tokens_read(batch))),
+        "tokens": metrics_lib.Sum(jnp.sum((w_B > 0) * scoring.tokens_read(batch))),
     })
     return jnp.sum(w_B * per_pair), jnp.sum(w_B), metrics
 
   return loss_fn
-
 
 # ------------------------------------------------------------------------------------------------ the ensemble
 def member_key(seed: int, k: int) -> jax.Array:
@@ -218,7 +215,7 @@ def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimi
   setup = state_lib.init_train_state(lambda key: _stacked_members(model_config, head, num_members, seed,
                                                                   shared_backbone),
                                      member_optimizer(optimizer), seed, mesh=mesh,
-                                     shardings=_shardings(mesh))
+                                     shardings=common.logical_or_replicated(mesh))
   if pretrained is None:
     return setup
   backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
@@ -226,8 +223,8 @@ def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimi
 
   def init():
     state = fresh()
-    return state.replace(params=builders.overwrite(state.params, backbone, ("members", "backbone"),
-                                                   broadcast=num_members))
+    return state.replace(params=common.overwrite(state.params, backbone, ("members", "backbone"),
+                                                 broadcast=num_members))
 
   return setup._replace(init=init)
 
@@ -270,13 +267,6 @@ def make_ensemble_step(member_graphdef: nnx.GraphDef, loss_fn: state_lib.LossFn,
 
   return step_fn
 
-
-def member_batch_sharding(mesh: Any) -> NamedSharding:
-  """(K, B, ...) batches: the member axis replicated, B over the mesh's data axes."""
-  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-  return NamedSharding(mesh, P(None, axes))
-
-
 # ------------------------------------------------------------------------------------------------ evaluation
 def pairwise_scores(rewards_c_BxK: np.ndarray, rewards_r_BxK: np.ndarray, labels_B: np.ndarray | None = None
                     ) -> dict[str, float]:
@@ -303,7 +293,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, batches: list[dict], gold_labels: np.nd
   @jax.jit
   def rewards(state, batch):
     model = nnx.merge(graphdef, state.params, state.extra)
-    r_c, r_r = pairs.pair_rewards(model, batch)
+    r_c, r_r = scoring.pair_rewards(model, batch)
     if r_c.ndim == 3:  # multihead members: (B, K, H) -> mean over heads
       r_c, r_r = r_c.mean(-1), r_r.mean(-1)
     return r_c, r_r
@@ -328,15 +318,14 @@ def gold_labels(world: Any, records: list) -> np.ndarray:
   gold_r = world.gold_of_texts(prompts, [r.rejected for r in records])
   return np.asarray(gold_c) > np.asarray(gold_r)
 
-
 # ------------------------------------------------------------------------------------------------ the stage
-def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
+def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   """The "reward" stage: K members (stacked), eval on held-out pairs, saves `workdir/rm`."""
   data = cfg.data
-  context = builders.stage_context(cfg, inputs)
+  context = inputs_lib.stage_context(cfg, inputs)
   world, mesh, model_config, pretrained, tokenizer = context
   # Held-out pairs stay as read: they are scored against gold labels on their plain prompts.
-  train_records, eval_records, report = builders.prepared_pairs(data, context, inputs, prepare_eval=False)
+  train_records, eval_records, report = inputs_lib.prepared_pairs(data, context, inputs, prepare_eval=False)
   head = cfg.head.head_config()
   num_attributes = head.num_outputs if head.kind == "attributes" else 0
   optimizer = optim.make_optimizer(cfg.optimizer)
@@ -344,21 +333,20 @@ def run_reward(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
                          cfg.shared_backbone)
   member_graphdef = nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, cfg.seed, 0)))
   step_fn = make_ensemble_step(member_graphdef, reward_loss_fn(cfg.loss, head), cfg.optimizer, cfg.num_members)
-  shared, layout_report = builders.choose_shared_prompt(data, train_records, tokenizer, model_config,
-                                                        with_lm_head=False)
+  shared, layout_report = inputs_lib.choose_shared_prompt(data, train_records, tokenizer, model_config,
+                                                          with_lm_head=False)
   report = {**report, "shared_prompt": layout_report}
-  data_iter = builders.StackedIterator(
-      [builders.train_iterator(train_records, tokenizer, data, "preference", cfg.seed + k,
-                               num_attributes=num_attributes, shared_prompt=shared)
+  data_iter = inputs_lib.StackedIterator(
+      [inputs_lib.train_iterator(train_records, tokenizer, data, "preference", cfg.seed + k,
+                                 num_attributes=num_attributes, shared_prompt=shared)
        for k in range(cfg.num_members)], tokenizer.pad_id)
-  batches = builders.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
+  batches = inputs_lib.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
   gold = gold_labels(world, eval_records) if world is not None and eval_records else None
   eval_fn = make_eval_fn(setup.graphdef, batches, gold) if batches else None
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, batch_shardings=member_batch_sharding(mesh), eval_fn=eval_fn)
-  from jaxrlhf.train.sft import final_state  # pylint: disable=g-import-not-at-top
-  state = final_state(setup, results)
+                           mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn)
+  state = common.final_state(setup, results)
   model = nnx.merge(setup.graphdef, state.params, state.extra)
-  rm_dir = builders.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
-                                      nnx.state(model))
-  return builders.stage_outputs(results, rm_dir=rm_dir, num_members=cfg.num_members, data_report=report)
+  rm_dir = artifacts.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
+                                       nnx.state(model))
+  return common.stage_outputs(results, rm_dir=rm_dir, num_members=cfg.num_members, data_report=report)

@@ -1,71 +1,43 @@
-"""Model, tokenizer, data and mesh construction from validated config sections, shared by every stage.
+"""A stage's inputs: the synthetic world or files, records with their transforms, margins and curation, and the
+batch iterators and held-out batches of the input pipeline.
 
-Sections (each a frozen dataclass converted once by `jaxrlhf.config.from_config`):
-  model  `ModelSpec`: random init from ModelConfig fields, a pretrained HF folder / .gguf file, or a previous
-         stage's saved model (`init_from: "stage:sft"`, resolved through the stage outputs dict).
-  data   `DataSpec`: the synthetic world (WorldConfig kwargs) or preference files (paths + format, strict or
-         lenient; the skip report is logged and returned for results.json), the pipeline sizes, an optional
-         reward-augmented relabeling and where the per-pair `margin` comes from.
-  mesh   `jaxrlhf.parallel.MeshConfig`, plus `num_devices` on the stage config.
-
-A stage's saved policy is a Hugging Face folder (`save_pretrained`), so "stage:<name>" and a path load the
-same way; a saved reward model is `rm/params.msgpack` + `rm/spec.json` (see `save_reward_model`).
+`DataSpec` (a stage's `data` section) names the source: the synthetic gold-reward world (`world` = WorldConfig
+kwargs) or preference files (paths + format, strict or lenient; the skip report is logged and returned for
+results.json), the pipeline sizes, an optional reward-augmented relabeling, where the per-pair `margin` comes
+from, curation by preference strength, and the pair layout (`shared_prompt`). `stage_context` is the shared start
+of the training stages: world, mesh, model config and weights, tokenizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import flax.serialization
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from jaxrlhf.config import ConfigError, field
+from jaxrlhf.config import ConfigError, field, stage_ref
+from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
 from jaxrlhf.data import pipeline as pipeline_lib
-from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.data import tokenize
+from jaxrlhf.data import transforms
+from jaxrlhf.data.synthetic import World, WorldConfig
+from jaxrlhf.models import load_tokenizer
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.decoder import layer_param_specs
+from jaxrlhf.stages import artifacts
+from jaxrlhf.stages import common
+from jaxrlhf.train import scoring
 
-STAGE_PREFIX = "stage:"
 MARGIN_SOURCES = ("none", "file", "score", "reward_model")
 CURATE_CHOICES = ("none", "flip", "drop")
 SHARED_PROMPT_CHOICES = ("auto", "on", "off")
 # "auto" scores pairs in the shared-prompt layout when it costs at most this fraction of the two-row layout's
 # estimated FLOPs (the layout adds a gather and a wider attention mask, so a near tie is not worth it).
 SHARED_PROMPT_MAX_COST = 0.9
-
-
-# ------------------------------------------------------------------------------------------------ config sections
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """Where the (policy or backbone) weights come from.
-
-  init_from: "" random init from `config`; "stage:<name>" a previous stage's saved model; otherwise a HF
-    folder or a .gguf file.
-  config: ModelConfig fields (random init; vocab_size defaults to the tokenizer's) or overrides of a loaded
-    model's config (e.g. scan_layers, remat, dtype).
-  """
-  init_from: str = field("")
-  config: dict = field(default_factory=dict)
-
-  def validate(self, path: str) -> None:
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(self.config) - fields)
-    if unknown:
-      raise ConfigError(f"{path}.config.{unknown[0]}: unknown ModelConfig key; valid keys: "
-                        + ", ".join(sorted(fields)))
-    if self.init_from and not self.init_from.startswith(STAGE_PREFIX) and not os.path.exists(self.init_from):
-      raise ConfigError(f"{path}.init_from: {self.init_from!r} does not exist (expected '', "
-                        f"'{STAGE_PREFIX}<stage name>', a HF folder or a .gguf file)")
-    if not self.init_from:
-      try:
-        model_config(self, vocab_size=self.config.get("vocab_size", 256))
-      except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}.config: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +90,7 @@ class DataSpec:
   shuffle: bool = field(True)
   transform: str = field("none", choices=("none", "reward_augmented"))
   margin_from: str = field("none", choices=MARGIN_SOURCES)
-  reward_model: str = field("")
+  reward_model: str = stage_ref("rm_dir")
   num_threads: int = field(0, min=0)
   curate: str = field("none", choices=CURATE_CHOICES)
   curate_fraction: float = field(0.1, min=0.0, max=1.0)
@@ -134,18 +106,13 @@ class DataSpec:
         if not os.path.exists(p):
           raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
     if self.source == "world":
-      from jaxrlhf.data.synthetic import WorldConfig  # pylint: disable=g-import-not-at-top
-      fields = {f.name for f in dataclasses.fields(WorldConfig)}
-      unknown = sorted(set(self.world) - fields)
-      if unknown:
-        raise ConfigError(f"{path}.world.{unknown[0]}: unknown WorldConfig key; valid keys: "
-                          + ", ".join(sorted(fields)))
+      check_world(self.world, path)
     if self.margin_from == "reward_model" and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required when {path}.margin_from='reward_model' "
-                        f"(e.g. '{STAGE_PREFIX}reward')")
+                        f"(e.g. 'stage:reward')")
     if self.curate != "none" and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required when {path}.curate={self.curate!r} (the ensemble whose "
-                        f"mean margin is the preference strength, e.g. '{STAGE_PREFIX}ensemble')")
+                        f"mean margin is the preference strength, e.g. 'stage:ensemble')")
     if self.attribute_levels == 1:
       raise ConfigError(f"{path}.attribute_levels: 1 level erases the attributes; use 0 (as read) or >= 2")
     if self.max_prompt_length >= self.max_length:
@@ -154,96 +121,41 @@ class DataSpec:
     if any(b > self.max_length or b < 2 for b in self.buckets):
       raise ConfigError(f"{path}.buckets: {self.buckets} must lie in [2, max_length={self.max_length}]")
 
-
-# ------------------------------------------------------------------------------------------------ models
-def model_config(spec: ModelSpec, vocab_size: int | None = None, base: ModelConfig | None = None) -> ModelConfig:
-  """The ModelConfig of a random init (`spec.config` over the defaults) or `base` with `spec.config` overrides."""
-  overrides = dict(spec.config)
-  if isinstance(overrides.get("rope_scaling"), Mapping):
-    overrides["rope_scaling"] = RopeScaling(**overrides["rope_scaling"])
-  if base is not None:
-    return base.replace(**overrides)
-  if vocab_size is not None:
-    overrides.setdefault("vocab_size", vocab_size)
-  return ModelConfig(**overrides)
+# ------------------------------------------------------------------------------------------------ world, tokenizer
+def check_world(world: Mapping[str, Any], path: str) -> None:
+  """ConfigError naming `<path>.world.<key>` for a key that is not a WorldConfig field."""
+  fields = {f.name for f in dataclasses.fields(WorldConfig)}
+  unknown = sorted(set(world) - fields)
+  if unknown:
+    raise ConfigError(f"{path}.world.{unknown[0]}: unknown WorldConfig key; valid keys: " + ", ".join(sorted(fields)))
 
 
-def resolve_path(init_from: str, inputs: Mapping[str, Mapping[str, Any]], key: str = "model_dir") -> str:
-  """A path from `init_from`: "stage:<name>" -> that stage's `outputs[key]`; anything else as is."""
-  if not init_from.startswith(STAGE_PREFIX):
-    return init_from
-  name = init_from[len(STAGE_PREFIX):]
-  if name not in inputs:
-    raise ValueError(f"init_from={init_from!r}: no finished stage {name!r}; finished stages: {sorted(inputs)}")
-  if key not in inputs[name]:
-    raise ValueError(f"init_from={init_from!r}: stage {name!r} has no {key!r} output (its outputs: "
-                     f"{sorted(inputs[name])})")
-  return inputs[name][key]
-
-
-def load_weights(spec: ModelSpec, inputs: Mapping[str, Any], vocab_size: int | None
-                 ) -> tuple[ModelConfig, dict | None, str]:
-  """(config, pure param dict of the pretrained CausalLM or None, model path or "")."""
-  if not spec.init_from:
-    return model_config(spec, vocab_size), None, ""
-  from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
-  path = resolve_path(spec.init_from, inputs)
-  overrides = dict(spec.config)
-  # One dtype for parameters and compute when loading (from_pretrained's contract); overrides may set it.
-  dtype = overrides.pop("param_dtype", None) or overrides.pop("dtype", None) or "float32"
-  overrides.pop("dtype", None)
-  lm, config = from_pretrained(path, dtype=jnp.dtype(dtype), **overrides)
-  pure = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
-  return config, jax.device_get(pure), path
-
-
-def overwrite(state: nnx.State, pure: Mapping[str, Any], prefix: Sequence[str] = (), broadcast: int = 0
-              ) -> nnx.State:
-  """A copy of `state` whose leaves under `prefix` are replaced by `pure` (placed like the old leaves).
-
-  broadcast > 0 stacks each new leaf `broadcast` times on a leading axis (an ensemble's shared backbone).
-  """
-  target = nnx.to_pure_dict(state)
-  node = target
-  for key in prefix:
-    node = node[key]
-
-  def put(old, new):
-    new = np.asarray(new)
-    if broadcast:
-      new = np.broadcast_to(new, (broadcast, *new.shape))
-    if new.shape != old.shape:
-      raise ValueError(f"pretrained weights: shape {new.shape} does not match the model's {old.shape}")
-    return jax.device_put(new.astype(old.dtype), old.sharding)
-
-  replaced = jax.tree.map(put, {k: node[k] for k in pure}, dict(pure))
-  node.update(replaced)
-  out = jax.tree.map(lambda x: x, state)
-  nnx.replace_by_pure_dict(out, target)
-  return out
-
-
-# ------------------------------------------------------------------------------------------------ tokenizer, data
-def make_world(data: DataSpec):
-  from jaxrlhf.data.synthetic import World, WorldConfig  # pylint: disable=g-import-not-at-top
-  world_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.world.items()}
-  return World(WorldConfig(**world_kwargs))
+def make_world(world: Mapping[str, Any]) -> World:
+  """The synthetic world of WorldConfig kwargs (lists become tuples, as config files give them)."""
+  return World(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in world.items()}))
 
 
 def make_tokenizer(data: DataSpec, world: Any, model_path: str):
   """The world's tokenizer, `data.tokenizer`, or the pretrained model's."""
   if world is not None and not data.tokenizer:
     return world.tokenizer
-  from jaxrlhf.models import load_tokenizer  # pylint: disable=g-import-not-at-top
   path = data.tokenizer or model_path
   if not path:
     raise ValueError("data.tokenizer: needed for file data with a randomly initialized model")
   return load_tokenizer(path)
 
 
+def control_ids(tokenizer: Any, text: str, path: str) -> tuple[int, ...]:
+  """The token ids of a control context (e.g. T-REG's `<better>`); ValueError naming `path` if it is empty."""
+  ids = tuple(tokenizer.encode(text))
+  if not ids:
+    raise ValueError(f"{path}: {text!r} encodes to no tokens")
+  return ids
+
+
+# ------------------------------------------------------------------------------------------------ records
 def read_files(data: DataSpec) -> tuple[list, list, dict]:
   """(train records, held-out records, skip report dict) from preference files."""
-  from jaxrlhf.data import AdapterConfig, format_skip_report, read_records  # pylint: disable=g-import-not-at-top
   adapter = AdapterConfig(format=data.format, columns=dict(data.columns), strict=data.strict)
   records, report = read_records(list(data.paths), adapter)
   line = format_skip_report(report, f"{data.format} {list(data.paths)}")
@@ -283,18 +195,16 @@ def sft_records(data: DataSpec, world: Any, tokenizer: Any = None, seed: int = 0
   else:
     train, held_out, report = read_files(data)
   if data.goal_fraction > 0:
-    from jaxrlhf.data.transforms import goal_format_records  # pylint: disable=g-import-not-at-top
     role = tokenizer.supports_system_role
-    train = goal_format_records(train, data.goal_fraction, seed, supports_system_role=role)
-    held_out = goal_format_records(held_out, data.goal_fraction, seed + 1, supports_system_role=role)
+    train = transforms.goal_format_records(train, data.goal_fraction, seed, supports_system_role=role)
+    held_out = transforms.goal_format_records(held_out, data.goal_fraction, seed + 1, supports_system_role=role)
   return train, held_out, report
 
 
 def transform_pairs(records: list, data: DataSpec, tokenizer: Any) -> list:
   """Applies `data.transform` (reward-augmented relabeling) at data build time."""
   if data.transform == "reward_augmented":
-    from jaxrlhf.data.transforms import reward_augmented_pairs  # pylint: disable=g-import-not-at-top
-    return reward_augmented_pairs(records, supports_system_role=tokenizer.supports_system_role)
+    return transforms.reward_augmented_pairs(records, supports_system_role=tokenizer.supports_system_role)
   return records
 
 
@@ -320,11 +230,10 @@ def curate_pairs(records: list, strengths: Sequence[float], data: DataSpec) -> t
   The counts dict (total_in, flipped, dropped, total_out, mode, fraction, threshold = the highest strength
   that was flipped or dropped, None if none) is logged and goes to the stage's data report as "curation".
   """
-  from jaxrlhf.data.transforms import curate_by_strength  # pylint: disable=g-import-not-at-top
   if data.curate == "none":
     return list(records), {}
   fraction = data.curate_fraction
-  out, counts = curate_by_strength(records, strengths, flip_fraction=fraction if data.curate == "flip" else 0.0,
+  out, counts = transforms.curate_by_strength(records, strengths, flip_fraction=fraction if data.curate == "flip" else 0.0,
                                    drop_fraction=fraction if data.curate == "drop" else 0.0)
   changed = counts.flipped + counts.dropped
   ranked = np.sort(np.asarray(strengths, np.float64))
@@ -361,7 +270,7 @@ def quantize_attributes(records: list, levels: int) -> tuple[list, dict]:
                              rejected_attributes=level(r.rejected_attributes)) for r in records]
   return out, {"levels": levels, "edges": edges_KxE.tolist()}
 
-
+# ------------------------------------------------------------------------------------------------ stage context
 class StageContext(NamedTuple):
   """What every training stage starts from: the world (None for file data), the mesh, the model's config and
   pretrained weights (None for a random init), and the tokenizer."""
@@ -376,10 +285,10 @@ def stage_context(cfg: Any, inputs: Mapping[str, Any]) -> StageContext:
   """The shared start of the sft / reward / preference stages, from a stage config with `data`, `model`,
   `mesh`, `num_devices` and `optimizer` sections; checks the batch divides over the mesh."""
   data = cfg.data
-  world = make_world(data) if data.source == "world" else None
-  mesh = make_stage_mesh(cfg.mesh, cfg.num_devices)
-  check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
-  model_config, pretrained, model_path = load_weights(
+  world = make_world(data.world) if data.source == "world" else None
+  mesh = common.make_stage_mesh(cfg.mesh, cfg.num_devices)
+  common.check_batch_divisible(data.batch_size // cfg.optimizer.grad_accum_steps, mesh, "config.data.batch_size")
+  model_config, pretrained, model_path = common.load_weights(
       cfg.model, inputs, world.tokenizer.vocab_size if world is not None else None)
   return StageContext(world, mesh, model_config, pretrained, make_tokenizer(data, world, model_path))
 
@@ -394,7 +303,7 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
     held_out = transform_pairs(held_out, data, context.tokenizer)
   margins = eval_margins = None
   if data.margin_from == "reward_model":
-    rm_dir = resolve_path(data.reward_model, inputs, "rm_dir")
+    rm_dir = common.resolve_path(data.reward_model, inputs, "rm_dir")
     margins = reward_margins(rm_dir, train, context.tokenizer, data)
     if prepare_eval and held_out:
       eval_margins = reward_margins(rm_dir, held_out, context.tokenizer, data)
@@ -404,7 +313,7 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
   if data.curate != "none":
     # The strengths are the same mean member margins as margin_from="reward_model" (reused when both are set).
     strengths = margins if margins is not None else reward_margins(
-        resolve_path(data.reward_model, inputs, "rm_dir"), train, context.tokenizer, data)
+        common.resolve_path(data.reward_model, inputs, "rm_dir"), train, context.tokenizer, data)
     train, curation = curate_pairs(train, strengths, data)
     report = {**report, "curation": curation}
   if data.attribute_levels:
@@ -412,7 +321,7 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
     report = {**report, "attribute_levels": quantized}
   return train, held_out, report
 
-
+# ------------------------------------------------------------------------------------------------ the pipeline
 def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | None = None,
                     shuffle: bool | None = None, num_epochs: int | None = None, num_attributes: int = 0,
                     pack: bool | None = None, split_by_process: bool = False, shared_prompt: bool = False
@@ -429,7 +338,8 @@ def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | N
   return pipeline_lib.PipelineConfig(
       kind=kind, batch_size=batch_size or data.batch_size, max_length=data.max_length,
       max_prompt_length=data.max_prompt_length or None, buckets=tuple(data.buckets) or (data.max_length,),
-      pack=pack, shared_prompt=shared_prompt, seed=seed, shuffle=data.shuffle if shuffle is None else shuffle, num_epochs=num_epochs,
+      pack=pack, shared_prompt=shared_prompt, seed=seed, shuffle=data.shuffle if shuffle is None else shuffle,
+      num_epochs=num_epochs,
       num_attributes=num_attributes, num_threads=data.num_threads, prefetch=8 if data.num_threads else 0,
       shard_index=None if split_by_process else 0, shard_count=None if split_by_process else 1)
 
@@ -437,7 +347,6 @@ def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | N
 def _row_flops(model_config: ModelConfig, with_lm_head: bool):
   """Forward FLOPs of one padded row of T tokens: 2 x (non-embedding parameters) per token, the LM head if any,
   and 4 L N H T^2 for the scores and the weighted values (computed over the full T x T mask)."""
-  from jaxrlhf.models.decoder import layer_param_specs  # pylint: disable=g-import-not-at-top
   c = model_config
   per_token = 2 * c.num_layers * sum(int(np.prod(spec.shape)) for spec in layer_param_specs(c).values())
   if with_lm_head:
@@ -455,7 +364,6 @@ def choose_shared_prompt(data: DataSpec, records: list, tokenizer: Any, model_co
   """
   if data.shared_prompt != "auto":
     return data.shared_prompt == "on", {"mode": data.shared_prompt, "used": data.shared_prompt == "on"}
-  from jaxrlhf.data import tokenize  # pylint: disable=g-import-not-at-top
   config = pipeline_config(data, "preference", seed=0, shuffle=False)
   examples = [tokenize.tokenize_pair(r, tokenizer, config.truncation) for r in records[:sample]]
   ratio = pipeline_lib.shared_prompt_cost_ratio(examples, config, _row_flops(model_config, with_lm_head))
@@ -517,73 +425,7 @@ class StackedIterator:
     for it, s in zip(self.iterators, state["members"]):
       it.set_state(s)
 
-
-# ------------------------------------------------------------------------------------------------ mesh
-def make_stage_mesh(mesh_config: Any, num_devices: int):
-  from jaxrlhf.parallel import make_mesh  # pylint: disable=g-import-not-at-top
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return make_mesh(mesh_config, devices)
-
-
-def check_batch_divisible(batch_size: int, mesh: Any, path: str) -> None:
-  shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.axis_names]))
-  if batch_size % shards:
-    raise ValueError(f"{path}: batch size {batch_size} is not divisible by the {shards} data shards of the mesh")
-
-
-# ------------------------------------------------------------------------------------------------ saved reward models
-def _config_dict(config: ModelConfig) -> dict:
-  return dataclasses.asdict(config)
-
-
-def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
-  """The ModelConfig of a saved `dataclasses.asdict(config)` (a saved reward model's spec.json "model"; json
-  turns tuples into lists and nested dataclasses into dicts)."""
-  d = dict(d)
-  if d.get("rope_scaling") is not None:
-    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
-  if isinstance(d.get("eos_token_id"), list):
-    d["eos_token_id"] = tuple(d["eos_token_id"])
-  return ModelConfig(**d)
-
-
-def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State) -> str:
-  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state).
-
-  With several processes, parameters sharded across processes are gathered (every process takes part) and
-  process 0 writes; every process returns after the files exist.
-  """
-  from jaxrlhf.parallel import distributed  # pylint: disable=g-import-not-at-top
-  values = distributed.host_copy(nnx.to_pure_dict(state))
-  if distributed.is_primary():
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "spec.json"), "w") as f:
-      json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
-                indent=2)
-    with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(values))
-  distributed.barrier(f"save_reward_model:{out_dir}")
-  return out_dir
-
-
-def load_reward_model(rm_dir: str):
-  """The saved RewardEnsemble (rewards (B, K)) of `save_reward_model`."""
-  from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(rm_dir, "spec.json")) as f:
-    spec = json.load(f)
-  head = dict(spec["head"])
-  if head.get("attribute_weights") is not None:
-    head["attribute_weights"] = tuple(head["attribute_weights"])
-  config, head = model_config_from_dict(spec["model"]), HeadConfig(**head)
-  abstract = nnx.eval_shape(lambda: RewardEnsemble(config, head, spec["num_members"], rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
-  with open(os.path.join(rm_dir, "params.msgpack"), "rb") as f:
-    pure = flax.serialization.msgpack_restore(f.read())
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-  return nnx.merge(graphdef, state)
-
-
+# ------------------------------------------------------------------------------------------------ margins
 def member_margins(rm: Any, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
   """(N, K) r_k(chosen) - r_k(rejected) of every record under each member k of a RewardEnsemble (multihead
   members: mean over heads), in record order; one forward per batch, in the shared-prompt layout where
@@ -592,13 +434,12 @@ def member_margins(rm: Any, records: list, tokenizer: Any, data: DataSpec) -> np
   Raises:
     ValueError: when pairs were dropped as too long (they cannot be scored), naming data.max_length.
   """
-  from jaxrlhf.train import pairs  # pylint: disable=g-import-not-at-top
   graphdef, state = nnx.split(rm)
   shared, _ = choose_shared_prompt(data, records, tokenizer, rm.members.config, with_lm_head=False)
 
   @jax.jit
   def margins(state, batch):
-    r_c, r_r = pairs.pair_rewards(nnx.merge(graphdef, state), batch)
+    r_c, r_r = scoring.pair_rewards(nnx.merge(graphdef, state), batch)
     diff = r_c - r_r
     return diff.mean(-1) if diff.ndim == 3 else diff
 
@@ -614,12 +455,36 @@ def member_margins(rm: Any, records: list, tokenizer: Any, data: DataSpec) -> np
 def reward_margins(rm_dir: str, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
   """(N,) mean over members of r(chosen) - r(rejected) under a saved reward model, in record order."""
   try:
-    return member_margins(load_reward_model(rm_dir), records, tokenizer, data).mean(axis=-1)
+    return member_margins(artifacts.load_reward_model(rm_dir), records, tokenizer, data).mean(axis=-1)
   except ValueError as e:
     raise ValueError(f"data.reward_model ({rm_dir}): {e}") from None
 
+# ------------------------------------------------------------------------------------------------ prompts
+class PromptIterator:
+  """Endless batches of left-padded prompts {prompt_ids, prompt_mask (B, P) int32, prompt_index (B,) int32},
+  a fresh seeded permutation each epoch; get_state/set_state for an exact resume."""
 
-def stage_outputs(results: Mapping[str, Any], **extra: Any) -> dict:
-  """The JSON outputs of a stage: the checkpoint dir, final metrics, and `extra` (paths, reports)."""
-  return {"checkpoint_dir": results["checkpoint_dir"], "metrics": results["metrics"], **extra}
+  def __init__(self, ids_NxP: np.ndarray, mask_NxP: np.ndarray, batch_size: int, seed: int):
+    if ids_NxP.shape[0] < batch_size:
+      raise ValueError(f"prompts: {ids_NxP.shape[0]} prompts is fewer than one batch of {batch_size}")
+    self.ids, self.mask, self.batch_size, self.seed = ids_NxP, mask_NxP, batch_size, seed
+    self.epoch, self.pos = 0, 0
 
+  def __iter__(self):
+    return self
+
+  def _order(self) -> np.ndarray:
+    return np.random.default_rng([self.seed, self.epoch]).permutation(self.ids.shape[0])
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self.pos + self.batch_size > self.ids.shape[0]:
+      self.epoch, self.pos = self.epoch + 1, 0
+    idx = self._order()[self.pos:self.pos + self.batch_size]
+    self.pos += self.batch_size
+    return {"prompt_ids": self.ids[idx], "prompt_mask": self.mask[idx], "prompt_index": idx.astype(np.int32)}
+
+  def get_state(self) -> dict:
+    return {"epoch": self.epoch, "pos": self.pos}
+
+  def set_state(self, state: dict) -> None:
+    self.epoch, self.pos = int(state["epoch"]), int(state["pos"])

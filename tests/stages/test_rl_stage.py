@@ -17,8 +17,10 @@ from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf.models import CausalLM, ModelConfig
 from jaxrlhf.train import metrics as metrics_lib
-from jaxrlhf.train import rewards as rewards_lib
-from jaxrlhf.train import rl
+from jaxrlhf.data import padding
+from jaxrlhf.stages import inputs
+from jaxrlhf.stages import reward_sources as rewards_lib
+from jaxrlhf.stages import rl
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -192,7 +194,7 @@ def _model(world, seed):
 
 
 def _prompts(world, n=3, width=6):
-  ids, mask = rl.encode_prompts(world.tokenizer, world.prompts(n, "train"), width)
+  ids, mask = padding.encode_prompts(world.tokenizer, world.prompts(n, "train"), width)
   return {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask),
           "prompt_index": jnp.arange(n, dtype=jnp.int32)}
 
@@ -244,10 +246,10 @@ def _lines(workdir):
 @pytest.mark.slow
 def test_stage_resume_draws_identical_rollouts(tmp_path):
   full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  out = rl.run_rl(_stage_config(3), full, {})
+  out = rl.run(_stage_config(3), full, {})
   assert os.path.exists(os.path.join(out["model_dir"], "config.json"))
-  rl.run_rl(_stage_config(2), resumed, {})
-  rl.run_rl(_stage_config(3), resumed, {})  # resumes at step 2: train state (rng, step) + prompt iterator
+  rl.run(_stage_config(2), resumed, {})
+  rl.run(_stage_config(3), resumed, {})  # resumes at step 2: train state (rng, step) + prompt iterator
   a, b = _lines(full), _lines(resumed)
   for key in ("train/gold", "train/reward/python", "train/completion_length", "train/kl", "train/loss"):
     assert a[3][key] == pytest.approx(b[3][key], rel=1e-5, abs=1e-6), key
@@ -263,15 +265,15 @@ def test_stage_with_a_standardized_ensemble(tmp_path, capsys):
   responses are computed, logged and used (the train reward is the min of standardized members)."""
   from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import builders  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import artifacts
   vocab = World(WorldConfig(num_prompts=256, max_response_len=12)).tokenizer.vocab_size
   config = ModelConfig(vocab_size=vocab, **TINY)
   ensemble = RewardEnsemble(config, HeadConfig(), 3, rngs=nnx.Rngs(5))
-  rm_dir = builders.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 3, nnx.state(ensemble))
+  rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 3, nnx.state(ensemble))
   cfg = _stage_config(1)
   cfg = dataclasses.replace(cfg, rewards=(rewards_lib.RewardSourceSpec(
       kind="reward_model", reward_model=rm_dir, aggregation="min", standardize=True, name="zmin"),))
-  rl.run_rl(cfg, str(tmp_path / "run"), {})
+  rl.run(cfg, str(tmp_path / "run"), {})
   log = capsys.readouterr().out
   assert "rewards[0] (zmin): members standardized over 16 reference responses" in log
   line = _lines_of(str(tmp_path / "run"), "train/reward/zmin")[1]
@@ -286,12 +288,12 @@ def _lines_of(workdir, key):
 
 def test_prompt_iterator_state_roundtrip():
   ids = np.arange(10, dtype=np.int32)[:, None] + np.zeros((10, 3), np.int32)
-  it = rl.PromptIterator(ids, np.ones_like(ids), 4, seed=1)
+  it = inputs.PromptIterator(ids, np.ones_like(ids), 4, seed=1)
   for _ in range(3):
     next(it)
   state = it.get_state()
   expected = [next(it)["prompt_index"] for _ in range(3)]
-  it2 = rl.PromptIterator(ids, np.ones_like(ids), 4, seed=1)
+  it2 = inputs.PromptIterator(ids, np.ones_like(ids), 4, seed=1)
   it2.set_state(json.loads(json.dumps(state)))
   for e in expected:
     np.testing.assert_array_equal(next(it2)["prompt_index"], e)

@@ -56,13 +56,13 @@ def test_world_tokenizer_spells_the_goal_prompt_and_bad_input_raises():
 
 
 def test_sft_data_option_goal_fraction():
-  """builders.sft_records with data.goal_fraction: the world's SFT records, goal-formatted with the stage seed
+  """inputs.sft_records with data.goal_fraction: the world's SFT records, goal-formatted with the stage seed
   (held-out with seed + 1); 0 leaves them plain."""
-  from jaxrlhf.train import builders  # pylint: disable=g-import-not-at-top
-  data = builders.DataSpec(num_train=64, num_eval=16, goal_fraction=0.5)
-  world = builders.make_world(data)
-  train, held_out, _ = builders.sft_records(data, world, world.tokenizer, seed=7)
-  plain_train, plain_eval, _ = builders.sft_records(builders.DataSpec(num_train=64, num_eval=16), world)
+  from jaxrlhf.stages import inputs
+  data = inputs.DataSpec(num_train=64, num_eval=16, goal_fraction=0.5)
+  world = inputs.make_world(data.world)
+  train, held_out, _ = inputs.sft_records(data, world, world.tokenizer, seed=7)
+  plain_train, plain_eval, _ = inputs.sft_records(inputs.DataSpec(num_train=64, num_eval=16), world)
   assert all(isinstance(r.prompt, str) for r in plain_train + plain_eval)
   assert train == transforms.goal_format_records(plain_train, 0.5, 7, supports_system_role=True)
   assert held_out == transforms.goal_format_records(plain_eval, 0.5, 8, supports_system_role=True)

@@ -1,0 +1,101 @@
+"""What stages save and later stages load: policies (Hugging Face folders), reward models and ensembles
+(`<dir>/spec.json` + `<dir>/params.msgpack`).
+
+With several processes, parameters sharded across processes are gathered first (every process takes part) and
+process 0 writes; every process returns after the files exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Mapping
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.models import save_pretrained
+from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.models.reward_model import RewardEnsemble
+from jaxrlhf.parallel import distributed
+from jaxrlhf.train import state as state_lib
+
+
+def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_dir: str, prefix: str = "") -> str:
+  """Saves the (policy part of the) trained model as a HF folder that `init_from` can load (process 0 writes;
+  every process returns after the folder exists). Parameters sharded across processes are gathered first (every
+  process takes part)."""
+  params, extra = state.params, state.extra
+  if jax.process_count() > 1:
+    params, extra = distributed.host_copy((params, extra))
+  if distributed.is_primary():
+    model = nnx.merge(setup.graphdef, params, extra)
+    if prefix:
+      model = getattr(model, prefix)
+    save_pretrained(model, out_dir)
+  distributed.barrier(f"save_policy:{out_dir}")
+  return out_dir
+
+
+def _config_dict(config: ModelConfig) -> dict:
+  return dataclasses.asdict(config)
+
+
+def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+  """The ModelConfig of a saved `dataclasses.asdict(config)` (a saved reward model's spec.json "model"; json
+  turns tuples into lists and nested dataclasses into dicts)."""
+  d = dict(d)
+  if d.get("rope_scaling") is not None:
+    d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+  if isinstance(d.get("eos_token_id"), list):
+    d["eos_token_id"] = tuple(d["eos_token_id"])
+  return ModelConfig(**d)
+
+
+def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State) -> str:
+  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state).
+
+  With several processes, parameters sharded across processes are gathered (every process takes part) and
+  process 0 writes; every process returns after the files exist.
+  """
+  values = distributed.host_copy(nnx.to_pure_dict(state))
+  if distributed.is_primary():
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "spec.json"), "w") as f:
+      json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
+                indent=2)
+    with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(values))
+  distributed.barrier(f"save_reward_model:{out_dir}")
+  return out_dir
+
+def reward_model_spec(rm_dir: str) -> tuple[ModelConfig, HeadConfig, int]:
+  """(backbone config, head config, number of members) of a reward model saved by `save_reward_model`."""
+  with open(os.path.join(rm_dir, "spec.json")) as f:
+    spec = json.load(f)
+  head = dict(spec["head"])
+  if head.get("attribute_weights") is not None:
+    head["attribute_weights"] = tuple(head["attribute_weights"])
+  return model_config_from_dict(spec["model"]), HeadConfig(**head), spec["num_members"]
+
+
+def load_reward_model(rm_dir: str) -> RewardEnsemble:
+  """The saved RewardEnsemble (rewards (B, K)) of `save_reward_model`."""
+  config, head, num_members = reward_model_spec(rm_dir)
+  abstract = nnx.eval_shape(lambda: RewardEnsemble(config, head, num_members, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  with open(os.path.join(rm_dir, "params.msgpack"), "rb") as f:
+    pure = flax.serialization.msgpack_restore(f.read())
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+  return nnx.merge(graphdef, state)
+
+
+def reward_model_factory(rm_dir: str) -> Callable[[jax.Array], RewardEnsemble]:
+  """key -> a freshly initialized RewardEnsemble of the saved reward model's shape (for building it inside a
+  jitted train-state init, with the saved weights written in afterwards)."""
+  config, head, num_members = reward_model_spec(rm_dir)
+  return lambda key: RewardEnsemble(config, head, num_members, rngs=nnx.Rngs(key))

@@ -1,0 +1,201 @@
+"""What every stage starts from: where the weights come from (`ModelSpec`), the mesh, the frozen-parameter
+convention for reference and reward models inside a train state, the policy train state, and the stage outputs.
+
+A stage's saved policy is a Hugging Face folder (`artifacts.save_policy`), so "stage:<name>" and a path load the
+same way (`resolve_path` turns a reference into the earlier stage's output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.config import STAGE_PREFIX, ConfigError, field, stage_ref
+from jaxrlhf.models import CausalLM, from_pretrained
+from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.parallel import distributed
+from jaxrlhf.parallel import make_mesh
+from jaxrlhf.parallel.sharding import batch_shards
+from jaxrlhf.train import checkpoint as checkpoint_lib
+from jaxrlhf.train import state as state_lib
+
+
+# ------------------------------------------------------------------------------------------------ weights
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Where the (policy or backbone) weights come from.
+
+  init_from: "" random init from `config`; "stage:<name>" a previous stage's saved model; otherwise a HF
+    folder or a .gguf file.
+  config: ModelConfig fields (random init; vocab_size defaults to the tokenizer's) or overrides of a loaded
+    model's config (e.g. scan_layers, remat, dtype).
+  """
+  init_from: str = stage_ref("model_dir")
+  config: dict = field(default_factory=dict)
+
+  def validate(self, path: str) -> None:
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(self.config) - fields)
+    if unknown:
+      raise ConfigError(f"{path}.config.{unknown[0]}: unknown ModelConfig key; valid keys: "
+                        + ", ".join(sorted(fields)))
+    if not self.init_from:
+      try:
+        model_config(self, vocab_size=self.config.get("vocab_size", 256))
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}.config: {e}") from e
+
+
+def model_config(spec: ModelSpec, vocab_size: int | None = None, base: ModelConfig | None = None) -> ModelConfig:
+  """The ModelConfig of a random init (`spec.config` over the defaults) or `base` with `spec.config` overrides."""
+  overrides = dict(spec.config)
+  if isinstance(overrides.get("rope_scaling"), Mapping):
+    overrides["rope_scaling"] = RopeScaling(**overrides["rope_scaling"])
+  if base is not None:
+    return base.replace(**overrides)
+  if vocab_size is not None:
+    overrides.setdefault("vocab_size", vocab_size)
+  return ModelConfig(**overrides)
+
+
+def resolve_path(init_from: str, inputs: Mapping[str, Mapping[str, Any]], key: str = "model_dir") -> str:
+  """A path from `init_from`: "stage:<name>" -> that stage's `outputs[key]`; anything else as is."""
+  if not init_from.startswith(STAGE_PREFIX):
+    return init_from
+  name = init_from[len(STAGE_PREFIX):]
+  if name not in inputs:
+    raise ValueError(f"{init_from!r}: no finished stage {name!r}; finished stages: {sorted(inputs)}")
+  if key not in inputs[name]:
+    raise ValueError(f"{init_from!r}: stage {name!r} has no {key!r} output (its outputs: "
+                     f"{sorted(inputs[name])})")
+  return inputs[name][key]
+
+
+def load_weights(spec: ModelSpec, inputs: Mapping[str, Any], vocab_size: int | None
+                 ) -> tuple[ModelConfig, dict | None, str]:
+  """(config, pure param dict of the pretrained CausalLM or None, model path or "")."""
+  if not spec.init_from:
+    return model_config(spec, vocab_size), None, ""
+  path = resolve_path(spec.init_from, inputs)
+  overrides = dict(spec.config)
+  # One dtype for parameters and compute when loading (from_pretrained's contract); overrides may set it.
+  dtype = overrides.pop("param_dtype", None) or overrides.pop("dtype", None) or "float32"
+  overrides.pop("dtype", None)
+  lm, config = from_pretrained(path, dtype=jnp.dtype(dtype), **overrides)
+  pure = nnx.to_pure_dict(nnx.state(lm, nnx.Param))
+  return config, jax.device_get(pure), path
+
+
+def overwrite(state: nnx.State, pure: Mapping[str, Any], prefix: Sequence[str] = (), broadcast: int = 0
+              ) -> nnx.State:
+  """A copy of `state` whose leaves under `prefix` are replaced by `pure` (placed like the old leaves).
+
+  broadcast > 0 stacks each new leaf `broadcast` times on a leading axis (an ensemble's shared backbone).
+  """
+  target = nnx.to_pure_dict(state)
+  node = target
+  for key in prefix:
+    node = node[key]
+
+  def put(old, new):
+    new = np.asarray(new)
+    if broadcast:
+      new = np.broadcast_to(new, (broadcast, *new.shape))
+    if new.shape != old.shape:
+      raise ValueError(f"pretrained weights: shape {new.shape} does not match the model's {old.shape}")
+    return jax.device_put(new.astype(old.dtype), old.sharding)
+
+  replaced = jax.tree.map(put, {k: node[k] for k in pure}, dict(pure))
+  node.update(replaced)
+  out = jax.tree.map(lambda x: x, state)
+  nnx.replace_by_pure_dict(out, target)
+  return out
+
+# ------------------------------------------------------------------------------------------------ mesh and batch
+def make_stage_mesh(mesh_config: Any, num_devices: int):
+  """The (data, fsdp, tensor) mesh of a stage over its first `num_devices` devices (0: all)."""
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  return make_mesh(mesh_config, devices)
+
+
+def check_batch_divisible(batch_size: int, mesh: Any, path: str) -> None:
+  """ValueError naming `path` unless a batch of `batch_size` rows splits evenly over the mesh's batch shards."""
+  shards = batch_shards(mesh)
+  if batch_size % shards:
+    raise ValueError(f"{path}: batch size {batch_size} is not divisible by the {shards} data shards of the mesh")
+
+
+def check_accumulation(batch_size: int, grad_accum_steps: int, path: str) -> None:
+  """ConfigError unless `grad_accum_steps` divides `batch_size` (`path` = the stage's dotted path)."""
+  if batch_size % grad_accum_steps:
+    raise ConfigError(f"{path}.data.batch_size: {batch_size} is not divisible by "
+                      f"{path}.optimizer.grad_accum_steps={grad_accum_steps}")
+
+
+# ------------------------------------------------------------------------------------------------ train states
+class FrozenParam(nnx.Variable):
+  """A parameter that is not trained: `nnx.split(model, nnx.Param, ...)` puts it in the state's `extra`."""
+
+
+def frozen(module: nnx.Module) -> nnx.Module:
+  """`module` with every nnx.Param turned into a FrozenParam (same values and logical-axis metadata)."""
+  graphdef, state = nnx.split(module)
+  state = jax.tree.map(
+      lambda v: FrozenParam(v.get_value(), **v.get_metadata()) if isinstance(v, nnx.Param) else v, state,
+      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdef, state)
+
+
+def logical_or_replicated(mesh: Any) -> Any:
+  """Parameter shardings from logical axes on `mesh` (None: replicated on one device)."""
+  return state_lib.logical_shardings(mesh) if mesh is not None else None
+
+
+def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, seed: int, mesh: Any
+                 ) -> state_lib.StateSetup:
+  """A CausalLM train state (sharded by logical axes), starting from `pretrained` weights if given."""
+  setup = state_lib.init_train_state(lambda key: CausalLM(model_config, rngs=nnx.Rngs(key)), optimizer, seed,
+                                     mesh=mesh, shardings=logical_or_replicated(mesh))
+  if pretrained is None:
+    return setup
+  fresh = setup.init
+
+  def init():
+    state = fresh()
+    return state.replace(params=overwrite(state.params, pretrained))
+
+  return setup._replace(init=init)
+
+
+def final_state(setup: state_lib.StateSetup, results: dict) -> state_lib.TrainState:
+  """Restores the last checkpoint the loop wrote (the trained state)."""
+  ckpt = checkpoint_lib.Checkpointer(results["checkpoint_dir"], async_save=False)
+  try:
+    state, _ = ckpt.restore(setup.abstract)
+  finally:
+    ckpt.close()
+  return state
+
+# ------------------------------------------------------------------------------------------------ outputs
+def stage_outputs(results: Mapping[str, Any], **extra: Any) -> dict:
+  """The JSON outputs of a stage: the checkpoint dir, final metrics, and `extra` (paths, reports)."""
+  return {"checkpoint_dir": results["checkpoint_dir"], "metrics": results["metrics"], **extra}
+
+def write_results(workdir: str, metrics: Mapping[str, Any], **extra: Any) -> str:
+  """Writes `workdir/results.json` = {"status": "done", "metrics", **extra} (process 0; atomically) and returns
+  its path: the file an evaluation stage leaves for `experiments.tables` and notebooks."""
+  path = os.path.join(workdir, "results.json")
+  if distributed.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"status": "done", "metrics": dict(metrics), **extra}, f, indent=2)
+    os.replace(tmp, path)
+  return path

@@ -1,0 +1,286 @@
+"""A model applied to a batch: token and sequence log-probs, pair rewards, in every row layout the library uses.
+
+The one place where a CausalLM or a reward model meets a batch (every stage, the reference caches and the
+evaluation stages call these; losses never run a model):
+
+  token_logps            rows [prompt | response] right padded, a `loss_mask` on the scored tokens: the log-prob
+                         of token t + 1 at position t (next-token alignment), chunked over the vocabulary on
+                         request, packed rows (segment ids) and control prefixes supported;
+  aligned_token_logps    the same log-probs moved onto the tokens they score (position t holds log p(token t));
+  response_logps         rollouts [left-padded prompt | right-padded response], softmax(logits / temperature),
+                         with per-token entropy (policy gradient, KL estimates, evaluation);
+  sequence_logps         host helper: summed response log-probs of token lists, in fixed-shape batches;
+  pair_token_logps,      preference pairs in either layout, two rows (chosen_/rejected_ keys) or one
+  pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`).
+
+Shapes: B rows, T row length, P prompt width, N response width, V vocabulary, D model width.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.data.padding import pad_prompts, pad_rows
+from jaxrlhf.losses import logps as logps_lib
+from jaxrlhf.models.shared_prompt import SharedPromptLayout, shared_prompt_hidden, shared_prompt_layout
+
+
+# ------------------------------------------------------------------------------------------------ token log-probs
+def prepend_ids(ids_BxT: jax.Array, prefix_ids: Sequence[int] | jax.Array) -> jax.Array:
+  """(B, N + T): `prefix_ids` (N tokens, e.g. a control context such as `<better>`; may be a traced int array)
+  in front of every row."""
+  prefix = jnp.broadcast_to(jnp.asarray(prefix_ids, ids_BxT.dtype), (ids_BxT.shape[0], len(prefix_ids)))
+  return jnp.concatenate([prefix, ids_BxT], axis=1)
+
+
+def with_prefix(ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT: jax.Array,
+                prefix_ids: Sequence[int] | jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The rows with `prefix_ids` in front (`prepend_ids`): ids (B, N + T), attention 1 and loss mask 0 on the
+  prefix."""
+  b, n = ids_BxT.shape[0], len(prefix_ids)
+  att = jnp.concatenate([jnp.ones((b, n), attention_mask_BxT.dtype), attention_mask_BxT], axis=1)
+  lm = jnp.concatenate([jnp.zeros((b, n), loss_mask_BxT.dtype), loss_mask_BxT], axis=1)
+  return prepend_ids(ids_BxT, prefix_ids), att, lm
+
+
+def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT: jax.Array,
+                chunk_size: int = 0, *, positions_BxT: jax.Array | None = None,
+                segment_ids_BxT: jax.Array | None = None, prefix_ids: Sequence[int] = ()
+                ) -> tuple[jax.Array, jax.Array]:
+  """(token_logps_BxT, target_mask_BxT) float32: position t holds log p(input_ids[t + 1] | ids[<= t]) where
+  loss_mask[t + 1] = 1, else 0.
+
+  Args:
+    model: a CausalLM.
+    input_ids_BxT, attention_mask_BxT: right-padded rows.
+    loss_mask_BxT: 1 on the tokens to score (the responses).
+    chunk_size: > 0 gathers from the hidden states chunk by chunk instead of materializing (B, T, V) logits.
+    positions_BxT, segment_ids_BxT: packed rows (a segment's first token is a prompt token, so no target
+      crosses a segment boundary).
+    prefix_ids: tokens put in front of every row (a control context); outputs are realigned to the rows
+      without it.
+  """
+  n = len(prefix_ids)
+  if n:
+    input_ids_BxT, attention_mask_BxT, loss_mask_BxT = with_prefix(input_ids_BxT, attention_mask_BxT,
+                                                                   loss_mask_BxT, prefix_ids)
+  targets_BxT, mask_BxT = logps_lib.shift_for_next_token(input_ids_BxT, loss_mask_BxT)
+  if segment_ids_BxT is not None:
+    next_segment = jnp.concatenate([segment_ids_BxT[:, 1:], jnp.zeros_like(segment_ids_BxT[:, :1])], axis=1)
+    mask_BxT = mask_BxT * (next_segment == segment_ids_BxT)
+  if chunk_size or segment_ids_BxT is not None:
+    hidden_BxTxD = model.hidden_states(input_ids_BxT, attention_mask_BxT, positions_BxT,
+                                       segment_ids=segment_ids_BxT)
+    logps, _ = logps_lib.chunked_sequence_logps(hidden_BxTxD, model.output_embedding(), targets_BxT, mask_BxT,
+                                                chunk_size=chunk_size or 1024)
+  else:
+    logps, _ = logps_lib.sequence_logps(model(input_ids_BxT, attention_mask_BxT), targets_BxT, mask_BxT)
+  return logps[:, n:], mask_BxT[:, n:]
+
+
+def aligned_token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array,
+                        loss_mask_BxT: jax.Array, prefix_ids: Sequence[int] | jax.Array = ()
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Per-token log-probs on the tokens themselves: (logps_BxT, mask_BxT) float32 with logps[b, t] =
+  log p(ids[b, t] | prefix, ids[b, :t]) where mask[b, t] = 1 (loss_mask * attention_mask; position 0 only with
+  a prefix, since nothing else predicts it), 0 elsewhere. `prefix_ids` may be a traced int array."""
+  if input_ids_BxT.ndim != 2:
+    raise ValueError(f"input_ids_BxT: expected shape (B, T), got {input_ids_BxT.shape}")
+  for name, x in (("attention_mask_BxT", attention_mask_BxT), ("loss_mask_BxT", loss_mask_BxT)):
+    if x.shape != input_ids_BxT.shape:
+      raise ValueError(f"{name}: expected shape {input_ids_BxT.shape} like input_ids_BxT, got {x.shape}")
+  n = len(prefix_ids)
+  target = ((loss_mask_BxT > 0) & (attention_mask_BxT > 0)).astype(jnp.int32)
+  ids, att = input_ids_BxT, attention_mask_BxT
+  if n:
+    ids, att, target = with_prefix(ids, att, target, prefix_ids)
+  predicted_BxT, _ = token_logps(model, ids, att, target)
+  # predicted[:, t] scores token t + 1; move it onto token t (token 0 has no prediction).
+  logps_BxT = jnp.concatenate([jnp.zeros_like(predicted_BxT[:, :1]), predicted_BxT[:, :-1]], axis=1)
+  mask_BxT = (target > 0).at[:, 0].set(False).astype(jnp.float32)
+  return (logps_BxT * mask_BxT)[:, n:], mask_BxT[:, n:]
+
+
+def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, response_ids_BxN: jax.Array,
+                   response_mask_BxN: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(logps_BxN, entropy_BxN) float32 of the response tokens under softmax(logits / temperature), 0 on masked
+  slots.
+
+  One forward over [left-padded prompt | right-padded response]; response token n is predicted at P + n - 1.
+  Differentiable (the policy-gradient loss); under stop_gradient for old-policy and reference log-probs. Pad ids
+  may be out of the vocabulary's range: masked slots are embedded as id 0.
+  """
+  p = prompt_ids_BxP.shape[1]
+  valid = response_mask_BxN > 0
+  mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
+  ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
+  logits_BxNxV = model(ids_BxT, mask_BxT)[:, p - 1:-1].astype(jnp.float32) / temperature
+  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
+  logps = jnp.take_along_axis(logp_BxNxV, ids_BxT[:, p:, None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp_BxNxV) * logp_BxNxV, axis=-1)
+  return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _response_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN):
+  return response_logps(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN,
+                        response_mask_BxN)[0]
+
+
+def jit_response_logps(model: Any, prompt_ids_BxP: Any, prompt_mask_BxP: Any, response_ids_BxN: Any,
+                       response_mask_BxN: Any) -> jax.Array:
+  """`response_logps` at temperature 1 of an NNX model on host or device arrays, as one jitted program per
+  architecture and shape (the reference log-probs of samples, teacher-forced checks): float32 (B, N)."""
+  prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
+  response_ids_BxN, response_mask_BxN = jnp.asarray(response_ids_BxN), jnp.asarray(response_mask_BxN)
+  if prompt_ids_BxP.ndim != 2 or prompt_mask_BxP.shape != prompt_ids_BxP.shape:
+    raise ValueError(f"prompt_ids_BxP / prompt_mask_BxP must be (B, P) of equal shape; got {prompt_ids_BxP.shape} "
+                     f"and {prompt_mask_BxP.shape}")
+  if response_ids_BxN.shape != response_mask_BxN.shape or response_ids_BxN.shape[0] != prompt_ids_BxP.shape[0]:
+    raise ValueError(f"response_ids_BxN / response_mask_BxN must be (B, N) with B = {prompt_ids_BxP.shape[0]}; "
+                     f"got {response_ids_BxN.shape} and {response_mask_BxN.shape}")
+  graphdef, state = nnx.split(model)
+  return _response_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN)
+
+
+def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_rows: Sequence[Sequence[int]],
+                   pad_id: int, batch_size: int = 128) -> np.ndarray:
+  """float64 (N,) log p(response | prompt) under `model` (temperature 1), summed over the response tokens.
+
+  Prompts are left-padded and responses right-padded to one width over all rows, and the last batch is filled
+  with copies of its first row, so every call compiles one program.
+  """
+  if len(prompt_rows) != len(response_rows):
+    raise ValueError(f"prompt_rows and response_rows: {len(prompt_rows)} prompts for {len(response_rows)} "
+                     "responses")
+  if any(not r for r in response_rows):
+    raise ValueError("response_rows: every response needs at least one token")
+  out = []
+  p_width = max(len(p) for p in prompt_rows)
+  r_width = max(len(r) for r in response_rows)
+  for start in range(0, len(prompt_rows), batch_size):
+    prompts = list(prompt_rows[start:start + batch_size])
+    responses = list(response_rows[start:start + batch_size])
+    fill = batch_size - len(prompts)
+    prompts += [prompts[0]] * fill
+    responses += [responses[0]] * fill
+    ids, mask = pad_prompts(prompts, pad_id, width=p_width)
+    r_ids, r_mask = pad_rows(responses, r_width, pad_id)
+    logps = np.asarray(jit_response_logps(model, ids, mask, r_ids, r_mask), np.float64)
+    out.append(logps.sum(axis=1)[:batch_size - fill])
+  return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------ shared-prompt rows
+def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: SharedPromptLayout, chunk_size: int = 0
+                              ) -> tuple[jax.Array, jax.Array]:
+  """Per-token response log-probs of shared-prompt rows, split into chosen then rejected rows.
+
+  Args:
+    model: a CausalLM.
+    input_ids_BxT: (B, T) int ids of [prompt | chosen | rejected] rows.
+    layout: `models.shared_prompt.shared_prompt_layout` of those rows.
+    chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
+
+  Returns:
+    (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
+    log-probs at that response's positions in the row (0 elsewhere), rows [B, 2B) the rejected response's, so
+    sums over T give the same sequence log-probs as the two-row layout.
+  """
+  hidden_BxTxD = shared_prompt_hidden(model, input_ids_BxT, layout)
+  # Each target reads the hidden state of its predictor; for all but one token per row that is t - 1.
+  predictor_BxTxD = jnp.take_along_axis(hidden_BxTxD, layout.source_index[:, :, None], axis=1)
+  targets_mask = (layout.chosen_targets | layout.rejected_targets).astype(jnp.float32)
+  if chunk_size:
+    logps, _ = logps_lib.chunked_sequence_logps(predictor_BxTxD, model.output_embedding(), input_ids_BxT,
+                                                targets_mask, chunk_size=chunk_size)
+  else:
+    logps, _ = logps_lib.sequence_logps(model.unembed(predictor_BxTxD), input_ids_BxT, targets_mask)
+  chosen, rejected = layout.chosen_targets.astype(jnp.float32), layout.rejected_targets.astype(jnp.float32)
+  return (jnp.concatenate([logps * chosen, logps * rejected], axis=0),
+          jnp.concatenate([chosen, rejected], axis=0))
+
+
+# ------------------------------------------------------------------------------------------------ preference pairs
+def is_shared_prompt(batch: dict) -> bool:
+  """True for a shared-prompt batch ([prompt | chosen | rejected] rows)."""
+  return "pair_input_ids" in batch
+
+
+def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: tuple[int, ...] = ()
+                     ) -> tuple[jax.Array, jax.Array]:
+  """Chosen and rejected response log-probs in one forward: (token_logps (2B, T), target mask (2B, T)).
+
+  Rows [0, B) are the chosen responses, [B, 2B) the rejected ones; sums over T are the sequence log-probs.
+  Two-row batches put the log-prob of token t + 1 at position t; shared-prompt batches put each token's
+  log-prob at its own position in the packed row. Either way a row's positions are the same in every call on
+  the same batch, so per-token quantities (T-REG token rewards) line up.
+
+  prefix_ids: tokens inserted in front of every prompt (T-REG's control context); outputs are realigned to
+  the positions without it.
+  """
+  n = len(prefix_ids)
+  if is_shared_prompt(batch):
+    ids = batch["pair_input_ids"]
+    if n:
+      ids = prepend_ids(ids, prefix_ids)
+    layout = shared_prompt_layout(batch["prompt_length"] + n, batch["chosen_length"], batch["rejected_length"],
+                                  ids.shape[1])
+    logps, mask = shared_prompt_token_logps(model, ids, layout, chunk_size)
+    return logps[:, n:], mask[:, n:]
+  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
+  att = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
+  lm = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
+  return token_logps(model, ids, att, lm, chunk_size, prefix_ids=prefix_ids)
+
+
+def pair_rewards(model: Any, batch: dict, attributes: bool = False) -> tuple[jax.Array, jax.Array]:
+  """(chosen, rejected) outputs of a RewardModel / RewardEnsemble in one forward (attribute outputs with
+  `attributes`): (B,) per model, (B, K) per ensemble, plus a trailing head axis for multihead / attributes."""
+  if is_shared_prompt(batch):
+    return model.score_shared_prompt(batch["pair_input_ids"], batch["prompt_length"], batch["chosen_length"],
+                                     batch["rejected_length"], attributes=attributes)
+  ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
+  mask = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
+  out = model.attributes(ids, mask) if attributes else model(ids, mask)
+  b = batch["chosen_input_ids"].shape[0]
+  return out[:b], out[b:]
+
+
+def tokens_read(batch: dict) -> jax.Array:
+  """(B,) tokens each pair's forward reads: P + R_c + R_r shared, 2P + R_c + R_r in two rows."""
+  if is_shared_prompt(batch):
+    return batch["prompt_length"] + batch["chosen_length"] + batch["rejected_length"]
+  return (jnp.sum(batch["chosen_attention_mask"] > 0, axis=-1)
+          + jnp.sum(batch["rejected_attention_mask"] > 0, axis=-1))
+
+
+def nonempty_rows(batch: dict) -> np.ndarray:
+  """(B,) bool (numpy): rows holding a pair (False on the filler rows of a final partial batch)."""
+  if is_shared_prompt(batch):
+    return np.asarray(batch["chosen_length"]) > 0
+  return np.asarray(batch["chosen_attention_mask"]).any(axis=-1)
+
+
+def row_key(batch: dict, i: int) -> bytes:
+  """A pair's identity in a numpy batch: its tokens (and, shared, where the responses split), layout-tagged."""
+  if is_shared_prompt(batch):
+    ends = np.cumsum([batch[f"{k}_length"][i] for k in ("prompt", "chosen", "rejected")])
+    return (b"shared|" + ends.astype(np.int32).tobytes() + b"|"
+            + np.asarray(batch["pair_input_ids"][i, :ends[-1]], np.int32).tobytes())
+  ids_c, att_c = batch["chosen_input_ids"][i], batch["chosen_attention_mask"][i]
+  ids_r, att_r = batch["rejected_input_ids"][i], batch["rejected_attention_mask"][i]
+  return (np.asarray(ids_c[att_c > 0], np.int32).tobytes() + b"|"
+          + np.asarray(ids_r[att_r > 0], np.int32).tobytes())
+
+
+def row_length(batch: dict) -> int:
+  """T, the padded length of the batch's rows (the width of `pair_token_logps`'s outputs)."""
+  key = "pair_input_ids" if is_shared_prompt(batch) else "chosen_input_ids"
+  return batch[key].shape[-1]

@@ -1,0 +1,27 @@
+"""The losses users reach for are importable from the package, as in optax (`jaxrlhf.losses.dpo_loss`), and are
+the module functions themselves (one definition each)."""
+
+import jaxrlhf.losses as losses
+from jaxrlhf.losses import aggregation, kto, logps, policy_gradient, preference, reference_free, reward, token_level
+
+PUBLIC = {
+    aggregation: ("aggregate", "mean_reward", "median_reward", "min_reward", "mean_minus_std_reward",
+                  "mean_minus_var_reward", "AGGREGATION_METHODS"),
+    kto: ("kto_loss", "kto_kl_estimate"),
+    logps: ("sequence_logps", "chunked_sequence_logps", "chunked_sequence_logps_from_logits", "token_entropy",
+            "shift_for_next_token"),
+    policy_gradient: ("group_advantages", "rloo_advantages", "clipped_surrogate", "clipped_policy_loss",
+                      "aggregate_token_losses", "kl_divergence", "kl_penalized_token_rewards", "clip_process_rewards",
+                      "delta_process_rewards"),
+    preference: ("dpo_loss", "dynamic_beta", "f_divergence_scores", "LOSS_TYPES"),
+    reference_free: ("simpo_loss", "orpo_loss"),
+    reward: ("bradley_terry_loss", "preference_strength", "adaptive_margin", "attribute_regression_loss",
+             "scalarize_attributes"),
+    token_level: ("treg_loss", "contrastive_token_rewards", "token_reward_regularizer"),
+}
+
+
+def test_public_losses_are_exported_from_the_package():
+  for module, names in PUBLIC.items():
+    for name in names:
+      assert getattr(losses, name) is getattr(module, name), f"jaxrlhf.losses.{name}"
