@@ -3,7 +3,9 @@
 Modules: logps (sequence log-probs, chunked), reward (Bradley-Terry, margins, attributes, preference
 strength), preference (DPO family), reference_free (SimPO, ORPO), kto, token_level (T-REG), aggregation
 (ensemble reward aggregation), policy_gradient (GRPO/RLOO advantages, clipped surrogate, KL estimators,
-process-reward refinement). Importing this package registers every loss with `registry`.
+process-reward refinement), policy_variants (Dr. GRPO, DAPO, GSPO, CISPO as named objectives; dynamic sampling,
+overlong punishment), ppo (GAE, whitening, clipped value loss, PPO loss, KL controllers). Importing this package
+registers every loss with `registry`.
 """
 
 from jaxrlhf.losses import (  # noqa: F401  (imported for their registrations)
@@ -11,6 +13,8 @@ from jaxrlhf.losses import (  # noqa: F401  (imported for their registrations)
     kto,
     logps,
     policy_gradient,
+    policy_variants,
+    ppo,
     preference,
     reference_free,
     reward,
