@@ -1,7 +1,7 @@
 """Name -> function registry so configs can pick losses by string.
 
 Each loss module registers its public functions under a kind ("reward", "preference", "token_level",
-"policy_gradient", "aggregation", "logps") and a name; `get` fails with the valid choices.
+"policy_gradient", "aggregation", "logps", "kl_controller") and a name; `get` fails with the valid choices.
 """
 
 from typing import Callable
