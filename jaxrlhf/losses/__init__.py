@@ -4,8 +4,10 @@
 Modules: logps (sequence log-probs, chunked), reward (Bradley-Terry, margins, attributes, preference
 strength), preference (the DPO family), reference_free (SimPO, ORPO), kto, token_level (T-REG), aggregation
 (ensemble reward aggregation), policy_gradient (GRPO/RLOO advantages, clipped surrogate, KL estimators,
-process-reward refinement). A stage picks a variant by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`,
-the preference stage's `loss.algorithm`); each name maps to one small function inside its module.
+process-reward refinement), policy_variants (Dr. GRPO, DAPO, GSPO, CISPO as named objectives; dynamic sampling,
+overlong punishment), ppo (GAE, whitening, clipped value loss, PPO loss, KL controllers). A stage picks a variant
+by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`, `policy_variant_loss(variant=...)`, the preference
+stage's `loss.algorithm`); each name maps to one small function inside its module.
 """
 
 from jaxrlhf.losses.aggregation import (AGGREGATION_METHODS, aggregate, mean_minus_std_reward, mean_minus_var_reward,
@@ -15,7 +17,12 @@ from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps
                                   shift_for_next_token, token_entropy)
 from jaxrlhf.losses.policy_gradient import (aggregate_token_losses, clip_process_rewards, clipped_policy_loss,
                                             clipped_surrogate, delta_process_rewards, group_advantages,
-                                            kl_divergence, kl_penalized_token_rewards, rloo_advantages)
+                                            kl_divergence, kl_penalized_token_rewards, kl_regularized_loss,
+                                            rloo_advantages)
+from jaxrlhf.losses.policy_variants import (VARIANTS, cispo_surrogate, dynamic_sampling_mask, gspo_surrogate,
+                                            policy_variant_loss, soft_overlong_penalty, variant_surrogate)
+from jaxrlhf.losses.ppo import (KL_CONTROLLERS, adaptive_kl_coef, clipped_value_loss, fixed_kl_coef, gae_advantages,
+                                masked_whiten, ppo_advantages, ppo_loss, update_kl_coef)
 from jaxrlhf.losses.preference import LOSS_TYPES, dpo_loss, dynamic_beta, f_divergence_scores
 from jaxrlhf.losses.reference_free import orpo_loss, simpo_loss
 from jaxrlhf.losses.reward import (adaptive_margin, attribute_regression_loss, bradley_terry_loss,

@@ -230,10 +230,12 @@ def clipped_surrogate(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, adv
 
 
 def aggregate_token_losses(loss_BxT: jax.Array, mask_BxT: jax.Array, mode: str = "token_mean", *,
-                           max_length: int | None = None) -> jax.Array:
+                           max_length: int | None = None, num_tokens: jax.Array | int | None = None) -> jax.Array:
   """Reduces per-token losses to a scalar.
 
-    "token_mean":    sum_{b,t} m l / sum_{b,t} m   (DAPO's token-level mean; TRL "bnpo"/"dapo" on one process)
+    "token_mean":    sum_{b,t} m l / N, N = sum_{b,t} m or `num_tokens` (DAPO's token-level mean, Yu et al. 2025
+                     eq. 12: N = sum_i |o_i| over the whole generation batch; TRL "bnpo", and "dapo" with
+                     num_tokens = TRL's num_items_in_batch when this batch is a slice of the generation batch)
     "sequence_mean": (1/B) sum_b (sum_t m l / sum_t m)   (GRPO's original per-sequence mean; TRL "grpo")
     "dr_grpo":       sum_{b,t} m l / (B * max_length)   (Dr. GRPO's constant normalizer, Liu et al. 2025; TRL
                      "dr_grpo" with max_length = max_completion_length, default T).
@@ -243,6 +245,7 @@ def aggregate_token_losses(loss_BxT: jax.Array, mask_BxT: jax.Array, mode: str =
     mask_BxT: (B, T), nonzero on counted tokens.
     mode: "token_mean", "sequence_mean" or "dr_grpo".
     max_length: the dr_grpo constant (defaults to T).
+    num_tokens: the token_mean normalizer N (defaults to this batch's token count); clamped at 1.
 
   Returns:
     scalar float32 (empty sequences count as 0 and token counts are clamped at 1, as in TRL).
@@ -252,8 +255,11 @@ def aggregate_token_losses(loss_BxT: jax.Array, mask_BxT: jax.Array, mode: str =
   _check_tokens(loss_BxT, mask_BxT, "loss_BxT")
   valid = mask_BxT > 0
   masked = jnp.where(valid, _f32(loss_BxT), 0.0)
+  if num_tokens is not None and mode != "token_mean":
+    raise ValueError(f"num_tokens applies to mode 'token_mean' only; got mode {mode!r}")
   if mode == "token_mean":
-    return jnp.sum(masked) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
+    count = jnp.sum(valid) if num_tokens is None else _f32(num_tokens)
+    return jnp.sum(masked) / jnp.maximum(count, 1).astype(jnp.float32)
   if mode == "sequence_mean":
     per_seq = jnp.sum(masked, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1).astype(jnp.float32)
     return jnp.mean(per_seq)
@@ -266,8 +272,8 @@ def aggregate_token_losses(loss_BxT: jax.Array, mask_BxT: jax.Array, mode: str =
 def clipped_policy_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, advantages: jax.Array,
                         mask_BxT: jax.Array, *, epsilon: float = 0.2, epsilon_high: float | None = None,
                         loss_aggregation: str = "token_mean", ref_logps_BxT: jax.Array | None = None,
-                        kl_coeff: float = 0.0, kl_estimator: str = "k3",
-                        max_length: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                        kl_coeff: float = 0.0, kl_estimator: str = "k3", max_length: int | None = None,
+                        num_tokens: jax.Array | int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """GRPO/DAPO/PPO policy loss: clipped surrogate + kl_coeff * per-token KL, aggregated to a scalar.
 
   L = agg_t( -min(rho_t A, clip(rho_t, 1-eps, 1+eps_high) A) + beta * k(pi, pi_ref)_t ), the GRPO objective
@@ -281,6 +287,7 @@ def clipped_policy_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, a
     kl_coeff: beta.
     kl_estimator: "k1", "k2" or "k3".
     max_length: the dr_grpo constant (defaults to T).
+    num_tokens: the token_mean normalizer (DAPO's whole-batch token count; defaults to this batch's).
 
   Returns:
     (scalar loss float32, metrics: the clip ratios plus `kl` (token mean) when kl_coeff != 0).
@@ -289,13 +296,39 @@ def clipped_policy_loss(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, a
     raise ValueError(f"loss_aggregation must be one of {list(LOSS_AGGREGATIONS)}; got {loss_aggregation!r}")
   per_token, metrics = clipped_surrogate(logps_BxT, old_logps_BxT, advantages, mask_BxT, epsilon=epsilon,
                                          epsilon_high=epsilon_high)
+  return kl_regularized_loss(per_token, metrics, logps_BxT, mask_BxT, loss_aggregation=loss_aggregation,
+                             ref_logps_BxT=ref_logps_BxT, kl_coeff=kl_coeff, kl_estimator=kl_estimator,
+                             max_length=max_length, num_tokens=num_tokens)
+
+
+def kl_regularized_loss(per_token_BxT: jax.Array, metrics: dict[str, jax.Array], logps_BxT: jax.Array,
+                        mask_BxT: jax.Array, *, loss_aggregation: str = "token_mean",
+                        ref_logps_BxT: jax.Array | None = None, kl_coeff: float = 0.0, kl_estimator: str = "k3",
+                        max_length: int | None = None, num_tokens: jax.Array | int | None = None
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Adds kl_coeff * k(pi, pi_ref)_t to a per-token surrogate loss and aggregates: the shared tail of every
+  policy objective here (clipped, GSPO, CISPO), as TRL adds beta * KL before its loss-type reduction.
+
+  Args:
+    per_token_BxT: (B, T) surrogate loss (`clipped_surrogate`, `policy_variants.gspo_surrogate`, ...).
+    metrics: the surrogate's metrics; a copy gains `kl` (token mean) when kl_coeff != 0.
+    logps_BxT, mask_BxT, ref_logps_BxT, kl_coeff, kl_estimator, loss_aggregation, max_length, num_tokens: as in
+      `clipped_policy_loss`.
+
+  Returns:
+    (scalar loss float32, metrics).
+  """
+  if loss_aggregation not in LOSS_AGGREGATIONS:
+    raise ValueError(f"loss_aggregation must be one of {list(LOSS_AGGREGATIONS)}; got {loss_aggregation!r}")
+  metrics = dict(metrics)
   if kl_coeff:
     if ref_logps_BxT is None:
       raise ValueError("ref_logps_BxT is required when kl_coeff != 0")
     kl = kl_divergence(logps_BxT, ref_logps_BxT, mask_BxT, estimator=kl_estimator)
-    per_token = per_token + kl_coeff * kl
+    per_token_BxT = per_token_BxT + kl_coeff * kl
     metrics["kl"] = aggregate_token_losses(jax.lax.stop_gradient(kl), mask_BxT, "token_mean")
-  loss = aggregate_token_losses(per_token, mask_BxT, loss_aggregation, max_length=max_length)
+  loss = aggregate_token_losses(per_token_BxT, mask_BxT, loss_aggregation, max_length=max_length,
+                                num_tokens=num_tokens)
   return loss, metrics
 
 

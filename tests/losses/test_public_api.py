@@ -2,7 +2,8 @@
 the module functions themselves (one definition each)."""
 
 import jaxrlhf.losses as losses
-from jaxrlhf.losses import aggregation, kto, logps, policy_gradient, preference, reference_free, reward, token_level
+from jaxrlhf.losses import (aggregation, kto, logps, policy_gradient, policy_variants, ppo, preference, reference_free,
+                            reward, token_level)
 
 PUBLIC = {
     aggregation: ("aggregate", "mean_reward", "median_reward", "min_reward", "mean_minus_std_reward",
@@ -12,7 +13,11 @@ PUBLIC = {
             "shift_for_next_token"),
     policy_gradient: ("group_advantages", "rloo_advantages", "clipped_surrogate", "clipped_policy_loss",
                       "aggregate_token_losses", "kl_divergence", "kl_penalized_token_rewards", "clip_process_rewards",
-                      "delta_process_rewards"),
+                      "delta_process_rewards", "kl_regularized_loss"),
+    policy_variants: ("VARIANTS", "gspo_surrogate", "cispo_surrogate", "variant_surrogate", "policy_variant_loss",
+                      "dynamic_sampling_mask", "soft_overlong_penalty"),
+    ppo: ("masked_whiten", "gae_advantages", "ppo_advantages", "clipped_value_loss", "ppo_loss", "fixed_kl_coef",
+          "adaptive_kl_coef", "update_kl_coef", "KL_CONTROLLERS"),
     preference: ("dpo_loss", "dynamic_beta", "f_divergence_scores", "LOSS_TYPES"),
     reference_free: ("simpo_loss", "orpo_loss"),
     reward: ("bradley_terry_loss", "preference_strength", "adaptive_margin", "attribute_regression_loss",
