@@ -1,4 +1,5 @@
-"""Decoder families (Llama/Mistral/SmolLM2, Qwen2, GPT-2) and checkpoint interop (HF safetensors, GGUF)."""
+"""Decoder families (Llama/Mistral/SmolLM2, Qwen2, Qwen3, Gemma 2, Gemma 3 text, GPT-2) and checkpoint interop
+(HF safetensors, GGUF)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ __all__ = [
 def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Any = None,
                     **config_overrides: Any) -> tuple[CausalLM, ModelConfig]:
   """Loads a CausalLM from a Hugging Face folder (config.json + model.safetensors or a sharded
-  model.safetensors.index.json) or a llama-architecture .gguf file.
+  model.safetensors.index.json) or a .gguf file of architecture llama, qwen3, gemma2 or gemma3.
 
   Args:
     path: the folder or the .gguf file.

@@ -1,7 +1,8 @@
 """ModelConfig: one frozen description of every supported decoder family.
 
-The families differ only by switches (norm type, position encoding, MLP type, biases, tying), so a single
-decoder implementation (`jaxrlhf.models.decoder.CausalLM`) covers Llama 2/3.x, Mistral, SmolLM2, Qwen2 and
+The families differ only by switches (norm type, position encoding, MLP type, biases, tying, q/k norms, Gemma's
+sandwich norms and soft-capping, per-layer sliding windows), so a single decoder implementation
+(`jaxrlhf.models.decoder.CausalLM`) covers Llama 2/3.x, Mistral, SmolLM2, Qwen2, Qwen3, Gemma 2, Gemma 3 (text) and
 GPT-2. `ModelConfig.from_hf` / `ModelConfig.to_hf` convert to and from a transformers `config.json` dict.
 """
 
@@ -13,15 +14,24 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-FAMILIES = ("llama", "qwen2", "gpt2")
-# transformers model_type -> our family. Mistral and SmolLM2 are Llama-family checkpoints.
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
+FAMILIES = ("llama", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3")
+# transformers model_type -> our family. Mistral and SmolLM2 are Llama-family checkpoints; "gemma3_text" is the
+# text-only Gemma 3 (Gemma3ForCausalLM).
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "qwen3": "qwen3",
+                  "gemma2": "gemma2", "gemma3_text": "gemma3"}
 HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
+# family -> the model_type `to_hf` writes when `hf_model_type` is unset.
+_DEFAULT_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "qwen3": "qwen3", "gemma2": "gemma2",
+                        "gemma3": "gemma3_text"}
+LAYER_TYPES = ("full_attention", "sliding_attention")
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 POSITION_KINDS = ("rope", "learned")
@@ -41,6 +51,26 @@ _HF_ACTIVATIONS = {
     "relu": "relu",
 }
 _ACTIVATION_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+
+# Switches each transformers architecture fixes: `from_hf` sets them, `to_hf` refuses a config that differs (the
+# exported checkpoint would compute something else in transformers). The switches absent from a family's entry
+# must keep their defaults there (`_SWITCH_DEFAULTS`).
+_SWITCH_DEFAULTS = dict(qk_norm=False, norm_plus_one=False, post_norms=False, scale_embeddings=False,
+                        query_pre_attn_scalar=None, attn_logit_softcap=None, final_logit_softcap=None,
+                        layer_types=None, local_rope_theta=None)
+_GEMMA_SWITCHES = dict(norm="rmsnorm", position="rope", gated_mlp=True, mlp_bias=False, norm_plus_one=True,
+                       post_norms=True, scale_embeddings=True)
+_FAMILY_SWITCHES: dict[str, dict[str, Any]] = {
+    "qwen3": dict(norm="rmsnorm", position="rope", gated_mlp=True, mlp_bias=False, qk_norm=True),
+    "gemma2": dict(_GEMMA_SWITCHES, qk_norm=False, local_rope_theta=None),
+    "gemma3": dict(_GEMMA_SWITCHES, qk_norm=True, attn_logit_softcap=None),
+}
+# Switches a family may set freely (read from and written to its config.json).
+_FAMILY_FREE = {
+    "qwen3": ("layer_types",),
+    "gemma2": ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap", "layer_types"),
+    "gemma3": ("query_pre_attn_scalar", "final_logit_softcap", "layer_types", "local_rope_theta"),
+}
 
 
 def _choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -77,7 +107,7 @@ class ModelConfig:
   """Architecture and numerics of a decoder-only LM.
 
   Attributes:
-    family: "llama" (also Mistral, SmolLM2), "qwen2" or "gpt2".
+    family: "llama" (also Mistral, SmolLM2), "qwen2", "gpt2", "qwen3", "gemma2" or "gemma3" (text-only Gemma 3).
     vocab_size, embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim: sizes (V, D, L, N, K, H, F).
     max_position_embeddings: length of the learned position table (GPT-2) / nominal context.
     norm: "rmsnorm" or "layernorm"; norm_eps its epsilon.
@@ -88,6 +118,20 @@ class ModelConfig:
     qkv_bias, out_bias, mlp_bias: biases on q/k/v projections, attention output, and MLP projections.
     tie_word_embeddings: LM head reuses the token embedding matrix.
     sliding_window: Mistral-style window in tokens (keys more than `sliding_window - 1` slots back are masked).
+    layer_types: None (every layer alike: windowed iff `sliding_window` is set) or one entry per layer,
+      "full_attention" or "sliding_attention" (Gemma 2 alternates them, Gemma 3 has one global layer in six).
+    local_rope_theta: RoPE base of the "sliding_attention" layers, which then use no rope_scaling (Gemma 3);
+      rope_theta / rope_scaling apply to the "full_attention" layers. None: every layer uses rope_theta.
+    qk_norm: RMSNorm over head_dim on each query and key head, before RoPE (Qwen3, Gemma 3).
+    norm_plus_one: RMSNorm scales by (1 + weight) in float32 before casting back (Gemma); the stored weights are
+      transformers' (zero at init).
+    post_norms: Gemma's sandwich norms: the attention output and the MLP output are normalized before their
+      residual adds (post_attn_norm_scale, post_mlp_norm_scale); mlp_norm_scale is the pre-feedforward norm.
+    scale_embeddings: token embeddings are multiplied by sqrt(embed_dim) (rounded to param_dtype) (Gemma).
+    query_pre_attn_scalar: attention scores are scaled by query_pre_attn_scalar ** -0.5 instead of
+      head_dim ** -0.5 (Gemma).
+    attn_logit_softcap, final_logit_softcap: cap * tanh(x / cap) on the scaled attention scores (before the
+      mask) and on the LM logits (Gemma 2); None: no capping.
     dtype: computation dtype; param_dtype: storage dtype of the parameters.
     scan_layers: run the stacked layers with `jax.lax.scan` (compile once) instead of a Python loop.
     remat: "none", "full" (recompute the whole layer), "dots" or "dots_no_batch" (save matmul outputs).
@@ -117,6 +161,15 @@ class ModelConfig:
   mlp_bias: bool = False
   tie_word_embeddings: bool = False
   sliding_window: int | None = None
+  layer_types: tuple[str, ...] | None = None
+  local_rope_theta: float | None = None
+  qk_norm: bool = False
+  norm_plus_one: bool = False
+  post_norms: bool = False
+  scale_embeddings: bool = False
+  query_pre_attn_scalar: float | None = None
+  attn_logit_softcap: float | None = None
+  final_logit_softcap: float | None = None
   initializer_range: float = 0.02
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -154,6 +207,33 @@ class ModelConfig:
           f"{[k for k, v in HF_MODEL_TYPES.items() if v == self.family]}")
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    self._check_family_switches()
+
+  def _check_family_switches(self) -> None:
+    """Validates the Qwen3 / Gemma switches (layer types, norms, soft-caps, attention scale)."""
+    if self.layer_types is not None:
+      object.__setattr__(self, "layer_types", tuple(self.layer_types))
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(f"layer_types has {len(self.layer_types)} entries; expected num_layers={self.num_layers}")
+      for layer_type in self.layer_types:
+        _choice("layer_types[]", layer_type, LAYER_TYPES)
+      if "sliding_attention" in self.layer_types and self.sliding_window is None:
+        raise ValueError("layer_types has 'sliding_attention' layers but sliding_window is None")
+    if self.local_rope_theta is not None:
+      if self.layer_types is None or self.position != "rope":
+        raise ValueError("local_rope_theta needs position='rope' and layer_types (it applies to the "
+                         "'sliding_attention' layers)")
+      if self.local_rope_theta <= 0:
+        raise ValueError(f"local_rope_theta must be > 0, got {self.local_rope_theta}")
+    for name in ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap"):
+      value = getattr(self, name)
+      if value is not None and not value > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {value}")
+    if (self.qk_norm or self.norm_plus_one) and self.norm != "rmsnorm":
+      raise ValueError(f"qk_norm and norm_plus_one need norm='rmsnorm', got norm={self.norm!r}")
+    if self.attn_logit_softcap is not None and self.attention == "cudnn":
+      raise ValueError("attn_logit_softcap is not supported with attention='cudnn' (the fused kernel has no "
+                       "soft-cap); expected attention='xla'")
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -162,6 +242,13 @@ class ModelConfig:
   @property
   def params_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.param_dtype)
+
+  @property
+  def sliding_layers(self) -> tuple[bool, ...] | None:
+    """Per-layer flags, True where the layer attends within `sliding_window`; None when every layer is alike."""
+    if self.layer_types is None:
+      return None
+    return tuple(layer_type == "sliding_attention" for layer_type in self.layer_types)
 
   @property
   def num_groups(self) -> int:
@@ -174,7 +261,8 @@ class ModelConfig:
   # --------------------------------------------------------------------------------------------- HF conversion
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
-    """Builds a ModelConfig from a transformers config dict (LlamaConfig, MistralConfig, Qwen2Config, GPT2Config).
+    """Builds a ModelConfig from a transformers config dict (LlamaConfig, MistralConfig, Qwen2Config, GPT2Config,
+    Qwen3Config, Gemma2Config, Gemma3TextConfig).
 
     Args:
       hf: the parsed `config.json`.
@@ -193,6 +281,8 @@ class ModelConfig:
     family = HF_MODEL_TYPES[model_type]
     if family == "gpt2":
       fields = _gpt2_fields(hf)
+    elif family in _FAMILY_SWITCHES:
+      fields = _qwen3_gemma_fields(hf, family)
     else:
       fields = _llama_like_fields(hf, model_type)
     fields.update(
@@ -208,7 +298,8 @@ class ModelConfig:
 
   def to_hf(self) -> dict[str, Any]:
     """Returns a transformers config dict (loadable by AutoConfig / AutoModelForCausalLM)."""
-    model_type = self.hf_model_type or self.family
+    model_type = self.hf_model_type or _DEFAULT_MODEL_TYPES[self.family]
+    self._check_exportable()
     eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
     out: dict[str, Any] = {
         "model_type": model_type,
@@ -249,7 +340,20 @@ class ModelConfig:
       out.update(sliding_window=self.sliding_window)
     elif model_type == "qwen2":
       out.update(use_sliding_window=False, sliding_window=None)
+    elif self.family in _FAMILY_SWITCHES:
+      _qwen3_gemma_to_hf(self, out, rope)
     return out
+
+  def _check_exportable(self) -> None:
+    """Raises unless transformers' class for this family computes what this config computes."""
+    fixed = dict(_SWITCH_DEFAULTS)
+    for name in _FAMILY_FREE.get(self.family, ()):
+      del fixed[name]
+    fixed.update(_FAMILY_SWITCHES.get(self.family, {}))
+    for name, value in fixed.items():
+      if getattr(self, name) != value:
+        raise ValueError(f"{name}={getattr(self, name)!r} cannot be exported as family {self.family!r} "
+                         f"(transformers' {HF_ARCHITECTURES[_DEFAULT_MODEL_TYPES[self.family]]} fixes {value!r})")
 
 
 def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
@@ -315,6 +419,97 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
   return fields
 
 
+def _qwen3_gemma_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
+  """Qwen3 / Gemma 2 / Gemma 3 (text): the Llama-like fields plus the family's fixed switches and its own keys."""
+  if hf.get("use_bidirectional_attention"):
+    raise ValueError(f"use_bidirectional_attention=True is not supported for {family}; expected False")
+  fields = _llama_like_fields(hf, hf["model_type"])
+  fields.update(_FAMILY_SWITCHES[family])
+  num_layers = fields["num_layers"]
+  if family == "qwen3":
+    # transformers drops the window unless use_sliding_window; then layers from max_window_layers on slide.
+    if hf.get("use_sliding_window", False) and hf.get("sliding_window") is not None:
+      layer_types = hf.get("layer_types") or [
+          "sliding_attention" if i >= int(hf.get("max_window_layers", 28)) else "full_attention"
+          for i in range(num_layers)]
+      if "sliding_attention" in layer_types:
+        # Every layer windowed is the uniform (Mistral-style) case: no per-layer types needed.
+        uniform = "full_attention" not in layer_types
+        fields.update(sliding_window=int(hf["sliding_window"]), layer_types=None if uniform else tuple(layer_types))
+    return fields
+
+  activation_key = "hidden_activation" if hf.get("hidden_activation") is not None else "hidden_act"
+  fields["activation"] = _activation_from_hf(activation_key, hf.get(activation_key, "gelu_pytorch_tanh"))
+  fields["query_pre_attn_scalar"] = float(hf.get("query_pre_attn_scalar", 256))
+  # Gemma 2 alternates local and global layers (local first); Gemma 3 makes every `sliding_window_pattern`-th
+  # layer global (transformers' defaults when config.json lists no layer_types).
+  pattern = 2 if family == "gemma2" else int(hf.get("sliding_window_pattern", 6))
+  layer_types = hf.get("layer_types") or [
+      "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(num_layers)]
+  sliding_window = hf.get("sliding_window", 4096)
+  fields.update(layer_types=tuple(layer_types), sliding_window=None if sliding_window is None else int(sliding_window))
+  default_final_cap = 30.0 if family == "gemma2" else None
+  fields["final_logit_softcap"] = _optional_float(hf.get("final_logit_softcapping", default_final_cap))
+  if family == "gemma2":
+    fields["attn_logit_softcap"] = _optional_float(hf.get("attn_logit_softcapping", 50.0))
+  else:
+    # transformers' Gemma3Attention never applies attn_logit_softcapping (Gemma 3 dropped it), so neither do we.
+    fields["rope_theta"], fields["rope_scaling"], fields["local_rope_theta"] = _gemma3_rope_from_hf(hf)
+  return fields
+
+
+def _optional_float(value: Any) -> float | None:
+  return None if value is None else float(value)
+
+
+def _gemma3_rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None, float | None]:
+  """(global theta, global scaling, local theta) from per-layer-type `rope_parameters` (transformers 5) or the
+  legacy `rope_theta` / `rope_scaling` (global layers) and `rope_local_base_freq` (local layers)."""
+  params = dict(hf.get("rope_parameters") or {})
+  if "full_attention" in params or "sliding_attention" in params:
+    full = dict(params.get("full_attention") or {})
+    local = dict(params.get("sliding_attention") or {})
+  else:
+    full = params or dict(hf.get("rope_scaling") or {})
+    local = {}
+  full.setdefault("rope_theta", hf.get("rope_theta", 1_000_000.0))
+  local.setdefault("rope_theta", hf.get("rope_local_base_freq", 10_000.0))
+  theta, scaling = _rope_from_hf({"rope_parameters": full})
+  if local == full:  # one RoPE for every layer (what `to_hf` writes for local_rope_theta=None)
+    return theta, scaling, None
+  local_type = local.get("rope_type", local.get("type", "default"))
+  if local_type != "default":
+    raise ValueError(f"rope_parameters.sliding_attention.rope_type={local_type!r} is not supported unless it "
+                     "equals rope_parameters.full_attention; expected 'default'")
+  return theta, scaling, float(local["rope_theta"])
+
+
+def _qwen3_gemma_to_hf(config: ModelConfig, out: dict[str, Any], rope: dict[str, Any]) -> None:
+  """Adds the Qwen3 / Gemma keys of `config` to the Llama-like `out` (in place)."""
+  c = config
+  if c.qkv_bias != c.out_bias:
+    raise ValueError(f"qkv_bias={c.qkv_bias} and out_bias={c.out_bias} must be equal for family {c.family!r} "
+                     "(transformers' attention_bias sets both)")
+  layer_types = list(c.layer_types or (["sliding_attention" if c.sliding_window else "full_attention"]
+                                       * c.num_layers))
+  out.update(attention_bias=c.qkv_bias, layer_types=layer_types, sliding_window=c.sliding_window)
+  if c.family == "qwen3":
+    out["use_sliding_window"] = c.sliding_window is not None
+    return
+  scalar = c.query_pre_attn_scalar if c.query_pre_attn_scalar is not None else c.head_dim
+  if not float(scalar).is_integer():
+    raise ValueError(f"query_pre_attn_scalar={scalar} cannot be exported: transformers' {c.family} config "
+                     "expects an int")
+  out.pop("hidden_act")
+  out.update(hidden_activation="gelu_pytorch_tanh" if c.activation == "gelu_tanh" else _ACTIVATION_TO_HF[c.activation],
+             query_pre_attn_scalar=int(scalar),
+             final_logit_softcapping=c.final_logit_softcap, attn_logit_softcapping=c.attn_logit_softcap,
+             use_bidirectional_attention=False)
+  if c.family == "gemma3":
+    local = rope if c.local_rope_theta is None else {"rope_type": "default", "rope_theta": c.local_rope_theta}
+    out["rope_parameters"] = {"full_attention": rope, "sliding_attention": local}
+
+
 def _gpt2_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
   for key, default in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                        ("add_cross_attention", False)):
@@ -346,5 +541,7 @@ def _gpt2_fields(hf: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def attention_scale(config: ModelConfig) -> float:
-  """Softmax temperature 1/sqrt(H) shared by every family here."""
+  """Softmax temperature: 1/sqrt(H), or query_pre_attn_scalar ** -0.5 where set (Gemma)."""
+  if config.query_pre_attn_scalar is not None:
+    return config.query_pre_attn_scalar ** -0.5
   return 1.0 / math.sqrt(config.head_dim)

@@ -1,8 +1,11 @@
-"""One Flax NNX decoder for the Llama (Mistral, SmolLM2), Qwen2 and GPT-2 families.
+"""One Flax NNX decoder for the Llama (Mistral, SmolLM2), Qwen2, Qwen3, Gemma 2, Gemma 3 (text) and GPT-2 families.
 
 Layer parameters are stacked on a leading "layers" axis and run with `jax.lax.scan` (optionally under
 `jax.checkpoint`), so an L-layer model compiles one layer body. Each family is a set of `ModelConfig` switches:
-norm type, RoPE vs learned positions, gated vs plain MLP, biases, tied embeddings.
+norm type, RoPE vs learned positions, gated vs plain MLP, biases, tied embeddings, q/k norms, Gemma's (1 + w)
+sandwich norms, scaled embeddings and soft-capping. Layers that differ (Gemma's local sliding-window vs global
+layers, with their own RoPE bases) differ only by data: a per-layer flag scanned with the parameters selects the
+layer's attention mask and RoPE tables, so the scan still compiles one body.
 
 Shape letters: B batch, T new tokens, S key/value slots (T without a cache, max_len with one), D embed,
 N query heads, K kv heads, G = N / K, H head dim, F mlp width, V vocab, L layers.
@@ -42,13 +45,14 @@ def layer_param_specs(config: ModelConfig) -> dict[str, ParamSpec]:
   """Per-layer parameters (stacked over "layers" in the model) for this config's switches."""
   c = config
   D, N, K, H, F = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
+  norm_init = "zeros" if c.norm_plus_one else "ones"  # (1 + w) norms start at w = 0
   specs = {
-      "attn_norm_scale": ParamSpec((D,), ("embed",), "ones"),
+      "attn_norm_scale": ParamSpec((D,), ("embed",), norm_init),
       "q_kernel": ParamSpec((D, N, H), ("embed", "heads", "head_dim"), "normal"),
       "k_kernel": ParamSpec((D, K, H), ("embed", "kv_heads", "head_dim"), "normal"),
       "v_kernel": ParamSpec((D, K, H), ("embed", "kv_heads", "head_dim"), "normal"),
       "o_kernel": ParamSpec((N, H, D), ("heads", "head_dim", "embed"), "normal"),
-      "mlp_norm_scale": ParamSpec((D,), ("embed",), "ones"),
+      "mlp_norm_scale": ParamSpec((D,), ("embed",), norm_init),
       "up_kernel": ParamSpec((D, F), ("embed", "mlp"), "normal"),
       "down_kernel": ParamSpec((F, D), ("mlp", "embed"), "normal"),
   }
@@ -68,6 +72,12 @@ def layer_param_specs(config: ModelConfig) -> dict[str, ParamSpec]:
     specs["down_bias"] = ParamSpec((D,), ("embed",), "zeros")
     if c.gated_mlp:
       specs["gate_bias"] = ParamSpec((F,), ("mlp",), "zeros")
+  if c.qk_norm:
+    specs["q_norm_scale"] = ParamSpec((H,), ("head_dim",), norm_init)
+    specs["k_norm_scale"] = ParamSpec((H,), ("head_dim",), norm_init)
+  if c.post_norms:
+    specs["post_attn_norm_scale"] = ParamSpec((D,), ("embed",), norm_init)
+    specs["post_mlp_norm_scale"] = ParamSpec((D,), ("embed",), norm_init)
   return specs
 
 
@@ -76,7 +86,7 @@ def model_param_specs(config: ModelConfig) -> dict[str, ParamSpec]:
   c = config
   specs = {
       "embed": ParamSpec((c.vocab_size, c.embed_dim), ("vocab", "embed"), "normal"),
-      "final_norm_scale": ParamSpec((c.embed_dim,), ("embed",), "ones"),
+      "final_norm_scale": ParamSpec((c.embed_dim,), ("embed",), "zeros" if c.norm_plus_one else "ones"),
   }
   if c.position == "learned":
     specs["pos_embed"] = ParamSpec((c.max_position_embeddings, c.embed_dim), ("positions", "embed"), "normal")
@@ -136,7 +146,7 @@ class LayerStack(nnx.Module):
 
 # ------------------------------------------------------------------------------------------ pure layer math
 def _norm(config: ModelConfig, x_BxTxD: Array, scale_D: Array, bias_D: Array | None) -> Array:
-  """RMSNorm or LayerNorm, statistics in float32 (as transformers), output in x's dtype."""
+  """RMSNorm or LayerNorm over the last axis, statistics in float32 (as transformers), output in x's dtype."""
   x = x_BxTxD.astype(jnp.float32)
   if config.norm == "rmsnorm":
     y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + config.norm_eps)
@@ -144,6 +154,9 @@ def _norm(config: ModelConfig, x_BxTxD: Array, scale_D: Array, bias_D: Array | N
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     y = (x - mean) * jax.lax.rsqrt(var + config.norm_eps)
+  if config.norm_plus_one:
+    # Gemma: scale by (1 + w) in float32, then cast (transformers' Gemma RMSNorm; Llama casts before scaling).
+    return (y * (1.0 + scale_D.astype(jnp.float32))).astype(x_BxTxD.dtype)
   y = y.astype(x_BxTxD.dtype) * scale_D
   return y if bias_D is None else y + bias_D
 
@@ -156,11 +169,14 @@ def _activation(config: ModelConfig, x: Array) -> Array:
   return jax.nn.gelu(x, approximate=config.activation == "gelu_tanh")
 
 
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-  """(H/2,) float32 RoPE inverse frequencies, after rope_scaling (matches transformers' rope init functions)."""
+def rope_inv_freq(config: ModelConfig, local: bool = False) -> np.ndarray:
+  """(H/2,) float32 RoPE inverse frequencies, after rope_scaling (matches transformers' rope init functions).
+
+  `local=True`: those of the sliding-window layers, base `local_rope_theta` and no scaling (Gemma 3).
+  """
   H = config.head_dim
-  inv_freq = 1.0 / (np.float32(config.rope_theta) ** (np.arange(0, H, 2, dtype=np.float32) / np.float32(H)))
-  scaling = config.rope_scaling
+  theta, scaling = (config.local_rope_theta, None) if local else (config.rope_theta, config.rope_scaling)
+  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, H, 2, dtype=np.float32) / np.float32(H)))
   if scaling is None or scaling.rope_type == "default":
     return inv_freq.astype(np.float32)
   if scaling.rope_type == "linear":
@@ -177,9 +193,9 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
   return np.where(is_medium, smoothed, scaled).astype(np.float32)
 
 
-def _rope_tables(config: ModelConfig, positions_BxT: Array) -> tuple[Array, Array]:
+def _rope_tables(config: ModelConfig, positions_BxT: Array, local: bool = False) -> tuple[Array, Array]:
   """cos, sin tables (B, T, H) in the compute dtype (half-split "rotate_half" layout as transformers)."""
-  freqs_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+  freqs_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config, local))
   emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
   return jnp.cos(emb_BxTxH).astype(config.compute_dtype), jnp.sin(emb_BxTxH).astype(config.compute_dtype)
 
@@ -209,10 +225,17 @@ def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKx
   q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
   scores = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH, preferred_element_type=jnp.float32)
   scores = scores * attention_scale(config)
+  if config.attn_logit_softcap is not None:
+    scores = _softcap(scores, config.attn_logit_softcap)
   scores = jnp.where(allowed_BxTxS[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
   out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH)
   return out_BxTxKxGxH.reshape(B, T, N, H)
+
+
+def _softcap(x: Array, cap: float) -> Array:
+  """cap * tanh(x / cap): Gemma 2's soft-capping of attention scores and final logits (bounded by +-cap)."""
+  return jnp.tanh(x / cap) * cap
 
 
 def _dense(x: Array, w: Array, num_in_dims: int = 1) -> Array:
@@ -241,6 +264,8 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
   v = _dense(h, p["v_kernel"])
   if config.qkv_bias:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+  if config.qk_norm:  # per head, over head_dim, before RoPE (Qwen3, Gemma 3)
+    q, k = _norm(config, q, p["q_norm_scale"], None), _norm(config, k, p["k_norm_scale"], None)
   if rope is not None:
     q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
   if kv is not None:
@@ -253,6 +278,8 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
   out = _dense(attn, p["o_kernel"], num_in_dims=2)
   if config.out_bias:
     out = out + p["o_bias"]
+  if config.post_norms:
+    out = _norm(config, out, p["post_attn_norm_scale"], None)
   x_BxTxD = x_BxTxD + out
 
   h = _norm(config, x_BxTxD, p["mlp_norm_scale"], p.get("mlp_norm_bias"))
@@ -269,6 +296,8 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
   down = _dense(up, p["down_kernel"])
   if config.mlp_bias:
     down = down + p["down_bias"]
+  if config.post_norms:
+    down = _norm(config, down, p["post_mlp_norm_scale"], None)
   return x_BxTxD + down, kv
 
 
@@ -281,19 +310,21 @@ def default_positions(attention_mask_BxT: Array, offset_B: Array | None = None) 
 
 
 def _allowed_mask(config: ModelConfig, q_slots_T: Array, kv_slots_S: Array, kv_valid_BxS: Array,
-                  positions_BxT: Array | None = None) -> Array:
+                  positions_BxT: Array | None = None, *, windowed: bool = True) -> Array:
   """(B, T, S) bool: key slot is real, not in the future, and inside the sliding window if any.
 
   The window is measured in slots, or in `positions_BxT` when given (T == S, no cache): rows whose segments
   restart or share a prefix (packing, shared prompts) have slot distances larger than token distances.
+  `windowed=False` gives the mask of the "full_attention" layers (no window).
   """
   causal_TxS = kv_slots_S[None, :] <= q_slots_T[:, None]
   allowed_BxTxS = causal_TxS[None] & kv_valid_BxS[:, None, :]
-  if config.sliding_window is not None:
+  window = config.sliding_window if windowed else None
+  if window is not None:
     if positions_BxT is None:
-      allowed_BxTxS &= (kv_slots_S[None, :] > q_slots_T[:, None] - config.sliding_window)[None]
+      allowed_BxTxS &= (kv_slots_S[None, :] > q_slots_T[:, None] - window)[None]
     else:
-      allowed_BxTxS &= positions_BxT[:, None, :] > positions_BxT[:, :, None] - config.sliding_window
+      allowed_BxTxS &= positions_BxT[:, None, :] > positions_BxT[:, :, None] - window
   return allowed_BxTxS
 
 
@@ -332,19 +363,31 @@ class CausalLM(nnx.Module):
                          shared_mask=shared_mask)[0]
 
   def output_embedding(self) -> Array:
-    """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied)."""
+    """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied).
+
+    Raises for a `final_logit_softcap` model: logits are not hidden @ this matrix there (use `unembed`).
+    """
+    if self.config.final_logit_softcap is not None:
+      raise ValueError(
+          f"final_logit_softcap={self.config.final_logit_softcap}: the logits are cap * tanh((hidden @ W) / cap), "
+          "so a projection by output_embedding() alone (e.g. chunked log-probs) would skip the cap; use "
+          "model.unembed(hidden) (chunk_size=0)")
     if self.config.tie_word_embeddings:
       return self.embed[...].astype(self.config.compute_dtype).T
     return self.lm_head[...].astype(self.config.compute_dtype)
 
   def unembed(self, hidden_BxTxD: Array) -> Array:
-    """Logits (B, T, V), accumulated and returned in float32."""
+    """Logits (B, T, V), accumulated and returned in float32 (soft-capped when final_logit_softcap is set)."""
     c = self.config
     if c.tie_word_embeddings:
-      return jnp.einsum("btd,vd->btv", hidden_BxTxD, self.embed[...].astype(c.compute_dtype),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("btd,dv->btv", hidden_BxTxD, self.lm_head[...].astype(c.compute_dtype),
-                      preferred_element_type=jnp.float32)
+      logits_BxTxV = jnp.einsum("btd,vd->btv", hidden_BxTxD, self.embed[...].astype(c.compute_dtype),
+                                preferred_element_type=jnp.float32)
+    else:
+      logits_BxTxV = jnp.einsum("btd,dv->btv", hidden_BxTxD, self.lm_head[...].astype(c.compute_dtype),
+                                preferred_element_type=jnp.float32)
+    if c.final_logit_softcap is not None:
+      logits_BxTxV = _softcap(logits_BxTxV, c.final_logit_softcap)
+    return logits_BxTxV
 
   def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
     """Empty cache for `batch` sequences of up to `max_len` tokens (prompt + generated); dtype defaults to the
@@ -395,25 +438,38 @@ class CausalLM(nnx.Module):
                        f"{segment_ids.shape}{' with a cache' if cache is not None else ''}")
     allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS,  # built once, shared by all layers
                                   positions if segment_ids is not None else None)
+    # With per-layer types the "full_attention" layers get a second mask without the window.
+    full_allowed_BxTxS = None
+    if c.layer_types is not None:
+      full_allowed_BxTxS = _allowed_mask(c, q_slots_T, kv_slots_S, kv_valid_BxS, windowed=False)
     if segment_ids is not None:
       same_segment_BxTxS = segment_ids[:, :, None] == segment_ids[:, None, :]
       if shared_mask is not None:
         same_segment_BxTxS |= shared_mask.astype(bool)[:, None, :]
       allowed_BxTxS &= same_segment_BxTxS
+      if full_allowed_BxTxS is not None:
+        full_allowed_BxTxS &= same_segment_BxTxS
     elif shared_mask is not None:
       raise ValueError("shared_mask needs segment_ids (the segments that share the masked tokens)")
-    elif c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None:
+    elif (c.attention == "cudnn" and attention_mask is None and cache is None and c.sliding_window is None
+          and c.layer_types is None):
       allowed_BxTxS = None  # unpadded causal: the fused kernel masks by itself, no (B, T, S) mask needed
 
     x_BxTxD = jnp.take(self.embed[...], input_ids_BxT, axis=0, mode="clip").astype(c.compute_dtype)
-    rope = None
+    if c.scale_embeddings:
+      # sqrt(D) rounded to the parameter dtype first, as transformers' Gemma scaled embedding does.
+      scale = jnp.asarray(np.float32(math.sqrt(c.embed_dim))).astype(c.params_dtype).astype(c.compute_dtype)
+      x_BxTxD = x_BxTxD * scale
+    rope = local_rope = None
     if c.position == "learned":
       x_BxTxD = x_BxTxD + jnp.take(self.pos_embed[...], positions, axis=0, mode="clip").astype(c.compute_dtype)
     else:
       rope = _rope_tables(c, positions)
+      if c.local_rope_theta is not None:
+        local_rope = _rope_tables(c, positions, local=True)
 
     kv = None if cache is None else (cache.keys, cache.values)
-    x_BxTxD, kv = self._run_layers(x_BxTxD, rope, allowed_BxTxS, kv, index)
+    x_BxTxD, kv = self._run_layers(x_BxTxD, rope, allowed_BxTxS, kv, index, local_rope, full_allowed_BxTxS)
     hidden_BxTxD = _norm(c, x_BxTxD, self.final_norm_scale[...].astype(c.compute_dtype),
                          None if c.norm == "rmsnorm" else self.final_norm_bias[...].astype(c.compute_dtype))
     new_cache = None
@@ -423,19 +479,30 @@ class CausalLM(nnx.Module):
 
   # ---- internals
   def _run_layers(self, x_BxTxD: Array, rope, allowed_BxTxS: Array, kv_LxBxSxKxH: tuple[Array, Array] | None,
-                  index: Array | None) -> tuple[Array, tuple[Array, Array] | None]:
+                  index: Array | None, local_rope=None, full_allowed_BxTxS: Array | None = None,
+                  ) -> tuple[Array, tuple[Array, Array] | None]:
     """Applies the L layers: a scan over the stacked params (or an unrolled loop), the cache in the carry so
-    XLA can update it in place."""
+    XLA can update it in place.
+
+    With `config.layer_types`, each layer's "sliding" flag is scanned with its parameters and selects its mask
+    (`allowed_BxTxS` windowed, `full_allowed_BxTxS` not) and RoPE tables (`local_rope` when set, else `rope`).
+    """
     c = self.config
     params = self.layers.arrays(c)
+    sliding_L = None if c.sliding_layers is None else np.asarray(c.sliding_layers)
 
     def body(carry, xs):
       x, kv_all = carry
-      p, layer = xs
+      p, layer, sliding = xs
       # Cast one layer at a time: mixed precision never holds a second full copy of the weights.
       p = {name: value.astype(c.compute_dtype) for name, value in p.items()}
       kv_layer = None if kv_all is None else (kv_all[0][layer], kv_all[1][layer])
-      x, kv_layer = _layer(c, p, x, rope, allowed_BxTxS, kv_layer, index)
+      layer_rope, layer_allowed = rope, allowed_BxTxS
+      if sliding is not None:
+        layer_allowed = jnp.where(sliding, allowed_BxTxS, full_allowed_BxTxS)
+        if local_rope is not None:
+          layer_rope = tuple(jnp.where(sliding, a, b) for a, b in zip(local_rope, rope))
+      x, kv_layer = _layer(c, p, x, layer_rope, layer_allowed, kv_layer, index)
       if kv_all is not None:
         kv_all = tuple(jax.lax.dynamic_update_index_in_dim(a, u, layer, axis=0) for a, u in zip(kv_all, kv_layer))
       return (x, kv_all), None
@@ -444,10 +511,12 @@ class CausalLM(nnx.Module):
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
     carry = (x_BxTxD, kv_LxBxSxKxH)
     if c.scan_layers:
-      carry, _ = jax.lax.scan(body, carry, (params, jnp.arange(c.num_layers)))
+      xs_sliding = None if sliding_L is None else jnp.asarray(sliding_L)
+      carry, _ = jax.lax.scan(body, carry, (params, jnp.arange(c.num_layers), xs_sliding))
     else:
       for layer in range(c.num_layers):
-        carry, _ = body(carry, (jax.tree.map(lambda a, i=layer: a[i], params), layer))
+        sliding = None if sliding_L is None else bool(sliding_L[layer])
+        carry, _ = body(carry, (jax.tree.map(lambda a, i=layer: a[i], params), layer, sliding))
     return carry
 
 

@@ -1,9 +1,13 @@
 """GGUF import: a llama.cpp checkpoint as a transformers-style config and state dict.
 
-`read_gguf` turns a `.gguf` file into `(hf_config, tensors)` in the naming and layout of a transformers
-`LlamaForCausalLM` checkpoint, so the one HF loading path (`jaxrlhf.models.hf`) builds the model. Tensors are
-dequantized to float32 with the `gguf` package; llama.cpp's q/k row permutation (applied by its converter so
-that GGML's interleaved RoPE matches HF's rotate-half RoPE) is undone here.
+`read_gguf` turns a `.gguf` file into `(hf_config, tensors)` in the naming and layout of a transformers checkpoint
+(`LlamaForCausalLM`, `Qwen3ForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`), so the one HF loading path
+(`jaxrlhf.models.hf`) builds the model. Tensors are dequantized to float32 with the `gguf` package, and what
+llama.cpp's converter (convert_hf_to_gguf.py) changed is undone: the q/k row permutation of "llama" files (so that
+GGML's interleaved RoPE matches HF's rotate-half RoPE; Qwen3 and Gemma use rotate-half RoPE in GGML too, so their
+rows are stored as is) and the +1 added to every Gemma RMSNorm weight (GGML scales by the weight, Gemma by 1 + w).
+Settings GGUF does not store are llama.cpp's: Gemma's attention scale (head_dim, or hidden / heads for the 27B
+models), Gemma 2's alternating windows, Gemma 3's one global layer in six and its local RoPE base 10000.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.Q4_0,
     gguf.GGMLQuantizationType.Q4_1,
 })
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen3", "gemma2", "gemma3")
+_GEMMA = ("gemma2", "gemma3")
+_HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+               "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 
 # GGUF tensor name -> transformers name. `{i}` is the layer index.
 _GLOBAL_TENSORS = {
@@ -43,16 +50,27 @@ _LAYER_TENSORS = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+_QK_NORM_TENSORS = {
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+}
+# Gemma's sandwich norms: llama.cpp's ffn_norm is the pre-feedforward norm there.
+_GEMMA_NORM_TENSORS = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
 
 
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Reads a llama-architecture GGUF file.
+  """Reads a GGUF file of architecture llama, qwen3, gemma2 or gemma3.
 
   Args:
     path: a `.gguf` file.
 
   Returns:
-    `(hf_config, tensors)`: `hf_config` is a transformers `LlamaConfig`-style dict (config.json keys);
+    `(hf_config, tensors)`: `hf_config` is a transformers config dict (config.json keys) of the matching class
+    (`LlamaConfig`, `Qwen3Config`, `Gemma2Config`, `Gemma3TextConfig`);
     `tensors` maps transformers parameter names (`model.embed_tokens.weight`,
     `model.layers.{i}.self_attn.q_proj.weight`, ...) to float32 arrays in torch `nn.Linear` layout
     (out_features, in_features). `lm_head.weight` is present only when the embeddings are untied.
@@ -65,8 +83,9 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
   metadata = _metadata(reader)
   gguf_tensors = {t.name: t for t in reader.tensors}
   hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
-  expected_shapes = _expected_shapes(hf_config)
-  name_map = _hf_names(hf_config["num_hidden_layers"])
+  arch = metadata["general.architecture"]
+  expected_shapes = _expected_shapes(hf_config, arch)
+  name_map = _hf_names(hf_config["num_hidden_layers"], arch)
 
   unexpected = sorted(set(gguf_tensors) - set(name_map))
   if "rope_freqs.weight" in unexpected:
@@ -74,7 +93,7 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     # every attention score, so refuse rather than load a subtly different model.
     raise ValueError("GGUF tensor 'rope_freqs.weight' (precomputed llama3 RoPE factors) is not supported")
   if unexpected:
-    raise ValueError(f"unexpected GGUF tensors for a llama model: {unexpected}")
+    raise ValueError(f"unexpected GGUF tensors for a {arch} model: {unexpected}")
 
   tensors = {}
   for gguf_name, hf_name in name_map.items():
@@ -87,10 +106,12 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
       raise ValueError(
           f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {shape}, expected {expected_shapes[hf_name]}")
     weight = _dequantize(gguf_tensors[gguf_name])
-    if hf_name.endswith("q_proj.weight"):
+    if arch == "llama" and hf_name.endswith("q_proj.weight"):
       weight = reverse_permute_qk(weight, hf_config["num_attention_heads"])
-    elif hf_name.endswith("k_proj.weight"):
+    elif arch == "llama" and hf_name.endswith("k_proj.weight"):
       weight = reverse_permute_qk(weight, hf_config["num_key_value_heads"])
+    elif arch in _GEMMA and hf_name.endswith("norm.weight"):
+      weight = weight - np.float32(1.0)  # llama.cpp stored 1 + w (exact for stored values in [0.5, 2])
     tensors[hf_name] = weight
   return hf_config, tensors
 
@@ -117,14 +138,14 @@ def reverse_permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str, Any]:
-  """Builds a transformers `LlamaConfig` dict from GGUF metadata.
+  """Builds a transformers config dict from GGUF metadata.
 
   Args:
     metadata: GGUF key -> value (as returned by `read_metadata`).
     tensor_names: names of the tensors in the file (decides `tie_word_embeddings`).
 
   Returns:
-    A config.json-style dict with `model_type` "llama".
+    A config.json-style dict with `model_type` "llama", "qwen3", "gemma2" or "gemma3_text".
   """
   arch = metadata.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
@@ -149,9 +170,10 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
       raise ValueError(f"GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
     vocab_size = len(tokens)
 
+  model_type, architecture = _HF_CLASSES[arch]
   config = {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
+      "architectures": [architecture],
+      "model_type": model_type,
       "vocab_size": int(vocab_size),
       "hidden_size": hidden_size,
       "intermediate_size": int(required("feed_forward_length")),
@@ -175,7 +197,46 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
   rope_scaling = _rope_scaling(metadata, arch)
   if rope_scaling is not None:
     config["rope_scaling"] = rope_scaling
+  if arch == "qwen3":
+    del config["mlp_bias"]
+    config["use_sliding_window"] = False
+  elif arch in _GEMMA:
+    _gemma_config(config, metadata, arch)
   return config
+
+
+def _gemma_config(config: dict[str, Any], metadata: dict[str, Any], arch: str) -> None:
+  """Turns the Llama-style `config` into a Gemma 2 / Gemma 3 one (in place), with llama.cpp's fixed settings."""
+  num_layers = config["num_hidden_layers"]
+  del config["mlp_bias"], config["hidden_act"]
+  config["hidden_activation"] = "gelu_pytorch_tanh"
+  # GGUF stores no query_pre_attn_scalar; llama.cpp scales by head_dim ** -0.5, except for the 27B models
+  # (Gemma 2: 46 layers, Gemma 3: 62), which use (hidden / heads) ** -0.5 (gemma_pytorch's config).
+  is_27b = num_layers == (46 if arch == "gemma2" else 62)
+  config["query_pre_attn_scalar"] = (config["hidden_size"] // config["num_attention_heads"] if is_27b
+                                     else config["head_dim"])
+  window_key = f"{arch}.attention.sliding_window"
+  if arch == "gemma3" and window_key not in metadata:
+    raise ValueError(f"GGUF metadata field {window_key!r} is missing")
+  config["sliding_window"] = int(metadata.get(window_key, 4096))
+  pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
+  if isinstance(pattern, (list, tuple)):  # one flag per layer, True where the layer slides
+    if len(pattern) != num_layers:
+      raise ValueError(f"GGUF {arch}.attention.sliding_window_pattern has {len(pattern)} entries; expected "
+                       f"{num_layers} (block_count)")
+    sliding = [bool(flag) for flag in pattern]
+  else:  # every pattern-th layer is global (Gemma 2: 2, Gemma 3: 6)
+    sliding = [bool((i + 1) % int(pattern)) for i in range(num_layers)]
+  config["layer_types"] = ["sliding_attention" if flag else "full_attention" for flag in sliding]
+  final_cap = metadata.get(f"{arch}.final_logit_softcapping", 30.0 if arch == "gemma2" else None)
+  config["final_logit_softcapping"] = None if final_cap is None else float(final_cap)
+  if arch == "gemma2":
+    config["attn_logit_softcapping"] = float(metadata.get(f"{arch}.attn_logit_softcapping", 50.0))
+    return
+  # Gemma 3: rope_theta and rope_scaling are the global layers'; the local layers use base 10000, unscaled.
+  full = {"rope_type": "default", **config.pop("rope_scaling", {}), "rope_theta": config.pop("rope_theta")}
+  local = {"rope_type": "default", "rope_theta": float(metadata.get(f"{arch}.rope.freq_base_swa", 10000.0))}
+  config["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -204,16 +265,26 @@ def _rope_scaling(metadata: dict[str, Any], arch: str) -> dict[str, Any] | None:
   return scaling
 
 
-def _hf_names(num_layers: int) -> dict[str, str]:
-  """GGUF tensor name -> transformers name for every tensor a llama model may hold."""
+def _layer_tensors(arch: str) -> dict[str, str]:
+  """GGUF layer tensor suffix -> transformers suffix for `arch`."""
+  names = dict(_LAYER_TENSORS)
+  if arch in _GEMMA:
+    names.update(_GEMMA_NORM_TENSORS)
+  if arch in ("qwen3", "gemma3"):
+    names.update(_QK_NORM_TENSORS)
+  return names
+
+
+def _hf_names(num_layers: int, arch: str = "llama") -> dict[str, str]:
+  """GGUF tensor name -> transformers name for every tensor a model of `arch` may hold."""
   names = dict(_GLOBAL_TENSORS)
   for i in range(num_layers):
-    for gguf_suffix, hf_suffix in _LAYER_TENSORS.items():
+    for gguf_suffix, hf_suffix in _layer_tensors(arch).items():
       names[f"blk.{i}.{gguf_suffix}"] = f"model.layers.{i}.{hf_suffix}"
   return names
 
 
-def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(config: dict[str, Any], arch: str = "llama") -> dict[str, tuple[int, ...]]:
   """transformers name -> expected (torch layout) shape."""
   d, f, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
   q_dim = config["num_attention_heads"] * config["head_dim"]
@@ -233,7 +304,11 @@ def _expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
       "mlp.gate_proj.weight": (f, d),
       "mlp.up_proj.weight": (f, d),
       "mlp.down_proj.weight": (d, f),
+      "self_attn.q_norm.weight": (config["head_dim"],),
+      "self_attn.k_norm.weight": (config["head_dim"],),
   }
+  layer_shapes.update({hf_suffix: (d,) for hf_suffix in _GEMMA_NORM_TENSORS.values()})
+  layer_shapes = {suffix: layer_shapes[suffix] for suffix in _layer_tensors(arch).values()}
   for i in range(config["num_hidden_layers"]):
     for suffix, shape in layer_shapes.items():
       shapes[f"model.layers.{i}.{suffix}"] = shape

@@ -70,13 +70,16 @@ def _reshaped(name: str, hf_name: str, our_shape: tuple[int, ...], per_layer: bo
 
 
 def _llama_table(c: ModelConfig) -> list[_Tensor]:
+  """Llama / Mistral / Qwen2 / Qwen3 / Gemma 2 / Gemma 3 naming (torch nn.Linear layout)."""
   D, N, K, H, F, V = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
   layer = "model.layers.{i}."
+  # Gemma's post_attention_layernorm normalizes the attention output; its pre_feedforward_layernorm feeds the MLP.
+  mlp_norm = "pre_feedforward_layernorm.weight" if c.post_norms else "post_attention_layernorm.weight"
   table = [
       _same("embed", "model.embed_tokens.weight", (V, D), False),
       _same("final_norm_scale", "model.norm.weight", (D,), False),
       _same("attn_norm_scale", layer + "input_layernorm.weight", (D,), True),
-      _same("mlp_norm_scale", layer + "post_attention_layernorm.weight", (D,), True),
+      _same("mlp_norm_scale", layer + mlp_norm, (D,), True),
       _linear("q_kernel", layer + "self_attn.q_proj.weight", D, (N, H)),
       _linear("k_kernel", layer + "self_attn.k_proj.weight", D, (K, H)),
       _linear("v_kernel", layer + "self_attn.v_proj.weight", D, (K, H)),
@@ -95,6 +98,12 @@ def _llama_table(c: ModelConfig) -> list[_Tensor]:
     table += [_same("gate_bias", layer + "mlp.gate_proj.bias", (F,), True),
               _same("up_bias", layer + "mlp.up_proj.bias", (F,), True),
               _same("down_bias", layer + "mlp.down_proj.bias", (D,), True)]
+  if c.qk_norm:
+    table += [_same("q_norm_scale", layer + "self_attn.q_norm.weight", (H,), True),
+              _same("k_norm_scale", layer + "self_attn.k_norm.weight", (H,), True)]
+  if c.post_norms:
+    table += [_same("post_attn_norm_scale", layer + "post_attention_layernorm.weight", (D,), True),
+              _same("post_mlp_norm_scale", layer + "post_feedforward_layernorm.weight", (D,), True)]
   if not c.tie_word_embeddings:
     table.append(_Tensor("lm_head.weight", (V, D), ("lm_head",), lambda w: (w.T,), lambda k: k.T, False))
   return table
@@ -229,7 +238,7 @@ def model_from_hf_tensors(hf_config: Mapping[str, Any], tensors: Mapping[str, np
   """Builds a CausalLM from a transformers config dict and transformers-named tensors.
 
   Args:
-    hf_config: config.json contents (model_type llama / mistral / qwen2 / gpt2).
+    hf_config: config.json contents (model_type llama / mistral / qwen2 / gpt2 / qwen3 / gemma2 / gemma3_text).
     tensors: {transformers tensor name: array} in transformers layout (torch Linear (out, in), GPT-2 Conv1D).
     dtype: parameter and compute dtype.
     shardings: optional pytree matching `nnx.state(model)` (nnx.State or pure dict) of jax Shardings, or a

@@ -11,6 +11,10 @@ VOCAB = 97
 _LLAMA_SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 
+_GEMMA_SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                    max_position_embeddings=128)
+
 # name -> (transformers config class name, model class name, config kwargs)
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama_gqa_tied": ("LlamaConfig", "LlamaForCausalLM", dict(_LLAMA_SIZES, tie_word_embeddings=True)),
@@ -26,23 +30,42 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(
         vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)),
+    # Qwen3: head_dim 12 != hidden / heads = 8, q/k norms, untied; and tied with a window on layer 1 only.
+    "qwen3_untied": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        _LLAMA_SIZES, head_dim=12, tie_word_embeddings=False, rope_parameters=dict(rope_type="default",
+                                                                                   rope_theta=1e6))),
+    "qwen3_tied_sliding": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        _LLAMA_SIZES, head_dim=8, tie_word_embeddings=True, use_sliding_window=True, sliding_window=4,
+        max_window_layers=1)),
+    # Gemma 2: layers local/global/local with a 4-token window, query_pre_attn_scalar != head_dim, both soft-caps
+    # small enough to bite on random weights.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        _GEMMA_SIZES, query_pre_attn_scalar=12, final_logit_softcapping=5.0, attn_logit_softcapping=3.0)),
+    # Gemma 3: local/local/global (sliding_window_pattern 3), local RoPE base 1e4, global 1e5 with linear scaling.
+    "gemma3_untied": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        _GEMMA_SIZES, query_pre_attn_scalar=12, sliding_window_pattern=3, tie_word_embeddings=False,
+        rope_parameters=dict(full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1e5),
+                             sliding_attention=dict(rope_type="default", rope_theta=1e4)))),
 }
 
 
-def make_hf_model(name: str, seed: int = 0):
-  """A transformers model of family `name` with every weight (incl. norms and biases) randomized, eager attention."""
+def make_hf_model(name: str, seed: int = 0, **config_changes: Any):
+  """A transformers model of family `name` (its config kwargs updated by `config_changes`) with every weight
+  (incl. norms and biases) randomized, eager attention."""
   import torch
   import transformers
 
   config_cls, model_cls, kwargs = FAMILIES[name]
   torch.manual_seed(seed)
-  config = getattr(transformers, config_cls)(**kwargs)
+  config = getattr(transformers, config_cls)(**{**kwargs, **config_changes})
   config._attn_implementation = "eager"
   model = getattr(transformers, model_cls)(config).eval()
+  # Gemma's RMSNorm scales by (1 + weight): its weights sit near zero.
+  norm_center = 0.0 if config.model_type.startswith("gemma") else 1.0
   with torch.no_grad():
     for pname, p in model.named_parameters():
       if p.ndim == 1 and ("norm" in pname or "ln_" in pname) and pname.endswith("weight"):
-        p.copy_(1.0 + 0.1 * torch.randn_like(p))  # norm scales near one, but not exactly one
+        p.copy_(norm_center + 0.1 * torch.randn_like(p))  # norm scales near one, but not exactly one
       else:
         p.copy_(0.2 * torch.randn_like(p))  # biases too: zero-initialized biases would hide mistakes
   return model
