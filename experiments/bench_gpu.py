@@ -54,15 +54,20 @@ import sys
 import threading
 import time
 
-# The parent imports no jax: a GPU client in the parent would hold the memory the cases need.
+# The parent never starts a jax backend: a GPU client in the parent would hold the memory the cases need.
+# Issue 19's numbers in its priority order (1: train MFU, 3: rollouts, 5: ensemble, 4: GRPO, 2: 8B). Estimated H200
+# wall seconds, compile included (gpu_bench_cases.estimate_s; guesses until a first run records compile_s):
+#   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=fused 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43
+#   | ens 60 | grpo 150 | dpo8b 90, rm8b 80  -> about 700 s in all; with --budget_s 440 expect 1, 3, 5 and whatever
+#   of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
 DEFAULT_ONLY = "rm,dpo,dpo:logps=fused,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
 # Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with unrolled layers,
 # unrolled layers and bf16 parameters for the train steps, the fused gather without the saved softmax gradient,
 # batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step with the fused gather
-# and with an fp32 first moment.
+# and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
 EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:unroll,rm:unroll,dpo:logps=fused:unroll,rm:pdtype=bf16,"
           "dpo:logps=fused:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:logps=fused:b=16:remat=dots,"
-          "grpo:rollout=bf16,dpo8b:logps=fused,dpo8b:mu=fp32,rm:xf=notriton")
+          "grpo:rollout=bf16,dpo8b:logps=fused,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
 ALIASES = {"default": DEFAULT_ONLY, "extras": EXTRAS, "all": DEFAULT_ONLY + "," + EXTRAS}
 MARK_DEVICE, MARK_START, MARK_ROW = "@@DEVICE ", "@@START ", "@@ROW "
 
@@ -205,7 +210,8 @@ def run_group(args: argparse.Namespace, texts: list[str], deadline: float, on_ro
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONUNBUFFERED="1",
              PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # jax's default 0.75 leaves 35 GB of an H200 unused
+  # jax's default pool is 0.75 of the GPU (104 GiB of an H200's 139): the 1.24B DPO step alone peaked at 100.6 GiB.
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.93")
   preset = _cases().parse_entry(texts[0]).levers.get("xf") if len(texts) == 1 else None
   if preset:  # plan_groups runs such an entry alone
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _cases().XLA_PRESETS[preset]).strip()
@@ -390,6 +396,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         json.dump(dict(header=header, device=device, rows=rows), f, indent=1)
 
   if args.isolate == "none":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.93")  # read when the backend starts, below
     run_in_process(args, texts, on_row, device)
   else:
     for group in plan_groups(texts, args.isolate):
