@@ -1,216 +1,413 @@
-"""GPU benchmark: bf16 reward-model and DPO train steps on a ~1B Llama-architecture model at sequence 2048.
+"""GPU benchmark (issue 19's accelerator numbers in one run): train-step MFU, rollout throughput, the GRPO time
+split, the K = 5 reward-model ensemble, and an 8B-class model on one GPU.
 
-    python -m experiments.bench_gpu [--steps 10] [--batch 8] [--seq 2048] [--peak_tflops 989] [--out results.json]
-    python -m experiments.bench_gpu --only rm,dpo,rm_shared,dpo_shared     # + shared-prompt scoring
+    PYTHONPATH=. python experiments/bench_gpu.py --budget_s 450 --commit <sha>     # the default case list
+    PYTHONPATH=. python experiments/bench_gpu.py --only rm,dpo,dpo:logps=fused,gen:b=1
+    PYTHONPATH=. python experiments/bench_gpu.py --only extras                     # more levers (see EXTRAS)
+    PYTHONPATH=. python experiments/bench_gpu.py --smoke                           # every case, tiny, CPU, ~2 min
 
-The `_shared` steps score the same pairs (prompt = the first half of each sequence, shared by chosen and
-rejected) as ONE [prompt | chosen | rejected] row of 1.5 x seq tokens through `train.pairs` (models.shared_prompt)
-instead of two rows of seq tokens; their `speedup` is the two-row step time over theirs, and their MFU counts the
-FLOPs of the tokens they actually run (attention over the 1.5 x seq row).
+Run it as a script, not with -m: the `experiments` package's __init__ imports ml_collections, which the GPU
+image lacks; as a script (and in its child processes) only jaxrlhf.models / losses / sampling are imported.
 
-Reports step time, tokens/s, peak device memory and model-FLOPs utilization (MFU) against `--peak_tflops`
-(989 TFLOP/s: dense bf16 on an H100/H200 SXM). FLOPs follow MaxText's count (per trained token: 6 x matmul
-parameters, plus the causal attention term 6 x T x N x H per layer; the unembedding counts only where a step
-computes it). Everything runs through the library's own modules: CausalLM / RewardModel, the chunked log-prob
-gather, `dpo_loss` with precomputed reference log-probs, `bradley_terry_loss`, optax AdamW, a jitted step with
-buffer donation.
+`--only` takes entries `kind[:lever...]` (experiments/gpu_bench_cases.py: LEVERS lists each kind's levers):
+  rm, dpo             1.24B (Llama-3.2-1B shape) RM / DPO step, 8 pairs x 2 x 2048 tokens, bf16 compute, fp32
+                      parameters and AdamW, cuDNN attention, scanned layers, no remat. Levers: b= (pairs),
+                      seq=, remat=none|full|dots|dots_no_batch, unroll, attn=xla|cudnn, pdtype=fp32|bf16,
+                      mu=fp32|bf16 (AdamW first moment), logps=chunked|fused|fused_recompute|full (DPO), chunk=.
+  dpo_check           loss, log-probs and LM-head gradients at init by the unfused (B, T, V) path vs chunked vs
+                      fused, and the LM-head forward + backward time of each.
+  gen                 `sampling.generate`, 1.24B with bf16 weights, prompt 512 + 512 new tokens, greedy, no early
+                      stop: prefill and decode apart, tokens/s, HBM bandwidth. Levers: b=, prompt=, new=,
+                      pdtype=, unroll, sample.
+  ens                 K = 5 reward models (285M each) as one vmapped step vs one member's step.
+  grpo                64 prompts x 8 samples x (256 + 512) on 1.24B: rollout / old + reference log-probs /
+                      reward model / update, each timed. Levers: prompts=, gens=, prompt=, new=, micro=,
+                      logps=, rollout=fp32|bf16 (weights used for sampling), steps=.
+  rm8b, dpo8b         Llama-3.1-8B shape (8.03B), full finetuning: bf16 parameters, AdamW moments in bf16
+                      (mu=fp32 for an fp32 first moment), full remat, 4 pairs x 2 x 2048; each in its own process.
+  rm_shared, dpo_shared   shared-prompt scoring ([prompt | chosen | rejected] rows), as in docs/performance.md.
+  any case:           xf=cmdbuf|nocmdbuf|notriton adds XLA_FLAGS (gpu_bench_cases.XLA_PRESETS) and runs the case in
+                      a fresh process of its own.
+
+Memory: `peak_gib` is jax's peak_bytes_in_use of the case's process so far (the 8B cases and xf= cases have a
+process each, so theirs is their own; the other cases share one, where it only grows); `program_gib` is the
+compiled step's own footprint (arguments + outputs + temporaries - donated buffers).
+
+Each `--only` entry prints one JSON row as soon as it finishes (`@@ROW {...}`; also appended to
+$OUT/bench_gpu.json or --out), so a timeout loses only the cases not yet finished. Cases run in child processes
+(the 8B ones each in a fresh one, the rest sharing one; a crash restarts a child for the remaining cases), the
+parent never touches the GPU, and --budget_s skips a case when less than 0.6 x its estimated time is left and
+stops the child at the budget. The header records the machine, versions, device and git commit.
 """
 
+from __future__ import annotations
+
 import argparse
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
+import queue
+import subprocess
+import sys
+import threading
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
-
-from jaxrlhf.losses.logps import chunked_sequence_logps
-from jaxrlhf.losses.preference import dpo_loss
-from jaxrlhf.losses.reward import bradley_terry_loss
-from jaxrlhf.models.config import ModelConfig
-from jaxrlhf.models.decoder import CausalLM
-from jaxrlhf.models.heads import HeadConfig
-from jaxrlhf.models.reward_model import RewardModel
-from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
-
-# Llama-3.2-1B's shape (about 1.24B parameters with its tied 128k embedding).
-LLAMA_1B = dict(family="llama", vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
-                head_dim=64, mlp_dim=8192, rope_theta=500000.0, tie_word_embeddings=True,
-                max_position_embeddings=8192)
+# The parent never starts a jax backend: a GPU client in the parent would hold the memory the cases need.
+# Issue 19's numbers in its priority order (1: train MFU, 3: rollouts, 5: ensemble, 4: GRPO, 2: 8B). Estimated H200
+# wall seconds, compile included (gpu_bench_cases.estimate_s; guesses until a first run records compile_s):
+#   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=fused 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43
+#   | ens 60 | grpo 150 | dpo8b 90, rm8b 80  -> about 700 s in all; with --budget_s 440 expect 1, 3, 5 and whatever
+#   of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
+DEFAULT_ONLY = "rm,dpo,dpo:logps=fused,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
+# Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with unrolled layers,
+# unrolled layers and bf16 parameters for the train steps, the fused gather without the saved softmax gradient,
+# batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step with the fused gather
+# and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
+EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:unroll,rm:unroll,dpo:logps=fused:unroll,rm:pdtype=bf16,"
+          "dpo:logps=fused:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:logps=fused:b=16:remat=dots,"
+          "grpo:rollout=bf16,dpo8b:logps=fused,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
+ALIASES = {"default": DEFAULT_ONLY, "extras": EXTRAS, "all": DEFAULT_ONLY + "," + EXTRAS}
+MARK_DEVICE, MARK_START, MARK_ROW = "@@DEVICE ", "@@START ", "@@ROW "
 
 
-def matmul_params(c: ModelConfig, with_unembed: bool) -> int:
-  """Parameters that take part in matmuls per token (embedding lookup excluded)."""
-  attn = c.embed_dim * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-  mlp = c.embed_dim * c.mlp_dim * (3 if c.gated_mlp else 2)
-  return c.num_layers * (attn + mlp) + (c.embed_dim * c.vocab_size if with_unembed else 0)
-
-
-def train_flops_per_token(c: ModelConfig, seq: int, with_unembed: bool) -> float:
-  """MaxText-style training FLOPs per token: 6N + causal attention (QK^T and PV, halved for causality)."""
-  attention = 6 * seq * c.num_heads * c.head_dim * c.num_layers  # 3 x (2 matmuls x 2 flops x T/2) per token
-  return 6 * matmul_params(c, with_unembed) + attention
-
-
-def _optimizer():
-  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.0))
-
-
-def _make_step(loss_fn):
-  """A jitted, donating train step over (params, rest, opt_state, batch) for a graphdef closed over."""
-
-  def step(graphdef, params, rest, opt_state, batch):
-    def objective(p):
-      return loss_fn(nnx.merge(graphdef, p, rest), batch)
-
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = _optimizer().update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, aux
-
-  return jax.jit(step, static_argnums=0, donate_argnums=(1, 3))
-
-
-def rm_loss(model, batch):
-  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
-  rewards = model(ids)  # unpadded full-length rows: the fused causal kernel needs no mask
-  b = batch["chosen_ids"].shape[0]
-  losses, _ = bradley_terry_loss(rewards[:b], rewards[b:])
-  return losses.mean(), rewards.mean()
-
-
-def dpo_step_loss(model, batch):
-  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
-  hidden = model.hidden_states(ids)
-  targets = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
-  loss_mask = jnp.ones(ids.shape, jnp.float32).at[:, -1].set(0.0)
-  _, logps = chunked_sequence_logps(hidden, model.output_embedding(), targets, loss_mask, chunk_size=4096)
-  b = batch["chosen_ids"].shape[0]
-  losses, _ = dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=0.1)
-  return losses.mean(), logps.mean()
-
-
-def _lengths(batch):
-  return batch["prompt_length"], batch["chosen_length"], batch["rejected_length"]
-
-
-def rm_shared_loss(model, batch):
-  r_c, r_r = model.score_shared_prompt(batch["pair_input_ids"], *_lengths(batch))
-  losses, _ = bradley_terry_loss(r_c, r_r)
-  return losses.mean(), r_c.mean()
-
-
-def dpo_shared_loss(model, batch):
-  ids = batch["pair_input_ids"]
-  layout = shared_prompt_layout(*_lengths(batch), ids.shape[1])
-  token_logps, _ = shared_prompt_token_logps(model, ids, layout, chunk_size=4096)
-  logps = jnp.sum(token_logps, axis=-1)
-  b = logps.shape[0] // 2
-  losses, _ = dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=0.1)
-  return losses.mean(), logps.mean()
-
-
-def shared_batch(batch: dict, seq: int) -> dict:
-  """The same pairs as [prompt | chosen | rejected] rows: prompt = the first seq // 2 tokens of chosen."""
-  p = seq // 2
-  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"][:, p:]], axis=1)
-  b = ids.shape[0]
-  full = lambda n: jnp.full((b,), n, jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
-  return dict(pair_input_ids=ids, prompt_length=full(p), chosen_length=full(seq - p), rejected_length=full(seq - p),
-              ref_chosen_logps=batch["ref_chosen_logps"], ref_rejected_logps=batch["ref_rejected_logps"])
-
-
-def bench_one(name, make_model, loss_fn, batch, c: ModelConfig, seq: int, steps: int, with_unembed: bool,
-              peak_tflops: float) -> dict:
-  model = make_model()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  del model
-  opt_state = jax.jit(_optimizer().init)(params)
-  step = _make_step(loss_fn)
-  t0 = time.perf_counter()
-  params, opt_state, loss, _ = step(graphdef, params, rest, opt_state, batch)
-  loss.block_until_ready()
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    params, opt_state, loss, _ = step(graphdef, params, rest, opt_state, batch)
-    loss.block_until_ready()
-    times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
-  if "pair_input_ids" in batch:  # one row of 1.5 x seq tokens per pair
-    num_pairs, row = batch["pair_input_ids"].shape
-    tokens, flops = num_pairs * row, train_flops_per_token(c, row, with_unembed) * num_pairs * row
+def _cases():
+  """The cases module, without importing the `experiments` package when this file runs as a script."""
+  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  if __package__:
+    from experiments import gpu_bench_cases
   else:
-    num_pairs = batch["chosen_ids"].shape[0]
-    tokens = 2 * num_pairs * seq
-    flops = train_flops_per_token(c, seq, with_unembed) * tokens
-  stats = jax.devices()[0].memory_stats() or {}
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  return dict(step=name, params=int(n_params), batch_pairs=num_pairs, seq=seq,
-              compile_s=round(compile_s, 1), step_s=round(step_s, 4), pairs_per_s=round(num_pairs / step_s, 2),
-              tokens_per_s=round(tokens / step_s), tflops_per_s=round(flops / step_s / 1e12, 1),
-              mfu=round(flops / step_s / 1e12 / peak_tflops, 4),
-              peak_mem_gib=round(stats.get("peak_bytes_in_use", 0) / 2**30, 2), final_loss=float(loss))
+    import gpu_bench_cases  # the script's directory is on sys.path
+  return gpu_bench_cases
 
 
-def main():
+def train_flops_per_token(c, seq: int, with_unembed: bool) -> float:
+  """MaxText-style training FLOPs per token (gpu_bench_cases.train_flops_per_token; bench_lib imports it here)."""
+  return _cases().train_flops_per_token(c, seq, with_unembed)
+
+
+def expand_only(only: str) -> list[str]:
+  texts = []
+  for part in only.split(","):
+    part = part.strip()
+    if part:
+      texts.extend(ALIASES[part].split(",") if part in ALIASES else [part])
+  if not texts:
+    raise ValueError("--only: no cases given")
+  return texts
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--batch", type=int, default=8, help="preference pairs per step (2x sequences)")
+  parser.add_argument("--only", default="default", help="comma-separated entries or aliases (default, extras, all)")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per train case")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile step")
+  parser.add_argument("--batch", type=int, default=8, help="preference pairs per step of the 1.24B train cases")
   parser.add_argument("--seq", type=int, default=2048)
-  parser.add_argument("--layers", type=int, default=None, help="override the layer count (smoke runs)")
-  parser.add_argument("--attention", default="cudnn", help="ModelConfig.attention implementation")
-  parser.add_argument("--remat", default="none")
-  parser.add_argument("--peak_tflops", type=float, default=989.0)
-  parser.add_argument("--only", default="rm,dpo")
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
+  parser.add_argument("--attention", default="cudnn", help="ModelConfig.attention (xla off NVIDIA GPUs)")
+  parser.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak for MFU")
+  parser.add_argument("--hbm_tbps", type=float, default=4.8, help="HBM bandwidth for utilization (H200: 4.8 TB/s)")
+  parser.add_argument("--budget_s", type=float, default=0.0, help="wall-time budget of the whole run (0: none)")
+  parser.add_argument("--isolate", choices=("8b", "all", "none"), default="8b",
+                      help="8b: the 8B cases each in a fresh process, the rest share one; all: every case alone; "
+                      "none: everything in this process")
+  parser.add_argument("--smoke", action="store_true", help="tiny shapes: every case on a CPU in seconds")
+  parser.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD here)")
+  parser.add_argument("--out", default=None, help="JSON output (default $OUT/bench_gpu.json when $OUT is set)")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.smoke:
+    args.seq = 64 if args.seq == 2048 else args.seq
+    args.batch = 2 if args.batch == 8 else args.batch
+    args.steps = min(args.steps, 2)
+  return args
 
-  fields = dict(LLAMA_1B, dtype="bfloat16", param_dtype="float32", remat=args.remat)
-  fields["attention"] = args.attention
-  if args.layers:
-    fields["num_layers"] = args.layers
-  c = ModelConfig(**fields)
-  rng = np.random.default_rng(0)
-  ids = lambda: jnp.asarray(rng.integers(0, c.vocab_size, (args.batch, args.seq)), jnp.int32)
-  batch = dict(chosen_ids=ids(), rejected_ids=ids(),
-               ref_chosen_logps=jnp.asarray(rng.normal(-2.0 * args.seq, 10.0, args.batch), jnp.float32),
-               ref_rejected_logps=jnp.asarray(rng.normal(-2.0 * args.seq, 10.0, args.batch), jnp.float32))
-  print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, config: {c}", flush=True)
-  rows = []
-  cases = {
-      "rm": ("reward_model (BT)", rm_loss, False, batch),
-      "dpo": ("dpo (sigmoid, precomputed ref)", dpo_step_loss, True, batch),
-      "rm_shared": ("reward_model (BT), shared prompt", rm_shared_loss, False, shared_batch(batch, args.seq)),
-      "dpo_shared": ("dpo (sigmoid, precomputed ref), shared prompt", dpo_shared_loss, True,
-                     shared_batch(batch, args.seq)),
-  }
-  for key in args.only.split(","):
-    name, loss_fn, lm, case_batch = cases[key]
-    make_model = ((lambda: CausalLM(c, rngs=nnx.Rngs(0))) if lm
-                  else (lambda: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(0))))
-    try:
-      rows.append(bench_one(name, make_model, loss_fn, case_batch, c, args.seq, args.steps, lm, args.peak_tflops))
-    except Exception as e:  # pylint: disable=broad-except
-      print(f"{key} FAILED: {type(e).__name__}: {str(e)[:2000]}", flush=True)  # the other cases still run
+
+def settings_of(args: argparse.Namespace):
+  return _cases().Settings(smoke=args.smoke, steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq,
+                           attention=args.attention, peak_tflops=args.peak_tflops,
+                           hbm_bytes_per_s=args.hbm_tbps * 1e12, deadline=args.deadline or float("inf"))
+
+
+# ------------------------------------------------------------------------------------------------ child side
+def run_child(args: argparse.Namespace) -> None:
+  """Runs the entries in this process, one @@ROW line each; skips those that would overrun the deadline."""
+  cases = _cases()
+  s = settings_of(args)
+  print(MARK_DEVICE + json.dumps(cases.device_info()), flush=True)
+  for text in expand_only(args.only):
+    entry = cases.parse_entry(text)
+    print(MARK_START + entry.text, flush=True)
+    left = s.deadline - time.time()
+    if left < 0.6 * cases.estimate_s(entry, s):
+      row = dict(entry=entry.text, kind=entry.kind, status="skipped",
+                 error=f"budget: {left:.0f} s left, estimate {cases.estimate_s(entry, s):.0f} s")
+    else:
+      row = cases.run_entry(entry, s)
+    print(MARK_ROW + json.dumps(row), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ parent side
+def _version(name: str) -> str:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def _command(cmd: list[str]) -> str:
+  try:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return ""
+
+
+def machine_header(args: argparse.Namespace, argv: list[str]) -> dict:
+  gpus = _command(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"])
+  commit = args.commit or _command(["git", "rev-parse", "HEAD"]) or "unknown (pass --commit)"
+  dirty = bool(_command(["git", "status", "--porcelain", "--untracked-files=no"])) if not args.commit else None
+  return dict(
+      date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+      host=platform.node(), cpus=os.cpu_count(), python=platform.python_version(), gpus=gpus or "none seen",
+      versions={n: _version(n) for n in ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "flax", "optax")},
+      commit=commit, dirty=dirty, command="python experiments/bench_gpu.py " + " ".join(argv),
+      settings=dict(steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq, attention=args.attention,
+                    peak_tflops=args.peak_tflops, hbm_tbps=args.hbm_tbps, budget_s=args.budget_s, smoke=args.smoke,
+                    isolate=args.isolate))
+
+
+def plan_groups(texts: list[str], isolate: str) -> list[list[str]]:
+  """Consecutive entries sharing one child process; 8B entries (or every entry) alone."""
+  cases = _cases()
+
+  def alone(text):
+    entry = cases.parse_entry(text)
+    return isolate == "all" or entry.kind in cases.ISOLATED_KINDS or "xf" in entry.levers
+
+  groups: list[list[str]] = []
+  for text in texts:
+    if alone(text) or not groups or alone(groups[-1][0]):
+      groups.append([text])
+    else:
+      groups[-1].append(text)
+  return groups
+
+
+def _child_args(args: argparse.Namespace, texts: list[str], deadline: float) -> list[str]:
+  out = [sys.executable, os.path.abspath(__file__), "--child", "--only", ",".join(texts),
+         "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
+         "--attention", args.attention, "--peak_tflops", str(args.peak_tflops), "--hbm_tbps", str(args.hbm_tbps),
+         "--deadline", str(deadline if deadline < float("inf") else 0.0)]
+  return out + (["--smoke"] if args.smoke else [])
+
+
+def run_group(args: argparse.Namespace, texts: list[str], deadline: float, on_row, device: dict) -> None:
+  """Runs `texts` in child processes until all have a row; a crashed child's case gets a failed row and a new
+  child takes the rest; at the deadline the child is stopped and its unfinished cases get 'killed' rows."""
+  pending = list(texts)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONUNBUFFERED="1",
+             PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+  # jax's default pool is 0.75 of the GPU (104 GiB of an H200's 139): the 1.24B DPO step alone peaked at 100.6 GiB.
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.93")
+  preset = _cases().parse_entry(texts[0]).levers.get("xf") if len(texts) == 1 else None
+  if preset:  # plan_groups runs such an entry alone
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _cases().XLA_PRESETS[preset]).strip()
+  while pending:
+    if time.time() > deadline - _cases().CHILD_START_S:
+      for text in pending:
+        on_row(dict(entry=text, kind=text.split(":")[0], status="skipped", error="budget: no time to start a child"))
+      return
+    proc = subprocess.Popen(_child_args(args, pending, deadline), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    current, tail, killed = None, [], False
+    while True:
+      try:
+        line = lines.get(timeout=max(0.1, min(5.0, deadline - time.time())))
+      except queue.Empty:
+        if time.time() > deadline and not killed:
+          proc.kill()  # the child we started, by its handle
+          killed = True
+        continue
+      if line is None:
+        break
+      line = line.rstrip("\n")
+      if line.startswith(MARK_ROW):
+        row = json.loads(line[len(MARK_ROW):])
+        on_row(row)
+        if row["entry"] in pending:
+          pending.remove(row["entry"])
+        current = None
+      elif line.startswith(MARK_START):
+        current, tail = line[len(MARK_START):], []
+        print(f"[bench_gpu] {current} ...", flush=True)
+      elif line.startswith(MARK_DEVICE):
+        device.update(json.loads(line[len(MARK_DEVICE):]))
+        print(f"[bench_gpu] device: {device}", flush=True)
+      else:
+        tail = (tail + [line])[-30:]
+        print(line, flush=True)
+    rc = proc.wait()
+    if not pending:
+      return
+    failed = current or pending[0]
+    status = "killed" if killed else "failed"
+    why = "budget: stopped at the deadline" if killed else f"child exited with {rc}: " + " | ".join(tail[-8:])
+    on_row(dict(entry=failed, kind=failed.split(":")[0], status=status, error=why[-1500:]))
+    pending.remove(failed)
+    if killed:
+      for text in pending:
+        on_row(dict(entry=text, kind=text.split(":")[0], status="skipped", error="budget"))
+      return
+
+
+def run_in_process(args: argparse.Namespace, texts: list[str], on_row, device: dict) -> None:
+  cases = _cases()
+  s = settings_of(args)
+  device.update(cases.device_info())
+  for text in texts:
+    entry = cases.parse_entry(text)
+    left = s.deadline - time.time()
+    if "xf" in entry.levers:
+      on_row(dict(entry=text, kind=entry.kind, status="skipped", error="xf= needs its own process (--isolate 8b)"))
+    elif left < 0.6 * cases.estimate_s(entry, s):
+      on_row(dict(entry=text, kind=entry.kind, status="skipped", error=f"budget: {left:.0f} s left"))
+    else:
+      print(f"[bench_gpu] {text} ...", flush=True)
+      on_row(cases.run_entry(entry, s))
+
+
+# ------------------------------------------------------------------------------------------------ comparisons
+def _rel(a: list[float], b: list[float]) -> float | None:
+  if not a or not b or len(a) != len(b):
+    return None
+  num = sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
+  den = sum(y * y for y in b) ** 0.5
+  return round(num / den, 9) if den else None
+
+
+def add_comparisons(rows: list[dict]) -> None:
+  """Train rows: speedup and loss / aux differences vs the lever-free row of the same kind, pairs and seq; DPO
+  rows: loss and log-prob differences vs dpo_check's unfused (full log-softmax) values at the same shape."""
+  ok = [r for r in rows if r.get("status") == "ok"]
+  for r in ok:
+    if r.get("case") != "train":
       continue
-    base = next((r for r in rows if r["step"] == cases[key.replace("_shared", "")][0]), None)
-    if key.endswith("_shared") and base is not None:
-      rows[-1]["speedup"] = round(base["step_s"] / rows[-1]["step_s"], 3)
-    print(json.dumps(rows[-1]), flush=True)
-  print("\n| step | params | pairs/step | seq | step s | pairs/s | tokens/s | TFLOP/s | MFU | peak GiB | speedup |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    print(f"| {r['step']} | {r['params'] / 1e9:.2f}B | {r['batch_pairs']} | {r['seq']} | {r['step_s']} | "
-          f"{r['pairs_per_s']} | {r['tokens_per_s']} | {r['tflops_per_s']} | {r['mfu']:.1%} | {r['peak_mem_gib']} | "
-          f"{r.get('speedup', '')} |")
+    key = (r["kind"], r["pairs"], r["seq"])
+    base = next((b for b in ok if b.get("case") == "train" and (b["kind"], b["pairs"], b["seq"]) == key
+                 and set(b["entry"].split(":")[1:]) <= {f"b={r['pairs']}", f"seq={r['seq']}"}), None)
+    if base is not None and base is not r:
+      r["vs_base"] = dict(base=base["entry"], speedup=round(base["step_s"] / r["step_s"], 3),
+                          loss0_rel=round(abs(r["loss0"] - base["loss0"]) / max(abs(base["loss0"]), 1e-30), 9),
+                          aux0_rel=_rel(r["aux0"], base["aux0"]))
+    check = next((c for c in ok if c.get("case") == "dpo_check" and (c["pairs"], c["seq"]) == (r["pairs"], r["seq"])
+                  and "loss_full" in c), None)
+    if r["kind"] == "dpo" and check is not None:
+      r["vs_unfused"] = dict(loss_full=check["loss_full"],
+                             loss0_rel=round(abs(r["loss0"] - check["loss_full"]) / max(abs(check["loss_full"]),
+                                                                                        1e-30), 9))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _pct(x: float | None) -> str:
+  return "" if x is None else f"{100 * x:.1f}%"
+
+
+def tables(header: dict, device: dict, rows: list[dict]) -> str:
+  out = [f"machine: {header['host']}, {header['cpus']} CPUs; GPUs: {header['gpus']}; device: "
+         f"{device.get('device_kind', '?')} ({device.get('backend', '?')}, limit {device.get('memory_limit_gib')} GiB)",
+         f"versions: {header['versions']}; python {header['python']}; commit {header['commit']}"
+         + (" (dirty)" if header.get("dirty") else "") + f"; {header['date_utc']} UTC"]
+  ok = [r for r in rows if r.get("status") == "ok"]
+  train = [r for r in ok if r.get("case") == "train"]
+  if train:
+    out += ["", "| case | params | pairs x seq | step s | tokens/s | TFLOP/s | MFU | peak GiB | program GiB | "
+            "compile s | loss0 | speedup | loss vs unfused |", "|" + "---|" * 13]
+    for r in train:
+      vs, vu = r.get("vs_base", {}), r.get("vs_unfused", {})
+      out.append(f"| {r['entry']} | {r['model']} | {r['pairs']} x {r['seq']} | {r['step_s']} | {r['tokens_per_s']:,} | "
+                 f"{r['tflops']} | **{_pct(r['mfu'])}** | {r['peak_gib']} | {r['program_gib']} | {r['compile_s']} | "
+                 f"{r['loss0']:.6g} | {vs.get('speedup', '')} | {vu.get('loss0_rel', '')} |")
+  for r in (r for r in ok if r.get("case") == "dpo_check"):
+    out += ["", f"dpo_check ({r['pairs']} pairs x {r['seq']}, chunk {r['chunk']}): losses "
+            + ", ".join(f"{m} {r[f'loss_{m}']:.7g}" for m in ("full", "chunked", "fused", "fused_recompute")
+                        if f"loss_{m}" in r)
+            + f"; LM-head fwd+bwd ms {r['lmhead_fwd_bwd_ms']}"]
+    for k, v in r.items():
+      if k.endswith(f"_vs_{r['reference']}"):
+        out.append(f"  {k}: {v}")
+  gen = [r for r in ok if r.get("case") == "gen"]
+  if gen:
+    out += ["", "| generate | batch | prompt + new | prefill s | prefill tok/s | prefill MFU | decode ms/step | "
+            "decode tok/s | total tok/s | GB/s (static cache) | HBM util | HBM util (filled) |", "|" + "---|" * 12]
+    for r in gen:
+      out.append(f"| {r['entry']} | {r['batch']} | {r['prompt']} + {r['new']} | {r['prefill_s']} | "
+                 f"{r['prefill_tokens_per_s']:,} | {_pct(r['prefill_mfu'])} | {r['decode_step_ms']} | "
+                 f"{r['decode_tokens_per_s']:,} | {r['total_tokens_per_s']:,} | {r['hbm_gb_per_s']} | "
+                 f"**{_pct(r['hbm_util'])}** | {_pct(r['hbm_util_filled'])} |")
+  for r in (r for r in ok if r.get("case") == "ens"):
+    out += ["", f"ensemble ({r['entry']}): K={r['members']} x {r['params_per_member'] / 1e6:.0f}M, {r['pairs']} "
+            f"pairs x {r['seq']} per member: single {r['single_s']} s, ensemble {r['ensemble_s']} s, "
+            f"**ratio {r['ratio']}** (target <= 1.1); MFU single {_pct(r['single_mfu'])}, ensemble "
+            f"{_pct(r['ensemble_mfu'])}; member-0 loss at init {r['member0_loss0']}"]
+  for r in (r for r in ok if r.get("case") == "grpo"):
+    sec, share, mfu = r["seconds"], r["share"], r["mfu"]
+    out += ["", f"GRPO ({r['entry']}): {r['prompts']} prompts x {r['generations']} = {r['rows']} rows x "
+            f"({r['prompt']} + {r['new']}), micro {r['micro']}, update logps {r['logps']}, rollout weights "
+            f"{r['rollout_param_dtype']}: step {r['step_s']} s (first iteration incl. compile "
+            f"{r['first_iteration_s']})",
+            "| part | s | share | MFU |", "|---|---|---|---|"]
+    for p in ("rollout", "score", "reward", "update"):
+      extra = f"{r['rollout_tokens_per_s']:,} tok/s" if p == "rollout" else _pct(mfu.get(p))
+      out.append(f"| {p} | {sec[p]} | {_pct(share[p])} | {extra} |")
+  bad = [r for r in rows if r.get("status") != "ok"]
+  if bad:
+    out += [""] + [f"{r['status']}: {r['entry']}: {r.get('error', '')[:300]}" for r in bad]
+  return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  texts = expand_only(args.only)
+  for text in texts:
+    _cases().parse_entry(text)  # every entry validated before any compute
+  if args.child:
+    run_child(args)
+    return []
+  start = time.time()
+  deadline = start + args.budget_s if args.budget_s > 0 else float("inf")
+  args.deadline = deadline if deadline < float("inf") else 0.0
+  header = machine_header(args, argv)
+  print("[bench_gpu] header " + json.dumps(header), flush=True)
   out = args.out or (os.path.join(os.environ["OUT"], "bench_gpu.json") if os.environ.get("OUT") else None)
+  rows: list[dict] = []
+  device: dict = {}
+
+  def on_row(row: dict) -> None:
+    rows.append(row)
+    print(MARK_ROW + json.dumps(row), flush=True)
+    if out:
+      with open(out, "w") as f:
+        json.dump(dict(header=header, device=device, rows=rows), f, indent=1)
+
+  if args.isolate == "none":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.93")  # read when the backend starts, below
+    run_in_process(args, texts, on_row, device)
+  else:
+    for group in plan_groups(texts, args.isolate):
+      run_group(args, group, deadline, on_row, device)
+  add_comparisons(rows)
   if out:
     with open(out, "w") as f:
-      json.dump(dict(device=jax.devices()[0].device_kind, jax=jax.__version__, rows=rows), f, indent=1)
+      json.dump(dict(header=header, device=device, rows=rows, wall_s=round(time.time() - start, 1)), f, indent=1)
+  print("\n" + tables(header, device, rows), flush=True)
+  print(f"\n[bench_gpu] wall {time.time() - start:.0f} s", flush=True)
+  return rows
 
 
 if __name__ == "__main__":

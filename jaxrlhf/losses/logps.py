@@ -8,6 +8,7 @@ Everything is computed in float32 whatever the input dtype (bf16 logits, hidden 
 softmax normaliser is a logsumexp, so logits up to ~1e4 (and beyond) stay finite.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -203,4 +204,136 @@ def chunked_sequence_logps_from_logits(logits_BxTxV: jax.Array, targets_BxT: jax
   token_logps = token_logps.reshape(b, t)
   if return_entropy:
     return token_logps, jnp.sum(token_logps, axis=-1), entropy.reshape(b, t)
+  return token_logps, jnp.sum(token_logps, axis=-1)
+
+
+def _pad_chunks(x_N: jax.Array, num_chunks: int, chunk_size: int) -> jax.Array:
+  """(N, ...) -> (num_chunks, chunk_size, ...), zero-padded at the end."""
+  pad = num_chunks * chunk_size - x_N.shape[0]
+  x_N = jnp.pad(x_N, ((0, pad),) + ((0, 0),) * (x_N.ndim - 1))
+  return x_N.reshape((num_chunks, chunk_size) + x_N.shape[1:])
+
+
+def _fused_chunk(rows_CxD, head_DxV, targets_C, valid_C, temperature):
+  """One chunk's fp32 logits / temperature and (token logps, lse), by exactly the math of the chunked path."""
+  logits_CxV = jnp.dot(rows_CxD.astype(head_DxV.dtype), head_DxV, preferred_element_type=jnp.float32)
+  logits_CxV = logits_CxV / temperature
+  lse_C = jax.nn.logsumexp(logits_CxV, axis=-1)
+  safe_targets = jnp.where(valid_C, targets_C, 0).astype(jnp.int32)
+  target_C = jnp.take_along_axis(logits_CxV, safe_targets[:, None], axis=-1)[:, 0]
+  return logits_CxV, jnp.where(valid_C, target_C - lse_C, 0.0), lse_C
+
+
+def _softmax_grad_basis(logits_CxV, lse_C, targets_C, valid_C, temperature, dtype):
+  """d token_logp / d (unscaled logits) per row: (onehot(target) - softmax) / temperature, 0 on masked rows."""
+  probs_CxV = jnp.exp(logits_CxV - lse_C[:, None])
+  onehot_CxV = jnp.arange(logits_CxV.shape[-1])[None, :] == targets_C[:, None]
+  basis_CxV = jnp.where(onehot_CxV, 1.0 - probs_CxV, -probs_CxV)
+  return jnp.where(valid_C[:, None], basis_CxV / temperature, 0.0).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused_logps(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, save_softmax_grad):
+  del save_softmax_grad  # only the backward pass differs
+  return _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, False)[0]
+
+
+def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, save_softmax_grad):
+  n = rows_NxD.shape[0]
+  num_chunks = -(-n // chunk_size)
+  compute_dtype = jnp.result_type(rows_NxD.dtype, head_DxV.dtype)
+  head = head_DxV.astype(compute_dtype)
+  rows, targets, valid = (_pad_chunks(x, num_chunks, chunk_size) for x in (rows_NxD, targets_N, valid_N))
+
+  def body(_, xs):
+    r, t, v = xs
+    logits, token_logps, lse = _fused_chunk(r, head, t, v, temperature)
+    if save_softmax_grad:  # the backward pass then needs no second LM-head matmul for this chunk
+      return None, (token_logps, _softmax_grad_basis(logits, lse, t, v, temperature, compute_dtype))
+    return None, (token_logps, lse)
+
+  _, (token_logps, saved) = jax.lax.scan(body, None, (rows, targets, valid))
+  return token_logps.reshape(-1)[:n], (rows, head_DxV, targets, valid, saved)
+
+
+def _fused_logps_bwd(chunk_size, temperature, save_softmax_grad, residuals, g_N):
+  rows, head_DxV, targets, valid, saved = residuals
+  num_chunks, _, d = rows.shape
+  n = g_N.shape[0]
+  compute_dtype = jnp.result_type(rows.dtype, head_DxV.dtype)
+  head = head_DxV.astype(compute_dtype)
+  g = _pad_chunks(g_N.astype(jnp.float32), num_chunks, chunk_size)
+
+  def body(d_head_DxV, xs):
+    r, g_C, t, v, s = xs
+    if save_softmax_grad:
+      basis = s
+    else:
+      logits, _, _ = _fused_chunk(r, head, t, v, temperature)
+      basis = _softmax_grad_basis(logits, s, t, v, temperature, compute_dtype)
+    # d logits = g * basis (one row scale each), so both products run on the saved basis in the compute dtype:
+    # d rows = g * (basis @ head^T);  d head += (g * rows)^T @ basis, summed over chunks in fp32.
+    # Contracting dimensions instead of transposes: a (D, V) transpose per chunk must never be materialized.
+    d_rows = jax.lax.dot_general(basis, head, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    d_rows = d_rows * g_C[:, None]
+    scaled = (r.astype(jnp.float32) * g_C[:, None]).astype(compute_dtype)
+    d_head_DxV = d_head_DxV + jax.lax.dot_general(scaled, basis, (((0,), (0,)), ((), ())),
+                                                  preferred_element_type=jnp.float32)
+    return d_head_DxV, d_rows.astype(rows.dtype)
+
+  d_head, d_rows = jax.lax.scan(body, jnp.zeros(head_DxV.shape, jnp.float32), (rows, g, targets, valid, saved))
+  return d_rows.reshape(-1, d)[:n], d_head.astype(head_DxV.dtype), None, None
+
+
+_fused_logps.defvjp(_fused_logps_fwd, _fused_logps_bwd)
+
+
+@register("logps", "fused_sequence_logps")
+def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
+                         mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
+                         save_softmax_grad: bool = True) -> tuple[jax.Array, jax.Array]:
+  """`chunked_sequence_logps`'s values with a hand-written backward pass of the LM head (no entropy).
+
+  The forward pass is the chunked one: per chunk of `chunk_size` tokens, fp32 logits (C, V) = hidden_c @ lm_head,
+  their logsumexp and the target gather, never the (B, T, V) logits; the values equal `chunked_sequence_logps`'s.
+  The backward pass differs in two ways, both for speed on accelerators:
+    * its two matmuls (d hidden = d logits @ lm_head^T, d lm_head = hidden^T @ d logits) take their operands in
+      the compute dtype (bf16 for a bf16 model) with fp32 accumulation, where autodiff of the fp32 logits would
+      upcast both operands to fp32 (an fp32 GEMM, several times slower on GPUs/TPUs). d logits is rounded to the
+      compute dtype, as in any bf16 backward pass; in fp32 the gradients equal the chunked path's;
+    * with `save_softmax_grad` (the default) the forward pass stores each chunk's (onehot(target) - softmax) /
+      temperature in the compute dtype ((B*T, V) in all: 2 bytes per entry in bf16), so the backward pass skips
+      the chunked path's recomputation of the logits (one LM-head matmul of three); False recomputes them from
+      the stored logsumexp instead (no (B*T, V) memory).
+  d logits of token (b, t) is g[b, t] * basis[b, t] with g the cotangent of token_logps (summed logps pass it to
+  every token), so d hidden = g * (basis @ lm_head^T) and d lm_head = (g * hidden)^T @ basis, summed over chunks
+  in fp32.
+
+  Args:
+    hidden_BxTxD: (B, T, D) final hidden states (after the final norm), any float dtype.
+    lm_head_DxV: (D, V) output projection (for tied embeddings pass embedding.T).
+    targets_BxT: (B, T) int targets aligned with hidden positions (the caller shifts).
+    mask_BxT: (B, T), nonzero where the target counts.
+    chunk_size: tokens per chunk (need not divide B*T).
+    temperature: divides the logits.
+    save_softmax_grad: store the softmax gradient in the forward pass (faster backward, (B*T, V) memory).
+
+  Returns:
+    (token_logps_BxT, logps_B) float32.
+  """
+  if hidden_BxTxD.ndim != 3:
+    raise ValueError(f"hidden_BxTxD must have shape (B, T, D); got {hidden_BxTxD.shape}")
+  if lm_head_DxV.ndim != 2 or lm_head_DxV.shape[0] != hidden_BxTxD.shape[-1]:
+    raise ValueError(f"lm_head_DxV must have shape ({hidden_BxTxD.shape[-1]}, V); got {lm_head_DxV.shape}")
+  b, t, d = hidden_BxTxD.shape
+  if targets_BxT.shape != (b, t):
+    raise ValueError(f"targets_BxT must have shape {(b, t)}; got {targets_BxT.shape}")
+  if mask_BxT.shape != (b, t):
+    raise ValueError(f"mask_BxT must have shape {(b, t)}; got {mask_BxT.shape}")
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  chunk_size = min(chunk_size, max(b * t, 1))
+  token_logps = _fused_logps(hidden_BxTxD.reshape(b * t, d), lm_head_DxV, targets_BxT.reshape(-1),
+                             mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), bool(save_softmax_grad))
+  token_logps = token_logps.reshape(b, t)
   return token_logps, jnp.sum(token_logps, axis=-1)

@@ -1,0 +1,768 @@
+"""The cases of `experiments/bench_gpu.py`: one function per case, each returning one JSON-able row.
+
+A case is named by an `--only` entry `kind[:lever[:lever...]]`, a lever being `key=value` or a bare flag, e.g.
+`dpo:logps=fused`, `rm:unroll`, `rm:b=16:remat=dots`, `gen:b=64`. Every case runs the library's own modules
+(CausalLM, RewardModel, the log-prob gathers, dpo_loss / bradley_terry_loss / the policy-gradient losses,
+`sampling.generate`); nothing here imports `jaxrlhf.train` (its package pulls in ml_collections and grain, absent
+on the GPU image, and is being restructured), so the small train step and its vmap over ensemble members are
+written out below (the same arithmetic as `train.state.make_train_step` and `train.reward.make_ensemble_step`).
+
+FLOPs follow MaxText's count: per trained token 6 x matmul parameters (the unembedding only where the step
+computes it) + the causal attention term 6 x T x N x H per layer; a forward pass is a third of that. MFU is
+against `Settings.peak_tflops` (989: dense bf16 of an H100/H200 SXM). Rematerialization is not counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf.losses.logps import chunked_sequence_logps, fused_sequence_logps, sequence_logps
+from jaxrlhf.losses.preference import dpo_loss
+from jaxrlhf.losses.reward import bradley_terry_loss
+from jaxrlhf.models.config import ATTENTION_IMPLS, REMAT_POLICIES, ModelConfig, RopeScaling
+from jaxrlhf.models.decoder import CausalLM
+from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.models.reward_model import RewardModel
+from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
+from jaxrlhf.sampling.generate import generate
+
+# Llama-3.2-1B's shape (about 1.24B parameters with its tied 128k embedding).
+LLAMA_1B = dict(family="llama", vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
+                head_dim=64, mlp_dim=8192, rope_theta=500000.0, tie_word_embeddings=True,
+                max_position_embeddings=8192)
+# Llama-3.1-8B's shape (8.03B parameters, untied LM head, llama3 RoPE scaling).
+LLAMA_8B = dict(family="llama", vocab_size=128256, embed_dim=4096, num_layers=32, num_heads=32, num_kv_heads=8,
+                head_dim=128, mlp_dim=14336, rope_theta=500000.0, tie_word_embeddings=False,
+                rope_scaling=RopeScaling("llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                         original_max_position_embeddings=8192),
+                max_position_embeddings=131072)
+# The ensemble case's member: a ~285M Llama-shaped reward model (5 members with AdamW fit one GPU; 5 x 1.24B do not).
+MID_285M = dict(family="llama", vocab_size=32768, embed_dim=1024, num_layers=16, num_heads=16, num_kv_heads=8,
+                head_dim=64, mlp_dim=4096, rope_theta=500000.0, tie_word_embeddings=True,
+                max_position_embeddings=8192)
+# --smoke: every case end to end on a CPU in seconds (tied and untied LM heads).
+SMOKE_TIED = dict(family="llama", vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=16, mlp_dim=128, tie_word_embeddings=True, max_position_embeddings=4096)
+SMOKE_UNTIED = dict(SMOKE_TIED, num_layers=3, tie_word_embeddings=False)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+LOGPS_MODES = ("chunked", "fused", "fused_recompute", "full")
+_TRAIN = ("b", "seq", "remat", "unroll", "attn", "pdtype", "mu", "layers")
+LEVERS: dict[str, tuple[str, ...]] = {
+    "rm": _TRAIN,
+    "dpo": _TRAIN + ("logps", "chunk"),
+    "rm_shared": _TRAIN,
+    "dpo_shared": _TRAIN + ("chunk",),
+    "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
+    "gen": ("b", "prompt", "new", "pdtype", "unroll", "sample", "layers"),
+    "ens": ("k", "b", "seq", "attn", "remat", "unroll"),
+    "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "attn", "remat", "steps"),
+    "rm8b": _TRAIN,
+    "dpo8b": _TRAIN + ("logps", "chunk"),
+}
+# `xf=<preset>` (any case): XLA_FLAGS for that case, which then runs in a fresh process of its own.
+XLA_PRESETS = {
+    # CUDA-graph command buffers that also capture while loops and conditionals (the decode loop, the layer scan):
+    # fewer kernel launches per decoded token.
+    "cmdbuf": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE",
+    "nocmdbuf": "--xla_gpu_enable_command_buffer=",
+    "notriton": "--xla_gpu_enable_triton_gemm=false",  # GEMMs from cuBLAS only
+}
+LEVERS = {kind: levers + ("xf",) for kind, levers in LEVERS.items()}
+_CHOICES = {"remat": REMAT_POLICIES, "attn": ATTENTION_IMPLS, "pdtype": tuple(DTYPES), "mu": tuple(DTYPES),
+            "rollout": tuple(DTYPES), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS)}
+_FLAGS = ("unroll", "sample")
+ISOLATED_KINDS = ("rm8b", "dpo8b")  # each in a fresh process: its peak memory is its own
+
+# Estimated H200 wall seconds per case (compile + init + warm-up + timed steps), from the first sessions' step
+# times and compile times typical of XLA:GPU for these programs; the budget guard skips a case when less than
+# 0.6 x its estimate is left. Unrolled layers roughly double compile time.
+_ESTIMATE_S = {"rm": 45, "dpo": 50, "rm_shared": 45, "dpo_shared": 55, "dpo_check": 35, "gen": 30, "ens": 60,
+               "grpo": 150, "rm8b": 80, "dpo8b": 90}
+CHILD_START_S = 10  # a fresh process: imports, CUDA context, memory pool
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One `--only` entry: the text as given, its kind and its levers."""
+  text: str
+  kind: str
+  levers: dict
+
+
+def parse_entry(text: str) -> Entry:
+  """`kind[:key=value|:flag...]` -> Entry; ValueError names `--only`, the entry and the valid choices."""
+  kind, *parts = text.strip().split(":")
+  if kind not in LEVERS:
+    raise ValueError(f"--only: unknown case {kind!r} in {text!r}; expected one of {sorted(LEVERS)}")
+  levers: dict[str, Any] = {}
+  for part in parts:
+    key, eq, value = part.partition("=")
+    if key not in LEVERS[kind]:
+      raise ValueError(f"--only {text!r}: unknown lever {key!r} for {kind}; expected one of {list(LEVERS[kind])}")
+    if key in _FLAGS:
+      if eq:
+        raise ValueError(f"--only {text!r}: lever {key!r} is a flag (write it without '=')")
+      levers[key] = True
+    elif not eq:
+      raise ValueError(f"--only {text!r}: lever {key!r} needs a value ({key}=...)")
+    elif key in _CHOICES:
+      if value not in _CHOICES[key]:
+        raise ValueError(f"--only {text!r}: {key}={value!r}; expected one of {list(_CHOICES[key])}")
+      levers[key] = value
+    else:
+      if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"--only {text!r}: {key}={value!r}; expected a positive integer")
+      levers[key] = int(value)
+  return Entry(text.strip(), kind, levers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Run-wide settings (the CLI's flags); levers of an entry override the per-case defaults derived here."""
+  smoke: bool = False
+  steps: int = 5  # timed steps per train case
+  warmup: int = 1  # untimed steps after the compile step
+  batch: int = 8  # preference pairs per step of the 1.24B train cases
+  seq: int = 2048
+  attention: str = "cudnn"
+  peak_tflops: float = 989.0
+  hbm_bytes_per_s: float = 4.8e12
+  deadline: float = math.inf  # time.time() after which timing loops stop early and cases are skipped
+
+
+def estimate_s(entry: Entry, s: Settings) -> float:
+  """The case's estimated H200 wall time in seconds (0 in smoke runs)."""
+  if s.smoke:
+    return 0.0
+  lv = entry.levers
+  est = float(_ESTIMATE_S[entry.kind])
+  if lv.get("unroll"):
+    est *= 1.8
+  if entry.kind == "gen":
+    est += 0.05 * lv.get("b", 1)
+  if entry.kind == "grpo":  # ~90 s of compilation, the rest scales with rows x tokens
+    rows = lv.get("prompts", 64) * lv.get("gens", 8)
+    est = 90 + 60 * rows * (lv.get("prompt", 256) + lv.get("new", 512)) / (512 * 768) * lv.get("steps", 1)
+  if entry.kind in ("rm", "dpo") and lv.get("b", s.batch) > s.batch:
+    est *= 1.0 + 0.1 * lv["b"] / s.batch
+  return est
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs, bytes
+def matmul_params(c: ModelConfig, with_unembed: bool) -> int:
+  """Parameters that take part in matmuls per token (embedding lookup excluded)."""
+  attn = c.embed_dim * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+  mlp = c.embed_dim * c.mlp_dim * (3 if c.gated_mlp else 2)
+  return c.num_layers * (attn + mlp) + (c.embed_dim * c.vocab_size if with_unembed else 0)
+
+
+def train_flops_per_token(c: ModelConfig, seq: int, with_unembed: bool) -> float:
+  """MaxText-style training FLOPs per token: 6N + causal attention (QK^T and PV, halved for causality)."""
+  attention = 6 * seq * c.num_heads * c.head_dim * c.num_layers  # 3 x (2 matmuls x 2 flops x T/2) per token
+  return 6 * matmul_params(c, with_unembed) + attention
+
+
+def forward_flops_per_token(c: ModelConfig, seq: int, with_unembed: bool) -> float:
+  """A forward pass: a third of `train_flops_per_token`."""
+  return train_flops_per_token(c, seq, with_unembed) / 3
+
+
+def tree_bytes(tree: Any) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def tree_size(tree: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+def base_fields(kind: str, s: Settings) -> dict:
+  if kind in ("rm8b", "dpo8b"):
+    return dict(SMOKE_UNTIED if s.smoke else LLAMA_8B)
+  if kind == "ens":
+    return dict(SMOKE_TIED if s.smoke else MID_285M)
+  return dict(SMOKE_TIED if s.smoke else LLAMA_1B)
+
+
+def model_config(entry: Entry, s: Settings, *, pdtype: str = "fp32", remat: str = "none") -> ModelConfig:
+  """The case's ModelConfig: bf16 compute, the given defaults, the entry's levers on top."""
+  lv = entry.levers
+  fields = base_fields(entry.kind, s)
+  attention = lv.get("attn", s.attention)
+  if jax.default_backend() != "gpu":
+    attention = "xla"  # cuDNN attention exists only on NVIDIA GPUs
+  fields.update(dtype="bfloat16", param_dtype=DTYPES[lv.get("pdtype", pdtype)], remat=lv.get("remat", remat),
+                attention=attention, scan_layers=not lv.get("unroll", False))
+  if "layers" in lv:
+    fields["num_layers"] = lv["layers"]
+  return ModelConfig(**fields)
+
+
+def config_summary(c: ModelConfig) -> dict:
+  return dict(dtype=c.dtype, param_dtype=c.param_dtype, remat=c.remat, attention=c.attention,
+              scan_layers=c.scan_layers, layers=c.num_layers, embed_dim=c.embed_dim, vocab=c.vocab_size)
+
+
+def init_split(make: Callable[[], nnx.Module]) -> tuple[Any, Any, Any]:
+  """(graphdef, params, rest) of `make()`, initialized under jit (never op by op, never twice in memory)."""
+  graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+  params, rest = jax.jit(lambda: tuple(nnx.split(make(), nnx.Param, ...)[1:]))()
+  return graphdef, params, rest
+
+
+def make_optimizer(mu: str | None = None) -> optax.GradientTransformation:
+  """Clip at global norm 1 + AdamW (lr 1e-5, no weight decay); `mu` "bf16" keeps the first moment in bf16."""
+  mu_dtype = None if mu is None else jnp.dtype(DTYPES[mu])
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-5, weight_decay=0.0, mu_dtype=mu_dtype))
+
+
+def step_body(graphdef: Any, loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+  """step(params, rest, opt_state, batch) -> (params, opt_state, loss, aux, grad_norm): one AdamW update."""
+
+  def step(params, rest, opt_state, batch):
+    def objective(p):
+      return loss_fn(nnx.merge(graphdef, p, rest), batch)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux, optax.global_norm(grads)
+
+  return step
+
+
+def aot(fn: Callable, *args, donate: tuple[int, ...] = ()) -> tuple[Any, float, float | None]:
+  """(compiled, compile seconds, program GiB = arguments + outputs + temporaries - donated aliases)."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  try:
+    m = compiled.memory_analysis()
+    program = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes) / 2**30
+  except Exception:  # pylint: disable=broad-except  (not every backend reports it)
+    program = None
+  return compiled, compile_s, program
+
+
+def timed(call: Callable[[], Any], steps: int, warmup: int, deadline: float) -> list[float]:
+  """Runs `call` (which blocks until its outputs are ready) warmup + steps times; the timed durations in seconds.
+  Stops early past the deadline once one step is timed."""
+  for _ in range(warmup):
+    call()
+  times = []
+  for _ in range(steps):
+    if times and time.time() > deadline:
+      break
+    t0 = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def peak_gib() -> float | None:
+  """The process's peak device memory so far (jax memory_stats peak_bytes_in_use); None where not reported."""
+  stats = jax.devices()[0].memory_stats()
+  return None if not stats else round(stats.get("peak_bytes_in_use", 0) / 2**30, 2)
+
+
+def device_info() -> dict:
+  d = jax.devices()[0]
+  stats = d.memory_stats() or {}
+  return dict(backend=jax.default_backend(), device_kind=d.device_kind, num_devices=jax.device_count(),
+              memory_limit_gib=round(stats.get("bytes_limit", 0) / 2**30, 1), jax=jax.__version__)
+
+
+def _r(x: float | None, n: int = 4) -> float | None:
+  return None if x is None else round(float(x), n)
+
+
+def _floats(x: Any, n: int = 6) -> list[float]:
+  return [round(float(v), n) for v in np.asarray(x, np.float64).reshape(-1)]
+
+
+def pairs_batch(vocab: int, pairs: int, seq: int, seed: int = 0) -> dict:
+  """Random unpadded chosen/rejected rows (pairs, seq) and reference log-probs for DPO."""
+  rng = np.random.default_rng(seed)
+  ids = lambda: jnp.asarray(rng.integers(0, vocab, (pairs, seq)), jnp.int32)  # noqa: E731
+  return dict(chosen_ids=ids(), rejected_ids=ids(),
+              ref_chosen_logps=jnp.asarray(rng.normal(-2.0 * seq, 10.0, pairs), jnp.float32),
+              ref_rejected_logps=jnp.asarray(rng.normal(-2.0 * seq, 10.0, pairs), jnp.float32))
+
+
+def _next_token(ids):
+  """Targets and mask of unpadded rows: every token predicts the next; the last position predicts nothing."""
+  targets = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)
+  return targets, jnp.ones(ids.shape, jnp.float32).at[:, -1].set(0.0)
+
+
+def sequence_logps_of(mode: str, hidden, head, targets, mask, chunk: int, temperature: float = 1.0):
+  """(token_logps, logps) by one of LOGPS_MODES (all in jaxrlhf.losses.logps)."""
+  if mode == "full":
+    logits = jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+    return sequence_logps(logits, targets, mask, temperature=temperature)
+  if mode == "chunked":
+    return chunked_sequence_logps(hidden, head, targets, mask, chunk_size=chunk, temperature=temperature)
+  return fused_sequence_logps(hidden, head, targets, mask, chunk_size=chunk, temperature=temperature,
+                              save_softmax_grad=mode == "fused")
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def rm_loss(model, batch):
+  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+  rewards = model(ids)  # unpadded full-length rows: the fused causal kernel needs no mask
+  b = batch["chosen_ids"].shape[0]
+  losses, _ = bradley_terry_loss(rewards[:b], rewards[b:])
+  return losses.mean(), rewards
+
+
+def dpo_step_loss(mode: str, chunk: int) -> Callable:
+  def loss(model, batch):
+    ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+    hidden = model.hidden_states(ids)
+    targets, mask = _next_token(ids)
+    _, logps = sequence_logps_of(mode, hidden, model.output_embedding(), targets, mask, chunk)
+    b = batch["chosen_ids"].shape[0]
+    losses, _ = dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=0.1)
+    return losses.mean(), logps
+
+  return loss
+
+
+def _lengths(batch):
+  return batch["prompt_length"], batch["chosen_length"], batch["rejected_length"]
+
+
+def rm_shared_loss(model, batch):
+  r_c, r_r = model.score_shared_prompt(batch["pair_input_ids"], *_lengths(batch))
+  losses, _ = bradley_terry_loss(r_c, r_r)
+  return losses.mean(), jnp.concatenate([r_c, r_r])
+
+
+def dpo_shared_loss(chunk: int) -> Callable:
+  def loss(model, batch):
+    ids = batch["pair_input_ids"]
+    layout = shared_prompt_layout(*_lengths(batch), ids.shape[1])
+    token_logps, _ = shared_prompt_token_logps(model, ids, layout, chunk_size=chunk)
+    logps = jnp.sum(token_logps, axis=-1)
+    b = logps.shape[0] // 2
+    losses, _ = dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=0.1)
+    return losses.mean(), logps
+
+  return loss
+
+
+def shared_batch(batch: dict, seq: int) -> dict:
+  """The same pairs as [prompt | chosen | rejected] rows: prompt = the first seq // 2 tokens of chosen."""
+  p = seq // 2
+  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"][:, p:]], axis=1)
+  b = ids.shape[0]
+  full = lambda n: jnp.full((b,), n, jnp.int32)  # noqa: E731
+  return dict(pair_input_ids=ids, prompt_length=full(p), chosen_length=full(seq - p), rejected_length=full(seq - p),
+              ref_chosen_logps=batch["ref_chosen_logps"], ref_rejected_logps=batch["ref_rejected_logps"])
+
+
+# ------------------------------------------------------------------------------------------------ 1 and 2: train steps
+def run_train(entry: Entry, s: Settings) -> dict:
+  """RM / DPO train step (1.24B, or the 8B shape for rm8b / dpo8b): step time, MFU, memory, loss at init."""
+  kind, lv = entry.kind, entry.levers
+  big = kind in ISOLATED_KINDS
+  c = model_config(entry, s, pdtype="bf16" if big else "fp32", remat="full" if big else "none")
+  pairs = lv.get("b", (1 if s.smoke else 4) if big else s.batch)
+  seq = lv.get("seq", s.seq)
+  mu = lv.get("mu", "bf16" if big else None)
+  batch = pairs_batch(c.vocab_size, pairs, seq)
+  is_rm = kind.startswith("rm")
+  mode = lv.get("logps", "chunked")
+  chunk = lv.get("chunk", 4096)
+  if kind in ("rm_shared", "dpo_shared"):
+    batch = shared_batch(batch, seq)
+  if is_rm:
+    make = lambda: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(0))  # noqa: E731
+    loss_fn = rm_shared_loss if kind == "rm_shared" else rm_loss
+  else:
+    make = lambda: CausalLM(c, rngs=nnx.Rngs(0))  # noqa: E731
+    loss_fn = dpo_shared_loss(chunk) if kind == "dpo_shared" else dpo_step_loss(mode, chunk)
+  graphdef, params, rest = init_split(make)
+  optimizer = make_optimizer(mu)
+  opt_state = jax.jit(optimizer.init)(params)
+  n_params = tree_size(params)
+  compiled, compile_s, program = aot(step_body(graphdef, loss_fn, optimizer), params, rest, opt_state, batch,
+                                     donate=(0, 2))
+  state = [params, opt_state]
+  del params, opt_state
+
+  def call():
+    out = compiled(state[0], rest, state[1], batch)
+    jax.block_until_ready(out)
+    state[0], state[1] = out[0], out[1]
+    return out
+
+  first = call()  # the loss and aux at the initial parameters
+  loss0, aux0, grad_norm0 = float(first[2]), first[3], float(first[4])
+  del first
+  times = timed(call, s.steps, s.warmup, s.deadline)
+  final = call()
+  step_s = float(np.median(times))
+  if "pair_input_ids" in batch:  # one row of 1.5 x seq tokens per pair
+    row_len = batch["pair_input_ids"].shape[1]
+    tokens = pairs * row_len
+  else:
+    row_len, tokens = seq, 2 * pairs * seq
+  flops = train_flops_per_token(c, row_len, with_unembed=not is_rm) * tokens
+  return dict(case="train", kind=kind, model=f"{n_params / 1e9:.2f}B", params=int(n_params), pairs=pairs, seq=seq,
+              tokens=tokens, config=config_summary(c), mu_dtype=mu or "param dtype",
+              logps=None if is_rm else (mode if kind != "dpo_shared" else "chunked"), chunk=None if is_rm else chunk,
+              compile_s=_r(compile_s, 1), step_s=_r(step_s), step_times=[_r(t) for t in times],
+              tokens_per_s=round(tokens / step_s), pairs_per_s=_r(pairs / step_s, 2),
+              tflops=_r(flops / step_s / 1e12, 1), mfu=_r(flops / step_s / 1e12 / s.peak_tflops),
+              peak_gib=peak_gib(), program_gib=_r(program, 2), loss0=loss0, aux0=_floats(aux0), grad_norm0=grad_norm0,
+              final_loss=float(final[2]))
+
+
+def run_dpo_check(entry: Entry, s: Settings) -> dict:
+  """DPO loss, sequence log-probs and gradients (w.r.t. hidden states and LM head) at the initial parameters by
+  the unfused path (the (B, T, V) fp32 logits + log-softmax), the chunked gather and the fused one; and the time
+  of each LM-head forward + backward alone."""
+  lv = entry.levers
+  c = model_config(entry, s)
+  pairs, seq, chunk = lv.get("b", s.batch), lv.get("seq", s.seq), lv.get("chunk", 4096)
+  batch = pairs_batch(c.vocab_size, pairs, seq)
+  graphdef, params, rest = init_split(lambda: CausalLM(c, rngs=nnx.Rngs(0)))
+  ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+  targets, mask = _next_token(ids)
+
+  @jax.jit
+  def backbone(params, rest, ids):
+    model = nnx.merge(graphdef, params, rest)
+    return model.hidden_states(ids), model.output_embedding()
+
+  hidden, head = backbone(params, rest, ids)
+  del params
+  out: dict[str, Any] = dict(case="dpo_check", kind="dpo_check", pairs=pairs, seq=seq, chunk=chunk,
+                             config=config_summary(c))
+  results, lmhead_ms = {}, {}
+  for mode in LOGPS_MODES:  # "full" first: the reference for the others
+    def loss_and_grads(h, w, mode=mode):
+      def f(h, w):
+        _, logps = sequence_logps_of(mode, h, w, targets, mask, chunk)
+        losses, _ = dpo_loss(logps[:pairs], logps[pairs:], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
+                             beta=0.1)
+        return losses.mean(), logps
+      return jax.value_and_grad(f, (0, 1), has_aux=True)(h, w)
+
+    try:
+      fn = jax.jit(loss_and_grads)
+      results[mode] = jax.block_until_ready(fn(hidden, head))
+      lmhead_ms[mode] = _r(1e3 * float(np.median(timed(lambda fn=fn: jax.block_until_ready(fn(hidden, head)),
+                                                        3, 0, s.deadline))), 2)
+    except Exception as e:  # pylint: disable=broad-except  (e.g. the full logits do not fit)
+      out[f"{mode}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+  out["lmhead_fwd_bwd_ms"] = lmhead_ms
+
+  @jax.jit
+  def rel(a, b):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    return jnp.linalg.norm((a - b).reshape(-1)) / jnp.maximum(jnp.linalg.norm(b.reshape(-1)), 1e-30)
+
+  ref_mode = "full" if "full" in results else "chunked"
+  out["reference"] = ref_mode
+  for mode, ((loss, logps), (gh, gw)) in results.items():
+    out[f"loss_{mode}"] = float(loss)
+    if mode == ref_mode or ref_mode not in results:
+      continue
+    (ref_loss, ref_logps), (ref_gh, ref_gw) = results[ref_mode]
+    out[f"{mode}_vs_{ref_mode}"] = dict(
+        loss_rel=_r(abs(float(loss) - float(ref_loss)) / max(abs(float(ref_loss)), 1e-30), 9),
+        logps_max_abs=_r(float(jnp.max(jnp.abs(logps - ref_logps))), 6),
+        logps_rel=_r(float(rel(logps, ref_logps)), 9),
+        grad_hidden_rel=_r(float(rel(gh, ref_gh)), 6), grad_head_rel=_r(float(rel(gw, ref_gw)), 6))
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ 3: rollouts
+def decode_bytes(c: ModelConfig, params: Any, batch: int, prompt: int, new: int) -> dict:
+  """Bytes one decode step must read: every weight once (the tied embedding is the LM head; an untied one is only
+  looked up, B rows) and the KV cache: all P + N - 1 slots of the static cache (what the attention reads), and the
+  filled slots on average over the decode (P + N / 2)."""
+  weights = tree_bytes(params)
+  if not c.tie_word_embeddings:
+    weights -= tree_bytes(params["embed"])
+  kv_per_slot = 2 * c.num_layers * batch * c.num_kv_heads * c.head_dim * jnp.dtype(c.dtype).itemsize
+  return dict(weight_bytes=int(weights), kv_bytes_static=int(kv_per_slot * (prompt + new - 1)),
+              kv_bytes_filled=int(kv_per_slot * (prompt + new / 2)))
+
+
+def run_gen(entry: Entry, s: Settings) -> dict:
+  """`sampling.generate` throughput: prefill (max_new_tokens=1) and decode ((total - prefill) / (N - 1) per
+  token) timed apart; greedy (or `sample`: temperature 1), eos_ids=() so no row stops early."""
+  lv = entry.levers
+  c = model_config(entry, s, pdtype="bf16")
+  b = lv.get("b", 1)
+  prompt, new = lv.get("prompt", 16 if s.smoke else 512), lv.get("new", 8 if s.smoke else 512)
+  graphdef, params, rest = init_split(lambda: CausalLM(c, rngs=nnx.Rngs(0)))
+  model = nnx.merge(graphdef, params, rest)
+  ids = np.random.default_rng(1).integers(2, c.vocab_size, (b, prompt)).astype(np.int32)
+  mask = np.ones_like(ids)
+  sample = bool(lv.get("sample"))
+
+  def run(n):
+    return jax.block_until_ready(generate(model, ids, mask, max_new_tokens=n, rng=jax.random.key(0), greedy=not sample,
+                                          temperature=1.0, eos_ids=(), pad_id=0))
+
+  t0 = time.perf_counter()
+  run(1)
+  prefill_first_s = time.perf_counter() - t0
+  prefill_s = float(np.median(timed(lambda: run(1), 3, 0, s.deadline)))
+  t0 = time.perf_counter()
+  first = run(new)
+  total_first_s = time.perf_counter() - t0
+  full_length = bool(np.all(np.asarray(first.lengths) == new))
+  del first
+  total_s = float(np.median(timed(lambda: run(new), 2, 0, s.deadline)))
+  step_s = (total_s - prefill_s) / max(new - 1, 1)
+  nbytes = decode_bytes(c, nnx.to_pure_dict(params), b, prompt, new)
+  static_bps = (nbytes["weight_bytes"] + nbytes["kv_bytes_static"]) / step_s
+  filled_bps = (nbytes["weight_bytes"] + nbytes["kv_bytes_filled"]) / step_s
+  prefill_flops = b * prompt * forward_flops_per_token(c, prompt, False) + 2 * b * c.embed_dim * c.vocab_size
+  return dict(case="gen", kind="gen", batch=b, prompt=prompt, new=new, sampling="temperature 1" if sample else "greedy",
+              config=config_summary(c), params=int(tree_size(params)), all_rows_full_length=full_length,
+              compile_prefill_s=_r(prefill_first_s - prefill_s, 1), compile_total_s=_r(total_first_s - total_s, 1),
+              prefill_s=_r(prefill_s, 5), total_s=_r(total_s, 4), decode_step_ms=_r(1e3 * step_s, 4),
+              prefill_tokens_per_s=round(b * prompt / prefill_s),
+              prefill_tflops=_r(prefill_flops / prefill_s / 1e12, 1),
+              prefill_mfu=_r(prefill_flops / prefill_s / 1e12 / s.peak_tflops),
+              decode_tokens_per_s=round(b / step_s), total_tokens_per_s=round(b * new / total_s), **nbytes,
+              hbm_gb_per_s=_r(static_bps / 1e9, 1), hbm_util=_r(static_bps / s.hbm_bytes_per_s),
+              hbm_gb_per_s_filled=_r(filled_bps / 1e9, 1), hbm_util_filled=_r(filled_bps / s.hbm_bytes_per_s),
+              peak_gib=peak_gib())
+
+
+# ------------------------------------------------------------------------------------------------ 5: ensemble
+def run_ens(entry: Entry, s: Settings) -> dict:
+  """K reward models trained as one vmapped step (every parameter, optimizer state and batch with a leading
+  member axis, as `train.reward.make_ensemble_step`) vs one member's step: ratio = ensemble / (K x single).
+  Should the cuDNN attention kernel refuse the member axis, both steps are re-measured with XLA attention."""
+  c = model_config(entry, s)
+  try:
+    return _run_ens(entry, s, c)
+  except NotImplementedError as e:
+    if c.attention != "cudnn":
+      raise
+    row = _run_ens(entry, s, c.replace(attention="xla"))
+    row["attention_fallback"] = f"cudnn under vmap: {type(e).__name__}: {str(e)[:200]}"
+    return row
+
+
+def _run_ens(entry: Entry, s: Settings, c: ModelConfig) -> dict:
+  lv = entry.levers
+  k, pairs = lv.get("k", 5), lv.get("b", 2 if s.smoke else 4)
+  seq = lv.get("seq", 32 if s.smoke else 1024)
+  optimizer = make_optimizer()
+  make = lambda key: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(key))  # noqa: E731
+  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make(0)), nnx.Param, ...)
+
+  def init_member(key):
+    _, params, rest = nnx.split(make(key), nnx.Param, ...)
+    return params, rest, optimizer.init(params)
+
+  keys = jax.random.split(jax.random.key(0), k)
+  stacked = jax.jit(jax.vmap(init_member))(keys)  # (params, rest, opt_state), each with a leading K axis
+  batches = [pairs_batch(c.vocab_size, pairs, seq, seed=m) for m in range(k)]
+  batch_k = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+  body = step_body(graphdef, rm_loss, optimizer)
+  n_params = tree_size(stacked[0]) // k
+
+  def measure(step, state, batch):
+    compiled, compile_s, program = aot(step, state[0], state[1], state[2], batch, donate=(0, 2))
+    box = list(state)
+
+    def call():
+      out = compiled(box[0], box[1], box[2], batch)
+      jax.block_until_ready(out)
+      box[0], box[2] = out[0], out[1]
+      return out
+
+    loss0 = np.asarray(call()[2])
+    times = timed(call, s.steps, s.warmup, s.deadline)
+    return float(np.median(times)), times, compile_s, program, loss0
+
+  single_state = jax.tree.map(lambda x: x[0], stacked)  # member 0 alone (a copy)
+  single_s, single_times, single_compile, single_program, single_loss0 = measure(body, single_state, batches[0])
+  del single_state
+  gc.collect()
+  ens_s, ens_times, ens_compile, ens_program, ens_loss0 = measure(jax.vmap(body), stacked, batch_k)
+  tokens = 2 * pairs * seq
+  flops = train_flops_per_token(c, seq, with_unembed=False) * tokens
+  return dict(case="ens", kind="ens", members=k, params_per_member=int(n_params), pairs=pairs, seq=seq,
+              config=config_summary(c), single_s=_r(single_s), ensemble_s=_r(ens_s),
+              single_times=[_r(t) for t in single_times], ensemble_times=[_r(t) for t in ens_times],
+              ratio=_r(ens_s / (k * single_s)), single_mfu=_r(flops / single_s / 1e12 / s.peak_tflops),
+              ensemble_mfu=_r(k * flops / ens_s / 1e12 / s.peak_tflops),
+              compile_s=dict(single=_r(single_compile, 1), ensemble=_r(ens_compile, 1)),
+              program_gib=dict(single=_r(single_program, 2), ensemble=_r(ens_program, 2)), peak_gib=peak_gib(),
+              member0_loss0=dict(single=float(single_loss0), ensemble=float(ens_loss0[0])))
+
+
+# ------------------------------------------------------------------------------------------------ 4: GRPO
+def run_grpo(entry: Entry, s: Settings) -> dict:
+  """One GRPO iteration on the 1.24B shape as four separately jitted parts, each timed: rollout (`generate`, G
+  samples per prompt, temperature 1, eos_ids=()), old-policy + reference log-probs (teacher-forced forwards,
+  chunked gather), reward model scores (+ group advantages), and one update (clipped surrogate + 0.04 x k3 KL,
+  token mean, gradients accumulated over micro-batches of `micro` rows). The reference and the reward model are
+  frozen copies in the policy's parameter dtype, as the "rl" stage holds them."""
+  lv = entry.levers
+  c = model_config(entry, s)
+  n_prompts, g = lv.get("prompts", 2 if s.smoke else 64), lv.get("gens", 2 if s.smoke else 8)
+  p_len, n_new = lv.get("prompt", 8 if s.smoke else 256), lv.get("new", 8 if s.smoke else 512)
+  micro = lv.get("micro", 2 if s.smoke else 32)
+  mode, chunk = lv.get("logps", "chunked"), lv.get("chunk", 4096)
+  rows, t_len = n_prompts * g, p_len + n_new
+  if rows % micro or rows % (2 * micro):
+    raise ValueError(f"grpo: prompts x gens = {rows} rows must divide by 2 x micro = {2 * micro}")
+  temperature, beta = 1.0, 0.04
+  graphdef, params, rest = init_split(lambda: CausalLM(c, rngs=nnx.Rngs(0)))
+  ref_params = jax.tree.map(jnp.copy, params)
+  rm_graphdef, rm_params, rm_rest = init_split(lambda: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(1)))
+  optimizer = make_optimizer()
+  opt_state = jax.jit(optimizer.init)(params)
+  prompt_ids = np.random.default_rng(2).integers(2, c.vocab_size, (n_prompts, p_len)).astype(np.int32)
+  prompt_mask = np.ones_like(prompt_ids)
+  rollout_c = c.replace(param_dtype=DTYPES[lv["rollout"]]) if "rollout" in lv else c
+  rollout_graphdef = nnx.split(nnx.eval_shape(lambda: CausalLM(rollout_c, rngs=nnx.Rngs(0))), nnx.Param, ...)[0]
+  to_rollout = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(rollout_c.params_dtype), p))
+
+  def rollout(params, key):
+    if rollout_c is not c:  # a cast copy of the weights for sampling (the cast is timed with the rollout)
+      params = to_rollout(params)
+    gen = generate(nnx.merge(rollout_graphdef, params, rest), prompt_ids, prompt_mask, max_new_tokens=n_new, rng=key,
+                   temperature=temperature, eos_ids=(), num_samples=g)
+    return jax.block_until_ready(gen)
+
+  prompts_r = jnp.asarray(np.repeat(prompt_ids, g, axis=0))
+  prompt_mask_r = jnp.asarray(np.repeat(prompt_mask, g, axis=0))
+
+  def in_micro(x, size):  # (R, ...) -> (R / size, size, ...)
+    return x.reshape(x.shape[0] // size, size, *x.shape[1:])
+
+  def token_logps(model, pids, pmask, tokens, tmask, how):
+    ids = jnp.concatenate([pids, tokens], axis=1)
+    attn = jnp.concatenate([pmask, tmask], axis=1) > 0
+    hidden = model.hidden_states(jnp.where(attn, ids, 0), attn)[:, p_len - 1:-1]  # response token n at P + n - 1
+    return sequence_logps_of(how, hidden, model.output_embedding(), tokens, tmask, chunk, temperature)[0]
+
+  @jax.jit
+  def score(params, ref_params, tokens, tmask):
+    """(old-policy, reference) token log-probs (R, N), forward only, 2 x micro rows at a time."""
+    def one(xs):
+      pids, pmask, tok, msk = xs
+      old = token_logps(nnx.merge(graphdef, params, rest), pids, pmask, tok, msk, "chunked")
+      ref = token_logps(nnx.merge(graphdef, ref_params, rest), pids, pmask, tok, msk, "chunked")
+      return old, ref
+    xs = tuple(in_micro(x, 2 * micro) for x in (prompts_r, prompt_mask_r, tokens, tmask))
+    old, ref = jax.lax.map(one, xs)
+    return old.reshape(rows, n_new), ref.reshape(rows, n_new)
+
+  @jax.jit
+  def reward(rm_params, tokens, tmask):
+    def one(xs):
+      pids, pmask, tok, msk = xs
+      attn = jnp.concatenate([pmask, msk], axis=1) > 0
+      return nnx.merge(rm_graphdef, rm_params, rm_rest)(jnp.concatenate([pids, tok], axis=1), attn)
+    xs = tuple(in_micro(x, 2 * micro) for x in (prompts_r, prompt_mask_r, tokens, tmask))
+    rewards = jax.lax.map(one, xs).reshape(rows)
+    return rewards, pg.group_advantages(rewards, g)
+
+  def update(params, opt_state, batch):
+    def micro_grads(carry, mb):
+      def total(p):
+        logps = token_logps(nnx.merge(graphdef, p, rest), mb["pids"], mb["pmask"], mb["tokens"], mb["mask"], mode)
+        per_token, _ = pg.clipped_surrogate(logps, mb["old"], mb["adv"], mb["mask"], epsilon=0.2)
+        per_token = per_token + beta * pg.kl_divergence(logps, mb["ref"], mb["mask"], estimator="k3")
+        return jnp.sum(per_token * mb["mask"])
+      loss, grads = jax.value_and_grad(total)(params)
+      return jax.tree.map(jnp.add, carry, (grads, loss)), None
+
+    mbs = jax.tree.map(lambda x: in_micro(x, micro), batch)
+    zeros = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+    (grads, loss), _ = jax.lax.scan(micro_grads, zeros, mbs)
+    num_tokens = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
+    grads = jax.tree.map(lambda x: x / num_tokens, grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss / num_tokens
+
+  update_jit = jax.jit(update, donate_argnums=(0, 1))
+  parts = ("rollout", "score", "reward", "update")
+  timings: dict[str, list[float]] = {p: [] for p in parts}
+  state = [params, opt_state]
+  del params, opt_state
+  losses = []
+  for it in range(1 + lv.get("steps", 1)):  # iteration 0 compiles every part
+    if it and time.time() > s.deadline:
+      break
+    t = {}
+    t0 = time.perf_counter()
+    gen = rollout(state[0], jax.random.key(it))
+    t["rollout"] = time.perf_counter() - t0
+    tmask = gen.mask.astype(jnp.float32)
+    t0 = time.perf_counter()
+    old, ref = jax.block_until_ready(score(state[0], ref_params, gen.tokens, tmask))
+    t["score"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rewards, adv = jax.block_until_ready(reward(rm_params, gen.tokens, tmask))
+    t["reward"] = time.perf_counter() - t0
+    batch = dict(pids=prompts_r, pmask=prompt_mask_r, tokens=gen.tokens, mask=tmask, old=old, ref=ref, adv=adv)
+    t0 = time.perf_counter()
+    state[0], state[1], loss = jax.block_until_ready(update_jit(state[0], state[1], batch))
+    t["update"] = time.perf_counter() - t0
+    losses.append(float(loss))
+    for p in parts:
+      timings[p].append(t[p])
+    full_length = bool(np.all(np.asarray(gen.lengths) == n_new))
+    del gen, old, ref, rewards, adv, batch
+  steady = {p: (timings[p][1:] or timings[p][:1]) for p in parts}  # iteration 0 includes compilation
+  sec = {p: float(np.median(steady[p])) for p in parts}
+  step_s = sum(sec.values())
+  tokens = rows * t_len
+  flops = dict(score=2 * forward_flops_per_token(c, t_len, True) * tokens,
+               reward=forward_flops_per_token(c, t_len, False) * tokens,
+               update=train_flops_per_token(c, t_len, True) * tokens)
+  return dict(case="grpo", kind="grpo", prompts=n_prompts, generations=g, rows=rows, prompt=p_len, new=n_new,
+              micro=micro, logps=mode, rollout_param_dtype=rollout_c.param_dtype, config=config_summary(c),
+              timed_iterations=len(timings["update"]) - 1, first_iteration_s={p: _r(timings[p][0], 2) for p in parts},
+              seconds={p: _r(v, 3) for p, v in sec.items()}, step_s=_r(step_s, 3),
+              share={p: _r(v / step_s, 3) for p, v in sec.items()},
+              rollout_tokens_per_s=round(rows * n_new / sec["rollout"]),
+              mfu={p: _r(f / sec[p] / 1e12 / s.peak_tflops) for p, f in flops.items()},
+              all_rows_full_length=full_length, losses=[_r(x, 6) for x in losses], peak_gib=peak_gib())
+
+
+CASES: dict[str, Callable[[Entry, Settings], dict]] = {
+    "rm": run_train, "dpo": run_train, "rm_shared": run_train, "dpo_shared": run_train, "rm8b": run_train,
+    "dpo8b": run_train, "dpo_check": run_dpo_check, "gen": run_gen, "ens": run_ens, "grpo": run_grpo,
+}
+
+
+def run_entry(entry: Entry, s: Settings) -> dict:
+  """Runs one case; failures become a row with the error (so the other cases still run)."""
+  t0 = time.time()
+  try:
+    row = CASES[entry.kind](entry, s)
+    row["status"] = "ok"
+  except Exception as e:  # pylint: disable=broad-except
+    row = dict(kind=entry.kind, status="failed", error=f"{type(e).__name__}: {str(e)[:1500]}")
+  row = dict(entry=entry.text, **row, wall_s=_r(time.time() - t0, 1))
+  gc.collect()
+  jax.clear_caches()
+  return row

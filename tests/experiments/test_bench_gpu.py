@@ -1,0 +1,166 @@
+"""experiments/bench_gpu.py on a CPU: the --smoke run of every case, as the GPU machine runs it (a script, with
+ml_collections and grain absent), its budget guard and child-process handling, and hand-counted FLOPs / bytes.
+
+Not a timed test: the numbers that matter come from a GPU. The references are hand counts from the model shapes,
+the first H200 session's published result (docs/performance.md) and the library's unfused log-softmax path.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+from flax import nnx
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from experiments import bench_gpu  # noqa: E402
+from experiments import gpu_bench_cases as cases  # noqa: E402
+from jaxrlhf.models.config import ModelConfig  # noqa: E402
+from jaxrlhf.models.decoder import CausalLM  # noqa: E402
+
+SCRIPT = REPO_ROOT / "experiments" / "bench_gpu.py"
+
+
+def _run_script(tmp_path, *flags, timeout=900):
+  """Runs the script as the GPU machine does, with ml_collections and grain unimportable (the GPU image lacks
+  them); returns (returncode, stdout, the JSON written to --out)."""
+  block = tmp_path / "block"
+  for name in ("ml_collections", "grain"):
+    (block / name).mkdir(parents=True)
+    (block / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU image')\n")
+  out = tmp_path / "bench_gpu.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(block), str(REPO_ROOT)]))
+  env.pop("XLA_FLAGS", None)  # the tests' 8 host devices are not the script's setting
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "jaxrlhf-xla"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  proc = subprocess.run([sys.executable, str(SCRIPT), *flags, "--out", str(out)], capture_output=True, text=True,
+                        cwd=REPO_ROOT, env=env, timeout=timeout, check=False)
+  saved = json.loads(out.read_text()) if out.exists() else None
+  return proc.returncode, proc.stdout + proc.stderr, saved
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_case_as_a_script_without_the_train_package(tmp_path):
+  rc, log, saved = _run_script(tmp_path, "--smoke", "--commit", "abc123")
+  assert rc == 0, log[-3000:]
+  rows = {r["entry"]: r for r in saved["rows"]}
+  assert list(rows) == bench_gpu.DEFAULT_ONLY.split(","), log[-3000:]
+  bad = {e: r.get("error") for e, r in rows.items() if r["status"] != "ok"}
+  assert not bad, bad
+  assert saved["header"]["commit"] == "abc123" and saved["header"]["versions"]["jax"]
+  assert saved["device"]["backend"] == "cpu"
+  # Loss equality of the fast paths: the fused gather's forward is the chunked one, and both equal the unfused
+  # (B, T, V) log-softmax at the initial parameters; its bf16 gradients differ from the fp32 ones by rounding.
+  dpo, fused, check = rows["dpo"], rows["dpo:logps=fused"], rows["dpo_check"]
+  assert fused["loss0"] == dpo["loss0"] and fused["vs_base"]["aux0_rel"] == 0.0
+  assert fused["vs_unfused"]["loss0_rel"] < 1e-6 and dpo["vs_unfused"]["loss0_rel"] < 1e-6
+  assert check["chunked_vs_full"]["loss_rel"] < 1e-6 and check["chunked_vs_full"]["grad_head_rel"] < 1e-6
+  assert 0.0 < check["fused_vs_full"]["grad_hidden_rel"] < 2e-2 and check["fused_vs_full"]["logps_rel"] < 1e-6
+  for entry, batch in (("gen:b=1", 1), ("gen:b=64", 64), ("gen:b=256", 256)):
+    assert rows[entry]["batch"] == batch and rows[entry]["all_rows_full_length"]
+    assert rows[entry]["weight_bytes"] > 0 and rows[entry]["kv_bytes_static"] > rows[entry]["kv_bytes_filled"]
+  ens = rows["ens"]
+  assert ens["members"] == 5 and ens["ratio"] > 0
+  assert ens["member0_loss0"]["single"] == pytest.approx(ens["member0_loss0"]["ensemble"], rel=1e-6)
+  grpo = rows["grpo"]
+  assert grpo["all_rows_full_length"] and grpo["timed_iterations"] == 1
+  assert all(grpo["seconds"][p] > 0 for p in ("rollout", "score", "reward", "update"))
+  for entry in ("dpo8b", "rm8b"):
+    assert rows[entry]["config"]["param_dtype"] == "bfloat16" and rows[entry]["config"]["remat"] == "full"
+    assert rows[entry]["mu_dtype"] == "bf16"
+  assert "| rm | " in log and "| gen:b=256 | 256 |" in log and "**ratio" in log
+
+
+def _fake_child(monkeypatch):
+  """Child processes that report rm / ens / gen, crash on dpo and hang on grpo."""
+  def child_args(args, texts, deadline):
+    del args, deadline
+    code = (f"import json, sys, time\nprint('@@DEVICE ' + json.dumps({{'backend': 'fake'}}), flush=True)\n"
+            f"for t in {texts!r}:\n"
+            "  print('@@START ' + t, flush=True)\n"
+            "  if t == 'dpo':\n    print('boom', flush=True)\n    sys.exit(3)\n"
+            "  if t == 'grpo':\n    time.sleep(60)\n"
+            "  print('@@ROW ' + json.dumps({'entry': t, 'kind': t, 'status': 'ok'}), flush=True)\n")
+    return [sys.executable, "-c", code]
+  monkeypatch.setattr(bench_gpu, "_child_args", child_args)
+
+
+def test_a_crashed_child_is_replaced_and_a_child_past_the_budget_is_stopped(monkeypatch):
+  _fake_child(monkeypatch)
+  rows, device = [], {}
+  bench_gpu.run_group(None, ["rm", "dpo", "ens"], float("inf"), rows.append, device)
+  assert [(r["entry"], r["status"]) for r in rows] == [("rm", "ok"), ("dpo", "failed"), ("ens", "ok")]
+  assert "exited with 3" in rows[1]["error"] and "boom" in rows[1]["error"] and device == {"backend": "fake"}
+  rows = []
+  bench_gpu.run_group(None, ["grpo", "gen"], time.time() + cases.CHILD_START_S + 2, rows.append, device)
+  assert [(r["entry"], r["status"]) for r in rows] == [("grpo", "killed"), ("gen", "skipped")]
+
+
+def test_budget_guard_skips_before_building_anything(capsys):
+  rows = bench_gpu.main(["--only", "rm,dpo8b", "--isolate", "none", "--budget_s", "1"])
+  assert [(r["entry"], r["status"]) for r in rows] == [("rm", "skipped"), ("dpo8b", "skipped")]
+  assert "skipped: rm: budget" in capsys.readouterr().out
+
+
+def test_entries_and_groups():
+  entry = cases.parse_entry("dpo:logps=fused:b=16:unroll")
+  assert (entry.kind, entry.levers) == ("dpo", {"logps": "fused", "b": 16, "unroll": True})
+  for bad, match in (("ppo", "unknown case"), ("rm:logps=fused", "unknown lever 'logps'"),
+                     ("dpo:logps=fast", "expected one of"), ("gen:b=0", "positive integer"),
+                     ("gen:unroll=1", "is a flag"), ("rm:remat", "needs a value")):
+    with pytest.raises(ValueError, match="--only") as info:
+      cases.parse_entry(bad)
+    assert match in str(info.value)
+  with pytest.raises(ValueError, match="--only"):
+    bench_gpu.main(["--only", "rm,gen:b=x"])
+  assert bench_gpu.expand_only("rm,extras")[1:] == bench_gpu.EXTRAS.split(",")
+  default = bench_gpu.expand_only("default")
+  assert bench_gpu.plan_groups(default, "8b") == [default[:-2], ["dpo8b"], ["rm8b"]]
+  assert bench_gpu.plan_groups(["rm", "gen:b=1:xf=cmdbuf", "gen:b=64", "ens"], "8b") == [
+      ["rm"], ["gen:b=1:xf=cmdbuf"], ["gen:b=64", "ens"]]
+  assert bench_gpu.plan_groups(["rm", "dpo"], "all") == [["rm"], ["dpo"]]
+
+
+def test_flops_and_bytes_hand_counts():
+  c = ModelConfig(**cases.LLAMA_1B, dtype="bfloat16", param_dtype="bfloat16")
+  # Per layer: q, k, v, o = 2048 x 64 x (32 + 8 + 8 + 32); SwiGLU = 3 x 2048 x 8192; 16 layers.
+  layer = 2048 * 64 * 80 + 3 * 2048 * 8192
+  assert cases.matmul_params(c, False) == 16 * layer == 973_078_528
+  assert cases.matmul_params(c, True) == 16 * layer + 2048 * 128256
+  per_token = 6 * 16 * layer + 6 * 2048 * 32 * 64 * 16
+  assert cases.train_flops_per_token(c, 2048, False) == per_token
+  assert cases.forward_flops_per_token(c, 2048, False) == per_token / 3
+  # docs/performance.md, first H200 session: the RM step at 71,519 tokens/s was 446.4 TFLOP/s (45.1% of 989).
+  assert per_token * 71_519 / 1e12 == pytest.approx(446.4, abs=0.05)
+  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CausalLM(c, rngs=nnx.Rngs(0))), nnx.Param))
+  total = 128256 * 2048 + 16 * (layer + 2 * 2048) + 2048  # tied embedding, 2 norms per layer, final norm
+  assert cases.tree_size(params) == total == 1_235_814_400
+  got = cases.decode_bytes(c, params, batch=4, prompt=512, new=512)
+  kv_slot = 2 * 16 * 4 * 8 * 64 * 2  # keys and values, 16 layers, 4 rows, 8 KV heads of 64, bf16
+  assert got == dict(weight_bytes=2 * total, kv_bytes_static=kv_slot * 1023, kv_bytes_filled=kv_slot * 768)
+  untied = ModelConfig(**dict(cases.SMOKE_UNTIED, dtype="bfloat16", param_dtype="float32"))
+  params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CausalLM(untied, rngs=nnx.Rngs(0))), nnx.Param))
+  # An untied embedding is only looked up (B rows), so its bytes are not read per step; the LM head is.
+  assert cases.decode_bytes(untied, params, 1, 8, 8)["weight_bytes"] == 4 * (cases.tree_size(params) - 512 * 64)
+
+
+def test_comparisons_against_the_base_row_and_the_unfused_check():
+  def train(entry, kind, step_s, loss0, aux0):
+    return dict(entry=entry, status="ok", case="train", kind=kind, pairs=8, seq=2048, step_s=step_s, loss0=loss0,
+                aux0=aux0)
+
+  rows = [train("dpo", "dpo", 0.6, 0.70, [3.0, 4.0]), train("dpo:logps=fused", "dpo", 0.5, 0.70, [3.0, 4.0]),
+          train("dpo:b=8:unroll", "dpo", 0.4, 0.71, [3.0, 4.5]),
+          dict(entry="dpo_check", status="ok", case="dpo_check", pairs=8, seq=2048, loss_full=0.7),
+          train("rm:unroll", "rm", 0.5, 0.3, [1.0])]
+  bench_gpu.add_comparisons(rows)
+  assert rows[1]["vs_base"] == dict(base="dpo", speedup=1.2, loss0_rel=0.0, aux0_rel=0.0)
+  assert rows[2]["vs_base"]["speedup"] == 1.5 and rows[2]["vs_base"]["aux0_rel"] == pytest.approx(0.1)
+  assert rows[2]["vs_unfused"]["loss0_rel"] == pytest.approx(0.01 / 0.7)
+  assert "vs_base" not in rows[0] and "vs_base" not in rows[4]  # no lever-free rm row to compare with
