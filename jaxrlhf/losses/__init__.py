@@ -13,8 +13,8 @@ stage's `loss.algorithm`); each name maps to one small function inside its modul
 from jaxrlhf.losses.aggregation import (AGGREGATION_METHODS, aggregate, mean_minus_std_reward, mean_minus_var_reward,
                                         mean_reward, median_reward, min_reward)
 from jaxrlhf.losses.kto import kto_kl_estimate, kto_loss
-from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps_from_logits, sequence_logps,
-                                  shift_for_next_token, token_entropy)
+from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps_from_logits, fused_sequence_logps,
+                                  sequence_logps, shift_for_next_token, token_entropy)
 from jaxrlhf.losses.policy_gradient import (aggregate_token_losses, clip_process_rewards, clipped_policy_loss,
                                             clipped_surrogate, delta_process_rewards, group_advantages,
                                             kl_divergence, kl_penalized_token_rewards, kl_regularized_loss,

@@ -142,7 +142,7 @@ def _chunked_scan(rows_NxX: jax.Array, project: Callable[[jax.Array], jax.Array]
 
 def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                            mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
-                           return_entropy: bool = False):
+                           return_entropy: bool = False, logit_softcap: float | None = None):
   """`sequence_logps(hidden @ lm_head, ...)` without ever holding the (B, T, V) logits.
 
   The B*T token rows are split into chunks of `chunk_size` tokens; a `lax.scan` computes each chunk's fp32 logits
@@ -159,6 +159,8 @@ def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targ
     chunk_size: tokens per chunk (need not divide B*T).
     temperature: divides the logits.
     return_entropy: also return the per-token entropy (B, T) of the same softmax.
+    logit_softcap: logits are cap * tanh(logits / cap) before the temperature (Gemma 2's final soft-cap;
+      `CausalLM.output_projection()` returns the head and its cap); None: no cap.
 
   Returns:
     (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, entropy_BxT) with return_entropy.
@@ -179,7 +181,8 @@ def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targ
   head_f32 = lm_head_DxV.astype(jnp.float32)
 
   def project(h_CxD):
-    return jnp.dot(h_CxD.astype(compute_dtype), head_f32.astype(compute_dtype), preferred_element_type=jnp.float32)
+    logits = jnp.dot(h_CxD.astype(compute_dtype), head_f32.astype(compute_dtype), preferred_element_type=jnp.float32)
+    return logits if logit_softcap is None else jnp.tanh(logits / logit_softcap) * logit_softcap
 
   token_logps, entropy = _chunked_scan(hidden_BxTxD.reshape(b * t, d), project, targets_BxT.reshape(-1),
                                        mask_BxT.reshape(-1) > 0, chunk_size, temperature, return_entropy)
@@ -288,7 +291,6 @@ def _fused_logps_bwd(chunk_size, temperature, save_softmax_grad, residuals, g_N)
 _fused_logps.defvjp(_fused_logps_fwd, _fused_logps_bwd)
 
 
-@register("logps", "fused_sequence_logps")
 def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                          mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
                          save_softmax_grad: bool = True) -> tuple[jax.Array, jax.Array]:

@@ -365,16 +365,22 @@ class CausalLM(nnx.Module):
   def output_embedding(self) -> Array:
     """(D, V) LM-head matrix in the compute dtype (the transposed token embedding when tied).
 
-    Raises for a `final_logit_softcap` model: logits are not hidden @ this matrix there (use `unembed`).
+    Raises for a `final_logit_softcap` model: logits are not hidden @ this matrix there (use `output_projection`,
+    which also returns the cap, or `unembed`).
     """
     if self.config.final_logit_softcap is not None:
       raise ValueError(
           f"final_logit_softcap={self.config.final_logit_softcap}: the logits are cap * tanh((hidden @ W) / cap), "
-          "so a projection by output_embedding() alone (e.g. chunked log-probs) would skip the cap; use "
-          "model.unembed(hidden) (chunk_size=0)")
+          "so a projection by output_embedding() alone would skip the cap; use model.output_projection() (the "
+          "matrix and the cap, as chunked log-probs take them) or model.unembed(hidden)")
+    return self.output_projection()[0]
+
+  def output_projection(self) -> tuple[Array, float | None]:
+    """(W (D, V) in the compute dtype, final_logit_softcap or None): logits = cap * tanh((hidden @ W) / cap), or
+    hidden @ W without a cap (`losses.logps.chunked_sequence_logps(..., logit_softcap=cap)` takes both)."""
     if self.config.tie_word_embeddings:
-      return self.embed[...].astype(self.config.compute_dtype).T
-    return self.lm_head[...].astype(self.config.compute_dtype)
+      return self.embed[...].astype(self.config.compute_dtype).T, self.config.final_logit_softcap
+    return self.lm_head[...].astype(self.config.compute_dtype), self.config.final_logit_softcap
 
   def unembed(self, hidden_BxTxD: Array) -> Array:
     """Logits (B, T, V), accumulated and returned in float32 (soft-capped when final_logit_softcap is set)."""

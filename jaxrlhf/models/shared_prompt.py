@@ -10,9 +10,7 @@ three things, all derived here from the three lengths of each row:
   * positions: the rejected response continues at P, as it would right after the prompt;
   * next-token prediction: the first rejected token is predicted from the LAST PROMPT token's hidden state
     (not from the chosen response's last token, its left neighbour in the row).
-So every log-prob and every last-token reward equals the two-row layout's up to float rounding. The token
-log-probs of such rows are `jaxrlhf.train.scoring.shared_prompt_token_logps`; rewards read the last token of each
-response (`RewardModel.score_shared_prompt`).
+So every log-prob and every last-token reward equals the two-row layout's up to float rounding.
 
 Row layout (B rows, right padded to T): ids[0:P] prompt, ids[P:P+Rc] chosen, ids[P+Rc:P+Rc+Rr] rejected.
 """
@@ -23,6 +21,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxrlhf.losses import logps as logps_lib
 
 Array = jax.Array
 
@@ -83,3 +83,33 @@ def shared_prompt_hidden(backbone: Any, input_ids_BxT: Array, layout: SharedProm
   """Final-norm hidden states (B, T, D) of shared-prompt rows under a CausalLM `backbone`."""
   return backbone.hidden_states(input_ids_BxT, layout.attention_mask, layout.positions,
                                 segment_ids=layout.segment_ids, shared_mask=layout.shared_mask)
+
+
+def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: SharedPromptLayout, chunk_size: int = 0
+                              ) -> tuple[jax.Array, jax.Array]:
+  """Per-token response log-probs of shared-prompt rows, split into chosen then rejected rows.
+
+  Args:
+    model: a CausalLM.
+    input_ids_BxT: (B, T) int ids of [prompt | chosen | rejected] rows.
+    layout: `shared_prompt_layout` of those rows.
+    chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
+
+  Returns:
+    (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
+    log-probs at that response's positions in the row (0 elsewhere), rows [B, 2B) the rejected response's, so
+    sums over T give the same sequence log-probs as the two-row layout.
+  """
+  hidden_BxTxD = shared_prompt_hidden(model, input_ids_BxT, layout)
+  # Each target reads the hidden state of its predictor; for all but one token per row that is t - 1.
+  predictor_BxTxD = jnp.take_along_axis(hidden_BxTxD, layout.source_index[:, :, None], axis=1)
+  targets_mask = (layout.chosen_targets | layout.rejected_targets).astype(jnp.float32)
+  if chunk_size:
+    head_DxV, softcap = model.output_projection()
+    logps, _ = logps_lib.chunked_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,
+                                                chunk_size=chunk_size, logit_softcap=softcap)
+  else:
+    logps, _ = logps_lib.sequence_logps(model.unembed(predictor_BxTxD), input_ids_BxT, targets_mask)
+  chosen, rejected = layout.chosen_targets.astype(jnp.float32), layout.rejected_targets.astype(jnp.float32)
+  return (jnp.concatenate([logps * chosen, logps * rejected], axis=0),
+          jnp.concatenate([chosen, rejected], axis=0))

@@ -11,7 +11,8 @@ evaluation stages call these; losses never run a model):
                          with per-token entropy (policy gradient, KL estimates, evaluation);
   sequence_logps         host helper: summed response log-probs of token lists, in fixed-shape batches;
   pair_token_logps,      preference pairs in either layout, two rows (chosen_/rejected_ keys) or one
-  pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`).
+  pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`, whose
+                         `shared_prompt_token_logps` scores such rows).
 
 Shapes: B rows, T row length, P prompt width, N response width, V vocabulary, D model width.
 """
@@ -28,7 +29,7 @@ from flax import nnx
 
 from jaxrlhf.data.padding import pad_prompts, pad_rows
 from jaxrlhf.losses import logps as logps_lib
-from jaxrlhf.models.shared_prompt import SharedPromptLayout, shared_prompt_hidden, shared_prompt_layout
+from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
 
 
 # ------------------------------------------------------------------------------------------------ token log-probs
@@ -77,8 +78,9 @@ def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Ar
   if chunk_size or segment_ids_BxT is not None:
     hidden_BxTxD = model.hidden_states(input_ids_BxT, attention_mask_BxT, positions_BxT,
                                        segment_ids=segment_ids_BxT)
-    logps, _ = logps_lib.chunked_sequence_logps(hidden_BxTxD, model.output_embedding(), targets_BxT, mask_BxT,
-                                                chunk_size=chunk_size or 1024)
+    head_DxV, softcap = model.output_projection()
+    logps, _ = logps_lib.chunked_sequence_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT,
+                                                chunk_size=chunk_size or 1024, logit_softcap=softcap)
   else:
     logps, _ = logps_lib.sequence_logps(model(input_ids_BxT, attention_mask_BxT), targets_BxT, mask_BxT)
   return logps[:, n:], mask_BxT[:, n:]
@@ -175,36 +177,6 @@ def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_ro
     logps = np.asarray(jit_response_logps(model, ids, mask, r_ids, r_mask), np.float64)
     out.append(logps.sum(axis=1)[:batch_size - fill])
   return np.concatenate(out)
-
-
-# ------------------------------------------------------------------------------------------------ shared-prompt rows
-def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: SharedPromptLayout, chunk_size: int = 0
-                              ) -> tuple[jax.Array, jax.Array]:
-  """Per-token response log-probs of shared-prompt rows, split into chosen then rejected rows.
-
-  Args:
-    model: a CausalLM.
-    input_ids_BxT: (B, T) int ids of [prompt | chosen | rejected] rows.
-    layout: `models.shared_prompt.shared_prompt_layout` of those rows.
-    chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
-
-  Returns:
-    (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
-    log-probs at that response's positions in the row (0 elsewhere), rows [B, 2B) the rejected response's, so
-    sums over T give the same sequence log-probs as the two-row layout.
-  """
-  hidden_BxTxD = shared_prompt_hidden(model, input_ids_BxT, layout)
-  # Each target reads the hidden state of its predictor; for all but one token per row that is t - 1.
-  predictor_BxTxD = jnp.take_along_axis(hidden_BxTxD, layout.source_index[:, :, None], axis=1)
-  targets_mask = (layout.chosen_targets | layout.rejected_targets).astype(jnp.float32)
-  if chunk_size:
-    logps, _ = logps_lib.chunked_sequence_logps(predictor_BxTxD, model.output_embedding(), input_ids_BxT,
-                                                targets_mask, chunk_size=chunk_size)
-  else:
-    logps, _ = logps_lib.sequence_logps(model.unembed(predictor_BxTxD), input_ids_BxT, targets_mask)
-  chosen, rejected = layout.chosen_targets.astype(jnp.float32), layout.rejected_targets.astype(jnp.float32)
-  return (jnp.concatenate([logps * chosen, logps * rejected], axis=0),
-          jnp.concatenate([chosen, rejected], axis=0))
 
 
 # ------------------------------------------------------------------------------------------------ preference pairs

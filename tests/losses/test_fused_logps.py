@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jaxrlhf.losses import logps
-from jaxrlhf.losses import registry
 
 B, T, D, V = 2, 9, 8, 1000
 
@@ -160,4 +159,3 @@ def test_jit_vmap_and_bad_arguments():
     logps.fused_sequence_logps(hidden, head, targets, mask, chunk_size=0)
   with pytest.raises(ValueError, match="targets_BxT"):
     logps.fused_sequence_logps(hidden, head, targets[:, :3], mask)
-  assert registry.get("logps", "fused_sequence_logps") is logps.fused_sequence_logps

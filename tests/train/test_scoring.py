@@ -1,0 +1,106 @@
+"""train.scoring: the one module that applies a model to a batch. Every path equals the plain full-logits
+computation (the chunked and soft-capped paths, token alignment, control prefixes, rollout rows)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxrlhf.models import CausalLM, ModelConfig
+from jaxrlhf.train import scoring
+
+GEMMA2 = ModelConfig.from_hf({"model_type": "gemma2", "vocab_size": 37, "hidden_size": 16, "intermediate_size": 32,
+                              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                              "head_dim": 8, "sliding_window": 4, "final_logit_softcapping": 0.3,
+                              "attn_logit_softcapping": 5.0, "query_pre_attn_scalar": 8})
+LLAMA = ModelConfig(vocab_size=37, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+
+
+def _rows(seed=0, b=3, t=9):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(0, 37, size=(b, t)).astype(np.int32)
+  att = np.ones((b, t), np.int32)
+  att[0, 7:] = 0
+  lm = np.zeros((b, t), np.int32)
+  lm[:, 4:] = 1
+  return jnp.asarray(ids), jnp.asarray(att), jnp.asarray(lm * att)
+
+
+def _reference(model, ids, att, lm):
+  """log p(ids[t + 1] | ids[<= t]) from the full logits, written out by hand."""
+  logp = jax.nn.log_softmax(model(ids, att).astype(jnp.float32), axis=-1)
+  nxt = jnp.take_along_axis(logp[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
+  mask = lm[:, 1:].astype(jnp.float32)
+  return jnp.pad(nxt * mask, ((0, 0), (0, 1))), jnp.pad(mask, ((0, 0), (0, 1)))
+
+
+@pytest.mark.parametrize("config", [GEMMA2, LLAMA], ids=["gemma2_softcap", "llama"])
+@pytest.mark.parametrize("chunk_size", [0, 5])
+def test_token_logps_equal_the_full_logits_computation(config, chunk_size):
+  model = CausalLM(config, rngs=nnx.Rngs(0))
+  ids, att, lm = _rows()
+  want, want_mask = _reference(model, ids, att, lm)
+  got, mask = scoring.token_logps(model, ids, att, lm, chunk_size)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  np.testing.assert_array_equal(mask, want_mask)
+
+
+def test_soft_capped_chunked_logps_differ_from_uncapped_ones():
+  """The cap matters at these logit scales, so equality above is not vacuous."""
+  model = CausalLM(GEMMA2, rngs=nnx.Rngs(0))
+  ids, att, lm = _rows()
+  capped, _ = scoring.token_logps(model, ids, att, lm, chunk_size=5)
+  uncapped = CausalLM(GEMMA2.replace(final_logit_softcap=None), rngs=nnx.Rngs(0))
+  plain, _ = scoring.token_logps(uncapped, ids, att, lm, chunk_size=5)
+  assert float(jnp.max(jnp.abs(capped - plain))) > 1e-2
+  with pytest.raises(ValueError, match="output_projection"):
+    model.output_embedding()
+
+
+def test_aligned_token_logps_move_each_value_onto_its_token_and_read_the_prefix():
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(1))
+  ids, att, lm = _rows(1)
+  nxt, nxt_mask = scoring.token_logps(model, ids, att, lm)
+  aligned, mask = scoring.aligned_token_logps(model, ids, att, lm)
+  np.testing.assert_allclose(aligned[:, 1:], nxt[:, :-1], atol=1e-6)
+  np.testing.assert_array_equal(mask[:, 1:], nxt_mask[:, :-1])
+  # With a prefix, position 0 is predicted from the prefix: the prefixed full sequence, written out.
+  prefix = (5, 6)
+  full = jnp.concatenate([jnp.broadcast_to(jnp.asarray(prefix, ids.dtype), (3, 2)), ids], axis=1)
+  full_att = jnp.concatenate([jnp.ones((3, 2), att.dtype), att], axis=1)
+  logp = jax.nn.log_softmax(model(full, full_att), axis=-1)
+  want = jnp.take_along_axis(logp[:, 1:-1], full[:, 2:, None], axis=-1)[..., 0]
+  got, mask = scoring.aligned_token_logps(model, ids, att, jnp.ones_like(lm) * att, prefix_ids=prefix)
+  np.testing.assert_allclose(got, want * mask, atol=2e-5)
+  assert bool(jnp.all(mask[:, 0] == att[:, 0]))
+
+
+def test_response_logps_are_the_rollout_rows_log_probs_at_a_temperature():
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(2))
+  prompt = jnp.asarray([[0, 3, 4], [5, 6, 7]])
+  prompt_mask = jnp.asarray([[0, 1, 1], [1, 1, 1]])
+  response = jnp.asarray([[8, 9, -1], [10, 11, 12]])  # -1: an out-of-range pad id on a masked slot
+  response_mask = jnp.asarray([[1, 1, 0], [1, 1, 1]])
+  logps, entropy = scoring.response_logps(model, prompt, prompt_mask, response, response_mask, temperature=0.7)
+  ids = jnp.where(jnp.concatenate([prompt_mask, response_mask], 1) > 0, jnp.concatenate([prompt, response], 1), 0)
+  logp = jax.nn.log_softmax(model(ids, jnp.concatenate([prompt_mask, response_mask], 1) > 0)[:, 2:-1] / 0.7, -1)
+  want = jnp.take_along_axis(logp, ids[:, 3:, None], axis=-1)[..., 0] * response_mask
+  np.testing.assert_allclose(logps, want, atol=2e-5)
+  np.testing.assert_allclose(entropy, -jnp.sum(jnp.exp(logp) * logp, -1) * response_mask, atol=2e-5)
+  np.testing.assert_allclose(scoring.jit_response_logps(model, prompt, prompt_mask, response, response_mask),
+                             scoring.response_logps(model, prompt, prompt_mask, response, response_mask)[0],
+                             atol=1e-6)
+
+
+def test_sequence_logps_sum_the_responses_in_fixed_shape_batches():
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(3))
+  prompts = [[1, 2, 3], [4], [5, 6], [7, 8, 9, 10], [11]]
+  responses = [[12, 13], [14], [15, 16, 17], [18], [19, 20]]
+  got = scoring.sequence_logps(model, prompts, responses, pad_id=0, batch_size=2)  # the last batch is filled
+  for p, r, value in zip(prompts, responses, got):
+    logp = jax.nn.log_softmax(model(jnp.asarray([p + r])), axis=-1)[0]
+    want = sum(float(logp[len(p) - 1 + i, tok]) for i, tok in enumerate(r))
+    assert value == pytest.approx(want, abs=2e-5)
+  with pytest.raises(ValueError, match="4 responses"):
+    scoring.sequence_logps(model, prompts, responses[:4], pad_id=0)
