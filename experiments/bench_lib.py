@@ -269,7 +269,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models.reward_model import RewardModel  # pylint: disable=g-import-not-at-top
   from jaxrlhf.parallel import MeshConfig, make_mesh  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import builders, optim, preference, reward  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import common, preference, reward  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import optim, scoring  # pylint: disable=g-import-not-at-top
   from jaxrlhf.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   if algo not in ("rm", "dpo", "dpo_resident"):
@@ -289,8 +290,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
                                        mesh=mesh, shardings=state_lib.logical_shardings(mesh))
     state = setup.init()
     backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
-    params = builders.overwrite(state.params, backbone, ("backbone",))
-    params = builders.overwrite(params, {"kernel": rm_head_kernel(config.embed_dim, seed)}, ("head",))
+    params = common.overwrite(state.params, backbone, ("backbone",))
+    params = common.overwrite(params, {"kernel": rm_head_kernel(config.embed_dim, seed)}, ("head",))
     state = state.replace(params=params)
     loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(), head)
   else:
@@ -303,8 +304,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
     if not resident:
       @jax.jit
       def ref_logps(params, extra, batch):
-        token_logps, _ = preference.pair_token_logps(nnx.merge(setup.graphdef, params, extra), batch,
-                                                     logps_chunk_size)
+        token_logps, _ = scoring.pair_token_logps(nnx.merge(setup.graphdef, params, extra), batch,
+                                                  logps_chunk_size)
         return jnp.split(jnp.sum(token_logps, axis=-1), 2)
 
       for b in batches:
@@ -355,8 +356,9 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models.reward_model import RewardEnsemble  # pylint: disable=g-import-not-at-top
   from jaxrlhf.parallel import MeshConfig, make_mesh  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import builders, optim, rl  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.train import rewards as rewards_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import artifacts, rl  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import reward_sources as rewards_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.train import optim  # pylint: disable=g-import-not-at-top
 
   rss_start = rss_mib()
   lm, config = from_pretrained(folder, scan_layers=scan_layers)
@@ -366,7 +368,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   if not os.path.exists(os.path.join(rm_dir, "spec.json")):
     head = HeadConfig("linear")
     rm = RewardEnsemble(config, head, 1, rngs=nnx.Rngs(seed))
-    builders.save_reward_model(rm_dir, config, head, 1, nnx.state(rm))
+    artifacts.save_reward_model(rm_dir, config, head, 1, nnx.state(rm))
     del rm
   spec = rewards_lib.RewardSourceSpec(kind="reward_model", reward_model=rm_dir)
   cfg = rl.RLConfig(seed=seed, prompts_per_step=shape.rl_prompts, max_prompt_length=shape.gen_prompt,
@@ -375,8 +377,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
                     optimizer=optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
   mesh = make_mesh(MeshConfig(), jax.devices()[:1])
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = rl.rl_setup(cfg, config, pretrained, rl._load_reward_models(cfg.rewards, {})[0],  # pylint: disable=protected-access
-                      optimizer, mesh)
+  setup = rl.rl_setup(cfg, config, pretrained, rewards_lib.load_reward_models(cfg.rewards, {})[0], optimizer, mesh)
   del pretrained
   state = setup.init()
   step_fn = rl.make_rl_step(setup.graphdef, cfg, optimizer, rewards_lib.build_sources(cfg.rewards),

@@ -105,7 +105,8 @@ def test_kill_9_then_rerun_resumes_and_matches_uninterrupted(tmp_path):
                    optimizer__decay_steps=32)
   args = [f"--config={TOY}", f"--workdir={tmp_path / 'killed'}", "--config.sleep_per_step=0.15",
           *[f"--config.{k.replace('__', '.')}={v}" for k, v in overrides.items()]]
-  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=REPO_ROOT, env=_env(),
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", f"--extra_kinds={TOY}:KINDS", *args],
+                          cwd=REPO_ROOT, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   try:

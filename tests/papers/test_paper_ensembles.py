@@ -9,6 +9,7 @@ import pytest
 from paper_tables import smoke_table_means
 
 from configs.papers import ensembles
+from experiments.analysis import ensembles as analysis
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
 
@@ -53,15 +54,15 @@ def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   peak = means["bon_pretrain/gold/gold_peak"]
   assert all(means[f"bon_pretrain/{s}/gold@N"] <= peak + 1e-9
              for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std"))
-  out = ensembles.headline_plot(workdir, str(tmp_path / "docs" / "plots" / "headline_bon.png"))
+  out = analysis.headline_plot(workdir, str(tmp_path / "docs" / "plots" / "headline_bon.png"))
   assert os.path.getsize(out) > 10_000
-  table = ensembles.summary_table(workdir)
+  table = analysis.summary_table(workdir)
   rows = [line for line in table.splitlines()[2:]]
   assert len(rows) == 1 + 2 * (len(ensembles.SELECTORS) - 1)  # oracle + 6 selectors per ensemble
   numbers = [float(c.split(" ± ")[0]) for r in rows for c in r.strip("|").split("|")[3:]]
   assert np.all(np.isfinite(numbers))
   # The post-hoc diagnostic rescoring the saved pools: one row per ensemble, raw and standardized columns.
-  diag = ensembles.standardized_table(workdir).splitlines()
+  diag = analysis.standardized_table(workdir).splitlines()
   assert len(diag) == 2 + len(ensembles.ENSEMBLES)
   assert "standardized min" in diag[0] and "raw mean_minus_std" in diag[0]
   values = [float(c.split(" ± ")[0]) for r in diag[2:] for c in r.strip("|").split("|")[2:]]
@@ -75,8 +76,8 @@ def test_grpo_plot_from_fake_results(tmp_path):
                for m in ("gold", "kl", "completion_length")}
     (tmp_path / f"seed={seed}").mkdir()
     (tmp_path / f"seed={seed}" / "results.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
-  out = ensembles.grpo_plot(str(tmp_path), str(tmp_path / "plots" / "grpo.png"))
+  out = analysis.grpo_plot(str(tmp_path), str(tmp_path / "plots" / "grpo.png"))
   assert os.path.getsize(out) > 10_000
   assert ensembles.rl_stage_name("min", 0.05) == "grpo_min_b0p05"
   with pytest.raises(FileNotFoundError, match="sweep_dir"):
-    ensembles.grpo_plot(str(tmp_path / "plots"), str(tmp_path / "x.png"))
+    analysis.grpo_plot(str(tmp_path / "plots"), str(tmp_path / "x.png"))
