@@ -213,14 +213,14 @@ class Checkpointer:
   def _write_error(self, e: BaseException) -> CheckpointError:
     """The CheckpointError for a failed write of step `self._writing` (orbax leaves only a temporary folder)."""
     self._manager.reload()  # Forget a step whose write failed.
-    kept = self.latest_step()
-    kept = f"the newest complete checkpoint, step {kept}, is intact" if kept is not None else \
-        "no earlier checkpoint exists"
+    latest = self.latest_step()
     full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
         any(m in str(e) for m in ("No space left", "Disk quota", "File too large"))
-    hint = "; free disk space, then re-run to resume from it" if full else "; re-run to resume from it"
+    then = "free disk space, then re-run" if full else "re-run"
+    kept = f"the newest complete checkpoint, step {latest}, is intact; {then} to resume from it" \
+        if latest is not None else f"no earlier checkpoint exists; {then} to start over"
     return CheckpointError(f"writing checkpoint step {self._writing} in {self.directory} failed "
-                           f"({type(e).__name__}: {_first_line(e)}); {kept}{hint}")
+                           f"({type(e).__name__}: {_first_line(e)}); {kept}")
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
