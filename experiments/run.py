@@ -16,6 +16,13 @@ writes DIR/<stage>/DONE.json with its outputs and is skipped on re-run, so a fai
 earlier ones intact. DIR/results.json collects the outputs when all stages are done; a failure writes its
 traceback to DIR/error.txt.
 
+One run per workdir: process 0 holds DIR/.jaxrlhf.lock while it runs (jaxrlhf.train.workdir_lock); a second
+`experiments.run` on the same DIR fails at once naming the holder, and a lock left by a dead process on this host
+is taken over. `--fresh` clears DIR (every stage, checkpoint and result) before running. A failure's traceback goes
+to DIR/error.txt and DIR/<stage>/error.txt; known failures (config, data file, model file, checkpoint, non-finite
+loss, lock) print one line naming the stage and the error, whose message carries the remedy, and exit 1 (a lock
+held by another run exits 3, a config error 2). Guarantees: docs/reliability.md.
+
 Multi-process runs (one process per host or per GPU, see docs/multihost.md): `main` calls
 `jax.distributed.initialize` once, after validating the config and before any JAX computation, with the
 settings of the stages' `mesh` sections or the environment (`jaxrlhf.parallel.distributed`). Every process runs
@@ -30,6 +37,7 @@ import difflib
 import importlib
 import json
 import os
+import shutil
 import sys
 import traceback
 from typing import Any, Mapping, NamedTuple
@@ -42,8 +50,18 @@ from ml_collections import config_flags
 
 from experiments import summary
 from jaxrlhf import config as config_lib
+from jaxrlhf.data.errors import DataFileError
+from jaxrlhf.models.errors import ModelFileError
 from jaxrlhf.parallel import distributed
 from jaxrlhf.stages.kinds import KINDS, StageKind
+from jaxrlhf.train.checkpoint import CheckpointError
+from jaxrlhf.train.loop import NonFiniteError
+from jaxrlhf.train import workdir_lock
+
+# Failures whose message already says what went wrong and what to do: the command line prints one line (the
+# stage, the error, where the traceback is) instead of a traceback. Anything else keeps its traceback.
+KNOWN_ERRORS = (config_lib.ConfigError, DataFileError, ModelFileError, CheckpointError, NonFiniteError,
+                workdir_lock.LockError)
 
 # Top-level keys of a config that belong to no stage.
 RESERVED_KEYS = ("kind", "stages", "tables", "plots")
@@ -143,7 +161,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, Sta
       print(f"[run] stage {name!r} already finished; skipping", flush=True)
       continue
     print(f"[run] stage {name!r} ({kind.name}) -> {stage_dir}", flush=True)
-    result = kind.run(stage_config, stage_dir, dict(outputs))
+    try:
+      result = kind.run(stage_config, stage_dir, dict(outputs))
+    except Exception as e:
+      e.jaxrlhf_stage = (name, stage_dir)  # For the command line's one-line report and the stage's error.txt.
+      raise
     outputs[name] = json.loads(json.dumps(result))  # JSON-able by contract; fail here, not on re-read.
     if distributed.is_primary():
       _write_json(done, outputs[name])
@@ -248,16 +270,59 @@ def main(argv: list[str]) -> None:
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  lock = None
+  try:
+    lock = workdir_lock.acquire(workdir) if distributed.is_primary() else None
+    if flags.FLAGS["fresh"].value and distributed.is_primary():
+      clear_workdir(workdir)
+    distributed.barrier("run:start")
+    run_and_report(config, workdir, kinds)
+  except workdir_lock.LockError as e:
+    print(f"[run] {e}", file=sys.stderr, flush=True)
+    sys.exit(3)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def run_and_report(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, StageKind]) -> None:
+  """`run`, writing a failure's traceback to DIR/error.txt (sweeps read it) and to the failed stage's error.txt;
+  a known error (KNOWN_ERRORS) then prints one line and exits 1, anything else re-raises with its traceback."""
   error_file = _error_file(workdir)
   try:
     run(config, workdir, kinds)
-  except Exception:  # Record the traceback in the run dir (sweeps read it), then fail loudly.
-    os.makedirs(workdir, exist_ok=True)
-    with open(error_file, "w") as f:
-      f.write(traceback.format_exc())
-    raise
+  except Exception as e:  # pylint: disable=broad-except
+    text = traceback.format_exc()
+    stage, stage_dir = getattr(e, "jaxrlhf_stage", (None, workdir))
+    files = [error_file] + ([os.path.join(stage_dir, os.path.basename(error_file))] if stage_dir != workdir else [])
+    for path in files:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w") as f:
+        f.write(text)
+    if not isinstance(e, KNOWN_ERRORS):
+      raise
+    where = f"stage {stage!r}" if stage else "run"
+    print(f"[run] {where} failed: {type(e).__name__}: {e}\n[run] traceback: {files[-1]}", file=sys.stderr,
+          flush=True)
+    sys.exit(1)
   if os.path.exists(error_file):
     os.remove(error_file)
+
+
+def clear_workdir(workdir: str) -> None:
+  """`--fresh`: removes everything a previous run left in `workdir` (stage outputs, checkpoints, metrics, results)
+  except the lock this run holds."""
+  if not os.path.isdir(workdir):
+    return
+  for entry in os.listdir(workdir):
+    if entry == workdir_lock.LOCK_NAME:
+      continue
+    path = os.path.join(workdir, entry)
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+  print(f"[run] --fresh: cleared {workdir}", flush=True)
 
 
 def cli() -> None:
@@ -265,6 +330,7 @@ def cli() -> None:
   config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:variant]`.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (resumed if it exists).")
   flags.DEFINE_bool("show_config", False, "Print every stage's expanded, validated config and exit.")
+  flags.DEFINE_bool("fresh", False, "Start over: clear the workdir's previous stages, checkpoints and results.")
   flags.DEFINE_string("extra_kinds", "", "Extra stage kinds: 'package.module:NAME', a dict of name -> StageKind.")
   try:
     precheck_argv(sys.argv[1:])

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxrlhf.data import errors
@@ -110,14 +111,28 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     opener = gzip.open
   else:
     raise ValueError(f"path {path!r}: expected a .jsonl, .jsonl.gz or .parquet file")
-  with opener(path, "rt", encoding="utf-8") as f:
+  # Undecodable bytes become lone surrogates (U+DC80..U+DCFF) so that one bad line is a bad row, not a crash.
+  with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
     for i, line in enumerate(f, start=1):
       if not line.strip():
         continue
-      try:
-        yield i, json.loads(line)
-      except json.JSONDecodeError as e:
-        yield i, errors.RecordError(errors.MALFORMED_JSON, str(e))
+      yield i, _decode_line(line)
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _decode_line(line: str) -> Any:
+  """A JSONL line's value, or a malformed_json RecordError (bad UTF-8, bad JSON, nesting or digits past Python's
+  limits)."""
+  bad = _UNDECODABLE.search(line)
+  if bad:
+    return errors.RecordError(errors.MALFORMED_JSON, f"not UTF-8: byte 0x{ord(bad.group()) - 0xDC00:02x} at "
+                              f"character {bad.start()}")
+  try:
+    return json.loads(line)
+  except (ValueError, RecursionError) as e:  # JSONDecodeError; int_max_str_digits; deep nesting.
+    return errors.RecordError(errors.MALFORMED_JSON, str(e))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -377,7 +392,7 @@ def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config:
     report: where lenient mode counts skipped rows (and where notes/kept are counted in both modes).
 
   Raises:
-    ValueError: "file:line: reason: detail" for the first bad row in strict mode.
+    DataFileError (a ValueError): "file:line: reason: detail" for the first bad row in strict mode.
   """
   if isinstance(config, str):
     config = AdapterConfig(format=config)
@@ -393,7 +408,7 @@ def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config:
         record = parse_row(row, config, where, report)
       except errors.RecordError as e:
         if config.strict:
-          raise ValueError(f"{os.fspath(path)}:{line}: {e}") from e
+          raise errors.DataFileError(f"{os.fspath(path)}:{line}: {e}") from e
         report.skip(e, where)
         continue
       report.kept += 1

@@ -27,6 +27,10 @@ REASONS = (MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, EMPTY_FIELD, NON_STRING
 _MAX_EXAMPLES_PER_REASON = 3
 
 
+class DataFileError(ValueError):
+  """A bad row of an input file in strict mode: the message is "file:line: reason: detail"."""
+
+
 class RecordError(ValueError):
   """A bad row: `reason` is one of `REASONS`, `detail` says what was found and what was expected."""
 

@@ -1,8 +1,10 @@
 """Chat templates: render a model's Jinja chat template the way transformers does.
 
-Templates come with checkpoints, i.e. they are untrusted code, so they run in jinja2's immutable sandbox with
-the environment transformers uses (`trim_blocks`, `lstrip_blocks`, loop controls, `raise_exception`, a
-non-escaping `tojson`, `strftime_now`), and see the special tokens (`bos_token`, `eos_token`, ...) as variables.
+Templates come with checkpoints, i.e. they are untrusted code, so they run in jinja2's immutable sandbox (no
+access to Python internals, no mutation of the messages, no loader for files) with the environment transformers
+uses (`trim_blocks`, `lstrip_blocks`, loop controls, `raise_exception`, a non-escaping `tojson`, `strftime_now`),
+and see the special tokens (`bos_token`, `eos_token`, ...) as variables. The sandbox bounds `range` but not the
+size of strings a template builds (`'a' * 10**10`), nor its running time.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def _strftime_now(fmt: str) -> str:
 @functools.lru_cache(maxsize=32)
 def compile_chat_template(source: str) -> jinja2.Template:
   """Compiles a chat template source string (cached; templates are immutable)."""
+  # An empty loader: {% include %} / {% import %} / {% extends %} of any name (a path, say) is TemplateNotFound.
   env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-      trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+      trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols], loader=jinja2.DictLoader({}))
   env.filters["tojson"] = _tojson
   env.globals["raise_exception"] = _raise_exception
   env.globals["strftime_now"] = _strftime_now

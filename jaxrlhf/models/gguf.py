@@ -12,11 +12,16 @@ models), Gemma 2's alternating windows, Gemma 3's one global layer in six and it
 
 from __future__ import annotations
 
+import mmap
 import os
+import struct
 from typing import Any
 
 import gguf
 import numpy as np
+
+from jaxrlhf.models import errors
+from jaxrlhf.models.errors import ModelFileError
 
 # Quantization types we dequantize. Others (K-quants, IQ*) would also dequantize with `gguf`, but they are
 # untested here, so a file using them fails loudly instead of silently trusting an unchecked path.
@@ -62,6 +67,7 @@ _GEMMA_NORM_TENSORS = {
 }
 
 
+@errors.reads_file("GGUF file")
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Reads a GGUF file of architecture llama, qwen3, gemma2 or gemma3.
 
@@ -76,13 +82,17 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     (out_features, in_features). `lm_head.weight` is present only when the embeddings are untied.
 
   Raises:
-    ValueError: unsupported `general.architecture`, unsupported quantization type, a missing, unexpected
-      or misshapen tensor, or a missing metadata field; the message names the field or tensor.
+    ModelFileError (a ValueError): a truncated or malformed file (checked against the file size before
+      anything is read), unsupported `general.architecture`, unsupported quantization type, a missing,
+      unexpected or misshapen tensor, or a missing metadata field; the message names the file and the field
+      or tensor.
   """
+  check_gguf_layout(path)
   reader = gguf.GGUFReader(os.fspath(path))
   metadata = _metadata(reader)
   gguf_tensors = {t.name: t for t in reader.tensors}
   hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
+  _check_layer_count(path, hf_config["num_hidden_layers"], len(gguf_tensors))
   arch = metadata["general.architecture"]
   expected_shapes = _expected_shapes(hf_config, arch)
   name_map = _hf_names(hf_config["num_hidden_layers"], arch)
@@ -239,8 +249,14 @@ def _gemma_config(config: dict[str, Any], metadata: dict[str, Any], arch: str) -
   config["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
 
 
+@errors.reads_file("GGUF file")
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-  """All GGUF key/value metadata of a file as Python values (arrays as lists, strings decoded)."""
+  """All GGUF key/value metadata of a file as Python values (arrays as lists, strings decoded).
+
+  Raises:
+    ModelFileError: a truncated or malformed file (see `check_gguf_layout`).
+  """
+  check_gguf_layout(path)
   return _metadata(gguf.GGUFReader(os.fspath(path)))
 
 
@@ -329,3 +345,145 @@ def _dequantize(tensor: gguf.ReaderTensor) -> np.ndarray:
 def _numpy_shape(tensor: gguf.ReaderTensor) -> tuple[int, ...]:
   """GGUF lists dims innermost-first; numpy (and torch) order is outermost-first."""
   return tuple(int(n) for n in reversed(tensor.shape))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+# The gguf package trusts the file's counts: an array length of 2**40 loops for ever on reads past the end, a
+# wrong length gives an IndexError deep inside. `check_gguf_layout` walks the header first, bounding every count
+# and length by the bytes that are really there.
+_SCALAR_BYTES = {
+    gguf.GGUFValueType.UINT8: 1, gguf.GGUFValueType.INT8: 1, gguf.GGUFValueType.BOOL: 1,
+    gguf.GGUFValueType.UINT16: 2, gguf.GGUFValueType.INT16: 2,
+    gguf.GGUFValueType.UINT32: 4, gguf.GGUFValueType.INT32: 4, gguf.GGUFValueType.FLOAT32: 4,
+    gguf.GGUFValueType.UINT64: 8, gguf.GGUFValueType.INT64: 8, gguf.GGUFValueType.FLOAT64: 8,
+}
+_SUPPORTED_VERSIONS = (2, 3)
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_MAX_NESTING = 8  # Arrays of arrays; real files use none.
+_MIN_KV_BYTES = 8 + 4 + 1  # Key length, value type, at least one value byte.
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # Name length, n_dims, one dim, type, offset.
+
+
+class _Cursor:
+  """Bounds-checked little/big-endian reads from a byte buffer; every read names what it reads."""
+
+  def __init__(self, path: str | os.PathLike, buf: Any, order: str):
+    self.path, self.buf, self.order, self.pos, self.size = path, buf, order, 0, len(buf)
+
+  def take(self, n: int, what: str) -> int:
+    if n > self.size - self.pos:
+      raise ModelFileError(self.path, f"GGUF {what} at byte {self.pos} needs {n} bytes, but the file ends at byte "
+                           f"{self.size} (truncated or corrupt)")
+    start, self.pos = self.pos, self.pos + n
+    return start
+
+  def uint(self, nbytes: int, what: str) -> int:
+    start = self.take(nbytes, what)
+    return struct.unpack_from(self.order + {4: "I", 8: "Q"}[nbytes], self.buf, start)[0]
+
+  def string(self, what: str) -> str:
+    n = self.uint(8, f"{what} length")
+    start = self.take(n, what)
+    try:
+      return bytes(self.buf[start:start + n]).decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise ModelFileError(self.path, f"GGUF {what} at byte {start} is not UTF-8 ({e})") from e
+
+  def count(self, n: int, min_bytes: int, what: str) -> None:
+    """Rejects a count of items that cannot fit in the bytes left (before looping over them)."""
+    if n * min_bytes > self.size - self.pos:
+      raise ModelFileError(self.path, f"GGUF {what} {n} cannot fit in the {self.size - self.pos} bytes left at "
+                           f"byte {self.pos} (corrupt header)")
+
+
+def check_gguf_layout(path: str | os.PathLike) -> None:
+  """Validates a GGUF file's structure against its size without trusting any count in it.
+
+  Walks the header (magic, version, counts, every metadata key and value, every tensor description) and checks
+  that each length, count and tensor byte range fits inside the file, that value and tensor types are known,
+  and that nesting and dimensions are bounded.
+
+  Raises:
+    ModelFileError: what is wrong and where (byte offset, key or tensor name).
+  """
+  size = os.path.getsize(path)
+  if size < 24:
+    raise ModelFileError(path, f"not a GGUF file: {size} bytes, shorter than the 24-byte GGUF header")
+  with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+    if buf[:4] != b"GGUF":
+      raise ModelFileError(path, f"not a GGUF file: it starts with {bytes(buf[:4])!r}, expected b'GGUF'")
+    version = struct.unpack_from("<I", buf, 4)[0]
+    order = "<"
+    if version & 0xFFFF == 0:  # Written on a big-endian machine (the gguf package reads those too).
+      order, version = ">", struct.unpack_from(">I", buf, 4)[0]
+    if version not in _SUPPORTED_VERSIONS:
+      raise ModelFileError(path, f"GGUF version {version} unsupported; supported: {list(_SUPPORTED_VERSIONS)}")
+    cur = _Cursor(path, buf, order)
+    cur.pos = 8
+    tensor_count, kv_count = cur.uint(8, "tensor count"), cur.uint(8, "metadata count")
+    if tensor_count * _MIN_TENSOR_INFO_BYTES + kv_count * _MIN_KV_BYTES > size - cur.pos:
+      raise ModelFileError(path, f"GGUF header claims {tensor_count} tensors and {kv_count} metadata entries, more "
+                           f"than its {size} bytes can hold (corrupt header)")
+    alignment = gguf.GGUF_DEFAULT_ALIGNMENT
+    for i in range(kv_count):
+      key = cur.string(f"metadata key #{i}")
+      value_type = cur.uint(4, f"type of metadata {key!r}")
+      value = _skip_value(cur, value_type, f"metadata {key!r}", depth=0)
+      if key == "general.alignment":
+        if value_type != gguf.GGUFValueType.UINT32 or value <= 0 or value & (value - 1):
+          raise ModelFileError(path, f"GGUF general.alignment {value!r} is not a power of two (uint32)")
+        alignment = value
+    tensors = []
+    for i in range(tensor_count):
+      name = cur.string(f"tensor name #{i}")
+      n_dims = cur.uint(4, f"tensor {name!r} dimension count")
+      if not 1 <= n_dims <= _MAX_DIMS:
+        raise ModelFileError(path, f"GGUF tensor {name!r} has {n_dims} dimensions; expected 1 to {_MAX_DIMS}")
+      dims = [cur.uint(8, f"tensor {name!r} dimension") for _ in range(n_dims)]
+      raw_type = cur.uint(4, f"tensor {name!r} type")
+      try:
+        qtype = gguf.GGMLQuantizationType(raw_type)
+        block, type_bytes = gguf.GGML_QUANT_SIZES[qtype]
+      except (ValueError, KeyError):
+        raise ModelFileError(path, f"GGUF tensor {name!r} has unknown type {raw_type}") from None
+      offset = cur.uint(8, f"tensor {name!r} data offset")
+      if dims[0] % block:
+        raise ModelFileError(path, f"GGUF tensor {name!r} ({qtype.name}): its first dimension {dims[0]} is not a "
+                             f"multiple of the block size {block}")
+      tensors.append((name, qtype, dims, offset, int(np.prod(dims, dtype=object)) // block * type_bytes))
+    data_start = -(-cur.pos // alignment) * alignment
+    for name, qtype, dims, offset, nbytes in tensors:
+      end = data_start + offset + nbytes
+      if end > size:
+        raise ModelFileError(path, f"GGUF tensor {name!r} ({qtype.name}, dims {dims}) needs bytes up to {end}, but "
+                             f"the file has {size} bytes (truncated or corrupt)")
+
+
+def _skip_value(cur: _Cursor, value_type: int, what: str, depth: int) -> Any:
+  """Moves past one metadata value of `value_type`; returns it when it is a scalar (else None)."""
+  if value_type in _SCALAR_BYTES:
+    nbytes = _SCALAR_BYTES[value_type]
+    start = cur.take(nbytes, what)
+    return int.from_bytes(cur.buf[start:start + nbytes], "little" if cur.order == "<" else "big")
+  if value_type == gguf.GGUFValueType.STRING:
+    cur.string(what)
+    return None
+  if value_type != gguf.GGUFValueType.ARRAY:
+    raise ModelFileError(cur.path, f"GGUF {what} has unknown value type {value_type}")
+  if depth >= _MAX_NESTING:
+    raise ModelFileError(cur.path, f"GGUF {what} nests arrays deeper than {_MAX_NESTING}")
+  item_type = cur.uint(4, f"{what} item type")
+  n = cur.uint(8, f"{what} length")
+  if item_type in _SCALAR_BYTES:  # Fixed-size items: one bounds check, no loop.
+    cur.take(n * _SCALAR_BYTES[item_type], f"{what} ({n} items)")
+    return None
+  cur.count(n, 8 if item_type == gguf.GGUFValueType.STRING else 12, f"{what} length")
+  for i in range(n):
+    _skip_value(cur, item_type, f"{what}[{i}]", depth + 1)
+  return None
+
+
+def _check_layer_count(path: str | os.PathLike, num_layers: int, num_tensors: int) -> None:
+  """A block count larger than the tensors present is a corrupt header (and would loop over absent layers)."""
+  if not 0 <= num_layers <= num_tensors:
+    raise ModelFileError(path, f"GGUF block_count {num_layers} does not fit the {num_tensors} tensors in the file")

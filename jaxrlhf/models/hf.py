@@ -8,6 +8,7 @@ to our stacked (L, ...) parameters, so loading, shape checks and export share on
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import re
@@ -19,8 +20,10 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from jaxrlhf.models import errors
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import CausalLM, abstract_model
+from jaxrlhf.models.errors import ModelFileError
 
 # Buffers some checkpoints carry that are not parameters (recomputed here from the config).
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
@@ -31,6 +34,7 @@ _ST_DTYPES = {
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_ST_MAX_HEADER_BYTES = 100_000_000  # The safetensors format's own limit on the JSON header.
 
 
 class _Tensor(NamedTuple):
@@ -265,22 +269,44 @@ def model_from_hf_tensors(hf_config: Mapping[str, Any], tensors: Mapping[str, np
 
 # ---------------------------------------------------------------------------------------------- safetensors
 class SafetensorsFile(Mapping[str, np.ndarray]):
-  """Lazy, memory-mapped reader of one .safetensors file (bfloat16 via ml_dtypes; no torch/jax needed)."""
+  """Lazy, memory-mapped reader of one .safetensors file (bfloat16 via ml_dtypes; no torch/jax needed).
+
+  The header is validated when the file is opened (its length against the file size before it is read, then
+  every tensor's dtype, shape and byte range against the data section), so reading a tensor cannot fail later.
+
+  Raises:
+    ModelFileError: a truncated file, a bogus header length, malformed header JSON or a tensor entry whose
+      dtype, shape or byte range is invalid; the message names the file and the tensor.
+  """
 
   def __init__(self, path: str | os.PathLike):
     self.path = pathlib.Path(path)
+    file_size = os.path.getsize(self.path)
+    if file_size < 8:
+      raise ModelFileError(self.path, f"not a safetensors file: {file_size} bytes, shorter than the 8-byte header "
+                           "length")
     with open(self.path, "rb") as f:
       header_len = int.from_bytes(f.read(8), "little")
-      header = json.loads(f.read(header_len))
+      if header_len > min(file_size - 8, _ST_MAX_HEADER_BYTES):  # Checked before reading (or allocating) it.
+        raise ModelFileError(self.path, f"header length {header_len} exceeds the {file_size - 8} bytes after it "
+                             f"(or the {_ST_MAX_HEADER_BYTES}-byte limit): truncated or not a safetensors file")
+      raw = f.read(header_len)
+    with errors.reading(self.path, "safetensors header"):
+      header = json.loads(raw.decode("utf-8"))
+    if not isinstance(header, dict):
+      raise ModelFileError(self.path, f"safetensors header is a JSON {type(header).__name__}, expected an object")
     header.pop("__metadata__", None)
     self._data_start = 8 + header_len
+    data_size = file_size - self._data_start
+    for name, info in header.items():
+      _check_tensor_entry(self.path, name, info, data_size)
     self._header = header
 
   def __getitem__(self, name: str) -> np.ndarray:
     info = self._header[name]
     if info["dtype"] not in _ST_DTYPES:
-      raise ValueError(f"tensor {name!r} in {self.path}: dtype {info['dtype']} unsupported; "
-                       f"expected one of {sorted(_ST_DTYPES)}")
+      raise ModelFileError(self.path, f"tensor {name!r}: dtype {info['dtype']} unsupported; expected one of "
+                           f"{sorted(_ST_DTYPES)}")
     start, end = info["data_offsets"]
     dtype = _ST_DTYPES[info["dtype"]]
     shape = tuple(info["shape"])
@@ -295,15 +321,44 @@ class SafetensorsFile(Mapping[str, np.ndarray]):
     return len(self._header)
 
 
+def _check_tensor_entry(path: pathlib.Path, name: str, info: Any, data_size: int) -> None:
+  """Raises ModelFileError unless `info` is {"dtype", "shape", "data_offsets"} describing bytes inside the
+  `data_size`-byte data section that hold exactly prod(shape) elements of dtype."""
+  where = f"tensor {name!r}"
+  if not isinstance(info, dict):
+    raise ModelFileError(path, f"{where}: header entry is a JSON {type(info).__name__}, expected an object")
+  if not isinstance(info.get("dtype"), str):
+    raise ModelFileError(path, f"{where}: dtype {info.get('dtype')!r} is not a safetensors dtype name")
+  shape, offsets = info.get("shape"), info.get("data_offsets")
+  if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+    raise ModelFileError(path, f"{where}: shape {shape!r} is not a list of non-negative integers")
+  if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+      or not 0 <= offsets[0] <= offsets[1] <= data_size):
+    raise ModelFileError(path, f"{where}: data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end <= "
+                         f"{data_size} (the data section's size): truncated or corrupt file")
+  if info["dtype"] not in _ST_DTYPES:
+    return  # A dtype we cannot read (e.g. F8_E4M3) fails only if that tensor is read (see __getitem__).
+  nbytes = math.prod(shape) * _ST_DTYPES[info["dtype"]].itemsize
+  if offsets[1] - offsets[0] != nbytes:
+    raise ModelFileError(path, f"{where}: data_offsets {offsets} span {offsets[1] - offsets[0]} bytes, but "
+                         f"shape {shape} of {info['dtype']} needs {nbytes}")
+
+
 class ShardedSafetensors(Mapping[str, np.ndarray]):
   """Tensors of a `model.safetensors.index.json` checkpoint, each read lazily from its shard."""
 
   def __init__(self, index_path: str | os.PathLike):
     index_path = pathlib.Path(index_path)
-    weight_map = json.loads(index_path.read_text()).get("weight_map")
-    if not isinstance(weight_map, dict):
-      raise ValueError(f"{index_path}: expected a 'weight_map' object mapping tensor names to files")
-    self._files = {f: SafetensorsFile(index_path.parent / f) for f in sorted(set(weight_map.values()))}
+    with errors.reading(index_path, "safetensors index JSON"):
+      index = json.loads(index_path.read_text(encoding="utf-8"))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+      raise ModelFileError(index_path, "expected a 'weight_map' object mapping tensor names to file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:  # Shards live next to the index; a name may not point elsewhere.
+      if os.path.basename(shard) != shard or not (index_path.parent / shard).is_file():
+        raise ModelFileError(index_path, f"weight_map names shard {shard!r}, which is not a file next to the index")
+    self._files = {f: SafetensorsFile(index_path.parent / f) for f in shards}
     self._weight_map = weight_map
 
   def __getitem__(self, name: str) -> np.ndarray:
@@ -339,12 +394,20 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
 
 
 def read_hf_folder(path: str | os.PathLike) -> tuple[dict[str, Any], Mapping[str, np.ndarray]]:
-  """(config.json dict, lazy tensors) of a HF model folder with model.safetensors or a sharded index."""
+  """(config.json dict, lazy tensors) of a HF model folder with model.safetensors or a sharded index.
+
+  Raises:
+    ModelFileError: config.json or a safetensors file is malformed (the message names the file).
+    ValueError: the folder lacks config.json or the weights.
+  """
   path = pathlib.Path(path)
   config_path = path / "config.json"
   if not config_path.is_file():
     raise ValueError(f"{path}: expected a Hugging Face model folder with config.json")
-  hf_config = json.loads(config_path.read_text())
+  with errors.reading(config_path, "config.json"):
+    hf_config = json.loads(config_path.read_text(encoding="utf-8"))
+  if not isinstance(hf_config, dict):
+    raise ModelFileError(config_path, f"config.json is a JSON {type(hf_config).__name__}, expected an object")
   if (path / "model.safetensors.index.json").is_file():
     return hf_config, ShardedSafetensors(path / "model.safetensors.index.json")
   if (path / "model.safetensors").is_file():

@@ -21,7 +21,9 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
 from jaxrlhf.models import chat
+from jaxrlhf.models import errors
 from jaxrlhf.models import gguf as gguf_io
+from jaxrlhf.models.errors import ModelFileError
 
 # llama.cpp token types (tokenizer.ggml.token_type).
 _CONTROL = 3
@@ -118,7 +120,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     A `Tokenizer`.
 
   Raises:
-    ValueError: the path is neither, or required fields (tokenizer files, eos token, ...) are missing.
+    ModelFileError (a ValueError): a tokenizer file is malformed (truncated, bad JSON, wrongly typed fields,
+      a bogus GGUF header) or lacks required fields; the message names the file.
+    ValueError: the path is neither a .gguf file nor a folder, or the folder has no tokenizer.json.
   """
   path = pathlib.Path(path)
   if path.is_file() and path.suffix == ".gguf":
@@ -128,13 +132,18 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   raise ValueError(f"path {str(path)!r} is neither a .gguf file nor a tokenizer folder")
 
 
+@errors.reads_file("tokenizer folder")
 def tokenizer_from_hf_folder(folder: str | os.PathLike) -> Tokenizer:
   """A `Tokenizer` from a transformers-saved folder (tokenizer.json, tokenizer_config.json, ...)."""
   folder = pathlib.Path(folder)
   tokenizer_file = folder / "tokenizer.json"
   if not tokenizer_file.exists():
     raise ValueError(f"tokenizer folder {str(folder)!r} has no tokenizer.json")
-  backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+  try:
+    backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # The tokenizers library raises a bare Exception for any malformed file.
+    raise ModelFileError(tokenizer_file, f"malformed tokenizer.json ({str(e).strip()[:500]})") from e
   config = _read_json(folder / "tokenizer_config.json")
   # Older checkpoints keep the special tokens in special_tokens_map.json; tokenizer_config.json wins.
   special = {**_read_json(folder / "special_tokens_map.json"), **config}
@@ -145,6 +154,7 @@ def tokenizer_from_hf_folder(folder: str | os.PathLike) -> Tokenizer:
   return Tokenizer(backend, chat_template=_hf_chat_template(folder, config), **tokens)
 
 
+@errors.reads_file("GGUF tokenizer")
 def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
   """A `Tokenizer` from the vocabulary, merges, special ids and chat template stored in a GGUF file."""
   metadata = gguf_io.read_metadata(path)
@@ -206,7 +216,11 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
     if len(parts) != 2:
       raise ValueError(f"tokenizer.ggml.merges[{i}] = {merge!r} is not 'left right'")
     pairs.append(tuple(parts))
-  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+  try:
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # The tokenizers library raises a bare Exception, e.g. for a merge of tokens outside the vocabulary.
+    raise ValueError(f"tokenizer.ggml.tokens / merges do not form a BPE vocabulary: {e}") from e
   backend.pre_tokenizer = _pre_tokenizer(pre_type)
   backend.decoder = decoders.ByteLevel()
   # Control tokens spelled in the byte alphabet become special (matched whole, skipped on decode); others
@@ -274,10 +288,14 @@ def _token_content(token: Any) -> str | None:
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  """A JSON object file ({} if absent); ModelFileError naming it if it is not one."""
   if not path.exists():
     return {}
-  with path.open(encoding="utf-8") as f:
-    return json.load(f)
+  with errors.reading(path, "JSON"), path.open(encoding="utf-8") as f:
+    value = json.load(f)
+  if not isinstance(value, dict):
+    raise ModelFileError(path, f"expected a JSON object, got a JSON {type(value).__name__}")
+  return value
 
 
 @functools.lru_cache(maxsize=1)

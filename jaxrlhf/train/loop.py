@@ -94,8 +94,9 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
 
   Args:
     config: the loop cadence.
-    workdir: the run directory; if it holds checkpoints the run resumes from the latest (train state and
-      data-iterator state), and metrics.jsonl lines after that step are dropped and re-logged.
+    workdir: the run directory; if it holds checkpoints the run resumes from the newest intact one (train state
+      and data-iterator state; see `Checkpointer.restore_newest_intact`), and metrics.jsonl lines after that
+      step are dropped and re-logged.
     setup: from `state.init_train_state` (abstract sharded target, shardings, init).
     step_fn: the algorithm's pure step.
     data_iter: batches (numpy pytrees with a leading batch axis) with get_state/set_state.
@@ -110,6 +111,7 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
 
   Raises:
     NonFiniteError: a train or eval metric is NaN/inf; nothing from that step on is saved.
+    checkpoint.CheckpointError: the workdir's checkpoints hold no intact step, or a checkpoint write failed.
   """
   missing = [m for m in ("__next__", "get_state", "set_state") if not hasattr(data_iter, m)]
   if missing:
@@ -129,9 +131,10 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
       state = setup.init()
       writer.reset()  # A fresh run: drop metrics of a run that never checkpointed.
     else:
+      # The newest step that passes its integrity check; damaged newer ones are moved aside with a warning.
+      start, state, data_state = ckpt.restore_newest_intact(setup.abstract)
       if distributed.is_primary():
         print(f"[train] resuming from step {start} ({ckpt.directory})", flush=True)
-      state, data_state = ckpt.restore(setup.abstract, start)
       if data_state:
         data_iter.set_state(data_state)
       writer.truncate_after(start)  # Process 0 only; the others wait so they read the truncated file.

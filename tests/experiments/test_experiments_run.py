@@ -145,3 +145,89 @@ def test_chain_seed_reseeds_every_stage():
     quick.seed = 5
   seeds = {name: cfg.seed for name, _, cfg in run_lib.plan(quick) if hasattr(cfg, "seed")}
   assert len(seeds) >= 4 and set(seeds.values()) == {5}
+
+
+def _quickstart():
+  return config_lib.load_config(f"{REPO_ROOT / 'configs/quickstart.py'}:smoke")
+
+
+def test_a_stage_reference_typo_fails_when_the_chain_is_planned():
+  config = _quickstart()
+  config.dpo.model.init_from = "stage:sfft"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.dpo\.model\.init_from: 'stage:sfft' names no earlier stage \(did you mean "
+                     r"'stage:sft'\?\); earlier stages: sft, reward"):
+    run_lib.plan(config)
+  config = _quickstart()
+  config.dpo.model.init_from = "stage:ra_dpo"  # A later stage: not yet run when dpo starts.
+  with pytest.raises(config_lib.ConfigError, match=r"'stage:ra_dpo' names no earlier stage"):
+    run_lib.plan(config)
+
+
+def test_a_reference_to_a_stage_without_that_output_fails_naming_what_it_produces():
+  config = _quickstart()
+  config.eval_dpo.reward_model = "stage:sft"
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.eval_dpo\.reward_model: stage 'sft' is a 'sft' stage, which produces no "
+                     r"'rm_dir' \(it produces: checkpoint_dir, model_dir\); earlier stages that produce one: reward"):
+    run_lib.plan(config)
+
+
+def test_cli_typo_in_a_stage_reference_fails_before_any_compute(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.run", "--config=configs/quickstart.py:smoke",
+                         f"--workdir={tmp_path / 'w'}", "--config.dpo.model.init_from=stage:sfft"],
+                        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "config.dpo.model.init_from: 'stage:sfft' names no earlier stage" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_show_config_prints_every_key_of_every_stage_and_runs_nothing(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.run", "--config=configs/quickstart.py:smoke",
+                         "--show_config", "--config.dpo.loss.beta=0.25"],
+                        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert "# dpo: kind 'preference' (jaxrlhf.stages.preference.PreferenceConfig)" in lines
+  assert "dpo.loss.beta = 0.25" in lines and "dpo.model.init_from = 'stage:sft'" in lines
+  # Defaults the config file never sets are shown too (the expanded schema).
+  assert "dpo.loss.rpo_alpha = 0.0" in lines and "reward.head.kind = 'linear'" in lines
+  assert "eval_dpo.aggregation = 'mean'" in lines
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_held_workdir_fails_naming_the_holder_and_a_dead_holder_is_taken_over(tmp_path):
+  workdir = tmp_path / "w"
+  args = [f"--config={TOY}", f"--workdir={workdir}", "--config.sleep_per_step=1.0", "--config.loop.tensorboard=False"]
+  first = subprocess.Popen([sys.executable, "-m", "experiments.run", f"--extra_kinds={TOY}:KINDS", *args],
+                           cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not (workdir / ".jaxrlhf.lock").exists():
+      assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+      time.sleep(0.1)
+    second = _run_cli(*args)
+    assert second.returncode == 3, second.stderr[-2000:]
+    assert f"pid {first.pid}" in second.stderr and ".jaxrlhf.lock" in second.stderr
+    assert not (workdir / "metrics.jsonl").exists() or first.poll() is None
+    os.kill(first.pid, signal.SIGKILL)
+  finally:
+    first.wait()
+  third = _run_cli(f"--config={TOY}", f"--workdir={workdir}", "--config.loop.tensorboard=False")
+  assert third.returncode == 0, third.stderr[-2000:]
+  assert json.loads((workdir / "results.json").read_text())["status"] == "done"
+
+
+def test_known_errors_print_one_line_naming_the_stage_and_keep_the_traceback_in_error_txt(tmp_path):
+  workdir = tmp_path / "w"
+  proc = _run_cli(f"--config={TOY}:staged", f"--workdir={workdir}", "--config.finetune.nan_at_step=2",
+                  "--config.pretrain.loop.tensorboard=False", "--config.finetune.loop.tensorboard=False")
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr
+  assert ("[run] stage 'finetune' failed: NonFiniteError: non-finite train metric 'loss' = nan at step 2"
+          in proc.stderr)
+  assert "Traceback" in (workdir / "finetune" / "error.txt").read_text()
+  assert "NonFiniteError" in (workdir / "error.txt").read_text()
+  fresh = _run_cli(f"--config={TOY}:staged", f"--workdir={workdir}", "--fresh",
+                   "--config.pretrain.loop.tensorboard=False", "--config.finetune.loop.tensorboard=False")
+  assert fresh.returncode == 0, fresh.stderr[-2000:]
+  assert "[run] --fresh: cleared" in fresh.stdout and not (workdir / "error.txt").exists()
