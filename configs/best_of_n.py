@@ -10,6 +10,7 @@ acceptance (the smallest sizes that show the claims of issue 6 reliably; used by
 """
 
 from configs import _sections as S
+from jaxrlhf.losses.aggregation import AGGREGATION_METHODS
 from jaxrlhf.stages import best_of_n as best_of_n_stage
 from jaxrlhf.stages import reward, sft
 
@@ -52,7 +53,7 @@ def get_config(arg=None):
                      loop=dict(num_steps=300, log_every=25, checkpoint_every=150, eval_every=150))
     bon_kwargs = dict(num_prompts=256, pool_size=128, batch_size=16, max_new_tokens=32)
     if variant == "ensemble":
-      bon_kwargs["aggregations"] = ("mean", "median", "min", "mean_minus_std", "mean_minus_var")
+      bon_kwargs["aggregations"] = AGGREGATION_METHODS
   config = S.chain({
       "sft": S.stage("sft", sft.SFTConfig, model=dict(config=model), **sft_kwargs),
       "reward": S.stage("reward", reward.RewardConfig, model=dict(config=model), **rm_kwargs),
