@@ -33,6 +33,19 @@ def require_asset(available: bool, reason: str) -> None:
   pytest.skip(reason)
 
 
+def require_module(name: str):
+  """Imports a parity reference (torch, transformers, trl, ...); a missing one skips with a reason on a user's
+  machine and fails in CI, like any other required asset (usable at module level too)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  try:
+    return importlib.import_module(name)
+  except ImportError as e:
+    reason = f"{name} is not importable ({e}); install the parity extra: pip install -e '.[parity]'"
+    if IN_CI:
+      pytest.fail(f"required in CI: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
 @pytest.fixture
 def hh_rlhf_file() -> pathlib.Path:
   require_asset(HH_RLHF_FILE.exists(), f"HH-RLHF test split not found at {HH_RLHF_FILE}")

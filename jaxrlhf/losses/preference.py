@@ -87,16 +87,19 @@ def dynamic_beta(beta0, reward_margin: jax.Array, w: float, k: float) -> jax.Arr
 
   Args:
     beta0: the base beta (scalar).
-    reward_margin: delta_i, shape (B,): a reward model's r(chosen) - r(rejected), expected >= 0 as in the paper;
-      NaN (the dataset convention for "no margin") gives beta0.
+    reward_margin: delta_i, shape (B,): a reward model's r(chosen) - r(rejected). The paper's margins are >= 0;
+      a negative one (a pair the reward model ranks the other way) is clamped to 0 and gives beta0, because the
+      formula would otherwise shrink beta and turn negative below delta = -log(1 + 1/w) / k (about -2.2 at
+      w = k = 0.5), which flips the loss. NaN (the dataset convention for "no margin") gives beta0.
     w: the maximum relative increase of beta (beta_i -> beta0 * (1 + w) for large margins).
     k: how fast beta saturates with the margin.
 
   Returns:
-    beta_i, shape (B,) float32, with no gradient path (the margin is data, beta a coefficient).
+    beta_i in [beta0, beta0 * (1 + w)], shape (B,) float32, with no gradient path (the margin is data, beta a
+    coefficient).
   """
   delta = to_f32(reward_margin)
-  delta = jnp.where(jnp.isnan(delta), 0.0, delta)
+  delta = jnp.maximum(jnp.where(jnp.isnan(delta), 0.0, delta), 0.0)
   beta = to_f32(beta0) * (1.0 + w * (1.0 - jnp.exp(-k * delta)))
   return jax.lax.stop_gradient(beta)
 

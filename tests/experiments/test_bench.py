@@ -11,12 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_module
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
-pytest.importorskip("trl")
+require_module("trl")
 
 from experiments import bench as bench_cli  # noqa: E402
 from experiments import bench_lib  # noqa: E402

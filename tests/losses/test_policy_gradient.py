@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_module
 from hypothesis import given, settings, strategies as st
 
 from jaxrlhf.losses import policy_gradient as pg
@@ -52,7 +53,7 @@ def _trl_group_advantages(rewards: np.ndarray, num_generations: int, scale_rewar
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
 @pytest.mark.parametrize("group_size", [1, 2, 4])
 def test_group_advantages_match_trl(scale_rewards, group_size):
-  pytest.importorskip("trl")
+  require_module("trl")
   rng = np.random.default_rng(group_size)
   r = rng.normal(size=8).astype(np.float32) * 3
   r[5] = np.nan  # an unscorable completion
@@ -131,7 +132,7 @@ def _trl_grpo_loss(logps, old_logps, ref_logps, adv, mask, *, loss_type, beta, e
                                                    ("dr_grpo", "dr_grpo")])
 @pytest.mark.parametrize("beta,eps_high", [(0.0, 0.2), (0.04, 0.28)])
 def test_clipped_policy_loss_matches_trl_grpo(loss_type, aggregation, beta, eps_high):
-  pytest.importorskip("trl")
+  require_module("trl")
   rng = np.random.default_rng(0)
   b, t, max_len = 4, 6, 8
   logps = rng.normal(-2.0, 1.0, (b, t)).astype(np.float32)

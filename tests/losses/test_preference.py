@@ -118,6 +118,16 @@ def test_dynamic_beta_formula_and_per_example_beta():
   assert kto.shape == (B,)
 
 
+def test_dynamic_beta_never_drops_below_beta0_for_negative_margins():
+  """The unclamped formula turns beta negative below delta = -log(1 + 1/w) / k (-2.2 at w = k = 0.5): the loss
+  would flip sign. A negative margin (the RM ranks the pair the other way) keeps beta0."""
+  margin = jnp.array([-0.5, -2.2, -3.0, -50.0, 2.0])
+  beta = preference.dynamic_beta(0.1, margin, w=0.5, k=0.5)
+  np.testing.assert_allclose(beta[:4], 0.1, rtol=1e-7)
+  assert float(beta[4]) == pytest.approx(0.1 * (1 + 0.5 * (1 - np.exp(-1.0))), rel=1e-6)
+  assert bool(jnp.all(beta >= 0.1)) and bool(jnp.all(beta <= 0.1 * 1.5 + 1e-7))
+
+
 def test_simpo_golden():
   # avg_w = -2/2 = -1, avg_l = -9/3 = -3: z = 2 * 2 - 0.5 = 3.5
   losses, m = reference_free.simpo_loss(

@@ -15,12 +15,13 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_module
 
-torch = pytest.importorskip("torch")
-dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
-kto_trainer = pytest.importorskip("trl.trainer.kto_trainer")
-cpo_trainer = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
-orpo_trainer = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
+torch = require_module("torch")
+dpo_trainer = require_module("trl.trainer.dpo_trainer")
+kto_trainer = require_module("trl.trainer.kto_trainer")
+cpo_trainer = require_module("trl.experimental.cpo.cpo_trainer")
+orpo_trainer = require_module("trl.experimental.orpo.orpo_trainer")
 
 from jaxrlhf.losses import kto as kto_lib  # noqa: E402
 from jaxrlhf.losses import preference  # noqa: E402

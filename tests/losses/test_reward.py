@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_module
 from hypothesis import given, settings, strategies as st
 
 from jaxrlhf.losses import reward
@@ -42,7 +43,7 @@ def _trl_reward_loss(chosen, rejected, margin, center_coeff):
 @pytest.mark.parametrize("center_coeff", [None, 0.01])
 @pytest.mark.parametrize("scale", [1.0, 50.0])
 def test_bradley_terry_matches_trl_reward_trainer(use_margin, center_coeff, scale):
-  pytest.importorskip("trl")
+  require_module("trl")
   rng = np.random.default_rng(int(scale) + use_margin)
   chosen = (rng.normal(size=16) * scale).astype(np.float32)
   rejected = (rng.normal(size=16) * scale).astype(np.float32)
