@@ -13,7 +13,8 @@ Stage kinds come from the literal table jaxrlhf.stages.kinds.KINDS; `--extra_kin
 table (a dict of name -> jaxrlhf.stages.kinds.StageKind, e.g. a research prototype's stage). Each stage runs in
 DIR/<stage>; a finished stage
 writes DIR/<stage>/DONE.json with its outputs and is skipped on re-run, so a failing stage leaves the
-earlier ones intact. DIR/results.json collects the outputs when all stages are done; a failure writes its
+earlier ones intact. DIR/results.json collects the outputs when all stages are done, with their provenance (the
+code commit, whether the checkout was dirty, a hash of the expanded config); a failure writes its
 traceback to DIR/error.txt.
 
 One run per workdir: process 0 holds DIR/.jaxrlhf.lock while it runs (jaxrlhf.train.workdir_lock); a second
@@ -34,10 +35,12 @@ process) reads complete files.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import traceback
 from typing import Any, Mapping, NamedTuple
@@ -176,12 +179,33 @@ def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, Sta
       metrics[k if name == "main" else f"{name}/{k}"] = v
   if distributed.is_primary():
     _write_json(os.path.join(workdir, "results.json"),
-                {"status": "done", "metrics": metrics, "stages": outputs})
+                {"status": "done", "metrics": metrics, "stages": outputs, "provenance": provenance(stages)})
     table = summary.write_summary(workdir, [(name, kind.name, cfg) for name, kind, cfg in stages], outputs)
     if table:
       print(f"[run] summary ({os.path.join(workdir, 'summary.md')}):\n{table}", flush=True)
   distributed.barrier("run:done")
   return outputs
+
+
+def provenance(stages: list[PlannedStage]) -> dict[str, Any]:
+  """What produced a run's results: the code commit (`git rev-parse HEAD` of this checkout, else the
+  JAXRLHF_COMMIT environment variable, else "unknown"), whether tracked files differed from it (`dirty`; None when
+  unknown), and a hash of every stage's expanded, validated config (same hash = same experiment)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args: str) -> str | None:
+    try:
+      out = subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return out.stdout.strip()
+
+  commit = git("rev-parse", "HEAD")
+  status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+  expanded = [[s.name, s.kind.name, [[k, repr(v)] for k, v in config_lib.flatten(s.config)]] for s in stages]
+  return {"commit": commit or os.environ.get("JAXRLHF_COMMIT", "unknown"),
+          "dirty": None if status is None else bool(status),
+          "config_hash": hashlib.sha256(json.dumps(expanded).encode()).hexdigest()[:16]}
 
 
 def init_distributed(stages: list[PlannedStage]) -> bool:

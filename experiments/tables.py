@@ -2,7 +2,10 @@
 
 Reads every finished run's DIR/<run>/results.json ("metrics") and overrides.json, groups runs by all swept
 keys except `seed`, and writes mean ± std over seeds (sample std, ddof=1; 0 for a single seed) as
-DIR/results.md (also printed) and DIR/results.csv. The config (from --config or DIR/sweep.json) may ask for
+DIR/results.md (also printed) and DIR/results.csv, and every run's own values (one row per run, e.g. per seed) as
+DIR/results_runs.csv. Runs from different code commits (results.json "provenance") are not pooled unless
+--allow_mixed_commits is given; results.md ends with the commit(s) the numbers came from. The config (from --config
+or DIR/sweep.json) may ask for
   config.tables.metrics = ("eval/loss", ...)      which metric columns (default: all)
   config.plots = [ConfigDict(name=, x=, y=, group_by=)]   one PNG per entry in DIR/plots/<name>.png:
       y (a metric) against x (a swept key), one line per value of group_by ("" for one line), error bars = std.
@@ -43,8 +46,36 @@ def load_runs(workdir: str) -> list[dict[str, Any]]:
     if os.path.exists(os.path.join(run_dir, "overrides.json")):
       with open(os.path.join(run_dir, "overrides.json")) as f:
         overrides = json.load(f)
-    runs.append({"name": name, "overrides": overrides, "metrics": results.get("metrics", {})})
+    prov = results.get("provenance") or {}
+    runs.append({"name": name, "overrides": overrides, "metrics": results.get("metrics", {}),
+                 "commit": prov.get("commit", "unknown"), "dirty": prov.get("dirty")})
   return runs
+
+
+def check_commits(runs: list[dict[str, Any]], allow_mixed: bool = False) -> str:
+  """The provenance line of a table ("code commit: <sha> (clean)"); ValueError when the runs come from several
+  commits (or a dirty checkout among others) and `allow_mixed` is False, naming the runs of each commit."""
+  by_commit: dict[str, list[str]] = {}
+  for r in runs:
+    label = r["commit"] + (" (dirty)" if r["dirty"] else " (clean)" if r["dirty"] is False else "")
+    by_commit.setdefault(label, []).append(r["name"])
+  if len(by_commit) > 1 and not allow_mixed:
+    listing = "; ".join(f"{c}: {', '.join(names)}" for c, names in sorted(by_commit.items()))
+    raise ValueError(f"--workdir: runs come from {len(by_commit)} code versions ({listing}); re-run them at one "
+                     "commit, or pass --allow_mixed_commits to pool them anyway")
+  return "code commit" + ("s: " if len(by_commit) > 1 else ": ") + "; ".join(
+      f"{c} ({len(names)} runs)" for c, names in sorted(by_commit.items()))
+
+
+def write_runs_csv(path: str, runs: list[dict[str, Any]], metrics: list[str]) -> None:
+  """One row per run: its swept keys (seed included), commit and every metric."""
+  keys = sorted({k for r in runs for k in r["overrides"]})
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["run", *keys, "commit", *metrics])
+    for r in runs:
+      w.writerow([r["name"], *[r["overrides"].get(k, "") for k in keys], r["commit"],
+                  *[r["metrics"].get(m, "") for m in metrics]])
 
 
 def group(runs: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -137,13 +168,15 @@ def _config_spec(workdir: str, spec: str | None) -> str | None:
   return None
 
 
-def tables(workdir: str, spec: str | None = None) -> str:
-  """Writes results.md, results.csv and the configured plots for `workdir`; returns the markdown."""
+def tables(workdir: str, spec: str | None = None, allow_mixed_commits: bool = False) -> str:
+  """Writes results.md, results.csv, results_runs.csv and the configured plots for `workdir`; returns the
+  markdown. Raises ValueError for runs from several code commits unless `allow_mixed_commits`."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir: not a directory: {workdir!r}")
   runs = load_runs(workdir)
   if not runs:
     raise FileNotFoundError(f"--workdir: no finished runs (<run>/results.json) under {workdir!r}")
+  commits = check_commits(runs, allow_mixed_commits)
   spec = _config_spec(workdir, spec)
   config = config_lib.load_config(spec) if spec else None
   metrics = sorted({m for r in runs for m in r["metrics"]})
@@ -154,10 +187,11 @@ def tables(workdir: str, spec: str | None = None) -> str:
       raise ValueError(f"config.tables.metrics: {missing} not found in results; available: {metrics}")
     metrics = wanted
   keys, rows = group(runs, metrics)
-  md = markdown(keys, rows, metrics)
+  md = markdown(keys, rows, metrics) + f"\n{commits}\n"
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(md)
   write_csv(os.path.join(workdir, "results.csv"), keys, rows, metrics)
+  write_runs_csv(os.path.join(workdir, "results_runs.csv"), runs, metrics)
   if config is not None and "plots" in config:
     plots_dir = os.path.join(workdir, "plots")
     os.makedirs(plots_dir, exist_ok=True)
@@ -172,7 +206,8 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS["workdir"].value:
     raise app.UsageError("--workdir is required")
   try:
-    print(tables(flags.FLAGS["workdir"].value, flags.FLAGS["config"].value), end="")
+    print(tables(flags.FLAGS["workdir"].value, flags.FLAGS["config"].value,
+                 flags.FLAGS["allow_mixed_commits"].value), end="")
   except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -182,6 +217,7 @@ def cli() -> None:
   """The command line entry point (flags are defined here so that importing this module defines none)."""
   flags.DEFINE_string("workdir", None, "Sweep directory (from experiments.sweep).")
   flags.DEFINE_string("config", None, "Config file for tables/plots (default: from sweep.json).")
+  flags.DEFINE_bool("allow_mixed_commits", False, "Pool runs from different code commits into one table.")
   app.run(main)
 
 

@@ -89,3 +89,33 @@ def test_resume_skips_finished_runs(swept, capsys):
     assert f"[sweep] {name}: already done; skipping" in out
     assert (workdir / name / "results.json").stat().st_mtime_ns == mtimes[name]
   assert results[BAD]["status"] == "failed"  # Re-attempted, fails again, still recorded.
+
+
+@pytest.mark.slow
+def test_results_record_provenance_and_tables_keep_per_run_values(swept):
+  workdir, _ = swept
+  prov = json.loads((workdir / GOOD[0] / "results.json").read_text())["provenance"]
+  head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+  assert prov["commit"] == head.strip() and prov["dirty"] in (True, False) and len(prov["config_hash"]) == 16
+  other = json.loads((workdir / GOOD[1] / "results.json").read_text())["provenance"]
+  assert other["config_hash"] != prov["config_hash"]  # seed 0 vs seed 1: different expanded configs
+  md = tables_lib.tables(str(workdir))
+  assert md.rstrip().splitlines()[-1] == f"code commit: {prov['commit']} ({'dirty' if prov['dirty'] else 'clean'}) (2 runs)"
+  with open(workdir / "results_runs.csv") as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  for name in GOOD:
+    want = json.loads((workdir / name / "results.json").read_text())["metrics"]["eval/loss"]
+    assert float(rows[name]["eval/loss"]) == pytest.approx(want, rel=1e-12)
+
+
+def test_tables_refuse_to_pool_runs_from_different_commits(tmp_path):
+  for name, commit in (("seed=0", "aaa"), ("seed=1", "bbb")):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps(
+        {"status": "done", "metrics": {"m": 1.0}, "provenance": {"commit": commit, "dirty": False}}))
+    (tmp_path / name / "overrides.json").write_text(json.dumps({"seed": int(name[-1])}))
+  with pytest.raises(ValueError, match=r"runs come from 2 code versions \(aaa \(clean\): seed=0; bbb \(clean\): "
+                     r"seed=1\).*--allow_mixed_commits"):
+    tables_lib.tables(str(tmp_path))
+  md = tables_lib.tables(str(tmp_path), allow_mixed_commits=True)
+  assert "code commits: aaa (clean) (1 runs); bbb (clean) (1 runs)" in md
