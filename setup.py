@@ -30,6 +30,7 @@ EXTRAS = {
         "hypothesis>=6.100",
         "pytest-xdist>=3.5",
         "filelock>=3.12",  # the paper smoke sweeps are shared between xdist workers (tests/conftest.py)
+        "sacrebleu>=2.4,<3",  # the reference for jaxrlhf.rewards.bleu's sentence BLEU
         "nbclient>=0.10",
         "nbformat>=5.10",
         "ipykernel>=6.29",

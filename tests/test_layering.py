@@ -14,6 +14,7 @@ FORBIDDEN = {
     "losses": ("train", "stages", "evaluation", "sampling"),
     "models": ("train", "stages", "evaluation", "sampling"),
     "data": ("train", "stages", "evaluation", "sampling"),
+    "rewards": ("train", "stages", "evaluation", "sampling"),
     "sampling": ("train", "stages", "evaluation"),
     "parallel": ("train", "stages", "evaluation", "sampling", "losses", "models", "data"),
     "train": ("stages", "evaluation"),
@@ -121,6 +122,7 @@ def test_no_import_cycle_between_package_modules():
     ("jaxrlhf.stages.rl", "from jaxrlhf.stages import preference", "stage files never import each other"),
     ("jaxrlhf.stages.inputs", "from jaxrlhf.stages.sft import SFTConfig", "stage files never import each other"),
     ("jaxrlhf.sampling.generate", "from experiments import run", "never imports the CLIs"),
+    ("jaxrlhf.rewards.bleu", "from jaxrlhf.stages import reward_sources", "rewards sits below stages"),
 ])
 def test_the_checker_catches_a_forbidden_import(name, source, expected):
   found = violations(name, imported_modules(source, name))

@@ -1,0 +1,17 @@
+"""Reward functions on text, in TRL's reward_funcs convention, for the online stages' prompt files.
+
+A reward function maps R rows to R values: fn(prompts: list[str], completions: list[str], **columns) -> list of
+float or None (None / NaN = "not scorable"); `columns` are the prompt file's extra columns, one value per row.
+Modules: calling (calling a user or built-in function, checking its output, errors naming the function and row,
+load_function), answers (exact match of a final answer with number normalization), shaping (regular-expression
+format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), combine (weighted sums),
+kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model.
+"""
+
+from jaxrlhf.rewards.answers import answer_matches, exact_match, extract_answer, parse_number
+from jaxrlhf.rewards.bleu import bleu_reward, bleuberi_bleu, bleuberi_reward, sentence_bleu, tokenize_13a
+from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, call_style, check_rewards,
+                                     completion_text, load_function)
+from jaxrlhf.rewards.combine import weighted_sum
+from jaxrlhf.rewards.kinds import REWARDS, make_reward
+from jaxrlhf.rewards.shaping import length_penalty, regex_format
