@@ -1,5 +1,5 @@
 """Decoder families (Llama/Mistral/SmolLM2, Qwen2, Qwen3, Gemma 2, Gemma 3 text, GPT-2) and checkpoint interop
-(HF safetensors, GGUF)."""
+(HF safetensors, GGUF; reward models in the HF sequence-classification format: models.hf_reward)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models.decoder import CausalLM, KVCache, abstract_model, default_positions, init_model
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf import model_from_hf_tensors, read_hf_folder, save_hf_folder
+from jaxrlhf.models.hf_reward import reward_model_from_pretrained, save_reward_model_pretrained, transformers_rewards
 from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
 from jaxrlhf.parallel.sharding import auto_axes, state_shardings
 
 __all__ = [
     "CausalLM", "HeadConfig", "KVCache", "ModelConfig", "RewardEnsemble", "RewardModel", "RopeScaling",
     "abstract_model", "default_positions", "from_pretrained", "init_model", "load_tokenizer", "model_from_hf_tensors",
-    "save_pretrained",
+    "reward_model_from_pretrained", "save_pretrained", "save_reward_model_pretrained", "transformers_rewards",
 ]
 
 

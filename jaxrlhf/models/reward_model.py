@@ -1,5 +1,7 @@
 """RewardModel (decoder backbone + reward head) and ensembles of K stacked members."""
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -136,4 +138,30 @@ class RewardEnsemble(nnx.Module):
     pure["members"]["backbone"] = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_members, *x.shape)), backbone)
     pure["members"]["head"] = jax.tree.map(lambda *xs: jnp.stack(xs), *heads)
     nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+  @classmethod
+  def stack(cls, models: Sequence[RewardModel]) -> "RewardEnsemble":
+    """The ensemble whose member k holds models[k]'s parameters (K = len(models); K = 1 wraps one model, e.g. an
+    imported Hugging Face reward model, in the stacked form stages load). The models are not consumed."""
+    if not models:
+      raise ValueError("models: expected at least one RewardModel, got none")
+    config, head = models[0].config, models[0].head.config
+    for k, model in enumerate(models):
+      if model.config != config or model.head.config != head:
+        raise ValueError(f"models[{k}] has a different model or head config than models[0]; members of an "
+                         "ensemble must share both")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: cls(config, head, len(models), rngs=nnx.Rngs(0))))
+    pure = nnx.to_pure_dict(state)
+    pure["members"] = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.to_pure_dict(nnx.state(m)) for m in models))
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+  def member(self, k: int) -> RewardModel:
+    """Member k as a RewardModel (its parameter arrays sliced out of the stacked ones)."""
+    if not 0 <= k < self.num_members:
+      raise ValueError(f"member index {k} is out of range for an ensemble of {self.num_members} members")
+    config, head = self.members.backbone.config, self.members.head.config
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(config, head, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: x[k], nnx.to_pure_dict(nnx.state(self.members))))
     return nnx.merge(graphdef, state)

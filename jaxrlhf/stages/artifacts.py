@@ -1,5 +1,6 @@
 """What stages save and later stages load: policies (Hugging Face folders), reward models and ensembles
-(`<dir>/spec.json` + `<dir>/params.msgpack`).
+(`<dir>/spec.json` + `<dir>/params.msgpack`); `load_reward_model_any` also loads Hugging Face
+sequence-classification reward models.
 
 With several processes, parameters sharded across processes are gathered first (every process takes part) and
 process 0 writes; every process returns after the files exist.
@@ -20,6 +21,7 @@ from flax import nnx
 from jaxrlhf.models import save_pretrained
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.models.hf_reward import reward_model_from_pretrained
 from jaxrlhf.models.reward_model import RewardEnsemble
 from jaxrlhf.parallel import distributed
 from jaxrlhf.train import state as state_lib
@@ -99,3 +101,35 @@ def reward_model_factory(rm_dir: str) -> Callable[[jax.Array], RewardEnsemble]:
   jitted train-state init, with the saved weights written in afterwards)."""
   config, head, num_members = reward_model_spec(rm_dir)
   return lambda key: RewardEnsemble(config, head, num_members, rngs=nnx.Rngs(key))
+
+
+def load_reward_model_any(path: str, dtype: Any = jnp.float32) -> RewardEnsemble:
+  """A RewardEnsemble (rewards (B, K)) from a jaxrlhf reward model folder (spec.json + params.msgpack, as
+  `load_reward_model`) or a Hugging Face sequence-classification folder (config.json naming a
+  *ForSequenceClassification architecture + model.safetensors; jaxrlhf.models.hf_reward), which becomes an
+  ensemble of K = 1 stacked on the leading member axis.
+
+  Args:
+    path: the folder.
+    dtype: parameter and compute dtype of a Hugging Face folder (a jaxrlhf folder keeps its saved dtype).
+
+  Raises:
+    ValueError: naming the folder and what was expected, when it is neither kind (or is a causal LM).
+  """
+  expected = ("expected a jaxrlhf reward model (spec.json + params.msgpack, as a reward stage saves) or a Hugging "
+              "Face sequence-classification folder (config.json with a *ForSequenceClassification architecture + "
+              "model.safetensors)")
+  if not os.path.isdir(path):
+    raise ValueError(f"{path}: {'is not a folder' if os.path.exists(path) else 'does not exist'}; {expected}")
+  has_spec = os.path.isfile(os.path.join(path, "spec.json"))
+  has_params = os.path.isfile(os.path.join(path, "params.msgpack"))
+  if has_spec or has_params:
+    if not (has_spec and has_params):
+      missing = "params.msgpack" if has_spec else "spec.json"
+      raise ValueError(f"{path}: has {'spec.json' if has_spec else 'params.msgpack'} but no {missing}; {expected}")
+    return load_reward_model(path)
+  if os.path.isfile(os.path.join(path, "config.json")):
+    return RewardEnsemble.stack([reward_model_from_pretrained(path, dtype=dtype)])
+  found = sorted(os.listdir(path))
+  listing = f"holds {found[:8]}{' ...' if len(found) > 8 else ''}" if found else "is empty"
+  raise ValueError(f"{path}: {listing}; {expected}")

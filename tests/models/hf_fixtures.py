@@ -49,13 +49,15 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 
 
-def make_hf_model(name: str, seed: int = 0, **config_changes: Any):
+def make_hf_model(name: str, seed: int = 0, model_cls: str | None = None, **config_changes: Any):
   """A transformers model of family `name` (its config kwargs updated by `config_changes`) with every weight
-  (incl. norms and biases) randomized, eager attention."""
+  (incl. norms and biases) randomized, eager attention; `model_cls` replaces the family's causal-LM class (e.g.
+  with its *ForSequenceClassification class)."""
   import torch
   import transformers
 
-  config_cls, model_cls, kwargs = FAMILIES[name]
+  config_cls, lm_cls, kwargs = FAMILIES[name]
+  model_cls = model_cls or lm_cls
   torch.manual_seed(seed)
   config = getattr(transformers, config_cls)(**{**kwargs, **config_changes})
   config._attn_implementation = "eager"
