@@ -1,6 +1,7 @@
 """Reward sources of the online stages: a reward model, an ensemble with an aggregation, the synthetic gold reward,
-a (deliberately hackable) process reward over response steps with Clip / Delta refinement, sentence BLEU against
-reference responses, and a user Python function; several sources are summed with weights.
+a (deliberately hackable) process reward over response steps with Clip / Delta refinement, and every text reward of
+`jaxrlhf.rewards` (exact match, regex format, length penalty, BLEU, BLEUBERI, weighted sums, a user's Python
+function in TRL's reward_funcs convention); several sources are summed with weights.
 
 Every source is a function called INSIDE the jitted RL step:
 
@@ -9,16 +10,15 @@ Every source is a function called INSIDE the jitted RL step:
 where `models` maps reward-model names to their (frozen) RewardEnsemble modules (merged from the train state)
 and `rollout` holds `prompt_ids` / `prompt_mask` (R, P) left-padded, `tokens` / `mask` (R, N) right-padded
 (the end token included) and `prompt_index` (R,) int32, the row's index in the host-side prompt table.
-Jittable sources (reward model, gold) run as XLA; BLEU and Python functions run on the host through
-`jax.pure_callback` on the decoded texts, so the step stays one jitted program.
+Jittable sources (reward model, gold) run as XLA; text rewards run on the host through `jax.pure_callback` on the
+prompt texts, the decoded completions and the prompt table's columns (`PromptTable`), so the step stays one jitted
+program. A text reward returns NaN for "not scorable" (None in the function): a NaN term counts 0 in the weighted
+sum, as TRL sums its reward functions, and the fraction of such rows is logged (`reward/<name>/unscored`).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import importlib
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -30,10 +30,13 @@ from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.losses import aggregation as aggregation_lib
 from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf import rewards as text_rewards
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 
-KINDS = ("reward_model", "gold", "process", "bleu", "python")
+MODEL_KINDS = ("reward_model", "gold", "process")  # Scored inside the jitted step.
+KINDS = MODEL_KINDS + tuple(text_rewards.REWARDS)  # ... and every text reward of jaxrlhf.rewards.
+WORLD_KINDS = ("gold", "process")  # Defined only on the synthetic world's prompts.
 REFINEMENTS = ("none", "clip", "delta")
 SMOOTHING = ("exp", "add1", "none")
 
@@ -45,10 +48,15 @@ class RewardSourceSpec:
   kind: "reward_model" (`reward_model`: "stage:<name>" or a saved reward-model folder; K > 1 members are reduced
     by `aggregation` with `lam`), "gold" (the synthetic world's r*), "process" (the return of the world's
     per-step process reward `prm_step_scores`, refined by `refinement` "none" / "clip" (threshold `eta`) /
-    "delta", Gao et al. 2024), "bleu" (sentence BLEU-4 in [0, 1] of the
-    response against the prompt's reference responses, whitespace tokens, `smoothing`), "python"
-    (`function`: "module:function" called as fn(prompts: list[str], completions: list[str]) -> R floats).
+    "delta", Gao et al. 2024), or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
+    "exact_match" (options column, extract, rel_tol), "regex_format" (pattern, match, flags, partial_credit),
+    "length_penalty" (target, alpha, unit), "bleu" (sentence BLEU-4 in [0, 1] against a reference column; on the
+    world's prompts the column "references" holds the reference responses, whitespace tokens and `smoothing` by
+    default), "bleuberi", "weighted_sum" (terms), and "python" (`function`: "module:function", called as TRL calls
+    its reward_funcs: fn(prompts=..., completions=..., **columns) -> one float or None per completion; the older
+    positional fn(prompts, completions) works too).
   name: the metric name (`reward/<name>`); default: the kind.
+  options: keyword options of a text reward (see above); checked when the config is planned.
   standardize (reward models): each member's score is shifted and scaled to mean 0, std 1 over the reference
     responses to the stage's training prompts (the base distribution the policy starts from) BEFORE the
     aggregation, so that min / mean - lam * std compare members on one scale (the conservative ensembles of
@@ -65,87 +73,34 @@ class RewardSourceSpec:
   refinement: str = field("none", choices=REFINEMENTS)
   eta: float = field(0.5)
   standardize: bool = field(False)
+  options: dict = field(default_factory=dict)
 
   @property
   def label(self) -> str:
     return self.name or self.kind
 
+  def text_options(self) -> dict[str, Any]:
+    """The keyword options of a text reward: `options`, plus `function` for "python" and, for "bleu", the world's
+    reference column with whitespace tokens and `smoothing` unless `options` says otherwise."""
+    options = dict(self.options)
+    if self.kind == "python":
+      options.setdefault("function", self.function)
+    elif self.kind == "bleu":
+      options = {"column": "references", "tokenize": "whitespace", "smoothing": self.smoothing, **options}
+    return options
+
+  def text_reward(self, path: str = "reward") -> Callable[..., Any]:
+    """The text reward function of this source (`jaxrlhf.rewards.make_reward`)."""
+    return text_rewards.make_reward(self.kind, self.text_options(), path)
+
   def validate(self, path: str) -> None:
     if self.kind == "reward_model" and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required for kind 'reward_model' (e.g. 'stage:reward')")
-    if self.kind == "python":
-      if ":" not in self.function:
-        raise ConfigError(f"{path}.function: expected 'module:function' for kind 'python', got "
-                          f"{self.function!r}")
-      load_function(self.function, f"{path}.function")
+    if self.kind not in MODEL_KINDS:
+      self.text_reward(path)  # Builds it once: unknown or missing options fail here, naming the key.
     if self.standardize and self.kind != "reward_model":
       raise ConfigError(f"{path}.standardize: only reward-model sources have members to standardize "
                         f"(kind is {self.kind!r})")
-
-
-def load_function(spec: str, path: str = "function") -> Callable[..., Any]:
-  """The callable named by "package.module:function"; ValueError naming `path` if it cannot be imported."""
-  module_name, _, attr = spec.partition(":")
-  try:
-    fn = getattr(importlib.import_module(module_name), attr)
-  except (ImportError, AttributeError) as e:
-    raise ConfigError(f"{path}: cannot load {spec!r}: {e}") from e
-  if not callable(fn):
-    raise ConfigError(f"{path}: {spec!r} is not callable")
-  return fn
-
-
-# ------------------------------------------------------------------------------------------------ BLEU
-def _ngrams(tokens: Sequence[Any], n: int) -> collections.Counter:
-  return collections.Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-
-
-def sentence_bleu(hypothesis: Sequence[Any], references: Sequence[Sequence[Any]], *, max_order: int = 4,
-                  smoothing: str = "exp") -> float:
-  """Sentence BLEU (Papineni et al. 2002) in [0, 1] of one tokenized hypothesis against tokenized references.
-
-  p_n = clipped n-gram matches / hypothesis n-grams for n = 1..max_order, BLEU = BP * exp(mean_n log p_n),
-  BP = exp(1 - r / c) when the hypothesis length c is below the reference length r closest to c (ties: the
-  shorter), else 1. Orders with no hypothesis n-gram (c < n) are left out of the mean (sacrebleu's effective
-  order). Smoothing of orders with zero matches (Chen & Cherry 2014):
-    "exp":  p_n = 1 / (2^k * total_n), k counting the zero-match orders so far (sacrebleu's default, method 3);
-    "add1": p_n = (m_n + 1) / (total_n + 1) for n >= 2 (Lin & Och 2004);
-    "none": any zero precision gives 0.
-  An empty hypothesis scores 0.
-  """
-  if not references:
-    raise ValueError("references: expected at least one reference")
-  if smoothing not in SMOOTHING:
-    raise ValueError(f"smoothing: expected one of {SMOOTHING}, got {smoothing!r}")
-  c = len(hypothesis)
-  if c == 0:
-    return 0.0
-  ref_lengths = [len(r) for r in references]
-  r = min(ref_lengths, key=lambda x: (abs(x - c), x))
-  log_p = []
-  zeros = 0
-  for n in range(1, max_order + 1):
-    total = max(c - n + 1, 0)
-    if total == 0:
-      continue
-    hyp = _ngrams(hypothesis, n)
-    max_ref = collections.Counter()
-    for ref in references:
-      for g, k in _ngrams(ref, n).items():
-        max_ref[g] = max(max_ref[g], k)
-    matches = sum(min(k, max_ref[g]) for g, k in hyp.items())
-    if smoothing == "add1" and n >= 2:
-      p = (matches + 1) / (total + 1)
-    elif matches == 0:
-      if smoothing == "none":
-        return 0.0
-      zeros += 1
-      p = 1.0 / (2 ** zeros * total)
-    else:
-      p = matches / total
-    log_p.append(math.log(p))
-  bp = 1.0 if c >= r else math.exp(1.0 - r / c)
-  return bp * math.exp(sum(log_p) / len(log_p))
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -155,10 +110,12 @@ Score = Callable[[Mapping[str, Any], Rollout], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class RewardSource:
-  """A built source: its metric label, weight and jittable `score(models, rollout) -> (R,)`."""
+  """A built source: its metric label, weight and jittable `score(models, rollout) -> (R,)`; a text reward's NaN
+  means "not scorable" (`unscored_is_nan`), any other source's NaN is an error the NaN guard must see."""
   label: str
   weight: float
   score: Score
+  unscored_is_nan: bool = False
 
 
 def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
@@ -295,17 +252,29 @@ def repetition_rate(world: Any, rollout: Rollout) -> jax.Array:
   return repeats / jnp.maximum(jnp.sum(steps), 1)
 
 
-def _host_score(host_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> Score:
-  """A host function of (tokens (R, N), mask (R, N), prompt_index (R,)) -> (R,) as a jittable pure_callback."""
+@dataclasses.dataclass(frozen=True)
+class PromptTable:
+  """The host-side table a rollout's `prompt_index` points into: the prompt texts (chat prompts as rendered for
+  reward functions: their messages' text) and the prompt file's extra columns, one value per prompt."""
+  prompts: Sequence[Any]
+  columns: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
 
-  def score(models, rollout):
-    del models
-    out = jax.ShapeDtypeStruct(rollout["prompt_index"].shape, jnp.float32)
-    return jax.pure_callback(lambda t, m, i: np.asarray(host_fn(np.asarray(t), np.asarray(m), np.asarray(i)),
-                                                        np.float32),
-                             out, rollout["tokens"], rollout["mask"], rollout["prompt_index"])
+  def rows(self, index: Sequence[int]) -> tuple[list[Any], dict[str, list[Any]]]:
+    """(prompts, columns) of the rows `index` (one entry per rollout row)."""
+    return [self.prompts[i] for i in index], {k: [v[i] for i in index] for k, v in self.columns.items()}
 
-  return score
+
+class CallbackErrors:
+  """Remembers the first exception a host reward raised inside the jitted step, so the stage can re-raise it as is
+  (XLA reports a callback's exception only as a runtime error string)."""
+
+  def __init__(self):
+    self.error: BaseException | None = None
+
+  def reraise_from(self, error: BaseException) -> None:
+    """Raises the remembered exception (chained to `error`, XLA's report of it) if there is one."""
+    if self.error is not None:
+      raise self.error from error
 
 
 def _texts(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
@@ -313,35 +282,37 @@ def _texts(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
           for row, mrow in zip(tokens, mask)]
 
 
-def bleu_score(tokenizer: Any, references: Sequence[Sequence[str]], smoothing: str = "exp") -> Score:
-  """Sentence BLEU of the decoded response against `references[prompt_index]` (whitespace tokens)."""
-  refs = [[r.split() for r in rs] for rs in references]
+def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label: str,
+               errors: CallbackErrors | None = None) -> Score:
+  """A text reward as a jittable score: a `jax.pure_callback` that decodes the completions and calls
+  `fn(prompts, completions, **columns)` on the rows' prompt texts and columns (`rewards.call_reward_function`:
+  float32 (R,), NaN where not scorable). An exception is remembered in `errors` before it propagates."""
 
   def host(tokens, mask, index):
-    hyps = _texts(tokenizer, tokens, mask)
-    return [sentence_bleu(h.split(), refs[i], smoothing=smoothing) for h, i in zip(hyps, index)]
+    try:
+      prompts, columns = table.rows(np.asarray(index))
+      return text_rewards.call_reward_function(fn, prompts, _texts(tokenizer, tokens, mask), columns, name=label)
+    except BaseException as e:
+      if errors is not None and errors.error is None:
+        errors.error = e
+      raise
 
-  return _host_score(host)
+  def score(models, rollout):
+    del models
+    out = jax.ShapeDtypeStruct(rollout["prompt_index"].shape, jnp.float32)
+    return jax.pure_callback(lambda t, m, i: np.asarray(host(np.asarray(t), np.asarray(m), np.asarray(i)),
+                                                        np.float32),
+                             out, rollout["tokens"], rollout["mask"], rollout["prompt_index"])
 
-
-def python_score(fn: Callable[..., Any], tokenizer: Any, prompts: Sequence[str], label: str) -> Score:
-  """fn(prompts: list[str], completions: list[str]) -> R floats, on the decoded texts."""
-
-  def host(tokens, mask, index):
-    out = np.asarray(fn([prompts[i] for i in index], _texts(tokenizer, tokens, mask)), np.float32).reshape(-1)
-    if out.shape[0] != tokens.shape[0]:
-      raise ValueError(f"reward function {label!r}: returned {out.shape[0]} rewards for {tokens.shape[0]} "
-                       "completions")
-    return out
-
-  return _host_score(host)
+  return score
 
 
 def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, tokenizer: Any = None,
-                  prompts: Sequence[str] = (), references: Sequence[Sequence[str]] = (),
-                  member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None) -> list[RewardSource]:
+                  table: PromptTable | None = None, member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                  errors: CallbackErrors | None = None) -> list[RewardSource]:
   """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index).
-  `member_stats[i]` = (mean_K, std_K) is required for a source with `standardize` (`member_statistics`)."""
+  `member_stats[i]` = (mean_K, std_K) is required for a source with `standardize` (`member_statistics`); text
+  rewards read the rollout rows' prompts and columns from `table`."""
   if not specs:
     raise ValueError("rewards: expected at least one reward source")
   labels = [s.label for s in specs]
@@ -356,31 +327,29 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
           raise ValueError(f"rewards[{i}]: standardize=True needs the members' statistics (member_stats[{i}])")
         stats = member_stats[i]
       score = reward_model_score(f"rm_{i}", spec.aggregation, spec.lam, stats)
-    elif spec.kind == "gold":
+    elif spec.kind in WORLD_KINDS:
       if world is None:
-        raise ValueError(f"rewards[{i}]: kind 'gold' needs the synthetic world")
-      score = gold_score(world)
-    elif spec.kind == "process":
-      if world is None:
-        raise ValueError(f"rewards[{i}]: kind 'process' needs the synthetic world")
-      score = process_score(world, spec.refinement, spec.eta)
-    elif spec.kind == "bleu":
-      if not references:
-        raise ValueError(f"rewards[{i}]: kind 'bleu' needs reference responses")
-      score = bleu_score(tokenizer, references, spec.smoothing)
+        raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the synthetic world's prompts")
+      score = gold_score(world) if spec.kind == "gold" else process_score(world, spec.refinement, spec.eta)
     else:
-      score = python_score(load_function(spec.function, f"rewards[{i}].function"), tokenizer, prompts,
-                           spec.label)
-    out.append(RewardSource(spec.label, float(spec.weight), score))
+      if table is None:
+        raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the prompt table (texts and columns)")
+      score = text_score(spec.text_reward(f"rewards[{i}]"), tokenizer, table, spec.label, errors)
+    out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS))
   return out
 
 
 def combined_rewards(sources: Sequence[RewardSource], models: Mapping[str, Any], rollout: Rollout
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(sum_i weight_i * score_i (R,), {label: score_i (R,)})."""
+  """(sum_i weight_i * score_i (R,), {label: score_i (R,)}); a text reward's NaN ("not scorable") adds 0 to the sum,
+  as TRL sums its reward functions."""
   per_source = {s.label: s.score(models, rollout).astype(jnp.float32) for s in sources}
-  total = sum(s.weight * per_source[s.label] for s in sources)
-  return total, per_source
+
+  def term(s):
+    value = s.weight * per_source[s.label]
+    return jnp.where(jnp.isnan(per_source[s.label]), 0.0, value) if s.unscored_is_nan else value
+
+  return sum(term(s) for s in sources), per_source
 
 
 def load_reward_models(specs: Sequence[RewardSourceSpec], inputs: dict,

@@ -322,8 +322,9 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   reference = (ids, mask, *padding.encode_responses(tokenizer, [r.response for r in records],
                                                     cfg.sampling.max_new_tokens))
   reward_models, member_stats = rewards_lib.load_reward_models(cfg.rewards, inputs, reference)
-  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, prompts=prompts,
-                                      references=[[r.response] for r in records], member_stats=member_stats)
+  table = rewards_lib.PromptTable(prompts, {"references": [[r.response] for r in records]})
+  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, table=table,
+                                      member_stats=member_stats)
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
   step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,

@@ -26,34 +26,15 @@ TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8,
             max_position_embeddings=64)
 
 
-# ------------------------------------------------------------------------------------------------ BLEU
-def test_sentence_bleu_hand_computed():
-  hyp, ref = "the cat sat on the mat".split(), "the cat is on the mat".split()
-  # p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = 0/3 -> exp smoothing 1 / (2 * 3); BP = 1 (equal lengths).
-  assert rewards_lib.sentence_bleu(hyp, [ref]) == pytest.approx((5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25, rel=1e-12)
-  # add-1 on n >= 2: (3+1)/(5+1), (1+1)/(4+1), (0+1)/(3+1).
-  assert rewards_lib.sentence_bleu(hyp, [ref], smoothing="add1") == pytest.approx(
-      (5 / 6 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25, rel=1e-12)
-  assert rewards_lib.sentence_bleu(hyp, [ref], smoothing="none") == 0.0
-  assert rewards_lib.sentence_bleu(ref, [ref]) == pytest.approx(1.0)
-
-
-def test_sentence_bleu_brevity_and_references():
-  # c = 2 < r = 6: BP = exp(1 - 6/2); orders 3, 4 have no hypothesis n-gram (effective order 2).
-  assert rewards_lib.sentence_bleu(["the", "cat"], ["the cat sat on the mat".split()]) == pytest.approx(
-      math.exp(-2.0))
-  # Closest reference length (2) -> no brevity penalty; clipping takes the max count over references.
-  assert rewards_lib.sentence_bleu(["a", "b"], [["x"] * 9, ["a", "b"]]) == pytest.approx(1.0)
-  assert rewards_lib.sentence_bleu(["a", "a", "a"], [["a", "b", "c"]], max_order=1) == pytest.approx(1 / 3)
-  assert rewards_lib.sentence_bleu([], [["a"]]) == 0.0
-  with pytest.raises(ValueError, match="references"):
-    rewards_lib.sentence_bleu(["a"], [])
-
-
 # ------------------------------------------------------------------------------------------------ sources
 def lengths_reward(prompts, completions):
   """A user reward function (module:function) for the tests: words in the completion."""
   return [float(len(c.split())) for c in completions]
+
+
+def answer_in_completion(prompts, completions, answer, **kwargs):
+  """A TRL-style reward function: 1 if the row's `answer` column occurs in the completion, None without one."""
+  return [None if a is None else float(a in c) for c, a in zip(completions, answer)]
 
 
 def _rollout_arrays():
@@ -69,15 +50,19 @@ def test_reward_sources_weighted_sum_and_host_callbacks():
     def decode(self, ids, skip_special_tokens=True):
       return " ".join(words[i] for i in ids if i != 2 or not skip_special_tokens)
 
-  refs = [["gamma gamma"], ["alpha beta"]]
+  table = rewards_lib.PromptTable(["p0", "p1"], {"references": [["gamma gamma"], ["alpha beta"]],
+                                                   "answer": ["x", None]})
   specs = [rewards_lib.RewardSourceSpec(kind="python", function=f"{__name__}:lengths_reward", weight=0.5),
-           rewards_lib.RewardSourceSpec(kind="bleu", weight=2.0)]
-  sources = rewards_lib.build_sources(specs, tokenizer=Tok(), prompts=["p0", "p1"], references=refs)
+           rewards_lib.RewardSourceSpec(kind="bleu", weight=2.0),
+           rewards_lib.RewardSourceSpec(kind="python", function=f"{__name__}:answer_in_completion", name="ans")]
+  sources = rewards_lib.build_sources(specs, tokenizer=Tok(), table=table)
   total, per = jax.jit(lambda r: rewards_lib.combined_rewards(sources, {}, r))(_rollout_arrays())
   np.testing.assert_allclose(per["python"], [2.0, 1.0])
   # Row 0 equals its reference (prompt 1); row 1 "gamma" against "gamma gamma": p1 = 1, BP = exp(1 - 2/1).
   bleu = np.asarray([1.0, math.exp(-1.0)])
   np.testing.assert_allclose(per["bleu"], bleu, rtol=1e-6)
+  # TRL-style keyword columns; row 0 reads prompt 1's answer None: not scorable (NaN), adding 0 to the total.
+  assert np.isnan(per["ans"][0]) and per["ans"][1] == 0.0
   np.testing.assert_allclose(total, 0.5 * np.asarray([2.0, 1.0]) + 2.0 * bleu, rtol=1e-6)
 
 
