@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
+from jaxrlhf.data import prompts as prompts_lib
 from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.losses import aggregation as aggregation_lib
 from jaxrlhf.losses import policy_gradient as pg
@@ -308,17 +309,12 @@ def _host_score(host_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarr
   return score
 
 
-def _texts(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-  return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m > 0], skip_special_tokens=True)
-          for row, mrow in zip(tokens, mask)]
-
-
 def bleu_score(tokenizer: Any, references: Sequence[Sequence[str]], smoothing: str = "exp") -> Score:
   """Sentence BLEU of the decoded response against `references[prompt_index]` (whitespace tokens)."""
   refs = [[r.split() for r in rs] for rs in references]
 
   def host(tokens, mask, index):
-    hyps = _texts(tokenizer, tokens, mask)
+    hyps = prompts_lib.decode_completions(tokenizer, tokens, mask)
     return [sentence_bleu(h.split(), refs[i], smoothing=smoothing) for h, i in zip(hyps, index)]
 
   return _host_score(host)
@@ -328,7 +324,8 @@ def python_score(fn: Callable[..., Any], tokenizer: Any, prompts: Sequence[str],
   """fn(prompts: list[str], completions: list[str]) -> R floats, on the decoded texts."""
 
   def host(tokens, mask, index):
-    out = np.asarray(fn([prompts[i] for i in index], _texts(tokenizer, tokens, mask)), np.float32).reshape(-1)
+    completions = prompts_lib.decode_completions(tokenizer, tokens, mask)
+    out = np.asarray(fn([prompts[i] for i in index], completions), np.float32).reshape(-1)
     if out.shape[0] != tokens.shape[0]:
       raise ValueError(f"reward function {label!r}: returned {out.shape[0]} rewards for {tokens.shape[0]} "
                        "completions")
