@@ -29,13 +29,14 @@ def _strip(records):
 def test_text_prompts_pass_every_other_column_through(tmp_path):
   path = _jsonl(tmp_path / "t.jsonl", [
       {"prompt": "Write a haiku.", "answer": "n/a", "tests": ["assert f(1) == 2"], "meta": {"level": 3, "x": None}},
-      {"prompt": "2 + 3 =", "answer": 5, "score": 1.5},
+      {"prompt": "2 + 3 =", "answer": 5, "score": 1.5, "note": None, "messages": None},
   ])
   records, report = adapters.read_prompt_records(path)
   assert records == [
       PromptRecord("Write a haiku.", {"answer": "n/a", "tests": ["assert f(1) == 2"], "meta": {"level": 3, "x": None}},
                    source="t.jsonl:1"),
-      PromptRecord("2 + 3 =", {"answer": 5, "score": 1.5}, source="t.jsonl:2")]
+      # Null values pass through as they are; a null "messages" column is just absent (parquet writes nulls).
+      PromptRecord("2 + 3 =", {"answer": 5, "score": 1.5, "note": None}, source="t.jsonl:2")]
   assert (report.kept, report.skipped) == (2, 0)
   # The same through read_records with the format name, and through the JSON form the TFDS builders store.
   assert adapters.read_records(path, "prompts")[0] == records

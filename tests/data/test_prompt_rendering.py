@@ -38,6 +38,7 @@ def _rows(ids, mask):
   return [row[m > 0].tolist() for row, m in zip(ids, mask)]
 
 
+@pytest.mark.parity
 def test_chat_and_text_prompts_render_like_the_template(ours, reference):
   records = [PromptRecord(c, source=f"f.jsonl:{i + 1}") for i, c in enumerate(CHATS)] + [PromptRecord(TEXT)]
   ids, mask, report = prompts.encode_prompt_records(ours, records, 128)
@@ -100,6 +101,7 @@ def test_rendering_errors_name_the_record(ours):
     prompts.encode_prompt_records(ours, [TEXT], 64, pad_to="bucket")
 
 
+@pytest.mark.parity
 def test_decode_completions_round_trip(ours, reference):
   texts = ["12", "The answer is 7.", " naïve café 😀\nsecond line", ""]
   rows = [ours.encode(t) + [ours.eos_id] for t in texts]
