@@ -5,14 +5,17 @@ Light modules are re-exported here; import the heavier ones directly:
   jaxrlhf.data.pipeline       (grain, jax)  PipelineConfig, make_pipeline, shard_batch
   jaxrlhf.data.tokenize       records -> token ids, truncation policy
   jaxrlhf.data.synthetic      the synthetic gold-reward world
+  jaxrlhf.data.prompts        prompt files: splits, rendering into generation ids, decoding completions
+  jaxrlhf.data.tasks          the generated arithmetic prompt files (verifiable answers)
 """
 
-from jaxrlhf.data.adapters import AdapterConfig, FORMATS, iter_records, read_records
+from jaxrlhf.data.adapters import AdapterConfig, FORMATS, iter_records, read_prompt_records, read_records
 from jaxrlhf.data.errors import RecordError, SkipReport, format_skip_report
-from jaxrlhf.data.records import (KWayRecord, PreferenceRecord, as_messages, record_from_json, record_to_json,
-                                  response_text)
+from jaxrlhf.data.records import (KWayRecord, PreferenceRecord, PromptRecord, as_messages, record_from_json,
+                                  record_to_json, response_text)
 
 __all__ = [
-    "AdapterConfig", "FORMATS", "iter_records", "read_records", "RecordError", "SkipReport", "format_skip_report",
-    "KWayRecord", "PreferenceRecord", "as_messages", "record_from_json", "record_to_json", "response_text",
+    "AdapterConfig", "FORMATS", "iter_records", "read_prompt_records", "read_records", "RecordError", "SkipReport",
+    "format_skip_report", "KWayRecord", "PreferenceRecord", "PromptRecord", "as_messages", "record_from_json",
+    "record_to_json", "response_text",
 ]

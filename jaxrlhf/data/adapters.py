@@ -23,6 +23,12 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   ("no_preference").
 - "kway": `prompt`, `completions` (texts, message lists, or ultrafeedback-style dicts), and `scores` (or dict
   scores) or `best_index` -> KWayRecord for best-of-k evaluation.
+- "prompts": prompts for the online stages -> PromptRecord. The prompt is the `prompt` column (text, or a list of
+  messages as in TRL's conversational format) or the `messages` column (a list of messages); a row holding both
+  is a bad row unless `columns` names only one of them, which is then the only one read. Chat messages must end
+  with the turn the model answers (role "user" or "tool"). Every other column is passed through unchanged in
+  `PromptRecord.columns` (JSON values; a parquet value that is not one, e.g. bytes or a timestamp, is a bad row),
+  or only the columns named in `keep_columns`, which every row must then hold (not null).
 
 Bad rows raise `ValueError("file:line: reason: detail")` in strict mode and are counted per reason in a
 `SkipReport` in lenient mode (see errors.py).
@@ -39,9 +45,9 @@ import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxrlhf.data import errors
-from jaxrlhf.data.records import KWayRecord, PreferenceRecord, VALID_ROLES
+from jaxrlhf.data.records import KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord, VALID_ROLES
 
-FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway")
+FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts")
 _OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_attributes", "rejected_attributes",
                           "annotator", "subset")
 # Canonical column -> default name in the file, per format.
@@ -53,6 +59,7 @@ DEFAULT_COLUMNS = {
                       "response": "response", "score": "overall_score", "subset": "subset"},
     "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
              "response": "response", "score": "overall_score", "subset": "subset"},
+    "prompts": {"prompt": "prompt", "messages": "messages"},
 }
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -68,6 +75,8 @@ class AdapterConfig:
     strict: raise on the first bad row (True) or skip and count it (False).
     seed: seeds the ultrafeedback rejected draw.
     rejected: ultrafeedback rejected choice, "random" or "lowest".
+    keep_columns: "prompts" format: the columns passed through to `PromptRecord.columns` (each required in every
+      row); None passes every column but the prompt's.
   """
 
   format: str
@@ -75,6 +84,7 @@ class AdapterConfig:
   strict: bool = True
   seed: int = 0
   rejected: str = "random"
+  keep_columns: Sequence[str] | None = None
 
   def __post_init__(self):
     if self.format not in FORMATS:
@@ -85,6 +95,13 @@ class AdapterConfig:
                        f"valid: {sorted(DEFAULT_COLUMNS[self.format])}")
     if self.rejected not in ("random", "lowest"):
       raise ValueError(f"rejected must be 'random' or 'lowest', got {self.rejected!r}")
+    if self.keep_columns is not None:
+      if self.format != "prompts":
+        raise ValueError(f"keep_columns: only the 'prompts' format passes columns through (format is "
+                         f"{self.format!r})")
+      if isinstance(self.keep_columns, str) or not all(isinstance(k, str) and k for k in self.keep_columns):
+        raise ValueError(f"keep_columns: expected a list of column names, got {self.keep_columns!r}")
+      object.__setattr__(self, "keep_columns", tuple(self.keep_columns))
 
   def column(self, name: str) -> str:
     return self.columns.get(name, DEFAULT_COLUMNS[self.format][name])
@@ -365,6 +382,53 @@ def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
                best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")))
 
 
+def _json_value(value: Any, col: str) -> None:
+  """Raises bad_field unless `value` is a JSON value (what a JSONL row holds; parquet may hold more)."""
+  if value is None or isinstance(value, (str, bool, int, float)):
+    return
+  if isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      _json_value(v, f"{col}[{i}]")
+    return
+  if isinstance(value, Mapping):
+    for k, v in value.items():
+      if not isinstance(k, str):
+        raise errors.RecordError(errors.BAD_FIELD, f"{col} has a non-string key {k!r}")
+      _json_value(v, f"{col}.{k}")
+    return
+  raise errors.RecordError(errors.BAD_FIELD, f"{col} holds a {type(value).__name__}, not a JSON value (leave the "
+                           "column out with keep_columns)")
+
+
+def _parse_prompts(row: Mapping, config: AdapterConfig, where: str) -> PromptRecord:
+  c = config.column
+  # The columns a prompt may come from: the one(s) `columns` names, else both defaults.
+  keys = [k for k in ("prompt", "messages") if k in config.columns] or ["prompt", "messages"]
+  present = [k for k in keys if row.get(c(k)) is not None]
+  if not present:
+    raise errors.RecordError(errors.MISSING_FIELD, f"column {' or '.join(repr(c(k)) for k in keys)} is missing")
+  if len(present) > 1:
+    raise errors.RecordError(errors.BAD_FIELD, f"both {c('prompt')!r} and {c('messages')!r} are set; name the one "
+                             "to read in columns (e.g. columns={'messages': " + repr(c("messages")) + "})")
+  col = c(present[0])
+  value = row[col]
+  if present[0] == "messages" or isinstance(value, (list, tuple)):
+    prompt = _messages(value, col)
+    if prompt[-1]["role"] not in PROMPT_LAST_ROLES:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}: the last message has role {prompt[-1]['role']!r}; a "
+                               f"prompt ends with the turn the model answers, one of {PROMPT_LAST_ROLES}")
+  else:
+    prompt = _text(value, col)
+  if config.keep_columns is None:
+    skip = {c(k) for k in keys}
+    columns = {k: v for k, v in row.items() if k not in skip}
+  else:
+    columns = {k: _required(row, k) for k in config.keep_columns}
+  for k, v in columns.items():
+    _json_value(v, k)
+  return _make(PromptRecord, where, prompt=prompt, columns=columns)
+
+
 def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipReport | None = None):
   """One decoded row -> a record; raises errors.RecordError for a bad row. `where` is "file:line"."""
   if isinstance(row, errors.RecordError):
@@ -379,11 +443,14 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
     return _parse_hh(row, config, where, report)
   if config.format == "ultrafeedback":
     return _parse_ultrafeedback(row, config, where)
+  if config.format == "prompts":
+    return _parse_prompts(row, config, where)
   return _parse_kway(row, config, where)
 
 
 def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | str,
-                 report: errors.SkipReport | None = None) -> Iterator[PreferenceRecord | KWayRecord]:
+                 report: errors.SkipReport | None = None
+                 ) -> Iterator[PreferenceRecord | KWayRecord | PromptRecord]:
   """Yields the records of `paths` in file and line order.
 
   Args:
@@ -418,11 +485,25 @@ def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config:
 
 
 def read_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | str,
-                 ) -> tuple[list[PreferenceRecord | KWayRecord], errors.SkipReport]:
+                 ) -> tuple[list[PreferenceRecord | KWayRecord | PromptRecord], errors.SkipReport]:
   """All records of `paths` plus the SkipReport (see iter_records)."""
   report = errors.SkipReport()
   records = list(iter_records(paths, config, report))
   return records, report
+
+
+def read_prompt_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | None = None,
+                        ) -> tuple[list[PromptRecord], errors.SkipReport]:
+  """All PromptRecords of prompt files plus the SkipReport (read_records with the "prompts" format).
+
+  Args:
+    paths: one path or a list of paths (.jsonl, .jsonl.gz, .parquet).
+    config: an AdapterConfig with format "prompts" (default: strict, default columns, every column kept).
+  """
+  config = AdapterConfig("prompts") if config is None else config
+  if config.format != "prompts":
+    raise ValueError(f"read_prompt_records: config.format must be 'prompts', got {config.format!r}")
+  return read_records(paths, config)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping]) -> None:

@@ -2,18 +2,22 @@
 
 A prompt is either plain text or a list of chat messages ({"role": ..., "content": ...}); a response is
 plain text or a list of assistant messages. Scores may be on any scale (NaN-free; absent is None).
+A `PromptRecord` is a prompt alone (for the online stages, which generate the responses) plus the extra columns
+its reward functions read (reference answers, test cases, metadata).
 """
 
 import dataclasses
 import json
 import math
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
 Response = Union[str, list[Message]]
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
+# A prompt's chat messages end with one of these roles (after an assistant turn there is nothing to answer).
+PROMPT_LAST_ROLES = ("user", "tool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +96,35 @@ class KWayRecord:
       raise ValueError(f"{where}: best_index {self.best_index} outside [0, {len(self.completions)})")
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptRecord:
+  """A prompt for generation, with the columns passed through to reward functions.
+
+  Attributes:
+    prompt: text, or chat messages (the last one is the turn the model answers: role "user" or "tool").
+    columns: the row's other fields (JSON values: str, int, float, bool, None, lists, str-keyed dicts), unchanged,
+      e.g. {"answer": "12"}; reward functions read them by name.
+    source: where the record came from ("file.jsonl:17"), for error messages.
+  """
+
+  prompt: Prompt
+  columns: dict[str, Any] = dataclasses.field(default_factory=dict)
+  source: str | None = None
+
+  def __post_init__(self):
+    where = self.source or "record"
+    if isinstance(self.prompt, str):
+      if not self.prompt.strip():
+        raise ValueError(f"{where}: prompt is empty")
+    else:
+      validate_messages(self.prompt, f"{where}: prompt")
+      if self.prompt[-1]["role"] not in PROMPT_LAST_ROLES:
+        raise ValueError(f"{where}: prompt: the last message has role {self.prompt[-1]['role']!r}; a prompt ends "
+                         f"with the turn the model answers, one of {PROMPT_LAST_ROLES}")
+    if not isinstance(self.columns, dict) or not all(isinstance(k, str) for k in self.columns):
+      raise ValueError(f"{where}: columns must be a dict with string keys, got {self.columns!r}")
+
+
 def response_text(response: Response) -> str:
   """The text of a response: itself, or the concatenated contents of its assistant messages."""
   if isinstance(response, str):
@@ -119,17 +152,19 @@ def validate_messages(messages: Sequence, where: str) -> None:
       raise ValueError(f"{where}: message {i} content must be a string, got {type(m['content']).__name__}")
 
 
-def record_to_json(record: PreferenceRecord | KWayRecord) -> bytes:
-  """UTF-8 JSON bytes for a record (a "kind" key tells the two kinds apart); nested messages survive."""
+def record_to_json(record: PreferenceRecord | KWayRecord | PromptRecord) -> bytes:
+  """UTF-8 JSON bytes for a record (a "kind" key tells the kinds apart); nested messages survive."""
   fields = dataclasses.asdict(record)
-  fields["kind"] = "kway" if isinstance(record, KWayRecord) else "pair"
+  fields["kind"] = {KWayRecord: "kway", PromptRecord: "prompt"}.get(type(record), "pair")
   return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
 
-def record_from_json(data: bytes | str) -> PreferenceRecord | KWayRecord:
+def record_from_json(data: bytes | str) -> PreferenceRecord | KWayRecord | PromptRecord:
   """Inverse of record_to_json (tuples come back as tuples)."""
   fields = json.loads(data)
   kind = fields.pop("kind")
+  if kind == "prompt":
+    return PromptRecord(**fields)
   if kind == "kway":
     fields["completions"] = tuple(fields["completions"])
     fields["scores"] = None if fields["scores"] is None else tuple(fields["scores"])

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
+from jaxrlhf.data import prompts as prompts_lib
 from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.losses import aggregation as aggregation_lib
 from jaxrlhf.losses import policy_gradient as pg
@@ -277,11 +278,6 @@ class CallbackErrors:
       raise self.error from error
 
 
-def _texts(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-  return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m > 0], skip_special_tokens=True)
-          for row, mrow in zip(tokens, mask)]
-
-
 def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label: str,
                errors: CallbackErrors | None = None) -> Score:
   """A text reward as a jittable score: a `jax.pure_callback` that decodes the completions and calls
@@ -291,7 +287,8 @@ def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label
   def host(tokens, mask, index):
     try:
       prompts, columns = table.rows(np.asarray(index))
-      return text_rewards.call_reward_function(fn, prompts, _texts(tokenizer, tokens, mask), columns, name=label)
+      return text_rewards.call_reward_function(fn, prompts, prompts_lib.decode_completions(tokenizer, tokens, mask),
+                                                columns, name=label)
     except BaseException as e:
       if errors is not None and errors.error is None:
         errors.error = e
