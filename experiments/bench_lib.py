@@ -381,7 +381,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   del pretrained
   state = setup.init()
   step_fn = rl.make_rl_step(setup.graphdef, cfg, optimizer, rewards_lib.build_sources(cfg.rewards),
-                            eos_id=EOS_ID, pad_id=PAD_ID)
+                            eos_ids=(EOS_ID,), pad_id=PAD_ID)
   rng = np.random.default_rng(seed)
   batches = [{"prompt_ids": rng.integers(2, config.vocab_size, (shape.rl_prompts, shape.gen_prompt)).astype(np.int32),
               "prompt_mask": np.ones((shape.rl_prompts, shape.gen_prompt), np.int32),

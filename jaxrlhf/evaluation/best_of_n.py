@@ -20,11 +20,19 @@ import numpy as np
 from jaxrlhf.sampling.best_of_n import best_of_n_curves, best_of_n_kl
 
 
-def curve_metrics(curves: dict[str, np.ndarray], gold_std: float, proxy_std: float) -> dict[str, float]:
-  """The summary metrics of one selector's curves (see the module docstring)."""
-  g, p = np.asarray(curves["gold"]), np.asarray(curves["proxy"])
+def curve_metrics(curves: dict[str, np.ndarray], gold_std: float | None, proxy_std: float) -> dict[str, float]:
+  """The summary metrics of one selector's curves (see the module docstring); without a "gold" curve (real
+  prompts, `gold_std` None) only the proxy and length metrics."""
+  p = np.asarray(curves["proxy"])
   ns = np.asarray(curves["n"])
   half = int(np.argmin(np.abs(ns - ns[-1] / 2)))
+  if "gold" not in curves:
+    out = {"proxy@1": p[0], "proxy@N": p[-1], "proxy_gain_std": (p[-1] - p[0]) / proxy_std,
+           "proxy_slope_std": (p[-1] - p[half]) / proxy_std}
+    if "length" in curves:
+      out["length@1"], out["length@N"] = curves["length"][0], curves["length"][-1]
+    return {k: float(v) for k, v in out.items()}
+  g = np.asarray(curves["gold"])
   peak = int(np.argmax(g))
   out = {"gold@1": g[0], "gold@N": g[-1], "proxy@1": p[0], "proxy@N": p[-1],
          "gold_gain_std": (g[-1] - g[0]) / gold_std, "proxy_gain_std": (p[-1] - p[0]) / proxy_std,
@@ -47,7 +55,7 @@ def standardize_members(scores_BxNxK: np.ndarray) -> np.ndarray:
   return (scores - scores.mean(axis=(0, 1))) / np.where(std > 0, std, 1.0)
 
 
-def member_average_curves(scores_BxNxK: np.ndarray, gold_BxN: np.ndarray, lengths_BxN: np.ndarray
+def member_average_curves(scores_BxNxK: np.ndarray, gold_BxN: np.ndarray | None, lengths_BxN: np.ndarray
                           ) -> tuple[dict[str, np.ndarray], float]:
   """(the member average of the K single-member best-of-n curves, the members' mean proxy std)."""
   per_member = [best_of_n_curves(scores_BxNxK[..., k], gold_BxN, lengths_BxN=lengths_BxN)

@@ -72,9 +72,11 @@ def plot_best_of_n(path: str | os.PathLike, curves: Mapping[str, Sequence[float]
   """Best-of-n curves (the dict of `jaxrlhf.sampling.best_of_n_curves`): reward against n (log2 axis) on the
   left, against KL on the right (analytic log n - (n-1)/n, and the pool estimate when present).
 
-  `curves` needs "n", "gold" and "kl"; "proxy", "gold_oracle" and "kl_estimate" are drawn when present.
+  `curves` needs "n", "kl" and "gold" or "proxy" (real prompts have no gold); "proxy", "gold_oracle", "length"
+  (on a second axis) and "kl_estimate" are drawn when present.
   """
-  missing = [k for k in ("n", "gold", "kl") if k not in curves]
+  missing = [k for k in ("n", "kl") if k not in curves] + ([] if "gold" in curves or "proxy" in curves
+                                                           else ["gold or proxy"])
   if missing:
     raise ValueError(f"curves is missing keys {missing}; expected the output of best_of_n_curves")
   n = _series("n", curves["n"])

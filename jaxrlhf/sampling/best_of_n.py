@@ -269,17 +269,17 @@ def best_of_n_curves(proxy_BxN, gold_BxN, ns: Sequence[int] | None = None, lengt
   "kl" (log n - (n-1)/n) and "kl_estimate" (best_of_n_kl_estimate averaged over prompts); with `lengths_BxN`
   (response lengths in tokens) also "length": the expected length of the response best-of-n selects by proxy
   (the same unbiased estimator with length in place of gold: does selection push past the gold optimum?).
+  Without a gold reward (`gold_BxN` None: real prompts) the "gold" and "gold_oracle" curves are left out.
   """
   proxy, gold = _pools(proxy_BxN, gold_BxN)
   ns = _check_ns(ns, proxy.shape[1])
-  out = {
-      "n": ns.astype(np.float64),
-      "gold": unbiased_best_of_n(proxy, gold, ns).mean(0),
-      "proxy": unbiased_best_of_n(proxy, proxy, ns).mean(0),
-      "gold_oracle": unbiased_best_of_n(gold, gold, ns).mean(0),
-      "kl": best_of_n_kl(ns),
-      "kl_estimate": best_of_n_kl_estimate(proxy, ns).mean(0),
-  }
+  out = {"n": ns.astype(np.float64)}
+  if gold is not None:
+    out["gold"] = unbiased_best_of_n(proxy, gold, ns).mean(0)
+  out["proxy"] = unbiased_best_of_n(proxy, proxy, ns).mean(0)
+  if gold is not None:
+    out["gold_oracle"] = unbiased_best_of_n(gold, gold, ns).mean(0)
+  out.update(kl=best_of_n_kl(ns), kl_estimate=best_of_n_kl_estimate(proxy, ns).mean(0))
   if lengths_BxN is not None:
     if np.size(lengths_BxN) != proxy.size:
       raise ValueError(f"lengths_BxN must have the shape of proxy {proxy.shape}; got {np.shape(lengths_BxN)}")

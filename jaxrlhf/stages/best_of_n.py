@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrlhf.config import ConfigError, field, stage_ref
-from jaxrlhf.data import padding
 from jaxrlhf.evaluation.best_of_n import curve_metrics, member_average_curves, standardize_members
 from jaxrlhf.evaluation.plots import plot_best_of_n
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
@@ -42,18 +41,24 @@ from jaxrlhf.sampling.generate import generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
+from jaxrlhf.stages import reward_sources as rewards_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class BestOfNConfig:
-  """policy: "stage:<name>" or a HF folder. reward_model: "stage:<name>" or a saved RM folder ("" : gold only);
-  its K members are reduced by each of `aggregations` (one selector each, named "rm_<aggregation>")."""
+  """policy: "stage:<name>" or a HF folder. reward_model: "stage:<name>" or a saved RM folder (jaxrlhf or a HF
+  sequence-classification folder; "" : no RM); its K members are reduced by each of `aggregations` (one selector
+  each, named "rm_<aggregation>"). rewards: further reward sources (`stages.reward_sources`: text rewards, Python
+  functions, other reward models), one selector each, named by the source. prompts: the world's test prompts
+  (with the gold reward as a selector and as the curves' truth) or the held-out prompts of prompt files (no gold:
+  the curves are each selector's own reward and the selected length)."""
   seed: int = field(0)
   policy: str = stage_ref("model_dir")
   reward_model: str = stage_ref("rm_dir")
   aggregations: tuple[str, ...] = field(("mean",))
   lam: float = field(1.0, min=0.0)
-  world: dict = field(default_factory=dict)
+  rewards: tuple[rewards_lib.RewardSourceSpec, ...] = field(())
+  prompts: inputs_lib.PromptSpec = field(default_factory=inputs_lib.PromptSpec)
   num_prompts: int = field(64, min=1)
   pool_size: int = field(64, min=2)
   batch_size: int = field(8, min=1)  # Prompts per generate call (R = batch_size * pool_size rows).
@@ -72,28 +77,33 @@ class BestOfNConfig:
     if bad or not self.aggregations:
       raise ConfigError(f"{path}.aggregations: {bad or '()'} invalid; valid choices: "
                         f"{', '.join(AGGREGATION_METHODS)}")
-    inputs_lib.check_world(self.world, path)
+    for i, r in enumerate(self.rewards):
+      if r.kind in rewards_lib.WORLD_KINDS or r.standardize:
+        raise ConfigError(f"{path}.rewards[{i}]: gold / process sources and standardize are not selectors here (the "
+                          "world's gold is always one; `standardize` standardizes the reward model's members)")
+    if not self.reward_model and not self.rewards and self.prompts.source != "world":
+      raise ConfigError(f"{path}.reward_model: prompt files have no gold reward: give a reward_model or rewards")
 
 
 POOL_KEYS = ("prompt_ids", "prompt_mask", "tokens", "mask", "gold", "lengths")
 
 
-def generate_pools(model: Any, world: Any, cfg: BestOfNConfig) -> dict[str, np.ndarray]:
-  """Pools of N = pool_size samples for each of the num_prompts test prompts (P = num_prompts):
-  prompt_ids / prompt_mask (P, Lp), tokens / mask (P, N, T), gold (P, N) float64, lengths (P, N) int."""
-  tok = world.tokenizer
-  ids, mask = padding.encode_prompts(tok, world.prompts(cfg.num_prompts, "test"), cfg.max_prompt_length)
+def generate_pools(model: Any, prompts: inputs_lib.PromptSet, cfg: BestOfNConfig, eos_ids: tuple[int, ...],
+                   pad_id: int, gold_fn: Any = None) -> dict[str, np.ndarray]:
+  """Pools of N = pool_size samples for each of the P prompts: prompt_ids / prompt_mask (P, Lp), tokens / mask
+  (P, N, T), lengths (P, N) int and, with `gold_fn` (the world's jittable r*), gold (P, N) float64."""
+  ids, mask = prompts.ids, prompts.mask
   n = cfg.pool_size
-  gold_fn = jax.jit(world.gold_reward)
-  out = {k: [] for k in POOL_KEYS[2:]}
+  out = {k: [] for k in POOL_KEYS[2:] if k != "gold" or gold_fn is not None}
   for start in range(0, ids.shape[0], cfg.batch_size):
     p_ids, p_mask = ids[start:start + cfg.batch_size], mask[start:start + cfg.batch_size]
     gen = generate(model, p_ids, p_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), start), eos_ids=tok.eos_id,
-                   pad_id=tok.pad_id, num_samples=n)
-    rep_ids, rep_mask = np.repeat(p_ids, n, axis=0), np.repeat(p_mask, n, axis=0)
+                   rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), start), eos_ids=eos_ids,
+                   pad_id=pad_id, num_samples=n)
     b = p_ids.shape[0]
-    out["gold"].append(np.asarray(gold_fn(rep_ids, rep_mask, gen.tokens, gen.mask), np.float64).reshape(b, n))
+    if gold_fn is not None:
+      rep_ids, rep_mask = np.repeat(p_ids, n, axis=0), np.repeat(p_mask, n, axis=0)
+      out["gold"].append(np.asarray(gold_fn(rep_ids, rep_mask, gen.tokens, gen.mask), np.float64).reshape(b, n))
     out["lengths"].append(np.asarray(gen.lengths).reshape(b, n))
     out["tokens"].append(np.asarray(gen.tokens).reshape(b, n, -1))
     out["mask"].append(np.asarray(gen.mask).reshape(b, n, -1))
@@ -102,26 +112,50 @@ def generate_pools(model: Any, world: Any, cfg: BestOfNConfig) -> dict[str, np.n
   return pools
 
 
+def _pool_rows(pools: dict[str, np.ndarray], start: int, batch_size: int) -> dict[str, np.ndarray]:
+  """The rollout rows (prompt-major, b * N) of the pools' prompts [start, start + batch_size)."""
+  sl = slice(start, start + batch_size)
+  b, n = pools["tokens"][sl].shape[:2]
+  return {"prompt_ids": np.repeat(pools["prompt_ids"][sl], n, axis=0),
+          "prompt_mask": np.repeat(pools["prompt_mask"][sl], n, axis=0),
+          "tokens": pools["tokens"][sl].reshape(b * n, -1), "mask": pools["mask"][sl].reshape(b * n, -1),
+          "prompt_index": np.repeat(np.arange(start, start + b, dtype=np.int32), n)}
+
+
 def score_pools(rm: Any, pools: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
   """float64 (P, N, K) reward-model scores of every pooled sample (K = 1 for a single model)."""
   rm_fn = reward_model_scorer(rm)
-  num_prompts, n = pools["gold"].shape
+  num_prompts, n = pools["tokens"].shape[:2]
   scores = []
   for start in range(0, num_prompts, batch_size):
-    sl = slice(start, start + batch_size)
-    b = pools["prompt_ids"][sl].shape[0]
-    r = rm_fn(np.repeat(pools["prompt_ids"][sl], n, axis=0), np.repeat(pools["prompt_mask"][sl], n, axis=0),
-              pools["tokens"][sl].reshape(b * n, -1), pools["mask"][sl].reshape(b * n, -1))
-    scores.append(np.asarray(r, np.float64).reshape(b, n, -1))
+    rows = _pool_rows(pools, start, batch_size)
+    r = np.asarray(rm_fn(rows["prompt_ids"], rows["prompt_mask"], rows["tokens"], rows["mask"]), np.float64)
+    scores.append(r.reshape(r.shape[0] // n, n, -1))
   return np.concatenate(scores)
+
+
+def source_scores(scores: Any, pools: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """{source label: float64 (P, N)} of every pooled sample under `scores` (`reward_sources.jit_scores`);
+  ValueError naming a source that could not score some samples (a best-of-n selector must score them all)."""
+  num_prompts, n = pools["tokens"].shape[:2]
+  out: dict[str, list[np.ndarray]] = {}
+  for start in range(0, num_prompts, batch_size):
+    for label, r in scores(_pool_rows(pools, start, batch_size)).items():
+      out.setdefault(label, []).append(np.asarray(r, np.float64).reshape(-1, n))
+  result = {k: np.concatenate(v) for k, v in out.items()}
+  for label, r in result.items():
+    if np.isnan(r).any():
+      raise ValueError(f"rewards ({label}): {int(np.isnan(r).sum())} of {r.size} pooled samples are not scorable "
+                       "(NaN / None); a best-of-n selector must score every sample")
+  return result
 
 
 def load_pools(path: str, cfg: BestOfNConfig) -> dict[str, np.ndarray]:
   """The pools saved by another best_of_n stage; ValueError unless they match num_prompts and pool_size."""
   with np.load(path) as f:
-    pools = {k: f[k] for k in POOL_KEYS}
-  if pools["gold"].shape != (cfg.num_prompts, cfg.pool_size):
-    raise ValueError(f"pool_from: {path!r} holds pools of shape {pools['gold'].shape}; this stage expects "
+    pools = {k: f[k] for k in POOL_KEYS if k in f}
+  if pools["tokens"].shape[:2] != (cfg.num_prompts, cfg.pool_size):
+    raise ValueError(f"pool_from: {path!r} holds pools of shape {pools['tokens'].shape[:2]}; this stage expects "
                      f"(num_prompts, pool_size) = ({cfg.num_prompts}, {cfg.pool_size})")
   return pools
 
@@ -129,17 +163,25 @@ def load_pools(path: str, cfg: BestOfNConfig) -> dict[str, np.ndarray]:
 def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   """Samples (or reuses) the pools, scores them, writes results.json, pool.npz and the plots; returns
   {"metrics", "results", "pool"}."""
-  world = inputs_lib.make_world(cfg.world)
+  policy_path = common.resolve_path(cfg.policy, inputs)
+  source = inputs_lib.open_prompts(cfg.prompts, policy_path)
+  world, tok = source.world, source.tokenizer
+  if world is not None:  # The world's test prompts, as `PromptSet` rows.
+    held_out = source.split("eval", cfg.num_prompts, cfg.max_prompt_length, world_split="test")
+  else:
+    held_out = source.split("eval", cfg.num_prompts, cfg.max_prompt_length)
   if cfg.pool_from:
     pools = load_pools(common.resolve_path(cfg.pool_from, inputs, "pool"), cfg)
   else:
-    pools = generate_pools(from_pretrained(common.resolve_path(cfg.policy, inputs))[0], world, cfg)
+    policy, policy_config = from_pretrained(policy_path)
+    pools = generate_pools(policy, held_out, cfg, inputs_lib.end_ids(tok, policy_config, world), tok.pad_id,
+                           jax.jit(world.gold_reward) if world is not None else None)
   rm = None
   if cfg.reward_model:
-    rm = artifacts.load_reward_model(common.resolve_path(cfg.reward_model, inputs, "rm_dir"))
-  gold, lengths = pools["gold"], pools["lengths"]
+    rm = artifacts.load_reward_model_any(common.resolve_path(cfg.reward_model, inputs, "rm_dir"))
+  gold, lengths = pools.get("gold"), pools["lengths"]
   rm_scores = score_pools(rm, pools, cfg.batch_size) if rm is not None else None
-  proxies = {"gold": gold}
+  proxies = {"gold": gold} if gold is not None else {}
   if rm_scores is not None:
     for agg in cfg.aggregations:
       proxies[f"rm_{agg}"] = np.asarray(aggregate(jnp.asarray(rm_scores, jnp.float32), agg, cfg.lam), np.float64)
@@ -147,23 +189,36 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
       z_scores = jnp.asarray(standardize_members(rm_scores), jnp.float32)
       for agg in cfg.aggregations:
         proxies[f"rmz_{agg}"] = np.asarray(aggregate(z_scores, agg, cfg.lam), np.float64)
+  if cfg.rewards:
+    errors = rewards_lib.CallbackErrors()
+    models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
+              for i, spec in enumerate(cfg.rewards) if spec.kind == "reward_model"}
+    sources = rewards_lib.build_sources(cfg.rewards, tokenizer=tok, table=held_out.table, errors=errors)
+    try:
+      proxies.update(source_scores(rewards_lib.jit_scores(sources, models), pools, cfg.batch_size))
+    except Exception as e:  # pylint: disable=broad-except
+      errors.reraise_from(e)
+      raise
   os.makedirs(workdir, exist_ok=True)
   pool_path = os.path.join(workdir, "pool.npz")
-  np.savez_compressed(pool_path, **{k: pools[k] for k in POOL_KEYS})
-  metrics = {"gold_std": float(np.std(gold)), "length/mean": float(np.mean(lengths))}
+  np.savez_compressed(pool_path, **{k: pools[k] for k in POOL_KEYS if k in pools})
+  metrics = {"length/mean": float(np.mean(lengths))}
+  if gold is not None:
+    metrics = {"gold_std": float(np.std(gold)), **metrics}
   all_curves = {name: (best_of_n_curves(proxy, gold, lengths_BxN=lengths), float(np.std(proxy)))
                 for name, proxy in proxies.items()}
   if cfg.member_curves and rm_scores is not None:
     all_curves["rm_single"] = member_average_curves(rm_scores, gold, lengths)
   curves_out = {}
   for name, (curves, proxy_std) in all_curves.items():
-    metrics.update({f"{name}/{k}": v for k, v in curve_metrics(curves, np.std(gold), proxy_std).items()})
+    gold_std = np.std(gold) if gold is not None else None
+    metrics.update({f"{name}/{k}": v for k, v in curve_metrics(curves, gold_std, proxy_std).items()})
     curves_out[name] = {k: np.asarray(v).tolist() for k, v in curves.items()}
     curves_out[name]["proxy_std"] = proxy_std
     if cfg.plots:
       plot_best_of_n(os.path.join(workdir, f"best_of_n_{name}.png"), curves,
                      title=f"best-of-n selected by {name} (N = {cfg.pool_size}, {cfg.num_prompts} prompts)")
-  results_path = common.write_results(workdir, metrics, curves=curves_out)
+  results_path = common.write_results(workdir, metrics, curves=curves_out, prompts=held_out.report)
   print("[best_of_n] " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.endswith(
-      ("/gold@N", "/gold_drop", "/length@N"))), flush=True)
+      ("/gold@N", "/gold_drop", "/length@N", "/proxy@N"))), flush=True)
   return {"metrics": metrics, "results": results_path, "pool": pool_path}

@@ -14,15 +14,19 @@ as a mean over prompts with a 95% confidence interval (`<name>_lower` / `<name>_
   length/policy  response tokens (end token included)
   proxy/policy   mean proxy reward (a reward model / ensemble after aggregation), with a reward model
 
-A goal-conditioned policy (reward-augmented DPO) samples on the top-score goal prompt; the base, the KL and the
-rewards see the plain prompt. Intervals are over prompts (the unit of sampling;
+Every reward source of `rewards` (`stages.reward_sources`: reward models, ensembles, text rewards such as exact
+match, Python functions) scores the policy's and the base's samples: reward/<name>/policy, /base, /gain (paired per
+prompt) and /win_rate (ties count half), each with its interval over the prompts it could score. On prompt files
+(`prompts.source="files"`, the held-out prompts) there is no gold reward: these sources, the KL and the lengths are
+the evaluation. A goal-conditioned policy (reward-augmented DPO) samples on the top-score goal prompt; the base, the
+KL and the rewards see the plain prompt. Intervals are over prompts (the unit of sampling;
 `jaxrlhf.evaluation.policy.confidence_interval`): with num_samples > 1, a prompt's samples are averaged first.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +44,7 @@ from jaxrlhf.sampling.generate import generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
+from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.train import scoring
 
 _METRIC_NAMES = {"gold": "gold/policy", "base_gold": "gold/base", "gold_gain": "gold/gain",
@@ -56,10 +61,12 @@ class EvaluatePolicyConfig:
   reward_model: str = stage_ref("rm_dir")
   aggregation: str = field("mean", choices=AGGREGATION_METHODS)
   lam: float = field(1.0)
+  rewards: tuple[rewards_lib.RewardSourceSpec, ...] = field(())
   goal_conditioned: bool = field(False)
   top_score: float = field(10.0)
-  world: dict = field(default_factory=dict)
+  prompts: inputs_lib.PromptSpec = field(default_factory=inputs_lib.PromptSpec)
   num_prompts: int = field(256, min=1)
+  max_prompt_length: int = field(256, min=1)  # Prompt files: the prompt budget in tokens (the world's are short).
   batch_size: int = field(64, min=1)
   max_new_tokens: int = field(32, min=1)
   temperature: float = field(1.0, min=1e-3)
@@ -68,7 +75,19 @@ class EvaluatePolicyConfig:
     for key in ("policy", "base"):
       if not getattr(self, key):
         raise ConfigError(f"{path}.{key}: required ('stage:<name>' or a HF folder; base is the KL reference)")
-    inputs_lib.check_world(self.world, path)
+    labels = [r.label for r in self.rewards]
+    if len(set(labels)) != len(labels):
+      raise ConfigError(f"{path}.rewards: source names must be distinct (set `name`), got {labels}")
+    for i, r in enumerate(self.rewards):
+      if r.standardize:
+        raise ConfigError(f"{path}.rewards[{i}].standardize: not available in evaluation (it needs the training "
+                          "prompts' reference responses); evaluate the raw members' aggregation")
+      if r.kind in rewards_lib.WORLD_KINDS:
+        raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r}: the gold reward is always reported on the world's "
+                          "prompts; list the other sources here")
+    if self.prompts.source != "world" and self.goal_conditioned:
+      raise ConfigError(f"{path}.goal_conditioned: the goal prompt is a synthetic-world format "
+                        f"({path}.prompts.source is {self.prompts.source!r})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +105,9 @@ class PolicyEvaluation:
     return out
 
 
-def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_fn: Scorer, rng: Any,
+def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_fn: Scorer | None, rng: Any,
                     max_new_tokens: int, proxy_fn: Scorer | None = None, aggregation: str | None = None,
+                    rewards: Callable[[dict], dict[str, Any]] | None = None, prompt_index_B: Any = None,
                     lam: float = 1.0, base=None, num_samples: int = 1, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, eos_ids: Sequence[int] = (),
                     pad_id: int = 0, ci: str = "normal", level: float = 0.95, num_resamples: int = 2000,
@@ -99,10 +119,13 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
     policy: the CausalLM to evaluate.
     reference: the CausalLM the KL is measured against (e.g. the SFT policy RL started from).
     prompt_ids_BxP, prompt_mask_BxP: left-padded prompts (B prompts; intervals are over them).
-    gold_fn: scorer for the gold reward, e.g. `jaxrlhf.sampling.gold_scorer(world)`.
+    gold_fn: scorer for the gold reward, e.g. `jaxrlhf.sampling.gold_scorer(world)`, or None (no gold reward).
     rng: PRNG key; the policy uses fold_in(rng, 0), the base policy fold_in(rng, 1).
     max_new_tokens: response budget.
     proxy_fn, aggregation, lam: optional proxy scorer ((R,) or (R, K) reduced by `aggregation`).
+    rewards: optional rollout -> {name: (R,) rewards, NaN where not scorable} (`reward_sources.jit_scores`),
+      applied to the policy's and the base's samples; rollout rows carry `prompt_index` = `prompt_index_B`
+      repeated (default arange(B)).
     base: the policy to compare win rates against (default: `reference`).
     num_samples: samples per prompt (averaged per prompt before the interval).
     temperature, top_k, top_p, eos_ids, pad_id, mesh: sampling settings for both policies (see `generate`).
@@ -112,7 +135,9 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
       DPO) is sampled on its goal prompt while the KL, the base samples and the rewards use the plain prompt.
 
   Returns:
-    PolicyEvaluation.
+    PolicyEvaluation: gold, base_gold, gold_gain, win_rate (with gold_fn), kl, length, proxy (with proxy_fn), and
+    per reward name n: n (policy), n/base, n/gain, n/win_rate (prompts where the policy's and the base's samples
+    could both be scored; a prompt's samples are averaged over those that could).
   """
   prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
   if (reference_prompt_ids_BxP is None) != (reference_prompt_mask_BxP is None):
@@ -136,57 +161,108 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
   def per_prompt(x) -> np.ndarray:
     return np.asarray(x, np.float64).reshape(B, S).mean(axis=1)
 
-  gold = np.asarray(gold_fn(ids_R, mask_R, gen.tokens, gen.mask), np.float64)
-  base_gold = np.asarray(gold_fn(ids_R, mask_R, base_gen.tokens, base_gen.mask), np.float64)
-  if gold.shape != (B * S,):
-    raise ValueError(f"gold_fn must return (R,) = ({B * S},) rewards, got {gold.shape}")
+  def per_prompt_scored(x) -> np.ndarray:  # The mean over a prompt's scorable samples (NaN if none).
+    x = np.asarray(x, np.float64).reshape(B, S)
+    n = np.sum(~np.isnan(x), axis=1)
+    return np.where(n > 0, np.nansum(x, axis=1) / np.maximum(n, 1), np.nan)
+
   kl = np.asarray(jnp.sum((gen.logps - ref_logps) * gen.mask, axis=1), np.float64)
-  values = {
-      "gold": per_prompt(gold),
-      "kl": per_prompt(kl),
-      "length": per_prompt(gen.lengths),
-      "win_rate": per_prompt(win_credit(gold, base_gold)),
-      "base_gold": per_prompt(base_gold),
-      "gold_gain": per_prompt(gold - base_gold),
-  }
+  values = {}
+  if gold_fn is not None:
+    gold = np.asarray(gold_fn(ids_R, mask_R, gen.tokens, gen.mask), np.float64)
+    base_gold = np.asarray(gold_fn(ids_R, mask_R, base_gen.tokens, base_gen.mask), np.float64)
+    if gold.shape != (B * S,):
+      raise ValueError(f"gold_fn must return (R,) = ({B * S},) rewards, got {gold.shape}")
+    values["gold"] = per_prompt(gold)
+  values.update(kl=per_prompt(kl), length=per_prompt(gen.lengths))
+  if gold_fn is not None:
+    values.update(win_rate=per_prompt(win_credit(gold, base_gold)), base_gold=per_prompt(base_gold),
+                  gold_gain=per_prompt(gold - base_gold))
   if proxy_fn is not None:
     values["proxy"] = per_prompt(reduce_scores(proxy_fn(ids_R, mask_R, gen.tokens, gen.mask), aggregation, lam))
-  metrics = {k: confidence_interval(v, ci, level, num_resamples) for k, v in values.items()}
+  if rewards is not None:
+    index_R = np.repeat(np.arange(B) if prompt_index_B is None else np.asarray(prompt_index_B), S).astype(np.int32)
+    scored = {}
+    for name, tokens, mask in (("policy", gen.tokens, gen.mask), ("base", base_gen.tokens, base_gen.mask)):
+      rollout = dict(prompt_ids=ids_R, prompt_mask=mask_R, tokens=tokens, mask=mask, prompt_index=index_R)
+      scored[name] = {k: np.asarray(v, np.float64) for k, v in rewards(rollout).items()}
+    for label, r in scored["policy"].items():
+      r_base = scored["base"][label]
+      both = ~np.isnan(r) & ~np.isnan(r_base)
+      values[label] = per_prompt_scored(r)
+      values[f"{label}/base"] = per_prompt_scored(r_base)
+      values[f"{label}/gain"] = per_prompt_scored(np.where(both, r - r_base, np.nan))
+      values[f"{label}/win_rate"] = per_prompt_scored(np.where(both, win_credit(np.nan_to_num(r),
+                                                                                 np.nan_to_num(r_base)), np.nan))
+  metrics = {k: confidence_interval(v[~np.isnan(v)], ci, level, num_resamples) for k, v in values.items()
+             if (~np.isnan(v)).any()}
   return PolicyEvaluation(metrics=metrics, per_prompt=values)
 
 
 def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
-  """Samples the policy and the base on the world's test prompts in batches; writes `workdir/results.json` and
-  returns {"metrics"}."""
-  world = inputs_lib.make_world(cfg.world)
-  tok = world.tokenizer
-  policy, _ = from_pretrained(common.resolve_path(cfg.policy, inputs))
+  """Samples the policy and the base on held-out prompts (the world's test split, or the held-out prompts of
+  prompt files) in batches; writes `workdir/results.json` and returns {"metrics"}."""
+  policy_path = common.resolve_path(cfg.policy, inputs)
+  source = inputs_lib.open_prompts(cfg.prompts, policy_path)
+  world, tok = source.world, source.tokenizer
+  policy, policy_config = from_pretrained(policy_path)
   base, _ = from_pretrained(common.resolve_path(cfg.base, inputs))
   proxy_fn = None
   if cfg.reward_model:
     rm_dir = common.resolve_path(cfg.reward_model, inputs, key="rm_dir")
-    proxy_fn = reward_model_scorer(artifacts.load_reward_model(rm_dir))
-  texts = world.prompts(cfg.num_prompts, "test")
+    proxy_fn = reward_model_scorer(artifacts.load_reward_model_any(rm_dir))
+  if world is not None:
+    texts = world.prompts(cfg.num_prompts, "test")
+    table = rewards_lib.PromptTable(texts)
+  else:
+    held_out = source.split("eval", cfg.num_prompts, cfg.max_prompt_length)
+    table = held_out.table
+  rewards = None
+  errors = rewards_lib.CallbackErrors()
+  if cfg.rewards:
+    models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
+              for i, spec in enumerate(cfg.rewards) if spec.kind == "reward_model"}
+    sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tok, table=table, errors=errors)
+    scores = rewards_lib.jit_scores(sources, models)
+    rewards = lambda rollout: {f"reward/{k}": v for k, v in scores(rollout).items()}  # noqa: E731
+  eos_ids = inputs_lib.end_ids(tok, policy_config, world)
   per_prompt: dict[str, list[np.ndarray]] = {}
-  for start in range(0, len(texts), cfg.batch_size):
-    chunk = texts[start:start + cfg.batch_size]
-    plain_rows = [tokenize_lib.encode_prompt(tok, t) for t in chunk]
-    policy_rows = ([tokenize_lib.encode_prompt(tok, inference_prompt(t, cfg.top_score)) for t in chunk]
-                   if cfg.goal_conditioned else plain_rows)
-    ids, mask = padding.pad_prompts(policy_rows, tok.pad_id)
-    ref_ids, ref_mask = padding.pad_prompts(plain_rows, tok.pad_id)
-    result = evaluate_policy(
-        policy, base, ids, mask, gold_fn=gold_scorer(world), proxy_fn=proxy_fn, aggregation=cfg.aggregation,
-        lam=cfg.lam, rng=jax.random.PRNGKey(cfg.seed + start), max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, eos_ids=(tok.eos_id,), pad_id=tok.pad_id,
-        reference_prompt_ids_BxP=ref_ids, reference_prompt_mask_BxP=ref_mask)
+  num = len(table.prompts)
+  for start in range(0, num, cfg.batch_size):
+    if world is not None:
+      chunk = texts[start:start + cfg.batch_size]
+      plain_rows = [tokenize_lib.encode_prompt(tok, t) for t in chunk]
+      policy_rows = ([tokenize_lib.encode_prompt(tok, inference_prompt(t, cfg.top_score)) for t in chunk]
+                     if cfg.goal_conditioned else plain_rows)
+      ids, mask = padding.pad_prompts(policy_rows, tok.pad_id)
+      ref_ids, ref_mask = padding.pad_prompts(plain_rows, tok.pad_id)
+    else:
+      ids = ref_ids = held_out.ids[start:start + cfg.batch_size]
+      mask = ref_mask = held_out.mask[start:start + cfg.batch_size]
+    try:
+      result = evaluate_policy(
+          policy, base, ids, mask, gold_fn=gold_scorer(world) if world is not None else None, proxy_fn=proxy_fn,
+          aggregation=cfg.aggregation, lam=cfg.lam, rewards=rewards,
+          prompt_index_B=np.arange(start, start + ids.shape[0]), rng=jax.random.PRNGKey(cfg.seed + start),
+          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, eos_ids=eos_ids, pad_id=tok.pad_id,
+          reference_prompt_ids_BxP=ref_ids, reference_prompt_mask_BxP=ref_mask)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
+      raise
     for name, values in result.per_prompt.items():
       per_prompt.setdefault(name, []).append(values)
   metrics = {}
   for name, chunks in per_prompt.items():
-    estimate = confidence_interval(np.concatenate(chunks))
-    key = _METRIC_NAMES[name]
+    values = np.concatenate(chunks)
+    values = values[~np.isnan(values)]
+    if not values.size:
+      continue
+    estimate = confidence_interval(values)
+    policy_reward = name.startswith("reward/") and name.count("/") == 1  # reward/<source> of the policy
+    key = f"{name}/policy" if policy_reward else _METRIC_NAMES.get(name, name)
     metrics.update({key: estimate.mean, f"{key}_lower": estimate.lower, f"{key}_upper": estimate.upper})
+    if policy_reward:
+      metrics[f"{name}/prompts"] = float(values.size)  # How many prompts the source could score.
   common.write_results(workdir, metrics)
   print("[evaluate_policy] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "_lower" not in k
                                          and "_upper" not in k), flush=True)

@@ -21,7 +21,9 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
+from jaxrlhf.data import padding
 from jaxrlhf.data import pipeline as pipeline_lib
+from jaxrlhf.data import prompts as prompts_lib
 from jaxrlhf.data import tokenize
 from jaxrlhf.data import transforms
 from jaxrlhf.data.synthetic import World, WorldConfig
@@ -30,6 +32,7 @@ from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import layer_param_specs
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
+from jaxrlhf.stages.reward_sources import PromptTable
 from jaxrlhf.train import scoring
 
 MARGIN_SOURCES = ("none", "file", "score", "reward_model")
@@ -460,6 +463,127 @@ def reward_margins(rm_dir: str, records: list, tokenizer: Any, data: DataSpec) -
     raise ValueError(f"data.reward_model ({rm_dir}): {e}") from None
 
 # ------------------------------------------------------------------------------------------------ prompts
+PROMPT_SOURCES = ("world", "files")
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSpec:
+  """Where an online stage's prompts come from (the `prompts` section of rl, best_of_n and evaluate_policy).
+
+  source "world": the synthetic gold-reward world (`world` = WorldConfig kwargs) with its own tokenizer; a train
+    prompt comes with its reference response (the column "references", which BLEU reads and ensemble
+    standardization scores). "files": JSONL / JSONL.gz / parquet prompt files (`paths`), a text prompt or chat
+    messages per row (`columns` renames the "prompt" / "messages" columns), every other column (or `keep_columns`)
+    passed through to reward functions; held-out prompts from `eval_paths`, else the last `eval_fraction` of the
+    rows. `strict`: the first bad row fails (file:line); otherwise bad rows are skipped and counted. Rendered with
+    the policy's tokenizer (`tokenizer`: a HF folder or .gguf; default the policy model's) and chat template:
+    `chat_template` "auto" (chat prompts rendered with the generation prompt, text prompts as they are), "always"
+    (text prompts too, as one user message), "never".
+  """
+  source: str = field("world", choices=PROMPT_SOURCES)
+  world: dict = field(default_factory=dict)
+  paths: tuple[str, ...] = field(())
+  eval_paths: tuple[str, ...] = field(())
+  eval_fraction: float = field(0.1, min=0.0, max=0.9)
+  columns: dict = field(default_factory=dict)
+  keep_columns: tuple[str, ...] = field(())
+  strict: bool = field(False)
+  chat_template: str = field("auto", choices=prompts_lib.CHAT_TEMPLATE_MODES)
+  tokenizer: str = field("", must_exist=True)
+
+  def validate(self, path: str) -> None:
+    if self.source == "world":
+      check_world(self.world, path)
+      return
+    if not self.paths:
+      raise ConfigError(f"{path}.paths: required when {path}.source='files' (prompt files: .jsonl, .jsonl.gz or "
+                        ".parquet)")
+    for key in ("paths", "eval_paths"):
+      for i, p in enumerate(getattr(self, key)):
+        if not os.path.exists(p):
+          raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
+    unknown = sorted(set(self.columns) - {"prompt", "messages"})
+    if unknown:
+      raise ConfigError(f"{path}.columns.{unknown[0]}: unknown; valid keys: messages, prompt")
+    if not self.eval_paths and self.eval_fraction == 0:
+      raise ConfigError(f"{path}.eval_fraction: 0 leaves no held-out prompts; set it or {path}.eval_paths")
+
+
+class PromptSet(NamedTuple):
+  """N prompts ready to sample from: left-padded ids / mask (N, P) int32; the table reward functions read
+  (`table.prompts[i]`: the prompt as given, text or messages; `table.columns`); the rendering report; and, for
+  the world's train prompts, the reference responses (else None)."""
+  ids: np.ndarray
+  mask: np.ndarray
+  table: PromptTable
+  report: dict
+  references: list | None = None
+
+
+class OnlinePrompts(NamedTuple):
+  """A stage's prompt source opened: the world (None for files), the tokenizer, the spec, and for files the records
+  read once: (train, held-out, report)."""
+  world: Any
+  tokenizer: Any
+  spec: PromptSpec
+  files: tuple[list, list, dict] | None = None
+
+  def split(self, split: str, n: int, width: int, *, world_split: str | None = None) -> PromptSet:
+    """`n` prompts (0: all, files only) of `split` ("train" or "eval"), left-padded to `width` tokens. The world
+    draws eval prompts from `world_split` ("validation" or "test"); files from the held-out prompts."""
+    if self.world is not None:
+      if split == "train":
+        records = self.world.sft_records(n, "train")
+        texts = [r.prompt for r in records]
+        ids, mask = padding.encode_prompts(self.tokenizer, texts, width)
+        refs = [r.response for r in records]
+        return PromptSet(ids, mask, PromptTable(texts, {"references": [[r] for r in refs]}),
+                         {"num_prompts": len(texts), "source": "world"}, refs)
+      texts = self.world.prompts(n, world_split or "validation")
+      ids, mask = padding.encode_prompts(self.tokenizer, texts, width)
+      return PromptSet(ids, mask, PromptTable(texts), {"num_prompts": len(texts), "source": "world"})
+    train, held_out, report = self.files
+    records = train if split == "train" else held_out
+    if not records:
+      raise ValueError(f"prompts: no {'held-out' if split != 'train' else 'train'} prompts in "
+                       f"{list(self.spec.eval_paths or self.spec.paths)} ({report['line']})")
+    records = records[:n] if n else records
+    ids, mask, rendering = prompts_lib.encode_prompt_records(self.tokenizer, records, width,
+                                                             chat_template=self.spec.chat_template)
+    names = sorted({k for r in records for k in r.columns})
+    columns = {k: [r.columns.get(k) for r in records] for k in names}
+    return PromptSet(ids, mask, PromptTable([r.prompt for r in records], columns),
+                     {**rendering, "source": "files", "files": report})
+
+
+def open_prompts(spec: PromptSpec, model_path: str) -> OnlinePrompts:
+  """The prompt source of an online stage: the world and its tokenizer, or files rendered by `spec.tokenizer` /
+  the policy model's tokenizer (`model_path`)."""
+  if spec.source == "world":
+    world = make_world(spec.world)
+    return OnlinePrompts(world, world.tokenizer, spec)
+  path = spec.tokenizer or model_path
+  if not path:
+    raise ValueError("prompts.tokenizer: needed for prompt files with a randomly initialized model (a HF folder or "
+                     ".gguf whose tokenizer renders the prompts)")
+  config = AdapterConfig("prompts", columns=dict(spec.columns), strict=spec.strict,
+                         keep_columns=list(spec.keep_columns) or None)
+  train, held_out, report = prompts_lib.read_prompt_splits(list(spec.paths), list(spec.eval_paths), config,
+                                                           eval_fraction=spec.eval_fraction)
+  print(f"[data] {report['line']}", flush=True)
+  return OnlinePrompts(None, load_tokenizer(path), spec, (train, held_out, report))
+
+
+def end_ids(tokenizer: Any, model_config: ModelConfig | None = None, world: Any = None) -> tuple[int, ...]:
+  """The tokens that end a sampled response: the tokenizer's end-of-turn / eos token, plus the model config's eos
+  ids for a real model (an instruct model may end with either); the world's models end with its eos only."""
+  ids = [tokenizer.eos_id]
+  if world is None and model_config is not None and model_config.eos_token_id is not None:
+    extra = model_config.eos_token_id
+    ids += list(extra) if isinstance(extra, (tuple, list)) else [extra]
+  return tuple(dict.fromkeys(int(i) for i in ids))
+
+
 class PromptIterator:
   """Endless batches of left-padded prompts {prompt_ids, prompt_mask (B, P) int32, prompt_index (B,) int32},
   a fresh seeded permutation each epoch; get_state/set_state for an exact resume."""

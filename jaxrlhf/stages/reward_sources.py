@@ -349,6 +349,23 @@ def combined_rewards(sources: Sequence[RewardSource], models: Mapping[str, Any],
   return sum(term(s) for s in sources), per_source
 
 
+def jit_scores(sources: Sequence[RewardSource], models: Mapping[str, Any]
+               ) -> Callable[[Rollout], dict[str, jax.Array]]:
+  """rollout -> {label: float32 (R,)} of every source, as one jitted program with the reward models' weights as
+  arguments (not baked-in constants); for scoring samples outside a train step (evaluation, best-of-N pools)."""
+  names = sorted(models)
+  split = {n: nnx.split(models[n]) for n in names}
+  graphdefs = {n: g for n, (g, _) in split.items()}
+
+  @jax.jit
+  def score(states, rollout):
+    merged = {n: nnx.merge(graphdefs[n], states[n]) for n in names}
+    return {s.label: s.score(merged, rollout).astype(jnp.float32) for s in sources}
+
+  states = {n: st for n, (_, st) in split.items()}
+  return lambda rollout: score(states, {k: jnp.asarray(v) for k, v in rollout.items()})
+
+
 def load_reward_models(specs: Sequence[RewardSourceSpec], inputs: dict,
                        reference: tuple[np.ndarray, ...] | None = None
                        ) -> tuple[dict[str, tuple[Any, dict]], dict[int, tuple[np.ndarray, np.ndarray]]]:

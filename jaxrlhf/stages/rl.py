@@ -86,15 +86,17 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """The "rl" stage (GRPO / RLOO on prompts of the synthetic world).
+  """The "rl" stage (GRPO / RLOO on the synthetic world's prompts or on prompt files).
 
-  Prompts: `num_prompts` reference samples of the world's train split (prompt + reference response, the
-  reference used by BLEU), `prompts_per_step` per rollout (R = prompts_per_step * num_generations rows),
-  padded to `max_prompt_length`; `eval_prompts` validation prompts for eval (gold, proxy, KL, length).
+  Prompts (`prompts`, `inputs.PromptSpec`): `num_prompts` train prompts (the world's come with reference
+  responses, the column "references"; files: 0 = all), `prompts_per_step` per rollout (R = prompts_per_step *
+  num_generations rows), left-padded to `max_prompt_length` tokens (a longer prompt keeps its last tokens; the
+  count is reported); `eval_prompts` held-out prompts for eval (the world's validation split: gold, proxy, KL,
+  length; files: every reward source, KL, length).
   """
   seed: int = field(0)
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
-  world: dict = field(default_factory=dict)
+  prompts: inputs_lib.PromptSpec = field(default_factory=inputs_lib.PromptSpec)
   num_prompts: int = field(1024, min=1)
   prompts_per_step: int = field(8, min=1)
   max_prompt_length: int = field(8, min=1)
@@ -120,7 +122,11 @@ class RLConfig:
     if self.loss.kl_mode != "none" and self.loss.beta == 0:
       raise ConfigError(f"{path}.loss.beta: must be > 0 with kl_mode={self.loss.kl_mode!r} (or set kl_mode "
                         "'none')")
-    inputs_lib.check_world(self.world, path)
+    if self.prompts.source != "world":
+      for i, r in enumerate(self.rewards):
+        if r.kind in rewards_lib.WORLD_KINDS:
+          raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r} is defined on the synthetic world's prompts only "
+                            f"({path}.prompts.source is {self.prompts.source!r})")
 
 # ------------------------------------------------------------------------------------------------ the model
 class RLModel(nnx.Module):
@@ -190,8 +196,9 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
 
 # ------------------------------------------------------------------------------------------------ rollout and step
 def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
-            sampling: SamplingConfig, sources: Sequence[rewards_lib.RewardSource], eos_id: int, pad_id: int,
-            world: Any = None, num_samples: int | None = None) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+            sampling: SamplingConfig, sources: Sequence[rewards_lib.RewardSource], eos_ids: tuple[int, ...],
+            pad_id: int, world: Any = None, num_samples: int | None = None
+            ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
   """Samples G completions per prompt and scores them -> (rollout batch of R rows, metrics); no gradients.
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
@@ -200,7 +207,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   g = num_samples or loss.num_generations
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
                  rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
-                 top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=(eos_id,), pad_id=pad_id,
+                 top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id,
                  num_samples=g)
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
@@ -213,8 +220,13 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   metrics: dict[str, Any] = {"tokens": metrics_lib.Sum(tokens), "completion_length": jnp.mean(gen.lengths),
                              "entropy": metrics_lib.Avg(jnp.sum(entropy), tokens)}
   total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
-  for label, r in per_source.items():
-    metrics[f"reward/{label}"] = jnp.mean(r)
+  for source in sources:
+    r = per_source[source.label]
+    if source.unscored_is_nan:  # A text reward: the mean over scorable rows, and the share of the others.
+      metrics[f"reward/{source.label}"] = jnp.nanmean(r)
+      metrics[f"reward/{source.label}/unscored"] = jnp.mean(jnp.isnan(r).astype(jnp.float32))
+    else:
+      metrics[f"reward/{source.label}"] = jnp.mean(r)
   if model.reference is not None:
     ref_logps, _ = scoring.response_logps(model.reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
                                   sampling.temperature)
@@ -233,7 +245,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
 
 
 def make_rl_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources: Sequence[rewards_lib.RewardSource],
-                 *, eos_id: int, pad_id: int, world: Any = None) -> state_lib.StepFn:
+                 *, eos_ids: tuple[int, ...], pad_id: int, world: Any = None) -> state_lib.StepFn:
   """The pure step (state, prompt batch) -> (state, metrics): one rollout, then `num_iterations` updates."""
   loss = cfg.loss
   inner = state_lib.make_train_step(graphdef, rl_loss_fn(loss, cfg.sampling.temperature, cfg.sampling.max_new_tokens),
@@ -246,7 +258,7 @@ def make_rl_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources:
     rng = rollout_key(state)
     model = nnx.merge(graphdef, state.params, state.extra)
     batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
-                             eos_id=eos_id, pad_id=pad_id, world=world)
+                             eos_ids=eos_ids, pad_id=pad_id, world=world)
     batch = {k: batch[k] for k in keep}
     state, stacked = jax.lax.scan(lambda s, _: inner(s, batch), state, None, length=loss.num_iterations)
     update_metrics = metrics_lib.stack_reduce(stacked)
@@ -288,20 +300,18 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
   return setup._replace(init=init)
 
 
-def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, tokenizer: Any):
-  """state -> {gold, reward/*, kl, completion_length, repeat_rate} of one sample per held-out prompt (fixed key)."""
-  texts = world.prompts(cfg.eval_prompts, "validation")
-  ids, mask = padding.encode_prompts(tokenizer, texts, cfg.max_prompt_length)
-  prompts = {"prompt_ids": ids, "prompt_mask": mask, "prompt_index": np.zeros(len(texts), np.int32)}
-  # BLEU and Python sources index the TRAIN prompt table (references, texts): not defined for these prompts.
-  eval_sources = [s for s, spec in zip(sources, cfg.rewards) if spec.kind in ("reward_model", "gold", "process")]
+def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inputs_lib.PromptSet, world: Any,
+             eos_ids: tuple[int, ...], pad_id: int):
+  """state -> {reward/*, kl, completion_length[, gold, repeat_rate]} of one sample per held-out prompt (fixed key)."""
+  prompts = {"prompt_ids": held_out.ids, "prompt_mask": held_out.mask,
+             "prompt_index": np.arange(held_out.ids.shape[0], dtype=np.int32)}
   eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo")
 
   @jax.jit
   def evaluate(state):
     model = nnx.merge(setup.graphdef, state.params, state.extra)
     _, m = rollout(model, prompts, jax.random.PRNGKey(cfg.seed + 1), loss=eval_loss, sampling=cfg.sampling,
-                   sources=eval_sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, world=world, num_samples=1)
+                   sources=sources, eos_ids=eos_ids, pad_id=pad_id, world=world, num_samples=1)
     return {k: v for k, v in m.items() if k.startswith(("reward/", "gold", "kl", "completion_length", "repeat_rate"))}
 
   def eval_fn(state):
@@ -312,30 +322,41 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, world: Any, to
 
 def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   """The "rl" stage: GRPO / RLOO training, eval on held-out prompts, saves the policy to `workdir/model`."""
-  world = inputs_lib.make_world(cfg.world)
-  tokenizer = world.tokenizer
+  model_path = common.resolve_path(cfg.model.init_from, inputs) if cfg.model.init_from else ""
+  source = inputs_lib.open_prompts(cfg.prompts, model_path)
+  world, tokenizer = source.world, source.tokenizer
   mesh = common.make_stage_mesh(cfg.mesh, cfg.num_devices)
   model_config, pretrained, _ = common.load_weights(cfg.model, inputs, tokenizer.vocab_size)
-  records = world.sft_records(cfg.num_prompts, "train")
-  prompts = [r.prompt for r in records]
-  ids, mask = padding.encode_prompts(tokenizer, prompts, cfg.max_prompt_length)
-  reference = (ids, mask, *padding.encode_responses(tokenizer, [r.response for r in records],
-                                                    cfg.sampling.max_new_tokens))
+  train = source.split("train", cfg.num_prompts, cfg.max_prompt_length)
+  reference = None
+  if train.references is not None:  # Standardization scores the reference responses as rollouts are scored.
+    reference = (train.ids, train.mask, *padding.encode_responses(tokenizer, train.references,
+                                                                  cfg.sampling.max_new_tokens))
   reward_models, member_stats = rewards_lib.load_reward_models(cfg.rewards, inputs, reference)
-  table = rewards_lib.PromptTable(prompts, {"references": [[r.response] for r in records]})
-  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, table=table,
-                                      member_stats=member_stats)
+  errors = rewards_lib.CallbackErrors()
+  sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, table=train.table,
+                                      member_stats=member_stats, errors=errors)
+  eos_ids, pad_id = inputs_lib.end_ids(tokenizer, model_config, world), tokenizer.pad_id
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
-  step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                         world=world)
-  data_iter = inputs_lib.PromptIterator(ids, mask, cfg.prompts_per_step, cfg.seed)
+  step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
+  data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_step, cfg.seed)
   eval_fn = None
   if cfg.eval_prompts:
-    eval_fn = _eval_fn(cfg, setup, sources, world, tokenizer)
+    held_out = source.split("eval", cfg.eval_prompts, cfg.max_prompt_length, world_split="validation")
+    if world is not None:  # The world's held-out prompts have no reference responses: model and world rewards.
+      eval_sources = [x for x, spec in zip(sources, cfg.rewards) if spec.kind in rewards_lib.MODEL_KINDS]
+    else:  # The held-out prompts' own texts and columns.
+      eval_sources = rewards_lib.build_sources(cfg.rewards, tokenizer=tokenizer, table=held_out.table,
+                                               member_stats=member_stats, errors=errors)
+    eval_fn = _eval_fn(cfg, setup, eval_sources, held_out, world, eos_ids, pad_id)
   replicated = NamedSharding(mesh, P())  # Prompt batches are tiny; R rows need not divide the mesh.
-  results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn)
+  try:
+    results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
+                             mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn)
+  except Exception as e:  # pylint: disable=broad-except
+    errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
+    raise
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
                                     prefix="policy")
-  return common.stage_outputs(results, model_dir=model_dir)
+  return common.stage_outputs(results, model_dir=model_dir, prompts=train.report)

@@ -4,6 +4,7 @@ whose results.json agrees with a direct recomputation from its pools."""
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -12,6 +13,7 @@ from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.evaluation import best_of_n as bon_metrics
 from jaxrlhf.stages import best_of_n as best_of_n_stage
+from jaxrlhf.stages import inputs
 from jaxrlhf.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble
@@ -50,7 +52,7 @@ def test_stage_on_tiny_models(tmp_path):
   save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), policy_dir)
   rm = RewardEnsemble(config, HeadConfig(), 2, rngs=nnx.Rngs(1))
   rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(rm))
-  cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"), "world": WORLD,
+  cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"), "prompts": {"world": WORLD},
                      "num_prompts": 4, "pool_size": 8, "batch_size": 4, "max_new_tokens": 6},
                     best_of_n_stage.BestOfNConfig)
   workdir = str(tmp_path / "bon")
@@ -64,7 +66,10 @@ def test_stage_on_tiny_models(tmp_path):
   assert np.all(np.diff(gold_curve["gold"]) >= -1e-9)  # selecting by gold itself never lowers gold
   np.testing.assert_allclose(gold_curve["kl"], best_of_n_kl(gold_curve["n"]))
   # Recompute the pools and check n = 1 (pool mean) and n = N (the proxy argmax's gold) by hand.
-  pools = best_of_n_stage.generate_pools(from_pretrained(policy_dir)[0], world, cfg)
+  prompts = inputs.open_prompts(cfg.prompts, "").split("eval", cfg.num_prompts, cfg.max_prompt_length,
+                                                      world_split="test")
+  pools = best_of_n_stage.generate_pools(from_pretrained(policy_dir)[0], prompts, cfg, (world.tokenizer.eos_id,),
+                                         world.tokenizer.pad_id, jax.jit(world.gold_reward))
   gold = pools["gold"]
   rm_scores = best_of_n_stage.score_pools(artifacts.load_reward_model(rm_dir), pools, cfg.batch_size)
   proxy = rm_scores.min(axis=-1)

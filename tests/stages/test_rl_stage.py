@@ -47,6 +47,8 @@ def test_reward_sources_weighted_sum_and_host_callbacks():
   words = {8: "alpha", 9: "beta", 10: "gamma", 2: "</s>"}
 
   class Tok:
+    eos_id = 2
+
     def decode(self, ids, skip_special_tokens=True):
       return " ".join(words[i] for i in ids if i != 2 or not skip_special_tokens)
 
@@ -191,7 +193,7 @@ def test_rollout_advantages_equal_library(world, algorithm, kl_mode):
   sampling = rl.SamplingConfig(max_new_tokens=6, temperature=0.9)
   sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
   batch, metrics = rl.rollout(model, _prompts(world), jax.random.PRNGKey(0), loss=loss, sampling=sampling,
-                              sources=sources, eos_id=world.tokenizer.eos_id, pad_id=world.tokenizer.pad_id,
+                              sources=sources, eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id,
                               world=world)
   gold = world.gold_reward_np(batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"])
   seq_k1 = np.sum((np.asarray(batch["old_logps"]) - np.asarray(batch["ref_logps"])) * np.asarray(batch["mask"]), 1)
@@ -214,7 +216,7 @@ def test_rollout_advantages_equal_library(world, algorithm, kl_mode):
 
 def _stage_config(workdir_steps, **loop):
   return from_config({
-      "seed": 3, "model": {"config": TINY}, "world": {"num_prompts": 256, "max_response_len": 12},
+      "seed": 3, "model": {"config": TINY}, "prompts": {"world": {"num_prompts": 256, "max_response_len": 12}},
       "num_prompts": 16, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0, "num_devices": 1,
       "rewards": ({"kind": "gold"}, {"kind": "python", "function": f"{__name__}:lengths_reward", "weight": 0.1}),
       "loss": {"algorithm": "grpo", "num_generations": 4, "num_iterations": 2, "beta": 0.05},
