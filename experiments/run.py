@@ -56,6 +56,7 @@ from jaxrlhf import config as config_lib
 from jaxrlhf.data.errors import DataFileError
 from jaxrlhf.models.errors import ModelFileError
 from jaxrlhf.parallel import distributed
+from jaxrlhf.rewards.calling import RewardFunctionError
 from jaxrlhf.stages.kinds import KINDS, StageKind
 from jaxrlhf.train.checkpoint import CheckpointError
 from jaxrlhf.train.loop import NonFiniteError
@@ -64,7 +65,7 @@ from jaxrlhf.train import workdir_lock
 # Failures whose message already says what went wrong and what to do: the command line prints one line (the
 # stage, the error, where the traceback is) instead of a traceback. Anything else keeps its traceback.
 KNOWN_ERRORS = (config_lib.ConfigError, DataFileError, ModelFileError, CheckpointError, NonFiniteError,
-                workdir_lock.LockError)
+                workdir_lock.LockError, RewardFunctionError)
 
 # Top-level keys of a config that belong to no stage.
 RESERVED_KEYS = ("kind", "stages", "tables", "plots")

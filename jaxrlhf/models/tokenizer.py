@@ -102,6 +102,19 @@ class Tokenizer:
     return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                             special_tokens=self._special_tokens)
 
+  def save_pretrained(self, folder: str | os.PathLike) -> None:
+    """Writes tokenizer.json + tokenizer_config.json (special tokens, chat template) into `folder`, the layout
+    `load_tokenizer` and transformers' `AutoTokenizer` read back, so a saved policy folder is self-contained."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    self.backend.save(str(folder / "tokenizer.json"))
+    config = {name: token for name, token in self._special_tokens.items() if token is not None}
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if self.chat_template is not None:
+      config["chat_template"] = self.chat_template
+    with (folder / "tokenizer_config.json").open("w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2, ensure_ascii=False)
+
   @functools.cached_property
   def supports_system_role(self) -> bool:
     """False when the template rejects or drops a system message (or there is no template)."""

@@ -11,7 +11,7 @@ kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy:
 from jaxrlhf.rewards.answers import answer_matches, exact_match, extract_answer, parse_number
 from jaxrlhf.rewards.bleu import bleu_reward, bleuberi_bleu, bleuberi_reward, sentence_bleu, tokenize_13a
 from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, call_style, check_rewards,
-                                     completion_text, load_function)
+                                     completion_text, describe, load_function)
 from jaxrlhf.rewards.combine import weighted_sum
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
 from jaxrlhf.rewards.shaping import length_penalty, regex_format

