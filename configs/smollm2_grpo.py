@@ -19,6 +19,13 @@ so the reward reads the last number rather than demanding the bare number (which
 Variants: default (GRPO), rloo, smoke and rloo_smoke (two tiny steps each, for CI). Sweep: seeds 0, 1, 2.
     python -m experiments.run --config configs/smollm2_grpo.py --workdir runs/smollm2_grpo
     python -m experiments.sweep --config configs/smollm2_grpo.py --workdir runs/smollm2_grpo_sweep
+
+Your own prompts, rewards and model: the top-level keys `model_path` (a HF folder or .gguf), `prompts.paths` /
+`prompts.eval_paths` (JSONL / JSONL.gz / parquet; no eval file: the last 10% of the rows are held out) and `rewards`
+(reward sources, `jaxrlhf.stages.reward_sources`) feed both stages, e.g.
+    python -m experiments.run --config configs/smollm2_grpo.py --workdir runs/mine \
+        --config.prompts.paths='("my_prompts.jsonl",)' --config.prompts.eval_paths='()' \
+        --config.rewards='({"kind": "python", "function": "my_rewards:score"},)'
 """
 
 from configs import _sections as S
@@ -52,12 +59,20 @@ def get_config(arg=None):
                                kl_estimator="k3", scale_rewards="group"))
     eval_kwargs = dict(num_prompts=256, batch_size=64, max_new_tokens=16)
   stages = {
-      algorithm: S.stage("rl", rl.RLConfig, model=dict(init_from=gguf), prompts=prompts, num_devices=1,
-                         rewards=(REWARD,), optimizer=dict(learning_rate=3e-6, clip_norm=1.0), **rl_kwargs),
+      algorithm: S.stage("rl", rl.RLConfig, prompts=prompts, num_devices=1,
+                         optimizer=dict(learning_rate=3e-6, clip_norm=1.0), **rl_kwargs),
       "evaluate": S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{algorithm}",
-                          base=gguf, prompts=prompts, rewards=(REWARD,), max_prompt_length=64, **eval_kwargs),
+                          prompts=prompts, max_prompt_length=64, **eval_kwargs),
   }
-  config = S.chain(stages, seed=0)
+  config = S.chain(stages, seed=0, model_path=gguf, rewards=(REWARD,),
+                   prompts=dict(paths=prompts["paths"], eval_paths=prompts["eval_paths"]))
+  # One command-line key feeds both stages: the policy's start and the evaluation's base, the files, the rewards.
+  config[algorithm].model.init_from = config.get_ref("model_path")
+  config.evaluate.base = config.get_ref("model_path")
+  for name in stages:
+    config[name].prompts.paths = config.prompts.get_ref("paths")
+    config[name].prompts.eval_paths = config.prompts.get_ref("eval_paths")
+    config[name].rewards = config.get_ref("rewards")
   config.tables = dict(metrics=("evaluate/reward/correct/policy", "evaluate/reward/correct/base",
                                 "evaluate/reward/correct/gain", "evaluate/reward/correct/win_rate", "evaluate/kl",
                                 "evaluate/length/policy"))
