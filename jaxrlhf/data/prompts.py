@@ -34,6 +34,9 @@ from jaxrlhf.data import tokenize as tokenize_lib
 from jaxrlhf.data.records import Prompt, PromptRecord, as_messages
 
 CHAT_TEMPLATE_MODES = ("auto", "always", "never")
+# Preference-file formats whose prompts can feed the online stages (`prompts_of_preferences`).
+PREFERENCE_FORMATS = ("pairwise", "chat", "hh", "ultrafeedback")
+PROMPT_FORMATS = ("prompts",) + PREFERENCE_FORMATS
 PAD_TO = ("max_length", "longest")
 
 Paths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -59,12 +62,13 @@ def split_prompts(records: Sequence[PromptRecord], eval_fraction: float, num_tra
 def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.AdapterConfig | None = None, *,
                        eval_fraction: float = 0.05, num_train: int = 0, num_eval: int = 0
                        ) -> tuple[list[PromptRecord], list[PromptRecord], dict]:
-  """(train, held-out, report) PromptRecords from prompt files.
+  """(train, held-out, report) PromptRecords from prompt files (or the prompts of preference files).
 
   Args:
     paths: the prompt files (.jsonl, .jsonl.gz, .parquet).
     eval_paths: held-out prompt files; when given, `eval_fraction` is not used and all of `paths` is train.
-    config: the AdapterConfig ("prompts" format; default strict, default columns, every column kept).
+    config: the AdapterConfig: the "prompts" format (default: strict, default columns, every column kept), or a
+      preference format of PREFERENCE_FORMATS, whose distinct prompts are read (`prompts_of_preferences`).
     eval_fraction, num_train, num_eval: the split and caps (module docstring); 0 = all.
 
   Returns:
@@ -76,9 +80,9 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
     DataFileError: a bad row in strict mode. ValueError: no usable train record.
   """
   config = adapters.AdapterConfig("prompts") if config is None else config
-  records, report = adapters.read_prompt_records(paths, config)
+  records, report = _read(paths, config)
   if eval_paths:
-    held_out, eval_report = adapters.read_prompt_records(eval_paths, config)
+    held_out, eval_report = _read(eval_paths, config)
     report.merge(eval_report)
     train = records[:num_train] if num_train else records
     held_out = held_out[:num_eval] if num_eval else held_out
@@ -93,6 +97,39 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
   summary = {**report.as_dict(), "line": line, "num_train": len(train), "num_eval": len(held_out),
              "held_out_in_train": sum(_key(r.prompt) in seen for r in held_out)}
   return train, held_out, summary
+
+
+def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | None = None) -> list[PromptRecord]:
+  """The distinct prompts of preference records, in file order (a repeated prompt keeps its first record), each
+  with that record's responses as the columns "chosen" / "rejected" (and "subset" when set), e.g. to sample a
+  policy on the prompts a reward model was trained or evaluated on. Repeats are counted in `report` as the note
+  "repeated_prompt" and `report.kept` becomes the number of prompts."""
+  out, seen, repeated = [], set(), 0
+  for r in records:
+    key = _key(r.prompt)
+    if key in seen:
+      repeated += 1
+      continue
+    seen.add(key)
+    columns = {"chosen": r.chosen, "rejected": r.rejected}
+    if r.subset is not None:
+      columns["subset"] = r.subset
+    out.append(PromptRecord(r.prompt, columns, source=r.source))
+  if report is not None:
+    if repeated:
+      report.notes["repeated_prompt"] += repeated
+    report.kept = len(out)
+  return out
+
+
+def _read(paths: Paths, config: adapters.AdapterConfig) -> tuple[list[PromptRecord], errors.SkipReport]:
+  """PromptRecords of prompt files, or the distinct prompts of preference files (`config.format`)."""
+  if config.format == "prompts":
+    return adapters.read_prompt_records(paths, config)
+  if config.format not in PREFERENCE_FORMATS:
+    raise ValueError(f"format: {config.format!r} has no prompts to sample; valid: {PROMPT_FORMATS}")
+  records, report = adapters.read_records(paths, config)
+  return prompts_of_preferences(records, report), report
 
 
 def _names(paths: Paths) -> list[str]:

@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
+from jaxrlhf.data.adapters import DEFAULT_COLUMNS
 from jaxrlhf.data import padding
 from jaxrlhf.data import pipeline as pipeline_lib
 from jaxrlhf.data import prompts as prompts_lib
@@ -475,7 +476,9 @@ class PromptSpec:
     standardization scores). "files": JSONL / JSONL.gz / parquet prompt files (`paths`), a text prompt or chat
     messages per row (`columns` renames the "prompt" / "messages" columns), every other column (or `keep_columns`)
     passed through to reward functions; held-out prompts from `eval_paths`, else the last `eval_fraction` of the
-    rows. `strict`: the first bad row fails (file:line); otherwise bad rows are skipped and counted. Rendered with
+    rows. `strict`: the first bad row fails (file:line); otherwise bad rows are skipped and counted. `format`:
+    "prompts" (the above), or a preference format ("hh", "pairwise", "chat", "ultrafeedback"): the distinct
+    prompts of a preference file, each with its pair's "chosen" / "rejected" (and "subset") columns. Rendered with
     the policy's tokenizer (`tokenizer`: a HF folder or .gguf; default the policy model's) and chat template:
     `chat_template` "auto" (chat prompts rendered with the generation prompt, text prompts as they are), "always"
     (text prompts too, as one user message), "never".
@@ -490,6 +493,7 @@ class PromptSpec:
   strict: bool = field(False)
   chat_template: str = field("auto", choices=prompts_lib.CHAT_TEMPLATE_MODES)
   tokenizer: str = field("", must_exist=True)
+  format: str = field("prompts", choices=prompts_lib.PROMPT_FORMATS)
 
   def validate(self, path: str) -> None:
     if self.source == "world":
@@ -502,9 +506,14 @@ class PromptSpec:
       for i, p in enumerate(getattr(self, key)):
         if not os.path.exists(p):
           raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
-    unknown = sorted(set(self.columns) - {"prompt", "messages"})
+    valid = sorted(DEFAULT_COLUMNS[self.format])
+    unknown = sorted(set(self.columns) - set(valid))
     if unknown:
-      raise ConfigError(f"{path}.columns.{unknown[0]}: unknown; valid keys: messages, prompt")
+      raise ConfigError(f"{path}.columns.{unknown[0]}: unknown for format {self.format!r}; valid keys: "
+                        f"{', '.join(valid)}")
+    if self.keep_columns and self.format != "prompts":
+      raise ConfigError(f"{path}.keep_columns: only the 'prompts' format passes columns through (a preference "
+                        f"file's prompts carry the columns chosen / rejected / subset)")
     if not self.eval_paths and self.eval_fraction == 0:
       raise ConfigError(f"{path}.eval_fraction: 0 leaves no held-out prompts; set it or {path}.eval_paths")
 
@@ -566,8 +575,8 @@ def open_prompts(spec: PromptSpec, model_path: str) -> OnlinePrompts:
   if not path:
     raise ValueError("prompts.tokenizer: needed for prompt files with a randomly initialized model (a HF folder or "
                      ".gguf whose tokenizer renders the prompts)")
-  config = AdapterConfig("prompts", columns=dict(spec.columns), strict=spec.strict,
-                         keep_columns=list(spec.keep_columns) or None)
+  config = AdapterConfig(spec.format, columns=dict(spec.columns), strict=spec.strict,
+                         keep_columns=(list(spec.keep_columns) or None) if spec.format == "prompts" else None)
   train, held_out, report = prompts_lib.read_prompt_splits(list(spec.paths), list(spec.eval_paths), config,
                                                            eval_fraction=spec.eval_fraction)
   print(f"[data] {report['line']}", flush=True)

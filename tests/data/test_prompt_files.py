@@ -230,3 +230,24 @@ def test_read_prompt_splits_by_fraction_and_by_file(tmp_path):
   empty = _jsonl(tmp_path / "empty.jsonl", [{"prompt": " "}])
   with pytest.raises(ValueError, match=r"paths: no usable train prompts in .*empty\.jsonl.*empty_field=1"):
     prompts.read_prompt_splits(empty, config=lenient)
+
+
+def test_prompts_of_a_preference_file_are_distinct_with_their_pair(tmp_path):
+  """format "hh": each distinct dialogue prefix once, in file order, with its first pair's responses."""
+  def hh(prompt, chosen, rejected):
+    return {"chosen": f"\n\nHuman: {prompt}\n\nAssistant: {chosen}",
+            "rejected": f"\n\nHuman: {prompt}\n\nAssistant: {rejected}"}
+  rows = [hh("hi", "hello", "go away"), hh("2+2?", "4", "5"), hh("hi", "hey", "no"), {"chosen": "no turns"},
+          hh("bye", "see you", "whatever")]
+  path = _jsonl(tmp_path / "hh.jsonl", rows)
+  config = adapters.AdapterConfig("hh", strict=False)
+  train, held_out, report = prompts.read_prompt_splits(path, (), config, eval_fraction=0.34)
+  assert [r.prompt for r in train + held_out] == ["\n\nHuman: hi\n\nAssistant:", "\n\nHuman: 2+2?\n\nAssistant:",
+                                                  "\n\nHuman: bye\n\nAssistant:"]
+  assert [r.prompt for r in held_out] == ["\n\nHuman: bye\n\nAssistant:"]
+  assert train[0].columns == {"chosen": "hello", "rejected": "go away"}
+  assert train[0].source.endswith("hh.jsonl:1") and held_out[0].source.endswith("hh.jsonl:5")
+  assert (report["kept"], report["skipped"], report["note/repeated_prompt"]) == (3, 1, 1)
+  assert "repeated_prompt=1" in report["line"] and "skipped 1" in report["line"]
+  with pytest.raises(ValueError, match="'kway' has no prompts"):
+    prompts.read_prompt_splits(path, (), adapters.AdapterConfig("kway"), eval_fraction=0.5)
