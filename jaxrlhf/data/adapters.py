@@ -308,6 +308,30 @@ def split_hh(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
   return prompt, chosen[c_end:].removeprefix(" "), rejected[r_end:].removeprefix(" "), diverged
 
 
+def hh_messages(dialogue: str) -> list[dict[str, str]] | None:
+  """An HH prompt ("\n\nHuman: ...\n\nAssistant: ...\n\nHuman: ...\n\nAssistant:") as chat messages (Human ->
+  user, Assistant -> assistant; contents stripped; the trailing empty assistant marker dropped, since a chat
+  template's generation prompt takes its place). None when the text is not a sequence of such turns starting with
+  a Human turn and ending with the turn the model answers."""
+  if not dialogue.startswith(HUMAN):
+    return None
+  messages, rest = [], dialogue
+  while rest:
+    role = "user" if rest.startswith(HUMAN) else "assistant" if rest.startswith(ASSISTANT) else None
+    if role is None:
+      return None
+    rest = rest[len(HUMAN if role == "user" else ASSISTANT):]
+    cuts = [i for i in (rest.find(HUMAN), rest.find(ASSISTANT)) if i >= 0]
+    end = min(cuts) if cuts else len(rest)
+    messages.append({"role": role, "content": rest[:end].strip()})
+    rest = rest[end:]
+  if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+    messages.pop()
+  roles = [m["role"] for m in messages]
+  alternating = all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles))
+  return messages if alternating and roles[-1] == "user" else None
+
+
 def _parse_hh(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None):
   c = config.column
   chosen = _text(_required(row, c("chosen")), c("chosen"))

@@ -60,8 +60,8 @@ def split_prompts(records: Sequence[PromptRecord], eval_fraction: float, num_tra
 
 
 def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.AdapterConfig | None = None, *,
-                       eval_fraction: float = 0.05, num_train: int = 0, num_eval: int = 0
-                       ) -> tuple[list[PromptRecord], list[PromptRecord], dict]:
+                       eval_fraction: float = 0.05, num_train: int = 0, num_eval: int = 0,
+                       hh_as_chat: bool = False) -> tuple[list[PromptRecord], list[PromptRecord], dict]:
   """(train, held-out, report) PromptRecords from prompt files (or the prompts of preference files).
 
   Args:
@@ -70,6 +70,7 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
     config: the AdapterConfig: the "prompts" format (default: strict, default columns, every column kept), or a
       preference format of PREFERENCE_FORMATS, whose distinct prompts are read (`prompts_of_preferences`).
     eval_fraction, num_train, num_eval: the split and caps (module docstring); 0 = all.
+    hh_as_chat: the "hh" format's dialogue prompts become chat messages (`prompts_of_preferences`).
 
   Returns:
     train, held_out: lists of PromptRecord.
@@ -80,9 +81,9 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
     DataFileError: a bad row in strict mode. ValueError: no usable train record.
   """
   config = adapters.AdapterConfig("prompts") if config is None else config
-  records, report = _read(paths, config)
+  records, report = _read(paths, config, hh_as_chat)
   if eval_paths:
-    held_out, eval_report = _read(eval_paths, config)
+    held_out, eval_report = _read(eval_paths, config, hh_as_chat)
     report.merge(eval_report)
     train = records[:num_train] if num_train else records
     held_out = held_out[:num_eval] if num_eval else held_out
@@ -99,11 +100,15 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
   return train, held_out, summary
 
 
-def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | None = None) -> list[PromptRecord]:
+def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | None = None,
+                           hh_as_chat: bool = False) -> list[PromptRecord]:
   """The distinct prompts of preference records, in file order (a repeated prompt keeps its first record), each
   with that record's responses as the columns "chosen" / "rejected" (and "subset" when set), e.g. to sample a
   policy on the prompts a reward model was trained or evaluated on. Repeats are counted in `report` as the note
-  "repeated_prompt" and `report.kept` becomes the number of prompts."""
+  "repeated_prompt" and `report.kept` becomes the number of prompts. `hh_as_chat`: an HH dialogue prompt becomes
+  chat messages (`adapters.hh_messages`; the column "hh_prompt" keeps the raw text), so a chat model answers one
+  turn under its own template instead of continuing the transcript with invented turns; a prompt that does not
+  parse stays text (the note "hh_prompt_not_chat")."""
   out, seen, repeated = [], set(), 0
   for r in records:
     key = _key(r.prompt)
@@ -114,7 +119,15 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
     columns = {"chosen": r.chosen, "rejected": r.rejected}
     if r.subset is not None:
       columns["subset"] = r.subset
-    out.append(PromptRecord(r.prompt, columns, source=r.source))
+    prompt = r.prompt
+    if hh_as_chat and isinstance(prompt, str):
+      messages = adapters.hh_messages(prompt)
+      if messages is None:
+        if report is not None:
+          report.note("hh_prompt_not_chat")
+      else:
+        prompt, columns["hh_prompt"] = messages, r.prompt
+    out.append(PromptRecord(prompt, columns, source=r.source))
   if report is not None:
     if repeated:
       report.notes["repeated_prompt"] += repeated
@@ -122,14 +135,15 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
   return out
 
 
-def _read(paths: Paths, config: adapters.AdapterConfig) -> tuple[list[PromptRecord], errors.SkipReport]:
+def _read(paths: Paths, config: adapters.AdapterConfig, hh_as_chat: bool
+          ) -> tuple[list[PromptRecord], errors.SkipReport]:
   """PromptRecords of prompt files, or the distinct prompts of preference files (`config.format`)."""
   if config.format == "prompts":
     return adapters.read_prompt_records(paths, config)
   if config.format not in PREFERENCE_FORMATS:
     raise ValueError(f"format: {config.format!r} has no prompts to sample; valid: {PROMPT_FORMATS}")
   records, report = adapters.read_records(paths, config)
-  return prompts_of_preferences(records, report), report
+  return prompts_of_preferences(records, report, hh_as_chat and config.format == "hh"), report
 
 
 def _names(paths: Paths) -> list[str]:

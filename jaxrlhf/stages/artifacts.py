@@ -1,6 +1,7 @@
 """What stages save and later stages load: policies (Hugging Face folders), reward models and ensembles
-(`<dir>/spec.json` + `<dir>/params.msgpack`); `load_reward_model_any` also loads Hugging Face
-sequence-classification reward models.
+(`<dir>/spec.json` + `<dir>/params.msgpack`; `load_reward_model_any` also loads Hugging Face
+sequence-classification reward models), and a loaded ensemble's cheaper equivalent when its members share one
+backbone (`shared_backbone_model`).
 
 With several processes, parameters sharded across processes are gathered first (every process takes part) and
 process 0 writes; every process returns after the files exist.
@@ -16,13 +17,14 @@ from typing import Any, Callable, Mapping
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxrlhf.models import save_pretrained
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf_reward import reward_model_from_pretrained
-from jaxrlhf.models.reward_model import RewardEnsemble
+from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
 from jaxrlhf.parallel import distributed
 from jaxrlhf.train import state as state_lib
 
@@ -137,3 +139,29 @@ def load_reward_model_any(path: str, dtype: Any = jnp.float32) -> RewardEnsemble
   found = sorted(os.listdir(path))
   listing = f"holds {found[:8]}{' ...' if len(found) > 8 else ''}" if found else "is empty"
   raise ValueError(f"{path}: {listing}; {expected}")
+
+
+def shared_backbone_model(rm: Any) -> Any:
+  """`rm`, or ONE RewardModel with a K-head "multihead" head when the K > 1 members of `rm` hold identical backbone
+  weights and scalar "linear" / "mlp" heads (heads trained on a frozen backbone: the `reward_heads` stage).
+
+  Both give rewards (B, K) with member k's head in column k, so a scorer can take either; the RewardModel runs
+  the backbone once instead of K times (same values up to float reassociation of the head's matmul). Anything
+  that is not a RewardEnsemble is returned as is.
+  """
+  if not isinstance(rm, RewardEnsemble):
+    return rm
+  head = rm.members.head.config
+  if rm.num_members == 1 or head.kind not in ("linear", "mlp"):
+    return rm
+  pure = nnx.to_pure_dict(nnx.state(rm))["members"]
+  if not all(bool(np.all(np.asarray(x)[1:] == np.asarray(x)[:1])) for x in jax.tree.leaves(pure["backbone"])):
+    return rm
+  multihead = HeadConfig(kind="multihead", num_outputs=rm.num_members, member_kind=head.form,
+                         hidden_dim=head.hidden_dim)
+  config = rm.members.config
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(config, multihead, rngs=nnx.Rngs(0))))
+  # Member k's head has one projection (a leading axis of 1); the multihead stacks the K of them on that axis.
+  nnx.replace_by_pure_dict(state, {"backbone": jax.tree.map(lambda x: x[0], pure["backbone"]),
+                                   "head": jax.tree.map(lambda x: x[:, 0], pure["head"])})
+  return nnx.merge(graphdef, state)

@@ -178,7 +178,9 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
                            jax.jit(world.gold_reward) if world is not None else None)
   rm = None
   if cfg.reward_model:
-    rm = artifacts.load_reward_model_any(common.resolve_path(cfg.reward_model, inputs, "rm_dir"))
+    # Heads on one frozen backbone (the reward_heads stage) score with one backbone pass instead of K.
+    rm = artifacts.shared_backbone_model(
+        artifacts.load_reward_model_any(common.resolve_path(cfg.reward_model, inputs, "rm_dir")))
   gold, lengths = pools.get("gold"), pools["lengths"]
   rm_scores = score_pools(rm, pools, cfg.batch_size) if rm is not None else None
   proxies = {"gold": gold} if gold is not None else {}
@@ -191,7 +193,8 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
         proxies[f"rmz_{agg}"] = np.asarray(aggregate(z_scores, agg, cfg.lam), np.float64)
   if cfg.rewards:
     errors = rewards_lib.CallbackErrors()
-    models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
+    models = {f"rm_{i}": artifacts.shared_backbone_model(
+        artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir")))
               for i, spec in enumerate(cfg.rewards) if spec.kind == "reward_model"}
     sources = rewards_lib.build_sources(cfg.rewards, tokenizer=tok, table=held_out.table, errors=errors)
     try:

@@ -11,6 +11,8 @@ of the training stages: world, mesh, model config and weights, tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -146,7 +148,30 @@ def make_tokenizer(data: DataSpec, world: Any, model_path: str):
   path = data.tokenizer or model_path
   if not path:
     raise ValueError("data.tokenizer: needed for file data with a randomly initialized model")
+  return cached_tokenizer(path)
+
+
+def _tokenizer_files(path: str) -> tuple[tuple[str, int, int], ...]:
+  """(file, mtime_ns, size) of the files a tokenizer is read from (a .gguf, or a folder's tokenizer files)."""
+  files = [path] if not os.path.isdir(path) else [os.path.join(path, name) for name in sorted(os.listdir(path))
+                                                  if name.startswith(("tokenizer", "special_tokens"))]
+  return tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files if os.path.isfile(f))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(path: str, stamp: tuple) -> Any:
+  del stamp  # Part of the cache key only.
   return load_tokenizer(path)
+
+
+def cached_tokenizer(path: str) -> Any:
+  """`load_tokenizer(path)`, read once per process while its files are unchanged: a chain's stages share it (a
+  GGUF's tokenizer takes seconds to parse)."""
+  try:
+    stamp = _tokenizer_files(path)
+  except OSError:
+    return load_tokenizer(path)  # Raises the loader's own error for a missing or unreadable path.
+  return _load_tokenizer(os.path.abspath(path), stamp)
 
 
 def control_ids(tokenizer: Any, text: str, path: str) -> tuple[int, ...]:
@@ -393,6 +418,54 @@ def eval_batches(records: list, tokenizer: Any, data: DataSpec, kind: str, **kwa
   return list(pipeline_lib.make_pipeline(records, tokenizer, config))
 
 
+class ScoringBatches(NamedTuple):
+  """A one-pass scoring plan of preference records (`scoring_batches`).
+
+  batches: numpy preference batches (filler rows of the last batch are empty: `scoring.nonempty_rows`).
+  index: int64 (N_kept,) the record index of each real row, in batch order.
+  report: {"pairs", "scored", "dropped_too_long", "truncated_prompts", "truncated_responses", "tokens_sha256"}:
+    the counts (a dropped pair cannot be scored; it is counted, never silently lost) and a digest of every
+    record's token ids after truncation (dropped ones marked), which changes with the records, the tokenizer
+    and the token budgets.
+  """
+  batches: list
+  index: np.ndarray
+  report: dict
+
+
+def scoring_batches(records: Sequence[Any], tokenizer: Any, data: DataSpec, *, shared_prompt: bool
+                    ) -> ScoringBatches:
+  """Batches that score every pair of `records` once, shortest first (a batch pads to the smallest bucket that
+  fits its longest pair, so sorted rows pad little), leaving out the pairs the pipeline drops as too long.
+
+  Pairs are tokenized and truncated as the pipeline does (`data.max_length`, `data.max_prompt_length`); the
+  order sorts by the padded width a pair needs (P + max(C, R) in two rows, P + C + R shared), ties by record
+  order. Batches of `data.eval_batch_size` (or `batch_size`) rows come from `eval_batches`.
+  """
+  truncation = pipeline_config(data, "preference", seed=0, shuffle=False).truncation
+  digest = hashlib.sha256()
+  kept, widths = [], []
+  counts = {"truncated_prompts": 0, "truncated_responses": 0}
+  for i, record in enumerate(records):
+    example = tokenize.tokenize_pair(record, tokenizer, truncation)
+    if example.get("dropped"):
+      digest.update(b"dropped;")
+      continue
+    sizes = [len(example[k]) for k in ("prompt", "chosen", "rejected")]
+    for key in ("prompt", "chosen", "rejected"):
+      ids = np.asarray(example[key], np.int32)
+      digest.update(np.int64(ids.size).tobytes() + ids.tobytes())
+    counts["truncated_prompts"] += int(example["truncated_prompt"])
+    counts["truncated_responses"] += int(example["truncated_responses"])
+    widths.append(sum(sizes) if shared_prompt else sizes[0] + max(sizes[1:]))
+    kept.append(i)
+  index = np.asarray(kept, np.int64)[np.argsort(np.asarray(widths), kind="stable")]
+  batches = eval_batches([records[i] for i in index], tokenizer, data, "preference", shared_prompt=shared_prompt)
+  report = {"pairs": len(records), "scored": int(index.size), "dropped_too_long": len(records) - int(index.size),
+            **counts, "tokens_sha256": digest.hexdigest()}
+  return ScoringBatches(batches, index, report)
+
+
 class StackedIterator:
   """K batch iterators -> batches with a leading member axis (K, B, ...), padded to the longest T.
 
@@ -478,7 +551,9 @@ class PromptSpec:
     passed through to reward functions; held-out prompts from `eval_paths`, else the last `eval_fraction` of the
     rows. `strict`: the first bad row fails (file:line); otherwise bad rows are skipped and counted. `format`:
     "prompts" (the above), or a preference format ("hh", "pairwise", "chat", "ultrafeedback"): the distinct
-    prompts of a preference file, each with its pair's "chosen" / "rejected" (and "subset") columns. Rendered with
+    prompts of a preference file, each with its pair's "chosen" / "rejected" (and "subset") columns; an HH
+    dialogue becomes chat messages (Human / Assistant turns; the raw text in the column "hh_prompt") unless
+    `chat_template` is "never". Rendered with
     the policy's tokenizer (`tokenizer`: a HF folder or .gguf; default the policy model's) and chat template:
     `chat_template` "auto" (chat prompts rendered with the generation prompt, text prompts as they are), "always"
     (text prompts too, as one user message), "never".
@@ -577,8 +652,10 @@ def open_prompts(spec: PromptSpec, model_path: str) -> OnlinePrompts:
                      ".gguf whose tokenizer renders the prompts)")
   config = AdapterConfig(spec.format, columns=dict(spec.columns), strict=spec.strict,
                          keep_columns=(list(spec.keep_columns) or None) if spec.format == "prompts" else None)
+  # An HH dialogue is sampled as chat messages unless rendering is off (a base model without a template).
   train, held_out, report = prompts_lib.read_prompt_splits(list(spec.paths), list(spec.eval_paths), config,
-                                                           eval_fraction=spec.eval_fraction)
+                                                           eval_fraction=spec.eval_fraction,
+                                                           hh_as_chat=spec.chat_template != "never")
   print(f"[data] {report['line']}", flush=True)
   return OnlinePrompts(None, load_tokenizer(path), spec, (train, held_out, report))
 

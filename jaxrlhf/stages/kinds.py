@@ -16,6 +16,8 @@ from jaxrlhf.stages import logp_shift
 from jaxrlhf.stages import preference
 from jaxrlhf.stages import preference_strength
 from jaxrlhf.stages import reward
+from jaxrlhf.stages import reward_eval
+from jaxrlhf.stages import reward_heads
 from jaxrlhf.stages import rl
 from jaxrlhf.stages import sft
 from jaxrlhf.stages import token_credit
@@ -49,6 +51,9 @@ def table(*kinds: StageKind) -> dict[str, StageKind]:
 KINDS: dict[str, StageKind] = table(
     StageKind("sft", sft.SFTConfig, sft.run, ("checkpoint_dir", "model_dir")),
     StageKind("reward", reward.RewardConfig, reward.run, ("checkpoint_dir", "rm_dir")),
+    StageKind("reward_heads", reward_heads.RewardHeadsConfig, reward_heads.run,
+              ("checkpoint_dir", "rm_dir", "features")),
+    StageKind("reward_eval", reward_eval.RewardEvalConfig, reward_eval.run, ("results", "scores")),
     StageKind("preference", preference.PreferenceConfig, preference.run, ("checkpoint_dir", "model_dir")),
     StageKind("rl", rl.RLConfig, rl.run, ("checkpoint_dir", "model_dir")),
     StageKind("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, evaluate_policy.run),

@@ -251,3 +251,26 @@ def test_prompts_of_a_preference_file_are_distinct_with_their_pair(tmp_path):
   assert "repeated_prompt=1" in report["line"] and "skipped 1" in report["line"]
   with pytest.raises(ValueError, match="'kway' has no prompts"):
     prompts.read_prompt_splits(path, (), adapters.AdapterConfig("kway"), eval_fraction=0.5)
+
+
+def test_hh_dialogues_become_chat_messages():
+  assert adapters.hh_messages("\n\nHuman: hi there \n\nAssistant: hello\n\nHuman: 2+2?\n\nAssistant:") == [
+      {"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"},
+      {"role": "user", "content": "2+2?"}]
+  assert adapters.hh_messages("\n\nHuman: only a question") == [{"role": "user", "content": "only a question"}]
+  # Not a dialogue of alternating turns that ends with the user's: stays text (None).
+  assert adapters.hh_messages("Tell me a story\n\nAssistant:") is None
+  assert adapters.hh_messages("\n\nHuman: a\n\nHuman: b\n\nAssistant:") is None
+  assert adapters.hh_messages("\n\nHuman: a\n\nAssistant: b") is None
+
+
+def test_hh_prompts_as_chat_keep_the_raw_text(tmp_path):
+  rows = [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+          {"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: a\n\nHuman: b\n\nAssistant: d"}]
+  path = _jsonl(tmp_path / "hh.jsonl", rows)
+  train, _, report = prompts.read_prompt_splits(path, (), adapters.AdapterConfig("hh"), eval_fraction=0.0,
+                                                hh_as_chat=True)
+  assert train[0].prompt == [{"role": "user", "content": "hi"}]
+  assert train[0].columns == {"chosen": "hello", "rejected": "go away", "hh_prompt": "\n\nHuman: hi\n\nAssistant:"}
+  assert train[1].prompt == "\n\nHuman: a\n\nHuman: b\n\nAssistant:" and "hh_prompt" not in train[1].columns
+  assert report["note/hh_prompt_not_chat"] == 1

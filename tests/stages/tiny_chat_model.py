@@ -58,3 +58,31 @@ def write_prompt_files(folder: str | pathlib.Path, num_train: int = 24, num_eval
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     paths.append(str(path))
   return paths[0], paths[1]
+
+
+def checked_length(prompts, completions, answer, a, b, **kwargs):
+  """A reward for tests: completion length / 10 characters, after checking that every row's columns belong to its
+  own prompt (the rollout's prompt_index, repeated per generation, must point at the right table rows)."""
+  del kwargs
+  for prompt, ans, x, y in zip(prompts, answer, a, b):
+    if f"What is {x} + {y}?" not in str(prompt) or int(ans) != x + y:
+      raise AssertionError(f"row misaligned: prompt {prompt!r} with columns answer={ans} a={x} b={y}")
+  return [len(c) / 10.0 for c in completions]
+
+
+REWARDS = ({"kind": "exact_match", "name": "correct", "options": {"column": "answer"}},
+           {"kind": "python", "function": "tiny_chat_model:checked_length", "name": "length", "weight": 0.5})
+
+
+def rl_stage(model: str, train: str, held_out: str, algorithm: str = "grpo", steps: int = 3, num_devices: int = 1,
+             rewards: tuple = REWARDS) -> dict:
+  """The rl stage's config (a dict of RLConfig keys) for the tiny model on the arithmetic prompt files: 2 prompts x
+  4 generations x 6 new tokens per step, a checkpoint every step."""
+  return {
+      "seed": 1, "model": {"init_from": model},
+      "prompts": {"source": "files", "paths": (train,), "eval_paths": (held_out,)}, "num_prompts": 0,
+      "prompts_per_step": 2, "max_prompt_length": 48, "eval_prompts": 4, "num_devices": num_devices,
+      "rewards": rewards, "loss": {"algorithm": algorithm, "num_generations": 4, "beta": 0.05},
+      "sampling": {"max_new_tokens": 6}, "optimizer": {"learning_rate": 1e-3},
+      "loop": {"num_steps": steps, "log_every": 1, "checkpoint_every": 1, "eval_every": steps, "progress": False,
+               "tensorboard": False, "async_checkpoints": False}}
