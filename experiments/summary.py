@@ -59,7 +59,7 @@ def policy_rows(stages: Sequence[tuple[str, str, Any]], outputs: dict[str, dict]
     metrics = outputs[name].get("metrics", {})
     if not rows:
       base_metrics = {key[:-len("/base")] + "/policy": value for key, value in metrics.items()
-                      if key.endswith("/base") and (key == "gold/base" or key.startswith("reward/"))}
+                      if key in ("gold/base", "length/base") or (key.startswith("reward/") and key.endswith("/base"))}
       if base_metrics:
         base = cfg.base.removeprefix("stage:")
         rows.append((f"{os.path.basename(base.rstrip('/')) or base} (base)", {**base_metrics, "kl": 0.0}))

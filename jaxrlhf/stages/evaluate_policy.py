@@ -11,7 +11,7 @@ as a mean over prompts with a 95% confidence interval (`<name>_lower` / `<name>_
   kl           sampled KL(policy || reference) = E_y~policy [sum_t log q(y_t | ...) - log pi_ref(y_t | ...)],
                where q is the distribution the samples were drawn from (temperature / top-k / top-p applied)
                and pi_ref the reference at temperature 1: an unbiased Monte-Carlo estimate (nats per response)
-  length/policy  response tokens (end token included)
+  length/policy, length/base  response tokens (end token included) of the policy's and the base's samples
   proxy/policy   mean proxy reward (a reward model / ensemble after aggregation), with a reward model
 
 Every reward source of `rewards` (`stages.reward_sources`: reward models, ensembles, text rewards such as exact
@@ -48,7 +48,8 @@ from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.train import scoring
 
 _METRIC_NAMES = {"gold": "gold/policy", "base_gold": "gold/base", "gold_gain": "gold/gain",
-                 "win_rate": "gold/win_rate", "kl": "kl", "length": "length/policy", "proxy": "proxy/policy"}
+                 "win_rate": "gold/win_rate", "kl": "kl", "length": "length/policy", "base_length": "length/base",
+                 "proxy": "proxy/policy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class EvaluatePolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyEvaluation:
-  """Estimates (keys of `metrics`: gold, kl, length, win_rate, base_gold, gold_gain and proxy when given) and the
+  """Estimates (keys of `metrics`: gold, kl, length, base_length, win_rate, base_gold, gold_gain and proxy when given) and the
   per-prompt values they came from (`per_prompt`, arrays (B,))."""
   metrics: dict[str, Estimate]
   per_prompt: dict[str, np.ndarray]
@@ -135,7 +136,7 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
       DPO) is sampled on its goal prompt while the KL, the base samples and the rewards use the plain prompt.
 
   Returns:
-    PolicyEvaluation: gold, base_gold, gold_gain, win_rate (with gold_fn), kl, length, proxy (with proxy_fn), and
+    PolicyEvaluation: gold, base_gold, gold_gain, win_rate (with gold_fn), kl, length, base_length, proxy (with proxy_fn), and
     per reward name n: n (policy), n/base, n/gain, n/win_rate (prompts where the policy's and the base's samples
     could both be scored; a prompt's samples are averaged over those that could).
   """
@@ -174,7 +175,7 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
     if gold.shape != (B * S,):
       raise ValueError(f"gold_fn must return (R,) = ({B * S},) rewards, got {gold.shape}")
     values["gold"] = per_prompt(gold)
-  values.update(kl=per_prompt(kl), length=per_prompt(gen.lengths))
+  values.update(kl=per_prompt(kl), length=per_prompt(gen.lengths), base_length=per_prompt(base_gen.lengths))
   if gold_fn is not None:
     values.update(win_rate=per_prompt(win_credit(gold, base_gold)), base_gold=per_prompt(base_gold),
                   gold_gain=per_prompt(gold - base_gold))

@@ -91,7 +91,7 @@ def test_evaluate_policy_against_independent_recomputation(setup):
   result = evaluate_policy(policy, reference, ids, mask, gold_fn=gold_scorer(world), rng=rng, max_new_tokens=NEW,
                            proxy_fn=length_proxy, num_samples=SAMPLES, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
   m = result.metrics
-  assert set(m) == {"gold", "proxy", "kl", "length", "win_rate", "base_gold", "gold_gain"}
+  assert set(m) == {"gold", "proxy", "kl", "length", "base_length", "win_rate", "base_gold", "gold_gain"}
   # Redraw the same samples (same keys) and recompute every number independently.
   kwargs = dict(max_new_tokens=NEW, num_samples=SAMPLES, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
   gen = generate(policy, ids, mask, rng=jax.random.fold_in(rng, 0), **kwargs)
@@ -104,6 +104,7 @@ def test_evaluate_policy_against_independent_recomputation(setup):
   assert m["base_gold"].mean == pytest.approx(base_gold.mean(), abs=1e-5)
   assert m["win_rate"].mean == pytest.approx(np.mean((gold > base_gold) + 0.5 * (gold == base_gold)))
   assert m["length"].mean == pytest.approx(out_mask.sum() / out_mask.shape[0])
+  assert m["base_length"].mean == pytest.approx(np.asarray(base.mask).sum() / out_mask.shape[0])
   assert m["proxy"].mean == pytest.approx(m["length"].mean)
   # KL: policy and reference log-probs of the samples from plain full forwards.
   full_ids = jnp.asarray(np.concatenate([ids_r, tokens], 1))

@@ -13,12 +13,12 @@ def _stage(policy, base):
 def test_reward_source_columns_base_row_and_plot_without_gold(tmp_path):
   metrics = {"reward/correct/policy": 0.5, "reward/correct/policy_lower": 0.4, "reward/correct/policy_upper": 0.6,
              "reward/correct/base": 0.25, "reward/correct/gain": 0.25, "reward/correct/win_rate": 0.6,
-             "reward/correct/prompts": 256.0, "kl": 1.5, "length/policy": 9.0}
+             "reward/correct/prompts": 256.0, "kl": 1.5, "length/policy": 9.0, "length/base": 12.0}
   stages = [("grpo", "rl", None), ("evaluate", "evaluate_policy", _stage("stage:grpo", "/m/base.gguf"))]
   md = summary.write_summary(str(tmp_path), stages, {"evaluate": {"metrics": metrics}})
   lines = md.strip().splitlines()
   assert lines[0] == ("| policy | correct | correct gain | correct win rate | KL to base (nats) | length |")
-  assert lines[2] == "| base.gguf (base) | 0.250 | - | - | 0.000 | - |"
+  assert lines[2] == "| base.gguf (base) | 0.250 | - | - | 0.000 | 12.000 |"
   assert lines[3] == "| grpo | 0.500 [0.400, 0.600] | 0.250 | 0.600 | 1.500 | 9.000 |"
   assert os.path.getsize(tmp_path / "gold_vs_kl.png") > 0
 
