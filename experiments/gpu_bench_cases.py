@@ -741,7 +741,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   return dict(case="grpo", kind="grpo", prompts=n_prompts, generations=g, rows=rows, prompt=p_len, new=n_new,
               micro=micro, logps=mode, rollout_param_dtype=rollout_c.param_dtype, config=config_summary(c),
               timed_iterations=len(timings["update"]) - 1, first_iteration_s={p: _r(timings[p][0], 2) for p in parts},
-              seconds={p: _r(v, 3) for p, v in sec.items()}, step_s=_r(step_s, 3),
+              seconds={p: _r(v, 6) for p, v in sec.items()}, step_s=_r(step_s, 6),  # µs: smoke phases are sub-ms
               share={p: _r(v / step_s, 3) for p, v in sec.items()},
               rollout_tokens_per_s=round(rows * n_new / sec["rollout"]),
               mfu={p: _r(f / sec[p] / 1e12 / s.peak_tflops) for p, f in flops.items()},
