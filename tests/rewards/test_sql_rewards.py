@@ -39,8 +39,9 @@ def test_execution_compares_rows_as_sets_like_bird():
                                        "ORDER BY customers.name DESC")
   swapped_columns = ("SELECT SUM(o.amount), c.name FROM customers c JOIN orders o ON o.customer_id = c.id "
                      "GROUP BY c.name")
-  wrong_filter = "SELECT c.name, SUM(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.amount > 6"
-  completions = [wrap(same_rows_other_aliases_and_order), wrap(swapped_columns), wrap(wrong_filter + " GROUP BY c.name")]
+  wrong_filter = ("SELECT c.name, SUM(o.amount) FROM customers c JOIN orders o ON o.customer_id = c.id "
+                  "WHERE o.amount > 6 GROUP BY c.name")
+  completions = [wrap(same_rows_other_aliases_and_order), wrap(swapped_columns), wrap(wrong_filter)]
   assert score("sql_execution", completions, JOIN) == [1.0, 0.0, 0.0]  # Column order counts: BIRD compares tuples.
   # Duplicate rows do not count: set(('Ann',), ('Ann',), ('Bob',)) == set(('Ann',), ('Bob',)).
   duplicates = wrap("SELECT c.name FROM customers c JOIN orders o ON o.customer_id = c.id")
@@ -51,7 +52,8 @@ def test_execution_compares_rows_as_sets_like_bird():
 
 
 def test_syntax_check_executes_the_query_read_only():
-  completions = [wrap(PARIS.replace("Paris", "Rome")), wrap("SELEC name FROM customers"), wrap("SELECT nme FROM customers"),
+  completions = [wrap(PARIS.replace("Paris", "Rome")), wrap("SELEC name FROM customers"),
+                 wrap("SELECT nme FROM customers"),
                  wrap("DROP TABLE orders"), wrap("SELECT 1; SELECT 2"), "no query at all", wrap(PARIS)]
   assert score("sql_syntax", completions, PARIS) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
   # The DROP did not happen: the orders table still answers.
