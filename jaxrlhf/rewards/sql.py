@@ -1,6 +1,10 @@
 """Reasoning-SQL's partial rewards for text-to-SQL (Pourreza et al. 2025, "Reasoning-SQL: Reinforcement Learning with
-SQL Tailored Partial Rewards for Reasoning-Enhanced Text-to-SQL", arXiv 2503.23157, Sec. 3 "rewards"), executed with
-the standard library's sqlite3 against in-memory databases built from the prompt file's schema + data.
+SQL Tailored Partial Rewards for Reasoning-Enhanced Text-to-SQL", arXiv 2503.23157: execution accuracy, LLM-judge,
+syntax check, schema linking, n-gram similarity and format rewards under GRPO), executed with the standard library's
+sqlite3 against in-memory databases built from the prompt file's schema + data. Provenance: the reward set is the
+paper's abstract's; the weights (3 for execution accuracy, 2 for the judge, 1 for the others) and the plain sum match
+public reimplementations of the paper; the paper's own reward section could not be read where this was written, so
+check the weights and whether partial terms are also paid on correct queries against it before a reproduction.
 
 The completion is expected in the paper's R1-style format, `<reasoning> ... </reasoning> <answer> ... </answer>`,
 the SQL query inside the answer (a ```sql fence inside the answer is allowed). `extract_sql` takes the answer's
