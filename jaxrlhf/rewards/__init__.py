@@ -4,7 +4,8 @@ A reward function maps R rows to R values: fn(prompts: list[str], completions: l
 float or None (None / NaN = "not scorable"); `columns` are the prompt file's extra columns, one value per row.
 Modules: calling (calling a user or built-in function, checking its output, errors naming the function and row,
 load_function), answers (exact match of a final answer with number normalization), shaping (regular-expression
-format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), combine (weighted sums),
+format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), sql (Reasoning-SQL's
+execution / syntax / schema-linking / n-gram / format rewards on sqlite3), combine (weighted sums),
 kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model.
 """
 
@@ -15,3 +16,5 @@ from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, 
 from jaxrlhf.rewards.combine import weighted_sum
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
+from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,
+                                 sql_syntax)

@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, combine, shaping
+from jaxrlhf.rewards import answers, bleu, combine, shaping, sql
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -52,6 +52,12 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "length_penalty": shaping.length_penalty,
     "bleu": bleu.bleu_reward,
     "bleuberi": bleu.bleuberi_reward,
+    "sql_execution": sql.sql_execution,
+    "sql_syntax": sql.sql_syntax,
+    "sql_schema_linking": sql.sql_schema_linking,
+    "sql_ngram": sql.sql_ngram,
+    "sql_format": sql.sql_format,
+    "reasoning_sql": sql.reasoning_sql,
     "weighted_sum": weighted_sum_of,
     "python": python_function,
 }
