@@ -10,7 +10,11 @@ Metrics of one selector s (`curve_metrics`; n_max = the pool size N):
   s/gold_monotone                            1 if the gold curve never decreases in n;
   s/gold_peak, s/gold_peak_kl                the gold curve's maximum over n and its KL (log n - (n-1)/n);
   s/gold_drop                                gold_peak - gold@N (>= 0; > 0: gold collapsed after the peak);
-  s/length@1, s/length@N                     expected length (tokens) of the selected response at n = 1, N.
+  s/length@1, s/length@N                     expected length (tokens) of the selected response at n = 1, N;
+  s/constant_pools                           the fraction of prompts whose N samples all score the same under s
+                                             (`constant_pool_fraction`): selection is arbitrary there, and a GRPO
+                                             group of those samples has zero advantage (the sparse-reward
+                                             problem that partial rewards address, e.g. Reasoning-SQL).
 """
 
 from __future__ import annotations
@@ -62,3 +66,18 @@ def member_average_curves(scores_BxNxK: np.ndarray, gold_BxN: np.ndarray | None,
                 for k in range(scores_BxNxK.shape[-1])]
   curves = {key: np.mean([c[key] for c in per_member], axis=0) for key in per_member[0]}
   return curves, float(np.mean([np.std(scores_BxNxK[..., k]) for k in range(scores_BxNxK.shape[-1])]))
+
+
+def constant_pool_fraction(scores_BxN: np.ndarray, *, atol: float = 0.0) -> float:
+  """The fraction of the B prompts whose N scores are all equal (max - min <= atol), in [0, 1].
+
+  NaN scores ("not scorable") are ignored within a pool; a pool with fewer than two scorable samples counts as
+  constant (it gives no ranking and no GRPO advantage either).
+  """
+  scores = np.asarray(scores_BxN, np.float64)
+  if scores.ndim != 2 or scores.shape[0] == 0:
+    raise ValueError(f"scores_BxN must be a non-empty (B, N) array; got shape {scores.shape}")
+  finite = ~np.isnan(scores)
+  # max - min over the scorable samples: 0 for one sample, -inf for none, so both count as constant.
+  spread = np.where(finite, scores, -np.inf).max(axis=1) - np.where(finite, scores, np.inf).min(axis=1)
+  return float(np.mean(spread <= atol))

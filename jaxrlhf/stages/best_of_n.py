@@ -8,7 +8,8 @@ best-of-n, next to the analytic KL log n - (n-1)/n and the pool's sampled KL est
 
 Outputs (workdir): results.json {"metrics", "curves": {selector: {n, gold, proxy, gold_oracle, kl,
 kl_estimate, length, proxy_std (that selector's std over the pool: a scalar)}}}, pool.npz (the samples: prompt
-ids / masks, tokens / masks, gold, lengths) and best_of_n_<selector>.png. The metrics of each selector are
+ids / masks, tokens / masks, gold, lengths), scores.npz (each selector's float64 (P, N) score of every pooled
+sample, keyed by the selector's name) and best_of_n_<selector>.png. The metrics of each selector are
 `jaxrlhf.evaluation.best_of_n.curve_metrics` (gold@1, gold@N, proxy@N, gains in pool-std units, gold_peak,
 gold_drop, length@N, ...), prefixed with the selector's name.
 
@@ -32,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrlhf.config import ConfigError, field, stage_ref
-from jaxrlhf.evaluation.best_of_n import curve_metrics, member_average_curves, standardize_members
+from jaxrlhf.evaluation.best_of_n import (constant_pool_fraction, curve_metrics, member_average_curves,
+                                          standardize_members)
 from jaxrlhf.evaluation.plots import plot_best_of_n
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
 from jaxrlhf.models import from_pretrained
@@ -205,6 +207,7 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   os.makedirs(workdir, exist_ok=True)
   pool_path = os.path.join(workdir, "pool.npz")
   np.savez_compressed(pool_path, **{k: pools[k] for k in POOL_KEYS if k in pools})
+  np.savez_compressed(os.path.join(workdir, "scores.npz"), **proxies)
   metrics = {"length/mean": float(np.mean(lengths))}
   if gold is not None:
     metrics = {"gold_std": float(np.std(gold)), **metrics}
@@ -216,6 +219,8 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   for name, (curves, proxy_std) in all_curves.items():
     gold_std = np.std(gold) if gold is not None else None
     metrics.update({f"{name}/{k}": v for k, v in curve_metrics(curves, gold_std, proxy_std).items()})
+    if name in proxies:
+      metrics[f"{name}/constant_pools"] = constant_pool_fraction(proxies[name])
     curves_out[name] = {k: np.asarray(v).tolist() for k, v in curves.items()}
     curves_out[name]["proxy_std"] = proxy_std
     if cfg.plots:

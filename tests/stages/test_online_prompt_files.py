@@ -193,6 +193,10 @@ def test_best_of_n_on_prompt_files_matches_recomputation(assets, tmp_path):
   assert curve["proxy"][-1] == pytest.approx(reward.max(axis=1).mean(), rel=1e-6)  # n = N: the best of the pool
   assert np.all(np.diff(curve["proxy"]) >= -1e-9)
   assert out["metrics"]["length/proxy@N"] == pytest.approx(reward.max(axis=1).mean(), rel=1e-6)
+  saved = np.load(os.path.join(str(tmp_path), "scores.npz"))
+  np.testing.assert_allclose(saved["length"], reward, rtol=1e-6)
+  constant = np.mean([len(set(row)) == 1 for row in np.round(reward, 6)])
+  assert out["metrics"]["length/constant_pools"] == constant
   assert "gold_std" not in out["metrics"]
 
 
