@@ -15,3 +15,4 @@ from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, 
 from jaxrlhf.rewards.combine import weighted_sum
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
+from jaxrlhf.rewards.toolrl import toolrl_reward

@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, combine, shaping
+from jaxrlhf.rewards import answers, bleu, combine, shaping, toolrl
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -54,6 +54,7 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "bleuberi": bleu.bleuberi_reward,
     "weighted_sum": weighted_sum_of,
     "python": python_function,
+    "toolrl": toolrl.toolrl_reward,
 }
 
 

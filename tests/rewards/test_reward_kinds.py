@@ -31,7 +31,7 @@ def call(fn):
 
 def test_every_kind_by_name():
   assert set(kinds.REWARDS) == {"exact_match", "regex_format", "length_penalty", "bleu", "bleuberi", "weighted_sum",
-                                "python"}
+                                "python", "toolrl"}
   np.testing.assert_array_equal(call(kinds.make_reward("exact_match", {"column": "answer"}))[:2], [1.0, 0.0])
   assert np.isnan(call(kinds.make_reward("exact_match"))[2])
   np.testing.assert_array_equal(call(kinds.make_reward("regex_format", {"pattern": r"^Answer: \d+$"})), [1, 0, 0])
