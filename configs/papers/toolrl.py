@@ -15,6 +15,11 @@ terms are also logged alone with weight 0 (`reward/format`, `reward/correct`).
   evaluate  evaluate_policy of the trained policy against the GGUF on the 128 held-out requests: each term's mean
             for both, the paired gain and win rate with 95% intervals, KL, length
 
+Measured before any training (16 held-out prompts, 96 new tokens, temperature 1): the GGUF never writes the format
+(R_format 0, R_toolrl -3 on all 32 samples), so GRPO groups start with zero reward variance; expect no learning
+from this base without more samples per group, longer completions or a format warm start (the paper trains 1.5B+
+models from a cold start).
+
 Variants: default, smoke (two tiny steps, for CI). Sweep: seeds 0, 1, 2.
     python -m experiments.run --config configs/papers/toolrl.py --workdir runs/papers/toolrl
     python -m experiments.sweep --config configs/papers/toolrl.py --workdir runs/papers/toolrl_sweep
