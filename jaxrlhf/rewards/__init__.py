@@ -5,7 +5,8 @@ float or None (None / NaN = "not scorable"); `columns` are the prompt file's ext
 Modules: calling (calling a user or built-in function, checking its output, errors naming the function and row,
 load_function), answers (exact match of a final answer with number normalization), shaping (regular-expression
 format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), sql (Reasoning-SQL's
-execution / syntax / schema-linking / n-gram / format rewards on sqlite3), combine (weighted sums),
+execution / syntax / schema-linking / n-gram / format rewards on sqlite3), toolrl (ToolRL's format and
+tool-call correctness reward), combine (weighted sums),
 kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model.
 """
 
@@ -18,3 +19,4 @@ from jaxrlhf.rewards.kinds import REWARDS, make_reward
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
 from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,
                                  sql_syntax)
+from jaxrlhf.rewards.toolrl import toolrl_reward

