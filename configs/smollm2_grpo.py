@@ -16,7 +16,8 @@ end in the right number; 30% greedy), far below the ceiling, so GRPO's groups ha
 and learning is visible within a CPU budget; it ignores "Answer with just the number" and writes "8 + 15 = 23",
 so the reward reads the last number rather than demanding the bare number (which would start at 0%).
 
-Variants: default (GRPO), rloo, and the GRPO variants of the rl stage's `loss.variant` (`jaxrlhf.losses.policy_variants`):
+Variants: default (GRPO), rloo, and the GRPO variants of the rl stage's `loss.variant`
+(`jaxrlhf.losses.policy_variants`):
   dr_grpo   Dr. GRPO (Liu et al. 2025): no std scaling of the advantages, a constant token normalizer
   dapo      DAPO (Yu et al. 2025): clip-higher (0.2 / 0.28), token-level aggregation, dynamic sampling (2x oversampled
             prompts, the groups with reward variance kept) and the soft overlong punishment (L_cache 4 of 16 tokens)

@@ -98,8 +98,9 @@ def test_default_objective_is_the_clipped_policy_loss():
                  {"loss_aggregation": "dr_grpo", "kl_mode": "none"}):
     cfg = rl.RLLossConfig(**kwargs)
     total, weight, _ = rl.policy_loss_terms(cfg, logps, batch, max_length=6)
+    eps_high = None if cfg.epsilon_high < 0 else cfg.epsilon_high
     lib, _ = pg.clipped_policy_loss(logps, batch["old_logps"], batch["advantages"], batch["mask"],
-                                    epsilon=cfg.epsilon, epsilon_high=None if cfg.epsilon_high < 0 else cfg.epsilon_high,
+                                    epsilon=cfg.epsilon, epsilon_high=eps_high,
                                     loss_aggregation=cfg.loss_aggregation, ref_logps_BxT=batch["ref_logps"],
                                     kl_coeff=cfg.beta if cfg.kl_mode == "loss" else 0.0, kl_estimator=cfg.kl_estimator,
                                     max_length=6)
