@@ -6,12 +6,15 @@ Design: ONE jitted program per loop step does the whole iteration, so sampling a
   2. scoring: the weighted reward sources (`stages.reward_sources`; reward models run inside the program, BLEU and
      Python functions through `jax.pure_callback`); the old-policy and reference log-probs by one
      teacher-forced forward each (logits / temperature, as TRL), all under stop_gradient;
-  3. advantages: `group_advantages` (GRPO, scale_rewards group/batch/none) or `rloo_advantages`;
+  3. advantages: `group_advantages` (GRPO, scale_rewards group/batch/none) or `rloo_advantages`; optionally DAPO's
+     soft overlong penalty on the rewards first, and DAPO's dynamic sampling (oversampled prompts, the groups
+     with reward variance kept, `select_groups`);
      KL to the frozen reference either as a reward penalty (r - beta * sum_t k1, before the advantages) or as
      a loss term (beta * k1/k2/k3 per token);
   4. `num_iterations` (mu) optimizer updates on that rollout, a `lax.scan` over the shared
      `state.make_train_step` (so gradient accumulation and metrics work as for every trainer), each the
-     PPO-clipped surrogate with the rollout's old log-probs.
+     PPO-clipped surrogate with the rollout's old log-probs, or a named GRPO variant's objective (`loss.variant`:
+     Dr. GRPO, DAPO, GSPO, GSPO-token, CISPO from `losses.policy_variants`).
 One loop step is therefore one rollout batch and mu optimizer updates (`state.step` counts the updates).
 
 The model in the train state is `RLModel`: the trained policy plus a frozen reference and frozen reward models
@@ -35,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.data import padding
 from jaxrlhf.losses import policy_gradient as pg
+from jaxrlhf.losses import policy_variants as pv
 from jaxrlhf.models import CausalLM
 from jaxrlhf.parallel import MeshConfig
 from jaxrlhf.sampling.generate import generate
@@ -49,6 +53,7 @@ from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
 ALGORITHMS = ("grpo", "rloo")
+VARIANTS = ("",) + tuple(pv.VARIANTS)  # "": the objective from algorithm / scale_rewards / loss_aggregation / epsilon
 KL_MODES = ("none", "reward", "loss")
 ROLLOUT_STREAM = 0x5eed
 
@@ -61,6 +66,17 @@ class RLLossConfig:
   rloo_normalize: batch-standardize RLOO advantages. kl_mode: "reward" subtracts beta * sum_t k1 from each
   sequence's reward; "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference.
   epsilon / epsilon_high: PPO clip range (epsilon_high < 0: = epsilon). num_iterations: mu updates per rollout.
+
+  variant: a named GRPO variant of `policy_variants.VARIANTS` (grpo, dr_grpo, dapo, gspo, gspo_token, cispo). It
+  fixes the surrogate, the token aggregation, the advantage scaling and the paper's clip ranges, so with a variant
+  `algorithm`, `scale_rewards`, `loss_aggregation`, `epsilon` and `epsilon_high` must stay at their defaults (a
+  changed one is a ConfigError naming it). "" keeps the objective those keys describe.
+  dynamic_sampling: DAPO's filter (works with every variant and algorithm): each step samples `oversample` *
+  prompts_per_step prompts' groups and trains on the first prompts_per_step groups whose task rewards (the reward
+  sources' weighted sum, before the KL and overlong terms) are not all equal, refilled in order with the others
+  when too few qualify (their advantages are set to 0). overlong_cache: DAPO's soft overlong punishment
+  (`policy_variants.soft_overlong_penalty` with L_max = sampling.max_new_tokens, L_cache = overlong_cache) added
+  to every row's reward; 0 = off.
   """
   algorithm: str = field("grpo", choices=ALGORITHMS)
   num_generations: int = field(4, min=2)
@@ -73,6 +89,26 @@ class RLLossConfig:
   epsilon_high: float = field(-1.0)
   loss_aggregation: str = field("token_mean", choices=pg.LOSS_AGGREGATIONS)
   num_iterations: int = field(1, min=1)
+  variant: str = field("", choices=VARIANTS)
+  dynamic_sampling: bool = field(False)
+  oversample: int = field(1, min=1)
+  overlong_cache: int = field(0, min=0)
+
+  def validate(self, path: str) -> None:
+    if self.variant:
+      # The variant decides these; a changed one would be silently ignored, so it is refused.
+      defaults = RLLossConfig()
+      for key in ("algorithm", "scale_rewards", "loss_aggregation", "epsilon", "epsilon_high"):
+        if getattr(self, key) != getattr(defaults, key):
+          spec = pv.VARIANTS[self.variant]
+          raise ConfigError(
+              f"{path}.{key}: {getattr(self, key)!r} conflicts with {path}.variant={self.variant!r}, which fixes "
+              f"the objective (group advantages scaled {spec.scale_rewards!r}, {spec.surrogate!r} surrogate, "
+              f"{spec.loss_aggregation!r} aggregation, clip epsilon={spec.epsilon}, epsilon_high={spec.epsilon_high});"
+              f" leave {key} at its default {getattr(defaults, key)!r} or set variant ''")
+    if self.oversample > 1 and not self.dynamic_sampling:
+      raise ConfigError(f"{path}.oversample: {self.oversample} > 1 samples extra groups for dynamic sampling only; "
+                        f"set {path}.dynamic_sampling=True or oversample=1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +165,14 @@ class RLConfig:
         if r.kind in rewards_lib.WORLD_KINDS:
           raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r} is defined on the synthetic world's prompts only "
                             f"({path}.prompts.source is {self.prompts.source!r})")
+    if self.loss.overlong_cache > self.sampling.max_new_tokens:
+      raise ConfigError(f"{path}.loss.overlong_cache: {self.loss.overlong_cache} must be <= "
+                        f"{path}.sampling.max_new_tokens = {self.sampling.max_new_tokens} (the penalty's L_max)")
+
+  @property
+  def prompts_per_rollout(self) -> int:
+    """Prompts sampled per step: oversample * prompts_per_step with dynamic sampling, else prompts_per_step."""
+    return self.prompts_per_step * (self.loss.oversample if self.loss.dynamic_sampling else 1)
 
 # ------------------------------------------------------------------------------------------------ the model
 class RLModel(nnx.Module):
@@ -147,6 +191,8 @@ class RLModel(nnx.Module):
 # ------------------------------------------------------------------------------------------------ advantages / loss
 def advantages(loss: RLLossConfig, rewards_R: jax.Array) -> jax.Array:
   """(R,) advantages of contiguous groups of `num_generations` rewards, by the losses library."""
+  if loss.variant:
+    return pg.group_advantages(rewards_R, loss.num_generations, scale_rewards=pv.VARIANTS[loss.variant].scale_rewards)
   if loss.algorithm == "grpo":
     return pg.group_advantages(rewards_R, loss.num_generations, scale_rewards=loss.scale_rewards)
   return pg.rloo_advantages(rewards_R, loss.num_generations, normalize=loss.rloo_normalize)
@@ -158,26 +204,38 @@ def _epsilon_high(loss: RLLossConfig) -> float | None:
 
 def policy_loss_terms(loss: RLLossConfig, logps_RxN: jax.Array, batch: dict[str, jax.Array], max_length: int
                       ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
-  """(loss total, weight, metrics) of the clipped surrogate (+ beta * KL in "loss" mode) on a rollout batch.
+  """(loss total, weight, metrics) of the policy objective (+ beta * KL in "loss" mode) on a rollout batch.
 
-  total / weight equals `pg.clipped_policy_loss(...)` for the batch, and totals and weights add up exactly over
-  micro-batches: token_mean -> (sum of token losses, tokens); sequence_mean -> (sum of per-sequence means,
-  rows); dr_grpo -> (sum of token losses / max_length, rows).
+  Without a variant: the clipped surrogate with `loss.epsilon` / `epsilon_high`, aggregated by
+  `loss.loss_aggregation`, so total / weight equals `pg.clipped_policy_loss(...)`. With `loss.variant`: that
+  variant's surrogate (`pv.variant_surrogate`), clip ranges and aggregation, so total / weight equals
+  `pv.policy_variant_loss(...)`. Totals and weights add up exactly over micro-batches: token_mean -> (sum of token
+  losses, tokens); sequence_mean -> (sum of per-sequence means, rows); dr_grpo -> (sum of token losses /
+  max_length, rows).
   """
   mask = batch["mask"]
-  per_token, m = pg.clipped_surrogate(logps_RxN, batch["old_logps"], batch["advantages"], mask,
-                                      epsilon=loss.epsilon, epsilon_high=_epsilon_high(loss))
   valid = (mask > 0).astype(jnp.float32)
   tokens = jnp.sum(valid)
-  metrics = {k: metrics_lib.Avg(v * tokens, tokens) for k, v in m.items()}
+  rows = jnp.asarray(mask.shape[0], jnp.float32)
+  if loss.variant:
+    spec = pv.VARIANTS[loss.variant]
+    per_token, m = pv.variant_surrogate(spec.surrogate, logps_RxN, batch["old_logps"], batch["advantages"], mask,
+                                        epsilon=spec.epsilon, epsilon_high=spec.epsilon_high)
+    aggregation = spec.loss_aggregation
+    # GSPO's metrics are means over sequences, the others' over tokens.
+    count = rows if spec.surrogate == "gspo" else tokens
+  else:
+    per_token, m = pg.clipped_surrogate(logps_RxN, batch["old_logps"], batch["advantages"], mask,
+                                        epsilon=loss.epsilon, epsilon_high=_epsilon_high(loss))
+    aggregation, count = loss.loss_aggregation, tokens
+  metrics = {k: metrics_lib.Avg(v * count, count) for k, v in m.items()}
   if loss.kl_mode == "loss":
     kl = pg.kl_divergence(logps_RxN, batch["ref_logps"], mask, estimator=loss.kl_estimator)
     per_token = per_token + loss.beta * kl
     metrics["kl_loss_term"] = metrics_lib.Avg(jnp.sum(jax.lax.stop_gradient(kl)), tokens)
-  rows = jnp.asarray(mask.shape[0], jnp.float32)
-  if loss.loss_aggregation == "token_mean":
+  if aggregation == "token_mean":
     total, weight = jnp.sum(per_token * valid), tokens
-  elif loss.loss_aggregation == "sequence_mean":
+  elif aggregation == "sequence_mean":
     per_seq = jnp.sum(per_token * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
     total, weight = jnp.sum(per_seq), rows
   else:
@@ -204,7 +262,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   """Samples G completions per prompt and scores them -> (rollout batch of R rows, metrics); no gradients.
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
-  advantages (R,), prompt_index (R,).
+  advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
   """
   g = num_samples or loss.num_generations
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
@@ -229,6 +287,13 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
       metrics[f"reward/{source.label}/unscored"] = jnp.mean(jnp.isnan(r).astype(jnp.float32))
     else:
       metrics[f"reward/{source.label}"] = jnp.mean(r)
+  if loss.dynamic_sampling:  # DAPO filters groups on the task reward alone.
+    batch["task_rewards"] = jax.lax.stop_gradient(total)
+  if loss.overlong_cache:
+    penalty = pv.soft_overlong_penalty(gen.lengths, max_length=sampling.max_new_tokens,
+                                       cache_length=loss.overlong_cache)
+    metrics["reward/overlong"] = jnp.mean(penalty)
+    total = total + penalty
   if model.reference is not None:
     ref_logps, _ = scoring.response_logps(model.reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
                                   sampling.temperature)
@@ -246,9 +311,51 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   return batch, metrics
 
 
+def select_groups(task_rewards_R: jax.Array, group_size: int, num_groups: int
+                  ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """DAPO dynamic sampling with a static batch: which `num_groups` of the R / group_size sampled groups to train on.
+
+  A group qualifies when its rewards are not all equal (`pv.dynamic_sampling_mask`). The kept groups are the
+  qualifying ones in sampling order, then, when fewer than num_groups qualify, the others in sampling order.
+
+  Args:
+    task_rewards_R: (R,) rewards, contiguous groups of group_size.
+    group_size: G.
+    num_groups: K <= R / G groups to keep.
+
+  Returns:
+    (group_index_K int32, qualifies_K bool, metrics: `groups_with_variance` = the qualifying fraction of all
+    sampled groups, `groups_filled` = how many of the K kept groups qualify).
+  """
+  qualifies_S = pv.dynamic_sampling_mask(task_rewards_R, group_size)[::group_size]
+  if not 1 <= num_groups <= qualifies_S.shape[0]:
+    raise ValueError(f"num_groups must be in [1, {qualifies_S.shape[0]}]; got {num_groups}")
+  # A stable sort on "does not qualify" puts the qualifying groups first, each part in sampling order.
+  order_S = jnp.argsort((~qualifies_S).astype(jnp.int32), stable=True)
+  group_index_K = order_S[:num_groups].astype(jnp.int32)
+  qualifies_K = qualifies_S[group_index_K]
+  metrics = {"groups_with_variance": jnp.mean(qualifies_S.astype(jnp.float32)),
+             "groups_filled": jnp.sum(qualifies_K.astype(jnp.float32))}
+  return group_index_K, qualifies_K, metrics
+
+
+def dynamic_sample(loss: RLLossConfig, batch: dict[str, jax.Array], num_groups: int
+                   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+  """The rollout batch restricted to `select_groups`' num_groups groups (R' = num_groups * G rows); advantages
+  are recomputed on the kept rows' rewards and zeroed on the groups kept only to fill the batch."""
+  g = loss.num_generations
+  group_index_K, qualifies_K, metrics = select_groups(batch["task_rewards"], g, num_groups)
+  rows = (group_index_K[:, None] * g + jnp.arange(g, dtype=jnp.int32)[None, :]).reshape(-1)
+  kept = {k: v[rows] for k, v in batch.items()}
+  kept["advantages"] = advantages(loss, kept["rewards"]) * jnp.repeat(qualifies_K, g).astype(jnp.float32)
+  return kept, metrics
+
+
 def make_rl_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources: Sequence[rewards_lib.RewardSource],
                  *, eos_ids: tuple[int, ...], pad_id: int, world: Any = None) -> state_lib.StepFn:
-  """The pure step (state, prompt batch) -> (state, metrics): one rollout, then `num_iterations` updates."""
+  """The pure step (state, prompt batch) -> (state, metrics): one rollout, then `num_iterations` updates.
+
+  The prompt batch holds `cfg.prompts_per_rollout` prompts (oversampled with loss.dynamic_sampling)."""
   loss = cfg.loss
   inner = state_lib.make_train_step(graphdef, rl_loss_fn(loss, cfg.sampling.temperature, cfg.sampling.max_new_tokens),
                                     optimizer, grad_accum_steps=cfg.optimizer.grad_accum_steps,
@@ -261,6 +368,9 @@ def make_rl_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources:
     model = nnx.merge(graphdef, state.params, state.extra)
     batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
                              eos_ids=eos_ids, pad_id=pad_id, world=world)
+    if loss.dynamic_sampling:  # The prompts are oversample * prompts_per_step; keep prompts_per_step groups.
+      batch, sampling_metrics = dynamic_sample(loss, batch, cfg.prompts_per_step)
+      metrics = {**metrics, **sampling_metrics}
     batch = {k: batch[k] for k in keep}
     state, stacked = jax.lax.scan(lambda s, _: inner(s, batch), state, None, length=loss.num_iterations)
     update_metrics = metrics_lib.stack_reduce(stacked)
@@ -342,7 +452,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
   step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
-  data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_step, cfg.seed)
+  data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed)
   eval_fn = None
   if cfg.eval_prompts:
     held_out = source.split("eval", cfg.eval_prompts, cfg.max_prompt_length, world_split="validation")
