@@ -29,6 +29,8 @@ def curve_metrics(curves: dict[str, np.ndarray], gold_std: float | None, proxy_s
   prompts, `gold_std` None) only the proxy and length metrics."""
   p = np.asarray(curves["proxy"])
   ns = np.asarray(curves["n"])
+  # A selector that scores every pooled sample the same has no scale: its gains in std units are NaN (undefined).
+  proxy_std = proxy_std if proxy_std > 0 else np.nan
   half = int(np.argmin(np.abs(ns - ns[-1] / 2)))
   if "gold" not in curves:
     out = {"proxy@1": p[0], "proxy@N": p[-1], "proxy_gain_std": (p[-1] - p[0]) / proxy_std,

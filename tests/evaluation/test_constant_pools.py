@@ -26,3 +26,15 @@ def test_tolerance_and_unscorable_samples():
 def test_rejects_a_bad_shape():
   with pytest.raises(ValueError, match=r"\(B, N\)"):
     constant_pool_fraction(np.zeros(4))
+
+
+def test_a_constant_selector_has_undefined_std_gains_without_a_warning():
+  import warnings
+
+  from jaxrlhf.evaluation.best_of_n import curve_metrics
+  curves = {"proxy": np.zeros(4), "n": np.arange(1, 5), "length": np.full(4, 7.0)}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    m = curve_metrics(curves, None, 0.0)
+  assert np.isnan(m["proxy_gain_std"]) and np.isnan(m["proxy_slope_std"])
+  assert m["proxy@N"] == 0.0 and m["length@N"] == 7.0
