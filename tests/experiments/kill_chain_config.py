@@ -3,9 +3,9 @@ stage kind the kill-point test injects faults into (tests/experiments/test_kill_
 
   sft -> reward -> dpo ("preference") -> grpo ("rl") -> best_of_n -> evaluate ("evaluate_policy")
 
-The sft, reward, grpo and evaluate sections are configs/grpo.py:smoke's (the reward model has one member instead
-of one: the same kind at less cost); dpo and best_of_n are configs/quickstart.py:smoke's and
-configs/best_of_n.py:smoke's at smaller sizes. Every training stage checkpoints at steps 2 and 4 (synchronously,
+The sft, reward, grpo and evaluate sections are configs/grpo.py:smoke's (grpo on 32 prompts; evaluate scores the
+dpo policy); dpo and best_of_n are configs/quickstart.py:smoke's and configs/best_of_n.py:smoke's, best_of_n
+smaller and on the grpo policy. Every training stage checkpoints at steps 2 and 4 (synchronously,
 SMOKE_LOOP), so a kill can land before, between and after checkpoints.
 """
 

@@ -27,7 +27,7 @@ CHAIN = "tests/experiments/kill_chain_config.py"
 KILL_RUN = "tests/experiments/kill_run.py"
 TOY = "tests/toy_config.py"
 SWEEP = "tests/experiments/kill_sweep_config.py"
-TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary folder of a step being written: "<step>.orbax-checkpoint-tmp-<n>".
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's folder of a step being written: "<step>.orbax-checkpoint-tmp-<n>".
 TIMEOUT_S = 300
 
 pytestmark = pytest.mark.slow
@@ -242,5 +242,6 @@ def test_sweep_killed_while_its_second_run_trains_completes_only_what_is_missing
   for name in (first, second):
     assert _results(work / name)["metrics"] == _results(ref_dir / name)["metrics"], name
     assert _metric_lines(work, name) == _metric_lines(ref_dir, name), name
-  status = lambda d: [(r["name"], r["status"]) for r in json.loads((d / "sweep.json").read_text())["runs"]]  # noqa: E731
-  assert status(work) == status(ref_dir) == [(first, "done"), (second, "done")]
+  runs = lambda d: json.loads((d / "sweep.json").read_text())["runs"]  # noqa: E731
+  assert [(r["name"], r["status"]) for r in runs(work)] == [(first, "done"), (second, "done")]
+  assert runs(work) == runs(ref_dir)
