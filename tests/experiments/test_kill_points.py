@@ -22,7 +22,10 @@ from typing import Callable
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-HERE = pathlib.Path(__file__).resolve().parent
+if str(REPO_ROOT) not in sys.path:
+  sys.path.insert(0, str(REPO_ROOT))
+
+from experiments import sweep as sweep_lib  # noqa: E402
 CHAIN = "tests/experiments/kill_chain_config.py"
 KILL_RUN = "tests/experiments/kill_run.py"
 TOY = "tests/toy_config.py"
@@ -200,8 +203,6 @@ def _start_sweep(workdir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
 
 
 def _sweep_run_names() -> list[str]:
-  sys.path.insert(0, str(REPO_ROOT))
-  from experiments import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
   return [sweep_lib.run_name(o) for o in sweep_lib.collect(str(REPO_ROOT / SWEEP))]
 
 
