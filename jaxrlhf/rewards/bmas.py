@@ -8,12 +8,16 @@ c_ij = cos(e(y_i), e(g_j)) for response tokens y_1..y_m and reference tokens g_1
     s_reference = (1/n) sum_j max_i c_ij     (each reference token's best match among the response tokens)
     BMAS = (s_response + s_reference) / 2
 
-in [-1, 1] (1 for texts of the same token set; no clipping). The first direction alone rewards a response that
-repeats one well-matched token; the second alone rewards padding a response with every reference token and more;
-their mean needs both (precision- and recall-like, as BERTScore's P and R, but on context-free input embeddings and
+in [-1, 1] (1 for texts of the same token set; no clipping). Source: the paper's abstract ("tokenizer embedding
+matching between the generated response and the ground truth") and the reward's name (max over one side, average
+over the other, both directions); the combination of the two directions by their arithmetic mean follows issue 16's
+statement of it ("and the reverse, averaged"): the paper's full text and the authors' code (github.com/xushilin1/
+mixed-r1) could not be consulted offline, so check `bmas` against them before citing numbers.
+The first direction alone rewards a response that repeats one well-matched token; the second alone rewards padding
+a response with every reference token and more; their mean needs both (precision- and recall-like, as BERTScore's P and R, but on context-free input embeddings and
 combined by the arithmetic mean, not F1).
 
-Edge cases (ours; the paper states none): an empty response or reference (no tokens) is not scorable (None); a
+Edge cases (our choices): an empty response or reference (no tokens) is not scorable (None); a
 zero embedding row (e.g. an unused, zeroed vocabulary entry) has cosine 0 with every token, itself included
 (norms are clamped at 1e-12). Token ids are the tokenizer's plain ids (no BOS / special tokens added).
 
