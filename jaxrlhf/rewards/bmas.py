@@ -14,8 +14,8 @@ over the other, both directions); the combination of the two directions by their
 statement of it ("and the reverse, averaged"): the paper's full text and the authors' code (github.com/xushilin1/
 mixed-r1) could not be consulted offline, so check `bmas` against them before citing numbers.
 The first direction alone rewards a response that repeats one well-matched token; the second alone rewards padding
-a response with every reference token and more; their mean needs both (precision- and recall-like, as BERTScore's P and R, but on context-free input embeddings and
-combined by the arithmetic mean, not F1).
+a response with every reference token and more; their mean needs both (precision- and recall-like, as BERTScore's
+P and R, but on context-free input embeddings and combined by the arithmetic mean, not F1).
 
 Edge cases (our choices): an empty response or reference (no tokens) is not scorable (None); a
 zero embedding row (e.g. an unused, zeroed vocabulary entry) has cosine 0 with every token, itself included
