@@ -6,11 +6,14 @@ Modules: calling (calling a user or built-in function, checking its output, erro
 load_function), answers (exact match of a final answer with number normalization), shaping (regular-expression
 format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), sql (Reasoning-SQL's
 execution / syntax / schema-linking / n-gram / format rewards on sqlite3), toolrl (ToolRL's format and
-tool-call correctness reward), combine (weighted sums),
-kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model.
+tool-call correctness reward), bmas (Mixed-R1's bidirectional max-average similarity of input
+embeddings against a reference column), combine (weighted sums),
+kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model (bmas reads
+only a model file's embedding table).
 """
 
 from jaxrlhf.rewards.answers import answer_matches, exact_match, extract_answer, parse_number
+from jaxrlhf.rewards.bmas import bmas_reward, embedding_table  # Not bmas(): `rewards.bmas` stays the module.
 from jaxrlhf.rewards.bleu import bleu_reward, bleuberi_bleu, bleuberi_reward, sentence_bleu, tokenize_13a
 from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, call_style, check_rewards,
                                      completion_text, describe, load_function)

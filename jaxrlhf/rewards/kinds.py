@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, combine, shaping, sql, toolrl
+from jaxrlhf.rewards import answers, bleu, bmas, combine, shaping, sql, toolrl
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -61,6 +61,7 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "weighted_sum": weighted_sum_of,
     "python": python_function,
     "toolrl": toolrl.toolrl_reward,
+    "bmas": bmas.bmas_reward,
 }
 
 

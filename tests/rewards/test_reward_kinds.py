@@ -33,7 +33,8 @@ def test_every_kind_by_name():
   assert set(kinds.REWARDS) == {"exact_match", "regex_format", "length_penalty", "bleu", "bleuberi", "weighted_sum",
                                 "python", "sql_execution", "sql_syntax", "sql_schema_linking", "sql_ngram",
                                 "sql_format", "reasoning_sql",  # tests/rewards/test_sql_rewards.py
-                                "toolrl"}  # tests/rewards/test_toolrl.py
+                                "toolrl",  # tests/rewards/test_toolrl.py
+                                "bmas"}  # tests/rewards/test_bmas.py
   np.testing.assert_array_equal(call(kinds.make_reward("exact_match", {"column": "answer"}))[:2], [1.0, 0.0])
   assert np.isnan(call(kinds.make_reward("exact_match"))[2])
   np.testing.assert_array_equal(call(kinds.make_reward("regex_format", {"pattern": r"^Answer: \d+$"})), [1, 0, 0])
