@@ -10,6 +10,8 @@ evaluation stages call these; losses never run a model):
   response_logps         rollouts [left-padded prompt | right-padded response], softmax(logits / temperature),
                          with per-token entropy (policy gradient, KL estimates, evaluation);
   sequence_logps         host helper: summed response log-probs of token lists, in fixed-shape batches;
+  follow_up_logps,       FLR: the per-token average log-likelihood of follow-up user turns after
+  flr_scores             [prompt | response] rows, and positive minus negative means;
   pair_token_logps,      preference pairs in either layout, two rows (chosen_/rejected_ keys) or one
   pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`, whose
                          `shared_prompt_token_logps` scores such rows).
@@ -177,6 +179,68 @@ def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_ro
     logps = np.asarray(jit_response_logps(model, ids, mask, r_ids, r_mask), np.float64)
     out.append(logps.sum(axis=1)[:batch_size - fill])
   return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------ follow-ups (FLR)
+def follow_up_logps(model: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.Array, response_ids_RxN: jax.Array,
+                    response_mask_RxN: jax.Array, follow_ids_FxL: jax.Array, follow_mask_FxL: jax.Array,
+                    follow_target_FxL: jax.Array, end_ids: Sequence[int] = (), chunk_size: int = 1024) -> jax.Array:
+  """float32 (R, F): the per-token average log-likelihood of each follow-up's target tokens after each row,
+
+      lbar[r, f] = (1 / |f|) sum_{t in target(f)} log p(f_t | prompt_r, response_r, f_<t)
+
+  (FLR's per-follow-up value, `rewards.follow_up`). Row r, follow-up f is scored as the contiguous sequence
+  [left-padded prompt | response without a trailing end token | follow-up f | pad]: the response's right padding is
+  moved behind the follow-up (a static-shape gather), so positions and attention are those of the unpadded dialogue.
+  The follow-up's first tokens close the assistant turn (`encode_follow_ups`), which is why a response's own end
+  token (one of `end_ids`, when it is its last real token) is dropped; a truncated response has none to drop.
+
+  Args:
+    model: a CausalLM.
+    prompt_ids_RxP, prompt_mask_RxP: left-padded prompts.
+    response_ids_RxN, response_mask_RxN: right-padded responses (an end token included or not).
+    follow_ids_FxL, follow_mask_FxL, follow_target_FxL: right-padded follow-up rows, target 1 on the scored tokens
+      (each row needs at least one).
+    end_ids: end-of-turn / EOS ids (static).
+    chunk_size: vocabulary-chunked log-prob gather (`token_logps`); the F follow-ups run one after another
+      (`lax.map`), so memory grows with R, not R * F.
+  """
+  n, l = response_ids_RxN.shape[1], follow_ids_FxL.shape[1]
+  valid_RxN = response_mask_RxN > 0
+  length_R = jnp.sum(valid_RxN, axis=1).astype(jnp.int32)
+  if end_ids:
+    last_R = jnp.take_along_axis(response_ids_RxN, jnp.maximum(length_R - 1, 0)[:, None], axis=1)[:, 0]
+    length_R = length_R - ((length_R > 0) & jnp.isin(last_R, jnp.asarray(end_ids))).astype(jnp.int32)
+  prompt_mask = prompt_mask_RxP > 0
+  prompt_ids = jnp.where(prompt_mask, prompt_ids_RxP, 0).astype(jnp.int32)
+  slot_RxS = jnp.broadcast_to(jnp.arange(n + l)[None, :], (length_R.shape[0], n + l))
+  in_response = slot_RxS < length_R[:, None]
+  response_ids = jnp.take_along_axis(response_ids_RxN, jnp.minimum(slot_RxS, n - 1), axis=1).astype(jnp.int32)
+  k_RxS = slot_RxS - length_R[:, None]  # The slot's index in the follow-up.
+  k_clipped = jnp.clip(k_RxS, 0, l - 1)
+
+  def one(follow):
+    ids_L, mask_L, target_L = follow
+    in_follow = (k_RxS >= 0) & (k_RxS < l) & (mask_L[k_clipped] > 0)
+    ids = jnp.where(in_response, response_ids, jnp.where(in_follow, ids_L[k_clipped].astype(jnp.int32), 0))
+    target = jnp.where(in_follow, target_L[k_clipped], 0.0)
+    full_ids = jnp.concatenate([prompt_ids, ids], axis=1)
+    full_mask = jnp.concatenate([prompt_mask, in_response | in_follow], axis=1).astype(jnp.int32)
+    loss_mask = jnp.concatenate([jnp.zeros(prompt_ids.shape, jnp.float32), target], axis=1)
+    logps, mask = token_logps(model, full_ids, full_mask, loss_mask, chunk_size)
+    return jnp.sum(logps * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+
+  logps_FxR = jax.lax.map(one, (follow_ids_FxL, follow_mask_FxL, follow_target_FxL.astype(jnp.float32)))
+  return logps_FxR.T.astype(jnp.float32)
+
+
+def flr_scores(logps_RxF: jax.Array, positive_F: jax.Array) -> jax.Array:
+  """float32 (R,) FLR = mean over the positive follow-ups of `follow_up_logps` minus the mean over the negative ones
+  (Zhang et al. 2024, arXiv 2409.13948). positive_F: bool (F,), at least one True and one False."""
+  pos = jnp.asarray(positive_F, jnp.float32)
+  neg = 1.0 - pos
+  logps = logps_RxF.astype(jnp.float32)
+  return logps @ pos / jnp.sum(pos) - logps @ neg / jnp.sum(neg)
 
 
 # ------------------------------------------------------------------------------------------------ preference pairs
