@@ -2,6 +2,11 @@
 (`train.scoring.follow_up_logps` / `flr_scores`) against transformers on unpadded dialogues, hand-checkable cases,
 the follow-up rendering, the "follow_up_likelihood" reward source's config errors and a best-of-n run with it."""
 
+import json
+import os
+import re
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +14,15 @@ import pytest
 import torch
 import transformers
 
-from jaxrlhf.models import from_pretrained
-from jaxrlhf.rewards import follow_up as follow_up_lib
-from jaxrlhf.train import scoring
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "stages"))
+import tiny_chat_model  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from jaxrlhf.config import ConfigError, from_config  # noqa: E402
+from jaxrlhf.models import from_pretrained, load_tokenizer  # noqa: E402
+from jaxrlhf.rewards import follow_up as follow_up_lib  # noqa: E402
+from jaxrlhf.stages import best_of_n as best_of_n_stage  # noqa: E402
+from jaxrlhf.stages import reward_sources, rl  # noqa: E402
+from jaxrlhf.train import scoring  # noqa: E402
 
 VOCAB, END = 97, 2
 
@@ -130,3 +141,122 @@ def test_responses_padding_and_end_token_do_not_change_the_score(models):
   kept = np.asarray(scoring.follow_up_logps(ours, *arrays))
   assert np.abs(kept[0] - base[0]).max() > 1e-3
   np.testing.assert_allclose(kept[1], base[1], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def test_follow_ups_render_as_the_next_user_turn_of_the_chat_template():
+  """The scored dialogue [prompt | response | follow-up row] is the chat template's own rendering of (user,
+  assistant, user) up to the follow-up's closing marker, and only the utterance's tokens are targets."""
+  tok = tiny_chat_model.byte_tokenizer()
+  assert follow_up_lib.turn_marker(tok) == "<|im_end|>\n<|im_start|>user\n"
+  follow = follow_up_lib.encode_follow_ups(tok, ["Thanks!"], ["What?", "No."])
+  assert follow.ids_FxL.shape == (3, len(tok.encode("<|im_end|>\n<|im_start|>user\nThanks!")))
+  np.testing.assert_array_equal(follow.positive_F, [True, False, False])
+  for f, text in enumerate(follow.texts):
+    real = follow.mask_FxL[f] > 0
+    assert tok.decode(follow.ids_FxL[f][follow.target_FxL[f] > 0]) == text
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True))
+    response = tok.encode("Hello.<|im_end|>")
+    dialogue = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                        {"role": "user", "content": text}])
+    # The response's own end token is replaced by the marker's (`follow_up_logps` drops it).
+    assert prompt + response[:-1] + list(follow.ids_FxL[f][real]) == tok.encode(dialogue)[:-2]  # "<|im_end|>\n"
+  with pytest.raises(ValueError, match="at least one positive"):
+    follow_up_lib.encode_follow_ups(tok, [], ["No."])
+  assert len(follow_up_lib.POSITIVE_FOLLOW_UPS) == len(follow_up_lib.NEGATIVE_FOLLOW_UPS) == 20
+
+
+# ------------------------------------------------------------------------------------------------ the reward source
+def _spec(**options):
+  return from_config({"kind": "follow_up_likelihood", "name": "flr", "options": options},
+                     reward_sources.RewardSourceSpec, path="config.rewards[0]")
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"modle": "x"}, "config.rewards[0].options.modle"),
+    ({"positive": []}, "config.rewards[0].options.positive"),
+    ({"negative": "That makes no sense!"}, "config.rewards[0].options.negative"),
+    ({"positive": ["fine", ""]}, "config.rewards[0].options.positive"),
+    ({"model": 3}, "config.rewards[0].options.model"),
+    ({"chunk_size": 0}, "config.rewards[0].options.chunk_size"),
+])
+def test_config_errors_name_the_key(options, key):
+  with pytest.raises(ConfigError, match=re.escape(key)):
+    _spec(**options)
+
+
+def test_defaults_and_model_checks(models, tmp_path):
+  spec = _spec()
+  options = spec.follow_up_options()
+  assert options["model"] == "" and options["positive"] == follow_up_lib.POSITIVE_FOLLOW_UPS
+  with pytest.raises(ConfigError, match=re.escape("rewards[0].options.model: required")):
+    reward_sources.follow_up_models([spec], {}, "", None)
+  with pytest.raises(ConfigError, match=re.escape("standardize")):
+    from_config({"kind": "follow_up_likelihood", "standardize": True}, reward_sources.RewardSourceSpec)
+  # The tiny Llama's 97 ids cannot score the byte tokenizer's 258.
+  llama = str(tmp_path / "llama")
+  tiny_llama(llama)
+  with pytest.raises(ConfigError, match=re.escape("rewards[0].options.model") + ".*fewer than"):
+    reward_sources.follow_up_models([_spec(model=llama)], {}, "", tiny_chat_model.byte_tokenizer())
+
+
+def _unpadded_flr(model, prompt_ids, prompt_mask, tokens, mask, follow, end_id):
+  """FLR of one sample: one unpadded forward per follow-up (no jit, no padding, no gather)."""
+  response = list(tokens[mask > 0])
+  if response and response[-1] == end_id:
+    response = response[:-1]
+  context = list(prompt_ids[prompt_mask > 0]) + response
+  values = []
+  for f in range(follow.ids_FxL.shape[0]):
+    real = follow.mask_FxL[f] > 0
+    seq = context + list(follow.ids_FxL[f][real])
+    logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray([seq], jnp.int32))[0].astype(jnp.float32)), np.float64)
+    targets = [len(context) + i for i, t in enumerate(follow.target_FxL[f][real]) if t > 0]
+    values.append(np.mean([logp[t - 1, seq[t]] for t in targets]))
+  values = np.asarray(values)
+  return values[follow.positive_F].mean() - values[~follow.positive_F].mean()
+
+
+@pytest.mark.slow
+def test_best_of_n_selects_by_flr_on_the_tiny_chat_model(tmp_path):
+  """best_of_n with a "follow_up_likelihood" source (default model: the policy): the saved per-sample scores equal
+  an unpadded per-sample recomputation, and the curve's n = N point is the best of each pool."""
+  model_dir = tiny_chat_model.write_model(tmp_path / "model")
+  train, held_out = tiny_chat_model.write_prompt_files(tmp_path / "prompts")
+  positive, negative = ["Thanks, that is right.", "Great!"], ["That is wrong."]
+  cfg = from_config({
+      "policy": model_dir, "prompts": {"source": "files", "paths": (train,), "eval_paths": (held_out,)},
+      "num_prompts": 2, "pool_size": 4, "batch_size": 2, "max_prompt_length": 48, "max_new_tokens": 6,
+      "plots": False, "rewards": ({"kind": "follow_up_likelihood", "name": "flr",
+                                   "options": {"positive": positive, "negative": negative, "chunk_size": 64}},)},
+      best_of_n_stage.BestOfNConfig)
+  out = best_of_n_stage.run(cfg, str(tmp_path / "bon"), {})
+  pool = np.load(out["pool"])
+  saved = np.load(tmp_path / "bon" / "scores.npz")["flr"]
+  tok = load_tokenizer(model_dir)
+  model, _ = from_pretrained(model_dir)
+  follow = follow_up_lib.encode_follow_ups(tok, positive, negative)
+  expected = np.array([[_unpadded_flr(model, pool["prompt_ids"][p], pool["prompt_mask"][p], pool["tokens"][p, s],
+                                      pool["mask"][p, s], follow, tok.eos_id) for s in range(4)] for p in range(2)])
+  np.testing.assert_allclose(saved, expected, atol=1e-5, rtol=0)
+  with open(out["results"]) as f:
+    curve = json.load(f)["curves"]["flr"]
+  assert curve["proxy"][-1] == pytest.approx(expected.max(axis=1).mean(), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_rl_trains_with_flr_as_its_reward(tmp_path):
+  """One GRPO step on the tiny chat model with FLR (the policy's starting model, frozen) as the reward, beside a
+  text reward: the reward is logged, finite, and its held-out evaluation too."""
+  model_dir = tiny_chat_model.write_model(tmp_path / "model")
+  train, held_out = tiny_chat_model.write_prompt_files(tmp_path / "prompts")
+  rewards = ({"kind": "follow_up_likelihood", "name": "flr",
+              "options": {"positive": ["Great!"], "negative": ["Wrong."], "chunk_size": 64}},
+             tiny_chat_model.REWARDS[1])
+  cfg = from_config(tiny_chat_model.rl_stage(model_dir, train, held_out, steps=1, rewards=rewards), rl.RLConfig)
+  rl.run(cfg, str(tmp_path / "rl"), {})
+  with open(tmp_path / "rl" / "metrics.jsonl") as f:
+    lines = [json.loads(x) for x in f]
+  train_line = next(d for d in lines if "train/reward/flr" in d)
+  assert np.isfinite(train_line["train/reward/flr"]) and train_line["train/reward/flr"] != 0.0
+  assert any(np.isfinite(d.get("eval/reward/flr", np.nan)) for d in lines)
