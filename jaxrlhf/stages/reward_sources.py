@@ -105,24 +105,8 @@ class RewardSourceSpec:
     return text_rewards.make_reward(self.kind, self.text_options(), path)
 
   def follow_up_options(self, path: str = "reward") -> dict[str, Any]:
-    """The options of a "follow_up_likelihood" source with their defaults (model "" = the policy's start)."""
-    unknown = sorted(set(self.options) - set(FOLLOW_UP_OPTIONS))
-    if unknown:
-      raise ConfigError(f"{path}.options.{unknown[0]}: unknown option of kind 'follow_up_likelihood'; valid: "
-                        f"{FOLLOW_UP_OPTIONS}")
-    out = {"model": self.options.get("model", ""), "chunk_size": self.options.get("chunk_size", 1024)}
-    if not isinstance(out["model"], str):
-      raise ConfigError(f"{path}.options.model: expected a path string, got {out['model']!r}")
-    if not isinstance(out["chunk_size"], int) or out["chunk_size"] < 1:
-      raise ConfigError(f"{path}.options.chunk_size: expected a positive int, got {out['chunk_size']!r}")
-    defaults = {"positive": follow_up_lib.POSITIVE_FOLLOW_UPS, "negative": follow_up_lib.NEGATIVE_FOLLOW_UPS}
-    for key, default in defaults.items():
-      texts = self.options.get(key, default)
-      if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts or not all(
-          isinstance(t, str) and t.strip() for t in texts):
-        raise ConfigError(f"{path}.options.{key}: expected a non-empty list of non-empty utterances, got {texts!r}")
-      out[key] = tuple(texts)
-    return out
+    """The options of a "follow_up_likelihood" source with their defaults (`follow_up_options`)."""
+    return follow_up_options(self.options, f"{path}.options")
 
   def validate(self, path: str) -> None:
     if self.kind == "reward_model" and not self.reward_model:
@@ -134,6 +118,28 @@ class RewardSourceSpec:
     if self.standardize and self.kind != "reward_model":
       raise ConfigError(f"{path}.standardize: only reward-model sources have members to standardize "
                         f"(kind is {self.kind!r})")
+
+
+def follow_up_options(options: Mapping[str, Any], path: str) -> dict[str, Any]:
+  """FLR's options {"model", "positive", "negative", "chunk_size"} with their defaults (model "" = the policy's
+  starting model, the paper's follow-ups, chunk 1024); a bad or unknown one is a ConfigError naming `path`.<key>."""
+  unknown = sorted(set(options) - set(FOLLOW_UP_OPTIONS))
+  if unknown:
+    raise ConfigError(f"{path}.{unknown[0]}: unknown option of kind 'follow_up_likelihood'; valid: "
+                      f"{FOLLOW_UP_OPTIONS}")
+  out = {"model": options.get("model", ""), "chunk_size": options.get("chunk_size", 1024)}
+  if not isinstance(out["model"], str):
+    raise ConfigError(f"{path}.model: expected a path string, got {out['model']!r}")
+  if not isinstance(out["chunk_size"], int) or out["chunk_size"] < 1:
+    raise ConfigError(f"{path}.chunk_size: expected a positive int, got {out['chunk_size']!r}")
+  defaults = {"positive": follow_up_lib.POSITIVE_FOLLOW_UPS, "negative": follow_up_lib.NEGATIVE_FOLLOW_UPS}
+  for key, default in defaults.items():
+    texts = options.get(key, default)
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts or not all(
+        isinstance(t, str) and t.strip() for t in texts):
+      raise ConfigError(f"{path}.{key}: expected a non-empty list of non-empty utterances, got {texts!r}")
+    out[key] = tuple(texts)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -215,26 +221,26 @@ def follow_up_score(key: str, follow_ups: follow_up_lib.FollowUps, end_ids: tupl
   return score
 
 
-def follow_up_model(spec: RewardSourceSpec, inputs: dict, default_model: str, tokenizer: Any, path: str
+def follow_up_model(options: Mapping[str, Any], inputs: dict, default_model: str, tokenizer: Any, path: str
                     ) -> CausalLM:
-  """The CausalLM of a "follow_up_likelihood" source: `options.model` ("stage:<name>", a HF folder or a .gguf), or
-  `default_model` (the policy's starting model). It scores the policy's token ids, so its vocabulary must be the
+  """The CausalLM of FLR options (`follow_up_options`, at `path`): `model` ("stage:<name>", a HF folder or a .gguf),
+  or `default_model` (the policy's starting model). It scores the policy's token ids, so its vocabulary must be the
   policy tokenizer's (checked against the model's own tokenizer where it has one)."""
-  model_path = spec.follow_up_options(path)["model"] or default_model
+  model_path = follow_up_options(options, path)["model"] or default_model
   if not model_path:
-    raise ConfigError(f"{path}.options.model: required when the policy has no starting model to default to")
+    raise ConfigError(f"{path}.model: required when the policy has no starting model to default to")
   model_path = common.resolve_path(model_path, inputs)
   model, config = from_pretrained(model_path)
   if tokenizer is not None:
     if config.vocab_size < tokenizer.vocab_size:
-      raise ConfigError(f"{path}.options.model: {model_path} has {config.vocab_size} token ids, fewer than the policy "
+      raise ConfigError(f"{path}.model: {model_path} has {config.vocab_size} token ids, fewer than the policy "
                         f"tokenizer's {tokenizer.vocab_size}; FLR scores the policy's token ids")
     try:
       own = load_tokenizer(model_path)
     except (OSError, ValueError):  # No tokenizer in the folder: only the vocabulary size can be checked.
       own = None
     if own is not None and own.backend.get_vocab() != tokenizer.backend.get_vocab():
-      raise ConfigError(f"{path}.options.model: {model_path}'s tokenizer differs from the policy's; FLR scores the "
+      raise ConfigError(f"{path}.model: {model_path}'s tokenizer differs from the policy's; FLR scores the "
                         "policy's token ids, so the model must share its vocabulary")
   return model
 
@@ -242,7 +248,7 @@ def follow_up_model(spec: RewardSourceSpec, inputs: dict, default_model: str, to
 def follow_up_models(specs: Sequence[RewardSourceSpec], inputs: dict, default_model: str, tokenizer: Any
                      ) -> dict[str, CausalLM]:
   """{"flr_<i>": CausalLM} of the "follow_up_likelihood" sources (`follow_up_model`), for `jit_scores`."""
-  return {f"flr_{i}": follow_up_model(spec, inputs, default_model, tokenizer, f"rewards[{i}]")
+  return {f"flr_{i}": follow_up_model(spec.options, inputs, default_model, tokenizer, f"rewards[{i}].options")
           for i, spec in enumerate(specs) if spec.kind == "follow_up_likelihood"}
 
 

@@ -21,7 +21,7 @@ from jaxrlhf.config import ConfigError, from_config  # noqa: E402
 from jaxrlhf.models import from_pretrained, load_tokenizer  # noqa: E402
 from jaxrlhf.rewards import follow_up as follow_up_lib  # noqa: E402
 from jaxrlhf.stages import best_of_n as best_of_n_stage  # noqa: E402
-from jaxrlhf.stages import reward_sources, rl  # noqa: E402
+from jaxrlhf.stages import reward_eval, reward_sources, rl  # noqa: E402
 from jaxrlhf.train import scoring  # noqa: E402
 
 VOCAB, END = 97, 2
@@ -260,3 +260,48 @@ def test_rl_trains_with_flr_as_its_reward(tmp_path):
   train_line = next(d for d in lines if "train/reward/flr" in d)
   assert np.isfinite(train_line["train/reward/flr"]) and train_line["train/reward/flr"] != 0.0
   assert any(np.isfinite(d.get("eval/reward/flr", np.nan)) for d in lines)
+
+
+# ------------------------------------------------------------------------------------------------ pairwise evaluation
+@pytest.mark.slow
+def test_reward_eval_scores_pairs_by_flr(tmp_path):
+  """reward_eval with scorer="follow_up_likelihood" on a preference file: each response's score is the unpadded
+  recomputation of FLR after [prompt | response], and accuracy is the fraction of pairs with chosen > rejected."""
+  model_dir = tiny_chat_model.write_model(tmp_path / "model")
+  rows = [{"prompt": f"What is {a} + {b}?", "chosen": str(a + b), "rejected": f"maybe {a * b + 1} or so"}
+          for a, b in ((1, 2), (3, 4), (2, 7), (5, 5), (6, 1))]
+  prefs = tmp_path / "prefs.jsonl"
+  prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  positive, negative = ["Right, thanks."], ["No, that is wrong.", "What?"]
+  cfg = from_config(dict(scorer="follow_up_likelihood", split="all", num_resamples=200,
+                         follow_up={"positive": positive, "negative": negative, "chunk_size": 64},
+                         data=dict(source="files", paths=(str(prefs),), tokenizer=model_dir, batch_size=2,
+                                   max_length=64)), reward_eval.RewardEvalConfig)
+  out = reward_eval.run(cfg, str(tmp_path / "eval"), {})
+  with open(out["scores"]) as f:
+    lines = [json.loads(x) for x in f]
+  tok = load_tokenizer(model_dir)
+  model, _ = from_pretrained(model_dir)
+  follow = follow_up_lib.encode_follow_ups(tok, positive, negative)
+  correct = []
+  for line, row in zip(lines, rows):
+    prompt = np.asarray(tok.encode(row["prompt"]))
+    for key in ("chosen", "rejected"):
+      response = np.asarray(tok.encode(row[key]) + [tok.eos_id])
+      expected = _unpadded_flr(model, prompt, np.ones_like(prompt), response, np.ones_like(response), follow,
+                               tok.eos_id)
+      assert line[key][0] == pytest.approx(expected, abs=1e-5), (line["index"], key)
+    correct.append(line["chosen"][0] > line["rejected"][0])
+  assert out["metrics"]["n"] == 5
+  assert out["metrics"]["accuracy"] == pytest.approx(np.mean(correct))
+  assert out["metrics"]["accuracy_lower"] <= out["metrics"]["accuracy"] <= out["metrics"]["accuracy_upper"]
+
+
+def test_reward_eval_flr_config_errors():
+  with pytest.raises(ConfigError, match=re.escape("config.follow_up.negative")):
+    from_config(dict(scorer="follow_up_likelihood", follow_up={"negative": []}, data=dict(tokenizer="x")),
+                reward_eval.RewardEvalConfig)
+  with pytest.raises(ConfigError, match=re.escape("config.follow_up.model: required")):
+    from_config(dict(scorer="follow_up_likelihood"), reward_eval.RewardEvalConfig)
+  with pytest.raises(ConfigError, match=re.escape("config.follow_up: only used with")):
+    from_config(dict(reward_model="stage:rm", follow_up={"model": "x"}), reward_eval.RewardEvalConfig)
