@@ -189,49 +189,61 @@ def follow_up_logps(model: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.
 
       lbar[r, f] = (1 / |f|) sum_{t in target(f)} log p(f_t | prompt_r, response_r, f_<t)
 
-  (FLR's per-follow-up value, `rewards.follow_up`). Row r, follow-up f is scored as the contiguous sequence
-  [left-padded prompt | response without a trailing end token | follow-up f | pad]: the response's right padding is
-  moved behind the follow-up (a static-shape gather), so positions and attention are those of the unpadded dialogue.
+  (FLR's per-follow-up value, `rewards.follow_up`). The context [prompt | response] is read ONCE per row: a row is
+  packed as [left-padded prompt | response without a trailing end token | pad | f_1 | f_2 | ... | f_F], the context
+  visible to every follow-up (`shared_mask`), each follow-up its own segment that sees only itself and the context,
+  with positions continuing from the context's real length (prefix sharing, as `models.shared_prompt` does for
+  preference pairs). So every value equals the one of the unpadded dialogue [prompt | response | f] up to float
+  rounding, at the cost of P + N + F * L tokens per row instead of F * (P + N + L).
   The follow-up's first tokens close the assistant turn (`encode_follow_ups`), which is why a response's own end
   token (one of `end_ids`, when it is its last real token) is dropped; a truncated response has none to drop.
 
   Args:
     model: a CausalLM.
-    prompt_ids_RxP, prompt_mask_RxP: left-padded prompts.
+    prompt_ids_RxP, prompt_mask_RxP: left-padded prompts (P may be 0).
     response_ids_RxN, response_mask_RxN: right-padded responses (an end token included or not).
     follow_ids_FxL, follow_mask_FxL, follow_target_FxL: right-padded follow-up rows, target 1 on the scored tokens
       (each row needs at least one).
     end_ids: end-of-turn / EOS ids (static).
-    chunk_size: vocabulary-chunked log-prob gather (`token_logps`); the F follow-ups run one after another
-      (`lax.map`), so memory grows with R, not R * F.
+    chunk_size: the vocabulary projection runs over chunks of this many tokens (no (R, T, V) logits).
   """
-  n, l = response_ids_RxN.shape[1], follow_ids_FxL.shape[1]
-  valid_RxN = response_mask_RxN > 0
-  length_R = jnp.sum(valid_RxN, axis=1).astype(jnp.int32)
+  r, p = prompt_ids_RxP.shape
+  n = response_ids_RxN.shape[1]
+  f, l = follow_ids_FxL.shape
+  length_R = jnp.sum(response_mask_RxN > 0, axis=1).astype(jnp.int32)
   if end_ids:
     last_R = jnp.take_along_axis(response_ids_RxN, jnp.maximum(length_R - 1, 0)[:, None], axis=1)[:, 0]
     length_R = length_R - ((length_R > 0) & jnp.isin(last_R, jnp.asarray(end_ids))).astype(jnp.int32)
+  # The context: the prompt's real tokens then the response's first length_R tokens (its rest is padding).
   prompt_mask = prompt_mask_RxP > 0
-  prompt_ids = jnp.where(prompt_mask, prompt_ids_RxP, 0).astype(jnp.int32)
-  slot_RxS = jnp.broadcast_to(jnp.arange(n + l)[None, :], (length_R.shape[0], n + l))
-  in_response = slot_RxS < length_R[:, None]
-  response_ids = jnp.take_along_axis(response_ids_RxN, jnp.minimum(slot_RxS, n - 1), axis=1).astype(jnp.int32)
-  k_RxS = slot_RxS - length_R[:, None]  # The slot's index in the follow-up.
-  k_clipped = jnp.clip(k_RxS, 0, l - 1)
-
-  def one(follow):
-    ids_L, mask_L, target_L = follow
-    in_follow = (k_RxS >= 0) & (k_RxS < l) & (mask_L[k_clipped] > 0)
-    ids = jnp.where(in_response, response_ids, jnp.where(in_follow, ids_L[k_clipped].astype(jnp.int32), 0))
-    target = jnp.where(in_follow, target_L[k_clipped], 0.0)
-    full_ids = jnp.concatenate([prompt_ids, ids], axis=1)
-    full_mask = jnp.concatenate([prompt_mask, in_response | in_follow], axis=1).astype(jnp.int32)
-    loss_mask = jnp.concatenate([jnp.zeros(prompt_ids.shape, jnp.float32), target], axis=1)
-    logps, mask = token_logps(model, full_ids, full_mask, loss_mask, chunk_size)
-    return jnp.sum(logps * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-
-  logps_FxR = jax.lax.map(one, (follow_ids_FxL, follow_mask_FxL, follow_target_FxL.astype(jnp.float32)))
-  return logps_FxR.T.astype(jnp.float32)
+  in_response = jnp.arange(n)[None, :] < length_R[:, None]
+  context_mask = jnp.concatenate([prompt_mask, in_response], axis=1)
+  context_ids = jnp.where(context_mask, jnp.concatenate([prompt_ids_RxP, response_ids_RxN], axis=1), 0)
+  context_positions = jnp.maximum(jnp.cumsum(context_mask.astype(jnp.int32), axis=1) - 1, 0)
+  context_length_R = jnp.sum(context_mask, axis=1).astype(jnp.int32)
+  # The F follow-ups, one segment each (2, 3, ...), positions continuing from the context's length.
+  follow_mask = (follow_mask_FxL > 0).reshape(1, f * l)
+  follow_ids = jnp.where(follow_mask, follow_ids_FxL.reshape(1, f * l), 0)
+  k_S = jnp.tile(jnp.arange(l, dtype=jnp.int32), f)  # Slot s's index in its follow-up.
+  ids_RxT = jnp.concatenate([context_ids, jnp.broadcast_to(follow_ids, (r, f * l))], axis=1).astype(jnp.int32)
+  mask_RxT = jnp.concatenate([context_mask, jnp.broadcast_to(follow_mask, (r, f * l))], axis=1)
+  positions_RxT = jnp.concatenate([context_positions, context_length_R[:, None] + k_S[None, :]], axis=1)
+  segments = jnp.concatenate([jnp.ones((p + n,), jnp.int32), jnp.repeat(jnp.arange(f, dtype=jnp.int32) + 2, l)])
+  segment_ids_RxT = jnp.where(mask_RxT, segments[None, :], 0)
+  shared_RxT = jnp.concatenate([context_mask, jnp.zeros((r, f * l), bool)], axis=1)
+  hidden_RxTxD = model.hidden_states(ids_RxT, mask_RxT.astype(jnp.int32), positions_RxT.astype(jnp.int32),
+                                     segment_ids=segment_ids_RxT, shared_mask=shared_RxT)
+  # A follow-up token is predicted by its left neighbour, its first token by the context's last real token.
+  last_context_R = p + length_R - 1
+  source_RxS = jnp.where(k_S[None, :] == 0, last_context_R[:, None], p + n + jnp.arange(f * l)[None, :] - 1)
+  predictor_RxSxD = jnp.take_along_axis(hidden_RxTxD, jnp.maximum(source_RxS, 0)[:, :, None], axis=1)
+  target_RxS = (follow_target_FxL.reshape(1, f * l).astype(jnp.float32) * follow_mask) * (source_RxS >= 0)
+  head_DxV, softcap = model.output_projection()
+  logps_RxS, _ = logps_lib.chunked_sequence_logps(predictor_RxSxD, head_DxV, ids_RxT[:, p + n:], target_RxS,
+                                                  chunk_size=chunk_size, logit_softcap=softcap)
+  logps_RxFxL = (logps_RxS * target_RxS).reshape(r, f, l)
+  count_RxF = jnp.sum(target_RxS.reshape(r, f, l), axis=-1)
+  return (jnp.sum(logps_RxFxL, axis=-1) / jnp.maximum(count_RxF, 1.0)).astype(jnp.float32)
 
 
 def flr_scores(logps_RxF: jax.Array, positive_F: jax.Array) -> jax.Array:

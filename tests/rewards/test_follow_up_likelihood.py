@@ -45,7 +45,8 @@ def tiny_llama(folder):
 
 def batch():
   """4 rows (left-padded prompts, right-padded responses; rows 0 and 2 end with END, row 1 is truncated, row 3
-  is empty) and 3 follow-ups (a 2-token turn marker, untargeted, then 1 to 4 utterance tokens)."""
+  is empty) and 4 follow-ups (three with a 2-token turn marker, untargeted, then 1 to 4 utterance tokens; the
+  last one targeted from its first token, which the context's last token predicts)."""
   rng = np.random.default_rng(0)
   p, n, l = 6, 5, 7
   prompt_len, response_len = [6, 3, 1, 4], [5, 3, 2, 0]
@@ -57,11 +58,12 @@ def batch():
     response_ids[r, :response_len[r]] = rng.integers(3, VOCAB, response_len[r])
     response_mask[r, :response_len[r]] = 1
   response_ids[0, 4] = response_ids[2, 1] = END
-  follow = [[5, 6, 40], [5, 6, 41, 42, 43, 44], [5, 6, 45, 46]]
-  follow_ids, follow_mask, follow_target = (np.zeros((3, l), np.int32), np.zeros((3, l), np.int32),
-                                            np.zeros((3, l), np.float32))
+  follow = [[5, 6, 40], [5, 6, 41, 42, 43, 44], [5, 6, 45, 46], [50, 51]]
+  follow_ids, follow_mask, follow_target = (np.zeros((4, l), np.int32), np.zeros((4, l), np.int32),
+                                            np.zeros((4, l), np.float32))
   for f, row in enumerate(follow):
-    follow_ids[f, :len(row)], follow_mask[f, :len(row)], follow_target[f, 2:len(row)] = row, 1, 1.0
+    follow_ids[f, :len(row)], follow_mask[f, :len(row)] = row, 1
+    follow_target[f, (2 if f < 3 else 0):len(row)] = 1.0
   follow_ids[follow_mask == 0] = 95  # Pad ids are never read.
   return prompt_ids, prompt_mask, response_ids, response_mask, follow_ids, follow_mask, follow_target
 
@@ -97,9 +99,9 @@ def test_follow_up_logps_match_transformers_on_unpadded_dialogues(models):
   ref = reference_logps(hf, *arrays)
   got = jax.jit(lambda *a: scoring.follow_up_logps(ours, *a, end_ids=(END,), chunk_size=8))(*map(jnp.asarray, arrays))
   np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5, rtol=0)
-  positive = np.array([True, False, True])
+  positive = np.array([True, False, True, False])
   flr = np.asarray(scoring.flr_scores(got, positive))
-  np.testing.assert_allclose(flr, (ref[:, 0] + ref[:, 2]) / 2 - ref[:, 1], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(flr, (ref[:, 0] + ref[:, 2]) / 2 - (ref[:, 1] + ref[:, 3]) / 2, atol=1e-5, rtol=0)
 
 
 def test_a_follow_up_the_model_makes_likelier_raises_the_score(models):
