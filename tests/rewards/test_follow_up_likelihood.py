@@ -21,7 +21,7 @@ from jaxrlhf.config import ConfigError, from_config  # noqa: E402
 from jaxrlhf.models import from_pretrained, load_tokenizer  # noqa: E402
 from jaxrlhf.rewards import follow_up as follow_up_lib  # noqa: E402
 from jaxrlhf.stages import best_of_n as best_of_n_stage  # noqa: E402
-from jaxrlhf.stages import reward_eval, reward_sources, rl  # noqa: E402
+from jaxrlhf.stages import evaluate_policy, reward_eval, reward_sources, rl  # noqa: E402
 from jaxrlhf.train import scoring  # noqa: E402
 
 VOCAB, END = 97, 2
@@ -262,6 +262,23 @@ def test_rl_trains_with_flr_as_its_reward(tmp_path):
   train_line = next(d for d in lines if "train/reward/flr" in d)
   assert np.isfinite(train_line["train/reward/flr"]) and train_line["train/reward/flr"] != 0.0
   assert any(np.isfinite(d.get("eval/reward/flr", np.nan)) for d in lines)
+
+
+@pytest.mark.slow
+def test_evaluate_policy_reports_flr(tmp_path):
+  """evaluate_policy with an FLR source (default model: the base): a near-greedy policy against itself draws the
+  same completions, so FLR's gain is 0, and its value is the unpadded recomputation's scale (finite, nonzero)."""
+  model_dir = tiny_chat_model.write_model(tmp_path / "model")
+  train, held_out = tiny_chat_model.write_prompt_files(tmp_path / "prompts")
+  cfg = from_config({"policy": model_dir, "base": model_dir, "num_prompts": 4, "batch_size": 4,
+                     "prompts": {"source": "files", "paths": (train,), "eval_paths": (held_out,)},
+                     "max_prompt_length": 48, "max_new_tokens": 6, "temperature": 1e-3,
+                     "rewards": ({"kind": "follow_up_likelihood", "name": "flr",
+                                  "options": {"positive": ["Great!"], "negative": ["Wrong."], "chunk_size": 64}},)},
+                    evaluate_policy.EvaluatePolicyConfig)
+  metrics = evaluate_policy.run(cfg, str(tmp_path / "eval"), {})["metrics"]
+  assert metrics["reward/flr/prompts"] == 4 and metrics["reward/flr/gain"] == 0.0
+  assert np.isfinite(metrics["reward/flr/policy"]) and metrics["reward/flr/policy"] != 0.0
 
 
 # ------------------------------------------------------------------------------------------------ pairwise evaluation
