@@ -6,11 +6,14 @@ no sense!"):
     FLR(x, y) = mean_{f in F+} lbar(f | x, y) - mean_{f in F-} lbar(f | x, y),
     lbar(f | x, y) = (1 / |f|) sum_t log p(f_t | x, y, turn marker, f_<t)      (per-token average log-likelihood)
 
-with f rendered as the next user turn by the model's chat template. The paper's code (github.com/e0397123/FLR)
-averages the per-token values over a follow-up's tokens and collects one value per positive and per negative
-follow-up; the lists below are the 20 positive and 20 negative follow-ups its pairwise-preference script
-(`test_qwen2_pairwise.py`) scores (understanding, relevance, engagingness, informativeness, helpfulness), kept
-verbatim (one positive repeats, as there).
+with f rendered as the next user turn by the model's chat template. Sources: the paper's abstract (the likelihood of
+follow-up utterances as the reward, positive against negative ones) and its code (github.com/e0397123/FLR), which
+renders each follow-up as the next user message with the chat template, averages a per-token value over the
+follow-up's tokens and keeps one value per positive and per negative follow-up. The paper's equation text was not
+available offline, so the aggregation above (mean over positives minus mean over negatives of the per-token average
+log-likelihood) is this library's reading of it. The lists below are the 20 positive and 20 negative follow-ups
+that the repository's pairwise-preference script (`test_qwen2_pairwise.py`) scores (understanding, relevance,
+engagingness, informativeness, helpfulness), kept verbatim (one positive repeats, as there).
 
 This module is host-side (tokenizer and chat template, no model): `encode_follow_ups` renders the follow-ups as the
 token rows `train.scoring.follow_up_logps` appends to a (prompt, response) row.

@@ -59,7 +59,8 @@ class RewardSourceSpec:
     positive follow-up user turns minus that of negative ones under a causal LM; `options`: "model" (a HF folder,
     a .gguf or "stage:<name>"; default: the policy's starting model; it must share the policy's vocabulary),
     "positive" / "negative" (lists of utterances; default: the paper's 20 + 20, `rewards.follow_up`),
-    "chunk_size" (the vocabulary-chunked gather, default 1024)), or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
+    "chunk_size" (the vocabulary-chunked gather, default 1024)),
+    or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
     "exact_match" (options column, extract, rel_tol), "regex_format" (pattern, match, flags, partial_credit),
     "length_penalty" (target, alpha, unit), "bleu" (sentence BLEU-4 in [0, 1] against a reference column; on the
     world's prompts the column "references" holds the reference responses, whitespace tokens and `smoothing` by
