@@ -1,5 +1,6 @@
-"""configs/smollm2_rm_hh.py's FLR variants: both validate (FLR on the held-out HH pairs with SmolLM2), and the smoke
-variant scores its 4 held-out pairs by follow-up likelihood end to end through experiments.run (in-process)."""
+"""configs/smollm2_rm_hh.py's FLR variants: both validate (FLR on the held-out HH pairs with SmolLM2, then best-of-n on
+the held-out HH prompts selected by FLR), and the smoke variant runs both end to end through experiments.run
+(in-process)."""
 
 import pathlib
 import sys
@@ -27,10 +28,13 @@ def test_variants_validate(variant, smollm2_gguf, hh_rlhf_file):
   config.data.paths = (str(hh_rlhf_file),)
   assert config.model_path == str(smollm2_gguf)
   plan = run_lib.plan(config)
-  assert [(name, kind.name) for name, kind, _ in plan] == [("eval_flr", "reward_eval")]
-  cfg = plan[0][2]
+  assert [(name, kind.name) for name, kind, _ in plan] == [("eval_flr", "reward_eval"), ("bon_flr", "best_of_n")]
+  cfg, bon = plan[0][2], plan[1][2]
   assert cfg.scorer == "follow_up_likelihood" and cfg.split == "held_out" and cfg.data.tokenizer == str(smollm2_gguf)
   assert cfg.data.eval_fraction == 0.2
+  assert bon.policy == str(smollm2_gguf) and not bon.reward_model
+  assert [(s.kind, s.label) for s in bon.rewards] == [("follow_up_likelihood", "flr")]
+  assert bon.prompts.paths == (str(hh_rlhf_file),) and bon.prompts.eval_fraction == 0.2
 
 
 def test_a_bad_follow_up_option_fails_before_compute(smollm2_gguf, hh_rlhf_file):
@@ -41,7 +45,7 @@ def test_a_bad_follow_up_option_fails_before_compute(smollm2_gguf, hh_rlhf_file)
     run_lib.plan(config)
 
 
-@pytest.mark.slow  # ~30-60 s on 2 cores: parses the 135M GGUF, then 8 rows of [dialogue | 40 follow-ups].
+@pytest.mark.slow  # ~60 s on 2 cores: parses the 135M GGUF, 8 rows of [dialogue | 40 follow-ups], then samples.
 def test_flr_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
   config = _load("flr_smoke")
   config.data.paths = (str(hh_rlhf_file),)
@@ -50,3 +54,6 @@ def test_flr_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
   assert metrics["n"] == 4 and metrics["pairs/dropped_too_long"] == 0
   assert metrics["accuracy_lower"] <= metrics["accuracy"] <= metrics["accuracy_upper"]
   assert np.isfinite(metrics["accuracy"])
+  scores = np.load(pathlib.Path(tmp_path) / "bon_flr" / "scores.npz")["flr"]
+  assert scores.shape == (2, 2) and np.all(np.isfinite(scores))
+  assert outputs["bon_flr"]["metrics"]["flr/proxy@N"] == pytest.approx(scores.max(axis=1).mean(), rel=1e-6)
