@@ -202,6 +202,23 @@ def test_defaults_and_model_checks(models, tmp_path):
     reward_sources.follow_up_models([_spec(model=llama)], {}, "", tiny_chat_model.byte_tokenizer())
 
 
+def test_the_source_drops_the_responses_end_of_turn_token(tmp_path):
+  """build_sources' FLR scores a response that ended with the tokenizer's <|im_end|> as the same response cut off
+  before it (the follow-up's marker closes the turn either way), and differently when the end token is another id."""
+  tok = tiny_chat_model.byte_tokenizer()
+  model, _ = from_pretrained(tiny_chat_model.write_model(tmp_path / "model"))
+  spec = _spec(positive=["Great!"], negative=["Wrong."], chunk_size=64)
+  (source,) = reward_sources.build_sources([spec], tokenizer=tok, table=reward_sources.PromptTable(["q"]))
+  prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}],
+                                              add_generation_prompt=True))
+  response = tok.encode("4") + [tok.eos_id]
+  rollout = {"prompt_ids": np.array([prompt] * 3, np.int32), "prompt_mask": np.ones((3, len(prompt)), np.int32),
+             "tokens": np.array([response, response, tok.encode("4!")], np.int32),
+             "mask": np.array([[1, 1], [1, 0], [1, 1]], np.int32), "prompt_index": np.zeros(3, np.int32)}
+  scores = np.asarray(reward_sources.jit_scores([source], {"flr_0": model})(rollout)["flr"])
+  assert scores[0] == pytest.approx(scores[1], abs=1e-6) and abs(scores[2] - scores[0]) > 1e-4
+
+
 def _unpadded_flr(model, prompt_ids, prompt_mask, tokens, mask, follow, end_id):
   """FLR of one sample: one unpadded forward per follow-up (no jit, no padding, no gather)."""
   response = list(tokens[mask > 0])
