@@ -10,7 +10,10 @@ the ensemble's members and its mean); bon (best-of-n of SmolLM2's own samples on
 selected by the head ensemble and by the linear head). The feature pass is the whole cost (minutes on a 2-core CPU instead of the
 hours full finetuning takes; `configs/smollm2_hh.py` finetunes the backbone with the "reward" stage).
 `config.data.paths` / `config.model_path` feed every stage.
-Variants: default, smoke (24 pairs, max_length 64, a few steps; K = 2 so the saved ensemble stays small).
+Variants: default, smoke (24 pairs, max_length 64, a few steps; K = 2 so the saved ensemble stays small); flr (eval_flr:
+FLR, follow-up likelihood as reward (Zhang et al. 2024), scores the same held-out pairs with SmolLM2 itself
+and the paper's 20 + 20 follow-ups, no training, reward_eval's accuracy and bootstrap interval; then bon_flr: bon's
+pools selected by FLR) and flr_smoke (its 4 smoke pairs, 2 prompts x 2 samples).
 """
 
 
@@ -21,9 +24,9 @@ from jaxrlhf.stages import best_of_n, reward_eval, reward_heads
 
 def get_config(arg=None):
   variant = arg or "default"
-  if variant not in ("default", "smoke"):
-    raise ValueError(f"configs/smollm2_rm_hh.py: unknown variant {variant!r}; valid: default, smoke")
-  smoke = variant == "smoke"
+  if variant not in ("default", "smoke", "flr", "flr_smoke"):
+    raise ValueError(f"configs/smollm2_rm_hh.py: unknown variant {variant!r}; valid: default, smoke, flr, flr_smoke")
+  smoke = variant in ("smoke", "flr_smoke")
   import ml_collections  # pylint: disable=g-import-not-at-top
   shared = ml_collections.ConfigDict(dict(model_path=smollm2_gguf(), data=dict(paths=(str(HH_FILE),))))
   # 20% of the pairs held out (the file's last ones); the feature pass runs shortest pairs first, 8 per batch.
@@ -56,11 +59,19 @@ def get_config(arg=None):
       prompts=dict(source="files", format="hh", strict=False, eval_fraction=0.2),
       num_prompts=2 if smoke else 32, pool_size=2 if smoke else 16, batch_size=2,
       max_prompt_length=32 if smoke else 256, max_new_tokens=4 if smoke else 48, plots=not smoke)
+  if variant.startswith("flr"):  # FLR needs no reward model: its evaluation on the held-out pairs, then best-of-n.
+    bon = stages["bon"]
+    stages = {"eval_flr": S.stage("reward_eval", reward_eval.RewardEvalConfig, scorer="follow_up_likelihood",
+                                  data=data, split="held_out")}
+    with bon.unlocked():  # The same pools' settings as bon, selected by FLR alone (model: the policy, SmolLM2).
+      bon.reward_model, bon.member_curves = "", False
+      bon.rewards = (dict(kind="follow_up_likelihood", name="flr"),)
+    stages["bon_flr"] = bon
   config = S.chain(stages, **shared)
   for name in stages:  # One command-line key feeds every stage.
     if name.startswith("rm_"):
       config[name].model.init_from = config.get_ref("model_path")
-    if name == "bon":
+    if name.startswith("bon"):
       config[name].policy = config.get_ref("model_path")
       config[name].prompts.paths = config.data.get_ref("paths")
       continue

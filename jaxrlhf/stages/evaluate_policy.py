@@ -223,6 +223,8 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
   if cfg.rewards:
     models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
               for i, spec in enumerate(cfg.rewards) if spec.kind == "reward_model"}
+    # FLR sources default to the base (the policy's starting model).
+    models.update(rewards_lib.follow_up_models(cfg.rewards, inputs, common.resolve_path(cfg.base, inputs), tok))
     sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tok, table=table, errors=errors)
     scores = rewards_lib.jit_scores(sources, models)
     rewards = lambda rollout: {f"reward/{k}": v for k, v in scores(rollout).items()}  # noqa: E731

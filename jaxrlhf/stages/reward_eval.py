@@ -19,6 +19,11 @@ numbers). Each estimate carries a percentile-bootstrap interval over pairs (reco
 scores are point estimates (no interval). Pairs the pipeline drops as too long cannot be scored: they are counted
 (`pairs/dropped_too_long`, `kway/dropped_too_long`) and left out of every estimate.
 
+`scorer="follow_up_likelihood"` scores every response by FLR instead of a reward model (Zhang et al. 2024, arXiv
+2409.13948; `train.scoring.follow_up_logps`): the causal LM `follow_up.model` (default: `data.tokenizer`'s model)
+reads each [prompt | response] row followed by positive and negative follow-up user turns (`follow_up.positive`,
+`negative`; default the paper's, `rewards.follow_up`), pairs in two rows; the rules and intervals are the same.
+
 Files (workdir): results.json (metrics), scores.jsonl (one line per pair / k-way record: member and aggregate
 scores, credit; dropped ones marked) for notebooks.
 """
@@ -41,12 +46,15 @@ from jaxrlhf.data import AdapterConfig, PreferenceRecord, format_skip_report, re
 from jaxrlhf.evaluation import pairwise
 from jaxrlhf.evaluation.policy import confidence_interval
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
+from jaxrlhf.rewards import follow_up as follow_up_lib
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
+from jaxrlhf.stages import reward_sources
 from jaxrlhf.train import scoring
 
 SPLITS = ("held_out", "all", "none")
+SCORERS = ("reward_model", "follow_up_likelihood")
 NO_SUBSET = "(none)"
 
 
@@ -62,6 +70,9 @@ class RewardEvalConfig:
   kway_paths / kway_columns: k-way files (format "kway", strictness `data.strict`) for best-of-k accuracy.
   aggregation / lam: how an ensemble's K rewards become one (losses.aggregation).
   level / num_resamples / seed: the bootstrap intervals.
+  scorer: "reward_model" (the default) or "follow_up_likelihood" (FLR with the options `follow_up`: model (a HF
+    folder, .gguf or "stage:<name>"; default `data.tokenizer`), positive, negative, chunk_size; see
+    `reward_sources.follow_up_options`); FLR needs no reward_model.
   """
   seed: int = field(0)
   reward_model: str = stage_ref("rm_dir")
@@ -73,9 +84,17 @@ class RewardEvalConfig:
   lam: float = field(1.0)
   level: float = field(0.95, min=0.5, max=0.999)
   num_resamples: int = field(2000, min=1)
+  scorer: str = field("reward_model", choices=SCORERS)
+  follow_up: dict = field(default_factory=dict)
 
   def validate(self, path: str) -> None:
-    if not self.reward_model:
+    if self.scorer == "follow_up_likelihood":
+      options = reward_sources.follow_up_options(self.follow_up, f"{path}.follow_up")
+      if not options["model"] and not self.data.tokenizer:
+        raise ConfigError(f"{path}.follow_up.model: required (or data.tokenizer, its default)")
+    elif self.follow_up:
+      raise ConfigError(f"{path}.follow_up: only used with {path}.scorer='follow_up_likelihood'")
+    elif not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required ('stage:<reward stage>' or a saved reward-model folder)")
     if self.split == "none" and not self.kway_paths:
       raise ConfigError(f"{path}.kway_paths: required when {path}.split='none' (nothing else to evaluate)")
@@ -106,11 +125,58 @@ def _backbone_config(rm: Any) -> Any:
   return rm.config if hasattr(rm, "backbone") else rm.members.config
 
 # ------------------------------------------------------------------------------------------------ scoring
+@dataclasses.dataclass(frozen=True)
+class FollowUpScorer:
+  """FLR as a pair scorer: a CausalLM, the rendered follow-ups, the response end ids and the gather chunk."""
+  model: Any
+  follow_ups: follow_up_lib.FollowUps
+  end_ids: tuple[int, ...]
+  chunk_size: int = 1024
+
+
+def flr_pair_scores(scorer: FollowUpScorer, records: Sequence[Any], tokenizer: Any, data: inputs_lib.DataSpec,
+                    name: str = "pairs") -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+  """`score_pairs` by FLR: (chosen_Nx1, rejected_Nx1, index_N, report). Pairs are tokenized and batched as for a
+  reward model, in two rows ([prompt | response + eos] right padded; the eos gives way to the follow-up's marker)."""
+  plan = inputs_lib.scoring_batches(records, tokenizer, data, shared_prompt=False)
+  graphdef, state = nnx.split(scorer.model)
+  follow = tuple(jax.numpy.asarray(x) for x in (scorer.follow_ups.ids_FxL, scorer.follow_ups.mask_FxL,
+                                                 scorer.follow_ups.target_FxL))
+
+  @jax.jit
+  def rewards(state, ids_BxT, mask_BxT):
+    empty = jax.numpy.zeros((ids_BxT.shape[0], 0), jax.numpy.int32)  # The rows hold prompt and response.
+    logps = scoring.follow_up_logps(nnx.merge(graphdef, state), empty, empty, ids_BxT, mask_BxT, *follow,
+                                    end_ids=scorer.end_ids, chunk_size=scorer.chunk_size)
+    return scoring.flr_scores(logps, scorer.follow_ups.positive_F)
+
+  start, chosen, rejected = time.time(), [], []
+  for i, batch in enumerate(plan.batches):
+    rows = scoring.nonempty_rows(batch)
+    ids = np.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+    mask = np.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+    r = np.asarray(jax.device_get(rewards(state, ids, mask)), np.float64)
+    chosen.append(r[:len(rows)][rows])
+    rejected.append(r[len(rows):][rows])
+    if len(plan.batches) >= 20 and (i + 1) % max(1, len(plan.batches) // 10) == 0:
+      print(f"[reward_eval] {name} (FLR): {i + 1}/{len(plan.batches)} batches ({time.time() - start:.0f} s)",
+            flush=True)
+  n = plan.index.size
+  order = np.argsort(plan.index)
+  chosen_Nx1 = np.concatenate(chosen).reshape(n, 1) if n else np.zeros((0, 1))
+  rejected_Nx1 = np.concatenate(rejected).reshape(n, 1) if n else np.zeros((0, 1))
+  report = {**plan.report, "shared_prompt": {"mode": "off", "used": False}, "seconds": round(time.time() - start, 2)}
+  return chosen_Nx1[order], rejected_Nx1[order], plan.index[order], report
+
+
 def score_pairs(rm: Any, records: Sequence[Any], tokenizer: Any, data: inputs_lib.DataSpec, name: str = "pairs"
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
   """(chosen_NxK, rejected_NxK float64 rewards of the scored pairs, index_N = their record indices ascending,
   report) with K = every scalar the model outputs per sequence (members, x heads). Pairs dropped as too long
-  are absent from index_N and counted in report["dropped_too_long"]."""
+  are absent from index_N and counted in report["dropped_too_long"]. A `FollowUpScorer` scores by FLR
+  (`flr_pair_scores`, K = 1)."""
+  if isinstance(rm, FollowUpScorer):
+    return flr_pair_scores(rm, records, tokenizer, data, name)
   shared, layout = inputs_lib.choose_shared_prompt(data, list(records), tokenizer, _backbone_config(rm),
                                                    with_lm_head=False)
   plan = inputs_lib.scoring_batches(records, tokenizer, data, shared_prompt=shared)
@@ -314,7 +380,13 @@ def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
   if data.source == "world" and (cfg.split != "none" or not data.tokenizer):
     world = inputs_lib.make_world(data.world)
   tokenizer = inputs_lib.make_tokenizer(data, world, "")
-  rm = load_reward_model(common.resolve_path(cfg.reward_model, inputs, "rm_dir"))
+  if cfg.scorer == "follow_up_likelihood":
+    options = reward_sources.follow_up_options(cfg.follow_up, "config.follow_up")
+    model = reward_sources.follow_up_model(cfg.follow_up, inputs, data.tokenizer, tokenizer, "config.follow_up")
+    rm = FollowUpScorer(model, follow_up_lib.encode_follow_ups(tokenizer, options["positive"], options["negative"]),
+                        (tokenizer.eos_id,), options["chunk_size"])
+  else:
+    rm = load_reward_model(common.resolve_path(cfg.reward_model, inputs, "rm_dir"))
   metrics: dict[str, float] = {}
   report: dict[str, Any] = {}
   lines: list[dict] = []

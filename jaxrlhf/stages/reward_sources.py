@@ -1,5 +1,6 @@
 """Reward sources of the online stages: a reward model, an ensemble with an aggregation, the synthetic gold reward,
-a (deliberately hackable) process reward over response steps with Clip / Delta refinement, and every text reward of
+a (deliberately hackable) process reward over response steps with Clip / Delta refinement, FLR (the likelihood of
+positive vs negative follow-up user turns under a language model), and every text reward of
 `jaxrlhf.rewards` (exact match, regex format, length penalty, BLEU, BLEUBERI, weighted sums, a user's Python
 function in TRL's reward_funcs convention); several sources are summed with weights.
 
@@ -7,7 +8,8 @@ Every source is a function called INSIDE the jitted RL step:
 
     score(models, rollout) -> float32 (R,)
 
-where `models` maps reward-model names to their (frozen) RewardEnsemble modules (merged from the train state)
+where `models` maps reward-model names to their (frozen) RewardEnsemble modules (merged from the train state; an
+FLR source's CausalLM under "flr_<i>")
 and `rollout` holds `prompt_ids` / `prompt_mask` (R, P) left-padded, `tokens` / `mask` (R, N) right-padded
 (the end token included) and `prompt_index` (R,) int32, the row's index in the host-side prompt table.
 Jittable sources (reward model, gold) run as XLA; text rewards run on the host through `jax.pure_callback` on the
@@ -32,14 +34,18 @@ from jaxrlhf.data.synthetic import gold as gold_lib
 from jaxrlhf.losses import aggregation as aggregation_lib
 from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf import rewards as text_rewards
+from jaxrlhf.models import CausalLM, from_pretrained, load_tokenizer
+from jaxrlhf.rewards import follow_up as follow_up_lib
+from jaxrlhf.train import scoring
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 
-MODEL_KINDS = ("reward_model", "gold", "process")  # Scored inside the jitted step.
+MODEL_KINDS = ("reward_model", "gold", "process", "follow_up_likelihood")  # Scored inside the jitted step.
 KINDS = MODEL_KINDS + tuple(text_rewards.REWARDS)  # ... and every text reward of jaxrlhf.rewards.
 WORLD_KINDS = ("gold", "process")  # Defined only on the synthetic world's prompts.
 REFINEMENTS = ("none", "clip", "delta")
 SMOOTHING = ("exp", "add1", "none")
+FOLLOW_UP_OPTIONS = ("model", "positive", "negative", "chunk_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +55,12 @@ class RewardSourceSpec:
   kind: "reward_model" (`reward_model`: "stage:<name>" or a saved reward-model folder; K > 1 members are reduced
     by `aggregation` with `lam`), "gold" (the synthetic world's r*), "process" (the return of the world's
     per-step process reward `prm_step_scores`, refined by `refinement` "none" / "clip" (threshold `eta`) /
-    "delta", Gao et al. 2024), or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
+    "delta", Gao et al. 2024), "follow_up_likelihood" (FLR, Zhang et al. 2024: the mean per-token log-likelihood of
+    positive follow-up user turns minus that of negative ones under a causal LM; `options`: "model" (a HF folder,
+    a .gguf or "stage:<name>"; default: the policy's starting model; it must share the policy's vocabulary),
+    "positive" / "negative" (lists of utterances; default: the paper's 20 + 20, `rewards.follow_up`),
+    "chunk_size" (the vocabulary-chunked gather, default 1024)),
+    or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
     "exact_match" (options column, extract, rel_tol), "regex_format" (pattern, match, flags, partial_credit),
     "length_penalty" (target, alpha, unit), "bleu" (sentence BLEU-4 in [0, 1] against a reference column; on the
     world's prompts the column "references" holds the reference responses, whitespace tokens and `smoothing` by
@@ -94,14 +105,42 @@ class RewardSourceSpec:
     """The text reward function of this source (`jaxrlhf.rewards.make_reward`)."""
     return text_rewards.make_reward(self.kind, self.text_options(), path)
 
+  def follow_up_options(self, path: str = "reward") -> dict[str, Any]:
+    """The options of a "follow_up_likelihood" source with their defaults (`follow_up_options`)."""
+    return follow_up_options(self.options, f"{path}.options")
+
   def validate(self, path: str) -> None:
     if self.kind == "reward_model" and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required for kind 'reward_model' (e.g. 'stage:reward')")
+    if self.kind == "follow_up_likelihood":
+      self.follow_up_options(path)
     if self.kind not in MODEL_KINDS:
       self.text_reward(path)  # Builds it once: unknown or missing options fail here, naming the key.
     if self.standardize and self.kind != "reward_model":
       raise ConfigError(f"{path}.standardize: only reward-model sources have members to standardize "
                         f"(kind is {self.kind!r})")
+
+
+def follow_up_options(options: Mapping[str, Any], path: str) -> dict[str, Any]:
+  """FLR's options {"model", "positive", "negative", "chunk_size"} with their defaults (model "" = the policy's
+  starting model, the paper's follow-ups, chunk 1024); a bad or unknown one is a ConfigError naming `path`.<key>."""
+  unknown = sorted(set(options) - set(FOLLOW_UP_OPTIONS))
+  if unknown:
+    raise ConfigError(f"{path}.{unknown[0]}: unknown option of kind 'follow_up_likelihood'; valid: "
+                      f"{FOLLOW_UP_OPTIONS}")
+  out = {"model": options.get("model", ""), "chunk_size": options.get("chunk_size", 1024)}
+  if not isinstance(out["model"], str):
+    raise ConfigError(f"{path}.model: expected a path string, got {out['model']!r}")
+  if not isinstance(out["chunk_size"], int) or out["chunk_size"] < 1:
+    raise ConfigError(f"{path}.chunk_size: expected a positive int, got {out['chunk_size']!r}")
+  defaults = {"positive": follow_up_lib.POSITIVE_FOLLOW_UPS, "negative": follow_up_lib.NEGATIVE_FOLLOW_UPS}
+  for key, default in defaults.items():
+    texts = options.get(key, default)
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not texts or not all(
+        isinstance(t, str) and t.strip() for t in texts):
+      raise ConfigError(f"{path}.{key}: expected a non-empty list of non-empty utterances, got {texts!r}")
+    out[key] = tuple(texts)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -165,6 +204,53 @@ def member_statistics(rm: Any, prompt_ids_NxP: np.ndarray, prompt_mask_NxP: np.n
   scores_NxK = np.concatenate(rows)
   std = scores_NxK.std(axis=0)
   return scores_NxK.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def follow_up_score(key: str, follow_ups: follow_up_lib.FollowUps, end_ids: tuple[int, ...], chunk_size: int = 1024
+                    ) -> Score:
+  """FLR with `models[key]` (a CausalLM): `scoring.flr_scores` of `scoring.follow_up_logps` of the rollout's
+  [prompt | response] rows followed by each of `follow_ups` (the response's trailing end token, one of `end_ids`,
+  is replaced by the follow-up's turn marker)."""
+  arrays = tuple(jnp.asarray(x) for x in (follow_ups.ids_FxL, follow_ups.mask_FxL, follow_ups.target_FxL))
+  positive_F = jnp.asarray(follow_ups.positive_F)
+
+  def score(models, rollout):
+    logps_RxF = scoring.follow_up_logps(models[key], rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
+                                        rollout["mask"], *arrays, end_ids=end_ids, chunk_size=chunk_size)
+    return scoring.flr_scores(logps_RxF, positive_F)
+
+  return score
+
+
+def follow_up_model(options: Mapping[str, Any], inputs: dict, default_model: str, tokenizer: Any, path: str
+                    ) -> CausalLM:
+  """The CausalLM of FLR options (`follow_up_options`, at `path`): `model` ("stage:<name>", a HF folder or a .gguf),
+  or `default_model` (the policy's starting model). It scores the policy's token ids, so its vocabulary must be the
+  policy tokenizer's (checked against the model's own tokenizer where it has one)."""
+  model_path = follow_up_options(options, path)["model"] or default_model
+  if not model_path:
+    raise ConfigError(f"{path}.model: required when the policy has no starting model to default to")
+  model_path = common.resolve_path(model_path, inputs)
+  model, config = from_pretrained(model_path)
+  if tokenizer is not None:
+    if config.vocab_size < tokenizer.vocab_size:
+      raise ConfigError(f"{path}.model: {model_path} has {config.vocab_size} token ids, fewer than the policy "
+                        f"tokenizer's {tokenizer.vocab_size}; FLR scores the policy's token ids")
+    try:
+      own = load_tokenizer(model_path)
+    except (OSError, ValueError):  # No tokenizer in the folder: only the vocabulary size can be checked.
+      own = None
+    if own is not None and own.backend.get_vocab() != tokenizer.backend.get_vocab():
+      raise ConfigError(f"{path}.model: {model_path}'s tokenizer differs from the policy's; FLR scores the "
+                        "policy's token ids, so the model must share its vocabulary")
+  return model
+
+
+def follow_up_models(specs: Sequence[RewardSourceSpec], inputs: dict, default_model: str, tokenizer: Any
+                     ) -> dict[str, CausalLM]:
+  """{"flr_<i>": CausalLM} of the "follow_up_likelihood" sources (`follow_up_model`), for `jit_scores`."""
+  return {f"flr_{i}": follow_up_model(spec.options, inputs, default_model, tokenizer, f"rewards[{i}].options")
+          for i, spec in enumerate(specs) if spec.kind == "follow_up_likelihood"}
 
 
 def gold_score(world: Any) -> Score:
@@ -311,7 +397,9 @@ def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label
 def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, tokenizer: Any = None,
                   table: PromptTable | None = None, member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
                   errors: CallbackErrors | None = None) -> list[RewardSource]:
-  """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index).
+  """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index), a
+  "follow_up_likelihood" source `models["flr_<i>"]` (a CausalLM; `follow_up_models`) with the follow-ups rendered by
+  `tokenizer`'s chat template and its eos id as the response's end token.
   `member_stats[i]` = (mean_K, std_K) is required for a source with `standardize` (`member_statistics`); text
   rewards read the rollout rows' prompts and columns from `table`."""
   if not specs:
@@ -328,6 +416,12 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
           raise ValueError(f"rewards[{i}]: standardize=True needs the members' statistics (member_stats[{i}])")
         stats = member_stats[i]
       score = reward_model_score(f"rm_{i}", spec.aggregation, spec.lam, stats)
+    elif spec.kind == "follow_up_likelihood":
+      if tokenizer is None:
+        raise ValueError(f"rewards[{i}]: kind 'follow_up_likelihood' needs the policy tokenizer")
+      options = spec.follow_up_options(f"rewards[{i}]")
+      follow_ups = follow_up_lib.encode_follow_ups(tokenizer, options["positive"], options["negative"])
+      score = follow_up_score(f"flr_{i}", follow_ups, (tokenizer.eos_id,), options["chunk_size"])
     elif spec.kind in WORLD_KINDS:
       if world is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the synthetic world's prompts")
@@ -371,13 +465,19 @@ def jit_scores(sources: Sequence[RewardSource], models: Mapping[str, Any]
 
 
 def load_reward_models(specs: Sequence[RewardSourceSpec], inputs: dict,
-                       reference: tuple[np.ndarray, ...] | None = None
+                       reference: tuple[np.ndarray, ...] | None = None, default_model: str = "",
+                       tokenizer: Any = None
                        ) -> tuple[dict[str, tuple[Any, dict]], dict[int, tuple[np.ndarray, np.ndarray]]]:
   """({"rm_<i>": (factory key -> fresh RewardEnsemble of the saved shape, its saved Param values)} for the
   reward-model sources; the factory keeps the jitted init free of the saved weights (they are written after)),
   {i: (mean_K, std_K)} for the sources with `standardize`, over `reference` = (prompt ids, prompt mask,
-  response ids, response mask) of the reference responses."""
+  response ids, response mask) of the reference responses. A "follow_up_likelihood" source's CausalLM comes as
+  "flr_<i>" the same way (`follow_up_model`, defaulting to `default_model`)."""
   out, stats = {}, {}
+  for name, lm in follow_up_models(specs, inputs, default_model, tokenizer).items():
+    config = lm.config
+    out[name] = (lambda key, config=config: CausalLM(config, rngs=nnx.Rngs(key)),
+                 jax.device_get(nnx.to_pure_dict(nnx.state(lm, nnx.Param))))
   for i, spec in enumerate(specs):
     if spec.kind != "reward_model":
       continue

@@ -444,7 +444,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   if train.references is not None:  # Standardization scores the reference responses as rollouts are scored.
     reference = (train.ids, train.mask, *padding.encode_responses(tokenizer, train.references,
                                                                   cfg.sampling.max_new_tokens))
-  reward_models, member_stats = rewards_lib.load_reward_models(cfg.rewards, inputs, reference)
+  reward_models, member_stats = rewards_lib.load_reward_models(cfg.rewards, inputs, reference, model_path, tokenizer)
   errors = rewards_lib.CallbackErrors()
   sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tokenizer, table=train.table,
                                       member_stats=member_stats, errors=errors)

@@ -10,6 +10,8 @@ evaluation stages call these; losses never run a model):
   response_logps         rollouts [left-padded prompt | right-padded response], softmax(logits / temperature),
                          with per-token entropy (policy gradient, KL estimates, evaluation);
   sequence_logps         host helper: summed response log-probs of token lists, in fixed-shape batches;
+  follow_up_logps,       FLR: the per-token average log-likelihood of follow-up user turns after
+  flr_scores             [prompt | response] rows, and positive minus negative means;
   pair_token_logps,      preference pairs in either layout, two rows (chosen_/rejected_ keys) or one
   pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`, whose
                          `shared_prompt_token_logps` scores such rows).
@@ -177,6 +179,80 @@ def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_ro
     logps = np.asarray(jit_response_logps(model, ids, mask, r_ids, r_mask), np.float64)
     out.append(logps.sum(axis=1)[:batch_size - fill])
   return np.concatenate(out)
+
+
+# ------------------------------------------------------------------------------------------------ follow-ups (FLR)
+def follow_up_logps(model: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.Array, response_ids_RxN: jax.Array,
+                    response_mask_RxN: jax.Array, follow_ids_FxL: jax.Array, follow_mask_FxL: jax.Array,
+                    follow_target_FxL: jax.Array, end_ids: Sequence[int] = (), chunk_size: int = 1024) -> jax.Array:
+  """float32 (R, F): the per-token average log-likelihood of each follow-up's target tokens after each row,
+
+      lbar[r, f] = (1 / |f|) sum_{t in target(f)} log p(f_t | prompt_r, response_r, f_<t)
+
+  (FLR's per-follow-up value, `rewards.follow_up`). The context [prompt | response] is read ONCE per row: a row is
+  packed as [left-padded prompt | response without a trailing end token | pad | f_1 | f_2 | ... | f_F], the context
+  visible to every follow-up (`shared_mask`), each follow-up its own segment that sees only itself and the context,
+  with positions continuing from the context's real length (prefix sharing, as `models.shared_prompt` does for
+  preference pairs). So every value equals the one of the unpadded dialogue [prompt | response | f] up to float
+  rounding, at the cost of P + N + F * L tokens per row instead of F * (P + N + L).
+  The follow-up's first tokens close the assistant turn (`encode_follow_ups`), which is why a response's own end
+  token (one of `end_ids`, when it is its last real token) is dropped; a truncated response has none to drop.
+
+  Args:
+    model: a CausalLM.
+    prompt_ids_RxP, prompt_mask_RxP: left-padded prompts (P may be 0).
+    response_ids_RxN, response_mask_RxN: right-padded responses (an end token included or not).
+    follow_ids_FxL, follow_mask_FxL, follow_target_FxL: right-padded follow-up rows, target 1 on the scored tokens
+      (each row needs at least one).
+    end_ids: end-of-turn / EOS ids (static).
+    chunk_size: the vocabulary projection runs over chunks of this many tokens (no (R, T, V) logits).
+  """
+  r, p = prompt_ids_RxP.shape
+  n = response_ids_RxN.shape[1]
+  f, l = follow_ids_FxL.shape
+  length_R = jnp.sum(response_mask_RxN > 0, axis=1).astype(jnp.int32)
+  if end_ids:
+    last_R = jnp.take_along_axis(response_ids_RxN, jnp.maximum(length_R - 1, 0)[:, None], axis=1)[:, 0]
+    length_R = length_R - ((length_R > 0) & jnp.isin(last_R, jnp.asarray(end_ids))).astype(jnp.int32)
+  # The context: the prompt's real tokens then the response's first length_R tokens (its rest is padding).
+  prompt_mask = prompt_mask_RxP > 0
+  in_response = jnp.arange(n)[None, :] < length_R[:, None]
+  context_mask = jnp.concatenate([prompt_mask, in_response], axis=1)
+  context_ids = jnp.where(context_mask, jnp.concatenate([prompt_ids_RxP, response_ids_RxN], axis=1), 0)
+  context_positions = jnp.maximum(jnp.cumsum(context_mask.astype(jnp.int32), axis=1) - 1, 0)
+  context_length_R = jnp.sum(context_mask, axis=1).astype(jnp.int32)
+  # The F follow-ups, one segment each (2, 3, ...), positions continuing from the context's length.
+  follow_mask = (follow_mask_FxL > 0).reshape(1, f * l)
+  follow_ids = jnp.where(follow_mask, follow_ids_FxL.reshape(1, f * l), 0)
+  k_S = jnp.tile(jnp.arange(l, dtype=jnp.int32), f)  # Slot s's index in its follow-up.
+  ids_RxT = jnp.concatenate([context_ids, jnp.broadcast_to(follow_ids, (r, f * l))], axis=1).astype(jnp.int32)
+  mask_RxT = jnp.concatenate([context_mask, jnp.broadcast_to(follow_mask, (r, f * l))], axis=1)
+  positions_RxT = jnp.concatenate([context_positions, context_length_R[:, None] + k_S[None, :]], axis=1)
+  segments = jnp.concatenate([jnp.ones((p + n,), jnp.int32), jnp.repeat(jnp.arange(f, dtype=jnp.int32) + 2, l)])
+  segment_ids_RxT = jnp.where(mask_RxT, segments[None, :], 0)
+  shared_RxT = jnp.concatenate([context_mask, jnp.zeros((r, f * l), bool)], axis=1)
+  hidden_RxTxD = model.hidden_states(ids_RxT, mask_RxT.astype(jnp.int32), positions_RxT.astype(jnp.int32),
+                                     segment_ids=segment_ids_RxT, shared_mask=shared_RxT)
+  # A follow-up token is predicted by its left neighbour, its first token by the context's last real token.
+  last_context_R = p + length_R - 1
+  source_RxS = jnp.where(k_S[None, :] == 0, last_context_R[:, None], p + n + jnp.arange(f * l)[None, :] - 1)
+  predictor_RxSxD = jnp.take_along_axis(hidden_RxTxD, jnp.maximum(source_RxS, 0)[:, :, None], axis=1)
+  target_RxS = (follow_target_FxL.reshape(1, f * l).astype(jnp.float32) * follow_mask) * (source_RxS >= 0)
+  head_DxV, softcap = model.output_projection()
+  logps_RxS, _ = logps_lib.chunked_sequence_logps(predictor_RxSxD, head_DxV, ids_RxT[:, p + n:], target_RxS,
+                                                  chunk_size=chunk_size, logit_softcap=softcap)
+  logps_RxFxL = (logps_RxS * target_RxS).reshape(r, f, l)
+  count_RxF = jnp.sum(target_RxS.reshape(r, f, l), axis=-1)
+  return (jnp.sum(logps_RxFxL, axis=-1) / jnp.maximum(count_RxF, 1.0)).astype(jnp.float32)
+
+
+def flr_scores(logps_RxF: jax.Array, positive_F: jax.Array) -> jax.Array:
+  """float32 (R,) FLR = mean over the positive follow-ups of `follow_up_logps` minus the mean over the negative ones
+  (Zhang et al. 2024, arXiv 2409.13948). positive_F: bool (F,), at least one True and one False."""
+  pos = jnp.asarray(positive_F, jnp.float32)
+  neg = 1.0 - pos
+  logps = logps_RxF.astype(jnp.float32)
+  return logps @ pos / jnp.sum(pos) - logps @ neg / jnp.sum(neg)
 
 
 # ------------------------------------------------------------------------------------------------ preference pairs
