@@ -70,6 +70,22 @@ def chain(stages: dict[str, ml_collections.ConfigDict], **top: Any) -> ml_collec
   return config
 
 
+def online_chain(stages: dict[str, ml_collections.ConfigDict], *, trained: str, model_path: str, rewards: Any,
+                 prompts: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`chain` of an rl stage `trained` and an "evaluate" (evaluate_policy) stage, with top-level keys that feed both:
+  `model_path` (the policy's start and the evaluation's base), `prompts.paths` / `prompts.eval_paths` and `rewards`,
+  so one command-line override changes every stage."""
+  config = chain(stages, seed=0, model_path=model_path, rewards=rewards,
+                 prompts=dict(paths=prompts["paths"], eval_paths=prompts["eval_paths"]))
+  config[trained].model.init_from = config.get_ref("model_path")
+  config.evaluate.base = config.get_ref("model_path")
+  for name in stages:
+    config[name].prompts.paths = config.prompts.get_ref("paths")
+    config[name].prompts.eval_paths = config.prompts.get_ref("eval_paths")
+    config[name].rewards = config.get_ref("rewards")
+  return config
+
+
 def sft_then_preference(smoke: bool, *, contrastive_sft: bool = False, **preference: Any
                         ) -> ml_collections.ConfigDict:
   """Two stages on the synthetic world: "sft" (the base / reference policy) -> "preference" (`preference`

@@ -80,15 +80,9 @@ def get_config(arg=None):
       "evaluate": S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{objective}",
                           prompts=prompts, max_prompt_length=64, **eval_kwargs),
   }
-  config = S.chain(stages, seed=0, model_path=gguf, rewards=(REWARD,),
-                   prompts=dict(paths=prompts["paths"], eval_paths=prompts["eval_paths"]))
   # One command-line key feeds both stages: the policy's start and the evaluation's base, the files, the rewards.
-  config[objective].model.init_from = config.get_ref("model_path")
-  config.evaluate.base = config.get_ref("model_path")
-  for name in stages:
-    config[name].prompts.paths = config.prompts.get_ref("paths")
-    config[name].prompts.eval_paths = config.prompts.get_ref("eval_paths")
-    config[name].rewards = config.get_ref("rewards")
+  config = S.online_chain(stages, trained=objective, model_path=gguf, rewards=(REWARD,),
+                          prompts=prompts)
   config.tables = dict(metrics=("evaluate/reward/correct/policy", "evaluate/reward/correct/base",
                                 "evaluate/reward/correct/gain", "evaluate/reward/correct/win_rate", "evaluate/kl",
                                 "evaluate/length/policy"))

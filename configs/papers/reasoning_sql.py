@@ -81,15 +81,9 @@ def get_config(arg=None):
       "evaluate": S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy="stage:grpo",
                           prompts=prompts, **eval_kwargs),
   }
-  config = S.chain(stages, seed=0, model_path=gguf, rewards=REWARDS,
-                   prompts=dict(paths=prompts["paths"], eval_paths=prompts["eval_paths"]))
   # One command-line key feeds both stages: the policy's start and the evaluation's base, the files, the rewards.
-  config.grpo.model.init_from = config.get_ref("model_path")
-  config.evaluate.base = config.get_ref("model_path")
-  for name in stages:
-    config[name].prompts.paths = config.prompts.get_ref("paths")
-    config[name].prompts.eval_paths = config.prompts.get_ref("eval_paths")
-    config[name].rewards = config.get_ref("rewards")
+  config = S.online_chain(stages, trained="grpo", model_path=gguf, rewards=REWARDS,
+                          prompts=prompts)
   config.tables = dict(metrics=tuple(f"evaluate/reward/{n}/{s}" for n in ("reasoning_sql", "execution_accuracy")
                                      for s in ("policy", "base", "gain"))
                        + ("evaluate/kl", "evaluate/length/policy"))
