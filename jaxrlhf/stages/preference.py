@@ -14,9 +14,12 @@ Reference-free losses (SimPO, ORPO) use neither.
 
 Dynamic beta (MM-DPO): beta_i = dynamic_beta(beta, margin_i, w, k) from the batch's `margin` (set at data build
 time by data.margin_from: the pair's score difference or a reward model's margin).
-KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example; the reference point z0 is the
-detached batch mean of log pi/pi_ref over all 2B responses (a matched-pair estimate; TRL uses mismatched
-prompt/completion pairs).
+KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example. The reference point z0
+(`loss.kto_reference_point`) is, by default, the paper's KL estimate from MISMATCHED pairs ("mismatched": each of
+the 2B examples' prompts with the previous example's completion, as TRL's KTOTrainer shifts completions by one;
+`scoring.mismatched_pair_rows`), max(0, mean log pi/pi_ref), detached. It needs the reference model in the step
+(the mismatched rows change with the batch), so `reference="auto"` keeps a resident reference for it. "batch_mean"
+is the earlier matched-pair estimate: the detached weighted batch mean of log pi/pi_ref over the 2B responses.
 T-REG: token rewards r_t = sigmoid(log p(y_t | <better> x) - log p(y_t | <worse> x)) - 0.5 from the current
 policy (detached) or from the reference, the control prefix inserted in front of the (text) prompt.
 Reward-augmented DPO's base policy: an "sft" stage with `data.goal_fraction` > 0 (a share of prompts carry the goal
@@ -52,6 +55,8 @@ from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
 ALGORITHMS = ("dpo", "simpo", "orpo", "kto", "treg")
+# KTO's z0: the paper's (and TRL's) KL estimate on mismatched prompt/completion pairs, or the matched batch mean.
+KTO_REFERENCE_POINTS = ("mismatched", "batch_mean")
 REFERENCE_FREE = ("simpo", "orpo")
 PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
                 "logps/rejected")
@@ -70,6 +75,7 @@ class PreferenceLossConfig:
   rpo_alpha: float = field(0.0, min=0.0)
   simpo_gamma: float = field(0.5)
   kto_loss_type: str = field("kto", choices=kto_lib.KTO_LOSS_TYPES)
+  kto_reference_point: str = field("mismatched", choices=KTO_REFERENCE_POINTS)
   desirable_weight: float = field(1.0, min=0.0)
   undesirable_weight: float = field(1.0, min=0.0)
   treg_alpha: float = field(1.0, min=0.0)
@@ -100,7 +106,9 @@ class PreferenceConfig:
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
   data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
   loss: PreferenceLossConfig = field(default_factory=PreferenceLossConfig)
-  reference: str = field("precompute", choices=("precompute", "resident"))
+  # "auto": "resident" for KTO with the mismatched reference point (its reference log-probs change with the batch),
+  # "precompute" otherwise.
+  reference: str = field("auto", choices=("auto", "precompute", "resident"))
   logps_chunk_size: int = field(0, min=0)
   optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
   loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
@@ -114,7 +122,28 @@ class PreferenceConfig:
     sorting = [t for t in self.loss.loss_type if t in pref_lib.SORTING_LOSS_TYPES]
     if sorting and self.loss.dynamic_beta_w > 0:
       raise ConfigError(f"{path}.loss.loss_type: {sorting} sorts the batch and cannot use dynamic beta")
+    if mismatched_kto(self.loss) and self.reference == "precompute":
+      raise ConfigError(f"{path}.reference: 'precompute' cannot serve KTO's mismatched reference point (its "
+                        "pairs change with every batch); use 'auto' / 'resident', or set "
+                        f"{path}.loss.kto_reference_point='batch_mean'")
+    if mismatched_kto(self.loss) and self.data.batch_size < 2:
+      raise ConfigError(f"{path}.data.batch_size: KTO's mismatched reference point pairs each prompt with another "
+                        f"pair's completion, so it needs >= 2 pairs per batch (got {self.data.batch_size})")
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
+
+
+def mismatched_kto(loss: PreferenceLossConfig) -> bool:
+  """Whether the loss is KTO with z0 estimated on mismatched pairs (which needs the reference in the step)."""
+  return loss.algorithm == "kto" and loss.kto_loss_type == "kto" and loss.kto_reference_point == "mismatched"
+
+
+def resident_reference(cfg: "PreferenceConfig") -> bool:
+  """Whether the stage keeps a frozen reference copy in the model (vs precomputed log-probs or none)."""
+  if not needs_reference(cfg.loss):
+    return False
+  if cfg.reference == "auto":
+    return mismatched_kto(cfg.loss)
+  return cfg.reference == "resident"
 
 
 class PolicyWithReference(nnx.Module):
@@ -189,7 +218,12 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     elif loss.algorithm == "orpo":
       losses, m = reference_free.orpo_loss(pc, pr, len_c, len_r, chosen_nll=nll_c, beta=beta)
     elif loss.algorithm == "kto":
-      losses, m = _kto(loss, logps_2B, jnp.concatenate([rc, rr]), w_B, beta)
+      kl = None
+      if mismatched_kto(loss):
+        if not resident:
+          raise ValueError("KTO's mismatched reference point needs the reference model in the step (resident)")
+        kl = _mismatched_kl(model, batch, w_B, chunk_size)
+      losses, m = _kto(loss, logps_2B, jnp.concatenate([rc, rr]), w_B, beta, kl)
     else:  # treg
       if loss.treg_token_rewards == "policy":
         r_2BxT = jax.lax.stop_gradient(token_rewards(policy, batch, better_ids, worse_ids, chunk_size))
@@ -214,12 +248,28 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
   return loss_fn
 
 
-def _kto(loss: PreferenceLossConfig, logps_2B, ref_2B, w_B, beta):
-  """KTO on the unpaired view: per-pair loss = loss(chosen as desirable) + loss(rejected as undesirable)."""
+def _mismatched_kl(model: PolicyWithReference, batch: dict, w_B: jax.Array, chunk_size: int) -> jax.Array:
+  """KTO's z0 before clamping: mean over the batch's mismatched rows of log pi(y'|x) - log pi_ref(y'|x), detached.
+
+  Rows whose prompt or completion comes from an empty (weight 0) batch row are left out; the mean is plain (TRL's).
+  """
+  ids, att, lm = scoring.mismatched_pair_rows(batch)
+  policy_logps, _ = scoring.token_logps(model.policy, ids, att, lm, chunk_size)
+  ref_logps, _ = scoring.token_logps(model.reference, ids, att, lm, chunk_size)
+  real_2B = (jnp.concatenate([w_B, w_B]) > 0).astype(jnp.float32)
+  valid_2B = real_2B * jnp.roll(real_2B, 1)
+  logratio_2B = jnp.sum(policy_logps, axis=-1) - jnp.sum(ref_logps, axis=-1)
+  return jax.lax.stop_gradient(jnp.sum(valid_2B * logratio_2B) / jnp.maximum(jnp.sum(valid_2B), 1.0))
+
+
+def _kto(loss: PreferenceLossConfig, logps_2B, ref_2B, w_B, beta, kl=None):
+  """KTO on the unpaired view: per-pair loss = loss(chosen as desirable) + loss(rejected as undesirable).
+  kl: z0 before clamping (the mismatched estimate); None: the weighted batch mean of the 2B log-ratios."""
   w_2B = jnp.concatenate([w_B, w_B])
   b = w_B.shape[0]
   desirable = jnp.concatenate([jnp.ones((b,), bool), jnp.zeros((b,), bool)])
-  kl = jnp.sum(w_2B * (logps_2B - ref_2B)) / jnp.maximum(jnp.sum(w_2B), 1.0)
+  if kl is None:
+    kl = jnp.sum(w_2B * (logps_2B - ref_2B)) / jnp.maximum(jnp.sum(w_2B), 1.0)
   beta_2B = beta if jnp.ndim(beta) == 0 else jnp.concatenate([beta, beta])
   losses_2B, m = kto_lib.kto_loss(logps_2B, ref_2B, desirable, kl=jax.lax.stop_gradient(kl), beta=beta_2B,
                                   desirable_weight=loss.desirable_weight,
@@ -322,7 +372,7 @@ class ReferenceBatches:
 def preference_setup(cfg: PreferenceConfig, model_config: Any, pretrained: dict | None, optimizer: Any, mesh: Any
                      ) -> state_lib.StateSetup:
   """The policy (precompute / reference-free) or PolicyWithReference (resident) train state."""
-  if cfg.reference == "resident" and needs_reference(cfg.loss):
+  if resident_reference(cfg):
     def model_fn(key):
       return PolicyWithReference(CausalLM(model_config, rngs=nnx.Rngs(key)),
                                  CausalLM(model_config, rngs=nnx.Rngs(key)))
@@ -385,7 +435,7 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
     worse = inputs_lib.control_ids(tokenizer, loss.treg_worse, "config.loss.treg_worse")
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = preference_setup(cfg, model_config, pretrained, optimizer, mesh)
-  resident = cfg.reference == "resident" and needs_reference(loss)
+  resident = resident_reference(cfg)
   loss_fn = preference_loss_fn(loss, resident=resident, chunk_size=cfg.logps_chunk_size, better_ids=better,
                                worse_ids=worse)
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,

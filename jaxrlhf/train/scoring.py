@@ -14,7 +14,8 @@ evaluation stages call these; losses never run a model):
   flr_scores             [prompt | response] rows, and positive minus negative means;
   pair_token_logps,      preference pairs in either layout, two rows (chosen_/rejected_ keys) or one
   pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`, whose
-                         `shared_prompt_token_logps` scores such rows).
+                         `shared_prompt_token_logps` scores such rows);
+  mismatched_pair_rows   KTO's mismatched (prompt, other pair's completion) rows of a preference batch.
 
 Shapes: B rows, T row length, P prompt width, N response width, V vocabulary, D model width.
 """
@@ -286,6 +287,52 @@ def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: t
   att = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
   lm = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
   return token_logps(model, ids, att, lm, chunk_size, prefix_ids=prefix_ids)
+
+
+def mismatched_pair_rows(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """KTO's mismatched (prompt, completion) rows of a preference batch, two-row layout, width T of the batch.
+
+  The 2B examples of a batch are its chosen responses (j < B) then its rejected ones (j = B + i, same prompt as
+  pair i). Example j's prompt is paired with example (j - 1) mod 2B's completion: TRL's KTOTrainer builds its KL
+  dataset by shifting the completions of a batch by one, `[c[-1]] + c[:-1]` (Ethayarajh et al. 2024, section 4.1:
+  the reference point z0 is a KL estimate from mismatched pairs). For B >= 2 every row pairs a prompt with another
+  pair's response. A row longer than T (a long prompt with another pair's long completion) keeps its first T tokens.
+
+  Works for both layouts (two rows: `chosen_/rejected_` keys; shared prompt: `pair_input_ids` and the lengths).
+
+  Returns:
+    (input_ids, attention_mask, loss_mask), each (2B, T) int32, right padded; loss_mask marks the completion.
+  """
+  if is_shared_prompt(batch):
+    src_RxT = batch["pair_input_ids"]
+    b = src_RxT.shape[0]
+    p, c, r = batch["prompt_length"], batch["chosen_length"], batch["rejected_length"]
+    src_row_2B = jnp.concatenate([jnp.arange(b), jnp.arange(b)])
+    prompt_len_2B = jnp.concatenate([p, p])
+    start_2B = jnp.concatenate([p, p + c])
+    length_2B = jnp.concatenate([c, r])
+  else:
+    src_RxT = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
+    att = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
+    lm = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
+    src_row_2B = jnp.arange(src_RxT.shape[0])
+    length_2B = jnp.sum(lm, axis=1)
+    prompt_len_2B = jnp.sum(att, axis=1) - length_2B
+    start_2B = prompt_len_2B
+  t = src_RxT.shape[1]
+  # Example j takes the completion of example j - 1 (mod 2B).
+  comp_row_2B = jnp.roll(src_row_2B, 1)
+  comp_start_2B = jnp.roll(start_2B, 1)
+  comp_len_2B = jnp.roll(length_2B, 1)
+  pos_T = jnp.arange(t)[None, :]
+  in_prompt = pos_T < prompt_len_2B[:, None]
+  offset = pos_T - prompt_len_2B[:, None]
+  in_completion = (offset >= 0) & (offset < comp_len_2B[:, None])
+  prompt_tok = src_RxT[src_row_2B]
+  comp_idx = jnp.clip(comp_start_2B[:, None] + offset, 0, t - 1)
+  comp_tok = jnp.take_along_axis(src_RxT[comp_row_2B], comp_idx, axis=1)
+  ids = jnp.where(in_prompt, prompt_tok, jnp.where(in_completion, comp_tok, 0)).astype(jnp.int32)
+  return ids, (in_prompt | in_completion).astype(jnp.int32), in_completion.astype(jnp.int32)
 
 
 def pair_rewards(model: Any, batch: dict, attributes: bool = False) -> tuple[jax.Array, jax.Array]:

@@ -137,7 +137,8 @@ def test_simpo_orpo_kto_match_loss_functions():
   expected, _ = reference_free.orpo_loss(pc, pr, lc, lr, chosen_nll=-pc / lc, beta=0.1)
   np.testing.assert_allclose(float(total), float(np.sum(w * expected)), rtol=1e-5)
 
-  cfg = preference.PreferenceLossConfig(algorithm="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.5)
+  cfg = preference.PreferenceLossConfig(algorithm="kto", beta=0.1, desirable_weight=1.0, undesirable_weight=1.5,
+                                        kto_reference_point="batch_mean")
   total, _, metrics = preference.preference_loss_fn(cfg, resident=False)(policy, jb, None)
   logps = np.concatenate([pc, pr])
   refs = np.concatenate([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
