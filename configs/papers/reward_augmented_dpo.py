@@ -8,6 +8,13 @@ One run (per seed and beta) is the chain
               docs/reproductions.md says why a plain-prompt SFT breaks RA-DPO in this world)
   dpo, ra_dpo             DPO on the pairs / on the reward-augmented pairs (data.transform="reward_augmented")
   dpo_ls, ra_dpo_ls       the same with label smoothing 0.1 (conservative DPO)
+  ra_dpo_ls3  RA-DPO with the official recipe's label smoothing 0.3 (with the sweep's beta = 0.01 it is the
+              recipe's (beta, label smoothing) = (0.01, 0.3))
+  ra_dpo_noties  RA-DPO without the tied-score pairs (data.score_ties="drop"): a tied pair otherwise becomes two
+              rows with the same goal and opposite orders, which pull its margin back to the reference's
+  dpo_scored  DPO on the pairs re-ordered by their judge scores (data.transform="score_ordered"): the same score
+              information RA-DPO gets, so DPO and RA-DPO differ only in the method (plain DPO trains on the noisy
+              labels, which agree with gold less often than the judge scores do)
   eval_*      gold reward of each policy's samples vs the SFT's (paired per prompt) and sampled KL; RA-DPO
               policies sample with the top-score goal (goal_conditioned=True, "score: 10"); eval_sft_goal is
               the SFT itself sampled with the goal (the format check: ~0 gain expected)
@@ -33,10 +40,10 @@ from jaxrlhf.stages import logp_shift
 from jaxrlhf.stages import evaluate_policy, preference, sft
 
 VARIANTS = ("default", "smoke")
-METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls")
+METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls", "ra_dpo_ls3", "ra_dpo_noties", "dpo_scored")
 BETAS = (0.01, 0.1)
 SEEDS = (0, 1, 2)
-LABEL_SMOOTHING = 0.1
+LABEL_SMOOTHING = {"_ls": 0.1, "_ls3": 0.3}  # by method suffix; 0.3 is the official recipe's value
 GOAL_FRACTION = 0.5  # Share of SFT prompts with a goal prompt (random score): the policy learns the format.
 
 
@@ -77,8 +84,13 @@ def get_config(arg=None):
   sft_sizes = dict(sizes["sft"], data=dict(sizes["sft"]["data"], goal_fraction=GOAL_FRACTION))
   stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=sizes["model"]), **sft_sizes)}
   for method in methods:
-    data = dict(sizes["pref"]["data"], transform="reward_augmented" if method.startswith("ra_") else "none")
-    loss = dict(algorithm="dpo", beta=0.1, label_smoothing=LABEL_SMOOTHING if method.endswith("_ls") else 0.0)
+    transform = "reward_augmented" if method.startswith("ra_") else "score_ordered" if method == "dpo_scored" \
+        else "none"
+    data = dict(sizes["pref"]["data"], transform=transform)
+    if method == "ra_dpo_noties":
+      data["score_ties"] = "drop"
+    smoothing = next((v for suffix, v in LABEL_SMOOTHING.items() if method.endswith(suffix)), 0.0)
+    loss = dict(algorithm="dpo", beta=0.1, label_smoothing=smoothing)
     stages[method] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),
                              data=data, loss=loss, optimizer=sizes["pref"]["optimizer"], loop=sizes["pref"]["loop"])
   extra_metrics = ()

@@ -77,28 +77,74 @@ def inference_prompt(prompt: records_lib.Prompt, top_score: float = 10.0, templa
   return goal_conditioned_prompt(prompt, top_score, template, supports_system_role)
 
 
-def reward_augmented_pairs(records: Sequence[records_lib.PreferenceRecord],
-                           template: str = DEFAULT_GOAL_TEMPLATE,
-                           supports_system_role: bool = True) -> list[records_lib.PreferenceRecord]:
-  """Doubles scored pairs by goal conditioning (Zhang et al. 2024).
+TIE_MODES = ("keep", "drop")
 
-  Record i gives, at positions 2i and 2i+1:
-    goal = chosen_score:   prompt | goal, chosen > rejected (unchanged order);
-    goal = rejected_score: prompt | goal, rejected > chosen (swapped, scores and attributes swap too).
-  Equal scores give the same goal twice with opposite orders (which cancel in a symmetric loss).
 
-  Raises:
-    ValueError: a record without chosen_score or rejected_score (naming its index and source).
-  """
-  out = []
+def _check_scored(records: Sequence[records_lib.PreferenceRecord], what: str) -> None:
   for i, r in enumerate(records):
     if r.chosen_score is None or r.rejected_score is None:
-      raise ValueError(f"records[{i}] ({r.source or 'no source'}): reward-augmented relabeling needs "
-                       "chosen_score and rejected_score")
+      raise ValueError(f"records[{i}] ({r.source or 'no source'}): {what} needs chosen_score and rejected_score")
+
+
+def _check_ties(ties: str) -> None:
+  if ties not in TIE_MODES:
+    raise ValueError(f"ties={ties!r}; valid values: {list(TIE_MODES)}")
+
+
+def count_score_ties(records: Sequence[records_lib.PreferenceRecord]) -> int:
+  """The number of pairs whose chosen and rejected judge scores are equal."""
+  return sum(r.chosen_score == r.rejected_score for r in records)
+
+
+def reward_augmented_pairs(records: Sequence[records_lib.PreferenceRecord],
+                           template: str = DEFAULT_GOAL_TEMPLATE,
+                           supports_system_role: bool = True, ties: str = "keep"
+                           ) -> list[records_lib.PreferenceRecord]:
+  """Doubles scored pairs by goal conditioning (Zhang et al. 2024).
+
+  Record i gives, in order:
+    goal = chosen_score:   prompt | goal, chosen > rejected (unchanged order);
+    goal = rejected_score: prompt | goal, rejected > chosen (swapped, scores and attributes swap too).
+  Equal scores give the same goal twice with opposite orders. Those two rows do NOT cancel: under DPO their summed
+  loss -log sigmoid(beta h) - log sigmoid(-beta h), with h the policy's log-ratio margin of the pair minus the
+  reference's, is smallest at h = 0, so its gradient pulls the pair's margin back to the reference's (a
+  regularizer toward the reference on such pairs, not a no-op). `ties`: "keep" (the paper's relabeling, both
+  rows) or "drop" (no row for a tied pair; count them with `count_score_ties`).
+
+  Raises:
+    ValueError: a record without chosen_score or rejected_score (naming its index and source), a bad `ties`.
+  """
+  _check_ties(ties)
+  _check_scored(records, "reward-augmented relabeling")
+  out = []
+  for i, r in enumerate(records):
+    if ties == "drop" and r.chosen_score == r.rejected_score:
+      continue
     for goal, rec, tag in ((r.chosen_score, r, "goal=chosen"), (r.rejected_score, r.swapped(), "goal=rejected")):
       out.append(dataclasses.replace(
           rec, prompt=goal_conditioned_prompt(r.prompt, goal, template, supports_system_role),
           source=f"{r.source or f'record{i}'}#{tag}"))
+  return out
+
+
+def score_ordered_pairs(records: Sequence[records_lib.PreferenceRecord], ties: str = "keep"
+                        ) -> list[records_lib.PreferenceRecord]:
+  """Pairs re-ordered by their judge scores: chosen is the response with the higher score (a pair whose rejected
+  response scored higher is swapped). DPO on these pairs sees the same score information as reward-augmented DPO,
+  so the two differ only in the method. Tied pairs keep their label ("keep") or are removed ("drop").
+
+  Raises:
+    ValueError: a record without chosen_score or rejected_score (naming its index and source), a bad `ties`.
+  """
+  _check_ties(ties)
+  _check_scored(records, "score ordering")
+  out = []
+  for r in records:
+    if r.chosen_score == r.rejected_score:
+      if ties == "keep":
+        out.append(r)
+    else:
+      out.append(r.swapped() if r.rejected_score > r.chosen_score else r)
   return out
 
 

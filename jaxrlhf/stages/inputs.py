@@ -58,7 +58,10 @@ class DataSpec:
     (`data.transforms.goal_format_records`), so that reward-augmented DPO starts from a policy that knows the goal
     format but not what a score means (the paper starts from instruct models that read system prompts; a policy
     SFT'd on plain prompts has never seen the goal tokens). 0: plain prompts.
-  transform: "reward_augmented" doubles scored pairs by goal conditioning (Zhang et al. 2024).
+  transform: "reward_augmented" doubles scored pairs by goal conditioning (Zhang et al. 2024); "score_ordered"
+    re-orders each pair by its judge scores (chosen = the higher score), DPO's control with the same information.
+  score_ties: pairs with equal judge scores under a transform: "keep" (reward_augmented: two contradictory rows;
+    score_ordered: the label as read) or "drop"; counted in the stage's data report (`transform`).
   margin_from: the per-pair `margin` field: "none" (NaN), "file" (as read), "score" (chosen_score -
     rejected_score) or "reward_model" (mean member margin of the reward model `reward_model`, e.g.
     "stage:reward"); consumed by margin losses, adaptive margins and dynamic beta.
@@ -94,7 +97,8 @@ class DataSpec:
   buckets: tuple[int, ...] = field(())  # () : max_length only (one compiled shape).
   pack: bool = field(False)
   shuffle: bool = field(True)
-  transform: str = field("none", choices=("none", "reward_augmented"))
+  transform: str = field("none", choices=("none", "reward_augmented", "score_ordered"))
+  score_ties: str = field("keep", choices=transforms.TIE_MODES)
   margin_from: str = field("none", choices=MARGIN_SOURCES)
   reward_model: str = stage_ref("rm_dir")
   num_threads: int = field(0, min=0)
@@ -104,6 +108,9 @@ class DataSpec:
   shared_prompt: str = field("auto", choices=SHARED_PROMPT_CHOICES)
 
   def validate(self, path: str) -> None:
+    if self.score_ties != "keep" and self.transform == "none":
+      raise ConfigError(f"{path}.score_ties: {self.score_ties!r} applies to a transform; set {path}.transform to "
+                        "'reward_augmented' or 'score_ordered'")
     if self.source == "files" and not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (e.g. --config.{path[7:]}.paths="
                         "'(\"a.jsonl\",)')")
@@ -231,10 +238,22 @@ def sft_records(data: DataSpec, world: Any, tokenizer: Any = None, seed: int = 0
 
 
 def transform_pairs(records: list, data: DataSpec, tokenizer: Any) -> list:
-  """Applies `data.transform` (reward-augmented relabeling) at data build time."""
+  """Applies `data.transform` (reward-augmented relabeling, score ordering) at data build time."""
   if data.transform == "reward_augmented":
-    return transforms.reward_augmented_pairs(records, supports_system_role=tokenizer.supports_system_role)
+    return transforms.reward_augmented_pairs(records, supports_system_role=tokenizer.supports_system_role,
+                                             ties=data.score_ties)
+  if data.transform == "score_ordered":
+    return transforms.score_ordered_pairs(records, ties=data.score_ties)
   return records
+
+
+def transform_report(records: list, out: list, data: DataSpec, split: str) -> dict:
+  """What `data.transform` did to one split: pairs in, tied pairs (equal judge scores), what ties got, rows out."""
+  tied = transforms.count_score_ties(records)
+  line = (f"{split}: {data.transform} {len(records)} pairs -> {len(out)} rows; {tied} tied pairs "
+          f"({'dropped' if data.score_ties == 'drop' else 'kept'})")
+  print(f"[data] {line}", flush=True)
+  return {"pairs_in": len(records), "tied": tied, "ties": data.score_ties, "rows_out": len(out), "line": line}
 
 
 def with_margins(records: list, margins: Sequence[float] | None, data: DataSpec) -> list:
@@ -327,9 +346,14 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
   """(train, eval, report) preference records with `data.transform` applied and margins attached
   (`data.margin_from`); `prepare_eval=False` leaves the held-out pairs as read (e.g. to score them on gold)."""
   train, held_out, report = preference_records(data, context.world)
-  train = transform_pairs(train, data, context.tokenizer)
-  if prepare_eval:
-    held_out = transform_pairs(held_out, data, context.tokenizer)
+  if data.transform != "none":
+    transformed = transform_pairs(train, data, context.tokenizer)
+    report = {**report, "transform": {"train": transform_report(train, transformed, data, "train")}}
+    train = transformed
+    if prepare_eval:
+      transformed = transform_pairs(held_out, data, context.tokenizer)
+      report["transform"]["eval"] = transform_report(held_out, transformed, data, "eval")
+      held_out = transformed
   margins = eval_margins = None
   if data.margin_from == "reward_model":
     rm_dir = common.resolve_path(data.reward_model, inputs, "rm_dir")

@@ -119,3 +119,44 @@ def test_contrastive_variants():
   assert tok.encode(better.prompt)[0] == tok.better_id
   with pytest.raises(ValueError, match="prefix"):
     transforms.contrastive_prompt("x", " ")
+
+
+def test_reward_augmented_ties_keep_two_contradictory_rows_or_drop_them():
+  recs = [_pair(), _pair(chosen="x", rejected="y", chosen_score=5.0, rejected_score=5.0), _pair(chosen="z")]
+  kept = transforms.reward_augmented_pairs(recs)
+  assert len(kept) == 6 and transforms.count_score_ties(recs) == 1
+  # The tied pair: the same goal twice with opposite orders.
+  assert kept[2].prompt == kept[3].prompt and (kept[2].chosen, kept[3].chosen) == ("x", "y")
+  dropped = transforms.reward_augmented_pairs(recs, ties="drop")
+  assert dropped == kept[:2] + kept[4:]
+  with pytest.raises(ValueError, match="ties"):
+    transforms.reward_augmented_pairs(recs, ties="half")
+
+
+def test_tied_rows_do_not_cancel_under_dpo():
+  """The transforms docstring's claim: the two rows of a tied pair pull the policy's margin back to the
+  reference's (their summed DPO loss has a non-zero gradient except at h = 0), they do not cancel."""
+  import jax
+  import jax.numpy as jnp
+  from jaxrlhf.losses import dpo_loss
+
+  def tied_loss(h):  # the pair's log-ratio margin h in one row, -h in its swapped twin (reference at 0)
+    losses, _ = dpo_loss(jnp.array([h, 0.0]), jnp.array([0.0, h]), jnp.zeros(2), jnp.zeros(2), beta=0.5)
+    return jnp.sum(losses)
+
+  for h in (-2.0, 0.7, 3.0):
+    g = float(jax.grad(tied_loss)(h))
+    assert g != 0.0 and (g > 0) == (h > 0)  # descent moves h toward 0, i.e. toward the reference's margin
+    assert float(tied_loss(h)) > float(tied_loss(0.0))
+  assert float(jax.grad(tied_loss)(0.0)) == 0.0
+
+
+def test_score_ordered_pairs_golden():
+  recs = [_pair(), _pair(chosen="a", rejected="b", chosen_score=2.0, rejected_score=9.0),
+          _pair(chosen="t", rejected="u", chosen_score=4.0, rejected_score=4.0)]
+  out = transforms.score_ordered_pairs(recs)
+  assert out == [recs[0], recs[1].swapped(), recs[2]]
+  assert out[1].chosen == "b" and out[1].chosen_score == 9.0 and out[1].chosen_attributes == (0.0, -1.0)
+  assert transforms.score_ordered_pairs(recs, ties="drop") == [recs[0], recs[1].swapped()]
+  with pytest.raises(ValueError, match=r"records\[0\].*score ordering"):
+    transforms.score_ordered_pairs([_pair(rejected_score=None)])

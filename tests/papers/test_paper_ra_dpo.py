@@ -19,18 +19,20 @@ from experiments import tables as tables_lib  # noqa: E402
 from jaxrlhf import config as config_lib  # noqa: E402
 
 SPEC = str(REPO_ROOT / "configs" / "papers" / "reward_augmented_dpo.py")
-METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls")
+METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls", "ra_dpo_ls3", "ra_dpo_noties", "dpo_scored")
 
 
 def test_default_chain_structure():
   plan = {name: (kind.name, cfg) for name, kind, cfg in run_lib.plan(config_lib.load_config(SPEC))}
-  assert list(plan)[:5] == ["sft", *METHODS]
+  assert list(plan)[:8] == ["sft", *METHODS]
   assert plan["sft"][0] == "sft" and plan["sft"][1].data.goal_fraction == 0.5
   for m in METHODS:
     kind, cfg = plan[m]
     assert kind == "preference" and cfg.model.init_from == "stage:sft" and cfg.loss.algorithm == "dpo"
-    assert cfg.data.transform == ("reward_augmented" if m.startswith("ra_") else "none")
-    assert cfg.loss.label_smoothing == (0.1 if m.endswith("_ls") else 0.0)
+    assert cfg.data.transform == ("reward_augmented" if m.startswith("ra_") else
+                                  "score_ordered" if m == "dpo_scored" else "none")
+    assert cfg.data.score_ties == ("drop" if m == "ra_dpo_noties" else "keep")
+    assert cfg.loss.label_smoothing == {"_ls": 0.1, "_ls3": 0.3}.get(m[m.rfind("_"):], 0.0)
     # Same optimizer and steps for every method.
     assert (cfg.loop.num_steps, cfg.optimizer.learning_rate) == (plan["dpo"][1].loop.num_steps,
                                                                  plan["dpo"][1].optimizer.learning_rate)

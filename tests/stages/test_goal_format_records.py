@@ -67,3 +67,25 @@ def test_sft_data_option_goal_fraction():
   assert train == transforms.goal_format_records(plain_train, 0.5, 7, supports_system_role=True)
   assert held_out == transforms.goal_format_records(plain_eval, 0.5, 8, supports_system_role=True)
   assert 0 < sum(not isinstance(r.prompt, str) for r in train) < 64
+
+
+def test_score_ties_report_and_config_rule():
+  """The stage's data report counts the tied pairs a transform kept or dropped; ties without a transform fail."""
+  from jaxrlhf.config import ConfigError, from_config
+  from jaxrlhf.stages import inputs as inputs_lib
+  from jaxrlhf.data.synthetic import World, WorldConfig
+
+  world = World(WorldConfig(seed=0))
+  records = world.preference_records(64, "train")
+  tied = sum(r.chosen_score == r.rejected_score for r in records)
+  assert 0 < tied < 64
+  for transform, ties, rows in (("reward_augmented", "keep", 128), ("reward_augmented", "drop", 2 * (64 - tied)),
+                                ("score_ordered", "keep", 64), ("score_ordered", "drop", 64 - tied)):
+    data = from_config(dict(transform=transform, score_ties=ties), inputs_lib.DataSpec, path="config.data")
+    out = inputs_lib.transform_pairs(records, data, world.tokenizer)
+    report = inputs_lib.transform_report(records, out, data, "train")
+    assert (len(out), report["tied"], report["rows_out"], report["ties"]) == (rows, tied, rows, ties)
+    if transform == "score_ordered":
+      assert all(r.chosen_score >= r.rejected_score for r in out)
+  with pytest.raises(ConfigError, match=r"config.data.score_ties: 'drop' applies to a transform"):
+    from_config(dict(score_ties="drop"), inputs_lib.DataSpec, path="config.data")
