@@ -6,7 +6,8 @@ Per seed, one chain (variant "default", best-of-N):
 
   sft           the base policy (SFT on the world's reference distribution)
   rm_pretrain   K = 5 Bradley-Terry reward models on the world's noisy labels (BT draws of gold, temperature
-                0.35, 5% flips), each with its OWN backbone init and data order: the "pretrain-seed" ensemble
+                0.35, then FLIP_RATE = 25% flips, Coste et al.'s label noise), each with its OWN backbone init and data
+                order: the "pretrain-seed" ensemble
   rm_finetune   K = 5 members that all start from ONE backbone init (member 0's) and differ only in head init and
                 data order (`shared_backbone=True`): the "finetune-seed" ensemble
   bon_pretrain  best-of-n, n = 1..256, from ONE pool of N = 256 SFT samples per test prompt (unbiased estimator):
