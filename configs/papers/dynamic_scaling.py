@@ -8,9 +8,12 @@ so confidently ranked pairs get a larger beta. One run (per seed) is the chain
       -> dpo               beta = 0.1
       -> dpo_dyn_rm        beta_i from the reward model's margins (data.margin_from = "reward_model"), the paper's
       -> dpo_dyn_score     beta_i from the judge-score difference (data.margin_from = "score"; 1-10 scale)
+      -> dpo_beta_matched  plain DPO at ONE beta: the mean of dpo_dyn_rm's beta_i over the training pairs
+                           (loss.dynamic_beta_mode = "dataset_mean"): MM-DPO's betas (0.10-0.15) exceed DPO's 0.1,
+                           so this arm separates per-pair scaling from a larger average beta
   eval_* gold reward of each policy's samples vs the SFT's (paired per prompt) and sampled KL(policy || SFT).
 All three preference stages share optimizer, steps, data and beta; w = 0.5, k = 0.5 (configs/dpo.py's
-dynamic_beta variant). The sweep: seeds {0, 1, 2} (a seed reseeds every stage; the world is fixed).
+dynamic_beta variant). The sweep: seeds {0, ..., 4} (a seed reseeds every stage; the world is fixed).
 
 Variants: default (the full per-seed run), smoke (seconds; without dpo_dyn_score).
     python -m experiments.sweep --config configs/papers/dynamic_scaling.py --workdir runs/papers/dynamic_scaling
@@ -21,10 +24,12 @@ from configs import _sections as S
 from jaxrlhf.stages import evaluate_policy, preference, reward, sft
 
 VARIANTS = ("default", "smoke")
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds: the verdict rule in docs/reproductions.md
 BETA, W, K = 0.1, 0.5, 0.5
-# stage name -> (margin source, dynamic_beta_w)
-METHODS = {"dpo": ("none", 0.0), "dpo_dyn_rm": ("reward_model", W), "dpo_dyn_score": ("score", W)}
+# stage name -> (margin source, dynamic_beta_w, dynamic_beta_mode)
+METHODS = {"dpo": ("none", 0.0, "per_pair"), "dpo_dyn_rm": ("reward_model", W, "per_pair"),
+           "dpo_dyn_score": ("score", W, "per_pair"), "dpo_beta_matched": ("reward_model", W, "dataset_mean")}
+SMOKE_METHODS = ("dpo", "dpo_dyn_rm")
 
 
 def _sizes(smoke: bool) -> dict:
@@ -56,16 +61,17 @@ def get_config(arg=None):
     raise ValueError(f"configs/papers/dynamic_scaling.py: unknown variant {variant!r}; valid: "
                      + ", ".join(VARIANTS))
   sizes = _sizes(variant == "smoke")
-  methods = {k: v for k, v in METHODS.items() if variant != "smoke" or k != "dpo_dyn_score"}  # Smoke: seconds.
+  methods = {k: v for k, v in METHODS.items() if variant != "smoke" or k in SMOKE_METHODS}  # Smoke: seconds.
   stages = {
       "sft": S.stage("sft", sft.SFTConfig, model=dict(config=sizes["model"]), **sizes["sft"]),
       "reward": S.stage("reward", reward.RewardConfig, model=dict(config=sizes["model"]), **sizes["rm"]),
   }
-  for name, (margin_from, w) in methods.items():
+  for name, (margin_from, w, mode) in methods.items():
     data = dict(sizes["pref"]["data"], margin_from=margin_from,
                 reward_model="stage:reward" if margin_from == "reward_model" else "")
     stages[name] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"), data=data,
-                           loss=dict(algorithm="dpo", beta=BETA, dynamic_beta_w=w, dynamic_beta_k=K),
+                           loss=dict(algorithm="dpo", beta=BETA, dynamic_beta_w=w, dynamic_beta_k=K,
+                                     dynamic_beta_mode=mode),
                            optimizer=sizes["pref"]["optimizer"], loop=sizes["pref"]["loop"])
   for name in methods:
     stages[f"eval_{name}"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{name}",
@@ -74,6 +80,7 @@ def get_config(arg=None):
   config.tables = dict(metrics=(
       *[f"eval_{m}/gold/gain" for m in methods], *[f"eval_{m}/kl" for m in methods],
       *[f"eval_{m}/gold/win_rate" for m in methods], *[f"{m}/eval/rewards/accuracy" for m in methods],
+      *[f"{m}/beta/mean" for m, (_, w, _) in methods.items() if w > 0],
       "reward/eval/gold_agreement"))
   return config
 

@@ -13,7 +13,9 @@ policy (the initial policy) is either
 Reference-free losses (SimPO, ORPO) use neither.
 
 Dynamic beta (MM-DPO): beta_i = dynamic_beta(beta, margin_i, w, k) from the batch's `margin` (set at data build
-time by data.margin_from: the pair's score difference or a reward model's margin).
+time by data.margin_from: the pair's score difference or a reward model's margin). `loss.dynamic_beta_mode=
+"dataset_mean"` trains plain DPO at the mean of those beta_i over the training pairs instead; either way the mean
+is reported as the metric `beta/mean`.
 KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example. The reference point z0
 (`loss.kto_reference_point`) is, by default, the paper's KL estimate from MISMATCHED pairs ("mismatched": each of
 the 2B examples' prompts with the previous example's completion, as TRL's KTOTrainer shifts completions by one;
@@ -84,6 +86,9 @@ class PreferenceLossConfig:
   treg_worse: str = field("<worse>")
   dynamic_beta_w: float = field(0.0, min=0.0)  # 0: constant beta.
   dynamic_beta_k: float = field(1.0, min=0.0)
+  # "per_pair": MM-DPO's beta_i; "dataset_mean": ONE constant beta, the mean of the beta_i over the training pairs
+  # (DPO at MM-DPO's average beta: the control that separates per-pair scaling from a larger beta).
+  dynamic_beta_mode: str = field("per_pair", choices=("per_pair", "dataset_mean"))
 
   def validate(self, path: str) -> None:
     bad = [t for t in self.loss_type if t not in pref_lib.LOSS_TYPES]
@@ -119,6 +124,9 @@ class PreferenceConfig:
     if self.loss.dynamic_beta_w > 0 and self.data.margin_from == "none":
       raise ConfigError(f"{path}.data.margin_from: dynamic beta (loss.dynamic_beta_w > 0) needs margins; valid "
                         f"choices: {', '.join(m for m in inputs_lib.MARGIN_SOURCES if m != 'none')}")
+    if self.loss.dynamic_beta_mode != "per_pair" and self.loss.dynamic_beta_w <= 0:
+      raise ConfigError(f"{path}.loss.dynamic_beta_mode: {self.loss.dynamic_beta_mode!r} averages MM-DPO's betas and "
+                        f"needs {path}.loss.dynamic_beta_w > 0")
     sorting = [t for t in self.loss.loss_type if t in pref_lib.SORTING_LOSS_TYPES]
     if sorting and self.loss.dynamic_beta_w > 0:
       raise ConfigError(f"{path}.loss.loss_type: {sorting} sorts the batch and cannot use dynamic beta")
@@ -135,6 +143,13 @@ class PreferenceConfig:
 def mismatched_kto(loss: PreferenceLossConfig) -> bool:
   """Whether the loss is KTO with z0 estimated on mismatched pairs (which needs the reference in the step)."""
   return loss.algorithm == "kto" and loss.kto_loss_type == "kto" and loss.kto_reference_point == "mismatched"
+
+
+def mean_dynamic_beta(loss: PreferenceLossConfig, records: list) -> float:
+  """The mean over `records` of MM-DPO's beta_i = dynamic_beta(beta, margin_i, w, k) (NaN margins give beta)."""
+  margins = np.asarray([np.nan if r.margin is None else r.margin for r in records], np.float32)
+  betas = pref_lib.dynamic_beta(loss.beta, jnp.asarray(margins), loss.dynamic_beta_w, loss.dynamic_beta_k)
+  return float(np.mean(np.asarray(betas, np.float64)))
 
 
 def resident_reference(cfg: "PreferenceConfig") -> bool:
@@ -429,6 +444,14 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   context = inputs_lib.stage_context(cfg, inputs)
   world, mesh, model_config, pretrained, tokenizer = context
   train_records, eval_records, report = inputs_lib.prepared_pairs(data, context, inputs)
+  extra_metrics = {}
+  if loss.dynamic_beta_w > 0:
+    mean_beta = mean_dynamic_beta(loss, train_records)
+    extra_metrics["beta/mean"] = mean_beta
+    if loss.dynamic_beta_mode == "dataset_mean":
+      loss = dataclasses.replace(loss, beta=mean_beta, dynamic_beta_w=0.0)
+    print(f"[preference] dynamic beta ({cfg.loss.dynamic_beta_mode}): mean over {len(train_records)} training pairs "
+          f"{mean_beta:.6g}", flush=True)
   better = worse = ()
   if loss.algorithm == "treg":
     better = inputs_lib.control_ids(tokenizer, loss.treg_better, "config.loss.treg_better")
@@ -468,4 +491,6 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
                            mesh=mesh, eval_fn=eval_fn if batches else None)
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
                                     prefix="policy" if resident else "", tokenizer=tokenizer)
+  if extra_metrics:
+    results = {**results, "metrics": {**results["metrics"], **extra_metrics}}
   return common.stage_outputs(results, model_dir=model_dir, data_report=report)

@@ -22,19 +22,21 @@ SPEC = str(REPO_ROOT / "configs" / "papers" / "dynamic_scaling.py")
 
 def test_chain_structure_and_sweep():
   plan = {name: (kind.name, cfg) for name, kind, cfg in run_lib.plan(config_lib.load_config(SPEC))}
-  assert list(plan)[:5] == ["sft", "reward", "dpo", "dpo_dyn_rm", "dpo_dyn_score"]
+  assert list(plan)[:6] == ["sft", "reward", "dpo", "dpo_dyn_rm", "dpo_dyn_score", "dpo_beta_matched"]
   base = plan["dpo"][1]
   assert base.loss.dynamic_beta_w == 0.0 and base.data.margin_from == "none"
-  for name, source in (("dpo_dyn_rm", "reward_model"), ("dpo_dyn_score", "score")):
+  for name, source, mode in (("dpo_dyn_rm", "reward_model", "per_pair"), ("dpo_dyn_score", "score", "per_pair"),
+                             ("dpo_beta_matched", "reward_model", "dataset_mean")):
     cfg = plan[name][1]
     assert (cfg.loss.dynamic_beta_w, cfg.loss.dynamic_beta_k, cfg.data.margin_from) == (0.5, 0.5, source)
+    assert cfg.loss.dynamic_beta_mode == mode
     # Only the beta schedule differs from plain DPO.
     assert (cfg.loss.beta, cfg.loop.num_steps, cfg.optimizer.learning_rate, cfg.data.num_train) == (
         base.loss.beta, base.loop.num_steps, base.optimizer.learning_rate, base.data.num_train)
-  assert plan["dpo_dyn_rm"][1].data.reward_model == "stage:reward"
-  for name in ("dpo", "dpo_dyn_rm", "dpo_dyn_score"):
+  assert plan["dpo_dyn_rm"][1].data.reward_model == plan["dpo_beta_matched"][1].data.reward_model == "stage:reward"
+  for name in ("dpo", "dpo_dyn_rm", "dpo_dyn_score", "dpo_beta_matched"):
     assert (plan[f"eval_{name}"][1].policy, plan[f"eval_{name}"][1].base) == (f"stage:{name}", "stage:sft")
-  assert sweep_lib.collect(SPEC) == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+  assert sweep_lib.collect(SPEC) == [{"seed": s} for s in range(5)]
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0}]
 
 
@@ -50,6 +52,8 @@ def test_smoke_sweep_and_table(paper_smoke):
     assert math.isfinite(metrics[c]), c
     if "accuracy" in c or "agreement" in c or "win_rate" in c:
       assert 0.0 <= metrics[c] <= 1.0, c
+  # MM-DPO's mean beta lies in [beta, beta * (1 + w)] and is above beta (the reward model ranks most pairs right).
+  assert 0.1 < metrics["dpo_dyn_rm/beta/mean"] < 0.15
   for m in ("dpo", "dpo_dyn_rm"):
     assert metrics[f"eval_{m}/gold/gain"] == pytest.approx(
         metrics[f"eval_{m}/gold/policy"] - metrics[f"eval_{m}/gold/base"], abs=1e-4)

@@ -264,3 +264,30 @@ def test_dpo_stage_same_losses_with_shared_prompt_scoring(tmp_path, reference):
   np.testing.assert_allclose(runs["on"][0], runs["off"][0], rtol=1e-5, atol=1e-5)
   for key in ("eval/loss", "eval/rewards/margin", "eval/logps/chosen", "eval/logps/rejected"):
     np.testing.assert_allclose(runs["on"][1][key], runs["off"][1][key], rtol=1e-4, atol=1e-4)
+
+
+def test_mean_dynamic_beta_golden():
+  from jaxrlhf.data.records import PreferenceRecord
+  records = [PreferenceRecord(prompt="p", chosen="a", rejected="b", margin=m) for m in (0.0, 2.0, -1.0, None)]
+  loss = preference.PreferenceLossConfig(beta=0.2, dynamic_beta_w=0.5, dynamic_beta_k=0.5)
+  # beta_i = 0.2 (1 + 0.5 (1 - exp(-0.5 max(m, 0)))); None / negative margins give 0.2.
+  want = np.mean([0.2, 0.2 * (1 + 0.5 * (1 - np.exp(-1.0))), 0.2, 0.2])
+  assert preference.mean_dynamic_beta(loss, records) == pytest.approx(want, rel=1e-6)
+
+
+def test_dataset_mean_beta_trains_plain_dpo_at_the_mean_beta(tmp_path):
+  """dynamic_beta_mode="dataset_mean" is exactly DPO at MM-DPO's mean beta over the training pairs (same losses),
+  and the mean is reported as beta/mean; it needs dynamic_beta_w > 0."""
+  data = dict(num_train=64, num_eval=16, batch_size=16, max_length=40, margin_from="score")
+  loop = dict(num_steps=3, log_every=1, checkpoint_every=3, progress=False, tensorboard=False,
+              async_checkpoints=False)
+  matched = preference.run(_stage_cfg(data=data, loop=loop, loss=dict(dynamic_beta_w=0.5, dynamic_beta_k=0.5,
+                                                                      dynamic_beta_mode="dataset_mean")),
+                           str(tmp_path / "matched"), {})
+  mean_beta = matched["metrics"]["beta/mean"]
+  assert 0.1 < mean_beta < 0.15
+  plain = preference.run(_stage_cfg(data=data, loop=loop, loss=dict(beta=mean_beta)), str(tmp_path / "plain"), {})
+  np.testing.assert_allclose(_losses(tmp_path / "matched"), _losses(tmp_path / "plain"), rtol=1e-6)
+  assert "beta/mean" not in plain["metrics"]
+  with pytest.raises(Exception, match="dynamic_beta_mode.*dynamic_beta_w > 0"):
+    _stage_cfg(loss=dict(dynamic_beta_mode="dataset_mean"))
