@@ -54,13 +54,19 @@ SELECTORS = ("gold", "rm_single", *(f"rm_{a}" for a in AGGREGATIONS))
 BETAS = (0.01, 0.05, 0.2)
 # GRPO rewards: a single RM, the pretrain ensemble under every aggregation of raw member scores, and min and
 # mean - LAM * std over standardized members.
-GRPO_REWARDS = ("single", "mean", "median", "min", "meanvar", "meanstd", "zmin", "zmeanstd")
+GRPO_REWARDS = ("single", "mean", "median", "min", "meanvar", "meanvar_coste", "meanstd", "zmin", "zmeanstd")
 GRPO_LABELS = {"single": "single RM", "mean": "ensemble mean", "median": "ensemble median",
                "min": "ensemble min (raw members)", "meanvar": "ensemble mean - var (raw)",
+               "meanvar_coste": "ensemble mean - 0.1 var (raw, unbiased: Coste et al.'s PPO setting)",
                "meanstd": "ensemble mean - std (raw)", "zmin": "ensemble min (standardized)",
                "zmeanstd": "ensemble mean - std (standardized)"}
 _GRPO_AGGREGATIONS = {"mean": "mean", "median": "median", "min": "min", "meanvar": "mean_minus_var",
-                      "meanstd": "mean_minus_std", "zmin": "min", "zmeanstd": "mean_minus_std"}
+                      "meanvar_coste": "mean_minus_var_unbiased", "meanstd": "mean_minus_std", "zmin": "min",
+                      "zmeanstd": "mean_minus_std"}
+# Coste et al.'s own UWO weights (tlc4418/llm_optimization): lambda 0.5 with the population variance for best-of-n
+# (np.var), lambda 0.1 with the unbiased variance for PPO (torch.var); LAM = 1 elsewhere.
+COSTE_BON_UWO = "mean_minus_var:0.5"
+COSTE_PPO_LAM = {"meanvar_coste": 0.1}
 GOLD_OPTIMUM_LENGTH = 16
 # Label noise of the reward models' training pairs: Coste et al. (2023) train their proxy RMs with 25% label
 # noise (the world's default is 5% flips on top of the Bradley-Terry draw).
@@ -92,7 +98,8 @@ def _sizes(smoke: bool) -> dict:
 
 def _bon_chain(sizes: dict) -> dict:
   model = dict(config=sizes["model"])
-  bon = dict(sizes["bon"], aggregations=AGGREGATIONS, lam=LAM, member_curves=True, plots=False)
+  bon = dict(sizes["bon"], aggregations=AGGREGATIONS, lam=LAM, extra_aggregations=(COSTE_BON_UWO,),
+             member_curves=True, plots=False)
   return {
       "sft": S.stage("sft", sft.SFTConfig, model=model, **sizes["sft"]),
       "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **sizes["rm"]),
@@ -120,7 +127,8 @@ def _grpo_chain(sizes: dict) -> dict:
   for name, aggregation in _GRPO_AGGREGATIONS.items():
     # The standardized rewards (z*) were added in session 3, after the raw min had failed, as the best-of-N
     # diagnostic suggested: members standardized over the reference responses (RewardSourceSpec.standardize).
-    sources[name] = dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation=aggregation, lam=LAM,
+    sources[name] = dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation=aggregation,
+                         lam=COSTE_PPO_LAM.get(name, LAM),
                          standardize=name.startswith("z"), name="rm")
   for rm_name, source in sources.items():
     for beta in BETAS:
@@ -144,7 +152,8 @@ def get_config(arg=None):
   config = S.chain(_bon_chain(sizes), seed=0)
   config.tables = dict(metrics=(
       "bon_pretrain/gold/gold_peak",
-      *(f"bon_{e}/{s}/gold@N" for e in ENSEMBLES for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std")),
+      *(f"bon_{e}/{s}/gold@N" for e in ENSEMBLES for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std",
+                                                            "rm_mean_minus_var_lam0.5")),
       *(f"bon_{e}/{s}/gold_drop" for e in ENSEMBLES for s in ("rm_single", "rm_mean", "rm_min")),
       "bon_pretrain/rm_single/length@N", "bon_pretrain/rm_mean/length@N", "bon_finetune/rm_mean/length@N",
       "rm_pretrain/eval/gold_agreement", "rm_finetune/eval/gold_agreement"))

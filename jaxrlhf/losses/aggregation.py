@@ -3,7 +3,8 @@
 Conservative ensembles against reward over-optimization: Coste et al. 2023 ("Reward Model Ensembles Help Mitigate
 Overoptimization": mean, worst-case WCO = min, uncertainty-weighted UWO = mean - lambda * var) and Eisenstein et al.
 2023 ("Helping or Herding?": mean, median, min, mean - lambda * std). All reduce the last axis, in float32, with
-population statistics (ddof=0), and work under jit/vmap/grad.
+population statistics (ddof=0), except "mean_minus_var_unbiased" (ddof=1: Coste et al.'s PPO reward, torch.var;
+their best-of-n code uses np.var, ddof=0), and work under jit/vmap/grad.
 """
 
 import jax
@@ -55,14 +56,30 @@ def mean_minus_var_reward(rewards_BxK: jax.Array, lam: float = 1.0) -> jax.Array
   return mean - lam * jnp.mean(jnp.square(rewards - mean[..., None]), axis=-1)
 
 
+def mean_minus_var_unbiased_reward(rewards_BxK: jax.Array, lam: float = 1.0) -> jax.Array:
+  """UWO with the unbiased variance: R = mean_k r_k - lam * sum_k (r_k - mean)^2 / (K - 1), as Coste et al.'s PPO
+  reward function computes it (`torch.var`, their lambda 0.1; tlc4418/llm_optimization). (B, K) -> (B,) float32.
+
+  Raises:
+    ValueError: fewer than 2 members (the unbiased variance is undefined).
+  """
+  rewards = _members(rewards_BxK)
+  k = rewards.shape[-1]
+  if k < 2:
+    raise ValueError(f"mean_minus_var_unbiased needs >= 2 members; got {k}")
+  mean = jnp.mean(rewards, axis=-1)
+  return mean - lam * jnp.sum(jnp.square(rewards - mean[..., None]), axis=-1) / (k - 1)
+
+
 _METHODS = {
     "mean": mean_reward,
     "median": median_reward,
     "min": min_reward,
     "mean_minus_std": mean_minus_std_reward,
     "mean_minus_var": mean_minus_var_reward,
+    "mean_minus_var_unbiased": mean_minus_var_unbiased_reward,
 }
-_USES_LAM = ("mean_minus_std", "mean_minus_var")
+_USES_LAM = ("mean_minus_std", "mean_minus_var", "mean_minus_var_unbiased")
 AGGREGATION_METHODS = tuple(_METHODS)
 
 
@@ -71,7 +88,8 @@ def aggregate(rewards_BxK: jax.Array, method: str, lam: float = 1.0) -> jax.Arra
 
   Args:
     rewards_BxK: (B, K) rewards of K members (any leading shape; members last).
-    method: one of "mean", "median", "min" (worst case), "mean_minus_std", "mean_minus_var" (UWO).
+    method: one of "mean", "median", "min" (worst case), "mean_minus_std", "mean_minus_var" (UWO),
+      "mean_minus_var_unbiased" (UWO with the K - 1 variance).
     lam: the uncertainty penalty lambda of the two mean-minus methods (ignored by the others).
 
   Returns:

@@ -59,6 +59,9 @@ class BestOfNConfig:
   reward_model: str = stage_ref("rm_dir")
   aggregations: tuple[str, ...] = field(("mean",))
   lam: float = field(1.0, min=0.0)
+  # Further selectors at their own lambda, "<aggregation>:<lam>" (e.g. "mean_minus_var:0.5", Coste et al.'s best-of-n
+  # UWO weight), named "rm_<aggregation>_lam<lam>".
+  extra_aggregations: tuple[str, ...] = field(())
   rewards: tuple[rewards_lib.RewardSourceSpec, ...] = field(())
   prompts: inputs_lib.PromptSpec = field(default_factory=inputs_lib.PromptSpec)
   num_prompts: int = field(64, min=1)
@@ -79,12 +82,34 @@ class BestOfNConfig:
     if bad or not self.aggregations:
       raise ConfigError(f"{path}.aggregations: {bad or '()'} invalid; valid choices: "
                         f"{', '.join(AGGREGATION_METHODS)}")
+    for i, spec in enumerate(self.extra_aggregations):
+      try:
+        parse_extra_aggregation(spec)
+      except ValueError as e:
+        raise ConfigError(f"{path}.extra_aggregations[{i}]: {e}") from None
     for i, r in enumerate(self.rewards):
       if r.kind in rewards_lib.WORLD_KINDS or r.standardize:
         raise ConfigError(f"{path}.rewards[{i}]: gold / process sources and standardize are not selectors here (the "
                           "world's gold is always one; `standardize` standardizes the reward model's members)")
     if not self.reward_model and not self.rewards and self.prompts.source != "world":
       raise ConfigError(f"{path}.reward_model: prompt files have no gold reward: give a reward_model or rewards")
+
+
+def parse_extra_aggregation(spec: str) -> tuple[str, float, str]:
+  """"<aggregation>:<lam>" -> (aggregation, lam, selector name "rm_<aggregation>_lam<lam>").
+
+  Raises:
+    ValueError: not of that form, an unknown aggregation, or a negative / non-finite lam.
+  """
+  method, sep, value = spec.partition(":")
+  try:
+    lam = float(value) if sep else float("nan")
+  except ValueError:
+    lam = float("nan")
+  if method not in AGGREGATION_METHODS or not np.isfinite(lam) or lam < 0:
+    raise ValueError(f"{spec!r} is not '<aggregation>:<lam>' with an aggregation in {list(AGGREGATION_METHODS)} and "
+                     "a finite lam >= 0")
+  return method, lam, f"rm_{method}_lam{lam:g}"
 
 
 POOL_KEYS = ("prompt_ids", "prompt_mask", "tokens", "mask", "gold", "lengths")
@@ -189,6 +214,9 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   if rm_scores is not None:
     for agg in cfg.aggregations:
       proxies[f"rm_{agg}"] = np.asarray(aggregate(jnp.asarray(rm_scores, jnp.float32), agg, cfg.lam), np.float64)
+    for spec in cfg.extra_aggregations:
+      agg, lam, name = parse_extra_aggregation(spec)
+      proxies[name] = np.asarray(aggregate(jnp.asarray(rm_scores, jnp.float32), agg, lam), np.float64)
     if cfg.standardize:
       z_scores = jnp.asarray(standardize_members(rm_scores), jnp.float32)
       for agg in cfg.aggregations:

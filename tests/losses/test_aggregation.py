@@ -47,6 +47,8 @@ def test_order_statistics_and_permutation_invariance(r, lam, rnd):
   perm = list(range(r.shape[1]))
   rnd.shuffle(perm)
   for method in agg.AGGREGATION_METHODS:
+    if method == "mean_minus_var_unbiased" and r.shape[1] < 2:
+      continue  # undefined for one member (tested to raise)
     np.testing.assert_allclose(_AGGREGATE(r[:, perm], method, lam=lam), _AGGREGATE(r, method, lam=lam),
                                rtol=1e-5, atol=tol, err_msg=method)
 
@@ -70,3 +72,17 @@ def test_jit_vmap_grad_bf16():
     assert bool(jnp.all(jnp.isfinite(g))), method
   g = jax.grad(lambda x: agg.mean_minus_var_reward(x, 1.0).sum())(jnp.array([[0.0, 2.0]]))
   np.testing.assert_allclose(g, [[0.5 + 1.0, 0.5 - 1.0]])  # d/dx (mean - var) = 1/K - 2 (x - mean) / K
+
+
+def test_unbiased_uwo_equals_coste_ppo_reward():
+  """Coste et al.'s PPO reward (tlc4418/llm_optimization, ppo_reward_functions.py): torch.mean - coeff * torch.var over
+  the member axis, torch.var being unbiased; their best-of-n code uses np.var (population): our mean_minus_var."""
+  import torch
+  r = np.random.default_rng(3).normal(size=(6, 5)).astype(np.float32)
+  members_first = torch.from_numpy(r.T.copy())  # their (K, B) layout, reduced over dim 0
+  want = (torch.mean(members_first, dim=0) - 0.1 * torch.var(members_first, dim=0)).numpy()
+  np.testing.assert_allclose(agg.aggregate(r, "mean_minus_var_unbiased", lam=0.1), want, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(agg.aggregate(r, "mean_minus_var", lam=0.5), r.mean(-1) - 0.5 * np.var(r, -1),
+                             rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match=">= 2 members"):
+    agg.aggregate(jnp.ones((2, 1)), "mean_minus_var_unbiased")

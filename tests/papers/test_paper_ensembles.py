@@ -23,11 +23,19 @@ def test_every_variant_validates(variant):
   assert names[0] == "sft"
   if variant.startswith("grpo"):
     assert len([n for n in names if n.startswith("grpo_")]) == len(ensembles.GRPO_REWARDS) * len(ensembles.BETAS)
+    by_name = {name: cfg for name, _, cfg in stages}
+    # Coste et al.'s PPO UWO: lambda 0.1 with the unbiased variance; the other lambda-using rewards keep LAM = 1.
+    (coste,) = by_name[ensembles.rl_stage_name("meanvar_coste", ensembles.BETAS[0])].rewards
+    (raw,) = by_name[ensembles.rl_stage_name("meanvar", ensembles.BETAS[0])].rewards
+    assert (coste.aggregation, coste.lam) == ("mean_minus_var_unbiased", 0.1)
+    assert (raw.aggregation, raw.lam) == ("mean_minus_var", 1.0)
   else:
     by_name = {name: cfg for name, _, cfg in stages}
     assert by_name["rm_pretrain"].num_members == by_name["rm_finetune"].num_members == 5
     assert by_name["rm_finetune"].shared_backbone and not by_name["rm_pretrain"].shared_backbone
     assert by_name["bon_finetune"].pool_from == "stage:bon_pretrain"
+    # Coste et al.'s best-of-n UWO weight (0.5, population variance) beside LAM = 1.
+    assert by_name["bon_pretrain"].extra_aggregations == ("mean_minus_var:0.5",) and by_name["bon_pretrain"].lam == 1.0
     if variant == "default":
       assert by_name["bon_pretrain"].pool_size >= 256
       assert by_name["rm_pretrain"].data.world["flip_rate"] == ensembles.FLIP_RATE

@@ -42,6 +42,11 @@ def test_config_errors():
     from_config({}, best_of_n_stage.BestOfNConfig)
   with pytest.raises(ConfigError, match="aggregations"):
     from_config({"policy": "stage:sft", "aggregations": ("mode",)}, best_of_n_stage.BestOfNConfig)
+  for bad in ("mean_minus_var", "mean_minus_var:x", "mode:0.5", "min:-1"):
+    with pytest.raises(ConfigError, match=r"config.extra_aggregations\[0\]: .*'<aggregation>:<lam>'"):
+      from_config({"policy": "stage:sft", "extra_aggregations": (bad,)}, best_of_n_stage.BestOfNConfig, path="config")
+  assert best_of_n_stage.parse_extra_aggregation("mean_minus_var:0.5") == ("mean_minus_var", 0.5,
+                                                                            "rm_mean_minus_var_lam0.5")
 
 
 @pytest.mark.slow
@@ -52,14 +57,15 @@ def test_stage_on_tiny_models(tmp_path):
   save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), policy_dir)
   rm = RewardEnsemble(config, HeadConfig(), 2, rngs=nnx.Rngs(1))
   rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(rm))
-  cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"), "prompts": {"world": WORLD},
+  cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"),
+                     "extra_aggregations": ("mean_minus_var:0.5",), "prompts": {"world": WORLD},
                      "num_prompts": 4, "pool_size": 8, "batch_size": 4, "max_new_tokens": 6},
                     best_of_n_stage.BestOfNConfig)
   workdir = str(tmp_path / "bon")
   out = best_of_n_stage.run(cfg, workdir, {})
   with open(out["results"]) as f:
     results = json.load(f)
-  assert set(results["curves"]) == {"gold", "rm_mean", "rm_min"}
+  assert set(results["curves"]) == {"gold", "rm_mean", "rm_min", "rm_mean_minus_var_lam0.5"}
   for name in results["curves"]:
     assert os.path.getsize(os.path.join(workdir, f"best_of_n_{name}.png")) > 0
   gold_curve = results["curves"]["gold"]
@@ -78,3 +84,7 @@ def test_stage_on_tiny_models(tmp_path):
   best = gold[np.arange(gold.shape[0]), proxy.argmax(axis=1)]
   assert curve["gold"][-1] == pytest.approx(best.mean(), rel=1e-5)
   assert curve["proxy"][-1] == pytest.approx(proxy.max(axis=1).mean(), rel=1e-5)
+  uwo = rm_scores.mean(axis=-1) - 0.5 * rm_scores.var(axis=-1)  # the extra selector, at its own lambda
+  curve = results["curves"]["rm_mean_minus_var_lam0.5"]
+  assert curve["proxy"][-1] == pytest.approx(uwo.max(axis=1).mean(), rel=1e-5)
+  assert curve["gold"][-1] == pytest.approx(gold[np.arange(gold.shape[0]), uwo.argmax(axis=1)].mean(), rel=1e-5)
