@@ -8,7 +8,7 @@ each mitigation, scored on held-out pairs against gold (r*(chosen) > r*(rejected
 held-out labels.
 
   ensemble (reward, K = 10, flip_rate = 0.25) -> strength (preference_strength: precision / recall of the
-  lowest 10 / 20 / 30 % as flip detectors, AUROC, the 10-bucket table)
+  lowest 10 / 20 / 30 % as flip detectors, AUROC, the 20-bucket table of the paper's Fig. 2)
   -> rm_none | rm_flip (flip the lowest `CURATE_FRACTION`) | rm_drop (drop them) | rm_margin (adaptive margin
      = ensemble mean strength) | rm_smooth (label smoothing 0.1): five separate single reward models.
 
@@ -32,6 +32,7 @@ FLIP_RATE = 0.25
 # deliberately NOT the world's true flip rate, which a practitioner would not know.
 CURATE_FRACTION = 0.2
 LABEL_SMOOTHING = 0.1
+NUM_BUCKETS = 20  # Secrets of RLHF II, Fig. 2: the pairs sorted by mean strength into 20 equal groups
 RM_SETTINGS = ("rm_none", "rm_flip", "rm_drop", "rm_margin", "rm_smooth")
 
 
@@ -79,7 +80,7 @@ def get_config(arg=None):
                           optimizer=z["ensemble_optimizer"], loop=z["ensemble_loop"]),
       "strength": S.stage("preference_strength", preference_strength.PreferenceStrengthConfig,
                           reward_model="stage:ensemble",
-                          data=z["data"], fractions=(0.1, 0.2, 0.3), num_buckets=10),
+                          data=z["data"], fractions=(0.1, 0.2, 0.3), num_buckets=NUM_BUCKETS),
       "rm_none": rm(),
       "rm_flip": rm(data=dict(from_ensemble, curate="flip", curate_fraction=CURATE_FRACTION)),
       "rm_drop": rm(data=dict(from_ensemble, curate="drop", curate_fraction=CURATE_FRACTION)),

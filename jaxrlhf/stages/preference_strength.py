@@ -39,12 +39,12 @@ class PreferenceStrengthConfig:
   reward_model: "stage:<name>" or a saved reward-model folder (an ensemble; M = its members).
   data: the pairs to score (its TRAINING split, `data.num_train` pairs: the ensemble's own training data).
   fractions: the lowest-strength buckets scored as flip detectors (precision / recall).
-  num_buckets: equal-count buckets by mean strength for the bucket table (the paper uses 10).
+  num_buckets: equal-count buckets by mean strength for the bucket table (the paper's Fig. 2 uses 20).
   """
   reward_model: str = stage_ref("rm_dir")
   data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
   fractions: tuple[float, ...] = field((0.1, 0.2, 0.3))
-  num_buckets: int = field(10, min=2)
+  num_buckets: int = field(20, min=2)
   plots: bool = field(True)
 
   def validate(self, path: str) -> None:

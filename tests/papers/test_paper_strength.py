@@ -65,9 +65,9 @@ def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
                       "mode": "flip", "fraction": paper.CURATE_FRACTION, "threshold": curation["threshold"]}
   metrics = results["metrics"]
   assert sum(metrics[f"strength/bucket{b}/strength_mean"] <= metrics[f"strength/bucket{b + 1}/strength_mean"]
-             for b in range(9)) == 9  # buckets are sorted by strength
+             for b in range(19)) == 19  # 20 buckets (the paper's Fig. 2), sorted by strength
   assert os.path.exists(os.path.join(run_dir, "strength", "strength_buckets.png"))
   strength_analysis.main(["--workdir", workdir])
   with open(os.path.join(workdir, "buckets.md")) as f:
-    assert len(f.read().splitlines()) == 2 + 10
+    assert len(f.read().splitlines()) == 2 + paper.NUM_BUCKETS
   assert os.path.exists(os.path.join(workdir, "plots", "strength_buckets.png"))
