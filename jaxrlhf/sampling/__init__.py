@@ -14,10 +14,10 @@ from jaxrlhf.sampling.best_of_n import (
     select_best,
     unbiased_best_of_n,
 )
-from jaxrlhf.sampling.generate import Generation, generate
+from jaxrlhf.sampling.generate import Generation, content_lengths, generate
 
 __all__ = [
     "BestOfN", "Generation", "best_of_n", "best_of_n_curves", "best_of_n_kl", "best_of_n_kl_estimate",
-    "best_of_n_weights", "default_ns", "generate", "gold_scorer", "reduce_scores", "reward_model_scorer",
+    "best_of_n_weights", "content_lengths", "default_ns", "generate", "gold_scorer", "reduce_scores", "reward_model_scorer",
     "select_best", "unbiased_best_of_n",
 ]

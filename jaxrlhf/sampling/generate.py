@@ -57,6 +57,17 @@ class Generation:
   lengths: Array
 
 
+def content_lengths(tokens_RxN: Array, mask_RxN: Array, eos_ids: Sequence[int]) -> Array:
+  """int32 (R,): response tokens before the end token (a row's masked tokens that are not one of `eos_ids`).
+
+  `Generation.lengths` counts the end token too; a reward defined on the tokens before it (the synthetic world's
+  gold and its optimum length L*, most text rewards) counts these.
+  """
+  is_end = jnp.isin(tokens_RxN, jnp.asarray(tuple(eos_ids), dtype=tokens_RxN.dtype)) if eos_ids else \
+      jnp.zeros(tokens_RxN.shape, bool)
+  return jnp.sum((mask_RxN > 0) & ~is_end, axis=-1, dtype=jnp.int32)
+
+
 # ------------------------------------------------------------------------------------- sampling primitives
 def _truncate(logits_RxV: Array, top_k: int | None, top_p: float | None) -> Array:
   """Sets logits outside the top-k / nucleus (top-p) set to -inf. Temperature is applied by the caller.

@@ -39,7 +39,7 @@ from jaxrlhf.evaluation.plots import plot_best_of_n
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
 from jaxrlhf.models import from_pretrained
 from jaxrlhf.sampling.best_of_n import best_of_n_curves, reward_model_scorer
-from jaxrlhf.sampling.generate import generate
+from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
@@ -118,7 +118,7 @@ POOL_KEYS = ("prompt_ids", "prompt_mask", "tokens", "mask", "gold", "lengths")
 def generate_pools(model: Any, prompts: inputs_lib.PromptSet, cfg: BestOfNConfig, eos_ids: tuple[int, ...],
                    pad_id: int, gold_fn: Any = None) -> dict[str, np.ndarray]:
   """Pools of N = pool_size samples for each of the P prompts: prompt_ids / prompt_mask (P, Lp), tokens / mask
-  (P, N, T), lengths (P, N) int and, with `gold_fn` (the world's jittable r*), gold (P, N) float64."""
+  (P, N, T), lengths (P, N) int (response tokens before the end token) and, with `gold_fn` (the world's jittable r*), gold (P, N) float64."""
   ids, mask = prompts.ids, prompts.mask
   n = cfg.pool_size
   out = {k: [] for k in POOL_KEYS[2:] if k != "gold" or gold_fn is not None}
@@ -131,7 +131,7 @@ def generate_pools(model: Any, prompts: inputs_lib.PromptSet, cfg: BestOfNConfig
     if gold_fn is not None:
       rep_ids, rep_mask = np.repeat(p_ids, n, axis=0), np.repeat(p_mask, n, axis=0)
       out["gold"].append(np.asarray(gold_fn(rep_ids, rep_mask, gen.tokens, gen.mask), np.float64).reshape(b, n))
-    out["lengths"].append(np.asarray(gen.lengths).reshape(b, n))
+    out["lengths"].append(np.asarray(content_lengths(gen.tokens, gen.mask, eos_ids)).reshape(b, n))
     out["tokens"].append(np.asarray(gen.tokens).reshape(b, n, -1))
     out["mask"].append(np.asarray(gen.mask).reshape(b, n, -1))
   pools = {k: np.concatenate(v) for k, v in out.items()}

@@ -11,7 +11,8 @@ as a mean over prompts with a 95% confidence interval (`<name>_lower` / `<name>_
   kl           sampled KL(policy || reference) = E_y~policy [sum_t log q(y_t | ...) - log pi_ref(y_t | ...)],
                where q is the distribution the samples were drawn from (temperature / top-k / top-p applied)
                and pi_ref the reference at temperature 1: an unbiased Monte-Carlo estimate (nats per response)
-  length/policy, length/base  response tokens (end token included) of the policy's and the base's samples
+  length/policy, length/base  response tokens before the end token (the n of the world's gold, comparable with
+               its optimum L*) of the policy's and the base's samples
   proxy/policy   mean proxy reward (a reward model / ensemble after aggregation), with a reward model
 
 Every reward source of `rewards` (`stages.reward_sources`: reward models, ensembles, text rewards such as exact
@@ -40,7 +41,7 @@ from jaxrlhf.evaluation.policy import Estimate, confidence_interval, win_credit
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS
 from jaxrlhf.models import from_pretrained
 from jaxrlhf.sampling.best_of_n import Scorer, gold_scorer, reduce_scores, reward_model_scorer
-from jaxrlhf.sampling.generate import generate
+from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
@@ -175,7 +176,8 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
     if gold.shape != (B * S,):
       raise ValueError(f"gold_fn must return (R,) = ({B * S},) rewards, got {gold.shape}")
     values["gold"] = per_prompt(gold)
-  values.update(kl=per_prompt(kl), length=per_prompt(gen.lengths), base_length=per_prompt(base_gen.lengths))
+  values.update(kl=per_prompt(kl), length=per_prompt(content_lengths(gen.tokens, gen.mask, eos_ids)),
+                base_length=per_prompt(content_lengths(base_gen.tokens, base_gen.mask, eos_ids)))
   if gold_fn is not None:
     values.update(win_rate=per_prompt(win_credit(gold, base_gold)), base_gold=per_prompt(base_gold),
                   gold_gain=per_prompt(gold - base_gold))

@@ -41,7 +41,7 @@ from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf.losses import policy_variants as pv
 from jaxrlhf.models import CausalLM
 from jaxrlhf.parallel import MeshConfig
-from jaxrlhf.sampling.generate import generate
+from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
@@ -277,7 +277,9 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   batch["old_logps"] = jax.lax.stop_gradient(old_logps)
   valid = (gen.mask > 0).astype(jnp.float32)
   tokens = jnp.sum(valid)
+  # completion_length counts the end token (TRL's convention); length counts the tokens before it (gold's n).
   metrics: dict[str, Any] = {"tokens": metrics_lib.Sum(tokens), "completion_length": jnp.mean(gen.lengths),
+                             "length": jnp.mean(content_lengths(gen.tokens, gen.mask, eos_ids)),
                              "entropy": metrics_lib.Avg(jnp.sum(entropy), tokens)}
   total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
   for source in sources:
@@ -414,7 +416,8 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
 
 def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inputs_lib.PromptSet, world: Any,
              eos_ids: tuple[int, ...], pad_id: int):
-  """state -> {reward/*, kl, completion_length[, gold, repeat_rate]} of one sample per held-out prompt (fixed key)."""
+  """state -> {reward/*, kl, completion_length, length[, gold, repeat_rate]} of one sample per held-out prompt (fixed
+  key)."""
   prompts = {"prompt_ids": held_out.ids, "prompt_mask": held_out.mask,
              "prompt_index": np.arange(held_out.ids.shape[0], dtype=np.int32)}
   eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo")
@@ -424,7 +427,8 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inpu
     model = nnx.merge(setup.graphdef, state.params, state.extra)
     _, m = rollout(model, prompts, jax.random.PRNGKey(cfg.seed + 1), loss=eval_loss, sampling=cfg.sampling,
                    sources=sources, eos_ids=eos_ids, pad_id=pad_id, world=world, num_samples=1)
-    return {k: v for k, v in m.items() if k.startswith(("reward/", "gold", "kl", "completion_length", "repeat_rate"))}
+    return {k: v for k, v in m.items()
+            if k.startswith(("reward/", "gold", "kl", "completion_length", "repeat_rate")) or k == "length"}
 
   def eval_fn(state):
     return {k: float(v) for k, v in jax.device_get(evaluate(state)).items()}

@@ -88,12 +88,17 @@ def test_evaluate_policy_against_independent_recomputation(setup):
   tok = world.tokenizer
   rng = jax.random.key(3)
   length_proxy = lambda p_ids, p_mask, r_ids, r_mask: jnp.sum(r_mask, axis=1).astype(jnp.float32)
+  # A second end id that this random policy emits often, so that some rows end and the length rule is exercised.
+  probe = np.asarray(generate(policy, ids, mask, rng=jax.random.key(0), max_new_tokens=NEW, num_samples=SAMPLES,
+                              eos_ids=(tok.eos_id,), pad_id=tok.pad_id).tokens)
+  frequent = int(np.bincount(probe.ravel(), minlength=tok.vocab_size)[4:].argmax()) + 4
+  eos = (tok.eos_id, frequent)
   result = evaluate_policy(policy, reference, ids, mask, gold_fn=gold_scorer(world), rng=rng, max_new_tokens=NEW,
-                           proxy_fn=length_proxy, num_samples=SAMPLES, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+                           proxy_fn=length_proxy, num_samples=SAMPLES, eos_ids=eos, pad_id=tok.pad_id)
   m = result.metrics
   assert set(m) == {"gold", "proxy", "kl", "length", "base_length", "win_rate", "base_gold", "gold_gain"}
   # Redraw the same samples (same keys) and recompute every number independently.
-  kwargs = dict(max_new_tokens=NEW, num_samples=SAMPLES, eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+  kwargs = dict(max_new_tokens=NEW, num_samples=SAMPLES, eos_ids=eos, pad_id=tok.pad_id)
   gen = generate(policy, ids, mask, rng=jax.random.fold_in(rng, 0), **kwargs)
   base = generate(reference, ids, mask, rng=jax.random.fold_in(rng, 1), **kwargs)
   ids_r, mask_r = np.repeat(ids, SAMPLES, 0), np.repeat(mask, SAMPLES, 0)
@@ -103,9 +108,15 @@ def test_evaluate_policy_against_independent_recomputation(setup):
   assert m["gold"].mean == pytest.approx(gold.mean(), abs=1e-5)
   assert m["base_gold"].mean == pytest.approx(base_gold.mean(), abs=1e-5)
   assert m["win_rate"].mean == pytest.approx(np.mean((gold > base_gold) + 0.5 * (gold == base_gold)))
-  assert m["length"].mean == pytest.approx(out_mask.sum() / out_mask.shape[0])
-  assert m["base_length"].mean == pytest.approx(np.asarray(base.mask).sum() / out_mask.shape[0])
-  assert m["proxy"].mean == pytest.approx(m["length"].mean)
+  # Lengths count the tokens before the end token (gold's n): masked tokens other than <eos>.
+  def before_end(t, msk):
+    return sum(int(x not in eos) for row_t, row_m in zip(t, msk) for x, keep in zip(row_t, row_m) if keep)
+  assert m["length"].mean == pytest.approx(before_end(tokens, out_mask) / out_mask.shape[0])
+  assert m["base_length"].mean == pytest.approx(before_end(np.asarray(base.tokens), np.asarray(base.mask))
+                                                / out_mask.shape[0])
+  ended = int(np.sum(np.isin(tokens, eos) & (out_mask > 0)))
+  assert ended > 0 and m["length"].mean == pytest.approx((out_mask.sum() - ended) / out_mask.shape[0])
+  assert m["proxy"].mean == pytest.approx(out_mask.sum() / out_mask.shape[0])  # the proxy counts the mask
   # KL: policy and reference log-probs of the samples from plain full forwards.
   full_ids = jnp.asarray(np.concatenate([ids_r, tokens], 1))
   full_mask = jnp.asarray(np.concatenate([mask_r, out_mask], 1))

@@ -253,3 +253,12 @@ def test_out_of_range_pad_ids_are_harmless():
   assert np.isfinite(np.asarray(dirty.model_logps)).all()
   lp = response_logps(model, np.where(mask > 0, ids, -7), mask, dirty.tokens, dirty.mask)
   np.testing.assert_allclose(np.asarray(lp), np.asarray(clean.model_logps), atol=1e-5)
+
+
+def test_content_lengths_exclude_the_end_token():
+  tokens = jnp.array([[5, 6, 2, 0], [5, 5, 5, 5], [3, 0, 0, 0], [7, 1, 0, 0]])
+  mask = jnp.array([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0]])
+  # Row 0 ended with <eos> = 2 (2 content tokens), row 1 ran out of budget, row 2 was only an end token 3,
+  # row 3 ended with the second end id 1.
+  np.testing.assert_array_equal(generate_lib.content_lengths(tokens, mask, (2, 3, 1)), [2, 4, 0, 1])
+  np.testing.assert_array_equal(generate_lib.content_lengths(tokens, mask, ()), mask.sum(-1))
