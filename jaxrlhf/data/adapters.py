@@ -39,7 +39,8 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   retrieval-augmented input: retrieved documents and question, as the answering model saw it), `chosen`,
   `rejected`, optional `subset` (the source dataset) and `id` -> BenchmarkRecord whose group is the scenario: the
   row's `scenario` column when the file has one, else the file's name (`RAG_REWARDBENCH_SCENARIOS`: reason.jsonl ->
-  "multi-hop reasoning", ...; another name gives its stem).
+  "multi-hop reasoning", ...; another name gives its stem). A row whose prompt equals its `question` column (the
+  documents missing from the scored input) is kept and counted as the note "rag_prompt_is_question".
 
 Bad rows raise `ValueError("file:line: reason: detail")` in strict mode and are counted per reason in a
 `SkipReport` in lenient mode (see errors.py).
@@ -75,7 +76,7 @@ DEFAULT_COLUMNS = {
     "m_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "language": "language",
                       "subset": "source", "id": "id"},
     "rag_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "scenario": "scenario",
-                        "subset": "subset", "id": "id"},
+                        "subset": "subset", "id": "id", "question": "question"},
 }
 # RAG-RewardBench's file stems -> the paper's scenario names (four RAG-specific scenarios, then the general ones).
 RAG_REWARDBENCH_SCENARIOS = {
@@ -456,11 +457,16 @@ def rag_rewardbench_scenario(path: str) -> str:
   return RAG_REWARDBENCH_SCENARIOS.get(stem, stem)
 
 
-def _parse_rag_rewardbench(row: Mapping, config: AdapterConfig, where: str) -> BenchmarkRecord:
+def _parse_rag_rewardbench(row: Mapping, config: AdapterConfig, where: str,
+                           report: errors.SkipReport | None) -> BenchmarkRecord:
   pair, row_id = _benchmark_pair(row, config, where)
   scenario = _optional_text(row, config.column("scenario"))
   if scenario is None:  # The release's rows carry no scenario: their file does ("file:line" -> "file").
     scenario = rag_rewardbench_scenario(where.rsplit(":", 1)[0])
+  question = row.get(config.column("question"))
+  if report is not None and isinstance(question, str) and pair.prompt == question:
+    # The prompt is the bare question: the retrieved documents the answers were written from are not in it.
+    report.note("rag_prompt_is_question")
   return BenchmarkRecord(pair=pair, group=scenario.strip(), id=row_id)
 
 
@@ -530,7 +536,7 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
   if config.format == "m_rewardbench":
     return _parse_m_rewardbench(row, config, where)
   if config.format == "rag_rewardbench":
-    return _parse_rag_rewardbench(row, config, where)
+    return _parse_rag_rewardbench(row, config, where, report)
   return _parse_kway(row, config, where)
 
 

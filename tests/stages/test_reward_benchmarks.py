@@ -119,8 +119,12 @@ def test_adapters_read_the_released_layouts(tmp_path):
   reason = write_jsonl(tmp_path / "Dataset" / "reason.jsonl", rag_rewardbench_rows(2))
   mine = write_jsonl(tmp_path / "mine.jsonl", [{**rag_rewardbench_rows(1)[0], "scenario": "conflict robustness"},
                                                rag_rewardbench_rows(1)[0]])
-  records, _ = adapters.read_records([reason, mine], "rag_rewardbench")
-  assert [r.group for r in records] == ["multi-hop reasoning"] * 2 + ["conflict robustness", "mine"]
+  bare = write_jsonl(tmp_path / "abstain.jsonl",
+                     [{**rag_rewardbench_rows(1)[0], "prompt": "what?", "question": "what?"}])
+  records, report = adapters.read_records([reason, mine, bare], "rag_rewardbench")
+  assert [r.group for r in records] == ["multi-hop reasoning"] * 2 + ["conflict robustness", "mine",
+                                                                       "appropriate abstain"]
+  assert report.notes == {"rag_prompt_is_question": 1}  # kept, but the documents are not in what is scored
   assert records[0].pair.prompt.startswith("Answer the question") and "References:" in records[0].pair.prompt
   assert records[0].pair.subset == "hotpotqa" and records[0].id is None
   assert [adapters.rag_rewardbench_scenario(f"Dataset/{n}.jsonl") for n in ("citation", "abstain", "harmless")] == [
@@ -253,9 +257,9 @@ def test_config_errors_name_the_key(assets):
     from_config(dict(reward_model=assets["single"], split="none", benchmark="rag_rewardbench",
                      benchmark_paths=("nope.jsonl",), data=dict(tokenizer=str(assets["tokenizer"]))),
                 reward_eval.RewardEvalConfig)
-  with pytest.raises(ConfigError, match=r"config\.benchmark_columns: columns: unknown keys \['question'\]"):
+  with pytest.raises(ConfigError, match=r"config\.benchmark_columns: columns: unknown keys \['documents'\]"):
     from_config(dict(reward_model=assets["single"], split="none", benchmark="rag_rewardbench", benchmark_paths=rag,
-                     benchmark_columns={"question": "q"}, data=dict(tokenizer=str(assets["tokenizer"]))),
+                     benchmark_columns={"documents": "docs"}, data=dict(tokenizer=str(assets["tokenizer"]))),
                 reward_eval.RewardEvalConfig)
   with pytest.raises(ConfigError, match=r"config\.data\.tokenizer: required for config\.benchmark='rag_rewardbench'"):
     from_config(dict(reward_model=assets["single"], split="none", benchmark="rag_rewardbench", benchmark_paths=rag),
