@@ -471,9 +471,15 @@ def evaluate_benchmark(rm: Any, tokenizer: Any, cfg: RewardEvalConfig) -> tuple[
   (`<benchmark>/dropped_too_long`) and left out of every estimate."""
   name, paths = cfg.benchmark, list(cfg.benchmark_paths)
   adapter = AdapterConfig(format=name, columns=dict(cfg.benchmark_columns), strict=cfg.data.strict)
-  records, skips = read_records(paths, adapter)
-  summary = format_skip_report(skips, f"{name} {paths}")
-  print(f"[data] {summary}", flush=True)
+  records, files, kept, skipped = [], {}, 0, 0
+  for path in paths:  # One report per file: M-RewardBench's files share one name, so "file:line" alone is ambiguous.
+    mine, skips = read_records(path, adapter)
+    records += mine
+    kept, skipped = kept + skips.kept, skipped + skips.skipped
+    files[path] = {"kept": skips.kept, "skipped": skips.skipped, "counts": dict(skips.counts),
+                   "notes": dict(skips.notes), "line": format_skip_report(skips, f"{name} {path}")}
+    print(f"[data] {files[path]['line']}", flush=True)
+  summary = f"{name}: kept {kept}, skipped {skipped} in {len(paths)} files"
   if not records:
     raise ValueError(f"config.benchmark_paths: no usable {name} records in {paths} ({summary})")
   chosen, rejected, index, scored_report = score_pairs(rm, [r.pair for r in records], tokenizer, cfg.data, name=name)
@@ -483,8 +489,7 @@ def evaluate_benchmark(rm: Any, tokenizer: Any, cfg: RewardEvalConfig) -> tuple[
         chosen, rejected, [records[i].group for i in index], [records[i].pair.subset for i in index], name,
         aggregation=cfg.aggregation, lam=cfg.lam, level=cfg.level, num_resamples=cfg.num_resamples, seed=cfg.seed)
   metrics[f"{name}/dropped_too_long"] = float(scored_report["dropped_too_long"])
-  report = {"kept": skips.kept, "skipped": skips.skipped, "counts": dict(skips.counts), "line": summary,
-            **scored_report}
+  report = {"kept": kept, "skipped": skipped, "line": summary, "files": files, **scored_report}
   scored = {int(i): j for j, i in enumerate(index)}
   agg_c, agg_r = aggregated(chosen, cfg.aggregation, cfg.lam), aggregated(rejected, cfg.aggregation, cfg.lam)
   lines = []

@@ -176,6 +176,8 @@ def assets(tmp_path_factory):
   rag = {name: rag_rewardbench_rows(3, ENGLISH, seed=i) for i, name in enumerate(("reason", "abstain"))}
   rag["abstain"][1]["prompt"] += " the" * 40  # Longer than max_length: dropped and counted.
   rag = {name: write_jsonl(root / "Dataset" / f"{name}.jsonl", rows) for name, rows in rag.items()}
+  with rag["abstain"].open("a") as f:
+    f.write('{"prompt": "q", "chosen": "a"}\n')  # No "rejected": skipped and counted (data.strict is off).
   return {"root": root, "tokenizer": folder, "languages": languages, "rag": rag,
           "shared": reward_heads.save_heads(str(root / "shared"), config, HeadConfig(), backbone, heads),
           "single": artifacts.save_reward_model(str(root / "single"), config, HeadConfig(), 1, nnx.state(single))}
@@ -220,7 +222,9 @@ def test_m_rewardbench_end_to_end_per_language(assets, tmp_path, model, aggregat
     assert 0 <= m[f"m_rewardbench/language/{language}/score"] <= 1
   assert m["m_rewardbench/accuracy"] == pytest.approx(np.mean([v for vs in credit.values() for v in vs]))
   assert ("m_rewardbench/member_2/accuracy" in m) == (model == "shared")
-  assert out["data_report"]["m_rewardbench"]["kept"] == 20 and m["m_rewardbench/dropped_too_long"] == 0
+  report = out["data_report"]["m_rewardbench"]
+  assert report["kept"] == 20 and report["skipped"] == 0 and m["m_rewardbench/dropped_too_long"] == 0
+  assert [f["kept"] for f in report["files"].values()] == [10, 10]  # per file: the languages' files share a name
 
 
 def test_rag_rewardbench_end_to_end_counts_dropped_pairs(assets, tmp_path):
@@ -229,7 +233,10 @@ def test_rag_rewardbench_end_to_end_counts_dropped_pairs(assets, tmp_path):
   m, lines = out["metrics"], _lines(out)
   rm = artifacts.load_reward_model(assets["single"])
   tok = load_tokenizer(str(assets["tokenizer"]))
-  rows = [json.loads(line) for path in paths for line in open(path)]
+  rows = [json.loads(line) for path in paths for line in open(path)][:-1]
+  report = out["data_report"]["rag_rewardbench"]
+  assert report["kept"] == 6 and report["skipped"] == 1
+  assert report["files"][str(assets["rag"]["abstain"])]["counts"] == {errors.MISSING_FIELD: 1}
   assert [line.get("dropped", False) for line in lines] == [False] * 4 + [True, False]
   assert m["rag_rewardbench/dropped_too_long"] == 1 and m["rag_rewardbench/n"] == 5
   by_scenario = {}
