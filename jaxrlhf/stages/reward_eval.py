@@ -80,7 +80,7 @@ class RewardEvalConfig:
   data: the pairs (world or files) and the pipeline settings (max_length, eval_batch_size, shared_prompt);
     `data.tokenizer` is required for files (a saved reward model carries no tokenizer).
   split: "held_out" (the split `data` holds out: eval_paths / eval_fraction / num_eval, as a training stage with
-    the same `data` would), "all" (every pair read) or "none" (k-way files only).
+    the same `data` would), "all" (every pair read) or "none" (k-way and benchmark files only).
   kway_paths / kway_columns: k-way files (format "kway", strictness `data.strict`) for best-of-k accuracy.
   benchmark / benchmark_paths / benchmark_columns: a reward benchmark's released files ("m_rewardbench": the
     per-language parquet files; "rag_rewardbench": the per-scenario JSONL files), read with the adapter format of
