@@ -30,6 +30,18 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   `PromptRecord.columns` (JSON values; a parquet value that is not one, e.g. bytes or a timestamp, is a bad row),
   or only the columns named in `keep_columns`, which every row must then hold (not null).
 
+- "m_rewardbench": M-RewardBench (Gureja et al. 2024, arXiv 2410.15522), one file per language as released
+  (CohereLabsCommunity/multilingual-reward-bench `<lang>/test-00000-of-00001.parquet`): `prompt`, `chosen`,
+  `rejected` (text), `language` (required: the group), `subset` (default column "source": the RewardBench subset,
+  e.g. "alpacaeval-easy"; optional) and `id` (optional; int or text) -> BenchmarkRecord (group = language).
+- "rag_rewardbench": RAG-RewardBench (Jin et al. 2024, arXiv 2412.13746), the released JSONL files
+  (jinzhuoran/RAG-RewardBench `Dataset/{reason,citation,abstain,conflict,helpful,harmless}.jsonl`): `prompt` (the
+  retrieval-augmented input: retrieved documents and question, as the answering model saw it), `chosen`,
+  `rejected`, optional `subset` (the source dataset) and `id` -> BenchmarkRecord whose group is the scenario: the
+  row's `scenario` column when the file has one, else the file's name (`RAG_REWARDBENCH_SCENARIOS`: reason.jsonl ->
+  "multi-hop reasoning", ...; another name gives its stem). A row whose prompt equals its `question` column (the
+  documents missing from the scored input) is kept and counted as the note "rag_prompt_is_question".
+
 Bad rows raise `ValueError("file:line: reason: detail")` in strict mode and are counted per reason in a
 `SkipReport` in lenient mode (see errors.py).
 """
@@ -45,9 +57,10 @@ import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxrlhf.data import errors
-from jaxrlhf.data.records import KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord, VALID_ROLES
+from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord,
+                                  VALID_ROLES)
 
-FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts")
+FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts", "m_rewardbench", "rag_rewardbench")
 _OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_attributes", "rejected_attributes",
                           "annotator", "subset")
 # Canonical column -> default name in the file, per format.
@@ -60,6 +73,15 @@ DEFAULT_COLUMNS = {
     "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
              "response": "response", "score": "overall_score", "subset": "subset"},
     "prompts": {"prompt": "prompt", "messages": "messages"},
+    "m_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "language": "language",
+                      "subset": "source", "id": "id"},
+    "rag_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "scenario": "scenario",
+                        "subset": "subset", "id": "id", "question": "question"},
+}
+# RAG-RewardBench's file stems -> the paper's scenario names (four RAG-specific scenarios, then the general ones).
+RAG_REWARDBENCH_SCENARIOS = {
+    "reason": "multi-hop reasoning", "citation": "fine-grained citation", "abstain": "appropriate abstain",
+    "conflict": "conflict robustness", "helpful": "helpfulness", "harmless": "harmlessness",
 }
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
@@ -406,6 +428,48 @@ def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
                best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")))
 
 
+def _benchmark_pair(row: Mapping, config: AdapterConfig, where: str) -> tuple[PreferenceRecord, str | None]:
+  """The pair of a benchmark row (prompt text or messages, chosen and rejected texts, optional subset) and its
+  optional id."""
+  c = config.column
+  prompt = _prompt(_required(row, c("prompt")), c("prompt"))
+  chosen = _text(_required(row, c("chosen")), c("chosen"))
+  rejected = _text(_required(row, c("rejected")), c("rejected"))
+  if chosen == rejected:
+    raise errors.RecordError(errors.IDENTICAL_RESPONSES, "chosen and rejected are identical")
+  pair = _make(PreferenceRecord, where, prompt=prompt, chosen=chosen, rejected=rejected,
+               subset=_optional_text(row, c("subset")))
+  return pair, _optional_id(row, c("id"))
+
+
+def _parse_m_rewardbench(row: Mapping, config: AdapterConfig, where: str) -> BenchmarkRecord:
+  pair, row_id = _benchmark_pair(row, config, where)
+  language = _text(_required(row, config.column("language")), config.column("language"))
+  return BenchmarkRecord(pair=pair, group=language.strip(), id=row_id)
+
+
+def rag_rewardbench_scenario(path: str) -> str:
+  """The scenario a RAG-RewardBench file holds, from its name ("Dataset/reason.jsonl" -> "multi-hop reasoning"); a
+  name outside the release's six gives its stem (e.g. "my_pairs.jsonl" -> "my_pairs")."""
+  stem = os.path.basename(path)
+  for suffix in (".jsonl.gz", ".jsonl", ".parquet"):
+    stem = stem.removesuffix(suffix)
+  return RAG_REWARDBENCH_SCENARIOS.get(stem, stem)
+
+
+def _parse_rag_rewardbench(row: Mapping, config: AdapterConfig, where: str,
+                           report: errors.SkipReport | None) -> BenchmarkRecord:
+  pair, row_id = _benchmark_pair(row, config, where)
+  scenario = _optional_text(row, config.column("scenario"))
+  if scenario is None:  # The release's rows carry no scenario: their file does ("file:line" -> "file").
+    scenario = rag_rewardbench_scenario(where.rsplit(":", 1)[0])
+  question = row.get(config.column("question"))
+  if report is not None and isinstance(question, str) and pair.prompt == question:
+    # The prompt is the bare question: the retrieved documents the answers were written from are not in it.
+    report.note("rag_prompt_is_question")
+  return BenchmarkRecord(pair=pair, group=scenario.strip(), id=row_id)
+
+
 def _json_value(value: Any, col: str) -> None:
   """Raises bad_field unless `value` is a JSON value (what a JSONL row holds; parquet may hold more)."""
   if value is None or isinstance(value, (str, bool, int, float)):
@@ -469,12 +533,16 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
     return _parse_ultrafeedback(row, config, where)
   if config.format == "prompts":
     return _parse_prompts(row, config, where)
+  if config.format == "m_rewardbench":
+    return _parse_m_rewardbench(row, config, where)
+  if config.format == "rag_rewardbench":
+    return _parse_rag_rewardbench(row, config, where, report)
   return _parse_kway(row, config, where)
 
 
 def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | str,
                  report: errors.SkipReport | None = None
-                 ) -> Iterator[PreferenceRecord | KWayRecord | PromptRecord]:
+                 ) -> Iterator[PreferenceRecord | KWayRecord | PromptRecord | BenchmarkRecord]:
   """Yields the records of `paths` in file and line order.
 
   Args:
@@ -509,7 +577,7 @@ def iter_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config:
 
 
 def read_records(paths: str | os.PathLike | Sequence[str | os.PathLike], config: AdapterConfig | str,
-                 ) -> tuple[list[PreferenceRecord | KWayRecord | PromptRecord], errors.SkipReport]:
+                 ) -> tuple[list[PreferenceRecord | KWayRecord | PromptRecord | BenchmarkRecord], errors.SkipReport]:
   """All records of `paths` plus the SkipReport (see iter_records)."""
   report = errors.SkipReport()
   records = list(iter_records(paths, config, report))

@@ -125,6 +125,25 @@ class PromptRecord:
       raise ValueError(f"{where}: columns must be a dict with string keys, got {self.columns!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchmarkRecord:
+  """A preference pair of a reward benchmark with the label its scores are grouped by.
+
+  Attributes:
+    pair: the pair (its `subset`: M-RewardBench's RewardBench subset, RAG-RewardBench's source dataset).
+    group: M-RewardBench: the language (e.g. "deu_Latn"); RAG-RewardBench: the scenario (e.g. "multi-hop reasoning").
+    id: the row's id in the release, as text (None when the file has none).
+  """
+
+  pair: PreferenceRecord
+  group: str
+  id: str | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.group, str) or not self.group.strip():
+      raise ValueError(f"{self.pair.source or 'record'}: group must be a non-empty string, got {self.group!r}")
+
+
 def response_text(response: Response) -> str:
   """The text of a response: itself, or the concatenated contents of its assistant messages."""
   if isinstance(response, str):

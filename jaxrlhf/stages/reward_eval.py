@@ -19,13 +19,23 @@ numbers). Each estimate carries a percentile-bootstrap interval over pairs (reco
 scores are point estimates (no interval). Pairs the pipeline drops as too long cannot be scored: they are counted
 (`pairs/dropped_too_long`, `kway/dropped_too_long`) and left out of every estimate.
 
+Reward benchmarks with a grouping label (`benchmark` + `benchmark_paths`, read by the adapter format of the same name;
+jaxrlhf.evaluation.benchmarks has the papers' rules): "m_rewardbench" (M-RewardBench, Gureja et al. 2024, arXiv
+2410.15522: the released per-language parquet files) reports accuracy per language and, per language, its
+RewardBench subsets, the four category scores (Chat, Chat Hard, Safety, Reasoning; M-RewardBench's example counts)
+and their mean; "rag_rewardbench" (RAG-RewardBench, Jin et al. 2024, arXiv 2412.13746: the released JSONL files, one
+per scenario) reports accuracy per scenario (multi-hop reasoning, fine-grained citation, appropriate abstain,
+conflict robustness, helpfulness, harmlessness) and per source subset. Each pair is scored as any other: its `prompt`
+(RAG-RewardBench's holds the retrieved documents and the question) is the user turn, the response the reply.
+Accuracies carry bootstrap intervals; ensembles report members and aggregate (`benchmark_metrics`).
+
 `scorer="follow_up_likelihood"` scores every response by FLR instead of a reward model (Zhang et al. 2024, arXiv
 2409.13948; `train.scoring.follow_up_logps`): the causal LM `follow_up.model` (default: `data.tokenizer`'s model)
 reads each [prompt | response] row followed by positive and negative follow-up user turns (`follow_up.positive`,
 `negative`; default the paper's, `rewards.follow_up`), pairs in two rows; the rules and intervals are the same.
 
-Files (workdir): results.json (metrics), scores.jsonl (one line per pair / k-way record: member and aggregate
-scores, credit; dropped ones marked) for notebooks.
+Files (workdir): results.json (metrics), scores.jsonl (one line per pair / k-way record / benchmark pair: member and
+aggregate scores, credit; dropped ones marked) for notebooks.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, PreferenceRecord, format_skip_report, read_records
+from jaxrlhf.evaluation import benchmarks
 from jaxrlhf.evaluation import pairwise
 from jaxrlhf.evaluation.policy import confidence_interval
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
@@ -55,6 +66,9 @@ from jaxrlhf.train import scoring
 
 SPLITS = ("held_out", "all", "none")
 SCORERS = ("reward_model", "follow_up_likelihood")
+BENCHMARKS = ("none", "m_rewardbench", "rag_rewardbench")
+# What a benchmark's pairs are grouped by (BenchmarkRecord.group).
+GROUP_KINDS = {"m_rewardbench": "language", "rag_rewardbench": "scenario"}
 NO_SUBSET = "(none)"
 
 
@@ -66,8 +80,11 @@ class RewardEvalConfig:
   data: the pairs (world or files) and the pipeline settings (max_length, eval_batch_size, shared_prompt);
     `data.tokenizer` is required for files (a saved reward model carries no tokenizer).
   split: "held_out" (the split `data` holds out: eval_paths / eval_fraction / num_eval, as a training stage with
-    the same `data` would), "all" (every pair read) or "none" (k-way files only).
+    the same `data` would), "all" (every pair read) or "none" (k-way and benchmark files only).
   kway_paths / kway_columns: k-way files (format "kway", strictness `data.strict`) for best-of-k accuracy.
+  benchmark / benchmark_paths / benchmark_columns: a reward benchmark's released files ("m_rewardbench": the
+    per-language parquet files; "rag_rewardbench": the per-scenario JSONL files), read with the adapter format of
+    that name (strictness `data.strict`, column renames `benchmark_columns`), scored per language / scenario.
   aggregation / lam: how an ensemble's K rewards become one (losses.aggregation).
   level / num_resamples / seed: the bootstrap intervals.
   scorer: "reward_model" (the default) or "follow_up_likelihood" (FLR with the options `follow_up`: model (a HF
@@ -80,6 +97,9 @@ class RewardEvalConfig:
   split: str = field("held_out", choices=SPLITS)
   kway_paths: tuple[str, ...] = field(())
   kway_columns: dict = field(default_factory=dict)
+  benchmark: str = field("none", choices=BENCHMARKS)
+  benchmark_paths: tuple[str, ...] = field(())
+  benchmark_columns: dict = field(default_factory=dict)
   aggregation: str = field("mean", choices=AGGREGATION_METHODS)
   lam: float = field(1.0)
   level: float = field(0.95, min=0.5, max=0.999)
@@ -96,8 +116,25 @@ class RewardEvalConfig:
       raise ConfigError(f"{path}.follow_up: only used with {path}.scorer='follow_up_likelihood'")
     elif not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required ('stage:<reward stage>' or a saved reward-model folder)")
-    if self.split == "none" and not self.kway_paths:
-      raise ConfigError(f"{path}.kway_paths: required when {path}.split='none' (nothing else to evaluate)")
+    if self.split == "none" and not self.kway_paths and not self.benchmark_paths:
+      raise ConfigError(f"{path}.kway_paths: required when {path}.split='none' and there are no "
+                        f"{path}.benchmark_paths (nothing else to evaluate)")
+    if (self.benchmark == "none") != (not self.benchmark_paths):
+      raise ConfigError(f"{path}.benchmark: {self.benchmark!r} with {len(self.benchmark_paths)} "
+                        f"{path}.benchmark_paths; give one of {BENCHMARKS[1:]} together with its files")
+    for i, p in enumerate(self.benchmark_paths):
+      if not os.path.exists(p):
+        raise ConfigError(f"{path}.benchmark_paths[{i}]: file not found: {p!r}")
+    if self.benchmark != "none":
+      try:
+        AdapterConfig(format=self.benchmark, columns=dict(self.benchmark_columns))
+      except ValueError as e:
+        raise ConfigError(f"{path}.benchmark_columns: {e}") from e
+      if not self.data.tokenizer:
+        raise ConfigError(f"{path}.data.tokenizer: required for {path}.benchmark={self.benchmark!r} (a HF folder or "
+                          ".gguf; the benchmark's text needs a real tokenizer)")
+    elif self.benchmark_columns:
+      raise ConfigError(f"{path}.benchmark_columns: only used with {path}.benchmark set")
     for i, p in enumerate(self.kway_paths):
       if not os.path.exists(p):
         raise ConfigError(f"{path}.kway_paths[{i}]: file not found: {p!r}")
@@ -312,6 +349,62 @@ def kway_metrics(scores: Sequence[np.ndarray], best: np.ndarray, subsets: Sequen
         metrics[f"subset/{name}/best_of_{k}/n"] = float(mine.size)
   return metrics, credit
 
+def benchmark_metrics(chosen_NxK: np.ndarray, rejected_NxK: np.ndarray, groups: Sequence[str],
+                      subsets: Sequence[str | None], benchmark: str, *, aggregation: str = "mean", lam: float = 1.0,
+                      level: float = 0.95, num_resamples: int = 2000, seed: int = 0
+                      ) -> tuple[dict[str, float], np.ndarray]:
+  """Metrics of N scored pairs of a reward benchmark (`benchmark`: "m_rewardbench" or "rag_rewardbench") and the
+  per-pair credit of the aggregate (ties wrong). `groups` (N,): each pair's language / scenario; `subsets` (N,):
+  its RewardBench subset / source dataset (None: "(none)").
+
+  With b = benchmark and kind = GROUP_KINDS[b] ("language" or "scenario"), the keys are:
+    b/accuracy (+ _lower / _upper: the bootstrap interval over pairs), b/n: every pair;
+    b/<kind>/<g>/accuracy (+ interval), b/<kind>/<g>/n: each group g;
+    b/<kind>/<g>/subset/<s>/accuracy and .../n: each subset within a group (point estimates);
+    with K > 1 members: b/member_<k>/accuracy and b/member_<k>/<kind>/<g>/accuracy (+ intervals);
+    m_rewardbench: b/language/<g>/section/<category> for the categories present (Chat, Chat Hard, Safety,
+      Reasoning) and b/language/<g>/score, their mean (`benchmarks.m_rewardbench_scores`); b/score, the mean of
+      the languages' scores (point estimates of the aggregate);
+    rag_rewardbench: b/macro_accuracy, the unweighted mean of the scenarios' accuracies.
+  """
+  kind = GROUP_KINDS[benchmark]
+  groups = np.asarray(list(groups), dtype=object)
+  names = np.asarray([NO_SUBSET if s is None else s for s in subsets], dtype=object)
+  if not len(groups) == len(names) == len(chosen_NxK):
+    raise ValueError(f"{len(chosen_NxK)} pairs with {len(groups)} groups and {len(names)} subsets")
+  metrics: dict[str, float] = {f"{benchmark}/n": float(len(chosen_NxK))}
+  agg_c, agg_r = aggregated(chosen_NxK, aggregation, lam), aggregated(rejected_NxK, aggregation, lam)
+  credit = pairwise.pairwise_correct(agg_c, agg_r).astype(np.float64)
+  members = [pairwise.pairwise_correct(chosen_NxK[:, k], rejected_NxK[:, k]).astype(np.float64)
+             for k in range(chosen_NxK.shape[1])] if chosen_NxK.shape[1] > 1 else []
+  _estimate(metrics, f"{benchmark}/accuracy", credit, level, num_resamples, seed)
+  for k, member in enumerate(members):
+    _estimate(metrics, f"{benchmark}/member_{k}/accuracy", member, level, num_resamples, seed)
+  group_accuracy, scores = [], []
+  for g in sorted(set(groups.tolist())):
+    mine = groups == g
+    prefix = f"{benchmark}/{kind}/{g}"
+    _estimate(metrics, f"{prefix}/accuracy", credit[mine], level, num_resamples, seed)
+    metrics[f"{prefix}/n"] = float(mine.sum())
+    group_accuracy.append(metrics[f"{prefix}/accuracy"])
+    for k, member in enumerate(members):
+      _estimate(metrics, f"{benchmark}/member_{k}/{kind}/{g}/accuracy", member[mine], level, num_resamples, seed)
+    by_subset = {s: float(credit[mine & (names == s)].mean()) for s in sorted(set(names[mine].tolist()))}
+    for s, accuracy in by_subset.items():
+      metrics[f"{prefix}/subset/{s}/accuracy"] = accuracy
+      metrics[f"{prefix}/subset/{s}/n"] = float((mine & (names == s)).sum())
+    known = {s: a for s, a in by_subset.items() if s in benchmarks.M_REWARDBENCH_EXAMPLE_COUNTS}
+    if benchmark == "m_rewardbench" and known:
+      for section, score in benchmarks.m_rewardbench_scores(known).items():
+        if np.isfinite(score):
+          metrics[f"{prefix}/score" if section == benchmarks.SCORE else f"{prefix}/section/{section}"] = score
+      scores.append(metrics[f"{prefix}/score"])
+  if scores:
+    metrics[f"{benchmark}/score"] = float(np.mean(scores))
+  if benchmark == "rag_rewardbench":
+    metrics[f"{benchmark}/macro_accuracy"] = float(np.mean(group_accuracy))
+  return metrics, credit
+
 # ------------------------------------------------------------------------------------------------ the stage
 def evaluate_pairs(rm: Any, records: Sequence[Any], tokenizer: Any, cfg: RewardEvalConfig
                    ) -> tuple[dict[str, float], dict, list[dict]]:
@@ -372,9 +465,49 @@ def evaluate_kway(rm: Any, paths: Sequence[str], tokenizer: Any, cfg: RewardEval
   return metrics, report, lines
 
 
+def evaluate_benchmark(rm: Any, tokenizer: Any, cfg: RewardEvalConfig) -> tuple[dict[str, float], dict, list[dict]]:
+  """(metrics, report, scores.jsonl lines) of the pairs of `cfg.benchmark_paths` (format `cfg.benchmark`): bad rows
+  fail with file:line (`data.strict`) or are skipped and counted; pairs too long for `data.max_length` are counted
+  (`<benchmark>/dropped_too_long`) and left out of every estimate."""
+  name, paths = cfg.benchmark, list(cfg.benchmark_paths)
+  adapter = AdapterConfig(format=name, columns=dict(cfg.benchmark_columns), strict=cfg.data.strict)
+  records, files, kept, skipped = [], {}, 0, 0
+  for path in paths:  # One report per file: M-RewardBench's files share one name, so "file:line" alone is ambiguous.
+    mine, skips = read_records(path, adapter)
+    records += mine
+    kept, skipped = kept + skips.kept, skipped + skips.skipped
+    files[path] = {"kept": skips.kept, "skipped": skips.skipped, "counts": dict(skips.counts),
+                   "notes": dict(skips.notes), "line": format_skip_report(skips, f"{name} {path}")}
+    print(f"[data] {files[path]['line']}", flush=True)
+  summary = f"{name}: kept {kept}, skipped {skipped} in {len(paths)} files"
+  if not records:
+    raise ValueError(f"config.benchmark_paths: no usable {name} records in {paths} ({summary})")
+  chosen, rejected, index, scored_report = score_pairs(rm, [r.pair for r in records], tokenizer, cfg.data, name=name)
+  metrics, credit = {}, np.zeros(0)
+  if index.size:
+    metrics, credit = benchmark_metrics(
+        chosen, rejected, [records[i].group for i in index], [records[i].pair.subset for i in index], name,
+        aggregation=cfg.aggregation, lam=cfg.lam, level=cfg.level, num_resamples=cfg.num_resamples, seed=cfg.seed)
+  metrics[f"{name}/dropped_too_long"] = float(scored_report["dropped_too_long"])
+  report = {"kept": kept, "skipped": skipped, "line": summary, "files": files, **scored_report}
+  scored = {int(i): j for j, i in enumerate(index)}
+  agg_c, agg_r = aggregated(chosen, cfg.aggregation, cfg.lam), aggregated(rejected, cfg.aggregation, cfg.lam)
+  lines = []
+  for i, r in enumerate(records):
+    line = {"kind": name, "index": i, "source": r.pair.source, "group": r.group, "subset": r.pair.subset, "id": r.id}
+    j = scored.get(i)
+    if j is None:
+      line["dropped"] = True
+    else:
+      line.update(chosen=chosen[j].tolist(), rejected=rejected[j].tolist(), chosen_aggregate=float(agg_c[j]),
+                  rejected_aggregate=float(agg_r[j]), correct=bool(credit[j]))
+    lines.append(line)
+  return metrics, report, lines
+
+
 def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
-  """Scores the pairs and k-way records; writes results.json and scores.jsonl; returns {"metrics", "results",
-  "scores", "data_report"}."""
+  """Scores the pairs, k-way records and benchmark pairs; writes results.json and scores.jsonl; returns {"metrics",
+  "results", "scores", "data_report"}."""
   data = cfg.data
   world = None
   if data.source == "world" and (cfg.split != "none" or not data.tokenizer):
@@ -404,12 +537,16 @@ def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
     kway_m, report["kway"], kway_lines = evaluate_kway(rm, cfg.kway_paths, tokenizer, cfg)
     metrics.update(kway_m)
     lines += kway_lines
+  if cfg.benchmark_paths:
+    bench_m, report[cfg.benchmark], bench_lines = evaluate_benchmark(rm, tokenizer, cfg)
+    metrics.update(bench_m)
+    lines += bench_lines
   os.makedirs(workdir, exist_ok=True)
   scores_path = os.path.join(workdir, "scores.jsonl")
   with open(scores_path, "w") as f:
     f.writelines(json.dumps(line) + "\n" for line in lines)
   results = common.write_results(workdir, metrics, data_report=report)
-  shown = [k for k in metrics if re.fullmatch(r"accuracy|best_of_\d+", k)]
+  shown = [k for k in metrics if re.fullmatch(r"accuracy|best_of_\d+|(m|rag)_rewardbench/accuracy", k)]
   print("[reward_eval] " + ", ".join(f"{k}={metrics[k]:.4f} [{metrics[k + '_lower']:.4f}, "
                                      f"{metrics[k + '_upper']:.4f}]" for k in shown), flush=True)
   return {"metrics": metrics, "results": results, "scores": scores_path, "data_report": report}
