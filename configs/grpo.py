@@ -5,10 +5,13 @@ policy), then evaluate gold reward of the GRPO policy against the SFT policy.
 
 Variants: default (a few CPU minutes), smoke (seconds), gold (GRPO on the gold reward itself: the ceiling),
 mixed (0.8 * reward model + 0.2 * BLEU against the reference responses), kl_reward (KL as a k1 reward penalty),
-acceptance (GRPO on the gold reward at the sizes of configs/best_of_n.py:acceptance, whose sft and reward stages
-it reuses when run in the same workdir; the acceptance test's "GRPO raises gold at a small KL").
+acceptance (at the sizes of configs/best_of_n.py:acceptance, whose sft and reward stages it reuses when run in the
+same workdir: GRPO on the proxy reward model AND, as "grpo_gold", on the gold reward, each evaluated against the SFT
+policy on gold and on the proxy; the acceptance test compares the two).
     python -m experiments.run --config configs/grpo.py:smoke --workdir runs/grpo
 """
+
+import copy
 
 from configs import _sections as S
 from jaxrlhf.stages import evaluate_policy, reward, rl, sft
@@ -72,7 +75,16 @@ def get_config(arg=None):
     raise ValueError(f"configs/grpo.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   size = variant if variant in ("smoke", "acceptance") else "default"
   config = rl_chain("grpo", size, scale_rewards="group", beta=0.04, kl_mode="loss", kl_estimator="k3")
-  if variant in ("gold", "acceptance"):
+  if variant == "acceptance":
+    rm_source = dict(kind="reward_model", reward_model="stage:reward", name="rm")
+    config.evaluate.rewards = (rm_source,)
+    grpo_gold, evaluate_gold = copy.deepcopy(config.grpo), copy.deepcopy(config.evaluate)
+    grpo_gold.rewards = (dict(kind="gold", name="gold_reward"),)
+    evaluate_gold.policy = "stage:grpo_gold"
+    with config.unlocked():
+      config.grpo_gold, config.evaluate_gold = grpo_gold, evaluate_gold
+      config.stages = (*config.stages, "grpo_gold", "evaluate_gold")
+  elif variant == "gold":
     config.grpo.rewards = (dict(kind="gold", name="gold_reward"),)
   elif variant == "mixed":
     config.grpo.rewards = (dict(kind="reward_model", reward_model="stage:reward", name="rm", weight=0.8),
