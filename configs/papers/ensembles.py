@@ -22,6 +22,9 @@ only in whether the backbone init is shared. (Fine-tuning all members from the S
 (`model.init_from="stage:sft"`) is the other finetune-seed construction `reward` supports; it also changes the
 backbone's quality, so it is not the controlled comparison.)
 
+Variant "bias" (and "bias_smoke"): the best-of-N chain with the labelers' taste for one word switched on
+(LABELER_BIAS), tracking that word's share among the selected responses' tokens.
+
 Variant "grpo": sft -> rm_single (K = 1; identical to member 0 of rm_pretrain: same init key and data order) ->
 rm_pretrain -> GRPO against the single RM, the pretrain ensemble under each aggregation of raw member scores, and
 the min and mean - LAM * std of members standardized over the reference responses (GRPO_REWARDS), for beta in
@@ -44,7 +47,12 @@ from configs import _sections as S
 from jaxrlhf.stages import best_of_n as best_of_n_stage
 from jaxrlhf.stages import reward, rl, sft
 
-VARIANTS = ("default", "smoke", "grpo", "grpo_smoke")
+VARIANTS = ("default", "smoke", "grpo", "grpo_smoke", "bias", "bias_smoke")
+# Variant "bias": the best-of-N chain with a second, non-length proxy flaw switched on in the reward models' labels
+# (WorldConfig.labeler_bias: labelers favour responses dense in "the", a function word gold is indifferent to
+# beyond its quality), and every selector's share of "the" in the selected response reported: does a hack shared
+# by all members survive ensembling on an axis other than length? Fixed before its first run: bonus 4.0.
+LABELER_BIAS = (("the", 4.0),)
 SEEDS = (0, 1, 2)
 NUM_MEMBERS = 5
 LAM = 1.0  # The uncertainty penalty of mean - lam * var / std (not tuned).
@@ -96,15 +104,19 @@ def _sizes(smoke: bool) -> dict:
               loop=dict(S.SMOKE_LOOP, num_steps=60, log_every=10, checkpoint_every=60, eval_every=60)))
 
 
-def _bon_chain(sizes: dict) -> dict:
+def _bon_chain(sizes: dict, bias: bool = False) -> dict:
   model = dict(config=sizes["model"])
   bon = dict(sizes["bon"], aggregations=AGGREGATIONS, lam=LAM, extra_aggregations=(COSTE_BON_UWO,),
              member_curves=True, plots=False)
+  rm = sizes["rm"]
+  if bias:
+    rm = dict(rm, data=dict(rm["data"], world=dict(rm["data"].get("world", {}), labeler_bias=LABELER_BIAS)))
+    bon["track_words"] = tuple(word for word, _ in LABELER_BIAS)
   return {
       "sft": S.stage("sft", sft.SFTConfig, model=model, **sizes["sft"]),
-      "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **sizes["rm"]),
+      "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **rm),
       "rm_finetune": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS,
-                             shared_backbone=True, **sizes["rm"]),
+                             shared_backbone=True, **rm),
       "bon_pretrain": S.stage("best_of_n", best_of_n_stage.BestOfNConfig, policy="stage:sft",
                               reward_model="stage:rm_pretrain", **bon),
       "bon_finetune": S.stage("best_of_n", best_of_n_stage.BestOfNConfig, policy="stage:sft",
@@ -149,7 +161,15 @@ def get_config(arg=None):
     config.tables = dict(metrics=tuple(f"{rl_stage_name(rm, b)}/eval/{m}" for rm in GRPO_REWARDS
                                        for b in BETAS for m in ("gold", "reward/rm", "kl", "completion_length")))
     return config
-  config = S.chain(_bon_chain(sizes), seed=0)
+  config = S.chain(_bon_chain(sizes, bias=variant.startswith("bias")), seed=0)
+  if variant.startswith("bias"):
+    word = LABELER_BIAS[0][0]
+    config.tables = dict(metrics=tuple(
+        f"bon_{e}/{s}/{m}" for e in ENSEMBLES for s in ("gold", "rm_single", "rm_mean", "rm_min", "rm_mean_minus_std",
+                                                        "rm_mean_minus_var")
+        for m in ("gold@N", f"share_{word}@1", f"share_{word}@N", "length@N") if s != "rm_single" or "share" not in m)
+        + ("rm_pretrain/eval/gold_agreement", "rm_pretrain/eval/accuracy"))
+    return config
   config.tables = dict(metrics=(
       "bon_pretrain/gold/gold_peak",
       *(f"bon_{e}/{s}/gold@N" for e in ENSEMBLES for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std",

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ from jaxrlhf.evaluation.best_of_n import (constant_pool_fraction, curve_metrics,
 from jaxrlhf.evaluation.plots import plot_best_of_n
 from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
 from jaxrlhf.models import from_pretrained
-from jaxrlhf.sampling.best_of_n import best_of_n_curves, reward_model_scorer
+from jaxrlhf.sampling.best_of_n import best_of_n_curves, reward_model_scorer, unbiased_best_of_n
 from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
@@ -62,6 +62,9 @@ class BestOfNConfig:
   # Further selectors at their own lambda, "<aggregation>:<lam>" (e.g. "mean_minus_var:0.5", Coste et al.'s best-of-n
   # UWO weight), named "rm_<aggregation>_lam<lam>".
   extra_aggregations: tuple[str, ...] = field(())
+  # Words (single tokens) whose share among the selected response's tokens is reported per selector,
+  # "<selector>/share_<word>@1" / "@N": a proxy flaw other than length (e.g. the world's labeler_bias word).
+  track_words: tuple[str, ...] = field(())
   rewards: tuple[rewards_lib.RewardSourceSpec, ...] = field(())
   prompts: inputs_lib.PromptSpec = field(default_factory=inputs_lib.PromptSpec)
   num_prompts: int = field(64, min=1)
@@ -110,6 +113,22 @@ def parse_extra_aggregation(spec: str) -> tuple[str, float, str]:
     raise ValueError(f"{spec!r} is not '<aggregation>:<lam>' with an aggregation in {list(AGGREGATION_METHODS)} and "
                      "a finite lam >= 0")
   return method, lam, f"rm_{method}_lam{lam:g}"
+
+
+def word_shares(pools: dict, tokenizer: Any, words: Sequence[str]) -> dict[str, np.ndarray]:
+  """{word: float64 (P, N) share of the word among each pooled response's tokens before the end token}.
+
+  Raises:
+    ValueError: a word that is not exactly one token of `tokenizer` (naming config.track_words[i]).
+  """
+  out = {}
+  for i, word in enumerate(words):
+    ids = tokenizer.encode(word)
+    if len(ids) != 1:
+      raise ValueError(f"config.track_words[{i}]: {word!r} is {len(ids)} tokens for this tokenizer; expected one")
+    hits = np.sum((pools["tokens"] == ids[0]) & (pools["mask"] > 0), axis=-1)
+    out[word] = hits / np.maximum(pools["lengths"], 1)
+  return out
 
 
 POOL_KEYS = ("prompt_ids", "prompt_mask", "tokens", "mask", "gold", "lengths")
@@ -209,6 +228,7 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
     rm = artifacts.shared_backbone_model(
         artifacts.load_reward_model_any(common.resolve_path(cfg.reward_model, inputs, "rm_dir")))
   gold, lengths = pools.get("gold"), pools["lengths"]
+  shares = word_shares(pools, tok, cfg.track_words)
   rm_scores = score_pools(rm, pools, cfg.batch_size) if rm is not None else None
   proxies = {"gold": gold} if gold is not None else {}
   if rm_scores is not None:
@@ -242,6 +262,10 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
     metrics = {"gold_std": float(np.std(gold)), **metrics}
   all_curves = {name: (best_of_n_curves(proxy, gold, lengths_BxN=lengths), float(np.std(proxy)))
                 for name, proxy in proxies.items()}
+  for name, proxy in proxies.items():
+    for word, share_PxN in shares.items():
+      curve = unbiased_best_of_n(proxy, share_PxN, np.asarray([1, proxy.shape[1]])).mean(0)
+      metrics[f"{name}/share_{word}@1"], metrics[f"{name}/share_{word}@N"] = float(curve[0]), float(curve[1])
   if cfg.member_curves and rm_scores is not None:
     all_curves["rm_single"] = member_average_curves(rm_scores, gold, lengths)
   curves_out = {}

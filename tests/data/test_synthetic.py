@@ -303,3 +303,35 @@ def test_out_of_range_ids_score_as_unk_and_empty_response_scores_zero(world):
   g = world.gold_of_ids([prompt] * 4, [good + [unk], good + [-7], good + [world.tokenizer.vocab_size + 3], []])
   assert g[0] == pytest.approx(g[1]) and g[0] == pytest.approx(g[2])
   assert g[3] == 0.0
+
+
+def test_labeler_bias_is_a_second_hackable_axis():
+  """WorldConfig.labeler_bias: the labelers (not gold) favour responses dense in one word. Off by default (a zero
+  bonus leaves every draw unchanged); on, the responses, gold and attributes are the same pairs and only labels move;
+  a proxy fit to the biased labels learns to like the word (the unbiased one dislikes it) while gold does not care:
+  a flaw that best-of-N / RL can exploit without longer responses."""
+  base = World(WorldConfig()).preference_pairs(3000, "train")
+  zero = World(WorldConfig(labeler_bias=[["the", 0.0]])).preference_pairs(3000, "train")
+  for key in base:
+    assert (base[key] == zero[key]) if isinstance(base[key], list) else np.array_equal(base[key], zero[key]), key
+  biased_world = World(WorldConfig(labeler_bias=(("the", 4.0),)))
+  biased = biased_world.preference_pairs(3000, "train")
+  for key in ("response_a", "response_b", "gold_a", "gold_b", "judge_a", "flipped"):
+    assert (base[key] == biased[key]) if isinstance(base[key], list) else np.array_equal(base[key], biased[key])
+  assert 0 < np.sum(base["a_wins"] != biased["a_wins"]) < 300
+  the = biased_world.tokenizer.ids["the"]
+
+  def proxy_weight_on_the(pairs):
+    fa = measure_lib.proxy_features(biased_world, pairs["response_a"])
+    fb = measure_lib.proxy_features(biased_world, pairs["response_b"])
+    return measure_lib.fit_bt_logistic(fa - fb, pairs["a_wins"].astype(float))[the]
+
+  assert proxy_weight_on_the(base) < 0.0 < 0.3 < proxy_weight_on_the(biased)
+  assert biased_world.labeler_bonus([[the, the, 5], [], [5, 6]]).tolist() == [4.0 * 2 / 3, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("bias", [(("nope", 1.0),), (("the", float("nan")),), (("the", 1.0), ("the", 2.0)),
+                                  (("<eos>", 1.0),)])
+def test_labeler_bias_validation(bias):
+  with pytest.raises(ValueError, match="WorldConfig.labeler_bias"):
+    WorldConfig(labeler_bias=bias)

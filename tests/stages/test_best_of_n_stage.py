@@ -58,7 +58,7 @@ def test_stage_on_tiny_models(tmp_path):
   rm = RewardEnsemble(config, HeadConfig(), 2, rngs=nnx.Rngs(1))
   rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(rm))
   cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"),
-                     "extra_aggregations": ("mean_minus_var:0.5",), "prompts": {"world": WORLD},
+                     "extra_aggregations": ("mean_minus_var:0.5",), "track_words": ("the",), "prompts": {"world": WORLD},
                      "num_prompts": 4, "pool_size": 8, "batch_size": 4, "max_new_tokens": 6},
                     best_of_n_stage.BestOfNConfig)
   workdir = str(tmp_path / "bon")
@@ -84,6 +84,16 @@ def test_stage_on_tiny_models(tmp_path):
   best = gold[np.arange(gold.shape[0]), proxy.argmax(axis=1)]
   assert curve["gold"][-1] == pytest.approx(best.mean(), rel=1e-5)
   assert curve["proxy"][-1] == pytest.approx(proxy.max(axis=1).mean(), rel=1e-5)
+  # The tracked word's share in the selected response (tokens before the end token), recomputed by hand.
+  the = world.tokenizer.ids["the"]
+  share = np.zeros(gold.shape)
+  for p in range(gold.shape[0]):
+    for n in range(gold.shape[1]):
+      row = [t for t, keep in zip(pools["tokens"][p, n], pools["mask"][p, n]) if keep and t != world.tokenizer.eos_id]
+      share[p, n] = row.count(the) / max(len(row), 1)
+  assert results["metrics"]["rm_min/share_the@N"] == pytest.approx(share[np.arange(gold.shape[0]),
+                                                                         proxy.argmax(axis=1)].mean(), abs=1e-9)
+  assert results["metrics"]["gold/share_the@1"] == pytest.approx(share.mean(), abs=1e-9) and share.mean() > 0
   uwo = rm_scores.mean(axis=-1) - 0.5 * rm_scores.var(axis=-1)  # the extra selector, at its own lambda
   curve = results["curves"]["rm_mean_minus_var_lam0.5"]
   assert curve["proxy"][-1] == pytest.approx(uwo.max(axis=1).mean(), rel=1e-5)

@@ -54,6 +54,10 @@ class WorldConfig:
   repeat_window, length_weight, length_optimum.
   Labels: temperature (Bradley-Terry, in gold units), flip_rate, judge_center / judge_scale / judge_noise,
   annotators = ((name, 5 weights over quality, relevance, coherence, repetition, length), ...).
+  Proxy flaw besides length: labeler_bias = ((word, bonus), ...): the LABELERS (not gold) add bonus * (the share of a
+  response's scored tokens that are `word`) to a response's utility before the Bradley-Terry draw, a bias a proxy
+  trained on the labels learns and best-of-N / RL can exploit without making responses longer (e.g. ("the", 4.0):
+  a taste for one function word, which gold's repetition penalty exempts). Default () : no bias, labels unchanged.
   """
 
   seed: int = 0
@@ -90,8 +94,14 @@ class WorldConfig:
   judge_scale: float = 0.8
   judge_noise: float = 0.5
   annotators: tuple[tuple[str, tuple[float, ...]], ...] = (("gold", (1.0, 1.0, 1.0, 1.0, 1.0)),)
+  labeler_bias: tuple[tuple[str, float], ...] = ()
 
   def __post_init__(self):
+    if isinstance(self.labeler_bias, (tuple, list)) and all(isinstance(b, (tuple, list)) and len(b) == 2
+                                                             for b in self.labeler_bias):
+      # Config files and command lines give lists; the dataclass is hashable.
+      object.__setattr__(self, "labeler_bias", tuple((b[0], b[1]) for b in self.labeler_bias))
+
     def need(cond, field, expected):
       if not cond:
         raise ValueError(f"WorldConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
@@ -125,6 +135,11 @@ class WorldConfig:
         isinstance(n, str) and len(w) == len(gold_lib.ATTRIBUTE_NAMES) and all(math.isfinite(x) for x in w)
         for n, w in self.annotators) and len({n for n, _ in self.annotators}) == len(self.annotators),
          "annotators", f"distinct (name, {len(gold_lib.ATTRIBUTE_NAMES)} finite weights) pairs")
+    emittable = set(tokenizer_lib.FUNCTION_WORDS) | {
+        w for ws in tokenizer_lib.topic_words(self.num_topics, self.words_per_topic) for w in ws}
+    need(all(isinstance(b, (tuple, list)) and len(b) == 2 and b[0] in emittable and math.isfinite(b[1])
+             for b in self.labeler_bias) and len({b[0] for b in self.labeler_bias}) == len(self.labeler_bias),
+         "labeler_bias", "distinct (response word: a function or topic word, finite bonus) pairs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +379,8 @@ class World:
     group = rng.integers(len(c.annotators), size=size)
     weights = np.asarray([w for _, w in c.annotators], np.float64)[group]
     utility_diff = ((comps[0] - comps[1]) * weights).sum(1)
+    if c.labeler_bias:  # labels only: gold and the records' attributes are unchanged
+      utility_diff = utility_diff + self.labeler_bonus(ids[0]) - self.labeler_bonus(ids[1])
     p_a = 0.5 * (1.0 + np.tanh(0.5 * utility_diff / c.temperature))  # sigmoid without overflow
     bt_a_wins = rng.random(size) < p_a
     flipped = rng.random(size) < c.flip_rate
@@ -372,6 +389,15 @@ class World:
                 comps_b=comps[1], gold_a=comps[0].sum(1), gold_b=comps[1].sum(1), judge_a=judge[0],
                 judge_b=judge[1], annotator=group, bt_a_wins=bt_a_wins, flipped=flipped,
                 a_wins=bt_a_wins ^ flipped)
+
+  def labeler_bonus(self, responses: Sequence[Sequence[int]]) -> np.ndarray:
+    """float64 (N,): the labelers' extra utility of each response (id lists without the end token): sum over
+    `labeler_bias` of bonus * (count of the word / number of tokens); 0 for empty responses or no bias."""
+    out = np.zeros(len(responses), np.float64)
+    for word, bonus in self.config.labeler_bias:
+      wid = self.tokenizer.ids[word]
+      out += bonus * np.asarray([r.count(wid) / len(r) if len(r) else 0.0 for r in map(list, responses)])
+    return out
 
   def _judge(self, rng: np.random.Generator, gold: np.ndarray) -> np.ndarray:
     c = self.config
