@@ -7,7 +7,7 @@ competitive with / better than a Bradley-Terry reward model trained on pairwise 
 
 The world's pairs carry, per response, its 5 gold attribute components (quality, relevance, coherence,
 repetition, length; their plain sum is the gold reward r*) and a noisy pairwise label (Bradley-Terry on r*,
-temperature 0.35, 5 % flips: the world's defaults). Five reward models per seed, one stage each, on the same
+temperature 0.35, 5 % flips: the world's defaults). Seven reward models per seed, one stage each, on the same
 pairs and the same backbone size:
 
   bt          linear head, Bradley-Terry on the labels;
@@ -20,6 +20,10 @@ pairs and the same backbone size:
   attr_likert as attr_rstar, but the regression targets are each attribute's level 0-4 among the training
               responses (`data.attribute_levels=5`, quantile bins): HelpSteer2's ratings are coarse 0-4
               Likert scores, while the world's raw components are exact, noise-free parts of r*.
+  attr_noisy  as attr_rstar, but the targets carry Gaussian noise (ATTRIBUTE_NOISE std per attribute) that makes them
+              about as informative as the BT labels (their sums order ~80% of pairs like gold, as the labels do):
+              the like-for-like comparison with BT (`data.attribute_noise`);
+  attr_noisy_likert  the noisy targets, then coarsened to 0-4 levels (closest to HelpSteer2's human ratings).
 (attr_rstar and attr_paper train identically — the weights only scalarize, the BT term is off — and differ only
 in how the same predicted attributes are summed.)
 
@@ -41,7 +45,11 @@ RSTAR_WEIGHTS = (1.0,) * NUM_ATTRIBUTES
 # Nemotron-4-340B-Reward's recommended scalarization over the five HelpSteer2 attributes (model card).
 PAPER_WEIGHTS = (0.3, 0.74, 0.46, 0.47, -0.33)
 LIKERT_LEVELS = 5  # HelpSteer2 rates each attribute 0-4
-STAGES = ("bt", "attr_rstar", "attr_paper", "attr_bt", "attr_likert")
+# Attribute targets as informative as the labels: Gaussian noise of 0.6 std per attribute makes the noisy sums order
+# the training pairs like gold about 80% of the time, the labels' agreement (calibrated on world pairs before the
+# run; the stage reports the realized agreement as data_report.attribute_noise.gold_agreement).
+ATTRIBUTE_NOISE = 0.6
+STAGES = ("bt", "attr_rstar", "attr_paper", "attr_bt", "attr_likert", "attr_noisy", "attr_noisy_likert")
 
 
 def _sizes(smoke: bool) -> dict:
@@ -78,6 +86,9 @@ def get_config(arg=None):
       "attr_paper": rm(attributes(PAPER_WEIGHTS), regression_only),
       "attr_bt": rm(attributes(RSTAR_WEIGHTS), dict(attribute_weight=1.0, bt_weight=1.0)),
       "attr_likert": rm(attributes(RSTAR_WEIGHTS), regression_only, data=dict(attribute_levels=LIKERT_LEVELS)),
+      "attr_noisy": rm(attributes(RSTAR_WEIGHTS), regression_only, data=dict(attribute_noise=ATTRIBUTE_NOISE)),
+      "attr_noisy_likert": rm(attributes(RSTAR_WEIGHTS), regression_only,
+                              data=dict(attribute_noise=ATTRIBUTE_NOISE, attribute_levels=LIKERT_LEVELS)),
   }
   if variant == "smoke":  # the smallest chain that exercises both head kinds
     stages = {k: stages[k] for k in ("bt", "attr_likert")}
@@ -88,6 +99,6 @@ def get_config(arg=None):
 
 
 def sweep(add, arg=None):
-  """3 seeds, each run trains the five reward models; smoke: one seed."""
-  for seed in ((0,) if arg == "smoke" else (0, 1, 2)):
+  """5 seeds, each run trains the seven reward models; smoke: one seed."""
+  for seed in ((0,) if arg == "smoke" else (0, 1, 2, 3, 4)):
     add(seed=seed)

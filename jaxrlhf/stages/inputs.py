@@ -72,6 +72,9 @@ class DataSpec:
   attribute_levels: 0 keeps the training pairs' attribute vectors as read; L >= 2 replaces each attribute by
     its level 0..L-1 among the training responses (per-attribute quantile bins, like a coarse Likert rating,
     e.g. HelpSteer2's 0-4 scale); the bin edges go to the data report (`attribute_levels`).
+  attribute_noise: > 0 adds Gaussian noise of this many standard deviations (per attribute, over the training
+    responses) to the training pairs' attributes before any quantization (`noisy_attributes`; how often the noisy
+    sums still order a pair like the exact ones goes to the data report, `attribute_noise`).
   shared_prompt: reward / preference training and held-out scoring: "on" runs each pair as one
     [prompt | chosen | rejected] row (the prompt once, models.shared_prompt), "off" as two rows, "auto" shares
     when the estimated step FLOPs over the training pairs drop to <= SHARED_PROMPT_MAX_COST of two rows (long
@@ -105,6 +108,7 @@ class DataSpec:
   curate: str = field("none", choices=CURATE_CHOICES)
   curate_fraction: float = field(0.1, min=0.0, max=1.0)
   attribute_levels: int = field(0, min=0)
+  attribute_noise: float = field(0.0, min=0.0)
   shared_prompt: str = field("auto", choices=SHARED_PROMPT_CHOICES)
 
   def validate(self, path: str) -> None:
@@ -318,6 +322,36 @@ def quantize_attributes(records: list, levels: int) -> tuple[list, dict]:
                              rejected_attributes=level(r.rejected_attributes)) for r in records]
   return out, {"levels": levels, "edges": edges_KxE.tolist()}
 
+def noisy_attributes(records: list, noise: float, seed: int = 0) -> tuple[list, dict]:
+  """(records with Gaussian noise added to every attribute, report): attribute k of every response gets
+  N(0, (noise * std_k)^2), std_k its standard deviation over the chosen and rejected vectors of `records`; the
+  draws come from a fixed stream (`seed`, in record order), so every stage on the same data gets the same targets.
+
+  Exact attributes make a regression reward model an oracle's student: noise makes the targets about as
+  informative as noisy labels (report["gold_agreement"]: how often the noisy attribute SUMS order a pair like the
+  exact sums; for the synthetic world's components, whose sum is gold, noise 0.6 gives about 0.80, the labels'
+  agreement with gold). Records without attributes pass through unchanged.
+  """
+  vectors = [v for r in records for v in (r.chosen_attributes, r.rejected_attributes) if v is not None]
+  if not vectors:
+    raise ValueError("data.attribute_noise: no training pair has attributes to add noise to")
+  std_K = np.asarray(vectors, np.float64).std(axis=0)
+  rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4E01]))
+  out, agree, scored = [], 0, 0
+  for r in records:
+    if r.chosen_attributes is None or r.rejected_attributes is None:
+      out.append(r)
+      continue
+    c = np.asarray(r.chosen_attributes, np.float64) + noise * std_K * rng.normal(size=std_K.shape)
+    j = np.asarray(r.rejected_attributes, np.float64) + noise * std_K * rng.normal(size=std_K.shape)
+    exact = sum(r.chosen_attributes) - sum(r.rejected_attributes)
+    if exact != 0:
+      scored += 1
+      agree += (c.sum() - j.sum() > 0) == (exact > 0)
+    out.append(dataclasses.replace(r, chosen_attributes=tuple(float(x) for x in c),
+                                   rejected_attributes=tuple(float(x) for x in j)))
+  return out, {"noise": noise, "std": std_K.tolist(), "gold_agreement": agree / max(scored, 1)}
+
 # ------------------------------------------------------------------------------------------------ stage context
 class StageContext(NamedTuple):
   """What every training stage starts from: the world (None for file data), the mesh, the model's config and
@@ -369,6 +403,11 @@ def prepared_pairs(data: DataSpec, context: StageContext, inputs: Mapping[str, A
         common.resolve_path(data.reward_model, inputs, "rm_dir"), train, context.tokenizer, data)
     train, curation = curate_pairs(train, strengths, data)
     report = {**report, "curation": curation}
+  if data.attribute_noise:
+    train, noised = noisy_attributes(train, data.attribute_noise)
+    report = {**report, "attribute_noise": noised}
+    print(f"[data] attribute noise {data.attribute_noise:g} std: noisy attribute sums order "
+          f"{noised['gold_agreement']:.3f} of the training pairs like their exact sums", flush=True)
   if data.attribute_levels:
     train, quantized = quantize_attributes(train, data.attribute_levels)
     report = {**report, "attribute_levels": quantized}

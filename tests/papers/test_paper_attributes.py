@@ -25,6 +25,10 @@ def test_default_chain_is_the_comparison():
   assert by_name["attr_rstar"].loss.bt_weight == by_name["attr_paper"].loss.bt_weight == 0.0
   assert by_name["attr_bt"].loss.bt_weight > 0 and by_name["attr_bt"].loss.attribute_weight > 0
   assert by_name["attr_likert"].data.attribute_levels == 5 and by_name["attr_likert"].loss.bt_weight == 0.0
+  assert by_name["attr_noisy"].data.attribute_noise == paper.ATTRIBUTE_NOISE > 0
+  assert by_name["attr_noisy"].data.attribute_levels == 0 and by_name["attr_noisy"].loss.bt_weight == 0.0
+  assert (by_name["attr_noisy_likert"].data.attribute_noise, by_name["attr_noisy_likert"].data.attribute_levels) == (
+      paper.ATTRIBUTE_NOISE, 5)
   # Same pairs, model and optimizer for every reward model: only head, loss (and the rating scale) differ.
   for name in paper.STAGES[1:]:
     assert by_name[name].data.world == by_name["bt"].data.world and by_name[name].model == by_name["bt"].model
@@ -33,7 +37,7 @@ def test_default_chain_is_the_comparison():
 
 
 def test_sweep_grid_and_bad_variant():
-  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2]
+  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2, 3, 4]
   assert [r["seed"] for r in sweep_lib.collect(SPEC + ":smoke")] == [0]
   assert [name for name, _, _ in run_lib.plan(paper.get_config("smoke"))] == ["bt", "attr_likert"]
   with pytest.raises(ValueError, match="variant"):
