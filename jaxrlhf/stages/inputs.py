@@ -30,6 +30,7 @@ from jaxrlhf.data import prompts as prompts_lib
 from jaxrlhf.data import tokenize
 from jaxrlhf.data import transforms
 from jaxrlhf.data.synthetic import World, WorldConfig
+from jaxrlhf.data.synthetic.world import CRITERION_LABELS
 from jaxrlhf.models import load_tokenizer
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import layer_param_specs
@@ -40,6 +41,7 @@ from jaxrlhf.train import scoring
 
 MARGIN_SOURCES = ("none", "file", "score", "reward_model")
 CURATE_CHOICES = ("none", "flip", "drop")
+CRITERIA_CHOICES = ("none", "shown", "hidden")
 SHARED_PROMPT_CHOICES = ("auto", "on", "off")
 # "auto" scores pairs in the shared-prompt layout when it costs at most this fraction of the two-row layout's
 # estimated FLOPs (the layout adds a gather and a wider attention mask, so a near tie is not worth it).
@@ -79,6 +81,12 @@ class DataSpec:
     [prompt | chosen | rejected] row (the prompt once, models.shared_prompt), "off" as two rows, "auto" shares
     when the estimated step FLOPs over the training pairs drop to <= SHARED_PROMPT_MAX_COST of two rows (long
     prompts, short responses); the choice and the ratio go to the data report (`shared_prompt`).
+  criteria: the world's criterion-labelled pairs (context-aware preference modeling; Pitis et al. 2024, arXiv
+    2407.14916; needs `world.criteria`): "none" (the default) leaves the data as it is; "shown" / "hidden" adds
+    `num_criteria_train` criterion pairs to the training pairs and makes the held-out pairs `num_eval` criterion
+    pairs, the criterion given as a system turn ("shown") or left out ("hidden": the same pairs, plain prompts).
+    `criteria_labels` labels the held-out criterion pairs: "sampled" (Bradley-Terry under the criterion, with
+    flips, as the training pairs) or "oracle" (the criterion's gold preference). See `World.criterion_records`.
   """
   source: str = field("world", choices=("world", "files"))
   world: dict = field(default_factory=dict)
@@ -110,6 +118,9 @@ class DataSpec:
   attribute_levels: int = field(0, min=0)
   attribute_noise: float = field(0.0, min=0.0)
   shared_prompt: str = field("auto", choices=SHARED_PROMPT_CHOICES)
+  criteria: str = field("none", choices=CRITERIA_CHOICES)
+  num_criteria_train: int = field(0, min=0)
+  criteria_labels: str = field("sampled", choices=CRITERION_LABELS)
 
   def validate(self, path: str) -> None:
     if self.score_ties != "keep" and self.transform == "none":
@@ -124,6 +135,13 @@ class DataSpec:
           raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
     if self.source == "world":
       check_world(self.world, path)
+    if self.criteria != "none" and (self.source != "world" or not self.world.get("criteria")):
+      raise ConfigError(f"{path}.criteria: {self.criteria!r} needs source='world' with {path}.world.criteria "
+                        "(((name, 5 weights), ...)), got " + (f"source={self.source!r}" if self.source != "world"
+                                                              else "no criteria"))
+    for key, default in (("num_criteria_train", 0), ("criteria_labels", "sampled")):
+      if self.criteria == "none" and getattr(self, key) != default:
+        raise ConfigError(f"{path}.{key}: only used with {path}.criteria='shown' or 'hidden'")
     if self.margin_from == "reward_model" and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required when {path}.margin_from='reward_model' "
                         f"(e.g. 'stage:reward')")
@@ -147,9 +165,14 @@ def check_world(world: Mapping[str, Any], path: str) -> None:
     raise ConfigError(f"{path}.world.{unknown[0]}: unknown WorldConfig key; valid keys: " + ", ".join(sorted(fields)))
 
 
+def _tuples(value: Any) -> Any:
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def make_world(world: Mapping[str, Any]) -> World:
-  """The synthetic world of WorldConfig kwargs (lists become tuples, as config files give them)."""
-  return World(WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in world.items()}))
+  """The synthetic world of WorldConfig kwargs (lists, nested ones too, become tuples, as config files and JSON give
+  them, e.g. `criteria` = [[name, [5 weights]], ...])."""
+  return World(WorldConfig(**{k: _tuples(v) for k, v in world.items()}))
 
 
 def make_tokenizer(data: DataSpec, world: Any, model_path: str):
@@ -220,6 +243,14 @@ def read_files(data: DataSpec) -> tuple[list, list, dict]:
 
 def preference_records(data: DataSpec, world: Any) -> tuple[list, list, dict]:
   """(train pairs, held-out pairs, data report) before transforms."""
+  if data.source == "world" and data.criteria != "none":
+    shown = data.criteria == "shown"
+    train = world.preference_records(data.num_train, "train") + world.criterion_records(
+        data.num_criteria_train, "train", shown=shown)
+    held_out = world.criterion_records(max(data.num_eval, 1), "validation", shown=shown,
+                                       labels=data.criteria_labels)[:data.num_eval]
+    return train, held_out, {"criteria": {"rendering": data.criteria, "train_pairs": data.num_criteria_train,
+                                          "held_out_labels": data.criteria_labels}}
   if data.source == "world":
     return (world.preference_records(data.num_train, "train"),
             world.preference_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})

@@ -10,6 +10,8 @@ The vocabulary is a fixed function of the world's sizes (never of the seed), lai
   instruct   explain describe list compare summarize define discuss praise
   function   the a of and to in is it that with for as
   topics     num_topics x words_per_topic pseudo-words; topic k's words share their first letter
+  extra      optional `extra_words` (e.g. the world's criterion names), appended last so that every other id is
+             the same with or without them
 
 Chat template (supports a system role):
   [<system> system text] <user> user text [<assistant> assistant text <eos>] ... [<assistant>]
@@ -57,15 +59,22 @@ class WorldTokenizer:
     vocab_size, bos_id, eos_id, pad_id, unk_id: as in the tokenizer protocol.
     supports_system_role: True (the template renders `<system>` turns).
     topic_words: list of each topic's words (strings).
+    extra_ids: int32 (E,) ids of `extra_words` (the last E ids; empty by default).
     ids: dict token -> id.
   """
 
   supports_system_role = True
 
-  def __init__(self, num_topics: int = 8, words_per_topic: int = 8):
+  def __init__(self, num_topics: int = 8, words_per_topic: int = 8, extra_words: Sequence[str] = ()):
     self.topic_words = topic_words(num_topics, words_per_topic)
     vocab = (SPECIAL_TOKENS + CHAT_TOKENS + CONTROL_TOKENS + SCORE_TOKENS + INSTRUCTION_WORDS
              + FUNCTION_WORDS + tuple(w for ws in self.topic_words for w in ws))
+    extra_words = tuple(extra_words)
+    if any(not isinstance(w, str) or not w or w != w.strip() or len(w.split()) != 1 for w in extra_words) or len(
+        set(extra_words) | set(vocab)) != len(vocab) + len(extra_words):
+      raise ValueError(f"extra_words: expected distinct single words not already in the vocabulary, got "
+                       f"{extra_words!r}")
+    vocab += extra_words
     self.vocab = vocab
     self.ids = {w: i for i, w in enumerate(vocab)}
     self.vocab_size = len(vocab)
@@ -75,6 +84,7 @@ class WorldTokenizer:
     self.instruction_ids = np.array([self.ids[w] for w in INSTRUCTION_WORDS], np.int32)
     self.function_ids = np.array([self.ids[w] for w in FUNCTION_WORDS], np.int32)
     self.topic_ids = np.array([[self.ids[w] for w in ws] for ws in self.topic_words], np.int32)  # (K, W)
+    self.extra_ids = np.array([self.ids[w] for w in extra_words], np.int32)
 
   @property
   def num_topics(self) -> int:

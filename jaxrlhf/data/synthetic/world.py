@@ -15,6 +15,15 @@ Everything is a pure function of `WorldConfig` (its seed included):
 * Labels: annotator group g (uniform) with weights w_g over the 5 gold components; Bradley-Terry
   P(a > b) = sigmoid((w_g . (comp(a) - comp(b))) / temperature), then the label is flipped w.p. flip_rate.
   Judge scores: clip(round(1 + 9 sigmoid((r* - judge_center) / judge_scale) + judge_noise * N(0, 1)), 1, 10).
+* Criteria (optional, `criteria`; none by default): named weight vectors w_c over the same 5 components, e.g.
+  "concise" with a negative length weight. Criterion pairs (`criterion_pairs` / `criterion_records`, their own
+  random stream) draw prompts and responses as above and a criterion c uniformly, then label by Bradley-Terry
+  under the STATED criterion, P(a > b) = sigmoid(w_c . (comp(a) - comp(b)) / temperature), flipped w.p. flip_rate.
+  The criterion is shown as a system turn `<system> <name> <user> <prompt>`, or hidden (the plain prompt), so the
+  same pairs score with and without context (Pitis, Xiao, Le Roux, Sordoni 2024, "Improving Context-Aware
+  Preference Modeling for Language Models", arXiv:2407.14916). Criterion names are appended to the vocabulary
+  only when criteria are configured (after every other token, which keeps its id), never emitted by the reference
+  distribution, and score like any out-of-place prompt token (no topic), so the gold reward ignores them.
 
 Random streams: each product (tables, prompt pool, pairs per split and chunk of 1024, ...) draws from its
 own `np.random.SeedSequence([seed, stream, ...])`, so asking for more pairs extends, never reshuffles, the
@@ -38,7 +47,8 @@ SPLITS = ("train", "validation", "test")
 CONTEXTS = (None, "better", "worse")
 _CHUNK = 1024
 # Stream ids for SeedSequence([seed, stream, ...]).
-_TABLES, _PROMPTS, _PAIRS, _SFT, _KWAY, _PROMPT_DRAW = range(6)
+_TABLES, _PROMPTS, _PAIRS, _SFT, _KWAY, _PROMPT_DRAW, _CRITERIA = range(7)
+CRITERION_LABELS = ("sampled", "oracle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +68,8 @@ class WorldConfig:
   response's scored tokens that are `word`) to a response's utility before the Bradley-Terry draw, a bias a proxy
   trained on the labels learns and best-of-N / RL can exploit without making responses longer (e.g. ("the", 4.0):
   a taste for one function word, which gold's repetition penalty exempts). Default () : no bias, labels unchanged.
+  Context (optional): criteria = ((name, 5 weights), ...) stated with criterion pairs; () = none (the default:
+  vocabulary and every output as without the field).
   """
 
   seed: int = 0
@@ -95,6 +107,7 @@ class WorldConfig:
   judge_noise: float = 0.5
   annotators: tuple[tuple[str, tuple[float, ...]], ...] = (("gold", (1.0, 1.0, 1.0, 1.0, 1.0)),)
   labeler_bias: tuple[tuple[str, float], ...] = ()
+  criteria: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
   def __post_init__(self):
     if isinstance(self.labeler_bias, (tuple, list)) and all(isinstance(b, (tuple, list)) and len(b) == 2
@@ -140,6 +153,12 @@ class WorldConfig:
     need(all(isinstance(b, (tuple, list)) and len(b) == 2 and b[0] in emittable and math.isfinite(b[1])
              for b in self.labeler_bias) and len({b[0] for b in self.labeler_bias}) == len(self.labeler_bias),
          "labeler_bias", "distinct (response word: a function or topic word, finite bonus) pairs")
+    reserved = set(tokenizer_lib.WorldTokenizer(self.num_topics, self.words_per_topic).vocab)
+    need(all(isinstance(n, str) and len(n.split()) == 1 and n == n.strip() and n not in reserved
+             and len(w) == len(gold_lib.ATTRIBUTE_NAMES) and all(math.isfinite(x) for x in w)
+             for n, w in self.criteria) and len({n for n, _ in self.criteria}) == len(self.criteria),
+         "criteria", f"distinct (name, {len(gold_lib.ATTRIBUTE_NAMES)} finite weights) pairs, each name one word "
+         "that is not already a token of the vocabulary")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +192,8 @@ class World:
     if not isinstance(config, WorldConfig):
       raise ValueError(f"config must be a WorldConfig, got {type(config).__name__}")
     self.config = config
-    self.tokenizer = tok = tokenizer_lib.WorldTokenizer(config.num_topics, config.words_per_topic)
+    self.tokenizer = tok = tokenizer_lib.WorldTokenizer(config.num_topics, config.words_per_topic,
+                                                        extra_words=[name for name, _ in config.criteria])
     self.spec = self._make_gold_spec()
     self.response_ids = np.concatenate([tok.function_ids, tok.topic_ids.reshape(-1)])  # emittable tokens
     self._logits = self._make_logits()  # (contexts, K, V prev, V next), -inf where not emittable
@@ -218,7 +238,11 @@ class World:
     v, k_topics = tok.vocab_size, tok.num_topics
     emit = np.zeros(v, bool)
     emit[self.response_ids] = True
-    base = rng.normal(0.0, c.base_logit_std, (v, v)) + c.bigram_logit * np.sign(spec.bigram_VxV)
+    v0 = v - len(tok.extra_ids)  # criterion words (last ids) draw nothing, so the tables match a world without
+    base = rng.normal(0.0, c.base_logit_std, (v0, v0))
+    if v0 < v:
+      base = np.pad(base, ((0, v - v0), (0, v - v0)))
+    base = base + c.bigram_logit * np.sign(spec.bigram_VxV)
     base -= c.self_loop_logit * np.eye(v)
     logits = np.empty((len(CONTEXTS), k_topics, v, v))
     for k in range(k_topics):
@@ -362,9 +386,9 @@ class World:
 
   # ---- pairs and records -------------------------------------------------------------------------------------
 
-  def _pair_chunk(self, split: str, chunk: int, size: int) -> dict:
+  def _pair_responses(self, rng: np.random.Generator, split: str, size: int) -> tuple:
+    """(prompt indices, topics, [ids a, ids b], [comps a, comps b]) of `size` reference pairs of `split`."""
     c = self.config
-    rng = _rng(c.seed, _PAIRS, _split_index(split), chunk)
     idx = self._draw_prompts(rng, split, size)
     topics = np.asarray([self.prompt_topics[i] for i in idx])
     ids, comps = [], []
@@ -376,6 +400,12 @@ class World:
       r_mask = (np.arange(r_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
       ids.append([row[:n].tolist() for row, n in zip(r_ids, lengths)])
       comps.append(self.gold_components_np(p_ids, p_mask, r_ids, r_mask))
+    return idx, topics, ids, comps
+
+  def _pair_chunk(self, split: str, chunk: int, size: int) -> dict:
+    c = self.config
+    rng = _rng(c.seed, _PAIRS, _split_index(split), chunk)
+    idx, topics, ids, comps = self._pair_responses(rng, split, size)
     group = rng.integers(len(c.annotators), size=size)
     weights = np.asarray([w for _, w in c.annotators], np.float64)[group]
     utility_diff = ((comps[0] - comps[1]) * weights).sum(1)
@@ -439,6 +469,84 @@ class World:
           chosen_attributes=tuple(float(x) for x in ch[2]), rejected_attributes=tuple(float(x) for x in rj[2]),
           annotator=self.config.annotators[pairs["annotator"][i]][0], subset=f"topic{pairs['topic'][i]}",
           source=f"synthetic:seed={self.config.seed}:{split}:{i}"))
+    return out
+
+  # ---- criterion pairs (context-aware preference modeling) --------------------------------------------------
+
+  def criterion_prompt_text(self, index: int, criterion: str) -> str:
+    """Pool prompt `index` with the criterion stated as a system turn: `<system> <criterion> <user> <prompt>` (the
+    chat template's rendering of [system: criterion, user: prompt] without the generation prompt)."""
+    if criterion not in self.tokenizer.ids or self.tokenizer.ids[criterion] not in self.tokenizer.extra_ids:
+      raise ValueError(f"criterion must be one of WorldConfig.criteria {[n for n, _ in self.config.criteria]}, "
+                       f"got {criterion!r}")
+    return f"<system> {criterion} <user> {self.prompt_text(index)}"
+
+  def _criterion_chunk(self, split: str, chunk: int, size: int) -> dict:
+    c = self.config
+    rng = _rng(c.seed, _CRITERIA, _split_index(split), chunk)
+    idx, topics, ids, comps = self._pair_responses(rng, split, size)
+    criterion = rng.integers(len(c.criteria), size=size)
+    weights = np.asarray([w for _, w in c.criteria], np.float64)[criterion]
+    utility_diff = ((comps[0] - comps[1]) * weights).sum(1)
+    p_a = 0.5 * (1.0 + np.tanh(0.5 * utility_diff / c.temperature))  # sigmoid without overflow
+    bt_a_wins = rng.random(size) < p_a
+    flipped = rng.random(size) < c.flip_rate
+    gold_diff = comps[0].sum(1) - comps[1].sum(1)
+    return dict(prompt_index=idx, topic=topics, response_a=ids[0], response_b=ids[1], comps_a=comps[0],
+                comps_b=comps[1], gold_a=comps[0].sum(1), gold_b=comps[1].sum(1), criterion=criterion,
+                utility_diff=utility_diff, oracle_a_wins=utility_diff > 0, reversal=utility_diff * gold_diff < 0,
+                bt_a_wins=bt_a_wins, flipped=flipped, a_wins=bt_a_wins ^ flipped)
+
+  def criterion_pairs(self, num_pairs: int, split: str) -> dict:
+    """Pairs labelled under a stated criterion (needs WorldConfig.criteria), as numpy arrays / id lists.
+
+    Returns a dict: prompt_index, topic, response_a / response_b, comps_a / comps_b, gold_a / gold_b (as in
+    `preference_pairs`); criterion (N,) index into WorldConfig.criteria; utility_diff (N,) w_c . (comp(a) -
+    comp(b)); oracle_a_wins (N,) utility_diff > 0 (the gold preference under the criterion); reversal (N,) the
+    criterion's gold preference is the opposite of r*'s (utility_diff * (r*(a) - r*(b)) < 0: a "preference
+    reversal" pair in Pitis et al.'s sense); bt_a_wins / flipped / a_wins as in `preference_pairs`. Prefix-stable
+    like `preference_pairs`, from its own random stream (the general pairs do not change).
+    """
+    _check_count("num_pairs", num_pairs)
+    _split_index(split)
+    if not self.config.criteria:
+      raise ValueError("criterion_pairs: WorldConfig.criteria is empty (give ((name, 5 weights), ...))")
+    chunks = [self._criterion_chunk(split, c, _CHUNK) for c in range(max(1, -(-num_pairs // _CHUNK)))]
+    return {k: (sum((ch[k] for ch in chunks), [])[:num_pairs] if isinstance(chunks[0][k], list)
+                else np.concatenate([ch[k] for ch in chunks])[:num_pairs]) for k in chunks[0]}
+
+  def criterion_records(self, num_pairs: int, split: str, shown: bool = True, labels: str = "sampled"
+                        ) -> list[records_lib.PreferenceRecord]:
+    """num_pairs PreferenceRecords of `criterion_pairs`: the same pairs with the criterion shown or hidden.
+
+    Args:
+      num_pairs, split: as in `preference_records`.
+      shown: True renders the prompt as `criterion_prompt_text` (the context is given), False as the plain prompt.
+      labels: "sampled" (chosen/rejected follow the noisy Bradley-Terry label under the criterion) or "oracle"
+        (they follow the criterion's gold preference, utility_diff > 0; the label an ideal context-aware model
+        agrees with everywhere).
+    Records: annotator = the criterion's name (the record carries its criterion), subset = "reversal" or
+    "agreement" (whether the criterion reverses r*'s preference), attributes = the gold components, no judge
+    scores (the judge rates r*, not the criterion).
+    """
+    if labels not in CRITERION_LABELS:
+      raise ValueError(f"labels must be one of {CRITERION_LABELS}, got {labels!r}")
+    pairs = self.criterion_pairs(num_pairs, split)
+    wins = pairs["a_wins"] if labels == "sampled" else pairs["oracle_a_wins"]
+    dec = self.tokenizer.decode
+    out = []
+    for i in range(num_pairs):
+      name = self.config.criteria[pairs["criterion"][i]][0]
+      a = (pairs["response_a"][i], pairs["comps_a"][i])
+      b = (pairs["response_b"][i], pairs["comps_b"][i])
+      ch, rj = (a, b) if wins[i] else (b, a)
+      index = int(pairs["prompt_index"][i])
+      out.append(records_lib.PreferenceRecord(
+          prompt=self.criterion_prompt_text(index, name) if shown else self.prompt_text(index),
+          chosen=dec(ch[0]), rejected=dec(rj[0]),
+          chosen_attributes=tuple(float(x) for x in ch[1]), rejected_attributes=tuple(float(x) for x in rj[1]),
+          annotator=name, subset="reversal" if pairs["reversal"][i] else "agreement",
+          source=f"synthetic:seed={self.config.seed}:{split}:criterion:{i}"))
     return out
 
   def sft_records(self, num: int, split: str, contrastive: bool = False) -> list[SFTRecord]:
