@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxrlhf.evaluation import stats
+
 
 class Probe(NamedTuple):
   """A linear probe on standardized inputs: logit (or prediction) = ((x - mean) / scale) @ w + b."""
@@ -200,3 +202,25 @@ def quantile_accuracy(confidence_N: Any, correct_N: Any, num_bins: int) -> np.nd
     raise ValueError(f"quantile_accuracy: {c.size} confidences, {ok.size} labels, {num_bins} bins")
   groups = np.array_split(ok[np.argsort(c, kind="stable")], num_bins)
   return np.asarray([g.mean() if g.size else math.nan for g in groups])
+
+
+def within_group_permutation_p(x_N: Any, y_N: Any, groups_N: Any, num_permutations: int = 10000, seed: int = 0
+                               ) -> tuple[float, float]:
+  """(Spearman correlation of x and y pooled over all N points, one-sided p-value of a correlation at least that
+  large when y is permuted WITHIN each group): the null keeps every group's values (e.g. one seed's reward
+  models share a policy pool) and breaks only the pairing of x with y. p = (1 + #{perm >= observed}) /
+  (1 + num_permutations)."""
+  x, y = np.asarray(x_N, np.float64).reshape(-1), np.asarray(y_N, np.float64).reshape(-1)
+  groups = np.asarray(groups_N).reshape(-1)
+  if not x.shape == y.shape == groups.shape:
+    raise ValueError(f"within_group_permutation_p: x {x.shape}, y {y.shape}, groups {groups.shape} differ")
+  observed = stats.spearman(x, y)
+  rng = np.random.default_rng(seed)
+  members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+  hits = 0
+  y_perm = y.copy()
+  for _ in range(num_permutations):
+    for idx in members:
+      y_perm[idx] = y[rng.permutation(idx)]
+    hits += stats.spearman(x, y_perm) >= observed - 1e-12
+  return observed, (1 + hits) / (1 + num_permutations)

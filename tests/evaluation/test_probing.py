@@ -123,3 +123,19 @@ def test_bad_inputs_name_the_function():
     probing.logistic_fit(np.ones((3, 2)), [0, 2, 0], l2=1.0)
   with pytest.raises(ValueError, match="ridge_fit: x must be"):
     probing.ridge_fit(np.ones((3, 2)), [0, 1], l2=1.0)
+
+
+def test_within_group_permutation_p():
+  # Perfectly aligned within 3 groups of 4: the observed Spearman is 1 and only permutations that leave every
+  # group's order intact reach it: p = (1 + hits) / (1 + n) with hits ~ n / 24^3.
+  x = np.arange(12.0)
+  y = np.arange(12.0)
+  groups = np.repeat([0, 1, 2], 4)
+  rho, p = probing.within_group_permutation_p(x, y, groups, num_permutations=2000)
+  assert rho == pytest.approx(1.0) and p < 0.01
+  # y unrelated to x within groups but shifted by group: the pooled rho is large, yet the within-group null
+  # reproduces it (the group shift is kept), so p is not small.
+  rng = np.random.default_rng(0)
+  y2 = np.repeat([0.0, 10.0, 20.0], 4) + rng.normal(size=12)
+  rho2, p2 = probing.within_group_permutation_p(x, y2, groups, num_permutations=2000)
+  assert rho2 > 0.7 and p2 > 0.05
