@@ -10,6 +10,7 @@ from paper_tables import smoke_table_means
 from configs.papers import probing as paper
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
+from experiments.analysis import probing as analysis
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "probing.py")
 
@@ -56,3 +57,6 @@ def test_smoke_sweep_end_to_end(paper_smoke):
       continue  # a gold reward, not a rate
     else:
       assert 0.0 <= means[metric] <= 1.0, (metric, means[metric])
+  # The verdict numbers of experiments.analysis.probing come out of the same sweep (one seed: no interval yet).
+  text = analysis.verdict(analysis.load(workdir))
+  assert "spearman(level_mean, bon gold)" in text and "probe-confidence AUROC" in text
