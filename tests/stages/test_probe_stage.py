@@ -103,8 +103,7 @@ def test_run_writes_metrics_and_correlations(saved_rms):
       assert 0.0 <= m[f"rm{i}/level/{comp}"] <= 1.0 and 0.0 <= m[f"rm{i}/pair/{comp}"] <= 1.0
   level = [m[f"rm{i}/level_mean"] for i in range(3)]
   expected = np.corrcoef(level, [0.0, 0.1, 0.2])[0, 1]
-  assert m["corr/pearson_level_bon"] == pytest.approx(expected, abs=1e-9) or (np.isnan(expected)
-                                                                               and np.isnan(m["corr/pearson_level_bon"]))
+  np.testing.assert_allclose(m["corr/pearson_level_bon"], expected, atol=1e-9)  # NaN == NaN (equal_nan)
   assert np.isfinite(m["conf_auroc_mean"])
   results = json.loads((root / "probe" / "results.json").read_text())
   assert results["status"] == "done" and results["data"]["test"]["scored"] == 32
