@@ -19,6 +19,8 @@ from flax import nnx
 
 from jaxrlhf.config import STAGE_PREFIX, ConfigError, field, stage_ref
 from jaxrlhf.models import CausalLM, from_pretrained
+from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel import make_mesh
@@ -199,3 +201,19 @@ def write_results(workdir: str, metrics: Mapping[str, Any], **extra: Any) -> str
       json.dump({"status": "done", "metrics": dict(metrics), **extra}, f, indent=2)
     os.replace(tmp, path)
   return path
+
+
+def feature_model(model_config: Any, backbone: Mapping[str, Any]) -> RewardModel:
+  """A RewardModel of the pretrained `backbone` (a CausalLM's or reward model's pure backbone params, no lm_head)
+  whose "attributes" head is the D x D identity: its attribute outputs (`scoring.pair_rewards(...,
+  attributes=True)`) are the final-norm hidden states at the reward read positions, exactly (x @ I = x), in either
+  pair layout. The reward_heads stage caches these features; the probe stage probes them."""
+  d = model_config.embed_dim
+  head = HeadConfig(kind="attributes", num_outputs=d)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(model_config, head, rngs=nnx.Rngs(0))))
+  dtype = jnp.dtype(model_config.param_dtype)
+  nnx.replace_by_pure_dict(state, {
+      "backbone": jax.tree.map(jnp.asarray, dict(backbone)),
+      "head": {"kernel": jnp.eye(d, dtype=dtype), "bias": jnp.zeros((d,), dtype),
+               "attribute_weights": jnp.full((d,), 1.0 / d, jnp.float32)}})
+  return nnx.merge(graphdef, state)

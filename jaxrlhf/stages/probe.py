@@ -36,14 +36,12 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.evaluation import probing
 from jaxrlhf.evaluation import stats
-from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
@@ -95,18 +93,8 @@ class ProbeConfig:
 
 
 def identity_feature_model(rm: RewardModel) -> RewardModel:
-  """A RewardModel with `rm`'s backbone whose "attributes" head is the D x D identity: its attribute outputs are the
-  final-norm hidden states at the reward read positions, exactly (x @ I + 0 = x)."""
-  config = rm.config
-  d = config.embed_dim
-  head = HeadConfig(kind="attributes", num_outputs=d)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(config, head, rngs=nnx.Rngs(0))))
-  dtype = jnp.dtype(config.param_dtype)
-  nnx.replace_by_pure_dict(state, {
-      "backbone": nnx.to_pure_dict(nnx.state(rm.backbone)),
-      "head": {"kernel": jnp.eye(d, dtype=dtype), "bias": jnp.zeros((d,), dtype),
-               "attribute_weights": jnp.full((d,), 1.0 / d, jnp.float32)}})
-  return nnx.merge(graphdef, state)
+  """A RewardModel with `rm`'s backbone whose "attributes" head is the D x D identity (`common.feature_model`)."""
+  return common.feature_model(rm.config, nnx.to_pure_dict(nnx.state(rm.backbone)))
 
 
 def representations(rm: RewardModel, plan: inputs_lib.ScoringBatches) -> dict[str, np.ndarray]:

@@ -50,7 +50,7 @@ from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.evaluation import pairwise
 from jaxrlhf.losses import reward as reward_losses
 from jaxrlhf.models.heads import HeadConfig, RewardHead
-from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
+from jaxrlhf.models.reward_model import RewardEnsemble
 from jaxrlhf.parallel import MeshConfig
 from jaxrlhf.parallel.sharding import batch_sharding
 from jaxrlhf.stages import artifacts
@@ -114,19 +114,7 @@ class RewardHeadsConfig:
     return HeadConfig(kind=self.head, hidden_dim=self.hidden_dim or None)
 
 # ------------------------------------------------------------------------------------------------ features
-def feature_model(model_config: Any, backbone: Mapping[str, Any]) -> RewardModel:
-  """A RewardModel of the pretrained `backbone` (a CausalLM's pure params, no lm_head) whose "attributes" head is
-  the D x D identity: its attribute outputs (`scoring.pair_rewards(..., attributes=True)`) are the final-norm
-  hidden states at the reward read positions, in float32, exactly (x @ I = x), in either pair layout."""
-  d = model_config.embed_dim
-  head = HeadConfig(kind="attributes", num_outputs=d)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(model_config, head, rngs=nnx.Rngs(0))))
-  dtype = jnp.dtype(model_config.param_dtype)
-  nnx.replace_by_pure_dict(state, {
-      "backbone": jax.tree.map(jnp.asarray, dict(backbone)),
-      "head": {"kernel": jnp.eye(d, dtype=dtype), "bias": jnp.zeros((d,), dtype),
-               "attribute_weights": jnp.full((d,), 1.0 / d, jnp.float32)}})
-  return nnx.merge(graphdef, state)
+feature_model = common.feature_model  # The frozen backbone with an identity "attributes" head.
 
 
 def params_digest(pure: Mapping[str, Any]) -> str:
