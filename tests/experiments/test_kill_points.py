@@ -6,7 +6,9 @@ preference (dpo), rl (grpo), best_of_n and evaluate_policy. Each process is kill
 KILL_POINTS; the last one runs to the end. A poller kills from outside (`kill -9`) at points that last long enough
 to hit every time (a progress file appears and the stage has work left); tests/experiments/kill_run.py makes the
 process SIGKILL itself at points that last milliseconds (while a checkpoint is being written, between finalizing a
-checkpoint and writing its manifest, between the last DONE.json and results.json).
+checkpoint and writing its manifest, between the last DONE.json and results.json). A second chain
+(tests/experiments/kill_paper_chain_config.py) does the same for the paper stage kinds: reward_heads mid-training,
+then reward_eval, preference_strength, token_credit, density_ratio and logp_shift while each runs.
 """
 
 import dataclasses
@@ -109,6 +111,29 @@ KILL_POINTS = (
 )
 STAGES = ("sft", "reward", "dpo", "grpo", "best_of_n", "evaluate")
 
+# The paper stage kinds (tests/experiments/kill_paper_chain_config.py): reward_heads mid-training (after its
+# checkpoint 2; its cached features are reused), then each evaluation-only kind while it runs.
+PAPER_CHAIN = "tests/experiments/kill_paper_chain_config.py"
+PAPER_STAGES = ("sft", "ensemble", "heads", "heads_eval", "strength", "dpo", "credit", "ratio", "shift")
+
+
+def _started(stage: str, previous: str) -> KillPoint:
+  """Kill while `stage` (an evaluation-only kind) runs: `previous` is done, `stage` is not."""
+  return KillPoint(f"{stage}: started", stage, when=lambda w: (w / previous / "DONE.json").exists(),
+                   left=_not_done(stage))
+
+
+PAPER_KILL_POINTS = (
+    KillPoint("heads (reward_heads): after checkpoint 2", "heads",
+              when=lambda w: (w / "heads/checkpoints/2/jaxrlhf_manifest.json").exists(), left=_not_done("heads"),
+              resumes="heads"),
+    _started("heads_eval", "heads"),  # reward_eval
+    _started("strength", "heads_eval"),  # preference_strength
+    _started("credit", "dpo"),  # token_credit
+    _started("ratio", "credit"),  # density_ratio
+    _started("shift", "ratio"),  # logp_shift
+)
+
 
 def _start(args: list[str], log: pathlib.Path, inject: str = "", workdir: pathlib.Path | None = None
            ) -> subprocess.Popen:
@@ -150,13 +175,17 @@ def _results(workdir: pathlib.Path) -> dict:
   return json.loads((workdir / "results.json").read_text().replace(str(workdir), "<workdir>"))
 
 
-def test_chain_killed_at_every_stage_kind_resumes_to_identical_results(tmp_path):
+def _kill_and_resume(tmp_path: pathlib.Path, chain: str, points: tuple[KillPoint, ...], stages: tuple[str, ...]
+                     ) -> tuple[pathlib.Path, pathlib.Path, list[str]]:
+  """Runs `chain` once uninterrupted (alongside) and once killed at every point of `points`, then to the end;
+  checks every re-run took over the stale lock, skipped the finished stages and resumed the half-done one.
+  Returns (reference workdir, killed workdir, the killed workdir's logs)."""
   ref_dir, work = tmp_path / "ref", tmp_path / "killed"
-  args = lambda w: [f"--config={CHAIN}", f"--workdir={w}"]  # noqa: E731
+  args = lambda w: [f"--config={chain}", f"--workdir={w}"]  # noqa: E731
   # The uninterrupted reference runs alongside (one core each on a 2-core machine).
   ref = _start(args(ref_dir), tmp_path / "ref.log")
   logs = []
-  for i, point in enumerate(KILL_POINTS):
+  for i, point in enumerate(points):
     log = tmp_path / f"run{i}.log"
     proc = _start(args(work), log, point.inject, work)
     rc = _wait(proc, log, (lambda p=point: p.when(work)) if point.when else None)
@@ -171,10 +200,10 @@ def test_chain_killed_at_every_stage_kind_resumes_to_identical_results(tmp_path)
   assert _wait(ref, tmp_path / "ref.log") == 0, (tmp_path / "ref.log").read_text()[-3000:]
 
   # Every re-run took over the killed process's lock, skipped the finished stages and resumed the half-done one.
-  for i, point in enumerate(KILL_POINTS):
+  for i, point in enumerate(points):
     rerun = logs[i + 1]
     assert f"[lock] taking over the stale lock {work / '.jaxrlhf.lock'}" in rerun, (point.name, rerun[-2000:])
-    done_before = STAGES[:STAGES.index(point.stage)] if point.stage else STAGES
+    done_before = stages[:stages.index(point.stage)] if point.stage else stages
     for stage in done_before:
       assert f"[run] stage {stage!r} already finished; skipping" in rerun, (point.name, stage)
     if point.stage:
@@ -184,6 +213,11 @@ def test_chain_killed_at_every_stage_kind_resumes_to_identical_results(tmp_path)
       assert len(resumed) == 1 and resumed[0].endswith(f"({work / point.resumes / 'checkpoints'})"), rerun
       if point.inject:
         assert resumed[0].startswith("[train] resuming from step 2 ")
+  return ref_dir, work, logs
+
+
+def test_chain_killed_at_every_stage_kind_resumes_to_identical_results(tmp_path):
+  ref_dir, work, _ = _kill_and_resume(tmp_path, CHAIN, KILL_POINTS, STAGES)
   assert not _tmp_steps(work / "sft/checkpoints")  # The half-written checkpoint's temporary folder is removed.
 
   # Nothing was lost: the same results, to the last bit, and the same training curves, line by line.
@@ -192,6 +226,30 @@ def test_chain_killed_at_every_stage_kind_resumes_to_identical_results(tmp_path)
     assert _metric_lines(work, stage) == _metric_lines(ref_dir, stage), stage
     assert [l["step"] for l in _metric_lines(work, stage)] == [2, 4, 4]  # Train at 2 and 4, eval at 4: each once.
   assert (work / "grpo/model/model.safetensors").read_bytes() == (ref_dir / "grpo/model/model.safetensors").read_bytes()
+
+
+def _without_timings(x):
+  """`x` without wall-clock entries (time/*, *seconds) and the feature cache's `reused` flag, for comparison."""
+  if isinstance(x, dict):
+    return {k: _without_timings(v) for k, v in x.items()
+            if not (k.startswith("time/") or k.endswith("seconds") or k.endswith("_s") or k == "reused")}
+  return x
+
+
+def test_paper_stage_kinds_killed_resume_to_identical_results(tmp_path):
+  ref_dir, work, logs = _kill_and_resume(tmp_path, PAPER_CHAIN, PAPER_KILL_POINTS, PAPER_STAGES)
+  # reward_heads resumed its head training from the cached features, not a new feature pass.
+  assert "[reward_heads] reusing the features cached in" in logs[1], logs[1][-2000:]
+  # Nothing was lost: the same results to the last bit (every paper kind's metrics; NaN compares equal through
+  # JSON) and the same head training; only wall-clock timings differ.
+  killed, ref = _results(work), _results(ref_dir)
+  assert killed["stages"]["heads"]["data_report"]["features"]["reused"] is True
+  assert json.dumps(_without_timings(killed), sort_keys=True) == json.dumps(_without_timings(ref), sort_keys=True)
+  assert _metric_lines(work, "heads") == _metric_lines(ref_dir, "heads")
+  for stage in PAPER_STAGES[3:]:
+    if (ref_dir / stage / "results.json").exists():
+      assert json.loads((work / stage / "results.json").read_text())["metrics"] == json.loads(
+          (ref_dir / stage / "results.json").read_text())["metrics"], stage
 
 
 def _start_sweep(workdir: pathlib.Path, log: pathlib.Path) -> subprocess.Popen:
