@@ -24,14 +24,20 @@ init and data order; the world and population are fixed.
     python -m experiments.sweep --config configs/papers/pal.py --workdir runs/papers/pal --workers 1
     python -m experiments.tables --workdir runs/papers/pal
 Smoke (seconds): `--config configs/papers/pal.py:smoke` (sweep: one seed).
+
+Variant "backbone" (and "backbone_smoke"): the same comparison on LEARNED features instead of the oracle components:
+a world-sized decoder SFT'd on the world's reference responses ("sft"), frozen; a "reward_heads" stage ("features")
+caches its final-norm hidden state at each response's last token for every pair (and trains throwaway BT heads);
+"pal" reads that cache (features="cache", features_from="stage:features") with the same data section. This is the
+chain a SmolLM2 row would use (reward_heads with model.init_from = the GGUF, data = a file with an annotator column).
 """
 
 import numpy as np
 
 from configs import _sections as S
-from jaxrlhf.stages import pal
+from jaxrlhf.stages import pal, reward_heads, sft
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "backbone", "backbone_smoke")
 # Rows: prototype raters' weights over (quality, relevance, coherence, repetition, length).
 PROTOTYPES = ((2.0, 0.0, 0.0, 0.0, 1.0), (0.0, 3.0, 0.0, 0.0, -1.5), (0.0, 0.0, 3.0, 2.0, 0.0))
 NUM_USERS, NUM_UNSEEN, ALPHA, POPULATION_SEED = 60, 12, 0.3, 0
@@ -47,11 +53,31 @@ def population(prototypes=PROTOTYPES, num_users=NUM_USERS, alpha=ALPHA, seed=POP
   return tuple((f"u{i:02d}", tuple(round(float(x), 4) for x in row)) for i, row in enumerate(mix @ p))
 
 
+def _backbone_chain(smoke: bool, pal_stage):
+  """sft -> features (reward_heads: the frozen-backbone feature cache) -> pal on the cache."""
+  data = dict(pal_stage.data.to_dict(), max_length=48)
+  if smoke:
+    base = S.stage("sft", sft.SFTConfig, model=dict(config=S.SMOKE_MODEL), data=dict(S.SMOKE_DATA),
+                   loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3))
+  else:
+    base = S.stage("sft", sft.SFTConfig, model=dict(config=S.WORLD_MODEL),
+                   data=dict(num_train=8192, num_eval=256, batch_size=32, max_length=48),
+                   optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=20, decay_steps=300,
+                                  end_lr_factor=0.1, clip_norm=1.0),
+                   loop=dict(num_steps=300, log_every=50, checkpoint_every=300, eval_every=0, progress=False,
+                             tensorboard=False, async_checkpoints=False))
+  features = S.stage("reward_heads", reward_heads.RewardHeadsConfig, model=dict(init_from="stage:sft"),
+                     data=dict(data, eval_batch_size=256), loop=S.SMOKE_LOOP)
+  pal_stage.data = data
+  pal_stage.features, pal_stage.features_from = "cache", "stage:features"
+  return {"sft": base, "features": features, "pal": pal_stage}
+
+
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/pal.py: unknown variant {variant!r}; valid: " + ", ".join(VARIANTS))
-  smoke = variant == "smoke"
+  smoke = variant in ("smoke", "backbone_smoke")
   users = population(num_users=12 if smoke else NUM_USERS)
   unseen = tuple(name for name, _ in users[-(3 if smoke else NUM_UNSEEN):])
   world = dict(annotators=users)
@@ -65,7 +91,8 @@ def get_config(arg=None):
                     pref_dim=16, num_prototypes=len(PROTOTYPES),
                     optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=50, decay_steps=2000,
                                    end_lr_factor=0.1))
-  config = S.chain({"pal": stage}, seed=0)
+  stages = _backbone_chain(smoke, stage) if variant.startswith("backbone") else {"pal": stage}
+  config = S.chain(stages, seed=0)
   shots = (1, 5) if smoke else SHOTS
   config.tables = dict(metrics=("pal/seen/pal_accuracy", "pal/seen/bt_accuracy", "pal/seen/ceiling_accuracy",
                                 "pal/seen/pal_minus_bt", "pal/unseen/bt_accuracy", "pal/unseen/pal_n0_accuracy",
@@ -75,6 +102,6 @@ def get_config(arg=None):
 
 
 def sweep(add, arg=None):
-  """5 seeds (init and data order); smoke: one seed."""
-  for seed in ((0,) if arg == "smoke" else (0, 1, 2, 3, 4)):
+  """5 seeds (init and data order); smoke variants: one seed."""
+  for seed in ((0,) if arg in ("smoke", "backbone_smoke") else (0, 1, 2, 3, 4)):
     add(seed=seed)

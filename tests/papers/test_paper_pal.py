@@ -3,6 +3,7 @@ world's annotators and its users genuinely disagree (one shared reward is clearl
 the chain is the comparison PAL needs (PAL and BT on the same pairs, features, optimizer and steps; unseen users held
 out); the sweep grid is 5 seeds (1 for smoke), and the smoke sweep runs end to end into a sane table."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -67,3 +68,15 @@ def test_smoke_sweep_end_to_end(paper_smoke):
   for metric in config.tables.metrics:
     low = -1.0 if metric.endswith("minus_bt") else 0.0
     assert low <= means[metric] <= 1.0, (metric, means[metric])
+
+
+def test_backbone_variant_reads_the_frozen_backbone_cache_of_the_same_pairs():
+  stages = {name: cfg for name, _, cfg in run_lib.plan(paper.get_config("backbone"))}
+  assert list(stages) == ["sft", "features", "pal"]
+  assert stages["features"].model.init_from == "stage:sft"
+  assert stages["pal"].features == "cache" and stages["pal"].features_from == "stage:features"
+  # The cache's rows index the features stage's records: both stages must read the same pairs.
+  features_data = stages["features"].data
+  assert dataclasses.replace(features_data, eval_batch_size=stages["pal"].data.eval_batch_size) == stages["pal"].data
+  assert stages["pal"].unseen_users == paper.get_config().pal.unseen_users
+  assert [r["seed"] for r in sweep_lib.collect(SPEC + ":backbone_smoke")] == [0]
