@@ -80,3 +80,15 @@ def test_backbone_variant_reads_the_frozen_backbone_cache_of_the_same_pairs():
   assert dataclasses.replace(features_data, eval_batch_size=stages["pal"].data.eval_batch_size) == stages["pal"].data
   assert stages["pal"].unseen_users == paper.get_config().pal.unseen_users
   assert [r["seed"] for r in sweep_lib.collect(SPEC + ":backbone_smoke")] == [0]
+
+
+def test_smollm2_variant_caches_features_once_for_five_seeded_pal_stages():
+  stages = {name: cfg for name, _, cfg in run_lib.plan(paper.get_config("smollm2"))}
+  assert list(stages) == ["features", *[f"pal_s{k}" for k in paper.SMOLLM2_SEEDS]]
+  assert stages["features"].model.init_from.endswith(".gguf")
+  assert stages["features"].data.tokenizer == stages["features"].model.init_from
+  for k in paper.SMOLLM2_SEEDS:
+    pal_stage = stages[f"pal_s{k}"]
+    assert pal_stage.seed == k and pal_stage.features_from == "stage:features"
+    assert pal_stage.data == stages["features"].data
+  assert sweep_lib.collect(SPEC + ":smollm2") == [{}]
