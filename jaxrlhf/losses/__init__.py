@@ -5,14 +5,16 @@ Modules: logps (sequence log-probs, chunked), reward (Bradley-Terry, margins, at
 strength), preference (the DPO family), reference_free (SimPO, ORPO), kto, token_level (T-REG), aggregation
 (ensemble reward aggregation), policy_gradient (GRPO/RLOO advantages, clipped surrogate, KL estimators,
 process-reward refinement), policy_variants (Dr. GRPO, DAPO, GSPO, CISPO as named objectives; dynamic sampling,
-overlong punishment), ppo (GAE, whitening, clipped value loss, PPO loss, KL controllers). A stage picks a variant
-by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`, `policy_variant_loss(variant=...)`, the preference
-stage's `loss.algorithm`); each name maps to one small function inside its module.
+overlong punishment), ppo (GAE, whitening, clipped value loss, PPO loss, KL controllers), pal (PAL's per-user
+Bradley-Terry loss, prototype-norm bound). A stage picks a variant by config name (`dpo_loss(loss_type=...)`,
+`aggregate(method)`, `policy_variant_loss(variant=...)`, the preference stage's `loss.algorithm`); each name maps
+to one small function inside its module.
 """
 
 from jaxrlhf.losses.aggregation import (AGGREGATION_METHODS, aggregate, mean_minus_std_reward, mean_minus_var_reward,
                                         mean_reward, median_reward, min_reward)
 from jaxrlhf.losses.kto import kto_kl_estimate, kto_loss
+from jaxrlhf.losses.pal import pal_loss, prototype_norm_penalty, user_balanced_weights
 from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps_from_logits, fused_sequence_logps,
                                   sequence_logps, shift_for_next_token, token_entropy)
 from jaxrlhf.losses.policy_gradient import (aggregate_token_losses, clip_process_rewards, clipped_policy_loss,

@@ -13,6 +13,7 @@ from jaxrlhf.stages import best_of_n
 from jaxrlhf.stages import density_ratio
 from jaxrlhf.stages import evaluate_policy
 from jaxrlhf.stages import logp_shift
+from jaxrlhf.stages import pal
 from jaxrlhf.stages import preference
 from jaxrlhf.stages import preference_strength
 from jaxrlhf.stages import probe
@@ -65,4 +66,5 @@ KINDS: dict[str, StageKind] = table(
     StageKind("density_ratio", density_ratio.DensityRatioConfig, density_ratio.run),
     StageKind("logp_shift", logp_shift.LogpShiftConfig, logp_shift.run),
     StageKind("probe", probe.ProbeConfig, probe.run),
+    StageKind("pal", pal.PALConfig, pal.run, ("results",)),
 )

@@ -2,13 +2,14 @@
 the module functions themselves (one definition each)."""
 
 import jaxrlhf.losses as losses
-from jaxrlhf.losses import (aggregation, kto, logps, policy_gradient, policy_variants, ppo, preference, reference_free,
-                            reward, token_level)
+from jaxrlhf.losses import (aggregation, kto, logps, pal, policy_gradient, policy_variants, ppo, preference,
+                            reference_free, reward, token_level)
 
 PUBLIC = {
     aggregation: ("aggregate", "mean_reward", "median_reward", "min_reward", "mean_minus_std_reward",
                   "mean_minus_var_reward", "AGGREGATION_METHODS"),
     kto: ("kto_loss", "kto_kl_estimate"),
+    pal: ("pal_loss", "prototype_norm_penalty", "user_balanced_weights"),
     logps: ("sequence_logps", "chunked_sequence_logps", "chunked_sequence_logps_from_logits", "fused_sequence_logps",
             "token_entropy", "shift_for_next_token"),
     policy_gradient: ("group_advantages", "rloo_advantages", "clipped_surrogate", "clipped_policy_loss",
