@@ -19,6 +19,7 @@ from jaxrlhf.stages import reward
 from jaxrlhf.stages import reward_eval
 from jaxrlhf.stages import reward_heads
 from jaxrlhf.stages import rl
+from jaxrlhf.stages import self_rewarding
 from jaxrlhf.stages import sft
 from jaxrlhf.stages import token_credit
 
@@ -63,4 +64,5 @@ KINDS: dict[str, StageKind] = table(
     StageKind("token_credit", token_credit.TokenCreditConfig, token_credit.run),
     StageKind("density_ratio", density_ratio.DensityRatioConfig, density_ratio.run),
     StageKind("logp_shift", logp_shift.LogpShiftConfig, logp_shift.run),
+    StageKind("self_rewarding", self_rewarding.SelfRewardingConfig, self_rewarding.run, ("model_dir",)),
 )
