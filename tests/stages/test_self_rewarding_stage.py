@@ -102,6 +102,18 @@ def _config(m0, m1, iterations, consistency="average"):
                "async_checkpoints": False}}, sr.SelfRewardingConfig)
 
 
+def test_one_iteration_dynamic_consistency(tmp_path):
+  m0, m1 = _models(tmp_path)
+  metrics = sr.run(_config(m0, m1, 1, "dynamic"), str(tmp_path / "run"), {})["metrics"]
+  assert metrics["iter0/kl"] == pytest.approx(0.0, abs=1e-4)  # the start policy against itself
+  assert np.isfinite(metrics["iter1/gold"]) and np.isfinite(metrics["iter1/kl"]) and metrics["iter1/pairs"] > 0
+  # Per-prompt rates: their mean over the pairs is the reported (mean) rate.
+  assert metrics["iter1/consistency_applied"] == pytest.approx(metrics["iter1/consistency"], abs=1e-6)
+  with open(os.path.join(tmp_path, "run", "iter1", "iteration.json")) as f:
+    assert json.load(f)["iter1/gold"] == metrics["gold"]
+
+
+@pytest.mark.slow
 def test_two_iterations_and_per_iteration_resume(tmp_path):
   m0, m1 = _models(tmp_path)
   full = sr.run(_config(m0, m1, 2), str(tmp_path / "full"), {})
