@@ -55,7 +55,8 @@ def test_is_conservative_dpo_with_smoothing_one_minus_c():
 
 def test_golden_and_per_pair_consistency():
   # beta 0.5: rewards 0.5 * (-1 + 1.5) = 0.25 and 0.5 * (-2 + 1.5) = -0.25, d = 0.5;
-  # L = -0.8 log sig(0.5) - 0.2 log sig(-0.5) = 0.8 * 0.474077 + 0.2 * 0.974077 = 0.574077 (log sig(-x) = log sig(x) - x).
+  # L = -0.8 log sig(0.5) - 0.2 log sig(-0.5) = 0.8 * 0.474077 + 0.2 * 0.974077 = 0.574077
+  # (log sig(-x) = log sig(x) - x).
   one = lambda v: jnp.asarray([v], jnp.float32)  # noqa: E731
   got, m = sr.consistency_regularized_dpo_loss(one(-1.0), one(-2.0), one(-1.5), one(-1.5), 0.8, beta=0.5)
   np.testing.assert_allclose(got, [0.5740770], rtol=1e-6)
