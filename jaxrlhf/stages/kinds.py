@@ -21,6 +21,7 @@ from jaxrlhf.stages import reward
 from jaxrlhf.stages import reward_eval
 from jaxrlhf.stages import reward_heads
 from jaxrlhf.stages import rl
+from jaxrlhf.stages import self_rewarding
 from jaxrlhf.stages import sft
 from jaxrlhf.stages import token_credit
 
@@ -67,4 +68,5 @@ KINDS: dict[str, StageKind] = table(
     StageKind("logp_shift", logp_shift.LogpShiftConfig, logp_shift.run),
     StageKind("probe", probe.ProbeConfig, probe.run),
     StageKind("pal", pal.PALConfig, pal.run, ("results",)),
+    StageKind("self_rewarding", self_rewarding.SelfRewardingConfig, self_rewarding.run, ("model_dir",)),
 )
