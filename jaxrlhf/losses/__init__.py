@@ -5,7 +5,8 @@ Modules: logps (sequence log-probs, chunked), reward (Bradley-Terry, margins, at
 strength), preference (the DPO family), reference_free (SimPO, ORPO), kto, token_level (T-REG), aggregation
 (ensemble reward aggregation), policy_gradient (GRPO/RLOO advantages, clipped surrogate, KL estimators,
 process-reward refinement), policy_variants (Dr. GRPO, DAPO, GSPO, CISPO as named objectives; dynamic sampling,
-overlong punishment), ppo (GAE, whitening, clipped value loss, PPO loss, KL controllers). A stage picks a variant
+overlong punishment), ppo (GAE, whitening, clipped value loss, PPO loss, KL controllers), value (VAS's TD(lambda)
+value targets and regression loss). A stage picks a variant
 by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`, `policy_variant_loss(variant=...)`, the preference
 stage's `loss.algorithm`); each name maps to one small function inside its module.
 """
@@ -28,3 +29,4 @@ from jaxrlhf.losses.reference_free import orpo_loss, simpo_loss
 from jaxrlhf.losses.reward import (adaptive_margin, attribute_regression_loss, bradley_terry_loss,
                                    preference_strength, scalarize_attributes)
 from jaxrlhf.losses.token_level import contrastive_token_rewards, token_reward_regularizer, treg_loss
+from jaxrlhf.losses.value import state_mask, td_lambda_returns, value_regression_loss
