@@ -21,6 +21,8 @@ from jaxrlhf.stages import reward_heads
 from jaxrlhf.stages import rl
 from jaxrlhf.stages import sft
 from jaxrlhf.stages import token_credit
+from jaxrlhf.stages import value_train
+from jaxrlhf.stages import vas_decode
 
 StageFn = Callable[[Any, str, dict[str, dict[str, Any]]], dict[str, Any]]
 
@@ -63,4 +65,6 @@ KINDS: dict[str, StageKind] = table(
     StageKind("token_credit", token_credit.TokenCreditConfig, token_credit.run),
     StageKind("density_ratio", density_ratio.DensityRatioConfig, density_ratio.run),
     StageKind("logp_shift", logp_shift.LogpShiftConfig, logp_shift.run),
+    StageKind("value_train", value_train.ValueTrainConfig, value_train.run, ("value_dir",)),
+    StageKind("vas_decode", vas_decode.VASDecodeConfig, vas_decode.run),
 )
