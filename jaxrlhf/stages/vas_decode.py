@@ -81,8 +81,12 @@ class VASDecodeConfig:
     for i, v in enumerate(self.values):
       if not v.value_model:
         raise ConfigError(f"{path}.values[{i}].value_model: required ('stage:<value_train stage>' or a folder)")
-    if not self.betas or any(b < 0 for b in self.betas):
-      raise ConfigError(f"{path}.betas: non-empty, every beta >= 0 expected, got {self.betas}")
+    composes = len(self.values) == 2 and bool(self.compose_weights)
+    if (not self.betas and not composes) or any(b < 0 for b in self.betas):
+      raise ConfigError(f"{path}.betas: every beta >= 0 expected, and at least one unless two values are composed; "
+                        f"got {self.betas}")
+    if self.baselines and not self.betas:
+      raise ConfigError(f"{path}.baselines: matched-KL comparisons need the VAS curve over {path}.betas (empty)")
     if any(n < 1 for n in self.bon_ns):
       raise ConfigError(f"{path}.bon_ns: every n >= 1 expected, got {self.bon_ns}")
     if any(not 0.0 <= w <= 1.0 for w in self.compose_weights):

@@ -31,6 +31,7 @@ def test_chain_is_the_comparison(variant):
   vas, compose = by_name["vas"], by_name["compose"]
   assert [(v.value_model, v.reward) for v in vas.values] == [("stage:value_gold", "gold")]
   assert vas.baselines == ("eval_dpo", "eval_grpo") and vas.betas[0] == 0.0 and min(vas.bon_ns) == 1
+  assert compose.betas == () and compose.bon_ns == ()  # the composition grid only
   assert [v.reward for v in compose.values] == list(paper.COMPOSED)
   assert compose.compose_weights[0] == 0.0 and compose.compose_weights[-1] == 1.0
   # Like with like: the same prompts (the world's first test prompts), response budget and base for every method.
