@@ -98,7 +98,7 @@ def get_config(arg=None):
       *[f"vas/vas/beta={b:g}/{m}" for b in betas for m in ("gold", "kl", "forwards")],
       *[f"vas/bon/n={n}/{m}" for n in ns for m in ("gold", "kl", "forwards")],
       *[f"vas/matched/eval_{m}/{k}" for m in ("dpo", "grpo") for k in ("kl", "gold", "vas_gold", "gain")],
-      *[f"compose/compose/w={w:g}/{r}" for w in weights for r in COMPOSED],
+      *[f"compose/compose/w={w:g}/reward/{r}" for w in weights for r in COMPOSED],
       *[f"compose/compose/spearman_{r}" for r in COMPOSED],
       *[f"value_{r}/eval/corr_final" for r in ("gold", *COMPOSED)]))
   return config

@@ -6,11 +6,11 @@ inference cost of each, and (optionally) the composition of two value models wit
 On the world's first `num_prompts` test prompts (the prompts `evaluate_policy` and `best_of_n` use):
 
   vas/beta=<b>/...   VAS with values[0] at each beta of `betas` (`sampling.vas_generate`, top_k candidates): gold
-                     (r*), reward (values[0]'s reward), kl (exact per-step KL to the base summed over the response,
-                     nats), length (tokens), forwards (token forwards per response: base n + value (k + 1) n),
+                     (r*), reward/<name> (values[0]'s reward), kl (exact per-step KL to the base summed over the
+                     response, nats), length (tokens), forwards (token forwards per response: base n + value (k + 1) n),
                      generated (tokens generated per response = n);
   bon/n=<n>/...      best-of-n of base samples (temperature 1, one pool of max(bon_ns) per prompt, the unbiased
-                     estimator `sampling.best_of_n_curves`) selected by values[0]'s reward: gold, reward, kl
+                     estimator `sampling.best_of_n_curves`) selected by values[0]'s reward: gold, reward/<name>, kl
                      (log n - (n-1)/n), length, forwards = generated = n * the pool's mean length (the world's rewards
                      cost no model pass; a reward model would add n response passes);
   matched/<stage>/...  for each `baselines` stage (an evaluate_policy stage of a policy trained on the same reward, e.g.
@@ -18,7 +18,7 @@ On the world's first `num_prompts` test prompts (the prompts `evaluate_policy` a
                      over KL; in_range = 0 when the baseline's KL lies outside the curve, where the end value is used)
                      and gain = vas_gold - gold;
   compose/w=<w>/...  with two value models: Q = w Q_0 + (1 - w) Q_1 at `compose_beta` for each w of
-                     `compose_weights`: both rewards, gold, kl, length; compose/spearman_<reward> is the rank
+                     `compose_weights`: reward/<name> of both, gold, kl, length; compose/spearman_<name> is the rank
                      correlation of w with each reward's mean over the grid (a smooth trade-off: +1 and -1).
 
 The same key draws every setting's samples of a prompt batch (common random numbers across betas and weights).
@@ -138,8 +138,8 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
 
   def report(prefix: str, result: dict[str, np.ndarray], num_models: int) -> None:
     metrics[f"{prefix}/gold"] = float(result["gold"].mean())
-    for i, name in enumerate(rewards[:num_models] if num_models else rewards[:1]):
-      metrics[f"{prefix}/reward" if i == 0 and num_models == 1 else f"{prefix}/{name}"] = float(result[name].mean())
+    for name in rewards[:num_models]:
+      metrics[f"{prefix}/reward/{name}"] = float(result[name].mean())
     metrics[f"{prefix}/kl"] = float(result["kl"].mean())
     metrics[f"{prefix}/length"] = float(result["num_tokens"].mean())
     cost = vas_cost(result["num_tokens"], top_k=cfg.top_k, num_value_models=num_models, value_params_ratio=ratio)
@@ -175,7 +175,7 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
     mean_length = float(pool["num_tokens"].mean())
     for j, n in enumerate(ns):
       p = f"bon/n={n}"
-      metrics.update({f"{p}/gold": float(by_reward["gold"][j]), f"{p}/reward": float(by_self["gold"][j]),
+      metrics.update({f"{p}/gold": float(by_reward["gold"][j]), f"{p}/reward/{rewards[0]}": float(by_self["gold"][j]),
                       f"{p}/kl": float(by_reward["kl"][j]), f"{p}/length": float(by_reward["length"][j]),
                       f"{p}/forwards": n * mean_length, f"{p}/flops": n * mean_length,
                       f"{p}/generated": n * mean_length})
