@@ -53,7 +53,7 @@ def _sizes(smoke: bool) -> dict:
       model=S.WORLD_MODEL,
       sft=dict(data=dict(num_train=4096, num_eval=128, batch_size=32, max_length=48),
                optimizer=dict(cosine, learning_rate=3e-3, decay_steps=120),
-               loop=dict(num_steps=120, log_every=25, checkpoint_every=120, eval_every=0, progress=False)),
+               loop=dict(num_steps=120, log_every=20, checkpoint_every=120, eval_every=0, progress=False)),
       value=dict(num_steps=40, prompts_per_step=32, samples_per_prompt=2, num_prompts=2048, max_new_tokens=32,
                  learning_rate=1e-3, eval_prompts=128, log_every=20),
       pref=dict(data=dict(num_train=2400, num_eval=128, batch_size=32, max_length=48),
