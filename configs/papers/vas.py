@@ -21,7 +21,8 @@ The paper's PPO baseline is not available (the rl stage has no value-model PPO y
 
     python -m experiments.sweep --config configs/papers/vas.py --workdir runs/papers/vas --workers 1
     python -m experiments.tables --workdir runs/papers/vas
-Smoke (seconds): `--config configs/papers/vas.py:smoke` (sweep: one seed).
+Smoke (seconds): `--config configs/papers/vas.py:smoke` (sweep: one seed; no DPO / GRPO stages, the base's own
+evaluation is the matched-KL baseline).
 """
 
 from configs import _sections as S
@@ -42,9 +43,6 @@ def _sizes(smoke: bool) -> dict:
         sft=dict(data=S.SMOKE_DATA, loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3)),
         value=dict(num_steps=2, prompts_per_step=4, samples_per_prompt=2, num_prompts=16, max_new_tokens=12,
                    eval_prompts=8, log_every=1),
-        pref=dict(data=dict(S.SMOKE_DATA, max_length=48), loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=1e-3)),
-        rl=dict(num_prompts=16, prompts_per_step=2, eval_prompts=4, sampling=dict(max_new_tokens=12),
-                loop=dict(S.SMOKE_LOOP, num_steps=2), optimizer=dict(learning_rate=1e-3)),
         eval=dict(num_prompts=8, batch_size=8, max_new_tokens=12),
         vas=dict(num_prompts=8, batch_size=8, max_new_tokens=12, top_k=4, betas=(0.0, 4.0), bon_ns=(1, 4)),
         compose=dict(compose_weights=(0.0, 0.5, 1.0)))
@@ -76,18 +74,22 @@ def get_config(arg=None):
   for reward in ("gold", *COMPOSED):
     stages[f"value_{reward}"] = S.stage("value_train", value_train.ValueTrainConfig, policy="stage:sft",
                                         reward=reward, **z["value"])
-  stages["dpo"] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),
-                          loss=dict(algorithm="dpo", beta=0.1), **z["pref"])
-  stages["grpo"] = S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=(dict(kind="gold"),),
-                           num_devices=1, loss=dict(algorithm="grpo", num_generations=4, scale_rewards="group",
-                                                    beta=0.04, kl_mode="loss", kl_estimator="k3"), **z["rl"])
-  for method in ("dpo", "grpo"):
+  # Smoke: no DPO / GRPO training (their stages have their own tests); the base's own evaluation exercises the
+  # matched-KL comparison instead.
+  methods = ("sft",) if variant == "smoke" else ("dpo", "grpo")
+  if variant != "smoke":
+    stages["dpo"] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),
+                            loss=dict(algorithm="dpo", beta=0.1), **z["pref"])
+    stages["grpo"] = S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=(dict(kind="gold"),),
+                             num_devices=1, loss=dict(algorithm="grpo", num_generations=4, scale_rewards="group",
+                                                      beta=0.04, kl_mode="loss", kl_estimator="k3"), **z["rl"])
+  for method in methods:
     stages[f"eval_{method}"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig,
                                        policy=f"stage:{method}", base="stage:sft", **z["eval"])
   vas_sizes = dict(z["vas"])
   stages["vas"] = S.stage("vas_decode", vas_decode.VASDecodeConfig, policy="stage:sft",
                           values=(dict(value_model="stage:value_gold", reward="gold"),),
-                          baselines=("eval_dpo", "eval_grpo"), compose_weights=(), **vas_sizes)
+                          baselines=tuple(f"eval_{m}" for m in methods), compose_weights=(), **vas_sizes)
   stages["compose"] = S.stage("vas_decode", vas_decode.VASDecodeConfig, policy="stage:sft",
                               values=tuple(dict(value_model=f"stage:value_{r}", reward=r) for r in COMPOSED),
                               **dict(vas_sizes, betas=(), bon_ns=()), **z["compose"])
@@ -97,7 +99,7 @@ def get_config(arg=None):
   config.tables = dict(metrics=(
       *[f"vas/vas/beta={b:g}/{m}" for b in betas for m in ("gold", "kl", "forwards")],
       *[f"vas/bon/n={n}/{m}" for n in ns for m in ("gold", "kl", "forwards")],
-      *[f"vas/matched/eval_{m}/{k}" for m in ("dpo", "grpo") for k in ("kl", "gold", "vas_gold", "gain")],
+      *[f"vas/matched/eval_{m}/{k}" for m in methods for k in ("kl", "gold", "vas_gold", "gain")],
       *[f"compose/compose/w={w:g}/reward/{r}" for w in weights for r in COMPOSED],
       *[f"compose/compose/spearman_{r}" for r in COMPOSED],
       *[f"value_{r}/eval/corr_final" for r in ("gold", *COMPOSED)]))
