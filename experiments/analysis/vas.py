@@ -7,6 +7,11 @@ sweep: per-seed values and paired 95% t-intervals over seeds of
   * the composition's end-to-end change (w = 1 minus w = 0) of each composed reward and its rank correlation with w.
 
     python -m experiments.analysis.vas RUNS_DIR [OUT_MD [VARIANT]]
+
+and, for the exploratory variant `value_x5` (the value model trained 5x longer; same seeds, hence the same base
+policies), its VAS curve against the default sweep's best-of-n, DPO and GRPO of the same seeds:
+
+    python -m experiments.analysis.vas --value_x5 X5_RUNS_DIR DEFAULT_RUNS_DIR [OUT_MD]
 """
 
 from __future__ import annotations
@@ -86,9 +91,47 @@ def analyse(runs_dir: str, variant: str = "default") -> str:
   return "\n".join(rows) + "\n"
 
 
+def analyse_value_x5(x5_dir: str, default_dir: str) -> str:
+  """Per-seed VAS gold / KL of the value_x5 runs, and their equal-cost and matched-KL gains against the default
+  sweep's best-of-n, DPO and GRPO of the same seed (post-hoc: such a comparison cannot turn a verdict)."""
+  from jaxrlhf.stages.vas_decode import gold_at_kl  # pylint: disable=g-import-not-at-top
+  default = {r["name"]: r["metrics"] for r in tables_lib.load_runs(default_dir)}
+  runs = [r for r in tables_lib.load_runs(x5_dir) if r["name"] in default]
+  betas, ns = paper.BETAS, paper.BON_NS
+  rows = [f"runs: {', '.join(r['name'] for r in runs)}\n", "| quantity | mean [95% t-interval] | per seed |",
+          "|---|---|---|"]
+
+  def line(name: str, per_seed) -> None:
+    mean, lo, hi = t_interval(np.asarray(per_seed))
+    rows.append(f"| {name} | {mean:.3f} [{lo:.3f}, {hi:.3f}] | {', '.join(f'{v:.3f}' for v in per_seed)} |")
+
+  line("value_gold corr(V(s_n), r)", [r["metrics"]["value_gold/eval/corr_final"] for r in runs])
+  for b in betas:
+    p = f"vas/vas/beta={b:g}"
+    line(f"VAS beta={b:g} gold", [r["metrics"][f"{p}/gold"] for r in runs])
+    line(f"VAS beta={b:g} KL", [r["metrics"][f"{p}/kl"] for r in runs])
+    line(f"VAS beta={b:g} gold - BoN gold at equal cost", [
+        r["metrics"][f"{p}/gold"] - bon_gold_at_cost(default[r["name"]], ns, r["metrics"][f"{p}/forwards"])
+        for r in runs])
+  for base in ("dpo", "grpo"):
+    gains = []
+    for r in runs:
+      kl = np.array([r["metrics"][f"vas/vas/beta={b:g}/kl"] for b in betas])
+      gold = np.array([r["metrics"][f"vas/vas/beta={b:g}/gold"] for b in betas])
+      d = default[r["name"]]
+      gains.append(gold_at_kl(kl, gold, d[f"eval_{base}/kl"])[0] - d[f"eval_{base}/gold/policy"])
+    line(f"VAS (value_x5) - {base.upper()} at matched KL", gains)
+  return "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
-  text = analyse(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 else "default")
+  if sys.argv[1] == "--value_x5":
+    text = analyse_value_x5(sys.argv[2], sys.argv[3])
+    out = sys.argv[4] if len(sys.argv) > 4 else None
+  else:
+    text = analyse(sys.argv[1], sys.argv[3] if len(sys.argv) > 3 else "default")
+    out = sys.argv[2] if len(sys.argv) > 2 else None
   print(text)
-  if len(sys.argv) > 2:
-    with open(sys.argv[2], "w") as f:
+  if out:
+    with open(out, "w") as f:
       f.write(text)
