@@ -6,9 +6,10 @@ strength), preference (the DPO family), reference_free (SimPO, ORPO), kto, token
 (ensemble reward aggregation), self_rewarding (CREAM's consistency-regularized DPO), policy_gradient (GRPO/RLOO
 advantages, clipped surrogate, KL estimators, process-reward refinement), policy_variants (Dr. GRPO, DAPO, GSPO,
 CISPO as named objectives; dynamic sampling, overlong punishment), ppo (GAE, whitening, clipped value loss, PPO
-loss, KL controllers), pal (PAL's per-user Bradley-Terry loss, prototype-norm bound). A stage picks a variant by
-config name (`dpo_loss(loss_type=...)`, `aggregate(method)`, `policy_variant_loss(variant=...)`, the preference
-stage's `loss.algorithm`); each name maps to one small function inside its module.
+loss, KL controllers), pal (PAL's per-user Bradley-Terry loss, prototype-norm bound), value (VAS's TD(lambda) value
+targets and regression loss). A stage picks a variant by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`,
+`policy_variant_loss(variant=...)`, the preference stage's `loss.algorithm`); each name maps to one small function
+inside its module.
 """
 
 from jaxrlhf.losses.aggregation import (AGGREGATION_METHODS, aggregate, mean_minus_std_reward, mean_minus_var_reward,
@@ -31,3 +32,4 @@ from jaxrlhf.losses.reward import (adaptive_margin, attribute_regression_loss, b
                                    preference_strength, scalarize_attributes)
 from jaxrlhf.losses.self_rewarding import consistency_regularized_dpo_loss
 from jaxrlhf.losses.token_level import contrastive_token_rewards, token_reward_regularizer, treg_loss
+from jaxrlhf.losses.value import state_mask, td_lambda_returns, value_regression_loss

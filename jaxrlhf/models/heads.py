@@ -113,3 +113,12 @@ class RewardHead(nnx.Module):
     if self.config.kind == "attributes":
       return out_BxK @ self.attribute_weights[...]
     return out_BxK[:, 0]
+
+
+def per_position(head: RewardHead, hidden_BxTxD: Array) -> Array:
+  """`head` applied at every position: float32 (B, T) (or (B, T, K) for a multihead). A scalar head read at each
+  prefix is a value model V(s_t) (Value Augmented Sampling, Han et al. 2024, arXiv:2405.06639: a causal LM with a
+  scalar value head, the value of prefix s_t read at its last token)."""
+  B, T, D = hidden_BxTxD.shape
+  out = head(hidden_BxTxD.reshape(B * T, D))
+  return out.reshape(B, T, *out.shape[1:])

@@ -64,6 +64,22 @@ def gold_scorer(world: Any) -> Scorer:
   return lambda *arrays: score(*(jnp.asarray(a) for a in arrays))
 
 
+WORLD_REWARDS = ("gold", "quality", "relevance", "coherence", "repetition", "length")  # gold + the world's components
+
+
+def world_scorer(world: Any, reward: str = "gold") -> Scorer:
+  """A jitted scorer (B,) of the synthetic world: "gold" (r*, as `gold_scorer`) or one of its gold components
+  ("quality", "relevance", "coherence", "repetition", "length"; their sum is r*): the separate rewards that value
+  functions are trained on and composed at decoding time in Value Augmented Sampling."""
+  if reward not in WORLD_REWARDS:
+    raise ValueError(f"reward must be one of {WORLD_REWARDS}, got {reward!r}")
+  if reward == "gold":
+    return gold_scorer(world)
+  column = WORLD_REWARDS.index(reward) - 1
+  score = jax.jit(lambda *arrays: world.gold_components(*arrays)[:, column])
+  return lambda *arrays: score(*(jnp.asarray(a) for a in arrays))
+
+
 def reduce_scores(scores: Array, aggregation: str | None = None, lam: float = 1.0) -> Array:
   """(R,) rewards from a scorer's (R,) or (R, K) output; (R, K) needs an aggregation method
   (jaxrlhf.losses.aggregation: mean, median, min, mean_minus_std, mean_minus_var)."""

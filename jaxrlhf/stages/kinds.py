@@ -24,6 +24,8 @@ from jaxrlhf.stages import rl
 from jaxrlhf.stages import self_rewarding
 from jaxrlhf.stages import sft
 from jaxrlhf.stages import token_credit
+from jaxrlhf.stages import value_train
+from jaxrlhf.stages import vas_decode
 
 StageFn = Callable[[Any, str, dict[str, dict[str, Any]]], dict[str, Any]]
 
@@ -69,4 +71,6 @@ KINDS: dict[str, StageKind] = table(
     StageKind("probe", probe.ProbeConfig, probe.run),
     StageKind("pal", pal.PALConfig, pal.run, ("results",)),
     StageKind("self_rewarding", self_rewarding.SelfRewardingConfig, self_rewarding.run, ("model_dir",)),
+    StageKind("value_train", value_train.ValueTrainConfig, value_train.run, ("value_dir",)),
+    StageKind("vas_decode", vas_decode.VASDecodeConfig, vas_decode.run),
 )

@@ -16,6 +16,8 @@ evaluation stages call these; losses never run a model):
   pair_rewards, ...      shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`, whose
                          `shared_prompt_token_logps` scores such rows);
   mismatched_pair_rows   KTO's mismatched (prompt, other pair's completion) rows of a preference batch.
+  state_values           a value model (a RewardModel whose head is read at every position) on rollouts: the
+                         values of the states s_0..s_N of each response (VAS).
 
 Shapes: B rows, T row length, P prompt width, N response width, V vocabulary, D model width.
 """
@@ -32,6 +34,7 @@ from flax import nnx
 
 from jaxrlhf.data.padding import pad_prompts, pad_rows
 from jaxrlhf.losses import logps as logps_lib
+from jaxrlhf.models.heads import per_position
 from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
 
 
@@ -152,6 +155,22 @@ def jit_response_logps(model: Any, prompt_ids_BxP: Any, prompt_mask_BxP: Any, re
                      f"got {response_ids_BxN.shape} and {response_mask_BxN.shape}")
   graphdef, state = nnx.split(model)
   return _response_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN)
+
+
+def state_values(value_model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                 response_ids_BxN: jax.Array, response_mask_BxN: jax.Array) -> jax.Array:
+  """float32 (B, N + 1) values V(s_t) of the states s_t = (prompt, response[:t]), t = 0..N, of a value model (a
+  `RewardModel` whose scalar head is read at every position: `models.heads.per_position`).
+
+  One forward over [left-padded prompt | right-padded response]; s_t is read at position P - 1 + t (s_0 at the
+  prompt's last token, s_n at the response's last token). Slots after a row's end hold values of padding
+  (mask them with `losses.value.state_mask`). Differentiable (the value regression of `value_train`).
+  """
+  p = prompt_ids_BxP.shape[1]
+  mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, response_mask_BxN > 0], axis=1)
+  ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
+  hidden_BxTxD = value_model.backbone.hidden_states(ids_BxT, mask_BxT)
+  return per_position(value_model.head, hidden_BxTxD[:, p - 1:]).astype(jnp.float32)
 
 
 def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_rows: Sequence[Sequence[int]],

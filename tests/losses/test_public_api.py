@@ -3,7 +3,7 @@ the module functions themselves (one definition each)."""
 
 import jaxrlhf.losses as losses
 from jaxrlhf.losses import (aggregation, kto, logps, pal, policy_gradient, policy_variants, ppo, preference,
-                            reference_free, reward, token_level)
+                            reference_free, reward, token_level, value)
 
 PUBLIC = {
     aggregation: ("aggregate", "mean_reward", "median_reward", "min_reward", "mean_minus_std_reward",
@@ -24,6 +24,7 @@ PUBLIC = {
     reward: ("bradley_terry_loss", "preference_strength", "adaptive_margin", "attribute_regression_loss",
              "scalarize_attributes"),
     token_level: ("treg_loss", "contrastive_token_rewards", "token_reward_regularizer"),
+    value: ("td_lambda_returns", "value_regression_loss", "state_mask"),
 }
 
 

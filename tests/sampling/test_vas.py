@@ -1,0 +1,128 @@
+"""Value augmented sampling (Han et al. 2024, arXiv:2405.06639): the decoding logits on a tiny vocabulary, beta = 0
+is base top-k sampling token for token, and every step's VAS distribution equals one recomputed from cache-free
+forwards of the policy and the value models on [prompt | tokens so far | candidate] (the KV-cache bookkeeping of the
+k candidates, the composition weights and the per-step KL)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from sampling_models import CONFIGS, full_forward, left_padded_prompts, random_model
+
+from jaxrlhf.models import RewardModel
+from jaxrlhf.sampling import generate, vas_cost, vas_generate, vas_logits
+from jaxrlhf.train.scoring import state_values
+
+N_NEW, K = 5, 4
+
+
+def test_vas_logits_golden():
+  base = jnp.array([[0.0, 1.0, 2.0, 3.0, -1.0]])
+  cand = jnp.array([[3, 2]])
+  q = jnp.array([[1.0, 3.0]])  # centered: (-1, +1)
+  out = np.asarray(vas_logits(base, cand, q, 0.5, restrict=True))
+  np.testing.assert_allclose(out[0, [2, 3]], [2.5, 2.5])
+  assert (out[0, [0, 1, 4]] == np.finfo(np.float32).min).all()
+  np.testing.assert_allclose(np.asarray(jax.nn.softmax(out))[0, [2, 3]], [0.5, 0.5], rtol=1e-6)
+  kept = np.asarray(vas_logits(base, cand, q, 0.5, restrict=False))
+  np.testing.assert_allclose(kept[0], [0.0, 1.0, 2.5, 2.5, -1.0])  # the official processor: others keep base logits
+  zero = np.asarray(jax.nn.softmax(vas_logits(base, cand, q, 0.0)))[0]
+  p = np.exp([2.0, 3.0]) / np.exp([2.0, 3.0]).sum()  # beta = 0: base renormalized over the top-k
+  np.testing.assert_allclose(zero[[2, 3]], p, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def models():
+  config = CONFIGS["llama_gqa"]
+  policy = random_model(config, seed=3, scale=0.3)
+  values = [RewardModel.from_causal_lm(random_model(config, seed=s), seed=s) for s in (5, 6)]
+  return policy, values
+
+
+def test_beta_zero_is_base_top_k_sampling(models):
+  policy, values = models
+  ids, mask = left_padded_prompts()
+  rng = jax.random.PRNGKey(7)
+  vas = vas_generate(policy, values[:1], ids, mask, beta=0.0, top_k=K, max_new_tokens=N_NEW, rng=rng, eos_ids=(1,))
+  ref = generate(policy, ids, mask, top_k=K, max_new_tokens=N_NEW, rng=rng, eos_ids=(1,))
+  np.testing.assert_array_equal(np.asarray(vas.tokens), np.asarray(ref.tokens))
+  np.testing.assert_allclose(np.asarray(vas.logps), np.asarray(ref.logps), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(vas.base_logps), np.asarray(ref.model_logps), atol=1e-5)
+
+
+def _log_softmax(x):
+  x = np.asarray(x, np.float64)
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@nnx.jit
+def _state_values(vm, ids, mask, resp, resp_mask):
+  return state_values(vm, ids, mask, resp, resp_mask)
+
+
+@pytest.mark.parametrize("restrict", [True, False])
+def test_steps_match_cache_free_reference(models, restrict):
+  policy, values = models
+  ids, mask = left_padded_prompts(pads=(0, 3))
+  beta, weights = 3.0, (0.7, -0.4)
+  gen = vas_generate(policy, values, ids, mask, beta=beta, weights=weights, top_k=K, max_new_tokens=N_NEW,
+                     rng=jax.random.PRNGKey(1), restrict=restrict)
+  tokens, logps = np.asarray(gen.tokens), np.asarray(gen.logps)
+  B, P = ids.shape
+  # Base logits at every step from one cache-free forward over [prompt | sampled tokens].
+  buf = np.concatenate([ids, tokens], axis=1)
+  buf_mask = np.concatenate([mask, np.ones_like(tokens)], axis=1)
+  logits_BxTxV = np.asarray(full_forward(policy, jnp.asarray(buf), jnp.asarray(buf_mask)))
+  base_TxBxV = logits_BxTxV[:, P - 1:-1].transpose(1, 0, 2)
+  cand_TxBxK = np.argsort(-base_TxBxV, axis=-1, kind="stable")[..., :K]
+  # Q(s_t, a) = V(s_t . a): one row [prompt | tokens[:t] a] per (t, b, candidate), right padded to N_NEW.
+  rows, rows_mask = np.zeros((N_NEW, B, K, N_NEW), np.int32), np.zeros((N_NEW, B, K, N_NEW), np.int32)
+  for t in range(N_NEW):
+    rows[t, :, :, :t] = tokens[:, None, :t]
+    rows[t, :, :, t] = cand_TxBxK[t]
+    rows_mask[t, :, :, :t + 1] = 1
+  rep_ids = np.broadcast_to(ids[None, :, None], (N_NEW, B, K, P)).reshape(-1, P)
+  rep_mask = np.broadcast_to(mask[None, :, None], (N_NEW, B, K, P)).reshape(-1, P)
+  q_TxBxK = np.zeros((N_NEW, B, K))
+  for w, vm in zip(weights, values):
+    v = np.asarray(_state_values(vm, jnp.asarray(rep_ids), jnp.asarray(rep_mask), jnp.asarray(rows.reshape(-1, N_NEW)),
+                                 jnp.asarray(rows_mask.reshape(-1, N_NEW))))
+    v = v.reshape(N_NEW, B, K, N_NEW + 1)
+    q_TxBxK += w * np.take_along_axis(v, np.arange(1, N_NEW + 1)[:, None, None, None], axis=-1)[..., 0]
+  kl = np.zeros(B)
+  for t in range(N_NEW):
+    base, cand, q = base_TxBxV[t], cand_TxBxK[t], q_TxBxK[t]
+    logits = base.astype(np.float64).copy() if not restrict else np.full_like(base, -np.inf, np.float64)
+    for b in range(B):
+      logits[b, cand[b]] = base[b, cand[b]] + beta * (q[b] - q[b].mean())
+    logq, logp = _log_softmax(logits), _log_softmax(base)
+    np.testing.assert_allclose(logps[:, t], logq[np.arange(B), tokens[:, t]], atol=2e-4)
+    qp = np.exp(logq)
+    kl += np.sum(qp * np.where(qp > 0, logq - logp, 0.0), axis=-1)
+  np.testing.assert_allclose(np.asarray(gen.kl), kl, atol=2e-4)
+
+
+def test_large_beta_follows_the_value(models):
+  """beta -> infinity picks argmax_k Q: the values must move the samples (they do not at beta = 0)."""
+  policy, values = models
+  ids, mask = left_padded_prompts(pads=(0, 0, 0, 0, 0, 0))
+  rng = jax.random.PRNGKey(3)
+  lo = vas_generate(policy, values[:1], ids, mask, beta=0.0, top_k=K, max_new_tokens=N_NEW, rng=rng)
+  hi = vas_generate(policy, values[:1], ids, mask, beta=200.0, top_k=K, max_new_tokens=N_NEW, rng=rng)
+  v = lambda g: np.asarray(_state_values(values[0], jnp.asarray(ids), jnp.asarray(mask), g.tokens, g.mask))[:, -1]
+  assert v(hi).mean() > v(lo).mean()
+  assert float(np.asarray(hi.kl).mean()) > float(np.asarray(lo.kl).mean())
+
+
+def test_cost_and_bad_input(models):
+  cost = vas_cost(np.array([4, 2]), top_k=20, num_value_models=2, value_params_ratio=0.5)
+  np.testing.assert_allclose(cost["value"], [168.0, 84.0])
+  np.testing.assert_allclose(cost["flops"], [4 + 84.0, 2 + 42.0])
+  policy, values = models
+  ids, mask = left_padded_prompts()
+  with pytest.raises(ValueError, match="weights"):
+    vas_generate(policy, values, ids, mask, beta=1.0, weights=(1.0,), max_new_tokens=2, rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="top_k"):
+    vas_generate(policy, values, ids, mask, beta=1.0, top_k=0, max_new_tokens=2, rng=jax.random.PRNGKey(0))
