@@ -243,7 +243,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
       if mismatched_kto(loss):
         if not resident:
           raise ValueError("KTO's mismatched reference point needs the reference model in the step (resident)")
-        kl = _mismatched_kl(policy, reference, batch, w_B, chunk_size)
+        kl = _mismatched_kl(model, batch, w_B, chunk_size, lora=lora)
       losses, m = _kto(loss, logps_2B, jnp.concatenate([rc, rr]), w_B, beta, kl)
     else:  # treg
       if loss.treg_token_rewards == "policy":
@@ -269,12 +269,14 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
   return loss_fn
 
 
-def _mismatched_kl(policy: Any, reference: Any, batch: dict, w_B: jax.Array, chunk_size: int) -> jax.Array:
+def _mismatched_kl(model: Any, batch: dict, w_B: jax.Array, chunk_size: int, *, lora: bool = False) -> jax.Array:
   """KTO's z0 before clamping: mean over the batch's mismatched rows of log pi(y'|x) - log pi_ref(y'|x), detached.
+  `model`: a PolicyWithReference, or with `lora` the LoRA policy (reference: its adapters off).
 
   Rows whose prompt or completion comes from an empty (weight 0) batch row are left out; the mean is plain (TRL's).
   """
   ids, att, lm = scoring.mismatched_pair_rows(batch)
+  policy, reference = (model, model.without_adapters()) if lora else (model.policy, model.reference)
   policy_logps, _ = scoring.token_logps(policy, ids, att, lm, chunk_size)
   ref_logps, _ = scoring.token_logps(reference, ids, att, lm, chunk_size)
   real_2B = (jnp.concatenate([w_B, w_B]) > 0).astype(jnp.float32)
