@@ -103,6 +103,38 @@ def test_only_adapters_train_and_the_base_is_held_once():
   assert all(float(np.max(np.abs(trained[k]))) > 0 for k in trained if k.endswith("_b"))  # B left zero
 
 
+def test_adapters_shard_like_their_kernels_and_8_devices_equal_1():
+  """On a (data 2, fsdp 2, tensor 2) mesh each adapter dimension is split like the kernel dimension it wraps, and
+  two LoRA DPO steps give the single-device losses."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from jaxrlhf.parallel import MeshConfig, make_mesh
+  losses = {}
+  for n, mesh_config in ((1, MeshConfig()), (8, MeshConfig(data=2, fsdp=2, tensor=2))):
+    cfg, pretrained, optimizer, _ = _setup()
+    mesh = make_mesh(mesh_config, jax.devices()[:n])
+    setup = preference.preference_setup(cfg, TINY, pretrained, optimizer, mesh)
+    if n == 8:
+      specs = nnx.to_pure_dict(jax.tree.map(lambda s: s.spec, setup.shardings.params))["lora"]
+      kernels = nnx.to_pure_dict(jax.tree.map(lambda s: s.spec, setup.shardings.extra))["layers"]
+      for t in LORA["targets"]:
+        n_in = lora_lib.num_in_dims(TINY, t)
+        kernel = tuple(kernels[f"{t}_kernel"]) + (None,) * 4
+        a, b = tuple(specs[f"{t}_a"]) + (None,) * 4, tuple(specs[f"{t}_b"]) + (None,) * 4
+        assert a[:1 + n_in] == kernel[:1 + n_in] and a[1 + n_in] is None, (t, a, kernel)
+        assert b[2:] == kernel[1 + n_in:][:len(b) - 2] and b[1] is None, (t, b, kernel)
+      assert any(x is not None for t in LORA["targets"] for x in specs[f"{t}_b"])  # something IS split
+    loss_fn = preference.preference_loss_fn(cfg.loss, resident=True, lora=True)
+    batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+    step = jax.jit(state_lib.make_train_step(setup.graphdef, loss_fn, optimizer),
+                   in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None))
+    state, batch = setup.init(), _batch(np.random.default_rng(4))
+    losses[n] = []
+    for _ in range(2):
+      state, metrics = step(state, jax.device_put(batch, batch_sharding))
+      losses[n].append(float(metrics["loss"].total / metrics["loss"].count))
+  np.testing.assert_allclose(losses[8], losses[1], rtol=1e-5, atol=1e-6)
+
+
 def test_lora_dpo_reference_is_the_base_model_with_adapters_off():
   cfg, pretrained, optimizer, setup = _setup()
   loss_fn = preference.preference_loss_fn(cfg.loss, resident=True, lora=True)
