@@ -4,6 +4,7 @@ off) as the reference (checked against dpo_loss on numpy log-probs of the base a
 configs/dpo.py:lora_smoke pipeline (sft -> DPO, both LoRA) runs end to end and its merged export equals the base
 plus its saved adapters; bad `model.lora` keys fail at planning."""
 
+import json
 import pathlib
 import sys
 
@@ -152,6 +153,49 @@ def test_lora_dpo_reference_is_the_base_model_with_adapters_off():
   w = batch["weight"]
   np.testing.assert_allclose(float(total) / float(weight), float(np.sum(w * np.asarray(losses)) / np.sum(w)),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["kto", pytest.param("treg", marks=pytest.mark.slow)])
+def test_lora_kto_and_treg_equal_a_resident_copy_of_the_base(algorithm):
+  """KTO's mismatched z0 and T-REG's reference token rewards read the reference too: with LoRA (adapters off) the
+  loss equals that of PolicyWithReference(merged adapter model, base model)."""
+  cfg, pretrained, optimizer, setup = _setup()
+  loss_cfg = preference.PreferenceLossConfig(algorithm=algorithm, treg_token_rewards="reference")
+  dpo_fn = preference.preference_loss_fn(cfg.loss, resident=True, lora=True)
+  state, _ = jax.jit(state_lib.make_train_step(setup.graphdef, dpo_fn, optimizer))(
+      setup.init(), _batch(np.random.default_rng(2)))
+  model = nnx.merge(setup.graphdef, state.params, state.extra)
+  batch = _batch(np.random.default_rng(3))
+  ids = (5, 6)
+  lora_fn = preference.preference_loss_fn(loss_cfg, resident=True, lora=True, better_ids=ids, worse_ids=ids[::-1])
+  copy_fn = preference.preference_loss_fn(loss_cfg, resident=True, better_ids=ids, worse_ids=ids[::-1])
+  got, w, _ = jax.jit(lora_fn)(model, batch, None)
+  want, w2, _ = jax.jit(copy_fn)(preference.PolicyWithReference(model.merged(), _base_model(pretrained)), batch, None)
+  assert float(w) == float(w2)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-4, atol=1e-5)
+  # Not vacuous: against the policy itself as its reference, the loss differs.
+  same, _, _ = jax.jit(copy_fn)(preference.PolicyWithReference(model.merged(), model.merged()), batch, None)
+  assert abs(float(same) - float(want)) > 1e-4
+
+
+@pytest.mark.slow  # ~12 s idle: two stage runs.
+def test_lora_precompute_and_resident_references_train_identically(tmp_path):
+  """The precomputed reference log-probs of a LoRA policy are its base's (adapters off), as the resident reference."""
+  section = dict(model=dict(config=dict(embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
+                                        mlp_dim=64), lora=LORA),
+                 data=dict(num_train=32, num_eval=8, batch_size=8, max_length=32), optimizer=dict(learning_rate=1e-2),
+                 loop=dict(num_steps=3, log_every=1, checkpoint_every=3, eval_every=0, progress=False,
+                           tensorboard=False, async_checkpoints=False))
+  losses = {}
+  for reference in ("precompute", "resident"):
+    cfg = from_config(dict(section, reference=reference), preference.PreferenceConfig)
+    out = preference.run(cfg, str(tmp_path / reference), {})
+    assert pathlib.Path(out["adapter_dir"]).is_dir()
+    with open(tmp_path / reference / "metrics.jsonl") as f:
+      losses[reference] = [json.loads(line)["train/loss"] for line in f if "train/loss" in line]
+  assert (tmp_path / "precompute" / "reference_cache.npz").exists()
+  assert len(losses["precompute"]) == 3 and losses["precompute"][-1] != losses["precompute"][0]
+  np.testing.assert_allclose(losses["precompute"], losses["resident"], rtol=1e-5, atol=1e-6)
 
 
 def test_lora_smoke_config_runs_sft_then_dpo_and_exports_merged(tmp_path):
