@@ -1,22 +1,30 @@
 """DPO on the synthetic world: SFT a base policy, then DPO from it (reference = the SFT policy).
 
 Variants: default, smoke, resident (reference kept in memory instead of precomputed), ipo, mixed
-(loss_type = sigmoid + sft, the RPO recipe), dynamic_beta (MM-DPO beta from the judge-score margin).
+(loss_type = sigmoid + sft, the RPO recipe), dynamic_beta (MM-DPO beta from the judge-score margin), lora /
+lora_smoke (LoRA adapters on every projection in both stages, base weights frozen; DPO's resident reference is the
+policy with its adapters off, so one copy of the weights is held).
 Any `dpo_loss` type: `--config.preference.loss.loss_type='("hinge",)'`.
     python -m experiments.run --config configs/dpo.py:smoke --workdir runs/dpo
 """
 
 from configs import _sections as S
 
-VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta")
+VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta", "lora", "lora_smoke")
+LORA = dict(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
 
 
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"configs/dpo.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-  config = S.sft_then_preference(variant == "smoke", loss=dict(algorithm="dpo", loss_type=("sigmoid",), beta=0.1))
-  if variant == "resident":
+  smoke = variant in ("smoke", "lora_smoke")
+  config = S.sft_then_preference(smoke, loss=dict(algorithm="dpo", loss_type=("sigmoid",), beta=0.1))
+  if variant in ("lora", "lora_smoke"):
+    for name in ("sft", "preference"):
+      config[name].model.lora = dict(LORA, rank=4, alpha=8.0) if smoke else dict(LORA)
+    config.preference.reference = "resident"
+  elif variant == "resident":
     config.preference.reference = "resident"
   elif variant == "ipo":
     config.preference.loss.loss_type = ("ipo",)

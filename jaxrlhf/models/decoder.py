@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrlhf.models.config import ModelConfig, attention_scale
+from jaxrlhf.models import lora as lora_lib
 
 Array = jax.Array
 
@@ -253,15 +254,26 @@ def _dense(x: Array, w: Array, num_in_dims: int = 1) -> Array:
   return y.reshape(*lead, *out_shape)
 
 
+def _project(p: dict[str, Array], target: str, x: Array, num_in_dims: int = 1, lora_scale: float | None = None
+             ) -> Array:
+  """x @ W_target, plus (alpha / r) (x @ A) @ B when `p` holds the target's LoRA adapters ("lora_<t>_a/b")."""
+  y = _dense(x, p[f"{target}_kernel"], num_in_dims)
+  a = p.get(f"lora_{target}_a")
+  if a is None:
+    return y
+  return y + _dense(_dense(x, a, num_in_dims), p[f"lora_{target}_b"]) * jnp.asarray(lora_scale, y.dtype)
+
+
 def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple[Array, Array] | None,
            allowed_BxTxS: Array, kv: tuple[Array, Array] | None, cache_index: Array | None,
-           ) -> tuple[Array, tuple[Array, Array] | None]:
+           lora_scale: float | None = None) -> tuple[Array, tuple[Array, Array] | None]:
   """One pre-norm decoder layer. With `kv` (this layer's (B, S, K, H) cache), writes the new keys/values at
-  `cache_index` and attends over the whole cache; returns the updated (keys, values)."""
+  `cache_index` and attends over the whole cache; returns the updated (keys, values). LoRA adapters in `p`
+  ("lora_<target>_a/b", models.lora) add (lora_scale) x A B to their projection."""
   h = _norm(config, x_BxTxD, p["attn_norm_scale"], p.get("attn_norm_bias"))
-  q = _dense(h, p["q_kernel"])
-  k = _dense(h, p["k_kernel"])
-  v = _dense(h, p["v_kernel"])
+  q = _project(p, "q", h, lora_scale=lora_scale)
+  k = _project(p, "k", h, lora_scale=lora_scale)
+  v = _project(p, "v", h, lora_scale=lora_scale)
   if config.qkv_bias:
     q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
   if config.qk_norm:  # per head, over head_dim, before RoPE (Qwen3, Gemma 3)
@@ -275,7 +287,7 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
     kv = (keys, values)
     k, v = keys.astype(q.dtype), values.astype(q.dtype)
   attn = _attention(config, q, k, v, allowed_BxTxS, use_cache=kv is not None)
-  out = _dense(attn, p["o_kernel"], num_in_dims=2)
+  out = _project(p, "o", attn, num_in_dims=2, lora_scale=lora_scale)
   if config.out_bias:
     out = out + p["o_bias"]
   if config.post_norms:
@@ -283,17 +295,17 @@ def _layer(config: ModelConfig, p: dict[str, Array], x_BxTxD: Array, rope: tuple
   x_BxTxD = x_BxTxD + out
 
   h = _norm(config, x_BxTxD, p["mlp_norm_scale"], p.get("mlp_norm_bias"))
-  up = _dense(h, p["up_kernel"])
+  up = _project(p, "up", h, lora_scale=lora_scale)
   if config.mlp_bias:
     up = up + p["up_bias"]
   if config.gated_mlp:
-    gate = _dense(h, p["gate_kernel"])
+    gate = _project(p, "gate", h, lora_scale=lora_scale)
     if config.mlp_bias:
       gate = gate + p["gate_bias"]
     up = _activation(config, gate) * up
   else:
     up = _activation(config, up)
-  down = _dense(up, p["down_kernel"])
+  down = _project(p, "down", up, lora_scale=lora_scale)
   if config.mlp_bias:
     down = down + p["down_bias"]
   if config.post_norms:
@@ -335,13 +347,37 @@ class CausalLM(nnx.Module):
   Call: `model(input_ids_BxT, attention_mask_BxT=None, positions_BxT=None, *, cache=None, return_hidden=False)`
     -> logits (B, T, V) float32; with `return_hidden` -> (logits, hidden_BxTxD); with `cache` the new KVCache is
     appended to the output: (logits, cache) or (logits, hidden, cache).
+
+  `lora` (a `models.lora.LoraConfig`, or a dict of its fields) adds LoRA adapters (`self.lora`, a LoraStack stacked
+  like the layers) to its target projections of every layer; the base parameters are created first, from the same
+  keys as without adapters. `without_adapters()` is the base model (a view sharing the weights), `merged()` a
+  plain CausalLM with the adapters folded into the kernels.
   """
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, lora: Any = None):
     self.config = config
     for name, spec in model_param_specs(config).items():
       setattr(self, name, _make_param(spec, rngs.params(), config))
     self.layers = LayerStack(config, rngs=rngs)
+    self.lora_config = lora_lib.lora_config(lora)
+    self.lora = None if self.lora_config is None else lora_lib.LoraStack(config, self.lora_config, rngs=rngs)
+
+  # ---- LoRA
+  def without_adapters(self) -> "CausalLM":
+    """This model with its LoRA adapters switched off: the base model, sharing (not copying) its weights, e.g. the
+    DPO / RL reference of a LoRA policy. A model without adapters returns itself."""
+    return self if self.lora is None else _AdaptersOff(self)
+
+  def merged(self) -> "CausalLM":
+    """A plain CausalLM (no adapters; every parameter an nnx.Param) whose kernels are W + (alpha / r) A B: it
+    computes this model's logits (up to float rounding) and exports with `save_pretrained` like any model."""
+    pure = nnx.to_pure_dict(nnx.state(self))  # Params and frozen base parameters alike.
+    adapters = pure.pop("lora", None)
+    if self.lora_config is not None:
+      pure["layers"] = lora_lib.merged_layers(self.config, self.lora_config, pure["layers"], adapters)
+    graphdef, state = nnx.split(abstract_model(self.config))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+    return nnx.merge(graphdef, state)
 
   # ---- public API
   def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None, *,
@@ -495,6 +531,10 @@ class CausalLM(nnx.Module):
     """
     c = self.config
     params = self.layers.arrays(c)
+    lora_scale = None
+    if self.lora is not None:  # Scanned with the layer weights: adapters are stacked on the same "layers" axis.
+      params = {**params, **{f"lora_{name}": value for name, value in self.lora.arrays().items()}}
+      lora_scale = self.lora_config.scale
     sliding_L = None if c.sliding_layers is None else np.asarray(c.sliding_layers)
 
     def body(carry, xs):
@@ -508,7 +548,7 @@ class CausalLM(nnx.Module):
         layer_allowed = jnp.where(sliding, allowed_BxTxS, full_allowed_BxTxS)
         if local_rope is not None:
           layer_rope = tuple(jnp.where(sliding, a, b) for a, b in zip(local_rope, rope))
-      x, kv_layer = _layer(c, p, x, layer_rope, layer_allowed, kv_layer, index)
+      x, kv_layer = _layer(c, p, x, layer_rope, layer_allowed, kv_layer, index, lora_scale)
       if kv_all is not None:
         kv_all = tuple(jax.lax.dynamic_update_index_in_dim(a, u, layer, axis=0) for a, u in zip(kv_all, kv_layer))
       return (x, kv_all), None
@@ -524,6 +564,31 @@ class CausalLM(nnx.Module):
         sliding = None if sliding_L is None else bool(sliding_L[layer])
         carry, _ = body(carry, (jax.tree.map(lambda a, i=layer: a[i], params), layer, sliding))
     return carry
+
+
+class _AdaptersOff:
+  """A LoRA CausalLM seen without its adapters: CausalLM's methods run on the wrapped model's attributes (the same
+  variables, no copy) with `lora` = None. Not an nnx.Module: a read-only view for forward passes."""
+  lora = None
+  lora_config = None
+
+  def __init__(self, model: CausalLM):
+    self._model = model
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._model, name)
+
+  __call__ = CausalLM.__call__
+  backbone = CausalLM.backbone
+  hidden_states = CausalLM.hidden_states
+  output_embedding = CausalLM.output_embedding
+  output_projection = CausalLM.output_projection
+  unembed = CausalLM.unembed
+  init_cache = CausalLM.init_cache
+  _run_layers = CausalLM._run_layers
+
+  def without_adapters(self) -> "_AdaptersOff":
+    return self
 
 
 def abstract_model(config: ModelConfig, rngs_seed: int = 0) -> CausalLM:

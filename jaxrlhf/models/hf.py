@@ -416,7 +416,10 @@ def read_hf_folder(path: str | os.PathLike) -> tuple[dict[str, Any], Mapping[str
 
 
 def save_hf_folder(model: CausalLM, out_dir: str | os.PathLike, config: ModelConfig | None = None) -> None:
-  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM` loads."""
+  """Writes config.json + model.safetensors that `transformers.AutoModelForCausalLM` loads. A LoRA model is
+  exported merged (W + (alpha / r) A B; `CausalLM.merged`): a plain checkpoint that computes its logits."""
+  if getattr(model, "lora", None) is not None:
+    model = model.merged()
   config = config or model.config
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)

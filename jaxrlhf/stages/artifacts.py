@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxrlhf.models import save_pretrained
 from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf_reward import reward_model_from_pretrained
 from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
@@ -30,11 +31,13 @@ from jaxrlhf.train import state as state_lib
 
 
 def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_dir: str, prefix: str = "",
-                tokenizer: Any = None) -> str:
+                tokenizer: Any = None, adapter_dir: str | None = None) -> str:
   """Saves the (policy part of the) trained model as a HF folder that `init_from` can load (process 0 writes;
   every process returns after the folder exists). Parameters sharded across processes are gathered first (every
   process takes part). A real checkpoint's `tokenizer` (one with `save_pretrained`; the world's has none and is
-  rebuilt from the world config) is written alongside, so later stages and transformers read the folder alone."""
+  rebuilt from the world config) is written alongside, so later stages and transformers read the folder alone.
+  A LoRA policy is saved merged (`CausalLM.merged`), and its adapters alone into `adapter_dir` when given
+  (`models.lora.save_adapters`)."""
   params, extra = state.params, state.extra
   if jax.process_count() > 1:
     params, extra = distributed.host_copy((params, extra))
@@ -43,6 +46,8 @@ def save_policy(setup: state_lib.StateSetup, state: state_lib.TrainState, out_di
     if prefix:
       model = getattr(model, prefix)
     save_pretrained(model, out_dir)
+    if adapter_dir is not None and getattr(model, "lora", None) is not None:
+      lora_lib.save_adapters(model, adapter_dir)
     if hasattr(tokenizer, "save_pretrained"):
       tokenizer.save_pretrained(out_dir)
   distributed.barrier(f"save_policy:{out_dir}")

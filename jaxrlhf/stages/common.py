@@ -22,6 +22,7 @@ from jaxrlhf.models import CausalLM, from_pretrained
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel import make_mesh
 from jaxrlhf.parallel.sharding import batch_shards
@@ -38,11 +39,20 @@ class ModelSpec:
     folder or a .gguf file.
   config: ModelConfig fields (random init; vocab_size defaults to the tokenizer's) or overrides of a loaded
     model's config (e.g. scan_layers, remat, dtype).
+  lora: {} (off: full finetuning) or `models.lora.LoraConfig` fields, e.g. dict(rank=8, alpha=16,
+    targets=("q", "k", "v", "o")): only LoRA adapters train, the base weights are frozen (in the train state's
+    `extra`, no optimizer state); the saved policy is the merged model, the adapters are saved apart.
   """
   init_from: str = stage_ref("model_dir")
   config: dict = field(default_factory=dict)
+  lora: dict = field(default_factory=dict)
 
   def validate(self, path: str) -> None:
+    try:
+      lora = lora_lib.lora_config(self.lora)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"{path}.lora: {e}; valid keys: rank (int >= 1), alpha (> 0), targets (names from "
+                        f"{list(lora_lib.TARGETS)})") from e
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(self.config) - fields)
     if unknown:
@@ -50,9 +60,14 @@ class ModelSpec:
                         + ", ".join(sorted(fields)))
     if not self.init_from:
       try:
-        model_config(self, vocab_size=self.config.get("vocab_size", 256))
+        config = model_config(self, vocab_size=self.config.get("vocab_size", 256))
       except (TypeError, ValueError) as e:
         raise ConfigError(f"{path}.config: {e}") from e
+      if lora is not None:
+        try:
+          lora.check(config)
+        except ValueError as e:
+          raise ConfigError(f"{path}.lora.{e}") from e
 
 
 def model_config(spec: ModelSpec, vocab_size: int | None = None, base: ModelConfig | None = None) -> ModelConfig:
@@ -155,22 +170,42 @@ def frozen(module: nnx.Module) -> nnx.Module:
   return nnx.merge(graphdef, state)
 
 
+def frozen_base(module: nnx.Module) -> nnx.Module:
+  """A LoRA model with every nnx.Param outside its adapters (`module.lora`) turned into a FrozenParam: only the
+  adapters train, the base weights sit in the train state's `extra` (one copy, no optimizer state)."""
+  graphdef, adapters, rest = nnx.split(module, nnx.PathContains("lora"), ...)
+  rest = jax.tree.map(
+      lambda v: FrozenParam(v.get_value(), **v.get_metadata()) if isinstance(v, nnx.Param) else v, rest,
+      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.merge(graphdef, adapters, rest)
+
+
 def logical_or_replicated(mesh: Any) -> Any:
   """Parameter shardings from logical axes on `mesh` (None: replicated on one device)."""
   return state_lib.logical_shardings(mesh) if mesh is not None else None
 
 
-def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, seed: int, mesh: Any
-                 ) -> state_lib.StateSetup:
-  """A CausalLM train state (sharded by logical axes), starting from `pretrained` weights if given."""
-  setup = state_lib.init_train_state(lambda key: CausalLM(model_config, rngs=nnx.Rngs(key)), optimizer, seed,
-                                     mesh=mesh, shardings=logical_or_replicated(mesh))
+def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, seed: int, mesh: Any,
+                 lora: Any = None) -> state_lib.StateSetup:
+  """A CausalLM train state (sharded by logical axes), starting from `pretrained` weights if given.
+
+  `lora` (a ModelSpec's `lora`: {} / None off, else LoraConfig fields): the model carries adapters, its base weights
+  are frozen (`frozen_base`: the state's `extra`) and only the adapters are `params` (and have optimizer state).
+  """
+  lora = lora_lib.lora_config(lora)
+  if lora is None:
+    model_fn = lambda key: CausalLM(model_config, rngs=nnx.Rngs(key))  # noqa: E731
+  else:
+    model_fn = lambda key: frozen_base(CausalLM(model_config, rngs=nnx.Rngs(key), lora=lora))  # noqa: E731
+  setup = state_lib.init_train_state(model_fn, optimizer, seed, mesh=mesh, shardings=logical_or_replicated(mesh))
   if pretrained is None:
     return setup
   fresh = setup.init
 
   def init():
     state = fresh()
+    if lora is not None:
+      return state.replace(extra=overwrite(state.extra, pretrained))
     return state.replace(params=overwrite(state.params, pretrained))
 
   return setup._replace(init=init)

@@ -188,19 +188,25 @@ def token_rewards(model: Any, batch: dict, better_ids: tuple[int, ...], worse_id
 
 # ------------------------------------------------------------------------------------------------ the loss
 def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size: int = 0,
-                       better_ids: tuple[int, ...] = (), worse_ids: tuple[int, ...] = ()) -> state_lib.LossFn:
+                       better_ids: tuple[int, ...] = (), worse_ids: tuple[int, ...] = (), lora: bool = False
+                       ) -> state_lib.LossFn:
   """loss_fn(model, batch, rng) -> (sum_i weight_i * loss_i, sum_i weight_i, metrics).
 
   model: a CausalLM (reference-free, or reference "precompute": the batch carries `ref_chosen_logps`,
   `ref_rejected_logps` (B,) and for T-REG with reference token rewards `ref_token_rewards` (2B, T)), or a
-  `PolicyWithReference` (resident). Metrics: the pair metrics of `PAIR_METRICS` as weighted sums / weights.
+  `PolicyWithReference` (resident). With `lora` and resident, the model is the LoRA policy and the reference is the
+  same model with its adapters off (`CausalLM.without_adapters`: the frozen base, no second copy).
+  Metrics: the pair metrics of `PAIR_METRICS` as weighted sums / weights.
   """
   types = tuple(loss.loss_type)
   type_weights = tuple(loss.loss_weights) or None
 
   def loss_fn(model, batch, rng):
     del rng
-    policy = model.policy if resident else model
+    policy = model.policy if resident and not lora else model
+    reference = None
+    if resident:
+      reference = model.without_adapters() if lora else model.reference
     token_logps, mask = scoring.pair_token_logps(policy, batch, chunk_size)
     mask = mask.astype(jnp.float32)
     logps_2B = jnp.sum(token_logps, axis=-1)
@@ -216,7 +222,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     rc = rr = None
     if needs_reference(loss):
       if resident:
-        ref_token_logps, _ = scoring.pair_token_logps(model.reference, batch, chunk_size)
+        ref_token_logps, _ = scoring.pair_token_logps(reference, batch, chunk_size)
         rc, rr = _halves(jax.lax.stop_gradient(jnp.sum(ref_token_logps, axis=-1)))
       else:
         rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -237,13 +243,13 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
       if mismatched_kto(loss):
         if not resident:
           raise ValueError("KTO's mismatched reference point needs the reference model in the step (resident)")
-        kl = _mismatched_kl(model, batch, w_B, chunk_size)
+        kl = _mismatched_kl(model, batch, w_B, chunk_size, lora=lora)
       losses, m = _kto(loss, logps_2B, jnp.concatenate([rc, rr]), w_B, beta, kl)
     else:  # treg
       if loss.treg_token_rewards == "policy":
         r_2BxT = jax.lax.stop_gradient(token_rewards(policy, batch, better_ids, worse_ids, chunk_size))
       elif resident:
-        r_2BxT = jax.lax.stop_gradient(token_rewards(model.reference, batch, better_ids, worse_ids, chunk_size))
+        r_2BxT = jax.lax.stop_gradient(token_rewards(reference, batch, better_ids, worse_ids, chunk_size))
       else:
         r_2BxT = batch["ref_token_rewards"]
       tc, tr = _halves(token_logps)
@@ -263,14 +269,16 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
   return loss_fn
 
 
-def _mismatched_kl(model: PolicyWithReference, batch: dict, w_B: jax.Array, chunk_size: int) -> jax.Array:
+def _mismatched_kl(model: Any, batch: dict, w_B: jax.Array, chunk_size: int, *, lora: bool = False) -> jax.Array:
   """KTO's z0 before clamping: mean over the batch's mismatched rows of log pi(y'|x) - log pi_ref(y'|x), detached.
+  `model`: a PolicyWithReference, or with `lora` the LoRA policy (reference: its adapters off).
 
   Rows whose prompt or completion comes from an empty (weight 0) batch row are left out; the mean is plain (TRL's).
   """
   ids, att, lm = scoring.mismatched_pair_rows(batch)
-  policy_logps, _ = scoring.token_logps(model.policy, ids, att, lm, chunk_size)
-  ref_logps, _ = scoring.token_logps(model.reference, ids, att, lm, chunk_size)
+  policy, reference = (model, model.without_adapters()) if lora else (model.policy, model.reference)
+  policy_logps, _ = scoring.token_logps(policy, ids, att, lm, chunk_size)
+  ref_logps, _ = scoring.token_logps(reference, ids, att, lm, chunk_size)
   real_2B = (jnp.concatenate([w_B, w_B]) > 0).astype(jnp.float32)
   valid_2B = real_2B * jnp.roll(real_2B, 1)
   logratio_2B = jnp.sum(policy_logps, axis=-1) - jnp.sum(ref_logps, axis=-1)
@@ -386,7 +394,10 @@ class ReferenceBatches:
 # ------------------------------------------------------------------------------------------------ setup and stage
 def preference_setup(cfg: PreferenceConfig, model_config: Any, pretrained: dict | None, optimizer: Any, mesh: Any
                      ) -> state_lib.StateSetup:
-  """The policy (precompute / reference-free) or PolicyWithReference (resident) train state."""
+  """The policy (precompute / reference-free) or PolicyWithReference (resident) train state. With `model.lora`,
+  always the LoRA policy alone (frozen base in `extra`): its resident reference is the base, adapters off."""
+  if cfg.model.lora:
+    return common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh, lora=cfg.model.lora)
   if resident_reference(cfg):
     def model_fn(key):
       return PolicyWithReference(CausalLM(model_config, rngs=nnx.Rngs(key)),
@@ -421,7 +432,8 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
 
   @jax.jit
   def ref_fn(params, extra, batch):
-    model = nnx.merge(setup.graphdef, params, extra)
+    # The reference is the initial policy; a LoRA policy's is its base (adapters off; B = 0 makes them equal).
+    model = nnx.merge(setup.graphdef, params, extra).without_adapters()
     token_logps, _ = scoring.pair_token_logps(model, batch, chunk)
     rc, rr = _halves(jnp.sum(token_logps, axis=-1))
     tok = token_rewards(model, batch, better, worse, chunk) if with_tokens else None
@@ -459,8 +471,9 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = preference_setup(cfg, model_config, pretrained, optimizer, mesh)
   resident = resident_reference(cfg)
+  lora = bool(cfg.model.lora)
   loss_fn = preference_loss_fn(loss, resident=resident, chunk_size=cfg.logps_chunk_size, better_ids=better,
-                               worse_ids=worse)
+                               worse_ids=worse, lora=lora)
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                       schedule=optim.make_schedule(cfg.optimizer))
@@ -489,8 +502,11 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
 
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None)
+  adapter_dir = os.path.join(workdir, "adapters") if lora else None
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
-                                    prefix="policy" if resident else "", tokenizer=tokenizer)
+                                    prefix="policy" if resident and not lora else "", tokenizer=tokenizer,
+                                    adapter_dir=adapter_dir)
   if extra_metrics:
     results = {**results, "metrics": {**results["metrics"], **extra_metrics}}
-  return common.stage_outputs(results, model_dir=model_dir, data_report=report)
+  extra = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
+  return common.stage_outputs(results, model_dir=model_dir, data_report=report, **extra)

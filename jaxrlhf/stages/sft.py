@@ -69,13 +69,14 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer_config: optim.OptimizerConfi
 
 
 def run(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
-  """Trains on the response tokens, evaluates held-out NLL, saves `workdir/model` (a HF folder); returns the
-  stage outputs (checkpoint_dir, model_dir, metrics, data_report)."""
+  """Trains on the response tokens, evaluates held-out NLL, saves `workdir/model` (a HF folder; with `model.lora`
+  the merged model, and the adapters alone in `workdir/adapters`); returns the stage outputs (checkpoint_dir,
+  model_dir, metrics, data_report[, adapter_dir])."""
   context = inputs_lib.stage_context(cfg, inputs)
   _, mesh, model_config, pretrained, tokenizer = context
   train_records, eval_records, report = inputs_lib.sft_records(cfg.data, context.world, tokenizer, cfg.seed)
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
+  setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh, lora=cfg.model.lora)
   step_fn = make_sft_step(setup.graphdef, cfg.optimizer, cfg.logps_chunk_size)
   data_iter = inputs_lib.train_iterator(train_records, tokenizer, cfg.data, "sft", cfg.seed)
   batches = inputs_lib.eval_batches(eval_records, tokenizer, cfg.data, "sft")
@@ -93,6 +94,8 @@ def run(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
 
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None)
+  adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
-                                    tokenizer=tokenizer)
-  return common.stage_outputs(results, model_dir=model_dir, data_report=report)
+                                    tokenizer=tokenizer, adapter_dir=adapter_dir)
+  extra = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
+  return common.stage_outputs(results, model_dir=model_dir, data_report=report, **extra)

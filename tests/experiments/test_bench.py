@@ -104,3 +104,22 @@ def test_bad_flags_name_the_flag():
     bench_cli.main(["--smoke", "--only", "ppo"])
   with pytest.raises(ValueError, match="--models"):
     bench_cli.main(["--models", "gpt5"])
+
+
+def test_dpo_lora_case_trains_only_adapters_on_one_base_copy(folder):
+  full = bench_lib.run_case("smoke", "dpo_resident", "jaxrlhf", folder, SMOKE, steps=2, warmup=1)
+  lora = bench_lib.run_case("smoke", "dpo_lora", "jaxrlhf", folder, SMOKE, steps=2, warmup=1)
+  c = bench_lib.SMOKE_CONFIG
+  L, D, N, K, H, F = (c[k] for k in ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"))
+  r = bench_lib.LORA["rank"]
+  # Hand count of r (in + out) per target: q (D, N*H), k and v (D, K*H), o (N*H, D), gate and up (D, F), down (F, D).
+  adapters = L * r * ((D + N * H) * 2 + (D + K * H) * 2 + (D + F) * 3)
+  assert lora["params"] == adapters
+  base_mib = full["params_mib"]
+  assert full["frozen_mib"] == pytest.approx(base_mib)  # full finetuning holds a resident reference copy
+  assert lora["frozen_mib"] == pytest.approx(base_mib)  # LoRA holds the base once, frozen; no reference copy
+  assert lora["params_mib"] == pytest.approx(adapters * 4 / 2**20)
+  assert lora["opt_state_mib"] < 2.01 * lora["params_mib"] < full["opt_state_mib"]
+  # B = 0 at step 0: the LoRA policy equals its reference, as the full policy does (loss log 2 on both).
+  assert lora["losses"][0] == pytest.approx(full["losses"][0], abs=1e-6) == pytest.approx(np.log(2), abs=1e-6)
+  assert lora["losses"][-1] != lora["losses"][0]
