@@ -149,12 +149,20 @@ def test_minibatch_epochs_make_one_update_each(world):
 
 
 # ------------------------------------------------------------------------------------------------ the critic
-def _grads(setup, state, batch, cfg):
-  def total(params):
+def _grads(setup, state, batch, policy_cfg, value_cfg):
+  """Gradients (pure dicts) of the stage's PPO loss with vf_coef = 0 (policy term only) and of the value term only
+  (advantages 0, so the clipped surrogate is 0 with 0 gradient)."""
+  def total(params, cfg, b):
     model = nnx.merge(setup.graphdef, params, state.extra)
-    loss_total, weight, _ = rl.ppo_loss_fn(cfg.loss, cfg.sampling.temperature)(model, batch, None)
+    loss_total, weight, _ = rl.ppo_loss_fn(cfg.loss, cfg.sampling.temperature)(model, b, None)
     return loss_total / weight
-  return nnx.to_pure_dict(jax.jit(jax.grad(total))(state.params))
+
+  @jax.jit
+  def both(params):
+    return (jax.grad(total)(params, policy_cfg, batch),
+            jax.grad(total)(params, value_cfg, dict(batch, advantages=jnp.zeros_like(batch["advantages"]))))
+
+  return tuple(map(nnx.to_pure_dict, both(state.params)))
 
 
 def _norm(tree):
@@ -176,19 +184,21 @@ def test_value_model_gradients(world, value_model):
   if critic is not None:  # the critic starts from the reward model's weights
     np.testing.assert_array_equal(model.critic.head.kernel[...], rm.head.kernel[...])
   cfg = _cfg()
-
-  @jax.jit
-  def targets(s):
-    m = nnx.merge(setup.graphdef, s.params, s.extra)
-    batch, _ = rl.rollout(m, prompts, jax.random.PRNGKey(0), loss=cfg.loss, sampling=cfg.sampling, sources=sources,
-                          eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world)
-    return rl.ppo_targets(cfg.loss, m, batch, cfg.sampling.temperature)[0]
-
-  batch = targets(state)
+  # A fixed rollout batch (no sampling: the gradients' structure is the point).
+  rng = np.random.default_rng(0)
+  r, n = 8, 6
+  lengths = rng.integers(1, n + 1, r)
+  batch = {"prompt_ids": jnp.repeat(prompts["prompt_ids"], 4, axis=0),
+           "prompt_mask": jnp.repeat(prompts["prompt_mask"], 4, axis=0),
+           "tokens": jnp.asarray(rng.integers(3, world.tokenizer.vocab_size, (r, n)), jnp.int32),
+           "mask": jnp.asarray(np.arange(n)[None] < lengths[:, None], jnp.int32),
+           "rewards": jnp.asarray(rng.normal(size=r), jnp.float32)}
+  batch["old_logps"] = batch["ref_logps"] = jnp.asarray(rng.normal(-3, 0.3, (r, n)), jnp.float32) * batch["mask"]
+  batch, _ = rl.ppo_targets(cfg.loss, model, batch, cfg.sampling.temperature)
+  batch["old_logps"] = batch["old_logps"] + 0.1  # ratios != 1, so the policy loss has a gradient everywhere
   value_part = "critic" if critic is not None else "value_head"
-  policy_only = _grads(setup, state, batch, _cfg(vf_coef=0.0))
+  policy_only, value_only = _grads(setup, state, batch, _cfg(vf_coef=0.0), cfg)
   assert _norm(policy_only[value_part]) == 0.0 and _norm(policy_only["policy"]) > 0
-  value_only = _grads(setup, state, dict(batch, advantages=jnp.zeros_like(batch["advantages"])), cfg)
   assert _norm(value_only[value_part]) > 0
   if critic is not None:
     assert _norm(value_only["policy"]) == 0.0
