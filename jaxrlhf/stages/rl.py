@@ -62,7 +62,7 @@ ROLLOUT_STREAM = 0x5eed
 SHUFFLE_STREAM = 0x5f0f  # PPO's minibatch permutations: fold_in(rollout key, this)
 # PPO-only keys (TRL PPOConfig names where they exist); with another algorithm a changed one is a ConfigError.
 PPO_KEYS = ("ppo_epochs", "num_mini_batches", "gamma", "lam", "vf_coef", "cliprange_value", "whiten_rewards",
-            "kl_controller", "kl_target", "kl_horizon")
+            "kl_controller", "kl_target", "kl_horizon", "token_rewards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,8 @@ class RLLossConfig:
   TRL: k1) or "none"; `beta` is the initial coefficient, kept fixed (`kl_controller` "fixed") or adapted between
   rollouts by Ziegler et al.'s controller ("adaptive", `kl_target` nats, `kl_horizon` samples). `whiten_rewards`:
   TRL's option (rescale the per-token rewards). `num_generations` samples per prompt stay independent episodes.
+  token_rewards: the process reward sources' refined step rewards go on their own tokens (per-token returns,
+  where Gao et al. 2024 test Clip / Delta) instead of their sum on the last token with the other sources.
   """
   algorithm: str = field("grpo", choices=ALGORITHMS)
   num_generations: int = field(4, min=2)
@@ -120,6 +122,7 @@ class RLLossConfig:
   kl_controller: str = field("fixed", choices=ppo_lib.KL_CONTROLLERS)
   kl_target: float = field(6.0, min=1e-6)
   kl_horizon: float = field(10000.0, min=1e-6)
+  token_rewards: bool = field(False)
 
   def validate(self, path: str) -> None:
     defaults = RLLossConfig()
@@ -223,6 +226,9 @@ class RLConfig:
         if r.kind in rewards_lib.WORLD_KINDS:
           raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r} is defined on the synthetic world's prompts only "
                             f"({path}.prompts.source is {self.prompts.source!r})")
+    if self.loss.token_rewards and not any(r.kind == "process" for r in self.rewards):
+      raise ConfigError(f"{path}.loss.token_rewards: places the process reward's step rewards on their tokens; "
+                        f"{path}.rewards has no source of kind 'process'")
     if self.value_model and self.loss.algorithm != "ppo":
       raise ConfigError(f"{path}.value_model: {self.value_model!r} is the critic of algorithm 'ppo' "
                         f"({path}.loss.algorithm is {self.loss.algorithm!r}); leave it ''")
@@ -371,7 +377,8 @@ def ppo_targets(loss: RLLossConfig, model: RLModel, batch: dict[str, jax.Array],
   ref_logps = batch["ref_logps"] if loss.kl_mode == "reward" else batch["old_logps"]  # "none": KL term 0
   adv, returns, m = ppo_lib.ppo_advantages(batch["rewards"], batch["old_logps"], ref_logps, old_values, mask,
                                            kl_coef=kl_coef, gamma=loss.gamma, lam=loss.lam,
-                                           kl_estimator=loss.kl_estimator, whiten_rewards=loss.whiten_rewards)
+                                           kl_estimator=loss.kl_estimator, whiten_rewards=loss.whiten_rewards,
+                                           token_rewards_BxT=batch.get("token_rewards"))
   valid = (mask > 0).astype(jnp.float32)
   tokens = jnp.maximum(jnp.sum(valid), 1.0)
   mean = lambda x: jnp.sum(x * valid) / tokens  # noqa: E731
@@ -519,6 +526,12 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
     metrics["gold"] = jnp.mean(rewards_lib.gold_score(world)({}, batch))
     metrics["repeat_rate"] = rewards_lib.repetition_rate(world, batch)
   metrics["reward/total"] = jnp.mean(total)
+  if loss.algorithm == "ppo" and loss.token_rewards:  # The process sources' step rewards go on their tokens.
+    models = model.reward_models()
+    token_part = sum(s.weight * s.token_score(models, batch).astype(jnp.float32) for s in sources
+                     if s.token_score is not None)
+    batch["token_rewards"] = jax.lax.stop_gradient(token_part)
+    total = total - jnp.sum(token_part, axis=1)
   batch["rewards"] = jax.lax.stop_gradient(total)
   if loss.algorithm != "ppo":  # PPO's advantages come from the value model (`ppo_targets`).
     batch["advantages"] = advantages(loss, batch["rewards"])

@@ -50,7 +50,8 @@ def _setup(world, cfg, critic=None):
   setup = rl.rl_setup(cfg, config, None, {}, optim.make_optimizer(cfg.optimizer), None, critic)
   state = setup.init()
   other = nnx.to_pure_dict(nnx.state(CausalLM(config, rngs=nnx.Rngs(7)), nnx.Param))
-  state = state.replace(extra=common.overwrite(state.extra, other, ("reference",)))
+  if cfg.loss.kl_mode != "none":
+    state = state.replace(extra=common.overwrite(state.extra, other, ("reference",)))
   ids, mask = padding.encode_prompts(world.tokenizer, world.prompts(2, "train"), 6)
   prompts = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "prompt_index": jnp.arange(2)}
   sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
@@ -146,6 +147,39 @@ def test_minibatch_epochs_make_one_update_each(world):
   model = nnx.merge(setup.graphdef, new_state.params, new_state.extra)
   assert float(model.kl_coef[...]) == pytest.approx(0.1)  # the fixed controller
   assert np.isfinite(float(metrics["value/explained_variance"]))
+
+
+# ------------------------------------------------------------------------------------------------ token rewards
+def test_delta_token_rewards_give_the_step_score_as_return(world):
+  """loss.token_rewards: the Delta-refined process reward on its tokens. With gamma = lam = 1 the GAE return from
+  token t is the reward-to-go, which Delta telescopes to the PRM's own step score s_t (Gao et al. 2024, §4), plus
+  the gold outcome on the last token: returns = gold + s_t on steps, gold on the end token, whatever the values."""
+  cfg = from_config({
+      "model": {"config": TINY}, "prompts_per_step": 2, "rewards": ({"kind": "gold"},
+                                                                    {"kind": "process", "refinement": "delta"}),
+      "sampling": {"max_new_tokens": 6},
+      "loss": {"algorithm": "ppo", "num_generations": 4, "kl_mode": "none", "gamma": 1.0, "lam": 1.0,
+               "token_rewards": True}}, rl.RLConfig)
+  setup, state, prompts, _ = _setup(world, cfg)
+  sources = rewards_lib.build_sources(cfg.rewards, world=world)
+  eos_ids = (world.tokenizer.eos_id,) + tuple(range(3, world.tokenizer.vocab_size, 3))  # ragged lengths
+
+  @jax.jit
+  def targets(st):
+    model = nnx.merge(setup.graphdef, st.params, st.extra)
+    batch, _ = rl.rollout(model, prompts, jax.random.PRNGKey(1), loss=cfg.loss, sampling=cfg.sampling,
+                          sources=sources, eos_ids=eos_ids, pad_id=world.tokenizer.pad_id, world=world)
+    return batch, rl.ppo_targets(cfg.loss, model, batch, cfg.sampling.temperature)[0]
+
+  rollout, batch = targets(state)
+  gold = world.gold_reward_np(rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"], rollout["mask"])
+  scores, steps = rewards_lib.prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"],
+                                              rollout["tokens"], rollout["mask"])
+  mask = np.asarray(rollout["mask"]) > 0
+  assert np.asarray(steps).sum() > 0 and len(set(mask.sum(1))) > 1  # steps, and ragged lengths
+  np.testing.assert_allclose(rollout["rewards"], gold, rtol=1e-5, atol=1e-6)  # the process part moved to tokens
+  expected = np.where(mask, gold[:, None] + np.asarray(scores), 0.0)
+  np.testing.assert_allclose(batch["returns"], expected, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ the critic
@@ -258,6 +292,8 @@ def test_adaptive_kl_coef_across_steps_and_resume(tmp_path):
      "loss.num_mini_batches"),
     ({"loss": {"algorithm": "ppo", "kl_mode": "reward", "lam": 1.5}}, "loss.lam"),
     ({"value_model": "stage:reward"}, "value_model"),
+    ({"loss": {"algorithm": "ppo", "kl_mode": "reward", "token_rewards": True}}, "loss.token_rewards"),
+    ({"loss": {"token_rewards": True}}, "loss.token_rewards"),
 ])
 def test_config_errors_name_the_key(overrides, key):
   with pytest.raises(ConfigError, match=rf"config\.{key}\b"):
