@@ -1,4 +1,5 @@
-"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) in one step, through the loop.
+"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024) and PPO with a value model
+(Schulman et al. 2017; Ziegler et al. 2019) in one step, through the loop.
 
 Design: ONE jitted program per loop step does the whole iteration, so sampling and updates never leave XLA:
   1. rollout: G samples per prompt from the current policy with `sampling.generate` (KV cache, while_loop),
@@ -16,6 +17,13 @@ Design: ONE jitted program per loop step does the whole iteration, so sampling a
      PPO-clipped surrogate with the rollout's old log-probs, or a named GRPO variant's objective (`loss.variant`:
      Dr. GRPO, DAPO, GSPO, GSPO-token, CISPO from `losses.policy_variants`).
 One loop step is therefore one rollout batch and mu optimizer updates (`state.step` counts the updates).
+
+PPO (loss.algorithm "ppo", `make_ppo_step`) replaces 3-4: the value model (a head on the policy's backbone, or a
+critic initialized from a reward model) predicts V per response token; `losses.ppo.ppo_advantages` turns the
+sequence score (on the last token), the per-token KL penalty (the state's coefficient) and optionally the process
+reward's step rewards into GAE advantages (whitened) and returns; then ppo_epochs passes of num_mini_batches
+updates (permutations from the rollout key) on the clipped surrogate + vf_coef * clipped value loss; then the KL
+controller updates the coefficient, a `KLCoef` in the state's extra (exact resume).
 
 The model in the train state is `RLModel`: the trained policy plus a frozen reference and frozen reward models
 whose parameters are `FrozenParam`s in the state's `extra` (no gradient, no optimizer state; checkpointed with
@@ -481,6 +489,8 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
   advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
+  With algorithm "ppo": no advantages, rewards without the KL term (PPO applies it per token), and with
+  loss.token_rewards the process sources' step rewards as token_rewards (R, N), their sums taken out of rewards.
   """
   g = num_samples or loss.num_generations
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,

@@ -332,3 +332,17 @@ def test_one_and_eight_devices_give_equal_losses(tmp_path, mesh):
     for key in ("train/loss", "train/loss/policy", "train/loss/value", "train/value/mean", "train/kl_coef",
                 "train/gold"):
       assert a[s][key] == pytest.approx(b[s][key], rel=rel, abs=2e-5), (s, key)
+
+
+@pytest.mark.parametrize("spec", ["ppo.py:default", "ppo.py:smoke", "ppo.py:critic", "ppo.py:smoke_critic",
+                                  "papers/clip_delta.py:ppo", "papers/clip_delta.py:ppo_smoke"])
+def test_ppo_configs_plan(spec):
+  """Every PPO config variant converts, validates and has its stage references checked by the planner."""
+  from experiments import run as run_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(os.path.join(REPO_ROOT, "configs", spec))
+  stages = {s.name: s for s in run_lib.plan(config)}
+  ppo_stages = [s for s in stages.values() if getattr(s.config, "loss", None) is not None
+                and getattr(s.config.loss, "algorithm", "") == "ppo"]
+  assert ppo_stages, spec
+  if "clip_delta" in spec:
+    assert {s.name: s.config.loss.token_rewards for s in ppo_stages}["rl_delta"]
