@@ -81,7 +81,7 @@ def _hand_forward(model, batch, temperature):
 # ------------------------------------------------------------------------------------------------ one update
 def test_ppo_step_equals_the_pure_functions(world):
   cfg = _cfg(ppo_epochs=1, num_mini_batches=1, kl_controller="adaptive", kl_target=0.5, kl_horizon=50.0,
-             vf_coef=0.3, cliprange_value=0.05)
+             vf_coef=0.3, cliprange_value=0.05, gamma=0.99, lam=0.9, whiten_rewards=True)
   setup, state, prompts, sources = _setup(world, cfg)
   optimizer = optim.make_optimizer(cfg.optimizer)
   eos_ids, pad_id = (world.tokenizer.eos_id,), world.tokenizer.pad_id
@@ -105,7 +105,7 @@ def test_ppo_step_equals_the_pure_functions(world):
   ref_logp = jax.nn.log_softmax(ref(ref_ids, ref_batch_mask)[:, p - 1:-1] / t, axis=-1)
   ref_logps = jnp.where(batch["mask"] > 0, jnp.take_along_axis(ref_logp, ref_ids[:, p:, None], axis=-1)[..., 0], 0.0)
   adv, ret, _ = ppo.ppo_advantages(jnp.asarray(gold), batch["old_logps"], ref_logps, old_values, batch["mask"],
-                                   kl_coef=0.1, gamma=1.0, lam=0.95, kl_estimator="k1")
+                                   kl_coef=0.1, gamma=0.99, lam=0.9, kl_estimator="k1", whiten_rewards=True)
 
   def loss_of(params):
     m = nnx.merge(setup.graphdef, params, state.extra)
@@ -120,8 +120,9 @@ def test_ppo_step_equals_the_pure_functions(world):
   assert _value(metrics["loss"]) == pytest.approx(float(loss), rel=1e-4, abs=1e-6)
   for key in ("loss/value", "value/clipfrac", "policy/approxkl"):
     assert _value(metrics[key]) == pytest.approx(float(pure_metrics[key]), rel=1e-4, abs=1e-6), key
+  # Adam's first update is ~ -lr * sign(g) (lr 1e-2): 1e-5 absorbs float noise on near-0 gradients only.
   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert jax.tree.leaves(nnx.state(nnx.merge(setup.graphdef, new_state.params, new_state.extra).value_head))
 
   # TRL's AdaptiveKLController.update(current, n_steps = batch size), by hand in float64.
