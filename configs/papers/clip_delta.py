@@ -15,12 +15,18 @@ return of every policy (the proxy the hack inflates); `repeat_rate` the fraction
     python -m experiments.sweep --config configs/papers/clip_delta.py --workdir runs/papers/clip_delta --workers 1
     python -m experiments.tables --workdir runs/papers/clip_delta
     python -m experiments.run --config configs/papers/clip_delta.py:smoke --workdir runs/clip_delta_smoke
+
+Variant "ppo" (and "ppo_smoke"): the same four arms with PPO (a value head on the policy, GAE gamma 1 / lam 0.95,
+k1 KL in the per-token reward, 2 epochs x 2 minibatches) and the process reward's refined step rewards on their own
+tokens (`loss.token_rewards`): PPO's per-token returns, where Gao et al. tested Clip / Delta (GRPO's sequence-level
+advantage sees only the summed return, which Delta telescopes to the first step's score).
+    python -m experiments.sweep --config configs/papers/clip_delta.py:ppo --workdir runs/papers/clip_delta_ppo
 """
 
 from configs import _sections as S
 from jaxrlhf.stages import rl, sft
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "ppo", "ppo_smoke")
 SETTINGS = ("outcome", "none", "clip", "delta")  # rl_<setting> stages; "outcome": no process reward
 METRICS = ("eval/gold", "eval/reward/prm_raw", "eval/completion_length", "eval/repeat_rate", "eval/kl")
 ETA = 0.5  # Clip threshold: a step the PRM judges more likely good than bad (s_t > 0.5) costs nothing.
@@ -40,11 +46,12 @@ def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/clip_delta.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-  if variant == "smoke":
+  ppo = variant.startswith("ppo")
+  if variant.endswith("smoke"):
     sft_kwargs = dict(data=S.SMOKE_DATA, loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3))
     rl_kwargs = dict(num_prompts=64, prompts_per_step=4, eval_prompts=8, sampling=dict(max_new_tokens=12),
                      loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=1e-3))
-    settings = ("delta",)
+    settings = ("outcome", "delta") if ppo else ("delta",)
   else:
     sft_kwargs = dict(data=dict(num_train=2048, num_eval=64, batch_size=32, max_length=40),
                       optimizer=dict(learning_rate=3e-3, clip_norm=1.0),
@@ -55,16 +62,20 @@ def get_config(arg=None):
     settings = SETTINGS
   stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=S.SMOKE_MODEL), **sft_kwargs)}
   for setting in settings:
-    stages[f"rl_{setting}"] = S.stage(
-        "rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=rewards(setting), num_devices=1,
-        loss=dict(algorithm="grpo", num_generations=4, scale_rewards="group", beta=0.04, kl_mode="loss",
-                  kl_estimator="k3"), **rl_kwargs)
+    if ppo:
+      loss = dict(algorithm="ppo", num_generations=4, beta=0.04, kl_mode="reward", kl_estimator="k1", ppo_epochs=2,
+                  num_mini_batches=2, gamma=1.0, lam=0.95, token_rewards=setting != "outcome")
+    else:
+      loss = dict(algorithm="grpo", num_generations=4, scale_rewards="group", beta=0.04, kl_mode="loss",
+                  kl_estimator="k3")
+    stages[f"rl_{setting}"] = S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=rewards(setting),
+                                      num_devices=1, loss=loss, **rl_kwargs)
   config = S.chain(stages, seed=0)
   config.tables = dict(metrics=tuple(f"rl_{s}/{m}" for s in settings for m in METRICS))
   return config
 
 
 def sweep(add, arg=None):
-  seeds = (0,) if arg == "smoke" else (0, 1, 2)
+  seeds = (0,) if arg in ("smoke", "ppo_smoke") else (0, 1, 2)
   for seed in seeds:
     add(seed=seed)

@@ -101,7 +101,7 @@ def gae_advantages(rewards_BxT: jax.Array, values_BxT: jax.Array, mask_BxT: jax.
 def ppo_advantages(scores_B: jax.Array, logps_BxT: jax.Array, ref_logps_BxT: jax.Array, values_BxT: jax.Array,
                    mask_BxT: jax.Array, *, kl_coef: float | jax.Array, gamma: float = 1.0, lam: float = 0.95,
                    kl_estimator: str = "k1", whiten_rewards: bool = False,
-                   value_mask_BxT: jax.Array | None = None
+                   value_mask_BxT: jax.Array | None = None, token_rewards_BxT: jax.Array | None = None
                    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """PPO rollout targets, TRL PPOTrainer steps 4-6: per-token rewards, optional reward whitening, GAE, and
   advantage whitening.
@@ -120,6 +120,8 @@ def ppo_advantages(scores_B: jax.Array, logps_BxT: jax.Array, ref_logps_BxT: jax
     kl_estimator: "k1" (TRL default) or "k3" (or "k2").
     whiten_rewards: whiten the per-token rewards over the value mask without centering (TRL `whiten_rewards`).
     value_mask_BxT: (B, T) mask of the value targets; must contain the policy mask (defaults to it).
+    token_rewards_BxT: optional (B, T) rewards added to r_t on their tokens (e.g. a process reward's step rewards,
+      whose return-to-go then varies along the response); 0 outside the value mask.
 
   Returns:
     (advantages_BxT, returns_BxT, metrics): advantages whitened over the policy mask and 0 outside it; returns 0
@@ -131,6 +133,9 @@ def ppo_advantages(scores_B: jax.Array, logps_BxT: jax.Array, ref_logps_BxT: jax
   _check_like(values_BxT, jnp.shape(mask_BxT), "values_BxT")
   kl = pg.kl_divergence(logps_BxT, ref_logps_BxT, mask_BxT, estimator=kl_estimator)
   rewards = pg.kl_penalized_token_rewards(scores_B, kl, value_mask, kl_coef)
+  if token_rewards_BxT is not None:
+    _check_like(token_rewards_BxT, jnp.shape(mask_BxT), "token_rewards_BxT")
+    rewards = rewards + jnp.where(value_mask > 0, _f32(token_rewards_BxT), 0.0)
   if whiten_rewards:
     rewards = masked_whiten(rewards, value_mask, shift_mean=False)
   advantages, returns = gae_advantages(rewards, values_BxT, value_mask, gamma=gamma, lam=lam)

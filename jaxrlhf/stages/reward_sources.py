@@ -151,11 +151,14 @@ Score = Callable[[Mapping[str, Any], Rollout], jax.Array]
 @dataclasses.dataclass(frozen=True)
 class RewardSource:
   """A built source: its metric label, weight and jittable `score(models, rollout) -> (R,)`; a text reward's NaN
-  means "not scorable" (`unscored_is_nan`), any other source's NaN is an error the NaN guard must see."""
+  means "not scorable" (`unscored_is_nan`), any other source's NaN is an error the NaN guard must see.
+  `token_score(models, rollout) -> (R, N)`, where set (the process reward), places the score on the response tokens
+  (its row sums are `score`), for PPO's per-token returns."""
   label: str
   weight: float
   score: Score
   unscored_is_nan: bool = False
+  token_score: Score | None = None
 
 
 def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
@@ -304,6 +307,12 @@ def refined_process_return(scores_RxS: jax.Array, steps_RxS: jax.Array, refineme
   no step can add reward); "delta": r'_t = r_t - r_{t+1}, the last step keeps r_T (the sum telescopes to the
   first step's reward, bounded whatever the length).
   """
+  return jnp.sum(refined_process_rewards(scores_RxS, steps_RxS, refinement, eta), axis=1)
+
+
+def refined_process_rewards(scores_RxS: jax.Array, steps_RxS: jax.Array, refinement: str, eta: float = 0.5
+                            ) -> jax.Array:
+  """(R, S) refined step rewards r'_t of `refined_process_return` (0 off steps), before the sum."""
   if refinement == "none":
     refined = jnp.where(steps_RxS, scores_RxS, 0.0)
   elif refinement == "clip":
@@ -312,7 +321,7 @@ def refined_process_return(scores_RxS: jax.Array, steps_RxS: jax.Array, refineme
     refined = pg.delta_process_rewards(scores_RxS, steps_RxS)
   else:
     raise ValueError(f"refinement: expected one of {REFINEMENTS}, got {refinement!r}")
-  return jnp.sum(refined, axis=1)
+  return refined
 
 
 def process_score(world: Any, refinement: str, eta: float) -> Score:
@@ -324,6 +333,20 @@ def process_score(world: Any, refinement: str, eta: float) -> Score:
     scores, steps = prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
                                     rollout["mask"])
     return refined_process_return(scores, steps, refinement, eta)
+
+  return score
+
+
+def process_token_score(world: Any, refinement: str, eta: float) -> Score:
+  """(R, N) refined step rewards of `process_score` on their response tokens (a step is a response token), whose
+  row sums are process_score's return: PPO's per-token process rewards, where the return-to-go from step t is
+  sum_{k>=t} r'_k (Delta: r_t itself; Gao et al. 2024, §4)."""
+
+  def score(models, rollout):
+    del models
+    scores, steps = prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
+                                    rollout["mask"])
+    return refined_process_rewards(scores, steps, refinement, eta)
 
   return score
 
@@ -409,6 +432,7 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
     raise ValueError(f"rewards: source names must be distinct (set `name`), got {labels}")
   out = []
   for i, spec in enumerate(specs):
+    token_score = None
     if spec.kind == "reward_model":
       stats = None
       if spec.standardize:
@@ -426,11 +450,13 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
       if world is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the synthetic world's prompts")
       score = gold_score(world) if spec.kind == "gold" else process_score(world, spec.refinement, spec.eta)
+      if spec.kind == "process":
+        token_score = process_token_score(world, spec.refinement, spec.eta)
     else:
       if table is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the prompt table (texts and columns)")
       score = text_score(spec.text_reward(f"rewards[{i}]"), tokenizer, table, spec.label, errors)
-    out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS))
+    out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS, token_score))
   return out
 
 

@@ -1,4 +1,5 @@
-"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) in one step, through the loop.
+"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024) and PPO with a value model
+(Schulman et al. 2017; Ziegler et al. 2019) in one step, through the loop.
 
 Design: ONE jitted program per loop step does the whole iteration, so sampling and updates never leave XLA:
   1. rollout: G samples per prompt from the current policy with `sampling.generate` (KV cache, while_loop),
@@ -16,6 +17,13 @@ Design: ONE jitted program per loop step does the whole iteration, so sampling a
      PPO-clipped surrogate with the rollout's old log-probs, or a named GRPO variant's objective (`loss.variant`:
      Dr. GRPO, DAPO, GSPO, GSPO-token, CISPO from `losses.policy_variants`).
 One loop step is therefore one rollout batch and mu optimizer updates (`state.step` counts the updates).
+
+PPO (loss.algorithm "ppo", `make_ppo_step`) replaces 3-4: the value model (a head on the policy's backbone, or a
+critic initialized from a reward model) predicts V per response token; `losses.ppo.ppo_advantages` turns the
+sequence score (on the last token), the per-token KL penalty (the state's coefficient) and optionally the process
+reward's step rewards into GAE advantages (whitened) and returns; then ppo_epochs passes of num_mini_batches
+updates (permutations from the rollout key) on the clipped surrogate + vf_coef * clipped value loss; then the KL
+controller updates the coefficient, a `KLCoef` in the state's extra (exact resume).
 
 The model in the train state is `RLModel`: the trained policy plus a frozen reference and frozen reward models
 whose parameters are `FrozenParam`s in the state's `extra` (no gradient, no optimizer state; checkpointed with
@@ -35,11 +43,14 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxrlhf.config import ConfigError, field
+from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import padding
 from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf.losses import policy_variants as pv
+from jaxrlhf.losses import ppo as ppo_lib
 from jaxrlhf.models import CausalLM
+from jaxrlhf.models.heads import HeadConfig, RewardHead
+from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.parallel import MeshConfig
 from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.stages import artifacts
@@ -52,10 +63,14 @@ from jaxrlhf.train import optim
 from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
-ALGORITHMS = ("grpo", "rloo")
+ALGORITHMS = ("grpo", "rloo", "ppo")
 VARIANTS = ("",) + tuple(pv.VARIANTS)  # "": the objective from algorithm / scale_rewards / loss_aggregation / epsilon
 KL_MODES = ("none", "reward", "loss")
 ROLLOUT_STREAM = 0x5eed
+SHUFFLE_STREAM = 0x5f0f  # PPO's minibatch permutations: fold_in(rollout key, this)
+# PPO-only keys (TRL PPOConfig names where they exist); with another algorithm a changed one is a ConfigError.
+PPO_KEYS = ("ppo_epochs", "num_mini_batches", "gamma", "lam", "vf_coef", "cliprange_value", "whiten_rewards",
+            "kl_controller", "kl_target", "kl_horizon", "token_rewards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +92,18 @@ class RLLossConfig:
   when too few qualify (their advantages are set to 0). overlong_cache: DAPO's soft overlong punishment
   (`policy_variants.soft_overlong_penalty` with L_max = sampling.max_new_tokens, L_cache = overlong_cache) added
   to every row's reward; 0 = off.
+
+  algorithm "ppo" (PPO with a value model; Ziegler et al. 2019, Stiennon et al. 2020, TRL's PPOTrainer): per-token
+  rewards r_t = -kl_coef * k(pi_old, pi_ref)_t (+ the sequence score on the last response token), GAE(`gamma`,
+  `lam`) with the value model's predictions, advantages whitened over the batch's tokens (`losses.ppo`), then
+  `ppo_epochs` passes over the rollout, each a fresh permutation (from the seed) cut into `num_mini_batches`
+  minibatches, one optimizer update per minibatch on the clipped surrogate (clip `epsilon`) + `vf_coef` * the
+  clipped value loss (`cliprange_value`). KL: kl_mode "reward" (in the per-token reward, estimator `kl_estimator`,
+  TRL: k1) or "none"; `beta` is the initial coefficient, kept fixed (`kl_controller` "fixed") or adapted between
+  rollouts by Ziegler et al.'s controller ("adaptive", `kl_target` nats, `kl_horizon` samples). `whiten_rewards`:
+  TRL's option (rescale the per-token rewards). `num_generations` samples per prompt stay independent episodes.
+  token_rewards: the process reward sources' refined step rewards go on their own tokens (per-token returns,
+  where Gao et al. 2024 test Clip / Delta) instead of their sum on the last token with the other sources.
   """
   algorithm: str = field("grpo", choices=ALGORITHMS)
   num_generations: int = field(4, min=2)
@@ -93,8 +120,27 @@ class RLLossConfig:
   dynamic_sampling: bool = field(False)
   oversample: int = field(1, min=1)
   overlong_cache: int = field(0, min=0)
+  ppo_epochs: int = field(4, min=1)
+  num_mini_batches: int = field(1, min=1)
+  gamma: float = field(1.0, min=0.0, max=1.0)
+  lam: float = field(0.95, min=0.0, max=1.0)
+  vf_coef: float = field(0.1, min=0.0)
+  cliprange_value: float = field(0.2, min=0.0)
+  whiten_rewards: bool = field(False)
+  kl_controller: str = field("fixed", choices=ppo_lib.KL_CONTROLLERS)
+  kl_target: float = field(6.0, min=1e-6)
+  kl_horizon: float = field(10000.0, min=1e-6)
+  token_rewards: bool = field(False)
 
   def validate(self, path: str) -> None:
+    defaults = RLLossConfig()
+    if self.algorithm != "ppo":
+      for key in PPO_KEYS:
+        if getattr(self, key) != getattr(defaults, key):
+          raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to algorithm 'ppo' only "
+                            f"({path}.algorithm is {self.algorithm!r}); leave it at {getattr(defaults, key)!r}")
+    else:
+      self._validate_ppo(path, defaults)
     if self.variant:
       # The variant decides these; a changed one would be silently ignored, so it is refused.
       defaults = RLLossConfig()
@@ -109,6 +155,26 @@ class RLLossConfig:
     if self.oversample > 1 and not self.dynamic_sampling:
       raise ConfigError(f"{path}.oversample: {self.oversample} > 1 samples extra groups for dynamic sampling only; "
                         f"set {path}.dynamic_sampling=True or oversample=1")
+
+  def _validate_ppo(self, path: str, defaults: "RLLossConfig") -> None:
+    if self.variant:
+      raise ConfigError(f"{path}.variant: {self.variant!r} is a GRPO objective; algorithm 'ppo' takes variant ''")
+    if self.kl_mode == "loss":
+      raise ConfigError(f"{path}.kl_mode: 'loss' is not PPO's; algorithm 'ppo' puts the KL in the per-token "
+                        "rewards: kl_mode 'reward' (or 'none')")
+    if self.kl_controller == "adaptive" and self.kl_mode != "reward":
+      raise ConfigError(f"{path}.kl_controller: 'adaptive' adapts the KL penalty, which needs kl_mode 'reward' "
+                        f"(got {self.kl_mode!r})")
+    # Keys whose meaning PPO replaces: a changed one would be silently ignored.
+    replaced = {"num_iterations": "ppo_epochs / num_mini_batches set the updates per rollout",
+                "dynamic_sampling": "PPO has no groups to filter", "oversample": "PPO has no groups to filter",
+                "scale_rewards": "PPO whitens GAE advantages", "rloo_normalize": "PPO whitens GAE advantages",
+                "loss_aggregation": "PPO's losses are token means",
+                "epsilon_high": "PPO's clip is symmetric (epsilon)"}
+    for key, why in replaced.items():
+      if getattr(self, key) != getattr(defaults, key):
+        raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} does not apply to algorithm 'ppo' ({why}); leave "
+                          f"it at {getattr(defaults, key)!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +203,9 @@ class RLConfig:
   prompts_per_step: int = field(8, min=1)
   max_prompt_length: int = field(8, min=1)
   eval_prompts: int = field(64, min=0)
+  value_model: str = stage_ref("rm_dir", help="algorithm 'ppo': '' = a scalar value head on the policy's backbone "
+                               "(shared); 'stage:<reward stage>' or a reward-model folder = a separate critic "
+                               "initialized from that reward model (member 0 of an ensemble)")
   rewards: tuple[rewards_lib.RewardSourceSpec, ...] = field((rewards_lib.RewardSourceSpec(),))
   loss: RLLossConfig = field(default_factory=RLLossConfig)
   sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -165,6 +234,18 @@ class RLConfig:
         if r.kind in rewards_lib.WORLD_KINDS:
           raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r} is defined on the synthetic world's prompts only "
                             f"({path}.prompts.source is {self.prompts.source!r})")
+    if self.loss.token_rewards and not any(r.kind == "process" for r in self.rewards):
+      raise ConfigError(f"{path}.loss.token_rewards: places the process reward's step rewards on their tokens; "
+                        f"{path}.rewards has no source of kind 'process'")
+    if self.value_model and self.loss.algorithm != "ppo":
+      raise ConfigError(f"{path}.value_model: {self.value_model!r} is the critic of algorithm 'ppo' "
+                        f"({path}.loss.algorithm is {self.loss.algorithm!r}); leave it ''")
+    if self.loss.algorithm == "ppo":
+      m = self.loss.num_mini_batches
+      if rows % m or (rows // m) % self.optimizer.grad_accum_steps:
+        raise ConfigError(f"{path}.loss.num_mini_batches: {m} must divide prompts_per_step * loss.num_generations "
+                          f"= {rows} into minibatches divisible by optimizer.grad_accum_steps = "
+                          f"{self.optimizer.grad_accum_steps}")
     if self.loss.overlong_cache > self.sampling.max_new_tokens:
       raise ConfigError(f"{path}.loss.overlong_cache: {self.loss.overlong_cache} must be <= "
                         f"{path}.sampling.max_new_tokens = {self.sampling.max_new_tokens} (the penalty's L_max)")
@@ -175,15 +256,35 @@ class RLConfig:
     return self.prompts_per_step * (self.loss.oversample if self.loss.dynamic_sampling else 1)
 
 # ------------------------------------------------------------------------------------------------ the model
-class RLModel(nnx.Module):
-  """The trained policy, a frozen reference copy, and frozen reward models `rm_<i>` (source index i)."""
+class KLCoef(nnx.Variable):
+  """PPO's current KL coefficient (float32 scalar): not a Param, so it lives in the train state's `extra` (no
+  gradient, checkpointed with the state, so a resumed run continues the adaptive controller exactly)."""
 
-  def __init__(self, policy: nnx.Module, reference: nnx.Module | None, reward_models: dict[str, nnx.Module]):
+
+class RLModel(nnx.Module):
+  """The trained policy, a frozen reference copy, and frozen reward models `rm_<i>` (source index i).
+
+  For PPO also the value model, trained with the policy: `value_head` (a scalar head on the policy's final hidden
+  states) or `critic` (a separate RewardModel read at every position), and `kl_coef` (a KLCoef). Without them the
+  module is exactly the GRPO / RLOO one.
+  """
+
+  def __init__(self, policy: nnx.Module, reference: nnx.Module | None, reward_models: dict[str, nnx.Module], *,
+               value_head: nnx.Module | None = None, critic: nnx.Module | None = None,
+               kl_coef: float | None = None):
     self.policy = policy
     self.reference = common.frozen(reference) if reference is not None else None
     self.rm_names = tuple(sorted(reward_models))
     for name, rm in reward_models.items():
       setattr(self, name, common.frozen(rm))
+    if value_head is not None and critic is not None:
+      raise ValueError("RLModel: pass value_head (shared backbone) or critic (separate), not both")
+    if value_head is not None:
+      self.value_head = value_head
+    if critic is not None:
+      self.critic = critic
+    if kl_coef is not None:
+      self.kl_coef = KLCoef(jnp.asarray(kl_coef, jnp.float32))
 
   def reward_models(self) -> dict[str, nnx.Module]:
     return {name: getattr(self, name) for name in self.rm_names}
@@ -254,6 +355,131 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
 
   return loss_fn
 
+# ------------------------------------------------------------------------------------------------ PPO
+def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float) -> tuple[jax.Array, jax.Array]:
+  """(logps_BxN, values_BxN) float32 of the rollout rows under the policy and the value model, 0 on masked slots.
+
+  values[:, n] = V(s_n), read from the final hidden state before response token n: the policy's own (one forward
+  gives both, `value_head`) or the separate critic's backbone (`critic`, its reward head applied per position).
+  """
+  args = (batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"])
+  if hasattr(model, "critic"):
+    logps, _ = scoring.response_logps(model.policy, *args, temperature)
+    hidden_BxNxD = scoring.response_hidden(model.critic.backbone, *args)
+    head = model.critic.head
+  else:
+    logps, _, hidden_BxNxD = scoring.response_logps_and_hidden(model.policy, *args, temperature)
+    head = model.value_head
+  b, n, d = hidden_BxNxD.shape
+  values = head(hidden_BxNxD.reshape(b * n, d)).reshape(b, n)
+  return logps, jnp.where(batch["mask"] > 0, values, 0.0)
+
+
+def ppo_targets(loss: RLLossConfig, model: RLModel, batch: dict[str, jax.Array], temperature: float
+                ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """The rollout batch with PPO's targets: old_values, advantages (B, N; whitened) and returns (B, N), by
+  `ppo.ppo_advantages` on the sequence scores batch["rewards"] with the state's KL coefficient; and metrics."""
+  mask = batch["mask"]
+  _, old_values = jax.lax.stop_gradient(ppo_forward(model, batch, temperature))
+  kl_coef = model.kl_coef[...] if loss.kl_mode == "reward" else jnp.zeros((), jnp.float32)
+  ref_logps = batch["ref_logps"] if loss.kl_mode == "reward" else batch["old_logps"]  # "none": KL term 0
+  adv, returns, m = ppo_lib.ppo_advantages(batch["rewards"], batch["old_logps"], ref_logps, old_values, mask,
+                                           kl_coef=kl_coef, gamma=loss.gamma, lam=loss.lam,
+                                           kl_estimator=loss.kl_estimator, whiten_rewards=loss.whiten_rewards,
+                                           token_rewards_BxT=batch.get("token_rewards"))
+  valid = (mask > 0).astype(jnp.float32)
+  tokens = jnp.maximum(jnp.sum(valid), 1.0)
+  mean = lambda x: jnp.sum(x * valid) / tokens  # noqa: E731
+  raw_adv = returns - old_values  # GAE advantages before whitening (the values' residuals)
+  residual = raw_adv
+  explained = 1.0 - (mean(jnp.square(residual - mean(residual))) /
+                     jnp.maximum(mean(jnp.square(returns - mean(returns))), 1e-8))
+  metrics = {**m, "kl_coef": kl_coef, "returns/mean": mean(returns), "advantages/mean": mean(raw_adv),
+             "value/explained_variance": explained}
+  out = {k: batch[k] for k in ("prompt_ids", "prompt_mask", "tokens", "mask", "old_logps")}
+  return {**out, "old_values": old_values, "advantages": adv, "returns": returns}, metrics
+
+
+def ppo_loss_terms(loss: RLLossConfig, logps_BxN: jax.Array, values_BxN: jax.Array, batch: dict[str, jax.Array]
+                   ) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+  """(loss total, weight = tokens, metrics) of PPO on a minibatch: total / weight = `ppo.ppo_loss(...)` (policy and
+  value masks equal), as sums over tokens so micro-batches accumulate exactly."""
+  mask = batch["mask"]
+  valid = (mask > 0).astype(jnp.float32)
+  tokens = jnp.sum(valid)
+  pg_BxN, pg_m = pg.clipped_surrogate(logps_BxN, batch["old_logps"], batch["advantages"], mask, epsilon=loss.epsilon)
+  vf_BxN, vf_m = ppo_lib.clipped_value_loss(values_BxN, batch["old_values"], batch["returns"], mask,
+                                            clip_range_value=loss.cliprange_value)
+  pg_sum, vf_sum = jnp.sum(pg_BxN * valid), jnp.sum(vf_BxN * valid)
+  log_ratio = jax.lax.stop_gradient(logps_BxN - batch["old_logps"])
+  avg = lambda v: metrics_lib.Avg(v * tokens, tokens)  # noqa: E731  token means -> exact over micro-batches
+  metrics = {"loss/policy": metrics_lib.Avg(jax.lax.stop_gradient(pg_sum), tokens),
+             "loss/value": metrics_lib.Avg(jax.lax.stop_gradient(vf_sum), tokens),
+             "policy/clipfrac": avg(pg_m["clip_ratio/region_mean"]), "ratio/mean": avg(pg_m["ratio/mean"]),
+             "policy/approxkl": metrics_lib.Avg(jnp.sum(0.5 * jnp.square(log_ratio) * valid), tokens),
+             **{k: avg(v) for k, v in vf_m.items()}}
+  return pg_sum + loss.vf_coef * vf_sum, tokens, metrics
+
+
+def ppo_loss_fn(loss: RLLossConfig, temperature: float) -> state_lib.LossFn:
+  """loss_fn(RLModel, PPO minibatch, rng) for `state.make_train_step`."""
+
+  def loss_fn(model, batch, rng):
+    del rng
+    logps, values = ppo_forward(model, batch, temperature)
+    return ppo_loss_terms(loss, logps, values, batch)
+
+  return loss_fn
+
+
+def ppo_updates(inner: state_lib.StepFn, state: state_lib.TrainState, batch: dict[str, jax.Array],
+                loss: RLLossConfig, key: jax.Array) -> tuple[state_lib.TrainState, dict[str, Any]]:
+  """`ppo_epochs` passes over the rollout batch; pass e permutes the R rows by jax.random.permutation(split(key,
+  epochs)[e], R) and cuts them into `num_mini_batches` contiguous minibatches (TRL's b_inds), one `inner` update
+  each. Returns the state and the updates' metrics stacked on one leading axis (epochs * minibatches)."""
+  r, m = batch["mask"].shape[0], loss.num_mini_batches
+
+  def epoch(s, epoch_key):
+    perm = jax.random.permutation(epoch_key, r)
+    minibatches = jax.tree.map(lambda x: x[perm].reshape(m, r // m, *x.shape[1:]), batch)
+    return jax.lax.scan(inner, s, minibatches)
+
+  state, stacked = jax.lax.scan(epoch, state, jax.random.split(key, loss.ppo_epochs))
+  return state, jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), stacked)
+
+
+def with_kl_coef(graphdef: nnx.GraphDef, state: state_lib.TrainState, kl_coef: jax.Array) -> state_lib.TrainState:
+  """The state with its KLCoef set to `kl_coef`."""
+  model = nnx.merge(graphdef, state.params, state.extra)
+  model.kl_coef[...] = jnp.asarray(kl_coef, jnp.float32)
+  _, _, extra = nnx.split(model, nnx.Param, ...)
+  return state.replace(extra=extra)
+
+
+def make_ppo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources: Sequence[rewards_lib.RewardSource],
+                  *, eos_ids: tuple[int, ...], pad_id: int, world: Any = None) -> state_lib.StepFn:
+  """PPO's pure step (state, prompt batch) -> (state, metrics): one rollout, its targets (`ppo_targets`), the
+  epochs of minibatch updates (`ppo_updates`), then the KL controller's update of the coefficient from the
+  rollout's KL (mean over rows of the summed estimator; n_steps = the R rows, TRL's batch size)."""
+  loss, temperature = cfg.loss, cfg.sampling.temperature
+  inner = state_lib.make_train_step(graphdef, ppo_loss_fn(loss, temperature), optimizer,
+                                    grad_accum_steps=cfg.optimizer.grad_accum_steps,
+                                    schedule=optim.make_schedule(cfg.optimizer))
+
+  def step_fn(state: state_lib.TrainState, prompts: dict[str, jax.Array]):
+    rng = rollout_key(state)
+    model = nnx.merge(graphdef, state.params, state.extra)
+    batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
+                             eos_ids=eos_ids, pad_id=pad_id, world=world)
+    batch, target_metrics = ppo_targets(loss, model, batch, temperature)
+    state, stacked = ppo_updates(inner, state, batch, loss, jax.random.fold_in(rng, SHUFFLE_STREAM))
+    new_coef = ppo_lib.update_kl_coef(loss.kl_controller, model.kl_coef[...], target_metrics["objective/kl"],
+                                      batch["mask"].shape[0], target=loss.kl_target, horizon=loss.kl_horizon)
+    state = with_kl_coef(graphdef, state, new_coef)
+    return state, {**metrics_lib.stack_reduce(stacked), **metrics, **target_metrics}
+
+  return step_fn
+
 # ------------------------------------------------------------------------------------------------ rollout and step
 def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
             sampling: SamplingConfig, sources: Sequence[rewards_lib.RewardSource], eos_ids: tuple[int, ...],
@@ -263,6 +489,8 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
   advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
+  With algorithm "ppo": no advantages, rewards without the KL term (PPO applies it per token), and with
+  loss.token_rewards the process sources' step rewards as token_rewards (R, N), their sums taken out of rewards.
   """
   g = num_samples or loss.num_generations
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
@@ -302,14 +530,21 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
     seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
     metrics["kl"] = jnp.mean(seq_kl)
-    if loss.kl_mode == "reward":
+    if loss.kl_mode == "reward" and loss.algorithm != "ppo":  # PPO: per token, with the state's coefficient
       total = total - loss.beta * seq_kl
   if world is not None:
     metrics["gold"] = jnp.mean(rewards_lib.gold_score(world)({}, batch))
     metrics["repeat_rate"] = rewards_lib.repetition_rate(world, batch)
   metrics["reward/total"] = jnp.mean(total)
+  if loss.algorithm == "ppo" and loss.token_rewards:  # The process sources' step rewards go on their tokens.
+    models = model.reward_models()
+    token_part = sum(s.weight * s.token_score(models, batch).astype(jnp.float32) for s in sources
+                     if s.token_score is not None)
+    batch["token_rewards"] = jax.lax.stop_gradient(token_part)
+    total = total - jnp.sum(token_part, axis=1)
   batch["rewards"] = jax.lax.stop_gradient(total)
-  batch["advantages"] = advantages(loss, batch["rewards"])
+  if loss.algorithm != "ppo":  # PPO's advantages come from the value model (`ppo_targets`).
+    batch["advantages"] = advantages(loss, batch["rewards"])
   return batch, metrics
 
 
@@ -387,14 +622,28 @@ def rollout_key(state: state_lib.TrainState) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------------ setup and stage
 def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_models: dict, optimizer: Any,
-             mesh: Any) -> state_lib.StateSetup:
-  """The RLModel train state: policy (+ frozen reference = the initial policy) + frozen reward models."""
+             mesh: Any, critic: tuple[Any, dict] | None = None) -> state_lib.StateSetup:
+  """The RLModel train state: policy (+ frozen reference = the initial policy) + frozen reward models.
+
+  With algorithm "ppo" also the value model, trained by the same optimizer over the joint (policy + value) Param
+  tree, as TRL's PPOTrainer (one optimizer over its PolicyAndValueWrapper): `critic` = (factory key -> RewardModel,
+  its Param values) gives a separate critic, None a fresh linear value head on the policy's backbone; and the KL
+  coefficient, starting at loss.beta (0 with kl_mode "none")."""
   with_reference = cfg.loss.kl_mode != "none"
+  is_ppo = cfg.loss.algorithm == "ppo"
 
   def model_fn(key):
     rms = {name: factory(key) for name, (factory, _) in reward_models.items()}
     ref = CausalLM(model_config, rngs=nnx.Rngs(key)) if with_reference else None
-    return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms)
+    if not is_ppo:
+      return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms)
+    value_key = jax.random.fold_in(key, 1)
+    value_head = None if critic is not None else RewardHead(
+        model_config.embed_dim, HeadConfig("linear"), rngs=nnx.Rngs(value_key),
+        param_dtype=jnp.dtype(model_config.param_dtype))
+    return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms, value_head=value_head,
+                   critic=critic[0](value_key) if critic is not None else None,
+                   kl_coef=cfg.loss.beta if cfg.loss.kl_mode == "reward" else 0.0)
 
   setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh,
                                      shardings=common.logical_or_replicated(mesh))
@@ -409,9 +658,30 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
         extra = common.overwrite(extra, pretrained, ("reference",))
     for name, (_, pure) in reward_models.items():
       extra = common.overwrite(extra, pure, (name,))
+    if critic is not None:
+      params = common.overwrite(params, critic[1], ("critic",))
     return state.replace(params=params, extra=extra)
 
   return setup._replace(init=init)
+
+
+def load_critic(value_model: str, inputs: dict, vocab_size: int) -> tuple[Any, dict] | None:
+  """(factory key -> RewardModel, Param values of member 0) of the reward model `value_model` names ("stage:<name>"
+  or a folder), the critic PPO trains; None for "" (a value head on the policy's backbone)."""
+  if not value_model:
+    return None
+  rm_dir = common.resolve_path(value_model, inputs, "rm_dir")
+  config, head, num_members = artifacts.reward_model_spec(rm_dir)
+  if head.kind == "multihead":
+    raise ConfigError(f"value_model: the reward model in {rm_dir} has a 'multihead' head ({head.num_outputs} "
+                      "outputs); a critic needs one scalar per position (a linear, mlp or attributes head)")
+  if config.vocab_size < vocab_size:
+    raise ConfigError(f"value_model: the reward model in {rm_dir} has vocab_size {config.vocab_size} < the policy "
+                      f"tokenizer's {vocab_size}; the critic reads the policy's tokens")
+  member = artifacts.load_reward_model(rm_dir).member(0)
+  print(f"[rl] value_model: a critic initialized from member 0 of {num_members} of {rm_dir}", flush=True)
+  return (lambda key: RewardModel(config, head, rngs=nnx.Rngs(key)),
+          jax.device_get(nnx.to_pure_dict(nnx.state(member, nnx.Param))))
 
 
 def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inputs_lib.PromptSet, world: Any,
@@ -437,7 +707,7 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inpu
 
 
 def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
-  """The "rl" stage: GRPO / RLOO training, eval on held-out prompts, saves the policy to `workdir/model`."""
+  """The "rl" stage: GRPO / RLOO / PPO training, eval on held-out prompts, saves the policy to `workdir/model`."""
   model_path = common.resolve_path(cfg.model.init_from, inputs) if cfg.model.init_from else ""
   source = inputs_lib.open_prompts(cfg.prompts, model_path)
   world, tokenizer = source.world, source.tokenizer
@@ -454,8 +724,10 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
                                       member_stats=member_stats, errors=errors)
   eos_ids, pad_id = inputs_lib.end_ids(tokenizer, model_config, world), tokenizer.pad_id
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh)
-  step_fn = make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
+  critic = load_critic(cfg.value_model, inputs, tokenizer.vocab_size) if cfg.loss.algorithm == "ppo" else None
+  setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh, critic)
+  make_step = make_ppo_step if cfg.loss.algorithm == "ppo" else make_rl_step
+  step_fn = make_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
   data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed)
   eval_fn = None
   if cfg.eval_prompts:

@@ -135,6 +135,36 @@ def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.A
   return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0)
 
 
+def response_logps_and_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array,
+                              response_ids_BxN: jax.Array, response_mask_BxN: jax.Array, temperature: float = 1.0
+                              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`response_logps` and the final hidden states (B, N, D) that predict each response token, from ONE forward.
+
+  hidden[:, n] is the state before response token n (position P + n - 1), where a value head reads V(s_n) (TRL's
+  `full_value[:, context_length - 1:-1]`); a policy with a shared value head gets log-probs and values together.
+  """
+  p = prompt_ids_BxP.shape[1]
+  valid = response_mask_BxN > 0
+  mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
+  ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
+  logits_BxTxV, hidden_BxTxD = model(ids_BxT, mask_BxT, return_hidden=True)
+  logits_BxNxV = logits_BxTxV[:, p - 1:-1].astype(jnp.float32) / temperature
+  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
+  logps = jnp.take_along_axis(logp_BxNxV, ids_BxT[:, p:, None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp_BxNxV) * logp_BxNxV, axis=-1)
+  return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0), hidden_BxTxD[:, p - 1:-1]
+
+
+def response_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, response_ids_BxN: jax.Array,
+                    response_mask_BxN: jax.Array) -> jax.Array:
+  """(B, N, D) final hidden states of a backbone (anything with `hidden_states`, e.g. a reward model's) at the
+  positions before each response token, as `response_logps_and_hidden` (no LM head is applied)."""
+  p = prompt_ids_BxP.shape[1]
+  mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, response_mask_BxN > 0], axis=1)
+  ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
+  return model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _response_logps_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN):
   return response_logps(nnx.merge(graphdef, state), prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN,
