@@ -792,3 +792,25 @@ class PromptIterator:
 
   def set_state(self, state: dict) -> None:
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+class AttachedBatches:
+  """Wraps a batch iterator, adding per-pair fields from `table` (anything with `attach(batch) -> batch`: the
+  preference stage's reference cache, the self-rewarding stage's pair table); get/set_state pass through, so resume
+  stays exact."""
+
+  def __init__(self, iterator: Any, table: Any):
+    self.iterator, self.table = iterator, table
+    self.process_local = bool(getattr(iterator, "process_local", False))  # Rows are looked up one by one.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return self.table.attach(next(self.iterator))
+
+  def get_state(self) -> Any:
+    return self.iterator.get_state()
+
+  def set_state(self, state: Any) -> None:
+    self.iterator.set_state(state)

@@ -8,7 +8,7 @@ policy (the initial policy) is either
                 state's `extra`, so they get no gradient and no optimizer state;
   "precompute": a pass over the training (and held-out) pairs before training computes the reference
                 log-probs (and, for T-REG with reference token rewards, the token rewards), saved to
-                `workdir/reference_cache.npz` and reused on resume; `ReferenceBatches` attaches them to each
+                `workdir/reference_cache.npz` and reused on resume; `inputs.AttachedBatches` attaches them to each
                 batch by the pair's token content.
 Reference-free losses (SimPO, ORPO) use neither.
 
@@ -371,26 +371,6 @@ class ReferenceCache:
     return out
 
 
-class ReferenceBatches:
-  """Wraps a batch iterator, attaching cached reference values; state passes through."""
-
-  def __init__(self, iterator: Any, cache: ReferenceCache):
-    self.iterator = iterator
-    self.cache = cache
-    self.process_local = bool(getattr(iterator, "process_local", False))  # Rows are looked up one by one.
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    return self.cache.attach(next(self.iterator))
-
-  def get_state(self) -> Any:
-    return self.iterator.get_state()
-
-  def set_state(self, state: Any) -> None:
-    self.iterator.set_state(state)
-
 # ------------------------------------------------------------------------------------------------ setup and stage
 def preference_setup(cfg: PreferenceConfig, model_config: Any, pretrained: dict | None, optimizer: Any, mesh: Any
                      ) -> state_lib.StateSetup:
@@ -484,7 +464,7 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   batches = inputs_lib.eval_batches(eval_records, tokenizer, data, "preference", shared_prompt=shared)
   if needs_reference(loss) and not resident:
     cache = _reference_cache(cfg, setup, train_records + eval_records, tokenizer, better, worse, workdir, shared)
-    data_iter = ReferenceBatches(data_iter, cache)
+    data_iter = inputs_lib.AttachedBatches(data_iter, cache)
     batches = [cache.attach(b) for b in batches]
 
   @jax.jit

@@ -140,25 +140,6 @@ class PairTable:
     return dict(batch, ref_chosen_logps=rc, ref_rejected_logps=rr, consistency=c)
 
 
-class _AttachedBatches:
-  """A batch iterator with the pair table's fields attached; get/set_state pass through (exact resume)."""
-
-  def __init__(self, iterator: Any, table: PairTable):
-    self.iterator, self.table = iterator, table
-    self.process_local = bool(getattr(iterator, "process_local", False))
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict:
-    return self.table.attach(next(self.iterator))
-
-  def get_state(self) -> Any:
-    return self.iterator.get_state()
-
-  def set_state(self, state: Any) -> None:
-    self.iterator.set_state(state)
-
 # ------------------------------------------------------------------------------------------------ sampling, rewards
 def _prompt_arrays(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
   rows = [tokenize_lib.encode_prompt(tokenizer, t) for t in texts]
@@ -250,7 +231,7 @@ def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records
       k += 1
   del state
   pairs = PairTable(table)
-  data_iter = _AttachedBatches(
+  data_iter = inputs_lib.AttachedBatches(
       inputs_lib.train_iterator(records, tokenizer, cfg.data, "preference", cfg.seed * 1000 + t, shared_prompt=False),
       pairs)
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
