@@ -415,11 +415,19 @@ def evaluate_pairs(rm: Any, records: Sequence[Any], tokenizer: Any, cfg: RewardE
     metrics, credit = pair_metrics(chosen, rejected, [records[i].subset for i in index], aggregation=cfg.aggregation,
                                    lam=cfg.lam, level=cfg.level, num_resamples=cfg.num_resamples, seed=cfg.seed)
   metrics["pairs/dropped_too_long"] = float(report["dropped_too_long"])
+  heads = [{"kind": "pair", "index": i, "source": r.source, "subset": r.subset} for i, r in enumerate(records)]
+  return metrics, report, score_lines(heads, chosen, rejected, index, credit, cfg)
+
+
+def score_lines(heads: list[dict], chosen: np.ndarray, rejected: np.ndarray, index: np.ndarray, credit: np.ndarray,
+                cfg: RewardEvalConfig) -> list[dict]:
+  """scores.jsonl lines: each record's `heads[i]` with its member scores, aggregates and credit, or `dropped`.
+
+  chosen, rejected: (S, ...) scores of the S scored records; index: (S,) their record indices; credit: (S,)."""
   scored = {int(i): j for j, i in enumerate(index)}
   agg_c, agg_r = aggregated(chosen, cfg.aggregation, cfg.lam), aggregated(rejected, cfg.aggregation, cfg.lam)
   lines = []
-  for i, r in enumerate(records):
-    line = {"kind": "pair", "index": i, "source": r.source, "subset": r.subset}
+  for i, line in enumerate(heads):
     j = scored.get(i)
     if j is None:
       line["dropped"] = True
@@ -427,7 +435,7 @@ def evaluate_pairs(rm: Any, records: Sequence[Any], tokenizer: Any, cfg: RewardE
       line.update(chosen=chosen[j].tolist(), rejected=rejected[j].tolist(), chosen_aggregate=float(agg_c[j]),
                   rejected_aggregate=float(agg_r[j]), correct=bool(credit[j]))
     lines.append(line)
-  return metrics, report, lines
+  return lines
 
 
 def evaluate_kway(rm: Any, paths: Sequence[str], tokenizer: Any, cfg: RewardEvalConfig
@@ -490,19 +498,9 @@ def evaluate_benchmark(rm: Any, tokenizer: Any, cfg: RewardEvalConfig) -> tuple[
         aggregation=cfg.aggregation, lam=cfg.lam, level=cfg.level, num_resamples=cfg.num_resamples, seed=cfg.seed)
   metrics[f"{name}/dropped_too_long"] = float(scored_report["dropped_too_long"])
   report = {"kept": kept, "skipped": skipped, "line": summary, "files": files, **scored_report}
-  scored = {int(i): j for j, i in enumerate(index)}
-  agg_c, agg_r = aggregated(chosen, cfg.aggregation, cfg.lam), aggregated(rejected, cfg.aggregation, cfg.lam)
-  lines = []
-  for i, r in enumerate(records):
-    line = {"kind": name, "index": i, "source": r.pair.source, "group": r.group, "subset": r.pair.subset, "id": r.id}
-    j = scored.get(i)
-    if j is None:
-      line["dropped"] = True
-    else:
-      line.update(chosen=chosen[j].tolist(), rejected=rejected[j].tolist(), chosen_aggregate=float(agg_c[j]),
-                  rejected_aggregate=float(agg_r[j]), correct=bool(credit[j]))
-    lines.append(line)
-  return metrics, report, lines
+  heads = [{"kind": name, "index": i, "source": r.pair.source, "group": r.group, "subset": r.pair.subset, "id": r.id}
+           for i, r in enumerate(records)]
+  return metrics, report, score_lines(heads, chosen, rejected, index, credit, cfg)
 
 
 def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
