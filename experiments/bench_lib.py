@@ -155,6 +155,22 @@ def jax_shared_prompt_batches(pairs: dict[str, np.ndarray], batch: int) -> list[
   return out
 
 
+def library_shared_prompt(hf_config: dict, algo: str, shape: Shape) -> tuple[bool, float]:
+  """What the stages' default `data.shared_prompt="auto"` chooses for this case: (used, cost ratio).
+
+  The same rule as `jaxrlhf.stages.inputs.choose_shared_prompt`: shared-prompt rows (B rows of P + 2R tokens)
+  replace the two-row layout (2B rows of P + R) when their estimated forward FLOPs (`inputs.row_flops`, the LM head
+  counted for DPO, not for the reward model) are at most `inputs.SHARED_PROMPT_MAX_COST` of it. The bench's pairs
+  all have one length, so there is no bucketing to model.
+  """
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import inputs  # pylint: disable=g-import-not-at-top
+  cost = inputs.row_flops(ModelConfig.from_hf(hf_config), with_lm_head=algo != "rm")
+  response = shape.seq - shape.prompt
+  ratio = cost(shape.prompt + 2 * response) / (2 * cost(shape.seq))
+  return ratio <= inputs.SHARED_PROMPT_MAX_COST, float(ratio)
+
+
 def rm_head_kernel(embed_dim: int, seed: int = 0) -> np.ndarray:
   """(1, D) reward-head weights used by both sides (TRL's score-head scale)."""
   rng = np.random.default_rng(seed + 1)
@@ -209,21 +225,6 @@ def model_flops_per_step(hf_config: dict, algo: str, shape: Shape) -> float:
   from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
   c = ModelConfig.from_hf(hf_config)
   return train_flops_per_token(c, shape.seq, with_unembed=algo != "rm") * 2 * shape.batch * shape.seq
-
-
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-  """Best fp32 GEMM throughput of jax on this CPU (GFLOP/s): the attainable peak that MFU is measured against."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best / 1e9
 
 
 # ------------------------------------------------------------------------------------------------ jaxrlhf side
@@ -532,12 +533,23 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 
 
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
-             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool = True, shared_prompt: bool = False
-             ) -> dict[str, Any]:
-  """One case in this process -> a JSON-able row (raw times plus the summary)."""
+             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool = True,
+             shared_prompt: bool | str = "auto") -> dict[str, Any]:
+  """One case in this process -> a JSON-able row (raw times plus the summary).
+
+  shared_prompt: the jaxrlhf RM / DPO batch layout: True / False, or "auto" (the library default: the stages' rule,
+    `library_shared_prompt`; the row records the estimated cost ratio).
+  """
   row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
-  if shared_prompt and side == "jaxrlhf" and algo in TRAIN_CASES:
-    row["shared_prompt"] = True
+  if side == "jaxrlhf" and algo in TRAIN_CASES:
+    if shared_prompt == "auto":
+      shared_prompt, row["shared_prompt_cost_ratio"] = library_shared_prompt(read_hf_config(folder), algo, shape)
+    elif not isinstance(shared_prompt, bool):
+      raise ValueError(f"shared_prompt: expected True, False or 'auto', got {shared_prompt!r}")
+    if shared_prompt:
+      row["shared_prompt"] = True
+  else:
+    shared_prompt = False
   if algo == "generate":
     if side == "jaxrlhf":
       raw = jax_generate(folder, shape, steps, scan_layers=scan_layers)

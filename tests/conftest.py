@@ -17,6 +17,10 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("JAXRLHF_TEST_XLA_CACHE", str(pathlib.Path.home() / ".cache" / "jaxrlhf-xla")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+# Subprocess tests (experiments.run, sweeps, kill points) compile the same smoke programs again and again: hand them
+# the same cache through the environment they inherit.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"

@@ -467,9 +467,10 @@ def pipeline_config(data: DataSpec, kind: str, *, seed: int, batch_size: int | N
       shard_index=None if split_by_process else 0, shard_count=None if split_by_process else 1)
 
 
-def _row_flops(model_config: ModelConfig, with_lm_head: bool):
-  """Forward FLOPs of one padded row of T tokens: 2 x (non-embedding parameters) per token, the LM head if any,
-  and 4 L N H T^2 for the scores and the weighted values (computed over the full T x T mask)."""
+def row_flops(model_config: ModelConfig, with_lm_head: bool):
+  """A function T -> forward FLOPs of one padded row of T tokens: 2 x (non-embedding parameters) per token, the LM
+  head if any, and 4 L N H T^2 for the scores and the weighted values (computed over the full T x T mask). The
+  cost model of `shared_prompt="auto"` (also used by experiments.bench, so its default is the library's)."""
   c = model_config
   per_token = 2 * c.num_layers * sum(int(np.prod(spec.shape)) for spec in layer_param_specs(c).values())
   if with_lm_head:
@@ -482,14 +483,14 @@ def choose_shared_prompt(data: DataSpec, records: list, tokenizer: Any, model_co
   """Whether a stage scores pairs in the shared-prompt layout, and the report {"mode", "used", "cost_ratio"}.
 
   "auto" tokenizes up to `sample` training pairs (the pipeline's truncation) and compares the two layouts'
-  estimated forward FLOPs over batches of data.batch_size padded to their buckets (`_row_flops`,
+  estimated forward FLOPs over batches of data.batch_size padded to their buckets (`row_flops`,
   `pipeline.shared_prompt_cost_ratio`).
   """
   if data.shared_prompt != "auto":
     return data.shared_prompt == "on", {"mode": data.shared_prompt, "used": data.shared_prompt == "on"}
   config = pipeline_config(data, "preference", seed=0, shuffle=False)
   examples = [tokenize.tokenize_pair(r, tokenizer, config.truncation) for r in records[:sample]]
-  ratio = pipeline_lib.shared_prompt_cost_ratio(examples, config, _row_flops(model_config, with_lm_head))
+  ratio = pipeline_lib.shared_prompt_cost_ratio(examples, config, row_flops(model_config, with_lm_head))
   used = ratio <= SHARED_PROMPT_MAX_COST
   print(f"[data] shared_prompt=auto: {'one shared-prompt row' if used else 'two rows'} per pair (estimated cost "
         f"of shared rows / two rows: {ratio:.2f}, threshold {SHARED_PROMPT_MAX_COST})", flush=True)

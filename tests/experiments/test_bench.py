@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
 
 @pytest.mark.parametrize("algo", ["rm", "dpo"])
 def test_jaxrlhf_and_trl_train_identically(folder, algo):
-  jax_row = bench_lib.run_case("smoke", algo, "jaxrlhf", folder, SMOKE, steps=2, warmup=1)
+  jax_row = bench_lib.run_case("smoke", algo, "jaxrlhf", folder, SMOKE, steps=2, warmup=1, shared_prompt=False)
   trl_row = bench_lib.run_case("smoke", algo, "trl", folder, SMOKE, steps=2, warmup=1)
   shared_row = bench_lib.run_case("smoke", algo, "jaxrlhf", folder, SMOKE, steps=2, warmup=1, shared_prompt=True)
   assert len(jax_row["losses"]) == len(trl_row["losses"]) == len(shared_row["losses"]) == 3
@@ -48,6 +48,20 @@ def test_jaxrlhf_and_trl_train_identically(folder, algo):
     assert row["pairs_per_s"] == pytest.approx(SMOKE.batch / row["step_s"])
   assert jax_row["params"] >= trl_row["params"]  # ours adds the reward head's bias for "rm"
   assert jax_row["xla_step_mib"] > 0
+
+
+@pytest.mark.parametrize("algo,lm_head", [("rm", False), ("dpo", True)])
+def test_default_layout_is_the_stages_auto_rule(folder, algo, lm_head):
+  # Hand count for SMOKE_CONFIG (D 32, one layer, 2 heads of 16, 1 KV head, gated MLP 64): q, o 32x32; k, v 32x16;
+  # gate, up, down 32x64; two norm scales of 32 -> 9,280 weights, 2 FLOPs each per token; the LM head 2 x 32 x 128
+  # for DPO; attention 4 L N H T^2 = 128 T^2. Pairs: prompt 8, responses 8: shared rows of 24 vs two rows of 16.
+  per_token = 2 * 9280 + (2 * 32 * 128 if lm_head else 0)
+  cost = lambda t: per_token * t + 128 * t * t  # noqa: E731
+  used, ratio = bench_lib.library_shared_prompt(bench_lib.read_hf_config(folder), algo, SMOKE)
+  assert ratio == pytest.approx(cost(24) / (2 * cost(16)), rel=1e-12)
+  assert used == (ratio <= 0.9)
+  # The command line's default is that rule, as the stages' data.shared_prompt default is.
+  assert bench_cli.parser().parse_args([]).shared_prompt == "auto"
 
 
 def test_generate_matches_transformers(folder):
@@ -96,7 +110,7 @@ def test_cli_smoke_writes_json(tmp_path, capsys):
   assert {(r["algo"], r["side"]) for r in rows} == {("rm", "jaxrlhf"), ("rm", "trl")}
   saved = json.loads(out.read_text())
   assert "load" in saved["machine"] and len(saved["rows"]) == 2
-  assert "| smoke | reward model (BT) |" in capsys.readouterr().out
+  assert "| smoke | reward model (BT) (jaxrlhf: shared prompt) |" in capsys.readouterr().out  # the auto layout
 
 
 def test_bad_flags_name_the_flag():
