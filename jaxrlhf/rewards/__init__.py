@@ -7,7 +7,9 @@ load_function), answers (exact match of a final answer with number normalization
 format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), sql (Reasoning-SQL's
 execution / syntax / schema-linking / n-gram / format rewards on sqlite3), toolrl (ToolRL's format and
 tool-call correctness reward), bmas (Mixed-R1's bidirectional max-average similarity of input
-embeddings against a reference column), combine (weighted sums),
+embeddings against a reference column), multi_aspect and hybrid (Beyond Monolithic Rewards: instruction-adherence
+aspects from constraint columns, the generalized length penalty, and the confidence mix of a reward model with
+rules), combine (weighted sums),
 kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model (bmas reads
 only a model file's embedding table).
 """
@@ -18,7 +20,9 @@ from jaxrlhf.rewards.bleu import bleu_reward, bleuberi_bleu, bleuberi_reward, se
 from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, call_style, check_rewards,
                                      completion_text, describe, load_function)
 from jaxrlhf.rewards.combine import weighted_sum
+from jaxrlhf.rewards.hybrid import confidence_mix
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
+from jaxrlhf.rewards.multi_aspect import generalized_length_penalty, instruction_adherence
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
 from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,
                                  sql_syntax)

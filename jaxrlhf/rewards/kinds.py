@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, bmas, combine, shaping, sql, toolrl
+from jaxrlhf.rewards import answers, bleu, bmas, combine, multi_aspect, shaping, sql, toolrl
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -62,6 +62,8 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "python": python_function,
     "toolrl": toolrl.toolrl_reward,
     "bmas": bmas.bmas_reward,
+    "instruction_adherence": multi_aspect.instruction_adherence,
+    "generalized_length_penalty": multi_aspect.generalized_length_penalty,
 }
 
 

@@ -245,7 +245,7 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
     errors = rewards_lib.CallbackErrors()
     models = {f"rm_{i}": artifacts.shared_backbone_model(
         artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir")))
-              for i, spec in enumerate(cfg.rewards) if spec.kind == "reward_model"}
+              for i, spec in enumerate(cfg.rewards) if spec.kind in rewards_lib.RM_KINDS}
     models.update(rewards_lib.follow_up_models(cfg.rewards, inputs, policy_path, tok))  # FLR: default the policy.
     sources = rewards_lib.build_sources(cfg.rewards, tokenizer=tok, table=held_out.table, errors=errors)
     try:

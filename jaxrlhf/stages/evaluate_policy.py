@@ -224,7 +224,7 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
   errors = rewards_lib.CallbackErrors()
   if cfg.rewards:
     models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
-              for i, spec in enumerate(cfg.rewards) if spec.kind == "reward_model"}
+              for i, spec in enumerate(cfg.rewards) if spec.kind in rewards_lib.RM_KINDS}
     # FLR sources default to the base (the policy's starting model).
     models.update(rewards_lib.follow_up_models(cfg.rewards, inputs, common.resolve_path(cfg.base, inputs), tok))
     sources = rewards_lib.build_sources(cfg.rewards, world=world, tokenizer=tok, table=table, errors=errors)

@@ -36,12 +36,17 @@ from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf import rewards as text_rewards
 from jaxrlhf.models import CausalLM, from_pretrained, load_tokenizer
 from jaxrlhf.rewards import follow_up as follow_up_lib
+from jaxrlhf.rewards import hybrid as hybrid_lib
 from jaxrlhf.train import scoring
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 
 MODEL_KINDS = ("reward_model", "gold", "process", "follow_up_likelihood")  # Scored inside the jitted step.
-KINDS = MODEL_KINDS + tuple(text_rewards.REWARDS)  # ... and every text reward of jaxrlhf.rewards.
+# A reward model mixed with text rules by confidence (Beyond Monolithic Rewards): needs the prompt table, like a text
+# reward, and a reward model, like "reward_model".
+HYBRID = "hybrid"
+RM_KINDS = ("reward_model", HYBRID)  # The kinds that load `reward_model` as models["rm_<i>"].
+KINDS = MODEL_KINDS + (HYBRID,) + tuple(text_rewards.REWARDS)  # ... and every text reward of jaxrlhf.rewards.
 WORLD_KINDS = ("gold", "process")  # Defined only on the synthetic world's prompts.
 REFINEMENTS = ("none", "clip", "delta")
 SMOOTHING = ("exp", "add1", "none")
@@ -60,6 +65,10 @@ class RewardSourceSpec:
     a .gguf or "stage:<name>"; default: the policy's starting model; it must share the policy's vocabulary),
     "positive" / "negative" (lists of utterances; default: the paper's 20 + 20, `rewards.follow_up`),
     "chunk_size" (the vocabulary-chunked gather, default 1024)),
+    "hybrid" (Gulhane & Indurthi 2025, arXiv:2510.05283, `rewards.hybrid`: the reward model of `reward_model`, reduced by
+    `aggregation`, mixed with text rules by confidence, (1 - sum_{k applies} c_k) r_model + sum_{k applies} c_k r_k;
+    `options`: {"rules": [{"kind": <text reward kind>, "options": {...}, "confidence": c_k in [0, 1]}, ...]}, a rule
+    applying where its value is not None / NaN),
     or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
     "exact_match" (options column, extract, rel_tol), "regex_format" (pattern, match, flags, partial_credit),
     "length_penalty" (target, alpha, unit), "bleu" (sentence BLEU-4 in [0, 1] against a reference column; on the
@@ -109,9 +118,26 @@ class RewardSourceSpec:
     """The options of a "follow_up_likelihood" source with their defaults (`follow_up_options`)."""
     return follow_up_options(self.options, f"{path}.options")
 
+  def hybrid_rules(self, path: str = "reward") -> list[tuple[Callable[..., Any], float]]:
+    """[(text reward function, confidence)] of a "hybrid" source's `options.rules` (`rewards.hybrid.check_rules`)."""
+    unknown = sorted(set(self.options) - {"rules"})
+    if unknown or "rules" not in self.options:
+      raise ConfigError(f"{path}.options: kind 'hybrid' takes exactly the option 'rules', got {sorted(self.options)}")
+    try:
+      rules = hybrid_lib.check_rules(self.options["rules"], f"{path}.options.rules")
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
+    return [(text_rewards.make_reward(r["kind"], r["options"], f"{path}.options.rules[{j}]"), r["confidence"])
+            for j, r in enumerate(rules)]
+
   def validate(self, path: str) -> None:
-    if self.kind == "reward_model" and not self.reward_model:
-      raise ConfigError(f"{path}.reward_model: required for kind 'reward_model' (e.g. 'stage:reward')")
+    if self.kind in RM_KINDS and not self.reward_model:
+      raise ConfigError(f"{path}.reward_model: required for kind {self.kind!r} (e.g. 'stage:reward')")
+    if self.kind == HYBRID:
+      self.hybrid_rules(path)
+      if self.standardize:
+        raise ConfigError(f"{path}.standardize: not supported for kind 'hybrid'")
+      return
     if self.kind == "follow_up_likelihood":
       self.follow_up_options(path)
     if self.kind not in MODEL_KINDS:
@@ -417,6 +443,18 @@ def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label
   return score
 
 
+def hybrid_score(model_score: Score, rule_scores: Sequence[Score], confidence_K: Sequence[float]) -> Score:
+  """`rewards.hybrid.confidence_mix` of a reward-model score and K text-rule scores (NaN where a rule does not
+  apply), inside the jitted step."""
+  confidence = jnp.asarray(confidence_K, jnp.float32)
+
+  def score(models, rollout):
+    rules_KxR = jnp.stack([s(models, rollout) for s in rule_scores]).astype(jnp.float32)
+    return hybrid_lib.confidence_mix(model_score(models, rollout).astype(jnp.float32), rules_KxR, confidence, xp=jnp)
+
+  return score
+
+
 def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, tokenizer: Any = None,
                   table: PromptTable | None = None, member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
                   errors: CallbackErrors | None = None) -> list[RewardSource]:
@@ -440,6 +478,14 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
           raise ValueError(f"rewards[{i}]: standardize=True needs the members' statistics (member_stats[{i}])")
         stats = member_stats[i]
       score = reward_model_score(f"rm_{i}", spec.aggregation, spec.lam, stats)
+    elif spec.kind == HYBRID:
+      if table is None:
+        raise ValueError(f"rewards[{i}]: kind 'hybrid' needs the prompt table (texts and columns) for its rules")
+      rules = spec.hybrid_rules(f"rewards[{i}]")
+      rule_scores = [text_score(fn, tokenizer, table, f"{spec.label}.rules[{j}]", errors)
+                     for j, (fn, _) in enumerate(rules)]
+      score = hybrid_score(reward_model_score(f"rm_{i}", spec.aggregation, spec.lam), rule_scores,
+                           [c for _, c in rules])
     elif spec.kind == "follow_up_likelihood":
       if tokenizer is None:
         raise ValueError(f"rewards[{i}]: kind 'follow_up_likelihood' needs the policy tokenizer")
@@ -456,7 +502,8 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
       if table is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the prompt table (texts and columns)")
       score = text_score(spec.text_reward(f"rewards[{i}]"), tokenizer, table, spec.label, errors)
-    out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS, token_score))
+    out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS + (HYBRID,),
+                            token_score))
   return out
 
 
@@ -505,7 +552,7 @@ def load_reward_models(specs: Sequence[RewardSourceSpec], inputs: dict,
     out[name] = (lambda key, config=config: CausalLM(config, rngs=nnx.Rngs(key)),
                  jax.device_get(nnx.to_pure_dict(nnx.state(lm, nnx.Param))))
   for i, spec in enumerate(specs):
-    if spec.kind != "reward_model":
+    if spec.kind not in RM_KINDS:
       continue
     rm_dir = common.resolve_path(spec.reward_model, inputs, "rm_dir")
     rm = artifacts.load_reward_model(rm_dir)
