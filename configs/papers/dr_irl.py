@@ -14,7 +14,7 @@ One run (per seed) is the chain
 Both rl stages share the SFT start, prompts, sampling, optimizer, steps and evaluation (eval/gold: one sample per
 held-out validation prompt, the same key). The sweep: seeds {0, ..., 4} (a seed reseeds every stage).
 
-Variants: default (the per-seed run), smoke (seconds).
+Variants: default (the per-seed run), smoke (seconds: the GRPO-S stage alone, 1 step from a random tiny policy).
     python -m experiments.sweep --config configs/papers/dr_irl.py --workdir runs/papers/dr_irl
     python -m experiments.tables --workdir runs/papers/dr_irl
 """
@@ -28,12 +28,11 @@ TAU = 1.0
 
 
 def _sizes(smoke: bool) -> dict:
-  if smoke:
+  if smoke:  # One rl stage (GRPO-S) from a random tiny policy: seconds in CI.
     return dict(model=S.SMOKE_MODEL,
-                sft=dict(data=S.SMOKE_DATA, loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3)),
-                rl=dict(num_prompts=16, prompts_per_step=2, eval_prompts=4, max_prompt_length=8,
-                        sampling=dict(max_new_tokens=8), optimizer=dict(learning_rate=1e-3),
-                        loop=dict(S.SMOKE_LOOP, num_steps=2, checkpoint_every=2, log_every=1)))
+                rl=dict(num_prompts=8, prompts_per_step=2, eval_prompts=4, max_prompt_length=8,
+                        sampling=dict(max_new_tokens=6), optimizer=dict(learning_rate=1e-3),
+                        loop=dict(S.SMOKE_LOOP, num_steps=1, checkpoint_every=1, log_every=1)))
   return dict(model=S.WORLD_MODEL,
               sft=dict(data=dict(num_train=3200, num_eval=64, batch_size=32, max_length=48),
                        optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=10, decay_steps=100,
@@ -50,13 +49,19 @@ def get_config(arg=None):
     raise ValueError(f"configs/papers/dr_irl.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   sizes = _sizes(variant == "smoke")
   base_loss = dict(algorithm="grpo", num_generations=4, scale_rewards="group", beta=0.04, kl_mode="loss")
-  rl_kwargs = dict(sizes["rl"], model=dict(init_from="stage:sft"), num_devices=1,
-                   rewards=(dict(kind="gold", name="gold_reward"),))
+  rl_kwargs = dict(sizes["rl"], num_devices=1, rewards=(dict(kind="gold", name="gold_reward"),))
+  grpo_s_loss = dict(base_loss, difficulty_scaling="grpo_s", responsiveness_tau=TAU, responsiveness_pool="group")
+  if variant == "smoke":
+    stages = {"grpo_s": S.stage("rl", rl.RLConfig, model=dict(config=sizes["model"]), loss=grpo_s_loss, **rl_kwargs)}
+    config = S.chain(stages, seed=0)
+    config.tables = dict(metrics=("grpo_s/eval/gold", "grpo_s/train/difficulty/alpha_data",
+                                  "grpo_s/train/difficulty/alpha_model", "grpo_s/train/difficulty/reward_gap"))
+    return config
+  rl_kwargs["model"] = dict(init_from="stage:sft")
   stages = {
       "sft": S.stage("sft", sft.SFTConfig, model=dict(config=sizes["model"]), **sizes["sft"]),
       "grpo": S.stage("rl", rl.RLConfig, loss=base_loss, **rl_kwargs),
-      "grpo_s": S.stage("rl", rl.RLConfig, loss=dict(base_loss, difficulty_scaling="grpo_s", responsiveness_tau=TAU,
-                                                      responsiveness_pool="group"), **rl_kwargs),
+      "grpo_s": S.stage("rl", rl.RLConfig, loss=grpo_s_loss, **rl_kwargs),
   }
   config = S.chain(stages, seed=0)
   config.tables = dict(metrics=("grpo/eval/gold", "grpo_s/eval/gold", "grpo/eval/kl", "grpo_s/eval/kl",

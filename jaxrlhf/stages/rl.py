@@ -113,7 +113,7 @@ class RLLossConfig:
   each GRPO advantage times alpha^D(prompt) * alpha^M. Every train prompt needs a demonstration (reference) response,
   the prompt table's column `reference_column` (the world's "references"; files: a text column). alpha^D is computed
   once per prompt before training from delta = 1 - W, W the clause similarity of one sample of the initial policy
-  (fixed key) to the demonstration with tokens as clauses and the initial policy's input embedding rows as the
+  (fixed key) to the demonstration with content tokens as clauses and the initial policy's input embedding rows as the
   encoder (an offline stand-in for the paper's CLIP / text encoder), or read from the column `hardness_column`
   (delta in [0, 2], e.g. computed offline with a real encoder); the mean in alpha^D runs over all train prompts.
   alpha^M comes from each step's reward gaps r(q, o_i) - r(q, o~) (the reward sources' weighted sum, before KL and
@@ -755,8 +755,9 @@ def difficulty_table(cfg: RLConfig, setup: state_lib.StateSetup, train: inputs_l
   """GRPO-S's per-prompt data hardness, computed once before training, and a summary for the stage outputs.
 
   delta = 1 - W (`ds.clause_similarity`) of one sample of the initial policy per prompt (key PRNGKey(seed + 2),
-  the rollout sampling settings) to the prompt's demonstration, tokens as clauses embedded by the initial policy's
-  input embedding rows; or the column `loss.hardness_column` (delta in [0, 2])."""
+  the rollout sampling settings) to the prompt's demonstration, content tokens (end tokens left out) as clauses
+  embedded by the initial policy's input embedding rows (W = 0, delta = 1 for an empty sample); or the column
+  `loss.hardness_column` (delta in [0, 2])."""
   loss, columns = cfg.loss, train.table.columns
   if loss.reference_column not in columns:
     raise ValueError(f"loss.reference_column: {loss.reference_column!r} is not a column of the train prompts "
@@ -810,7 +811,10 @@ def initial_dissimilarity(cfg: RLConfig, setup: state_lib.StateSetup, ids_NxP: n
                    temperature=sampling.temperature, top_k=sampling.top_k or None,
                    top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id)
     embed_VxD = policy.embed[...].astype(jnp.float32)
-    w = ds.clause_similarity(embed_VxD[gen.tokens], gen.mask, embed_VxD[refs], ref_mask)
+    # Clauses are content tokens: the end token would match the demonstration's and make an empty response "easy".
+    content = lambda t, m: (m > 0) & ~jnp.isin(t, jnp.asarray(eos_ids))  # noqa: E731
+    w = ds.clause_similarity(embed_VxD[gen.tokens], content(gen.tokens, gen.mask), embed_VxD[refs],
+                             content(refs, ref_mask))
     return 1.0 - w
 
   out = []
