@@ -13,6 +13,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from experiments import run as run_lib  # noqa: E402
 from experiments import sweep as sweep_lib  # noqa: E402
+from experiments import tables as tables_lib  # noqa: E402
 from jaxrlhf import config as config_lib  # noqa: E402
 
 SPEC = str(REPO_ROOT / "configs" / "papers" / "dr_irl.py")
@@ -31,14 +32,16 @@ def test_chain_structure_and_sweep():
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0}]
 
 
-def test_smoke_end_to_end(tmp_path):
-  results = run_lib.run(config_lib.load_config(SPEC + ":smoke"), str(tmp_path))
-  with open(tmp_path / "results.json") as f:
+def test_smoke_sweep_and_table(paper_smoke):
+  tmp_path = paper_smoke("dr_irl")  # the smoke sweep + tables, shared with the reproductions notebook test
+  md = tables_lib.tables(str(tmp_path))
+  columns = list(config_lib.load_config(SPEC + ":smoke").tables.metrics)
+  assert columns and all(c in md for c in columns)
+  with open(tmp_path / "seed=0" / "results.json") as f:
     metrics = json.load(f)["metrics"]
-  for c in config_lib.load_config(SPEC + ":smoke").tables.metrics:
+  for c in columns:
     assert math.isfinite(metrics[c]), c
   assert metrics["grpo_s/train/difficulty/alpha_data"] > 0 and metrics["grpo_s/train/difficulty/alpha_model"] > 0
-  with open(tmp_path / "grpo_s" / "prompt_hardness.json") as f:
+  with open(tmp_path / "seed=0" / "grpo_s" / "prompt_hardness.json") as f:
     hardness = json.load(f)
   assert len(hardness["delta"]) == 8 and all(0.0 <= d <= 2.0 for d in hardness["delta"])
-  assert results is not None
