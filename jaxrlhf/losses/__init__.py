@@ -7,13 +7,16 @@ strength), preference (the DPO family), reference_free (SimPO, ORPO), kto, token
 advantages, clipped surrogate, KL estimators, process-reward refinement), policy_variants (Dr. GRPO, DAPO, GSPO,
 CISPO as named objectives; dynamic sampling, overlong punishment), ppo (GAE, whitening, clipped value loss, PPO
 loss, KL controllers), pal (PAL's per-user Bradley-Terry loss, prototype-norm bound), value (VAS's TD(lambda) value
-targets and regression loss). A stage picks a variant by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`,
+targets and regression loss), difficulty_scaling (DR-IRL's GRPO-S difficulty coefficients).
+A stage picks a variant by config name (`dpo_loss(loss_type=...)`, `aggregate(method)`,
 `policy_variant_loss(variant=...)`, the preference stage's `loss.algorithm`); each name maps to one small function
 inside its module.
 """
 
 from jaxrlhf.losses.aggregation import (AGGREGATION_METHODS, aggregate, mean_minus_std_reward, mean_minus_var_reward,
                                         mean_reward, median_reward, min_reward)
+from jaxrlhf.losses.difficulty_scaling import (RESPONSIVENESS_POOLS, clause_similarity, data_hardness,
+                                              grpo_s_advantages, model_responsiveness)
 from jaxrlhf.losses.kto import kto_kl_estimate, kto_loss
 from jaxrlhf.losses.pal import pal_loss, prototype_norm_penalty, user_balanced_weights
 from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps_from_logits, fused_sequence_logps,

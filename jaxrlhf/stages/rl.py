@@ -34,6 +34,8 @@ iterator checkpoints its position, so a resumed run draws exactly the rollouts o
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -45,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import padding
+from jaxrlhf.losses import difficulty_scaling as ds
 from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf.losses import policy_variants as pv
 from jaxrlhf.losses import ppo as ppo_lib
@@ -66,6 +69,7 @@ from jaxrlhf.train import state as state_lib
 ALGORITHMS = ("grpo", "rloo", "ppo")
 VARIANTS = ("",) + tuple(pv.VARIANTS)  # "": the objective from algorithm / scale_rewards / loss_aggregation / epsilon
 KL_MODES = ("none", "reward", "loss")
+DIFFICULTY_SCALINGS = ("none", "grpo_s")
 ROLLOUT_STREAM = 0x5eed
 SHUFFLE_STREAM = 0x5f0f  # PPO's minibatch permutations: fold_in(rollout key, this)
 # PPO-only keys (TRL PPOConfig names where they exist); with another algorithm a changed one is a ConfigError.
@@ -104,6 +108,18 @@ class RLLossConfig:
   TRL's option (rescale the per-token rewards). `num_generations` samples per prompt stay independent episodes.
   token_rewards: the process reward sources' refined step rewards go on their own tokens (per-token returns,
   where Gao et al. 2024 test Clip / Delta) instead of their sum on the last token with the other sources.
+
+  difficulty_scaling "grpo_s": DR-IRL's GRPO-S (Cheng et al. 2025, arXiv 2503.18991; `losses.difficulty_scaling`):
+  each GRPO advantage times alpha^D(prompt) * alpha^M. Every train prompt needs a demonstration (reference) response,
+  the prompt table's column `reference_column` (the world's "references"; files: a text column). alpha^D is computed
+  once per prompt before training from delta = 1 - W, W the clause similarity of one sample of the initial policy
+  (fixed key) to the demonstration with content tokens as clauses and the initial policy's input embedding rows as the
+  encoder (an offline stand-in for the paper's CLIP / text encoder), or read from the column `hardness_column`
+  (delta in [0, 2], e.g. computed offline with a real encoder); the mean in alpha^D runs over all train prompts.
+  alpha^M comes from each step's reward gaps r(q, o_i) - r(q, o~) (the reward sources' weighted sum, before KL and
+  overlong terms; the demonstration scored by the same sources in the step) pooled per prompt's group
+  (`responsiveness_pool` "group") or over the batch ("batch"), outliers (gap - mean)^2 > `responsiveness_tau`
+  left out. "none" (default): today's advantages, bit for bit.
   """
   algorithm: str = field("grpo", choices=ALGORITHMS)
   num_generations: int = field(4, min=2)
@@ -131,9 +147,15 @@ class RLLossConfig:
   kl_target: float = field(6.0, min=1e-6)
   kl_horizon: float = field(10000.0, min=1e-6)
   token_rewards: bool = field(False)
+  difficulty_scaling: str = field("none", choices=DIFFICULTY_SCALINGS)
+  responsiveness_tau: float = field(1.0, min=0.0)
+  responsiveness_pool: str = field("group", choices=ds.RESPONSIVENESS_POOLS)
+  reference_column: str = field("references")
+  hardness_column: str = field("")
 
   def validate(self, path: str) -> None:
     defaults = RLLossConfig()
+    self._validate_difficulty(path, defaults)
     if self.algorithm != "ppo":
       for key in PPO_KEYS:
         if getattr(self, key) != getattr(defaults, key):
@@ -155,6 +177,23 @@ class RLLossConfig:
     if self.oversample > 1 and not self.dynamic_sampling:
       raise ConfigError(f"{path}.oversample: {self.oversample} > 1 samples extra groups for dynamic sampling only; "
                         f"set {path}.dynamic_sampling=True or oversample=1")
+
+  def _validate_difficulty(self, path: str, defaults: "RLLossConfig") -> None:
+    if self.difficulty_scaling == "none":
+      for key in ("responsiveness_tau", "responsiveness_pool", "reference_column", "hardness_column"):
+        if getattr(self, key) != getattr(defaults, key):
+          raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to difficulty_scaling 'grpo_s' only "
+                            f"({path}.difficulty_scaling is 'none'); leave it at {getattr(defaults, key)!r}")
+      return
+    if self.algorithm != "grpo":
+      raise ConfigError(f"{path}.difficulty_scaling: 'grpo_s' scales GRPO's group advantages; {path}.algorithm is "
+                        f"{self.algorithm!r} (expected 'grpo')")
+    if self.dynamic_sampling:
+      raise ConfigError(f"{path}.dynamic_sampling: not combined with difficulty_scaling 'grpo_s' (the kept groups' "
+                        "advantages would lose their difficulty coefficients); set one of them off")
+    if not self.reference_column:
+      raise ConfigError(f"{path}.reference_column: difficulty_scaling 'grpo_s' needs the prompt table's column of "
+                        "demonstration responses (the world's 'references')")
 
   def _validate_ppo(self, path: str, defaults: "RLLossConfig") -> None:
     if self.variant:
@@ -510,6 +549,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
                              "length": jnp.mean(content_lengths(gen.tokens, gen.mask, eos_ids)),
                              "entropy": metrics_lib.Avg(jnp.sum(entropy), tokens)}
   total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
+  task_total = total
   for source in sources:
     r = per_source[source.label]
     if source.unscored_is_nan:  # A text reward: the mean over scorable rows, and the share of the others.
@@ -543,9 +583,35 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
     batch["token_rewards"] = jax.lax.stop_gradient(token_part)
     total = total - jnp.sum(token_part, axis=1)
   batch["rewards"] = jax.lax.stop_gradient(total)
-  if loss.algorithm != "ppo":  # PPO's advantages come from the value model (`ppo_targets`).
+  if loss.difficulty_scaling == "grpo_s":
+    batch["advantages"], difficulty_metrics = grpo_s_advantages(loss, model, prompts, batch, task_total, sources, g)
+    metrics.update(difficulty_metrics)
+  elif loss.algorithm != "ppo":  # PPO's advantages come from the value model (`ppo_targets`).
     batch["advantages"] = advantages(loss, batch["rewards"])
   return batch, metrics
+
+
+def grpo_s_advantages(loss: RLLossConfig, model: RLModel, prompts: dict[str, jax.Array], batch: dict[str, jax.Array],
+                      task_rewards_R: jax.Array, sources: Sequence[rewards_lib.RewardSource], group_size: int
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """DR-IRL's GRPO-S advantages of a rollout (`losses.difficulty_scaling.grpo_s_advantages`) and their metrics.
+
+  The prompt batch carries each prompt's alpha_data (computed once, `DifficultyTable`) and its demonstration
+  (reference_tokens / reference_mask); the demonstrations are scored by the same reward sources, and the reward
+  gaps are task_rewards_R (the sources' weighted sum) minus the row's demonstration reward."""
+  demo = {"prompt_ids": prompts["prompt_ids"], "prompt_mask": prompts["prompt_mask"],
+          "tokens": prompts["reference_tokens"], "mask": prompts["reference_mask"],
+          "prompt_index": prompts["prompt_index"]}
+  demo_rewards, _ = rewards_lib.combined_rewards(sources, model.reward_models(), demo)
+  rep = lambda x: jnp.repeat(x, group_size, axis=0)  # noqa: E731
+  gaps = jax.lax.stop_gradient(task_rewards_R - rep(demo_rewards))
+  scale = pv.VARIANTS[loss.variant].scale_rewards if loss.variant else loss.scale_rewards
+  adv, parts = ds.grpo_s_advantages(batch["rewards"], group_size, rep(prompts["alpha_data"]), gaps,
+                                    tau=loss.responsiveness_tau, pool=loss.responsiveness_pool, scale_rewards=scale)
+  metrics = {f"difficulty/{k}": jnp.mean(v) for k, v in parts.items()}
+  metrics["difficulty/alpha_model_min"] = jnp.min(parts["alpha_model"])
+  metrics["difficulty/alpha_model_max"] = jnp.max(parts["alpha_model"])
+  return adv, metrics
 
 
 def select_groups(task_rewards_R: jax.Array, group_size: int, num_groups: int
@@ -665,6 +731,101 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
   return setup._replace(init=init)
 
 
+class DifficultyTable:
+  """GRPO-S's per-prompt columns, attached to each prompt batch by its prompt_index (`inputs.AttachedBatches`):
+  alpha_data (B,) float32 and the demonstration reference_tokens / reference_mask (B, N) int32."""
+
+  def __init__(self, delta_N: np.ndarray, reference_tokens_NxT: np.ndarray, reference_mask_NxT: np.ndarray):
+    self.delta_N = np.asarray(delta_N, np.float32)
+    self.alpha_data_N = np.asarray(ds.data_hardness(self.delta_N), np.float32)
+    self.tokens, self.mask = reference_tokens_NxT.astype(np.int32), reference_mask_NxT.astype(np.int32)
+
+  def attach(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    idx = batch["prompt_index"]
+    return {**batch, "alpha_data": self.alpha_data_N[idx], "reference_tokens": self.tokens[idx],
+            "reference_mask": self.mask[idx]}
+
+
+def _first_text(value: Any) -> Any:
+  return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
+def difficulty_table(cfg: RLConfig, setup: state_lib.StateSetup, train: inputs_lib.PromptSet, tokenizer: Any,
+                     eos_ids: tuple[int, ...], pad_id: int) -> tuple[DifficultyTable, dict]:
+  """GRPO-S's per-prompt data hardness, computed once before training, and a summary for the stage outputs.
+
+  delta = 1 - W (`ds.clause_similarity`) of one sample of the initial policy per prompt (key PRNGKey(seed + 2),
+  the rollout sampling settings) to the prompt's demonstration, content tokens (end tokens left out) as clauses
+  embedded by the initial policy's input embedding rows (W = 0, delta = 1 for an empty sample); or the column
+  `loss.hardness_column` (delta in [0, 2])."""
+  loss, columns = cfg.loss, train.table.columns
+  if loss.reference_column not in columns:
+    raise ValueError(f"loss.reference_column: {loss.reference_column!r} is not a column of the train prompts "
+                     f"(columns: {sorted(columns)}); GRPO-S needs a demonstration response per prompt")
+  refs = [_first_text(v) for v in columns[loss.reference_column]]
+  bad = [i for i, r in enumerate(refs) if not isinstance(r, str) or not r]
+  if bad:
+    raise ValueError(f"loss.reference_column: row {bad[0]} of column {loss.reference_column!r} is not a non-empty "
+                     f"text ({refs[bad[0]]!r}); {len(bad)} such rows")
+  ref_tokens, ref_mask = padding.encode_responses(tokenizer, refs, cfg.sampling.max_new_tokens)
+  if loss.hardness_column:
+    if loss.hardness_column not in columns:
+      raise ValueError(f"loss.hardness_column: {loss.hardness_column!r} is not a column of the train prompts "
+                       f"(columns: {sorted(columns)})")
+    values = columns[loss.hardness_column]
+    bad = [i for i, v in enumerate(values)
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 2.0 or math.isnan(v)]
+    if bad:
+      raise ValueError(f"loss.hardness_column: row {bad[0]} has {values[bad[0]]!r}; expected delta = 1 - "
+                       f"similarity, a number in [0, 2] ({len(bad)} such rows)")
+    delta = np.asarray(values, np.float32)
+    how = f"column {loss.hardness_column!r}"
+  else:
+    delta = initial_dissimilarity(cfg, setup, train.ids, train.mask, ref_tokens, ref_mask, eos_ids, pad_id)
+    how = "initial policy sample vs demonstration, input-embedding token cosine"
+  table = DifficultyTable(delta, ref_tokens, ref_mask)
+  summary = {"source": how, "delta_mean": float(delta.mean()), "delta_min": float(delta.min()),
+             "delta_max": float(delta.max()), "alpha_data_min": float(table.alpha_data_N.min()),
+             "alpha_data_max": float(table.alpha_data_N.max())}
+  print(f"[rl] GRPO-S data hardness ({how}): delta mean {summary['delta_mean']:.4f} in [{summary['delta_min']:.4f}, "
+        f"{summary['delta_max']:.4f}]; alpha_D in [{summary['alpha_data_min']:.4f}, {summary['alpha_data_max']:.4f}]",
+        flush=True)
+  return table, summary
+
+
+def initial_dissimilarity(cfg: RLConfig, setup: state_lib.StateSetup, ids_NxP: np.ndarray, mask_NxP: np.ndarray,
+                          ref_tokens_NxT: np.ndarray, ref_mask_NxT: np.ndarray, eos_ids: tuple[int, ...],
+                          pad_id: int, chunk: int = 64) -> np.ndarray:
+  """delta_N = 1 - W of one initial-policy sample per prompt against its demonstration (float32 numpy), in chunks
+  of `chunk` prompts (the last one padded by repeating rows: one compiled program)."""
+  state = setup.init()
+  n = ids_NxP.shape[0]
+  chunk = min(chunk, n)
+  key = jax.random.PRNGKey(cfg.seed + 2)
+  sampling = cfg.sampling
+
+  @jax.jit
+  def delta(state, ids, mask, refs, ref_mask, key):
+    policy = nnx.merge(setup.graphdef, state.params, state.extra).policy
+    gen = generate(policy, ids, mask, max_new_tokens=sampling.max_new_tokens, rng=key,
+                   temperature=sampling.temperature, top_k=sampling.top_k or None,
+                   top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id)
+    embed_VxD = policy.embed[...].astype(jnp.float32)
+    # Clauses are content tokens: the end token would match the demonstration's and make an empty response "easy".
+    content = lambda t, m: (m > 0) & ~jnp.isin(t, jnp.asarray(eos_ids))  # noqa: E731
+    w = ds.clause_similarity(embed_VxD[gen.tokens], content(gen.tokens, gen.mask), embed_VxD[refs],
+                             content(refs, ref_mask))
+    return 1.0 - w
+
+  out = []
+  for start in range(0, n, chunk):
+    rows = np.arange(start, start + chunk) % n
+    d = delta(state, ids_NxP[rows], mask_NxP[rows], ref_tokens_NxT[rows], ref_mask_NxT[rows],
+              jax.random.fold_in(key, start))
+    out.append(np.asarray(jax.device_get(d))[:min(chunk, n - start)])
+  return np.clip(np.concatenate(out), 0.0, 2.0).astype(np.float32)
+
+
 def load_critic(value_model: str, inputs: dict, vocab_size: int) -> tuple[Any, dict] | None:
   """(factory key -> RewardModel, Param values of member 0) of the reward model `value_model` names ("stage:<name>"
   or a folder), the critic PPO trains; None for "" (a value head on the policy's backbone)."""
@@ -690,7 +851,7 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inpu
   key)."""
   prompts = {"prompt_ids": held_out.ids, "prompt_mask": held_out.mask,
              "prompt_index": np.arange(held_out.ids.shape[0], dtype=np.int32)}
-  eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo")
+  eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo", difficulty_scaling="none")
 
   @jax.jit
   def evaluate(state):
@@ -729,6 +890,14 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   make_step = make_ppo_step if cfg.loss.algorithm == "ppo" else make_rl_step
   step_fn = make_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
   data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed)
+  report = train.report
+  if cfg.loss.difficulty_scaling == "grpo_s":
+    table, difficulty = difficulty_table(cfg, setup, train, tokenizer, eos_ids, pad_id)
+    data_iter = inputs_lib.AttachedBatches(data_iter, table)
+    report = {**report, "difficulty": difficulty}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "prompt_hardness.json"), "w") as f:
+      json.dump({"delta": [float(x) for x in table.delta_N], "alpha_data": [float(x) for x in table.alpha_data_N]}, f)
   eval_fn = None
   if cfg.eval_prompts:
     held_out = source.split("eval", cfg.eval_prompts, cfg.max_prompt_length, world_split="validation")
@@ -747,4 +916,4 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
     raise
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
                                     prefix="policy", tokenizer=tokenizer)
-  return common.stage_outputs(results, model_dir=model_dir, prompts=train.report)
+  return common.stage_outputs(results, model_dir=model_dir, prompts=report)
