@@ -7,8 +7,8 @@ Prompts: the HH-RLHF harmless-base test file (../shared/data/hh-rlhf/, as config
 prompts are the last 20% of its distinct dialogues; each prompt's reference is its pair's chosen final assistant
 turn (the column "chosen").
 
-  pools     (default) best_of_n: SmolLM2 samples 8 completions (temperature 1, 48 new tokens) for each of the first
-            40 held-out prompts; every sample is scored by
+  pools     (default) best_of_n: SmolLM2 samples 8 completions (temperature 1, 40 new tokens) for each of the first
+            32 held-out prompts; every sample is scored by
               bmas         BMAS against the chosen turn, under SmolLM2's own input embeddings and tokenizer (the
                            paper scores with the policy's tokenizer embedding); an empty completion scores -1
               exact_match  the whole completion equals the chosen turn (normalized), 1 / 0: the reward a verifiable
@@ -44,7 +44,7 @@ def get_config(arg=None):
   smoke = variant == "smoke"
   gguf = S.smollm2_gguf()
   size = dict(num_prompts=2, pool_size=2, batch_size=2, max_new_tokens=4, max_prompt_length=32) if smoke else dict(
-      num_prompts=40, pool_size=8, batch_size=4, max_new_tokens=48, max_prompt_length=256)
+      num_prompts=32, pool_size=8, batch_size=4, max_new_tokens=40, max_prompt_length=256)
   prompts = dict(source="files", format="hh", strict=False, eval_fraction=0.2, paths=(str(HH_FILE),))
   stages = {"pools": S.stage("best_of_n", best_of_n.BestOfNConfig, policy=gguf, prompts=prompts,
                              rewards=rewards(gguf), plots=not smoke, **size)}

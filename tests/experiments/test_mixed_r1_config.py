@@ -35,7 +35,7 @@ def test_variants_hold_bmas_exact_match_and_bleu_selectors(variant, smollm2_gguf
       "bmas", "exact_match", "bleu"]
   assert all(r["options"]["column"] == "chosen" for r in sources.values())
   assert sources["bmas"]["options"]["model"] == str(smollm2_gguf)  # The policy's own embedding table.
-  assert (config.pools.num_prompts, config.pools.pool_size) == ((2, 2) if variant == "smoke" else (40, 8))
+  assert (config.pools.num_prompts, config.pools.pool_size) == ((2, 2) if variant == "smoke" else (32, 8))
 
 
 def test_bad_variant_names_the_valid_ones():
