@@ -85,6 +85,7 @@ def toolrl(run: pathlib.Path) -> dict:
 
 def mixed_r1(run: pathlib.Path) -> dict:
   from jaxrlhf import config as config_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.data import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
   from jaxrlhf.rewards import bleu as bleu_lib, bmas as bmas_lib  # pylint: disable=g-import-not-at-top
   from jaxrlhf.rewards.calling import call_reward_function  # pylint: disable=g-import-not-at-top
   from jaxrlhf.stages import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
@@ -93,7 +94,7 @@ def mixed_r1(run: pathlib.Path) -> dict:
   with np.load(run / "scores.npz") as f:
     s = {k: f[k] for k in f.files}
   with np.load(run / "pool.npz") as f:
-    tokens, lengths = f["tokens"], f["lengths"]
+    tokens, mask, lengths = f["tokens"], f["mask"], f["lengths"]
   p, n = s["bmas"].shape
   out = {"prompts": p, "pool_size": n, "constant_pools": {k: float(constant_P(v).mean()) for k, v in s.items()}}
   out["constant_exact_minus_bmas"] = bootstrap(constant_P(s["exact_match"]) - constant_P(s["bmas"]))
@@ -113,7 +114,9 @@ def mixed_r1(run: pathlib.Path) -> dict:
   source = inputs_lib.open_prompts(cfg.prompts, cfg.policy)
   refs = list(source.split("eval", cfg.num_prompts, cfg.max_prompt_length).table.columns["chosen"])
   tok = source.tokenizer
-  texts = [[tok.decode([int(t) for t in tokens[i, j, :lengths[i, j]]]) for j in range(n)] for i in range(p)]
+  # Decoded as the stage decoded them for its text rewards.
+  flat_texts = prompts_lib.decode_completions(tok, tokens.reshape(p * n, -1), mask.reshape(p * n, -1))
+  texts = [flat_texts[i * n:(i + 1) * n] for i in range(p)]
   fn = bmas_lib.bmas_reward(column="chosen", model=cfg.policy, empty=-1.0)
 
   def score(refs_P):
