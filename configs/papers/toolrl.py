@@ -20,16 +20,26 @@ Measured before any training (16 held-out prompts, 96 new tokens, temperature 1)
 from this base without more samples per group, longer completions or a format warm start (the paper trains 1.5B+
 models from a cold start).
 
-Variants: default, smoke (two tiny steps, for CI). Sweep: seeds 0, 1, 2.
+  pools     (variant "pools") the paper's claim that fine-grained rewards beat coarse ones, as reward sparsity without
+            training (as configs/papers/reasoning_sql.py:pools): SmolLM2 samples 8 completions (a GRPO group's
+            worth, temperature 1, 96 new tokens) for each of the first 40 held-out requests (`best_of_n`) and each
+            reward scores them: "toolrl" (the paper's fine reward), "correct" (its correctness term alone),
+            "coarse" (format + the coarse, exact-list-match correctness of the paper's Sec. 5 ablation), "exact"
+            (that exact-match correctness alone, +-3) and "format". `<name>/constant_pools` is the share of
+            requests whose 8 samples all score the same (a GRPO group with zero advantage under that reward);
+            scores.npz keeps every (prompt, sample) score for the best-of-8 cross-tables
+            (docs/reproductions/bmasdemo/analyze_pools.py).
+
+Variants: default, smoke (two tiny steps, for CI), pools, pools_smoke. Sweep: seeds 0, 1, 2.
     python -m experiments.run --config configs/papers/toolrl.py --workdir runs/papers/toolrl
     python -m experiments.sweep --config configs/papers/toolrl.py --workdir runs/papers/toolrl_sweep
 Paper options (`--config.rewards`): "granularity" intermediate / coarse and "max_correct" 1 are its ablations.
 """
 
 from configs import _sections as S
-from jaxrlhf.stages import evaluate_policy, rl
+from jaxrlhf.stages import best_of_n, evaluate_policy, rl
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "pools", "pools_smoke")
 SEEDS = (0, 1, 2)
 TASK = S.REPO_ROOT / "data" / "tasks" / "toolcall"
 REWARDS = (dict(kind="toolrl", name="toolrl", options=dict(column="tool_calls")),
@@ -37,12 +47,35 @@ REWARDS = (dict(kind="toolrl", name="toolrl", options=dict(column="tool_calls"))
            dict(kind="toolrl", name="correct", weight=0.0,
                 options=dict(column="tool_calls", terms=("correctness",))))
 MAX_PROMPT_LENGTH = 416  # The longest prompt is 404 SmolLM2 tokens.
+# The "pools" variant's selectors: the paper's reward, its terms, and its coarse (exact-match) granularity.
+POOL_REWARDS = (REWARDS[0],
+                dict(kind="toolrl", name="correct", options=dict(column="tool_calls", terms=("correctness",))),
+                dict(kind="toolrl", name="coarse", options=dict(column="tool_calls", granularity="coarse")),
+                dict(kind="toolrl", name="exact",
+                     options=dict(column="tool_calls", terms=("correctness",), granularity="coarse")),
+                dict(kind="toolrl", name="format", options=dict(column="tool_calls", terms=("format",))))
+
+
+def pools_config(smoke: bool):
+  """One best_of_n stage: SmolLM2's pools on held-out requests, scored by every POOL_REWARDS entry (see the module
+  docstring)."""
+  prompts = dict(source="files", paths=(str(TASK / "toolcall_train.jsonl"),),
+                 eval_paths=(str(TASK / "toolcall_eval.jsonl"),))
+  size = dict(num_prompts=2, pool_size=2, batch_size=2, max_new_tokens=4, max_prompt_length=64) if smoke else dict(
+      num_prompts=40, pool_size=8, batch_size=8, max_new_tokens=96, max_prompt_length=MAX_PROMPT_LENGTH)
+  stages = {"pools": S.stage("best_of_n", best_of_n.BestOfNConfig, policy=S.smollm2_gguf(), prompts=prompts,
+                             rewards=POOL_REWARDS, plots=not smoke, **size)}
+  config = S.chain(stages, seed=0)
+  config.tables = dict(metrics=tuple(f"pools/{r['name']}/constant_pools" for r in POOL_REWARDS))
+  return config
 
 
 def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/toolrl.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+  if variant.startswith("pools"):
+    return pools_config(variant == "pools_smoke")
   smoke = variant == "smoke"
   prompts = dict(source="files", paths=(str(TASK / "toolcall_train.jsonl"),),
                  eval_paths=(str(TASK / "toolcall_eval.jsonl"),))
@@ -75,5 +108,5 @@ def get_config(arg=None):
 
 def sweep(add, arg=None):
   """Three seeds (the smoke variant: one)."""
-  for seed in SEEDS[:1] if (arg or "default") == "smoke" else SEEDS:
+  for seed in SEEDS[:1] if (arg or "default").endswith("smoke") else SEEDS:
     add(seed=seed)

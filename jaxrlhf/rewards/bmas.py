@@ -11,8 +11,12 @@ c_ij = cos(e(y_i), e(g_j)) for response tokens y_1..y_m and reference tokens g_1
 in [-1, 1] (1 for texts of the same token set; no clipping). Source: the paper's abstract ("tokenizer embedding
 matching between the generated response and the ground truth") and the reward's name (max over one side, average
 over the other, both directions); the combination of the two directions by their arithmetic mean follows issue 16's
-statement of it ("and the reverse, averaged"): the paper's full text and the authors' code (github.com/xushilin1/
-mixed-r1) could not be consulted offline, so check `bmas` against them before citing numbers.
+statement of it ("and the reverse, averaged"). Unchecked against the authors: their code (github.com/xushilin1/
+mixed-r1) could not be fetched (re-tried 2026-12-05: no snapshot of the repository, under either spelling, and no
+file of it in the code index) and only the abstract / introduction of the paper's arXiv HTML was reachable, so the
+direction averaging, the cosine normalization, special tokens (none added here), clipping (none) and which table
+(the input embeddings, not the tied output head) are this module's reading of the abstract; check `bmas` against
+the authors' code before citing numbers.
 The first direction alone rewards a response that repeats one well-matched token; the second alone rewards padding
 a response with every reference token and more; their mean needs both (precision- and recall-like, as BERTScore's
 P and R, but on context-free input embeddings and combined by the arithmetic mean, not F1).
@@ -20,6 +24,8 @@ P and R, but on context-free input embeddings and combined by the arithmetic mea
 Edge cases (our choices): an empty response or reference (no tokens) is not scorable (None); a
 zero embedding row (e.g. an unused, zeroed vocabulary entry) has cosine 0 with every token, itself included
 (norms are clamped at 1e-12). Token ids are the tokenizer's plain ids (no BOS / special tokens added).
+`bmas_reward(empty=...)` optionally scores an empty completion (against a non-empty reference) with a fixed value
+instead of None, e.g. -1 (BMAS's minimum), for best-of-n selection where every sample needs a score.
 
 `bmas_reward` is the text reward (fn(prompts, completions, **columns) -> list[float | None]): the reference column
 holds one string (or a list of strings: the best reference's BMAS); the embedding table and tokenizer come from
@@ -129,7 +135,7 @@ def _reference_list(value: Any, column: str, row: int) -> list[str] | None:
   return refs or None
 
 
-def bmas_reward(column: str = "references", model: str = ""):
+def bmas_reward(column: str = "references", model: str = "", empty: float | None = None):
   """Reward function: BMAS (module docstring) of each completion against its row's `columns[column]`, under the
   embedding table and tokenizer of `model`; None where the row has no reference or either text has no tokens.
 
@@ -138,7 +144,12 @@ def bmas_reward(column: str = "references", model: str = ""):
     model: the model whose input embeddings and tokenizer score the texts: a Hugging Face folder
       (config.json, model.safetensors, tokenizer.json) or a .gguf file; required (the reward sources do not pass
       the policy's path to text rewards), normally the policy's own checkpoint. Loaded once per path.
+    empty: the score of a completion with no tokens where the row has a reference; None (default): not scorable.
   """
+  if empty is not None and (isinstance(empty, bool) or not isinstance(empty, (int, float)) or not
+                            math.isfinite(empty)):
+    raise ValueError(f"bmas.empty: expected None or a finite number (the score of an empty completion), got "
+                     f"{empty!r}")
   if not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
     raise ValueError("bmas.model: required: the path of the model whose input embeddings and tokenizer score the "
                      "texts (a Hugging Face folder or a .gguf file, normally the policy's)")
@@ -164,6 +175,8 @@ def bmas_reward(column: str = "references", model: str = ""):
       response = tokenizer.encode(completion_text(c))
       scores = [] if refs is None else [bmas(response, tokenizer.encode(ref), embeddings_VxD) for ref in refs]
       scores = [s for s in scores if s is not None]
+      if not response and empty is not None and any(tokenizer.encode(ref) for ref in refs or ()):
+        scores = [float(empty)]
       out.append(max(scores) if scores else None)
     return out
 

@@ -53,3 +53,15 @@ def test_toolrl_smoke_runs(tmp_path, smollm2_gguf):
     assert metrics[f"reward/format/{who}"] == 0.0
     assert metrics[f"reward/toolrl/{who}"] == pytest.approx(metrics[f"reward/correct/{who}"])
   assert "| grpo |" in (tmp_path / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("variant", ["pools", "pools_smoke"])
+def test_pools_variants_plan_one_best_of_n_stage_with_fine_and_coarse_selectors(variant, smollm2_gguf):
+  plan = run_lib.plan(_load(variant))
+  assert [kind.name for _, kind, _ in plan] == ["best_of_n"]
+  cfg = plan[0][2]
+  options = {s.label: s.options for s in cfg.rewards}
+  assert list(options) == ["toolrl", "correct", "coarse", "exact", "format"]
+  assert options["exact"]["granularity"] == "coarse" and tuple(options["exact"]["terms"]) == ("correctness",)
+  assert "granularity" not in options["toolrl"] and all(s.weight == 1.0 for s in cfg.rewards)
+  assert (cfg.num_prompts, cfg.pool_size) == ((2, 2) if variant == "pools_smoke" else (40, 8))

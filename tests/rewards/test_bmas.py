@@ -113,6 +113,21 @@ def test_reward_on_the_tiny_chat_model(tiny_model):
                                                                                           abs=1e-6)
 
 
+def test_empty_option_scores_only_empty_completions_against_a_reference(tiny_model):
+  fn = bmas_lib.bmas_reward(model=tiny_model, empty=-1.0)
+  plain = bmas_lib.bmas_reward(model=tiny_model)
+  completions = ["", "", "", "a cat"]
+  refs = ["the cat", None, "", "the cat"]
+  out = call_reward_function(fn, ["p"] * 4, completions, {"references": refs})
+  assert out[0] == -1.0  # An empty completion against a reference: the fixed score.
+  assert np.isnan(out[1]) and np.isnan(out[2])  # No (or an empty) reference: still not scorable.
+  assert out[3] == call_reward_function(plain, ["p"], ["a cat"], {"references": ["the cat"]})[0]
+  assert kinds.make_reward("bmas", {"model": tiny_model, "empty": 0})(["p"], [""], references=["x"]) == [0.0]
+  for bad in (float("nan"), "low", True):
+    with pytest.raises(ConfigError, match=r"bmas.empty: expected None or a finite number"):
+      kinds.make_reward("bmas", {"model": tiny_model, "empty": bad})
+
+
 def test_column_errors_name_the_column_and_row(tiny_model):
   fn = bmas_lib.bmas_reward(model=tiny_model)
   with pytest.raises(ValueError, match=r"bmas: reference column 'references' not among the columns \['answer'\]"):
