@@ -35,8 +35,10 @@ LoRA (`model.lora`; Hu et al. 2021, arXiv:2106.09685): the policy carries adapte
 copy of the weights. PPO with LoRA: the value head on the policy's backbone (value_model '') trains fully (it is
 new) and its value loss reaches the shared adapters, as it reaches the shared backbone without LoRA; a separate
 critic (value_model a reward model) is trained fully: `model.lora` is the policy's. The saved policy is merged
-(`workdir/model`), the adapters are saved alone in `workdir/adapters`. The rollout key is fold_in(fold_in(state.rng, state.step), ROLLOUT_STREAM) and the prompt
-iterator checkpoints its position, so a resumed run draws exactly the rollouts of an uninterrupted one.
+(`workdir/model`), the adapters are saved alone in `workdir/adapters`.
+
+The rollout key is fold_in(fold_in(state.rng, state.step), ROLLOUT_STREAM) and the prompt iterator checkpoints its
+position, so a resumed run draws exactly the rollouts of an uninterrupted one.
 """
 
 from __future__ import annotations

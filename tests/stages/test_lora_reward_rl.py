@@ -30,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from experiments import run as run_lib  # noqa: E402
 
-TINY = ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+TINY = ModelConfig(vocab_size=32, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
 LORA = lora_lib.LoraConfig(rank=2, alpha=4.0, targets=("q", "v", "o", "gate", "down"))
 HEAD = HeadConfig()
 
@@ -195,19 +195,19 @@ def _rl_cfg(algorithm="grpo"):
                           loss=dict(algorithm=algorithm, kl_mode=kl_mode)), rl.RLConfig, path="config")
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_rl_lora_reference_is_the_base_with_adapters_off(algorithm):
-  cfg = _rl_cfg(algorithm)
+def test_rl_lora_reference_is_the_base_with_adapters_off():
   base = random_model(TINY, seed=3)
   pretrained = jax.device_get(nnx.to_pure_dict(nnx.state(base, nnx.Param)))
-  setup = rl.rl_setup(cfg, TINY, pretrained, {}, optim.make_optimizer(cfg.optimizer), None)
+  for algorithm in ("ppo", "grpo"):  # PPO: what trains (abstract state, no init); GRPO: also the numerics.
+    cfg = _rl_cfg(algorithm)
+    setup = rl.rl_setup(cfg, TINY, pretrained, {}, optim.make_optimizer(cfg.optimizer), None)
+    params, extra = nnx.to_pure_dict(setup.abstract.params), nnx.to_pure_dict(setup.abstract.extra)
+    # Only the policy's adapters train (and PPO's new value head); the base is frozen, once; no reference copy.
+    assert set(params["policy"]) == {"lora"} and "lora" not in extra["policy"]
+    assert set(params) == ({"policy", "value_head"} if algorithm == "ppo" else {"policy"})
+    assert not jax.tree.leaves(extra.get("reference"))
   state = setup.init()
   params = nnx.to_pure_dict(state.params)
-  # Only the policy's adapters train (and PPO's new value head); no reference copy is held.
-  assert set(params["policy"]) == {"lora"}
-  assert set(params) == ({"policy", "value_head"} if algorithm == "ppo" else {"policy"})
-  extra = nnx.to_pure_dict(state.extra)
-  assert "reference" not in extra or not jax.tree.leaves(extra["reference"])
   params["policy"]["lora"] = _random_b(params["policy"]["lora"], 2)
   model = nnx.merge(setup.graphdef, _state_of_tree(state.params, params), state.extra)
   prompt_ids, prompt_mask = _ids(3, b=2, t=4)
@@ -229,6 +229,7 @@ def test_lora_grpo_smoke_config_runs_sft_reward_ensemble_grpo(tmp_path):
   config = config_lib.load_config(f"{REPO_ROOT / 'configs' / 'grpo.py'}:lora_smoke")
   with config.unlocked():
     config.stages = ("sft", "reward", "grpo")  # The evaluate stage is the plain one (tested with configs/grpo.py).
+  config.grpo.eval_prompts = 0  # Held-out sampling is the plain rl stage's (tested there); CI time.
   outputs = run_lib.run(config, str(tmp_path))
   sft_out, rm_out, grpo_out = outputs["sft"], outputs["reward"], outputs["grpo"]
   rm = artifacts.load_reward_model(rm_out["rm_dir"])
@@ -248,7 +249,6 @@ def test_lora_grpo_smoke_config_runs_sft_reward_ensemble_grpo(tmp_path):
   lora_lib.load_adapters(adapter_model, grpo_out["adapter_dir"])
   np.testing.assert_allclose(np.asarray(merged(ids)), np.asarray(adapter_model(ids)), atol=1e-5)
   assert np.max(np.abs(np.asarray(merged(ids)) - np.asarray(sft_model(ids)))) > 1e-6
-  assert "eval/kl" in grpo_out["metrics"]
 
 
 @pytest.mark.parametrize("stage,key,value,match", [
