@@ -7,7 +7,9 @@ Variants: default (a few CPU minutes), smoke (seconds), gold (GRPO on the gold r
 mixed (0.8 * reward model + 0.2 * BLEU against the reference responses), kl_reward (KL as a k1 reward penalty),
 acceptance (at the sizes of configs/best_of_n.py:acceptance, whose sft and reward stages it reuses when run in the
 same workdir: GRPO on the proxy reward model AND, as "grpo_gold", on the gold reward, each evaluated against the SFT
-policy on gold and on the proxy; the acceptance test compares the two).
+policy on gold and on the proxy; the acceptance test compares the two), lora / lora_smoke (LoRA adapters in every
+stage: the SFT policy, a K = 3 reward ensemble whose members are adapter sets + heads on ONE frozen copy of the SFT
+backbone, and the GRPO policy, whose reference is itself with the adapters switched off).
     python -m experiments.run --config configs/grpo.py:smoke --workdir runs/grpo
 """
 
@@ -16,7 +18,8 @@ import copy
 from configs import _sections as S
 from jaxrlhf.stages import evaluate_policy, reward, rl, sft
 
-VARIANTS = ("default", "smoke", "gold", "mixed", "kl_reward", "acceptance")
+VARIANTS = ("default", "smoke", "gold", "mixed", "kl_reward", "acceptance", "lora", "lora_smoke")
+LORA = dict(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
 
 
 def rl_chain(algorithm: str, size: str, **loss):
@@ -73,7 +76,7 @@ def get_config(arg=None):
   variant = arg or "default"
   if variant not in VARIANTS:
     raise ValueError(f"configs/grpo.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-  size = variant if variant in ("smoke", "acceptance") else "default"
+  size = {"smoke": "smoke", "lora_smoke": "smoke", "acceptance": "acceptance"}.get(variant, "default")
   config = rl_chain("grpo", size, scale_rewards="group", beta=0.04, kl_mode="loss", kl_estimator="k3")
   if variant == "acceptance":
     rm_source = dict(kind="reward_model", reward_model="stage:reward", name="rm")
@@ -91,4 +94,10 @@ def get_config(arg=None):
                            dict(kind="bleu", weight=0.2))
   elif variant == "kl_reward":
     config.grpo.loss.kl_mode = "reward"
+  elif variant in ("lora", "lora_smoke"):
+    lora = dict(LORA, rank=4, alpha=8.0) if size == "smoke" else dict(LORA)
+    for name in ("sft", "reward", "grpo"):
+      config[name].model.lora = lora
+    config.reward.model.init_from = "stage:sft"  # Adapters on the SFT backbone (frozen, held once).
+    config.reward.num_members = 3
   return config

@@ -45,8 +45,10 @@ from experiments import roofline
 TRAIN_ALGOS = ("rm", "dpo", "dpo_resident")
 ALGO_NAMES = {"rm": "reward model (BT)", "dpo": "DPO (precomputed ref)", "dpo_resident": "DPO (resident ref)",
               "dpo_lora": "DPO LoRA r=8 (ref = adapters off)", "grpo": "GRPO (G=4, RM reward)",
+              "rm_lora": "reward model LoRA r=8", "rm_ens": f"RM ensemble K={bench_lib.ENSEMBLE_K} (K backbones)",
+              "rm_ens_lora": f"RM ensemble K={bench_lib.ENSEMBLE_K} LoRA (one base)",
               "generate": "generate (greedy)"}
-JAX_ONLY = ("dpo_lora", "grpo")  # Cases without a TRL / transformers side.
+JAX_ONLY = ("dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo")  # Cases without a TRL / transformers side.
 
 
 def _parse_list(value: str, valid: tuple[str, ...], flag: str) -> list[str]:
@@ -171,10 +173,11 @@ def markdown(rows: list[dict], models: list[str]) -> str:
       lines.append(f"| {m} | {'precomputed log-probs' if a == 'dpo' else 'resident model'} | "
                    f"{_fmt(j and j.get('xla_step_mib'))} | {_fmt(j and j['peak_rss_mib'], 0)} | "
                    f"{_fmt(t and t['peak_rss_mib'], 0)} |")
-  state_mem = [(m, a, _pick(rows, m, a, "jaxrlhf")) for m in models for a in ("dpo", "dpo_resident", "dpo_lora")]
+  state_mem = [(m, a, _pick(rows, m, a, "jaxrlhf")) for m in models
+               for a in ("dpo", "dpo_resident", "dpo_lora", "rm", "rm_lora", "rm_ens", "rm_ens_lora")]
   state_mem = [x for x in state_mem if x[2] and "params_mib" in x[2]]
   if state_mem:
-    lines += ["", "| model | jaxrlhf DPO | trainable params | trainable MiB | optimizer state MiB | frozen MiB "
+    lines += ["", "| model | jaxrlhf step | trainable params | trainable MiB | optimizer state MiB | frozen MiB "
               "(ref / base) | XLA step MiB | peak RSS MiB | step s |", "|---|---|---|---|---|---|---|---|---|"]
     for m, a, j in state_mem:
       lines.append(f"| {m} | {ALGO_NAMES[a]} | {j['params'] / 1e6:.2f}M | {j['params_mib']:,.1f} | "

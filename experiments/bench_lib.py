@@ -6,7 +6,10 @@ A case is (model, algorithm, side):
   algorithm: "rm" (Bradley-Terry reward model), "dpo" (sigmoid DPO, precomputed reference log-probs),
     "dpo_resident" (the same with the reference model kept in memory), "dpo_lora" (DPO with LoRA adapters on
     every projection, `LORA`; the resident reference is the same model with its adapters off; jaxrlhf only: the
-    memory and step time of LoRA next to full finetuning), "grpo" (one GRPO step: rollout, reward model,
+    memory and step time of LoRA next to full finetuning), "rm_lora" (the "rm" step with LoRA adapters `LORA`
+    on the frozen backbone; adapters + head train), "rm_ens" / "rm_ens_lora" (the reward stage's stacked step of an
+    ensemble of `ENSEMBLE_K` members: K full backbones, or K adapter sets + K heads on ONE frozen base; jaxrlhf
+    only), "grpo" (one GRPO step: rollout, reward model,
     log-probs, update; jaxrlhf only), "generate" (greedy KV-cache decoding);
   side: "jaxrlhf" (the library's own train state, step and loss functions) or "trl" (TRL 1.16's RewardTrainer /
     DPOTrainer on PyTorch; transformers' `generate()` for "generate").
@@ -30,8 +33,9 @@ import numpy as np
 
 from experiments.bench_gpu import train_flops_per_token
 
-ALGOS = ("rm", "dpo", "dpo_resident", "dpo_lora", "grpo", "generate")
-TRAIN_CASES = ("rm", "dpo", "dpo_resident", "dpo_lora")
+ALGOS = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo", "generate")
+TRAIN_CASES = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora")
+ENSEMBLE_K = 5  # Members of the "rm_ens" / "rm_ens_lora" cases.
 # The LoRA case's adapters (Hu et al.'s r = 8, alpha = 16) on all seven projections of every layer.
 LORA = dict(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
 SIDES = ("jaxrlhf", "trl")
@@ -221,10 +225,13 @@ def summarize(step_times: list[float], tokens_per_step: int, pairs_per_step: int
 def model_flops_per_step(hf_config: dict, algo: str, shape: Shape) -> float:
   """MaxText training FLOPs of one step: (6N + causal attention) per token x 2B sequences of T tokens; the
   unembedding counts for DPO (it computes the LM head), not for the reward model. The resident reference's
-  forward is not model FLOPs of the trained model, so DPO counts the same either way."""
+  forward is not model FLOPs of the trained model, so DPO counts the same either way. LoRA counts as full
+  finetuning (the count is of the model, not of what trains); an ensemble case counts its ENSEMBLE_K members."""
   from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
   c = ModelConfig.from_hf(hf_config)
-  return train_flops_per_token(c, shape.seq, with_unembed=algo != "rm") * 2 * shape.batch * shape.seq
+  members = ENSEMBLE_K if algo.startswith("rm_ens") else 1
+  return (train_flops_per_token(c, shape.seq, with_unembed=not algo.startswith("rm")) * 2 * shape.batch * shape.seq
+          * members)
 
 
 # ------------------------------------------------------------------------------------------------ jaxrlhf side
@@ -270,7 +277,10 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   RM: `RewardModel` + `reward_loss_fn`; DPO: the policy state of `sft.policy_setup` + `preference_loss_fn` with
   reference log-probs precomputed by `pair_token_logps` (untimed, as TRL's precompute); DPO resident:
   `preference_setup(reference="resident")`; DPO LoRA: the same with `model.lora = LORA` (frozen base in the state's
-  `extra`, adapters the only parameters; reference = adapters off). Each timed step includes the host-to-device copy of its batch and
+  `extra`, adapters the only parameters; reference = adapters off). RM LoRA: the RM step with `LORA` adapters on
+  the frozen backbone (`common.frozen_base`, adapters + head trainable). Ensembles ("rm_ens", "rm_ens_lora"): the
+  reward stage's `ensemble_setup` + `make_ensemble_step` with ENSEMBLE_K members from the pretrained backbone, every
+  member on the same (K-stacked) batch. Each timed step includes the host-to-device copy of its batch and
   reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default: True).
   `shared_prompt`: the batches hold one [prompt | chosen | rejected] row per pair (`data.shared_prompt`).
   """
@@ -281,7 +291,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
 
   from jaxrlhf.models import from_pretrained  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models.heads import HeadConfig  # pylint: disable=g-import-not-at-top
-  from jaxrlhf.models.reward_model import RewardModel  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.reward_model import PER_MEMBER, RewardModel  # pylint: disable=g-import-not-at-top
   from jaxrlhf.parallel import MeshConfig, make_mesh  # pylint: disable=g-import-not-at-top
   from jaxrlhf.stages import common, preference, reward  # pylint: disable=g-import-not-at-top
   from jaxrlhf.train import optim, scoring  # pylint: disable=g-import-not-at-top
@@ -298,16 +309,35 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   make_batches = jax_shared_prompt_batches if shared_prompt else jax_batches
   batches = make_batches(make_pairs(config.vocab_size, shape, warmup + steps, seed), shape.batch)
 
-  if algo == "rm":
+  step_fn = None
+  if algo in ("rm", "rm_lora"):
     head = HeadConfig("linear")
-    setup = state_lib.init_train_state(lambda key: RewardModel(config, head, rngs=nnx.Rngs(key)), optimizer, seed,
-                                       mesh=mesh, shardings=state_lib.logical_shardings(mesh))
+    lora = algo == "rm_lora"
+    model_fn = ((lambda key: common.frozen_base(RewardModel(config, head, rngs=nnx.Rngs(key), lora=LORA),  # noqa
+                                                trainable=PER_MEMBER)) if lora
+                else (lambda key: RewardModel(config, head, rngs=nnx.Rngs(key))))
+    setup = state_lib.init_train_state(model_fn, optimizer, seed, mesh=mesh,
+                                       shardings=state_lib.logical_shardings(mesh))
     state = setup.init()
     backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
-    params = common.overwrite(state.params, backbone, ("backbone",))
+    if lora:
+      state = state.replace(extra=common.overwrite(state.extra, backbone, ("backbone",)))
+      params = state.params
+    else:
+      params = common.overwrite(state.params, backbone, ("backbone",))
     params = common.overwrite(params, {"kernel": rm_head_kernel(config.embed_dim, seed)}, ("head",))
     state = state.replace(params=params)
     loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(), head)
+  elif algo in ("rm_ens", "rm_ens_lora"):
+    head = HeadConfig("linear")
+    lora = lora_lib.LoraConfig(**LORA) if algo == "rm_ens_lora" else None
+    setup = reward.ensemble_setup(config, head, ENSEMBLE_K, optimizer, seed, mesh, pretrained, lora=lora)
+    state = setup.init()
+    loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(), head)
+    step_fn = reward.make_ensemble_step(reward.member_graphdef(config, head, seed, lora), loss_fn,
+                                        optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0), ENSEMBLE_K,
+                                        shared_extra=lora is not None)
+    batches = [{k: np.broadcast_to(v, (ENSEMBLE_K, *v.shape)).copy() for k, v in b.items()} for b in batches]
   else:
     resident = algo in ("dpo_resident", "dpo_lora")
     lora = LORA if algo == "dpo_lora" else {}
@@ -330,8 +360,9 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
         b["ref_chosen_logps"], b["ref_rejected_logps"] = np.asarray(rc), np.asarray(rr)
   del pretrained
 
-  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
-  step = jax.jit(state_lib.make_train_step(setup.graphdef, loss_fn, optimizer),
+  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")) if step_fn is None else P(None, ("data", "fsdp")))
+  step_fn = step_fn or state_lib.make_train_step(setup.graphdef, loss_fn, optimizer)
+  step = jax.jit(step_fn,
                  in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None),
                  donate_argnums=0)
   return _timed_steps(step, state, batches, batch_sharding, warmup, rss_start)
@@ -580,6 +611,10 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
     raise ValueError(f"side: expected one of {SIDES}, got {side!r}")
   row.update(raw)
   flops = model_flops_per_step(read_hf_config(folder), algo, shape)
-  row.update(summarize(raw["times"], 2 * shape.batch * shape.seq, shape.batch, flops, None), flops_per_step=flops)
+  members = ENSEMBLE_K if algo.startswith("rm_ens") else 1  # Every member reads the batch.
+  if members > 1:
+    row["members"] = members
+  row.update(summarize(raw["times"], members * 2 * shape.batch * shape.seq, members * shape.batch, flops, None),
+             flops_per_step=flops)
   row.pop("times")
   return row

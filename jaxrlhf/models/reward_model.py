@@ -1,11 +1,13 @@
-"""RewardModel (decoder backbone + reward head) and ensembles of K stacked members."""
+"""RewardModel (decoder backbone + reward head), ensembles of K stacked members, and LoRA ensembles of K adapter
+sets + heads on one shared base backbone."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import CausalLM
 from jaxrlhf.models.heads import HeadConfig, RewardHead, gather_last
@@ -19,11 +21,16 @@ class RewardModel(nnx.Module):
 
   Call: `rm(input_ids_BxT, attention_mask_BxT=None, positions=None)` -> rewards (B,) float32, or (B, K) for a
   "multihead" head. `rm.attributes(...)` gives the (B, K) regression outputs of an "attributes" head.
+
+  `lora` (a `models.lora.LoraConfig` or its fields; with `backbone` None) puts LoRA adapters on the backbone
+  (`backbone.lora`; Hu et al. 2021, arXiv:2106.09685): the base weights are drawn first from `rngs` as without
+  adapters, then the adapters (B = 0, so a fresh LoRA reward model scores exactly as its base), then the head.
+  `merged()` is the plain RewardModel with the adapters folded into the kernels.
   """
 
   def __init__(self, config: ModelConfig, head: HeadConfig = HeadConfig(), *, rngs: nnx.Rngs,
-               backbone: CausalLM | None = None):
-    backbone = CausalLM(config, rngs=rngs) if backbone is None else backbone
+               backbone: CausalLM | None = None, lora: Any = None):
+    backbone = CausalLM(config, rngs=rngs, lora=lora) if backbone is None else backbone
     if hasattr(backbone, "lm_head"):
       del backbone.lm_head  # never used by a reward model: no memory, no optimizer state for it
     self.backbone = backbone
@@ -67,6 +74,20 @@ class RewardModel(nnx.Module):
     out = self.head.outputs(features_2BxD) if attributes else self.head(features_2BxD)
     b = input_ids.shape[0]
     return out[:b], out[b:]
+
+  def merged(self) -> "RewardModel":
+    """A plain RewardModel (no adapters; every parameter an nnx.Param) whose backbone kernels are W + (alpha / r) A B
+    and whose head is this one's: it scores as this model does (up to float rounding). Without adapters: itself."""
+    lora = getattr(self.backbone, "lora_config", None)
+    if lora is None:
+      return self
+    pure = nnx.to_pure_dict(nnx.state(self))  # Params and frozen base parameters alike.
+    adapters = pure["backbone"].pop("lora")
+    pure["backbone"]["layers"] = lora_lib.merged_layers(self.config, lora, pure["backbone"]["layers"], adapters)
+    config, head = self.config, self.head.config
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(config, head, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
+    return nnx.merge(graphdef, state)
 
   @classmethod
   def from_causal_lm(cls, lm: CausalLM, head: HeadConfig = HeadConfig(), *, seed: int = 0) -> "RewardModel":
@@ -165,3 +186,87 @@ class RewardEnsemble(nnx.Module):
     graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardModel(config, head, rngs=nnx.Rngs(0))))
     nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: x[k], nnx.to_pure_dict(nnx.state(self.members))))
     return nnx.merge(graphdef, state)
+
+
+# What each LoRA ensemble member owns (stacked over members): its adapters and its reward head. The rest of a
+# member (the backbone's base weights) is ONE unstacked copy shared by all members.
+PER_MEMBER = nnx.Any(nnx.PathContains("lora"), nnx.PathContains("head"))
+
+
+def _with_member_axis(variable: nnx.Variable, add: bool) -> nnx.Variable:
+  """`variable` with the logical axis "ensemble" put in front of (add) or taken off (not add) its axis names."""
+  names = variable.get_metadata().get("out_sharding")
+  if not names:
+    return variable
+  names = ("ensemble", *names) if add else tuple(names[1:])
+  return variable.replace(variable.get_value(), out_sharding=names)
+
+
+class LoraRewardEnsemble(nnx.Module):
+  """K LoRA reward models on ONE shared base backbone: K adapter sets and K reward heads stacked on a leading
+  "ensemble" axis, the base weights held once (not K times as in `RewardEnsemble`).
+
+  Member k is `RewardModel(config, head, rngs=nnx.Rngs(keys_K[k]), lora=lora)` with its base weights replaced by
+  member 0's: members differ by their adapters' A init and their head init (seeds), and, when trained, by data
+  order. With B = 0 at init every member's backbone computes the base model. `member(k)` is member k as a
+  standalone LoRA RewardModel (the shared base + its adapters + its head); `merged()` the plain `RewardEnsemble` of
+  the K merged members (K backbones; for export).
+
+  Call: rewards (B, K) (or (B, K, H) for multihead members), as `RewardEnsemble`; the K member forwards run as one
+  `jax.vmap` over the stacked adapters and heads with the base weights unbatched (no copy of them per member).
+  """
+
+  def __init__(self, config: ModelConfig, head: HeadConfig, lora: Any, keys_K: jax.Array):
+    lora = lora_lib.lora_config(lora)
+    if lora is None:
+      raise ValueError("lora: expected a LoraConfig (or its fields), got none; use RewardEnsemble without adapters")
+    num_members = int(keys_K.shape[0])
+    if num_members < 1:
+      raise ValueError(f"keys_K: expected at least one member key, got shape {tuple(keys_K.shape)}")
+
+    def member(key):
+      return RewardModel(config, head, rngs=nnx.Rngs(key), lora=lora)
+
+    graphdef, _, base = nnx.split(member(keys_K[0]), PER_MEMBER, ...)
+    stacked = jax.vmap(lambda key: nnx.split(member(key), PER_MEMBER, ...)[1])(keys_K)
+    stacked = jax.tree.map(lambda v: _with_member_axis(v, True), stacked,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+    self.members = nnx.merge(graphdef, stacked, base)
+    self.num_members = num_members
+    self.lora_config = lora
+
+  def _split(self):
+    return nnx.split(self.members, PER_MEMBER, ...)
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               positions: Array | None = None) -> Array:
+    return self._per_member(lambda m, *a: m(*a), input_ids, attention_mask, positions)
+
+  def attributes(self, input_ids: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None) -> Array:
+    """(B, K_members, K_attributes) attribute outputs."""
+    return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
+
+  def score_shared_prompt(self, input_ids: Array, prompt_length: Array, chosen_length: Array,
+                          rejected_length: Array, *, attributes: bool = False) -> tuple[Array, Array]:
+    """(chosen, rejected) rewards (B, K_members, ...) of shared-prompt rows (RewardModel.score_shared_prompt)."""
+    return self._per_member(lambda m, *a: m.score_shared_prompt(*a, attributes=attributes), input_ids,
+                            prompt_length, chosen_length, rejected_length)
+
+  def _per_member(self, fn, *args) -> Array:
+    """fn(member, *args) for every member (args and base weights shared), member outputs stacked on axis 1."""
+    graphdef, stacked, base = self._split()
+    return jax.vmap(lambda state_k: fn(nnx.merge(graphdef, state_k, base), *args), out_axes=1)(stacked)
+
+  def member(self, k: int) -> RewardModel:
+    """Member k as a standalone LoRA RewardModel (the shared base weights, its adapters and its head)."""
+    if not 0 <= k < self.num_members:
+      raise ValueError(f"member index {k} is out of range for an ensemble of {self.num_members} members")
+    graphdef, stacked, base = self._split()
+    state_k = jax.tree.map(lambda v: _with_member_axis(v.replace(v.get_value()[k]), False), stacked,
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdef, state_k, base)
+
+  def merged(self) -> RewardEnsemble:
+    """The plain RewardEnsemble whose member k is `member(k).merged()` (K full backbones)."""
+    return RewardEnsemble.stack([self.member(k).merged() for k in range(self.num_members)])

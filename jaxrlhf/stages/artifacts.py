@@ -25,7 +25,7 @@ from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf_reward import reward_model_from_pretrained
-from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
+from jaxrlhf.models.reward_model import LoraRewardEnsemble, RewardEnsemble, RewardModel
 from jaxrlhf.parallel import distributed
 from jaxrlhf.train import state as state_lib
 
@@ -69,8 +69,10 @@ def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
   return ModelConfig(**d)
 
 
-def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State) -> str:
-  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state).
+def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State,
+                      lora: Any = None) -> str:
+  """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state; with `lora`, a
+  LoraRewardEnsemble's: the base backbone once + K adapter sets and heads, spec.json's "lora" its LoraConfig).
 
   With several processes, parameters sharded across processes are gathered (every process takes part) and
   process 0 writes; every process returns after the files exist.
@@ -78,9 +80,12 @@ def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members:
   values = distributed.host_copy(nnx.to_pure_dict(state))
   if distributed.is_primary():
     os.makedirs(out_dir, exist_ok=True)
+    spec = {"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}
+    lora = lora_lib.lora_config(lora)
+    if lora is not None:  # Only then: a plain reward model's spec.json stays as it was.
+      spec["lora"] = dataclasses.asdict(lora)
     with open(os.path.join(out_dir, "spec.json"), "w") as f:
-      json.dump({"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": num_members}, f,
-                indent=2)
+      json.dump(spec, f, indent=2)
     with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
       f.write(flax.serialization.msgpack_serialize(values))
   distributed.barrier(f"save_reward_model:{out_dir}")
@@ -96,10 +101,27 @@ def reward_model_spec(rm_dir: str) -> tuple[ModelConfig, HeadConfig, int]:
   return model_config_from_dict(spec["model"]), HeadConfig(**head), spec["num_members"]
 
 
-def load_reward_model(rm_dir: str) -> RewardEnsemble:
-  """The saved RewardEnsemble (rewards (B, K)) of `save_reward_model`."""
+def reward_model_lora(rm_dir: str) -> lora_lib.LoraConfig | None:
+  """The LoraConfig of a saved LoRA reward model (`save_reward_model(..., lora=)`), None for a plain one."""
+  with open(os.path.join(rm_dir, "spec.json")) as f:
+    lora = json.load(f).get("lora")
+  return None if lora is None else lora_lib.LoraConfig(**lora)
+
+
+def _ensemble_fn(rm_dir: str) -> Callable[[jax.Array], Any]:
+  """key -> a fresh RewardEnsemble (or LoraRewardEnsemble) of the saved reward model's shape."""
   config, head, num_members = reward_model_spec(rm_dir)
-  abstract = nnx.eval_shape(lambda: RewardEnsemble(config, head, num_members, rngs=nnx.Rngs(0)))
+  lora = reward_model_lora(rm_dir)
+  if lora is not None:
+    return lambda key: LoraRewardEnsemble(config, head, lora, jax.random.split(key, num_members))
+  return lambda key: RewardEnsemble(config, head, num_members, rngs=nnx.Rngs(key))
+
+
+def load_reward_model(rm_dir: str) -> RewardEnsemble | LoraRewardEnsemble:
+  """The saved RewardEnsemble (rewards (B, K)) of `save_reward_model`; a LoraRewardEnsemble (same call, rewards
+  (B, K)) where the folder holds a LoRA reward model."""
+  make = _ensemble_fn(rm_dir)
+  abstract = nnx.eval_shape(lambda: make(jax.random.PRNGKey(0)))
   graphdef, state = nnx.split(abstract)
   with open(os.path.join(rm_dir, "params.msgpack"), "rb") as f:
     pure = flax.serialization.msgpack_restore(f.read())
@@ -110,8 +132,7 @@ def load_reward_model(rm_dir: str) -> RewardEnsemble:
 def reward_model_factory(rm_dir: str) -> Callable[[jax.Array], RewardEnsemble]:
   """key -> a freshly initialized RewardEnsemble of the saved reward model's shape (for building it inside a
   jitted train-state init, with the saved weights written in afterwards)."""
-  config, head, num_members = reward_model_spec(rm_dir)
-  return lambda key: RewardEnsemble(config, head, num_members, rngs=nnx.Rngs(key))
+  return _ensemble_fn(rm_dir)
 
 
 def load_reward_model_any(path: str, dtype: Any = jnp.float32) -> RewardEnsemble:

@@ -170,10 +170,11 @@ def frozen(module: nnx.Module) -> nnx.Module:
   return nnx.merge(graphdef, state)
 
 
-def frozen_base(module: nnx.Module) -> nnx.Module:
+def frozen_base(module: nnx.Module, trainable: Any = nnx.PathContains("lora")) -> nnx.Module:
   """A LoRA model with every nnx.Param outside its adapters (`module.lora`) turned into a FrozenParam: only the
-  adapters train, the base weights sit in the train state's `extra` (one copy, no optimizer state)."""
-  graphdef, adapters, rest = nnx.split(module, nnx.PathContains("lora"), ...)
+  adapters train, the base weights sit in the train state's `extra` (one copy, no optimizer state).
+  `trainable`: the nnx filter of what stays trainable (a LoRA reward model: its adapters and its head)."""
+  graphdef, adapters, rest = nnx.split(module, trainable, ...)
   rest = jax.tree.map(
       lambda v: FrozenParam(v.get_value(), **v.get_metadata()) if isinstance(v, nnx.Param) else v, rest,
       is_leaf=lambda x: isinstance(x, nnx.Variable))

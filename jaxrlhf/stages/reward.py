@@ -16,6 +16,14 @@ Members and their randomness:
     (K pipelines, stacked into (K, B, T) batches by `inputs.StackedIterator`).
 A "multihead" head instead puts K scalar heads on one shared backbone, with one BT loss per head.
 
+LoRA (`model.lora`; Hu et al. 2021, arXiv:2106.09685): every member is a LoRA reward model, and the K members share
+ONE frozen base backbone (`models.reward_model.LoraRewardEnsemble`: K adapter sets + K heads stacked, the base
+weights once, in the train state's `extra`). Only the adapters and the (new) heads train. Member k's adapters and
+head are drawn from `member_key(seed, k)` as a standalone LoRA member would (`lora_member_model`); its data order is
+its own as above. The saved `rm` holds the base once plus the K adapter sets and heads (spec.json records the
+LoRA config); with K = 1 the merged model (adapters folded into the kernels) is saved too, as a plain reward model
+(`merged_rm_dir`).
+
 Evaluation (held-out pairs): pairwise accuracy per member and of the member mean (ties count as wrong) and, in
 the synthetic world, agreement with the GOLD preference (r*(chosen) > r*(rejected)).
 """
@@ -35,7 +43,8 @@ from flax import nnx
 from jaxrlhf.config import ConfigError, field
 from jaxrlhf.losses import reward as reward_losses
 from jaxrlhf.models.heads import HeadConfig
-from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
+from jaxrlhf.models import lora as lora_lib
+from jaxrlhf.models.reward_model import PER_MEMBER, LoraRewardEnsemble, RewardEnsemble, RewardModel
 from jaxrlhf.parallel import MeshConfig
 from jaxrlhf.parallel.sharding import batch_sharding
 from jaxrlhf.stages import artifacts
@@ -100,6 +109,9 @@ class RewardConfig:
 
   def validate(self, path: str) -> None:
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
+    if self.model.lora and self.shared_backbone:
+      raise ConfigError(f"{path}.shared_backbone: LoRA members ({path}.model.lora) always share one frozen base "
+                        "backbone; leave shared_backbone False")
 
 # ------------------------------------------------------------------------------------------------ the loss
 def _weighted(x_B: jax.Array, w_B: jax.Array) -> metrics_lib.Avg:
@@ -170,6 +182,18 @@ def member_model(model_config: Any, head: HeadConfig, seed: int, k: int) -> Rewa
   return RewardModel(model_config, head, rngs=nnx.Rngs(member_key(seed, k)))
 
 
+def lora_member_model(model_config: Any, head: HeadConfig, lora: Any, seed: int, k: int) -> RewardModel:
+  """LoRA member k as a standalone model: `member_model`'s init with adapters (its base weights are member 0's in the
+  stacked `LoraRewardEnsemble`, which shares one base)."""
+  return RewardModel(model_config, head, rngs=nnx.Rngs(member_key(seed, k)), lora=lora)
+
+
+def lora_ensemble(model_config: Any, head: HeadConfig, lora: Any, num_members: int, seed: int) -> LoraRewardEnsemble:
+  """The K LoRA members on one base: member k's adapters and head from `member_key(seed, k)`, the base member 0's."""
+  keys_K = jnp.stack([member_key(seed, k) for k in range(num_members)])
+  return LoraRewardEnsemble(model_config, head, lora, keys_K)
+
+
 def _stacked_members(model_config: Any, head: HeadConfig, num_members: int, seed: int,
                      shared_backbone: bool = False) -> RewardEnsemble:
   """The K members stacked; shared_backbone: every member's backbone is member 0's (heads stay per member)."""
@@ -206,12 +230,17 @@ def member_optimizer(optimizer: optax.GradientTransformation) -> optax.GradientT
 
 
 def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimizer: Any, seed: int, mesh: Any,
-                   pretrained: dict | None = None, shared_backbone: bool = False) -> state_lib.StateSetup:
+                   pretrained: dict | None = None, shared_backbone: bool = False, lora: Any = None
+                   ) -> state_lib.StateSetup:
   """A TrainState whose params / extra / opt_state are stacked over members; the graphdef is the ensemble's.
 
   pretrained (a CausalLM's pure params) is every member's backbone; else shared_backbone=True gives every
   member member 0's random backbone init (heads keep their own seeds).
+  lora (a ModelSpec's `lora`; {} / None off): a `LoraRewardEnsemble`; params = the stacked adapters and heads,
+  extra = the ONE frozen base backbone (unstacked: `make_ensemble_step(..., shared_extra=True)`).
   """
+  if lora:
+    return _lora_ensemble_setup(model_config, head, num_members, optimizer, seed, mesh, pretrained, lora)
   setup = state_lib.init_train_state(lambda key: _stacked_members(model_config, head, num_members, seed,
                                                                   shared_backbone),
                                      member_optimizer(optimizer), seed, mesh=mesh,
@@ -229,11 +258,42 @@ def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimi
   return setup._replace(init=init)
 
 
+def _lora_ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimizer: Any, seed: int,
+                         mesh: Any, pretrained: dict | None, lora: Any) -> state_lib.StateSetup:
+  """`ensemble_setup` of a LoRA ensemble: the base weights (random from member 0's key, or `pretrained`) are
+  FrozenParams in `extra`, once; the adapters and heads (stacked) are the params."""
+  model_fn = lambda key: common.frozen_base(lora_ensemble(model_config, head, lora, num_members, seed),  # noqa: E731
+                                            trainable=PER_MEMBER)
+  setup = state_lib.init_train_state(model_fn, member_optimizer(optimizer), seed, mesh=mesh,
+                                     shardings=common.logical_or_replicated(mesh))
+  if pretrained is None:
+    return setup
+  backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
+  fresh = setup.init
+
+  def init():
+    state = fresh()
+    return state.replace(extra=common.overwrite(state.extra, backbone, ("members", "backbone")))
+
+  return setup._replace(init=init)
+
+
+def member_graphdef(model_config: Any, head: HeadConfig, seed: int, lora: Any = None) -> nnx.GraphDef:
+  """The graphdef of one member as the ensemble step trains it (a LoRA member: base frozen, adapters + head
+  trainable)."""
+  if lora:
+    return nnx.graphdef(nnx.eval_shape(lambda: common.frozen_base(
+        lora_member_model(model_config, head, lora, seed, 0), trainable=PER_MEMBER)))
+  return nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, seed, 0)))
+
+
 def make_ensemble_step(member_graphdef: nnx.GraphDef, loss_fn: state_lib.LossFn,
-                       optimizer_config: optim.OptimizerConfig, num_members: int) -> state_lib.StepFn:
+                       optimizer_config: optim.OptimizerConfig, num_members: int, shared_extra: bool = False
+                       ) -> state_lib.StepFn:
   """The stacked step: `make_train_step` of one member, vmapped over the member axis of state and batch.
 
-  Batches are (K, B, ...). Metrics: the member-summed Avg/Sum metrics, the member mean of scalar ones, and
+  Batches are (K, B, ...). shared_extra: the state's `extra` has no member axis (a LoRA ensemble's one frozen
+  base), every member reads it whole. Metrics: the member-summed Avg/Sum metrics, the member mean of scalar ones, and
   `members/loss_<k>` per member.
   """
   member_step = state_lib.make_train_step(member_graphdef, loss_fn, optim.make_optimizer(optimizer_config),
@@ -249,8 +309,8 @@ def make_ensemble_step(member_graphdef: nnx.GraphDef, loss_fn: state_lib.LossFn,
       new, metrics = member_step(s, batch)
       return new.params, new.opt_state, metrics
 
-    params, opt_state, metrics = jax.vmap(one)(state.params["members"], extra, state.opt_state,
-                                               jnp.arange(num_members), batch_K)
+    params, opt_state, metrics = jax.vmap(one, in_axes=(0, None if shared_extra else 0, 0, 0, 0))(
+        state.params["members"], extra, state.opt_state, jnp.arange(num_members), batch_K)
     out = {}
     for name, v in metrics.items():
       if isinstance(v, metrics_lib.Avg):
@@ -329,10 +389,11 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   head = cfg.head.head_config()
   num_attributes = head.num_outputs if head.kind == "attributes" else 0
   optimizer = optim.make_optimizer(cfg.optimizer)
+  lora = lora_lib.lora_config(cfg.model.lora)
   setup = ensemble_setup(model_config, head, cfg.num_members, optimizer, cfg.seed, mesh, pretrained,
-                         cfg.shared_backbone)
-  member_graphdef = nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, cfg.seed, 0)))
-  step_fn = make_ensemble_step(member_graphdef, reward_loss_fn(cfg.loss, head), cfg.optimizer, cfg.num_members)
+                         cfg.shared_backbone, lora=lora)
+  step_fn = make_ensemble_step(member_graphdef(model_config, head, cfg.seed, lora), reward_loss_fn(cfg.loss, head),
+                               cfg.optimizer, cfg.num_members, shared_extra=lora is not None)
   shared, layout_report = inputs_lib.choose_shared_prompt(data, train_records, tokenizer, model_config,
                                                           with_lm_head=False)
   report = {**report, "shared_prompt": layout_report}
@@ -348,5 +409,10 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   state = common.final_state(setup, results)
   model = nnx.merge(setup.graphdef, state.params, state.extra)
   rm_dir = artifacts.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
-                                       nnx.state(model))
-  return common.stage_outputs(results, rm_dir=rm_dir, num_members=cfg.num_members, data_report=report)
+                                       nnx.state(model), lora=lora)
+  extra = {}
+  if lora is not None and cfg.num_members == 1:  # The merged model: a plain reward model for any consumer.
+    merged = model.merged()
+    extra["merged_rm_dir"] = artifacts.save_reward_model(os.path.join(workdir, "rm_merged"), model_config, head, 1,
+                                                         nnx.state(merged))
+  return common.stage_outputs(results, rm_dir=rm_dir, num_members=cfg.num_members, data_report=report, **extra)

@@ -27,8 +27,18 @@ controller updates the coefficient, a `KLCoef` in the state's extra (exact resum
 
 The model in the train state is `RLModel`: the trained policy plus a frozen reference and frozen reward models
 whose parameters are `FrozenParam`s in the state's `extra` (no gradient, no optimizer state; checkpointed with
-the state). The rollout key is fold_in(fold_in(state.rng, state.step), ROLLOUT_STREAM) and the prompt
-iterator checkpoints its position, so a resumed run draws exactly the rollouts of an uninterrupted one.
+the state).
+
+LoRA (`model.lora`; Hu et al. 2021, arXiv:2106.09685): the policy carries adapters and its base weights are frozen
+(in `extra`, once); only the adapters train. The reference is the policy with its adapters switched off
+(`CausalLM.without_adapters()`; equal to the initial policy because B starts at 0), so RLModel holds no second
+copy of the weights. PPO with LoRA: the value head on the policy's backbone (value_model '') trains fully (it is
+new) and its value loss reaches the shared adapters, as it reaches the shared backbone without LoRA; a separate
+critic (value_model a reward model) is trained fully: `model.lora` is the policy's. The saved policy is merged
+(`workdir/model`), the adapters are saved alone in `workdir/adapters`.
+
+The rollout key is fold_in(fold_in(state.rng, state.step), ROLLOUT_STREAM) and the prompt iterator checkpoints its
+position, so a resumed run draws exactly the rollouts of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf.losses import policy_variants as pv
 from jaxrlhf.losses import ppo as ppo_lib
 from jaxrlhf.models import CausalLM
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.heads import HeadConfig, RewardHead
 from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.parallel import MeshConfig
@@ -310,9 +321,13 @@ class RLModel(nnx.Module):
 
   def __init__(self, policy: nnx.Module, reference: nnx.Module | None, reward_models: dict[str, nnx.Module], *,
                value_head: nnx.Module | None = None, critic: nnx.Module | None = None,
-               kl_coef: float | None = None):
+               kl_coef: float | None = None, lora_reference: bool = False):
+    if lora_reference and reference is not None:
+      raise ValueError("RLModel: lora_reference=True uses the policy with adapters off as the reference; pass "
+                       "reference=None")
     self.policy = policy
     self.reference = common.frozen(reference) if reference is not None else None
+    self.lora_reference = lora_reference
     self.rm_names = tuple(sorted(reward_models))
     for name, rm in reward_models.items():
       setattr(self, name, common.frozen(rm))
@@ -327,6 +342,11 @@ class RLModel(nnx.Module):
 
   def reward_models(self) -> dict[str, nnx.Module]:
     return {name: getattr(self, name) for name in self.rm_names}
+
+  def reference_model(self) -> Any:
+    """The frozen reference: the copy, or with `lora_reference` the policy with its adapters switched off (the
+    same base weights, no copy); None without a reference."""
+    return self.policy.without_adapters() if self.lora_reference else self.reference
 
 # ------------------------------------------------------------------------------------------------ advantages / loss
 def advantages(loss: RLLossConfig, rewards_R: jax.Array) -> jax.Array:
@@ -564,8 +584,9 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
                                        cache_length=loss.overlong_cache)
     metrics["reward/overlong"] = jnp.mean(penalty)
     total = total + penalty
-  if model.reference is not None:
-    ref_logps, _ = scoring.response_logps(model.reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
+  reference = model.reference_model()
+  if reference is not None:
+    ref_logps, _ = scoring.response_logps(reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
                                   sampling.temperature)
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
     seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
@@ -694,22 +715,31 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
   With algorithm "ppo" also the value model, trained by the same optimizer over the joint (policy + value) Param
   tree, as TRL's PPOTrainer (one optimizer over its PolicyAndValueWrapper): `critic` = (factory key -> RewardModel,
   its Param values) gives a separate critic, None a fresh linear value head on the policy's backbone; and the KL
-  coefficient, starting at loss.beta (0 with kl_mode "none")."""
+  coefficient, starting at loss.beta (0 with kl_mode "none").
+  With `cfg.model.lora` the policy is a LoRA CausalLM with a frozen base (only its adapters, and PPO's value head or
+  critic, are params) and the reference is that policy with its adapters off (no reference copy)."""
   with_reference = cfg.loss.kl_mode != "none"
   is_ppo = cfg.loss.algorithm == "ppo"
+  lora = lora_lib.lora_config(cfg.model.lora)
+  lora_reference = with_reference and lora is not None
+
+  def policy(key):
+    if lora is None:
+      return CausalLM(model_config, rngs=nnx.Rngs(key))
+    return common.frozen_base(CausalLM(model_config, rngs=nnx.Rngs(key), lora=lora))
 
   def model_fn(key):
     rms = {name: factory(key) for name, (factory, _) in reward_models.items()}
-    ref = CausalLM(model_config, rngs=nnx.Rngs(key)) if with_reference else None
+    ref = CausalLM(model_config, rngs=nnx.Rngs(key)) if with_reference and lora is None else None
     if not is_ppo:
-      return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms)
+      return RLModel(policy(key), ref, rms, lora_reference=lora_reference)
     value_key = jax.random.fold_in(key, 1)
     value_head = None if critic is not None else RewardHead(
         model_config.embed_dim, HeadConfig("linear"), rngs=nnx.Rngs(value_key),
         param_dtype=jnp.dtype(model_config.param_dtype))
-    return RLModel(CausalLM(model_config, rngs=nnx.Rngs(key)), ref, rms, value_head=value_head,
+    return RLModel(policy(key), ref, rms, value_head=value_head,
                    critic=critic[0](value_key) if critic is not None else None,
-                   kl_coef=cfg.loss.beta if cfg.loss.kl_mode == "reward" else 0.0)
+                   kl_coef=cfg.loss.beta if cfg.loss.kl_mode == "reward" else 0.0, lora_reference=lora_reference)
 
   setup = state_lib.init_train_state(model_fn, optimizer, cfg.seed, mesh=mesh,
                                      shardings=common.logical_or_replicated(mesh))
@@ -718,7 +748,9 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
   def init():
     state = fresh()
     params, extra = state.params, state.extra
-    if pretrained is not None:
+    if pretrained is not None and lora is not None:  # The frozen base; the adapters keep their init (B = 0).
+      extra = common.overwrite(extra, pretrained, ("policy",))
+    elif pretrained is not None:
       params = common.overwrite(params, pretrained, ("policy",))
       if with_reference:
         extra = common.overwrite(extra, pretrained, ("reference",))
@@ -839,7 +871,7 @@ def load_critic(value_model: str, inputs: dict, vocab_size: int) -> tuple[Any, d
   if config.vocab_size < vocab_size:
     raise ConfigError(f"value_model: the reward model in {rm_dir} has vocab_size {config.vocab_size} < the policy "
                       f"tokenizer's {vocab_size}; the critic reads the policy's tokens")
-  member = artifacts.load_reward_model(rm_dir).member(0)
+  member = artifacts.load_reward_model(rm_dir).member(0).merged()  # A LoRA reward model's member: merged.
   print(f"[rl] value_model: a critic initialized from member 0 of {num_members} of {rm_dir}", flush=True)
   return (lambda key: RewardModel(config, head, rngs=nnx.Rngs(key)),
           jax.device_get(nnx.to_pure_dict(nnx.state(member, nnx.Param))))
@@ -914,6 +946,8 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   except Exception as e:  # pylint: disable=broad-except
     errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
     raise
+  adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
-                                    prefix="policy", tokenizer=tokenizer)
-  return common.stage_outputs(results, model_dir=model_dir, prompts=report)
+                                    prefix="policy", tokenizer=tokenizer, adapter_dir=adapter_dir)
+  extra = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
+  return common.stage_outputs(results, model_dir=model_dir, prompts=report, **extra)
