@@ -37,6 +37,8 @@ def get_config(arg=None):
   smoke = variant == "smoke"
   config = grpo.rl_chain("online_dpo", "smoke" if smoke else "default", num_generations=2, beta=BETA)
   online = config.online_dpo
+  with config.unlocked():
+    config.seed = 0  # reseeds every stage (the sweep's axis)
   if smoke:
     online.loss.ref_update_every = 2  # the smoke run exercises the reference update
     pref = dict(data=dict(S.SMOKE_DATA, batch_size=online.prompts_per_step), loop=S.SMOKE_LOOP)
