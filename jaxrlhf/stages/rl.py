@@ -248,7 +248,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """The "rl" stage (GRPO / RLOO on the synthetic world's prompts or on prompt files).
+  """The "rl" stage (GRPO / RLOO / PPO / online DPO on the synthetic world's prompts or on prompt files).
 
   Prompts (`prompts`, `inputs.PromptSpec`): `num_prompts` train prompts (the world's come with reference
   responses, the column "references"; files: 0 = all), `prompts_per_step` per rollout (R = prompts_per_step *
@@ -925,7 +925,8 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inpu
 
 
 def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
-  """The "rl" stage: GRPO / RLOO / PPO training, eval on held-out prompts, saves the policy to `workdir/model`."""
+  """The "rl" stage: GRPO / RLOO / PPO / online DPO training, eval on held-out prompts (online DPO: "kl" is to the
+  current reference, which moves with ref_update_every), saves the policy to `workdir/model`."""
   model_path = common.resolve_path(cfg.model.init_from, inputs) if cfg.model.init_from else ""
   source = inputs_lib.open_prompts(cfg.prompts, model_path)
   world, tokenizer = source.world, source.tokenizer

@@ -24,7 +24,6 @@ from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data import padding
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models import CausalLM, ModelConfig
-from jaxrlhf.stages import common
 from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.stages import rl
 from jaxrlhf.train import metrics as metrics_lib
@@ -81,7 +80,7 @@ def test_loss_equals_trl_online_dpo(loss_type, penalty):
   lengths = rng.integers(1, n + 1, r)
   mask = (np.arange(n)[None] < lengths[:, None]).astype(np.int32)
   rewards = rng.normal(0, 1, r).astype(np.float32)
-  rewards[[2, 3]] = 0.25  # a tie: TRL chooses the first sample, so does ties="first"
+  rewards[[2, 2 + p]] = 0.25  # prompt 2's samples tie: TRL chooses the first sample, so does ties="first"
   has_eos = rng.random(r) < 0.5
   # Ours: prompt-major rows (2i, 2i + 1) = TRL's rows (i, i + P); token 0 carries the row index.
   ours = np.stack([np.arange(p), np.arange(p) + p], 1).reshape(-1)
@@ -148,6 +147,29 @@ def world():
   return World(WorldConfig(num_prompts=256, max_response_len=12))
 
 
+def test_loss_fn_scores_chosen_and_rejected_of_each_pair(world):
+  """The stage's loss_fn (one forward over [chosen | rejected] rows) equals the sigmoid DPO loss of log-probs
+  from separate forwards of the chosen and of the rejected responses (temperature 1, TRL's raw logits)."""
+  from jaxrlhf.train import scoring  # pylint: disable=g-import-not-at-top
+  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
+  policy, ref = CausalLM(config, rngs=nnx.Rngs(0)), CausalLM(config, rngs=nnx.Rngs(1))
+  rng = np.random.default_rng(0)
+  ids, mask = padding.encode_prompts(world.tokenizer, world.prompts(3, "train"), 6)
+  tok = lambda: jnp.asarray(rng.integers(3, 20, (3, 5)), jnp.int32)  # noqa: E731
+  chosen, rejected = tok(), tok()
+  cmask, rmask = jnp.asarray([[1, 1, 1, 0, 0]] * 3), jnp.asarray([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+  seq = nnx.jit(lambda m, t, k: jnp.sum(scoring.response_logps(m, jnp.asarray(ids), jnp.asarray(mask), t, k)[0], 1))
+  pairs = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "chosen_tokens": chosen,
+           "chosen_mask": cmask, "rejected_tokens": rejected, "rejected_mask": rmask,
+           "ref_chosen_logps": seq(ref, chosen, cmask), "ref_rejected_logps": seq(ref, rejected, rmask),
+           "pair_weight": jnp.ones(3)}
+  loss = rl.RLLossConfig(algorithm="online_dpo", num_generations=2, beta=0.5)
+  total, weight, _ = nnx.jit(lambda m, b: rl.online_dpo_loss_fn(loss)(m, b, None))(rl.RLModel(policy, ref, {}), pairs)
+  logits = (seq(policy, chosen, cmask) - pairs["ref_chosen_logps"]) - (seq(policy, rejected, rmask)
+                                                                      - pairs["ref_rejected_logps"])
+  assert float(total / weight) == pytest.approx(float(jnp.mean(-jax.nn.log_sigmoid(0.5 * logits))), rel=1e-5)
+
+
 def _cfg(**loss):
   return from_config({
       "seed": 3, "model": {"config": TINY}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
@@ -159,26 +181,10 @@ def _pure(tree):
   return jax.tree.map(np.asarray, nnx.to_pure_dict(tree))
 
 
-def test_soft_update_by_hand(world):
-  cfg = _cfg()
-  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
-  state = rl.rl_setup(cfg, config, None, {}, optim.make_optimizer(cfg.optimizer), None).init()
-  other = nnx.to_pure_dict(nnx.state(CausalLM(config, rngs=nnx.Rngs(7)), nnx.Param))
-  state = state.replace(extra=common.overwrite(state.extra, other, ("reference",)))
-  policy, ref = _pure(state.params)["policy"], _pure(state.extra)["reference"]
-  soft = _pure(rl.update_reference(state, 0.3).extra)["reference"]
-  jax.tree.map(lambda s, p, r: np.testing.assert_allclose(s, 0.3 * p + 0.7 * r, rtol=1e-6, atol=1e-7),
-               soft, policy, ref)
-  hard = _pure(rl.update_reference(state, 1.0).extra)["reference"]
-  jax.tree.map(np.testing.assert_array_equal, hard, policy)
-  kept = _pure(rl.update_reference(state, 0.3, jnp.asarray(False)).extra)["reference"]
-  jax.tree.map(np.testing.assert_array_equal, kept, ref)
-  assert jax.tree.leaves(jax.tree.map(lambda p, r: np.abs(p - r).max(), policy, ref))[0] > 0
-
-
-def test_hard_copy_on_schedule_in_the_step(world):
+def test_reference_schedule_in_the_step(world):
   """ref_update_every=2: after step 1 the reference is still the initial policy, after step 2 it is exactly the
-  policy, after step 3 it is still step 2's policy (not step 3's); ref/total_updates counts 0, 1, 1."""
+  policy, after step 3 it is still step 2's policy (not step 3's); ref/total_updates counts 0, 1, 1. Then the soft
+  update alpha * policy + (1 - alpha) * ref by hand, alpha = 1 an exact copy, apply=False a no-op."""
   cfg = _cfg(ref_update_every=2)
   config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
   optimizer = optim.make_optimizer(cfg.optimizer)
@@ -202,6 +208,13 @@ def test_hard_copy_on_schedule_in_the_step(world):
   jax.tree.map(np.testing.assert_array_equal, refs[1], policies[1])
   jax.tree.map(np.testing.assert_array_equal, refs[2], policies[1])
   assert not np.array_equal(jax.tree.leaves(policies[2])[0], jax.tree.leaves(policies[1])[0])
+  # TR-DPO's soft update by hand on this state (policy = step 3's, reference = step 2's policy).
+  soft = _pure(rl.update_reference(state, 0.3).extra)["reference"]
+  jax.tree.map(lambda s, p, r: np.testing.assert_allclose(s, 0.3 * p + 0.7 * r, rtol=1e-6, atol=1e-7),
+               soft, policies[2], refs[2])
+  jax.tree.map(np.testing.assert_array_equal, _pure(rl.update_reference(state, 1.0).extra)["reference"], policies[2])
+  kept = _pure(rl.update_reference(state, 0.3, jnp.asarray(False)).extra)["reference"]
+  jax.tree.map(np.testing.assert_array_equal, kept, refs[2])
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -223,17 +236,17 @@ def _lines(workdir):
 
 
 def test_resume_keeps_the_moved_reference(tmp_path):
-  """A soft reference update every step: a run stopped after step 2 and resumed logs the uninterrupted run's step 3
-  exactly (its loss reads the reference, which only the checkpoint holds) and saves the same policy."""
+  """A soft reference update every step: a run stopped after step 1 and resumed logs the uninterrupted run's step 2
+  exactly (its loss reads the moved reference, which only the checkpoint holds) and saves the same policy."""
   full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-  rl.run(_stage_config(3), full, {})
+  rl.run(_stage_config(2), full, {})
+  rl.run(_stage_config(1), resumed, {})
   rl.run(_stage_config(2), resumed, {})
-  rl.run(_stage_config(3), resumed, {})
   a, b = _lines(full), _lines(resumed)
-  assert a[3]["train/ref/total_updates"] == 3.0
+  assert a[2]["train/ref/total_updates"] == 2.0 and a[2]["train/ref/updates"] == 1.0
   for key in ("train/loss", "train/rewards/chosen", "train/rewards/margin", "train/kl", "train/scores/margin",
               "train/gold"):
-    assert a[3][key] == b[3][key], key
+    assert a[2][key] == b[2][key], key
   saved = [load_file(os.path.join(w, "model", "model.safetensors")) for w in (full, resumed)]
   assert sorted(saved[0]) == sorted(saved[1])
   for k in saved[0]:
