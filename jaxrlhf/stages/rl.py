@@ -39,6 +39,15 @@ critic (value_model a reward model) is trained fully: `model.lora` is the policy
 
 The rollout key is fold_in(fold_in(state.rng, state.step), ROLLOUT_STREAM) and the prompt iterator checkpoints its
 position, so a resumed run draws exactly the rollouts of an uninterrupted one.
+
+Online DPO (loss.algorithm "online_dpo", `make_online_dpo_step`; Guo et al. 2024, "Direct Language Model Alignment
+from Online AI Feedback", arXiv 2402.04792; TRL's OnlineDPOTrainer) replaces 3-4: each prompt's 2 samples are
+scored by the reward sources (+ TRL's missing-EOS penalty), the higher-scored one is chosen (`select_pairs`), and
+the DPO-family loss (`losses.preference.dpo_loss`) of the pair against the reference is minimized; the reference
+then moves on a schedule (`update_reference`: every `ref_update_every` rollouts ref <- alpha * policy + (1 - alpha)
+* ref, TR-DPO's soft update, alpha = 1 its hard update; Gorbatovski et al. 2024, "Learn Your Reference Model for
+Real Good Alignment", arXiv 2404.09656). The reference is a FrozenParam in the state's extra, so every checkpoint
+holds its current value and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from jaxrlhf.losses import difficulty_scaling as ds
 from jaxrlhf.losses import policy_gradient as pg
 from jaxrlhf.losses import policy_variants as pv
 from jaxrlhf.losses import ppo as ppo_lib
+from jaxrlhf.losses import preference as preference_lib
 from jaxrlhf.models import CausalLM
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.heads import HeadConfig, RewardHead
@@ -77,7 +87,7 @@ from jaxrlhf.train import optim
 from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
-ALGORITHMS = ("grpo", "rloo", "ppo")
+ALGORITHMS = ("grpo", "rloo", "ppo", "online_dpo")
 VARIANTS = ("",) + tuple(pv.VARIANTS)  # "": the objective from algorithm / scale_rewards / loss_aggregation / epsilon
 KL_MODES = ("none", "reward", "loss")
 DIFFICULTY_SCALINGS = ("none", "grpo_s")
@@ -86,6 +96,13 @@ SHUFFLE_STREAM = 0x5f0f  # PPO's minibatch permutations: fold_in(rollout key, th
 # PPO-only keys (TRL PPOConfig names where they exist); with another algorithm a changed one is a ConfigError.
 PPO_KEYS = ("ppo_epochs", "num_mini_batches", "gamma", "lam", "vf_coef", "cliprange_value", "whiten_rewards",
             "kl_controller", "kl_target", "kl_horizon", "token_rewards")
+# Online-DPO-only keys; with another algorithm a changed one is a ConfigError.
+ONLINE_DPO_KEYS = ("dpo_loss_type", "missing_eos_penalty", "ties", "ref_update_every", "ref_update_alpha")
+# The DPO-family losses that need nothing but the pair's log-probs, beta and lengths (no label smoothing, no NLL, no
+# batch sorting); TRL's OnlineDPOTrainer has sigmoid and ipo.
+ONLINE_DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
+                         "discopop", "sigmoid_norm")
+TIES = ("mask", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +148,17 @@ class RLLossConfig:
   overlong terms; the demonstration scored by the same sources in the step) pooled per prompt's group
   (`responsiveness_pool` "group") or over the batch ("batch"), outliers (gap - mean)^2 > `responsiveness_tau`
   left out. "none" (default): today's advantages, bit for bit.
+  algorithm "online_dpo" (Guo et al. 2024, arXiv 2402.04792; TRL's OnlineDPOTrainer): num_generations must be 2; the
+  reward sources' weighted sum (+ overlong term), minus `missing_eos_penalty` on rows without an end token (TRL's
+  option; 0 = off), labels each prompt's pair; the loss is `dpo_loss(loss_type=dpo_loss_type, beta=beta)` on the
+  summed log-probs of chosen and rejected under the policy and the reference at temperature 1 (TRL reads the raw
+  logits), mean over pairs. "ipo" is TRL OnlineDPOTrainer's (scores not divided by the lengths, Azar et al. Eq. 17
+  on sequence log-probs), "sigmoid_norm" divides by the lengths. ties: pairs with equal scores carry no preference;
+  "mask" drops them from the loss (weight 0; `pairs/ties` counts them), "first" keeps them with the first sample
+  chosen (TRL: `first_half >= second_half`). Reference schedule (TR-DPO, Gorbatovski et al. 2024, arXiv
+  2404.09656, as TRL's SyncRefModelCallback): after every `ref_update_every`-th rollout (0 = never, the frozen
+  initial policy), ref <- ref_update_alpha * policy + (1 - ref_update_alpha) * ref; alpha 1 is the hard copy.
+  kl_mode / kl_estimator do not apply (the DPO loss holds the KL through beta) and stay at their defaults.
   """
   algorithm: str = field("grpo", choices=ALGORITHMS)
   num_generations: int = field(4, min=2)
@@ -163,10 +191,23 @@ class RLLossConfig:
   responsiveness_pool: str = field("group", choices=ds.RESPONSIVENESS_POOLS)
   reference_column: str = field("references")
   hardness_column: str = field("")
+  dpo_loss_type: str = field("sigmoid", choices=ONLINE_DPO_LOSS_TYPES)
+  missing_eos_penalty: float = field(0.0, min=0.0)
+  ties: str = field("mask", choices=TIES)
+  ref_update_every: int = field(0, min=0)
+  ref_update_alpha: float = field(1.0, min=0.0, max=1.0)
+
 
   def validate(self, path: str) -> None:
     defaults = RLLossConfig()
     self._validate_difficulty(path, defaults)
+    if self.algorithm != "online_dpo":
+      for key in ONLINE_DPO_KEYS:
+        if getattr(self, key) != getattr(defaults, key):
+          raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to algorithm 'online_dpo' only "
+                            f"({path}.algorithm is {self.algorithm!r}); leave it at {getattr(defaults, key)!r}")
+    else:
+      self._validate_online_dpo(path, defaults)
     if self.algorithm != "ppo":
       for key in PPO_KEYS:
         if getattr(self, key) != getattr(defaults, key):
@@ -206,6 +247,25 @@ class RLLossConfig:
       raise ConfigError(f"{path}.reference_column: difficulty_scaling 'grpo_s' needs the prompt table's column of "
                         "demonstration responses (the world's 'references')")
 
+  def _validate_online_dpo(self, path: str, defaults: "RLLossConfig") -> None:
+    if self.num_generations != 2:
+      raise ConfigError(f"{path}.num_generations: algorithm 'online_dpo' samples a pair per prompt; set "
+                        f"num_generations=2 (got {self.num_generations})")
+    if self.ref_update_alpha <= 0.0:
+      raise ConfigError(f"{path}.ref_update_alpha: must lie in (0, 1] (1 = a hard copy of the policy); got "
+                        f"{self.ref_update_alpha}")
+    # Keys whose meaning the DPO loss replaces: a changed one would be silently ignored.
+    replaced = {"variant": "a GRPO objective", "dynamic_sampling": "pairs are not filtered by reward variance",
+                "oversample": "pairs are not filtered by reward variance", "scale_rewards": "no advantages",
+                "rloo_normalize": "no advantages", "epsilon": "no clipped ratio", "epsilon_high": "no clipped ratio",
+                "loss_aggregation": "the loss is a mean over pairs",
+                "kl_mode": "the DPO loss holds the KL to the reference through beta",
+                "kl_estimator": "the DPO loss holds the KL to the reference through beta"}
+    for key, why in replaced.items():
+      if getattr(self, key) != getattr(defaults, key):
+        raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} does not apply to algorithm 'online_dpo' ({why}); "
+                          f"leave it at {getattr(defaults, key)!r}")
+
   def _validate_ppo(self, path: str, defaults: "RLLossConfig") -> None:
     if self.variant:
       raise ConfigError(f"{path}.variant: {self.variant!r} is a GRPO objective; algorithm 'ppo' takes variant ''")
@@ -238,7 +298,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
-  """The "rl" stage (GRPO / RLOO on the synthetic world's prompts or on prompt files).
+  """The "rl" stage (GRPO / RLOO / PPO / online DPO on the synthetic world's prompts or on prompt files).
 
   Prompts (`prompts`, `inputs.PromptSpec`): `num_prompts` train prompts (the world's come with reference
   responses, the column "references"; files: 0 = all), `prompts_per_step` per rollout (R = prompts_per_step *
@@ -296,6 +356,12 @@ class RLConfig:
         raise ConfigError(f"{path}.loss.num_mini_batches: {m} must divide prompts_per_step * loss.num_generations "
                           f"= {rows} into minibatches divisible by optimizer.grad_accum_steps = "
                           f"{self.optimizer.grad_accum_steps}")
+    if self.loss.algorithm == "online_dpo" and self.loss.ref_update_every and self.model.lora:
+      raise ConfigError(f"{path}.loss.ref_update_every: with {path}.model.lora the reference is the policy with its "
+                        "adapters off (no copy to move); keep ref_update_every=0 or train without LoRA")
+    if self.loss.algorithm == "online_dpo" and self.prompts_per_step % self.optimizer.grad_accum_steps:
+      raise ConfigError(f"{path}.optimizer.grad_accum_steps: {self.optimizer.grad_accum_steps} must divide "
+                        f"prompts_per_step = {self.prompts_per_step} (online DPO's micro-batches are whole pairs)")
     if self.loss.overlong_cache > self.sampling.max_new_tokens:
       raise ConfigError(f"{path}.loss.overlong_cache: {self.loss.overlong_cache} must be <= "
                         f"{path}.sampling.max_new_tokens = {self.sampling.max_new_tokens} (the penalty's L_max)")
@@ -539,6 +605,161 @@ def make_ppo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources
 
   return step_fn
 
+# ------------------------------------------------------------------------------------------------ online DPO
+def select_pairs(scores_R: jax.Array, ties: str = "mask") -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Chosen / rejected rows of each prompt's pair from the reward sources' scores (Guo et al. 2024, arXiv
+  2402.04792: the annotator prefers the higher-scored of the policy's 2 samples).
+
+  Args:
+    scores_R: (R,) float scores, R = 2P rows prompt-major (rows 2p and 2p + 1 are prompt p's samples).
+    ties: "first": the first sample is chosen when scores are equal (TRL's `first_half >= second_half`), the pair
+      trains; "mask": an equal-score pair gets weight 0 (it carries no preference).
+
+  Returns:
+    (chosen_P int32 row indices, rejected_P int32 row indices, weight_P float32: 1, or 0 for a masked tie).
+  """
+  if scores_R.ndim != 1 or scores_R.shape[0] % 2:
+    raise ValueError(f"select_pairs: scores must be (2P,) with pairs on consecutive rows; got {scores_R.shape}")
+  if ties not in TIES:
+    raise ValueError(f"select_pairs: unknown ties {ties!r}; valid values: {list(TIES)}")
+  pair_Px2 = scores_R.reshape(-1, 2)
+  first_wins = pair_Px2[:, 0] >= pair_Px2[:, 1]
+  base = 2 * jnp.arange(pair_Px2.shape[0], dtype=jnp.int32)
+  chosen = base + jnp.where(first_wins, 0, 1).astype(jnp.int32)
+  rejected = base + jnp.where(first_wins, 1, 0).astype(jnp.int32)
+  weight = jnp.ones(pair_Px2.shape[0], jnp.float32)
+  if ties == "mask":
+    weight = jnp.where(pair_Px2[:, 0] == pair_Px2[:, 1], 0.0, weight)
+  return chosen, rejected, weight
+
+
+def missing_eos_scores(scores_R: jax.Array, has_eos_R: jax.Array, penalty: float) -> jax.Array:
+  """TRL OnlineDPOConfig.missing_eos_penalty: `penalty` subtracted from the score of every completion without an end
+  token (`rewards[~contain_eos_token] -= penalty`); penalty 0 leaves the scores unchanged."""
+  if not penalty:
+    return scores_R
+  return scores_R - penalty * (~has_eos_R).astype(scores_R.dtype)
+
+
+def online_dpo_loss_terms(loss: RLLossConfig, chosen_logps_P: jax.Array, rejected_logps_P: jax.Array,
+                          batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, dict[str, Any]]:
+  """(loss total, weight = trained pairs, metrics) of online DPO on a pair batch: total / weight = the weighted mean
+  over pairs of `preference.dpo_loss(loss_type=loss.dpo_loss_type, beta=loss.beta)`, as sums so micro-batches
+  accumulate exactly. "ipo" gets lengths 1 (TRL OnlineDPOTrainer's unnormalized IPO); "sigmoid_norm" the true
+  lengths. Metrics: the loss's rewards/* (the implicit reward beta * log(pi / pi_ref); rewards/accuracy = the
+  implicit reward agrees with the reward sources' label) and logps/*, means over the trained pairs."""
+  weight_P = batch["pair_weight"]
+  if loss.dpo_loss_type == "sigmoid_norm":
+    lengths = {"chosen_lengths": jnp.sum(batch["chosen_mask"] > 0, axis=1),
+               "rejected_lengths": jnp.sum(batch["rejected_mask"] > 0, axis=1)}
+  else:
+    ones = jnp.ones_like(chosen_logps_P)
+    lengths = {"chosen_lengths": ones, "rejected_lengths": ones}
+  losses_P, m = preference_lib.dpo_loss(chosen_logps_P, rejected_logps_P, batch["ref_chosen_logps"],
+                                        batch["ref_rejected_logps"], loss_type=loss.dpo_loss_type, beta=loss.beta,
+                                        **lengths)
+  pairs = jnp.sum(weight_P)
+  metrics = {k: metrics_lib.Avg(jnp.sum(v * weight_P), pairs) for k, v in m.items()}
+  return jnp.sum(losses_P * weight_P), pairs, metrics
+
+
+def online_dpo_loss_fn(loss: RLLossConfig) -> state_lib.LossFn:
+  """loss_fn(RLModel, pair batch, rng) for `state.make_train_step`: chosen and rejected in one policy forward (logits
+  at temperature 1, as TRL), summed over the response tokens."""
+
+  def loss_fn(model, batch, rng):
+    del rng
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    logps_2PxN, _ = scoring.response_logps(
+        model.policy, jnp.concatenate([ids, ids]), jnp.concatenate([mask, mask]),
+        jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]]),
+        jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]]))
+    seq_2P = jnp.sum(logps_2PxN, axis=1)
+    p = ids.shape[0]
+    return online_dpo_loss_terms(loss, seq_2P[:p], seq_2P[p:], batch)
+
+  return loss_fn
+
+
+def online_dpo_pairs(loss: RLLossConfig, batch: dict[str, jax.Array], ref_logps_RxN: jax.Array,
+                     has_eos_R: jax.Array) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+  """The pair batch (P rows) of a rollout of R = 2P rows: prompt, chosen / rejected tokens and masks, their
+  reference sequence log-probs, pair_weight; and the metrics of the labels (scores = batch["rewards"] minus the
+  missing-EOS penalty): scores/chosen, scores/rejected, scores/margin (means over the trained pairs), pairs/ties
+  (the share of pairs with equal scores), pairs/trained, contain_eos (share of rows with an end token)."""
+  scores_R = missing_eos_scores(batch["rewards"], has_eos_R, loss.missing_eos_penalty)
+  chosen, rejected, weight = select_pairs(scores_R, loss.ties)
+  ref_seq_R = jnp.sum(ref_logps_RxN, axis=1)
+  pairs = {"prompt_ids": batch["prompt_ids"][chosen], "prompt_mask": batch["prompt_mask"][chosen],
+           "chosen_tokens": batch["tokens"][chosen], "chosen_mask": batch["mask"][chosen],
+           "rejected_tokens": batch["tokens"][rejected], "rejected_mask": batch["mask"][rejected],
+           "ref_chosen_logps": ref_seq_R[chosen], "ref_rejected_logps": ref_seq_R[rejected], "pair_weight": weight}
+  pairs = jax.tree.map(jax.lax.stop_gradient, pairs)
+  trained = jnp.sum(weight)
+  wmean = lambda x: jnp.sum(x * weight) / jnp.maximum(trained, 1.0)  # noqa: E731
+  tied = scores_R[0::2] == scores_R[1::2]
+  metrics = {"scores/chosen": wmean(scores_R[chosen]), "scores/rejected": wmean(scores_R[rejected]),
+             "scores/margin": wmean(scores_R[chosen] - scores_R[rejected]),
+             "pairs/ties": jnp.mean(tied.astype(jnp.float32)), "pairs/trained": metrics_lib.Sum(trained),
+             "contain_eos": jnp.mean(has_eos_R.astype(jnp.float32))}
+  return pairs, metrics
+
+
+def update_reference(state: state_lib.TrainState, alpha: float, apply: jax.Array | bool = True
+                     ) -> state_lib.TrainState:
+  """TR-DPO's reference update (Gorbatovski et al. 2024, arXiv 2404.09656, Sec. 3; TRL's SyncRefModelCallback):
+  ref <- alpha * policy + (1 - alpha) * ref on every reference parameter (in float32, cast back to its dtype); alpha
+  = 1 is the hard update, an exact copy. `apply` (a traced bool) keeps the old reference where False."""
+  params, extra = nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.extra)
+
+  def mix(p, r):
+    new = p if alpha == 1.0 else alpha * p.astype(jnp.float32) + (1.0 - alpha) * r.astype(jnp.float32)
+    return jnp.where(apply, new.astype(r.dtype), r)
+
+  extra["reference"] = jax.tree.map(mix, params["policy"], extra["reference"])
+  out = jax.tree.map(lambda x: x, state.extra)
+  nnx.replace_by_pure_dict(out, extra)
+  return state.replace(extra=out)
+
+
+def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
+                         sources: Sequence[rewards_lib.RewardSource], *, eos_ids: tuple[int, ...], pad_id: int,
+                         world: Any = None) -> state_lib.StepFn:
+  """Online DPO's pure step (state, prompt batch) -> (state, metrics): one rollout of 2 samples per prompt, its pairs
+  (`online_dpo_pairs`), `num_iterations` DPO updates on them, then the reference schedule: after the k-th rollout
+  (k = state.step / num_iterations) with k % ref_update_every == 0, `update_reference`. Metrics add ref/updates
+  (reference updates in the log window) and ref/total_updates (after the step)."""
+  loss = cfg.loss
+  inner = state_lib.make_train_step(graphdef, online_dpo_loss_fn(loss), optimizer,
+                                    grad_accum_steps=cfg.optimizer.grad_accum_steps,
+                                    schedule=optim.make_schedule(cfg.optimizer))
+
+  def step_fn(state: state_lib.TrainState, prompts: dict[str, jax.Array]):
+    rng = rollout_key(state)
+    model = nnx.merge(graphdef, state.params, state.extra)
+    batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
+                             eos_ids=eos_ids, pad_id=pad_id, world=world)
+    if cfg.sampling.temperature == 1.0:
+      ref_logps = batch["ref_logps"]
+    else:  # The rollout's reference log-probs are at the sampling temperature; DPO's at 1 (TRL).
+      ref_logps, _ = scoring.response_logps(model.reference_model(), batch["prompt_ids"], batch["prompt_mask"],
+                                            batch["tokens"], batch["mask"])
+    has_eos = content_lengths(batch["tokens"], batch["mask"], eos_ids) < jnp.sum(batch["mask"] > 0, axis=1)
+    pairs, pair_metrics = online_dpo_pairs(loss, batch, ref_logps, has_eos)
+    state, stacked = jax.lax.scan(lambda s, _: inner(s, pairs), state, None, length=loss.num_iterations)
+    rollouts = state.step // loss.num_iterations
+    if loss.ref_update_every:
+      due = rollouts % loss.ref_update_every == 0
+      state = update_reference(state, loss.ref_update_alpha, due)
+      total = rollouts // loss.ref_update_every
+    else:
+      due, total = jnp.zeros((), bool), jnp.zeros((), state.step.dtype)
+    ref_metrics = {"ref/updates": metrics_lib.Sum(due.astype(jnp.float32)),
+                   "ref/total_updates": total.astype(jnp.float32)}
+    return state, {**metrics_lib.stack_reduce(stacked), **metrics, **pair_metrics, **ref_metrics}
+
+  return step_fn
+
 # ------------------------------------------------------------------------------------------------ rollout and step
 def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
             sampling: SamplingConfig, sources: Sequence[rewards_lib.RewardSource], eos_ids: tuple[int, ...],
@@ -607,7 +828,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   if loss.difficulty_scaling == "grpo_s":
     batch["advantages"], difficulty_metrics = grpo_s_advantages(loss, model, prompts, batch, task_total, sources, g)
     metrics.update(difficulty_metrics)
-  elif loss.algorithm != "ppo":  # PPO's advantages come from the value model (`ppo_targets`).
+  elif loss.algorithm not in ("ppo", "online_dpo"):  # PPO: from the value model (`ppo_targets`); online DPO: pairs
     batch["advantages"] = advantages(loss, batch["rewards"])
   return batch, metrics
 
@@ -718,7 +939,7 @@ def rl_setup(cfg: RLConfig, model_config: Any, pretrained: dict | None, reward_m
   coefficient, starting at loss.beta (0 with kl_mode "none").
   With `cfg.model.lora` the policy is a LoRA CausalLM with a frozen base (only its adapters, and PPO's value head or
   critic, are params) and the reference is that policy with its adapters off (no reference copy)."""
-  with_reference = cfg.loss.kl_mode != "none"
+  with_reference = cfg.loss.kl_mode != "none" or cfg.loss.algorithm == "online_dpo"
   is_ppo = cfg.loss.algorithm == "ppo"
   lora = lora_lib.lora_config(cfg.model.lora)
   lora_reference = with_reference and lora is not None
@@ -900,7 +1121,8 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inpu
 
 
 def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
-  """The "rl" stage: GRPO / RLOO / PPO training, eval on held-out prompts, saves the policy to `workdir/model`."""
+  """The "rl" stage: GRPO / RLOO / PPO / online DPO training, eval on held-out prompts (online DPO: "kl" is to the
+  current reference, which moves with ref_update_every), saves the policy to `workdir/model`."""
   model_path = common.resolve_path(cfg.model.init_from, inputs) if cfg.model.init_from else ""
   source = inputs_lib.open_prompts(cfg.prompts, model_path)
   world, tokenizer = source.world, source.tokenizer
@@ -919,7 +1141,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   optimizer = optim.make_optimizer(cfg.optimizer)
   critic = load_critic(cfg.value_model, inputs, tokenizer.vocab_size) if cfg.loss.algorithm == "ppo" else None
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh, critic)
-  make_step = make_ppo_step if cfg.loss.algorithm == "ppo" else make_rl_step
+  make_step = {"ppo": make_ppo_step, "online_dpo": make_online_dpo_step}.get(cfg.loss.algorithm, make_rl_step)
   step_fn = make_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
   data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed)
   report = train.report
