@@ -191,14 +191,16 @@ def test_lora_ensemble_saves_the_base_once_and_exports_merged(tmp_path):
 
 def _rl_cfg(algorithm="grpo"):
   kl_mode = "reward" if algorithm == "ppo" else "loss"  # PPO puts the KL in its per-token rewards.
+  extra = dict(num_generations=2) if algorithm == "online_dpo" else {}
   return from_config(dict(model=dict(lora=dict(rank=2, alpha=4.0, targets=("q", "v", "up"))),
-                          loss=dict(algorithm=algorithm, kl_mode=kl_mode)), rl.RLConfig, path="config")
+                          loss=dict(algorithm=algorithm, kl_mode=kl_mode, **extra)), rl.RLConfig, path="config")
 
 
 def test_rl_lora_reference_is_the_base_with_adapters_off():
   base = random_model(TINY, seed=3)
   pretrained = jax.device_get(nnx.to_pure_dict(nnx.state(base, nnx.Param)))
-  for algorithm in ("ppo", "grpo"):  # PPO: what trains (abstract state, no init); GRPO: also the numerics.
+  # PPO, online DPO: what trains (abstract state, no init); GRPO: also the numerics.
+  for algorithm in ("ppo", "online_dpo", "grpo"):
     cfg = _rl_cfg(algorithm)
     setup = rl.rl_setup(cfg, TINY, pretrained, {}, optim.make_optimizer(cfg.optimizer), None)
     params, extra = nnx.to_pure_dict(setup.abstract.params), nnx.to_pure_dict(setup.abstract.extra)
@@ -249,6 +251,13 @@ def test_lora_grpo_smoke_config_runs_sft_reward_ensemble_grpo(tmp_path):
   lora_lib.load_adapters(adapter_model, grpo_out["adapter_dir"])
   np.testing.assert_allclose(np.asarray(merged(ids)), np.asarray(adapter_model(ids)), atol=1e-5)
   assert np.max(np.abs(np.asarray(merged(ids)) - np.asarray(sft_model(ids)))) > 1e-6
+
+
+def test_online_dpo_with_lora_refuses_a_reference_schedule():
+  # The reference is the policy with its adapters off: there is no copy for TR-DPO's update to move.
+  with pytest.raises(ConfigError, match="config.loss.ref_update_every: with config.model.lora"):
+    from_config(dict(model=dict(lora=dict(rank=2)), loss=dict(algorithm="online_dpo", num_generations=2,
+                                                               ref_update_every=2)), rl.RLConfig, path="config")
 
 
 @pytest.mark.parametrize("stage,key,value,match", [
