@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, bmas, combine, shaping, sql, toolrl
+from jaxrlhf.rewards import answers, bleu, bmas, combine, shaping, sql, toolrl, voting
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -62,6 +62,9 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "python": python_function,
     "toolrl": toolrl.toolrl_reward,
     "bmas": bmas.bmas_reward,
+    "self_consistency": voting.self_consistency,
+    "co_reward": voting.co_reward,
+    "vote_unanimity": voting.vote_unanimity,
 }
 
 
