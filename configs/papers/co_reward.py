@@ -67,9 +67,9 @@ def get_config(arg=None):
     arms = ("co",)
   else:
     sft_kwargs = dict(model=dict(config=POLICY), data=sft_data,
-                      optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=20, decay_steps=300,
+                      optimizer=dict(learning_rate=3e-3, schedule="cosine", warmup_steps=20, decay_steps=600,
                                      end_lr_factor=0.1, clip_norm=1.0),
-                      loop=dict(S.SMOKE_LOOP, num_steps=300, log_every=50, checkpoint_every=300))
+                      loop=dict(S.SMOKE_LOOP, num_steps=600, log_every=100, checkpoint_every=600))
     rl_kwargs = dict(num_prompts=0, prompts_per_step=8, eval_prompts=256, sampling=dict(max_new_tokens=4),
                      loss=dict(num_generations=8),
                      optimizer=dict(learning_rate=1e-4, clip_norm=1.0),

@@ -3,7 +3,8 @@ problems with a numeric answer, each written in two surface forms, the "original
 form (same numbers, same answer, different story), as Co-Reward pairs a question with its rephrasing.
 
 A problem is (operation, a, b, name, item): "add" (a, b in 1..9) or "sub" (a in 2..18, b in 1..9, b < a), one of
-NAMES and ITEMS. TEMPLATES holds the two forms of each operation. Problems go to three DISJOINT splits by a SHA-256
+NAMES and ITEMS. TEMPLATES holds the two forms of each operation; both name every part of the problem, so no two
+problems share a text. Problems go to three DISJOINT splits by a SHA-256
 hash of (seed, problem): "sft" (to teach a small policy the format and part of the arithmetic), "train" (the RL
 prompts) and "eval" (held out); within a split the problems come in hash order, so rows are a pure function of
 (seed, split) and the first n rows do not depend on n. Arithmetic facts (a, b) recur across splits with other names
@@ -31,9 +32,11 @@ NAMES = ("Mia", "Omar", "Lena", "Ravi", "Zoe", "Tom", "Ana", "Kofi")
 ITEMS = ("apples", "pencils", "stickers", "marbles", "cookies", "stamps")
 TEMPLATES = {
     "add": ("{name} has {a} {item}. {name} gets {b} more {item}. How many {item} does {name} have now?",
-            "There are {a} {item} in a box. Someone puts {b} more {item} into the box. How many {item} are in the box?"),
+            ("There are {a} {item} in {name}'s box. Someone puts {b} more {item} into the box. How many {item} are in "
+             "the box?")),
     "sub": ("{name} has {a} {item}. {name} gives {b} {item} away. How many {item} does {name} have left?",
-            "A box holds {a} {item}. {b} {item} are taken out of the box. How many {item} are still in the box?"),
+            ("{name}'s box holds {a} {item}. {b} {item} are taken out of the box. How many {item} are still in the "
+             "box?")),
 }
 VIEWS = ("original", "rephrased")
 SUFFIX = "\nAnswer:"

@@ -100,20 +100,18 @@ def co_reward_rewards(keys: Sequence[Hashable | None], groups: Sequence[Hashable
   group), else 0.0; None where the partner group is not in the batch.
 
   Raises:
-    ValueError: a pair id shared by more than two groups, or one group under two pair ids.
+    ValueError: a pair id shared by more than two groups (prompts).
   """
+  groups = list(zip(pairs, groups))  # A group is a prompt within its pair (the same text in two pairs: two groups).
   members: dict[Hashable, list[Hashable]] = collections.defaultdict(list)  # pair id -> its groups, in order
-  pair_of: dict[Hashable, Hashable] = {}
   for g, p in zip(groups, pairs):
-    if pair_of.setdefault(g, p) != p:
-      raise ValueError(f"co_reward: one prompt appears under two pair ids ({pair_of[g]!r} and {p!r})")
     if g not in members[p]:
       members[p].append(g)
   for p, gs in members.items():
     if len(gs) > 2:
       raise ValueError(f"co_reward: pair id {p!r} is shared by {len(gs)} different prompts in one batch; expected a "
                        "question and its one rephrasing")
-  labels = {g: majority_vote([k for k, h in zip(keys, groups) if h == g]) for g in pair_of}
+  labels = {g: majority_vote([k for k, h in zip(keys, groups) if h == g]) for g in dict.fromkeys(groups)}
   out: list[float | None] = []
   for k, g, p in zip(keys, groups, pairs):
     partner = [h for h in members[p] if h != g]

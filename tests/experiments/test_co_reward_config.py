@@ -38,7 +38,10 @@ def test_task_rows_pair_two_forms_of_one_problem_and_splits_are_disjoint(tmp_pat
     assert answers.NUMBER.findall(rephrased["prompt"])[:2] == [str(a), str(b)]
     assert int(original["answer"]) in (a + b, a - b)
   hand = arithmetic_tasks.question(("sub", 9, 4, "Mia", "apples"), "rephrased")
-  assert hand == "A box holds 9 apples. 4 apples are taken out of the box. How many apples are still in the box?\nAnswer:"
+  assert hand == ("Mia's box holds 9 apples. 4 apples are taken out of the box. How many apples are still in the "
+                  "box?\nAnswer:")
+  texts = [arithmetic_tasks.question(p, v) for p in arithmetic_tasks.problems() for v in arithmetic_tasks.VIEWS]
+  assert len(set(texts)) == len(texts)  # no two problems (or forms) share a text
   splits = {s: set(arithmetic_tasks.split_problems(0, s)) for s in arithmetic_tasks.SPLITS}
   assert not (splits["sft"] & splits["train"] or splits["sft"] & splits["eval"] or splits["train"] & splits["eval"])
   # The shipped files are exactly what the generator writes.

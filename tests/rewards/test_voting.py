@@ -63,6 +63,10 @@ def test_empty_label_matches_nothing_and_missing_partner_is_unscored():
                              {"pair_id": [0, 0, 0, 0, 9]})
   np.testing.assert_array_equal(got[:4], [0, 0, 0, 0])
   assert np.isnan(got[4])  # r's rephrasing is not in the batch: not scorable.
+  # The same text under two pair ids is two groups: each pair's votes stay its own.
+  got = call_reward_function(fn, ["q", "q'", "q", "s"], ["Answer: 1", "Answer: 1", "Answer: 2", "Answer: 2"],
+                             {"pair_id": [0, 0, 1, 1]})
+  np.testing.assert_array_equal(got, [1, 1, 1, 1])
 
 
 def test_unanimity_monitor_and_errors():
