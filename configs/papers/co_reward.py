@@ -11,6 +11,7 @@ problems. The prompt ends "\\nAnswer:" and the answer is the number that follows
 
 Policy: SmolLM2-135M answers these too rarely and too slowly on a 2-core CPU, so one run = one seed of the chain
   sft (a small Llama, width 64, 2 layers, SmolLM2's tokenizer; SFT on sft.jsonl to PARTIAL accuracy)
+    -> start    (evaluate_policy of the SFT policy on the held-out prompts: the accuracy every arm starts from)
     -> rl_truth (GRPO on the ground-truth exact match: the supervised upper reference)
     -> rl_self  (GRPO on plain self-consistency: majority vote of the question's own group, TTRL-style)
     -> rl_co    (GRPO on Co-Reward)
@@ -26,7 +27,7 @@ held-out prompts (eval).
 """
 
 from configs import _sections as S
-from jaxrlhf.stages import rl, sft
+from jaxrlhf.stages import evaluate_policy, rl, sft
 
 VARIANTS = ("default", "smoke")
 ARMS = ("truth", "self", "co")
@@ -37,7 +38,9 @@ MONITORS = (dict(kind="exact_match", name="accuracy", weight=0.0, options=dict(c
             dict(kind="vote_unanimity", name="unanimity", weight=0.0, options=dict(extract=EXTRACT)))
 POLICY = dict(embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=128,
               max_position_embeddings=64)
-METRICS = ("eval/reward/accuracy", "eval/reward/unanimity")
+# Held-out accuracy (one sample per prompt); the training batches' accuracy and unanimity (8 rollouts per group; the
+# held-out unanimity of one sample per prompt says only that an answer was given).
+METRICS = ("eval/reward/accuracy", "train/reward/accuracy", "train/reward/unanimity")
 
 
 def rewards(arm: str) -> tuple[dict, ...]:
@@ -72,10 +75,14 @@ def get_config(arg=None):
                       loop=dict(S.SMOKE_LOOP, num_steps=600, log_every=100, checkpoint_every=600))
     rl_kwargs = dict(num_prompts=0, prompts_per_step=8, eval_prompts=256, sampling=dict(max_new_tokens=4),
                      loss=dict(num_generations=8),
-                     optimizer=dict(learning_rate=1e-4, clip_norm=1.0),
-                     loop=dict(S.SMOKE_LOOP, num_steps=60, log_every=5, checkpoint_every=60, eval_every=20))
+                     optimizer=dict(learning_rate=5e-4, clip_norm=1.0),
+                     loop=dict(S.SMOKE_LOOP, num_steps=200, log_every=10, checkpoint_every=200, eval_every=50))
     arms = ARMS
   stages = {"sft": S.stage("sft", sft.SFTConfig, **sft_kwargs)}
+  if not smoke:  # The SFT policy's held-out accuracy and unanimity: where every arm starts.
+    stages["start"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy="stage:sft",
+                              base="stage:sft", prompts=prompts, rewards=MONITORS, num_prompts=256,
+                              max_prompt_length=40, batch_size=64, max_new_tokens=4)
   for arm in arms:
     loss = dict(rl_kwargs["loss"], algorithm="grpo", scale_rewards="group", beta=0.005, kl_mode="loss",
                 kl_estimator="k3")
@@ -83,7 +90,8 @@ def get_config(arg=None):
                                   prompt_groups="pair_id", max_prompt_length=40, rewards=rewards(arm), num_devices=1,
                                   **{**rl_kwargs, "loss": loss})
   config = S.chain(stages, seed=0)
-  config.tables = dict(metrics=tuple(f"rl_{a}/{m}" for a in arms for m in METRICS))
+  start = () if smoke else ("start/reward/accuracy/policy",)
+  config.tables = dict(metrics=start + tuple(f"rl_{a}/{m}" for a in arms for m in METRICS))
   return config
 
 
