@@ -62,10 +62,11 @@ def get_config(arg=None):
   prompts = dict(source="files", paths=(str(TASK / "train.jsonl"),), eval_paths=(str(TASK / "eval.jsonl"),),
                  tokenizer=gguf)
   if smoke:
-    sft_kwargs = dict(model=dict(config=S.SMOKE_MODEL), data=dict(sft_data, batch_size=8), loop=S.SMOKE_LOOP,
+    sft_kwargs = dict(model=dict(config=S.SMOKE_MODEL), data=dict(sft_data, batch_size=8),
+                      loop=dict(S.SMOKE_LOOP, num_steps=2, checkpoint_every=2),
                       optimizer=dict(learning_rate=3e-3))
-    rl_kwargs = dict(num_prompts=16, prompts_per_step=4, eval_prompts=4, sampling=dict(max_new_tokens=3),
-                     loop=dict(S.SMOKE_LOOP, num_steps=2, checkpoint_every=2, eval_every=2),
+    rl_kwargs = dict(num_prompts=16, prompts_per_step=4, eval_prompts=0, sampling=dict(max_new_tokens=3),
+                     loop=dict(S.SMOKE_LOOP, num_steps=2, checkpoint_every=2),
                      loss=dict(num_generations=2), optimizer=dict(learning_rate=1e-3))
     arms = ("co",)
   else:

