@@ -12,7 +12,8 @@ and items; the problems do not.
 
 Prompt files ("prompts" format), two rows per problem, the original then the rephrasing:
 
-    {"prompt": "<question>\\nAnswer:", "answer": "12", "pair_id": "train-3", "view": "original", "id": "train-3-original"}
+    {"prompt": "<question>\\nAnswer:", "answer": "12", "pair_id": "train-3", "view": "original",
+     "id": "train-3-original"}
 
 The SFT file ("pairwise" format, both forms of each problem): {"prompt", "chosen": " 12", "rejected": " 13"} (the
 sft stage trains on "chosen"). Regenerate data/tasks/coreward/ with `write_arithmetic_files` (see its docstring).
