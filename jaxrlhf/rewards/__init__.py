@@ -6,10 +6,11 @@ Modules: calling (calling a user or built-in function, checking its output, erro
 load_function), answers (exact match of a final answer with number normalization), shaping (regular-expression
 format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), sql (Reasoning-SQL's
 execution / syntax / schema-linking / n-gram / format rewards on sqlite3), toolrl (ToolRL's format and
-tool-call correctness reward), bmas (Mixed-R1's bidirectional max-average similarity of input
-embeddings against a reference column), multi_aspect and hybrid (Beyond Monolithic Rewards: instruction-adherence
-aspects from constraint columns, the generalized length penalty, and the confidence mix of a reward model with
-rules), combine (weighted sums),
+tool-call correctness reward), voting (label-free majority-vote rewards: self-consistency and
+Co-Reward's cross-question agreement, which see the whole batch), bmas (Mixed-R1's bidirectional max-average
+similarity of input embeddings against a reference column), multi_aspect and hybrid (Beyond Monolithic Rewards:
+instruction-adherence aspects from constraint columns, the generalized length penalty, and the confidence mix of a
+reward model with rules), combine (weighted sums),
 kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model (bmas reads
 only a model file's embedding table).
 """
@@ -27,3 +28,4 @@ from jaxrlhf.rewards.shaping import length_penalty, regex_format
 from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,
                                  sql_syntax)
 from jaxrlhf.rewards.toolrl import toolrl_reward
+from jaxrlhf.rewards.voting import co_reward, self_consistency, vote_unanimity

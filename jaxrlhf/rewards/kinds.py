@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, bmas, combine, multi_aspect, shaping, sql, toolrl
+from jaxrlhf.rewards import answers, bleu, bmas, combine, multi_aspect, shaping, sql, toolrl, voting
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -64,6 +64,9 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "bmas": bmas.bmas_reward,
     "instruction_adherence": multi_aspect.instruction_adherence,
     "generalized_length_penalty": multi_aspect.generalized_length_penalty,
+    "self_consistency": voting.self_consistency,
+    "co_reward": voting.co_reward,
+    "vote_unanimity": voting.vote_unanimity,
 }
 
 

@@ -795,6 +795,36 @@ class PromptIterator:
     self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
+class GroupedPromptIterator(PromptIterator):
+  """A PromptIterator whose batches hold whole groups of prompts: the rows sharing a value of `group_of` (e.g.
+  Co-Reward's question and its rephrasing, one pair id per pair) are always sampled together, each group's rows in
+  table order. Each epoch permutes the groups (a fresh seeded permutation, np.random.default_rng([seed, epoch]) over
+  the groups in order of first appearance); get_state/set_state as PromptIterator.
+
+  Raises:
+    ValueError: groups of unequal size, or a group size that does not divide batch_size.
+  """
+
+  def __init__(self, ids_NxP: np.ndarray, mask_NxP: np.ndarray, batch_size: int, seed: int,
+               group_of: Sequence[Any]):
+    if len(group_of) != ids_NxP.shape[0]:
+      raise ValueError(f"prompt groups: {len(group_of)} group values for {ids_NxP.shape[0]} prompts")
+    rows: dict[Any, list[int]] = {}
+    for i, g in enumerate(group_of):
+      rows.setdefault(repr(g), []).append(i)
+    sizes = sorted({len(r) for r in rows.values()})
+    if len(sizes) != 1:
+      raise ValueError(f"prompt groups: every group must have the same number of prompts, got sizes {sizes}")
+    if batch_size % sizes[0]:
+      raise ValueError(f"prompt groups: groups of {sizes[0]} prompts do not divide a batch of {batch_size}")
+    super().__init__(ids_NxP, mask_NxP, batch_size, seed)
+    self.groups_GxS = np.asarray(list(rows.values()), np.int64)
+
+  def _order(self) -> np.ndarray:
+    groups = np.random.default_rng([self.seed, self.epoch]).permutation(self.groups_GxS.shape[0])
+    return self.groups_GxS[groups].reshape(-1)
+
+
 class AttachedBatches:
   """Wraps a batch iterator, adding per-pair fields from `table` (anything with `attach(batch) -> batch`: the
   preference stage's reference cache, the self-rewarding stage's pair table); get/set_state pass through, so resume

@@ -305,6 +305,10 @@ class RLConfig:
   num_generations rows), left-padded to `max_prompt_length` tokens (a longer prompt keeps its last tokens; the
   count is reported); `eval_prompts` held-out prompts for eval (the world's validation split: gold, proxy, KL,
   length; files: every reward source, KL, length).
+  prompt_groups: "" samples prompts independently; a column of the prompt files: the prompts sharing its value are
+  always sampled into the same batch (`inputs.GroupedPromptIterator`), e.g. Co-Reward's question and its
+  rephrasing (the column "pair_id"), so a batch-level reward (`rewards.voting.co_reward`) sees both groups. Every
+  group must have the same number of prompts, dividing prompts_per_step (checked when the files are read).
   """
   seed: int = field(0)
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
@@ -313,6 +317,7 @@ class RLConfig:
   prompts_per_step: int = field(8, min=1)
   max_prompt_length: int = field(8, min=1)
   eval_prompts: int = field(64, min=0)
+  prompt_groups: str = field("")
   value_model: str = stage_ref("rm_dir", help="algorithm 'ppo': '' = a scalar value head on the policy's backbone "
                                "(shared); 'stage:<reward stage>' or a reward-model folder = a separate critic "
                                "initialized from that reward model (member 0 of an ensemble)")
@@ -344,6 +349,9 @@ class RLConfig:
         if r.kind in rewards_lib.WORLD_KINDS:
           raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r} is defined on the synthetic world's prompts only "
                             f"({path}.prompts.source is {self.prompts.source!r})")
+    if self.prompt_groups and self.prompts.source == "world":
+      raise ConfigError(f"{path}.prompt_groups: {self.prompt_groups!r} names a column of prompt files; "
+                        f"{path}.prompts.source is 'world' (leave prompt_groups '')")
     if self.loss.token_rewards and not any(r.kind == "process" for r in self.rewards):
       raise ConfigError(f"{path}.loss.token_rewards: places the process reward's step rewards on their tokens; "
                         f"{path}.rewards has no source of kind 'process'")
@@ -1143,7 +1151,17 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh, critic)
   make_step = {"ppo": make_ppo_step, "online_dpo": make_online_dpo_step}.get(cfg.loss.algorithm, make_rl_step)
   step_fn = make_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
-  data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed)
+  if cfg.prompt_groups:
+    if cfg.prompt_groups not in train.table.columns:
+      raise ConfigError(f"prompt_groups: column {cfg.prompt_groups!r} not in the prompt files; their columns: "
+                        f"{sorted(train.table.columns)}")
+    try:
+      data_iter = inputs_lib.GroupedPromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed,
+                                                   train.table.columns[cfg.prompt_groups])
+    except ValueError as e:
+      raise ConfigError(f"prompt_groups: {e}") from e
+  else:
+    data_iter = inputs_lib.PromptIterator(train.ids, train.mask, cfg.prompts_per_rollout, cfg.seed)
   report = train.report
   if cfg.loss.difficulty_scaling == "grpo_s":
     table, difficulty = difficulty_table(cfg, setup, train, tokenizer, eos_ids, pad_id)

@@ -35,7 +35,8 @@ def test_every_kind_by_name():
                                 "sql_format", "reasoning_sql",  # tests/rewards/test_sql_rewards.py
                                 "toolrl",  # tests/rewards/test_toolrl.py
                                 "bmas",  # tests/rewards/test_bmas.py
-                                "instruction_adherence", "generalized_length_penalty"}  # test_multi_aspect.py
+                                "instruction_adherence", "generalized_length_penalty",  # test_multi_aspect.py
+                                "self_consistency", "co_reward", "vote_unanimity"}  # tests/rewards/test_voting.py
   np.testing.assert_array_equal(call(kinds.make_reward("exact_match", {"column": "answer"}))[:2], [1.0, 0.0])
   assert np.isnan(call(kinds.make_reward("exact_match"))[2])
   np.testing.assert_array_equal(call(kinds.make_reward("regex_format", {"pattern": r"^Answer: \d+$"})), [1, 0, 0])
