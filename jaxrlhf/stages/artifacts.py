@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrlhf.models import save_pretrained
+from jaxrlhf.models import from_pretrained, save_pretrained
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf_reward import reward_model_from_pretrained
-from jaxrlhf.models.reward_model import LoraRewardEnsemble, RewardEnsemble, RewardModel
+from jaxrlhf.models.reward_model import PER_MEMBER, LoraRewardEnsemble, RewardEnsemble, RewardModel
 from jaxrlhf.parallel import distributed
 from jaxrlhf.train import state as state_lib
 
@@ -90,6 +90,69 @@ def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members:
       f.write(flax.serialization.msgpack_serialize(values))
   distributed.barrier(f"save_reward_model:{out_dir}")
   return out_dir
+
+REWARD_ADAPTERS = "reward_adapters.msgpack"
+
+
+def save_reward_adapters(out_dir: str, config: ModelConfig, head: Any, model: LoraRewardEnsemble) -> str:
+  """Writes a LoRA reward model's trained parts alone: `out_dir/spec.json` (as `save_reward_model`'s, with "lora"
+  and "adapters_only": true) and `out_dir/reward_adapters.msgpack` (the K adapter sets and K heads, stacked on the
+  member axis). The frozen base is not written: a few MB where the base is hundreds; `load_reward_adapters` puts
+  them back on the base model they were trained on."""
+  values = distributed.host_copy(nnx.to_pure_dict(nnx.state(model, PER_MEMBER)))
+  if distributed.is_primary():
+    os.makedirs(out_dir, exist_ok=True)
+    spec = {"model": _config_dict(config), "head": dataclasses.asdict(head), "num_members": model.num_members,
+            "lora": dataclasses.asdict(model.lora_config), "adapters_only": True}
+    with open(os.path.join(out_dir, "spec.json"), "w") as f:
+      json.dump(spec, f, indent=2)
+    with open(os.path.join(out_dir, REWARD_ADAPTERS), "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(values))
+  distributed.barrier(f"save_reward_adapters:{out_dir}")
+  return out_dir
+
+
+# The fields that fix the base's parameter shapes: adapters fit a base only if these agree.
+_BASE_SHAPE_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                      "tie_word_embeddings", "gated_mlp", "qkv_bias", "norm")
+
+
+def load_reward_adapters(adapter_dir: str, base: str) -> LoraRewardEnsemble:
+  """The LoraRewardEnsemble of `save_reward_adapters`' files on the base model `base` (a Hugging Face folder or a
+  .gguf, `from_pretrained`; the model the reward stage started from). Rewards (B, K) as any reward model.
+
+  Raises:
+    ValueError: naming the file, when `adapter_dir` holds no adapters, or when the base's shape differs from the one
+      the adapters were trained on (the differing fields).
+  """
+  path = os.path.join(adapter_dir, REWARD_ADAPTERS)
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: not found; expected the adapters of a LoRA reward model (save_reward_adapters, a "
+                     "reward stage's <workdir>/adapters)")
+  config, head, num_members = reward_model_spec(adapter_dir)
+  lora = reward_model_lora(adapter_dir)
+  base_model, base_config = from_pretrained(base, dtype=jnp.dtype(config.param_dtype))
+  differ = {k: (getattr(config, k), getattr(base_config, k)) for k in _BASE_SHAPE_FIELDS
+            if getattr(config, k) != getattr(base_config, k)}
+  if differ:
+    raise ValueError(f"{adapter_dir}/spec.json: the adapters were trained on a base with "
+                     f"{ {k: a for k, (a, _) in differ.items()} }; {base} has {({k: b for k, (_, b) in differ.items()})}")
+  abstract = nnx.eval_shape(lambda: LoraRewardEnsemble(config, head, lora, jax.random.split(jax.random.PRNGKey(0),
+                                                                                              num_members)))
+  graphdef, trained, frozen = nnx.split(abstract, PER_MEMBER, ...)
+  with open(path, "rb") as f:
+    pure = flax.serialization.msgpack_restore(f.read())
+  expected = nnx.to_pure_dict(trained)
+  if jax.tree.structure(pure) != jax.tree.structure(expected) or any(
+      tuple(a.shape) != tuple(b.shape) for a, b in zip(jax.tree.leaves(pure), jax.tree.leaves(expected))):
+    raise ValueError(f"{path}: its arrays do not match the spec's ensemble ({num_members} members, {lora})")
+  nnx.replace_by_pure_dict(trained, jax.tree.map(jnp.asarray, pure))
+  base_pure = {k: v for k, v in nnx.to_pure_dict(nnx.state(base_model)).items() if k != "lm_head"}
+  frozen_pure = nnx.to_pure_dict(frozen)
+  frozen_pure["members"]["backbone"] = {**frozen_pure["members"]["backbone"], **base_pure}
+  nnx.replace_by_pure_dict(frozen, jax.tree.map(jnp.asarray, frozen_pure))
+  return nnx.merge(graphdef, trained, frozen)
+
 
 def reward_model_spec(rm_dir: str) -> tuple[ModelConfig, HeadConfig, int]:
   """(backbone config, head config, number of members) of a reward model saved by `save_reward_model`."""

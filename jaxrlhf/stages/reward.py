@@ -22,7 +22,8 @@ weights once, in the train state's `extra`). Only the adapters and the (new) hea
 head are drawn from `member_key(seed, k)` as a standalone LoRA member would (`lora_member_model`); its data order is
 its own as above. The saved `rm` holds the base once plus the K adapter sets and heads (spec.json records the
 LoRA config); with K = 1 the merged model (adapters folded into the kernels) is saved too, as a plain reward model
-(`merged_rm_dir`).
+(`merged_rm_dir`); the adapters and heads alone go to `adapter_dir` (`artifacts.save_reward_adapters`; a few MB,
+loaded back onto the base model by `artifacts.load_reward_adapters`).
 
 Evaluation (held-out pairs): pairwise accuracy per member and of the member mean (ties count as wrong) and, in
 the synthetic world, agreement with the GOLD preference (r*(chosen) > r*(rejected)).
@@ -411,6 +412,8 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   rm_dir = artifacts.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
                                        nnx.state(model), lora=lora)
   extra = {}
+  if lora is not None:  # The trained parts alone (adapters + heads), to put back on the base they were trained on.
+    extra["adapter_dir"] = artifacts.save_reward_adapters(os.path.join(workdir, "adapters"), model_config, head, model)
   if lora is not None and cfg.num_members == 1:  # The merged model: a plain reward model for any consumer.
     merged = model.merged()
     extra["merged_rm_dir"] = artifacts.save_reward_model(os.path.join(workdir, "rm_merged"), model_config, head, 1,
