@@ -7,9 +7,11 @@ load_function), answers (exact match of a final answer with number normalization
 format reward, length penalty), bleu (sacrebleu's sentence BLEU and BLEUBERI's variant), sql (Reasoning-SQL's
 execution / syntax / schema-linking / n-gram / format rewards on sqlite3), toolrl (ToolRL's format and
 tool-call correctness reward), bmas (Mixed-R1's bidirectional max-average similarity of input
-embeddings against a reference column), combine (weighted sums),
-kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model (bmas reads
-only a model file's embedding table).
+embeddings against a reference column), semantic (encoder-based rewards: plain relevance, R^3's regularized
+relevance, the semantic similarity of generated and gold SQL), encoder (the mean-pooled hidden states of a local
+causal LM that semantic uses), combine (weighted sums), kinds (the table kind -> factory for configs: make_reward).
+Pure Python / numpy (bmas reads only a model file's embedding table), except `encoder`, which runs a model in JAX
+and is imported only when an encoder-based reward is built.
 """
 
 from jaxrlhf.rewards.answers import answer_matches, exact_match, extract_answer, parse_number
@@ -19,6 +21,7 @@ from jaxrlhf.rewards.calling import (RewardFunctionError, call_reward_function, 
                                      completion_text, describe, load_function)
 from jaxrlhf.rewards.combine import weighted_sum
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
+from jaxrlhf.rewards.semantic import r3_relevance, relevance, sql_semantic
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
 from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,
                                  sql_syntax)

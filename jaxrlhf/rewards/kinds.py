@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, bmas, combine, shaping, sql, toolrl
+from jaxrlhf.rewards import answers, bleu, bmas, combine, semantic, shaping, sql, toolrl
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -62,6 +62,9 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "python": python_function,
     "toolrl": toolrl.toolrl_reward,
     "bmas": bmas.bmas_reward,
+    "relevance": semantic.relevance,
+    "r3_relevance": semantic.r3_relevance,
+    "sql_semantic": semantic.sql_semantic,
 }
 
 

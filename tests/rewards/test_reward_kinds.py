@@ -34,7 +34,8 @@ def test_every_kind_by_name():
                                 "python", "sql_execution", "sql_syntax", "sql_schema_linking", "sql_ngram",
                                 "sql_format", "reasoning_sql",  # tests/rewards/test_sql_rewards.py
                                 "toolrl",  # tests/rewards/test_toolrl.py
-                                "bmas"}  # tests/rewards/test_bmas.py
+                                "bmas",  # tests/rewards/test_bmas.py
+                                "relevance", "r3_relevance", "sql_semantic"}  # tests/rewards/test_semantic_rewards.py
   np.testing.assert_array_equal(call(kinds.make_reward("exact_match", {"column": "answer"}))[:2], [1.0, 0.0])
   assert np.isnan(call(kinds.make_reward("exact_match"))[2])
   np.testing.assert_array_equal(call(kinds.make_reward("regex_format", {"pattern": r"^Answer: \d+$"})), [1, 0, 0])
