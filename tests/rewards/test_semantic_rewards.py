@@ -45,6 +45,9 @@ def test_mean_pooling_matches_a_manual_pooling_per_row():
   np.testing.assert_allclose(out[1], manual_embeddings(model, [ids[1]])[0], atol=2e-5)
   assert np.isnan(out[2]).all()  # No tokens: not scorable.
   np.testing.assert_array_equal(out[3], out[0])
+  # Encoded texts are cached: a second call returns the same rows (in its own order) without recomputing them.
+  assert set(encoder._cache) == {"hello world", "x", "hello there"}  # pylint: disable=protected-access
+  np.testing.assert_array_equal(encoder.encode(TEXTS[::-1]), out[::-1])
   # max_length keeps the first tokens only ("hello").
   short = encoder_lib.TextEncoder(model, tokenizer, max_length=5, batch_size=2).encode([TEXTS[0]])[0]
   np.testing.assert_allclose(short, manual_embeddings(model, [ids[0][:5]])[0], atol=2e-5)

@@ -57,6 +57,11 @@ def bootstrap_interval(diff_P: np.ndarray, resamples: int = 10_000, seed: int = 
   return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def _commit() -> str:
+  return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+                        ).stdout.strip()
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("workdirs", nargs="+")
@@ -70,6 +75,14 @@ def main() -> None:
                                           "reference_column": "references"})
   per_seed, hacked = [], {s: [] for s in SELECTORS}  # hacked[s]: (seeds, P) bool
   for workdir in args.workdirs:
+    cache = os.path.join(workdir, "hack_pools_seed.json")  # One seed's selections, reused by later calls.
+    if os.path.exists(cache):
+      with open(cache) as f:
+        seed_out = json.load(f)
+      for s in SELECTORS:
+        hacked[s].append([e[s]["hack"] for e in seed_out["prompts"]])
+      per_seed.append(seed_out)
+      continue
     with np.load(os.path.join(workdir, "pools", "pool.npz")) as f:
       pools = {k: f[k] for k in f.files}
     P, N = pools["tokens"].shape[:2]
@@ -89,7 +102,7 @@ def main() -> None:
     li = np.asarray([semantic.length_incentive(c) for c in completions]).reshape(P, C)
     scores = {"relevance": rel, "relevance_x_LI": rel * li,
               "r3": call_reward_function(r3, prompt_texts, completions, columns).reshape(P, C)}
-    seed_out = {"workdir": workdir, "prompts": []}
+    seed_out = {"workdir": workdir, "commit": _commit(), "prompts": []}
     for p, i in enumerate(index):
       entry = {"id": rows[i]["id"], "query_type": rows[i]["query_type"]}
       for s in SELECTORS:
@@ -102,6 +115,8 @@ def main() -> None:
     for s in SELECTORS:
       hacked[s].append([e[s]["hack"] for e in seed_out["prompts"]])
     per_seed.append(seed_out)
+    with open(cache, "w") as f:
+      json.dump(seed_out, f)
     print(f"{workdir}: " + ", ".join(f"{s} hack rate {np.mean(hacked[s][-1]):.3f}" for s in SELECTORS), flush=True)
   # Prompts are matched across seeds by id (each pool holds the same 32 prompts).
   ids = [[e["id"] for e in s["prompts"]] for s in per_seed]
@@ -118,8 +133,7 @@ def main() -> None:
     verdict = "partly"
   else:
     verdict = "not reproduced"
-  commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
-                          ).stdout.strip()
+  commit = _commit()
   summary = {"commit": commit, "hack_rate": rate,
              "hack_rate_per_seed": {s: H[s].mean(axis=1).tolist() for s in SELECTORS},
              "hack_rate_open": {s: float(H[s][:, types == "open"].mean()) for s in SELECTORS},
