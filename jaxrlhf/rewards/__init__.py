@@ -10,9 +10,11 @@ tool-call correctness reward), voting (label-free majority-vote rewards: self-co
 Co-Reward's cross-question agreement, which see the whole batch), bmas (Mixed-R1's bidirectional max-average
 similarity of input embeddings against a reference column), multi_aspect and hybrid (Beyond Monolithic Rewards:
 instruction-adherence aspects from constraint columns, the generalized length penalty, and the confidence mix of a
-reward model with rules), combine (weighted sums),
-kinds (the table kind -> factory for configs: make_reward). Pure Python / numpy: no JAX, no model (bmas reads
-only a model file's embedding table).
+reward model with rules), semantic (encoder-based rewards: plain relevance, R^3's regularized relevance, the
+semantic similarity of generated and gold SQL), encoder (the mean-pooled hidden states of a local causal LM that
+semantic uses), combine (weighted sums), kinds (the table kind -> factory for configs: make_reward).
+Pure Python / numpy (bmas reads only a model file's embedding table), except `encoder`, which runs a model in JAX
+and is imported only when an encoder-based reward is built.
 """
 
 from jaxrlhf.rewards.answers import answer_matches, exact_match, extract_answer, parse_number
@@ -24,6 +26,7 @@ from jaxrlhf.rewards.combine import weighted_sum
 from jaxrlhf.rewards.hybrid import confidence_mix
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
 from jaxrlhf.rewards.multi_aspect import generalized_length_penalty, instruction_adherence
+from jaxrlhf.rewards.semantic import r3_relevance, relevance, sql_semantic
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
 from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,
                                  sql_syntax)

@@ -17,7 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from jaxrlhf.config import ConfigError
-from jaxrlhf.rewards import answers, bleu, bmas, combine, multi_aspect, shaping, sql, toolrl, voting
+from jaxrlhf.rewards import answers, bleu, bmas, combine, multi_aspect, semantic, shaping, sql, toolrl, voting
 from jaxrlhf.rewards.calling import load_function
 
 
@@ -67,6 +67,9 @@ REWARDS: dict[str, Callable[..., Callable[..., Any]]] = {
     "self_consistency": voting.self_consistency,
     "co_reward": voting.co_reward,
     "vote_unanimity": voting.vote_unanimity,
+    "relevance": semantic.relevance,
+    "r3_relevance": semantic.r3_relevance,
+    "sql_semantic": semantic.sql_semantic,
 }
 
 

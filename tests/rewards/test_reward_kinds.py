@@ -36,7 +36,8 @@ def test_every_kind_by_name():
                                 "toolrl",  # tests/rewards/test_toolrl.py
                                 "bmas",  # tests/rewards/test_bmas.py
                                 "instruction_adherence", "generalized_length_penalty",  # test_multi_aspect.py
-                                "self_consistency", "co_reward", "vote_unanimity"}  # tests/rewards/test_voting.py
+                                "self_consistency", "co_reward", "vote_unanimity",  # tests/rewards/test_voting.py
+                                "relevance", "r3_relevance", "sql_semantic"}  # tests/rewards/test_semantic_rewards.py
   np.testing.assert_array_equal(call(kinds.make_reward("exact_match", {"column": "answer"}))[:2], [1.0, 0.0])
   assert np.isnan(call(kinds.make_reward("exact_match"))[2])
   np.testing.assert_array_equal(call(kinds.make_reward("regex_format", {"pattern": r"^Answer: \d+$"})), [1, 0, 0])
