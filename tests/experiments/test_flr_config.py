@@ -37,6 +37,13 @@ def test_variants_validate(variant, smollm2_gguf, hh_rlhf_file):
   assert bon.prompts.paths == (str(hh_rlhf_file),) and bon.prompts.eval_fraction == 0.2
 
 
+@pytest.mark.parametrize("variant,same", [("default", "flr"), ("smoke", "flr_smoke")])
+def test_papers_entry_is_the_same_chain(variant, same):
+  # configs/papers/flr.py adds no copy of the chain: each variant is the smollm2_rm_hh.py variant, key for key.
+  paper = config_lib.load_config(f"{REPO_ROOT / 'configs' / 'papers' / 'flr.py'}:{variant}")
+  assert paper.to_dict() == _load(same).to_dict()
+
+
 def test_a_bad_follow_up_option_fails_before_compute(smollm2_gguf, hh_rlhf_file):
   config = _load("flr_smoke")
   config.data.paths = (str(hh_rlhf_file),)
