@@ -5,7 +5,8 @@ poller outside the process cannot hit reliably (windows of milliseconds).
 
 Points (the process sends itself SIGKILL, so it dies as under `kill -9`, with no cleanup of any kind):
   rename:<step dir>    orbax has written every file of checkpoint <step dir> into its temporary folder and is about
-                       to rename it into place: the kill lands while that checkpoint is being written.
+                       to rename it into place: the kill lands while that checkpoint is being written (for an
+                       asynchronous save, in orbax's background thread; the line printed first names the thread).
   manifest:<step dir>  orbax has finalized <step dir> (renamed into place) and jaxrlhf is about to write its
                        integrity manifest (docs/reliability.md: a step without a manifest is checked by restoring).
   write:<json file>    experiments.run is about to write <json file> (e.g. the chain's results.json, after the
@@ -16,6 +17,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -46,6 +48,8 @@ def install(spec: str) -> None:
 
       async def finalize(self, *args, _original=original, **kwargs):
         if os.path.normpath(os.fspath(self.get_final())) == target:
+          print(f"[kill_run] SIGKILL while renaming {target} into place (thread "
+                f"{threading.current_thread().name!r})", flush=True)
           _die()
         return await _original(self, *args, **kwargs)
 
