@@ -95,7 +95,7 @@ def collect_curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
 
   Curves of runs that differ in swept keys other than `seed` are kept apart: the curve name is
   "<swept keys without seed>/<stage>/<selector>" ("<stage>/<selector>" when seed is the only key).
-  Returns {} (and writes nothing) when no run has a best_of_n stage.
+  Returns {} (and writes nothing) when no run has a best_of_n stage with the gold reward (the world's).
   """
   groups: dict[str, list[dict[str, Any]]] = {}
   for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "results.json"))):
@@ -111,6 +111,8 @@ def collect_curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
     setting = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()) if k != "seed")
     stage = os.path.basename(os.path.dirname(path))
     for selector, curve in result["curves"].items():
+      if "gold" not in curve:  # Prompt files (HH, tasks) have no gold reward: nothing to plot against the proxy.
+        continue
       name = "/".join(p for p in (setting, stage, selector) if p)
       groups.setdefault(name, []).append(curve)
   out = {}

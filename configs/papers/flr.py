@@ -22,3 +22,9 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/flr.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   return smollm2_rm_hh.get_config(VARIANTS[variant])
+
+
+def sweep(add, arg=None):
+  """One run: FLR is scored without training, and the best-of-n stage's own seed fixes its pools."""
+  del arg
+  add()

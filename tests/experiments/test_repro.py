@@ -20,6 +20,8 @@ def test_collect_curves_means_and_stds_over_seeds_and_keeps_settings_apart(tmp_p
   _write_run(tmp_path, "seed=0", {"seed": 0}, {"rm_mean": curve([1.0, 2.0], [0.0, 4.0])})
   _write_run(tmp_path, "seed=1", {"seed": 1}, {"rm_mean": curve([3.0, 2.0], [2.0, 8.0])})
   _write_run(tmp_path, "k=5,seed=0", {"seed": 0, "k": 5}, {"rm_min": curve([7.0, 7.0], [1.0, 1.0])})
+  # A run on prompt files (no gold reward) has proxy curves only: left out, not a KeyError.
+  _write_run(tmp_path, "files,seed=0", {"seed": 0, "files": 1}, {"flr": {"n": [1, 2], "kl": [0, 0.1], "proxy": [0, 1]}})
   out = repro.collect_curves(str(tmp_path))
   assert set(out) == {"bon/rm_mean", "k=5/bon/rm_min"}
   c = out["bon/rm_mean"]
