@@ -13,7 +13,7 @@ variant tr_dpo moves it as TR-DPO (Gorbatovski et al. 2024, arXiv 2404.09656): e
 policy + 0.4 * ref.
 
 Variants: default (a few CPU minutes per seed), smoke (seconds; sft -> reward -> online_dpo -> evaluate, without
-the offline baseline), tr_dpo. Sweep: seeds 0-2 (a seed reseeds every
+the offline baseline), tr_dpo. Sweep: seeds 0-4 (a seed reseeds every
 stage: SFT, reward model, sampling, data order; the world is fixed).
     python -m experiments.run --config configs/online_dpo.py:smoke --workdir runs/online_dpo
     python -m experiments.sweep --config configs/online_dpo.py --workdir runs/sweep_online_dpo
@@ -25,7 +25,7 @@ from configs import grpo
 from jaxrlhf.stages import evaluate_policy, preference
 
 VARIANTS = ("default", "smoke", "tr_dpo")
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 BETA = 0.1
 STEPS = {"sft": 150, "dpo": 60}  # SFT and reward model; each DPO stage
 

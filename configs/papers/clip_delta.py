@@ -21,24 +21,42 @@ k1 KL in the per-token reward, 2 epochs x 2 minibatches) and the process reward'
 tokens (`loss.token_rewards`): PPO's per-token returns, where Gao et al. tested Clip / Delta (GRPO's sequence-level
 advantage sees only the summed return, which Delta telescopes to the first step's score).
     python -m experiments.sweep --config configs/papers/clip_delta.py:ppo --workdir runs/papers/clip_delta_ppo
+
+Variants "bias" and "ppo_bias" (and their _smoke): a second, non-length flaw in the process reward (issue 15): the
+PRM over-rewards the function word "the" (`options.step_bias`: +2.0 on the step's logit, so a "the" step scores
+>= ~0.88 wherever it stands; fixed before the first run, not tuned), and `reward/the_share` (a weight-0
+"word_share" source) logs the share of "the" among the response's scored tokens. The rule, stated before the run (5 paired seeds, paired 95% t interval
+of the per-seed difference):
+  the hack exists   if share(none) - share(outcome) excludes 0, positive;
+  <arm> fixes it    if share(<arm>) - share(outcome) does not exclude 0 on the positive side (no more "the" than the
+                    outcome reward alone asks for) and gold(<arm>) - gold(none) excludes 0, positive.
+Prediction written with the rule: Clip fixes it under both GRPO and PPO (a "the" step above eta earns 0, not a
+bonus); Delta fixes it under GRPO only if the hack needs more than the first step, and under PPO it does not (each
+token's return-to-go is its own biased score, so every position is pushed towards "the").
+    python -m experiments.sweep --config configs/papers/clip_delta.py:bias --workdir runs/papers/clip_delta_bias
 """
 
 from configs import _sections as S
 from jaxrlhf.stages import rl, sft
 
-VARIANTS = ("default", "smoke", "ppo", "ppo_smoke")
+VARIANTS = ("default", "smoke", "ppo", "ppo_smoke", "bias", "bias_smoke", "ppo_bias", "ppo_bias_smoke")
+SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds (issue 15's rule); smoke variants run seed 0
+STEP_BIAS = {"the": 2.0}  # The PRM flaw of the bias variants (a logit bonus on "the" steps).
 SETTINGS = ("outcome", "none", "clip", "delta")  # rl_<setting> stages; "outcome": no process reward
 METRICS = ("eval/gold", "eval/reward/prm_raw", "eval/completion_length", "eval/repeat_rate", "eval/kl")
 ETA = 0.5  # Clip threshold: a step the PRM judges more likely good than bad (s_t > 0.5) costs nothing.
 
 
-def rewards(setting: str) -> tuple[dict, ...]:
+def rewards(setting: str, bias: bool = False) -> tuple[dict, ...]:
   """Reward sources of stage rl_<setting>: gold outcome (+ refined process reward) + the raw PRM return as a
-  weight-0 metric."""
+  weight-0 metric (+ with `bias`, the PRM over-rewards "the" and the share of "the" is logged)."""
+  options = dict(step_bias=STEP_BIAS) if bias else {}
   out = [dict(kind="gold", name="outcome")]
   if setting != "outcome":
-    out.append(dict(kind="process", name="prm", refinement=setting, eta=ETA))
-  out.append(dict(kind="process", name="prm_raw", refinement="none", weight=0.0))
+    out.append(dict(kind="process", name="prm", refinement=setting, eta=ETA, options=options))
+  out.append(dict(kind="process", name="prm_raw", refinement="none", weight=0.0, options=options))
+  if bias:
+    out.append(dict(kind="word_share", name="the_share", options=dict(word="the"), weight=0.0))
   return tuple(out)
 
 
@@ -47,6 +65,7 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/clip_delta.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   ppo = variant.startswith("ppo")
+  bias = "bias" in variant
   if variant.endswith("smoke"):
     sft_kwargs = dict(data=S.SMOKE_DATA, loop=S.SMOKE_LOOP, optimizer=dict(learning_rate=3e-3))
     rl_kwargs = dict(num_prompts=64, prompts_per_step=4, eval_prompts=8, sampling=dict(max_new_tokens=12),
@@ -68,14 +87,15 @@ def get_config(arg=None):
     else:
       loss = dict(algorithm="grpo", num_generations=4, scale_rewards="group", beta=0.04, kl_mode="loss",
                   kl_estimator="k3")
-    stages[f"rl_{setting}"] = S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=rewards(setting),
-                                      num_devices=1, loss=loss, **rl_kwargs)
+    stages[f"rl_{setting}"] = S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"),
+                                      rewards=rewards(setting, bias), num_devices=1, loss=loss, **rl_kwargs)
   config = S.chain(stages, seed=0)
-  config.tables = dict(metrics=tuple(f"rl_{s}/{m}" for s in settings for m in METRICS))
+  metrics = METRICS + (("eval/reward/the_share",) if bias else ())
+  config.tables = dict(metrics=tuple(f"rl_{s}/{m}" for s in settings for m in metrics))
   return config
 
 
 def sweep(add, arg=None):
-  seeds = (0,) if arg in ("smoke", "ppo_smoke") else (0, 1, 2)
+  seeds = SEEDS[:1] if (arg or "default").endswith("smoke") else SEEDS
   for seed in seeds:
     add(seed=seed)

@@ -31,7 +31,7 @@ from jaxrlhf.stages import evaluate_policy, rl, sft
 
 VARIANTS = ("default", "smoke")
 ARMS = ("truth", "self", "co")
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 TASK = S.REPO_ROOT / "data" / "tasks" / "coreward"
 EXTRACT = "last_number"
 MONITORS = (dict(kind="exact_match", name="accuracy", weight=0.0, options=dict(column="answer", extract=EXTRACT)),

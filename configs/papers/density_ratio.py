@@ -80,6 +80,6 @@ def get_config(arg=None):
 
 
 def sweep(add, arg=None):
-  seeds = (0,) if arg == "smoke" else (0, 1, 2)
+  seeds = (0,) if arg == "smoke" else (0, 1, 2, 3, 4)
   for seed in seeds:
     add(seed=seed)

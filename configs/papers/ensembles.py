@@ -47,19 +47,27 @@ from configs import _sections as S
 from jaxrlhf.stages import best_of_n as best_of_n_stage
 from jaxrlhf.stages import reward, rl, sft
 
-VARIANTS = ("default", "smoke", "grpo", "grpo_smoke", "bias", "bias_smoke")
+VARIANTS = ("default", "smoke", "grpo", "grpo_smoke", "bias", "bias_smoke", "grpo_bias", "grpo_bias_smoke")
 # Variant "bias": the best-of-N chain with a second, non-length proxy flaw switched on in the reward models' labels
 # (WorldConfig.labeler_bias: labelers favour responses dense in "the", a function word gold is indifferent to
 # beyond its quality), and every selector's share of "the" in the selected response reported: does a hack shared
 # by all members survive ensembling on an axis other than length? Fixed before its first run: bonus 4.0.
 LABELER_BIAS = (("the", 4.0),)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds (issue 15's rule); the smoke variants run seed 0
 NUM_MEMBERS = 5
 LAM = 1.0  # The uncertainty penalty of mean - lam * var / std (not tuned).
 AGGREGATIONS = ("mean", "median", "min", "mean_minus_var", "mean_minus_std")
 ENSEMBLES = ("pretrain", "finetune")
 SELECTORS = ("gold", "rm_single", *(f"rm_{a}" for a in AGGREGATIONS))
 BETAS = (0.01, 0.05, 0.2)
+# Variant "grpo_bias": GRPO against reward models trained on the biased labels (LABELER_BIAS), with the share of
+# the biased word in the policy's responses logged (a weight-0 "word_share" source). Rewards and beta fixed before
+# its first run: the single RM, the raw mean / min / mean - std and the standardized min / mean - std, at the middle
+# beta. The rule, stated before the run (5 paired seeds, paired 95% t interval of the per-seed difference): the
+# hack survives ensembling under <reward> if share(<reward>) - share(SFT) excludes 0, positive (the SFT policy
+# evaluated on the same prompts with the same key: stage sft_eval).
+GRPO_BIAS_REWARDS = ("single", "mean", "min", "meanstd", "zmin", "zmeanstd")
+GRPO_BIAS_BETAS = (0.05,)
 # GRPO rewards: a single RM, the pretrain ensemble under every aggregation of raw member scores, and min and
 # mean - LAM * std over standardized members.
 GRPO_REWARDS = ("single", "mean", "median", "min", "meanvar", "meanvar_coste", "meanstd", "zmin", "zmeanstd")
@@ -128,12 +136,27 @@ def rl_stage_name(rm: str, beta: float) -> str:
   return f"grpo_{rm}_b{beta:g}".replace(".", "p")
 
 
-def _grpo_chain(sizes: dict) -> dict:
+def _grpo_chain(sizes: dict, bias: bool = False) -> dict:
   model = dict(config=sizes["model"])
+  rm = sizes["rm"]
+  extra: tuple[dict, ...] = ()
+  if bias:
+    rm = dict(rm, data=dict(rm["data"], world=dict(rm["data"].get("world", {}), labeler_bias=LABELER_BIAS)))
+    extra = tuple(dict(kind="word_share", name=f"share_{word}", options=dict(word=word), weight=0.0)
+                  for word, _ in LABELER_BIAS)
   stages = {
       "sft": S.stage("sft", sft.SFTConfig, model=model, **sizes["sft"]),
-      "rm_single": S.stage("reward", reward.RewardConfig, model=model, num_members=1, **sizes["rm"]),
-      "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **sizes["rm"]),
+      "rm_single": S.stage("reward", reward.RewardConfig, model=model, num_members=1, **rm),
+      "rm_pretrain": S.stage("reward", reward.RewardConfig, model=model, num_members=NUM_MEMBERS, **rm),
+      # The SFT policy evaluated exactly as every GRPO policy is (same held-out prompts, same sampling key): one
+      # update at learning rate 0 leaves the weights unchanged (AdamW's step is lr * (...) = 0).
+      "sft_eval": S.stage("rl", rl.RLConfig, model=dict(init_from="stage:sft"),
+                          rewards=(dict(kind="reward_model", reward_model="stage:rm_single", name="rm"), *extra),
+                          loss=dict(algorithm="grpo", num_generations=4, beta=BETAS[0], kl_mode="loss",
+                                    kl_estimator="k3"),
+                          **dict(sizes["rl"], optimizer=dict(sizes["rl"]["optimizer"], learning_rate=0.0),
+                                 loop=dict(sizes["rl"]["loop"], num_steps=1, log_every=1, checkpoint_every=1,
+                                           eval_every=0))),
   }
   sources = {"single": dict(kind="reward_model", reward_model="stage:rm_single", name="rm")}
   for name, aggregation in _GRPO_AGGREGATIONS.items():
@@ -142,10 +165,11 @@ def _grpo_chain(sizes: dict) -> dict:
     sources[name] = dict(kind="reward_model", reward_model="stage:rm_pretrain", aggregation=aggregation,
                          lam=COSTE_PPO_LAM.get(name, LAM),
                          standardize=name.startswith("z"), name="rm")
-  for rm_name, source in sources.items():
-    for beta in BETAS:
+  names, betas = (GRPO_BIAS_REWARDS, GRPO_BIAS_BETAS) if bias else (GRPO_REWARDS, BETAS)
+  for rm_name in names:
+    for beta in betas:
       stages[rl_stage_name(rm_name, beta)] = S.stage(
-          "rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=(source,),
+          "rl", rl.RLConfig, model=dict(init_from="stage:sft"), rewards=(sources[rm_name], *extra),
           loss=dict(algorithm="grpo", num_generations=4, beta=beta, kl_mode="loss", kl_estimator="k3"),
           **sizes["rl"])
   return stages
@@ -157,9 +181,13 @@ def get_config(arg=None):
     raise ValueError(f"configs/papers/ensembles.py: unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
   sizes = _sizes(variant.endswith("smoke"))
   if variant.startswith("grpo"):
-    config = S.chain(_grpo_chain(sizes), seed=0)
-    config.tables = dict(metrics=tuple(f"{rl_stage_name(rm, b)}/eval/{m}" for rm in GRPO_REWARDS
-                                       for b in BETAS for m in ("gold", "reward/rm", "kl", "completion_length")))
+    bias = "bias" in variant
+    config = S.chain(_grpo_chain(sizes, bias=bias), seed=0)
+    names, betas = (GRPO_BIAS_REWARDS, GRPO_BIAS_BETAS) if bias else (GRPO_REWARDS, BETAS)
+    metrics = ("gold", "reward/rm", "kl", "length", "completion_length") + tuple(
+        f"reward/share_{w}" for w, _ in LABELER_BIAS if bias)
+    config.tables = dict(metrics=tuple(f"sft_eval/eval/{m}" for m in metrics if m != "kl") + tuple(
+        f"{rl_stage_name(rm, b)}/eval/{m}" for rm in names for b in betas for m in metrics))
     return config
   config = S.chain(_bon_chain(sizes, bias=variant.startswith("bias")), seed=0)
   if variant.startswith("bias"):
@@ -181,7 +209,7 @@ def get_config(arg=None):
 
 
 def sweep(add, arg=None):
-  """3 seeds of the chosen variant; the smoke variants run one seed."""
+  """5 seeds of the chosen variant; the smoke variants run one seed."""
   seeds = SEEDS[:1] if (arg or "default").endswith("smoke") else SEEDS
   for seed in seeds:
     add(seed=seed)

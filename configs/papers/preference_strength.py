@@ -104,6 +104,6 @@ def get_config(arg=None):
 
 
 def sweep(add, arg=None):
-  """3 seeds (each run: the ensemble, the strength table and the five reward models); smoke: one seed."""
-  for seed in ((0,) if arg == "smoke" else (0, 1, 2)):
+  """5 seeds (each run: the ensemble, the strength table and the five reward models); smoke: one seed."""
+  for seed in ((0,) if arg == "smoke" else (0, 1, 2, 3, 4)):
     add(seed=seed)

@@ -42,7 +42,7 @@ from jaxrlhf.stages import evaluate_policy, preference, sft
 VARIANTS = ("default", "smoke")
 METHODS = ("dpo", "ra_dpo", "dpo_ls", "ra_dpo_ls", "ra_dpo_ls3", "ra_dpo_noties", "dpo_scored")
 BETAS = (0.01, 0.1)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 LABEL_SMOOTHING = {"_ls": 0.1, "_ls3": 0.3}  # by method suffix; 0.3 is the official recipe's value
 GOAL_FRACTION = 0.5  # Share of SFT prompts with a goal prompt (random score): the policy learns the format.
 

@@ -99,6 +99,6 @@ def get_config(arg=None):
 
 
 def sweep(add, arg=None):
-  """3 seeds, each one chain (sft -> dpo and the three T-REG alphas -> evaluations); smoke: one seed."""
-  for seed in ((0,) if arg == "smoke" else (0, 1, 2)):
+  """5 seeds, each one chain (sft -> dpo and the three T-REG alphas -> evaluations); smoke: one seed."""
+  for seed in ((0,) if arg == "smoke" else (0, 1, 2, 3, 4)):
     add(seed=seed)

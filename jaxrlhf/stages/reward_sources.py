@@ -21,6 +21,7 @@ sum, as TRL sums its reward functions, and the fraction of such rows is logged (
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -41,13 +42,14 @@ from jaxrlhf.train import scoring
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 
-MODEL_KINDS = ("reward_model", "gold", "process", "follow_up_likelihood")  # Scored inside the jitted step.
+# Scored inside the jitted step.
+MODEL_KINDS = ("reward_model", "gold", "process", "word_share", "follow_up_likelihood")
 # A reward model mixed with text rules by confidence (Beyond Monolithic Rewards): needs the prompt table, like a text
 # reward, and a reward model, like "reward_model".
 HYBRID = "hybrid"
 RM_KINDS = ("reward_model", HYBRID)  # The kinds that load `reward_model` as models["rm_<i>"].
 KINDS = MODEL_KINDS + (HYBRID,) + tuple(text_rewards.REWARDS)  # ... and every text reward of jaxrlhf.rewards.
-WORLD_KINDS = ("gold", "process")  # Defined only on the synthetic world's prompts.
+WORLD_KINDS = ("gold", "process", "word_share")  # Defined only on the synthetic world's prompts.
 REFINEMENTS = ("none", "clip", "delta")
 SMOOTHING = ("exp", "add1", "none")
 FOLLOW_UP_OPTIONS = ("model", "positive", "negative", "chunk_size")
@@ -60,7 +62,9 @@ class RewardSourceSpec:
   kind: "reward_model" (`reward_model`: "stage:<name>" or a saved reward-model folder; K > 1 members are reduced
     by `aggregation` with `lam`), "gold" (the synthetic world's r*), "process" (the return of the world's
     per-step process reward `prm_step_scores`, refined by `refinement` "none" / "clip" (threshold `eta`) /
-    "delta", Gao et al. 2024), "follow_up_likelihood" (FLR, Zhang et al. 2024: the mean per-token log-likelihood of
+    "delta", Gao et al. 2024; `options` {"step_bias": {word: logit bonus}} switches on a PRM that over-rewards
+    those words), "word_share" (a diagnostic of the world: the share of `options.word` among the response's scored
+    tokens, in [0, 1]; with weight 0 it logs a word-level hack such as the PRM's step_bias or the labelers' bias), "follow_up_likelihood" (FLR, Zhang et al. 2024: the mean per-token log-likelihood of
     positive follow-up user turns minus that of negative ones under a causal LM; `options`: "model" (a HF folder,
     a .gguf or "stage:<name>"; default: the policy's starting model; it must share the policy's vocabulary),
     "positive" / "negative" (lists of utterances; default: the paper's 20 + 20, `rewards.follow_up`),
@@ -140,11 +144,54 @@ class RewardSourceSpec:
       return
     if self.kind == "follow_up_likelihood":
       self.follow_up_options(path)
+    if self.kind in ("gold", "reward_model") and self.options:
+      raise ConfigError(f"{path}.options: kind {self.kind!r} takes no options, got {sorted(self.options)}")
+    if self.kind == "process":
+      process_step_bias(self.options, None, f"{path}.options")
+    if self.kind == "word_share":
+      word_share_token(self.options, None, f"{path}.options")
     if self.kind not in MODEL_KINDS:
       self.text_reward(path)  # Builds it once: unknown or missing options fail here, naming the key.
     if self.standardize and self.kind != "reward_model":
       raise ConfigError(f"{path}.standardize: only reward-model sources have members to standardize "
                         f"(kind is {self.kind!r})")
+
+
+def process_step_bias(options: Mapping[str, Any], tokenizer: Any, path: str) -> tuple[tuple[int, float], ...]:
+  """The "process" source's flaw, options {"step_bias": {word: logit bonus}} -> ((token id, bonus), ...).
+
+  With `tokenizer` None only the shape is checked (config time); with the world's tokenizer each word must be one
+  of its tokens. A bad or unknown key is a ConfigError naming `path`.<key>.
+  """
+  unknown = sorted(set(options) - {"step_bias"})
+  if unknown:
+    raise ConfigError(f"{path}.{unknown[0]}: unknown option of kind 'process'; valid: ('step_bias',)")
+  bias = options.get("step_bias", {})
+  if not isinstance(bias, Mapping) or not all(
+      isinstance(w, str) and isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+      for w, b in bias.items()):
+    raise ConfigError(f"{path}.step_bias: expected {{word: finite logit bonus}}, got {bias!r}")
+  if tokenizer is None:
+    return ()
+  out = []
+  for word, bonus in bias.items():
+    if word not in tokenizer.ids:
+      raise ConfigError(f"{path}.step_bias: {word!r} is not a token of the synthetic world's vocabulary")
+    out.append((int(tokenizer.ids[word]), float(bonus)))
+  return tuple(out)
+
+
+def word_share_token(options: Mapping[str, Any], tokenizer: Any, path: str) -> int:
+  """The token id of a "word_share" source's options {"word": <one token of the world's vocabulary>} (-1 when
+  `tokenizer` is None: config time, shape only); a bad option is a ConfigError naming `path`.<key>."""
+  if set(options) != {"word"} or not isinstance(options["word"], str) or not options["word"]:
+    raise ConfigError(f"{path}: kind 'word_share' takes exactly the option 'word' (a word of the synthetic world), "
+                      f"got {dict(options)!r}")
+  if tokenizer is None:
+    return -1
+  if options["word"] not in tokenizer.ids:
+    raise ConfigError(f"{path}.word: {options['word']!r} is not a token of the synthetic world's vocabulary")
+  return int(tokenizer.ids[options["word"]])
 
 
 def follow_up_options(options: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -293,7 +340,8 @@ def gold_score(world: Any) -> Score:
 
 
 def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.Array, tokens_RxN: jax.Array,
-                    mask_RxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+                    mask_RxN: jax.Array, step_bias: tuple[tuple[int, float], ...] = ()
+                    ) -> tuple[jax.Array, jax.Array]:
   """A step-local process reward model of the synthetic world: (scores_RxN in (0, 1), steps_RxN bool).
 
   Each scored response token is one step (the gold reward's scored positions: masked tokens before the first
@@ -301,7 +349,9 @@ def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.A
 
       s_t = sigmoid(alpha q[y_t] + rho rel(y_t, x) + B[y_{t-1}, y_t])      (B only when y_{t-1} is a step)
 
-  the "probability that step t is a good step". It is a sensible step scorer (it ranks tokens as the gold
+  the "probability that step t is a good step", plus a flaw that is off by default: `step_bias` ((token id,
+  bonus), ...) adds bonus to the logit of every step that is that token (a PRM that over-rewards one word gold is
+  indifferent to, the process-reward analogue of the world's `labeler_bias`). It is a sensible step scorer (it ranks tokens as the gold
   quality / relevance / coherence terms do) and hackable in the two ways Gao et al. (2024) describe: every step
   scores > 0, so a summed return grows with the number of steps (gold's length term peaks at L* and then falls),
   and it is blind to repetition (gold penalizes repeats), so repeating the best step keeps scoring high.
@@ -310,6 +360,7 @@ def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.A
     spec: the world's `GoldSpec` (`world.spec`).
     prompt_ids_RxP, prompt_mask_RxP: prompts (any padding; chat/control tokens have no topic).
     tokens_RxN, mask_RxN: responses, right padded, the end token included.
+    step_bias: ((token id, logit bonus), ...), distinct ids; () for the unbiased PRM.
 
   Returns:
     (scores float32 (R, N), 0 off steps; steps bool (R, N)).
@@ -322,6 +373,8 @@ def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.A
   prev_steps = jnp.concatenate([jnp.zeros_like(steps[:, :1]), steps[:, :-1]], axis=1)
   logit = (spec.quality_weight * jnp.asarray(spec.quality_V)[ids] + spec.relevance_weight * rel
            + jnp.where(prev_steps, jnp.asarray(spec.bigram_VxV)[prev_ids, ids], 0.0))
+  for token_id, bonus in step_bias:
+    logit = logit + jnp.where(ids == token_id, bonus, 0.0)
   return jnp.where(steps, jax.nn.sigmoid(logit), 0.0).astype(jnp.float32), steps
 
 
@@ -350,20 +403,21 @@ def refined_process_rewards(scores_RxS: jax.Array, steps_RxS: jax.Array, refinem
   return refined
 
 
-def process_score(world: Any, refinement: str, eta: float) -> Score:
-  """The return of the world's process reward (`prm_step_scores`) under `refinement` (see
-  `refined_process_return`); the paper's sequence-level return from the first step, as GRPO / RLOO use it."""
+def process_score(world: Any, refinement: str, eta: float, step_bias: tuple[tuple[int, float], ...] = ()) -> Score:
+  """The return of the world's process reward (`prm_step_scores`, with its `step_bias` flaw) under `refinement`
+  (see `refined_process_return`); the paper's sequence-level return from the first step, as GRPO / RLOO use it."""
 
   def score(models, rollout):
     del models
     scores, steps = prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
-                                    rollout["mask"])
+                                    rollout["mask"], step_bias)
     return refined_process_return(scores, steps, refinement, eta)
 
   return score
 
 
-def process_token_score(world: Any, refinement: str, eta: float) -> Score:
+def process_token_score(world: Any, refinement: str, eta: float, step_bias: tuple[tuple[int, float], ...] = ()
+                        ) -> Score:
   """(R, N) refined step rewards of `process_score` on their response tokens (a step is a response token), whose
   row sums are process_score's return: PPO's per-token process rewards, where the return-to-go from step t is
   sum_{k>=t} r'_k (Delta: r_t itself; Gao et al. 2024, §4)."""
@@ -371,8 +425,21 @@ def process_token_score(world: Any, refinement: str, eta: float) -> Score:
   def score(models, rollout):
     del models
     scores, steps = prm_step_scores(world.spec, rollout["prompt_ids"], rollout["prompt_mask"], rollout["tokens"],
-                                    rollout["mask"])
+                                    rollout["mask"], step_bias)
     return refined_process_rewards(scores, steps, refinement, eta)
+
+  return score
+
+
+def word_share_score(world: Any, token_id: int) -> Score:
+  """(R,) share of `token_id` among each response's scored tokens (the steps of `prm_step_scores`: the tokens before
+  the first end token); 0 for an empty response."""
+
+  def score(models, rollout):
+    del models
+    ids, steps = gold_lib.scored_tokens(world.spec, rollout["tokens"], rollout["mask"], xp=jnp)
+    hits = jnp.sum(jnp.where(steps, ids == token_id, False), axis=1)
+    return (hits / jnp.maximum(jnp.sum(steps, axis=1), 1)).astype(jnp.float32)
 
   return score
 
@@ -495,9 +562,14 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
     elif spec.kind in WORLD_KINDS:
       if world is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the synthetic world's prompts")
-      score = gold_score(world) if spec.kind == "gold" else process_score(world, spec.refinement, spec.eta)
-      if spec.kind == "process":
-        token_score = process_token_score(world, spec.refinement, spec.eta)
+      if spec.kind == "gold":
+        score = gold_score(world)
+      elif spec.kind == "word_share":
+        score = word_share_score(world, word_share_token(spec.options, world.tokenizer, f"rewards[{i}].options"))
+      else:
+        bias = process_step_bias(spec.options, world.tokenizer, f"rewards[{i}].options")
+        score = process_score(world, spec.refinement, spec.eta, bias)
+        token_score = process_token_score(world, spec.refinement, spec.eta, bias)
     else:
       if table is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the prompt table (texts and columns)")

@@ -1,4 +1,4 @@
-"""configs/papers/ensembles.py: every variant validates, the sweep grid is 3 seeds (1 for smoke), and the smoke
+"""configs/papers/ensembles.py: every variant validates, the sweep grid is 5 seeds (1 for smoke), and the smoke
 sweep runs end to end into a table whose columns exist and are sane, plus the headline figure and curve table."""
 
 import json
@@ -21,15 +21,26 @@ def test_every_variant_validates(variant):
   stages = run_lib.plan(ensembles.get_config(variant))
   names = [name for name, _, _ in stages]
   assert names[0] == "sft"
-  if variant.startswith("grpo"):
-    assert len([n for n in names if n.startswith("grpo_")]) == len(ensembles.GRPO_REWARDS) * len(ensembles.BETAS)
+  if variant.startswith("grpo_bias"):
     by_name = {name: cfg for name, _, cfg in stages}
+    grpo = [n for n in names if n.startswith("grpo_")]
+    assert len(grpo) == len(ensembles.GRPO_BIAS_REWARDS) * len(ensembles.GRPO_BIAS_BETAS)
+    assert by_name["rm_pretrain"].data.world["labeler_bias"] == ensembles.LABELER_BIAS
+    for name in grpo + ["sft_eval"]:  # every policy logs the biased word's share
+      assert [(r.kind, r.weight, r.options) for r in by_name[name].rewards][-1] == ("word_share", 0.0, {"word": "the"})
+  if variant.startswith("grpo"):
+    by_name = {name: cfg for name, _, cfg in stages}
+    # The SFT policy's evaluation: one update at learning rate 0, evaluated like every GRPO policy.
+    assert by_name["sft_eval"].optimizer.learning_rate == 0.0 and by_name["sft_eval"].loop.num_steps == 1
+    assert by_name["sft_eval"].eval_prompts == by_name[names[-1]].eval_prompts
+  if variant.startswith("grpo") and "bias" not in variant:
+    assert len([n for n in names if n.startswith("grpo_")]) == len(ensembles.GRPO_REWARDS) * len(ensembles.BETAS)
     # Coste et al.'s PPO UWO: lambda 0.1 with the unbiased variance; the other lambda-using rewards keep LAM = 1.
     (coste,) = by_name[ensembles.rl_stage_name("meanvar_coste", ensembles.BETAS[0])].rewards
     (raw,) = by_name[ensembles.rl_stage_name("meanvar", ensembles.BETAS[0])].rewards
     assert (coste.aggregation, coste.lam) == ("mean_minus_var_unbiased", 0.1)
     assert (raw.aggregation, raw.lam) == ("mean_minus_var", 1.0)
-  else:
+  if not variant.startswith("grpo"):
     by_name = {name: cfg for name, _, cfg in stages}
     assert by_name["rm_pretrain"].num_members == by_name["rm_finetune"].num_members == 5
     assert by_name["rm_finetune"].shared_backbone and not by_name["rm_pretrain"].shared_backbone
@@ -42,7 +53,7 @@ def test_every_variant_validates(variant):
 
 
 def test_sweep_grid_and_bad_variant():
-  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2]
+  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2, 3, 4]
   assert [r["seed"] for r in sweep_lib.collect(SPEC + ":smoke")] == [0]
   with pytest.raises(ValueError, match="variant"):
     ensembles.get_config("nope")

@@ -1,6 +1,6 @@
 """configs/papers/reward_augmented_dpo.py: the chain's structure (one goal-format SFT shared by DPO and RA-DPO,
 with and without label smoothing; goal-conditioned evaluation and log-prob shifts of the RA-DPO policies), the
-sweep grid (beta incl. 0.01 x 3 seeds), and the smoke sweep + tables end to end with sane, finite columns."""
+sweep grid (beta incl. 0.01 x 5 seeds), and the smoke sweep + tables end to end with sane, finite columns."""
 
 import json
 import math
@@ -46,8 +46,8 @@ def test_default_chain_structure():
 
 def test_sweep_grid_and_seed_override():
   runs = sweep_lib.collect(SPEC)
-  assert len(runs) == 6
-  assert sorted({(r["seed"], r["dpo.loss.beta"]) for r in runs}) == [(s, b) for s in (0, 1, 2) for b in (0.01, 0.1)]
+  assert len(runs) == 10
+  assert sorted({(r["seed"], r["dpo.loss.beta"]) for r in runs}) == [(s, b) for s in (0, 1, 2, 3, 4) for b in (0.01, 0.1)]
   assert all(len({r[f"{m}.loss.beta"] for m in METHODS}) == 1 for r in runs)
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0, "dpo.loss.beta": 0.1, "ra_dpo_ls.loss.beta": 0.1}]
   config = config_lib.load_config(SPEC + ":smoke")

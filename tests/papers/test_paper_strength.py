@@ -1,5 +1,5 @@
 """configs/papers/preference_strength.py: the chain validates (curation and margins read the ensemble), the
-sweep grid is 3 seeds (1 for smoke), and the smoke sweep runs end to end: table columns exist and are sane,
+sweep grid is 5 seeds (1 for smoke), and the smoke sweep runs end to end: table columns exist and are sane,
 the curation counts reach the stage outputs, and the bucket table aggregates over the sweep."""
 
 import json
@@ -35,7 +35,7 @@ def test_every_variant_validates(variant):
 
 
 def test_sweep_grid_bad_variant_and_bad_curation():
-  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2]
+  assert [r["seed"] for r in sweep_lib.collect(SPEC)] == [0, 1, 2, 3, 4]
   assert [r["seed"] for r in sweep_lib.collect(SPEC + ":smoke")] == [0]
   with pytest.raises(ValueError, match="variant"):
     paper.get_config("nope")

@@ -36,7 +36,7 @@ def test_default_chain_shares_one_sft_and_sweeps_only_seeds():
     credit = plan[f"credit_{name}"][1]
     assert (credit.policy, credit.reference, credit.beta) == (f"stage:{name}", "stage:sft", 0.1)
   assert plan["credit_sft"][1].policy == "stage:sft" and not plan["credit_sft"][1].reference
-  assert [o for o in sweep_lib.collect(SPEC)] == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+  assert [o for o in sweep_lib.collect(SPEC)] == [{"seed": s} for s in range(5)]
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0}]
 
 

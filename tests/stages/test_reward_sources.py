@@ -127,6 +127,78 @@ def test_process_source_in_combined_rewards(world):
   np.testing.assert_allclose(np.asarray(total), np.asarray(gold) + np.asarray(ref_first), rtol=1e-5)
 
 
+def test_step_bias_raises_the_biased_words_steps_only(world):
+  """The PRM flaw of `options.step_bias`: a step that is the word gets the bonus on its logit, hand-computed from
+  the unbiased reference; other steps, and the sources' returns built from them, follow."""
+  prompts, responses = _rows(world)
+  tok = world.tokenizer
+  word = "the"
+  responses = [r[:1] + [tok.ids[word]] + r[1:] for r in responses[:2]] + responses[2:]
+  b = _batch(world, prompts, responses, width=9)
+  bias = rewards.process_step_bias({"step_bias": {word: 2.0}}, tok, "rewards[0].options")
+  assert bias == ((tok.ids[word], 2.0),)
+  scores, _ = rewards.prm_step_scores(world.spec, b["prompt_ids"], b["prompt_mask"], b["tokens"], b["mask"], bias)
+  logit = lambda s: math.log(s / (1.0 - s))  # noqa: E731
+  for i, (p, r) in enumerate(zip(prompts, responses)):
+    ref = [_sigmoid(logit(s) + (2.0 if r[t] == tok.ids[word] else 0.0))
+           for t, s in enumerate(_reference_prm(world, p, r))]
+    np.testing.assert_allclose(np.asarray(scores[i, :len(ref)]), ref, rtol=1e-5)
+  assert float(scores[0, 1]) > 0.85  # the inserted word is now a step the PRM is confident in
+  specs = [rewards.RewardSourceSpec(kind="process", name="biased", options={"step_bias": {word: 2.0}}),
+           rewards.RewardSourceSpec(kind="process", name="plain")]
+  _, per = rewards.combined_rewards(rewards.build_sources(specs, world=world), {}, b)
+  ref_sum = [sum(_sigmoid(logit(s) + (2.0 if r[t] == tok.ids[word] else 0.0))
+                 for t, s in enumerate(_reference_prm(world, p, r))) for p, r in zip(prompts, responses)]
+  np.testing.assert_allclose(np.asarray(per["biased"]), ref_sum, rtol=1e-5)
+  assert np.all(np.asarray(per["biased"])[:2] > np.asarray(per["plain"])[:2])
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"step_bias": {"the": float("inf")}}, "options.step_bias: expected"),
+    ({"step_bias": [["the", 1.0]]}, "options.step_bias: expected"),
+    ({"bias": {"the": 1.0}}, "options.bias: unknown option of kind 'process'"),
+])
+def test_step_bias_bad_options_name_the_key(options, match):
+  from jaxrlhf.config import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=match):
+    rewards.RewardSourceSpec(kind="process", options=options).validate("rl.rewards[1]")
+
+
+def test_step_bias_word_outside_the_vocabulary_is_refused(world):
+  from jaxrlhf.config import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=r"rewards\[0\].options.step_bias: 'zebra' is not a token"):
+    rewards.build_sources([rewards.RewardSourceSpec(kind="process", options={"step_bias": {"zebra": 1.0}})],
+                          world=world)
+
+
+def test_word_share_counts_the_word_among_scored_tokens(world):
+  """Hand-counted: "the" inserted once into rows 0 and 1 (5 and 6 scored tokens before the first end token; row 0
+  already holds it as its function word, fn[0]; the token after row 1's end is not scored), none in the empty row."""
+  prompts, responses = _rows(world)
+  the = world.tokenizer.ids["the"]
+  assert world.tokenizer.function_ids[0] == the and the not in responses[1]
+  responses = [r[:1] + [the] + r[1:] for r in responses[:2]] + responses[2:]
+  responses[1] = responses[1] + [the]  # after the end token: not a scored token
+  b = _batch(world, prompts, responses, width=9)
+  spec = rewards.RewardSourceSpec(kind="word_share", name="the_share", options={"word": "the"}, weight=0.0)
+  _, per = rewards.combined_rewards(rewards.build_sources([spec], world=world), {}, b)
+  np.testing.assert_allclose(np.asarray(per["the_share"]), [2 / 5, 1 / 6, 0.0], rtol=1e-6)
+
+
+def test_word_share_options_name_the_key(world):
+  from jaxrlhf.config import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=r"rl.rewards\[2\].options: kind 'word_share' takes exactly the option"):
+    rewards.RewardSourceSpec(kind="word_share", options={"words": "the"}).validate("rl.rewards[2]")
+  with pytest.raises(ConfigError, match=r"rewards\[0\].options.word: 'zebra' is not a token"):
+    rewards.build_sources([rewards.RewardSourceSpec(kind="word_share", options={"word": "zebra"})], world=world)
+
+
+def test_world_sources_refuse_options():
+  from jaxrlhf.config import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match=r"rl.rewards\[0\].options: kind 'gold' takes no options"):
+    rewards.RewardSourceSpec(kind="gold", options={"x": 1}).validate("rl.rewards[0]")
+
+
 def test_process_source_needs_the_world():
   with pytest.raises(ValueError, match="process"):
     rewards.build_sources([rewards.RewardSourceSpec(kind="process")])
