@@ -14,9 +14,9 @@ import os
 import sys
 
 import numpy as np
-import scipy.stats
 
 from configs.papers import cream as paper
+from experiments.analysis.verdicts import t_interval
 
 
 def _runs(sweep_dir: str) -> list[tuple[int, dict]]:
@@ -29,15 +29,6 @@ def _runs(sweep_dir: str) -> list[tuple[int, dict]]:
   if not runs:
     raise FileNotFoundError(f"sweep_dir: no finished runs under {sweep_dir!r}")
   return sorted(runs, key=lambda r: r[0])
-
-
-def t_interval(values) -> tuple[float, float, float]:
-  """(mean, lower, upper): the mean of `values` with its two-sided 95% Student-t interval (n - 1 dof)."""
-  v = np.asarray(values, np.float64)
-  if v.size < 2:
-    return float(v.mean()), float("nan"), float("nan")
-  half = scipy.stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-  return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def report(sweep_dir: str) -> str:

@@ -20,20 +20,10 @@ import math
 import sys
 
 import numpy as np
-import scipy.stats
 
 from configs.papers import vas as paper
 from experiments import tables as tables_lib
-
-
-def t_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-  """(mean, lower, upper) of the Student-t interval of the mean over seeds."""
-  x = np.asarray(x, np.float64)
-  x = x[~np.isnan(x)]
-  if x.size < 2:
-    return (float(x.mean()) if x.size else math.nan), math.nan, math.nan
-  half = scipy.stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-  return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+from experiments.analysis.verdicts import t_interval
 
 
 def bon_gold_at_cost(metrics: dict, ns, cost: float) -> float:

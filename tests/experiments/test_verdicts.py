@@ -1,0 +1,94 @@
+"""experiments.analysis.verdicts: the paired rule of ARCHITECTURE.md section 7 on hand-computed cases, its exact
+sign-flip test, and the report from fake sweeps (results.json + overrides.json, as experiments.sweep leaves them)."""
+
+import json
+import math
+import pathlib
+
+import pytest
+
+from experiments.analysis import verdicts
+
+
+def _sweep(root: pathlib.Path, name: str, rows: list[dict], commit: str = "abc123", beta=None):
+  for seed, metrics in enumerate(rows):
+    overrides = {"seed": seed} | ({"dpo.loss.beta": beta} if beta is not None else {})
+    run = root / name / ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    run.mkdir(parents=True)
+    (run / "overrides.json").write_text(json.dumps(overrides))
+    (run / "results.json").write_text(json.dumps({"status": "done", "metrics": metrics,
+                                                  "provenance": {"commit": commit, "dirty": False}}))
+
+
+def test_t_interval_and_sign_flip_hand_computed():
+  # d = 1..5: mean 3, sample sd sqrt(2.5), t_{0.975, 4} = 2.776445 -> half width 1.963243.
+  mean, lo, hi = verdicts.t_interval([1, 2, 3, 4, 5])
+  assert mean == 3 and lo == pytest.approx(3 - 1.963243, abs=1e-5) and hi == pytest.approx(3 + 1.963243, abs=1e-5)
+  # All five positive: only the all-plus and all-minus patterns reach |mean| 3 -> p = 2 / 32.
+  assert verdicts.sign_flip_p([1, 2, 3, 4, 5]) == pytest.approx(2 / 32)
+  # 1, 2, 3, 4, -1: observed sum 9. With absolute values {1, 2, 3, 4, 1} a pattern's sum is 11 - 2 * (the negated
+  # values); |sum| >= 9 needs negated values summing to <= 1: none, or either 1 -> 3 patterns, and their 3 mirrors.
+  assert verdicts.sign_flip_p([1, 2, 3, 4, -1]) == pytest.approx(6 / 32)
+  assert math.isnan(verdicts.t_interval([2.0])[1])
+
+
+@pytest.mark.parametrize("deltas,direction,outcome", [
+    ([0.5, 0.6, 0.4, 0.55, 0.45], 1, "reproduced"),
+    ([0.5, 0.6, 0.4, 0.55, 0.45], -1, "against"),
+    ([-0.5, -0.6, -0.4, -0.55, -0.45], -1, "reproduced"),
+    ([0.5, -0.6, 0.4, -0.55, 0.45], 1, "inconclusive"),
+    ([0.5, 0.6, 0.4], 1, "too few seeds"),
+])
+def test_outcomes_follow_the_rule(tmp_path, deltas, direction, outcome):
+  _sweep(tmp_path, "s", [{"a/gold": 1.0 + d, "b/gold": 1.0} for d in deltas])
+  claim = verdicts.Claim(sweep="s", claim="a beats b", value="a/gold", baseline="b/gold", direction=direction)
+  r = verdicts.evaluate(claim, verdicts.tables_lib.load_runs(str(tmp_path / "s")))
+  assert r.outcome == outcome and r.seeds == tuple(range(len(deltas)))
+  assert r.diffs == pytest.approx(deltas) and r.mean == pytest.approx(sum(deltas) / len(deltas))
+  assert r.on_side == sum(1 for d in deltas if d * direction > 0)
+
+
+def test_where_selects_runs_and_a_number_is_a_baseline(tmp_path):
+  _sweep(tmp_path, "s", [{"x": 0.1 * (i + 1)} for i in range(5)], beta=0.1)
+  _sweep(tmp_path, "s", [{"x": -1.0} for _ in range(5)], beta=0.01)
+  runs = verdicts.tables_lib.load_runs(str(tmp_path / "s"))
+  r = verdicts.evaluate(verdicts.Claim(sweep="s", claim="x > 0.05", value="x", baseline=0.05,
+                                       where={"dpo.loss.beta": 0.1}), runs)
+  assert r.diffs == pytest.approx([0.05, 0.15, 0.25, 0.35, 0.45]) and r.outcome == "reproduced"
+  with pytest.raises(ValueError, match="seed 0 appears in two runs"):
+    verdicts.evaluate(verdicts.Claim(sweep="s", claim="c", value="x"), runs)
+  with pytest.raises(ValueError, match="no finished run matches"):
+    verdicts.evaluate(verdicts.Claim(sweep="s", claim="c", value="x", where={"dpo.loss.beta": 9}), runs)
+
+
+def test_missing_metric_and_mixed_commits_are_refused(tmp_path):
+  _sweep(tmp_path, "s", [{"x": 1.0}] * 5)
+  runs = verdicts.tables_lib.load_runs(str(tmp_path / "s"))
+  with pytest.raises(ValueError, match=r"s/seed=0: no metric 'y'"):
+    verdicts.evaluate(verdicts.Claim(sweep="s", claim="c", value="y"), runs)
+  runs[0]["commit"] = "other"
+  with pytest.raises(ValueError, match="code versions"):
+    verdicts.evaluate(verdicts.Claim(sweep="s", claim="c", value="x"), runs)
+
+
+@pytest.mark.parametrize("rule,match", [
+    ({"sweep": "s", "claim": "c"}, r"VERDICTS\[0\].value: required"),
+    ({"sweep": "s", "claim": "c", "value": "x", "direction": 2}, r"VERDICTS\[0\].direction: \+1 or -1"),
+    ({"sweep": "s", "claim": "c", "value": "x", "baselin": "y"}, r"VERDICTS\[0\].baselin: unknown key"),
+])
+def test_bad_rules_name_the_key(rule, match):
+  with pytest.raises(ValueError, match=match):
+    verdicts.Claim.from_dict(rule, "configs/x.py:VERDICTS[0]")
+
+
+def test_report_from_a_config_module(tmp_path):
+  _sweep(tmp_path / "runs", "s", [{"a": 2.0 + 0.1 * i, "b": 1.0} for i in range(5)])
+  config = tmp_path / "paper.py"
+  config.write_text("def get_config(arg=None):\n  return None\n\n"
+                    "VERDICTS = (dict(sweep='s', claim='a beats b', value='a', baseline='b'),\n"
+                    "            dict(sweep='missing', claim='never run', value='a'))\n")
+  results, problems = verdicts.verdicts(str(tmp_path / "runs"), [str(config)])
+  assert [r.outcome for r in results] == ["reproduced"] and len(problems) == 1 and "missing" in problems[0]
+  text = verdicts.report(results)
+  assert "| s | a beats b | `a` > `b` | +1.2 [" in text and "5/5" in text and "**reproduced**" in text
+  assert "s: code commit: abc123 (clean) (5 runs)" in text
