@@ -98,7 +98,30 @@ class RewardModel(nnx.Module):
     return cls(lm.config, head, rngs=nnx.Rngs(seed), backbone=lm)
 
 
-class RewardEnsemble(nnx.Module):
+class _MemberCalls:
+  """The calls of a K-member ensemble, each RewardModel's call run on every member by the class's `_per_member`
+  (rewards (B, K), or (B, K, H) for multihead members)."""
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               positions: Array | None = None) -> Array:
+    return self._per_member(lambda m, *a: m(*a), input_ids, attention_mask, positions)
+
+  def attributes(self, input_ids: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None) -> Array:
+    """(B, K_members, K_attributes) attribute outputs."""
+    return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
+
+  def score_shared_prompt(self, input_ids: Array, prompt_length: Array, chosen_length: Array,
+                          rejected_length: Array, *, attributes: bool = False) -> tuple[Array, Array]:
+    """(chosen, rejected) rewards (B, K_members, ...) of shared-prompt rows (RewardModel.score_shared_prompt)."""
+    return self._per_member(lambda m, *a: m.score_shared_prompt(*a, attributes=attributes), input_ids,
+                            prompt_length, chosen_length, rejected_length)
+
+  def _per_member(self, fn, *args) -> Array:
+    raise NotImplementedError
+
+
+class RewardEnsemble(_MemberCalls, nnx.Module):
   """K reward models kept as one stacked module: every parameter has a leading "ensemble" axis of size K.
 
   One call returns rewards (B, K) (or (B, K, H) for multihead members). Members differ by init seed
@@ -117,21 +140,6 @@ class RewardEnsemble(nnx.Module):
 
     self.members = make(rngs)
     self.num_members = num_members
-
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               positions: Array | None = None) -> Array:
-    return self._per_member(lambda m, *a: m(*a), input_ids, attention_mask, positions)
-
-  def attributes(self, input_ids: Array, attention_mask: Array | None = None,
-                 positions: Array | None = None) -> Array:
-    """(B, K_members, K_attributes) attribute outputs."""
-    return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
-
-  def score_shared_prompt(self, input_ids: Array, prompt_length: Array, chosen_length: Array,
-                          rejected_length: Array, *, attributes: bool = False) -> tuple[Array, Array]:
-    """(chosen, rejected) rewards (B, K_members, ...) of shared-prompt rows (RewardModel.score_shared_prompt)."""
-    return self._per_member(lambda m, *a: m.score_shared_prompt(*a, attributes=attributes), input_ids,
-                            prompt_length, chosen_length, rejected_length)
 
   def _per_member(self, fn, *args) -> Array:
     """fn(member, *args) for every member (args shared), member outputs stacked on axis 1."""
@@ -202,7 +210,7 @@ def _with_member_axis(variable: nnx.Variable, add: bool) -> nnx.Variable:
   return variable.replace(variable.get_value(), out_sharding=names)
 
 
-class LoraRewardEnsemble(nnx.Module):
+class LoraRewardEnsemble(_MemberCalls, nnx.Module):
   """K LoRA reward models on ONE shared base backbone: K adapter sets and K reward heads stacked on a leading
   "ensemble" axis, the base weights held once (not K times as in `RewardEnsemble`).
 
@@ -237,21 +245,6 @@ class LoraRewardEnsemble(nnx.Module):
 
   def _split(self):
     return nnx.split(self.members, PER_MEMBER, ...)
-
-  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               positions: Array | None = None) -> Array:
-    return self._per_member(lambda m, *a: m(*a), input_ids, attention_mask, positions)
-
-  def attributes(self, input_ids: Array, attention_mask: Array | None = None,
-                 positions: Array | None = None) -> Array:
-    """(B, K_members, K_attributes) attribute outputs."""
-    return self._per_member(lambda m, *a: m.attributes(*a), input_ids, attention_mask, positions)
-
-  def score_shared_prompt(self, input_ids: Array, prompt_length: Array, chosen_length: Array,
-                          rejected_length: Array, *, attributes: bool = False) -> tuple[Array, Array]:
-    """(chosen, rejected) rewards (B, K_members, ...) of shared-prompt rows (RewardModel.score_shared_prompt)."""
-    return self._per_member(lambda m, *a: m.score_shared_prompt(*a, attributes=attributes), input_ids,
-                            prompt_length, chosen_length, rejected_length)
 
   def _per_member(self, fn, *args) -> Array:
     """fn(member, *args) for every member (args and base weights shared), member outputs stacked on axis 1."""

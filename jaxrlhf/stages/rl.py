@@ -198,21 +198,25 @@ class RLLossConfig:
   ref_update_alpha: float = field(1.0, min=0.0, max=1.0)
 
 
+  def _refuse_changed(self, path: str, defaults: "RLLossConfig", keys: Sequence[str], owner: str,
+                      setting: str) -> None:
+    """Refuses a key of `keys` changed from its default while the setting that reads them (`owner`, e.g.
+    "algorithm 'ppo'") is off (`setting`, e.g. "algorithm is 'grpo'"): it would be silently ignored."""
+    for key in keys:
+      if getattr(self, key) != getattr(defaults, key):
+        raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to {owner} only ({path}.{setting}); "
+                          f"leave it at {getattr(defaults, key)!r}")
+
   def validate(self, path: str) -> None:
     defaults = RLLossConfig()
     self._validate_difficulty(path, defaults)
     if self.algorithm != "online_dpo":
-      for key in ONLINE_DPO_KEYS:
-        if getattr(self, key) != getattr(defaults, key):
-          raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to algorithm 'online_dpo' only "
-                            f"({path}.algorithm is {self.algorithm!r}); leave it at {getattr(defaults, key)!r}")
+      self._refuse_changed(path, defaults, ONLINE_DPO_KEYS, "algorithm 'online_dpo'",
+                           f"algorithm is {self.algorithm!r}")
     else:
       self._validate_online_dpo(path, defaults)
     if self.algorithm != "ppo":
-      for key in PPO_KEYS:
-        if getattr(self, key) != getattr(defaults, key):
-          raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to algorithm 'ppo' only "
-                            f"({path}.algorithm is {self.algorithm!r}); leave it at {getattr(defaults, key)!r}")
+      self._refuse_changed(path, defaults, PPO_KEYS, "algorithm 'ppo'", f"algorithm is {self.algorithm!r}")
     else:
       self._validate_ppo(path, defaults)
     if self.variant:
@@ -232,10 +236,9 @@ class RLLossConfig:
 
   def _validate_difficulty(self, path: str, defaults: "RLLossConfig") -> None:
     if self.difficulty_scaling == "none":
-      for key in ("responsiveness_tau", "responsiveness_pool", "reference_column", "hardness_column"):
-        if getattr(self, key) != getattr(defaults, key):
-          raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} applies to difficulty_scaling 'grpo_s' only "
-                            f"({path}.difficulty_scaling is 'none'); leave it at {getattr(defaults, key)!r}")
+      self._refuse_changed(path, defaults, ("responsiveness_tau", "responsiveness_pool", "reference_column",
+                                            "hardness_column"), "difficulty_scaling 'grpo_s'",
+                           "difficulty_scaling is 'none'")
       return
     if self.algorithm != "grpo":
       raise ConfigError(f"{path}.difficulty_scaling: 'grpo_s' scales GRPO's group advantages; {path}.algorithm is "
