@@ -246,6 +246,15 @@ def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimi
                                                                   shared_backbone),
                                      member_optimizer(optimizer), seed, mesh=mesh,
                                      shardings=common.logical_or_replicated(mesh))
+  return _with_pretrained_backbone(setup, pretrained, "params", num_members)
+
+
+def _with_pretrained_backbone(setup: state_lib.StateSetup, pretrained: dict | None, collection: str,
+                              broadcast: int) -> state_lib.StateSetup:
+  """`setup` whose init overwrites the members' backbone in the state's `collection` ("params" or "extra") with
+  `pretrained`'s weights (a CausalLM's pure params; its lm_head is not part of a reward model); `setup` itself when
+  pretrained is None.
+  broadcast: K for "params" (one copy per member), 0 for "extra" (a LoRA ensemble's one frozen base)."""
   if pretrained is None:
     return setup
   backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
@@ -253,8 +262,8 @@ def ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, optimi
 
   def init():
     state = fresh()
-    return state.replace(params=common.overwrite(state.params, backbone, ("members", "backbone"),
-                                                 broadcast=num_members))
+    return state.replace(**{collection: common.overwrite(getattr(state, collection), backbone,
+                                                         ("members", "backbone"), broadcast=broadcast)})
 
   return setup._replace(init=init)
 
@@ -267,16 +276,7 @@ def _lora_ensemble_setup(model_config: Any, head: HeadConfig, num_members: int, 
                                             trainable=PER_MEMBER)
   setup = state_lib.init_train_state(model_fn, member_optimizer(optimizer), seed, mesh=mesh,
                                      shardings=common.logical_or_replicated(mesh))
-  if pretrained is None:
-    return setup
-  backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
-  fresh = setup.init
-
-  def init():
-    state = fresh()
-    return state.replace(extra=common.overwrite(state.extra, backbone, ("members", "backbone")))
-
-  return setup._replace(init=init)
+  return _with_pretrained_backbone(setup, pretrained, "extra", 0)
 
 
 def member_graphdef(model_config: Any, head: HeadConfig, seed: int, lora: Any = None) -> nnx.GraphDef:
