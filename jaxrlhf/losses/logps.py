@@ -140,6 +140,21 @@ def _chunked_scan(rows_NxX: jax.Array, project: Callable[[jax.Array], jax.Array]
   return token_logps.reshape(-1)[:n], entropy.reshape(-1)[:n]
 
 
+def _check_head_shapes(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
+                       mask_BxT: jax.Array) -> tuple[int, int, int]:
+  """(B, T, D) of a hidden-states-times-head log-prob call, or a ValueError naming the argument of a wrong shape."""
+  if hidden_BxTxD.ndim != 3:
+    raise ValueError(f"hidden_BxTxD must have shape (B, T, D); got {hidden_BxTxD.shape}")
+  if lm_head_DxV.ndim != 2 or lm_head_DxV.shape[0] != hidden_BxTxD.shape[-1]:
+    raise ValueError(f"lm_head_DxV must have shape ({hidden_BxTxD.shape[-1]}, V); got {lm_head_DxV.shape}")
+  b, t, d = hidden_BxTxD.shape
+  if targets_BxT.shape != (b, t):
+    raise ValueError(f"targets_BxT must have shape {(b, t)}; got {targets_BxT.shape}")
+  if mask_BxT.shape != (b, t):
+    raise ValueError(f"mask_BxT must have shape {(b, t)}; got {mask_BxT.shape}")
+  return b, t, d
+
+
 def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                            mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
                            return_entropy: bool = False, logit_softcap: float | None = None):
@@ -165,15 +180,7 @@ def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targ
   Returns:
     (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, entropy_BxT) with return_entropy.
   """
-  if hidden_BxTxD.ndim != 3:
-    raise ValueError(f"hidden_BxTxD must have shape (B, T, D); got {hidden_BxTxD.shape}")
-  if lm_head_DxV.ndim != 2 or lm_head_DxV.shape[0] != hidden_BxTxD.shape[-1]:
-    raise ValueError(f"lm_head_DxV must have shape ({hidden_BxTxD.shape[-1]}, V); got {lm_head_DxV.shape}")
-  b, t, d = hidden_BxTxD.shape
-  if targets_BxT.shape != (b, t):
-    raise ValueError(f"targets_BxT must have shape {(b, t)}; got {targets_BxT.shape}")
-  if mask_BxT.shape != (b, t):
-    raise ValueError(f"mask_BxT must have shape {(b, t)}; got {mask_BxT.shape}")
+  b, t, d = _check_head_shapes(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT)
 
   # The scan sums the head's gradient over chunks in the dtype of what it closes over; closing over an fp32 copy
   # (cast back to the compute dtype per chunk) keeps that sum in fp32 while the matmul runs in the input dtype.
@@ -323,15 +330,7 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
   Returns:
     (token_logps_BxT, logps_B) float32.
   """
-  if hidden_BxTxD.ndim != 3:
-    raise ValueError(f"hidden_BxTxD must have shape (B, T, D); got {hidden_BxTxD.shape}")
-  if lm_head_DxV.ndim != 2 or lm_head_DxV.shape[0] != hidden_BxTxD.shape[-1]:
-    raise ValueError(f"lm_head_DxV must have shape ({hidden_BxTxD.shape[-1]}, V); got {lm_head_DxV.shape}")
-  b, t, d = hidden_BxTxD.shape
-  if targets_BxT.shape != (b, t):
-    raise ValueError(f"targets_BxT must have shape {(b, t)}; got {targets_BxT.shape}")
-  if mask_BxT.shape != (b, t):
-    raise ValueError(f"mask_BxT must have shape {(b, t)}; got {mask_BxT.shape}")
+  b, t, d = _check_head_shapes(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
   chunk_size = min(chunk_size, max(b * t, 1))
