@@ -21,11 +21,11 @@ sft stage trains on "chosen"). Regenerate data/tasks/coreward/ with `write_arith
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
 from jaxrlhf.data import adapters
+from jaxrlhf.data.generated import stable_hash
 
 SPLITS = ("sft", "train", "eval")
 SPLIT_SHARES = {"eval": 0.15, "train": 0.35, "sft": 0.5}  # of the problem space; sft takes the rest
@@ -41,11 +41,6 @@ TEMPLATES = {
 }
 VIEWS = ("original", "rephrased")
 SUFFIX = "\nAnswer:"
-
-
-def _hash(*parts: Any) -> int:
-  """A 64-bit integer that depends only on `parts` (their str forms)."""
-  return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
 def problems() -> list[tuple[str, int, int, str, str]]:
@@ -68,7 +63,7 @@ def question(problem: tuple[str, int, int, str, str], view: str) -> str:
 
 def split_of(seed: int, problem: tuple) -> str:
   """The split a problem belongs to (module docstring)."""
-  u = _hash("split", seed, *problem) / 2.0**64
+  u = stable_hash("split", seed, *problem) / 2.0**64
   return "eval" if u < SPLIT_SHARES["eval"] else "train" if u < SPLIT_SHARES["eval"] + SPLIT_SHARES["train"] else "sft"
 
 
@@ -76,7 +71,7 @@ def split_problems(seed: int, split: str) -> list[tuple]:
   """The problems of `split`, in hash order."""
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-  return sorted((p for p in problems() if split_of(seed, p) == split), key=lambda p: _hash("order", seed, *p))
+  return sorted((p for p in problems() if split_of(seed, p) == split), key=lambda p: stable_hash("order", seed, *p))
 
 
 def prompt_rows(seed: int, n: int, split: str = "train") -> list[dict[str, Any]]:

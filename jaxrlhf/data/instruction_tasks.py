@@ -24,11 +24,11 @@ falls below `eval_share`). A row is
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
-from jaxrlhf.data import adapters
+from jaxrlhf.data import generated
+from jaxrlhf.data.generated import stable_hash
 from jaxrlhf.rewards.multi_aspect import ASPECTS
 
 SPLITS = ("train", "eval")
@@ -82,16 +82,11 @@ _EXCLUSIVE = {"json": {"case", "bullets", "end", "sentences"}, "bullets": {"sent
 END_PHRASES = ("Is there anything else I can help with?", "That is all.", "Thank you for reading.")
 
 
-def _hash(*parts: Any) -> int:
-  """A 64-bit integer that depends only on `parts` (their str forms)."""
-  return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
 def _families(seed: int, split: str, i: int) -> list[str]:
   """2 or 3 compatible constraint families for row i, in FAMILIES order."""
-  k = 2 + _hash("count", seed, split, i) % 2
+  k = 2 + stable_hash("count", seed, split, i) % 2
   chosen: list[str] = []
-  for family in sorted(FAMILIES, key=lambda f: _hash("family", seed, split, i, f)):
+  for family in sorted(FAMILIES, key=lambda f: stable_hash("family", seed, split, i, f)):
     if len(chosen) == k:
       break
     if any(family in _EXCLUSIVE.get(c, ()) or c in _EXCLUSIVE.get(family, ()) for c in chosen):
@@ -140,18 +135,13 @@ def constraint_row(topic: str, families: list[str], h: int) -> tuple[str, dict[s
 
 def instruction_rows(seed: int, n: int, split: str = "train", eval_share: float = 0.25) -> list[dict[str, Any]]:
   """`n` rows of the "prompts" file format (module docstring) for `split` ("train" or "eval")."""
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-  if n < 0:
-    raise ValueError(f"n must be >= 0, got {n}")
-  if not 0.0 < eval_share < 1.0:
-    raise ValueError(f"eval_share must be in (0, 1), got {eval_share}")
-  topics = [t for t in TOPICS if (_hash("split", seed, t) < eval_share * 2.0**64) == (split == "eval")]
+  generated.check_split_request(split, SPLITS, n, eval_share)
+  topics = [t for t in TOPICS if (stable_hash("split", seed, t) < eval_share * 2.0**64) == (split == "eval")]
   rows = []
   for i in range(n):
-    topic = topics[_hash("topic", seed, split, i) % len(topics)]
+    topic = topics[stable_hash("topic", seed, split, i) % len(topics)]
     families = _families(seed, split, i)
-    instruction, columns = constraint_row(topic, families, _hash("numbers", seed, split, i))
+    instruction, columns = constraint_row(topic, families, stable_hash("numbers", seed, split, i))
     content = f"Write a short text about {topic}. {instruction}"
     rows.append({"prompt": [{"role": "user", "content": content}], "id": f"{split}-{i}", "families": families,
                  **columns})
@@ -160,10 +150,7 @@ def instruction_rows(seed: int, n: int, split: str = "train", eval_share: float 
 
 def write_instruction_files(folder: str | os.PathLike, seed: int, num_train: int, num_eval: int) -> tuple[str, str]:
   """Writes `folder`/instruct_train.jsonl and instruct_eval.jsonl (disjoint topics); returns their paths."""
-  os.makedirs(folder, exist_ok=True)
-  paths = []
-  for split, n in (("train", num_train), ("eval", num_eval)):
-    path = os.path.join(os.fspath(folder), f"instruct_{split}.jsonl")
-    adapters.write_jsonl(path, instruction_rows(seed, n, split))
-    paths.append(path)
+  paths = generated.write_split_files(folder, "instruct_{split}.jsonl",
+                                      lambda split, n: instruction_rows(seed, n, split),
+                                      (("train", num_train), ("eval", num_eval)))
   return paths[0], paths[1]

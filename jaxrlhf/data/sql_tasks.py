@@ -22,22 +22,17 @@ query inside <answer>...</answer>. The prompt shows the CREATE TABLE statements 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
 from typing import Any
 
-from jaxrlhf.data import adapters
+from jaxrlhf.data import generated
+from jaxrlhf.data.generated import stable_hash
 
 SPLITS = ("train", "eval")
 INSTRUCTION = ("First think step by step inside <reasoning> </reasoning> tags, then give one SQLite query that "
                "answers the question inside <answer> </answer> tags.")
-
-
-def _hash(*parts: Any) -> int:
-  """A 64-bit integer that depends only on `parts` (their str forms)."""
-  return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
 # db_id -> [(table, "column TYPE, ...", rows)]; link-table rows are filled in by `_link_rows`.
@@ -82,13 +77,13 @@ _MEMBERS = ("Nora", "Omar", "Pia", "Quinn", "Rosa")
 def _link_rows(db_id: str) -> list[tuple]:
   """The link table's rows: 24 orders / 30 enrollments / 20 loans drawn from fixed hashes."""
   if db_id == "shop":
-    return [(i + 1, 1 + _hash("order.customer", i) % 10, 1 + _hash("order.product", i) % 9,
-             1 + _hash("order.quantity", i) % 5) for i in range(24)]
+    return [(i + 1, 1 + stable_hash("order.customer", i) % 10, 1 + stable_hash("order.product", i) % 9,
+             1 + stable_hash("order.quantity", i) % 5) for i in range(24)]
   if db_id == "school":
-    return [(i + 1, 1 + _hash("enroll.student", i) % 12, 1 + _hash("enroll.course", i) % 7,
-             40 + _hash("enroll.score", i) % 61) for i in range(30)]
-  return [(i + 1, 1 + _hash("loan.book", i) % 11, _MEMBERS[_hash("loan.member", i) % 5],
-           1 + _hash("loan.days", i) % 28) for i in range(20)]
+    return [(i + 1, 1 + stable_hash("enroll.student", i) % 12, 1 + stable_hash("enroll.course", i) % 7,
+             40 + stable_hash("enroll.score", i) % 61) for i in range(30)]
+  return [(i + 1, 1 + stable_hash("loan.book", i) % 11, _MEMBERS[stable_hash("loan.member", i) % 5],
+           1 + stable_hash("loan.days", i) % 28) for i in range(20)]
 
 
 def _literal(value: Any) -> str:
@@ -220,17 +215,12 @@ def prompt_text(db_id: str, question: str, instruction: str = INSTRUCTION) -> st
 
 def sql_rows(seed: int, n: int, split: str = "train", eval_share: float = 0.2) -> list[dict[str, Any]]:
   """`n` rows of the "prompts" file format (module docstring) for `split` ("train" or "eval")."""
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-  if n < 0:
-    raise ValueError(f"n must be >= 0, got {n}")
-  if not 0.0 < eval_share < 1.0:
-    raise ValueError(f"eval_share must be in (0, 1), got {eval_share}")
+  generated.check_split_request(split, SPLITS, n, eval_share)
   pool = [p for p in problems()
-          if (_hash("split", seed, p["db_id"], p["gold_sql"]) < eval_share * 2.0**64) == (split == "eval")]
+          if (stable_hash("split", seed, p["db_id"], p["gold_sql"]) < eval_share * 2.0**64) == (split == "eval")]
   rows = []
   for i in range(n):
-    p = pool[_hash("problem", seed, split, i) % len(pool)]
+    p = pool[stable_hash("problem", seed, split, i) % len(pool)]
     rows.append({"prompt": [{"role": "user", "content": prompt_text(p["db_id"], p["question"])}],
                  "gold_sql": p["gold_sql"], "db_id": p["db_id"], "id": f"{split}-{i}"})
   return rows
@@ -238,12 +228,8 @@ def sql_rows(seed: int, n: int, split: str = "train", eval_share: float = 0.2) -
 
 def write_sql_files(folder: str | os.PathLike, seed: int, num_train: int, num_eval: int) -> tuple[str, str, str]:
   """Writes `folder`/sql_train.jsonl, sql_eval.jsonl (disjoint problems) and databases.json; returns their paths."""
-  os.makedirs(folder, exist_ok=True)
-  paths = []
-  for split, n in (("train", num_train), ("eval", num_eval)):
-    path = os.path.join(os.fspath(folder), f"sql_{split}.jsonl")
-    adapters.write_jsonl(path, sql_rows(seed, n, split))
-    paths.append(path)
+  paths = generated.write_split_files(folder, "sql_{split}.jsonl", lambda split, n: sql_rows(seed, n, split),
+                                      (("train", num_train), ("eval", num_eval)))
   db_path = os.path.join(os.fspath(folder), "databases.json")
   with open(db_path, "w") as f:
     json.dump(databases(), f, indent=1, sort_keys=True)

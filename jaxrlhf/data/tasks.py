@@ -21,11 +21,11 @@ drawn with replacement (a problem may come back with other words).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from typing import Any
 
-from jaxrlhf.data import adapters
+from jaxrlhf.data import generated
+from jaxrlhf.data.generated import stable_hash
 
 INSTRUCTION = "Answer with just the number."
 OPERATIONS = ("+", "-")
@@ -76,17 +76,12 @@ class ArithmeticTask:
       raise ValueError(f"eval_share must be in (0, 1), got {self.eval_share}")
 
 
-def _hash(*parts: Any) -> int:
-  """A 64-bit integer that depends only on `parts` (their str forms)."""
-  return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
 def _problems(seed: int, task: ArithmeticTask, split: str) -> list[tuple[int, str, int]]:
   """The split's (a, operation, b) problems, in a fixed order."""
   lo, hi = task.min_operand, task.max_operand
   problems = [(a, op, b) for op in task.operations for a in range(lo, hi + 1) for b in range(lo, hi + 1)
               if op == "+" or a >= b]
-  held_out = [_hash("split", seed, a, op, b) < task.eval_share * 2.0**64 for a, op, b in problems]
+  held_out = [stable_hash("split", seed, a, op, b) < task.eval_share * 2.0**64 for a, op, b in problems]
   out = [p for p, h in zip(problems, held_out) if h == (split == "eval")]
   if not out:
     raise ValueError(f"split {split!r}: no problems in it for {task} (widen the operand range or change "
@@ -108,11 +103,11 @@ def arithmetic_rows(seed: int, n: int, split: str = "train", task: ArithmeticTas
   problems = _problems(seed, task, split)
   rows = []
   for i in range(n):
-    a, op, b = problems[_hash("problem", seed, split, i) % len(problems)]
+    a, op, b = problems[stable_hash("problem", seed, split, i) % len(problems)]
     if task.word_problems:
-      name, pronoun = _NAMES[_hash("name", seed, split, i) % len(_NAMES)]
-      nouns = _ITEMS[_hash("item", seed, split, i) % len(_ITEMS)]
-      template = _TEMPLATES[op][_hash("template", seed, split, i) % len(_TEMPLATES[op])]
+      name, pronoun = _NAMES[stable_hash("name", seed, split, i) % len(_NAMES)]
+      nouns = _ITEMS[stable_hash("item", seed, split, i) % len(_ITEMS)]
+      template = _TEMPLATES[op][stable_hash("template", seed, split, i) % len(_TEMPLATES[op])]
       question = template.format(name=name, pronoun=pronoun, a=_count(a, nouns), b=_count(b, nouns),
                                  b_more=f"{b} more {nouns[0] if b == 1 else nouns[1]}", items=nouns[1])
     else:
@@ -126,10 +121,7 @@ def arithmetic_rows(seed: int, n: int, split: str = "train", task: ArithmeticTas
 def write_arithmetic_files(folder: str | os.PathLike, seed: int, num_train: int, num_eval: int,
                            task: ArithmeticTask = ArithmeticTask()) -> tuple[str, str]:
   """Writes `folder`/arithmetic_train.jsonl and arithmetic_eval.jsonl (disjoint problems); returns their paths."""
-  os.makedirs(folder, exist_ok=True)
-  paths = []
-  for split, n in (("train", num_train), ("eval", num_eval)):
-    path = os.path.join(os.fspath(folder), f"arithmetic_{split}.jsonl")
-    adapters.write_jsonl(path, arithmetic_rows(seed, n, split, task))
-    paths.append(path)
+  paths = generated.write_split_files(folder, "arithmetic_{split}.jsonl",
+                                      lambda split, n: arithmetic_rows(seed, n, split, task),
+                                      (("train", num_train), ("eval", num_eval)))
   return paths[0], paths[1]

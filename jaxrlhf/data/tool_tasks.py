@@ -21,12 +21,12 @@ hash into the other split is redrawn), so held-out reward does not measure memor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
 
-from jaxrlhf.data import adapters
+from jaxrlhf.data import generated
+from jaxrlhf.data.generated import stable_hash
 
 SPLITS = ("train", "eval")
 EVAL_SHARE = 0.2
@@ -77,13 +77,8 @@ _SMALL_TALK = ("Hello! How are you today?", "Thanks, that was helpful.", "Tell m
                "Say something nice.")
 
 
-def _hash(*parts: Any) -> int:
-  """A 64-bit integer that depends only on `parts` (their str forms)."""
-  return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
 def _pick(options, *parts):
-  return options[_hash(*parts) % len(options)]
+  return options[stable_hash(*parts) % len(options)]
 
 
 def _weather(key) -> tuple[str, list[dict[str, Any]]]:
@@ -93,7 +88,7 @@ def _weather(key) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _convert(key) -> tuple[str, list[dict[str, Any]]]:
-  (src, dst), value = _pick(_CONVERSIONS, "pair", *key), 1 + _hash("value", *key) % 100
+  (src, dst), value = _pick(_CONVERSIONS, "pair", *key), 1 + stable_hash("value", *key) % 100
   text = _pick(_CONVERT, "template", *key).format(value=value, from_words=_LENGTH_WORDS[src][value != 1],
                                                   to_words=_LENGTH_WORDS[dst][1])
   return text, [{"name": "convert_units", "parameters": {"value": value, "from_unit": src, "to_unit": dst}}]
@@ -101,23 +96,23 @@ def _convert(key) -> tuple[str, list[dict[str, Any]]]:
 
 def _calculate(key) -> tuple[str, list[dict[str, Any]]]:
   operation = _pick(tuple(_OPERATIONS), "operation", *key)
-  a, b = 2 + _hash("a", *key) % 98, 2 + _hash("b", *key) % 98
+  a, b = 2 + stable_hash("a", *key) % 98, 2 + stable_hash("b", *key) % 98
   text = _pick(_OPERATIONS[operation], "template", *key).format(a=a, b=b)
   return text, [{"name": "calculate", "parameters": {"a": a, "b": b, "operation": operation}}]
 
 
 def _event(key) -> tuple[str, list[dict[str, Any]]]:
-  title, month, day = _pick(_EVENTS, "title", *key), 1 + _hash("month", *key) % 12, 1 + _hash("day", *key) % 28
-  time = f"{8 + _hash('hour', *key) % 11:02d}:{_pick((0, 15, 30, 45), 'minute', *key):02d}"
+  title, month, day = _pick(_EVENTS, "title", *key), 1 + stable_hash("month", *key) % 12, 1 + stable_hash("day", *key) % 28
+  time = f"{8 + stable_hash('hour', *key) % 11:02d}:{_pick((0, 15, 30, 45), 'minute', *key):02d}"
   text = _pick(_EVENT, "template", *key).format(title=title, month=_MONTHS[month - 1], day=day, time=time)
   return text, [{"name": "create_event", "parameters": {"title": title, "date": f"2025-{month:02d}-{day:02d}",
                                                         "time": time}}]
 
 
 def _two_calls(key) -> tuple[str, list[dict[str, Any]]]:
-  if _hash("two", *key) % 2:
+  if stable_hash("two", *key) % 2:
     city, unit = _pick(_CITIES, "city", *key), _pick(tuple(_UNIT_WORDS), "unit", *key)
-    city2 = _CITIES[(_CITIES.index(city) + 1 + _hash("city2", *key) % (len(_CITIES) - 1)) % len(_CITIES)]
+    city2 = _CITIES[(_CITIES.index(city) + 1 + stable_hash("city2", *key) % (len(_CITIES) - 1)) % len(_CITIES)]
     text = _pick(_WEATHER_TWO, "template", *key).format(city=city, city2=city2, unit=_UNIT_WORDS[unit])
     return text, [{"name": "get_weather", "parameters": {"city": c, "unit": unit}} for c in (city, city2)]
   (text1, calls1), (text2, calls2) = _weather(key), _convert(key)
@@ -133,7 +128,7 @@ _KINDS = ((4, _weather), (4, _convert), (4, _calculate), (3, _event), (3, _two_c
 
 
 def _request(seed: int, split: str, i: int, attempt: int) -> tuple[str, list[dict[str, Any]]]:
-  slot = _hash("kind", seed, split, i, attempt) % sum(share for share, _ in _KINDS)
+  slot = stable_hash("kind", seed, split, i, attempt) % sum(share for share, _ in _KINDS)
   for share, make in _KINDS:
     if slot < share:
       return make((seed, split, i, attempt))
@@ -144,7 +139,7 @@ def _request(seed: int, split: str, i: int, attempt: int) -> tuple[str, list[dic
 def _in_split(seed: int, text: str, calls: list[dict[str, Any]], split: str) -> bool:
   """Whether a request belongs to `split`: its gold calls (small talk: its text) hash below EVAL_SHARE for "eval"."""
   key = json.dumps(calls, sort_keys=True) if calls else text
-  return (_hash("split", seed, key) < EVAL_SHARE * 2.0**64) == (split == "eval")
+  return (stable_hash("split", seed, key) < EVAL_SHARE * 2.0**64) == (split == "eval")
 
 
 def tool_rows(seed: int, n: int, split: str = "train") -> list[dict[str, Any]]:
@@ -167,10 +162,7 @@ def tool_rows(seed: int, n: int, split: str = "train") -> list[dict[str, Any]]:
 
 def write_tool_files(folder: str | os.PathLike, seed: int, num_train: int, num_eval: int) -> tuple[str, str]:
   """Writes `folder`/toolcall_train.jsonl and toolcall_eval.jsonl (disjoint gold calls); returns their paths."""
-  os.makedirs(folder, exist_ok=True)
-  paths = []
-  for split, n in (("train", num_train), ("eval", num_eval)):
-    path = os.path.join(os.fspath(folder), f"toolcall_{split}.jsonl")
-    adapters.write_jsonl(path, tool_rows(seed, n, split))
-    paths.append(path)
+  paths = generated.write_split_files(folder, "toolcall_{split}.jsonl",
+                                      lambda split, n: tool_rows(seed, n, split),
+                                      (("train", num_train), ("eval", num_eval)))
   return paths[0], paths[1]
