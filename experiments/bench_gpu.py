@@ -11,14 +11,15 @@ image lacks; as a script (and in its child processes) only jaxrlhf.models / loss
 
 `--only` takes entries `kind[:lever...]` (experiments/gpu_bench_cases.py: LEVERS lists each kind's levers):
   rm, dpo             1.24B (Llama-3.2-1B shape) RM / DPO step, 8 pairs x 2 x 2048 tokens, bf16 compute, fp32
-                      parameters and AdamW, cuDNN attention, scanned layers, no remat. Levers: b= (pairs),
-                      seq=, remat=none|full|dots|dots_no_batch, unroll, attn=xla|cudnn, pdtype=fp32|bf16,
+                      parameters and AdamW, cuDNN attention, the library's layer default (scan_layers=None:
+                      unrolled on GPUs), no remat. Levers: b= (pairs), seq=, remat=none|full|dots|dots_no_batch,
+                      unroll / scan (force the layer loop), attn=xla|cudnn, pdtype=fp32|bf16,
                       mu=fp32|bf16 (AdamW first moment), logps=chunked|fused|fused_recompute|full (DPO), chunk=.
   dpo_check           loss, log-probs and LM-head gradients at init by the unfused (B, T, V) path vs chunked vs
                       fused, and the LM-head forward + backward time of each.
   gen                 `sampling.generate`, 1.24B with bf16 weights, prompt 512 + 512 new tokens, greedy, no early
                       stop: prefill and decode apart, tokens/s, HBM bandwidth. Levers: b=, prompt=, new=,
-                      pdtype=, unroll, sample.
+                      pdtype=, unroll, scan, sample.
   ens                 K = 5 reward models (285M each) as one vmapped step vs one member's step.
   grpo                64 prompts x 8 samples x (256 + 512) on 1.24B: rollout / old + reference log-probs /
                       reward model / update, each timed. Levers: prompts=, gens=, prompt=, new=, micro=,
@@ -61,11 +62,11 @@ import time
 #   | ens 60 | grpo 150 | dpo8b 90, rm8b 80  -> about 700 s in all; with --budget_s 440 expect 1, 3, 5 and whatever
 #   of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
 DEFAULT_ONLY = "rm,dpo,dpo:logps=fused,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
-# Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with unrolled layers,
-# unrolled layers and bf16 parameters for the train steps, the fused gather without the saved softmax gradient,
+# Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with scanned layers
+# (the pre-default layout), scanned layers and bf16 parameters for the train steps, the fused gather without the saved softmax gradient,
 # batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step with the fused gather
 # and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
-EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:unroll,rm:unroll,dpo:logps=fused:unroll,rm:pdtype=bf16,"
+EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:scan,rm:scan,dpo:logps=fused:scan,rm:pdtype=bf16,"
           "dpo:logps=fused:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:logps=fused:b=16:remat=dots,"
           "grpo:rollout=bf16,dpo8b:logps=fused,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
 ALIASES = {"default": DEFAULT_ONLY, "extras": EXTRAS, "all": DEFAULT_ONLY + "," + EXTRAS}

@@ -270,7 +270,7 @@ def _timed_steps(step: Any, state: Any, batches: list[dict], batch_sharding: Any
 
 
 def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5,
-              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool = True, shared_prompt: bool = False
+              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool | None = None, shared_prompt: bool = False
               ) -> dict[str, Any]:
   """Times the library's jitted, donating train step (`make_train_step` over `init_train_state`) on `algo`.
 
@@ -281,7 +281,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   the frozen backbone (`common.frozen_base`, adapters + head trainable). Ensembles ("rm_ens", "rm_ens_lora"): the
   reward stage's `ensemble_setup` + `make_ensemble_step` with ENSEMBLE_K members from the pretrained backbone, every
   member on the same (K-stacked) batch. Each timed step includes the host-to-device copy of its batch and
-  reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default: True).
+  reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default None: the backend's rule).
   `shared_prompt`: the batches hold one [prompt | chosen | rejected] row per pair (`data.shared_prompt`).
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -387,7 +387,7 @@ def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GR
 
 
 def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
-             scan_layers: bool = True, num_generations: int = GRPO_GENERATIONS) -> dict[str, Any]:
+             scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS) -> dict[str, Any]:
   """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, old-policy and
   reference log-probs, group advantages, one clipped-surrogate update with the k3 KL loss, all in one jitted,
   donating program) on `shape.rl_prompts` prompts of `shape.gen_prompt` tokens x G samples of `shape.rl_new`.
@@ -440,7 +440,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   return dict(_timed_steps(step, state, batches, replicated, warmup, rss_start), generations=num_generations)
 
 
-def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool = True
+def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool | None = None
                  ) -> dict[str, Any]:
   """Times `jaxrlhf.sampling.generate` (greedy, no end token: every row decodes gen_new tokens)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -564,7 +564,7 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 
 
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
-             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool = True,
+             threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool | None = None,
              shared_prompt: bool | str = "auto") -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary).
 

@@ -58,15 +58,15 @@ SMOKE_UNTIED = dict(SMOKE_TIED, num_layers=3, tie_word_embeddings=False)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 LOGPS_MODES = ("chunked", "fused", "fused_recompute", "full")
-_TRAIN = ("b", "seq", "remat", "unroll", "attn", "pdtype", "mu", "layers")
+_TRAIN = ("b", "seq", "remat", "unroll", "scan", "attn", "pdtype", "mu", "layers")
 LEVERS: dict[str, tuple[str, ...]] = {
     "rm": _TRAIN,
     "dpo": _TRAIN + ("logps", "chunk"),
     "rm_shared": _TRAIN,
     "dpo_shared": _TRAIN + ("chunk",),
     "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
-    "gen": ("b", "prompt", "new", "pdtype", "unroll", "sample", "layers"),
-    "ens": ("k", "b", "seq", "attn", "remat", "unroll"),
+    "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers"),
+    "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan"),
     "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "attn", "remat", "steps"),
     "rm8b": _TRAIN,
     "dpo8b": _TRAIN + ("logps", "chunk"),
@@ -82,12 +82,12 @@ XLA_PRESETS = {
 LEVERS = {kind: levers + ("xf",) for kind, levers in LEVERS.items()}
 _CHOICES = {"remat": REMAT_POLICIES, "attn": ATTENTION_IMPLS, "pdtype": tuple(DTYPES), "mu": tuple(DTYPES),
             "rollout": tuple(DTYPES), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS)}
-_FLAGS = ("unroll", "sample")
+_FLAGS = ("unroll", "scan", "sample")  # unroll / scan force ModelConfig.scan_layers; neither: the library default
 ISOLATED_KINDS = ("rm8b", "dpo8b")  # each in a fresh process: its peak memory is its own
 
 # Estimated H200 wall seconds per case (compile + init + warm-up + timed steps), from the first sessions' step
 # times and compile times typical of XLA:GPU for these programs; the budget guard skips a case when less than
-# 0.6 x its estimate is left. Unrolled layers roughly double compile time.
+# 0.6 x its estimate is left. Unrolled layers (the GPU default since scan_layers=None) roughly double compile time.
 _ESTIMATE_S = {"rm": 45, "dpo": 50, "rm_shared": 45, "dpo_shared": 55, "dpo_check": 35, "gen": 30, "ens": 60,
                "grpo": 150, "rm8b": 80, "dpo8b": 90}
 CHILD_START_S = 10  # a fresh process: imports, CUDA context, memory pool
@@ -125,6 +125,9 @@ def parse_entry(text: str) -> Entry:
       if not value.isdigit() or int(value) < 1:
         raise ValueError(f"--only {text!r}: {key}={value!r}; expected a positive integer")
       levers[key] = int(value)
+  if levers.get("unroll") and levers.get("scan"):
+    raise ValueError(f"--only {text!r}: levers 'unroll' and 'scan' contradict each other; give one (or neither, "
+                     "for the library default)")
   return Entry(text.strip(), kind, levers)
 
 
@@ -148,7 +151,7 @@ def estimate_s(entry: Entry, s: Settings) -> float:
     return 0.0
   lv = entry.levers
   est = float(_ESTIMATE_S[entry.kind])
-  if lv.get("unroll"):
+  if not lv.get("scan"):
     est *= 1.8
   if entry.kind == "gen":
     est += 0.05 * lv.get("b", 1)
@@ -204,7 +207,8 @@ def model_config(entry: Entry, s: Settings, *, pdtype: str = "fp32", remat: str 
   if jax.default_backend() != "gpu":
     attention = "xla"  # cuDNN attention exists only on NVIDIA GPUs
   fields.update(dtype="bfloat16", param_dtype=DTYPES[lv.get("pdtype", pdtype)], remat=lv.get("remat", remat),
-                attention=attention, scan_layers=not lv.get("unroll", False))
+                attention=attention,
+                scan_layers=False if lv.get("unroll") else True if lv.get("scan") else None)
   if "layers" in lv:
     fields["num_layers"] = lv["layers"]
   return ModelConfig(**fields)
@@ -212,7 +216,7 @@ def model_config(entry: Entry, s: Settings, *, pdtype: str = "fp32", remat: str 
 
 def config_summary(c: ModelConfig) -> dict:
   return dict(dtype=c.dtype, param_dtype=c.param_dtype, remat=c.remat, attention=c.attention,
-              scan_layers=c.scan_layers, layers=c.num_layers, embed_dim=c.embed_dim, vocab=c.vocab_size)
+              scan_layers=c.uses_scan(), layers=c.num_layers, embed_dim=c.embed_dim, vocab=c.vocab_size)
 
 
 def init_split(make: Callable[[], nnx.Module]) -> tuple[Any, Any, Any]:

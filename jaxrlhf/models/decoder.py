@@ -553,10 +553,11 @@ class CausalLM(nnx.Module):
         kv_all = tuple(jax.lax.dynamic_update_index_in_dim(a, u, layer, axis=0) for a, u in zip(kv_all, kv_layer))
       return (x, kv_all), None
 
+    scan = c.uses_scan()
     if c.remat != "none":
-      body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=not scan)
     carry = (x_BxTxD, kv_LxBxSxKxH)
-    if c.scan_layers:
+    if scan:
       xs_sliding = None if sliding_L is None else jnp.asarray(sliding_L)
       carry, _ = jax.lax.scan(body, carry, (params, jnp.arange(c.num_layers), xs_sliding))
     else:

@@ -112,9 +112,14 @@ def test_budget_guard_skips_before_building_anything(capsys):
 def test_entries_and_groups():
   entry = cases.parse_entry("dpo:logps=fused:b=16:unroll")
   assert (entry.kind, entry.levers) == ("dpo", {"logps": "fused", "b": 16, "unroll": True})
+  # The layer loop: unroll / scan force ModelConfig.scan_layers, neither leaves the library's backend rule (None).
+  settings = cases.Settings(smoke=True)
+  assert [cases.model_config(cases.parse_entry(e), settings).scan_layers for e in ("rm", "rm:unroll", "rm:scan")] == [
+      None, False, True]
   for bad, match in (("ppo", "unknown case"), ("rm:logps=fused", "unknown lever 'logps'"),
                      ("dpo:logps=fast", "expected one of"), ("gen:b=0", "positive integer"),
-                     ("gen:unroll=1", "is a flag"), ("rm:remat", "needs a value")):
+                     ("gen:unroll=1", "is a flag"), ("rm:remat", "needs a value"),
+                     ("rm:unroll:scan", "contradict")):
     with pytest.raises(ValueError, match="--only") as info:
       cases.parse_entry(bad)
     assert match in str(info.value)

@@ -112,6 +112,28 @@ def test_layers_are_traced_once():
   assert num_eqns(30, False)[1] > num_eqns(2, False)[1]
 
 
+def test_scan_layers_none_follows_the_backend(monkeypatch):
+  """scan_layers=None: unrolled on GPUs, scanned on CPU / TPU (the measured rule of docs/performance.md); the traced
+  program shows which (one layer body for a scan, one per layer unrolled), and an explicit value wins."""
+  config = CONFIGS["qwen2"].replace(num_layers=6)
+  assert config.scan_layers is None
+  assert [config.uses_scan(b) for b in ("cpu", "tpu", "gpu")] == [True, True, False]
+  assert config.replace(scan_layers=True).uses_scan("gpu") and not config.replace(scan_layers=False).uses_scan("cpu")
+
+  def dots(c):
+    graphdef, state = nnx.split(abstract_model(c))
+    return str(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(jnp.zeros((1, 4), jnp.int32)))(state)).count(
+        "dot_general")
+
+  scanned, unrolled = dots(config.replace(scan_layers=True)), dots(config.replace(scan_layers=False))
+  assert unrolled > scanned
+  assert dots(config) == scanned  # this test runs on the CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert dots(config) == unrolled
+  with pytest.raises(ValueError, match="scan_layers must be True, False or None"):
+    config.replace(scan_layers="auto")
+
+
 def test_return_hidden_and_hidden_states(model):
   ids = jnp.asarray(_tokens()[None])
   logits, hidden = forward(model, ids, return_hidden=True)
