@@ -109,7 +109,8 @@ TIES = ("mask", "first")
 class RLLossConfig:
   """Algorithm and loss hyperparameters (TRL names where they exist).
 
-  num_generations: G samples per prompt. scale_rewards: GRPO's advantage scaling ("group", "batch", "none").
+  num_generations: G samples per prompt (>= 2 for the group baselines of GRPO / RLOO and online DPO's pairs; PPO's
+  critic needs no group, so 1 is allowed there). scale_rewards: GRPO's advantage scaling ("group", "batch", "none").
   rloo_normalize: batch-standardize RLOO advantages. kl_mode: "reward" subtracts beta * sum_t k1 from each
   sequence's reward; "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference.
   epsilon / epsilon_high: PPO clip range (epsilon_high < 0: = epsilon). num_iterations: mu updates per rollout.
@@ -161,7 +162,7 @@ class RLLossConfig:
   kl_mode / kl_estimator do not apply (the DPO loss holds the KL through beta) and stay at their defaults.
   """
   algorithm: str = field("grpo", choices=ALGORITHMS)
-  num_generations: int = field(4, min=2)
+  num_generations: int = field(4, min=1)
   scale_rewards: str = field("group", choices=pg.SCALE_REWARDS)
   rloo_normalize: bool = field(False)
   beta: float = field(0.04, min=0.0)
@@ -209,6 +210,10 @@ class RLLossConfig:
 
   def validate(self, path: str) -> None:
     defaults = RLLossConfig()
+    if self.num_generations < 2 and self.algorithm != "ppo":
+      raise ConfigError(f"{path}.num_generations: algorithm {self.algorithm!r} compares samples of one prompt "
+                        f"(a group baseline or a pair) and needs >= 2, got {self.num_generations}; only 'ppo' "
+                        "(a critic baseline) runs with 1")
     self._validate_difficulty(path, defaults)
     if self.algorithm != "online_dpo":
       self._refuse_changed(path, defaults, ONLINE_DPO_KEYS, "algorithm 'online_dpo'",

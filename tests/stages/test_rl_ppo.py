@@ -150,6 +150,20 @@ def test_minibatch_epochs_make_one_update_each(world):
   assert np.isfinite(float(metrics["value/explained_variance"]))
 
 
+def test_one_sample_per_prompt_is_enough_for_ppo(world):
+  """PPO's baseline is the critic, not a group: num_generations=1 trains (2 prompts -> 2 rows; ppo_epochs x
+  num_mini_batches updates that move the weights); the group algorithms refuse it (test_config_errors_name_the_key)."""
+  cfg = _cfg(num_generations=1)
+  setup, state, prompts, sources = _setup(world, cfg)
+  step = jax.jit(rl.make_ppo_step(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
+                                  eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world))
+  new_state, metrics = step(state, prompts)
+  assert int(new_state.step) == cfg.loss.ppo_epochs * cfg.loss.num_mini_batches
+  assert np.isfinite(_value(metrics["loss"]))
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))]
+  assert any(moved)
+
+
 # ------------------------------------------------------------------------------------------------ token rewards
 def test_delta_token_rewards_give_the_step_score_as_return(world):
   """loss.token_rewards: the Delta-refined process reward on its tokens. With gamma = lam = 1 the GAE return from
@@ -295,6 +309,8 @@ def test_adaptive_kl_coef_across_steps_and_resume(tmp_path):
     ({"value_model": "stage:reward"}, "value_model"),
     ({"loss": {"algorithm": "ppo", "kl_mode": "reward", "token_rewards": True}}, "loss.token_rewards"),
     ({"loss": {"token_rewards": True}}, "loss.token_rewards"),
+    ({"loss": {"num_generations": 1}}, "loss.num_generations"),
+    ({"loss": {"algorithm": "rloo", "num_generations": 1}}, "loss.num_generations"),
 ])
 def test_config_errors_name_the_key(overrides, key):
   with pytest.raises(ConfigError, match=rf"config\.{key}\b"):
