@@ -46,6 +46,50 @@ SETTINGS = ("outcome", "none", "clip", "delta")  # rl_<setting> stages; "outcome
 METRICS = ("eval/gold", "eval/reward/prm_raw", "eval/completion_length", "eval/repeat_rate", "eval/kl")
 ETA = 0.5  # Clip threshold: a step the PRM judges more likely good than bad (s_t > 0.5) costs nothing.
 
+# The section's rules as paired seed comparisons (experiments.analysis.verdicts; ARCHITECTURE.md section 7: the
+# paired 95% t interval over the 5 seeds excludes 0 on the claimed side).
+# - Default (GRPO) and ppo sweeps, rules from docs/reproductions.md's Clip/Delta section (0315603, PPO 4d24451): the
+#   hack reproduces if the unrefined PRM's gold is below outcome-only ("in every seed" then; the paired interval
+#   now); a refinement fixes it if its gold is "within one outcome-only std or above" (a non-inferiority margin, not
+#   a paired difference: read from the per-seed table, and from the "beats outcome" rows, where the fix fails only
+#   on "against"); the paper's "PRM with refinement beats the success reward alone" is the "beats outcome" rows.
+#   The "recovers gold" rows are the fix criterion the docstring states for the bias variants (446adcf), applied
+#   to the length hack.
+# - Bias variants (bias, ppo_bias), rule and prediction in this module's docstring at 446adcf, before the run: the
+#   hack exists if share(none) - share(outcome) > 0; <arm> fixes it if share(<arm>) - share(outcome) does not
+#   exclude 0 on the positive side (its row below must NOT come out "reproduced") and gold(<arm>) - gold(none) > 0.
+_GOLD = "eval/gold"
+_SHARE = "eval/reward/the_share"
+
+
+def _length_rules(sweep: str) -> tuple[dict, ...]:
+  rules = [dict(sweep=sweep, claim="unrefined PRM is hacked (gold below outcome-only)", value=f"rl_none/{_GOLD}",
+                baseline=f"rl_outcome/{_GOLD}", direction=-1)]
+  for arm in ("clip", "delta"):
+    rules.append(dict(sweep=sweep, claim=f"{arm} recovers gold from the hack", value=f"rl_{arm}/{_GOLD}",
+                      baseline=f"rl_none/{_GOLD}", direction=1, note="the bias variants' fix criterion (446adcf)"))
+    rules.append(dict(sweep=sweep, claim=f"PRM + {arm} beats outcome alone", value=f"rl_{arm}/{_GOLD}",
+                      baseline=f"rl_outcome/{_GOLD}", direction=1,
+                      note="the paper's gain over the success reward; the section's fix (non-inferior) fails only "
+                           "on 'against'"))
+  return tuple(rules)
+
+
+def _bias_rules(sweep: str) -> tuple[dict, ...]:
+  rules = [dict(sweep=sweep, claim="the PRM's word bias is hacked (more 'the' than outcome-only)",
+                value=f"rl_none/{_SHARE}", baseline=f"rl_outcome/{_SHARE}", direction=1)]
+  for arm in ("clip", "delta"):
+    rules.append(dict(sweep=sweep, claim=f"{arm} still raises 'the' over outcome-only (fix needs: not reproduced)",
+                      value=f"rl_{arm}/{_SHARE}", baseline=f"rl_outcome/{_SHARE}", direction=1,
+                      note="the fix's first part: the interval must not exclude 0 on the positive side"))
+    rules.append(dict(sweep=sweep, claim=f"{arm} recovers gold from the hack", value=f"rl_{arm}/{_GOLD}",
+                      baseline=f"rl_none/{_GOLD}", direction=1, note="the fix's second part"))
+  return tuple(rules)
+
+
+VERDICTS = (*_length_rules("clip_delta"), *_length_rules("clip_delta_ppo"), *_bias_rules("clip_delta_bias"),
+            *_bias_rules("clip_delta_ppo_bias"))
+
 
 def rewards(setting: str, bias: bool = False) -> tuple[dict, ...]:
   """Reward sources of stage rl_<setting>: gold outcome (+ refined process reward) + the raw PRM return as a

@@ -38,6 +38,19 @@ BETA = 0.1
 ALPHAS = {"treg_0p1": 0.1, "treg_0p25": 0.25, "treg_0p5": 0.5}
 QUIET_LOOP = dict(progress=False, tensorboard=False, async_checkpoints=False)
 
+# The two claims of this docstring (since 0315603) as paired seed comparisons, one row per alpha (the section swept
+# all three and named none in advance), by issue 15's rule (experiments.analysis.verdicts; ARCHITECTURE.md section
+# 7): (1) T-REG's gold gain over the shared SFT policy (same prompts, same base samples) above DPO's; (2) its
+# per-response Pearson correlation of implicit token rewards with the gold credit c_t (the section's headline
+# credit measure) above DPO's.
+VERDICTS = (
+    *(dict(sweep="treg", claim=f"T-REG alpha {a:g} reaches higher gold than DPO", value=f"eval_{m}/gold/gain",
+           baseline="eval_dpo/gold/gain", direction=1) for m, a in ALPHAS.items()),
+    *(dict(sweep="treg", claim=f"T-REG alpha {a:g} assigns token credit better than DPO",
+           value=f"credit_{m}/implicit/pearson_seq", baseline="credit_dpo/implicit/pearson_seq", direction=1)
+      for m, a in ALPHAS.items()),
+)
+
 
 def _sizes(smoke: bool) -> dict:
   if smoke:

@@ -28,6 +28,32 @@ def test_default_config_has_every_setting_and_five_seeds():
   assert len(sweep_lib.collect(str(REPO_ROOT / "configs" / "papers" / "clip_delta.py"))) >= 5
 
 
+def test_verdicts_parse_and_name_table_metrics():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  from jaxrlhf import config as config_lib  # pylint: disable=g-import-not-at-top
+  path = str(REPO_ROOT / "configs" / "papers" / "clip_delta.py")
+  claims = verdicts.rules_of(path)
+  variants = {"clip_delta": "default", "clip_delta_ppo": "ppo", "clip_delta_bias": "bias",
+              "clip_delta_ppo_bias": "ppo_bias"}
+  assert sorted({c.sweep for c in claims}) == sorted(variants)
+  for sweep, variant in variants.items():
+    mine = [c for c in claims if c.sweep == sweep]
+    metrics = set(config_lib.load_config(f"{path}:{variant}").tables.metrics)
+    for c in mine:
+      assert c.value in metrics and c.baseline in metrics, (sweep, c.claim)
+    # The hack's row first; per arm a gold-vs-unrefined row (and, for the length hack, a gold-vs-outcome row; for
+    # the word bias, the share-vs-outcome row that the fix needs to stay unreproduced).
+    assert mine[0].claim.startswith("unrefined PRM is hacked" if "bias" not in sweep else "the PRM's word bias")
+    assert mine[0].direction == (1 if "bias" in sweep else -1)
+    second = ("rl_{}/eval/reward/the_share", "rl_outcome/eval/reward/the_share") if "bias" in sweep else (
+        "rl_{}/eval/gold", "rl_outcome/eval/gold")
+    for arm in ("clip", "delta"):
+      pairs = {(c.value, c.baseline) for c in mine if c.direction == 1}
+      assert (f"rl_{arm}/eval/gold", "rl_none/eval/gold") in pairs
+      assert (second[0].format(arm), second[1]) in pairs
+    assert len(mine) == 5
+
+
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("clip_delta")  # the smoke sweep, shared with the notebook test

@@ -54,6 +54,18 @@ def test_unknown_variant_names_the_choices():
     config_lib.load_config(SPEC + ":full")
 
 
+def test_verdicts_parse_and_name_table_metrics():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  claims = verdicts.rules_of(SPEC)
+  metrics = set(config_lib.load_config(SPEC).tables.metrics)
+  assert {c.sweep for c in claims} == {"treg"} and all(c.direction == 1 for c in claims)
+  assert {(c.value, c.baseline) for c in claims} == {
+      *((f"eval_{m}/gold/gain", "eval_dpo/gold/gain") for m in ("treg_0p1", "treg_0p25", "treg_0p5")),
+      *((f"credit_{m}/implicit/pearson_seq", "credit_dpo/implicit/pearson_seq")
+        for m in ("treg_0p1", "treg_0p25", "treg_0p5"))}
+  assert all(c.value in metrics and c.baseline in metrics for c in claims)
+
+
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("treg")  # the smoke sweep, shared with the notebook test
