@@ -8,7 +8,7 @@ One run = one seed of the chain
       -> rl_none / rl_clip / rl_delta (GRPO on outcome + the world's process reward, refined none / clip / delta)
 all four RL stages starting from the same SFT policy (the settings share the SFT run; the seed reseeds all).
 The outcome reward is the gold r*(x, y) (the paper's verified success reward); the process reward is
-`train.rewards.prm_step_scores`: one step per response token, s_t = sigmoid(alpha q + rho rel + B) in (0, 1),
+`jaxrlhf.stages.reward_sources.prm_step_scores`: one step per response token, s_t = sigmoid(alpha q + rho rel + B) in (0, 1),
 a sensible step scorer that is blind to length and repetition. `prm_raw` (weight 0) logs the unrefined PRM
 return of every policy (the proxy the hack inflates); `repeat_rate` the fraction of repeated content tokens.
 
