@@ -8,8 +8,8 @@ One run = one seed of the chain
       -> rl_none / rl_clip / rl_delta (GRPO on outcome + the world's process reward, refined none / clip / delta)
 all four RL stages starting from the same SFT policy (the settings share the SFT run; the seed reseeds all).
 The outcome reward is the gold r*(x, y) (the paper's verified success reward); the process reward is
-`jaxrlhf.stages.reward_sources.prm_step_scores`: one step per response token, s_t = sigmoid(alpha q + rho rel + B) in (0, 1),
-a sensible step scorer that is blind to length and repetition. `prm_raw` (weight 0) logs the unrefined PRM
+`jaxrlhf.stages.reward_sources.prm_step_scores`: one step per response token, s_t = sigmoid(alpha q + rho rel + B)
+in (0, 1), a sensible step scorer that is blind to length and repetition. `prm_raw` (weight 0) logs the unrefined PRM
 return of every policy (the proxy the hack inflates); `repeat_rate` the fraction of repeated content tokens.
 
     python -m experiments.sweep --config configs/papers/clip_delta.py --workdir runs/papers/clip_delta --workers 1
@@ -25,8 +25,8 @@ advantage sees only the summed return, which Delta telescopes to the first step'
 Variants "bias" and "ppo_bias" (and their _smoke): a second, non-length flaw in the process reward (issue 15): the
 PRM over-rewards the function word "the" (`options.step_bias`: +2.0 on the step's logit, so a "the" step scores
 >= ~0.88 wherever it stands; fixed before the first run, not tuned), and `reward/the_share` (a weight-0
-"word_share" source) logs the share of "the" among the response's scored tokens. The rule, stated before the run (5 paired seeds, paired 95% t interval
-of the per-seed difference):
+"word_share" source) logs the share of "the" among the response's scored tokens. The rule, stated before the run
+(5 paired seeds, paired 95% t interval of the per-seed difference):
   the hack exists   if share(none) - share(outcome) excludes 0, positive;
   <arm> fixes it    if share(<arm>) - share(outcome) does not exclude 0 on the positive side (no more "the" than the
                     outcome reward alone asks for) and gold(<arm>) - gold(none) excludes 0, positive.
