@@ -22,8 +22,9 @@ The loss of every step is recorded on both sides: with the same weights and data
 Every flag defaults to the library's default, so the bench measures what a user gets: `--shared_prompt auto` lays the
 jaxrlhf RM and DPO batches out as the stages' default `data.shared_prompt="auto"` would (one [prompt | chosen |
 rejected] row per pair when the FLOPs estimate says it does less work; `true` / `false` force a layout), and
-`--scan_layers auto` is ModelConfig's default (scan_layers=None: scanned layers on the CPU). Shared-prompt rows still count the two-row tokens and FLOPs of the
-same pairs in tokens/s, GFLOP/s and MFU, so the rows compare work done per second.
+`--scan_layers auto` is ModelConfig's default (scan_layers=None: scanned layers on the CPU). Shared-prompt rows
+still count the two-row tokens and FLOPs of the same pairs in tokens/s, GFLOP/s and MFU, so the rows compare work
+done per second.
 `--smoke` runs a 13k-parameter model in-process in seconds (the test of the plumbing).
 """
 

@@ -281,7 +281,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   the frozen backbone (`common.frozen_base`, adapters + head trainable). Ensembles ("rm_ens", "rm_ens_lora"): the
   reward stage's `ensemble_setup` + `make_ensemble_step` with ENSEMBLE_K members from the pretrained backbone, every
   member on the same (K-stacked) batch. Each timed step includes the host-to-device copy of its batch and
-  reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default None: the backend's rule).
+  reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default None:
+  the backend's rule).
   `shared_prompt`: the batches hold one [prompt | chosen | rejected] row per pair (`data.shared_prompt`).
   """
   import jax  # pylint: disable=g-import-not-at-top

@@ -64,13 +64,14 @@ class RewardSourceSpec:
     per-step process reward `prm_step_scores`, refined by `refinement` "none" / "clip" (threshold `eta`) /
     "delta", Gao et al. 2024; `options` {"step_bias": {word: logit bonus}} switches on a PRM that over-rewards
     those words), "word_share" (a diagnostic of the world: the share of `options.word` among the response's scored
-    tokens, in [0, 1]; with weight 0 it logs a word-level hack such as the PRM's step_bias or the labelers' bias), "follow_up_likelihood" (FLR, Zhang et al. 2024: the mean per-token log-likelihood of
-    positive follow-up user turns minus that of negative ones under a causal LM; `options`: "model" (a HF folder,
-    a .gguf or "stage:<name>"; default: the policy's starting model; it must share the policy's vocabulary),
+    tokens, in [0, 1]; with weight 0 it logs a word-level hack such as the PRM's step_bias or the labelers' bias),
+    "follow_up_likelihood" (FLR, Zhang et al. 2024: the mean per-token log-likelihood of positive follow-up user
+    turns minus that of negative ones under a causal LM; `options`: "model" (a HF folder, a .gguf or
+    "stage:<name>"; default: the policy's starting model; it must share the policy's vocabulary),
     "positive" / "negative" (lists of utterances; default: the paper's 20 + 20, `rewards.follow_up`),
     "chunk_size" (the vocabulary-chunked gather, default 1024)),
-    "hybrid" (Gulhane & Indurthi 2025, arXiv:2510.05283, `rewards.hybrid`: the reward model of `reward_model`, reduced by
-    `aggregation`, mixed with text rules by confidence, (1 - sum_{k applies} c_k) r_model + sum_{k applies} c_k r_k;
+    "hybrid" (Gulhane & Indurthi 2025, arXiv:2510.05283, `rewards.hybrid`: the reward model of `reward_model`,
+    reduced by `aggregation`, mixed with text rules by confidence, (1 - sum_{k applies} c_k) r_model + sum_{k applies} c_k r_k;
     `options`: {"rules": [{"kind": <text reward kind>, "options": {...}, "confidence": c_k in [0, 1]}, ...]}, a rule
     applying where its value is not None / NaN),
     or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
@@ -351,8 +352,8 @@ def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.A
 
   the "probability that step t is a good step", plus a flaw that is off by default: `step_bias` ((token id,
   bonus), ...) adds bonus to the logit of every step that is that token (a PRM that over-rewards one word gold is
-  indifferent to, the process-reward analogue of the world's `labeler_bias`). It is a sensible step scorer (it ranks tokens as the gold
-  quality / relevance / coherence terms do) and hackable in the two ways Gao et al. (2024) describe: every step
+  indifferent to, the process-reward analogue of the world's `labeler_bias`). It is a sensible step scorer (it
+  ranks tokens as the gold quality / relevance / coherence terms do) and hackable in the two ways Gao et al. (2024) describe: every step
   scores > 0, so a summed return grows with the number of steps (gold's length term peaks at L* and then falls),
   and it is blind to repetition (gold penalizes repeats), so repeating the best step keeps scoring high.
 
@@ -523,7 +524,8 @@ def hybrid_score(model_score: Score, rule_scores: Sequence[Score], confidence_K:
 
 
 def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, tokenizer: Any = None,
-                  table: PromptTable | None = None, member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                  table: PromptTable | None = None,
+                  member_stats: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
                   errors: CallbackErrors | None = None) -> list[RewardSource]:
   """RewardSources from specs; a "reward_model" source reads `models["rm_<i>"]` (i = the spec's index), a
   "follow_up_likelihood" source `models["flr_<i>"]` (a CausalLM; `follow_up_models`) with the follow-ups rendered by
