@@ -197,6 +197,9 @@ class RLLossConfig:
   ties: str = field("mask", choices=TIES)
   ref_update_every: int = field(0, min=0)
   ref_update_alpha: float = field(1.0, min=0.0, max=1.0)
+  # > 0: every response log-prob (rollout, old policy, reference, loss) applies the LM head to chunks of this many
+  # tokens (`train.scoring.response_logps`), never holding the (R, N, V) fp32 logits; 0: one full log-softmax.
+  logps_chunk_size: int = field(0, min=0)
 
 
   def _refuse_changed(self, path: str, defaults: "RLLossConfig", keys: Sequence[str], owner: str,
@@ -491,13 +494,14 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
   def loss_fn(model, batch, rng):
     del rng
     logps, _ = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
-                              batch["mask"], temperature)
+                                      batch["mask"], temperature, loss.logps_chunk_size)
     return policy_loss_terms(loss, logps, batch, max_length)
 
   return loss_fn
 
 # ------------------------------------------------------------------------------------------------ PPO
-def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float) -> tuple[jax.Array, jax.Array]:
+def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float, chunk_size: int = 0
+                ) -> tuple[jax.Array, jax.Array]:
   """(logps_BxN, values_BxN) float32 of the rollout rows under the policy and the value model, 0 on masked slots.
 
   values[:, n] = V(s_n), read from the final hidden state before response token n: the policy's own (one forward
@@ -505,11 +509,11 @@ def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float)
   """
   args = (batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"])
   if hasattr(model, "critic"):
-    logps, _ = scoring.response_logps(model.policy, *args, temperature)
+    logps, _ = scoring.response_logps(model.policy, *args, temperature, chunk_size)
     hidden_BxNxD = scoring.response_hidden(model.critic.backbone, *args)
     head = model.critic.head
   else:
-    logps, _, hidden_BxNxD = scoring.response_logps_and_hidden(model.policy, *args, temperature)
+    logps, _, hidden_BxNxD = scoring.response_logps_and_hidden(model.policy, *args, temperature, chunk_size)
     head = model.value_head
   b, n, d = hidden_BxNxD.shape
   values = head(hidden_BxNxD.reshape(b * n, d)).reshape(b, n)
@@ -521,7 +525,7 @@ def ppo_targets(loss: RLLossConfig, model: RLModel, batch: dict[str, jax.Array],
   """The rollout batch with PPO's targets: old_values, advantages (B, N; whitened) and returns (B, N), by
   `ppo.ppo_advantages` on the sequence scores batch["rewards"] with the state's KL coefficient; and metrics."""
   mask = batch["mask"]
-  _, old_values = jax.lax.stop_gradient(ppo_forward(model, batch, temperature))
+  _, old_values = jax.lax.stop_gradient(ppo_forward(model, batch, temperature, loss.logps_chunk_size))
   kl_coef = model.kl_coef[...] if loss.kl_mode == "reward" else jnp.zeros((), jnp.float32)
   ref_logps = batch["ref_logps"] if loss.kl_mode == "reward" else batch["old_logps"]  # "none": KL term 0
   adv, returns, m = ppo_lib.ppo_advantages(batch["rewards"], batch["old_logps"], ref_logps, old_values, mask,
@@ -567,7 +571,7 @@ def ppo_loss_fn(loss: RLLossConfig, temperature: float) -> state_lib.LossFn:
 
   def loss_fn(model, batch, rng):
     del rng
-    logps, values = ppo_forward(model, batch, temperature)
+    logps, values = ppo_forward(model, batch, temperature, loss.logps_chunk_size)
     return ppo_loss_terms(loss, logps, values, batch)
 
   return loss_fn
@@ -689,7 +693,7 @@ def online_dpo_loss_fn(loss: RLLossConfig) -> state_lib.LossFn:
     logps_2PxN, _ = scoring.response_logps(
         model.policy, jnp.concatenate([ids, ids]), jnp.concatenate([mask, mask]),
         jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]]),
-        jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]]))
+        jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]]), chunk_size=loss.logps_chunk_size)
     seq_2P = jnp.sum(logps_2PxN, axis=1)
     p = ids.shape[0]
     return online_dpo_loss_terms(loss, seq_2P[:p], seq_2P[p:], batch)
@@ -759,7 +763,7 @@ def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
       ref_logps = batch["ref_logps"]
     else:  # The rollout's reference log-probs are at the sampling temperature; DPO's at 1 (TRL).
       ref_logps, _ = scoring.response_logps(model.reference_model(), batch["prompt_ids"], batch["prompt_mask"],
-                                            batch["tokens"], batch["mask"])
+                                            batch["tokens"], batch["mask"], chunk_size=loss.logps_chunk_size)
     has_eos = content_lengths(batch["tokens"], batch["mask"], eos_ids) < jnp.sum(batch["mask"] > 0, axis=1)
     pairs, pair_metrics = online_dpo_pairs(loss, batch, ref_logps, has_eos)
     state, stacked = jax.lax.scan(lambda s, _: inner(s, pairs), state, None, length=loss.num_iterations)
@@ -796,8 +800,8 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
                mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
-  old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
-                                      sampling.temperature)
+  old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens,
+                                              gen.mask, sampling.temperature, loss.logps_chunk_size)
   batch["old_logps"] = jax.lax.stop_gradient(old_logps)
   valid = (gen.mask > 0).astype(jnp.float32)
   tokens = jnp.sum(valid)
@@ -824,7 +828,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   reference = model.reference_model()
   if reference is not None:
     ref_logps, _ = scoring.response_logps(reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
-                                  sampling.temperature)
+                                          sampling.temperature, loss.logps_chunk_size)
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
     seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
     metrics["kl"] = jnp.mean(seq_kl)

@@ -116,43 +116,60 @@ def aligned_token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT
 
 
 def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, response_ids_BxN: jax.Array,
-                   response_mask_BxN: jax.Array, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                   response_mask_BxN: jax.Array, temperature: float = 1.0, chunk_size: int = 0
+                   ) -> tuple[jax.Array, jax.Array]:
   """(logps_BxN, entropy_BxN) float32 of the response tokens under softmax(logits / temperature), 0 on masked
   slots.
 
   One forward over [left-padded prompt | right-padded response]; response token n is predicted at P + n - 1.
   Differentiable (the policy-gradient loss); under stop_gradient for old-policy and reference log-probs. Pad ids
-  may be out of the vocabulary's range: masked slots are embedded as id 0.
+  may be out of the vocabulary's range: masked slots are embedded as id 0. chunk_size > 0 applies the LM head
+  chunk by chunk to the final hidden states (`losses.logps.chunked_sequence_logps`): the same values (float
+  rounding aside) without ever holding the (B, N, V) fp32 logits, which at rollout shapes (512 rows x 512 tokens x
+  a 128k vocabulary: 134 GB) do not fit.
   """
-  p = prompt_ids_BxP.shape[1]
-  valid = response_mask_BxN > 0
-  mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
-  ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
-  logits_BxNxV = model(ids_BxT, mask_BxT)[:, p - 1:-1].astype(jnp.float32) / temperature
-  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
-  logps = jnp.take_along_axis(logp_BxNxV, ids_BxT[:, p:, None], axis=-1)[..., 0]
-  entropy = -jnp.sum(jnp.exp(logp_BxNxV) * logp_BxNxV, axis=-1)
-  return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0)
+  logps, entropy, _ = _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN,
+                                        temperature, chunk_size, with_hidden=False)
+  return logps, entropy
 
 
 def response_logps_and_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array,
-                              response_ids_BxN: jax.Array, response_mask_BxN: jax.Array, temperature: float = 1.0
-                              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                              response_ids_BxN: jax.Array, response_mask_BxN: jax.Array, temperature: float = 1.0,
+                              chunk_size: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`response_logps` and the final hidden states (B, N, D) that predict each response token, from ONE forward.
 
   hidden[:, n] is the state before response token n (position P + n - 1), where a value head reads V(s_n) (TRL's
   `full_value[:, context_length - 1:-1]`); a policy with a shared value head gets log-probs and values together.
   """
+  return _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN, temperature,
+                           chunk_size, with_hidden=True)
+
+
+def _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN, temperature,
+                      chunk_size, with_hidden):
+  """(logps_BxN, entropy_BxN, hidden_BxNxD or None) of `response_logps_and_hidden`."""
   p = prompt_ids_BxP.shape[1]
   valid = response_mask_BxN > 0
   mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
   ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
-  logits_BxTxV, hidden_BxTxD = model(ids_BxT, mask_BxT, return_hidden=True)
-  logits_BxNxV = logits_BxTxV[:, p - 1:-1].astype(jnp.float32) / temperature
-  logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, axis=-1)
-  logps = jnp.take_along_axis(logp_BxNxV, ids_BxT[:, p:, None], axis=-1)[..., 0]
-  entropy = -jnp.sum(jnp.exp(logp_BxNxV) * logp_BxNxV, axis=-1)
-  return jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0), hidden_BxTxD[:, p - 1:-1]
+  targets_BxN = ids_BxT[:, p:]
+  if chunk_size:
+    hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
+    head_DxV, softcap = model.output_projection()
+    logps, _, entropy = logps_lib.chunked_sequence_logps(hidden_BxNxD, head_DxV, targets_BxN, valid,
+                                                         chunk_size=chunk_size, temperature=temperature,
+                                                         return_entropy=True, logit_softcap=softcap)
+  else:
+    if with_hidden:
+      logits_BxTxV, hidden_BxTxD = model(ids_BxT, mask_BxT, return_hidden=True)
+      hidden_BxNxD = hidden_BxTxD[:, p - 1:-1]
+    else:
+      logits_BxTxV, hidden_BxNxD = model(ids_BxT, mask_BxT), None
+    logp_BxNxV = jax.nn.log_softmax(logits_BxTxV[:, p - 1:-1].astype(jnp.float32) / temperature, axis=-1)
+    logps = jnp.take_along_axis(logp_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(logp_BxNxV) * logp_BxNxV, axis=-1)
+  return (jnp.where(valid, logps, 0.0), jnp.where(valid, entropy, 0.0),
+          hidden_BxNxD if with_hidden else None)
 
 
 def response_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, response_ids_BxN: jax.Array,

@@ -164,6 +164,26 @@ def test_one_sample_per_prompt_is_enough_for_ppo(world):
   assert any(moved)
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_chunked_log_probs_give_the_same_step(world, algorithm):
+  """loss.logps_chunk_size > 0 (the LM head applied chunk by chunk, never the (R, N, V) logits) changes no value:
+  the same rollout, old / reference log-probs, loss and update as the full log-softmax, to float rounding."""
+  extra = {} if algorithm == "ppo" else {"algorithm": "grpo", "kl_mode": "loss", "kl_estimator": "k3"}
+  outs = []
+  for chunk in (0, 5):
+    cfg = _cfg(logps_chunk_size=chunk, **extra)
+    setup, state, prompts, sources = _setup(world, cfg)
+    make = rl.make_ppo_step if algorithm == "ppo" else rl.make_rl_step
+    step = jax.jit(make(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
+                        eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world))
+    outs.append(step(state, prompts))
+  (a, ma), (b, mb) = outs
+  assert _value(ma["loss"]) == pytest.approx(_value(mb["loss"]), rel=1e-4, abs=1e-6)
+  assert _value(ma["kl"]) == pytest.approx(_value(mb["kl"]), rel=1e-4, abs=1e-6)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, atol=2e-5)
+
+
 # ------------------------------------------------------------------------------------------------ token rewards
 def test_delta_token_rewards_give_the_step_score_as_return(world):
   """loss.token_rewards: the Delta-refined process reward on its tokens. With gamma = lam = 1 the GAE return from

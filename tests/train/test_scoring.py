@@ -76,18 +76,29 @@ def test_aligned_token_logps_move_each_value_onto_its_token_and_read_the_prefix(
   assert bool(jnp.all(mask[:, 0] == att[:, 0]))
 
 
-def test_response_logps_are_the_rollout_rows_log_probs_at_a_temperature():
-  model = CausalLM(LLAMA, rngs=nnx.Rngs(2))
+@pytest.mark.parametrize("config", [GEMMA2, LLAMA], ids=["gemma2_softcap", "llama"])
+@pytest.mark.parametrize("chunk_size", [0, 4])
+def test_response_logps_are_the_rollout_rows_log_probs_at_a_temperature(config, chunk_size):
+  """Against the full logits written out here (soft-cap, then temperature), the unchunked and the chunked LM-head
+  path alike, and with the final hidden states of the same forward."""
+  model = CausalLM(config, rngs=nnx.Rngs(2))
   prompt = jnp.asarray([[0, 3, 4], [5, 6, 7]])
   prompt_mask = jnp.asarray([[0, 1, 1], [1, 1, 1]])
   response = jnp.asarray([[8, 9, -1], [10, 11, 12]])  # -1: an out-of-range pad id on a masked slot
   response_mask = jnp.asarray([[1, 1, 0], [1, 1, 1]])
-  logps, entropy = scoring.response_logps(model, prompt, prompt_mask, response, response_mask, temperature=0.7)
+  logps, entropy = scoring.response_logps(model, prompt, prompt_mask, response, response_mask, temperature=0.7,
+                                          chunk_size=chunk_size)
   ids = jnp.where(jnp.concatenate([prompt_mask, response_mask], 1) > 0, jnp.concatenate([prompt, response], 1), 0)
-  logp = jax.nn.log_softmax(model(ids, jnp.concatenate([prompt_mask, response_mask], 1) > 0)[:, 2:-1] / 0.7, -1)
+  logits, hidden = model(ids, jnp.concatenate([prompt_mask, response_mask], 1) > 0, return_hidden=True)
+  logp = jax.nn.log_softmax(logits[:, 2:-1] / 0.7, -1)
   want = jnp.take_along_axis(logp, ids[:, 3:, None], axis=-1)[..., 0] * response_mask
   np.testing.assert_allclose(logps, want, atol=2e-5)
   np.testing.assert_allclose(entropy, -jnp.sum(jnp.exp(logp) * logp, -1) * response_mask, atol=2e-5)
+  logps_h, entropy_h, hidden_h = scoring.response_logps_and_hidden(model, prompt, prompt_mask, response, response_mask,
+                                                                   temperature=0.7, chunk_size=chunk_size)
+  np.testing.assert_allclose(logps_h, logps, atol=1e-6)
+  np.testing.assert_allclose(entropy_h, entropy, atol=1e-6)
+  np.testing.assert_allclose(hidden_h, hidden[:, 2:-1], atol=1e-6)
   np.testing.assert_allclose(scoring.jit_response_logps(model, prompt, prompt_mask, response, response_mask),
                              scoring.response_logps(model, prompt, prompt_mask, response, response_mask)[0],
                              atol=1e-6)
