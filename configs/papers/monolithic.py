@@ -49,6 +49,13 @@ LENGTH_RULE = dict(kind="generalized_length_penalty",
 SELECTORS = ("gold", "model", "rule", "hybrid")
 INSTRUCT_TASK = S.REPO_ROOT / "data" / "tasks" / "instruct"
 ASPECT_COLUMNS = dict(min_column="min_words", max_column="max_words")
+# The verdict rule, stated before the run (docs/reproductions/monolithic/section.md at 3112b3e, and this docstring):
+# reproduced if hybrid gold@N > model gold@N on EVERY seed (all seeds on the claimed side) AND the paired 95% interval
+# excludes 0; partly if the mean difference is > 0 but not both; not reproduced otherwise.
+VERDICTS = (
+    dict(sweep="monolithic", claim="hybrid selects better than the model alone", value="bon/hybrid/gold@N",
+         baseline="bon/model/gold@N", direction=+1, note="reproduced also needs every seed on the claimed side"),
+)
 
 
 def world_rewards() -> tuple[dict, ...]:
