@@ -79,7 +79,8 @@ def correlation_report(results_csv: str, results_runs_csv: str, names: Sequence[
   runs = sorted(_read(results_runs_csv), key=lambda r: int(r["seed"]))
   commits = {r["commit"] for r in runs}
   lines = [f"Gap vs accuracy (gold) over the {len(names)} independent pairs ({', '.join(names)}; "
-           f"mirrored pairs left out: {', '.join(MIRRORED)}); {len(runs)} seeds; commit(s) {', '.join(sorted(commits))}.",
+           f"mirrored pairs left out: {', '.join(MIRRORED)}); {len(runs)} seeds; "
+           f"commit(s) {', '.join(sorted(commits))}.",
            "", "| seed | " + " | ".join(f"{n} gap / acc" for n in names) + " | Pearson r | Spearman rho |",
            "|---" * (len(names) + 3) + "|"]
   for r in runs:
@@ -93,7 +94,8 @@ def correlation_report(results_csv: str, results_runs_csv: str, names: Sequence[
   p_pearson = exact_permutation_p(gap, acc, stats.pearson)
   p_spearman = exact_permutation_p(gap, acc, stats.spearman)
   lines += ["", f"On the seed means: Pearson r = {stats.pearson(gap, acc):.3f}, exact one-sided permutation "
-            f"p = {round(p_pearson * n_perm)}/{n_perm} = {p_pearson:.3f}; Spearman rho = {stats.spearman(gap, acc):.3f}, "
+            f"p = {round(p_pearson * n_perm)}/{n_perm} = {p_pearson:.3f}; "
+            f"Spearman rho = {stats.spearman(gap, acc):.3f}, "
             f"p = {round(p_spearman * n_perm)}/{n_perm} = {p_spearman:.3f}.",
             f"Rule: reproduced if the Pearson p < 0.05 (positive correlation): "
             f"**{'reproduced' if p_pearson < 0.05 and stats.pearson(gap, acc) > 0 else 'not significant'}**."]
