@@ -49,6 +49,17 @@ LIKERT_LEVELS = 5  # HelpSteer2 rates each attribute 0-4
 # the training pairs like gold about 80% of the time, the labels' agreement (calibrated on world pairs before the
 # run; the stage reports the realized agreement as data_report.attribute_noise.gold_agreement).
 ATTRIBUTE_NOISE = 0.6
+# The verdict rule, stated in docs/reproductions.md (HelpSteer2 section, re-run at 1b0c592: "Rule: regression is
+# 'competitive' with BT if the paired 95% interval of (regression - BT) gold agreement has its lower end above -1
+# point, 'better' if it is above 0"). Each rule below is the "better" test (interval above 0); "competitive" reads the
+# same interval's lower end against -0.01. The like-for-like arms (targets as noisy as the labels) decide the verdict;
+# the exact-target arms and the misspecified fixed weighting are reported beside them.
+REGRESSION_ARMS = ("attr_noisy", "attr_noisy_likert", "attr_rstar", "attr_bt", "attr_likert", "attr_paper")
+VERDICTS = tuple(
+    dict(sweep="attributes_vs_bt", claim=f"{arm} better than BT (competitive: lower end > -0.01)",
+         value=f"{arm}/eval/gold_agreement", baseline="bt/eval/gold_agreement", direction=+1,
+         note="like for like: decides the verdict" if "noisy" in arm else "exact targets or fixed weighting: reported")
+    for arm in REGRESSION_ARMS)
 STAGES = ("bt", "attr_rstar", "attr_paper", "attr_bt", "attr_likert", "attr_noisy", "attr_noisy_likert")
 
 

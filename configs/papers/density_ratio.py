@@ -33,6 +33,9 @@ RATIOS = (
     ("sft_early", "sft", "", "sft_early", ""),
     ("early_sft", "sft_early", "", "sft", ""),
 )
+# No VERDICTS here: the section's rule (docs/reproductions.md, CDR section, "Rule", stated before the 446adcf re-run)
+# is a correlation of gap and accuracy over the independent pairs (early_sft mirrors sft_early and is left out) with
+# an exact permutation test, not a paired difference over seeds; experiments/analysis/density_ratio.py computes it.
 SMOKE_RATIOS = RATIOS[:4]  # no sft_early stage at smoke size
 METRICS = ("acc_gold", "acc_label", "gap")
 

@@ -23,8 +23,15 @@ from configs import _sections as S
 from jaxrlhf.stages import rl, sft
 
 VARIANTS = ("default", "smoke")
-SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds: the verdict rule in docs/reproductions/drirl/section.md
+SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds: the verdict rule in docs/reproductions.md (DR-IRL section)
 TAU = 1.0
+# The verdict rule, stated before the run (docs/reproductions.md, DR-IRL section, "Rule (stated before the run)"):
+# Delta_s = grpo_s/eval/gold - grpo/eval/gold per seed; reproduced if the paired 95% t-interval lies above 0, not
+# reproduced if below, inconclusive if it contains 0.
+VERDICTS = (
+    dict(sweep="dr_irl", claim="GRPO-S raises gold over GRPO", value="grpo_s/eval/gold", baseline="grpo/eval/gold",
+         direction=+1),
+)
 
 
 def _sizes(smoke: bool) -> dict:

@@ -18,9 +18,9 @@ Variant "default" (per seed), best-of-N in the synthetic world, where the gold r
            estimator over the one pool, so the three compare on the same samples.
 
 The paper's claim tested: the hybrid (model + rule with confidence) beats the monolithic model-based reward. Rule
-(stated before the run, docs/reproductions/monolithic/section.md): over 5 seeds, "reproduced" if hybrid gold@N >
-model gold@N on every seed and the paired mean difference's 95% t-interval excludes 0; "partly" if the mean
-difference is > 0 but not both; "not reproduced" otherwise. The rule-only selector is reported beside them.
+(stated before the run; docs/reproductions.md, Beyond Monolithic Rewards section): over 5 seeds, "reproduced" if
+hybrid gold@N > model gold@N on every seed and the paired mean difference's 95% t-interval excludes 0; "partly" if
+the mean difference is > 0 but not both; "not reproduced" otherwise. The rule-only selector is reported beside them.
 
 Variant "instruct": the multi-aspect instruction-adherence and length rewards on the generated instruction file
 (data/tasks/instruct/, `jaxrlhf.data.instruction_tasks`; regenerate with
@@ -49,6 +49,13 @@ LENGTH_RULE = dict(kind="generalized_length_penalty",
 SELECTORS = ("gold", "model", "rule", "hybrid")
 INSTRUCT_TASK = S.REPO_ROOT / "data" / "tasks" / "instruct"
 ASPECT_COLUMNS = dict(min_column="min_words", max_column="max_words")
+# The verdict rule, stated before the run (the section in docs/reproductions.md at 3112b3e, and this docstring):
+# reproduced if hybrid gold@N > model gold@N on EVERY seed (all seeds on the claimed side) AND the paired 95% interval
+# excludes 0; partly if the mean difference is > 0 but not both; not reproduced otherwise.
+VERDICTS = (
+    dict(sweep="monolithic", claim="hybrid selects better than the model alone", value="bon/hybrid/gold@N",
+         baseline="bon/model/gold@N", direction=+1, note="reproduced also needs every seed on the claimed side"),
+)
 
 
 def world_rewards() -> tuple[dict, ...]:

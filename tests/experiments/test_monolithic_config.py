@@ -45,3 +45,12 @@ def test_monolithic_smoke_runs(tmp_path):
   scores = np.load(tmp_path / "bon" / "scores.npz")
   np.testing.assert_allclose(scores["hybrid"], 0.5 * scores["model"] + 0.5 * scores["rule"], rtol=1e-5, atol=1e-6)
   assert np.all(scores["rule"] <= 0) and json.loads((tmp_path / "bon" / "results.json").read_text())["metrics"]
+
+
+def test_verdicts_state_the_section_rule():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  (rule,) = verdicts.rules_of(str(REPO_ROOT / "configs" / "papers" / "monolithic.py"))
+  # hybrid gold@N - model gold@N over the seeds, claimed positive; both are table columns of the sweep.
+  assert (rule.sweep, rule.value, rule.baseline, rule.direction) == (
+      "monolithic", "bon/hybrid/gold@N", "bon/model/gold@N", 1)
+  assert {rule.value, rule.baseline} <= set(_load("default").tables.metrics)

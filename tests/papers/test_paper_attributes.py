@@ -51,3 +51,14 @@ def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   means = smoke_table_means(workdir, config)
   for metric in config.tables.metrics:
     assert 0.0 <= means[metric] <= 1.0, (metric, means[metric])
+
+
+def test_verdicts_state_the_section_rule():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  rules = verdicts.rules_of(SPEC)
+  metrics = set(paper.get_config().tables.metrics)
+  # Every regression arm against BT on held-out gold agreement, the like-for-like (noisy-target) arms first.
+  assert [r.value for r in rules] == [f"{arm}/eval/gold_agreement" for arm in (
+      "attr_noisy", "attr_noisy_likert", "attr_rstar", "attr_bt", "attr_likert", "attr_paper")]
+  assert all((r.sweep, r.baseline, r.direction) == ("attributes_vs_bt", "bt/eval/gold_agreement", 1) for r in rules)
+  assert all({r.value, r.baseline} <= metrics for r in rules)

@@ -27,6 +27,18 @@ def test_default_config_scores_every_ratio_and_sweeps_three_seeds():
   assert len(sweep_lib.collect(str(CONFIG))) >= 3
 
 
+def test_exact_permutation_p_hand_computed():
+  from experiments.analysis import density_ratio as analysis  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.evaluation import stats  # pylint: disable=g-import-not-at-top
+  x = [1.0, 2.0, 3.0, 4.0]
+  # A perfect ordering: only the identity of the 4! = 24 orderings reaches r = 1.
+  assert analysis.exact_permutation_p(x, x, stats.pearson) == pytest.approx(1 / 24)
+  # One adjacent swap: rho = 1 - 6 * 2 / (4 * 15) = 0.8; the identity (1.0) and the 3 adjacent swaps (0.8) reach it.
+  assert analysis.exact_permutation_p(x, [1.0, 2.0, 4.0, 3.0], stats.spearman) == pytest.approx(4 / 24)
+  # The rule's points: every ratio but the mirrored early_sft.
+  assert "early_sft" not in analysis.INDEPENDENT and len(analysis.INDEPENDENT) == 6
+
+
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("density_ratio")  # the smoke sweep, shared with the notebook test

@@ -45,3 +45,11 @@ def test_smoke_sweep_and_table(paper_smoke):
   with open(tmp_path / "seed=0" / "grpo_s" / "prompt_hardness.json") as f:
     hardness = json.load(f)
   assert len(hardness["delta"]) == 8 and all(0.0 <= d <= 2.0 for d in hardness["delta"])
+
+
+def test_verdicts_state_the_section_rule():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  (rule,) = verdicts.rules_of(SPEC)
+  # Delta_s = grpo_s/eval/gold - grpo/eval/gold, claimed positive; both metrics are table columns of the sweep.
+  assert (rule.sweep, rule.value, rule.baseline, rule.direction) == ("dr_irl", "grpo_s/eval/gold", "grpo/eval/gold", 1)
+  assert {rule.value, rule.baseline} <= set(config_lib.load_config(SPEC).tables.metrics)

@@ -40,6 +40,18 @@ def test_chain_structure_and_sweep():
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0}]
 
 
+def test_verdicts_state_the_section_rule():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  rules = verdicts.rules_of(SPEC)
+  metrics = set(config_lib.load_config(SPEC).tables.metrics)
+  # The rule: MM-DPO beats DPO AND the matched-beta DPO arm (the judge-score arm reported beside them).
+  assert [(r.value, r.baseline, r.direction) for r in rules] == [
+      ("eval_dpo_dyn_rm/gold/gain", "eval_dpo/gold/gain", 1),
+      ("eval_dpo_dyn_rm/gold/gain", "eval_dpo_beta_matched/gold/gain", 1),
+      ("eval_dpo_dyn_score/gold/gain", "eval_dpo/gold/gain", 1)]
+  assert all(r.sweep == "dynamic_scaling" and {r.value, r.baseline} <= metrics for r in rules)
+
+
 @pytest.mark.slow
 def test_smoke_sweep_and_table(paper_smoke):
   tmp_path = paper_smoke("dynamic_scaling")  # the smoke sweep, shared with the notebook test

@@ -1,4 +1,4 @@
-"""The per-seed table and verdict of docs/reproductions/monolithic/section.md from a sweep's results:
+"""The per-seed table and verdict of the Beyond Monolithic Rewards section (docs/reproductions.md) from a sweep:
     python docs/reproductions/monolithic/table.py runs/papers/monolithic docs/reproductions/monolithic
 (writes results.json and prints the markdown table; the rule is the section's, stated before the run)."""
 
