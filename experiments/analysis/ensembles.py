@@ -118,8 +118,9 @@ def headline_plot(sweep_dir: str, out_path: str) -> str:
 
 
 def grpo_plot(sweep_dir: str, out_path: str) -> str:
-  """GRPO variant: eval gold reward and completion length against eval KL, one point per beta (mean ± std over
-  seeds), one line per reward of GRPO_REWARDS; the dotted line is the gold optimum L* in the length panel."""
+  """GRPO variant: eval gold reward and length (tokens before the end token, comparable with L*) against eval KL,
+  one point per beta (mean ± std over seeds), one line per reward of GRPO_REWARDS; the dotted line is the gold
+  optimum L* in the length panel, the dashed one the SFT policy's gold (stage sft_eval) where the sweep has it."""
   runs = []
   for name in sorted(os.listdir(sweep_dir)):
     path = os.path.join(sweep_dir, name, "results.json")
@@ -133,10 +134,10 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
     if not all(f"{paper.rl_stage_name(rm, b)}/eval/gold" in r for r in runs for b in paper.BETAS):
       continue  # a sweep from before this reward was added
     stats = {}
-    for metric in ("gold", "kl", "completion_length"):
+    for metric in ("gold", "kl", "length"):
       x = np.asarray([[r[f"{paper.rl_stage_name(rm, b)}/eval/{metric}"] for b in paper.BETAS] for r in runs])
       stats[metric] = (x.mean(0), x.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(paper.BETAS)))
-    for ax, metric in zip(axes, ("gold", "completion_length")):
+    for ax, metric in zip(axes, ("gold", "length")):
       ax.errorbar(stats["kl"][0], stats[metric][0], xerr=stats["kl"][1], yerr=stats[metric][1], marker="o",
                   capsize=3, label=label)
       if rm == "single":  # one curve's labels suffice: beta falls from left to right on every curve
@@ -146,7 +147,7 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
     axes[0].axhline(np.mean([r["sft_eval/eval/gold"] for r in runs]), color="k", lw=0.8, ls="--",
                     label="SFT policy (sft_eval)")
   axes[1].axhline(paper.GOLD_OPTIMUM_LENGTH, color="k", lw=0.8, ls=":", label="gold optimum L* = 16")
-  for ax, title in zip(axes, ("eval gold reward", "eval completion length")):
+  for ax, title in zip(axes, ("eval gold reward", "eval length (tokens before the end token)")):
     ax.set_xlabel("eval KL to the SFT policy [nats]")
     ax.set_title(title)
     ax.grid(alpha=0.3)

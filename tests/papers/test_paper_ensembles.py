@@ -88,13 +88,17 @@ def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   assert "standardized min" in diag[0] and "raw mean_minus_std" in diag[0]
   values = [float(c.split(" ± ")[0]) for r in diag[2:] for c in r.strip("|").split("|")[2:]]
   assert np.all(np.isfinite(values)) and values[1] >= 1.0  # the scale ratio max/min is >= 1
+  # Its per-seed table: one row per (ensemble, run), and the paired differences to the bon stage's single RM.
+  seeds = analysis.standardized_seeds_table(workdir).splitlines()
+  assert sum(line.startswith(("| pretrain | seed=", "| finetune | seed=")) for line in seeds) == 2
+  assert sum("standardized min - single RM" in line for line in seeds) == len(ensembles.ENSEMBLES)
 
 
 def test_grpo_plot_from_fake_results(tmp_path):
   for seed in (0, 1):
     metrics = {f"{ensembles.rl_stage_name(rm, b)}/eval/{m}": float(seed + i)
                for rm in ("single", "min") for i, b in enumerate(ensembles.BETAS)
-               for m in ("gold", "kl", "completion_length")}
+               for m in ("gold", "kl", "length")}
     (tmp_path / f"seed={seed}").mkdir()
     (tmp_path / f"seed={seed}" / "results.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
   out = analysis.grpo_plot(str(tmp_path), str(tmp_path / "plots" / "grpo.png"))
