@@ -39,6 +39,7 @@ seconds.
         --workers 1
     python -m experiments.tables --workdir runs/papers/ensembles_grpo
     python -m experiments.analysis.ensembles runs/papers/ensembles_grpo docs/reproductions/ensembles --grpo
+    python -m experiments.analysis.verdicts --runs runs/papers --config configs/papers/ensembles.py  # VERDICTS below
 """
 
 from __future__ import annotations
