@@ -39,6 +39,7 @@ seconds.
         --workers 1
     python -m experiments.tables --workdir runs/papers/ensembles_grpo
     python -m experiments.analysis.ensembles runs/papers/ensembles_grpo docs/reproductions/ensembles --grpo
+    python -m experiments.analysis.verdicts --runs runs/papers --config configs/papers/ensembles.py  # VERDICTS below
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ GOLD_OPTIMUM_LENGTH = 16
 FLIP_RATE = 0.25  # L* of the world's gold length term.
 
 
+
 def _sizes(smoke: bool) -> dict:
   """Stage sizes: smoke (seconds) or the full per-seed run (budget: 3 seeds in <= 10 quiet CPU minutes)."""
   if smoke:
@@ -134,6 +136,79 @@ def _bon_chain(sizes: dict, bias: bool = False) -> dict:
 
 def rl_stage_name(rm: str, beta: float) -> str:
   return f"grpo_{rm}_b{beta:g}".replace(".", "p")
+
+
+# The section's rules as paired seed comparisons (experiments.analysis.verdicts; ARCHITECTURE.md section 7 and issue
+# 15: "reproduced" = the paired 95% t interval of value - baseline excludes 0 on the claimed side, >= 5 seeds). Each
+# is a claim the section of docs/reproductions.md tested before this re-run; none was added after seeing its numbers.
+# Best-of-N (section "Verdict", items 1-3): ensembles beat a single RM at n = N (Eisenstein et al.); the papers'
+# conservative objectives (WCO = min, UWO = mean - lam var, at LAM = 1 and at Coste et al.'s best-of-n weight 0.5)
+# beat it too (Coste et al.); with a single RM gold peaks and then falls, and with 25% label noise so does the mean
+# ensemble (Coste et al.); pretrain-seed beats finetune-seed ensembles (Eisenstein et al.); the length hack shared by
+# every member survives (selected length past the gold optimum L* = GOLD_OPTIMUM_LENGTH). The post-hoc standardized
+# selectors are not sweep metrics; experiments.analysis.ensembles --standardized computes them (labelled post hoc).
+_BON_ENSEMBLE_SELECTORS = (("rm_mean", "mean"), ("rm_min", "min (WCO)"), ("rm_mean_minus_var", "mean - var, lam 1 (UWO)"),
+                     ("rm_mean_minus_var_lam0.5", "mean - 0.5 var (Coste's UWO)"))
+_BON_VERDICTS = tuple(
+    dict(sweep="ensembles", claim=f"{label} beats a single RM ({e})", value=f"bon_{e}/{s}/gold@N",
+         baseline=f"bon_{e}/rm_single/gold@N", direction=+1) for e in ENSEMBLES for s, label in _BON_ENSEMBLE_SELECTORS) + (
+    dict(sweep="ensembles", claim="a single RM overoptimizes (gold falls from its peak)",
+         value="bon_pretrain/rm_single/gold_drop", baseline=0.0, direction=+1,
+         note="gold_drop = peak - gold@N >= 0 by construction: the test is whether it is clearly above 0"),
+    dict(sweep="ensembles", claim="the mean ensemble still overoptimizes under 25% noise",
+         value="bon_pretrain/rm_mean/gold_drop", baseline=0.0, direction=+1,
+         note="gold_drop = peak - gold@N >= 0 by construction: the test is whether it is clearly above 0"),
+    dict(sweep="ensembles", claim="pretrain-seed beats finetune-seed (mean ensembles)",
+         value="bon_pretrain/rm_mean/gold@N", baseline="bon_finetune/rm_mean/gold@N", direction=+1),
+    *(dict(sweep="ensembles", claim=f"the length hack survives the {label} ensemble (pretrain)",
+           value=f"bon_pretrain/{s}/length@N", baseline=float(GOLD_OPTIMUM_LENGTH), direction=+1)
+      for s, label in (("rm_mean", "mean"), ("rm_min", "min"))),
+)
+# Variant "bias" (rule stated before its first run, commit 1d7377f: "every ensemble selector's best-of-256 choice has
+# a higher share of 'the' than the pool mean in every seed, while gold's own choice does not"): share@N - share@1
+# (share@1 is the pool mean) per selector; "in every seed" is the per-seed column of the report. Gold's choice
+# satisfies the rule unless its outcome is "against" (the rule asks only that it is not above the pool mean).
+_BIAS_SELECTORS = ("rm_mean", "rm_median", "rm_min", "rm_mean_minus_std", "rm_mean_minus_var",
+                   "rm_mean_minus_var_lam0.5")
+_BIAS_VERDICTS = tuple(
+    dict(sweep="ensembles_bias", claim=f"the 'the' hack survives {s} ({e})", value=f"bon_{e}/{s}/share_the@N",
+         baseline=f"bon_{e}/{s}/share_the@1", direction=+1) for e in ENSEMBLES for s in _BIAS_SELECTORS) + (
+    dict(sweep="ensembles_bias", claim="gold's own choice is not 'the'-dense", value="bon_pretrain/gold/share_the@N",
+         baseline="bon_pretrain/gold/share_the@1", direction=-1,
+         note="the rule holds unless the outcome is 'against' (it asks only: not above the pool mean)"),)
+# GRPO (section "Verdict", item 4, and issue 15's first bullet): with a single RM, lowering beta lowers gold, to
+# below the SFT policy (stage sft_eval: the same validation prompts and sampling key); at Coste et al.'s PPO KL
+# coefficient 0.01 every ensemble reward beats the single RM (z* rewards: post hoc, chosen after session 2); the
+# mean ensemble keeps more gold than the single RM at every beta; at beta 0.2, does each reward end above the SFT
+# policy (the claim of the old text that issue 15 asked to test like for like).
+_SHORT = {"single": "single RM", "mean": "mean", "median": "median", "min": "raw min (WCO)",
+          "meanvar": "raw mean - var (UWO, lam 1)", "meanvar_coste": "raw mean - 0.1 var (Coste's PPO UWO)",
+          "meanstd": "raw mean - std", "zmin": "standardized min", "zmeanstd": "standardized mean - std"}
+_GRPO_VERDICTS = (
+    dict(sweep="ensembles_grpo", claim="single RM: beta 0.01 ends below the SFT policy",
+         value=f"{rl_stage_name('single', 0.01)}/eval/gold", baseline="sft_eval/eval/gold", direction=-1),
+    dict(sweep="ensembles_grpo", claim="single RM: lower beta, lower gold (0.01 vs 0.2)",
+         value=f"{rl_stage_name('single', 0.01)}/eval/gold", baseline=f"{rl_stage_name('single', 0.2)}/eval/gold",
+         direction=-1),
+    *(dict(sweep="ensembles_grpo", claim=f"{_SHORT[rm]} beats the single RM at beta 0.01",
+           value=f"{rl_stage_name(rm, 0.01)}/eval/gold", baseline=f"{rl_stage_name('single', 0.01)}/eval/gold",
+           direction=+1, **(dict(note="post hoc (chosen after session 2)") if rm.startswith("z") else {}))
+      for rm in GRPO_REWARDS[1:]),
+    *(dict(sweep="ensembles_grpo", claim=f"mean beats the single RM at beta {b:g}",
+           value=f"{rl_stage_name('mean', b)}/eval/gold", baseline=f"{rl_stage_name('single', b)}/eval/gold",
+           direction=+1) for b in BETAS[1:]),
+    *(dict(sweep="ensembles_grpo", claim=f"{_SHORT[rm]} at beta 0.2 ends above the SFT policy",
+           value=f"{rl_stage_name(rm, 0.2)}/eval/gold", baseline="sft_eval/eval/gold", direction=+1,
+           **(dict(note="post hoc (chosen after session 2)") if rm.startswith("z") else {}))
+      for rm in GRPO_REWARDS),
+)
+# Variant "grpo_bias": the rule stated above GRPO_BIAS_REWARDS before its first run.
+_GRPO_BIAS_VERDICTS = tuple(
+    dict(sweep="ensembles_grpo_bias", claim=f"the 'the' hack survives GRPO on {_SHORT[rm]}",
+         value=f"{rl_stage_name(rm, b)}/eval/reward/share_the", baseline="sft_eval/eval/reward/share_the",
+         direction=+1, **(dict(note="post hoc reward (chosen after session 2)") if rm.startswith("z") else {}))
+    for rm in GRPO_BIAS_REWARDS for b in GRPO_BIAS_BETAS)
+VERDICTS = _BON_VERDICTS + _BIAS_VERDICTS + _GRPO_VERDICTS + _GRPO_BIAS_VERDICTS
 
 
 def _grpo_chain(sizes: dict, bias: bool = False) -> dict:

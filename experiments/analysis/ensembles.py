@@ -4,7 +4,8 @@
 
 best-of-N sweep: OUT_DIR/plots/headline_bon.png (gold, proxy gain and length against KL per selector) and
 OUT_DIR/curves.md (one row per ensemble and selector, mean ± std over seeds); --standardized adds
-OUT_DIR/standardized.md (members standardized over the pool, recomputed from the saved pools and reward models).
+OUT_DIR/standardized.md (members standardized over the pool, recomputed from the saved pools and reward models) and
+OUT_DIR/standardized_seeds.md (its per-seed values and the paired differences to the single RM; post hoc).
 "grpo" sweep (--grpo): OUT_DIR/plots/grpo_gold_vs_kl.png.
 """
 
@@ -19,6 +20,8 @@ import matplotlib
 import numpy as np
 
 from configs.papers import ensembles as paper
+from experiments.analysis.verdicts import sign_flip_p
+from experiments.analysis.verdicts import t_interval
 from jaxrlhf.evaluation.best_of_n import standardize_members
 from jaxrlhf.losses.aggregation import aggregate
 from jaxrlhf.sampling.best_of_n import best_of_n_curves
@@ -115,8 +118,9 @@ def headline_plot(sweep_dir: str, out_path: str) -> str:
 
 
 def grpo_plot(sweep_dir: str, out_path: str) -> str:
-  """GRPO variant: eval gold reward and completion length against eval KL, one point per beta (mean ± std over
-  seeds), one line per reward of GRPO_REWARDS; the dotted line is the gold optimum L* in the length panel."""
+  """GRPO variant: eval gold reward and length (tokens before the end token, comparable with L*) against eval KL,
+  one point per beta (mean ± std over seeds), one line per reward of GRPO_REWARDS; the dotted line is the gold
+  optimum L* in the length panel, the dashed one the SFT policy's gold (stage sft_eval) where the sweep has it."""
   runs = []
   for name in sorted(os.listdir(sweep_dir)):
     path = os.path.join(sweep_dir, name, "results.json")
@@ -130,17 +134,20 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
     if not all(f"{paper.rl_stage_name(rm, b)}/eval/gold" in r for r in runs for b in paper.BETAS):
       continue  # a sweep from before this reward was added
     stats = {}
-    for metric in ("gold", "kl", "completion_length"):
+    for metric in ("gold", "kl", "length"):
       x = np.asarray([[r[f"{paper.rl_stage_name(rm, b)}/eval/{metric}"] for b in paper.BETAS] for r in runs])
       stats[metric] = (x.mean(0), x.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(paper.BETAS)))
-    for ax, metric in zip(axes, ("gold", "completion_length")):
+    for ax, metric in zip(axes, ("gold", "length")):
       ax.errorbar(stats["kl"][0], stats[metric][0], xerr=stats["kl"][1], yerr=stats[metric][1], marker="o",
                   capsize=3, label=label)
       if rm == "single":  # one curve's labels suffice: beta falls from left to right on every curve
         for b, x, y in zip(paper.BETAS, stats["kl"][0], stats[metric][0]):
           ax.annotate(f"beta={b:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+  if all("sft_eval/eval/gold" in r for r in runs):  # the SFT policy, evaluated like every GRPO policy
+    axes[0].axhline(np.mean([r["sft_eval/eval/gold"] for r in runs]), color="k", lw=0.8, ls="--",
+                    label="SFT policy (sft_eval)")
   axes[1].axhline(paper.GOLD_OPTIMUM_LENGTH, color="k", lw=0.8, ls=":", label="gold optimum L* = 16")
-  for ax, title in zip(axes, ("eval gold reward", "eval completion length")):
+  for ax, title in zip(axes, ("eval gold reward", "eval length (tokens before the end token)")):
     ax.set_xlabel("eval KL to the SFT policy [nats]")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -153,13 +160,13 @@ def grpo_plot(sweep_dir: str, out_path: str) -> str:
   return out_path
 
 
-def standardized_table(sweep_dir: str) -> str:
-  """Post-hoc diagnostic on the saved pools and reward models of a finished best-of-N sweep (no new samples):
-  per ensemble, the spread of the members' mean rewards and scales over the pool, and gold@N of each
-  aggregation on raw member scores vs on members standardized over the pool
-  (`evaluation.best_of_n.standardize_members`),
-  mean ± std over seeds."""
+def _standardized_stats(sweep_dir: str) -> tuple[dict, dict]:
+  """(rows, seeds): rows {ensemble: {quantity: [one value per seed]}} of the post-hoc diagnostic (member offset
+  spread and scale ratio over the pool, gold@N of each aggregation on raw and on standardized members), and seeds
+  {ensemble: {quantity: [...]}} with the run names, the bon stage's own single-RM gold@N and the members' mean
+  pairwise correlation over the pool, for the per-seed table."""
   rows: dict = {}
+  seeds: dict = {}
   for name in sorted(os.listdir(sweep_dir)):
     pool_path = os.path.join(sweep_dir, name, "bon_pretrain", "pool.npz")
     if not os.path.exists(pool_path):
@@ -176,20 +183,60 @@ def standardized_table(sweep_dir: str) -> str:
           stats[f"{label} {agg}"] = best_of_n_curves(proxy, pools["gold"])["gold"][-1]
       for key, value in stats.items():
         rows.setdefault(ensemble, {}).setdefault(key, []).append(float(value))
+      with open(os.path.join(sweep_dir, name, f"bon_{ensemble}", "results.json")) as f:
+        single = json.load(f)["metrics"]["rm_single/gold@N"]
+      corr = np.corrcoef(raw.reshape(-1, raw.shape[-1]).T)[np.triu_indices(raw.shape[-1], 1)].mean()
+      per_seed = seeds.setdefault(ensemble, {})
+      for key, value in (("run", name), ("single RM", single), ("member correlation", corr)):
+        per_seed.setdefault(key, []).append(value if key == "run" else float(value))
   if not rows:
     raise FileNotFoundError(f"sweep_dir: no bon_pretrain/pool.npz under {sweep_dir!r}")
+  return rows, seeds
+
+
+def standardized_table(sweep_dir: str, stats: tuple[dict, dict] | None = None) -> str:
+  """Post-hoc diagnostic on the saved pools and reward models of a finished best-of-N sweep (no new samples):
+  per ensemble, the spread of the members' mean rewards and scales over the pool, and gold@N of each
+  aggregation on raw member scores vs on members standardized over the pool
+  (`evaluation.best_of_n.standardize_members`),
+  mean ± std over seeds. `stats`: `_standardized_stats(sweep_dir)` when already computed."""
+  rows, _ = stats or _standardized_stats(sweep_dir)
   keys = list(next(iter(rows.values())))
   lines = ["| ensemble | seeds | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 2)]
-  for ensemble, stats in rows.items():
-    cells = [f"{np.mean(v):.3g} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.2g}" for v in stats.values()]
-    lines.append(f"| {ensemble} | {len(stats[keys[0]])} | " + " | ".join(cells) + " |")
+  for ensemble, stats_ in rows.items():
+    cells = [f"{np.mean(v):.3g} ± {np.std(v, ddof=1) if len(v) > 1 else 0.0:.2g}" for v in stats_.values()]
+    lines.append(f"| {ensemble} | {len(stats_[keys[0]])} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+STANDARDIZED_PAIRED = ("standardized min", "standardized mean_minus_var", "standardized mean_minus_std")
+
+
+def standardized_seeds_table(sweep_dir: str, stats: tuple[dict, dict] | None = None) -> str:
+  """Post hoc, per seed: gold@N of the single RM (the bon stage's member-average curve), of the raw and the
+  standardized conservative aggregations, the members' mean pairwise correlation over the pool, and per ensemble the
+  paired difference (standardized - single RM) over seeds: mean with its 95% t interval and the exact sign-flip p."""
+  rows, seeds = stats or _standardized_stats(sweep_dir)
+  cols = ("single RM", "raw min", "raw mean_minus_var", *STANDARDIZED_PAIRED, "member correlation")
+  lines = ["| ensemble | run | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+  for ensemble, stats_ in rows.items():
+    values = {**stats_, **seeds[ensemble]}
+    for i, run in enumerate(values["run"]):
+      lines.append(f"| {ensemble} | {run} | " + " | ".join(f"{values[c][i]:.3f}" for c in cols) + " |")
+  lines += ["", "| ensemble | paired difference | mean [95% t] | seeds > 0 | sign-flip p |", "|---|---|---|---|---|"]
+  for ensemble, stats_ in rows.items():
+    for col in STANDARDIZED_PAIRED:
+      d = np.asarray(stats_[col]) - np.asarray(seeds[ensemble]["single RM"])
+      mean, lower, upper = t_interval(d)
+      lines.append(f"| {ensemble} | {col} - single RM | {mean:+.3f} [{lower:+.3f}, {upper:+.3f}] | "
+                   f"{int((d > 0).sum())}/{d.size} | {sign_flip_p(d):.3g} |")
   return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> None:
   """python -m experiments.analysis.ensembles SWEEP_DIR OUT_DIR [--standardized | --grpo]: for a best-of-N sweep,
-  OUT_DIR/plots/headline_bon.png and OUT_DIR/curves.md (+ OUT_DIR/standardized.md, the post-hoc
-  member-standardization diagnostic); for the "grpo" sweep (--grpo), OUT_DIR/plots/grpo_gold_vs_kl.png."""
+  OUT_DIR/plots/headline_bon.png and OUT_DIR/curves.md (+ OUT_DIR/standardized.md and standardized_seeds.md, the
+  post-hoc member-standardization diagnostic); for the "grpo" sweep (--grpo), OUT_DIR/plots/grpo_gold_vs_kl.png."""
   flag = argv[3] if len(argv) == 4 else ""
   if len(argv) not in (3, 4) or flag not in ("", "--standardized", "--grpo"):
     raise SystemExit("usage: python -m experiments.analysis.ensembles SWEEP_DIR OUT_DIR [--standardized | --grpo]")
@@ -200,7 +247,9 @@ def main(argv: list[str]) -> None:
   print(headline_plot(sweep_dir, os.path.join(out_dir, "plots", "headline_bon.png")))
   outputs = {"curves.md": summary_table}
   if flag == "--standardized":
-    outputs["standardized.md"] = standardized_table
+    stats = _standardized_stats(sweep_dir)  # rescoring every pool once for both tables
+    outputs["standardized.md"] = lambda d: standardized_table(d, stats)
+    outputs["standardized_seeds.md"] = lambda d: standardized_seeds_table(d, stats)
   for filename, fn in outputs.items():
     table = fn(sweep_dir)
     with open(os.path.join(out_dir, filename), "w") as f:

@@ -10,8 +10,10 @@ from paper_tables import smoke_table_means
 
 from configs.papers import ensembles
 from experiments.analysis import ensembles as analysis
+from experiments.analysis import verdicts
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
+from jaxrlhf.stages import best_of_n as best_of_n_stage
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "ensembles.py")
 
@@ -86,13 +88,17 @@ def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   assert "standardized min" in diag[0] and "raw mean_minus_std" in diag[0]
   values = [float(c.split(" ± ")[0]) for r in diag[2:] for c in r.strip("|").split("|")[2:]]
   assert np.all(np.isfinite(values)) and values[1] >= 1.0  # the scale ratio max/min is >= 1
+  # Its per-seed table: one row per (ensemble, run), and the paired differences to the bon stage's single RM.
+  seeds = analysis.standardized_seeds_table(workdir).splitlines()
+  assert sum(line.startswith(("| pretrain | seed=", "| finetune | seed=")) for line in seeds) == 2
+  assert sum("standardized min - single RM" in line for line in seeds) == len(ensembles.ENSEMBLES)
 
 
 def test_grpo_plot_from_fake_results(tmp_path):
   for seed in (0, 1):
     metrics = {f"{ensembles.rl_stage_name(rm, b)}/eval/{m}": float(seed + i)
                for rm in ("single", "min") for i, b in enumerate(ensembles.BETAS)
-               for m in ("gold", "kl", "completion_length")}
+               for m in ("gold", "kl", "length")}
     (tmp_path / f"seed={seed}").mkdir()
     (tmp_path / f"seed={seed}" / "results.json").write_text(json.dumps({"status": "done", "metrics": metrics}))
   out = analysis.grpo_plot(str(tmp_path), str(tmp_path / "plots" / "grpo.png"))
@@ -100,3 +106,39 @@ def test_grpo_plot_from_fake_results(tmp_path):
   assert ensembles.rl_stage_name("min", 0.05) == "grpo_min_b0p05"
   with pytest.raises(FileNotFoundError, match="sweep_dir"):
     analysis.grpo_plot(str(tmp_path / "plots"), str(tmp_path / "x.png"))
+
+
+def test_verdicts_parse_and_name_metrics_their_sweeps_write():
+  """Every rule of VERDICTS parses, names a sweep of this paper, and compares metrics that the sweep's stages write:
+  best-of-N "<selector>/<curve metric>" of a selector the stage scores (share_* only where the stage tracks the
+  word), or an rl stage's "eval/gold" / "eval/reward/<source name>"."""
+  claims = verdicts.rules_of(SPEC)
+  variant_of = {"ensembles": "default", "ensembles_bias": "bias", "ensembles_grpo": "grpo",
+                "ensembles_grpo_bias": "grpo_bias"}
+  assert {c.sweep for c in claims} == set(variant_of)
+  stages = {sweep: {name: cfg for name, _, cfg in run_lib.plan(ensembles.get_config(v))}
+            for sweep, v in variant_of.items()}
+  for c in claims:
+    for metric in (c.value, c.baseline):
+      if isinstance(metric, float):
+        continue
+      stage, rest = metric.split("/", 1)
+      cfg = stages[c.sweep][stage]  # a stage of that sweep's variant (KeyError otherwise)
+      if stage.startswith("bon_"):
+        selector, name = rest.split("/")
+        extra = [best_of_n_stage.parse_extra_aggregation(a)[2] for a in cfg.extra_aggregations]
+        assert selector in ("gold", "rm_single", *(f"rm_{a}" for a in cfg.aggregations), *extra), metric
+        shares = [f"share_{w}@{n}" for w in cfg.track_words for n in ("1", "N")] if selector != "rm_single" else []
+        assert name in ("gold@N", "gold_drop", "length@N", *shares), metric
+      else:
+        assert rest in ("eval/gold", *(f"eval/reward/{r.name}" for r in cfg.rewards)), metric
+  by_claim = {c.claim: c for c in claims}
+  # The pre-stated rules, as the section states them (a few spot checks of direction and baseline).
+  wco = by_claim["min (WCO) beats a single RM (pretrain)"]
+  assert (wco.value, wco.baseline, wco.direction) == (
+      "bon_pretrain/rm_min/gold@N", "bon_pretrain/rm_single/gold@N", 1)
+  assert by_claim["single RM: beta 0.01 ends below the SFT policy"].direction == -1
+  hacks = [c for c in claims if c.sweep == "ensembles_grpo_bias"]
+  assert len(hacks) == len(ensembles.GRPO_BIAS_REWARDS) * len(ensembles.GRPO_BIAS_BETAS)
+  assert all(c.baseline == "sft_eval/eval/reward/share_the" and c.direction == 1 for c in hacks)
+  assert all("post hoc" in c.note for c in claims if "standardized" in c.claim)
