@@ -43,6 +43,23 @@ RENDERINGS = ("shown", "hidden")
 LABELS = ("oracle", "sampled")
 # rm_<model>: its data.criteria and how many criterion pairs it adds to the general ones.
 TRAINING = {"general": ("none", False), "context": ("shown", True), "hidden": ("hidden", True)}
+# The verdict rules of docs/reproductions/context_aware/rules.md (committed before the 5-seed sweep, commit 20e756e),
+# the ones that are paired seed differences: d1 = ctx_S - ctx_H > 0 (rule 1); d2 = ctx_S - gen_S > 0 and gen_S on the
+# reversal subset < 0.5 (rule 2: reproduced = both, partly = one); d3 = ctx_S - hid_H > 0 (part of rule 3). Rule 3's
+# f = (ctx_S - gen_S) / (1 - gen_S) > 0.5 is a ratio, not a difference: docs/reproductions/context_aware/analyze.py
+# computes it with the same t interval. All scores are oracle agreement on the 1024 held-out criterion pairs.
+_ORACLE = "eval_{}_{}_oracle/accuracy"
+VERDICTS = (
+    dict(sweep="context_aware", claim="1. added context helps (d1)", value=_ORACLE.format("context", "shown"),
+         baseline=_ORACLE.format("context", "hidden"), direction=+1),
+    dict(sweep="context_aware", claim="2. context finetuning beats the general model (d2)",
+         value=_ORACLE.format("context", "shown"), baseline=_ORACLE.format("general", "shown"), direction=+1),
+    dict(sweep="context_aware", claim="2. general model follows r* on reversals (< 0.5)",
+         value="eval_general_shown_oracle/subset/reversal/accuracy", baseline=0.5, direction=-1),
+    dict(sweep="context_aware", claim="3. the gain is the context, not the data (d3)",
+         value=_ORACLE.format("context", "shown"), baseline=_ORACLE.format("hidden", "hidden"), direction=+1,
+         note="with f > 0.5 (analyze.py): reproduced; d2, d3 > 0 without f > 0.5: partly"),
+)
 
 
 def eval_name(model: str, rendering: str, labels: str) -> str:

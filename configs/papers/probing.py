@@ -38,6 +38,16 @@ QUALITIES = {"n64": (64, 0.05), "n256": (256, 0.05), "n1024": (1024, 0.05), "n40
 # >= 3 RMs, so the smoke run computes the correlations too (smoke RMs train on a quarter of the pairs, <= 64).
 SMOKE_QUALITIES = ("n64", "n256", "flip45")
 SELECTOR = "rm_mean"
+# The section's rules (docs/reproductions.md, MRMBench probing, "Rules (stated before the run)"). Claim 1 is a
+# correlation across reward models (per-seed Spearman and a pooled within-seed permutation test): not a paired seed
+# difference, computed by experiments.analysis.probing. Claim 2: the per-seed mean (over the 5 RMs) probe-confidence
+# AUROC above 0.5; the rule states a 95 % normal interval over seeds (experiments.analysis.probing computes it), the
+# rule below is its section-7 form with the t interval (wider), reported beside it.
+VERDICTS = (
+    dict(sweep="probing", claim="2. low probe confidence flags wrong RM preferences (AUROC > 0.5)",
+         value="probe/conf_auroc_mean", baseline=0.5, direction=+1,
+         note="stated with a normal interval; this is the t-interval form"),
+)
 
 
 def _sizes(smoke: bool) -> dict:

@@ -12,6 +12,7 @@ from paper_tables import smoke_table_means
 from configs.papers import context_aware as paper
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
+from experiments.analysis import verdicts
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "context_aware.py")
 
@@ -69,3 +70,18 @@ def test_smoke_sweep_end_to_end(paper_smoke):
     pairs[name] = [(line["source"], line["subset"]) for line in lines]
     assert not any(line.get("dropped") for line in lines)
   assert len({tuple(v) for v in pairs.values()}) == 1 and len(pairs["eval_general_shown_oracle"]) == 32
+
+
+def test_verdicts_state_the_paired_rules_on_table_metrics():
+  """d1, d2, the general model's reversal agreement below 0.5 and d3 of rules.md, on metrics of the sweep's table."""
+  rules = verdicts.rules_of(SPEC)
+  metrics = paper.get_config().tables.metrics
+  pairs = [(r.value.split("/")[0], r.baseline if isinstance(r.baseline, float) else r.baseline.split("/")[0],
+            r.direction) for r in rules]
+  assert pairs == [("eval_context_shown_oracle", "eval_context_hidden_oracle", 1),
+                   ("eval_context_shown_oracle", "eval_general_shown_oracle", 1),
+                   ("eval_general_shown_oracle", 0.5, -1),
+                   ("eval_context_shown_oracle", "eval_hidden_hidden_oracle", 1)]
+  for rule in rules:
+    assert rule.sweep == "context_aware" and rule.value in metrics, rule
+    assert isinstance(rule.baseline, float) or rule.baseline in metrics, rule

@@ -13,6 +13,7 @@ from paper_tables import smoke_table_means
 from configs.papers import pal as paper
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
+from experiments.analysis import verdicts
 from jaxrlhf.data.synthetic.world import World, WorldConfig
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "pal.py")
@@ -92,3 +93,15 @@ def test_smollm2_variant_caches_features_once_for_five_seeded_pal_stages():
     assert pal_stage.seed == k and pal_stage.features_from == "stage:features"
     assert pal_stage.data == stages["features"].data
   assert sweep_lib.collect(SPEC + ":smollm2") == [{}]
+
+
+def test_verdicts_state_rules_a_and_b_on_table_metrics():
+  """The section's rules (a) and (b, the n = 10 paired half) for the oracle and backbone sweeps, each naming a metric
+  that the variant's table keeps."""
+  rules = verdicts.rules_of(SPEC)
+  assert [(r.sweep, r.claim[:3]) for r in rules] == [("pal", "(a)"), ("pal", "(b)"), ("pal_backbone", "(a)"),
+                                                     ("pal_backbone", "(b)")]
+  for rule in rules:
+    metrics = paper.get_config("backbone" if rule.sweep == "pal_backbone" else None).tables.metrics
+    assert rule.value in metrics and rule.baseline in metrics and rule.direction == 1, rule
+  assert {r.value for r in rules} == {"pal/seen/pal_accuracy", "pal/unseen/pal_n10_accuracy"}

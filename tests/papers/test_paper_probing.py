@@ -11,6 +11,7 @@ from configs.papers import probing as paper
 from experiments import run as run_lib
 from experiments import sweep as sweep_lib
 from experiments.analysis import probing as analysis
+from experiments.analysis import verdicts
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "probing.py")
 
@@ -60,3 +61,11 @@ def test_smoke_sweep_end_to_end(paper_smoke):
   # The verdict numbers of experiments.analysis.probing come out of the same sweep (one seed: no interval yet).
   text = analysis.verdict(analysis.load(workdir))
   assert "spearman(level_mean, bon gold)" in text and "probe-confidence AUROC" in text
+
+
+def test_verdicts_state_claim_2_on_a_table_metric():
+  """Claim 2 (mean probe-confidence AUROC above chance) is the one paired-over-seeds rule; claim 1 is a correlation
+  left to experiments.analysis.probing."""
+  (rule,) = verdicts.rules_of(SPEC)
+  assert (rule.sweep, rule.value, rule.baseline, rule.direction) == ("probing", "probe/conf_auroc_mean", 0.5, 1)
+  assert rule.value in paper.get_config().tables.metrics
