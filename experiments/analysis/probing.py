@@ -5,7 +5,7 @@
 Writes OUT_DIR/verdict.md: per reward-model quality, mean ± std over seeds of the probe scores, the RM's gold
 accuracy, best-of-N gold and the confidence AUROCs; per-component probe accuracies; per seed, the Spearman
 correlation of level_mean (and pair_mean, rm_gold_acc) with bon gold over the seed's RMs and the mean AUROCs; the
-claims' statistics as the rules in docs/reproductions/probing/section.md define them (95% normal intervals over
+claims' statistics as the rules in docs/reproductions.md (the MRMBench section) define them (95% normal intervals over
 seeds, pooled Spearman with a within-seed permutation p).
 """
 
