@@ -28,6 +28,13 @@ VARIANTS = ("default", "smoke", "tr_dpo")
 SEEDS = (0, 1, 2, 3, 4)
 BETA = 0.1
 STEPS = {"sft": 150, "dpo": 60}  # SFT and reward model; each DPO stage
+# The verdict rule, stated before the first run in docs/reproductions.md ("Online DPO vs offline DPO", "Rule (stated
+# before the run)"): d_s = gold gain online - gold gain offline per seed; reproduced when its paired 95% t interval
+# excludes 0 above 0 (over >= 5 seeds, the project's rule, ARCHITECTURE.md section 7).
+VERDICTS = (
+    dict(sweep="online_dpo", claim="online DPO beats offline DPO in gold", value="evaluate/gold/gain",
+         baseline="evaluate_dpo/gold/gain", direction=+1, note="KL of each policy reported beside it (not matched)"),
+)
 
 
 def get_config(arg=None):

@@ -35,6 +35,23 @@ LABEL_SMOOTHING = 0.1
 NUM_BUCKETS = 20  # Secrets of RLHF II, Fig. 2: the pairs sorted by mean strength into 20 equal groups
 RM_SETTINGS = ("rm_none", "rm_flip", "rm_drop", "rm_margin", "rm_smooth")
 
+# The verdict rules. The section in docs/reproductions.md states its comparisons before the runs (detection of the
+# world's flipped labels by low strength; each mitigation's held-out gold agreement as a paired difference to rm_none
+# per seed, the paper's claims that flip / margin / smoothing improve the RM) and no threshold of its own, so the
+# project's rule judges them (ARCHITECTURE.md section 7: the paired 95% t interval excludes 0, >= 5 seeds). Chance for
+# a detector: AUROC 0.5, precision of the lowest 20 % = the base flip rate. The seeds vary the models, not the data.
+# The bucket table (Fig. 2) is descriptive, drawn by experiments.analysis.preference_strength.
+VERDICTS = (
+    dict(sweep="preference_strength", claim="low strength detects flipped labels (AUROC)", value="strength/auroc",
+         baseline=0.5, direction=+1),
+    dict(sweep="preference_strength", claim="lowest 20 % by strength are enriched in flips",
+         value="strength/lowest20/precision", baseline="strength/flip_rate", direction=+1),
+    *(dict(sweep="preference_strength", claim=f"{what} improves the RM's gold agreement",
+           value=f"{setting}/eval/gold_agreement", baseline="rm_none/eval/gold_agreement", direction=+1)
+      for setting, what in (("rm_flip", "flipping the lowest 20 %"), ("rm_drop", "dropping the lowest 20 %"),
+                            ("rm_margin", "the adaptive margin"), ("rm_smooth", "label smoothing 0.1"))),
+)
+
 
 # The ensemble's members are narrower than S.WORLD_MODEL (10 of them train in every run: the compute budget);
 # the five reward models compared use S.WORLD_MODEL.

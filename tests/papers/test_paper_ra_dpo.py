@@ -44,6 +44,19 @@ def test_default_chain_structure():
   assert plan["eval_sft_goal"][1].goal_conditioned and plan["shift_ra_dpo_plain"][1].goal == "none"
 
 
+
+def test_verdicts_parse_and_name_table_metrics():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  rules = verdicts.rules_of(SPEC)
+  metrics = set(config_lib.load_config(SPEC).tables.metrics)
+  by_beta = {b: [r.claim for r in rules if r.where == {"dpo.loss.beta": b}] for b in (0.01, 0.1)}
+  assert len(rules) == 10 and len(by_beta[0.01]) == 6 and len(by_beta[0.1]) == 4
+  assert "recipe RA-DPO (ls 0.3) beats its SFT in gold" in by_beta[0.01]
+  for r in rules:
+    assert r.sweep == "reward_augmented_dpo" and r.direction == 1
+    assert {r.value, r.baseline} - {0.0} <= metrics, r.claim
+
+
 def test_sweep_grid_and_seed_override():
   runs = sweep_lib.collect(SPEC)
   assert len(runs) == 10

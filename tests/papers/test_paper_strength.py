@@ -49,6 +49,18 @@ def test_sweep_grid_bad_variant_and_bad_curation():
     run_lib.plan(config)
 
 
+
+def test_verdicts_parse_and_name_table_metrics():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  rules = verdicts.rules_of(SPEC)
+  metrics = set(paper.get_config().tables.metrics)
+  assert [r.value.split("/")[0] for r in rules] == ["strength", "strength", "rm_flip", "rm_drop", "rm_margin",
+                                                   "rm_smooth"]
+  for r in rules:
+    assert r.sweep == "preference_strength" and r.direction == 1
+    assert {r.value, r.baseline} - {0.5} <= metrics, r.claim
+
+
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end(paper_smoke, tmp_path):
   workdir = str(paper_smoke("preference_strength"))  # the smoke sweep, shared with the notebook test

@@ -274,6 +274,15 @@ def test_config_errors_name_the_key(overrides, key):
     from_config({"prompts_per_step": 2, **overrides}, rl.RLConfig)
 
 
+def test_config_verdict_rule_parses_and_names_table_metrics():
+  from experiments.analysis import verdicts  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO_ROOT, "configs", "online_dpo.py")
+  (rule,) = verdicts.rules_of(path)
+  assert (rule.sweep, rule.value, rule.baseline, rule.direction) == ("online_dpo", "evaluate/gold/gain",
+                                                                    "evaluate_dpo/gold/gain", 1)
+  assert {rule.value, rule.baseline} <= set(config_lib.load_config(path).tables.metrics)
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def test_smoke_config_runs_end_to_end(tmp_path):
   from experiments import run as run_lib  # pylint: disable=g-import-not-at-top
