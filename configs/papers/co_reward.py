@@ -41,6 +41,16 @@ POLICY = dict(embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=
 # Held-out accuracy (one sample per prompt); the training batches' accuracy and unanimity (8 rollouts per group; the
 # held-out unanimity of one sample per prompt says only that an answer was given).
 METRICS = ("eval/reward/accuracy", "train/reward/accuracy", "train/reward/unanimity")
+# The verdict rule (a) as data (experiments.analysis.verdicts), stated before the first sweep (commit 217d2a1) in the
+# section's "Rule" paragraph (docs/reproductions.md, Co-Reward): d = A_co - A_self, the held-out accuracies at the last
+# step; "reproduced" needs >= 5 seeds with the paired 95% t-interval above 0, "not reproduced" a mean d <= 0. Rule (b),
+# the collapse counts (A_arm < A_start - 0.05 with final training unanimity >= 0.5), is a count over seeds, not a
+# paired difference: docs/reproductions/coreward/aggregate.py computes it.
+VERDICTS = (
+    dict(sweep="co_reward", claim="Co-Reward beats self-consistency (held-out accuracy)",
+         value="rl_co/eval/reward/accuracy", baseline="rl_self/eval/reward/accuracy", direction=+1,
+         note="not reproduced when mean d <= 0"),
+)
 
 
 def rewards(arm: str) -> tuple[dict, ...]:

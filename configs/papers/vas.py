@@ -35,6 +35,24 @@ BETAS = (0.0, 2.0, 4.0, 8.0, 16.0)
 BON_NS = (1, 2, 4, 8, 16, 32, 64)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SEEDS = (0, 1, 2, 3, 4)
+# The verdict rules as data (experiments.analysis.verdicts), those that are paired differences of two metrics of a run;
+# stated before the first sweep in the section's "Verdict rules (fixed before the sweep)" (docs/reproductions.md, VAS).
+# Computed by experiments/analysis/vas.py instead: rule 1 (VAS at beta 8 minus best-of-n at the same token-forward
+# cost: the best-of-n gold is interpolated in log n, not a stored metric), rule 2's "baseline KL inside VAS's curve
+# in every seed" condition (matched/<stage>/in_range), rule 3's monotone mean curves; and the post-hoc value_x5
+# comparisons (they pair two sweeps, and a post-hoc variant cannot turn a verdict).
+VERDICTS = (
+    dict(sweep="vas", claim="VAS beats DPO at equal KL", value="vas/matched/eval_dpo/vas_gold",
+         baseline="vas/matched/eval_dpo/gold", direction=+1,
+         note="not reproduced also when the interval includes 0 with DPO's KL inside VAS's curve in every seed"),
+    dict(sweep="vas", claim="VAS beats GRPO at equal KL", value="vas/matched/eval_grpo/vas_gold",
+         baseline="vas/matched/eval_grpo/gold", direction=+1,
+         note="not reproduced also when the interval includes 0 with GRPO's KL inside VAS's curve in every seed"),
+    dict(sweep="vas", claim="composed values: quality rises from w=0 to w=1",
+         value="compose/compose/w=1/reward/quality", baseline="compose/compose/w=0/reward/quality", direction=+1),
+    dict(sweep="vas", claim="composed values: length reward falls from w=0 to w=1",
+         value="compose/compose/w=1/reward/length", baseline="compose/compose/w=0/reward/length", direction=-1),
+)
 
 
 def _sizes(smoke: bool) -> dict:

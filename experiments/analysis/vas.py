@@ -1,5 +1,5 @@
-"""The VAS reproduction's verdict statistics (configs/papers/vas.py; docs/reproductions/vas/section.md) from a finished
-sweep: per-seed values and paired 95% t-intervals over seeds of
+"""The VAS reproduction's verdict statistics (configs/papers/vas.py; the VAS section of docs/reproductions.md) from a
+finished sweep: per-seed values and paired 95% t-intervals over seeds of
 
   * equal-cost gain: gold of VAS at each beta minus the gold of best-of-n at the same token-forward cost per response
     (the best-of-n curve interpolated linearly in log n; NaN where VAS costs more than the largest n),

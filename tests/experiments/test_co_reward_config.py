@@ -17,6 +17,7 @@ if str(REPO_ROOT) not in sys.path:
   sys.path.insert(0, str(REPO_ROOT))
 
 from experiments import run as run_lib  # noqa: E402
+from experiments.analysis import verdicts  # noqa: E402
 from jaxrlhf import config as config_lib  # noqa: E402
 from jaxrlhf.data import arithmetic_tasks  # noqa: E402
 from jaxrlhf.rewards import answers  # noqa: E402
@@ -93,6 +94,15 @@ def test_config_validates_and_errors_name_the_key():
   config.rl_co.rewards = ({"kind": "co_reward", "options": {"extract": "boxed!"}},)
   with pytest.raises(config_lib.ConfigError, match=r"rewards\[0\]\.options.*co_reward.extract"):
     run_lib.plan(config)
+
+
+def test_verdict_rule_a_is_stated_on_tabled_metrics():
+  # Rule (a): d = A_co - A_self (held-out accuracy at the last step) > 0; rule (b), collapse counts, is aggregate.py's.
+  rules = verdicts.rules_of(str(REPO_ROOT / "configs" / "papers" / "co_reward.py"))
+  assert [(c.sweep, c.value, c.baseline, c.direction) for c in rules] == [
+      ("co_reward", "rl_co/eval/reward/accuracy", "rl_self/eval/reward/accuracy", 1)]
+  metrics = _load("default").tables.metrics
+  assert rules[0].value in metrics and rules[0].baseline in metrics
 
 
 def test_smoke_runs_end_to_end(tmp_path):  # ~15 s of CPU: two GGUF tokenizer loads, one rollout + update compile.

@@ -9,6 +9,7 @@ from paper_tables import smoke_table_means
 
 from configs.papers import cream as paper
 from experiments import run as run_lib
+from experiments.analysis import verdicts
 from experiments import sweep as sweep_lib
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "cream.py")
@@ -34,6 +35,16 @@ def test_sweep_grid_and_bad_variant():
   assert [r["seed"] for r in sweep_lib.collect(SPEC + ":smoke")] == [0]
   with pytest.raises(ValueError, match="variant"):
     paper.get_config("nope")
+
+
+def test_verdicts_are_the_stated_rule_on_tabled_metrics():
+  # The section's rule: (a) CREAM - SRLM at the last iteration > 0; (b) CREAM t=T - t=0 > 0, SRLM's not (T = 4).
+  rules = verdicts.rules_of(SPEC)
+  assert [(c.sweep, c.value, c.baseline, c.direction) for c in rules] == [
+      ("cream", "cream/iter4/gold", "srlm/iter4/gold", 1), ("cream", "cream/iter4/gold", "cream/iter0/gold", 1),
+      ("cream", "srlm/iter4/gold", "srlm/iter0/gold", -1)]
+  metrics = paper.get_config().tables.metrics
+  assert all(c.value in metrics and c.baseline in metrics for c in rules)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from paper_tables import smoke_table_means
 
 from configs.papers import vas as paper
 from experiments import run as run_lib
+from experiments.analysis import verdicts
 from experiments import sweep as sweep_lib
 
 SPEC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "papers", "vas.py")
@@ -51,6 +52,19 @@ def test_sweep_grid_and_bad_variant():
   assert [r["seed"] for r in sweep_lib.collect(SPEC + ":smoke")] == [0]
   with pytest.raises(ValueError, match="variant"):
     paper.get_config("nope")
+
+
+def test_verdicts_are_the_stated_paired_rules_on_tabled_metrics():
+  # Rules 2 (VAS - DPO / GRPO at matched KL > 0) and 3 (quality up, length reward down from w = 0 to w = 1); rule 1
+  # (equal cost) is interpolated by experiments/analysis/vas.py.
+  rules = verdicts.rules_of(SPEC)
+  assert [(c.value, c.baseline, c.direction) for c in rules] == [
+      ("vas/matched/eval_dpo/vas_gold", "vas/matched/eval_dpo/gold", 1),
+      ("vas/matched/eval_grpo/vas_gold", "vas/matched/eval_grpo/gold", 1),
+      ("compose/compose/w=1/reward/quality", "compose/compose/w=0/reward/quality", 1),
+      ("compose/compose/w=1/reward/length", "compose/compose/w=0/reward/length", -1)]
+  metrics = paper.get_config().tables.metrics
+  assert all(c.sweep == "vas" and c.value in metrics and c.baseline in metrics for c in rules)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The Co-Reward sweep's per-seed table (docs/reproductions/coreward/section.md) from its run folders.
+"""The Co-Reward sweep's per-seed table (the Co-Reward section of docs/reproductions.md) from its run folders.
 
     python docs/reproductions/coreward/aggregate.py runs/papers/co_reward docs/reproductions/coreward/results.json
 
