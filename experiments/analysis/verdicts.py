@@ -39,6 +39,15 @@ from experiments import tables as tables_lib
 from jaxrlhf import config as config_lib
 
 MIN_SEEDS = 5
+HEADER = """# Every paired verdict rule, computed from the sweeps
+
+Written by `python -m experiments.analysis.verdicts --runs runs/papers --all --out <this file>` (the rules are each
+config's `VERDICTS`). "reproduced": the paired 95% Student-t interval of d excludes 0 on the claimed side (>= 5
+seeds); "against": on the other side; "inconclusive": it includes 0. A few rows are conditions of a larger rule (a
+fix that needs a share *not* to rise): their sections in docs/reproductions.md say how each row enters the verdict.
+The last lines name each sweep's code commit.
+
+"""
 RULE_KEYS = ("sweep", "claim", "value", "baseline", "direction", "where", "note")
 
 
@@ -226,7 +235,7 @@ def main(argv: Sequence[str]) -> None:
   print(text)
   if _OUT.value:
     with open(_OUT.value, "w") as f:
-      f.write(text)
+      f.write(HEADER + text)
   if problems and not results:
     sys.exit(1)
 
