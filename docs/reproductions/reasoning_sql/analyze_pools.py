@@ -5,8 +5,9 @@
 For every seed=<k>/pools/ run: each term's share of constant groups (all 8 scores equal), its mean score (n = 1) and
 best-of-8 value (the run's proxy@1 / proxy@N), and the section's rule: the per-prompt paired difference
 constant(execution_accuracy) - constant(reasoning_sql), its mean with a percentile-bootstrap 95% interval over prompts
-(10,000 resamples, seed 0; the same bootstrap as docs/reproductions/bmasdemo/analyze_pools.py). Prints markdown and
-writes analysis.json beside this file.
+(10,000 resamples, seed 0; the same bootstrap as docs/reproductions/bmasdemo/analyze_pools.py). Pooled over the seeds
+(every seed samples the same 64 prompts): the per-prompt difference averaged over the seeds, with the same bootstrap
+over prompts (a prompt's seeds resampled together). Prints markdown and writes analysis.json beside this file.
 """
 
 import json
@@ -42,7 +43,7 @@ def seed_analysis(run: pathlib.Path) -> dict:
 
 
 def main(sweep: pathlib.Path) -> None:
-  result = {}
+  result, diffs, prompt_ids = {}, [], None
   for run in sorted(sweep.glob("seed=*/pools")):
     if not (run / "scores.npz").exists():
       continue
@@ -56,6 +57,16 @@ def main(sweep: pathlib.Path) -> None:
     print(f"constant(execution) - constant(reasoning_sql): {fmt(a['constant_execution_minus_reasoning_sql'])} "
           f"({a['prompts_exec_constant_rsql_not']} prompts one way, {a['prompts_rsql_constant_exec_not']} the other); "
           f"executing samples {a['samples_executing']}, formatted samples {a['samples_with_format']}")
+    with np.load(run / "scores.npz") as f:
+      diffs.append(constant_P(f["execution_accuracy"]) - constant_P(f["reasoning_sql"]))
+    with np.load(run / "pool.npz") as f:
+      ids = f["prompt_ids"]
+    if prompt_ids is not None and not np.array_equal(ids, prompt_ids):
+      raise ValueError(f"{run}: its prompts differ from the first seed's; the pooled bootstrap pairs prompts")
+    prompt_ids = ids
+  pooled = bootstrap(np.mean(diffs, axis=0))
+  result["pooled"] = {"seeds": len(diffs), "constant_execution_minus_reasoning_sql": pooled}
+  print(f"pooled over {len(diffs)} seeds: constant(execution) - constant(reasoning_sql): {fmt(pooled)}")
   with open(HERE / "analysis.json", "w") as f:
     json.dump(result, f, indent=1)
 
