@@ -36,6 +36,22 @@ def constant_P(scores_PxN: np.ndarray) -> np.ndarray:
   return np.all(scores_PxN == scores_PxN[:, :1], axis=1).astype(np.float64)
 
 
+def pooled_constant_difference(runs: list, a: str, b: str) -> tuple[int, tuple[float, float, float]]:
+  """(seeds, bootstrap) of constant(a) - constant(b) per prompt, averaged over the seeds' pools `runs` (each a
+  seed=<k>/pools dir with scores.npz and pool.npz); every seed must have sampled the same prompts (a prompt's seeds
+  are resampled together)."""
+  diffs, prompt_ids = [], None
+  for run in runs:
+    with np.load(run / "scores.npz") as f:
+      diffs.append(constant_P(f[a]) - constant_P(f[b]))
+    with np.load(run / "pool.npz") as f:
+      ids = f["prompt_ids"]
+    if prompt_ids is not None and not np.array_equal(ids, prompt_ids):
+      raise ValueError(f"{run}: its prompts differ from the first seed's; the pooled bootstrap pairs prompts")
+    prompt_ids = ids
+  return len(diffs), bootstrap(np.mean(diffs, axis=0))
+
+
 def bon(selector_PxN: np.ndarray, value_PxN: np.ndarray, n: int) -> np.ndarray:
   """(P,) expected value of the best-of-n sample chosen by `selector` (n = 1: the pool mean)."""
   return unbiased_best_of_n(selector_PxN, value_PxN, np.asarray([n]))[:, 0]

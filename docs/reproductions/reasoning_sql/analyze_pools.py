@@ -19,7 +19,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bmasdemo"))
 
-from analyze_pools import bootstrap, constant_P, fmt  # noqa: E402
+from analyze_pools import bootstrap, constant_P, fmt, pooled_constant_difference  # noqa: E402
 
 TERMS = ("execution_accuracy", "syntax", "format", "schema_linking", "ngram", "reasoning_sql")
 
@@ -43,10 +43,9 @@ def seed_analysis(run: pathlib.Path) -> dict:
 
 
 def main(sweep: pathlib.Path) -> None:
-  result, diffs, prompt_ids = {}, [], None
-  for run in sorted(sweep.glob("seed=*/pools")):
-    if not (run / "scores.npz").exists():
-      continue
+  result = {}
+  runs = [run for run in sorted(sweep.glob("seed=*/pools")) if (run / "scores.npz").exists()]
+  for run in runs:
     seed = run.parent.name
     a = result[seed] = seed_analysis(run)
     print(f"{seed}: {a['prompts']} prompts x {a['pool_size']} samples")
@@ -57,16 +56,9 @@ def main(sweep: pathlib.Path) -> None:
     print(f"constant(execution) - constant(reasoning_sql): {fmt(a['constant_execution_minus_reasoning_sql'])} "
           f"({a['prompts_exec_constant_rsql_not']} prompts one way, {a['prompts_rsql_constant_exec_not']} the other); "
           f"executing samples {a['samples_executing']}, formatted samples {a['samples_with_format']}")
-    with np.load(run / "scores.npz") as f:
-      diffs.append(constant_P(f["execution_accuracy"]) - constant_P(f["reasoning_sql"]))
-    with np.load(run / "pool.npz") as f:
-      ids = f["prompt_ids"]
-    if prompt_ids is not None and not np.array_equal(ids, prompt_ids):
-      raise ValueError(f"{run}: its prompts differ from the first seed's; the pooled bootstrap pairs prompts")
-    prompt_ids = ids
-  pooled = bootstrap(np.mean(diffs, axis=0))
-  result["pooled"] = {"seeds": len(diffs), "constant_execution_minus_reasoning_sql": pooled}
-  print(f"pooled over {len(diffs)} seeds: constant(execution) - constant(reasoning_sql): {fmt(pooled)}")
+  seeds, pooled = pooled_constant_difference(runs, "execution_accuracy", "reasoning_sql")
+  result["pooled"] = {"seeds": seeds, "constant_execution_minus_reasoning_sql": pooled}
+  print(f"pooled over {seeds} seeds: constant(execution) - constant(reasoning_sql): {fmt(pooled)}")
   with open(HERE / "analysis.json", "w") as f:
     json.dump(result, f, indent=1)
 

@@ -21,7 +21,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(HERE.parent / "bmasdemo"))
 
-from analyze_pools import bootstrap, constant_P, fmt, toolrl  # noqa: E402
+from analyze_pools import fmt, pooled_constant_difference, toolrl  # noqa: E402
 
 REWARDS = ("exact", "coarse", "correct", "format", "toolrl")
 
@@ -43,10 +43,9 @@ def main(sweep: pathlib.Path) -> None:
   from jaxrlhf.models import load_tokenizer  # pylint: disable=g-import-not-at-top
   from configs import _sections  # pylint: disable=g-import-not-at-top
   tokenizer = load_tokenizer(_sections.smollm2_gguf())
-  result, diffs, prompt_ids = {}, [], None
-  for run in sorted(sweep.glob("seed=*/pools")):
-    if not (run / "scores.npz").exists():
-      continue
+  result = {}
+  runs = [run for run in sorted(sweep.glob("seed=*/pools")) if (run / "scores.npz").exists()]
+  for run in runs:
     seed = run.parent.name
     print(f"## {seed}")
     a = result[seed] = toolrl(run)
@@ -54,16 +53,9 @@ def main(sweep: pathlib.Path) -> None:
     a["proxy"] = {r: {"proxy@1": metrics[f"{r}/proxy@1"], "proxy@N": metrics[f"{r}/proxy@N"]} for r in REWARDS}
     a["contents"] = sample_contents(run, tokenizer)
     print(f"mean score / best of 8: {a['proxy']}\nsamples: {a['contents']}")
-    with np.load(run / "scores.npz") as f:
-      diffs.append(constant_P(f["exact"]) - constant_P(f["toolrl"]))
-    with np.load(run / "pool.npz") as f:
-      ids = f["prompt_ids"]
-    if prompt_ids is not None and not np.array_equal(ids, prompt_ids):
-      raise ValueError(f"{run}: its requests differ from the first seed's; the pooled bootstrap pairs requests")
-    prompt_ids = ids
-  pooled = bootstrap(np.mean(diffs, axis=0))
-  result["pooled"] = {"seeds": len(diffs), "constant_exact_minus_toolrl": pooled}
-  print(f"pooled over {len(diffs)} seeds: constant(exact) - constant(toolrl): {fmt(pooled)}")
+  seeds, pooled = pooled_constant_difference(runs, "exact", "toolrl")
+  result["pooled"] = {"seeds": seeds, "constant_exact_minus_toolrl": pooled}
+  print(f"pooled over {seeds} seeds: constant(exact) - constant(toolrl): {fmt(pooled)}")
   with open(HERE / "analysis.json", "w") as f:
     json.dump(result, f, indent=1)
 
