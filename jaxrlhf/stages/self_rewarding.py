@@ -20,9 +20,9 @@ The consistency rate and the pairs' agreement with the gold reward are measured 
 
 After each iteration (and for pi_1 before the first) the policy is evaluated on the same `num_eval_prompts` held-out
 (test split) prompts with the same sampling keys in every iteration and arm: mean gold reward, sampled
-KL(pi || pi_1) to the starting policy (nats per response), response length. Metrics: `iter<t>/gold`,
-`iter<t>/gold_lower|upper`, `iter<t>/kl`, `iter<t>/length` for t = 0..T (0 = pi_1), and for t = 1..T
-`iter<t>/consistency` (the mean rate; what "average" trains with), `iter<t>/label_agreement` (P(gold(y+) >
+KL(pi || pi_1) to the starting policy (nats per response), response length (tokens before the end token).
+Metrics: `iter<t>/gold`, `iter<t>/gold_lower|upper`, `iter<t>/kl`, `iter<t>/length` for t = 0..T (0 = pi_1), and for
+t = 1..T `iter<t>/consistency` (the mean rate; what "average" trains with), `iter<t>/label_agreement` (P(gold(y+) >
 gold(y-)), ties 1/2), `iter<t>/reward_gold_tau` (mean tau_b of r_t with the gold reward over a prompt's samples),
 `iter<t>/pairs`; `gold`, `kl` (the last iteration) and `gold_gain` (last - iteration 0).
 
@@ -54,7 +54,7 @@ from jaxrlhf.models import from_pretrained
 from jaxrlhf.parallel import MeshConfig
 from jaxrlhf.parallel import distributed
 from jaxrlhf.sampling.best_of_n import gold_scorer
-from jaxrlhf.sampling.generate import generate
+from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
@@ -178,7 +178,8 @@ def _evaluate(model: Any, start_policy: Any, prompts: tuple, rng, cfg: SelfRewar
   kl = (_sequence_logps(model, ids, mask, tokens, rmask, chunk)
         - _sequence_logps(start_policy, ids, mask, tokens, rmask, chunk))
   out = {}
-  for name, values in (("gold", gold), ("kl", kl), ("length", rmask.sum(-1))):
+  length = np.asarray(content_lengths(tokens, rmask, eos_ids))  # before the end token, as the world's L*
+  for name, values in (("gold", gold), ("kl", kl), ("length", length)):
     e = confidence_interval(np.asarray(values, np.float64))
     out.update({name: e.mean, f"{name}_lower": e.lower, f"{name}_upper": e.upper})
   return out

@@ -7,8 +7,8 @@ On the world's first `num_prompts` test prompts (the prompts `evaluate_policy` a
 
   vas/beta=<b>/...   VAS with values[0] at each beta of `betas` (`sampling.vas_generate`, top_k candidates): gold
                      (r*), reward/<name> (values[0]'s reward), kl (exact per-step KL to the base summed over the
-                     response, nats), length (tokens), forwards (token forwards per response: base n + value (k + 1) n),
-                     generated (tokens generated per response = n);
+                     response, nats), length (response tokens before the end token), forwards (token forwards per response: base n +
+                     value (k + 1) n), generated (tokens generated per response = n, the end token included);
   bon/n=<n>/...      best-of-n of base samples (temperature 1, one pool of max(bon_ns) per prompt, the unbiased
                      estimator `sampling.best_of_n_curves`) selected by values[0]'s reward: gold, reward/<name>, kl
                      (log n - (n-1)/n), length, forwards = generated = n * the pool's mean length (the world's rewards
@@ -38,7 +38,7 @@ from jaxrlhf.data import padding
 from jaxrlhf.evaluation.stats import spearman
 from jaxrlhf.models import from_pretrained
 from jaxrlhf.sampling.best_of_n import WORLD_REWARDS, best_of_n_curves, world_scorer
-from jaxrlhf.sampling.generate import generate
+from jaxrlhf.sampling.generate import content_lengths, generate
 from jaxrlhf.sampling.vas import vas_cost, vas_generate
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
@@ -133,7 +133,8 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
       for name, fn in scorers.items():
         out.setdefault(name, []).append(np.asarray(fn(ids, mask, gen.tokens, gen.mask), np.float64))
       out.setdefault("kl", []).append(np.asarray(gen.kl, np.float64))
-      out.setdefault("num_tokens", []).append(np.asarray(gen.lengths, np.float64))
+      out.setdefault("num_tokens", []).append(np.asarray(gen.lengths, np.float64))  # forwards: the end token too
+      out.setdefault("length", []).append(np.asarray(content_lengths(gen.tokens, gen.mask, eos_ids), np.float64))
     return {k: np.concatenate(v) for k, v in out.items()}
 
   def report(prefix: str, result: dict[str, np.ndarray], num_models: int) -> None:
@@ -141,7 +142,7 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
     for name in rewards[:num_models]:
       metrics[f"{prefix}/reward/{name}"] = float(result[name].mean())
     metrics[f"{prefix}/kl"] = float(result["kl"].mean())
-    metrics[f"{prefix}/length"] = float(result["num_tokens"].mean())
+    metrics[f"{prefix}/length"] = float(result["length"].mean())
     cost = vas_cost(result["num_tokens"], top_k=cfg.top_k, num_value_models=num_models, value_params_ratio=ratio)
     metrics[f"{prefix}/forwards"] = float(np.mean(cost["base"] + cost["value"]))
     metrics[f"{prefix}/flops"] = float(np.mean(cost["flops"]))
@@ -168,9 +169,11 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
         pools.setdefault(name, []).append(
             np.asarray(fn(rep_ids, rep_mask, gen.tokens, gen.mask), np.float64).reshape(b, n_max))
       pools.setdefault("num_tokens", []).append(np.asarray(gen.lengths, np.float64).reshape(b, n_max))
+      pools.setdefault("length", []).append(
+          np.asarray(content_lengths(gen.tokens, gen.mask, eos_ids), np.float64).reshape(b, n_max))
     pool = {k: np.concatenate(v) for k, v in pools.items()}
     ns = sorted(set(cfg.bon_ns))
-    by_reward = best_of_n_curves(pool[rewards[0]], pool["gold"], ns, lengths_BxN=pool["num_tokens"])
+    by_reward = best_of_n_curves(pool[rewards[0]], pool["gold"], ns, lengths_BxN=pool["length"])
     by_self = best_of_n_curves(pool[rewards[0]], pool[rewards[0]], ns)
     mean_length = float(pool["num_tokens"].mean())
     for j, n in enumerate(ns):

@@ -3,6 +3,7 @@ the frozen base on gold and on two components; VAS, best-of-n and the DPO / GRPO
 response budget; composition of the two component values), the sweep grid is 5 seeds (1 for smoke), and the smoke
 sweep runs end to end into a sane table."""
 
+import json
 import os
 
 import pytest
@@ -78,3 +79,11 @@ def test_smoke_sweep_end_to_end(paper_smoke):
   # Cost: VAS pays (k + 1) value forwards per token on top of the base's; best-of-n pays n samples.
   assert means["vas/vas/beta=0/forwards"] > means["vas/bon/n=1/forwards"]
   assert means["vas/bon/n=4/forwards"] == pytest.approx(4 * means["vas/bon/n=1/forwards"])
+  # Lengths count the tokens before the end token (the world's L* does), the cost counts the end token's forward too:
+  # generated - length is the share of responses that ended, in [0, 1] (0 here: the 2-step smoke base never ends in
+  # 12 tokens; tests/stages/test_self_rewarding_stage.py pins the count on responses that do end).
+  with open(os.path.join(workdir, "seed=0", "results.json")) as f:
+    metrics = json.load(f)["metrics"]
+  for setting in ("vas/beta=0", "vas/beta=4", "bon/n=1"):
+    ended = metrics[f"vas/{setting}/generated"] - metrics[f"vas/{setting}/length"]
+    assert -1e-9 <= ended <= 1.0 + 1e-9 and metrics[f"vas/{setting}/length"] <= 12, (setting, ended)

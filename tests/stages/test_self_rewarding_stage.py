@@ -35,6 +35,20 @@ def test_label_pairs_golden():
   np.testing.assert_allclose(out["gold_tau"][0], 1 / np.sqrt(6 * 5), rtol=1e-6)  # (3 - 2) / sqrt(6 * 5): one gold tie
 
 
+def test_evaluation_length_counts_the_tokens_before_the_end_token(monkeypatch, tmp_path):
+  # Three responses (end id 2): ended after 3 tokens, never ended (4 tokens), ended at once. The world's L* counts
+  # the tokens before the end token, so the reported length is (3 + 4 + 0) / 3, not (4 + 4 + 1) / 3.
+  tokens = np.array([[5, 6, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
+  rmask = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]])
+  monkeypatch.setattr(sr, "_sample", lambda *args: (tokens, rmask))
+  monkeypatch.setattr(sr, "_sequence_logps", lambda model, *args: np.zeros(3))
+  prompts = (np.ones((3, 2), np.int32), np.ones((3, 2), np.int32))
+  cfg = _config(str(tmp_path), str(tmp_path), 1)  # existing folders: only the sizes are read
+  out = sr._evaluate(None, None, prompts, None, cfg, lambda *a: np.zeros(3), (2,), 0)
+  assert out["length"] == pytest.approx(7 / 3)
+  assert out["kl"] == 0.0
+
+
 def _batch(rng, b=4, t=8, vocab=32):
   batch = {}
   for side in ("chosen", "rejected"):
