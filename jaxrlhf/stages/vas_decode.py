@@ -7,8 +7,9 @@ On the world's first `num_prompts` test prompts (the prompts `evaluate_policy` a
 
   vas/beta=<b>/...   VAS with values[0] at each beta of `betas` (`sampling.vas_generate`, top_k candidates): gold
                      (r*), reward/<name> (values[0]'s reward), kl (exact per-step KL to the base summed over the
-                     response, nats), length (response tokens before the end token), forwards (token forwards per response: base n +
-                     value (k + 1) n), generated (tokens generated per response = n, the end token included);
+                     response, nats), length (response tokens before the end token), forwards (token forwards per
+                     response: base n + value (k + 1) n), generated (tokens generated per response = n, the end token
+                     included);
   bon/n=<n>/...      best-of-n of base samples (temperature 1, one pool of max(bon_ns) per prompt, the unbiased
                      estimator `sampling.best_of_n_curves`) selected by values[0]'s reward: gold, reward/<name>, kl
                      (log n - (n-1)/n), length, forwards = generated = n * the pool's mean length (the world's rewards
