@@ -8,9 +8,9 @@ DPO on the synthetic world, from the same SFT policy:
   evaluate, evaluate_dpo (evaluate_policy: gold reward gain and sampled KL of each policy vs the SFT policy)
 
 Both DPO stages use beta 0.1, the same optimizer (lr 5e-4, clip 1) and the same number of updates (60) of the same
-number of pairs (16; the offline stage sees each of its 960 pairs once). Online DPO's reference stays the SFT policy (ref_update_every 0);
-variant tr_dpo moves it as TR-DPO (Gorbatovski et al. 2024, arXiv 2404.09656): every 20 rollouts ref <- 0.6 *
-policy + 0.4 * ref.
+number of pairs (16; the offline stage sees each of its 960 pairs once). Online DPO's reference stays the SFT policy
+(ref_update_every 0); variant tr_dpo moves it as TR-DPO (Gorbatovski et al. 2024, arXiv 2404.09656): every 20 rollouts
+ref <- 0.6 * policy + 0.4 * ref.
 
 Variants: default (a few CPU minutes per seed), smoke (seconds; sft -> reward -> online_dpo -> evaluate, without
 the offline baseline), tr_dpo. Sweep: seeds 0-4 (a seed reseeds every

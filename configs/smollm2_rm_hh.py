@@ -7,11 +7,11 @@ Stages: rm_linear (the feature pass over every pair, then a linear Bradley-Terry
 and rm_ens (K = 5 linear heads: different init and data order), both reusing rm_linear's cached features; then
 eval_linear / eval_mlp / eval_ens (reward_eval on the held-out pairs: accuracy with its bootstrap 95% interval;
 the ensemble's members and its mean); bon (best-of-n of SmolLM2's own samples on the held-out HH prompts,
-selected by the head ensemble and by the linear head). The feature pass is the whole cost (minutes on a 2-core CPU instead of the
-hours full finetuning takes; `configs/smollm2_hh.py` finetunes the backbone with the "reward" stage).
+selected by the head ensemble and by the linear head). The feature pass is the whole cost (minutes on a 2-core CPU
+instead of the hours full finetuning takes; `configs/smollm2_hh.py` finetunes the backbone with the "reward" stage).
 `config.data.paths` / `config.model_path` feed every stage.
-Variants: default, smoke (24 pairs, max_length 64, a few steps; K = 2 so the saved ensemble stays small); flr (eval_flr:
-FLR, follow-up likelihood as reward (Zhang et al. 2024), scores the same held-out pairs with SmolLM2 itself
+Variants: default, smoke (24 pairs, max_length 64, a few steps; K = 2 so the saved ensemble stays small); flr
+(eval_flr: FLR, follow-up likelihood as reward (Zhang et al. 2024), scores the same held-out pairs with SmolLM2 itself
 and the paper's 20 + 20 follow-ups, no training, reward_eval's accuracy and bootstrap interval; then bon_flr: bon's
 pools selected by FLR) and flr_smoke (its 4 smoke pairs, 2 prompts x 2 samples).
 """

@@ -64,8 +64,8 @@ import time
 DEFAULT_ONLY = "rm,dpo,dpo:logps=fused,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
 # Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with scanned layers
 # (the pre-default layout), scanned layers and bf16 parameters for the train steps, the fused gather without the
-# saved softmax gradient, batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step with the fused gather
-# and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
+# saved softmax gradient, batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step
+# with the fused gather and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
 EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:scan,rm:scan,dpo:logps=fused:scan,rm:pdtype=bf16,"
           "dpo:logps=fused:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:logps=fused:b=16:remat=dots,"
           "grpo:rollout=bf16,dpo8b:logps=fused,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")

@@ -55,7 +55,8 @@ def torch_matmul_gflops(m: int, k: int, n: int, dtype: str, threads: int, repeat
   return 2.0 * m * k * n / seconds / 1e9
 
 
-def measure(m: int = DEFAULT_SHAPE[0], k: int = DEFAULT_SHAPE[1], n: int = DEFAULT_SHAPE[2], threads: int = 2, repeats: int = 5) -> dict:
+def measure(m: int = DEFAULT_SHAPE[0], k: int = DEFAULT_SHAPE[1], n: int = DEFAULT_SHAPE[2], threads: int = 2,
+            repeats: int = 5) -> dict:
   """{"jax": {dtype: GFLOP/s}, "torch": {dtype: GFLOP/s or None}, "shape": [m, k, n]}."""
   if min(m, k, n) < 1:
     raise ValueError(f"matmul shape: expected positive sizes, got {(m, k, n)}")

@@ -2,7 +2,8 @@
 
 After `experiments.run` finishes a chain, every "evaluate_policy" stage becomes a row of the policy table (gold
 reward, gain over the base policy, win rate, each reward source's mean / gain / win rate, KL to the base, length,
-proxy reward; each mean with its 95% confidence interval over prompts) and every "reward" stage a row of the reward-model table (its held-out metrics).
+proxy reward; each mean with its 95% confidence interval over prompts) and every "reward" stage a row of the
+reward-model table (its held-out metrics).
 The markdown goes to DIR/summary.md (and stdout), the reward-vs-KL plot (gold, else the first reward
 source) to DIR/gold_vs_kl.png.
 """

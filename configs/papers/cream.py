@@ -29,8 +29,9 @@ VARIANTS = ("default", "smoke")
 ARMS = {"cream": "average", "srlm": "off"}
 SEEDS = (0, 1, 2, 3, 4)
 # The verdict rule as data (experiments.analysis.verdicts), stated before the first sweep in the section's "Verdict
-# rule" paragraph (docs/reproductions.md, CREAM section): (a) gold(CREAM, t=T) - gold(SRLM, t=T) > 0; (b) gold(CREAM, t=T) - gold(CREAM, t=0) > 0 while SRLM's t=T - t=0 interval does NOT exclude 0
-# upwards. "Reproduced" = (a) and (b); "partly" = exactly one; "not reproduced" = neither. T = 4 (num_iterations).
+# rule" paragraph (docs/reproductions.md, CREAM section): (a) gold(CREAM, t=T) - gold(SRLM, t=T) > 0; (b) gold(CREAM,
+# t=T) - gold(CREAM, t=0) > 0 while SRLM's t=T - t=0 interval does NOT exclude 0 upwards. "Reproduced" = (a) and (b);
+# "partly" = exactly one; "not reproduced" = neither. T = 4 (num_iterations).
 VERDICTS = (
     dict(sweep="cream", claim="CREAM beats SRLM at the last iteration", value="cream/iter4/gold",
          baseline="srlm/iter4/gold", direction=+1),

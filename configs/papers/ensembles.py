@@ -147,11 +147,13 @@ def rl_stage_name(rm: str, beta: float) -> str:
 # ensemble (Coste et al.); pretrain-seed beats finetune-seed ensembles (Eisenstein et al.); the length hack shared by
 # every member survives (selected length past the gold optimum L* = GOLD_OPTIMUM_LENGTH). The post-hoc standardized
 # selectors are not sweep metrics; experiments.analysis.ensembles --standardized computes them (labelled post hoc).
-_BON_ENSEMBLE_SELECTORS = (("rm_mean", "mean"), ("rm_min", "min (WCO)"), ("rm_mean_minus_var", "mean - var, lam 1 (UWO)"),
-                     ("rm_mean_minus_var_lam0.5", "mean - 0.5 var (Coste's UWO)"))
+_BON_ENSEMBLE_SELECTORS = (("rm_mean", "mean"), ("rm_min", "min (WCO)"),
+                           ("rm_mean_minus_var", "mean - var, lam 1 (UWO)"),
+                           ("rm_mean_minus_var_lam0.5", "mean - 0.5 var (Coste's UWO)"))
 _BON_VERDICTS = tuple(
     dict(sweep="ensembles", claim=f"{label} beats a single RM ({e})", value=f"bon_{e}/{s}/gold@N",
-         baseline=f"bon_{e}/rm_single/gold@N", direction=+1) for e in ENSEMBLES for s, label in _BON_ENSEMBLE_SELECTORS) + (
+         baseline=f"bon_{e}/rm_single/gold@N", direction=+1)
+    for e in ENSEMBLES for s, label in _BON_ENSEMBLE_SELECTORS) + (
     dict(sweep="ensembles", claim="a single RM overoptimizes (gold falls from its peak)",
          value="bon_pretrain/rm_single/gold_drop", baseline=0.0, direction=+1,
          note="gold_drop = peak - gold@N >= 0 by construction: the test is whether it is clearly above 0"),

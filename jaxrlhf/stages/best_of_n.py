@@ -137,7 +137,8 @@ POOL_KEYS = ("prompt_ids", "prompt_mask", "tokens", "mask", "gold", "lengths")
 def generate_pools(model: Any, prompts: inputs_lib.PromptSet, cfg: BestOfNConfig, eos_ids: tuple[int, ...],
                    pad_id: int, gold_fn: Any = None) -> dict[str, np.ndarray]:
   """Pools of N = pool_size samples for each of the P prompts: prompt_ids / prompt_mask (P, Lp), tokens / mask
-  (P, N, T), lengths (P, N) int (response tokens before the end token) and, with `gold_fn` (the world's jittable r*), gold (P, N) float64."""
+  (P, N, T), lengths (P, N) int (response tokens before the end token) and, with `gold_fn` (the world's jittable r*),
+  gold (P, N) float64."""
   ids, mask = prompts.ids, prompts.mask
   n = cfg.pool_size
   out = {k: [] for k in POOL_KEYS[2:] if k != "gold" or gold_fn is not None}

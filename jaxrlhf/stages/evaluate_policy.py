@@ -94,8 +94,8 @@ class EvaluatePolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyEvaluation:
-  """Estimates (keys of `metrics`: gold, kl, length, base_length, win_rate, base_gold, gold_gain and proxy when given) and the
-  per-prompt values they came from (`per_prompt`, arrays (B,))."""
+  """Estimates (keys of `metrics`: gold, kl, length, base_length, win_rate, base_gold, gold_gain and proxy when given)
+  and the per-prompt values they came from (`per_prompt`, arrays (B,))."""
   metrics: dict[str, Estimate]
   per_prompt: dict[str, np.ndarray]
 
@@ -137,9 +137,9 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
       DPO) is sampled on its goal prompt while the KL, the base samples and the rewards use the plain prompt.
 
   Returns:
-    PolicyEvaluation: gold, base_gold, gold_gain, win_rate (with gold_fn), kl, length, base_length, proxy (with proxy_fn), and
-    per reward name n: n (policy), n/base, n/gain, n/win_rate (prompts where the policy's and the base's samples
-    could both be scored; a prompt's samples are averaged over those that could).
+    PolicyEvaluation: gold, base_gold, gold_gain, win_rate (with gold_fn), kl, length, base_length, proxy (with
+    proxy_fn), and per reward name n: n (policy), n/base, n/gain, n/win_rate (prompts where the policy's and the base's
+    samples could both be scored; a prompt's samples are averaged over those that could).
   """
   prompt_ids_BxP, prompt_mask_BxP = jnp.asarray(prompt_ids_BxP), jnp.asarray(prompt_mask_BxP)
   if (reference_prompt_ids_BxP is None) != (reference_prompt_mask_BxP is None):

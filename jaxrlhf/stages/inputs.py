@@ -316,8 +316,9 @@ def curate_pairs(records: list, strengths: Sequence[float], data: DataSpec) -> t
   if data.curate == "none":
     return list(records), {}
   fraction = data.curate_fraction
-  out, counts = transforms.curate_by_strength(records, strengths, flip_fraction=fraction if data.curate == "flip" else 0.0,
-                                   drop_fraction=fraction if data.curate == "drop" else 0.0)
+  out, counts = transforms.curate_by_strength(records, strengths,
+                                              flip_fraction=fraction if data.curate == "flip" else 0.0,
+                                              drop_fraction=fraction if data.curate == "drop" else 0.0)
   changed = counts.flipped + counts.dropped
   ranked = np.sort(np.asarray(strengths, np.float64))
   summary = {**dataclasses.asdict(counts), "mode": data.curate, "fraction": fraction,

@@ -85,16 +85,17 @@ def run(cfg: LogpShiftConfig, workdir: str, inputs: dict) -> dict:
   goal = cfg.top_score if cfg.goal == "top" else None
   values = {m: {side: logps(m_model, goal, rows) for side, rows in (("c", chosen), ("r", rejected))}
             for m, m_model in (("policy", policy), ("base", base))}
-  metrics = unlearning.shift_metrics(values["policy"]["c"], values["policy"]["r"], values["base"]["c"], values["base"]["r"],
-                          score_c, score_r, high_score=cfg.high_score, low_score=cfg.low_score)
+  metrics = unlearning.shift_metrics(values["policy"]["c"], values["policy"]["r"], values["base"]["c"],
+                                     values["base"]["r"], score_c, score_r, high_score=cfg.high_score,
+                                     low_score=cfg.low_score)
   metrics["goal"] = float("nan") if goal is None else float(goal)
   if cfg.goal == "top":
     scores = np.concatenate([score_c, score_r])
     for name, model, top in (("goal_margin", policy, values["policy"]), ("goal_margin_ref", base, values["base"])):
       contrast = np.concatenate([logps(model, cfg.contrast_score, chosen), logps(model, cfg.contrast_score,
                                                                                  rejected)])
-      m = unlearning.goal_margin_metrics(np.concatenate([top["c"], top["r"]]), contrast, scores, high_score=cfg.high_score,
-                              low_score=cfg.low_score)
+      m = unlearning.goal_margin_metrics(np.concatenate([top["c"], top["r"]]), contrast, scores,
+                                         high_score=cfg.high_score, low_score=cfg.low_score)
       metrics.update({f"{name}/{k}": v for k, v in m.items()})
   metrics = {k: v for k, v in metrics.items() if k != "goal" or not math.isnan(v)}
   common.write_results(workdir, metrics)

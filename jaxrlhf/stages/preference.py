@@ -1,5 +1,6 @@
-"""The "preference" stage. Preference optimization: the DPO family (every `dpo_loss` type, weighted combinations), SimPO, ORPO, KTO
-(the unpaired view of the pairs) and T-REG, with per-example weights and dynamic beta, through the shared loop.
+"""The "preference" stage. Preference optimization: the DPO family (every `dpo_loss` type, weighted combinations),
+SimPO, ORPO, KTO (the unpaired view of the pairs) and T-REG, with per-example weights and dynamic beta, through the
+shared loop.
 
 One step runs chosen and rejected through the policy in ONE forward: 2B rows, or B shared-prompt rows
 [prompt | chosen | rejected] (`data.shared_prompt`; train.pairs dispatches on the batch layout). The reference

@@ -1,5 +1,5 @@
-"""The "reward" stage. Reward modeling: Bradley-Terry (margins, centering, label smoothing, adaptive margins), multi-attribute
-regression, K-head and K-member ensembles, trained through the shared loop.
+"""The "reward" stage. Reward modeling: Bradley-Terry (margins, centering, label smoothing, adaptive margins),
+multi-attribute regression, K-head and K-member ensembles, trained through the shared loop.
 
 One member is a `RewardModel`; its pure loss is `reward_loss_fn(config, head)`. A stage always trains K >= 1
 INDEPENDENT members in ONE step: the per-member step of `state.make_train_step` is `jax.vmap`ped over the

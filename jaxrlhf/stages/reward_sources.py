@@ -71,7 +71,8 @@ class RewardSourceSpec:
     "positive" / "negative" (lists of utterances; default: the paper's 20 + 20, `rewards.follow_up`),
     "chunk_size" (the vocabulary-chunked gather, default 1024)),
     "hybrid" (Gulhane & Indurthi 2025, arXiv:2510.05283, `rewards.hybrid`: the reward model of `reward_model`,
-    reduced by `aggregation`, mixed with text rules by confidence, (1 - sum_{k applies} c_k) r_model + sum_{k applies} c_k r_k;
+    reduced by `aggregation`, mixed with text rules by confidence,
+    (1 - sum_{k applies} c_k) r_model + sum_{k applies} c_k r_k;
     `options`: {"rules": [{"kind": <text reward kind>, "options": {...}, "confidence": c_k in [0, 1]}, ...]}, a rule
     applying where its value is not None / NaN),
     or a text reward of `jaxrlhf.rewards.REWARDS` with its keyword `options`:
@@ -353,9 +354,9 @@ def prm_step_scores(spec: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.A
   the "probability that step t is a good step", plus a flaw that is off by default: `step_bias` ((token id,
   bonus), ...) adds bonus to the logit of every step that is that token (a PRM that over-rewards one word gold is
   indifferent to, the process-reward analogue of the world's `labeler_bias`). It is a sensible step scorer (it
-  ranks tokens as the gold quality / relevance / coherence terms do) and hackable in the two ways Gao et al. (2024) describe: every step
-  scores > 0, so a summed return grows with the number of steps (gold's length term peaks at L* and then falls),
-  and it is blind to repetition (gold penalizes repeats), so repeating the best step keeps scoring high.
+  ranks tokens as the gold quality / relevance / coherence terms do) and hackable in the two ways Gao et al. (2024)
+  describe: every step scores > 0, so a summed return grows with the number of steps (gold's length term peaks at L* and
+  then falls), and it is blind to repetition (gold penalizes repeats), so repeating the best step keeps scoring high.
 
   Args:
     spec: the world's `GoldSpec` (`world.spec`).

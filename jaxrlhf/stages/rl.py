@@ -1,5 +1,5 @@
-"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024) and PPO with a value model
-(Schulman et al. 2017; Ziegler et al. 2019) in one step, through the loop.
+"""The "rl" stage. Online RL from rewards: GRPO (Shao et al. 2024), RLOO (Ahmadian et al. 2024) and PPO with a value
+model (Schulman et al. 2017; Ziegler et al. 2019) in one step, through the loop.
 
 Design: ONE jitted program per loop step does the whole iteration, so sampling and updates never leave XLA:
   1. rollout: G samples per prompt from the current policy with `sampling.generate` (KV cache, while_loop),

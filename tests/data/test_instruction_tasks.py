@@ -41,8 +41,8 @@ def test_shipped_files_regenerate_and_read_back(tmp_path):
   for path in instruction_tasks.write_instruction_files(tmp_path, 0, 512, 128):
     assert pathlib.Path(path).read_bytes() == (SHIPPED / os.path.basename(path)).read_bytes(), path
   records, report = adapters.read_prompt_records(str(SHIPPED / "instruct_eval.jsonl"))
-  assert len(records) == 128 and not report.skipped and records[0].columns["keywords"] == instruction_tasks.instruction_rows(
-      0, 1, "eval")[0]["keywords"]
+  assert (len(records) == 128 and not report.skipped and
+          records[0].columns["keywords"] == instruction_tasks.instruction_rows(0, 1, "eval")[0]["keywords"])
 
 
 def test_compliant_answers_score_one():

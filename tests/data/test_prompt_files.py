@@ -266,7 +266,8 @@ def test_hh_dialogues_become_chat_messages():
 
 def test_hh_prompts_as_chat_keep_the_raw_text(tmp_path):
   rows = [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
-          {"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: a\n\nHuman: b\n\nAssistant: d"}]
+          {"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c",
+           "rejected": "\n\nHuman: a\n\nHuman: b\n\nAssistant: d"}]
   path = _jsonl(tmp_path / "hh.jsonl", rows)
   train, _, report = prompts.read_prompt_splits(path, (), adapters.AdapterConfig("hh"), eval_fraction=0.0,
                                                 hh_as_chat=True)

@@ -115,8 +115,9 @@ def test_stage_reuses_a_saved_pool(tmp_path):
   rm_dirs = [artifacts.save_reward_model(str(tmp_path / f"rm{i}"), config, HeadConfig(), 3,
                                         nnx.state(RewardEnsemble(config, HeadConfig(), 3, rngs=nnx.Rngs(i + 1))))
              for i in range(2)]
-  base = {"policy": policy_dir, "aggregations": ("mean", "min"), "prompts": {"world": WORLD}, "num_prompts": 3, "pool_size": 8,
-          "batch_size": 2, "max_new_tokens": 6, "plots": False, "member_curves": True, "standardize": True}
+  base = {"policy": policy_dir, "aggregations": ("mean", "min"), "prompts": {"world": WORLD}, "num_prompts": 3,
+          "pool_size": 8, "batch_size": 2, "max_new_tokens": 6, "plots": False, "member_curves": True,
+          "standardize": True}
   first = best_of_n_stage.run(from_config(dict(base, reward_model=rm_dirs[0]),
                                                     best_of_n_stage.BestOfNConfig), str(tmp_path / "a"), {})
   cfg2 = from_config(dict(base, reward_model=rm_dirs[1], pool_from="stage:a"), best_of_n_stage.BestOfNConfig)

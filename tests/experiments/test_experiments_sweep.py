@@ -100,7 +100,8 @@ def test_results_record_provenance_and_tables_keep_per_run_values(swept):
   other = json.loads((workdir / GOOD[1] / "results.json").read_text())["provenance"]
   assert other["config_hash"] != prov["config_hash"]  # seed 0 vs seed 1: different expanded configs
   md = tables_lib.tables(str(workdir))
-  assert md.rstrip().splitlines()[-1] == f"code commit: {prov['commit']} ({'dirty' if prov['dirty'] else 'clean'}) (2 runs)"
+  assert md.rstrip().splitlines()[-1] == (f"code commit: {prov['commit']} "
+                                          f"({'dirty' if prov['dirty'] else 'clean'}) (2 runs)")
   with open(workdir / "results_runs.csv") as f:
     rows = {r["run"]: r for r in csv.DictReader(f)}
   for name in GOOD:

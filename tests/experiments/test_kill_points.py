@@ -219,8 +219,8 @@ def _results(workdir: pathlib.Path) -> dict:
 class _RandomTime:
   """`when` of a seeded random kill point: true once `point.at` of the stage's running window has passed since the
   stage started in the killed process (its "[run] stage" line in `log`), the window being WINDOW_SCALE x the stage's
-  wall time in the uninterrupted run (`ref_dir`: from the previous stage's DONE.json to its own). Also true once the stage has
-  finished in the killed process (the kill then lands after it: a miss, reported)."""
+  wall time in the uninterrupted run (`ref_dir`: from the previous stage's DONE.json to its own). Also true once the
+  stage has finished in the killed process (the kill then lands after it: a miss, reported)."""
 
   def __init__(self, point: KillPoint, work: pathlib.Path, ref_dir: pathlib.Path, log: pathlib.Path,
                stages: tuple[str, ...]):
@@ -341,8 +341,8 @@ def test_paper_stage_kinds_killed_resume_to_identical_results(tmp_path):
   assert _metric_lines(work, "heads") == _metric_lines(ref_dir, "heads")
   for stage in PAPER_STAGES[3:]:
     if (ref_dir / stage / "results.json").exists():
-      metrics = lambda d: json.dumps(_without_timings(json.loads((d / stage / "results.json").read_text())["metrics"]),  # noqa: E731
-                                     sort_keys=True)
+      metrics = lambda d: json.dumps(  # noqa: E731
+          _without_timings(json.loads((d / stage / "results.json").read_text())["metrics"]), sort_keys=True)
       assert metrics(work) == metrics(ref_dir), stage
   # self_rewarding was killed in orbax's background (async) checkpoint thread, not the main thread; the re-run
   # resumed its iteration from the async-written step 2, with the same training curve and weights.

@@ -204,5 +204,6 @@ def test_original_gpt2_naming_and_buffers_are_accepted():
   tensors["h.1.attn.masked_bias"] = np.array(-1e4, np.float32)
   model, loaded_config = model_from_hf_tensors(config.to_hf(), tensors)
   assert loaded_config == config and config.eos_token_id == (5, 6)
-  np.testing.assert_array_equal(model.layers.q_kernel[...][1], tensors["h.1.attn.c_attn.weight"][:, :8].reshape(8, 2, 4))
+  np.testing.assert_array_equal(model.layers.q_kernel[...][1],
+                                tensors["h.1.attn.c_attn.weight"][:, :8].reshape(8, 2, 4))
   np.testing.assert_array_equal(model.pos_embed[...], tensors["wpe.weight"])

@@ -60,7 +60,8 @@ def test_verdicts_parse_and_name_table_metrics():
 def test_sweep_grid_and_seed_override():
   runs = sweep_lib.collect(SPEC)
   assert len(runs) == 10
-  assert sorted({(r["seed"], r["dpo.loss.beta"]) for r in runs}) == [(s, b) for s in (0, 1, 2, 3, 4) for b in (0.01, 0.1)]
+  assert sorted({(r["seed"], r["dpo.loss.beta"]) for r in runs}) == [(s, b) for s in (0, 1, 2, 3, 4)
+                                                                     for b in (0.01, 0.1)]
   assert all(len({r[f"{m}.loss.beta"] for m in METHODS}) == 1 for r in runs)
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0, "dpo.loss.beta": 0.1, "ra_dpo_ls.loss.beta": 0.1}]
   config = config_lib.load_config(SPEC + ":smoke")

@@ -312,7 +312,8 @@ def _run_two_processes_with_resume(tmp_path: pathlib.Path, config: str, stage: s
   # run's final one (step 2) stays in the log; the final one (step 4) must match.
   train = lambda lines: [m for m in lines if "train/loss" in m]  # pylint: disable=unnecessary-lambda-assignment
   _assert_same_losses(train(got), train(want))
-  evals = lambda lines: [m for m in lines if any(k.startswith("eval/") for k in m)]  # pylint: disable=unnecessary-lambda-assignment
+  evals = lambda lines: [m for m in lines  # pylint: disable=unnecessary-lambda-assignment
+                         if any(k.startswith("eval/") for k in m)]
   assert [m["step"] for m in evals(got)] == [2, 4] and [m["step"] for m in evals(want)] == [4]
   _assert_same_losses(evals(got)[-1:], evals(want))
   for other in earlier_stages:  # Ran once (4 steps) in both; the stage above started from it.

@@ -58,8 +58,9 @@ def test_stage_on_tiny_models(tmp_path):
   rm = RewardEnsemble(config, HeadConfig(), 2, rngs=nnx.Rngs(1))
   rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), config, HeadConfig(), 2, nnx.state(rm))
   cfg = from_config({"policy": policy_dir, "reward_model": rm_dir, "aggregations": ("mean", "min"),
-                     "extra_aggregations": ("mean_minus_var:0.5",), "track_words": ("the",), "prompts": {"world": WORLD},
-                     "num_prompts": 4, "pool_size": 8, "batch_size": 4, "max_new_tokens": 6},
+                     "extra_aggregations": ("mean_minus_var:0.5",), "track_words": ("the",),
+                     "prompts": {"world": WORLD}, "num_prompts": 4, "pool_size": 8, "batch_size": 4,
+                     "max_new_tokens": 6},
                     best_of_n_stage.BestOfNConfig)
   workdir = str(tmp_path / "bon")
   out = best_of_n_stage.run(cfg, workdir, {})

@@ -218,7 +218,8 @@ def test_lora_reward_adapters_save_alone_and_load_back_onto_their_base(tmp_path)
   assert np.ptp(scores, axis=1).max() > 1e-4
   # The base is really read from `base`: the same adapters on another base of the same shape score differently.
   save_pretrained(random_model(TINY, seed=6), str(tmp_path / "base6"))
-  assert np.abs(np.asarray(artifacts.load_reward_adapters(out, str(tmp_path / "base6"))(ids, mask)) - scores).max() > 1e-3
+  assert np.abs(np.asarray(artifacts.load_reward_adapters(out, str(tmp_path / "base6"))(ids, mask)) -
+                scores).max() > 1e-3
   other = random_model(dataclasses.replace(TINY, mlp_dim=48), seed=1)
   save_pretrained(other, str(tmp_path / "other"))
   with pytest.raises(ValueError, match=r"adapters/spec.json: the adapters were trained on a base with .*mlp_dim"):
