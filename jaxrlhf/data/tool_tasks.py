@@ -7,8 +7,7 @@ calculate(a, b, operation) and create_event(title, date, time). A request comes 
 small talk, answered in <response>, where the reward checks that the model does NOT call a tool). A row is
 
     {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": <request>}],
-     "tool_calls": "[{\\"name\\": \\"get_weather\\", \\"parameters\\": {\\"city\\": \\"Paris\\",
-                    \\"unit\\": \\"celsius\\"}}]",
+     "tool_calls": "[{\\"name\\": \\"get_weather\\", \\"parameters\\": {\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}}]",
      "id": "train-0"}
 
 `tool_calls` is the gold calls as a JSON string ("[]" for small talk); every value the calls need is stated in the
