@@ -40,8 +40,8 @@ def test_variant_plans_with_its_objective(variant):
 
 # One SmolLM2 smoke run of configs/smollm2_grpo.py's chain (~55 s on 2 cores: the 135M GGUF loaded three times,
 # rollout + update + evaluation compiled), as DAPO: the plain GRPO smoke chain plus dynamic sampling and the overlong
-# penalty. dr_grpo, gspo and cispo differ from it only in the loss function, which tests/stages/test_rl_variants.py
-# runs end to end on a tiny model.
+# penalty. dr_grpo, gspo and cispo differ from it only in the loss function, whose stage wiring (value, gradient and
+# metrics against the library loss, for every variant) tests/stages/test_rl_variants.py checks.
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dapo"])
 def test_variant_smoke_runs(tmp_path, smollm2_gguf, name):
