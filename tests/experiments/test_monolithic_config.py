@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import require_asset
+from paper_tables import smoke_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -37,8 +38,8 @@ def test_bad_rule_confidence_names_the_key():
     run_lib.plan(config)
 
 
-def test_monolithic_smoke_runs(tmp_path):
-  outputs = run_lib.run(_load("smoke"), str(tmp_path))
+def test_monolithic_smoke_runs(paper_smoke):
+  tmp_path, outputs = smoke_run(paper_smoke("monolithic"))  # the paper's smoke sweep, shared with the notebook test
   metrics = outputs["bon"]["metrics"]
   for selector in ("gold", "model", "rule", "hybrid"):
     assert np.isfinite(metrics[f"{selector}/gold@N"]) and metrics[f"{selector}/length@N"] > 0

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from conftest import require_asset
+from paper_tables import smoke_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -38,10 +39,11 @@ def test_bad_reward_option_names_the_key():
     run_lib.plan(config)
 
 
-@pytest.mark.slow  # ~80 s on 2 cores: loads the 135M GGUF three times, compiles rollout + update + evaluation.
-def test_reasoning_sql_smoke_runs(tmp_path, smollm2_gguf):
-  config = _load("smoke")
-  outputs = run_lib.run(config, str(tmp_path))
+# ~60 s on 2 cores: loads the 135M GGUF three times, compiles rollout + update + evaluation. The paper's smoke sweep,
+# run once for this test and the reproductions notebook test.
+@pytest.mark.slow
+def test_reasoning_sql_smoke_runs(paper_smoke, smollm2_gguf):
+  tmp_path, outputs = smoke_run(paper_smoke("reasoning_sql"))
   files = outputs["grpo"]["prompts"]["files"]
   assert files["kept"] == 640 and files["skipped"] == 0
   metrics = outputs["evaluate"]["metrics"]

@@ -5,6 +5,7 @@ import pathlib
 import sys
 
 import pytest
+from paper_tables import smoke_run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -40,9 +41,11 @@ def test_bad_variant_and_bad_reward_option_fail_before_compute(smollm2_gguf):
     run_lib.plan(config)
 
 
-@pytest.mark.slow  # ~1-2 minutes on 2 cores: loads the 135M GGUF three times, compiles rollout + update + evaluation.
-def test_toolrl_smoke_runs(tmp_path, smollm2_gguf):
-  outputs = run_lib.run(_load("smoke"), str(tmp_path))
+# ~60 s on 2 cores: loads the 135M GGUF three times, compiles rollout + update + evaluation. The paper's smoke sweep,
+# run once for this test and the reproductions notebook test.
+@pytest.mark.slow
+def test_toolrl_smoke_runs(paper_smoke, smollm2_gguf):
+  tmp_path, outputs = smoke_run(paper_smoke("toolrl"))
   files = outputs["grpo"]["prompts"]["files"]
   assert files["kept"] == 1024 + 128 and files["skipped"] == 0
   metrics = outputs["evaluate"]["metrics"]
