@@ -45,7 +45,7 @@ METRICS = ("eval/reward/accuracy", "train/reward/accuracy", "train/reward/unanim
 # section's "Rule" paragraph (docs/reproductions.md, Co-Reward): d = A_co - A_self, the held-out accuracies at the last
 # step; "reproduced" needs >= 5 seeds with the paired 95% t-interval above 0, "not reproduced" a mean d <= 0. Rule (b),
 # the collapse counts (A_arm < A_start - 0.05 with final training unanimity >= 0.5), is a count over seeds, not a
-# paired difference: docs/reproductions/coreward/aggregate.py computes it.
+# paired difference: docs/reproductions/co_reward/aggregate.py computes it.
 VERDICTS = (
     dict(sweep="co_reward", claim="Co-Reward beats self-consistency (held-out accuracy)",
          value="rl_co/eval/reward/accuracy", baseline="rl_self/eval/reward/accuracy", direction=+1,

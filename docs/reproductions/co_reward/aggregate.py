@@ -1,6 +1,6 @@
 """The Co-Reward sweep's per-seed table (the Co-Reward section of docs/reproductions.md) from its run folders.
 
-    python docs/reproductions/coreward/aggregate.py runs/papers/co_reward docs/reproductions/coreward/results.json
+    python docs/reproductions/co_reward/aggregate.py runs/papers/co_reward docs/reproductions/co_reward/results.json
 
 Per seed: the SFT policy's held-out accuracy (stage "start"), and per arm (truth / self / co) the held-out accuracy
 at every evaluation, the last logged training-batch unanimity / accuracy / KL, the first logged step with unanimity

@@ -1,6 +1,6 @@
 """What a Co-Reward sweep's policies answer: one sample (T = 1, key 0) for each of the first 64 held-out prompts.
 
-    python docs/reproductions/coreward/diagnose.py runs/papers/co_reward/seed=0 sft rl_self rl_co
+    python docs/reproductions/co_reward/diagnose.py runs/papers/co_reward/seed=0 sft rl_self rl_co
 
 Prints per policy its most common answers, the share equal to the ground truth, and the share of problems whose two
 forms (original, rephrased) got the same answer.

@@ -3,7 +3,7 @@ configs/papers/dr_irl.py sweep on the TRAIN prompts, split at the median of GRPO
 (grpo_s/prompt_hardness.json: hard = delta above the median). Four samples per prompt per policy, the same keys for
 every policy.
 
-    python docs/reproductions/drirl/hard_easy.py runs/papers/dr_irl
+    python docs/reproductions/dr_irl/hard_easy.py runs/papers/dr_irl
 """
 
 import glob
