@@ -52,6 +52,17 @@ def pooled_constant_difference(runs: list, a: str, b: str) -> tuple[int, tuple[f
   return len(diffs), bootstrap(np.mean(diffs, axis=0))
 
 
+def write_pooled(result: dict, runs: list, out_path: pathlib.Path, a: str, b: str, a_name: str = "") -> None:
+  """Adds the pooled constant(a) - constant(b) over the seeds' pools `runs` to `result["pooled"]` (key
+  "constant_<a_name or a>_minus_<b>"), prints it and writes `result` to out_path as JSON."""
+  a_name = a_name or a
+  seeds, pooled = pooled_constant_difference(runs, a, b)
+  result["pooled"] = {"seeds": seeds, f"constant_{a_name}_minus_{b}": pooled}
+  print(f"pooled over {seeds} seeds: constant({a_name}) - constant({b}): {fmt(pooled)}")
+  with open(out_path, "w") as f:
+    json.dump(result, f, indent=1)
+
+
 def bon(selector_PxN: np.ndarray, value_PxN: np.ndarray, n: int) -> np.ndarray:
   """(P,) expected value of the best-of-n sample chosen by `selector` (n = 1: the pool mean)."""
   return unbiased_best_of_n(selector_PxN, value_PxN, np.asarray([n]))[:, 0]

@@ -19,7 +19,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bmasdemo"))
 
-from analyze_pools import bootstrap, constant_P, fmt, pooled_constant_difference  # noqa: E402
+from analyze_pools import bootstrap, constant_P, fmt, write_pooled  # noqa: E402
 
 TERMS = ("execution_accuracy", "syntax", "format", "schema_linking", "ngram", "reasoning_sql")
 
@@ -56,11 +56,7 @@ def main(sweep: pathlib.Path) -> None:
     print(f"constant(execution) - constant(reasoning_sql): {fmt(a['constant_execution_minus_reasoning_sql'])} "
           f"({a['prompts_exec_constant_rsql_not']} prompts one way, {a['prompts_rsql_constant_exec_not']} the other); "
           f"executing samples {a['samples_executing']}, formatted samples {a['samples_with_format']}")
-  seeds, pooled = pooled_constant_difference(runs, "execution_accuracy", "reasoning_sql")
-  result["pooled"] = {"seeds": seeds, "constant_execution_minus_reasoning_sql": pooled}
-  print(f"pooled over {seeds} seeds: constant(execution) - constant(reasoning_sql): {fmt(pooled)}")
-  with open(HERE / "analysis.json", "w") as f:
-    json.dump(result, f, indent=1)
+  write_pooled(result, runs, HERE / "analysis.json", "execution_accuracy", "reasoning_sql", a_name="execution")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(HERE.parent / "bmasdemo"))
 
-from analyze_pools import fmt, pooled_constant_difference, toolrl  # noqa: E402
+from analyze_pools import toolrl, write_pooled  # noqa: E402
 
 REWARDS = ("exact", "coarse", "correct", "format", "toolrl")
 
@@ -53,11 +53,7 @@ def main(sweep: pathlib.Path) -> None:
     a["proxy"] = {r: {"proxy@1": metrics[f"{r}/proxy@1"], "proxy@N": metrics[f"{r}/proxy@N"]} for r in REWARDS}
     a["contents"] = sample_contents(run, tokenizer)
     print(f"mean score / best of 8: {a['proxy']}\nsamples: {a['contents']}")
-  seeds, pooled = pooled_constant_difference(runs, "exact", "toolrl")
-  result["pooled"] = {"seeds": seeds, "constant_exact_minus_toolrl": pooled}
-  print(f"pooled over {seeds} seeds: constant(exact) - constant(toolrl): {fmt(pooled)}")
-  with open(HERE / "analysis.json", "w") as f:
-    json.dump(result, f, indent=1)
+  write_pooled(result, runs, HERE / "analysis.json", "exact", "toolrl")
 
 
 if __name__ == "__main__":
