@@ -76,7 +76,8 @@ def run_isolated(model: str, algo: str, side: str, folder: str, args: argparse.N
   cmd = [sys.executable, "-m", "experiments.bench", "--case", f"{model}:{algo}:{side}", "--folder", folder,
          "--steps", str(args.steps), "--threads", str(args.threads), "--shape", args.shape or model,
          "--logps_chunk_size", str(args.logps_chunk_size), "--warmup", str(args.warmup),
-         "--scan_layers", str(args.scan_layers), "--shared_prompt", str(args.shared_prompt), "--case_out", out]
+         "--scan_layers", str(args.scan_layers), "--shared_prompt", str(args.shared_prompt),
+         "--member_loop", args.member_loop, "--case_out", out]
   proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if proc.returncode != 0:
@@ -222,7 +223,7 @@ def _case_main(args: argparse.Namespace) -> None:
   shape = bench_lib.SHAPES[args.shape]
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
                            logps_chunk_size=args.logps_chunk_size, scan_layers=_scan_layers(args.scan_layers),
-                           shared_prompt=_shared_prompt(args.shared_prompt))
+                           shared_prompt=_shared_prompt(args.shared_prompt), member_loop=args.member_loop)
   with open(args.case_out, "w") as f:
     json.dump(row, f)
 
@@ -244,6 +245,8 @@ def parser() -> argparse.ArgumentParser:
   parser.add_argument("--shared_prompt", default="auto", choices=("auto", "true", "false"),
                       help="jaxrlhf RM/DPO steps score each pair as one [prompt | chosen | rejected] row; auto (the "
                       "stages' default data.shared_prompt): when the FLOPs estimate says it does less work")
+  parser.add_argument("--member_loop", default="auto", choices=("auto", "vmap", "scan"),
+                      help="jaxrlhf ensemble step's member loop (auto: the backend's rule, scan on the CPU)")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxrlhf_bench"))
   parser.add_argument("--out", default=None, help="write all rows and the machine description as JSON")
   parser.add_argument("--smoke", action="store_true", help="a tiny model in-process, 2 steps: the plumbing only")
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = bench_lib.run_case(m, a, s, folder, bench_lib.SHAPES[m], steps, args.warmup, threads=args.threads,
                                      logps_chunk_size=args.logps_chunk_size,
                                      scan_layers=_scan_layers(args.scan_layers),
-                                     shared_prompt=_shared_prompt(args.shared_prompt))
+                                     shared_prompt=_shared_prompt(args.shared_prompt),
+                                     member_loop=args.member_loop)
           else:
             row = run_isolated(m, a, s, folder, args)
           if peak and "gflops_per_s" in row:

@@ -20,7 +20,9 @@ image lacks; as a script (and in its child processes) only jaxrlhf.models / loss
   gen                 `sampling.generate`, 1.24B with bf16 weights, prompt 512 + 512 new tokens, greedy, no early
                       stop: prefill and decode apart, tokens/s, HBM bandwidth. Levers: b=, prompt=, new=,
                       pdtype=, unroll, scan, sample.
-  ens                 K = 5 reward models (285M each) as one vmapped step vs one member's step.
+  ens                 K = 5 reward models (285M each) as one stacked step vs one member's step, for both member
+                      loops (vmap: one batched program; scan: the members in turn). Levers: k=, b=, seq=,
+                      loop=both|vmap|scan.
   grpo                64 prompts x 8 samples x (256 + 512) on 1.24B: rollout / old + reference log-probs /
                       reward model / update, each timed. Levers: prompts=, gens=, prompt=, new=, micro=,
                       logps=, rollout=fp32|bf16 (weights used for sampling), steps=.
@@ -351,10 +353,13 @@ def tables(header: dict, device: dict, rows: list[dict]) -> str:
                  f"{r['decode_tokens_per_s']:,} | {r['total_tokens_per_s']:,} | {r['hbm_gb_per_s']} | "
                  f"**{_pct(r['hbm_util'])}** | {_pct(r['hbm_util_filled'])} |")
   for r in (r for r in ok if r.get("case") == "ens"):
+    loops = "; ".join(f"{name}: ensemble {x['ensemble_s']} s, ratio {x['ratio']}, MFU {_pct(x['ensemble_mfu'])}, "
+                      f"program {x['program_gib']} GiB, member-0 loss at init {x['member0_loss0']}"
+                      for name, x in r["loops"].items())
     out += ["", f"ensemble ({r['entry']}): K={r['members']} x {r['params_per_member'] / 1e6:.0f}M, {r['pairs']} "
-            f"pairs x {r['seq']} per member: single {r['single_s']} s, ensemble {r['ensemble_s']} s, "
-            f"**ratio {r['ratio']}** (target <= 1.1); MFU single {_pct(r['single_mfu'])}, ensemble "
-            f"{_pct(r['ensemble_mfu'])}; member-0 loss at init {r['member0_loss0']}"]
+            f"pairs x {r['seq']} per member: single {r['single_s']} s (MFU {_pct(r['single_mfu'])}, program "
+            f"{r['single_program_gib']} GiB, loss at init {r['single_loss0']}); {loops}; **ratio {r['ratio']}** "
+            f"({r['fastest_loop']}; target <= 1.1)"]
   for r in (r for r in ok if r.get("case") == "grpo"):
     sec, share, mfu = r["seconds"], r["share"], r["mfu"]
     out += ["", f"GRPO ({r['entry']}): {r['prompts']} prompts x {r['generations']} = {r['rows']} rows x "

@@ -270,8 +270,8 @@ def _timed_steps(step: Any, state: Any, batches: list[dict], batch_sharding: Any
 
 
 def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5,
-              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool | None = None, shared_prompt: bool = False
-              ) -> dict[str, Any]:
+              seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool | None = None, shared_prompt: bool = False,
+              member_loop: str = "auto") -> dict[str, Any]:
   """Times the library's jitted, donating train step (`make_train_step` over `init_train_state`) on `algo`.
 
   RM: `RewardModel` + `reward_loss_fn`; DPO: the policy state of `sft.policy_setup` + `preference_loss_fn` with
@@ -284,6 +284,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   reading the loss back (the loop does both). `scan_layers` is the ModelConfig switch (the library default None:
   the backend's rule).
   `shared_prompt`: the batches hold one [prompt | chosen | rejected] row per pair (`data.shared_prompt`).
+  `member_loop`: the ensembles' member loop (`reward.make_ensemble_step`; "auto" is the library default).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -337,7 +338,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
     loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(), head)
     step_fn = reward.make_ensemble_step(reward.member_graphdef(config, head, seed, lora), loss_fn,
                                         optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0), ENSEMBLE_K,
-                                        shared_extra=lora is not None)
+                                        shared_extra=lora is not None, member_loop=member_loop)
     batches = [{k: np.broadcast_to(v, (ENSEMBLE_K, *v.shape)).copy() for k, v in b.items()} for b in batches]
   else:
     resident = algo in ("dpo_resident", "dpo_lora")
@@ -566,11 +567,13 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
              threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool | None = None,
-             shared_prompt: bool | str = "auto") -> dict[str, Any]:
+             shared_prompt: bool | str = "auto", member_loop: str = "auto") -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary).
 
   shared_prompt: the jaxrlhf RM / DPO batch layout: True / False, or "auto" (the library default: the stages' rule,
     `library_shared_prompt`; the row records the estimated cost ratio).
+  member_loop: the ensemble cases' member loop, "auto" (the library default), "vmap" or "scan"; the row records the
+    resolved one.
   """
   row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
   if side == "jaxrlhf" and algo in TRAIN_CASES:
@@ -605,7 +608,7 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
     return row
   if side == "jaxrlhf":
     raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, scan_layers=scan_layers,
-                    shared_prompt=shared_prompt)
+                    shared_prompt=shared_prompt, member_loop=member_loop)
   elif side == "trl":
     raw = trl_train(folder, algo, shape, steps, warmup, threads=threads)
   else:
@@ -615,6 +618,9 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
   members = ENSEMBLE_K if algo.startswith("rm_ens") else 1  # Every member reads the batch.
   if members > 1:
     row["members"] = members
+    if side == "jaxrlhf":
+      from jaxrlhf.stages.reward import resolved_member_loop  # pylint: disable=g-import-not-at-top
+      row["member_loop"] = resolved_member_loop(member_loop)
   row.update(summarize(raw["times"], members * 2 * shape.batch * shape.seq, members * shape.batch, flops, None),
              flops_per_step=flops)
   row.pop("times")

@@ -58,6 +58,7 @@ SMOKE_UNTIED = dict(SMOKE_TIED, num_layers=3, tie_word_embeddings=False)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 LOGPS_MODES = ("chunked", "fused", "fused_recompute", "full")
+ENSEMBLE_LOOPS = ("both", "vmap", "scan")  # the ens case's member loops (`stages.reward.make_ensemble_step`)
 _TRAIN = ("b", "seq", "remat", "unroll", "scan", "attn", "pdtype", "mu", "layers")
 LEVERS: dict[str, tuple[str, ...]] = {
     "rm": _TRAIN,
@@ -66,7 +67,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "dpo_shared": _TRAIN + ("chunk",),
     "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
     "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers"),
-    "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan"),
+    "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan", "loop"),
     "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "attn", "remat", "steps"),
     "rm8b": _TRAIN,
     "dpo8b": _TRAIN + ("logps", "chunk"),
@@ -81,7 +82,7 @@ XLA_PRESETS = {
 }
 LEVERS = {kind: levers + ("xf",) for kind, levers in LEVERS.items()}
 _CHOICES = {"remat": REMAT_POLICIES, "attn": ATTENTION_IMPLS, "pdtype": tuple(DTYPES), "mu": tuple(DTYPES),
-            "rollout": tuple(DTYPES), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS)}
+            "rollout": tuple(DTYPES), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS), "loop": ENSEMBLE_LOOPS}
 _FLAGS = ("unroll", "scan", "sample")  # unroll / scan force ModelConfig.scan_layers; neither: the library default
 ISOLATED_KINDS = ("rm8b", "dpo8b")  # each in a fresh process: its peak memory is its own
 
@@ -555,9 +556,11 @@ def run_gen(entry: Entry, s: Settings) -> dict:
 
 # ------------------------------------------------------------------------------------------------ 5: ensemble
 def run_ens(entry: Entry, s: Settings) -> dict:
-  """K reward models trained as one vmapped step (every parameter, optimizer state and batch with a leading
-  member axis, as `train.reward.make_ensemble_step`) vs one member's step: ratio = ensemble / (K x single).
-  Should the cuDNN attention kernel refuse the member axis, both steps are re-measured with XLA attention."""
+  """K reward models trained as one step (every parameter, optimizer state and batch with a leading member axis, as
+  `stages.reward.make_ensemble_step`) vs one member's step: ratio = ensemble / (K x single), for each member loop
+  the `loop` lever names ("both", the default: "vmap", one batched program, and "scan", the members one after
+  another updating the stacked state in place). Should the cuDNN attention kernel refuse the member axis, every
+  step is re-measured with XLA attention."""
   c = model_config(entry, s)
   try:
     return _run_ens(entry, s, c)
@@ -569,10 +572,29 @@ def run_ens(entry: Entry, s: Settings) -> dict:
     return row
 
 
+def scan_members(body: Callable, k: int) -> Callable:
+  """`body` (one member's step) run for members 0..k-1 in a `lax.scan` that writes each member's new parameters
+  and optimizer state back into the stacked ones (the "scan" member loop of `stages.reward.make_ensemble_step`)."""
+
+  def step(params, rest, opt_state, batch):
+    def one(carry, m):
+      p, o = carry
+      take = lambda tree: jax.tree.map(lambda x: x[m], tree)  # noqa: E731
+      new_p, new_o, *outs = body(take(p), take(rest), take(o), take(batch))
+      put = lambda tree, new: jax.tree.map(lambda x, y: x.at[m].set(y), tree, new)  # noqa: E731
+      return (put(p, new_p), put(o, new_o)), tuple(outs)
+
+    (params, opt_state), outs = jax.lax.scan(one, (params, opt_state), jnp.arange(k))
+    return (params, opt_state, *outs)
+
+  return step
+
+
 def _run_ens(entry: Entry, s: Settings, c: ModelConfig) -> dict:
   lv = entry.levers
   k, pairs = lv.get("k", 5), lv.get("b", 2 if s.smoke else 4)
   seq = lv.get("seq", 32 if s.smoke else 1024)
+  loops = ("vmap", "scan") if lv.get("loop", "both") == "both" else (lv["loop"],)
   optimizer = make_optimizer()
   make = lambda key: RewardModel(c, HeadConfig("linear"), rngs=nnx.Rngs(key))  # noqa: E731
   graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make(0)), nnx.Param, ...)
@@ -582,11 +604,10 @@ def _run_ens(entry: Entry, s: Settings, c: ModelConfig) -> dict:
     return params, rest, optimizer.init(params)
 
   keys = jax.random.split(jax.random.key(0), k)
-  stacked = jax.jit(jax.vmap(init_member))(keys)  # (params, rest, opt_state), each with a leading K axis
+  init_stacked = jax.jit(jax.vmap(init_member))
   batches = [pairs_batch(c.vocab_size, pairs, seq, seed=m) for m in range(k)]
   batch_k = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
   body = step_body(graphdef, rm_loss, optimizer)
-  n_params = tree_size(stacked[0]) // k
 
   def measure(step, state, batch):
     compiled, compile_s, program = aot(step, state[0], state[1], state[2], batch, donate=(0, 2))
@@ -600,23 +621,31 @@ def _run_ens(entry: Entry, s: Settings, c: ModelConfig) -> dict:
 
     loss0 = np.asarray(call()[2])
     times = timed(call, s.steps, s.warmup, s.deadline)
-    return float(np.median(times)), times, compile_s, program, loss0
+    return dict(s=float(np.median(times)), times=times, compile_s=compile_s, program=program, loss0=loss0)
 
-  single_state = jax.tree.map(lambda x: x[0], stacked)  # member 0 alone (a copy)
-  single_s, single_times, single_compile, single_program, single_loss0 = measure(body, single_state, batches[0])
-  del single_state
+  stacked = init_stacked(keys)  # (params, rest, opt_state), each with a leading K axis
+  n_params = tree_size(stacked[0]) // k
+  single = measure(body, jax.tree.map(lambda x: x[0], stacked), batches[0])  # member 0 alone (a copy)
   gc.collect()
-  ens_s, ens_times, ens_compile, ens_program, ens_loss0 = measure(jax.vmap(body), stacked, batch_k)
   tokens = 2 * pairs * seq
   flops = train_flops_per_token(c, seq, with_unembed=False) * tokens
+  results = {}
+  for loop in loops:
+    stacked = stacked if stacked is not None else init_stacked(keys)  # the donated state is gone after a loop
+    ens = measure(jax.vmap(body) if loop == "vmap" else scan_members(body, k), stacked, batch_k)
+    stacked = None
+    gc.collect()
+    results[loop] = dict(ensemble_s=_r(ens["s"]), ensemble_times=[_r(t) for t in ens["times"]],
+                         ratio=_r(ens["s"] / (k * single["s"])),
+                         ensemble_mfu=_r(k * flops / ens["s"] / 1e12 / s.peak_tflops),
+                         compile_s=_r(ens["compile_s"], 1), program_gib=_r(ens["program"], 2),
+                         member0_loss0=float(ens["loss0"][0]))
+  best = min(results, key=lambda loop: results[loop]["ensemble_s"])
   return dict(case="ens", kind="ens", members=k, params_per_member=int(n_params), pairs=pairs, seq=seq,
-              config=config_summary(c), single_s=_r(single_s), ensemble_s=_r(ens_s),
-              single_times=[_r(t) for t in single_times], ensemble_times=[_r(t) for t in ens_times],
-              ratio=_r(ens_s / (k * single_s)), single_mfu=_r(flops / single_s / 1e12 / s.peak_tflops),
-              ensemble_mfu=_r(k * flops / ens_s / 1e12 / s.peak_tflops),
-              compile_s=dict(single=_r(single_compile, 1), ensemble=_r(ens_compile, 1)),
-              program_gib=dict(single=_r(single_program, 2), ensemble=_r(ens_program, 2)), peak_gib=peak_gib(),
-              member0_loss0=dict(single=float(single_loss0), ensemble=float(ens_loss0[0])))
+              config=config_summary(c), single_s=_r(single["s"]), single_times=[_r(t) for t in single["times"]],
+              single_mfu=_r(flops / single["s"] / 1e12 / s.peak_tflops), single_compile_s=_r(single["compile_s"], 1),
+              single_program_gib=_r(single["program"], 2), single_loss0=float(single["loss0"]), loops=results,
+              fastest_loop=best, ratio=results[best]["ratio"], peak_gib=peak_gib())
 
 
 # ------------------------------------------------------------------------------------------------ 4: GRPO

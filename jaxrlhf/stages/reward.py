@@ -93,6 +93,9 @@ class RewardLossConfig:
   bt_weight: float = field(1.0, min=0.0)
 
 
+MEMBER_LOOPS = ("auto", "vmap", "scan")  # `RewardConfig.member_loop`, `make_ensemble_step(member_loop=...)`
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
   """The "reward" stage."""
@@ -102,6 +105,8 @@ class RewardConfig:
   head: HeadSpec = field(default_factory=HeadSpec)
   num_members: int = field(1, min=1)
   shared_backbone: bool = field(False)  # Random init: all members start from member 0's backbone.
+  # How the K member steps run (`make_ensemble_step`): "auto" = "scan" (in turn) on the CPU, "vmap" (batched) else.
+  member_loop: str = field("auto", choices=MEMBER_LOOPS)
   loss: RewardLossConfig = field(default_factory=RewardLossConfig)
   optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
   loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
@@ -288,15 +293,29 @@ def member_graphdef(model_config: Any, head: HeadConfig, seed: int, lora: Any = 
   return nnx.graphdef(nnx.eval_shape(lambda: member_model(model_config, head, seed, 0)))
 
 
+def resolved_member_loop(member_loop: str, backend: str | None = None) -> str:
+  """The member loop `make_ensemble_step` runs: "vmap" or "scan" as given; "auto" is "scan" on the CPU and
+  "vmap" elsewhere (backend: a `jax.default_backend()` name; None reads it)."""
+  if member_loop not in MEMBER_LOOPS:
+    raise ValueError(f"member_loop: expected one of {MEMBER_LOOPS}, got {member_loop!r}")
+  if member_loop != "auto":
+    return member_loop
+  return "scan" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
 def make_ensemble_step(member_graphdef: nnx.GraphDef, loss_fn: state_lib.LossFn,
-                       optimizer_config: optim.OptimizerConfig, num_members: int, shared_extra: bool = False
-                       ) -> state_lib.StepFn:
-  """The stacked step: `make_train_step` of one member, vmapped over the member axis of state and batch.
+                       optimizer_config: optim.OptimizerConfig, num_members: int, shared_extra: bool = False,
+                       member_loop: str = "auto") -> state_lib.StepFn:
+  """The stacked step: `make_train_step` of one member, run for every member on the member axis of state and batch.
 
   Batches are (K, B, ...). shared_extra: the state's `extra` has no member axis (a LoRA ensemble's one frozen
-  base), every member reads it whole. Metrics: the member-summed Avg/Sum metrics, the member mean of scalar ones, and
-  `members/loss_<k>` per member.
+  base), every member reads it whole. member_loop: "vmap" runs the K member steps as one batched program (K x the
+  activations live at once); "scan" runs them one after another in a `lax.scan` that updates the stacked
+  parameters and optimizer state in place (one member's activations live at a time); "auto" picks per backend
+  (`resolved_member_loop`). Both give the same member trajectories. Metrics: the member-summed Avg/Sum metrics,
+  the member mean of scalar ones, and `members/loss_<k>` per member.
   """
+  loop = resolved_member_loop(member_loop)
   member_step = state_lib.make_train_step(member_graphdef, loss_fn, optim.make_optimizer(optimizer_config),
                                           grad_accum_steps=optimizer_config.grad_accum_steps,
                                           schedule=optim.make_schedule(optimizer_config))
@@ -310,8 +329,20 @@ def make_ensemble_step(member_graphdef: nnx.GraphDef, loss_fn: state_lib.LossFn,
       new, metrics = member_step(s, batch)
       return new.params, new.opt_state, metrics
 
-    params, opt_state, metrics = jax.vmap(one, in_axes=(0, None if shared_extra else 0, 0, 0, 0))(
-        state.params["members"], extra, state.opt_state, jnp.arange(num_members), batch_K)
+    if loop == "vmap":
+      params, opt_state, metrics = jax.vmap(one, in_axes=(0, None if shared_extra else 0, 0, 0, 0))(
+          state.params["members"], extra, state.opt_state, jnp.arange(num_members), batch_K)
+    else:
+      def body(carry, k):
+        params_K, opt_K = carry
+        take = lambda tree: jax.tree.map(lambda x: x[k], tree)  # noqa: E731
+        params_k, opt_k, metrics_k = one(take(params_K), extra if shared_extra else take(extra), take(opt_K), k,
+                                         take(batch_K))
+        put = lambda tree, new: jax.tree.map(lambda x, y: x.at[k].set(y), tree, new)  # noqa: E731
+        return (put(params_K, params_k), put(opt_K, opt_k)), metrics_k
+
+      (params, opt_state), metrics = jax.lax.scan(body, (state.params["members"], state.opt_state),
+                                                  jnp.arange(num_members))
     out = {}
     for name, v in metrics.items():
       if isinstance(v, metrics_lib.Avg):
@@ -394,7 +425,8 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   setup = ensemble_setup(model_config, head, cfg.num_members, optimizer, cfg.seed, mesh, pretrained,
                          cfg.shared_backbone, lora=lora)
   step_fn = make_ensemble_step(member_graphdef(model_config, head, cfg.seed, lora), reward_loss_fn(cfg.loss, head),
-                               cfg.optimizer, cfg.num_members, shared_extra=lora is not None)
+                               cfg.optimizer, cfg.num_members, shared_extra=lora is not None,
+                               member_loop=cfg.member_loop)
   shared, layout_report = inputs_lib.choose_shared_prompt(data, train_records, tokenizer, model_config,
                                                           with_lm_head=False)
   report = {**report, "shared_prompt": layout_report}

@@ -107,7 +107,8 @@ def _pair_batch(rng, b=4, t=6):
   return batch
 
 
-def test_lora_ensemble_members_train_as_standalone_lora_models_on_one_frozen_base():
+@pytest.mark.parametrize("member_loop", ["vmap", "scan"])
+def test_lora_ensemble_members_train_as_standalone_lora_models_on_one_frozen_base(member_loop):
   """Member k of the LoRA ensemble (stacked step) follows exactly the trajectory of a standalone LoRA reward model
   (member k's adapter and head init, member 0's base) trained alone by the plain step on member k's batches; only
   adapters and heads are params; the base is held once and never moves."""
@@ -117,7 +118,8 @@ def test_lora_ensemble_members_train_as_standalone_lora_models_on_one_frozen_bas
   loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(center_coeff=0.1), HEAD)
   setup = reward.ensemble_setup(TINY, HEAD, k_members, optimizer, seed, None, lora=LORA)
   member_graphdef = reward.member_graphdef(TINY, HEAD, seed, LORA)
-  step = jax.jit(reward.make_ensemble_step(member_graphdef, loss_fn, opt_cfg, k_members, shared_extra=True))
+  step = jax.jit(reward.make_ensemble_step(member_graphdef, loss_fn, opt_cfg, k_members, shared_extra=True,
+                                           member_loop=member_loop))
   state0 = setup.init()
   params = nnx.to_pure_dict(state0.params)["members"]
   assert set(params) == {"backbone", "head"} and set(params["backbone"]) == {"lora"}

@@ -96,7 +96,8 @@ def test_attribute_and_multihead_losses_match_hand_computation():
   np.testing.assert_allclose(float(total), np.sum(batch["weight"] * per_pair), rtol=1e-5)
 
 
-def test_ensemble_member_equals_member_trained_alone():
+@pytest.mark.parametrize("member_loop", ["vmap", "scan"])
+def test_ensemble_member_equals_member_trained_alone(member_loop):
   k_members, steps, seed = 3, 3, 7
   head = HeadConfig()
   opt_cfg = optim.OptimizerConfig(learning_rate=1e-2, clip_norm=0.5)
@@ -106,7 +107,7 @@ def test_ensemble_member_equals_member_trained_alone():
   loss_fn = reward.reward_loss_fn(reward.RewardLossConfig(center_coeff=0.1), head)
   setup = reward.ensemble_setup(TINY, head, k_members, optimizer, seed, None)
   member_graphdef = nnx.graphdef(reward.member_model(TINY, head, seed, 0))
-  step = jax.jit(reward.make_ensemble_step(member_graphdef, loss_fn, opt_cfg, k_members))
+  step = jax.jit(reward.make_ensemble_step(member_graphdef, loss_fn, opt_cfg, k_members, member_loop=member_loop))
   rng = np.random.default_rng(0)
   # Member k reads its own data: different batches per member and step.
   batches = [[_pair_batch(rng) for _ in range(k_members)] for _ in range(steps)]
