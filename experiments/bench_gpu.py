@@ -61,8 +61,8 @@ import time
 # Issue 19's numbers in its priority order (1: train MFU, 3: rollouts, 5: ensemble, 4: GRPO, 2: 8B). Estimated H200
 # wall seconds, compile included (gpu_bench_cases.estimate_s; guesses until a first run records compile_s):
 #   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=fused 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43
-#   | ens 60 | grpo 150 | dpo8b 90, rm8b 80  -> about 700 s in all; with --budget_s 440 expect 1, 3, 5 and whatever
-#   of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
+#   | ens 90 (both member loops) | grpo 150 | dpo8b 90, rm8b 80  -> about 730 s in all; with --budget_s 440 expect
+#   1, 3, 5 and whatever of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
 DEFAULT_ONLY = "rm,dpo,dpo:logps=fused,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
 # Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with scanned layers
 # (the pre-default layout), scanned layers and bf16 parameters for the train steps, the fused gather without the

@@ -156,6 +156,8 @@ def estimate_s(entry: Entry, s: Settings) -> float:
     est *= 1.8
   if entry.kind == "gen":
     est += 0.05 * lv.get("b", 1)
+  if entry.kind == "ens" and lv.get("loop", "both") == "both":  # the single step + two ensemble programs
+    est *= 1.5
   if entry.kind == "grpo":  # ~90 s of compilation, the rest scales with rows x tokens
     rows = lv.get("prompts", 64) * lv.get("gens", 8)
     est = 90 + 60 * rows * (lv.get("prompt", 256) + lv.get("new", 512)) / (512 * 768) * lv.get("steps", 1)
