@@ -2,7 +2,7 @@
 
   sft      a tiny base policy on the world's reference distribution; half of its prompts carry a goal prompt with a
            random score (data.goal_fraction), so reward-augmented DPO starts from a policy that knows the format
-  reward   an ensemble of K = 3 reward models (one vmapped step; eval: held-out and gold agreement)
+  reward   an ensemble of K = 3 reward models (one stacked step; eval: held-out and gold agreement)
   dpo      DPO from the SFT policy
   ra_dpo   reward-augmented DPO from the SFT policy
   eval_dpo / eval_ra_dpo   gold reward of each policy's samples vs the SFT policy's

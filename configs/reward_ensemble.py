@@ -1,4 +1,4 @@
-"""K = 3 independent reward models trained in one vmapped step (own init seeds, own data orders).
+"""K = 3 independent reward models trained in one stacked step (own init seeds, own data orders).
 
 Variants: default, smoke, finetune_seed (members from one SFT checkpoint with different head seeds:
 `--config.model.init_from=runs/sft/model`).
