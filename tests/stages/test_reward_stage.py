@@ -1,5 +1,5 @@
-"""Reward modeling: the loss against a hand computation, ensemble members trained in the vmapped step equal
-the same members trained alone, evaluation rules, training on the synthetic world."""
+"""Reward modeling: the loss against a hand computation, ensemble members trained in the stacked step (either
+member loop) equal the same members trained alone, evaluation rules, training on the synthetic world."""
 
 import json
 import time
