@@ -42,6 +42,7 @@ import time
 
 from experiments import bench_lib
 from experiments import roofline
+from jaxrlhf import host_memory
 
 TRAIN_ALGOS = ("rm", "dpo", "dpo_resident")
 ALGO_NAMES = {"rm": "reward model (BT)", "dpo": "DPO (precomputed ref)", "dpo_resident": "DPO (resident ref)",
@@ -285,7 +286,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
   peak = None if args.smoke else roofline.jax_matmul_gflops(*roofline.DEFAULT_SHAPE, "float32")
   header = (f"{started:%Y-%m-%d %H:%M} UTC, {cpu_name()}, {os.cpu_count()} cores, "
             f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, fp32 GEMM rate (jax, experiments.roofline) "
-            f"{_fmt(peak)} GFLOP/s, torch threads {args.threads}")
+            f"{_fmt(peak)} GFLOP/s, torch threads {args.threads}, jaxrlhf host malloc keeps freed memory: "
+            f"{'yes' if host_memory.wanted() else 'no'} ({host_memory.ENV})")
   print(header, flush=True)
   rows = []
   for m in models:
@@ -327,4 +329,5 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+  host_memory.configure()  # The library's CLI default (experiments.run does the same), before JAX starts.
   main()
