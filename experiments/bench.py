@@ -30,6 +30,10 @@ done per second.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # As experiments.run: huge pages for the host heap, before the heavy imports.
+  from experiments import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.main_hook()
+
 import argparse
 import datetime
 import json
@@ -42,7 +46,6 @@ import time
 
 from experiments import bench_lib
 from experiments import roofline
-from jaxrlhf import host_memory
 
 TRAIN_ALGOS = ("rm", "dpo", "dpo_resident")
 ALGO_NAMES = {"rm": "reward model (BT)", "dpo": "DPO (precomputed ref)", "dpo_resident": "DPO (resident ref)",
@@ -286,8 +289,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
   peak = None if args.smoke else roofline.jax_matmul_gflops(*roofline.DEFAULT_SHAPE, "float32")
   header = (f"{started:%Y-%m-%d %H:%M} UTC, {cpu_name()}, {os.cpu_count()} cores, "
             f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, fp32 GEMM rate (jax, experiments.roofline) "
-            f"{_fmt(peak)} GFLOP/s, torch threads {args.threads}, jaxrlhf host malloc keeps freed memory: "
-            f"{'yes' if host_memory.wanted() else 'no'} ({host_memory.ENV})")
+            f"{_fmt(peak)} GFLOP/s, torch threads {args.threads}, GLIBC_TUNABLES "
+            f"{os.environ.get('GLIBC_TUNABLES', '')!r} (experiments.huge_pages)")
   print(header, flush=True)
   rows = []
   for m in models:
@@ -329,5 +332,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-  host_memory.configure()  # The library's CLI default (experiments.run does the same), before JAX starts.
   main()

@@ -34,6 +34,10 @@ process) reads complete files.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # Before the heavy imports: run once more with huge pages for the host heap.
+  from experiments import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.main_hook()
+
 import difflib
 import hashlib
 import importlib
@@ -53,7 +57,6 @@ from ml_collections import config_flags
 
 from experiments import summary
 from jaxrlhf import config as config_lib
-from jaxrlhf import host_memory
 from jaxrlhf.data.errors import DataFileError
 from jaxrlhf.models.errors import ModelFileError
 from jaxrlhf.parallel import distributed
@@ -353,12 +356,6 @@ def clear_workdir(workdir: str) -> None:
 
 def cli() -> None:
   """The command line entry point (flags are defined here so that importing this module defines none)."""
-  # Before any JAX computation: on the CPU, XLA's per-step buffers are reused instead of faulted in again.
-  try:
-    host_memory.configure()
-  except ValueError as e:
-    print(f"config error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
   config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:variant]`.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Run directory (resumed if it exists).")
   flags.DEFINE_bool("show_config", False, "Print every stage's expanded, validated config and exit.")

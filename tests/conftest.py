@@ -10,10 +10,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
-from jaxrlhf import host_memory  # noqa: E402
-
-host_memory.configure()  # As the CLIs do, before JAX starts its threads (jaxrlhf/host_memory.py says why).
-
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
