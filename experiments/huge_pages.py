@@ -5,8 +5,8 @@ on every call and frees them when the call ends; glibc hands blocks that large b
 faults every page in again. On the 2-core AMD EPYC of docs/performance.md a tiny-Llama RM step took 71,000 minor
 page faults (278 MiB of 4 KiB pages) and ~110 ms of kernel time per 0.2 s step. With the tunable, glibc asks for
 transparent huge pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps, so the same bytes take 2 MiB pages and a few
-hundred faults: the step ran in 0.14 instead of 0.19 s, and the quickstart chain in 1:07 instead of 1:12, with the
-same peak RSS (docs/performance.md, "Host memory"). glibc reads tunables only when a process starts, hence the
+hundred faults: tiny-model train steps ran 1.08-1.51x faster and the quickstart chain took 1:07 (1:08-1:12 without),
+with the same peak RSS (docs/performance.md, "Host memory"). glibc reads tunables only when a process starts, hence the
 re-execution (the same process id, arguments and environment plus the tunable), done before any heavy import.
 
 Where it applies (`wanted_env`): Linux with glibc >= 2.35 (the tunable's first release) and transparent huge pages
