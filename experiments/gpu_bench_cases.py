@@ -4,8 +4,8 @@ A case is named by an `--only` entry `kind[:lever[:lever...]]`, a lever being `k
 `dpo:logps=fused`, `rm:unroll`, `rm:b=16:remat=dots`, `gen:b=64`. Every case runs the library's own modules
 (CausalLM, RewardModel, the log-prob gathers, dpo_loss / bradley_terry_loss / the policy-gradient losses,
 `sampling.generate`); nothing here imports `jaxrlhf.train` (its package pulls in ml_collections and grain, absent
-on the GPU image, and is being restructured), so the small train step and its vmap over ensemble members are
-written out below (the same arithmetic as `train.state.make_train_step` and `train.reward.make_ensemble_step`).
+on the GPU image, and is being restructured), so the small train step and its loops over ensemble members are
+written out below (the same arithmetic as `train.state.make_train_step` and `stages.reward.make_ensemble_step`).
 
 FLOPs follow MaxText's count: per trained token 6 x matmul parameters (the unembedding only where the step
 computes it) + the causal attention term 6 x T x N x H per layer; a forward pass is a third of that. MFU is
