@@ -181,13 +181,12 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
   sample_keys_R = sample_keys_R.reshape(R, *sample_keys_R.shape[2:])
 
   # Prefill each prompt once, then copy its cache for the S samples. Only the last position's logits are
-  # needed, so the LM head runs on it alone (never a (B, P, V) array); CausalLM has no public call that skips
-  # the LM head, hence `backbone`. The last generated token is never fed back, so P + N - 1 slots suffice.
-  cache = model.init_cache(B, P + max(N - 1, 0))
+  # needed, so the LM head runs on it alone (never a (B, P, V) array): `prefill` returns hidden states. The last
+  # generated token is never fed back, so P + N - 1 slots suffice.
   # Pad slots get id 0: an out-of-range pad id (e.g. -1) would embed as NaN, and masked NaN values still
   # poison attention (0 * NaN).
   prompt_ids_BxP = jnp.where(prompt_mask_BxP > 0, prompt_ids_BxP, 0).astype(jnp.int32)
-  hidden_BxPxD, cache = model.backbone(prompt_ids_BxP, prompt_mask_BxP.astype(bool), None, cache)
+  hidden_BxPxD, cache = model.prefill(prompt_ids_BxP, prompt_mask_BxP.astype(bool), P + max(N - 1, 0))
   first_logits_RxV = jnp.repeat(model.unembed(hidden_BxPxD[:, -1:])[:, 0], S, axis=0)
   cache = cache.replace(keys=_constrain_batch(jnp.repeat(cache.keys, S, axis=1), mesh, 1),
                         values=_constrain_batch(jnp.repeat(cache.values, S, axis=1), mesh, 1),

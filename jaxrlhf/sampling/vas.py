@@ -113,12 +113,11 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
   prompt_ids_BxP = jnp.where(prompt_mask_BxP > 0, prompt_ids_BxP, 0).astype(jnp.int32)
   prompt_bool_BxP = prompt_mask_BxP.astype(bool)
 
-  cache = policy.init_cache(B, P + N)
-  hidden_BxPxD, cache = policy.backbone(prompt_ids_BxP, prompt_bool_BxP, None, cache)
+  hidden_BxPxD, cache = policy.prefill(prompt_ids_BxP, prompt_bool_BxP, P + N)
   logits_BxV = policy.unembed(hidden_BxPxD[:, -1:])[:, 0]
   value_caches = []
   for m in values:
-    _, c = m.backbone.backbone(prompt_ids_BxP, prompt_bool_BxP, None, m.backbone.init_cache(B, P + N))
+    _, c = m.backbone.prefill(prompt_ids_BxP, prompt_bool_BxP, P + N)
     value_caches.append(c)
   eos_V = jnp.asarray(eos_ids, jnp.int32) if eos_ids else jnp.full((1,), -1, jnp.int32)
 

@@ -55,8 +55,13 @@ def _step(model, ids, mask, cache):
   return model(ids, mask, cache=cache)
 
 
-def test_prefill_then_decode_matches_full_forward(model):
-  """Left-padded prompts (5 slots) prefilled, then 4 tokens fed one at a time, cache of 12 slots."""
+@pytest.mark.parametrize("layout", ["scanned", "unrolled"])
+def test_prefill_then_decode_matches_full_forward(model, layout):
+  """Left-padded prompts (5 slots) prefilled, then a 2-token chunk, then 2 tokens one at a time, cache of 12 slots.
+
+  The chunk attends to the cache and causally to itself (two blocks of one softmax); the full forward is the
+  reference for every position, with the layers scanned and unrolled."""
+  model = random_model(model.config.replace(scan_layers=layout == "scanned"), seed=1)  # the fixture's weights
   ids = np.stack([_tokens(s) for s in range(3)]).astype(np.int32)
   mask = np.ones((3, 9), np.int32)
   mask[1, :3] = 0
@@ -68,17 +73,47 @@ def test_prefill_then_decode_matches_full_forward(model):
   logits, cache = _step(model, jnp.asarray(ids[:, :5]), jnp.asarray(mask[:, :5]), cache)
   real = mask[:, :5] == 1
   np.testing.assert_allclose(np.asarray(logits)[real], full[:, :5][real], atol=1e-5)
-  for t in range(5, 9):
+  logits, cache = _step(model, jnp.asarray(ids[:, 5:7]), jnp.ones((3, 2), jnp.int32), cache)
+  np.testing.assert_allclose(np.asarray(logits), full[:, 5:7], atol=1e-5, err_msg="chunk 5:7")
+  for t in range(7, 9):
     logits, cache = _step(model, jnp.asarray(ids[:, t:t + 1]), jnp.ones((3, 1), jnp.int32), cache)
     np.testing.assert_allclose(np.asarray(logits)[:, 0], full[:, t], atol=1e-5, err_msg=f"step {t}")
   assert int(cache.index) == 9
   np.testing.assert_array_equal(np.asarray(cache.mask), np.concatenate([mask, np.zeros((3, 3), np.int32)], 1))
+  # Slots past the index stay empty: each call wrote its tokens' entries at its own slots only.
+  assert not np.asarray(cache.keys)[:, :, :, 9:].any()
+
+
+def test_prefill_equals_the_first_call_on_an_empty_cache(model):
+  """`prefill` attends only to the chunk; the first cached call also over the empty slots: same hidden states,
+  same cache (keys, values, mask, index), in the compute dtype and in a bf16 cache."""
+  ids = np.stack([_tokens(s, 6) for s in range(2)]).astype(np.int32)
+  mask = np.ones((2, 6), np.int32)
+  mask[1, :2] = 0
+  for dtype in (None, jnp.bfloat16):
+    hidden, cache = nnx.jit(lambda m, i, k: m.prefill(i, k, 10, dtype))(model, jnp.asarray(ids), jnp.asarray(mask))
+    ref_hidden, ref_cache = nnx.jit(lambda m, i, k: m.backbone(i, k, None, m.init_cache(2, 10, dtype)))(
+        model, jnp.asarray(ids), jnp.asarray(mask))
+    real = mask == 1
+    np.testing.assert_allclose(np.asarray(hidden)[real], np.asarray(ref_hidden)[real], atol=1e-5)
+    assert cache.keys.dtype == ref_cache.keys.dtype == (dtype or jnp.float32)
+    np.testing.assert_array_equal(np.asarray(cache.mask), np.asarray(ref_cache.mask))
+    assert int(cache.index) == int(ref_cache.index) == 6
+    # Real slots only: a pad query attends uniformly to no real key, over 6 tokens in one, 10 slots in the other,
+    # so the pad slots' keys differ after the first layer (and are never attended to).
+    for name in ("keys", "values"):
+      ours, ref = (np.asarray(getattr(c, name), np.float32)[:, :, :, :6] for c in (cache, ref_cache))
+      np.testing.assert_allclose(ours.transpose(1, 3, 0, 2, 4)[real], ref.transpose(1, 3, 0, 2, 4)[real], atol=1e-5,
+                                 err_msg=name)
+    assert not np.asarray(cache.keys, np.float32)[:, :, :, 6:].any()
+  with pytest.raises(ValueError, match="max_len 5"):
+    model.prefill(jnp.asarray(ids), jnp.asarray(mask), 5)
 
 
 def test_cache_shapes_and_overflow_check():
   model = abstract_model(CONFIGS["qwen2"])
   cache = model.init_cache(2, 7, dtype=jnp.bfloat16)
-  assert cache.keys.shape == (3, 2, 7, 2, 4) and cache.keys.dtype == jnp.bfloat16
+  assert cache.keys.shape == (3, 2, 2, 7, 4) and cache.keys.dtype == jnp.bfloat16  # (L, B, K, S, H)
   assert cache.mask.shape == (2, 7) and cache.index.shape == ()
   with pytest.raises(ValueError, match="max_len 7"):
     jax.eval_shape(lambda c: model(jnp.zeros((2, 8), jnp.int32), cache=c), cache)
