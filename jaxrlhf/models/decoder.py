@@ -511,11 +511,11 @@ class CausalLM(nnx.Module):
     The same as `backbone(ids, mask, None, init_cache(B, max_len, dtype))`, but the chunk attends only to itself
     (the cache-free attention, fused kernel included), not also to the empty slots of the cache.
     """
-    dtype = jnp.dtype(dtype or self.config.compute_dtype)
-    hidden_BxTxD, new_kv, mask_BxT = self._forward(input_ids_BxT, attention_mask, None, None, prefill_dtype=dtype)
-    T = input_ids_BxT.shape[1]
+    T = input_ids_BxT.shape[-1]
     if T > max_len:
       raise ValueError(f"prefill of {T} tokens into a cache of max_len {max_len}")
+    dtype = jnp.dtype(dtype or self.config.compute_dtype)
+    hidden_BxTxD, new_kv, mask_BxT = self._forward(input_ids_BxT, attention_mask, None, None, prefill_dtype=dtype)
     pad = [(0, 0)] * 3 + [(0, max_len - T), (0, 0)]
     keys, values = (jnp.pad(a, pad) for a in new_kv)
     cache = KVCache(keys=keys, values=values, mask=jnp.pad(mask_BxT, [(0, 0), (0, max_len - T)]),
@@ -620,14 +620,6 @@ class CausalLM(nnx.Module):
                          None if c.norm == "rmsnorm" else self.final_norm_bias[...].astype(c.compute_dtype))
     return hidden_BxTxD, new_kv, mask_BxT
 
-  def _stacked_layer_params(self) -> tuple[dict[str, Array], float | None]:
-    """The (L, ...) layer arrays in the storage dtype, LoRA adapters included, and the adapters' scale."""
-    params = self.layers.arrays(self.config)
-    if self.lora is None:
-      return params, None
-    # Adapters are stacked on the same "layers" axis as the weights.
-    return {**params, **{f"lora_{name}": value for name, value in self.lora.arrays().items()}}, self.lora_config.scale
-
   def _run_layers(self, x_BxTxD: Array, rope, allowed, kv_LxBxKxSxH: tuple[Array, Array] | None,
                   local_rope=None, full_allowed=None, prefill_dtype: Any = None
                   ) -> tuple[Array, tuple[Array, Array] | None]:
@@ -641,7 +633,11 @@ class CausalLM(nnx.Module):
     else `rope`).
     """
     c = self.config
-    params, lora_scale = self._stacked_layer_params()
+    params = self.layers.arrays(c)
+    lora_scale = None
+    if self.lora is not None:  # Scanned with the layer weights: adapters are stacked on the same "layers" axis.
+      params = {**params, **{f"lora_{name}": value for name, value in self.lora.arrays().items()}}
+      lora_scale = self.lora_config.scale
     sliding_L = None if c.sliding_layers is None else np.asarray(c.sliding_layers)
 
     def body(x, xs):
@@ -693,7 +689,6 @@ class _AdaptersOff:
   output_projection = CausalLM.output_projection
   unembed = CausalLM.unembed
   init_cache = CausalLM.init_cache
-  _stacked_layer_params = CausalLM._stacked_layer_params
   _run_layers = CausalLM._run_layers
 
   def without_adapters(self) -> "_AdaptersOff":
