@@ -11,13 +11,14 @@ transformers' `generate()`), on the same fp32 weights, token ids, batch, sequenc
 thread count, in the same run. Every case runs in its own fresh process (so peak memory is per case and the two
 libraries never share a thread pool), the two sides alternately for `--rounds` rounds; the faster round counts (the
 machine may be shared). The GRPO case (`grpo`) times the library's whole GRPO step (`rl.make_rl_step`: rollout of
-G = 4 samples per prompt with the KV cache, a reward model, old-policy and reference log-probs, one clipped update)
-on the jaxrlhf side only, in one round (no TRL baseline), on `rl_prompts` prompts x G of `rl_new` new tokens. After
-warm-up (compilation on the jaxrlhf side) the median of `--steps` timed steps is reported: pairs/s, tokens/s and the
-jaxrlhf/TRL ratio (target >= 1.0x at the library's defaults), plus for jaxrlhf steps/s, GFLOP/s, model-FLOPs
-utilization (MaxText's count, against the fp32 GEMM rate jax reaches on this CPU: `experiments.roofline`'s matmul,
-measured in the same run), compile time, the XLA step buffer size and peak process memory; a memory table
-of DPO with precomputed reference log-probs vs a resident reference; generation tokens/s next to transformers.
+G = 4 samples per prompt with the KV cache, a reward model, reference log-probs, one clipped update whose own
+log-probs, detached, are the old policy's) on the jaxrlhf side only, in one round (no TRL baseline), on
+`rl_prompts` prompts x G of `rl_new` new tokens. After warm-up (compilation on the jaxrlhf side) the median of
+`--steps` timed steps is reported: pairs/s, tokens/s and the jaxrlhf/TRL ratio (target >= 1.0x at the library's
+defaults), plus for jaxrlhf steps/s, GFLOP/s, model-FLOPs utilization (MaxText's count, against the fp32 GEMM
+rate jax reaches on this CPU: `experiments.roofline`'s matmul, measured in the same run), compile time, the XLA
+step buffer size and peak process memory; a memory table of DPO with precomputed reference log-probs vs a
+resident reference; generation tokens/s next to transformers.
 The loss of every step is recorded on both sides: with the same weights and data they agree (parity column).
 Every flag defaults to the library's default, so the bench measures what a user gets: `--shared_prompt auto` lays the
 jaxrlhf RM and DPO batches out as the stages' default `data.shared_prompt="auto"` would (one [prompt | chosen |

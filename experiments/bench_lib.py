@@ -377,21 +377,23 @@ def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GR
                         num_iterations: int = 1) -> float:
   """Model FLOPs of one GRPO step (MaxText's count) over R = rl_prompts * G rows of L = gen_prompt + rl_new
   tokens: `num_iterations` x training (6N + causal attention per token) of the policy, plus forward-only passes
-  (a third of that: 2N + attention) for the rollout (prefill + decode), the old-policy and reference log-probs
-  (with the unembedding), and the reward model (without it)."""
+  (a third of that: 2N + attention) for the rollout (prefill + decode) and the reference log-probs (with the
+  unembedding), the reward model (without it), and with num_iterations > 1 the old-policy log-probs (with one
+  update per rollout the update's own log-probs stand in for them: `rl.detached_old_logps`)."""
   from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
   c = ModelConfig.from_hf(hf_config)
   length = shape.gen_prompt + shape.rl_new
   tokens = shape.rl_prompts * num_generations * length
   train = train_flops_per_token(c, length, with_unembed=True)
-  forward = (3 * train + train_flops_per_token(c, length, with_unembed=False)) / 3
+  policy_forwards = 2 + (num_iterations > 1)
+  forward = (policy_forwards * train + train_flops_per_token(c, length, with_unembed=False)) / 3
   return tokens * (num_iterations * train + forward)
 
 
 def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
              scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS) -> dict[str, Any]:
-  """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, old-policy and
-  reference log-probs, group advantages, one clipped-surrogate update with the k3 KL loss, all in one jitted,
+  """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, reference
+  log-probs (the old policy's are the update's own, detached: one update per rollout), group advantages, one clipped-surrogate update with the k3 KL loss, all in one jitted,
   donating program) on `shape.rl_prompts` prompts of `shape.gen_prompt` tokens x G samples of `shape.rl_new`.
 
   The reward is a 1-member reward model of the same architecture (a seeded random init saved next to `folder`,

@@ -68,7 +68,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
     "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers"),
     "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan", "loop"),
-    "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "attn", "remat", "steps"),
+    "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "old", "attn", "remat",
+             "steps"),
     "rm8b": _TRAIN,
     "dpo8b": _TRAIN + ("logps", "chunk"),
 }
@@ -82,7 +83,8 @@ XLA_PRESETS = {
 }
 LEVERS = {kind: levers + ("xf",) for kind, levers in LEVERS.items()}
 _CHOICES = {"remat": REMAT_POLICIES, "attn": ATTENTION_IMPLS, "pdtype": tuple(DTYPES), "mu": tuple(DTYPES),
-            "rollout": tuple(DTYPES), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS), "loop": ENSEMBLE_LOOPS}
+            "rollout": tuple(DTYPES), "old": ("detached", "rollout"), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS),
+            "loop": ENSEMBLE_LOOPS}
 _FLAGS = ("unroll", "scan", "sample")  # unroll / scan force ModelConfig.scan_layers; neither: the library default
 ISOLATED_KINDS = ("rm8b", "dpo8b")  # each in a fresh process: its peak memory is its own
 
@@ -653,9 +655,10 @@ def _run_ens(entry: Entry, s: Settings, c: ModelConfig) -> dict:
 # ------------------------------------------------------------------------------------------------ 4: GRPO
 def run_grpo(entry: Entry, s: Settings) -> dict:
   """One GRPO iteration on the 1.24B shape as four separately jitted parts, each timed: rollout (`generate`, G
-  samples per prompt, temperature 1, eos_ids=()), old-policy + reference log-probs (teacher-forced forwards,
-  chunked gather), reward model scores (+ group advantages), and one update (clipped surrogate + 0.04 x k3 KL,
-  token mean, gradients accumulated over micro-batches of `micro` rows). The reference and the reward model are
+  samples per prompt, temperature 1, eos_ids=()), reference log-probs (a teacher-forced forward, chunked gather;
+  lever old=rollout adds the old policy's, which by default are the update's own, detached, as the "rl" stage does
+  with one update per rollout: `rl.detached_old_logps`), reward model scores (+ group advantages), and one update
+  (clipped surrogate + 0.04 x k3 KL, token mean, gradients accumulated over micro-batches of `micro` rows). The reference and the reward model are
   frozen copies in the policy's parameter dtype, as the "rl" stage holds them."""
   lv = entry.levers
   c = model_config(entry, s)
@@ -663,6 +666,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   p_len, n_new = lv.get("prompt", 8 if s.smoke else 256), lv.get("new", 8 if s.smoke else 512)
   micro = lv.get("micro", 2 if s.smoke else 32)
   mode, chunk = lv.get("logps", "chunked"), lv.get("chunk", 4096)
+  old_from_rollout = lv.get("old", "detached") == "rollout"
   rows, t_len = n_prompts * g, p_len + n_new
   if rows % micro or rows % (2 * micro):
     raise ValueError(f"grpo: prompts x gens = {rows} rows must divide by 2 x micro = {2 * micro}")
@@ -699,15 +703,16 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
 
   @jax.jit
   def score(params, ref_params, tokens, tmask):
-    """(old-policy, reference) token log-probs (R, N), forward only, 2 x micro rows at a time."""
+    """(old-policy or None, reference) token log-probs (R, N), forward only, 2 x micro rows at a time."""
     def one(xs):
       pids, pmask, tok, msk = xs
-      old = token_logps(nnx.merge(graphdef, params, rest), pids, pmask, tok, msk, "chunked")
       ref = token_logps(nnx.merge(graphdef, ref_params, rest), pids, pmask, tok, msk, "chunked")
-      return old, ref
+      if not old_from_rollout:
+        return None, ref
+      return token_logps(nnx.merge(graphdef, params, rest), pids, pmask, tok, msk, "chunked"), ref
     xs = tuple(in_micro(x, 2 * micro) for x in (prompts_r, prompt_mask_r, tokens, tmask))
     old, ref = jax.lax.map(one, xs)
-    return old.reshape(rows, n_new), ref.reshape(rows, n_new)
+    return (None if old is None else old.reshape(rows, n_new)), ref.reshape(rows, n_new)
 
   @jax.jit
   def reward(rm_params, tokens, tmask):
@@ -723,7 +728,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
     def micro_grads(carry, mb):
       def total(p):
         logps = token_logps(nnx.merge(graphdef, p, rest), mb["pids"], mb["pmask"], mb["tokens"], mb["mask"], mode)
-        per_token, _ = pg.clipped_surrogate(logps, mb["old"], mb["adv"], mb["mask"], epsilon=0.2)
+        per_token, _ = pg.clipped_surrogate(logps, mb.get("old"), mb["adv"], mb["mask"], epsilon=0.2)
         per_token = per_token + beta * pg.kl_divergence(logps, mb["ref"], mb["mask"], estimator="k3")
         return jnp.sum(per_token * mb["mask"])
       loss, grads = jax.value_and_grad(total)(params)
@@ -757,7 +762,9 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
     t0 = time.perf_counter()
     rewards, adv = jax.block_until_ready(reward(rm_params, gen.tokens, tmask))
     t["reward"] = time.perf_counter() - t0
-    batch = dict(pids=prompts_r, pmask=prompt_mask_r, tokens=gen.tokens, mask=tmask, old=old, ref=ref, adv=adv)
+    batch = dict(pids=prompts_r, pmask=prompt_mask_r, tokens=gen.tokens, mask=tmask, ref=ref, adv=adv)
+    if old is not None:
+      batch["old"] = old
     t0 = time.perf_counter()
     state[0], state[1], loss = jax.block_until_ready(update_jit(state[0], state[1], batch))
     t["update"] = time.perf_counter() - t0
@@ -770,11 +777,12 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   sec = {p: float(np.median(steady[p])) for p in parts}
   step_s = sum(sec.values())
   tokens = rows * t_len
-  flops = dict(score=2 * forward_flops_per_token(c, t_len, True) * tokens,
+  flops = dict(score=(1 + old_from_rollout) * forward_flops_per_token(c, t_len, True) * tokens,
                reward=forward_flops_per_token(c, t_len, False) * tokens,
                update=train_flops_per_token(c, t_len, True) * tokens)
   return dict(case="grpo", kind="grpo", prompts=n_prompts, generations=g, rows=rows, prompt=p_len, new=n_new,
-              micro=micro, logps=mode, rollout_param_dtype=rollout_c.param_dtype, config=config_summary(c),
+              micro=micro, logps=mode, old_logps="rollout" if old_from_rollout else "detached",
+              rollout_param_dtype=rollout_c.param_dtype, config=config_summary(c),
               timed_iterations=len(timings["update"]) - 1, first_iteration_s={p: _r(timings[p][0], 2) for p in parts},
               seconds={p: _r(v, 6) for p, v in sec.items()}, step_s=_r(step_s, 6),  # µs: smoke phases are sub-ms
               share={p: _r(v / step_s, 3) for p, v in sec.items()},

@@ -12,6 +12,7 @@ models), Gemma 2's alternating windows, Gemma 3's one global layer in six and it
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 import struct
@@ -87,10 +88,8 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
       unexpected or misshapen tensor, or a missing metadata field; the message names the file and the field
       or tensor.
   """
-  check_gguf_layout(path)
-  reader = gguf.GGUFReader(os.fspath(path))
-  metadata = _metadata(reader)
-  gguf_tensors = {t.name: t for t in reader.tensors}
+  header = read_header(path)
+  metadata, gguf_tensors = header.metadata, header.tensors
   hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
   _check_layer_count(path, hf_config["num_hidden_layers"], len(gguf_tensors))
   arch = metadata["general.architecture"]
@@ -111,11 +110,11 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
       if hf_name == "lm_head.weight":
         continue  # Tied embeddings: no separate output matrix.
       raise ValueError(f"GGUF file {os.fspath(path)!r} is missing tensor {gguf_name!r} ({hf_name})")
-    shape = _numpy_shape(gguf_tensors[gguf_name])
+    shape = gguf_tensors[gguf_name].shape
     if shape != expected_shapes[hf_name]:  # Checked before the (slow) dequantization.
       raise ValueError(
           f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {shape}, expected {expected_shapes[hf_name]}")
-    weight = _dequantize(gguf_tensors[gguf_name])
+    weight = read_tensor(path, gguf_tensors[gguf_name])
     if arch == "llama" and hf_name.endswith("q_proj.weight"):
       weight = reverse_permute_qk(weight, hf_config["num_attention_heads"])
     elif arch == "llama" and hf_name.endswith("k_proj.weight"):
@@ -256,12 +255,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   Raises:
     ModelFileError: a truncated or malformed file (see `check_gguf_layout`).
   """
-  check_gguf_layout(path)
-  return _metadata(gguf.GGUFReader(os.fspath(path)))
-
-
-def _metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
-  return {name: field.contents() for name, field in reader.fields.items()}
+  return read_header(path).metadata
 
 
 def _rope_scaling(metadata: dict[str, Any], arch: str) -> dict[str, Any] | None:
@@ -331,32 +325,58 @@ def _expected_shapes(config: dict[str, Any], arch: str = "llama") -> dict[str, t
   return shapes
 
 
-def _dequantize(tensor: gguf.ReaderTensor) -> np.ndarray:
-  """A GGUF tensor dequantized to float32, in numpy order."""
-  qtype = gguf.GGMLQuantizationType(tensor.tensor_type)
-  if qtype not in SUPPORTED_TENSOR_TYPES:
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+  """One tensor's description in a GGUF header.
+
+  dims: GGUF order (innermost first); `shape` is numpy's. offset: the first byte of its data in the file (absolute);
+  nbytes: its data's size in bytes.
+  """
+  name: str
+  qtype: gguf.GGMLQuantizationType
+  dims: tuple[int, ...]
+  offset: int
+  nbytes: int
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(reversed(self.dims))
+
+
+@dataclasses.dataclass(frozen=True)
+class Header:
+  """A GGUF file's header: `metadata` maps each key to its Python value (arrays as lists, strings decoded; plus the
+  gguf package's pseudo-keys GGUF.version / GGUF.tensor_count / GGUF.kv_count), `tensors` each name to its
+  TensorInfo, in file order."""
+  metadata: dict[str, Any]
+  tensors: dict[str, TensorInfo]
+
+
+def read_tensor(path: str | os.PathLike, info: TensorInfo) -> np.ndarray:
+  """A tensor of the file at `path` (described by `read_header`) dequantized to float32, in numpy order."""
+  if info.qtype not in SUPPORTED_TENSOR_TYPES:
     supported = sorted(t.name for t in SUPPORTED_TENSOR_TYPES)
     raise ValueError(
-        f"GGUF tensor {tensor.name!r} has unsupported quantization type {qtype.name}; supported: {supported}")
-  values = gguf.dequantize(tensor.data, qtype)
-  return np.ascontiguousarray(values, dtype=np.float32).reshape(_numpy_shape(tensor))
+        f"GGUF tensor {info.name!r} has unsupported quantization type {info.qtype.name}; supported: {supported}")
+  raw = np.memmap(path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,))
+  values = gguf.dequantize(raw, info.qtype)
+  return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
 
 
-def _numpy_shape(tensor: gguf.ReaderTensor) -> tuple[int, ...]:
-  """GGUF lists dims innermost-first; numpy (and torch) order is outermost-first."""
-  return tuple(int(n) for n in reversed(tensor.shape))
-
-
-# ---------------------------------------------------------------------------------------------- validation
-# The gguf package trusts the file's counts: an array length of 2**40 loops for ever on reads past the end, a
-# wrong length gives an IndexError deep inside. `check_gguf_layout` walks the header first, bounding every count
-# and length by the bytes that are really there.
-_SCALAR_BYTES = {
-    gguf.GGUFValueType.UINT8: 1, gguf.GGUFValueType.INT8: 1, gguf.GGUFValueType.BOOL: 1,
-    gguf.GGUFValueType.UINT16: 2, gguf.GGUFValueType.INT16: 2,
-    gguf.GGUFValueType.UINT32: 4, gguf.GGUFValueType.INT32: 4, gguf.GGUFValueType.FLOAT32: 4,
-    gguf.GGUFValueType.UINT64: 8, gguf.GGUFValueType.INT64: 8, gguf.GGUFValueType.FLOAT64: 8,
+# ---------------------------------------------------------------------------------------------- the header
+# The header is read here rather than by the gguf package's GGUFReader, for two reasons. Safety: the reader trusts
+# the file's counts (an array length of 2**40 loops for ever on reads past the end, a wrong length gives an
+# IndexError deep inside); every count and length here is bounded by the bytes that are really there. Speed: the
+# reader builds numpy views element by element (~4 s for SmolLM2's 49k-token vocabulary and 48k merges, on every
+# load); here fixed-size arrays are one np.frombuffer and strings one loop.
+_SCALAR_FORMATS = {
+    gguf.GGUFValueType.UINT8: "B", gguf.GGUFValueType.INT8: "b", gguf.GGUFValueType.BOOL: "?",
+    gguf.GGUFValueType.UINT16: "H", gguf.GGUFValueType.INT16: "h",
+    gguf.GGUFValueType.UINT32: "I", gguf.GGUFValueType.INT32: "i", gguf.GGUFValueType.FLOAT32: "f",
+    gguf.GGUFValueType.UINT64: "Q", gguf.GGUFValueType.INT64: "q", gguf.GGUFValueType.FLOAT64: "d",
 }
+_SCALAR_BYTES = {t: struct.calcsize("<" + f) for t, f in _SCALAR_FORMATS.items()}
+_SCALAR_DTYPES = {t: np.dtype("bool" if f == "?" else f) for t, f in _SCALAR_FORMATS.items()}
 _SUPPORTED_VERSIONS = (2, 3)
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NESTING = 8  # Arrays of arrays; real files use none.
@@ -385,9 +405,30 @@ class _Cursor:
     n = self.uint(8, f"{what} length")
     start = self.take(n, what)
     try:
-      return bytes(self.buf[start:start + n]).decode("utf-8")
+      return str(self.buf[start:start + n], "utf-8")
     except UnicodeDecodeError as e:
       raise ModelFileError(self.path, f"GGUF {what} at byte {start} is not UTF-8 ({e})") from e
+
+  def strings(self, n: int, what: str) -> list[str]:
+    """n consecutive strings (an array's items): `string` unrolled, as vocabularies hold ~10^5 of them."""
+    buf, size, pos, unpack = self.buf, self.size, self.pos, struct.Struct(self.order + "Q").unpack_from
+    out = []
+    for i in range(n):
+      if size - pos < 8:
+        self.pos = pos
+        self.take(8, f"{what}[{i}] length")
+      length = unpack(buf, pos)[0]
+      pos += 8
+      if length > size - pos:
+        self.pos = pos
+        self.take(length, f"{what}[{i}]")
+      try:
+        out.append(str(buf[pos:pos + length], "utf-8"))
+      except UnicodeDecodeError as e:
+        raise ModelFileError(self.path, f"GGUF {what}[{i}] at byte {pos} is not UTF-8 ({e})") from e
+      pos += length
+    self.pos = pos
+    return out
 
   def count(self, n: int, min_bytes: int, what: str) -> None:
     """Rejects a count of items that cannot fit in the bytes left (before looping over them)."""
@@ -396,12 +437,12 @@ class _Cursor:
                            f"byte {self.pos} (corrupt header)")
 
 
-def check_gguf_layout(path: str | os.PathLike) -> None:
-  """Validates a GGUF file's structure against its size without trusting any count in it.
+def read_header(path: str | os.PathLike) -> Header:
+  """Reads and validates a GGUF file's header against the file's size, trusting no count in it.
 
-  Walks the header (magic, version, counts, every metadata key and value, every tensor description) and checks
-  that each length, count and tensor byte range fits inside the file, that value and tensor types are known,
-  and that nesting and dimensions are bounded.
+  Walks the magic, version, counts, every metadata key and value, and every tensor description; checks that each
+  length, count and tensor byte range fits inside the file, that value and tensor types are known, keys and tensor
+  names unique, strings UTF-8, and nesting and dimensions bounded. No tensor data is read.
 
   Raises:
     ModelFileError: what is wrong and where (byte offset, key or tensor name).
@@ -424,22 +465,27 @@ def check_gguf_layout(path: str | os.PathLike) -> None:
     if tensor_count * _MIN_TENSOR_INFO_BYTES + kv_count * _MIN_KV_BYTES > size - cur.pos:
       raise ModelFileError(path, f"GGUF header claims {tensor_count} tensors and {kv_count} metadata entries, more "
                            f"than its {size} bytes can hold (corrupt header)")
+    metadata: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": tensor_count,
+                                "GGUF.kv_count": kv_count}
     alignment = gguf.GGUF_DEFAULT_ALIGNMENT
     for i in range(kv_count):
       key = cur.string(f"metadata key #{i}")
+      if key in metadata:
+        raise ModelFileError(path, f"GGUF metadata key {key!r} appears twice (second at byte {cur.pos})")
       value_type = cur.uint(4, f"type of metadata {key!r}")
-      value = _skip_value(cur, value_type, f"metadata {key!r}", depth=0)
+      metadata[key] = _read_value(cur, value_type, f"metadata {key!r}", depth=0)
       if key == "general.alignment":
+        value = metadata[key]
         if value_type != gguf.GGUFValueType.UINT32 or value <= 0 or value & (value - 1):
           raise ModelFileError(path, f"GGUF general.alignment {value!r} is not a power of two (uint32)")
         alignment = value
-    tensors = []
+    described = []
     for i in range(tensor_count):
       name = cur.string(f"tensor name #{i}")
       n_dims = cur.uint(4, f"tensor {name!r} dimension count")
       if not 1 <= n_dims <= _MAX_DIMS:
         raise ModelFileError(path, f"GGUF tensor {name!r} has {n_dims} dimensions; expected 1 to {_MAX_DIMS}")
-      dims = [cur.uint(8, f"tensor {name!r} dimension") for _ in range(n_dims)]
+      dims = tuple(cur.uint(8, f"tensor {name!r} dimension") for _ in range(n_dims))
       raw_type = cur.uint(4, f"tensor {name!r} type")
       try:
         qtype = gguf.GGMLQuantizationType(raw_type)
@@ -450,37 +496,54 @@ def check_gguf_layout(path: str | os.PathLike) -> None:
       if dims[0] % block:
         raise ModelFileError(path, f"GGUF tensor {name!r} ({qtype.name}): its first dimension {dims[0]} is not a "
                              f"multiple of the block size {block}")
-      tensors.append((name, qtype, dims, offset, int(np.prod(dims, dtype=object)) // block * type_bytes))
+      described.append((name, qtype, dims, offset, int(np.prod(dims, dtype=object)) // block * type_bytes))
     data_start = -(-cur.pos // alignment) * alignment
-    for name, qtype, dims, offset, nbytes in tensors:
+    tensors = {}
+    for name, qtype, dims, offset, nbytes in described:
       end = data_start + offset + nbytes
       if end > size:
-        raise ModelFileError(path, f"GGUF tensor {name!r} ({qtype.name}, dims {dims}) needs bytes up to {end}, but "
-                             f"the file has {size} bytes (truncated or corrupt)")
+        raise ModelFileError(path, f"GGUF tensor {name!r} ({qtype.name}, dims {list(dims)}) needs bytes up to {end}, "
+                             f"but the file has {size} bytes (truncated or corrupt)")
+      if name in tensors:
+        raise ModelFileError(path, f"GGUF tensor {name!r} is described twice")
+      tensors[name] = TensorInfo(name, qtype, dims, data_start + offset, nbytes)
+  return Header(metadata, tensors)
 
 
-def _skip_value(cur: _Cursor, value_type: int, what: str, depth: int) -> Any:
-  """Moves past one metadata value of `value_type`; returns it when it is a scalar (else None)."""
-  if value_type in _SCALAR_BYTES:
-    nbytes = _SCALAR_BYTES[value_type]
-    start = cur.take(nbytes, what)
-    return int.from_bytes(cur.buf[start:start + nbytes], "little" if cur.order == "<" else "big")
+def check_gguf_layout(path: str | os.PathLike) -> None:
+  """Validates a GGUF file's header (`read_header`) without keeping it.
+
+  Raises:
+    ModelFileError: what is wrong and where (byte offset, key or tensor name).
+  """
+  read_header(path)
+
+
+def _read_value(cur: _Cursor, value_type: int, what: str, depth: int) -> Any:
+  """One metadata value of `value_type` as a Python value (bool / int / float / str, arrays as lists)."""
+  if value_type in _SCALAR_FORMATS:
+    start = cur.take(_SCALAR_BYTES[value_type], what)
+    return struct.unpack_from(cur.order + _SCALAR_FORMATS[value_type], cur.buf, start)[0]
   if value_type == gguf.GGUFValueType.STRING:
-    cur.string(what)
-    return None
+    return cur.string(what)
   if value_type != gguf.GGUFValueType.ARRAY:
     raise ModelFileError(cur.path, f"GGUF {what} has unknown value type {value_type}")
   if depth >= _MAX_NESTING:
     raise ModelFileError(cur.path, f"GGUF {what} nests arrays deeper than {_MAX_NESTING}")
   item_type = cur.uint(4, f"{what} item type")
   n = cur.uint(8, f"{what} length")
-  if item_type in _SCALAR_BYTES:  # Fixed-size items: one bounds check, no loop.
-    cur.take(n * _SCALAR_BYTES[item_type], f"{what} ({n} items)")
-    return None
+  if item_type in _SCALAR_FORMATS:  # Fixed-size items: one bounds check, one read.
+    start = cur.take(n * _SCALAR_BYTES[item_type], f"{what} ({n} items)")
+    dtype = _SCALAR_DTYPES[item_type].newbyteorder(cur.order)
+    if item_type == gguf.GGUFValueType.BOOL:  # any non-zero byte is true, as struct's "?" reads it
+      return (np.frombuffer(cur.buf, np.uint8, n, start) != 0).tolist()
+    return np.frombuffer(cur.buf, dtype, n, start).tolist()
   cur.count(n, 8 if item_type == gguf.GGUFValueType.STRING else 12, f"{what} length")
-  for i in range(n):
-    _skip_value(cur, item_type, f"{what}[{i}]", depth + 1)
-  return None
+  if item_type == gguf.GGUFValueType.STRING:
+    return cur.strings(n, what)
+  if item_type != gguf.GGUFValueType.ARRAY:
+    raise ModelFileError(cur.path, f"GGUF {what} has unknown item type {item_type}")
+  return [_read_value(cur, item_type, f"{what}[{i}]", depth + 1) for i in range(n)]
 
 
 def _check_layer_count(path: str | os.PathLike, num_layers: int, num_tensors: int) -> None:

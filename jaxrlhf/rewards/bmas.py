@@ -97,13 +97,11 @@ def embedding_table(path: str) -> np.ndarray:
   """
   p = pathlib.Path(path)
   if p.is_file() and p.suffix == ".gguf":
-    import gguf  # pylint: disable=g-import-not-at-top  lazy: the `gguf` package is only needed for GGUF files
-    from jaxrlhf.models import gguf as gguf_lib  # pylint: disable=g-import-not-at-top
-    gguf_lib.check_gguf_layout(p)  # Validates every length against the file size before the reader trusts it.
-    tensors = {t.name: t for t in gguf.GGUFReader(os.fspath(p)).tensors}
+    from jaxrlhf.models import gguf as gguf_lib  # pylint: disable=g-import-not-at-top  lazy: the gguf package
+    tensors = gguf_lib.read_header(p).tensors  # Every length validated against the file size.
     if _GGUF_EMBEDDING_NAME not in tensors:
       raise ValueError(f"{p}: GGUF file has no {_GGUF_EMBEDDING_NAME!r} tensor (the input embeddings)")
-    return gguf_lib._dequantize(tensors[_GGUF_EMBEDDING_NAME])  # pylint: disable=protected-access
+    return gguf_lib.read_tensor(p, tensors[_GGUF_EMBEDDING_NAME])
   if p.is_dir():
     from jaxrlhf.models.hf import read_hf_folder  # pylint: disable=g-import-not-at-top  lazy: imports JAX
     _, tensors = read_hf_folder(p)

@@ -103,6 +103,7 @@ ONLINE_DPO_KEYS = ("dpo_loss_type", "missing_eos_penalty", "ties", "ref_update_e
 ONLINE_DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
                          "discopop", "sigmoid_norm")
 TIES = ("mask", "first")
+OLD_LOGPS = ("auto", "rollout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,13 @@ class RLLossConfig:
   rloo_normalize: batch-standardize RLOO advantages. kl_mode: "reward" subtracts beta * sum_t k1 from each
   sequence's reward; "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference.
   epsilon / epsilon_high: PPO clip range (epsilon_high < 0: = epsilon). num_iterations: mu updates per rollout.
+  old_logps: where the clipped ratio's old-policy log-probs come from. "auto": with one update per rollout
+  (num_iterations 1; micro-batches of an accumulated update share its parameters) they are the update's own
+  log-probs under stop_gradient (rho = 1 in value, the gradient A * grad log pi; TRL's GRPOTrainer does the same
+  when num_iterations is 1), which saves the rollout its policy forward; the rollout's entropy and KL metrics then
+  come from the update's forward (over the kept rows with dynamic sampling). Not with kl_mode "reward" (the reward
+  needs the policy's log-probs before the update), PPO or online DPO, which keep the rollout forward. "rollout":
+  always the rollout's forward (`detached_old_logps`).
 
   variant: a named GRPO variant of `policy_variants.VARIANTS` (grpo, dr_grpo, dapo, gspo, gspo_token, cispo). It
   fixes the surrogate, the token aggregation, the advantage scaling and the paper's clip ranges, so with a variant
@@ -172,6 +180,7 @@ class RLLossConfig:
   epsilon_high: float = field(-1.0)
   loss_aggregation: str = field("token_mean", choices=pg.LOSS_AGGREGATIONS)
   num_iterations: int = field(1, min=1)
+  old_logps: str = field("auto", choices=OLD_LOGPS)
   variant: str = field("", choices=VARIANTS)
   dynamic_sampling: bool = field(False)
   oversample: int = field(1, min=1)
@@ -464,13 +473,13 @@ def policy_loss_terms(loss: RLLossConfig, logps_RxN: jax.Array, batch: dict[str,
   rows = jnp.asarray(mask.shape[0], jnp.float32)
   if loss.variant:
     spec = pv.VARIANTS[loss.variant]
-    per_token, m = pv.variant_surrogate(spec.surrogate, logps_RxN, batch["old_logps"], batch["advantages"], mask,
+    per_token, m = pv.variant_surrogate(spec.surrogate, logps_RxN, batch.get("old_logps"), batch["advantages"], mask,
                                         epsilon=spec.epsilon, epsilon_high=spec.epsilon_high)
     aggregation = spec.loss_aggregation
     # GSPO's metrics are means over sequences, the others' over tokens.
     count = rows if spec.surrogate == "gspo" else tokens
   else:
-    per_token, m = pg.clipped_surrogate(logps_RxN, batch["old_logps"], batch["advantages"], mask,
+    per_token, m = pg.clipped_surrogate(logps_RxN, batch.get("old_logps"), batch["advantages"], mask,
                                         epsilon=loss.epsilon, epsilon_high=_epsilon_high(loss))
     aggregation, count = loss.loss_aggregation, tokens
   metrics = {k: metrics_lib.Avg(v * count, count) for k, v in m.items()}
@@ -488,14 +497,33 @@ def policy_loss_terms(loss: RLLossConfig, logps_RxN: jax.Array, batch: dict[str,
   return total, weight, metrics
 
 
+def detached_old_logps(loss: RLLossConfig) -> bool:
+  """Whether the update takes stop_gradient(its own log-probs) as the old policy's and the rollout skips the policy
+  forward (loss.old_logps "auto" with one update per rollout, the KL not in the reward, a group algorithm)."""
+  return (loss.old_logps == "auto" and loss.num_iterations == 1 and loss.kl_mode != "reward"
+          and loss.algorithm in ("grpo", "rloo"))
+
+
 def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state_lib.LossFn:
-  """loss_fn(RLModel, rollout batch, rng) for `state.make_train_step`."""
+  """loss_fn(RLModel, rollout batch, rng) for `state.make_train_step`.
+
+  A batch without "old_logps" (`detached_old_logps`) uses the update's own log-probs, detached, as the old policy's,
+  and reports the metrics the rollout would have: `entropy` (token mean) and, with "ref_logps", `kl` (the mean over
+  rows of sum_t k1(pi, pi_ref)), both at the parameters the rollout sampled with."""
 
   def loss_fn(model, batch, rng):
     del rng
-    logps, _ = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
-                                      batch["mask"], temperature, loss.logps_chunk_size)
-    return policy_loss_terms(loss, logps, batch, max_length)
+    logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
+                                            batch["mask"], temperature, loss.logps_chunk_size)
+    total, weight, metrics = policy_loss_terms(loss, logps, batch, max_length)
+    if "old_logps" not in batch:
+      valid = (batch["mask"] > 0).astype(jnp.float32)
+      rows = jnp.asarray(valid.shape[0], jnp.float32)
+      metrics["entropy"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(entropy * valid)), jnp.sum(valid))
+      if "ref_logps" in batch:
+        k1 = pg.kl_divergence(jax.lax.stop_gradient(logps), batch["ref_logps"], batch["mask"], estimator="k1")
+        metrics["kl"] = metrics_lib.Avg(jnp.sum(k1 * valid), rows)
+    return total, weight, metrics
 
   return loss_fn
 
@@ -783,12 +811,14 @@ def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
 # ------------------------------------------------------------------------------------------------ rollout and step
 def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
             sampling: SamplingConfig, sources: Sequence[rewards_lib.RewardSource], eos_ids: tuple[int, ...],
-            pad_id: int, world: Any = None, num_samples: int | None = None
+            pad_id: int, world: Any = None, num_samples: int | None = None, policy_logps: bool = True
             ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
   """Samples G completions per prompt and scores them -> (rollout batch of R rows, metrics); no gradients.
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
   advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
+  policy_logps False (`detached_old_logps`): no policy forward, so no old_logps and no entropy / kl metrics (the
+  update reports them); needs kl_mode other than "reward".
   With algorithm "ppo": no advantages, rewards without the KL term (PPO applies it per token), and with
   loss.token_rewards the process sources' step rewards as token_rewards (R, N), their sums taken out of rewards.
   """
@@ -800,15 +830,18 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
                mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
-  old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens,
-                                              gen.mask, sampling.temperature, loss.logps_chunk_size)
-  batch["old_logps"] = jax.lax.stop_gradient(old_logps)
   valid = (gen.mask > 0).astype(jnp.float32)
   tokens = jnp.sum(valid)
   # completion_length counts the end token (TRL's convention); length counts the tokens before it (gold's n).
   metrics: dict[str, Any] = {"tokens": metrics_lib.Sum(tokens), "completion_length": jnp.mean(gen.lengths),
-                             "length": jnp.mean(content_lengths(gen.tokens, gen.mask, eos_ids)),
-                             "entropy": metrics_lib.Avg(jnp.sum(entropy), tokens)}
+                             "length": jnp.mean(content_lengths(gen.tokens, gen.mask, eos_ids))}
+  if policy_logps:
+    old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens,
+                                                gen.mask, sampling.temperature, loss.logps_chunk_size)
+    batch["old_logps"] = jax.lax.stop_gradient(old_logps)
+    metrics["entropy"] = metrics_lib.Avg(jnp.sum(entropy), tokens)
+  elif loss.kl_mode == "reward":
+    raise ValueError("rollout: kl_mode 'reward' needs the policy's log-probs in the rollout (policy_logps=True)")
   total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
   task_total = total
   for source in sources:
@@ -830,10 +863,11 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
     ref_logps, _ = scoring.response_logps(reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
                                           sampling.temperature, loss.logps_chunk_size)
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
-    seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
-    metrics["kl"] = jnp.mean(seq_kl)
-    if loss.kl_mode == "reward" and loss.algorithm != "ppo":  # PPO: per token, with the state's coefficient
-      total = total - loss.beta * seq_kl
+    if policy_logps:
+      seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
+      metrics["kl"] = jnp.mean(seq_kl)
+      if loss.kl_mode == "reward" and loss.algorithm != "ppo":  # PPO: per token, with the state's coefficient
+        total = total - loss.beta * seq_kl
   if world is not None:
     metrics["gold"] = jnp.mean(rewards_lib.gold_score(world)({}, batch))
     metrics["repeat_rate"] = rewards_lib.repetition_rate(world, batch)
@@ -925,18 +959,20 @@ def make_rl_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any, sources:
   inner = state_lib.make_train_step(graphdef, rl_loss_fn(loss, cfg.sampling.temperature, cfg.sampling.max_new_tokens),
                                     optimizer, grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                     schedule=optim.make_schedule(cfg.optimizer))
-  keep = ("prompt_ids", "prompt_mask", "tokens", "mask", "old_logps", "advantages") + (
-      ("ref_logps",) if loss.kl_mode == "loss" else ())
+  detached = detached_old_logps(loss)
+  # Without the rollout's policy forward the update also reports the KL metric, so it keeps the reference log-probs.
+  keep = ("prompt_ids", "prompt_mask", "tokens", "mask", "advantages") + (() if detached else ("old_logps",)) + (
+      ("ref_logps",) if loss.kl_mode == "loss" or detached else ())
 
   def step_fn(state: state_lib.TrainState, prompts: dict[str, jax.Array]):
     rng = rollout_key(state)
     model = nnx.merge(graphdef, state.params, state.extra)
     batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
-                             eos_ids=eos_ids, pad_id=pad_id, world=world)
+                             eos_ids=eos_ids, pad_id=pad_id, world=world, policy_logps=not detached)
     if loss.dynamic_sampling:  # The prompts are oversample * prompts_per_step; keep prompts_per_step groups.
       batch, sampling_metrics = dynamic_sample(loss, batch, cfg.prompts_per_step)
       metrics = {**metrics, **sampling_metrics}
-    batch = {k: batch[k] for k in keep}
+    batch = {k: batch[k] for k in keep if k in batch}
     state, stacked = jax.lax.scan(lambda s, _: inner(s, batch), state, None, length=loss.num_iterations)
     update_metrics = metrics_lib.stack_reduce(stacked)
     return state, {**update_metrics, **metrics}

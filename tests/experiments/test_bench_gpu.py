@@ -39,7 +39,7 @@ def _run_script(tmp_path, *flags, timeout=900):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([str(block), str(REPO_ROOT)]))
   env.pop("XLA_FLAGS", None)  # the tests' 8 host devices are not the script's setting
   env.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "jaxrlhf-xla"))
-  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   proc = subprocess.run([sys.executable, str(SCRIPT), *flags, "--out", str(out)], capture_output=True, text=True,
                         cwd=REPO_ROOT, env=env, timeout=timeout, check=False)
   saved = json.loads(out.read_text()) if out.exists() else None
@@ -172,3 +172,15 @@ def test_comparisons_against_the_base_row_and_the_unfused_check():
   assert rows[2]["vs_base"]["speedup"] == 1.5 and rows[2]["vs_base"]["aux0_rel"] == pytest.approx(0.1)
   assert rows[2]["vs_unfused"]["loss0_rel"] == pytest.approx(0.01 / 0.7)
   assert "vs_base" not in rows[0] and "vs_base" not in rows[4]  # no lever-free rm row to compare with
+
+
+def test_grpo_old_log_probs_from_the_rollout_train_like_the_detached_ones():
+  """The GRPO case's default takes the update's own log-probs, detached, as the old policy's (as the "rl" stage does
+  with one update per rollout); `old=rollout` scores them in the score part instead. Both are the same update: the
+  loss after it (iteration 1, where the KL to the reference is no longer 0) agrees."""
+  s = cases.Settings(smoke=True)
+  detached = cases.run_grpo(cases.parse_entry("grpo"), s)
+  rollout = cases.run_grpo(cases.parse_entry("grpo:old=rollout"), s)
+  assert (detached["old_logps"], rollout["old_logps"]) == ("detached", "rollout")
+  assert detached["losses"][1] != 0.0
+  assert rollout["losses"][1] == pytest.approx(detached["losses"][1], rel=1e-4, abs=1e-7)

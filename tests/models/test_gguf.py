@@ -269,3 +269,74 @@ def test_smollm2_config_matches_transformers(smollm2_both):
   import transformers
   ours = transformers.LlamaConfig(**config)
   assert ours.rope_parameters == hf.rope_parameters
+
+
+def _reader_view(path):
+  """The gguf package's GGUFReader's view of a file: metadata as Python values, tensor (type, dims, offset, bytes)."""
+  reader = gguf.GGUFReader(str(path))
+  metadata = {name: field.contents() for name, field in reader.fields.items()}
+  tensors = {t.name: (t.tensor_type, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes))
+             for t in reader.tensors}
+  return metadata, tensors, reader
+
+
+def _assert_header_is_the_readers(path, dequantized=None):
+  header = gguf_io.read_header(path)
+  metadata, tensors, reader = _reader_view(path)
+  assert list(header.metadata) == list(metadata)  # the same keys, in file order (with GGUF.* pseudo-keys)
+  for key, value in metadata.items():
+    assert header.metadata[key] == value and type(header.metadata[key]) is type(value), key
+    if isinstance(value, list) and value:
+      assert type(header.metadata[key][0]) is type(value[0]), key
+  assert {n: (i.qtype, i.dims, i.offset, i.nbytes) for n, i in header.tensors.items()} == tensors
+  for t in reader.tensors[:dequantized]:
+    np.testing.assert_array_equal(gguf_io.read_tensor(path, header.tensors[t.name]),
+                                  gguf.dequantize(t.data, t.tensor_type).reshape(header.tensors[t.name].shape))
+  return header
+
+
+def test_header_equals_the_gguf_packages_reader_on_every_value_type(tmp_path):
+  rng = np.random.default_rng(0)
+
+  def extra(writer):  # one key per GGUF value type, arrays included, non-ASCII strings
+    writer.add_uint8("t.u8", 250)
+    writer.add_int8("t.i8", -5)
+    writer.add_uint16("t.u16", 65000)
+    writer.add_int16("t.i16", -30000)
+    writer.add_uint32("t.u32", 2**32 - 1)
+    writer.add_int32("t.i32", -2**31)
+    writer.add_float32("t.f32", 1e-5)
+    writer.add_uint64("t.u64", 2**64 - 1)
+    writer.add_int64("t.i64", -2**63)
+    writer.add_float64("t.f64", 0.1)
+    writer.add_bool("t.bool", True)
+    writer.add_string("t.str", "héllo ▁wörld")
+    writer.add_array("t.ints", [1, -2, 3])
+    writer.add_array("t.floats", [0.5, -1.25])
+    writer.add_array("t.bools", [True, False, True])
+    writer.add_array("t.strs", ["a", "", "Ġthe", "日本"])
+
+  path = write_tiny_gguf(tmp_path / "typed.gguf", _tiny_llama_tensors(rng), extra=extra)
+  header = _assert_header_is_the_readers(path)
+  assert header.metadata["t.strs"] == ["a", "", "Ġthe", "日本"] and header.metadata["t.u64"] == 2**64 - 1
+
+
+def test_smollm2_header_equals_the_gguf_packages_reader(smollm2_gguf):
+  header = _assert_header_is_the_readers(smollm2_gguf, dequantized=3)
+  assert len(header.metadata["tokenizer.ggml.tokens"]) == 49152 and header.metadata["general.architecture"] == "llama"
+
+
+@pytest.mark.parametrize("old,new,message", [
+    (b"blk.0.attn_k.weight", b"blk.0.attn_v.weight", "tensor 'blk.0.attn_v.weight' is described twice"),
+    (b"t.second", b"t.first_", "metadata key 't.first_' appears twice")])
+def test_duplicate_names_are_refused(tmp_path, old, new, message):
+  """A same-length rename in the header: a well-formed file that names a tensor or a key twice."""
+  extra = lambda w: (w.add_uint32("t.first_", 1), w.add_uint32("t.second", 2))  # noqa: E731
+  path = write_tiny_gguf(tmp_path / "dup.gguf", _tiny_llama_tensors(np.random.default_rng(0)), extra=extra)
+  data = path.read_bytes()
+  assert data.count(old) == 1
+  path.write_bytes(data.replace(old, new))
+  with pytest.raises(gguf_io.ModelFileError, match=message):
+    gguf_io.read_metadata(path)
+  with pytest.raises(gguf_io.ModelFileError, match=message):
+    gguf_io.read_gguf(path)

@@ -225,7 +225,7 @@ def _env(num_devices: int, **extra: str) -> dict:
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              JAX_COMPILATION_CACHE_DIR=os.environ.get("JAXRLHF_TEST_XLA_CACHE",
                                                       str(pathlib.Path.home() / ".cache" / "jaxrlhf-xla")),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1", **extra)
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
   return env
 
 

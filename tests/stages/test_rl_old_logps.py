@@ -1,0 +1,111 @@
+"""The one-update-per-rollout shortcut (loss.old_logps "auto"): the update's own log-probs, detached, stand in for
+the old policy's, and the rollout drops its policy forward. The step must equal the step that recomputes them in
+the rollout (old_logps "rollout": same parameters after the update, same loss, same entropy and KL metrics), its
+compiled program must do less work by about one policy forward, and the shortcut must stay off wherever the old
+log-probs are not the update's (several updates per rollout, the KL in the reward, PPO)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxrlhf.config import from_config
+from jaxrlhf.data import padding
+from jaxrlhf.data.synthetic import World, WorldConfig
+from jaxrlhf.models import CausalLM, ModelConfig
+from jaxrlhf.stages import common
+from jaxrlhf.stages import reward_sources as rewards_lib
+from jaxrlhf.stages import rl
+from jaxrlhf.train import optim
+
+TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
+            max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def world():
+  return World(WorldConfig(num_prompts=256, max_response_len=12))
+
+
+def _cfg(**loss):
+  return from_config({
+      "seed": 3, "model": {"config": TINY}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
+      "rewards": ({"kind": "gold"},), "sampling": {"max_new_tokens": 6, "temperature": 0.8},
+      "optimizer": {"learning_rate": 1e-2, "grad_accum_steps": 2},
+      "loss": {"num_generations": 4, "beta": 0.1, "kl_mode": "loss", **loss}}, rl.RLConfig)
+
+
+def _step_and_inputs(world, cfg, compile_step=True):
+  """(compiled make_rl_step, graphdef, a state whose reference differs from the policy (the KL is not 0), prompts,
+  reward sources)."""
+  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = rl.rl_setup(cfg, config, None, {}, optimizer, None)
+  state = setup.init()
+  other = nnx.to_pure_dict(nnx.state(CausalLM(config, rngs=nnx.Rngs(7)), nnx.Param))
+  state = state.replace(extra=common.overwrite(state.extra, other, ("reference",)))
+  ids, mask = padding.encode_prompts(world.tokenizer, world.prompts(2, "train"), 6)
+  prompts = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "prompt_index": jnp.arange(2)}
+  sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
+  step = None
+  if compile_step:
+    step_fn = rl.make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_ids=(world.tokenizer.eos_id,),
+                              pad_id=world.tokenizer.pad_id, world=world)
+    step = jax.jit(step_fn).lower(state, prompts).compile()
+  return step, setup.graphdef, state, prompts, sources
+
+
+def _value(metric):
+  return float(metric.total / metric.count) if hasattr(metric, "count") else float(metric)
+
+
+@pytest.mark.parametrize("variant", ["", "gspo"])
+def test_detached_step_equals_the_step_with_rollout_log_probs(world, variant):
+  loss = dict(variant=variant) if variant else dict(epsilon_high=0.28)
+  detached_cfg, rollout_cfg = _cfg(**loss), _cfg(old_logps="rollout", **loss)
+  assert rl.detached_old_logps(detached_cfg.loss) and not rl.detached_old_logps(rollout_cfg.loss)
+  results = {}
+  for name, cfg in (("detached", detached_cfg), ("rollout", rollout_cfg)):
+    step, _, state, prompts, _ = _step_and_inputs(world, cfg)
+    new_state, metrics = step(state, prompts)
+    flops = step.cost_analysis()["flops"]
+    results[name] = (new_state, metrics, flops)
+  (a, ma, flops_a), (b, mb, flops_b) = results["detached"], results["rollout"]
+  assert _value(ma["gold"]) == _value(mb["gold"])  # the same rollout
+  for key in ("loss", "entropy", "kl", "kl_loss_term"):
+    assert _value(ma[key]) == pytest.approx(_value(mb[key]), rel=1e-5, abs=1e-6), key
+  assert abs(_value(ma["kl"])) > 1e-3  # the reference differs: the KL metric is not trivially 0
+  # Adam's first update is ~ -lr * sign(g): equal gradients give equal parameters (up to near-0 gradients' noise).
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  # The rollout's policy forward (R = 8 rows x 12 tokens, 2 FLOPs per weight per token at least) is gone.
+  n_params = sum(x.size for x in jax.tree.leaves(a.params))
+  assert flops_b - flops_a > 2 * n_params * 8 * 12 * 0.5, (flops_a, flops_b)
+
+
+def test_rollout_without_policy_log_probs(world):
+  cfg = _cfg()
+  _, graphdef, state, prompts, sources = _step_and_inputs(world, cfg, compile_step=False)
+  model = nnx.merge(graphdef, state.params, state.extra)
+  kwargs = dict(loss=cfg.loss, sampling=cfg.sampling, sources=sources, eos_ids=(world.tokenizer.eos_id,),
+                pad_id=world.tokenizer.pad_id)
+  full, _ = jax.jit(lambda p: rl.rollout(model, p, jax.random.PRNGKey(0), **kwargs))(prompts)
+  lean, lean_metrics = jax.jit(lambda p: rl.rollout(model, p, jax.random.PRNGKey(0), policy_logps=False,
+                                                    **kwargs))(prompts)
+  assert "old_logps" not in lean and "entropy" not in lean_metrics and "kl" not in lean_metrics
+  for key in ("tokens", "ref_logps", "rewards", "advantages"):
+    np.testing.assert_array_equal(lean[key], full[key])
+  with pytest.raises(ValueError, match="kl_mode 'reward'"):
+    rl.rollout(model, prompts, jax.random.PRNGKey(0), policy_logps=False,
+               **dict(kwargs, loss=_cfg(kl_mode="reward").loss))
+
+
+@pytest.mark.parametrize("loss,detached", [
+    (dict(), True), (dict(algorithm="rloo"), True), (dict(variant="dapo"), True), (dict(kl_mode="none"), True),
+    (dict(num_iterations=2), False), (dict(kl_mode="reward"), False), (dict(old_logps="rollout"), False),
+    (dict(algorithm="ppo", kl_mode="reward"), False),
+    (dict(algorithm="online_dpo", num_generations=2), False)])
+def test_when_the_shortcut_applies(loss, detached):
+  cfg = from_config({"num_generations": 4, **loss}, rl.RLLossConfig)
+  assert rl.detached_old_logps(cfg) is detached
