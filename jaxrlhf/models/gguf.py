@@ -330,13 +330,15 @@ class TensorInfo:
   """One tensor's description in a GGUF header.
 
   dims: GGUF order (innermost first); `shape` is numpy's. offset: the first byte of its data in the file (absolute);
-  nbytes: its data's size in bytes.
+  nbytes: its data's size in bytes. byte_order: the file's, "<" or ">" (a big-endian file stores F32 / F16 tensors
+  byte-swapped; quantized blocks are byte arrays, stored as they are).
   """
   name: str
   qtype: gguf.GGMLQuantizationType
   dims: tuple[int, ...]
   offset: int
   nbytes: int
+  byte_order: str = "<"
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -359,7 +361,10 @@ def read_tensor(path: str | os.PathLike, info: TensorInfo) -> np.ndarray:
     raise ValueError(
         f"GGUF tensor {info.name!r} has unsupported quantization type {info.qtype.name}; supported: {supported}")
   raw = np.memmap(path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,))
-  values = gguf.dequantize(raw, info.qtype)
+  if info.qtype in _FLOAT_DTYPES:  # plain floats in the file's byte order
+    values = raw.view(np.dtype(_FLOAT_DTYPES[info.qtype]).newbyteorder(info.byte_order))
+  else:
+    values = gguf.dequantize(raw, info.qtype)
   return np.ascontiguousarray(values, dtype=np.float32).reshape(info.shape)
 
 
@@ -377,6 +382,7 @@ _SCALAR_FORMATS = {
 }
 _SCALAR_BYTES = {t: struct.calcsize("<" + f) for t, f in _SCALAR_FORMATS.items()}
 _SCALAR_DTYPES = {t: np.dtype("bool" if f == "?" else f) for t, f in _SCALAR_FORMATS.items()}
+_FLOAT_DTYPES = {gguf.GGMLQuantizationType.F32: "f4", gguf.GGMLQuantizationType.F16: "f2"}
 _SUPPORTED_VERSIONS = (2, 3)
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NESTING = 8  # Arrays of arrays; real files use none.
@@ -506,7 +512,7 @@ def read_header(path: str | os.PathLike) -> Header:
                              f"but the file has {size} bytes (truncated or corrupt)")
       if name in tensors:
         raise ModelFileError(path, f"GGUF tensor {name!r} is described twice")
-      tensors[name] = TensorInfo(name, qtype, dims, data_start + offset, nbytes)
+      tensors[name] = TensorInfo(name, qtype, dims, data_start + offset, nbytes, order)
   return Header(metadata, tensors)
 
 

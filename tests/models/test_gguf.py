@@ -85,9 +85,9 @@ def _tiny_llama_tensors(rng, tied=True):
   return out
 
 
-def write_tiny_gguf(path, tensors, arch="llama", skip_keys=(), extra=None):
+def write_tiny_gguf(path, tensors, arch="llama", skip_keys=(), extra=None, endianess=gguf.GGUFEndian.LITTLE):
   """Writes a tiny llama GGUF with the given tensors ({name: (array, raw_dtype, golden)})."""
-  writer = gguf.GGUFWriter(str(path), arch)
+  writer = gguf.GGUFWriter(str(path), arch, endianess=endianess)
   keys = {
       "block_count": lambda: writer.add_block_count(L),
       "context_length": lambda: writer.add_context_length(128),
@@ -290,12 +290,16 @@ def _assert_header_is_the_readers(path, dequantized=None):
       assert type(header.metadata[key][0]) is type(value[0]), key
   assert {n: (i.qtype, i.dims, i.offset, i.nbytes) for n, i in header.tensors.items()} == tensors
   for t in reader.tensors[:dequantized]:
+    # The reader's float tensors are views in the file's byte order; its quantized ones are byte arrays.
+    plain = t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+    want = np.asarray(t.data, np.float32) if plain else gguf.dequantize(t.data, t.tensor_type)
     np.testing.assert_array_equal(gguf_io.read_tensor(path, header.tensors[t.name]),
-                                  gguf.dequantize(t.data, t.tensor_type).reshape(header.tensors[t.name].shape))
+                                  want.reshape(header.tensors[t.name].shape))
   return header
 
 
-def test_header_equals_the_gguf_packages_reader_on_every_value_type(tmp_path):
+@pytest.mark.parametrize("endianess", [gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG])
+def test_header_equals_the_gguf_packages_reader_on_every_value_type(tmp_path, endianess):
   rng = np.random.default_rng(0)
 
   def extra(writer):  # one key per GGUF value type, arrays included, non-ASCII strings
@@ -316,9 +320,14 @@ def test_header_equals_the_gguf_packages_reader_on_every_value_type(tmp_path):
     writer.add_array("t.bools", [True, False, True])
     writer.add_array("t.strs", ["a", "", "Ġthe", "日本"])
 
-  path = write_tiny_gguf(tmp_path / "typed.gguf", _tiny_llama_tensors(rng), extra=extra)
+  tensors = _tiny_llama_tensors(rng)
+  path = write_tiny_gguf(tmp_path / "typed.gguf", tensors, extra=extra, endianess=endianess)
   header = _assert_header_is_the_readers(path)
   assert header.metadata["t.strs"] == ["a", "", "Ġthe", "日本"] and header.metadata["t.u64"] == 2**64 - 1
+  # The whole model reads back in either byte order: every tensor equals its hand-dequantized golden.
+  _, read = gguf_io.read_gguf(path)
+  for name, (_, _, golden) in tensors.items():
+    np.testing.assert_array_equal(read[_hf_name(name)], golden, err_msg=name)
 
 
 def test_smollm2_header_equals_the_gguf_packages_reader(smollm2_gguf):
