@@ -5,19 +5,15 @@ compiled program must do less work by about one policy forward, and the shortcut
 log-probs are not the update's (several updates per rollout, the KL in the reward, PPO)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from jaxrlhf.config import from_config
-from jaxrlhf.data import padding
 from jaxrlhf.data.synthetic import World, WorldConfig
-from jaxrlhf.models import CausalLM, ModelConfig
-from jaxrlhf.stages import common
-from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
+from rl_step_setup import metric_value, setup_step
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -39,25 +35,13 @@ def _cfg(**loss):
 def _step_and_inputs(world, cfg, compile_step=True):
   """(compiled make_rl_step, graphdef, a state whose reference differs from the policy (the KL is not 0), prompts,
   reward sources)."""
-  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
-  optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = rl.rl_setup(cfg, config, None, {}, optimizer, None)
-  state = setup.init()
-  other = nnx.to_pure_dict(nnx.state(CausalLM(config, rngs=nnx.Rngs(7)), nnx.Param))
-  state = state.replace(extra=common.overwrite(state.extra, other, ("reference",)))
-  ids, mask = padding.encode_prompts(world.tokenizer, world.prompts(2, "train"), 6)
-  prompts = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "prompt_index": jnp.arange(2)}
-  sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
+  setup, state, prompts, sources = setup_step(world, cfg, TINY)
   step = None
   if compile_step:
-    step_fn = rl.make_rl_step(setup.graphdef, cfg, optimizer, sources, eos_ids=(world.tokenizer.eos_id,),
-                              pad_id=world.tokenizer.pad_id, world=world)
+    step_fn = rl.make_rl_step(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
+                              eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world)
     step = jax.jit(step_fn).lower(state, prompts).compile()
   return step, setup.graphdef, state, prompts, sources
-
-
-def _value(metric):
-  return float(metric.total / metric.count) if hasattr(metric, "count") else float(metric)
 
 
 @pytest.mark.parametrize("variant", ["", "gspo"])
@@ -72,10 +56,10 @@ def test_detached_step_equals_the_step_with_rollout_log_probs(world, variant):
     flops = step.cost_analysis()["flops"]
     results[name] = (new_state, metrics, flops)
   (a, ma, flops_a), (b, mb, flops_b) = results["detached"], results["rollout"]
-  assert _value(ma["gold"]) == _value(mb["gold"])  # the same rollout
+  assert metric_value(ma["gold"]) == metric_value(mb["gold"])  # the same rollout
   for key in ("loss", "entropy", "kl", "kl_loss_term"):
-    assert _value(ma[key]) == pytest.approx(_value(mb[key]), rel=1e-5, abs=1e-6), key
-  assert abs(_value(ma["kl"])) > 1e-3  # the reference differs: the KL metric is not trivially 0
+    assert metric_value(ma[key]) == pytest.approx(metric_value(mb[key]), rel=1e-5, abs=1e-6), key
+  assert abs(metric_value(ma["kl"])) > 1e-3  # the reference differs: the KL metric is not trivially 0
   # Adam's first update is ~ -lr * sign(g): equal gradients give equal parameters (up to near-0 gradients' noise).
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)

@@ -15,16 +15,15 @@ from flax import nnx
 
 from jaxrlhf import config as config_lib
 from jaxrlhf.config import ConfigError, from_config
-from jaxrlhf.data import padding
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.losses import ppo
-from jaxrlhf.models import CausalLM, ModelConfig
+from jaxrlhf.models import ModelConfig
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardModel
-from jaxrlhf.stages import common
 from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
+from rl_step_setup import metric_value, setup_step
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -46,21 +45,7 @@ def _cfg(**loss):
 
 def _setup(world, cfg, critic=None):
   """(setup, state whose frozen reference differs from the policy, so the KL term is not 0, prompts, sources)."""
-  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, **TINY)
-  setup = rl.rl_setup(cfg, config, None, {}, optim.make_optimizer(cfg.optimizer), None, critic)
-  state = setup.init()
-  other = nnx.to_pure_dict(nnx.state(CausalLM(config, rngs=nnx.Rngs(7)), nnx.Param))
-  if cfg.loss.kl_mode != "none":
-    state = state.replace(extra=common.overwrite(state.extra, other, ("reference",)))
-  ids, mask = padding.encode_prompts(world.tokenizer, world.prompts(2, "train"), 6)
-  prompts = {"prompt_ids": jnp.asarray(ids), "prompt_mask": jnp.asarray(mask), "prompt_index": jnp.arange(2)}
-  sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
-  return setup, state, prompts, sources
-
-
-def _value(metric):
-  """A step metric (Avg or array) as a float."""
-  return float(metric.total / metric.count) if hasattr(metric, "count") else float(metric)
+  return setup_step(world, cfg, TINY, critic)
 
 
 def _hand_forward(model, batch, temperature):
@@ -117,9 +102,9 @@ def test_ppo_step_equals_the_pure_functions(world):
   updates, _ = optimizer.update(grads, state.opt_state, state.params)
   import optax  # pylint: disable=g-import-not-at-top
   expected = optax.apply_updates(state.params, updates)
-  assert _value(metrics["loss"]) == pytest.approx(float(loss), rel=1e-4, abs=1e-6)
+  assert metric_value(metrics["loss"]) == pytest.approx(float(loss), rel=1e-4, abs=1e-6)
   for key in ("loss/value", "value/clipfrac", "policy/approxkl"):
-    assert _value(metrics[key]) == pytest.approx(float(pure_metrics[key]), rel=1e-4, abs=1e-6), key
+    assert metric_value(metrics[key]) == pytest.approx(float(pure_metrics[key]), rel=1e-4, abs=1e-6), key
   # Adam's first update is ~ -lr * sign(g) (lr 1e-2): 1e-5 absorbs float noise on near-0 gradients only.
   for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -159,7 +144,7 @@ def test_one_sample_per_prompt_is_enough_for_ppo(world):
                                   eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world))
   new_state, metrics = step(state, prompts)
   assert int(new_state.step) == cfg.loss.ppo_epochs * cfg.loss.num_mini_batches
-  assert np.isfinite(_value(metrics["loss"]))
+  assert np.isfinite(metric_value(metrics["loss"]))
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))]
   assert any(moved)
 
@@ -178,8 +163,8 @@ def test_chunked_log_probs_give_the_same_step(world, algorithm):
                         eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world))
     outs.append(step(state, prompts))
   (a, ma), (b, mb) = outs
-  assert _value(ma["loss"]) == pytest.approx(_value(mb["loss"]), rel=1e-4, abs=1e-6)
-  assert _value(ma["kl"]) == pytest.approx(_value(mb["kl"]), rel=1e-4, abs=1e-6)
+  assert metric_value(ma["loss"]) == pytest.approx(metric_value(mb["loss"]), rel=1e-4, abs=1e-6)
+  assert metric_value(ma["kl"]) == pytest.approx(metric_value(mb["kl"]), rel=1e-4, abs=1e-6)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(x, y, atol=2e-5)
 
