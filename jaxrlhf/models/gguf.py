@@ -253,7 +253,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
   """All GGUF key/value metadata of a file as Python values (arrays as lists, strings decoded).
 
   Raises:
-    ModelFileError: a truncated or malformed file (see `check_gguf_layout`).
+    ModelFileError: a truncated or malformed file (see `read_header`).
   """
   return read_header(path).metadata
 
@@ -514,15 +514,6 @@ def read_header(path: str | os.PathLike) -> Header:
         raise ModelFileError(path, f"GGUF tensor {name!r} is described twice")
       tensors[name] = TensorInfo(name, qtype, dims, data_start + offset, nbytes, order)
   return Header(metadata, tensors)
-
-
-def check_gguf_layout(path: str | os.PathLike) -> None:
-  """Validates a GGUF file's header (`read_header`) without keeping it.
-
-  Raises:
-    ModelFileError: what is wrong and where (byte offset, key or tensor name).
-  """
-  read_header(path)
 
 
 def _read_value(cur: _Cursor, value_type: int, what: str, depth: int) -> Any:
