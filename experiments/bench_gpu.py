@@ -2,7 +2,7 @@
 split, the K = 5 reward-model ensemble, and an 8B-class model on one GPU.
 
     PYTHONPATH=. python experiments/bench_gpu.py --budget_s 450 --commit <sha>     # the default case list
-    PYTHONPATH=. python experiments/bench_gpu.py --only rm,dpo,dpo:logps=fused,gen:b=1
+    PYTHONPATH=. python experiments/bench_gpu.py --only rm,dpo,dpo:logps=chunked,gen:b=1
     PYTHONPATH=. python experiments/bench_gpu.py --only extras                     # more levers (see EXTRAS)
     PYTHONPATH=. python experiments/bench_gpu.py --smoke                           # every case, tiny, CPU, ~2 min
 
@@ -14,7 +14,8 @@ image lacks; as a script (and in its child processes) only jaxrlhf.models / loss
                       parameters and AdamW, cuDNN attention, the library's layer default (scan_layers=None:
                       unrolled on GPUs), no remat. Levers: b= (pairs), seq=, remat=none|full|dots|dots_no_batch,
                       unroll / scan (force the layer loop), attn=xla|cudnn, pdtype=fp32|bf16,
-                      mu=fp32|bf16 (AdamW first moment), logps=chunked|fused|fused_recompute|full (DPO), chunk=.
+                      mu=fp32|bf16 (AdamW first moment), logps=fused|chunked|fused_recompute|full (DPO; fused
+                      is the stages' GPU default, `scoring.resolve_logps_path`), chunk=.
   dpo_check           loss, log-probs and LM-head gradients at init by the unfused (B, T, V) path vs chunked vs
                       fused, and the LM-head forward + backward time of each.
   gen                 `sampling.generate`, 1.24B with bf16 weights, prompt 512 + 512 new tokens, greedy, no early
@@ -60,17 +61,17 @@ import time
 # The parent never starts a jax backend: a GPU client in the parent would hold the memory the cases need.
 # Issue 19's numbers in its priority order (1: train MFU, 3: rollouts, 5: ensemble, 4: GRPO, 2: 8B). Estimated H200
 # wall seconds, compile included (gpu_bench_cases.estimate_s; guesses until a first run records compile_s):
-#   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=fused 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43
+#   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=chunked 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43
 #   | ens 90 (both member loops) | grpo 150 | dpo8b 90, rm8b 80  -> about 730 s in all; with --budget_s 440 expect
 #   1, 3, 5 and whatever of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
-DEFAULT_ONLY = "rm,dpo,dpo:logps=fused,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
+DEFAULT_ONLY = "rm,dpo,dpo:logps=chunked,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
 # Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with scanned layers
 # (the pre-default layout), scanned layers and bf16 parameters for the train steps, the fused gather without the
 # saved softmax gradient, batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step
-# with the fused gather and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
-EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:scan,rm:scan,dpo:logps=fused:scan,rm:pdtype=bf16,"
-          "dpo:logps=fused:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:logps=fused:b=16:remat=dots,"
-          "grpo:rollout=bf16,dpo8b:logps=fused,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
+# with the chunked gather and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
+EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:scan,rm:scan,dpo:scan,rm:pdtype=bf16,"
+          "dpo:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:b=16:remat=dots,"
+          "grpo:rollout=bf16,dpo8b:logps=chunked,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
 ALIASES = {"default": DEFAULT_ONLY, "extras": EXTRAS, "all": DEFAULT_ONLY + "," + EXTRAS}
 MARK_DEVICE, MARK_START, MARK_ROW = "@@DEVICE ", "@@START ", "@@ROW "
 

@@ -348,7 +348,8 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=lora))
     setup = preference.preference_setup(cfg, config, pretrained, optimizer, mesh)
     state = setup.init()
-    loss_fn = preference.preference_loss_fn(cfg.loss, resident=resident, chunk_size=logps_chunk_size,
+    chunk, fused = scoring.resolve_logps_path(cfg.logps_path, logps_chunk_size)  # the stage's rule on this backend
+    loss_fn = preference.preference_loss_fn(cfg.loss, resident=resident, chunk_size=chunk, fused=fused,
                                             lora=bool(lora))
     if not resident:
       @jax.jit

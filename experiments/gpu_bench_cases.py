@@ -1,7 +1,7 @@
 """The cases of `experiments/bench_gpu.py`: one function per case, each returning one JSON-able row.
 
 A case is named by an `--only` entry `kind[:lever[:lever...]]`, a lever being `key=value` or a bare flag, e.g.
-`dpo:logps=fused`, `rm:unroll`, `rm:b=16:remat=dots`, `gen:b=64`. Every case runs the library's own modules
+`dpo:logps=chunked`, `rm:unroll`, `rm:b=16:remat=dots`, `gen:b=64`. Every case runs the library's own modules
 (CausalLM, RewardModel, the log-prob gathers, dpo_loss / bradley_terry_loss / the policy-gradient losses,
 `sampling.generate`); nothing here imports `jaxrlhf.train` (its package pulls in ml_collections and grain, absent
 on the GPU image, and is being restructured), so the small train step and its loops over ensemble members are
@@ -64,7 +64,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "rm": _TRAIN,
     "dpo": _TRAIN + ("logps", "chunk"),
     "rm_shared": _TRAIN,
-    "dpo_shared": _TRAIN + ("chunk",),
+    "dpo_shared": _TRAIN + ("logps", "chunk"),  # logps: fused or chunked
     "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
     "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers"),
     "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan", "loop"),
@@ -359,11 +359,14 @@ def rm_shared_loss(model, batch):
   return losses.mean(), jnp.concatenate([r_c, r_r])
 
 
-def dpo_shared_loss(chunk: int) -> Callable:
+def dpo_shared_loss(chunk: int, mode: str = "fused") -> Callable:
+  if mode not in ("chunked", "fused"):
+    raise ValueError(f"dpo_shared: logps={mode!r}; shared-prompt rows take 'fused' or 'chunked'")
+
   def loss(model, batch):
     ids = batch["pair_input_ids"]
     layout = shared_prompt_layout(*_lengths(batch), ids.shape[1])
-    token_logps, _ = shared_prompt_token_logps(model, ids, layout, chunk_size=chunk)
+    token_logps, _ = shared_prompt_token_logps(model, ids, layout, chunk_size=chunk, fused=mode == "fused")
     logps = jnp.sum(token_logps, axis=-1)
     b = logps.shape[0] // 2
     losses, _ = dpo_loss(logps[:b], logps[b:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], beta=0.1)
@@ -393,7 +396,8 @@ def run_train(entry: Entry, s: Settings) -> dict:
   mu = lv.get("mu", "bf16" if big else None)
   batch = pairs_batch(c.vocab_size, pairs, seq)
   is_rm = kind.startswith("rm")
-  mode = lv.get("logps", "chunked")
+  # The stages' LM-head log-probs on a GPU (`scoring.resolve_logps_path`, not imported: see the module docstring).
+  mode = lv.get("logps", "fused")
   chunk = lv.get("chunk", 4096)
   if kind in ("rm_shared", "dpo_shared"):
     batch = shared_batch(batch, seq)
@@ -402,7 +406,7 @@ def run_train(entry: Entry, s: Settings) -> dict:
     loss_fn = rm_shared_loss if kind == "rm_shared" else rm_loss
   else:
     make = lambda: CausalLM(c, rngs=nnx.Rngs(0))  # noqa: E731
-    loss_fn = dpo_shared_loss(chunk) if kind == "dpo_shared" else dpo_step_loss(mode, chunk)
+    loss_fn = dpo_shared_loss(chunk, mode) if kind == "dpo_shared" else dpo_step_loss(mode, chunk)
   graphdef, params, rest = init_split(make)
   optimizer = make_optimizer(mu)
   opt_state = jax.jit(optimizer.init)(params)
@@ -432,7 +436,7 @@ def run_train(entry: Entry, s: Settings) -> dict:
   flops = train_flops_per_token(c, row_len, with_unembed=not is_rm) * tokens
   return dict(case="train", kind=kind, model=f"{n_params / 1e9:.2f}B", params=int(n_params), pairs=pairs, seq=seq,
               tokens=tokens, config=config_summary(c), mu_dtype=mu or "param dtype",
-              logps=None if is_rm else (mode if kind != "dpo_shared" else "chunked"), chunk=None if is_rm else chunk,
+              logps=None if is_rm else mode, chunk=None if is_rm else chunk,
               compile_s=_r(compile_s, 1), step_s=_r(step_s), step_times=[_r(t) for t in times],
               tokens_per_s=round(tokens / step_s), pairs_per_s=_r(pairs / step_s, 2),
               tflops=_r(flops / step_s / 1e12, 1), mfu=_r(flops / step_s / 1e12 / s.peak_tflops),

@@ -224,9 +224,12 @@ def _pad_chunks(x_N: jax.Array, num_chunks: int, chunk_size: int) -> jax.Array:
   return x_N.reshape((num_chunks, chunk_size) + x_N.shape[1:])
 
 
-def _fused_chunk(rows_CxD, head_DxV, targets_C, valid_C, temperature):
-  """One chunk's fp32 logits / temperature and (token logps, lse), by exactly the math of the chunked path."""
+def _fused_chunk(rows_CxD, head_DxV, targets_C, valid_C, temperature, softcap):
+  """One chunk's fp32 (capped) logits / temperature and (token logps, lse), by exactly the math of the chunked
+  path."""
   logits_CxV = jnp.dot(rows_CxD.astype(head_DxV.dtype), head_DxV, preferred_element_type=jnp.float32)
+  if softcap is not None:
+    logits_CxV = jnp.tanh(logits_CxV / softcap) * softcap
   logits_CxV = logits_CxV / temperature
   lse_C = jax.nn.logsumexp(logits_CxV, axis=-1)
   safe_targets = jnp.where(valid_C, targets_C, 0).astype(jnp.int32)
@@ -234,21 +237,25 @@ def _fused_chunk(rows_CxD, head_DxV, targets_C, valid_C, temperature):
   return logits_CxV, jnp.where(valid_C, target_C - lse_C, 0.0), lse_C
 
 
-def _softmax_grad_basis(logits_CxV, lse_C, targets_C, valid_C, temperature, dtype):
-  """d token_logp / d (unscaled logits) per row: (onehot(target) - softmax) / temperature, 0 on masked rows."""
+def _softmax_grad_basis(logits_CxV, lse_C, targets_C, valid_C, temperature, softcap, dtype):
+  """d token_logp / d (the head's raw logits) per row: (onehot(target) - softmax) / temperature, times the soft-
+  cap's derivative 1 - tanh^2 (tanh = capped logit / cap) where there is a cap; 0 on masked rows."""
   probs_CxV = jnp.exp(logits_CxV - lse_C[:, None])
   onehot_CxV = jnp.arange(logits_CxV.shape[-1])[None, :] == targets_C[:, None]
-  basis_CxV = jnp.where(onehot_CxV, 1.0 - probs_CxV, -probs_CxV)
-  return jnp.where(valid_C[:, None], basis_CxV / temperature, 0.0).astype(dtype)
+  basis_CxV = jnp.where(onehot_CxV, 1.0 - probs_CxV, -probs_CxV) / temperature
+  if softcap is not None:
+    tanh_CxV = logits_CxV * (temperature / softcap)  # logits here are cap * tanh(raw / cap) / temperature
+    basis_CxV = basis_CxV * (1.0 - tanh_CxV * tanh_CxV)
+  return jnp.where(valid_C[:, None], basis_CxV, 0.0).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _fused_logps(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, save_softmax_grad):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fused_logps(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad):
   del save_softmax_grad  # only the backward pass differs
-  return _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, False)[0]
+  return _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, False)[0]
 
 
-def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, save_softmax_grad):
+def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad):
   n = rows_NxD.shape[0]
   num_chunks = -(-n // chunk_size)
   compute_dtype = jnp.result_type(rows_NxD.dtype, head_DxV.dtype)
@@ -257,16 +264,16 @@ def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, tempera
 
   def body(_, xs):
     r, t, v = xs
-    logits, token_logps, lse = _fused_chunk(r, head, t, v, temperature)
+    logits, token_logps, lse = _fused_chunk(r, head, t, v, temperature, softcap)
     if save_softmax_grad:  # the backward pass then needs no second LM-head matmul for this chunk
-      return None, (token_logps, _softmax_grad_basis(logits, lse, t, v, temperature, compute_dtype))
+      return None, (token_logps, _softmax_grad_basis(logits, lse, t, v, temperature, softcap, compute_dtype))
     return None, (token_logps, lse)
 
   _, (token_logps, saved) = jax.lax.scan(body, None, (rows, targets, valid))
   return token_logps.reshape(-1)[:n], (rows, head_DxV, targets, valid, saved)
 
 
-def _fused_logps_bwd(chunk_size, temperature, save_softmax_grad, residuals, g_N):
+def _fused_logps_bwd(chunk_size, temperature, softcap, save_softmax_grad, residuals, g_N):
   rows, head_DxV, targets, valid, saved = residuals
   num_chunks, _, d = rows.shape
   n = g_N.shape[0]
@@ -279,8 +286,8 @@ def _fused_logps_bwd(chunk_size, temperature, save_softmax_grad, residuals, g_N)
     if save_softmax_grad:
       basis = s
     else:
-      logits, _, _ = _fused_chunk(r, head, t, v, temperature)
-      basis = _softmax_grad_basis(logits, s, t, v, temperature, compute_dtype)
+      logits, _, _ = _fused_chunk(r, head, t, v, temperature, softcap)
+      basis = _softmax_grad_basis(logits, s, t, v, temperature, softcap, compute_dtype)
     # d logits = g * basis (one row scale each), so both products run on the saved basis in the compute dtype:
     # d rows = g * (basis @ head^T);  d head += (g * rows)^T @ basis, summed over chunks in fp32.
     # Contracting dimensions instead of transposes: a (D, V) transpose per chunk must never be materialized.
@@ -300,7 +307,8 @@ _fused_logps.defvjp(_fused_logps_fwd, _fused_logps_bwd)
 
 def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                          mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
-                         save_softmax_grad: bool = True) -> tuple[jax.Array, jax.Array]:
+                         save_softmax_grad: bool = True, logit_softcap: float | None = None
+                         ) -> tuple[jax.Array, jax.Array]:
   """`chunked_sequence_logps`'s values with a hand-written backward pass of the LM head (no entropy).
 
   The forward pass is the chunked one: per chunk of `chunk_size` tokens, fp32 logits (C, V) = hidden_c @ lm_head,
@@ -326,6 +334,8 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
     chunk_size: tokens per chunk (need not divide B*T).
     temperature: divides the logits.
     save_softmax_grad: store the softmax gradient in the forward pass (faster backward, (B*T, V) memory).
+    logit_softcap: logits are cap * tanh(logits / cap) before the temperature, as in `chunked_sequence_logps`
+      (the backward pass multiplies the softmax gradient by the cap's derivative 1 - tanh^2); None: no cap.
 
   Returns:
     (token_logps_BxT, logps_B) float32.
@@ -333,8 +343,12 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
   b, t, d = _check_head_shapes(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT)
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  if logit_softcap is not None and not logit_softcap > 0:
+    raise ValueError(f"logit_softcap must be None or > 0; got {logit_softcap!r}")
   chunk_size = min(chunk_size, max(b * t, 1))
+  softcap = None if logit_softcap is None else float(logit_softcap)
   token_logps = _fused_logps(hidden_BxTxD.reshape(b * t, d), lm_head_DxV, targets_BxT.reshape(-1),
-                             mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), bool(save_softmax_grad))
+                             mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), softcap,
+                             bool(save_softmax_grad))
   token_logps = token_logps.reshape(b, t)
   return token_logps, jnp.sum(token_logps, axis=-1)

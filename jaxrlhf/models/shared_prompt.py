@@ -85,8 +85,8 @@ def shared_prompt_hidden(backbone: Any, input_ids_BxT: Array, layout: SharedProm
                                 segment_ids=layout.segment_ids, shared_mask=layout.shared_mask)
 
 
-def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: SharedPromptLayout, chunk_size: int = 0
-                              ) -> tuple[jax.Array, jax.Array]:
+def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: SharedPromptLayout, chunk_size: int = 0,
+                              *, fused: bool = False) -> tuple[jax.Array, jax.Array]:
   """Per-token response log-probs of shared-prompt rows, split into chosen then rejected rows.
 
   Args:
@@ -94,6 +94,8 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
     input_ids_BxT: (B, T) int ids of [prompt | chosen | rejected] rows.
     layout: `shared_prompt_layout` of those rows.
     chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
+    fused: the chunked forward with the hand-written LM-head backward (`losses.logps.fused_sequence_logps`;
+      chunks of `chunk_size`, 0: 1024).
 
   Returns:
     (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
@@ -104,7 +106,11 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
   # Each target reads the hidden state of its predictor; for all but one token per row that is t - 1.
   predictor_BxTxD = jnp.take_along_axis(hidden_BxTxD, layout.source_index[:, :, None], axis=1)
   targets_mask = (layout.chosen_targets | layout.rejected_targets).astype(jnp.float32)
-  if chunk_size:
+  if fused:
+    head_DxV, softcap = model.output_projection()
+    logps, _ = logps_lib.fused_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,
+                                              chunk_size=chunk_size or 1024, logit_softcap=softcap)
+  elif chunk_size:
     head_DxV, softcap = model.output_projection()
     logps, _ = logps_lib.chunked_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,
                                                 chunk_size=chunk_size, logit_softcap=softcap)

@@ -27,6 +27,7 @@ from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel import make_mesh
 from jaxrlhf.parallel.sharding import batch_shards
 from jaxrlhf.train import checkpoint as checkpoint_lib
+from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
 
@@ -154,6 +155,24 @@ def check_accumulation(batch_size: int, grad_accum_steps: int, path: str) -> Non
   if batch_size % grad_accum_steps:
     raise ConfigError(f"{path}.data.batch_size: {batch_size} is not divisible by "
                       f"{path}.optimizer.grad_accum_steps={grad_accum_steps}")
+
+
+def check_logps_path(logps_path: str, logps_chunk_size: int, path: str) -> None:
+  """ConfigError unless the stage's LM-head log-prob settings go together ("full" takes no chunk size)."""
+  if logps_path == "full" and logps_chunk_size:
+    raise ConfigError(f"{path}.logps_chunk_size: {logps_chunk_size} with {path}.logps_path='full' (the whole "
+                      f"(B, T, V) logits); set it to 0, or logps_path to 'chunked' / 'fused' / 'auto'")
+
+
+def logps_path(cfg: Any) -> tuple[int, bool]:
+  """(chunk_size, fused) of a stage config's `logps_path` and `logps_chunk_size` on this backend
+  (`scoring.resolve_logps_path`), logged once so the run says which path it took."""
+  chunk_size, fused = scoring.resolve_logps_path(cfg.logps_path, cfg.logps_chunk_size)
+  taken = "fused" if fused else ("chunked" if chunk_size else "full")
+  detail = f", chunks of {chunk_size} tokens" if chunk_size else ""
+  print(f"[logps] LM-head log-probs: {taken}{detail} (logps_path={cfg.logps_path!r}, backend "
+        f"{jax.default_backend()})", flush=True)
+  return chunk_size, fused
 
 
 # ------------------------------------------------------------------------------------------------ train states

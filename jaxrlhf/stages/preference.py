@@ -115,6 +115,9 @@ class PreferenceConfig:
   # "auto": "resident" for KTO with the mismatched reference point (its reference log-probs change with the batch),
   # "precompute" otherwise.
   reference: str = field("auto", choices=("auto", "precompute", "resident"))
+  # The LM-head log-probs (`scoring.resolve_logps_path`): "auto" is "fused" on GPUs, elsewhere "chunked" when
+  # logps_chunk_size > 0 (never the full (B, T, V) logits) and "full" otherwise.
+  logps_path: str = field("auto", choices=scoring.LOGPS_PATHS)
   logps_chunk_size: int = field(0, min=0)
   optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
   loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
@@ -139,6 +142,7 @@ class PreferenceConfig:
       raise ConfigError(f"{path}.data.batch_size: KTO's mismatched reference point pairs each prompt with another "
                         f"pair's completion, so it needs >= 2 pairs per batch (got {self.data.batch_size})")
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
+    common.check_logps_path(self.logps_path, self.logps_chunk_size, path)
 
 
 def mismatched_kto(loss: PreferenceLossConfig) -> bool:
@@ -181,14 +185,14 @@ def _halves(x):
 
 
 def token_rewards(model: Any, batch: dict, better_ids: tuple[int, ...], worse_ids: tuple[int, ...],
-                  chunk_size: int = 0) -> jax.Array:
+                  chunk_size: int = 0, fused: bool = False) -> jax.Array:
   """T-REG token rewards (2B, T) of chosen then rejected rows under `model` (detached)."""
-  better, mask = scoring.pair_token_logps(model, batch, chunk_size, better_ids)
-  worse, _ = scoring.pair_token_logps(model, batch, chunk_size, worse_ids)
+  better, mask = scoring.pair_token_logps(model, batch, chunk_size, better_ids, fused=fused)
+  worse, _ = scoring.pair_token_logps(model, batch, chunk_size, worse_ids, fused=fused)
   return token_level.contrastive_token_rewards(better, worse, mask)
 
 # ------------------------------------------------------------------------------------------------ the loss
-def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size: int = 0,
+def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size: int = 0, fused: bool = False,
                        better_ids: tuple[int, ...] = (), worse_ids: tuple[int, ...] = (), lora: bool = False
                        ) -> state_lib.LossFn:
   """loss_fn(model, batch, rng) -> (sum_i weight_i * loss_i, sum_i weight_i, metrics).
@@ -197,6 +201,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
   `ref_rejected_logps` (B,) and for T-REG with reference token rewards `ref_token_rewards` (2B, T)), or a
   `PolicyWithReference` (resident). With `lora` and resident, the model is the LoRA policy and the reference is the
   same model with its adapters off (`CausalLM.without_adapters`: the frozen base, no second copy).
+  chunk_size / fused: the LM-head path of every log-prob (`scoring.token_logps`).
   Metrics: the pair metrics of `PAIR_METRICS` as weighted sums / weights.
   """
   types = tuple(loss.loss_type)
@@ -208,7 +213,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     reference = None
     if resident:
       reference = model.without_adapters() if lora else model.reference
-    token_logps, mask = scoring.pair_token_logps(policy, batch, chunk_size)
+    token_logps, mask = scoring.pair_token_logps(policy, batch, chunk_size, fused=fused)
     mask = mask.astype(jnp.float32)
     logps_2B = jnp.sum(token_logps, axis=-1)
     lengths_2B = jnp.sum(mask, axis=-1)
@@ -223,7 +228,7 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     rc = rr = None
     if needs_reference(loss):
       if resident:
-        ref_token_logps, _ = scoring.pair_token_logps(reference, batch, chunk_size)
+        ref_token_logps, _ = scoring.pair_token_logps(reference, batch, chunk_size, fused=fused)
         rc, rr = _halves(jax.lax.stop_gradient(jnp.sum(ref_token_logps, axis=-1)))
       else:
         rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -244,13 +249,13 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
       if mismatched_kto(loss):
         if not resident:
           raise ValueError("KTO's mismatched reference point needs the reference model in the step (resident)")
-        kl = _mismatched_kl(model, batch, w_B, chunk_size, lora=lora)
+        kl = _mismatched_kl(model, batch, w_B, chunk_size, lora=lora, fused=fused)
       losses, m = _kto(loss, logps_2B, jnp.concatenate([rc, rr]), w_B, beta, kl)
     else:  # treg
       if loss.treg_token_rewards == "policy":
-        r_2BxT = jax.lax.stop_gradient(token_rewards(policy, batch, better_ids, worse_ids, chunk_size))
+        r_2BxT = jax.lax.stop_gradient(token_rewards(policy, batch, better_ids, worse_ids, chunk_size, fused))
       elif resident:
-        r_2BxT = jax.lax.stop_gradient(token_rewards(reference, batch, better_ids, worse_ids, chunk_size))
+        r_2BxT = jax.lax.stop_gradient(token_rewards(reference, batch, better_ids, worse_ids, chunk_size, fused))
       else:
         r_2BxT = batch["ref_token_rewards"]
       tc, tr = _halves(token_logps)
@@ -270,7 +275,8 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
   return loss_fn
 
 
-def _mismatched_kl(model: Any, batch: dict, w_B: jax.Array, chunk_size: int, *, lora: bool = False) -> jax.Array:
+def _mismatched_kl(model: Any, batch: dict, w_B: jax.Array, chunk_size: int, *, lora: bool = False,
+                   fused: bool = False) -> jax.Array:
   """KTO's z0 before clamping: mean over the batch's mismatched rows of log pi(y'|x) - log pi_ref(y'|x), detached.
   `model`: a PolicyWithReference, or with `lora` the LoRA policy (reference: its adapters off).
 
@@ -278,8 +284,8 @@ def _mismatched_kl(model: Any, batch: dict, w_B: jax.Array, chunk_size: int, *, 
   """
   ids, att, lm = scoring.mismatched_pair_rows(batch)
   policy, reference = (model, model.without_adapters()) if lora else (model.policy, model.reference)
-  policy_logps, _ = scoring.token_logps(policy, ids, att, lm, chunk_size)
-  ref_logps, _ = scoring.token_logps(reference, ids, att, lm, chunk_size)
+  policy_logps, _ = scoring.token_logps(policy, ids, att, lm, chunk_size, fused=fused)
+  ref_logps, _ = scoring.token_logps(reference, ids, att, lm, chunk_size, fused=fused)
   real_2B = (jnp.concatenate([w_B, w_B]) > 0).astype(jnp.float32)
   valid_2B = real_2B * jnp.roll(real_2B, 1)
   logratio_2B = jnp.sum(policy_logps, axis=-1) - jnp.sum(ref_logps, axis=-1)
@@ -409,7 +415,7 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
     return ReferenceCache.load(path)
   with_tokens = cfg.loss.algorithm == "treg" and cfg.loss.treg_token_rewards == "reference"
   state = setup.init()
-  chunk = cfg.logps_chunk_size
+  chunk, _ = scoring.resolve_logps_path(cfg.logps_path, cfg.logps_chunk_size)  # no gradient: the forward is all
 
   @jax.jit
   def ref_fn(params, extra, batch):
@@ -453,7 +459,8 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   setup = preference_setup(cfg, model_config, pretrained, optimizer, mesh)
   resident = resident_reference(cfg)
   lora = bool(cfg.model.lora)
-  loss_fn = preference_loss_fn(loss, resident=resident, chunk_size=cfg.logps_chunk_size, better_ids=better,
+  chunk_size, fused = common.logps_path(cfg)
+  loss_fn = preference_loss_fn(loss, resident=resident, chunk_size=chunk_size, fused=fused, better_ids=better,
                                worse_ids=worse, lora=lora)
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,

@@ -85,6 +85,7 @@ class SelfRewardingConfig:
   sample_batch_size: int = field(64, min=1)  # prompts per generation call
   beta: float = field(0.1)
   num_eval_prompts: int = field(256, min=1)
+  logps_path: str = field("auto", choices=scoring.LOGPS_PATHS)  # the LM-head log-probs, as in the sft stage
   logps_chunk_size: int = field(0, min=0)
   optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
   loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
@@ -104,15 +105,17 @@ class SelfRewardingConfig:
     if self.data.shared_prompt == "on":
       raise ConfigError(f"{path}.data.shared_prompt: 'on' is not supported here; use 'off' or 'auto'")
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
+    common.check_logps_path(self.logps_path, self.logps_chunk_size, path)
 
 # ------------------------------------------------------------------------------------------------ the loss
-def self_rewarding_loss_fn(beta: float, chunk_size: int = 0) -> state_lib.LossFn:
+def self_rewarding_loss_fn(beta: float, chunk_size: int = 0, fused: bool = False) -> state_lib.LossFn:
   """loss_fn(model, batch, rng) -> (sum_i w_i L_i, sum_i w_i, metrics) with L the consistency-regularized DPO
-  loss; the batch carries `ref_chosen_logps`, `ref_rejected_logps` and `consistency` (B,) (`PairTable.attach`)."""
+  loss; the batch carries `ref_chosen_logps`, `ref_rejected_logps` and `consistency` (B,) (`PairTable.attach`).
+  chunk_size / fused: the LM-head path (`scoring.pair_token_logps`)."""
 
   def loss_fn(model, batch, rng):
     del rng
-    token_logps, mask = scoring.pair_token_logps(model, batch, chunk_size)
+    token_logps, mask = scoring.pair_token_logps(model, batch, chunk_size, fused=fused)
     logps_2B = jnp.sum(token_logps, axis=-1)
     b = logps_2B.shape[0] // 2
     losses, m = consistency_regularized_dpo_loss(logps_2B[:b], logps_2B[b:], batch["ref_chosen_logps"],
@@ -207,7 +210,8 @@ def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records
                                                     {}, None)
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
-  loss_fn = self_rewarding_loss_fn(cfg.beta, cfg.logps_chunk_size)
+  chunk, fused = common.logps_path(cfg)
+  loss_fn = self_rewarding_loss_fn(cfg.beta, chunk, fused)
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                       schedule=optim.make_schedule(cfg.optimizer))
@@ -216,7 +220,6 @@ def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records
     raise ValueError(f"config.data.max_length: {plan.report['dropped_too_long']} self-rewarding pairs do not fit "
                      f"in {cfg.data.max_length} tokens (prompt + max_new_tokens + 1 end token)")
   state = setup.init()
-  chunk = cfg.logps_chunk_size
 
   @jax.jit
   def ref_fn(params, extra, batch):

@@ -33,7 +33,10 @@ class SFTConfig:
   seed: int = field(0)
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
   data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
-  logps_chunk_size: int = field(0, min=0)  # >0: chunked LM-head log-probs (never the full (B, T, V) logits).
+  # The LM-head log-probs (`scoring.resolve_logps_path`): "auto" is "fused" on GPUs, elsewhere "chunked" when
+  # logps_chunk_size > 0 (never the full (B, T, V) logits) and "full" otherwise.
+  logps_path: str = field("auto", choices=scoring.LOGPS_PATHS)
+  logps_chunk_size: int = field(0, min=0)
   optimizer: optim.OptimizerConfig = field(default_factory=optim.OptimizerConfig)
   loop: loop_lib.LoopConfig = field(default_factory=loop_lib.LoopConfig)
   mesh: MeshConfig = field(default_factory=MeshConfig)
@@ -41,17 +44,19 @@ class SFTConfig:
 
   def validate(self, path: str) -> None:
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
+    common.check_logps_path(self.logps_path, self.logps_chunk_size, path)
 
 
 
-def sft_loss_fn(chunk_size: int = 0) -> state_lib.LossFn:
-  """loss_fn(model, batch, rng) -> (sum of response-token NLL, number of response tokens, metrics)."""
+def sft_loss_fn(chunk_size: int = 0, fused: bool = False) -> state_lib.LossFn:
+  """loss_fn(model, batch, rng) -> (sum of response-token NLL, number of response tokens, metrics); chunk_size /
+  fused: the LM-head path (`scoring.token_logps`)."""
 
   def loss_fn(model, batch, rng):
     del rng
     token_logps, mask = scoring.token_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                                             chunk_size, positions_BxT=batch.get("positions"),
-                                            segment_ids_BxT=batch.get("segment_ids"))
+                                            segment_ids_BxT=batch.get("segment_ids"), fused=fused)
     tokens = jnp.sum(mask).astype(jnp.float32)
     total = -jnp.sum(token_logps)
     rows = jnp.sum(jnp.any(mask > 0, axis=-1)).astype(jnp.float32)
@@ -60,10 +65,10 @@ def sft_loss_fn(chunk_size: int = 0) -> state_lib.LossFn:
   return loss_fn
 
 
-def make_sft_step(graphdef: nnx.GraphDef, optimizer_config: optim.OptimizerConfig, chunk_size: int = 0
-                  ) -> state_lib.StepFn:
+def make_sft_step(graphdef: nnx.GraphDef, optimizer_config: optim.OptimizerConfig, chunk_size: int = 0,
+                  fused: bool = False) -> state_lib.StepFn:
   """The pure SFT step (state, batch) -> (state, metrics)."""
-  return state_lib.make_train_step(graphdef, sft_loss_fn(chunk_size), optim.make_optimizer(optimizer_config),
+  return state_lib.make_train_step(graphdef, sft_loss_fn(chunk_size, fused), optim.make_optimizer(optimizer_config),
                                    grad_accum_steps=optimizer_config.grad_accum_steps,
                                    schedule=optim.make_schedule(optimizer_config))
 
@@ -77,10 +82,11 @@ def run(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   train_records, eval_records, report = inputs_lib.sft_records(cfg.data, context.world, tokenizer, cfg.seed)
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh, lora=cfg.model.lora)
-  step_fn = make_sft_step(setup.graphdef, cfg.optimizer, cfg.logps_chunk_size)
+  chunk_size, fused = common.logps_path(cfg)
+  step_fn = make_sft_step(setup.graphdef, cfg.optimizer, chunk_size, fused)
   data_iter = inputs_lib.train_iterator(train_records, tokenizer, cfg.data, "sft", cfg.seed)
   batches = inputs_lib.eval_batches(eval_records, tokenizer, cfg.data, "sft")
-  loss_fn = sft_loss_fn(cfg.logps_chunk_size)
+  loss_fn = sft_loss_fn(chunk_size, fused)
 
   @jax.jit
   def eval_step(state, batch):

@@ -56,11 +56,13 @@ def test_smoke_runs_every_case_as_a_script_without_the_train_package(tmp_path):
   assert not bad, bad
   assert saved["header"]["commit"] == "abc123" and saved["header"]["versions"]["jax"]
   assert saved["device"]["backend"] == "cpu"
-  # Loss equality of the fast paths: the fused gather's forward is the chunked one, and both equal the unfused
-  # (B, T, V) log-softmax at the initial parameters; its bf16 gradients differ from the fp32 ones by rounding.
-  dpo, fused, check = rows["dpo"], rows["dpo:logps=fused"], rows["dpo_check"]
-  assert fused["loss0"] == dpo["loss0"] and fused["vs_base"]["aux0_rel"] == 0.0
-  assert fused["vs_unfused"]["loss0_rel"] < 1e-6 and dpo["vs_unfused"]["loss0_rel"] < 1e-6
+  # Loss equality of the fast paths: the fused gather (the stages' GPU default, so the plain `dpo` case) has the
+  # chunked one's forward, and both equal the unfused (B, T, V) log-softmax at the initial parameters; its bf16
+  # gradients differ from the fp32 ones by rounding.
+  fused, chunked, check = rows["dpo"], rows["dpo:logps=chunked"], rows["dpo_check"]
+  assert (fused["logps"], chunked["logps"]) == ("fused", "chunked")
+  assert chunked["loss0"] == fused["loss0"] and chunked["vs_base"]["aux0_rel"] == 0.0
+  assert fused["vs_unfused"]["loss0_rel"] < 1e-6 and chunked["vs_unfused"]["loss0_rel"] < 1e-6
   assert check["chunked_vs_full"]["loss_rel"] < 1e-6 and check["chunked_vs_full"]["grad_head_rel"] < 1e-6
   assert 0.0 < check["fused_vs_full"]["grad_hidden_rel"] < 2e-2 and check["fused_vs_full"]["logps_rel"] < 1e-6
   for entry, batch in (("gen:b=1", 1), ("gen:b=64", 64), ("gen:b=256", 256)):

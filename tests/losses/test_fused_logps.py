@@ -56,6 +56,37 @@ def test_fp32_equals_full_log_softmax(chunk_size, temperature, save):
   np.testing.assert_allclose(gw, want_gw, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("save", [True, False])
+@pytest.mark.parametrize("cap,temperature", [(2.0, 1.0), (0.7, 0.6), (30.0, 1.3)])
+def test_soft_capped_fp32_equals_the_capped_full_log_softmax(cap, temperature, save):
+  """Gemma 2's final soft-cap: values and gradients equal autodiff of log softmax(cap * tanh(logits / cap) / tau),
+  written out here; at cap 0.7 / 2.0 the cap bends most logits (|logits| ~ 1-3), at 30 it barely acts."""
+  hidden, head, targets, mask, weights = _inputs(11)
+
+  def capped_full(h, w, t, m):
+    logits = jnp.einsum("btd,dv->btv", h, w)
+    logits = cap * jnp.tanh(logits / cap) / temperature
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok = jnp.take_along_axis(logp, jnp.where(m > 0, t, 0)[..., None], axis=-1)[..., 0] * (m > 0)
+    return tok, tok.sum(-1)
+
+  fused = lambda h, w, t, m: logps.fused_sequence_logps(  # noqa: E731
+      h, w, t, m, chunk_size=4, temperature=temperature, save_softmax_grad=save, logit_softcap=cap)
+  chunked = lambda h, w, t, m: logps.chunked_sequence_logps(  # noqa: E731
+      h, w, t, m, chunk_size=4, temperature=temperature, logit_softcap=cap)
+  with jax.default_matmul_precision("highest"):
+    (tok, seq), (gh, gw) = _values_and_grads(fused, hidden, head, targets, mask, weights)
+    (want_tok, want_seq), (want_gh, want_gw) = _values_and_grads(capped_full, hidden, head, targets, mask, weights)
+    (chunk_tok, _), _ = _values_and_grads(chunked, hidden, head, targets, mask, weights)
+  np.testing.assert_array_equal(tok, chunk_tok)  # the forward pass is the chunked path's arithmetic
+  np.testing.assert_allclose(tok, want_tok, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(seq, want_seq, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(gh, want_gh, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(gw, want_gw, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="logit_softcap"):
+    logps.fused_sequence_logps(hidden, head, targets, mask, logit_softcap=0.0)
+
+
 def _rel(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))

@@ -73,8 +73,8 @@ def test_layout_segments_positions_and_predictors():
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
-@pytest.mark.parametrize("chunk_size", [0, 7])
-def test_token_logps_equal_each_sequence_run_alone(family, chunk_size):
+@pytest.mark.parametrize("chunk_size,fused", [(0, False), (7, False), (7, True)])
+def test_token_logps_equal_each_sequence_run_alone(family, chunk_size, fused):
   model = random_model(CONFIGS[family], seed=1, scale=0.3)
   examples = _examples()
   two_rows, shared = _batches(examples)
@@ -82,7 +82,7 @@ def test_token_logps_equal_each_sequence_run_alone(family, chunk_size):
   want_c = [_alone_logps(model, e["prompt"], e["chosen"]) for e in examples]
   want_r = [_alone_logps(model, e["prompt"], e["rejected"]) for e in examples]
   for batch in (shared, two_rows):
-    token_logps, mask = scoring.pair_token_logps(model, jax.tree.map(jnp.asarray, batch), chunk_size)
+    token_logps, mask = scoring.pair_token_logps(model, jax.tree.map(jnp.asarray, batch), chunk_size, fused=fused)
     sums = np.asarray(jnp.sum(token_logps, -1))
     np.testing.assert_allclose(sums[:len(examples)], want_c, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sums[b:b + len(examples)], want_r, rtol=1e-5, atol=1e-5)
@@ -92,18 +92,20 @@ def test_token_logps_equal_each_sequence_run_alone(family, chunk_size):
     assert not counts[len(examples):b].any()  # the filler row reads nothing
 
 
-def test_gradients_equal_the_two_row_layout():
+@pytest.mark.parametrize("fused", [False, True])
+def test_gradients_equal_the_two_row_layout(fused):
+  """The shared-prompt row's gradients (on the full path, or the fused LM-head path) equal the two-row full path's."""
   model = random_model(CONFIGS["llama"], seed=2)
   two_rows, shared = _batches(_examples(3))
   graphdef, params = nnx.split(model)
 
-  def objective(params, batch):
-    token_logps, _ = scoring.pair_token_logps(nnx.merge(graphdef, params), batch)
+  def objective(params, batch, fused=False):
+    token_logps, _ = scoring.pair_token_logps(nnx.merge(graphdef, params), batch, 5 if fused else 0, fused=fused)
     b = token_logps.shape[0] // 2
     # A DPO-like contrast, so both halves and their signs matter.
     return jnp.sum(jax.nn.log_sigmoid(jnp.sum(token_logps[:b], -1) - jnp.sum(token_logps[b:], -1)))
 
-  g_shared = jax.grad(objective)(params, jax.tree.map(jnp.asarray, shared))
+  g_shared = jax.grad(objective)(params, jax.tree.map(jnp.asarray, shared), fused)
   g_two = jax.grad(objective)(params, jax.tree.map(jnp.asarray, two_rows))
   for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_two)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
