@@ -1,6 +1,7 @@
 """CPU benchmark: jaxrlhf's reward-model and DPO train steps and KV-cache generation next to TRL / transformers.
 
-    python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,grpo,generate] [--steps 6]
+    python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,grpo,online_dpo,generate]
+                                [--steps 6]
                                 [--rounds 2] [--threads 2] [--scan_layers auto] [--old_logps auto]
                                 [--out bench.json] [--smoke]
     python -m experiments.bench --render bench.json      # the tables of a saved run
@@ -14,7 +15,8 @@ libraries never share a thread pool), the two sides alternately for `--rounds` r
 machine may be shared). The GRPO case (`grpo`) times the library's whole GRPO step (`rl.make_rl_step`: rollout of
 G = 4 samples per prompt with the KV cache, a reward model, reference log-probs, one clipped update whose own
 log-probs, detached, are the old policy's) on the jaxrlhf side only, in one round (no TRL baseline), on
-`rl_prompts` prompts x G of `rl_new` new tokens. After warm-up (compilation on the jaxrlhf side) the median of
+`rl_prompts` prompts x G of `rl_new` new tokens; `online_dpo` likewise times `rl.make_online_dpo_step` (G = 2: one
+pair per prompt labelled by the reward model, one DPO update). After warm-up (compilation on the jaxrlhf side) the median of
 `--steps` timed steps is reported: pairs/s, tokens/s and the jaxrlhf/TRL ratio (target >= 1.0x at the library's
 defaults), plus for jaxrlhf steps/s, GFLOP/s, model-FLOPs utilization (MaxText's count, against the fp32 GEMM
 rate jax reaches on this CPU: `experiments.roofline`'s matmul, measured in the same run), compile time, the XLA
@@ -52,10 +54,11 @@ from experiments import roofline
 TRAIN_ALGOS = ("rm", "dpo", "dpo_resident")
 ALGO_NAMES = {"rm": "reward model (BT)", "dpo": "DPO (precomputed ref)", "dpo_resident": "DPO (resident ref)",
               "dpo_lora": "DPO LoRA r=8 (ref = adapters off)", "grpo": "GRPO (G=4, RM reward)",
+              "online_dpo": "online DPO (G=2, RM labels)",
               "rm_lora": "reward model LoRA r=8", "rm_ens": f"RM ensemble K={bench_lib.ENSEMBLE_K} (K backbones)",
               "rm_ens_lora": f"RM ensemble K={bench_lib.ENSEMBLE_K} LoRA (one base)",
               "generate": "generate (greedy)"}
-JAX_ONLY = ("dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo")  # Cases without a TRL / transformers side.
+JAX_ONLY = ("dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo", "online_dpo")  # Cases without a TRL / transformers side.
 
 
 def _parse_list(value: str, valid: tuple[str, ...], flag: str) -> list[str]:
@@ -255,8 +258,9 @@ def parser() -> argparse.ArgumentParser:
   parser.add_argument("--member_loop", default="auto", choices=("auto", "vmap", "scan"),
                       help="jaxrlhf ensemble step's member loop (auto: the backend's rule, scan on the CPU)")
   parser.add_argument("--old_logps", default="auto", choices=("auto", "rollout"),
-                      help="the GRPO case's loss.old_logps (auto: the library default, the update's own log-probs "
-                           "detached with one update per rollout; rollout: a policy forward in the rollout)")
+                      help="the GRPO and online DPO cases' loss.old_logps (auto: the library default, no policy "
+                           "forward in the rollout with one update per rollout; rollout: a policy forward in the "
+                           "rollout)")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxrlhf_bench"))
   parser.add_argument("--out", default=None, help="write all rows and the machine description as JSON")
   parser.add_argument("--smoke", action="store_true", help="a tiny model in-process, 2 steps: the plumbing only")

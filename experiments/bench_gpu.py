@@ -26,7 +26,8 @@ image lacks; as a script (and in its child processes) only jaxrlhf.models / loss
                       loop=both|vmap|scan.
   grpo                64 prompts x 8 samples x (256 + 512) on 1.24B: rollout / old + reference log-probs /
                       reward model / update, each timed. Levers: prompts=, gens=, prompt=, new=, micro=,
-                      logps=, rollout=fp32|bf16 (weights used for sampling), steps=.
+                      logps= (the update's gather; fused, the rl stage's GPU default), rollout=fp32|bf16
+                      (weights used for sampling), old=detached|rollout, steps=.
   rm8b, dpo8b         Llama-3.1-8B shape (8.03B), full finetuning: bf16 parameters, AdamW moments in bf16
                       (mu=fp32 for an fp32 first moment), full remat, 4 pairs x 2 x 2048; each in its own process.
   rm_shared, dpo_shared   shared-prompt scoring ([prompt | chosen | rejected] rows), as in docs/performance.md.
@@ -67,11 +68,12 @@ import time
 DEFAULT_ONLY = "rm,dpo,dpo:logps=chunked,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
 # Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with scanned layers
 # (the pre-default layout), scanned layers and bf16 parameters for the train steps, the fused gather without the
-# saved softmax gradient, batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the 8B DPO step
+# saved softmax gradient, batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the GRPO update
+# with the chunked gather (the rl stage's default before 2026-12-06), the 8B DPO step
 # with the chunked gather and with an fp32 first moment, the ensemble with XLA attention, cuBLAS-only GEMMs.
 EXTRAS = ("gen:b=1:xf=cmdbuf,gen:b=1:scan,rm:scan,dpo:scan,rm:pdtype=bf16,"
           "dpo:pdtype=bf16,dpo:logps=fused_recompute,rm:b=16:remat=dots,dpo:b=16:remat=dots,"
-          "grpo:rollout=bf16,dpo8b:logps=chunked,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
+          "grpo:rollout=bf16,grpo:logps=chunked,dpo8b:logps=chunked,dpo8b:mu=fp32,ens:attn=xla,rm:xf=notriton")
 ALIASES = {"default": DEFAULT_ONLY, "extras": EXTRAS, "all": DEFAULT_ONLY + "," + EXTRAS}
 MARK_DEVICE, MARK_START, MARK_ROW = "@@DEVICE ", "@@START ", "@@ROW "
 

@@ -10,7 +10,8 @@ A case is (model, algorithm, side):
     on the frozen backbone; adapters + head train), "rm_ens" / "rm_ens_lora" (the reward stage's stacked step of an
     ensemble of `ENSEMBLE_K` members: K full backbones, or K adapter sets + K heads on ONE frozen base; jaxrlhf
     only), "grpo" (one GRPO step: rollout, reward model,
-    log-probs, update; jaxrlhf only), "generate" (greedy KV-cache decoding);
+    log-probs, update; jaxrlhf only), "online_dpo" (one online DPO step: a pair per prompt, the reward model's
+    labels, one DPO update; jaxrlhf only), "generate" (greedy KV-cache decoding);
   side: "jaxrlhf" (the library's own train state, step and loss functions) or "trl" (TRL 1.16's RewardTrainer /
     DPOTrainer on PyTorch; transformers' `generate()` for "generate").
 Both sides read the same HF folder (so the same fp32 weights), the same token ids in the same order, the same
@@ -33,7 +34,8 @@ import numpy as np
 
 from experiments.bench_gpu import train_flops_per_token
 
-ALGOS = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo", "generate")
+ALGOS = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo", "online_dpo",
+         "generate")
 TRAIN_CASES = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora")
 ENSEMBLE_K = 5  # Members of the "rm_ens" / "rm_ens_lora" cases.
 # The LoRA case's adapters (Hu et al.'s r = 8, alpha = 16) on all seven projections of every layer.
@@ -392,11 +394,14 @@ def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GR
 
 
 def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
-             scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS, old_logps: str = "auto"
-             ) -> dict[str, Any]:
+             scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS, old_logps: str = "auto",
+             algorithm: str = "grpo") -> dict[str, Any]:
   """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, reference
-  log-probs (the old policy's are the update's own, detached: one update per rollout), group advantages, one clipped-surrogate update with the k3 KL loss, all in one jitted,
-  donating program) on `shape.rl_prompts` prompts of `shape.gen_prompt` tokens x G samples of `shape.rl_new`.
+  log-probs (the old policy's are the update's own, detached: one update per rollout), group advantages, one
+  clipped-surrogate update with the k3 KL loss, all in one jitted, donating program) on `shape.rl_prompts` prompts
+  of `shape.gen_prompt` tokens x G samples of `shape.rl_new`; with algorithm "online_dpo" the online DPO step
+  (`rl.make_online_dpo_step`: G = 2 samples per prompt, the reward model's pair labels, one DPO update; with
+  old_logps "auto" its entropy / KL metrics come from the update's forward, "rollout" keeps the rollout's).
 
   The reward is a 1-member reward model of the same architecture (a seeded random init saved next to `folder`,
   loaded the way the "rl" stage loads one). Each timed step includes copying its prompt batch in and reading the
@@ -426,7 +431,8 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
     del rm
   spec = rewards_lib.RewardSourceSpec(kind="reward_model", reward_model=rm_dir)
   cfg = rl.RLConfig(seed=seed, prompts_per_step=shape.rl_prompts, max_prompt_length=shape.gen_prompt,
-                    rewards=(spec,), loss=rl.RLLossConfig(num_generations=num_generations, old_logps=old_logps),
+                    rewards=(spec,), loss=rl.RLLossConfig(algorithm=algorithm, num_generations=num_generations,
+                                                          old_logps=old_logps),
                     sampling=rl.SamplingConfig(max_new_tokens=shape.rl_new),
                     optimizer=optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
   mesh = make_mesh(MeshConfig(), jax.devices()[:1])
@@ -434,8 +440,9 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   setup = rl.rl_setup(cfg, config, pretrained, rewards_lib.load_reward_models(cfg.rewards, {})[0], optimizer, mesh)
   del pretrained
   state = setup.init()
-  step_fn = rl.make_rl_step(setup.graphdef, cfg, optimizer, rewards_lib.build_sources(cfg.rewards),
-                            eos_ids=(EOS_ID,), pad_id=PAD_ID)
+  make_step = rl.make_online_dpo_step if algorithm == "online_dpo" else rl.make_rl_step
+  step_fn = make_step(setup.graphdef, cfg, optimizer, rewards_lib.build_sources(cfg.rewards), eos_ids=(EOS_ID,),
+                      pad_id=PAD_ID)
   rng = np.random.default_rng(seed)
   batches = [{"prompt_ids": rng.integers(2, config.vocab_size, (shape.rl_prompts, shape.gen_prompt)).astype(np.int32),
               "prompt_mask": np.ones((shape.rl_prompts, shape.gen_prompt), np.int32),
@@ -602,10 +609,12 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
     row.update(raw, batch=shape.gen_batch, seq=shape.gen_prompt, gen_new=shape.gen_new, step_s=step_s,
                tokens_per_s=new_tokens / step_s)
     return row
-  if algo == "grpo":
+  if algo in ("grpo", "online_dpo"):
     if side != "jaxrlhf":
-      raise ValueError("side: the GRPO case is measured on the jaxrlhf side only (no TRL GRPO baseline)")
-    raw = jax_grpo(folder, shape, steps, warmup, scan_layers=scan_layers, old_logps=old_logps)
+      raise ValueError(f"side: the {algo} case is measured on the jaxrlhf side only (no TRL baseline)")
+    generations = 2 if algo == "online_dpo" else GRPO_GENERATIONS  # online DPO samples one pair per prompt
+    raw = jax_grpo(folder, shape, steps, warmup, scan_layers=scan_layers, old_logps=old_logps,
+                   num_generations=generations, algorithm=algo)
     rows = shape.rl_prompts * raw["generations"]
     flops = grpo_flops_per_step(read_hf_config(folder), shape, raw["generations"], old_logps=old_logps)
     row.update(raw, batch=rows, seq=shape.gen_prompt + shape.rl_new, gen_new=shape.rl_new)

@@ -669,7 +669,8 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   n_prompts, g = lv.get("prompts", 2 if s.smoke else 64), lv.get("gens", 2 if s.smoke else 8)
   p_len, n_new = lv.get("prompt", 8 if s.smoke else 256), lv.get("new", 8 if s.smoke else 512)
   micro = lv.get("micro", 2 if s.smoke else 32)
-  mode, chunk = lv.get("logps", "chunked"), lv.get("chunk", 4096)
+  # The rl stage's update log-probs on a GPU: fused (`loss.logps_path="auto"`, `scoring.resolve_logps_path`).
+  mode, chunk = lv.get("logps", "fused"), lv.get("chunk", 4096)
   old_from_rollout = lv.get("old", "detached") == "rollout"
   rows, t_len = n_prompts * g, p_len + n_new
   if rows % micro or rows % (2 * micro):

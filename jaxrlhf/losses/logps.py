@@ -249,13 +249,23 @@ def _softmax_grad_basis(logits_CxV, lse_C, targets_C, valid_C, temperature, soft
   return jnp.where(valid_C[:, None], basis_CxV, 0.0).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _fused_logps(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad):
+def _chunk_entropy(logits_CxV, lse_C, valid_C):
+  """Softmax entropy lse - sum_v p_v * logit_v of one chunk's (scaled) logits, 0 on masked rows."""
+  probs_CxV = jnp.exp(logits_CxV - lse_C[:, None])
+  return jnp.where(valid_C, lse_C - jnp.sum(probs_CxV * logits_CxV, axis=-1), 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _fused_logps(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad,
+                 with_entropy):
   del save_softmax_grad  # only the backward pass differs
-  return _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, False)[0]
+  return _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, False,
+                          with_entropy)[0]
 
 
-def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad):
+def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad,
+                     with_entropy):
+  """((token_logps_N, entropy_N (zeros without with_entropy)), residuals of the backward pass)."""
   n = rows_NxD.shape[0]
   num_chunks = -(-n // chunk_size)
   compute_dtype = jnp.result_type(rows_NxD.dtype, head_DxV.dtype)
@@ -265,15 +275,20 @@ def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, tempera
   def body(_, xs):
     r, t, v = xs
     logits, token_logps, lse = _fused_chunk(r, head, t, v, temperature, softcap)
+    entropy = _chunk_entropy(logits, lse, v) if with_entropy else jnp.zeros_like(token_logps)
     if save_softmax_grad:  # the backward pass then needs no second LM-head matmul for this chunk
-      return None, (token_logps, _softmax_grad_basis(logits, lse, t, v, temperature, softcap, compute_dtype))
-    return None, (token_logps, lse)
+      return None, (token_logps, entropy,
+                    _softmax_grad_basis(logits, lse, t, v, temperature, softcap, compute_dtype))
+    return None, (token_logps, entropy, lse)
 
-  _, (token_logps, saved) = jax.lax.scan(body, None, (rows, targets, valid))
-  return token_logps.reshape(-1)[:n], (rows, head_DxV, targets, valid, saved)
+  _, (token_logps, entropy, saved) = jax.lax.scan(body, None, (rows, targets, valid))
+  return (token_logps.reshape(-1)[:n], entropy.reshape(-1)[:n]), (rows, head_DxV, targets, valid, saved)
 
 
-def _fused_logps_bwd(chunk_size, temperature, softcap, save_softmax_grad, residuals, g_N):
+def _fused_logps_bwd(chunk_size, temperature, softcap, save_softmax_grad, with_entropy, residuals, g):
+  del with_entropy
+  # The entropy leaves `fused_sequence_logps` under stop_gradient: its cotangent is zero, only the log-probs' counts.
+  g_N = g[0]
   rows, head_DxV, targets, valid, saved = residuals
   num_chunks, _, d = rows.shape
   n = g_N.shape[0]
@@ -307,9 +322,9 @@ _fused_logps.defvjp(_fused_logps_fwd, _fused_logps_bwd)
 
 def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                          mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
-                         save_softmax_grad: bool = True, logit_softcap: float | None = None
-                         ) -> tuple[jax.Array, jax.Array]:
-  """`chunked_sequence_logps`'s values with a hand-written backward pass of the LM head (no entropy).
+                         save_softmax_grad: bool = True, logit_softcap: float | None = None,
+                         return_entropy: bool = False):
+  """`chunked_sequence_logps`'s values with a hand-written backward pass of the LM head.
 
   The forward pass is the chunked one: per chunk of `chunk_size` tokens, fp32 logits (C, V) = hidden_c @ lm_head,
   their logsumexp and the target gather, never the (B, T, V) logits; the values equal `chunked_sequence_logps`'s.
@@ -336,9 +351,12 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
     save_softmax_grad: store the softmax gradient in the forward pass (faster backward, (B*T, V) memory).
     logit_softcap: logits are cap * tanh(logits / cap) before the temperature, as in `chunked_sequence_logps`
       (the backward pass multiplies the softmax gradient by the cap's derivative 1 - tanh^2); None: no cap.
+    return_entropy: also the per-token entropy (B, T) of the same softmax, computed in the forward pass from the
+      chunk's logits and returned under stop_gradient (a metric: unlike `chunked_sequence_logps`'s, it passes no
+      gradient, so an entropy bonus needs the chunked path).
 
   Returns:
-    (token_logps_BxT, logps_B) float32.
+    (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, entropy_BxT) with return_entropy.
   """
   b, t, d = _check_head_shapes(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT)
   if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -347,8 +365,10 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
     raise ValueError(f"logit_softcap must be None or > 0; got {logit_softcap!r}")
   chunk_size = min(chunk_size, max(b * t, 1))
   softcap = None if logit_softcap is None else float(logit_softcap)
-  token_logps = _fused_logps(hidden_BxTxD.reshape(b * t, d), lm_head_DxV, targets_BxT.reshape(-1),
-                             mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), softcap,
-                             bool(save_softmax_grad))
+  token_logps, entropy = _fused_logps(hidden_BxTxD.reshape(b * t, d), lm_head_DxV, targets_BxT.reshape(-1),
+                                      mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), softcap,
+                                      bool(save_softmax_grad), bool(return_entropy))
   token_logps = token_logps.reshape(b, t)
+  if return_entropy:
+    return token_logps, jnp.sum(token_logps, axis=-1), jax.lax.stop_gradient(entropy.reshape(b, t))
   return token_logps, jnp.sum(token_logps, axis=-1)

@@ -120,8 +120,10 @@ class RLLossConfig:
   log-probs under stop_gradient (rho = 1 in value, the gradient A * grad log pi; TRL's GRPOTrainer does the same
   when num_iterations is 1), which saves the rollout its policy forward; the rollout's entropy and KL metrics then
   come from the update's forward (over the kept rows with dynamic sampling). Not with kl_mode "reward" (the reward
-  needs the policy's log-probs before the update), PPO or online DPO, which keep the rollout forward. "rollout":
-  always the rollout's forward (`detached_old_logps`).
+  needs the policy's log-probs before the update) or PPO, which keep the rollout forward. Online DPO has no ratio;
+  its rollout's policy forward only yields the `entropy` / `kl` metrics, so "auto" with one update per rollout and
+  sampling temperature 1 (its loss scores at temperature 1) takes them from the update's forward over the same rows
+  instead (`online_dpo_metrics_from_update`). "rollout": always the rollout's forward (`detached_old_logps`).
 
   variant: a named GRPO variant of `policy_variants.VARIANTS` (grpo, dr_grpo, dapo, gspo, gspo_token, cispo). It
   fixes the surrogate, the token aggregation, the advantage scaling and the paper's clip ranges, so with a variant
@@ -206,8 +208,11 @@ class RLLossConfig:
   ties: str = field("mask", choices=TIES)
   ref_update_every: int = field(0, min=0)
   ref_update_alpha: float = field(1.0, min=0.0, max=1.0)
-  # > 0: every response log-prob (rollout, old policy, reference, loss) applies the LM head to chunks of this many
-  # tokens (`train.scoring.response_logps`), never holding the (R, N, V) fp32 logits; 0: one full log-softmax.
+  # How every response log-prob (rollout, old policy, reference, loss) applies the LM head
+  # (`train.scoring.resolve_logps_path`): "auto" is "fused" on GPUs (the hand-written LM-head backward; its entropy
+  # is a detached metric), elsewhere "chunked" when logps_chunk_size > 0 (chunks of that many tokens, never the
+  # (R, N, V) fp32 logits) and "full" (one full log-softmax) otherwise.
+  logps_path: str = field("auto", choices=scoring.LOGPS_PATHS)
   logps_chunk_size: int = field(0, min=0)
 
 
@@ -222,6 +227,7 @@ class RLLossConfig:
 
   def validate(self, path: str) -> None:
     defaults = RLLossConfig()
+    common.check_logps_path(self.logps_path, self.logps_chunk_size, path)
     if self.num_generations < 2 and self.algorithm != "ppo":
       raise ConfigError(f"{path}.num_generations: algorithm {self.algorithm!r} compares samples of one prompt "
                         f"(a group baseline or a pair) and needs >= 2, got {self.num_generations}; only 'ppo' "
@@ -497,11 +503,25 @@ def policy_loss_terms(loss: RLLossConfig, logps_RxN: jax.Array, batch: dict[str,
   return total, weight, metrics
 
 
+def logps_head(loss: RLLossConfig) -> tuple[int, bool]:
+  """(chunk_size, fused) of every response log-prob of the rl stage on this backend (`loss.logps_path`,
+  `loss.logps_chunk_size`; `scoring.resolve_logps_path`)."""
+  return scoring.resolve_logps_path(loss.logps_path, loss.logps_chunk_size)
+
+
 def detached_old_logps(loss: RLLossConfig) -> bool:
   """Whether the update takes stop_gradient(its own log-probs) as the old policy's and the rollout skips the policy
   forward (loss.old_logps "auto" with one update per rollout, the KL not in the reward, a group algorithm)."""
   return (loss.old_logps == "auto" and loss.num_iterations == 1 and loss.kl_mode != "reward"
           and loss.algorithm in ("grpo", "rloo"))
+
+
+def online_dpo_metrics_from_update(loss: RLLossConfig, temperature: float) -> bool:
+  """Whether online DPO's rollout skips its policy forward and its update reports the `entropy` / `kl` metrics
+  (loss.old_logps "auto", one update per rollout, and sampling temperature 1, the temperature of the update's
+  forward, so the update's log-probs before its gradient step are the rollout's)."""
+  return (loss.algorithm == "online_dpo" and loss.old_logps == "auto" and loss.num_iterations == 1
+          and temperature == 1.0)
 
 
 def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state_lib.LossFn:
@@ -514,7 +534,7 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
   def loss_fn(model, batch, rng):
     del rng
     logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"],
-                                            batch["mask"], temperature, loss.logps_chunk_size)
+                                            batch["mask"], temperature, *logps_head(loss))
     total, weight, metrics = policy_loss_terms(loss, logps, batch, max_length)
     if "old_logps" not in batch:
       valid = (batch["mask"] > 0).astype(jnp.float32)
@@ -528,8 +548,8 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
   return loss_fn
 
 # ------------------------------------------------------------------------------------------------ PPO
-def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float, chunk_size: int = 0
-                ) -> tuple[jax.Array, jax.Array]:
+def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float, chunk_size: int = 0,
+                fused: bool = False) -> tuple[jax.Array, jax.Array]:
   """(logps_BxN, values_BxN) float32 of the rollout rows under the policy and the value model, 0 on masked slots.
 
   values[:, n] = V(s_n), read from the final hidden state before response token n: the policy's own (one forward
@@ -537,11 +557,11 @@ def ppo_forward(model: RLModel, batch: dict[str, jax.Array], temperature: float,
   """
   args = (batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"])
   if hasattr(model, "critic"):
-    logps, _ = scoring.response_logps(model.policy, *args, temperature, chunk_size)
+    logps, _ = scoring.response_logps(model.policy, *args, temperature, chunk_size, fused)
     hidden_BxNxD = scoring.response_hidden(model.critic.backbone, *args)
     head = model.critic.head
   else:
-    logps, _, hidden_BxNxD = scoring.response_logps_and_hidden(model.policy, *args, temperature, chunk_size)
+    logps, _, hidden_BxNxD = scoring.response_logps_and_hidden(model.policy, *args, temperature, chunk_size, fused)
     head = model.value_head
   b, n, d = hidden_BxNxD.shape
   values = head(hidden_BxNxD.reshape(b * n, d)).reshape(b, n)
@@ -553,7 +573,7 @@ def ppo_targets(loss: RLLossConfig, model: RLModel, batch: dict[str, jax.Array],
   """The rollout batch with PPO's targets: old_values, advantages (B, N; whitened) and returns (B, N), by
   `ppo.ppo_advantages` on the sequence scores batch["rewards"] with the state's KL coefficient; and metrics."""
   mask = batch["mask"]
-  _, old_values = jax.lax.stop_gradient(ppo_forward(model, batch, temperature, loss.logps_chunk_size))
+  _, old_values = jax.lax.stop_gradient(ppo_forward(model, batch, temperature, *logps_head(loss)))
   kl_coef = model.kl_coef[...] if loss.kl_mode == "reward" else jnp.zeros((), jnp.float32)
   ref_logps = batch["ref_logps"] if loss.kl_mode == "reward" else batch["old_logps"]  # "none": KL term 0
   adv, returns, m = ppo_lib.ppo_advantages(batch["rewards"], batch["old_logps"], ref_logps, old_values, mask,
@@ -599,7 +619,7 @@ def ppo_loss_fn(loss: RLLossConfig, temperature: float) -> state_lib.LossFn:
 
   def loss_fn(model, batch, rng):
     del rng
-    logps, values = ppo_forward(model, batch, temperature, loss.logps_chunk_size)
+    logps, values = ppo_forward(model, batch, temperature, *logps_head(loss))
     return ppo_loss_terms(loss, logps, values, batch)
 
   return loss_fn
@@ -711,20 +731,32 @@ def online_dpo_loss_terms(loss: RLLossConfig, chosen_logps_P: jax.Array, rejecte
   return jnp.sum(losses_P * weight_P), pairs, metrics
 
 
-def online_dpo_loss_fn(loss: RLLossConfig) -> state_lib.LossFn:
+def online_dpo_loss_fn(loss: RLLossConfig, policy_metrics: bool = False) -> state_lib.LossFn:
   """loss_fn(RLModel, pair batch, rng) for `state.make_train_step`: chosen and rejected in one policy forward (logits
-  at temperature 1, as TRL), summed over the response tokens."""
+  at temperature 1, as TRL), summed over the response tokens.
+
+  policy_metrics (`online_dpo_metrics_from_update`): also the rollout's `entropy` (token mean) and `kl` (mean over
+  rows of sum_t log pi - log pi_ref) from this forward, over every row of the pair batch (tied pairs included, as
+  in the rollout), detached."""
 
   def loss_fn(model, batch, rng):
     del rng
     ids, mask = batch["prompt_ids"], batch["prompt_mask"]
-    logps_2PxN, _ = scoring.response_logps(
+    response_mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    logps_2PxN, entropy_2PxN = scoring.response_logps(
         model.policy, jnp.concatenate([ids, ids]), jnp.concatenate([mask, mask]),
-        jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]]),
-        jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]]), chunk_size=loss.logps_chunk_size)
+        jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]]), response_mask, 1.0,
+        *logps_head(loss))
     seq_2P = jnp.sum(logps_2PxN, axis=1)
     p = ids.shape[0]
-    return online_dpo_loss_terms(loss, seq_2P[:p], seq_2P[p:], batch)
+    total, weight, metrics = online_dpo_loss_terms(loss, seq_2P[:p], seq_2P[p:], batch)
+    if policy_metrics:
+      valid = (response_mask > 0).astype(jnp.float32)
+      ref_2P = jnp.concatenate([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
+      metrics["entropy"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(entropy_2PxN * valid)), jnp.sum(valid))
+      metrics["kl"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(seq_2P - ref_2P)),
+                                      jnp.asarray(2 * p, jnp.float32))
+    return total, weight, metrics
 
   return loss_fn
 
@@ -778,7 +810,8 @@ def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
   (k = state.step / num_iterations) with k % ref_update_every == 0, `update_reference`. Metrics add ref/updates
   (reference updates in the log window) and ref/total_updates (after the step)."""
   loss = cfg.loss
-  inner = state_lib.make_train_step(graphdef, online_dpo_loss_fn(loss), optimizer,
+  from_update = online_dpo_metrics_from_update(loss, cfg.sampling.temperature)
+  inner = state_lib.make_train_step(graphdef, online_dpo_loss_fn(loss, policy_metrics=from_update), optimizer,
                                     grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                     schedule=optim.make_schedule(cfg.optimizer))
 
@@ -786,12 +819,12 @@ def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
     rng = rollout_key(state)
     model = nnx.merge(graphdef, state.params, state.extra)
     batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
-                             eos_ids=eos_ids, pad_id=pad_id, world=world)
+                             eos_ids=eos_ids, pad_id=pad_id, world=world, policy_logps=not from_update)
     if cfg.sampling.temperature == 1.0:
       ref_logps = batch["ref_logps"]
     else:  # The rollout's reference log-probs are at the sampling temperature; DPO's at 1 (TRL).
       ref_logps, _ = scoring.response_logps(model.reference_model(), batch["prompt_ids"], batch["prompt_mask"],
-                                            batch["tokens"], batch["mask"], chunk_size=loss.logps_chunk_size)
+                                            batch["tokens"], batch["mask"], 1.0, *logps_head(loss))
     has_eos = content_lengths(batch["tokens"], batch["mask"], eos_ids) < jnp.sum(batch["mask"] > 0, axis=1)
     pairs, pair_metrics = online_dpo_pairs(loss, batch, ref_logps, has_eos)
     state, stacked = jax.lax.scan(lambda s, _: inner(s, pairs), state, None, length=loss.num_iterations)
@@ -817,7 +850,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
   advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
-  policy_logps False (`detached_old_logps`): no policy forward, so no old_logps and no entropy / kl metrics (the
+  policy_logps False (`detached_old_logps`, `online_dpo_metrics_from_update`): no policy forward, so no old_logps and no entropy / kl metrics (the
   update reports them); needs kl_mode other than "reward".
   With algorithm "ppo": no advantages, rewards without the KL term (PPO applies it per token), and with
   loss.token_rewards the process sources' step rewards as token_rewards (R, N), their sums taken out of rewards.
@@ -837,7 +870,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
                              "length": jnp.mean(content_lengths(gen.tokens, gen.mask, eos_ids))}
   if policy_logps:
     old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens,
-                                                gen.mask, sampling.temperature, loss.logps_chunk_size)
+                                                gen.mask, sampling.temperature, *logps_head(loss))
     batch["old_logps"] = jax.lax.stop_gradient(old_logps)
     metrics["entropy"] = metrics_lib.Avg(jnp.sum(entropy), tokens)
   elif loss.kl_mode == "reward":
@@ -861,7 +894,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   reference = model.reference_model()
   if reference is not None:
     ref_logps, _ = scoring.response_logps(reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
-                                          sampling.temperature, loss.logps_chunk_size)
+                                          sampling.temperature, *logps_head(loss))
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
     if policy_logps:
       seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)
@@ -1198,6 +1231,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   critic = load_critic(cfg.value_model, inputs, tokenizer.vocab_size) if cfg.loss.algorithm == "ppo" else None
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh, critic)
   make_step = {"ppo": make_ppo_step, "online_dpo": make_online_dpo_step}.get(cfg.loss.algorithm, make_rl_step)
+  common.logps_path(cfg.loss)  # says which LM-head path every response log-prob takes
   step_fn = make_step(setup.graphdef, cfg, optimizer, sources, eos_ids=eos_ids, pad_id=pad_id, world=world)
   if cfg.prompt_groups:
     if cfg.prompt_groups not in train.table.columns:

@@ -56,13 +56,14 @@ def with_prefix(ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT
   return prepend_ids(ids_BxT, prefix_ids), att, lm
 
 
-# How the training stages (sft, preference, self_rewarding) turn final hidden states into target log-probs.
+# How the training stages (sft, preference, self_rewarding, rl) turn final hidden states into target log-probs.
 LOGPS_PATHS = ("auto", "full", "chunked", "fused")
 DEFAULT_LOGPS_CHUNK = 1024
 
 
 def resolve_logps_path(path: str, chunk_size: int = 0, backend: str | None = None) -> tuple[int, bool]:
-  """(chunk_size, fused) for `token_logps` / `pair_token_logps` from a stage's `logps_path` and `logps_chunk_size`.
+  """(chunk_size, fused) for `token_logps` / `pair_token_logps` / `response_logps` from a stage's `logps_path` and
+  `logps_chunk_size`.
 
   "full": the (B, T, V) logits and a plain log-softmax (chunk_size must be 0); "chunked": the LM head applied
   `chunk_size` tokens at a time under jax.checkpoint, never the (B, T, V) logits (0: 1024); "fused": the same forward
@@ -163,7 +164,7 @@ def aligned_token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT
 
 
 def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, response_ids_BxN: jax.Array,
-                   response_mask_BxN: jax.Array, temperature: float = 1.0, chunk_size: int = 0
+                   response_mask_BxN: jax.Array, temperature: float = 1.0, chunk_size: int = 0, fused: bool = False
                    ) -> tuple[jax.Array, jax.Array]:
   """(logps_BxN, entropy_BxN) float32 of the response tokens under softmax(logits / temperature), 0 on masked
   slots.
@@ -173,34 +174,43 @@ def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.A
   may be out of the vocabulary's range: masked slots are embedded as id 0. chunk_size > 0 applies the LM head
   chunk by chunk to the final hidden states (`losses.logps.chunked_sequence_logps`): the same values (float
   rounding aside) without ever holding the (B, N, V) fp32 logits, which at rollout shapes (512 rows x 512 tokens x
-  a 128k vocabulary: 134 GB) do not fit.
+  a 128k vocabulary: 134 GB) do not fit. `fused` takes the same chunked forward with the hand-written LM-head
+  backward (`losses.logps.fused_sequence_logps`; chunks of chunk_size, 0: 1024); its entropy is detached (a
+  metric), the log-probs' gradients are the chunked path's (fp32) or within the compute dtype's rounding of them.
   """
   logps, entropy, _ = _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN,
-                                        temperature, chunk_size, with_hidden=False)
+                                        temperature, chunk_size, with_hidden=False, fused=fused)
   return logps, entropy
 
 
 def response_logps_and_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array,
                               response_ids_BxN: jax.Array, response_mask_BxN: jax.Array, temperature: float = 1.0,
-                              chunk_size: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
+                              chunk_size: int = 0, fused: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`response_logps` and the final hidden states (B, N, D) that predict each response token, from ONE forward.
 
   hidden[:, n] is the state before response token n (position P + n - 1), where a value head reads V(s_n) (TRL's
   `full_value[:, context_length - 1:-1]`); a policy with a shared value head gets log-probs and values together.
   """
   return _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN, temperature,
-                           chunk_size, with_hidden=True)
+                           chunk_size, with_hidden=True, fused=fused)
 
 
 def _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN, temperature,
-                      chunk_size, with_hidden):
+                      chunk_size, with_hidden, fused=False):
   """(logps_BxN, entropy_BxN, hidden_BxNxD or None) of `response_logps_and_hidden`."""
   p = prompt_ids_BxP.shape[1]
   valid = response_mask_BxN > 0
   mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
   ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
   targets_BxN = ids_BxT[:, p:]
-  if chunk_size:
+  if fused:
+    hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
+    head_DxV, softcap = model.output_projection()
+    logps, _, entropy = logps_lib.fused_sequence_logps(hidden_BxNxD, head_DxV, targets_BxN, valid,
+                                                       chunk_size=chunk_size or DEFAULT_LOGPS_CHUNK,
+                                                       temperature=temperature, return_entropy=True,
+                                                       logit_softcap=softcap)
+  elif chunk_size:
     hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
     head_DxV, softcap = model.output_projection()
     logps, _, entropy = logps_lib.chunked_sequence_logps(hidden_BxNxD, head_DxV, targets_BxN, valid,

@@ -104,6 +104,23 @@ def test_flops_hand_count():
       grpo_tokens * (2 * train + (3 * train + train_no_head) / 3), rel=1e-12)
 
 
+def test_online_dpo_case_runs_the_stage_step_with_and_without_the_rollout_forward(folder):
+  """The online DPO case times `rl.make_online_dpo_step` (2 samples per prompt): old_logps "auto" and "rollout" give
+  the same losses (the rollout forward only fed metrics); the FLOPs count drops by that forward."""
+  rows = {old: bench_lib.run_case("smoke", "online_dpo", "jaxrlhf", folder, SMOKE, steps=1, warmup=1,
+                                  old_logps=old) for old in ("auto", "rollout")}
+  auto, rollout = rows["auto"], rows["rollout"]
+  assert auto["generations"] == 2 and auto["batch"] == SMOKE.rl_prompts * 2
+  np.testing.assert_allclose(auto["losses"], rollout["losses"], rtol=1e-5)
+  assert all(np.isfinite(auto["losses"]))
+  length = SMOKE.gen_prompt + SMOKE.rl_new
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  config = ModelConfig.from_hf(bench_lib.read_hf_config(folder))
+  train = bench_lib.train_flops_per_token(config, length, with_unembed=True)
+  assert rollout["flops_per_step"] - auto["flops_per_step"] == pytest.approx(
+      SMOKE.rl_prompts * 2 * length * train / 3, rel=1e-9)
+
+
 def test_fastest_round_and_ratio():
   rows = [dict(model="tiny", algo="rm", side="jaxrlhf", step_s=2.0, tokens_per_s=10.0),
           dict(model="tiny", algo="rm", side="trl", step_s=5.0, tokens_per_s=4.0),

@@ -74,7 +74,7 @@ def test_smoke_runs_every_case_as_a_script_without_the_train_package(tmp_path):
   for loop in ("vmap", "scan"):  # member 0 of either loop starts from the single member's loss
     assert ens["loops"][loop]["member0_loss0"] == pytest.approx(ens["single_loss0"], rel=1e-6)
   grpo = rows["grpo"]
-  assert grpo["all_rows_full_length"] and grpo["timed_iterations"] == 1
+  assert grpo["all_rows_full_length"] and grpo["timed_iterations"] == 1 and grpo["logps"] == "fused"
   assert all(grpo["seconds"][p] > 0 for p in ("rollout", "score", "reward", "update"))
   for entry in ("dpo8b", "rm8b"):
     assert rows[entry]["config"]["param_dtype"] == "bfloat16" and rows[entry]["config"]["remat"] == "full"

@@ -87,6 +87,33 @@ def test_soft_capped_fp32_equals_the_capped_full_log_softmax(cap, temperature, s
     logps.fused_sequence_logps(hidden, head, targets, mask, logit_softcap=0.0)
 
 
+@pytest.mark.parametrize("save", [True, False])
+@pytest.mark.parametrize("cap", [None, 1.5])
+def test_entropy_equals_the_chunked_paths_and_passes_no_gradient(cap, save):
+  """return_entropy: the chunked path's per-token entropy (same softmax: cap, temperature), detached; asking for it
+  leaves the log-probs and their gradients unchanged."""
+  hidden, head, targets, mask, weights = _inputs(12)
+  kw = dict(chunk_size=4, temperature=0.8, logit_softcap=cap)
+  fused = lambda h, w, **k: logps.fused_sequence_logps(h, w, targets, mask, save_softmax_grad=save, **kw, **k)  # noqa: E731
+  tok, seq, ent = fused(hidden, head, return_entropy=True)
+  want_tok, want_seq, want_ent = logps.chunked_sequence_logps(hidden, head, targets, mask, return_entropy=True, **kw)
+  np.testing.assert_array_equal(tok, want_tok)
+  np.testing.assert_array_equal(seq, want_seq)
+  np.testing.assert_allclose(ent, want_ent, rtol=1e-5, atol=1e-6)
+  assert float(jnp.min(jnp.where(mask > 0, ent, 1.0))) > 0.0 and float(jnp.max(jnp.abs(ent * (1 - mask)))) == 0.0
+
+  def objective(h, w, with_entropy):
+    out = fused(h, w, return_entropy=with_entropy)
+    return jnp.sum(out[0] * weights)
+
+  g_with = jax.grad(objective, (0, 1))(hidden, head, True)
+  g_without = jax.grad(objective, (0, 1))(hidden, head, False)
+  for a, b in zip(g_with, g_without):
+    np.testing.assert_array_equal(a, b)
+  g_entropy = jax.grad(lambda h, w: jnp.sum(fused(h, w, return_entropy=True)[2]), (0, 1))(hidden, head)
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_entropy)
+
+
 def _rel(a, b) -> float:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))

@@ -93,3 +93,47 @@ def test_rollout_without_policy_log_probs(world):
 def test_when_the_shortcut_applies(loss, detached):
   cfg = from_config({"num_generations": 4, **loss}, rl.RLLossConfig)
   assert rl.detached_old_logps(cfg) is detached
+
+
+# ------------------------------------------------------------------------------------------------ online DPO
+def _online_dpo_cfg(temperature=1.0, **loss):
+  return from_config({
+      "seed": 3, "model": {"config": TINY}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
+      "rewards": ({"kind": "gold"},), "sampling": {"max_new_tokens": 6, "temperature": temperature},
+      "optimizer": {"learning_rate": 1e-2, "grad_accum_steps": 2},
+      "loss": {"algorithm": "online_dpo", "num_generations": 2, "beta": 0.1, **loss}}, rl.RLConfig)
+
+
+def test_online_dpo_step_reports_the_rollout_metrics_from_its_update(world):
+  """Online DPO at temperature 1 with one update per rollout: no rollout policy forward; its `entropy` and `kl`
+  metrics come from the update's forward over the same rows (2 micro-batches) and equal the rollout's; the update is
+  the same and the compiled step does at least half a policy forward less work."""
+  lean_cfg, full_cfg = _online_dpo_cfg(), _online_dpo_cfg(old_logps="rollout")
+  assert rl.online_dpo_metrics_from_update(lean_cfg.loss, 1.0)
+  assert not rl.online_dpo_metrics_from_update(full_cfg.loss, 1.0)
+  results = {}
+  for name, cfg in (("lean", lean_cfg), ("full", full_cfg)):
+    setup, state, prompts, sources = setup_step(world, cfg, TINY)
+    step_fn = rl.make_online_dpo_step(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
+                                      eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world)
+    step = jax.jit(step_fn).lower(state, prompts).compile()
+    new_state, metrics = step(state, prompts)
+    results[name] = (new_state, metrics, step.cost_analysis()["flops"], state)
+  (a, ma, flops_a, state), (b, mb, flops_b, _) = results["lean"], results["full"]
+  assert metric_value(ma["gold"]) == metric_value(mb["gold"])  # the same rollout
+  for key in ("loss", "entropy", "kl", "rewards/accuracy", "scores/margin"):
+    assert metric_value(ma[key]) == pytest.approx(metric_value(mb[key]), rel=1e-5, abs=1e-6), key
+  assert abs(metric_value(ma["kl"])) > 1e-3 and metric_value(ma["entropy"]) > 0.1  # not trivially 0
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  assert flops_b - flops_a > 2 * n_params * 4 * 6 * 0.5, (flops_a, flops_b)  # R = 4 rows x 6 tokens
+
+
+@pytest.mark.parametrize("temperature,loss,lean", [
+    (1.0, dict(), True), (0.8, dict(), False), (1.0, dict(num_iterations=2), False),
+    (1.0, dict(old_logps="rollout"), False)])
+def test_when_online_dpo_takes_its_metrics_from_the_update(temperature, loss, lean):
+  cfg = _online_dpo_cfg(temperature, **loss)
+  assert rl.online_dpo_metrics_from_update(cfg.loss, cfg.sampling.temperature) is lean
+  assert not rl.online_dpo_metrics_from_update(_cfg().loss, 1.0)  # GRPO: `detached_old_logps` decides

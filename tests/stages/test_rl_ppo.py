@@ -23,6 +23,7 @@ from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
+from jaxrlhf.train import scoring
 from rl_step_setup import metric_value, setup_step
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
@@ -149,22 +150,34 @@ def test_one_sample_per_prompt_is_enough_for_ppo(world):
   assert any(moved)
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_chunked_log_probs_give_the_same_step(world, algorithm):
-  """loss.logps_chunk_size > 0 (the LM head applied chunk by chunk, never the (R, N, V) logits) changes no value:
-  the same rollout, old / reference log-probs, loss and update as the full log-softmax, to float rounding."""
-  extra = {} if algorithm == "ppo" else {"algorithm": "grpo", "kl_mode": "loss", "kl_estimator": "k3"}
+@pytest.mark.parametrize("path,chunk", [("chunked", 5), ("fused", 5), ("fused", 0)])
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "online_dpo"])
+def test_chunked_and_fused_log_probs_give_the_same_step(world, algorithm, path, chunk, monkeypatch):
+  """loss.logps_path "chunked" (the LM head applied chunk by chunk, never the (R, N, V) logits) or "fused" (the same
+  forward, the hand-written LM-head backward, the entropy a detached metric) changes no value: the same rollout,
+  old / reference log-probs, loss, entropy and KL metrics and update as the full log-softmax, to float rounding.
+  The fused function is traced for the fused step only (the update's log-probs and the rollout's)."""
+  from jaxrlhf.losses import logps as logps_lib  # pylint: disable=g-import-not-at-top
+  traced = []
+  original = logps_lib.fused_sequence_logps
+  monkeypatch.setattr(logps_lib, "fused_sequence_logps", lambda *a, **k: traced.append(1) or original(*a, **k))
+  extra = {"ppo": {}, "grpo": {"algorithm": "grpo", "kl_mode": "loss", "kl_estimator": "k3"},
+           "online_dpo": {"algorithm": "online_dpo", "num_generations": 2, "kl_mode": "loss", "kl_estimator": "k3"}
+           }[algorithm]
   outs = []
-  for chunk in (0, 5):
-    cfg = _cfg(logps_chunk_size=chunk, **extra)
+  for logps_path, chunk_size in (("full", 0), (path, chunk)):
+    cfg = _cfg(logps_path=logps_path, logps_chunk_size=chunk_size, **extra)
+    assert rl.logps_head(cfg.loss) == scoring.resolve_logps_path(logps_path, chunk_size)
     setup, state, prompts, sources = _setup(world, cfg)
-    make = rl.make_ppo_step if algorithm == "ppo" else rl.make_rl_step
+    make = {"ppo": rl.make_ppo_step, "online_dpo": rl.make_online_dpo_step}.get(algorithm, rl.make_rl_step)
     step = jax.jit(make(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
                         eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world))
+    traced.clear()
     outs.append(step(state, prompts))
+    assert (len(traced) >= 2) == (logps_path == "fused"), (logps_path, len(traced))
   (a, ma), (b, mb) = outs
-  assert metric_value(ma["loss"]) == pytest.approx(metric_value(mb["loss"]), rel=1e-4, abs=1e-6)
-  assert metric_value(ma["kl"]) == pytest.approx(metric_value(mb["kl"]), rel=1e-4, abs=1e-6)
+  for key in ("loss", "kl", "entropy"):
+    assert metric_value(ma[key]) == pytest.approx(metric_value(mb[key]), rel=1e-4, abs=1e-6), key
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_allclose(x, y, atol=2e-5)
 

@@ -1,6 +1,7 @@
 """The training stages' LM-head log-prob path (`scoring.resolve_logps_path`, `logps_path` of the sft, preference and
-self_rewarding stages): the backend rule, the config checks, and that the fused path gives the full path's values
-and gradients (fp32) through a CausalLM, soft-capped or not, packed or not, and the same DPO / T-REG / KTO update."""
+self_rewarding stages and the rl stage's `loss`): the backend rule, the config checks, and that the fused path gives
+the full path's values and gradients (fp32) through a CausalLM, soft-capped or not, packed or not, on rollout rows,
+and the same DPO / T-REG / KTO update (the rl stage's steps: tests/stages/test_rl_ppo.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.models import CausalLM, ModelConfig
-from jaxrlhf.stages import preference, self_rewarding, sft
+from jaxrlhf.stages import preference, rl, self_rewarding, sft
 from jaxrlhf.train import scoring
 
 GEMMA2 = ModelConfig.from_hf({"model_type": "gemma2", "vocab_size": 37, "hidden_size": 16, "intermediate_size": 32,
@@ -48,6 +49,9 @@ def test_bad_settings_are_refused():
       from_config({"logps_path": "full", "logps_chunk_size": 8}, stage_cls, path="config")
     with pytest.raises(ConfigError, match=r"config\.logps_path"):
       from_config({"logps_path": "fast"}, stage_cls, path="config")
+  with pytest.raises(ConfigError, match=r"config\.loss\.logps_chunk_size: 8 with config\.loss\.logps_path='full'"):
+    from_config({"rewards": ({"kind": "gold"},), "loss": {"logps_path": "full", "logps_chunk_size": 8}},
+                rl.RLConfig, path="config")
   section = {"model": {"init_from": "stage:a"}, "reference": "stage:b", "logps_path": "full", "logps_chunk_size": 8}
   with pytest.raises(ConfigError, match=r"config\.logps_chunk_size: 8 with config\.logps_path='full'"):
     from_config(section, self_rewarding.SelfRewardingConfig, path="config")
@@ -126,6 +130,42 @@ def test_fused_token_logps_of_packed_rows_equal_the_chunked_path():
   # No target crosses the segment boundary of row 0: token 4 opens segment 2, position 3 does not predict it.
   assert float(got_mask[0, 3]) == 0.0 and float(jnp.sum(got_mask)) == 12.0
   _assert_trees_close(got_grads, want_grads)
+
+
+@pytest.mark.parametrize("config", [GEMMA2, LLAMA], ids=["gemma2_softcap", "llama"])
+@pytest.mark.parametrize("with_hidden", [False, True])
+def test_fused_response_logps_equal_the_full_logits_path(config, with_hidden):
+  """The rl stage's rollout rows ([left-padded prompt | right-padded response]) at temperature 0.7 on the fused path:
+  the full path's log-probs, entropy and parameter gradients (and the same hidden states for a value head)."""
+  model = CausalLM(config, rngs=nnx.Rngs(4))
+  rng = np.random.default_rng(4)
+  prompt_ids = jnp.asarray(rng.integers(3, 37, (3, 5)), jnp.int32)
+  prompt_mask = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1]])
+  tokens = jnp.asarray(rng.integers(3, 37, (3, 6)), jnp.int32)
+  response_mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 0, 0, 0, 0, 0]])
+  weights = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
+  graphdef, params = nnx.split(model)
+
+  def run(chunk, fused):
+    def objective(p):
+      m = nnx.merge(graphdef, p)
+      args = (m, prompt_ids, prompt_mask, tokens, response_mask, 0.7, chunk, fused)
+      if with_hidden:
+        logps, entropy, hidden = scoring.response_logps_and_hidden(*args)
+      else:
+        (logps, entropy), hidden = scoring.response_logps(*args), jnp.zeros(())
+      return jnp.sum(logps * weights), (logps, entropy, hidden)
+
+    with jax.default_matmul_precision("highest"):
+      return jax.jit(jax.value_and_grad(objective, has_aux=True))(params)
+
+  (_, (logps, entropy, hidden)), grads = run(4, True)
+  (_, (want_logps, want_entropy, want_hidden)), want_grads = run(0, False)
+  np.testing.assert_allclose(logps, want_logps, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(entropy, want_entropy, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(hidden, want_hidden, rtol=1e-6, atol=1e-6)
+  assert float(jnp.max(jnp.abs(jnp.where(response_mask > 0, 0.0, logps)))) == 0.0
+  _assert_trees_close(grads, want_grads)
 
 
 def _pair_batch(seed=0, b=4, t=10, vocab=37):
