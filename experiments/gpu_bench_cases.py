@@ -316,6 +316,13 @@ def _next_token(ids):
   return targets, jnp.ones(ids.shape, jnp.float32).at[:, -1].set(0.0)
 
 
+def default_chunk(mode: str) -> int:
+  """Tokens per LM-head chunk when the entry sets no `chunk`: the stages' 1024 for the fused gathers
+  (`scoring.DEFAULT_LOGPS_CHUNK`; with logps_chunk_size 0 they store the softmax gradient, as `fused` does here),
+  4096 for the chunked one (this script's setting since its first GPU run)."""
+  return 1024 if mode.startswith("fused") else 4096
+
+
 def sequence_logps_of(mode: str, hidden, head, targets, mask, chunk: int, temperature: float = 1.0):
   """(token_logps, logps) by one of LOGPS_MODES (all in jaxrlhf.losses.logps)."""
   if mode == "full":
@@ -398,7 +405,7 @@ def run_train(entry: Entry, s: Settings) -> dict:
   is_rm = kind.startswith("rm")
   # The stages' LM-head log-probs on a GPU (`scoring.resolve_logps_path`, not imported: see the module docstring).
   mode = lv.get("logps", "fused")
-  chunk = lv.get("chunk", 4096)
+  chunk = lv.get("chunk", default_chunk(mode))
   if kind in ("rm_shared", "dpo_shared"):
     batch = shared_batch(batch, seq)
   if is_rm:
@@ -670,7 +677,8 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   p_len, n_new = lv.get("prompt", 8 if s.smoke else 256), lv.get("new", 8 if s.smoke else 512)
   micro = lv.get("micro", 2 if s.smoke else 32)
   # The rl stage's update log-probs on a GPU: fused (`loss.logps_path="auto"`, `scoring.resolve_logps_path`).
-  mode, chunk = lv.get("logps", "fused"), lv.get("chunk", 4096)
+  mode = lv.get("logps", "fused")
+  chunk = lv.get("chunk", default_chunk(mode))
   old_from_rollout = lv.get("old", "detached") == "rollout"
   rows, t_len = n_prompts * g, p_len + n_new
   if rows % micro or rows % (2 * micro):

@@ -94,8 +94,9 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
     input_ids_BxT: (B, T) int ids of [prompt | chosen | rejected] rows.
     layout: `shared_prompt_layout` of those rows.
     chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
-    fused: the chunked forward with the hand-written LM-head backward (`losses.logps.fused_sequence_logps`;
-      chunks of `chunk_size`, 0: 1024).
+    fused: the chunked forward with the hand-written LM-head backward (`losses.logps.fused_sequence_logps`):
+      chunk_size 0 stores the softmax gradient (chunks of 1024 tokens), > 0 recomputes it per chunk
+      (`train.scoring.resolve_logps_path`).
 
   Returns:
     (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
@@ -109,7 +110,8 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
   if fused:
     head_DxV, softcap = model.output_projection()
     logps, _ = logps_lib.fused_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,
-                                              chunk_size=chunk_size or 1024, logit_softcap=softcap)
+                                              chunk_size=chunk_size or 1024, save_softmax_grad=not chunk_size,
+                                              logit_softcap=softcap)
   elif chunk_size:
     head_DxV, softcap = model.output_projection()
     logps, _ = logps_lib.chunked_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,

@@ -169,10 +169,13 @@ def logps_path(cfg: Any) -> tuple[int, bool]:
   this backend
   (`scoring.resolve_logps_path`), logged once so the run says which path it took."""
   chunk_size, fused = scoring.resolve_logps_path(cfg.logps_path, cfg.logps_chunk_size)
-  taken = "fused" if fused else ("chunked" if chunk_size else "full")
-  detail = f", chunks of {chunk_size} tokens" if chunk_size else ""
-  print(f"[logps] LM-head log-probs: {taken}{detail} (logps_path={cfg.logps_path!r}, backend "
-        f"{jax.default_backend()})", flush=True)
+  if fused:
+    taken = (f"fused, softmax gradient recomputed per chunk of {chunk_size} tokens" if chunk_size else
+             f"fused, softmax gradient stored, chunks of {scoring.DEFAULT_LOGPS_CHUNK} tokens")
+  else:
+    taken = f"chunked, chunks of {chunk_size} tokens" if chunk_size else "full"
+  print(f"[logps] LM-head log-probs: {taken} (logps_path={cfg.logps_path!r}, backend {jax.default_backend()})",
+        flush=True)
   return chunk_size, fused
 
 

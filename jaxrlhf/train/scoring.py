@@ -67,12 +67,17 @@ def resolve_logps_path(path: str, chunk_size: int = 0, backend: str | None = Non
 
   "full": the (B, T, V) logits and a plain log-softmax (chunk_size must be 0); "chunked": the LM head applied
   `chunk_size` tokens at a time under jax.checkpoint, never the (B, T, V) logits (0: 1024); "fused": the same forward
-  with the hand-written backward of `losses.logps.fused_sequence_logps` (bf16 backward matmuls for a bf16 model,
-  the softmax gradient stored instead of recomputed); "auto": "fused" on "gpu" (one H200, 1.24B DPO step at 2048
-  tokens: 43.0% -> 50.9% MFU, identical loss values), elsewhere "chunked" when chunk_size > 0 and "full" otherwise
+  with the hand-written backward of `losses.logps.fused_sequence_logps` (bf16 backward matmuls for a bf16 model).
+  A chunk size asks for bounded memory, so "fused" keeps it: with chunk_size > 0 the backward recomputes each
+  chunk's logits (nothing of size (B*T, V) is held, like "chunked"); with 0 it stores the softmax gradient in the
+  compute dtype (chunks of 1024 tokens; (B*T, V) x 2 bytes in bf16, still less than the full path's fp32 logits)
+  and skips that recomputation. On one H200 the 1.24B LM head's forward + backward at 8 x 2 x 2048 tokens took
+  200.6 ms chunked, 160.0 full, 115.8 fused recomputing and 98.5 fused storing. "auto": "fused" on "gpu" (the 1.24B
+  DPO step 43.0% -> 50.9% MFU, identical loss values), elsewhere "chunked" when chunk_size > 0 and "full" otherwise
   (on the CPU the (B, T, V) logits of the library's small shapes fit, and XLA:CPU runs the fp32 path anyway).
-  `backend` defaults to `jax.default_backend()`. The loss values of all three paths are equal; their gradients
-  differ only by the compute dtype's rounding of d logits on the fused path (identical in fp32 up to float order).
+  `backend` defaults to `jax.default_backend()`. The loss values of all paths are equal; their gradients differ only
+  by the compute dtype's rounding of d logits on the fused path (identical in fp32 up to float order).
+  Returns (chunk_size, fused) with chunk_size as the fused functions take it (0: store the softmax gradient).
   """
   if path not in LOGPS_PATHS:
     raise ValueError(f"logps_path must be one of {LOGPS_PATHS}, got {path!r}")
@@ -85,23 +90,31 @@ def resolve_logps_path(path: str, chunk_size: int = 0, backend: str | None = Non
       raise ValueError(f"logps_path 'full' computes the whole (B, T, V) logits; logps_chunk_size must be 0, got "
                        f"{chunk_size} (use logps_path 'chunked' or 'fused' to chunk)")
     return 0, False
-  return chunk_size or DEFAULT_LOGPS_CHUNK, path == "fused"
+  if path == "fused":
+    return chunk_size, True
+  return chunk_size or DEFAULT_LOGPS_CHUNK, False
 
 
 def head_logps(model: Any, hidden_BxTxD: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array,
                chunk_size: int, fused: bool = False) -> jax.Array:
   """(B, T) float32 log-probs of `targets` from a CausalLM's final hidden states, the LM head (and its soft-cap)
-  applied `chunk_size` tokens at a time: `losses.logps.fused_sequence_logps` with `fused`, else
+  applied `chunk_size` tokens at a time (0: 1024): `losses.logps.fused_sequence_logps` with `fused` (the softmax
+  gradient stored when chunk_size is 0, recomputed per chunk otherwise: `resolve_logps_path`), else
   `chunked_sequence_logps`; 0 where mask is 0."""
   head_DxV, softcap = model.output_projection()
-  chunk_size = chunk_size or DEFAULT_LOGPS_CHUNK
   if fused:
-    logps, _ = logps_lib.fused_sequence_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT, chunk_size=chunk_size,
-                                              logit_softcap=softcap)
+    logps, _ = logps_lib.fused_sequence_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT,
+                                              **fused_options(chunk_size), logit_softcap=softcap)
   else:
     logps, _ = logps_lib.chunked_sequence_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT,
-                                                chunk_size=chunk_size, logit_softcap=softcap)
+                                                chunk_size=chunk_size or DEFAULT_LOGPS_CHUNK, logit_softcap=softcap)
   return logps
+
+
+def fused_options(chunk_size: int) -> dict:
+  """`fused_sequence_logps`'s chunk_size and save_softmax_grad for a stage's chunk size: 0 stores the softmax
+  gradient (chunks of 1024 tokens), > 0 bounds memory to a chunk (the backward recomputes it)."""
+  return {"chunk_size": chunk_size or DEFAULT_LOGPS_CHUNK, "save_softmax_grad": not chunk_size}
 
 
 def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT: jax.Array,
@@ -120,7 +133,7 @@ def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Ar
       crosses a segment boundary).
     prefix_ids: tokens put in front of every row (a control context); outputs are realigned to the rows
       without it.
-    fused: the fused LM-head log-probs (`head_logps`; chunks of `chunk_size`, 0: 1024) instead of autodiff of the
+    fused: the fused LM-head log-probs (`head_logps`, `fused_options(chunk_size)`) instead of autodiff of the
       chunked or full path (`resolve_logps_path` says which a stage runs).
   """
   n = len(prefix_ids)
@@ -175,8 +188,8 @@ def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.A
   chunk by chunk to the final hidden states (`losses.logps.chunked_sequence_logps`): the same values (float
   rounding aside) without ever holding the (B, N, V) fp32 logits, which at rollout shapes (512 rows x 512 tokens x
   a 128k vocabulary: 134 GB) do not fit. `fused` takes the same chunked forward with the hand-written LM-head
-  backward (`losses.logps.fused_sequence_logps`; chunks of chunk_size, 0: 1024); its entropy is detached (a
-  metric), the log-probs' gradients are the chunked path's (fp32) or within the compute dtype's rounding of them.
+  backward (`losses.logps.fused_sequence_logps`, `fused_options(chunk_size)`); its entropy is detached (a metric),
+  the log-probs' gradients are the chunked path's (fp32) or within the compute dtype's rounding of them.
   """
   logps, entropy, _ = _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN,
                                         temperature, chunk_size, with_hidden=False, fused=fused)
@@ -207,9 +220,8 @@ def _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, 
     hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
     head_DxV, softcap = model.output_projection()
     logps, _, entropy = logps_lib.fused_sequence_logps(hidden_BxNxD, head_DxV, targets_BxN, valid,
-                                                       chunk_size=chunk_size or DEFAULT_LOGPS_CHUNK,
-                                                       temperature=temperature, return_entropy=True,
-                                                       logit_softcap=softcap)
+                                                       **fused_options(chunk_size), temperature=temperature,
+                                                       return_entropy=True, logit_softcap=softcap)
   elif chunk_size:
     hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
     head_DxV, softcap = model.output_projection()

@@ -22,14 +22,14 @@ LLAMA = ModelConfig(vocab_size=37, embed_dim=16, num_layers=2, num_heads=2, num_
 
 
 @pytest.mark.parametrize("path,chunk,backend,want", [
-    ("auto", 0, "gpu", (1024, True)),      # measured on an H200: the fused backward is the faster one there
-    ("auto", 256, "gpu", (256, True)),
+    ("auto", 0, "gpu", (0, True)),         # measured on an H200: the fused backward is the faster one there;
+    ("auto", 256, "gpu", (256, True)),     # a chunk size keeps memory bounded (recomputed softmax gradient)
     ("auto", 0, "cpu", (0, False)),        # the CPU keeps what it ran before the option existed
     ("auto", 256, "cpu", (256, False)),
     ("auto", 0, "tpu", (0, False)),        # not measured on a TPU: no change there
     ("chunked", 0, "cpu", (1024, False)),
     ("chunked", 64, "gpu", (64, False)),
-    ("fused", 0, "cpu", (1024, True)),
+    ("fused", 0, "cpu", (0, True)),
     ("fused", 64, "tpu", (64, True)),
     ("full", 0, "gpu", (0, False)),
 ])
@@ -168,6 +168,41 @@ def test_fused_response_logps_equal_the_full_logits_path(config, with_hidden):
   _assert_trees_close(grads, want_grads)
 
 
+def _vocab_arrays(jaxpr, v):
+  """(size, is a dot_general) of every output in a jaxpr (and its scan / custom_vjp / pjit bodies) with a vocabulary
+  axis."""
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      shape = getattr(var.aval, "shape", ())
+      if v in shape:
+        yield int(np.prod(shape)), eqn.primitive.name == "dot_general"
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _vocab_arrays(inner, v)
+
+
+def test_a_chunk_size_keeps_the_fused_path_memory_bounded():
+  """Fused with a chunk size recomputes each chunk's logits in the backward pass (nothing larger than a chunk of
+  logits or the (D, V) head); with chunk size 0 it stores the softmax gradient instead (one LM-head matmul fewer).
+  Read from the gradient's jaxpr."""
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(0))
+  ids, att, lm, _ = _rows()
+  graphdef, params = nnx.split(model)
+  b, t = ids.shape
+
+  def vocab_arrays(chunk):
+    grad = jax.grad(lambda p: jnp.sum(scoring.token_logps(nnx.merge(graphdef, p), ids, att, lm, chunk,
+                                                          fused=True)[0]))
+    return list(_vocab_arrays(jax.make_jaxpr(grad)(params).jaxpr, LLAMA.vocab_size))
+
+  bounded, stored = vocab_arrays(4), vocab_arrays(0)
+  assert max(size for size, _ in bounded) <= max(4, LLAMA.embed_dim) * LLAMA.vocab_size < b * t * LLAMA.vocab_size
+  # LM-head matmuls with a vocabulary axis in their output: forward, (recomputed forward,) d head; d hidden is (C, D).
+  assert sum(dot for _, dot in bounded) == 3 and sum(dot for _, dot in stored) == 2
+
+
 def _pair_batch(seed=0, b=4, t=10, vocab=37):
   rng = np.random.default_rng(seed)
   batch = {}
@@ -243,7 +278,8 @@ def test_sft_stage_runs_the_fused_path_it_reports(tmp_path, capsys, monkeypatch)
     fused_traces[path] = len(traced)
   assert fused_traces["fused"] >= 2 and fused_traces["full"] == 0, fused_traces  # the train and the eval step
   log = capsys.readouterr().out
-  assert "[logps] LM-head log-probs: fused, chunks of 1024 tokens (logps_path='fused'" in log
+  assert ("[logps] LM-head log-probs: fused, softmax gradient stored, chunks of 1024 tokens (logps_path='fused'"
+          in log)
   assert "[logps] LM-head log-probs: full (logps_path='full'" in log
   np.testing.assert_allclose(losses["fused"], losses["full"], rtol=1e-4)
 
