@@ -84,7 +84,8 @@ def run_isolated(model: str, algo: str, side: str, folder: str, args: argparse.N
     out = f.name
   cmd = [sys.executable, "-m", "experiments.bench", "--case", f"{model}:{algo}:{side}", "--folder", folder,
          "--steps", str(args.steps), "--threads", str(args.threads), "--shape", args.shape or model,
-         "--logps_chunk_size", str(args.logps_chunk_size), "--warmup", str(args.warmup),
+         "--logps_chunk_size", str(args.logps_chunk_size), "--logps_path", args.logps_path,
+         "--warmup", str(args.warmup),
          "--scan_layers", str(args.scan_layers), "--shared_prompt", str(args.shared_prompt),
          "--member_loop", args.member_loop, "--old_logps", args.old_logps, "--case_out", out]
   proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True,
@@ -233,7 +234,7 @@ def _case_main(args: argparse.Namespace) -> None:
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
                            logps_chunk_size=args.logps_chunk_size, scan_layers=_scan_layers(args.scan_layers),
                            shared_prompt=_shared_prompt(args.shared_prompt), member_loop=args.member_loop,
-                           old_logps=args.old_logps)
+                           old_logps=args.old_logps, logps_path=args.logps_path)
   with open(args.case_out, "w") as f:
     json.dump(row, f)
 
@@ -249,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
                       help="alternate the two sides this many times per case; the fastest round counts")
   parser.add_argument("--threads", type=int, default=2, help="torch threads (jax uses the machine's cores)")
   parser.add_argument("--logps_chunk_size", type=int, default=0, help="jaxrlhf DPO chunked log-prob gather")
+  parser.add_argument("--logps_path", default="auto", choices=("auto", "full", "chunked", "fused"),
+                      help="jaxrlhf DPO cases' LM-head log-probs (the stages' `logps_path`; auto: the backend's "
+                           "rule, on the CPU full, or chunked with --logps_chunk_size)")
   parser.add_argument("--scan_layers", default="auto", choices=("auto", "true", "false"),
                       help="jaxrlhf ModelConfig.scan_layers (auto: the backend's rule, scanned on the CPU; false: "
                            "unrolled layers)")
@@ -319,7 +323,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      logps_chunk_size=args.logps_chunk_size,
                                      scan_layers=_scan_layers(args.scan_layers),
                                      shared_prompt=_shared_prompt(args.shared_prompt),
-                                     member_loop=args.member_loop, old_logps=args.old_logps)
+                                     member_loop=args.member_loop, old_logps=args.old_logps,
+                                     logps_path=args.logps_path)
           else:
             row = run_isolated(m, a, s, folder, args)
           if peak and "gflops_per_s" in row:

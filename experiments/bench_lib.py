@@ -273,7 +273,7 @@ def _timed_steps(step: Any, state: Any, batches: list[dict], batch_sharding: Any
 
 def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2, lr: float = 1e-5,
               seed: int = 0, logps_chunk_size: int = 0, scan_layers: bool | None = None, shared_prompt: bool = False,
-              member_loop: str = "auto") -> dict[str, Any]:
+              member_loop: str = "auto", logps_path: str = "auto") -> dict[str, Any]:
   """Times the library's jitted, donating train step (`make_train_step` over `init_train_state`) on `algo`.
 
   RM: `RewardModel` + `reward_loss_fn`; DPO: the policy state of `sft.policy_setup` + `preference_loss_fn` with
@@ -305,6 +305,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   if algo not in TRAIN_CASES:
     raise ValueError(f"algo: expected one of {TRAIN_CASES}, got {algo!r}")
   rss_start = rss_mib()
+  taken: dict[str, Any] = {}  # settings the library resolved (recorded in the row)
   lm, config = from_pretrained(folder, scan_layers=scan_layers)
   pretrained = jax.device_get(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))
   del lm
@@ -346,18 +347,18 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
     resident = algo in ("dpo_resident", "dpo_lora")
     lora = LORA if algo == "dpo_lora" else {}
     cfg = preference.PreferenceConfig(reference="resident" if resident else "precompute",
-                                      logps_chunk_size=logps_chunk_size)
+                                      logps_path=logps_path, logps_chunk_size=logps_chunk_size)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lora=lora))
     setup = preference.preference_setup(cfg, config, pretrained, optimizer, mesh)
     state = setup.init()
     chunk, fused = scoring.resolve_logps_path(cfg.logps_path, logps_chunk_size)  # the stage's rule on this backend
+    taken["logps_path"] = "fused" if fused else ("chunked" if chunk else "full")
     loss_fn = preference.preference_loss_fn(cfg.loss, resident=resident, chunk_size=chunk, fused=fused,
                                             lora=bool(lora))
     if not resident:
       @jax.jit
       def ref_logps(params, extra, batch):
-        token_logps, _ = scoring.pair_token_logps(nnx.merge(setup.graphdef, params, extra), batch,
-                                                  logps_chunk_size)
+        token_logps, _ = scoring.pair_token_logps(nnx.merge(setup.graphdef, params, extra), batch, chunk)
         return jnp.split(jnp.sum(token_logps, axis=-1), 2)
 
       for b in batches:
@@ -370,7 +371,7 @@ def jax_train(folder: str, algo: str, shape: Shape, steps: int, warmup: int = 2,
   step = jax.jit(step_fn,
                  in_shardings=(setup.shardings, batch_sharding), out_shardings=(setup.shardings, None),
                  donate_argnums=0)
-  return _timed_steps(step, state, batches, batch_sharding, warmup, rss_start)
+  return {**_timed_steps(step, state, batches, batch_sharding, warmup, rss_start), **taken}
 
 
 GRPO_GENERATIONS = 4  # G samples per prompt in the GRPO case.
@@ -579,8 +580,8 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
              threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool | None = None,
-             shared_prompt: bool | str = "auto", member_loop: str = "auto", old_logps: str = "auto"
-             ) -> dict[str, Any]:
+             shared_prompt: bool | str = "auto", member_loop: str = "auto", old_logps: str = "auto",
+             logps_path: str = "auto") -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary).
 
   shared_prompt: the jaxrlhf RM / DPO batch layout: True / False, or "auto" (the library default: the stages' rule,
@@ -588,6 +589,8 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
   member_loop: the ensemble cases' member loop, "auto" (the library default), "vmap" or "scan"; the row records the
     resolved one.
   old_logps: the GRPO case's `RLLossConfig.old_logps` ("auto", the library default, or "rollout").
+  logps_path: the DPO cases' LM-head log-probs (`PreferenceConfig.logps_path`; "auto", the library default); the row
+    records the path taken.
   """
   row = dict(model=model, algo=algo, side=side, batch=shape.batch, seq=shape.seq)
   if side == "jaxrlhf" and algo in TRAIN_CASES:
@@ -623,8 +626,8 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
     row.pop("times")
     return row
   if side == "jaxrlhf":
-    raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, scan_layers=scan_layers,
-                    shared_prompt=shared_prompt, member_loop=member_loop)
+    raw = jax_train(folder, algo, shape, steps, warmup, logps_chunk_size=logps_chunk_size, logps_path=logps_path,
+                    scan_layers=scan_layers, shared_prompt=shared_prompt, member_loop=member_loop)
   elif side == "trl":
     raw = trl_train(folder, algo, shape, steps, warmup, threads=threads)
   else:

@@ -166,3 +166,12 @@ def test_dpo_lora_case_trains_only_adapters_on_one_base_copy(folder):
   # B = 0 at step 0: the LoRA policy equals its reference, as the full policy does (loss log 2 on both).
   assert lora["losses"][0] == pytest.approx(full["losses"][0], abs=1e-6) == pytest.approx(np.log(2), abs=1e-6)
   assert lora["losses"][-1] != lora["losses"][0]
+
+
+def test_dpo_case_takes_the_stages_logps_path(folder):
+  """--logps_path reaches the DPO step (the row records the path the stage rule resolved); the fused path trains like
+  the full one (same losses to float rounding)."""
+  rows = {path: bench_lib.run_case("smoke", "dpo", "jaxrlhf", folder, SMOKE, steps=2, warmup=1, shared_prompt=False,
+                                   logps_path=path) for path in ("auto", "fused")}
+  assert rows["auto"]["logps_path"] == "full" and rows["fused"]["logps_path"] == "fused"  # auto on the CPU: full
+  np.testing.assert_allclose(rows["fused"]["losses"], rows["auto"]["losses"], rtol=1e-5, atol=1e-6)
