@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from jaxrlhf.losses import policy_gradient as pg
-from jaxrlhf.losses.logps import chunked_sequence_logps, fused_sequence_logps, sequence_logps
+from jaxrlhf.losses.logps import DEFAULT_CHUNK_SIZE, chunked_sequence_logps, fused_sequence_logps, sequence_logps
 from jaxrlhf.losses.preference import dpo_loss
 from jaxrlhf.losses.reward import bradley_terry_loss
 from jaxrlhf.models.config import ATTENTION_IMPLS, REMAT_POLICIES, ModelConfig, RopeScaling
@@ -317,10 +317,10 @@ def _next_token(ids):
 
 
 def default_chunk(mode: str) -> int:
-  """Tokens per LM-head chunk when the entry sets no `chunk`: the stages' 1024 for the fused gathers
-  (`scoring.DEFAULT_LOGPS_CHUNK`; with logps_chunk_size 0 they store the softmax gradient, as `fused` does here),
-  4096 for the chunked one (this script's setting since its first GPU run)."""
-  return 1024 if mode.startswith("fused") else 4096
+  """Tokens per LM-head chunk when the entry sets no `chunk`: the stages' for the fused gathers
+  (`losses.logps.lm_head_logps` with logps_chunk_size 0 stores the softmax gradient in chunks of DEFAULT_CHUNK_SIZE,
+  as `fused` does here), 4096 for the chunked one (this script's setting since its first GPU run)."""
+  return DEFAULT_CHUNK_SIZE if mode.startswith("fused") else 4096
 
 
 def sequence_logps_of(mode: str, hidden, head, targets, mask, chunk: int, temperature: float = 1.0):

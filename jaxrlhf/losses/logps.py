@@ -372,3 +372,25 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
   if return_entropy:
     return token_logps, jnp.sum(token_logps, axis=-1), jax.lax.stop_gradient(entropy.reshape(b, t))
   return token_logps, jnp.sum(token_logps, axis=-1)
+
+
+DEFAULT_CHUNK_SIZE = 1024  # tokens per LM-head chunk when a caller's chunk size is 0
+
+
+def lm_head_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
+                  chunk_size: int = 0, fused: bool = False, temperature: float = 1.0,
+                  logit_softcap: float | None = None, return_entropy: bool = False):
+  """The chunked or the fused LM-head log-probs for a caller's chunk size (the stages' `logps_chunk_size`).
+
+  Not fused: `chunked_sequence_logps` in chunks of `chunk_size` tokens (0: DEFAULT_CHUNK_SIZE). Fused:
+  `fused_sequence_logps`, where a chunk size > 0 is a request for bounded memory (the backward recomputes each
+  chunk's logits, nothing of size (B*T, V) is held) and 0 stores the softmax gradient (chunks of DEFAULT_CHUNK_SIZE;
+  one LM-head matmul fewer). Shapes, arguments and returns as those two functions.
+  """
+  size = chunk_size or DEFAULT_CHUNK_SIZE
+  if fused:
+    return fused_sequence_logps(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT, chunk_size=size,
+                                temperature=temperature, save_softmax_grad=not chunk_size,
+                                logit_softcap=logit_softcap, return_entropy=return_entropy)
+  return chunked_sequence_logps(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT, chunk_size=size,
+                                temperature=temperature, return_entropy=return_entropy, logit_softcap=logit_softcap)

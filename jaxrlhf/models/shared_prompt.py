@@ -94,9 +94,8 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
     input_ids_BxT: (B, T) int ids of [prompt | chosen | rejected] rows.
     layout: `shared_prompt_layout` of those rows.
     chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
-    fused: the chunked forward with the hand-written LM-head backward (`losses.logps.fused_sequence_logps`):
-      chunk_size 0 stores the softmax gradient (chunks of 1024 tokens), > 0 recomputes it per chunk
-      (`train.scoring.resolve_logps_path`).
+    fused: the chunked forward with the hand-written LM-head backward (`losses.logps.lm_head_logps`: chunk_size 0
+      stores the softmax gradient, > 0 recomputes it per chunk).
 
   Returns:
     (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
@@ -107,15 +106,10 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
   # Each target reads the hidden state of its predictor; for all but one token per row that is t - 1.
   predictor_BxTxD = jnp.take_along_axis(hidden_BxTxD, layout.source_index[:, :, None], axis=1)
   targets_mask = (layout.chosen_targets | layout.rejected_targets).astype(jnp.float32)
-  if fused:
+  if chunk_size or fused:
     head_DxV, softcap = model.output_projection()
-    logps, _ = logps_lib.fused_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,
-                                              chunk_size=chunk_size or 1024, save_softmax_grad=not chunk_size,
-                                              logit_softcap=softcap)
-  elif chunk_size:
-    head_DxV, softcap = model.output_projection()
-    logps, _ = logps_lib.chunked_sequence_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask,
-                                                chunk_size=chunk_size, logit_softcap=softcap)
+    logps, _ = logps_lib.lm_head_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask, chunk_size=chunk_size,
+                                       fused=fused, logit_softcap=softcap)
   else:
     logps, _ = logps_lib.sequence_logps(model.unembed(predictor_BxTxD), input_ids_BxT, targets_mask)
   chosen, rejected = layout.chosen_targets.astype(jnp.float32), layout.rejected_targets.astype(jnp.float32)

@@ -166,8 +166,7 @@ def check_logps_path(logps_path: str, logps_chunk_size: int, path: str) -> None:
 
 def logps_path(cfg: Any) -> tuple[int, bool]:
   """(chunk_size, fused) of a config's `logps_path` and `logps_chunk_size` (a stage's, or the rl stage's `loss`) on
-  this backend
-  (`scoring.resolve_logps_path`), logged once so the run says which path it took."""
+  this backend (`scoring.resolve_logps_path`), logged once so the run says which path it took."""
   chunk_size, fused = scoring.resolve_logps_path(cfg.logps_path, cfg.logps_chunk_size)
   if fused:
     taken = (f"fused, softmax gradient recomputed per chunk of {chunk_size} tokens" if chunk_size else

@@ -524,6 +524,18 @@ def online_dpo_metrics_from_update(loss: RLLossConfig, temperature: float) -> bo
           and temperature == 1.0)
 
 
+def update_policy_metrics(entropy_RxN: jax.Array, mask_RxN: jax.Array, seq_kl_R: jax.Array | None = None
+                          ) -> dict[str, metrics_lib.Avg]:
+  """The rollout's `entropy` (token mean) and `kl` (row mean of sum_t log pi - log pi_ref, `seq_kl_R`) taken from
+  an update's forward at the parameters the rollout sampled with, detached (Avg, so micro-batches add up)."""
+  valid = (mask_RxN > 0).astype(jnp.float32)
+  metrics = {"entropy": metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(entropy_RxN * valid)), jnp.sum(valid))}
+  if seq_kl_R is not None:
+    metrics["kl"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(seq_kl_R)),
+                                    jnp.asarray(seq_kl_R.shape[0], jnp.float32))
+  return metrics
+
+
 def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state_lib.LossFn:
   """loss_fn(RLModel, rollout batch, rng) for `state.make_train_step`.
 
@@ -537,12 +549,11 @@ def rl_loss_fn(loss: RLLossConfig, temperature: float, max_length: int) -> state
                                             batch["mask"], temperature, *logps_head(loss))
     total, weight, metrics = policy_loss_terms(loss, logps, batch, max_length)
     if "old_logps" not in batch:
-      valid = (batch["mask"] > 0).astype(jnp.float32)
-      rows = jnp.asarray(valid.shape[0], jnp.float32)
-      metrics["entropy"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(entropy * valid)), jnp.sum(valid))
+      seq_kl = None
       if "ref_logps" in batch:
-        k1 = pg.kl_divergence(jax.lax.stop_gradient(logps), batch["ref_logps"], batch["mask"], estimator="k1")
-        metrics["kl"] = metrics_lib.Avg(jnp.sum(k1 * valid), rows)
+        k1 = pg.kl_divergence(logps, batch["ref_logps"], batch["mask"], estimator="k1")
+        seq_kl = jnp.sum(k1 * (batch["mask"] > 0), axis=1)
+      metrics.update(update_policy_metrics(entropy, batch["mask"], seq_kl))
     return total, weight, metrics
 
   return loss_fn
@@ -751,11 +762,8 @@ def online_dpo_loss_fn(loss: RLLossConfig, policy_metrics: bool = False) -> stat
     p = ids.shape[0]
     total, weight, metrics = online_dpo_loss_terms(loss, seq_2P[:p], seq_2P[p:], batch)
     if policy_metrics:
-      valid = (response_mask > 0).astype(jnp.float32)
       ref_2P = jnp.concatenate([batch["ref_chosen_logps"], batch["ref_rejected_logps"]])
-      metrics["entropy"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(entropy_2PxN * valid)), jnp.sum(valid))
-      metrics["kl"] = metrics_lib.Avg(jax.lax.stop_gradient(jnp.sum(seq_2P - ref_2P)),
-                                      jnp.asarray(2 * p, jnp.float32))
+      metrics.update(update_policy_metrics(entropy_2PxN, response_mask, seq_2P - ref_2P))
     return total, weight, metrics
 
   return loss_fn
@@ -850,8 +858,8 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
 
   The batch holds prompt_ids / prompt_mask (R, P), tokens / mask / old_logps / ref_logps (R, N), rewards and
   advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
-  policy_logps False (`detached_old_logps`, `online_dpo_metrics_from_update`): no policy forward, so no old_logps and no entropy / kl metrics (the
-  update reports them); needs kl_mode other than "reward".
+  policy_logps False (`detached_old_logps`, `online_dpo_metrics_from_update`): no policy forward, so no old_logps
+  and no entropy / kl metrics (the update reports them, `update_policy_metrics`); needs kl_mode other than "reward".
   With algorithm "ppo": no advantages, rewards without the KL term (PPO applies it per token), and with
   loss.token_rewards the process sources' step rewards as token_rewards (R, N), their sums taken out of rewards.
   """

@@ -58,7 +58,7 @@ def with_prefix(ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT
 
 # How the training stages (sft, preference, self_rewarding, rl) turn final hidden states into target log-probs.
 LOGPS_PATHS = ("auto", "full", "chunked", "fused")
-DEFAULT_LOGPS_CHUNK = 1024
+DEFAULT_LOGPS_CHUNK = logps_lib.DEFAULT_CHUNK_SIZE
 
 
 def resolve_logps_path(path: str, chunk_size: int = 0, backend: str | None = None) -> tuple[int, bool]:
@@ -98,23 +98,11 @@ def resolve_logps_path(path: str, chunk_size: int = 0, backend: str | None = Non
 def head_logps(model: Any, hidden_BxTxD: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array,
                chunk_size: int, fused: bool = False) -> jax.Array:
   """(B, T) float32 log-probs of `targets` from a CausalLM's final hidden states, the LM head (and its soft-cap)
-  applied `chunk_size` tokens at a time (0: 1024): `losses.logps.fused_sequence_logps` with `fused` (the softmax
-  gradient stored when chunk_size is 0, recomputed per chunk otherwise: `resolve_logps_path`), else
-  `chunked_sequence_logps`; 0 where mask is 0."""
+  applied by `losses.logps.lm_head_logps` (chunked, or fused with `fused`); 0 where mask is 0."""
   head_DxV, softcap = model.output_projection()
-  if fused:
-    logps, _ = logps_lib.fused_sequence_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT,
-                                              **fused_options(chunk_size), logit_softcap=softcap)
-  else:
-    logps, _ = logps_lib.chunked_sequence_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT,
-                                                chunk_size=chunk_size or DEFAULT_LOGPS_CHUNK, logit_softcap=softcap)
+  logps, _ = logps_lib.lm_head_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT, chunk_size=chunk_size,
+                                     fused=fused, logit_softcap=softcap)
   return logps
-
-
-def fused_options(chunk_size: int) -> dict:
-  """`fused_sequence_logps`'s chunk_size and save_softmax_grad for a stage's chunk size: 0 stores the softmax
-  gradient (chunks of 1024 tokens), > 0 bounds memory to a chunk (the backward recomputes it)."""
-  return {"chunk_size": chunk_size or DEFAULT_LOGPS_CHUNK, "save_softmax_grad": not chunk_size}
 
 
 def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT: jax.Array,
@@ -133,8 +121,8 @@ def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Ar
       crosses a segment boundary).
     prefix_ids: tokens put in front of every row (a control context); outputs are realigned to the rows
       without it.
-    fused: the fused LM-head log-probs (`head_logps`, `fused_options(chunk_size)`) instead of autodiff of the
-      chunked or full path (`resolve_logps_path` says which a stage runs).
+    fused: the fused LM-head log-probs (`losses.logps.lm_head_logps`) instead of autodiff of the chunked or full
+      path (`resolve_logps_path` says which a stage runs).
   """
   n = len(prefix_ids)
   if n:
@@ -188,7 +176,7 @@ def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.A
   chunk by chunk to the final hidden states (`losses.logps.chunked_sequence_logps`): the same values (float
   rounding aside) without ever holding the (B, N, V) fp32 logits, which at rollout shapes (512 rows x 512 tokens x
   a 128k vocabulary: 134 GB) do not fit. `fused` takes the same chunked forward with the hand-written LM-head
-  backward (`losses.logps.fused_sequence_logps`, `fused_options(chunk_size)`); its entropy is detached (a metric),
+  backward (`losses.logps.lm_head_logps`); its entropy is detached (a metric),
   the log-probs' gradients are the chunked path's (fp32) or within the compute dtype's rounding of them.
   """
   logps, entropy, _ = _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN,
@@ -216,18 +204,12 @@ def _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, 
   mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
   ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
   targets_BxN = ids_BxT[:, p:]
-  if fused:
+  if chunk_size or fused:
     hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
     head_DxV, softcap = model.output_projection()
-    logps, _, entropy = logps_lib.fused_sequence_logps(hidden_BxNxD, head_DxV, targets_BxN, valid,
-                                                       **fused_options(chunk_size), temperature=temperature,
-                                                       return_entropy=True, logit_softcap=softcap)
-  elif chunk_size:
-    hidden_BxNxD = model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
-    head_DxV, softcap = model.output_projection()
-    logps, _, entropy = logps_lib.chunked_sequence_logps(hidden_BxNxD, head_DxV, targets_BxN, valid,
-                                                         chunk_size=chunk_size, temperature=temperature,
-                                                         return_entropy=True, logit_softcap=softcap)
+    logps, _, entropy = logps_lib.lm_head_logps(hidden_BxNxD, head_DxV, targets_BxN, valid, chunk_size=chunk_size,
+                                                fused=fused, temperature=temperature, return_entropy=True,
+                                                logit_softcap=softcap)
   else:
     if with_hidden:
       logits_BxTxV, hidden_BxTxD = model(ids_BxT, mask_BxT, return_hidden=True)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrlhf.losses import logps
+from jaxpr_walk import all_eqns
 
 B, T, D, V = 2, 9, 8, 1000
 
@@ -144,15 +145,8 @@ def test_bf16_values_equal_chunked_and_gradients_within_bf16_rounding():
 
 
 def _dots(jaxpr):
-  """Every dot_general equation of a jaxpr, recursing into scan / custom_vjp / pjit bodies."""
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      yield eqn
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          yield from _dots(inner)
+  """Every dot_general equation of a jaxpr, scan / custom_vjp / pjit bodies included."""
+  return (eqn for eqn in all_eqns(jaxpr) if eqn.primitive.name == "dot_general")
 
 
 def test_backward_matmuls_run_in_the_compute_dtype_without_recomputation():
@@ -175,15 +169,10 @@ def test_backward_matmuls_run_in_the_compute_dtype_without_recomputation():
 
 
 def _v_shaped_sizes(jaxpr, dtype=None):
-  for eqn in jaxpr.eqns:
+  for eqn in all_eqns(jaxpr):
     for v in eqn.outvars:
       if getattr(v.aval, "shape", None) and v.aval.shape[-1] == V and (dtype is None or v.aval.dtype == dtype):
         yield int(np.prod(v.aval.shape))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          yield from _v_shaped_sizes(inner, dtype)
 
 
 def test_memory_one_chunk_of_fp32_logits_and_the_bf16_softmax_gradient():

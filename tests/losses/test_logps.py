@@ -8,6 +8,7 @@ from conftest import require_module
 from hypothesis import given, settings, strategies as st
 
 from jaxrlhf.losses import logps
+from jaxpr_walk import all_eqns
 
 B, T, D, V = 2, 9, 8, 1000
 
@@ -103,14 +104,7 @@ def test_chunked_never_builds_full_logits():
     return logps.chunked_sequence_logps(h, w, targets, mask, chunk_size=chunk, return_entropy=True)[1].sum()
 
   def all_avals(jaxpr):
-    for eqn in jaxpr.eqns:
-      for v in eqn.outvars:
-        yield v.aval
-      for param in eqn.params.values():  # recurse into scan / remat / pjit bodies
-        for sub in param if isinstance(param, (tuple, list)) else (param,):
-          inner = getattr(sub, "jaxpr", sub)
-          if hasattr(inner, "eqns"):
-            yield from all_avals(inner)
+    return (v.aval for eqn in all_eqns(jaxpr) for v in eqn.outvars)  # scan / remat / pjit bodies included
 
   biggest = max(int(np.prod(a.shape)) for a in all_avals(jax.make_jaxpr(jax.grad(loss, (0, 1)))(hidden, head).jaxpr)
                 if hasattr(a, "shape") and a.shape and a.shape[-1] == V)

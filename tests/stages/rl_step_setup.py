@@ -9,12 +9,22 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.config import from_config
 from jaxrlhf.data import padding
 from jaxrlhf.models import CausalLM, ModelConfig
 from jaxrlhf.stages import common
 from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
+
+
+def rl_config(tiny: dict, loss: dict, sampling: dict | None = None, optimizer: dict | None = None) -> rl.RLConfig:
+  """The step tests' RLConfig: seed 3, a `tiny` model, 2 prompts of up to 6 tokens, no eval prompts, the gold
+  reward, 6 new tokens (plus `sampling`), learning rate 1e-2 (plus `optimizer`), beta 0.1 and `loss`."""
+  return from_config({
+      "seed": 3, "model": {"config": tiny}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
+      "rewards": ({"kind": "gold"},), "sampling": {"max_new_tokens": 6, **(sampling or {})},
+      "optimizer": {"learning_rate": 1e-2, **(optimizer or {})}, "loss": {"beta": 0.1, **loss}}, rl.RLConfig)
 
 
 def setup_step(world: Any, cfg: rl.RLConfig, tiny: dict, critic: Any = None) -> tuple[Any, Any, dict, list]:

@@ -13,7 +13,7 @@ from jaxrlhf.config import from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
-from rl_step_setup import metric_value, setup_step
+from rl_step_setup import metric_value, rl_config, setup_step
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -25,11 +25,8 @@ def world():
 
 
 def _cfg(**loss):
-  return from_config({
-      "seed": 3, "model": {"config": TINY}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
-      "rewards": ({"kind": "gold"},), "sampling": {"max_new_tokens": 6, "temperature": 0.8},
-      "optimizer": {"learning_rate": 1e-2, "grad_accum_steps": 2},
-      "loss": {"num_generations": 4, "beta": 0.1, "kl_mode": "loss", **loss}}, rl.RLConfig)
+  return rl_config(TINY, {"num_generations": 4, "kl_mode": "loss", **loss}, sampling={"temperature": 0.8},
+                   optimizer={"grad_accum_steps": 2})
 
 
 def _step_and_inputs(world, cfg, compile_step=True):
@@ -97,11 +94,8 @@ def test_when_the_shortcut_applies(loss, detached):
 
 # ------------------------------------------------------------------------------------------------ online DPO
 def _online_dpo_cfg(temperature=1.0, **loss):
-  return from_config({
-      "seed": 3, "model": {"config": TINY}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
-      "rewards": ({"kind": "gold"},), "sampling": {"max_new_tokens": 6, "temperature": temperature},
-      "optimizer": {"learning_rate": 1e-2, "grad_accum_steps": 2},
-      "loss": {"algorithm": "online_dpo", "num_generations": 2, "beta": 0.1, **loss}}, rl.RLConfig)
+  return rl_config(TINY, {"algorithm": "online_dpo", "num_generations": 2, **loss},
+                   sampling={"temperature": temperature}, optimizer={"grad_accum_steps": 2})
 
 
 def test_online_dpo_step_reports_the_rollout_metrics_from_its_update(world):

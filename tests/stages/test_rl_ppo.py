@@ -24,7 +24,7 @@ from jaxrlhf.stages import reward_sources as rewards_lib
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
 from jaxrlhf.train import scoring
-from rl_step_setup import metric_value, setup_step
+from rl_step_setup import metric_value, rl_config, setup_step
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -37,11 +37,8 @@ def world():
 
 
 def _cfg(**loss):
-  return from_config({
-      "seed": 3, "model": {"config": TINY}, "prompts_per_step": 2, "max_prompt_length": 6, "eval_prompts": 0,
-      "rewards": ({"kind": "gold"},), "sampling": {"max_new_tokens": 6}, "optimizer": {"learning_rate": 1e-2},
-      "loss": {"algorithm": "ppo", "num_generations": 4, "beta": 0.1, "kl_mode": "reward", "kl_estimator": "k1",
-               **loss}}, rl.RLConfig)
+  return rl_config(TINY, {"algorithm": "ppo", "num_generations": 4, "kl_mode": "reward", "kl_estimator": "k1",
+                          **loss})
 
 
 def _setup(world, cfg, critic=None):

@@ -10,15 +10,11 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.config import ConfigError, from_config
-from jaxrlhf.models import CausalLM, ModelConfig
+from jaxrlhf.models import CausalLM
 from jaxrlhf.stages import preference, rl, self_rewarding, sft
 from jaxrlhf.train import scoring
-
-GEMMA2 = ModelConfig.from_hf({"model_type": "gemma2", "vocab_size": 37, "hidden_size": 16, "intermediate_size": 32,
-                              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-                              "head_dim": 8, "sliding_window": 4, "final_logit_softcapping": 0.3,
-                              "attn_logit_softcapping": 5.0, "query_pre_attn_scalar": 8})
-LLAMA = ModelConfig(vocab_size=37, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
+from jaxpr_walk import all_eqns
+from tiny_causal_lms import GEMMA2, LLAMA, scoring_rows
 
 
 @pytest.mark.parametrize("path,chunk,backend,want", [
@@ -58,14 +54,8 @@ def test_bad_settings_are_refused():
 
 
 def _rows(seed=0, b=3, t=11):
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(0, 37, size=(b, t)).astype(np.int32)
-  att = np.ones((b, t), np.int32)
-  att[0, 8:] = 0
-  lm = np.zeros((b, t), np.int32)
-  lm[:, 4:] = 1
-  weights = rng.normal(size=(b, t)).astype(np.float32)  # a different cotangent per token
-  return jnp.asarray(ids), jnp.asarray(att), jnp.asarray(lm * att), jnp.asarray(weights)
+  """(ids, attention, loss mask, per-token weights) of `scoring_rows`, row 0 padded from position 8."""
+  return scoring_rows(seed, b, t, pad_from=8, with_weights=True)
 
 
 def _values_and_param_grads(model, fn):
@@ -169,18 +159,12 @@ def test_fused_response_logps_equal_the_full_logits_path(config, with_hidden):
 
 
 def _vocab_arrays(jaxpr, v):
-  """(size, is a dot_general) of every output in a jaxpr (and its scan / custom_vjp / pjit bodies) with a vocabulary
-  axis."""
-  for eqn in jaxpr.eqns:
+  """(size, is a dot_general) of every output in a jaxpr (nested bodies included) with a vocabulary axis."""
+  for eqn in all_eqns(jaxpr):
     for var in eqn.outvars:
       shape = getattr(var.aval, "shape", ())
       if v in shape:
         yield int(np.prod(shape)), eqn.primitive.name == "dot_general"
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          yield from _vocab_arrays(inner, v)
 
 
 def test_a_chunk_size_keeps_the_fused_path_memory_bounded():

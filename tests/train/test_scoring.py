@@ -7,24 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxrlhf.models import CausalLM, ModelConfig
+from jaxrlhf.models import CausalLM
 from jaxrlhf.train import scoring
-
-GEMMA2 = ModelConfig.from_hf({"model_type": "gemma2", "vocab_size": 37, "hidden_size": 16, "intermediate_size": 32,
-                              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-                              "head_dim": 8, "sliding_window": 4, "final_logit_softcapping": 0.3,
-                              "attn_logit_softcapping": 5.0, "query_pre_attn_scalar": 8})
-LLAMA = ModelConfig(vocab_size=37, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
-
-
-def _rows(seed=0, b=3, t=9):
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(0, 37, size=(b, t)).astype(np.int32)
-  att = np.ones((b, t), np.int32)
-  att[0, 7:] = 0
-  lm = np.zeros((b, t), np.int32)
-  lm[:, 4:] = 1
-  return jnp.asarray(ids), jnp.asarray(att), jnp.asarray(lm * att)
+from tiny_causal_lms import GEMMA2, LLAMA, scoring_rows as _rows
 
 
 def _reference(model, ids, att, lm):
