@@ -20,14 +20,16 @@ image lacks; as a script (and in its child processes) only jaxrlhf.models / loss
                       fused, and the LM-head forward + backward time of each.
   gen                 `sampling.generate`, 1.24B with bf16 weights, prompt 512 + 512 new tokens, greedy, no early
                       stop: prefill and decode apart, tokens/s, HBM bandwidth. Levers: b=, prompt=, new=,
-                      pdtype=, unroll, scan, sample.
+                      pdtype=, unroll, scan, sample, bucket= (`generate(cache_bucket=)`: each decode phase
+                      reads that many more cache slots; the default is the library's GPU rule, 0: every step
+                      reads the whole cache).
   ens                 K = 5 reward models (285M each) as one stacked step vs one member's step, for both member
                       loops (vmap: one batched program; scan: the members in turn). Levers: k=, b=, seq=,
                       loop=both|vmap|scan.
   grpo                64 prompts x 8 samples x (256 + 512) on 1.24B: rollout / old + reference log-probs /
                       reward model / update, each timed. Levers: prompts=, gens=, prompt=, new=, micro=,
                       logps= (the update's gather; fused, the rl stage's GPU default), rollout=fp32|bf16
-                      (weights used for sampling), old=detached|rollout, steps=.
+                      (weights used for sampling), old=detached|rollout, steps=, bucket= (as gen).
   rm8b, dpo8b         Llama-3.1-8B shape (8.03B), full finetuning: bf16 parameters, AdamW moments in bf16
                       (mu=fp32 for an fp32 first moment), full remat, 4 pairs x 2 x 2048; each in its own process.
   rm_shared, dpo_shared   shared-prompt scoring ([prompt | chosen | rejected] rows), as in docs/performance.md.
@@ -62,10 +64,11 @@ import time
 # The parent never starts a jax backend: a GPU client in the parent would hold the memory the cases need.
 # Issue 19's numbers in its priority order (1: train MFU, 3: rollouts, 5: ensemble, 4: GRPO, 2: 8B). Estimated H200
 # wall seconds, compile included (gpu_bench_cases.estimate_s; guesses until a first run records compile_s):
-#   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=chunked 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43
-#   | ens 90 (both member loops) | grpo 150 | dpo8b 90, rm8b 80  -> about 730 s in all; with --budget_s 440 expect
-#   1, 3, 5 and whatever of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
-DEFAULT_ONLY = "rm,dpo,dpo:logps=chunked,dpo_check,gen:b=1,gen:b=64,gen:b=256,ens,grpo,dpo8b,rm8b"
+#   child processes 3 x 10 | rm 45, dpo 50, dpo:logps=chunked 50, dpo_check 35 | gen:b=1 30, gen:b=64 33, gen:b=256 43,
+#   gen:b=256:bucket=128 45 (decode phases reading 128 more cache slots each, the CPU default) | ens 90 (both
+#   member loops) | grpo 150 | dpo8b 90, rm8b 80  -> about 775 s in all; with --budget_s 440 expect 1, 3, 5 and
+#   whatever of 4 and 2 fits (the guard skips a case when less than 0.6 x its estimate is left).
+DEFAULT_ONLY = "rm,dpo,dpo:logps=chunked,dpo_check,gen:b=1,gen:b=64,gen:b=256,gen:b=256:bucket=128,ens,grpo,dpo8b,rm8b"
 # Further levers, in the order worth trying: decode with CUDA graphs over the while loops and with scanned layers
 # (the pre-default layout), scanned layers and bf16 parameters for the train steps, the fused gather without the
 # saved softmax gradient, batch 16 with saved matmuls, a bf16 copy of the weights for GRPO rollouts, the GRPO update
@@ -348,10 +351,12 @@ def tables(header: dict, device: dict, rows: list[dict]) -> str:
         out.append(f"  {k}: {v}")
   gen = [r for r in ok if r.get("case") == "gen"]
   if gen:
-    out += ["", "| generate | batch | prompt + new | prefill s | prefill tok/s | prefill MFU | decode ms/step | "
-            "decode tok/s | total tok/s | GB/s (static cache) | HBM util | HBM util (filled) |", "|" + "---|" * 12]
+    out += ["", "| generate | batch | prompt + new | cache bucket | prefill s | prefill tok/s | prefill MFU | "
+            "decode ms/step | decode tok/s | total tok/s | GB/s (cache read) | HBM util | HBM util (filled) |",
+            "|" + "---|" * 13]
     for r in gen:
-      out.append(f"| {r['entry']} | {r['batch']} | {r['prompt']} + {r['new']} | {r['prefill_s']} | "
+      out.append(f"| {r['entry']} | {r['batch']} | {r['prompt']} + {r['new']} | {r.get('cache_bucket', 0)} | "
+                 f"{r['prefill_s']} | "
                  f"{r['prefill_tokens_per_s']:,} | {_pct(r['prefill_mfu'])} | {r['decode_step_ms']} | "
                  f"{r['decode_tokens_per_s']:,} | {r['total_tokens_per_s']:,} | {r['hbm_gb_per_s']} | "
                  f"**{_pct(r['hbm_util'])}** | {_pct(r['hbm_util_filled'])} |")
@@ -366,7 +371,8 @@ def tables(header: dict, device: dict, rows: list[dict]) -> str:
   for r in (r for r in ok if r.get("case") == "grpo"):
     sec, share, mfu = r["seconds"], r["share"], r["mfu"]
     out += ["", f"GRPO ({r['entry']}): {r['prompts']} prompts x {r['generations']} = {r['rows']} rows x "
-            f"({r['prompt']} + {r['new']}), micro {r['micro']}, update logps {r['logps']}, rollout weights "
+            f"({r['prompt']} + {r['new']}), micro {r['micro']}, update logps {r['logps']}, cache bucket "
+            f"{r.get('cache_bucket', 0)}, rollout weights "
             f"{r['rollout_param_dtype']}: step {r['step_s']} s (first iteration incl. compile "
             f"{r['first_iteration_s']})",
             "| part | s | share | MFU |", "|---|---|---|---|"]

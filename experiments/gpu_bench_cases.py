@@ -35,7 +35,7 @@ from jaxrlhf.models.decoder import CausalLM
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
-from jaxrlhf.sampling.generate import generate
+from jaxrlhf.sampling.generate import cache_windows, default_cache_bucket, generate
 
 # Llama-3.2-1B's shape (about 1.24B parameters with its tied 128k embedding).
 LLAMA_1B = dict(family="llama", vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
@@ -66,10 +66,10 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "rm_shared": _TRAIN,
     "dpo_shared": _TRAIN + ("logps", "chunk"),  # logps: fused or chunked
     "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
-    "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers"),
+    "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers", "bucket"),
     "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan", "loop"),
     "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "old", "attn", "remat",
-             "steps"),
+             "steps", "bucket"),
     "rm8b": _TRAIN,
     "dpo8b": _TRAIN + ("logps", "chunk"),
 }
@@ -86,6 +86,7 @@ _CHOICES = {"remat": REMAT_POLICIES, "attn": ATTENTION_IMPLS, "pdtype": tuple(DT
             "rollout": tuple(DTYPES), "old": ("detached", "rollout"), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS),
             "loop": ENSEMBLE_LOOPS}
 _FLAGS = ("unroll", "scan", "sample")  # unroll / scan force ModelConfig.scan_layers; neither: the library default
+_ZERO_OK = ("bucket",)  # integer levers where 0 means "off" (bucket=0: every decode step reads the whole cache)
 ISOLATED_KINDS = ("rm8b", "dpo8b")  # each in a fresh process: its peak memory is its own
 
 # Estimated H200 wall seconds per case (compile + init + warm-up + timed steps), from the first sessions' step
@@ -125,8 +126,10 @@ def parse_entry(text: str) -> Entry:
         raise ValueError(f"--only {text!r}: {key}={value!r}; expected one of {list(_CHOICES[key])}")
       levers[key] = value
     else:
-      if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"--only {text!r}: {key}={value!r}; expected a positive integer")
+      lowest = 0 if key in _ZERO_OK else 1
+      if not value.isdigit() or int(value) < lowest:
+        raise ValueError(f"--only {text!r}: {key}={value!r}; expected "
+                         f"{'an integer >= 0' if lowest == 0 else 'a positive integer'}")
       levers[key] = int(value)
   if levers.get("unroll") and levers.get("scan"):
     raise ValueError(f"--only {text!r}: levers 'unroll' and 'scan' contradict each other; give one (or neither, "
@@ -156,13 +159,17 @@ def estimate_s(entry: Entry, s: Settings) -> float:
   est = float(_ESTIMATE_S[entry.kind])
   if not lv.get("scan"):
     est *= 1.8
+  if entry.kind in ("gen", "grpo"):  # every decode phase past the first compiles one more decode step
+    prompt = lv.get("prompt", 512 if entry.kind == "gen" else 256)
+    extra_phases = len(cache_windows(prompt, lv.get("new", 512), lv.get("bucket", 0))) - 1  # GPU default: 0
   if entry.kind == "gen":
-    est += 0.05 * lv.get("b", 1)
+    est += 0.05 * lv.get("b", 1) + 8 * extra_phases
   if entry.kind == "ens" and lv.get("loop", "both") == "both":  # the single step + two ensemble programs
     est *= 1.5
   if entry.kind == "grpo":  # ~90 s of compilation, the rest scales with rows x tokens
     rows = lv.get("prompts", 64) * lv.get("gens", 8)
-    est = 90 + 60 * rows * (lv.get("prompt", 256) + lv.get("new", 512)) / (512 * 768) * lv.get("steps", 1)
+    est = (90 + 60 * rows * (lv.get("prompt", 256) + lv.get("new", 512)) / (512 * 768) * lv.get("steps", 1)
+           + 8 * extra_phases)
   if entry.kind in ("rm", "dpo") and lv.get("b", s.batch) > s.batch:
     est *= 1.0 + 0.1 * lv["b"] / s.batch
   return est
@@ -512,15 +519,24 @@ def run_dpo_check(entry: Entry, s: Settings) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ 3: rollouts
-def decode_bytes(c: ModelConfig, params: Any, batch: int, prompt: int, new: int) -> dict:
+def mean_cache_slots(prompt: int, new: int, bucket: int) -> float:
+  """Slots of the KV cache one decode step attends over, averaged over the N - 1 fed-back steps: step t (1-based)
+  reads the whole cache of its phase, the first of `generate`'s `cache_windows` with P + t <= window."""
+  windows = cache_windows(prompt, new, bucket)
+  if new <= 1:
+    return float(windows[-1])
+  return float(np.mean([next(w for w in windows if prompt + t <= w) for t in range(1, new)]))
+
+
+def decode_bytes(c: ModelConfig, params: Any, batch: int, prompt: int, new: int, bucket: int) -> dict:
   """Bytes one decode step must read: every weight once (the tied embedding is the LM head; an untied one is only
-  looked up, B rows) and the KV cache: all P + N - 1 slots of the static cache (what the attention reads), and the
-  filled slots on average over the decode (P + N / 2)."""
+  looked up, B rows) and the KV cache: the slots the attention reads in each decode phase (with bucket 0 all
+  P + N - 1 of the static cache), averaged over the decode, and the filled slots on average (P + N / 2)."""
   weights = tree_bytes(params)
   if not c.tie_word_embeddings:
     weights -= tree_bytes(params["embed"])
   kv_per_slot = 2 * c.num_layers * batch * c.num_kv_heads * c.head_dim * jnp.dtype(c.dtype).itemsize
-  return dict(weight_bytes=int(weights), kv_bytes_static=int(kv_per_slot * (prompt + new - 1)),
+  return dict(weight_bytes=int(weights), kv_bytes_static=int(kv_per_slot * mean_cache_slots(prompt, new, bucket)),
               kv_bytes_filled=int(kv_per_slot * (prompt + new / 2)))
 
 
@@ -536,10 +552,11 @@ def run_gen(entry: Entry, s: Settings) -> dict:
   ids = np.random.default_rng(1).integers(2, c.vocab_size, (b, prompt)).astype(np.int32)
   mask = np.ones_like(ids)
   sample = bool(lv.get("sample"))
+  bucket = lv.get("bucket", default_cache_bucket())  # `generate`'s backend rule unless the lever sets it
 
   def run(n):
     return jax.block_until_ready(generate(model, ids, mask, max_new_tokens=n, rng=jax.random.key(0), greedy=not sample,
-                                          temperature=1.0, eos_ids=(), pad_id=0))
+                                          temperature=1.0, eos_ids=(), pad_id=0, cache_bucket=bucket))
 
   t0 = time.perf_counter()
   run(1)
@@ -552,11 +569,12 @@ def run_gen(entry: Entry, s: Settings) -> dict:
   del first
   total_s = float(np.median(timed(lambda: run(new), 2, 0, s.deadline)))
   step_s = (total_s - prefill_s) / max(new - 1, 1)
-  nbytes = decode_bytes(c, nnx.to_pure_dict(params), b, prompt, new)
+  nbytes = decode_bytes(c, nnx.to_pure_dict(params), b, prompt, new, bucket)
   static_bps = (nbytes["weight_bytes"] + nbytes["kv_bytes_static"]) / step_s
   filled_bps = (nbytes["weight_bytes"] + nbytes["kv_bytes_filled"]) / step_s
   prefill_flops = b * prompt * forward_flops_per_token(c, prompt, False) + 2 * b * c.embed_dim * c.vocab_size
   return dict(case="gen", kind="gen", batch=b, prompt=prompt, new=new, sampling="temperature 1" if sample else "greedy",
+              cache_bucket=bucket, cache_windows=list(cache_windows(prompt, new, bucket)),
               config=config_summary(c), params=int(tree_size(params)), all_rows_full_length=full_length,
               compile_prefill_s=_r(prefill_first_s - prefill_s, 1), compile_total_s=_r(total_first_s - total_s, 1),
               prefill_s=_r(prefill_s, 5), total_s=_r(total_s, 4), decode_step_ms=_r(1e3 * step_s, 4),
@@ -680,6 +698,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   mode = lv.get("logps", "fused")
   chunk = lv.get("chunk", default_chunk(mode))
   old_from_rollout = lv.get("old", "detached") == "rollout"
+  bucket = lv.get("bucket", default_cache_bucket())  # the rl stage's `sampling.cache_bucket` (backend rule)
   rows, t_len = n_prompts * g, p_len + n_new
   if rows % micro or rows % (2 * micro):
     raise ValueError(f"grpo: prompts x gens = {rows} rows must divide by 2 x micro = {2 * micro}")
@@ -699,7 +718,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
     if rollout_c is not c:  # a cast copy of the weights for sampling (the cast is timed with the rollout)
       params = to_rollout(params)
     gen = generate(nnx.merge(rollout_graphdef, params, rest), prompt_ids, prompt_mask, max_new_tokens=n_new, rng=key,
-                   temperature=temperature, eos_ids=(), num_samples=g)
+                   temperature=temperature, eos_ids=(), num_samples=g, cache_bucket=bucket)
     return jax.block_until_ready(gen)
 
   prompts_r = jnp.asarray(np.repeat(prompt_ids, g, axis=0))
@@ -794,6 +813,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
                reward=forward_flops_per_token(c, t_len, False) * tokens,
                update=train_flops_per_token(c, t_len, True) * tokens)
   return dict(case="grpo", kind="grpo", prompts=n_prompts, generations=g, rows=rows, prompt=p_len, new=n_new,
+              cache_bucket=bucket,
               micro=micro, logps=mode, old_logps="rollout" if old_from_rollout else "detached",
               rollout_param_dtype=rollout_c.param_dtype, config=config_summary(c),
               timed_iterations=len(timings["update"]) - 1, first_iteration_s={p: _r(timings[p][0], 2) for p in parts},

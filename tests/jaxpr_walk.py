@@ -16,3 +16,10 @@ def all_eqns(jaxpr: Any) -> Iterator[Any]:
         inner = getattr(sub, "jaxpr", sub)
         if hasattr(inner, "eqns"):
           yield from all_eqns(inner)
+
+
+def while_carried_shapes(jaxpr: Any, ndim: int) -> list[list[tuple[int, ...]]]:
+  """For each while loop of `jaxpr` (nested ones included, outer first), the shapes of its `ndim`-dimensional
+  operands: e.g. ndim 5 gives the (L, B, K, S, H) KV caches that a decode loop carries."""
+  return [[v.aval.shape for v in eqn.invars if getattr(v.aval, "ndim", 0) == ndim]
+          for eqn in all_eqns(jaxpr) if eqn.primitive.name == "while"]

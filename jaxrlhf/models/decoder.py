@@ -12,7 +12,8 @@ N query heads, K kv heads, G = N / K, H head dim, F mlp width, V vocab, L layers
 
 With a KV cache the layers only READ the cache: each layer attends over its cached slots and over the T new
 tokens as two blocks of one softmax, and returns the new tokens' keys and values; one `dynamic_update_slice` after
-the last layer writes all L layers' new entries into the cache. Writing inside the layer loop (into a slots-before-
+the last layer writes all L layers' new entries into the cache; `KVCache.read_len` limits the slots read to the
+filled ones. Writing inside the layer loop (into a slots-before-
 heads cache) made XLA:CPU transpose, slice and write back each layer's whole cache every step: a 4-layer decode
 step at 64 rows x 519 slots took 48.8 ms, 14.5 ms now (docs/performance.md, "Decode with a long cache").
 """
@@ -129,15 +130,25 @@ class KVCache:
     mask: (B, S) bool, True on slots that hold a real (non-pad) token.
     index: () int32, the next slot to write. Callers keep index + T <= S (under jit the write position is
       clamped, not checked); generation left-pads prompts so every row shares one index.
+    read_len: static; the attention reads only slots [0, read_len) (None: all S). A caller that knows the cache is
+      filled only up to some slot sets it (`replace(read_len=...)`, index <= read_len; not checked under jit) so
+      that a step does not attend over empty slots; one compiled program per value. `sampling.generate` decodes in
+      phases of growing read_len (`cache_bucket`): the cache is allocated once, never copied or grown.
   """
   keys: Array
   values: Array
   mask: Array
   index: Array
+  read_len: int | None = flax.struct.field(pytree_node=False, default=None)
 
   @property
   def max_len(self) -> int:
     return self.keys.shape[3]
+
+  @property
+  def readable(self) -> int:
+    """The slots the attention reads: read_len, or all of them."""
+    return self.max_len if self.read_len is None else min(self.read_len, self.max_len)
 
 
 class LayerStack(nnx.Module):
@@ -541,8 +552,8 @@ class CausalLM(nnx.Module):
       # One in-place write of every layer's new (L, B, K, T, H) entries at slot `index`.
       keys, values = (jax.lax.dynamic_update_slice(old, new, (0, 0, 0, cache.index, 0))
                       for old, new in zip((cache.keys, cache.values), new_kv))
-      new_cache = KVCache(keys=keys, values=values, index=cache.index + input_ids_BxT.shape[1],
-                          mask=jax.lax.dynamic_update_slice(cache.mask, mask_BxT, (0, cache.index)))
+      new_cache = cache.replace(keys=keys, values=values, index=cache.index + input_ids_BxT.shape[1],
+                                mask=jax.lax.dynamic_update_slice(cache.mask, mask_BxT, (0, cache.index)))
     return hidden_BxTxD, new_cache
 
   # ---- internals
@@ -568,8 +579,9 @@ class CausalLM(nnx.Module):
             f"cache holds batch {cache.keys.shape[1]} x max_len {cache.max_len}; got input_ids {(B, T)}")
       index = cache.index
       offset_B = jnp.sum(cache.mask, axis=-1, dtype=jnp.int32)
-      # The cached block: slots filled by earlier calls (cache.mask is False on every slot >= index).
-      kv_valid_BxS, kv_slots_S = cache.mask, jnp.arange(cache.max_len)
+      # The cached block: slots filled by earlier calls (cache.mask is False on every slot >= index), the first
+      # `readable` of them.
+      kv_valid_BxS, kv_slots_S = cache.mask[:, :cache.readable], jnp.arange(cache.readable)
       q_slots_T = index + jnp.arange(T)
     if positions is None:
       positions = default_positions(mask_BxT, offset_B)
@@ -615,19 +627,19 @@ class CausalLM(nnx.Module):
 
     kv = None if cache is None else (cache.keys, cache.values)
     x_BxTxD, new_kv = self._run_layers(x_BxTxD, rope, allowed_BxTxS, kv, local_rope, full_allowed_BxTxS,
-                                       prefill_dtype)
+                                       prefill_dtype, None if cache is None else cache.readable)
     hidden_BxTxD = _norm(c, x_BxTxD, self.final_norm_scale[...].astype(c.compute_dtype),
                          None if c.norm == "rmsnorm" else self.final_norm_bias[...].astype(c.compute_dtype))
     return hidden_BxTxD, new_kv, mask_BxT
 
   def _run_layers(self, x_BxTxD: Array, rope, allowed, kv_LxBxKxSxH: tuple[Array, Array] | None,
-                  local_rope=None, full_allowed=None, prefill_dtype: Any = None
+                  local_rope=None, full_allowed=None, prefill_dtype: Any = None, read_len: int | None = None
                   ) -> tuple[Array, tuple[Array, Array] | None]:
     """Applies the L layers: a scan over the stacked params (or an unrolled loop).
 
-    With a cache (`kv_LxBxKxSxH`, read only) each layer's slice is scanned with its parameters and the layers'
-    new (B, K, T, H) keys and values come back stacked, (L, B, K, T, H), for one write by the caller; with
-    `prefill_dtype` (no cache) too, in that dtype.
+    With a cache (`kv_LxBxKxSxH`, read only; each layer reads its first `read_len` slots) each layer's slice is
+    scanned with its parameters and the layers' new (B, K, T, H) keys and values come back stacked,
+    (L, B, K, T, H), for one write by the caller; with `prefill_dtype` (no cache) too, in that dtype.
     With `config.layer_types`, each layer's "sliding" flag is scanned with its parameters and selects its mask
     (`allowed` windowed, `full_allowed` not; pairs of masks with a cache) and RoPE tables (`local_rope` when set,
     else `rope`).
@@ -642,6 +654,10 @@ class CausalLM(nnx.Module):
 
     def body(x, xs):
       p, kv_layer, sliding = xs
+      if kv_layer is not None and read_len is not None and read_len < kv_layer[0].shape[2]:
+        # Sliced per layer, where the layer's (B, K, S, H) cache is taken from the stack: XLA:CPU copies only
+        # these slots out of it (one slice of the whole stack would copy all L layers' slots every step).
+        kv_layer = tuple(a[:, :, :read_len] for a in kv_layer)
       # Cast one layer at a time: mixed precision never holds a second full copy of the weights.
       p = {name: value.astype(c.compute_dtype) for name, value in p.items()}
       layer_rope, layer_allowed = rope, allowed

@@ -2,7 +2,9 @@
 
 One compiled program per (model graph, batch, prompt width, max_new_tokens, sampling switches): the prompt is
 prefilled in one call, then a `jax.lax.while_loop` feeds one token at a time into a static-shape KV cache, so the
-decode loop never recompiles and stops early once every row has emitted an end token.
+decode loop never recompiles and stops early once every row has emitted an end token. A long generation decodes in
+phases (one while_loop each) that read `cache_bucket` more of the cache's slots each, so that a step does not
+attend over hundreds of still-empty slots.
 
 Conventions:
   * Prompts are LEFT-padded (B, P) with a mask (1 = real token); `jaxrlhf.data.padding.pad_prompts` builds such
@@ -33,6 +35,9 @@ from jaxrlhf.parallel.sharding import auto_axes, batch_axes, batch_shards
 Array = jax.Array
 
 _NUCLEUS_HEAD = 256  # top-p sorts this many largest logits first (see _truncate)
+# Each decode phase reads this many more cache slots (`cache_windows`): a step reads at most 127 empty slots, and a
+# generation of up to 129 tokens keeps one phase (one compiled decode step).
+DEFAULT_CACHE_BUCKET = 128
 
 
 @flax.struct.dataclass
@@ -158,6 +163,34 @@ def _row_keys(rng: Array, num_rows: int) -> Array:
   return rng
 
 
+# ----------------------------------------------------------------------------------------- the KV cache
+def default_cache_bucket(backend: str | None = None) -> int:
+  """`generate`'s cache_bucket when none is given: DEFAULT_CACHE_BUCKET (128) on the CPU, 0 (every step reads the
+  whole cache) on other backends until measured there.
+
+  On the CPU, reading only the filled slots decodes 64 rows x (64 + 448) or (256 + 512) tokens of a 4-layer model
+  1.2-1.6x faster (docs/performance.md, "Decode in phases"). On a GPU the phase's slice of each layer's cache may cost a copy
+  before the attention's matmuls; `experiments/bench_gpu.py --only gen:b=256,gen:b=256:bucket=128` decides.
+  """
+  backend = backend or jax.default_backend()
+  return DEFAULT_CACHE_BUCKET if backend == "cpu" else 0
+
+
+def cache_windows(prompt_width: int, max_new_tokens: int, cache_bucket: int) -> tuple[int, ...]:
+  """The KV cache slots each decode phase reads: prompt_width + k * cache_bucket, then all of them.
+
+  Decoding needs prompt_width + max_new_tokens - 1 slots by its last step (the last token is never fed back), and
+  the cache has that many from the start. With `cache_bucket` 0 every step reads every slot, filled or not.
+  With a bucket b the loop runs in phases: phase k's steps attend over the first P + k * b slots (the last phase
+  over all), so a step reads at most b - 1 empty slots, at the cost of one compiled decode step per phase. The
+  cache is allocated once at its full length (`KVCache.read_len` marks the slots read): no copy, no extra memory.
+  """
+  total = prompt_width + max(max_new_tokens - 1, 0)
+  if not cache_bucket:
+    return (total,)
+  return (*range(prompt_width + cache_bucket, total, cache_bucket), total)
+
+
 # -------------------------------------------------------------------------------------------- the program
 def _constrain_batch(x: Array, mesh: Mesh | None, axis: int = 0) -> Array:
   if mesh is None:
@@ -169,10 +202,10 @@ def _constrain_batch(x: Array, mesh: Mesh | None, axis: int = 0) -> Array:
 
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "max_new_tokens", "num_samples", "temperature", "top_k", "top_p", "greedy", "eos_ids", "pad_id",
-    "mesh"))
+    "mesh", "windows"))
 def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, *, max_new_tokens: int,
                   num_samples: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool,
-                  eos_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None) -> Generation:
+                  eos_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None, windows: tuple[int, ...]) -> Generation:
   model = nnx.merge(graphdef, state)
   B, P = prompt_ids_BxP.shape
   S, N = num_samples, max_new_tokens
@@ -186,7 +219,7 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
   # Pad slots get id 0: an out-of-range pad id (e.g. -1) would embed as NaN, and masked NaN values still
   # poison attention (0 * NaN).
   prompt_ids_BxP = jnp.where(prompt_mask_BxP > 0, prompt_ids_BxP, 0).astype(jnp.int32)
-  hidden_BxPxD, cache = model.prefill(prompt_ids_BxP, prompt_mask_BxP.astype(bool), P + max(N - 1, 0))
+  hidden_BxPxD, cache = model.prefill(prompt_ids_BxP, prompt_mask_BxP.astype(bool), windows[-1])
   first_logits_RxV = jnp.repeat(model.unembed(hidden_BxPxD[:, -1:])[:, 0], S, axis=0)
   cache = cache.replace(keys=_constrain_batch(jnp.repeat(cache.keys, S, axis=1), mesh, 1),
                         values=_constrain_batch(jnp.repeat(cache.values, S, axis=1), mesh, 1),
@@ -212,9 +245,11 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
   out = {k: _constrain_batch(v, mesh) for k, v in out.items()}
   tok_R, live_R, done_R, out = emit(0, _constrain_batch(first_logits_RxV, mesh), jnp.zeros((R,), bool), out)
 
-  def cond(carry):
+  def cond(carry, window):
     t, _, _, done_R, _, _ = carry
-    return (t < N) & ~jnp.all(done_R)
+    # Step t writes slot P + t - 1 and reads the slots before it: within the phase's first `window` slots while
+    # P + t <= window.
+    return (t < N) & (P + t <= window) & ~jnp.all(done_R)
 
   def body(carry):
     t, tok_R, live_R, done_R, cache, out = carry
@@ -225,7 +260,13 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
     return t + 1, tok_R, live_R, done_R, cache, out
 
   carry = (jnp.asarray(1, jnp.int32), tok_R, live_R, done_R, cache, out)
-  *_, out = jax.lax.while_loop(cond, body, carry)
+  for window in windows:
+    t, tok_R, live_R, done_R, cache, out = carry
+    # Phase `window`: slots >= window are still empty, so the steps read only the first `window`.
+    read_len = None if window == cache.max_len else window
+    carry = (t, tok_R, live_R, done_R, cache.replace(read_len=read_len), out)
+    carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
+  out = carry[-1]
   return Generation(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], mask=out["mask"],
                     lengths=jnp.sum(out["mask"], axis=-1, dtype=jnp.int32))
 
@@ -249,7 +290,7 @@ def _check_prompts(prompt_ids_BxP, prompt_mask_BxP) -> None:
 def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng: Any = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              eos_ids: Sequence[int] | int | None = (), pad_id: int = 0, num_samples: int = 1,
-             mesh: Mesh | None = None) -> Generation:
+             mesh: Mesh | None = None, cache_bucket: int | None = None) -> Generation:
   """Samples `max_new_tokens` continuations of left-padded prompts with a KV cache (one jitted program).
 
   Args:
@@ -266,6 +307,12 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
     num_samples: S completions per prompt (the prompt is repeated; sample s uses fold_in(row_key, s)).
     mesh: optional mesh; the rows (and the KV cache) are then sharded over its ("data", "fsdp") axes, and
       R = B * S must divide by their size. Inputs already sharded this way propagate without it.
+    cache_bucket: each decode phase reads this many more slots of the KV cache (`cache_windows`), so a step
+      attends over at most cache_bucket - 1 empty slots; 0: every step reads all P + N - 1 slots (one phase).
+      Each phase compiles its own decode step. The memory does not depend on it (one cache of P + N - 1 slots),
+      and the log-probs only by float rounding (~1e-6: the masked slots add exact zeros, but reductions of other
+      lengths round differently), so a greedy near-tie may break the other way. None: `default_cache_bucket()`,
+      the backend's rule.
 
   Returns:
     Generation with (R, N) tokens / logps / model_logps / mask and (R,) lengths, R = B * num_samples,
@@ -277,6 +324,11 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
     raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+  if cache_bucket is None:
+    cache_bucket = default_cache_bucket()
+  if not isinstance(cache_bucket, (int, np.integer)) or isinstance(cache_bucket, bool) or cache_bucket < 0:
+    raise ValueError(f"cache_bucket must be an int >= 0 (0: every step reads the whole cache), got "
+                     f"{cache_bucket!r}")
   if not greedy:
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
@@ -300,4 +352,5 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
       graphdef, state, prompt_ids_BxP, prompt_mask_BxP, _row_keys(rng, B), max_new_tokens=int(max_new_tokens),
       num_samples=int(num_samples), temperature=1.0 if greedy else float(temperature),
       top_k=None if greedy or top_k is None else int(top_k), top_p=None if greedy or top_p is None else float(top_p),
-      greedy=bool(greedy), eos_ids=eos_ids, pad_id=int(pad_id), mesh=mesh)
+      greedy=bool(greedy), eos_ids=eos_ids, pad_id=int(pad_id), mesh=mesh,
+      windows=cache_windows(prompt_ids_BxP.shape[1], int(max_new_tokens), int(cache_bucket)))

@@ -68,6 +68,8 @@ def test_smoke_runs_every_case_as_a_script_without_the_train_package(tmp_path):
   for entry, batch in (("gen:b=1", 1), ("gen:b=64", 64), ("gen:b=256", 256)):
     assert rows[entry]["batch"] == batch and rows[entry]["all_rows_full_length"]
     assert rows[entry]["weight_bytes"] > 0 and rows[entry]["kv_bytes_static"] > rows[entry]["kv_bytes_filled"]
+    assert rows[entry]["cache_bucket"] == 128  # the library's CPU rule (the script runs on a CPU here)
+  assert rows["gen:b=256:bucket=128"]["cache_bucket"] == 128 and rows["grpo"]["cache_bucket"] == 128
   ens = rows["ens"]
   assert ens["members"] == 5 and set(ens["loops"]) == {"vmap", "scan"}
   assert ens["ratio"] == ens["loops"][ens["fastest_loop"]]["ratio"] > 0
@@ -114,6 +116,7 @@ def test_budget_guard_skips_before_building_anything(capsys):
 
 
 def test_entries_and_groups():
+  assert cases.parse_entry("gen:b=256:bucket=0").levers == {"b": 256, "bucket": 0}  # 0: read the whole cache
   entry = cases.parse_entry("dpo:logps=fused:b=16:unroll")
   assert (entry.kind, entry.levers) == ("dpo", {"logps": "fused", "b": 16, "unroll": True})
   # The layer loop: unroll / scan force ModelConfig.scan_layers, neither leaves the library's backend rule (None).
@@ -122,6 +125,7 @@ def test_entries_and_groups():
       None, False, True]
   for bad, match in (("ppo", "unknown case"), ("rm:logps=fused", "unknown lever 'logps'"),
                      ("dpo:logps=fast", "expected one of"), ("gen:b=0", "positive integer"),
+                     ("gen:bucket=-1", "integer >= 0"),
                      ("gen:unroll=1", "is a flag"), ("rm:remat", "needs a value"),
                      ("rm:unroll:scan", "contradict")):
     with pytest.raises(ValueError, match="--only") as info:
@@ -151,13 +155,17 @@ def test_flops_and_bytes_hand_counts():
   params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CausalLM(c, rngs=nnx.Rngs(0))), nnx.Param))
   total = 128256 * 2048 + 16 * (layer + 2 * 2048) + 2048  # tied embedding, 2 norms per layer, final norm
   assert cases.tree_size(params) == total == 1_235_814_400
-  got = cases.decode_bytes(c, params, batch=4, prompt=512, new=512)
+  got = cases.decode_bytes(c, params, batch=4, prompt=512, new=512, bucket=0)
   kv_slot = 2 * 16 * 4 * 8 * 64 * 2  # keys and values, 16 layers, 4 rows, 8 KV heads of 64, bf16
   assert got == dict(weight_bytes=2 * total, kv_bytes_static=kv_slot * 1023, kv_bytes_filled=kv_slot * 768)
+  # Phases of 128 slots: steps 1-128 read a cache of 640 slots, 129-256 768, 257-384 896, 385-511 all 1023.
+  slots = (128 * (640 + 768 + 896) + 127 * 1023) / 511
+  assert cases.mean_cache_slots(512, 512, 128) == pytest.approx(slots) and round(slots, 2) == 831.38
+  assert cases.decode_bytes(c, params, 4, 512, 512, bucket=128)["kv_bytes_static"] == int(kv_slot * slots)
   untied = ModelConfig(**dict(cases.SMOKE_UNTIED, dtype="bfloat16", param_dtype="float32"))
   params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: CausalLM(untied, rngs=nnx.Rngs(0))), nnx.Param))
   # An untied embedding is only looked up (B rows), so its bytes are not read per step; the LM head is.
-  assert cases.decode_bytes(untied, params, 1, 8, 8)["weight_bytes"] == 4 * (cases.tree_size(params) - 512 * 64)
+  assert cases.decode_bytes(untied, params, 1, 8, 8, 0)["weight_bytes"] == 4 * (cases.tree_size(params) - 512 * 64)
 
 
 def test_comparisons_against_the_base_row_and_the_unfused_check():

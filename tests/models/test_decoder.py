@@ -84,6 +84,33 @@ def test_prefill_then_decode_matches_full_forward(model, layout):
   assert not np.asarray(cache.keys)[:, :, :, 9:].any()
 
 
+@pytest.mark.parametrize("layout", ["scanned", "unrolled"])
+def test_reading_only_the_filled_slots_matches_full_forward(model, layout):
+  """The same tokens as above into a cache of 12 slots, each call reading only the slots filled before it
+  (`KVCache.read_len` = index: 5, 7, 8; mistral_window's window of 3 included): the full forward's logits, and the
+  writes land at the same slots as when every call reads all 12."""
+  model = random_model(model.config.replace(scan_layers=layout == "scanned"), seed=1)
+  ids = np.stack([_tokens(s) for s in range(3)]).astype(np.int32)
+  mask = np.ones((3, 9), np.int32)
+  mask[1, :3] = 0
+  mask[2, :1] = 0
+  ids[mask == 0] = 0
+  full = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+
+  _, cache = nnx.jit(lambda m, i, k: m.prefill(i, k, 12))(model, jnp.asarray(ids[:, :5]), jnp.asarray(mask[:, :5]))
+  _, whole = nnx.jit(lambda m, i, k: m.prefill(i, k, 12))(model, jnp.asarray(ids[:, :5]), jnp.asarray(mask[:, :5]))
+  for start, stop in ((5, 7), (7, 8), (8, 9)):
+    cache = cache.replace(read_len=start)
+    assert cache.readable == start
+    chunk, ones = jnp.asarray(ids[:, start:stop]), jnp.ones((3, stop - start), jnp.int32)
+    logits, cache = _step(model, chunk, ones, cache)
+    np.testing.assert_allclose(np.asarray(logits), full[:, start:stop], atol=1e-5, err_msg=f"tokens {start}:{stop}")
+    _, whole = _step(model, chunk, ones, whole)
+  assert int(cache.index) == 9 and cache.read_len == 8
+  for name in ("keys", "values", "mask"):
+    np.testing.assert_allclose(np.asarray(getattr(cache, name)), np.asarray(getattr(whole, name)), atol=1e-6)
+
+
 def test_prefill_equals_the_first_call_on_an_empty_cache(model):
   """`prefill` attends only to the chunk; the first cached call also over the empty slots: same hidden states,
   same cache (keys, values, mask, index), in the compute dtype and in a bf16 cache."""

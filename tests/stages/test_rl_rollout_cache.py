@@ -1,0 +1,42 @@
+"""The rl stage's `sampling.cache_bucket` reaches the rollout's decode: its phases read the configured slots, and the
+rollout batch (tokens, log-probs, rewards, advantages) is the one of reading the whole cache every step."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jaxpr_walk import all_eqns
+from rl_step_setup import rl_config, setup_step
+
+from jaxrlhf.data.synthetic import World, WorldConfig
+from jaxrlhf.stages import rl
+
+TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
+            max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def world():
+  return World(WorldConfig(seed=0))
+
+
+def test_rollout_decodes_in_the_configured_cache_phases(world):
+  batches, lengths = {}, {}
+  for bucket in (0, 2):
+    cfg = rl_config(TINY, {"num_generations": 2, "kl_mode": "loss"},
+                    sampling={"temperature": 0.9, "max_new_tokens": 6, "cache_bucket": bucket})
+    setup, state, prompts, sources = setup_step(world, cfg, TINY)
+    model = nnx.merge(setup.graphdef, state.params, state.extra)
+    run = lambda p, cfg=cfg, model=model, sources=sources: rl.rollout(  # noqa: E731
+        model, p, jax.random.PRNGKey(0), loss=cfg.loss, sampling=cfg.sampling, sources=sources,
+        eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id)
+    batches[bucket], _ = jax.jit(run)(prompts)
+    jaxpr = jax.make_jaxpr(run)(prompts).jaxpr
+    # The cache slots each decode loop's attention reads: its matmuls' largest (B, K, S, H) operand.
+    lengths[bucket] = [max(v.aval.shape[2] for e in all_eqns(eqn.params["body_jaxpr"].jaxpr)
+                           if e.primitive.name == "dot_general" for v in e.invars if v.aval.ndim == 4)
+                       for eqn in all_eqns(jaxpr) if eqn.primitive.name == "while"]
+  # Prompts of 6 tokens + 6 new: 11 slots; buckets of 2 give phases of 8, 10 and 11 slots.
+  assert lengths == {0: [11], 2: [8, 10, 11]}
+  for key in ("tokens", "mask", "ref_logps", "old_logps", "rewards", "advantages"):
+    np.testing.assert_allclose(np.asarray(batches[2][key]), np.asarray(batches[0][key]), atol=1e-5, err_msg=key)
