@@ -176,6 +176,16 @@ def default_cache_bucket(backend: str | None = None) -> int:
   return DEFAULT_CACHE_BUCKET if backend == "cpu" else 0
 
 
+def resolve_cache_bucket(cache_bucket: Any) -> int:
+  """A `cache_bucket` argument as an int: None -> `default_cache_bucket()`; ValueError unless an int >= 0."""
+  if cache_bucket is None:
+    return default_cache_bucket()
+  if not isinstance(cache_bucket, (int, np.integer)) or isinstance(cache_bucket, bool) or cache_bucket < 0:
+    raise ValueError(f"cache_bucket must be an int >= 0 (0: every step reads the whole cache), got "
+                     f"{cache_bucket!r}")
+  return int(cache_bucket)
+
+
 def cache_windows(prompt_width: int, max_new_tokens: int, cache_bucket: int) -> tuple[int, ...]:
   """The KV cache slots each decode phase reads: prompt_width + k * cache_bucket, then all of them.
 
@@ -324,11 +334,7 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
     raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-  if cache_bucket is None:
-    cache_bucket = default_cache_bucket()
-  if not isinstance(cache_bucket, (int, np.integer)) or isinstance(cache_bucket, bool) or cache_bucket < 0:
-    raise ValueError(f"cache_bucket must be an int >= 0 (0: every step reads the whole cache), got "
-                     f"{cache_bucket!r}")
+  cache_bucket = resolve_cache_bucket(cache_bucket)
   if not greedy:
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
@@ -353,4 +359,4 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
       num_samples=int(num_samples), temperature=1.0 if greedy else float(temperature),
       top_k=None if greedy or top_k is None else int(top_k), top_p=None if greedy or top_p is None else float(top_p),
       greedy=bool(greedy), eos_ids=eos_ids, pad_id=int(pad_id), mesh=mesh,
-      windows=cache_windows(prompt_ids_BxP.shape[1], int(max_new_tokens), int(cache_bucket)))
+      windows=cache_windows(prompt_ids_BxP.shape[1], int(max_new_tokens), cache_bucket))

@@ -34,7 +34,7 @@ from flax import nnx
 from jaxrlhf.models.heads import per_position
 # The inverse-CDF draw and the per-row keys of `generate`: with beta = 0 (restrict=True) VAS then draws exactly the
 # tokens `generate(..., top_k=k)` draws from the same key.
-from jaxrlhf.sampling.generate import _categorical, _check_prompts, _row_keys
+from jaxrlhf.sampling.generate import _categorical, _check_prompts, _row_keys, cache_windows, resolve_cache_bucket
 
 Array = jax.Array
 _NEG = jnp.finfo(jnp.float32).min
@@ -95,16 +95,21 @@ def _value_step(model, cache, ids_R, live_R):
 
 
 def _tile(cache, k: int):
-  """A KV cache with every row repeated k times (rows b * k + j), to score k candidates of each row at once."""
-  return cache.replace(keys=jnp.repeat(cache.keys, k, axis=1), values=jnp.repeat(cache.values, k, axis=1),
-                       mask=jnp.repeat(cache.mask, k, axis=0))
+  """A KV cache with every row repeated k times (rows b * k + j), to score k candidates of each row at once.
+
+  A scratch copy (the candidates' own entries are discarded), so it holds only the slots the step reads
+  (`KVCache.readable`) and the one it writes, not the whole cache."""
+  n = min(cache.readable + 1, cache.max_len)
+  return cache.replace(keys=jnp.repeat(cache.keys[:, :, :, :n], k, axis=1),
+                       values=jnp.repeat(cache.values[:, :, :, :n], k, axis=1),
+                       mask=jnp.repeat(cache.mask[:, :n], k, axis=0))
 
 
 @functools.partial(jax.jit, static_argnames=("policy_graphdef", "value_graphdefs", "max_new_tokens", "top_k",
-                                             "restrict", "eos_ids", "pad_id"))
+                                             "restrict", "eos_ids", "pad_id", "windows"))
 def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weights_M, beta, prompt_ids_BxP,
              prompt_mask_BxP, row_keys_B, *, max_new_tokens: int, top_k: int, restrict: bool,
-             eos_ids: tuple[int, ...], pad_id: int) -> VASGeneration:
+             eos_ids: tuple[int, ...], pad_id: int, windows: tuple[int, ...]) -> VASGeneration:
   policy = nnx.merge(policy_graphdef, policy_state)
   values = [nnx.merge(g, s) for g, s in zip(value_graphdefs, value_states)]
   B, P = prompt_ids_BxP.shape
@@ -153,9 +158,11 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
              kl=jnp.zeros((B,), jnp.float32))
   tok_B, live_B, done_B, out = emit(0, logits_BxV, value_caches, jnp.zeros((B,), bool), out)
 
-  def cond(carry):
+  def cond(carry, window):
     t, _, _, done_B, _, _, _ = carry
-    return (t < N) & ~jnp.all(done_B)
+    # Step t feeds the policy and the value models at slot P + t - 1 and then scores candidates at slot P + t:
+    # every cache slot they read lies within the phase's first `window` while P + t <= window.
+    return (t < N) & (P + t <= window) & ~jnp.all(done_B)
 
   def body(carry):
     t, tok_B, live_B, done_B, cache, value_caches, out = carry
@@ -166,14 +173,21 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
     return t + 1, tok_B, live_B, done_B, cache, value_caches, out
 
   carry = (jnp.asarray(1, jnp.int32), tok_B, live_B, done_B, cache, value_caches, out)
-  *_, out = jax.lax.while_loop(cond, body, carry)
+  for window in windows:  # decode phases, as `generate`: the steps read only the first `window` cache slots
+    t, tok_B, live_B, done_B, cache, value_caches, out = carry
+    read_len = None if window == cache.max_len else window
+    carry = (t, tok_B, live_B, done_B, cache.replace(read_len=read_len),
+             [c.replace(read_len=read_len) for c in value_caches], out)
+    carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
+  out = carry[-1]
   return VASGeneration(tokens=out["tokens"], logps=out["logps"], base_logps=out["base_logps"], mask=out["mask"],
                        lengths=jnp.sum(out["mask"], axis=-1, dtype=jnp.int32), kl=out["kl"])
 
 
 def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mask_BxP, *, beta: float,
                  weights: Sequence[float] | None = None, top_k: int = 20, max_new_tokens: int, rng: Any,
-                 restrict: bool = True, eos_ids: Sequence[int] | int | None = (), pad_id: int = 0) -> VASGeneration:
+                 restrict: bool = True, eos_ids: Sequence[int] | int | None = (), pad_id: int = 0,
+                 cache_bucket: int | None = None) -> VASGeneration:
   """Samples one VAS continuation per left-padded prompt (one jitted program; see the module docstring).
 
   Args:
@@ -187,6 +201,8 @@ def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mas
     max_new_tokens, eos_ids, pad_id: as `generate`.
     rng: one key (row b uses fold_in(rng, b), as `generate`) or (B,) keys.
     restrict: sample among the candidates only (True) or keep the other tokens' base logits (False).
+    cache_bucket: as `generate`: each decode phase reads this many more slots of the policy's and the value
+      models' caches (and copies only those for the candidates); None: the backend's rule.
 
   Returns:
     VASGeneration with (B, N) tokens / logps / base_logps / mask and (B,) lengths and kl.
@@ -205,12 +221,14 @@ def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mas
     if m.config.vocab_size != vocab:
       raise ValueError(f"value_models[{i}]: vocabulary {m.config.vocab_size} differs from the policy's {vocab}")
   eos_ids = (eos_ids,) if isinstance(eos_ids, (int, np.integer)) else tuple(int(e) for e in (eos_ids or ()))
+  # P + N slots: the last step's candidates are scored at slot P + N - 1.
+  windows = cache_windows(prompt_ids_BxP.shape[1], int(max_new_tokens) + 1, resolve_cache_bucket(cache_bucket))
   policy_graphdef, policy_state = nnx.split(policy)
   splits = [nnx.split(m) for m in value_models]
   return _vas_jit(policy_graphdef, policy_state, tuple(g for g, _ in splits), tuple(s for _, s in splits),
                   jnp.asarray(weights, jnp.float32), jnp.asarray(beta, jnp.float32), prompt_ids_BxP,
                   prompt_mask_BxP, _row_keys(rng, prompt_ids_BxP.shape[0]), max_new_tokens=int(max_new_tokens),
-                  top_k=int(top_k), restrict=bool(restrict), eos_ids=eos_ids, pad_id=int(pad_id))
+                  top_k=int(top_k), restrict=bool(restrict), eos_ids=eos_ids, pad_id=int(pad_id), windows=windows)
 
 
 def vas_cost(lengths_B: Any, *, top_k: int, num_value_models: int, value_params_ratio: float = 1.0

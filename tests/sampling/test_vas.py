@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jaxpr_walk import all_eqns
 from sampling_models import CONFIGS, full_forward, left_padded_prompts, random_model
 
 from jaxrlhf.models import RewardModel
@@ -62,13 +63,14 @@ def _state_values(vm, ids, mask, resp, resp_mask):
   return state_values(vm, ids, mask, resp, resp_mask)
 
 
-@pytest.mark.parametrize("restrict", [True, False])
-def test_steps_match_cache_free_reference(models, restrict):
+@pytest.mark.parametrize("restrict, bucket", [(True, 0), (False, 0), (False, 2)])
+def test_steps_match_cache_free_reference(models, restrict, bucket):
+  """bucket 2: decode phases reading 8, 10 and then all 11 cache slots of the policy and both value models."""
   policy, values = models
   ids, mask = left_padded_prompts(pads=(0, 3))
   beta, weights = 3.0, (0.7, -0.4)
   gen = vas_generate(policy, values, ids, mask, beta=beta, weights=weights, top_k=K, max_new_tokens=N_NEW,
-                     rng=jax.random.PRNGKey(1), restrict=restrict)
+                     rng=jax.random.PRNGKey(1), restrict=restrict, cache_bucket=bucket)
   tokens, logps = np.asarray(gen.tokens), np.asarray(gen.logps)
   B, P = ids.shape
   # Base logits at every step from one cache-free forward over [prompt | sampled tokens].
@@ -102,6 +104,25 @@ def test_steps_match_cache_free_reference(models, restrict):
     qp = np.exp(logq)
     kl += np.sum(qp * np.where(qp > 0, logq - logp, 0.0), axis=-1)
   np.testing.assert_allclose(np.asarray(gen.kl), kl, atol=2e-4)
+
+
+def test_decode_phases_read_and_copy_only_the_filled_slots(models):
+  """The policy's and the value models' attention in each phase reads its slots (6 + 5 = 11 in all; buckets of 2:
+  8, 10, 11), and the candidates' scratch copies of the value caches hold those slots plus the one they write."""
+  policy, values = models
+  ids, mask = left_padded_prompts()  # P = 6
+  program = jax.make_jaxpr(lambda i, m: vas_generate(
+      policy, values, i, m, beta=1.0, top_k=K, max_new_tokens=N_NEW, rng=jax.random.PRNGKey(0), cache_bucket=2))
+  jaxpr = program(ids, mask).jaxpr
+  loops = [eqn.params["body_jaxpr"].jaxpr for eqn in all_eqns(jaxpr) if eqn.primitive.name == "while"]
+  reads = [max(v.aval.shape[2] for e in all_eqns(body) if e.primitive.name == "dot_general"
+               for v in e.invars if v.aval.ndim == 4) for body in loops]
+  assert reads == [8, 10, 11]
+  def tiled_slots(body):  # (L, B * K, kv heads, S, H) arrays: the candidates' copies (S > 1: not new tokens)
+    return sorted({e.outvars[0].aval.shape[3] for e in all_eqns(body) if e.outvars[0].aval.ndim == 5
+                   and e.outvars[0].aval.shape[1] == ids.shape[0] * K and e.outvars[0].aval.shape[3] > 1})
+  tiled = [tiled_slots(body) for body in loops]
+  assert tiled == [[9], [11], [11]]  # read + 1 slots, at most the cache's 11
 
 
 def test_large_beta_follows_the_value(models):
