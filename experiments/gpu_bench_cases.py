@@ -687,8 +687,9 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   samples per prompt, temperature 1, eos_ids=()), reference log-probs (a teacher-forced forward, chunked gather;
   lever old=rollout adds the old policy's, which by default are the update's own, detached, as the "rl" stage does
   with one update per rollout: `rl.detached_old_logps`), reward model scores (+ group advantages), and one update
-  (clipped surrogate + 0.04 x k3 KL, token mean, gradients accumulated over micro-batches of `micro` rows). The reference and the reward model are
-  frozen copies in the policy's parameter dtype, as the "rl" stage holds them."""
+  (clipped surrogate + 0.04 x k3 KL, token mean, gradients accumulated over micro-batches of `micro` rows). The
+  reference and the reward model are frozen copies in the policy's parameter dtype, as the "rl" stage holds them.
+  The rollout decodes in phases of `bucket` cache slots (`generate(cache_bucket=)`; default the library's rule)."""
   lv = entry.levers
   c = model_config(entry, s)
   n_prompts, g = lv.get("prompts", 2 if s.smoke else 64), lv.get("gens", 2 if s.smoke else 8)

@@ -13,9 +13,9 @@ N query heads, K kv heads, G = N / K, H head dim, F mlp width, V vocab, L layers
 With a KV cache the layers only READ the cache: each layer attends over its cached slots and over the T new
 tokens as two blocks of one softmax, and returns the new tokens' keys and values; one `dynamic_update_slice` after
 the last layer writes all L layers' new entries into the cache; `KVCache.read_len` limits the slots read to the
-filled ones. Writing inside the layer loop (into a slots-before-
-heads cache) made XLA:CPU transpose, slice and write back each layer's whole cache every step: a 4-layer decode
-step at 64 rows x 519 slots took 48.8 ms, 14.5 ms now (docs/performance.md, "Decode with a long cache").
+filled ones. Writing inside the layer loop (into a slots-before-heads cache) made XLA:CPU transpose, slice and
+write back each layer's whole cache every step: a 4-layer decode step at 64 rows x 519 slots took 48.8 ms, 14.5 ms
+now (docs/performance.md, "Decode with a long cache").
 """
 
 from __future__ import annotations

@@ -169,8 +169,9 @@ def default_cache_bucket(backend: str | None = None) -> int:
   whole cache) on other backends until measured there.
 
   On the CPU, reading only the filled slots decodes 64 rows x (64 + 448) or (256 + 512) tokens of a 4-layer model
-  1.2-1.6x faster (docs/performance.md, "Decode in phases"). On a GPU the phase's slice of each layer's cache may cost a copy
-  before the attention's matmuls; `experiments/bench_gpu.py --only gen:b=256,gen:b=256:bucket=128` decides.
+  1.2-1.6x faster (docs/performance.md, "Decode in phases"). On a GPU the phase's slice of each layer's cache may
+  cost a copy before the attention's matmuls; `experiments/bench_gpu.py --only gen:b=256,gen:b=256:bucket=128`
+  decides.
   """
   backend = backend or jax.default_backend()
   return DEFAULT_CACHE_BUCKET if backend == "cpu" else 0
