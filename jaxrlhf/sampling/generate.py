@@ -274,8 +274,7 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
   for window in windows:
     t, tok_R, live_R, done_R, cache, out = carry
     # Phase `window`: slots >= window are still empty, so the steps read only the first `window`.
-    read_len = None if window == cache.max_len else window
-    carry = (t, tok_R, live_R, done_R, cache.replace(read_len=read_len), out)
+    carry = (t, tok_R, live_R, done_R, cache.replace(read_len=window), out)
     carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
   out = carry[-1]
   return Generation(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], mask=out["mask"],

@@ -175,9 +175,8 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
   carry = (jnp.asarray(1, jnp.int32), tok_B, live_B, done_B, cache, value_caches, out)
   for window in windows:  # decode phases, as `generate`: the steps read only the first `window` cache slots
     t, tok_B, live_B, done_B, cache, value_caches, out = carry
-    read_len = None if window == cache.max_len else window
-    carry = (t, tok_B, live_B, done_B, cache.replace(read_len=read_len),
-             [c.replace(read_len=read_len) for c in value_caches], out)
+    carry = (t, tok_B, live_B, done_B, cache.replace(read_len=window),
+             [c.replace(read_len=window) for c in value_caches], out)
     carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
   out = carry[-1]
   return VASGeneration(tokens=out["tokens"], logps=out["logps"], base_logps=out["base_logps"], mask=out["mask"],

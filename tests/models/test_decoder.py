@@ -55,6 +55,17 @@ def _step(model, ids, mask, cache):
   return model(ids, mask, cache=cache)
 
 
+def _decode_rows(model):
+  """The decode tests' rows: 3 x 9 tokens, row 1 left-padded by 3 and row 2 by 1 (ids 0 there), and the full
+  forward's (3, 9, V) logits over them, the reference for every cached call."""
+  ids = np.stack([_tokens(s) for s in range(3)]).astype(np.int32)
+  mask = np.ones((3, 9), np.int32)
+  mask[1, :3] = 0
+  mask[2, :1] = 0
+  ids[mask == 0] = 0
+  return ids, mask, np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+
+
 @pytest.mark.parametrize("layout", ["scanned", "unrolled"])
 def test_prefill_then_decode_matches_full_forward(model, layout):
   """Left-padded prompts (5 slots) prefilled, then a 2-token chunk, then 2 tokens one at a time, cache of 12 slots.
@@ -62,12 +73,7 @@ def test_prefill_then_decode_matches_full_forward(model, layout):
   The chunk attends to the cache and causally to itself (two blocks of one softmax); the full forward is the
   reference for every position, with the layers scanned and unrolled."""
   model = random_model(model.config.replace(scan_layers=layout == "scanned"), seed=1)  # the fixture's weights
-  ids = np.stack([_tokens(s) for s in range(3)]).astype(np.int32)
-  mask = np.ones((3, 9), np.int32)
-  mask[1, :3] = 0
-  mask[2, :1] = 0
-  ids[mask == 0] = 0
-  full = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  ids, mask, full = _decode_rows(model)
 
   cache = model.init_cache(3, 12)
   logits, cache = _step(model, jnp.asarray(ids[:, :5]), jnp.asarray(mask[:, :5]), cache)
@@ -90,12 +96,7 @@ def test_reading_only_the_filled_slots_matches_full_forward(model, layout):
   (`KVCache.read_len` = index: 5, 7, 8; mistral_window's window of 3 included): the full forward's logits, and the
   writes land at the same slots as when every call reads all 12."""
   model = random_model(model.config.replace(scan_layers=layout == "scanned"), seed=1)
-  ids = np.stack([_tokens(s) for s in range(3)]).astype(np.int32)
-  mask = np.ones((3, 9), np.int32)
-  mask[1, :3] = 0
-  mask[2, :1] = 0
-  ids[mask == 0] = 0
-  full = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  ids, mask, full = _decode_rows(model)
 
   _, cache = nnx.jit(lambda m, i, k: m.prefill(i, k, 12))(model, jnp.asarray(ids[:, :5]), jnp.asarray(mask[:, :5]))
   _, whole = nnx.jit(lambda m, i, k: m.prefill(i, k, 12))(model, jnp.asarray(ids[:, :5]), jnp.asarray(mask[:, :5]))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxpr_walk import all_eqns, while_carried_shapes
+from jaxpr_walk import attention_slots_per_loop, while_carried_shapes
 from sampling_models import CONFIGS, left_padded_prompts, random_model
 
 from jaxrlhf.parallel import MeshConfig, make_mesh
@@ -33,18 +33,6 @@ def test_cache_windows(prompt, new, bucket, windows):
 
 def _program(model, ids, mask, **kw):
   return jax.make_jaxpr(lambda i, m: generate(model, i, m, **kw))(ids, mask).jaxpr
-
-
-def _slots_read_by_loops(jaxpr):
-  """For each decode while-loop: the largest slot count S among the (B, K, S, H) key / value operands of its
-  attention matmuls (the cached block; the new tokens' block has S = 1)."""
-  reads = []
-  for eqn in all_eqns(jaxpr):
-    if eqn.primitive.name == "while":
-      body = eqn.params["body_jaxpr"].jaxpr
-      reads.append(max(v.aval.shape[2] for e in all_eqns(body) if e.primitive.name == "dot_general"
-                       for v in e.invars if v.aval.ndim == 4))
-  return reads
 
 
 def _cache_slots_carried(jaxpr):
@@ -74,9 +62,9 @@ def test_each_phase_reads_its_own_slots_of_one_cache():
   kw = dict(max_new_tokens=11, greedy=True)  # 16 slots in all
   one = _program(model, ids, mask, cache_bucket=0, **kw)
   phased = _program(model, ids, mask, cache_bucket=4, **kw)
-  assert _slots_read_by_loops(one) == [16]
-  assert _slots_read_by_loops(phased) == [10, 14, 16]
-  assert _slots_read_by_loops(_program(model, ids, mask, cache_bucket=32, **kw)) == [16]
+  assert attention_slots_per_loop(one) == [16]
+  assert attention_slots_per_loop(phased) == [10, 14, 16]
+  assert attention_slots_per_loop(_program(model, ids, mask, cache_bucket=32, **kw)) == [16]
   # One cache of 16 slots, allocated by the prefill and carried by every phase: nothing grows or is copied.
   assert _cache_slots_carried(one) == [[16]] and _cache_slots_carried(phased) == [[16], [16], [16]]
 
@@ -87,7 +75,7 @@ def test_the_backend_rule():
   model = random_model(CONFIGS["llama_gqa"], seed=4)
   ids, mask = left_padded_prompts(seed=2)
   kw = dict(max_new_tokens=140, greedy=True)  # past one bucket: 6 + 139 slots, phases of 134 and 145 on the CPU
-  assert _slots_read_by_loops(_program(model, ids, mask, **kw)) == [134, 145]
+  assert attention_slots_per_loop(_program(model, ids, mask, **kw)) == [134, 145]
 
 
 def test_rows_ending_in_different_phases():

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jaxpr_walk import all_eqns
+from jaxpr_walk import all_eqns, attention_slots_per_loop
 from sampling_models import CONFIGS, full_forward, left_padded_prompts, random_model
 
 from jaxrlhf.models import RewardModel
@@ -115,9 +115,7 @@ def test_decode_phases_read_and_copy_only_the_filled_slots(models):
       policy, values, i, m, beta=1.0, top_k=K, max_new_tokens=N_NEW, rng=jax.random.PRNGKey(0), cache_bucket=2))
   jaxpr = program(ids, mask).jaxpr
   loops = [eqn.params["body_jaxpr"].jaxpr for eqn in all_eqns(jaxpr) if eqn.primitive.name == "while"]
-  reads = [max(v.aval.shape[2] for e in all_eqns(body) if e.primitive.name == "dot_general"
-               for v in e.invars if v.aval.ndim == 4) for body in loops]
-  assert reads == [8, 10, 11]
+  assert attention_slots_per_loop(jaxpr) == [8, 10, 11]
   def tiled_slots(body):  # (L, B * K, kv heads, S, H) arrays: the candidates' copies (S > 1: not new tokens)
     return sorted({e.outvars[0].aval.shape[3] for e in all_eqns(body) if e.outvars[0].aval.ndim == 5
                    and e.outvars[0].aval.shape[1] == ids.shape[0] * K and e.outvars[0].aval.shape[3] > 1})

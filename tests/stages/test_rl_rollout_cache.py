@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jaxpr_walk import all_eqns
+from jaxpr_walk import attention_slots_per_loop
 from rl_step_setup import rl_config, setup_step
 
 from jaxrlhf.data.synthetic import World, WorldConfig
@@ -32,10 +32,7 @@ def test_rollout_decodes_in_the_configured_cache_phases(world):
         eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id)
     batches[bucket], _ = jax.jit(run)(prompts)
     jaxpr = jax.make_jaxpr(run)(prompts).jaxpr
-    # The cache slots each decode loop's attention reads: its matmuls' largest (B, K, S, H) operand.
-    lengths[bucket] = [max(v.aval.shape[2] for e in all_eqns(eqn.params["body_jaxpr"].jaxpr)
-                           if e.primitive.name == "dot_general" for v in e.invars if v.aval.ndim == 4)
-                       for eqn in all_eqns(jaxpr) if eqn.primitive.name == "while"]
+    lengths[bucket] = attention_slots_per_loop(jaxpr)  # the cache slots each decode loop's attention reads
   # Prompts of 6 tokens + 6 new: 11 slots; buckets of 2 give phases of 8, 10 and 11 slots.
   assert lengths == {0: [11], 2: [8, 10, 11]}
   for key in ("tokens", "mask", "ref_logps", "old_logps", "rewards", "advantages"):
