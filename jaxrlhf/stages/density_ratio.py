@@ -79,6 +79,7 @@ class DensityRatioConfig:
   batch_size: int = field(128, min=1)
   max_new_tokens: int = field(32, min=1)
   temperature: float = field(1.0, min=1e-3)
+  cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
 
   def validate(self, path: str) -> None:
     if not self.ratios:
@@ -113,7 +114,7 @@ def sample_gold(model: Any, world: Any, prompts: Sequence[str], cfg: DensityRati
     ids, mask = padding.pad_prompts(rows[start:start + cfg.batch_size], tok.pad_id, width=width)
     gen = generate(model, ids, mask, max_new_tokens=cfg.max_new_tokens,
                    rng=jax.random.PRNGKey(cfg.seed * 7919 + start), temperature=cfg.temperature,
-                   eos_ids=(tok.eos_id,), pad_id=tok.pad_id)
+                   eos_ids=(tok.eos_id,), pad_id=tok.pad_id, cache_bucket=cfg.cache_bucket)
     golds.append(np.asarray(gold_fn(ids, mask, gen.tokens, gen.mask), np.float64))
   return float(np.mean(np.concatenate(golds)))
 

@@ -39,7 +39,6 @@ import optax
 from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
-from jaxrlhf.evaluation import pairwise
 from jaxrlhf.losses import pal as pal_losses
 from jaxrlhf.models import pal as pal_model
 from jaxrlhf.stages import common

@@ -1,6 +1,5 @@
 """Tests of the synthetic gold-reward world (jaxrlhf/data/synthetic)."""
 
-import dataclasses
 import math
 
 import jax

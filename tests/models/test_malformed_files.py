@@ -5,7 +5,6 @@ large allocation. Chat templates from a model file render in a sandbox that cann
 
 import contextlib
 import json
-import os
 import signal
 import struct
 import tracemalloc

@@ -1,6 +1,5 @@
 """Executes the notebooks end to end (at smoke size) with a real Jupyter kernel."""
 
-import os
 import pathlib
 
 import nbformat

@@ -19,7 +19,6 @@ from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.losses import preference as pref_lib
 from jaxrlhf.models import CausalLM, ModelConfig, from_pretrained
 from jaxrlhf.models import lora as lora_lib
-from jaxrlhf.stages import common
 from jaxrlhf.stages import preference
 from jaxrlhf.train import optim
 from jaxrlhf.train import state as state_lib

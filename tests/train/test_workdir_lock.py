@@ -92,7 +92,7 @@ def test_stale_lock_file_with_a_dead_pid_is_taken_over(tmp_path, capsys):
   (tmp_path / workdir_lock.LOCK_NAME).write_text(json.dumps(stale))
   lock = workdir_lock.acquire(str(tmp_path))
   out = capsys.readouterr().out
-  assert f"[lock] taking over the stale lock" in out and f"pid {pid} started 2024-01-01" in out
+  assert "[lock] taking over the stale lock" in out and f"pid {pid} started 2024-01-01" in out
   assert "its process is gone" in out
   with pytest.raises(LockError, match=f"pid {os.getpid()}"):  # Held now, even against this same process.
     workdir_lock.acquire(str(tmp_path))
