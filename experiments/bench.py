@@ -2,7 +2,7 @@
 
     python -m experiments.bench [--models tiny,smollm2] [--only rm,dpo,dpo_resident,grpo,online_dpo,generate]
                                 [--steps 6]
-                                [--rounds 2] [--threads 2] [--scan_layers auto] [--old_logps auto]
+                                [--rounds 2] [--threads 2] [--scan_layers auto] [--old_logps auto] [--rl_temperature 1]
                                 [--out bench.json] [--smoke]
     python -m experiments.bench --render bench.json      # the tables of a saved run
 
@@ -87,7 +87,8 @@ def run_isolated(model: str, algo: str, side: str, folder: str, args: argparse.N
          "--logps_chunk_size", str(args.logps_chunk_size), "--logps_path", args.logps_path,
          "--warmup", str(args.warmup),
          "--scan_layers", str(args.scan_layers), "--shared_prompt", str(args.shared_prompt),
-         "--member_loop", args.member_loop, "--old_logps", args.old_logps, "--case_out", out]
+         "--member_loop", args.member_loop, "--old_logps", args.old_logps,
+         "--rl_temperature", str(args.rl_temperature), "--case_out", out]
   proc = subprocess.run(cmd, env=_child_env(args.threads), capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if proc.returncode != 0:
@@ -234,7 +235,7 @@ def _case_main(args: argparse.Namespace) -> None:
   row = bench_lib.run_case(model, algo, side, args.folder, shape, args.steps, args.warmup, threads=args.threads,
                            logps_chunk_size=args.logps_chunk_size, scan_layers=_scan_layers(args.scan_layers),
                            shared_prompt=_shared_prompt(args.shared_prompt), member_loop=args.member_loop,
-                           old_logps=args.old_logps, logps_path=args.logps_path)
+                           old_logps=args.old_logps, logps_path=args.logps_path, rl_temperature=args.rl_temperature)
   with open(args.case_out, "w") as f:
     json.dump(row, f)
 
@@ -265,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
                       help="the GRPO and online DPO cases' loss.old_logps (auto: the library default, no policy "
                            "forward in the rollout with one update per rollout; rollout: a policy forward in the "
                            "rollout)")
+  parser.add_argument("--rl_temperature", type=float, default=1.0,
+                      help="the GRPO and online DPO cases' sampling temperature (1: the rl stage's default)")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "jaxrlhf_bench"))
   parser.add_argument("--out", default=None, help="write all rows and the machine description as JSON")
   parser.add_argument("--smoke", action="store_true", help="a tiny model in-process, 2 steps: the plumbing only")
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      scan_layers=_scan_layers(args.scan_layers),
                                      shared_prompt=_shared_prompt(args.shared_prompt),
                                      member_loop=args.member_loop, old_logps=args.old_logps,
-                                     logps_path=args.logps_path)
+                                     logps_path=args.logps_path, rl_temperature=args.rl_temperature)
           else:
             row = run_isolated(m, a, s, folder, args)
           if peak and "gflops_per_s" in row:

@@ -396,13 +396,14 @@ def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GR
 
 def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
              scan_layers: bool | None = None, num_generations: int = GRPO_GENERATIONS, old_logps: str = "auto",
-             algorithm: str = "grpo") -> dict[str, Any]:
+             algorithm: str = "grpo", temperature: float = 1.0) -> dict[str, Any]:
   """Times the library's GRPO step (`rl.make_rl_step`: rollout with the KV cache, reward model, reference
   log-probs (the old policy's are the update's own, detached: one update per rollout), group advantages, one
   clipped-surrogate update with the k3 KL loss, all in one jitted, donating program) on `shape.rl_prompts` prompts
   of `shape.gen_prompt` tokens x G samples of `shape.rl_new`; with algorithm "online_dpo" the online DPO step
   (`rl.make_online_dpo_step`: G = 2 samples per prompt, the reward model's pair labels, one DPO update; with
   old_logps "auto" its entropy / KL metrics come from the update's forward, "rollout" keeps the rollout's).
+  temperature: the rollout's sampling temperature (`SamplingConfig.temperature`).
 
   The reward is a 1-member reward model of the same architecture (a seeded random init saved next to `folder`,
   loaded the way the "rl" stage loads one). Each timed step includes copying its prompt batch in and reading the
@@ -434,7 +435,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   cfg = rl.RLConfig(seed=seed, prompts_per_step=shape.rl_prompts, max_prompt_length=shape.gen_prompt,
                     rewards=(spec,), loss=rl.RLLossConfig(algorithm=algorithm, num_generations=num_generations,
                                                           old_logps=old_logps),
-                    sampling=rl.SamplingConfig(max_new_tokens=shape.rl_new),
+                    sampling=rl.SamplingConfig(max_new_tokens=shape.rl_new, temperature=temperature),
                     optimizer=optim.OptimizerConfig(learning_rate=lr, clip_norm=1.0))
   mesh = make_mesh(MeshConfig(), jax.devices()[:1])
   optimizer = optim.make_optimizer(cfg.optimizer)
@@ -452,7 +453,7 @@ def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float =
   step = jax.jit(step_fn, in_shardings=(setup.shardings, replicated), out_shardings=(setup.shardings, None),
                  donate_argnums=0)
   return dict(_timed_steps(step, state, batches, replicated, warmup, rss_start), generations=num_generations,
-              old_logps=old_logps)
+              old_logps=old_logps, temperature=temperature)
 
 
 def jax_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, scan_layers: bool | None = None
@@ -581,7 +582,7 @@ def hf_generate(folder: str, shape: Shape, repeats: int = 3, seed: int = 0, thre
 def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps: int, warmup: int = 2,
              threads: int = 2, logps_chunk_size: int = 0, scan_layers: bool | None = None,
              shared_prompt: bool | str = "auto", member_loop: str = "auto", old_logps: str = "auto",
-             logps_path: str = "auto") -> dict[str, Any]:
+             logps_path: str = "auto", rl_temperature: float = 1.0) -> dict[str, Any]:
   """One case in this process -> a JSON-able row (raw times plus the summary).
 
   shared_prompt: the jaxrlhf RM / DPO batch layout: True / False, or "auto" (the library default: the stages' rule,
@@ -589,6 +590,7 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
   member_loop: the ensemble cases' member loop, "auto" (the library default), "vmap" or "scan"; the row records the
     resolved one.
   old_logps: the GRPO case's `RLLossConfig.old_logps` ("auto", the library default, or "rollout").
+  rl_temperature: the GRPO and online DPO cases' sampling temperature (the row records it).
   logps_path: the DPO cases' LM-head log-probs (`PreferenceConfig.logps_path`; "auto", the library default); the row
     records the path taken.
   """
@@ -617,7 +619,7 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
       raise ValueError(f"side: the {algo} case is measured on the jaxrlhf side only (no TRL baseline)")
     generations = 2 if algo == "online_dpo" else GRPO_GENERATIONS  # online DPO samples one pair per prompt
     raw = jax_grpo(folder, shape, steps, warmup, scan_layers=scan_layers, old_logps=old_logps,
-                   num_generations=generations, algorithm=algo)
+                   num_generations=generations, algorithm=algo, temperature=rl_temperature)
     rows = shape.rl_prompts * raw["generations"]
     flops = grpo_flops_per_step(read_hf_config(folder), shape, raw["generations"], old_logps=old_logps)
     row.update(raw, batch=rows, seq=shape.gen_prompt + shape.rl_new, gen_new=shape.rl_new)

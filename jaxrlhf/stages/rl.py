@@ -121,9 +121,10 @@ class RLLossConfig:
   when num_iterations is 1), which saves the rollout its policy forward; the rollout's entropy and KL metrics then
   come from the update's forward (over the kept rows with dynamic sampling). Not with kl_mode "reward" (the reward
   needs the policy's log-probs before the update) or PPO, which keep the rollout forward. Online DPO has no ratio;
-  its rollout's policy forward only yields the `entropy` / `kl` metrics, so "auto" with one update per rollout and
-  sampling temperature 1 (its loss scores at temperature 1) takes them from the update's forward over the same rows
-  instead (`online_dpo_metrics_from_update`). "rollout": always the rollout's forward (`detached_old_logps`).
+  its rollout's policy forward only yields the `entropy` / `kl` metrics, which it reports at temperature 1 like its
+  loss, so "auto" with one update per rollout takes them from the update's forward over the same rows instead, at
+  any sampling temperature (`online_dpo_metrics_from_update`). "rollout": always the rollout's forward
+  (`detached_old_logps`).
 
   variant: a named GRPO variant of `policy_variants.VARIANTS` (grpo, dr_grpo, dapo, gspo, gspo_token, cispo). It
   fixes the surrogate, the token aggregation, the advantage scaling and the paper's clip ranges, so with a variant
@@ -519,12 +520,19 @@ def detached_old_logps(loss: RLLossConfig) -> bool:
           and loss.algorithm in ("grpo", "rloo"))
 
 
-def online_dpo_metrics_from_update(loss: RLLossConfig, temperature: float) -> bool:
+def online_dpo_metrics_from_update(loss: RLLossConfig) -> bool:
   """Whether online DPO's rollout skips its policy forward and its update reports the `entropy` / `kl` metrics
-  (loss.old_logps "auto", one update per rollout, and sampling temperature 1, the temperature of the update's
-  forward, so the update's log-probs before its gradient step are the rollout's)."""
-  return (loss.algorithm == "online_dpo" and loss.old_logps == "auto" and loss.num_iterations == 1
-          and temperature == 1.0)
+  (loss.old_logps "auto" and one update per rollout: the update's log-probs before its gradient step are the
+  rollout's, both at temperature 1, `rollout_score_temperature`)."""
+  return loss.algorithm == "online_dpo" and loss.old_logps == "auto" and loss.num_iterations == 1
+
+
+def rollout_score_temperature(loss: RLLossConfig, sampling: SamplingConfig) -> float:
+  """The temperature of a rollout's teacher-forced policy and reference log-probs: the sampling temperature (the
+  distribution the policy-gradient ratio and KL are taken of; TRL's GRPOTrainer divides its logits by it), except
+  for online DPO: 1, the distribution its DPO loss trains and holds near the reference (TRL's OnlineDPOTrainer
+  scores and logs its KL from the raw logits at any sampling temperature)."""
+  return 1.0 if loss.algorithm == "online_dpo" else sampling.temperature
 
 
 def update_policy_metrics(entropy_RxN: jax.Array, mask_RxN: jax.Array, seq_kl_R: jax.Array | None = None
@@ -821,7 +829,7 @@ def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
   (k = state.step / num_iterations) with k % ref_update_every == 0, `update_reference`. Metrics add ref/updates
   (reference updates in the log window) and ref/total_updates (after the step)."""
   loss = cfg.loss
-  from_update = online_dpo_metrics_from_update(loss, cfg.sampling.temperature)
+  from_update = online_dpo_metrics_from_update(loss)
   inner = state_lib.make_train_step(graphdef, online_dpo_loss_fn(loss, policy_metrics=from_update), optimizer,
                                     grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                     schedule=optim.make_schedule(cfg.optimizer))
@@ -831,13 +839,8 @@ def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
     model = nnx.merge(graphdef, state.params, state.extra)
     batch, metrics = rollout(model, prompts, rng, loss=loss, sampling=cfg.sampling, sources=sources,
                              eos_ids=eos_ids, pad_id=pad_id, world=world, policy_logps=not from_update)
-    if cfg.sampling.temperature == 1.0:
-      ref_logps = batch["ref_logps"]
-    else:  # The rollout's reference log-probs are at the sampling temperature; DPO's at 1 (TRL).
-      ref_logps, _ = scoring.response_logps(model.reference_model(), batch["prompt_ids"], batch["prompt_mask"],
-                                            batch["tokens"], batch["mask"], 1.0, *logps_head(loss))
     has_eos = content_lengths(batch["tokens"], batch["mask"], eos_ids) < jnp.sum(batch["mask"] > 0, axis=1)
-    pairs, pair_metrics = online_dpo_pairs(loss, batch, ref_logps, has_eos)
+    pairs, pair_metrics = online_dpo_pairs(loss, batch, batch["ref_logps"], has_eos)  # at temperature 1
     state, stacked = jax.lax.scan(lambda s, _: inner(s, pairs), state, None, length=loss.num_iterations)
     rollouts = state.step // loss.num_iterations
     if loss.ref_update_every:
@@ -863,10 +866,13 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   advantages (R,), prompt_index (R,), and with loss.dynamic_sampling task_rewards (R,) (the reward sources' sum).
   policy_logps False (`detached_old_logps`, `online_dpo_metrics_from_update`): no policy forward, so no old_logps
   and no entropy / kl metrics (the update reports them, `update_policy_metrics`); needs kl_mode other than "reward".
+  old_logps, ref_logps and those metrics are at `rollout_score_temperature` (online DPO: 1, else the sampling
+  temperature).
   With algorithm "ppo": no advantages, rewards without the KL term (PPO applies it per token), and with
   loss.token_rewards the process sources' step rewards as token_rewards (R, N), their sums taken out of rewards.
   """
   g = num_samples or loss.num_generations
+  score_temperature = rollout_score_temperature(loss, sampling)
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
                  rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
                  top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id,
@@ -881,7 +887,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
                              "length": jnp.mean(content_lengths(gen.tokens, gen.mask, eos_ids))}
   if policy_logps:
     old_logps, entropy = scoring.response_logps(model.policy, batch["prompt_ids"], batch["prompt_mask"], gen.tokens,
-                                                gen.mask, sampling.temperature, *logps_head(loss))
+                                                gen.mask, score_temperature, *logps_head(loss))
     batch["old_logps"] = jax.lax.stop_gradient(old_logps)
     metrics["entropy"] = metrics_lib.Avg(jnp.sum(entropy), tokens)
   elif loss.kl_mode == "reward":
@@ -905,7 +911,7 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   reference = model.reference_model()
   if reference is not None:
     ref_logps, _ = scoring.response_logps(reference, batch["prompt_ids"], batch["prompt_mask"], gen.tokens, gen.mask,
-                                          sampling.temperature, *logps_head(loss))
+                                          score_temperature, *logps_head(loss))
     batch["ref_logps"] = jax.lax.stop_gradient(ref_logps)
     if policy_logps:
       seq_kl = jnp.sum(pg.kl_divergence(batch["old_logps"], ref_logps, gen.mask, estimator="k1"), axis=1)

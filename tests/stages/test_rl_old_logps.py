@@ -13,6 +13,7 @@ from jaxrlhf.config import from_config
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.stages import rl
 from jaxrlhf.train import optim
+from jaxrlhf.train import scoring
 from rl_step_setup import metric_value, rl_config, setup_step
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
@@ -98,19 +99,26 @@ def _online_dpo_cfg(temperature=1.0, **loss):
                    sampling={"temperature": temperature}, optimizer={"grad_accum_steps": 2})
 
 
-def test_online_dpo_step_reports_the_rollout_metrics_from_its_update(world):
-  """Online DPO at temperature 1 with one update per rollout: no rollout policy forward; its `entropy` and `kl`
-  metrics come from the update's forward over the same rows (2 micro-batches) and equal the rollout's; the update is
-  the same and the compiled step does at least half a policy forward less work."""
-  lean_cfg, full_cfg = _online_dpo_cfg(), _online_dpo_cfg(old_logps="rollout")
-  assert rl.online_dpo_metrics_from_update(lean_cfg.loss, 1.0)
-  assert not rl.online_dpo_metrics_from_update(full_cfg.loss, 1.0)
+def _compiled_online_dpo_step(world, cfg):
+  setup, state, prompts, sources = setup_step(world, cfg, TINY)
+  step_fn = rl.make_online_dpo_step(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
+                                    eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world)
+  step = jax.jit(step_fn).lower(state, prompts).compile()
+  return setup, state, prompts, sources, step
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_online_dpo_step_reports_the_rollout_metrics_from_its_update(world, temperature):
+  """Online DPO with one update per rollout, at any sampling temperature: no rollout policy forward; its `entropy`
+  and `kl` metrics come from the update's forward over the same rows (2 micro-batches) and equal the rollout's; the
+  update is the same and the compiled step does at least half a policy forward less work."""
+  lean_cfg = _online_dpo_cfg(temperature)
+  full_cfg = _online_dpo_cfg(temperature, old_logps="rollout")
+  assert rl.online_dpo_metrics_from_update(lean_cfg.loss)
+  assert not rl.online_dpo_metrics_from_update(full_cfg.loss)
   results = {}
   for name, cfg in (("lean", lean_cfg), ("full", full_cfg)):
-    setup, state, prompts, sources = setup_step(world, cfg, TINY)
-    step_fn = rl.make_online_dpo_step(setup.graphdef, cfg, optim.make_optimizer(cfg.optimizer), sources,
-                                      eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, world=world)
-    step = jax.jit(step_fn).lower(state, prompts).compile()
+    _, state, prompts, _, step = _compiled_online_dpo_step(world, cfg)
     new_state, metrics = step(state, prompts)
     results[name] = (new_state, metrics, step.cost_analysis()["flops"], state)
   (a, ma, flops_a, state), (b, mb, flops_b, _) = results["lean"], results["full"]
@@ -124,10 +132,36 @@ def test_online_dpo_step_reports_the_rollout_metrics_from_its_update(world):
   assert flops_b - flops_a > 2 * n_params * 4 * 6 * 0.5, (flops_a, flops_b)  # R = 4 rows x 6 tokens
 
 
+def test_online_dpo_scores_at_temperature_1_whatever_it_samples_at(world):
+  """At sampling temperature 0.7 online DPO's reference log-probs (its loss's and the `kl` metric's) and its `kl` /
+  `entropy` metrics are at temperature 1 (TRL's OnlineDPOTrainer reads the raw logits): the metrics equal a hand
+  computation over the step's rollout rows, and the compiled step does the work of the temperature-1 step (one
+  reference forward, no policy forward in the rollout) within 1%."""
+  cfg = _online_dpo_cfg(0.7)
+  setup, state, prompts, sources, step = _compiled_online_dpo_step(world, cfg)
+  _, metrics = step(state, prompts)
+  model = nnx.merge(setup.graphdef, state.params, state.extra)
+  batch, _ = rl.rollout(model, prompts, rl.rollout_key(state), loss=cfg.loss, sampling=cfg.sampling,
+                        sources=sources, eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id,
+                        world=world, policy_logps=False)
+  args = (batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"], 1.0)
+  policy_logps, entropy = scoring.response_logps(model.policy, *args)
+  ref_logps, _ = scoring.response_logps(model.reference_model(), *args)
+  np.testing.assert_allclose(np.asarray(batch["ref_logps"]), np.asarray(ref_logps), rtol=1e-6, atol=1e-6)
+  valid = np.asarray(batch["mask"]) > 0
+  kl = np.mean(np.sum((np.asarray(policy_logps) - np.asarray(ref_logps)) * valid, axis=1))
+  assert metric_value(metrics["kl"]) == pytest.approx(kl, rel=1e-4, abs=1e-6)
+  assert metric_value(metrics["entropy"]) == pytest.approx(np.asarray(entropy)[valid].mean(), rel=1e-5)
+  hot_entropy = np.asarray(scoring.response_logps(model.policy, *args[:4], 0.7)[1])[valid].mean()
+  assert abs(hot_entropy - metric_value(metrics["entropy"])) > 1e-3  # the temperature matters for this check
+  flops_1 = _compiled_online_dpo_step(world, _online_dpo_cfg(1.0))[-1].cost_analysis()["flops"]
+  assert step.cost_analysis()["flops"] == pytest.approx(flops_1, rel=1e-2)
+
+
 @pytest.mark.parametrize("temperature,loss,lean", [
-    (1.0, dict(), True), (0.8, dict(), False), (1.0, dict(num_iterations=2), False),
-    (1.0, dict(old_logps="rollout"), False)])
+    (1.0, dict(), True), (0.8, dict(), True), (1.0, dict(num_iterations=2), False),
+    (0.8, dict(old_logps="rollout"), False)])
 def test_when_online_dpo_takes_its_metrics_from_the_update(temperature, loss, lean):
   cfg = _online_dpo_cfg(temperature, **loss)
-  assert rl.online_dpo_metrics_from_update(cfg.loss, cfg.sampling.temperature) is lean
-  assert not rl.online_dpo_metrics_from_update(_cfg().loss, 1.0)  # GRPO: `detached_old_logps` decides
+  assert rl.online_dpo_metrics_from_update(cfg.loss) is lean
+  assert not rl.online_dpo_metrics_from_update(_cfg().loss)  # GRPO: `detached_old_logps` decides
