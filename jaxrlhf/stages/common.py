@@ -113,9 +113,12 @@ def load_weights(spec: ModelSpec, inputs: Mapping[str, Any], vocab_size: int | N
 
 def overwrite(state: nnx.State, pure: Mapping[str, Any], prefix: Sequence[str] = (), broadcast: int = 0
               ) -> nnx.State:
-  """A copy of `state` whose leaves under `prefix` are replaced by `pure` (placed like the old leaves).
+  """A copy of `state` whose leaves under `prefix` are replaced by `pure` (placed like the old leaves, in their
+  dtype).
 
-  broadcast > 0 stacks each new leaf `broadcast` times on a leading axis (an ensemble's shared backbone).
+  broadcast > 0 stacks each new leaf `broadcast` times on a leading axis (an ensemble's shared backbone). The host
+  holds one copy of a leaf at a time, never `broadcast` of them: the stack is built on the devices, in the old
+  leaf's sharding. A leaf already in the model's dtype is transferred without a host copy.
   """
   target = nnx.to_pure_dict(state)
   node = target
@@ -123,18 +126,29 @@ def overwrite(state: nnx.State, pure: Mapping[str, Any], prefix: Sequence[str] =
     node = node[key]
 
   def put(old, new):
-    new = np.asarray(new)
+    new = np.asarray(new, dtype=old.dtype)  # a copy only when the dtype changes
+    shape = (broadcast, *new.shape) if broadcast else new.shape
+    if shape != old.shape:
+      raise ValueError(f"pretrained weights: shape {shape} does not match the model's {old.shape}")
     if broadcast:
-      new = np.broadcast_to(new, (broadcast, *new.shape))
-    if new.shape != old.shape:
-      raise ValueError(f"pretrained weights: shape {new.shape} does not match the model's {old.shape}")
-    return jax.device_put(new.astype(old.dtype), old.sharding)
+      return _stack_on_devices(new, shape, old.sharding)
+    return jax.device_put(new, old.sharding)
 
   replaced = jax.tree.map(put, {k: node[k] for k in pure}, dict(pure))
   node.update(replaced)
   out = jax.tree.map(lambda x: x, state)
   nnx.replace_by_pure_dict(out, target)
   return out
+
+
+def _stack_on_devices(leaf: np.ndarray, shape: tuple[int, ...], sharding: Any) -> jax.Array:
+  """`shape` = (K, *leaf.shape): K copies of `leaf` made by the devices into `sharding`. The leaf goes over once,
+  replicated on the mesh like any device_put of a host value (so also across processes)."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    source = jax.device_put(leaf, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+  else:
+    source = jax.device_put(leaf, sharding)
+  return jax.jit(lambda x: jnp.broadcast_to(x, shape), out_shardings=sharding)(source)
 
 # ------------------------------------------------------------------------------------------------ mesh and batch
 def make_stage_mesh(mesh_config: Any, num_devices: int):
