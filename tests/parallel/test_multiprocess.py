@@ -172,12 +172,28 @@ checks = {jax.tree_util.keystr(k): float(jax.jit(lambda a: jnp.sum(a * (jnp.aran
 artifacts.save_policy(setup, state, sys.argv[1] + "/model")
 if jax.process_index() == 0:
   json.dump(checks, open(sys.argv[1] + "/checks.json", "w"))
+# overwrite's broadcast (an ensemble's shared backbone) into a leaf split over both processes: K = 2 copies of one
+# host value, stacked by the devices, checked through a replicated checksum.
+from flax import nnx
+class Members(nnx.Module):
+  def __init__(self):
+    self.members = nnx.Param(jnp.zeros((2, 8, 6), jnp.float32))
+members = nnx.state(Members())
+nnx.replace_by_pure_dict(members, {"members": jax.device_put(np.zeros((2, 8, 6), np.float32),
+                                                              NamedSharding(mesh, P(None, "fsdp")))})
+leaf = np.arange(48, dtype=np.float32).reshape(8, 6)
+stacked = common.overwrite(members, {"members": leaf}, broadcast=2)["members"][...]
+assert not stacked.is_fully_addressable and stacked.sharding.spec == P(None, "fsdp"), stacked.sharding
+weights = jnp.asarray(np.arange(96).reshape(2, 8, 6) % 5, jnp.float32)
+got = float(jax.jit(lambda a: jnp.sum(a * weights), out_shardings=NamedSharding(mesh, P()))(stacked))
+assert got == float(np.sum(np.broadcast_to(leaf, (2, 8, 6)) * (np.arange(96).reshape(2, 8, 6) % 5))), got
 """
 
 
 @pytest.mark.slow
 def test_two_processes_save_parameters_sharded_across_them(tmp_path):
-  """FSDP over 2 processes x 4 devices: host_copy gathers whole arrays and save_policy writes the whole model."""
+  """FSDP over 2 processes x 4 devices: host_copy gathers whole arrays and save_policy writes the whole model;
+  common.overwrite stacks an ensemble's backbone copies into a leaf split over both processes."""
   _run_script_in_two_processes(tmp_path / "save.py", _SAVE_SCRIPT, str(tmp_path))
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
