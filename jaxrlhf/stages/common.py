@@ -8,6 +8,7 @@ same way (`resolve_path` turns a reference into the earlier stage's output).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -148,7 +149,14 @@ def _stack_on_devices(leaf: np.ndarray, shape: tuple[int, ...], sharding: Any) -
     source = jax.device_put(leaf, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
   else:
     source = jax.device_put(leaf, sharding)
-  return jax.jit(lambda x: jnp.broadcast_to(x, shape), out_shardings=sharding)(source)
+  return _stacker(shape, sharding)(source)
+
+
+@functools.lru_cache(maxsize=None)
+def _stacker(shape: tuple[int, ...], sharding: Any) -> Any:
+  """The jitted broadcast into `shape` and `sharding`, one per (shape, sharding): the leaves of unrolled layers
+  share a few shapes, so a model's load compiles a handful of these, not one per leaf."""
+  return jax.jit(lambda x: jnp.broadcast_to(x, shape), out_shardings=sharding)
 
 # ------------------------------------------------------------------------------------------------ mesh and batch
 def make_stage_mesh(mesh_config: Any, num_devices: int):
