@@ -13,7 +13,7 @@ from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models import CausalLM, ModelConfig
 from jaxrlhf.sampling.generate import generate as real_generate
 from jaxrlhf.sampling.best_of_n import gold_scorer
-from jaxrlhf.stages import best_of_n, density_ratio, evaluate_policy, self_rewarding, value_train
+from jaxrlhf.stages import best_of_n, density_ratio, evaluate_policy, inputs, self_rewarding, value_train
 
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32,
             max_position_embeddings=64)
@@ -53,14 +53,9 @@ def recorded(monkeypatch):
 
 def _sample_best_of_n(policy, world, prompts, bucket):
   cfg = best_of_n.BestOfNConfig(pool_size=2, batch_size=2, max_new_tokens=NEW_TOKENS, cache_bucket=bucket)
-  pools = best_of_n.generate_pools(policy, _prompt_set(prompts), cfg, (world.tokenizer.eos_id,),
-                                   world.tokenizer.pad_id, jax.jit(world.gold_reward))
+  pools = best_of_n.generate_pools(policy, inputs.PromptSet(*prompts, table=None, report={}), cfg,
+                                   (world.tokenizer.eos_id,), world.tokenizer.pad_id, jax.jit(world.gold_reward))
   return pools["tokens"], pools["gold"]
-
-
-class _prompt_set:  # the two fields generate_pools reads of an inputs.PromptSet
-  def __init__(self, prompts):
-    self.ids, self.mask = prompts
 
 
 def _sample_evaluate_policy(policy, world, prompts, bucket):
