@@ -22,19 +22,24 @@ image lacks; as a script (and in its child processes) only jaxrlhf.models / loss
                       stop: prefill and decode apart, tokens/s, HBM bandwidth. Levers: b=, prompt=, new=,
                       pdtype=, unroll, scan, sample, bucket= (`generate(cache_bucket=)`: each decode phase
                       reads that many more cache slots; the default is the library's GPU rule, 0: every step
-                      reads the whole cache).
+                      reads the whole cache), tpi= (`generate(tokens_per_iteration=)`: decode steps per
+                      loop iteration; each exit test costs a GPU a copy to the host), profile (trace a
+                      prefill-only and a full generation; per decode step: kernels, the GPU's busy and idle time,
+                      gaps, the costliest kernels: experiments/trace_summary.py; runs in a process of its own
+                      with command buffers kept on while tracing; --trace_dir keeps the traces).
   ens                 K = 5 reward models (285M each) as one stacked step vs one member's step, for both member
                       loops (vmap: one batched program; scan: the members in turn). Levers: k=, b=, seq=,
                       loop=both|vmap|scan.
   grpo                64 prompts x 8 samples x (256 + 512) on 1.24B: rollout / old + reference log-probs /
                       reward model / update, each timed. Levers: prompts=, gens=, prompt=, new=, micro=,
                       logps= (the update's gather; fused, the rl stage's GPU default), rollout=fp32|bf16
-                      (weights used for sampling), old=detached|rollout, steps=, bucket= (as gen).
+                      (weights used for sampling), old=detached|rollout, steps=, bucket=, tpi= (as gen).
   rm8b, dpo8b         Llama-3.1-8B shape (8.03B), full finetuning: bf16 parameters, AdamW moments in bf16
                       (mu=fp32 for an fp32 first moment), full remat, 4 pairs x 2 x 2048; each in its own process.
   rm_shared, dpo_shared   shared-prompt scoring ([prompt | chosen | rejected] rows), as in docs/performance.md.
-  any case:           xf=cmdbuf|nocmdbuf|notriton adds XLA_FLAGS (gpu_bench_cases.XLA_PRESETS) and runs the case in
-                      a fresh process of its own.
+  any case:           xf=cmdbuf|cmdbuf_unroll|nocmdbuf|notriton adds XLA_FLAGS (gpu_bench_cases.XLA_PRESETS)
+                      and runs the case in a fresh process of its own (cmdbuf_unroll: CUDA graphs over while
+                      loops, a loop of known trip count such as tpi='s block unrolled into the graph).
 
 Memory: `peak_gib` is jax's peak_bytes_in_use of the case's process so far (the 8B cases and xf= cases have a
 process each, so theirs is their own; the other cases share one, where it only grows); `program_gib` is the
@@ -124,6 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--smoke", action="store_true", help="tiny shapes: every case on a CPU in seconds")
   parser.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD here)")
   parser.add_argument("--out", default=None, help="JSON output (default $OUT/bench_gpu.json when $OUT is set)")
+  parser.add_argument("--trace_dir", default="", help="keep the jax.profiler traces of `profile` cases here, one "
+                      "folder per case and call (default: a temporary directory, removed)")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -137,7 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace):
   return _cases().Settings(smoke=args.smoke, steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq,
                            attention=args.attention, peak_tflops=args.peak_tflops,
-                           hbm_bytes_per_s=args.hbm_tbps * 1e12, deadline=args.deadline or float("inf"))
+                           hbm_bytes_per_s=args.hbm_tbps * 1e12, deadline=args.deadline or float("inf"),
+                           trace_dir=args.trace_dir)
 
 
 # ------------------------------------------------------------------------------------------------ child side
@@ -188,12 +196,13 @@ def machine_header(args: argparse.Namespace, argv: list[str]) -> dict:
 
 
 def plan_groups(texts: list[str], isolate: str) -> list[list[str]]:
-  """Consecutive entries sharing one child process; 8B entries (or every entry) alone."""
+  """Consecutive entries sharing one child process; 8B entries, entries with XLA flags of their own (xf=, profile) or
+  every entry (isolate "all") alone."""
   cases = _cases()
 
   def alone(text):
     entry = cases.parse_entry(text)
-    return isolate == "all" or entry.kind in cases.ISOLATED_KINDS or "xf" in entry.levers
+    return isolate == "all" or entry.kind in cases.ISOLATED_KINDS or "xf" in entry.levers or "profile" in entry.levers
 
   groups: list[list[str]] = []
   for text in texts:
@@ -209,6 +218,7 @@ def _child_args(args: argparse.Namespace, texts: list[str], deadline: float) -> 
          "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
          "--attention", args.attention, "--peak_tflops", str(args.peak_tflops), "--hbm_tbps", str(args.hbm_tbps),
          "--deadline", str(deadline if deadline < float("inf") else 0.0)]
+  out += ["--trace_dir", os.path.abspath(args.trace_dir)] if args.trace_dir else []
   return out + (["--smoke"] if args.smoke else [])
 
 
@@ -221,9 +231,11 @@ def run_group(args: argparse.Namespace, texts: list[str], deadline: float, on_ro
              PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
   # jax's default pool is 0.75 of the GPU (104 GiB of an H200's 139): the 1.24B DPO step alone peaked at 100.6 GiB.
   env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.93")
-  preset = _cases().parse_entry(texts[0]).levers.get("xf") if len(texts) == 1 else None
-  if preset:  # plan_groups runs such an entry alone
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + _cases().XLA_PRESETS[preset]).strip()
+  levers = _cases().parse_entry(texts[0]).levers if len(texts) == 1 else {}  # plan_groups runs these alone
+  flags = [_cases().XLA_PRESETS[levers["xf"]]] if "xf" in levers else []
+  flags += [_cases().PROFILE_XLA_FLAGS] if levers.get("profile") else []
+  if flags:
+    env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *flags]).strip()
   while pending:
     if time.time() > deadline - _cases().CHILD_START_S:
       for text in pending:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -36,6 +39,11 @@ from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.reward_model import RewardModel
 from jaxrlhf.models.shared_prompt import shared_prompt_layout, shared_prompt_token_logps
 from jaxrlhf.sampling.generate import cache_windows, default_cache_bucket, generate
+
+if __package__:
+  from experiments import trace_summary
+else:  # run from bench_gpu.py as a script: its directory is on sys.path
+  import trace_summary  # pylint: disable=g-import-not-at-top
 
 # Llama-3.2-1B's shape (about 1.24B parameters with its tied 128k embedding).
 LLAMA_1B = dict(family="llama", vocab_size=128256, embed_dim=2048, num_layers=16, num_heads=32, num_kv_heads=8,
@@ -66,10 +74,10 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "rm_shared": _TRAIN,
     "dpo_shared": _TRAIN + ("logps", "chunk"),  # logps: fused or chunked
     "dpo_check": ("b", "seq", "chunk", "attn", "pdtype", "layers"),
-    "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers", "bucket"),
+    "gen": ("b", "prompt", "new", "pdtype", "unroll", "scan", "sample", "layers", "bucket", "tpi", "profile"),
     "ens": ("k", "b", "seq", "attn", "remat", "unroll", "scan", "loop"),
     "grpo": ("prompts", "gens", "prompt", "new", "micro", "logps", "chunk", "rollout", "old", "attn", "remat",
-             "steps", "bucket"),
+             "steps", "bucket", "tpi"),
     "rm8b": _TRAIN,
     "dpo8b": _TRAIN + ("logps", "chunk"),
 }
@@ -78,14 +86,21 @@ XLA_PRESETS = {
     # CUDA-graph command buffers that also capture while loops and conditionals (the decode loop, the layer scan):
     # fewer kernel launches per decoded token.
     "cmdbuf": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE",
+    # The same, and a loop of known trip count (generate's block of `tpi` steps) unrolled into one CUDA graph.
+    "cmdbuf_unroll": "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE "
+                     "--xla_gpu_command_buffer_unroll_loops=true",
     "nocmdbuf": "--xla_gpu_enable_command_buffer=",
     "notriton": "--xla_gpu_enable_triton_gemm=false",  # GEMMs from cuBLAS only
 }
 LEVERS = {kind: levers + ("xf",) for kind, levers in LEVERS.items()}
+# A `profile` case runs in a process of its own with this flag: XLA turns CUDA-graph command buffers off while a
+# profiler is active unless told otherwise, and the traced decode must run the program that was timed.
+PROFILE_XLA_FLAGS = "--xla_enable_command_buffers_during_profiling=true"
 _CHOICES = {"remat": REMAT_POLICIES, "attn": ATTENTION_IMPLS, "pdtype": tuple(DTYPES), "mu": tuple(DTYPES),
             "rollout": tuple(DTYPES), "old": ("detached", "rollout"), "logps": LOGPS_MODES, "xf": tuple(XLA_PRESETS),
             "loop": ENSEMBLE_LOOPS}
-_FLAGS = ("unroll", "scan", "sample")  # unroll / scan force ModelConfig.scan_layers; neither: the library default
+# unroll / scan force ModelConfig.scan_layers (neither: the library default); profile traces the case (gen).
+_FLAGS = ("unroll", "scan", "sample", "profile")
 _ZERO_OK = ("bucket",)  # integer levers where 0 means "off" (bucket=0: every decode step reads the whole cache)
 ISOLATED_KINDS = ("rm8b", "dpo8b")  # each in a fresh process: its peak memory is its own
 
@@ -149,6 +164,7 @@ class Settings:
   peak_tflops: float = 989.0
   hbm_bytes_per_s: float = 4.8e12
   deadline: float = math.inf  # time.time() after which timing loops stop early and cases are skipped
+  trace_dir: str = ""  # where `profile` cases keep their jax.profiler traces ("": a temporary directory)
 
 
 def estimate_s(entry: Entry, s: Settings) -> float:
@@ -162,8 +178,10 @@ def estimate_s(entry: Entry, s: Settings) -> float:
   if entry.kind in ("gen", "grpo"):  # every decode phase past the first compiles one more decode step
     prompt = lv.get("prompt", 512 if entry.kind == "gen" else 256)
     extra_phases = len(cache_windows(prompt, lv.get("new", 512), lv.get("bucket", 0))) - 1  # GPU default: 0
+  if entry.kind in ("gen", "grpo") and lv.get("tpi", 1) > 1:  # a block loop and a tail loop per phase
+    extra_phases = 2 * extra_phases + 1
   if entry.kind == "gen":
-    est += 0.05 * lv.get("b", 1) + 8 * extra_phases
+    est += 0.05 * lv.get("b", 1) + 8 * extra_phases + (15 if lv.get("profile") else 0)
   if entry.kind == "ens" and lv.get("loop", "both") == "both":  # the single step + two ensemble programs
     est *= 1.5
   if entry.kind == "grpo":  # ~90 s of compilation, the rest scales with rows x tokens
@@ -553,10 +571,12 @@ def run_gen(entry: Entry, s: Settings) -> dict:
   mask = np.ones_like(ids)
   sample = bool(lv.get("sample"))
   bucket = lv.get("bucket", default_cache_bucket())  # `generate`'s backend rule unless the lever sets it
+  tpi = lv.get("tpi", 1)  # decode steps per loop iteration (`generate(tokens_per_iteration=)`)
 
   def run(n):
     return jax.block_until_ready(generate(model, ids, mask, max_new_tokens=n, rng=jax.random.key(0), greedy=not sample,
-                                          temperature=1.0, eos_ids=(), pad_id=0, cache_bucket=bucket))
+                                          temperature=1.0, eos_ids=(), pad_id=0, cache_bucket=bucket,
+                                          tokens_per_iteration=tpi))
 
   t0 = time.perf_counter()
   run(1)
@@ -574,7 +594,7 @@ def run_gen(entry: Entry, s: Settings) -> dict:
   filled_bps = (nbytes["weight_bytes"] + nbytes["kv_bytes_filled"]) / step_s
   prefill_flops = b * prompt * forward_flops_per_token(c, prompt, False) + 2 * b * c.embed_dim * c.vocab_size
   return dict(case="gen", kind="gen", batch=b, prompt=prompt, new=new, sampling="temperature 1" if sample else "greedy",
-              cache_bucket=bucket, cache_windows=list(cache_windows(prompt, new, bucket)),
+              cache_bucket=bucket, cache_windows=list(cache_windows(prompt, new, bucket)), tokens_per_iteration=tpi,
               config=config_summary(c), params=int(tree_size(params)), all_rows_full_length=full_length,
               compile_prefill_s=_r(prefill_first_s - prefill_s, 1), compile_total_s=_r(total_first_s - total_s, 1),
               prefill_s=_r(prefill_s, 5), total_s=_r(total_s, 4), decode_step_ms=_r(1e3 * step_s, 4),
@@ -584,7 +604,29 @@ def run_gen(entry: Entry, s: Settings) -> dict:
               decode_tokens_per_s=round(b / step_s), total_tokens_per_s=round(b * new / total_s), **nbytes,
               hbm_gb_per_s=_r(static_bps / 1e9, 1), hbm_util=_r(static_bps / s.hbm_bytes_per_s),
               hbm_gb_per_s_filled=_r(filled_bps / 1e9, 1), hbm_util_filled=_r(filled_bps / s.hbm_bytes_per_s),
-              peak_gib=peak_gib())
+              peak_gib=peak_gib(), **(dict(profile=profile_decode(entry, s, run, new)) if lv.get("profile") else {}))
+
+
+def profile_decode(entry: Entry, s: Settings, run: Callable[[int], Any], new: int) -> dict:
+  """The `profile` lever: a prefill-only and a full generation (both compiled already) traced with jax.profiler;
+  their difference per decode step (`trace_summary.per_step`): ops (kernels on a GPU) per step, the device's busy
+  and idle microseconds, the gaps between ops, and the costliest ops of the full generation. A failed trace (no
+  CUPTI, say) is reported in the row instead of failing the case's timings."""
+  keep = bool(s.trace_dir)
+  root = os.path.join(s.trace_dir, entry.text.replace(":", "_").replace("=", "-")) if keep else tempfile.mkdtemp()
+  try:
+    short = trace_summary.summarize(trace_summary.trace_call(lambda: run(1), os.path.join(root, "prefill")))
+    full = trace_summary.summarize(trace_summary.trace_call(lambda: run(new), os.path.join(root, "full")))
+    row = trace_summary.per_step(short, full, max(new - 1, 1))
+    row.update(prefill_ops=short["ops"], full_ops=full["ops"], full_idle_fraction=_r(full["idle_fraction"]),
+               full_span_s=_r(full["span_ns"] / 1e9, 4), trace_dir=root if keep else None,
+               xla_flags=os.environ.get("XLA_FLAGS", ""))
+    return row
+  except Exception as e:  # pylint: disable=broad-except
+    return dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+  finally:
+    if not keep:
+      shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ 5: ensemble
@@ -689,7 +731,8 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   with one update per rollout: `rl.detached_old_logps`), reward model scores (+ group advantages), and one update
   (clipped surrogate + 0.04 x k3 KL, token mean, gradients accumulated over micro-batches of `micro` rows). The
   reference and the reward model are frozen copies in the policy's parameter dtype, as the "rl" stage holds them.
-  The rollout decodes in phases of `bucket` cache slots (`generate(cache_bucket=)`; default the library's rule)."""
+  The rollout decodes in phases of `bucket` cache slots (`generate(cache_bucket=)`; default the library's rule),
+  `tpi` tokens per decode-loop iteration (`generate(tokens_per_iteration=)`, default 1)."""
   lv = entry.levers
   c = model_config(entry, s)
   n_prompts, g = lv.get("prompts", 2 if s.smoke else 64), lv.get("gens", 2 if s.smoke else 8)
@@ -719,7 +762,8 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
     if rollout_c is not c:  # a cast copy of the weights for sampling (the cast is timed with the rollout)
       params = to_rollout(params)
     gen = generate(nnx.merge(rollout_graphdef, params, rest), prompt_ids, prompt_mask, max_new_tokens=n_new, rng=key,
-                   temperature=temperature, eos_ids=(), num_samples=g, cache_bucket=bucket)
+                   temperature=temperature, eos_ids=(), num_samples=g, cache_bucket=bucket,
+                   tokens_per_iteration=lv.get("tpi", 1))
     return jax.block_until_ready(gen)
 
   prompts_r = jnp.asarray(np.repeat(prompt_ids, g, axis=0))
@@ -814,7 +858,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
                reward=forward_flops_per_token(c, t_len, False) * tokens,
                update=train_flops_per_token(c, t_len, True) * tokens)
   return dict(case="grpo", kind="grpo", prompts=n_prompts, generations=g, rows=rows, prompt=p_len, new=n_new,
-              cache_bucket=bucket,
+              cache_bucket=bucket, tokens_per_iteration=lv.get("tpi", 1),
               micro=micro, logps=mode, old_logps="rollout" if old_from_rollout else "detached",
               rollout_param_dtype=rollout_c.param_dtype, config=config_summary(c),
               timed_iterations=len(timings["update"]) - 1, first_iteration_s={p: _r(timings[p][0], 2) for p in parts},

@@ -4,7 +4,8 @@ One compiled program per (model graph, batch, prompt width, max_new_tokens, samp
 prefilled in one call, then a `jax.lax.while_loop` feeds one token at a time into a static-shape KV cache, so the
 decode loop never recompiles and stops early once every row has emitted an end token. A long generation decodes in
 phases (one while_loop each) that read `cache_bucket` more of the cache's slots each, so that a step does not
-attend over hundreds of still-empty slots.
+attend over hundreds of still-empty slots; `tokens_per_iteration` > 1 runs blocks of that many steps per loop
+iteration, testing for the end once per block.
 
 Conventions:
   * Prompts are LEFT-padded (B, P) with a mask (1 = real token); `jaxrlhf.data.padding.pad_prompts` builds such
@@ -213,10 +214,11 @@ def _constrain_batch(x: Array, mesh: Mesh | None, axis: int = 0) -> Array:
 
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "max_new_tokens", "num_samples", "temperature", "top_k", "top_p", "greedy", "eos_ids", "pad_id",
-    "mesh", "windows"))
+    "mesh", "windows", "tokens_per_iteration"))
 def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, *, max_new_tokens: int,
                   num_samples: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool,
-                  eos_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None, windows: tuple[int, ...]) -> Generation:
+                  eos_ids: tuple[int, ...], pad_id: int, mesh: Mesh | None, windows: tuple[int, ...],
+                  tokens_per_iteration: int = 1) -> Generation:
   model = nnx.merge(graphdef, state)
   B, P = prompt_ids_BxP.shape
   S, N = num_samples, max_new_tokens
@@ -270,11 +272,25 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
     tok_R, live_R, done_R, out = emit(t, logits_Rx1xV[:, 0], done_R, out)
     return t + 1, tok_R, live_R, done_R, cache, out
 
+  k = tokens_per_iteration
+
+  def block_cond(carry, window):
+    t, _, _, done_R, _, _ = carry
+    # All k steps t .. t + k - 1 of the block fit the phase and the output (cond's test for the last of them).
+    return (t + k - 1 < N) & (P + t + k - 1 <= window) & ~jnp.all(done_R)
+
+  def block_body(carry):
+    # A loop with a static trip count: XLA knows it, so on a GPU no predicate goes back to the host between these
+    # k steps (and a CUDA graph may hold all k); the block loop around it tests the exit once per k tokens.
+    return jax.lax.fori_loop(0, k, lambda _, c: body(c), carry)
+
   carry = (jnp.asarray(1, jnp.int32), tok_R, live_R, done_R, cache, out)
   for window in windows:
     t, tok_R, live_R, done_R, cache, out = carry
     # Phase `window`: slots >= window are still empty, so the steps read only the first `window`.
     carry = (t, tok_R, live_R, done_R, cache.replace(read_len=window), out)
+    if k > 1:  # whole blocks of k steps, then the phase's last (< k) steps one at a time
+      carry = jax.lax.while_loop(functools.partial(block_cond, window=window), block_body, carry)
     carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
   out = carry[-1]
   return Generation(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], mask=out["mask"],
@@ -300,7 +316,8 @@ def _check_prompts(prompt_ids_BxP, prompt_mask_BxP) -> None:
 def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng: Any = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              eos_ids: Sequence[int] | int | None = (), pad_id: int = 0, num_samples: int = 1,
-             mesh: Mesh | None = None, cache_bucket: int | None = None) -> Generation:
+             mesh: Mesh | None = None, cache_bucket: int | None = None,
+             tokens_per_iteration: int = 1) -> Generation:
   """Samples `max_new_tokens` continuations of left-padded prompts with a KV cache (one jitted program).
 
   Args:
@@ -323,6 +340,11 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
       and the log-probs only by float rounding (~1e-6: the masked slots add exact zeros, but reductions of other
       lengths round differently), so a greedy near-tie may break the other way. None: `default_cache_bucket()`,
       the backend's rule.
+    tokens_per_iteration: k, decode steps per iteration of the decode loop (an inner loop of static trip count
+      k): the loop tests its exit (every row ended, the phase's slots full) once per k tokens. On a GPU each test
+      copies a flag to the host and waits for it, so k > 1 trades that wait for up to k - 1 steps decoded after
+      every row has ended (they write pads: the tokens and log-probs equal k = 1's). A phase's last steps that
+      do not fill a block run one at a time (a second compiled decode step per phase). 1: one loop, as before.
 
   Returns:
     Generation with (R, N) tokens / logps / model_logps / mask and (R,) lengths, R = B * num_samples,
@@ -335,6 +357,9 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
   if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
   cache_bucket = resolve_cache_bucket(cache_bucket)
+  if (not isinstance(tokens_per_iteration, (int, np.integer)) or isinstance(tokens_per_iteration, bool)
+      or tokens_per_iteration < 1):
+    raise ValueError(f"tokens_per_iteration must be an int >= 1, got {tokens_per_iteration!r}")
   if not greedy:
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")
@@ -359,4 +384,5 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
       num_samples=int(num_samples), temperature=1.0 if greedy else float(temperature),
       top_k=None if greedy or top_k is None else int(top_k), top_p=None if greedy or top_p is None else float(top_p),
       greedy=bool(greedy), eos_ids=eos_ids, pad_id=int(pad_id), mesh=mesh,
-      windows=cache_windows(prompt_ids_BxP.shape[1], int(max_new_tokens), cache_bucket))
+      windows=cache_windows(prompt_ids_BxP.shape[1], int(max_new_tokens), cache_bucket),
+      tokens_per_iteration=int(tokens_per_iteration))

@@ -318,12 +318,14 @@ class RLLossConfig:
 class SamplingConfig:
   """Rollout sampling: top_k 0 and top_p 1 mean no truncation. cache_bucket: each decode phase reads this many
   more slots of the KV cache (`sampling.generate`; 0: every step reads all prompt + max_new_tokens slots; None: the
-  backend's rule, `generate.default_cache_bucket`: 128 on CPUs)."""
+  backend's rule, `generate.default_cache_bucket`: 128 on CPUs). tokens_per_iteration: decode steps per iteration
+  of the decode loop, which tests for the end of every row once per iteration (`generate`; same tokens)."""
   max_new_tokens: int = field(24, min=1)
   temperature: float = field(1.0, min=1e-3)
   top_k: int = field(0, min=0)
   top_p: float = field(1.0, min=0.0, max=1.0)
   cache_bucket: int | None = field(None, min=0)
+  tokens_per_iteration: int = field(1, min=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -876,7 +878,8 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
                  rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
                  top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id,
-                 num_samples=g, cache_bucket=sampling.cache_bucket)
+                 num_samples=g, cache_bucket=sampling.cache_bucket,
+                 tokens_per_iteration=sampling.tokens_per_iteration)
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
                mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
@@ -1169,7 +1172,7 @@ def initial_dissimilarity(cfg: RLConfig, setup: state_lib.StateSetup, ids_NxP: n
     gen = generate(policy, ids, mask, max_new_tokens=sampling.max_new_tokens, rng=key,
                    temperature=sampling.temperature, top_k=sampling.top_k or None,
                    top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id,
-                   cache_bucket=sampling.cache_bucket)
+                   cache_bucket=sampling.cache_bucket, tokens_per_iteration=sampling.tokens_per_iteration)
     embed_VxD = policy.embed[...].astype(jnp.float32)
     # Clauses are content tokens: the end token would match the demonstration's and make an empty response "easy".
     content = lambda t, m: (m > 0) & ~jnp.isin(t, jnp.asarray(eos_ids))  # noqa: E731

@@ -117,6 +117,7 @@ def test_budget_guard_skips_before_building_anything(capsys):
 
 def test_entries_and_groups():
   assert cases.parse_entry("gen:b=256:bucket=0").levers == {"b": 256, "bucket": 0}  # 0: read the whole cache
+  assert cases.parse_entry("gen:b=1:tpi=8:profile").levers == {"b": 1, "tpi": 8, "profile": True}
   entry = cases.parse_entry("dpo:logps=fused:b=16:unroll")
   assert (entry.kind, entry.levers) == ("dpo", {"logps": "fused", "b": 16, "unroll": True})
   # The layer loop: unroll / scan force ModelConfig.scan_layers, neither leaves the library's backend rule (None).
@@ -126,7 +127,8 @@ def test_entries_and_groups():
   for bad, match in (("ppo", "unknown case"), ("rm:logps=fused", "unknown lever 'logps'"),
                      ("dpo:logps=fast", "expected one of"), ("gen:b=0", "positive integer"),
                      ("gen:bucket=-1", "integer >= 0"),
-                     ("gen:unroll=1", "is a flag"), ("rm:remat", "needs a value"),
+                     ("gen:unroll=1", "is a flag"), ("rm:remat", "needs a value"), ("gen:tpi=0", "positive"),
+                     ("gen:profile=1", "is a flag"), ("rm:profile", "unknown lever"),
                      ("rm:unroll:scan", "contradict")):
     with pytest.raises(ValueError, match="--only") as info:
       cases.parse_entry(bad)
@@ -194,3 +196,68 @@ def test_grpo_old_log_probs_from_the_rollout_train_like_the_detached_ones():
   assert (detached["old_logps"], rollout["old_logps"]) == ("detached", "rollout")
   assert detached["losses"][1] != 0.0
   assert rollout["losses"][1] == pytest.approx(detached["losses"][1], rel=1e-4, abs=1e-7)
+
+
+def test_gen_profile_reports_the_ops_of_one_decode_step(tmp_path):
+  """The `profile` lever traces a prefill-only and a full generation (experiments/trace_summary.py). Two lengths of
+  the same decode loop: the full traces differ by a whole number of ops per extra step, which is the per-step count
+  both rows report (up to the two programs' few ops outside the loop, spread over the steps); the traces are kept
+  under --trace_dir, and a trace that cannot be written is an error in the row, not a failed case."""
+  s = cases.Settings(smoke=True, trace_dir=str(tmp_path / "traces"))
+  rows = {new: cases.run_gen(cases.parse_entry(f"gen:b=2:new={new}:profile"), s) for new in (6, 10)}
+  short, long = rows[6]["profile"], rows[10]["profile"]
+  per_step, rest = divmod(long["full_ops"] - short["full_ops"], 4)
+  assert rest == 0 and per_step > 10, (short, long)
+  for p, steps in ((short, 5), (long, 9)):
+    assert p["steps"] == steps and abs(p["ops_per_step"] - per_step) * steps <= 3, p
+    assert p["busy_us_per_step"] > 0 and p["top_ops"] and p["top_ops"][0]["count"] >= 1
+  assert sorted(path.name for path in (tmp_path / "traces" / "gen_b-2_new-6_profile").iterdir()) == ["full", "prefill"]
+  assert rows[6]["decode_step_ms"] > 0 and "profile" not in cases.run_gen(cases.parse_entry("gen:b=2:new=3"), s)
+  # Blocks of 4 decode steps per loop iteration (generate(tokens_per_iteration=4)): the same decode, step for step.
+  blocks = cases.run_gen(cases.parse_entry("gen:b=2:new=10:tpi=4:profile"), cases.Settings(smoke=True))
+  assert blocks["tokens_per_iteration"] == 4 and blocks["all_rows_full_length"]
+  assert abs(blocks["profile"]["ops_per_step"] - per_step) * 9 <= 12, blocks["profile"]
+  # A temporary directory by default, removed; an unusable trace directory is reported in the row.
+  assert cases.run_gen(cases.parse_entry("gen:b=2:new=3:profile"), cases.Settings(smoke=True))["profile"][
+      "trace_dir"] is None
+  bad = cases.run_gen(cases.parse_entry("gen:b=2:new=6:profile"), s)["profile"]
+  assert set(bad) == {"error"} and "new or empty" in bad["error"]
+
+
+def test_xla_flag_cases_run_alone_with_their_flags(monkeypatch):
+  """xf= presets and profile cases each get a child process of their own whose XLA_FLAGS carry the preset and, for a
+  profile, command buffers kept on while tracing (the traced program is the timed one)."""
+  assert bench_gpu.plan_groups(["gen:b=1", "gen:b=1:profile", "gen:b=64", "gen:b=1:tpi=8:xf=cmdbuf_unroll:profile"],
+                               "8b") == [["gen:b=1"], ["gen:b=1:profile"], ["gen:b=64"],
+                                         ["gen:b=1:tpi=8:xf=cmdbuf_unroll:profile"]]
+
+  def child_args(args, texts, deadline):
+    del args, deadline
+    code = ("import json, os\nprint('@@DEVICE {}', flush=True)\n"
+            f"print('@@ROW ' + json.dumps({{'entry': {texts[0]!r}, 'status': 'ok', "
+            "'flags': os.environ.get('XLA_FLAGS', '')}), flush=True)\n")
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(bench_gpu, "_child_args", child_args)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_mine=1")
+  flags = {}
+  for text in ("gen:b=1", "gen:b=1:profile", "gen:b=1:tpi=8:xf=cmdbuf_unroll:profile"):
+    bench_gpu.run_group(None, [text], float("inf"), lambda row: flags.update({row["entry"]: row["flags"]}), {})
+  assert flags["gen:b=1"] == "--xla_mine=1"
+  assert flags["gen:b=1:profile"] == "--xla_mine=1 " + cases.PROFILE_XLA_FLAGS
+  assert flags["gen:b=1:tpi=8:xf=cmdbuf_unroll:profile"] == " ".join(
+      ["--xla_mine=1", cases.XLA_PRESETS["cmdbuf_unroll"], cases.PROFILE_XLA_FLAGS])
+  assert "--xla_gpu_command_buffer_unroll_loops=true" in cases.XLA_PRESETS["cmdbuf_unroll"]
+
+
+def test_every_xla_flag_the_script_sets_is_one_xla_knows():
+  """XLA aborts a process on an unknown XLA_FLAGS entry, which on the GPU machine would cost a whole case: every
+  preset and the profile flag parse here (XLA's flag table is the same on every backend)."""
+  for flags in [*cases.XLA_PRESETS.values(), cases.PROFILE_XLA_FLAGS]:
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(2).block_until_ready()"], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, (flags, proc.stderr[-500:])
+  env = dict(os.environ, XLA_FLAGS="--xla_gpu_no_such_flag=1", JAX_PLATFORMS="cpu")  # the check can fail
+  assert subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(2)"], env=env, capture_output=True,
+                        timeout=120, check=False).returncode != 0

@@ -1,11 +1,12 @@
-"""The rl stage's `sampling.cache_bucket` reaches the rollout's decode: its phases read the configured slots, and the
-rollout batch (tokens, log-probs, rewards, advantages) is the one of reading the whole cache every step."""
+"""The rl stage's `sampling.cache_bucket` and `sampling.tokens_per_iteration` reach the rollout's decode: its phases
+read the configured slots, its loop decodes the configured blocks of steps, and the rollout batch (tokens, log-probs,
+rewards, advantages) is the one of reading the whole cache one step per iteration."""
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jaxpr_walk import attention_slots_per_loop
+from jaxpr_walk import all_eqns, attention_slots_per_loop
 from rl_step_setup import rl_config, setup_step
 
 from jaxrlhf.data.synthetic import World, WorldConfig
@@ -37,3 +38,22 @@ def test_rollout_decodes_in_the_configured_cache_phases(world):
   assert lengths == {0: [11], 2: [8, 10, 11]}
   for key in ("tokens", "mask", "ref_logps", "old_logps", "rewards", "advantages"):
     np.testing.assert_allclose(np.asarray(batches[2][key]), np.asarray(batches[0][key]), atol=1e-5, err_msg=key)
+
+
+def test_rollout_decodes_the_configured_tokens_per_iteration(world):
+  batches, blocks = {}, {}
+  for k in (1, 4):
+    cfg = rl_config(TINY, {"num_generations": 2, "kl_mode": "loss"},
+                    sampling={"temperature": 0.9, "max_new_tokens": 7, "tokens_per_iteration": k})
+    setup, state, prompts, sources = setup_step(world, cfg, TINY)
+    model = nnx.merge(setup.graphdef, state.params, state.extra)
+    run = lambda p, cfg=cfg, model=model, sources=sources: rl.rollout(  # noqa: E731
+        model, p, jax.random.PRNGKey(0), loss=cfg.loss, sampling=cfg.sampling, sources=sources,
+        eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id)
+    batches[k], _ = jax.jit(run)(prompts)
+    # generate's block of k steps is a fori_loop of static length k: a scan of that length in the program.
+    blocks[k] = sorted(e.params["length"] for e in all_eqns(jax.make_jaxpr(run)(prompts).jaxpr)
+                       if e.primitive.name == "scan" and e.params["length"] == 4)
+  assert blocks == {1: [], 4: [4]}
+  for key in ("tokens", "mask", "ref_logps", "old_logps", "rewards", "advantages"):
+    np.testing.assert_allclose(np.asarray(batches[4][key]), np.asarray(batches[1][key]), atol=1e-6, err_msg=key)
