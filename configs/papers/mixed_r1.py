@@ -17,7 +17,7 @@ turn (the column "chosen").
                            n-gram metric computed without the embeddings, the independent check of what BMAS selects
             `<name>/constant_pools` is the share of prompts whose 8 samples all score the same (a GRPO group with
             zero advantage); scores.npz keeps every score, pool.npz the samples, for the best-of-8 cross-table and
-            the on-topic / off-topic / shuffled-reference checks of docs/reproductions/bmasdemo/analyze_pools.py.
+            the on-topic / off-topic / shuffled-reference checks of docs/reproductions/mixed_r1/analyze_pools.py.
   smoke     the same stage at 2 prompts x 2 samples x 4 new tokens (CI runs it with a tiny random model).
 
     python -m experiments.run --config configs/papers/mixed_r1.py --workdir runs/papers/mixed_r1

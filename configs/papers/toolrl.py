@@ -28,7 +28,7 @@ models from a cold start).
             (that exact-match correctness alone, +-3) and "format". `<name>/constant_pools` is the share of
             requests whose 8 samples all score the same (a GRPO group with zero advantage under that reward);
             scores.npz keeps every (prompt, sample) score for the best-of-8 cross-tables
-            (docs/reproductions/bmasdemo/analyze_pools.py).
+            (docs/reproductions/toolrl/analyze_pools.py).
 
 Variants: default, smoke (two tiny steps, for CI), pools, pools_smoke. Sweep: seeds 0, 1, 2.
     python -m experiments.run --config configs/papers/toolrl.py --workdir runs/papers/toolrl

@@ -5,7 +5,7 @@
 For every seed=<k>/pools/ run: each term's share of constant groups (all 8 scores equal), its mean score (n = 1) and
 best-of-8 value (the run's proxy@1 / proxy@N), and the section's rule: the per-prompt paired difference
 constant(execution_accuracy) - constant(reasoning_sql), its mean with a percentile-bootstrap 95% interval over prompts
-(10,000 resamples, seed 0; the same bootstrap as docs/reproductions/bmasdemo/analyze_pools.py). Pooled over the seeds
+(10,000 resamples, seed 0; experiments/analysis/pools.py). Pooled over the seeds
 (every seed samples the same 64 prompts): the per-prompt difference averaged over the seeds, with the same bootstrap
 over prompts (a prompt's seeds resampled together). Prints markdown and writes analysis.json beside this file.
 """
@@ -17,9 +17,9 @@ import sys
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "bmasdemo"))
+sys.path.insert(0, str(HERE.parents[2]))
 
-from analyze_pools import bootstrap, constant_P, fmt, write_pooled  # noqa: E402
+from experiments.analysis.pools import bootstrap, constant_P, fmt, seed_pools, write_pooled  # noqa: E402
 
 TERMS = ("execution_accuracy", "syntax", "format", "schema_linking", "ngram", "reasoning_sql")
 
@@ -44,7 +44,7 @@ def seed_analysis(run: pathlib.Path) -> dict:
 
 def main(sweep: pathlib.Path) -> None:
   result = {}
-  runs = [run for run in sorted(sweep.glob("seed=*/pools")) if (run / "scores.npz").exists()]
+  runs = seed_pools(sweep)
   for run in runs:
     seed = run.parent.name
     a = result[seed] = seed_analysis(run)
