@@ -105,13 +105,16 @@ def busy_intervals(events: Sequence[OpEvent]) -> np.ndarray:
 
 
 def summarize(events: Sequence[OpEvent], *, top: int = 12) -> dict:
-  """Totals of one trace: `ops` (leaf events), `busy_ns` (union of all events), `span_ns` (first start to last
+  """Totals of one trace: `ops` (leaf events), `planes` (where they ran: "/device:GPU:0", or "/host:CPU" when
+  the trace has no device events, e.g. XLA:CPU, or a GPU traced without CUPTI), `busy_ns` (union of all events), `span_ns` (first start to last
   end), `idle_fraction` = 1 - busy / span, the gaps between busy intervals (count, total, median, max, and those
   over LONG_GAP_NS: count and total), and the `top` ops by total time: name, HLO op, count, total and mean (us)."""
   leaves = _leaves(events)
   busy = busy_intervals(events)
+  planes = sorted({e.plane for e in events})
   if not len(busy):
-    return dict(ops=0, busy_ns=0.0, span_ns=0.0, idle_fraction=0.0, gaps=dict(count=0, total_ns=0.0), top_ops=[])
+    return dict(ops=0, planes=planes, busy_ns=0.0, span_ns=0.0, idle_fraction=0.0, gaps=dict(count=0, total_ns=0.0),
+                top_ops=[])
   span = float(busy[-1, 1] - busy[0, 0])
   busy_ns = float(np.sum(busy[:, 1] - busy[:, 0]))
   gaps = busy[1:, 0] - busy[:-1, 1]
@@ -121,7 +124,7 @@ def summarize(events: Sequence[OpEvent], *, top: int = 12) -> dict:
     by_name.setdefault((e.name, e.hlo_op), []).append(e.duration_ns)
   ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
   return dict(
-      ops=len(leaves), busy_ns=busy_ns, span_ns=span, idle_fraction=1.0 - busy_ns / span if span > 0 else 0.0,
+      ops=len(leaves), planes=planes, busy_ns=busy_ns, span_ns=span, idle_fraction=1.0 - busy_ns / span if span > 0 else 0.0,
       gaps=dict(count=int(gaps.size), total_ns=float(gaps.sum()),
                 median_ns=float(np.median(gaps)) if gaps.size else 0.0, max_ns=float(gaps.max()) if gaps.size else 0.0,
                 long_count=int(long_gaps.size), long_total_ns=float(long_gaps.sum())),
@@ -144,7 +147,7 @@ def per_step(short: dict, long: dict, steps: int) -> dict:
               gaps_per_step=round(d(lambda s: s["gaps"]["count"]), 2),
               long_gaps_per_step=round(d(lambda s: s["gaps"].get("long_count", 0)), 3),
               long_gap_us_per_step=round(d(lambda s: s["gaps"].get("long_total_ns", 0.0)) / 1e3, 2),
-              top_ops=long["top_ops"])
+              planes=long.get("planes", []), top_ops=long["top_ops"])
 
 
 def trace_call(fn: Callable[[], object], trace_dir: str) -> list[OpEvent]:

@@ -210,7 +210,9 @@ def test_gen_profile_reports_the_ops_of_one_decode_step(tmp_path):
   assert rest == 0 and per_step > 10, (short, long)
   for p, steps in ((short, 5), (long, 9)):
     assert p["steps"] == steps and abs(p["ops_per_step"] - per_step) * steps <= 3, p
-    assert p["busy_us_per_step"] > 0 and p["top_ops"] and p["top_ops"][0]["count"] >= 1
+    # Times are differences of two traces (noisy on a loaded CPU); the op counts above are exact.
+    assert isinstance(p["busy_us_per_step"], float) and p["top_ops"] and p["top_ops"][0]["count"] >= 1
+    assert p["planes"] == ["/host:CPU"]  # on a GPU: "/device:GPU:0" (CUPTI's kernel events)
   assert sorted(path.name for path in (tmp_path / "traces" / "gen_b-2_new-6_profile").iterdir()) == ["full", "prefill"]
   assert rows[6]["decode_step_ms"] > 0 and "profile" not in cases.run_gen(cases.parse_entry("gen:b=2:new=3"), s)
   # Blocks of 4 decode steps per loop iteration (generate(tokens_per_iteration=4)): the same decode, step for step.

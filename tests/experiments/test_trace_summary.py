@@ -53,7 +53,7 @@ def test_busy_idle_gaps_and_top_ops_against_hand_counts():
   ]
   s = ts.summarize(events, top=2)
   # Busy: [0, 104) + [150, 180) + [205, 210) = 139 of a 210 span; gaps 46 (104 -> 150) and 25 (180 -> 205).
-  assert s["ops"] == 6 and s["busy_ns"] == 139.0 and s["span_ns"] == 210.0
+  assert s["ops"] == 6 and s["busy_ns"] == 139.0 and s["span_ns"] == 210.0 and s["planes"] == ["/host:CPU"]
   assert s["idle_fraction"] == pytest.approx(71 / 210)
   assert s["gaps"] == dict(count=2, total_ns=71.0, median_ns=35.5, max_ns=46.0, long_count=0, long_total_ns=0.0)
   assert s["top_ops"] == [dict(name="dot", hlo_op="dot", count=3, total_us=0.1, mean_us=0.03),
@@ -67,11 +67,11 @@ def test_busy_idle_gaps_and_top_ops_against_hand_counts():
 def test_per_step_is_the_difference_over_the_steps():
   def fake(ops, busy, span, gaps, long_count, long_total):
     return dict(ops=ops, busy_ns=busy, span_ns=span, gaps=dict(count=gaps, long_count=long_count,
-                                                               long_total_ns=long_total), top_ops=["x"])
+                                                               long_total_ns=long_total), planes=["p"], top_ops=["x"])
   got = ts.per_step(fake(100, 5e5, 6e5, 10, 1, 3e4), fake(1100, 2.5e6, 4.6e6, 510, 101, 2.03e6), steps=10)
   assert got == dict(steps=10, ops_per_step=100.0, busy_us_per_step=200.0, span_us_per_step=400.0,
                      idle_fraction=0.5, gaps_per_step=50.0, long_gaps_per_step=10.0, long_gap_us_per_step=200.0,
-                     top_ops=["x"])
+                     planes=["p"], top_ops=["x"])
   with pytest.raises(ValueError, match="steps"):
     ts.per_step(got, got, 0)
 
@@ -111,8 +111,9 @@ def test_a_real_trace_counts_each_loop_iteration_of_the_compiled_program(tmp_pat
     events = ts.trace_call(lambda n=n: loop(x, n).block_until_ready(), str(tmp_path / f"n{n}"))
     assert sum(e.hlo_op == tanh for e in events) == n, (tanh, sorted({e.hlo_op for e in events}))
     traces[n] = ts.summarize(events)
+    assert traces[n]["planes"] == ["/host:CPU"]  # XLA:CPU: the thunks, no device plane
   step = ts.per_step(traces[2], traces[9], 7)
-  assert step["ops_per_step"] == per_iteration and step["busy_us_per_step"] > 0
+  assert step["ops_per_step"] == per_iteration and traces[9]["busy_ns"] > traces[9]["ops"]  # > 1 ns per op
   with pytest.raises(ValueError, match="new or empty"):
     ts.trace_call(lambda: None, str(tmp_path / "n2"))
   with pytest.raises(ValueError, match="expected one"):
