@@ -372,6 +372,19 @@ def tables(header: dict, device: dict, rows: list[dict]) -> str:
                  f"{r['prefill_tokens_per_s']:,} | {_pct(r['prefill_mfu'])} | {r['decode_step_ms']} | "
                  f"{r['decode_tokens_per_s']:,} | {r['total_tokens_per_s']:,} | {r['hbm_gb_per_s']} | "
                  f"**{_pct(r['hbm_util'])}** | {_pct(r['hbm_util_filled'])} |")
+  profiled = [r for r in gen if r.get("profile")]
+  if profiled:
+    out += ["", "| decode step traced | planes | ops / step | busy us / step | span us / step | idle | gaps / step | "
+            "long gaps / step | long-gap us / step | costliest ops (count, total us) |", "|" + "---|" * 10]
+    for r in profiled:
+      p = r["profile"]
+      if "error" in p:
+        out.append(f"| {r['entry']} | trace failed: {p['error'][:200]} |" + " |" * 8)
+        continue
+      top = "; ".join(f"{o['name'][:40]} ({o['count']}, {o['total_us']})" for o in p["top_ops"][:4])
+      out.append(f"| {r['entry']} | {', '.join(p['planes'])} | {p['ops_per_step']} | {p['busy_us_per_step']} | "
+                 f"{p['span_us_per_step']} | {_pct(p['idle_fraction'])} | {p['gaps_per_step']} | "
+                 f"{p['long_gaps_per_step']} | {p['long_gap_us_per_step']} | {top} |")
   for r in (r for r in ok if r.get("case") == "ens"):
     loops = "; ".join(f"{name}: ensemble {x['ensemble_s']} s, ratio {x['ratio']}, MFU {_pct(x['ensemble_mfu'])}, "
                       f"program {x['program_gib']} GiB, member-0 loss at init {x['member0_loss0']}"

@@ -214,7 +214,7 @@ def test_gen_profile_reports_the_ops_of_one_decode_step(tmp_path):
     assert isinstance(p["busy_us_per_step"], float) and p["top_ops"] and p["top_ops"][0]["count"] >= 1
     assert p["planes"] == ["/host:CPU"]  # on a GPU: "/device:GPU:0" (CUPTI's kernel events)
   assert sorted(path.name for path in (tmp_path / "traces" / "gen_b-2_new-6_profile").iterdir()) == ["full", "prefill"]
-  assert rows[6]["decode_step_ms"] > 0 and "profile" not in cases.run_gen(cases.parse_entry("gen:b=2:new=3"), s)
+  assert isinstance(rows[6]["decode_step_ms"], float) and "profile" not in cases.run_gen(cases.parse_entry("gen:b=2:new=3"), s)
   # Blocks of 4 decode steps per loop iteration (generate(tokens_per_iteration=4)): the same decode, step for step.
   blocks = cases.run_gen(cases.parse_entry("gen:b=2:new=10:tpi=4:profile"), cases.Settings(smoke=True))
   assert blocks["tokens_per_iteration"] == 4 and blocks["all_rows_full_length"]
@@ -224,6 +224,14 @@ def test_gen_profile_reports_the_ops_of_one_decode_step(tmp_path):
       "trace_dir"] is None
   bad = cases.run_gen(cases.parse_entry("gen:b=2:new=6:profile"), s)["profile"]
   assert set(bad) == {"error"} and "new or empty" in bad["error"]
+  # The printed tables: one line per traced case, a failed trace named.
+  header = dict(host="h", cpus=2, gpus=[], versions={}, python="3", commit="c", date_utc="now")
+  rows10 = dict(rows[10], entry="gen:b=2:new=10:profile", status="ok")
+  failed = dict(rows[10], entry="gen:b=2:new=6:profile", status="ok", profile=bad)
+  text = bench_gpu.tables(header, {}, [rows10, failed])
+  line = next(x for x in text.splitlines() if x.startswith("| gen:b=2:new=10:profile | /host:CPU |"))
+  assert f"| {long['ops_per_step']} |" in line and long["top_ops"][0]["name"][:40] in line
+  assert "| gen:b=2:new=6:profile | trace failed: ValueError" in text
 
 
 def test_xla_flag_cases_run_alone_with_their_flags(monkeypatch):
