@@ -74,6 +74,7 @@ class BestOfNConfig:
   max_new_tokens: int = field(32, min=1)
   temperature: float = field(1.0, min=1e-3)
   cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
+  tokens_per_iteration: int = field(1, min=1)  # decode steps per loop iteration (`sampling.generate`)
   plots: bool = field(True)
   member_curves: bool = field(False)  # Also "rm_single": the average of the K single-member curves.
   pool_from: str = stage_ref("pool")  # "stage:<best_of_n stage>" or a pool.npz: reuse its samples.
@@ -147,7 +148,8 @@ def generate_pools(model: Any, prompts: inputs_lib.PromptSet, cfg: BestOfNConfig
     p_ids, p_mask = ids[start:start + cfg.batch_size], mask[start:start + cfg.batch_size]
     gen = generate(model, p_ids, p_mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    rng=jax.random.fold_in(jax.random.PRNGKey(cfg.seed), start), eos_ids=eos_ids,
-                   pad_id=pad_id, num_samples=n, cache_bucket=cfg.cache_bucket)
+                   pad_id=pad_id, num_samples=n, cache_bucket=cfg.cache_bucket,
+                   tokens_per_iteration=cfg.tokens_per_iteration)
     b = p_ids.shape[0]
     if gold_fn is not None:
       rep_ids, rep_mask = np.repeat(p_ids, n, axis=0), np.repeat(p_mask, n, axis=0)

@@ -80,6 +80,7 @@ class DensityRatioConfig:
   max_new_tokens: int = field(32, min=1)
   temperature: float = field(1.0, min=1e-3)
   cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
+  tokens_per_iteration: int = field(1, min=1)  # decode steps per loop iteration (`sampling.generate`)
 
   def validate(self, path: str) -> None:
     if not self.ratios:
@@ -114,7 +115,8 @@ def sample_gold(model: Any, world: Any, prompts: Sequence[str], cfg: DensityRati
     ids, mask = padding.pad_prompts(rows[start:start + cfg.batch_size], tok.pad_id, width=width)
     gen = generate(model, ids, mask, max_new_tokens=cfg.max_new_tokens,
                    rng=jax.random.PRNGKey(cfg.seed * 7919 + start), temperature=cfg.temperature,
-                   eos_ids=(tok.eos_id,), pad_id=tok.pad_id, cache_bucket=cfg.cache_bucket)
+                   eos_ids=(tok.eos_id,), pad_id=tok.pad_id, cache_bucket=cfg.cache_bucket,
+                   tokens_per_iteration=cfg.tokens_per_iteration)
     golds.append(np.asarray(gold_fn(ids, mask, gen.tokens, gen.mask), np.float64))
   return float(np.mean(np.concatenate(golds)))
 

@@ -73,6 +73,7 @@ class EvaluatePolicyConfig:
   max_new_tokens: int = field(32, min=1)
   temperature: float = field(1.0, min=1e-3)
   cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
+  tokens_per_iteration: int = field(1, min=1)  # decode steps per loop iteration (`sampling.generate`)
 
   def validate(self, path: str) -> None:
     for key in ("policy", "base"):
@@ -115,7 +116,7 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
                     top_k: int | None = None, top_p: float | None = None, eos_ids: Sequence[int] = (),
                     pad_id: int = 0, ci: str = "normal", level: float = 0.95, num_resamples: int = 2000,
                     mesh=None, reference_prompt_ids_BxP=None, reference_prompt_mask_BxP=None,
-                    cache_bucket: int | None = None) -> PolicyEvaluation:
+                    cache_bucket: int | None = None, tokens_per_iteration: int = 1) -> PolicyEvaluation:
   """Evaluates a policy against the gold reward, a proxy, the reference (KL) and a base policy (win rate).
 
   Args:
@@ -131,8 +132,8 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
       repeated (default arange(B)).
     base: the policy to compare win rates against (default: `reference`).
     num_samples: samples per prompt (averaged per prompt before the interval).
-    temperature, top_k, top_p, eos_ids, pad_id, mesh, cache_bucket: sampling settings for both policies (see
-      `generate`).
+    temperature, top_k, top_p, eos_ids, pad_id, mesh, cache_bucket, tokens_per_iteration: sampling settings for
+      both policies (see `generate`).
     ci, level, num_resamples: confidence intervals ("normal" or "bootstrap").
     reference_prompt_ids_BxP, reference_prompt_mask_BxP: the same B prompts as the reference, the base policy and
       the gold / proxy rewards see them (default: the policy's prompts). A goal-conditioned policy (reward-augmented
@@ -155,7 +156,8 @@ def evaluate_policy(policy, reference, prompt_ids_BxP, prompt_mask_BxP, *, gold_
   B, S = prompt_ids_BxP.shape[0], num_samples
   base = reference if base is None else base
   sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                  eos_ids=eos_ids, pad_id=pad_id, num_samples=S, mesh=mesh, cache_bucket=cache_bucket)
+                  eos_ids=eos_ids, pad_id=pad_id, num_samples=S, mesh=mesh, cache_bucket=cache_bucket,
+                  tokens_per_iteration=tokens_per_iteration)
   ids_R, mask_R = jnp.repeat(ref_ids_BxP, S, axis=0), jnp.repeat(ref_mask_BxP, S, axis=0)
 
   gen = generate(policy, prompt_ids_BxP, prompt_mask_BxP, rng=jax.random.fold_in(rng, 0), **sampling)
@@ -252,7 +254,8 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
           aggregation=cfg.aggregation, lam=cfg.lam, rewards=rewards,
           prompt_index_B=np.arange(start, start + ids.shape[0]), rng=jax.random.PRNGKey(cfg.seed + start),
           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, eos_ids=eos_ids, pad_id=tok.pad_id,
-          reference_prompt_ids_BxP=ref_ids, reference_prompt_mask_BxP=ref_mask, cache_bucket=cfg.cache_bucket)
+          reference_prompt_ids_BxP=ref_ids, reference_prompt_mask_BxP=ref_mask, cache_bucket=cfg.cache_bucket,
+          tokens_per_iteration=cfg.tokens_per_iteration)
     except Exception as e:  # pylint: disable=broad-except
       errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
       raise

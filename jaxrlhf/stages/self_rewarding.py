@@ -83,6 +83,7 @@ class SelfRewardingConfig:
   max_new_tokens: int = field(24, min=1)
   temperature: float = field(1.0, min=1e-3)
   cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
+  tokens_per_iteration: int = field(1, min=1)  # decode steps per loop iteration (`sampling.generate`)
   sample_batch_size: int = field(64, min=1)  # prompts per generation call
   beta: float = field(0.1)
   num_eval_prompts: int = field(256, min=1)
@@ -157,7 +158,8 @@ def _sample(model: Any, ids_BxP, mask_BxP, rng, cfg: SelfRewardingConfig, eos_id
   for c, start in enumerate(range(0, ids_BxP.shape[0], cfg.sample_batch_size)):
     gen = generate(model, ids_BxP[start:start + cfg.sample_batch_size], mask_BxP[start:start + cfg.sample_batch_size],
                    max_new_tokens=cfg.max_new_tokens, rng=jax.random.fold_in(rng, c), temperature=cfg.temperature,
-                   eos_ids=eos_ids, pad_id=pad_id, num_samples=num_samples, cache_bucket=cfg.cache_bucket)
+                   eos_ids=eos_ids, pad_id=pad_id, num_samples=num_samples, cache_bucket=cfg.cache_bucket,
+                   tokens_per_iteration=cfg.tokens_per_iteration)
     tokens.append(np.asarray(gen.tokens))
     masks.append(np.asarray(gen.mask))
   return np.concatenate(tokens), np.concatenate(masks)

@@ -70,6 +70,7 @@ class ValueTrainConfig:
   max_new_tokens: int = field(32, min=1)
   temperature: float = field(1.0, min=1e-3)
   cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
+  tokens_per_iteration: int = field(1, min=1)  # decode steps per loop iteration (`sampling.generate`)
   eval_prompts: int = field(128, min=0)
   log_every: int = field(25, min=1)
 
@@ -127,7 +128,8 @@ def _samples(policy, ids, mask, cfg: ValueTrainConfig, key, eos_ids, pad_id, sco
   """Base-policy rollouts of the prompts (samples_per_prompt each) with their rewards, as numpy arrays."""
   s = cfg.samples_per_prompt
   gen = generate(policy, ids, mask, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, rng=key,
-                 eos_ids=eos_ids, pad_id=pad_id, num_samples=s, cache_bucket=cfg.cache_bucket)
+                 eos_ids=eos_ids, pad_id=pad_id, num_samples=s, cache_bucket=cfg.cache_bucket,
+                 tokens_per_iteration=cfg.tokens_per_iteration)
   batch = {"prompt_ids": np.repeat(ids, s, axis=0), "prompt_mask": np.repeat(mask, s, axis=0),
            "tokens": np.asarray(gen.tokens), "mask": np.asarray(gen.mask), "lengths": np.asarray(gen.lengths)}
   batch["reward"] = np.asarray(score(batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"]),

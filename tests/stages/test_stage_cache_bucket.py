@@ -1,7 +1,8 @@
-"""Every sampling stage's `cache_bucket` reaches `sampling.generate`: best_of_n's pools, evaluate_policy's policy
-and base samples, value_train's rollouts, self_rewarding's candidates and density_ratio's gold samples decode in
-the configured phases (`generate` is called with the key's value), and their samples are the ones of reading the
-whole cache every step (the rl and vas_decode stages have their own tests)."""
+"""Every sampling stage's `cache_bucket` and `tokens_per_iteration` reach `sampling.generate`: best_of_n's pools,
+evaluate_policy's policy and base samples, value_train's rollouts, self_rewarding's candidates and density_ratio's
+gold samples decode in the configured phases and blocks of steps (`generate` is called with the keys' values), and
+their samples are the ones of reading the whole cache one step per loop iteration (the rl and vas_decode stages have
+their own tests)."""
 
 import jax
 import numpy as np
@@ -39,11 +40,12 @@ def prompts(world):
 
 @pytest.fixture
 def recorded(monkeypatch):
-  """The cache_bucket of every `generate` call the stage modules make (the real `generate` still runs)."""
+  """(cache_bucket, tokens_per_iteration) of every `generate` call the stage modules make (the real `generate` still
+  runs)."""
   calls = []
 
   def recording_generate(*args, **kwargs):
-    calls.append(kwargs.get("cache_bucket", "missing"))
+    calls.append((kwargs.get("cache_bucket", "missing"), kwargs.get("tokens_per_iteration", "missing")))
     return real_generate(*args, **kwargs)
 
   for module in (best_of_n, density_ratio, evaluate_policy, self_rewarding, value_train):
@@ -51,36 +53,41 @@ def recorded(monkeypatch):
   return calls
 
 
-def _sample_best_of_n(policy, world, prompts, bucket):
-  cfg = best_of_n.BestOfNConfig(pool_size=2, batch_size=2, max_new_tokens=NEW_TOKENS, cache_bucket=bucket)
+def _sample_best_of_n(policy, world, prompts, bucket, tpi):
+  cfg = best_of_n.BestOfNConfig(pool_size=2, batch_size=2, max_new_tokens=NEW_TOKENS, cache_bucket=bucket,
+                                tokens_per_iteration=tpi)
   pools = best_of_n.generate_pools(policy, inputs.PromptSet(*prompts, table=None, report={}), cfg,
                                    (world.tokenizer.eos_id,), world.tokenizer.pad_id, jax.jit(world.gold_reward))
   return pools["tokens"], pools["gold"]
 
 
-def _sample_evaluate_policy(policy, world, prompts, bucket):
+def _sample_evaluate_policy(policy, world, prompts, bucket, tpi):
   result = evaluate_policy.evaluate_policy(
       policy, policy, *prompts, gold_fn=gold_scorer(world), rng=jax.random.PRNGKey(3), max_new_tokens=NEW_TOKENS,
-      num_samples=2, eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, cache_bucket=bucket)
+      num_samples=2, eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, cache_bucket=bucket,
+      tokens_per_iteration=tpi)
   return result.per_prompt["gold"], result.per_prompt["length"]
 
 
-def _sample_value_train(policy, world, prompts, bucket):
-  cfg = value_train.ValueTrainConfig(samples_per_prompt=2, max_new_tokens=NEW_TOKENS, cache_bucket=bucket)
+def _sample_value_train(policy, world, prompts, bucket, tpi):
+  cfg = value_train.ValueTrainConfig(samples_per_prompt=2, max_new_tokens=NEW_TOKENS, cache_bucket=bucket,
+                                     tokens_per_iteration=tpi)
   batch = value_train._samples(policy, *prompts, cfg, jax.random.PRNGKey(5), (world.tokenizer.eos_id,),
                                world.tokenizer.pad_id, gold_scorer(world))
   return batch["tokens"], batch["reward"]
 
 
-def _sample_self_rewarding(policy, world, prompts, bucket):
-  cfg = self_rewarding.SelfRewardingConfig(max_new_tokens=NEW_TOKENS, sample_batch_size=3, cache_bucket=bucket)
+def _sample_self_rewarding(policy, world, prompts, bucket, tpi):
+  cfg = self_rewarding.SelfRewardingConfig(max_new_tokens=NEW_TOKENS, sample_batch_size=3, cache_bucket=bucket,
+                                           tokens_per_iteration=tpi)
   return self_rewarding._sample(policy, *prompts, jax.random.PRNGKey(7), cfg, (world.tokenizer.eos_id,),
                                 world.tokenizer.pad_id, 2)
 
 
-def _sample_density_ratio(policy, world, prompts, bucket):
+def _sample_density_ratio(policy, world, prompts, bucket, tpi):
   del prompts
-  cfg = density_ratio.DensityRatioConfig(batch_size=3, max_new_tokens=NEW_TOKENS, cache_bucket=bucket)
+  cfg = density_ratio.DensityRatioConfig(batch_size=3, max_new_tokens=NEW_TOKENS, cache_bucket=bucket,
+                                         tokens_per_iteration=tpi)
   return (density_ratio.sample_gold(policy, world, world.prompts(4, "test"), cfg),)
 
 
@@ -90,15 +97,19 @@ SAMPLERS = {"best_of_n": _sample_best_of_n, "evaluate_policy": _sample_evaluate_
 
 
 @pytest.mark.parametrize("stage", sorted(SAMPLERS))
-def test_the_stage_decodes_in_its_configured_phases(stage, policy, world, prompts, recorded):
+def test_the_stage_decodes_in_its_configured_phases_and_blocks(stage, policy, world, prompts, recorded):
   sample = SAMPLERS[stage]
-  phased = sample(policy, world, prompts, 2)
-  assert recorded and set(recorded) == {2}, recorded
+  phased = sample(policy, world, prompts, 2, 1)
+  assert recorded and set(recorded) == {(2, 1)}, recorded
   recorded.clear()
-  whole = sample(policy, world, prompts, 0)
-  assert recorded and set(recorded) == {0}, recorded
-  for a, b in zip(phased, whole):
+  whole = sample(policy, world, prompts, 0, 1)
+  assert recorded and set(recorded) == {(0, 1)}, recorded
+  recorded.clear()
+  blocks = sample(policy, world, prompts, 0, 3)  # 6 fed-back steps: two blocks of 3
+  assert recorded and set(recorded) == {(0, 3)}, recorded
+  for a, b, c in zip(phased, whole, blocks):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("config", [best_of_n.BestOfNConfig, evaluate_policy.EvaluatePolicyConfig,
@@ -107,3 +118,12 @@ def test_the_stage_decodes_in_its_configured_phases(stage, policy, world, prompt
 def test_a_negative_bucket_names_the_key(config):
   with pytest.raises(ConfigError, match="cache_bucket"):
     from_config({"cache_bucket": -1}, config)
+
+
+@pytest.mark.parametrize("config", [best_of_n.BestOfNConfig, evaluate_policy.EvaluatePolicyConfig,
+                                    value_train.ValueTrainConfig, self_rewarding.SelfRewardingConfig,
+                                    density_ratio.DensityRatioConfig])
+def test_tokens_per_iteration_below_one_names_the_key(config):
+  assert config.__dataclass_fields__["tokens_per_iteration"].default == 1
+  with pytest.raises(ConfigError, match="tokens_per_iteration"):
+    from_config({"tokens_per_iteration": 0}, config)
