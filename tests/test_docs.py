@@ -10,7 +10,7 @@ import re
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 # A repository path as the docs write it: a top-level folder, then path characters (a placeholder such as <k>, {name}
 # or * ends the match, leaving a prefix).
 _PATH = re.compile(r"(?<![\w/.~-])((?:docs|configs|experiments|tests|jaxrlhf|notebooks)/[\w./=\-]+)")
