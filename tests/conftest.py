@@ -25,6 +25,37 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", float(XLA_CACHE_
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", XLA_CACHE_MIN_COMPILE_S)
 
+
+def _write_cache_entries_atomically() -> None:
+  """Makes the test processes' cache writes atomic (a temporary file renamed into place).
+
+  jax's file cache (without its size limit, as here) writes an entry in place and reads entries without a lock, so a
+  process that reads a key while another (the other xdist worker) is still writing it gets a truncated executable,
+  and XLA aborts the reader ("Fatal Python error: Aborted" in compilation_cache.get_executable_and_time; seen once,
+  2026-12-06). A rename is atomic on a local filesystem: a reader sees the whole entry or none.
+  """
+  try:
+    from jax._src import lru_cache  # pylint: disable=g-import-not-at-top
+    suffix, put = lru_cache._CACHE_SUFFIX, lru_cache.LRUCache.put  # pylint: disable=protected-access
+  except (ImportError, AttributeError):  # another jax layout: keep its own writes
+    return
+
+  def atomic_put(self, key, value):
+    if self.eviction_enabled or not key:  # the size-limited cache writes under its own file lock
+      return put(self, key, value)
+    path = self.path / f"{key}{suffix}"
+    if path.exists():
+      return None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(value)
+    os.replace(tmp, path)
+    return None
+
+  lru_cache.LRUCache.put = atomic_put
+
+
+_write_cache_entries_atomically()
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 HH_RLHF_FILE = SHARED_DIR / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
