@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 
@@ -55,6 +56,20 @@ def _write_cache_entries_atomically() -> None:
 
 
 _write_cache_entries_atomically()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Drops jax's in-memory compiled programs after each test module.
+
+  Every loaded XLA:CPU executable keeps ~3 memory mappings until it is released, and an xdist worker that runs half
+  the suite loads tens of thousands of them: past the kernel's vm.max_map_count (65,530) the next executable cannot
+  be mapped and the worker dies in deserialization (seen twice on 2026-12-06, at ~80% of the run). A later module
+  that needs a program again reads it from the persistent cache in milliseconds.
+  """
+  yield
+  jax.clear_caches()
+  gc.collect()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
