@@ -31,9 +31,9 @@ def _write_cache_entries_atomically() -> None:
   """Makes the test processes' cache writes atomic (a temporary file renamed into place).
 
   jax's file cache (without its size limit, as here) writes an entry in place and reads entries without a lock, so a
-  process that reads a key while another (the other xdist worker) is still writing it gets a truncated executable,
-  and XLA aborts the reader ("Fatal Python error: Aborted" in compilation_cache.get_executable_and_time; seen once,
-  2026-12-06). A rename is atomic on a local filesystem: a reader sees the whole entry or none.
+  process that reads a key while another (the other xdist worker) is still writing it could get a truncated entry.
+  A rename is atomic on a local filesystem: a reader sees the whole entry or none. (The worker crashes in
+  deserialization seen on 2026-12-06 were not this but the memory-mapping limit: `_release_compiled_programs`.)
   """
   try:
     from jax._src import lru_cache  # pylint: disable=g-import-not-at-top
