@@ -21,18 +21,22 @@ def world():
   return World(WorldConfig(seed=0))
 
 
+def _rollout(world, sampling):
+  """The rl stage's rollout of a tiny model under `sampling`: (its batch, the rollout's jaxpr)."""
+  cfg = rl_config(TINY, {"num_generations": 2, "kl_mode": "loss"}, sampling={"temperature": 0.9, **sampling})
+  setup, state, prompts, sources = setup_step(world, cfg, TINY)
+  model = nnx.merge(setup.graphdef, state.params, state.extra)
+  run = lambda p: rl.rollout(  # noqa: E731
+      model, p, jax.random.PRNGKey(0), loss=cfg.loss, sampling=cfg.sampling, sources=sources,
+      eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id)
+  batch, _ = jax.jit(run)(prompts)
+  return batch, jax.make_jaxpr(run)(prompts).jaxpr
+
+
 def test_rollout_decodes_in_the_configured_cache_phases(world):
   batches, lengths = {}, {}
   for bucket in (0, 2):
-    cfg = rl_config(TINY, {"num_generations": 2, "kl_mode": "loss"},
-                    sampling={"temperature": 0.9, "max_new_tokens": 6, "cache_bucket": bucket})
-    setup, state, prompts, sources = setup_step(world, cfg, TINY)
-    model = nnx.merge(setup.graphdef, state.params, state.extra)
-    run = lambda p, cfg=cfg, model=model, sources=sources: rl.rollout(  # noqa: E731
-        model, p, jax.random.PRNGKey(0), loss=cfg.loss, sampling=cfg.sampling, sources=sources,
-        eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id)
-    batches[bucket], _ = jax.jit(run)(prompts)
-    jaxpr = jax.make_jaxpr(run)(prompts).jaxpr
+    batches[bucket], jaxpr = _rollout(world, {"max_new_tokens": 6, "cache_bucket": bucket})
     lengths[bucket] = attention_slots_per_loop(jaxpr)  # the cache slots each decode loop's attention reads
   # Prompts of 6 tokens + 6 new: 11 slots; buckets of 2 give phases of 8, 10 and 11 slots.
   assert lengths == {0: [11], 2: [8, 10, 11]}
@@ -43,16 +47,9 @@ def test_rollout_decodes_in_the_configured_cache_phases(world):
 def test_rollout_decodes_the_configured_tokens_per_iteration(world):
   batches, blocks = {}, {}
   for k in (1, 4):
-    cfg = rl_config(TINY, {"num_generations": 2, "kl_mode": "loss"},
-                    sampling={"temperature": 0.9, "max_new_tokens": 7, "tokens_per_iteration": k})
-    setup, state, prompts, sources = setup_step(world, cfg, TINY)
-    model = nnx.merge(setup.graphdef, state.params, state.extra)
-    run = lambda p, cfg=cfg, model=model, sources=sources: rl.rollout(  # noqa: E731
-        model, p, jax.random.PRNGKey(0), loss=cfg.loss, sampling=cfg.sampling, sources=sources,
-        eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id)
-    batches[k], _ = jax.jit(run)(prompts)
+    batches[k], jaxpr = _rollout(world, {"max_new_tokens": 7, "tokens_per_iteration": k})
     # generate's block of k steps is a fori_loop of static length k: a scan of that length in the program.
-    blocks[k] = sorted(e.params["length"] for e in all_eqns(jax.make_jaxpr(run)(prompts).jaxpr)
+    blocks[k] = sorted(e.params["length"] for e in all_eqns(jaxpr)
                        if e.primitive.name == "scan" and e.params["length"] == 4)
   assert blocks == {1: [], 4: [4]}
   for key in ("tokens", "mask", "ref_logps", "old_logps", "rewards", "advantages"):
