@@ -22,7 +22,7 @@ Shape letters: B batch (prompts), S samples per prompt, R = B * S rows, P prompt
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -212,6 +212,50 @@ def _constrain_batch(x: Array, mesh: Mesh | None, axis: int = 0) -> Array:
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
+def decode_loop(carry: Any, body: Callable[[Any], Any], *, progress: Callable[[Any], tuple[Array, Array]],
+                open_phase: Callable[[Any, int], Any], windows: tuple[int, ...], num_steps: int, prompt_width: int,
+                tokens_per_iteration: int = 1) -> Any:
+  """Runs decode steps t = 1 .. num_steps - 1 in phases of the cache, stopping once every row has ended.
+
+  Step t (`body`) feeds token t - 1 at cache slot prompt_width + t - 1, reads the slots before it and emits token t
+  (token 0 comes from the prefill). Phase `window` (one per entry of `windows`, from `cache_windows`) runs the
+  steps whose slots all lie within the first `window`, i.e. while prompt_width + t <= window; `open_phase(carry,
+  window)` tells the carry's caches to read only those slots. With tokens_per_iteration = k > 1 a phase first runs
+  whole blocks of k steps (an inner loop of static trip count k, the exit tested once per block), then its last
+  (< k) steps one at a time: the same steps in the same order as k = 1, plus up to k - 1 steps after every row has
+  ended, which the body must make harmless (ended rows write pads).
+
+  Args:
+    carry: the loop state after token 0; `progress(carry)` reads its step t (int32 scalar, starting at 1) and
+      (R,) bool "row has ended" flags.
+    body: one decode step, carry -> carry (advances t by 1).
+    open_phase: (carry, window) -> carry, entering the phase that reads `window` cache slots.
+    windows: the phases' slot counts, increasing; num_steps: N, the tokens to emit; prompt_width: P.
+    tokens_per_iteration: k >= 1.
+
+  Returns:
+    the final carry.
+  """
+  k = tokens_per_iteration
+
+  def fits(carry, window, steps):
+    t, done_R = progress(carry)
+    last = t + steps - 1  # the block's last step must fit the output and the phase (cond of a single step)
+    return (last < num_steps) & (prompt_width + last <= window) & ~jnp.all(done_R)
+
+  def block(carry):
+    # A loop with a static trip count: XLA knows it, so on a GPU no predicate goes back to the host between these
+    # k steps (and a CUDA graph may hold all k); the block loop around it tests the exit once per k tokens.
+    return jax.lax.fori_loop(0, k, lambda _, c: body(c), carry)
+
+  for window in windows:
+    carry = open_phase(carry, window)
+    if k > 1:
+      carry = jax.lax.while_loop(functools.partial(fits, window=window, steps=k), block, carry)
+    carry = jax.lax.while_loop(functools.partial(fits, window=window, steps=1), body, carry)
+  return carry
+
+
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "max_new_tokens", "num_samples", "temperature", "top_k", "top_p", "greedy", "eos_ids", "pad_id",
     "mesh", "windows", "tokens_per_iteration"))
@@ -258,12 +302,6 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
   out = {k: _constrain_batch(v, mesh) for k, v in out.items()}
   tok_R, live_R, done_R, out = emit(0, _constrain_batch(first_logits_RxV, mesh), jnp.zeros((R,), bool), out)
 
-  def cond(carry, window):
-    t, _, _, done_R, _, _ = carry
-    # Step t writes slot P + t - 1 and reads the slots before it: within the phase's first `window` slots while
-    # P + t <= window.
-    return (t < N) & (P + t <= window) & ~jnp.all(done_R)
-
   def body(carry):
     t, tok_R, live_R, done_R, cache, out = carry
     # A row that already ended feeds a masked pad: its cache slot is never attended to.
@@ -272,26 +310,13 @@ def _generate_jit(graphdef, state, prompt_ids_BxP, prompt_mask_BxP, row_keys_B, 
     tok_R, live_R, done_R, out = emit(t, logits_Rx1xV[:, 0], done_R, out)
     return t + 1, tok_R, live_R, done_R, cache, out
 
-  k = tokens_per_iteration
-
-  def block_cond(carry, window):
-    t, _, _, done_R, _, _ = carry
-    # All k steps t .. t + k - 1 of the block fit the phase and the output (cond's test for the last of them).
-    return (t + k - 1 < N) & (P + t + k - 1 <= window) & ~jnp.all(done_R)
-
-  def block_body(carry):
-    # A loop with a static trip count: XLA knows it, so on a GPU no predicate goes back to the host between these
-    # k steps (and a CUDA graph may hold all k); the block loop around it tests the exit once per k tokens.
-    return jax.lax.fori_loop(0, k, lambda _, c: body(c), carry)
-
-  carry = (jnp.asarray(1, jnp.int32), tok_R, live_R, done_R, cache, out)
-  for window in windows:
+  def open_phase(carry, window):  # phase `window`: slots >= window are still empty, so steps read the first `window`
     t, tok_R, live_R, done_R, cache, out = carry
-    # Phase `window`: slots >= window are still empty, so the steps read only the first `window`.
-    carry = (t, tok_R, live_R, done_R, cache.replace(read_len=window), out)
-    if k > 1:  # whole blocks of k steps, then the phase's last (< k) steps one at a time
-      carry = jax.lax.while_loop(functools.partial(block_cond, window=window), block_body, carry)
-    carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
+    return t, tok_R, live_R, done_R, cache.replace(read_len=window), out
+
+  carry = decode_loop((jnp.asarray(1, jnp.int32), tok_R, live_R, done_R, cache, out), body,
+                      progress=lambda c: (c[0], c[3]), open_phase=open_phase, windows=windows, num_steps=N,
+                      prompt_width=P, tokens_per_iteration=tokens_per_iteration)
   out = carry[-1]
   return Generation(tokens=out["tokens"], logps=out["logps"], model_logps=out["model_logps"], mask=out["mask"],
                     lengths=jnp.sum(out["mask"], axis=-1, dtype=jnp.int32))
@@ -311,6 +336,12 @@ def _check_prompts(prompt_ids_BxP, prompt_mask_BxP) -> None:
                      "end in padding")
   if (np.diff(mask.astype(np.int8), axis=1) < 0).any():
     raise ValueError("prompt_mask_BxP: prompts must be left-padded (zeros only before the first real token)")
+
+
+def _check_tokens_per_iteration(tokens_per_iteration: Any) -> None:
+  if (not isinstance(tokens_per_iteration, (int, np.integer)) or isinstance(tokens_per_iteration, bool)
+      or tokens_per_iteration < 1):
+    raise ValueError(f"tokens_per_iteration must be an int >= 1, got {tokens_per_iteration!r}")
 
 
 def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng: Any = None,
@@ -357,9 +388,7 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
   if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
     raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
   cache_bucket = resolve_cache_bucket(cache_bucket)
-  if (not isinstance(tokens_per_iteration, (int, np.integer)) or isinstance(tokens_per_iteration, bool)
-      or tokens_per_iteration < 1):
-    raise ValueError(f"tokens_per_iteration must be an int >= 1, got {tokens_per_iteration!r}")
+  _check_tokens_per_iteration(tokens_per_iteration)
   if not greedy:
     if not temperature > 0:
       raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {temperature}")

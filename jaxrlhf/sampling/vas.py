@@ -34,7 +34,8 @@ from flax import nnx
 from jaxrlhf.models.heads import per_position
 # The inverse-CDF draw and the per-row keys of `generate`: with beta = 0 (restrict=True) VAS then draws exactly the
 # tokens `generate(..., top_k=k)` draws from the same key.
-from jaxrlhf.sampling.generate import _categorical, _check_prompts, _row_keys, cache_windows, resolve_cache_bucket
+from jaxrlhf.sampling.generate import (_categorical, _check_prompts, _check_tokens_per_iteration, _row_keys, cache_windows,
+                                       decode_loop, resolve_cache_bucket)
 
 Array = jax.Array
 _NEG = jnp.finfo(jnp.float32).min
@@ -106,10 +107,12 @@ def _tile(cache, k: int):
 
 
 @functools.partial(jax.jit, static_argnames=("policy_graphdef", "value_graphdefs", "max_new_tokens", "top_k",
-                                             "restrict", "eos_ids", "pad_id", "windows"))
+                                             "restrict", "eos_ids", "pad_id", "windows",
+                                             "tokens_per_iteration"))
 def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weights_M, beta, prompt_ids_BxP,
              prompt_mask_BxP, row_keys_B, *, max_new_tokens: int, top_k: int, restrict: bool,
-             eos_ids: tuple[int, ...], pad_id: int, windows: tuple[int, ...]) -> VASGeneration:
+             eos_ids: tuple[int, ...], pad_id: int, windows: tuple[int, ...], tokens_per_iteration: int = 1
+             ) -> VASGeneration:
   policy = nnx.merge(policy_graphdef, policy_state)
   values = [nnx.merge(g, s) for g, s in zip(value_graphdefs, value_states)]
   B, P = prompt_ids_BxP.shape
@@ -158,12 +161,6 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
              kl=jnp.zeros((B,), jnp.float32))
   tok_B, live_B, done_B, out = emit(0, logits_BxV, value_caches, jnp.zeros((B,), bool), out)
 
-  def cond(carry, window):
-    t, _, _, done_B, _, _, _ = carry
-    # Step t feeds the policy and the value models at slot P + t - 1 and then scores candidates at slot P + t:
-    # every cache slot they read lies within the phase's first `window` while P + t <= window.
-    return (t < N) & (P + t <= window) & ~jnp.all(done_B)
-
   def body(carry):
     t, tok_B, live_B, done_B, cache, value_caches, out = carry
     feed_B = jnp.where(live_B, tok_B, 0)  # an ended row feeds a masked pad (never attended to)
@@ -172,12 +169,16 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
     tok_B, live_B, done_B, out = emit(t, logits_Bx1xV[:, 0], value_caches, done_B, out)
     return t + 1, tok_B, live_B, done_B, cache, value_caches, out
 
-  carry = (jnp.asarray(1, jnp.int32), tok_B, live_B, done_B, cache, value_caches, out)
-  for window in windows:  # decode phases, as `generate`: the steps read only the first `window` cache slots
+  def open_phase(carry, window):  # decode phases, as `generate`: the steps read only the first `window` cache slots
     t, tok_B, live_B, done_B, cache, value_caches, out = carry
-    carry = (t, tok_B, live_B, done_B, cache.replace(read_len=window),
-             [c.replace(read_len=window) for c in value_caches], out)
-    carry = jax.lax.while_loop(functools.partial(cond, window=window), body, carry)
+    return (t, tok_B, live_B, done_B, cache.replace(read_len=window),
+            [c.replace(read_len=window) for c in value_caches], out)
+
+  # Step t feeds the policy and the value models at slot P + t - 1 and then scores candidates at slot P + t: every
+  # slot they read lies within the phase's first `window` while P + t <= window, the loop's rule.
+  carry = decode_loop((jnp.asarray(1, jnp.int32), tok_B, live_B, done_B, cache, value_caches, out), body,
+                      progress=lambda c: (c[0], c[3]), open_phase=open_phase, windows=windows, num_steps=N,
+                      prompt_width=P, tokens_per_iteration=tokens_per_iteration)
   out = carry[-1]
   return VASGeneration(tokens=out["tokens"], logps=out["logps"], base_logps=out["base_logps"], mask=out["mask"],
                        lengths=jnp.sum(out["mask"], axis=-1, dtype=jnp.int32), kl=out["kl"])
@@ -186,7 +187,7 @@ def _vas_jit(policy_graphdef, policy_state, value_graphdefs, value_states, weigh
 def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mask_BxP, *, beta: float,
                  weights: Sequence[float] | None = None, top_k: int = 20, max_new_tokens: int, rng: Any,
                  restrict: bool = True, eos_ids: Sequence[int] | int | None = (), pad_id: int = 0,
-                 cache_bucket: int | None = None) -> VASGeneration:
+                 cache_bucket: int | None = None, tokens_per_iteration: int = 1) -> VASGeneration:
   """Samples one VAS continuation per left-padded prompt (one jitted program; see the module docstring).
 
   Args:
@@ -202,6 +203,8 @@ def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mas
     restrict: sample among the candidates only (True) or keep the other tokens' base logits (False).
     cache_bucket: as `generate`: each decode phase reads this many more slots of the policy's and the value
       models' caches (and copies only those for the candidates); None: the backend's rule.
+    tokens_per_iteration: as `generate`: decode steps per iteration of the decode loop (the exit tested once per
+      block of that many tokens; the same tokens, log-probs and KL as 1).
 
   Returns:
     VASGeneration with (B, N) tokens / logps / base_logps / mask and (B,) lengths and kl.
@@ -211,6 +214,7 @@ def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mas
   if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
   vocab = policy.config.vocab_size
+  _check_tokens_per_iteration(tokens_per_iteration)
   if not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= vocab:
     raise ValueError(f"top_k must be an int in [1, vocab_size={vocab}], got {top_k!r}")
   weights = tuple(1.0 for _ in value_models) if weights is None else tuple(float(w) for w in weights)
@@ -227,7 +231,8 @@ def vas_generate(policy, value_models: Sequence[Any], prompt_ids_BxP, prompt_mas
   return _vas_jit(policy_graphdef, policy_state, tuple(g for g, _ in splits), tuple(s for _, s in splits),
                   jnp.asarray(weights, jnp.float32), jnp.asarray(beta, jnp.float32), prompt_ids_BxP,
                   prompt_mask_BxP, _row_keys(rng, prompt_ids_BxP.shape[0]), max_new_tokens=int(max_new_tokens),
-                  top_k=int(top_k), restrict=bool(restrict), eos_ids=eos_ids, pad_id=int(pad_id), windows=windows)
+                  top_k=int(top_k), restrict=bool(restrict), eos_ids=eos_ids, pad_id=int(pad_id), windows=windows,
+                  tokens_per_iteration=int(tokens_per_iteration))
 
 
 def vas_cost(lengths_B: Any, *, top_k: int, num_value_models: int, value_params_ratio: float = 1.0

@@ -68,6 +68,7 @@ class VASDecodeConfig:
   max_new_tokens: int = field(32, min=1)
   top_k: int = field(20, min=1)
   cache_bucket: int | None = field(None, min=0)  # decode phases (`sampling.generate`); None: the backend's rule
+  tokens_per_iteration: int = field(1, min=1)  # decode steps per loop iteration (VAS and the best-of-n pools)
   restrict: bool = field(False)  # False: the official LogitsProcessor (other tokens keep base logits; KL 0 at beta 0)
   betas: tuple[float, ...] = field((0.0, 1.0, 2.0, 4.0, 8.0))
   bon_ns: tuple[int, ...] = field((1, 2, 4, 8, 16, 32))
@@ -131,7 +132,8 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
       ids, mask = ids_all[start:start + cfg.batch_size], mask_all[start:start + cfg.batch_size]
       gen = vas_generate(policy, models, ids, mask, beta=beta, weights=weights, top_k=cfg.top_k,
                          max_new_tokens=cfg.max_new_tokens, rng=jax.random.fold_in(key, start),
-                         restrict=cfg.restrict, eos_ids=eos_ids, pad_id=tok.pad_id, cache_bucket=cfg.cache_bucket)
+                         restrict=cfg.restrict, eos_ids=eos_ids, pad_id=tok.pad_id, cache_bucket=cfg.cache_bucket,
+                         tokens_per_iteration=cfg.tokens_per_iteration)
       for name, fn in scorers.items():
         out.setdefault(name, []).append(np.asarray(fn(ids, mask, gen.tokens, gen.mask), np.float64))
       out.setdefault("kl", []).append(np.asarray(gen.kl, np.float64))
@@ -164,7 +166,8 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
     for start in range(0, len(texts), cfg.batch_size):
       ids, mask = ids_all[start:start + cfg.batch_size], mask_all[start:start + cfg.batch_size]
       gen = generate(policy, ids, mask, max_new_tokens=cfg.max_new_tokens, rng=jax.random.fold_in(key, start),
-                     eos_ids=eos_ids, pad_id=tok.pad_id, num_samples=n_max, cache_bucket=cfg.cache_bucket)
+                     eos_ids=eos_ids, pad_id=tok.pad_id, num_samples=n_max, cache_bucket=cfg.cache_bucket,
+                     tokens_per_iteration=cfg.tokens_per_iteration)
       rep_ids, rep_mask = np.repeat(ids, n_max, axis=0), np.repeat(mask, n_max, axis=0)
       b = ids.shape[0]
       for name, fn in scorers.items():

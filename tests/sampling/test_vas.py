@@ -3,6 +3,8 @@ is base top-k sampling token for token, and every step's VAS distribution equals
 forwards of the policy and the value models on [prompt | tokens so far | candidate] (the KV-cache bookkeeping of the
 k candidates, the composition weights and the per-step KL)."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,3 +147,41 @@ def test_cost_and_bad_input(models):
     vas_generate(policy, values, ids, mask, beta=1.0, weights=(1.0,), max_new_tokens=2, rng=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="top_k"):
     vas_generate(policy, values, ids, mask, beta=1.0, top_k=0, max_new_tokens=2, rng=jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("bucket", [0, 2])
+def test_blocks_of_steps_give_the_tokens_of_one_step_per_iteration(models, bucket):
+  """tokens_per_iteration = k (the decode loop shared with `generate`): the same tokens, log-probs and KL as one step
+  per iteration, with rows ending inside blocks and decode phases of 2 slots (phases shorter than a block)."""
+  policy, values = models
+  ids, mask = left_padded_prompts(pads=(0, 3))
+  kw = dict(beta=2.0, weights=(0.7, -0.4), top_k=K, max_new_tokens=9, rng=jax.random.PRNGKey(4), restrict=False,
+            cache_bucket=bucket)
+  free = vas_generate(policy, values, ids, mask, **kw)
+  eos = int(np.asarray(free.tokens)[0, 3])  # row 0 ends at its 4th token; others later or never
+  one = vas_generate(policy, values, ids, mask, eos_ids=(eos,), **kw)
+  lengths = np.asarray(one.lengths)
+  assert lengths.min() < 9 and len(set(lengths.tolist())) > 1, lengths
+  for k in (2, 3, 4, 9, 12):
+    blocks = vas_generate(policy, values, ids, mask, eos_ids=(eos,), tokens_per_iteration=k, **kw)
+    for name in ("tokens", "mask", "lengths"):
+      np.testing.assert_array_equal(np.asarray(getattr(blocks, name)), np.asarray(getattr(one, name)), err_msg=name)
+    for name in ("logps", "base_logps", "kl"):
+      np.testing.assert_allclose(np.asarray(getattr(blocks, name)), np.asarray(getattr(one, name)), atol=1e-6,
+                                 err_msg=name)
+
+
+def test_the_vas_block_is_a_loop_of_known_trip_count(models):
+  policy, values = models
+  ids, mask = left_padded_prompts()
+
+  def trip_counts(k):
+    fn = lambda i, m: vas_generate(policy, values[:1], i, m, beta=1.0, top_k=K, max_new_tokens=N_NEW,  # noqa: E731
+                                   rng=jax.random.PRNGKey(0), cache_bucket=0, tokens_per_iteration=k).tokens
+    text = jax.jit(fn).lower(ids, mask).compile().as_text()
+    return [int(n) for n in re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', text)]
+
+  assert 3 not in trip_counts(1)
+  assert 3 in trip_counts(3)
+  with pytest.raises(ValueError, match="tokens_per_iteration must be an int >= 1"):
+    trip_counts(0)
