@@ -134,17 +134,17 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
                          max_new_tokens=cfg.max_new_tokens, rng=jax.random.fold_in(key, start),
                          restrict=cfg.restrict, eos_ids=eos_ids, pad_id=tok.pad_id, cache_bucket=cfg.cache_bucket,
                          tokens_per_iteration=cfg.tokens_per_iteration)
-      for name, fn in scorers.items():
-        out.setdefault(name, []).append(np.asarray(fn(ids, mask, gen.tokens, gen.mask), np.float64))
+      for name, fn in scorers.items():  # "reward/<name>": a world component may be called "length"
+        out.setdefault(f"reward/{name}", []).append(np.asarray(fn(ids, mask, gen.tokens, gen.mask), np.float64))
       out.setdefault("kl", []).append(np.asarray(gen.kl, np.float64))
       out.setdefault("num_tokens", []).append(np.asarray(gen.lengths, np.float64))  # forwards: the end token too
       out.setdefault("length", []).append(np.asarray(content_lengths(gen.tokens, gen.mask, eos_ids), np.float64))
     return {k: np.concatenate(v) for k, v in out.items()}
 
   def report(prefix: str, result: dict[str, np.ndarray], num_models: int) -> None:
-    metrics[f"{prefix}/gold"] = float(result["gold"].mean())
+    metrics[f"{prefix}/gold"] = float(result["reward/gold"].mean())
     for name in rewards[:num_models]:
-      metrics[f"{prefix}/reward/{name}"] = float(result[name].mean())
+      metrics[f"{prefix}/reward/{name}"] = float(result[f"reward/{name}"].mean())
     metrics[f"{prefix}/kl"] = float(result["kl"].mean())
     metrics[f"{prefix}/length"] = float(result["length"].mean())
     cost = vas_cost(result["num_tokens"], top_k=cfg.top_k, num_value_models=num_models, value_params_ratio=ratio)
@@ -171,15 +171,15 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
       rep_ids, rep_mask = np.repeat(ids, n_max, axis=0), np.repeat(mask, n_max, axis=0)
       b = ids.shape[0]
       for name, fn in scorers.items():
-        pools.setdefault(name, []).append(
+        pools.setdefault(f"reward/{name}", []).append(
             np.asarray(fn(rep_ids, rep_mask, gen.tokens, gen.mask), np.float64).reshape(b, n_max))
       pools.setdefault("num_tokens", []).append(np.asarray(gen.lengths, np.float64).reshape(b, n_max))
       pools.setdefault("length", []).append(
           np.asarray(content_lengths(gen.tokens, gen.mask, eos_ids), np.float64).reshape(b, n_max))
     pool = {k: np.concatenate(v) for k, v in pools.items()}
     ns = sorted(set(cfg.bon_ns))
-    by_reward = best_of_n_curves(pool[rewards[0]], pool["gold"], ns, lengths_BxN=pool["length"])
-    by_self = best_of_n_curves(pool[rewards[0]], pool[rewards[0]], ns)
+    by_reward = best_of_n_curves(pool[f"reward/{rewards[0]}"], pool["reward/gold"], ns, lengths_BxN=pool["length"])
+    by_self = best_of_n_curves(pool[f"reward/{rewards[0]}"], pool[f"reward/{rewards[0]}"], ns)
     mean_length = float(pool["num_tokens"].mean())
     for j, n in enumerate(ns):
       p = f"bon/n={n}"
@@ -204,8 +204,8 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
       result = decode(values, (w, 1.0 - w), cfg.compose_beta)
       report(f"compose/w={w:g}", result, 2)
       for name in rewards:
-        grid.setdefault(name, []).append(result[name].mean())
-      print(f"[vas_decode] compose w={w:g}: " + ", ".join(f"{n}={result[n].mean():.3f}" for n in rewards),
+        grid.setdefault(name, []).append(result[f"reward/{name}"].mean())
+      print(f"[vas_decode] compose w={w:g}: " + ", ".join(f"{n}={result[f'reward/{n}'].mean():.3f}" for n in rewards),
             flush=True)
     if len(cfg.compose_weights) > 2:
       for name in rewards:
