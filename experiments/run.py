@@ -38,6 +38,7 @@ if __name__ == "__main__":  # Before the heavy imports: run once more with huge 
   from experiments import huge_pages  # pylint: disable=g-import-not-at-top
   huge_pages.main_hook()
 
+import dataclasses
 import difflib
 import hashlib
 import importlib
@@ -58,6 +59,7 @@ from ml_collections import config_flags
 from experiments import summary
 from jaxrlhf import config as config_lib
 from jaxrlhf.data.errors import DataFileError
+from jaxrlhf.data.synthetic import WorldConfig
 from jaxrlhf.models.errors import ModelFileError
 from jaxrlhf.parallel import distributed
 from jaxrlhf.rewards.calling import RewardFunctionError
@@ -266,6 +268,10 @@ def load_kinds(spec: str) -> dict[str, StageKind]:
   return {**KINDS, **extra}
 
 
+# Dict-valued config fields whose keys are known up front: an override reaching into one lists them.
+DICT_FIELD_KEYS = {"world": tuple(f.name for f in dataclasses.fields(WorldConfig))}
+
+
 def precheck_argv(argv: list[str]) -> None:
   """Fails before flag parsing on a missing config file or an unknown `--config.a.b` key.
 
@@ -276,8 +282,10 @@ def precheck_argv(argv: list[str]) -> None:
   if spec is None:
     raise config_lib.ConfigError("--config: required (configs/<x>.py[:variant])")
   config = config_lib.load_config(spec)
+  # The typed values, for the message's example when a key reaches into a dict-valued field (`world`, `columns`).
+  values = dict(arg[len("--config."):].split("=", 1) for arg in argv if arg.startswith("--config.") and "=" in arg)
   for key in keys:
-    config_lib.check_override(config, key)
+    config_lib.check_override(config, key, value=values.get(key), dict_keys=DICT_FIELD_KEYS)
 
 
 def main(argv: list[str]) -> None:

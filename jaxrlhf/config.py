@@ -16,6 +16,7 @@ every check runs before any compute.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib.util
@@ -24,7 +25,7 @@ import pathlib
 import sys
 import types
 import typing
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import ml_collections
 
@@ -296,17 +297,34 @@ def _call_get_config(module: types.ModuleType) -> ml_collections.ConfigDict:
     return module.get_config(None)
 
 
-def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
+def check_override(config: ml_collections.ConfigDict, dotted_key: str, *, value: str | None = None,
+                   dict_keys: Mapping[str, Sequence[str]] | None = None) -> None:
   """Raises ConfigError if `dotted_key` (e.g. 'optimizer.lerning_rate') is not a key of `config`.
 
-  The message names the full dotted path and the valid keys of the section it fell out of.
+  The message names the full dotted path and the valid keys of the section it fell out of. A key inside a
+  dict-valued field (e.g. 'data.world.seed' where `world` is a dict of WorldConfig kwargs) that the config does
+  not already hold cannot be set on its own (the locked ConfigDict has no such key): the message says to set the
+  whole dict instead, e.g. --config.data.world="{'seed': 3}".
+
+  Args:
+    config: the loaded (locked) config.
+    dotted_key: the override's key, without the leading "config.".
+    value: the override's value as typed (for the example in the message), if known.
+    dict_keys: the name of a dict-valued field (e.g. "world") -> the keys its dict takes (e.g. WorldConfig's
+      fields), listed in the message; a mapping node that is empty is treated as a dict-valued field too (a section
+      always has keys).
   """
+  dict_keys = dict_keys or {}
   node: Any = config
   walked = "config"
-  for part in dotted_key.split("."):
+  parts = dotted_key.split(".")
+  for depth, part in enumerate(parts):
     if isinstance(node, (ml_collections.ConfigDict, Mapping)):
       keys = list(node.keys())
       if part not in keys:
+        name = walked.rsplit(".", 1)[-1]
+        if not keys or name in dict_keys:
+          raise ConfigError(_dict_field_message(node, walked, part, parts[depth + 1:], value, dict_keys.get(name)))
         close = difflib.get_close_matches(part, [str(k) for k in keys], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{walked}.{part}: unknown key{hint}; valid keys in {walked}: "
@@ -317,6 +335,35 @@ def check_override(config: ml_collections.ConfigDict, dotted_key: str) -> None:
     else:
       raise ConfigError(f"{walked}.{part}: {walked} is a {type(node).__name__}, not a section")
     walked = f"{walked}.{part}"
+
+
+def _dict_field_message(node: Any, walked: str, part: str, rest: Sequence[str], value: str | None,
+                        valid: Sequence[str] | None) -> str:
+  """The ConfigError text for `--<walked>.<part>=...` where `walked` is a dict-valued field without key `part`."""
+  if valid is not None and part not in valid:
+    close = difflib.get_close_matches(part, list(valid), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{walked}.{part}: unknown key{hint}; valid keys of the dict {walked}: " + ", ".join(sorted(valid))
+  example = {str(k): _plain(v) for k, v in node.items()}  # The dict's current keys, kept by the example.
+  if value is not None and not rest:
+    try:
+      example[part] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      example[part] = value  # A bare word, as absl reads a string flag.
+    shown = repr(example)
+  else:
+    shown = repr(example)[:-1] + (", " if example else "") + f"{part!r}: <value>}}"
+  held = f"only {', '.join(sorted(str(k) for k in node.keys()))}" if len(node) else "no keys"
+  listing = f"; valid keys: {', '.join(sorted(valid))}" if valid is not None else ""
+  return (f"{walked}.{part}: {walked} is a dict-valued field whose keys cannot be set one at a time (the config "
+          f"holds {held}); set the whole dict instead, e.g. --{walked}=\"{shown}\"{listing}")
+
+
+def _plain(value: Any) -> Any:
+  """A ConfigDict (nested) as a plain dict, for showing a value the user can paste back."""
+  if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+    return {str(k): _plain(v) for k, v in value.items()}
+  return value
 
 
 def overrides_from_argv(argv: list[str], flag: str = "config") -> tuple[str | None, list[str]]:

@@ -22,7 +22,8 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   ties to the lowest index). A row whose completions all tie has no preference and is a bad row
   ("no_preference").
 - "kway": `prompt`, `completions` (texts, message lists, or ultrafeedback-style dicts), and `scores` (or dict
-  scores) or `best_index` -> KWayRecord for best-of-k evaluation.
+  scores) or `best_index` -> KWayRecord for best-of-k evaluation. A row with both is kept (by its scores) only
+  when `best_index` is a top-scored completion; otherwise it is a bad row ("bad_field").
 - "prompts": prompts for the online stages -> PromptRecord. The prompt is the `prompt` column (text, or a list of
   messages as in TRL's conversational format) or the `messages` column (a list of messages); a row holding both
   is a bad row unless `columns` names only one of them, which is then the only one read. Chat messages must end
@@ -60,6 +61,8 @@ from jaxrlhf.data import errors
 from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord,
                                   VALID_ROLES)
 
+# The file types `iter_rows` reads.
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts", "m_rewardbench", "rag_rewardbench")
 _OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_attributes", "rejected_attributes",
                           "annotator", "subset")
@@ -134,9 +137,10 @@ class AdapterConfig:
 
 
 def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-  """Yields (line number from 1, row dict or RecordError) for a .jsonl, .jsonl.gz or .parquet file.
+  """Yields (line number from 1, row dict or RecordError) for a .jsonl, .jsonl.gz or .parquet file (FILE_SUFFIXES).
 
-  Whitespace-only JSONL lines are not rows (they yield nothing); parquet rows are numbered from 1.
+  Whitespace-only JSONL lines are not rows (they yield nothing); parquet rows are numbered from 1. A UTF-8 byte
+  order mark at the start of a JSONL file is not part of its first row.
   """
   path = os.fspath(path)
   if path.endswith(".parquet"):
@@ -150,8 +154,9 @@ def iter_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     opener = gzip.open
   else:
     raise ValueError(f"path {path!r}: expected a .jsonl, .jsonl.gz or .parquet file")
-  # Undecodable bytes become lone surrogates (U+DC80..U+DCFF) so that one bad line is a bad row, not a crash.
-  with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
+  # Undecodable bytes become lone surrogates (U+DC80..U+DCFF) so that one bad line is a bad row, not a crash;
+  # "utf-8-sig" drops a leading BOM (editors on Windows write one), which json.loads would reject.
+  with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape") as f:
     for i, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -168,9 +173,12 @@ def _decode_line(line: str) -> Any:
   if bad:
     return errors.RecordError(errors.MALFORMED_JSON, f"not UTF-8: byte 0x{ord(bad.group()) - 0xDC00:02x} at "
                               f"character {bad.start()}")
+  line = line.rstrip("\r\n")  # The newline is not part of the row: json would report it as a second line.
   try:
     return json.loads(line)
-  except (ValueError, RecursionError) as e:  # JSONDecodeError; int_max_str_digits; deep nesting.
+  except json.JSONDecodeError as e:  # The file's line number is the caller's; only the column is the row's.
+    return errors.RecordError(errors.MALFORMED_JSON, f"{e.msg} at column {e.colno}")
+  except (ValueError, RecursionError) as e:  # int_max_str_digits; deep nesting.
     return errors.RecordError(errors.MALFORMED_JSON, str(e))
 
 
@@ -423,6 +431,11 @@ def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
     raise errors.RecordError(errors.BAD_FIELD, f"{c('best_index')} must be an integer, got {best_index!r}")
   if scores is None and best_index is None:
     raise errors.RecordError(errors.MISSING_FIELD, f"need {c('scores')!r} or {c('best_index')!r}")
+  if scores is not None and best_index is not None and not (
+      0 <= best_index < len(scores) and scores[best_index] == max(scores)):
+    # Which one the annotator meant is unknown: keeping either would silently contradict the other.
+    raise errors.RecordError(errors.BAD_FIELD, f"{c('best_index')}={best_index} disagrees with {c('scores')}="
+                             f"{scores} (best: {scores.index(max(scores))}); give one, or make them agree")
   return _make(KWayRecord, where, prompt=prompt, completions=tuple(texts),
                scores=None if scores is None else tuple(scores),
                best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")))

@@ -2,7 +2,8 @@
 
     source (len + getitem, e.g. tfds_builders.record_source) -> grain.MapDataset: [shard] -> shuffle(seed)
     (a new permutation every epoch) -> repeat -> map(tokenize + truncate) -> to_iter_dataset (threads, prefetch)
-    -> BatchIterator: drops too-long examples (counted), pads to a length bucket or packs, counts truncation.
+    -> BatchIterator: drops too-long examples (counted; a whole epoch of them is a ValueError, not an endless
+    loop), pads to a length bucket or packs, counts truncation.
 
 Batches follow docs/design.md, right padded, int32 ids and masks:
   SFT:        input_ids, attention_mask, loss_mask (B, T); with packing also segment_ids (1, 2, ... per packed
@@ -286,11 +287,19 @@ class BatchIterator:
   Attributes:
     stats: {"examples", "truncated_prompts", "truncated_responses", "dropped_too_long"} counted over the
       examples read so far (restored with the state). `format_stats(self.stats)` renders one log line.
+
+  Raises (from next()):
+    ValueError naming max_length / max_prompt_length when a whole epoch of the `num_records` source records was
+      read and every example was dropped as too long: nothing would ever be kept (tokenization is deterministic),
+      so an endless iterator would otherwise spin forever.
   """
 
-  def __init__(self, elements: grain.DatasetIterator, config: PipelineConfig, pad_id: int):
+  def __init__(self, elements: grain.DatasetIterator, config: PipelineConfig, pad_id: int,
+               num_records: int | None = None):
     self._elements = elements
     self._config = config
+    self._num_records = num_records  # Records per epoch; None: no all-dropped check.
+    self._drop_run = 0  # Consecutive dropped examples up to the last one read (not saved: a resume restarts it).
     self._pad_id = pad_id
     self._per_process = config.batch_size // _shard_count(config)
     self._first_row = _shard_index(config) * self._per_process
@@ -314,10 +323,30 @@ class BatchIterator:
       self.stats["examples"] += 1
       if example.get("dropped"):
         self.stats["dropped_too_long"] += 1
+        self._drop_run += 1
+        self._check_all_dropped()
         continue
+      self._drop_run = 0
       self.stats["truncated_prompts"] += int(example["truncated_prompt"])
       self.stats["truncated_responses"] += int(example["truncated_responses"])
       return example
+
+  def _check_all_dropped(self) -> None:
+    """Raises once the run of dropped examples covers a whole epoch (elements [k N, (k + 1) N) of the stream)."""
+    n = self._num_records
+    if not n:
+      return
+    read = self.stats["examples"]  # The stream position (restored with the state, so epochs stay aligned).
+    first_epoch_start = -(-(read - self._drop_run) // n) * n  # The first epoch boundary inside the run.
+    if first_epoch_start + n <= read:
+      config = self._config
+      budget = (f"max_length={config.max_length}" if config.max_prompt_length is None else
+                f"max_length={config.max_length} with max_prompt_length={config.max_prompt_length}")
+      raise ValueError(
+          f"max_length (data.max_length): all {n} {config.kind} examples are dropped as too long ({budget} leaves "
+          f"fewer than min_response_length={config.min_response_length} response tokens after each prompt; "
+          f"{self.stats['dropped_too_long']} drops counted): raise data.max_length, or set data.max_prompt_length "
+          f"(< max_length) to keep each prompt's last tokens")
 
   def _next_packed_rows(self) -> list[list[dict]]:
     rows, row, used = [], [], 0
@@ -408,7 +437,7 @@ def make_pipeline(source: Any, tokenizer: Any, config: PipelineConfig) -> BatchI
   ds = ds.map(fn)
   read_options = grain.ReadOptions(num_threads=config.num_threads, prefetch_buffer_size=config.prefetch)
   elements = iter(ds.to_iter_dataset(read_options))
-  return BatchIterator(elements, config, tokenizer.pad_id)
+  return BatchIterator(elements, config, tokenizer.pad_id, num_records=len(source))
 
 
 def format_stats(stats: dict, name: str = "pipeline") -> str:

@@ -101,16 +101,23 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
 
 
 def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | None = None,
-                           hh_as_chat: bool = False) -> list[PromptRecord]:
+                           hh_as_chat: bool = False, *, strict: bool = False,
+                           files: Sequence[str] | None = None) -> list[PromptRecord]:
   """The distinct prompts of preference records, in file order (a repeated prompt keeps its first record), each
   with that record's responses as the columns "chosen" / "rejected" (and "subset" when set), e.g. to sample a
   policy on the prompts a reward model was trained or evaluated on. Repeats are counted in `report` as the note
   "repeated_prompt" and `report.kept` becomes the number of prompts. `hh_as_chat`: an HH dialogue prompt becomes
   chat messages (`adapters.hh_messages`; the column "hh_prompt" keeps the raw text), so a chat model answers one
   turn under its own template instead of continuing the transcript with invented turns; a prompt that does not
-  parse stays text (the note "hh_prompt_not_chat")."""
+  parse stays text (the note "hh_prompt_not_chat").
+
+  A pair whose prompt cannot be sampled from (chat messages ending with an assistant turn: there is no turn for the
+  model to answer) is a bad row: `strict` raises DataFileError "file:line: bad_messages: ..." (the full path from
+  `files`, record i's file, when given), otherwise it is skipped and counted in `report` under "bad_messages".
+  """
   out, seen, repeated = [], set(), 0
-  for r in records:
+  report = errors.SkipReport() if report is None else report
+  for i, r in enumerate(records):
     key = _key(r.prompt)
     if key in seen:
       repeated += 1
@@ -123,15 +130,25 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
     if hh_as_chat and isinstance(prompt, str):
       messages = adapters.hh_messages(prompt)
       if messages is None:
-        if report is not None:
-          report.note("hh_prompt_not_chat")
+        report.note("hh_prompt_not_chat")
       else:
         prompt, columns["hh_prompt"] = messages, r.prompt
-    out.append(PromptRecord(prompt, columns, source=r.source))
-  if report is not None:
-    if repeated:
-      report.notes["repeated_prompt"] += repeated
-    report.kept = len(out)
+    try:
+      out.append(PromptRecord(prompt, columns, source=r.source))
+    except ValueError as e:  # A preference prompt may end anywhere; a prompt to sample from may not.
+      where = r.source or f"records[{i}]"
+      detail = str(e).removeprefix(f"{where}: ")
+      error = errors.RecordError(errors.BAD_MESSAGES if isinstance(prompt, (list, tuple)) else errors.BAD_FIELD,
+                                 detail)
+      if strict:
+        line = where.rsplit(":", 1)[-1]
+        full = f"{files[i]}:{line}" if files is not None and r.source else where
+        raise errors.DataFileError(f"{full}: {error}") from e
+      report.skip(error, where)
+      seen.discard(key)  # A later pair with the same prompt is as bad; it is counted too, not as a repeat.
+  if repeated:
+    report.notes["repeated_prompt"] += repeated
+  report.kept = len(out)
   return out
 
 
@@ -142,8 +159,14 @@ def _read(paths: Paths, config: adapters.AdapterConfig, hh_as_chat: bool
     return adapters.read_prompt_records(paths, config)
   if config.format not in PREFERENCE_FORMATS:
     raise ValueError(f"format: {config.format!r} has no prompts to sample; valid: {PROMPT_FORMATS}")
-  records, report = adapters.read_records(paths, config)
-  return prompts_of_preferences(records, report, hh_as_chat and config.format == "hh"), report
+  report = errors.SkipReport()
+  records, files = [], []
+  for path in _names(paths):  # One file at a time: a bad prompt's error names its full path.
+    for record in adapters.iter_records(path, config, report):
+      records.append(record)
+      files.append(path)
+  return prompts_of_preferences(records, report, hh_as_chat and config.format == "hh", strict=config.strict,
+                                files=files), report
 
 
 def _names(paths: Paths) -> list[str]:

@@ -11,6 +11,7 @@ of the training stages: world, mesh, model config and weights, tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import os
@@ -23,7 +24,7 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
-from jaxrlhf.data.adapters import DEFAULT_COLUMNS
+from jaxrlhf.data.adapters import DEFAULT_COLUMNS, FILE_SUFFIXES
 from jaxrlhf.data import padding
 from jaxrlhf.data import pipeline as pipeline_lib
 from jaxrlhf.data import prompts as prompts_lib
@@ -129,10 +130,8 @@ class DataSpec:
     if self.source == "files" and not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (e.g. --config.{path[7:]}.paths="
                         "'(\"a.jsonl\",)')")
-    for key in ("paths", "eval_paths"):
-      for i, p in enumerate(getattr(self, key)):
-        if not os.path.exists(p):
-          raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
+    check_data_files(self, path)
+    check_columns(self.columns, self.format, path)
     if self.source == "world":
       check_world(self.world, path)
     if self.criteria != "none" and (self.source != "world" or not self.world.get("criteria")):
@@ -155,6 +154,41 @@ class DataSpec:
                         f"{path}.max_length={self.max_length}")
     if any(b > self.max_length or b < 2 for b in self.buckets):
       raise ConfigError(f"{path}.buckets: {self.buckets} must lie in [2, max_length={self.max_length}]")
+
+
+def check_data_files(spec: Any, path: str, keys: Sequence[str] = ("paths", "eval_paths")) -> None:
+  """ConfigError naming `<path>.<key>[i]` for an entry of `spec.<key>` that is not an existing file of a type the
+  adapters read (FILE_SUFFIXES): caught at the config boundary, not after the weights load."""
+  expected = f"{', '.join(FILE_SUFFIXES[:-1])} or {FILE_SUFFIXES[-1]}"
+  for key in keys:
+    for i, p in enumerate(getattr(spec, key)):
+      if not isinstance(p, str) or not p:
+        raise ConfigError(f"{path}.{key}[{i}]: expected a file path ({expected}), got {p!r}")
+      if not os.path.exists(p):
+        raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
+      if os.path.isdir(p):
+        raise ConfigError(f"{path}.{key}[{i}]: {p!r} is a directory, not a file; expected a {expected} file "
+                          f"(list the files themselves)")
+      if not os.path.isfile(p):
+        raise ConfigError(f"{path}.{key}[{i}]: {p!r} is not a regular file; expected a {expected} file")
+      if not p.endswith(FILE_SUFFIXES):
+        raise ConfigError(f"{path}.{key}[{i}]: {p!r} has an unsupported file type; expected a {expected} file")
+
+
+def check_columns(columns: Mapping[str, Any], format_name: str, path: str) -> None:
+  """ConfigError naming `<path>.columns.<key>` for a key the format does not read (DEFAULT_COLUMNS) or a value
+  that is not a column name (a non-empty string)."""
+  valid = sorted(DEFAULT_COLUMNS[format_name])
+  for key in sorted(columns, key=str):
+    if key not in valid:
+      close = difflib.get_close_matches(str(key), valid, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise ConfigError(f"{path}.columns.{key}: unknown for {path}.format={format_name!r}{hint}; valid keys: "
+                        f"{', '.join(valid)}")
+    value = columns[key]
+    if not isinstance(value, str) or not value.strip():
+      raise ConfigError(f"{path}.columns.{key}: expected the file's column name (a non-empty string), got "
+                        f"{value!r}")
 
 # ------------------------------------------------------------------------------------------------ world, tokenizer
 def check_world(world: Mapping[str, Any], path: str) -> None:
@@ -227,7 +261,14 @@ def read_files(data: DataSpec) -> tuple[list, list, dict]:
   summary = {"kept": report.kept, "skipped": report.skipped, "counts": dict(report.counts), "line": line}
   if data.eval_paths:
     held_out, eval_report = read_records(list(data.eval_paths), adapter)
+    eval_line = format_skip_report(eval_report, f"{data.format} eval {list(data.eval_paths)}")
+    logging.warning("%s", eval_line)
+    print(f"[data] {eval_line}", flush=True)
     summary["eval_skipped"] = eval_report.skipped
+    summary["eval"] = {"kept": eval_report.kept, "skipped": eval_report.skipped, "counts": dict(eval_report.counts),
+                       "line": eval_line}
+    if not held_out:  # Held-out evaluation was asked for: running without it would be a silent change of plan.
+      raise ValueError(f"data.eval_paths: no usable records in {list(data.eval_paths)} ({eval_line})")
   else:
     n_eval = int(round(len(records) * data.eval_fraction))
     if data.num_eval:
@@ -514,6 +555,52 @@ def eval_batches(records: list, tokenizer: Any, data: DataSpec, kind: str, **kwa
   return list(pipeline_lib.make_pipeline(records, tokenizer, config))
 
 
+def budgeted_records(records: Sequence[Any], tokenizer: Any, data: DataSpec, kind: str, split: str
+                     ) -> tuple[list, dict]:
+  """(the records the pipeline keeps, report): what `data`'s token budgets (max_length, max_prompt_length) do to
+  `records`, tokenized and truncated as the pipeline does, so that no pair is lost unreported.
+
+  The report {"records", "kept", "dropped_too_long", "truncated_prompts", "truncated_responses", "line"} goes to
+  the stage's data report (`token_budget`); its line is printed as `[data] <split>: ...` (and logged as a warning
+  when pairs are dropped). Train iterators read all of `records` (dropping the same ones, counted in their stats);
+  held-out batches are built from the kept records, so that per-pair labels (e.g. gold) stay aligned with rows.
+
+  Args:
+    records: preference records (kind "preference") or SFT records (kind "sft").
+    split: "train" or "eval", for the line and the error.
+
+  Raises:
+    ValueError naming data.max_length / data.max_prompt_length when `records` is not empty and none fits.
+  """
+  truncation = pipeline_config(data, kind, seed=0, shuffle=False).truncation
+  fn = tokenize.tokenize_pair if kind == "preference" else tokenize.tokenize_sft
+  kept, counts = [], {"truncated_prompts": 0, "truncated_responses": 0}
+  for record in records:
+    example = fn(record, tokenizer, truncation)
+    if example.get("dropped"):
+      continue
+    kept.append(record)
+    counts["truncated_prompts"] += int(example["truncated_prompt"])
+    counts["truncated_responses"] += int(example["truncated_responses"])
+  unit = "pairs" if kind == "preference" else "examples"
+  budget = f"data.max_length={data.max_length}" + (f", data.max_prompt_length={data.max_prompt_length}"
+                                                   if data.max_prompt_length else "")
+  dropped = len(records) - len(kept)
+  line = (f"{split}: {len(records)} {unit}, {len(kept)} kept, {dropped} dropped as too long, "
+          f"{counts['truncated_prompts']} truncated prompts, {counts['truncated_responses']} truncated responses "
+          f"({budget})")
+  report = {"records": len(records), "kept": len(kept), "dropped_too_long": dropped, **counts, "line": line}
+  if records:
+    if dropped:
+      logging.warning("%s", line)
+    print(f"[data] {line}", flush=True)
+  if records and not kept:
+    raise ValueError(f"data.max_length: all {len(records)} {split} {unit} are too long ({line}): each prompt leaves "
+                     f"fewer than one response token; raise data.max_length, or set data.max_prompt_length "
+                     f"(< data.max_length) to keep each prompt's last tokens")
+  return kept, report
+
+
 class ScoringBatches(NamedTuple):
   """A one-pass scoring plan of preference records (`scoring_batches`).
 
@@ -673,15 +760,8 @@ class PromptSpec:
     if not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (prompt files: .jsonl, .jsonl.gz or "
                         ".parquet)")
-    for key in ("paths", "eval_paths"):
-      for i, p in enumerate(getattr(self, key)):
-        if not os.path.exists(p):
-          raise ConfigError(f"{path}.{key}[{i}]: file not found: {p!r}")
-    valid = sorted(DEFAULT_COLUMNS[self.format])
-    unknown = sorted(set(self.columns) - set(valid))
-    if unknown:
-      raise ConfigError(f"{path}.columns.{unknown[0]}: unknown for format {self.format!r}; valid keys: "
-                        f"{', '.join(valid)}")
+    check_data_files(self, path)
+    check_columns(self.columns, self.format, path)
     if self.keep_columns and self.format != "prompts":
       raise ConfigError(f"{path}.keep_columns: only the 'prompts' format passes columns through (a preference "
                         f"file's prompts carry the columns chosen / rejected / subset)")

@@ -443,6 +443,10 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   context = inputs_lib.stage_context(cfg, inputs)
   world, mesh, model_config, pretrained, tokenizer = context
   train_records, eval_records, report = inputs_lib.prepared_pairs(data, context, inputs)
+  # Pairs too long for the token budget: counted and reported (train), left out of the held-out batches.
+  _, train_budget = inputs_lib.budgeted_records(train_records, tokenizer, data, "preference", "train")
+  eval_records, eval_budget = inputs_lib.budgeted_records(eval_records, tokenizer, data, "preference", "eval")
+  report = {**report, "token_budget": {"train": train_budget, "eval": eval_budget}}
   extra_metrics = {}
   if loss.dynamic_beta_w > 0:
     mean_beta = mean_dynamic_beta(loss, train_records)

@@ -421,6 +421,10 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   world, mesh, model_config, pretrained, tokenizer = context
   # Held-out pairs stay as read: they are scored against gold labels on their plain prompts.
   train_records, eval_records, report = inputs_lib.prepared_pairs(data, context, inputs, prepare_eval=False)
+  # Pairs too long for the token budget: counted and reported (train), left out of the held-out batches.
+  _, train_budget = inputs_lib.budgeted_records(train_records, tokenizer, data, "preference", "train")
+  eval_records, eval_budget = inputs_lib.budgeted_records(eval_records, tokenizer, data, "preference", "eval")
+  report = {**report, "token_budget": {"train": train_budget, "eval": eval_budget}}
   head = cfg.head.head_config()
   num_attributes = head.num_outputs if head.kind == "attributes" else 0
   optimizer = optim.make_optimizer(cfg.optimizer)

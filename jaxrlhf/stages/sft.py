@@ -80,6 +80,10 @@ def run(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   context = inputs_lib.stage_context(cfg, inputs)
   _, mesh, model_config, pretrained, tokenizer = context
   train_records, eval_records, report = inputs_lib.sft_records(cfg.data, context.world, tokenizer, cfg.seed)
+  # Examples too long for the token budget: counted and reported (train), left out of the held-out batches.
+  _, train_budget = inputs_lib.budgeted_records(train_records, tokenizer, cfg.data, "sft", "train")
+  eval_records, eval_budget = inputs_lib.budgeted_records(eval_records, tokenizer, cfg.data, "sft", "eval")
+  report = {**report, "token_budget": {"train": train_budget, "eval": eval_budget}}
   optimizer = optim.make_optimizer(cfg.optimizer)
   setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh, lora=cfg.model.lora)
   chunk_size, fused = common.logps_path(cfg)

@@ -1,6 +1,8 @@
 """Each format adapter on small hand-written files (.jsonl, .jsonl.gz, .parquet)."""
 
 import collections
+import gzip
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -166,3 +168,36 @@ def test_multiple_files_keep_order(tmp_path):
   b = _jsonl(tmp_path / "b.jsonl", [{"prompt": "2", "chosen": "x", "rejected": "y"}])
   records, _ = adapters.read_records([b, a], "pairwise")
   assert [r.source for r in records] == ["b.jsonl:1", "a.jsonl:1"]
+
+
+def test_kway_scores_and_best_index_must_agree(tmp_path):
+  path = _jsonl(tmp_path / "k.jsonl", [
+      {"prompt": "p", "completions": ["a", "b", "c"], "scores": [0.1, 0.9, 0.5], "best_index": 1},  # Agree.
+      {"prompt": "p", "completions": ["a", "b", "c"], "scores": [0.1, 0.9, 0.5], "best_index": 2},  # Disagree.
+      {"prompt": "p", "completions": ["a", "b"], "scores": [0.7, 0.7], "best_index": 1},  # A top-score tie: agree.
+      {"prompt": "p", "completions": ["a", "b"], "scores": [0.1, 0.9], "best_index": 5},  # Out of range.
+  ])
+  records, report = adapters.read_records(path, adapters.AdapterConfig("kway", strict=False))
+  assert [(r.source, r.scores) for r in records] == [("k.jsonl:1", (0.1, 0.9, 0.5)), ("k.jsonl:3", (0.7, 0.7))]
+  assert dict(report.counts) == {"bad_field": 2}
+  assert report.examples["bad_field"][0] == ("k.jsonl:2: best_index=2 disagrees with scores=[0.1, 0.9, 0.5] (best: 1); "
+                                            "give one, or make them agree")
+  with pytest.raises(ValueError, match=rf"^{tmp_path}/k\.jsonl:2: bad_field: best_index=2 disagrees"):
+    adapters.read_records(path, "kway")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_byte_order_mark_does_not_cost_the_first_row(tmp_path, suffix):
+  rows = [{"prompt": "1", "chosen": "x", "rejected": "y"}, {"prompt": "2", "chosen": "x", "rejected": "y"}]
+  data = b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode()  # A BOM, then the rows.
+  path = tmp_path / f"bom{suffix}"
+  path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+  records, report = adapters.read_records(path, adapters.AdapterConfig("pairwise", strict=False))
+  assert [r.prompt for r in records] == ["1", "2"] and report.skipped == 0
+
+
+def test_malformed_json_names_the_file_line_and_only_the_column(tmp_path):
+  path = tmp_path / "prefs.jsonl"
+  path.write_text('{"prompt": "p", "chosen": "x", "rejected": "y"}\r\n{"prompt": "the cat", "chosen": \r\n')
+  with pytest.raises(ValueError, match=rf"^{tmp_path}/prefs\.jsonl:2: malformed_json: Expecting value at column 33$"):
+    adapters.read_records(path, "pairwise")

@@ -275,3 +275,25 @@ def test_hh_prompts_as_chat_keep_the_raw_text(tmp_path):
   assert train[0].columns == {"chosen": "hello", "rejected": "go away", "hh_prompt": "\n\nHuman: hi\n\nAssistant:"}
   assert train[1].prompt == "\n\nHuman: a\n\nHuman: b\n\nAssistant:" and "hh_prompt" not in train[1].columns
   assert report["note/hh_prompt_not_chat"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["pairwise", "chat"])
+def test_preference_prompts_ending_with_an_assistant_turn_are_counted_or_raise_with_the_full_path(tmp_path, fmt):
+  """A pair's prompt may end with an assistant turn; a prompt to sample from may not: lenient mode skips and counts
+  the pair (bad_messages), strict mode raises DataFileError with the file's full path and line."""
+  def pair(prompt):
+    if fmt == "pairwise":
+      return {"prompt": prompt, "chosen": "yes", "rejected": "no"}
+    return {"prompt": prompt, "chosen": prompt + [{"role": "assistant", "content": "yes"}],
+            "rejected": prompt + [{"role": "assistant", "content": "no"}]}
+  ends_with_assistant = [USER, ASSISTANT]
+  rows = [pair([USER]), pair(ends_with_assistant), pair([SYSTEM, USER]), pair(ends_with_assistant)]
+  path = _jsonl(tmp_path / "pairs.jsonl", rows)
+  train, _, report = prompts.read_prompt_splits(path, (), adapters.AdapterConfig(fmt, strict=False),
+                                                eval_fraction=0.0)
+  assert [r.prompt for r in train] == [[USER], [SYSTEM, USER]]
+  assert (report["kept"], report["skipped"], report["skipped/bad_messages"]) == (2, 2, 2)
+  assert "pairs.jsonl:2: prompt: the last message has role 'assistant'" in report["line"]
+  with pytest.raises(errors.DataFileError, match=re.escape(f"{path}:2: bad_messages: prompt: the last message has "
+                                                           "role 'assistant'")):
+    prompts.read_prompt_splits(path, (), adapters.AdapterConfig(fmt, strict=True), eval_fraction=0.0)

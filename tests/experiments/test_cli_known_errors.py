@@ -73,3 +73,40 @@ def test_an_unknown_error_keeps_its_traceback(tmp_path, capsys):
     run_lib.run_and_report(_config("unknown"), str(tmp_path), KINDS)
   assert "[run] stage" not in capsys.readouterr().err
   assert "KeyError: 'a bug'" in (tmp_path / "train" / "error.txt").read_text()
+
+
+def _precheck_error(*overrides: str) -> str:
+  with pytest.raises(ConfigError) as info:
+    run_lib.precheck_argv(["--config", "configs/reward.py:smoke", *overrides])
+  return str(info.value)
+
+
+def test_an_override_inside_a_dict_valued_field_says_to_set_the_whole_dict():
+  """`world` and `columns` are dicts (empty in the config), not sections: absl cannot add a key to them one at a
+  time, so the error shows the whole-dict override that works, and for `world` the WorldConfig keys."""
+  message = _precheck_error("--config.data.world.seed=3")
+  assert message.startswith("config.data.world.seed: config.data.world is a dict-valued field whose keys cannot be "
+                            "set one at a time (the config holds no keys); set the whole dict instead, e.g. "
+                            "--config.data.world=\"{'seed': 3}\"; valid keys: "), message
+  assert "num_prompts, " in message and ", seed, " in message
+  message = _precheck_error("--config.data.columns.prompt=question")
+  assert message.startswith("config.data.columns.prompt: config.data.columns is a dict-valued field"), message
+  assert message.endswith("e.g. --config.data.columns=\"{'prompt': 'question'}\""), message
+  assert _precheck_error("--config.data.world.sed=3").startswith(
+      "config.data.world.sed: unknown key (did you mean 'seed'?); valid keys of the dict config.data.world: ")
+  # A section keeps its own message.
+  assert _precheck_error("--config.data.max_lenght=3").startswith(
+      "config.data.max_lenght: unknown key (did you mean 'max_length'?); valid keys in config.data: ")
+
+
+def test_the_whole_dict_override_the_message_suggests_is_what_absl_reads():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ["prog", "--config", "configs/reward.py:smoke", "--config.data.world={'seed': 3}",
+          "--config.data.columns={'prompt': 'question'}"]
+  run_lib.precheck_argv(argv[1:])
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  stages = run_lib.plan(flag_values.config)
+  assert stages[0].config.data.world == {"seed": 3} and stages[0].config.data.columns == {"prompt": "question"}
