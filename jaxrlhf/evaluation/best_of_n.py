@@ -26,11 +26,15 @@ from jaxrlhf.sampling.best_of_n import best_of_n_curves, best_of_n_kl
 
 def curve_metrics(curves: dict[str, np.ndarray], gold_std: float | None, proxy_std: float) -> dict[str, float]:
   """The summary metrics of one selector's curves (see the module docstring); without a "gold" curve (real
-  prompts, `gold_std` None) only the proxy and length metrics."""
+  prompts, `gold_std` None) only the proxy and length metrics. A std of 0 (a constant reward over the pool) makes
+  that reward's *_std metrics (and gap_std) NaN."""
   p = np.asarray(curves["proxy"])
   ns = np.asarray(curves["n"])
-  # A selector that scores every pooled sample the same has no scale: its gains in std units are NaN (undefined).
+  # A selector (or a gold reward) that scores every pooled sample the same has no scale: its gains in std units are
+  # NaN (undefined), not the +-inf / 0/0 of a division by 0 with its RuntimeWarning.
   proxy_std = proxy_std if proxy_std > 0 else np.nan
+  if gold_std is not None:
+    gold_std = gold_std if gold_std > 0 else np.nan
   half = int(np.argmin(np.abs(ns - ns[-1] / 2)))
   if "gold" not in curves:
     out = {"proxy@1": p[0], "proxy@N": p[-1], "proxy_gain_std": (p[-1] - p[0]) / proxy_std,

@@ -117,8 +117,11 @@ def gspo_surrogate(logps_BxT: jax.Array, old_logps_BxT: jax.Array | None, advant
   count_B = jnp.maximum(jnp.sum(valid, axis=1), 1).astype(jnp.float32)
   log_s_B = jnp.sum(jnp.where(valid, logps - old, 0.0), axis=1) / count_B
   if token_level:
-    # exp(sg[log s] + log pi - sg[log pi]): the value is s_i, the gradient s_i * grad log pi(y_t).
-    ratio = jnp.exp(jax.lax.stop_gradient(log_s_B)[:, None] + logps - jax.lax.stop_gradient(logps))
+    # exp(sg[log s] + log pi - sg[log pi]): the value is s_i, the gradient s_i * grad log pi(y_t). Padding is masked
+    # before the exp (as the other surrogates do): a non-finite pad log-prob gives -inf - -inf = NaN there, and its
+    # NaN derivative times the zero cotangent of the masking below would still be NaN.
+    masked = jnp.where(valid, logps, 0.0)
+    ratio = jnp.exp(jax.lax.stop_gradient(log_s_B)[:, None] + masked - jax.lax.stop_gradient(masked))
     ratio = jnp.where(valid, ratio, 1.0)
 
     def mean_fn(x):

@@ -205,12 +205,12 @@ def dpo_loss(
     ref_chosen_logps, ref_rejected_logps: the same under the frozen reference, (B,).
     loss_type: one name from LOSS_TYPES or a sequence of them.
     loss_weights: one float per loss type (default all 1).
-    beta: scalar or per-example (B,) array (e.g. from `dynamic_beta`); the rewards use the same beta.
+    beta: > 0, scalar or per-example (B,) array (e.g. from `dynamic_beta`); the rewards use the same beta.
     label_smoothing: eps in [0, 0.5); used by sigmoid, exo_pair, robust, aot, aot_unpaired.
     chosen_lengths, rejected_lengths: response token counts (B,), required by ipo and sigmoid_norm.
     f_divergence: one of F_DIVERGENCES; non-default values only with F_DIVERGENCE_LOSS_TYPES.
     f_alpha: alpha of the alpha-divergence.
-    discopop_tau: tau of DiscoPOP.
+    discopop_tau: tau of DiscoPOP (> 0).
     bco_delta: scalar reward offset for bco_pair (stop-gradient).
     rpo_alpha: weight of the NLL term on the chosen response.
     chosen_nll: per-example mean per-token NLL of the chosen response (B,), required by "sft" / rpo_alpha > 0.
@@ -234,6 +234,12 @@ def dpo_loss(
           f"f_divergence={f_divergence!r} is only valid with loss_type in {list(F_DIVERGENCE_LOSS_TYPES)}; "
           f"got {bad} (use f_divergence='reverse_kl')"
       )
+  # A Python beta <= 0 is refused (IPO's 1 / (2 beta) is inf at 0, a negative beta flips every objective); arrays
+  # (per-example beta, traced values) are the caller's responsibility.
+  if isinstance(beta, (int, float)) and not beta > 0:
+    raise ValueError(f"beta must be > 0; got {beta}")
+  if isinstance(discopop_tau, (int, float)) and not discopop_tau > 0:
+    raise ValueError(f"discopop_tau must be > 0 (DiscoPOP's modulation sigmoid(beta d / tau)); got {discopop_tau}")
   check_label_smoothing(label_smoothing)
   if "exo_pair" in types and isinstance(label_smoothing, (int, float)) and label_smoothing == 0.0:
     raise ValueError("label_smoothing must be > 0 for loss_type 'exo_pair' (EXO recommends 1e-3); got 0.0")

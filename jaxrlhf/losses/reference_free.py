@@ -74,6 +74,12 @@ def simpo_loss(
   return losses, metrics
 
 
+# The largest length-averaged log-prob ORPO's odds use: log(1 - P) is -inf at P = 1 (log P = 0, e.g. the empty
+# response of a zero-length filler row, or fp32 rounding of a near-certain one), with an infinite gradient, and
+# 0 * inf = NaN would poison a weighted sum even at weight 0. At -1e-6 the odds stay finite (log(1 - P) ~ -13.8).
+_MAX_AVERAGE_LOGP = -1e-6
+
+
 def log1mexp(x: jax.Array) -> jax.Array:
   """log(1 - exp(x)) for x <= 0 without cancellation (Maechler 2012): log(-expm1(x)) near 0, log1p(-exp(x)) below
   -log 2. x = 0 gives -inf (a response of probability 1 has infinite odds)."""
@@ -100,6 +106,9 @@ def orpo_loss(
     log OR = (log P_w - log P_l) - (log(1 - P_w) - log(1 - P_l))            (Eq. 5, log1p(-exp) stable)
     loss = L_SFT + lambda * -log sigmoid(log OR)                             (Eqs. 6-7)
 
+  log P is clamped at -1e-6 inside the odds (TRL's formula is inf / NaN at log P = 0: an empty filler row or fp32
+  rounding), so the loss and its gradient are finite for every input; the rewards metrics use the raw log P.
+
   Args:
     chosen_logps, rejected_logps: policy log-probs summed over response tokens, (B,).
     chosen_lengths, rejected_lengths: response token counts (B,).
@@ -123,7 +132,10 @@ def orpo_loss(
   beta = to_f32(beta)
   chosen_avg = _average(chosen_logps, chosen_lengths)
   rejected_avg = _average(rejected_logps, rejected_lengths)
-  log_odds = (chosen_avg - rejected_avg) - (log1mexp(chosen_avg) - log1mexp(rejected_avg))
+  # Clamped below 0 so value and gradient stay finite (`_MAX_AVERAGE_LOGP`); a clamped row gets no odds gradient.
+  chosen_odds_avg = jnp.minimum(chosen_avg, _MAX_AVERAGE_LOGP)
+  rejected_odds_avg = jnp.minimum(rejected_avg, _MAX_AVERAGE_LOGP)
+  log_odds = (chosen_odds_avg - rejected_odds_avg) - (log1mexp(chosen_odds_avg) - log1mexp(rejected_odds_avg))
   losses = -beta * jax.nn.log_sigmoid(log_odds)
   if chosen_nll is not None:
     losses = losses + to_f32(chosen_nll)

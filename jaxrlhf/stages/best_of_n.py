@@ -200,13 +200,35 @@ def source_scores(scores: Any, pools: dict[str, np.ndarray], batch_size: int) ->
   return result
 
 
-def load_pools(path: str, cfg: BestOfNConfig) -> dict[str, np.ndarray]:
-  """The pools saved by another best_of_n stage; ValueError unless they match num_prompts and pool_size."""
+def _prompt_tokens(ids_PxL: np.ndarray, mask_PxL: np.ndarray) -> list[tuple[int, ...]]:
+  """Each prompt's tokens without its padding (so pools drawn at another padded width still compare equal)."""
+  return [tuple(int(t) for t in row[m > 0]) for row, m in zip(np.asarray(ids_PxL), np.asarray(mask_PxL))]
+
+
+def load_pools(path: str, cfg: BestOfNConfig, held_out: Any) -> dict[str, np.ndarray]:
+  """The pools saved by another best_of_n stage, checked against this stage: ValueError unless they match
+  num_prompts and pool_size and were drawn on this stage's held-out prompts (`held_out.ids` / `held_out.mask`,
+  (P, L) left-padded; compared without padding, row by row). Pools drawn on other prompts of the same count would
+  otherwise be scored (reward sources with references, gold) against the wrong prompts' rows, silently."""
   with np.load(path) as f:
     pools = {k: f[k] for k in POOL_KEYS if k in f}
   if pools["tokens"].shape[:2] != (cfg.num_prompts, cfg.pool_size):
     raise ValueError(f"pool_from: {path!r} holds pools of shape {pools['tokens'].shape[:2]}; this stage expects "
                      f"(num_prompts, pool_size) = ({cfg.num_prompts}, {cfg.pool_size})")
+  if "prompt_ids" not in pools or "prompt_mask" not in pools:
+    raise ValueError(f"pool_from: {path!r} has no prompt_ids / prompt_mask, so it cannot be checked against this "
+                     "stage's held-out prompts; draw the pool again")
+  saved = _prompt_tokens(pools["prompt_ids"], pools["prompt_mask"])
+  current = _prompt_tokens(held_out.ids, held_out.mask)
+  if len(saved) != len(current):
+    raise ValueError(f"pool_from: {path!r} holds {len(saved)} prompts; this stage has {len(current)} held-out prompts")
+  differ = [i for i, (a, b) in enumerate(zip(saved, current)) if a != b]
+  if differ:
+    i = differ[0]
+    raise ValueError(f"pool_from: {path!r} was drawn on other prompts than this stage's held-out prompts: "
+                     f"{len(differ)} of {len(current)} prompts differ (first: prompt {i}, token ids "
+                     f"{list(saved[i])[:12]} in the pool vs {list(current[i])[:12]} held out); use the prompts / "
+                     "num_prompts / max_prompt_length of the stage that drew the pool")
   return pools
 
 
@@ -221,7 +243,7 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   else:
     held_out = source.split("eval", cfg.num_prompts, cfg.max_prompt_length)
   if cfg.pool_from:
-    pools = load_pools(common.resolve_path(cfg.pool_from, inputs, "pool"), cfg)
+    pools = load_pools(common.resolve_path(cfg.pool_from, inputs, "pool"), cfg, held_out)
   else:
     policy, policy_config = from_pretrained(policy_path)
     pools = generate_pools(policy, held_out, cfg, inputs_lib.end_ids(tok, policy_config, world), tok.pad_id,

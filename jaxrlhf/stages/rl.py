@@ -111,16 +111,20 @@ class RLLossConfig:
   """Algorithm and loss hyperparameters (TRL names where they exist).
 
   num_generations: G samples per prompt (>= 2 for the group baselines of GRPO / RLOO and online DPO's pairs; PPO's
-  critic needs no group, so 1 is allowed there). scale_rewards: GRPO's advantage scaling ("group", "batch", "none").
-  rloo_normalize: batch-standardize RLOO advantages. kl_mode: "reward" subtracts beta * sum_t k1 from each
-  sequence's reward; "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference.
+  critic needs no group, so 1 is allowed there). scale_rewards: GRPO's advantage scaling ("group", "batch", "none";
+  algorithm "grpo" only). rloo_normalize: batch-standardize RLOO advantages (algorithm "rloo" only). kl_mode:
+  "reward" subtracts beta * sum_t k1 from each sequence's reward (always k1, the per-token reward penalty of TRL's
+  PPO / RLOO trainers, so kl_estimator stays at its default or is "k1"; PPO's per-token penalty reads kl_estimator);
+  "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference (kl_estimator unused).
+  A key changed from its default where the chosen algorithm / kl_mode does not read it is a ConfigError.
   epsilon / epsilon_high: PPO clip range (epsilon_high < 0: = epsilon). num_iterations: mu updates per rollout.
   old_logps: where the clipped ratio's old-policy log-probs come from. "auto": with one update per rollout
   (num_iterations 1; micro-batches of an accumulated update share its parameters) they are the update's own
   log-probs under stop_gradient (rho = 1 in value, the gradient A * grad log pi; TRL's GRPOTrainer does the same
   when num_iterations is 1), which saves the rollout its policy forward; the rollout's entropy and KL metrics then
   come from the update's forward (over the kept rows with dynamic sampling). Not with kl_mode "reward" (the reward
-  needs the policy's log-probs before the update) or PPO, which keep the rollout forward. Online DPO has no ratio;
+  needs the policy's log-probs before the update) or PPO, which keep the rollout forward (PPO takes no old_logps
+  setting: its epochs of updates always share the rollout's log-probs). Online DPO has no ratio;
   its rollout's policy forward only yields the `entropy` / `kl` metrics, which it reports at temperature 1 like its
   loss, so "auto" with one update per rollout takes them from the update's forward over the same rows instead, at
   any sampling temperature (`online_dpo_metrics_from_update`). "rollout": always the rollout's forward
@@ -257,6 +261,30 @@ class RLLossConfig:
     if self.oversample > 1 and not self.dynamic_sampling:
       raise ConfigError(f"{path}.oversample: {self.oversample} > 1 samples extra groups for dynamic sampling only; "
                         f"set {path}.dynamic_sampling=True or oversample=1")
+    self._validate_advantage_keys(path, defaults)
+    self._validate_kl_estimator(path, defaults)
+
+  def _validate_advantage_keys(self, path: str, defaults: "RLLossConfig") -> None:
+    # `advantages` reads scale_rewards for GRPO (and the variants, which fix it) and rloo_normalize for RLOO only.
+    if self.algorithm == "grpo":
+      self._refuse_changed(path, defaults, ("rloo_normalize",), "algorithm 'rloo'", "algorithm is 'grpo'")
+    if self.algorithm == "rloo":
+      self._refuse_changed(path, defaults, ("scale_rewards",), "algorithm 'grpo'", "algorithm is 'rloo'")
+
+  def _validate_kl_estimator(self, path: str, defaults: "RLLossConfig") -> None:
+    """kl_estimator is read by kl_mode "loss" (the per-token term) and by PPO's per-token reward penalty. GRPO /
+    RLOO's kl_mode "reward" subtracts beta * sum_t k1 (the standard per-token reward penalty of TRL's PPO / RLOO
+    trainers), so only "k1" (what it uses) or the untouched default is accepted there; kl_mode "none" reads none.
+    (Online DPO refuses a changed one in `_validate_online_dpo`.)"""
+    if self.kl_estimator == defaults.kl_estimator or self.algorithm == "online_dpo":
+      return
+    if self.kl_mode == "none":
+      raise ConfigError(f"{path}.kl_estimator: {self.kl_estimator!r} is not used with {path}.kl_mode='none' (no KL "
+                        f"term); leave it at {defaults.kl_estimator!r}")
+    if self.kl_mode == "reward" and self.algorithm != "ppo" and self.kl_estimator != "k1":
+      raise ConfigError(f"{path}.kl_estimator: {self.kl_estimator!r} is not used with {path}.kl_mode='reward' and "
+                        f"algorithm {self.algorithm!r}: the reward penalty is r - beta * sum_t k1 (TRL's per-token "
+                        f"k1 penalty); set 'k1', or kl_mode 'loss' to use {self.kl_estimator!r}")
 
   def _validate_difficulty(self, path: str, defaults: "RLLossConfig") -> None:
     if self.difficulty_scaling == "none":
@@ -307,7 +335,8 @@ class RLLossConfig:
                 "dynamic_sampling": "PPO has no groups to filter", "oversample": "PPO has no groups to filter",
                 "scale_rewards": "PPO whitens GAE advantages", "rloo_normalize": "PPO whitens GAE advantages",
                 "loss_aggregation": "PPO's losses are token means",
-                "epsilon_high": "PPO's clip is symmetric (epsilon)"}
+                "epsilon_high": "PPO's clip is symmetric (epsilon)",
+                "old_logps": "PPO's ratio always takes the rollout's log-probs, which its epochs of updates share"}
     for key, why in replaced.items():
       if getattr(self, key) != getattr(defaults, key):
         raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} does not apply to algorithm 'ppo' ({why}); leave "
@@ -316,16 +345,29 @@ class RLLossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """Rollout sampling: top_k 0 and top_p 1 mean no truncation. cache_bucket: each decode phase reads this many
-  more slots of the KV cache (`sampling.generate`; 0: every step reads all prompt + max_new_tokens slots; None: the
-  backend's rule, `generate.default_cache_bucket`: 128 on CPUs). tokens_per_iteration: decode steps per iteration
-  of the decode loop, which tests for the end of every row once per iteration (`generate`; same tokens)."""
+  """Rollout sampling: top_k 0 and top_p 1 mean no truncation; top_p lies in (0, 1]. cache_bucket: each decode
+  phase reads this many more slots of the KV cache (`sampling.generate`; 0: every step reads all prompt +
+  max_new_tokens slots; None: the backend's rule, `generate.default_cache_bucket`: 128 on CPUs).
+  tokens_per_iteration: decode steps per iteration of the decode loop, which tests for the end of every row once
+  per iteration (`generate`; same tokens).
+
+  Truncation and log-probs: with top_k > 0 or top_p < 1 the tokens are drawn from the truncated (renormalized)
+  distribution, but every log-prob of the stage (old policy, reference, the update's ratio and KL, entropy) is
+  taken from the untruncated softmax of logits / temperature, as TRL's GRPO / RLOO / PPO trainers do. The ratio
+  pi / pi_old is then still exact for the untruncated policy, but it is not an importance weight for the sampling
+  distribution, and the KL / entropy metrics describe the untruncated policy, not the one that sampled.
+  """
   max_new_tokens: int = field(24, min=1)
   temperature: float = field(1.0, min=1e-3)
   top_k: int = field(0, min=0)
-  top_p: float = field(1.0, min=0.0, max=1.0)
+  top_p: float = field(1.0, min=0.0, max=1.0)  # (0, 1]: 0 keeps no mass (`validate`)
   cache_bucket: int | None = field(None, min=0)
   tokens_per_iteration: int = field(1, min=1)
+
+  def validate(self, path: str) -> None:
+    if not self.top_p > 0.0:
+      raise ConfigError(f"{path}.top_p: must lie in (0, 1] (the nucleus' probability mass; 1 = no truncation); got "
+                        f"{self.top_p}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1211,10 +1253,16 @@ def load_critic(value_model: str, inputs: dict, vocab_size: int) -> tuple[Any, d
 def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inputs_lib.PromptSet, world: Any,
              eos_ids: tuple[int, ...], pad_id: int):
   """state -> {reward/*, kl, completion_length, length[, gold, repeat_rate]} of one sample per held-out prompt (fixed
-  key)."""
+  key), each meaning what the training metric of that name means: the rollout runs with the training algorithm, so
+  PPO's reward/total leaves out the KL penalty (training applies it per token) while GRPO / RLOO's with kl_mode
+  "reward" includes it, and online DPO's kl is taken at temperature 1 (`rollout_score_temperature`). Only what one
+  sample per prompt needs changes: num_generations 1 (group advantages of a group of 1 are 0, never read), no
+  GRPO-S scaling (the held-out prompts carry no demonstrations), no dynamic sampling, no token rewards (they only
+  move the process sources' sum out of the PPO rows' rewards after reward/total is taken)."""
   prompts = {"prompt_ids": held_out.ids, "prompt_mask": held_out.mask,
              "prompt_index": np.arange(held_out.ids.shape[0], dtype=np.int32)}
-  eval_loss = dataclasses.replace(cfg.loss, num_generations=1, algorithm="rloo", difficulty_scaling="none")
+  eval_loss = dataclasses.replace(cfg.loss, num_generations=1, difficulty_scaling="none", dynamic_sampling=False,
+                                  oversample=1, token_rewards=False)
 
   @jax.jit
   def evaluate(state):

@@ -38,3 +38,21 @@ def test_a_constant_selector_has_undefined_std_gains_without_a_warning():
     m = curve_metrics(curves, None, 0.0)
   assert np.isnan(m["proxy_gain_std"]) and np.isnan(m["proxy_slope_std"])
   assert m["proxy@N"] == 0.0 and m["length@N"] == 7.0
+
+
+def test_a_constant_gold_reward_has_undefined_std_gains_without_a_warning():
+  """gold_std 0 (every pooled sample has the same gold reward) gets the proxy's guard: NaN gold gains, not the
+  0/0 or +-inf of a division by 0 (a gold curve off its constant by float rounding would give +-inf)."""
+  import warnings
+
+  from jaxrlhf.evaluation.best_of_n import curve_metrics
+  # The last point is off the constant by float rounding of the curve's average.
+  curves = {"proxy": np.asarray([0.0, 1.0, 2.0, 3.0]), "gold": np.asarray([0.5, 0.5, 0.5, np.nextafter(0.5, 1.0)]),
+            "n": np.arange(1, 5)}
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    m = curve_metrics(curves, 0.0, 1.5)
+  for key in ("gold_gain_std", "gold_slope_std", "gap_std"):
+    assert np.isnan(m[key]), key
+  assert m["proxy_gain_std"] == pytest.approx(2.0)  # (3 - 0) / 1.5: the proxy keeps its scale
+  assert m["gold@1"] == 0.5 and m["gold_drop"] == 0.0

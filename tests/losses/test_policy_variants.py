@@ -155,6 +155,29 @@ def test_gspo_golden():
     pv.gspo_surrogate(lp, old, adv_t, mask)
 
 
+@pytest.mark.parametrize("surrogate", pv.SURROGATES)
+@pytest.mark.parametrize("pad", [-math.inf, math.nan])
+def test_non_finite_pad_log_probs_change_nothing(surrogate, pad):
+  """Padding is masked before any arithmetic: a non-finite log-prob on a pad slot (a -inf from a masked logit, a
+  NaN) leaves every surrogate's losses and gradients exactly those with a finite pad value (GSPO-token's
+  exp(sg(log s) + log pi - sg(log pi)) gave NaN gradients before its masking was moved ahead of the exp)."""
+  lp = jnp.array([[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]])
+  mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+  old = lp - jnp.array([[0.3, -0.1, 0.1], [0.05, 0.02, 0.0]])
+  adv = jnp.array([1.0, -1.0])
+  eps = {"epsilon": None if surrogate == "cispo" else 0.2, "epsilon_high": 0.3}
+  for old_logps in (old, None):
+    def objective(x):
+      per, _ = pv.variant_surrogate(surrogate, x, old_logps, adv, mask, **eps)
+      return jnp.sum(per), per
+
+    (want, want_per), want_grad = jax.value_and_grad(objective, has_aux=True)(lp)
+    (got, got_per), got_grad = jax.value_and_grad(objective, has_aux=True)(lp.at[1, 2].set(pad))
+    np.testing.assert_array_equal(got_per, want_per)
+    np.testing.assert_array_equal(got_grad, want_grad)
+    assert np.isfinite(float(got)) and float(got) == float(want)
+
+
 def test_cispo_golden_keeps_gradient_of_clipped_tokens():
   # r = [1.5, 0.5], A = [+1, -1], logp = [-1, -2], eps_high = 0.2, no lower bound: r^ = [1.2, 0.5].
   # l_t = -r^ A logp = [-1.2 * -1, -0.5 * -1 * -2] = [1.2, -1.0]; d l / d logp = -r^ A = [-1.2, 0.5].

@@ -154,6 +154,33 @@ def test_orpo_golden_and_stable_near_probability_one():
   assert np.all(np.isfinite(jax.grad(lambda v: reference_free.log1mexp(v).sum())(x)))
 
 
+def test_orpo_is_finite_at_log_prob_zero():
+  """An average log-prob of exactly 0 (the empty response of a zero-length filler row, or fp32 rounding of a
+  near-certain one, even slightly > 0) makes log(1 - P) = -inf: clamped, the loss and its gradients stay finite, a
+  weight-0 filler row adds exactly 0 to a weighted sum, and the real row keeps its hand-computed value and gradient."""
+  # Row 0 is the golden above (P_w = 0.5 over 2 tokens, P_l = 0.25): log OR = log 3, sig(log 3) = 3/4, so
+  # d loss / d chosen_logps = -beta (1 - 3/4) * (1 / (1 - P_w)) / 2 = -0.025 and
+  # d loss / d rejected_logps = -beta (1 - 3/4) * -(1 / (1 - P_l)) = 0.1 / 3. Row 1 is an empty filler row.
+  lengths_c, lengths_r, weights = jnp.array([2.0, 0.0]), jnp.array([1.0, 0.0]), jnp.array([1.0, 0.0])
+
+  def total(c, r):
+    return jnp.sum(reference_free.orpo_loss(c, r, lengths_c, lengths_r, chosen_nll=None, beta=0.1,
+                                            weights=weights)[0])
+
+  c, r = jnp.array([2 * math.log(0.5), 0.0]), jnp.array([math.log(0.25), 0.0])
+  value, (grad_c, grad_r) = jax.value_and_grad(total, argnums=(0, 1))(c, r)
+  np.testing.assert_allclose(value, 0.1 * math.log1p(1 / 3), rtol=1e-5)
+  np.testing.assert_allclose(grad_c, [-0.025, 0.0], rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(grad_r, [0.1 / 3, 0.0], rtol=1e-5, atol=1e-8)
+  # Weight 1: log P = 0 (or fp32 rounding above it) on either side gives a finite loss and finite gradients.
+  for chosen, rejected in ((0.0, -1.0), (-1.0, 0.0), (0.0, 0.0), (1e-7, -2.0), (-2.0, 1e-7)):
+    def one(c, r):
+      return reference_free.orpo_loss(c, r, jnp.ones(1), jnp.ones(1), chosen_nll=jnp.ones(1), beta=0.1)[0][0]
+
+    loss, grads = jax.value_and_grad(one, argnums=(0, 1))(jnp.array([chosen]), jnp.array([rejected]))
+    assert np.isfinite(float(loss)) and all(np.all(np.isfinite(g)) for g in grads), (chosen, rejected)
+
+
 def test_kto_golden_and_kl_clamp():
   # logratios [1, -2]; z0 = max(mean([-1, -3]), 0) = 0 -> desirable 1 - sig(0.5*1), undesirable 1 - sig(0.5*2)
   z0 = kto_lib.kto_kl_estimate(jnp.array([-2.0, -4.0]), jnp.array([-1.0, -1.0]))
@@ -372,3 +399,19 @@ def test_bad_arguments_raise_value_error():
     kto_lib.kto_loss(c, rc, jnp.ones(3))
   with pytest.raises(ValueError, match=r"rejected_lengths has shape"):
     reference_free.orpo_loss(c, r, lengths, lengths[:2], chosen_nll=None)
+
+
+def test_non_positive_beta_and_discopop_tau_raise():
+  """beta 0 makes IPO's target 1 / (2 beta) infinite and a negative beta flips every objective (DPO would then
+  prefer the rejected response); discopop_tau 0 divides by 0. Python numbers are checked up front."""
+  (c, r, rc, rr), lengths = _inputs(10)
+  for bad in (0.0, -0.1, 0, float("nan")):
+    with pytest.raises(ValueError, match=r"beta must be > 0"):
+      preference.dpo_loss(c, r, rc, rr, loss_type="ipo", beta=bad, chosen_lengths=lengths, rejected_lengths=lengths)
+    with pytest.raises(ValueError, match=r"beta must be > 0"):
+      preference.dpo_loss(c, r, rc, rr, beta=bad)
+  for bad in (0.0, -0.05):
+    with pytest.raises(ValueError, match=r"discopop_tau must be > 0"):
+      preference.dpo_loss(c, r, rc, rr, loss_type="discopop", discopop_tau=bad)
+  losses, _ = preference.dpo_loss(c, r, rc, rr, beta=1e-9)  # small but positive: the log 2 limit
+  np.testing.assert_allclose(losses, np.full(B, math.log(2.0)), rtol=1e-5)

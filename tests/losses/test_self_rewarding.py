@@ -5,6 +5,7 @@ evaluated in torch), C = 0 is DPO on the swapped pair, C in (1/2, 1] is conserva
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 import jaxrlhf.losses as losses_pkg
@@ -84,3 +85,28 @@ def test_soft_label_optimum_and_gradients():
   f = jax.jit(lambda *a: sr.consistency_regularized_dpo_loss(*a, 0.8, beta=0.1)[0])
   np.testing.assert_allclose(f(pc, pr, rc, rr), jax.vmap(lambda *a: f(*(x[None] for x in a))[0])(pc, pr, rc, rr),
                              rtol=1e-6)
+
+
+def test_float32_shapes_and_ranges_like_the_other_preference_losses():
+  """bf16 log-probs are computed in float32 (the losses equal the float32 inputs' to bf16 input rounding only), the
+  four log-prob arrays and a per-pair C / beta must share the batch shape, and a Python C outside [0, 1] (which
+  would weight one direction negatively) or beta <= 0 is a ValueError."""
+  pc, pr, rc, rr = (x.astype(jnp.bfloat16) for x in _logps(5))
+  got, m = sr.consistency_regularized_dpo_loss(pc, pr, rc, rr, 0.7, beta=0.3)
+  want, _ = sr.consistency_regularized_dpo_loss(*(x.astype(jnp.float32) for x in (pc, pr, rc, rr)), 0.7, beta=0.3)
+  assert got.dtype == jnp.float32 and all(v.dtype == jnp.float32 for v in m.values())
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # -258 - (-1.0078125) = -256.9921875 (both exact in bf16) is exact in float32; bf16 arithmetic would give -256.
+  one = lambda v: jnp.asarray([v], jnp.bfloat16)  # noqa: E731
+  _, m = sr.consistency_regularized_dpo_loss(one(-258.0), one(0.0), one(-1.0078125), one(0.0), 1.0, beta=1.0)
+  np.testing.assert_array_equal(m["rewards/margin"], [-256.9921875])
+  with pytest.raises(ValueError, match=r"rejected_logps has shape \(5,\) but chosen_logps has shape \(6,\)"):
+    sr.consistency_regularized_dpo_loss(pc, pr[:5], rc, rr, 0.5)
+  with pytest.raises(ValueError, match=r"consistency must be a scalar or have the shape of chosen_logps"):
+    sr.consistency_regularized_dpo_loss(pc, pr, rc, rr, jnp.ones(3))
+  for bad in (1.5, -0.1, float("nan")):
+    with pytest.raises(ValueError, match=r"consistency must lie in \[0, 1\]"):
+      sr.consistency_regularized_dpo_loss(pc, pr, rc, rr, bad)
+  for bad in (0.0, -0.1):
+    with pytest.raises(ValueError, match=r"beta must be a finite number > 0"):
+      sr.consistency_regularized_dpo_loss(pc, pr, rc, rr, 0.5, beta=bad)

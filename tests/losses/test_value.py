@@ -5,6 +5,7 @@ and the 0.5 * masked-mean squared-error loss."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrlhf.losses import gae_advantages, state_mask, td_lambda_returns, value_regression_loss
 
@@ -60,3 +61,45 @@ def test_state_mask_and_loss():
   np.testing.assert_allclose(np.asarray(grad_pred), (np.asarray(pred) - np.asarray(target)) * mask / 6, rtol=1e-6)
   assert not np.asarray(grad_target).any()  # targets are constants (bootstrapped values carry no gradient)
   assert float(metrics["value/mse"]) == float(loss) * 2
+
+
+def test_discounted_targets_are_the_official_recipe_only_with_the_reward_discounted_once():
+  """With gamma < 1 the targets are not the official GAE recipe's (r on token n - 1): the reward is the finished
+  state's value, one step later, so they equal that recipe with gamma * r on token n - 1 instead."""
+  rng = np.random.default_rng(2)
+  B, T, gamma = 3, 5, 0.9
+  lengths = np.array([5, 2, 3])
+  values = rng.normal(size=(B, T + 1)).astype(np.float32)
+  reward = rng.normal(size=(B,)).astype(np.float32) + 2.0
+  mask = (np.arange(T)[None] < lengths[:, None]).astype(np.float32)
+  ours = np.asarray(td_lambda_returns(values, reward, lengths, gamma=gamma, lam=0.95))[:, :T] * mask
+
+  def official(r):
+    token_rewards = np.zeros((B, T), np.float32)
+    token_rewards[np.arange(B), lengths - 1] = r
+    return np.asarray(gae_advantages(token_rewards, values[:, :T] * mask, mask, gamma=gamma, lam=0.95)[1])
+
+  np.testing.assert_allclose(ours, official(gamma * reward), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(ours, official(reward), rtol=1e-3)
+  np.testing.assert_allclose(ours[np.arange(B), lengths - 1], gamma * reward, rtol=1e-6)  # official: r
+
+
+def test_lengths_must_leave_a_slot_for_the_finished_state():
+  values = np.zeros((2, 4), np.float32)
+  r = jnp.array([1.0, 2.0])
+  g = np.asarray(td_lambda_returns(values, r, jnp.array([3, 0])))  # n = S - 1: the last slot is the finished state
+  np.testing.assert_allclose(g[:, [3, 0]].diagonal(), [1.0, 2.0])
+  for bad in ([4, 1], [1, 7], [-1, 1]):
+    with pytest.raises(ValueError, match=r"lengths_B must lie in \[0, S - 1\] = \[0, 3\].*never be placed"):
+      td_lambda_returns(values, r, jnp.array(bad))
+  jax.jit(td_lambda_returns)(values, r, jnp.array([3, 0]))  # traced lengths are not checked (and need not be)
+
+
+def test_value_loss_checks_shapes():
+  ok = jnp.zeros((2, 3))
+  cases = ((ok, jnp.zeros((2, 4)), ok), (ok, ok, jnp.zeros((3, 3))), (jnp.zeros(3), jnp.zeros(3), jnp.ones(3)))
+  for pred, target, mask in cases:
+    with pytest.raises(ValueError, match=r"predictions_BxS, targets_BxS and mask_BxS must be \(B, S\)"):
+      value_regression_loss(pred, target, mask)
+  loss, metrics = value_regression_loss(jnp.ones((2, 3), jnp.bfloat16), ok, jnp.ones((2, 3)))
+  assert loss.dtype == jnp.float32 and float(loss) == 0.5 and float(metrics["value/mean"]) == 1.0

@@ -1,8 +1,10 @@
 """The best_of_n stage: summary metrics from hand-made curves, and a run on a tiny random policy and reward model
 whose results.json agrees with a direct recomputation from its pools."""
 
+import dataclasses
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -99,3 +101,25 @@ def test_stage_on_tiny_models(tmp_path):
   curve = results["curves"]["rm_mean_minus_var_lam0.5"]
   assert curve["proxy"][-1] == pytest.approx(uwo.max(axis=1).mean(), rel=1e-5)
   assert curve["gold"][-1] == pytest.approx(gold[np.arange(gold.shape[0]), uwo.argmax(axis=1)].mean(), rel=1e-5)
+
+
+def test_pool_from_must_hold_this_stages_prompts(tmp_path):
+  """A saved pool is reused only on the prompts it was drawn on (compared without their left padding); a pool of
+  the same shape drawn on other prompts would score its samples against the wrong prompts and references."""
+  ids = np.asarray([[0, 5, 6], [7, 8, 9]], np.int32)
+  mask = np.asarray([[0, 1, 1], [1, 1, 1]], np.int32)
+  pool = {"prompt_ids": ids, "prompt_mask": mask, "tokens": np.ones((2, 3, 4), np.int32),
+          "mask": np.ones((2, 3, 4), np.int32), "lengths": np.full((2, 3), 4)}
+  path = str(tmp_path / "pool.npz")
+  np.savez_compressed(path, **pool)
+  cfg = best_of_n_stage.BestOfNConfig(policy="p", num_prompts=2, pool_size=3)
+  held = lambda i, m: types.SimpleNamespace(ids=np.asarray(i), mask=np.asarray(m))  # noqa: E731
+  loaded = best_of_n_stage.load_pools(path, cfg, held(ids, mask))
+  np.testing.assert_array_equal(loaded["tokens"], pool["tokens"])
+  # The same prompts at a wider padding compare equal.
+  best_of_n_stage.load_pools(path, cfg, held([[0, 0, 5, 6], [0, 7, 8, 9]], [[0, 0, 1, 1], [0, 1, 1, 1]]))
+  for other_ids, other_mask in (([[0, 5, 6], [7, 8, 4]], mask), ([[0, 7, 8], [0, 5, 6]], [[0, 1, 1], [0, 1, 1]])):
+    with pytest.raises(ValueError, match=r"pool_from: .*pool\.npz.* other prompts .*prompts differ \(first: prompt"):
+      best_of_n_stage.load_pools(path, cfg, held(other_ids, other_mask))
+  with pytest.raises(ValueError, match=r"pool_from: .*\(num_prompts, pool_size\) = \(3, 3\)"):
+    best_of_n_stage.load_pools(path, dataclasses.replace(cfg, num_prompts=3), held(ids, mask))
