@@ -53,6 +53,25 @@ _HF_ACTIVATIONS = {
 }
 _ACTIVATION_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
+# What each transformers config class assumes for a key its config.json omits (the dataclass defaults of LlamaConfig,
+# MistralConfig, Qwen2Config, Qwen3Config, Gemma2Config, Gemma3TextConfig in transformers 5). They differ by class:
+# official Gemma config.json files omit tie_word_embeddings (tied), Qwen3 / Gemma fix head_dim instead of deriving
+# it. None means derived: head_dim = hidden_size // num_attention_heads, num_key_value_heads = num_attention_heads.
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(tie_word_embeddings=False, head_dim=None, num_key_value_heads=None, max_position_embeddings=2048,
+                  sliding_window=None),
+    "mistral": dict(tie_word_embeddings=False, head_dim=None, num_key_value_heads=8,
+                    max_position_embeddings=131072, sliding_window=4096),
+    "qwen2": dict(tie_word_embeddings=False, head_dim=None, num_key_value_heads=32, max_position_embeddings=32768,
+                  sliding_window=4096),
+    "qwen3": dict(tie_word_embeddings=False, head_dim=128, num_key_value_heads=32, max_position_embeddings=32768,
+                  sliding_window=4096),
+    "gemma2": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=4, max_position_embeddings=8192,
+                   sliding_window=4096),
+    "gemma3_text": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072,
+                        sliding_window=4096),
+}
+
 # Switches each transformers architecture fixes: `from_hf` sets them, `to_hf` refuses a config that differs (the
 # exported checkpoint would compute something else in transformers). The switches absent from a family's entry
 # must keep their defaults there (`_SWITCH_DEFAULTS`).
@@ -65,6 +84,18 @@ _FAMILY_SWITCHES: dict[str, dict[str, Any]] = {
     "qwen3": dict(norm="rmsnorm", position="rope", gated_mlp=True, mlp_bias=False, qk_norm=True),
     "gemma2": dict(_GEMMA_SWITCHES, qk_norm=False, local_rope_theta=None),
     "gemma3": dict(_GEMMA_SWITCHES, qk_norm=True, attn_logit_softcap=None),
+}
+# Settings each transformers architecture hard-codes, by model_type (verified in transformers 5's modeling code):
+# Llama / Mistral / Qwen2 use RMSNorm, RoPE and a gated MLP and have no per-layer window (Mistral's window covers
+# every layer; Qwen2 is exported with use_sliding_window=False); Mistral has no biases at all; Qwen2 has q/k/v
+# biases only; GPT-2 has LayerNorm, learned positions, a plain MLP and biases everywhere.
+_RMS_ROPE_GATED = dict(norm="rmsnorm", position="rope", gated_mlp=True)
+_MODEL_TYPE_FIXED: dict[str, dict[str, Any]] = {
+    "llama": dict(_RMS_ROPE_GATED, sliding_window=None),
+    "mistral": dict(_RMS_ROPE_GATED, qkv_bias=False, out_bias=False, mlp_bias=False),
+    "qwen2": dict(_RMS_ROPE_GATED, qkv_bias=True, out_bias=False, mlp_bias=False, sliding_window=None),
+    "gpt2": dict(norm="layernorm", position="learned", gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
+                 sliding_window=None),
 }
 # Switches a family may set freely (read from and written to its config.json).
 _FAMILY_FREE = {
@@ -360,15 +391,24 @@ class ModelConfig:
     return out
 
   def _check_exportable(self) -> None:
-    """Raises unless transformers' class for this family computes what this config computes."""
+    """Raises unless transformers' class for this family (and `hf_model_type`) computes what this config computes:
+    every setting that class hard-codes must have its value here, as the exported config.json cannot carry it."""
+    model_type = self.hf_model_type or _DEFAULT_MODEL_TYPES[self.family]
     fixed = dict(_SWITCH_DEFAULTS)
     for name in _FAMILY_FREE.get(self.family, ()):
       del fixed[name]
     fixed.update(_FAMILY_SWITCHES.get(self.family, {}))
+    fixed.update(_MODEL_TYPE_FIXED.get(model_type, {}))
+    target = (f"family {self.family!r}" if model_type == _DEFAULT_MODEL_TYPES[self.family]
+              else f"hf_model_type {model_type!r}")
     for name, value in fixed.items():
       if getattr(self, name) != value:
-        raise ValueError(f"{name}={getattr(self, name)!r} cannot be exported as family {self.family!r} "
-                         f"(transformers' {HF_ARCHITECTURES[_DEFAULT_MODEL_TYPES[self.family]]} fixes {value!r})")
+        raise ValueError(f"{name}={getattr(self, name)!r} cannot be exported as {target} "
+                         f"(transformers' {HF_ARCHITECTURES[model_type]} fixes {value!r})")
+    # Where the biases are not fixed, one attention_bias key sets q/k/v and o alike.
+    if "qkv_bias" not in fixed and self.qkv_bias != self.out_bias:
+      raise ValueError(f"qkv_bias={self.qkv_bias} and out_bias={self.out_bias} must be equal for {target} "
+                       "(transformers' attention_bias sets both)")
 
 
 def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
@@ -400,19 +440,21 @@ def _activation_from_hf(name: str, value: Any) -> str:
 
 
 def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]:
+  defaults = _HF_DEFAULTS[model_type]
   num_heads = int(hf["num_attention_heads"])
   embed_dim = int(hf["hidden_size"])
-  head_dim = hf.get("head_dim") or embed_dim // num_heads
+  # None (an explicit null, or a class that derives it): hidden_size // num_attention_heads.
+  head_dim = hf.get("head_dim", defaults["head_dim"]) or embed_dim // num_heads
   theta, scaling = _rope_from_hf(hf)
   fields = dict(
       vocab_size=int(hf["vocab_size"]),
       embed_dim=embed_dim,
       num_layers=int(hf["num_hidden_layers"]),
       num_heads=num_heads,
-      num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+      num_kv_heads=int(hf.get("num_key_value_heads", defaults["num_key_value_heads"]) or num_heads),
       head_dim=int(head_dim),
       mlp_dim=int(hf["intermediate_size"]),
-      max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+      max_position_embeddings=int(hf.get("max_position_embeddings", defaults["max_position_embeddings"])),
       norm="rmsnorm",
       norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       activation=_activation_from_hf("hidden_act", hf.get("hidden_act", "silu")),
@@ -420,7 +462,7 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
       position="rope",
       rope_theta=theta,
       rope_scaling=scaling,
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", defaults["tie_word_embeddings"])),
   )
   if model_type == "qwen2":
     if hf.get("use_sliding_window", False):
@@ -429,8 +471,9 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
   else:
     attention_bias = bool(hf.get("attention_bias", False))
     fields.update(qkv_bias=attention_bias, out_bias=attention_bias, mlp_bias=bool(hf.get("mlp_bias", False)))
-  if model_type == "mistral" and hf.get("sliding_window") is not None:
-    fields["sliding_window"] = int(hf["sliding_window"])
+  window = hf.get("sliding_window", defaults["sliding_window"])
+  if model_type == "mistral" and window is not None:  # MistralConfig windows every layer (4096 when omitted)
+    fields["sliding_window"] = int(window)
   return fields
 
 
@@ -443,14 +486,15 @@ def _qwen3_gemma_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
   num_layers = fields["num_layers"]
   if family == "qwen3":
     # transformers drops the window unless use_sliding_window; then layers from max_window_layers on slide.
-    if hf.get("use_sliding_window", False) and hf.get("sliding_window") is not None:
+    window = hf.get("sliding_window", _HF_DEFAULTS["qwen3"]["sliding_window"])
+    if hf.get("use_sliding_window", False) and window is not None:
       layer_types = hf.get("layer_types") or [
           "sliding_attention" if i >= int(hf.get("max_window_layers", 28)) else "full_attention"
           for i in range(num_layers)]
       if "sliding_attention" in layer_types:
         # Every layer windowed is the uniform (Mistral-style) case: no per-layer types needed.
         uniform = "full_attention" not in layer_types
-        fields.update(sliding_window=int(hf["sliding_window"]), layer_types=None if uniform else tuple(layer_types))
+        fields.update(sliding_window=int(window), layer_types=None if uniform else tuple(layer_types))
     return fields
 
   activation_key = "hidden_activation" if hf.get("hidden_activation") is not None else "hidden_act"
@@ -461,7 +505,7 @@ def _qwen3_gemma_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
   pattern = 2 if family == "gemma2" else int(hf.get("sliding_window_pattern", 6))
   layer_types = hf.get("layer_types") or [
       "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(num_layers)]
-  sliding_window = hf.get("sliding_window", 4096)
+  sliding_window = hf.get("sliding_window", _HF_DEFAULTS[hf["model_type"]]["sliding_window"])
   fields.update(layer_types=tuple(layer_types), sliding_window=None if sliding_window is None else int(sliding_window))
   default_final_cap = 30.0 if family == "gemma2" else None
   fields["final_logit_softcap"] = _optional_float(hf.get("final_logit_softcapping", default_final_cap))
@@ -502,9 +546,6 @@ def _gemma3_rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | No
 def _qwen3_gemma_to_hf(config: ModelConfig, out: dict[str, Any], rope: dict[str, Any]) -> None:
   """Adds the Qwen3 / Gemma keys of `config` to the Llama-like `out` (in place)."""
   c = config
-  if c.qkv_bias != c.out_bias:
-    raise ValueError(f"qkv_bias={c.qkv_bias} and out_bias={c.out_bias} must be equal for family {c.family!r} "
-                     "(transformers' attention_bias sets both)")
   layer_types = list(c.layer_types or (["sliding_attention" if c.sliding_window else "full_attention"]
                                        * c.num_layers))
   out.update(attention_bias=c.qkv_bias, layer_types=layer_types, sliding_window=c.sliding_window)

@@ -423,6 +423,7 @@ def save_hf_folder(model: CausalLM, out_dir: str | os.PathLike, config: ModelCon
   config = config or model.config
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  # Every variable, not only nnx.Param: a frozen model's weights are FrozenParams; params_to_hf picks by name.
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(model)))
   write_safetensors(out_dir / "model.safetensors", params_to_hf(config, params))
   (out_dir / "config.json").write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True))

@@ -49,7 +49,7 @@ from flax import nnx
 from jaxrlhf.models.config import HF_ARCHITECTURES, ModelConfig
 from jaxrlhf.models.heads import HeadConfig
 from jaxrlhf.models.hf import hf_to_params, params_to_hf, read_hf_folder, write_safetensors
-from jaxrlhf.models.reward_model import RewardEnsemble, RewardModel
+from jaxrlhf.models.reward_model import LoraRewardEnsemble, RewardEnsemble, RewardModel
 from jaxrlhf.parallel.sharding import auto_axes, state_shardings
 
 Array = jax.Array
@@ -159,15 +159,19 @@ def reward_model_from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float
   return nnx.merge(graphdef, abstract_state)
 
 
-def save_reward_model_pretrained(rm: RewardModel | RewardEnsemble, out_dir: str | os.PathLike,
+def save_reward_model_pretrained(rm: RewardModel | RewardEnsemble | LoraRewardEnsemble, out_dir: str | os.PathLike,
                                  pad_token_id: int | None = None, *, member: int | None = None,
                                  drop_bias: bool = False) -> None:
   """Writes config.json + model.safetensors that `transformers.AutoModelForSequenceClassification` (and TRL's
   RewardTrainer / reward pipelines) load; its logits are `rm`'s rewards (module docstring: reading rules).
 
+  A LoRA reward model is exported merged (backbone kernels W + (alpha / r) A B; `RewardModel.merged`): a plain
+  checkpoint that scores as `rm` does. Frozen base weights (the stages' FrozenParams) are exported like Params.
+
   Args:
-    rm: a RewardModel with a "linear", "attributes" or linear "multihead" head, or a RewardEnsemble (one member
-      is written: `member`, which may be omitted for K = 1).
+    rm: a RewardModel (LoRA or not) with a "linear", "attributes" or linear "multihead" head, or a RewardEnsemble /
+      LoraRewardEnsemble (one member is written, merged with its adapters: `member`, which may be omitted for
+      K = 1).
     out_dir: the folder to write (created if missing).
     pad_token_id: the tokenizer's pad id, which transformers uses to find the last real token; defaults to
       `rm.config.pad_token_id`.
@@ -178,13 +182,14 @@ def save_reward_model_pretrained(rm: RewardModel | RewardEnsemble, out_dir: str 
     ValueError: an "mlp" head (or multihead of mlp members), a nonzero bias without drop_bias, no pad_token_id,
       an ensemble of K > 1 without `member`, or a config transformers' class cannot express.
   """
-  if isinstance(rm, RewardEnsemble):
+  if isinstance(rm, (RewardEnsemble, LoraRewardEnsemble)):
     if member is None and rm.num_members != 1:
       raise ValueError(f"rm is an ensemble of {rm.num_members} members; pass member=k (0 <= k < "
                        f"{rm.num_members}) to export one")
-    rm = rm.member(member or 0)
+    rm = rm.member(member or 0)  # a LoraRewardEnsemble's member k: the shared base + its adapters and head
   elif member is not None:
-    raise ValueError(f"member={member} applies to a RewardEnsemble; rm is a single RewardModel")
+    raise ValueError(f"member={member} applies to a RewardEnsemble or LoraRewardEnsemble; rm is a single "
+                     "RewardModel")
   head = rm.head.config
   if head.form != "linear":
     raise ValueError(f"head kind {head.kind!r}{' of mlp members' if head.kind == 'multihead' else ''} cannot be "
@@ -200,6 +205,8 @@ def save_reward_model_pretrained(rm: RewardModel | RewardEnsemble, out_dir: str 
     raise ValueError("pad_token_id is None (argument and rm.config.pad_token_id): transformers finds each row's "
                      "last real token by its pad id and refuses batches of more than one row without one; pass "
                      "pad_token_id= (the tokenizer's pad id)")
+  # transformers' checkpoint has no adapters: write what the model computes, not its base weights.
+  rm = rm.merged()
   config = rm.config.replace(pad_token_id=pad)
   hf = config.to_hf()
   model_type = hf["model_type"]
@@ -209,7 +216,8 @@ def save_reward_model_pretrained(rm: RewardModel | RewardEnsemble, out_dir: str 
             label2id={f"LABEL_{i}": i for i in range(num_labels)})
   if head.kind == "attributes":
     hf[ATTRIBUTE_WEIGHTS_KEY] = [float(w) for w in np.asarray(rm.head.attribute_weights[...])]
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(rm, nnx.Param)))
+  # Every variable, not only nnx.Param: a frozen model's weights are FrozenParams; params_to_hf picks by name.
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), nnx.to_pure_dict(nnx.state(rm)))
   tensors = params_to_hf(config.replace(tie_word_embeddings=True), params["backbone"])  # no LM head (see import)
   tensors[_SCORE] = np.ascontiguousarray(params["head"]["kernel"])
   out_dir = pathlib.Path(out_dir)

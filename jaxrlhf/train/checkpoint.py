@@ -10,12 +10,18 @@ process 0 writes the metadata and the `data` JSON, which is the same on every pr
 the same global example order (see jaxrlhf/data/pipeline.py). The directory must be shared by all processes.
 
 Integrity (docs/reliability.md): once orbax has finalized a step (its files renamed into place; async saves
-included), process 0 writes `<step>/jaxrlhf_manifest.json` with every file's size and sha256. `restore` checks a
-step against its manifest before trusting it; a step without one (older code, or a kill between finalize and
-manifest) is checked by restoring it. `restore_newest_intact` (the loop's resume) falls back to the newest intact
-step, moves the damaged newer ones aside as `<step>.damaged` and logs why; `CheckpointError` when none is intact
-or a write fails. A failed write never touches the earlier steps (orbax writes into a temporary folder and
-removes old steps only after the new one is finalized).
+included), process 0 writes `<step>/jaxrlhf_run.json` (the train state's layout: each array's path, dtype and
+shape; and the caller's `run_config` if given), then `<step>/jaxrlhf_manifest.json` with every file's size and
+sha256. `restore` checks a step against its manifest before trusting it; a step without one (older code, or a kill
+between finalize and manifest) is checked by restoring it. `restore_newest_intact` (the loop's resume) falls back
+to the newest intact step, moves the damaged newer ones aside as `<step>.damaged` and logs why; `CheckpointError`
+when none is intact or a write fails. A failed write never touches the earlier steps (orbax writes into a
+temporary folder and removes old steps only after the new one is finalized).
+
+Config changes: a step that cannot be restored into a train state whose layout differs from the one its
+jaxrlhf_run.json records (a changed model shape or optimizer) is reported as written under another config, with
+what differs, not as damaged; a step that restores although its layout or `run_config` differs (a new learning
+rate, a dtype orbax casts) resumes with a warning naming the differences.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from jaxrlhf.parallel import distributed
 from jaxrlhf.train import state as state_lib
 
 MANIFEST_NAME = "jaxrlhf_manifest.json"
+RUN_RECORD_NAME = "jaxrlhf_run.json"
 DAMAGED_SUFFIX = ".damaged"
 _MANIFEST_FORMAT = 1
 _CHUNK_BYTES = 1 << 20
@@ -57,10 +64,16 @@ class _ManifestingManager(ocp.CheckpointManager):
   describes the finished files and an older step survives until the new one is complete. A test pins this hook.
   """
 
+  # step -> what `Checkpointer.save` records about the run (`run_record`), set before the write starts.
+  records: dict[int, dict[str, Any]]
+
   def _finalize_checkpoint(self, step: int):
     super()._finalize_checkpoint(step)
     step_dir = os.path.join(os.fspath(self.directory), str(step))
+    record = self.records.pop(step, None)
     if distributed.is_primary() and os.path.isdir(step_dir):
+      if record is not None:  # Before the manifest, which then checksums it too.
+        _write_json_atomically(os.path.join(step_dir, RUN_RECORD_NAME), record)
       write_manifest(step_dir)
 
 
@@ -74,10 +87,12 @@ class Checkpointer:
       is also kept. Saves without that metric never count as best.
     best_mode: "min" or "max" for `best_metric`.
     async_save: write in a background thread (the loop waits before exiting and before reading back).
+    run_config: the stage's settings as a JSON-able dict (optional), recorded with each step: a resume under other
+      settings says which changed.
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, best_metric: str | None = None,
-               best_mode: str = "min", async_save: bool = True):
+               best_mode: str = "min", async_save: bool = True, run_config: Mapping[str, Any] | None = None):
     if max_to_keep < 1:
       raise ValueError(f"max_to_keep: expected >= 1, got {max_to_keep}")
     if best_mode not in ("min", "max"):
@@ -95,7 +110,9 @@ class Checkpointer:
         preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
         create=True, cleanup_tmp_directories=True)
     self._manager = _ManifestingManager(self.directory, item_names=("state", "data"), options=options)
+    self._manager.records = {}
     self._writing: int | None = None  # The step of the last save started (named if its async write fails).
+    self.run_config = _normalized(run_config)
 
   def _rank(self, metrics: Mapping[str, Any]) -> float:
     """BestN sorts ascending and keeps the tail, so a missing metric ranks worst in both modes."""
@@ -117,6 +134,7 @@ class Checkpointer:
                               data=ocp.args.JsonSave(_encode_data_state(data_state)))
     clean = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(float(v))}
     self._writing = int(step)
+    self._manager.records[int(step)] = run_record(state, self.run_config)
     try:
       self._manager.save(int(step), args=args, metrics=clean, force=True)
     except Exception as e:  # pylint: disable=broad-exception-caught
@@ -140,6 +158,10 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     state, data_state, problem = self._try_restore(abstract_state, step)
     if problem is not None:
+      changed = self._layout_change(abstract_state, [step])
+      if changed:
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} was written for another train state "
+                              f"than this run's ({changed}): {problem}")
       raise CheckpointError(f"checkpoint step {step} in {self.directory} is damaged: {problem}")
     return state, data_state
 
@@ -163,12 +185,53 @@ class Checkpointer:
       state, data_state, problem = self._try_restore(abstract_state, step)
       if problem is None:
         self._set_aside(damaged, step)
+        self._warn_changes(abstract_state, step)
         return step, state, data_state
       damaged.append((step, problem))
     listing = "; ".join(f"step {s}: {p}" for s, p in damaged)
+    changed = self._layout_change(abstract_state, steps)
+    if changed:
+      # Intact checkpoints of another train state: deleting them is not the first thing to suggest.
+      raise CheckpointError(
+          f"the stage's config changed since the checkpoints in {self.directory} were written ({changed}), so "
+          f"they cannot be restored into this run's train state ({listing}). Re-run with the config they were "
+          "written with to resume, or delete that directory (or re-run with --fresh) to start this stage over")
     raise CheckpointError(
         f"no checkpoint in {self.directory} is intact and restorable ({listing}). Delete that directory to "
         f"start this stage over, or re-run with --fresh to start fresh")
+
+  def _recorded(self, step: int) -> dict[str, Any] | None:
+    """The step's jaxrlhf_run.json, or None (written by older code, or unreadable)."""
+    try:
+      with open(os.path.join(self._step_dir(step), RUN_RECORD_NAME)) as f:
+        record = json.load(f)
+    except (OSError, ValueError):
+      return None
+    return record if isinstance(record, dict) and isinstance(record.get("layout"), dict) else None
+
+  def _layout_change(self, abstract_state: Any, steps: list[int]) -> str | None:
+    """How this run's train state differs from the newest of `steps` that records its layout (None: no record,
+    or the same layout, so the failure is not a config change)."""
+    for step in steps:
+      record = self._recorded(step)
+      if record is not None:
+        return _differences("train state", record["layout"], state_layout(abstract_state))
+    return None
+
+  def _warn_changes(self, abstract_state: Any, step: int) -> None:
+    """Warns (process 0) when the restored step was written with another layout (a cast dtype) or run_config."""
+    record = self._recorded(step)
+    if record is None or not distributed.is_primary():
+      return
+    changes = [_differences("train state", record["layout"], state_layout(abstract_state))]
+    if self.run_config is not None and record.get("run_config") is not None:
+      changes.append(_differences("run_config", _flat(record["run_config"]), _flat(self.run_config)))
+    changes = [c for c in changes if c]
+    if changes:
+      line = (f"{self.directory}: the stage's config changed since checkpoint step {step} was written "
+              f"({'; '.join(changes)}); resuming from it with this run's config")
+      logging.warning("%s", line)
+      print(f"[checkpoint] WARNING: {line}", flush=True)
 
   def _try_restore(self, abstract_state: Any, step: int) -> tuple[Any, Any, str | None]:
     """(state, data_state, None), or (None, None, why the step cannot be used), agreed by all processes."""
@@ -295,17 +358,67 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+def state_layout(state: Any) -> dict[str, str]:
+  """{array path: "dtype[shape]"} of a train state (arrays or ShapeDtypeStructs), e.g.
+  {".params['w'].value": "float32[4, 8]", ".opt_state[0].count": "int32[]"}: what a restore must match."""
+  return {jax.tree_util.keystr(path): f"{np.dtype(x.dtype).name}{list(x.shape)}"
+          for path, x in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def run_record(state: Any, run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """What a step's jaxrlhf_run.json records about the run that wrote it: the state's layout and its run_config."""
+  record: dict[str, Any] = {"layout": state_layout(state)}
+  if run_config is not None:
+    record["run_config"] = run_config
+  return record
+
+
+def _normalized(run_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+  """run_config as it reads back from JSON (tuples as lists; values json cannot write as their str)."""
+  if run_config is None:
+    return None
+  return json.loads(json.dumps(dict(run_config), default=str, sort_keys=True))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"a.b": leaf} of nested dicts."""
+  if not isinstance(tree, Mapping):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def _differences(what: str, old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 3) -> str | None:
+  """"<what>: key: old -> new; ...; N gone, e.g. key (old); N new, e.g. key (new)": the changed entries (the first
+  `limit`, then a count) and the keys only `old` or only `new` has; None if the two are equal."""
+  changed = [f"{k}: {old[k]} -> {new[k]}" for k in old if k in new and old[k] != new[k]]
+  gone = [k for k in old if k not in new]
+  added = [k for k in new if k not in old]
+  parts = changed[:limit] + ([f"and {len(changed) - limit} more changed"] if len(changed) > limit else [])
+  if gone:
+    parts.append(f"{len(gone)} gone, e.g. {gone[0]} ({old[gone[0]]})")
+  if added:
+    parts.append(f"{len(added)} new, e.g. {added[0]} ({new[added[0]]})")
+  return f"{what}: {'; '.join(parts)}" if parts else None
+
+
 def write_manifest(step_dir: str) -> str:
   """Writes `step_dir/jaxrlhf_manifest.json` (sizes and sha256 of the step's files) atomically; its path."""
   manifest = {"format": _MANIFEST_FORMAT, "files": _manifest_entries(step_dir)}
-  path = os.path.join(step_dir, MANIFEST_NAME)
+  return _write_json_atomically(os.path.join(step_dir, MANIFEST_NAME), manifest)
+
+
+def _write_json_atomically(path: str, obj: Any) -> str:
+  """Writes `obj` as JSON to `path` through a temporary file; returns `path`."""
   tmp = path + ".tmp"
   try:
     with open(tmp, "w") as f:
-      json.dump(manifest, f, indent=1)
+      json.dump(obj, f, indent=1)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)  # A torn manifest is never read: it appears whole or not at all.
+    os.replace(tmp, path)  # A torn file is never read: it appears whole or not at all.
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)

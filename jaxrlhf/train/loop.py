@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import jax
 from jax.sharding import Mesh
@@ -89,7 +89,8 @@ def _is_due(step: int, every: int, last: int) -> bool:
 def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
           step_fn: Callable[[state_lib.TrainState, Any], tuple[state_lib.TrainState, dict[str, Any]]],
           data_iter: DataIterator, mesh: Mesh | None = None, batch_shardings: Any = None,
-          eval_fn: Callable[[state_lib.TrainState], dict[str, float]] | None = None) -> dict[str, Any]:
+          eval_fn: Callable[[state_lib.TrainState], dict[str, float]] | None = None,
+          run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Runs (or resumes) training to `config.num_steps` updates and writes `workdir/results.json`.
 
   Args:
@@ -104,6 +105,9 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
       `batch_shardings` is given.
     batch_shardings: a sharding (prefix) pytree for the batch argument.
     eval_fn: state -> metrics, run every `eval_every` updates and at the end.
+    run_config: the stage's settings (a JSON-able dict), recorded with each checkpoint: resuming under changed
+      settings warns with what changed (`Checkpointer`); a changed train-state layout is reported as a config
+      change whether or not this is given.
 
   Returns:
     The results dict also written to results.json: final step, last train window and eval metrics,
@@ -111,7 +115,8 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
 
   Raises:
     NonFiniteError: a train or eval metric is NaN/inf; nothing from that step on is saved.
-    checkpoint.CheckpointError: the workdir's checkpoints hold no intact step, or a checkpoint write failed.
+    checkpoint.CheckpointError: the workdir's checkpoints hold no intact step (or only steps written for another
+      train state: the message says what differs), or a checkpoint write failed.
   """
   missing = [m for m in ("__next__", "get_state", "set_state") if not hasattr(data_iter, m)]
   if missing:
@@ -122,7 +127,7 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints,
       best_metric=config.best_metric or None, best_mode=config.best_mode,
-      async_save=config.async_checkpoints)
+      async_save=config.async_checkpoints, run_config=run_config)
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard)
   try:
     start = ckpt.latest_step()

@@ -273,11 +273,14 @@ def test_gemma3_config_round_trips_through_transformers(changes):
 
 
 def test_gemma2_defaults_alternate_local_and_global_layers():
+  """Gemma2Config's defaults for omitted keys: tied embeddings (official config.json files omit the key), head_dim
+  256 and 4 kv heads (not derived from hidden_size / num_attention_heads)."""
   config = ModelConfig.from_hf({"model_type": "gemma2", "vocab_size": 11, "hidden_size": 8, "intermediate_size": 16,
-                                "num_hidden_layers": 4, "num_attention_heads": 2, "head_dim": 4})
+                                "num_hidden_layers": 4, "num_attention_heads": 8})
   assert config.layer_types == ("sliding_attention", "full_attention") * 2 and config.sliding_window == 4096
   assert (config.attn_logit_softcap, config.final_logit_softcap, config.query_pre_attn_scalar) == (50.0, 30.0, 256)
-  assert config.activation == "gelu_tanh" and config.tie_word_embeddings is False
+  assert config.activation == "gelu_tanh" and config.tie_word_embeddings is True
+  assert (config.head_dim, config.num_kv_heads) == (256, 4)
 
 
 @pytest.mark.parametrize("changes, pattern", [

@@ -75,6 +75,102 @@ def test_parity_is_sensitive_to_the_switch_under_test(family, override, tmp_path
   assert np.abs(_real(ours, mask) - _real(ref, mask)).max() > 1e-2
 
 
+# transformers config.json keys whose defaults differ by class (tying, head_dim, kv heads, window), and the class
+# defaults the omitted-key parity case gives its model (so the tensors fit what transformers assumes).
+_CLASS_DEFAULT_KEYS = ("tie_word_embeddings", "head_dim", "num_key_value_heads", "sliding_window")
+_OMITTED_KEY_CASES = {
+    "gemma2": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=4),
+    "gemma3_untied": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=4),
+    "qwen3_untied": dict(num_attention_heads=32, num_key_value_heads=32, head_dim=128),
+    "mistral_sliding": dict(num_attention_heads=16, num_key_value_heads=8, head_dim=None, sliding_window=4096),
+    "llama_gqa_tied": dict(tie_word_embeddings=False, num_key_value_heads=4),
+}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"])
+def test_omitted_config_keys_read_as_transformers_reads_them(model_type):
+  """A config.json with only the sizes: tying, head_dim, kv heads, window and context length are what that
+  model_type's transformers config class assumes (Gemma ties and fixes head_dim 256; Qwen3 fixes head_dim 128)."""
+  _require_parity()
+  import transformers
+
+  sizes = dict(model_type=model_type, vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=32)
+  reference = transformers.AutoConfig.for_model(**sizes)
+  ours = ModelConfig.from_hf(sizes)
+  head_dim = getattr(reference, "head_dim", None) or reference.hidden_size // reference.num_attention_heads
+  window = None if model_type in ("llama", "qwen2", "qwen3") else reference.sliding_window  # qwen: no use_sliding
+  assert (ours.tie_word_embeddings, ours.head_dim, ours.num_kv_heads, ours.sliding_window,
+          ours.max_position_embeddings) == (reference.tie_word_embeddings, head_dim, reference.num_key_value_heads,
+                                            window, reference.max_position_embeddings)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("family", sorted(_OMITTED_KEY_CASES))
+def test_folder_without_class_default_keys_matches_transformers(family, tmp_path):
+  """A transformers checkpoint whose config.json omits the keys its class defaults (as official Gemma folders omit
+  tie_word_embeddings) loads and gives the logits transformers computes from that same folder."""
+  _require_parity()
+  import transformers
+
+  make_hf_model(family, **_OMITTED_KEY_CASES[family]).save_pretrained(tmp_path)
+  hf_config = json.loads((tmp_path / "config.json").read_text())
+  for key in _CLASS_DEFAULT_KEYS:
+    hf_config.pop(key, None)
+  (tmp_path / "config.json").write_text(json.dumps(hf_config))
+  reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+  ids, mask = padded_batch()
+  ref = hf_logits(reference, ids, mask)
+
+  model, config = from_pretrained(tmp_path)
+  assert config.tie_word_embeddings == reference.config.tie_word_embeddings
+  ours = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  diff = np.abs(_real(ours, mask) - _real(ref, mask)).max()
+  assert diff <= TOL, f"{family}: max |logit diff| {diff}"
+  assert np.abs(_real(ref, mask)).max() > 0.5
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    # LlamaAttention has no window; Qwen2 is exported with use_sliding_window=False (Mistral is the windowed Llama).
+    (dict(family="llama", sliding_window=4),
+     r"sliding_window=4 cannot be exported as family 'llama' \(transformers' LlamaForCausalLM fixes None\)"),
+    (dict(family="qwen2", qkv_bias=True, sliding_window=4), r"sliding_window=4 cannot be exported as family 'qwen2'"),
+    # Llama's attention_bias puts a bias on q, k, v and o alike.
+    (dict(family="llama", qkv_bias=True), r"qkv_bias=True and out_bias=False must be equal for family 'llama'"),
+    (dict(family="llama", out_bias=True), r"qkv_bias=False and out_bias=True must be equal for family 'llama'"),
+    # Mistral hard-codes bias=False on every projection.
+    (dict(family="llama", hf_model_type="mistral", qkv_bias=True, out_bias=True),
+     r"qkv_bias=True cannot be exported as hf_model_type 'mistral' \(transformers' MistralForCausalLM fixes False\)"),
+    (dict(family="llama", hf_model_type="mistral", mlp_bias=True), r"mlp_bias=True cannot be exported as hf_model_type "
+                                                                   r"'mistral'"),
+    # Qwen2 always has q/k/v biases, never an o or MLP bias.
+    (dict(family="qwen2"), r"qkv_bias=False cannot be exported as family 'qwen2' \(transformers' Qwen2ForCausalLM "
+                           r"fixes True\)"),
+    (dict(family="qwen2", qkv_bias=True, out_bias=True), r"out_bias=True cannot be exported as family 'qwen2'"),
+    (dict(family="qwen2", qkv_bias=True, mlp_bias=True), r"mlp_bias=True cannot be exported as family 'qwen2'"),
+    # Llama-family architectures use RMSNorm, RoPE and a gated MLP; GPT-2 the opposite, with every bias.
+    (dict(family="llama", norm="layernorm"), r"norm='layernorm' cannot be exported as family 'llama'"),
+    (dict(family="llama", position="learned"), r"position='learned' cannot be exported as family 'llama'"),
+    (dict(family="qwen2", qkv_bias=True, gated_mlp=False), r"gated_mlp=False cannot be exported as family 'qwen2'"),
+    (dict(family="gpt2", num_kv_heads=4), r"norm='rmsnorm' cannot be exported as family 'gpt2' \(transformers' "
+                                          r"GPT2LMHeadModel fixes 'layernorm'\)"),
+])
+def test_export_refuses_settings_transformers_hard_codes(changes, pattern):
+  """Settings the exported config.json cannot carry (transformers' class computes its own fixed value instead) are
+  refused, naming the setting, rather than exported as a model that computes something else."""
+  with pytest.raises(ValueError, match=pattern):
+    ModelConfig(**changes).to_hf()
+
+
+def test_export_keeps_the_settings_transformers_reads():
+  """The counterparts that config.json does carry still export: Mistral's window, Llama's attention and MLP
+  biases, Qwen2's q/k/v biases."""
+  mistral = ModelConfig(family="llama", hf_model_type="mistral", sliding_window=4).to_hf()
+  llama = ModelConfig(family="llama", qkv_bias=True, out_bias=True, mlp_bias=True).to_hf()
+  assert mistral["sliding_window"] == 4 and (llama["attention_bias"], llama["mlp_bias"]) == (True, True)
+  assert ModelConfig(family="qwen2", qkv_bias=True).to_hf()["model_type"] == "qwen2"
+
+
 # ----------------------------------------------------------------------------- load errors (no torch needed)
 def _tiny_checkpoint():
   """(hf config dict, {hf name: float32 array}) of a 2-layer Qwen2 with GQA and biases, from numpy."""
@@ -161,6 +257,19 @@ def test_folder_round_trip_bfloat16_and_sharded_index(tmp_path):
     assert a.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
   assert forward(loaded, jnp.array([[1, 2, 3]])).dtype == jnp.float32
+
+
+def test_frozen_model_exports_its_weights(tmp_path):
+  """A model whose weights are FrozenParams (a reference policy as the stages hold it) exports them all."""
+  from jaxrlhf.stages.common import frozen
+
+  hf_config, tensors = _tiny_checkpoint()
+  model, _ = model_from_hf_tensors(hf_config, tensors)
+  save_pretrained(frozen(model), tmp_path)
+  written = hf_io.SafetensorsFile(tmp_path / "model.safetensors")
+  assert sorted(written) == sorted(tensors)
+  for name in tensors:
+    np.testing.assert_array_equal(written[name], tensors[name], err_msg=name)
 
 
 def test_folder_without_weights_is_rejected(tmp_path):

@@ -20,6 +20,7 @@ from jaxrlhf.models import (HeadConfig, RewardEnsemble, RewardModel, from_pretra
                             save_pretrained, save_reward_model_pretrained, transformers_rewards)
 from jaxrlhf.models.hf import read_hf_folder, write_safetensors
 from jaxrlhf.models.hf_reward import ATTRIBUTE_WEIGHTS_KEY, hf_last_token_index
+from jaxrlhf.models.reward_model import LoraRewardEnsemble
 
 TOL = 1e-4
 PAD = 0
@@ -315,6 +316,57 @@ def test_ensemble_stack_member_and_export(tmp_path):
   other = _native_rm(config.replace(num_layers=1))
   with pytest.raises(ValueError, match=r"models\[1\] has a different model or head config"):
     RewardEnsemble.stack([models[0], other])
+
+
+LORA = dict(rank=2, alpha=4.0, targets=("q", "v", "up"))
+
+
+def _trained_lora(module, seed):
+  """Sets every LoRA B of `module` (a RewardModel, or the stacked members of a LoraRewardEnsemble) to a random
+  draw, as training would (B = 0 at init makes the adapters a no-op)."""
+  for k, name in enumerate(sorted(n for n in vars(module.backbone.lora) if n.endswith("_b"))):
+    b = getattr(module.backbone.lora, name)
+    b[...] = 0.5 * jax.random.normal(jax.random.key(seed + k), b[...].shape, b[...].dtype)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("frozen", [False, True], ids=["params", "frozen_base"])
+def test_lora_reward_model_exports_merged(tmp_path, frozen):
+  """A LoRA RewardModel with trained adapters (nonzero B), its base weights Params or FrozenParams (as the reward
+  stage holds them), exports what it scores: transformers' logits equal ours, not the base model's."""
+  from jaxrlhf.stages.common import frozen_base
+
+  config = _qwen2_config(tmp_path)
+  rm = RewardModel(config, HeadConfig("linear"), rngs=nnx.Rngs(3), lora=LORA)
+  _trained_lora(rm, seed=5)
+  if frozen:
+    rm = frozen_base(rm, nnx.Any(nnx.PathContains("lora"), nnx.PathContains("head")))
+  save_reward_model_pretrained(rm, tmp_path / "out")
+  exported = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+  base = RewardModel(config, HeadConfig("linear"), rngs=nnx.Rngs(3), lora=LORA)  # the same base, B = 0
+  for side in ("right", "left"):
+    ids, mask = _batch(side)
+    ref = _hf_rewards(exported, ids, mask)[:, 0]
+    ours = _ours(_rewards, rm, ids, mask)
+    np.testing.assert_allclose(ref, ours, atol=TOL, rtol=0)
+    assert np.abs(ours - _ours(_rewards, base, ids, mask)).max() > 1e-2  # the adapters change the rewards
+
+
+@pytest.mark.parity
+def test_lora_reward_ensemble_exports_one_merged_member(tmp_path):
+  """A LoraRewardEnsemble's member k exports as its own merged RewardModel (shared base + member k's adapters and
+  head); K > 1 needs member=k."""
+  config = _qwen2_config(tmp_path)
+  ensemble = LoraRewardEnsemble(config, HeadConfig("linear"), LORA, jax.random.split(jax.random.key(0), 2))
+  _trained_lora(ensemble.members, seed=7)
+  with pytest.raises(ValueError, match=r"ensemble of 2 members; pass member=k"):
+    save_reward_model_pretrained(ensemble, tmp_path / "x")
+  save_reward_model_pretrained(ensemble, tmp_path / "m1", member=1)
+  exported = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "m1").eval()
+  ids, mask = _batch("right")
+  got = _ours(_rewards, ensemble, ids, mask)
+  np.testing.assert_allclose(_hf_rewards(exported, ids, mask)[:, 0], got[:, 1], atol=TOL, rtol=0)
+  assert np.abs(got[:, 1] - got[:, 0]).max() > 1e-2  # member 1 is not member 0
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -11,7 +11,8 @@ from jaxrlhf.models import ModelConfig
 GEMMA2 = ModelConfig.from_hf({"model_type": "gemma2", "vocab_size": 37, "hidden_size": 16, "intermediate_size": 32,
                               "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
                               "head_dim": 8, "sliding_window": 4, "final_logit_softcapping": 0.3,
-                              "attn_logit_softcapping": 5.0, "query_pre_attn_scalar": 8})
+                              "attn_logit_softcapping": 5.0, "query_pre_attn_scalar": 8,
+                              "tie_word_embeddings": False})
 LLAMA = ModelConfig(vocab_size=37, embed_dim=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=32)
 
 
