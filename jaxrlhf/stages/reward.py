@@ -445,7 +445,8 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   gold = gold_labels(world, eval_records) if world is not None and eval_records else None
   eval_fn = make_eval_fn(setup.graphdef, batches, gold) if batches else None
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn)
+                           mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn,
+                           run_config=dataclasses.asdict(cfg))
   state = common.final_state(setup, results)
   model = nnx.merge(setup.graphdef, state.params, state.extra)
   rm_dir = artifacts.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,

@@ -404,7 +404,8 @@ def run(cfg: RewardHeadsConfig, workdir: str, inputs: dict) -> dict:
              if eval_idx.size else None)
   start = time.time()
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn)
+                           mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn,
+                           run_config=dataclasses.asdict(cfg))
   heads_s = time.time() - start
   state = common.final_state(setup, results)
   rm_dir = save_heads(os.path.join(workdir, "rm"), model_config, head, backbone, nnx.to_pure_dict(state.params))

@@ -1333,7 +1333,8 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   replicated = NamedSharding(mesh, P())  # Prompt batches are tiny; R rows need not divide the mesh.
   try:
     results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                             mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn)
+                             mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn,
+                             run_config=dataclasses.asdict(cfg))
   except Exception as e:  # pylint: disable=broad-except
     errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
     raise

@@ -242,7 +242,7 @@ def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records
       inputs_lib.train_iterator(records, tokenizer, cfg.data, "preference", cfg.seed * 1000 + t, shared_prompt=False),
       pairs)
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh)
+                           mesh=mesh, run_config=dataclasses.asdict(cfg))
   return artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
                                tokenizer=tokenizer)
 

@@ -103,7 +103,7 @@ def run(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
     return {"loss": total / max(tokens, 1.0)} if batches else {}
 
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
-                           mesh=mesh, eval_fn=eval_fn if batches else None)
+                           mesh=mesh, eval_fn=eval_fn if batches else None, run_config=dataclasses.asdict(cfg))
   adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
                                     tokenizer=tokenizer, adapter_dir=adapter_dir)

@@ -240,7 +240,17 @@ def test_dpo_stage_lowers_loss_and_reuses_cache_on_resume(tmp_path, capsys):
   assert (tmp_path / "reference_cache.npz").exists() and out["metrics"]["eval/rewards/accuracy"] >= 0
   # A rerun of the finished workdir loads the cache instead of recomputing it.
   preference.run(cfg, str(tmp_path), {})
-  assert "reusing reference log-probs" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "reusing reference log-probs" in out and "[checkpoint] WARNING" not in out
+  # Resumed for more steps at another learning rate: it goes on, and says which settings changed since step 24.
+  more = _stage_cfg(optimizer=dict(learning_rate=5e-3), loop=dict(num_steps=26, log_every=2, checkpoint_every=12,
+                                                                  progress=False, tensorboard=False,
+                                                                  async_checkpoints=False))
+  preference.run(more, str(tmp_path), {})
+  warning = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[checkpoint] WARNING")]
+  assert len(warning) == 1 and "step 24" in warning[0], warning
+  assert "loop.num_steps: 24 -> 26" in warning[0] and "optimizer.learning_rate: 0.01 -> 0.005" in warning[0], warning
+  assert len(_losses(tmp_path)) == 24 // 4 + 1  # The first run's 6 logged steps, then step 26's.
 
 
 @pytest.mark.slow  # ~25 s: two stage runs.
