@@ -49,11 +49,14 @@ def plot_from_table(results_csv: str, path: str, names: Sequence[str]) -> None:
 
 def exact_permutation_p(x: Sequence[float], y: Sequence[float], statistic: Callable[..., float]) -> float:
   """One-sided exact permutation p of a positive association: the share of all n! orderings of `y` (the observed one
-  included) whose statistic(x, y_permuted) is at least the observed statistic(x, y) (n <= 9)."""
+  included) whose statistic(x, y_permuted) is at least the observed statistic(x, y) (n <= 9); NaN when the observed
+  statistic is undefined (e.g. a constant vector)."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   if x.shape != y.shape or not 2 <= x.size <= 9:
     raise ValueError(f"x {x.shape}, y {y.shape}: two equal-length vectors of 2-9 values for the exact test")
   observed = statistic(x, y)
+  if not math.isfinite(observed):
+    return math.nan
   hits = sum(statistic(x, y[list(order)]) >= observed - 1e-12 for order in itertools.permutations(range(y.size)))
   return hits / math.factorial(y.size)
 

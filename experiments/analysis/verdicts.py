@@ -112,10 +112,13 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 
 def sign_flip_p(diffs: Sequence[float]) -> float:
   """Exact two-sided p of a paired sign-flip permutation test: the share of the 2^n sign patterns whose |mean| is
-  at least the observed |mean| (n <= 20)."""
+  at least the observed |mean| (n <= 20); NaN when a difference is not finite (the statistic is undefined, and a
+  comparison with NaN would count no pattern: p = 0)."""
   d = np.asarray(diffs, np.float64)
   if d.size == 0 or d.size > 20:
     raise ValueError(f"diffs: 1-20 values for the exact test, got {d.size}")
+  if not np.isfinite(d).all():
+    return math.nan
   observed = abs(d.mean())
   signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
   return float(np.mean(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12))
@@ -153,10 +156,13 @@ def evaluate(claim: Claim, runs: Sequence[Mapping[str, Any]]) -> Result:
     by_seed[seed] = values[0] - values[1]
   seeds = tuple(sorted(by_seed))
   diffs = tuple(by_seed[s] for s in seeds)
-  mean, lower, upper = t_interval(diffs)
-  on_side = sum(1 for d in diffs if d * claim.direction > 0)
+  # A seed whose metric is undefined (NaN) keeps its row but counts for nothing: the interval is over the finite
+  # differences, the test needs them all, and fewer than MIN_SEEDS finite ones is "too few seeds".
+  finite = tuple(d for d in diffs if math.isfinite(d))
+  mean, lower, upper = t_interval(finite)
+  on_side = sum(1 for d in finite if d * claim.direction > 0)
   claimed_side, other_side = (lower > 0, upper < 0) if claim.direction > 0 else (upper < 0, lower > 0)
-  if len(diffs) < MIN_SEEDS:
+  if len(finite) < MIN_SEEDS:
     outcome = "too few seeds"
   elif claimed_side:
     outcome = "reproduced"

@@ -105,6 +105,9 @@ def accuracy_by_subset(correct, subsets: Sequence[str]) -> dict[str, dict[str, f
   subsets = np.asarray(list(subsets), dtype=object)
   if subsets.shape != correct.shape:
     raise ValueError(f"subsets has {subsets.shape[0]} names for {correct.shape[0]} examples")
+  if "all" in set(subsets.tolist()):  # The overall row's key: a subset of that name would be overwritten by it.
+    raise ValueError(f"subsets: the name 'all' is reserved for the overall accuracy; {int((subsets == 'all').sum())} "
+                     "examples carry it (rename that subset in the data's subset column)")
   out = {str(s): {"accuracy": float(correct[subsets == s].mean()), "count": int((subsets == s).sum())}
          for s in sorted(set(subsets.tolist()))}
   out["all"] = {"accuracy": float(correct.mean()), "count": int(correct.size)}

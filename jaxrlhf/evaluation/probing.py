@@ -209,12 +209,15 @@ def within_group_permutation_p(x_N: Any, y_N: Any, groups_N: Any, num_permutatio
   """(Spearman correlation of x and y pooled over all N points, one-sided p-value of a correlation at least that
   large when y is permuted WITHIN each group): the null keeps every group's values (e.g. one seed's reward
   models share a policy pool) and breaks only the pairing of x with y. p = (1 + #{perm >= observed}) /
-  (1 + num_permutations)."""
+  (1 + num_permutations); NaN when the observed correlation is undefined (a constant x or y: every comparison with
+  NaN fails, which would otherwise give the smallest p)."""
   x, y = np.asarray(x_N, np.float64).reshape(-1), np.asarray(y_N, np.float64).reshape(-1)
   groups = np.asarray(groups_N).reshape(-1)
   if not x.shape == y.shape == groups.shape:
     raise ValueError(f"within_group_permutation_p: x {x.shape}, y {y.shape}, groups {groups.shape} differ")
   observed = stats.spearman(x, y)
+  if not math.isfinite(observed):
+    return observed, math.nan
   rng = np.random.default_rng(seed)
   members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
   hits = 0

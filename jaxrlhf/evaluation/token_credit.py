@@ -12,7 +12,8 @@ c_t = World.gold_token_contributions (sums over t to r* minus the length term):
   k/pair_accuracy                      fraction of pairs whose summed reward (end-of-turn token included, i.e.
                                        DPO's sequence reward for k = implicit) orders the two responses like r*
                                        (ties count as wrong; pairs with equal r* are left out)
-plus num_responses, num_sequences (responses with a defined correlation) and num_tokens.
+  k/num_sequences                      responses whose correlation is defined for k (the *_seq means' count)
+plus num_responses and num_tokens.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def evaluate_credit(world: Any, rows: Any, rewards: dict[str, np.ndarray], min_t
     m = credit_metrics(pred_BxR, gold_BxR, r_mask, min_tokens)
     sums = np.sum(np.where(response, values, 0.0), axis=1)
     m["pair_accuracy"] = pair_accuracy(sums[:n], sums[n:], gold_B[:n], gold_B[n:])
-    metrics["num_sequences"], metrics["num_tokens"] = m.pop("num_sequences"), m.pop("num_tokens")
+    metrics["num_tokens"] = m.pop("num_tokens")  # The same for every kind: the scored response tokens.
+    # Per kind: the *_seq means of two kinds may average over different responses (those whose correlation is
+    # defined for that kind).
     metrics.update({f"{kind}/{k}": v for k, v in m.items()})
     pooled[kind] = (pred_BxR[r_mask > 0], gold_BxR[r_mask > 0])
   return metrics, pooled

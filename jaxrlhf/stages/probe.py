@@ -26,7 +26,7 @@ For each target reward model (a saved RM folder or "stage:<reward stage>"; membe
 
 Across targets (with >= 3 of them with best_of_n): corr/{spearman,pearson}_{level,pair,rmacc}_bon, the rank /
 linear correlation of level_mean, pair_mean and rm_gold_acc with bon_gold, and conf_auroc_mean / margin_auroc_mean
-over the targets. Per-pair confidences and correctness go to probe.npz.
+over the targets whose AUROC is defined (conf_auroc_targets / margin_auroc_targets of them). Per-pair confidences and correctness go to probe.npz.
 """
 
 from __future__ import annotations
@@ -206,8 +206,16 @@ def run(cfg: ProbeConfig, workdir: str, inputs: dict) -> dict:
           f"rm_gold_acc={m['rm_gold_acc']:.3f} conf_auroc={m['conf_auroc']:.3f} "
           f"margin_auroc={m['margin_auroc']:.3f}" + (f" bon_gold={m['bon_gold']:.3f}" if "bon_gold" in m else ""),
           flush=True)
-  metrics["conf_auroc_mean"] = float(np.nanmean([m["conf_auroc"] for m in rows]))
-  metrics["margin_auroc_mean"] = float(np.nanmean([m["margin_auroc"] for m in rows]))
+  for name in ("conf_auroc", "margin_auroc"):
+    # A target whose kept pairs are all right or all wrong has no AUROC: the mean is over the others, and how many
+    # it covers is reported beside it (`<name>_targets`), so that a skipped reward model is never silent.
+    values = np.asarray([m[name] for m in rows], np.float64)
+    defined = values[np.isfinite(values)]
+    metrics[f"{name}_mean"] = float(defined.mean()) if defined.size else float("nan")
+    metrics[f"{name}_targets"] = float(defined.size)
+    if defined.size < values.size:
+      print(f"[probe] {name}_mean: over {defined.size} of {values.size} targets ({values.size - defined.size} "
+            f"without a defined AUROC: their kept pairs are all right or all wrong)", flush=True)
   with_bon = [m for m in rows if "bon_gold" in m]
   if len(with_bon) >= 3:  # Two points always correlate perfectly.
     bon = [m["bon_gold"] for m in with_bon]

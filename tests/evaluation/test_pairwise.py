@@ -73,6 +73,9 @@ def test_pairwise_report_per_subset_and_sections():
   assert custom["sections"]["all"] == pytest.approx(0.5) and custom["sections"]["Score"] == pytest.approx(0.5)
   per = accuracy_by_subset([1.0, 0.5, 0.0], ["a", "b", "a"])
   assert per["a"] == {"accuracy": 0.5, "count": 2} and per["all"]["accuracy"] == pytest.approx(0.5)
+  # A subset called "all" would be overwritten by the overall row (and drop out of its section): refused.
+  with pytest.raises(ValueError, match="'all' is reserved.*2 examples"):
+    pairwise_report(chosen, rejected, ["all", "all", "x", "x", "y", "y"], subset_mapping={"S": ["all", "x"]})
 
 
 def test_best_of_4_tie_splitting_goldens():

@@ -139,3 +139,6 @@ def test_within_group_permutation_p():
   y2 = np.repeat([0.0, 10.0, 20.0], 4) + rng.normal(size=12)
   rho2, p2 = probing.within_group_permutation_p(x, y2, groups, num_permutations=2000)
   assert rho2 > 0.7 and p2 > 0.05
+  # A constant x: no correlation is defined, so neither is p (not the smallest p, 1 / 2001).
+  rho3, p3 = probing.within_group_permutation_p(np.ones(12), y, groups, num_permutations=50)
+  assert np.isnan(rho3) and np.isnan(p3)

@@ -171,7 +171,11 @@ def test_gold_credit_itself_scores_perfectly_and_aligns():
                                                  np.asarray([response]), np.ones((1, len(response))), xp=np)[0]
       start = len(prompt)
       reward[row, start:start + len(response)] = credit
-  metrics, pooled = tc.evaluate_credit(world, rows, {"implicit": reward, "contrastive": -reward}, min_tokens=3)
+  metrics, pooled = tc.evaluate_credit(world, rows, {"implicit": reward, "contrastive": -reward,
+                                                     "flat": np.zeros_like(reward)}, min_tokens=3)
+  # Each kind counts its own responses with a defined correlation: none for a constant reward.
+  assert metrics["flat/num_sequences"] == 0 and np.isnan(metrics["flat/pearson_seq"])
+  assert metrics["implicit/num_sequences"] == metrics["contrastive/num_sequences"] > 0
   assert metrics["implicit/pearson_seq"] == pytest.approx(1.0)
   assert metrics["implicit/pearson_pooled"] == pytest.approx(1.0)
   assert metrics["implicit/spearman_pooled"] == pytest.approx(1.0)

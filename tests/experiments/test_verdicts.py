@@ -48,6 +48,18 @@ def test_outcomes_follow_the_rule(tmp_path, deltas, direction, outcome):
   assert r.on_side == sum(1 for d in deltas if d * direction > 0)
 
 
+def test_a_seed_with_an_undefined_metric_counts_for_nothing(tmp_path):
+  """Five seeds, one metric NaN (json keeps it): four finite differences are too few for a verdict, the interval
+  is theirs, and the sign-flip p is undefined (a comparison with NaN would count no pattern and print p = 0)."""
+  deltas = [1.0, 1.1, math.nan, 1.3, 1.4]
+  _sweep(tmp_path, "s", [{"a/gold": 1.0 + d, "b/gold": 1.0} for d in deltas])
+  claim = verdicts.Claim(sweep="s", claim="a beats b", value="a/gold", baseline="b/gold")
+  r = verdicts.evaluate(claim, verdicts.tables_lib.load_runs(str(tmp_path / "s")))
+  assert r.outcome == "too few seeds" and r.seeds == (0, 1, 2, 3, 4) and math.isnan(r.diffs[2])
+  assert r.mean == pytest.approx(1.2) and r.on_side == 4 and math.isnan(r.p_value)
+  assert math.isnan(verdicts.sign_flip_p([0.1, 0.2, math.nan, 0.3, 0.4]))
+
+
 def test_where_selects_runs_and_a_number_is_a_baseline(tmp_path):
   _sweep(tmp_path, "s", [{"x": 0.1 * (i + 1)} for i in range(5)], beta=0.1)
   _sweep(tmp_path, "s", [{"x": -1.0} for _ in range(5)], beta=0.01)

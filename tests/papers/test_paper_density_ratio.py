@@ -5,6 +5,7 @@ import math
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -35,6 +36,8 @@ def test_exact_permutation_p_hand_computed():
   assert analysis.exact_permutation_p(x, x, stats.pearson) == pytest.approx(1 / 24)
   # One adjacent swap: rho = 1 - 6 * 2 / (4 * 15) = 0.8; the identity (1.0) and the 3 adjacent swaps (0.8) reach it.
   assert analysis.exact_permutation_p(x, [1.0, 2.0, 4.0, 3.0], stats.spearman) == pytest.approx(4 / 24)
+  # A constant y: r is undefined, and so is p (every comparison with NaN fails: it was 0 / 24).
+  assert np.isnan(analysis.exact_permutation_p(x, [2.0, 2.0, 2.0, 2.0], stats.pearson))
   # The rule's points: every ratio but the mirrored early_sft.
   assert "early_sft" not in analysis.INDEPENDENT and len(analysis.INDEPENDENT) == 6
 

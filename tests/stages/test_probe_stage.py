@@ -104,7 +104,9 @@ def test_run_writes_metrics_and_correlations(saved_rms):
   level = [m[f"rm{i}/level_mean"] for i in range(3)]
   expected = np.corrcoef(level, [0.0, 0.1, 0.2])[0, 1]
   np.testing.assert_allclose(m["corr/pearson_level_bon"], expected, atol=1e-9)  # NaN == NaN (equal_nan)
-  assert np.isfinite(m["conf_auroc_mean"])
+  aurocs = np.asarray([m[f"rm{i}/conf_auroc"] for i in range(3)])
+  defined = aurocs[np.isfinite(aurocs)]
+  assert m["conf_auroc_targets"] == defined.size >= 1 and m["conf_auroc_mean"] == pytest.approx(defined.mean())
   results = json.loads((root / "probe" / "results.json").read_text())
   assert results["status"] == "done" and results["data"]["test"]["scored"] == 32
   with np.load(root / "probe" / "probe.npz") as f:

@@ -7,10 +7,10 @@ import os
 import re
 
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 from flax import nnx
+from regression_data import RegressionBatches, squared_error_loss
 
 from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import loop as loop_lib
@@ -130,40 +130,14 @@ def test_steps_without_a_record_keep_the_damaged_message(tmp_path):
   ckpt.close()
 
 
-class _Batches:
-  """Fixed regression batches; the state is the number served."""
-
-  def __init__(self):
-    rng = np.random.default_rng(0)
-    self.x = rng.normal(size=(16, 8)).astype(np.float32)
-    self.y = np.sin(self.x.sum(-1)).astype(np.float32)
-    self.index = 0
-
-  def __next__(self):
-    self.index += 1
-    return {"x": self.x, "y": self.y}
-
-  def get_state(self):
-    return {"index": self.index}
-
-  def set_state(self, state):
-    self.index = int(state["index"])
-
-
-def _loss_fn(model, batch, rng):
-  del rng
-  err_B = model(batch["x"]) - batch["y"]
-  return jnp.sum(err_B**2), jnp.asarray(err_B.shape[0], jnp.float32), {}
-
-
 def test_loop_records_run_config_and_names_a_changed_model(tmp_path, capsys):
   def train(num_steps, hidden, lr):
     optimizer = optax.adam(lr)
     setup = _setup(hidden, optimizer)
     config = loop_lib.LoopConfig(num_steps=num_steps, log_every=2, checkpoint_every=2, progress=False,
                                  tensorboard=False)
-    return loop_lib.train(config=config, workdir=str(tmp_path), setup=setup, data_iter=_Batches(),
-                          step_fn=state_lib.make_train_step(setup.graphdef, _loss_fn, optimizer),
+    return loop_lib.train(config=config, workdir=str(tmp_path), setup=setup, data_iter=RegressionBatches(),
+                          step_fn=state_lib.make_train_step(setup.graphdef, squared_error_loss, optimizer),
                           run_config={"hidden": hidden, "lr": lr})
 
   train(2, 16, 0.01)

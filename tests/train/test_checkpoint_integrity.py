@@ -19,6 +19,7 @@ import pytest
 from flax import nnx
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 from orbax.checkpoint._src.path import async_path
+from regression_data import RegressionBatches, squared_error_loss
 
 from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import loop as loop_lib
@@ -237,41 +238,13 @@ def test_write_past_a_file_size_limit_keeps_the_previous_checkpoint(tmp_path, as
 # Through the training loop: resume from the intact step exactly as an uninterrupted run.
 
 
-class _Batches:
-  """Fixed regression batches; the state is the number served (exact resume)."""
-
-  def __init__(self):
-    rng = np.random.default_rng(0)
-    self.x = rng.normal(size=(64, 8)).astype(np.float32)
-    self.y = np.sin(self.x.sum(-1)).astype(np.float32)
-    self.index = 0
-
-  def __next__(self):
-    idx = np.random.default_rng([1, self.index]).permutation(64)[:16]
-    self.index += 1
-    return {"x": self.x[idx], "y": self.y[idx]}
-
-  def get_state(self):
-    return {"index": self.index}
-
-  def set_state(self, state):
-    self.index = int(state["index"])
-
-
-def _loss_fn(model, batch, rng):
-  del rng
-  err_B = model(batch["x"]) - batch["y"]
-  n = jnp.asarray(err_B.shape[0], jnp.float32)
-  return jnp.sum(err_B**2), n, {}
-
-
 def _train(workdir, num_steps):
   optimizer = optax.adam(1e-2)
   setup = state_lib.init_train_state(lambda key: _MLP(nnx.Rngs(key)), optimizer, seed=0)
   config = loop_lib.LoopConfig(num_steps=num_steps, log_every=2, checkpoint_every=2, keep_checkpoints=2,
                                progress=False, tensorboard=False)
-  return loop_lib.train(config=config, workdir=str(workdir), setup=setup, data_iter=_Batches(),
-                        step_fn=state_lib.make_train_step(setup.graphdef, _loss_fn, optimizer))
+  return loop_lib.train(config=config, workdir=str(workdir), setup=setup, data_iter=RegressionBatches(),
+                        step_fn=state_lib.make_train_step(setup.graphdef, squared_error_loss, optimizer))
 
 
 def _losses(workdir):
