@@ -28,6 +28,10 @@ Before parsing: surrounding $ and \\$, %, \\%, "\\!", "\\,", "{,}" (LaTeX's thou
 \\mathrm{...} wrappers, \\left / \\right and a trailing period are removed, and \\frac{a}{b} (\\dfrac, \\tfrac) becomes
 a/b. So "50%" == "50" (the percent sign is dropped, not read as 1/100) and "$1,000." == "1000". Not supported:
 mixed numbers ("1 1/2"), space-separated thousands ("1 000"), words ("five").
+Size bound: a number whose numerator or denominator has more than MAX_NUMBER_DIGITS (1000) characters or whose
+exponent exceeds MAX_EXPONENT (1000) in magnitude is NOT a number (it is skipped as a candidate, and a reference made
+of one is compared as text): an exact Fraction of "1e99999999" would take minutes and Python refuses int() of more
+than 4300 digits, while no task's answer needs such a number.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from typing import Any, Sequence
 from jaxrlhf.rewards.calling import completion_text
 
 EXTRACT_MODES = ("auto", "boxed", "answer", "last_number", "whole")
+# Bounds of an exact number (module docstring, "Size bound"): beyond them parsing costs time or raises ValueError.
+MAX_NUMBER_DIGITS = 1000
+MAX_EXPONENT = 1000
 
 _NUMBER_BODY = r"(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
 # A number inside text: not glued to a word character or a decimal point on its left.
@@ -98,16 +105,31 @@ def clean_latex(text: str) -> str:
   return s[:-1].rstrip() if s.endswith(".") else s
 
 
+def _bounded_fraction(body: str) -> Fraction | None:
+  """The exact value of one number body (`_NUMBER_BODY`), or None past the size bound (module docstring)."""
+  mantissa, _, exponent = body.replace(",", "").lower().partition("e")
+  if len(mantissa) > MAX_NUMBER_DIGITS:
+    return None
+  # Leading zeros stripped first, so the int() below only ever sees a few digits.
+  exponent_digits = exponent.lstrip("+-").lstrip("0")
+  if len(exponent_digits) > len(str(MAX_EXPONENT)) or int(exponent_digits or 0) > MAX_EXPONENT:
+    return None
+  return Fraction(body.replace(",", ""))
+
+
 def parse_number(text: str) -> Fraction | None:
   """The exact value of `text` if the whole (cleaned) text is one number, else None. "1,000" -> 1000, "-0" -> 0,
-  "3/4" and "\\frac{3}{4}" -> 3/4, "1e3" -> 1000; a zero denominator -> None."""
+  "3/4" and "\\frac{3}{4}" -> 3/4, "1e3" -> 1000; a zero denominator
+  or a number past the size bound (MAX_NUMBER_DIGITS, MAX_EXPONENT) -> None."""
   m = _NUMBER_FULL.fullmatch(clean_latex(text))
   if m is None:
     return None
-  num = Fraction(m.group("num").replace(",", ""))
+  num = _bounded_fraction(m.group("num"))
+  if num is None:
+    return None
   if m.group("den") is not None:
-    den = Fraction(m.group("den").replace(",", ""))
-    if den == 0:
+    den = _bounded_fraction(m.group("den"))
+    if den is None or den == 0:
       return None
     num /= den
   return -num if m.group("sign") == "-" else num

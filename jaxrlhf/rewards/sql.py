@@ -34,12 +34,26 @@ The paper's combination (`reasoning_sql`), a plain sum of the weighted terms:
 WEIGHTS holds these. Every term is also a reward kind on its own ("sql_execution", "sql_syntax",
 "sql_schema_linking", "sql_ngram", "sql_format"), each in [0, 1] unweighted.
 
-Execution limits: each query runs with a wall-clock limit (`timeout_s`, default 1 s; sqlite3's progress handler
-interrupts the virtual machine every 1,000 instructions once it is spent) and a row limit (`max_rows`, default
-10,000 fetched rows). A query past the time limit is "interrupted" and scored as NOT executable (syntax 0,
-execution 0). A query past the row limit did execute (syntax 1) but its result is cut, so it never matches (execution
-0). Only one statement runs (sqlite3 refuses a second one: not executable), and the database is read-only
-(`PRAGMA query_only`), so a predicted `DROP TABLE` fails instead of changing later scores.
+Execution limits: each predicted query runs with a wall-clock limit (`timeout_s`, default 1 s; sqlite3's progress
+handler interrupts the virtual machine every 1,000 instructions once it is spent), a row limit (`max_rows`, default
+10,000 fetched rows) and a result-size limit (MAX_RESULT_BYTES, 64 MiB of fetched text and blob values); a gold
+query gets GOLD_TIMEOUT_FACTOR (10) times the time limit, since its result is cached for every later completion and
+its failure ends the run. A query past the time limit is "interrupted" and scored as NOT executable (syntax 0,
+execution 0). A query past the row or size limit did execute (syntax 1) but its result is cut, so it never matches
+(execution 0). One string or blob value may hold at most MAX_VALUE_BYTES (1,000,000 bytes, sqlite3's
+SQLITE_LIMIT_LENGTH): one expression such as `length(zeroblob(3e8))` runs in a single virtual-machine step that the
+progress handler cannot interrupt, so it fails at once ("string or blob too big": not executable) instead.
+
+Model-generated SQL is untrusted. Only one statement runs (sqlite3 refuses a second one: not executable), and after
+the database is built an authorizer (`_read_only_authorizer`) lets a statement do only what a read-only query needs
+(SQLITE_SELECT, SQLITE_READ, SQLITE_FUNCTION, SQLITE_RECURSIVE): every write (DROP, DELETE, CREATE, ...), PRAGMA
+(`PRAGMA query_only = OFF` would lift the read-only mode for every later completion on the cached connection),
+ATTACH / DETACH and VACUUM (ATTACH and VACUUM INTO create files on the host), transactions, ANALYZE and the like
+fail to prepare ("not authorized": not executable), and SQLITE_LIMIT_ATTACHED is 0 as a second guard. `PRAGMA
+query_only` stays on as a third. The cost: table-valued functions (json_each, pragma_table_info) are refused too,
+as their first use touches the schema table or a pragma; plain SELECTs with joins, subqueries, CTEs (recursive
+too), window functions and scalar / aggregate functions run. A value stored in the database larger than
+MAX_VALUE_BYTES cannot be read.
 
 Databases and columns (one value per row): `gold_column` (default "gold_sql") is the gold query; `db_column`
 (default "db_id") names the database: with `databases` (the path of a JSON file {db_id: SQL script of CREATE TABLE
@@ -70,6 +84,12 @@ WEIGHTS = {"execution": 3.0, "syntax": 1.0, "schema_linking": 1.0, "ngram": 1.0,
 TERMS = tuple(WEIGHTS)
 DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_MAX_ROWS = 10_000
+GOLD_TIMEOUT_FACTOR = 10.0  # A gold query's time limit is this many times `timeout_s` (module docstring).
+MAX_VALUE_BYTES = 1_000_000  # SQLITE_LIMIT_LENGTH: the longest string or blob value, so one expression stays fast.
+MAX_RESULT_BYTES = 64 << 20  # Text and blob bytes fetched per query: 10,000 rows of 1 MB values would be 10 GB.
+# The authorizer action codes a read-only query needs (module docstring); every other action is denied.
+_READ_ONLY_ACTIONS = frozenset((sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
+                                sqlite3.SQLITE_RECURSIVE))
 _PROGRESS_STEPS = 1000  # sqlite3 VM instructions between two checks of the clock.
 
 _ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.DOTALL | re.IGNORECASE)
@@ -104,17 +124,26 @@ def format_score(text: str) -> float:
 # ------------------------------------------------------------------------------------------------ execution
 @dataclasses.dataclass(frozen=True)
 class Execution:
-  """The outcome of one query. ok: it ran to completion (or to the row limit) without an error; rows: the fetched
-  rows (at most max_rows); truncated: the row limit cut the result; error: the sqlite3 message ("interrupted" for
-  the time limit) when not ok."""
+  """The outcome of one query. ok: it ran to completion (or to the row or size limit) without an error; rows: the
+  fetched rows (at most max_rows); truncated: the row or size limit cut the result; error: the sqlite3 message
+  ("interrupted" for the time limit, "not authorized" for a statement that is not a read-only query) when not ok."""
   ok: bool
   rows: tuple[tuple[Any, ...], ...] = ()
   truncated: bool = False
   error: str = ""
 
 
+def _read_only_authorizer(action: int, *args: Any) -> int:
+  """sqlite3's authorizer: SQLITE_OK for the actions of a read-only query, SQLITE_DENY (the statement fails to
+  prepare with "not authorized") for everything else, PRAGMA and ATTACH included (module docstring)."""
+  del args
+  return sqlite3.SQLITE_OK if action in _READ_ONLY_ACTIONS else sqlite3.SQLITE_DENY
+
+
 def build_database(script: str) -> sqlite3.Connection:
-  """A read-only in-memory sqlite3 database from a SQL script (CREATE TABLE + INSERT statements).
+  """A read-only in-memory sqlite3 database from a SQL script (CREATE TABLE + INSERT statements): the script runs
+  first, then the connection is locked down for untrusted queries (`PRAGMA query_only`, no attached databases, values
+  of at most MAX_VALUE_BYTES, and `_read_only_authorizer`; module docstring).
 
   Raises sqlite3.Error when the script fails. check_same_thread=False: rewards run on JAX's callback threads; the
   caller serializes use of one connection (`_Databases` holds a lock)."""
@@ -125,25 +154,39 @@ def build_database(script: str) -> sqlite3.Connection:
   except sqlite3.Error:
     conn.close()
     raise
+  conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+  conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+  # Last: from here on the connection cannot write, PRAGMA or ATTACH, whoever calls it.
+  conn.set_authorizer(_read_only_authorizer)
   return conn
 
 
 def execute_sql(conn: sqlite3.Connection, sql: str, timeout_s: float = DEFAULT_TIMEOUT_S,
                 max_rows: int = DEFAULT_MAX_ROWS) -> Execution:
-  """Runs one statement with a wall-clock limit (the progress handler interrupts it) and a row limit."""
+  """Runs one statement with a wall-clock limit (the progress handler interrupts it), a row limit and a result-size
+  limit (MAX_RESULT_BYTES); on a `build_database` connection a statement that is not a read-only query fails."""
   deadline = time.perf_counter() + timeout_s
   conn.set_progress_handler(lambda: int(time.perf_counter() > deadline), _PROGRESS_STEPS)
+  rows, size, truncated = [], 0, False
   try:
     cursor = conn.execute(sql)
-    rows = cursor.fetchmany(max_rows + 1)
+    # Row by row, so that the size limit is passed by at most one row before the fetch stops.
+    for row in cursor:
+      if len(rows) == max_rows:
+        truncated = True
+        break
+      rows.append(tuple(row))
+      size += sum(len(v) for v in row if isinstance(v, (str, bytes)))
+      if size > MAX_RESULT_BYTES:
+        truncated = True
+        break
     cursor.close()
   except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
     # sqlite3.Warning / ProgrammingError: several statements; ValueError: a NUL character in the text.
     return Execution(False, error=f"{type(e).__name__}: {e}")
   finally:
     conn.set_progress_handler(None, 0)
-  truncated = len(rows) > max_rows
-  return Execution(True, tuple(tuple(r) for r in rows[:max_rows]), truncated)
+  return Execution(True, tuple(rows), truncated)
 
 
 def results_match(predicted: Execution, gold: Execution) -> bool:
@@ -154,10 +197,15 @@ def results_match(predicted: Execution, gold: Execution) -> bool:
 
 
 def database_schema(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
-  """{table: its column names}, all lower-cased, from sqlite_master and PRAGMA table_info."""
+  """{table: its column names}, all lower-cased, from sqlite_master and the columns of `SELECT * ... LIMIT 0` (plain
+  SELECTs, which `_read_only_authorizer` allows; PRAGMA table_info it refuses)."""
   tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
                                        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
-  return {t.lower(): tuple(r[1].lower() for r in conn.execute(f'PRAGMA table_info("{t}")')) for t in tables}
+  out = {}
+  for t in tables:
+    quoted = '"' + t.replace('"', '""') + '"'
+    out[t.lower()] = tuple(d[0].lower() for d in conn.execute(f"SELECT * FROM {quoted} LIMIT 0").description)
+  return out
 
 
 # ------------------------------------------------------------------------------------------------ tokens, n-grams
@@ -364,9 +412,15 @@ class _Databases:
   def _gold(self, conn: sqlite3.Connection, script: str, gold: str, gold_column: str) -> Execution:
     key = (hashlib.sha256(script.encode()).hexdigest(), gold)
     if key not in self.gold:
-      result = execute_sql(conn, gold, self.timeout_s, self.max_rows)
+      timeout_s = self.timeout_s * GOLD_TIMEOUT_FACTOR
+      result = execute_sql(conn, gold, timeout_s, self.max_rows)
       if not result.ok:
-        raise ValueError(f"column {gold_column!r}: the gold query {gold[:80]!r} does not execute: {result.error}")
+        raise ValueError(f"column {gold_column!r}: the gold query {gold[:80]!r} does not execute (time limit "
+                         f"{timeout_s:g} s): {result.error}")
+      if result.truncated:  # A cut gold result matches nothing: every completion of the row would score 0.
+        raise ValueError(f"column {gold_column!r}: the gold query {gold[:80]!r} returns more than max_rows="
+                         f"{self.max_rows} rows or {MAX_RESULT_BYTES} bytes, so no prediction could match it; raise "
+                         f"max_rows or fix the gold query")
       if len(self.gold) >= 4096:
         self.gold.clear()
       self.gold[key] = result

@@ -36,8 +36,9 @@ Details the paper leaves open, taken from the official code (rlla.py `compute_to
 Edge cases (official code, `customize_correctness_reward_tool`):
   * No gold call (the row expects a plain response): R_correct = 0 whatever the completion does.
   * Gold calls but no <tool_call> ... </tool_call> in the completion, a line of the (first) block that is not valid
-    JSON, or a call that is not an object with "name" and an object "parameters": R_correct = lo (-3). (The code
-    reads "parameters" only of same-name predictions; here every predicted call needs it.)
+    JSON (or nested past the parser's recursion limit), or a call that is not an object with a string "name" and an
+    object "parameters": R_correct = lo (-3). (The code reads "parameters" only of same-name predictions; here every
+    predicted call needs it.)
   * Lines of the block are split on "\\n" after stripping the block, so a blank line between calls is invalid JSON.
 
 Granularity (the paper's Sec. 5 ablation, rlla.py INTERMEDIATEREWARD / COARSEREWARD): "fine" (above, the default);
@@ -80,8 +81,8 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
   JSON object {"name": ..., "parameters": {...}} per line.
 
   Raises:
-    ToolCallParseError: no opening or closing tag, a line that is not JSON, or a call without "name" or with
-      "parameters" missing or not an object.
+    ToolCallParseError: no opening or closing tag, a line that is not JSON (or nested too deeply for the parser), or
+      a call whose "name" is missing or not a string or whose "parameters" is missing or not an object.
   """
   if TOOL_CALL[0] not in text or TOOL_CALL[1] not in text:
     raise ToolCallParseError("no <tool_call> ... </tool_call> block")
@@ -92,9 +93,14 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
       call = json.loads(line)
     except json.JSONDecodeError as e:
       raise ToolCallParseError(f"line {i} of the <tool_call> block is not JSON: {e}") from e
-    if not isinstance(call, dict) or "name" not in call or not isinstance(call.get("parameters"), dict):
-      raise ToolCallParseError(f"line {i} of the <tool_call> block: expected an object with 'name' and an object "
-                               f"'parameters', got {line[:80]!r}")
+    except RecursionError as e:
+      # "[[[[...]]]]" nested past the interpreter's recursion limit: a policy's bad output, scored like bad JSON.
+      raise ToolCallParseError(f"line {i} of the <tool_call> block is JSON nested too deeply to parse") from e
+    # A string name: names are counted (collections.Counter) and compared; a list or object name is no tool.
+    if (not isinstance(call, dict) or not isinstance(call.get("name"), str)
+        or not isinstance(call.get("parameters"), dict)):
+      raise ToolCallParseError(f"line {i} of the <tool_call> block: expected an object with a string 'name' and an "
+                               f"object 'parameters', got {line[:80]!r}")
     calls.append(call)
   return calls
 
@@ -174,6 +180,8 @@ def gold_calls(value: Any, column: str, row: int) -> list[dict[str, Any]]:
       value = json.loads(value)
     except json.JSONDecodeError as e:
       raise ValueError(f"{where}: not valid JSON ({e}): {value[:80]!r}") from e
+    except RecursionError as e:
+      raise ValueError(f"{where}: JSON nested too deeply to parse: {value[:80]!r}") from e
   if not isinstance(value, (list, tuple)):
     raise ValueError(f"{where}: expected a list of calls {{'name', 'parameters'}}, got {type(value).__name__}")
   for i, call in enumerate(value):

@@ -1,12 +1,13 @@
 """jaxrlhf.rewards.answers: the number normalization table, answer extraction, and the exact-match reward (hand-made
 cases from the rules in the module docstring), with None for a missing reference."""
 
+import time
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from jaxrlhf.rewards import answers
+from jaxrlhf.rewards import answers, voting
 from jaxrlhf.rewards.calling import call_reward_function
 
 
@@ -140,3 +141,25 @@ def test_exact_match_errors():
   fn = answers.exact_match()
   with pytest.raises(ValueError, match=r"reference column 'answer' not among the columns \['solution'\]"):
     fn(prompts=["p"], completions=["5"], solution=["5"])
+
+
+def test_numbers_past_the_size_bound_are_not_numbers_and_parse_fast():
+  # At the bound a number is exact; past it (exponent 1001, 1001 mantissa characters) it is not a number.
+  assert answers.parse_number("1e1000") == Fraction(10**1000)
+  assert answers.parse_number("1e-1000") == Fraction(1, 10**1000)
+  assert answers.parse_number("1e0000000000003") == Fraction(1000)  # Leading zeros of the exponent do not count.
+  assert answers.parse_number("1e1001") is None and answers.parse_number("1e-1001") is None
+  assert answers.parse_number("1" * 1000) == int("1" * 1000)
+  assert answers.parse_number("1" * 1001) is None and answers.parse_number("1/" + "1" * 1001) is None
+  # Exact Fractions of these would take minutes ("1e99999999") or raise ValueError (int() of > 4300 digits).
+  huge = ["1e99999999", "1e-99999999", "1e" + "9" * 5000, "7" * 5000, "3/" + "7" * 5000, "7" * 5000 + ".5"]
+  start = time.perf_counter()
+  for text in huge:
+    assert answers.parse_number(text) is None
+    assert answers.answer_matches(f"Answer: {text}", "72") == 0.0
+    assert voting.answer_key(f"Answer: {text}") == ("text", text)
+  assert time.perf_counter() - start < 1.0
+  # A huge number is skipped as a candidate: the span's next number is read, as for any non-number.
+  assert answers.answer_matches("Answer: 1e99999999 or rather 72", "72") == 1.0
+  # A reference past the bound is compared as text.
+  assert answers.answer_matches("Answer: 1e5000", "1e5000") == 1.0 and answers.answer_matches("1e5001", "1e5000") == 0.0

@@ -28,7 +28,11 @@ def wrap(query, reasoning="The customers table has the city."):
 
 
 def score(kind, completions, gold, options=None, db=SCRIPT):
-  fn = kinds.make_reward(kind, dict(options or {}))
+  return score_with(kinds.make_reward(kind, dict(options or {})), completions, gold, db)
+
+
+def score_with(fn, completions, gold, db=SCRIPT):
+  """Scores through an existing reward function, which keeps its database connections between calls."""
   columns = {"gold_sql": [gold] * len(completions), "db_id": [db] * len(completions)}
   return list(call_reward_function(fn, ["q"] * len(completions), completions, columns))
 
@@ -52,12 +56,100 @@ def test_execution_compares_rows_as_sets_like_bird():
 
 
 def test_syntax_check_executes_the_query_read_only():
+  fn = kinds.make_reward("sql_syntax", {})
   completions = [wrap(PARIS.replace("Paris", "Rome")), wrap("SELEC name FROM customers"),
                  wrap("SELECT nme FROM customers"),
                  wrap("DROP TABLE orders"), wrap("SELECT 1; SELECT 2"), "no query at all", wrap(PARIS)]
-  assert score("sql_syntax", completions, PARIS) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
-  # The DROP did not happen: the orders table still answers.
-  assert score("sql_execution", [wrap("SELECT COUNT(*) FROM orders")], "SELECT 3") == [1.0]
+  assert score_with(fn, completions, PARIS) == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+  # The DROP did not happen: the same function (the same cached connection) still reads the orders table.
+  assert score_with(fn, [wrap("SELECT COUNT(*) FROM orders")], PARIS) == [1.0]
+
+
+def test_untrusted_sql_cannot_lift_the_read_only_mode_or_change_later_scores():
+  # Before the authorizer, `PRAGMA query_only = OFF` executed and switched the protection off on the cached
+  # connection, so the DELETE after it emptied the table and every later completion was scored against that.
+  fn = kinds.make_reward("sql_execution", {})
+  count = "SELECT COUNT(*) FROM orders"
+  attack = [wrap("PRAGMA query_only = OFF"), wrap("DELETE FROM orders"), wrap("PRAGMA writable_schema = ON"),
+            wrap("CREATE TEMP TABLE t AS SELECT 1"), wrap("BEGIN"), wrap(count)]
+  assert score_with(fn, attack, count) == [0.0] * 5 + [1.0]
+  assert score_with(fn, [wrap(count), wrap("SELECT 0")], "SELECT 3") == [1.0, 0.0]  # The 3 orders are all there.
+  conn = sql.build_database(SCRIPT)
+  for statement in ("PRAGMA query_only = OFF", "DELETE FROM orders", "DROP TABLE orders", "PRAGMA table_info(orders)"):
+    result = sql.execute_sql(conn, statement)
+    assert not result.ok and "not authorized" in result.error, (statement, result)
+  assert sql.execute_sql(conn, count).rows == ((3,),)
+
+
+def test_attach_and_vacuum_into_create_no_file(tmp_path):
+  fn = kinds.make_reward("reasoning_sql", {})
+  attach, vacuum = tmp_path / "attached.db", tmp_path / "vacuumed.db"
+  completions = [wrap(f"ATTACH DATABASE '{attach}' AS e"), wrap(f"VACUUM INTO '{vacuum}'"), wrap("VACUUM"),
+                 wrap("DETACH DATABASE main")]
+  values = score_with(fn, completions, PARIS)
+  assert not list(tmp_path.iterdir())  # Before the fix, ATTACH created attached.db even in query_only mode.
+  # Not executable: execution 0, syntax 0, schema 0 (no table), ngram 0 (no shared bigram), format 1.
+  assert values == [1.0] * 4
+  assert score_with(fn, [wrap(PARIS)], PARIS) == [7.0]  # The connection still answers.
+
+
+def test_read_only_queries_of_every_shape_still_run():
+  conn = sql.build_database(SCRIPT)
+  queries = {
+      "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4) SELECT SUM(x) FROM c": ((10,),),
+      "WITH paris AS (SELECT id FROM customers WHERE city = 'Paris') SELECT COUNT(*) FROM paris": ((2,),),
+      "SELECT name, RANK() OVER (PARTITION BY city ORDER BY id DESC) FROM customers WHERE city = 'Paris' "
+      "ORDER BY name": (("Ann", 2), ("Cid", 1)),
+      "SELECT name FROM customers WHERE id IN (SELECT customer_id FROM orders GROUP BY customer_id "
+      "HAVING SUM(amount) > 8) UNION SELECT 'x' ORDER BY 1": (("Ann",), ("x",)),
+      JOIN + " ORDER BY 1": (("Ann", 15.0), ("Bob", 7.5)),
+      "SELECT CASE WHEN EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) THEN upper(name) END, "
+      "round(length(city) / 2.0, 1) FROM customers c ORDER BY c.id": (("ANN", 2.5), ("BOB", 2.0), (None, 2.5)),
+      "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name": (("customers",), ("orders",)),
+  }
+  for query, rows in queries.items():
+    assert sql.execute_sql(conn, query) == sql.Execution(True, rows), query
+  assert sql.database_schema(conn) == {"customers": SCHEMA["customers"], "orders": SCHEMA["orders"]}
+  # The documented cost: table-valued functions touch the schema table or a pragma, which the authorizer refuses.
+  assert not sql.execute_sql(conn, "SELECT * FROM json_each('[1, 2]')").ok
+
+
+def test_one_huge_value_fails_fast_instead_of_running_past_the_time_limit():
+  # One expression is one virtual-machine step that the progress handler cannot interrupt: without the length limit
+  # this query ran ~1 s and took ~900 MB at a 0.05 s time limit.
+  huge = "SELECT length(zeroblob(3e8)), length(hex(zeroblob(1.5e8)))"
+  conn = sql.build_database(SCRIPT)
+  start = time.perf_counter()
+  result = sql.execute_sql(conn, huge, timeout_s=0.05)
+  assert time.perf_counter() - start < 0.5
+  assert not result.ok and "too big" in result.error
+  assert sql.execute_sql(conn, f"SELECT length(zeroblob({sql.MAX_VALUE_BYTES}))").rows == ((sql.MAX_VALUE_BYTES,),)
+  assert score("sql_syntax", [wrap(huge)], PARIS, {"timeout_s": 0.05}) == [0.0]
+
+
+def test_result_size_limit_cuts_the_result(monkeypatch):
+  monkeypatch.setattr(sql, "MAX_RESULT_BYTES", 7)  # "Ann" + "Paris" = 8 bytes: over the limit after one row.
+  result = sql.execute_sql(sql.build_database(SCRIPT), "SELECT name, city FROM customers ORDER BY id")
+  assert result == sql.Execution(True, (("Ann", "Paris"),), truncated=True)
+  both = "SELECT name, city FROM customers"
+  assert score("sql_syntax", [wrap(both)], "SELECT 1") == [1.0]  # Executed, but cut:
+  assert score("sql_execution", [wrap(both)], "SELECT 1") == [0.0]  # it never matches.
+  with pytest.raises(RewardFunctionError, match=r"gold query 'SELECT name, city FROM customers' returns more than "
+                                                r"max_rows=10000 rows or 7 bytes"):
+    score("sql_execution", [wrap(both)], both)  # A cut gold result could match nothing.
+
+
+def test_gold_queries_get_a_larger_time_limit(monkeypatch):
+  limits = []
+
+  def recording(conn, query, timeout_s, max_rows):
+    limits.append((query, timeout_s))
+    return execute(conn, query, timeout_s, max_rows)
+
+  execute = sql.execute_sql
+  monkeypatch.setattr(sql, "execute_sql", recording)
+  assert score("sql_execution", [wrap("SELECT 1")], PARIS, {"timeout_s": 0.25}) == [0.0]
+  assert limits == [("SELECT 1", 0.25), (PARIS, 0.25 * sql.GOLD_TIMEOUT_FACTOR)] and sql.GOLD_TIMEOUT_FACTOR == 10
 
 
 def test_schema_items_resolve_aliases_and_qualified_names():
@@ -144,6 +236,9 @@ def test_row_limit_cuts_the_result_which_then_never_matches():
   assert result.ok and result.truncated and len(result.rows) == 2
   assert score("sql_syntax", [wrap("SELECT * FROM orders")], "SELECT 1", {"max_rows": 2}) == [1.0]
   assert score("sql_execution", [wrap("SELECT * FROM orders")], "SELECT 1", {"max_rows": 2}) == [0.0]
+  # A gold query cut by the limit would match no prediction (every completion of its row 0): an error instead.
+  with pytest.raises(RewardFunctionError, match=r"gold query 'SELECT \* FROM orders' returns more than max_rows=2"):
+    score("sql_execution", [wrap("SELECT * FROM orders")], "SELECT * FROM orders", {"max_rows": 2})
 
 
 def test_databases_file_missing_values_and_errors_name_column_and_row(tmp_path):

@@ -81,6 +81,29 @@ def test_unparsable_calls_score_the_minimum():
     toolrl.parse_tool_calls(good_format_bad_json)
 
 
+
+def test_non_string_names_and_deeply_nested_json_score_the_minimum_without_raising():
+  # Before: a list / object name raised TypeError in collections.Counter and deep nesting raised RecursionError,
+  # both ending training through RewardFunctionError. The official code scores such completions the minimum.
+  deep = "[" * 100_000 + "]" * 100_000
+  completions = [answer({"name": ["get_weather"], "parameters": WEATHER["parameters"]}),  # format 1, -3
+                 answer({"name": {"tool": "get_weather"}, "parameters": {}}),
+                 answer({"name": 7, "parameters": {}}),
+                 "<think>t</think>\n<tool_call>\n" + deep + "\n</tool_call>",
+                 '<think>t</think>\n<tool_call>\n{"name": "get_weather", "parameters": {"city": ' + deep + "}}"
+                 "\n</tool_call>"]
+  fn = toolrl.toolrl_reward()
+  values = call_reward_function(fn, ["p"] * 5, completions, {"tool_calls": [json.dumps([WEATHER])] * 5})
+  np.testing.assert_array_equal(values, [-2.0] * 5)
+  with pytest.raises(toolrl.ToolCallParseError, match="line 0 of the <tool_call> block: expected an object with a "
+                                                      "string 'name'"):
+    toolrl.parse_tool_calls(completions[0])
+  with pytest.raises(toolrl.ToolCallParseError, match="line 0 of the <tool_call> block is JSON nested too deeply"):
+    toolrl.parse_tool_calls(completions[3])
+  # Deeply nested GOLD JSON is a data error: a ValueError naming the column and row, not a RecursionError.
+  with pytest.raises(ValueError, match=r"column 'tool_calls' row 0: JSON nested too deeply to parse"):
+    fn(prompts=["p"], completions=[answer(WEATHER)], tool_calls=[deep])
+
 def test_format_reward_by_ground_truth_kind():
   call = "\n" + json.dumps(WEATHER) + "\n"
   fmt = toolrl.format_reward
