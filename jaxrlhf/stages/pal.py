@@ -8,7 +8,8 @@ layers), from
     representation: a user's reward is linear in it), or
   features="cache": the frozen-backbone feature cache of a "reward_heads" stage (`features_from`, e.g.
     "stage:rm_linear"; its `features.npz` rows index the train + held-out records of THIS stage's `data`, which must
-    therefore be the reward_heads stage's data section).
+    therefore be the reward_heads stage's data section: a cache that records its records (`records_sha256`,
+    `num_train`) and disagrees is an error; an older cache without them is read with a warning).
 
 Users are the records' `annotator` ids. Users in `unseen_users` are held out of training entirely; the others
 ("seen") train PAL-A (their mixture logits included) and the baseline. The baseline is one reward for everybody,
@@ -30,6 +31,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -41,8 +43,10 @@ from flax import nnx
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.losses import pal as pal_losses
 from jaxrlhf.models import pal as pal_model
+from jaxrlhf.parallel import distributed
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
+from jaxrlhf.stages import reward_heads
 from jaxrlhf.train import optim
 
 
@@ -51,7 +55,8 @@ class PALConfig:
   """The "pal" stage.
 
   data: pairs with `annotator` ids (world: WorldConfig.annotators; files: an annotator column); data.num_train /
-    num_eval / batch_size as usual; transforms, curation and margins are not used (must stay "none").
+    num_eval / batch_size as usual; transforms, curation and margins are not used (must stay "none"), nor are
+    attribute_noise / attribute_levels (must stay 0).
   features: "attributes" or "cache" (with features_from: "stage:<reward_heads stage>" or a features.npz path).
   variant: "a" (PAL-A; PAL-B needs prompt features, which neither source provides: see models.pal).
   distance: PAL-A's "euclidean" (the authors' code) or "squared" distance.
@@ -63,6 +68,7 @@ class PALConfig:
   unseen_users: annotator ids held out for the few-shot test; shots: n comparisons per unseen user.
   fewshot_steps / fewshot_lr: the Adam fit of the new users' logits.
   num_steps: training steps of each model.
+  optimizer: the optax optimizer of both models; grad_accum_steps must stay 1 (each step is one batch).
   """
   seed: int = field(0)
   data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
@@ -92,6 +98,14 @@ class PALConfig:
       if getattr(self.data, key) != "none":
         raise ConfigError(f"{path}.data.{key}: must be 'none' (the stage reads the pairs as labelled), got "
                           f"{getattr(self.data, key)!r}")
+    for key in ("attribute_noise", "attribute_levels"):
+      # Applied by `inputs.prepared_pairs` only; PAL reads `inputs.preference_records`, the attributes as labelled.
+      if getattr(self.data, key):
+        raise ConfigError(f"{path}.data.{key}: must be 0 (the stage reads the pairs' attribute vectors as "
+                          f"labelled and does not apply it), got {getattr(self.data, key)!r}")
+    if self.optimizer.grad_accum_steps != 1:
+      raise ConfigError(f"{path}.optimizer.grad_accum_steps: must be 1 (each of the num_steps updates is one "
+                        f"data.batch_size batch; PAL does not accumulate), got {self.optimizer.grad_accum_steps}")
     if any(n < 1 for n in self.shots) or list(self.shots) != sorted(set(self.shots)):
       raise ConfigError(f"{path}.shots: {self.shots} must be distinct increasing counts >= 1")
     if len(set(self.unseen_users)) != len(self.unseen_users):
@@ -105,9 +119,15 @@ class PALConfig:
         raise ConfigError(f"{path}.unseen_users: every annotator is held out; PAL needs seen users to train on")
 
 # ------------------------------------------------------------------------------------------------ features
-def pair_features(cfg: PALConfig, inputs: dict, records: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(chosen_NxD, rejected_NxD float32, available_N bool) of `records` (train then held-out, in order)."""
+def pair_features(cfg: PALConfig, inputs: dict, records: Sequence[Any], num_train: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(chosen_NxD, rejected_NxD float32, available_N bool) of `records` (train then held-out, in order; the first
+  `num_train` the training pairs, default all).
+
+  Raises (features="cache"): ValueError when the cache's rows are not these records: its `records_sha256` differs
+  (`reward_heads.records_digest`), or, for an older cache without it, an index out of range."""
   n = len(records)
+  num_train = n if num_train is None else num_train
   if cfg.features == "attributes":
     missing = [i for i, r in enumerate(records) if r.chosen_attributes is None or r.rejected_attributes is None]
     if missing:
@@ -117,6 +137,22 @@ def pair_features(cfg: PALConfig, inputs: dict, records: Sequence[Any]) -> tuple
   path = common.resolve_path(cfg.features_from, inputs, "features")
   with np.load(path) as f:
     chosen, rejected, index = f["chosen"], f["rejected"], f["index"]
+    cached_train = int(f["num_train"]) if "num_train" in f.files else None
+    cached_digest = str(f["records_sha256"]) if "records_sha256" in f.files else None
+  if cached_digest is None:
+    # A cache written before the records were recorded: only the index range can be checked.
+    warnings.warn(f"config.features_from: {path} does not record which records it holds (a cache from before "
+                  "records_sha256); cannot check that config.data is the reward_heads stage's data section",
+                  stacklevel=2)
+  elif cached_digest != reward_heads.records_digest(records):
+    raise ValueError(f"config.features_from: {path} holds the features of other records than config.data gives "
+                     f"(cache: {index.size} scored rows, num_train={cached_train}; config.data: {n} records, "
+                     f"num_train={num_train}): its rows would pair these pairs with other pairs' features; use the "
+                     "reward_heads stage's data section")
+  elif cached_train != num_train:
+    # The same records split elsewhere: each row is still its own record's features (PAL trains no head on them).
+    print(f"[pal] {path}: the reward_heads stage split the same records at num_train={cached_train}, this stage at "
+          f"{num_train}; features are per record, so the rows still match", flush=True)
   if index.size and (index.max() >= n or index.min() < 0):
     raise ValueError(f"config.features_from: {path} indexes record {int(index.max())}, but config.data gives {n} "
                      "records (use the reward_heads stage's data section)")
@@ -208,7 +244,7 @@ def run(cfg: PALConfig, workdir: str, inputs: dict) -> dict:
   seen = [u for u in names if u not in unseen]
   index = {u: i for i, u in enumerate(seen + unseen)}  # seen users first: PAL's user_logits rows
   user_N = np.asarray([index[r.annotator] for r in records], np.int32)
-  chosen, rejected, available = pair_features(cfg, inputs, records)
+  chosen, rejected, available = pair_features(cfg, inputs, records, len(train))
   ceiling_N = world_ceiling(data.world, records) if world is not None else None
   num_seen = len(seen)
   is_seen = user_N < num_seen
@@ -292,9 +328,11 @@ def run(cfg: PALConfig, workdir: str, inputs: dict) -> dict:
                   "time/pal_s": fits["pal"]["seconds"], "time/bt_s": fits["bt"]["seconds"],
                   "params/pal": float(pal_model.count_params(models["pal"])),
                   "params/bt": float(pal_model.count_params(bt)), "data/num_train_pairs": float(fit.sum())})
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "per_user.json"), "w") as f:
-    json.dump(per_user, f)
+  if distributed.is_primary():  # One writer (as results.json's); every process holds the same values.
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "per_user.json"), "w") as f:
+      json.dump(per_user, f)
+  distributed.barrier(f"pal.per_user:{workdir}")
   summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("accuracy"))
   print(f"[pal] {summary}", flush=True)
   results = common.write_results(workdir, metrics, data_report=report)

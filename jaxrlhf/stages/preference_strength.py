@@ -25,11 +25,10 @@ import numpy as np
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.evaluation import strength
 from jaxrlhf.losses.reward import preference_strength
+from jaxrlhf.parallel import distributed
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
-
-_SOURCE_INDEX = re.compile(r":(\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +55,12 @@ class PreferenceStrengthConfig:
       if getattr(self.data, key) != "none":
         raise ConfigError(f"{path}.data.{key}: must be 'none' (the stage scores the pairs as read, as the "
                           f"ensemble trained on them), got {getattr(self.data, key)!r}")
+    if self.data.criteria != "none":
+      # Criterion pairs come from their own random stream (`World.criterion_pairs`) and their label answers the
+      # criterion, not r*: the general pairs' flips and gold agreement do not describe them.
+      raise ConfigError(f"{path}.data.criteria: must be 'none' (the flip and gold-agreement truths are the world's "
+                        f"general preference pairs'; criterion-labelled pairs have none here), got "
+                        f"{self.data.criteria!r}")
     if self.data.num_train < self.num_buckets:
       raise ConfigError(f"{path}.data.num_train: {self.data.num_train} pairs cannot fill "
                         f"{path}.num_buckets={self.num_buckets} buckets")
@@ -64,14 +69,19 @@ class PreferenceStrengthConfig:
 def world_truths(world: Any, records: list, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
   """(flipped_N, gold_agree_N) of synthetic-world records, matched by the index at the end of `source`.
 
+  Only `World.preference_records` pairs of this world and `split` are accepted (source exactly
+  'synthetic:seed=<world seed>:<split>:<index>'): any other record, e.g. a criterion pair
+  ('...:<split>:criterion:<index>', from another random stream), is a ValueError rather than a lookup of the
+  general pair that shares its index.
   gold_agree: the record's label agrees with r*: chosen is the response with the higher gold reward.
   """
+  pattern = re.compile(rf"synthetic:seed={re.escape(str(world.config.seed))}:{re.escape(split)}:(\d+)")
   indices = []
   for i, r in enumerate(records):
-    m = _SOURCE_INDEX.search(r.source or "")
-    if not m or f":{split}:" not in r.source:
-      raise ValueError(f"records[{i}].source: {r.source!r} is not a synthetic-world {split} pair "
-                       f"('synthetic:seed=<s>:{split}:<index>')")
+    m = pattern.fullmatch(r.source or "")
+    if not m:
+      raise ValueError(f"records[{i}].source: {r.source!r} is not a general preference pair of this synthetic "
+                       f"world's {split} split ('synthetic:seed={world.config.seed}:{split}:<index>')")
     indices.append(int(m.group(1)))
   idx = np.asarray(indices)
   pairs = world.preference_pairs(int(idx.max()) + 1, split)
@@ -93,13 +103,17 @@ def run(cfg: PreferenceStrengthConfig, workdir: str, inputs: dict) -> dict:
     flipped, gold_agree = world_truths(world, records, "train")
   metrics = strength.strength_metrics(mean_N, std_N, flipped, gold_agree, cfg.fractions, cfg.num_buckets)
   metrics["num_members"] = float(margins_NxM.shape[1])
-  os.makedirs(workdir, exist_ok=True)
-  np.savez(os.path.join(workdir, "strengths.npz"), mean_N=mean_N, std_N=std_N, margins_NxM=margins_NxM,
-           **({"flipped_N": flipped, "gold_agree_N": gold_agree} if world is not None else {}))
   rows = strength.bucket_table(mean_N, std_N, flipped, gold_agree, cfg.num_buckets)
-  with open(os.path.join(workdir, "buckets.md"), "w") as f:
-    f.write(strength.bucket_markdown(rows))
   print(strength.bucket_markdown(rows), flush=True)
-  if cfg.plots:
-    strength.plot_buckets(os.path.join(workdir, "strength_buckets.png"), rows)
+  # Every process computed the same values; process 0 alone writes them (concurrent writers on a shared file
+  # system can leave a torn file), and the barrier holds the others until the files exist for the next stage.
+  if distributed.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    np.savez(os.path.join(workdir, "strengths.npz"), mean_N=mean_N, std_N=std_N, margins_NxM=margins_NxM,
+             **({"flipped_N": flipped, "gold_agree_N": gold_agree} if world is not None else {}))
+    with open(os.path.join(workdir, "buckets.md"), "w") as f:
+      f.write(strength.bucket_markdown(rows))
+    if cfg.plots:
+      strength.plot_buckets(os.path.join(workdir, "strength_buckets.png"), rows)
+  distributed.barrier(f"preference_strength:{workdir}")
   return {"metrics": metrics, "strengths": os.path.join(workdir, "strengths.npz"), "data_report": report}

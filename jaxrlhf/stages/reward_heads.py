@@ -21,6 +21,10 @@ k)))`) and their own data order (member k's permutation of the training pairs is
 reward stage); their steps are vmapped (each member's own gradient normalization, clipping and optimizer state).
 The loss is `losses.reward.bradley_terry_loss` with the reward stage's margin / label-smoothing / centering options.
 
+The cache also records which records its rows are: `num_train` (rows with index < num_train are training pairs)
+and `records_sha256` (`records_digest` of the train + held-out records, in order), so a stage that reads the rows by
+index (pal, features="cache") can check that its own data section gives the same records.
+
 Saved result (`rm_dir`): a normal jaxrlhf reward model, a RewardEnsemble of K members that all hold the frozen
 backbone and member k's trained head (`artifacts.save_reward_model`), so reward_eval, best-of-N and RL load it like
 any other (`artifacts.shared_backbone_model` runs such an ensemble as one backbone with K heads). The rewards it
@@ -52,6 +56,7 @@ from jaxrlhf.losses import reward as reward_losses
 from jaxrlhf.models.heads import HeadConfig, RewardHead
 from jaxrlhf.models.reward_model import RewardEnsemble
 from jaxrlhf.parallel import MeshConfig
+from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel.sharding import batch_sharding
 from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
@@ -108,6 +113,10 @@ class RewardHeadsConfig:
     if not self.model.init_from:
       raise ConfigError(f"{path}.model.init_from: required (the frozen backbone: a HF folder, a .gguf file or "
                         "'stage:<name>')")
+    if self.model.lora:
+      # The backbone is frozen and only the heads train: adapters would have nothing to learn and are never built.
+      raise ConfigError(f"{path}.model.lora: not used by reward_heads (the backbone is frozen; only the heads "
+                        f"train), got {dict(self.model.lora)!r}; leave it {{}} or use the 'reward' stage for LoRA")
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
 
   def head_config(self) -> HeadConfig:
@@ -159,6 +168,13 @@ def compute_features(model_config: Any, backbone: Mapping[str, Any], plan: input
   return chosen_NxD[order], rejected_NxD[order], plan.index[order]
 
 
+def records_digest(records: Sequence[Any]) -> str:
+  """A sha256 of the records' texts (prompt, chosen, rejected), in order: which records a feature cache's row
+  indices refer to. Texts only: attribute noise or margins, which the features do not read, leave it unchanged."""
+  rows = [[r.prompt, r.chosen, r.rejected] for r in records]
+  return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def load_features(path: str, key: str) -> dict | None:
   """The cached features at `path` if its key is `key`, else None."""
   if not path or not os.path.exists(path):
@@ -170,18 +186,25 @@ def load_features(path: str, key: str) -> dict | None:
 
 
 def save_features(path: str, key: str, chosen_NxD: np.ndarray, rejected_NxD: np.ndarray, index_N: np.ndarray,
-                  seconds: float) -> None:
-  """Writes the cache atomically (a partial file is never read as a cache)."""
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, key=np.asarray(key), chosen=chosen_NxD, rejected=rejected_NxD, index=index_N,
-           seconds=np.asarray(seconds))
-  os.replace(tmp, path)
+                  seconds: float, num_train: int, records_sha256: str) -> None:
+  """Writes the cache atomically (a partial file is never read as a cache), with the records its rows index
+  (`num_train`, `records_sha256`). Process 0 writes (every process computed the same features; concurrent writers
+  of one tmp name would race on a shared file system); the others wait until the file exists."""
+  if distributed.is_primary():
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, key=np.asarray(key), chosen=chosen_NxD, rejected=rejected_NxD, index=index_N,
+             seconds=np.asarray(seconds), num_train=np.asarray(num_train, np.int64),
+             records_sha256=np.asarray(records_sha256))
+    os.replace(tmp, path)
+  distributed.barrier(f"reward_heads.save_features:{path}")
 
 
 def cached_features(cfg: RewardHeadsConfig, workdir: str, inputs: Mapping[str, Any], model_config: Any,
-                    backbone: Mapping[str, Any], records: Sequence[Any], tokenizer: Any) -> tuple[dict, dict]:
-  """({"chosen", "rejected" (N, D), "index" (N,), "seconds"}, report) for `records`, from the first cache whose
-  key matches (features_from, then the stage's own file) or from a new feature pass saved in `workdir`."""
+                    backbone: Mapping[str, Any], records: Sequence[Any], tokenizer: Any, num_train: int
+                    ) -> tuple[dict, dict]:
+  """({"chosen", "rejected" (N, D), "index" (N,), "seconds"}, report) for `records` (the first `num_train` of them
+  the training pairs), from the first cache whose key matches (features_from, then the stage's own file) or from a
+  new feature pass saved in `workdir`."""
   data = cfg.data
   shared, layout = inputs_lib.choose_shared_prompt(data, list(records), tokenizer, model_config,
                                                    with_lm_head=False)
@@ -189,11 +212,17 @@ def cached_features(cfg: RewardHeadsConfig, workdir: str, inputs: Mapping[str, A
   key = features_key(model_config, params_digest(backbone), plan.report["tokens_sha256"])
   report = {**plan.report, "shared_prompt": layout, "key": key}
   own = os.path.join(workdir, FEATURES_FILE)
+  digest = records_digest(records)
   candidates = ([common.resolve_path(cfg.features_from, inputs, "features")] if cfg.features_from else []) + [own]
   for path in candidates:
     cached = load_features(path, key)
     if cached is not None:
       print(f"[reward_heads] reusing the features cached in {path}", flush=True)
+      stale = (cached.get("num_train") is None or int(cached["num_train"]) != num_train
+               or str(cached.get("records_sha256")) != digest)
+      if path == own and stale:  # An older cache (or another split of the same pairs): describe this run's records.
+        save_features(own, key, cached["chosen"], cached["rejected"], cached["index"], float(cached["seconds"]),
+                      num_train, digest)
       return cached, {**report, "path": path, "reused": True, "seconds": 0.0}
     if os.path.exists(path):
       print(f"[reward_heads] {path} holds features of another backbone / data / max_length: recomputing",
@@ -202,7 +231,7 @@ def cached_features(cfg: RewardHeadsConfig, workdir: str, inputs: Mapping[str, A
   chosen, rejected, index = compute_features(model_config, backbone, plan)
   seconds = time.time() - start
   os.makedirs(workdir, exist_ok=True)
-  save_features(own, key, chosen, rejected, index, seconds)
+  save_features(own, key, chosen, rejected, index, seconds, num_train, digest)
   print(f"[reward_heads] feature pass: {index.size} pairs in {seconds:.1f} s -> {own}", flush=True)
   return ({"chosen": chosen, "rejected": rejected, "index": index, "seconds": np.asarray(seconds)},
           {**report, "path": own, "reused": False, "seconds": round(seconds, 2)})
@@ -382,7 +411,8 @@ def run(cfg: RewardHeadsConfig, workdir: str, inputs: dict) -> dict:
   backbone = {k: v for k, v in pretrained.items() if k != "lm_head"}
   records = list(train_records) + list(eval_records)
   start = time.time()
-  features, feature_report = cached_features(cfg, workdir, inputs, model_config, backbone, records, tokenizer)
+  features, feature_report = cached_features(cfg, workdir, inputs, model_config, backbone, records, tokenizer,
+                                             len(train_records))
   features_s = time.time() - start
   report = {**report, "features": feature_report}
   train_idx, eval_idx, train_sel, eval_sel = _split(features, len(train_records))

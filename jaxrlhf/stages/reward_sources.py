@@ -137,6 +137,7 @@ class RewardSourceSpec:
             for j, r in enumerate(rules)]
 
   def validate(self, path: str) -> None:
+    self.check_kind_fields(path)
     if self.kind in RM_KINDS and not self.reward_model:
       raise ConfigError(f"{path}.reward_model: required for kind {self.kind!r} (e.g. 'stage:reward')")
     if self.kind == HYBRID:
@@ -157,6 +158,21 @@ class RewardSourceSpec:
     if self.standardize and self.kind != "reward_model":
       raise ConfigError(f"{path}.standardize: only reward-model sources have members to standardize "
                         f"(kind is {self.kind!r})")
+
+
+  def check_kind_fields(self, path: str) -> None:
+    """ConfigError for a field set away from its default on a kind that never reads it (a setting that would
+    silently change nothing): aggregation / lam outside the reward-model kinds, refinement / eta outside "process",
+    smoothing outside "bleu", function outside "python"."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RewardSourceSpec)}
+    for names, kinds in ((("aggregation", "lam"), RM_KINDS), (("refinement", "eta"), ("process",)),
+                         (("smoothing",), ("bleu",)), (("function",), ("python",))):
+      if self.kind in kinds:
+        continue
+      for name in names:
+        if getattr(self, name) != defaults[name]:
+          raise ConfigError(f"{path}.{name}: {getattr(self, name)!r} is not used by kind {self.kind!r} (only by "
+                            f"{' / '.join(repr(k) for k in kinds)}); leave it at its default {defaults[name]!r}")
 
 
 def process_step_bias(options: Mapping[str, Any], tokenizer: Any, path: str) -> tuple[tuple[int, float], ...]:

@@ -423,6 +423,10 @@ class RLConfig:
         if r.kind in rewards_lib.WORLD_KINDS:
           raise ConfigError(f"{path}.rewards[{i}].kind: {r.kind!r} is defined on the synthetic world's prompts only "
                             f"({path}.prompts.source is {self.prompts.source!r})")
+        if r.standardize:  # The member statistics are taken over the world's reference responses; files have none.
+          raise ConfigError(f"{path}.rewards[{i}].standardize: needs the training prompts' reference responses, which "
+                            f"only the synthetic world's prompts have ({path}.prompts.source is "
+                            f"{self.prompts.source!r}); use the raw members' aggregation")
     if self.prompt_groups and self.prompts.source == "world":
       raise ConfigError(f"{path}.prompt_groups: {self.prompt_groups!r} names a column of prompt files; "
                         f"{path}.prompts.source is 'world' (leave prompt_groups '')")

@@ -26,6 +26,10 @@ t = 1..T `iter<t>/consistency` (the mean rate; what "average" trains with), `ite
 gold(y-)), ties 1/2), `iter<t>/reward_gold_tau` (mean tau_b of r_t with the gold reward over a prompt's samples),
 `iter<t>/pairs`; `gold`, `kl` (the last iteration) and `gold_gain` (last - iteration 0).
 
+LoRA (`model.lora`): each iteration trains fresh adapters on pi_t with its base weights frozen (the reference pi_t
+is the fresh adapter model, whose B = 0 makes it pi_t exactly); pi_{t+1} is saved merged (`iter<t>/model`, what the
+next iteration samples from and starts on) and its adapters alone in `iter<t>/adapters`.
+
 Resume: iteration t lives in `workdir/iter<t>/` (the shared loop's checkpoints, `model/`, and `iteration.json`,
 written last). A re-run skips iterations with an `iteration.json` and resumes an interrupted one from its loop
 checkpoint; sampling keys depend only on (seed, t), so the result is the uninterrupted run's.
@@ -71,7 +75,8 @@ PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards
 @dataclasses.dataclass(frozen=True)
 class SelfRewardingConfig:
   """The "self_rewarding" stage. `model.init_from`: the iteration-1 policy (M1); `reference`: the base M0 the
-  implicit rewards are measured against. `loop` / `optimizer`: one DPO run per iteration."""
+  implicit rewards are measured against; `model.lora`: {} full finetuning, else every iteration trains LoRA adapters
+  (see the module docstring). `loop` / `optimizer`: one DPO run per iteration."""
   seed: int = field(0)
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
   reference: str = stage_ref("model_dir")
@@ -207,12 +212,12 @@ def label_pairs(reward_BxN: np.ndarray, previous_BxN: np.ndarray, gold_BxN: np.n
 def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records: list, consistency: np.ndarray,
                      context: inputs_lib.StageContext, workdir: str) -> str:
   """DPO of pi_t (from `policy_path`, also the reference) on `records` with per-record `consistency`; saves and
-  returns `workdir/model`."""
+  returns `workdir/model` (with `model.lora`: merged, and the adapters alone in `workdir/adapters`)."""
   _, mesh, _, _, tokenizer = context
   model_config, pretrained, _ = common.load_weights(common.ModelSpec(init_from=policy_path, config=cfg.model.config),
                                                     {}, None)
   optimizer = optim.make_optimizer(cfg.optimizer)
-  setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh)
+  setup = common.policy_setup(model_config, pretrained, optimizer, cfg.seed, mesh, lora=cfg.model.lora)
   chunk, fused = common.logps_path(cfg)
   loss_fn = self_rewarding_loss_fn(cfg.beta, chunk, fused)
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
@@ -243,8 +248,9 @@ def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records
       pairs)
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, run_config=dataclasses.asdict(cfg))
+  adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
   return artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
-                               tokenizer=tokenizer)
+                               tokenizer=tokenizer, adapter_dir=adapter_dir)
 
 
 def _write_json(path: str, value: dict) -> None:

@@ -3,6 +3,7 @@ RewardModel reads rewards, the feature cache (reused, rebuilt for another model)
 the heads on the cached features end to end, member data orders, and an exact resume."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data import tokenize
 from jaxrlhf.models import from_pretrained, load_tokenizer
 from jaxrlhf.models.heads import HeadConfig, gather_last
+from jaxrlhf.parallel import distributed
 from jaxrlhf.stages import artifacts, inputs
 from jaxrlhf.stages import reward_heads
 from jaxrlhf.train import scoring
@@ -206,3 +208,44 @@ def test_feature_iterator_gives_members_their_own_order_and_resumes():
 def test_config_requires_a_backbone(assets):
   with pytest.raises(ConfigError, match=r"config\.model\.init_from: required"):
     from_config(dict(data=dict(source="files", paths=(str(assets["prefs"]),))), reward_heads.RewardHeadsConfig)
+
+
+def test_config_refuses_lora_on_the_frozen_backbone(assets):
+  # Only the heads train: adapters on the backbone would never be built, let alone trained.
+  with pytest.raises(ConfigError, match=r"config\.model\.lora: not used by reward_heads"):
+    from_config(dict(model=dict(init_from=str(assets["model"]), lora=dict(rank=4, alpha=8)),
+                     data=dict(source="files", paths=(str(assets["prefs"]),))), reward_heads.RewardHeadsConfig)
+
+
+def test_feature_cache_records_its_records(assets, trained):
+  out, _ = trained
+  records = inputs.read_files(_cfg(assets).data)
+  with np.load(out["features"]) as f:
+    assert int(f["num_train"]) == len(records[0]) == 18
+    assert str(f["records_sha256"]) == reward_heads.records_digest(records[0] + records[1])
+  # Another order (or other records) is another digest: the rows would index other pairs.
+  assert reward_heads.records_digest(records[1] + records[0]) != reward_heads.records_digest(records[0] + records[1])
+  # An older cache without those fields is reused and rewritten with them (its features unchanged).
+  workdir = assets["root"] / "old_cache"
+  os.makedirs(workdir)
+  with np.load(out["features"]) as f:
+    old = {k: f[k] for k in f.files if k not in ("num_train", "records_sha256")}
+  np.savez(workdir / reward_heads.FEATURES_FILE, **old)
+  again = reward_heads.run(_cfg(assets, loop=dict(num_steps=1)), str(workdir), {})
+  assert again["data_report"]["features"]["reused"]
+  with np.load(workdir / reward_heads.FEATURES_FILE) as f, np.load(out["features"]) as want:
+    assert sorted(f.files) == sorted(want.files)
+    for k in want.files:
+      np.testing.assert_array_equal(f[k], want[k])
+
+
+@pytest.mark.parametrize("primary", [True, False])
+def test_only_process_0_writes_the_cache(monkeypatch, tmp_path, primary):
+  monkeypatch.setattr(distributed, "is_primary", lambda: primary)
+  barriers = []
+  monkeypatch.setattr(distributed, "barrier", lambda name, *a, **k: barriers.append(name))
+  path = str(tmp_path / reward_heads.FEATURES_FILE)
+  reward_heads.save_features(path, "k", np.ones((2, 3), np.float32), np.zeros((2, 3), np.float32), np.arange(2),
+                             1.0, 1, "digest")
+  assert sorted(os.listdir(tmp_path)) == ([reward_heads.FEATURES_FILE] if primary else [])  # no tmp file either
+  assert barriers == [f"reward_heads.save_features:{path}"]

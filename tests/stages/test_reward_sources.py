@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrlhf.config import ConfigError
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.stages import artifacts
@@ -218,3 +219,29 @@ def test_model_config_from_dict_round_trips():
   d = dataclasses.asdict(config)
   d["eos_token_id"] = list(d["eos_token_id"])  # as json writes it
   assert artifacts.model_config_from_dict(d) == config
+
+
+# ------------------------------------------------------------------------------------------------ per-kind fields
+@pytest.mark.parametrize("kind,key,value", [
+    ("gold", "aggregation", "min"), ("gold", "lam", 3.0), ("process", "aggregation", "min"),
+    ("exact_match", "lam", 0.5), ("gold", "refinement", "clip"), ("gold", "eta", 0.9),
+    ("reward_model", "refinement", "delta"), ("reward_model", "eta", 0.1), ("bleuberi", "smoothing", "add1"),
+    ("reward_model", "smoothing", "none"), ("exact_match", "function", "m:f"), ("reward_model", "function", "m:f")])
+def test_fields_of_another_kind_are_refused(kind, key, value):
+  # A field the kind never reads would change nothing: refused naming the key, the kind and the kinds that read it.
+  base = {"reward_model": "stage:rm"} if kind in rewards.RM_KINDS else {}
+  base.update({"options": {"column": "answer"}} if kind == "exact_match" else {})
+  base.update({"options": {"column": "references"}} if kind == "bleuberi" else {})
+  rewards.RewardSourceSpec(kind=kind, **base).validate("config.rl.rewards[1]")  # valid without it
+  spec = rewards.RewardSourceSpec(kind=kind, **base, **{key: value})
+  with pytest.raises(ConfigError, match=rf"^config\.rl\.rewards\[1\]\.{key}: .* not used by kind '{kind}'"):
+    spec.validate("config.rl.rewards[1]")
+
+
+@pytest.mark.parametrize("kind,fields", [
+    ("reward_model", {"aggregation": "mean_minus_std", "lam": 0.5, "reward_model": "stage:rm"}),
+    ("process", {"refinement": "clip", "eta": 0.3}),
+    ("bleu", {"smoothing": "add1"}),
+    ("python", {"function": "math:fsum"})])
+def test_fields_of_their_own_kind_are_accepted(kind, fields):
+  rewards.RewardSourceSpec(kind=kind, **fields).validate("config.rl.rewards[0]")

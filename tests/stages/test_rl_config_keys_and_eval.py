@@ -106,3 +106,17 @@ def test_eval_metrics_mean_the_training_metrics(world, algorithm):
     sampled_t = scoring.response_logps(model.policy, *args, 0.6)[0].sum(1) - scoring.response_logps(
         model.reference_model(), *args, 0.6)[0].sum(1)
     assert abs(float(np.mean(sampled_t)) - kl_t1) > 1e-2  # the sampling temperature's KL would show
+
+
+def test_standardize_needs_the_worlds_reference_responses(tmp_path):
+  """Member standardization is taken over the train prompts' reference responses; prompt files have none, so it is
+  refused when the config is read (before, the stage crashed after loading the models)."""
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text('{"prompt": "1 + 1 ="}\n')
+  source = {"kind": "reward_model", "reward_model": "stage:rm", "aggregation": "min", "standardize": True}
+  with pytest.raises(ConfigError, match=r"^config\.rewards\[1\]\.standardize: needs the training prompts' reference "
+                                        r"responses.*'files'"):
+    from_config({"model": {"init_from": str(tmp_path)}, "prompts": {"source": "files", "paths": (str(prompts),)},
+                 "rewards": ({"kind": "length_penalty", "options": {"target": 4}}, source)}, rl.RLConfig,
+                path="config")
+  from_config({"rewards": (source,)}, rl.RLConfig)  # the world's prompts come with reference responses

@@ -1,6 +1,7 @@
 """The "self_rewarding" stage (CREAM, Wang et al. 2024, arXiv:2410.12735): the pair labelling and consistency
 rates on hand-made rewards, the step's loss against the preference stage's DPO / conservative-DPO loss on the same
-batch, config errors, and a tiny two-iteration run whose per-iteration resume gives the uninterrupted result."""
+batch, config errors, the consistency each pair carries into the training batches, LoRA iterations, and a tiny
+two-iteration run whose per-iteration resume gives the uninterrupted result."""
 
 import json
 import os
@@ -11,7 +12,9 @@ import pytest
 from flax import nnx
 
 from jaxrlhf.config import ConfigError, from_config
-from jaxrlhf.models import CausalLM, ModelConfig, save_pretrained
+from jaxrlhf.data import tokenize as tokenize_lib
+from jaxrlhf.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
+from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.stages import preference
 from jaxrlhf.stages import self_rewarding as sr
 from jaxrlhf.stages.inputs import make_world
@@ -105,9 +108,9 @@ def _models(tmp_path):
   return paths
 
 
-def _config(m0, m1, iterations, consistency="average"):
+def _config(m0, m1, iterations, consistency="average", lora=None):
   return from_config({
-      "seed": 1, "model": {"init_from": m1}, "reference": m0, "consistency": consistency,
+      "seed": 1, "model": {"init_from": m1, "lora": lora or {}}, "reference": m0, "consistency": consistency,
       "num_iterations": iterations, "num_prompts": 8, "num_samples": 3, "max_new_tokens": 6, "sample_batch_size": 8,
       "num_eval_prompts": 8, "num_devices": 1,
       "data": {"world": WORLD, "batch_size": 4, "max_length": 24, "shared_prompt": "off"},
@@ -116,15 +119,83 @@ def _config(m0, m1, iterations, consistency="average"):
                "async_checkpoints": False}}, sr.SelfRewardingConfig)
 
 
-def test_one_iteration_dynamic_consistency(tmp_path):
+def _pair_key(tokenizer, record):
+  """`scoring.row_key` of a record's row, from its texts (prompt + response + end token on each side)."""
+  prompt = tokenize_lib.encode_prompt(tokenizer, record.prompt)
+  chosen, rejected = (prompt + tokenize_lib.encode_response(tokenizer, r) for r in (record.chosen, record.rejected))
+  return np.asarray(chosen, np.int32).tobytes() + b"|" + np.asarray(rejected, np.int32).tobytes()
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "average"])
+def test_one_iteration_trains_each_pair_with_its_consistency(monkeypatch, tmp_path, mode):
+  """The C in the training batches: "dynamic" each prompt's own rate (the mean where tau is undefined), "average"
+  the mean rate on every pair. The prompts get known, distinct rates so that a pair carrying another pair's C, or
+  the mean in dynamic mode, fails."""
   m0, m1 = _models(tmp_path)
-  metrics = sr.run(_config(m0, m1, 1, "dynamic"), str(tmp_path / "run"), {})["metrics"]
+  label_pairs, train_iteration, train = sr.label_pairs, sr._train_iteration, sr.loop_lib.train
+  known, seen = {}, []
+
+  def with_known_rates(reward_BxN, previous_BxN, gold_BxN):
+    out = label_pairs(reward_BxN, previous_BxN, gold_BxN)
+    rates = 0.05 + 0.9 * (np.arange(reward_BxN.shape[0]) / reward_BxN.shape[0]) ** 2  # none equals their mean
+    rates[np.flatnonzero(out["keep"])[0]] = np.nan  # tau undefined for this prompt
+    known["rates"], known["keep"] = rates, out["keep"]
+    return dict(out, consistency=rates)
+
+  def spy_iteration(cfg, t, policy_path, records, consistency, context, workdir):
+    known["records"] = records
+    return train_iteration(cfg, t, policy_path, records, consistency, context, workdir)
+
+  def spy_train(*, data_iter, **kwargs):
+    seen.extend(next(data_iter) for _ in range(6))  # > 1 epoch of the <= 8 pairs in batches of 4
+    return train(data_iter=data_iter, **kwargs)
+
+  monkeypatch.setattr(sr, "label_pairs", with_known_rates)
+  monkeypatch.setattr(sr, "_train_iteration", spy_iteration)
+  monkeypatch.setattr(sr.loop_lib, "train", spy_train)
+  metrics = sr.run(_config(m0, m1, 1, mode), str(tmp_path / "run"), {})["metrics"]
   assert metrics["iter0/kl"] == pytest.approx(0.0, abs=1e-4)  # the start policy against itself
-  assert np.isfinite(metrics["iter1/gold"]) and np.isfinite(metrics["iter1/kl"]) and metrics["iter1/pairs"] > 0
-  # Per-prompt rates: their mean over the pairs is the reported (mean) rate.
-  assert metrics["iter1/consistency_applied"] == pytest.approx(metrics["iter1/consistency"], abs=1e-6)
+  assert np.isfinite(metrics["iter1/gold"]) and np.isfinite(metrics["iter1/kl"]) and metrics["iter1/pairs"] > 1
   with open(os.path.join(tmp_path, "run", "iter1", "iteration.json")) as f:
     assert json.load(f)["iter1/gold"] == metrics["gold"]
+
+  rates, keep = known["rates"], known["keep"]
+  mean = float(np.nanmean(rates[keep]))
+  assert metrics["iter1/consistency"] == pytest.approx(mean)
+  tokenizer = make_world(WORLD).tokenizer
+  want = {}
+  for r in known["records"]:
+    b = int(r.source.rsplit(":", 1)[1])  # "self_rewarding:iter1:<prompt>"
+    want[_pair_key(tokenizer, r)] = rates[b] if mode == "dynamic" and np.isfinite(rates[b]) else mean
+  got = {}
+  for batch in seen:
+    for i in np.flatnonzero(batch["weight"] > 0):
+      got[sr.scoring.row_key(batch, i)] = float(batch["consistency"][i])
+  assert set(got) == set(want)  # every pair was seen, and nothing else
+  for key, c in got.items():
+    assert c == pytest.approx(want[key], abs=1e-6)
+  assert len({round(c, 6) for c in want.values()}) == (len(want) if mode == "dynamic" else 1)
+
+
+def test_lora_iteration_trains_adapters_on_a_frozen_base(tmp_path):
+  """model.lora: the iteration's merged policy differs from pi_1 only in the targeted kernels, by a rank-r update,
+  and its adapters are saved apart."""
+  m0, m1 = _models(tmp_path)
+  lora = {"rank": 1, "alpha": 2.0, "targets": ("q", "v")}
+  out = sr.run(_config(m0, m1, 1, lora=lora), str(tmp_path / "run"), {})
+  assert sorted(os.listdir(tmp_path / "run" / "iter1" / "adapters")) == [lora_lib.ADAPTER_CONFIG,
+                                                                         lora_lib.ADAPTER_WEIGHTS]
+  before = nnx.to_pure_dict(nnx.state(from_pretrained(m1)[0], nnx.Param))
+  after = nnx.to_pure_dict(nnx.state(from_pretrained(out["model_dir"])[0], nnx.Param))
+  for name in before["layers"]:
+    delta = np.asarray(after["layers"][name], np.float64) - np.asarray(before["layers"][name], np.float64)
+    if name in ("q_kernel", "v_kernel"):
+      s = np.linalg.svd(delta[0].reshape(delta.shape[1], -1), compute_uv=False)
+      assert s[0] > 1e-6 and s[1] < 1e-4 * s[0], (name, s[:2])  # trained, rank 1
+    else:
+      np.testing.assert_array_equal(delta, 0.0, err_msg=name)
+  for name in ("embed", "final_norm_scale", "lm_head"):
+    np.testing.assert_array_equal(after[name], before[name])
 
 
 @pytest.mark.slow
@@ -137,7 +208,6 @@ def test_two_iterations_and_per_iteration_resume(tmp_path):
   assert metrics["iter0/kl"] == pytest.approx(0.0, abs=1e-4)  # the start policy against itself
   for t in (1, 2):
     assert 0.0 <= metrics[f"iter{t}/consistency"] <= 1.0 and 0.0 <= metrics[f"iter{t}/label_agreement"] <= 1.0
-    assert metrics[f"iter{t}/consistency_applied"] == pytest.approx(metrics[f"iter{t}/consistency"])
     assert metrics[f"iter{t}/pairs"] > 0
   assert metrics["gold"] == metrics["iter2/gold"] and os.path.exists(os.path.join(full["model_dir"], "config.json"))
   # Resume: one iteration, then two (iteration 1 is reused); then a kill after iteration 2's training.
