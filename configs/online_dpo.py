@@ -49,7 +49,7 @@ def get_config(arg=None):
   if smoke:
     online.loss.ref_update_every = 2  # the smoke run exercises the reference update
     pref = dict(data=dict(S.SMOKE_DATA, batch_size=online.prompts_per_step), loop=S.SMOKE_LOOP)
-  else:  # Sizes for a 3-seed sweep on a shared 2-core CPU: 150 SFT / reward-model steps, 60 updates of 16 pairs.
+  else:  # Sizes for a 5-seed sweep on a shared 2-core CPU: 150 SFT / reward-model steps, 60 updates of 16 pairs.
     for name in ("sft", "reward"):
       config[name].loop.update(num_steps=STEPS["sft"], checkpoint_every=STEPS["sft"], eval_every=0)
       config[name].optimizer.decay_steps = STEPS["sft"]

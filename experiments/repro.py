@@ -5,10 +5,14 @@ Layout of a saved reproduction (what `experiments.sweep` + `experiments.tables` 
 checkpoints to docs/reproductions/<paper>/):
     <paper>/results.csv          one row per swept setting: keys, seeds, "<metric> mean", "<metric> std"
     <paper>/results.md           the same table in markdown
+    <paper>/results_runs.csv     one row per run (per seed): its keys, commit and every metric
     <paper>/curves.json          (best-of-N papers) {stage/selector: {n, kl, gold_mean, gold_std, proxy_mean,
                                  proxy_std, seeds}} averaged over the sweep's seeds (`collect_curves`)
 
     python -m experiments.repro --paper ensembles --workdir runs/papers   # sweep + tables + copy to docs/
+
+A variant (`--variant ppo`) runs in its own directory, <workdir>/<paper>_<variant>, and is saved to
+docs/reproductions/<paper>/<variant>/: each variant is its own sweep, never resumed from or tabled with another's.
 """
 
 from __future__ import annotations
@@ -38,8 +42,17 @@ def _env() -> dict[str, str]:
   return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p))
 
 
-def run_sweep(paper: str, workdir: str, variant: str | None = None, workers: int = 1) -> str:
-  """Runs configs/papers/<paper>.py[:variant]'s sweep and its tables into workdir/<paper>; returns that dir.
+def output_dir(workdir: str, paper: str, variant: str | None = None) -> str:
+  """The command line's sweep directory for a paper: workdir/<paper>, or workdir/<paper>_<variant> for a variant (a
+  sweep's run names hold only its overrides: two variants in one directory would collide, and experiments.sweep
+  refuses the second)."""
+  return os.path.join(workdir, f"{paper}_{variant}" if variant else paper)
+
+
+def run_sweep(paper: str, workdir: str, variant: str | None = None, workers: int = 1, out: str | None = None) -> str:
+  """Runs configs/papers/<paper>.py[:variant]'s sweep and its tables into `out` (default workdir/<paper>, where
+  notebooks/reproductions.ipynb reads its smoke sweeps; the command line passes output_dir's per-variant directory);
+  returns that dir.
 
   Raises:
     ValueError: `paper` names no config in configs/papers/.
@@ -48,7 +61,7 @@ def run_sweep(paper: str, workdir: str, variant: str | None = None, workers: int
   if paper not in paper_names():
     raise ValueError(f"paper: {paper!r} is not a config in configs/papers/; valid: {', '.join(paper_names())}")
   spec = os.path.join("configs", "papers", f"{paper}.py") + (f":{variant}" if variant else "")
-  out = os.path.join(workdir, paper)
+  out = out or os.path.join(workdir, paper)
   for module, args in (("experiments.sweep", [f"--config={spec}", f"--workdir={out}", f"--workers={workers}"]),
                        ("experiments.tables", [f"--workdir={out}"])):
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=_env(), capture_output=True,
@@ -95,10 +108,17 @@ def collect_curves(sweep_dir: str) -> dict[str, dict[str, list[float]]]:
 
   Curves of runs that differ in swept keys other than `seed` are kept apart: the curve name is
   "<swept keys without seed>/<stage>/<selector>" ("<stage>/<selector>" when seed is the only key).
-  Returns {} (and writes nothing) when no run has a best_of_n stage with the gold reward (the world's).
+  Returns {} (and writes nothing) when no run has a best_of_n stage with the gold reward (the world's). With a
+  sweep_dir/sweep.json, only the runs it lists count (as in experiments.tables: not an earlier grid's).
   """
+  listed = None
+  if os.path.exists(os.path.join(sweep_dir, "sweep.json")):
+    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+      listed = {r["name"] for r in json.load(f).get("runs", [])}
   groups: dict[str, list[dict[str, Any]]] = {}
   for path in sorted(glob.glob(os.path.join(sweep_dir, "*", "*", "results.json"))):
+    if listed is not None and os.path.basename(os.path.dirname(os.path.dirname(path))) not in listed:
+      continue
     with open(path) as f:
       result = json.load(f)
     if "curves" not in result:
@@ -180,11 +200,12 @@ def headline_figure(curves: dict[str, dict[str, list[float]]], path: str, names:
 
 
 def save_to_docs(sweep_dir: str, paper: str, docs_dir: str = DOCS_DIR) -> str:
-  """Copies the sweep's small outputs (results.md/.csv, curves.json, plots/*.png) to docs_dir/<paper>/."""
+  """Copies the sweep's small outputs (results.md/.csv, the per-run results_runs.csv the docs cite, curves.json,
+  plots/*.png) to docs_dir/<paper>/ (`paper` may be "<paper>/<variant>")."""
   import shutil  # pylint: disable=g-import-not-at-top
   dest = os.path.join(docs_dir, paper)
   os.makedirs(dest, exist_ok=True)
-  for name in ("results.md", "results.csv", "curves.json"):
+  for name in ("results.md", "results.csv", "results_runs.csv", "curves.json"):
     if os.path.exists(os.path.join(sweep_dir, name)):
       shutil.copy(os.path.join(sweep_dir, name), dest)
   for png in glob.glob(os.path.join(sweep_dir, "plots", "*.png")):
@@ -202,9 +223,10 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--workers", type=int, default=1)
   parser.add_argument("--no-docs", action="store_true", help="do not copy the results into docs/reproductions/")
   args = parser.parse_args(argv)
-  out = run_sweep(args.paper, args.workdir, args.variant, args.workers)
+  out = run_sweep(args.paper, args.workdir, args.variant, args.workers, out=output_dir(args.workdir, args.paper,
+                                                                                       args.variant))
   if not args.no_docs:
-    print(f"saved to {save_to_docs(out, args.paper)}")
+    print(f"saved to {save_to_docs(out, os.path.join(args.paper, args.variant) if args.variant else args.paper)}")
   with open(os.path.join(out, "results.md")) as f:
     print(f.read(), end="")
 

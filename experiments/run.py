@@ -13,16 +13,23 @@ Stage kinds come from the literal table jaxrlhf.stages.kinds.KINDS; `--extra_kin
 table (a dict of name -> jaxrlhf.stages.kinds.StageKind, e.g. a research prototype's stage). Each stage runs in
 DIR/<stage>; a finished stage
 writes DIR/<stage>/DONE.json with its outputs and is skipped on re-run, so a failing stage leaves the
-earlier ones intact. DIR/results.json collects the outputs when all stages are done, with their provenance (the
-code commit, whether the checkout was dirty, a hash of the expanded config); a failure writes its
-traceback to DIR/error.txt.
+earlier ones intact. DONE.json also records what produced the outputs: a hash of the stage's expanded config and of
+the earlier stages' hashes (its inputs), the expanded config itself, and the code commit (and whether the checkout was
+dirty). A re-run whose config for a finished stage differs is refused (a config error, exit 2, naming the stage and
+the changed keys): finished outputs are never passed off as another config's. The same config at another commit is
+skipped with a warning (a resume after a code change), and DIR/results.json, which collects the outputs when all
+stages are done with their provenance (the code commit, whether the checkout was dirty, a hash of the expanded config),
+lists every stage's own commit (`provenance.stages`), so experiments.tables sees a run built by several commits.
+Stages finished by older code (DONE.json without a hash) are skipped with a warning. A failure writes its traceback
+to DIR/error.txt.
 
 One run per workdir: process 0 holds DIR/.jaxrlhf.lock while it runs (jaxrlhf.train.workdir_lock); a second
 `experiments.run` on the same DIR fails at once naming the holder, and a lock left by a dead process on this host
 is taken over. `--fresh` clears DIR (every stage, checkpoint and result) before running. A failure's traceback goes
 to DIR/error.txt and DIR/<stage>/error.txt; known failures (config, data file, model file, checkpoint, non-finite
 loss, lock) print one line naming the stage and the error, whose message carries the remedy, and exit 1 (a lock
-held by another run exits 3, a config error 2). Guarantees: docs/reliability.md.
+held by another run exits 3, a config error 2, a finished stage whose config changed 2, a bad `--config.a.b`
+value 2). Guarantees: docs/reliability.md.
 
 Multi-process runs (one process per host or per GPU, see docs/multihost.md): `main` calls
 `jax.distributed.initialize` once, after validating the config and before any JAX computation, with the
@@ -76,6 +83,7 @@ KNOWN_ERRORS = (config_lib.ConfigError, DataFileError, ModelFileError, Checkpoin
 # Top-level keys of a config that belong to no stage.
 RESERVED_KEYS = ("kind", "stages", "tables", "plots")
 DONE_FILE = "DONE.json"
+DONE_RECORD = "_provenance"  # DONE.json's key for what made the stage (check_finished); not an output, never passed on.
 
 
 class PlannedStage(NamedTuple):
@@ -158,16 +166,20 @@ def show(stages: list[PlannedStage]) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, StageKind] = KINDS
         ) -> dict[str, Any]:
-  """Validates every stage, then runs the unfinished ones in order; returns {stage: outputs}."""
+  """Validates every stage and checks the finished ones against this config (ConfigError, before any compute, if a
+  finished stage's config changed), then runs the unfinished ones in order; returns {stage: outputs}."""
   stages = plan(config, kinds)
   os.makedirs(workdir, exist_ok=True)
+  version = code_version()
+  finished = check_finished(stages, workdir, version)
   outputs: dict[str, dict[str, Any]] = {}
+  records: dict[str, dict[str, Any]] = {}  # Per stage: what produced it (commit, dirty, config hash).
   for name, kind, stage_config in stages:
     stage_dir = workdir if name == "main" else os.path.join(workdir, name)
     done = os.path.join(stage_dir, DONE_FILE)
-    if os.path.exists(done):
-      with open(done) as f:
-        outputs[name] = json.load(f)
+    if name in finished.outputs:
+      outputs[name] = finished.outputs[name]
+      records[name] = finished.records[name]
       print(f"[run] stage {name!r} already finished; skipping", flush=True)
       continue
     print(f"[run] stage {name!r} ({kind.name}) -> {stage_dir}", flush=True)
@@ -177,8 +189,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, Sta
       e.jaxrlhf_stage = (name, stage_dir)  # For the command line's one-line report and the stage's error.txt.
       raise
     outputs[name] = json.loads(json.dumps(result))  # JSON-able by contract; fail here, not on re-read.
+    record = finished.records[name]
+    records[name] = record
     if distributed.is_primary():
-      _write_json(done, outputs[name])
+      _write_json(done, {**outputs[name], DONE_RECORD: record})
     distributed.barrier(f"run:stage:{name}")
   metrics = {}
   for name, out in outputs.items():
@@ -186,7 +200,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, Sta
       metrics[k if name == "main" else f"{name}/{k}"] = v
   if distributed.is_primary():
     _write_json(os.path.join(workdir, "results.json"),
-                {"status": "done", "metrics": metrics, "stages": outputs, "provenance": provenance(stages)})
+                {"status": "done", "metrics": metrics, "stages": outputs,
+                 "provenance": provenance(stages, version, records)})
     table = summary.write_summary(workdir, [(name, kind.name, cfg) for name, kind, cfg in stages], outputs)
     if table:
       print(f"[run] summary ({os.path.join(workdir, 'summary.md')}):\n{table}", flush=True)
@@ -194,10 +209,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, Sta
   return outputs
 
 
-def provenance(stages: list[PlannedStage]) -> dict[str, Any]:
-  """What produced a run's results: the code commit (`git rev-parse HEAD` of this checkout, else the
-  JAXRLHF_COMMIT environment variable, else "unknown"), whether tracked files differed from it (`dirty`; None when
-  unknown), and a hash of every stage's expanded, validated config (same hash = same experiment)."""
+class CodeVersion(NamedTuple):
+  """The code a stage ran with: the commit (`git rev-parse HEAD` of this checkout, else the JAXRLHF_COMMIT
+  environment variable, else "unknown") and whether tracked files differed from it (None when unknown)."""
+  commit: str
+  dirty: bool | None
+
+  def label(self) -> str:
+    return self.commit + (" (dirty)" if self.dirty else " (clean)" if self.dirty is False else "")
+
+
+def code_version() -> CodeVersion:
+  """This checkout's CodeVersion."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def git(*args: str) -> str | None:
@@ -209,10 +232,113 @@ def provenance(stages: list[PlannedStage]) -> dict[str, Any]:
 
   commit = git("rev-parse", "HEAD")
   status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+  return CodeVersion(commit or os.environ.get("JAXRLHF_COMMIT", "unknown"), None if status is None else bool(status))
+
+
+def _digest(obj: Any) -> str:
+  return hashlib.sha256(json.dumps(obj).encode()).hexdigest()[:16]
+
+
+def stage_record(stage: PlannedStage, inputs: Mapping[str, str | None], version: CodeVersion) -> dict[str, Any]:
+  """What a finished stage's DONE.json records about its making: its kind and expanded config (every key, as repr),
+  the config hashes of the earlier stages (its inputs: a stage is handed every earlier stage's outputs), a hash of
+  those three (`config_hash`), and the code version."""
+  config = {key: repr(value) for key, value in config_lib.flatten(stage.config)}
+  inputs = dict(inputs)
+  return {"config_hash": _digest([stage.kind.name, list(config.items()), list(inputs.items())]),
+          "commit": version.commit, "dirty": version.dirty, "kind": stage.kind.name, "inputs": inputs,
+          "config": config}
+
+
+class Finished(NamedTuple):
+  """check_finished's answer: the finished stages' outputs, and every stage's record (the recorded one for a
+  finished stage, a new one for a stage still to run)."""
+  outputs: dict[str, dict[str, Any]]
+  records: dict[str, dict[str, Any]]
+
+
+def check_finished(stages: list[PlannedStage], workdir: str, version: CodeVersion) -> Finished:
+  """Reads every finished stage's DONE.json and checks that it was made by this config.
+
+  A finished stage is reused when its recorded config hash equals this run's (a warning when another code version
+  made it), or when the configs differ only in keys that one code version has and the other lacks (a field added or
+  removed by a code change: a warning naming them). DONE.json from older code (no record) is reused with a warning.
+
+  Raises:
+    ConfigError: a finished stage's kind, a key of its expanded config, or its earlier stages differ from this run's;
+      names the stage, its DONE.json and the changes, and says how to go on (the old config, --fresh, another workdir).
+  """
+  outputs: dict[str, dict[str, Any]] = {}
+  records: dict[str, dict[str, Any]] = {}
+  identity: dict[str, str | None] = {}  # Stage -> the config hash later stages record as their input.
+  for stage in stages:
+    current = stage_record(stage, identity, version)
+    stage_dir = workdir if stage.name == "main" else os.path.join(workdir, stage.name)
+    done = os.path.join(stage_dir, DONE_FILE)
+    if not os.path.exists(done):
+      records[stage.name], identity[stage.name] = current, current["config_hash"]
+      continue
+    with open(done) as f:
+      stored = json.load(f)
+    recorded = stored.pop(DONE_RECORD, None)
+    outputs[stage.name] = stored
+    if recorded is None:
+      print(f"[run] WARNING: stage {stage.name!r} was finished by older code ({done} records no config hash): its "
+            "config cannot be checked against this run's; reusing it", flush=True)
+      records[stage.name] = {"config_hash": None, "commit": "unknown", "dirty": None}
+      identity[stage.name] = None
+      continue
+    _compare(stage.name, done, recorded, current)
+    records[stage.name], identity[stage.name] = recorded, recorded["config_hash"]
+    then = CodeVersion(recorded.get("commit", "unknown"), recorded.get("dirty"))
+    if then != version:
+      print(f"[run] WARNING: stage {stage.name!r} was finished at commit {then.label()}, this run is at "
+            f"{version.label()}; reusing it (same config; results.json lists each stage's commit)", flush=True)
+  return Finished(outputs, records)
+
+
+def _compare(name: str, done: str, recorded: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+  """ConfigError unless the finished stage `name` (record `recorded`, from `done`) matches this run's `current`."""
+  if recorded.get("config_hash") == current["config_hash"]:
+    return
+  prefix = "config." if name == "main" else f"config.{name}."
+  changes = []
+  if recorded.get("kind") != current["kind"]:
+    changes.append(f"{prefix}kind: {recorded.get('kind')!r} -> {current['kind']!r}")
+  old, new = recorded.get("config") or {}, current["config"]
+  changes += [f"{prefix}{key}: {old[key]} -> {value}" for key, value in new.items() if key in old and old[key] != value]
+  old_inputs, new_inputs = recorded.get("inputs") or {}, current["inputs"]
+  for stage in dict.fromkeys([*old_inputs, *new_inputs]):
+    if stage not in new_inputs:
+      changes.append(f"earlier stage {stage!r} is no longer in the chain")
+    elif stage not in old_inputs:
+      changes.append(f"earlier stage {stage!r} is new in the chain")
+    elif old_inputs[stage] != new_inputs[stage]:
+      changes.append(f"earlier stage {stage!r} ran under another config since")
+  if not changes:  # Only keys one code version has and the other lacks: the same settings, as far as both know.
+    added = [key for key in new if key not in old]
+    removed = [key for key in old if key not in new]
+    print(f"[run] WARNING: stage {name!r} was finished by code with other config keys (new here: "
+          f"{', '.join(added) or 'none'}; gone here: {', '.join(removed) or 'none'}); every key both have is "
+          "unchanged; reusing it", flush=True)
+    return
+  shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+  raise config_lib.ConfigError(
+      f"stage {name!r} already finished under another config ({done}): {shown}. Its outputs belong to that config: "
+      "re-run with the config it finished under, or pass --fresh (or use another --workdir) to run this one")
+
+
+def provenance(stages: list[PlannedStage], version: CodeVersion | None = None,
+               records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+  """What produced a run's results: the code version that wrote them (`commit`, `dirty`, see CodeVersion), a hash of
+  every stage's expanded, validated config (same hash = same experiment), and, with `records`, each stage's own
+  commit, dirty flag and config hash (`stages`; a stage finished earlier may come from another commit)."""
+  version = version or code_version()
   expanded = [[s.name, s.kind.name, [[k, repr(v)] for k, v in config_lib.flatten(s.config)]] for s in stages]
-  return {"commit": commit or os.environ.get("JAXRLHF_COMMIT", "unknown"),
-          "dirty": None if status is None else bool(status),
-          "config_hash": hashlib.sha256(json.dumps(expanded).encode()).hexdigest()[:16]}
+  out = {"commit": version.commit, "dirty": version.dirty, "config_hash": _digest(expanded)}
+  if records is not None:
+    out["stages"] = {name: {k: records[name].get(k) for k in ("commit", "dirty", "config_hash")} for name in records}
+  return out
 
 
 def init_distributed(stages: list[PlannedStage]) -> bool:
@@ -324,7 +450,8 @@ def main(argv: list[str]) -> None:
 
 def run_and_report(config: ml_collections.ConfigDict, workdir: str, kinds: Mapping[str, StageKind]) -> None:
   """`run`, writing a failure's traceback to DIR/error.txt (sweeps read it) and to the failed stage's error.txt;
-  a known error (KNOWN_ERRORS) then prints one line and exits 1, anything else re-raises with its traceback."""
+  a known error (KNOWN_ERRORS) then prints one line and exits 1 (2 for a ConfigError raised before any stage ran: a
+  finished stage whose config changed), anything else re-raises with its traceback."""
   error_file = _error_file(workdir)
   try:
     run(config, workdir, kinds)
@@ -338,6 +465,9 @@ def run_and_report(config: ml_collections.ConfigDict, workdir: str, kinds: Mappi
         f.write(text)
     if not isinstance(e, KNOWN_ERRORS):
       raise
+    if isinstance(e, config_lib.ConfigError) and not stage:  # The config against the workdir, before any stage ran.
+      print(f"config error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
     where = f"stage {stage!r}" if stage else "run"
     print(f"[run] {where} failed: {type(e).__name__}: {e}\n[run] traceback: {files[-1]}", file=sys.stderr,
           flush=True)
@@ -374,7 +504,27 @@ def cli() -> None:
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, except that a `--config.a.b=value` absl cannot read (`beta=abc` for a float) is a config
+  error naming the key (exit 2) instead of absl's "FATAL Flags parsing error" (exit 1). Other flags keep absl's
+  message and exit code."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+    # absl names the flag as typed: "flag --config.a.b=abc: <why>" or "Missing value for flag --config.a.b".
+    key = next((arg[2:].split("=", 1)[0] for arg in argv[1:] if arg.startswith("--config.")
+                and (f"flag {arg}:" in message or message.endswith(f"flag {arg}"))), None)
+    if key is None:
+      print(f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.",
+            file=sys.stderr, flush=True)
+      sys.exit(1)
+    why = message.split(": ", 1)[1] if message.startswith("flag ") and ": " in message else message
+    print(f"config error: {key}: cannot read the value given ({why})", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

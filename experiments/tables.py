@@ -3,8 +3,11 @@
 Reads every finished run's DIR/<run>/results.json ("metrics") and overrides.json, groups runs by all swept
 keys except `seed`, and writes mean ± std over seeds (sample std, ddof=1; 0 for a single seed) as
 DIR/results.md (also printed) and DIR/results.csv, and every run's own values (one row per run, e.g. per seed) as
-DIR/results_runs.csv. Runs from different code commits (results.json "provenance") are not pooled unless
---allow_mixed_commits is given; results.md ends with the commit(s) the numbers came from. The config (from --config
+DIR/results_runs.csv. When DIR/sweep.json exists only the runs it lists are read (the last sweep's grid; other run
+directories, e.g. of an earlier grid, are ignored and counted on stderr). Runs from different code commits
+(results.json "provenance", each stage's commit included: a run resumed after a code change counts as mixed) are not
+pooled unless --allow_mixed_commits is given; results.md ends with the commit(s) the numbers came from. Runs of one
+row whose configs differ (status.json "config_hash", from experiments.sweep) are never pooled. The config (from --config
 or DIR/sweep.json) may ask for
   config.tables.metrics = ("eval/loss", ...)      which metric columns (default: all)
   config.plots = [ConfigDict(name=, x=, y=, group_by=)]   one PNG per entry in DIR/plots/<name>.png:
@@ -31,14 +34,25 @@ SEED_KEY = "seed"
 
 
 def load_runs(workdir: str) -> list[dict[str, Any]]:
-  """[{name, overrides, metrics}] for every sub-directory with a finished results.json, sorted by name."""
+  """[{name, overrides, metrics, commit, dirty, versions, config_hash}] for every finished run, sorted by name: the
+  runs DIR/sweep.json lists when it exists (the others are counted on stderr), else every sub-directory with a
+  results.json. `versions` maps each code version ("<commit> (clean|dirty)") the run's stages came from to the
+  stages (results.json provenance.stages; the run's own commit for results from older code)."""
+  names = sorted(name for name in os.listdir(workdir) if os.path.exists(os.path.join(workdir, name, "results.json")))
+  sweep_json = os.path.join(workdir, "sweep.json")
+  if os.path.exists(sweep_json):
+    with open(sweep_json) as f:
+      listed = {r["name"] for r in json.load(f).get("runs", [])}
+    ignored = [name for name in names if name not in listed]
+    if ignored:
+      print(f"[tables] {len(ignored)} run director{'y' if len(ignored) == 1 else 'ies'} not in {sweep_json} ignored "
+            f"(not the last sweep's grid): {', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}",
+            file=sys.stderr, flush=True)
+    names = [name for name in names if name in listed]
   runs = []
-  for name in sorted(os.listdir(workdir)):
+  for name in names:
     run_dir = os.path.join(workdir, name)
-    results_path = os.path.join(run_dir, "results.json")
-    if not os.path.isdir(run_dir) or not os.path.exists(results_path):
-      continue
-    with open(results_path) as f:
+    with open(os.path.join(run_dir, "results.json")) as f:
       results = json.load(f)
     if results.get("status") != "done":
       continue
@@ -46,19 +60,39 @@ def load_runs(workdir: str) -> list[dict[str, Any]]:
     if os.path.exists(os.path.join(run_dir, "overrides.json")):
       with open(os.path.join(run_dir, "overrides.json")) as f:
         overrides = json.load(f)
+    status = {}
+    if os.path.exists(os.path.join(run_dir, "status.json")):
+      with open(os.path.join(run_dir, "status.json")) as f:
+        status = json.load(f)
     prov = results.get("provenance") or {}
-    runs.append({"name": name, "overrides": overrides, "metrics": results.get("metrics", {}),
-                 "commit": prov.get("commit", "unknown"), "dirty": prov.get("dirty")})
+    stages = prov.get("stages") or {"": {"commit": prov.get("commit", "unknown"), "dirty": prov.get("dirty")}}
+    made_by = {stage: (record.get("commit") or "unknown", record.get("dirty")) for stage, record in stages.items()}
+    versions: dict[str, list[str]] = {}
+    for stage, (commit, dirty) in made_by.items():
+      versions.setdefault(_label(commit, dirty), []).append(stage)
+    # One version: the stages' own (a run resumed after a code change without re-running anything is that code's).
+    commit, dirty = next(iter(made_by.values())) if len(versions) == 1 else ("+".join(sorted(versions)), None)
+    runs.append({"name": name, "overrides": overrides, "metrics": results.get("metrics", {}), "commit": commit,
+                 "dirty": dirty, "versions": versions, "config_hash": status.get("config_hash")})
   return runs
+
+
+def _label(commit: str, dirty: bool | None) -> str:
+  return commit + (" (dirty)" if dirty else " (clean)" if dirty is False else "")
 
 
 def check_commits(runs: list[dict[str, Any]], allow_mixed: bool = False) -> str:
   """The provenance line of a table ("code commit: <sha> (clean)"); ValueError when the runs come from several
-  commits (or a dirty checkout among others) and `allow_mixed` is False, naming the runs of each commit."""
+  commits (or a dirty checkout among others), counting each stage of a run (a run whose stages were made by two
+  commits is mixed on its own) and `allow_mixed` is False, naming the runs (and stages) of each commit."""
   by_commit: dict[str, list[str]] = {}
   for r in runs:
-    label = r["commit"] + (" (dirty)" if r["dirty"] else " (clean)" if r["dirty"] is False else "")
-    by_commit.setdefault(label, []).append(r["name"])
+    versions = r.get("versions") or {}
+    if len(versions) <= 1:  # The run's own commit (as callers may set it).
+      versions = {_label(r["commit"], r["dirty"]): [""]}
+    for label, stages in versions.items():
+      shown = r["name"] if len(versions) == 1 else f"{r['name']} (stages {', '.join(stages)})"
+      by_commit.setdefault(label, []).append(shown)
   if len(by_commit) > 1 and not allow_mixed:
     listing = "; ".join(f"{c}: {', '.join(names)}" for c, names in sorted(by_commit.items()))
     raise ValueError(f"--workdir: runs come from {len(by_commit)} code versions ({listing}); re-run them at one "
@@ -79,7 +113,7 @@ def write_runs_csv(path: str, runs: list[dict[str, Any]], metrics: list[str]) ->
 
 
 def group(runs: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-  """Groups runs by every swept key except seed.
+  """Groups runs by every swept key except seed; ValueError when one group's runs record different config hashes.
 
   Returns:
     (group keys, rows) where each row is {"key": {k: v}, "n": seeds, "mean": {m: float}, "std": {m: float}}.
@@ -91,6 +125,15 @@ def group(runs: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str], li
     buckets.setdefault(key, []).append(r)
   rows = []
   for key, members in buckets.items():
+    hashes: dict[str, list[str]] = {}
+    for r in members:
+      if r.get("config_hash"):  # Runs from older code record none: nothing to compare.
+        hashes.setdefault(r["config_hash"], []).append(r["name"])
+    if len(hashes) > 1:  # Same overrides, different configs (another variant or an edited file): not one setting.
+      raise ValueError(f"--workdir: runs with the same swept keys {dict(zip(keys, json.loads(key)))} come from "
+                       f"{len(hashes)} configs (status.json config_hash: "
+                       + "; ".join(f"{h}: {', '.join(names)}" for h, names in sorted(hashes.items()))
+                       + "); table each config's sweep from its own workdir")
     row = {"key": dict(zip(keys, json.loads(key))), "n": len(members), "mean": {}, "std": {}}
     for m in metrics:
       values = np.asarray([r["metrics"][m] for r in members if m in r["metrics"]], np.float64)

@@ -280,10 +280,31 @@ def load_config_module(path: str) -> types.ModuleType:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path[:arg]` and returns its locked ConfigDict (get_config(arg), or get_config() without arg)."""
+  """Loads `path[:arg]` and returns its locked ConfigDict (get_config(arg), or get_config() without arg).
+
+  Raises:
+    ConfigError: the file is missing or defines no get_config, or get_config refused the variant `arg` (a ValueError
+      naming it, or an `arg` outside the module's VARIANTS); the message names the file, the variant and, where the
+      module lists them in `VARIANTS`, the valid variants.
+  """
   path, arg = split_config_arg(spec)
   module = load_config_module(path)
-  config = module.get_config(arg) if arg is not None else _call_get_config(module)
+  if arg is None:
+    config = _call_get_config(module)
+  else:
+    try:
+      config = module.get_config(arg)
+    except ConfigError:
+      raise
+    except ValueError as e:
+      variants = getattr(module, "VARIANTS", None)
+      known = isinstance(variants, (tuple, list)) and all(isinstance(v, str) for v in variants)
+      # Only a refusal of the variant becomes a config error; any other ValueError is a bug in the config file and
+      # keeps its traceback.
+      if not ((known and arg not in variants) or repr(arg) in str(e)):
+        raise
+      valid = f"; valid variants: {', '.join(variants)}" if known else ""
+      raise ConfigError(f"--config: {path!r} has no variant {arg!r}{valid} (get_config said: {e})") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"--config: {path}.get_config must return a ConfigDict, got {type(config).__name__}")
   config.lock()

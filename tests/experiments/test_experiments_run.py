@@ -202,13 +202,18 @@ def test_a_second_run_on_a_held_workdir_fails_naming_the_holder_and_a_dead_holde
                            cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 120
-    while not (workdir / ".jaxrlhf.lock").exists():
+    lock = workdir / ".jaxrlhf.lock"
+    while not (lock.exists() and f'"pid": {first.pid},' in lock.read_text()):  # Created, and its holder written.
       assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
       time.sleep(0.1)
+    lock_before = lock.read_bytes()
     second = _run_cli(*args)
     assert second.returncode == 3, second.stderr[-2000:]
     assert f"pid {first.pid}" in second.stderr and ".jaxrlhf.lock" in second.stderr
-    assert not (workdir / "metrics.jsonl").exists() or first.poll() is None
+    # The refused run wrote nothing: it started no stage, left no error file, and the lock is still the first's.
+    assert "[run] stage" not in second.stdout and first.poll() is None
+    assert not (workdir / "error.txt").exists()
+    assert lock.read_bytes() == lock_before
     os.kill(first.pid, signal.SIGKILL)
   finally:
     first.wait()
