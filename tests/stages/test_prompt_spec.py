@@ -25,9 +25,11 @@ def test_config_errors_name_the_key(tmp_path):
     _spec(source="files")
   with pytest.raises(ConfigError, match=r"paths\[0\]: file not found"):
     _spec(source="files", paths=(str(tmp_path / "missing.jsonl"),))
-  with pytest.raises(ConfigError, match=r"columns.answer: unknown for format 'prompts'; valid keys: messages, prompt"):
+  with pytest.raises(ConfigError, match=r"columns.answer: unknown for config.format='prompts'; valid keys: messages, "
+                                        r"prompt$"):
     _spec(source="files", paths=(path,), columns={"answer": "a"})
-  with pytest.raises(ConfigError, match=r"columns.prompt: unknown for format 'hh'; valid keys: chosen, rejected"):
+  with pytest.raises(ConfigError, match=r"columns.prompt: unknown for config.format='hh'; valid keys: chosen, rejected, "
+                                        r"subset$"):
     _spec(source="files", paths=(path,), format="hh", columns={"prompt": "q"})
   with pytest.raises(ConfigError, match=r"keep_columns: only the 'prompts' format"):
     _spec(source="files", paths=(path,), format="hh", keep_columns=("subset",))
