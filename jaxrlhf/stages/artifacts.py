@@ -10,9 +10,10 @@ process 0 writes; every process returns after the files exist.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.serialization
 import jax
@@ -255,3 +256,10 @@ def shared_backbone_model(rm: Any) -> Any:
   nnx.replace_by_pure_dict(state, {"backbone": jax.tree.map(lambda x: x[0], pure["backbone"]),
                                    "head": jax.tree.map(lambda x: x[:, 0], pure["head"])})
   return nnx.merge(graphdef, state)
+
+
+def records_digest(records: Sequence[Any]) -> str:
+  """A sha256 of the records' texts (prompt, chosen, rejected), in order: which records a feature cache's row
+  indices refer to. Texts only: attribute noise or margins, which the features do not read, leave it unchanged."""
+  rows = [[r.prompt, r.chosen, r.rejected] for r in records]
+  return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()

@@ -44,9 +44,9 @@ from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.losses import pal as pal_losses
 from jaxrlhf.models import pal as pal_model
 from jaxrlhf.parallel import distributed
+from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import common
 from jaxrlhf.stages import inputs as inputs_lib
-from jaxrlhf.stages import reward_heads
 from jaxrlhf.train import optim
 
 
@@ -125,7 +125,7 @@ def pair_features(cfg: PALConfig, inputs: dict, records: Sequence[Any], num_trai
   `num_train` the training pairs, default all).
 
   Raises (features="cache"): ValueError when the cache's rows are not these records: its `records_sha256` differs
-  (`reward_heads.records_digest`), or, for an older cache without it, an index out of range."""
+  (`artifacts.records_digest`), or, for an older cache without it, an index out of range."""
   n = len(records)
   num_train = n if num_train is None else num_train
   if cfg.features == "attributes":
@@ -144,7 +144,7 @@ def pair_features(cfg: PALConfig, inputs: dict, records: Sequence[Any], num_trai
     warnings.warn(f"config.features_from: {path} does not record which records it holds (a cache from before "
                   "records_sha256); cannot check that config.data is the reward_heads stage's data section",
                   stacklevel=2)
-  elif cached_digest != reward_heads.records_digest(records):
+  elif cached_digest != artifacts.records_digest(records):
     raise ValueError(f"config.features_from: {path} holds the features of other records than config.data gives "
                      f"(cache: {index.size} scored rows, num_train={cached_train}; config.data: {n} records, "
                      f"num_train={num_train}): its rows would pair these pairs with other pairs' features; use the "

@@ -22,7 +22,7 @@ reward stage); their steps are vmapped (each member's own gradient normalization
 The loss is `losses.reward.bradley_terry_loss` with the reward stage's margin / label-smoothing / centering options.
 
 The cache also records which records its rows are: `num_train` (rows with index < num_train are training pairs)
-and `records_sha256` (`records_digest` of the train + held-out records, in order), so a stage that reads the rows by
+and `records_sha256` (`artifacts.records_digest` of the train + held-out records, in order), so a stage that reads the rows by
 index (pal, features="cache") can check that its own data section gives the same records.
 
 Saved result (`rm_dir`): a normal jaxrlhf reward model, a RewardEnsemble of K members that all hold the frozen
@@ -168,13 +168,6 @@ def compute_features(model_config: Any, backbone: Mapping[str, Any], plan: input
   return chosen_NxD[order], rejected_NxD[order], plan.index[order]
 
 
-def records_digest(records: Sequence[Any]) -> str:
-  """A sha256 of the records' texts (prompt, chosen, rejected), in order: which records a feature cache's row
-  indices refer to. Texts only: attribute noise or margins, which the features do not read, leave it unchanged."""
-  rows = [[r.prompt, r.chosen, r.rejected] for r in records]
-  return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def load_features(path: str, key: str) -> dict | None:
   """The cached features at `path` if its key is `key`, else None."""
   if not path or not os.path.exists(path):
@@ -212,7 +205,7 @@ def cached_features(cfg: RewardHeadsConfig, workdir: str, inputs: Mapping[str, A
   key = features_key(model_config, params_digest(backbone), plan.report["tokens_sha256"])
   report = {**plan.report, "shared_prompt": layout, "key": key}
   own = os.path.join(workdir, FEATURES_FILE)
-  digest = records_digest(records)
+  digest = artifacts.records_digest(records)
   candidates = ([common.resolve_path(cfg.features_from, inputs, "features")] if cfg.features_from else []) + [own]
   for path in candidates:
     cached = load_features(path, key)

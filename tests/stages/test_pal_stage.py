@@ -10,9 +10,9 @@ import pytest
 
 from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.parallel import distributed
+from jaxrlhf.stages import artifacts
 from jaxrlhf.stages import inputs as inputs_lib
 from jaxrlhf.stages import pal
-from jaxrlhf.stages import reward_heads
 
 USERS = (("a", (2.0, 0.0, 0.0, 0.0, 1.0)), ("b", (0.0, 3.0, 0.0, 0.0, -1.5)), ("c", (0.0, 0.0, 3.0, 2.0, 0.0)),
          ("d", (1.0, 1.5, 0.0, 0.0, -0.25)))
@@ -81,7 +81,7 @@ def _cache(path, records, num_train, index):
   chosen = np.ones((len(index), 2), np.float32)
   np.savez(path, key=np.asarray("k"), chosen=chosen, rejected=-chosen, index=np.asarray(index),
            seconds=np.asarray(0.0), num_train=np.asarray(num_train),
-           records_sha256=np.asarray(reward_heads.records_digest(records)))
+           records_sha256=np.asarray(artifacts.records_digest(records)))
 
 
 def test_cache_of_other_records_is_refused(tmp_path, recwarn):

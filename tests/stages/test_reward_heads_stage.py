@@ -222,9 +222,9 @@ def test_feature_cache_records_its_records(assets, trained):
   records = inputs.read_files(_cfg(assets).data)
   with np.load(out["features"]) as f:
     assert int(f["num_train"]) == len(records[0]) == 18
-    assert str(f["records_sha256"]) == reward_heads.records_digest(records[0] + records[1])
+    assert str(f["records_sha256"]) == artifacts.records_digest(records[0] + records[1])
   # Another order (or other records) is another digest: the rows would index other pairs.
-  assert reward_heads.records_digest(records[1] + records[0]) != reward_heads.records_digest(records[0] + records[1])
+  assert artifacts.records_digest(records[1] + records[0]) != artifacts.records_digest(records[0] + records[1])
   # An older cache without those fields is reused and rewritten with them (its features unchanged).
   workdir = assets["root"] / "old_cache"
   os.makedirs(workdir)
