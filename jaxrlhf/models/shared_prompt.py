@@ -76,7 +76,9 @@ def shared_prompt_layout(prompt_length_B: Array, chosen_length_B: Array, rejecte
       chosen_targets=(segment_ids == CHOSEN) & predictable,
       rejected_targets=(segment_ids == REJECTED) & predictable,
       chosen_last=jnp.maximum(C[:, 0] - 1, 0),
-      rejected_last=jnp.maximum(E[:, 0] - 1, 0))
+      # An empty rejected response is read at the prompt's last token, as its own row would be (E - 1 would be the
+      # chosen response's last token); an empty chosen one already is (C - 1 = P - 1).
+      rejected_last=jnp.maximum(jnp.where(E[:, 0] > C[:, 0], E[:, 0], P[:, 0]) - 1, 0))
 
 
 def shared_prompt_hidden(backbone: Any, input_ids_BxT: Array, layout: SharedPromptLayout) -> Array:

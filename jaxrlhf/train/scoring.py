@@ -476,7 +476,8 @@ def tokens_read(batch: dict) -> jax.Array:
 def nonempty_rows(batch: dict) -> np.ndarray:
   """(B,) bool (numpy): rows holding a pair (False on the filler rows of a final partial batch)."""
   if is_shared_prompt(batch):
-    return np.asarray(batch["chosen_length"]) > 0
+    # Any token makes a pair (a pair with an empty chosen response is still one, as in the two-row layout).
+    return sum(np.asarray(batch[f"{k}_length"]) for k in ("prompt", "chosen", "rejected")) > 0
   return np.asarray(batch["chosen_attention_mask"]).any(axis=-1)
 
 

@@ -70,6 +70,13 @@ def test_layout_segments_positions_and_predictors():
   np.testing.assert_array_equal(layout.rejected_targets[1], [0, 0, 1, 0, 0, 0, 0, 0])
   np.testing.assert_array_equal(layout.chosen_last, [3, 0])
   np.testing.assert_array_equal(layout.rejected_last, [6, 2])
+  # An empty response is read where its own row would end: at the prompt's last token (not the other response's).
+  empty = shared_prompt_layout(jnp.array([5, 5]), jnp.array([3, 0]), jnp.array([0, 2]), 8)
+  np.testing.assert_array_equal(empty.rejected_last, [4, 6])
+  np.testing.assert_array_equal(empty.chosen_last, [7, 4])
+  filler = {"pair_input_ids": np.zeros((3, 8)), "prompt_length": np.array([3, 0, 0]),
+            "chosen_length": np.array([0, 0, 2]), "rejected_length": np.array([2, 0, 2])}
+  np.testing.assert_array_equal(scoring.nonempty_rows(filler), [True, False, True])
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
