@@ -12,7 +12,8 @@ similarity of input embeddings against a reference column), multi_aspect and hyb
 instruction-adherence aspects from constraint columns, the generalized length penalty, and the confidence mix of a
 reward model with rules), semantic (encoder-based rewards: plain relevance, R^3's regularized relevance, the
 semantic similarity of generated and gold SQL), encoder (the mean-pooled hidden states of a local causal LM that
-semantic uses), combine (weighted sums), kinds (the table kind -> factory for configs: make_reward).
+semantic uses), combine (weighted sums), kinds (the table kind -> factory for configs: make_reward), outcomes
+(the per-case row counts a function reports beside its values, e.g. SQL queries stopped by the time limit).
 Pure Python / numpy (bmas reads only a model file's embedding table), except `encoder`, which runs a model in JAX
 and is imported only when an encoder-based reward is built.
 """
@@ -26,6 +27,7 @@ from jaxrlhf.rewards.combine import weighted_sum
 from jaxrlhf.rewards.hybrid import confidence_mix
 from jaxrlhf.rewards.kinds import REWARDS, make_reward
 from jaxrlhf.rewards.multi_aspect import generalized_length_penalty, instruction_adherence
+from jaxrlhf.rewards.outcomes import CombinedOutcomes, Outcomes, outcomes_of
 from jaxrlhf.rewards.semantic import r3_relevance, relevance, sql_semantic
 from jaxrlhf.rewards.shaping import length_penalty, regex_format
 from jaxrlhf.rewards.sql import (reasoning_sql, sql_execution, sql_format, sql_ngram, sql_schema_linking,

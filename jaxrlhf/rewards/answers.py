@@ -10,7 +10,8 @@ Extraction (`extract`), from the completion's text:
   "last_number": the last number in the completion (rules below);
   "whole":       the whole completion, stripped;
   "auto":        the first of boxed, answer, last_number that finds something (the default).
-Nothing found: 0.0 (a wrong answer, not "not scorable").
+Nothing found: 0.0 (a wrong answer, not "not scorable"); such rows are counted as the case "no_answer" of the
+function's `outcomes` (`rewards.outcomes`), which the stages report.
 
 Comparison. The reference is a string or a number; a string containing "####" is cut after its last "####"
 (GSM8K's answer column). When the reference parses as a number (`parse_number`), the answer must too: the whole
@@ -43,6 +44,7 @@ from fractions import Fraction
 from typing import Any, Sequence
 
 from jaxrlhf.rewards.calling import completion_text
+from jaxrlhf.rewards.outcomes import Outcomes
 
 EXTRACT_MODES = ("auto", "boxed", "answer", "last_number", "whole")
 # Bounds of an exact number (module docstring, "Size bound"): beyond them parsing costs time or raises ValueError.
@@ -202,11 +204,18 @@ def exact_match(column: str = "answer", extract: str = "auto", rel_tol: float = 
   if not rel_tol >= 0:
     raise ValueError(f"exact_match.rel_tol: expected a number >= 0, got {rel_tol!r}")
 
+  outcomes = Outcomes({"no_answer": f"no answer found in the completion (extract={extract!r})"})
+
   def reward(prompts: Sequence[str], completions: Sequence[Any], **columns) -> list[float | None]:
     del prompts
     if column not in columns:
       raise ValueError(f"exact_match: reference column {column!r} not among the columns {sorted(columns)}")
-    return [answer_matches(completion_text(c), r, extract, rel_tol) for c, r in zip(completions, columns[column])]
+    texts = [completion_text(c) for c in completions]
+    out = [answer_matches(t, r, extract, rel_tol) for t, r in zip(texts, columns[column])]
+    scored = [t for t, v in zip(texts, out) if v is not None]
+    outcomes.add(len(scored), {"no_answer": sum(extract_answer(t, extract) is None for t in scored)})
+    return out
 
   reward.__name__ = reward.__qualname__ = "exact_match"
+  reward.outcomes = outcomes
   return reward

@@ -7,6 +7,7 @@ A term that is NaN / None on a row ("not scorable") is handled by `nan`:
   "skip"      (default; TRL's GRPOTrainer with several reward_funcs: a nansum over the terms) the term counts 0 and
               the weights are NOT renormalized; the row is None only when every term is NaN;
   "propagate" any NaN term makes the row None.
+The terms' outcome counts (`rewards.outcomes`) are the sum's, each case named "<term label>/<case>".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxrlhf.rewards.calling import call_reward_function, describe
+from jaxrlhf.rewards.outcomes import CombinedOutcomes, outcomes_of
 
 NAN_POLICIES = ("skip", "propagate")
 
@@ -51,4 +53,7 @@ def weighted_sum(terms: Sequence[tuple[Callable[..., Any], float]], nan: str = "
     return [None if u else float(t) for t, u in zip(total_R, unscorable_R)]
 
   reward.__name__ = reward.__qualname__ = name
+  counted = [(label, outcomes_of(fn)) for (fn, _), label in zip(terms, labels) if outcomes_of(fn) is not None]
+  if counted:  # The terms' cases, each under its term's label (rewards.outcomes).
+    reward.outcomes = CombinedOutcomes(counted)
   return reward

@@ -61,6 +61,10 @@ and INSERT statements}, e.g. data/tasks/sql/databases.json) it is a key of that 
 the SQL script itself. A missing gold query or database (None, NaN, blank) makes the row not scorable (None). An
 unknown db_id, a database script that fails, or a gold query that does not execute raises ValueError naming the
 column and the value (the calling layer adds the row and its prompt): these are data errors, not policy errors.
+
+Every SQL reward but "sql_format" counts its scored rows' cases (`rewards.outcomes`, OUTCOME_CASES): a completion
+with no query, and (where the query runs) one that failed, was interrupted by the time limit, was refused as not
+read-only, or whose result the limits cut; the stages print and store the totals.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from jaxrlhf.rewards.calling import completion_text
+from jaxrlhf.rewards.outcomes import Outcomes
 
 # Reasoning-SQL's weights (module docstring); "judge" (2 in the paper) is omitted.
 WEIGHTS = {"execution": 3.0, "syntax": 1.0, "schema_linking": 1.0, "ngram": 1.0, "format": 1.0}
@@ -187,6 +192,27 @@ def execute_sql(conn: sqlite3.Connection, sql: str, timeout_s: float = DEFAULT_T
   finally:
     conn.set_progress_handler(None, 0)
   return Execution(True, tuple(rows), truncated)
+
+
+# The cases a SQL reward counts (rewards.outcomes): "no_query" for every term, the others where the query runs.
+OUTCOME_CASES = {
+    "no_query": "no SQL query found in the completion",
+    "not_executable": "the query failed with an error",
+    "interrupted": "the time limit stopped the query",
+    "not_authorized": "the query was not a read-only query",
+    "truncated": "the row or size limit cut the result",
+}
+
+
+def execution_case(result: Execution) -> str:
+  """The OUTCOME_CASES name of a predicted query's execution ("ok" when it ran to completion, uncut)."""
+  if result.ok:
+    return "truncated" if result.truncated else "ok"
+  if result.error.endswith(": interrupted"):
+    return "interrupted"
+  if "not authorized" in result.error:
+    return "not_authorized"
+  return "not_executable"
 
 
 def results_match(predicted: Execution, gold: Execution) -> bool:
@@ -375,13 +401,15 @@ class _Databases:
     return self.conns[key]
 
   def score_rows(self, completions: Sequence[Any], columns: Mapping[str, Sequence[Any]], gold_column: str,
-                 db_column: str, terms: Sequence[str], name: str) -> list[dict[str, float] | None]:
-    """{term: value} per row (None where the gold query or the database is missing)."""
+                 db_column: str, terms: Sequence[str], name: str, outcomes: Outcomes | None = None
+                 ) -> list[dict[str, float] | None]:
+    """{term: value} per row (None where the gold query or the database is missing); the scored rows' cases
+    (OUTCOME_CASES) are added to `outcomes`."""
     needs_db = bool({"execution", "syntax", "schema_linking"} & set(terms))
     for column in (gold_column, db_column) if needs_db else (gold_column,):
       if column not in columns:
         raise ValueError(f"{name}: column {column!r} not among the prompt file's columns {sorted(columns)}")
-    out = []
+    out, counts = [], collections.Counter()
     with self.lock:
       dbs = columns[db_column] if needs_db else [None] * len(completions)
       for completion, gold, db in zip(completions, columns[gold_column], dbs):
@@ -392,10 +420,13 @@ class _Databases:
         text = completion_text(completion)
         sql = extract_sql(text)
         values = {}
+        counts["no_query"] += not sql
         if needs_db:
           script = self.script(db_column, db)
           conn, schema = self.connection(db_column, db, script)
           predicted = execute_sql(conn, sql, self.timeout_s, self.max_rows) if sql else Execution(False, error="none")
+          if sql:
+            counts[execution_case(predicted)] += 1
           if "execution" in terms:
             values["execution"] = float(results_match(predicted, self._gold(conn, script, gold, gold_column)))
           if "syntax" in terms:
@@ -407,6 +438,8 @@ class _Databases:
         if "format" in terms:
           values["format"] = format_score(text)
         out.append(values)
+    if outcomes is not None:
+      outcomes.add(sum(v is not None for v in out), {k: n for k, n in counts.items() if k != "ok"})
     return out
 
   def _gold(self, conn: sqlite3.Connection, script: str, gold: str, gold_column: str) -> Execution:
@@ -439,12 +472,16 @@ def _factory(terms: Sequence[str], weights: Mapping[str, float], name: str, gold
   _check_limits(timeout_s, max_rows)
   dbs = _Databases(databases, timeout_s, max_rows)
 
+  needs_db = bool({"execution", "syntax", "schema_linking"} & set(terms))
+  outcomes = Outcomes(OUTCOME_CASES if needs_db else {"no_query": OUTCOME_CASES["no_query"]})
+
   def reward(prompts: Sequence[Any], completions: Sequence[Any], **columns) -> list[float | None]:
     del prompts
-    rows = dbs.score_rows(completions, columns, gold_column, db_column, terms, name)
+    rows = dbs.score_rows(completions, columns, gold_column, db_column, terms, name, outcomes)
     return [None if v is None else float(sum(weights[t] * v[t] for t in terms)) for v in rows]
 
   reward.__name__ = reward.__qualname__ = name
+  reward.outcomes = outcomes
   return reward
 
 

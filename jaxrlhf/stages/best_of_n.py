@@ -267,6 +267,7 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
       z_scores = jnp.asarray(standardize_members(rm_scores), jnp.float32)
       for agg in cfg.aggregations:
         proxies[f"rmz_{agg}"] = np.asarray(aggregate(z_scores, agg, cfg.lam), np.float64)
+  outcomes = {}
   if cfg.rewards:
     errors = rewards_lib.CallbackErrors()
     models = {f"rm_{i}": artifacts.shared_backbone_model(
@@ -279,6 +280,7 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
     except Exception as e:  # pylint: disable=broad-except
       errors.reraise_from(e)
       raise
+    outcomes = rewards_lib.report_outcomes({"pools": sources})  # e.g. SQL queries the time limit stopped
   os.makedirs(workdir, exist_ok=True)
   pool_path = os.path.join(workdir, "pool.npz")
   np.savez_compressed(pool_path, **{k: pools[k] for k in POOL_KEYS if k in pools})
@@ -305,7 +307,8 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
     if cfg.plots:
       plot_best_of_n(os.path.join(workdir, f"best_of_n_{name}.png"), curves,
                      title=f"best-of-n selected by {name} (N = {cfg.pool_size}, {cfg.num_prompts} prompts)")
-  results_path = common.write_results(workdir, metrics, curves=curves_out, prompts=held_out.report)
+  results_path = common.write_results(workdir, metrics, curves=curves_out, prompts=held_out.report,
+                                      **({"reward_outcomes": outcomes} if outcomes else {}))
   print("[best_of_n] " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.endswith(
       ("/gold@N", "/gold_drop", "/length@N", "/proxy@N"))), flush=True)
   return {"metrics": metrics, "results": results_path, "pool": pool_path}

@@ -224,7 +224,7 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
   else:
     held_out = source.split("eval", cfg.num_prompts, cfg.max_prompt_length)
     table = held_out.table
-  rewards = None
+  rewards, sources = None, []
   errors = rewards_lib.CallbackErrors()
   if cfg.rewards:
     models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
@@ -273,7 +273,9 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
     metrics.update({key: estimate.mean, f"{key}_lower": estimate.lower, f"{key}_upper": estimate.upper})
     if policy_reward:
       metrics[f"{name}/prompts"] = float(values.size)  # How many prompts the source could score.
-  common.write_results(workdir, metrics)
+  # Text rewards' outcome counts over the policy's and the base's samples (e.g. SQL queries the time limit stopped).
+  outcomes = rewards_lib.report_outcomes({"eval (policy and base samples)": sources})
+  common.write_results(workdir, metrics, **({"reward_outcomes": outcomes} if outcomes else {}))
   print("[evaluate_policy] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "_lower" not in k
                                          and "_upper" not in k), flush=True)
   return {"metrics": metrics}

@@ -15,7 +15,9 @@ and `rollout` holds `prompt_ids` / `prompt_mask` (R, P) left-padded, `tokens` / 
 Jittable sources (reward model, gold) run as XLA; text rewards run on the host through `jax.pure_callback` on the
 prompt texts, the decoded completions and the prompt table's columns (`PromptTable`), so the step stays one jitted
 program. A text reward returns NaN for "not scorable" (None in the function): a NaN term counts 0 in the weighted
-sum, as TRL sums its reward functions, and the fraction of such rows is logged (`reward/<name>/unscored`).
+sum, as TRL sums its reward functions, and the fraction of such rows is logged (`reward/<name>/unscored`). A text
+reward with outcome counts (`rewards.outcomes`: e.g. SQL queries the time limit stopped) keeps them on the host;
+the stages report them at the end (`report_outcomes`).
 """
 
 from __future__ import annotations
@@ -244,12 +246,14 @@ class RewardSource:
   """A built source: its metric label, weight and jittable `score(models, rollout) -> (R,)`; a text reward's NaN
   means "not scorable" (`unscored_is_nan`), any other source's NaN is an error the NaN guard must see.
   `token_score(models, rollout) -> (R, N)`, where set (the process reward), places the score on the response tokens
-  (its row sums are `score`), for PPO's per-token returns."""
+  (its row sums are `score`), for PPO's per-token returns. `outcomes`: {name: the host-side outcome counter of a
+  text reward function the source calls} (`rewards.outcomes`; empty for sources without one)."""
   label: str
   weight: float
   score: Score
   unscored_is_nan: bool = False
   token_score: Score | None = None
+  outcomes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
@@ -556,7 +560,7 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
     raise ValueError(f"rewards: source names must be distinct (set `name`), got {labels}")
   out = []
   for i, spec in enumerate(specs):
-    token_score = None
+    token_score, counters = None, {}
     if spec.kind == "reward_model":
       stats = None
       if spec.standardize:
@@ -570,6 +574,7 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
       rules = spec.hybrid_rules(f"rewards[{i}]")
       rule_scores = [text_score(fn, tokenizer, table, f"{spec.label}.rules[{j}]", errors)
                      for j, (fn, _) in enumerate(rules)]
+      counters = {f"{spec.label}.rules[{j}]": text_rewards.outcomes_of(fn) for j, (fn, _) in enumerate(rules)}
       score = hybrid_score(reward_model_score(f"rm_{i}", spec.aggregation, spec.lam), rule_scores,
                            [c for _, c in rules])
     elif spec.kind == "follow_up_likelihood":
@@ -592,9 +597,28 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
     else:
       if table is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the prompt table (texts and columns)")
-      score = text_score(spec.text_reward(f"rewards[{i}]"), tokenizer, table, spec.label, errors)
+      fn = spec.text_reward(f"rewards[{i}]")
+      score = text_score(fn, tokenizer, table, spec.label, errors)
+      counters = {spec.label: text_rewards.outcomes_of(fn)}
     out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS + (HYBRID,),
-                            token_score))
+                            token_score, {k: v for k, v in counters.items() if v is not None}))
+  return out
+
+
+def report_outcomes(groups: Mapping[str, Sequence[RewardSource]]) -> dict[str, dict[str, dict[str, int]]]:
+  """Prints and returns the outcome counts (`rewards.outcomes`) of the sources' text reward functions, per group
+  of sources (e.g. {"train": training sources, "eval": held-out sources}): {group: {name: {"rows": n, case: n}}}.
+  A group whose sources count nothing is left out; a source shared by two groups is reported in the first."""
+  out, seen = {}, set()
+  for group, sources in groups.items():
+    counters = {}
+    for s in sources:
+      for name, counter in s.outcomes.items():
+        if id(counter) not in seen:
+          seen.add(id(counter))
+          counters[name] = counter
+    if counters:
+      out[group] = text_rewards.outcomes.report(counters, where=group)
   return out
 
 

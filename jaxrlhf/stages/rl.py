@@ -1325,7 +1325,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "prompt_hardness.json"), "w") as f:
       json.dump({"delta": [float(x) for x in table.delta_N], "alpha_data": [float(x) for x in table.alpha_data_N]}, f)
-  eval_fn = None
+  eval_fn, eval_sources = None, []
   if cfg.eval_prompts:
     held_out = source.split("eval", cfg.eval_prompts, cfg.max_prompt_length, world_split="validation")
     if world is not None:  # The world's held-out prompts have no reference responses: model and world rewards.
@@ -1346,4 +1346,8 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
                                     prefix="policy", tokenizer=tokenizer, adapter_dir=adapter_dir)
   extra = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
+  # Text rewards' outcome counts (e.g. SQL queries the time limit stopped), rows scored by this process.
+  outcomes = rewards_lib.report_outcomes({"train": sources, "eval": eval_sources})
+  if outcomes:
+    extra["reward_outcomes"] = outcomes
   return common.stage_outputs(results, model_dir=model_dir, prompts=report, **extra)

@@ -27,6 +27,7 @@ from jaxrlhf.stages import evaluate_policy, rl  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # Each stage run compiles a rollout or sampler (10-40 s on 2 cores).
+EVAL_ROWS = 4  # rl's eval: one sample of each of eval_prompts = 4 held-out prompts, once (eval_every = steps)
 
 
 def fails_on_seven(prompts, completions, answer):
@@ -83,6 +84,13 @@ def test_rl_trains_on_prompt_files(assets, grpo_run, tmp_path, algorithm):
                                                        rel=1e-5, abs=1e-6)
     assert np.isfinite(line["train/loss"]) and line["train/grad_norm"] > 0
   assert 0.0 <= out["metrics"]["eval/reward/correct"] <= 1.0
+  if algorithm == "grpo":
+    # exact_match counts its rows once per scored completion: 3 steps x 2 prompts x 4 generations in training,
+    # and the eval's completions of the 8 held-out prompts; a random model's bytes rarely hold a number.
+    counts = out["reward_outcomes"]
+    assert counts["train"]["correct"]["rows"] == 24 and counts["eval"]["correct"]["rows"] == EVAL_ROWS
+    assert 0 <= counts["train"]["correct"]["no_answer"] <= 24
+    assert set(counts["train"]) == {"correct"}  # the python length reward counts nothing
   # The saved policy is a self-contained HF folder: its tokenizer renders prompts like the original's.
   saved, original = load_tokenizer(out["model_dir"]), load_tokenizer(assets[0])
   chat = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -166,21 +174,31 @@ def test_evaluating_a_policy_against_itself_is_neutral(assets, tmp_path):
 
 def test_evaluating_a_trained_policy_reports_its_kl(assets, grpo_run, tmp_path):
   out, _ = grpo_run
-  metrics = evaluate_policy.run(_evaluation(assets, 1.0, policy=out["model_dir"]), str(tmp_path), {})["metrics"]
+  rewards = ({"kind": "python", "function": "tiny_chat_model:checked_length", "name": "length"},
+             {"kind": "exact_match", "name": "correct", "options": {"column": "answer", "extract": "whole"}})
+  metrics = evaluate_policy.run(_evaluation(assets, 1.0, policy=out["model_dir"], rewards=rewards), str(tmp_path),
+                                {})["metrics"]
   assert metrics["kl"] > 1e-3  # lr 1e-3 for three steps moves a tiny model measurably
   assert metrics["kl_lower"] <= metrics["kl"] <= metrics["kl_upper"]
+  with open(tmp_path / "results.json") as f:
+    counts = json.load(f)["reward_outcomes"]
+  # The policy's and the base's sample of each of the 8 prompts, each scored once.
+  assert counts == {"eval (policy and base samples)": {"correct": {"rows": 16, "no_answer": 0}}}
 
 
 def test_best_of_n_on_prompt_files_matches_recomputation(assets, tmp_path):
   cfg = from_config({
       "policy": assets[0], "prompts": _prompts(assets), "num_prompts": 4, "pool_size": 8, "batch_size": 2,
       "max_prompt_length": 48, "max_new_tokens": 6, "plots": False,
-      "rewards": ({"kind": "python", "function": "tiny_chat_model:checked_length", "name": "length"},)},
+      "rewards": ({"kind": "python", "function": "tiny_chat_model:checked_length", "name": "length"},
+                  {"kind": "exact_match", "name": "correct", "options": {"column": "answer", "extract": "whole"}})},
       best_of_n_stage.BestOfNConfig)
   out = best_of_n_stage.run(cfg, str(tmp_path), {})
   with open(out["results"]) as f:
     results = json.load(f)
-  assert set(results["curves"]) == {"length"}
+  assert set(results["curves"]) == {"length", "correct"}
+  # Every pooled sample is scored once (4 prompts x 8); extract "whole" always finds an answer span.
+  assert results["reward_outcomes"] == {"pools": {"correct": {"rows": 32, "no_answer": 0}}}
   curve = results["curves"]["length"]
   # Recompute the selector's reward from the saved pools: decode every sample and measure it.
   tok = load_tokenizer(assets[0])
