@@ -9,8 +9,9 @@ totals (`report`: one printed line per function and a dict in the stage's result
 
 The counter is cumulative and host-side: the rows a function scored in this process, since the stage started or
 resumed (a resumed run reports the rows after the resume). Built-in kinds with counters: the SQL rewards
-("no_query", "not_executable", "interrupted", "not_authorized", "truncated"), "exact_match" ("no_answer"), and
-"weighted_sum" (its terms' cases, each named "<term label>/<case>").
+("no_query", "not_executable", "interrupted", "not_authorized", "truncated"), "exact_match" ("no_answer"), "toolrl"
+("bad_format", "no_tool_call", "unparsable_tool_call"), and "weighted_sum" (its terms' cases, each named
+"<term label>/<case>").
 """
 
 from __future__ import annotations

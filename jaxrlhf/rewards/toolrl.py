@@ -45,6 +45,10 @@ Granularity (the paper's Sec. 5 ablation, rlla.py INTERMEDIATEREWARD / COARSEREW
 "intermediate": a matched pair scores 1 only when the calls are identical, S_max = 1 + |G|; "coarse": hi when the
 predicted list equals the gold list (in order), else lo. In every granularity a prediction equal to the gold list
 scores hi (the code's exact-match shortcut; the fine and intermediate formulas give hi there anyway).
+
+Outcome counts (`rewards.outcomes`): the reward counts rows with R_format 0 ("bad_format") and, among rows that
+expect calls, completions without a call block ("no_tool_call") or with one that does not parse
+("unparsable_tool_call"); the stages report them.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxrlhf.rewards.calling import completion_text
+from jaxrlhf.rewards.outcomes import Outcomes
 
 GRANULARITIES = ("fine", "intermediate", "coarse")
 TERMS = ("format", "correctness")
@@ -103,6 +108,23 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
                                f"object 'parameters', got {line[:80]!r}")
     calls.append(call)
   return calls
+
+
+# The correctness cases a ToolRL reward counts (rewards.outcomes) on rows that expect tool calls.
+OUTCOME_CASES = {
+    "no_tool_call": "gold calls expected, but no <tool_call> ... </tool_call> block",
+    "unparsable_tool_call": "a <tool_call> block whose lines are not calls (R_correct at its minimum)",
+}
+
+
+def call_case(completion: str) -> str:
+  """"parsed", "no_tool_call" or "unparsable_tool_call": what `parse_tool_calls` makes of a completion."""
+  try:
+    parse_tool_calls(completion.strip())
+  except ToolCallParseError:
+    text = completion.strip()
+    return "no_tool_call" if TOOL_CALL[0] not in text or TOOL_CALL[1] not in text else "unparsable_tool_call"
+  return "parsed"
 
 
 def format_reward(completion: str, tool_calls: bool, response: bool) -> float:
@@ -213,13 +235,18 @@ def toolrl_reward(column: str = "tool_calls", response_column: str | None = None
   if not terms or not set(terms) <= set(TERMS):
     raise ValueError(f"toolrl.terms: expected a non-empty subset of {TERMS}, got {terms!r}")
 
+  cases = {"bad_format": "R_format 0: the completion's fields are not the expected ones"} if "format" in terms else {}
+  if "correctness" in terms:
+    cases.update(OUTCOME_CASES)
+  outcomes = Outcomes(cases)
+
   def reward(prompts: Sequence[Any], completions: Sequence[Any], **columns) -> list[float | None]:
     del prompts
     for name in (column, response_column):
       if name is not None and name not in columns:
         raise ValueError(f"toolrl: column {name!r} not among the columns {sorted(columns)}")
     responses = columns[response_column] if response_column else [None] * len(completions)
-    out = []
+    out, counts = [], collections.Counter()
     for row, (completion, value, wants_response) in enumerate(zip(completions, columns[column], responses)):
       if value is None:  # No gold for this row: not scorable.
         out.append(None)
@@ -228,11 +255,17 @@ def toolrl_reward(column: str = "tool_calls", response_column: str | None = None
       text = completion_text(completion)
       total = 0.0
       if "format" in terms:
-        total += format_reward(text, bool(gold), (not gold) if wants_response is None else bool(wants_response))
+        fmt = format_reward(text, bool(gold), (not gold) if wants_response is None else bool(wants_response))
+        counts["bad_format"] += fmt == 0.0
+        total += fmt
       if "correctness" in terms:
+        if gold:
+          counts[call_case(text)] += 1
         total += correctness_reward(text, gold, granularity, -max_correct, max_correct)
       out.append(total)
+    outcomes.add(len(out) - out.count(None), {k: n for k, n in counts.items() if k != "parsed"})
     return out
 
   reward.__name__ = reward.__qualname__ = "toolrl"
+  reward.outcomes = outcomes
   return reward

@@ -93,3 +93,19 @@ def test_build_sources_carries_the_counters_to_the_stage_report(capsys):
   report = reward_sources.report_outcomes({"train": train, "eval": held_out})
   assert report == {"train": {"acc": {"rows": 4, "no_answer": 2}}, "eval": {"acc": {"rows": 0, "no_answer": 0}}}
   assert "[reward] train acc: 4 rows scored; no_answer 2" in capsys.readouterr().out
+
+
+def test_toolrl_counts_missing_and_unparsable_calls_and_bad_format():
+  fn = kinds.make_reward("toolrl", {})
+  call = '{"name": "f", "parameters": {"x": 1}}'
+  completions = [
+      f"<think>t</think>\n<tool_call>\n{call}\n</tool_call>",  # right format, parsed
+      "<think>t</think>\nno call at all",                     # no block, bad format
+      "<think>t</think>\n<tool_call>\nnot json\n</tool_call>",  # unparsable, right format
+      "<think>t</think>\n<response>hi</response>",            # no call expected: a response row, right format
+  ]
+  golds = [f"[{call}]"] * 3 + ["[]"]
+  values = call_reward_function(fn, ["q"] * 4, completions, {"tool_calls": golds})
+  assert list(values) == [4.0, -3.0, -2.0, 1.0]  # R_format + R_correct (0 for the row without gold calls)
+  assert fn.outcomes.totals() == {"rows": 4, "bad_format": 1, "no_tool_call": 1, "unparsable_tool_call": 1}
+  assert kinds.make_reward("toolrl", {"terms": ["format"]}).outcomes.cases.keys() == {"bad_format"}
