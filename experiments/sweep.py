@@ -100,10 +100,16 @@ def command(spec: str, workdir: str, overrides: dict[str, Any], extra_kinds: str
           *[f"--config.{k}={flag_value(v)}" for k, v in overrides.items()]]
 
 
+# Top-level config keys that only say how results are shown (experiments.tables), not what a run computes: a metric
+# added to a table after a sweep must not make its finished runs "another config".
+PRESENTATION_KEYS = ("tables",)
+
+
 def config_hash(spec: str) -> str:
-  """A hash of the ConfigDict that `spec` (file[:variant]) gives, before any override: every value, whatever the
-  file or variant it came from (the same hash for two spellings of one file)."""
-  config = config_lib.load_config(spec).to_dict()
+  """A hash of the ConfigDict that `spec` (file[:variant]) gives, before any override: every value that a run
+  computes from (all but PRESENTATION_KEYS), whatever the file or variant it came from (the same hash for two
+  spellings of one file)."""
+  config = {k: v for k, v in config_lib.load_config(spec).to_dict().items() if k not in PRESENTATION_KEYS}
   return hashlib.sha256(json.dumps(config, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
 

@@ -270,17 +270,18 @@ def get_config(arg=None):
   if variant.startswith("bias"):
     word = LABELER_BIAS[0][0]
     config.tables = dict(metrics=tuple(
-        f"bon_{e}/{s}/{m}" for e in ENSEMBLES for s in ("gold", "rm_single", "rm_mean", "rm_min", "rm_mean_minus_std",
-                                                        "rm_mean_minus_var")
+        f"bon_{e}/{s}/{m}" for e in ENSEMBLES for s in ("gold", "rm_single") + _BIAS_SELECTORS
         for m in ("gold@N", f"share_{word}@1", f"share_{word}@N", "length@N") if s != "rm_single" or "share" not in m)
         + ("rm_pretrain/eval/gold_agreement", "rm_pretrain/eval/accuracy"))
     return config
   config.tables = dict(metrics=(
       "bon_pretrain/gold/gold_peak",
       *(f"bon_{e}/{s}/gold@N" for e in ENSEMBLES for s in ("rm_single", "rm_mean", "rm_min", "rm_mean_minus_std",
-                                                            "rm_mean_minus_var_lam0.5")),
+                                                            "rm_mean_minus_var", "rm_mean_minus_var_lam0.5")),
       *(f"bon_{e}/{s}/gold_drop" for e in ENSEMBLES for s in ("rm_single", "rm_mean", "rm_min")),
-      "bon_pretrain/rm_single/length@N", "bon_pretrain/rm_mean/length@N", "bon_finetune/rm_mean/length@N",
+      # Every metric a VERDICTS rule reads is a column, so results_runs.csv keeps its per-seed values.
+      "bon_pretrain/rm_single/length@N", "bon_pretrain/rm_mean/length@N", "bon_pretrain/rm_min/length@N",
+      "bon_finetune/rm_mean/length@N",
       "rm_pretrain/eval/gold_agreement", "rm_finetune/eval/gold_agreement"))
   return config
 

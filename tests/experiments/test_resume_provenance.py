@@ -306,3 +306,16 @@ def test_repro_saves_the_per_run_csv_and_puts_a_variant_in_its_own_directory(tmp
   repro.main(["--paper", "clip_delta", "--variant", "ppo_smoke", "--workdir", str(tmp_path / "runs"), "--no-docs"])
   assert f"--workdir={tmp_path / 'runs' / 'clip_delta_ppo_smoke'}" in commands[0]
   assert "--config=configs/papers/clip_delta.py:ppo_smoke" in commands[0]
+
+
+def test_the_sweep_config_hash_ignores_the_table_but_not_the_runs(tmp_path):
+  """A metric added to config.tables after a sweep leaves its runs this config's; any value a run reads does not."""
+  template = ("import ml_collections\n\ndef get_config():\n  c = ml_collections.ConfigDict()\n"
+              "  c.stages = {{'a': {{'kind': 'toy', 'lr': {lr}}}}}\n  c.tables = dict(metrics={metrics})\n  return c\n")
+  paths = {}
+  for name, lr, metrics in (("base", 0.1, ("a/x",)), ("more_metrics", 0.1, ("a/x", "a/y")), ("lr", 0.2, ("a/x",))):
+    paths[name] = tmp_path / f"{name}.py"
+    paths[name].write_text(template.format(lr=lr, metrics=metrics))
+  hashes = {name: sweep_lib.config_hash(str(p)) for name, p in paths.items()}
+  assert hashes["base"] == hashes["more_metrics"]
+  assert hashes["base"] != hashes["lr"]
