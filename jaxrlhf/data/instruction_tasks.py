@@ -137,6 +137,9 @@ def instruction_rows(seed: int, n: int, split: str = "train", eval_share: float 
   """`n` rows of the "prompts" file format (module docstring) for `split` ("train" or "eval")."""
   generated.check_split_request(split, SPLITS, n, eval_share)
   topics = [t for t in TOPICS if (stable_hash("split", seed, t) < eval_share * 2.0**64) == (split == "eval")]
+  if not topics:
+    raise ValueError(f"split {split!r}: no topics in it for seed {seed} and eval_share {eval_share} (raise "
+                     "eval_share for an empty 'eval' split, lower it for an empty 'train' split)")
   rows = []
   for i in range(n):
     topic = topics[stable_hash("topic", seed, split, i) % len(topics)]

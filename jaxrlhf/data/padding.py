@@ -7,6 +7,7 @@ slots first (a pad id may be out of the vocabulary's range).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +34,8 @@ def bucket_width(length: int, buckets: Sequence[int] | None = None, multiple: in
   `multiple`. Few distinct widths mean few compiled programs."""
   if length < 1:
     raise ValueError(f"length must be >= 1, got {length}")
+  if multiple < 1:
+    raise ValueError(f"multiple must be >= 1, got {multiple}")
   if buckets:
     for b in sorted(buckets):
       if b >= length:
@@ -63,12 +66,26 @@ def pad_prompts(rows: Sequence[Sequence[int]], pad_id: int = 0, width: int | Non
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[Any], width: int) -> tuple[np.ndarray, np.ndarray]:
   """Left-padded (N, width) ids and mask of prompts (text or chat messages, `tokenize.encode_prompt`); a longer
-  prompt keeps its last `width` tokens (the end of a dialogue is what the response answers)."""
-  rows = [tokenize_lib.encode_prompt(tokenizer, p)[-width:] for p in prompts]
-  return pad_prompts(rows, tokenizer.pad_id, width=width)
+  prompt keeps its last `width` tokens (the end of a dialogue is what the response answers), and the number of
+  such prompts is logged as a warning."""
+  if width < 1:
+    raise ValueError(f"width must be >= 1, got {width}")
+  rows = [tokenize_lib.encode_prompt(tokenizer, p) for p in prompts]
+  cut = [len(r) for r in rows if len(r) > width]
+  if cut:
+    logging.warning("prompts: %d of %d prompts are longer than %d tokens and keep their last %d (longest %d)",
+                    len(cut), len(rows), width, width, max(cut))
+  return pad_prompts([r[-width:] for r in rows], tokenizer.pad_id, width=width)
 
 
 def encode_responses(tokenizer: Any, responses: Sequence[Any], width: int) -> tuple[np.ndarray, np.ndarray]:
-  """Right-padded (N, width) ids and mask of responses as a rollout holds them (text + eos, cut at `width`)."""
-  return pad_rows([tokenize_lib.encode_response(tokenizer, r)[:width] for r in responses], width,
-                  tokenizer.pad_id)
+  """Right-padded (N, width) ids and mask of responses as a rollout holds them (text + eos, cut at `width`; the
+  number of cut responses, which lose their eos, is logged as a warning)."""
+  if width < 1:
+    raise ValueError(f"width must be >= 1, got {width}")
+  rows = [tokenize_lib.encode_response(tokenizer, r) for r in responses]
+  cut = [len(r) for r in rows if len(r) > width]
+  if cut:
+    logging.warning("responses: %d of %d responses are longer than %d tokens with their end token and are cut "
+                    "to their first %d, without it (longest %d)", len(cut), len(rows), width, width, max(cut))
+  return pad_rows([r[:width] for r in rows], width, tokenizer.pad_id)

@@ -218,6 +218,9 @@ def sql_rows(seed: int, n: int, split: str = "train", eval_share: float = 0.2) -
   generated.check_split_request(split, SPLITS, n, eval_share)
   pool = [p for p in problems()
           if (stable_hash("split", seed, p["db_id"], p["gold_sql"]) < eval_share * 2.0**64) == (split == "eval")]
+  if not pool:
+    raise ValueError(f"split {split!r}: no problems in it for seed {seed} and eval_share {eval_share} (raise "
+                     "eval_share for an empty 'eval' split, lower it for an empty 'train' split)")
   rows = []
   for i in range(n):
     p = pool[stable_hash("problem", seed, split, i) % len(pool)]

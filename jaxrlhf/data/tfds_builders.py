@@ -88,9 +88,26 @@ class PreferenceFiles(_Builder):
     return {split: self._generate_examples(split, paths) for split, paths in self.builder_config.splits.items()}
 
   def _generate_examples(self, split: str, paths: Sequence[str]):
+    config = self.builder_config.adapter
     report = errors.SkipReport()
-    for i, record in enumerate(adapters.iter_records(paths, self.builder_config.adapter, report)):
-      yield i, {"record": record_to_json(record)}
+    i = 0
+    for path in paths:  # One file at a time: a record that cannot be stored is named by its full path.
+      for record in adapters.iter_records(path, config, report):
+        try:
+          data = record_to_json(record)
+        except UnicodeEncodeError as e:  # A lone surrogate (a "\ud83d" escape in the JSON) has no UTF-8 form.
+          error = errors.RecordError(errors.BAD_FIELD, f"text is not valid Unicode ({e.reason}: "
+                                                       f"{e.object[e.start:e.end]!r})")
+          if config.strict:
+            raise errors.DataFileError(f"{path}:{record.source.rsplit(':', 1)[-1]}: {error}") from e
+          report.kept -= 1  # iter_records counted it as kept.
+          report.skip(error, record.source)
+          continue
+        yield i, {"record": data}
+        i += 1
+    if not i:  # TFDS would stop with a bare "No examples were yielded".
+      raise ValueError(f"splits[{split!r}]: no record to store ("
+                       f"{errors.format_skip_report(report, f'{config.format} {list(paths)}')})")
     # Runs once the split is exhausted, before TFDS writes the metadata.
     self.info.metadata[f"skip_report/{split}"] = report.as_dict()
 

@@ -86,9 +86,20 @@ def _check_scored(records: Sequence[records_lib.PreferenceRecord], what: str) ->
       raise ValueError(f"records[{i}] ({r.source or 'no source'}): {what} needs chosen_score and rejected_score")
 
 
+def _record_error(i: int, record, e: ValueError) -> ValueError:
+  """`e` (e.g. "prompt has no user message ...") prefixed with the record's index and source."""
+  return ValueError(f"records[{i}] ({getattr(record, 'source', None) or 'no source'}): {e}")
+
+
 def _check_ties(ties: str) -> None:
   if ties not in TIE_MODES:
     raise ValueError(f"ties={ties!r}; valid values: {list(TIE_MODES)}")
+
+
+def _swapped(record: records_lib.PreferenceRecord) -> records_lib.PreferenceRecord:
+  """`record.swapped()` with its margin negated: `margin` is the strength of chosen over rejected (a file's margin
+  column under data.margin_from="file"), so it changes sign with the order, like the scores do."""
+  return dataclasses.replace(record.swapped(), margin=None if record.margin is None else -record.margin)
 
 
 def count_score_ties(records: Sequence[records_lib.PreferenceRecord]) -> int:
@@ -104,7 +115,8 @@ def reward_augmented_pairs(records: Sequence[records_lib.PreferenceRecord],
 
   Record i gives, in order:
     goal = chosen_score:   prompt | goal, chosen > rejected (unchanged order);
-    goal = rejected_score: prompt | goal, rejected > chosen (swapped, scores and attributes swap too).
+    goal = rejected_score: prompt | goal, rejected > chosen (swapped: scores and attributes swap too, a margin
+      changes sign).
   Equal scores give the same goal twice with opposite orders. Those two rows do NOT cancel: under DPO their summed
   loss -log sigmoid(beta h) - log sigmoid(-beta h), with h the policy's log-ratio margin of the pair minus the
   reference's, is smallest at h = 0, so its gradient pulls the pair's margin back to the reference's (a
@@ -112,26 +124,31 @@ def reward_augmented_pairs(records: Sequence[records_lib.PreferenceRecord],
   rows) or "drop" (no row for a tied pair; count them with `count_score_ties`).
 
   Raises:
-    ValueError: a record without chosen_score or rejected_score (naming its index and source), a bad `ties`.
+    ValueError: a record without chosen_score or rejected_score, or whose prompt cannot take the goal (no user turn
+      without a system role), naming its index and source; a bad `ties` or `template`.
   """
   _check_ties(ties)
   _check_scored(records, "reward-augmented relabeling")
+  render_goal(0, template)  # A bad template fails here, not as record 0's error.
   out = []
   for i, r in enumerate(records):
     if ties == "drop" and r.chosen_score == r.rejected_score:
       continue
-    for goal, rec, tag in ((r.chosen_score, r, "goal=chosen"), (r.rejected_score, r.swapped(), "goal=rejected")):
-      out.append(dataclasses.replace(
-          rec, prompt=goal_conditioned_prompt(r.prompt, goal, template, supports_system_role),
-          source=f"{r.source or f'record{i}'}#{tag}"))
+    for goal, rec, tag in ((r.chosen_score, r, "goal=chosen"), (r.rejected_score, _swapped(r), "goal=rejected")):
+      try:
+        prompt = goal_conditioned_prompt(r.prompt, goal, template, supports_system_role)
+      except ValueError as e:
+        raise _record_error(i, r, e) from e
+      out.append(dataclasses.replace(rec, prompt=prompt, source=f"{r.source or f'record{i}'}#{tag}"))
   return out
 
 
 def score_ordered_pairs(records: Sequence[records_lib.PreferenceRecord], ties: str = "keep"
                         ) -> list[records_lib.PreferenceRecord]:
   """Pairs re-ordered by their judge scores: chosen is the response with the higher score (a pair whose rejected
-  response scored higher is swapped). DPO on these pairs sees the same score information as reward-augmented DPO,
-  so the two differ only in the method. Tied pairs keep their label ("keep") or are removed ("drop").
+  response scored higher is swapped, its margin negated). DPO on these pairs sees the same score information as
+  reward-augmented DPO, so the two differ only in the method. Tied pairs keep their label ("keep") or are removed
+  ("drop").
 
   Raises:
     ValueError: a record without chosen_score or rejected_score (naming its index and source), a bad `ties`.
@@ -144,7 +161,7 @@ def score_ordered_pairs(records: Sequence[records_lib.PreferenceRecord], ties: s
       if ties == "keep":
         out.append(r)
     else:
-      out.append(r.swapped() if r.rejected_score > r.chosen_score else r)
+      out.append(_swapped(r) if r.rejected_score > r.chosen_score else r)
   return out
 
 
@@ -192,7 +209,7 @@ def curate_by_strength(records: Sequence[records_lib.PreferenceRecord], strength
     if i in drop:
       continue
     if i in flip:
-      r = dataclasses.replace(r.swapped(), margin=None if r.margin is None else -r.margin)
+      r = _swapped(r)
     out.append(r)
   return out, CurationCounts(total_in=n, flipped=n_flip, dropped=n_drop, total_out=len(out))
 
@@ -217,8 +234,16 @@ def contrastive_variants(records: Sequence[records_lib.PreferenceRecord], better
 
   The token rewards are then log pi(y_t | better x, y_<t) - log pi(y_t | worse x, y_<t).
   """
-  return [(dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, better_prefix)),
-           dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, worse_prefix))) for r in records]
+  for prefix in (better_prefix, worse_prefix):  # A bad prefix fails here, not as record 0's error.
+    contrastive_prompt("x", prefix)
+  out = []
+  for i, r in enumerate(records):
+    try:
+      out.append((dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, better_prefix)),
+                  dataclasses.replace(r, prompt=contrastive_prompt(r.prompt, worse_prefix))))
+    except ValueError as e:
+      raise _record_error(i, r, e) from e
+  return out
 
 
 def goal_format_records(records: Sequence, fraction: float, seed: int,
@@ -245,9 +270,13 @@ def goal_format_records(records: Sequence, fraction: float, seed: int,
   chosen_N = rng.random(len(records)) < fraction
   goals_N = rng.choice(np.asarray(scores, np.float64), size=len(records))
   out = []
-  for r, with_goal, goal in zip(records, chosen_N, goals_N):
+  render_goal(0, template)  # A bad template fails here, not as a record's error.
+  for i, (r, with_goal, goal) in enumerate(zip(records, chosen_N, goals_N)):
     if with_goal:
-      r = dataclasses.replace(r, prompt=goal_conditioned_prompt(r.prompt, float(goal), template,
-                                                                 supports_system_role))
+      try:
+        r = dataclasses.replace(r, prompt=goal_conditioned_prompt(r.prompt, float(goal), template,
+                                                                   supports_system_role))
+      except ValueError as e:
+        raise _record_error(i, r, e) from e
     out.append(r)
   return out

@@ -37,6 +37,13 @@ def test_rows_are_pure_disjoint_and_columns_match_the_text():
     instruction_tasks.instruction_rows(0, 3, "test")
 
 
+def test_an_empty_split_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"split 'eval': no topics in it for seed 0 and eval_share 1e-09"):
+    instruction_tasks.instruction_rows(0, 3, "eval", eval_share=1e-9)
+  with pytest.raises(ValueError, match=r"split 'train': no topics in it"):
+    instruction_tasks.instruction_rows(0, 3, "train", eval_share=1 - 1e-9)
+
+
 def test_shipped_files_regenerate_and_read_back(tmp_path):
   for path in instruction_tasks.write_instruction_files(tmp_path, 0, 512, 128):
     assert pathlib.Path(path).read_bytes() == (SHIPPED / os.path.basename(path)).read_bytes(), path

@@ -43,6 +43,14 @@ def test_rows_are_a_pure_function_and_splits_are_disjoint():
     sql_tasks.sql_rows(0, 3, "test")
 
 
+def test_an_empty_split_is_a_clear_error():
+  # eval_share so small that no problem is held out (or so large that none is left to train on).
+  with pytest.raises(ValueError, match=r"split 'eval': no problems in it for seed 0 and eval_share 1e-09"):
+    sql_tasks.sql_rows(0, 3, "eval", eval_share=1e-9)
+  with pytest.raises(ValueError, match=r"split 'train': no problems in it"):
+    sql_tasks.sql_rows(0, 3, "train", eval_share=1 - 1e-9)
+
+
 def test_shipped_files_regenerate_byte_identically(tmp_path):
   # data/tasks/sql/ (configs/papers/reasoning_sql.py's prompts) is exactly what write_sql_files(.., 0, 512, 128) writes.
   for path in sql_tasks.write_sql_files(tmp_path, 0, 512, 128):

@@ -68,6 +68,37 @@ def test_preference_files_strict_build_fails_on_bad_row(tmp_path):
     tfds_builders.prepare(tfds_builders.PreferenceFiles, config, tmp_path / "tfds")
 
 
+def test_a_split_without_records_is_a_clear_error(tmp_path):
+  # TFDS itself stops with a bare AssertionError "No examples were yielded", naming neither file nor reason.
+  path = tmp_path / "all_bad.jsonl"
+  path.write_text('{"prompt": "p", "chosen": "a"}\n{"prompt": "q", "chosen": "a"}\n')
+  config = tfds_builders.PreferenceFilesConfig(splits={"train": [path]}, format="pairwise", strict=False)
+  with pytest.raises(ValueError, match=r"splits\['train'\]: no record to store \(pairwise .*all_bad.jsonl'\]: kept 0, "
+                                       r"skipped 2 \(missing_field=2"):
+    tfds_builders.prepare(tfds_builders.PreferenceFiles, config, tmp_path / "tfds")
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  config = tfds_builders.PreferenceFilesConfig(splits={"train": [empty]}, format="pairwise")
+  with pytest.raises(ValueError, match=r"no record to store .*kept 0, skipped 0"):
+    tfds_builders.prepare(tfds_builders.PreferenceFiles, config, tmp_path / "tfds")
+
+
+def test_text_without_a_utf8_form_is_named_or_counted(tmp_path):
+  # JSON may escape half of a surrogate pair ("\ud83d" of a cut emoji); the adapters keep it, UTF-8 cannot store it.
+  path = tmp_path / "cut.jsonl"
+  path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                  '{"prompt": "emoji \\ud83d", "chosen": "a", "rejected": "b"}\n'
+                  '{"prompt": "r \\ud83d\\ude00", "chosen": "a", "rejected": "b"}\n')
+  strict = tfds_builders.PreferenceFilesConfig(splits={"train": [path]}, format="pairwise")
+  with pytest.raises(ValueError, match=r"cut.jsonl:2: bad_field: text is not valid Unicode"):
+    tfds_builders.prepare(tfds_builders.PreferenceFiles, strict, tmp_path / "tfds")
+  lenient = tfds_builders.PreferenceFilesConfig(splits={"train": [path]}, format="pairwise", strict=False)
+  builder = tfds_builders.prepare(tfds_builders.PreferenceFiles, lenient, tmp_path / "tfds")
+  source = tfds_builders.record_source(builder, "train")
+  assert [source[i].prompt for i in range(len(source))] == ["p", "r \U0001F600"]
+  assert tfds_builders.skip_report(builder, "train") == {"kept": 2, "skipped": 1, "skipped/bad_field": 1}
+
+
 def test_config_validation(tmp_path):
   with pytest.raises(ValueError, match="file not found"):
     tfds_builders.PreferenceFilesConfig(splits={"train": [tmp_path / "nope.jsonl"]}, format="pairwise")

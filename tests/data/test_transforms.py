@@ -160,3 +160,35 @@ def test_score_ordered_pairs_golden():
   assert transforms.score_ordered_pairs(recs, ties="drop") == [recs[0], recs[1].swapped()]
   with pytest.raises(ValueError, match=r"records\[0\].*score ordering"):
     transforms.score_ordered_pairs([_pair(rejected_score=None)])
+
+
+def test_every_swap_negates_the_margin():
+  """A pair's margin is chosen's strength over rejected (e.g. a file's margin column, data.margin_from="file"): a
+  transform that swaps the responses must flip its sign, or a margin loss pushes the new chosen response (the old
+  rejected one) above the other by the old margin -- the wrong way."""
+  rec = _pair(chosen_score=2.0, rejected_score=9.0, margin=3.0)
+  ordered = transforms.score_ordered_pairs([rec])[0]
+  assert (ordered.chosen, ordered.margin) == ("bad answer", -3.0)
+  keep, swap = transforms.reward_augmented_pairs([rec])
+  assert (keep.chosen, keep.margin) == ("good answer", 3.0) and (swap.chosen, swap.margin) == ("bad answer", -3.0)
+  flipped, _ = transforms.curate_by_strength([rec], [0.0], flip_fraction=1.0)
+  assert (flipped[0].chosen, flipped[0].margin) == ("bad answer", -3.0)
+  # No margin stays no margin; an unswapped pair keeps its margin.
+  assert transforms.score_ordered_pairs([_pair(chosen_score=2.0, rejected_score=9.0)])[0].margin is None
+  assert transforms.score_ordered_pairs([_pair(margin=1.5)])[0].margin == 1.5
+
+
+def test_a_prompt_the_transform_cannot_use_is_named_by_its_record():
+  # Without a system role the goal goes before the first user turn; a prompt with none cannot take it.
+  system_only = _pair(prompt=[{"role": "system", "content": "be brief"}], source="f.jsonl:9")
+  with pytest.raises(ValueError, match=r"records\[1\] \(f\.jsonl:9\): prompt has no user message"):
+    transforms.reward_augmented_pairs([_pair(), system_only], supports_system_role=False)
+  with pytest.raises(ValueError, match=r"records\[1\] \(f\.jsonl:9\): prompt has no user message"):
+    transforms.goal_format_records([_pair(), system_only], 1.0, seed=0, supports_system_role=False)
+  with pytest.raises(ValueError, match=r"records\[0\] \(f\.jsonl:9\): prompt has no user message"):
+    transforms.contrastive_variants([system_only])
+  # A bad template or prefix is the argument's error, before any record.
+  with pytest.raises(ValueError, match=r"^template must contain"):
+    transforms.reward_augmented_pairs([system_only], template="no placeholder")
+  with pytest.raises(ValueError, match=r"^prefix must be a non-empty string"):
+    transforms.contrastive_variants([_pair()], worse_prefix="")
