@@ -197,6 +197,11 @@ def _text(value: Any, col: str, allow_empty: bool = False) -> str:
     raise errors.RecordError(errors.NON_STRING_CONTENT, f"{col} must be a string, got {type(value).__name__}")
   if not allow_empty and not value.strip():
     raise errors.RecordError(errors.EMPTY_FIELD, f"{col} is empty")
+  try:  # A lone surrogate (e.g. "\ud83d", half of an emoji cut by an escape) has no UTF-8 form: tokenizers refuse it.
+    value.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise errors.RecordError(errors.BAD_FIELD, f"{col} is not valid Unicode: {e.reason} "
+                                               f"({value[e.start:e.end]!r} at character {e.start})") from None
   return value
 
 

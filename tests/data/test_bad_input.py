@@ -28,6 +28,7 @@ PLANTED = [
     ("", None),  # A blank line is not a row.
     (json.dumps({**GOOD, "prompt": [{"role": "user", "content": ["x"]}]}), errors.NON_STRING_CONTENT),
     (json.dumps({**GOOD, "prompt": [{"role": "robot", "content": "x"}]}), errors.BAD_MESSAGES),
+    ('{"prompt": "p", "chosen": "cut emoji \\ud83d", "rejected": "no"}', errors.BAD_FIELD),  # a lone surrogate
     (json.dumps({**GOOD, "chosen_score": 3, "rejected_score": 1}), None),
 ]
 
@@ -51,9 +52,9 @@ def test_lenient_counts_every_planted_reason_exactly(planted_file, caplog):
   # Nothing is dropped silently: every non-blank line is kept or counted.
   assert report.kept + report.skipped == sum(1 for line, _ in PLANTED if line.strip())
   summary = report.as_dict()
-  assert summary["skipped"] == 13 and summary["skipped/non_finite_score"] == 2
+  assert summary["skipped"] == 14 and summary["skipped/non_finite_score"] == 2
   line = errors.format_skip_report(report, "train")
-  assert line.startswith("train: kept 2, skipped 13 (")
+  assert line.startswith("train: kept 2, skipped 14 (")
   assert "malformed_json=1" in line and "planted.jsonl:2:" in line
 
 

@@ -84,13 +84,15 @@ def test_a_split_without_records_is_a_clear_error(tmp_path):
 
 
 def test_text_without_a_utf8_form_is_named_or_counted(tmp_path):
-  # JSON may escape half of a surrogate pair ("\ud83d" of a cut emoji); the adapters keep it, UTF-8 cannot store it.
+  # JSON may escape half of a surrogate pair ("\ud83d" of a cut emoji); UTF-8 cannot store it, so the adapters
+  # refuse the field (strict) or count the row (lenient).
   path = tmp_path / "cut.jsonl"
   path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
                   '{"prompt": "emoji \\ud83d", "chosen": "a", "rejected": "b"}\n'
                   '{"prompt": "r \\ud83d\\ude00", "chosen": "a", "rejected": "b"}\n')
   strict = tfds_builders.PreferenceFilesConfig(splits={"train": [path]}, format="pairwise")
-  with pytest.raises(ValueError, match=r"cut.jsonl:2: bad_field: text is not valid Unicode"):
+  with pytest.raises(ValueError, match=r"cut.jsonl:2: bad_field: prompt is not valid Unicode: surrogates not "
+                     r"allowed \('\\ud83d' at character 6\)"):
     tfds_builders.prepare(tfds_builders.PreferenceFiles, strict, tmp_path / "tfds")
   lenient = tfds_builders.PreferenceFilesConfig(splits={"train": [path]}, format="pairwise", strict=False)
   builder = tfds_builders.prepare(tfds_builders.PreferenceFiles, lenient, tmp_path / "tfds")
