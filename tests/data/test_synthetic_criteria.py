@@ -13,9 +13,12 @@ from jaxrlhf.data.synthetic import World, WorldConfig, WorldTokenizer
 
 CRITERIA = (("concise", (1.0, 1.0, 1.0, 1.0, -1.0)), ("topical", (0.2, 4.0, 0.2, 0.2, 0.2)))
 # sha256 of outputs computed with the code BEFORE criteria existed (commit a668565): any change to the default
-# world's vocabulary, pairs, SFT samples, k-way records or prompts changes them.
-DEFAULT_DIGEST = "7b34e0688c024ac93a95d22a3d8f7317e8b25c059ce70c07d15c7e5db6e72f2a"
-GROUPS_DIGEST = "46a05ee29dcdff425da0208e41218b4030f4334e0084ac18ed03c8e5e4079f55"
+# world's vocabulary, pairs, SFT samples, k-way records or prompts changes them. The k-way part was redrawn when
+# kway_records became prefix-stable (it drew num * k responses, so record i depended on num): these are the digests
+# the code before that fix gives with kway_records(1024, "train", k=3)[:20] (a whole chunk, as drawn now) as the
+# k-way part; with kway_records(20, ...) it gave the digests of a668565 (7b34e068..., 46a05ee2...).
+DEFAULT_DIGEST = "dfbf65013ceebd5febcd314e68cfb2df5ba934f76f2e3f6f8440dda179d03dd3"
+GROUPS_DIGEST = "e46a732a352ea301100c2cba461a77093ba50ae143b9084ba1038b9335c947a3"
 GROUPS = dict(seed=3, num_topics=5, annotators=(("a", (1.0, 0.0, 2.0, 1.0, -1.0)), ("b", (1.0,) * 5)))
 
 
@@ -124,5 +127,7 @@ def test_bad_criteria_and_missing_criteria_fail():
     world.criterion_prompt_text(0, "the")
   with pytest.raises(ValueError, match="labels must be one of"):
     world.criterion_records(4, "train", labels="gold")
+  with pytest.raises(ValueError, match="shown must be a bool"):
+    world.criterion_records(4, "train", shown="hidden")  # once truthy: shown
   with pytest.raises(ValueError, match="extra_words"):
     WorldTokenizer(extra_words=("bala",))

@@ -39,7 +39,7 @@ ROLE_TOKENS = {"system": "<system>", "user": "<user>", "assistant": "<assistant>
 
 
 def topic_words(num_topics: int, words_per_topic: int) -> list[list[str]]:
-  """The pseudo-words of each topic: a fixed function of the sizes, e.g. topic 0 = ["bala", "bena", ...]."""
+  """The pseudo-words of each topic: a fixed function of the sizes, e.g. topic 0 = ["bala", "bele", ...]."""
   if not 1 <= num_topics <= MAX_TOPICS:
     raise ValueError(f"num_topics must be in [1, {MAX_TOPICS}], got {num_topics}")
   if not 1 <= words_per_topic <= MAX_WORDS_PER_TOPIC:

@@ -33,6 +33,7 @@ earlier ones (record i is the same for every num_pairs > i).
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -110,55 +111,83 @@ class WorldConfig:
   criteria: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
   def __post_init__(self):
-    if isinstance(self.labeler_bias, (tuple, list)) and all(isinstance(b, (tuple, list)) and len(b) == 2
-                                                             for b in self.labeler_bias):
-      # Config files and command lines give lists; the dataclass is hashable.
-      object.__setattr__(self, "labeler_bias", tuple((b[0], b[1]) for b in self.labeler_bias))
+    # Config files and command lines give lists (nested ones too); the dataclass is hashable, so they become tuples.
+    for field in ("annotators", "labeler_bias", "criteria"):
+      value = getattr(self, field)
+      if isinstance(value, (tuple, list)) and all(isinstance(b, (tuple, list)) and len(b) == 2 for b in value):
+        object.__setattr__(self, field, tuple(
+            (b[0], tuple(b[1]) if isinstance(b[1], (tuple, list, np.ndarray)) else b[1]) for b in value))
+    if isinstance(self.split_fractions, list):
+      object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
 
     def need(cond, field, expected):
       if not cond:
         raise ValueError(f"WorldConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
 
-    need(isinstance(self.seed, (int, np.integer)) and self.seed >= 0, "seed", "an int >= 0")
-    need(1 <= self.num_topics <= tokenizer_lib.MAX_TOPICS, "num_topics", f"in [1, {tokenizer_lib.MAX_TOPICS}]")
-    need(2 <= self.words_per_topic <= tokenizer_lib.MAX_WORDS_PER_TOPIC, "words_per_topic",
-         f"in [2, {tokenizer_lib.MAX_WORDS_PER_TOPIC}]")
-    need(1 <= self.max_prompt_words <= self.words_per_topic, "max_prompt_words", "in [1, words_per_topic]")
-    need(len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions)
+    def real(x):  # a real number (bools and strings are not; a str "0.3" from a command line must not pass)
+      return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+    def integer(name, lo, hi):  # checked before any arithmetic on the field, so that a bad type names the field
+      value = getattr(self, name)
+      need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and lo <= value <= hi, name,
+           f"an int in [{lo}, {hi}]")
+
+    # Streams are SeedSequence([seed, stream, ...]) of 32-bit words: a larger seed would take two words and its
+    # streams would coincide with other (seed, stream) keys.
+    integer("seed", 0, 2**32 - 1)
+    integer("num_topics", 1, tokenizer_lib.MAX_TOPICS)
+    integer("words_per_topic", 2, tokenizer_lib.MAX_WORDS_PER_TOPIC)
+    integer("max_prompt_words", 1, self.words_per_topic)
+    need(isinstance(self.split_fractions, (tuple, list)) and len(self.split_fractions) == 3
+         and all(real(f) and f > 0 for f in self.split_fractions)
          and abs(sum(self.split_fractions) - 1.0) < 1e-6, "split_fractions", "3 positive fractions summing to 1")
     universe = len(tokenizer_lib.INSTRUCTION_WORDS) * self.num_topics * sum(
         math.perm(self.words_per_topic, m) for m in range(1, self.max_prompt_words + 1))
-    need(30 <= self.num_prompts <= universe // 2, "num_prompts", f"in [30, {universe // 2}] for these sizes")
-    need(2 <= self.max_response_len <= 512, "max_response_len", "in [2, 512]")
-    need(1.0 <= self.ref_length_mean < self.max_response_len, "ref_length_mean", "in [1, max_response_len)")
+    integer("num_prompts", 30, universe // 2)
+    sizes = np.diff(split_bounds(self.split_fractions, self.num_prompts))
+    need(all(sizes > 0), "split_fractions", f"fractions that give every split at least one of num_prompts = "
+         f"{self.num_prompts} prompts (split sizes {dict(zip(SPLITS, sizes.tolist()))})")
+    integer("max_response_len", 2, 512)
+    integer("bigrams_per_token", 0, 8)
+    integer("repeat_window", 1, self.max_response_len)
+    need(real(self.ref_length_mean) and 1.0 <= self.ref_length_mean < self.max_response_len, "ref_length_mean",
+         "in [1, max_response_len)")
     for name in ("ref_length_shape", "broad_temperature", "quality_std", "length_optimum", "temperature",
                  "judge_scale"):
-      need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "a finite value > 0")
+      need(real(getattr(self, name)) and getattr(self, name) > 0, name, "a finite value > 0")
     for name in ("base_logit_std", "on_topic_logit", "bigram_logit", "self_loop_logit", "context_shift",
                  "function_quality_std", "quality_weight", "relevance_weight", "bigram_value", "repeat_penalty",
                  "length_weight", "judge_noise"):
-      need(math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite value >= 0")
+      need(real(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite value >= 0")
     for name in ("function_quality_mean", "special_quality", "judge_center"):
-      need(math.isfinite(getattr(self, name)), name, "a finite value")
-    need(0.0 <= self.broad_fraction <= 1.0, "broad_fraction", "in [0, 1]")
-    need(0.0 <= self.flip_rate <= 0.5, "flip_rate", "in [0, 0.5]")
-    need(0 <= self.bigrams_per_token <= 8, "bigrams_per_token", "in [0, 8]")
-    need(1 <= self.repeat_window <= self.max_response_len, "repeat_window", "in [1, max_response_len]")
-    need(len(self.annotators) >= 1 and all(
-        isinstance(n, str) and len(w) == len(gold_lib.ATTRIBUTE_NAMES) and all(math.isfinite(x) for x in w)
-        for n, w in self.annotators) and len({n for n, _ in self.annotators}) == len(self.annotators),
-         "annotators", f"distinct (name, {len(gold_lib.ATTRIBUTE_NAMES)} finite weights) pairs")
+      need(real(getattr(self, name)), name, "a finite value")
+    need(real(self.broad_fraction) and 0.0 <= self.broad_fraction <= 1.0, "broad_fraction", "in [0, 1]")
+    need(real(self.flip_rate) and 0.0 <= self.flip_rate <= 0.5, "flip_rate", "in [0, 0.5]")
+
+    def named_weights(value):  # ((str name, 5 finite weights), ...) with distinct names
+      return isinstance(value, tuple) and all(
+          isinstance(b, tuple) and len(b) == 2 and isinstance(b[0], str) and isinstance(b[1], tuple)
+          and len(b[1]) == len(gold_lib.ATTRIBUTE_NAMES) and all(real(x) for x in b[1]) for b in value
+      ) and len({b[0] for b in value}) == len(value)
+
+    need(named_weights(self.annotators) and len(self.annotators) >= 1, "annotators",
+         f"distinct (name, {len(gold_lib.ATTRIBUTE_NAMES)} finite weights) pairs")
     emittable = set(tokenizer_lib.FUNCTION_WORDS) | {
         w for ws in tokenizer_lib.topic_words(self.num_topics, self.words_per_topic) for w in ws}
-    need(all(isinstance(b, (tuple, list)) and len(b) == 2 and b[0] in emittable and math.isfinite(b[1])
-             for b in self.labeler_bias) and len({b[0] for b in self.labeler_bias}) == len(self.labeler_bias),
+    need(isinstance(self.labeler_bias, tuple) and all(
+        isinstance(b, tuple) and len(b) == 2 and isinstance(b[0], str) and b[0] in emittable and real(b[1])
+        for b in self.labeler_bias) and len({b[0] for b in self.labeler_bias}) == len(self.labeler_bias),
          "labeler_bias", "distinct (response word: a function or topic word, finite bonus) pairs")
     reserved = set(tokenizer_lib.WorldTokenizer(self.num_topics, self.words_per_topic).vocab)
-    need(all(isinstance(n, str) and len(n.split()) == 1 and n == n.strip() and n not in reserved
-             and len(w) == len(gold_lib.ATTRIBUTE_NAMES) and all(math.isfinite(x) for x in w)
-             for n, w in self.criteria) and len({n for n, _ in self.criteria}) == len(self.criteria),
+    need(named_weights(self.criteria) and all(
+        len(n.split()) == 1 and n == n.strip() and n not in reserved for n, _ in self.criteria),
          "criteria", f"distinct (name, {len(gold_lib.ATTRIBUTE_NAMES)} finite weights) pairs, each name one word "
          "that is not already a token of the vocabulary")
+
+
+def split_bounds(split_fractions: Sequence[float], num_prompts: int) -> list[int]:
+  """[0, end of train, end of validation, num_prompts]: where the shuffled prompt pool is cut into the splits."""
+  return [0] + [int(round(f * num_prompts)) for f in np.cumsum(split_fractions)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,8 +209,13 @@ def _split_index(split: str) -> int:
   return SPLITS.index(split)
 
 
+def _check_context(context) -> None:
+  if context not in CONTEXTS:
+    raise ValueError(f"context must be one of {CONTEXTS} (no control token, <better>, <worse>), got {context!r}")
+
+
 def _check_count(name: str, n: int) -> None:
-  if not isinstance(n, (int, np.integer)) or n < 0:
+  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
     raise ValueError(f"{name} must be an int >= 0, got {n!r}")
 
 
@@ -200,9 +234,8 @@ class World:
     self._cdf = {}
     self.prompt_pool = self._make_prompt_pool()  # list of id tuples
     self.prompt_topics = [int(self.spec.topic_V[p[1]]) for p in self.prompt_pool]  # p = (instruction, w1, ...)
-    fr = np.cumsum(config.split_fractions)
     order = _rng(config.seed, _PROMPTS, 1).permutation(len(self.prompt_pool))
-    bounds = [0] + [int(round(f * len(order))) for f in fr]
+    bounds = split_bounds(config.split_fractions, len(order))
     self.split_prompts = {s: np.sort(order[bounds[i]:bounds[i + 1]]) for i, s in enumerate(SPLITS)}
 
   # ---- construction ----------------------------------------------------------------------------------------
@@ -297,13 +330,17 @@ class World:
       context: None, "better" or "worse" (the contrastive control token in front of the prompt).
       broad: optional bool (B,): rows drawn at broad_temperature.
     """
-    if context not in CONTEXTS:
-      raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    _check_context(context)
     topics = np.asarray(topics, np.int64)
     lengths = np.asarray(lengths, np.int64)
     if topics.shape != lengths.shape or topics.ndim != 1 or (lengths < 1).any():
-      raise ValueError("topics and lengths must be (B,) arrays with lengths >= 1")
+      raise ValueError(f"topics and lengths must be (B,) arrays with lengths >= 1, got shapes {topics.shape} and "
+                       f"{lengths.shape}, min length {lengths.min() if lengths.size else None}")
+    if ((topics < 0) | (topics >= self.tokenizer.num_topics)).any():
+      raise ValueError(f"topics must be in [0, {self.tokenizer.num_topics}), got {sorted(set(topics.tolist()))}")
     broad = np.zeros(len(topics), bool) if broad is None else np.asarray(broad, bool)
+    if broad.shape != topics.shape:
+      raise ValueError(f"broad must be a (B,) = {topics.shape} bool array, got shape {broad.shape}")
     cdf_ref = self._cdf_for(context, 1.0)
     cdf_broad = self._cdf_for(context, self.config.broad_temperature)
     width = int(lengths.max()) if len(lengths) else 1
@@ -362,6 +399,9 @@ class World:
 
   def prompt_text(self, index: int, context: str | None = None) -> str:
     """The text of pool prompt `index`, optionally behind a `<better>` / `<worse>` control token."""
+    _check_context(context)
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < len(self.prompt_pool):
+      raise ValueError(f"index must be an int in [0, {len(self.prompt_pool)}) (a prompt_pool index), got {index!r}")
     text = self.tokenizer.decode(self.prompt_pool[index])
     return text if context is None else f"<{context}> {text}"
 
@@ -378,6 +418,7 @@ class World:
 
   def prompts(self, n: int, split: str, context: str | None = None) -> list[str]:
     """n prompt texts of `split` (for sampling / RL), drawn with replacement."""
+    _check_context(context)
     return [self.prompt_text(i, context) for i in self.prompt_indices(n, split)]
 
   def prompt_arrays(self, n: int, split: str, context: str | None = None):
@@ -531,6 +572,8 @@ class World:
     """
     if labels not in CRITERION_LABELS:
       raise ValueError(f"labels must be one of {CRITERION_LABELS}, got {labels!r}")
+    if not isinstance(shown, (bool, np.bool_)):
+      raise ValueError(f"shown must be a bool, got {shown!r}")
     pairs = self.criterion_pairs(num_pairs, split)
     wins = pairs["a_wins"] if labels == "sampled" else pairs["oracle_a_wins"]
     dec = self.tokenizer.decode
@@ -553,6 +596,8 @@ class World:
     """num reference samples (prompt, response); with contrastive=True, 3 * num: each prompt also with
     `<better>` and `<worse>` in front and a response from the correspondingly shifted distribution."""
     _check_count("num", num)
+    if not isinstance(contrastive, (bool, np.bool_)):
+      raise ValueError(f"contrastive must be a bool, got {contrastive!r}")
     s = _split_index(split)
     out = []
     for chunk in range(-(-num // _CHUNK)):
@@ -581,10 +626,12 @@ class World:
     for chunk in range(-(-num // _CHUNK)):
       size = min(_CHUNK, num - chunk * _CHUNK)
       rng = _rng(self.config.seed, _KWAY, s, chunk, k)
-      idx = self._draw_prompts(rng, split, _CHUNK)[:size]  # drawn whole, so record i is independent of num
+      # The whole chunk is drawn (prompts, lengths, responses), then cut, so that record i does not depend on num.
+      idx = self._draw_prompts(rng, split, _CHUNK)
       topics = np.repeat([self.prompt_topics[i] for i in idx], k)
-      lengths = self.sample_lengths(rng, size * k)
-      r_ids = self.sample_responses(rng, topics, lengths, broad=rng.random(size * k) < self.config.broad_fraction)
+      lengths = self.sample_lengths(rng, _CHUNK * k)
+      r_ids = self.sample_responses(rng, topics, lengths, broad=rng.random(_CHUNK * k) < self.config.broad_fraction)
+      idx, lengths, r_ids = idx[:size], lengths[:size * k], r_ids[:size * k]
       r_mask = (np.arange(r_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int32)
       p_ids, p_mask = pad_rows([self.prompt_pool[i] for i in np.repeat(idx, k)])
       gold = self.gold_reward_np(p_ids, p_mask, r_ids, r_mask).reshape(size, k)
