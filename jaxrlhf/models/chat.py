@@ -3,8 +3,10 @@
 Templates come with checkpoints, i.e. they are untrusted code, so they run in jinja2's immutable sandbox (no
 access to Python internals, no mutation of the messages, no loader for files) with the environment transformers
 uses (`trim_blocks`, `lstrip_blocks`, loop controls, `raise_exception`, a non-escaping `tojson`, `strftime_now`),
-and see the special tokens (`bos_token`, `eos_token`, ...) as variables. The sandbox bounds `range` but not the
-size of strings a template builds (`'a' * 10**10`), nor its running time.
+and see the special tokens (`bos_token`, `eos_token`, ...) as variables (only those the tokenizer has: an unset one
+is undefined, not the string "None"). `{% generation %}...{% endgeneration %}` blocks, which templates use to mark
+assistant text for transformers' `return_assistant_tokens_mask`, render their body. The sandbox bounds `range` but not
+the size of strings a template builds (`'a' * 10**10`), nor its running time.
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ from typing import Any, Mapping, Sequence
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 import jinja2.sandbox
 
 Message = Mapping[str, Any]
+
+
+class _GenerationBlocks(jinja2.ext.Extension):
+  """`{% generation %}...{% endgeneration %}`: renders the body as is (transformers' AssistantTracker tag, which
+  only records where the assistant's text lies when asked for an assistant mask)."""
+
+  tags = {"generation"}
+
+  def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+    lineno = next(parser.stream).lineno
+    body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+    return jinja2.nodes.Scope(body, lineno=lineno)
 
 
 def _raise_exception(message: str) -> None:
@@ -40,7 +55,8 @@ def compile_chat_template(source: str) -> jinja2.Template:
   """Compiles a chat template source string (cached; templates are immutable)."""
   # An empty loader: {% include %} / {% import %} / {% extends %} of any name (a path, say) is TemplateNotFound.
   env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-      trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols], loader=jinja2.DictLoader({}))
+      trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlocks, jinja2.ext.loopcontrols],
+      loader=jinja2.DictLoader({}))
   env.filters["tojson"] = _tojson
   env.globals["raise_exception"] = _raise_exception
   env.globals["strftime_now"] = _strftime_now
@@ -55,7 +71,8 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
     source: the Jinja template source (a tokenizer's `chat_template`).
     messages: dicts with at least "role" and "content".
     add_generation_prompt: append the header that starts the assistant's turn.
-    special_tokens: template variables such as {"bos_token": "<s>", "eos_token": "</s>"}.
+    special_tokens: template variables such as {"bos_token": "<s>", "eos_token": "</s>"}; a None value (a token
+      the tokenizer lacks) leaves the variable undefined, as transformers does, so `{{ bos_token }}` renders "".
 
   Returns:
     The rendered prompt text (not tokenized).
@@ -69,7 +86,8 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
       raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}")
   # Plain dicts and None-free values, as transformers passes them (templates test key presence).
   plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
-  variables = {k: v for k, v in (special_tokens or {}).items()}
+  # transformers passes only the special tokens that are set; a None would render as the text "None".
+  variables = {k: v for k, v in (special_tokens or {}).items() if v is not None}
   return compile_chat_template(source).render(
       messages=plain, add_generation_prompt=add_generation_prompt, tools=None, documents=None, **variables)
 

@@ -161,18 +161,22 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
     raise ValueError(
         f"unsupported GGUF general.architecture {arch!r}; supported: {list(SUPPORTED_ARCHITECTURES)}")
 
-  def required(key: str) -> Any:
-    full_key = f"{arch}.{key}"
-    if full_key not in metadata:
-      raise ValueError(f"GGUF metadata field {full_key!r} is missing")
-    return metadata[full_key]
+  def field(key: str, kind: type = int, default: Any = _REQUIRED) -> Any:
+    return _number(metadata, f"{arch}.{key}", kind, default)
 
-  hidden_size = int(required("embedding_length"))
-  num_heads = int(required("attention.head_count"))
-  num_kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", num_heads))
-  head_dim = int(metadata.get(f"{arch}.attention.key_length",
-                              metadata.get(f"{arch}.rope.dimension_count", hidden_size // num_heads)))
-  vocab_size = metadata.get(f"{arch}.vocab_size")
+  hidden_size = field("embedding_length")
+  num_heads = field("attention.head_count")
+  if num_heads < 1:
+    raise ValueError(f"GGUF metadata field '{arch}.attention.head_count' is {num_heads}, expected a positive count")
+  num_kv_heads = field("attention.head_count_kv", default=num_heads)
+  rope_dims = field("rope.dimension_count", default=None)
+  head_dim = field("attention.key_length", default=hidden_size // num_heads if rope_dims is None else rope_dims)
+  if rope_dims is not None and rope_dims != head_dim:
+    # RoPE on only part of each head (llama.cpp's n_rot < head size; it refuses that for llama files). Loading it
+    # as full rotary would change every attention score.
+    raise ValueError(f"GGUF {arch}.rope.dimension_count {rope_dims} differs from the head size {head_dim} "
+                     f"({arch}.attention.key_length): partial rotary embeddings are not supported")
+  vocab_size = field("vocab_size", default=None)
   if vocab_size is None:
     tokens = metadata.get("tokenizer.ggml.tokens")
     if tokens is None:
@@ -183,17 +187,17 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
   config = {
       "architectures": [architecture],
       "model_type": model_type,
-      "vocab_size": int(vocab_size),
+      "vocab_size": vocab_size,
       "hidden_size": hidden_size,
-      "intermediate_size": int(required("feed_forward_length")),
-      "num_hidden_layers": int(required("block_count")),
+      "intermediate_size": field("feed_forward_length"),
+      "num_hidden_layers": field("block_count"),
       "num_attention_heads": num_heads,
       "num_key_value_heads": num_kv_heads,
       "head_dim": head_dim,
       "hidden_act": "silu",
-      "max_position_embeddings": int(required("context_length")),
-      "rms_norm_eps": float(required("attention.layer_norm_rms_epsilon")),
-      "rope_theta": float(metadata.get(f"{arch}.rope.freq_base", 10000.0)),
+      "max_position_embeddings": field("context_length"),
+      "rms_norm_eps": field("attention.layer_norm_rms_epsilon", float),
+      "rope_theta": field("rope.freq_base", float, 10000.0),
       "attention_bias": False,
       "mlp_bias": False,
       "tie_word_embeddings": "output.weight" not in tensor_names,
@@ -202,7 +206,7 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
   for hf_key, gguf_key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                            ("pad_token_id", "padding_token_id")):
     if f"tokenizer.ggml.{gguf_key}" in metadata:
-      config[hf_key] = int(metadata[f"tokenizer.ggml.{gguf_key}"])
+      config[hf_key] = _number(metadata, f"tokenizer.ggml.{gguf_key}")
   rope_scaling = _rope_scaling(metadata, arch)
   if rope_scaling is not None:
     config["rope_scaling"] = rope_scaling
@@ -227,7 +231,7 @@ def _gemma_config(config: dict[str, Any], metadata: dict[str, Any], arch: str) -
   window_key = f"{arch}.attention.sliding_window"
   if arch == "gemma3" and window_key not in metadata:
     raise ValueError(f"GGUF metadata field {window_key!r} is missing")
-  config["sliding_window"] = int(metadata.get(window_key, 4096))
+  config["sliding_window"] = _number(metadata, window_key, int, 4096)
   pattern = metadata.get(f"{arch}.attention.sliding_window_pattern", 2 if arch == "gemma2" else 6)
   if isinstance(pattern, (list, tuple)):  # one flag per layer, True where the layer slides
     if len(pattern) != num_layers:
@@ -235,17 +239,40 @@ def _gemma_config(config: dict[str, Any], metadata: dict[str, Any], arch: str) -
                        f"{num_layers} (block_count)")
     sliding = [bool(flag) for flag in pattern]
   else:  # every pattern-th layer is global (Gemma 2: 2, Gemma 3: 6)
-    sliding = [bool((i + 1) % int(pattern)) for i in range(num_layers)]
+    pattern = _number(metadata, f"{arch}.attention.sliding_window_pattern", int, pattern)
+    if pattern < 1:
+      raise ValueError(f"GGUF {arch}.attention.sliding_window_pattern {pattern} is not a positive layer period")
+    sliding = [bool((i + 1) % pattern) for i in range(num_layers)]
   config["layer_types"] = ["sliding_attention" if flag else "full_attention" for flag in sliding]
-  final_cap = metadata.get(f"{arch}.final_logit_softcapping", 30.0 if arch == "gemma2" else None)
-  config["final_logit_softcapping"] = None if final_cap is None else float(final_cap)
+  config["final_logit_softcapping"] = _number(metadata, f"{arch}.final_logit_softcapping", float,
+                                              30.0 if arch == "gemma2" else None)
   if arch == "gemma2":
-    config["attn_logit_softcapping"] = float(metadata.get(f"{arch}.attn_logit_softcapping", 50.0))
+    config["attn_logit_softcapping"] = _number(metadata, f"{arch}.attn_logit_softcapping", float, 50.0)
     return
   # Gemma 3: rope_theta and rope_scaling are the global layers'; the local layers use base 10000, unscaled.
   full = {"rope_type": "default", **config.pop("rope_scaling", {}), "rope_theta": config.pop("rope_theta")}
-  local = {"rope_type": "default", "rope_theta": float(metadata.get(f"{arch}.rope.freq_base_swa", 10000.0))}
+  local = {"rope_type": "default", "rope_theta": _number(metadata, f"{arch}.rope.freq_base_swa", float, 10000.0)}
   config["rope_parameters"] = {"full_attention": full, "sliding_attention": local}
+
+
+_REQUIRED = object()
+
+
+def _number(metadata: dict[str, Any], key: str, kind: type = int, default: Any = _REQUIRED) -> Any:
+  """`metadata[key]` as `kind` (int: an integer; float: any number), `default` when absent (no default: required).
+
+  Raises:
+    ValueError naming the key: it is missing, or of another type (a string, a per-layer array, a bool).
+  """
+  if key not in metadata:
+    if default is _REQUIRED:
+      raise ValueError(f"GGUF metadata field {key!r} is missing")
+    return default
+  value = metadata[key]
+  if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)):
+    expected = "an integer" if kind is int else "a number"
+    raise ValueError(f"GGUF metadata field {key!r} is {value!r}, expected {expected}")
+  return kind(value)
 
 
 @errors.reads_file("GGUF file")
@@ -268,10 +295,10 @@ def _rope_scaling(metadata: dict[str, Any], arch: str) -> dict[str, Any] | None:
   factor_key = f"{arch}.rope.scaling.factor"
   if factor_key not in metadata:
     raise ValueError(f"GGUF metadata field {factor_key!r} is missing for rope scaling {rope_type!r}")
-  scaling = {"rope_type": rope_type, "factor": float(metadata[factor_key])}
+  scaling = {"rope_type": rope_type, "factor": _number(metadata, factor_key, float)}
   original_key = f"{arch}.rope.scaling.original_context_length"
   if original_key in metadata:
-    scaling["original_max_position_embeddings"] = int(metadata[original_key])
+    scaling["original_max_position_embeddings"] = _number(metadata, original_key)
   return scaling
 
 

@@ -6,7 +6,11 @@ model's chat template (rendered by `jaxrlhf.models.chat`). `load_tokenizer(path)
     `chat_template.jinja` file, as transformers now saves it, takes precedence), or
   * a `.gguf` file with a byte-level BPE vocabulary (`tokenizer.ggml.model` "gpt2"), rebuilt the way
     transformers' GGUF converter does: vocabulary + merges, byte-level pre-tokenizer with the split regex named
-    by `tokenizer.ggml.pre`, control tokens as special tokens, user-defined tokens as added tokens.
+    by `tokenizer.ggml.pre`, control tokens as special tokens, user-defined tokens as added tokens (both by the raw
+    text llama.cpp's converter writes for them, keeping their ids). Where that converter departs from llama.cpp
+    and the model's own tokenizer.json, llama.cpp is followed: "smollm" / "starcoder" / "refact" split digits
+    first, and the llama3 group ("llama-bpe", ...) takes a pre-token that is in the vocabulary whole before
+    merging and adds BOS when the file does not say.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ _PRE_TOKENIZER_SPLITS = {
     "smaug-bpe": _LLAMA3_SPLIT, "dbrx": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
     "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
 }
+# llama.cpp's LLAMA3 pre-tokenizer group: a pre-token that is itself in the vocabulary is taken whole before any merge
+# (Llama 3's tokenizer.json sets the BPE model's `ignore_merges`; e.g. " Việt" is one token there, three by merges),
+# and BOS is added when the file has no tokenizer.ggml.add_bos_token.
+_LLAMA3_PRE = frozenset({"llama3", "llama-v3", "llama-bpe", "falcon3"})
 # Pre-tokenizers that put every digit on its own (StarCoder-style vocabularies such as SmolLM2), as in the
 # models' own tokenizer.json and llama.cpp; then GPT-2's byte-level regex.
 _DIGIT_SPLIT_PRE = frozenset({"smollm", "starcoder", "refact"})
@@ -64,10 +72,15 @@ class Tokenizer:
     """Wraps a `tokenizers.Tokenizer`.
 
     Args:
-      backend: the tokenizer; its post-processor decides what `add_special_tokens=True` adds.
+      backend: the tokenizer; its post-processor decides what `add_special_tokens=True` adds. Truncation and
+        padding settings it carries (a tokenizer.json may) are switched off: `encode` returns every token, as
+        transformers' `encode` does unless asked; the data pipeline's truncation policy owns lengths.
       eos_token, bos_token, pad_token, unk_token: special token strings (must be in the vocabulary).
       chat_template: Jinja chat template source.
     """
+    # A saved tokenizer.json may carry truncation / padding, which would silently cut or pad every encode.
+    backend.no_truncation()
+    backend.no_padding()
     self.backend = backend
     self.chat_template = chat_template
     self._special_tokens = {"bos_token": bos_token, "eos_token": eos_token, "unk_token": unk_token,
@@ -192,12 +205,15 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     return tokens[token_id]
 
   bos_token, eos_token = special("bos_token_id"), special("eos_token_id")
+  add_bos = metadata.get("tokenizer.ggml.add_bos_token", metadata.get("tokenizer.ggml.pre") in _LLAMA3_PRE)
   backend.post_processor = _special_tokens_processor(
-      bos_token if metadata.get("tokenizer.ggml.add_bos_token", False) else None,
+      bos_token if add_bos else None,
       eos_token if metadata.get("tokenizer.ggml.add_eos_token", False) else None, backend)
+  chat_template = metadata.get("tokenizer.chat_template")
+  if chat_template is not None and not isinstance(chat_template, str):
+    raise ValueError(f"GGUF tokenizer.chat_template is {type(chat_template).__name__}, expected a string")
   return Tokenizer(backend, bos_token=bos_token, eos_token=eos_token, pad_token=special("padding_token_id"),
-                   unk_token=special("unknown_token_id"),
-                   chat_template=metadata.get("tokenizer.chat_template"))
+                   unk_token=special("unknown_token_id"), chat_template=chat_template)
 
 
 def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
@@ -205,10 +221,12 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
   """A byte-level BPE `tokenizers.Tokenizer` from llama.cpp's vocabulary description.
 
   Args:
-    tokens: token strings in id order, spelled in GPT-2's byte alphabet.
+    tokens: token strings in id order, spelled in GPT-2's byte alphabet (added tokens, i.e. control and
+      user-defined ones, as raw text, as llama.cpp's converter writes them).
     merges: "left right" merge rules in priority order.
     token_types: llama.cpp token types per token (3 = control -> special, 4 = user-defined -> added).
-    pre_type: `tokenizer.ggml.pre`, which picks the split regex.
+    pre_type: `tokenizer.ggml.pre`, which picks the split regex (and, for the llama3 group, whole-word lookup
+      before merging, as llama.cpp and Llama 3's tokenizer.json do).
 
   Raises:
     ValueError: inconsistent lengths, a malformed merge, or an unknown `pre_type`.
@@ -217,12 +235,15 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
     raise ValueError(f"tokenizer.ggml.token_type has {len(token_types)} entries, expected {len(tokens)}")
   byte_chars = _bytes_to_unicode()
   alphabet = set(byte_chars.values())
-  # Tokens outside the byte alphabet (some converters store special tokens raw) are respelled byte by byte,
-  # as transformers does, so the vocabulary stays consistent with the byte-level pre-tokenizer.
+  # llama.cpp's converter writes added tokens (control and user-defined) as raw text, e.g. DeepSeek's '<｜User｜>'
+  # or '<｜begin▁of▁sentence｜>', outside the byte alphabet: they keep that spelling and are matched whole in the
+  # text (added tokens below), as llama.cpp and the model's own tokenizer.json do. Other tokens outside the alphabet
+  # are respelled byte by byte, as transformers does, to stay consistent with the byte-level pre-tokenizer.
+  added = (_CONTROL, _USER_DEFINED)
   vocab = {}
-  for index, token in enumerate(tokens):
-    spelled = token if set(token) <= alphabet else "".join(byte_chars[b] for b in token.encode("utf-8"))
-    vocab[spelled] = index
+  for index, (token, kind) in enumerate(zip(tokens, token_types)):
+    raw = kind in added or set(token) <= alphabet
+    vocab[token if raw else "".join(byte_chars[b] for b in token.encode("utf-8"))] = index
   pairs = []
   for i, merge in enumerate(merges):
     parts = merge.split(" ")
@@ -230,18 +251,17 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
       raise ValueError(f"tokenizer.ggml.merges[{i}] = {merge!r} is not 'left right'")
     pairs.append(tuple(parts))
   try:
-    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs))
+    backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=pre_type in _LLAMA3_PRE))
   except Exception as e:  # pylint: disable=broad-exception-caught
     # The tokenizers library raises a bare Exception, e.g. for a merge of tokens outside the vocabulary.
     raise ValueError(f"tokenizer.ggml.tokens / merges do not form a BPE vocabulary: {e}") from e
   backend.pre_tokenizer = _pre_tokenizer(pre_type)
   backend.decoder = decoders.ByteLevel()
-  # Control tokens spelled in the byte alphabet become special (matched whole, skipped on decode); others
-  # are llama.cpp mislabels that transformers skips too.
-  control = [AddedToken(t, normalized=False, special=True)
-             for t, kind in zip(tokens, token_types) if kind == _CONTROL and set(t) <= alphabet]
+  # Control tokens become special (matched whole, skipped on decode), user-defined ones plain added tokens (matched
+  # whole, kept on decode); both keep their ids, as their spelling is already in the vocabulary.
+  control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, token_types) if kind == _CONTROL]
   user_defined = [AddedToken(t, normalized=False, special=False)
-                  for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED and t in vocab]
+                  for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED]
   if control:
     backend.add_special_tokens(control)
   if user_defined:
@@ -282,14 +302,27 @@ def _special_tokens_processor(bos_token: str | None, eos_token: str | None,
 
 
 def _hf_chat_template(folder: pathlib.Path, config: Mapping[str, Any]) -> str | None:
-  """The default chat template of a HF folder: chat_template.jinja, else tokenizer_config.json's."""
+  """The default chat template of a HF folder: chat_template.jinja, else tokenizer_config.json's (a string, or the
+  one named "default" of a list of named templates; a list without one is a ModelFileError, as transformers refuses
+  to pick)."""
   jinja_file = folder / "chat_template.jinja"
   if jinja_file.exists():
     return jinja_file.read_text(encoding="utf-8")
   template = config.get("chat_template")
+  config_file = folder / "tokenizer_config.json"
   if isinstance(template, list):  # Named templates: [{"name": ..., "template": ...}, ...].
+    if not all(isinstance(t, Mapping) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+               for t in template):
+      raise ModelFileError(config_file, "chat_template is a list, but not of {'name': str, 'template': str} entries")
     named = {t["name"]: t["template"] for t in template}
-    template = named.get("default")
+    if "default" not in named:
+      # transformers refuses to render such a tokenizer's chats; loading it as template-less would silently turn
+      # `supports_system_role` False and reformat every chat prompt.
+      raise ModelFileError(config_file, f"chat_template has named templates {sorted(named)} but no 'default'")
+    template = named["default"]
+  if template is not None and not isinstance(template, str):
+    raise ModelFileError(config_file, f"chat_template is a JSON {type(template).__name__}, expected a string or a "
+                         "list of named templates")
   return template
 
 

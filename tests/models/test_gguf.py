@@ -349,3 +349,31 @@ def test_duplicate_names_are_refused(tmp_path, old, new, message):
     gguf_io.read_metadata(path)
   with pytest.raises(gguf_io.ModelFileError, match=message):
     gguf_io.read_gguf(path)
+
+
+def test_partial_rotary_is_refused(tmp_path):
+  # rope.dimension_count < key_length: RoPE on part of each head (llama.cpp refuses it for llama files). Read as
+  # full rotary, every attention score would change.
+  tensors = _tiny_llama_tensors(np.random.default_rng(10))
+  rope_half = lambda w: (w.add_key_length(H), w.add_rope_dimension_count(H // 2))  # noqa: E731
+  with pytest.raises(ValueError, match=r"llama\.rope\.dimension_count 4 differs from the head size 8"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, skip_keys=("rope_dim",), extra=rope_half))
+  both = lambda w: (w.add_key_length(H), w.add_rope_dimension_count(H))  # noqa: E731
+  config, _ = gguf_io.read_gguf(write_tiny_gguf(tmp_path / "ok.gguf", tensors, skip_keys=("rope_dim",), extra=both))
+  assert config["head_dim"] == H
+
+
+@pytest.mark.parametrize("skip,add,message", [
+    ("head_count_kv", lambda w: w.add_array("llama.attention.head_count_kv", [NKV] * L),
+     r"'llama\.attention\.head_count_kv' is \[2, 2\], expected an integer"),
+    ("block_count", lambda w: w.add_string("llama.block_count", "2"),
+     r"'llama\.block_count' is '2', expected an integer"),
+    ("rms_eps", lambda w: w.add_string("llama.attention.layer_norm_rms_epsilon", "abc"),
+     r"'llama\.attention\.layer_norm_rms_epsilon' is 'abc', expected a number"),
+    ("head_count", lambda w: w.add_head_count(0), r"'llama\.attention\.head_count' is 0, expected a positive count")])
+def test_mistyped_metadata_field_names_it(tmp_path, skip, add, message):
+  # A per-layer array, a string or a zero where a count belongs: the error names the key (it was a bare TypeError /
+  # float() / ZeroDivisionError message, or a string count silently accepted).
+  tensors = _tiny_llama_tensors(np.random.default_rng(11))
+  with pytest.raises(ValueError, match=message):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, skip_keys=(skip,), extra=add))
