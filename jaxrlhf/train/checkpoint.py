@@ -149,13 +149,15 @@ class Checkpointer:
     `restore_newest_intact`.
 
     Raises:
-      FileNotFoundError: the directory holds no checkpoint.
+      FileNotFoundError: the directory holds no checkpoint, or none at `step` (the message lists the steps held).
       CheckpointError: the step is damaged (the message says how).
     """
     self.wait()
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    if int(step) not in self.all_steps():
+      raise FileNotFoundError(f"no checkpoint step {step} in {self.directory}; it holds steps {self.all_steps()}")
     state, data_state, problem = self._try_restore(abstract_state, step)
     if problem is not None:
       changed = self._layout_change(abstract_state, [step])
@@ -361,8 +363,16 @@ def _sha256(path: str) -> str:
 def state_layout(state: Any) -> dict[str, str]:
   """{array path: "dtype[shape]"} of a train state (arrays or ShapeDtypeStructs), e.g.
   {".params['w'].value": "float32[4, 8]", ".opt_state[0].count": "int32[]"}: what a restore must match."""
-  return {jax.tree_util.keystr(path): f"{np.dtype(x.dtype).name}{list(x.shape)}"
+  return {jax.tree_util.keystr(path): f"{_dtype_name(x.dtype)}{list(x.shape)}"
           for path, x in jax.tree_util.tree_leaves_with_path(state)}
+
+
+def _dtype_name(dtype: Any) -> str:
+  """"float32", ...; a typed PRNG key array (an nnx.Rngs stream in `TrainState.extra`) has no numpy dtype and is
+  named as jax prints it, e.g. "key<fry>"."""
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return str(dtype)
+  return np.dtype(dtype).name
 
 
 def run_record(state: Any, run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -57,6 +57,13 @@ class LoopConfig:
     if self.checkpoint_every % self.log_every:
       raise ConfigError(f"{path}.checkpoint_every: {self.checkpoint_every} must be a multiple of "
                         f"{path}.log_every={self.log_every}")
+    # A checkpoint is ranked by the eval metrics of its own step only: checkpoints between evals never count as
+    # best, so with evals off the checkpoint cadence the best checkpoint would silently be the final one.
+    if self.best_metric.startswith("eval/") and (
+        self.eval_every == 0 or (self.checkpoint_every % self.eval_every and self.eval_every % self.checkpoint_every)):
+      raise ConfigError(f"{path}.best_metric: {self.best_metric!r} ranks checkpoints by evals at their own step, "
+                        f"but {path}.eval_every={self.eval_every} never or rarely lands on {path}.checkpoint_every="
+                        f"{self.checkpoint_every}: make one a multiple of the other (eval_every > 0)")
 
 
 class NonFiniteError(FloatingPointError):
@@ -177,7 +184,8 @@ def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn
       _compile_together(jit_step, state, batch, compiled_for)
     state, step_metrics = jit_step(state, batch)
     host = jax.device_get(step_metrics)
-    values = metrics_lib.compute(host)
+    # Empty means (count 0 this step) are left out: they are not a divergence (the loss and gradients are checked).
+    values = metrics_lib.compute(host, drop_empty=True)
     bad = metrics_lib.first_non_finite(values)
     if bad is not None:
       _fail_non_finite(ckpt, step, bad, values[bad], "train")

@@ -75,13 +75,20 @@ def stack_reduce(metrics_stacked: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
-def compute(metrics: Mapping[str, Any]) -> dict[str, float]:
-  """Host floats: Avg -> total / count, Sum -> value, scalar -> itself."""
+def compute(metrics: Mapping[str, Any], *, drop_empty: bool = False) -> dict[str, float]:
+  """Host floats: Avg -> total / count, Sum -> value, scalar -> itself.
+
+  An empty Avg (count 0: nothing contributed, e.g. a per-subset mean over a batch without that subset) has no
+  value: NaN, or left out with `drop_empty` (the loop's NaN guard and logging windows, so that an empty mean
+  neither stops a run as non-finite nor logs NaN).
+  """
   metrics = jax.device_get(dict(metrics))
   out = {}
   for k, v in metrics.items():
     if isinstance(v, Avg):
       count = float(v.count)
+      if not count and drop_empty:
+        continue
       out[k] = float(v.total) / count if count else float("nan")
     elif isinstance(v, Sum):
       out[k] = float(v.value)
@@ -110,7 +117,8 @@ class Window:
     self.steps += 1
 
   def result(self) -> dict[str, float]:
-    return compute(self._acc) if self._acc else {}
+    """The window's values; an Avg that stayed empty over the whole window is left out (see `compute`)."""
+    return compute(self._acc, drop_empty=True) if self._acc else {}
 
   def reset(self) -> None:
     self._acc = {}
@@ -139,13 +147,34 @@ class MetricsWriter:
       os.remove(self.path)
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines logged after `step` (a run killed after its last checkpoint re-logs those steps)."""
+    """Drops lines logged after `step` (a run killed after its last checkpoint re-logs those steps).
+
+    A torn last line (a kill or a full disk in the middle of an append) is dropped with a warning; an unreadable
+    line before the last one raises ValueError naming the file and line. The file is replaced atomically, so a
+    kill during the rewrite leaves the old one.
+    """
     if not self.primary or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-    with open(self.path, "w") as f:
+      raw = f.readlines()
+    numbered = [(i, l) for i, l in enumerate(raw, 1) if l.strip()]
+    lines = []
+    for n, (i, l) in enumerate(numbered):
+      try:
+        record = json.loads(l)
+        line_step = record["step"]
+      except (ValueError, KeyError, TypeError) as e:
+        if n == len(numbered) - 1 and not l.endswith("\n"):
+          print(f"[metrics] WARNING: {self.path}:{i}: dropping a torn last line ({l.strip()[:80]!r})", flush=True)
+          continue
+        raise ValueError(f"{self.path}:{i}: expected a JSON object with a \"step\" key, got {l.strip()[:80]!r} "
+                         f"({type(e).__name__}: {e})") from e
+      if line_step <= step:
+        lines.append(l if l.endswith("\n") else l + "\n")
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
       f.writelines(lines)
+    os.replace(tmp, self.path)
 
   def write(self, step: int, values: Mapping[str, float]) -> None:
     if not self.primary:

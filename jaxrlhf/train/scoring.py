@@ -125,6 +125,10 @@ def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Ar
       path (`resolve_logps_path` says which a stage runs).
   """
   n = len(prefix_ids)
+  if n and (positions_BxT is not None or segment_ids_BxT is not None):
+    # One prefix in front of a packed row would sit before its first segment only, not each example's.
+    raise ValueError("token_logps: prefix_ids cannot be combined with packed rows (positions_BxT / segment_ids_BxT); "
+                     "put the prefix into each packed example instead")
   if n:
     input_ids_BxT, attention_mask_BxT, loss_mask_BxT = with_prefix(input_ids_BxT, attention_mask_BxT,
                                                                    loss_mask_BxT, prefix_ids)
@@ -164,6 +168,15 @@ def aligned_token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT
   return (logps_BxT * mask_BxT)[:, n:], mask_BxT[:, n:]
 
 
+def _prompt_width(prompt_ids_BxP: jax.Array) -> int:
+  """P, which must be >= 1: response token 0 is predicted at the prompt's last slot (P - 1); with P = 0 the slices
+  [P - 1:-1] would silently select nothing (or one slot)."""
+  if prompt_ids_BxP.ndim != 2 or prompt_ids_BxP.shape[1] < 1:
+    raise ValueError(f"prompt_ids_BxP: expected shape (B, P) with P >= 1 (the last prompt slot predicts response "
+                     f"token 0), got {prompt_ids_BxP.shape}")
+  return prompt_ids_BxP.shape[1]
+
+
 def response_logps(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.Array, response_ids_BxN: jax.Array,
                    response_mask_BxN: jax.Array, temperature: float = 1.0, chunk_size: int = 0, fused: bool = False
                    ) -> tuple[jax.Array, jax.Array]:
@@ -199,7 +212,7 @@ def response_logps_and_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask
 def _response_forward(model, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxN, response_mask_BxN, temperature,
                       chunk_size, with_hidden, fused=False):
   """(logps_BxN, entropy_BxN, hidden_BxNxD or None) of `response_logps_and_hidden`."""
-  p = prompt_ids_BxP.shape[1]
+  p = _prompt_width(prompt_ids_BxP)
   valid = response_mask_BxN > 0
   mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, valid], axis=1)
   ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
@@ -227,7 +240,7 @@ def response_hidden(model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: jax.
                     response_mask_BxN: jax.Array) -> jax.Array:
   """(B, N, D) final hidden states of a backbone (anything with `hidden_states`, e.g. a reward model's) at the
   positions before each response token, as `response_logps_and_hidden` (no LM head is applied)."""
-  p = prompt_ids_BxP.shape[1]
+  p = _prompt_width(prompt_ids_BxP)
   mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, response_mask_BxN > 0], axis=1)
   ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
   return model.hidden_states(ids_BxT, mask_BxT)[:, p - 1:-1]
@@ -264,7 +277,7 @@ def state_values(value_model: Any, prompt_ids_BxP: jax.Array, prompt_mask_BxP: j
   prompt's last token, s_n at the response's last token). Slots after a row's end hold values of padding
   (mask them with `losses.value.state_mask`). Differentiable (the value regression of `value_train`).
   """
-  p = prompt_ids_BxP.shape[1]
+  p = _prompt_width(prompt_ids_BxP)
   mask_BxT = jnp.concatenate([prompt_mask_BxP > 0, response_mask_BxN > 0], axis=1)
   ids_BxT = jnp.where(mask_BxT, jnp.concatenate([prompt_ids_BxP, response_ids_BxN], axis=1), 0).astype(jnp.int32)
   hidden_BxTxD = value_model.backbone.hidden_states(ids_BxT, mask_BxT)
@@ -283,6 +296,12 @@ def sequence_logps(model: Any, prompt_rows: Sequence[Sequence[int]], response_ro
                      "responses")
   if any(not r for r in response_rows):
     raise ValueError("response_rows: every response needs at least one token")
+  empty = [i for i, p in enumerate(prompt_rows) if not p]
+  if empty:
+    raise ValueError(f"prompt_rows[{empty[0]}]: every prompt needs at least one token (its last token predicts the "
+                     f"response's first); {len(empty)} of {len(prompt_rows)} prompts are empty")
+  if not prompt_rows:
+    return np.zeros((0,), np.float64)
   out = []
   p_width = max(len(p) for p in prompt_rows)
   r_width = max(len(r) for r in response_rows)
@@ -367,6 +386,14 @@ def follow_up_logps(model: Any, prompt_ids_RxP: jax.Array, prompt_mask_RxP: jax.
 def flr_scores(logps_RxF: jax.Array, positive_F: jax.Array) -> jax.Array:
   """float32 (R,) FLR = mean over the positive follow-ups of `follow_up_logps` minus the mean over the negative ones
   (Zhang et al. 2024, arXiv 2409.13948). positive_F: bool (F,), at least one True and one False."""
+  try:
+    flags = np.asarray(positive_F)
+  except jax.errors.TracerArrayConversionError:
+    flags = None  # Traced: checked where it was built.
+  if flags is not None:
+    if flags.ndim != 1 or flags.shape[0] != logps_RxF.shape[-1] or flags.all() or not flags.any():
+      raise ValueError(f"positive_F: expected (F,) = ({logps_RxF.shape[-1]},) flags with at least one positive and one "
+                       f"negative follow-up (each mean divides by its count), got {flags.tolist()}")
   pos = jnp.asarray(positive_F, jnp.float32)
   neg = 1.0 - pos
   logps = logps_RxF.astype(jnp.float32)

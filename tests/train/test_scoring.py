@@ -100,3 +100,37 @@ def test_sequence_logps_sum_the_responses_in_fixed_shape_batches():
     assert value == pytest.approx(want, abs=2e-5)
   with pytest.raises(ValueError, match="4 responses"):
     scoring.sequence_logps(model, prompts, responses[:4], pad_id=0)
+
+
+def test_rollout_rows_need_a_prompt_token_and_bad_inputs_name_themselves():
+  """P = 0 used to fail deep inside (a broadcasting error; state_values would return a (B, 1) slice silently)."""
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(3))
+  empty_P = jnp.zeros((1, 0), jnp.int32)
+  response, response_mask = jnp.asarray([[5, 6]]), jnp.asarray([[1, 1]])
+  for chunk_size in (0, 4):
+    with pytest.raises(ValueError, match=r"prompt_ids_BxP: expected shape \(B, P\) with P >= 1"):
+      scoring.response_logps(model, empty_P, empty_P, response, response_mask, chunk_size=chunk_size)
+  with pytest.raises(ValueError, match=r"prompt_ids_BxP: expected shape \(B, P\) with P >= 1"):
+    scoring.response_hidden(model, empty_P, empty_P, response, response_mask)
+  with pytest.raises(ValueError, match=r"prompt_rows\[1\]: every prompt needs at least one token"):
+    scoring.sequence_logps(model, [[1, 2], []], [[5], [6]], pad_id=0)
+  got = scoring.sequence_logps(model, [], [], pad_id=0)  # Was "max() arg is an empty sequence".
+  assert got.shape == (0,) and got.dtype == np.float64
+
+
+def test_flr_scores_need_positive_and_negative_follow_ups():
+  logps = jnp.asarray([[-1.0, -2.0, -4.0]])
+  np.testing.assert_allclose(scoring.flr_scores(logps, np.array([True, True, False])), [-1.5 + 4.0])
+  for flags in ([True, True, True], [False, False, False], [True, False]):  # All-positive used to give NaN.
+    with pytest.raises(ValueError, match="positive_F: expected"):
+      scoring.flr_scores(logps, np.array(flags))
+
+
+def test_a_prefix_on_packed_rows_is_refused_by_name():
+  """Was "mul got incompatible shapes for broadcasting: (1, 7), (1, 6)" from deep inside."""
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(3))
+  ids = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+  seg, pos = jnp.asarray([[1, 1, 1, 2, 2, 2]]), jnp.asarray([[0, 1, 2, 0, 1, 2]])
+  with pytest.raises(ValueError, match="prefix_ids cannot be combined with packed rows"):
+    scoring.token_logps(model, ids, jnp.ones_like(ids), jnp.ones_like(ids), positions_BxT=pos, segment_ids_BxT=seg,
+                        prefix_ids=(7,))

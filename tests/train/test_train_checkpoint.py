@@ -97,3 +97,14 @@ def test_restore_without_checkpoint_raises(tmp_path, setup):
   with pytest.raises(FileNotFoundError, match="no checkpoint in"):
     ckpt.restore(setup.abstract)
   ckpt.close()
+
+
+def test_restore_of_a_step_not_held_names_the_steps(tmp_path, setup):
+  """Was CheckpointError "checkpoint step 3 ... is damaged: restoring it failed (FileNotFoundError ...)"."""
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(2, setup.init())
+  ckpt.save(4, setup.init())
+  with pytest.raises(FileNotFoundError, match=r"no checkpoint step 3 in .*; it holds steps \[2, 4\]"):
+    ckpt.restore(setup.abstract, step=3)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "4"]  # Nothing moved or written.
+  ckpt.close()

@@ -5,8 +5,12 @@ import os
 import pathlib
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
+from regression_data import RegressionBatches, squared_error_loss
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -17,6 +21,8 @@ from jaxrlhf import config as config_lib  # noqa: E402
 from jaxrlhf.train import checkpoint as checkpoint_lib  # noqa: E402
 from jaxrlhf.train import loop as loop_lib  # noqa: E402
 from jaxrlhf.train import metrics as metrics_lib  # noqa: E402
+from jaxrlhf.train import optim  # noqa: E402
+from jaxrlhf.train import state as state_lib  # noqa: E402
 NonFiniteError = loop_lib.NonFiniteError
 
 TOY = str(REPO_ROOT / "tests" / "toy_config.py")
@@ -106,3 +112,116 @@ def test_outputs_eval_cadence_best_and_throughput(tmp_path):
   assert results["metrics"]["eval/loss"] == evals[12]
   assert out["checkpoint_dir"] == str(tmp_path / "checkpoints")
   assert os.listdir(tmp_path / "tensorboard")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop with a mean that is empty in some steps, and the best-checkpoint cadence check.
+
+
+class _Lin(nnx.Module):
+
+  def __init__(self, rngs):
+    self.l = nnx.Linear(8, 1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l(x)[:, 0]
+
+
+class _SubsetBatches(RegressionBatches):
+  """Regression batches whose rows are in a subset ("in_subset" 1) on odd updates only (1-based)."""
+
+  def __next__(self):
+    batch = super().__next__()
+    return {**batch, "in_subset": np.full((16,), float(self.index % 2), np.float32)}
+
+
+def _subset_loss(model, batch, rng):
+  total, weight, _ = squared_error_loss(model, batch, rng)
+  err = jnp.abs(model(batch["x"]) - batch["y"])
+  return total, weight, {"subset_err": metrics_lib.Avg(jnp.sum(batch["in_subset"] * err), jnp.sum(batch["in_subset"]))}
+
+
+def _run_subset(workdir, log_every):
+  opt = optim.make_optimizer(optim.OptimizerConfig(name="sgd", learning_rate=0.05))
+  setup = state_lib.init_train_state(lambda key: _Lin(nnx.Rngs(key)), opt, seed=0)
+  config = loop_lib.LoopConfig(num_steps=4, log_every=log_every, checkpoint_every=4, progress=False,
+                               tensorboard=False, async_checkpoints=False)
+  out = loop_lib.train(config=config, workdir=str(workdir), setup=setup, data_iter=_SubsetBatches(),
+                       step_fn=state_lib.make_train_step(setup.graphdef, _subset_loss, opt))
+  return out, metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+def test_a_mean_empty_in_a_step_is_not_a_non_finite_metric(tmp_path):
+  """The subset mean has count 0 on even updates: it used to read as NaN and stop the run with NonFiniteError
+  ("non-finite train metric 'subset_err' = nan at step 2"). It is left out of that step, and a window pools the
+  steps that have it."""
+  out, per_step = _run_subset(tmp_path / "every", 1)
+  assert [("train/subset_err" in l) for l in per_step] == [True, False, True, False]
+  assert all(np.isfinite(v) for l in per_step for v in l.values())
+  _, windows = _run_subset(tmp_path / "pairs", 2)
+  assert [l["train/subset_err"] for l in windows] == [per_step[0]["train/subset_err"],
+                                                      per_step[2]["train/subset_err"]]
+  assert out["metrics"]["train/loss"] == per_step[-1]["train/loss"]
+
+
+@pytest.mark.parametrize("eval_every, checkpoint_every, ok", [(3, 4, False), (0, 4, False), (2, 4, True),
+                                                               (8, 4, True)])
+def test_best_eval_metric_needs_evals_at_checkpoint_steps(eval_every, checkpoint_every, ok):
+  """A checkpoint is ranked by its own step's evals; with evals off the checkpoint cadence (3 vs 4) no checkpoint
+  but the final one ever had the metric, so "best" was silently the last."""
+  cfg = loop_lib.LoopConfig(num_steps=12, log_every=1, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                            best_metric="eval/loss")
+  if ok:
+    cfg.validate()
+  else:
+    with pytest.raises(config_lib.ConfigError, match=r"config.loop.best_metric: 'eval/loss' ranks checkpoints"):
+      cfg.validate()
+  loop_lib.LoopConfig(log_every=2, checkpoint_every=4, eval_every=3, best_metric="train/loss").validate()
+
+
+class _Dropout(nnx.Module):
+  """A model whose forward pass advances an nnx.Rngs stream: a typed PRNG key (key<fry>) and a counter in
+  `TrainState.extra`."""
+
+  def __init__(self, rngs):
+    self.l1 = nnx.Linear(8, 16, rngs=rngs)
+    self.drop = nnx.Dropout(0.3, rngs=rngs)
+    self.l2 = nnx.Linear(16, 1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l2(self.drop(jnp.tanh(self.l1(x))))[:, 0]
+
+
+def _run_dropout(workdir, num_steps):
+  ocfg = optim.OptimizerConfig(name="adamw", learning_rate=0.05, schedule="cosine", warmup_steps=2, decay_steps=8,
+                               weight_decay=0.1, clip_norm=1.0, grad_accum_steps=2)
+  opt = optim.make_optimizer(ocfg)
+  setup = state_lib.init_train_state(lambda key: _Dropout(nnx.Rngs(key)), opt, seed=0)
+  step = state_lib.make_train_step(setup.graphdef, squared_error_loss, opt, grad_accum_steps=2,
+                                   schedule=optim.make_schedule(ocfg))
+  config = loop_lib.LoopConfig(num_steps=num_steps, log_every=2, checkpoint_every=2, progress=False,
+                               tensorboard=False)
+  loop_lib.train(config=config, workdir=str(workdir), setup=setup, step_fn=step, data_iter=RegressionBatches())
+  ckpt = checkpoint_lib.Checkpointer(str(workdir / "checkpoints"))
+  state, _ = ckpt.restore(setup.abstract)
+  ckpt.close()
+  lines = [{k: v for k, v in l.items() if not k.startswith("perf/")}
+           for l in metrics_lib.read_jsonl(str(workdir / "metrics.jsonl"))]
+  return state, lines
+
+
+def test_resume_with_an_rng_stream_in_the_state_is_exact(tmp_path):
+  """Saving a state with an nnx.Rngs stream used to fail in the checkpoint's layout record ("TypeError: Cannot
+  interpret 'key<fry>' as a data type"). Resumed mid-way (dropout masks, accumulation, lr schedule, weight decay),
+  the run ends bit-identical to an uninterrupted one."""
+  ref_state, ref_lines = _run_dropout(tmp_path / "ref", 8)
+  _run_dropout(tmp_path / "split", 4)
+  state, lines = _run_dropout(tmp_path / "split", 8)
+  assert lines == ref_lines and [l["step"] for l in lines] == [2, 4, 6, 8]
+  raw = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+  keys = [x for x in jax.tree.leaves(state) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)]
+  assert keys  # The stream is in the checkpoint.
+  for a, b in zip(jax.tree.leaves(ref_state), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(raw(a), raw(b))
+  record = json.loads((tmp_path / "split" / "checkpoints" / "8" / checkpoint_lib.RUN_RECORD_NAME).read_text())
+  assert any(v.startswith("key<") for v in record["layout"].values())

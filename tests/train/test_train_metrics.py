@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train.metrics import Avg, Sum
@@ -54,3 +55,33 @@ def test_writer_jsonl_truncate_and_tensorboard(tmp_path):
   # The event file holds the scalar tag (TFRecord framing around a serialized Summary proto).
   assert b"train/loss" in open(events[0], "rb").read()
   json.dumps(lines)
+
+
+def test_an_empty_mean_has_no_value_in_windows_and_the_guard():
+  """Avg(0, 0): nothing contributed (e.g. a per-subset mean over a batch without that subset). It is NaN in a plain
+  `compute`, left out with drop_empty (the loop's guard and windows), and adds nothing to a window's pooled mean."""
+  empty = {"sub": Avg(jnp.asarray(0.0), jnp.asarray(0.0)), "loss": Avg(jnp.asarray(3.0), jnp.asarray(2.0))}
+  assert np.isnan(metrics_lib.compute(empty)["sub"])
+  assert metrics_lib.compute(empty, drop_empty=True) == {"loss": 1.5}
+  window = metrics_lib.Window()
+  window.add(empty)
+  assert window.result() == {"loss": 1.5}  # Was {"loss": 1.5, "sub": nan}.
+  window.add({"sub": Avg(jnp.asarray(6.0), jnp.asarray(3.0)), "loss": Avg(jnp.asarray(1.0), jnp.asarray(2.0))})
+  assert window.result() == {"sub": 2.0, "loss": 1.0}
+
+
+def test_truncate_after_drops_a_torn_last_line_and_names_a_bad_one(tmp_path, capsys):
+  """A kill (or a full disk) in the middle of an append leaves a torn last line; the resume used to fail in
+  json.loads. It is dropped with a warning; an unreadable line before the last one is an error naming file:line."""
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "train/loss": 0.2}\n{"step": 4, "train/loss": 0.4}\n{"step": 6, "train/lo')
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+  writer.truncate_after(6)
+  assert "metrics.jsonl:3: dropping a torn last line" in capsys.readouterr().out
+  assert metrics_lib.read_jsonl(str(path)) == [{"step": 2, "train/loss": 0.2}, {"step": 4, "train/loss": 0.4}]
+  writer.write(6, {"train/loss": 0.6})
+  assert [l["step"] for l in metrics_lib.read_jsonl(str(path))] == [2, 4, 6]
+  path.write_text('{"step": 2}\n{"step": 4, "train/lo\n{"step": 6}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: expected a JSON object with a \"step\" key"):
+    writer.truncate_after(6)
+  assert path.read_text() == '{"step": 2}\n{"step": 4, "train/lo\n{"step": 6}\n'  # Left as it was.

@@ -5,9 +5,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
+from jaxrlhf.config import ConfigError
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train.optim import OptimizerConfig, make_optimizer, make_schedule
 from jaxrlhf.train.state import init_train_state, make_train_step, tree_all_finite
@@ -120,3 +122,80 @@ def test_forward_updated_rng_state_is_carried(accum):
   # lr = 0: same weights and batch, so only a fresh dropout mask can change the loss.
   assert metrics_lib.compute(m1)["loss"] != metrics_lib.compute(m2)["loss"]
   assert bool(jax.jit(tree_all_finite)(state))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_decaying_schedule_needs_updates_after_the_warmup(schedule):
+  """warmup_steps == decay_steps leaves no decay: optax's linear schedule then stayed at the peak forever (never
+  reaching end_lr_factor) and its cosine one refused to build with an optax error."""
+  cfg = OptimizerConfig(learning_rate=1.0, schedule=schedule, warmup_steps=4, decay_steps=4, end_lr_factor=0.1)
+  with pytest.raises(ConfigError, match=r"config.optimizer.warmup_steps: 4 must be less than "
+                                        r"config.optimizer.decay_steps=4"):
+    cfg.validate()
+  with pytest.raises(ConfigError, match="must be less than"):
+    make_schedule(cfg)
+  # One update of decay: warmup 0 -> 1 over 4 steps, then the final value.
+  lin = make_schedule(OptimizerConfig(learning_rate=1.0, schedule="linear", warmup_steps=4, decay_steps=5,
+                                      end_lr_factor=0.1))
+  np.testing.assert_allclose([float(lin(s)) for s in range(7)], [0, 0.25, 0.5, 0.75, 1.0, 0.1, 0.1], atol=1e-6)
+
+
+class _Normed(nnx.Module):
+  """A kernel, a bias, an embedding, an nnx LayerNorm (scale, bias) and a decoder-style norm scale."""
+
+  def __init__(self, rngs):
+    self.dense = nnx.Linear(3, 2, rngs=rngs)
+    self.ln = nnx.LayerNorm(2, rngs=rngs)
+    self.embed = nnx.Embed(5, 2, rngs=rngs)
+    self.attn_norm_scale = nnx.Param(jnp.full((2,), 1.5))
+
+
+@pytest.mark.parametrize("decay_mask", ["all", "transformers"])
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor"])
+def test_weight_decay_is_lr_times_rate_on_the_masked_parameters(name, decay_mask):
+  """With zero gradients the whole update is the weight decay: -lr * weight_decay * param (AdamW's decoupled rule;
+  transformers' Adafactor multiplies by the lr too, optax's did not: a 1 / lr times larger decay) on kernels and
+  embeddings, and on biases and norm scales only with decay_mask "all" (transformers' Trainer excludes "bias" and
+  "norm" parameters)."""
+  lr, wd = 1e-2, 0.5
+  opt = make_optimizer(OptimizerConfig(name=name, learning_rate=lr, weight_decay=wd, decay_mask=decay_mask))
+  _, params, _ = nnx.split(_Normed(nnx.Rngs(0)), nnx.Param, ...)
+  updates, _ = opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+  got = nnx.to_pure_dict(updates)
+  p = nnx.to_pure_dict(params)
+  for path in (("dense", "kernel"), ("embed", "embedding")):
+    np.testing.assert_allclose(got[path[0]][path[1]], -lr * wd * np.asarray(p[path[0]][path[1]]), rtol=1e-5)
+  for path in (("dense", "bias"), ("ln", "scale"), ("ln", "bias"), ("attn_norm_scale",)):
+    want = -lr * wd * np.asarray(p[path[0]][path[1]] if len(path) == 2 else p[path[0]])
+    value = got[path[0]][path[1]] if len(path) == 2 else got[path[0]]
+    np.testing.assert_allclose(value, want if decay_mask == "all" else 0.0, rtol=1e-5, atol=0)
+
+
+def test_the_default_decay_is_optax_adamw_on_every_parameter():
+  """decay_mask "all" (the default, which the published runs used) gives optax.adamw's update exactly."""
+  cfg = OptimizerConfig(learning_rate=0.1, weight_decay=0.01)
+  _, params, _ = nnx.split(_Normed(nnx.Rngs(0)), nnx.Param, ...)
+  grads = jax.tree.map(lambda x: jnp.cos(x) + 0.5, params)
+  plain = optax.adamw(make_schedule(cfg), weight_decay=0.01)
+  ours = make_optimizer(cfg)
+  for a, b in zip(jax.tree.leaves(ours.update(grads, ours.init(params), params)[0]),
+                  jax.tree.leaves(plain.update(grads, plain.init(params), params)[0])):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_masked_decay_keeps_the_optimizer_state_of_optax_chain(name):
+  """The mask lives inside the decay transformation, so the optimizer state has the structure of the plain optax
+  chain (which checkpoints written before the mask hold) and those checkpoints still restore."""
+  cfg = OptimizerConfig(name=name, learning_rate=0.1, weight_decay=0.01, clip_norm=1.0, decay_mask="transformers")
+  plain = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=0.01) if name == "adamw" \
+      else optax.chain(optax.add_decayed_weights(0.01), optax.sgd(make_schedule(cfg)))
+  plain = optax.chain(optax.clip_by_global_norm(1.0), plain)
+  _, params, _ = nnx.split(_Normed(nnx.Rngs(0)), nnx.Param, ...)
+  assert jax.tree.structure(make_optimizer(cfg).init(params)) == jax.tree.structure(plain.init(params))
+  # Where the mask selects everything (no bias or norm), the update is the plain chain's.
+  p = {"w": jnp.array([[1.0, -2.0]])}
+  g = {"w": jnp.array([[3.0, 4.0]])}
+  opt = make_optimizer(cfg)
+  np.testing.assert_allclose(opt.update(g, opt.init(p), p)[0]["w"], plain.update(g, plain.init(p), p)[0]["w"],
+                             rtol=1e-6)
