@@ -6,7 +6,7 @@ from the config (the `mesh` section, see `MeshConfig`) or else from the environm
 
   config   mesh.coordinator_address = "host:port" (+ mesh.num_processes, mesh.process_id,
            optional mesh.local_device_ids), or "auto": JAX's cluster detection (Cloud TPU pod slices, SLURM,
-           Open MPI, Kubernetes);
+           Open MPI, Kubernetes); mesh.local_device_ids alone also applies to an address from the environment;
   env      JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (+ JAX_LOCAL_DEVICE_IDS="0,1"),
            JAX_COORDINATOR_ADDRESS=auto, or an srun job step with more than one task (SLURM_STEP_NUM_TASKS > 1;
            JAX then gives each task the GPU SLURM_LOCALID unless local device ids are set);
@@ -56,10 +56,20 @@ def _from_fields(address: str, num_processes: int, process_id: int, local_device
                  source: str, names: Mapping[str, str]) -> DistributedSettings:
   """Validates explicit settings; `names` maps each argument to the key that set it (for messages)."""
   ids = tuple(int(i) for i in local_device_ids) or None
+  if ids is not None and min(ids) < 0:
+    raise ValueError(f"{names['local_device_ids']}: expected device ids >= 0, got {list(ids)}")
   if address == AUTO:
+    # JAX's cluster detection fills in what is left unset (0 / -1); what is set must still be consistent.
+    if num_processes < 0:
+      raise ValueError(f"{names['num_processes']}: expected >= 1 (or 0: unset) with {names['address']}='auto', "
+                       f"got {num_processes}")
+    if process_id < -1 or (num_processes and process_id >= num_processes):
+      raise ValueError(f"{names['process_id']}: expected an id in [0, {num_processes or 'num_processes'}) (or -1: "
+                       f"unset) with {names['address']}='auto', got {process_id}")
     return DistributedSettings(None, num_processes or None, process_id if process_id >= 0 else None, ids, source)
-  if ":" not in address or not address.rsplit(":", 1)[1].isdigit():
-    raise ValueError(f"{names['address']}: expected 'host:port' or 'auto', got {address!r}")
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"{names['address']}: expected 'host:port' (port 1-65535) or 'auto', got {address!r}")
   if num_processes < 1:
     raise ValueError(f"{names['num_processes']}: required (>= 1) with {names['address']}={address!r}, "
                      f"got {num_processes}")
@@ -92,12 +102,19 @@ def resolve(mesh_configs: Sequence[object] = (), environ: Mapping[str, str] | No
     ValueError: naming the config key or environment variable that is malformed or inconsistent.
   """
   environ = os.environ if environ is None else environ
-  chosen = None
+  chosen, config_ids = None, None
   for i, mesh in enumerate(mesh_configs):
     address = getattr(mesh, "coordinator_address", "")
     if not address:
+      check_without_address(mesh)
+      # Local device ids alone go with the environment's (or SLURM's) address (docs/multihost.md).
+      ids = tuple(int(x) for x in getattr(mesh, "local_device_ids", ()))
+      if ids and config_ids is not None and ids != config_ids:
+        raise ValueError(f"mesh.local_device_ids: stage {i} sets {list(ids)}, an earlier stage "
+                         f"{list(config_ids)}; all stages run in the same processes")
+      config_ids = ids or config_ids
       continue
-    names = {k: f"mesh.{k}" for k in ("num_processes", "process_id")}
+    names = {k: f"mesh.{k}" for k in ("num_processes", "process_id", "local_device_ids")}
     names["address"] = "mesh.coordinator_address"
     settings = _from_fields(address, mesh.num_processes, mesh.process_id, mesh.local_device_ids, "config", names)
     if chosen is not None and settings != chosen:
@@ -105,6 +122,10 @@ def resolve(mesh_configs: Sequence[object] = (), environ: Mapping[str, str] | No
                        f"{settings}, an earlier stage {chosen}; all stages run in the same processes")
     chosen = settings
   if chosen is not None:
+    if config_ids is not None and config_ids != (chosen.local_device_ids or ()):
+      raise ValueError(f"mesh.local_device_ids: a stage without mesh.coordinator_address sets {list(config_ids)}, "
+                       f"the stage with it {list(chosen.local_device_ids or ())}; all stages run in the same "
+                       f"processes")
     return chosen
   address = environ.get(ENV_ADDRESS, "")
   raw_ids = environ.get(ENV_LOCAL_DEVICE_IDS, "")
@@ -113,14 +134,40 @@ def resolve(mesh_configs: Sequence[object] = (), environ: Mapping[str, str] | No
   except ValueError as e:
     raise ValueError(f"environment variable {ENV_LOCAL_DEVICE_IDS}: expected comma-separated device ids like "
                      f"'0,1', got {raw_ids!r}") from e
+  ids_key = ENV_LOCAL_DEVICE_IDS
+  if config_ids is not None:
+    if ids and ids != config_ids:
+      raise ValueError(f"mesh.local_device_ids={list(config_ids)} and environment variable {ENV_LOCAL_DEVICE_IDS}="
+                       f"{raw_ids!r} disagree; set one of them")
+    ids, ids_key = config_ids, "mesh.local_device_ids"
   if address:
     return _from_fields(address, _int_env(environ, ENV_NUM_PROCESSES, 0), _int_env(environ, ENV_PROCESS_ID, -1),
                         ids, "env", {"address": ENV_ADDRESS, "num_processes": ENV_NUM_PROCESSES,
-                                     "process_id": ENV_PROCESS_ID})
+                                     "process_id": ENV_PROCESS_ID, "local_device_ids": ids_key})
   # An srun job step of several tasks (not the batch script itself, which runs once): JAX's SLURM detection.
   if _int_env(environ, "SLURM_STEP_NUM_TASKS", 1) > 1 and all(k in environ for k in _SLURM_KEYS):
     return DistributedSettings(None, None, None, ids or None, "slurm")
+  if config_ids is not None:
+    raise ValueError(f"mesh.local_device_ids: set to {list(config_ids)}, but this is a single-process run (no "
+                     f"mesh.coordinator_address, {ENV_ADDRESS} or srun step of several tasks), where it would be "
+                     f"ignored")
   return None
+
+
+def check_without_address(mesh: object) -> None:
+  """ValueError if a `MeshConfig` without `coordinator_address` sets keys that only go with one.
+
+  num_processes / process_id would silently give way to the environment's (or to a single process); local device
+  ids must be >= 0 (they are used with an address from the environment, see `resolve`).
+  """
+  stray = [k for k, unset in (("num_processes", 0), ("process_id", -1)) if getattr(mesh, k, unset) != unset]
+  if stray:
+    raise ValueError(f"mesh.{stray[0]}: set without mesh.coordinator_address, so it would be ignored; set "
+                     f"mesh.coordinator_address ('host:port' or 'auto') too, or leave the process count and id to "
+                     f"the environment ({ENV_ADDRESS}, {ENV_NUM_PROCESSES}, {ENV_PROCESS_ID})")
+  ids = [int(x) for x in getattr(mesh, "local_device_ids", ())]
+  if ids and min(ids) < 0:
+    raise ValueError(f"mesh.local_device_ids: expected device ids >= 0, got {ids}")
 
 
 def initialize(settings: DistributedSettings | None) -> bool:

@@ -26,8 +26,9 @@ class MeshConfig:
   environment or a single process applies):
   coordinator_address: "host:port" of process 0's coordinator, or "auto" (JAX's cluster detection: TPU pod
     slices, SLURM, Open MPI, Kubernetes).
-  num_processes, process_id: required with an explicit address (0 / -1: unset).
-  local_device_ids: the devices this process drives (e.g. (0,) for one process per GPU); (): all visible.
+  num_processes, process_id: required with an explicit address (0 / -1: unset); an error without an address.
+  local_device_ids: the devices this process drives (e.g. (0,) for one process per GPU); (): all visible. Also
+    applies to an address from the environment (JAX_COORDINATOR_ADDRESS, SLURM); an error in a single process.
   """
 
   data: int = -1
@@ -46,11 +47,13 @@ class MeshConfig:
         raise ConfigError(f"{path}.{name}: must be a positive size or -1, got {size}")
     if [getattr(self, n) for n in MESH_AXES].count(-1) > 1:
       raise ConfigError(f"{path}: at most one of data/fsdp/tensor may be -1")
-    if self.coordinator_address:
-      try:
+    try:  # The multi-process keys (the environment is read later, by `distributed.resolve`).
+      if self.coordinator_address:
         distributed.resolve([self], environ={})
-      except ValueError as e:
-        raise ConfigError(f"{path}.{str(e).removeprefix('mesh.')}") from e
+      else:
+        distributed.check_without_address(self)
+    except ValueError as e:
+      raise ConfigError(f"{path}.{str(e).removeprefix('mesh.')}") from e
 
   def shape(self, num_devices: int) -> tuple[int, int, int]:
     """The concrete (data, fsdp, tensor) sizes for `num_devices` devices."""
@@ -78,6 +81,8 @@ def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
   in/out shardings we give at the jit boundary.
   """
   devices = list(jax.devices() if devices is None else devices)
+  if not devices or len(set(devices)) != len(devices):
+    raise ValueError(f"devices: expected distinct devices, at least one, got {devices}")
   shape = config.shape(len(devices))
   if devices == list(jax.devices()):
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -13,6 +13,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxrlhf.parallel.mesh import MESH_AXES
+
 Rules = Sequence[tuple[str, Any]]
 
 # The mesh axes a batch's leading (example) axis is split over: data parallelism and FSDP both take a share of
@@ -51,8 +53,14 @@ def logical_to_spec(logical_names: Sequence[str | None], rules: Rules = LOGICAL_
   Args:
     logical_names: one name (or None) per array dimension.
     rules: (logical name, mesh axis or tuple of mesh axes or None) pairs.
-    shape, mesh: when both are given, a dimension that its mesh axes do not divide is replicated, and a
-      mesh axis already used by an earlier dimension is not used twice.
+    shape, mesh: with `mesh`, the mesh axes it lacks (a user's `jax.make_mesh((8,), ("data",))`) or that
+      have size 1 shard nothing; with `shape` too, a dimension that its mesh axes do not divide is replicated.
+      A mesh axis already used by an earlier dimension is never used twice (a PartitionSpec may name each
+      mesh axis once).
+
+  Raises:
+    ValueError: a logical name without a rule, or (with `mesh`) a rule naming a mesh axis that is neither in
+      `mesh` nor one of the library's axes (data, fsdp, tensor): a typo in custom rules.
   """
   table = dict(rules)
   unknown = [name for name in logical_names if name is not None and name not in table]
@@ -62,11 +70,19 @@ def logical_to_spec(logical_names: Sequence[str | None], rules: Rules = LOGICAL_
   spec = []
   for dim, name in enumerate(logical_names):
     mesh_axes = None if name is None else table[name]
-    if mesh_axes is not None and mesh is not None:
+    if mesh_axes is not None:
       names = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-      names = tuple(n for n in names if n not in used and mesh.shape[n] > 1)
+      names = tuple(n for n in names if n not in used)
+      if mesh is not None:
+        foreign = [n for n in names if n not in mesh.axis_names and n not in MESH_AXES]
+        if foreign:
+          raise ValueError(f"logical axis {name!r}: its rule names mesh axes {foreign}, which the mesh "
+                           f"{dict(mesh.shape)} does not have")
+        # The library's axes that a user's mesh leaves out, or of size 1, shard nothing.
+        names = tuple(n for n in names if mesh.shape.get(n, 1) > 1)
       mesh_axes = names if names else None
-      if mesh_axes is not None and shape is not None and shape[dim] % _axis_size(mesh, mesh_axes):
+      if mesh_axes is not None and mesh is not None and shape is not None and \
+          shape[dim] % _axis_size(mesh, mesh_axes):
         mesh_axes = None
       if mesh_axes is not None:
         used.update(mesh_axes)
@@ -101,8 +117,8 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Rules = LOGICAL_RULES):
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  """A fully replicated sharding on `mesh`."""
-  return NamedSharding(mesh, PartitionSpec())
+  """A fully replicated sharding on `mesh` (with Auto axes, see `auto_axes`)."""
+  return NamedSharding(auto_axes(mesh), PartitionSpec())
 
 
 def auto_axes(mesh: Mesh) -> Mesh:
@@ -132,13 +148,16 @@ def batch_sharding(mesh: Mesh | None, ndim: int = 1, axis: int = 0) -> NamedShar
   """Sharding of batch arrays: axis `axis` (the examples) over the mesh's batch axes, the others replicated.
 
   `ndim` only pads the spec with trailing Nones; a spec shorter than an array's rank replicates the rest, so
-  the default also fits every array of a batch pytree. None for mesh None (jit places the batch).
+  the default also fits every array of a batch pytree. None for mesh None (jit places the batch). The sharding's
+  mesh has Auto axes (`auto_axes`), like the parameter shardings it goes into one jit with.
   """
+  if axis < 0:  # A negative axis would index the padded spec from its end: the wrong dimension.
+    raise ValueError(f"batch_sharding: axis must be >= 0 (counted from the front), got {axis}")
   if mesh is None:
     return None
   spec = [None] * max(ndim, axis + 1)
   spec[axis] = batch_axes(mesh) or None
-  return NamedSharding(mesh, PartitionSpec(*spec))
+  return NamedSharding(auto_axes(mesh), PartitionSpec(*spec))
 
 
 def init_sharded(make_module: Callable[[], nnx.Module], mesh: Mesh | None,

@@ -1,5 +1,6 @@
 """Any mesh a user passes works, `jax.make_mesh` with its defaults (Explicit axes in this JAX) included:
-from_pretrained, generate and train-state init give the same results as with the library's own Auto mesh."""
+from_pretrained, generate, train-state init and DPO / reward-model steps give the same results as with the
+library's own Auto mesh or one device."""
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +8,13 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxrlhf.config import from_config
 from jaxrlhf.models import CausalLM, ModelConfig, from_pretrained, save_pretrained
-from jaxrlhf.parallel import MeshConfig, make_mesh
+from jaxrlhf.models.heads import HeadConfig
+from jaxrlhf.parallel import MeshConfig, batch_sharding, make_mesh, replicated
 from jaxrlhf.sampling import generate
+from jaxrlhf.stages import preference, reward
+from jaxrlhf.train import optim
 from jaxrlhf.train import state as state_lib
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4, mlp_dim=32)
@@ -47,3 +52,55 @@ def test_train_state_init_on_an_explicit_mesh_equals_the_auto_mesh():
   for a, b in zip(jax.tree.leaves(explicit.params), jax.tree.leaves(auto.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert a.sharding.spec == b.sharding.spec
+
+
+def _pair_batch(rng, b=8, t=8):
+  batch = {}
+  for side in ("chosen", "rejected"):
+    ids = rng.integers(4, CONFIG.vocab_size, (b, t)).astype(np.int32)
+    att = np.ones((b, t), np.int32)
+    att[1, 6:] = 0
+    loss = att.copy()
+    loss[:, :3] = 0  # 3 prompt tokens
+    batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": att, f"{side}_loss_mask": loss})
+  batch["rejected_input_ids"][:, :3] = batch["chosen_input_ids"][:, :3]
+  batch["weight"] = np.linspace(0.5, 1.0, b).astype(np.float32)
+  batch["margin"] = batch["chosen_score"] = batch["rejected_score"] = np.full((b,), np.nan, np.float32)
+  return batch
+
+
+def _dpo_and_reward_steps(mesh):
+  """(DPO loss, reward-ensemble loss, DPO params after the step) of one step each, jitted like `loop.train`:
+  state shardings from the setup, the batch over `parallel.batch_sharding(mesh)` (axis 1 for the ensemble)."""
+  rng = np.random.default_rng(0)
+  cfg = from_config(dict(reference="resident", optimizer=dict(learning_rate=1e-2)), preference.PreferenceConfig)
+  optimizer = optim.make_optimizer(cfg.optimizer)
+  setup = preference.preference_setup(cfg, CONFIG, None, optimizer, mesh)
+  step = jax.jit(state_lib.make_train_step(setup.graphdef, preference.preference_loss_fn(cfg.loss, resident=True),
+                                           optimizer),
+                 in_shardings=(setup.shardings, batch_sharding(mesh)), out_shardings=(setup.shardings, None))
+  state, metrics = step(setup.init(), _pair_batch(rng))
+  dpo_loss, dpo_params = metrics["loss"].total / metrics["loss"].count, nnx.to_pure_dict(state.params)
+
+  head, opt_cfg = HeadConfig(), optim.OptimizerConfig(learning_rate=1e-2)
+  setup = reward.ensemble_setup(CONFIG, head, 2, optim.make_optimizer(opt_cfg), 0, mesh)
+  step_fn = reward.make_ensemble_step(reward.member_graphdef(CONFIG, head, 0),
+                                      reward.reward_loss_fn(reward.RewardLossConfig(), head), opt_cfg, 2)
+  step = jax.jit(step_fn, in_shardings=(setup.shardings, batch_sharding(mesh, axis=1)),
+                 out_shardings=(setup.shardings, None))
+  members = [_pair_batch(rng) for _ in range(2)]
+  _, metrics = step(setup.init(), {k: np.stack([m[k] for m in members]) for k in members[0]})
+  return float(dpo_loss), float(metrics["loss"].total / metrics["loss"].count), dpo_params
+
+
+def test_dpo_and_reward_steps_on_an_explicit_mesh_equal_one_device():
+  """Parameter shardings (Auto mesh, via auto_axes) and batch shardings of the user's Explicit mesh go into one
+  jit: `batch_sharding` must hand back the same Auto mesh, or jit refuses the mix of meshes."""
+  mesh = _explicit_mesh()
+  for sharding in (batch_sharding(mesh), batch_sharding(mesh, axis=1), replicated(mesh)):
+    assert sharding.mesh.axis_types == (jax.sharding.AxisType.Auto,) * 3
+  want, got = _dpo_and_reward_steps(None), _dpo_and_reward_steps(mesh)
+  np.testing.assert_allclose(got[:2], want[:2], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+

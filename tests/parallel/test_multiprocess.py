@@ -58,6 +58,54 @@ def test_resolve_prefers_the_config_and_names_bad_keys():
     MeshConfig(coordinator_address="h:1", num_processes=2, process_id=2).validate("config.mesh")
 
 
+@pytest.mark.parametrize("mesh, message", [
+    # Without an address these keys would silently give way to the environment (or to a single process).
+    (MeshConfig(num_processes=2, process_id=1), "config.mesh.num_processes: set without mesh.coordinator_address"),
+    (MeshConfig(process_id=0), "config.mesh.process_id: set without mesh.coordinator_address"),
+    (MeshConfig(local_device_ids=(-1,)), "config.mesh.local_device_ids: expected device ids >= 0"),
+    (MeshConfig(coordinator_address="h:99999", num_processes=2, process_id=0),
+     "config.mesh.coordinator_address: expected 'host:port' \\(port 1-65535\\)"),
+    (MeshConfig(coordinator_address=":1234", num_processes=2, process_id=0), "config.mesh.coordinator_address"),
+    (MeshConfig(coordinator_address="h:1", num_processes=2, process_id=0, local_device_ids=(-1,)),
+     "config.mesh.local_device_ids: expected device ids >= 0"),
+    (MeshConfig(coordinator_address="auto", num_processes=-3), "config.mesh.num_processes: expected >= 1"),
+    (MeshConfig(coordinator_address="auto", num_processes=2, process_id=5),
+     "config.mesh.process_id: expected an id in \\[0, 2\\)"),
+])
+def test_mesh_validate_refuses_ignored_or_impossible_multiprocess_keys(mesh, message):
+  with pytest.raises(ConfigError, match=message):
+    mesh.validate("config.mesh")
+  with pytest.raises(ValueError, match=message.removeprefix("config.")):
+    distributed.resolve([mesh], {"JAX_COORDINATOR_ADDRESS": "other:1", "JAX_NUM_PROCESSES": "2",
+                                 "JAX_PROCESS_ID": "0"})
+
+
+def test_config_local_device_ids_go_with_an_address_from_the_environment():
+  """docs/multihost.md: an address from the environment plus `--config.mesh.local_device_ids` (one process per
+  GPU): the config's ids are used, not dropped; where nothing would use them, an error says so."""
+  env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}
+  ids = MeshConfig(local_device_ids=(1,))
+  assert distributed.resolve([MeshConfig(), ids], env) == distributed.DistributedSettings("h:1", 2, 1, (1,), "env")
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+           "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "2"}
+  assert distributed.resolve([ids], slurm).local_device_ids == (1,)
+  with pytest.raises(ValueError, match="mesh.local_device_ids: set to \\[1\\], but this is a single-process run"):
+    distributed.resolve([ids], {})
+  with pytest.raises(ValueError, match="disagree"):
+    distributed.resolve([ids], dict(env, JAX_LOCAL_DEVICE_IDS="0"))
+  with pytest.raises(ValueError, match="stage 1 sets \\[0\\], an earlier stage \\[1\\]"):
+    distributed.resolve([ids, MeshConfig(local_device_ids=(0,))], env)
+  MeshConfig(local_device_ids=(1,)).validate("config.mesh")  # The environment is only known at run time.
+
+
+def test_mesh_validate_accepts_complete_or_absent_multiprocess_keys():
+  MeshConfig().validate("config.mesh")
+  MeshConfig(coordinator_address="auto").validate("config.mesh")
+  MeshConfig(coordinator_address="auto", num_processes=2, process_id=1).validate("config.mesh")
+  MeshConfig(coordinator_address="[::1]:8476", num_processes=2, process_id=1, local_device_ids=(0, 1)
+             ).validate("config.mesh")
+
+
 # ------------------------------------------------------------------------------------------------ process slices
 @pytest.mark.parametrize("kind, pack", [("preference", False), ("sft", False), ("sft", True)])
 def test_process_slices_concatenate_to_the_global_batch(kind, pack):

@@ -42,6 +42,12 @@ def test_bad_mesh_config_names_the_axis(config, message):
     config.shape(8)
 
 
+@pytest.mark.parametrize("devices", [[], jax.devices()[:4] * 2])
+def test_make_mesh_rejects_empty_or_repeated_devices(devices):
+  with pytest.raises(ValueError, match="devices: expected distinct devices, at least one"):
+    make_mesh(MeshConfig(), devices)
+
+
 def test_logical_rules_drop_non_dividing_and_reused_axes():
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
   assert logical_to_spec(("embed", "mlp"), shape=(16, 32), mesh=mesh) == P("fsdp", "tensor")
@@ -51,6 +57,31 @@ def test_logical_rules_drop_non_dividing_and_reused_axes():
   assert logical_to_spec(("heads", "mlp"), shape=(4, 4), mesh=mesh) == P("tensor", None)
   with pytest.raises(ValueError, match="no sharding rule"):
     logical_to_spec(("nonsense",))
+
+
+def test_logical_rules_fit_user_meshes_without_some_library_axes():
+  """A user's mesh may leave out data / fsdp / tensor: those shard nothing (no KeyError), the others still do."""
+  data_only = jax.make_mesh((8,), ("data",))
+  assert logical_to_spec(("embed", "mlp"), shape=(16, 32), mesh=data_only) == P(None, None)
+  assert logical_to_spec(("batch", None), shape=(8, 3), mesh=data_only) == P("data", None)
+  fsdp_tensor = jax.make_mesh((4, 2), ("fsdp", "tensor"))
+  assert logical_to_spec(("embed", "mlp"), shape=(16, 32), mesh=fsdp_tensor) == P("fsdp", "tensor")
+  assert logical_to_spec(("batch", "embed"), shape=(8, 16), mesh=fsdp_tensor) == P("fsdp", None)
+  # A custom rule naming an axis that is neither the mesh's nor the library's (a typo) fails loudly.
+  with pytest.raises(ValueError, match=r"logical axis 'embed'.*\['fdsp'\]"):
+    logical_to_spec(("embed",), rules=(("embed", "fdsp"),), shape=(16,), mesh=fsdp_tensor)
+  plain = _Toy(nnx.Rngs(0))
+  for mesh, shard_shape in ((data_only, (16, 32)), (fsdp_tensor, (4, 16))):
+    sharded = init_sharded(lambda: _Toy(nnx.Rngs(0)), mesh)
+    np.testing.assert_array_equal(np.asarray(sharded.w_DxF[...]), np.asarray(plain.w_DxF[...]))
+    assert {s.data.shape for s in sharded.w_DxF[...].addressable_shards} == {shard_shape}
+
+
+def test_logical_rules_without_a_mesh_never_repeat_a_mesh_axis():
+  """A PartitionSpec may name a mesh axis once: the second dimension mapped to it is replicated."""
+  assert logical_to_spec(("heads", "mlp")) == P("tensor", None)
+  assert logical_to_spec(("batch", "embed")) == P(("data", "fsdp"), None)
+  assert logical_to_spec(("embed", "mlp")) == P("fsdp", "tensor")
 
 
 @pytest.mark.parametrize("shape", MESH_SHAPES)
@@ -69,3 +100,6 @@ def test_batch_sharding_splits_leading_axis():
   mesh = make_mesh(MeshConfig(data=2, fsdp=4))
   x = jax.device_put(jnp.arange(16 * 3).reshape(16, 3), batch_sharding(mesh, 2))
   assert {s.data.shape for s in x.addressable_shards} == {(2, 3)}
+  assert batch_sharding(mesh, 3, axis=1).spec == P(None, ("data", "fsdp"), None)
+  with pytest.raises(ValueError, match="axis must be >= 0"):
+    batch_sharding(mesh, axis=-1)  # Was P(("data", "fsdp")): axis 0 of every array, not the last.
