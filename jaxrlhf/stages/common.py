@@ -160,9 +160,20 @@ def _stacker(shape: tuple[int, ...], sharding: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------ mesh and batch
 def make_stage_mesh(mesh_config: Any, num_devices: int):
-  """The (data, fsdp, tensor) mesh of a stage over its first `num_devices` devices (0: all)."""
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return make_mesh(mesh_config, devices)
+  """The (data, fsdp, tensor) mesh of a stage over its first `num_devices` devices (0: all).
+
+  Raises:
+    ConfigError naming num_devices: more devices than there are (a slice would silently give fewer), or a subset
+      in a multi-process run (the first devices are process 0's alone, so the other processes would hold none).
+  """
+  available = jax.devices()
+  if num_devices > len(available):
+    raise ConfigError(f"num_devices: {num_devices} devices asked for, but there are {len(available)} "
+                      f"({jax.default_backend()}); use 0 (all) or at most {len(available)}")
+  if num_devices and num_devices != len(available) and jax.process_count() > 1:
+    raise ConfigError(f"num_devices: {num_devices} of the {len(available)} devices of a {jax.process_count()}-process "
+                      "run would leave some processes without devices; use 0 (all) and shape the mesh instead")
+  return make_mesh(mesh_config, available[:num_devices] if num_devices else available)
 
 
 def check_batch_divisible(batch_size: int, mesh: Any, path: str) -> None:
