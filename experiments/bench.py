@@ -27,8 +27,12 @@ Every flag defaults to the library's default, so the bench measures what a user 
 jaxrlhf RM and DPO batches out as the stages' default `data.shared_prompt="auto"` would (one [prompt | chosen |
 rejected] row per pair when the FLOPs estimate says it does less work; `true` / `false` force a layout), and
 `--scan_layers auto` is ModelConfig's default (scan_layers=None: scanned layers on the CPU). Shared-prompt rows
-still count the two-row tokens and FLOPs of the same pairs in tokens/s, GFLOP/s and MFU, so the rows compare work
-done per second.
+still count the two-row tokens of the same pairs in tokens/s (so the jaxrlhf / TRL ratio compares pairs per second),
+but GFLOP/s and MFU count the FLOPs the shared rows run (`bench_lib.model_flops_per_step(shared_prompt=True)`):
+an MFU never counts work the step skipped. Model FLOPs (`bench_lib.model_flops_per_step`,
+`grpo_flops_per_step`): 6N + causal attention per trained token; a resident DPO reference adds its forward; LoRA
+steps count the frozen base's matmuls 4x (no weight gradients); GRPO counts each prompt's prefill once and the LM head
+only where log-probs are taken.
 `--smoke` runs a 13k-parameter model in-process in seconds (the test of the plumbing).
 """
 

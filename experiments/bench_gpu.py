@@ -96,11 +96,6 @@ def _cases():
   return gpu_bench_cases
 
 
-def train_flops_per_token(c, seq: int, with_unembed: bool) -> float:
-  """MaxText-style training FLOPs per token (gpu_bench_cases.train_flops_per_token; bench_lib imports it here)."""
-  return _cases().train_flops_per_token(c, seq, with_unembed)
-
-
 def expand_only(only: str) -> list[str]:
   texts = []
   for part in only.split(","):
@@ -120,8 +115,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=8, help="preference pairs per step of the 1.24B train cases")
   parser.add_argument("--seq", type=int, default=2048)
   parser.add_argument("--attention", default="cudnn", help="ModelConfig.attention (xla off NVIDIA GPUs)")
-  parser.add_argument("--peak_tflops", type=float, default=989.0, help="dense bf16 peak for MFU")
-  parser.add_argument("--hbm_tbps", type=float, default=4.8, help="HBM bandwidth for utilization (H200: 4.8 TB/s)")
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="dense bf16 peak for MFU (default: the GPU's datasheet figure, gpu_bench_cases.GPU_PEAKS: "
+                      "989 for an H100 SXM or H200)")
+  parser.add_argument("--hbm_tbps", type=float, default=None,
+                      help="HBM bandwidth for utilization (default: the GPU's datasheet figure: H100 SXM 3.35, "
+                      "H200 4.8 TB/s)")
   parser.add_argument("--budget_s", type=float, default=0.0, help="wall-time budget of the whole run (0: none)")
   parser.add_argument("--isolate", choices=("8b", "all", "none"), default="8b",
                       help="8b: the 8B cases each in a fresh process, the rest share one; all: every case alone; "
@@ -144,7 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace):
   return _cases().Settings(smoke=args.smoke, steps=args.steps, warmup=args.warmup, batch=args.batch, seq=args.seq,
                            attention=args.attention, peak_tflops=args.peak_tflops,
-                           hbm_bytes_per_s=args.hbm_tbps * 1e12, deadline=args.deadline or float("inf"),
+                           hbm_bytes_per_s=None if args.hbm_tbps is None else args.hbm_tbps * 1e12,
+                           deadline=args.deadline or float("inf"),
                            trace_dir=args.trace_dir)
 
 
@@ -153,7 +153,7 @@ def run_child(args: argparse.Namespace) -> None:
   """Runs the entries in this process, one @@ROW line each; skips those that would overrun the deadline."""
   cases = _cases()
   s = settings_of(args)
-  print(MARK_DEVICE + json.dumps(cases.device_info()), flush=True)
+  print(MARK_DEVICE + json.dumps(cases.device_info(s)), flush=True)  # with the MFU / HBM denominators used
   for text in expand_only(args.only):
     entry = cases.parse_entry(text)
     print(MARK_START + entry.text, flush=True)
@@ -216,8 +216,9 @@ def plan_groups(texts: list[str], isolate: str) -> list[list[str]]:
 def _child_args(args: argparse.Namespace, texts: list[str], deadline: float) -> list[str]:
   out = [sys.executable, os.path.abspath(__file__), "--child", "--only", ",".join(texts),
          "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
-         "--attention", args.attention, "--peak_tflops", str(args.peak_tflops), "--hbm_tbps", str(args.hbm_tbps),
-         "--deadline", str(deadline if deadline < float("inf") else 0.0)]
+         "--attention", args.attention, "--deadline", str(deadline if deadline < float("inf") else 0.0)]
+  out += ["--peak_tflops", str(args.peak_tflops)] if args.peak_tflops is not None else []
+  out += ["--hbm_tbps", str(args.hbm_tbps)] if args.hbm_tbps is not None else []
   out += ["--trace_dir", os.path.abspath(args.trace_dir)] if args.trace_dir else []
   return out + (["--smoke"] if args.smoke else [])
 
@@ -289,7 +290,7 @@ def run_group(args: argparse.Namespace, texts: list[str], deadline: float, on_ro
 def run_in_process(args: argparse.Namespace, texts: list[str], on_row, device: dict) -> None:
   cases = _cases()
   s = settings_of(args)
-  device.update(cases.device_info())
+  device.update(cases.device_info(s))
   for text in texts:
     entry = cases.parse_entry(text)
     left = s.deadline - time.time()
@@ -340,7 +341,9 @@ def _pct(x: float | None) -> str:
 
 def tables(header: dict, device: dict, rows: list[dict]) -> str:
   out = [f"machine: {header['host']}, {header['cpus']} CPUs; GPUs: {header['gpus']}; device: "
-         f"{device.get('device_kind', '?')} ({device.get('backend', '?')}, limit {device.get('memory_limit_gib')} GiB)",
+         f"{device.get('device_kind', '?')} ({device.get('backend', '?')}, limit {device.get('memory_limit_gib')} GiB); "
+         f"MFU against {device.get('peak_tflops')} TFLOP/s, HBM utilization against {device.get('hbm_tbps')} TB/s "
+         f"({device.get('peaks_from')})",
          f"versions: {header['versions']}; python {header['python']}; commit {header['commit']}"
          + (" (dirty)" if header.get("dirty") else "") + f"; {header['date_utc']} UTC"]
   ok = [r for r in rows if r.get("status") == "ok"]
@@ -402,7 +405,7 @@ def tables(header: dict, device: dict, rows: list[dict]) -> str:
             f"{r['first_iteration_s']})",
             "| part | s | share | MFU |", "|---|---|---|---|"]
     for p in ("rollout", "score", "reward", "update"):
-      extra = f"{r['rollout_tokens_per_s']:,} tok/s" if p == "rollout" else _pct(mfu.get(p))
+      extra = (f"{r['rollout_tokens_per_s']:,} tok/s, " if p == "rollout" else "") + _pct(mfu.get(p))
       out.append(f"| {p} | {sec[p]} | {_pct(share[p])} | {extra} |")
   bad = [r for r in rows if r.get("status") != "ok"]
   if bad:

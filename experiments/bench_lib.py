@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from experiments.bench_gpu import train_flops_per_token
-
 ALGOS = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora", "grpo", "online_dpo",
          "generate")
 TRAIN_CASES = ("rm", "dpo", "dpo_resident", "dpo_lora", "rm_lora", "rm_ens", "rm_ens_lora")
@@ -224,16 +222,35 @@ def summarize(step_times: list[float], tokens_per_step: int, pairs_per_step: int
   return out
 
 
-def model_flops_per_step(hf_config: dict, algo: str, shape: Shape) -> float:
-  """MaxText training FLOPs of one step: (6N + causal attention) per token x 2B sequences of T tokens; the
-  unembedding counts for DPO (it computes the LM head), not for the reward model. The resident reference's
-  forward is not model FLOPs of the trained model, so DPO counts the same either way. LoRA counts as full
-  finetuning (the count is of the model, not of what trains); an ensemble case counts its ENSEMBLE_K members."""
+def model_flops_per_step(hf_config: dict, algo: str, shape: Shape, shared_prompt: bool = False) -> float:
+  """Model FLOPs of one train step (MaxText's count, `gpu_bench_cases`): 6N + causal attention per token over 2B
+  sequences of T tokens; the unembedding counts for DPO (it computes the LM head at every position), not for the
+  reward model. A resident reference ("dpo_resident"; "dpo_lora": the same model with its adapters off) adds its
+  forward pass (2N + attention, a third of training), which the step runs. LoRA ("_lora") trains adapters on a
+  frozen base: the base matmuls run forward and backward to their inputs only (4N instead of 6N: no weight
+  gradient; layer 0's q/k/v input gradients, not needed either, are not subtracted), the adapters count 6x their
+  parameters. An ensemble case counts its ENSEMBLE_K members.
+  shared_prompt: the FLOPs of the shared-prompt rows the step runs instead (B rows of P + 2R tokens; the prompt's
+  tokens attend causally, each response's over the prompt and itself: P^2 / 2 + 2 (R P + R^2 / 2) keys a row)."""
+  from experiments import gpu_bench_cases as cases  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
   c = ModelConfig.from_hf(hf_config)
   members = ENSEMBLE_K if algo.startswith("rm_ens") else 1
-  return (train_flops_per_token(c, shape.seq, with_unembed=not algo.startswith("rm")) * 2 * shape.batch * shape.seq
-          * members)
+  lm_head = not algo.startswith("rm")
+  p, r = shape.prompt, shape.seq - shape.prompt
+  if shared_prompt:  # `gpu_bench_cases.shared_row_flops`, split into its matmul and attention parts
+    tokens, keys = shape.batch * (p + 2 * r), shape.batch * (p * p / 2 + 2 * (r * p + r * r / 2))
+  else:
+    tokens, keys = 2 * shape.batch * shape.seq, 2 * shape.batch * shape.seq * shape.seq / 2
+  matmuls = 2 * cases.matmul_params(c, lm_head) * tokens  # forward
+  attention = cases.attention_flops_per_token(c, 1) * keys  # forward: 4 x H x head_dim x L per (query, key)
+  if algo.endswith("_lora"):
+    flops = 2 * matmuls + 3 * attention + 6 * cases.lora_params(c, LORA["rank"], LORA["targets"]) * tokens
+  else:
+    flops = 3 * (matmuls + attention)
+  if algo in ("dpo_resident", "dpo_lora"):
+    flops += matmuls + attention
+  return flops * members
 
 
 # ------------------------------------------------------------------------------------------------ jaxrlhf side
@@ -379,19 +396,21 @@ GRPO_GENERATIONS = 4  # G samples per prompt in the GRPO case.
 
 def grpo_flops_per_step(hf_config: dict, shape: Shape, num_generations: int = GRPO_GENERATIONS,
                         num_iterations: int = 1, old_logps: str = "auto") -> float:
-  """Model FLOPs of one GRPO step (MaxText's count) over R = rl_prompts * G rows of L = gen_prompt + rl_new
-  tokens: `num_iterations` x training (6N + causal attention per token) of the policy, plus forward-only passes
-  (a third of that: 2N + attention) for the rollout (prefill + decode) and the reference log-probs (with the
-  unembedding), the reward model (without it), and with num_iterations > 1 or old_logps "rollout" the old-policy
-  log-probs (otherwise the update's own log-probs, detached, stand in for them: `rl.detached_old_logps`)."""
+  """Model FLOPs of one GRPO step (MaxText's count, `gpu_bench_cases`) over R = rl_prompts * G rows of
+  L = gen_prompt + rl_new tokens: the rollout (`rollout_flops`: each prompt's prefill once, R x (N - 1) decoded
+  tokens), `num_iterations` x training of the policy, and forward passes for the reference log-probs, the reward
+  model (no LM head) and, with num_iterations > 1 or old_logps "rollout", the old-policy log-probs (otherwise the
+  update's own log-probs, detached, stand in for them: `rl.detached_old_logps`). The log-prob passes need the LM
+  head only at the N response positions (`scoring.response_logps`)."""
+  from experiments import gpu_bench_cases as cases  # pylint: disable=g-import-not-at-top
   from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
   c = ModelConfig.from_hf(hf_config)
-  length = shape.gen_prompt + shape.rl_new
-  tokens = shape.rl_prompts * num_generations * length
-  train = train_flops_per_token(c, length, with_unembed=True)
-  policy_forwards = 2 + (num_iterations > 1 or old_logps == "rollout")
-  forward = (policy_forwards * train + train_flops_per_token(c, length, with_unembed=False)) / 3
-  return tokens * (num_iterations * train + forward)
+  length, new = shape.gen_prompt + shape.rl_new, shape.rl_new
+  rows = shape.rl_prompts * num_generations
+  logp_forwards = 1 + (num_iterations > 1 or old_logps == "rollout")  # reference (+ old policy)
+  return (cases.rollout_flops(c, shape.rl_prompts, num_generations, shape.gen_prompt, new)
+          + rows * (num_iterations * cases.row_flops(c, length, new, train=True)
+                    + logp_forwards * cases.row_flops(c, length, new) + cases.row_flops(c, length, 0)))
 
 
 def jax_grpo(folder: str, shape: Shape, steps: int, warmup: int = 1, lr: float = 1e-5, seed: int = 0,
@@ -635,7 +654,8 @@ def run_case(model: str, algo: str, side: str, folder: str, shape: Shape, steps:
   else:
     raise ValueError(f"side: expected one of {SIDES}, got {side!r}")
   row.update(raw)
-  flops = model_flops_per_step(read_hf_config(folder), algo, shape)
+  # GFLOP/s and MFU count what the step runs (its layout's FLOPs); tokens/s counts the pairs' two-row tokens.
+  flops = model_flops_per_step(read_hf_config(folder), algo, shape, shared_prompt=shared_prompt)
   members = ENSEMBLE_K if algo.startswith("rm_ens") else 1  # Every member reads the batch.
   if members > 1:
     row["members"] = members

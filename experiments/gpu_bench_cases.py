@@ -7,9 +7,13 @@ A case is named by an `--only` entry `kind[:lever[:lever...]]`, a lever being `k
 on the GPU image, and is being restructured), so the small train step and its loops over ensemble members are
 written out below (the same arithmetic as `train.state.make_train_step` and `stages.reward.make_ensemble_step`).
 
-FLOPs follow MaxText's count: per trained token 6 x matmul parameters (the unembedding only where the step
-computes it) + the causal attention term 6 x T x N x H per layer; a forward pass is a third of that. MFU is
-against `Settings.peak_tflops` (989: dense bf16 of an H100/H200 SXM). Rematerialization is not counted.
+FLOPs follow MaxText's count: per trained token 6 x matmul parameters (the unembedding only at the positions where
+the step needs it: every position of a DPO row, the N response positions of GRPO's log-prob passes) + the causal
+attention term 6 x T x N x H per layer; a forward pass is a third of that; a rollout counts each prompt's prefill
+once and every decoded token's attention over the filled cache slots (`rollout_flops`). MFU is against
+`Settings.peak_tflops`, HBM utilization against `Settings.hbm_bytes_per_s`: by default the GPU's datasheet figures
+(`GPU_PEAKS`: dense bf16 989 TFLOP/s for an H100 SXM or H200; HBM 3.35 TB/s H100 SXM, 4.8 TB/s H200).
+Rematerialization is not counted.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import gc
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -161,8 +166,8 @@ class Settings:
   batch: int = 8  # preference pairs per step of the 1.24B train cases
   seq: int = 2048
   attention: str = "cudnn"
-  peak_tflops: float = 989.0
-  hbm_bytes_per_s: float = 4.8e12
+  peak_tflops: float | None = None  # None: the device's datasheet figure (`resolve_peaks`)
+  hbm_bytes_per_s: float | None = None
   deadline: float = math.inf  # time.time() after which timing loops stop early and cases are skipped
   trace_dir: str = ""  # where `profile` cases keep their jax.profiler traces ("": a temporary directory)
 
@@ -201,15 +206,58 @@ def matmul_params(c: ModelConfig, with_unembed: bool) -> int:
   return c.num_layers * (attn + mlp) + (c.embed_dim * c.vocab_size if with_unembed else 0)
 
 
+def attention_flops_per_token(c: ModelConfig, keys: float) -> float:
+  """Forward FLOPs of one token's attention over `keys` keys: QK^T and PV, 2 matmuls x 2 flops x keys x query heads
+  x head_dim per layer (a causal row of T tokens: keys = T / 2 on average, MaxText's halving)."""
+  return 4 * keys * c.num_heads * c.head_dim * c.num_layers
+
+
 def train_flops_per_token(c: ModelConfig, seq: int, with_unembed: bool) -> float:
   """MaxText-style training FLOPs per token: 6N + causal attention (QK^T and PV, halved for causality)."""
-  attention = 6 * seq * c.num_heads * c.head_dim * c.num_layers  # 3 x (2 matmuls x 2 flops x T/2) per token
-  return 6 * matmul_params(c, with_unembed) + attention
+  return 6 * matmul_params(c, with_unembed) + 3 * attention_flops_per_token(c, seq / 2)
 
 
 def forward_flops_per_token(c: ModelConfig, seq: int, with_unembed: bool) -> float:
   """A forward pass: a third of `train_flops_per_token`."""
   return train_flops_per_token(c, seq, with_unembed) / 3
+
+
+def row_flops(c: ModelConfig, seq: int, head_positions: int, train: bool = False) -> float:
+  """Model FLOPs of one row of `seq` tokens through the backbone (2 x matmul parameters per token, causal
+  attention) with the LM head (2 x D x V) at `head_positions` of them; x3 when trained (forward + backward).
+  A response scored after a prompt (GRPO's reference, old-policy and update log-probs) needs the LM head only at
+  the N positions that predict response tokens, not at all P + N."""
+  forward = seq * (2 * matmul_params(c, False) + attention_flops_per_token(c, seq / 2))
+  forward += head_positions * 2 * c.embed_dim * c.vocab_size
+  return 3 * forward if train else forward
+
+
+def rollout_flops(c: ModelConfig, prompts: int, samples: int, prompt: int, new: int) -> float:
+  """Model FLOPs of `sampling.generate` with num_samples: each prompt's prefill once (P tokens, causal attention,
+  the LM head at its last position; the cache is then copied for the samples), then R = prompts x samples rows
+  decode N - 1 fed-back tokens (the last sampled token is never fed back), each through every weight and the LM
+  head, attending to the P + t slots filled at step t (P + N / 2 on average; reading unfilled slots of a static
+  cache is not model work)."""
+  decode = (new - 1) * (2 * matmul_params(c, True) + attention_flops_per_token(c, prompt + new / 2))
+  return prompts * row_flops(c, prompt, 1) + prompts * samples * decode
+
+
+def shared_row_flops(c: ModelConfig, prompt: int, response: int, with_unembed: bool, train: bool = False) -> float:
+  """Model FLOPs of one shared-prompt row [prompt | chosen | rejected] (`models.shared_prompt`): P + 2R tokens
+  through the matmuls (and the LM head at every position with_unembed), each token attending to the keys its mask
+  allows: the prompt causally (P^2 / 2), each response the prompt and itself (R P + R^2 / 2), not the other
+  response (which a causal count over the whole row, (P + 2R)^2 / 2, would include); x3 when trained."""
+  keys = prompt * prompt / 2 + 2 * (response * prompt + response * response / 2)
+  forward = (prompt + 2 * response) * 2 * matmul_params(c, with_unembed) + attention_flops_per_token(c, 1) * keys
+  return 3 * forward if train else forward
+
+
+def lora_params(c: ModelConfig, rank: int, targets: tuple[str, ...]) -> int:
+  """Adapter parameters of LoRA rank `rank` on `targets` (models.lora.TARGETS) of every layer: r x (in + out)."""
+  q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+  sizes = dict(q=(c.embed_dim, q), k=(c.embed_dim, kv), v=(c.embed_dim, kv), o=(q, c.embed_dim),
+               gate=(c.embed_dim, c.mlp_dim), up=(c.embed_dim, c.mlp_dim), down=(c.mlp_dim, c.embed_dim))
+  return c.num_layers * sum(rank * sum(sizes[t]) for t in targets)
 
 
 def tree_bytes(tree: Any) -> int:
@@ -311,11 +359,49 @@ def peak_gib() -> float | None:
   return None if not stats else round(stats.get("peak_bytes_in_use", 0) / 2**30, 2)
 
 
-def device_info() -> dict:
+# Dense (not 2:4-sparse) bf16 tensor-core peak in TFLOP/s and HBM bandwidth in TB/s from NVIDIA's datasheets, by a
+# word of jax's `device_kind` ("NVIDIA H100 80GB HBM3" is the SXM part; "GH200" is not an H200), most specific first.
+GPU_PEAKS = ((r"\bH100 PCIe\b", 756.0, 2.0), (r"\bH100 NVL\b", 835.0, 3.9), (r"\bH100\b", 989.0, 3.35),
+             (r"\bH200 NVL\b", 835.0, 4.8), (r"\bH200\b", 989.0, 4.8))
+NOT_A_GPU_PEAKS = (989.0, 4.8)  # smoke runs on a CPU: placeholders (an H200's) so every formula runs
+
+
+def datasheet_peaks(device_kind: str) -> tuple[float, float] | None:
+  """(dense bf16 TFLOP/s, HBM TB/s) of a known NVIDIA GPU `device_kind`, else None."""
+  for pattern, tflops, tbps in GPU_PEAKS:
+    if re.search(pattern, device_kind):
+      return tflops, tbps
+  return None
+
+
+def resolve_peaks(s: Settings) -> Settings:
+  """`s` with peak_tflops / hbm_bytes_per_s filled in from the device's datasheet where the CLI left them None. A
+  GPU without datasheet figures needs both flags (ValueError); off GPUs the H200's figures stand in (smoke runs)."""
+  if s.peak_tflops is not None and s.hbm_bytes_per_s is not None:
+    return s
+  kind = jax.devices()[0].device_kind
+  peaks = datasheet_peaks(kind)
+  if peaks is None:
+    if jax.default_backend() == "gpu":
+      raise ValueError(f"--peak_tflops / --hbm_tbps: no datasheet figures for device {kind!r} "
+                       f"(known: {[p for p, _, _ in GPU_PEAKS]}); pass both flags")
+    peaks = NOT_A_GPU_PEAKS
+  return dataclasses.replace(s, peak_tflops=s.peak_tflops if s.peak_tflops is not None else peaks[0],
+                             hbm_bytes_per_s=s.hbm_bytes_per_s if s.hbm_bytes_per_s is not None else peaks[1] * 1e12)
+
+
+def device_info(s: Settings | None = None) -> dict:
+  """The device, and with `s` the MFU and HBM-utilization denominators its cases use (`resolve_peaks`)."""
   d = jax.devices()[0]
   stats = d.memory_stats() or {}
-  return dict(backend=jax.default_backend(), device_kind=d.device_kind, num_devices=jax.device_count(),
-              memory_limit_gib=round(stats.get("bytes_limit", 0) / 2**30, 1), jax=jax.__version__)
+  out = dict(backend=jax.default_backend(), device_kind=d.device_kind, num_devices=jax.device_count(),
+             memory_limit_gib=round(stats.get("bytes_limit", 0) / 2**30, 1), jax=jax.__version__)
+  if s is not None:
+    r = resolve_peaks(s)
+    out.update(peak_tflops=r.peak_tflops, hbm_tbps=r.hbm_bytes_per_s / 1e12,
+               peaks_from="flags" if (s.peak_tflops, s.hbm_bytes_per_s) == (r.peak_tflops, r.hbm_bytes_per_s)
+               else "datasheet" if datasheet_peaks(d.device_kind) else "placeholder: not a known GPU")
+  return out
 
 
 def _r(x: float | None, n: int = 4) -> float | None:
@@ -420,6 +506,7 @@ def shared_batch(batch: dict, seq: int) -> dict:
 # ------------------------------------------------------------------------------------------------ 1 and 2: train steps
 def run_train(entry: Entry, s: Settings) -> dict:
   """RM / DPO train step (1.24B, or the 8B shape for rm8b / dpo8b): step time, MFU, memory, loss at init."""
+  s = resolve_peaks(s)
   kind, lv = entry.kind, entry.levers
   big = kind in ISOLATED_KINDS
   c = model_config(entry, s, pdtype="bf16" if big else "fp32", remat="full" if big else "none")
@@ -463,9 +550,10 @@ def run_train(entry: Entry, s: Settings) -> dict:
   if "pair_input_ids" in batch:  # one row of 1.5 x seq tokens per pair
     row_len = batch["pair_input_ids"].shape[1]
     tokens = pairs * row_len
+    flops = pairs * shared_row_flops(c, seq // 2, seq - seq // 2, with_unembed=not is_rm, train=True)
   else:
     row_len, tokens = seq, 2 * pairs * seq
-  flops = train_flops_per_token(c, row_len, with_unembed=not is_rm) * tokens
+    flops = train_flops_per_token(c, row_len, with_unembed=not is_rm) * tokens
   return dict(case="train", kind=kind, model=f"{n_params / 1e9:.2f}B", params=int(n_params), pairs=pairs, seq=seq,
               tokens=tokens, config=config_summary(c), mu_dtype=mu or "param dtype",
               logps=None if is_rm else mode, chunk=None if is_rm else chunk,
@@ -561,10 +649,13 @@ def decode_bytes(c: ModelConfig, params: Any, batch: int, prompt: int, new: int,
 def run_gen(entry: Entry, s: Settings) -> dict:
   """`sampling.generate` throughput: prefill (max_new_tokens=1) and decode ((total - prefill) / (N - 1) per
   token) timed apart; greedy (or `sample`: temperature 1), eos_ids=() so no row stops early."""
+  s = resolve_peaks(s)
   lv = entry.levers
   c = model_config(entry, s, pdtype="bf16")
   b = lv.get("b", 1)
   prompt, new = lv.get("prompt", 16 if s.smoke else 512), lv.get("new", 8 if s.smoke else 512)
+  if new < 2:  # with one new token there is no decode step to time (the prefill emits it)
+    raise ValueError(f"gen: new={new}; expected >= 2 (decode is timed as (total - prefill) / (new - 1))")
   graphdef, params, rest = init_split(lambda: CausalLM(c, rngs=nnx.Rngs(0)))
   model = nnx.merge(graphdef, params, rest)
   ids = np.random.default_rng(1).integers(2, c.vocab_size, (b, prompt)).astype(np.int32)
@@ -666,6 +757,7 @@ def scan_members(body: Callable, k: int) -> Callable:
 
 
 def _run_ens(entry: Entry, s: Settings, c: ModelConfig) -> dict:
+  s = resolve_peaks(s)
   lv = entry.levers
   k, pairs = lv.get("k", 5), lv.get("b", 2 if s.smoke else 4)
   seq = lv.get("seq", 32 if s.smoke else 1024)
@@ -733,6 +825,7 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   reference and the reward model are frozen copies in the policy's parameter dtype, as the "rl" stage holds them.
   The rollout decodes in phases of `bucket` cache slots (`generate(cache_bucket=)`; default the library's rule),
   `tpi` tokens per decode-loop iteration (`generate(tokens_per_iteration=)`, default 1)."""
+  s = resolve_peaks(s)
   lv = entry.levers
   c = model_config(entry, s)
   n_prompts, g = lv.get("prompts", 2 if s.smoke else 64), lv.get("gens", 2 if s.smoke else 8)
@@ -853,10 +946,11 @@ def run_grpo(entry: Entry, s: Settings) -> dict:
   steady = {p: (timings[p][1:] or timings[p][:1]) for p in parts}  # iteration 0 includes compilation
   sec = {p: float(np.median(steady[p])) for p in parts}
   step_s = sum(sec.values())
-  tokens = rows * t_len
-  flops = dict(score=(1 + old_from_rollout) * forward_flops_per_token(c, t_len, True) * tokens,
-               reward=forward_flops_per_token(c, t_len, False) * tokens,
-               update=train_flops_per_token(c, t_len, True) * tokens)
+  # The log-prob passes apply the LM head at the N response positions only (`token_logps` slices the hidden states).
+  flops = dict(rollout=rollout_flops(c, n_prompts, g, p_len, n_new),
+               score=(1 + old_from_rollout) * rows * row_flops(c, t_len, n_new),
+               reward=rows * row_flops(c, t_len, 0),
+               update=rows * row_flops(c, t_len, n_new, train=True))
   return dict(case="grpo", kind="grpo", prompts=n_prompts, generations=g, rows=rows, prompt=p_len, new=n_new,
               cache_bucket=bucket, tokens_per_iteration=lv.get("tpi", 1),
               micro=micro, logps=mode, old_logps="rollout" if old_from_rollout else "detached",
@@ -879,7 +973,7 @@ def run_entry(entry: Entry, s: Settings) -> dict:
   """Runs one case; failures become a row with the error (so the other cases still run)."""
   t0 = time.time()
   try:
-    row = CASES[entry.kind](entry, s)
+    row = CASES[entry.kind](entry, resolve_peaks(s))
     row["status"] = "ok"
   except Exception as e:  # pylint: disable=broad-except
     row = dict(kind=entry.kind, status="failed", error=f"{type(e).__name__}: {str(e)[:1500]}")

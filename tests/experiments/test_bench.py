@@ -46,6 +46,12 @@ def test_jaxrlhf_and_trl_train_identically(folder, algo):
   for row in (jax_row, trl_row):
     assert row["tokens_per_s"] == pytest.approx(2 * SMOKE.batch * SMOKE.seq / row["step_s"])
     assert row["pairs_per_s"] == pytest.approx(SMOKE.batch / row["step_s"])
+  # The shared rows' GFLOP/s count the FLOPs they run (fewer than the two rows'); tokens/s the pairs' two-row tokens.
+  assert shared_row["tokens_per_s"] == pytest.approx(2 * SMOKE.batch * SMOKE.seq / shared_row["step_s"])
+  hf_config = bench_lib.read_hf_config(folder)
+  assert shared_row["flops_per_step"] == bench_lib.model_flops_per_step(hf_config, algo, SMOKE, shared_prompt=True)
+  assert shared_row["flops_per_step"] < jax_row["flops_per_step"] == bench_lib.model_flops_per_step(
+      hf_config, algo, SMOKE)
   assert jax_row["params"] >= trl_row["params"]  # ours adds the reward head's bias for "rm"
   assert jax_row["xla_step_mib"] > 0
 
@@ -90,18 +96,96 @@ def test_flops_hand_count():
   tokens = 2 * SMOKE.batch * SMOKE.seq
   assert bench_lib.model_flops_per_step(hf_config, "rm", SMOKE) == per_token_rm * tokens
   assert bench_lib.model_flops_per_step(hf_config, "dpo", SMOKE) == per_token_dpo * tokens
-  # GRPO: one trained pass over R x L tokens + forward-only thirds: rollout and reference with the unembedding,
-  # the reward model without it; the old policy's forward only when it is not the update's own (old_logps).
-  length = SMOKE.gen_prompt + SMOKE.rl_new
-  grpo_tokens = SMOKE.rl_prompts * bench_lib.GRPO_GENERATIONS * length
-  train_no_head = 6 * (attn + mlp) + 6 * length * 2 * 16 * 1
-  train = train_no_head + 6 * 32 * 128
+  # A resident reference adds its forward pass (a third of training) to the step's work.
+  assert bench_lib.model_flops_per_step(hf_config, "dpo_resident", SMOKE) == pytest.approx(
+      4 / 3 * per_token_dpo * tokens, rel=1e-12)
+  # LoRA (r=8 on q, k, v, o, gate, up, down): the frozen base needs no weight gradients, so its matmuls count 4x
+  # their parameters (forward + input gradient), the attention 3x, the adapters 6x: r x (in + out) each.
+  adapters = 8 * ((32 + 32) + 2 * (32 + 16) + (32 + 32) + 3 * (32 + 64))
+  attention = 6 * SMOKE.seq * 2 * 16 * 1  # per token, trained (3 x causal forward)
+  assert bench_lib.model_flops_per_step(hf_config, "rm_lora", SMOKE) == pytest.approx(
+      tokens * (4 * (attn + mlp) + attention + 6 * adapters), rel=1e-12)
+  assert bench_lib.model_flops_per_step(hf_config, "rm_ens_lora", SMOKE) == pytest.approx(
+      bench_lib.ENSEMBLE_K * tokens * (4 * (attn + mlp) + attention + 6 * adapters), rel=1e-12)
+  # dpo_lora: the LM head is frozen too (4x), and the reference (adapters off) runs one forward.
+  assert bench_lib.model_flops_per_step(hf_config, "dpo_lora", SMOKE) == pytest.approx(
+      tokens * (4 * (attn + mlp + 32 * 128) + attention + 6 * adapters + per_token_dpo / 3), rel=1e-12)
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.decoder import CausalLM  # pylint: disable=g-import-not-at-top
+  lora_model = nnx.eval_shape(lambda: CausalLM(ModelConfig(**bench_lib.SMOKE_CONFIG), rngs=nnx.Rngs(0),
+                                               lora=bench_lib.LORA))
+  assert sum(x.size for x in jax_leaves(nnx.state(lora_model, nnx.PathContains("lora")))) == adapters
+  # Shared-prompt rows (P = 8, R = 8): 2 rows of 24 tokens; keys per row: the prompt 8^2 / 2, each response
+  # 8 x 8 + 8^2 / 2; forward 2 x params per token + 4 x heads x head_dim per (query, key); x3 trained.
+  rows_tokens, rows_keys = 2 * 24, 2 * (32 + 2 * (64 + 32))
+  assert bench_lib.model_flops_per_step(hf_config, "rm", SMOKE, shared_prompt=True) == pytest.approx(
+      3 * (2 * (attn + mlp) * rows_tokens + 4 * 2 * 16 * rows_keys), rel=1e-12)
+  assert bench_lib.model_flops_per_step(hf_config, "dpo", SMOKE, shared_prompt=True) == pytest.approx(
+      3 * (2 * (attn + mlp + 32 * 128) * rows_tokens + 4 * 2 * 16 * rows_keys), rel=1e-12)
+  # GRPO (2 prompts x G = 4 rows of P = 4 + N = 4 tokens). Rollout: each prompt's prefill once (4 tokens, causal,
+  # the LM head at its last position), then 8 rows x 3 fed-back tokens through every weight and the LM head, each
+  # attending to P + t filled slots (t = 1..3: mean 6). Log-prob passes: the LM head at the N = 4 response positions.
+  p, n, rows = SMOKE.gen_prompt, SMOKE.rl_new, SMOKE.rl_prompts * bench_lib.GRPO_GENERATIONS
+  length = p + n
+  body, head, pair = 2 * (attn + mlp), 2 * 32 * 128, 4 * 2 * 16  # forward per token; per (query, key)
+  prefill = p * body + pair * p * p / 2 + head
+  decode = (n - 1) * (body + head + pair * (p + n / 2))
+  rollout = SMOKE.rl_prompts * prefill + rows * decode
+  forward = length * body + pair * length * length / 2 + n * head  # reference / old-policy log-probs
+  reward = length * body + pair * length * length / 2
   auto = bench_lib.grpo_flops_per_step(hf_config, SMOKE)
-  assert auto == pytest.approx(grpo_tokens * (train + (2 * train + train_no_head) / 3), rel=1e-12)
-  rollout = bench_lib.grpo_flops_per_step(hf_config, SMOKE, old_logps="rollout")
-  assert rollout - auto == pytest.approx(grpo_tokens * train / 3, rel=1e-9)
+  assert auto == pytest.approx(rollout + rows * (3 * forward + forward + reward), rel=1e-12)
+  assert auto == 7_933_952  # the same sum, written out: 823,296 + 4,423,680 + 1,474,560 + 1,212,416
+  rollout_old = bench_lib.grpo_flops_per_step(hf_config, SMOKE, old_logps="rollout")
+  assert rollout_old - auto == pytest.approx(rows * forward, rel=1e-9)
   assert bench_lib.grpo_flops_per_step(hf_config, SMOKE, num_iterations=2) == pytest.approx(
-      grpo_tokens * (2 * train + (3 * train + train_no_head) / 3), rel=1e-12)
+      rollout + rows * (2 * 3 * forward + 2 * forward + reward), rel=1e-12)
+
+
+def test_flops_against_xla_cost_analysis():
+  """XLA's own count of the compiled gradient programs (CPU, fp32, unrolled layers: a scanned body is counted once)
+  is the independent reference: full training is 6N + attention; with the base frozen (here only the norm scales
+  train, so every layer still needs its input gradient) the matmuls cost 4N: forward and backward to their inputs,
+  no weight gradients, the rule of the LoRA cases' count. XLA computes the full T x T scores (the causal mask is
+  applied after them), MaxText's count the causal half, so that half is added."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.models.decoder import CausalLM  # pylint: disable=g-import-not-at-top
+  c = ModelConfig(family="llama", vocab_size=512, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=16, mlp_dim=128, max_position_embeddings=64, dtype="float32", param_dtype="float32",
+                  attention="xla", scan_layers=False)
+  shape = bench_lib.Shape(batch=2, seq=32, prompt=16, gen_batch=1, gen_prompt=1, gen_new=2)
+  ids = jnp.asarray(np.random.default_rng(0).integers(2, 512, (2 * shape.batch, shape.seq)), jnp.int32)
+
+  def xla_flops(trainable):
+    graphdef, params, rest = nnx.split(CausalLM(c, rngs=nnx.Rngs(0)), trainable, ...)
+
+    def loss(p):  # the RM step's backbone: every hidden state feeds the loss, no LM head
+      return jnp.sum(nnx.merge(graphdef, p, rest).hidden_states(ids) ** 2)
+
+    cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+
+  full = xla_flops(nnx.Param)
+  frozen = xla_flops(nnx.Any(*(nnx.PathContains(n) for n in ("attn_norm_scale", "mlp_norm_scale",
+                                                               "final_norm_scale"))))
+  tokens = 2 * shape.batch * shape.seq
+  masked_half = 3 * 4 * 4 * 16 * 2 * tokens * shape.seq / 2  # 3 x 4 H hd L per (query, key) x rows x T^2 / 2
+  want_full = bench_lib.model_flops_per_step(c.to_hf(), "rm", shape) + masked_half
+  # The LoRA adapters' share of the count: r = 8 x (in + out) on q, k, v, o, gate, up, down, 2 layers, 6x a token.
+  adapters = 6 * 2 * 8 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 3 * (64 + 128)) * tokens
+  want_frozen = bench_lib.model_flops_per_step(c.to_hf(), "rm_lora", shape) - adapters + masked_half
+  assert full == pytest.approx(want_full, rel=0.05)  # the rest: softmax, norms, activations (elementwise)
+  assert frozen == pytest.approx(want_frozen, rel=0.06)
+  # The weight gradients alone (the elementwise rest cancels): 2N per token, 19.06 vs 18.87 MFLOP here.
+  assert full - frozen == pytest.approx(want_full - want_frozen, rel=0.03)
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(tree)
 
 
 def test_online_dpo_case_runs_the_stage_step_with_and_without_the_rollout_forward(folder):
@@ -114,11 +198,11 @@ def test_online_dpo_case_runs_the_stage_step_with_and_without_the_rollout_forwar
   np.testing.assert_allclose(auto["losses"], rollout["losses"], rtol=1e-5)
   assert all(np.isfinite(auto["losses"]))
   length = SMOKE.gen_prompt + SMOKE.rl_new
-  from jaxrlhf.models import ModelConfig  # pylint: disable=g-import-not-at-top
-  config = ModelConfig.from_hf(bench_lib.read_hf_config(folder))
-  train = bench_lib.train_flops_per_token(config, length, with_unembed=True)
-  assert rollout["flops_per_step"] - auto["flops_per_step"] == pytest.approx(
-      SMOKE.rl_prompts * 2 * length * train / 3, rel=1e-9)
+  # The old policy's forward (SMOKE_CONFIG): 9,216 matmul weights, 2 FLOPs each per token, causal attention
+  # 4 x 2 heads x 16 x L^2 / 2, the LM head 2 x 32 x 128 at the N response positions only.
+  forward = length * 2 * 9216 + 4 * 2 * 16 * length * length / 2 + SMOKE.rl_new * 2 * 32 * 128
+  assert rollout["flops_per_step"] - auto["flops_per_step"] == pytest.approx(SMOKE.rl_prompts * 2 * forward,
+                                                                             rel=1e-9)
 
 
 def test_fastest_round_and_ratio():

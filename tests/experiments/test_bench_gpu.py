@@ -170,6 +170,75 @@ def test_flops_and_bytes_hand_counts():
   assert cases.decode_bytes(untied, params, 1, 8, 8, 0)["weight_bytes"] == 4 * (cases.tree_size(params) - 512 * 64)
 
 
+def test_grpo_flops_count_response_positions_and_one_prefill_per_prompt():
+  c = ModelConfig(**cases.LLAMA_1B, dtype="bfloat16", param_dtype="bfloat16")
+  layer = 2048 * 64 * 80 + 3 * 2048 * 8192
+  body, head, pair = 2 * 16 * layer, 2 * 2048 * 128256, 4 * 32 * 64 * 16  # forward per token, LM head, per key
+  # The grpo case's log-prob passes: 256 + 512 tokens, the LM head at the 512 response positions only.
+  score = 768 * body + pair * 768 * 768 / 2 + 512 * head
+  assert cases.row_flops(c, 768, 512) == pytest.approx(score, rel=1e-12)
+  assert cases.row_flops(c, 768, 512, train=True) == pytest.approx(3 * score, rel=1e-12)
+  assert cases.row_flops(c, 768, 0) == pytest.approx(768 * body + pair * 768 * 768 / 2, rel=1e-12)
+  # Counting the LM head at all 768 positions (the count before) overstated the score / update MFU by 7.5%.
+  assert cases.forward_flops_per_token(c, 768, True) * 768 / score == pytest.approx(1.0746, abs=1e-4)
+  # Rollout: 64 prompts prefilled once (the LM head at the last position), 512 rows x 511 fed-back tokens, each
+  # attending to the 256 + t filled slots (mean 256 + 256).
+  rollout = 64 * (256 * body + pair * 256 * 256 / 2 + head) + 512 * 511 * (body + head + pair * (256 + 256))
+  assert cases.rollout_flops(c, 64, 8, 256, 512) == pytest.approx(rollout, rel=1e-12)
+
+
+def test_shared_prompt_rows_count_the_keys_their_mask_allows():
+  c = ModelConfig(**cases.LLAMA_1B, dtype="bfloat16", param_dtype="bfloat16")
+  body = 2 * 16 * (2048 * 64 * 80 + 3 * 2048 * 8192)  # forward per token without the LM head
+  # [prompt 1024 | chosen 1024 | rejected 1024]: prompt tokens see 1024^2 / 2 keys in all, each response
+  # 1024 x 1024 (the prompt) + 1024^2 / 2 (itself), not the chosen response that precedes the rejected one.
+  keys = 1024 * 1024 / 2 + 2 * (1024 * 1024 + 1024 * 1024 / 2)
+  assert keys == 3.5 * 1024 ** 2
+  assert cases.shared_row_flops(c, 1024, 1024, with_unembed=False, train=True) == pytest.approx(
+      3 * (3072 * body + 4 * 32 * 64 * 16 * keys), rel=1e-12)
+  # A causal count over the whole 3072-token row (the count before) has 4.5 x 1024^2 keys: +2.1% for the RM step.
+  causal = cases.train_flops_per_token(c, 3072, False) * 3072
+  assert causal / cases.shared_row_flops(c, 1024, 1024, False, train=True) == pytest.approx(1.0213, abs=1e-4)
+
+
+def test_gen_needs_a_decode_step_to_time():
+  # new=1: the prefill emits the only token, so (total - prefill) / (new - 1) would time noise (it gave -1.5 ms).
+  row = cases.run_entry(cases.parse_entry("gen:new=1"), cases.Settings(smoke=True))
+  assert row["status"] == "failed" and "gen: new=1; expected >= 2" in row["error"]
+
+
+def test_mfu_and_hbm_denominators_follow_the_gpu(monkeypatch):
+  # NVIDIA datasheets: dense bf16 (not the 2:4-sparse figure) and HBM bandwidth; jax's device_kind strings.
+  assert cases.datasheet_peaks("NVIDIA H100 80GB HBM3") == (989.0, 3.35)  # SXM
+  assert cases.datasheet_peaks("NVIDIA H200") == (989.0, 4.8)
+  assert cases.datasheet_peaks("NVIDIA H100 PCIe") == (756.0, 2.0)
+  assert cases.datasheet_peaks("NVIDIA H100 NVL") == (835.0, 3.9)
+  assert cases.datasheet_peaks("NVIDIA GH200 480GB") is None  # not an H200
+  args = bench_gpu.parse_args([])
+  assert args.peak_tflops is None and args.hbm_tbps is None
+  assert "None" not in bench_gpu._child_args(args, ["rm"], float("inf"))  # pylint: disable=protected-access
+
+  class Device:
+    device_kind = "NVIDIA H100 80GB HBM3"
+
+    def memory_stats(self):
+      return {}
+
+  monkeypatch.setattr(cases.jax, "devices", lambda: [Device()])
+  monkeypatch.setattr(cases.jax, "default_backend", lambda: "gpu")
+  s = cases.resolve_peaks(bench_gpu.settings_of(args))
+  assert (s.peak_tflops, s.hbm_bytes_per_s) == (989.0, 3.35e12)  # not the H200's 4.8 TB/s
+  assert cases.device_info(bench_gpu.settings_of(args))["peaks_from"] == "datasheet"
+  flags = bench_gpu.settings_of(bench_gpu.parse_args(["--peak_tflops", "500", "--hbm_tbps", "2"]))
+  assert cases.resolve_peaks(flags) == flags
+  Device.device_kind = "NVIDIA GH200 480GB"
+  with pytest.raises(ValueError, match="--peak_tflops / --hbm_tbps: no datasheet figures for device 'NVIDIA GH200"):
+    cases.resolve_peaks(bench_gpu.settings_of(args))
+  monkeypatch.setattr(cases.jax, "default_backend", lambda: "cpu")
+  s = cases.resolve_peaks(bench_gpu.settings_of(args))  # smoke runs on a CPU: placeholders
+  assert (s.peak_tflops, s.hbm_bytes_per_s) == (989.0, 4.8e12)
+
+
 def test_comparisons_against_the_base_row_and_the_unfused_check():
   def train(entry, kind, step_s, loss0, aux0):
     return dict(entry=entry, status="ok", case="train", kind=kind, pairs=8, seq=2048, step_s=step_s, loss0=loss0,
