@@ -78,7 +78,7 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
       "num_train", "num_eval", "held_out_in_train" (held-out prompts equal to a train prompt)}.
 
   Raises:
-    DataFileError: a bad row in strict mode. ValueError: no usable train record.
+    DataFileError: a bad row in strict mode, or no usable train record (an empty file, every row skipped).
   """
   config = adapters.AdapterConfig("prompts") if config is None else config
   records, report = _read(paths, config, hh_as_chat)
@@ -91,9 +91,12 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
     train, held_out = split_prompts(records, eval_fraction, num_train, num_eval)
   line = errors.format_skip_report(report, f"prompts {_names(paths)}" + (f" + {_names(eval_paths)}"
                                                                           if eval_paths else ""))
-  logging.info("%s", line)
   if not train:
-    raise ValueError(f"paths: no usable train prompts in {_names(paths)} ({line})")
+    raise errors.DataFileError(f"paths: no usable train prompts in {_names(paths)} ({line})")
+  # The split on the printed line: a fraction too small to hold out a prompt shows before any stage needs one.
+  line += f"; {len(train)} train, {len(held_out)} held out" + (
+      " (eval_paths)" if eval_paths else f" (the last {eval_fraction:g})")
+  logging.info("%s", line)
   seen = {_key(r.prompt) for r in train}
   summary = {**report.as_dict(), "line": line, "num_train": len(train), "num_eval": len(held_out),
              "held_out_in_train": sum(_key(r.prompt) in seen for r in held_out)}

@@ -25,6 +25,7 @@ from flax import nnx
 from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
 from jaxrlhf.data.adapters import DEFAULT_COLUMNS, FILE_SUFFIXES
+from jaxrlhf.data.errors import DataFileError
 from jaxrlhf.data import padding
 from jaxrlhf.data import pipeline as pipeline_lib
 from jaxrlhf.data import prompts as prompts_lib
@@ -55,7 +56,8 @@ class DataSpec:
 
   source: "world" (the synthetic gold-reward world, `world` = WorldConfig kwargs) or "files" (`paths`,
     `format`, `strict`, `columns`; held-out pairs from `eval_paths` or the last `eval_fraction`).
-  num_train / num_eval: world records per split (files: caps, 0 = all).
+  num_train / num_eval: world records per split (files: caps, 0 = all; `num_eval` caps the held-out fraction, an
+    `eval_paths` file is used whole; what the caps leave out is counted in the data report, `split`).
   contrastive_sft: SFT on the world's neutral, `<better>` and `<worse>` samples (a policy T-REG can query).
   goal_fraction: SFT data: this share of the prompts carries a goal prompt with a RANDOM score
     (`data.transforms.goal_format_records`), so that reward-augmented DPO starts from a policy that knows the goal
@@ -252,7 +254,17 @@ def control_ids(tokenizer: Any, text: str, path: str) -> tuple[int, ...]:
 
 # ------------------------------------------------------------------------------------------------ records
 def read_files(data: DataSpec) -> tuple[list, list, dict]:
-  """(train records, held-out records, skip report dict) from preference files."""
+  """(train records, held-out records, report) from preference files.
+
+  Held out: the records of `data.eval_paths`, all of them (`num_eval` caps only a held-out fraction, so that an
+  evaluation file is scored whole), else the last round(N * eval_fraction) of the N records of `data.paths` (at
+  most `num_eval` when > 0); `num_train` (> 0) keeps the first train records. The report holds the train files'
+  skip report {"kept", "skipped", "counts", "line"}, "eval" (the same for eval_paths), and "split" {"train",
+  "held_out", "unused_train" (train records past num_train), "line"}; each line is printed as `[data] ...`.
+
+  Raises:
+    DataFileError naming data.paths / data.eval_paths: no usable record (an empty file, or every row skipped).
+  """
   adapter = AdapterConfig(format=data.format, columns=dict(data.columns), strict=data.strict)
   records, report = read_records(list(data.paths), adapter)
   line = format_skip_report(report, f"{data.format} {list(data.paths)}")
@@ -268,17 +280,28 @@ def read_files(data: DataSpec) -> tuple[list, list, dict]:
     summary["eval"] = {"kept": eval_report.kept, "skipped": eval_report.skipped, "counts": dict(eval_report.counts),
                        "line": eval_line}
     if not held_out:  # Held-out evaluation was asked for: running without it would be a silent change of plan.
-      raise ValueError(f"data.eval_paths: no usable records in {list(data.eval_paths)} ({eval_line})")
+      raise DataFileError(f"data.eval_paths: no usable records in {list(data.eval_paths)} ({eval_line})")
+    held_out_from = "data.eval_paths"
   else:
     n_eval = int(round(len(records) * data.eval_fraction))
     if data.num_eval:
       n_eval = min(n_eval, data.num_eval) if n_eval else 0
     held_out, records = (records[len(records) - n_eval:], records[:len(records) - n_eval]) if n_eval else (
         [], records)
+    held_out_from = f"the last {n_eval} of {report.kept}: data.eval_fraction={data.eval_fraction:g}" + (
+        f", data.num_eval={data.num_eval}" if data.num_eval else "")
+  candidates = len(records)
   if data.num_train:
     records = records[:data.num_train]
   if not records:
-    raise ValueError(f"data.paths: no usable records in {list(data.paths)} ({line})")
+    raise DataFileError(f"data.paths: no usable records in {list(data.paths)} ({line})")
+  unused = candidates - len(records)
+  # A cap is a choice, not a loss; still, every record read is accounted for: train + held out + unused = kept.
+  split_line = (f"split: {len(records)} train, {len(held_out)} held out ({held_out_from})" +
+                (f"; {unused} of {candidates} train records unused (data.num_train={data.num_train})" if unused
+                 else ""))
+  print(f"[data] {split_line}", flush=True)
+  summary["split"] = {"train": len(records), "held_out": len(held_out), "unused_train": unused, "line": split_line}
   return records, held_out, summary
 
 
@@ -570,7 +593,8 @@ def budgeted_records(records: Sequence[Any], tokenizer: Any, data: DataSpec, kin
     split: "train" or "eval", for the line and the error.
 
   Raises:
-    ValueError naming data.max_length / data.max_prompt_length when `records` is not empty and none fits.
+    ConfigError (a ValueError) naming data.max_length / data.max_prompt_length when `records` is not empty and
+    none fits.
   """
   truncation = pipeline_config(data, kind, seed=0, shuffle=False).truncation
   fn = tokenize.tokenize_pair if kind == "preference" else tokenize.tokenize_sft
@@ -595,9 +619,9 @@ def budgeted_records(records: Sequence[Any], tokenizer: Any, data: DataSpec, kin
       logging.warning("%s", line)
     print(f"[data] {line}", flush=True)
   if records and not kept:
-    raise ValueError(f"data.max_length: all {len(records)} {split} {unit} are too long ({line}): each prompt leaves "
-                     f"fewer than one response token; raise data.max_length, or set data.max_prompt_length "
-                     f"(< data.max_length) to keep each prompt's last tokens")
+    raise ConfigError(f"data.max_length: all {len(records)} {split} {unit} are too long ({line}): each prompt leaves "
+                      f"fewer than one response token; raise data.max_length, or set data.max_prompt_length "
+                      f"(< data.max_length) to keep each prompt's last tokens")
   return kept, report
 
 
@@ -804,12 +828,24 @@ class OnlinePrompts(NamedTuple):
       return PromptSet(ids, mask, PromptTable(texts), {"num_prompts": len(texts), "source": "world"})
     train, held_out, report = self.files
     records = train if split == "train" else held_out
-    if not records:
-      raise ValueError(f"prompts: no {'held-out' if split != 'train' else 'train'} prompts in "
-                       f"{list(self.spec.eval_paths or self.spec.paths)} ({report['line']})")
+    if not records:  # Only held-out prompts can be missing (read_prompt_splits refuses files without train ones).
+      if self.spec.eval_paths:
+        raise ConfigError(f"prompts.eval_paths: no usable held-out prompts in {list(self.spec.eval_paths)} "
+                          f"({report['line']})")
+      raise ConfigError(f"prompts.eval_fraction: {self.spec.eval_fraction:g} of the {len(train)} prompts rounds to "
+                        f"no held-out prompt; raise it or set prompts.eval_paths ({report['line']})")
+    available = len(records)
     records = records[:n] if n else records
-    ids, mask, rendering = prompts_lib.encode_prompt_records(self.tokenizer, records, width,
-                                                             chat_template=self.spec.chat_template)
+    try:
+      ids, mask, rendering = prompts_lib.encode_prompt_records(self.tokenizer, records, width,
+                                                               chat_template=self.spec.chat_template)
+    except ValueError as e:  # A row the settings cannot render (names file:line): one line, not a traceback.
+      raise ConfigError(f"prompts.chat_template={self.spec.chat_template!r}: {e}") from e
+    name = "train" if split == "train" else "held-out"
+    print(f"[data] {name} prompts: {len(records)} of {available} used" +
+          (f" (asked for {n})" if n > available else "") +
+          f", {rendering['truncated']} longer than max_prompt_length={width} tokens keep their last {width} "
+          f"(longest {rendering['max_length']})", flush=True)
     names = sorted({k for r in records for k in r.columns})
     columns = {k: [r.columns.get(k) for r in records] for k in names}
     return PromptSet(ids, mask, PromptTable([r.prompt for r in records], columns),
@@ -852,7 +888,10 @@ class PromptIterator:
 
   def __init__(self, ids_NxP: np.ndarray, mask_NxP: np.ndarray, batch_size: int, seed: int):
     if ids_NxP.shape[0] < batch_size:
-      raise ValueError(f"prompts: {ids_NxP.shape[0]} prompts is fewer than one batch of {batch_size}")
+      # A ConfigError (a known error: one line from experiments.run) naming the keys that set the two numbers.
+      raise ConfigError(f"prompts_per_step: {ids_NxP.shape[0]} train prompts are fewer than one batch of "
+                        f"{batch_size} (prompts_per_step, times loss.oversample with dynamic sampling); add prompts "
+                        f"or lower prompts_per_step")
     self.ids, self.mask, self.batch_size, self.seed = ids_NxP, mask_NxP, batch_size, seed
     self.epoch, self.pos = 0, 0
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from jaxrlhf.config import ConfigError, from_config
+from jaxrlhf.data.errors import DataFileError
 from jaxrlhf.stages import inputs
 
 PAIR = {"prompt": "the cat", "chosen": "sat on a mat", "rejected": "ran"}
@@ -98,3 +99,30 @@ def test_the_eval_files_skip_reasons_are_reported(files, tmp_path, capsys):
   assert summary["eval"]["kept"] == 1 and summary["eval"]["counts"] == {"malformed_json": 1}
   assert summary["eval_skipped"] == 1
   assert "[data] pairwise eval" in capsys.readouterr().out and "held_out.jsonl:2" in summary["eval"]["line"]
+
+
+def test_the_split_accounts_for_every_record_read(files, tmp_path, capsys):
+  """The caps leave records out: the report and the printed line say how many (train + held out + unused = kept);
+  an eval_paths file is used whole (num_eval caps only a held-out fraction, e.g. reward_eval scores every pair)."""
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text("".join(json.dumps({**PAIR, "prompt": f"q{i}"}) + "\n" for i in range(12)))
+  train, held_out, summary = inputs.read_files(_data(files, paths=(str(pairs),), num_train=8, num_eval=4,
+                                                     eval_fraction=0.05))
+  assert ([r.prompt for r in train], [r.prompt for r in held_out]) == ([f"q{i}" for i in range(8)], ["q11"])
+  assert summary["split"] == {"train": 8, "held_out": 1, "unused_train": 3, "line": summary["split"]["line"]}
+  line = ("split: 8 train, 1 held out (the last 1 of 12: data.eval_fraction=0.05, data.num_eval=4); 3 of 11 train "
+          "records unused (data.num_train=8)")
+  assert summary["split"]["line"] == line and f"[data] {line}\n" in capsys.readouterr().out
+  _, held_out, summary = inputs.read_files(_data(files, paths=(str(pairs),), eval_paths=(str(pairs),), num_eval=4))
+  assert len(held_out) == 12 and summary["split"]["held_out"] == 12 and summary["split"]["unused_train"] == 0
+
+
+def test_a_file_without_a_usable_record_is_a_data_file_error(files, tmp_path):
+  """A known error (experiments.run prints one line naming the stage), not a bare ValueError's traceback."""
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  with pytest.raises(DataFileError, match=r"^data\.paths: no usable records in \['.*empty\.jsonl'\] \(pairwise .*"
+                                          r"kept 0, skipped 0\)"):
+    inputs.read_files(_data(files, paths=(str(empty),)))
+  with pytest.raises(DataFileError, match=r"^data\.eval_paths: no usable records"):
+    inputs.read_files(_data(files, eval_paths=(str(empty),)))

@@ -228,8 +228,20 @@ def test_read_prompt_splits_by_fraction_and_by_file(tmp_path):
   with pytest.raises(errors.DataFileError, match=r"train\.jsonl:11: empty_field"):
     prompts.read_prompt_splits(train_path)
   empty = _jsonl(tmp_path / "empty.jsonl", [{"prompt": " "}])
-  with pytest.raises(ValueError, match=r"paths: no usable train prompts in .*empty\.jsonl.*empty_field=1"):
+  # A DataFileError: experiments.run prints it as one line naming the stage (a known error), not a traceback.
+  with pytest.raises(errors.DataFileError, match=r"paths: no usable train prompts in .*empty\.jsonl.*empty_field=1"):
     prompts.read_prompt_splits(empty, config=lenient)
+
+
+def test_the_report_line_holds_the_split(tmp_path):
+  """The printed line says how many prompts are held out, so a fraction that rounds to none shows at once."""
+  path = _jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(4)] + [{"prompt": ""}])
+  lenient = adapters.AdapterConfig("prompts", strict=False)
+  _, _, report = prompts.read_prompt_splits(path, config=lenient, eval_fraction=0.1)
+  assert re.search(r"kept 4, skipped 1 \(empty_field=1; first: p\.jsonl:5: .*\); 4 train, 0 held out \(the last "
+                   r"0\.1\)$", report["line"]), report["line"]
+  _, _, report = prompts.read_prompt_splits(path, [path], lenient)
+  assert report["line"].endswith("; 4 train, 4 held out (eval_paths)")
 
 
 def test_prompts_of_a_preference_file_are_distinct_with_their_pair(tmp_path):

@@ -52,3 +52,42 @@ def test_open_prompts_renders_a_preference_files_prompts(tmp_path):
   text = source.tokenizer.decode(held_out.ids[0][held_out.mask[0] > 0], skip_special_tokens=False)
   assert text == "<|im_start|>user\nq8<|im_end|>\n<|im_start|>assistant\n"
   assert held_out.report["truncated"] == 0 and "repeated_prompt" not in held_out.report["files"]["line"]
+
+
+def test_split_prints_what_it_uses_and_names_the_key_without_held_out_prompts(tmp_path, capsys):
+  """Each split prints the prompts it uses and how many the budget truncates (held-out ones too); a held-out split
+  that is empty is a ConfigError naming the key to change (a known error: one line from experiments.run)."""
+  model = tiny_chat_model.write_model(tmp_path / "model")
+  path = str(tmp_path / "p.jsonl")
+  adapters.write_jsonl(path, [{"prompt": f"question {i}" + " long" * 10 * (i == 3)} for i in range(4)])
+  source = inputs.open_prompts(_spec(source="files", paths=(path,)), model)  # 0.1 of 4 rounds to 0 held out.
+  assert "; 4 train, 0 held out (the last 0.1)" in capsys.readouterr().out
+  train = source.split("train", 3, 16)
+  assert train.report["truncated"] == 0
+  assert "[data] train prompts: 3 of 4 used, 0 longer than max_prompt_length=16 tokens keep their last 16 " \
+         "(longest 10)" in capsys.readouterr().out
+  with pytest.raises(ConfigError, match=r"^prompts\.eval_fraction: 0\.1 of the 4 prompts rounds to no held-out "
+                                        r"prompt; raise it or set prompts\.eval_paths \(prompts .*kept 4"):
+    source.split("eval", 2, 16)
+  source = inputs.open_prompts(_spec(source="files", paths=(path,), eval_paths=(path,)), model)
+  held_out = source.split("eval", 8, 16)
+  assert held_out.report["truncated"] == 1
+  assert "[data] held-out prompts: 4 of 4 used (asked for 8), 1 longer than max_prompt_length=16 tokens keep their " \
+         "last 16 (longest 60)" in capsys.readouterr().out
+
+
+def test_fewer_train_prompts_than_a_batch_is_a_config_error_naming_the_key():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  ids = np.ones((1, 4), np.int32)
+  with pytest.raises(ConfigError, match=r"^prompts_per_step: 1 train prompts are fewer than one batch of 2 "):
+    inputs.PromptIterator(ids, ids, 2, seed=0)
+
+
+def test_a_row_the_rendering_settings_refuse_is_a_config_error_naming_the_row(tmp_path):
+  model = tiny_chat_model.write_model(tmp_path / "model")
+  path = str(tmp_path / "p.jsonl")
+  adapters.write_jsonl(path, [{"prompt": "text"}, {"messages": [{"role": "user", "content": "chat"}]}])
+  source = inputs.open_prompts(_spec(source="files", paths=(path,), eval_paths=(path,), chat_template="never"), model)
+  with pytest.raises(ConfigError, match=r"^prompts\.chat_template='never': p\.jsonl:2: a chat prompt needs the chat "
+                                        r"template, but chat_template='never'$"):
+    source.split("train", 0, 16)
