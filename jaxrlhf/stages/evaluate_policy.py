@@ -275,7 +275,10 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
       metrics[f"{name}/prompts"] = float(values.size)  # How many prompts the source could score.
   # Text rewards' outcome counts over the policy's and the base's samples (e.g. SQL queries the time limit stopped).
   outcomes = rewards_lib.report_outcomes({"eval (policy and base samples)": sources})
-  common.write_results(workdir, metrics, **({"reward_outcomes": outcomes} if outcomes else {}))
+  extra = {} if world is not None else {"prompts": held_out.report}  # the files' skip and truncation counts
+  if outcomes:
+    extra["reward_outcomes"] = outcomes
+  common.write_results(workdir, metrics, **extra)
   print("[evaluate_policy] " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "_lower" not in k
                                          and "_upper" not in k), flush=True)
   return {"metrics": metrics}

@@ -1350,4 +1350,6 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
   outcomes = rewards_lib.report_outcomes({"train": sources, "eval": eval_sources})
   if outcomes:
     extra["reward_outcomes"] = outcomes
+  if cfg.eval_prompts and world is None:  # the held-out files' own split: what it used and cut
+    report = {**report, "held_out": held_out.report}
   return common.stage_outputs(results, model_dir=model_dir, prompts=report, **extra)

@@ -91,6 +91,9 @@ def test_rl_trains_on_prompt_files(assets, grpo_run, tmp_path, algorithm):
     assert counts["train"]["correct"]["rows"] == 24 and counts["eval"]["correct"]["rows"] == EVAL_ROWS
     assert 0 <= counts["train"]["correct"]["no_answer"] <= 24
     assert set(counts["train"]) == {"correct"}  # the python length reward counts nothing
+    # The held-out split's own report is kept beside the train split's: 4 of the 8 held-out prompts, none cut.
+    assert out["prompts"]["held_out"]["source"] == "files" and out["prompts"]["held_out"]["truncated"] == 0
+    assert out["prompts"]["held_out"]["num_prompts"] == 4
   # The saved policy is a self-contained HF folder: its tokenizer renders prompts like the original's.
   saved, original = load_tokenizer(out["model_dir"]), load_tokenizer(assets[0])
   chat = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -181,7 +184,9 @@ def test_evaluating_a_trained_policy_reports_its_kl(assets, grpo_run, tmp_path):
   assert metrics["kl"] > 1e-3  # lr 1e-3 for three steps moves a tiny model measurably
   assert metrics["kl_lower"] <= metrics["kl"] <= metrics["kl_upper"]
   with open(tmp_path / "results.json") as f:
-    counts = json.load(f)["reward_outcomes"]
+    results = json.load(f)
+  counts = results["reward_outcomes"]
+  assert results["prompts"]["num_prompts"] == 8 and results["prompts"]["files"]["kept"] == 32
   # The policy's and the base's sample of each of the 8 prompts, each scored once.
   assert counts == {"eval (policy and base samples)": {"correct": {"rows": 16, "no_answer": 0}}}
 
