@@ -9,7 +9,8 @@ eval_linear / eval_mlp / eval_ens (reward_eval on the held-out pairs: accuracy w
 the ensemble's members and its mean); bon (best-of-n of SmolLM2's own samples on the held-out HH prompts,
 selected by the head ensemble and by the linear head). The feature pass is the whole cost (minutes on a 2-core CPU
 instead of the hours full finetuning takes; `configs/smollm2_hh.py` finetunes the backbone with the "reward" stage).
-`config.data.paths` / `config.model_path` feed every stage.
+`config.data.paths` / `config.data.format` / `config.model_path` feed every stage (a pairwise file of your own:
+`--config.data.paths='("pairs.jsonl",)' --config.data.format=pairwise`).
 Variants: default, smoke (24 pairs, max_length 64, a few steps; K = 2 so the saved ensemble stays small); flr
 (eval_flr: FLR, follow-up likelihood as reward (Zhang et al. 2024), scores the same held-out pairs with SmolLM2 itself
 and the paper's 20 + 20 follow-ups, no training, reward_eval's accuracy and bootstrap interval; then bon_flr: bon's
@@ -28,7 +29,7 @@ def get_config(arg=None):
     raise ValueError(f"configs/smollm2_rm_hh.py: unknown variant {variant!r}; valid: default, smoke, flr, flr_smoke")
   smoke = variant in ("smoke", "flr_smoke")
   import ml_collections  # pylint: disable=g-import-not-at-top
-  shared = ml_collections.ConfigDict(dict(model_path=smollm2_gguf(), data=dict(paths=(str(HH_FILE),))))
+  shared = ml_collections.ConfigDict(dict(model_path=smollm2_gguf(), data=dict(paths=(str(HH_FILE),), format="hh")))
   # 20% of the pairs held out (the file's last ones); the feature pass runs shortest pairs first, 8 per batch.
   data = dict(source="files", format="hh", strict=False, num_train=20 if smoke else 0, num_eval=4 if smoke else 0,
               eval_fraction=0.2, batch_size=4 if smoke else 32, eval_batch_size=4 if smoke else 8,
@@ -74,7 +75,9 @@ def get_config(arg=None):
     if name.startswith("bon"):
       config[name].policy = config.get_ref("model_path")
       config[name].prompts.paths = config.data.get_ref("paths")
+      config[name].prompts.format = config.data.get_ref("format")
       continue
     config[name].data.tokenizer = config.get_ref("model_path")
     config[name].data.paths = config.data.get_ref("paths")
+    config[name].data.format = config.data.get_ref("format")
   return config

@@ -133,3 +133,13 @@ def test_smollm2_rm_hh_smoke_runs(tmp_path, smollm2_gguf, hh_rlhf_file):
     # The saved reward model, run end to end, agrees with its heads on the cached features.
     assert metrics["accuracy"] == outputs[f"rm_{name}"]["metrics"]["eval/accuracy"]
   assert "member_1/accuracy" in outputs["eval_ens"]["metrics"]
+
+
+@pytest.mark.parametrize("name", ["smollm2_hh", "smollm2_rm_hh"])
+def test_one_data_format_key_feeds_every_stage_of_the_smollm2_chains(name, smollm2_gguf, hh_rlhf_file):
+  # A user with a pairwise file sets --config.data.format once, not per stage.
+  config = _load(name)
+  config.data.format = "pairwise"
+  formats = {stage: (config[stage].prompts if "prompts" in config[stage] else config[stage].data).format
+             for stage in config.stages}
+  assert formats and set(formats.values()) == {"pairwise"}, formats
