@@ -73,6 +73,14 @@ def test_peak_and_drop_metrics_by_hand():
   assert m["length@1"] == 8.0 and m["length@N"] == 20.0
   monotone = dict(curves, gold=np.array([0.0, 1.0, 1.0, 2.0]))
   assert bon_metrics.curve_metrics(monotone, 1.0, 1.0)["gold_drop"] == 0.0
+  assert bon_metrics.curve_metrics(monotone, 1.0, 1.0)["gold_monotone"] == 1.0  # a flat step is not a decrease
+  # Gains in units of each reward's own std (gold 2, proxy 4); the slope is over the last doubling, n = 4 -> 8.
+  m = bon_metrics.curve_metrics(curves, gold_std=2.0, proxy_std=4.0)
+  assert m["gold_monotone"] == 0.0
+  assert (m["gold@1"], m["gold@N"], m["proxy@1"], m["proxy@N"]) == (0.0, -1.0, 0.0, 3.0)
+  assert m["gold_gain_std"] == pytest.approx(-0.5) and m["proxy_gain_std"] == pytest.approx(0.75)
+  assert m["gold_slope_std"] == pytest.approx((-1.0 - 1.5) / 2) and m["proxy_slope_std"] == pytest.approx(0.25)
+  assert m["gap_std"] == pytest.approx(0.75 + 0.5)  # proxy gain - gold gain: > 0 is overoptimization
   np.testing.assert_allclose(best_of_n_kl([8.0]), [np.log(8.0) - 7.0 / 8.0])
 
 

@@ -36,7 +36,16 @@ def test_ratio_metrics_hand_computed():
   # gold: a, a, b, b better; reward prefers a, b, b, a -> 2/4. labels: a, a, a, b chosen -> 1, 0, 0, 0 -> 1/4.
   assert m["acc_gold"] == pytest.approx(0.5)
   assert m["acc_label"] == pytest.approx(0.25)
-  assert -1.0 <= m["length_corr"] <= 1.0
+  # Spearman over all 8 responses, ratio_a then ratio_b against length_a then length_b. Ratio ranks (ties
+  # averaged): a -> 5.5, 3.5, 7, 2; b -> 3.5, 5.5, 8, 1; length ranks 1..8: Pearson of the two rank vectors.
+  ranks = np.array([5.5, 3.5, 7.0, 2.0, 3.5, 5.5, 8.0, 1.0])
+  assert m["length_corr"] == pytest.approx(np.corrcoef(ranks, np.arange(1.0, 9.0))[0, 1], abs=1e-12)
+  # An outlier ratio separates Spearman from Pearson, and a's lengths must pair with a's ratios: ratio ranks
+  # (1, 2, 3, 8, 4, 5, 6, 7) against lengths 1..8 -> rho = 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 20 / 504.
+  m = dr.ratio_metrics(ratio_a=np.array([0.0, 1.0, 2.0, 100.0]), ratio_b=np.array([3.0, 4.0, 5.0, 6.0]),
+                       gold_a=np.zeros(4), gold_b=np.ones(4), a_is_chosen=np.zeros(4, bool),
+                       length_a=np.array([1.0, 2.0, 3.0, 4.0]), length_b=np.array([5.0, 6.0, 7.0, 8.0]))
+  assert m["length_corr"] == pytest.approx(1 - 6 * 20 / 504, abs=1e-12)
 
 
 def test_pearson_matches_numpy_and_is_nan_below_three_points():

@@ -121,6 +121,25 @@ def test_calibration_bins_hand_computed():
   assert uniform["count"].sum() == 8
 
 
+def test_calibration_ties_uniform_edges_and_count_weighted_ece():
+  sig = lambda x: 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+  # Ties: wrong for "accuracy", but the higher-scored side is a coin flip (1/2) in the ECE.
+  tied = calibration(np.array([0.0, 0.0, 1.0, -1.0]), np.zeros(4), num_bins=1)
+  np.testing.assert_allclose(tied["accuracy"], [0.25])
+  conf = (0.5 + 0.5 + 2 * sig(1.0)) / 4
+  np.testing.assert_allclose(tied["confidence"], [conf])
+  assert tied["ece"] == pytest.approx(abs((0.5 + 0.5 + 1.0 + 0.0) / 4 - conf))
+  # Uniform bins span [0, max |margin|] = [0, 5, 10] (not [min, max]); |margins| 4 | 5, 6, 10 (an edge value goes
+  # to the bin above it); the ECE weights each bin by its share of the pairs (1/4 and 3/4).
+  out = calibration(np.array([4.0, -5.0, 6.0, 10.0]), np.zeros(4), num_bins=2, strategy="uniform")
+  np.testing.assert_allclose(out["lower"], [0.0, 5.0])
+  np.testing.assert_allclose(out["upper"], [5.0, 10.0])
+  np.testing.assert_array_equal(out["count"], [1, 3])
+  np.testing.assert_allclose(out["accuracy"], [1.0, 2 / 3])
+  conf_hi = np.mean(sig([5.0, 6.0, 10.0]))
+  assert out["ece"] == pytest.approx(0.25 * abs(1.0 - sig(4.0)) + 0.75 * abs(2 / 3 - conf_hi))
+
+
 def test_length_correlation_hand_computed():
   got = length_correlation([1.0, 2.0, 2.0, 3.0], [1, 3, 2, 4])
   a = np.array([1.0, 2.0, 2.0, 3.0]) - 2.0

@@ -77,6 +77,26 @@ def test_bucket_table_hand_golden():
                                    "flip_rate": 0.0, "gold_agreement": 0.5})
 
 
+def test_strength_metrics_hand_golden():
+  mean = [-2.0, -1.0, 0.5, 1.0, 2.0, 3.0, -0.5, 4.0, 5.0, 6.0]
+  std = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+  flipped = np.zeros(10, bool)
+  flipped[[0, 6, 9]] = True
+  agree = np.ones(10, bool)
+  agree[[0, 1, 2]] = False  # these labels disagree with gold
+  out = strength.strength_metrics(mean, std, flipped, agree, fractions=(0.2,), num_buckets=2)
+  # Stable order by strength: 0, 1, 6, 2, 3 | 4, 5, 7, 8, 9. The lowest 20 % = pairs 0 and 1.
+  # AUROC: flipped strengths {-2, -0.5, 6} below the 7 clean ones {-1, 0.5, 1, 2, 3, 4, 5}: 7 + 6 + 0 of 21.
+  want = {"strength_mean": 1.8, "strength_std": 0.45, "flip_rate": 0.3, "auroc": 13 / 21,
+          "lowest20/precision": 0.5, "lowest20/recall": 1 / 3, "label_gold_agreement": 0.7,
+          "lowest20/gold_disagreement": 1.0,
+          "bucket0/strength_mean": -0.4, "bucket0/strength_std": 0.24, "bucket0/flip_rate": 0.4,
+          "bucket0/gold_agreement": 0.4,
+          "bucket1/strength_mean": 4.0, "bucket1/strength_std": 0.66, "bucket1/flip_rate": 0.2,
+          "bucket1/gold_agreement": 1.0}
+  assert out == pytest.approx(want, abs=1e-12)
+
+
 def test_strength_metrics_names_and_errors():
   rng = np.random.default_rng(1)
   mean = rng.normal(size=100)

@@ -193,6 +193,16 @@ def test_kto_golden_and_kl_clamp():
   np.testing.assert_allclose(losses, [2.0 * (1 - sig(0.5)), 0.5 * (1 - sig(1.0))], rtol=1e-6)
   np.testing.assert_allclose(m["rewards/chosen"], [0.5, 0.0], rtol=1e-6)
   np.testing.assert_allclose(m["rewards/rejected"], [0.0, -1.0], rtol=1e-6)
+  np.testing.assert_array_equal(m["logps/chosen"], [-1.0, 0.0])
+  np.testing.assert_array_equal(m["logps/rejected"], [0.0, -4.0])
+  np.testing.assert_array_equal(m["count/chosen"], [1.0, 0.0])
+  # A negative reference point passed straight in is clamped to 0 by kto_loss itself: the same losses.
+  clamped, m = kto_lib.kto_loss(
+      jnp.array([-1.0, -4.0]), jnp.array([-2.0, -2.0]), jnp.array([True, False]), kl=jnp.float32(-3.0), beta=0.5,
+      desirable_weight=2.0, undesirable_weight=0.5,
+  )
+  np.testing.assert_allclose(clamped, [2.0 * (1 - sig(0.5)), 0.5 * (1 - sig(1.0))], rtol=1e-6)
+  np.testing.assert_array_equal(m["kl"], [0.0, 0.0])
   # The reference point is a constant: no gradient flows into kl.
   g = jax.grad(lambda k: kto_lib.kto_loss(jnp.array([-1.0]), jnp.array([-2.0]), jnp.array([True]), kl=k)[0].sum())
   assert float(g(jnp.float32(0.3))) == 0.0

@@ -93,7 +93,8 @@ def _make_pairs(rng, n, max_logratio=50.0, equal_lengths=False):
   return per_token, lengths, logps, ref
 
 
-def _trl_dpo(per_token, lengths, ref, *, loss_types, loss_weights, beta, label_smoothing, f_divergence, f_alpha, tau):
+def _trl_dpo(per_token, lengths, ref, *, loss_types, loss_weights, beta, label_smoothing, f_divergence, f_alpha, tau,
+             gathered=None):
   n2 = per_token.shape[0]
   completion_mask = torch.zeros(n2, T, dtype=torch.long)
   for i, length in enumerate(lengths):
@@ -120,6 +121,8 @@ def _trl_dpo(per_token, lengths, ref, *, loss_types, loss_weights, beta, label_s
   with torch.no_grad():
     loss = trainer._compute_loss(model, inputs, return_outputs=False)
   chosen_rewards, rejected_rewards = trainer.accelerator.gathered[:2]
+  if gathered is not None:  # every per-example tensor TRL gathers: rewards, accuracies, margins, ...
+    gathered.extend(t.numpy() for t in trainer.accelerator.gathered)
   return float(loss), chosen_rewards.numpy(), rejected_rewards.numpy()
 
 
@@ -197,6 +200,34 @@ def test_dpo_matches_trl(case, beta):
   np.testing.assert_allclose(np.asarray(losses)[finite], trl_per_example[finite], rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("loss_type", ["sigmoid_norm", "ipo"])
+def test_dpo_tied_rewards_and_empty_responses_match_trl(loss_type):
+  """TRL counts a tied pair as inaccurate (`chosen_rewards > rejected_rewards`) and divides the scores of the
+  length-normalized types by clamp(length, min=1), so an empty response (0 tokens) gives a finite loss."""
+  rng = np.random.default_rng(11)
+  per_token, lengths, logps, ref = _make_pairs(rng, B)
+  for i in (0, 1):  # tied rewards: equal log-ratios on both sides (dyadic, so exact)
+    ref[B + i] = logps[B + i] - (logps[i] - ref[i])
+  for row in (B + 2, 3):  # an empty rejected response (pair 2) and an empty chosen one (pair 3)
+    per_token[row], lengths[row] = 0.0, 0
+    logps[row], ref[row] = 0.0, -2.5
+  kw = dict(loss_types=(loss_type,), loss_weights=(1.0,), beta=0.5, label_smoothing=0.0, f_divergence="reverse_kl",
+            f_alpha=0.5, tau=0.05)
+  gathered = []
+  trl_loss, _, _ = _trl_dpo(per_token, lengths, ref, gathered=gathered, **kw)
+  trl_chosen, trl_rejected, trl_accuracy, trl_margin = gathered[:4]
+  losses, metrics = _ours_dpo(per_token, lengths, logps, ref, **kw)
+  np.testing.assert_array_equal(trl_chosen[:2], trl_rejected[:2])  # the ties are real ties
+  np.testing.assert_array_equal(trl_accuracy[:2], 0.0)
+  np.testing.assert_array_equal(np.asarray(metrics["rewards/accuracy"]), trl_accuracy)
+  np.testing.assert_allclose(np.asarray(metrics["rewards/margin"]), trl_margin, rtol=RTOL, atol=ATOL)
+  assert np.isfinite(trl_loss)
+  np.testing.assert_allclose(float(jnp.mean(losses)), trl_loss, rtol=RTOL, atol=ATOL)
+  for i in (2, 3):  # per example, the empty-response pairs
+    pt, ln, _, rf = _rows(per_token, lengths, logps, ref, i)
+    np.testing.assert_allclose(float(losses[i]), _trl_dpo(pt, ln, rf, **kw)[0], rtol=RTOL, atol=ATOL)
+
+
 def test_rpo_alpha_equals_trl_sigmoid_plus_sft():
   rng = np.random.default_rng(0)
   per_token, lengths, logps, ref = _make_pairs(rng, B, equal_lengths=True)
@@ -269,8 +300,17 @@ def test_kto_matches_trl(loss_type, kl_sign):
   np.testing.assert_allclose(float(jnp.mean(losses)), trl_loss, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(float(z0), trl_metrics["kl"][-1], rtol=RTOL, atol=ATOL)
   for side in ("chosen", "rejected"):
-    ours = float(jnp.sum(metrics[f"rewards/{side}"]) / jnp.sum(metrics[f"count/{side}"]))
-    np.testing.assert_allclose(ours, trl_metrics[f"rewards/{side}"][-1], rtol=RTOL, atol=ATOL)
+    for key in ("rewards", "logps"):
+      ours = float(jnp.sum(metrics[f"{key}/{side}"]) / jnp.sum(metrics[f"count/{side}"]))
+      np.testing.assert_allclose(ours, trl_metrics[f"{key}/{side}"][-1], rtol=RTOL, atol=ATOL, err_msg=key)
+  if loss_type == "kto":
+    # kto_loss clamps the reference point itself (the preference stage hands it the unclamped estimate).
+    raw_kl = float(np.mean(kl_logps - ref_kl_logps))
+    assert (raw_kl < 0) == (kl_sign < 0)
+    unclamped, _ = kto_lib.kto_loss(
+        f32(logps), f32(ref), jnp.asarray(labels), kl=raw_kl, beta=0.2, desirable_weight=1.3, undesirable_weight=0.7,
+    )
+    np.testing.assert_allclose(float(jnp.mean(unclamped)), trl_loss, rtol=RTOL, atol=ATOL)
   # Per example: a batch of one with the same KL sequences, so TRL sees the same reference point.
   for i in range(n):
     trl_i, _ = _trl_kto(logps[i : i + 1], ref[i : i + 1], labels[i : i + 1], kl_logps, ref_kl_logps, **kw)

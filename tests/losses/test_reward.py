@@ -47,6 +47,7 @@ def test_bradley_terry_matches_trl_reward_trainer(use_margin, center_coeff, scal
   rng = np.random.default_rng(int(scale) + use_margin)
   chosen = (rng.normal(size=16) * scale).astype(np.float32)
   rejected = (rng.normal(size=16) * scale).astype(np.float32)
+  rejected[:3] = chosen[:3]  # tied pairs: TRL's accuracy counts them as wrong (chosen > rejected strictly)
   margin = rng.uniform(0, 2, size=16).astype(np.float32) if use_margin else None
   want, trl_metrics = _trl_reward_loss(chosen, rejected, margin, center_coeff)
   losses, metrics = reward.bradley_terry_loss(jnp.asarray(chosen), jnp.asarray(rejected), margin=margin,

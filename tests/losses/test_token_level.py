@@ -97,8 +97,12 @@ def test_treg_jit_vmap_bf16_weights():
   np.testing.assert_allclose(out, eager, rtol=1e-6)  # these values are exact in bf16
   weighted, _ = _treg(weights=jnp.array([0.0, 2.0]))
   np.testing.assert_allclose(weighted, eager * jnp.array([0.0, 2.0]), rtol=1e-6)
-  other, _ = _treg(loss_type="ipo")  # lengths come from the masks
-  assert np.all(np.isfinite(other))
+  # IPO's lengths come from the masks (chosen 3 and 2 tokens, rejected 2 and 3): with beta 0.5, 1 / (2 beta) = 1,
+  # (lc / |y_c| - lr / |y_r| - 1)^2 on the log-ratios of test_treg_loss_golden, plus the same regularizer terms.
+  ipo, _ = _treg(loss_type="ipo")
+  expected = [(-1.0 / 3 - 1.0 / 2 - 1.0) ** 2 + 2.0 * _sig(1.0) * 0.3,
+              (0.5 / 2 + 1.0 / 3 - 1.0) ** 2 + 2.0 * _sig(-0.75) * (-0.125)]
+  np.testing.assert_allclose(ipo, expected, rtol=1e-6)
 
 
 def test_treg_shape_errors():
