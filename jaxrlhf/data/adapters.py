@@ -6,7 +6,8 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   `margin`, `chosen_attributes`, `rejected_attributes` (lists of numbers), `annotator`, `subset`.
 - "chat": `chosen` and `rejected` are message lists. The responses are the messages after the longest shared
   leading run of messages; the prompt is the optional `prompt` column (text or messages) or else that shared run.
-  The first response message must have role "assistant". Same optional columns as "pairwise".
+  Each response must be one message of role "assistant" (a multi-turn continuation is a bad_messages row: encoded
+  as text + EOS it would lose the turn markers). Same optional columns as "pairwise".
 - "hh": Anthropic HH-RLHF: `chosen`, `rejected` are dialogues of "\n\nHuman:" / "\n\nAssistant:" turns. The prompt
   is the shared dialogue up to and including the final "\n\nAssistant:" marker; the responses are the final
   assistant turns with exactly one leading space removed (HH writes "Assistant: text"). When the two dialogues
@@ -312,6 +313,12 @@ def _parse_chat(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRe
     if response[0]["role"] != "assistant":
       raise errors.RecordError(errors.BAD_MESSAGES, f"{c(name)}: the first response message has role "
                                f"{response[0]['role']!r}, expected 'assistant'")
+    if len(response) > 1:
+      # A response is encoded as its text + EOS (data.tokenize.encode_response); later turns would be glued to it
+      # without the chat template's turn markers, and a user turn trained on as if the assistant had written it.
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{c(name)}: {len(response)} messages after the shared prefix "
+                               f"(roles {[m['role'] for m in response]}); a response must be one assistant "
+                               "message (multi-turn continuations are not supported)")
   if row.get(c("prompt")) is not None:
     prompt = _prompt(row[c("prompt")], c("prompt"))
   elif shared:

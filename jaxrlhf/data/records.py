@@ -145,7 +145,8 @@ class BenchmarkRecord:
 
 
 def response_text(response: Response) -> str:
-  """The text of a response: itself, or the concatenated contents of its assistant messages."""
+  """The text of a response: itself, or the content of its assistant message (the chat adapter keeps one; a list of
+  several is joined as is, without turn markers)."""
   if isinstance(response, str):
     return response
   return "".join(m["content"] for m in response)
