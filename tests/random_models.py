@@ -1,4 +1,4 @@
-"""Random CausalLMs built from numpy, shared by the test folders (a jitted PRNG init compiles slowly on 2 CPU
+"""Random CausalLMs (and preference batches) built from numpy, shared by the test folders (a jitted PRNG init compiles slowly on 2 CPU
 cores). Importable from any test module: pytest puts tests/ on sys.path for tests/conftest.py."""
 
 import jax
@@ -25,3 +25,19 @@ def random_model(config: ModelConfig, seed: int = 0, scale: float = 0.2) -> Caus
   graphdef, state = nnx.split(abstract_model(config))
   nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, params))
   return nnx.merge(graphdef, state)
+
+
+def random_pair_batch(rng: np.random.Generator, b: int = 4, t: int = 8, vocab: int = 32, weight=None) -> dict:
+  """A two-row preference batch of the preference stage's layout: B pairs of T tokens (ids in [4, vocab)), a shared
+  3-token prompt (loss mask 0 there), row 1 padded after 6 tokens; `weight` (B,) defaults to linspace(0.5, 1)."""
+  batch = {}
+  for side in ("chosen", "rejected"):
+    ids = rng.integers(4, vocab, (b, t)).astype(np.int32)
+    att = np.ones((b, t), np.int32)
+    att[1, 6:] = 0
+    loss = att.copy()
+    loss[:, :3] = 0  # 3 prompt tokens
+    batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": att, f"{side}_loss_mask": loss})
+  batch["rejected_input_ids"][:, :3] = batch["chosen_input_ids"][:, :3]
+  batch["weight"] = (np.linspace(0.5, 1.0, b) if weight is None else np.asarray(weight)).astype(np.float32)
+  return batch

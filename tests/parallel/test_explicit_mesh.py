@@ -16,6 +16,7 @@ from jaxrlhf.sampling import generate
 from jaxrlhf.stages import preference, reward
 from jaxrlhf.train import optim
 from jaxrlhf.train import state as state_lib
+from random_models import random_pair_batch
 
 CONFIG = ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4, mlp_dim=32)
 
@@ -55,16 +56,7 @@ def test_train_state_init_on_an_explicit_mesh_equals_the_auto_mesh():
 
 
 def _pair_batch(rng, b=8, t=8):
-  batch = {}
-  for side in ("chosen", "rejected"):
-    ids = rng.integers(4, CONFIG.vocab_size, (b, t)).astype(np.int32)
-    att = np.ones((b, t), np.int32)
-    att[1, 6:] = 0
-    loss = att.copy()
-    loss[:, :3] = 0  # 3 prompt tokens
-    batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": att, f"{side}_loss_mask": loss})
-  batch["rejected_input_ids"][:, :3] = batch["chosen_input_ids"][:, :3]
-  batch["weight"] = np.linspace(0.5, 1.0, b).astype(np.float32)
+  batch = random_pair_batch(rng, b, t, CONFIG.vocab_size)
   batch["margin"] = batch["chosen_score"] = batch["rejected_score"] = np.full((b,), np.nan, np.float32)
   return batch
 

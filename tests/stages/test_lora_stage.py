@@ -22,6 +22,7 @@ from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.stages import preference
 from jaxrlhf.train import optim
 from jaxrlhf.train import state as state_lib
+from random_models import random_pair_batch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
@@ -33,18 +34,8 @@ TINY = ModelConfig(vocab_size=32, embed_dim=16, num_layers=2, num_heads=2, num_k
 LORA = dict(rank=4, alpha=8.0, targets=("q", "v", "o", "up", "down"))
 
 
-def _batch(rng, b=4, t=8, vocab=32):
-  batch = {}
-  for side in ("chosen", "rejected"):
-    ids = rng.integers(4, vocab, (b, t)).astype(np.int32)
-    att = np.ones((b, t), np.int32)
-    att[1, 6:] = 0
-    loss = att.copy()
-    loss[:, :3] = 0  # 3 prompt tokens
-    batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": att, f"{side}_loss_mask": loss})
-  batch["rejected_input_ids"][:, :3] = batch["chosen_input_ids"][:, :3]
-  batch["weight"] = np.array([1.0, 0.5, 1.0, 1.0], np.float32)
-  return batch
+def _batch(rng):
+  return random_pair_batch(rng, weight=[1.0, 0.5, 1.0, 1.0])
 
 
 def _sum_logps(model, batch, side):
