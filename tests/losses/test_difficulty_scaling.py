@@ -54,6 +54,14 @@ def test_model_responsiveness_hand_computed():
   np.testing.assert_allclose(ds.model_responsiveness(jnp.array([[-1.0, 1.0]]), tau=0.5), [1.0], rtol=1e-6)
 
 
+def test_model_responsiveness_keeps_a_gap_exactly_at_tau():
+  # M keeps (gap - mean)^2 <= tau (module docstring): gaps [0, 1, 1, 2, 6] have mean 2 and squared deviations
+  # [4, 1, 1, 0, 16] (all exact in float32); tau = 4 keeps the 0 (filtered mean 1) and drops only the 6. A strict
+  # "< tau" would drop the 0 too (filtered mean 4/3).
+  alpha = ds.model_responsiveness(jnp.array([[0.0, 1.0, 1.0, 2.0, 6.0]]), tau=4.0)
+  np.testing.assert_allclose(alpha, [sigmoid(1.0) / sigmoid(2.0)], rtol=1e-6)
+
+
 def test_grpo_s_advantages_small_group_hand_computed():
   rewards = jnp.array([1.0, 2.0, 3.0, 4.0, 0.0, 0.0, 1.0, 1.0])
   alpha_data = jnp.array([1.2] * 4 + [0.8] * 4)

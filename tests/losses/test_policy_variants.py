@@ -246,6 +246,18 @@ def test_dynamic_sampling_mask():
     pv.dynamic_sampling_mask(r, 4)
 
 
+def test_dynamic_sampling_keeps_a_varying_group_with_an_unscored_completion():
+  # An unscorable completion (NaN) is left out of the spread, as out of GRPO's statistics: [1, NaN, 0] still varies
+  # (spread 1 over its valid rewards) and has non-zero advantages, so DAPO keeps it; a plain max - min would be NaN
+  # and drop it. [3, NaN, 3] is constant over its valid rewards: dropped.
+  nan = float("nan")
+  r = jnp.array([1.0, nan, 0.0, 3.0, nan, 3.0, nan, 2.0, 2.5])
+  keep = pv.dynamic_sampling_mask(r, 3)
+  np.testing.assert_array_equal(keep, [True] * 3 + [False] * 3 + [True] * 3)
+  adv = pg.group_advantages(r, 3).reshape(3, 3)
+  np.testing.assert_array_equal(keep.reshape(3, 3)[:, 0], jnp.any(adv != 0, axis=1))
+
+
 @pytest.mark.parity
 @pytest.mark.parametrize("max_length,cache_length", [(20, 8), (20, 0), (16, 16)])
 def test_soft_overlong_penalty_matches_trl(max_length, cache_length):

@@ -241,6 +241,24 @@ def test_top_k_then_top_p_on_a_flat_distribution():
     np.testing.assert_array_equal(got[b], want)
 
 
+@pytest.mark.parity
+@pytest.mark.parametrize("probs,top_p", [((0.5, 0.25, 0.25), 0.5), ((0.5, 0.25, 0.125, 0.125), 0.75),
+                                         ((0.125, 0.5, 0.125, 0.25), 0.75), ((0.75, 0.125, 0.0625, 0.0625), 0.875)])
+def test_nucleus_at_the_exact_mass_boundary_matches_transformers(probs, top_p):
+  """Dyadic probabilities make the mass before a token exactly top_p: that token is not needed to reach top_p and is
+  dropped, as transformers' TopPLogitsWarper (`cumsum(ascending) <= 1 - top_p` removed) drops it."""
+  from conftest import require_module  # pylint: disable=g-import-not-at-top
+  torch = require_module("torch")
+  warper = require_module("transformers.generation.logits_process").TopPLogitsWarper(top_p)
+  logits = np.log(np.asarray([probs], np.float32))
+  got = np.asarray(generate_lib._truncate(jnp.asarray(logits), None, top_p)) > np.finfo(np.float32).min
+  want = torch.isfinite(warper(None, torch.tensor(logits))).numpy()
+  np.testing.assert_array_equal(got, want)
+  order = np.argsort(-np.asarray(probs))
+  before = np.cumsum(np.asarray(probs)[order]) - np.asarray(probs)[order]
+  np.testing.assert_array_equal(got[0, order], before < top_p)  # the smallest set reaching top_p, by hand
+
+
 def test_out_of_range_pad_ids_are_harmless():
   model = random_model(CONFIGS["llama_gqa"], seed=7)
   ids, mask = left_padded_prompts(seed=12)

@@ -169,6 +169,26 @@ def test_policy_loss_matches_hand_computation():
   assert float(parts[0][1] + parts[1][1]) == float(weight)
 
 
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_policy_loss_kl_term_uses_the_configured_estimator(estimator):
+  # kl_mode "loss" adds beta * k(pi, pi_ref)_t with the chosen Schulman (2020) estimator, by hand (log r = ref - logp):
+  # k1 = -log r, k2 = (log r)^2 / 2, k3 = e^{log r} - 1 - log r. On-policy (no old_logps): the surrogate is -A.
+  rng = np.random.default_rng(4)
+  logps = rng.normal(-2, 0.5, (3, 4)).astype(np.float32)
+  ref = (logps + rng.normal(0, 0.6, (3, 4))).astype(np.float32)
+  adv = np.asarray([0.5, -1.0, 2.0], np.float32)
+  mask = np.asarray([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.int32)
+  log_r = ref.astype(np.float64) - logps
+  k = {"k1": -log_r, "k2": 0.5 * log_r ** 2, "k3": np.expm1(log_r) - log_r}[estimator]
+  beta = 0.3
+  per_token = -adv[:, None] + beta * k
+  batch = {"ref_logps": jnp.asarray(ref), "advantages": jnp.asarray(adv), "mask": jnp.asarray(mask)}
+  cfg = rl.RLLossConfig(beta=beta, kl_mode="loss", kl_estimator=estimator, loss_aggregation="token_mean")
+  total, weight, m = rl.policy_loss_terms(cfg, jnp.asarray(logps), batch, max_length=4)
+  assert float(total / weight) == pytest.approx(np.sum(per_token * mask) / mask.sum(), rel=1e-5)
+  assert float(metrics_lib.compute(m)["kl_loss_term"]) == pytest.approx(np.sum(k * mask) / mask.sum(), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ rollouts
 @pytest.fixture(scope="module")
 def world():
@@ -212,6 +232,47 @@ def test_rollout_advantages_equal_library(world, algorithm, kl_mode):
                  temperature=0.9, eos_ids=(world.tokenizer.eos_id,), pad_id=world.tokenizer.pad_id, num_samples=4)
   np.testing.assert_array_equal(gen.tokens, batch["tokens"])
   np.testing.assert_allclose(gen.logps, batch["old_logps"], atol=1e-4)
+
+
+def test_rollout_entropy_and_kl_metrics_average_over_the_response_tokens(world):
+  # Responses of varied lengths (a third of the vocabulary ends one): `entropy` is the token mean over the response
+  # mask of H(softmax(logits / T)) and `kl` the row mean of sum_t k1, by hand from a full forward of each model.
+  model = rl.RLModel(_model(world, 0), _model(world, 1), {})
+  loss = rl.RLLossConfig(num_generations=4, beta=0.3, kl_mode="loss")
+  sampling = rl.SamplingConfig(max_new_tokens=6, temperature=0.9)
+  sources = [rewards_lib.RewardSource("gold", 1.0, rewards_lib.gold_score(world))]
+  eos_ids = (world.tokenizer.eos_id,) + tuple(range(3, world.tokenizer.vocab_size, 3))
+  batch, metrics = rl.rollout(model, _prompts(world), jax.random.PRNGKey(2), loss=loss, sampling=sampling,
+                              sources=sources, eos_ids=eos_ids, pad_id=world.tokenizer.pad_id)
+  mask = np.asarray(batch["mask"])
+  assert 0 < mask.sum() < mask.size, "the test wants padded responses"
+  p = batch["prompt_ids"].shape[1]
+  ids = jnp.concatenate([batch["prompt_ids"] * batch["prompt_mask"], batch["tokens"] * batch["mask"]], axis=1)
+  attn = jnp.concatenate([batch["prompt_mask"], batch["mask"]], axis=1) > 0
+
+  def logp(m):
+    logits = np.asarray(m(ids, attn), np.float64)[:, p - 1:-1] / 0.9
+    return logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+
+  pol, ref = logp(model.policy), logp(model.reference)
+  entropy = -np.sum(np.exp(pol) * pol, -1)
+  assert float(metrics_lib.compute({"e": metrics["entropy"]})["e"]) == pytest.approx(
+      np.sum(entropy * mask) / mask.sum(), rel=1e-4)
+  tok = np.asarray(batch["tokens"])[..., None]
+  k1 = np.take_along_axis(pol, tok, -1)[..., 0] - np.take_along_axis(ref, tok, -1)[..., 0]
+  assert float(metrics["kl"]) == pytest.approx(np.mean(np.sum(k1 * mask, 1)), rel=1e-4, abs=1e-6)
+
+
+def test_update_policy_metrics_are_token_and_row_means():
+  # The detached update reports the rollout's metrics: entropy averaged over the response tokens only (padding
+  # after the end token excluded), kl averaged over rows; micro-batches add up (Avg totals and weights).
+  entropy = np.asarray([[1.0, 2.0, 3.0, 9.0], [0.5, 9.0, 9.0, 9.0], [2.0, 2.0, 2.0, 2.0]], np.float32)
+  mask = np.asarray([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.int32)
+  seq_kl = np.asarray([0.3, -0.1, 0.7], np.float32)
+  m = metrics_lib.compute(rl.update_policy_metrics(jnp.asarray(entropy), jnp.asarray(mask), jnp.asarray(seq_kl)))
+  assert float(m["entropy"]) == pytest.approx((1 + 2 + 3 + 0.5 + 8) / 8, rel=1e-6)
+  assert float(m["kl"]) == pytest.approx(0.9 / 3, rel=1e-6)
 
 
 def _stage_config(workdir_steps, **loop):

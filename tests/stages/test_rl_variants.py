@@ -182,6 +182,27 @@ def test_dynamic_sample_keeps_rows_and_zeroes_fillers():
   assert float(m["groups_with_variance"]) == 0.5 and float(m["groups_filled"]) == 2
 
 
+@pytest.mark.parametrize("loss_kwargs", [dict(scale_rewards="batch"), dict(algorithm="rloo", rloo_normalize=True)])
+def test_dynamic_sample_recomputes_batch_statistics_on_the_kept_rows(loss_kwargs):
+  # Batch-level statistics (scale_rewards "batch": the batch std; RLOO normalize: the batch mean / std) are those of
+  # the kept rows, not of the oversampled rollout (DAPO filters first, then computes advantages). By hand: kept
+  # groups [0, 1] and [3, 1] (the constant groups [1, 1] and [2, 2] dropped).
+  g = 2
+  rewards = jnp.asarray([1, 1, 0, 1, 2, 2, 3, 1], jnp.float32)
+  batch = {"task_rewards": rewards, "rewards": rewards, "advantages": jnp.full(8, 9.0)}
+  loss = rl.RLLossConfig(num_generations=g, dynamic_sampling=True, oversample=2, **loss_kwargs)
+  kept, _ = rl.dynamic_sample(loss, batch, 2)
+  kept_rewards = np.asarray([0.0, 1.0, 3.0, 1.0])
+  np.testing.assert_array_equal(kept["rewards"], kept_rewards)
+  centered = kept_rewards - np.repeat(kept_rewards.reshape(2, g).mean(1), g)
+  if loss.algorithm == "rloo":
+    loo = g / (g - 1) * centered  # r_i - mean of the others
+    want = (loo - loo.mean()) / (np.std(loo, ddof=1) + 1e-4)
+  else:
+    want = centered / (np.std(kept_rewards, ddof=1) + 1e-4)
+  np.testing.assert_allclose(kept["advantages"], want, rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------ rollout rewards
 @pytest.fixture(scope="module")
 def world():
