@@ -18,6 +18,7 @@ from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.stages import preference
 from jaxrlhf.stages import self_rewarding as sr
 from jaxrlhf.stages.inputs import make_world
+from random_models import random_pair_batch
 
 WORLD = {"num_prompts": 256, "max_response_len": 12}
 TINY = dict(embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32,
@@ -53,16 +54,7 @@ def test_evaluation_length_counts_the_tokens_before_the_end_token(monkeypatch, t
 
 
 def _batch(rng, b=4, t=8, vocab=32):
-  batch = {}
-  for side in ("chosen", "rejected"):
-    ids = rng.integers(4, vocab, (b, t)).astype(np.int32)
-    att = np.ones((b, t), np.int32)
-    att[1, 6:] = 0
-    loss = att.copy()
-    loss[:, :3] = 0
-    batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": att, f"{side}_loss_mask": loss})
-  batch["rejected_input_ids"][:, :3] = batch["chosen_input_ids"][:, :3]
-  batch["weight"] = np.array([1.0, 1.0, 1.0, 0.0], np.float32)
+  batch = random_pair_batch(rng, b, t, vocab, weight=[1.0, 1.0, 1.0, 0.0])
   batch["margin"] = np.full((b,), np.nan, np.float32)
   batch["ref_chosen_logps"] = rng.normal(-20, 2, b).astype(np.float32)
   batch["ref_rejected_logps"] = rng.normal(-20, 2, b).astype(np.float32)
