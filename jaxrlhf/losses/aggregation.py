@@ -80,6 +80,7 @@ _METHODS = {
     "mean_minus_var_unbiased": mean_minus_var_unbiased_reward,
 }
 _USES_LAM = ("mean_minus_std", "mean_minus_var", "mean_minus_var_unbiased")
+LAM_METHODS = _USES_LAM  # The aggregations that read lam (the others ignore it).
 AGGREGATION_METHODS = tuple(_METHODS)
 
 

@@ -36,7 +36,7 @@ from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.evaluation.best_of_n import (constant_pool_fraction, curve_metrics, member_average_curves,
                                           standardize_members)
 from jaxrlhf.evaluation.plots import plot_best_of_n
-from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, aggregate
+from jaxrlhf.losses.aggregation import AGGREGATION_METHODS, LAM_METHODS, aggregate
 from jaxrlhf.models import from_pretrained
 from jaxrlhf.sampling.best_of_n import best_of_n_curves, reward_model_scorer, unbiased_best_of_n
 from jaxrlhf.sampling.generate import content_lengths, generate
@@ -87,6 +87,9 @@ class BestOfNConfig:
     if bad or not self.aggregations:
       raise ConfigError(f"{path}.aggregations: {bad or '()'} invalid; valid choices: "
                         f"{', '.join(AGGREGATION_METHODS)}")
+    if self.lam != BestOfNConfig.lam and not set(self.aggregations) & set(LAM_METHODS):
+      raise ConfigError(f"{path}.lam: {self.lam!r} is not used by any of the aggregations {list(self.aggregations)} "
+                        f"(only {' / '.join(LAM_METHODS)} read it); leave it at its default {BestOfNConfig.lam!r}")
     for i, spec in enumerate(self.extra_aggregations):
       try:
         parse_extra_aggregation(spec)
@@ -104,16 +107,17 @@ def parse_extra_aggregation(spec: str) -> tuple[str, float, str]:
   """"<aggregation>:<lam>" -> (aggregation, lam, selector name "rm_<aggregation>_lam<lam>").
 
   Raises:
-    ValueError: not of that form, an unknown aggregation, or a negative / non-finite lam.
+    ValueError: not of that form, an aggregation that does not read lam (or an unknown one), or a negative /
+      non-finite lam.
   """
   method, sep, value = spec.partition(":")
   try:
     lam = float(value) if sep else float("nan")
   except ValueError:
     lam = float("nan")
-  if method not in AGGREGATION_METHODS or not np.isfinite(lam) or lam < 0:
-    raise ValueError(f"{spec!r} is not '<aggregation>:<lam>' with an aggregation in {list(AGGREGATION_METHODS)} and "
-                     "a finite lam >= 0")
+  if method not in LAM_METHODS or not np.isfinite(lam) or lam < 0:
+    raise ValueError(f"{spec!r} is not '<aggregation>:<lam>' with an aggregation that reads lam ({list(LAM_METHODS)}) "
+                     "and a finite lam >= 0")
   return method, lam, f"rm_{method}_lam{lam:g}"
 
 

@@ -165,7 +165,7 @@ class RewardSourceSpec:
   def check_kind_fields(self, path: str) -> None:
     """ConfigError for a field set away from its default on a kind that never reads it (a setting that would
     silently change nothing): aggregation / lam outside the reward-model kinds, refinement / eta outside "process",
-    smoothing outside "bleu", function outside "python"."""
+    smoothing outside "bleu", function outside "python", and lam with an aggregation that ignores it."""
     defaults = {f.name: f.default for f in dataclasses.fields(RewardSourceSpec)}
     for names, kinds in ((("aggregation", "lam"), RM_KINDS), (("refinement", "eta"), ("process",)),
                          (("smoothing",), ("bleu",)), (("function",), ("python",))):
@@ -175,6 +175,10 @@ class RewardSourceSpec:
         if getattr(self, name) != defaults[name]:
           raise ConfigError(f"{path}.{name}: {getattr(self, name)!r} is not used by kind {self.kind!r} (only by "
                             f"{' / '.join(repr(k) for k in kinds)}); leave it at its default {defaults[name]!r}")
+    if (self.kind in RM_KINDS and self.lam != defaults["lam"]
+        and self.aggregation not in aggregation_lib.LAM_METHODS):
+      raise ConfigError(f"{path}.lam: {self.lam!r} is not used by aggregation {self.aggregation!r} (only by "
+                        f"{' / '.join(aggregation_lib.LAM_METHODS)}); leave it at its default {defaults['lam']!r}")
 
 
 def process_step_bias(options: Mapping[str, Any], tokenizer: Any, path: str) -> tuple[tuple[int, float], ...]:
