@@ -16,6 +16,7 @@ resumed (a resumed run reports the rows after the resume). Built-in kinds with c
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Iterable, Mapping
 
@@ -85,7 +86,6 @@ def report(counters: Mapping[str, Any], where: str = "", stream: Any = None) -> 
   """{name: totals} of the counters (None entries skipped), printing one line per counter that scored rows, e.g.
   "[reward] train sql: 4096 rows scored; interrupted 12 (the time limit stopped the query); no_query 310 (...)"
   (`where` = "train"). Cases with a zero count are kept in the dict and left out of the line."""
-  import sys  # pylint: disable=import-outside-toplevel
   stream = stream or sys.stdout
   out = {}
   for label, counter in counters.items():

@@ -87,6 +87,7 @@ from jaxrlhf.rewards.outcomes import Outcomes
 # Reasoning-SQL's weights (module docstring); "judge" (2 in the paper) is omitted.
 WEIGHTS = {"execution": 3.0, "syntax": 1.0, "schema_linking": 1.0, "ngram": 1.0, "format": 1.0}
 TERMS = tuple(WEIGHTS)
+DB_TERMS = frozenset(("execution", "syntax", "schema_linking"))  # The terms that run queries on the database.
 DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_MAX_ROWS = 10_000
 GOLD_TIMEOUT_FACTOR = 10.0  # A gold query's time limit is this many times `timeout_s` (module docstring).
@@ -405,7 +406,7 @@ class _Databases:
                  ) -> list[dict[str, float] | None]:
     """{term: value} per row (None where the gold query or the database is missing); the scored rows' cases
     (OUTCOME_CASES) are added to `outcomes`."""
-    needs_db = bool({"execution", "syntax", "schema_linking"} & set(terms))
+    needs_db = bool(DB_TERMS & set(terms))
     for column in (gold_column, db_column) if needs_db else (gold_column,):
       if column not in columns:
         raise ValueError(f"{name}: column {column!r} not among the prompt file's columns {sorted(columns)}")
@@ -472,7 +473,7 @@ def _factory(terms: Sequence[str], weights: Mapping[str, float], name: str, gold
   _check_limits(timeout_s, max_rows)
   dbs = _Databases(databases, timeout_s, max_rows)
 
-  needs_db = bool({"execution", "syntax", "schema_linking"} & set(terms))
+  needs_db = bool(DB_TERMS & set(terms))
   outcomes = Outcomes(OUTCOME_CASES if needs_db else {"no_query": OUTCOME_CASES["no_query"]})
 
   def reward(prompts: Sequence[Any], completions: Sequence[Any], **columns) -> list[float | None]:

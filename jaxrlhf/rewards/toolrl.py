@@ -117,14 +117,19 @@ OUTCOME_CASES = {
 }
 
 
+def parsed_calls(completion: str) -> tuple[str, list[dict[str, Any]] | None]:
+  """(case, calls): what `parse_tool_calls` makes of a completion, parsed once for both the reward and its outcome
+  count. case is "parsed" (calls: the list), "no_tool_call" or "unparsable_tool_call" (calls: None)."""
+  text = completion.strip()
+  try:
+    return "parsed", parse_tool_calls(text)
+  except ToolCallParseError:
+    return ("no_tool_call" if TOOL_CALL[0] not in text or TOOL_CALL[1] not in text else "unparsable_tool_call"), None
+
+
 def call_case(completion: str) -> str:
   """"parsed", "no_tool_call" or "unparsable_tool_call": what `parse_tool_calls` makes of a completion."""
-  try:
-    parse_tool_calls(completion.strip())
-  except ToolCallParseError:
-    text = completion.strip()
-    return "no_tool_call" if TOOL_CALL[0] not in text or TOOL_CALL[1] not in text else "unparsable_tool_call"
-  return "parsed"
+  return parsed_calls(completion)[0]
 
 
 def format_reward(completion: str, tool_calls: bool, response: bool) -> float:
@@ -181,11 +186,16 @@ def correctness_reward(completion: str, gold: Sequence[Call], granularity: str =
     raise ValueError(f"granularity: expected one of {GRANULARITIES}, got {granularity!r}")
   if not gold:
     return 0.0
-  try:
-    predicted = parse_tool_calls(completion.strip())
-  except ToolCallParseError:
+  return calls_correctness(parsed_calls(completion)[1], gold, granularity, lo, hi)
+
+
+def calls_correctness(predicted: Sequence[Call] | None, gold: Sequence[Call], granularity: str = "fine",
+                      lo: float = -3.0, hi: float = 3.0) -> float:
+  """R_correct of already parsed calls (`predicted` None: unparsable, scores lo) against non-empty `gold`; what
+  `correctness_reward` computes after parsing."""
+  if predicted is None:
     return lo
-  if predicted == [dict(c) for c in gold]:
+  if list(predicted) == [dict(c) for c in gold]:
     return hi
   if granularity == "coarse":
     return lo
@@ -258,10 +268,10 @@ def toolrl_reward(column: str = "tool_calls", response_column: str | None = None
         fmt = format_reward(text, bool(gold), (not gold) if wants_response is None else bool(wants_response))
         counts["bad_format"] += fmt == 0.0
         total += fmt
-      if "correctness" in terms:
-        if gold:
-          counts[call_case(text)] += 1
-        total += correctness_reward(text, gold, granularity, -max_correct, max_correct)
+      if "correctness" in terms and gold:  # Without gold calls R_correct is 0 (correctness_reward).
+        case, predicted = parsed_calls(text)
+        counts[case] += 1
+        total += calls_correctness(predicted, gold, granularity, -max_correct, max_correct)
       out.append(total)
     outcomes.add(len(out) - out.count(None), {k: n for k, n in counts.items() if k != "parsed"})
     return out
