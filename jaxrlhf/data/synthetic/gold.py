@@ -58,6 +58,20 @@ class GoldSpec:
   length_optimum: float
 
 
+def _lookup(table: np.ndarray, xp: Any, *index_BxT: Any) -> Any:
+  """table[index_BxT...] elementwise (one index array per table axis), shaped and sharded like the index arrays.
+
+  On jax arrays sharded over an Explicit mesh axis (`jax.make_mesh`'s default) a plain gather from the replicated
+  table has no unambiguous output sharding and raises; there the output is given the indices' sharding."""
+  if xp is np:
+    return table[index_BxT]
+  import jax  # pylint: disable=g-import-not-at-top  (numpy users of this module need no jax)
+  sharding = jax.typeof(index_BxT[0]).sharding
+  if any(t == jax.sharding.AxisType.Explicit for t in getattr(sharding.mesh, "axis_types", ())):
+    return xp.asarray(table).at[index_BxT].get(out_sharding=sharding)
+  return xp.asarray(table)[index_BxT]
+
+
 def _check_shapes(prompt_ids, prompt_mask, response_ids, response_mask) -> None:
   if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
     raise ValueError(f"prompt_ids/prompt_mask must be (B, P) of equal shape, got {prompt_ids.shape} and "
@@ -80,7 +94,7 @@ def prompt_topic(spec: GoldSpec, prompt_ids_BxP: Any, prompt_mask_BxP: Any, xp: 
   """int32 (B,): the prompt's majority topic (ties -> lowest index), -1 when it has no topic word."""
   ids_BxP = xp.asarray(prompt_ids_BxP).astype(xp.int32)
   ids_BxP = xp.where((ids_BxP < 0) | (ids_BxP >= spec.topic_V.shape[0]), spec.oov_id, ids_BxP)
-  topic_BxP = xp.asarray(spec.topic_V)[ids_BxP]
+  topic_BxP = _lookup(spec.topic_V, xp, ids_BxP)
   hits_BxPxK = (topic_BxP[:, :, None] == xp.arange(spec.num_topics)[None, None, :]) & (
       prompt_mask_BxP[:, :, None] > 0)
   counts_BxK = hits_BxPxK.sum(axis=1)
@@ -101,7 +115,7 @@ def scored_tokens(spec, response_ids_BxT, response_mask_BxT, xp=np):
 def token_relevance(spec, topic_B, ids_BxT, xp=np):
   """(B, T) float32 relevance of each token to its prompt's topic: +1 on topic, -1 off topic, 0 for topic-free
   tokens or prompts."""
-  token_topic_BxT = xp.asarray(spec.topic_V)[ids_BxT]
+  token_topic_BxT = _lookup(spec.topic_V, xp, ids_BxT)
   return xp.where(token_topic_BxT < 0, 0.0,
                   xp.where((token_topic_BxT == topic_B[:, None]), 1.0,
                            xp.where(topic_B[:, None] < 0, 0.0, -1.0))).astype(xp.float32)
@@ -116,17 +130,17 @@ def _token_terms(spec, prompt_ids_BxP, prompt_mask_BxP, response_ids_BxT, respon
 
   topic_B = prompt_topic(spec, xp.asarray(prompt_ids_BxP).astype(xp.int32), xp.asarray(prompt_mask_BxP), xp)
   rel_BxT = token_relevance(spec, topic_B, ids_BxT, xp)
-  quality_BxT = spec.quality_weight * xp.asarray(spec.quality_V)[ids_BxT] * inv_n_B[:, None] * s_BxT
+  quality_BxT = spec.quality_weight * _lookup(spec.quality_V, xp, ids_BxT) * inv_n_B[:, None] * s_BxT
   relevance_BxT = spec.relevance_weight * rel_BxT * inv_n_B[:, None] * s_BxT
 
   prev_ids_BxT = xp.concatenate([ids_BxT[:, :1], ids_BxT[:, :-1]], axis=1)
   prev_s_BxT = xp.concatenate([xp.zeros_like(s_BxT[:, :1]), s_BxT[:, :-1]], axis=1)
-  coherence_BxT = xp.asarray(spec.bigram_VxV)[prev_ids_BxT, ids_BxT] * prev_s_BxT * s_BxT
+  coherence_BxT = _lookup(spec.bigram_VxV, xp, prev_ids_BxT, ids_BxT) * prev_s_BxT * s_BxT
 
   t = xp.arange(ids_BxT.shape[1])
   window_TxT = (t[None, :] < t[:, None]) & (t[None, :] >= t[:, None] - spec.repeat_window)
   same_BxTxT = (ids_BxT[:, :, None] == ids_BxT[:, None, :]) & window_TxT[None] & scored_BxT[:, None, :]
-  repeated_BxT = same_BxTxT.any(axis=2) & scored_BxT & ~xp.asarray(spec.repeatable_V)[ids_BxT]
+  repeated_BxT = same_BxTxT.any(axis=2) & scored_BxT & ~_lookup(spec.repeatable_V, xp, ids_BxT)
   repetition_BxT = -spec.repeat_penalty * repeated_BxT.astype(xp.float32)
   return n_B, quality_BxT, relevance_BxT, coherence_BxT, repetition_BxT
 
