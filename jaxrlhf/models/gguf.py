@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+import math
 import os
 import struct
 from typing import Any
@@ -215,7 +216,31 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
     config["use_sliding_window"] = False
   elif arch in _GEMMA:
     _gemma_config(config, metadata, arch)
+  _check_attention_scale(config, metadata, arch)
   return config
+
+
+def _check_attention_scale(config: dict[str, Any], metadata: dict[str, Any], arch: str) -> None:
+  """ValueError naming the key when the file sets an attention-logit scale the converted model would not use.
+
+  llama.cpp multiplies q.k by `{arch}.attention.scale` when it is set (instead of 1 / sqrt(head_dim), or Gemma's
+  query_pre_attn_scalar ** -0.5) and scales RoPE'd queries and keys by `{arch}.rope.scaling.attn_factor` (logits
+  by its square); transformers' configs of these families have no such fields, so such a file would load as a
+  different model."""
+  scalar = config.get("query_pre_attn_scalar") or config["head_dim"]
+  scale_key = f"{arch}.attention.scale"
+  if scale_key in metadata:
+    scale = _number(metadata, scale_key, float)
+    if scale and not math.isclose(scale, scalar ** -0.5, rel_tol=1e-5):
+      raise ValueError(f"GGUF metadata field {scale_key!r} is {scale!r}, but this model family scales attention "
+                       f"logits by {scalar ** -0.5:.6g} (1 / sqrt({scalar:g})); a model with another scale is not "
+                       "supported")
+  factor_key = f"{arch}.rope.scaling.attn_factor"
+  if factor_key in metadata:
+    factor = _number(metadata, factor_key, float)
+    if not math.isclose(factor, 1.0, rel_tol=1e-6):
+      raise ValueError(f"GGUF metadata field {factor_key!r} is {factor!r}; only 1.0 is supported (it scales the "
+                       "rotated queries and keys)")
 
 
 def _gemma_config(config: dict[str, Any], metadata: dict[str, Any], arch: str) -> None:

@@ -377,3 +377,21 @@ def test_mistyped_metadata_field_names_it(tmp_path, skip, add, message):
   tensors = _tiny_llama_tensors(np.random.default_rng(11))
   with pytest.raises(ValueError, match=message):
     gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, skip_keys=(skip,), extra=add))
+
+
+def test_attention_scale_other_than_the_familys_is_refused(tmp_path):
+  # llama.cpp multiplies q.k by {arch}.attention.scale when set (else 1 / sqrt(head_dim)) and the rotated q, k by
+  # rope.scaling.attn_factor; transformers' llama config has neither, so loading such a file as a plain llama would
+  # silently change every attention score. The family's own scale (or 0, llama.cpp's "unset") is accepted.
+  tensors = _tiny_llama_tensors(np.random.default_rng(12))
+  other = lambda w: w.add_float32("llama.attention.scale", 0.125 * 2)  # noqa: E731
+  with pytest.raises(ValueError, match=r"'llama\.attention\.scale' is 0\.25.*1 / sqrt\(8\)"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "s.gguf", tensors, extra=other))
+  factor = lambda w: w.add_float32("llama.rope.scaling.attn_factor", 1.5)  # noqa: E731
+  with pytest.raises(ValueError, match=r"'llama\.rope\.scaling\.attn_factor' is 1\.5; only 1\.0"):
+    gguf_io.read_gguf(write_tiny_gguf(tmp_path / "f.gguf", tensors, extra=factor))
+  for name, value in (("own", H ** -0.5), ("unset", 0.0)):
+    same = lambda w, v=value: (w.add_float32("llama.attention.scale", v),  # noqa: E731
+                               w.add_float32("llama.rope.scaling.attn_factor", 1.0))
+    config, _ = gguf_io.read_gguf(write_tiny_gguf(tmp_path / f"{name}.gguf", tensors, extra=same))
+    assert config["head_dim"] == H and "query_pre_attn_scalar" not in config
