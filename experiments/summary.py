@@ -10,6 +10,7 @@ source) to DIR/gold_vs_kl.png.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Sequence
 
@@ -23,6 +24,8 @@ def _cell(metrics: dict[str, float], key: str) -> str:
   lower, upper = metrics.get(f"{key}_lower"), metrics.get(f"{key}_upper")
   if lower is None or upper is None:
     return f"{metrics[key]:.3f}"
+  if not (math.isfinite(lower) and math.isfinite(upper)):  # The normal interval of a single prompt: (-inf, inf).
+    return f"{metrics[key]:.3f} [no interval: one prompt]"
   return f"{metrics[key]:.3f} [{lower:.3f}, {upper:.3f}]"
 
 

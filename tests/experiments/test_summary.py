@@ -35,3 +35,17 @@ def test_no_score_means_no_plot(tmp_path):
   stages = [("evaluate", "evaluate_policy", _stage("stage:p", "stage:b"))]
   summary.write_summary(str(tmp_path), stages, {"evaluate": {"metrics": {"kl": 0.1, "length/policy": 3.0}}})
   assert not (tmp_path / "gold_vs_kl.png").exists()
+
+
+def test_a_one_prompt_interval_says_so(tmp_path):
+  """evaluation.policy.confidence_interval gives (-inf, inf) for one prompt (normal method): the summary says there
+  is no interval instead of printing [-inf, inf], and the plot still draws the point."""
+  import math  # pylint: disable=g-import-not-at-top
+  metrics = {"gold/policy": 1.25, "gold/policy_lower": -math.inf, "gold/policy_upper": math.inf, "gold/base": 0.5,
+             "gold/gain": 0.75, "gold/gain_lower": 0.5, "gold/gain_upper": 1.0, "kl": 2.0,
+             "kl_lower": -math.inf, "kl_upper": math.inf}
+  stages = [("evaluate", "evaluate_policy", _stage("stage:dpo", "stage:sft"))]
+  summary.write_summary(str(tmp_path), stages, {"evaluate": {"metrics": metrics}})
+  text = (tmp_path / "summary.md").read_text()
+  assert "| 1.250 [no interval: one prompt] | 0.750 [0.500, 1.000] |" in text and "inf" not in text
+  assert (tmp_path / "gold_vs_kl.png").exists()
