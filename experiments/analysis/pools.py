@@ -75,4 +75,7 @@ def write_pooled(result: dict, runs: Sequence[pathlib.Path], out_path: pathlib.P
 
 def seed_pools(sweep: pathlib.Path) -> list[pathlib.Path]:
   """The seed=<k>/pools folders of a sweep that hold a scores.npz, in seed order."""
-  return [run for run in sorted(sweep.glob("seed=*/pools")) if (run / "scores.npz").exists()]
+  def seed(run: pathlib.Path) -> tuple[int, str]:  # seed=10 after seed=9 (as text it sorts before seed=2)
+    value = run.parent.name.partition("=")[2]
+    return (int(value), "") if value.isdigit() else (1 << 62, value)
+  return [run for run in sorted(sweep.glob("seed=*/pools"), key=seed) if (run / "scores.npz").exists()]

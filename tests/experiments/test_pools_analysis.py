@@ -95,3 +95,9 @@ def test_mixed_r1_analysis_regenerates_from_its_pools(smollm2_gguf, hh_rlhf_file
   committed = json.loads((REPRO / "mixed_r1" / "analysis.json").read_text())
   got = _json(_script("mixed_r1").mixed_r1(REPRO / "mixed_r1" / "pools"))
   assert got == committed and got["recomputed_bmas_max_abs_diff"] == 0.0
+
+
+def test_seed_pools_are_in_numeric_seed_order(tmp_path):
+  runs = {k: _seed(tmp_path, k, [[1, 1]], [[0, 1]], [3]) for k in (10, 2, 0)}
+  (tmp_path / "seed=5" / "pools").mkdir(parents=True)  # No scores.npz: not a pool.
+  assert pools.seed_pools(tmp_path) == [runs[0], runs[2], runs[10]]
