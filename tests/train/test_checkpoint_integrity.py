@@ -269,3 +269,17 @@ def test_loop_with_no_intact_checkpoint_fails_with_checkpoint_error(tmp_path):
     _damage(tmp_path / "checkpoints" / str(step), "delete")
   with pytest.raises(CheckpointError, match=r"no checkpoint in .*checkpoints is intact.*--fresh"):
     _train(tmp_path, 6)
+
+
+def test_a_step_damaged_twice_is_set_aside_under_a_new_name(tmp_path, setup):
+  """The second damaged copy of a step goes to `<step>.damaged.1`: the first one kept for inspection is not lost."""
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, _state(setup, step), data_state={"index": step})
+  for attempt in range(2):
+    _damage(tmp_path / "2", "flip")
+    assert ckpt.restore_newest_intact(setup.abstract)[0] == 1
+    ckpt.save(2, _state(setup, 2 + attempt), data_state={"index": 2})
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "2.damaged", "2.damaged.1"]
+  assert ckpt.restore_newest_intact(setup.abstract)[0] == 2
+  ckpt.close()

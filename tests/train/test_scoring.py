@@ -134,3 +134,87 @@ def test_a_prefix_on_packed_rows_is_refused_by_name():
   with pytest.raises(ValueError, match="prefix_ids cannot be combined with packed rows"):
     scoring.token_logps(model, ids, jnp.ones_like(ids), jnp.ones_like(ids), positions_BxT=pos, segment_ids_BxT=seg,
                         prefix_ids=(7,))
+
+
+def test_packed_rows_score_each_example_as_its_own_row():
+  """Two examples packed into one row (segment ids, positions restarting) get the log-probs of each example scored
+  alone, and no target crosses into the next segment, even where the loss mask covers its first token."""
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(4))
+  a, b = jnp.asarray([[3, 4, 5, 6, 7]]), jnp.asarray([[8, 9, 10, 11]])
+  packed = jnp.concatenate([a, b], axis=1)
+  seg = jnp.asarray([[1] * 5 + [2] * 4])
+  pos = jnp.asarray([list(range(5)) + list(range(4))])
+  lm = jnp.asarray([[0, 0, 1, 1, 1, 1, 0, 1, 1]])  # Marks b's first token too.
+  for chunk_size in (0, 3):
+    got, mask = scoring.token_logps(model, packed, jnp.ones_like(packed), lm, chunk_size, positions_BxT=pos,
+                                    segment_ids_BxT=seg)
+    want_a, mask_a = _reference(model, a, jnp.ones_like(a), lm[:, :5])
+    want_b, mask_b = _reference(model, b, jnp.ones_like(b), lm[:, 5:])
+    np.testing.assert_allclose(got[:, :4], want_a[:, :4], atol=2e-5)
+    np.testing.assert_allclose(got[:, 5:], want_b, atol=2e-5)
+    np.testing.assert_array_equal(mask, jnp.concatenate([mask_a[:, :4], jnp.zeros((1, 1)), mask_b], axis=1))
+
+
+def test_token_logps_with_a_prefix_equal_the_prefixed_rows():
+  """prefix_ids = the rows with those tokens in front (attention 1, loss mask 0), realigned to the rows: column t
+  still scores token t + 1."""
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(5))
+  ids, att, lm = _rows(2)
+  prefix = (5, 6, 7)
+  full = jnp.concatenate([jnp.broadcast_to(jnp.asarray(prefix, ids.dtype), (3, 3)), ids], axis=1)
+  full_att = jnp.concatenate([jnp.ones((3, 3), att.dtype), att], axis=1)
+  full_lm = jnp.concatenate([jnp.zeros((3, 3), lm.dtype), lm], axis=1)
+  want, want_mask = _reference(model, full, full_att, full_lm)
+  got, mask = scoring.token_logps(model, ids, att, lm, prefix_ids=prefix)
+  np.testing.assert_allclose(got, want[:, 3:], atol=2e-5)
+  np.testing.assert_array_equal(mask, want_mask[:, 3:])
+
+
+def test_aligned_token_logps_never_score_token_zero_without_a_prefix():
+  """Nothing predicts a row's first token: it is masked out (value 0) even when the loss mask covers it."""
+  model = CausalLM(LLAMA, rngs=nnx.Rngs(1))
+  ids, att, _ = _rows(1)
+  logps, mask = scoring.aligned_token_logps(model, ids, att, jnp.ones_like(att))
+  np.testing.assert_array_equal(mask[:, 0], 0.0)
+  np.testing.assert_array_equal(logps[:, 0], 0.0)
+  np.testing.assert_array_equal(mask[:, 1:], (att[:, 1:] > 0).astype(jnp.float32))
+
+
+def test_response_hidden_and_state_values_read_the_states_before_each_token():
+  """response_hidden is the hidden state of response_logps_and_hidden; state_values[:, t] is the reward model's
+  score of the row cut after response token t - 1 (V(s_t) read at s_t's last token; t = 0: the prompt alone)."""
+  from jaxrlhf.models import RewardModel  # pylint: disable=g-import-not-at-top
+  prompt = jnp.asarray([[0, 3, 4], [5, 6, 7]])
+  prompt_mask = jnp.asarray([[0, 1, 1], [1, 1, 1]])
+  response = jnp.asarray([[8, 9, 0], [10, 11, 12]])
+  response_mask = jnp.asarray([[1, 1, 0], [1, 1, 1]])
+  lm = CausalLM(LLAMA, rngs=nnx.Rngs(6))
+  hidden = scoring.response_hidden(lm, prompt, prompt_mask, response, response_mask)
+  _, _, want = scoring.response_logps_and_hidden(lm, prompt, prompt_mask, response, response_mask)
+  np.testing.assert_allclose(hidden, want, atol=1e-6)
+  rm = RewardModel(LLAMA, rngs=nnx.Rngs(7))
+  values = scoring.state_values(rm, prompt, prompt_mask, response, response_mask)
+  assert values.shape == (2, 4)
+  ids = jnp.concatenate([prompt, response], axis=1)
+  mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+  for t in range(4):
+    cut = 3 + t
+    want_t = rm(ids[:, :cut], mask[:, :cut])
+    rows = [r for r in range(2) if t <= int(response_mask[r].sum())]  # s_t exists
+    np.testing.assert_allclose(values[rows, t], want_t[jnp.asarray(rows)], atol=2e-5)
+
+
+def test_row_helpers_and_empty_responses():
+  two = {"chosen_input_ids": np.zeros((4, 9), np.int32), "chosen_attention_mask": np.zeros((4, 9), np.int32)}
+  shared = {"pair_input_ids": np.zeros((4, 11), np.int32)}
+  assert scoring.row_length(two) == 9 and scoring.row_length(shared) == 11
+  # Tokens a pair's forward reads: the prompt once in a shared row (P + R_c + R_r), twice in two rows.
+  lengths = {"prompt_length": np.asarray([3, 2]), "chosen_length": np.asarray([2, 4]),
+             "rejected_length": np.asarray([1, 3])}
+  np.testing.assert_array_equal(scoring.tokens_read({**shared, **lengths}), [6, 9])
+  att_c = np.asarray([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])  # P + R_c
+  att_r = np.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]])  # P + R_r
+  np.testing.assert_array_equal(scoring.tokens_read({"chosen_attention_mask": att_c,
+                                                     "rejected_attention_mask": att_r}), [9, 11])
+  with pytest.raises(ValueError, match="every response needs at least one token"):
+    scoring.sequence_logps(CausalLM(LLAMA, rngs=nnx.Rngs(3)), [[1, 2], [3]], [[4], []], pad_id=0)

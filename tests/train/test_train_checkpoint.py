@@ -108,3 +108,25 @@ def test_restore_of_a_step_not_held_names_the_steps(tmp_path, setup):
     ckpt.restore(setup.abstract, step=3)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "4"]  # Nothing moved or written.
   ckpt.close()
+
+
+def test_bad_keep_and_mode_settings_are_refused(tmp_path):
+  with pytest.raises(ValueError, match=r"max_to_keep: expected >= 1, got 0"):
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=0)
+  with pytest.raises(ValueError, match=r"best_mode: expected 'min' or 'max', got 'median'"):
+    checkpoint_lib.Checkpointer(str(tmp_path), best_metric="eval/loss", best_mode="median")
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_no_best_step_without_the_metric(tmp_path, setup, mode):
+  """Saves that never carried the best metric (or only a non-finite value of it) have no best step, in either mode
+  ("a missing metric ranks worst")."""
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3, best_metric="eval/loss", best_mode=mode,
+                                     async_save=False)
+  state = setup.init()
+  ckpt.save(1, state, metrics={"train/loss": 1.0})
+  ckpt.save(2, state, metrics={"eval/loss": float("nan")})
+  assert ckpt.best_step() is None
+  ckpt.save(3, state, metrics={"eval/loss": 0.5})
+  assert ckpt.best_step() == 3
+  ckpt.close()

@@ -85,3 +85,30 @@ def test_truncate_after_drops_a_torn_last_line_and_names_a_bad_one(tmp_path, cap
   with pytest.raises(ValueError, match=r"metrics.jsonl:2: expected a JSON object with a \"step\" key"):
     writer.truncate_after(6)
   assert path.read_text() == '{"step": 2}\n{"step": 4, "train/lo\n{"step": 6}\n'  # Left as it was.
+
+
+def _tensorboard_scalars(logdir):
+  """(tag, step, value) of every scalar in the event files under `logdir`, read from the TFRecord framing (uint64
+  length, uint32 crc, an Event proto, uint32 crc)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    raw = open(path, "rb").read()
+    i = 0
+    while i < len(raw):
+      (n,) = struct.unpack("<Q", raw[i:i + 8])
+      event = event_pb2.Event.FromString(raw[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.append((v.tag, event.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_scalars_carry_their_step(tmp_path):
+  writer = metrics_lib.MetricsWriter(str(tmp_path))
+  writer.write(2, {"train/loss": 0.5})
+  writer.write(4, {"train/loss": 0.25, "eval/acc": 0.75})
+  writer.close()
+  assert sorted(_tensorboard_scalars(str(tmp_path / "tensorboard"))) == [
+      ("eval/acc", 4, 0.75), ("train/loss", 2, 0.5), ("train/loss", 4, 0.25)]

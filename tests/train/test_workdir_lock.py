@@ -1,6 +1,7 @@
 """One writer per workdir: a second process fails naming the holder, a crashed or dead holder's lock is taken
 over with a log line, another host's lock is never broken."""
 
+import errno
 import json
 import os
 import pathlib
@@ -125,3 +126,48 @@ def test_live_pid_that_does_not_hold_the_flock_is_a_reused_pid(tmp_path, capsys)
   (tmp_path / workdir_lock.LOCK_NAME).write_text(json.dumps(live))
   workdir_lock.acquire(str(tmp_path)).release()
   assert f"pid {os.getppid()} no longer holds it (a reused pid)" in capsys.readouterr().out
+
+
+def _no_flock(monkeypatch):
+  """A file system without flock (some network mounts): flock fails with ENOLCK."""
+
+  def flock(fd, op):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(workdir_lock.fcntl, "flock", flock)
+
+
+def test_without_flock_a_live_pid_holds_and_a_dead_one_does_not(tmp_path, monkeypatch, capsys):
+  """Where flock is unavailable the recorded pid decides: alive on this host -> LockError, gone -> taken over."""
+  _no_flock(monkeypatch)
+  path = tmp_path / workdir_lock.LOCK_NAME
+  live = {"host": socket.gethostname(), "pid": os.getppid(), "started": "2024-01-01T00:00:00+00:00"}
+  path.write_text(json.dumps(live))
+  with pytest.raises(LockError, match=f"pid {os.getppid()} is alive on this host"):
+    workdir_lock.acquire(str(tmp_path))
+  assert json.loads(path.read_text()) == live  # Untouched.
+  dead = {**live, "pid": _dead_pid()}
+  path.write_text(json.dumps(dead))
+  with workdir_lock.acquire(str(tmp_path)):
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+  assert f"pid {dead['pid']}" in capsys.readouterr().out
+
+
+def test_a_pid_of_another_user_counts_as_alive(monkeypatch):
+  """kill(pid, 0) answers EPERM for another user's live process: it exists."""
+
+  def kill(pid, sig):
+    raise PermissionError(errno.EPERM, "Operation not permitted")
+
+  monkeypatch.setattr(workdir_lock.os, "kill", kill)
+  assert workdir_lock._pid_alive(12345) is True
+
+
+def test_a_long_stale_record_is_replaced_whole(tmp_path):
+  """Taking over a lock file whose old record is longer than ours leaves only our record (valid JSON)."""
+  stale = {"host": socket.gethostname(), "pid": _dead_pid(), "started": "2024-01-01T00:00:00+00:00",
+           "command": "x" * 5000}
+  path = tmp_path / workdir_lock.LOCK_NAME
+  path.write_text(json.dumps(stale))
+  with workdir_lock.acquire(str(tmp_path)) as lock:
+    assert json.loads(path.read_text()) == json.loads(json.dumps(lock.holder))
