@@ -1,0 +1,73 @@
+"""The self_rewarding stage's rewards and metrics against an independent recomputation (unpadded forwards of the
+saved models), over two iterations: iteration t samples the t-th block of training prompts and ranks with
+r_t = log pi_t(y|x) - log M0(y|x); it compares with the previous ranking, for t = 1 M0's length-normalized
+log-likelihood log M0(y|x) / |y| (CREAM's official rewarding of the reference-free model), for t = 2
+r_1 = log pi_1 - log M0; the evaluation's KL is KL(pi || pi_1) = E[log pi - log pi_1] on pi's samples, and gold_gain
+is the last iteration's gold minus iteration 0's."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrlhf.data import tokenize as tokenize_lib
+from jaxrlhf.models import from_pretrained
+from jaxrlhf.stages import self_rewarding as sr
+from jaxrlhf.stages.inputs import make_world
+from test_self_rewarding_stage import WORLD, _config, _models
+
+
+def _logps(model, prompt_rows, tokens, mask):
+  """sum log p(response | prompt) of each row from one forward of [prompt | response] rows right-padded (a causal
+  model's logits at a position do not depend on what follows); the response is the masked tokens."""
+  responses = [list(t[m > 0]) for t, m in zip(np.asarray(tokens), np.asarray(mask))]
+  rows = [list(p) + r for p, r in zip(prompt_rows, responses)]
+  ids = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)] = r
+  logp = jax.nn.log_softmax(np.asarray(model(ids), np.float64), axis=-1)
+  return np.asarray([sum(float(logp[i, len(p) + n - 1, t]) for n, t in enumerate(r))
+                     for i, (p, r) in enumerate(zip(prompt_rows, responses))])
+
+
+def test_iteration_rewards_kl_and_gain_against_recomputation(monkeypatch, tmp_path):
+  m0, m1 = _models(tmp_path)
+  sample, label_pairs = sr._sample, sr.label_pairs
+  samples, labels = [], []
+
+  def spy_sample(*args, **kwargs):
+    out = sample(*args, **kwargs)
+    samples.append(out)
+    return out
+
+  def spy_label_pairs(reward, previous, gold):
+    labels.append((reward, previous))
+    return label_pairs(reward, previous, gold)
+
+  monkeypatch.setattr(sr, "_sample", spy_sample)
+  monkeypatch.setattr(sr, "label_pairs", spy_label_pairs)
+  cfg = _config(m0, m1, 2)
+  metrics = sr.run(cfg, str(tmp_path / "run"), {})["metrics"]
+  assert len(samples) == 5 and len(labels) == 2  # eval pi_1, pool 1, eval pi_2, pool 2, eval pi_3
+  world = make_world(WORLD)
+  tok = world.tokenizer
+  base, start = from_pretrained(m0)[0], from_pretrained(m1)[0]
+  pi_2 = from_pretrained(str(tmp_path / "run" / "iter1" / "model"))[0]
+  n, p = cfg.num_samples, cfg.num_prompts
+  train_rows = [tokenize_lib.encode_prompt(tok, t) for t in world.prompts(2 * p, "train")]
+  for t, (policy, previous_policy) in enumerate(((start, None), (pi_2, start)), start=1):
+    rows = [r for r in train_rows[(t - 1) * p:t * p] for _ in range(n)]
+    tokens, mask = samples[2 * t - 1]
+    logp_base = _logps(base, rows, tokens, mask)
+    reward, previous = labels[t - 1]
+    np.testing.assert_allclose(reward, (_logps(policy, rows, tokens, mask) - logp_base).reshape(-1, n), atol=2e-3)
+    want = (logp_base / mask.sum(-1) if previous_policy is None
+            else _logps(previous_policy, rows, tokens, mask) - logp_base)
+    np.testing.assert_allclose(previous, want.reshape(-1, n), atol=2e-3)
+  # KL of the iteration-1 policy to the starting one, on its own held-out samples.
+  eval_rows = [tokenize_lib.encode_prompt(tok, t) for t in world.prompts(cfg.num_eval_prompts, "test")]
+  e_tokens, e_mask = samples[2]
+  kl = _logps(pi_2, eval_rows, e_tokens, e_mask) - _logps(start, eval_rows, e_tokens, e_mask)
+  assert abs(kl.mean()) > 1e-3  # training moved the policy
+  assert metrics["iter1/kl"] == pytest.approx(kl.mean(), abs=2e-3)
+  assert metrics["kl"] == metrics["iter2/kl"]
+  assert metrics["gold_gain"] == pytest.approx(metrics["iter2/gold"] - metrics["iter0/gold"], abs=1e-12)
