@@ -206,6 +206,21 @@ def test_return_hidden_and_hidden_states(model):
   np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
+def test_out_of_range_pad_ids_do_not_change_the_real_tokens(model):
+  """Pad slots holding ids outside [0, V) (a pad id of -1, say) give the same finite logits on the real tokens as pads
+  of id 0: a NaN embedding on a masked slot would still reach every token through the attention's value sum."""
+  ids = np.asarray(_tokens(4, 8)[None], np.int32).repeat(2, 0)
+  mask = np.ones((2, 8), np.int32)
+  mask[:, :3] = 0
+  zero_pads = np.where(mask > 0, ids, 0)
+  odd_pads = zero_pads.copy()
+  odd_pads[:, :3] = [[-1, -1, -7], [37, 40, 1000]]  # V = 37
+  want = np.asarray(forward(model, jnp.asarray(zero_pads), jnp.asarray(mask)))
+  got = np.asarray(forward(model, jnp.asarray(odd_pads), jnp.asarray(mask)))
+  assert np.isfinite(got).all()
+  np.testing.assert_allclose(got[:, 3:], want[:, 3:], atol=1e-6)
+
+
 def test_explicit_positions_override_default():
   model = random_model(CONFIGS["gpt2"], seed=3)
   ids = jnp.asarray(_tokens()[None])
@@ -285,7 +300,22 @@ def test_config_from_legacy_rope_fields():
     (dict(remat="some"), r"remat='some' is not supported; expected one of \['none', 'full', 'dots'"),
     (dict(family="t5"), "family='t5'"),
     (dict(dtype="int8"), "dtype='int8'"),
+    (dict(head_dim=5), "head_dim must be even for rope, got 5"),  # RoPE rotates pairs of dimensions
+    (dict(sliding_window=0), "sliding_window must be > 0 or None, got 0"),
+    (dict(hf_model_type="qwen2"), r"hf_model_type='qwen2' does not belong to family='llama'; expected one of "
+                                  r"\['llama', 'mistral'\]"),
 ])
 def test_config_validation_names_the_field(changes, pattern):
   with pytest.raises(ValueError, match=pattern):
     CONFIGS["llama_tied"].replace(**changes)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (("linear", 0.0), r"rope_scaling\.factor must be > 0, got 0\.0"),
+    # llama3 interpolates between the two wavelength bounds: equal factors would divide by zero.
+    (("llama3", 8.0, 4.0, 4.0, 8), "high_freq_factor must exceed low_freq_factor"),
+    (("llama3", 8.0, 4.0, 1.0, 8), "high_freq_factor must exceed low_freq_factor"),
+])
+def test_rope_scaling_validation_names_the_field(args, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    RopeScaling(*args)

@@ -118,6 +118,25 @@ def test_greedy_generation_equals_transformers_and_teacher_forced_argmax(pair):
   np.testing.assert_allclose(np.asarray(out.model_logps), expected, atol=1e-5)
 
 
+@pytest.mark.parity
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_untied", "qwen3_tied_sliding"])
+def test_multi_token_chunks_through_the_cache_match_transformers(family, tmp_path):
+  """Chunks longer than the window fed through the KV cache (6 tokens into an empty cache, then 10 more): every
+  layer attends as in transformers' cache-free forward, the global layers to all earlier tokens (not only the last
+  `sliding_window`), the local ones within the window, on left- and right-padded rows."""
+  hf_model = make_hf_model(family)
+  hf_model.save_pretrained(tmp_path)
+  model, _ = from_pretrained(tmp_path)
+  ids, mask = _padded_rows()
+  ref = hf_logits(hf_model, ids, mask)
+  step = nnx.jit(lambda m, x, a, c: m(x, a, cache=c))
+  cache = model.init_cache(ids.shape[0], ids.shape[1])
+  first, cache = step(model, jnp.asarray(ids[:, :6]), jnp.asarray(mask[:, :6]), cache)
+  second, _ = step(model, jnp.asarray(ids[:, 6:]), jnp.asarray(mask[:, 6:]), cache)
+  ours = np.concatenate([np.asarray(first), np.asarray(second)], axis=1)
+  assert _max_diff(ours, ref, mask, range(4)) <= TOL
+
+
 # ------------------------------------------------------------------------------------- the layer stack
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gemma2", "gemma3_untied"])
@@ -270,6 +289,32 @@ def test_gemma3_config_round_trips_through_transformers(changes):
 
   config = _gemma3_config(**changes)
   assert ModelConfig.from_hf(transformers.Gemma3TextConfig(**config.to_hf()).to_dict()) == config
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
+def test_omitted_query_pre_attn_scalar_is_the_transformers_default_not_head_dim(model_type):
+  """A Gemma config.json with head_dim 16 and no query_pre_attn_scalar: transformers' config class scales the scores
+  by its default 256 ** -0.5, not by head_dim ** -0.5."""
+  import transformers
+
+  sizes = dict(model_type=model_type, vocab_size=11, hidden_size=32, intermediate_size=16, num_hidden_layers=2,
+               num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+  reference = transformers.AutoConfig.for_model(**sizes)
+  assert ModelConfig.from_hf(sizes).query_pre_attn_scalar == reference.query_pre_attn_scalar == 256
+
+
+def test_qwen3_window_layers_from_max_window_layers_as_transformers():
+  """A Qwen3 config.json without layer_types (written before transformers listed them): with use_sliding_window, the
+  layers from max_window_layers on slide, as Qwen3Config derives them."""
+  import transformers
+
+  sizes = dict(model_type="qwen3", vocab_size=11, hidden_size=16, intermediate_size=16, num_hidden_layers=3,
+               num_attention_heads=2, num_key_value_heads=1, head_dim=8, use_sliding_window=True, sliding_window=4,
+               max_window_layers=1)
+  reference = transformers.AutoConfig.for_model(**sizes)
+  ours = ModelConfig.from_hf(sizes)
+  assert ours.layer_types == tuple(reference.layer_types) == ("full_attention",) + ("sliding_attention",) * 2
+  assert ours.sliding_window == 4
 
 
 def test_gemma2_defaults_alternate_local_and_global_layers():

@@ -224,6 +224,8 @@ def test_unexpected_tensor_is_named():
     ("rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
      r"rope_scaling\.rope_type='yarn' is not supported; expected one of \['default', 'linear', 'llama3'\]"),
     ("use_sliding_window", True, r"use_sliding_window"),
+    # transformers rotates only the first half of each head then; we rotate all of it.
+    ("partial_rotary_factor", 0.5, r"partial_rotary_factor=0\.5 is not supported; expected 1\.0"),
 ])
 def test_unsupported_config_fields_are_named(field, value, pattern):
   hf_config, tensors = _tiny_checkpoint()
@@ -316,3 +318,73 @@ def test_original_gpt2_naming_and_buffers_are_accepted():
   np.testing.assert_array_equal(model.layers.q_kernel[...][1],
                                 tensors["h.1.attn.c_attn.weight"][:, :8].reshape(8, 2, 4))
   np.testing.assert_array_equal(model.pos_embed[...], tensors["wpe.weight"])
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("family, changes", [("llama_gqa_tied", dict(rms_norm_eps=0.5)),
+                                             ("gpt2", dict(layer_norm_epsilon=0.5))])
+def test_norm_eps_is_read_applied_and_exported(family, changes, tmp_path):
+  """A norm epsilon far from the default (0.5, larger than the activations' mean square) is read from config.json,
+  used inside the norm as transformers uses it (mean(x^2) + eps, or var + eps), and written back by the export."""
+  _require_parity()
+  import transformers
+
+  hf_model = make_hf_model(family, **changes)
+  hf_model.save_pretrained(tmp_path / "hf")
+  ids, mask = padded_batch()
+  ref = hf_logits(hf_model, ids, mask)
+  model, config = from_pretrained(tmp_path / "hf")
+  assert config.norm_eps == 0.5
+  ours = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  assert np.abs(_real(ours, mask) - _real(ref, mask)).max() <= TOL
+  # The epsilon matters here: the default one would not match.
+  default, _ = from_pretrained(tmp_path / "hf", norm_eps=1e-6)
+  other = np.asarray(forward(default, jnp.asarray(ids), jnp.asarray(mask)))
+  assert np.abs(_real(other, mask) - _real(ref, mask)).max() > 1e-2
+  save_pretrained(model, tmp_path / "ours")
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours", attn_implementation="eager")
+  assert np.abs(_real(hf_logits(reloaded.eval(), ids, mask), mask) - _real(ref, mask)).max() <= TOL
+
+
+def test_tied_checkpoint_with_a_stored_lm_head_and_rope_buffers_loads():
+  """Checkpoints some tools write: a tied model that stores the shared matrix a second time as lm_head.weight, and
+  (older Llama files) each layer's `rotary_emb.inv_freq` buffer, which is recomputed from the config. Both load."""
+  config = ModelConfig(family="llama", vocab_size=11, embed_dim=8, num_layers=2, num_heads=2, num_kv_heads=1,
+                       head_dim=4, mlp_dim=12, tie_word_embeddings=True)
+  rng = np.random.default_rng(0)
+  tensors = {name: rng.standard_normal(shape).astype(np.float32)
+             for name, shape in hf_io.expected_hf_shapes(config).items()}
+  assert "lm_head.weight" not in tensors
+  tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+  for i in range(2):
+    tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = np.ones((2,), np.float32)
+  model, loaded = model_from_hf_tensors(config.to_hf(), tensors)
+  assert loaded.tie_word_embeddings
+  np.testing.assert_array_equal(model.embed[...], tensors["model.embed_tokens.weight"])
+
+
+def test_written_safetensors_data_section_is_8_byte_aligned(tmp_path):
+  """The header is space-padded so the data starts at a multiple of 8 bytes (as the safetensors library writes it),
+  whatever the header's own length."""
+  for name in ("a", "ab", "abc", "abcd"):
+    hf_io.write_safetensors(tmp_path / "x.safetensors", {name: np.arange(3, dtype=np.float64)})
+    raw = (tmp_path / "x.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    assert header_len % 8 == 0, name
+    assert raw[8:8 + header_len].decode().rstrip(" ").endswith("}")
+    np.testing.assert_array_equal(hf_io.SafetensorsFile(tmp_path / "x.safetensors")[name], np.arange(3.0))
+
+
+def test_sharded_index_may_not_name_files_outside_its_folder(tmp_path):
+  """A weight_map entry such as '../elsewhere/model.safetensors' is refused even where that file exists: shards are
+  read only from the index's own folder."""
+  from jaxrlhf.models.errors import ModelFileError
+
+  (tmp_path / "elsewhere").mkdir()
+  hf_io.write_safetensors(tmp_path / "elsewhere" / "model.safetensors", {"w": np.zeros((2,), np.float32)})
+  folder = tmp_path / "ckpt"
+  folder.mkdir()
+  index = folder / "model.safetensors.index.json"
+  index.write_text(json.dumps({"weight_map": {"w": "../elsewhere/model.safetensors"}}))
+  with pytest.raises(ModelFileError, match=r"weight_map names shard '\.\./elsewhere/model\.safetensors'"):
+    hf_io.ShardedSafetensors(index)

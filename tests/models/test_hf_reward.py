@@ -383,6 +383,30 @@ def test_export_refuses_mlp_heads(tmp_path, head, pattern):
   assert not (tmp_path / "out").exists()
 
 
+def test_export_pad_token_id_argument_overrides_the_models(tmp_path):
+  """pad_token_id= is the tokenizer's pad id transformers will search for; it wins over rm.config.pad_token_id."""
+  config = _qwen2_config(tmp_path)
+  assert config.pad_token_id == PAD
+  save_reward_model_pretrained(_native_rm(config), tmp_path / "out", pad_token_id=5)
+  assert json.loads((tmp_path / "out" / "config.json").read_text())["pad_token_id"] == 5
+  assert reward_model_from_pretrained(tmp_path / "out").config.pad_token_id == 5
+  save_reward_model_pretrained(_native_rm(config), tmp_path / "default")
+  assert json.loads((tmp_path / "default" / "config.json").read_text())["pad_token_id"] == PAD
+
+
+def test_export_refuses_a_multihead_with_any_nonzero_bias(tmp_path):
+  """One nonzero entry among K biases is enough to refuse: transformers' score layer has no bias for any label."""
+  from jaxrlhf.models import ModelConfig
+
+  config = ModelConfig(family="qwen2", vocab_size=VOCAB, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                       head_dim=8, mlp_dim=24, qkv_bias=True, pad_token_id=PAD)
+  rm = _native_rm(config, HeadConfig("multihead", num_outputs=2))
+  rm.head.bias[...] = jnp.array([0.5, 0.0], rm.head.bias[...].dtype)
+  with pytest.raises(ValueError, match=r"head bias is nonzero \(max \|bias\| = 0\.5\)"):
+    save_reward_model_pretrained(rm, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parity
 def test_export_bias_needs_drop_bias(tmp_path):
   config = _qwen2_config(tmp_path)

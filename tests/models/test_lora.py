@@ -146,7 +146,9 @@ def test_adapters_save_load_alone_and_merged_export_loads_as_a_plain_model(tmp_p
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(rank=0), "rank"), (dict(alpha=0.0), "alpha"),
-                                          (dict(targets=("q", "qq")), "targets"), (dict(targets=()), "targets")])
+                                          (dict(targets=("q", "qq")), "targets"), (dict(targets=()), "targets"),
+                                          (dict(targets=("q", "v", "q")), "targets"), (dict(rank=2.0), "rank"),
+                                          (dict(alpha=-1.0), "alpha")])
 def test_bad_lora_config_names_the_field(kwargs, match):
   with pytest.raises(ValueError, match=match):
     lora_lib.LoraConfig(**kwargs)
@@ -155,3 +157,33 @@ def test_bad_lora_config_names_the_field(kwargs, match):
 def test_gate_target_needs_a_gated_mlp():
   with pytest.raises(ValueError, match="gate"):
     CausalLM(GPT2, rngs=nnx.Rngs(0), lora=lora_lib.LoraConfig(targets=("gate",)))
+
+
+def test_scale_is_alpha_over_rank_and_a_starts_at_unit_variance_per_input():
+  """Hu et al.: the update is scaled by alpha / r; A ~ N(0, 1 / fan_in) over the kernel's input axes (D, or N * H for
+  o, or F for down), so A x has O(1) entries; B starts at zero."""
+  assert lora_lib.LoraConfig(rank=4, alpha=2.0).scale == 0.5
+  assert lora_lib.LoraConfig(rank=8, alpha=16).scale == 2.0
+  config = LLAMA.replace(num_heads=8, head_dim=8)  # o's fan_in N * H = 64, D = 16, F = 24
+  lora = lora_lib.LoraConfig(rank=16, alpha=1.0, targets=("q", "o", "down"))
+  model = CausalLM(config, rngs=nnx.Rngs(0), lora=lora)
+  for target, fan_in in (("q", 16), ("o", 64), ("down", 24)):
+    a = np.asarray(getattr(model.lora, f"{target}_a")[...])
+    assert abs(a.std() * np.sqrt(fan_in) - 1.0) < 0.15, (target, a.std())
+    assert abs(a.mean()) < 0.1 / np.sqrt(fan_in) * 3
+
+
+def test_loading_adapters_into_a_model_with_another_alpha_is_refused(tmp_path):
+  """Adapters saved at alpha 6 scaled by 1 would compute another model: same shapes, but the config differs."""
+  base = random_model(LLAMA, seed=3)
+  adapter_dir = lora_lib.save_adapters(_with_adapters(base, ALL, b_scale=0.3), str(tmp_path / "adapters"))
+  other_alpha = lora_lib.LoraConfig(rank=ALL.rank, alpha=ALL.rank, targets=ALL.targets)
+  with pytest.raises(ValueError, match="adapter_config.json"):
+    lora_lib.load_adapters(_with_adapters(base, other_alpha), adapter_dir)
+
+
+def test_lora_config_from_a_config_dict():
+  """`model.lora` config sections: {} or None is LoRA off; a dict of fields is a LoraConfig."""
+  assert lora_lib.lora_config(None) is None and lora_lib.lora_config({}) is None
+  assert lora_lib.lora_config({"rank": 2, "targets": ["q", "v"]}) == lora_lib.LoraConfig(rank=2, targets=("q", "v"))
+  assert CausalLM(LLAMA, rngs=nnx.Rngs(0), lora={}).lora is None

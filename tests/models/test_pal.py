@@ -140,3 +140,12 @@ def test_bad_arguments_are_named():
     pal.PALModel(2, 2, 2, 2, projector="conv", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="num_prototypes"):
     pal.PALModel(2, 2, 0, 2, rngs=nnx.Rngs(0))
+
+
+def test_init_scales_follow_the_authors_code():
+  """Prototypes start N(0, 1 / d) per entry (unit-norm-sized points in R^d), user logits N(0, 1) (torch.randn)."""
+  model = pal.PALModel(4, 16, 64, 64, rngs=nnx.Rngs(0))
+  prototypes, logits = np.asarray(model.prototypes[...]), np.asarray(model.user_logits[...])
+  assert prototypes.shape == (64, 16) and logits.shape == (64, 64)
+  assert abs(prototypes.std() * math.sqrt(16) - 1) < 0.1
+  assert abs(logits.std() - 1) < 0.1

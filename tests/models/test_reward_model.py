@@ -113,3 +113,51 @@ def test_ensemble_from_pretrained_backbone_shares_backbone_not_heads():
   kernels = np.asarray(ensemble.members.head.kernel[...])
   assert not np.allclose(kernels[0], kernels[1])
   assert ensemble(_ids()).shape == (3, 4)
+
+
+def test_attribute_head_default_weights_average_the_attributes():
+  """Without attribute_weights the scalar reward is the mean of the K attribute outputs (weights 1/K)."""
+  rm = RewardModel(CONFIG, HeadConfig("attributes", num_outputs=4), rngs=nnx.Rngs(0))
+  ids = _ids()
+  attrs = _np(rm.attributes(ids))
+  assert np.std(attrs, axis=1).min() > 0
+  np.testing.assert_allclose(rm(ids), attrs.mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_head_init_scale_follows_trl():
+  """Score-head kernels start N(0, 1 / (D + 1)), as the RLHF reward models of TRL's scripts
+  (`layer_init(model.score, std=1 / np.sqrt(hidden_size + 1))`, after Stiennon et al. 2020, p. 11), and the mlp
+  head's output layer N(0, 1 / (F + 1)); biases start at zero."""
+  head = RewardModel(CONFIG, HeadConfig("multihead", num_outputs=64), rngs=nnx.Rngs(0)).head
+  kernel = _np(head.kernel)  # (64, D = 32)
+  assert abs(kernel.std() * np.sqrt(CONFIG.embed_dim + 1) - 1) < 0.1
+  assert not _np(head.bias).any()
+  mlp = RewardModel(CONFIG, HeadConfig("multihead", num_outputs=64, member_kind="mlp", hidden_dim=16),
+                    rngs=nnx.Rngs(0)).head
+  assert abs(_np(mlp.hidden_kernel).std() * np.sqrt(CONFIG.embed_dim + 1) - 1) < 0.1
+  assert abs(_np(mlp.kernel).std() * np.sqrt(16 + 1) - 1) < 0.1
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(num_outputs=0), "num_outputs"),
+                                           (dict(member_kind="attention"), "member_kind")])
+def test_bad_head_config_names_the_field(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    HeadConfig("multihead", **kwargs)
+
+
+def test_head_biases_enter_as_in_the_formulas():
+  """Nonzero biases (they start at zero, so an init-time check cannot see them): r = h W + b for "linear",
+  r = SiLU(h W1 + b1) W2 + b2 for "mlp"."""
+  ids = _ids()
+  linear = RewardModel(CONFIG, HeadConfig("linear"), rngs=nnx.Rngs(0))
+  linear.head.bias[...] = jnp.array([0.7])
+  h = _np(linear.backbone.hidden_states(ids))[:, -1]
+  np.testing.assert_allclose(linear(ids), h @ _np(linear.head.kernel)[0] + 0.7, rtol=1e-5, atol=1e-5)
+  mlp = RewardModel(CONFIG, HeadConfig("mlp", hidden_dim=16), rngs=nnx.Rngs(0))
+  mlp.head.bias[...] = jnp.array([-0.4])
+  b1 = np.linspace(-1.0, 1.0, 16)[None]
+  mlp.head.hidden_bias[...] = jnp.asarray(b1, jnp.float32)
+  h = _np(mlp.backbone.hidden_states(ids))[:, -1]
+  z = h @ _np(mlp.head.hidden_kernel)[0] + b1
+  expected = (z / (1 + np.exp(-z))) @ _np(mlp.head.kernel)[0] - 0.4
+  np.testing.assert_allclose(mlp(ids), expected, rtol=1e-5, atol=1e-5)
