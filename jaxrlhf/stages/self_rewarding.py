@@ -20,7 +20,8 @@ The consistency rate and the pairs' agreement with the gold reward are measured 
 
 After each iteration (and for pi_1 before the first) the policy is evaluated on the same `num_eval_prompts` held-out
 (test split) prompts with the same sampling keys in every iteration and arm: mean gold reward, sampled
-KL(pi || pi_1) to the starting policy (nats per response), response length (tokens before the end token).
+KL(q || pi_1) to the starting policy (nats per response; q = pi at the sampling temperature, so KL(pi || pi_1) at
+the default temperature 1), response length (tokens before the end token).
 Metrics: `iter<t>/gold`, `iter<t>/gold_lower|upper`, `iter<t>/kl`, `iter<t>/length` for t = 0..T (0 = pi_1), and for
 t = 1..T `iter<t>/consistency` (the mean rate; what "average" trains with), `iter<t>/label_agreement` (P(gold(y+) >
 gold(y-)), ties 1/2), `iter<t>/reward_gold_tau` (mean tau_b of r_t with the gold reward over a prompt's samples),
@@ -158,8 +159,9 @@ def _prompt_arrays(tokenizer: Any, texts: list[str]) -> tuple[np.ndarray, np.nda
 
 def _sample(model: Any, ids_BxP, mask_BxP, rng, cfg: SelfRewardingConfig, eos_ids, pad_id: int, num_samples: int):
   """Generation of `num_samples` per prompt in chunks of `sample_batch_size` prompts: numpy tokens / mask (R, N),
-  R = B * num_samples prompt-major; chunk c uses fold_in(rng, c)."""
-  tokens, masks = [], []
+  R = B * num_samples prompt-major, and float64 (R,) log q(response | prompt) under the distribution the tokens
+  were drawn from (`temperature` applied); chunk c uses fold_in(rng, c)."""
+  tokens, masks, logps = [], [], []
   for c, start in enumerate(range(0, ids_BxP.shape[0], cfg.sample_batch_size)):
     gen = generate(model, ids_BxP[start:start + cfg.sample_batch_size], mask_BxP[start:start + cfg.sample_batch_size],
                    max_new_tokens=cfg.max_new_tokens, rng=jax.random.fold_in(rng, c), temperature=cfg.temperature,
@@ -167,7 +169,8 @@ def _sample(model: Any, ids_BxP, mask_BxP, rng, cfg: SelfRewardingConfig, eos_id
                    tokens_per_iteration=cfg.tokens_per_iteration)
     tokens.append(np.asarray(gen.tokens))
     masks.append(np.asarray(gen.mask))
-  return np.concatenate(tokens), np.concatenate(masks)
+    logps.append(np.asarray(jnp.sum(gen.logps * gen.mask, axis=-1), np.float64))
+  return np.concatenate(tokens), np.concatenate(masks), np.concatenate(logps)
 
 
 def _sequence_logps(model: Any, ids_RxP, mask_RxP, tokens_RxN, mask_RxN, chunk: int) -> np.ndarray:
@@ -180,14 +183,16 @@ def _sequence_logps(model: Any, ids_RxP, mask_RxP, tokens_RxN, mask_RxN, chunk: 
 
 def _evaluate(model: Any, start_policy: Any, prompts: tuple, rng, cfg: SelfRewardingConfig, gold_fn, eos_ids,
               pad_id: int) -> dict[str, float]:
-  """Gold reward, sampled KL(model || start policy) and length of one sample per held-out prompt."""
+  """Gold reward, sampled KL(q || start policy) and length of one sample per held-out prompt; q is the
+  distribution the samples are drawn from (the model at `cfg.temperature`), as in evaluate_policy: log q comes from
+  the sampler, so the estimate is unbiased at any temperature (the model's own temperature-1 log-probs would
+  estimate neither KL(q || pi_1) nor KL(model || pi_1) once the temperature is not 1)."""
   ids, mask = prompts
-  tokens, rmask = _sample(model, ids, mask, rng, cfg, eos_ids, pad_id, 1)
+  tokens, rmask, sample_logps = _sample(model, ids, mask, rng, cfg, eos_ids, pad_id, 1)
   chunk = cfg.sample_batch_size
   gold = np.concatenate([np.asarray(gold_fn(ids[s:s + chunk], mask[s:s + chunk], tokens[s:s + chunk],
                                             rmask[s:s + chunk])) for s in range(0, ids.shape[0], chunk)])
-  kl = (_sequence_logps(model, ids, mask, tokens, rmask, chunk)
-        - _sequence_logps(start_policy, ids, mask, tokens, rmask, chunk))
+  kl = sample_logps - _sequence_logps(start_policy, ids, mask, tokens, rmask, chunk)
   out = {}
   length = np.asarray(content_lengths(tokens, rmask, eos_ids))  # before the end token, as the world's L*
   for name, values in (("gold", gold), ("kl", kl), ("length", length)):
@@ -290,8 +295,8 @@ def run(cfg: SelfRewardingConfig, workdir: str, inputs: dict) -> dict:
       policy, _ = from_pretrained(policy_path)
       texts = train_texts[(t - 1) * cfg.num_prompts:t * cfg.num_prompts]
       ids, mask = _prompt_arrays(tokenizer, texts)
-      tokens, rmask = _sample(policy, ids, mask, jax.random.fold_in(rng, t), cfg, eos_ids, tokenizer.pad_id,
-                              cfg.num_samples)
+      tokens, rmask, _ = _sample(policy, ids, mask, jax.random.fold_in(rng, t), cfg, eos_ids, tokenizer.pad_id,
+                                 cfg.num_samples)
       n = cfg.num_samples
       ids_R, mask_R = np.repeat(ids, n, axis=0), np.repeat(mask, n, axis=0)
       logp_base = _sequence_logps(base, ids_R, mask_R, tokens, rmask, chunk)

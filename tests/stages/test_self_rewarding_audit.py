@@ -2,7 +2,7 @@
 saved models), over two iterations: iteration t samples the t-th block of training prompts and ranks with
 r_t = log pi_t(y|x) - log M0(y|x); it compares with the previous ranking, for t = 1 M0's length-normalized
 log-likelihood log M0(y|x) / |y| (CREAM's official rewarding of the reference-free model), for t = 2
-r_1 = log pi_1 - log M0; the evaluation's KL is KL(pi || pi_1) = E[log pi - log pi_1] on pi's samples, and gold_gain
+r_1 = log pi_1 - log M0; the evaluation's KL is KL(q || pi_1) = E[log q - log pi_1] on samples of q (pi at the sampling temperature), and gold_gain
 is the last iteration's gold minus iteration 0's."""
 
 import jax
@@ -16,15 +16,16 @@ from jaxrlhf.stages.inputs import make_world
 from test_self_rewarding_stage import WORLD, _config, _models
 
 
-def _logps(model, prompt_rows, tokens, mask):
+def _logps(model, prompt_rows, tokens, mask, temperature=1.0):
   """sum log p(response | prompt) of each row from one forward of [prompt | response] rows right-padded (a causal
-  model's logits at a position do not depend on what follows); the response is the masked tokens."""
+  model's logits at a position do not depend on what follows), p the model at `temperature` (logits / temperature);
+  the response is the masked tokens."""
   responses = [list(t[m > 0]) for t, m in zip(np.asarray(tokens), np.asarray(mask))]
   rows = [list(p) + r for p, r in zip(prompt_rows, responses)]
   ids = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
   for i, r in enumerate(rows):
     ids[i, :len(r)] = r
-  logp = jax.nn.log_softmax(np.asarray(model(ids), np.float64), axis=-1)
+  logp = jax.nn.log_softmax(np.asarray(model(ids), np.float64) / temperature, axis=-1)
   return np.asarray([sum(float(logp[i, len(p) + n - 1, t]) for n, t in enumerate(r))
                      for i, (p, r) in enumerate(zip(prompt_rows, responses))])
 
@@ -56,7 +57,7 @@ def test_iteration_rewards_kl_and_gain_against_recomputation(monkeypatch, tmp_pa
   train_rows = [tokenize_lib.encode_prompt(tok, t) for t in world.prompts(2 * p, "train")]
   for t, (policy, previous_policy) in enumerate(((start, None), (pi_2, start)), start=1):
     rows = [r for r in train_rows[(t - 1) * p:t * p] for _ in range(n)]
-    tokens, mask = samples[2 * t - 1]
+    tokens, mask, _ = samples[2 * t - 1]
     logp_base = _logps(base, rows, tokens, mask)
     reward, previous = labels[t - 1]
     np.testing.assert_allclose(reward, (_logps(policy, rows, tokens, mask) - logp_base).reshape(-1, n), atol=2e-3)
@@ -65,9 +66,31 @@ def test_iteration_rewards_kl_and_gain_against_recomputation(monkeypatch, tmp_pa
     np.testing.assert_allclose(previous, want.reshape(-1, n), atol=2e-3)
   # KL of the iteration-1 policy to the starting one, on its own held-out samples.
   eval_rows = [tokenize_lib.encode_prompt(tok, t) for t in world.prompts(cfg.num_eval_prompts, "test")]
-  e_tokens, e_mask = samples[2]
+  e_tokens, e_mask, _ = samples[2]
   kl = _logps(pi_2, eval_rows, e_tokens, e_mask) - _logps(start, eval_rows, e_tokens, e_mask)
   assert abs(kl.mean()) > 1e-3  # training moved the policy
   assert metrics["iter1/kl"] == pytest.approx(kl.mean(), abs=2e-3)
   assert metrics["kl"] == metrics["iter2/kl"]
   assert metrics["gold_gain"] == pytest.approx(metrics["iter2/gold"] - metrics["iter0/gold"], abs=1e-12)
+
+
+def test_eval_kl_at_a_temperature_is_against_the_sampling_distribution(monkeypatch, tmp_path):
+  """At temperature 0.5 the samples come from q = softmax(logits / 0.5), and the KL estimate is E_q[log q - log pi_1]
+  (evaluate_policy's definition). Iteration 0 evaluates pi_1 itself: the estimate of KL(q || pi_1) is not 0 there
+  (8 samples: its sign is noise), where the model's own temperature-1 log-probs would give exactly 0."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  m0, m1 = _models(tmp_path)
+  sample, samples = sr._sample, []
+  monkeypatch.setattr(sr, "_sample", lambda *a, **k: samples.append(sample(*a, **k)) or samples[-1])
+  cfg = dataclasses.replace(_config(m0, m1, 1), temperature=0.5)
+  metrics = sr.run(cfg, str(tmp_path / "run"), {})["metrics"]
+  tok = make_world(WORLD).tokenizer
+  eval_rows = [tokenize_lib.encode_prompt(tok, t) for t in make_world(WORLD).prompts(cfg.num_eval_prompts, "test")]
+  start = from_pretrained(m1)[0]
+  pi_2 = from_pretrained(str(tmp_path / "run" / "iter1" / "model"))[0]
+  for t, policy, (tokens, mask, sampler_logps) in ((0, start, samples[0]), (1, pi_2, samples[2])):
+    log_q = _logps(policy, eval_rows, tokens, mask, temperature=0.5)
+    np.testing.assert_allclose(sampler_logps, log_q, atol=2e-3)  # The sampler's log q is the tempered model's.
+    kl = log_q - _logps(start, eval_rows, tokens, mask)
+    assert metrics[f"iter{t}/kl"] == pytest.approx(kl.mean(), abs=2e-3)
+  assert abs(metrics["iter0/kl"]) > 0.05

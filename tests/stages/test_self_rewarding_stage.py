@@ -44,7 +44,7 @@ def test_evaluation_length_counts_the_tokens_before_the_end_token(monkeypatch, t
   # the tokens before the end token, so the reported length is (3 + 4 + 0) / 3, not (4 + 4 + 1) / 3.
   tokens = np.array([[5, 6, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
   rmask = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]])
-  monkeypatch.setattr(sr, "_sample", lambda *args: (tokens, rmask))
+  monkeypatch.setattr(sr, "_sample", lambda *args: (tokens, rmask, np.zeros(3)))
   monkeypatch.setattr(sr, "_sequence_logps", lambda model, *args: np.zeros(3))
   prompts = (np.ones((3, 2), np.int32), np.ones((3, 2), np.int32))
   cfg = _config(str(tmp_path), str(tmp_path), 1)  # existing folders: only the sizes are read
