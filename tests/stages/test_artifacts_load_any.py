@@ -100,3 +100,58 @@ def test_errors_name_the_folder_and_what_was_expected(tmp_path):
   with pytest.raises(ValueError, match=r"policy/config\.json: architectures=\['Qwen2ForCausalLM'\] names no "
                                        r"sequence-classification model"):
     artifacts.load_reward_model_any(str(tmp_path / "policy"))
+
+
+# ------------------------------------------------------------------------------------------------ audit additions
+SMALL = ModelConfig(vocab_size=VOCAB, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8, mlp_dim=32)
+
+
+def _with_one_backbone(ens):
+  """`ens` with every member's backbone set to member 0's (heads untouched): a frozen-backbone ensemble."""
+  state = nnx.state(ens)
+  pure = nnx.to_pure_dict(state)
+  pure["members"]["backbone"] = jax.tree.map(lambda x: jnp.broadcast_to(x[:1], x.shape), pure["members"]["backbone"])
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(ens, state)
+  return ens
+
+
+def test_shared_backbone_mlp_heads_run_as_one_backbone_with_the_same_rewards():
+  ens = _with_one_backbone(RewardEnsemble(SMALL, HeadConfig(kind="mlp", hidden_dim=4), 3, rngs=nnx.Rngs(1)))
+  one = artifacts.shared_backbone_model(ens)
+  assert not isinstance(one, RewardEnsemble)
+  assert one.head.config.kind == "multihead" and one.head.config.member_kind == "mlp"
+  ids, mask = _batch()
+  want = np.asarray(_rewards(ens, ids, mask))
+  assert want.shape == (3, 3) and np.ptp(want, axis=1).max() > 1e-4  # the heads differ
+  np.testing.assert_allclose(np.asarray(_rewards(one, ids, mask)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_backbone_attribute_heads_stay_an_ensemble():
+  # Vector heads (attributes) have no multihead form: the ensemble is returned as is.
+  head = HeadConfig(kind="attributes", num_outputs=2, attribute_weights=(0.25, 0.75))
+  ens = _with_one_backbone(RewardEnsemble(SMALL, head, 2, rngs=nnx.Rngs(1)))
+  assert artifacts.shared_backbone_model(ens) is ens
+
+
+def test_saved_attribute_head_reads_back_its_config(tmp_path):
+  head = HeadConfig(kind="attributes", num_outputs=2, attribute_weights=(0.25, 0.75))
+  ens = RewardEnsemble(SMALL, head, 2, rngs=nnx.Rngs(1))
+  rm_dir = artifacts.save_reward_model(str(tmp_path / "rm"), SMALL, head, 2, nnx.state(ens))
+  config, got, k = artifacts.reward_model_spec(rm_dir)
+  assert (config, got, k) == (SMALL, head, 2)
+  ids, mask = _batch()
+  np.testing.assert_allclose(np.asarray(_rewards(artifacts.load_reward_model(rm_dir), ids, mask)),
+                             np.asarray(_rewards(ens, ids, mask)), rtol=1e-6, atol=1e-6)
+
+
+def test_records_digest_reads_every_text_and_only_the_texts():
+  import dataclasses
+  from jaxrlhf.data.records import PreferenceRecord
+  records = [PreferenceRecord(prompt="p", chosen="a", rejected="b"), PreferenceRecord(prompt="q", chosen="c",
+                                                                                      rejected="d")]
+  digest = artifacts.records_digest(records)
+  for field in ("prompt", "chosen", "rejected"):
+    changed = [records[0], dataclasses.replace(records[1], **{field: "x"})]
+    assert artifacts.records_digest(changed) != digest, field
+  assert artifacts.records_digest([dataclasses.replace(records[0], margin=2.0), records[1]]) == digest
