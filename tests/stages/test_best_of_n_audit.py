@@ -7,7 +7,6 @@ import itertools
 import json
 import types
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

@@ -2,7 +2,6 @@
 divided by the token count, not a mean of per-batch values), recomputed with a numpy log-softmax of the saved
 model's logits over the held-out batches (the last one partly filler)."""
 
-import numpy as np
 import pytest
 
 from jaxrlhf.models import from_pretrained
