@@ -5,7 +5,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxrlhf.models import CausalLM, ModelConfig, abstract_model
+from jaxrlhf.models import CausalLM, ModelConfig, abstract_model, save_pretrained
 from jaxrlhf.models.decoder import layer_param_specs, model_param_specs
 
 
@@ -41,3 +41,33 @@ def random_pair_batch(rng: np.random.Generator, b: int = 4, t: int = 8, vocab: i
   batch["rejected_input_ids"][:, :3] = batch["chosen_input_ids"][:, :3]
   batch["weight"] = (np.linspace(0.5, 1.0, b) if weight is None else np.asarray(weight)).astype(np.float32)
   return batch
+
+
+def unpadded_response_logps(model, prompt_rows, response_rows, temperature: float = 1.0) -> np.ndarray:
+  """float64 (B,) sum_t log p(response_t | prompt, response_<t) of each row, p the model at `temperature`, from ONE
+  forward of the [prompt | response] rows right-padded with no attention mask (a causal model's logits at a position
+  do not depend on what follows it): an independent reference for the library's padded, masked scoring paths.
+
+  Args:
+    prompt_rows, response_rows: B lists of token ids each (no padding).
+  """
+  rows = [list(p) + list(r) for p, r in zip(prompt_rows, response_rows)]
+  ids = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)] = r
+  logp = jax.nn.log_softmax(np.asarray(model(ids), np.float64) / temperature, axis=-1)
+  return np.asarray([sum(float(logp[i, len(p) + n - 1, t]) for n, t in enumerate(r))
+                     for i, (p, r) in enumerate(zip(prompt_rows, response_rows))])
+
+
+def save_strong_and_weak(root, vocab_size: int) -> dict:
+  """{"strong" / "weak": (saved folder, model)}: two random 1-layer CausalLMs (seeds 1 / 2, peaked next-token
+  distributions) saved under `root`, for the stages that contrast two models."""
+  config = ModelConfig(vocab_size=vocab_size, embed_dim=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8,
+                       mlp_dim=32, max_position_embeddings=96)
+  out = {}
+  for name, seed in (("strong", 1), ("weak", 2)):
+    model = random_model(config, seed=seed, scale=0.5)
+    save_pretrained(model, str(root / name))
+    out[name] = (str(root / name), model)
+  return out

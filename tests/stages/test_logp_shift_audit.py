@@ -4,16 +4,14 @@ with x' the plain or the goal-conditioned prompt."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
-from random_models import random_model
+from random_models import save_strong_and_weak, unpadded_response_logps
 
 from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data import tokenize as tokenize_lib
 from jaxrlhf.data.synthetic import World, WorldConfig
 from jaxrlhf.data.transforms import goal_conditioned_prompt
-from jaxrlhf.models import ModelConfig, save_pretrained
 from jaxrlhf.stages import logp_shift as ls_stage
 
 WORLD = {"num_prompts": 256, "max_response_len": 12}
@@ -22,28 +20,10 @@ WORLD = {"num_prompts": 256, "max_response_len": 12}
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
   world = World(WorldConfig(**WORLD))
-  config = ModelConfig(vocab_size=world.tokenizer.vocab_size, embed_dim=16, num_layers=1, num_heads=2,
-                       num_kv_heads=2, head_dim=8, mlp_dim=32, max_position_embeddings=96)
-  root = tmp_path_factory.mktemp("shift_models")
-  out = {"world": world}
-  for name, seed in (("strong", 1), ("weak", 2)):
-    model = random_model(config, seed=seed, scale=0.5)
-    save_pretrained(model, str(root / name))
-    out[name] = (str(root / name), model)
-  return out
+  return {"world": world, **save_strong_and_weak(tmp_path_factory.mktemp("shift_models"), world.tokenizer.vocab_size)}
 
 
-def _logps(model, prompt_rows, response_rows) -> np.ndarray:
-  """log p(response | prompt) of each row from ONE forward of the rows right-padded (a causal model's logits at a
-  position do not depend on the padding after it), float64 log-softmax; no attention mask, no left padding."""
-  rows = [list(p) + list(r) for p, r in zip(prompt_rows, response_rows)]
-  width = max(len(r) for r in rows)
-  ids = np.zeros((len(rows), width), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, :len(r)] = r
-  logp = jax.nn.log_softmax(np.asarray(model(ids), np.float64), axis=-1)
-  return np.asarray([sum(float(logp[i, len(p) + n - 1, t]) for n, t in enumerate(r))
-                     for i, (p, r) in enumerate(zip(prompt_rows, response_rows))])
+_logps = unpadded_response_logps
 
 
 @pytest.mark.parametrize("goal", ["none", "top"])

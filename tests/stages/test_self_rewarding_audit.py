@@ -2,10 +2,9 @@
 saved models), over two iterations: iteration t samples the t-th block of training prompts and ranks with
 r_t = log pi_t(y|x) - log M0(y|x); it compares with the previous ranking, for t = 1 M0's length-normalized
 log-likelihood log M0(y|x) / |y| (CREAM's official rewarding of the reference-free model), for t = 2
-r_1 = log pi_1 - log M0; the evaluation's KL is KL(q || pi_1) = E[log q - log pi_1] on samples of q (pi at the sampling temperature), and gold_gain
-is the last iteration's gold minus iteration 0's."""
+r_1 = log pi_1 - log M0; the evaluation's KL is KL(q || pi_1) = E[log q - log pi_1] on samples of q (pi at the sampling
+temperature), and gold_gain is the last iteration's gold minus iteration 0's."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -13,21 +12,14 @@ from jaxrlhf.data import tokenize as tokenize_lib
 from jaxrlhf.models import from_pretrained
 from jaxrlhf.stages import self_rewarding as sr
 from jaxrlhf.stages.inputs import make_world
+from random_models import unpadded_response_logps
 from test_self_rewarding_stage import WORLD, _config, _models
 
 
 def _logps(model, prompt_rows, tokens, mask, temperature=1.0):
-  """sum log p(response | prompt) of each row from one forward of [prompt | response] rows right-padded (a causal
-  model's logits at a position do not depend on what follows), p the model at `temperature` (logits / temperature);
-  the response is the masked tokens."""
+  """random_models.unpadded_response_logps of sampled rows: the response is each row's masked tokens."""
   responses = [list(t[m > 0]) for t, m in zip(np.asarray(tokens), np.asarray(mask))]
-  rows = [list(p) + r for p, r in zip(prompt_rows, responses)]
-  ids = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-  for i, r in enumerate(rows):
-    ids[i, :len(r)] = r
-  logp = jax.nn.log_softmax(np.asarray(model(ids), np.float64) / temperature, axis=-1)
-  return np.asarray([sum(float(logp[i, len(p) + n - 1, t]) for n, t in enumerate(r))
-                     for i, (p, r) in enumerate(zip(prompt_rows, responses))])
+  return unpadded_response_logps(model, prompt_rows, responses, temperature)
 
 
 def test_iteration_rewards_kl_and_gain_against_recomputation(monkeypatch, tmp_path):
