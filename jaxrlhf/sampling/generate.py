@@ -69,6 +69,7 @@ def content_lengths(tokens_RxN: Array, mask_RxN: Array, eos_ids: Sequence[int]) 
   `Generation.lengths` counts the end token too; a reward defined on the tokens before it (the synthetic world's
   gold and its optimum length L*, most text rewards) counts these.
   """
+  tokens_RxN = jnp.asarray(tokens_RxN)  # numpy int64 ids become jax's int32 here, not in a requested dtype (a warning)
   is_end = jnp.isin(tokens_RxN, jnp.asarray(tuple(eos_ids), dtype=tokens_RxN.dtype)) if eos_ids else \
       jnp.zeros(tokens_RxN.shape, bool)
   return jnp.sum((mask_RxN > 0) & ~is_end, axis=-1, dtype=jnp.int32)

@@ -280,3 +280,15 @@ def test_content_lengths_exclude_the_end_token():
   # row 3 ended with the second end id 1.
   np.testing.assert_array_equal(generate_lib.content_lengths(tokens, mask, (2, 3, 1)), [2, 4, 0, 1])
   np.testing.assert_array_equal(generate_lib.content_lengths(tokens, mask, ()), mask.sum(-1))
+
+
+def test_content_lengths_of_numpy_int64_ids_warn_nothing():
+  """numpy's default int64 ids (what a user's arrays are) are counted like int32 ones, without jax's "int64 is not
+  available" warning (it came from asking for the ids' dtype explicitly)."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  tokens = np.array([[5, 6, 2, 0], [2, 0, 0, 0], [5, 6, 7, 8]], np.int64)
+  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.int64)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    lengths = generate_lib.content_lengths(tokens, mask, (2,))
+  np.testing.assert_array_equal(lengths, [2, 0, 4])
