@@ -2,6 +2,17 @@
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+
+class ScalarLinear(nnx.Module):
+  """x (B, in_dim) -> (B,): one nnx.Linear to a single output, the model of the train-step and loop tests."""
+
+  def __init__(self, in_dim: int, rngs: nnx.Rngs):
+    self.l = nnx.Linear(in_dim, 1, rngs=rngs)
+
+  def __call__(self, x):
+    return self.l(x)[:, 0]
 
 
 class RegressionBatches:

@@ -11,22 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from regression_data import RegressionBatches, squared_error_loss
+from regression_data import RegressionBatches, ScalarLinear, squared_error_loss
 
 from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import loop as loop_lib
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train import optim
 from jaxrlhf.train import state as state_lib
-
-
-class _Lin(nnx.Module):
-
-  def __init__(self, rngs):
-    self.l = nnx.Linear(8, 1, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l(x)[:, 0]
 
 
 def _tokens_loss(model, batch, rng):
@@ -36,7 +27,7 @@ def _tokens_loss(model, batch, rng):
 
 def _train(workdir, *, loss_fn=squared_error_loss, data_iter=None, eval_fn=None, wrap=None, lr=0.05, **loop):
   opt = optim.make_optimizer(optim.OptimizerConfig(name="sgd", learning_rate=lr))
-  setup = state_lib.init_train_state(lambda key: _Lin(nnx.Rngs(key)), opt, seed=0)
+  setup = state_lib.init_train_state(lambda key: ScalarLinear(8, nnx.Rngs(key)), opt, seed=0)
   step = state_lib.make_train_step(setup.graphdef, loss_fn, opt)
   if wrap is not None:
     step = wrap(step)

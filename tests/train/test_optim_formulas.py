@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from regression_data import ScalarLinear, squared_error_loss
+
 from jaxrlhf.train import metrics as metrics_lib
 from jaxrlhf.train.optim import OptimizerConfig, make_optimizer, make_schedule, weight_decay_mask
 from jaxrlhf.train.state import init_train_state, make_train_step
@@ -98,28 +100,13 @@ def test_transformers_mask_reads_lower_cased_full_names():
                   "bias_proj": {"kernel": False}, "embed": {"embedding": True}}
 
 
-class _Lin(nnx.Module):
-
-  def __init__(self, rngs):
-    self.l = nnx.Linear(3, 1, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l(x)[:, 0]
-
-
-def _mse_loss(model, batch, rng):
-  del rng
-  err = model(batch["x"]) - batch["y"]
-  return jnp.sum(err**2), jnp.asarray(err.shape[0], jnp.float32), {}
-
-
 def test_step_applies_the_mean_gradient_at_the_scheduled_lr():
   """One step is params - lr_t * (gradient of the summed loss / summed weight), lr_t = schedule(update count);
   grad_norm is the norm of that mean gradient and `learning_rate` the lr applied in that update."""
   cfg = OptimizerConfig(name="sgd", learning_rate=0.1, warmup_steps=2)  # lr 0, 0.05, 0.1, ...
   opt = make_optimizer(cfg)
-  setup = init_train_state(lambda key: _Lin(nnx.Rngs(key)), opt, seed=0)
-  step = jax.jit(make_train_step(setup.graphdef, _mse_loss, opt, schedule=make_schedule(cfg)))
+  setup = init_train_state(lambda key: ScalarLinear(3, nnx.Rngs(key)), opt, seed=0)
+  step = jax.jit(make_train_step(setup.graphdef, squared_error_loss, opt, schedule=make_schedule(cfg)))
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(8, 3)).astype(np.float32), "y": rng.normal(size=(8,)).astype(np.float32)}
   state = setup.init()
@@ -138,7 +125,7 @@ def test_step_applies_the_mean_gradient_at_the_scheduled_lr():
 
 def _probe_loss(model, batch, rng):
   """A loss whose metrics show the key and the examples each (micro-)batch got."""
-  total, weight, _ = _mse_loss(model, batch, rng)
+  total, weight, _ = squared_error_loss(model, batch, rng)
   u = jax.random.uniform(rng)
   return total, weight, {"u": u, "probe": metrics_lib.Sum(jnp.sum(batch["id"]) * (1.0 + u))}
 
@@ -148,7 +135,7 @@ def test_step_keys_are_folded_from_the_update_count_and_micro_batches_are_stride
   """The documented keys: update k's loss gets fold_in(state.rng, k), micro-batch i of it fold_in(that key, i);
   micro-batch i holds examples i, i + A, i + 2A, ... (A = grad_accum_steps)."""
   opt = make_optimizer(OptimizerConfig(name="sgd", learning_rate=0.01))
-  setup = init_train_state(lambda key: _Lin(nnx.Rngs(key)), opt, seed=0)
+  setup = init_train_state(lambda key: ScalarLinear(3, nnx.Rngs(key)), opt, seed=0)
   step = jax.jit(make_train_step(setup.graphdef, _probe_loss, opt, grad_accum_steps=accum))
   rng = np.random.default_rng(1)
   batch = {"x": rng.normal(size=(8, 3)).astype(np.float32), "y": rng.normal(size=(8,)).astype(np.float32),

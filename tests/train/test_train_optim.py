@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from regression_data import ScalarLinear
 
 from jaxrlhf.config import ConfigError
 from jaxrlhf.train import metrics as metrics_lib
@@ -49,15 +50,6 @@ def test_sgd_and_adafactor_build_and_step():
     assert updates["w"].shape == (4, 4) and bool(jnp.all(updates["w"] < 0))
 
 
-class _Lin(nnx.Module):
-
-  def __init__(self, rngs):
-    self.l = nnx.Linear(3, 1, rngs=rngs)
-
-  def __call__(self, x):
-    return self.l(x)[:, 0]
-
-
 def _loss_fn(model, batch, rng):
   del rng
   err = model(batch["x"]) - batch["y"]
@@ -68,7 +60,7 @@ def _loss_fn(model, batch, rng):
 @pytest.mark.parametrize("accum", [2, 4])
 def test_gradient_accumulation_equals_full_batch(accum):
   opt = make_optimizer(OptimizerConfig(name="sgd", learning_rate=0.1))
-  setup = init_train_state(lambda key: _Lin(nnx.Rngs(key)), opt, seed=0)
+  setup = init_train_state(lambda key: ScalarLinear(3, nnx.Rngs(key)), opt, seed=0)
   rng = np.random.default_rng(0)
   batch = {"x": rng.normal(size=(8, 3)).astype(np.float32), "y": rng.normal(size=(8,)).astype(np.float32)}
   full = jax.jit(make_train_step(setup.graphdef, _loss_fn, opt))
@@ -91,7 +83,7 @@ def test_gradient_accumulation_equals_full_batch(accum):
 
 def test_accumulation_rejects_indivisible_batch():
   opt = make_optimizer(OptimizerConfig(name="sgd"))
-  setup = init_train_state(lambda key: _Lin(nnx.Rngs(key)), opt, seed=0)
+  setup = init_train_state(lambda key: ScalarLinear(3, nnx.Rngs(key)), opt, seed=0)
   step = make_train_step(setup.graphdef, _loss_fn, opt, grad_accum_steps=3)
   with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
     step(setup.init(), {"x": np.zeros((8, 3), np.float32), "y": np.zeros((8,), np.float32)})
