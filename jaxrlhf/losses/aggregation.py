@@ -79,8 +79,8 @@ _METHODS = {
     "mean_minus_var": mean_minus_var_reward,
     "mean_minus_var_unbiased": mean_minus_var_unbiased_reward,
 }
-_USES_LAM = ("mean_minus_std", "mean_minus_var", "mean_minus_var_unbiased")
-LAM_METHODS = _USES_LAM  # The aggregations that read lam (the others ignore it).
+# The aggregations that read lam (the others ignore it).
+LAM_METHODS = ("mean_minus_std", "mean_minus_var", "mean_minus_var_unbiased")
 AGGREGATION_METHODS = tuple(_METHODS)
 
 
@@ -98,6 +98,6 @@ def aggregate(rewards_BxK: jax.Array, method: str, lam: float = 1.0) -> jax.Arra
   """
   if method not in _METHODS:
     raise ValueError(f"unknown aggregation method {method!r}; valid methods: {list(AGGREGATION_METHODS)}")
-  if method in _USES_LAM:
+  if method in LAM_METHODS:
     return _METHODS[method](rewards_BxK, lam)
   return _METHODS[method](rewards_BxK)

@@ -127,11 +127,6 @@ def parsed_calls(completion: str) -> tuple[str, list[dict[str, Any]] | None]:
     return ("no_tool_call" if TOOL_CALL[0] not in text or TOOL_CALL[1] not in text else "unparsable_tool_call"), None
 
 
-def call_case(completion: str) -> str:
-  """"parsed", "no_tool_call" or "unparsable_tool_call": what `parse_tool_calls` makes of a completion."""
-  return parsed_calls(completion)[0]
-
-
 def format_reward(completion: str, tool_calls: bool, response: bool) -> float:
   """R_format: 1.0 when `completion` (stripped) has exactly the fields <think>, then <tool_call> (if `tool_calls`),
   then <response> (if `response`), each needed tag once (module docstring); else 0.0."""
