@@ -93,6 +93,8 @@ def test_dpo_step_loss_equals_dpo_loss_on_independent_logps(loss_type):
   for name in preference.PAIR_METRICS:
     np.testing.assert_allclose(float(metrics[name].total / metrics[name].count),
                                float(np.sum(w * m[name]) / w.sum()), rtol=1e-5, atol=1e-6)
+  # Throughput counts the response tokens of the real pairs: the weight-0 row (batch padding) is left out.
+  assert w[3] == 0.0 and float(metrics["tokens"].value) == float(np.sum((lc + lr) * (w > 0)))
 
 
 def test_resident_reference_equals_precomputed_and_gets_no_update():

@@ -355,3 +355,25 @@ def test_config_validation_names_keys():
     from_config({"loss": {"beta": 0.0, "kl_mode": "loss"}}, rl.RLConfig)
   with pytest.raises(ConfigError, match="algorithm"):
     from_config({"loss": {"algorithm": "ppo"}}, rl.RLConfig)
+
+
+def test_held_out_prompts_are_the_worlds_validation_prompts(tmp_path, monkeypatch):
+  """eval_prompts draws the world's validation split (RLConfig's docstring), not its train split: one draw of
+  eval_prompts prompts, none of them a training prompt, evaluated at every eval step."""
+  from jaxrlhf.data.synthetic import world as world_lib  # pylint: disable=g-import-not-at-top
+  draws, original = [], world_lib.World.prompts
+
+  def recording_prompts(self, n, split, context=None):
+    texts = original(self, n, split, context)
+    draws.append((n, split, list(texts)))
+    return texts
+
+  monkeypatch.setattr(world_lib.World, "prompts", recording_prompts)
+  workdir = str(tmp_path / "run")
+  rl.run(dataclasses.replace(_stage_config(2, eval_every=1), eval_prompts=3), workdir, {})
+  assert [(n, split) for n, split, _ in draws] == [(3, "validation")]
+  held_out = draws[0][2]
+  train = {r.prompt for r in World(WorldConfig(num_prompts=256, max_response_len=12)).sft_records(16, "train")}
+  assert len(set(held_out)) == 3 and not set(held_out) & train
+  assert held_out == World(WorldConfig(num_prompts=256, max_response_len=12)).prompts(3, "validation")
+  assert sorted(_lines_of(workdir, "eval/gold")) == [1, 2]
