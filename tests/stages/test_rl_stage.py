@@ -372,8 +372,8 @@ def test_held_out_prompts_are_the_worlds_validation_prompts(tmp_path, monkeypatc
   workdir = str(tmp_path / "run")
   rl.run(dataclasses.replace(_stage_config(2, eval_every=1), eval_prompts=3), workdir, {})
   assert [(n, split) for n, split, _ in draws] == [(3, "validation")]
-  held_out = draws[0][2]
-  train = {r.prompt for r in World(WorldConfig(num_prompts=256, max_response_len=12)).sft_records(16, "train")}
+  held_out, world = draws[0][2], World(WorldConfig(num_prompts=256, max_response_len=12))
+  train = {r.prompt for r in world.sft_records(16, "train")}
   assert len(set(held_out)) == 3 and not set(held_out) & train
-  assert held_out == World(WorldConfig(num_prompts=256, max_response_len=12)).prompts(3, "validation")
+  assert held_out == world.prompts(3, "validation")
   assert sorted(_lines_of(workdir, "eval/gold")) == [1, 2]
