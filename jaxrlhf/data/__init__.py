@@ -11,11 +11,11 @@ Light modules are re-exported here; import the heavier ones directly:
 
 from jaxrlhf.data.adapters import AdapterConfig, FORMATS, iter_records, read_prompt_records, read_records
 from jaxrlhf.data.errors import RecordError, SkipReport, format_skip_report
-from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PreferenceRecord, PromptRecord, as_messages,
-                                  record_from_json, record_to_json, response_text)
+from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PreferenceRecord, PromptRecord, SFTRecord,
+                                  as_messages, record_from_json, record_to_json, response_text)
 
 __all__ = [
     "AdapterConfig", "FORMATS", "iter_records", "read_prompt_records", "read_records", "RecordError", "SkipReport",
-    "format_skip_report", "BenchmarkRecord", "KWayRecord", "PreferenceRecord", "PromptRecord", "as_messages",
+    "format_skip_report", "BenchmarkRecord", "KWayRecord", "PreferenceRecord", "PromptRecord", "SFTRecord", "as_messages",
     "record_from_json", "record_to_json", "response_text",
 ]

@@ -25,6 +25,12 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
 - "kway": `prompt`, `completions` (texts, message lists, or ultrafeedback-style dicts), and `scores` (or dict
   scores) or `best_index` -> KWayRecord for best-of-k evaluation. A row with both is kept (by its scores) only
   when `best_index` is a top-scored completion; otherwise it is a bad row ("bad_field").
+- "sft": supervised fine-tuning examples -> SFTRecord, in either of TRL's SFT layouts: `prompt` (text or messages
+  ending with a user or tool turn) and `completion` (text, or a list of one assistant message), or `messages` (a
+  conversation whose last message is the assistant's: the prompt is every message before it, the response is that
+  last message). A row holding both layouts is a bad row unless `columns` names the columns of one of them, which is
+  then the only one read. Only the final assistant turn carries the loss: a conversation with earlier assistant
+  turns keeps them as context and is counted as the note "sft_earlier_assistant_turns".
 - "prompts": prompts for the online stages -> PromptRecord. The prompt is the `prompt` column (text, or a list of
   messages as in TRL's conversational format) or the `messages` column (a list of messages); a row holding both
   is a bad row unless `columns` names only one of them, which is then the only one read. Chat messages must end
@@ -60,11 +66,11 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxrlhf.data import errors
 from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord,
-                                  VALID_ROLES)
+                                  SFTRecord, VALID_ROLES)
 
 # The file types `iter_rows` reads.
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
-FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts", "m_rewardbench", "rag_rewardbench")
+FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts", "sft", "m_rewardbench", "rag_rewardbench")
 _OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_attributes", "rejected_attributes",
                           "annotator", "subset")
 # Canonical column -> default name in the file, per format.
@@ -77,6 +83,7 @@ DEFAULT_COLUMNS = {
     "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
              "response": "response", "score": "overall_score", "subset": "subset"},
     "prompts": {"prompt": "prompt", "messages": "messages"},
+    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages"},
     "m_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "language": "language",
                       "subset": "source", "id": "id"},
     "rag_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "scenario": "scenario",
@@ -526,10 +533,7 @@ def _parse_prompts(row: Mapping, config: AdapterConfig, where: str) -> PromptRec
   col = c(present[0])
   value = row[col]
   if present[0] == "messages" or isinstance(value, (list, tuple)):
-    prompt = _messages(value, col)
-    if prompt[-1]["role"] not in PROMPT_LAST_ROLES:
-      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}: the last message has role {prompt[-1]['role']!r}; a "
-                               f"prompt ends with the turn the model answers, one of {PROMPT_LAST_ROLES}")
+    prompt = _chat_prompt(value, col)
   else:
     prompt = _text(value, col)
   if config.keep_columns is None:
@@ -540,6 +544,56 @@ def _parse_prompts(row: Mapping, config: AdapterConfig, where: str) -> PromptRec
   for k, v in columns.items():
     _json_value(v, k)
   return _make(PromptRecord, where, prompt=prompt, columns=columns)
+
+
+def _chat_prompt(value: Any, col: str) -> list[dict[str, str]]:
+  """A prompt's messages: validated, ending with the turn the model answers."""
+  prompt = _messages(value, col)
+  if prompt[-1]["role"] not in PROMPT_LAST_ROLES:
+    raise errors.RecordError(errors.BAD_MESSAGES, f"{col}: the last message has role {prompt[-1]['role']!r}; a "
+                             f"prompt ends with the turn the model answers, one of {PROMPT_LAST_ROLES}")
+  return prompt
+
+
+def _parse_sft(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None) -> SFTRecord:
+  c = config.column
+  # The layouts a row may use: the one whose columns `columns` names, else both.
+  layouts = {"completion": ("prompt", "completion"), "messages": ("messages",)}
+  named = [k for k, cols in layouts.items() if any(col in config.columns for col in cols)] or list(layouts)
+  present = [k for k in named if any(row.get(c(col)) is not None for col in layouts[k])]
+  if not present:
+    wanted = " or ".join(f"{c('prompt')!r} + {c('completion')!r}" if k == "completion" else repr(c("messages"))
+                         for k in named)
+    raise errors.RecordError(errors.MISSING_FIELD, f"need column {wanted}")
+  if len(present) > 1:
+    raise errors.RecordError(errors.BAD_FIELD, f"both {c('prompt')!r} / {c('completion')!r} and {c('messages')!r} "
+                             "are set; name the columns to read in columns (e.g. columns={'messages': "
+                             + repr(c("messages")) + "})")
+  if present[0] == "messages":
+    messages = _messages(row[c("messages")], c("messages"))
+    if messages[-1]["role"] != "assistant":
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{c('messages')}: the last message has role "
+                               f"{messages[-1]['role']!r}; expected 'assistant' (the response trained on)")
+    if len(messages) < 2:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{c('messages')}: only an assistant message; expected the "
+                               "turns it answers before it")
+    prompt = _chat_prompt(messages[:-1], f"{c('messages')}[:-1]")
+    response = messages[-1:]
+  else:
+    value = _required(row, c("prompt"))
+    prompt = _chat_prompt(value, c("prompt")) if isinstance(value, (list, tuple)) else _text(value, c("prompt"))
+    completion = _required(row, c("completion"))
+    if isinstance(completion, (list, tuple)):
+      response = _messages(completion, c("completion"))
+      if len(response) != 1 or response[0]["role"] != "assistant":
+        # Several turns would be encoded as one text + EOS, without the chat template's turn markers.
+        raise errors.RecordError(errors.BAD_MESSAGES, f"{c('completion')}: roles {[m['role'] for m in response]}; "
+                                 "expected one assistant message")
+    else:
+      response = _text(completion, c("completion"))
+  if report is not None and isinstance(prompt, list) and any(m["role"] == "assistant" for m in prompt):
+    report.note("sft_earlier_assistant_turns")
+  return _make(SFTRecord, where, prompt=prompt, response=response)
 
 
 def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipReport | None = None):
@@ -558,6 +612,8 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
     return _parse_ultrafeedback(row, config, where)
   if config.format == "prompts":
     return _parse_prompts(row, config, where)
+  if config.format == "sft":
+    return _parse_sft(row, config, where, report)
   if config.format == "m_rewardbench":
     return _parse_m_rewardbench(row, config, where)
   if config.format == "rag_rewardbench":

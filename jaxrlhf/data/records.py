@@ -2,6 +2,7 @@
 
 A prompt is either plain text or a list of chat messages ({"role": ..., "content": ...}); a response is
 plain text or a list of assistant messages. Scores may be on any scale (NaN-free; absent is None).
+An `SFTRecord` is a prompt and the one response supervised fine-tuning trains on.
 A `PromptRecord` is a prompt alone (for the online stages, which generate the responses) plus the extra columns
 its reward functions read (reference answers, test cases, metadata).
 """
@@ -65,6 +66,34 @@ class PreferenceRecord:
         self, chosen=self.rejected, rejected=self.chosen,
         chosen_score=self.rejected_score, rejected_score=self.chosen_score,
         chosen_attributes=self.rejected_attributes, rejected_attributes=self.chosen_attributes)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTRecord:
+  """A prompt and the response supervised fine-tuning trains on (its tokens carry the loss; the prompt's do not).
+
+  Attributes:
+    prompt: text, or chat messages (the last one is the turn the model answers: role "user" or "tool").
+    response: text, or a list of one assistant message.
+    source: where the record came from ("file.jsonl:17"), for error messages.
+  """
+
+  prompt: Prompt
+  response: Response
+  source: str | None = None
+
+  def __post_init__(self):
+    where = self.source or "record"
+    if not isinstance(self.prompt, str):
+      validate_messages(self.prompt, f"{where}: prompt")
+      if self.prompt[-1]["role"] not in PROMPT_LAST_ROLES:
+        raise ValueError(f"{where}: prompt: the last message has role {self.prompt[-1]['role']!r}; a prompt ends "
+                         f"with the turn the model answers, one of {PROMPT_LAST_ROLES}")
+    if not isinstance(self.response, str):
+      validate_messages(self.response, f"{where}: response")
+      if len(self.response) != 1 or self.response[0]["role"] != "assistant":
+        raise ValueError(f"{where}: response: expected text or one assistant message, got roles "
+                         f"{[m['role'] for m in self.response]}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,19 +201,21 @@ def validate_messages(messages: Sequence, where: str) -> None:
       raise ValueError(f"{where}: message {i} content must be a string, got {type(m['content']).__name__}")
 
 
-def record_to_json(record: PreferenceRecord | KWayRecord | PromptRecord) -> bytes:
+def record_to_json(record: PreferenceRecord | KWayRecord | PromptRecord | SFTRecord) -> bytes:
   """UTF-8 JSON bytes for a record (a "kind" key tells the kinds apart); nested messages survive."""
   fields = dataclasses.asdict(record)
-  fields["kind"] = {KWayRecord: "kway", PromptRecord: "prompt"}.get(type(record), "pair")
+  fields["kind"] = {KWayRecord: "kway", PromptRecord: "prompt", SFTRecord: "sft"}.get(type(record), "pair")
   return json.dumps(fields, ensure_ascii=False).encode("utf-8")
 
 
-def record_from_json(data: bytes | str) -> PreferenceRecord | KWayRecord | PromptRecord:
+def record_from_json(data: bytes | str) -> PreferenceRecord | KWayRecord | PromptRecord | SFTRecord:
   """Inverse of record_to_json (tuples come back as tuples)."""
   fields = json.loads(data)
   kind = fields.pop("kind")
   if kind == "prompt":
     return PromptRecord(**fields)
+  if kind == "sft":
+    return SFTRecord(**fields)
   if kind == "kway":
     fields["completions"] = tuple(fields["completions"])
     fields["scores"] = None if fields["scores"] is None else tuple(fields["scores"])

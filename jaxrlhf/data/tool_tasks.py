@@ -17,6 +17,18 @@ output format of ToolRL (<think>...</think>, then <tool_call> with one JSON obje
 Everything is a pure function of (seed, split, row index) through SHA-256, as in `jaxrlhf.data.tasks`: row i is the
 same whatever n is, and the "train" and "eval" splits never share a request's gold calls (a candidate row whose calls
 hash into the other split is redrawn), so held-out reward does not measure memorization of a training call.
+
+The SFT file (a format warm start: a small policy such as SmolLM2-135M never writes this format on its own, so every
+GRPO group would score alike) holds the gold answers of the first n TRAIN rows, never the eval split's:
+
+    {"prompt": <the train row's prompt>,
+     "completion": "<think> Use get_weather. </think>\\n<tool_call>\\n{\\"name\\": \\"get_weather\\",
+                    \\"parameters\\": {\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}}\\n</tool_call>"}
+
+(`gold_completion`: exactly the format the system prompt asks for, scoring ToolRL's maximum; small talk gets a fixed
+reply from SMALL_TALK_REPLIES in <response>). The shipped data/tasks/toolcall/ holds the train and eval files of
+`write_tool_files(..., 0, 1024, 128)` (configs/papers/toolrl.py) and the SFT file of
+`python -c "from jaxrlhf.data import tool_tasks; tool_tasks.write_sft_file('data/tasks/toolcall', 0, 256)"`.
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ import json
 import os
 from typing import Any
 
-from jaxrlhf.data import generated
+from jaxrlhf.data import adapters, generated
 from jaxrlhf.data.generated import stable_hash
 
 SPLITS = ("train", "eval")
@@ -75,6 +87,21 @@ _EVENT = ("Schedule \"{title}\" on {month} {day}, 2025 at {time}.", "Add {title}
 _SMALL_TALK = ("Hello! How are you today?", "Thanks, that was helpful.", "Tell me a fun fact about octopuses.",
                "What is your name?", "Good morning!", "Can you recommend a good book?", "Who wrote Hamlet?",
                "Say something nice.")
+# The SFT file's <response> for each small-talk request (keys: exactly _SMALL_TALK). Fixed text, not generated: a
+# warm start teaches the format and WHEN not to call a tool; the reply itself only has to be short and sensible.
+# No "<" in any reply: a tag inside it would break ToolRL's format check.
+SMALL_TALK_REPLIES = {
+    "Hello! How are you today?": "I am doing well, thank you! How can I help you today?",
+    "Thanks, that was helpful.": "You are welcome! Let me know if you need anything else.",
+    "Tell me a fun fact about octopuses.": "An octopus has three hearts and blue blood.",
+    "What is your name?": ("I am an assistant without a name. I can check the weather, convert units, do arithmetic "
+                           "and add events to your calendar."),
+    "Good morning!": "Good morning! What can I do for you today?",
+    "Can you recommend a good book?": ("Try To Kill a Mockingbird by Harper Lee, a classic about justice and "
+                                       "growing up."),
+    "Who wrote Hamlet?": "William Shakespeare wrote Hamlet, around 1600.",
+    "Say something nice.": "You are curious and kind, and that makes the world a little better.",
+}
 
 
 def _pick(options, *parts):
@@ -167,3 +194,46 @@ def write_tool_files(folder: str | os.PathLike, seed: int, num_train: int, num_e
                                       lambda split, n: tool_rows(seed, n, split),
                                       (("train", num_train), ("eval", num_eval)))
   return paths[0], paths[1]
+
+
+def gold_completion(request: str, calls: list[dict[str, Any]]) -> str:
+  """The gold answer to `request` in the format SYSTEM_PROMPT asks for (and `jaxrlhf.rewards.toolrl` scores 1 +
+  3 = 4): with gold `calls`, "<think> ... </think>\\n<tool_call>\\n" + one JSON call per line + "\\n</tool_call>";
+  without, "<think> ... </think>\\n<response> SMALL_TALK_REPLIES[request] </response>".
+
+  The reasoning is short and deterministic (it names the tools in order) so that a warm start teaches the format and
+  the tool choice without spending the policy's few new tokens (96 in configs/papers/toolrl.py) on prose.
+  ValueError for a request without calls that is not one of the small-talk requests (no reply is known for it).
+  """
+  if not calls:
+    if request not in SMALL_TALK_REPLIES:
+      raise ValueError(f"gold_completion: no gold calls and no fixed reply for the request {request!r} (only the "
+                       f"small-talk requests of SMALL_TALK_REPLIES are answered without a tool)")
+    reply = SMALL_TALK_REPLIES[request]
+    return f"<think> This is small talk, so no tool is needed. </think>\n<response> {reply} </response>"
+  # Names in call order, one per call ("Use get_weather and get_weather." for two cities), in few tokens: the longest
+  # gold answer of the shipped train and eval files is 91 SmolLM2 tokens + the end token, and the config samples 96.
+  reason = f"Use {' and '.join(call['name'] for call in calls)}."
+  # One call per line, keys in the order the system prompt shows ("name", then "parameters"); the reward splits the
+  # block on "\n", so no blank line and no pretty-printing.
+  lines = "\n".join(json.dumps({"name": call["name"], "parameters": call["parameters"]}) for call in calls)
+  return f"<think> {reason} </think>\n<tool_call>\n{lines}\n</tool_call>"
+
+
+def sft_rows(seed: int, n: int) -> list[dict[str, Any]]:
+  """Rows {"prompt", "completion"} of the SFT file: the first `n` rows of `tool_rows(seed, n, "train")` (so their
+  prompts are the train file's first n lines; never the eval split's requests) with their `gold_completion`."""
+  rows = []
+  for row in tool_rows(seed, n, "train"):
+    request = row["prompt"][-1]["content"]  # tool_rows' prompt: [system, user]; the user turn is the request.
+    rows.append({"prompt": row["prompt"], "completion": gold_completion(request, json.loads(row["tool_calls"]))})
+  return rows
+
+
+def write_sft_file(folder: str | os.PathLike, seed: int, n: int) -> str:
+  """Writes `folder`/toolcall_sft.jsonl = sft_rows(seed, n), one JSON row per line (the folder is created); returns
+  its path. The shipped file: write_sft_file("data/tasks/toolcall", 0, 256)."""
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(os.fspath(folder), "toolcall_sft.jsonl")
+  adapters.write_jsonl(path, sft_rows(seed, n))
+  return path

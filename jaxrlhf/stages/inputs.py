@@ -50,6 +50,10 @@ SHARED_PROMPT_CHOICES = ("auto", "on", "off")
 SHARED_PROMPT_MAX_COST = 0.9
 
 
+# The preference-file formats (jaxrlhf.data.adapters) a DataSpec reads.
+PAIR_FORMATS = ("pairwise", "chat", "hh", "ultrafeedback")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
   """Training / evaluation data and the input pipeline.
@@ -100,7 +104,7 @@ class DataSpec:
   paths: tuple[str, ...] = field(())
   eval_paths: tuple[str, ...] = field(())
   eval_fraction: float = field(0.05, min=0.0, max=0.5)
-  format: str = field("pairwise", choices=("pairwise", "chat", "hh", "ultrafeedback"))
+  format: str = field("pairwise", choices=PAIR_FORMATS)  # SFT files too in the sft stage's SFTDataSpec.
   strict: bool = field(False)
   columns: dict = field(default_factory=dict)
   tokenizer: str = field("")  # A HF folder / .gguf; default: the world's, else the model's.
@@ -156,6 +160,13 @@ class DataSpec:
                         f"{path}.max_length={self.max_length}")
     if any(b > self.max_length or b < 2 for b in self.buckets):
       raise ConfigError(f"{path}.buckets: {self.buckets} must lie in [2, max_length={self.max_length}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTDataSpec(DataSpec):
+  """The sft stage's DataSpec: files may also be SFT examples (`format="sft"`: prompt + completion, or messages;
+  see jaxrlhf.data.adapters), besides the preference formats, whose chosen responses it trains on."""
+  format: str = field("pairwise", choices=PAIR_FORMATS + ("sft",))
 
 
 def check_data_files(spec: Any, path: str, keys: Sequence[str] = ("paths", "eval_paths")) -> None:
@@ -322,7 +333,8 @@ def preference_records(data: DataSpec, world: Any) -> tuple[list, list, dict]:
 
 
 def sft_records(data: DataSpec, world: Any, tokenizer: Any = None, seed: int = 0) -> tuple[list, list, dict]:
-  """(train, held-out, report) SFT records: world reference samples, or the chosen side of preference files;
+  """(train, held-out, report) SFT records: world reference samples, SFT files (`data.format="sft"`), or the chosen
+  side of preference files;
   with `data.goal_fraction` > 0 that share of prompts is goal-formatted (seeded by `seed`; needs `tokenizer`)."""
   if data.source == "world":
     train, held_out, report = (world.sft_records(data.num_train, "train", contrastive=data.contrastive_sft),

@@ -32,7 +32,7 @@ class SFTConfig:
   """The "sft" stage."""
   seed: int = field(0)
   model: common.ModelSpec = field(default_factory=common.ModelSpec)
-  data: inputs_lib.DataSpec = field(default_factory=inputs_lib.DataSpec)
+  data: inputs_lib.SFTDataSpec = field(default_factory=inputs_lib.SFTDataSpec)
   # The LM-head log-probs (`scoring.resolve_logps_path`): "auto" is "fused" on GPUs, elsewhere "chunked" when
   # logps_chunk_size > 0 (never the full (B, T, V) logits) and "full" otherwise.
   logps_path: str = field("auto", choices=scoring.LOGPS_PATHS)

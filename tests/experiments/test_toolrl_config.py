@@ -68,3 +68,17 @@ def test_pools_variants_plan_one_best_of_n_stage_with_fine_and_coarse_selectors(
   assert options["exact"]["granularity"] == "coarse" and tuple(options["exact"]["terms"]) == ("correctness",)
   assert "granularity" not in options["toolrl"] and all(s.weight == 1.0 for s in cfg.rewards)
   assert (cfg.num_prompts, cfg.pool_size) == ((2, 2) if variant == "pools_smoke" else (40, 8))
+
+
+@pytest.mark.parametrize("variant", ["warm_pools", "warm_pools_smoke"])
+def test_warm_pools_variants_sample_the_pools_from_the_sft_stage(variant, smollm2_gguf):
+  plan = run_lib.plan(_load(variant))
+  assert [kind.name for _, kind, _ in plan] == ["sft", "best_of_n"]
+  warm, pools = plan[0][2], plan[1][2]
+  assert warm.data.format == "sft" and warm.data.paths[0].endswith("toolcall_sft.jsonl")
+  assert warm.model.init_from == str(smollm2_gguf) and pools.policy == "stage:sft"
+  assert [s.label for s in pools.rewards] == ["toolrl", "correct", "coarse", "exact", "format"]
+  if variant == "warm_pools":  # One epoch over the 240 training answers; no prompt or answer truncated.
+    assert warm.loop.num_steps * warm.data.batch_size == 256 - warm.data.num_eval
+    assert warm.data.max_prompt_length >= 404 and warm.data.max_length >= 404 + 92
+    assert (pools.num_prompts, pools.pool_size, pools.max_new_tokens) == (40, 8, 96)

@@ -1,13 +1,15 @@
 """The tables of the ToolRL section from the saved pools of a `configs/papers/toolrl.py:pools` sweep:
 
     python docs/reproductions/toolrl/analyze_pools.py runs/papers/toolrl_pools
+    python docs/reproductions/toolrl/analyze_pools.py runs/papers/toolrl_warm_pools analysis_warm.json
 
 For every seed=<k>/pools/ run: each reward's share of constant groups, the section's rule constant(exact) - constant(toolrl) with its percentile-bootstrap 95% interval over
 requests, 10,000 resamples, seed 0, and the best-of-8 cross-table), each reward's mean score (n = 1) and best-of-8
 value (the run's proxy@1 / proxy@N), and what the samples contain (decoded as the stage decoded them). Pooled over the
 seeds (every seed samples the same 40 requests): the rule's per-request difference averaged over the seeds, with the
-same bootstrap over requests (a request's seeds resampled together). Prints markdown and writes analysis.json beside
-this file.
+same bootstrap over requests (a request's seeds resampled together), and likewise the two granularity-only
+differences constant(coarse) - constant(toolrl) (format in both) and constant(exact) - constant(correct) (format in
+neither). Prints markdown and writes analysis.json (or the file named second) beside this file.
 """
 
 import json
@@ -20,7 +22,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
-from experiments.analysis.pools import bon, bootstrap, constant_P, fmt, seed_pools, write_pooled  # noqa: E402
+from experiments.analysis.pools import (bon, bootstrap, constant_P, fmt, pooled_constant_difference,  # noqa: E402
+                                       seed_pools)
 
 REWARDS = ("exact", "coarse", "correct", "format", "toolrl")
 
@@ -35,6 +38,7 @@ def toolrl(run: pathlib.Path) -> dict:
   diff = constant_P(s["exact"]) - constant_P(s["toolrl"])
   out["constant_exact_minus_toolrl"] = bootstrap(diff)
   out["constant_coarse_minus_toolrl"] = bootstrap(constant_P(s["coarse"]) - constant_P(s["toolrl"]))
+  out["constant_exact_minus_correct"] = bootstrap(constant_P(s["exact"]) - constant_P(s["correct"]))
   # Requests with gold calls: the exact-match correctness is +-3 there, 0 on every sample of a small-talk request.
   tool_rows = np.any(s["exact"] != 0.0, axis=1)
   out["tool_call_prompts"] = int(tool_rows.sum())
@@ -58,6 +62,7 @@ def toolrl(run: pathlib.Path) -> dict:
     print(f"| {k} | {v:.3f} |")
   print(f"constant(exact) - constant(toolrl): {fmt(out['constant_exact_minus_toolrl'])}")
   print(f"constant(coarse) - constant(toolrl): {fmt(out['constant_coarse_minus_toolrl'])}")
+  print(f"constant(exact) - constant(correct): {fmt(out['constant_exact_minus_correct'])}")
   print("| selector | exact call @8 (tool prompts) | R_correct @8 | R_toolrl @8 | format @8 |\n|---|---|---|---|---|")
   for k, v in table.items():
     e = "n/a" if v["exact_call@8"] is None else f"{v['exact_call@8']:.3f}"
@@ -77,7 +82,11 @@ def sample_contents(run: pathlib.Path, tokenizer) -> dict:
           "at_token_cap": int((lengths >= t).sum())}
 
 
-def main(sweep: pathlib.Path) -> None:
+# The pooled differences: the section's rule first, then the two granularity-only comparisons.
+POOLED = (("exact", "toolrl"), ("coarse", "toolrl"), ("exact", "correct"))
+
+
+def main(sweep: pathlib.Path, out_name: str = "analysis.json") -> None:
   from jaxrlhf.models import load_tokenizer  # pylint: disable=g-import-not-at-top
   from configs import _sections  # pylint: disable=g-import-not-at-top
   tokenizer = load_tokenizer(_sections.smollm2_gguf())
@@ -91,8 +100,14 @@ def main(sweep: pathlib.Path) -> None:
     a["proxy"] = {r: {"proxy@1": metrics[f"{r}/proxy@1"], "proxy@N": metrics[f"{r}/proxy@N"]} for r in REWARDS}
     a["contents"] = sample_contents(run, tokenizer)
     print(f"mean score / best of 8: {a['proxy']}\nsamples: {a['contents']}")
-  write_pooled(result, runs, HERE / "analysis.json", "exact", "toolrl")
+  result["pooled"] = {}
+  for a, b in POOLED:
+    result["pooled"]["seeds"], pooled = pooled_constant_difference(runs, a, b)
+    result["pooled"][f"constant_{a}_minus_{b}"] = pooled
+    print(f"pooled over {len(runs)} seeds: constant({a}) - constant({b}): {fmt(pooled)}")
+  with open(HERE / out_name, "w") as f:
+    json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
-  main(pathlib.Path(sys.argv[1]))
+  main(pathlib.Path(sys.argv[1]), *sys.argv[2:3])

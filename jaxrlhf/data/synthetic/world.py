@@ -190,13 +190,8 @@ def split_bounds(split_fractions: Sequence[float], num_prompts: int) -> list[int
   return [0] + [int(round(f * num_prompts)) for f in np.cumsum(split_fractions)]
 
 
-@dataclasses.dataclass(frozen=True)
-class SFTRecord:
-  """A prompt and one reference response (plain text) for supervised fine-tuning."""
-
-  prompt: str
-  response: str
-  source: str | None = None
+# The world's SFT examples are the canonical records (plain-text prompt and reference response).
+SFTRecord = records_lib.SFTRecord
 
 
 def _rng(*key: int) -> np.random.Generator:

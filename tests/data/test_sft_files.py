@@ -1,0 +1,93 @@
+"""The "sft" file format: TRL's two SFT layouts (prompt + completion; a messages conversation) -> SFTRecord, every
+bad row named by file:line in strict mode and counted by reason in lenient mode, and records that survive the
+JSON round trip of the TFDS builders."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jaxrlhf.data import adapters
+from jaxrlhf.data.errors import DataFileError
+from jaxrlhf.data.records import SFTRecord, record_from_json, record_to_json
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+USER = {"role": "user", "content": "2+2?"}
+ANSWER = {"role": "assistant", "content": "4"}
+
+
+def _read(tmp_path, rows, strict=True, **kwargs):
+  path = tmp_path / "sft.jsonl"
+  adapters.write_jsonl(path, rows)
+  return adapters.read_records(path, adapters.AdapterConfig("sft", strict=strict, **kwargs))
+
+
+def test_both_layouts_give_prompt_and_response(tmp_path):
+  later = {"role": "user", "content": "and 3+3?"}
+  records, report = _read(tmp_path, [
+      {"prompt": "Q: 2+2?\nA:", "completion": " 4"},
+      {"prompt": [SYSTEM, USER], "completion": [ANSWER]},
+      {"prompt": [USER], "completion": "4"},
+      {"messages": [SYSTEM, USER, ANSWER]},
+      {"messages": [USER, ANSWER, later, {"role": "assistant", "content": "6"}]},
+  ])
+  assert records == [
+      SFTRecord("Q: 2+2?\nA:", " 4", "sft.jsonl:1"),
+      SFTRecord([SYSTEM, USER], [ANSWER], "sft.jsonl:2"),
+      SFTRecord([USER], "4", "sft.jsonl:3"),
+      SFTRecord([SYSTEM, USER], [ANSWER], "sft.jsonl:4"),
+      # Only the last assistant turn is the response; the earlier one is context (and counted).
+      SFTRecord([USER, ANSWER, later], [{"role": "assistant", "content": "6"}], "sft.jsonl:5"),
+  ]
+  assert report.kept == 5 and report.skipped == 0
+  assert report.notes == {"sft_earlier_assistant_turns": 1}
+
+
+def test_renamed_columns_read_only_the_named_layout(tmp_path):
+  rows = [{"question": "2+2?", "answer": "4", "messages": [USER, ANSWER]}]
+  records, _ = _read(tmp_path, rows, columns={"prompt": "question", "completion": "answer"})
+  assert records == [SFTRecord("2+2?", "4", "sft.jsonl:1")]
+  records, _ = _read(tmp_path, [{"chat": [USER, ANSWER], "prompt": "ignored"}], columns={"messages": "chat"})
+  assert records == [SFTRecord([USER], [ANSWER], "sft.jsonl:1")]
+
+
+@pytest.mark.parametrize("row, reason, detail", [
+    ({"prompt": "x"}, "missing_field", "column 'completion' is missing"),
+    ({"completion": "x"}, "missing_field", "column 'prompt' is missing"),
+    ({"text": "x"}, "missing_field", "need column 'prompt' + 'completion' or 'messages'"),
+    ({"prompt": "x", "messages": [USER, ANSWER]}, "bad_field", "both 'prompt' / 'completion' and 'messages'"),
+    ({"prompt": "x", "completion": ""}, "empty_field", "completion is empty"),
+    ({"prompt": "x", "completion": 4}, "non_string_content", "completion must be a string"),
+    ({"prompt": "x", "completion": [ANSWER, USER]}, "bad_messages", "roles ['assistant', 'user']; expected one"),
+    ({"prompt": [USER, ANSWER], "completion": "x"}, "bad_messages", "prompt: the last message has role 'assistant'"),
+    ({"messages": [USER]}, "bad_messages", "messages: the last message has role 'user'; expected 'assistant'"),
+    ({"messages": [ANSWER]}, "bad_messages", "only an assistant message"),
+    ({"messages": [SYSTEM, ANSWER]}, "bad_messages", "messages[:-1]: the last message has role 'system'"),
+    ({"messages": [{"role": "robot", "content": "x"}, ANSWER]}, "bad_messages", "has role 'robot'"),
+    ([1, 2], "not_an_object", "expected a JSON object"),
+])
+def test_bad_rows_are_named_in_strict_mode_and_counted_in_lenient_mode(tmp_path, row, reason, detail):
+  good = {"prompt": "2+2?", "completion": "4"}
+  with pytest.raises(DataFileError) as e:
+    _read(tmp_path, [good, row])
+  assert str(e.value).startswith(f"{tmp_path / 'sft.jsonl'}:2: {reason}: ")
+  assert detail in str(e.value)
+  records, report = _read(tmp_path, [good, row, good], strict=False)
+  assert [r.source for r in records] == ["sft.jsonl:1", "sft.jsonl:3"]
+  assert report.kept == 2 and report.skipped == 1 and dict(report.counts) == {reason: 1}
+
+
+def test_parquet_and_json_round_trip(tmp_path):
+  path = tmp_path / "sft.parquet"
+  pq.write_table(pa.Table.from_pylist([{"messages": [USER, ANSWER]}, {"messages": [SYSTEM, USER, ANSWER]}]), path)
+  records, report = adapters.read_records(path, "sft")
+  assert records == [SFTRecord([USER], [ANSWER], "sft.parquet:1"), SFTRecord([SYSTEM, USER], [ANSWER],
+                                                                             "sft.parquet:2")]
+  for record in records + [SFTRecord("p", "r", None)]:
+    assert record_from_json(record_to_json(record)) == record
+
+
+def test_the_record_checks_its_own_fields():
+  with pytest.raises(ValueError, match="x.jsonl:3: response: expected text or one assistant message"):
+    SFTRecord("p", [USER], "x.jsonl:3")
+  with pytest.raises(ValueError, match="prompt: the last message has role 'assistant'"):
+    SFTRecord([USER, ANSWER], "r")
