@@ -9,7 +9,8 @@ database is the same on every machine and Python version.
 A question template is (question text, gold SQL, parameter) over one database: selection, filter, join,
 aggregate, group-by and order/limit queries; the parameter takes each value of a column of the data (a city, a
 category, a name) or of a fixed list (a threshold, a count). A problem is (db_id, template, value); only problems
-whose gold query returns at least one row are kept. The "train" and "eval" splits draw from DISJOINT problems (a
+whose gold query returns at least one non-NULL value are kept (an aggregate over no rows, e.g. the SUM of a
+customer's orders when there are none, returns one all-NULL row, which any query that finds nothing would match). The "train" and "eval" splits draw from DISJOINT problems (a
 problem is held out when its hash with the seed falls below `eval_share`), with replacement, and row i does not
 depend on n. A row is
 
@@ -194,7 +195,7 @@ def _values(conn: sqlite3.Connection, parameter: Any) -> list[Any]:
 
 
 def problems() -> list[dict[str, Any]]:
-  """Every problem (db_id, question, gold SQL) whose gold query returns rows, in a fixed order."""
+  """Every problem (db_id, question, gold SQL) whose gold query returns a non-NULL value, in a fixed order."""
   out = []
   for db_id, templates in _TEMPLATES.items():
     conn = sqlite3.connect(":memory:")
@@ -202,7 +203,7 @@ def problems() -> list[dict[str, Any]]:
     for t, (question, sql, parameter) in enumerate(templates):
       for value in _values(conn, parameter):
         gold = sql.format(v=_literal(value))
-        if conn.execute(gold).fetchall():
+        if any(v is not None for row in conn.execute(gold).fetchall() for v in row):
           out.append({"db_id": db_id, "template": t, "question": question.format(v=value), "gold_sql": gold})
     conn.close()
   return out

@@ -115,7 +115,8 @@ class RLLossConfig:
   algorithm "grpo" only). rloo_normalize: batch-standardize RLOO advantages (algorithm "rloo" only). kl_mode:
   "reward" subtracts beta * sum_t k1 from each sequence's reward (always k1, the per-token reward penalty of TRL's
   PPO / RLOO trainers, so kl_estimator stays at its default or is "k1"; PPO's per-token penalty reads kl_estimator);
-  "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference (kl_estimator unused).
+  "loss" adds beta * k(kl_estimator) per token to the loss; "none" ignores the reference (kl_estimator and beta
+  unused; beta 0 is accepted as the same statement).
   A key changed from its default where the chosen algorithm / kl_mode does not read it is a ConfigError.
   epsilon / epsilon_high: PPO clip range (epsilon_high < 0: = epsilon). num_iterations: mu updates per rollout.
   old_logps: where the clipped ratio's old-policy log-probs come from. "auto": with one update per rollout
@@ -275,8 +276,15 @@ class RLLossConfig:
     """kl_estimator is read by kl_mode "loss" (the per-token term) and by PPO's per-token reward penalty. GRPO /
     RLOO's kl_mode "reward" subtracts beta * sum_t k1 (the standard per-token reward penalty of TRL's PPO / RLOO
     trainers), so only "k1" (what it uses) or the untouched default is accepted there; kl_mode "none" reads none.
-    (Online DPO refuses a changed one in `_validate_online_dpo`.)"""
-    if self.kl_estimator == defaults.kl_estimator or self.algorithm == "online_dpo":
+    (Online DPO refuses a changed one in `_validate_online_dpo`.) Likewise a KL weight `beta` set with kl_mode
+    "none", which reads none (0, "no KL" said twice, is accepted)."""
+    if self.algorithm == "online_dpo":
+      return
+    if self.kl_mode == "none" and self.beta not in (0.0, defaults.beta):
+      raise ConfigError(f"{path}.beta: {self.beta!r} weighs the KL to the reference, which {path}.kl_mode='none' "
+                        f"leaves out; set kl_mode 'loss' or 'reward' to use it, or leave beta at "
+                        f"{defaults.beta!r} (or 0)")
+    if self.kl_estimator == defaults.kl_estimator:
       return
     if self.kl_mode == "none":
       raise ConfigError(f"{path}.kl_estimator: {self.kl_estimator!r} is not used with {path}.kl_mode='none' (no KL "

@@ -36,6 +36,8 @@ def world():
     ({"algorithm": "grpo", "kl_mode": "none", "kl_estimator": "k1"}, "loss.kl_estimator", "kl_mode='none'"),
     ({"algorithm": "ppo", "kl_mode": "none", "kl_estimator": "k1"}, "loss.kl_estimator", "kl_mode='none'"),
     ({"algorithm": "ppo", "kl_mode": "reward", "old_logps": "rollout"}, "loss.old_logps", "algorithm 'ppo'"),
+    ({"algorithm": "grpo", "kl_mode": "none", "beta": 0.1}, "loss.beta", "kl_mode='none' leaves out"),
+    ({"algorithm": "ppo", "kl_mode": "none", "beta": 0.2}, "loss.beta", "kl_mode='none' leaves out"),
 ])
 def test_ignored_keys_are_refused(loss, key, says):
   with pytest.raises(ConfigError, match=rf"^config\.{key}: .*{says}"):
@@ -50,6 +52,9 @@ def test_ignored_keys_are_refused(loss, key, says):
     {"algorithm": "grpo", "kl_mode": "loss", "kl_estimator": "k2"},
     {"algorithm": "ppo", "kl_mode": "reward", "kl_estimator": "k3"},  # PPO's per-token penalty reads it
     {"algorithm": "grpo", "old_logps": "rollout"},
+    {"algorithm": "grpo", "kl_mode": "none", "beta": 0.0},  # DAPO's "no KL": beta 0 says it too
+    {"algorithm": "rloo", "kl_mode": "none"},
+    {"algorithm": "online_dpo", "num_generations": 2, "beta": 0.5},  # the DPO loss's beta
 ])
 def test_keys_that_are_read_are_accepted(loss):
   from_config({"loss": loss}, rl.RLConfig)
