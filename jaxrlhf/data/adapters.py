@@ -29,8 +29,9 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   ending with a user or tool turn) and `completion` (text, or a list of one assistant message), or `messages` (a
   conversation whose last message is the assistant's: the prompt is every message before it, the response is that
   last message). A row holding both layouts is a bad row unless `columns` names the columns of one of them, which is
-  then the only one read. Only the final assistant turn carries the loss: a conversation with earlier assistant
-  turns keeps them as context and is counted as the note "sft_earlier_assistant_turns".
+  then the only one read. The record's response is the final assistant turn; a conversation with earlier
+  assistant turns keeps them in the prompt and is counted as the note "sft_earlier_assistant_turns" (the sft stage
+  trains on them too with `data.turns="all"`, `transforms.every_assistant_turn`).
 - "prompts": prompts for the online stages -> PromptRecord. The prompt is the `prompt` column (text, or a list of
   messages as in TRL's conversational format) or the `messages` column (a list of messages); a row holding both
   is a bad row unless `columns` names only one of them, which is then the only one read. Chat messages must end

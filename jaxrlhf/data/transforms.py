@@ -12,6 +12,9 @@
 * Preference-strength curation (Wang et al. 2024, "Secrets of RLHF in LLMs Part II: Reward Modeling"): given a
   strength per pair (e.g. the mean reward difference of an RM ensemble), flip the labels of the lowest-strength
   fraction (likely mislabeled) and drop the next-lowest fraction (ambiguous).
+* Every assistant turn of an SFT conversation (`every_assistant_turn`): a conversation with k answerable assistant
+  turns becomes k SFT examples, each turn the response to the messages before it (the same loss as masking every
+  assistant turn of one sequence, at the cost of re-reading the shared prefixes).
 * Contrastive contexts for T-REG (Zhou et al. 2025): better / worse prompt variants (a control prefix such as the
   synthetic world's `<better>` / `<worse>` tokens) under which a policy's log-prob differences give token rewards.
 """
@@ -280,3 +283,29 @@ def goal_format_records(records: Sequence, fraction: float, seed: int,
         raise _record_error(i, r, e) from e
     out.append(r)
   return out
+
+
+def every_assistant_turn(records: Sequence[records_lib.SFTRecord]) -> tuple[list[records_lib.SFTRecord], dict]:
+  """One SFT example per answerable assistant turn of each record's conversation (prompt messages + response).
+
+  An assistant turn is answerable when the message before it is a user or tool turn (a prompt must end with the turn
+  the model answers); the earlier answerable turns of a record come first, then the record itself. Text prompts and
+  prompts without assistant turns pass through unchanged.
+
+  Returns:
+    (examples, counts) with counts {"conversations": len(records), "examples": len(examples), "unanswerable_turns":
+    earlier assistant turns that follow a system or assistant message, kept as context only}.
+  """
+  out, unanswerable = [], 0
+  for record in records:
+    if not isinstance(record.prompt, str):
+      for j, message in enumerate(record.prompt):
+        if message["role"] != "assistant":
+          continue
+        if j == 0 or record.prompt[j - 1]["role"] not in records_lib.PROMPT_LAST_ROLES:
+          unanswerable += 1
+          continue
+        source = f"{record.source}#turn{j}" if record.source else None
+        out.append(records_lib.SFTRecord(list(record.prompt[:j]), [dict(message)], source))
+    out.append(record)
+  return out, {"conversations": len(records), "examples": len(out), "unanswerable_turns": unanswerable}

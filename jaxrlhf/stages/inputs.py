@@ -165,8 +165,20 @@ class DataSpec:
 @dataclasses.dataclass(frozen=True)
 class SFTDataSpec(DataSpec):
   """The sft stage's DataSpec: files may also be SFT examples (`format="sft"`: prompt + completion, or messages;
-  see jaxrlhf.data.adapters), besides the preference formats, whose chosen responses it trains on."""
+  see jaxrlhf.data.adapters), besides the preference formats, whose chosen responses it trains on.
+
+  turns: an SFT conversation's assistant turns that carry the loss: "last" (the file's response; earlier turns are
+    context) or "all" (`transforms.every_assistant_turn`: one example per answerable assistant turn, each with the
+    messages before it; held-out conversations likewise; needs format "sft").
+  """
   format: str = field("pairwise", choices=PAIR_FORMATS + ("sft",))
+  turns: str = field("last", choices=("last", "all"))
+
+  def validate(self, path: str) -> None:
+    super().validate(path)
+    if self.turns == "all" and self.format != "sft":
+      raise ConfigError(f"{path}.turns: 'all' splits SFT conversations (format 'sft'); {path}.format is "
+                        f"{self.format!r}, whose responses are single turns")
 
 
 def check_data_files(spec: Any, path: str, keys: Sequence[str] = ("paths", "eval_paths")) -> None:
@@ -341,6 +353,16 @@ def sft_records(data: DataSpec, world: Any, tokenizer: Any = None, seed: int = 0
                                world.sft_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})
   else:
     train, held_out, report = read_files(data)
+  if getattr(data, "turns", "last") == "all":
+    report = dict(report, turns={})
+    for split, records in (("train", train), ("eval", held_out)):
+      expanded, counts = transforms.every_assistant_turn(records)
+      counts["line"] = (f"turns 'all' ({split}): {counts['conversations']} conversations -> {counts['examples']} "
+                        f"examples, one per assistant turn ({counts['unanswerable_turns']} assistant turns after a "
+                        "system or assistant message kept as context only)")
+      print(f"[data] {counts['line']}", flush=True)
+      report["turns"][split] = counts
+      train, held_out = (expanded, held_out) if split == "train" else (train, expanded)
   if data.goal_fraction > 0:
     role = tokenizer.supports_system_role
     train = transforms.goal_format_records(train, data.goal_fraction, seed, supports_system_role=role)

@@ -91,3 +91,17 @@ def test_the_record_checks_its_own_fields():
     SFTRecord("p", [USER], "x.jsonl:3")
   with pytest.raises(ValueError, match="prompt: the last message has role 'assistant'"):
     SFTRecord([USER, ANSWER], "r")
+
+
+def test_every_assistant_turn_makes_one_example_per_answerable_turn():
+  from jaxrlhf.data.transforms import every_assistant_turn
+  u1, a1, u2, a2 = USER, ANSWER, {"role": "user", "content": "and 3+3?"}, {"role": "assistant", "content": "6"}
+  tool = {"role": "tool", "content": "42"}
+  conversation = SFTRecord([SYSTEM, u1, a1, u2, a2, tool], [{"role": "assistant", "content": "it is 42"}], "f:1")
+  opening = SFTRecord([SYSTEM, {"role": "assistant", "content": "Hello!"}, u1], [ANSWER], "f:2")  # greets first
+  plain = SFTRecord("text prompt", "text answer", "f:3")
+  examples, counts = every_assistant_turn([conversation, opening, plain])
+  assert examples == [SFTRecord([SYSTEM, u1], [a1], "f:1#turn2"), SFTRecord([SYSTEM, u1, a1, u2], [a2], "f:1#turn4"),
+                      conversation, opening, plain]
+  # The greeting after the system message answers nothing: context only, and counted.
+  assert counts == {"conversations": 3, "examples": 5, "unanswerable_turns": 1}

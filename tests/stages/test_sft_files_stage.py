@@ -50,14 +50,14 @@ def _hand_ids(row):
   return prompt_ids, list(response.encode()) + [IM_END]
 
 
-def _cfg(tmp_path, model_dir, train, held_out, fmt="sft", learning_rate=0.0, steps=1):
+def _cfg(tmp_path, model_dir, train, held_out, fmt="sft", learning_rate=0.0, steps=1, **data):
   paths = {}
   for name, rows in (("train", train), ("eval", held_out)):
     paths[name] = str(tmp_path / f"{fmt}_{name}.jsonl")
     adapters.write_jsonl(paths[name], rows)
   section = dict(seed=0, num_devices=1, model=dict(init_from=model_dir),
-                 data=dict(source="files", format=fmt, paths=(paths["train"],), eval_paths=(paths["eval"],),
-                           batch_size=4, max_length=64, shuffle=False),
+                 data={**dict(source="files", format=fmt, paths=(paths["train"],), eval_paths=(paths["eval"],),
+                              batch_size=4, max_length=64, shuffle=False), **data},
                  optimizer=dict(learning_rate=learning_rate),
                  loop=dict(num_steps=steps, log_every=1, checkpoint_every=steps, progress=False, tensorboard=False,
                            async_checkpoints=False))
@@ -94,6 +94,35 @@ def test_held_out_batches_hold_the_hand_built_ids_and_the_loss_is_their_nll(tmp_
   assert out["data_report"]["kept"] == 8 and out["data_report"]["eval"]["kept"] == 6
 
 
+def _chatml_ids(messages):
+  """ChatML rendered byte by byte, the generation prompt appended."""
+  return [t for m in messages for t in [IM_START, *f"{m['role']}\n{m['content']}".encode(), IM_END, 10]] + [
+      IM_START, *b"assistant\n"]
+
+
+def test_turns_all_trains_every_assistant_turn_of_a_conversation(tmp_path, model_dir):
+  """data.turns="all": a held-out conversation with two assistant turns is two examples, each turn the response to
+  the messages before it (ids built by hand); "last" keeps only the final turn."""
+  u1, a1 = {"role": "user", "content": "What is 1 + 4?"}, {"role": "assistant", "content": "5"}
+  u2, a2 = {"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": "10"}
+  held_out = [{"messages": [SYSTEM, u1, a1, u2, a2]}]
+  expected = {"all": [(_chatml_ids([SYSTEM, u1]), b"5"), (_chatml_ids([SYSTEM, u1, a1, u2]), b"10")],
+              "last": [(_chatml_ids([SYSTEM, u1, a1, u2]), b"10")]}
+  for turns, examples in expected.items():
+    cfg = _cfg(tmp_path, model_dir, _rows(4) + held_out, held_out, turns=turns, max_length=128)
+    context = inputs_lib.stage_context(cfg, {})
+    train, records, report = inputs_lib.sft_records(cfg.data, context.world, context.tokenizer, cfg.seed)
+    batches = inputs_lib.eval_batches(records, context.tokenizer, cfg.data, "sft")
+    rows = [(ids[mask > 0].tolist(), loss[mask > 0].tolist()) for b in batches
+            for ids, mask, loss in zip(b["input_ids"], b["attention_mask"], b["loss_mask"]) if loss.any()]
+    assert rows == [(p + list(r) + [IM_END], [0] * len(p) + [1] * (len(r) + 1)) for p, r in examples]
+    assert len(train) == (6 if turns == "all" else 5)
+    if turns == "all":
+      assert report["turns"]["train"] == {"conversations": 5, "examples": 6, "unanswerable_turns": 0,
+                                          "line": report["turns"]["train"]["line"]}
+      assert report["turns"]["eval"]["examples"] == 2
+
+
 def _as_pairs(rows):
   """The same examples as preference pairs: chosen = the completion, a rejected the sft stage never reads."""
   pairs = []
@@ -125,5 +154,7 @@ def test_stages_that_need_pairs_refuse_the_format(tmp_path):
   with pytest.raises(ConfigError, match=r"config\.data\.format.*'sft'.*pairwise"):
     from_config(dict(data=data), reward.RewardConfig, path="config")
   assert from_config(dict(data=data), sft.SFTConfig, path="config").data.format == "sft"
+  with pytest.raises(ConfigError, match=r"config\.data\.turns: 'all' splits SFT conversations"):
+    from_config(dict(data=dict(data, format="chat", turns="all")), sft.SFTConfig, path="config")
   with pytest.raises(ConfigError, match=r"config\.data\.columns\.answer: unknown for config\.data\.format='sft'"):
     from_config(dict(data=dict(data, columns={"answer": "a"})), sft.SFTConfig, path="config")
