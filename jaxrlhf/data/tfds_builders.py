@@ -6,8 +6,8 @@ Each example is one `Text` feature holding a record as JSON (records.record_to_j
 attribute vectors and every optional field survive; `RecordSource` turns a data source back into records.
 
 Builders:
-  - `preference_files`: the format adapters over local files (PreferenceFilesConfig: split -> paths, format,
-    columns, strict, seed). In lenient mode the per-split SkipReport is stored in the dataset's metadata
+  - `preference_files`: the format adapters over local files, any format (pairs, k-way, prompts, SFT examples)
+    (PreferenceFilesConfig: split -> paths, format, columns, strict, seed). In lenient mode the per-split SkipReport is stored in the dataset's metadata
     (`skip_report(builder)`), so the counts travel with the prepared data.
   - `synthetic_world`: pairs from `jaxrlhf.data.synthetic` (SyntheticWorldConfig: seed, pairs per split, extra
     WorldConfig fields): `World(WorldConfig(seed=..., **world_kwargs)).preference_records(num_pairs, split)`.

@@ -9,7 +9,7 @@ import pytest
 
 import jaxrlhf.data
 from jaxrlhf.data import adapters, tfds_builders
-from jaxrlhf.data.records import PreferenceRecord, record_from_json, record_to_json
+from jaxrlhf.data.records import PreferenceRecord, SFTRecord, record_from_json, record_to_json
 
 CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Héllo ✓"}]
 
@@ -58,6 +58,19 @@ def test_preference_files_keeps_order_and_several_splits(tmp_path):
   source = tfds_builders.record_source(builder, "train")
   assert [source[i].prompt for i in range(len(source))] == [f"q{i}" for i in range(7)]
   assert len(tfds_builders.record_source(builder, "test")) == 1
+
+
+def test_sft_files_round_trip(tmp_path):
+  answer = [{"role": "assistant", "content": "Hi! ✓"}]
+  path = tmp_path / "sft.jsonl"
+  adapters.write_jsonl(path, [{"messages": CHAT[:1] + [{"role": "user", "content": "Hello"}] + answer},
+                              {"prompt": "plain", "completion": "text"}])
+  config = tfds_builders.PreferenceFilesConfig(splits={"train": [path]}, format="sft")
+  source = tfds_builders.record_source(tfds_builders.prepare(tfds_builders.PreferenceFiles, config,
+                                                             tmp_path / "tfds"), "train")
+  assert [source[i] for i in range(len(source))] == [
+      SFTRecord(CHAT[:1] + [{"role": "user", "content": "Hello"}], answer, "sft.jsonl:1"),
+      SFTRecord("plain", "text", "sft.jsonl:2")]
 
 
 def test_preference_files_strict_build_fails_on_bad_row(tmp_path):
