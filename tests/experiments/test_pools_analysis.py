@@ -88,6 +88,20 @@ def test_toolrl_tables_regenerate_from_its_pools():
     assert _json(script.toolrl(run)) == expected
 
 
+def test_toolrl_warm_start_tables_regenerate_from_its_pools():
+  script = _script("toolrl")
+  committed = json.loads((REPRO / "toolrl" / "analysis_warm.json").read_text())
+  runs = pools.seed_pools(REPRO / "toolrl" / "toolrl_warm_pools")
+  assert [r.parent.name for r in runs] == ["seed=0", "seed=1", "seed=2"]
+  for run in runs:
+    expected = {k: v for k, v in committed[run.parent.name].items() if k not in ("proxy", "contents")}
+    assert _json(script.toolrl(run)) == expected
+  for a, b in script.POOLED:
+    seeds, pooled = pools.pooled_constant_difference(runs, a, b)
+    assert committed["pooled"]["seeds"] == seeds == 3
+    assert committed["pooled"][f"constant_{a}_minus_{b}"] == _json(pooled)
+
+
 def test_mixed_r1_analysis_regenerates_from_its_pools(smollm2_gguf, hh_rlhf_file):
   """The Mixed-R1 section's numbers: rules (A)-(C), check (D) and BMAS recomputed from the decoded samples (equal to
   the run's scores) from the committed pools, SmolLM2's tokenizer and the HH file the config reads."""
