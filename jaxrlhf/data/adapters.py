@@ -25,11 +25,12 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
 - "kway": `prompt`, `completions` (texts, message lists, or ultrafeedback-style dicts), and `scores` (or dict
   scores) or `best_index` -> KWayRecord for best-of-k evaluation. A row with both is kept (by its scores) only
   when `best_index` is a top-scored completion; otherwise it is a bad row ("bad_field").
-- "sft": supervised fine-tuning examples -> SFTRecord, in either of TRL's SFT layouts: `prompt` (text or messages
-  ending with a user or tool turn) and `completion` (text, or a list of one assistant message), or `messages` (a
+- "sft": supervised fine-tuning examples -> SFTRecord, in any of TRL's SFT layouts: `prompt` (text or messages
+  ending with a user or tool turn) and `completion` (text, or a list of one assistant message); `messages` (a
   conversation whose last message is the assistant's: the prompt is every message before it, the response is that
-  last message). A row holding both layouts is a bad row unless `columns` names the columns of one of them, which is
-  then the only one read. The record's response is the final assistant turn; a conversation with earlier
+  last message); or `text` (language modeling: the whole text is the response to an empty prompt, so every token but
+  the first, which has no context, is a target; no BOS is added, as for any text prompt here). A row holding more
+  than one layout is a bad row unless `columns` names the columns of one of them, which is then the only one read. The record's response is the final assistant turn; a conversation with earlier
   assistant turns keeps them in the prompt and is counted as the note "sft_earlier_assistant_turns" (the sft stage
   trains on them too with `data.turns="all"`, `transforms.every_assistant_turn`).
 - "prompts": prompts for the online stages -> PromptRecord. The prompt is the `prompt` column (text, or a list of
@@ -84,7 +85,7 @@ DEFAULT_COLUMNS = {
     "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
              "response": "response", "score": "overall_score", "subset": "subset"},
     "prompts": {"prompt": "prompt", "messages": "messages"},
-    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages"},
+    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages", "text": "text"},
     "m_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "language": "language",
                       "subset": "source", "id": "id"},
     "rag_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "scenario": "scenario",
@@ -559,17 +560,17 @@ def _chat_prompt(value: Any, col: str) -> list[dict[str, str]]:
 def _parse_sft(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None) -> SFTRecord:
   c = config.column
   # The layouts a row may use: the one whose columns `columns` names, else both.
-  layouts = {"completion": ("prompt", "completion"), "messages": ("messages",)}
+  layouts = {"completion": ("prompt", "completion"), "messages": ("messages",), "text": ("text",)}
   named = [k for k, cols in layouts.items() if any(col in config.columns for col in cols)] or list(layouts)
   present = [k for k in named if any(row.get(c(col)) is not None for col in layouts[k])]
+  shown = {k: " + ".join(repr(c(col)) for col in layouts[k]) for k in layouts}
   if not present:
-    wanted = " or ".join(f"{c('prompt')!r} + {c('completion')!r}" if k == "completion" else repr(c("messages"))
-                         for k in named)
-    raise errors.RecordError(errors.MISSING_FIELD, f"need column {wanted}")
+    raise errors.RecordError(errors.MISSING_FIELD, f"need column {' or '.join(shown[k] for k in named)}")
   if len(present) > 1:
-    raise errors.RecordError(errors.BAD_FIELD, f"both {c('prompt')!r} / {c('completion')!r} and {c('messages')!r} "
-                             "are set; name the columns to read in columns (e.g. columns={'messages': "
-                             + repr(c("messages")) + "})")
+    raise errors.RecordError(errors.BAD_FIELD, f"{' and '.join(shown[k] for k in present)} are all set; name the "
+                             "columns to read in columns (e.g. columns={'messages': " + repr(c("messages")) + "})")
+  if present[0] == "text":
+    return _make(SFTRecord, where, prompt="", response=_text(row[c("text")], c("text")))
   if present[0] == "messages":
     messages = _messages(row[c("messages")], c("messages"))
     if messages[-1]["role"] != "assistant":

@@ -29,6 +29,7 @@ def test_both_layouts_give_prompt_and_response(tmp_path):
       {"prompt": [USER], "completion": "4"},
       {"messages": [SYSTEM, USER, ANSWER]},
       {"messages": [USER, ANSWER, later, {"role": "assistant", "content": "6"}]},
+      {"text": "Plain text to model."},
   ])
   assert records == [
       SFTRecord("Q: 2+2?\nA:", " 4", "sft.jsonl:1"),
@@ -37,8 +38,9 @@ def test_both_layouts_give_prompt_and_response(tmp_path):
       SFTRecord([SYSTEM, USER], [ANSWER], "sft.jsonl:4"),
       # Only the last assistant turn is the response; the earlier one is context (and counted).
       SFTRecord([USER, ANSWER, later], [{"role": "assistant", "content": "6"}], "sft.jsonl:5"),
+      SFTRecord("", "Plain text to model.", "sft.jsonl:6"),  # language modeling: an empty prompt
   ]
-  assert report.kept == 5 and report.skipped == 0
+  assert report.kept == 6 and report.skipped == 0
   assert report.notes == {"sft_earlier_assistant_turns": 1}
 
 
@@ -53,8 +55,11 @@ def test_renamed_columns_read_only_the_named_layout(tmp_path):
 @pytest.mark.parametrize("row, reason, detail", [
     ({"prompt": "x"}, "missing_field", "column 'completion' is missing"),
     ({"completion": "x"}, "missing_field", "column 'prompt' is missing"),
-    ({"text": "x"}, "missing_field", "need column 'prompt' + 'completion' or 'messages'"),
-    ({"prompt": "x", "messages": [USER, ANSWER]}, "bad_field", "both 'prompt' / 'completion' and 'messages'"),
+    ({"body": "x"}, "missing_field", "need column 'prompt' + 'completion' or 'messages' or 'text'"),
+    ({"prompt": "x", "messages": [USER, ANSWER]}, "bad_field", "'prompt' + 'completion' and 'messages' are all set"),
+    ({"messages": [USER, ANSWER], "text": "x"}, "bad_field", "'messages' and 'text' are all set"),
+    ({"text": ""}, "empty_field", "text is empty"),
+    ({"text": ["a"]}, "non_string_content", "text must be a string"),
     ({"prompt": "x", "completion": ""}, "empty_field", "completion is empty"),
     ({"prompt": "x", "completion": 4}, "non_string_content", "completion must be a string"),
     ({"prompt": "x", "completion": [ANSWER, USER]}, "bad_messages", "roles ['assistant', 'user']; expected one"),

@@ -22,21 +22,24 @@ def _question(i):
   return f"What is {i} + {i + 3}?"
 
 
-def _rows(n, offset=0):
+def _rows(n, offset=0, layouts=5):
   """n examples cycling through the format's layouts: text prompt + completion, chat prompt + text completion,
-  chat prompt + assistant-message completion, and a messages conversation."""
+  chat prompt + assistant-message completion, a messages conversation, and (layouts=5) plain text."""
   rows = []
   for i in range(offset, offset + n):
     user, answer = {"role": "user", "content": _question(i)}, str(2 * i + 3)
     rows.append([{"prompt": _question(i) + " ", "completion": answer},
                  {"prompt": [user], "completion": answer},
                  {"prompt": [SYSTEM, user], "completion": [{"role": "assistant", "content": answer}]},
-                 {"messages": [SYSTEM, user, {"role": "assistant", "content": answer}]}][i % 4])
+                 {"messages": [SYSTEM, user, {"role": "assistant", "content": answer}]},
+                 {"text": f"{_question(i)} {answer}"}][i % layouts])
   return rows
 
 
 def _hand_ids(row):
   """(prompt ids, response ids) of a row: ChatML rendered byte by byte, the response's bytes + <|im_end|>."""
+  if "text" in row:  # Language modeling: no prompt.
+    return [], list(row["text"].encode()) + [IM_END]
   if "messages" in row:
     prompt, response = row["messages"][:-1], row["messages"][-1]["content"]
   else:
@@ -89,7 +92,8 @@ def test_held_out_batches_hold_the_hand_built_ids_and_the_loss_is_their_nll(tmp_
              "loss_mask": np.asarray([[0] * len(prompt_ids) + [1] * len(response_ids)], np.int32)}
     t, c = _numpy_nll(model(batch["input_ids"], batch["attention_mask"]), batch)
     total, count = total + t, count + c
-  assert count == sum(len(str(2 * i + 3)) + 1 for i in range(40, 46))
+  # A text row's first token has no context: not a target.
+  assert count == sum(len(str(2 * i + 3)) + 1 if i % 5 != 4 else len(held_out[i - 40]["text"]) for i in range(40, 46))
   assert out["metrics"]["eval/loss"] == pytest.approx(total / count, rel=1e-4)
   assert out["data_report"]["kept"] == 8 and out["data_report"]["eval"]["kept"] == 6
 
@@ -137,7 +141,7 @@ def _as_pairs(rows):
 
 
 def test_trains_exactly_as_on_the_same_examples_as_pairs(tmp_path, model_dir):
-  train, held_out = _rows(12), _rows(4, offset=40)
+  train, held_out = _rows(12, layouts=4), _rows(4, offset=40, layouts=4)
   losses = {}
   for fmt, (tr, ho) in (("sft", (train, held_out)), ("pairwise", (_as_pairs(train), _as_pairs(held_out)))):
     cfg = _cfg(tmp_path, model_dir, tr, ho, fmt=fmt, learning_rate=1e-2, steps=3)
