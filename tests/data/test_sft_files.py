@@ -96,6 +96,11 @@ def test_the_record_checks_its_own_fields():
     SFTRecord("p", [USER], "x.jsonl:3")
   with pytest.raises(ValueError, match="prompt: the last message has role 'assistant'"):
     SFTRecord([USER, ANSWER], "r")
+  with pytest.raises(ValueError, match=r"response: expected text or one assistant message, got roles "
+                                       r"\['assistant', 'assistant'\]"):
+    SFTRecord("p", [ANSWER, ANSWER])  # two turns in one response: refused, not only the wrong role
+  with pytest.raises(ValueError, match="prompt: message 0 has role 'robot'"):
+    SFTRecord([{"role": "robot", "content": "x"}, USER], "r")  # every prompt message is checked, not only the last
 
 
 def test_every_assistant_turn_makes_one_example_per_answerable_turn():
@@ -110,3 +115,58 @@ def test_every_assistant_turn_makes_one_example_per_answerable_turn():
                       conversation, opening, plain]
   # The greeting after the system message answers nothing: context only, and counted.
   assert counts == {"conversations": 3, "examples": 5, "unanswerable_turns": 1}
+
+
+CALL = {"role": "assistant", "content": "<tool_call>get_weather Paris</tool_call>"}
+TOOL = {"role": "tool", "content": "22 C"}
+SAID = {"role": "assistant", "content": "It is 22 C in Paris.\n"}
+
+
+def test_a_column_named_alone_selects_its_layout_and_a_null_column_is_absent(tmp_path):
+  # Naming only the completion column still reads the prompt + completion layout, and that one alone.
+  records, _ = _read(tmp_path, [{"prompt": "2+2?", "answer": "4", "messages": [USER, ANSWER]}],
+                     columns={"completion": "answer"})
+  assert records == [SFTRecord("2+2?", "4", "sft.jsonl:1")]
+  # A parquet file mixing the layouts stores each row's other columns as nulls: they are not "set".
+  path = tmp_path / "mixed.parquet"
+  pq.write_table(pa.Table.from_pylist([
+      {"prompt": None, "completion": None, "messages": [USER, ANSWER], "text": None},
+      {"prompt": "2+2?", "completion": "4", "messages": None, "text": None},
+      {"prompt": None, "completion": None, "messages": None, "text": "Plain."}]), path)
+  records, report = adapters.read_records(path, "sft")
+  assert records == [SFTRecord([USER], [ANSWER], "mixed.parquet:1"), SFTRecord("2+2?", "4", "mixed.parquet:2"),
+                     SFTRecord("", "Plain.", "mixed.parquet:3")]
+  assert report.skipped == 0
+
+
+def test_a_prompt_may_end_with_a_tool_result(tmp_path):
+  # The assistant's answer to a tool result: the prompt ends with the tool turn, in both chat layouts.
+  records, _ = _read(tmp_path, [{"prompt": [USER, CALL, TOOL], "completion": [SAID]},
+                                {"messages": [SYSTEM, USER, CALL, TOOL, SAID]}])
+  assert records == [SFTRecord([USER, CALL, TOOL], [SAID], "sft.jsonl:1"),
+                     SFTRecord([SYSTEM, USER, CALL, TOOL], [SAID], "sft.jsonl:2")]  # contents verbatim
+
+
+def test_earlier_assistant_turns_are_counted_in_every_chat_layout(tmp_path):
+  greeting = {"role": "assistant", "content": "Hi! Ask me anything."}
+  _, report = _read(tmp_path, [
+      {"prompt": [greeting, USER], "completion": "4"},  # prompt + completion; the assistant speaks first
+      {"prompt": [USER, ANSWER, USER], "completion": [ANSWER]},
+      {"messages": [greeting, USER, ANSWER]},
+      {"prompt": [SYSTEM, USER], "completion": "4"},  # no earlier assistant turn
+      {"prompt": "Assistant: hi\nUser: 2+2?", "completion": "4"},  # text: not a conversation
+  ])
+  assert report.kept == 5 and report.notes == {"sft_earlier_assistant_turns": 3}
+
+
+def test_every_assistant_turn_answers_tool_results_and_keeps_record_order():
+  from jaxrlhf.data.transforms import every_assistant_turn
+  later = {"role": "user", "content": "And tomorrow?"}
+  agent = SFTRecord([USER, CALL, TOOL, SAID, later], [CALL])  # no source
+  greeting = {"role": "assistant", "content": "Hi!"}  # the first message: it answers nothing
+  six = {"role": "assistant", "content": "6"}
+  opener = SFTRecord([greeting, USER, ANSWER, later], [six], "f:2")
+  examples, counts = every_assistant_turn([agent, opener])
+  assert examples == [SFTRecord([USER], [CALL]), SFTRecord([USER, CALL, TOOL], [SAID]), agent,
+                      SFTRecord([greeting, USER], [ANSWER], "f:2#turn2"), opener]
+  assert counts == {"conversations": 2, "examples": 5, "unanswerable_turns": 1}

@@ -38,6 +38,7 @@ def world():
     ({"algorithm": "ppo", "kl_mode": "reward", "old_logps": "rollout"}, "loss.old_logps", "algorithm 'ppo'"),
     ({"algorithm": "grpo", "kl_mode": "none", "beta": 0.1}, "loss.beta", "kl_mode='none' leaves out"),
     ({"algorithm": "ppo", "kl_mode": "none", "beta": 0.2}, "loss.beta", "kl_mode='none' leaves out"),
+    ({"algorithm": "rloo", "kl_mode": "none", "beta": 0.01}, "loss.beta", "kl_mode='none' leaves out"),  # < default
 ])
 def test_ignored_keys_are_refused(loss, key, says):
   with pytest.raises(ConfigError, match=rf"^config\.{key}: .*{says}"):

@@ -125,6 +125,8 @@ def test_turns_all_trains_every_assistant_turn_of_a_conversation(tmp_path, model
       assert report["turns"]["train"] == {"conversations": 5, "examples": 6, "unanswerable_turns": 0,
                                           "line": report["turns"]["train"]["line"]}
       assert report["turns"]["eval"]["examples"] == 2
+      assert "(train): 5 conversations -> 6 examples" in report["turns"]["train"]["line"]
+      assert "(eval): 1 conversations -> 2 examples" in report["turns"]["eval"]["line"]
 
 
 def _as_pairs(rows):
