@@ -62,13 +62,15 @@ def pooled_constant_difference(runs: Sequence[pathlib.Path], a: str, b: str) -> 
 
 
 def write_pooled(result: dict, runs: Sequence[pathlib.Path], out_path: pathlib.Path, a: str, b: str,
-                 a_name: str = "") -> None:
+                 a_name: str = "", also: Sequence[tuple[str, str]] = ()) -> None:
   """Adds the pooled constant(a) - constant(b) over the seeds' pools `runs` to `result["pooled"]` (key
-  "constant_<a_name or a>_minus_<b>"), prints it and writes `result` to out_path as JSON."""
-  a_name = a_name or a
-  seeds, pooled = pooled_constant_difference(runs, a, b)
-  result["pooled"] = {"seeds": seeds, f"constant_{a_name}_minus_{b}": pooled}
-  print(f"pooled over {seeds} seeds: constant({a_name}) - constant({b}): {fmt(pooled)}")
+  "constant_<a_name or a>_minus_<b>"), then likewise each further pair (a', b') of `also` (key
+  "constant_<a'>_minus_<b'>"), prints them and writes `result` to out_path as JSON."""
+  result["pooled"] = {}
+  for name, x, y in [(a_name or a, a, b)] + [(x, x, y) for x, y in also]:
+    seeds, pooled = pooled_constant_difference(runs, x, y)
+    result["pooled"].update({"seeds": seeds, f"constant_{name}_minus_{y}": pooled})
+    print(f"pooled over {seeds} seeds: constant({name}) - constant({y}): {fmt(pooled)}")
   with open(out_path, "w") as f:
     json.dump(result, f, indent=1)
 

@@ -16,6 +16,6 @@ from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PreferenceRecord,
 
 __all__ = [
     "AdapterConfig", "FORMATS", "iter_records", "read_prompt_records", "read_records", "RecordError", "SkipReport",
-    "format_skip_report", "BenchmarkRecord", "KWayRecord", "PreferenceRecord", "PromptRecord", "SFTRecord", "as_messages",
-    "record_from_json", "record_to_json", "response_text",
+    "format_skip_report", "BenchmarkRecord", "KWayRecord", "PreferenceRecord", "PromptRecord", "SFTRecord",
+    "as_messages", "record_from_json", "record_to_json", "response_text",
 ]

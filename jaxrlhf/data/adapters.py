@@ -30,9 +30,10 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   conversation whose last message is the assistant's: the prompt is every message before it, the response is that
   last message); or `text` (language modeling: the whole text is the response to an empty prompt, so every token but
   the first, which has no context, is a target; no BOS is added, as for any text prompt here). A row holding more
-  than one layout is a bad row unless `columns` names the columns of one of them, which is then the only one read. The record's response is the final assistant turn; a conversation with earlier
-  assistant turns keeps them in the prompt and is counted as the note "sft_earlier_assistant_turns" (the sft stage
-  trains on them too with `data.turns="all"`, `transforms.every_assistant_turn`).
+  than one layout is a bad row unless `columns` names the columns of one of them, which is then the only one read.
+  The record's response is the final assistant turn; a conversation with earlier assistant turns keeps them in the
+  prompt and is counted as the note "sft_earlier_assistant_turns" (the sft stage trains on them too with
+  `data.turns="all"`, `transforms.every_assistant_turn`).
 - "prompts": prompts for the online stages -> PromptRecord. The prompt is the `prompt` column (text, or a list of
   messages as in TRL's conversational format) or the `messages` column (a list of messages); a row holding both
   is a bad row unless `columns` names only one of them, which is then the only one read. Chat messages must end

@@ -10,9 +10,9 @@ A question template is (question text, gold SQL, parameter) over one database: s
 aggregate, group-by and order/limit queries; the parameter takes each value of a column of the data (a city, a
 category, a name) or of a fixed list (a threshold, a count). A problem is (db_id, template, value); only problems
 whose gold query returns at least one non-NULL value are kept (an aggregate over no rows, e.g. the SUM of a
-customer's orders when there are none, returns one all-NULL row, which any query that finds nothing would match). The "train" and "eval" splits draw from DISJOINT problems (a
-problem is held out when its hash with the seed falls below `eval_share`), with replacement, and row i does not
-depend on n. A row is
+customer's orders when there are none, returns one all-NULL row, which any query that finds nothing would match).
+The "train" and "eval" splits draw from DISJOINT problems (a problem is held out when its hash with the seed falls
+below `eval_share`), with replacement, and row i does not depend on n. A row is
 
     {"prompt": [{"role": "user", "content": <schema DDL> <question> <instruction>}], "gold_sql": "SELECT ...",
      "db_id": "shop", "id": "train-0"}

@@ -7,8 +7,9 @@ attribute vectors and every optional field survive; `RecordSource` turns a data 
 
 Builders:
   - `preference_files`: the format adapters over local files, any format (pairs, k-way, prompts, SFT examples)
-    (PreferenceFilesConfig: split -> paths, format, columns, strict, seed). In lenient mode the per-split SkipReport is stored in the dataset's metadata
-    (`skip_report(builder)`), so the counts travel with the prepared data.
+    (PreferenceFilesConfig: split -> paths, format, columns, strict, seed). In lenient mode the per-split
+    SkipReport is stored in the dataset's metadata (`skip_report(builder)`), so the counts travel with the prepared
+    data.
   - `synthetic_world`: pairs from `jaxrlhf.data.synthetic` (SyntheticWorldConfig: seed, pairs per split, extra
     WorldConfig fields): `World(WorldConfig(seed=..., **world_kwargs)).preference_records(num_pairs, split)`.
 

@@ -164,8 +164,8 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SFTDataSpec(DataSpec):
-  """The sft stage's DataSpec: files may also be SFT examples (`format="sft"`: prompt + completion, or messages;
-  see jaxrlhf.data.adapters), besides the preference formats, whose chosen responses it trains on.
+  """The sft stage's DataSpec: files may also be SFT examples (`format="sft"`: prompt + completion, messages or
+  text; see jaxrlhf.data.adapters), besides the preference formats, whose chosen responses it trains on.
 
   turns: an SFT conversation's assistant turns that carry the loss: "last" (the file's response; earlier turns are
     context) or "all" (`transforms.every_assistant_turn`: one example per answerable assistant turn, each with the
@@ -353,21 +353,24 @@ def sft_records(data: DataSpec, world: Any, tokenizer: Any = None, seed: int = 0
                                world.sft_records(max(data.num_eval, 1), "validation")[:data.num_eval], {})
   else:
     train, held_out, report = read_files(data)
-  if getattr(data, "turns", "last") == "all":
-    report = dict(report, turns={})
-    for split, records in (("train", train), ("eval", held_out)):
-      expanded, counts = transforms.every_assistant_turn(records)
-      counts["line"] = (f"turns 'all' ({split}): {counts['conversations']} conversations -> {counts['examples']} "
-                        f"examples, one per assistant turn ({counts['unanswerable_turns']} assistant turns after a "
-                        "system or assistant message kept as context only)")
-      print(f"[data] {counts['line']}", flush=True)
-      report["turns"][split] = counts
-      train, held_out = (expanded, held_out) if split == "train" else (train, expanded)
+  if getattr(data, "turns", "last") == "all":  # SFTDataSpec only: the other stages' DataSpec has no `turns`.
+    (train, train_counts), (held_out, eval_counts) = _every_turn(train, "train"), _every_turn(held_out, "eval")
+    report = dict(report, turns={"train": train_counts, "eval": eval_counts})
   if data.goal_fraction > 0:
     role = tokenizer.supports_system_role
     train = transforms.goal_format_records(train, data.goal_fraction, seed, supports_system_role=role)
     held_out = transforms.goal_format_records(held_out, data.goal_fraction, seed + 1, supports_system_role=role)
   return train, held_out, report
+
+
+def _every_turn(records: list, split: str) -> tuple[list, dict]:
+  """`transforms.every_assistant_turn` of one split, its counts with a printed `line`."""
+  expanded, counts = transforms.every_assistant_turn(records)
+  counts["line"] = (f"turns 'all' ({split}): {counts['conversations']} conversations -> {counts['examples']} "
+                    f"examples, one per assistant turn ({counts['unanswerable_turns']} assistant turns after a "
+                    "system or assistant message kept as context only)")
+  print(f"[data] {counts['line']}", flush=True)
+  return expanded, counts
 
 
 def transform_pairs(records: list, data: DataSpec, tokenizer: Any) -> list:

@@ -22,8 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
-from experiments.analysis.pools import (bon, bootstrap, constant_P, fmt, pooled_constant_difference,  # noqa: E402
-                                       seed_pools)
+from experiments.analysis.pools import bon, bootstrap, constant_P, fmt, seed_pools, write_pooled  # noqa: E402
 
 REWARDS = ("exact", "coarse", "correct", "format", "toolrl")
 
@@ -100,13 +99,7 @@ def main(sweep: pathlib.Path, out_name: str = "analysis.json") -> None:
     a["proxy"] = {r: {"proxy@1": metrics[f"{r}/proxy@1"], "proxy@N": metrics[f"{r}/proxy@N"]} for r in REWARDS}
     a["contents"] = sample_contents(run, tokenizer)
     print(f"mean score / best of 8: {a['proxy']}\nsamples: {a['contents']}")
-  result["pooled"] = {}
-  for a, b in POOLED:
-    result["pooled"]["seeds"], pooled = pooled_constant_difference(runs, a, b)
-    result["pooled"][f"constant_{a}_minus_{b}"] = pooled
-    print(f"pooled over {len(runs)} seeds: constant({a}) - constant({b}): {fmt(pooled)}")
-  with open(HERE / out_name, "w") as f:
-    json.dump(result, f, indent=1)
+  write_pooled(result, runs, HERE / out_name, *POOLED[0], also=POOLED[1:])
 
 
 if __name__ == "__main__":
