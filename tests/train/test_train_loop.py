@@ -79,6 +79,20 @@ def test_resume_continues_exactly(tmp_path):
   assert again["metrics"] == ref["metrics"]
 
 
+def test_a_workdir_past_num_steps_is_refused_not_reported_as_done(tmp_path):
+  kind, full = toy_stage(loop__tensorboard=False)
+  _, shorter = toy_stage(loop__num_steps=8, loop__tensorboard=False)
+  kind.run(full, str(tmp_path), {})
+  os.remove(tmp_path / "results.json")
+  with pytest.raises(ValueError, match=r"newest checkpoint is step 12, past num_steps=8; raise num_steps to at "
+                     r"least 12 to resume, or use a fresh workdir"):
+    kind.run(shorter, str(tmp_path), {})
+  assert not (tmp_path / "results.json").exists()
+  kind.run(full, str(tmp_path), {})  # At num_steps it is a finished run, reported as done.
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["status"] == "done" and results["step"] == 12
+
+
 def test_nan_guard_stops_and_keeps_last_finite_checkpoint(tmp_path):
   kind, cfg = toy_stage("nan", loop__tensorboard=False)  # The batch of update 5 is NaN.
   with pytest.raises(NonFiniteError) as e:
