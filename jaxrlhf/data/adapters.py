@@ -6,8 +6,12 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   `margin`, `chosen_attributes`, `rejected_attributes` (lists of numbers), `annotator`, `subset`.
 - "chat": `chosen` and `rejected` are message lists. The responses are the messages after the longest shared
   leading run of messages; the prompt is the optional `prompt` column (text or messages) or else that shared run.
-  Each response must be one message of role "assistant" (a multi-turn continuation is a bad_messages row: encoded
-  as text + EOS it would lose the turn markers). Same optional columns as "pairwise".
+  A response is one assistant message or a multi-turn continuation that starts and ends with the assistant's turn
+  (tool results, user turns between; no system message; the prompt must then be messages): its turn markers come
+  from the chat template (`tokenize.response_text_under_template`) and every token of it is scored, as in TRL. Such
+  rows are counted as the note "chat_multi_turn_response"; other role layouts are bad_messages rows. Message keys
+  other than role and content that hold something (tool_calls, reasoning_content, name, weight, ...) make a
+  bad_messages row in every format: they would be lost. Same optional columns as "pairwise".
 - "hh": Anthropic HH-RLHF: `chosen`, `rejected` are dialogues of "\n\nHuman:" / "\n\nAssistant:" turns. The prompt
   is the shared dialogue up to and including the final "\n\nAssistant:" marker; the responses are the final
   assistant turns with exactly one leading space removed (HH writes "Assistant: text"). When the two dialogues
@@ -69,7 +73,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxrlhf.data import errors
 from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord,
-                                  SFTRecord, VALID_ROLES)
+                                  SFTRecord, VALID_ROLES, response_problem)
 
 # The file types `iter_rows` reads.
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -252,17 +256,28 @@ def _optional_vector(row: Mapping, col: str) -> tuple[float, ...] | None:
 
 
 def _messages(value: Any, col: str) -> list[dict[str, str]]:
-  """A validated, normalized ({"role", "content"} only) message list."""
+  """A validated message list, normalized to {"role", "content"} dicts; a message with any other key that holds
+  something (not null or empty) is a bad_messages row."""
   if not isinstance(value, (list, tuple)):
     raise errors.RecordError(errors.BAD_MESSAGES, f"{col} must be a list of messages, got {type(value).__name__}")
   if not value:
     raise errors.RecordError(errors.EMPTY_FIELD, f"{col} has no messages")
   out = []
   for i, m in enumerate(value):
-    if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+    if not isinstance(m, Mapping) or "role" not in m:
       raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] must be a dict with 'role' and 'content'")
     if m["role"] not in VALID_ROLES:
       raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] has role {m['role']!r}; valid: {VALID_ROLES}")
+    # Only role and content are read. A key holding something else (tool_calls, reasoning_content, name, weight)
+    # would be lost without a trace, changing the text the model sees, so the row is refused. Null or empty values
+    # carry nothing (a parquet struct column gives every message every field, mostly null).
+    extra = sorted(k for k, v in m.items() if k not in ("role", "content") and v not in (None, "", [], {}))
+    if extra:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] (role {m['role']!r}) has key(s) {extra}; only "
+                               "'role' and 'content' are read, so they would be lost: fold what they hold into "
+                               "content (e.g. a tool call as a <tool_call> block) or drop the key")
+    if "content" not in m:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] must be a dict with 'role' and 'content'")
     out.append({"role": m["role"], "content": _text(m["content"], f"{col}[{i}].content")})
   return out
 
@@ -307,7 +322,8 @@ def _parse_pairwise(row: Mapping, config: AdapterConfig, where: str) -> Preferen
                **_pair_extras(row, config))
 
 
-def _parse_chat(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRecord:
+def _parse_chat(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None
+                ) -> PreferenceRecord:
   c = config.column
   chosen = _messages(_required(row, c("chosen")), c("chosen"))
   rejected = _messages(_required(row, c("rejected")), c("rejected"))
@@ -317,18 +333,6 @@ def _parse_chat(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRe
   chosen_response, rejected_response = chosen[shared:], rejected[shared:]
   if not chosen_response and not rejected_response:
     raise errors.RecordError(errors.IDENTICAL_RESPONSES, "chosen and rejected messages are identical")
-  for name, response in (("chosen", chosen_response), ("rejected", rejected_response)):
-    if not response:
-      raise errors.RecordError(errors.EMPTY_FIELD, f"{c(name)} has no messages after the shared prefix")
-    if response[0]["role"] != "assistant":
-      raise errors.RecordError(errors.BAD_MESSAGES, f"{c(name)}: the first response message has role "
-                               f"{response[0]['role']!r}, expected 'assistant'")
-    if len(response) > 1:
-      # A response is encoded as its text + EOS (data.tokenize.encode_response); later turns would be glued to it
-      # without the chat template's turn markers, and a user turn trained on as if the assistant had written it.
-      raise errors.RecordError(errors.BAD_MESSAGES, f"{c(name)}: {len(response)} messages after the shared prefix "
-                               f"(roles {[m['role'] for m in response]}); a response must be one assistant "
-                               "message (multi-turn continuations are not supported)")
   if row.get(c("prompt")) is not None:
     prompt = _prompt(row[c("prompt")], c("prompt"))
   elif shared:
@@ -336,6 +340,14 @@ def _parse_chat(row: Mapping, config: AdapterConfig, where: str) -> PreferenceRe
   else:
     raise errors.RecordError(errors.MISSING_FIELD, f"no column {c('prompt')!r} and {c('chosen')} / "
                              f"{c('rejected')} share no leading messages")
+  for name, response in (("chosen", chosen_response), ("rejected", rejected_response)):
+    if not response:
+      raise errors.RecordError(errors.EMPTY_FIELD, f"{c(name)} has no messages after the shared prefix")
+    problem = response_problem(response, prompt)
+    if problem:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{c(name)} after the shared prefix: {problem}")
+  if report is not None and max(len(chosen_response), len(rejected_response)) > 1:
+    report.note("chat_multi_turn_response")
   return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen_response, rejected=rejected_response,
                **_pair_extras(row, config))
 
@@ -448,6 +460,10 @@ def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
   c = config.column
   prompt = _prompt(_required(row, c("prompt")), c("prompt"))
   texts, scores = _completions(row, config, allow_messages=True)
+  for i, completion in enumerate(texts):
+    problem = response_problem(completion, prompt)
+    if problem:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{c('completions')}[{i}]: {problem}")
   best_index = row.get(c("best_index"))
   if best_index is not None and (isinstance(best_index, bool) or not isinstance(best_index, int)):
     raise errors.RecordError(errors.BAD_FIELD, f"{c('best_index')} must be an integer, got {best_index!r}")
@@ -608,7 +624,7 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
   if config.format == "pairwise":
     return _parse_pairwise(row, config, where)
   if config.format == "chat":
-    return _parse_chat(row, config, where)
+    return _parse_chat(row, config, where, report)
   if config.format == "hh":
     return _parse_hh(row, config, where, report)
   if config.format == "ultrafeedback":

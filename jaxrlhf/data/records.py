@@ -1,7 +1,8 @@
 """The canonical records every adapter, transform and pipeline stage exchanges.
 
 A prompt is either plain text or a list of chat messages ({"role": ..., "content": ...}); a response is
-plain text or a list of assistant messages. Scores may be on any scale (NaN-free; absent is None).
+plain text or a list of messages: one assistant message, or a multi-turn continuation of a chat prompt that starts
+and ends with the assistant's turn (tool results or user turns in between; see `response_problem`). Scores may be on any scale (NaN-free; absent is None).
 An `SFTRecord` is a prompt and the one response supervised fine-tuning trains on.
 A `PromptRecord` is a prompt alone (for the online stages, which generate the responses) plus the extra columns
 its reward functions read (reference answers, test cases, metadata).
@@ -59,6 +60,11 @@ class PreferenceRecord:
         and len(self.chosen_attributes) != len(self.rejected_attributes)):
       raise ValueError(f"{self.source or 'record'}: chosen_attributes and rejected_attributes must both be "
                        "given with equal length, or both be absent")
+
+    for name in ("chosen", "rejected"):
+      problem = response_problem(getattr(self, name), self.prompt)
+      if problem:
+        raise ValueError(f"{self.source or 'record'}: {name}: {problem}")
 
   def swapped(self) -> "PreferenceRecord":
     """The same pair with chosen and rejected (and their scores/attributes) exchanged."""
@@ -123,6 +129,10 @@ class KWayRecord:
         raise ValueError(f"{where}: scores must be finite, got {self.scores}")
     if self.best_index is not None and not 0 <= self.best_index < len(self.completions):
       raise ValueError(f"{where}: best_index {self.best_index} outside [0, {len(self.completions)})")
+    for i, completion in enumerate(self.completions):
+      problem = response_problem(completion, self.prompt)
+      if problem:
+        raise ValueError(f"{where}: completions[{i}]: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,12 +183,44 @@ class BenchmarkRecord:
       raise ValueError(f"{self.pair.source or 'record'}: group must be a non-empty string, got {self.group!r}")
 
 
+def response_problem(response: Response, prompt: Prompt) -> str | None:
+  """What is wrong with `response` as an answer to `prompt`, or None.
+
+  A response is text, or messages that start with the assistant's turn and end with it (the last assistant message
+  is what the end token follows); between them may come tool results, user turns and further assistant turns, but
+  no system message. Several messages continue a chat, so they need a chat (messages) prompt: their turn markers
+  come from the chat template (`tokenize.response_text_under_template`).
+  """
+  if isinstance(response, str):
+    return None
+  try:
+    validate_messages(response, "response")
+  except ValueError as e:
+    return str(e).removeprefix("response: ")
+  roles = [m["role"] for m in response]
+  if roles[0] != "assistant" or roles[-1] != "assistant":
+    return f"roles {roles}: a response starts and ends with the assistant's turn"
+  if "system" in roles:
+    return f"roles {roles}: a system message inside a response"
+  if len(response) > 1 and isinstance(prompt, str):
+    return (f"{len(response)} messages (roles {roles}) after a text prompt: a multi-turn response continues a chat, "
+            "so the prompt must be messages (the turn markers come from the chat template)")
+  return None
+
+
 def response_text(response: Response) -> str:
-  """The text of a response: itself, or the content of its assistant message (the chat adapter keeps one; a list of
-  several is joined as is, without turn markers)."""
+  """The text of a response: itself, or the content of its one assistant message.
+
+  Raises:
+    ValueError: the response has several messages: its text includes the turn markers of a chat template, see
+      `tokenize.response_text_under_template`.
+  """
   if isinstance(response, str):
     return response
-  return "".join(m["content"] for m in response)
+  if len(response) != 1:
+    raise ValueError(f"a response of {len(response)} messages has no text without a chat template; use "
+                     "jaxrlhf.data.tokenize.response_text_under_template(tokenizer, response, prompt)")
+  return response[0]["content"]
 
 
 def as_messages(prompt: Prompt) -> list[Message]:

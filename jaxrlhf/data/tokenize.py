@@ -2,7 +2,9 @@
 
 Tokenizers follow the protocol in docs/design.md. A text prompt is encoded as is; a chat prompt is rendered with
 `apply_chat_template(messages, add_generation_prompt=True)` and then encoded; a response is
-`encode(response_text) + [eos_id]`. Encoding never adds special tokens (templates carry their own).
+`encode(text) + [eos_id]`, where the text of one assistant message is its content and the text of a multi-turn
+continuation is rendered by the chat template (`response_text_under_template`). Encoding never adds special tokens
+(templates carry their own).
 
 Truncation (`truncate`), for a prompt and its response(s):
   1. a prompt longer than `max_prompt_length` keeps its last `max_prompt_length` tokens (the end of a dialogue is
@@ -49,9 +51,38 @@ def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
                                add_special_tokens=False))
 
 
-def encode_response(tokenizer: Any, response: Response) -> list[int]:
-  """Response token ids: the text (assistant messages' contents joined) followed by eos_id."""
-  return list(tokenizer.encode(response_text(response), add_special_tokens=False)) + [tokenizer.eos_id]
+def response_text_under_template(tokenizer: Any, response: Response, prompt: Prompt | None = None) -> str:
+  """The text a response is encoded from, before its end token.
+
+  Text is itself and one assistant message is its content, as a model writes them after the generation prompt. A
+  multi-turn continuation [assistant, (tool | user | assistant)..., assistant] of a chat prompt is what the chat
+  template renders between the prompt's generation header and the last assistant message's end: the earlier turns
+  with their markers and the header of the last turn, then the last message's content, so the eos that follows
+  closes the last turn as it closes a one-message response. Every token of it is a response token (TRL's DPO
+  likewise scores the whole continuation, tool results and user turns included).
+
+  Raises:
+    ValueError: several messages without a chat prompt, or a template that does not render the prompt as the start
+      of the longer conversation (the continuation would not be a suffix).
+  """
+  if isinstance(response, str) or len(response) == 1:
+    return response_text(response)
+  if prompt is None or isinstance(prompt, str):
+    raise ValueError(f"a response of {len(response)} messages continues a chat: it needs the prompt's messages")
+  head = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True)
+  upto_last = tokenizer.apply_chat_template(list(prompt) + list(response[:-1]), add_generation_prompt=True)
+  if not upto_last.startswith(head):
+    raise ValueError("the chat template renders the prompt differently once the response's turns follow it (e.g. "
+                     "it rewrites earlier turns), so a multi-turn response is not a continuation of the prompt's "
+                     f"text: prompt ends {head[-80:]!r}, the longer conversation has {upto_last[:len(head)][-80:]!r}")
+  return upto_last[len(head):] + response[-1]["content"]
+
+
+def encode_response(tokenizer: Any, response: Response, prompt: Prompt | None = None) -> list[int]:
+  """Response token ids: `response_text_under_template` encoded, then eos_id. `prompt` is needed (and only read)
+  for a multi-turn response."""
+  text = response_text_under_template(tokenizer, response, prompt)
+  return list(tokenizer.encode(text, add_special_tokens=False)) + [tokenizer.eos_id]
 
 
 def truncate(prompt_ids: Sequence[int], response_ids: Sequence[Sequence[int]], config: TruncationConfig
@@ -87,7 +118,8 @@ def tokenize_pair(record: Any, tokenizer: Any, config: TruncationConfig, num_att
   `weight` is the record's `weight` attribute when it has one (e.g. from a transform), else 1.
   """
   kept = truncate(encode_prompt(tokenizer, record.prompt),
-                  [encode_response(tokenizer, record.chosen), encode_response(tokenizer, record.rejected)], config)
+                  [encode_response(tokenizer, record.chosen, record.prompt),
+                   encode_response(tokenizer, record.rejected, record.prompt)], config)
   if kept is None:
     return {"dropped": 1}
   prompt_ids, (chosen_ids, rejected_ids), flags = kept
@@ -113,14 +145,25 @@ def tokenize_pair(record: Any, tokenizer: Any, config: TruncationConfig, num_att
 def tokenize_sft(record: Any, tokenizer: Any, config: TruncationConfig) -> dict:
   """An SFT example -> {"prompt", "response": int32 ids, flags} or {"dropped": 1}.
 
-  Accepts a record with `prompt` and `response` (e.g. the synthetic world's SFTRecord), a PreferenceRecord
-  (trains on `chosen`), or a mapping {"prompt": ..., "response": ...}.
+  Accepts a record with `prompt` and `response` (an SFTRecord), a PreferenceRecord (trains on `chosen`), or a
+  mapping {"prompt": ..., "response": ...}.
+
+  Raises:
+    ValueError: the response has several messages. SFT puts the loss on every response token, so the tool results
+      or user turns inside it would be trained as if the model had written them; a conversation file
+      (`format="sft"`, `messages` layout) with `turns="all"` trains each assistant turn instead.
   """
   if isinstance(record, Mapping):
     prompt, response = record["prompt"], record["response"]
   else:
     prompt, response = record.prompt, getattr(record, "response", None)
     response = record.chosen if response is None else response
+  if not isinstance(response, str) and len(response) > 1:
+    where = record.get("source") if isinstance(record, Mapping) else getattr(record, "source", None)
+    raise ValueError(f"{where or 'record'}: a response of {len(response)} messages (roles "
+                     f"{[m['role'] for m in response]}) cannot be an SFT target: its non-assistant turns would be "
+                     "trained as the model's own; for multi-turn SFT give the conversations as an SFT file "
+                     "(data.format='sft', a 'messages' column) with data.turns='all'")
   kept = truncate(encode_prompt(tokenizer, prompt), [encode_response(tokenizer, response)], config)
   if kept is None:
     return {"dropped": 1}

@@ -282,7 +282,7 @@ def read_files(data: DataSpec) -> tuple[list, list, dict]:
   Held out: the records of `data.eval_paths`, all of them (`num_eval` caps only a held-out fraction, so that an
   evaluation file is scored whole), else the last round(N * eval_fraction) of the N records of `data.paths` (at
   most `num_eval` when > 0); `num_train` (> 0) keeps the first train records. The report holds the train files'
-  skip report {"kept", "skipped", "counts", "line"}, "eval" (the same for eval_paths), and "split" {"train",
+  skip report {"kept", "skipped", "counts", "notes", "line"}, "eval" (the same for eval_paths), and "split" {"train",
   "held_out", "unused_train" (train records past num_train), "line"}; each line is printed as `[data] ...`.
 
   Raises:
@@ -293,7 +293,8 @@ def read_files(data: DataSpec) -> tuple[list, list, dict]:
   line = format_skip_report(report, f"{data.format} {list(data.paths)}")
   logging.warning("%s", line)
   print(f"[data] {line}", flush=True)
-  summary = {"kept": report.kept, "skipped": report.skipped, "counts": dict(report.counts), "line": line}
+  summary = {"kept": report.kept, "skipped": report.skipped, "counts": dict(report.counts),
+             "notes": dict(report.notes), "line": line}
   if data.eval_paths:
     held_out, eval_report = read_records(list(data.eval_paths), adapter)
     eval_line = format_skip_report(eval_report, f"{data.format} eval {list(data.eval_paths)}")
@@ -301,7 +302,7 @@ def read_files(data: DataSpec) -> tuple[list, list, dict]:
     print(f"[data] {eval_line}", flush=True)
     summary["eval_skipped"] = eval_report.skipped
     summary["eval"] = {"kept": eval_report.kept, "skipped": eval_report.skipped, "counts": dict(eval_report.counts),
-                       "line": eval_line}
+                       "notes": dict(eval_report.notes), "line": eval_line}
     if not held_out:  # Held-out evaluation was asked for: running without it would be a silent change of plan.
       raise DataFileError(f"data.eval_paths: no usable records in {list(data.eval_paths)} ({eval_line})")
     held_out_from = "data.eval_paths"

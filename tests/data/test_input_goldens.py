@@ -4,18 +4,9 @@ each test below fails under a plausible one-line bug that the rest of tests/data
 import dataclasses
 
 import numpy as np
-import pytest
 
 from jaxrlhf.data import adapters, pipeline, tokenize
-from jaxrlhf.data.records import PreferenceRecord, response_text
-
-
-def test_response_text_concatenates_message_contents_without_a_separator():
-  # records.response_text's documented rule: the contents concatenated as they are (a separator, if a dataset
-  # wants one, belongs in the content, where the chat template would also have put it).
-  response = [{"role": "assistant", "content": "Let me check. "}, {"role": "assistant", "content": "Done."}]
-  assert response_text(response) == "Let me check. Done."
-  assert response_text("plain") == "plain"
+from jaxrlhf.data.records import PreferenceRecord
 
 
 def test_chat_response_is_the_one_assistant_message_after_the_shared_prefix(tmp_path):
@@ -27,22 +18,6 @@ def test_chat_response_is_the_one_assistant_message_after_the_shared_prefix(tmp_
   (record,), _ = adapters.read_records(path, "chat")
   assert record.prompt == chosen[:2]  # every shared leading message, not only the first
   assert (record.chosen, record.rejected) == (chosen[2:], rejected[2:])
-
-
-def test_a_multi_turn_continuation_is_a_counted_bad_row_not_glued_text(tmp_path):
-  # Encoded as text + EOS, the continuation's user turn would be trained on as assistant text without turn markers.
-  user = {"role": "user", "content": "Book a table."}
-  chosen = [user, {"role": "assistant", "content": "For how many?"}, {"role": "user", "content": "Two."},
-            {"role": "assistant", "content": "Booked."}]
-  rejected = [user, {"role": "assistant", "content": "No."}]
-  good = {"chosen": [user, {"role": "assistant", "content": "Yes."}], "rejected": rejected}
-  path = tmp_path / "c.jsonl"
-  adapters.write_jsonl(path, [{"chosen": chosen, "rejected": rejected}, good])
-  with pytest.raises(ValueError, match=r"c.jsonl:1: bad_messages: chosen: 3 messages after the shared prefix "
-                     r"\(roles \['assistant', 'user', 'assistant'\]\); a response must be one assistant message"):
-    adapters.read_records(path, "chat")
-  records, report = adapters.read_records(path, adapters.AdapterConfig("chat", strict=False))
-  assert len(records) == 1 and report.counts == {"bad_messages": 1}
 
 
 class _Words:
