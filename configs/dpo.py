@@ -1,7 +1,8 @@
 """DPO on the synthetic world: SFT a base policy, then DPO from it (reference = the SFT policy).
 
 Variants: default, smoke, resident (reference kept in memory instead of precomputed), ipo, mixed
-(loss_type = sigmoid + sft, the RPO recipe), dynamic_beta (MM-DPO beta from the judge-score margin), lora /
+(loss_type = sigmoid + sft, the RPO recipe), dynamic_beta (MM-DPO beta from the judge-score margin), ld (LD-DPO:
+tokens past a pair's shared response length weigh ld_alpha = 0.5 in both log-probs), lora /
 lora_smoke (LoRA adapters on every projection in both stages, base weights frozen; DPO's resident reference is the
 policy with its adapters off, so one copy of the weights is held).
 Any `dpo_loss` type: `--config.preference.loss.loss_type='("hinge",)'`.
@@ -10,7 +11,7 @@ Any `dpo_loss` type: `--config.preference.loss.loss_type='("hinge",)'`.
 
 from configs import _sections as S
 
-VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta", "lora", "lora_smoke")
+VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta", "ld", "lora", "lora_smoke")
 LORA = dict(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
 
 
@@ -31,6 +32,8 @@ def get_config(arg=None):
   elif variant == "mixed":
     config.preference.loss.loss_type = ("sigmoid", "sft")
     config.preference.loss.loss_weights = (1.0, 0.2)
+  elif variant == "ld":
+    config.preference.loss.ld_alpha = 0.5
   elif variant == "dynamic_beta":
     config.preference.data.margin_from = "score"
     config.preference.loss.dynamic_beta_w = 0.5

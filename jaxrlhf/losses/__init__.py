@@ -29,7 +29,7 @@ from jaxrlhf.losses.policy_variants import (VARIANTS, cispo_surrogate, dynamic_s
                                             policy_variant_loss, soft_overlong_penalty, variant_surrogate)
 from jaxrlhf.losses.ppo import (KL_CONTROLLERS, adaptive_kl_coef, clipped_value_loss, fixed_kl_coef, gae_advantages,
                                 masked_whiten, ppo_advantages, ppo_loss, update_kl_coef)
-from jaxrlhf.losses.preference import LOSS_TYPES, dpo_loss, dynamic_beta, f_divergence_scores
+from jaxrlhf.losses.preference import LOSS_TYPES, dpo_loss, dynamic_beta, f_divergence_scores, ld_sequence_logps
 from jaxrlhf.losses.reference_free import orpo_loss, simpo_loss
 from jaxrlhf.losses.reward import (adaptive_margin, attribute_regression_loss, bradley_terry_loss,
                                    preference_strength, scalarize_attributes)

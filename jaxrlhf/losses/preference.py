@@ -81,6 +81,36 @@ def check_label_smoothing(label_smoothing) -> None:
     raise ValueError(f"label_smoothing must lie in [0, 0.5); got {label_smoothing}")
 
 
+def ld_sequence_logps(token_logps_2BxT: jax.Array, mask_2BxT: jax.Array, ld_alpha: float) -> jax.Array:
+  """LD-DPO's length-desensitized sequence log-probs (Liu et al. 2024, "LD-DPO"; TRL's `ld_alpha`), (2B,) float32.
+
+  Rows [0, B) are the chosen responses and [B, 2B) the rejected ones of the same pairs. The first
+  l_p = min(|y_c|, |y_r|) response tokens of both responses of a pair (the "public" length) count fully, the
+  tokens past it are weighted by `ld_alpha`:
+      log pi(y) = sum_{t <= l_p} log pi(y_t | ...) + ld_alpha * sum_{t > l_p} log pi(y_t | ...),
+  so the longer response's excess tokens, whose sum drives DPO's length bias, are damped. `ld_alpha` = 1 is the
+  plain sum; 0 scores only the shared length. Apply it to the policy and the reference alike.
+
+  Args:
+    token_logps_2BxT: per-token log-probs, 0 off the response (as `train.scoring.pair_token_logps` returns).
+    mask_2BxT: 1 on each row's response tokens, in order along T (any positions: the t-th 1 of a row is token t).
+    ld_alpha: the weight of the tokens past the public length, in [0, 1].
+  """
+  if not 0.0 <= ld_alpha <= 1.0:
+    raise ValueError(f"ld_alpha must be in [0, 1], got {ld_alpha}")
+  if token_logps_2BxT.shape != mask_2BxT.shape or token_logps_2BxT.shape[0] % 2:
+    raise ValueError(f"token_logps_2BxT {token_logps_2BxT.shape} and mask_2BxT {mask_2BxT.shape} must have one "
+                     "shape with an even number of rows (chosen, then rejected)")
+  mask = to_f32(mask_2BxT)
+  position_2BxT = jnp.cumsum(mask, axis=-1)  # t on a row's t-th response token
+  lengths_2B = jnp.sum(mask, axis=-1)
+  b = lengths_2B.shape[0] // 2
+  public_B = jnp.minimum(lengths_2B[:b], lengths_2B[b:])
+  public_2B = jnp.concatenate([public_B, public_B])
+  weight_2BxT = jnp.where(position_2BxT <= public_2B[:, None], 1.0, ld_alpha) * mask
+  return jnp.sum(to_f32(token_logps_2BxT) * weight_2BxT, axis=-1)
+
+
 def dynamic_beta(beta0, reward_margin: jax.Array, w: float, k: float) -> jax.Array:
   """Dynamic reward scaling of MM-RLHF (Zhang et al. 2025, "MM-RLHF: The Next Step Forward in Multimodal LLM
   Alignment", Sec. 4 "MM-DPO"): beta_i = beta0 * (1 + w * (1 - exp(-k * delta_i))).

@@ -17,6 +17,9 @@ Dynamic beta (MM-DPO): beta_i = dynamic_beta(beta, margin_i, w, k) from the batc
 time by data.margin_from: the pair's score difference or a reward model's margin). `loss.dynamic_beta_mode=
 "dataset_mean"` trains plain DPO at the mean of those beta_i over the training pairs instead; either way the mean
 is reported as the metric `beta/mean`.
+LD-DPO (`loss.ld_alpha` < 1, algorithm "dpo"): the sequence log-probs of the policy and of the reference (resident
+or precomputed; the cache records ld_alpha and is recomputed when it differs) weight the tokens past a pair's
+shared response length by ld_alpha (`losses.preference.ld_sequence_logps`, TRL's `ld_alpha`).
 KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example. The reference point z0
 (`loss.kto_reference_point`) is, by default, the paper's KL estimate from MISMATCHED pairs ("mismatched": each of
 the 2B examples' prompts with the previous example's completion, as TRL's KTOTrainer shifts completions by one;
@@ -32,6 +35,7 @@ prompt with a random score), so the policy knows the goal format beforehand.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -76,6 +80,9 @@ class PreferenceLossConfig:
   f_divergence: str = field("reverse_kl", choices=pref_lib.F_DIVERGENCES)
   f_alpha: float = field(0.5)
   rpo_alpha: float = field(0.0, min=0.0)
+  # LD-DPO (TRL's ld_alpha): tokens past a pair's shared response length weigh ld_alpha in the sequence log-probs of
+  # the policy and the reference; 1 is plain DPO. algorithm "dpo" only.
+  ld_alpha: float = field(1.0, min=0.0, max=1.0)
   simpo_gamma: float = field(0.5)
   kto_loss_type: str = field("kto", choices=kto_lib.KTO_LOSS_TYPES)
   kto_reference_point: str = field("mismatched", choices=KTO_REFERENCE_POINTS)
@@ -103,6 +110,9 @@ class PreferenceLossConfig:
       raise ConfigError(f"{path}.label_smoothing: must be > 0 for loss_type 'exo_pair' (e.g. 1e-3)")
     if self.beta <= 0:
       raise ConfigError(f"{path}.beta: must be > 0, got {self.beta}")
+    if self.ld_alpha != 1.0 and self.algorithm != "dpo":
+      raise ConfigError(f"{path}.ld_alpha: LD-DPO weights DPO's sequence log-probs; {self.ld_alpha} needs "
+                        f"{path}.algorithm 'dpo', got {self.algorithm!r} (leave ld_alpha at 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +194,14 @@ def _halves(x):
   return x[:b], x[b:]
 
 
+def sequence_logps(loss: PreferenceLossConfig, token_logps_2BxT: jax.Array, mask_2BxT: jax.Array) -> jax.Array:
+  """(2B,) sequence log-probs of chosen then rejected rows: the plain sums, or LD-DPO's weighting
+  (`losses.preference.ld_sequence_logps`) when loss.ld_alpha < 1."""
+  if loss.ld_alpha == 1.0:
+    return jnp.sum(token_logps_2BxT, axis=-1)
+  return pref_lib.ld_sequence_logps(token_logps_2BxT, mask_2BxT, loss.ld_alpha)
+
+
 def token_rewards(model: Any, batch: dict, better_ids: tuple[int, ...], worse_ids: tuple[int, ...],
                   chunk_size: int = 0, fused: bool = False) -> jax.Array:
   """T-REG token rewards (2B, T) of chosen then rejected rows under `model` (detached)."""
@@ -217,9 +235,9 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     mask = mask.astype(jnp.float32)
     logps_2B = jnp.sum(token_logps, axis=-1)
     lengths_2B = jnp.sum(mask, axis=-1)
-    pc, pr = _halves(logps_2B)
     len_c, len_r = _halves(lengths_2B)
-    nll_c = -pc / jnp.maximum(len_c, 1.0)
+    nll_c = -_halves(logps_2B)[0] / jnp.maximum(len_c, 1.0)  # The NLL term stays the plain per-token mean.
+    pc, pr = _halves(sequence_logps(loss, token_logps, mask))
     w_B = batch["weight"].astype(jnp.float32)
     beta = loss.beta
     if loss.dynamic_beta_w > 0:
@@ -228,8 +246,8 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     rc = rr = None
     if needs_reference(loss):
       if resident:
-        ref_token_logps, _ = scoring.pair_token_logps(reference, batch, chunk_size, fused=fused)
-        rc, rr = _halves(jax.lax.stop_gradient(jnp.sum(ref_token_logps, axis=-1)))
+        ref_token_logps, ref_mask = scoring.pair_token_logps(reference, batch, chunk_size, fused=fused)
+        rc, rr = _halves(jax.lax.stop_gradient(sequence_logps(loss, ref_token_logps, ref_mask)))
       else:
         rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     dpo_kwargs = dict(loss_type=types, loss_weights=type_weights, label_smoothing=loss.label_smoothing,
@@ -323,11 +341,13 @@ def _kto(loss: PreferenceLossConfig, logps_2B, ref_2B, w_B, beta, kl=None):
 class ReferenceCache:
   """Reference log-probs (and optional T-REG token rewards) of pairs, keyed by the pair's tokens."""
 
-  def __init__(self, table: dict[bytes, tuple[float, float, np.ndarray | None]]):
+  def __init__(self, table: dict[bytes, tuple[float, float, np.ndarray | None]], meta: dict | None = None):
+    """`meta`: the settings the sums depend on beyond the tokens (e.g. {"ld_alpha": 0.5}), saved with them."""
     self.table = table
+    self.meta = dict(meta or {})
 
   @classmethod
-  def compute(cls, ref_fn, batches: list[dict]) -> "ReferenceCache":
+  def compute(cls, ref_fn, batches: list[dict], meta: dict | None = None) -> "ReferenceCache":
     """ref_fn(batch) -> (ref_c (B,), ref_r (B,), token rewards (2B, T) or None) over `batches`."""
     table = {}
     for batch in batches:
@@ -337,12 +357,12 @@ class ReferenceCache:
         key = scoring.row_key(batch, i)
         rows = None if tok is None else np.stack([tok[i], tok[b + i]])
         table[key] = (float(rc[i]), float(rr[i]), rows)
-    return cls(table)
+    return cls(table, meta)
 
   def save(self, path: str) -> None:
     keys = list(self.table)
     values = np.asarray([self.table[k][:2] for k in keys], np.float64)
-    arrays = {"keys": np.asarray(keys, dtype=object), "values": values}
+    arrays = {"keys": np.asarray(keys, dtype=object), "values": values, "meta": np.asarray(json.dumps(self.meta))}
     if keys and self.table[keys[0]][2] is not None:
       arrays["token_rewards"] = np.asarray([self.table[k][2] for k in keys], dtype=object)
     tmp = path + ".tmp.npz"
@@ -354,7 +374,8 @@ class ReferenceCache:
     with np.load(path, allow_pickle=True) as f:
       keys, values = f["keys"], f["values"]
       tok = f["token_rewards"] if "token_rewards" in f else [None] * len(keys)
-      return cls({bytes(k): (float(v[0]), float(v[1]), t) for k, v, t in zip(keys, values, tok)})
+      meta = json.loads(str(f["meta"])) if "meta" in f else {}
+      return cls({bytes(k): (float(v[0]), float(v[1]), t) for k, v, t in zip(keys, values, tok)}, meta)
 
   def attach(self, batch: dict) -> dict:
     """The batch plus `ref_chosen_logps`, `ref_rejected_logps` (B,) [and `ref_token_rewards` (2B, T)]."""
@@ -410,9 +431,16 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
                      ) -> ReferenceCache:
   """Loads `workdir/reference_cache.npz`, or computes it with the initial policy (= the reference) and saves it."""
   path = os.path.join(workdir, "reference_cache.npz")
+  # What the cached sums depend on besides the tokens (a cache from before `meta` existed had the plain sums).
+  meta = {"ld_alpha": cfg.loss.ld_alpha}
   if os.path.exists(path):
-    print(f"[preference] reusing reference log-probs from {path}", flush=True)
-    return ReferenceCache.load(path)
+    cache = ReferenceCache.load(path)
+    cached = {"ld_alpha": 1.0, **cache.meta}
+    if cached == meta:
+      print(f"[preference] reusing reference log-probs from {path}", flush=True)
+      return cache
+    print(f"[preference] {path} holds reference log-probs for {cached}, this run needs {meta}: recomputing",
+          flush=True)
   with_tokens = cfg.loss.algorithm == "treg" and cfg.loss.treg_token_rewards == "reference"
   state = setup.init()
   chunk, _ = scoring.resolve_logps_path(cfg.logps_path, cfg.logps_chunk_size)  # no gradient: the forward is all
@@ -421,13 +449,13 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
   def ref_fn(params, extra, batch):
     # The reference is the initial policy; a LoRA policy's is its base (adapters off; B = 0 makes them equal).
     model = nnx.merge(setup.graphdef, params, extra).without_adapters()
-    token_logps, _ = scoring.pair_token_logps(model, batch, chunk)
-    rc, rr = _halves(jnp.sum(token_logps, axis=-1))
+    token_logps, mask = scoring.pair_token_logps(model, batch, chunk)
+    rc, rr = _halves(sequence_logps(cfg.loss, token_logps, mask))
     tok = token_rewards(model, batch, better, worse, chunk) if with_tokens else None
     return rc, rr, tok
 
   batches = inputs_lib.eval_batches(records, tokenizer, cfg.data, "preference", shared_prompt=shared_prompt)
-  cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches)
+  cache = ReferenceCache.compute(lambda b: ref_fn(state.params, state.extra, b), batches, meta)
   del state
   if distributed.is_primary():  # Every process computed the same table; one writes it.
     os.makedirs(workdir, exist_ok=True)

@@ -94,14 +94,14 @@ def _make_pairs(rng, n, max_logratio=50.0, equal_lengths=False):
 
 
 def _trl_dpo(per_token, lengths, ref, *, loss_types, loss_weights, beta, label_smoothing, f_divergence, f_alpha, tau,
-             gathered=None):
+             gathered=None, ld_alpha=None):
   n2 = per_token.shape[0]
   completion_mask = torch.zeros(n2, T, dtype=torch.long)
   for i, length in enumerate(lengths):
     completion_mask[i, 1 : 1 + length] = 1
   model = _FakeLM({T: torch.tensor(per_token, dtype=torch.float32)})
   trainer = _base_trainer(dpo_trainer.DPOTrainer, model)
-  trainer.ld_alpha = None
+  trainer.ld_alpha = ld_alpha
   trainer.beta = beta
   trainer.loss_types = list(loss_types)
   trainer.loss_weights = list(loss_weights)
@@ -226,6 +226,45 @@ def test_dpo_tied_rewards_and_empty_responses_match_trl(loss_type):
   for i in (2, 3):  # per example, the empty-response pairs
     pt, ln, _, rf = _rows(per_token, lengths, logps, ref, i)
     np.testing.assert_allclose(float(losses[i]), _trl_dpo(pt, ln, rf, **kw)[0], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.35, 1.0])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_ld_dpo_matches_trl(ld_alpha, loss_type):
+  """LD-DPO: TRL weights the policy's tokens past the pair's shared completion length by ld_alpha (its reference
+  log-probs here are the precomputed numbers both sides get; the stage weights the reference the same way, which
+  tests/stages/test_ld_dpo_stage.py checks). IPO keeps dividing by the full lengths."""
+  rng = np.random.default_rng(int(ld_alpha * 100) + len(loss_type))
+  per_token, lengths, _, ref = _make_pairs(rng, B)
+  lengths[0], lengths[B] = 5, 5  # one pair of equal lengths: nothing past the shared length
+  per_token[[0, B], 5:] = 0.0
+  kw = dict(loss_types=(loss_type,), loss_weights=(1.0,), beta=0.3, label_smoothing=0.0, f_divergence="reverse_kl",
+            f_alpha=0.5, tau=0.05)
+  gathered = []
+  trl_loss, trl_chosen, trl_rejected = _trl_dpo(per_token, lengths, ref, gathered=gathered, ld_alpha=ld_alpha, **kw)
+  mask = (np.arange(T - 1)[None, :] < lengths[:, None]).astype(np.float32)
+  logps = np.asarray(preference.ld_sequence_logps(jnp.asarray(per_token, jnp.float32), jnp.asarray(mask), ld_alpha))
+  losses, metrics = _ours_dpo(per_token, lengths, logps, ref, **kw)
+  np.testing.assert_allclose(float(jnp.mean(losses)), trl_loss, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(metrics["rewards/chosen"]), trl_chosen, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(metrics["rewards/rejected"]), trl_rejected, rtol=RTOL, atol=ATOL)
+  rows = [_rows(per_token, lengths, logps, ref, i) for i in range(B)]
+  trl_per_example = [_trl_dpo(pt, ln, rf, ld_alpha=ld_alpha, **kw)[0] for pt, ln, _, rf in rows]
+  np.testing.assert_allclose(np.asarray(losses), trl_per_example, rtol=RTOL, atol=ATOL)
+  if ld_alpha == 1.0:
+    np.testing.assert_array_equal(logps, per_token.sum(1).astype(np.float32))
+
+
+def test_ld_sequence_logps_hand_computed():
+  # Pair 0: chosen 3 tokens, rejected 1 -> public length 1; pair 1: chosen 2, rejected 4 (tokens not at the row's
+  # start, as in a shared-prompt row) -> public length 2.
+  token_logps = jnp.asarray([[-1.0, -2.0, -4.0, 0.0, 0.0], [0.0, -1.0, -3.0, 0.0, 0.0],
+                             [-8.0, 0.0, 0.0, 0.0, 0.0], [0.0, -1.0, -2.0, -4.0, -8.0]])
+  mask = (token_logps != 0).astype(jnp.float32)
+  out = preference.ld_sequence_logps(token_logps, mask, 0.5)
+  np.testing.assert_allclose(np.asarray(out), [-1.0 - 0.5 * 6.0, -4.0, -8.0, -3.0 - 0.5 * 12.0])
+  with pytest.raises(ValueError, match=r"ld_alpha must be in \[0, 1\], got 1.5"):
+    preference.ld_sequence_logps(token_logps, mask, 1.5)
 
 
 def test_rpo_alpha_equals_trl_sigmoid_plus_sft():
