@@ -2,7 +2,8 @@
 
 Variants: default, smoke, resident (reference kept in memory instead of precomputed), ipo, mixed
 (loss_type = sigmoid + sft, the RPO recipe), dynamic_beta (MM-DPO beta from the judge-score margin), ld (LD-DPO:
-tokens past a pair's shared response length weigh ld_alpha = 0.5 in both log-probs), lora /
+tokens past a pair's shared response length weigh ld_alpha = 0.5 in both log-probs), wpo (WPO: each pair's loss
+weighted by the policy's own probability of both responses), lora /
 lora_smoke (LoRA adapters on every projection in both stages, base weights frozen; DPO's resident reference is the
 policy with its adapters off, so one copy of the weights is held).
 Any `dpo_loss` type: `--config.preference.loss.loss_type='("hinge",)'`.
@@ -11,7 +12,8 @@ Any `dpo_loss` type: `--config.preference.loss.loss_type='("hinge",)'`.
 
 from configs import _sections as S
 
-VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta", "ld", "lora", "lora_smoke")
+VARIANTS = ("default", "smoke", "resident", "ipo", "mixed", "dynamic_beta", "ld", "wpo", "lora",
+            "lora_smoke")
 LORA = dict(rank=8, alpha=16.0, targets=("q", "k", "v", "o", "gate", "up", "down"))
 
 
@@ -34,6 +36,8 @@ def get_config(arg=None):
     config.preference.loss.loss_weights = (1.0, 0.2)
   elif variant == "ld":
     config.preference.loss.ld_alpha = 0.5
+  elif variant == "wpo":
+    config.preference.loss.use_weighting = True
   elif variant == "dynamic_beta":
     config.preference.data.margin_from = "score"
     config.preference.loss.dynamic_beta_w = 0.5

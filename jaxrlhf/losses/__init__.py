@@ -20,7 +20,7 @@ from jaxrlhf.losses.difficulty_scaling import (RESPONSIVENESS_POOLS, clause_simi
 from jaxrlhf.losses.kto import kto_kl_estimate, kto_loss
 from jaxrlhf.losses.pal import pal_loss, prototype_norm_penalty, user_balanced_weights
 from jaxrlhf.losses.logps import (chunked_sequence_logps, chunked_sequence_logps_from_logits, fused_sequence_logps,
-                                  sequence_logps, shift_for_next_token, token_entropy)
+                                  sequence_logps, shift_for_next_token, token_entropy, token_log_sum_sq_probs)
 from jaxrlhf.losses.policy_gradient import (aggregate_token_losses, clip_process_rewards, clipped_policy_loss,
                                             clipped_surrogate, delta_process_rewards, group_advantages,
                                             kl_divergence, kl_penalized_token_rewards, kl_regularized_loss,
@@ -29,7 +29,8 @@ from jaxrlhf.losses.policy_variants import (VARIANTS, cispo_surrogate, dynamic_s
                                             policy_variant_loss, soft_overlong_penalty, variant_surrogate)
 from jaxrlhf.losses.ppo import (KL_CONTROLLERS, adaptive_kl_coef, clipped_value_loss, fixed_kl_coef, gae_advantages,
                                 masked_whiten, ppo_advantages, ppo_loss, update_kl_coef)
-from jaxrlhf.losses.preference import LOSS_TYPES, dpo_loss, dynamic_beta, f_divergence_scores, ld_sequence_logps
+from jaxrlhf.losses.preference import (LOSS_TYPES, dpo_loss, dynamic_beta, f_divergence_scores, ld_sequence_logps,
+                                        wpo_weights)
 from jaxrlhf.losses.reference_free import orpo_loss, simpo_loss
 from jaxrlhf.losses.reward import (adaptive_margin, attribute_regression_loss, bradley_terry_loss,
                                    preference_strength, scalarize_attributes)

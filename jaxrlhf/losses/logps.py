@@ -48,21 +48,44 @@ def shift_for_next_token(input_ids_BxT: jax.Array, loss_mask_BxT: jax.Array) -> 
   return targets, mask
 
 
+# Per-token statistics of the softmax a log-prob pass can return beside the log-probs (`side`):
+#   "entropy":          H = lse - sum_v p_v z_v (nats);
+#   "log_sum_sq_probs": log sum_v p_v^2 = logsumexp(2 z) - 2 lse, the log of the probability that two samples from
+#                       the softmax agree (WPO's per-token normalizer; TRL's `log_sum_sq_probs`).
+SIDE_STATS = ("entropy", "log_sum_sq_probs")
+
+
+def _side_stat(logits_NxV: jax.Array, lse_N: jax.Array, valid_N: jax.Array, side: str) -> jax.Array:
+  """One `SIDE_STATS` statistic of fp32 (scaled) logits with their logsumexp, 0 on masked rows."""
+  if side == "entropy":
+    probs = jnp.exp(logits_NxV - lse_N[..., None])  # exact softmax: large logits do not overflow
+    value = lse_N - jnp.sum(probs * logits_NxV, axis=-1)
+  elif side == "log_sum_sq_probs":
+    value = jax.nn.logsumexp(2.0 * logits_NxV, axis=-1) - 2.0 * lse_N
+  else:
+    raise ValueError(f"side must be one of {SIDE_STATS}, got {side!r}")
+  return jnp.where(valid_N, value, 0.0)
+
+
+def _check_side(return_entropy: bool, return_log_sum_sq_probs: bool) -> str | None:
+  if return_entropy and return_log_sum_sq_probs:
+    raise ValueError("return_entropy and return_log_sum_sq_probs: ask for one side statistic per call")
+  return "entropy" if return_entropy else ("log_sum_sq_probs" if return_log_sum_sq_probs else None)
+
+
 def _target_logps_and_entropy(logits_NxV: jax.Array, targets_N: jax.Array, valid_N: jax.Array,
-                              temperature: float, with_entropy: bool = True) -> tuple[jax.Array, jax.Array]:
-  """log softmax(logits / temperature)[target] and the softmax entropy (or zeros), fp32, for one block of rows."""
+                              temperature: float, side: str | None = "entropy") -> tuple[jax.Array, jax.Array]:
+  """log softmax(logits / temperature)[target] and a `SIDE_STATS` statistic of the same softmax (zeros for None),
+  fp32, for one block of rows."""
   logits = logits_NxV.astype(jnp.float32) / temperature
   lse = jax.nn.logsumexp(logits, axis=-1)
   # Masked rows may hold pad ids like -100; gather a valid index there, the value is zeroed below.
   safe_targets = jnp.where(valid_N, targets_N, 0).astype(jnp.int32)
   target_logits = jnp.take_along_axis(logits, safe_targets[..., None], axis=-1)[..., 0]
   token_logps = jnp.where(valid_N, target_logits - lse, 0.0)
-  if not with_entropy:  # skip the extra (N, V) work, also in the rematerialized backward
+  if side is None:  # skip the extra (N, V) work, also in the rematerialized backward
     return token_logps, jnp.zeros_like(token_logps)
-  # H = lse - sum_v p_v * logit_v; p is exact softmax so large logits do not overflow.
-  probs = jnp.exp(logits - lse[..., None])
-  entropy = jnp.where(valid_N, lse - jnp.sum(probs * logits, axis=-1), 0.0)
-  return token_logps, entropy
+  return token_logps, _side_stat(logits, lse, valid_N, side)
 
 
 def sequence_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
@@ -83,7 +106,7 @@ def sequence_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: ja
     (token_logps_BxT float32 with 0 at masked positions, logps_B float32 sums over t).
   """
   _check_btv(logits_BxTxV, targets_BxT, mask_BxT, "logits_BxTxV")
-  token_logps, _ = _target_logps_and_entropy(logits_BxTxV, targets_BxT, mask_BxT > 0, temperature, False)
+  token_logps, _ = _target_logps_and_entropy(logits_BxTxV, targets_BxT, mask_BxT > 0, temperature, None)
   return token_logps, jnp.sum(token_logps, axis=-1)
 
 
@@ -109,9 +132,29 @@ def token_entropy(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, temperature: 
   return entropy
 
 
+def token_log_sum_sq_probs(logits_BxTxV: jax.Array, mask_BxT: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+  """Per-token log sum_v p_v^2 of p = softmax(logits / temperature), float32, 0 at masked positions.
+
+  = logsumexp(2 z) - 2 logsumexp(z) with z = logits[b, t] / tau: the log-probability that two independent samples
+  agree, <= 0. WPO (Zhou et al. 2024, Eq. 2) divides each token's probability by it (TRL's `log_sum_sq_probs`).
+
+  Args:
+    logits_BxTxV: (B, T, V) logits, any float dtype.
+    mask_BxT: (B, T), nonzero where the value counts.
+    temperature: divides the logits.
+  """
+  if logits_BxTxV.ndim != 3:
+    raise ValueError(f"logits_BxTxV must have shape (B, T, V); got {logits_BxTxV.shape}")
+  if mask_BxT.shape != logits_BxTxV.shape[:2]:
+    raise ValueError(f"mask_BxT must have shape {logits_BxTxV.shape[:2]}; got {mask_BxT.shape}")
+  dummy_targets = jnp.zeros(mask_BxT.shape, jnp.int32)
+  _, value = _target_logps_and_entropy(logits_BxTxV, dummy_targets, mask_BxT > 0, temperature, "log_sum_sq_probs")
+  return value
+
+
 def _chunked_scan(rows_NxX: jax.Array, project: Callable[[jax.Array], jax.Array], targets_N: jax.Array,
                   valid_N: jax.Array, chunk_size: int, temperature: float,
-                  with_entropy: bool) -> tuple[jax.Array, jax.Array]:
+                  side: str | None) -> tuple[jax.Array, jax.Array]:
   """Scans `project` + log-softmax gather over row chunks; each chunk is rematerialized in the backward pass."""
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
@@ -131,7 +174,7 @@ def _chunked_scan(rows_NxX: jax.Array, project: Callable[[jax.Array], jax.Array]
   # the scan stacking every chunk's logits as residuals.
   @jax.checkpoint
   def one_chunk(rows_c, targets_c, valid_c):
-    return _target_logps_and_entropy(project(rows_c), targets_c, valid_c, temperature, with_entropy)
+    return _target_logps_and_entropy(project(rows_c), targets_c, valid_c, temperature, side)
 
   def body(carry, xs):
     return carry, one_chunk(*xs)
@@ -157,7 +200,8 @@ def _check_head_shapes(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_
 
 def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                            mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
-                           return_entropy: bool = False, logit_softcap: float | None = None):
+                           return_entropy: bool = False, logit_softcap: float | None = None,
+                           return_log_sum_sq_probs: bool = False):
   """`sequence_logps(hidden @ lm_head, ...)` without ever holding the (B, T, V) logits.
 
   The B*T token rows are split into chunks of `chunk_size` tokens; a `lax.scan` computes each chunk's fp32 logits
@@ -176,11 +220,15 @@ def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targ
     return_entropy: also return the per-token entropy (B, T) of the same softmax.
     logit_softcap: logits are cap * tanh(logits / cap) before the temperature (Gemma 2's final soft-cap;
       `CausalLM.output_projection()` returns the head and its cap); None: no cap.
+    return_log_sum_sq_probs: also return the per-token log sum_v p_v^2 (B, T) of the same softmax
+      (`token_log_sum_sq_probs`), under stop_gradient; not together with return_entropy.
 
   Returns:
-    (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, entropy_BxT) with return_entropy.
+    (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, side_BxT) with return_entropy (the entropy)
+    or return_log_sum_sq_probs.
   """
   b, t, d = _check_head_shapes(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT)
+  side = _check_side(return_entropy, return_log_sum_sq_probs)
 
   # The scan sums the head's gradient over chunks in the dtype of what it closes over; closing over an fp32 copy
   # (cast back to the compute dtype per chunk) keeps that sum in fp32 while the matmul runs in the input dtype.
@@ -191,12 +239,18 @@ def chunked_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targ
     logits = jnp.dot(h_CxD.astype(compute_dtype), head_f32.astype(compute_dtype), preferred_element_type=jnp.float32)
     return logits if logit_softcap is None else jnp.tanh(logits / logit_softcap) * logit_softcap
 
-  token_logps, entropy = _chunked_scan(hidden_BxTxD.reshape(b * t, d), project, targets_BxT.reshape(-1),
-                                       mask_BxT.reshape(-1) > 0, chunk_size, temperature, return_entropy)
-  token_logps = token_logps.reshape(b, t)
-  if return_entropy:
-    return token_logps, jnp.sum(token_logps, axis=-1), entropy.reshape(b, t)
-  return token_logps, jnp.sum(token_logps, axis=-1)
+  token_logps, side_value = _chunked_scan(hidden_BxTxD.reshape(b * t, d), project, targets_BxT.reshape(-1),
+                                          mask_BxT.reshape(-1) > 0, chunk_size, temperature, side)
+  return _with_side(token_logps.reshape(b, t), side, side_value.reshape(b, t))
+
+
+def _with_side(token_logps_BxT, side, side_BxT):
+  """(token_logps, logps) or (token_logps, logps, side value); log_sum_sq_probs is a weight, never differentiated."""
+  if side is None:
+    return token_logps_BxT, jnp.sum(token_logps_BxT, axis=-1)
+  if side == "log_sum_sq_probs":
+    side_BxT = jax.lax.stop_gradient(side_BxT)
+  return token_logps_BxT, jnp.sum(token_logps_BxT, axis=-1), side_BxT
 
 
 def chunked_sequence_logps_from_logits(logits_BxTxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
@@ -209,12 +263,10 @@ def chunked_sequence_logps_from_logits(logits_BxTxV: jax.Array, targets_BxT: jax
   """
   _check_btv(logits_BxTxV, targets_BxT, mask_BxT, "logits_BxTxV")
   b, t, v = logits_BxTxV.shape
+  side = "entropy" if return_entropy else None
   token_logps, entropy = _chunked_scan(logits_BxTxV.reshape(b * t, v), lambda x: x, targets_BxT.reshape(-1),
-                                       mask_BxT.reshape(-1) > 0, chunk_size, temperature, return_entropy)
-  token_logps = token_logps.reshape(b, t)
-  if return_entropy:
-    return token_logps, jnp.sum(token_logps, axis=-1), entropy.reshape(b, t)
-  return token_logps, jnp.sum(token_logps, axis=-1)
+                                       mask_BxT.reshape(-1) > 0, chunk_size, temperature, side)
+  return _with_side(token_logps.reshape(b, t), side, entropy.reshape(b, t))
 
 
 def _pad_chunks(x_N: jax.Array, num_chunks: int, chunk_size: int) -> jax.Array:
@@ -249,23 +301,17 @@ def _softmax_grad_basis(logits_CxV, lse_C, targets_C, valid_C, temperature, soft
   return jnp.where(valid_C[:, None], basis_CxV, 0.0).astype(dtype)
 
 
-def _chunk_entropy(logits_CxV, lse_C, valid_C):
-  """Softmax entropy lse - sum_v p_v * logit_v of one chunk's (scaled) logits, 0 on masked rows."""
-  probs_CxV = jnp.exp(logits_CxV - lse_C[:, None])
-  return jnp.where(valid_C, lse_C - jnp.sum(probs_CxV * logits_CxV, axis=-1), 0.0)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
 def _fused_logps(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad,
-                 with_entropy):
+                 side):
   del save_softmax_grad  # only the backward pass differs
   return _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, False,
-                          with_entropy)[0]
+                          side)[0]
 
 
 def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, temperature, softcap, save_softmax_grad,
-                     with_entropy):
-  """((token_logps_N, entropy_N (zeros without with_entropy)), residuals of the backward pass)."""
+                     side):
+  """((token_logps_N, side statistic_N (zeros for side None)), residuals of the backward pass)."""
   n = rows_NxD.shape[0]
   num_chunks = -(-n // chunk_size)
   compute_dtype = jnp.result_type(rows_NxD.dtype, head_DxV.dtype)
@@ -275,7 +321,7 @@ def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, tempera
   def body(_, xs):
     r, t, v = xs
     logits, token_logps, lse = _fused_chunk(r, head, t, v, temperature, softcap)
-    entropy = _chunk_entropy(logits, lse, v) if with_entropy else jnp.zeros_like(token_logps)
+    entropy = _side_stat(logits, lse, v, side) if side else jnp.zeros_like(token_logps)
     if save_softmax_grad:  # the backward pass then needs no second LM-head matmul for this chunk
       return None, (token_logps, entropy,
                     _softmax_grad_basis(logits, lse, t, v, temperature, softcap, compute_dtype))
@@ -285,9 +331,10 @@ def _fused_logps_fwd(rows_NxD, head_DxV, targets_N, valid_N, chunk_size, tempera
   return (token_logps.reshape(-1)[:n], entropy.reshape(-1)[:n]), (rows, head_DxV, targets, valid, saved)
 
 
-def _fused_logps_bwd(chunk_size, temperature, softcap, save_softmax_grad, with_entropy, residuals, g):
-  del with_entropy
-  # The entropy leaves `fused_sequence_logps` under stop_gradient: its cotangent is zero, only the log-probs' counts.
+def _fused_logps_bwd(chunk_size, temperature, softcap, save_softmax_grad, side, residuals, g):
+  del side
+  # The side statistic leaves `fused_sequence_logps` under stop_gradient: its cotangent is zero, only the log-probs'
+  # counts.
   g_N = g[0]
   rows, head_DxV, targets, valid, saved = residuals
   num_chunks, _, d = rows.shape
@@ -323,7 +370,7 @@ _fused_logps.defvjp(_fused_logps_fwd, _fused_logps_bwd)
 def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array,
                          mask_BxT: jax.Array, *, chunk_size: int = 1024, temperature: float = 1.0,
                          save_softmax_grad: bool = True, logit_softcap: float | None = None,
-                         return_entropy: bool = False):
+                         return_entropy: bool = False, return_log_sum_sq_probs: bool = False):
   """`chunked_sequence_logps`'s values with a hand-written backward pass of the LM head.
 
   The forward pass is the chunked one: per chunk of `chunk_size` tokens, fp32 logits (C, V) = hidden_c @ lm_head,
@@ -354,9 +401,11 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
     return_entropy: also the per-token entropy (B, T) of the same softmax, computed in the forward pass from the
       chunk's logits and returned under stop_gradient (a metric: unlike `chunked_sequence_logps`'s, it passes no
       gradient, so an entropy bonus needs the chunked path).
+    return_log_sum_sq_probs: also the per-token log sum_v p_v^2 (B, T), likewise (not with return_entropy).
 
   Returns:
-    (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, entropy_BxT) with return_entropy.
+    (token_logps_BxT, logps_B) float32, or (token_logps_BxT, logps_B, side_BxT) with return_entropy or
+    return_log_sum_sq_probs.
   """
   b, t, d = _check_head_shapes(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT)
   if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -365,13 +414,11 @@ def fused_sequence_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, target
     raise ValueError(f"logit_softcap must be None or > 0; got {logit_softcap!r}")
   chunk_size = min(chunk_size, max(b * t, 1))
   softcap = None if logit_softcap is None else float(logit_softcap)
-  token_logps, entropy = _fused_logps(hidden_BxTxD.reshape(b * t, d), lm_head_DxV, targets_BxT.reshape(-1),
-                                      mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), softcap,
-                                      bool(save_softmax_grad), bool(return_entropy))
-  token_logps = token_logps.reshape(b, t)
-  if return_entropy:
-    return token_logps, jnp.sum(token_logps, axis=-1), jax.lax.stop_gradient(entropy.reshape(b, t))
-  return token_logps, jnp.sum(token_logps, axis=-1)
+  side = _check_side(return_entropy, return_log_sum_sq_probs)
+  token_logps, side_value = _fused_logps(hidden_BxTxD.reshape(b * t, d), lm_head_DxV, targets_BxT.reshape(-1),
+                                         mask_BxT.reshape(-1) > 0, chunk_size, float(temperature), softcap,
+                                         bool(save_softmax_grad), side)
+  return _with_side(token_logps.reshape(b, t), side, jax.lax.stop_gradient(side_value.reshape(b, t)))
 
 
 DEFAULT_CHUNK_SIZE = 1024  # tokens per LM-head chunk when a caller's chunk size is 0
@@ -379,7 +426,8 @@ DEFAULT_CHUNK_SIZE = 1024  # tokens per LM-head chunk when a caller's chunk size
 
 def lm_head_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array, *,
                   chunk_size: int = 0, fused: bool = False, temperature: float = 1.0,
-                  logit_softcap: float | None = None, return_entropy: bool = False):
+                  logit_softcap: float | None = None, return_entropy: bool = False,
+                  return_log_sum_sq_probs: bool = False):
   """The chunked or the fused LM-head log-probs for a caller's chunk size (the stages' `logps_chunk_size`).
 
   Not fused: `chunked_sequence_logps` in chunks of `chunk_size` tokens (0: DEFAULT_CHUNK_SIZE). Fused:
@@ -391,6 +439,8 @@ def lm_head_logps(hidden_BxTxD: jax.Array, lm_head_DxV: jax.Array, targets_BxT: 
   if fused:
     return fused_sequence_logps(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT, chunk_size=size,
                                 temperature=temperature, save_softmax_grad=not chunk_size,
-                                logit_softcap=logit_softcap, return_entropy=return_entropy)
+                                logit_softcap=logit_softcap, return_entropy=return_entropy,
+                                return_log_sum_sq_probs=return_log_sum_sq_probs)
   return chunked_sequence_logps(hidden_BxTxD, lm_head_DxV, targets_BxT, mask_BxT, chunk_size=size,
-                                temperature=temperature, return_entropy=return_entropy, logit_softcap=logit_softcap)
+                                temperature=temperature, return_entropy=return_entropy, logit_softcap=logit_softcap,
+                                return_log_sum_sq_probs=return_log_sum_sq_probs)

@@ -111,6 +111,34 @@ def ld_sequence_logps(token_logps_2BxT: jax.Array, mask_2BxT: jax.Array, ld_alph
   return jnp.sum(to_f32(token_logps_2BxT) * weight_2BxT, axis=-1)
 
 
+def wpo_weights(token_logps_2BxT: jax.Array, log_sum_sq_probs_2BxT: jax.Array, mask_2BxT: jax.Array) -> jax.Array:
+  """WPO's pair weights (Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference Optimization", Eq. 2;
+  TRL's `use_weighting`), (B,) float32, without gradient.
+
+  A response's weight is its length-normalized probability under the current policy with each token's
+  probability divided by sum_v p_v^2 (the policy's own agreement probability at that step, which keeps greedy-like
+  outputs from dominating): w(y) = exp(mean_t [log pi(y_t | ...) - log sum_v pi(v | ...)^2]); the pair weighs
+  w(y_c) * w(y_r). It reweights the off-policy pairs of a dataset toward what the policy would itself produce.
+  Rows [0, B) are the chosen responses and [B, 2B) the rejected ones.
+
+  Args:
+    token_logps_2BxT: per-token log-probs of the policy, 0 off the response.
+    log_sum_sq_probs_2BxT: per-token log sum_v p_v^2 of the same softmax (`train.scoring.pair_token_logps` with
+      return_log_sum_sq_probs).
+    mask_2BxT: 1 on the response tokens; an empty response has mean 0 (weight factor 1), as TRL's clamp(min=1).
+  """
+  if not (token_logps_2BxT.shape == log_sum_sq_probs_2BxT.shape == mask_2BxT.shape) or token_logps_2BxT.shape[0] % 2:
+    raise ValueError(f"token_logps_2BxT {token_logps_2BxT.shape}, log_sum_sq_probs_2BxT "
+                     f"{log_sum_sq_probs_2BxT.shape} and mask_2BxT {mask_2BxT.shape} must have one shape with an "
+                     "even number of rows (chosen, then rejected)")
+  mask = to_f32(mask_2BxT)
+  lengths_2B = jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+  mean_2B = jnp.sum((to_f32(token_logps_2BxT) - to_f32(log_sum_sq_probs_2BxT)) * mask, axis=-1) / lengths_2B
+  weights_2B = jnp.exp(jax.lax.stop_gradient(mean_2B))
+  b = weights_2B.shape[0] // 2
+  return weights_2B[:b] * weights_2B[b:]
+
+
 def dynamic_beta(beta0, reward_margin: jax.Array, w: float, k: float) -> jax.Array:
   """Dynamic reward scaling of MM-RLHF (Zhang et al. 2025, "MM-RLHF: The Next Step Forward in Multimodal LLM
   Alignment", Sec. 4 "MM-DPO"): beta_i = beta0 * (1 + w * (1 - exp(-k * delta_i))).

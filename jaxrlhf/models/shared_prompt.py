@@ -88,7 +88,7 @@ def shared_prompt_hidden(backbone: Any, input_ids_BxT: Array, layout: SharedProm
 
 
 def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: SharedPromptLayout, chunk_size: int = 0,
-                              *, fused: bool = False) -> tuple[jax.Array, jax.Array]:
+                              *, fused: bool = False, return_log_sum_sq_probs: bool = False):
   """Per-token response log-probs of shared-prompt rows, split into chosen then rejected rows.
 
   Args:
@@ -98,22 +98,31 @@ def shared_prompt_token_logps(model: Any, input_ids_BxT: jax.Array, layout: Shar
     chunk_size: > 0 projects the hidden states onto the vocabulary chunk by chunk (no (B, T, V) logits).
     fused: the chunked forward with the hand-written LM-head backward (`losses.logps.lm_head_logps`: chunk_size 0
       stores the softmax gradient, > 0 recomputes it per chunk).
+    return_log_sum_sq_probs: also each scored token's log sum_v p_v^2 (detached), split the same way.
 
   Returns:
     (token_logps (2B, T) float32, target mask (2B, T) float32): rows [0, B) hold the chosen response's token
     log-probs at that response's positions in the row (0 elsewhere), rows [B, 2B) the rejected response's, so
-    sums over T give the same sequence log-probs as the two-row layout.
+    sums over T give the same sequence log-probs as the two-row layout. With `return_log_sum_sq_probs` a third
+    (2B, T) array of those statistics.
   """
   hidden_BxTxD = shared_prompt_hidden(model, input_ids_BxT, layout)
   # Each target reads the hidden state of its predictor; for all but one token per row that is t - 1.
   predictor_BxTxD = jnp.take_along_axis(hidden_BxTxD, layout.source_index[:, :, None], axis=1)
   targets_mask = (layout.chosen_targets | layout.rejected_targets).astype(jnp.float32)
+  side = None
   if chunk_size or fused:
     head_DxV, softcap = model.output_projection()
-    logps, _ = logps_lib.lm_head_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask, chunk_size=chunk_size,
-                                       fused=fused, logit_softcap=softcap)
+    out = logps_lib.lm_head_logps(predictor_BxTxD, head_DxV, input_ids_BxT, targets_mask, chunk_size=chunk_size,
+                                  fused=fused, logit_softcap=softcap, return_log_sum_sq_probs=return_log_sum_sq_probs)
+    logps, side = out[0], (out[2] if return_log_sum_sq_probs else None)
   else:
-    logps, _ = logps_lib.sequence_logps(model.unembed(predictor_BxTxD), input_ids_BxT, targets_mask)
+    logits_BxTxV = model.unembed(predictor_BxTxD)
+    logps, _ = logps_lib.sequence_logps(logits_BxTxV, input_ids_BxT, targets_mask)
+    if return_log_sum_sq_probs:
+      side = jax.lax.stop_gradient(logps_lib.token_log_sum_sq_probs(logits_BxTxV, targets_mask))
   chosen, rejected = layout.chosen_targets.astype(jnp.float32), layout.rejected_targets.astype(jnp.float32)
-  return (jnp.concatenate([logps * chosen, logps * rejected], axis=0),
-          jnp.concatenate([chosen, rejected], axis=0))
+  out = (jnp.concatenate([logps * chosen, logps * rejected], axis=0), jnp.concatenate([chosen, rejected], axis=0))
+  if return_log_sum_sq_probs:
+    out += (jnp.concatenate([side * chosen, side * rejected], axis=0),)
+  return out

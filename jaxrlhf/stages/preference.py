@@ -20,6 +20,9 @@ is reported as the metric `beta/mean`.
 LD-DPO (`loss.ld_alpha` < 1, algorithm "dpo"): the sequence log-probs of the policy and of the reference (resident
 or precomputed; the cache records ld_alpha and is recomputed when it differs) weight the tokens past a pair's
 shared response length by ld_alpha (`losses.preference.ld_sequence_logps`, TRL's `ld_alpha`).
+WPO (`loss.use_weighting`, algorithm "dpo"): each pair's loss is multiplied by the policy's detached weight
+w(y_c) w(y_r) (`losses.preference.wpo_weights`, from the log-probs and each token's log sum_v p_v^2 of the same
+forward); its batch mean is the metric `wpo/weight`.
 KTO: each pair gives a desirable (chosen) and an undesirable (rejected) example. The reference point z0
 (`loss.kto_reference_point`) is, by default, the paper's KL estimate from MISMATCHED pairs ("mismatched": each of
 the 2B examples' prompts with the previous example's completion, as TRL's KTOTrainer shifts completions by one;
@@ -83,6 +86,9 @@ class PreferenceLossConfig:
   # LD-DPO (TRL's ld_alpha): tokens past a pair's shared response length weigh ld_alpha in the sequence log-probs of
   # the policy and the reference; 1 is plain DPO. algorithm "dpo" only.
   ld_alpha: float = field(1.0, min=0.0, max=1.0)
+  # WPO (TRL's use_weighting): each pair's loss is weighted by the policy's detached, length-normalized probability
+  # of both responses (`losses.preference.wpo_weights`). algorithm "dpo" only.
+  use_weighting: bool = field(False)
   simpo_gamma: float = field(0.5)
   kto_loss_type: str = field("kto", choices=kto_lib.KTO_LOSS_TYPES)
   kto_reference_point: str = field("mismatched", choices=KTO_REFERENCE_POINTS)
@@ -110,6 +116,13 @@ class PreferenceLossConfig:
       raise ConfigError(f"{path}.label_smoothing: must be > 0 for loss_type 'exo_pair' (e.g. 1e-3)")
     if self.beta <= 0:
       raise ConfigError(f"{path}.beta: must be > 0, got {self.beta}")
+    if self.use_weighting and self.algorithm != "dpo":
+      raise ConfigError(f"{path}.use_weighting: WPO weights DPO's pair losses; it needs {path}.algorithm 'dpo', got "
+                        f"{self.algorithm!r}")
+    sorting = [t for t in self.loss_type if t in pref_lib.SORTING_LOSS_TYPES]
+    if self.use_weighting and sorting:
+      raise ConfigError(f"{path}.use_weighting: {sorting} sorts the batch, so its losses belong to no pair to "
+                        "weight (as in TRL)")
     if self.ld_alpha != 1.0 and self.algorithm != "dpo":
       raise ConfigError(f"{path}.ld_alpha: LD-DPO weights DPO's sequence log-probs; {self.ld_alpha} needs "
                         f"{path}.algorithm 'dpo', got {self.algorithm!r} (leave ld_alpha at 1)")
@@ -231,7 +244,11 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
     reference = None
     if resident:
       reference = model.without_adapters() if lora else model.reference
-    token_logps, mask = scoring.pair_token_logps(policy, batch, chunk_size, fused=fused)
+    if loss.use_weighting:
+      token_logps, mask, log_sum_sq = scoring.pair_token_logps(policy, batch, chunk_size, fused=fused,
+                                                               return_log_sum_sq_probs=True)
+    else:
+      token_logps, mask = scoring.pair_token_logps(policy, batch, chunk_size, fused=fused)
     mask = mask.astype(jnp.float32)
     logps_2B = jnp.sum(token_logps, axis=-1)
     lengths_2B = jnp.sum(mask, axis=-1)
@@ -255,8 +272,12 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
                       chosen_nll=nll_c)
     extra = {}
     if loss.algorithm == "dpo":
+      pair_weights = None
+      if loss.use_weighting:
+        pair_weights = pref_lib.wpo_weights(token_logps, log_sum_sq, mask)
+        extra["wpo/weight"] = metrics_lib.Avg(jnp.sum(w_B * pair_weights), jnp.sum(w_B))
       losses, m = pref_lib.dpo_loss(pc, pr, rc, rr, beta=beta, chosen_lengths=len_c, rejected_lengths=len_r,
-                                    **dpo_kwargs)
+                                    weights=pair_weights, **dpo_kwargs)
     elif loss.algorithm == "simpo":
       losses, m = reference_free.simpo_loss(pc, pr, len_c, len_r, beta=beta, gamma=loss.simpo_gamma,
                                             label_smoothing=loss.label_smoothing)
@@ -518,7 +539,7 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
       m = jax.device_get(eval_step(state, b))
       acc = m if acc is None else metrics_lib.merge(acc, m)
     values = metrics_lib.compute(acc)
-    return {k: v for k, v in values.items() if k in ("loss",) + PAIR_METRICS}
+    return {k: v for k, v in values.items() if k in ("loss", "wpo/weight") + PAIR_METRICS}
 
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None, run_config=dataclasses.asdict(cfg))

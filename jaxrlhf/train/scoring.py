@@ -96,21 +96,23 @@ def resolve_logps_path(path: str, chunk_size: int = 0, backend: str | None = Non
 
 
 def head_logps(model: Any, hidden_BxTxD: jax.Array, targets_BxT: jax.Array, mask_BxT: jax.Array,
-               chunk_size: int, fused: bool = False) -> jax.Array:
+               chunk_size: int, fused: bool = False, return_log_sum_sq_probs: bool = False):
   """(B, T) float32 log-probs of `targets` from a CausalLM's final hidden states, the LM head (and its soft-cap)
-  applied by `losses.logps.lm_head_logps` (chunked, or fused with `fused`); 0 where mask is 0."""
+  applied by `losses.logps.lm_head_logps` (chunked, or fused with `fused`); 0 where mask is 0. With
+  `return_log_sum_sq_probs`, (log-probs, log sum_v p_v^2 (B, T), detached)."""
   head_DxV, softcap = model.output_projection()
-  logps, _ = logps_lib.lm_head_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT, chunk_size=chunk_size,
-                                     fused=fused, logit_softcap=softcap)
-  return logps
+  out = logps_lib.lm_head_logps(hidden_BxTxD, head_DxV, targets_BxT, mask_BxT, chunk_size=chunk_size,
+                                fused=fused, logit_softcap=softcap, return_log_sum_sq_probs=return_log_sum_sq_probs)
+  return (out[0], out[2]) if return_log_sum_sq_probs else out[0]
 
 
 def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Array, loss_mask_BxT: jax.Array,
                 chunk_size: int = 0, *, positions_BxT: jax.Array | None = None,
-                segment_ids_BxT: jax.Array | None = None, prefix_ids: Sequence[int] = (), fused: bool = False
-                ) -> tuple[jax.Array, jax.Array]:
+                segment_ids_BxT: jax.Array | None = None, prefix_ids: Sequence[int] = (), fused: bool = False,
+                return_log_sum_sq_probs: bool = False):
   """(token_logps_BxT, target_mask_BxT) float32: position t holds log p(input_ids[t + 1] | ids[<= t]) where
-  loss_mask[t + 1] = 1, else 0.
+  loss_mask[t + 1] = 1, else 0. With `return_log_sum_sq_probs` a third (B, T) output, aligned the same way: the
+  log sum_v p_v^2 of that prediction's softmax (`losses.logps.token_log_sum_sq_probs`, detached; WPO's weights).
 
   Args:
     model: a CausalLM.
@@ -136,12 +138,20 @@ def token_logps(model: Any, input_ids_BxT: jax.Array, attention_mask_BxT: jax.Ar
   if segment_ids_BxT is not None:
     next_segment = jnp.concatenate([segment_ids_BxT[:, 1:], jnp.zeros_like(segment_ids_BxT[:, :1])], axis=1)
     mask_BxT = mask_BxT * (next_segment == segment_ids_BxT)
+  side = None
   if chunk_size or fused or segment_ids_BxT is not None:
     hidden_BxTxD = model.hidden_states(input_ids_BxT, attention_mask_BxT, positions_BxT,
                                        segment_ids=segment_ids_BxT)
-    logps = head_logps(model, hidden_BxTxD, targets_BxT, mask_BxT, chunk_size, fused)
+    logps = head_logps(model, hidden_BxTxD, targets_BxT, mask_BxT, chunk_size, fused, return_log_sum_sq_probs)
+    if return_log_sum_sq_probs:
+      logps, side = logps
   else:
-    logps, _ = logps_lib.sequence_logps(model(input_ids_BxT, attention_mask_BxT), targets_BxT, mask_BxT)
+    logits_BxTxV = model(input_ids_BxT, attention_mask_BxT)
+    logps, _ = logps_lib.sequence_logps(logits_BxTxV, targets_BxT, mask_BxT)
+    if return_log_sum_sq_probs:
+      side = jax.lax.stop_gradient(logps_lib.token_log_sum_sq_probs(logits_BxTxV, mask_BxT))
+  if return_log_sum_sq_probs:
+    return logps[:, n:], mask_BxT[:, n:], side[:, n:]
   return logps[:, n:], mask_BxT[:, n:]
 
 
@@ -407,7 +417,7 @@ def is_shared_prompt(batch: dict) -> bool:
 
 
 def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: tuple[int, ...] = (), *,
-                     fused: bool = False) -> tuple[jax.Array, jax.Array]:
+                     fused: bool = False, return_log_sum_sq_probs: bool = False):
   """Chosen and rejected response log-probs in one forward: (token_logps (2B, T), target mask (2B, T)).
 
   Rows [0, B) are the chosen responses, [B, 2B) the rejected ones; sums over T are the sequence log-probs.
@@ -417,6 +427,8 @@ def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: t
 
   prefix_ids: tokens inserted in front of every prompt (T-REG's control context); outputs are realigned to
   the positions without it. chunk_size / fused: the LM-head path, as in `token_logps`.
+  return_log_sum_sq_probs: a third (2B, T) output at the same positions, each scored token's log sum_v p_v^2
+  (detached; WPO's weights), 0 elsewhere.
   """
   n = len(prefix_ids)
   if is_shared_prompt(batch):
@@ -425,12 +437,14 @@ def pair_token_logps(model: Any, batch: dict, chunk_size: int = 0, prefix_ids: t
       ids = prepend_ids(ids, prefix_ids)
     layout = shared_prompt_layout(batch["prompt_length"] + n, batch["chosen_length"], batch["rejected_length"],
                                   ids.shape[1])
-    logps, mask = shared_prompt_token_logps(model, ids, layout, chunk_size, fused=fused)
-    return logps[:, n:], mask[:, n:]
+    out = shared_prompt_token_logps(model, ids, layout, chunk_size, fused=fused,
+                                    return_log_sum_sq_probs=return_log_sum_sq_probs)
+    return tuple(x[:, n:] for x in out)
   ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]], axis=0)
   att = jnp.concatenate([batch["chosen_attention_mask"], batch["rejected_attention_mask"]], axis=0)
   lm = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
-  return token_logps(model, ids, att, lm, chunk_size, prefix_ids=prefix_ids, fused=fused)
+  return token_logps(model, ids, att, lm, chunk_size, prefix_ids=prefix_ids, fused=fused,
+                     return_log_sum_sq_probs=return_log_sum_sq_probs)
 
 
 def mismatched_pair_rows(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -52,9 +52,10 @@ class _Accelerator:
 class _FakeLM(torch.nn.Module):
   """Returns the chosen per-token log-probs for an input width (TRL sums them over positions)."""
 
-  def __init__(self, log_probs_by_width):
+  def __init__(self, log_probs_by_width, log_sum_sq_probs=None):
     super().__init__()
     self.log_probs_by_width = log_probs_by_width
+    self.log_sum_sq_probs = log_sum_sq_probs
 
   def forward(self, input_ids, labels=None, fused_lm_head=True, **unused):
     log_probs = self.log_probs_by_width[input_ids.shape[1]]
@@ -64,7 +65,7 @@ class _FakeLM(torch.nn.Module):
         entropy=torch.zeros(n, t),
         mean_logits=torch.zeros(n, t),
         is_top1=torch.zeros(n, t, dtype=torch.bool),
-        log_sum_sq_probs=torch.zeros(n, t),
+        log_sum_sq_probs=torch.zeros(n, t) if self.log_sum_sq_probs is None else self.log_sum_sq_probs,
         aux_loss=torch.zeros(()),
     )
 
@@ -94,19 +95,20 @@ def _make_pairs(rng, n, max_logratio=50.0, equal_lengths=False):
 
 
 def _trl_dpo(per_token, lengths, ref, *, loss_types, loss_weights, beta, label_smoothing, f_divergence, f_alpha, tau,
-             gathered=None, ld_alpha=None):
+             gathered=None, ld_alpha=None, log_sum_sq=None):
   n2 = per_token.shape[0]
   completion_mask = torch.zeros(n2, T, dtype=torch.long)
   for i, length in enumerate(lengths):
     completion_mask[i, 1 : 1 + length] = 1
-  model = _FakeLM({T: torch.tensor(per_token, dtype=torch.float32)})
+  model = _FakeLM({T: torch.tensor(per_token, dtype=torch.float32)},
+                  None if log_sum_sq is None else torch.tensor(log_sum_sq, dtype=torch.float32))
   trainer = _base_trainer(dpo_trainer.DPOTrainer, model)
   trainer.ld_alpha = ld_alpha
   trainer.beta = beta
   trainer.loss_types = list(loss_types)
   trainer.loss_weights = list(loss_weights)
   trainer.label_smoothing = label_smoothing
-  trainer.use_weighting = False
+  trainer.use_weighting = log_sum_sq is not None
   trainer.f_divergence_type = f_divergence
   trainer.f_alpha_divergence_coef = f_alpha
   trainer.args = types.SimpleNamespace(discopop_tau=tau)
@@ -253,6 +255,33 @@ def test_ld_dpo_matches_trl(ld_alpha, loss_type):
   np.testing.assert_allclose(np.asarray(losses), trl_per_example, rtol=RTOL, atol=ATOL)
   if ld_alpha == 1.0:
     np.testing.assert_array_equal(logps, per_token.sum(1).astype(np.float32))
+
+
+@pytest.mark.parametrize("loss_types, loss_weights", [(("sigmoid",), (1.0,)), (("ipo",), (1.0,)),
+                                                     (("sigmoid", "bco_pair"), (0.8, 0.2))])
+def test_wpo_weighting_matches_trl(loss_types, loss_weights):
+  """WPO: TRL multiplies each pair's loss of every type by exp(mean(logp - log_sum_sq_probs)) of its chosen times its
+  rejected response; log_sum_sq_probs here are arbitrary values <= log p (as log sum p^2 is for a peaked softmax).
+  (TRL 1.16 cannot weight its "sft" type: it multiplies an expanded scalar in place, a torch RuntimeError.)"""
+  rng = np.random.default_rng(len(loss_types) + 40)
+  per_token, lengths, logps, ref = _make_pairs(rng, B, max_logratio=5.0, equal_lengths="sft" in loss_types)
+  mask = (np.arange(T - 1)[None, :] < lengths[:, None]).astype(np.float32)
+  log_sum_sq = np.where(mask > 0, per_token * rng.uniform(0.3, 1.2, size=per_token.shape), 0.0) / 4
+  kw = dict(loss_types=loss_types, loss_weights=loss_weights, beta=0.2, label_smoothing=0.0,
+            f_divergence="reverse_kl", f_alpha=0.5, tau=0.05)
+  trl_loss, trl_chosen, _ = _trl_dpo(per_token, lengths, ref, log_sum_sq=log_sum_sq, **kw)
+  unweighted, _, _ = _trl_dpo(per_token, lengths, ref, **kw)
+  weights = preference.wpo_weights(*(jnp.asarray(x, jnp.float32) for x in (per_token, log_sum_sq, mask)))
+  assert not np.allclose(np.asarray(weights), 1.0, rtol=1e-2)
+  n = B
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  losses, metrics = preference.dpo_loss(
+      f32(logps[:n]), f32(logps[n:]), f32(ref[:n]), f32(ref[n:]), loss_type=loss_types, loss_weights=loss_weights,
+      beta=0.2, chosen_lengths=f32(lengths[:n]), rejected_lengths=f32(lengths[n:]),
+      chosen_nll=f32(-per_token[:n].sum(1) / np.maximum(lengths[:n], 1)), weights=weights)
+  np.testing.assert_allclose(float(jnp.mean(losses)), trl_loss, rtol=RTOL, atol=ATOL)
+  assert abs(trl_loss - unweighted) > 1e-3  # the weighting changed TRL's loss too
+  np.testing.assert_allclose(np.asarray(metrics["rewards/chosen"]), trl_chosen, rtol=RTOL, atol=ATOL)
 
 
 def test_ld_sequence_logps_hand_computed():
