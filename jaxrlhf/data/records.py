@@ -2,7 +2,8 @@
 
 A prompt is either plain text or a list of chat messages ({"role": ..., "content": ...}); a response is
 plain text or a list of messages: one assistant message, or a multi-turn continuation of a chat prompt that starts
-and ends with the assistant's turn (tool results or user turns in between; see `response_problem`). Scores may be on any scale (NaN-free; absent is None).
+and ends with the assistant's turn (tool results or user turns in between; see `response_problem`). Scores may be
+on any scale (NaN-free; absent is None).
 An `SFTRecord` is a prompt and the one response supervised fine-tuning trains on.
 A `PromptRecord` is a prompt alone (for the online stages, which generate the responses) plus the extra columns
 its reward functions read (reference answers, test cases, metadata).
