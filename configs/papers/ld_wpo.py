@@ -14,8 +14,10 @@ The world's gold reward has a length term whose optimum (16 tokens) lies beyond 
 (docs/synthetic_world.md), so shorter is not better here by construction: the length rule tests the mechanism,
 the gold rules the quality claims. The sweep: seeds {0, ..., 4} (a seed reseeds every stage; the world is fixed).
 
-Variants: default (the full per-seed run), smoke (seconds).
+Variants: default (the full per-seed run), smoke (seconds), alphas (post hoc, after the verdict: DPO and LD-DPO at
+ld_alpha 0, 0.25 and 0.75, the same seeds; descriptive, no rule).
     python -m experiments.sweep --config configs/papers/ld_wpo.py --workdir runs/papers/ld_wpo
+    python -m experiments.sweep --config configs/papers/ld_wpo.py:alphas --workdir runs/papers/ld_wpo_alphas
     python -m experiments.tables --workdir runs/papers/ld_wpo
     python -m experiments.analysis.verdicts --runs runs/papers --config configs/papers/ld_wpo.py
 """
@@ -23,11 +25,14 @@ Variants: default (the full per-seed run), smoke (seconds).
 from configs import _sections as S
 from jaxrlhf.stages import evaluate_policy, preference, sft
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "smoke", "alphas")
 SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds: the verdict rule in docs/reproductions.md
 BETA, LD_ALPHA = 0.1, 0.5
 # stage name -> the loss settings that differ from plain DPO
 METHODS = {"dpo": {}, "dpo_ld": dict(ld_alpha=LD_ALPHA), "dpo_wpo": dict(use_weighting=True)}
+# The post-hoc dose-response (variant "alphas"): does the lengthening grow as ld_alpha falls?
+ALPHA_METHODS = {"dpo": {}, "dpo_ld0": dict(ld_alpha=0.0), "dpo_ld25": dict(ld_alpha=0.25),
+                 "dpo_ld75": dict(ld_alpha=0.75)}
 
 # The verdict rules, stated in docs/reproductions.md (LD-DPO and WPO section) and committed before the 5-seed sweep:
 # reproduced = over 5 paired seeds the 95% t-interval of the difference lies on the claimed side of 0, not reproduced
@@ -60,18 +65,20 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/ld_wpo.py: unknown variant {variant!r}; valid: " + ", ".join(VARIANTS))
   sizes = _sizes(variant == "smoke")
+  methods = ALPHA_METHODS if variant == "alphas" else METHODS
   stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=sizes["model"]), **sizes["sft"])}
-  for name, loss in METHODS.items():
+  for name, loss in methods.items():
     stages[name] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),
                            loss=dict(algorithm="dpo", beta=BETA, **loss), **sizes["pref"])
-  for name in METHODS:
+  for name in methods:
     stages[f"eval_{name}"] = S.stage("evaluate_policy", evaluate_policy.EvaluatePolicyConfig, policy=f"stage:{name}",
                                      base="stage:sft", **sizes["eval"])
   config = S.chain(stages, seed=0)
   config.tables = dict(metrics=(
-      *[f"eval_{m}/gold/gain" for m in METHODS], *[f"eval_{m}/length/policy" for m in METHODS],
-      "eval_dpo/length/base", *[f"eval_{m}/kl" for m in METHODS], *[f"eval_{m}/gold/win_rate" for m in METHODS],
-      *[f"{m}/eval/rewards/accuracy" for m in METHODS], "dpo_wpo/eval/wpo/weight"))
+      *[f"eval_{m}/gold/gain" for m in methods], *[f"eval_{m}/length/policy" for m in methods],
+      "eval_dpo/length/base", *[f"eval_{m}/kl" for m in methods], *[f"eval_{m}/gold/win_rate" for m in methods],
+      *[f"{m}/eval/rewards/accuracy" for m in methods],
+      *(("dpo_wpo/eval/wpo/weight",) if "dpo_wpo" in methods else ())))
   return config
 
 

@@ -34,6 +34,10 @@ def test_chain_structure_and_sweep():
     assert (plan[f"eval_{name}"].policy, plan[f"eval_{name}"].base) == (f"stage:{name}", "stage:sft")
   assert sweep_lib.collect(SPEC) == [{"seed": s} for s in range(5)]
   assert sweep_lib.collect(SPEC + ":smoke") == [{"seed": 0}]
+  assert sweep_lib.collect(SPEC + ":alphas") == [{"seed": s} for s in range(5)]
+  alphas = {name: cfg for name, _, cfg in run_lib.plan(config_lib.load_config(SPEC + ":alphas"))}
+  assert [alphas[n].loss.ld_alpha for n in ("dpo", "dpo_ld0", "dpo_ld25", "dpo_ld75")] == [1.0, 0.0, 0.25, 0.75]
+  assert all(alphas[n].optimizer == base.optimizer and alphas[n].data == base.data for n in ("dpo_ld0", "dpo_ld75"))
 
 
 def test_verdicts_state_the_section_rules():
