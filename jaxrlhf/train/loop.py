@@ -122,7 +122,7 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
 
   Raises:
     NonFiniteError: a train or eval metric is NaN/inf; nothing from that step on is saved.
-    ValueError: the workdir's newest checkpoint is past `config.num_steps`.
+    ConfigError (a ValueError) naming loop.num_steps: the workdir's newest checkpoint is past it.
     checkpoint.CheckpointError: the workdir's checkpoints hold no intact step (or only steps written for another
       train state: the message says what differs), or a checkpoint write failed.
   """
@@ -148,9 +148,9 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
       start, state, data_state = ckpt.restore_newest_intact(setup.abstract)
       if start > config.num_steps:
         # Nothing to run, and results.json would report a step and metrics past the run that was asked for.
-        raise ValueError(f"{workdir}: its newest checkpoint is step {start}, past num_steps={config.num_steps}; "
-                         f"raise num_steps to at least {start} to resume, or use a fresh workdir to train "
-                         f"{config.num_steps} steps")
+        raise ConfigError(f"loop.num_steps: {workdir}: its newest checkpoint is step {start}, past "
+                          f"num_steps={config.num_steps}; raise num_steps to at least {start} to resume, or use a "
+                          f"fresh workdir to train {config.num_steps} steps")
       if distributed.is_primary():
         print(f"[train] resuming from step {start} ({ckpt.directory})", flush=True)
       if data_state:

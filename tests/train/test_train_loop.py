@@ -84,8 +84,8 @@ def test_a_workdir_past_num_steps_is_refused_not_reported_as_done(tmp_path):
   _, shorter = toy_stage(loop__num_steps=8, loop__tensorboard=False)
   kind.run(full, str(tmp_path), {})
   os.remove(tmp_path / "results.json")
-  with pytest.raises(ValueError, match=r"newest checkpoint is step 12, past num_steps=8; raise num_steps to at "
-                     r"least 12 to resume, or use a fresh workdir"):
+  with pytest.raises(config_lib.ConfigError, match=r"loop\.num_steps: .*newest checkpoint is step 12, past "
+                     r"num_steps=8; raise num_steps to at least 12 to resume, or use a fresh workdir"):
     kind.run(shorter, str(tmp_path), {})
   assert not (tmp_path / "results.json").exists()
   kind.run(full, str(tmp_path), {})  # At num_steps it is a finished run, reported as done.
