@@ -308,3 +308,21 @@ def feature_model(model_config: Any, backbone: Mapping[str, Any]) -> RewardModel
       "head": {"kernel": jnp.eye(d, dtype=dtype), "bias": jnp.zeros((d,), dtype),
                "attribute_weights": jnp.full((d,), 1.0 / d, jnp.float32)}})
   return nnx.merge(graphdef, state)
+
+
+def update_reference(state: Any, alpha: float, apply: jax.Array | bool = True) -> Any:
+  """TR-DPO's reference update (Gorbatovski et al. 2024, arXiv 2404.09656, Sec. 3; TRL's SyncRefModelCallback):
+  ref <- alpha * policy + (1 - alpha) * ref on every reference parameter (in float32, cast back to its dtype); alpha
+  = 1 is the hard update, an exact copy. `apply` (a traced bool) keeps the old reference where False. `state`: a
+  TrainState whose params hold "policy" and whose extra holds its frozen "reference" of the same structure (the
+  rl stage's and the preference stage's resident reference)."""
+  params, extra = nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.extra)
+
+  def mix(p, r):
+    new = p if alpha == 1.0 else alpha * p.astype(jnp.float32) + (1.0 - alpha) * r.astype(jnp.float32)
+    return jnp.where(apply, new.astype(r.dtype), r)
+
+  extra["reference"] = jax.tree.map(mix, params["policy"], extra["reference"])
+  out = jax.tree.map(lambda x: x, state.extra)
+  nnx.replace_by_pure_dict(out, extra)
+  return state.replace(extra=out)

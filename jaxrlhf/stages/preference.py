@@ -20,6 +20,9 @@ is reported as the metric `beta/mean`.
 LD-DPO (`loss.ld_alpha` < 1, algorithm "dpo"): the sequence log-probs of the policy and of the reference (resident
 or precomputed; the cache records ld_alpha and is recomputed when it differs) weight the tokens past a pair's
 shared response length by ld_alpha (`losses.preference.ld_sequence_logps`, TRL's `ld_alpha`).
+TR-DPO (`loss.ref_update_every` > 0): the resident reference moves toward the policy every ref_update_every updates
+(ref <- ref_update_alpha * policy + (1 - ref_update_alpha) * ref; TRL's sync_ref_model); "auto" keeps the reference
+resident for it, "precompute" and LoRA refuse it.
 WPO (`loss.use_weighting`, algorithm "dpo"): each pair's loss is multiplied by the policy's detached weight
 w(y_c) w(y_r) (`losses.preference.wpo_weights`, from the log-probs and each token's log sum_v p_v^2 of the same
 forward); its batch mean is the metric `wpo/weight`.
@@ -89,6 +92,11 @@ class PreferenceLossConfig:
   # WPO (TRL's use_weighting): each pair's loss is weighted by the policy's detached, length-normalized probability
   # of both responses (`losses.preference.wpo_weights`). algorithm "dpo" only.
   use_weighting: bool = field(False)
+  # TR-DPO (TRL's sync_ref_model / ref_model_sync_steps / ref_model_mixup_alpha): after every ref_update_every-th
+  # update, ref <- ref_update_alpha * policy + (1 - ref_update_alpha) * ref (`common.update_reference`); 0 = never,
+  # the frozen reference of DPO. Needs the resident reference (a precomputed one cannot move).
+  ref_update_every: int = field(0, min=0)
+  ref_update_alpha: float = field(0.6, min=0.0, max=1.0)
   simpo_gamma: float = field(0.5)
   kto_loss_type: str = field("kto", choices=kto_lib.KTO_LOSS_TYPES)
   kto_reference_point: str = field("mismatched", choices=KTO_REFERENCE_POINTS)
@@ -123,6 +131,8 @@ class PreferenceLossConfig:
     if self.use_weighting and sorting:
       raise ConfigError(f"{path}.use_weighting: {sorting} sorts the batch, so its losses belong to no pair to "
                         "weight (as in TRL)")
+    if self.ref_update_every and not needs_reference(self):
+      raise ConfigError(f"{path}.ref_update_every: {self.algorithm!r} has no reference model to update")
     if self.ld_alpha != 1.0 and self.algorithm != "dpo":
       raise ConfigError(f"{path}.ld_alpha: LD-DPO weights DPO's sequence log-probs; {self.ld_alpha} needs "
                         f"{path}.algorithm 'dpo', got {self.algorithm!r} (leave ld_alpha at 1)")
@@ -164,6 +174,14 @@ class PreferenceConfig:
     if mismatched_kto(self.loss) and self.data.batch_size < 2:
       raise ConfigError(f"{path}.data.batch_size: KTO's mismatched reference point pairs each prompt with another "
                         f"pair's completion, so it needs >= 2 pairs per batch (got {self.data.batch_size})")
+    if self.loss.ref_update_every and self.reference == "precompute":
+      raise ConfigError(f"{path}.reference: 'precompute' fixes the reference log-probs before training, so "
+                        f"{path}.loss.ref_update_every={self.loss.ref_update_every} cannot move it; use 'auto' or "
+                        "'resident'")
+    if self.loss.ref_update_every and self.model.lora:
+      raise ConfigError(f"{path}.loss.ref_update_every: a LoRA policy's reference is its own base with the adapters "
+                        "off, which cannot move apart from the policy; train without model.lora, or set "
+                        "ref_update_every=0")
     common.check_accumulation(self.data.batch_size, self.optimizer.grad_accum_steps, path)
     common.check_logps_path(self.logps_path, self.logps_chunk_size, path)
 
@@ -185,7 +203,7 @@ def resident_reference(cfg: "PreferenceConfig") -> bool:
   if not needs_reference(cfg.loss):
     return False
   if cfg.reference == "auto":
-    return mismatched_kto(cfg.loss)
+    return mismatched_kto(cfg.loss) or bool(cfg.loss.ref_update_every)
   return cfg.reference == "resident"
 
 
@@ -420,6 +438,20 @@ class ReferenceCache:
     return out
 
 
+def with_reference_updates(step_fn: state_lib.StepFn, every: int, alpha: float) -> state_lib.StepFn:
+  """TR-DPO's schedule around a resident-reference step: after the update that makes state.step a multiple of
+  `every`, ref <- alpha * policy + (1 - alpha) * ref (`common.update_reference`; TRL's SyncRefModelCallback at
+  on_step_end). The metric ref/updates counts the updates in the log window."""
+
+  def step(state, batch):
+    state, metrics = step_fn(state, batch)
+    due = state.step % every == 0
+    state = common.update_reference(state, alpha, due)
+    return state, {**metrics, "ref/updates": metrics_lib.Sum(due.astype(jnp.float32))}
+
+  return step
+
+
 # ------------------------------------------------------------------------------------------------ setup and stage
 def preference_setup(cfg: PreferenceConfig, model_config: Any, pretrained: dict | None, optimizer: Any, mesh: Any
                      ) -> state_lib.StateSetup:
@@ -518,6 +550,8 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   step_fn = state_lib.make_train_step(setup.graphdef, loss_fn, optimizer,
                                       grad_accum_steps=cfg.optimizer.grad_accum_steps,
                                       schedule=optim.make_schedule(cfg.optimizer))
+  if loss.ref_update_every:
+    step_fn = with_reference_updates(step_fn, loss.ref_update_every, loss.ref_update_alpha)
   shared, layout_report = inputs_lib.choose_shared_prompt(data, train_records, tokenizer, model_config,
                                                           with_lm_head=True)
   report = {**report, "shared_prompt": layout_report}

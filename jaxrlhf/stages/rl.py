@@ -860,21 +860,8 @@ def online_dpo_pairs(loss: RLLossConfig, batch: dict[str, jax.Array], ref_logps_
   return pairs, metrics
 
 
-def update_reference(state: state_lib.TrainState, alpha: float, apply: jax.Array | bool = True
-                     ) -> state_lib.TrainState:
-  """TR-DPO's reference update (Gorbatovski et al. 2024, arXiv 2404.09656, Sec. 3; TRL's SyncRefModelCallback):
-  ref <- alpha * policy + (1 - alpha) * ref on every reference parameter (in float32, cast back to its dtype); alpha
-  = 1 is the hard update, an exact copy. `apply` (a traced bool) keeps the old reference where False."""
-  params, extra = nnx.to_pure_dict(state.params), nnx.to_pure_dict(state.extra)
-
-  def mix(p, r):
-    new = p if alpha == 1.0 else alpha * p.astype(jnp.float32) + (1.0 - alpha) * r.astype(jnp.float32)
-    return jnp.where(apply, new.astype(r.dtype), r)
-
-  extra["reference"] = jax.tree.map(mix, params["policy"], extra["reference"])
-  out = jax.tree.map(lambda x: x, state.extra)
-  nnx.replace_by_pure_dict(out, extra)
-  return state.replace(extra=out)
+# TR-DPO's reference update, shared with the preference stage (its offline form).
+update_reference = common.update_reference
 
 
 def make_online_dpo_step(graphdef: nnx.GraphDef, cfg: RLConfig, optimizer: Any,
