@@ -85,6 +85,9 @@ class PreferenceLossConfig:
   label_smoothing: float = field(0.0, min=0.0, max=0.49)
   f_divergence: str = field("reverse_kl", choices=pref_lib.F_DIVERGENCES)
   f_alpha: float = field(0.5)
+  # DiscoPOP's tau (TRL's discopop_tau): the temperature of its modulation sigmoid(beta d / tau); loss_type
+  # "discopop" only.
+  discopop_tau: float = field(0.05)
   rpo_alpha: float = field(0.0, min=0.0)
   # LD-DPO (TRL's ld_alpha): tokens past a pair's shared response length weigh ld_alpha in the sequence log-probs of
   # the policy and the reference; 1 is plain DPO. algorithm "dpo" only.
@@ -124,6 +127,11 @@ class PreferenceLossConfig:
       raise ConfigError(f"{path}.label_smoothing: must be > 0 for loss_type 'exo_pair' (e.g. 1e-3)")
     if self.beta <= 0:
       raise ConfigError(f"{path}.beta: must be > 0, got {self.beta}")
+    if not self.discopop_tau > 0:
+      raise ConfigError(f"{path}.discopop_tau: must be > 0, got {self.discopop_tau}")
+    if self.discopop_tau != 0.05 and "discopop" not in self.loss_type:
+      raise ConfigError(f"{path}.discopop_tau: {self.discopop_tau} is read by loss_type 'discopop' only; "
+                        f"{path}.loss_type is {self.loss_type} (leave discopop_tau at 0.05)")
     if self.use_weighting and self.algorithm != "dpo":
       raise ConfigError(f"{path}.use_weighting: WPO weights DPO's pair losses; it needs {path}.algorithm 'dpo', got "
                         f"{self.algorithm!r}")
@@ -286,8 +294,8 @@ def preference_loss_fn(loss: PreferenceLossConfig, *, resident: bool, chunk_size
       else:
         rc, rr = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     dpo_kwargs = dict(loss_type=types, loss_weights=type_weights, label_smoothing=loss.label_smoothing,
-                      f_divergence=loss.f_divergence, f_alpha=loss.f_alpha, rpo_alpha=loss.rpo_alpha,
-                      chosen_nll=nll_c)
+                      f_divergence=loss.f_divergence, f_alpha=loss.f_alpha, discopop_tau=loss.discopop_tau,
+                      rpo_alpha=loss.rpo_alpha, chosen_nll=nll_c)
     extra = {}
     if loss.algorithm == "dpo":
       pair_weights = None

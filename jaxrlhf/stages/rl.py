@@ -97,7 +97,8 @@ SHUFFLE_STREAM = 0x5f0f  # PPO's minibatch permutations: fold_in(rollout key, th
 PPO_KEYS = ("ppo_epochs", "num_mini_batches", "gamma", "lam", "vf_coef", "cliprange_value", "whiten_rewards",
             "kl_controller", "kl_target", "kl_horizon", "token_rewards")
 # Online-DPO-only keys; with another algorithm a changed one is a ConfigError.
-ONLINE_DPO_KEYS = ("dpo_loss_type", "missing_eos_penalty", "ties", "ref_update_every", "ref_update_alpha")
+ONLINE_DPO_KEYS = ("dpo_loss_type", "discopop_tau", "missing_eos_penalty", "ties", "ref_update_every",
+                   "ref_update_alpha")
 # The DPO-family losses that need nothing but the pair's log-probs, beta and lengths (no label smoothing, no NLL, no
 # batch sorting); TRL's OnlineDPOTrainer has sigmoid and ipo.
 ONLINE_DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "nca_pair", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
@@ -210,6 +211,8 @@ class RLLossConfig:
   reference_column: str = field("references")
   hardness_column: str = field("")
   dpo_loss_type: str = field("sigmoid", choices=ONLINE_DPO_LOSS_TYPES)
+  # DiscoPOP's modulation temperature (TRL's discopop_tau); dpo_loss_type 'discopop' only.
+  discopop_tau: float = field(0.05)
   missing_eos_penalty: float = field(0.0, min=0.0)
   ties: str = field("mask", choices=TIES)
   ref_update_every: int = field(0, min=0)
@@ -317,6 +320,11 @@ class RLLossConfig:
     if self.ref_update_alpha <= 0.0:
       raise ConfigError(f"{path}.ref_update_alpha: must lie in (0, 1] (1 = a hard copy of the policy); got "
                         f"{self.ref_update_alpha}")
+    if not self.discopop_tau > 0:
+      raise ConfigError(f"{path}.discopop_tau: must be > 0, got {self.discopop_tau}")
+    if self.discopop_tau != defaults.discopop_tau and self.dpo_loss_type != "discopop":
+      raise ConfigError(f"{path}.discopop_tau: read by dpo_loss_type 'discopop' only ({path}.dpo_loss_type is "
+                        f"{self.dpo_loss_type!r}); leave it at {defaults.discopop_tau}")
     # Keys whose meaning the DPO loss replaces: a changed one would be silently ignored.
     replaced = {"variant": "a GRPO objective", "dynamic_sampling": "pairs are not filtered by reward variance",
                 "oversample": "pairs are not filtered by reward variance", "scale_rewards": "no advantages",
@@ -803,7 +811,7 @@ def online_dpo_loss_terms(loss: RLLossConfig, chosen_logps_P: jax.Array, rejecte
     lengths = {"chosen_lengths": ones, "rejected_lengths": ones}
   losses_P, m = preference_lib.dpo_loss(chosen_logps_P, rejected_logps_P, batch["ref_chosen_logps"],
                                         batch["ref_rejected_logps"], loss_type=loss.dpo_loss_type, beta=loss.beta,
-                                        **lengths)
+                                        discopop_tau=loss.discopop_tau, **lengths)
   pairs = jnp.sum(weight_P)
   metrics = {k: metrics_lib.Avg(jnp.sum(v * weight_P), pairs) for k, v in m.items()}
   return jnp.sum(losses_P * weight_P), pairs, metrics
