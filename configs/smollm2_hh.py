@@ -5,7 +5,10 @@ HH-RLHF-format preference file given on the command line:
         --config.data.paths='("../shared/data/hh-rlhf/harmless-base-test.jsonl.gz",)'
 
 Stages: reward (a linear-head RM on the SmolLM2 backbone) and dpo (from SmolLM2, reference precomputed).
-`config.data.paths` / `config.data.format` / `config.model_path` feed both stages.
+`config.data.paths` / `config.data.format` / `config.model_path` / `config.tokenizer` feed both stages. The tokenizer
+is the model's unless `config.tokenizer` names a HF tokenizer folder, e.g. SmolLM2's with a tool-use
+`chat_template.jinja` for a chat file whose rows hold `tools` and structured `tool_calls` (SmolLM2's own template
+shows neither, and such rows are refused under it).
 Variants: default, smoke (a few HH pairs, short max_length, 2 steps per stage; the HH test split by default).
 """
 
@@ -27,7 +30,7 @@ def get_config(arg=None):
   smoke = variant == "smoke"
   import ml_collections  # pylint: disable=g-import-not-at-top
   shared = ml_collections.ConfigDict(dict(
-      model_path=smollm2_gguf(),
+      model_path=smollm2_gguf(), tokenizer="",
       data=dict(paths=(str(HH_FILE),) if smoke else (), format="hh")))
   data = dict(source="files", format="hh", strict=False, num_train=8 if smoke else 0, num_eval=4 if smoke else 256,
               eval_fraction=0.05, batch_size=2 if smoke else 16, max_length=64 if smoke else 512,
@@ -46,7 +49,8 @@ def get_config(arg=None):
   config = S.chain(stages, **shared)
   for name in stages:  # One command-line key feeds both stages.
     config[name].model.init_from = config.get_ref("model_path")
-    config[name].data.tokenizer = config.get_ref("model_path")
+    # Its own key: a stage's data.tokenizer tied to model_path would change the model too when set.
+    config[name].data.tokenizer = config.get_ref("tokenizer")
     config[name].data.paths = config.data.get_ref("paths")
     config[name].data.format = config.data.get_ref("format")
   return config

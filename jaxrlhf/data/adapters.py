@@ -9,9 +9,16 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
   A response is one assistant message or a multi-turn continuation that starts and ends with the assistant's turn
   (tool results, user turns between; no system message; the prompt must then be messages): its turn markers come
   from the chat template (`tokenize.response_text_under_template`) and every token of it is scored, as in TRL. Such
-  rows are counted as the note "chat_multi_turn_response"; other role layouts are bad_messages rows. Message keys
-  other than role and content that hold something (tool_calls, reasoning_content, name, weight, ...) make a
-  bad_messages row in every format: they would be lost. Same optional columns as "pairwise".
+  rows are counted as the note "chat_multi_turn_response"; other role layouts are bad_messages rows. Same optional
+  columns as "pairwise".
+
+Tool use, in the formats with chat messages ("pairwise" and "chat" prompts and responses, "kway", "prompts",
+"sft"): an assistant message may hold structured `tool_calls` (its content may then be null or empty), a tool
+message its `name` and `tool_call_id`, as in transformers' chat format, and the optional `tools` column holds the
+function schemas the template shows (a list, or its JSON text, as TRL reads it). Whether the model's template
+renders them is checked when the records are tokenized (`tokenize`). Any other message key that holds something
+(reasoning_content, weight, tool_calls on a user turn, ...) makes a bad_messages row in every format: it would be
+lost.
 - "hh": Anthropic HH-RLHF: `chosen`, `rejected` are dialogues of "\n\nHuman:" / "\n\nAssistant:" turns. The prompt
   is the shared dialogue up to and including the final "\n\nAssistant:" marker; the responses are the final
   assistant turns with exactly one leading space removed (HH writes "Assistant: text"). When the two dialogues
@@ -72,8 +79,9 @@ import re
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from jaxrlhf.data import errors
-from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, PROMPT_LAST_ROLES, PreferenceRecord, PromptRecord,
-                                  SFTRecord, VALID_ROLES, response_problem)
+from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, OPTIONAL_MESSAGE_KEYS, PROMPT_LAST_ROLES,
+                                  PreferenceRecord, PromptRecord, SFTRecord, VALID_ROLES, response_problem,
+                                  tool_call_problem, tools_problem)
 
 # The file types `iter_rows` reads.
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
@@ -82,15 +90,15 @@ _OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_at
                           "annotator", "subset")
 # Canonical column -> default name in the file, per format.
 DEFAULT_COLUMNS = {
-    "pairwise": {c: c for c in ("prompt", "chosen", "rejected") + _OPTIONAL_PAIR_COLUMNS},
-    "chat": {c: c for c in ("prompt", "chosen", "rejected") + _OPTIONAL_PAIR_COLUMNS},
+    "pairwise": {c: c for c in ("prompt", "chosen", "rejected", "tools") + _OPTIONAL_PAIR_COLUMNS},
+    "chat": {c: c for c in ("prompt", "chosen", "rejected", "tools") + _OPTIONAL_PAIR_COLUMNS},
     "hh": {"chosen": "chosen", "rejected": "rejected", "subset": "subset"},
     "ultrafeedback": {"prompt": "instruction", "completions": "completions", "scores": "scores",
                       "response": "response", "score": "overall_score", "subset": "subset"},
     "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
-             "response": "response", "score": "overall_score", "subset": "subset"},
-    "prompts": {"prompt": "prompt", "messages": "messages"},
-    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages", "text": "text"},
+             "response": "response", "score": "overall_score", "subset": "subset", "tools": "tools"},
+    "prompts": {"prompt": "prompt", "messages": "messages", "tools": "tools"},
+    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages", "text": "text", "tools": "tools"},
     "m_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "language": "language",
                       "subset": "source", "id": "id"},
     "rag_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "scenario": "scenario",
@@ -255,9 +263,10 @@ def _optional_vector(row: Mapping, col: str) -> tuple[float, ...] | None:
   return tuple(_number(v, f"{col}[{i}]") for i, v in enumerate(value))
 
 
-def _messages(value: Any, col: str) -> list[dict[str, str]]:
-  """A validated message list, normalized to {"role", "content"} dicts; a message with any other key that holds
-  something (not null or empty) is a bad_messages row."""
+def _messages(value: Any, col: str) -> list[dict[str, Any]]:
+  """A validated message list, normalized to {"role", "content"} dicts plus the tool-use keys their role may hold
+  (an assistant's `tool_calls`, a tool's `name` / `tool_call_id`; records.OPTIONAL_MESSAGE_KEYS). Any other key that
+  holds something (not null or empty) makes a bad_messages row."""
   if not isinstance(value, (list, tuple)):
     raise errors.RecordError(errors.BAD_MESSAGES, f"{col} must be a list of messages, got {type(value).__name__}")
   if not value:
@@ -266,20 +275,57 @@ def _messages(value: Any, col: str) -> list[dict[str, str]]:
   for i, m in enumerate(value):
     if not isinstance(m, Mapping) or "role" not in m:
       raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] must be a dict with 'role' and 'content'")
-    if m["role"] not in VALID_ROLES:
-      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] has role {m['role']!r}; valid: {VALID_ROLES}")
-    # Only role and content are read. A key holding something else (tool_calls, reasoning_content, name, weight)
+    role = m["role"]
+    if role not in VALID_ROLES:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] has role {role!r}; valid: {VALID_ROLES}")
+    # A key holding something the template is never given (reasoning_content, weight, a tool_calls on a user turn)
     # would be lost without a trace, changing the text the model sees, so the row is refused. Null or empty values
     # carry nothing (a parquet struct column gives every message every field, mostly null).
-    extra = sorted(k for k, v in m.items() if k not in ("role", "content") and v not in (None, "", [], {}))
+    allowed = OPTIONAL_MESSAGE_KEYS.get(role, ())
+    held = {k: v for k, v in m.items() if k not in ("role", "content") and v not in (None, "", [], {})}
+    extra = sorted(k for k in held if k not in allowed)
     if extra:
-      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] (role {m['role']!r}) has key(s) {extra}; only "
-                               "'role' and 'content' are read, so they would be lost: fold what they hold into "
-                               "content (e.g. a tool call as a <tool_call> block) or drop the key")
-    if "content" not in m:
+      raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] (role {role!r}) has key(s) {extra}; read beside "
+                               f"'role' and 'content': {list(allowed) or 'nothing'} for this role, so they would be "
+                               "lost: fold what they hold into content or drop the key")
+    message = {"role": role}
+    if "tool_calls" in held:
+      # An assistant turn that only calls tools often has null or no content.
+      message["content"] = "" if m.get("content") is None else _text(m["content"], f"{col}[{i}].content",
+                                                                     allow_empty=True)
+      calls = held["tool_calls"]
+      if not isinstance(calls, (list, tuple)):
+        raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}].tool_calls must be a list, got {calls!r}")
+      for j, call in enumerate(calls):
+        problem = tool_call_problem(call)
+        if problem:
+          raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}].tool_calls[{j}]: {problem}")
+      message["tool_calls"] = [dict(call) for call in calls]
+    elif "content" not in m:
       raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] must be a dict with 'role' and 'content'")
-    out.append({"role": m["role"], "content": _text(m["content"], f"{col}[{i}].content")})
+    else:
+      message["content"] = _text(m["content"], f"{col}[{i}].content")
+    for key in ("name", "tool_call_id"):
+      if key in held:
+        message[key] = _text(held[key], f"{col}[{i}].{key}")
+    out.append(message)
   return out
+
+
+def _optional_tools(row: Mapping, col: str) -> tuple[dict, ...] | None:
+  """The row's tool schemas: a list of dicts or its JSON text (as TRL reads the column); null or empty is none."""
+  value = row.get(col)
+  if value in (None, "", [], ()):
+    return None
+  if isinstance(value, str):
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError as e:
+      raise errors.RecordError(errors.BAD_FIELD, f"{col} is text but not JSON ({e.msg} at character {e.pos})")
+  problem = tools_problem(value)
+  if problem:
+    raise errors.RecordError(errors.BAD_FIELD, f"{col}: {problem}")
+  return tuple(dict(t) for t in value)
 
 
 def _prompt(value: Any, col: str):
@@ -319,7 +365,7 @@ def _parse_pairwise(row: Mapping, config: AdapterConfig, where: str) -> Preferen
   if chosen == rejected:
     raise errors.RecordError(errors.IDENTICAL_RESPONSES, "chosen and rejected are identical")
   return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen, rejected=rejected,
-               **_pair_extras(row, config))
+               tools=_optional_tools(row, c("tools")), **_pair_extras(row, config))
 
 
 def _parse_chat(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None
@@ -349,7 +395,7 @@ def _parse_chat(row: Mapping, config: AdapterConfig, where: str, report: errors.
   if report is not None and max(len(chosen_response), len(rejected_response)) > 1:
     report.note("chat_multi_turn_response")
   return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen_response, rejected=rejected_response,
-               **_pair_extras(row, config))
+               tools=_optional_tools(row, c("tools")), **_pair_extras(row, config))
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
@@ -476,7 +522,8 @@ def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
                              f"{scores} (best: {scores.index(max(scores))}); give one, or make them agree")
   return _make(KWayRecord, where, prompt=prompt, completions=tuple(texts),
                scores=None if scores is None else tuple(scores),
-               best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")))
+               best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")),
+               tools=_optional_tools(row, c("tools")))
 
 
 def _benchmark_pair(row: Mapping, config: AdapterConfig, where: str) -> tuple[PreferenceRecord, str | None]:
@@ -562,7 +609,7 @@ def _parse_prompts(row: Mapping, config: AdapterConfig, where: str) -> PromptRec
     columns = {k: _required(row, k) for k in config.keep_columns}
   for k, v in columns.items():
     _json_value(v, k)
-  return _make(PromptRecord, where, prompt=prompt, columns=columns)
+  return _make(PromptRecord, where, prompt=prompt, columns=columns, tools=_optional_tools(row, c("tools")))
 
 
 def _chat_prompt(value: Any, col: str) -> list[dict[str, str]]:
@@ -587,7 +634,8 @@ def _parse_sft(row: Mapping, config: AdapterConfig, where: str, report: errors.S
     raise errors.RecordError(errors.BAD_FIELD, f"{' and '.join(shown[k] for k in present)} are all set; name the "
                              "columns to read in columns (e.g. columns={'messages': " + repr(c("messages")) + "})")
   if present[0] == "text":
-    return _make(SFTRecord, where, prompt="", response=_text(row[c("text")], c("text")))
+    return _make(SFTRecord, where, prompt="", response=_text(row[c("text")], c("text")),
+                 tools=_optional_tools(row, c("tools")))
   if present[0] == "messages":
     messages = _messages(row[c("messages")], c("messages"))
     if messages[-1]["role"] != "assistant":
@@ -612,7 +660,7 @@ def _parse_sft(row: Mapping, config: AdapterConfig, where: str, report: errors.S
       response = _text(completion, c("completion"))
   if report is not None and isinstance(prompt, list) and any(m["role"] == "assistant" for m in prompt):
     report.note("sft_earlier_assistant_turns")
-  return _make(SFTRecord, where, prompt=prompt, response=response)
+  return _make(SFTRecord, where, prompt=prompt, response=response, tools=_optional_tools(row, c("tools")))
 
 
 def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipReport | None = None):

@@ -21,6 +21,7 @@ is cut silently: the count goes to the returned report and to the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -121,7 +122,7 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
   out, seen, repeated = [], set(), 0
   report = errors.SkipReport() if report is None else report
   for i, r in enumerate(records):
-    key = _key(r.prompt)
+    key = (_key(r.prompt), _key(r.tools or ()))
     if key in seen:
       repeated += 1
       continue
@@ -137,7 +138,7 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
       else:
         prompt, columns["hh_prompt"] = messages, r.prompt
     try:
-      out.append(PromptRecord(prompt, columns, source=r.source))
+      out.append(PromptRecord(prompt, columns, source=r.source, tools=r.tools))
     except ValueError as e:  # A preference prompt may end anywhere; a prompt to sample from may not.
       where = r.source or f"records[{i}]"
       detail = str(e).removeprefix(f"{where}: ")
@@ -176,8 +177,9 @@ def _names(paths: Paths) -> list[str]:
   return [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
 
 
-def _key(prompt: Prompt) -> Any:
-  return prompt if isinstance(prompt, str) else tuple((m["role"], m["content"]) for m in prompt)
+def _key(prompt: Prompt | Sequence[dict]) -> Any:
+  # Every key of a message counts: two prompts that differ only in a tool call are different prompts.
+  return prompt if isinstance(prompt, str) else tuple(json.dumps(m, sort_keys=True) for m in prompt)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -196,12 +198,13 @@ def prompt_text(tokenizer: Any, prompt: PromptRecord | Prompt, chat_template: st
   """The exact text `encode_prompt_records` encodes for one prompt (the template's rendering with the generation
   prompt for chat prompts; see the module docstring), e.g. for logging samples."""
   where = (prompt.source if isinstance(prompt, PromptRecord) else None) or "prompt"
+  tools = prompt.tools if isinstance(prompt, PromptRecord) else None
   prompt = prompt.prompt if isinstance(prompt, PromptRecord) else prompt
   rendered = _as_rendered(prompt, chat_template, where)
   if isinstance(rendered, str):
     return rendered
   try:
-    return tokenizer.apply_chat_template(list(rendered), add_generation_prompt=True)
+    return tokenize_lib.render(tokenizer, rendered, True, tools)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
 
@@ -243,7 +246,7 @@ def encode_prompt_records(tokenizer: Any, prompts: Sequence[PromptRecord | Promp
     where = _where(p, i)
     rendered = _as_rendered(p.prompt if isinstance(p, PromptRecord) else p, chat_template, where)
     try:
-      ids = tokenize_lib.encode_prompt(tokenizer, rendered)
+      ids = tokenize_lib.encode_prompt(tokenizer, rendered, p.tools if isinstance(p, PromptRecord) else None)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from e
     if not ids:

@@ -4,6 +4,12 @@ A prompt is either plain text or a list of chat messages ({"role": ..., "content
 plain text or a list of messages: one assistant message, or a multi-turn continuation of a chat prompt that starts
 and ends with the assistant's turn (tool results or user turns in between; see `response_problem`). Scores may be
 on any scale (NaN-free; absent is None).
+
+Tool use follows transformers' chat format: an assistant message may carry structured `tool_calls` (each
+{"type": "function", "function": {"name": str, "arguments": dict or JSON text}}, or the same without the
+"function" wrapper) beside its content, a tool message may carry the `name` of the tool and the `tool_call_id` it
+answers, and a record may carry `tools`, the JSON schemas of the functions the model may call, which the chat
+template shows in the prompt. Both need a chat prompt: the model's template renders them (`tokenize`).
 An `SFTRecord` is a prompt and the one response supervised fine-tuning trains on.
 A `PromptRecord` is a prompt alone (for the online stages, which generate the responses) plus the extra columns
 its reward functions read (reference answers, test cases, metadata).
@@ -14,13 +20,15 @@ import json
 import math
 from typing import Any, Sequence, Union
 
-Message = dict[str, str]
+Message = dict[str, Any]
 Prompt = Union[str, list[Message]]
 Response = Union[str, list[Message]]
 
 VALID_ROLES = ("system", "user", "assistant", "tool")
 # A prompt's chat messages end with one of these roles (after an assistant turn there is nothing to answer).
 PROMPT_LAST_ROLES = ("user", "tool")
+# Message keys beside role and content, by role: what transformers' tool-use format puts there.
+OPTIONAL_MESSAGE_KEYS = {"assistant": ("tool_calls",), "tool": ("name", "tool_call_id")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +45,7 @@ class PreferenceRecord:
     annotator: optional annotator / group id.
     subset: optional subset name (for per-subset accuracy).
     source: where the record came from ("file.jsonl:17"), for error messages.
+    tools: optional JSON schemas of the functions the model may call (the chat template shows them; chat prompt only).
   """
 
   prompt: Prompt
@@ -50,8 +59,10 @@ class PreferenceRecord:
   annotator: str | None = None
   subset: str | None = None
   source: str | None = None
+  tools: tuple[dict, ...] | None = None
 
   def __post_init__(self):
+    _check_tools(self, self.prompt)
     for name in ("chosen_score", "rejected_score", "margin"):
       value = getattr(self, name)
       if value is not None and not math.isfinite(value):
@@ -83,14 +94,17 @@ class SFTRecord:
     prompt: text, or chat messages (the last one is the turn the model answers: role "user" or "tool").
     response: text, or a list of one assistant message.
     source: where the record came from ("file.jsonl:17"), for error messages.
+    tools: optional JSON schemas of the functions the model may call (chat prompt only).
   """
 
   prompt: Prompt
   response: Response
   source: str | None = None
+  tools: tuple[dict, ...] | None = None
 
   def __post_init__(self):
     where = self.source or "record"
+    _check_tools(self, self.prompt)
     if not isinstance(self.prompt, str):
       validate_messages(self.prompt, f"{where}: prompt")
       if self.prompt[-1]["role"] not in PROMPT_LAST_ROLES:
@@ -101,6 +115,9 @@ class SFTRecord:
       if len(self.response) != 1 or self.response[0]["role"] != "assistant":
         raise ValueError(f"{where}: response: expected text or one assistant message, got roles "
                          f"{[m['role'] for m in self.response]}")
+      problem = response_problem(self.response, self.prompt)
+      if problem:
+        raise ValueError(f"{where}: response: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +133,11 @@ class KWayRecord:
   best_index: int | None = None
   subset: str | None = None
   source: str | None = None
+  tools: tuple[dict, ...] | None = None
 
   def __post_init__(self):
     where = self.source or "record"
+    _check_tools(self, self.prompt)
     if len(self.completions) < 2:
       raise ValueError(f"{where}: a k-way record needs >= 2 completions, got {len(self.completions)}")
     if (self.scores is None) == (self.best_index is None):
@@ -145,14 +164,18 @@ class PromptRecord:
     columns: the row's other fields (JSON values: str, int, float, bool, None, lists, str-keyed dicts), unchanged,
       e.g. {"answer": "12"}; reward functions read them by name.
     source: where the record came from ("file.jsonl:17"), for error messages.
+    tools: optional JSON schemas of the functions the model may call (chat prompt only); the template shows them in
+      the prompt the model answers.
   """
 
   prompt: Prompt
   columns: dict[str, Any] = dataclasses.field(default_factory=dict)
   source: str | None = None
+  tools: tuple[dict, ...] | None = None
 
   def __post_init__(self):
     where = self.source or "record"
+    _check_tools(self, self.prompt)
     if isinstance(self.prompt, str):
       if not self.prompt.strip():
         raise ValueError(f"{where}: prompt is empty")
@@ -206,20 +229,29 @@ def response_problem(response: Response, prompt: Prompt) -> str | None:
   if len(response) > 1 and isinstance(prompt, str):
     return (f"{len(response)} messages (roles {roles}) after a text prompt: a multi-turn response continues a chat, "
             "so the prompt must be messages (the turn markers come from the chat template)")
+  if isinstance(prompt, str) and has_tool_calls(response):
+    return ("an assistant message with tool_calls after a text prompt: the calls are written by the chat template, "
+            "so the prompt must be messages")
   return None
+
+
+def has_tool_calls(messages: Prompt | Response) -> bool:
+  """Whether any message carries structured `tool_calls` (text is never such a message)."""
+  return not isinstance(messages, str) and any(m.get("tool_calls") for m in messages)
 
 
 def response_text(response: Response) -> str:
   """The text of a response: itself, or the content of its one assistant message.
 
   Raises:
-    ValueError: the response has several messages: its text includes the turn markers of a chat template, see
-      `tokenize.response_text_under_template`.
+    ValueError: the response has several messages or tool calls: its text includes what a chat template writes,
+      see `tokenize.response_text_under_template`.
   """
   if isinstance(response, str):
     return response
-  if len(response) != 1:
-    raise ValueError(f"a response of {len(response)} messages has no text without a chat template; use "
+  if len(response) != 1 or has_tool_calls(response):
+    what = f"a response of {len(response)} messages" if len(response) != 1 else "a response with tool_calls"
+    raise ValueError(f"{what} has no text without a chat template; use "
                      "jaxrlhf.data.tokenize.response_text_under_template(tokenizer, response, prompt)")
   return response[0]["content"]
 
@@ -232,7 +264,9 @@ def as_messages(prompt: Prompt) -> list[Message]:
 
 
 def validate_messages(messages: Sequence, where: str) -> None:
-  """Raises ValueError (naming `where`) unless `messages` is a non-empty list of {role, content: str}."""
+  """Raises ValueError (naming `where`) unless `messages` is a non-empty list of {role, content: str} dicts, where
+  an assistant message may also hold `tool_calls` and a tool message `name` / `tool_call_id`
+  (`OPTIONAL_MESSAGE_KEYS`; see the module docstring)."""
   if not isinstance(messages, (list, tuple)) or not messages:
     raise ValueError(f"{where}: expected a non-empty list of messages, got {type(messages).__name__}")
   for i, m in enumerate(messages):
@@ -242,6 +276,75 @@ def validate_messages(messages: Sequence, where: str) -> None:
       raise ValueError(f"{where}: message {i} has role {m['role']!r}; valid roles: {VALID_ROLES}")
     if not isinstance(m["content"], str):
       raise ValueError(f"{where}: message {i} content must be a string, got {type(m['content']).__name__}")
+    allowed = OPTIONAL_MESSAGE_KEYS.get(m["role"], ())
+    extra = sorted(k for k in m if k not in ("role", "content") and k not in allowed)
+    if extra:
+      raise ValueError(f"{where}: message {i} (role {m['role']!r}) has key(s) {extra}; allowed beside role and "
+                       f"content: {list(allowed)}")
+    for key in ("name", "tool_call_id"):
+      if key in m and not (isinstance(m[key], str) and m[key]):
+        raise ValueError(f"{where}: message {i} {key} must be a non-empty string, got {m[key]!r}")
+    if "tool_calls" in m:
+      calls = m["tool_calls"]
+      if not isinstance(calls, (list, tuple)) or not calls:
+        raise ValueError(f"{where}: message {i} tool_calls must be a non-empty list, got {calls!r}")
+      for j, call in enumerate(calls):
+        problem = tool_call_problem(call)
+        if problem:
+          raise ValueError(f"{where}: message {i} tool_calls[{j}]: {problem}")
+
+
+def tool_call_problem(call: Any) -> str | None:
+  """What is wrong with one structured tool call, or None. A call is {"name", "arguments"}, optionally wrapped as
+  {"type": "function", "function": {...}, "id": ...}; arguments are a JSON object, or its JSON text."""
+  if not isinstance(call, dict):
+    return f"expected a dict, got {type(call).__name__}"
+  function = call.get("function", call)
+  if not isinstance(function, dict):
+    return f"function must be a dict with 'name' and 'arguments', got {function!r}"
+  name = function.get("name")
+  if not isinstance(name, str) or not name:
+    return f"expected a non-empty function name, got {name!r}"
+  arguments = function.get("arguments")
+  if isinstance(arguments, str):
+    try:
+      arguments = json.loads(arguments)
+    except json.JSONDecodeError as e:
+      return f"arguments of {name!r} are text but not JSON ({e.msg} at character {e.pos})"
+  if not isinstance(arguments, dict):
+    return f"arguments of {name!r} must be a JSON object (a dict or its JSON text), got {function.get('arguments')!r}"
+  return None
+
+
+def tools_problem(tools: Any) -> str | None:
+  """What is wrong with a record's `tools`, or None: a non-empty list of function schemas, each {"name", ...}
+  (optionally wrapped as {"type": "function", "function": {...}}), names distinct."""
+  if not isinstance(tools, (list, tuple)) or not tools:
+    return f"expected a non-empty list of function schemas, got {tools!r}"
+  names = []
+  for i, tool in enumerate(tools):
+    function = tool.get("function", tool) if isinstance(tool, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+      return f"tools[{i}] must be a dict with a non-empty 'name' (or {{'function': {{'name': ...}}}}), got {tool!r}"
+    names.append(function["name"])
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    return f"function name(s) {repeated} appear more than once"
+  return None
+
+
+def _check_tools(record: Any, prompt: Prompt) -> None:
+  """Validates `record.tools` (made a tuple) against its prompt: tools are shown by the chat template."""
+  if record.tools is None:
+    return
+  where = record.source or "record"
+  problem = tools_problem(record.tools)
+  if problem:
+    raise ValueError(f"{where}: tools: {problem}")
+  if isinstance(prompt, str):
+    raise ValueError(f"{where}: tools need a chat prompt (messages): the chat template shows them, and a text "
+                     "prompt is encoded without it")
+  object.__setattr__(record, "tools", tuple(record.tools))
 
 
 def record_to_json(record: PreferenceRecord | KWayRecord | PromptRecord | SFTRecord) -> bytes:
@@ -255,6 +358,8 @@ def record_from_json(data: bytes | str) -> PreferenceRecord | KWayRecord | Promp
   """Inverse of record_to_json (tuples come back as tuples)."""
   fields = json.loads(data)
   kind = fields.pop("kind")
+  if fields.get("tools") is not None:
+    fields["tools"] = tuple(fields["tools"])
   if kind == "prompt":
     return PromptRecord(**fields)
   if kind == "sft":

@@ -64,7 +64,8 @@ def compile_chat_template(source: str) -> jinja2.Template:
 
 
 def render_chat(source: str, messages: Sequence[Message], add_generation_prompt: bool = False,
-                special_tokens: Mapping[str, str | None] | None = None) -> str:
+                special_tokens: Mapping[str, str | None] | None = None,
+                tools: Sequence[Mapping[str, Any]] | None = None) -> str:
   """Renders `messages` with a chat template.
 
   Args:
@@ -73,6 +74,8 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
     add_generation_prompt: append the header that starts the assistant's turn.
     special_tokens: template variables such as {"bos_token": "<s>", "eos_token": "</s>"}; a None value (a token
       the tokenizer lacks) leaves the variable undefined, as transformers does, so `{{ bos_token }}` renders "".
+    tools: JSON schemas of the functions the model may call (the template's `tools` variable); None or empty
+      renders without tools (transformers' and TRL's `tools or None`: some templates print a tools header for []).
 
   Returns:
     The rendered prompt text (not tokenized).
@@ -89,7 +92,8 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
   # transformers passes only the special tokens that are set; a None would render as the text "None".
   variables = {k: v for k, v in (special_tokens or {}).items() if v is not None}
   return compile_chat_template(source).render(
-      messages=plain, add_generation_prompt=add_generation_prompt, tools=None, documents=None, **variables)
+      messages=plain, add_generation_prompt=add_generation_prompt, tools=[dict(t) for t in tools] if tools else None,
+      documents=None, **variables)
 
 
 def template_supports_system_role(source: str, special_tokens: Mapping[str, str | None] | None = None) -> bool:

@@ -107,13 +107,14 @@ class Tokenizer:
     """Text of token ids (`ids` may be any int sequence, e.g. a numpy row)."""
     return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
-  def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
-                          add_generation_prompt: bool = False) -> str:
-    """Renders chat messages ({"role", "content"} dicts) with the model's template; returns text."""
+  def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+                          tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """Renders chat messages ({"role", "content"} dicts, with `tool_calls` etc. where the template reads them) and
+    optional tool schemas with the model's template; returns text."""
     if self.chat_template is None:
       raise ValueError("this tokenizer has no chat_template")
     return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                            special_tokens=self._special_tokens)
+                            special_tokens=self._special_tokens, tools=tools)
 
   def save_pretrained(self, folder: str | os.PathLike) -> None:
     """Writes tokenizer.json + tokenizer_config.json (special tokens, chat template) into `folder`, the layout

@@ -26,6 +26,7 @@ from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
 from jaxrlhf.data.adapters import DEFAULT_COLUMNS, FILE_SUFFIXES
 from jaxrlhf.data.errors import DataFileError
+from jaxrlhf.data.records import has_tool_calls
 from jaxrlhf.data import padding
 from jaxrlhf.data import pipeline as pipeline_lib
 from jaxrlhf.data import prompts as prompts_lib
@@ -247,7 +248,7 @@ def make_tokenizer(data: DataSpec, world: Any, model_path: str):
 def _tokenizer_files(path: str) -> tuple[tuple[str, int, int], ...]:
   """(file, mtime_ns, size) of the files a tokenizer is read from (a .gguf, or a folder's tokenizer files)."""
   files = [path] if not os.path.isdir(path) else [os.path.join(path, name) for name in sorted(os.listdir(path))
-                                                  if name.startswith(("tokenizer", "special_tokens"))]
+                                                  if name.startswith(("tokenizer", "special_tokens", "chat_template"))]
   return tuple((f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files if os.path.isfile(f))
 
 
@@ -592,7 +593,7 @@ def choose_shared_prompt(data: DataSpec, records: list, tokenizer: Any, model_co
   if data.shared_prompt != "auto":
     return data.shared_prompt == "on", {"mode": data.shared_prompt, "used": data.shared_prompt == "on"}
   config = pipeline_config(data, "preference", seed=0, shuffle=False)
-  examples = [tokenize.tokenize_pair(r, tokenizer, config.truncation) for r in records[:sample]]
+  examples = [tokenized(tokenize.tokenize_pair, r, tokenizer, config.truncation) for r in records[:sample]]
   ratio = pipeline_lib.shared_prompt_cost_ratio(examples, config, row_flops(model_config, with_lm_head))
   used = ratio <= SHARED_PROMPT_MAX_COST
   print(f"[data] shared_prompt=auto: {'one shared-prompt row' if used else 'two rows'} per pair (estimated cost "
@@ -614,6 +615,18 @@ def eval_batches(records: list, tokenizer: Any, data: DataSpec, kind: str, **kwa
   config = pipeline_config(data, kind, seed=0, batch_size=data.eval_batch_size or data.batch_size,
                            shuffle=False, num_epochs=1, **kwargs)
   return list(pipeline_lib.make_pipeline(records, tokenizer, config))
+
+
+def tokenized(fn: Any, record: Any, tokenizer: Any, truncation: Any) -> dict:
+  """`fn(record, tokenizer, truncation)` (tokenize_pair / tokenize_sft); a record the tokenizer cannot encode (its
+  chat template drops the record's tools, say) is a ConfigError naming the record's file:line, one line on the
+  command line."""
+  try:
+    return fn(record, tokenizer, truncation)
+  except ValueError as e:
+    where = getattr(record, "source", None) or "record"
+    message = str(e)
+    raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from e
 
 
 def budgeted_records(records: Sequence[Any], tokenizer: Any, data: DataSpec, kind: str, split: str
@@ -638,7 +651,7 @@ def budgeted_records(records: Sequence[Any], tokenizer: Any, data: DataSpec, kin
   fn = tokenize.tokenize_pair if kind == "preference" else tokenize.tokenize_sft
   kept, counts = [], {"truncated_prompts": 0, "truncated_responses": 0}
   for record in records:
-    example = fn(record, tokenizer, truncation)
+    example = tokenized(fn, record, tokenizer, truncation)
     if example.get("dropped"):
       continue
     kept.append(record)
@@ -692,7 +705,7 @@ def scoring_batches(records: Sequence[Any], tokenizer: Any, data: DataSpec, *, s
   kept, widths = [], []
   counts = {"truncated_prompts": 0, "truncated_responses": 0}
   for i, record in enumerate(records):
-    example = tokenize.tokenize_pair(record, tokenizer, truncation)
+    example = tokenized(tokenize.tokenize_pair, record, tokenizer, truncation)
     if example.get("dropped"):
       digest.update(b"dropped;")
       continue
@@ -878,7 +891,10 @@ class OnlinePrompts(NamedTuple):
       ids, mask, rendering = prompts_lib.encode_prompt_records(self.tokenizer, records, width,
                                                                chat_template=self.spec.chat_template)
     except ValueError as e:  # A row the settings cannot render (names file:line): one line, not a traceback.
-      raise ConfigError(f"prompts.chat_template={self.spec.chat_template!r}: {e}") from e
+      # A template without tool use is the tokenizer's doing, not the chat_template mode's.
+      key = ("prompts.tokenizer" if any(r.tools or has_tool_calls(r.prompt) for r in records)
+             else f"prompts.chat_template={self.spec.chat_template!r}")
+      raise ConfigError(f"{key}: {e}") from e
     name = "train" if split == "train" else "held-out"
     print(f"[data] {name} prompts: {len(records)} of {available} used" +
           (f" (asked for {n})" if n > available else "") +

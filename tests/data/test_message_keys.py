@@ -1,5 +1,5 @@
-"""Chat messages with keys beyond role and content: a key that holds something is refused, never silently dropped;
-the null / empty fields a parquet struct column gives every message are accepted."""
+"""Chat messages with keys beyond role, content and the tool-use keys of their role: a key that holds something is
+refused, never silently dropped; the null / empty fields a parquet struct column gives every message are accepted."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,12 +20,11 @@ def _read(tmp_path, rows, fmt, strict=True):
 
 
 @pytest.mark.parametrize("fmt, row, detail", [
-    # A tool call held only in tool_calls (empty content): it used to be refused as "content is empty".
-    ("chat", {"chosen": [USER, CALL], "rejected": [USER, {"role": "assistant", "content": "No idea."}]},
-     "chosen[1] (role 'assistant') has key(s) ['tool_calls']"),
-    # A call without any content key (OpenAI's layout) is named by its key too, not as a missing content.
-    ("sft", {"messages": [USER, {"role": "assistant", "tool_calls": CALL["tool_calls"]}]},
-     "messages[1] (role 'assistant') has key(s) ['tool_calls']"),
+    # Tool calls are read on the assistant's turns only (tests/data/test_tool_calls.py); on a user turn no template
+    # would render them.
+    ("chat", {"chosen": [{**USER, "tool_calls": CALL["tool_calls"]}, ANSWER],
+              "rejected": [{**USER, "tool_calls": CALL["tool_calls"]}, {"role": "assistant", "content": "No."}]},
+     "chosen[0] (role 'user') has key(s) ['tool_calls']"),
     # A reasoning trace kept beside the content (Qwen3 / DeepSeek-R1 style) would vanish from the response.
     ("sft", {"prompt": [USER], "completion": [{**ANSWER, "reasoning_content": "Look it up."}]},
      "completion[0] (role 'assistant') has key(s) ['reasoning_content']"),
@@ -40,7 +39,7 @@ def test_a_message_key_that_holds_something_is_refused(tmp_path, fmt, row, detai
   with pytest.raises(errors.DataFileError) as e:
     _read(tmp_path, [row], fmt)
   assert str(e.value).startswith(f"{tmp_path / 'rows.jsonl'}:1: bad_messages: {detail}")
-  assert "only 'role' and 'content' are read" in str(e.value)
+  assert "so they would be lost" in str(e.value)
   # Lenient mode counts the row under bad_messages; nothing is kept.
   records, report = _read(tmp_path, [row], fmt, strict=False)
   assert (records, report.kept, dict(report.counts)) == ([], 0, {"bad_messages": 1})

@@ -22,16 +22,21 @@ GROUPS_DIGEST = "e46a732a352ea301100c2cba461a77093ba50ae143b9084ba1038b9335c947a
 GROUPS = dict(seed=3, num_topics=5, annotators=(("a", (1.0, 0.0, 2.0, 1.0, -1.0)), ("b", (1.0,) * 5)))
 
 
+def _repr(record) -> str:
+  # Records gained a `tools` field after the digests were taken; the world never sets it.
+  return repr(record).replace(", tools=None", "")
+
+
 def _digest(world: World, vocab: bool = True) -> str:
   h = hashlib.sha256()
   if vocab:
     h.update(json.dumps(world.tokenizer.vocab).encode())
   for r in world.preference_records(1100, "train") + world.preference_records(50, "test"):
-    h.update(repr(r).encode())
+    h.update(_repr(r).encode())
   for r in world.sft_records(40, "validation", contrastive=True):
-    h.update(repr(r).encode())
+    h.update(_repr(r).encode())
   for r in world.kway_records(20, "train", k=3):
-    h.update(repr(r).encode())
+    h.update(_repr(r).encode())
   h.update(np.asarray(world.prompt_arrays(30, "train")[0]).tobytes())
   return h.hexdigest()
 

@@ -108,13 +108,21 @@ class WorldTokenizer:
       words.append(self.vocab[i])
     return " ".join(words)
 
-  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+  def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
+                          tools: list[dict] | None = None) -> str:
     """Renders chat messages as `<role> content` turns; assistant turns end with `<eos>`.
 
     With add_generation_prompt, appends `<assistant>` so that generation continues the assistant turn.
+
+    Raises:
+      ValueError: bad messages, or tools / tool_calls (the world's format has no way to write them, and dropping
+        them would change what the model sees).
     """
     if not isinstance(messages, (list, tuple)) or not messages:
       raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    if tools or any(isinstance(m, dict) and m.get("tool_calls") for m in messages):
+      raise ValueError("the synthetic world's chat format cannot render tools or tool_calls; use a model whose chat "
+                       "template does")
     parts = []
     for i, m in enumerate(messages):
       role = m.get("role") if isinstance(m, dict) else None
