@@ -15,9 +15,12 @@ The world's gold reward has a length term whose optimum (16 tokens) lies beyond 
 the gold rules the quality claims. The sweep: seeds {0, ..., 4} (a seed reseeds every stage; the world is fixed).
 
 Variants: default (the full per-seed run), smoke (seconds), alphas (post hoc, after the verdict: DPO and LD-DPO at
-ld_alpha 0, 0.25 and 0.75, the same seeds; descriptive, no rule).
+ld_alpha 0, 0.25 and 0.75, the same seeds; descriptive, no rule), end (post hoc, with its own rule stated before it
+ran: DPO, LD-DPO and LD-DPO with each response's end token at full weight, `loss.ld_keep_end`, at ld_alpha 0.5, the
+same seeds; a test of the end-token reading of LD-DPO's lengthening in docs/reproductions.md).
     python -m experiments.sweep --config configs/papers/ld_wpo.py --workdir runs/papers/ld_wpo
     python -m experiments.sweep --config configs/papers/ld_wpo.py:alphas --workdir runs/papers/ld_wpo_alphas
+    python -m experiments.sweep --config configs/papers/ld_wpo.py:end --workdir runs/papers/ld_wpo_end
     python -m experiments.tables --workdir runs/papers/ld_wpo
     python -m experiments.analysis.verdicts --runs runs/papers --config configs/papers/ld_wpo.py
 """
@@ -25,7 +28,7 @@ ld_alpha 0, 0.25 and 0.75, the same seeds; descriptive, no rule).
 from configs import _sections as S
 from jaxrlhf.stages import evaluate_policy, preference, sft
 
-VARIANTS = ("default", "smoke", "alphas")
+VARIANTS = ("default", "smoke", "alphas", "end")
 SEEDS = (0, 1, 2, 3, 4)  # >= 5 paired seeds: the verdict rule in docs/reproductions.md
 BETA, LD_ALPHA = 0.1, 0.5
 # stage name -> the loss settings that differ from plain DPO
@@ -33,6 +36,8 @@ METHODS = {"dpo": {}, "dpo_ld": dict(ld_alpha=LD_ALPHA), "dpo_wpo": dict(use_wei
 # The post-hoc dose-response (variant "alphas"): does the lengthening grow as ld_alpha falls?
 ALPHA_METHODS = {"dpo": {}, "dpo_ld0": dict(ld_alpha=0.0), "dpo_ld25": dict(ld_alpha=0.25),
                  "dpo_ld75": dict(ld_alpha=0.75)}
+# The post-hoc end-token test (variant "end"): LD-DPO whose end tokens keep full weight.
+END_METHODS = {"dpo": {}, "dpo_ld": dict(ld_alpha=LD_ALPHA), "dpo_ld_end": dict(ld_alpha=LD_ALPHA, ld_keep_end=True)}
 
 # The verdict rules, stated in docs/reproductions.md (LD-DPO and WPO section) and committed before the 5-seed sweep:
 # reproduced = over 5 paired seeds the 95% t-interval of the difference lies on the claimed side of 0, not reproduced
@@ -44,6 +49,11 @@ VERDICTS = (
          baseline="eval_dpo/gold/gain", direction=+1),
     dict(sweep="ld_wpo", claim="WPO beats DPO on gold", value="eval_dpo_wpo/gold/gain",
          baseline="eval_dpo/gold/gain", direction=+1),
+    # Post hoc (variant "end"), stated in docs/reproductions.md and committed before its sweep: if LD-DPO lengthens
+    # because the longer response's end token lies in its down-weighted tail, keeping end tokens at full weight
+    # shortens its samples.
+    dict(sweep="ld_wpo_end", claim="LD-DPO with end tokens at full weight samples shorter than LD-DPO",
+         value="eval_dpo_ld_end/length/policy", baseline="eval_dpo_ld/length/policy", direction=-1),
 )
 
 
@@ -65,7 +75,7 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"configs/papers/ld_wpo.py: unknown variant {variant!r}; valid: " + ", ".join(VARIANTS))
   sizes = _sizes(variant == "smoke")
-  methods = ALPHA_METHODS if variant == "alphas" else METHODS
+  methods = {"alphas": ALPHA_METHODS, "end": END_METHODS}.get(variant, METHODS)
   stages = {"sft": S.stage("sft", sft.SFTConfig, model=dict(config=sizes["model"]), **sizes["sft"])}
   for name, loss in methods.items():
     stages[name] = S.stage("preference", preference.PreferenceConfig, model=dict(init_from="stage:sft"),

@@ -81,7 +81,8 @@ def check_label_smoothing(label_smoothing) -> None:
     raise ValueError(f"label_smoothing must lie in [0, 0.5); got {label_smoothing}")
 
 
-def ld_sequence_logps(token_logps_2BxT: jax.Array, mask_2BxT: jax.Array, ld_alpha: float) -> jax.Array:
+def ld_sequence_logps(token_logps_2BxT: jax.Array, mask_2BxT: jax.Array, ld_alpha: float,
+                      keep_end: bool = False) -> jax.Array:
   """LD-DPO's length-desensitized sequence log-probs (Liu et al. 2024, "LD-DPO"; TRL's `ld_alpha`), (2B,) float32.
 
   Rows [0, B) are the chosen responses and [B, 2B) the rejected ones of the same pairs. The first
@@ -91,10 +92,15 @@ def ld_sequence_logps(token_logps_2BxT: jax.Array, mask_2BxT: jax.Array, ld_alph
   so the longer response's excess tokens, whose sum drives DPO's length bias, are damped. `ld_alpha` = 1 is the
   plain sum; 0 scores only the shared length. Apply it to the policy and the reference alike.
 
+  `keep_end` (an ablation, not in the paper or TRL) leaves each response's last token at full weight: that is its
+  end token (unless the response was truncated), which the plain weighting down-weights in the longer response of
+  every pair of unequal lengths and never in the shorter one.
+
   Args:
     token_logps_2BxT: per-token log-probs, 0 off the response (as `train.scoring.pair_token_logps` returns).
     mask_2BxT: 1 on each row's response tokens, in order along T (any positions: the t-th 1 of a row is token t).
     ld_alpha: the weight of the tokens past the public length, in [0, 1].
+    keep_end: weigh each row's last response token 1 whatever its position.
   """
   if not 0.0 <= ld_alpha <= 1.0:
     raise ValueError(f"ld_alpha must be in [0, 1], got {ld_alpha}")
@@ -107,7 +113,10 @@ def ld_sequence_logps(token_logps_2BxT: jax.Array, mask_2BxT: jax.Array, ld_alph
   b = lengths_2B.shape[0] // 2
   public_B = jnp.minimum(lengths_2B[:b], lengths_2B[b:])
   public_2B = jnp.concatenate([public_B, public_B])
-  weight_2BxT = jnp.where(position_2BxT <= public_2B[:, None], 1.0, ld_alpha) * mask
+  full_2BxT = position_2BxT <= public_2B[:, None]
+  if keep_end:
+    full_2BxT = full_2BxT | (position_2BxT == lengths_2B[:, None])
+  weight_2BxT = jnp.where(full_2BxT, 1.0, ld_alpha) * mask
   return jnp.sum(to_f32(token_logps_2BxT) * weight_2BxT, axis=-1)
 
 

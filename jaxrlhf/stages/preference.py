@@ -19,7 +19,8 @@ time by data.margin_from: the pair's score difference or a reward model's margin
 is reported as the metric `beta/mean`.
 LD-DPO (`loss.ld_alpha` < 1, algorithm "dpo"): the sequence log-probs of the policy and of the reference (resident
 or precomputed; the cache records ld_alpha and is recomputed when it differs) weight the tokens past a pair's
-shared response length by ld_alpha (`losses.preference.ld_sequence_logps`, TRL's `ld_alpha`).
+shared response length by ld_alpha (`losses.preference.ld_sequence_logps`, TRL's `ld_alpha`); `loss.ld_keep_end`
+(an ablation) leaves each response's end token at full weight.
 TR-DPO (`loss.ref_update_every` > 0): the resident reference moves toward the policy every ref_update_every updates
 (ref <- ref_update_alpha * policy + (1 - ref_update_alpha) * ref; TRL's sync_ref_model); "auto" keeps the reference
 resident for it, "precompute" and LoRA refuse it.
@@ -92,6 +93,8 @@ class PreferenceLossConfig:
   # LD-DPO (TRL's ld_alpha): tokens past a pair's shared response length weigh ld_alpha in the sequence log-probs of
   # the policy and the reference; 1 is plain DPO. algorithm "dpo" only.
   ld_alpha: float = field(1.0, min=0.0, max=1.0)
+  # An ablation of LD-DPO (not in the paper or TRL): each response's last token (its end token) keeps full weight.
+  ld_keep_end: bool = field(False)
   # WPO (TRL's use_weighting): each pair's loss is weighted by the policy's detached, length-normalized probability
   # of both responses (`losses.preference.wpo_weights`). algorithm "dpo" only.
   use_weighting: bool = field(False)
@@ -144,6 +147,9 @@ class PreferenceLossConfig:
     if self.ld_alpha != 1.0 and self.algorithm != "dpo":
       raise ConfigError(f"{path}.ld_alpha: LD-DPO weights DPO's sequence log-probs; {self.ld_alpha} needs "
                         f"{path}.algorithm 'dpo', got {self.algorithm!r} (leave ld_alpha at 1)")
+    if self.ld_keep_end and self.ld_alpha == 1.0:
+      raise ConfigError(f"{path}.ld_keep_end: modifies LD-DPO's weighting, which {path}.ld_alpha = 1 turns off; set "
+                        f"{path}.ld_alpha < 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +244,7 @@ def sequence_logps(loss: PreferenceLossConfig, token_logps_2BxT: jax.Array, mask
   (`losses.preference.ld_sequence_logps`) when loss.ld_alpha < 1."""
   if loss.ld_alpha == 1.0:
     return jnp.sum(token_logps_2BxT, axis=-1)
-  return pref_lib.ld_sequence_logps(token_logps_2BxT, mask_2BxT, loss.ld_alpha)
+  return pref_lib.ld_sequence_logps(token_logps_2BxT, mask_2BxT, loss.ld_alpha, keep_end=loss.ld_keep_end)
 
 
 def token_rewards(model: Any, batch: dict, better_ids: tuple[int, ...], worse_ids: tuple[int, ...],
@@ -493,7 +499,7 @@ def _reference_cache(cfg: PreferenceConfig, setup: state_lib.StateSetup, records
   """Loads `workdir/reference_cache.npz`, or computes it with the initial policy (= the reference) and saves it."""
   path = os.path.join(workdir, "reference_cache.npz")
   # What the cached sums depend on besides the tokens (a cache from before `meta` existed had the plain sums).
-  meta = {"ld_alpha": cfg.loss.ld_alpha}
+  meta = {"ld_alpha": cfg.loss.ld_alpha, **({"ld_keep_end": True} if cfg.loss.ld_keep_end else {})}
   if os.path.exists(path):
     cache = ReferenceCache.load(path)
     cached = {"ld_alpha": 1.0, **cache.meta}

@@ -292,6 +292,9 @@ def test_ld_sequence_logps_hand_computed():
   mask = (token_logps != 0).astype(jnp.float32)
   out = preference.ld_sequence_logps(token_logps, mask, 0.5)
   np.testing.assert_allclose(np.asarray(out), [-1.0 - 0.5 * 6.0, -4.0, -8.0, -3.0 - 0.5 * 12.0])
+  # The end-token ablation: each row's last token counts fully (-4 of pair 0's chosen, -8 of pair 1's rejected).
+  out = preference.ld_sequence_logps(token_logps, mask, 0.5, keep_end=True)
+  np.testing.assert_allclose(np.asarray(out), [-1.0 - 0.5 * 2.0 - 4.0, -4.0, -8.0, -3.0 - 0.5 * 4.0 - 8.0])
   with pytest.raises(ValueError, match=r"ld_alpha must be in \[0, 1\], got 1.5"):
     preference.ld_sequence_logps(token_logps, mask, 1.5)
 

@@ -38,6 +38,13 @@ def test_chain_structure_and_sweep():
   alphas = {name: cfg for name, _, cfg in run_lib.plan(config_lib.load_config(SPEC + ":alphas"))}
   assert [alphas[n].loss.ld_alpha for n in ("dpo", "dpo_ld0", "dpo_ld25", "dpo_ld75")] == [1.0, 0.0, 0.25, 0.75]
   assert all(alphas[n].optimizer == base.optimizer and alphas[n].data == base.data for n in ("dpo_ld0", "dpo_ld75"))
+  # The end-token test: the LD arm of the main sweep and the same arm with end tokens at full weight.
+  assert sweep_lib.collect(SPEC + ":end") == [{"seed": s} for s in range(5)]
+  end = {name: cfg for name, _, cfg in run_lib.plan(config_lib.load_config(SPEC + ":end"))}
+  assert list(end) == ["sft", "dpo", "dpo_ld", "dpo_ld_end", "eval_dpo", "eval_dpo_ld", "eval_dpo_ld_end"]
+  assert end["dpo_ld"] == plan["dpo_ld"] and end["dpo"] == base
+  assert (end["dpo_ld_end"].loss.ld_alpha, end["dpo_ld_end"].loss.ld_keep_end) == (0.5, True)
+  assert end["dpo_ld_end"].loss == end["dpo_ld"].loss.__class__(**{**vars(end["dpo_ld"].loss), "ld_keep_end": True})
 
 
 def test_verdicts_state_the_section_rules():
@@ -46,5 +53,6 @@ def test_verdicts_state_the_section_rules():
   assert [(r.value, r.baseline, r.direction) for r in rules] == [
       ("eval_dpo_ld/length/policy", "eval_dpo/length/policy", -1),
       ("eval_dpo_ld/gold/gain", "eval_dpo/gold/gain", 1),
-      ("eval_dpo_wpo/gold/gain", "eval_dpo/gold/gain", 1)]
-  assert all(r.sweep == "ld_wpo" for r in rules)
+      ("eval_dpo_wpo/gold/gain", "eval_dpo/gold/gain", 1),
+      ("eval_dpo_ld_end/length/policy", "eval_dpo_ld/length/policy", -1)]
+  assert [r.sweep for r in rules] == ["ld_wpo"] * 3 + ["ld_wpo_end"]

@@ -31,8 +31,9 @@ def _losses(workdir):
     return [json.loads(line)["train/loss"] for line in f if "train/loss" in line]
 
 
-def _hand_ld(token_logps, mask, alpha):
-  """LD-DPO's weighting row by row in plain Python (the public length counted on each pair's two rows)."""
+def _hand_ld(token_logps, mask, alpha, keep_end=False):
+  """LD-DPO's weighting row by row in plain Python (the public length counted on each pair's two rows; with
+  keep_end the row's last response token at full weight)."""
   b = len(token_logps) // 2
   out = []
   for i, (row, m) in enumerate(zip(token_logps, mask)):
@@ -41,13 +42,15 @@ def _hand_ld(token_logps, mask, alpha):
     for value, on in zip(row, m):
       if on:
         seen += 1
-        total += value if seen <= public else alpha * value
+        full = seen <= public or (keep_end and seen == m.sum())
+        total += value if full else alpha * value
     out.append(total)
   return np.asarray(out)
 
 
-def test_held_out_logps_are_the_ld_weighted_sums(tmp_path):
-  cfg = _cfg(lr=0.0, steps=1, ld_alpha=0.25)
+@pytest.mark.parametrize("keep_end", [False, True])
+def test_held_out_logps_are_the_ld_weighted_sums(tmp_path, keep_end):
+  cfg = _cfg(lr=0.0, steps=1, ld_alpha=0.25, ld_keep_end=keep_end)
   out = preference.run(cfg, str(tmp_path), {})
   model, _ = from_pretrained(out["model_dir"])  # learning rate 0: the evaluated policy
   context = inputs_lib.stage_context(cfg, {})
@@ -57,7 +60,7 @@ def test_held_out_logps_are_the_ld_weighted_sums(tmp_path):
   for batch in inputs_lib.eval_batches(held_out, context.tokenizer, cfg.data, "preference"):
     token_logps, mask = scoring.pair_token_logps(model, {k: jnp.asarray(v) for k, v in batch.items()})
     b = len(batch["weight"])
-    hand = _hand_ld(np.asarray(token_logps, np.float64), np.asarray(mask) > 0, 0.25)
+    hand = _hand_ld(np.asarray(token_logps, np.float64), np.asarray(mask) > 0, 0.25, keep_end)
     chosen.extend(hand[:b][batch["weight"] > 0])
     plain = np.asarray(token_logps, np.float64).sum(1)[:b][batch["weight"] > 0]
   assert len(chosen) == 16
@@ -91,6 +94,12 @@ def test_a_cache_for_another_ld_alpha_is_recomputed(tmp_path, capsys):
   for key, (rc, rr, _) in weighted.table.items():
     assert redone.table[key][:2] == pytest.approx((rc, rr), rel=1e-6)
   assert any(plain.table[k][:2] != pytest.approx(v[:2], rel=1e-6) for k, v in weighted.table.items())
+  # The end-token ablation changes the sums too: its cache is recorded and a plain LD cache is not reused for it.
+  capsys.readouterr()
+  preference.run(_cfg(steps=2, ld_alpha=0.5, ld_keep_end=True), str(tmp_path / "b"), {})
+  assert "this run needs {'ld_alpha': 0.5, 'ld_keep_end': True}: recomputing" in capsys.readouterr().out
+  kept_end = preference.ReferenceCache.load(str(tmp_path / "b" / "reference_cache.npz"))
+  assert any(kept_end.table[k][:2] != pytest.approx(v[:2], rel=1e-6) for k, v in weighted.table.items())
 
 
 def test_other_algorithms_refuse_ld_alpha():
@@ -99,3 +108,6 @@ def test_other_algorithms_refuse_ld_alpha():
     _cfg(algorithm="simpo", ld_alpha=0.5)
   with pytest.raises(ConfigError, match=r"config\.loss\.ld_alpha"):
     _cfg(ld_alpha=1.5)
+  with pytest.raises(ConfigError, match=r"config\.loss\.ld_keep_end: modifies LD-DPO's weighting, which "
+                     r"config\.loss\.ld_alpha = 1 turns off"):
+    _cfg(ld_keep_end=True)
