@@ -6,9 +6,9 @@ HH-RLHF-format preference file given on the command line:
 
 Stages: reward (a linear-head RM on the SmolLM2 backbone) and dpo (from SmolLM2, reference precomputed).
 `config.data.paths` / `config.data.format` / `config.model_path` / `config.tokenizer` feed both stages. The tokenizer
-is the model's unless `config.tokenizer` names a HF tokenizer folder, e.g. SmolLM2's with a tool-use
-`chat_template.jinja` for a chat file whose rows hold `tools` and structured `tool_calls` (SmolLM2's own template
-shows neither, and such rows are refused under it).
+is the model's unless `config.tokenizer` names a HF tokenizer folder; a chat file whose rows hold `tools` and
+structured `tool_calls` needs a template that renders them (SmolLM2's own shows neither, and such rows are refused
+under it): `--config.reward.data.chat_template_path=tools.jinja --config.dpo.data.chat_template_path=tools.jinja`.
 Variants: default, smoke (a few HH pairs, short max_length, 2 steps per stage; the HH test split by default).
 """
 

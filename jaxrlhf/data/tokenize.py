@@ -83,9 +83,8 @@ def _require_shown(tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_ge
       continue
     if without == rendered:
       raise ValueError(f"the chat template does not render {what} (the conversation renders the same text without "
-                       "them), so the model would never see them; use a tokenizer whose chat template supports tool "
-                       "use (e.g. a HF tokenizer folder with such a chat_template.jinja as data.tokenizer or "
-                       "prompts.tokenizer)")
+                       "them), so the model would never see them; give a chat template that supports tool use "
+                       "(data.chat_template_path / prompts.chat_template_path: a .jinja file)")
 
 
 def encode_prompt(tokenizer: Any, prompt: Prompt, tools: Tools = None) -> list[int]:

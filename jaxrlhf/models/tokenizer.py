@@ -116,6 +116,12 @@ class Tokenizer:
     return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                             special_tokens=self._special_tokens, tools=tools)
 
+  def with_chat_template(self, chat_template: str) -> "Tokenizer":
+    """The same tokenizer with another chat template (Jinja source; compiled here, so a syntax error raises
+    jinja2.TemplateSyntaxError now rather than at the first chat)."""
+    chat.compile_chat_template(chat_template)
+    return Tokenizer(self.backend, chat_template=chat_template, **self._special_tokens)
+
   def save_pretrained(self, folder: str | os.PathLike) -> None:
     """Writes tokenizer.json + tokenizer_config.json (special tokens, chat template) into `folder`, the layout
     `load_tokenizer` and transformers' `AutoTokenizer` read back, so a saved policy folder is self-contained."""

@@ -18,6 +18,7 @@ import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
+import jinja2
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -109,6 +110,8 @@ class DataSpec:
   strict: bool = field(False)
   columns: dict = field(default_factory=dict)
   tokenizer: str = field("")  # A HF folder / .gguf; default: the world's, else the model's.
+  # A .jinja file whose chat template replaces the tokenizer's (TRL's chat_template_path), e.g. a tool-use template.
+  chat_template_path: str = field("", must_exist=True)
   batch_size: int = field(16, min=1)
   eval_batch_size: int = field(0, min=0)  # 0: batch_size.
   max_length: int = field(64, min=2)
@@ -236,13 +239,31 @@ def make_world(world: Mapping[str, Any]) -> World:
 
 
 def make_tokenizer(data: DataSpec, world: Any, model_path: str):
-  """The world's tokenizer, `data.tokenizer`, or the pretrained model's."""
+  """The world's tokenizer, `data.tokenizer`, or the pretrained model's; with `data.chat_template_path`'s template."""
   if world is not None and not data.tokenizer:
+    if data.chat_template_path:
+      raise ConfigError("data.chat_template_path: the synthetic world's tokenizer has its own chat format; a template "
+                        "file applies to a real tokenizer (data.tokenizer or the model's)")
     return world.tokenizer
   path = data.tokenizer or model_path
   if not path:
     raise ValueError("data.tokenizer: needed for file data with a randomly initialized model")
-  return cached_tokenizer(path)
+  return with_template_file(cached_tokenizer(path), data.chat_template_path, "data.chat_template_path")
+
+
+def with_template_file(tokenizer: Any, path: str, key: str) -> Any:
+  """`tokenizer` with the chat template read from the file `path` (none: unchanged); a file that is not a Jinja
+  template is a ConfigError naming `key`."""
+  if not path:
+    return tokenizer
+  try:
+    with open(path, encoding="utf-8") as f:
+      source = f.read()
+    return tokenizer.with_chat_template(source)
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{key}: cannot read {path!r}: {e}") from e
+  except jinja2.TemplateSyntaxError as e:
+    raise ConfigError(f"{key}: {path}:{e.lineno}: not a Jinja chat template: {e.message}") from e
 
 
 def _tokenizer_files(path: str) -> tuple[tuple[str, int, int], ...]:
@@ -813,7 +834,8 @@ class PromptSpec:
     dialogue becomes chat messages (Human / Assistant turns; the raw text in the column "hh_prompt") unless
     `chat_template` is "never". Rendered with
     the policy's tokenizer (`tokenizer`: a HF folder or .gguf; default the policy model's) and chat template:
-    `chat_template` "auto" (chat prompts rendered with the generation prompt, text prompts as they are), "always"
+    `chat_template` (`chat_template_path`: a .jinja file replacing the tokenizer's template) "auto" (chat prompts
+    rendered with the generation prompt, text prompts as they are), "always"
     (text prompts too, as one user message), "never".
   """
   source: str = field("world", choices=PROMPT_SOURCES)
@@ -826,11 +848,16 @@ class PromptSpec:
   strict: bool = field(False)
   chat_template: str = field("auto", choices=prompts_lib.CHAT_TEMPLATE_MODES)
   tokenizer: str = field("", must_exist=True)
+  # A .jinja file whose chat template replaces the tokenizer's (TRL's chat_template_path).
+  chat_template_path: str = field("", must_exist=True)
   format: str = field("prompts", choices=prompts_lib.PROMPT_FORMATS)
 
   def validate(self, path: str) -> None:
     if self.source == "world":
       check_world(self.world, path)
+      if self.chat_template_path:
+        raise ConfigError(f"{path}.chat_template_path: the synthetic world's tokenizer has its own chat format; a "
+                          f"template file applies to prompt files ({path}.source='files')")
       return
     if not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (prompt files: .jsonl, .jsonl.gz or "
@@ -923,7 +950,8 @@ def open_prompts(spec: PromptSpec, model_path: str) -> OnlinePrompts:
                                                            eval_fraction=spec.eval_fraction,
                                                            hh_as_chat=spec.chat_template != "never")
   print(f"[data] {report['line']}", flush=True)
-  return OnlinePrompts(None, load_tokenizer(path), spec, (train, held_out, report))
+  tokenizer = with_template_file(load_tokenizer(path), spec.chat_template_path, "prompts.chat_template_path")
+  return OnlinePrompts(None, tokenizer, spec, (train, held_out, report))
 
 
 def end_ids(tokenizer: Any, model_config: ModelConfig | None = None, world: Any = None) -> tuple[int, ...]:

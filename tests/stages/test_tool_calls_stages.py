@@ -6,13 +6,14 @@ targets are the hand-built call text + <|im_end|> under its loss mask and its ev
 stage samples from the hand-built tool-laden prompt ids and finishes a step; and the plain ChatML template, which
 drops tools and tool_calls, is refused naming the file:line of the first row."""
 
+import dataclasses
 import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from jaxrlhf.config import from_config
+from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data import adapters
 from jaxrlhf.models import from_pretrained, load_tokenizer
 from jaxrlhf.stages import inputs as inputs_lib
@@ -241,3 +242,36 @@ def test_prompt_files_refused_name_the_tokenizer_and_a_new_template_file_is_read
   assert "tools" not in inputs_lib.cached_tokenizer(str(folder)).chat_template
   (folder / "chat_template.jinja").write_text(TOOL_TEMPLATE, encoding="utf-8")
   assert inputs_lib.cached_tokenizer(str(folder)).chat_template == TOOL_TEMPLATE
+
+
+def _with_template(cfg, path):
+  return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, chat_template_path=path))
+
+
+def test_a_template_file_given_by_config_is_the_one_rendered_and_saved(tmp_path):
+  """data.chat_template_path / prompts.chat_template_path (TRL's chat_template_path) on the plain ChatML model: the
+  held-out ids are the hand-built tool-template ids, the policy is saved with that template, and a broken file or
+  one given to the world's tokenizer is a ConfigError naming the key."""
+  plain = tiny_chat_model.write_model(tmp_path / "plain")
+  template = str(pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "tool_use_chat_template.jinja")
+  held_out = _pairs(2, offset=40)
+  cfg = _with_template(_cfg(tmp_path, plain, _pairs(4, offset=1), held_out), template)
+  context = inputs_lib.stage_context(cfg, {})
+  _, records, _ = inputs_lib.preference_records(cfg.data, context.world)
+  batches = inputs_lib.eval_batches(records, context.tokenizer, cfg.data, "preference")
+  got = [batch["chosen_input_ids"][b][batch["chosen_attention_mask"][b] > 0].tolist()
+         for batch in batches for b in np.flatnonzero(batch["weight"] > 0)]
+  assert got == [sum(_pair_ids(row)["chosen"], []) for row in held_out]
+  out = preference.run(cfg, str(tmp_path / "run"), {})
+  assert load_tokenizer(out["model_dir"]).chat_template == TOOL_TEMPLATE
+  assert "tools" not in load_tokenizer(plain).chat_template  # the model's own folder is untouched
+  broken = tmp_path / "broken.jinja"
+  broken.write_text("{% for m in messages %}\n{{ m.content }\n", encoding="utf-8")
+  with pytest.raises(ConfigError, match=rf"^data\.chat_template_path: {broken}:2: not a Jinja chat template"):
+    inputs_lib.stage_context(_with_template(cfg, str(broken)), {})
+  train, _ = tiny_chat_model.write_prompt_files(tmp_path / "prompts")
+  spec = from_config({"source": "files", "paths": (train,), "chat_template_path": template}, inputs_lib.PromptSpec,
+                     path="prompts")
+  assert inputs_lib.open_prompts(spec, plain).tokenizer.chat_template == TOOL_TEMPLATE
+  with pytest.raises(ConfigError, match=r"prompts\.chat_template_path: the synthetic world's tokenizer"):
+    from_config({"prompts": {"source": "world", "chat_template_path": template}}, rl.RLConfig, path="config")
