@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import require_asset
+from test_multi_turn_responses import _read
 from jaxrlhf.data import adapters, errors, tokenize
 from jaxrlhf.data.records import (PreferenceRecord, PromptRecord, SFTRecord, record_from_json, record_to_json,
                                   response_text)
@@ -30,12 +31,6 @@ CALL = {"role": "assistant", "content": "", "tool_calls": [
 RESULT = {"role": "tool", "content": '{"sky": "sunny"}', "tool_call_id": "call_0", "name": "get_weather"}
 ANSWER = {"role": "assistant", "content": "Sunny."}
 GUESS = {"role": "assistant", "content": "Probably rain."}
-
-
-def _read(tmp_path, rows, fmt="chat", strict=True):
-  path = tmp_path / "rows.jsonl"
-  adapters.write_jsonl(path, rows)
-  return adapters.read_records(path, adapters.AdapterConfig(fmt, strict=strict))
 
 
 # ------------------------------------------------------------------------------------------------ adapters
