@@ -18,7 +18,8 @@ message its `name` and `tool_call_id`, as in transformers' chat format, and the 
 function schemas the template shows (a list, or its JSON text, as TRL reads it). Whether the model's template
 renders them is checked when the records are tokenized (`tokenize`). Any other message key that holds something
 (reasoning_content, weight, tool_calls on a user turn, ...) makes a bad_messages row in every format: it would be
-lost.
+lost. A `chat_template_kwargs` column (TRL's per-row template arguments) that holds something makes a bad_field row
+in every format, for the same reason.
 - "hh": Anthropic HH-RLHF: `chosen`, `rejected` are dialogues of "\n\nHuman:" / "\n\nAssistant:" turns. The prompt
   is the shared dialogue up to and including the final "\n\nAssistant:" marker; the responses are the final
   assistant turns with exactly one leading space removed (HH writes "Assistant: text"). When the two dialogues
@@ -83,6 +84,8 @@ from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, OPTIONAL_MESSAGE_
                                   PreferenceRecord, PromptRecord, SFTRecord, VALID_ROLES, response_problem,
                                   tool_call_problem, tools_problem)
 
+# TRL's per-row chat template arguments (refused: see parse_row).
+TEMPLATE_KWARGS_COLUMN = "chat_template_kwargs"
 # The file types `iter_rows` reads.
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts", "sft", "m_rewardbench", "rag_rewardbench")
@@ -669,6 +672,12 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
     raise row
   if not isinstance(row, Mapping):
     raise errors.RecordError(errors.NOT_AN_OBJECT, f"expected a JSON object, got {type(row).__name__}")
+  if row.get(TEMPLATE_KWARGS_COLUMN) not in (None, "", {}):
+    # TRL passes this column to the chat template (e.g. {"enable_thinking": false}); rendering without it would
+    # silently give the model other text than the row asks for.
+    raise errors.RecordError(errors.BAD_FIELD, f"{TEMPLATE_KWARGS_COLUMN} is not supported (per-row chat template "
+                             "arguments would be ignored, so the row would render differently than TRL renders it); "
+                             "drop the column, or bake the setting into a chat template file (data.chat_template_path)")
   if config.format == "pairwise":
     return _parse_pairwise(row, config, where)
   if config.format == "chat":

@@ -83,6 +83,11 @@ def test_parquet_rows_with_json_arguments_and_null_fields(tmp_path):
      "bad_messages", "completions[0]: an assistant message with tool_calls after a text prompt"),
     ("sft", {"messages": [USER, {**ANSWER, "tool_call_id": "x"}]},
      "bad_messages", "messages[1] (role 'assistant') has key(s) ['tool_call_id']"),
+    # TRL renders this row with enable_thinking=False; without the argument the text would differ.
+    ("sft", {"messages": [USER, ANSWER], "chat_template_kwargs": {"enable_thinking": False}},
+     "bad_field", "chat_template_kwargs is not supported"),
+    ("prompts", {"prompt": [USER], "chat_template_kwargs": {"enable_thinking": False}},
+     "bad_field", "chat_template_kwargs is not supported"),
 ])
 def test_bad_tool_use_rows_name_the_field(tmp_path, fmt, row, reason, detail):
   with pytest.raises(errors.DataFileError) as e:
@@ -98,9 +103,12 @@ def test_sft_kway_and_prompt_files_carry_tools(tmp_path):
   (kway,), _ = _read(tmp_path, [{"prompt": [USER], "completions": [[CALL], [GUESS]], "best_index": 0,
                                  "tools": TOOLS}], "kway")
   assert kway.completions == ([CALL], [GUESS]) and kway.tools == tuple(TOOLS)
-  (prompt,), _ = _read(tmp_path, [{"prompt": [USER, CALL, RESULT], "tools": TOOLS, "answer": "sunny"}], "prompts")
+  # An empty chat_template_kwargs (a parquet column's null or {}) asks for nothing and is read as absent.
+  (prompt,), _ = _read(tmp_path, [{"prompt": [USER, CALL, RESULT], "tools": TOOLS, "answer": "sunny",
+                                   "chat_template_kwargs": {}}], "prompts")
   assert prompt.prompt == [USER, CALL, RESULT] and prompt.tools == tuple(TOOLS)
-  assert prompt.columns == {"tools": TOOLS, "answer": "sunny"}  # Reward functions may read the schemas too.
+  # Reward functions may read the schemas too.
+  assert prompt.columns == {"tools": TOOLS, "answer": "sunny", "chat_template_kwargs": {}}
 
 
 def test_records_built_in_code_are_checked():
