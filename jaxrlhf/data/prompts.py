@@ -98,9 +98,9 @@ def read_prompt_splits(paths: Paths, eval_paths: Paths = (), config: adapters.Ad
   line += f"; {len(train)} train, {len(held_out)} held out" + (
       " (eval_paths)" if eval_paths else f" (the last {eval_fraction:g})")
   logging.info("%s", line)
-  seen = {_key(r.prompt) for r in train}
+  seen = {_record_key(r) for r in train}
   summary = {**report.as_dict(), "line": line, "num_train": len(train), "num_eval": len(held_out),
-             "held_out_in_train": sum(_key(r.prompt) in seen for r in held_out)}
+             "held_out_in_train": sum(_record_key(r) in seen for r in held_out)}
   return train, held_out, summary
 
 
@@ -122,7 +122,7 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
   out, seen, repeated = [], set(), 0
   report = errors.SkipReport() if report is None else report
   for i, r in enumerate(records):
-    key = (_key(r.prompt), _key(r.tools or ()))
+    key = _record_key(r)
     if key in seen:
       repeated += 1
       continue
@@ -179,7 +179,12 @@ def _names(paths: Paths) -> list[str]:
 
 def _key(prompt: Prompt | Sequence[dict]) -> Any:
   # Every key of a message counts: two prompts that differ only in a tool call are different prompts.
-  return prompt if isinstance(prompt, str) else tuple(json.dumps(m, sort_keys=True) for m in prompt)
+  return prompt if isinstance(prompt, str) else tuple(json.dumps(m, sort_keys=True, default=repr) for m in prompt)
+
+
+def _record_key(record: Any) -> Any:
+  """What makes two records the same prompt to sample from: the prompt and the tools it is shown with."""
+  return _key(record.prompt), _key(record.tools or ())
 
 
 # ------------------------------------------------------------------------------------------------ rendering

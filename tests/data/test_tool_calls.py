@@ -229,3 +229,17 @@ def test_smollm2s_own_template_is_refused_for_tools_and_calls(smollm2_gguf):
     tokenize.encode_prompt(tok, [USER], TOOLS)
   with pytest.raises(ValueError, match="does not render tool_calls"):
     tokenize.encode_response(tok, [CALL], [USER])
+
+
+def test_prompts_differing_only_in_tools_or_calls_are_distinct():
+  from jaxrlhf.data import prompts
+  pairs = [PreferenceRecord([USER], [ANSWER], [GUESS], tools=TOOLS, source="f:1"),
+           PreferenceRecord([USER], [ANSWER], [GUESS], tools=TOOLS[:1], source="f:2"),  # other tools
+           PreferenceRecord([USER], [ANSWER], [GUESS], source="f:3"),  # none
+           PreferenceRecord([USER, CALL, RESULT], [ANSWER], [GUESS], tools=TOOLS, source="f:4"),  # a call in the prompt
+           PreferenceRecord([USER], [ANSWER], [GUESS], tools=TOOLS, source="f:5")]  # a repeat of f:1
+  report = errors.SkipReport()
+  out = prompts.prompts_of_preferences(pairs, report)
+  assert [p.source for p in out] == ["f:1", "f:2", "f:3", "f:4"]
+  assert [p.tools for p in out] == [tuple(TOOLS), tuple(TOOLS[:1]), None, tuple(TOOLS)]
+  assert dict(report.notes) == {"repeated_prompt": 1}
