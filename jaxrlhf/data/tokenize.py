@@ -68,10 +68,11 @@ def _without_tool_calls(messages: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 
 def _require_shown(tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, tools: Tools,
-                   rendered: str) -> None:
-  """Raises ValueError when the template renders `messages` the same without their tools or tool_calls."""
+                   rendered: str, check_tools: bool = True) -> None:
+  """Raises ValueError when the template renders `messages` (with `tools`) the same without their tool_calls, or,
+  with `check_tools`, without the tools."""
   checks = []
-  if tools:
+  if tools and check_tools:
     checks.append(("tools", lambda: render(tokenizer, messages, add_generation_prompt)))
   if has_tool_calls(messages):
     checks.append(("tool_calls", lambda: render(tokenizer, _without_tool_calls(messages), add_generation_prompt,
@@ -119,8 +120,9 @@ def response_text_under_template(tokenizer: Any, response: Response, prompt: Pro
 
   Raises:
     ValueError: several messages or tool calls without a chat prompt; a template that does not render the prompt
-      as the start of the longer conversation (the continuation would not be a suffix), that drops the tools or
-      tool_calls, or that does not close a tool-calling last turn with the tokenizer's end token.
+      as the start of the longer conversation (the continuation would not be a suffix), that drops the response's
+      tool_calls (a template that drops the tools is refused by `encode_prompt`), or that does not close a
+      tool-calling last turn with the tokenizer's end token.
   """
   if isinstance(response, str) or (len(response) == 1 and not has_tool_calls(response)):
     return response_text(response)
@@ -136,7 +138,8 @@ def response_text_under_template(tokenizer: Any, response: Response, prompt: Pro
     raise ValueError("the chat template renders the prompt differently once the response's turns follow it (e.g. "
                      "it rewrites earlier turns), so a multi-turn response is not a continuation of the prompt's "
                      f"text: prompt ends {head[-80:]!r}, the longer conversation has {rendered[:len(head)][-80:]!r}")
-  _require_shown(tokenizer, shown, not last_calls, tools, rendered)
+  # The tools are checked where the prompt is encoded (`encode_prompt`); here only the calls the response adds.
+  _require_shown(tokenizer, shown, not last_calls, tools, rendered, check_tools=False)
   if not last_calls:
     return rendered[len(head):] + response[-1]["content"]
   body = rendered[len(head):]
