@@ -15,11 +15,14 @@ Formats (`AdapterConfig.format`); the canonical column names below can be rename
 Tool use, in the formats with chat messages ("pairwise" and "chat" prompts and responses, "kway", "prompts",
 "sft"): an assistant message may hold structured `tool_calls` (its content may then be null or empty), a tool
 message its `name` and `tool_call_id`, as in transformers' chat format, and the optional `tools` column holds the
-function schemas the template shows (a list, or its JSON text, as TRL reads it). Whether the model's template
-renders them is checked when the records are tokenized (`tokenize`). Any other message key that holds something
-(reasoning_content, weight, tool_calls on a user turn, ...) makes a bad_messages row in every format: it would be
-lost. A `chat_template_kwargs` column (TRL's per-row template arguments) that holds something makes a bad_field row
-in every format, for the same reason.
+function schemas the template shows (a list, or its JSON text, as TRL reads it). An assistant message may also
+hold `reasoning_content`, a reasoning model's thinking apart from its answer, which its template writes (e.g. a
+<think> block). The optional `chat_template_kwargs` column (a dict or its JSON text, TRL's per-row template
+arguments, e.g. {"enable_thinking": false}) is passed to every rendering of the row. Whether the model's template
+renders tools, calls and a response's reasoning is checked when the records are tokenized (`tokenize`). Any other
+message key that holds something (weight, tool_calls on a user turn, ...) makes a bad_messages row in every format:
+it would be lost; so does a `chat_template_kwargs` column that holds something in the formats without chat
+prompts ("hh", "ultrafeedback", "m_rewardbench", "rag_rewardbench"), as a bad_field row.
 - "hh": Anthropic HH-RLHF: `chosen`, `rejected` are dialogues of "\n\nHuman:" / "\n\nAssistant:" turns. The prompt
   is the shared dialogue up to and including the final "\n\nAssistant:" marker; the responses are the final
   assistant turns with exactly one leading space removed (HH writes "Assistant: text"). When the two dialogues
@@ -82,10 +85,11 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from jaxrlhf.data import errors
 from jaxrlhf.data.records import (BenchmarkRecord, KWayRecord, OPTIONAL_MESSAGE_KEYS, PROMPT_LAST_ROLES,
                                   PreferenceRecord, PromptRecord, SFTRecord, VALID_ROLES, response_problem,
-                                  tool_call_problem, tools_problem)
+                                  template_kwargs_problem, tool_call_problem, tools_problem)
 
-# TRL's per-row chat template arguments (refused: see parse_row).
+# TRL's per-row chat template arguments (read in the formats with chat prompts; refused in the others: parse_row).
 TEMPLATE_KWARGS_COLUMN = "chat_template_kwargs"
+_CHAT_COLUMNS = ("tools", TEMPLATE_KWARGS_COLUMN)
 # The file types `iter_rows` reads.
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 FORMATS = ("pairwise", "chat", "hh", "ultrafeedback", "kway", "prompts", "sft", "m_rewardbench", "rag_rewardbench")
@@ -93,15 +97,17 @@ _OPTIONAL_PAIR_COLUMNS = ("chosen_score", "rejected_score", "margin", "chosen_at
                           "annotator", "subset")
 # Canonical column -> default name in the file, per format.
 DEFAULT_COLUMNS = {
-    "pairwise": {c: c for c in ("prompt", "chosen", "rejected", "tools") + _OPTIONAL_PAIR_COLUMNS},
-    "chat": {c: c for c in ("prompt", "chosen", "rejected", "tools") + _OPTIONAL_PAIR_COLUMNS},
+    "pairwise": {c: c for c in ("prompt", "chosen", "rejected") + _CHAT_COLUMNS + _OPTIONAL_PAIR_COLUMNS},
+    "chat": {c: c for c in ("prompt", "chosen", "rejected") + _CHAT_COLUMNS + _OPTIONAL_PAIR_COLUMNS},
     "hh": {"chosen": "chosen", "rejected": "rejected", "subset": "subset"},
     "ultrafeedback": {"prompt": "instruction", "completions": "completions", "scores": "scores",
                       "response": "response", "score": "overall_score", "subset": "subset"},
     "kway": {"prompt": "prompt", "completions": "completions", "scores": "scores", "best_index": "best_index",
-             "response": "response", "score": "overall_score", "subset": "subset", "tools": "tools"},
-    "prompts": {"prompt": "prompt", "messages": "messages", "tools": "tools"},
-    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages", "text": "text", "tools": "tools"},
+             "response": "response", "score": "overall_score", "subset": "subset",
+             **{c: c for c in _CHAT_COLUMNS}},
+    "prompts": {"prompt": "prompt", "messages": "messages", **{c: c for c in _CHAT_COLUMNS}},
+    "sft": {"prompt": "prompt", "completion": "completion", "messages": "messages", "text": "text",
+            **{c: c for c in _CHAT_COLUMNS}},
     "m_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "language": "language",
                       "subset": "source", "id": "id"},
     "rag_rewardbench": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "scenario": "scenario",
@@ -267,9 +273,10 @@ def _optional_vector(row: Mapping, col: str) -> tuple[float, ...] | None:
 
 
 def _messages(value: Any, col: str) -> list[dict[str, Any]]:
-  """A validated message list, normalized to {"role", "content"} dicts plus the tool-use keys their role may hold
-  (an assistant's `tool_calls`, a tool's `name` / `tool_call_id`; records.OPTIONAL_MESSAGE_KEYS). Any other key that
-  holds something (not null or empty) makes a bad_messages row."""
+  """A validated message list, normalized to {"role", "content"} dicts plus the keys their role may hold (an
+  assistant's `tool_calls` and `reasoning_content`, a tool's `name` / `tool_call_id`;
+  records.OPTIONAL_MESSAGE_KEYS). Any other key that holds something (not null or empty) makes a bad_messages
+  row."""
   if not isinstance(value, (list, tuple)):
     raise errors.RecordError(errors.BAD_MESSAGES, f"{col} must be a list of messages, got {type(value).__name__}")
   if not value:
@@ -281,7 +288,7 @@ def _messages(value: Any, col: str) -> list[dict[str, Any]]:
     role = m["role"]
     if role not in VALID_ROLES:
       raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] has role {role!r}; valid: {VALID_ROLES}")
-    # A key holding something the template is never given (reasoning_content, weight, a tool_calls on a user turn)
+    # A key holding something the template is never given (weight, a tool_calls or reasoning on a user turn)
     # would be lost without a trace, changing the text the model sees, so the row is refused. Null or empty values
     # carry nothing (a parquet struct column gives every message every field, mostly null).
     allowed = OPTIONAL_MESSAGE_KEYS.get(role, ())
@@ -308,7 +315,7 @@ def _messages(value: Any, col: str) -> list[dict[str, Any]]:
       raise errors.RecordError(errors.BAD_MESSAGES, f"{col}[{i}] must be a dict with 'role' and 'content'")
     else:
       message["content"] = _text(m["content"], f"{col}[{i}].content")
-    for key in ("name", "tool_call_id"):
+    for key in ("name", "tool_call_id", "reasoning_content"):
       if key in held:
         message[key] = _text(held[key], f"{col}[{i}].{key}")
     out.append(message)
@@ -329,6 +336,30 @@ def _optional_tools(row: Mapping, col: str) -> tuple[dict, ...] | None:
   if problem:
     raise errors.RecordError(errors.BAD_FIELD, f"{col}: {problem}")
   return tuple(dict(t) for t in value)
+
+
+def _optional_template_kwargs(row: Mapping, col: str) -> dict[str, Any] | None:
+  """The row's chat template arguments (TRL's per-row `chat_template_kwargs`): a dict or its JSON text; null or
+  empty is none."""
+  value = row.get(col)
+  if value in (None, "", {}):
+    return None
+  if isinstance(value, str):
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError as e:
+      raise errors.RecordError(errors.BAD_FIELD, f"{col} is text but not JSON ({e.msg} at character {e.pos})")
+  problem = template_kwargs_problem(value)
+  if problem:
+    raise errors.RecordError(errors.BAD_FIELD, f"{col}: {problem}")
+  return dict(value) or None
+
+
+def _chat_extras(row: Mapping, c: Any) -> dict[str, Any]:
+  """The record fields every rendering of a chat row's prompt and responses gets: `tools` and
+  `chat_template_kwargs` (columns renamed by `c`, the config's column map)."""
+  return {"tools": _optional_tools(row, c("tools")),
+          "chat_template_kwargs": _optional_template_kwargs(row, c(TEMPLATE_KWARGS_COLUMN))}
 
 
 def _prompt(value: Any, col: str):
@@ -368,7 +399,7 @@ def _parse_pairwise(row: Mapping, config: AdapterConfig, where: str) -> Preferen
   if chosen == rejected:
     raise errors.RecordError(errors.IDENTICAL_RESPONSES, "chosen and rejected are identical")
   return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen, rejected=rejected,
-               tools=_optional_tools(row, c("tools")), **_pair_extras(row, config))
+               **_chat_extras(row, c), **_pair_extras(row, config))
 
 
 def _parse_chat(row: Mapping, config: AdapterConfig, where: str, report: errors.SkipReport | None
@@ -398,7 +429,7 @@ def _parse_chat(row: Mapping, config: AdapterConfig, where: str, report: errors.
   if report is not None and max(len(chosen_response), len(rejected_response)) > 1:
     report.note("chat_multi_turn_response")
   return _make(PreferenceRecord, where, prompt=prompt, chosen=chosen_response, rejected=rejected_response,
-               tools=_optional_tools(row, c("tools")), **_pair_extras(row, config))
+               **_chat_extras(row, c), **_pair_extras(row, config))
 
 
 def split_hh(chosen: str, rejected: str) -> tuple[str, str, str, bool]:
@@ -526,7 +557,7 @@ def _parse_kway(row: Mapping, config: AdapterConfig, where: str) -> KWayRecord:
   return _make(KWayRecord, where, prompt=prompt, completions=tuple(texts),
                scores=None if scores is None else tuple(scores),
                best_index=best_index if scores is None else None, subset=_optional_text(row, c("subset")),
-               tools=_optional_tools(row, c("tools")))
+               **_chat_extras(row, c))
 
 
 def _benchmark_pair(row: Mapping, config: AdapterConfig, where: str) -> tuple[PreferenceRecord, str | None]:
@@ -612,7 +643,7 @@ def _parse_prompts(row: Mapping, config: AdapterConfig, where: str) -> PromptRec
     columns = {k: _required(row, k) for k in config.keep_columns}
   for k, v in columns.items():
     _json_value(v, k)
-  return _make(PromptRecord, where, prompt=prompt, columns=columns, tools=_optional_tools(row, c("tools")))
+  return _make(PromptRecord, where, prompt=prompt, columns=columns, **_chat_extras(row, c))
 
 
 def _chat_prompt(value: Any, col: str) -> list[dict[str, str]]:
@@ -638,7 +669,7 @@ def _parse_sft(row: Mapping, config: AdapterConfig, where: str, report: errors.S
                              "columns to read in columns (e.g. columns={'messages': " + repr(c("messages")) + "})")
   if present[0] == "text":
     return _make(SFTRecord, where, prompt="", response=_text(row[c("text")], c("text")),
-                 tools=_optional_tools(row, c("tools")))
+                 **_chat_extras(row, c))
   if present[0] == "messages":
     messages = _messages(row[c("messages")], c("messages"))
     if messages[-1]["role"] != "assistant":
@@ -663,7 +694,7 @@ def _parse_sft(row: Mapping, config: AdapterConfig, where: str, report: errors.S
       response = _text(completion, c("completion"))
   if report is not None and isinstance(prompt, list) and any(m["role"] == "assistant" for m in prompt):
     report.note("sft_earlier_assistant_turns")
-  return _make(SFTRecord, where, prompt=prompt, response=response, tools=_optional_tools(row, c("tools")))
+  return _make(SFTRecord, where, prompt=prompt, response=response, **_chat_extras(row, c))
 
 
 def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipReport | None = None):
@@ -672,12 +703,13 @@ def parse_row(row: Any, config: AdapterConfig, where: str, report: errors.SkipRe
     raise row
   if not isinstance(row, Mapping):
     raise errors.RecordError(errors.NOT_AN_OBJECT, f"expected a JSON object, got {type(row).__name__}")
-  if row.get(TEMPLATE_KWARGS_COLUMN) not in (None, "", {}):
-    # TRL passes this column to the chat template (e.g. {"enable_thinking": false}); rendering without it would
-    # silently give the model other text than the row asks for.
-    raise errors.RecordError(errors.BAD_FIELD, f"{TEMPLATE_KWARGS_COLUMN} is not supported (per-row chat template "
-                             "arguments would be ignored, so the row would render differently than TRL renders it); "
-                             "drop the column, or bake the setting into a chat template file (data.chat_template_path)")
+  if TEMPLATE_KWARGS_COLUMN not in DEFAULT_COLUMNS[config.format] and row.get(TEMPLATE_KWARGS_COLUMN) not in (
+      None, "", {}):
+    # TRL passes this column to the chat template (e.g. {"enable_thinking": false}); a format whose prompts are not
+    # rendered from chat messages here would silently give the model other text than the row asks for.
+    raise errors.RecordError(errors.BAD_FIELD, f"{TEMPLATE_KWARGS_COLUMN} is not read in the {config.format!r} "
+                             "format (its prompts are not chat messages rendered per row); drop the column, or use a "
+                             "chat format (pairwise, chat, kway, prompts, sft)")
   if config.format == "pairwise":
     return _parse_pairwise(row, config, where)
   if config.format == "chat":

@@ -138,7 +138,8 @@ def prompts_of_preferences(records: Sequence[Any], report: errors.SkipReport | N
       else:
         prompt, columns["hh_prompt"] = messages, r.prompt
     try:
-      out.append(PromptRecord(prompt, columns, source=r.source, tools=r.tools))
+      out.append(PromptRecord(prompt, columns, source=r.source, tools=r.tools,
+                              chat_template_kwargs=r.chat_template_kwargs))
     except ValueError as e:  # A preference prompt may end anywhere; a prompt to sample from may not.
       where = r.source or f"records[{i}]"
       detail = str(e).removeprefix(f"{where}: ")
@@ -183,8 +184,10 @@ def _key(prompt: Prompt | Sequence[dict]) -> Any:
 
 
 def _record_key(record: Any) -> Any:
-  """What makes two records the same prompt to sample from: the prompt and the tools it is shown with."""
-  return _key(record.prompt), _key(record.tools or ())
+  """What makes two records the same prompt to sample from: the prompt, the tools it is shown with and its chat
+  template arguments."""
+  return (_key(record.prompt), _key(record.tools or ()),
+          json.dumps(record.chat_template_kwargs or {}, sort_keys=True, default=repr))
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -203,13 +206,13 @@ def prompt_text(tokenizer: Any, prompt: PromptRecord | Prompt, chat_template: st
   """The exact text `encode_prompt_records` encodes for one prompt (the template's rendering with the generation
   prompt for chat prompts; see the module docstring), e.g. for logging samples."""
   where = (prompt.source if isinstance(prompt, PromptRecord) else None) or "prompt"
-  tools = prompt.tools if isinstance(prompt, PromptRecord) else None
+  tools, kwargs = (prompt.tools, prompt.chat_template_kwargs) if isinstance(prompt, PromptRecord) else (None, None)
   prompt = prompt.prompt if isinstance(prompt, PromptRecord) else prompt
   rendered = _as_rendered(prompt, chat_template, where)
   if isinstance(rendered, str):
     return rendered
   try:
-    return tokenize_lib.render(tokenizer, rendered, True, tools)
+    return tokenize_lib.render(tokenizer, rendered, True, tools, kwargs)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from e
 
@@ -251,7 +254,8 @@ def encode_prompt_records(tokenizer: Any, prompts: Sequence[PromptRecord | Promp
     where = _where(p, i)
     rendered = _as_rendered(p.prompt if isinstance(p, PromptRecord) else p, chat_template, where)
     try:
-      ids = tokenize_lib.encode_prompt(tokenizer, rendered, p.tools if isinstance(p, PromptRecord) else None)
+      extras = (p.tools, p.chat_template_kwargs) if isinstance(p, PromptRecord) else ()
+      ids = tokenize_lib.encode_prompt(tokenizer, rendered, *extras)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from e
     if not ids:

@@ -9,7 +9,10 @@ Tool use follows transformers' chat format: an assistant message may carry struc
 {"type": "function", "function": {"name": str, "arguments": dict or JSON text}}, or the same without the
 "function" wrapper) beside its content, a tool message may carry the `name` of the tool and the `tool_call_id` it
 answers, and a record may carry `tools`, the JSON schemas of the functions the model may call, which the chat
-template shows in the prompt. Both need a chat prompt: the model's template renders them (`tokenize`).
+template shows in the prompt. Both need a chat prompt: the model's template renders them (`tokenize`). So do an
+assistant message's `reasoning_content` (a reasoning model's thinking, which its template writes, e.g. as a <think>
+block) and a record's `chat_template_kwargs` (template variables for every rendering of the record, e.g.
+{"enable_thinking": False}, TRL's per-row column).
 An `SFTRecord` is a prompt and the one response supervised fine-tuning trains on.
 A `PromptRecord` is a prompt alone (for the online stages, which generate the responses) plus the extra columns
 its reward functions read (reference answers, test cases, metadata).
@@ -28,7 +31,13 @@ VALID_ROLES = ("system", "user", "assistant", "tool")
 # A prompt's chat messages end with one of these roles (after an assistant turn there is nothing to answer).
 PROMPT_LAST_ROLES = ("user", "tool")
 # Message keys beside role and content, by role: what transformers' tool-use format puts there.
-OPTIONAL_MESSAGE_KEYS = {"assistant": ("tool_calls",), "tool": ("name", "tool_call_id")}
+# Template variables the renderer sets; chat template arguments may not replace them.
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
+# Jinja keywords and literals, which cannot be variable names.
+_JINJA_WORDS = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if",
+                          "else", "elif", "endif", "for", "endfor", "set", "endset", "macro", "endmacro", "block",
+                          "import", "include", "from", "with", "without", "context", "recursive", "loop"})
+OPTIONAL_MESSAGE_KEYS = {"assistant": ("tool_calls", "reasoning_content"), "tool": ("name", "tool_call_id")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +55,8 @@ class PreferenceRecord:
     subset: optional subset name (for per-subset accuracy).
     source: where the record came from ("file.jsonl:17"), for error messages.
     tools: optional JSON schemas of the functions the model may call (the chat template shows them; chat prompt only).
+    chat_template_kwargs: optional chat template arguments for every rendering of this record (template variables
+      such as {"enable_thinking": False}, TRL's per-row column; chat prompt only).
   """
 
   prompt: Prompt
@@ -60,6 +71,7 @@ class PreferenceRecord:
   subset: str | None = None
   source: str | None = None
   tools: tuple[dict, ...] | None = None
+  chat_template_kwargs: dict[str, Any] | None = None
 
   def __post_init__(self):
     _check_tools(self, self.prompt)
@@ -95,12 +107,14 @@ class SFTRecord:
     response: text, or a list of one assistant message.
     source: where the record came from ("file.jsonl:17"), for error messages.
     tools: optional JSON schemas of the functions the model may call (chat prompt only).
+    chat_template_kwargs: optional chat template arguments for every rendering of this record (chat prompt only).
   """
 
   prompt: Prompt
   response: Response
   source: str | None = None
   tools: tuple[dict, ...] | None = None
+  chat_template_kwargs: dict[str, Any] | None = None
 
   def __post_init__(self):
     where = self.source or "record"
@@ -134,6 +148,7 @@ class KWayRecord:
   subset: str | None = None
   source: str | None = None
   tools: tuple[dict, ...] | None = None
+  chat_template_kwargs: dict[str, Any] | None = None
 
   def __post_init__(self):
     where = self.source or "record"
@@ -166,12 +181,14 @@ class PromptRecord:
     source: where the record came from ("file.jsonl:17"), for error messages.
     tools: optional JSON schemas of the functions the model may call (chat prompt only); the template shows them in
       the prompt the model answers.
+    chat_template_kwargs: optional chat template arguments the prompt is rendered with (chat prompt only).
   """
 
   prompt: Prompt
   columns: dict[str, Any] = dataclasses.field(default_factory=dict)
   source: str | None = None
   tools: tuple[dict, ...] | None = None
+  chat_template_kwargs: dict[str, Any] | None = None
 
   def __post_init__(self):
     where = self.source or "record"
@@ -232,6 +249,9 @@ def response_problem(response: Response, prompt: Prompt) -> str | None:
   if isinstance(prompt, str) and has_tool_calls(response):
     return ("an assistant message with tool_calls after a text prompt: the calls are written by the chat template, "
             "so the prompt must be messages")
+  if isinstance(prompt, str) and has_reasoning(response):
+    return ("an assistant message with reasoning_content after a text prompt: the reasoning is written by the chat "
+            "template, so the prompt must be messages")
   return None
 
 
@@ -240,17 +260,52 @@ def has_tool_calls(messages: Prompt | Response) -> bool:
   return not isinstance(messages, str) and any(m.get("tool_calls") for m in messages)
 
 
+def template_kwargs_problem(kwargs: Any) -> str | None:
+  """What is wrong with chat template arguments (a dict of template variable name -> JSON value), or None."""
+  if not isinstance(kwargs, dict):
+    return f"expected a JSON object of template variables, got {kwargs!r}"
+  for name, value in kwargs.items():
+    if not isinstance(name, str) or not name.isidentifier() or name in _JINJA_WORDS:
+      return f"{name!r} is not a template variable name"
+    if name in RESERVED_TEMPLATE_VARIABLES:
+      return f"{name!r} is set by the renderer itself (reserved: {sorted(RESERVED_TEMPLATE_VARIABLES)})"
+    problem = _json_value_problem(value)
+    if problem:
+      return f"{name}: {problem}"
+  return None
+
+
+def _json_value_problem(value: Any) -> str | None:
+  if value is None or isinstance(value, (bool, int, str)):
+    return None
+  if isinstance(value, float):
+    return None if math.isfinite(value) else f"{value!r} is not a finite number"
+  if isinstance(value, (list, tuple)):
+    return next(filter(None, map(_json_value_problem, value)), None)
+  if isinstance(value, dict):
+    if not all(isinstance(k, str) for k in value):
+      return f"{value!r} has keys that are not strings"
+    return next(filter(None, map(_json_value_problem, value.values())), None)
+  return f"{value!r} ({type(value).__name__}) is not a JSON value"
+
+
+def has_reasoning(messages: Prompt | Response) -> bool:
+  """Whether any message carries `reasoning_content` (a reasoning model's thinking, kept apart from its answer)."""
+  return not isinstance(messages, str) and any(m.get("reasoning_content") for m in messages)
+
+
 def response_text(response: Response) -> str:
   """The text of a response: itself, or the content of its one assistant message.
 
   Raises:
-    ValueError: the response has several messages or tool calls: its text includes what a chat template writes,
-      see `tokenize.response_text_under_template`.
+    ValueError: the response has several messages, tool calls or reasoning: its text includes what a chat template
+      writes, see `tokenize.response_text_under_template`.
   """
   if isinstance(response, str):
     return response
-  if len(response) != 1 or has_tool_calls(response):
-    what = f"a response of {len(response)} messages" if len(response) != 1 else "a response with tool_calls"
+  if len(response) != 1 or has_tool_calls(response) or has_reasoning(response):
+    what = (f"a response of {len(response)} messages" if len(response) != 1 else
+            "a response with tool_calls" if has_tool_calls(response) else "a response with reasoning_content")
     raise ValueError(f"{what} has no text without a chat template; use "
                      "jaxrlhf.data.tokenize.response_text_under_template(tokenizer, response, prompt)")
   return response[0]["content"]
@@ -281,7 +336,7 @@ def validate_messages(messages: Sequence, where: str) -> None:
     if extra:
       raise ValueError(f"{where}: message {i} (role {m['role']!r}) has key(s) {extra}; allowed beside role and "
                        f"content: {list(allowed)}")
-    for key in ("name", "tool_call_id"):
+    for key in ("name", "tool_call_id", "reasoning_content"):
       if key in m and not (isinstance(m[key], str) and m[key]):
         raise ValueError(f"{where}: message {i} {key} must be a non-empty string, got {m[key]!r}")
     if "tool_calls" in m:
@@ -334,10 +389,20 @@ def tools_problem(tools: Any) -> str | None:
 
 
 def _check_tools(record: Any, prompt: Prompt) -> None:
-  """Validates `record.tools` (made a tuple) against its prompt: tools are shown by the chat template."""
+  """Validates `record.tools` (made a tuple) and `record.chat_template_kwargs` (an empty dict becomes None) against
+  its prompt: the chat template shows the tools and reads the arguments."""
+  where = record.source or "record"
+  kwargs = record.chat_template_kwargs
+  if kwargs is not None:
+    problem = template_kwargs_problem(kwargs)
+    if problem:
+      raise ValueError(f"{where}: chat_template_kwargs: {problem}")
+    if kwargs and isinstance(prompt, str):
+      raise ValueError(f"{where}: chat_template_kwargs need a chat prompt (messages): a text prompt is encoded "
+                       "without the chat template")
+    object.__setattr__(record, "chat_template_kwargs", dict(kwargs) or None)
   if record.tools is None:
     return
-  where = record.source or "record"
   problem = tools_problem(record.tools)
   if problem:
     raise ValueError(f"{where}: tools: {problem}")

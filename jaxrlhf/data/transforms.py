@@ -306,6 +306,7 @@ def every_assistant_turn(records: Sequence[records_lib.SFTRecord]) -> tuple[list
           unanswerable += 1
           continue
         source = f"{record.source}#turn{j}" if record.source else None
-        out.append(records_lib.SFTRecord(list(record.prompt[:j]), [dict(message)], source, tools=record.tools))
+        out.append(records_lib.SFTRecord(list(record.prompt[:j]), [dict(message)], source, tools=record.tools,
+                                         chat_template_kwargs=record.chat_template_kwargs))
     out.append(record)
   return out, {"conversations": len(records), "examples": len(out), "unanswerable_turns": unanswerable}

@@ -21,6 +21,8 @@ import jinja2.ext
 import jinja2.nodes
 import jinja2.sandbox
 
+from jaxrlhf.data.records import RESERVED_TEMPLATE_VARIABLES, template_kwargs_problem
+
 Message = Mapping[str, Any]
 
 
@@ -65,7 +67,8 @@ def compile_chat_template(source: str) -> jinja2.Template:
 
 def render_chat(source: str, messages: Sequence[Message], add_generation_prompt: bool = False,
                 special_tokens: Mapping[str, str | None] | None = None,
-                tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+                tools: Sequence[Mapping[str, Any]] | None = None,
+                template_kwargs: Mapping[str, Any] | None = None) -> str:
   """Renders `messages` with a chat template.
 
   Args:
@@ -76,12 +79,14 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
       the tokenizer lacks) leaves the variable undefined, as transformers does, so `{{ bos_token }}` renders "".
     tools: JSON schemas of the functions the model may call (the template's `tools` variable); None or empty
       renders without tools (transformers' and TRL's `tools or None`: some templates print a tools header for []).
+    template_kwargs: more template variables (transformers' `**kwargs` of apply_chat_template, TRL's
+      `chat_template_kwargs`), e.g. {"enable_thinking": False}; they override a special token of the same name.
 
   Returns:
     The rendered prompt text (not tokenized).
 
   Raises:
-    ValueError: a message is not a dict with "role" and "content".
+    ValueError: a message is not a dict with "role" and "content"; a template_kwargs name the renderer sets itself.
     jinja2.exceptions.TemplateError: the template rejects the conversation (via `raise_exception`).
   """
   for i, message in enumerate(messages):
@@ -91,9 +96,55 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
   plain = [{k: v for k, v in m.items() if v is not None} for m in messages]
   # transformers passes only the special tokens that are set; a None would render as the text "None".
   variables = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+  if template_kwargs:
+    reserved = sorted(set(template_kwargs) & RESERVED_TEMPLATE_VARIABLES)
+    if reserved:
+      raise ValueError(f"chat template arguments {reserved} are set by the renderer itself; not settable")
+    variables.update(template_kwargs)
   return compile_chat_template(source).render(
       messages=plain, add_generation_prompt=add_generation_prompt, tools=[dict(t) for t in tools] if tools else None,
       documents=None, **variables)
+
+
+def _jinja_literal(value: Any) -> str:
+  """`value` (None, bool, int, finite float, str, or lists / str-keyed dicts of them) as a Jinja expression."""
+  if value is None:
+    return "none"
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, int):
+    return str(value)
+  if isinstance(value, float):
+    if value != value or value in (float("inf"), float("-inf")):
+      raise ValueError(f"{value!r} is not a finite number")
+    return repr(value)
+  if isinstance(value, str):
+    return json.dumps(value)  # A JSON string is a valid Jinja string literal (same escapes).
+  if isinstance(value, (list, tuple)):
+    return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
+  if isinstance(value, Mapping):
+    if not all(isinstance(k, str) for k in value):
+      raise ValueError(f"{value!r} has keys that are not strings")
+    return "{" + ", ".join(f"{json.dumps(k)}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
+  raise ValueError(f"{value!r} ({type(value).__name__}) is not a JSON value")
+
+
+def template_with_defaults(source: str, defaults: Mapping[str, Any]) -> str:
+  """`source` with `defaults` (chat template arguments) as the values of variables the caller leaves unset: a
+  template that renders as if each call passed them, unless the call passes its own value (per-row arguments). So
+  a saved tokenizer carries a run's arguments, and transformers renders the same text from it.
+
+  Raises:
+    ValueError: `template_kwargs_problem`.
+  """
+  problem = template_kwargs_problem(defaults)
+  if problem:
+    raise ValueError(problem)
+  # An `if` does not open a Jinja scope, so the `set` is seen by the rest of the template.
+  head = "".join(f"{{%- if {name} is not defined %}}{{%- set {name} = {_jinja_literal(value)} %}}{{%- endif %}}"
+                 for name, value in defaults.items())
+  # The newline after the last tag is the one trim_blocks removes, so the template's own first line is unchanged.
+  return head + "\n" + source if head else source
 
 
 def template_supports_system_role(source: str, special_tokens: Mapping[str, str | None] | None = None) -> bool:

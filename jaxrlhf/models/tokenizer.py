@@ -108,19 +108,34 @@ class Tokenizer:
     return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
-                          tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+                          tools: Sequence[Mapping[str, Any]] | None = None, **template_kwargs: Any) -> str:
     """Renders chat messages ({"role", "content"} dicts, with `tool_calls` etc. where the template reads them) and
-    optional tool schemas with the model's template; returns text."""
+    optional tool schemas with the model's template; `template_kwargs` are more template variables (e.g.
+    enable_thinking=False), as in transformers. Returns text."""
     if self.chat_template is None:
       raise ValueError("this tokenizer has no chat_template")
     return chat.render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                            special_tokens=self._special_tokens, tools=tools)
+                            special_tokens=self._special_tokens, tools=tools, template_kwargs=template_kwargs)
 
   def with_chat_template(self, chat_template: str) -> "Tokenizer":
     """The same tokenizer with another chat template (Jinja source; compiled here, so a syntax error raises
     jinja2.TemplateSyntaxError now rather than at the first chat)."""
     chat.compile_chat_template(chat_template)
     return Tokenizer(self.backend, chat_template=chat_template, **self._special_tokens)
+
+  def with_template_defaults(self, defaults: Mapping[str, Any]) -> "Tokenizer":
+    """The same tokenizer whose chat template renders as if every call passed `defaults` (chat template arguments,
+    e.g. {"enable_thinking": False}) unless the call passes its own (`chat.template_with_defaults`); the saved
+    tokenizer carries them. No defaults: this tokenizer.
+
+    Raises:
+      ValueError: no chat template, or arguments that are not variable names with JSON values.
+    """
+    if not defaults:
+      return self
+    if self.chat_template is None:
+      raise ValueError("this tokenizer has no chat_template for the chat template arguments to apply to")
+    return self.with_chat_template(chat.template_with_defaults(self.chat_template, defaults))
 
   def save_pretrained(self, folder: str | os.PathLike) -> None:
     """Writes tokenizer.json + tokenizer_config.json (special tokens, chat template) into `folder`, the layout

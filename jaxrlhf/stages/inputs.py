@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import functools
 import hashlib
+import json
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -27,7 +28,7 @@ from jaxrlhf.config import ConfigError, field, stage_ref
 from jaxrlhf.data import AdapterConfig, format_skip_report, read_records
 from jaxrlhf.data.adapters import DEFAULT_COLUMNS, FILE_SUFFIXES
 from jaxrlhf.data.errors import DataFileError
-from jaxrlhf.data.records import has_tool_calls
+from jaxrlhf.data.records import has_tool_calls, template_kwargs_problem
 from jaxrlhf.data import padding
 from jaxrlhf.data import pipeline as pipeline_lib
 from jaxrlhf.data import prompts as prompts_lib
@@ -112,6 +113,9 @@ class DataSpec:
   tokenizer: str = field("")  # A HF folder / .gguf; default: the world's, else the model's.
   # A .jinja file whose chat template replaces the tokenizer's (TRL's chat_template_path), e.g. a tool-use template.
   chat_template_path: str = field("", must_exist=True)
+  # Template variables every chat rendering gets, a dict or its JSON text, e.g. '{"enable_thinking": false}' (TRL's
+  # chat_template_kwargs); a row's own chat_template_kwargs column overrides them. Saved with the policy's tokenizer.
+  chat_template_kwargs: dict | str = field(default_factory=dict)
   batch_size: int = field(16, min=1)
   eval_batch_size: int = field(0, min=0)  # 0: batch_size.
   max_length: int = field(64, min=2)
@@ -142,6 +146,7 @@ class DataSpec:
                         "'(\"a.jsonl\",)')")
     check_data_files(self, path)
     check_columns(self.columns, self.format, path)
+    template_kwargs(self, path)
     if self.source == "world":
       check_world(self.world, path)
     if self.criteria != "none" and (self.source != "world" or not self.world.get("criteria")):
@@ -239,16 +244,46 @@ def make_world(world: Mapping[str, Any]) -> World:
 
 
 def make_tokenizer(data: DataSpec, world: Any, model_path: str):
-  """The world's tokenizer, `data.tokenizer`, or the pretrained model's; with `data.chat_template_path`'s template."""
+  """The world's tokenizer, `data.tokenizer`, or the pretrained model's; with `data.chat_template_path`'s template
+  and `data.chat_template_kwargs` as its defaults."""
   if world is not None and not data.tokenizer:
-    if data.chat_template_path:
-      raise ConfigError("data.chat_template_path: the synthetic world's tokenizer has its own chat format; a template "
-                        "file applies to a real tokenizer (data.tokenizer or the model's)")
+    for key in ("chat_template_path", "chat_template_kwargs"):
+      if getattr(data, key):
+        raise ConfigError(f"data.{key}: the synthetic world's tokenizer has its own chat format; a chat template "
+                          "setting applies to a real tokenizer (data.tokenizer or the model's)")
     return world.tokenizer
   path = data.tokenizer or model_path
   if not path:
     raise ValueError("data.tokenizer: needed for file data with a randomly initialized model")
-  return with_template_file(cached_tokenizer(path), data.chat_template_path, "data.chat_template_path")
+  tokenizer = with_template_file(cached_tokenizer(path), data.chat_template_path, "data.chat_template_path")
+  return with_template_defaults(tokenizer, template_kwargs(data, "data"), "data.chat_template_kwargs")
+
+
+def template_kwargs(spec: Any, path: str) -> dict[str, Any]:
+  """`spec.chat_template_kwargs` as a dict (a dict, or its JSON text as a command line gives it); ConfigError
+  naming `<path>.chat_template_kwargs` for text that is not a JSON object or names that are not template variables."""
+  value, key = spec.chat_template_kwargs, f"{path}.chat_template_kwargs"
+  if isinstance(value, str):
+    try:
+      value = json.loads(value) if value.strip() else {}
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{key}: {value!r} is not JSON ({e.msg} at character {e.pos}); e.g. "
+                        "'{\"enable_thinking\": false}'") from e
+  problem = template_kwargs_problem(value)
+  if problem:
+    raise ConfigError(f"{key}: {problem}")
+  return value
+
+
+def with_template_defaults(tokenizer: Any, defaults: Mapping[str, Any], key: str) -> Any:
+  """`tokenizer` rendering as if every chat template call passed `defaults` (none: unchanged); ConfigError naming
+  `key` for a tokenizer without a chat template."""
+  if not defaults:
+    return tokenizer
+  try:
+    return tokenizer.with_template_defaults(defaults)
+  except ValueError as e:
+    raise ConfigError(f"{key}: {e}") from e
 
 
 def with_template_file(tokenizer: Any, path: str, key: str) -> Any:
@@ -850,14 +885,19 @@ class PromptSpec:
   tokenizer: str = field("", must_exist=True)
   # A .jinja file whose chat template replaces the tokenizer's (TRL's chat_template_path).
   chat_template_path: str = field("", must_exist=True)
+  # Template variables every prompt rendering gets (TRL's chat_template_kwargs, a dict or its JSON text, e.g.
+  # '{"enable_thinking": false}'); a row's chat_template_kwargs column overrides them.
+  chat_template_kwargs: dict | str = field(default_factory=dict)
   format: str = field("prompts", choices=prompts_lib.PROMPT_FORMATS)
 
   def validate(self, path: str) -> None:
+    template_kwargs(self, path)
     if self.source == "world":
       check_world(self.world, path)
-      if self.chat_template_path:
-        raise ConfigError(f"{path}.chat_template_path: the synthetic world's tokenizer has its own chat format; a "
-                          f"template file applies to prompt files ({path}.source='files')")
+      for key in ("chat_template_path", "chat_template_kwargs"):
+        if getattr(self, key):
+          raise ConfigError(f"{path}.{key}: the synthetic world's tokenizer has its own chat format; a chat "
+                            f"template setting applies to prompt files ({path}.source='files')")
       return
     if not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (prompt files: .jsonl, .jsonl.gz or "
@@ -919,7 +959,7 @@ class OnlinePrompts(NamedTuple):
                                                                chat_template=self.spec.chat_template)
     except ValueError as e:  # A row the settings cannot render (names file:line): one line, not a traceback.
       # A template without tool use is the tokenizer's doing, not the chat_template mode's.
-      key = ("prompts.tokenizer" if any(r.tools or has_tool_calls(r.prompt) for r in records)
+      key = ("prompts.tokenizer" if any(r.tools or r.chat_template_kwargs or has_tool_calls(r.prompt) for r in records)
              else f"prompts.chat_template={self.spec.chat_template!r}")
       raise ConfigError(f"{key}: {e}") from e
     name = "train" if split == "train" else "held-out"
@@ -951,6 +991,7 @@ def open_prompts(spec: PromptSpec, model_path: str) -> OnlinePrompts:
                                                            hh_as_chat=spec.chat_template != "never")
   print(f"[data] {report['line']}", flush=True)
   tokenizer = with_template_file(load_tokenizer(path), spec.chat_template_path, "prompts.chat_template_path")
+  tokenizer = with_template_defaults(tokenizer, template_kwargs(spec, "prompts"), "prompts.chat_template_kwargs")
   return OnlinePrompts(None, tokenizer, spec, (train, held_out, report))
 
 

@@ -248,7 +248,8 @@ def kway_pairs(records: Sequence[Any]) -> tuple[list[PreferenceRecord], np.ndarr
     for j, completion in enumerate(r.completions):
       if j != b:
         pairs.append(PreferenceRecord(prompt=r.prompt, chosen=r.completions[b], rejected=completion,
-                                      subset=r.subset, source=r.source, tools=r.tools))
+                                      subset=r.subset, source=r.source, tools=r.tools,
+                                      chat_template_kwargs=r.chat_template_kwargs))
   return pairs, best
 
 

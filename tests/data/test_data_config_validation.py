@@ -73,7 +73,7 @@ def test_bad_columns_and_paths_are_config_errors_naming_the_key(files, tmp_path,
     (dict(eval_paths="dir"), r"^config\.prompts\.eval_paths\[0\]: '.*folder' is a directory"),
     (dict(columns={"prompt": ""}), r"^config\.prompts\.columns\.prompt: expected the file's column name"),
     (dict(columns={"chosen": "x"}), r"^config\.prompts\.columns\.chosen: unknown for config\.prompts\.format="
-     r"'prompts'; valid keys: messages, prompt, tools$"),
+     r"'prompts'; valid keys: chat_template_kwargs, messages, prompt, tools$"),
 ])
 def test_bad_prompt_files_are_config_errors_naming_the_key(files, kw, match):
   kw = {k: ((files[v],) if k.endswith("paths") else v) for k, v in kw.items()}

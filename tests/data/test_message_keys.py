@@ -25,9 +25,9 @@ def _read(tmp_path, rows, fmt, strict=True):
     ("chat", {"chosen": [{**USER, "tool_calls": CALL["tool_calls"]}, ANSWER],
               "rejected": [{**USER, "tool_calls": CALL["tool_calls"]}, {"role": "assistant", "content": "No."}]},
      "chosen[0] (role 'user') has key(s) ['tool_calls']"),
-    # A reasoning trace kept beside the content (Qwen3 / DeepSeek-R1 style) would vanish from the response.
-    ("sft", {"prompt": [USER], "completion": [{**ANSWER, "reasoning_content": "Look it up."}]},
-     "completion[0] (role 'assistant') has key(s) ['reasoning_content']"),
+    # A reasoning trace is the assistant's (tests/data/test_reasoning_content.py); on a user turn no template shows it.
+    ("sft", {"prompt": [{**USER, "reasoning_content": "Look it up."}], "completion": [ANSWER]},
+     "prompt[0] (role 'user') has key(s) ['reasoning_content']"),
     # OpenAI fine-tuning's weight 0 means "do not train on this turn": dropping it would train on it.
     ("sft", {"messages": [USER, {**ANSWER, "weight": 0}]}, "messages[1] (role 'assistant') has key(s) ['weight']"),
     ("prompts", {"prompt": [{**USER, "name": "alice", "tool_call_id": "c1"}]},

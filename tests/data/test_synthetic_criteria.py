@@ -23,8 +23,8 @@ GROUPS = dict(seed=3, num_topics=5, annotators=(("a", (1.0, 0.0, 2.0, 1.0, -1.0)
 
 
 def _repr(record) -> str:
-  # Records gained a `tools` field after the digests were taken; the world never sets it.
-  return repr(record).replace(", tools=None", "")
+  # Records gained `tools` and `chat_template_kwargs` fields after the digests were taken; the world sets neither.
+  return repr(record).replace(", tools=None", "").replace(", chat_template_kwargs=None", "")
 
 
 def _digest(world: World, vocab: bool = True) -> str:

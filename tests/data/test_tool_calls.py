@@ -83,11 +83,19 @@ def test_parquet_rows_with_json_arguments_and_null_fields(tmp_path):
      "bad_messages", "completions[0]: an assistant message with tool_calls after a text prompt"),
     ("sft", {"messages": [USER, {**ANSWER, "tool_call_id": "x"}]},
      "bad_messages", "messages[1] (role 'assistant') has key(s) ['tool_call_id']"),
-    # TRL renders this row with enable_thinking=False; without the argument the text would differ.
-    ("sft", {"messages": [USER, ANSWER], "chat_template_kwargs": {"enable_thinking": False}},
-     "bad_field", "chat_template_kwargs is not supported"),
-    ("prompts", {"prompt": [USER], "chat_template_kwargs": {"enable_thinking": False}},
-     "bad_field", "chat_template_kwargs is not supported"),
+    # TRL renders this row with enable_thinking=False; a format whose prompts are not chat messages cannot.
+    ("hh", {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello.", "rejected": "\n\nHuman: Hi\n\nAssistant: Go.",
+            "chat_template_kwargs": {"enable_thinking": False}},
+     "bad_field", "chat_template_kwargs is not read in the 'hh' format"),
+    ("sft", {"messages": [USER, ANSWER], "chat_template_kwargs": {"messages": []}},
+     "bad_field", "chat_template_kwargs: 'messages' is set by the renderer itself"),
+    ("prompts", {"prompt": [USER], "chat_template_kwargs": "{enable_thinking: false}"},
+     "bad_field", "chat_template_kwargs is text but not JSON"),
+    ("prompts", {"prompt": [USER], "chat_template_kwargs": {"enable-thinking": False}},
+     "bad_field", "chat_template_kwargs: 'enable-thinking' is not a template variable name"),
+    ("pairwise", {"prompt": "Weather?", "chosen": "Sunny.", "rejected": "Rain.",
+                  "chat_template_kwargs": {"enable_thinking": False}},
+     "bad_field", "chat_template_kwargs need a chat prompt (messages)"),
 ])
 def test_bad_tool_use_rows_name_the_field(tmp_path, fmt, row, reason, detail):
   with pytest.raises(errors.DataFileError) as e:
