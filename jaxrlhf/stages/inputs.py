@@ -55,6 +55,8 @@ SHARED_PROMPT_MAX_COST = 0.9
 
 # The preference-file formats (jaxrlhf.data.adapters) a DataSpec reads.
 PAIR_FORMATS = ("pairwise", "chat", "hh", "ultrafeedback")
+# Those whose prompts are always text (a raw HH dialogue, an UltraFeedback instruction): no chat template renders them.
+TEXT_PROMPT_FORMATS = ("hh", "ultrafeedback")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,11 @@ class DataSpec:
     check_data_files(self, path)
     check_columns(self.columns, self.format, path)
     template_kwargs(self, path)
+    if self.source == "files" and self.format in TEXT_PROMPT_FORMATS:
+      for key in ("chat_template_path", "chat_template_kwargs"):
+        if getattr(self, key):
+          raise ConfigError(f"{path}.{key}: the {self.format!r} format's prompts are text, encoded as they are "
+                            "without the chat template, so this setting would apply to nothing")
     if self.source == "world":
       check_world(self.world, path)
     if self.criteria != "none" and (self.source != "world" or not self.world.get("criteria")):
@@ -902,6 +909,11 @@ class PromptSpec:
     if not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (prompt files: .jsonl, .jsonl.gz or "
                         ".parquet)")
+    if self.chat_template == "never":
+      for key in ("chat_template_path", "chat_template_kwargs"):
+        if getattr(self, key):
+          raise ConfigError(f"{path}.{key}: {path}.chat_template='never' renders no prompt with the chat template, "
+                            "so this setting would apply to nothing")
     check_data_files(self, path)
     check_columns(self.columns, self.format, path)
     if self.keep_columns and self.format != "prompts":

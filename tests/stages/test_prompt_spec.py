@@ -25,8 +25,8 @@ def test_config_errors_name_the_key(tmp_path):
     _spec(source="files")
   with pytest.raises(ConfigError, match=r"paths\[0\]: file not found"):
     _spec(source="files", paths=(str(tmp_path / "missing.jsonl"),))
-  with pytest.raises(ConfigError, match=r"columns.answer: unknown for config.format='prompts'; valid keys: messages, "
-                                        r"prompt, tools$"):
+  with pytest.raises(ConfigError, match=r"columns.answer: unknown for config.format='prompts'; valid keys: "
+                                        r"chat_template_kwargs, messages, prompt, tools$"):
     _spec(source="files", paths=(path,), columns={"answer": "a"})
   with pytest.raises(ConfigError, match=r"columns.prompt: unknown for config.format='hh'; valid keys: chosen, rejected, "
                                         r"subset$"):

@@ -202,6 +202,17 @@ def test_reasoning_with_thinking_switched_off_is_refused(tmp_path, model_dir):
     preference.run(cfg, str(tmp_path / "run"), {})
 
 
+@pytest.mark.parametrize("key, value", [("chat_template_kwargs", {"enable_thinking": False}),
+                                        ("chat_template_path", "reasoning")])
+def test_settings_for_text_prompt_formats_are_refused(tmp_path, model_dir, key, value):
+  # An HH file's prompts are raw dialogue text: a template setting would change nothing, silently.
+  value = f"{model_dir}/chat_template.jinja" if key == "chat_template_path" else value
+  hh = [{"chosen": f"\n\nHuman: Hi {i}\n\nAssistant: Hello.", "rejected": f"\n\nHuman: Hi {i}\n\nAssistant: No."}
+        for i in range(4)]
+  with pytest.raises(ConfigError, match=rf"^config\.data\.{key}: the 'hh' format's prompts are text"):
+    _cfg(tmp_path, model_dir, hh[:2], hh[2:], fmt="hh", **{key: value})
+
+
 @pytest.mark.parametrize("value, message", [
     ("{enable_thinking: false}", r"'{enable_thinking: false}' is not JSON \(Expecting property name"),
     ({"add_generation_prompt": True}, r"'add_generation_prompt' is set by the renderer itself"),
@@ -212,7 +223,11 @@ def test_bad_config_arguments_name_the_key(tmp_path, model_dir, value, message):
     _cfg(tmp_path, model_dir, _pairs(2), _pairs(2, offset=9), chat_template_kwargs=value)
 
 
-def test_the_worlds_tokenizer_refuses_arguments():
+def test_the_worlds_tokenizer_and_unrendered_prompts_refuse_arguments(tmp_path):
+  with pytest.raises(ConfigError, match=r"prompts\.chat_template_kwargs: prompts\.chat_template='never' renders no "):
+    from_config({"source": "files", "paths": (tiny_chat_model.write_prompt_files(tmp_path)[0],),
+                 "chat_template": "never", "chat_template_kwargs": '{"enable_thinking": false}'}, inputs_lib.PromptSpec,
+                path="prompts")
   with pytest.raises(ConfigError, match=r"prompts\.chat_template_kwargs: the synthetic world's tokenizer"):
     from_config({"prompts": {"source": "world", "chat_template_kwargs": {"enable_thinking": False}}}, rl.RLConfig,
                 path="config")
