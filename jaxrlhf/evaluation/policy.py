@@ -34,7 +34,8 @@ def confidence_interval(values, method: str = "normal", level: float = 0.95, num
                         seed: int = 0) -> Estimate:
   """Mean of `values` (one per unit) with a `level` confidence interval (see the module docstring).
 
-  A single unit gives an interval of (-inf, inf) under "normal" and [mean, mean] under "bootstrap".
+  A single unit says nothing about the spread: its interval is (-inf, inf) under either method (resampling one
+  value would give [mean, mean], a certainty the data do not have).
   """
   values = np.asarray(values, np.float64).reshape(-1)
   if values.size == 0 or not np.isfinite(values).all():
@@ -44,9 +45,9 @@ def confidence_interval(values, method: str = "normal", level: float = 0.95, num
   if not 0 < level < 1:
     raise ValueError(f"level must be in (0, 1), got {level}")
   n, mean = values.size, float(values.mean())
+  if n == 1:
+    return Estimate(mean, -math.inf, math.inf, n, level)
   if method == "normal":
-    if n == 1:
-      return Estimate(mean, -math.inf, math.inf, n, level)
     half = statistics.NormalDist().inv_cdf(0.5 + level / 2) * float(values.std(ddof=1)) / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, n, level)
   if num_resamples < 1:

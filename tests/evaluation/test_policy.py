@@ -58,6 +58,9 @@ def test_normal_ci_hand_computed():
   assert half == pytest.approx(1.959964 * 0.7071068, rel=1e-6)
   one = confidence_interval([2.0])
   assert one.lower == -math.inf and one.upper == math.inf
+  # Resampling one prompt would give [2, 2]; one unit carries no spread under either method.
+  boot = confidence_interval([2.0], "bootstrap")
+  assert (boot.mean, boot.lower, boot.upper, boot.n) == (2.0, -math.inf, math.inf, 1)
 
 
 def test_bootstrap_ci_agrees_with_normal_on_a_large_sample():
