@@ -20,6 +20,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jinja2
+import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -149,6 +150,11 @@ class DataSpec:
     check_data_files(self, path)
     check_columns(self.columns, self.format, path)
     template_kwargs(self, path)
+    if self.source == "world" and not self.tokenizer:
+      for key in ("chat_template_path", "chat_template_kwargs"):
+        if getattr(self, key):
+          raise ConfigError(f"{path}.{key}: the synthetic world's tokenizer has its own chat format; a chat template "
+                            f"setting applies to a real tokenizer ({path}.tokenizer, or files and the model's)")
     if self.source == "files" and self.format in TEXT_PROMPT_FORMATS:
       for key in ("chat_template_path", "chat_template_kwargs"):
         if getattr(self, key):
@@ -269,7 +275,7 @@ def make_tokenizer(data: DataSpec, world: Any, model_path: str):
 def template_kwargs(spec: Any, path: str) -> dict[str, Any]:
   """`spec.chat_template_kwargs` as a dict (a dict, or its JSON text as a command line gives it); ConfigError
   naming `<path>.chat_template_kwargs` for text that is not a JSON object or names that are not template variables."""
-  value, key = spec.chat_template_kwargs, f"{path}.chat_template_kwargs"
+  value, key = _plain(spec.chat_template_kwargs), f"{path}.chat_template_kwargs"
   if isinstance(value, str):
     try:
       value = json.loads(value) if value.strip() else {}
@@ -279,6 +285,15 @@ def template_kwargs(spec: Any, path: str) -> dict[str, Any]:
   problem = template_kwargs_problem(value)
   if problem:
     raise ConfigError(f"{key}: {problem}")
+  return value
+
+
+def _plain(value: Any) -> Any:
+  """`value` with the mappings (a config file's nested ConfigDicts) made dicts and tuples lists, as JSON gives them."""
+  if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
   return value
 
 

@@ -9,6 +9,7 @@ template that drops reasoning, bad arguments and arguments for the world's token
 import dataclasses
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -231,10 +232,24 @@ def test_the_worlds_tokenizer_and_unrendered_prompts_refuse_arguments(tmp_path):
   with pytest.raises(ConfigError, match=r"prompts\.chat_template_kwargs: the synthetic world's tokenizer"):
     from_config({"prompts": {"source": "world", "chat_template_kwargs": {"enable_thinking": False}}}, rl.RLConfig,
                 path="config")
-  cfg = from_config({"seed": 0, "num_devices": 1, "data": {"chat_template_kwargs": {"enable_thinking": False}}},
-                    preference.PreferenceConfig, path="config")
-  world = inputs_lib.make_world(cfg.data.world)
+  with pytest.raises(ConfigError, match=r"^config\.data\.chat_template_kwargs: the synthetic world's tokenizer"):
+    from_config({"seed": 0, "num_devices": 1, "data": {"chat_template_kwargs": {"enable_thinking": False}}},
+                preference.PreferenceConfig, path="config")
+  # The stage's own check, for a DataSpec built in code.
+  data = dataclasses.replace(inputs_lib.DataSpec(), chat_template_kwargs={"enable_thinking": False})
+  world = inputs_lib.make_world(data.world)
   with pytest.raises(ConfigError, match=r"^data\.chat_template_kwargs: the synthetic world's tokenizer"):
-    inputs_lib.make_tokenizer(cfg.data, world, "")
-  unset = dataclasses.replace(cfg.data, chat_template_kwargs="")  # empty text, as a command line may give, is unset
+    inputs_lib.make_tokenizer(data, world, "")
+  unset = dataclasses.replace(data, chat_template_kwargs="")  # empty text, as a command line may give, is unset
   assert inputs_lib.make_tokenizer(unset, world, "") is world.tokenizer
+
+
+def test_a_config_files_nested_arguments_are_plain_json(tmp_path, model_dir):
+  # A config file's dict becomes nested ConfigDicts; the template gets plain dicts and lists, as from JSON text.
+  nested = ml_collections.ConfigDict({"options": {"style": "short", "levels": (1, 2)}})
+  cfg = _cfg(tmp_path, model_dir, _pairs(2), _pairs(2, offset=9), chat_template_kwargs=nested)
+  assert inputs_lib.template_kwargs(cfg.data, "data") == {"options": {"style": "short", "levels": [1, 2]}}
+  template = "{{ options.style }}|{{ options.levels | tojson }}|{{ messages[0].content }}"
+  tokenizer = inputs_lib.with_template_defaults(tiny_chat_model.byte_tokenizer().with_chat_template(template),
+                                                inputs_lib.template_kwargs(cfg.data, "data"), "data")
+  assert tokenizer.apply_chat_template([_msg("user", "Hi")]) == "short|[1, 2]|Hi"
