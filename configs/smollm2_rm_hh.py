@@ -77,7 +77,10 @@ def get_config(arg=None):
       config[name].prompts.paths = config.data.get_ref("paths")
       config[name].prompts.format = config.data.get_ref("format")
       continue
-    config[name].data.tokenizer = config.get_ref("model_path")
+    if name == "eval_flr":  # FLR scores with SmolLM2 itself: its model is data.tokenizer's.
+      config[name].data.tokenizer = config.get_ref("model_path")
+    # Otherwise data.tokenizer stays unset: the rm_ stages read their model's, the eval_ stages their reward
+    # model's (saved beside it), so setting one stage's tokenizer never changes model_path.
     config[name].data.paths = config.data.get_ref("paths")
     config[name].data.format = config.data.get_ref("format")
   return config

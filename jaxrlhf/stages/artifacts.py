@@ -71,9 +71,12 @@ def model_config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
 
 
 def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members: int, state: nnx.State,
-                      lora: Any = None) -> str:
+                      lora: Any = None, tokenizer: Any = None) -> str:
   """Writes `out_dir/spec.json` and `out_dir/params.msgpack` (the stacked RewardEnsemble state; with `lora`, a
-  LoraRewardEnsemble's: the base backbone once + K adapter sets and heads, spec.json's "lora" its LoraConfig).
+  LoraRewardEnsemble's: the base backbone once + K adapter sets and heads, spec.json's "lora" its LoraConfig), and
+  the tokenizer the model was trained with (`tokenizer.json` + `tokenizer_config.json`, its chat template as
+  rendered in training: a template file's, with its default arguments) where it is a real one (the synthetic
+  world's has no files), so an evaluation scores text rendered as in training (`saved_tokenizer`).
 
   With several processes, parameters sharded across processes are gathered (every process takes part) and
   process 0 writes; every process returns after the files exist.
@@ -89,8 +92,16 @@ def save_reward_model(out_dir: str, config: ModelConfig, head: Any, num_members:
       json.dump(spec, f, indent=2)
     with open(os.path.join(out_dir, "params.msgpack"), "wb") as f:
       f.write(flax.serialization.msgpack_serialize(values))
+    if hasattr(tokenizer, "save_pretrained"):
+      tokenizer.save_pretrained(out_dir)
   distributed.barrier(f"save_reward_model:{out_dir}")
   return out_dir
+
+
+def saved_tokenizer(rm_dir: str) -> str:
+  """`rm_dir` where that reward model folder holds a tokenizer (a reward stage's since it saves one, a Hugging Face
+  sequence-classification folder's `tokenizer.json`), else ""."""
+  return rm_dir if rm_dir and os.path.isfile(os.path.join(rm_dir, "tokenizer.json")) else ""
 
 REWARD_ADAPTERS = "reward_adapters.msgpack"
 

@@ -450,12 +450,12 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   state = common.final_state(setup, results)
   model = nnx.merge(setup.graphdef, state.params, state.extra)
   rm_dir = artifacts.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
-                                       nnx.state(model), lora=lora)
+                                       nnx.state(model), lora=lora, tokenizer=tokenizer)
   extra = {}
   if lora is not None:  # The trained parts alone (adapters + heads), to put back on the base they were trained on.
     extra["adapter_dir"] = artifacts.save_reward_adapters(os.path.join(workdir, "adapters"), model_config, head, model)
   if lora is not None and cfg.num_members == 1:  # The merged model: a plain reward model for any consumer.
     merged = model.merged()
     extra["merged_rm_dir"] = artifacts.save_reward_model(os.path.join(workdir, "rm_merged"), model_config, head, 1,
-                                                         nnx.state(merged))
+                                                         nnx.state(merged), tokenizer=tokenizer)
   return common.stage_outputs(results, rm_dir=rm_dir, num_members=cfg.num_members, data_report=report, **extra)

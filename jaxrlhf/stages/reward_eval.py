@@ -78,7 +78,9 @@ class RewardEvalConfig:
 
   reward_model: "stage:<name>" or a saved reward-model folder (a model or an ensemble).
   data: the pairs (world or files) and the pipeline settings (max_length, eval_batch_size, shared_prompt);
-    `data.tokenizer` is required for files (a saved reward model carries no tokenizer).
+    `data.tokenizer` for files and benchmarks defaults to the reward model's own (the tokenizer and chat template a
+    reward stage trained with, saved beside it; a Hugging Face folder's), and is required for a folder without one
+    and for FLR.
   split: "held_out" (the split `data` holds out: eval_paths / eval_fraction / num_eval, as a training stage with
     the same `data` would), "all" (every pair read) or "none" (k-way and benchmark files only).
   kway_paths / kway_columns: k-way files (format "kway", strictness `data.strict`) for best-of-k accuracy.
@@ -130,7 +132,7 @@ class RewardEvalConfig:
         AdapterConfig(format=self.benchmark, columns=dict(self.benchmark_columns))
       except ValueError as e:
         raise ConfigError(f"{path}.benchmark_columns: {e}") from e
-      if not self.data.tokenizer:
+      if not self.data.tokenizer and (self.scorer != "reward_model" or self.data.source == "world"):
         raise ConfigError(f"{path}.data.tokenizer: required for {path}.benchmark={self.benchmark!r} (a HF folder or "
                           ".gguf; the benchmark's text needs a real tokenizer)")
     elif self.benchmark_columns:
@@ -142,9 +144,8 @@ class RewardEvalConfig:
       AdapterConfig(format="kway", columns=dict(self.kway_columns))
     except ValueError as e:
       raise ConfigError(f"{path}.kway_columns: {e}") from e
-    if self.data.source == "files" and not self.data.tokenizer:
-      raise ConfigError(f"{path}.data.tokenizer: required for file data (a HF folder or .gguf; a saved reward "
-                        "model carries no tokenizer)")
+    if self.data.source == "files" and not self.data.tokenizer and self.scorer != "reward_model":
+      raise ConfigError(f"{path}.data.tokenizer: required for file data (a HF folder or .gguf)")
     for key, allowed in (("transform", ("none",)), ("curate", ("none",)), ("margin_from", ("none", "file"))):
       if getattr(self.data, key) not in allowed:
         raise ConfigError(f"{path}.data.{key}: {getattr(self.data, key)!r} does not apply to an evaluation "
@@ -508,17 +509,22 @@ def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
   """Scores the pairs, k-way records and benchmark pairs; writes results.json and scores.jsonl; returns {"metrics",
   "results", "scores", "data_report"}."""
   data = cfg.data
+  rm_dir = common.resolve_path(cfg.reward_model, inputs, "rm_dir") if cfg.scorer == "reward_model" else ""
   world = None
   if data.source == "world" and (cfg.split != "none" or not data.tokenizer):
     world = inputs_lib.make_world(data.world)
-  tokenizer = inputs_lib.make_tokenizer(data, world, "")
+  if data.source == "files" and not data.tokenizer and not artifacts.saved_tokenizer(rm_dir):
+    raise ConfigError(f"config.data.tokenizer: required: the reward model {rm_dir!r} holds no tokenizer.json (one "
+                      "saved before reward stages kept their tokenizer, or trained on the synthetic world); give the "
+                      "tokenizer it was trained with (a HF folder or .gguf)")
+  tokenizer = inputs_lib.make_tokenizer(data, world, artifacts.saved_tokenizer(rm_dir))
   if cfg.scorer == "follow_up_likelihood":
     options = reward_sources.follow_up_options(cfg.follow_up, "config.follow_up")
     model = reward_sources.follow_up_model(cfg.follow_up, inputs, data.tokenizer, tokenizer, "config.follow_up")
     rm = FollowUpScorer(model, follow_up_lib.encode_follow_ups(tokenizer, options["positive"], options["negative"]),
                         (tokenizer.eos_id,), options["chunk_size"])
   else:
-    rm = load_reward_model(common.resolve_path(cfg.reward_model, inputs, "rm_dir"))
+    rm = load_reward_model(rm_dir)
   metrics: dict[str, float] = {}
   report: dict[str, Any] = {}
   lines: list[dict] = []

@@ -376,7 +376,7 @@ def make_eval_fn(member_graphdef: nnx.GraphDef, chosen_NxD: np.ndarray, rejected
 
 
 def save_heads(out_dir: str, model_config: Any, head: HeadConfig, backbone: Mapping[str, Any],
-               heads: Mapping[str, Any]) -> str:
+               heads: Mapping[str, Any], tokenizer: Any = None) -> str:
   """Saves a RewardEnsemble whose K members hold the frozen `backbone` and the K stacked `heads` (pure dicts)."""
   num_members = jax.tree.leaves(heads)[0].shape[0]
   graphdef, state = nnx.split(nnx.eval_shape(lambda: RewardEnsemble(model_config, head, num_members,
@@ -386,7 +386,7 @@ def save_heads(out_dir: str, model_config: Any, head: HeadConfig, backbone: Mapp
                                       dict(backbone)),
              "head": jax.tree.map(np.asarray, dict(heads))}
   nnx.replace_by_pure_dict(state, {"members": members})
-  return artifacts.save_reward_model(out_dir, model_config, head, num_members, state)
+  return artifacts.save_reward_model(out_dir, model_config, head, num_members, state, tokenizer=tokenizer)
 
 # ------------------------------------------------------------------------------------------------ the stage
 def _split(features: dict, num_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -431,7 +431,8 @@ def run(cfg: RewardHeadsConfig, workdir: str, inputs: dict) -> dict:
                            run_config=dataclasses.asdict(cfg))
   heads_s = time.time() - start
   state = common.final_state(setup, results)
-  rm_dir = save_heads(os.path.join(workdir, "rm"), model_config, head, backbone, nnx.to_pure_dict(state.params))
+  rm_dir = save_heads(os.path.join(workdir, "rm"), model_config, head, backbone, nnx.to_pure_dict(state.params),
+                      tokenizer)
   metrics = {**results["metrics"], "time/features_s": round(features_s, 2),
              "time/features_cached_s": round(float(features["seconds"]), 2), "time/heads_s": round(heads_s, 2),
              "data/dropped_too_long": float(feature_report["dropped_too_long"])}

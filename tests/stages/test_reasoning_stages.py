@@ -17,7 +17,7 @@ from jaxrlhf.config import ConfigError, from_config
 from jaxrlhf.data import adapters
 from jaxrlhf.models import load_tokenizer
 from jaxrlhf.stages import inputs as inputs_lib
-from jaxrlhf.stages import preference, rl, sft
+from jaxrlhf.stages import preference, reward, reward_eval, rl, sft
 import tiny_chat_model
 
 IM_START, IM_END, NEWLINE = 256, 257, 10  # tiny_chat_model's byte tokenizer: bytes, then the two ChatML markers.
@@ -253,3 +253,32 @@ def test_a_config_files_nested_arguments_are_plain_json(tmp_path, model_dir):
   tokenizer = inputs_lib.with_template_defaults(tiny_chat_model.byte_tokenizer().with_chat_template(template),
                                                 inputs_lib.template_kwargs(cfg.data, "data"), "data")
   assert tokenizer.apply_chat_template([_msg("user", "Hi")]) == "short|[1, 2]|Hi"
+
+
+def test_a_reward_model_keeps_its_template_and_evaluations_score_with_it(tmp_path, model_dir):
+  """The reward stage saves the tokenizer it trained with (here the think template with thinking off by default)
+  beside the model; reward_eval on the same files without data.tokenizer scores the text as trained: the same
+  scores as given the model's tokenizer and the same chat_template_kwargs by hand, other scores without them."""
+  def usable(rows):
+    return [row for row in rows if "chat_template_kwargs" in row or "reasoning_content" not in row["chosen"][1]]
+  def plain(row):  # no reasoning, no arguments of its own: the stage's arguments decide how it renders
+    return {side: row[side][:1] + [_msg("assistant", row[side][1]["content"])] for side in ("chosen", "rejected")}
+  train, held_out = usable(_pairs(6, offset=1)), [plain(row) for row in _pairs(6, offset=30)]
+  off = '{"enable_thinking": false}'
+  cfg = _cfg(tmp_path, model_dir, train, held_out, stage=reward.RewardConfig, chat_template_kwargs=off)
+  out = reward.run(cfg, str(tmp_path / "rm"), {})
+  saved = load_tokenizer(out["rm_dir"])
+  assert saved.apply_chat_template([_msg("user", "Hi")], add_generation_prompt=True).endswith(EMPTY_THINK)
+  data = dict(source="files", format="chat", paths=cfg.data.paths, eval_paths=cfg.data.eval_paths, max_length=128)
+
+  def scores(**extra):
+    eval_cfg = from_config(dict(reward_model=out["rm_dir"], data={**data, **extra}), reward_eval.RewardEvalConfig,
+                           path="config")
+    result = reward_eval.run(eval_cfg, str(tmp_path / f"eval{len(extra)}{sorted(extra)}"), {})
+    with open(result["scores"]) as f:
+      return [(line["chosen"], line["rejected"]) for line in map(json.loads, f)]
+
+  own = scores()
+  assert len(own) == len(held_out)
+  np.testing.assert_allclose(own, scores(tokenizer=model_dir, chat_template_kwargs=off), rtol=1e-6)
+  assert not np.allclose(own, scores(tokenizer=model_dir))  # the model's template without the argument differs

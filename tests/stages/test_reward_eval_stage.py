@@ -223,10 +223,16 @@ def test_shared_backbone_ensemble_runs_as_one_backbone(assets):
       np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
 
 
-def test_config_errors_name_the_key(assets):
-  with pytest.raises(ConfigError, match=r"config\.data\.tokenizer: required for file data"):
-    from_config(dict(reward_model=assets["shared"], data=dict(source="files", paths=(str(assets["prefs"]),))),
-                reward_eval.RewardEvalConfig)
+def test_config_errors_name_the_key(assets, tmp_path):
+  # File data takes the reward model's own tokenizer; a folder saved without one needs data.tokenizer.
+  cfg = from_config(dict(reward_model=assets["shared"], data=dict(source="files", paths=(str(assets["prefs"]),))),
+                    reward_eval.RewardEvalConfig)
+  with pytest.raises(ConfigError, match=r"config\.data\.tokenizer: required: the reward model .*shared' holds no "
+                     r"tokenizer\.json"):
+    reward_eval.run(cfg, str(tmp_path / "eval"), {})
+  with pytest.raises(ConfigError, match=r"config\.data\.tokenizer: required for file data"):  # FLR has no reward model
+    from_config(dict(scorer="follow_up_likelihood", follow_up=dict(model=assets["shared"]),
+                     data=dict(source="files", paths=(str(assets["prefs"]),))), reward_eval.RewardEvalConfig)
   with pytest.raises(ConfigError, match=r"config\.kway_paths: required when config\.split='none'"):
     from_config(dict(reward_model=assets["shared"], split="none"), reward_eval.RewardEvalConfig)
   with pytest.raises(ConfigError, match=r"config\.reward_model: required"):
