@@ -7,9 +7,10 @@ continuation or of structured tool calls is rendered by the chat template (`resp
 Encoding never adds special tokens (templates carry their own).
 
 Tools: a record's `tools` (function schemas) are passed to every rendering of its prompt and responses, as TRL
-does, and structured `tool_calls` are written by the template. So are a record's `chat_template_kwargs` (template
-variables such as enable_thinking, TRL's per-row column). A template that would drop either (it renders the
-same text without them, e.g. SmolLM2's) is refused with a ValueError rather than trained on text that lacks them.
+does, and structured `tool_calls` are written by the template. A template that would drop either (it renders the
+same text without them, e.g. SmolLM2's) is refused with a ValueError rather than trained on text that lacks them;
+likewise a response's `reasoning_content`. A record's `chat_template_kwargs` (template variables such as
+enable_thinking, TRL's per-row column) go to every rendering of it too.
 
 Truncation (`truncate`), for a prompt and its response(s):
   1. a prompt longer than `max_prompt_length` keeps its last `max_prompt_length` tokens (the end of a dialogue is
@@ -131,7 +132,9 @@ def response_text_under_template(tokenizer: Any, response: Response, prompt: Pro
                                  tools: Tools = None, template_kwargs: TemplateKwargs = None) -> str:
   """The text a response is encoded from, before its end token.
 
-  Text is itself and one assistant message is its content, as a model writes them after the generation prompt. A
+  Text is itself and one assistant message is its content, as a model writes them after the generation prompt
+  (under a template that writes more than the content into an answer's turn, `wraps_answers`, the template's
+  rendering of the turn, as below). A
   multi-turn continuation [assistant, (tool | user | assistant)..., assistant] of a chat prompt is what the chat
   template renders between the prompt's generation header and the last assistant message's end: the earlier turns
   with their markers and the header of the last turn, then the last message's content, so the eos that follows

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxrlhf.models import from_pretrained, save_pretrained
+from jaxrlhf.config import ConfigError
+from jaxrlhf.models import from_pretrained, load_tokenizer, save_pretrained
 from jaxrlhf.models.config import ModelConfig, RopeScaling
 from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.models.heads import HeadConfig
@@ -102,6 +103,26 @@ def saved_tokenizer(rm_dir: str) -> str:
   """`rm_dir` where that reward model folder holds a tokenizer (a reward stage's since it saves one, a Hugging Face
   sequence-classification folder's `tokenizer.json`), else ""."""
   return rm_dir if rm_dir and os.path.isfile(os.path.join(rm_dir, "tokenizer.json")) else ""
+
+
+def check_reward_tokenizer(rm_dir: str, tokenizer: Any, key: str) -> str:
+  """A reward model that scores `tokenizer`'s token ids (a policy's samples, a stage's pairs) must have been trained
+  on the same vocabulary: ConfigError naming `key` when the tokenizer saved in `rm_dir` maps tokens to other ids.
+  A different chat template only gets a printed note (the scores are then of text rendered otherwise than in
+  training, which may be meant). Folders without a tokenizer (world-trained, older) and tokenizers without a
+  vocabulary (the world's) are not checked. Returns `rm_dir`."""
+  path = saved_tokenizer(rm_dir)
+  if not path or not hasattr(tokenizer, "backend"):
+    return rm_dir
+  own = load_tokenizer(path)
+  if own.backend.get_vocab(with_added_tokens=True) != tokenizer.backend.get_vocab(with_added_tokens=True):
+    raise ConfigError(f"{key}: the reward model {rm_dir} was trained with another vocabulary "
+                      f"({own.vocab_size} tokens) than this stage's tokenizer ({tokenizer.vocab_size}); it would "
+                      "score token ids that mean other text to it")
+  if own.chat_template != getattr(tokenizer, "chat_template", None):
+    print(f"[{key}] note: the reward model {rm_dir} was trained with another chat template than this stage's "
+          "tokenizer renders with; it scores text rendered with this stage's", flush=True)
+  return rm_dir
 
 REWARD_ADAPTERS = "reward_adapters.msgpack"
 

@@ -255,8 +255,9 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   rm = None
   if cfg.reward_model:
     # Heads on one frozen backbone (the reward_heads stage) score with one backbone pass instead of K.
-    rm = artifacts.shared_backbone_model(
-        artifacts.load_reward_model_any(common.resolve_path(cfg.reward_model, inputs, "rm_dir")))
+    rm_dir = common.resolve_path(cfg.reward_model, inputs, "rm_dir")
+    artifacts.check_reward_tokenizer(rm_dir, tok, "reward_model")
+    rm = artifacts.shared_backbone_model(artifacts.load_reward_model_any(rm_dir))
   gold, lengths = pools.get("gold"), pools["lengths"]
   shares = word_shares(pools, tok, cfg.track_words)
   rm_scores = score_pools(rm, pools, cfg.batch_size) if rm is not None else None
@@ -274,9 +275,12 @@ def run(cfg: BestOfNConfig, workdir: str, inputs: dict) -> dict:
   outcomes = {}
   if cfg.rewards:
     errors = rewards_lib.CallbackErrors()
-    models = {f"rm_{i}": artifacts.shared_backbone_model(
-        artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir")))
-              for i, spec in enumerate(cfg.rewards) if spec.kind in rewards_lib.RM_KINDS}
+    models = {}
+    for i, spec in enumerate(cfg.rewards):
+      if spec.kind in rewards_lib.RM_KINDS:
+        rm_dir = artifacts.check_reward_tokenizer(common.resolve_path(spec.reward_model, inputs, "rm_dir"), tok,
+                                                  f"rewards[{i}].reward_model")
+        models[f"rm_{i}"] = artifacts.shared_backbone_model(artifacts.load_reward_model_any(rm_dir))
     models.update(rewards_lib.follow_up_models(cfg.rewards, inputs, policy_path, tok))  # FLR: default the policy.
     sources = rewards_lib.build_sources(cfg.rewards, tokenizer=tok, table=held_out.table, errors=errors)
     try:

@@ -217,6 +217,7 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
   proxy_fn = None
   if cfg.reward_model:
     rm_dir = common.resolve_path(cfg.reward_model, inputs, key="rm_dir")
+    artifacts.check_reward_tokenizer(rm_dir, tok, "reward_model")
     proxy_fn = reward_model_scorer(artifacts.load_reward_model_any(rm_dir))
   if world is not None:
     texts = world.prompts(cfg.num_prompts, "test")
@@ -227,7 +228,8 @@ def run(cfg: EvaluatePolicyConfig, workdir: str, inputs: dict) -> dict:
   rewards, sources = None, []
   errors = rewards_lib.CallbackErrors()
   if cfg.rewards:
-    models = {f"rm_{i}": artifacts.load_reward_model_any(common.resolve_path(spec.reward_model, inputs, "rm_dir"))
+    models = {f"rm_{i}": artifacts.load_reward_model_any(artifacts.check_reward_tokenizer(
+        common.resolve_path(spec.reward_model, inputs, "rm_dir"), tok, f"rewards[{i}].reward_model"))
               for i, spec in enumerate(cfg.rewards) if spec.kind in rewards_lib.RM_KINDS}
     # FLR sources default to the base (the policy's starting model).
     models.update(rewards_lib.follow_up_models(cfg.rewards, inputs, common.resolve_path(cfg.base, inputs), tok))

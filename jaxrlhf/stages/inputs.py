@@ -867,6 +867,7 @@ def member_margins(rm: Any, records: list, tokenizer: Any, data: DataSpec) -> np
 
 def reward_margins(rm_dir: str, records: list, tokenizer: Any, data: DataSpec) -> np.ndarray:
   """(N,) mean over members of r(chosen) - r(rejected) under a saved reward model, in record order."""
+  artifacts.check_reward_tokenizer(rm_dir, tokenizer, "data.reward_model")
   try:
     return member_margins(artifacts.load_reward_model(rm_dir), records, tokenizer, data).mean(axis=-1)
   except ValueError as e:

@@ -674,6 +674,7 @@ def load_reward_models(specs: Sequence[RewardSourceSpec], inputs: dict,
     if spec.kind not in RM_KINDS:
       continue
     rm_dir = common.resolve_path(spec.reward_model, inputs, "rm_dir")
+    artifacts.check_reward_tokenizer(rm_dir, tokenizer, f"rewards[{i}].reward_model")
     rm = artifacts.load_reward_model(rm_dir)
     if spec.standardize:
       stats[i] = member_statistics(rm, *reference)
