@@ -322,37 +322,34 @@ def _messages(value: Any, col: str) -> list[dict[str, Any]]:
   return out
 
 
-def _optional_tools(row: Mapping, col: str) -> tuple[dict, ...] | None:
-  """The row's tool schemas: a list of dicts or its JSON text (as TRL reads the column); null or empty is none."""
+def _json_column(row: Mapping, col: str, problem_of: Any) -> Any:
+  """A column that holds JSON or its JSON text (as TRL reads `tools` and `chat_template_kwargs`), checked by
+  `problem_of` (value -> message or None); None when null or empty."""
   value = row.get(col)
-  if value in (None, "", [], ()):
+  if value in (None, "", [], (), {}):
     return None
   if isinstance(value, str):
     try:
       value = json.loads(value)
     except json.JSONDecodeError as e:
       raise errors.RecordError(errors.BAD_FIELD, f"{col} is text but not JSON ({e.msg} at character {e.pos})")
-  problem = tools_problem(value)
+  problem = problem_of(value)
   if problem:
     raise errors.RecordError(errors.BAD_FIELD, f"{col}: {problem}")
-  return tuple(dict(t) for t in value)
+  return value
+
+
+def _optional_tools(row: Mapping, col: str) -> tuple[dict, ...] | None:
+  """The row's tool schemas: a list of dicts or its JSON text; null or empty is none."""
+  value = _json_column(row, col, tools_problem)
+  return None if value is None else tuple(dict(t) for t in value)
 
 
 def _optional_template_kwargs(row: Mapping, col: str) -> dict[str, Any] | None:
   """The row's chat template arguments (TRL's per-row `chat_template_kwargs`): a dict or its JSON text; null or
   empty is none."""
-  value = row.get(col)
-  if value in (None, "", {}):
-    return None
-  if isinstance(value, str):
-    try:
-      value = json.loads(value)
-    except json.JSONDecodeError as e:
-      raise errors.RecordError(errors.BAD_FIELD, f"{col} is text but not JSON ({e.msg} at character {e.pos})")
-  problem = template_kwargs_problem(value)
-  if problem:
-    raise errors.RecordError(errors.BAD_FIELD, f"{col}: {problem}")
-  return dict(value) or None
+  value = _json_column(row, col, template_kwargs_problem)
+  return dict(value) if value else None
 
 
 def _chat_extras(row: Mapping, c: Any) -> dict[str, Any]:

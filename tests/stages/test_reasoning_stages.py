@@ -89,38 +89,16 @@ def _write(tmp_path, train, held_out):
 
 
 def _cfg(tmp_path, model_dir, train, held_out, stage=preference.PreferenceConfig, fmt="chat", **data):
-  train_path, eval_path = _write(tmp_path, train, held_out)
-  section = dict(seed=0, num_devices=1, model=dict(init_from=model_dir),
-                 data=dict(source="files", format=fmt, paths=(train_path,), eval_paths=(eval_path,), batch_size=4,
-                           max_length=128, shuffle=False, **data),
-                 optimizer=dict(learning_rate=0.0),
-                 loop=dict(num_steps=1, log_every=1, checkpoint_every=1, progress=False, tensorboard=False,
-                           async_checkpoints=False))
-  return from_config(section, stage, path="config")
+  return tiny_chat_model.file_stage_config(tmp_path, model_dir, train, held_out, stage, fmt, max_length=128, **data)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("think_chat")
-  tiny_chat_model.write_model(folder)
-  (folder / "chat_template.jinja").write_text(THINK_TEMPLATE, encoding="utf-8")
-  return str(folder)
+  return tiny_chat_model.chat_model_with_template(tmp_path_factory.mktemp("think_chat"), THINK_TEMPLATE)
 
 
 def _held_out_pairs(cfg):
-  context = inputs_lib.stage_context(cfg, {})
-  _, records, _ = inputs_lib.preference_records(cfg.data, context.world)
-  got = []
-  for batch in inputs_lib.eval_batches(records, context.tokenizer, cfg.data, "preference"):
-    for b in np.flatnonzero(batch["weight"] > 0):
-      got.append({})
-      for side in ("chosen", "rejected"):
-        valid = batch[f"{side}_attention_mask"][b] > 0
-        ids, scored = batch[f"{side}_input_ids"][b][valid].tolist(), batch[f"{side}_loss_mask"][b][valid]
-        cut = int(np.argmax(scored))  # The first response token.
-        assert scored[cut:].all() and not scored[:cut].any()
-        got[-1][side] = (ids[:cut], ids[cut:])
-  return records, got
+  return tiny_chat_model.held_out_pair_ids(cfg)
 
 
 def test_dpo_held_out_ids_carry_the_think_blocks_and_each_rows_arguments(tmp_path, model_dir):
@@ -172,15 +150,7 @@ def test_rl_samples_from_prompts_rendered_with_the_arguments(tmp_path, model_dir
   stage.update(max_prompt_length=96, eval_prompts=2)
   stage["prompts"]["chat_template_kwargs"] = {"enable_thinking": False}
   cfg = from_config(stage, rl.RLConfig)
-  seen = []
-
-  class Recording(inputs_lib.PromptIterator):
-    def __init__(self, ids, mask, *args, **kwargs):
-      seen.append([i[m > 0].tolist() for i, m in zip(np.asarray(ids), np.asarray(mask))])
-      super().__init__(ids, mask, *args, **kwargs)
-
-  monkeypatch.setattr(inputs_lib, "PromptIterator", Recording)
-  out = rl.run(cfg, str(tmp_path / "rl"), {})
+  out, seen = tiny_chat_model.run_rl_recording_prompts(cfg, str(tmp_path / "rl"), monkeypatch)
   assert seen == [[_prompt_ids(row["prompt"], i != 1) for i, row in enumerate(rows[:4])]]
   assert np.isfinite(out["metrics"]["train/loss"])
 

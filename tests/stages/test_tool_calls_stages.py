@@ -97,43 +97,19 @@ def _pair_ids(row):
 
 
 def _cfg(tmp_path, model_dir, train, held_out, stage=preference.PreferenceConfig, fmt="chat"):
-  paths = {}
-  for name, rows in (("train", train), ("eval", held_out)):
-    paths[name] = str(tmp_path / f"{name}.jsonl")
-    adapters.write_jsonl(paths[name], rows)
-  section = dict(seed=0, num_devices=1, model=dict(init_from=model_dir),
-                 data=dict(source="files", format=fmt, paths=(paths["train"],), eval_paths=(paths["eval"],),
-                           batch_size=4, max_length=384, shuffle=False),
-                 optimizer=dict(learning_rate=0.0),
-                 loop=dict(num_steps=1, log_every=1, checkpoint_every=1, progress=False, tensorboard=False,
-                           async_checkpoints=False))
-  return from_config(section, stage, path="config")
+  return tiny_chat_model.file_stage_config(tmp_path, model_dir, train, held_out, stage, fmt)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("tool_chat")
-  tiny_chat_model.write_model(folder)
-  (folder / "chat_template.jinja").write_text(TOOL_TEMPLATE, encoding="utf-8")
-  return str(folder)
+  return tiny_chat_model.chat_model_with_template(tmp_path_factory.mktemp("tool_chat"), TOOL_TEMPLATE)
 
 
 def test_dpo_held_out_ids_and_logps_are_those_of_the_tool_template(tmp_path, model_dir):
   held_out = _pairs(6, offset=40)
   cfg = _cfg(tmp_path, model_dir, _pairs(4), held_out)
-  context = inputs_lib.stage_context(cfg, {})
-  _, records, _ = inputs_lib.preference_records(cfg.data, context.world)
+  records, got = tiny_chat_model.held_out_pair_ids(cfg)
   assert [r.tools for r in records] == [(WEATHER,) if "tools" in row else None for row in held_out]
-  got = []
-  for batch in inputs_lib.eval_batches(records, context.tokenizer, cfg.data, "preference"):
-    for b in np.flatnonzero(batch["weight"] > 0):
-      got.append({})
-      for side in ("chosen", "rejected"):
-        valid = batch[f"{side}_attention_mask"][b] > 0
-        ids, scored = batch[f"{side}_input_ids"][b][valid].tolist(), batch[f"{side}_loss_mask"][b][valid]
-        cut = int(np.argmax(scored))  # The first response token.
-        assert scored[cut:].all() and not scored[:cut].any()
-        got[-1][side] = (ids[:cut], ids[cut:])
   assert got == [_pair_ids(row) for row in held_out]
   out = preference.run(cfg, str(tmp_path / "run"), {})
   model, _ = from_pretrained(model_dir)  # learning rate 0: the evaluated policy is the initial model
@@ -195,15 +171,7 @@ def test_rl_samples_from_prompts_rendered_with_their_tools(tmp_path, model_dir, 
   stage = tiny_chat_model.rl_stage(model_dir, *paths, steps=1)
   stage.update(max_prompt_length=384, eval_prompts=2)
   cfg = from_config(stage, rl.RLConfig)
-  seen = []
-
-  class Recording(inputs_lib.PromptIterator):
-    def __init__(self, ids, mask, *args, **kwargs):
-      seen.append([i[m > 0].tolist() for i, m in zip(np.asarray(ids), np.asarray(mask))])
-      super().__init__(ids, mask, *args, **kwargs)
-
-  monkeypatch.setattr(inputs_lib, "PromptIterator", Recording)
-  out = rl.run(cfg, str(tmp_path / "rl"), {})
+  out, seen = tiny_chat_model.run_rl_recording_prompts(cfg, str(tmp_path / "rl"), monkeypatch)
   tools = lambda row: json.loads(row["tools"]) if isinstance(row.get("tools"), str) else row.get("tools")  # noqa
   expected = [_prompt_ids(row["prompt"], tools(row)) for row in rows[:4]]
   assert seen == [expected]

@@ -86,3 +86,65 @@ def rl_stage(model: str, train: str, held_out: str, algorithm: str = "grpo", ste
       "sampling": {"max_new_tokens": 6}, "optimizer": {"learning_rate": 1e-3},
       "loop": {"num_steps": steps, "log_every": 1, "checkpoint_every": 1, "eval_every": steps, "progress": False,
                "tensorboard": False, "async_checkpoints": False}}
+
+
+def chat_model_with_template(folder: str | pathlib.Path, template: str) -> str:
+  """The tiny model saved in `folder` with `template` as its chat_template.jinja; returns its path."""
+  write_model(folder)
+  (pathlib.Path(folder) / "chat_template.jinja").write_text(template, encoding="utf-8")
+  return str(folder)
+
+
+def file_stage_config(folder: pathlib.Path, model_dir: str, train: list, held_out: list, stage: type, fmt: str = "chat",
+                      max_length: int = 384, **data):
+  """A training stage's config (`stage`, e.g. PreferenceConfig) on `train` / `held_out` rows written as JSONL under
+  `folder`: learning rate 0 (the evaluated model is the initial one), one step, no shuffling."""
+  from jaxrlhf.config import from_config  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.data import adapters  # pylint: disable=g-import-not-at-top
+  paths = {}
+  for name, rows in (("train", train), ("eval", held_out)):
+    paths[name] = str(pathlib.Path(folder) / f"{name}.jsonl")
+    adapters.write_jsonl(paths[name], rows)
+  section = dict(seed=0, num_devices=1, model=dict(init_from=model_dir),
+                 data=dict(source="files", format=fmt, paths=(paths["train"],), eval_paths=(paths["eval"],),
+                           batch_size=4, max_length=max_length, shuffle=False, **data),
+                 optimizer=dict(learning_rate=0.0),
+                 loop=dict(num_steps=1, log_every=1, checkpoint_every=1, progress=False, tensorboard=False,
+                           async_checkpoints=False))
+  return from_config(section, stage, path="config")
+
+
+def held_out_pair_ids(cfg) -> tuple[list, list[dict]]:
+  """(held-out records, [{"chosen" / "rejected": (prompt ids, response ids)}]) as the stage's eval batches hold
+  them; asserts that the loss mask covers exactly the response tokens."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+  context = inputs_lib.stage_context(cfg, {})
+  _, records, _ = inputs_lib.preference_records(cfg.data, context.world)
+  got = []
+  for batch in inputs_lib.eval_batches(records, context.tokenizer, cfg.data, "preference"):
+    for b in np.flatnonzero(batch["weight"] > 0):
+      got.append({})
+      for side in ("chosen", "rejected"):
+        valid = batch[f"{side}_attention_mask"][b] > 0
+        ids, scored = batch[f"{side}_input_ids"][b][valid].tolist(), batch[f"{side}_loss_mask"][b][valid]
+        cut = int(np.argmax(scored))  # The first response token.
+        assert scored[cut:].all() and not scored[:cut].any()
+        got[-1][side] = (ids[:cut], ids[cut:])
+  return records, got
+
+
+def run_rl_recording_prompts(cfg, workdir: str, monkeypatch) -> tuple[dict, list]:
+  """Runs the rl stage `cfg` and returns (its outputs, the unpadded prompt ids of every PromptIterator it built)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+  from jaxrlhf.stages import rl  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  class Recording(inputs_lib.PromptIterator):
+    def __init__(self, ids, mask, *args, **kwargs):
+      seen.append([i[m > 0].tolist() for i, m in zip(np.asarray(ids), np.asarray(mask))])
+      super().__init__(ids, mask, *args, **kwargs)
+
+  monkeypatch.setattr(inputs_lib, "PromptIterator", Recording)
+  return rl.run(cfg, workdir, {}), seen
