@@ -74,7 +74,7 @@ class PreferenceRecord:
   chat_template_kwargs: dict[str, Any] | None = None
 
   def __post_init__(self):
-    _check_tools(self, self.prompt)
+    _check_chat_extras(self, self.prompt)
     for name in ("chosen_score", "rejected_score", "margin"):
       value = getattr(self, name)
       if value is not None and not math.isfinite(value):
@@ -118,7 +118,7 @@ class SFTRecord:
 
   def __post_init__(self):
     where = self.source or "record"
-    _check_tools(self, self.prompt)
+    _check_chat_extras(self, self.prompt)
     if not isinstance(self.prompt, str):
       validate_messages(self.prompt, f"{where}: prompt")
       if self.prompt[-1]["role"] not in PROMPT_LAST_ROLES:
@@ -152,7 +152,7 @@ class KWayRecord:
 
   def __post_init__(self):
     where = self.source or "record"
-    _check_tools(self, self.prompt)
+    _check_chat_extras(self, self.prompt)
     if len(self.completions) < 2:
       raise ValueError(f"{where}: a k-way record needs >= 2 completions, got {len(self.completions)}")
     if (self.scores is None) == (self.best_index is None):
@@ -192,7 +192,7 @@ class PromptRecord:
 
   def __post_init__(self):
     where = self.source or "record"
-    _check_tools(self, self.prompt)
+    _check_chat_extras(self, self.prompt)
     if isinstance(self.prompt, str):
       if not self.prompt.strip():
         raise ValueError(f"{where}: prompt is empty")
@@ -388,7 +388,7 @@ def tools_problem(tools: Any) -> str | None:
   return None
 
 
-def _check_tools(record: Any, prompt: Prompt) -> None:
+def _check_chat_extras(record: Any, prompt: Prompt) -> None:
   """Validates `record.tools` (made a tuple) and `record.chat_template_kwargs` (an empty dict becomes None) against
   its prompt: the chat template shows the tools and reads the arguments."""
   where = record.source or "record"

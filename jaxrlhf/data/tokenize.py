@@ -154,20 +154,20 @@ def response_text_under_template(tokenizer: Any, response: Response, prompt: Pro
       all of its reasoning (a template that drops the tools is refused by `encode_prompt`), or that does not close
       a tool-calling or reasoning last turn with the tokenizer's end token.
   """
+  if isinstance(response, str):
+    return response
   chat_prompt = prompt is not None and not isinstance(prompt, str)
-  if isinstance(response, str) or (len(response) == 1 and not has_tool_calls(response)
-                                   and not has_reasoning(response)
-                                   and not (chat_prompt and wraps_answers(tokenizer, template_kwargs))):
+  # A last turn that calls tools or reasons is the template's to write (e.g. <tool_call> after the content, a
+  # <think> block before it), and so is every last turn under a template that wraps answers: rendered to its end.
+  # A plain last turn: rendered up to its header, content appended.
+  templated = (has_tool_calls(response[-1:]) or has_reasoning(response[-1:])
+               or (chat_prompt and wraps_answers(tokenizer, template_kwargs)))
+  if len(response) == 1 and not templated:
     return response_text(response)
   if not chat_prompt:
     raise ValueError(f"a response of {len(response)} message(s) with turn markers, tool calls or reasoning continues "
                      "a chat: it needs the prompt's messages")
   head = render(tokenizer, prompt, True, tools, template_kwargs)
-  # A last turn that calls tools or reasons is the template's to write (e.g. <tool_call> after the content, a
-  # <think> block before it), and so is every last turn under a template that wraps answers: rendered to its end.
-  # A plain last turn: rendered up to its header, content appended.
-  templated = (has_tool_calls(response[-1:]) or has_reasoning(response[-1:])
-               or wraps_answers(tokenizer, template_kwargs))
   shown = list(prompt) + list(response[:-1] if not templated else response)
   rendered = render(tokenizer, shown, not templated, tools, template_kwargs)
   if not rendered.startswith(head):

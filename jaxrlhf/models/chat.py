@@ -107,26 +107,18 @@ def render_chat(source: str, messages: Sequence[Message], add_generation_prompt:
 
 
 def _jinja_literal(value: Any) -> str:
-  """`value` (None, bool, int, finite float, str, or lists / str-keyed dicts of them) as a Jinja expression."""
+  """`value`, a JSON value (checked by `template_kwargs_problem`: finite numbers, str keys), as a Jinja expression."""
   if value is None:
     return "none"
   if isinstance(value, bool):
     return "true" if value else "false"
-  if isinstance(value, int):
-    return str(value)
-  if isinstance(value, float):
-    if value != value or value in (float("inf"), float("-inf")):
-      raise ValueError(f"{value!r} is not a finite number")
+  if isinstance(value, (int, float)):
     return repr(value)
   if isinstance(value, str):
     return json.dumps(value)  # A JSON string is a valid Jinja string literal (same escapes).
   if isinstance(value, (list, tuple)):
     return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
-  if isinstance(value, Mapping):
-    if not all(isinstance(k, str) for k in value):
-      raise ValueError(f"{value!r} has keys that are not strings")
-    return "{" + ", ".join(f"{json.dumps(k)}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
-  raise ValueError(f"{value!r} ({type(value).__name__}) is not a JSON value")
+  return "{" + ", ".join(f"{json.dumps(k)}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
 
 
 def template_with_defaults(source: str, defaults: Mapping[str, Any]) -> str:

@@ -151,15 +151,11 @@ class DataSpec:
     check_columns(self.columns, self.format, path)
     template_kwargs(self, path)
     if self.source == "world" and not self.tokenizer:
-      for key in ("chat_template_path", "chat_template_kwargs"):
-        if getattr(self, key):
-          raise ConfigError(f"{path}.{key}: the synthetic world's tokenizer has its own chat format; a chat template "
-                            f"setting applies to a real tokenizer ({path}.tokenizer, or files and the model's)")
+      refuse_template_settings(self, path, "the synthetic world's tokenizer has its own chat format; a chat template "
+                               f"setting applies to a real tokenizer ({path}.tokenizer, or files and the model's)")
     if self.source == "files" and self.format in TEXT_PROMPT_FORMATS:
-      for key in ("chat_template_path", "chat_template_kwargs"):
-        if getattr(self, key):
-          raise ConfigError(f"{path}.{key}: the {self.format!r} format's prompts are text, encoded as they are "
-                            "without the chat template, so this setting would apply to nothing")
+      refuse_template_settings(self, path, f"the {self.format!r} format's prompts are text, encoded as they are "
+                               "without the chat template, so this setting would apply to nothing")
     if self.source == "world":
       check_world(self.world, path)
     if self.criteria != "none" and (self.source != "world" or not self.world.get("criteria")):
@@ -260,16 +256,22 @@ def make_tokenizer(data: DataSpec, world: Any, model_path: str):
   """The world's tokenizer, `data.tokenizer`, or the pretrained model's; with `data.chat_template_path`'s template
   and `data.chat_template_kwargs` as its defaults."""
   if world is not None and not data.tokenizer:
-    for key in ("chat_template_path", "chat_template_kwargs"):
-      if getattr(data, key):
-        raise ConfigError(f"data.{key}: the synthetic world's tokenizer has its own chat format; a chat template "
-                          "setting applies to a real tokenizer (data.tokenizer or the model's)")
+    refuse_template_settings(data, "data", "the synthetic world's tokenizer has its own chat format; a chat template "
+                             "setting applies to a real tokenizer (data.tokenizer or the model's)")
     return world.tokenizer
   path = data.tokenizer or model_path
   if not path:
     raise ValueError("data.tokenizer: needed for file data with a randomly initialized model")
   tokenizer = with_template_file(cached_tokenizer(path), data.chat_template_path, "data.chat_template_path")
   return with_template_defaults(tokenizer, template_kwargs(data, "data"), "data.chat_template_kwargs")
+
+
+def refuse_template_settings(spec: Any, path: str, why: str) -> None:
+  """ConfigError `<path>.<key>: <why>` for the first chat template setting (`chat_template_path`,
+  `chat_template_kwargs`) that `spec` sets."""
+  for key in ("chat_template_path", "chat_template_kwargs"):
+    if getattr(spec, key):
+      raise ConfigError(f"{path}.{key}: {why}")
 
 
 def template_kwargs(spec: Any, path: str) -> dict[str, Any]:
@@ -917,19 +919,15 @@ class PromptSpec:
     template_kwargs(self, path)
     if self.source == "world":
       check_world(self.world, path)
-      for key in ("chat_template_path", "chat_template_kwargs"):
-        if getattr(self, key):
-          raise ConfigError(f"{path}.{key}: the synthetic world's tokenizer has its own chat format; a chat "
-                            f"template setting applies to prompt files ({path}.source='files')")
+      refuse_template_settings(self, path, "the synthetic world's tokenizer has its own chat format; a chat "
+                               f"template setting applies to prompt files ({path}.source='files')")
       return
     if not self.paths:
       raise ConfigError(f"{path}.paths: required when {path}.source='files' (prompt files: .jsonl, .jsonl.gz or "
                         ".parquet)")
     if self.chat_template == "never":
-      for key in ("chat_template_path", "chat_template_kwargs"):
-        if getattr(self, key):
-          raise ConfigError(f"{path}.{key}: {path}.chat_template='never' renders no prompt with the chat template, "
-                            "so this setting would apply to nothing")
+      refuse_template_settings(self, path, f"{path}.chat_template='never' renders no prompt with the chat template, "
+                               "so this setting would apply to nothing")
     check_data_files(self, path)
     check_columns(self.columns, self.format, path)
     if self.keep_columns and self.format != "prompts":

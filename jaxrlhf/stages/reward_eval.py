@@ -513,11 +513,12 @@ def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
   world = None
   if data.source == "world" and (cfg.split != "none" or not data.tokenizer):
     world = inputs_lib.make_world(data.world)
-  if data.source == "files" and not data.tokenizer and not artifacts.saved_tokenizer(rm_dir):
+  saved = artifacts.saved_tokenizer(rm_dir)
+  if data.source == "files" and not data.tokenizer and not saved:
     raise ConfigError(f"config.data.tokenizer: required: the reward model {rm_dir!r} holds no tokenizer.json (one "
                       "saved before reward stages kept their tokenizer, or trained on the synthetic world); give the "
                       "tokenizer it was trained with (a HF folder or .gguf)")
-  tokenizer = inputs_lib.make_tokenizer(data, world, artifacts.saved_tokenizer(rm_dir))
+  tokenizer = inputs_lib.make_tokenizer(data, world, saved)
   if cfg.scorer == "follow_up_likelihood":
     options = reward_sources.follow_up_options(cfg.follow_up, "config.follow_up")
     model = reward_sources.follow_up_model(cfg.follow_up, inputs, data.tokenizer, tokenizer, "config.follow_up")
