@@ -105,16 +105,40 @@ def saved_tokenizer(rm_dir: str) -> str:
   return rm_dir if rm_dir and os.path.isfile(os.path.join(rm_dir, "tokenizer.json")) else ""
 
 
+def reward_vocab_size(rm_dir: str) -> int | None:
+  """The number of token ids the reward model in `rm_dir` embeds: spec.json's model.vocab_size (a jaxrlhf folder) or
+  config.json's vocab_size (a Hugging Face folder); None when the folder holds neither."""
+  for name, keys in (("spec.json", ("model", "vocab_size")), ("config.json", ("vocab_size",))):
+    path = os.path.join(rm_dir, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        value = json.load(f)
+      for k in keys:
+        value = value.get(k) if isinstance(value, dict) else None
+      if isinstance(value, int):
+        return value
+  return None
+
+
 def check_reward_tokenizer(rm_dir: str, tokenizer: Any, key: str) -> str:
   """A reward model that scores `tokenizer`'s token ids (a policy's samples, a stage's pairs) must have been trained
-  on the same vocabulary: ConfigError naming `key` when the tokenizer saved in `rm_dir` maps tokens to other ids.
-  A different chat template only gets a printed note (the scores are then of text rendered otherwise than in
-  training, which may be meant). Folders without a tokenizer (world-trained, older) and tokenizers without a
-  vocabulary (the world's) are not checked. Returns `rm_dir`."""
+  on the same vocabulary. ConfigError naming `key` when the tokenizer saved in `rm_dir` maps tokens to other ids,
+  when the model was trained on a real tokenizer's text but this stage's tokens are the synthetic world's, or when
+  the stage's ids reach past the model's embedding table (an id past its end names no row of it; the lookup would
+  not fail, it would read a wrong value). A different chat template only gets a printed note (the scores are then of
+  text rendered otherwise than in training, which may be meant). A folder without a tokenizer (world-trained, older)
+  is checked by its embedding size alone. Returns `rm_dir`."""
+  size = reward_vocab_size(rm_dir)
+  if size is not None and tokenizer.vocab_size > size:
+    raise ConfigError(f"{key}: the reward model {rm_dir} embeds {size} token ids but this stage's tokenizer has "
+                      f"{tokenizer.vocab_size}; it was trained with another tokenizer")
   path = saved_tokenizer(rm_dir)
-  if not path or not hasattr(tokenizer, "backend"):
+  if not path:
     return rm_dir
   own = load_tokenizer(path)
+  if not hasattr(tokenizer, "backend"):
+    raise ConfigError(f"{key}: the reward model {rm_dir} was trained on text tokenized by its saved tokenizer "
+                      f"({own.vocab_size} tokens); this stage's tokens are the synthetic world's")
   if own.backend.get_vocab(with_added_tokens=True) != tokenizer.backend.get_vocab(with_added_tokens=True):
     raise ConfigError(f"{key}: the reward model {rm_dir} was trained with another vocabulary "
                       f"({own.vocab_size} tokens) than this stage's tokenizer ({tokenizer.vocab_size}); it would "

@@ -97,7 +97,7 @@ def run(cfg: PreferenceStrengthConfig, workdir: str, inputs: dict) -> dict:
   # File data defaults to the reward model's own tokenizer (and chat template), as it was trained.
   tokenizer = inputs_lib.make_tokenizer(data, world, artifacts.saved_tokenizer(rm_dir))
   records, _, report = inputs_lib.preference_records(data, world)
-  rm = artifacts.load_reward_model(rm_dir)
+  rm = artifacts.load_reward_model(artifacts.check_reward_tokenizer(rm_dir, tokenizer, "reward_model"))
   margins_NxM = inputs_lib.member_margins(rm, records, tokenizer, data)
   mean_N, std_N = (np.asarray(x, np.float64) for x in preference_strength(margins_NxM, np.zeros_like(margins_NxM)))
   flipped = gold_agree = None

@@ -186,7 +186,8 @@ def run(cfg: ProbeConfig, workdir: str, inputs: dict) -> dict:
   arrays: dict[str, np.ndarray] = {}
   rows = []
   for target in cfg.targets:
-    ensemble = artifacts.load_reward_model_any(common.resolve_path(target.reward_model, inputs, "rm_dir"))
+    ensemble = artifacts.load_reward_model_any(artifacts.check_reward_tokenizer(
+        common.resolve_path(target.reward_model, inputs, "rm_dir"), tok, f"targets[{target.name}].reward_model"))
     if target.member >= ensemble.num_members:
       raise ValueError(f"targets[{target.name}].member: {target.member} but the reward model has "
                        f"{ensemble.num_members} member(s)")

@@ -525,7 +525,7 @@ def run(cfg: RewardEvalConfig, workdir: str, inputs: dict) -> dict:
     rm = FollowUpScorer(model, follow_up_lib.encode_follow_ups(tokenizer, options["positive"], options["negative"]),
                         (tokenizer.eos_id,), options["chunk_size"])
   else:
-    rm = load_reward_model(rm_dir)
+    rm = load_reward_model(artifacts.check_reward_tokenizer(rm_dir, tokenizer, "reward_model"))
   metrics: dict[str, float] = {}
   report: dict[str, Any] = {}
   lines: list[dict] = []

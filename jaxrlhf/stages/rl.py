@@ -1238,19 +1238,19 @@ def initial_dissimilarity(cfg: RLConfig, setup: state_lib.StateSetup, ids_NxP: n
   return np.clip(np.concatenate(out), 0.0, 2.0).astype(np.float32)
 
 
-def load_critic(value_model: str, inputs: dict, vocab_size: int) -> tuple[Any, dict] | None:
+def load_critic(value_model: str, inputs: dict, tokenizer: Any) -> tuple[Any, dict] | None:
   """(factory key -> RewardModel, Param values of member 0) of the reward model `value_model` names ("stage:<name>"
-  or a folder), the critic PPO trains; None for "" (a value head on the policy's backbone)."""
+  or a folder), the critic PPO trains; None for "" (a value head on the policy's backbone). The critic reads the
+  policy's token ids, so the reward model must have been trained on `tokenizer`'s vocabulary
+  (`artifacts.check_reward_tokenizer`)."""
   if not value_model:
     return None
-  rm_dir = common.resolve_path(value_model, inputs, "rm_dir")
+  rm_dir = artifacts.check_reward_tokenizer(common.resolve_path(value_model, inputs, "rm_dir"), tokenizer,
+                                            "value_model")
   config, head, num_members = artifacts.reward_model_spec(rm_dir)
   if head.kind == "multihead":
     raise ConfigError(f"value_model: the reward model in {rm_dir} has a 'multihead' head ({head.num_outputs} "
                       "outputs); a critic needs one scalar per position (a linear, mlp or attributes head)")
-  if config.vocab_size < vocab_size:
-    raise ConfigError(f"value_model: the reward model in {rm_dir} has vocab_size {config.vocab_size} < the policy "
-                      f"tokenizer's {vocab_size}; the critic reads the policy's tokens")
   member = artifacts.load_reward_model(rm_dir).member(0).merged()  # A LoRA reward model's member: merged.
   print(f"[rl] value_model: a critic initialized from member 0 of {num_members} of {rm_dir}", flush=True)
   return (lambda key: RewardModel(config, head, rngs=nnx.Rngs(key)),
@@ -1304,7 +1304,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
                                       member_stats=member_stats, errors=errors)
   eos_ids, pad_id = inputs_lib.end_ids(tokenizer, model_config, world), tokenizer.pad_id
   optimizer = optim.make_optimizer(cfg.optimizer)
-  critic = load_critic(cfg.value_model, inputs, tokenizer.vocab_size) if cfg.loss.algorithm == "ppo" else None
+  critic = load_critic(cfg.value_model, inputs, tokenizer) if cfg.loss.algorithm == "ppo" else None
   setup = rl_setup(cfg, model_config, pretrained, reward_models, optimizer, mesh, critic)
   make_step = {"ppo": make_ppo_step, "online_dpo": make_online_dpo_step}.get(cfg.loss.algorithm, make_rl_step)
   common.logps_path(cfg.loss)  # says which LM-head path every response log-prob takes

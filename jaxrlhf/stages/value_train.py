@@ -89,8 +89,9 @@ def reward_fn(cfg: ValueTrainConfig, world, inputs: dict):
   """(prompt_ids, prompt_mask, tokens, mask) -> float32 (R,) rewards of the configured source."""
   if cfg.reward != "reward_model":
     return world_scorer(world, cfg.reward)
-  scorer = reward_model_scorer(artifacts.load_reward_model_any(common.resolve_path(cfg.reward_model, inputs,
-                                                                                   "rm_dir")))
+  rm_dir = artifacts.check_reward_tokenizer(common.resolve_path(cfg.reward_model, inputs, "rm_dir"), world.tokenizer,
+                                            "reward_model")
+  scorer = reward_model_scorer(artifacts.load_reward_model_any(rm_dir))
   return lambda *arrays: reduce_scores(scorer(*arrays), "mean")
 
 

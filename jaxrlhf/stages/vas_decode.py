@@ -114,10 +114,11 @@ def run(cfg: VASDecodeConfig, workdir: str, inputs: dict) -> dict:
   {"metrics"}."""
   world = inputs_lib.make_world(cfg.world)
   tok = world.tokenizer
+  values = [artifacts.load_reward_model(artifacts.check_reward_tokenizer(
+      common.resolve_path(v.value_model, inputs, "value_dir"), tok, f"values[{i}].value_model")).member(0)
+            for i, v in enumerate(cfg.values)]
   policy, policy_config = from_pretrained(common.resolve_path(cfg.policy, inputs))
   eos_ids = inputs_lib.end_ids(tok, policy_config, world)
-  values = [artifacts.load_reward_model(common.resolve_path(v.value_model, inputs, "value_dir")).member(0)
-            for v in cfg.values]
   rewards = [v.reward for v in cfg.values]
   scorers = {name: world_scorer(world, name) for name in dict.fromkeys(["gold", *rewards])}
   texts = world.prompts(cfg.num_prompts, "test")
