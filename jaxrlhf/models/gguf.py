@@ -5,7 +5,9 @@
 (`jaxrlhf.models.hf`) builds the model. Tensors are dequantized to float32 with the `gguf` package, and what
 llama.cpp's converter (convert_hf_to_gguf.py) changed is undone: the q/k row permutation of "llama" files (so that
 GGML's interleaved RoPE matches HF's rotate-half RoPE; Qwen3 and Gemma use rotate-half RoPE in GGML too, so their
-rows are stored as is) and the +1 added to every Gemma RMSNorm weight (GGML scales by the weight, Gemma by 1 + w).
+rows are stored as is), the +1 added to every Gemma RMSNorm weight (GGML scales by the weight, Gemma by 1 + w),
+and llama3 RoPE scaling (Llama 3.1 / 3.2), which the converter stores as per-frequency divisors in
+`rope_freqs.weight` and which is read back as transformers' `rope_scaling` (`llama3_scaling_of`).
 Settings GGUF does not store are llama.cpp's: Gemma's attention scale (head_dim, or hidden / heads for the 27B
 models), Gemma 2's alternating windows, Gemma 3's one global layer in six and its local RoPE base 10000.
 """
@@ -97,11 +99,9 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
   expected_shapes = _expected_shapes(hf_config, arch)
   name_map = _hf_names(hf_config["num_hidden_layers"], arch)
 
-  unexpected = sorted(set(gguf_tensors) - set(name_map))
-  if "rope_freqs.weight" in unexpected:
-    # llama.cpp stores llama3 RoPE scaling as precomputed per-frequency factors; ignoring them would change
-    # every attention score, so refuse rather than load a subtly different model.
-    raise ValueError("GGUF tensor 'rope_freqs.weight' (precomputed llama3 RoPE factors) is not supported")
+  unexpected = sorted(set(gguf_tensors) - set(name_map) - {ROPE_FREQS})
+  if ROPE_FREQS in gguf_tensors:
+    _read_rope_freqs(path, hf_config, gguf_tensors[ROPE_FREQS], arch)
   if unexpected:
     raise ValueError(f"unexpected GGUF tensors for a {arch} model: {unexpected}")
 
@@ -124,6 +124,118 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
       weight = weight - np.float32(1.0)  # llama.cpp stored 1 + w (exact for stored values in [0.5, 2])
     tensors[hf_name] = weight
   return hf_config, tensors
+
+
+ROPE_FREQS = "rope_freqs.weight"
+# The llama3 parameters every Llama 3.1 / 3.2 checkpoint uses (and llama.cpp's converter defaults to).
+_LLAMA3_DEFAULTS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) -> np.ndarray:
+  """float64 (head_dim / 2,) divisors of each RoPE frequency under llama3 scaling, as llama.cpp's converter writes
+  them into `rope_freqs.weight` (GGML divides frequency i by factor i): 1 for wavelengths shorter than
+  original_max_position_embeddings / high_freq_factor, `factor` beyond original / low_freq_factor, and
+  1 / ((1 - s) / factor + s) in between, s = (original / wavelength - low) / (high - low)."""
+  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+  wavelen = 2 * np.pi / inv_freq.astype(np.float64)
+  factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+  old_len = scaling["original_max_position_embeddings"]
+  smooth = (old_len / wavelen - low) / (high - low)
+  between = 1.0 / ((1 - smooth) / factor + smooth)
+  return np.where(wavelen < old_len / high, 1.0, np.where(wavelen > old_len / low, factor, between))
+
+
+def llama3_scaling_of(factors: np.ndarray, head_dim: int, theta: float) -> dict[str, Any] | None:
+  """The transformers `rope_scaling` (rope_type "llama3") whose `llama3_rope_factors` equal `factors` (float
+  (head_dim / 2,), a file's `rope_freqs.weight`) to float32 precision; {} where every factor is 1 (no scaling); None
+  where no llama3 parameters reproduce them.
+
+  llama.cpp stores the factors, not the parameters. The factors depend only on `factor` and the two wavelength
+  bounds H = original / high and L = original / low, so Llama 3's own parameters (low 1, high 4, original 8192) are
+  tried first, then H and L recovered from the factors (low = 1 where an integer original length then reproduces
+  them): a file converted with other parameters loads as equivalent ones (the same RoPE frequencies, so the same
+  model)."""
+  f = np.asarray(factors, np.float64)
+  if np.all(f == 1.0):
+    return {}
+  factor = float(np.float32(f.max()))
+  candidates = [dict(_LLAMA3_DEFAULTS)]
+  bounds = _llama3_wavelength_bounds(f, factor, head_dim, theta)
+  if bounds is not None:
+    high_wl, low_wl = (float(x) for x in bounds)
+    # original_max_position_embeddings is an integer (transformers and ModelConfig read it so): round numbers with
+    # low = 1 first, where they still reproduce the factors; else low = original / L keeps the bounds exact.
+    old_len = max(1, round(low_wl))
+    candidates += [{"low_freq_factor": 1.0, "high_freq_factor": high, "original_max_position_embeddings": old_len}
+                   for high in (round(old_len / high_wl, 6), old_len / high_wl)]
+    candidates.append({"low_freq_factor": old_len / low_wl, "high_freq_factor": old_len / high_wl,
+                       "original_max_position_embeddings": old_len})
+  for params in candidates:
+    scaling = {"rope_type": "llama3", "factor": factor, **params}
+    if scaling["high_freq_factor"] > scaling["low_freq_factor"] and np.allclose(
+        llama3_rope_factors(head_dim, theta, scaling), f, rtol=1e-5, atol=0):
+      return scaling
+  return None
+
+
+def _llama3_wavelength_bounds(f: np.ndarray, factor: float, head_dim: int,
+                              theta: float) -> tuple[float, float] | None:
+  """(H, L): wavelength bounds of llama3 scaling that put each frequency in the region its factor says (1 below H,
+  `factor` above L, the interpolated band between) and give the band's factors; None where the factors are not of
+  that shape. In the band 1 / wavelength = s / H + (1 - s) / L with s = (1 / f - 1 / factor) / (1 - 1 / factor):
+  two or more band frequencies fix H and L (a line through them); one fixes a curve of (H, L) pairs, searched for a
+  pair inside the gaps; none leaves any H < L inside the gap between the last 1 and the first `factor`."""
+  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+  wavelen = 2 * np.pi / inv_freq.astype(np.float64)  # increasing with the index
+  ones, full = np.isclose(f, 1.0, rtol=1e-6), np.isclose(f, factor, rtol=1e-6)
+  band = ~ones & ~full
+  region = np.where(ones, 0, np.where(band, 1, 2))
+  if factor <= 1.0 or np.any(np.diff(region) < 0):
+    return None
+  below = wavelen[ones].max() if ones.any() else 0.0  # H must exceed it
+  above = wavelen[full].min() if full.any() else np.inf  # L must stay under it
+  if band.sum() >= 2:
+    smooth = (1.0 / f[band] - 1.0 / factor) / (1.0 - 1.0 / factor)
+    # 1 / wl = (1 / H - 1 / L) s + 1 / L: a line in s.
+    slope, intercept = np.polyfit(smooth, 1.0 / wavelen[band], 1)
+    if intercept <= 0 or slope + intercept <= 0:
+      return None
+    return 1.0 / (slope + intercept), 1.0 / intercept
+  if band.sum() == 1:
+    wl, s = wavelen[band][0], (1.0 / f[band][0] - 1.0 / factor) / (1.0 - 1.0 / factor)
+    top = above if np.isfinite(above) else 4 * wl
+    for low_wl in np.geomspace(wl, top, 66)[1:-1]:
+      denominator = 1.0 / wl - (1.0 - s) / low_wl
+      if denominator > 0 and below < s / denominator <= wl:
+        return s / denominator, low_wl
+    return None
+  if not (below > 0 and np.isfinite(above)):
+    return None
+  ratio = above / below
+  return below * ratio ** (1 / 3), below * ratio ** (2 / 3)
+
+
+def _read_rope_freqs(path: str | os.PathLike, hf_config: dict[str, Any], info: Any, arch: str) -> None:
+  """Sets `hf_config["rope_scaling"]` from a llama file's `rope_freqs.weight` (llama.cpp's precomputed llama3 RoPE
+  factors); a file whose factors are not llama3 scaling is refused: ignoring them would change every attention
+  score."""
+  if arch != "llama":
+    raise ModelFileError(path, f"tensor {ROPE_FREQS!r} in a {arch} file: llama.cpp writes it for llama files only")
+  if "rope_scaling" in hf_config:
+    raise ModelFileError(path, f"tensor {ROPE_FREQS!r} and {arch}.rope.scaling.type "
+                         f"{hf_config['rope_scaling']['rope_type']!r} both scale RoPE; expected one")
+  half = hf_config["head_dim"] // 2
+  if info.shape != (half,):
+    raise ModelFileError(path, f"tensor {ROPE_FREQS!r} has shape {info.shape}, expected ({half},) (one factor per "
+                         "RoPE frequency)")
+  factors = read_tensor(path, info)
+  scaling = llama3_scaling_of(factors, hf_config["head_dim"], hf_config["rope_theta"])
+  if scaling is None:
+    raise ModelFileError(path, f"tensor {ROPE_FREQS!r} holds RoPE factors that follow no llama3 scaling (factor, "
+                         "low / high frequency factors, original context length); other per-frequency factors are "
+                         f"not supported (first values {np.round(factors[:4], 4).tolist()})")
+  if scaling:
+    hf_config["rope_scaling"] = scaling
 
 
 def reverse_permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:

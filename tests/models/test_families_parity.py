@@ -19,6 +19,7 @@ from model_fixtures import forward
 
 from jaxrlhf.models import ModelConfig, RewardModel, RopeScaling, abstract_model, from_pretrained
 from jaxrlhf.models import gguf as gguf_io
+from jaxrlhf.models.decoder import rope_inv_freq
 from jaxrlhf.sampling import generate
 
 TOL = 1e-4
@@ -368,9 +369,10 @@ GGUF_CASES = {"qwen3": ("qwen3_untied", {}), "gemma2": ("gemma2", dict(query_pre
               "gemma3": ("gemma3_untied", dict(query_pre_attn_scalar=16))}
 
 
-def write_llama_cpp_gguf(hf_model, path, arch):
+def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
   """A GGUF as llama.cpp's convert_hf_to_gguf.py writes `hf_model`: gguf-py's own tensor-name map, Gemma norm
-  weights stored as 1 + w, no q/k permutation (Qwen3 and Gemma use GGML's rotate-half RoPE), F32 tensors."""
+  weights stored as 1 + w, q/k rows permuted for llama (Qwen3 and Gemma use GGML's rotate-half RoPE), F32 tensors,
+  and `rope_freqs` (llama3 RoPE scaling's per-frequency divisors) as `rope_freqs.weight` where given."""
   hf = hf_model.config
   writer = gguf.GGUFWriter(str(path), arch)
   writer.add_block_count(hf.num_hidden_layers)
@@ -404,9 +406,14 @@ def write_llama_cpp_gguf(hf_model, path, arch):
     if name == "lm_head.weight" and hf.tie_word_embeddings:
       continue
     array = value.numpy().astype(np.float32)
-    if arch != "qwen3" and name.endswith("norm.weight"):
+    if arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
       array = array + np.float32(1.0)
+    if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):  # GGML's interleaved RoPE rows
+      heads = hf.num_attention_heads if name.endswith("q_proj.weight") else hf.num_key_value_heads
+      array = array.reshape(heads, 2, array.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(array.shape)
     writer.add_tensor(names.get_name(name, try_suffixes=(".weight",)), array)
+  if rope_freqs is not None:
+    writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
@@ -440,6 +447,37 @@ def test_gguf_import_equals_the_transformers_checkpoint(arch, tmp_path):
   model, _ = from_pretrained(path)
   ours = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
   assert _max_diff(ours, hf_logits(hf_model, ids, mask), mask, range(4)) <= TOL
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("head_dim", [8, 32])
+def test_gguf_llama3_rope_freqs_equal_the_transformers_checkpoint(head_dim, tmp_path):
+  """A Llama 3.1-style checkpoint (llama3 RoPE scaling) as llama.cpp writes it: no scaling metadata, the scaling as
+  `rope_freqs.weight`, here transformers' own default over scaled frequencies. Loaded, its RoPE frequencies and
+  logits equal transformers'. head_dim 8 leaves one frequency in the interpolated band, 32 two (no frequency
+  unscaled)."""
+  import torch
+  hf_model = make_hf_model("llama3_untied_scaled", head_dim=head_dim)
+  hf = hf_model.config
+  theta = hf.rope_parameters["rope_theta"]
+  default = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+  scaled = hf_model.model.rotary_emb.inv_freq
+  rope_freqs = (default / scaled).numpy()
+  assert ((rope_freqs > 1.001) & (rope_freqs < 0.999 * rope_freqs.max())).any()  # a frequency in the band
+  path = write_llama_cpp_gguf(hf_model, tmp_path / "llama3.gguf", "llama", rope_freqs=rope_freqs)
+
+  hf_config, tensors = gguf_io.read_gguf(path)
+  assert hf_config["rope_scaling"]["rope_type"] == "llama3" and "rope_freqs.weight" not in tensors
+  ours = ModelConfig.from_hf(hf_config)
+  np.testing.assert_allclose(rope_inv_freq(ours), scaled.numpy(), rtol=2e-6)
+  ids, mask = _padded_rows()
+  model, _ = from_pretrained(path)
+  logits = np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+  assert _max_diff(logits, hf_logits(hf_model, ids, mask), mask, range(4)) <= TOL
+  # The factors matter: the same file without them (the old refusal's alternative) is another model.
+  plain, _ = from_pretrained(write_llama_cpp_gguf(hf_model, tmp_path / "plain.gguf", "llama"))
+  unscaled = np.asarray(forward(plain, jnp.asarray(ids), jnp.asarray(mask)))
+  assert _max_diff(unscaled, hf_logits(hf_model, ids, mask), mask, range(4)) > 100 * TOL
 
 
 @pytest.mark.parametrize("arch, layers, expected", [("gemma2", 46, 18), ("gemma2", 26, 16), ("gemma3", 62, 18),

@@ -2,6 +2,7 @@
 transformers' own GGUF loader."""
 
 import importlib.util
+import math
 import os
 
 import gguf
@@ -179,6 +180,72 @@ def test_rope_scaling_metadata(tmp_path):
   tensors = _tiny_llama_tensors(np.random.default_rng(2))
   config, _ = gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors, extra=extra))
   assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0, "original_max_position_embeddings": 32}
+
+
+def _converter_rope_factors(head_dim, theta, factor, low, high, old_len):
+  """llama.cpp convert_hf_to_gguf.py's llama3 `rope_freqs` loop, restated: float32 frequencies, Python arithmetic."""
+  freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+  out = []
+  for freq in freqs:
+    wavelen = 2 * math.pi / float(freq)
+    if wavelen < old_len / high:
+      out.append(1.0)
+    elif wavelen > old_len / low:
+      out.append(factor)
+    else:
+      smooth = (old_len / wavelen - low) / (high - low)
+      out.append(1 / ((1 - smooth) / factor + smooth))
+  return np.asarray(out, np.float32)
+
+
+@pytest.mark.parametrize("head_dim, factor", [(128, 8.0), (64, 32.0), (128, 32.0)])  # 3.1 8B, 3.2 1B, 3.2 3B
+def test_llama_3_rope_freqs_give_their_scaling(tmp_path, head_dim, factor):
+  factors = _converter_rope_factors(head_dim, 500000.0, factor, 1.0, 4.0, 8192)
+  assert gguf_io.llama3_scaling_of(factors, head_dim, 500000.0) == {
+      "rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}
+
+
+@pytest.mark.parametrize("params", [(4.0, 1.0, 2.5, 2048), (8.0, 2.0, 8.0, 8192), (16.0, 1.0, 3.0, 100)])
+def test_other_llama3_parameters_load_as_equivalent_ones(params):
+  """Only the two wavelength bounds and the factor shape the factors, so the recovered parameters need not be the
+  converter's, but their factors are."""
+  factors = _converter_rope_factors(128, 10000.0, *params)
+  scaling = gguf_io.llama3_scaling_of(factors, 128, 10000.0)
+  assert isinstance(scaling["original_max_position_embeddings"], int) and scaling["factor"] == params[0]
+  again = _converter_rope_factors(128, 10000.0, scaling["factor"], scaling["low_freq_factor"],
+                                  scaling["high_freq_factor"], scaling["original_max_position_embeddings"])
+  np.testing.assert_allclose(again, factors, rtol=1e-5)
+  assert gguf_io.llama3_scaling_of(np.ones(64, np.float32), 128, 10000.0) == {}
+
+
+def test_rope_freqs_tensor_sets_llama3_scaling(tmp_path):
+  tensors = _tiny_llama_tensors(np.random.default_rng(0))
+  factors = _converter_rope_factors(H, 500000.0, 8.0, 1.0, 4.0, 8)
+  tensors["rope_freqs.weight"] = (factors, None, None)
+  config, out = gguf_io.read_gguf(write_tiny_gguf(tmp_path / "l3.gguf", tensors))
+  assert "rope_freqs.weight" not in out and config["rope_scaling"]["rope_type"] == "llama3"
+  scaling = config["rope_scaling"]
+  again = _converter_rope_factors(H, 500000.0, scaling["factor"], scaling["low_freq_factor"],
+                                  scaling["high_freq_factor"], scaling["original_max_position_embeddings"])
+  np.testing.assert_allclose(again, factors, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(factors=np.asarray([1.0, 3.0, 2.0, 8.0], np.float32)), r"holds RoPE factors that follow no llama3 scaling"),
+    (dict(factors=np.asarray([1.0, 2.0, 8.0], np.float32)), r"has shape \(3,\), expected \(4,\)"),
+    (dict(extra=lambda w: (w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR), w.add_rope_scaling_factor(2.0))),
+     r"and llama\.rope\.scaling\.type 'linear' both scale RoPE"),
+    (dict(arch="qwen3"), r"in a qwen3 file: llama\.cpp writes it for llama files only"),
+])
+def test_rope_freqs_that_cannot_be_loaded_are_refused(tmp_path, change, message):
+  tensors = _tiny_llama_tensors(np.random.default_rng(0))
+  tensors["rope_freqs.weight"] = (change.get("factors", _converter_rope_factors(H, 5000.0, 8.0, 1.0, 4.0, 8)),
+                                  None, None)
+  arch = change.get("arch", "llama")
+  path = write_tiny_gguf(tmp_path / "bad.gguf", tensors, arch=arch, extra=change.get("extra"))
+  with pytest.raises(ValueError, match=rf"bad\.gguf: tensor 'rope_freqs\.weight' {message}"):
+    gguf_io.read_gguf(path)
 
 
 def test_missing_tensor_names_it(tmp_path):
