@@ -27,8 +27,10 @@ import numpy as np
 from jaxrlhf.models import errors
 from jaxrlhf.models.errors import ModelFileError
 
-# Quantization types we dequantize. Others (K-quants, IQ*) would also dequantize with `gguf`, but they are
-# untested here, so a file using them fails loudly instead of silently trusting an unchecked path.
+# Quantization types we dequantize (with `gguf`), each checked against hand-decoded blocks in the tests: the float
+# types, the legacy 32-value blocks, and the K-quants that Q4_K_M / Q5_K_M / Q6_K files are made of. Others (Q2_K,
+# Q3_K, IQ*) would also dequantize with `gguf`, but they are unchecked here, so a file using them fails loudly
+# instead of silently trusting an unchecked path.
 SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.F32,
     gguf.GGMLQuantizationType.F16,
@@ -36,6 +38,11 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.Q8_0,
     gguf.GGMLQuantizationType.Q4_0,
     gguf.GGMLQuantizationType.Q4_1,
+    gguf.GGMLQuantizationType.Q5_0,
+    gguf.GGMLQuantizationType.Q5_1,
+    gguf.GGMLQuantizationType.Q4_K,
+    gguf.GGMLQuantizationType.Q5_K,
+    gguf.GGMLQuantizationType.Q6_K,
 })
 SUPPORTED_ARCHITECTURES = ("llama", "qwen3", "gemma2", "gemma3")
 _GEMMA = ("gemma2", "gemma3")

@@ -271,11 +271,11 @@ def test_unexpected_tensor_is_rejected(tmp_path):
 
 def test_unsupported_quantization_names_tensor_and_type(tmp_path):
   tensors = _tiny_llama_tensors(np.random.default_rng(6))
-  # Q5_0 block: f16 d, 4 bytes of high bits, 16 bytes of nibbles = 22 bytes per 32 values.
-  raw = np.random.default_rng(7).integers(0, 256, (F, 22)).astype(np.uint8)
+  # IQ4_NL block: f16 d, 16 bytes of nibbles (indices into a fixed table) = 18 bytes per 32 values.
+  raw = np.random.default_rng(7).integers(0, 256, (F, 18)).astype(np.uint8)
   raw[:, :2] = _f16_bytes(np.full(F, 0.01))
-  tensors["blk.1.ffn_gate.weight"] = (raw, gguf.GGMLQuantizationType.Q5_0, None)
-  with pytest.raises(ValueError, match=r"'blk\.1\.ffn_gate\.weight'.*unsupported quantization type Q5_0"):
+  tensors["blk.1.ffn_gate.weight"] = (raw, gguf.GGMLQuantizationType.IQ4_NL, None)
+  with pytest.raises(ValueError, match=r"'blk\.1\.ffn_gate\.weight'.*unsupported quantization type IQ4_NL"):
     gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors))
 
 
@@ -462,3 +462,101 @@ def test_attention_scale_other_than_the_familys_is_refused(tmp_path):
                                w.add_float32("llama.rope.scaling.attn_factor", 1.0))
     config, _ = gguf_io.read_gguf(write_tiny_gguf(tmp_path / f"{name}.gguf", tensors, extra=same))
     assert config["head_dim"] == H and "query_pre_attn_scalar" not in config
+
+
+# ------------------------------------------------------------------ K-quants and Q5_0 / Q5_1, decoded by hand
+# Each golden restates ggml-quants.c's dequantize_row_* for one block; the reader's values come from the gguf
+# package. Scales (d, dmin) are finite f16; every other byte is random. Python ints throughout (numpy's uint8 would
+# wrap the subtractions).
+def _scale_min_k4(j, scales):
+  """ggml's get_scale_min_k4: the j-th 6-bit (scale, min) pair of a K-quant's 12 packed scale bytes."""
+  if j < 4:
+    return scales[j] & 63, scales[j + 4] & 63
+  return ((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4),
+          (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
+
+
+def _half(b):
+  return float(np.frombuffer(bytes(b), np.float16)[0])
+
+
+def _q4_k_block(b):
+  d, dmin, scales, qs = _half(b[0:2]), _half(b[2:4]), b[4:16], b[16:144]
+  y = []
+  for j in range(4):
+    (s1, m1), (s2, m2) = _scale_min_k4(2 * j, scales), _scale_min_k4(2 * j + 1, scales)
+    q = qs[32 * j:32 * j + 32]
+    y += [d * s1 * (x & 0xF) - dmin * m1 for x in q] + [d * s2 * (x >> 4) - dmin * m2 for x in q]
+  return y
+
+
+def _q5_k_block(b):
+  d, dmin, scales, qh, qs = _half(b[0:2]), _half(b[2:4]), b[4:16], b[16:48], b[48:176]
+  y = []
+  for j in range(4):
+    (s1, m1), (s2, m2) = _scale_min_k4(2 * j, scales), _scale_min_k4(2 * j + 1, scales)
+    q = qs[32 * j:32 * j + 32]
+    lo = [(x & 0xF) + (16 if h & (1 << (2 * j)) else 0) for x, h in zip(q, qh)]
+    hi = [(x >> 4) + (16 if h & (2 << (2 * j)) else 0) for x, h in zip(q, qh)]
+    y += [d * s1 * v - dmin * m1 for v in lo] + [d * s2 * v - dmin * m2 for v in hi]
+  return y
+
+
+def _q6_k_block(b):
+  ql, qh, d = [int(x) for x in b[0:128]], [int(x) for x in b[128:192]], _half(b[208:210])
+  scales = [int(x) for x in b[192:208].view(np.int8)]
+  y = [0.0] * 256
+  for n in range(2):
+    for l in range(32):
+      base_l, base_h, sc = 64 * n, 32 * n, scales[8 * n:8 * n + 8]
+      q1 = ((ql[base_l + l] & 0xF) | (((qh[base_h + l] >> 0) & 3) << 4)) - 32
+      q2 = ((ql[base_l + l + 32] & 0xF) | (((qh[base_h + l] >> 2) & 3) << 4)) - 32
+      q3 = ((ql[base_l + l] >> 4) | (((qh[base_h + l] >> 4) & 3) << 4)) - 32
+      q4 = ((ql[base_l + l + 32] >> 4) | (((qh[base_h + l] >> 6) & 3) << 4)) - 32
+      i = l // 16
+      for k, q in enumerate((q1, q2, q3, q4)):
+        y[128 * n + 32 * k + l] = d * float(sc[i + 2 * k]) * q
+  return y
+
+
+def _q5_block(b, with_min):
+  d = _half(b[0:2])
+  m = _half(b[2:4]) if with_min else 0.0
+  rest = b[4:] if with_min else b[2:]
+  qh, qs = int.from_bytes(bytes(rest[0:4]), "little"), [int(x) for x in rest[4:20]]
+  y = [0.0] * 32
+  for j in range(16):
+    x0 = (qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)
+    x1 = (qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)
+    y[j], y[j + 16] = (x0 * d + m, x1 * d + m) if with_min else ((x0 - 16) * d, (x1 - 16) * d)
+  return y
+
+
+# qtype -> (block bytes, values per block, byte ranges of f16 scales, hand decoder)
+_HAND_DECODED = {
+    gguf.GGMLQuantizationType.Q4_K: (144, 256, ((0, 2), (2, 4)), _q4_k_block),
+    gguf.GGMLQuantizationType.Q5_K: (176, 256, ((0, 2), (2, 4)), _q5_k_block),
+    gguf.GGMLQuantizationType.Q6_K: (210, 256, ((208, 210),), _q6_k_block),
+    gguf.GGMLQuantizationType.Q5_0: (22, 32, ((0, 2),), lambda b: _q5_block(b, False)),
+    gguf.GGMLQuantizationType.Q5_1: (24, 32, ((0, 2), (2, 4)), lambda b: _q5_block(b, True)),
+}
+
+
+@pytest.mark.parametrize("qtype", sorted(_HAND_DECODED, key=lambda t: t.name), ids=lambda t: t.name)
+def test_k_quants_and_q5_match_hand_decoded_blocks(tmp_path, qtype):
+  block_bytes, per_block, half_ranges, decode = _HAND_DECODED[qtype]
+  rows, cols = 3, 2 * 256
+  rng = np.random.default_rng(int(qtype))
+  raw = rng.integers(0, 256, (rows * cols // per_block, block_bytes)).astype(np.uint8)
+  for lo, hi in half_ranges:
+    raw[:, lo:hi] = _f16_bytes(rng.uniform(-0.05, 0.05, len(raw)))
+  golden = np.asarray([v for block in raw for v in decode(block)], np.float32).reshape(rows, cols)
+  writer = gguf.GGUFWriter(str(tmp_path / "q.gguf"), "llama")
+  writer.add_tensor("w", raw.reshape(rows, -1), raw_dtype=qtype)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  info = gguf_io.read_header(tmp_path / "q.gguf").tensors["w"]
+  assert info.shape == (rows, cols)
+  np.testing.assert_allclose(gguf_io.read_tensor(tmp_path / "q.gguf", info), golden, rtol=1e-6, atol=1e-7)
