@@ -40,7 +40,7 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 # tokenizer.ggml.pre -> split regex applied before the byte-level mapping (as in transformers' GGUF converter).
-_PRE_TOKENIZER_SPLITS = {
+PRE_TOKENIZER_SPLITS = {
     "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT,
     "smaug-bpe": _LLAMA3_SPLIT, "dbrx": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
     "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
@@ -149,6 +149,11 @@ class Tokenizer:
       config["chat_template"] = self.chat_template
     with (folder / "tokenizer_config.json").open("w", encoding="utf-8") as f:
       json.dump(config, f, indent=2, ensure_ascii=False)
+
+  @property
+  def special_tokens(self) -> dict[str, str | None]:
+    """{"bos_token", "eos_token", "unk_token", "pad_token": the token string or None} (a copy)."""
+    return dict(self._special_tokens)
 
   @functools.cached_property
   def supports_system_role(self) -> bool:
@@ -293,7 +298,7 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
 
 def _pre_tokenizer(pre_type: str) -> pre_tokenizers.PreTokenizer:
   """The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` names."""
-  split = _PRE_TOKENIZER_SPLITS.get(pre_type)
+  split = PRE_TOKENIZER_SPLITS.get(pre_type)
   if split is not None:
     return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(split), behavior="isolated"),
@@ -305,7 +310,7 @@ def _pre_tokenizer(pre_type: str) -> pre_tokenizers.PreTokenizer:
   if pre_type in _GPT2_PRE:
     return byte_level
   # llama.cpp knows many more splits; guessing GPT-2's for them would tokenize subtly wrong.
-  supported = sorted({*_PRE_TOKENIZER_SPLITS, *_DIGIT_SPLIT_PRE, *_GPT2_PRE})
+  supported = sorted({*PRE_TOKENIZER_SPLITS, *_DIGIT_SPLIT_PRE, *_GPT2_PRE})
   raise ValueError(f"unsupported GGUF tokenizer.ggml.pre {pre_type!r}; supported: {supported}")
 
 

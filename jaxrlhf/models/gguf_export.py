@@ -1,0 +1,339 @@
+"""GGUF export: a model and its tokenizer as the `.gguf` file llama.cpp's converter (convert_hf_to_gguf.py) would
+write, for llama.cpp, ollama, LM Studio or transformers' GGUF loader to run, and for `from_pretrained` to read back.
+
+`save_gguf` writes what `jaxrlhf.models.gguf.read_gguf` reads, inverted: the families llama (Llama 2 / 3.x, SmolLM2),
+qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files (GGML's interleaved
+RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and RoPE factors in F32
+and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that are not whole
+32-value blocks, as the converter does). The tokenizer (a byte-level BPE one) goes in as llama.cpp's vocabulary:
+tokens in id order padded to the model's vocabulary with unused `[PAD<id>]` entries, token types (control for
+special added tokens, user-defined for the other added ones), merges, the pre-tokenizer's llama.cpp name, special
+ids, whether BOS / EOS are added, and the chat template.
+
+What a GGUF cannot say is refused rather than written wrong: after writing, the file is read back and its model
+config (every field that shapes the computation) and tokenization of a probe text set must equal the source's;
+otherwise the file is removed and the differences are named (e.g. a Gemma 3 whose query_pre_attn_scalar is not the
+head size, which llama.cpp would assume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+import unicodedata
+from typing import Any
+
+import gguf
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.models import gguf as gguf_io
+from jaxrlhf.models import tokenizer as tokenizer_lib
+from jaxrlhf.models.config import ModelConfig
+from jaxrlhf.models.decoder import rope_inv_freq
+from jaxrlhf.models.hf import params_to_hf
+
+# `tensor_type` name -> (GGML type of the matrices, llama.cpp's general.file_type).
+TENSOR_TYPES = {
+    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+# ModelConfig.family -> GGUF general.architecture.
+_ARCHITECTURES = {"llama": "llama", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3"}
+# Fields that do not shape the computation a file describes (numerics, layout and bookkeeping chosen at load time),
+# and the token ids, which the tokenizer's metadata carries (a GGUF has one end-of-sequence id).
+_UNCOMPARED = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention", "initializer_range",
+                         "hf_model_type", "bos_token_id", "eos_token_id", "pad_token_id"})
+# Texts whose tokenization must survive the round trip: words, digits, whitespace runs, punctuation, accents, CJK,
+# emoji and a contraction (the pre-tokenizer's splits), plus every special token (added below).
+_PROBES = ("Hello world! The year 2024 had 366 days.", "  leading spaces,\ttabs\nand\n\nnewlines   ",
+           "naïve café, Việt Nam, 東京タワー, Ελληνικά 🙂", "don't we'll I'M they've 12345678 3.14159 x=a+b*c;")
+
+
+def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: ModelConfig | None = None,
+              tensor_type: str = "f16", name: str | None = None) -> str:
+  """Writes `model` (a CausalLM; a LoRA one merged) and `tokenizer` as one `.gguf` file and checks it reads back
+  as the same model and tokenizer.
+
+  Args:
+    model: the CausalLM (its parameters are gathered to the host).
+    path: the file to write (its folder is created).
+    tokenizer: a `jaxrlhf.models.tokenizer.Tokenizer` over a byte-level BPE vocabulary of at most the model's
+      vocab_size tokens.
+    config: the model's config (default `model.config`).
+    tensor_type: "f32", "f16" (llama.cpp's default), "bf16" or "q8_0": the storage of the matrices (norm weights
+      and RoPE factors stay F32).
+    name: general.name (default: the file's stem).
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: naming what a GGUF cannot hold: another family (qwen2, gpt2), an unknown tensor_type, a tokenizer
+      llama.cpp's vocabulary cannot describe, or a config / tokenization that reads back differently (the file is
+      then removed).
+  """
+  if tensor_type not in TENSOR_TYPES:
+    raise ValueError(f"tensor_type {tensor_type!r}: expected one of {sorted(TENSOR_TYPES)}")
+  config = config or model.config
+  arch = _ARCHITECTURES.get(config.family)
+  if arch is None:
+    raise ValueError(f"family {config.family!r}: GGUF export writes {sorted(_ARCHITECTURES)} models (the "
+                     "architectures from_pretrained reads back as llama.cpp runs them)")
+  if getattr(model, "lora", None) is not None:
+    model = model.merged()
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nnx.to_pure_dict(nnx.state(model)))
+  tensors = params_to_hf(config, params)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  vocabulary = tokenizer_metadata(tokenizer, config.vocab_size)
+  start = time.time()
+  write_gguf(path, arch, config, tensors, vocabulary, tensor_type, name or path.stem)
+  try:
+    _check_read_back(path, config, tokenizer)
+  except ValueError:
+    path.unlink()
+    raise
+  print(f"[gguf] wrote {path} ({arch}, {tensor_type}, {path.stat().st_size / 2**20:.1f} MiB, "
+        f"{time.time() - start:.1f}s); it reads back as the same model and tokenizer", flush=True)
+  return str(path)
+
+
+def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray],
+               vocabulary: dict[str, Any], tensor_type: str, name: str) -> None:
+  """Writes the file: metadata of `config` in llama.cpp's keys for `arch`, the `vocabulary` keys
+  (`tokenizer_metadata`), and `tensors` (transformers names and layout, float32) in llama.cpp's names and layout."""
+  qtype, file_type = TENSOR_TYPES[tensor_type]
+  writer = gguf.GGUFWriter(os.fspath(path), arch)
+  writer.add_name(name)
+  writer.add_file_type(file_type)
+  writer.add_block_count(config.num_layers)
+  writer.add_context_length(config.max_position_embeddings)
+  writer.add_embedding_length(config.embed_dim)
+  writer.add_feed_forward_length(config.mlp_dim)
+  writer.add_head_count(config.num_heads)
+  writer.add_head_count_kv(config.num_kv_heads)
+  writer.add_key_length(config.head_dim)
+  writer.add_value_length(config.head_dim)
+  writer.add_rope_dimension_count(config.head_dim)
+  writer.add_layer_norm_rms_eps(config.norm_eps)
+  writer.add_vocab_size(config.vocab_size)
+  writer.add_rope_freq_base(config.rope_theta)
+  scaling = config.rope_scaling
+  rope_freqs = None
+  if scaling is not None and scaling.rope_type == "linear":
+    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    writer.add_rope_scaling_factor(scaling.factor)
+  elif scaling is not None and scaling.rope_type == "llama3":
+    # llama.cpp keeps llama3 scaling as one divisor per frequency (what read_gguf turns back into the scaling).
+    rope_freqs = gguf_io.llama3_rope_factors(config.head_dim, config.rope_theta, dataclasses.asdict(scaling))
+  if arch in ("gemma2", "gemma3"):
+    if config.sliding_window is not None:
+      writer.add_sliding_window(config.sliding_window)
+    if config.sliding_layers is not None:
+      writer.add_sliding_window_pattern(list(config.sliding_layers))
+    if config.attn_logit_softcap is not None:
+      writer.add_attn_logit_softcapping(config.attn_logit_softcap)
+    if config.final_logit_softcap is not None:
+      writer.add_final_logit_softcapping(config.final_logit_softcap)
+    if config.local_rope_theta is not None:
+      writer.add_rope_freq_base_swa(config.local_rope_theta)
+  for key, value in vocabulary.items():
+    _add_value(writer, key, value)
+
+  names = {hf: gg for gg, hf in gguf_io._hf_names(config.num_layers, arch).items()}
+  for hf_name, array in tensors.items():
+    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
+      continue
+    array = np.asarray(array, np.float32)
+    if arch in ("gemma2", "gemma3") and hf_name.endswith("norm.weight"):
+      array = array + np.float32(1.0)  # GGML scales by the weight, Gemma by 1 + w
+    if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+      heads = config.num_heads if hf_name.endswith("q_proj.weight") else config.num_kv_heads
+      array = permute_qk(array, heads)
+    _add_tensor(writer, names[hf_name], array, qtype)
+  if rope_freqs is not None:
+    writer.add_tensor(gguf_io.ROPE_FREQS, np.asarray(rope_freqs, np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:
+  """llama.cpp's converter's q/k row permutation (each head's rotate-half rows -> GGML's interleaved pairs); the
+  inverse of `gguf.reverse_permute_qk`."""
+  out_dim = weight_OxI.shape[0]
+  return (weight_OxI.reshape(num_heads, 2, out_dim // num_heads // 2, *weight_OxI.shape[1:])
+          .swapaxes(1, 2).reshape(weight_OxI.shape))
+
+
+def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> None:
+  """One tensor: vectors in F32 (as the converter keeps them); matrices in `qtype`, Q8_0 only for rows of whole
+  32-value blocks (else F16)."""
+  if array.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
+    writer.add_tensor(name, np.ascontiguousarray(array, np.float32))
+  elif qtype == gguf.GGMLQuantizationType.F16 or (qtype == gguf.GGMLQuantizationType.Q8_0 and array.shape[-1] % 32):
+    writer.add_tensor(name, np.ascontiguousarray(array, np.float16))
+  else:
+    writer.add_tensor(name, gguf.quantize(np.ascontiguousarray(array), qtype), raw_dtype=qtype)
+
+
+def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+  if isinstance(value, bool):
+    writer.add_bool(key, value)
+  elif isinstance(value, int):
+    writer.add_uint32(key, value)
+  elif isinstance(value, str):
+    writer.add_string(key, value)
+  else:
+    writer.add_array(key, list(value))
+
+
+# ------------------------------------------------------------------------------------------------ the tokenizer
+def tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
+  """llama.cpp's `tokenizer.*` keys for `tokenizer` (a byte-level BPE `Tokenizer`) in a model of `vocab_size`
+  token ids.
+
+  Raises:
+    ValueError: a tokenizer that is not byte-level BPE (or has BPE options llama.cpp lacks), a pre-tokenizer
+      llama.cpp has no name for here, more tokens than the model embeds, or a special token of no id.
+  """
+  backend = getattr(tokenizer, "backend", None)
+  if backend is None:
+    raise ValueError("tokenizer: a GGUF holds a real vocabulary (tokenizer.json or a GGUF's); this one has none "
+                     "(the synthetic world's?)")
+  spec = json.loads(backend.to_str())
+  model = spec.get("model") or {}
+  if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+    raise ValueError(f"tokenizer: model {model.get('type')!r} with decoder "
+                     f"{(spec.get('decoder') or {}).get('type')!r}; GGUF export writes byte-level BPE vocabularies "
+                     "(llama.cpp's 'gpt2' tokenizer model)")
+  for option, default in (("byte_fallback", False), ("dropout", None), ("continuing_subword_prefix", None),
+                          ("end_of_word_suffix", None)):
+    if model.get(option) not in (default, ""):
+      raise ValueError(f"tokenizer: BPE option {option}={model.get(option)!r}, which llama.cpp's BPE has no "
+                       f"setting for (expected {default!r})")
+  normalizer = spec.get("normalizer")
+  if normalizer is not None and normalizer.get("type") != "NFC":
+    raise ValueError(f"tokenizer: normalizer {normalizer.get('type')!r}; llama.cpp's byte-level BPE normalizes "
+                     "nothing")
+  if normalizer is not None:
+    print("[gguf] note: the tokenizer's NFC normalization is not written (llama.cpp's BPE has none, as its own "
+          "converter leaves it out): text not in NFC form may tokenize differently from the source", flush=True)
+  pre = pre_tokenizer_name(spec.get("pre_tokenizer"), bool(model.get("ignore_merges")))
+  ids = dict(model.get("vocab") or {})
+  special = {}
+  for added in spec.get("added_tokens") or []:
+    ids[added["content"]] = added["id"]
+    special[added["id"]] = bool(added.get("special"))
+  if len(ids) > vocab_size or max(ids.values(), default=-1) >= vocab_size:
+    raise ValueError(f"tokenizer: {len(ids)} tokens (largest id {max(ids.values())}) do not fit the model's "
+                     f"vocab_size {vocab_size}")
+  tokens, types = [f"[PAD{i}]" for i in range(vocab_size)], [int(gguf.TokenType.UNUSED)] * vocab_size
+  for token, i in ids.items():
+    tokens[i] = token
+    types[i] = int(gguf.TokenType.NORMAL if i not in special else
+                   gguf.TokenType.CONTROL if special[i] else gguf.TokenType.USER_DEFINED)
+  merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+  if not merges:  # llama.cpp needs the key, and GGUF has no empty arrays
+    raise ValueError("tokenizer: a BPE vocabulary without merges; a GGUF's 'gpt2' tokenizer needs at least one")
+  meta: dict[str, Any] = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+                          "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+                          "tokenizer.ggml.merges": merges}
+  specials = tokenizer.special_tokens
+  for key, token in (("bos_token_id", specials["bos_token"]), ("eos_token_id", specials["eos_token"]),
+                     ("padding_token_id", specials["pad_token"]), ("unknown_token_id", specials["unk_token"])):
+    if token is not None:
+      meta[f"tokenizer.ggml.{key}"] = backend.token_to_id(token)
+  # Whether encoding adds BOS / EOS, from what the post-processor does (a template, Llama 3's, or none).
+  plain, wrapped = tokenizer.encode("a"), tokenizer.encode("a", add_special_tokens=True)
+  meta["tokenizer.ggml.add_bos_token"] = tokenizer.bos_id is not None and wrapped[:1] == [tokenizer.bos_id] \
+      and wrapped[:1] != plain[:1]
+  meta["tokenizer.ggml.add_eos_token"] = wrapped[-1:] == [tokenizer.eos_id] and wrapped[-1:] != plain[-1:]
+  if len(wrapped) - len(plain) != meta["tokenizer.ggml.add_bos_token"] + meta["tokenizer.ggml.add_eos_token"]:
+    raise ValueError(f"tokenizer: encoding adds {wrapped} around {plain} for 'a'; a GGUF can only say 'add BOS' "
+                     "and 'add EOS'")
+  if tokenizer.chat_template is not None:
+    meta["tokenizer.chat_template"] = tokenizer.chat_template
+  return meta
+
+
+def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool) -> str:
+  """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer (and BPE `ignore_merges`): "llama-bpe"
+  (Llama 3's split, whole-word lookup), "smaug-bpe" (the same split, merges only), "qwen2", "smollm" (digits apart,
+  then GPT-2's split) or "gpt2". ValueError for any other (llama.cpp knows more, by hashes of their outputs; guessing
+  one would tokenize subtly differently)."""
+  def byte_level(p: Any, use_regex: bool) -> bool:
+    return (isinstance(p, dict) and p.get("type") == "ByteLevel" and not p.get("add_prefix_space")
+            and bool(p.get("use_regex", True)) == use_regex)
+
+  parts = (pre_tokenizer or {}).get("pretokenizers") if (pre_tokenizer or {}).get("type") == "Sequence" else None
+  name = None
+  if byte_level(pre_tokenizer, True):
+    name = "gpt2"
+  elif parts and len(parts) == 2 and byte_level(parts[1], False) and parts[0].get("type") == "Split" \
+      and str(parts[0].get("behavior", "")).lower() == "isolated" and not parts[0].get("invert"):
+    regex = (parts[0].get("pattern") or {}).get("Regex")
+    if regex == tokenizer_lib.PRE_TOKENIZER_SPLITS["llama3"]:
+      name = "llama-bpe" if ignore_merges else "smaug-bpe"
+    elif regex == tokenizer_lib.PRE_TOKENIZER_SPLITS["qwen2"]:
+      name = "qwen2"
+  elif parts and len(parts) == 2 and byte_level(parts[1], True) and parts[0].get("type") == "Digits" \
+      and parts[0].get("individual_digits"):
+    name = "smollm"
+  if name is None:
+    raise ValueError(f"tokenizer: pre-tokenizer {json.dumps(pre_tokenizer)[:300]} has no llama.cpp name here "
+                     "(supported: GPT-2's byte-level split, Llama 3's and Qwen2's split regexes, SmolLM's digits)")
+  if ignore_merges and name != "llama-bpe":
+    raise ValueError(f"tokenizer: BPE ignore_merges with the {name!r} pre-tokenizer, which llama.cpp applies to "
+                     "Llama 3's split only")
+  return name
+
+
+# ---------------------------------------------------------------------------------------------- the read-back
+def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any) -> None:
+  """ValueError naming what reads back otherwise from `path` than `config` and `tokenizer` give."""
+  hf_config, _ = gguf_io.read_gguf(path)
+  back = ModelConfig.from_hf(hf_config)
+  differences = [f"{f.name}: {getattr(config, f.name)!r} -> {getattr(back, f.name)!r}"
+                 for f in dataclasses.fields(ModelConfig)
+                 if f.name not in _UNCOMPARED and f.name != "rope_scaling"
+                 and not _same(getattr(config, f.name), getattr(back, f.name))]
+  # RoPE scaling by its effect: llama3 parameters come back as equivalent ones (gguf.llama3_scaling_of).
+  if config.position == "rope" and back.position == "rope" and not np.allclose(
+      rope_inv_freq(config), rope_inv_freq(back), rtol=1e-6, atol=0):
+    differences.append(f"rope_scaling: {config.rope_scaling!r} -> {back.rope_scaling!r} (other frequencies)")
+  if differences:
+    raise ValueError(f"{path}: the GGUF would describe another model than this one ({'; '.join(differences)}); "
+                     "llama.cpp's metadata cannot say it, so nothing was written")
+  read = tokenizer_lib.tokenizer_from_gguf(path)
+  specials = [t for t in tokenizer.special_tokens.values() if t is not None]
+  probes = [unicodedata.normalize("NFC", p) for p in _PROBES] + [" ".join(specials) + " x"]
+  if tokenizer.chat_template is not None:
+    probes.append(tokenizer.apply_chat_template([{"role": "user", "content": _PROBES[0]}],
+                                                add_generation_prompt=True))
+  for text in probes:
+    for add in (False, True):
+      if read.encode(text, add_special_tokens=add) != tokenizer.encode(text, add_special_tokens=add):
+        raise ValueError(f"{path}: the GGUF's tokenizer encodes {text[:60]!r} (add_special_tokens={add}) "
+                         "otherwise than this tokenizer; llama.cpp's vocabulary cannot describe it, so nothing was "
+                         "written")
+  if read.chat_template != tokenizer.chat_template:
+    raise ValueError(f"{path}: the chat template did not survive the round trip")
+
+
+def _same(a: Any, b: Any) -> bool:
+  """Equal, floats to float32 precision (GGUF stores them so), dataclasses field by field."""
+  if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+    return type(a) is type(b) and all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+  if isinstance(a, float) or isinstance(b, float):
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6)
+  return a == b
