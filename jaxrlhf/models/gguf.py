@@ -98,20 +98,10 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
       unexpected or misshapen tensor, or a missing metadata field; the message names the file and the field
       or tensor.
   """
-  header = read_header(path)
-  metadata, gguf_tensors = header.metadata, header.tensors
-  hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
-  _check_layer_count(path, hf_config["num_hidden_layers"], len(gguf_tensors))
-  arch = metadata["general.architecture"]
+  header, hf_config = _header_and_config(path)
+  gguf_tensors, arch = header.tensors, header.metadata["general.architecture"]
   expected_shapes = _expected_shapes(hf_config, arch)
   name_map = _hf_names(hf_config["num_hidden_layers"], arch)
-
-  unexpected = sorted(set(gguf_tensors) - set(name_map) - {ROPE_FREQS})
-  if ROPE_FREQS in gguf_tensors:
-    _read_rope_freqs(path, hf_config, gguf_tensors[ROPE_FREQS], arch)
-  if unexpected:
-    raise ValueError(f"unexpected GGUF tensors for a {arch} model: {unexpected}")
-
   tensors = {}
   for gguf_name, hf_name in name_map.items():
     if gguf_name not in gguf_tensors:
@@ -243,6 +233,29 @@ def _read_rope_freqs(path: str | os.PathLike, hf_config: dict[str, Any], info: A
                          f"not supported (first values {np.round(factors[:4], 4).tolist()})")
   if scaling:
     hf_config["rope_scaling"] = scaling
+
+
+@errors.reads_file("GGUF file")
+def read_gguf_config(path: str | os.PathLike) -> dict[str, Any]:
+  """`read_gguf`'s transformers config dict alone (the header and, for llama3 scaling, the small rope_freqs tensor
+  are read; no weights)."""
+  return _header_and_config(path)[1]
+
+
+def _header_and_config(path: str | os.PathLike) -> tuple[Header, dict[str, Any]]:
+  """The header and the transformers config it describes; ValueError for tensors the architecture has no place
+  for."""
+  header = read_header(path)
+  metadata, gguf_tensors = header.metadata, header.tensors
+  hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
+  _check_layer_count(path, hf_config["num_hidden_layers"], len(gguf_tensors))
+  arch = metadata["general.architecture"]
+  unexpected = sorted(set(gguf_tensors) - set(_hf_names(hf_config["num_hidden_layers"], arch)) - {ROPE_FREQS})
+  if ROPE_FREQS in gguf_tensors:
+    _read_rope_freqs(path, hf_config, gguf_tensors[ROPE_FREQS], arch)
+  if unexpected:
+    raise ValueError(f"unexpected GGUF tensors for a {arch} model: {unexpected}")
+  return header, hf_config
 
 
 def reverse_permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:

@@ -301,8 +301,7 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool
 # ---------------------------------------------------------------------------------------------- the read-back
 def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any) -> None:
   """ValueError naming what reads back otherwise from `path` than `config` and `tokenizer` give."""
-  hf_config, _ = gguf_io.read_gguf(path)
-  back = ModelConfig.from_hf(hf_config)
+  back = ModelConfig.from_hf(gguf_io.read_gguf_config(path))
   differences = [f"{f.name}: {getattr(config, f.name)!r} -> {getattr(back, f.name)!r}"
                  for f in dataclasses.fields(ModelConfig)
                  if f.name not in _UNCOMPARED and f.name != "rope_scaling"
