@@ -1,10 +1,10 @@
 """GGUF import: a llama.cpp checkpoint as a transformers-style config and state dict.
 
 `read_gguf` turns a `.gguf` file into `(hf_config, tensors)` in the naming and layout of a transformers checkpoint
-(`LlamaForCausalLM`, `Qwen3ForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`), so the one HF loading path
+(`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`), so the one HF loading path
 (`jaxrlhf.models.hf`) builds the model. Tensors are dequantized to float32 with the `gguf` package, and what
 llama.cpp's converter (convert_hf_to_gguf.py) changed is undone: the q/k row permutation of "llama" files (so that
-GGML's interleaved RoPE matches HF's rotate-half RoPE; Qwen3 and Gemma use rotate-half RoPE in GGML too, so their
+GGML's interleaved RoPE matches HF's rotate-half RoPE; Qwen2 / 3 and Gemma use rotate-half RoPE in GGML too, so their
 rows are stored as is), the +1 added to every Gemma RMSNorm weight (GGML scales by the weight, Gemma by 1 + w),
 and llama3 RoPE scaling (Llama 3.1 / 3.2), which the converter stores as per-frequency divisors in
 `rope_freqs.weight` and which is read back as transformers' `rope_scaling` (`llama3_scaling_of`).
@@ -44,9 +44,10 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.Q5_K,
     gguf.GGMLQuantizationType.Q6_K,
 })
-SUPPORTED_ARCHITECTURES = ("llama", "qwen3", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
 _GEMMA = ("gemma2", "gemma3")
-_HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+_HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+               "qwen3": ("qwen3", "Qwen3ForCausalLM"),
                "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 
 # GGUF tensor name -> transformers name. `{i}` is the layer index.
@@ -66,6 +67,12 @@ _LAYER_TENSORS = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Qwen2's q/k/v projection biases.
+_QKV_BIAS_TENSORS = {
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+}
 _QK_NORM_TENSORS = {
     "attn_q_norm.weight": "self_attn.q_norm.weight",
     "attn_k_norm.weight": "self_attn.k_norm.weight",
@@ -80,7 +87,7 @@ _GEMMA_NORM_TENSORS = {
 
 @errors.reads_file("GGUF file")
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Reads a GGUF file of architecture llama, qwen3, gemma2 or gemma3.
+  """Reads a GGUF file of architecture llama, qwen2, qwen3, gemma2 or gemma3.
 
   Args:
     path: a `.gguf` file.
@@ -346,6 +353,9 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
   if arch == "qwen3":
     del config["mlp_bias"]
     config["use_sliding_window"] = False
+  elif arch == "qwen2":  # q/k/v biases always (Qwen2Config has no switch), no window (llama.cpp has none)
+    del config["mlp_bias"], config["attention_bias"]
+    config["use_sliding_window"] = False
   elif arch in _GEMMA:
     _gemma_config(config, metadata, arch)
   _check_attention_scale(config, metadata, arch)
@@ -466,6 +476,8 @@ def _layer_tensors(arch: str) -> dict[str, str]:
     names.update(_GEMMA_NORM_TENSORS)
   if arch in ("qwen3", "gemma3"):
     names.update(_QK_NORM_TENSORS)
+  if arch == "qwen2":
+    names.update(_QKV_BIAS_TENSORS)
   return names
 
 
@@ -500,6 +512,9 @@ def _expected_shapes(config: dict[str, Any], arch: str = "llama") -> dict[str, t
       "mlp.down_proj.weight": (d, f),
       "self_attn.q_norm.weight": (config["head_dim"],),
       "self_attn.k_norm.weight": (config["head_dim"],),
+      "self_attn.q_proj.bias": (q_dim,),
+      "self_attn.k_proj.bias": (kv_dim,),
+      "self_attn.v_proj.bias": (kv_dim,),
   }
   layer_shapes.update({hf_suffix: (d,) for hf_suffix in _GEMMA_NORM_TENSORS.values()})
   layer_shapes = {suffix: layer_shapes[suffix] for suffix in _layer_tensors(arch).values()}

@@ -2,7 +2,7 @@
 write, for llama.cpp, ollama, LM Studio or transformers' GGUF loader to run, and for `from_pretrained` to read back.
 
 `save_gguf` writes what `jaxrlhf.models.gguf.read_gguf` reads, inverted: the families llama (Llama 2 / 3.x, SmolLM2),
-qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files (GGML's interleaved
+qwen2 (Qwen2 / 2.5), qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files (GGML's interleaved
 RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and RoPE factors in F32
 and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that are not whole
 32-value blocks, as the converter does). The tokenizer (a byte-level BPE one) goes in as llama.cpp's vocabulary:
@@ -46,7 +46,7 @@ TENSOR_TYPES = {
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 # ModelConfig.family -> GGUF general.architecture.
-_ARCHITECTURES = {"llama": "llama", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3"}
 # Fields that do not shape the computation a file describes (numerics, layout and bookkeeping chosen at load time),
 # and the token ids, which the tokenizer's metadata carries (a GGUF has one end-of-sequence id).
 _UNCOMPARED = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention", "initializer_range",
@@ -76,7 +76,7 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
     `path` as a string.
 
   Raises:
-    ValueError: naming what a GGUF cannot hold: another family (qwen2, gpt2), an unknown tensor_type, a tokenizer
+    ValueError: naming what a GGUF cannot hold: another family (gpt2), an unknown tensor_type, a tokenizer
       llama.cpp's vocabulary cannot describe, or a config / tokenization that reads back differently (the file is
       then removed).
   """

@@ -365,13 +365,14 @@ def test_bidirectional_gemma3_is_rejected():
 
 # ----------------------------------------------------------------------------------------------------- GGUF
 # llama.cpp's GGUF cannot say query_pre_attn_scalar (it assumes head_dim below 27B), so the GGUF cases use it.
-GGUF_CASES = {"qwen3": ("qwen3_untied", {}), "gemma2": ("gemma2", dict(query_pre_attn_scalar=16)),
+GGUF_CASES = {"qwen2": ("qwen2_bias", {}), "qwen3": ("qwen3_untied", {}),
+              "gemma2": ("gemma2", dict(query_pre_attn_scalar=16)),
               "gemma3": ("gemma3_untied", dict(query_pre_attn_scalar=16))}
 
 
 def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
   """A GGUF as llama.cpp's convert_hf_to_gguf.py writes `hf_model`: gguf-py's own tensor-name map, Gemma norm
-  weights stored as 1 + w, q/k rows permuted for llama (Qwen3 and Gemma use GGML's rotate-half RoPE), F32 tensors,
+  weights stored as 1 + w, q/k rows permuted for llama (Qwen2 / 3 and Gemma use GGML's rotate-half RoPE), F32 tensors,
   and `rope_freqs` (llama3 RoPE scaling's per-frequency divisors) as `rope_freqs.weight` where given."""
   hf = hf_model.config
   writer = gguf.GGUFWriter(str(path), arch)
@@ -381,8 +382,9 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
   writer.add_feed_forward_length(hf.intermediate_size)
   writer.add_head_count(hf.num_attention_heads)
   writer.add_head_count_kv(hf.num_key_value_heads)
-  writer.add_key_length(hf.head_dim)
-  writer.add_value_length(hf.head_dim)
+  if getattr(hf, "head_dim", None) is not None:  # the converter writes key / value lengths only from a head_dim
+    writer.add_key_length(hf.head_dim)
+    writer.add_value_length(hf.head_dim)
   writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
   writer.add_vocab_size(hf.vocab_size)
   rope = hf.rope_parameters.get("full_attention", hf.rope_parameters)
@@ -411,7 +413,7 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
     if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):  # GGML's interleaved RoPE rows
       heads = hf.num_attention_heads if name.endswith("q_proj.weight") else hf.num_key_value_heads
       array = array.reshape(heads, 2, array.shape[0] // heads // 2, -1).swapaxes(1, 2).reshape(array.shape)
-    writer.add_tensor(names.get_name(name, try_suffixes=(".weight",)), array)
+    writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), array)
   if rope_freqs is not None:
     writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
   writer.write_header_to_file()

@@ -28,7 +28,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # The cases GGUF can say: llama.cpp assumes Gemma's attention scale is the head size (test_families_parity.py).
 # Gemma 3's local layers get a RoPE base other than llama.cpp's default 10000, so the file must say it.
-CASES = {"llama_gqa_tied": {}, "llama3_untied_scaled": {}, "qwen3_untied": {},
+CASES = {"llama_gqa_tied": {}, "llama3_untied_scaled": {}, "qwen2_bias": {}, "qwen3_untied": {},
          "gemma2": dict(query_pre_attn_scalar=16),
          "gemma3_untied": dict(query_pre_attn_scalar=16, rope_parameters=dict(
              full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1e5),
@@ -66,14 +66,15 @@ def exported(request, tmp_path_factory):
 
 
 @pytest.mark.parity
-def test_transformers_gguf_loader_runs_the_llama_export(tmp_path):
+@pytest.mark.parametrize("case", ["llama_gqa_tied", "qwen2_bias"])
+def test_transformers_gguf_loader_runs_the_llama_and_qwen2_exports(tmp_path, case):
   """Independent of our reader: transformers dequantizes, un-permutes and configures the file itself. Its GGUF config
   mapping reads no RoPE scaling, soft-caps, attention scale, per-layer windows or Qwen3 head size (llama.cpp does),
-  so it is the reference for plain Llama files (and SmolLM2 below); the other families are checked against the
-  converter's layout and, through our reader, against the transformers checkpoint."""
+  so it is the reference for plain Llama and Qwen2 files (and SmolLM2 below); the other families are checked against
+  the converter's layout and, through our reader, against the transformers checkpoint."""
   import torch
   import transformers
-  hf_model = make_hf_model("llama_gqa_tied", vocab_size=VOCAB)
+  hf_model = make_hf_model(case, vocab_size=VOCAB)
   hf_model.save_pretrained(tmp_path / "hf")
   model, _ = from_pretrained(tmp_path / "hf")
   save_gguf(model, tmp_path / "gguf" / "model.gguf", bpe_tokenizer(), tensor_type="f32")
@@ -237,10 +238,12 @@ def test_other_families_tokenizers_and_types_are_refused(tmp_path):
                                head_dim=16, mlp_dim=32), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"tensor_type 'q4_k': expected one of \['bf16', 'f16', 'f32', 'q8_0'\]"):
     save_gguf(model, tmp_path / "m.gguf", bpe_tokenizer(), tensor_type="q4_k")
-  qwen2 = CausalLM(ModelConfig(family="qwen2", qkv_bias=True, vocab_size=VOCAB, embed_dim=32, num_layers=1,
-                               num_heads=2, num_kv_heads=2, head_dim=16, mlp_dim=32), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match=r"family 'qwen2': GGUF export writes \['gemma2', 'gemma3', 'llama', 'qwen3'\]"):
-    save_gguf(qwen2, tmp_path / "m.gguf", bpe_tokenizer())
+  gpt2 = CausalLM(ModelConfig(family="gpt2", norm="layernorm", activation="gelu_tanh", gated_mlp=False,
+                              position="learned", vocab_size=VOCAB, embed_dim=32, num_layers=1, num_heads=2,
+                              num_kv_heads=2, head_dim=16, mlp_dim=32), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"family 'gpt2': GGUF export writes \['gemma2', 'gemma3', 'llama', 'qwen2', "
+                                       r"'qwen3'\]"):
+    save_gguf(gpt2, tmp_path / "m.gguf", bpe_tokenizer())
   with pytest.raises(ValueError, match=r"tokenizer: 260 tokens \(largest id 259\) do not fit the model's vocab_size 200"):
     tokenizer_metadata(bpe_tokenizer(), 200)
   byte_chars = _bytes_to_unicode()
