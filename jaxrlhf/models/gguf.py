@@ -28,9 +28,9 @@ from jaxrlhf.models import errors
 from jaxrlhf.models.errors import ModelFileError
 
 # Quantization types we dequantize (with `gguf`), each checked against hand-decoded blocks in the tests: the float
-# types, the legacy 32-value blocks, and the K-quants that Q4_K_M / Q5_K_M / Q6_K files are made of. Others (Q2_K,
-# Q3_K, IQ*) would also dequantize with `gguf`, but they are unchecked here, so a file using them fails loudly
-# instead of silently trusting an unchecked path.
+# types, the legacy 32-value blocks, and the K-quants (Q2_K ... Q6_K, what the *_K_S / *_K_M / *_K_L files are made
+# of). Others (IQ*, TQ*) would also dequantize with `gguf`, but they are unchecked here, so a file using them fails
+# loudly instead of silently trusting an unchecked path.
 SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.F32,
     gguf.GGMLQuantizationType.F16,
@@ -40,6 +40,8 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.Q4_1,
     gguf.GGMLQuantizationType.Q5_0,
     gguf.GGMLQuantizationType.Q5_1,
+    gguf.GGMLQuantizationType.Q2_K,
+    gguf.GGMLQuantizationType.Q3_K,
     gguf.GGMLQuantizationType.Q4_K,
     gguf.GGMLQuantizationType.Q5_K,
     gguf.GGMLQuantizationType.Q6_K,

@@ -127,7 +127,10 @@ def check_reward_tokenizer(rm_dir: str, tokenizer: Any, key: str) -> str:
   the stage's ids reach past the model's embedding table (an id past its end names no row of it; the lookup would
   not fail, it would read a wrong value). A different chat template only gets a printed note (the scores are then of
   text rendered otherwise than in training, which may be meant). A folder without a tokenizer (world-trained, older)
-  is checked by its embedding size alone. Returns `rm_dir`."""
+  is checked by its embedding size alone; a None tokenizer (a caller with token ids of its own) is not checked.
+  Returns `rm_dir`."""
+  if tokenizer is None:
+    return rm_dir
   size = reward_vocab_size(rm_dir)
   if size is not None and tokenizer.vocab_size > size:
     raise ConfigError(f"{key}: the reward model {rm_dir} embeds {size} token ids but this stage's tokenizer has "

@@ -532,8 +532,45 @@ def _q5_block(b, with_min):
   return y
 
 
+def _q2_k_block(b):
+  scales, qs = [int(x) for x in b[0:16]], [int(x) for x in b[16:80]]
+  d, dmin = _half(b[80:82]), _half(b[82:84])
+  y, i = [], 0
+  for n in range(2):
+    q = qs[32 * n:32 * n + 32]
+    for j in range(4):
+      for half in (q[:16], q[16:]):
+        sc = scales[i]
+        i += 1
+        y += [d * (sc & 0xF) * ((x >> (2 * j)) & 3) - dmin * (sc >> 4) for x in half]
+  return y
+
+
+def _q3_k_block(b):
+  hmask, qs, packed, d = [int(x) for x in b[0:32]], [int(x) for x in b[32:96]], bytes(b[96:108]), _half(b[108:110])
+  # ggml unpacks 16 6-bit scales from 12 bytes through four little-endian uint32 words (kmask1 = 0x03030303,
+  # kmask2 = 0x0f0f0f0f), then reads them as int8 minus 32.
+  aux = [int.from_bytes(packed[4 * k:4 * k + 4], "little") for k in range(3)]
+  tmp, k1, k2 = aux[2], 0x03030303, 0x0F0F0F0F
+  words = [(aux[0] & k2) | (((tmp >> 0) & k1) << 4), (aux[1] & k2) | (((tmp >> 2) & k1) << 4),
+           ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4), ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4)]
+  scales = [int(v) for v in np.frombuffer(b"".join(w.to_bytes(4, "little") for w in words), np.int8)]
+  y, i, m = [], 0, 1
+  for n in range(2):
+    q = qs[32 * n:32 * n + 32]
+    for j in range(4):
+      for offset in (0, 16):
+        dl = d * (scales[i] - 32)
+        i += 1
+        y += [dl * (((q[offset + l] >> (2 * j)) & 3) - (0 if hmask[offset + l] & m else 4)) for l in range(16)]
+      m <<= 1
+  return y
+
+
 # qtype -> (block bytes, values per block, byte ranges of f16 scales, hand decoder)
 _HAND_DECODED = {
+    gguf.GGMLQuantizationType.Q2_K: (84, 256, ((80, 82), (82, 84)), _q2_k_block),
+    gguf.GGMLQuantizationType.Q3_K: (110, 256, ((108, 110),), _q3_k_block),
     gguf.GGMLQuantizationType.Q4_K: (144, 256, ((0, 2), (2, 4)), _q4_k_block),
     gguf.GGMLQuantizationType.Q5_K: (176, 256, ((0, 2), (2, 4)), _q5_k_block),
     gguf.GGMLQuantizationType.Q6_K: (210, 256, ((208, 210),), _q6_k_block),
