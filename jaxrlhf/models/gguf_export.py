@@ -112,20 +112,16 @@ def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig, tensors:
   (`tokenizer_metadata`), and `tensors` (transformers names and layout, float32) in llama.cpp's names and layout."""
   qtype, file_type = TENSOR_TYPES[tensor_type]
   writer = gguf.GGUFWriter(os.fspath(path), arch)
-  writer.add_name(name)
-  writer.add_file_type(file_type)
-  writer.add_block_count(config.num_layers)
-  writer.add_context_length(config.max_position_embeddings)
-  writer.add_embedding_length(config.embed_dim)
-  writer.add_feed_forward_length(config.mlp_dim)
-  writer.add_head_count(config.num_heads)
-  writer.add_head_count_kv(config.num_kv_heads)
-  writer.add_key_length(config.head_dim)
-  writer.add_value_length(config.head_dim)
-  writer.add_rope_dimension_count(config.head_dim)
-  writer.add_layer_norm_rms_eps(config.norm_eps)
-  writer.add_vocab_size(config.vocab_size)
-  writer.add_rope_freq_base(config.rope_theta)
+  for add, value in ((writer.add_name, name), (writer.add_file_type, file_type),
+                     (writer.add_block_count, config.num_layers),
+                     (writer.add_context_length, config.max_position_embeddings),
+                     (writer.add_embedding_length, config.embed_dim), (writer.add_feed_forward_length, config.mlp_dim),
+                     (writer.add_head_count, config.num_heads), (writer.add_head_count_kv, config.num_kv_heads),
+                     (writer.add_key_length, config.head_dim), (writer.add_value_length, config.head_dim),
+                     (writer.add_rope_dimension_count, config.head_dim),
+                     (writer.add_layer_norm_rms_eps, config.norm_eps), (writer.add_vocab_size, config.vocab_size),
+                     (writer.add_rope_freq_base, config.rope_theta)):
+    add(value)
   scaling = config.rope_scaling
   rope_freqs = None
   if scaling is not None and scaling.rope_type == "linear":
