@@ -98,8 +98,8 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
   write_gguf(path, arch, config, tensors, vocabulary, tensor_type, name or path.stem)
   try:
     _check_read_back(path, config, tokenizer)
-  except ValueError:
-    path.unlink()
+  except BaseException:  # a refusal, or anything else that stops the check: no unchecked file is left behind
+    path.unlink(missing_ok=True)
     raise
   print(f"[gguf] wrote {path} ({arch}, {tensor_type}, {path.stat().st_size / 2**20:.1f} MiB, "
         f"{time.time() - start:.1f}s); it reads back as the same model and tokenizer", flush=True)
