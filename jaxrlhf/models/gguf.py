@@ -28,9 +28,9 @@ from jaxrlhf.models import errors
 from jaxrlhf.models.errors import ModelFileError
 
 # Quantization types we dequantize (with `gguf`), each checked against hand-decoded blocks in the tests: the float
-# types, the legacy 32-value blocks, and the K-quants (Q2_K ... Q6_K, what the *_K_S / *_K_M / *_K_L files are made
-# of). Others (IQ*, TQ*) would also dequantize with `gguf`, but they are unchecked here, so a file using them fails
-# loudly instead of silently trusting an unchecked path.
+# types, the legacy 32-value blocks, the K-quants (Q2_K ... Q6_K, what the *_K_S / *_K_M / *_K_L files are made of)
+# and the 4-bit non-uniform IQ4_NL / IQ4_XS. Others (the 1- to 3-bit IQ*, TQ*) would also dequantize with `gguf`, but
+# they are unchecked here, so a file using them fails loudly instead of silently trusting an unchecked path.
 SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.F32,
     gguf.GGMLQuantizationType.F16,
@@ -45,6 +45,8 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.Q4_K,
     gguf.GGMLQuantizationType.Q5_K,
     gguf.GGMLQuantizationType.Q6_K,
+    gguf.GGMLQuantizationType.IQ4_NL,
+    gguf.GGMLQuantizationType.IQ4_XS,
 })
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
 _GEMMA = ("gemma2", "gemma3")

@@ -271,11 +271,11 @@ def test_unexpected_tensor_is_rejected(tmp_path):
 
 def test_unsupported_quantization_names_tensor_and_type(tmp_path):
   tensors = _tiny_llama_tensors(np.random.default_rng(6))
-  # IQ4_NL block: f16 d, 16 bytes of nibbles (indices into a fixed table) = 18 bytes per 32 values.
-  raw = np.random.default_rng(7).integers(0, 256, (F, 18)).astype(np.uint8)
+  # Q8_1 (llama.cpp's intermediate type, never stored in model files; 40 bytes per 32 values in gguf-py's table).
+  raw = np.random.default_rng(7).integers(0, 256, (F, 40)).astype(np.uint8)
   raw[:, :2] = _f16_bytes(np.full(F, 0.01))
-  tensors["blk.1.ffn_gate.weight"] = (raw, gguf.GGMLQuantizationType.IQ4_NL, None)
-  with pytest.raises(ValueError, match=r"'blk\.1\.ffn_gate\.weight'.*unsupported quantization type IQ4_NL"):
+  tensors["blk.1.ffn_gate.weight"] = (raw, gguf.GGMLQuantizationType.Q8_1, None)
+  with pytest.raises(ValueError, match=r"'blk\.1\.ffn_gate\.weight'.*unsupported quantization type Q8_1"):
     gguf_io.read_gguf(write_tiny_gguf(tmp_path / "t.gguf", tensors))
 
 
@@ -567,6 +567,26 @@ def _q3_k_block(b):
   return y
 
 
+# ggml's kvalues_iq4nl: the 16 non-uniform levels IQ4_NL / IQ4_XS nibbles index.
+_IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+
+
+def _iq4_nl_block(b):
+  d, qs = _half(b[0:2]), [int(x) for x in b[2:18]]
+  return [d * _IQ4_LEVELS[x & 0xF] for x in qs] + [d * _IQ4_LEVELS[x >> 4] for x in qs]
+
+
+def _iq4_xs_block(b):
+  d, scales_h = _half(b[0:2]), int.from_bytes(bytes(b[2:4]), "little")
+  scales_l, qs = [int(x) for x in b[4:8]], [int(x) for x in b[8:136]]
+  y = []
+  for ib in range(8):  # eight 32-value sub-blocks, each with a 6-bit scale (4 low bits + 2 high bits) minus 32
+    scale = ((scales_l[ib // 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4)
+    sub = qs[16 * ib:16 * ib + 16]
+    y += [d * (scale - 32) * _IQ4_LEVELS[x & 0xF] for x in sub] + [d * (scale - 32) * _IQ4_LEVELS[x >> 4] for x in sub]
+  return y
+
+
 # qtype -> (block bytes, values per block, byte ranges of f16 scales, hand decoder)
 _HAND_DECODED = {
     gguf.GGMLQuantizationType.Q2_K: (84, 256, ((80, 82), (82, 84)), _q2_k_block),
@@ -574,6 +594,8 @@ _HAND_DECODED = {
     gguf.GGMLQuantizationType.Q4_K: (144, 256, ((0, 2), (2, 4)), _q4_k_block),
     gguf.GGMLQuantizationType.Q5_K: (176, 256, ((0, 2), (2, 4)), _q5_k_block),
     gguf.GGMLQuantizationType.Q6_K: (210, 256, ((208, 210),), _q6_k_block),
+    gguf.GGMLQuantizationType.IQ4_NL: (18, 32, ((0, 2),), _iq4_nl_block),
+    gguf.GGMLQuantizationType.IQ4_XS: (136, 256, ((0, 2),), _iq4_xs_block),
     gguf.GGMLQuantizationType.Q5_0: (22, 32, ((0, 2),), lambda b: _q5_block(b, False)),
     gguf.GGMLQuantizationType.Q5_1: (24, 32, ((0, 2), (2, 4)), lambda b: _q5_block(b, True)),
 }
