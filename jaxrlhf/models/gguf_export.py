@@ -25,10 +25,9 @@ import os
 import pathlib
 import time
 import unicodedata
-from typing import Any
+from typing import Any, Callable
 
 import gguf
-import jax
 import numpy as np
 from flax import nnx
 
@@ -36,7 +35,7 @@ from jaxrlhf.models import gguf as gguf_io
 from jaxrlhf.models import tokenizer as tokenizer_lib
 from jaxrlhf.models.config import ModelConfig
 from jaxrlhf.models.decoder import rope_inv_freq
-from jaxrlhf.models.hf import params_to_hf
+from jaxrlhf.models.hf import lazy_params_to_hf
 
 # `tensor_type` name -> (GGML type of the matrices, llama.cpp's general.file_type).
 TENSOR_TYPES = {
@@ -89,8 +88,8 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
                      "architectures from_pretrained reads back as llama.cpp runs them)")
   if getattr(model, "lora", None) is not None:
     model = model.merged()
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), nnx.to_pure_dict(nnx.state(model)))
-  tensors = params_to_hf(config, params)
+  # Every variable, not only nnx.Param (a frozen model's weights are FrozenParams); tensors are fetched one by one.
+  tensors = lazy_params_to_hf(config, nnx.to_pure_dict(nnx.state(model)))
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   vocabulary = tokenizer_metadata(tokenizer, config.vocab_size)
@@ -106,10 +105,13 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
   return str(path)
 
 
-def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig, tensors: dict[str, np.ndarray],
-               vocabulary: dict[str, Any], tensor_type: str, name: str) -> None:
+def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig,
+               tensors: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]], vocabulary: dict[str, Any],
+               tensor_type: str, name: str) -> None:
   """Writes the file: metadata of `config` in llama.cpp's keys for `arch`, the `vocabulary` keys
-  (`tokenizer_metadata`), and `tensors` (transformers names and layout, float32) in llama.cpp's names and layout."""
+  (`tokenizer_metadata`), and `tensors` (`hf.lazy_params_to_hf`: transformers names, shapes and float32 fetches) in
+  llama.cpp's names and layout, streamed: the tensor table first, then each tensor fetched, converted and written
+  before the next."""
   qtype, file_type = TENSOR_TYPES[tensor_type]
   writer = gguf.GGUFWriter(os.fspath(path), arch)
   for add, value in ((writer.add_name, name), (writer.add_file_type, file_type),
@@ -145,22 +147,33 @@ def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig, tensors:
     _add_value(writer, key, value)
 
   names = {hf: gg for gg, hf in gguf_io._hf_names(config.num_layers, arch).items()}
-  for hf_name, array in tensors.items():
-    if hf_name == "lm_head.weight" and config.tie_word_embeddings:
-      continue
-    array = np.asarray(array, np.float32)
+  plan = [(names[hf_name], shape, _llama_cpp_layout(fetch, hf_name, arch, config))
+          for hf_name, shape, fetch in tensors if not (hf_name == "lm_head.weight" and config.tie_word_embeddings)]
+  if rope_freqs is not None:
+    plan.append((gguf_io.ROPE_FREQS, rope_freqs.shape, lambda: np.asarray(rope_freqs, np.float32)))
+  for gguf_name, shape, _ in plan:
+    stored = _storage_type(shape, qtype)
+    writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32),
+                           int(np.prod(gguf.quant_shape_to_byte_shape(shape, stored))), raw_dtype=stored)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_ti_data_to_file()
+  for _, shape, fetch in plan:
+    writer.write_tensor_data(_stored_bytes(fetch(), _storage_type(shape, qtype)))
+  writer.close()
+
+
+def _llama_cpp_layout(fetch: Callable[[], np.ndarray], hf_name: str, arch: str,
+                      config: ModelConfig) -> Callable[[], np.ndarray]:
+  """`fetch` with the converter's changes: Gemma norms stored as 1 + w, llama q/k rows permuted."""
+  def fetched() -> np.ndarray:
+    array = fetch()
     if arch in ("gemma2", "gemma3") and hf_name.endswith("norm.weight"):
       array = array + np.float32(1.0)  # GGML scales by the weight, Gemma by 1 + w
     if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
-      heads = config.num_heads if hf_name.endswith("q_proj.weight") else config.num_kv_heads
-      array = permute_qk(array, heads)
-    _add_tensor(writer, names[hf_name], array, qtype)
-  if rope_freqs is not None:
-    writer.add_tensor(gguf_io.ROPE_FREQS, np.asarray(rope_freqs, np.float32))
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+      array = permute_qk(array, config.num_heads if hf_name.endswith("q_proj.weight") else config.num_kv_heads)
+    return array
+  return fetched
 
 
 def permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:
@@ -171,15 +184,23 @@ def permute_qk(weight_OxI: np.ndarray, num_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(weight_OxI.shape))
 
 
-def _add_tensor(writer: gguf.GGUFWriter, name: str, array: np.ndarray, qtype: gguf.GGMLQuantizationType) -> None:
-  """One tensor: vectors in F32 (as the converter keeps them); matrices in `qtype`, Q8_0 only for rows of whole
-  32-value blocks (else F16)."""
-  if array.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
-    writer.add_tensor(name, np.ascontiguousarray(array, np.float32))
-  elif qtype == gguf.GGMLQuantizationType.F16 or (qtype == gguf.GGMLQuantizationType.Q8_0 and array.shape[-1] % 32):
-    writer.add_tensor(name, np.ascontiguousarray(array, np.float16))
-  else:
-    writer.add_tensor(name, gguf.quantize(np.ascontiguousarray(array), qtype), raw_dtype=qtype)
+def _storage_type(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> gguf.GGMLQuantizationType:
+  """A tensor's stored type: vectors in F32 (as the converter keeps them); matrices in `qtype`, Q8_0 only for rows
+  of whole 32-value blocks (else F16)."""
+  if len(shape) < 2:
+    return gguf.GGMLQuantizationType.F32
+  if qtype == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32:
+    return gguf.GGMLQuantizationType.F16
+  return qtype
+
+
+def _stored_bytes(array: np.ndarray, stored: gguf.GGMLQuantizationType) -> np.ndarray:
+  """`array` (float32) as the bytes of type `stored`, in the file's little-endian order."""
+  if stored == gguf.GGMLQuantizationType.F32:
+    return np.ascontiguousarray(array, "<f4")
+  if stored == gguf.GGMLQuantizationType.F16:
+    return np.ascontiguousarray(array, "<f2")
+  return gguf.quantize(np.ascontiguousarray(array, np.float32), stored)
 
 
 def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:

@@ -232,6 +232,21 @@ def params_to_hf(config: ModelConfig, params: Mapping[str, Any]) -> dict[str, np
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def lazy_params_to_hf(config: ModelConfig, params: Mapping[str, Any]
+                      ) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+  """`params_to_hf` one tensor at a time: [(transformers name, shape, () -> float32 numpy array)] in checkpoint order.
+  Each call copies only its tensor (one layer's slice of a stacked parameter) to the host, so a writer that streams
+  the tensors holds one at a time rather than the whole model twice."""
+  out = []
+  for t in tensor_table(config):
+    for i in (range(config.num_layers) if t.per_layer else [None]):
+      def fetch(t=t, i=i) -> np.ndarray:
+        arrays = (params[n] if i is None else params["layers"][n][i] for n in t.ours)
+        return np.ascontiguousarray(t.to_hf(*(np.asarray(a, np.float32) for a in arrays)))
+      out.append((t.hf_name if i is None else t.hf_name.format(i=i), t.hf_shape, fetch))
+  return out
+
+
 def _to_pure(tree: Any) -> Any:
   return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
 
