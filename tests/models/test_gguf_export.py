@@ -292,3 +292,17 @@ def test_command_line_exports_a_saved_policy(tmp_path):
   with pytest.raises(SystemExit, match=r"--tokenizer: .*no tokenizer\.json.*synthetic world"):
     export_gguf.main(["--model", str(tmp_path / "world_policy"), "--out", str(tmp_path / "w.gguf")])
   assert pathlib.Path(out).name == "policy.gguf"
+
+
+def test_a_bfloat16_model_exports_to_bf16_without_loss(tmp_path):
+  """Training on accelerators keeps bf16 parameters: a bf16 file holds them exactly (its tensors are the model's,
+  so the logits read back are the same bits)."""
+  config = ModelConfig(vocab_size=VOCAB, embed_dim=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                       mlp_dim=64)
+  save_pretrained(CausalLM(config, rngs=nnx.Rngs(0)), tmp_path / "f32")
+  model, _ = from_pretrained(tmp_path / "f32", dtype=jnp.bfloat16)
+  back, _ = from_pretrained(save_gguf(model, tmp_path / "m.gguf", bpe_tokenizer(), tensor_type="bf16"),
+                            dtype=jnp.bfloat16)
+  ids, mask = _rows()
+  np.testing.assert_array_equal(np.asarray(forward(back, jnp.asarray(ids), jnp.asarray(mask)), np.float32),
+                                np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)), np.float32))
