@@ -1,13 +1,13 @@
 """GGUF import: a llama.cpp checkpoint as a transformers-style config and state dict.
 
 `read_gguf` turns a `.gguf` file into `(hf_config, tensors)` in the naming and layout of a transformers checkpoint
-(`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`), so the one HF loading path
-(`jaxrlhf.models.hf`) builds the model. Tensors are dequantized to float32 with the `gguf` package, and what
-llama.cpp's converter (convert_hf_to_gguf.py) changed is undone: the q/k row permutation of "llama" files (so that
-GGML's interleaved RoPE matches HF's rotate-half RoPE; Qwen2 / 3 and Gemma use rotate-half RoPE in GGML too, so their
-rows are stored as is), the +1 added to every Gemma RMSNorm weight (GGML scales by the weight, Gemma by 1 + w),
-and llama3 RoPE scaling (Llama 3.1 / 3.2), which the converter stores as per-frequency divisors in
-`rope_freqs.weight` and which is read back as transformers' `rope_scaling` (`llama3_scaling_of`).
+(`LlamaForCausalLM`, `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`), so the one HF
+loading path (`jaxrlhf.models.hf`) builds the model. Tensors are dequantized to float32 with the `gguf` package, and
+what llama.cpp's converter (convert_hf_to_gguf.py) changed is undone: the q/k row permutation of "llama" files (so
+that GGML's interleaved RoPE matches HF's rotate-half RoPE; Qwen2 / 3 and Gemma use rotate-half RoPE in GGML too, so
+their rows are stored as is), the +1 added to every Gemma RMSNorm weight (GGML scales by the weight, Gemma by 1 + w),
+and llama3 RoPE scaling (Llama 3.1 / 3.2), which the converter stores as per-frequency divisors in `rope_freqs.weight`
+and which is read back as transformers' `rope_scaling` (`llama3_scaling_of`).
 Settings GGUF does not store are llama.cpp's: Gemma's attention scale (head_dim, or hidden / heads for the 27B
 models), Gemma 2's alternating windows, Gemma 3's one global layer in six and its local RoPE base 10000.
 """

@@ -2,12 +2,12 @@
 write, for llama.cpp, ollama, LM Studio or transformers' GGUF loader to run, and for `from_pretrained` to read back.
 
 `save_gguf` writes what `jaxrlhf.models.gguf.read_gguf` reads, inverted: the families llama (Llama 2 / 3.x, SmolLM2),
-qwen2 (Qwen2 / 2.5), qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files (GGML's interleaved
-RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and RoPE factors in F32
-and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that are not whole
-32-value blocks, as the converter does). The tokenizer (a byte-level BPE one) goes in as llama.cpp's vocabulary:
-tokens in id order padded to the model's vocabulary with unused `[PAD<id>]` entries, token types (control for
-special added tokens, user-defined for the other added ones), merges, the pre-tokenizer's llama.cpp name, special
+qwen2 (Qwen2 / 2.5), qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files
+(GGML's interleaved RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and
+RoPE factors in F32 and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that
+are not whole 32-value blocks, as the converter does). The tokenizer (a byte-level BPE one) goes in as llama.cpp's
+vocabulary: tokens in id order padded to the model's vocabulary with unused `[PAD<id>]` entries, token types (control
+for special added tokens, user-defined for the other added ones), merges, the pre-tokenizer's llama.cpp name, special
 ids, whether BOS / EOS are added, and the chat template.
 
 What a GGUF cannot say is refused rather than written wrong: after writing, the file is read back and its model
@@ -53,7 +53,8 @@ _UNCOMPARED = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attent
 # Texts whose tokenization must survive the round trip: words, digits, whitespace runs, punctuation, accents, CJK,
 # emoji and a contraction (the pre-tokenizer's splits), plus every special token (added below).
 _PROBES = ("Hello world! The year 2024 had 366 days.", "  leading spaces,\ttabs\nand\n\nnewlines   ",
-           "naïve café, Việt Nam, 東京タワー, Ελληνικά 🙂", "don't we'll I'M they've 12345678 3.14159 x=a+b*c;")
+           "naïve café, Việt Nam, 東京タワー, Ελληνικά 🙂",
+           "don't we'll I'M they've 12345678 3.14159 x=a+b*c;")
 
 
 def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: ModelConfig | None = None,

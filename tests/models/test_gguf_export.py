@@ -244,7 +244,8 @@ def test_other_families_tokenizers_and_types_are_refused(tmp_path):
   with pytest.raises(ValueError, match=r"family 'gpt2': GGUF export writes \['gemma2', 'gemma3', 'llama', 'qwen2', "
                                        r"'qwen3'\]"):
     save_gguf(gpt2, tmp_path / "m.gguf", bpe_tokenizer())
-  with pytest.raises(ValueError, match=r"tokenizer: 260 tokens \(largest id 259\) do not fit the model's vocab_size 200"):
+  with pytest.raises(ValueError,
+                     match=r"tokenizer: 260 tokens \(largest id 259\) do not fit the model's vocab_size 200"):
     tokenizer_metadata(bpe_tokenizer(), 200)
   byte_chars = _bytes_to_unicode()
   no_merges = Tokenizer(byte_level_bpe([byte_chars[b] for b in range(256)] + ["<|im_end|>"], [], [1] * 256 + [3]),
