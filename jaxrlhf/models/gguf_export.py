@@ -51,7 +51,7 @@ _ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2"
 _UNCOMPARED = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention", "initializer_range",
                          "hf_model_type", "bos_token_id", "eos_token_id", "pad_token_id"})
 # Texts whose tokenization must survive the round trip: words, digits, whitespace runs, punctuation, accents, CJK,
-# emoji and a contraction (the pre-tokenizer's splits), plus every special token (added below).
+# emoji and a contraction (the pre-tokenizer's splits), plus every added token (added below).
 _PROBES = ("Hello world! The year 2024 had 366 days.", "  leading spaces,\ttabs\nand\n\nnewlines   ",
            "naïve café, Việt Nam, 東京タワー, Ελληνικά 🙂",
            "don't we'll I'M they've 12345678 3.14159 x=a+b*c;")
@@ -332,8 +332,9 @@ def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any) ->
     raise ValueError(f"{path}: the GGUF would describe another model than this one ({'; '.join(differences)}); "
                      "llama.cpp's metadata cannot say it, so nothing was written")
   read = tokenizer_lib.tokenizer_from_gguf(path)
-  specials = [t for t in tokenizer.special_tokens.values() if t is not None]
-  probes = [unicodedata.normalize("NFC", p) for p in _PROBES] + [" ".join(specials) + " x"]
+  # Every added token (special or not) between spaces: their matching rules (lstrip, rstrip, ...) must survive too.
+  added = [t.content for t in tokenizer.backend.get_added_tokens_decoder().values()]
+  probes = [unicodedata.normalize("NFC", p) for p in _PROBES] + [" " + " ".join(added) + " x"]
   if tokenizer.chat_template is not None:
     probes.append(tokenizer.apply_chat_template([{"role": "user", "content": _PROBES[0]}],
                                                 add_generation_prompt=True))

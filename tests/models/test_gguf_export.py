@@ -233,6 +233,19 @@ def test_what_gguf_cannot_say_is_refused_and_no_file_left(tmp_path, case, change
   assert not (tmp_path / "model.gguf").exists()
 
 
+def test_a_tokenizer_that_reads_back_otherwise_is_refused(tmp_path):
+  """An added token that swallows the space before it (lstrip, as some tokenizer.json files set) has no GGUF
+  spelling: the file's tokenizer would split " <tool>" in two, so the read-back check refuses it."""
+  from tokenizers import AddedToken
+  tokenizer = bpe_tokenizer()
+  tokenizer.backend.add_tokens([AddedToken("<tool>", lstrip=True, normalized=False)])
+  model = CausalLM(ModelConfig(vocab_size=VOCAB, embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=2,
+                               head_dim=16, mlp_dim=32), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"m\.gguf: the GGUF's tokenizer encodes .*<tool>.* otherwise than this"):
+    save_gguf(model, tmp_path / "m.gguf", tokenizer)
+  assert not (tmp_path / "m.gguf").exists()
+
+
 def test_other_families_tokenizers_and_types_are_refused(tmp_path):
   model = CausalLM(ModelConfig(vocab_size=VOCAB, embed_dim=32, num_layers=1, num_heads=2, num_kv_heads=2,
                                head_dim=16, mlp_dim=32), rngs=nnx.Rngs(0))
