@@ -25,6 +25,8 @@ import gguf
 import numpy as np
 
 from jaxrlhf.models import errors
+from jaxrlhf.models.config import ModelConfig, RopeScaling
+from jaxrlhf.models.decoder import rope_inv_freq
 from jaxrlhf.models.errors import ModelFileError
 
 # Quantization types we dequantize (with `gguf`), each checked against hand-decoded blocks in the tests: the float
@@ -143,14 +145,11 @@ def llama3_rope_factors(head_dim: int, theta: float, scaling: dict[str, Any]) ->
   """float64 (head_dim / 2,) divisors of each RoPE frequency under llama3 scaling, as llama.cpp's converter writes
   them into `rope_freqs.weight` (GGML divides frequency i by factor i): 1 for wavelengths shorter than
   original_max_position_embeddings / high_freq_factor, `factor` beyond original / low_freq_factor, and
-  1 / ((1 - s) / factor + s) in between, s = (original / wavelength - low) / (high - low)."""
-  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
-  wavelen = 2 * np.pi / inv_freq.astype(np.float64)
-  factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-  old_len = scaling["original_max_position_embeddings"]
-  smooth = (old_len / wavelen - low) / (high - low)
-  between = 1.0 / ((1 - smooth) / factor + smooth)
-  return np.where(wavelen < old_len / high, 1.0, np.where(wavelen > old_len / low, factor, between))
+  1 / ((1 - s) / factor + s) in between, s = (original / wavelength - low) / (high - low): the model's own
+  unscaled over scaled frequencies (`decoder.rope_inv_freq`, float32)."""
+  base = ModelConfig(head_dim=head_dim, rope_theta=theta)
+  scaled = base.replace(rope_scaling=RopeScaling(**{"rope_type": "llama3", **scaling}))
+  return rope_inv_freq(base).astype(np.float64) / rope_inv_freq(scaled)
 
 
 def llama3_scaling_of(factors: np.ndarray, head_dim: int, theta: float) -> dict[str, Any] | None:

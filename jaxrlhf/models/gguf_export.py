@@ -90,7 +90,7 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
   if getattr(model, "lora", None) is not None:
     model = model.merged()
   # Every variable, not only nnx.Param (a frozen model's weights are FrozenParams); tensors are fetched one by one.
-  tensors = lazy_params_to_hf(config, nnx.to_pure_dict(nnx.state(model)))
+  tensors = lazy_params_to_hf(config, nnx.to_pure_dict(nnx.state(model)), np.float32)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   vocabulary = tokenizer_metadata(tokenizer, config.vocab_size)

@@ -220,29 +220,23 @@ def hf_to_params(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict
 
 
 def params_to_hf(config: ModelConfig, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Inverse of `hf_to_params`: a pure param dict -> {transformers name: numpy array} (contiguous)."""
-  out = {}
-  for t in tensor_table(config):
-    if not t.per_layer:
-      out[t.hf_name] = t.to_hf(*(np.asarray(params[n]) for n in t.ours))
-      continue
-    stacked = [np.asarray(params["layers"][n]) for n in t.ours]
-    for i in range(config.num_layers):
-      out[t.hf_name.format(i=i)] = t.to_hf(*(s[i] for s in stacked))
-  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+  """Inverse of `hf_to_params`: a pure param dict -> {transformers name: numpy array} (contiguous, the params'
+  dtype)."""
+  return {name: fetch() for name, _, fetch in lazy_params_to_hf(config, params)}
 
 
-def lazy_params_to_hf(config: ModelConfig, params: Mapping[str, Any]
+def lazy_params_to_hf(config: ModelConfig, params: Mapping[str, Any], dtype: Any = None
                       ) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
-  """`params_to_hf` one tensor at a time: [(transformers name, shape, () -> float32 numpy array)] in checkpoint order.
-  Each call copies only its tensor (one layer's slice of a stacked parameter) to the host, so a writer that streams
-  the tensors holds one at a time rather than the whole model twice."""
+  """`params_to_hf` one tensor at a time: [(transformers name, shape, () -> numpy array)] in checkpoint order, each
+  array contiguous, in `dtype` (None: the params'). Each call copies only its tensor (one layer's slice of a stacked
+  parameter) to the host, so a writer that streams the tensors holds one at a time rather than the whole model
+  twice."""
   out = []
   for t in tensor_table(config):
     for i in (range(config.num_layers) if t.per_layer else [None]):
       def fetch(t=t, i=i) -> np.ndarray:
         arrays = (params[n] if i is None else params["layers"][n][i] for n in t.ours)
-        return np.ascontiguousarray(t.to_hf(*(np.asarray(a, np.float32) for a in arrays)))
+        return np.ascontiguousarray(t.to_hf(*(np.asarray(a, dtype) for a in arrays)))
       out.append((t.hf_name if i is None else t.hf_name.format(i=i), t.hf_shape, fetch))
   return out
 

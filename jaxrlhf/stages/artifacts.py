@@ -108,15 +108,13 @@ def saved_tokenizer(rm_dir: str) -> str:
 def reward_vocab_size(rm_dir: str) -> int | None:
   """The number of token ids the reward model in `rm_dir` embeds: spec.json's model.vocab_size (a jaxrlhf folder) or
   config.json's vocab_size (a Hugging Face folder); None when the folder holds neither."""
-  for name, keys in (("spec.json", ("model", "vocab_size")), ("config.json", ("vocab_size",))):
-    path = os.path.join(rm_dir, name)
-    if os.path.isfile(path):
-      with open(path) as f:
-        value = json.load(f)
-      for k in keys:
-        value = value.get(k) if isinstance(value, dict) else None
-      if isinstance(value, int):
-        return value
+  if os.path.isfile(os.path.join(rm_dir, "spec.json")):
+    return reward_model_spec(rm_dir)[0].vocab_size
+  path = os.path.join(rm_dir, "config.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      value = json.load(f).get("vocab_size")
+    return value if isinstance(value, int) else None
   return None
 
 
