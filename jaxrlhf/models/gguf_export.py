@@ -5,10 +5,12 @@ write, for llama.cpp, ollama, LM Studio or transformers' GGUF loader to run, and
 qwen2 (Qwen2 / 2.5), qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files
 (GGML's interleaved RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and
 RoPE factors in F32 and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that
-are not whole 32-value blocks, as the converter does). The tokenizer (a byte-level BPE one) goes in as llama.cpp's
-vocabulary: tokens in id order padded to the model's vocabulary with unused `[PAD<id>]` entries, token types (control
-for special added tokens, user-defined for the other added ones), merges, the pre-tokenizer's llama.cpp name, special
-ids, whether BOS / EOS are added, and the chat template.
+are not whole 32-value blocks, as the converter does). The tokenizer goes in as llama.cpp's vocabulary: tokens in id
+order padded to the model's vocabulary with unused `[PAD<id>]` entries, token types (control for special added
+tokens, user-defined for the other added ones), special ids, whether BOS / EOS are added, and the chat template; for a
+byte-level BPE ('gpt2': Llama 3, Qwen, SmolLM2) its merges and the pre-tokenizer's llama.cpp name, for a
+SentencePiece-style BPE with byte fallback ('llama': Llama 2, Mistral, Gemma) scores that rank the merges as the
+tokenizer does, byte and unknown token types and whether a space is prepended.
 
 What a GGUF cannot say is refused rather than written wrong: after writing, the file is read back and its model
 config (every field that shapes the computation) and tokenization of a probe text set must equal the source's;
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import time
 import unicodedata
 from typing import Any, Callable
@@ -217,12 +220,12 @@ def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------ the tokenizer
 def tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
-  """llama.cpp's `tokenizer.*` keys for `tokenizer` (a byte-level BPE `Tokenizer`) in a model of `vocab_size`
-  token ids.
+  """llama.cpp's `tokenizer.*` keys for `tokenizer` (a byte-level BPE or a SentencePiece-style BPE `Tokenizer`) in a
+  model of `vocab_size` token ids.
 
   Raises:
-    ValueError: a tokenizer that is not byte-level BPE (or has BPE options llama.cpp lacks), a pre-tokenizer
-      llama.cpp has no name for here, more tokens than the model embeds, or a special token of no id.
+    ValueError: a tokenizer that is neither (or has BPE options llama.cpp lacks), a pre-tokenizer llama.cpp has no
+      name for here, more tokens than the model embeds, or a special token of no id.
   """
   backend = getattr(tokenizer, "backend", None)
   if backend is None:
@@ -230,24 +233,36 @@ def tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
                      "(the synthetic world's?)")
   spec = json.loads(backend.to_str())
   model = spec.get("model") or {}
-  if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
-    raise ValueError(f"tokenizer: model {model.get('type')!r} with decoder "
-                     f"{(spec.get('decoder') or {}).get('type')!r}; GGUF export writes byte-level BPE vocabularies "
-                     "(llama.cpp's 'gpt2' tokenizer model)")
-  for option, default in (("byte_fallback", False), ("dropout", None), ("continuing_subword_prefix", None),
-                          ("end_of_word_suffix", None)):
-    if model.get(option) not in (default, ""):
-      raise ValueError(f"tokenizer: BPE option {option}={model.get(option)!r}, which llama.cpp's BPE has no "
-                       f"setting for (expected {default!r})")
-  normalizer = spec.get("normalizer")
-  if normalizer is not None and normalizer.get("type") != "NFC":
-    raise ValueError(f"tokenizer: normalizer {normalizer.get('type')!r}; llama.cpp's byte-level BPE normalizes "
-                     "nothing")
-  if normalizer is not None:
-    print("[gguf] note: the tokenizer's NFC normalization is not written (llama.cpp's BPE has none, as its own "
-          "converter leaves it out): text not in NFC form may tokenize differently from the source", flush=True)
-  pre = pre_tokenizer_name(spec.get("pre_tokenizer"), bool(model.get("ignore_merges")))
-  ids = dict(model.get("vocab") or {})
+  tokens, types = _token_table(spec, vocab_size)
+  if _is_sentencepiece(spec):
+    meta = _sentencepiece_vocabulary(spec, tokens, types, tokenizer)
+  else:
+    meta = _byte_level_vocabulary(spec, tokens, types)
+  specials = tokenizer.special_tokens
+  for key, token in (("bos_token_id", specials["bos_token"]), ("eos_token_id", specials["eos_token"]),
+                     ("padding_token_id", specials["pad_token"]), ("unknown_token_id", specials["unk_token"])):
+    if token is not None:
+      meta[f"tokenizer.ggml.{key}"] = backend.token_to_id(token)
+  if meta["tokenizer.ggml.model"] == "llama" and "tokenizer.ggml.unknown_token_id" not in meta \
+      and model.get("unk_token") is not None:
+    meta["tokenizer.ggml.unknown_token_id"] = backend.token_to_id(model["unk_token"])
+  # Whether encoding adds BOS / EOS, from what the post-processor does (a template, Llama 3's, or none).
+  plain, wrapped = tokenizer.encode("a"), tokenizer.encode("a", add_special_tokens=True)
+  meta["tokenizer.ggml.add_bos_token"] = tokenizer.bos_id is not None and wrapped[:1] == [tokenizer.bos_id] \
+      and wrapped[:1] != plain[:1]
+  meta["tokenizer.ggml.add_eos_token"] = wrapped[-1:] == [tokenizer.eos_id] and wrapped[-1:] != plain[-1:]
+  if len(wrapped) - len(plain) != meta["tokenizer.ggml.add_bos_token"] + meta["tokenizer.ggml.add_eos_token"]:
+    raise ValueError(f"tokenizer: encoding adds {wrapped} around {plain} for 'a'; a GGUF can only say 'add BOS' "
+                     "and 'add EOS'")
+  if tokenizer.chat_template is not None:
+    meta["tokenizer.chat_template"] = tokenizer.chat_template
+  return meta
+
+
+def _token_table(spec: dict[str, Any], vocab_size: int) -> tuple[list[str], list[int]]:
+  """Tokens in id order padded with unused `[PAD<id>]` entries to `vocab_size`, and their llama.cpp types: control
+  for special added tokens, user-defined for the other added ones, unused for the padding, else normal."""
+  ids = dict((spec.get("model") or {}).get("vocab") or {})
   special = {}
   for added in spec.get("added_tokens") or []:
     ids[added["content"]] = added["id"]
@@ -260,28 +275,101 @@ def tokenizer_metadata(tokenizer: Any, vocab_size: int) -> dict[str, Any]:
     tokens[i] = token
     types[i] = int(gguf.TokenType.NORMAL if i not in special else
                    gguf.TokenType.CONTROL if special[i] else gguf.TokenType.USER_DEFINED)
+  return tokens, types
+
+
+def _byte_level_vocabulary(spec: dict[str, Any], tokens: list[str], types: list[int]) -> dict[str, Any]:
+  """The 'gpt2' (byte-level BPE) keys: tokens, types, merges and the pre-tokenizer's name."""
+  model = spec.get("model") or {}
+  if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+    raise ValueError(f"tokenizer: model {model.get('type')!r} with decoder "
+                     f"{(spec.get('decoder') or {}).get('type')!r}; GGUF export writes byte-level BPE vocabularies "
+                     "(llama.cpp's 'gpt2' tokenizer model) and SentencePiece-style BPE ones with byte fallback "
+                     "('llama')")
+  _check_bpe_options(model, byte_fallback=False)
+  normalizer = spec.get("normalizer")
+  if normalizer is not None and normalizer.get("type") != "NFC":
+    raise ValueError(f"tokenizer: normalizer {normalizer.get('type')!r}; llama.cpp's byte-level BPE normalizes "
+                     "nothing")
+  if normalizer is not None:
+    print("[gguf] note: the tokenizer's NFC normalization is not written (llama.cpp's BPE has none, as its own "
+          "converter leaves it out): text not in NFC form may tokenize differently from the source", flush=True)
+  pre = pre_tokenizer_name(spec.get("pre_tokenizer"), bool(model.get("ignore_merges")))
   merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
   if not merges:  # llama.cpp needs the key, and GGUF has no empty arrays
     raise ValueError("tokenizer: a BPE vocabulary without merges; a GGUF's 'gpt2' tokenizer needs at least one")
-  meta: dict[str, Any] = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
-                          "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
-                          "tokenizer.ggml.merges": merges}
-  specials = tokenizer.special_tokens
-  for key, token in (("bos_token_id", specials["bos_token"]), ("eos_token_id", specials["eos_token"]),
-                     ("padding_token_id", specials["pad_token"]), ("unknown_token_id", specials["unk_token"])):
-    if token is not None:
-      meta[f"tokenizer.ggml.{key}"] = backend.token_to_id(token)
-  # Whether encoding adds BOS / EOS, from what the post-processor does (a template, Llama 3's, or none).
-  plain, wrapped = tokenizer.encode("a"), tokenizer.encode("a", add_special_tokens=True)
-  meta["tokenizer.ggml.add_bos_token"] = tokenizer.bos_id is not None and wrapped[:1] == [tokenizer.bos_id] \
-      and wrapped[:1] != plain[:1]
-  meta["tokenizer.ggml.add_eos_token"] = wrapped[-1:] == [tokenizer.eos_id] and wrapped[-1:] != plain[-1:]
-  if len(wrapped) - len(plain) != meta["tokenizer.ggml.add_bos_token"] + meta["tokenizer.ggml.add_eos_token"]:
-    raise ValueError(f"tokenizer: encoding adds {wrapped} around {plain} for 'a'; a GGUF can only say 'add BOS' "
-                     "and 'add EOS'")
-  if tokenizer.chat_template is not None:
-    meta["tokenizer.chat_template"] = tokenizer.chat_template
-  return meta
+  return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+          "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
+
+
+def _check_bpe_options(model: dict[str, Any], byte_fallback: bool) -> None:
+  for option, default in (("byte_fallback", byte_fallback), ("dropout", None), ("continuing_subword_prefix", None),
+                          ("end_of_word_suffix", None)):
+    if model.get(option) not in (default, "") and not (default is False and model.get(option) is None):
+      raise ValueError(f"tokenizer: BPE option {option}={model.get(option)!r}, which llama.cpp's "
+                       f"{'SentencePiece' if byte_fallback else 'byte-level BPE'} vocabulary has no setting for "
+                       f"(expected {default!r})")
+
+
+def _is_sentencepiece(spec: dict[str, Any]) -> bool:
+  """A BPE tokenizer.json in SentencePiece's style (Llama 2, Mistral, Gemma): byte fallback, "▁" for spaces."""
+  model, decoder = spec.get("model") or {}, spec.get("decoder") or {}
+  steps = decoder.get("decoders") or [] if decoder.get("type") == "Sequence" else [decoder]
+  return model.get("type") == "BPE" and bool(model.get("byte_fallback")) \
+      and any((d or {}).get("type") == "ByteFallback" for d in steps)
+
+
+def _sentencepiece_vocabulary(spec: dict[str, Any], tokens: list[str], types: list[int],
+                              tokenizer: Any) -> dict[str, Any]:
+  """The 'llama' (SentencePiece) keys: tokens, scores, types and whether a space is prepended.
+
+  llama.cpp merges the adjacent pair whose concatenation is the highest-scoring token, so a token's score is minus
+  the rank of the first merge that makes it (tokens no merge makes, e.g. single characters, score below all of
+  those; control, unknown and byte tokens 0, as SentencePiece gives them; added and unused ones -1000, as llama.cpp's
+  converter writes). User-defined tokens are written with plain spaces for "▁", as the converter does (llama.cpp
+  matches them in the raw text). `tokens` and `types` are completed in place.
+  """
+  model = spec.get("model") or {}
+  _check_bpe_options(model, byte_fallback=True)
+  normalizer, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
+  steps = normalizer.get("normalizers") or [] if normalizer.get("type") == "Sequence" else [normalizer]
+  foreign = [s.get("type") for s in steps if s and s.get("type") not in ("Prepend", "Replace")]
+  if foreign or pre.get("type") not in (None, "Metaspace"):
+    raise ValueError(f"tokenizer: normalizer steps {foreign} / pre-tokenizer {pre.get('type')!r}; llama.cpp's "
+                     "SentencePiece vocabulary only writes spaces as '▁' (and may prepend one)")
+  if pre.get("type") == "Metaspace" and pre.get("prepend_scheme", "always") != "never":
+    # tokenizers' Metaspace prepends no "▁" to text that already starts with one ("first": nor after a special
+    # token); llama.cpp, like sentencepiece, prepends one to every run of text.
+    raise ValueError(f"tokenizer: pre-tokenizer Metaspace with prepend_scheme {pre.get('prepend_scheme')!r} "
+                     "prepends no '▁' to text that starts with a space" + (
+                         " or follows a special token" if pre.get("prepend_scheme") == "first" else "")
+                     + "; llama.cpp always does, so the GGUF would tokenize such text otherwise. Llama 2's own "
+                     "form (normalizer Prepend('▁') then Replace(' ', '▁'), no pre-tokenizer) is what a GGUF says")
+  merges = [m.split(" ") if isinstance(m, str) else m for m in model.get("merges") or []]
+  first_rank: dict[str, int] = {}
+  for rank, (left, right) in enumerate(merges):
+    first_rank.setdefault(left + right, rank)
+  byte_token = re.compile(r"^<0x[0-9A-F]{2}>$")
+  scores = []
+  for i, token in enumerate(tokens):
+    if token == model.get("unk_token"):
+      types[i] = int(gguf.TokenType.UNKNOWN)
+    elif types[i] == gguf.TokenType.NORMAL and byte_token.match(token):
+      types[i] = int(gguf.TokenType.BYTE)
+    elif types[i] == gguf.TokenType.USER_DEFINED:
+      tokens[i] = token.replace(tokenizer_lib.SPIECE_SPACE, " ")
+    if types[i] in (gguf.TokenType.USER_DEFINED, gguf.TokenType.UNUSED):
+      scores.append(-1000.0)
+    elif types[i] != gguf.TokenType.NORMAL:
+      scores.append(0.0)
+    else:
+      scores.append(-float(first_rank.get(token, len(merges) + i)))
+  # Whether "▁" is prepended to a text run: what this tokenizer does to "a".
+  first = tokenizer.backend.encode("a", add_special_tokens=False).tokens
+  add_space_prefix = bool(first) and first[0].startswith(tokenizer_lib.SPIECE_SPACE)
+  return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
+          "tokenizer.ggml.scores": scores, "tokenizer.ggml.token_type": types,
+          "tokenizer.ggml.add_space_prefix": add_space_prefix}
 
 
 def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool) -> str:

@@ -11,6 +11,11 @@ model's chat template (rendered by `jaxrlhf.models.chat`). `load_tokenizer(path)
     and the model's own tokenizer.json, llama.cpp is followed: "smollm" / "starcoder" / "refact" split digits
     first, and the llama3 group ("llama-bpe", ...) takes a pre-token that is in the vocabulary whole before
     merging and adds BOS when the file does not say.
+  * a `.gguf` file with a SentencePiece vocabulary (`tokenizer.ggml.model` "llama": Llama 2, Mistral up to v0.3,
+    TinyLlama, Gemma), tokenized as llama.cpp does: spaces become "▁" (one is prepended to each text run unless
+    `tokenizer.ggml.add_space_prefix` is false), then adjacent pieces merge while their concatenation is in the
+    vocabulary, highest `tokenizer.ggml.scores` first; a character outside the vocabulary falls back to its UTF-8
+    byte tokens ("<0x41>"). That is a BPE over merges ranked by score, which is how it is built here.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import pathlib
 from typing import Any, Mapping, Sequence
 
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 from jaxrlhf.models import chat
 from jaxrlhf.models import errors
@@ -30,8 +35,12 @@ from jaxrlhf.models import gguf as gguf_io
 from jaxrlhf.models.errors import ModelFileError
 
 # llama.cpp token types (tokenizer.ggml.token_type).
+_NORMAL = 1
+_UNKNOWN = 2
 _CONTROL = 3
 _USER_DEFINED = 4
+_BYTE = 6
+SPIECE_SPACE = "\u2581"  # "▁", SentencePiece's spelling of a space.
 
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -209,22 +218,32 @@ def tokenizer_from_hf_folder(folder: str | os.PathLike) -> Tokenizer:
 
 @errors.reads_file("GGUF tokenizer")
 def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
-  """A `Tokenizer` from the vocabulary, merges, special ids and chat template stored in a GGUF file."""
+  """A `Tokenizer` from the vocabulary (byte-level BPE or SentencePiece), special ids and chat template stored in a
+  GGUF file."""
   metadata = gguf_io.read_metadata(path)
   model_type = metadata.get("tokenizer.ggml.model")
-  if model_type != "gpt2":
-    raise ValueError(
-        f"unsupported GGUF tokenizer.ggml.model {model_type!r}; supported: 'gpt2' (byte-level BPE)")
-  for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id"):
+  if model_type not in ("gpt2", "llama"):
+    raise ValueError(f"unsupported GGUF tokenizer.ggml.model {model_type!r}; supported: 'gpt2' (byte-level BPE), "
+                     "'llama' (SentencePiece)")
+  sentencepiece = model_type == "llama"
+  required = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores") if sentencepiece else (
+      "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.eos_token_id")
+  for key in required:
     if key not in metadata:
       raise ValueError(f"GGUF metadata field {key!r} is missing")
   tokens = list(metadata["tokenizer.ggml.tokens"])
-  token_types = list(metadata.get("tokenizer.ggml.token_type", [1] * len(tokens)))
-  backend = byte_level_bpe(tokens, metadata["tokenizer.ggml.merges"], token_types,
-                           metadata.get("tokenizer.ggml.pre", "default"))
+  token_types = list(metadata.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens)))
+  if sentencepiece:
+    backend = sentencepiece_bpe(tokens, metadata["tokenizer.ggml.scores"], token_types,
+                                add_space_prefix=metadata.get("tokenizer.ggml.add_space_prefix", True))
+  else:
+    backend = byte_level_bpe(tokens, metadata["tokenizer.ggml.merges"], token_types,
+                             metadata.get("tokenizer.ggml.pre", "default"))
+  # llama.cpp's defaults where a SentencePiece file says nothing: <unk> 0, <s> 1, </s> 2, BOS added.
+  defaults = {"unknown_token_id": 0, "bos_token_id": 1, "eos_token_id": 2} if sentencepiece else {}
 
   def special(key: str) -> str | None:
-    token_id = metadata.get(f"tokenizer.ggml.{key}")
+    token_id = metadata.get(f"tokenizer.ggml.{key}", defaults.get(key))
     if token_id is None:
       return None
     if not 0 <= token_id < len(tokens):
@@ -232,7 +251,8 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     return tokens[token_id]
 
   bos_token, eos_token = special("bos_token_id"), special("eos_token_id")
-  add_bos = metadata.get("tokenizer.ggml.add_bos_token", metadata.get("tokenizer.ggml.pre") in _LLAMA3_PRE)
+  add_bos = metadata.get("tokenizer.ggml.add_bos_token",
+                         sentencepiece or metadata.get("tokenizer.ggml.pre") in _LLAMA3_PRE)
   backend.post_processor = _special_tokens_processor(
       bos_token if add_bos else None,
       eos_token if metadata.get("tokenizer.ggml.add_eos_token", False) else None, backend)
@@ -241,6 +261,69 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     raise ValueError(f"GGUF tokenizer.chat_template is {type(chat_template).__name__}, expected a string")
   return Tokenizer(backend, bos_token=bos_token, eos_token=eos_token, pad_token=special("padding_token_id"),
                    unk_token=special("unknown_token_id"), chat_template=chat_template)
+
+
+def sentencepiece_bpe(tokens: Sequence[str], scores: Sequence[float], token_types: Sequence[int],
+                      add_space_prefix: bool = True) -> tokenizers.Tokenizer:
+  """A `tokenizers.Tokenizer` that tokenizes as llama.cpp does a SentencePiece (`tokenizer.ggml.model` "llama")
+  vocabulary.
+
+  llama.cpp (like SentencePiece's BPE) writes spaces as "▁", starts from single characters and repeatedly merges
+  the adjacent pair whose concatenation is a token of the highest score (the leftmost on ties); a character that is
+  no token becomes its UTF-8 byte tokens "<0xXX>". The same result comes from a BPE whose merges are every split of
+  every token into two tokens, ranked by the whole token's score, with byte fallback. (One departure: where two
+  different tokens tie in score, as Llama 2's whitespace runs do, llama.cpp merges the leftmost pair and this BPE the
+  pair of lower piece ids; on llama.cpp's own tokenizer tests, whitespace runs included, the ids are the same.)
+
+  Args:
+    tokens: token strings in id order ("▁" for spaces; user-defined tokens, which llama.cpp's converter writes
+      with plain spaces, and control tokens as raw text).
+    scores: one float per token: a higher score merges first.
+    token_types: llama.cpp token types (2 unknown, 3 control -> special tokens; 4 user-defined -> added tokens;
+      6 byte; 1 normal, 5 unused -> plain vocabulary).
+    add_space_prefix: prepend "▁" to each run of text (the file's `tokenizer.ggml.add_space_prefix`; llama.cpp,
+      like SentencePiece's dummy prefix, starts each run between special tokens with one).
+
+  Raises:
+    ValueError: inconsistent lengths or a repeated token.
+  """
+  for name, values in (("scores", scores), ("token_type", token_types)):
+    if len(values) != len(tokens):
+      raise ValueError(f"tokenizer.ggml.{name} has {len(values)} entries, expected {len(tokens)}")
+  vocab: dict[str, int] = {}
+  for index, token in enumerate(tokens):
+    if token in vocab:
+      raise ValueError(f"tokenizer.ggml.tokens[{index}] = {token!r} repeats token {vocab[token]}")
+    vocab[token] = index
+  unknown = [token for token, kind in zip(tokens, token_types) if kind == _UNKNOWN]
+  whole = (_CONTROL, _USER_DEFINED, _UNKNOWN, _BYTE)  # Never the result of a merge: matched whole or bytes.
+  candidates = []
+  for index, (token, kind) in enumerate(zip(tokens, token_types)):
+    if kind in whole:
+      continue
+    for cut in range(1, len(token)):
+      left, right = token[:cut], token[cut:]
+      if left in vocab and right in vocab:
+        candidates.append((-float(scores[index]), vocab[left], vocab[right], left, right))
+  # Highest score first; among splits of one token (equal scores), by the pieces' ids, as transformers orders them.
+  candidates.sort(key=lambda c: c[:3])
+  merges = [(left, right) for *_, left, right in candidates]
+  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unknown[0] if unknown else None,
+                                            fuse_unk=True, byte_fallback=True))
+  space = [normalizers.Replace(" ", SPIECE_SPACE)]
+  backend.normalizer = normalizers.Sequence(([normalizers.Prepend(SPIECE_SPACE)] if add_space_prefix else []) + space)
+  backend.decoder = decoders.Sequence(
+      [decoders.Replace(SPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+      + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
+  special = [AddedToken(t, normalized=False, special=True)
+             for t, kind in zip(tokens, token_types) if kind in (_CONTROL, _UNKNOWN)]
+  user_defined = [AddedToken(t, normalized=False, special=False)
+                  for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED]
+  if special:
+    backend.add_special_tokens(special)
+  if user_defined:
+    backend.add_tokens(user_defined)
+  return backend
 
 
 def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],

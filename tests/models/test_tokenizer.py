@@ -215,7 +215,10 @@ def test_gguf_tokenizer_flags_and_template(tmp_path):
 
 
 def test_unsupported_gguf_tokenizer_model_and_bad_path(tmp_path):
-  with pytest.raises(ValueError, match=r"tokenizer\.ggml\.model 'llama'"):
+  with pytest.raises(ValueError, match=r"tokenizer\.ggml\.model 'bert'"):
+    load_tokenizer(_write_tokenizer_gguf(tmp_path / "wpm.gguf", model="bert"))
+  # A SentencePiece vocabulary (tests/models/test_gguf_sentencepiece.py) needs its scores.
+  with pytest.raises(ValueError, match=r"GGUF metadata field 'tokenizer\.ggml\.scores' is missing"):
     load_tokenizer(_write_tokenizer_gguf(tmp_path / "spm.gguf", model="llama"))
   with pytest.raises(ValueError, match=r"tokenizer\.ggml\.pre 'tekken'"):
     load_tokenizer(_write_tokenizer_gguf(tmp_path / "tekken.gguf", pre="tekken"))
