@@ -109,10 +109,14 @@ def hh_rlhf_file() -> pathlib.Path:
 def llama_cpp_vocabs() -> pathlib.Path:
   """The folder of llama.cpp's tokenizer test vocabularies (`python tests/assets/llama_cpp_vocabs.py` fetches them;
   the README's test set-up command runs it)."""
-  folder = pathlib.Path(__file__).resolve().parent / "assets" / "llama.cpp"
-  require_asset(folder.is_dir() and len(list(folder.glob("ggml-vocab-*"))) >= 21,
-                f"llama.cpp's test vocabularies are not in {folder} (python tests/assets/llama_cpp_vocabs.py)")
-  return folder
+  script = pathlib.Path(__file__).resolve().parent / "assets" / "llama_cpp_vocabs.py"
+  spec = importlib.util.spec_from_file_location("llama_cpp_vocabs", script)
+  assets = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(assets)
+  missing = [name for name in assets.wanted() if not (assets.DEST / name).exists()]
+  require_asset(not missing, f"llama.cpp's test vocabularies lack {missing[:3]}... in {assets.DEST} "
+                f"(python {script.relative_to(script.parents[2])})")
+  return assets.DEST
 
 
 @pytest.fixture(scope="session")

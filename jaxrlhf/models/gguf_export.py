@@ -326,8 +326,9 @@ def _sentencepiece_vocabulary(spec: dict[str, Any], tokens: list[str], types: li
   llama.cpp merges the adjacent pair whose concatenation is the highest-scoring token, so a token's score is minus
   the rank of the first merge that makes it (tokens no merge makes, e.g. single characters, score below all of
   those; control, unknown and byte tokens 0, as SentencePiece gives them; added and unused ones -1000, as llama.cpp's
-  converter writes). User-defined tokens are written with plain spaces for "▁", as the converter does (llama.cpp
-  matches them in the raw text). `tokens` and `types` are completed in place.
+  converter writes). User-defined tokens that the tokenizer matches in its normalized text are written with plain
+  spaces for "▁", as the converter does (llama.cpp matches them in the raw text). `tokens` and `types` are completed
+  in place.
   """
   model = spec.get("model") or {}
   _check_bpe_options(model, byte_fallback=True)
@@ -350,13 +351,16 @@ def _sentencepiece_vocabulary(spec: dict[str, Any], tokens: list[str], types: li
   for rank, (left, right) in enumerate(merges):
     first_rank.setdefault(left + right, rank)
   byte_token = re.compile(r"^<0x[0-9A-F]{2}>$")
+  # Added tokens matched in the normalized text (spaces already "▁", as Gemma's whitespace runs are) are matched on
+  # raw spaces in llama.cpp; the others are matched as spelled.
+  matched_normalized = {a["id"] for a in spec.get("added_tokens") or [] if a.get("normalized")}
   scores = []
   for i, token in enumerate(tokens):
     if token == model.get("unk_token"):
       types[i] = int(gguf.TokenType.UNKNOWN)
     elif types[i] == gguf.TokenType.NORMAL and byte_token.match(token):
       types[i] = int(gguf.TokenType.BYTE)
-    elif types[i] == gguf.TokenType.USER_DEFINED:
+    elif types[i] == gguf.TokenType.USER_DEFINED and i in matched_normalized:
       tokens[i] = token.replace(tokenizer_lib.SPIECE_SPACE, " ")
     if types[i] in (gguf.TokenType.USER_DEFINED, gguf.TokenType.UNUSED):
       scores.append(-1000.0)
@@ -375,7 +379,7 @@ def _sentencepiece_vocabulary(spec: dict[str, Any], tokens: list[str], types: li
 def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool) -> str:
   """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer (and BPE `ignore_merges`): "llama-bpe"
   (Llama 3's split, whole-word lookup), "smaug-bpe" (the same split, merges only), "qwen2", "smollm" (digits apart,
-  then GPT-2's split) or "gpt2". ValueError for any other (llama.cpp knows more, by hashes of their outputs; guessing
+  then GPT-2's split), "deepseek-llm" / "deepseek-coder" (their regex sequences) or "gpt2". ValueError for any other (llama.cpp knows more, by hashes of their outputs; guessing
   one would tokenize subtly differently)."""
   def byte_level(p: Any, use_regex: bool) -> bool:
     return (isinstance(p, dict) and p.get("type") == "ByteLevel" and not p.get("add_prefix_space")
@@ -395,9 +399,15 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool
   elif parts and len(parts) == 2 and byte_level(parts[1], True) and parts[0].get("type") == "Digits" \
       and parts[0].get("individual_digits"):
     name = "smollm"
+  elif parts and len(parts) > 2 and byte_level(parts[-1], False) and all(
+      p.get("type") == "Split" and str(p.get("behavior", "")).lower() == "isolated" and not p.get("invert")
+      for p in parts[:-1]):
+    regexes = tuple((p.get("pattern") or {}).get("Regex") for p in parts[:-1])
+    name = next((n for n, splits in tokenizer_lib.MULTI_SPLITS.items() if splits == regexes), None)
   if name is None:
     raise ValueError(f"tokenizer: pre-tokenizer {json.dumps(pre_tokenizer)[:300]} has no llama.cpp name here "
-                     "(supported: GPT-2's byte-level split, Llama 3's and Qwen2's split regexes, SmolLM's digits)")
+                     "(supported: GPT-2's byte-level split, Llama 3's and Qwen2's split regexes, SmolLM's digits, DeepSeek's "
+                     "LLM and Coder regex sequences)")
   if ignore_merges and name != "llama-bpe":
     raise ValueError(f"tokenizer: BPE ignore_merges with the {name!r} pre-tokenizer, which llama.cpp applies to "
                      "Llama 3's split only")
@@ -421,7 +431,11 @@ def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any) ->
                      "llama.cpp's metadata cannot say it, so nothing was written")
   read = tokenizer_lib.tokenizer_from_gguf(path)
   # Every added token (special or not) between spaces: their matching rules (lstrip, rstrip, ...) must survive too.
-  added = [t.content for t in tokenizer.backend.get_added_tokens_decoder().values()]
+  # A SentencePiece tokenizer's added token matched in the normalized text is typed with spaces for its "▁" (that
+  # text spelled with a literal "▁" is the one thing llama.cpp, matching raw text, tokenizes otherwise).
+  sentencepiece = _is_sentencepiece(json.loads(tokenizer.backend.to_str()))
+  added = [t.content.replace(tokenizer_lib.SPIECE_SPACE, " ") if sentencepiece and t.normalized else t.content
+           for t in tokenizer.backend.get_added_tokens_decoder().values()]
   probes = [unicodedata.normalize("NFC", p) for p in _PROBES] + [" " + " ".join(added) + " x"]
   if tokenizer.chat_template is not None:
     probes.append(tokenizer.apply_chat_template([{"role": "user", "content": _PROBES[0]}],

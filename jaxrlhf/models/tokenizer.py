@@ -54,6 +54,17 @@ PRE_TOKENIZER_SPLITS = {
     "smaug-bpe": _LLAMA3_SPLIT, "dbrx": _LLAMA3_SPLIT, "falcon3": _LLAMA3_SPLIT,
     "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
 }
+# Pre-tokenizers that split with several regexes in turn (each splits the previous one's pieces, keeping the text
+# between matches as pieces too), as llama.cpp's llm_tokenizer_bpe lists them; then the byte-level mapping.
+# (Characters that Unicode normalization would change are escaped, so no editor turns them into others.)
+_DEEPSEEK_LETTERS = (
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ"
+    "𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+MULTI_SPLITS = {
+    "deepseek-llm": ("[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$",
+                     "[一-龥ࠀ-一가-퟿]+", r"\p{N}+"),
+    "deepseek-coder": ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[一-龥ࠀ-一가-퟿]+", r"\p{N}"),
+}
 # llama.cpp's LLAMA3 pre-tokenizer group: a pre-token that is itself in the vocabulary is taken whole before any merge
 # (Llama 3's tokenizer.json sets the BPE model's `ignore_merges`; e.g. " Việt" is one token there, three by merges),
 # and BOS is added when the file has no tokenizer.ggml.add_bos_token.
@@ -381,6 +392,10 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
 
 def _pre_tokenizer(pre_type: str) -> pre_tokenizers.PreTokenizer:
   """The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` names."""
+  if pre_type in MULTI_SPLITS:
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(split), behavior="isolated") for split in MULTI_SPLITS[pre_type]]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   split = PRE_TOKENIZER_SPLITS.get(pre_type)
   if split is not None:
     return pre_tokenizers.Sequence([
@@ -393,7 +408,7 @@ def _pre_tokenizer(pre_type: str) -> pre_tokenizers.PreTokenizer:
   if pre_type in _GPT2_PRE:
     return byte_level
   # llama.cpp knows many more splits; guessing GPT-2's for them would tokenize subtly wrong.
-  supported = sorted({*PRE_TOKENIZER_SPLITS, *_DIGIT_SPLIT_PRE, *_GPT2_PRE})
+  supported = sorted({*PRE_TOKENIZER_SPLITS, *MULTI_SPLITS, *_DIGIT_SPLIT_PRE, *_GPT2_PRE})
   raise ValueError(f"unsupported GGUF tokenizer.ggml.pre {pre_type!r}; supported: {supported}")
 
 

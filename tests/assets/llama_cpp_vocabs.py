@@ -18,8 +18,8 @@ import tarfile
 import tempfile
 
 VERSION = "0.3.36"  # llama-cpp-python, which vendors llama.cpp with its models/ folder
-# Two SentencePiece vocabularies (Llama 2's, Phi-3's) and five byte-level BPE ones, one per pre-tokenizer we read.
-NAMES = ("llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2", "starcoder", "refact")
+# Two SentencePiece vocabularies (Llama 2's, Phi-3's) and seven byte-level BPE ones, one per pre-tokenizer we read.
+NAMES = ("llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2", "starcoder", "refact", "deepseek-llm", "deepseek-coder")
 DEST = pathlib.Path(__file__).resolve().parent / "llama.cpp"
 SUFFIXES = (".gguf", ".gguf.inp", ".gguf.out")
 

@@ -292,3 +292,24 @@ def test_a_sentencepiece_tokenizer_that_reads_back_otherwise_is_refused(spm_gguf
                                        r"this tokenizer"):
     save_gguf(_model(1000), tmp_path / "m.gguf", unreachable)
   assert not (tmp_path / "m.gguf").exists()
+
+
+def test_added_whitespace_tokens_are_written_with_spaces(spm_gguf, tmp_path):
+  """Gemma's tokenizer.json adds whitespace runs ("▁▁", ...) matched in the normalized text, where spaces are
+  already "▁"; llama.cpp matches added tokens in the raw text, so the converter writes them with plain spaces. An
+  added token matched as spelled keeps its "▁"."""
+  from tokenizers import AddedToken
+  sp, path = spm_gguf
+  if sp.encode("a")[0] == sp.piece_to_id("▁a"):
+    pytest.skip("Gemma's style: with a space prefix, tokenizers would match a normalized added token as '▁▁▁▁'")
+  tokenizer = load_tokenizer(path)
+  tokenizer.backend.add_tokens([AddedToken("▁▁▁", normalized=True), AddedToken("▁x▁", normalized=False)])
+  ids = tokenizer.backend.get_vocab()
+  assert tokenizer.encode("a   b") == [sp.piece_to_id("a"), ids["▁▁▁"], sp.piece_to_id("b")]
+  out = save_gguf(_model(1024), tmp_path / "m.gguf", tokenizer, tensor_type="f32")
+  meta = gguf_metadata(out)
+  assert meta["tokenizer.ggml.tokens"][ids["▁▁▁"]] == "   " and meta["tokenizer.ggml.tokens"][ids["▁x▁"]] == "▁x▁"
+  assert meta["tokenizer.ggml.token_type"][ids["▁▁▁"]] == meta["tokenizer.ggml.token_type"][ids["▁x▁"]] == 4
+  back = load_tokenizer(out)
+  for text in ("a   b", "a    b", "say ▁x▁ now", "   "):
+    assert back.encode(text) == tokenizer.encode(text), text

@@ -13,7 +13,7 @@ from jaxrlhf.models import gguf as gguf_io
 from jaxrlhf.models.gguf_export import save_gguf
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
-NAMES = ("llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2", "starcoder", "refact")
+NAMES = ("llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2", "starcoder", "refact", "deepseek-llm", "deepseek-coder")
 
 
 def _cases(folder, name):
@@ -34,7 +34,7 @@ def test_our_gguf_tokenizer_gives_llama_cpps_ids(llama_cpp_vocabs, name):
     assert tokenizer.encode(text) == ids, text
 
 
-@pytest.mark.parametrize("name", ["llama-spm", "llama-bpe", "qwen2", "starcoder"])
+@pytest.mark.parametrize("name", ["llama-spm", "llama-bpe", "qwen2", "starcoder", "deepseek-llm", "deepseek-coder"])
 def test_exported_vocabulary_gives_the_same_ids(llama_cpp_vocabs, tmp_path, name):
   """The vocabulary written back by the GGUF export (a model of the file's vocabulary size) tokenizes llama.cpp's
   texts as before; for Llama 2's SentencePiece vocabulary the pieces and types are the file's, and the scores we
@@ -51,6 +51,8 @@ def test_exported_vocabulary_gives_the_same_ids(llama_cpp_vocabs, tmp_path, name
     assert back.encode(text) == ids, text
   meta = gguf_io.read_metadata(out)
   assert meta["tokenizer.ggml.model"] == source_meta["tokenizer.ggml.model"]
+  if name != "starcoder":  # written as "smollm", llama.cpp's other name for the same split
+    assert meta["tokenizer.ggml.pre"] == source_meta["tokenizer.ggml.pre"]
   if name == "llama-spm":
     assert meta["tokenizer.ggml.tokens"] == source_meta["tokenizer.ggml.tokens"]
     assert meta["tokenizer.ggml.token_type"] == source_meta["tokenizer.ggml.token_type"]
