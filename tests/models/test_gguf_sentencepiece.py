@@ -84,13 +84,27 @@ def _write_gguf(path, sp, add_space_prefix=None, chat_template=CHAT, **overrides
   return path
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["space_prefix", "no_prefix"])
-def spm_gguf(request, tmp_path_factory):
-  """(sentencepiece processor, its GGUF): Llama 2's style (a dummy prefix) and Gemma's (none, which the converter
-  writes as add_space_prefix false)."""
-  sp = _train(add_dummy_prefix=request.param)
+def _spm_gguf(tmp_path_factory, space_prefix: bool):
+  sp = _train(add_dummy_prefix=space_prefix)
   path = tmp_path_factory.mktemp("spm") / "tok.gguf"
-  return sp, _write_gguf(path, sp, add_space_prefix=None if request.param else False)
+  return sp, _write_gguf(path, sp, add_space_prefix=None if space_prefix else False)
+
+
+@pytest.fixture(scope="module")
+def llama_style(tmp_path_factory):
+  """(sentencepiece processor, its GGUF) in Llama 2's style: a space prefix (the file leaves the default)."""
+  return _spm_gguf(tmp_path_factory, True)
+
+
+@pytest.fixture(scope="module")
+def gemma_style(tmp_path_factory):
+  """The same in Gemma's style: no space prefix, which the converter writes as add_space_prefix false."""
+  return _spm_gguf(tmp_path_factory, False)
+
+
+@pytest.fixture(params=["llama_style", "gemma_style"])
+def spm_gguf(request):
+  return request.getfixturevalue(request.param)
 
 
 def test_ids_and_text_equal_sentencepiece(spm_gguf):
@@ -166,14 +180,12 @@ def test_malformed_sentencepiece_vocabularies_name_the_key(tmp_path):
 
 
 @pytest.mark.parity
-def test_transformers_gguf_loader_agrees_on_text_not_starting_with_a_space(spm_gguf):
+def test_transformers_gguf_loader_agrees_on_text_not_starting_with_a_space(llama_style):
   """transformers' own GGUF tokenizer (its LlamaTokenizer from the file's pieces and scores) on the same file. It
   differs on text that starts with a space: its Metaspace pre-tokenizer prepends no "▁" there, while llama.cpp and
   sentencepiece do."""
   transformers = require_module("transformers")
-  sp, path = spm_gguf
-  if sp.encode("a")[0] != sp.piece_to_id("▁a"):  # a Gemma-style file; transformers reads that by architecture
-    pytest.skip("transformers reads a prefix-less SentencePiece vocabulary only from a gemma file")
+  sp, path = llama_style  # (transformers reads a prefix-less SentencePiece vocabulary only from a gemma file)
   reference = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
   ours = load_tokenizer(path)
   texts = [t for t in TEXTS if not t.startswith(" ")] + [t for t in _corpus()[::5] if not t.startswith(" ")
@@ -218,14 +230,12 @@ def test_export_writes_a_vocabulary_llama_cpp_tokenizes_as_the_source(spm_gguf, 
 
 
 @pytest.mark.parity
-def test_transformers_runs_the_exported_llama_2_style_file(spm_gguf, tmp_path):
+def test_transformers_runs_the_exported_llama_2_style_file(llama_style, tmp_path):
   """A Llama policy with the SentencePiece tokenizer, exported, then loaded by transformers' own GGUF loader: the
   checkpoint's logits, and its tokenizer (built from the file's pieces and scores) gives our ids."""
   torch, transformers = require_module("torch"), require_module("transformers")
   from hf_fixtures import hf_logits, make_hf_model
-  sp, path = spm_gguf
-  if sp.encode("a")[0] != sp.piece_to_id("▁a"):
-    pytest.skip("transformers reads a prefix-less SentencePiece vocabulary only from a gemma file")
+  sp, path = llama_style
   hf_model = make_hf_model("llama_gqa_tied", vocab_size=1024)
   hf_model.save_pretrained(tmp_path / "hf")
   model, _ = from_pretrained(tmp_path / "hf")
@@ -246,13 +256,12 @@ def gguf_metadata(path):
   return gguf_io.read_metadata(path)
 
 
-def test_metaspace_prefixes_are_refused_by_name(spm_gguf, tmp_path):
+def test_metaspace_prefixes_are_refused_by_name(llama_style, tmp_path):
   """transformers' Llama tokenizers with a Metaspace pre-tokenizer prepend no "▁" to text that starts with a space
   (prepend_scheme "always") nor, for non-legacy ones ("first"), to text after a special token; llama.cpp always
-  does, so neither can be written, and the export says why before writing anything."""
-  sp, path = spm_gguf
-  if sp.encode("a")[0] != sp.piece_to_id("▁a"):
-    pytest.skip("only a tokenizer with a space prefix has the choice")
+  does, so neither can be written, and the export says why before writing anything. (Only a tokenizer with a space
+  prefix has the choice.)"""
+  sp, path = llama_style
   spec = json.loads(load_tokenizer(path).backend.to_str())
   spec["normalizer"] = None
   spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": False}
@@ -294,14 +303,13 @@ def test_a_sentencepiece_tokenizer_that_reads_back_otherwise_is_refused(spm_gguf
   assert not (tmp_path / "m.gguf").exists()
 
 
-def test_added_whitespace_tokens_are_written_with_spaces(spm_gguf, tmp_path):
+def test_added_whitespace_tokens_are_written_with_spaces(gemma_style, tmp_path):
   """Gemma's tokenizer.json adds whitespace runs ("▁▁", ...) matched in the normalized text, where spaces are
   already "▁"; llama.cpp matches added tokens in the raw text, so the converter writes them with plain spaces. An
-  added token matched as spelled keeps its "▁"."""
+  added token matched as spelled keeps its "▁". (With a space prefix, tokenizers would match a normalized added token
+  as "▁▁▁▁": Gemma's style only.)"""
   from tokenizers import AddedToken
-  sp, path = spm_gguf
-  if sp.encode("a")[0] == sp.piece_to_id("▁a"):
-    pytest.skip("Gemma's style: with a space prefix, tokenizers would match a normalized added token as '▁▁▁▁'")
+  sp, path = gemma_style
   tokenizer = load_tokenizer(path)
   tokenizer.backend.add_tokens([AddedToken("▁▁▁", normalized=True), AddedToken("▁x▁", normalized=False)])
   ids = tokenizer.backend.get_vocab()
