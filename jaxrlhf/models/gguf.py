@@ -19,6 +19,7 @@ import mmap
 import math
 import os
 import struct
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gguf
@@ -92,7 +93,7 @@ _GEMMA_NORM_TENSORS = {
 
 
 @errors.reads_file("GGUF file")
-def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], "GGUFTensors"]:
   """Reads a GGUF file of architecture llama, qwen2, qwen3, gemma2 or gemma3.
 
   Args:
@@ -103,37 +104,62 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     (`LlamaConfig`, `Qwen3Config`, `Gemma2Config`, `Gemma3TextConfig`);
     `tensors` maps transformers parameter names (`model.embed_tokens.weight`,
     `model.layers.{i}.self_attn.q_proj.weight`, ...) to float32 arrays in torch `nn.Linear` layout
-    (out_features, in_features). `lm_head.weight` is present only when the embeddings are untied.
+    (out_features, in_features), each read and dequantized when it is looked up (`GGUFTensors`).
+    `lm_head.weight` is present only when the embeddings are untied.
 
   Raises:
     ModelFileError (a ValueError): a truncated or malformed file (checked against the file size before
       anything is read), unsupported `general.architecture`, unsupported quantization type, a missing,
       unexpected or misshapen tensor, or a missing metadata field; the message names the file and the field
-      or tensor.
+      or tensor. All of it is checked here, before any tensor is dequantized.
   """
   header, hf_config = _header_and_config(path)
   gguf_tensors, arch = header.tensors, header.metadata["general.architecture"]
   expected_shapes = _expected_shapes(hf_config, arch)
   name_map = _hf_names(hf_config["num_hidden_layers"], arch)
-  tensors = {}
+  infos = {}
   for gguf_name, hf_name in name_map.items():
     if gguf_name not in gguf_tensors:
       if hf_name == "lm_head.weight":
         continue  # Tied embeddings: no separate output matrix.
       raise ValueError(f"GGUF file {os.fspath(path)!r} is missing tensor {gguf_name!r} ({hf_name})")
-    shape = gguf_tensors[gguf_name].shape
-    if shape != expected_shapes[hf_name]:  # Checked before the (slow) dequantization.
+    info = gguf_tensors[gguf_name]
+    if info.shape != expected_shapes[hf_name]:
       raise ValueError(
-          f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {shape}, expected {expected_shapes[hf_name]}")
-    weight = read_tensor(path, gguf_tensors[gguf_name])
-    if arch == "llama" and hf_name.endswith("q_proj.weight"):
-      weight = reverse_permute_qk(weight, hf_config["num_attention_heads"])
-    elif arch == "llama" and hf_name.endswith("k_proj.weight"):
-      weight = reverse_permute_qk(weight, hf_config["num_key_value_heads"])
-    elif arch in _GEMMA and hf_name.endswith("norm.weight"):
+          f"GGUF tensor {gguf_name!r} ({hf_name}) has shape {info.shape}, expected {expected_shapes[hf_name]}")
+    _check_tensor_type(info)
+    infos[hf_name] = info
+  return hf_config, GGUFTensors(path, infos, arch, hf_config)
+
+
+class GGUFTensors(Mapping[str, np.ndarray]):
+  """A GGUF file's model tensors by transformers name, read when looked up: each lookup memory-maps the tensor's
+  bytes, dequantizes them to float32 and undoes what llama.cpp's converter changed (the q/k row permutation of
+  llama files, Gemma's 1 + w norms). Nothing is cached, so building a model holds one dequantized tensor at a time
+  beside the parameters (a Q4 file's float32 weights are ~8x its size; holding them all at once needed that much
+  host memory). `read_gguf` has validated every name, shape and type, so a lookup fails only on I/O."""
+
+  def __init__(self, path: str | os.PathLike, infos: dict[str, TensorInfo], arch: str, hf_config: dict[str, Any]):
+    self.path, self._infos, self._arch = path, infos, arch
+    self._num_heads, self._num_kv_heads = hf_config["num_attention_heads"], hf_config["num_key_value_heads"]
+
+  def __getitem__(self, hf_name: str) -> np.ndarray:
+    info = self._infos[hf_name]
+    with errors.reading(self.path, f"GGUF tensor {info.name!r}"):
+      weight = read_tensor(self.path, info)
+    if self._arch == "llama" and hf_name.endswith("q_proj.weight"):
+      weight = reverse_permute_qk(weight, self._num_heads)
+    elif self._arch == "llama" and hf_name.endswith("k_proj.weight"):
+      weight = reverse_permute_qk(weight, self._num_kv_heads)
+    elif self._arch in _GEMMA and hf_name.endswith("norm.weight"):
       weight = weight - np.float32(1.0)  # llama.cpp stored 1 + w (exact for stored values in [0.5, 2])
-    tensors[hf_name] = weight
-  return hf_config, tensors
+    return weight
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._infos)
+
+  def __len__(self) -> int:
+    return len(self._infos)
 
 
 ROPE_FREQS = "rope_freqs.weight"
@@ -556,12 +582,16 @@ class Header:
   tensors: dict[str, TensorInfo]
 
 
-def read_tensor(path: str | os.PathLike, info: TensorInfo) -> np.ndarray:
-  """A tensor of the file at `path` (described by `read_header`) dequantized to float32, in numpy order."""
+def _check_tensor_type(info: TensorInfo) -> None:
   if info.qtype not in SUPPORTED_TENSOR_TYPES:
     supported = sorted(t.name for t in SUPPORTED_TENSOR_TYPES)
     raise ValueError(
         f"GGUF tensor {info.name!r} has unsupported quantization type {info.qtype.name}; supported: {supported}")
+
+
+def read_tensor(path: str | os.PathLike, info: TensorInfo) -> np.ndarray:
+  """A tensor of the file at `path` (described by `read_header`) dequantized to float32, in numpy order."""
+  _check_tensor_type(info)
   raw = np.memmap(path, dtype=np.uint8, mode="r", offset=info.offset, shape=(info.nbytes,))
   if info.qtype in _FLOAT_DTYPES:  # plain floats in the file's byte order
     values = raw.view(np.dtype(_FLOAT_DTYPES[info.qtype]).newbyteorder(info.byte_order))

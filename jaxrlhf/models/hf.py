@@ -215,7 +215,8 @@ def hf_to_params(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict
   if unexpected:
     raise ValueError(f"unexpected tensors for model_type {config.hf_model_type or config.family}: "
                      f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-  top["layers"] = {name: np.stack(values) for name, values in layers.items()}
+  # One parameter kind at a time, its per-layer list dropped once stacked: never the model's layers twice.
+  top["layers"] = {name: np.stack(layers.pop(name)) for name in list(layers)}
   return top
 
 
@@ -264,15 +265,16 @@ def model_from_hf_tensors(hf_config: Mapping[str, Any], tensors: Mapping[str, np
   """
   dtype_name = jnp.dtype(dtype).name
   config = ModelConfig.from_hf(hf_config, dtype=dtype_name, param_dtype=dtype_name, **config_overrides)
-  params = hf_to_params(config, tensors)
+  leaves, treedef = jax.tree.flatten(hf_to_params(config, tensors))
   graphdef, abstract_state = nnx.split(abstract_model(config))
   if callable(shardings):
     shardings = shardings(abstract_state)
-  if shardings is None:
-    values = jax.tree.map(jnp.asarray, params)
-  else:
-    values = jax.tree.map(jax.device_put, params, _to_pure(shardings))
-  nnx.replace_by_pure_dict(abstract_state, values)
+  targets = [None] * len(leaves) if shardings is None else treedef.flatten_up_to(_to_pure(shardings))
+  # Each host array is replaced by its device copy as soon as that exists, so the host holds the model once, not
+  # twice, while the parameters move.
+  for i, target in enumerate(targets):
+    leaves[i] = jnp.asarray(leaves[i]) if target is None else jax.device_put(leaves[i], target)
+  nnx.replace_by_pure_dict(abstract_state, jax.tree.unflatten(treedef, leaves))
   return nnx.merge(graphdef, abstract_state), config
 
 

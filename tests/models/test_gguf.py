@@ -121,6 +121,20 @@ def _hf_name(gguf_name):
   return gguf_io._hf_names(L)[gguf_name]
 
 
+def test_tensors_are_dequantized_one_lookup_at_a_time(tmp_path, monkeypatch):
+  """read_gguf validates names, shapes and types without dequantizing anything; each lookup reads its tensor then
+  (and keeps nothing), so building a model never holds every dequantized tensor at once."""
+  path = write_tiny_gguf(tmp_path / "tiny.gguf", _tiny_llama_tensors(np.random.default_rng(0), tied=False))
+  reads = []
+  real = gguf_io.read_tensor
+  monkeypatch.setattr(gguf_io, "read_tensor", lambda p, info: reads.append(info.name) or real(p, info))
+  _, out = gguf_io.read_gguf(path)
+  assert reads == [] and len(out) == len(set(out)) > 0
+  first, second = out["model.layers.0.self_attn.q_proj.weight"], out["model.layers.0.self_attn.q_proj.weight"]
+  assert reads == ["blk.0.attn_q.weight"] * 2 and first is not second
+  np.testing.assert_array_equal(first, second)
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_tiny_llama_matches_hand_dequantized_goldens(tmp_path, tied):
   tensors = _tiny_llama_tensors(np.random.default_rng(0), tied=tied)
