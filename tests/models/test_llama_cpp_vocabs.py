@@ -1,7 +1,8 @@
 """llama.cpp's own tokenizer tests on real vocabularies (tests/assets/llama_cpp_vocabs.py fetches them): Llama 2's
 and Phi-3's SentencePiece vocabularies and the byte-level BPE ones of Llama 3, Qwen2, GPT-2, StarCoder and Refact,
 each with llama.cpp's 46 test texts and the ids the model's own tokenizer gives (what llama.cpp's
-tests/test-tokenizer-0 checks). Our GGUF tokenizer must give those ids; an exported vocabulary must give them again.
+tests/test-tokenizer-0 checks). Our GGUF tokenizer must give those ids and decode them back to the text; an exported
+vocabulary must give them again.
 """
 
 import gguf
@@ -32,6 +33,7 @@ def test_our_gguf_tokenizer_gives_llama_cpps_ids(llama_cpp_vocabs, name):
   tokenizer = load_tokenizer(llama_cpp_vocabs / f"ggml-vocab-{name}.gguf")
   for text, ids in _cases(llama_cpp_vocabs, name):
     assert tokenizer.encode(text) == ids, text
+    assert tokenizer.decode(ids) == text, text  # lossless, leading spaces and byte-fallback runs included
 
 
 @pytest.mark.parametrize("name", ["llama-spm", "llama-bpe", "qwen2", "starcoder", "deepseek-llm", "deepseek-coder"])
