@@ -246,7 +246,8 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
   token_types = list(metadata.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens)))
   if sentencepiece:
     backend = sentencepiece_bpe(tokens, metadata["tokenizer.ggml.scores"], token_types,
-                                add_space_prefix=metadata.get("tokenizer.ggml.add_space_prefix", True))
+                                add_space_prefix=metadata.get("tokenizer.ggml.add_space_prefix", True),
+                                unk_id=metadata.get("tokenizer.ggml.unknown_token_id", 0))
   else:
     backend = byte_level_bpe(tokens, metadata["tokenizer.ggml.merges"], token_types,
                              metadata.get("tokenizer.ggml.pre", "default"))
@@ -275,7 +276,7 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
 
 
 def sentencepiece_bpe(tokens: Sequence[str], scores: Sequence[float], token_types: Sequence[int],
-                      add_space_prefix: bool = True) -> tokenizers.Tokenizer:
+                      add_space_prefix: bool = True, unk_id: int | None = None) -> tokenizers.Tokenizer:
   """A `tokenizers.Tokenizer` that tokenizes as llama.cpp does a SentencePiece (`tokenizer.ggml.model` "llama")
   vocabulary.
 
@@ -294,9 +295,12 @@ def sentencepiece_bpe(tokens: Sequence[str], scores: Sequence[float], token_type
       6 byte; 1 normal, 5 unused -> plain vocabulary).
     add_space_prefix: prepend "▁" to each run of text (the file's `tokenizer.ggml.add_space_prefix`; llama.cpp,
       like SentencePiece's dummy prefix, starts each run between special tokens with one).
+    unk_id: the unknown token's id (the file's `tokenizer.ggml.unknown_token_id`, llama.cpp's default 0), taken
+      for a character neither in the vocabulary nor spelled by byte tokens; None: the token of type unknown.
 
   Raises:
-    ValueError: inconsistent lengths or a repeated token.
+    ValueError: inconsistent lengths, a repeated token, an unknown id outside the vocabulary, or neither an unknown
+      token nor all 256 byte tokens (text outside the vocabulary would be dropped).
   """
   for name, values in (("scores", scores), ("token_type", token_types)):
     if len(values) != len(tokens):
@@ -306,7 +310,13 @@ def sentencepiece_bpe(tokens: Sequence[str], scores: Sequence[float], token_type
     if token in vocab:
       raise ValueError(f"tokenizer.ggml.tokens[{index}] = {token!r} repeats token {vocab[token]}")
     vocab[token] = index
-  unknown = [token for token, kind in zip(tokens, token_types) if kind == _UNKNOWN]
+  if unk_id is not None and not 0 <= unk_id < len(tokens):
+    raise ValueError(f"tokenizer.ggml.unknown_token_id {unk_id} is outside the vocabulary [0, {len(tokens)})")
+  unknown = tokens[unk_id] if unk_id is not None else next(
+      (token for token, kind in zip(tokens, token_types) if kind == _UNKNOWN), None)
+  if unknown is None and not all(f"<0x{b:02X}>" in vocab for b in range(256)):
+    raise ValueError("tokenizer.ggml: no unknown token and not all 256 byte tokens, so text outside the vocabulary "
+                     "would be dropped")
   whole = (_CONTROL, _USER_DEFINED, _UNKNOWN, _BYTE)  # Never the result of a merge: matched whole or bytes.
   candidates = []
   for index, (token, kind) in enumerate(zip(tokens, token_types)):
@@ -319,7 +329,7 @@ def sentencepiece_bpe(tokens: Sequence[str], scores: Sequence[float], token_type
   # Highest score first; among splits of one token (equal scores), by the pieces' ids, as transformers orders them.
   candidates.sort(key=lambda c: c[:3])
   merges = [(left, right) for *_, left, right in candidates]
-  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unknown[0] if unknown else None,
+  backend = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unknown,
                                             fuse_unk=True, byte_fallback=True))
   space = [normalizers.Replace(" ", SPIECE_SPACE)]
   backend.normalizer = normalizers.Sequence(([normalizers.Prepend(SPIECE_SPACE)] if add_space_prefix else []) + space)

@@ -175,6 +175,11 @@ def test_malformed_sentencepiece_vocabularies_name_the_key(tmp_path):
     load_tokenizer(_write_gguf(tmp_path / "c.gguf", sp, tokens=tokens))
   with pytest.raises(ValueError, match=r"c\.gguf"):  # the message names the file
     load_tokenizer(tmp_path / "c.gguf")
+  with pytest.raises(ValueError, match=r"no unknown token and not all 256 byte tokens"):
+    sentencepiece_bpe(["a", "b", "ab"], [0.0, 0.0, -1.0], [1, 1, 1])
+  assert sentencepiece_bpe(["<unk>", "a"], [0.0, 0.0], [1, 1], False, unk_id=0).encode("ax").ids == [1, 0]
+  with pytest.raises(ValueError, match=r"unknown_token_id 7 is outside the vocabulary \[0, 2\)"):
+    sentencepiece_bpe(["<unk>", "a"], [0.0, 0.0], [1, 1], unk_id=7)
   with pytest.raises(ValueError, match=r"unsupported GGUF tokenizer\.ggml\.model 't5'"):
     load_tokenizer(_write_gguf(tmp_path / "d.gguf", sp, model="t5"))
 
