@@ -27,7 +27,7 @@ __all__ = [
 def from_pretrained(path: str | os.PathLike, dtype: Any = jnp.float32, mesh: Any = None,
                     **config_overrides: Any) -> tuple[CausalLM, ModelConfig]:
   """Loads a CausalLM from a Hugging Face folder (config.json + model.safetensors or a sharded
-  model.safetensors.index.json) or a .gguf file of architecture llama, qwen2, qwen3, gemma2 or gemma3.
+  model.safetensors.index.json) or a .gguf file of architecture llama, qwen2, qwen3, gemma, gemma2 or gemma3.
 
   Args:
     path: the folder or the .gguf file.

@@ -15,23 +15,24 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-FAMILIES = ("llama", "qwen2", "gpt2", "qwen3", "gemma2", "gemma3")
+FAMILIES = ("llama", "qwen2", "gpt2", "qwen3", "gemma", "gemma2", "gemma3")
 # transformers model_type -> our family. Mistral and SmolLM2 are Llama-family checkpoints; "gemma3_text" is the
 # text-only Gemma 3 (Gemma3ForCausalLM).
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "qwen3": "qwen3",
-                  "gemma2": "gemma2", "gemma3_text": "gemma3"}
+                  "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
 }
 # family -> the model_type `to_hf` writes when `hf_model_type` is unset.
-_DEFAULT_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "qwen3": "qwen3", "gemma2": "gemma2",
-                        "gemma3": "gemma3_text"}
+_DEFAULT_MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "qwen3": "qwen3", "gemma": "gemma",
+                        "gemma2": "gemma2", "gemma3": "gemma3_text"}
 LAYER_TYPES = ("full_attention", "sliding_attention")
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
@@ -66,6 +67,8 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
                   sliding_window=4096),
     "qwen3": dict(tie_word_embeddings=False, head_dim=128, num_key_value_heads=32, max_position_embeddings=32768,
                   sliding_window=4096),
+    "gemma": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=16, max_position_embeddings=8192,
+                  sliding_window=None),
     "gemma2": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=4, max_position_embeddings=8192,
                    sliding_window=4096),
     "gemma3_text": dict(tie_word_embeddings=True, head_dim=256, num_key_value_heads=4, max_position_embeddings=131072,
@@ -82,6 +85,8 @@ _GEMMA_SWITCHES = dict(norm="rmsnorm", position="rope", gated_mlp=True, mlp_bias
                        post_norms=True, scale_embeddings=True)
 _FAMILY_SWITCHES: dict[str, dict[str, Any]] = {
     "qwen3": dict(norm="rmsnorm", position="rope", gated_mlp=True, mlp_bias=False, qk_norm=True),
+    # Gemma 1: Gemma's embedding scale and 1 + w norms, but one norm per sublayer (no post-norms), no soft-caps.
+    "gemma": dict(_GEMMA_SWITCHES, post_norms=False),
     "gemma2": dict(_GEMMA_SWITCHES, qk_norm=False, local_rope_theta=None),
     "gemma3": dict(_GEMMA_SWITCHES, qk_norm=True, attn_logit_softcap=None),
 }
@@ -96,6 +101,7 @@ _MODEL_TYPE_FIXED: dict[str, dict[str, Any]] = {
     "qwen2": dict(_RMS_ROPE_GATED, qkv_bias=True, out_bias=False, mlp_bias=False, sliding_window=None),
     "gpt2": dict(norm="layernorm", position="learned", gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
                  sliding_window=None),
+    "gemma": dict(sliding_window=None),  # GemmaAttention has no window
 }
 # Switches a family may set freely (read from and written to its config.json).
 _FAMILY_FREE = {
@@ -139,7 +145,8 @@ class ModelConfig:
   """Architecture and numerics of a decoder-only LM.
 
   Attributes:
-    family: "llama" (also Mistral, SmolLM2), "qwen2", "gpt2", "qwen3", "gemma2" or "gemma3" (text-only Gemma 3).
+    family: "llama" (also Mistral, SmolLM2), "qwen2", "gpt2", "qwen3", "gemma" (Gemma 1), "gemma2" or "gemma3"
+      (text-only Gemma 3).
     vocab_size, embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim: sizes (V, D, L, N, K, H, F).
     max_position_embeddings: length of the learned position table (GPT-2) / nominal context.
     norm: "rmsnorm" or "layernorm"; norm_eps its epsilon.
@@ -478,7 +485,8 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
 
 
 def _qwen3_gemma_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
-  """Qwen3 / Gemma 2 / Gemma 3 (text): the Llama-like fields plus the family's fixed switches and its own keys."""
+  """Qwen3 / Gemma / Gemma 2 / Gemma 3 (text): the Llama-like fields plus the family's fixed switches and its own
+  keys."""
   if hf.get("use_bidirectional_attention"):
     raise ValueError(f"use_bidirectional_attention=True is not supported for {family}; expected False")
   fields = _llama_like_fields(hf, hf["model_type"])
@@ -497,6 +505,11 @@ def _qwen3_gemma_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
         fields.update(sliding_window=int(window), layer_types=None if uniform else tuple(layer_types))
     return fields
 
+  if family == "gemma":
+    # GemmaConfig reads "gelu", the official files' legacy value, as the tanh approximation it always meant.
+    act = hf.get("hidden_act", "gelu_pytorch_tanh")
+    fields["activation"] = _activation_from_hf("hidden_act", "gelu_pytorch_tanh" if act == "gelu" else act)
+    return fields
   activation_key = "hidden_activation" if hf.get("hidden_activation") is not None else "hidden_act"
   fields["activation"] = _activation_from_hf(activation_key, hf.get(activation_key, "gelu_pytorch_tanh"))
   fields["query_pre_attn_scalar"] = float(hf.get("query_pre_attn_scalar", 256))
@@ -546,6 +559,10 @@ def _gemma3_rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | No
 def _qwen3_gemma_to_hf(config: ModelConfig, out: dict[str, Any], rope: dict[str, Any]) -> None:
   """Adds the Qwen3 / Gemma keys of `config` to the Llama-like `out` (in place)."""
   c = config
+  if c.family == "gemma":
+    out.update(attention_bias=c.qkv_bias,
+               hidden_act="gelu_pytorch_tanh" if c.activation == "gelu_tanh" else _ACTIVATION_TO_HF[c.activation])
+    return
   layer_types = list(c.layer_types or (["sliding_attention" if c.sliding_window else "full_attention"]
                                        * c.num_layers))
   out.update(attention_bias=c.qkv_bias, layer_types=layer_types, sliding_window=c.sliding_window)

@@ -51,11 +51,13 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.IQ4_NL,
     gguf.GGMLQuantizationType.IQ4_XS,
 })
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")
-_GEMMA = ("gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+_GEMMA = ("gemma2", "gemma3")  # Gemma 2 / 3: sandwich norms, soft-caps, local layers
+# Gemma files store every norm weight as 1 + w (llama.cpp's RMSNorm multiplies by the stored weight).
+NORM_PLUS_ONE = ("gemma", "gemma2", "gemma3")
 _HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
                "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-               "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+               "gemma": ("gemma", "GemmaForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 
 # GGUF tensor name -> transformers name. `{i}` is the layer index.
 _GLOBAL_TENSORS = {
@@ -94,7 +96,7 @@ _GEMMA_NORM_TENSORS = {
 
 @errors.reads_file("GGUF file")
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], "GGUFTensors"]:
-  """Reads a GGUF file of architecture llama, qwen2, qwen3, gemma2 or gemma3.
+  """Reads a GGUF file of architecture llama, qwen2, qwen3, gemma, gemma2 or gemma3.
 
   Args:
     path: a `.gguf` file.
@@ -151,7 +153,7 @@ class GGUFTensors(Mapping[str, np.ndarray]):
       weight = reverse_permute_qk(weight, self._num_heads)
     elif self._arch == "llama" and hf_name.endswith("k_proj.weight"):
       weight = reverse_permute_qk(weight, self._num_kv_heads)
-    elif self._arch in _GEMMA and hf_name.endswith("norm.weight"):
+    elif self._arch in NORM_PLUS_ONE and hf_name.endswith("norm.weight"):
       weight = weight - np.float32(1.0)  # llama.cpp stored 1 + w (exact for stored values in [0.5, 2])
     return weight
 
@@ -323,7 +325,7 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
     tensor_names: names of the tensors in the file (decides `tie_word_embeddings`).
 
   Returns:
-    A config.json-style dict with `model_type` "llama", "qwen3", "gemma2" or "gemma3_text".
+    A config.json-style dict with `model_type` "llama", "qwen2", "qwen3", "gemma", "gemma2" or "gemma3_text".
   """
   arch = metadata.get("general.architecture")
   if arch not in SUPPORTED_ARCHITECTURES:
@@ -385,6 +387,9 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
   elif arch == "qwen2":  # q/k/v biases always (Qwen2Config has no switch), no window (llama.cpp has none)
     del config["mlp_bias"], config["attention_bias"]
     config["use_sliding_window"] = False
+  elif arch == "gemma":  # Gemma 1: GELU (tanh), no window, no soft-caps, attention scaled by head_dim ** -0.5
+    del config["mlp_bias"]
+    config["hidden_act"] = "gelu_pytorch_tanh"
   elif arch in _GEMMA:
     _gemma_config(config, metadata, arch)
   _check_attention_scale(config, metadata, arch)

@@ -2,7 +2,7 @@
 write, for llama.cpp, ollama, LM Studio or transformers' GGUF loader to run, and for `from_pretrained` to read back.
 
 `save_gguf` writes what `jaxrlhf.models.gguf.read_gguf` reads, inverted: the families llama (Llama 2 / 3.x, SmolLM2),
-qwen2 (Qwen2 / 2.5), qwen3, gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files
+qwen2 (Qwen2 / 2.5), qwen3, gemma (Gemma 1), gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files
 (GGML's interleaved RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and
 RoPE factors in F32 and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that
 are not whole 32-value blocks, as the converter does). The tokenizer goes in as llama.cpp's vocabulary: tokens in id
@@ -48,7 +48,8 @@ TENSOR_TYPES = {
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 # ModelConfig.family -> GGUF general.architecture.
-_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3"}
+_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2",
+                  "gemma3": "gemma3"}
 # Fields that do not shape the computation a file describes (numerics, layout and bookkeeping chosen at load time),
 # and the token ids, which the tokenizer's metadata carries (a GGUF has one end-of-sequence id).
 _UNCOMPARED = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention", "initializer_range",
@@ -172,7 +173,7 @@ def _llama_cpp_layout(fetch: Callable[[], np.ndarray], hf_name: str, arch: str,
   """`fetch` with the converter's changes: Gemma norms stored as 1 + w, llama q/k rows permuted."""
   def fetched() -> np.ndarray:
     array = fetch()
-    if arch in ("gemma2", "gemma3") and hf_name.endswith("norm.weight"):
+    if arch in gguf_io.NORM_PLUS_ONE and hf_name.endswith("norm.weight"):
       array = array + np.float32(1.0)  # GGML scales by the weight, Gemma by 1 + w
     if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
       array = permute_qk(array, config.num_heads if hf_name.endswith("q_proj.weight") else config.num_kv_heads)

@@ -60,6 +60,7 @@ SEQUENCE_CLASSIFICATION_ARCHITECTURES = {
     "mistral": "MistralForSequenceClassification",
     "qwen2": "Qwen2ForSequenceClassification",
     "qwen3": "Qwen3ForSequenceClassification",
+    "gemma": "GemmaForSequenceClassification",
     "gemma2": "Gemma2ForSequenceClassification",
     "gemma3_text": "Gemma3TextForSequenceClassification",
     "gpt2": "GPT2ForSequenceClassification",

@@ -37,6 +37,11 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "qwen3_tied_sliding": ("Qwen3Config", "Qwen3ForCausalLM", dict(
         _LLAMA_SIZES, head_dim=8, tie_word_embeddings=True, use_sliding_window=True, sliding_window=4,
         max_window_layers=1)),
+    # Gemma 1: Gemma's scaled embeddings and 1 + w norms with Llama's layer layout; "gelu" as the official files say
+    # (GemmaConfig reads it as the tanh approximation).
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, hidden_act="gelu")),
     # Gemma 2: layers local/global/local with a 4-token window, query_pre_attn_scalar != head_dim, both soft-caps
     # small enough to bite on random weights.
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(

@@ -1,4 +1,4 @@
-"""Qwen3, Gemma 2 and Gemma 3 (text) against transformers on tiny random checkpoints: logits per padding side,
+"""Qwen3, Gemma (1), Gemma 2 and Gemma 3 (text) against transformers on tiny random checkpoints: logits per padding side,
 KV-cache generation, each family switch (turned off, parity breaks), scanned mixed local/global layers, packing,
 the reward-model backbone, sharding, config conversion, and GGUF import in llama.cpp's layout for each.
 
@@ -23,7 +23,7 @@ from jaxrlhf.models.decoder import rope_inv_freq
 from jaxrlhf.sampling import generate
 
 TOL = 1e-4
-NEW_FAMILIES = ("qwen3_untied", "qwen3_tied_sliding", "gemma2", "gemma3_untied")
+NEW_FAMILIES = ("qwen3_untied", "qwen3_tied_sliding", "gemma", "gemma2", "gemma3_untied")
 LOGICAL_AXES = {"vocab", "embed", "mlp", "heads", "kv_heads", "head_dim", "layers", "positions"}
 
 
@@ -76,6 +76,7 @@ def test_logits_match_transformers_left_and_right_padding(pair):
     ("gemma3_untied", dict(local_rope_theta=None)),
     ("gemma3_untied", dict(rope_scaling=None)),
     ("gemma3_untied", dict(scale_embeddings=False)),
+    ("gemma", dict(norm_plus_one=False)),
 ])
 def test_parity_is_sensitive_to_the_switch_under_test(family, override, tmp_path):
   """The tiny cases exercise every switch that keeps the parameter set: turning one off breaks parity."""
@@ -365,7 +366,7 @@ def test_bidirectional_gemma3_is_rejected():
 
 # ----------------------------------------------------------------------------------------------------- GGUF
 # llama.cpp's GGUF cannot say query_pre_attn_scalar (it assumes head_dim below 27B), so the GGUF cases use it.
-GGUF_CASES = {"qwen2": ("qwen2_bias", {}), "qwen3": ("qwen3_untied", {}),
+GGUF_CASES = {"qwen2": ("qwen2_bias", {}), "qwen3": ("qwen3_untied", {}), "gemma": ("gemma", {}),
               "gemma2": ("gemma2", dict(query_pre_attn_scalar=16)),
               "gemma3": ("gemma3_untied", dict(query_pre_attn_scalar=16))}
 
@@ -388,7 +389,7 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
   writer.add_layer_norm_rms_eps(hf.rms_norm_eps)
   writer.add_vocab_size(hf.vocab_size)
   rope = hf.rope_parameters.get("full_attention", hf.rope_parameters)
-  if arch != "gemma2":  # Gemma2Model writes no RoPE base (llama.cpp's default 10000 applies)
+  if arch not in ("gemma", "gemma2"):  # GemmaModel / Gemma2Model write no RoPE base (llama.cpp's default 10000)
     writer.add_rope_freq_base(rope["rope_theta"])
   if rope["rope_type"] == "linear":
     writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -408,7 +409,7 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
     if name == "lm_head.weight" and hf.tie_word_embeddings:
       continue
     array = value.numpy().astype(np.float32)
-    if arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
+    if arch in ("gemma", "gemma2", "gemma3") and name.endswith("norm.weight"):
       array = array + np.float32(1.0)
     if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):  # GGML's interleaved RoPE rows
       heads = hf.num_attention_heads if name.endswith("q_proj.weight") else hf.num_key_value_heads

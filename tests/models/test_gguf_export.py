@@ -28,7 +28,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # The cases GGUF can say: llama.cpp assumes Gemma's attention scale is the head size (test_families_parity.py).
 # Gemma 3's local layers get a RoPE base other than llama.cpp's default 10000, so the file must say it.
-CASES = {"llama_gqa_tied": {}, "llama3_untied_scaled": {}, "qwen2_bias": {}, "qwen3_untied": {},
+CASES = {"llama_gqa_tied": {}, "llama3_untied_scaled": {}, "qwen2_bias": {}, "qwen3_untied": {}, "gemma": {},
          "gemma2": dict(query_pre_attn_scalar=16),
          "gemma3_untied": dict(query_pre_attn_scalar=16, rope_parameters=dict(
              full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1e5),
@@ -254,8 +254,8 @@ def test_other_families_tokenizers_and_types_are_refused(tmp_path):
   gpt2 = CausalLM(ModelConfig(family="gpt2", norm="layernorm", activation="gelu_tanh", gated_mlp=False,
                               position="learned", vocab_size=VOCAB, embed_dim=32, num_layers=1, num_heads=2,
                               num_kv_heads=2, head_dim=16, mlp_dim=32), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match=r"family 'gpt2': GGUF export writes \['gemma2', 'gemma3', 'llama', 'qwen2', "
-                                       r"'qwen3'\]"):
+  with pytest.raises(ValueError, match=r"family 'gpt2': GGUF export writes \['gemma', 'gemma2', 'gemma3', 'llama', "
+                                       r"'qwen2', 'qwen3'\]"):
     save_gguf(gpt2, tmp_path / "m.gguf", bpe_tokenizer())
   with pytest.raises(ValueError,
                      match=r"tokenizer: 260 tokens \(largest id 259\) do not fit the model's vocab_size 200"):
