@@ -57,7 +57,8 @@ _GEMMA = ("gemma2", "gemma3")  # Gemma 2 / 3: sandwich norms, soft-caps, local l
 NORM_PLUS_ONE = ("gemma", "gemma2", "gemma3")
 _HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
                "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-               "gemma": ("gemma", "GemmaForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+               "gemma": ("gemma", "GemmaForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+               "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
 
 # GGUF tensor name -> transformers name. `{i}` is the layer index.
 _GLOBAL_TENSORS = {

@@ -2,8 +2,8 @@
 write, for llama.cpp, ollama, LM Studio or transformers' GGUF loader to run, and for `from_pretrained` to read back.
 
 `save_gguf` writes what `jaxrlhf.models.gguf.read_gguf` reads, inverted: the families llama (Llama 2 / 3.x, SmolLM2),
-qwen2 (Qwen2 / 2.5), qwen3, gemma (Gemma 1), gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows permuted for llama files
-(GGML's interleaved RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and
+qwen2 (Qwen2 / 2.5), qwen3, gemma (Gemma 1), gemma2 and gemma3 (text); tensors in llama.cpp's names, q/k rows
+permuted for llama files (GGML's interleaved RoPE), Gemma norm weights stored as 1 + w, llama3 RoPE scaling as `rope_freqs.weight`, norms and
 RoPE factors in F32 and the matrices in the chosen type (F32, F16, BF16 or Q8_0; Q8_0 falls back to F16 for rows that
 are not whole 32-value blocks, as the converter does). The tokenizer goes in as llama.cpp's vocabulary: tokens in id
 order padded to the model's vocabulary with unused `[PAD<id>]` entries, token types (control for special added
@@ -380,8 +380,8 @@ def _sentencepiece_vocabulary(spec: dict[str, Any], tokens: list[str], types: li
 def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool) -> str:
   """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer (and BPE `ignore_merges`): "llama-bpe"
   (Llama 3's split, whole-word lookup), "smaug-bpe" (the same split, merges only), "qwen2", "smollm" (digits apart,
-  then GPT-2's split), "deepseek-llm" / "deepseek-coder" (their regex sequences) or "gpt2". ValueError for any other (llama.cpp knows more, by hashes of their outputs; guessing
-  one would tokenize subtly differently)."""
+  then GPT-2's split), "deepseek-llm" / "deepseek-coder" (their regex sequences) or "gpt2". ValueError for any
+  other (llama.cpp knows more, by hashes of their outputs; guessing one would tokenize subtly differently)."""
   def byte_level(p: Any, use_regex: bool) -> bool:
     return (isinstance(p, dict) and p.get("type") == "ByteLevel" and not p.get("add_prefix_space")
             and bool(p.get("use_regex", True)) == use_regex)
@@ -407,8 +407,8 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool
     name = next((n for n, splits in tokenizer_lib.MULTI_SPLITS.items() if splits == regexes), None)
   if name is None:
     raise ValueError(f"tokenizer: pre-tokenizer {json.dumps(pre_tokenizer)[:300]} has no llama.cpp name here "
-                     "(supported: GPT-2's byte-level split, Llama 3's and Qwen2's split regexes, SmolLM's digits, DeepSeek's "
-                     "LLM and Coder regex sequences)")
+                     "(supported: GPT-2's byte-level split, Llama 3's and Qwen2's split regexes, SmolLM's digits, "
+                     "DeepSeek's LLM and Coder regex sequences)")
   if ignore_merges and name != "llama-bpe":
     raise ValueError(f"tokenizer: BPE ignore_merges with the {name!r} pre-tokenizer, which llama.cpp applies to "
                      "Llama 3's split only")

@@ -1,4 +1,5 @@
-"""Qwen3, Gemma (1), Gemma 2 and Gemma 3 (text) against transformers on tiny random checkpoints: logits per padding side,
+"""Qwen3, Gemma (1), Gemma 2 and Gemma 3 (text) against transformers on tiny random checkpoints: logits per padding
+side,
 KV-cache generation, each family switch (turned off, parity breaks), scanned mixed local/global layers, packing,
 the reward-model backbone, sharding, config conversion, and GGUF import in llama.cpp's layout for each.
 
