@@ -320,6 +320,24 @@ def test_qwen3_window_layers_from_max_window_layers_as_transformers():
   assert ours.sliding_window == 4
 
 
+@pytest.mark.parity
+def test_gemma_reads_the_official_files_gelu_as_transformers_does():
+  """Gemma 1's official config.json files say hidden_act "gelu"; GemmaConfig reads that as the tanh approximation
+  (and saves the corrected name, so the tiny checkpoints above never carry it). Omitted keys take GemmaConfig's
+  defaults: tied, head_dim 256, 16 kv heads, no window."""
+  import transformers
+  raw = {"model_type": "gemma", "vocab_size": 11, "hidden_size": 32, "intermediate_size": 16, "num_hidden_layers": 2,
+         "num_attention_heads": 16, "hidden_act": "gelu"}
+  reference = transformers.GemmaConfig(**{k: v for k, v in raw.items() if k != "model_type"})
+  config = ModelConfig.from_hf(raw)
+  assert reference.hidden_act == "gelu_pytorch_tanh" and config.activation == "gelu_tanh"
+  assert ModelConfig.from_hf(dict(raw, hidden_act="gelu_pytorch_tanh")) == config
+  assert (config.head_dim, config.num_kv_heads, config.tie_word_embeddings) == (256, 16, True)
+  assert (config.sliding_window, config.layer_types, config.post_norms, config.norm_plus_one) == (None, None, False,
+                                                                                                 True)
+  assert config.to_hf()["hidden_act"] == "gelu_pytorch_tanh"
+
+
 def test_gemma2_defaults_alternate_local_and_global_layers():
   """Gemma2Config's defaults for omitted keys: tied embeddings (official config.json files omit the key), head_dim
   256 and 4 kv heads (not derived from hidden_size / num_attention_heads)."""
