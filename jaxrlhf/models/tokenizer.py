@@ -3,7 +3,8 @@
 `Tokenizer` implements the tokenizer protocol of docs/design.md on top of the `tokenizers` library, plus the
 model's chat template (rendered by `jaxrlhf.models.chat`). `load_tokenizer(path)` builds one from
   * a HF folder: `tokenizer.json` + `tokenizer_config.json` (special tokens, `chat_template`; a
-    `chat_template.jinja` file, as transformers now saves it, takes precedence), or
+    `chat_template.jinja` file, as transformers now saves it, takes precedence); a folder with only a SentencePiece
+    `tokenizer.model` (Llama 2's original release) is read as the SentencePiece vocabulary below, or
   * a `.gguf` file with a byte-level BPE vocabulary (`tokenizer.ggml.model` "gpt2"), rebuilt the way
     transformers' GGUF converter does: vocabulary + merges, byte-level pre-tokenizer with the split regex named
     by `tokenizer.ggml.pre`, control tokens as special tokens, user-defined tokens as added tokens (both by the raw
@@ -210,22 +211,57 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 def tokenizer_from_hf_folder(folder: str | os.PathLike) -> Tokenizer:
   """A `Tokenizer` from a transformers-saved folder (tokenizer.json, tokenizer_config.json, ...)."""
   folder = pathlib.Path(folder)
-  tokenizer_file = folder / "tokenizer.json"
-  if not tokenizer_file.exists():
-    raise ValueError(f"tokenizer folder {str(folder)!r} has no tokenizer.json")
-  try:
-    backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    # The tokenizers library raises a bare Exception for any malformed file.
-    raise ModelFileError(tokenizer_file, f"malformed tokenizer.json ({str(e).strip()[:500]})") from e
+  tokenizer_file, model_file = folder / "tokenizer.json", folder / "tokenizer.model"
   config = _read_json(folder / "tokenizer_config.json")
   # Older checkpoints keep the special tokens in special_tokens_map.json; tokenizer_config.json wins.
   special = {**_read_json(folder / "special_tokens_map.json"), **config}
   tokens = {name: _token_content(special.get(name)) for name in ("bos_token", "eos_token", "pad_token",
                                                                   "unk_token")}
+  if tokenizer_file.exists():
+    try:
+      backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # The tokenizers library raises a bare Exception for any malformed file.
+      raise ModelFileError(tokenizer_file, f"malformed tokenizer.json ({str(e).strip()[:500]})") from e
+  elif model_file.exists():
+    backend = _sentencepiece_file_backend(model_file, config, tokens)
+  else:
+    raise ValueError(f"tokenizer folder {str(folder)!r} has no tokenizer.json (nor a SentencePiece tokenizer.model)")
   if tokens["eos_token"] is None:
     raise ValueError(f"{str(folder)!r}: tokenizer_config.json has no eos_token")
   return Tokenizer(backend, chat_template=_hf_chat_template(folder, config), **tokens)
+
+
+def _sentencepiece_file_backend(path: pathlib.Path, config: Mapping[str, Any],
+                                tokens: dict[str, str | None]) -> tokenizers.Tokenizer:
+  """The backend of a folder that has only a SentencePiece tokenizer.model (as Llama 2's original release): its BPE
+  pieces and scores tokenized as sentencepiece does (`sentencepiece_bpe`), BOS / EOS added as tokenizer_config.json's
+  add_bos_token / add_eos_token say (LlamaTokenizer's defaults: BOS only). Special tokens the config leaves unset
+  default to the model's <s>, </s> and <unk> pieces (in `tokens`, updated in place).
+
+  Raises:
+    ModelFileError naming the file and field: not a BPE model, or a normalization other than sentencepiece's
+      identity rule with escaped, uncollapsed whitespace (what the LLM tokenizers use).
+  """
+  from jaxrlhf.models.sentencepiece_model import read_sentencepiece_model  # pylint: disable=g-import-not-at-top
+  model = read_sentencepiece_model(path)
+  if model.model_type != "BPE":
+    raise ModelFileError(path, f"trainer_spec.model_type is {model.model_type}; only BPE SentencePiece models "
+                         "(Llama 2, Mistral, Gemma) are read")
+  for field, value, expected in (("normalizer_spec.name", model.normalizer, "identity"),
+                                 ("normalizer_spec.remove_extra_whitespaces", model.remove_extra_whitespaces, False),
+                                 ("normalizer_spec.escape_whitespaces", model.escape_whitespaces, True)):
+    if value != expected:
+      raise ModelFileError(path, f"{field} is {value!r}; only {expected!r} is supported (the text normalization "
+                           "LLM tokenizers use)")
+  backend = sentencepiece_bpe(model.pieces, model.scores, model.types, add_space_prefix=model.add_dummy_prefix)
+  for name, piece in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>")):
+    if tokens[name] is None and piece in model.pieces:
+      tokens[name] = piece
+  add_bos, add_eos = bool(config.get("add_bos_token", True)), bool(config.get("add_eos_token", False))
+  backend.post_processor = _special_tokens_processor(tokens["bos_token"] if add_bos else None,
+                                                     tokens["eos_token"] if add_eos else None, backend)
+  return backend
 
 
 @errors.reads_file("GGUF tokenizer")

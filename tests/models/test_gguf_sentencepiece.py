@@ -326,3 +326,51 @@ def test_added_whitespace_tokens_are_written_with_spaces(gemma_style, tmp_path):
   back = load_tokenizer(out)
   for text in ("a   b", "a    b", "say ▁x▁ now", "   "):
     assert back.encode(text) == tokenizer.encode(text), text
+
+
+def test_a_folder_with_only_a_tokenizer_model_tokenizes_as_sentencepiece(spm_gguf, tmp_path):
+  """A HF folder with a SentencePiece tokenizer.model and no tokenizer.json (Llama 2's original release): our
+  protobuf reader gives sentencepiece's pieces, scores and types, and the tokenizer its ids and text; BOS is added as
+  LlamaTokenizer adds it, and the special tokens default to the model's <s>, </s>, <unk>."""
+  from jaxrlhf.models.sentencepiece_model import read_sentencepiece_model
+  sp, _ = spm_gguf
+  (tmp_path / "tokenizer.model").write_bytes(sp.serialized_model_proto())
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+  model = read_sentencepiece_model(tmp_path / "tokenizer.model")
+  tokens, scores, types = _converter_vocabulary(sp)
+  assert (model.pieces, model.scores, model.types) == (tuple(tokens), tuple(scores), tuple(types))
+  assert model.add_dummy_prefix == (sp.encode("a")[0] == sp.piece_to_id("▁a"))
+  ours = load_tokenizer(tmp_path)
+  assert (ours.bos_id, ours.eos_id) == (sp.bos_id(), sp.eos_id())
+  for text in TEXTS:
+    ids = sp.encode(text)
+    assert ours.encode(text) == ids and ours.encode(text, add_special_tokens=True) == [sp.bos_id()] + ids, text
+    assert ours.decode(ids) == sp.decode(ids), text
+
+
+def test_tokenizer_models_we_cannot_tokenize_are_refused_naming_the_field(tmp_path):
+  spm = require_module("sentencepiece")
+  from jaxrlhf.models.errors import ModelFileError
+
+  def folder(name, **options):
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_corpus()), model_writer=model, vocab_size=1000,
+                                   num_threads=1, minloglevel=2, **options)
+    path = tmp_path / name
+    path.mkdir()
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    return path
+
+  with pytest.raises(ModelFileError, match=r"tokenizer\.model: trainer_spec\.model_type is UNIGRAM; only BPE"):
+    load_tokenizer(folder("unigram", model_type="unigram"))
+  with pytest.raises(ModelFileError, match=r"normalizer_spec\.name is 'nmt_nfkc'; only 'identity'"):
+    load_tokenizer(folder("nfkc", model_type="bpe"))
+  with pytest.raises(ModelFileError, match=r"remove_extra_whitespaces is True; only False"):
+    load_tokenizer(folder("collapsed", model_type="bpe", normalization_rule_name="identity"))
+  good = folder("good", model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False,
+                byte_fallback=True)
+  raw = (good / "tokenizer.model").read_bytes()
+  (good / "tokenizer.model").write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(ModelFileError, match=r"tokenizer\.model: malformed SentencePiece model \(field 1 .*runs past "
+                                           r"the end"):
+    load_tokenizer(good)
