@@ -335,7 +335,7 @@ def test_a_folder_with_only_a_tokenizer_model_tokenizes_as_sentencepiece(spm_ggu
   from jaxrlhf.models.sentencepiece_model import read_sentencepiece_model
   sp, _ = spm_gguf
   (tmp_path / "tokenizer.model").write_bytes(sp.serialized_model_proto())
-  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+  # No tokenizer_config.json: LlamaTokenizer's defaults (BOS added, <s> / </s> / <unk>).
   model = read_sentencepiece_model(tmp_path / "tokenizer.model")
   tokens, scores, types = _converter_vocabulary(sp)
   assert (model.pieces, model.scores, model.types) == (tuple(tokens), tuple(scores), tuple(types))
