@@ -5,7 +5,8 @@ The reference is Google's `sentencepiece` itself: a BPE model trained here (byte
 as Llama's) is written into a GGUF the way llama.cpp's converter does (`_create_vocab_sentencepiece`: pieces, scores
 and token types), and our tokenizer from that file must give sentencepiece's ids and text. Where llama.cpp departs
 from sentencepiece (a space prefix for every run of text between added tokens) its rule is restated; score order and
-byte fallback also have hand-traced goldens.
+byte fallback also have hand-traced goldens. A HF folder with only the trained tokenizer.model is read by our
+protobuf reader and must tokenize as sentencepiece too.
 """
 
 import glob
