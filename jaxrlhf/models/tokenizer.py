@@ -373,14 +373,7 @@ def sentencepiece_bpe(tokens: Sequence[str], scores: Sequence[float], token_type
   backend.decoder = decoders.Sequence(
       [decoders.Replace(SPIECE_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
       + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
-  special = [AddedToken(t, normalized=False, special=True)
-             for t, kind in zip(tokens, token_types) if kind in (_CONTROL, _UNKNOWN)]
-  user_defined = [AddedToken(t, normalized=False, special=False)
-                  for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED]
-  if special:
-    backend.add_special_tokens(special)
-  if user_defined:
-    backend.add_tokens(user_defined)
+  _add_whole_tokens(backend, tokens, token_types, special_kinds=(_CONTROL, _UNKNOWN))
   return backend
 
 
@@ -425,16 +418,23 @@ def byte_level_bpe(tokens: Sequence[str], merges: Sequence[str], token_types: Se
     raise ValueError(f"tokenizer.ggml.tokens / merges do not form a BPE vocabulary: {e}") from e
   backend.pre_tokenizer = _pre_tokenizer(pre_type)
   backend.decoder = decoders.ByteLevel()
-  # Control tokens become special (matched whole, skipped on decode), user-defined ones plain added tokens (matched
-  # whole, kept on decode); both keep their ids, as their spelling is already in the vocabulary.
-  control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, token_types) if kind == _CONTROL]
+  _add_whole_tokens(backend, tokens, token_types, special_kinds=(_CONTROL,))
+  return backend
+
+
+def _add_whole_tokens(backend: tokenizers.Tokenizer, tokens: Sequence[str], token_types: Sequence[int],
+                      special_kinds: tuple[int, ...]) -> None:
+  """Marks the tokens llama.cpp matches whole in the raw text: those of `special_kinds` (control; SentencePiece's
+  unknown too) as special tokens (skipped on decode), user-defined ones as plain added tokens (kept on decode). Both
+  keep their ids, as their spelling is already in the vocabulary."""
+  special = [AddedToken(t, normalized=False, special=True)
+             for t, kind in zip(tokens, token_types) if kind in special_kinds]
   user_defined = [AddedToken(t, normalized=False, special=False)
                   for t, kind in zip(tokens, token_types) if kind == _USER_DEFINED]
-  if control:
-    backend.add_special_tokens(control)
+  if special:
+    backend.add_special_tokens(special)
   if user_defined:
     backend.add_tokens(user_defined)
-  return backend
 
 
 def _pre_tokenizer(pre_type: str) -> pre_tokenizers.PreTokenizer:
