@@ -131,40 +131,72 @@ def smollm2_gguf() -> pathlib.Path:
   return path
 
 
-@pytest.fixture(scope="session")
-def paper_smoke(tmp_path_factory):
-  """A function paper -> pathlib.Path: configs/papers/<paper>.py's SMOKE sweep + tables, run once per test session.
+class _PaperSmoke:
+  """paper -> pathlib.Path of configs/papers/<paper>.py's SMOKE sweep + tables, run once per test session.
 
-  Every paper's smoke sweep is used by its own test and by the reproductions notebook test; the result lives in
-  a directory shared by the xdist workers of this session (a file lock per paper, so a second caller waits and
-  then reuses it: `experiments.sweep` skips finished runs, the tables are rewritten).
+  The results live in a directory shared by the xdist workers of this session, one file lock per paper: the first
+  caller runs the sweep and writes the tables (then a `<paper>.done` marker), a caller meanwhile waits for the
+  lock and reuses them. `many` walks a list of papers without waiting while another worker runs one.
   """
-  import filelock  # pylint: disable=g-import-not-at-top
-  from experiments import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
-  from experiments import tables as tables_lib  # pylint: disable=g-import-not-at-top
+
+  def __init__(self, root: pathlib.Path):
+    self.root = root
+
+  def __call__(self, paper: str) -> pathlib.Path:
+    import filelock  # pylint: disable=g-import-not-at-top
+    with filelock.FileLock(str(self.root / f"{paper}.lock")):
+      return self._run_locked(paper)
+
+  def many(self, papers: list[str]) -> dict[str, pathlib.Path]:
+    """Every paper's smoke results: first those no other worker is running (each paper's own test walks them in
+    name order, so this walks them backwards), then the others, waiting for their lock."""
+    import filelock  # pylint: disable=g-import-not-at-top
+    done: dict[str, pathlib.Path] = {}
+    for paper in reversed(papers):
+      try:
+        with filelock.FileLock(str(self.root / f"{paper}.lock"), timeout=0):
+          done[paper] = self._run_locked(paper)
+      except filelock.Timeout:  # another worker runs it now: come back to it at the end
+        pass
+    for paper in papers:
+      if paper not in done:
+        done[paper] = self(paper)
+    return done
+
+  def _run_locked(self, paper: str) -> pathlib.Path:
+    from experiments import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+    from experiments import tables as tables_lib  # pylint: disable=g-import-not-at-top
+    workdir = self.root / paper
+    marker = self.root / f"{paper}.done"
+    if marker.exists():  # run and tabulated by an earlier caller of this session
+      return workdir
+    # The sweep's runs are subprocesses: hand them the tests' persistent XLA cache through the environment.
+    env = {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": XLA_CACHE_MIN_COMPILE_S, "XLA_FLAGS": ""}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      results = sweep_lib.sweep(str(REPO_ROOT / "configs" / "papers" / f"{paper}.py") + ":smoke", str(workdir))
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
+    failed = {name: r.get("error", "")[-1500:] for name, r in results.items() if r["status"] != "done"}
+    assert not failed, f"smoke sweep of {paper} failed: {failed}"
+    tables_lib.tables(str(workdir))
+    marker.touch()
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def paper_smoke(tmp_path_factory) -> _PaperSmoke:
+  """configs/papers/<paper>.py's SMOKE sweep + tables, run once per test session (see `_PaperSmoke`).
+
+  Every paper's smoke sweep is used by its own test and by the reproductions notebook test.
+  """
   base = tmp_path_factory.getbasetemp()
   root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "paper_smoke"
   root.mkdir(parents=True, exist_ok=True)
-
-  def run(paper: str) -> pathlib.Path:
-    workdir = root / paper
-    with filelock.FileLock(str(root / f"{paper}.lock")):
-      # The sweep's runs are subprocesses: hand them the tests' persistent XLA cache through the environment.
-      env = {"JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": XLA_CACHE_MIN_COMPILE_S, "XLA_FLAGS": ""}
-      saved = {k: os.environ.get(k) for k in env}
-      os.environ.update(env)
-      try:
-        results = sweep_lib.sweep(str(REPO_ROOT / "configs" / "papers" / f"{paper}.py") + ":smoke", str(workdir))
-      finally:
-        for k, v in saved.items():
-          if v is None:
-            os.environ.pop(k, None)
-          else:
-            os.environ[k] = v
-      failed = {name: r.get("error", "")[-1500:] for name, r in results.items() if r["status"] != "done"}
-      assert not failed, f"smoke sweep of {paper} failed: {failed}"
-      tables_lib.tables(str(workdir))
-    return workdir
-
-  return run
+  return _PaperSmoke(root)

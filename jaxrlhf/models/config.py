@@ -335,7 +335,7 @@ class ModelConfig:
     if family == "gpt2":
       fields = _gpt2_fields(hf)
     elif family in _FAMILY_SWITCHES:
-      fields = _qwen3_gemma_fields(hf, family)
+      fields = _switched_family_fields(hf, family)
     else:
       fields = _llama_like_fields(hf, model_type)
     fields.update(
@@ -394,7 +394,7 @@ class ModelConfig:
     elif model_type == "qwen2":
       out.update(use_sliding_window=False, sliding_window=None)
     elif self.family in _FAMILY_SWITCHES:
-      _qwen3_gemma_to_hf(self, out, rope)
+      _switched_family_to_hf(self, out, rope)
     return out
 
   def _check_exportable(self) -> None:
@@ -484,7 +484,7 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
   return fields
 
 
-def _qwen3_gemma_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
+def _switched_family_fields(hf: Mapping[str, Any], family: str) -> dict[str, Any]:
   """Qwen3 / Gemma / Gemma 2 / Gemma 3 (text): the Llama-like fields plus the family's fixed switches and its own
   keys."""
   if hf.get("use_bidirectional_attention"):
@@ -556,7 +556,7 @@ def _gemma3_rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | No
   return theta, scaling, float(local["rope_theta"])
 
 
-def _qwen3_gemma_to_hf(config: ModelConfig, out: dict[str, Any], rope: dict[str, Any]) -> None:
+def _switched_family_to_hf(config: ModelConfig, out: dict[str, Any], rope: dict[str, Any]) -> None:
   """Adds the Qwen3 / Gemma keys of `config` to the Llama-like `out` (in place)."""
   c = config
   if c.family == "gemma":

@@ -101,7 +101,7 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
   start = time.time()
   write_gguf(path, arch, config, tensors, vocabulary, tensor_type, name or path.stem)
   try:
-    _check_read_back(path, config, tokenizer)
+    _check_read_back(path, config, tokenizer, sentencepiece=vocabulary["tokenizer.ggml.model"] == "llama")
   except BaseException:  # a refusal, or anything else that stops the check: no unchecked file is left behind
     path.unlink(missing_ok=True)
     raise
@@ -416,8 +416,9 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool
 
 
 # ---------------------------------------------------------------------------------------------- the read-back
-def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any) -> None:
-  """ValueError naming what reads back otherwise from `path` than `config` and `tokenizer` give."""
+def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any, *, sentencepiece: bool) -> None:
+  """ValueError naming what reads back otherwise from `path` than `config` and `tokenizer` give (`sentencepiece`:
+  the file holds a 'llama' vocabulary)."""
   back = ModelConfig.from_hf(gguf_io.read_gguf_config(path))
   differences = [f"{f.name}: {getattr(config, f.name)!r} -> {getattr(back, f.name)!r}"
                  for f in dataclasses.fields(ModelConfig)
@@ -434,7 +435,6 @@ def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any) ->
   # Every added token (special or not) between spaces: their matching rules (lstrip, rstrip, ...) must survive too.
   # A SentencePiece tokenizer's added token matched in the normalized text is typed with spaces for its "▁" (that
   # text spelled with a literal "▁" is the one thing llama.cpp, matching raw text, tokenizes otherwise).
-  sentencepiece = _is_sentencepiece(json.loads(tokenizer.backend.to_str()))
   added = [t.content.replace(tokenizer_lib.SPIECE_SPACE, " ") if sentencepiece and t.normalized else t.content
            for t in tokenizer.backend.get_added_tokens_decoder().values()]
   probes = [unicodedata.normalize("NFC", p) for p in _PROBES] + [" " + " ".join(added) + " x"]

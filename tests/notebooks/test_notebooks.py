@@ -30,7 +30,7 @@ def test_reproductions_notebook_on_smoke_results(paper_smoke, monkeypatch):
   from experiments import repro  # pylint: disable=g-import-not-at-top
   papers = repro.paper_names()
   assert papers, "configs/papers/ holds no paper config"
-  smoke_root = {paper_smoke(paper).parent for paper in papers}.pop()
+  smoke_root = {workdir.parent for workdir in paper_smoke.many(papers).values()}.pop()
   monkeypatch.setenv("REPRO_SMOKE", str(smoke_root))
   monkeypatch.setenv("XLA_FLAGS", "")
   notebook = nbformat.read(NOTEBOOKS / "reproductions.ipynb", as_version=4)

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -189,10 +190,36 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, setup, monkeypatch
     _assert_same(state, _state(setup, 1))
   if fault == "metadata":  # A re-run writes the step again over the unfinished temporary folder.
     # (Not after "data": orbax leaves that save's other writes running in this process; a re-run is a new one.)
+    # After "metadata" too, tensorstore may still be landing the abandoned arrays (seen on a loaded CI machine:
+    # the re-run's clean-up of the temporary folder met a file written after its listing); a user's re-run is
+    # a new process, or comes seconds later, so wait for the folder to settle as that would.
+    _wait_until_settled(tmp_path)
     ckpt.save(2, _state(setup, 2), data_state={"index": 2})
     ckpt.wait()
     assert ckpt.restore_newest_intact(setup.abstract)[0] == 2
   ckpt.close()
+
+
+def _wait_until_settled(directory: pathlib.Path, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
+  """Returns once no file under `directory` was added, removed or resized for `quiet_s` seconds."""
+
+  def snapshot():
+    sizes = []
+    for path in directory.rglob("*"):
+      try:
+        sizes.append((str(path), path.stat().st_size))
+      except FileNotFoundError:  # Renamed or removed since the listing: the folder is not settled.
+        sizes.append((str(path), -1))
+    return sorted(sizes)
+
+  deadline = time.monotonic() + limit_s
+  last, quiet_since = snapshot(), time.monotonic()
+  while time.monotonic() - quiet_since < quiet_s:
+    assert time.monotonic() < deadline, f"{directory} still changing after {limit_s} s"
+    time.sleep(0.1)
+    now = snapshot()
+    if now != last:
+      last, quiet_since = now, time.monotonic()
 
 
 _FILE_SIZE_LIMIT_SCRIPT = textwrap.dedent("""
