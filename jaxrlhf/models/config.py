@@ -2,8 +2,9 @@
 
 The families differ only by switches (norm type, position encoding, MLP type, biases, tying, q/k norms, Gemma's
 sandwich norms and soft-capping, per-layer sliding windows), so a single decoder implementation
-(`jaxrlhf.models.decoder.CausalLM`) covers Llama 2/3.x, Mistral, SmolLM2, Qwen2, Qwen3, Gemma 2, Gemma 3 (text) and
-GPT-2. `ModelConfig.from_hf` / `ModelConfig.to_hf` convert to and from a transformers `config.json` dict.
+(`jaxrlhf.models.decoder.CausalLM`) covers Llama 2/3.x, Mistral, SmolLM2, Phi-3 / Phi-4-mini (transformers' Phi3:
+the Llama family with fused checkpoint tensors, partial rotation and LongRoPE), Qwen2, Qwen3, Gemma 1 / 2 / 3 (text)
+and GPT-2. `ModelConfig.from_hf` / `ModelConfig.to_hf` convert to and from a transformers `config.json` dict.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import jax.numpy as jnp
 FAMILIES = ("llama", "qwen2", "gpt2", "qwen3", "gemma", "gemma2", "gemma3")
 # transformers model_type -> our family. Mistral and SmolLM2 are Llama-family checkpoints; "gemma3_text" is the
 # text-only Gemma 3 (Gemma3ForCausalLM).
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2", "qwen3": "qwen3",
-                  "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "phi3": "llama", "qwen2": "qwen2", "gpt2": "gpt2",
+                  "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
 HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "phi3": "Phi3ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "qwen3": "Qwen3ForCausalLM",
@@ -37,7 +39,7 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 NORMS = ("rmsnorm", "layernorm")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 POSITION_KINDS = ("rope", "learned")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -63,6 +65,8 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
                   sliding_window=None),
     "mistral": dict(tie_word_embeddings=False, head_dim=None, num_key_value_heads=8,
                     max_position_embeddings=131072, sliding_window=4096),
+    "phi3": dict(tie_word_embeddings=False, head_dim=None, num_key_value_heads=None, max_position_embeddings=4096,
+                 sliding_window=None),
     "qwen2": dict(tie_word_embeddings=False, head_dim=None, num_key_value_heads=32, max_position_embeddings=32768,
                   sliding_window=4096),
     "qwen3": dict(tie_word_embeddings=False, head_dim=128, num_key_value_heads=32, max_position_embeddings=32768,
@@ -98,6 +102,8 @@ _RMS_ROPE_GATED = dict(norm="rmsnorm", position="rope", gated_mlp=True)
 _MODEL_TYPE_FIXED: dict[str, dict[str, Any]] = {
     "llama": dict(_RMS_ROPE_GATED, sliding_window=None),
     "mistral": dict(_RMS_ROPE_GATED, qkv_bias=False, out_bias=False, mlp_bias=False),
+    # Phi-3 / Phi-4-mini: fused qkv_proj and gate_up_proj without biases, a window on every layer if any.
+    "phi3": dict(_RMS_ROPE_GATED, qkv_bias=False, out_bias=False, mlp_bias=False),
     "qwen2": dict(_RMS_ROPE_GATED, qkv_bias=True, out_bias=False, mlp_bias=False, sliding_window=None),
     "gpt2": dict(norm="layernorm", position="learned", gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
                  sliding_window=None),
@@ -122,18 +128,40 @@ class RopeScaling:
 
   rope_type "linear" divides every frequency by `factor`; "llama3" divides low frequencies by `factor`, keeps
   high frequencies and interpolates in between (Llama 3.1 recipe, wavelengths measured against
-  `original_max_position_embeddings` tokens).
+  `original_max_position_embeddings` tokens). "longrope" (Phi-3 128k, Phi-3.5, Phi-4-mini) divides frequency i by
+  `short_factor[i]`, or by `long_factor[i]` in a forward pass whose largest position reaches
+  `original_max_position_embeddings` (as transformers decides it, per call, over the whole batch), and scales
+  cos and sin by `attention_factor`. A KV-cache generation that crosses that length keeps the keys it cached with
+  the short factors and rotates the new ones with the long factors; transformers' Phi3 `generate` instead
+  recomputes the whole cache with the long factors at the crossing step (a generation entirely on one side
+  decodes the same tokens; tests/models/test_phi3.py).
   """
   rope_type: str = "default"
   factor: float = 1.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position_embeddings: int = 8192
+  short_factor: tuple[float, ...] | None = None
+  long_factor: tuple[float, ...] | None = None
+  attention_factor: float = 1.0
 
   def __post_init__(self):
     _choice("rope_scaling.rope_type", self.rope_type, ROPE_TYPES)
     if self.factor <= 0:
       raise ValueError(f"rope_scaling.factor must be > 0, got {self.factor}")
+    for name in ("short_factor", "long_factor"):  # lists from JSON: tuples keep the config hashable
+      value = getattr(self, name)
+      if value is not None:
+        object.__setattr__(self, name, tuple(float(v) for v in value))
+    if self.rope_type == "longrope":
+      if self.short_factor is None or self.long_factor is None or len(self.short_factor) != len(self.long_factor):
+        raise ValueError("rope_scaling: rope_type 'longrope' needs short_factor and long_factor of equal length "
+                         f"(one per rotated frequency), got {self.short_factor!r} and {self.long_factor!r}")
+      if not all(v > 0 for v in self.short_factor + self.long_factor) or not self.attention_factor > 0:
+        raise ValueError("rope_scaling: longrope factors and attention_factor must be > 0")
+    elif self.short_factor is not None or self.long_factor is not None or self.attention_factor != 1.0:
+      raise ValueError(f"rope_scaling: short_factor, long_factor and attention_factor belong to rope_type "
+                       f"'longrope', not {self.rope_type!r}")
     if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
       raise ValueError(
           "rope_scaling.high_freq_factor must exceed low_freq_factor for rope_type 'llama3', got "
@@ -145,7 +173,7 @@ class ModelConfig:
   """Architecture and numerics of a decoder-only LM.
 
   Attributes:
-    family: "llama" (also Mistral, SmolLM2), "qwen2", "gpt2", "qwen3", "gemma" (Gemma 1), "gemma2" or "gemma3"
+    family: "llama" (also Mistral, SmolLM2, Phi-3), "qwen2", "gpt2", "qwen3", "gemma" (Gemma 1), "gemma2" or "gemma3"
       (text-only Gemma 3).
     vocab_size, embed_dim, num_layers, num_heads, num_kv_heads, head_dim, mlp_dim: sizes (V, D, L, N, K, H, F).
     max_position_embeddings: length of the learned position table (GPT-2) / nominal context.
@@ -154,6 +182,8 @@ class ModelConfig:
       fc -> act -> proj (GPT-2).
     position: "rope" or "learned".
     rope_theta, rope_scaling: RoPE base and optional frequency scaling.
+    rotary_dim: how many leading dimensions of each head RoPE rotates (transformers' partial_rotary_factor *
+      head_dim; Phi-4-mini rotates 96 of 128); None: all of them.
     qkv_bias, out_bias, mlp_bias: biases on q/k/v projections, attention output, and MLP projections.
     tie_word_embeddings: LM head reuses the token embedding matrix.
     sliding_window: Mistral-style window in tokens (keys more than `sliding_window - 1` slots back are masked).
@@ -200,6 +230,7 @@ class ModelConfig:
   position: str = "rope"
   rope_theta: float = 10000.0
   rope_scaling: RopeScaling | None = None
+  rotary_dim: int | None = None
   qkv_bias: bool = False
   out_bias: bool = False
   mlp_bias: bool = False
@@ -243,6 +274,14 @@ class ModelConfig:
           f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}")
     if self.position == "rope" and self.head_dim % 2:
       raise ValueError(f"head_dim must be even for rope, got {self.head_dim}")
+    if self.rotary_dim is not None and (self.position != "rope" or self.rotary_dim % 2
+                                        or not 0 < self.rotary_dim <= self.head_dim):
+      raise ValueError(f"rotary_dim={self.rotary_dim}: expected an even number in (0, head_dim={self.head_dim}] "
+                       "with position='rope', or None")
+    scaling = self.rope_scaling
+    if scaling is not None and scaling.rope_type == "longrope" and 2 * len(scaling.short_factor) != self.rope_dim:
+      raise ValueError(f"rope_scaling: longrope has {len(scaling.short_factor)} factors; expected one per rotated "
+                       f"frequency, {self.rope_dim // 2} (rotary_dim or head_dim over 2)")
     if self.sliding_window is not None and self.sliding_window <= 0:
       raise ValueError(f"sliding_window must be > 0 or None, got {self.sliding_window}")
     if self.hf_model_type is not None and HF_MODEL_TYPES.get(self.hf_model_type) != self.family:
@@ -287,6 +326,11 @@ class ModelConfig:
     if self.scan_layers is not None:
       return bool(self.scan_layers)
     return (backend or jax.default_backend()) != "gpu"
+
+  @property
+  def rope_dim(self) -> int:
+    """The head dimensions RoPE rotates (`rotary_dim`, or all of head_dim)."""
+    return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -382,6 +426,13 @@ class ModelConfig:
             low_freq_factor=self.rope_scaling.low_freq_factor,
             high_freq_factor=self.rope_scaling.high_freq_factor,
             original_max_position_embeddings=self.rope_scaling.original_max_position_embeddings)
+      elif self.rope_scaling.rope_type == "longrope":
+        rope.update(
+            short_factor=list(self.rope_scaling.short_factor), long_factor=list(self.rope_scaling.long_factor),
+            attention_factor=self.rope_scaling.attention_factor,
+            original_max_position_embeddings=self.rope_scaling.original_max_position_embeddings)
+    if self.rotary_dim is not None:
+      rope["partial_rotary_factor"] = self.rotary_dim / self.head_dim
     out.update(
         hidden_size=self.embed_dim, intermediate_size=self.mlp_dim, num_hidden_layers=self.num_layers,
         num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
@@ -393,6 +444,12 @@ class ModelConfig:
       out.update(sliding_window=self.sliding_window)
     elif model_type == "qwen2":
       out.update(use_sliding_window=False, sliding_window=None)
+    elif model_type == "phi3":
+      # Phi3Config prefers its own top-level original_max_position_embeddings over rope_parameters'.
+      original = self.rope_scaling.original_max_position_embeddings if "original_max_position_embeddings" in rope \
+          else self.max_position_embeddings
+      out.update(sliding_window=self.sliding_window, original_max_position_embeddings=original,
+                 resid_pdrop=0.0, embd_pdrop=0.0)
     elif self.family in _FAMILY_SWITCHES:
       _switched_family_to_hf(self, out, rope)
     return out
@@ -412,6 +469,16 @@ class ModelConfig:
       if getattr(self, name) != value:
         raise ValueError(f"{name}={getattr(self, name)!r} cannot be exported as {target} "
                          f"(transformers' {HF_ARCHITECTURES[model_type]} fixes {value!r})")
+    # Partial rotation and LongRoPE: transformers' Phi3 applies them; its Llama-like classes would not.
+    if model_type != "phi3" and self.rotary_dim is not None and self.rotary_dim != self.head_dim:
+      raise ValueError(f"rotary_dim={self.rotary_dim} cannot be exported as {target} (transformers' "
+                       f"{HF_ARCHITECTURES[model_type]} rotates all of head_dim); hf_model_type 'phi3' does")
+    if model_type != "phi3" and self.rope_scaling is not None and self.rope_scaling.rope_type == "longrope":
+      raise ValueError(f"rope_scaling 'longrope' cannot be exported as {target}; hf_model_type 'phi3' has it")
+    if model_type == "phi3" and self.rope_scaling is not None and self.rope_scaling.rope_type not in (
+        "default", "longrope"):
+      raise ValueError(f"rope_scaling {self.rope_scaling.rope_type!r} cannot be exported as {target} (Phi3Config "
+                       "reads 'default' and 'longrope')")
     # Where the biases are not fixed, one attention_bias key sets q/k/v and o alike.
     if "qkv_bias" not in fixed and self.qkv_bias != self.out_bias:
       raise ValueError(f"qkv_bias={self.qkv_bias} and out_bias={self.out_bias} must be equal for {target} "
@@ -426,10 +493,14 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     params = dict(legacy)
   theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
   rope_type = params.get("rope_type", params.get("type", "default"))
+  if hf.get("model_type") == "phi3" and rope_type in ("su", "yarn"):
+    rope_type = "longrope"  # Phi3Config's reading of the early Phi-3 files' names for it
   _choice("rope_scaling.rope_type", rope_type, ROPE_TYPES)
-  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-  if partial != 1.0:
-    raise ValueError(f"partial_rotary_factor={partial} is not supported; expected 1.0")
+  if rope_type == "longrope":
+    if hf.get("model_type") != "phi3":
+      raise ValueError(f"rope_scaling.rope_type='longrope' is supported for model_type 'phi3', not "
+                       f"{hf.get('model_type')!r}")
+    return theta, _longrope_from_hf(hf, params)
   if rope_type == "default":
     return theta, None
   kwargs = {"rope_type": rope_type, "factor": float(params["factor"])}
@@ -439,6 +510,41 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         high_freq_factor=float(params["high_freq_factor"]),
         original_max_position_embeddings=int(params["original_max_position_embeddings"]))
   return theta, RopeScaling(**kwargs)
+
+
+def _longrope_from_hf(hf: Mapping[str, Any], params: Mapping[str, Any]) -> RopeScaling:
+  """Phi-3's LongRoPE as transformers 5 reads it: Phi3Config's top-level original_max_position_embeddings (4096 by
+  default) wins over the one in rope_parameters; `factor` defaults to max over original positions and the
+  attention factor to sqrt(1 + ln(factor) / ln(original)) (1 when factor <= 1)."""
+  for key in ("short_factor", "long_factor"):
+    if not isinstance(params.get(key), (list, tuple)):
+      raise ValueError(f"rope_scaling.{key}: rope_type 'longrope' needs a list of numbers, got {params.get(key)!r}")
+  original = int(hf.get("original_max_position_embeddings", params.get("original_max_position_embeddings", 4096)))
+  max_positions = int(hf.get("max_position_embeddings", _HF_DEFAULTS["phi3"]["max_position_embeddings"]))
+  factor = float(params.get("factor") or max_positions / original)
+  attention_factor = params.get("attention_factor")
+  if attention_factor is None:
+    attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+  return RopeScaling(rope_type="longrope", factor=factor, original_max_position_embeddings=original,
+                     short_factor=params["short_factor"], long_factor=params["long_factor"],
+                     attention_factor=float(attention_factor))
+
+
+def _rotary_dim_from_hf(hf: Mapping[str, Any], head_dim: int) -> int | None:
+  """transformers' partial_rotary_factor as a count of rotated head dimensions (Phi3's modeling alone applies it
+  among our classes; the others would fail in transformers itself)."""
+  params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  partial = float(params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)))
+  if partial == 1.0:
+    return None
+  if hf.get("model_type") != "phi3":
+    raise ValueError(f"partial_rotary_factor={partial} is supported for model_type 'phi3', not "
+                     f"{hf.get('model_type')!r}; expected 1.0")
+  rotary_dim = int(head_dim * partial)  # transformers truncates the same way
+  if not 0 < rotary_dim <= head_dim or rotary_dim % 2:
+    raise ValueError(f"partial_rotary_factor={partial}: head_dim {head_dim} * factor = {rotary_dim}; expected an "
+                     "even number of rotated dimensions in (0, head_dim]")
+  return rotary_dim
 
 
 def _activation_from_hf(name: str, value: Any) -> str:
@@ -469,6 +575,7 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
       position="rope",
       rope_theta=theta,
       rope_scaling=scaling,
+      rotary_dim=_rotary_dim_from_hf(hf, int(head_dim)),
       tie_word_embeddings=bool(hf.get("tie_word_embeddings", defaults["tie_word_embeddings"])),
   )
   if model_type == "qwen2":
@@ -479,8 +586,10 @@ def _llama_like_fields(hf: Mapping[str, Any], model_type: str) -> dict[str, Any]
     attention_bias = bool(hf.get("attention_bias", False))
     fields.update(qkv_bias=attention_bias, out_bias=attention_bias, mlp_bias=bool(hf.get("mlp_bias", False)))
   window = hf.get("sliding_window", defaults["sliding_window"])
-  if model_type == "mistral" and window is not None:  # MistralConfig windows every layer (4096 when omitted)
+  if model_type in ("mistral", "phi3") and window is not None:  # every layer windowed (Mistral: 4096 if omitted)
     fields["sliding_window"] = int(window)
+  if model_type == "phi3":  # Phi3's fused projections have no biases, whatever the file says
+    fields.update(qkv_bias=False, out_bias=False, mlp_bias=False)
   return fields
 
 

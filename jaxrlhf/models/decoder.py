@@ -188,18 +188,25 @@ def _activation(config: ModelConfig, x: Array) -> Array:
   return jax.nn.gelu(x, approximate=config.activation == "gelu_tanh")
 
 
-def rope_inv_freq(config: ModelConfig, local: bool = False) -> np.ndarray:
-  """(H/2,) float32 RoPE inverse frequencies, after rope_scaling (matches transformers' rope init functions).
+def rope_inv_freq(config: ModelConfig, local: bool = False, long: bool = False) -> np.ndarray:
+  """(R/2,) float32 RoPE inverse frequencies, after rope_scaling (matches transformers' rope init functions); R is
+  `config.rope_dim`, the rotated head dimensions.
 
   `local=True`: those of the sliding-window layers, base `local_rope_theta` and no scaling (Gemma 3).
+  `long=True`: LongRoPE's frequencies past its original context (`long_factor`); otherwise `short_factor`'s.
   """
-  H = config.head_dim
+  R = config.rope_dim
   theta, scaling = (config.local_rope_theta, None) if local else (config.rope_theta, config.rope_scaling)
-  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, H, 2, dtype=np.float32) / np.float32(H)))
+  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, R, 2, dtype=np.float32) / np.float32(R)))
   if scaling is None or scaling.rope_type == "default":
     return inv_freq.astype(np.float32)
   if scaling.rope_type == "linear":
     return (inv_freq / scaling.factor).astype(np.float32)
+  if scaling.rope_type == "longrope":
+    factors = np.asarray(scaling.long_factor if long else scaling.short_factor, np.float32)
+    # 1 / (factor * theta^(2i/R)), the product in float32 as transformers forms it.
+    return (1.0 / (factors * np.float32(theta) ** (np.arange(0, R, 2, dtype=np.float32) / np.float32(R)))
+            ).astype(np.float32)
   # llama3: keep high frequencies, divide low ones by `factor`, interpolate the band in between.
   old_len = scaling.original_max_position_embeddings
   low_wavelen = old_len / scaling.low_freq_factor
@@ -213,16 +220,38 @@ def rope_inv_freq(config: ModelConfig, local: bool = False) -> np.ndarray:
 
 
 def _rope_tables(config: ModelConfig, positions_BxT: Array, local: bool = False) -> tuple[Array, Array]:
-  """cos, sin tables (B, T, H) in the compute dtype (half-split "rotate_half" layout as transformers)."""
-  freqs_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config, local))
-  emb_BxTxH = jnp.concatenate([freqs_BxTxH2, freqs_BxTxH2], axis=-1)
-  return jnp.cos(emb_BxTxH).astype(config.compute_dtype), jnp.sin(emb_BxTxH).astype(config.compute_dtype)
+  """cos, sin tables (B, T, R) in the compute dtype (half-split "rotate_half" layout as transformers; R is
+  `config.rope_dim`).
+
+  LongRoPE picks its long factors when this call's largest position reaches the original context (transformers
+  decides it per forward from max(position_ids) + 1, over the whole batch) and scales both tables by its
+  attention factor.
+  """
+  scaling = None if local else config.rope_scaling
+  scale = 1.0
+  if scaling is not None and scaling.rope_type == "longrope":
+    beyond = jnp.max(positions_BxT) + 1 > scaling.original_max_position_embeddings
+    inv_freq = jnp.where(beyond, jnp.asarray(rope_inv_freq(config, long=True)), jnp.asarray(rope_inv_freq(config)))
+    scale = scaling.attention_factor
+  else:
+    inv_freq = jnp.asarray(rope_inv_freq(config, local))
+  freqs_BxTxR2 = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  emb_BxTxR = jnp.concatenate([freqs_BxTxR2, freqs_BxTxR2], axis=-1)
+  cos, sin = jnp.cos(emb_BxTxR), jnp.sin(emb_BxTxR)
+  if scale != 1.0:
+    cos, sin = cos * scale, sin * scale
+  return cos.astype(config.compute_dtype), sin.astype(config.compute_dtype)
 
 
-def _apply_rope(x_BxTxNxH: Array, cos_BxTxH: Array, sin_BxTxH: Array) -> Array:
+def _apply_rope(x_BxTxNxH: Array, cos_BxTxR: Array, sin_BxTxR: Array) -> Array:
+  """Rotates the first R = cos.shape[-1] dimensions of each head (all H unless the model rotates part)."""
+  R = cos_BxTxR.shape[-1]
+  if R < x_BxTxNxH.shape[-1]:
+    rotated = _apply_rope(x_BxTxNxH[..., :R], cos_BxTxR, sin_BxTxR)
+    return jnp.concatenate([rotated, x_BxTxNxH[..., R:]], axis=-1)
   x1, x2 = jnp.split(x_BxTxNxH, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return x_BxTxNxH * cos_BxTxH[:, :, None] + rotated * sin_BxTxH[:, :, None]
+  return x_BxTxNxH * cos_BxTxR[:, :, None] + rotated * sin_BxTxR[:, :, None]
 
 
 def _attention(config: ModelConfig, q_BxTxNxH: Array, k_BxSxKxH: Array, v_BxSxKxH: Array,

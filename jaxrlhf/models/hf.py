@@ -74,7 +74,7 @@ def _reshaped(name: str, hf_name: str, our_shape: tuple[int, ...], per_layer: bo
 
 
 def _llama_table(c: ModelConfig) -> list[_Tensor]:
-  """Llama / Mistral / Qwen2 / Qwen3 / Gemma 2 / Gemma 3 naming (torch nn.Linear layout)."""
+  """Llama / Mistral / Phi-3 / Qwen2 / Qwen3 / Gemma naming (torch nn.Linear layout)."""
   D, N, K, H, F, V = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
   layer = "model.layers.{i}."
   # Gemma's post_attention_layernorm normalizes the attention output; its pre_feedforward_layernorm feeds the MLP.
@@ -110,7 +110,40 @@ def _llama_table(c: ModelConfig) -> list[_Tensor]:
               _same("post_mlp_norm_scale", layer + "post_feedforward_layernorm.weight", (D,), True)]
   if not c.tie_word_embeddings:
     table.append(_Tensor("lm_head.weight", (V, D), ("lm_head",), lambda w: (w.T,), lambda k: k.T, False))
+  if c.hf_model_type == "phi3":
+    table = _fuse_phi3(c, table)
   return table
+
+
+def _fuse_phi3(c: ModelConfig, table: list[_Tensor]) -> list[_Tensor]:
+  """Phi3's layout: q, k, v stacked along the output rows of one qkv_proj (N*H + 2*K*H, D), gate and up of one
+  gate_up_proj (2F, D), gate first (transformers' `chunk(2)`)."""
+  D, N, K, H, F = c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, c.mlp_dim
+  layer = "model.layers.{i}."
+  q_rows, kv_rows = N * H, K * H
+
+  def split_qkv(w):  # (N*H + 2*K*H, D) -> kernels (D, N, H), (D, K, H), (D, K, H)
+    q, k, v = np.split(w, [q_rows, q_rows + kv_rows], axis=0)
+    return q.T.reshape(D, N, H), k.T.reshape(D, K, H), v.T.reshape(D, K, H)
+
+  def merge_qkv(q, k, v):
+    return np.concatenate([q.reshape(D, -1).T, k.reshape(D, -1).T, v.reshape(D, -1).T], axis=0)
+
+  def split_gate_up(w):  # (2F, D) -> kernels (D, F), (D, F)
+    gate, up = np.split(w, 2, axis=0)
+    return gate.T, up.T
+
+  def merge_gate_up(gate, up):
+    return np.concatenate([gate.T, up.T], axis=0)
+
+  fused = {"q_kernel", "k_kernel", "v_kernel", "gate_kernel", "up_kernel"}
+  table = [t for t in table if not fused.intersection(t.ours)]
+  return table + [
+      _Tensor(layer + "self_attn.qkv_proj.weight", (q_rows + 2 * kv_rows, D), ("q_kernel", "k_kernel", "v_kernel"),
+              split_qkv, merge_qkv, True),
+      _Tensor(layer + "mlp.gate_up_proj.weight", (2 * F, D), ("gate_kernel", "up_kernel"), split_gate_up,
+              merge_gate_up, True),
+  ]
 
 
 def _gpt2_table(c: ModelConfig) -> list[_Tensor]:

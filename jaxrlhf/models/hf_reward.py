@@ -1,10 +1,11 @@
 """Reward models in the Hugging Face sequence-classification format, both ways.
 
-The format (`LlamaForSequenceClassification`, `MistralForSequenceClassification`, `Qwen2ForSequenceClassification`,
-`Qwen3ForSequenceClassification`, `Gemma2ForSequenceClassification`, `Gemma3TextForSequenceClassification`,
-`GPT2ForSequenceClassification`): config.json with that architecture, `id2label` (num_labels entries) and
-`pad_token_id`; model.safetensors with the decoder's tensors (no LM head) and `score.weight` (num_labels, hidden),
-a bias-free linear layer applied to the final hidden state of every position.
+The format (`LlamaForSequenceClassification`, `MistralForSequenceClassification`, `Phi3ForSequenceClassification`,
+`Qwen2ForSequenceClassification`, `Qwen3ForSequenceClassification`, `GemmaForSequenceClassification`,
+`Gemma2ForSequenceClassification`, `Gemma3TextForSequenceClassification`, `GPT2ForSequenceClassification`):
+config.json with that architecture, `id2label` (num_labels entries) and `pad_token_id`; model.safetensors with the
+decoder's tensors (no LM head) and `score.weight` (num_labels, hidden), a bias-free linear layer applied to the final
+hidden state of every position.
 
 Where the reward is read:
   transformers reads the logits at the rightmost position whose token is not `config.pad_token_id` (index 0 for
@@ -58,6 +59,7 @@ Array = jax.Array
 SEQUENCE_CLASSIFICATION_ARCHITECTURES = {
     "llama": "LlamaForSequenceClassification",
     "mistral": "MistralForSequenceClassification",
+    "phi3": "Phi3ForSequenceClassification",
     "qwen2": "Qwen2ForSequenceClassification",
     "qwen3": "Qwen3ForSequenceClassification",
     "gemma": "GemmaForSequenceClassification",

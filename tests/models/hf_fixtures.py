@@ -30,6 +30,16 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(
         vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
         attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)),
+    # Phi-3 (mini 4k): fused qkv_proj / gate_up_proj, a 4-token window on every layer, untied.
+    "phi3_sliding": ("Phi3Config", "Phi3ForCausalLM", dict(
+        _LLAMA_SIZES, sliding_window=4, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # Phi-4-mini style: half of each head rotated, LongRoPE past 24 positions (attention factor from max / original
+    # positions = 128 / 24), tied.
+    "phi3_longrope_partial": ("Phi3Config", "Phi3ForCausalLM", dict(
+        _LLAMA_SIZES, tie_word_embeddings=True, original_max_position_embeddings=24, bos_token_id=1,
+        eos_token_id=2, pad_token_id=0,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+                             short_factor=[1.0, 1.7], long_factor=[3.0, 11.0]))),
     # Qwen3: head_dim 12 != hidden / heads = 8, q/k norms, untied; and tied with a window on layer 1 only.
     "qwen3_untied": ("Qwen3Config", "Qwen3ForCausalLM", dict(
         _LLAMA_SIZES, head_dim=12, tie_word_embeddings=False, rope_parameters=dict(rope_type="default",

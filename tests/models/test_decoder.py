@@ -303,7 +303,7 @@ def test_config_from_legacy_rope_fields():
     (dict(head_dim=5), "head_dim must be even for rope, got 5"),  # RoPE rotates pairs of dimensions
     (dict(sliding_window=0), "sliding_window must be > 0 or None, got 0"),
     (dict(hf_model_type="qwen2"), r"hf_model_type='qwen2' does not belong to family='llama'; expected one of "
-                                  r"\['llama', 'mistral'\]"),
+                                  r"\['llama', 'mistral', 'phi3'\]"),
 ])
 def test_config_validation_names_the_field(changes, pattern):
   with pytest.raises(ValueError, match=pattern):

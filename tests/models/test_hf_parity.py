@@ -62,6 +62,7 @@ def test_logits_match_transformers_with_padding(family, tmp_path):
     ("mistral_sliding", dict(sliding_window=None)),
     ("llama3_untied_scaled", dict(rope_scaling=None)),
     ("llama_linear_rope", dict(rope_scaling=None)),
+    ("phi3_sliding", dict(sliding_window=None)),
 ])
 def test_parity_is_sensitive_to_the_switch_under_test(family, override, tmp_path):
   """The tiny cases really exercise sliding windows and rope scaling: turning them off breaks parity."""
@@ -84,10 +85,11 @@ _OMITTED_KEY_CASES = {
     "qwen3_untied": dict(num_attention_heads=32, num_key_value_heads=32, head_dim=128),
     "mistral_sliding": dict(num_attention_heads=16, num_key_value_heads=8, head_dim=None, sliding_window=4096),
     "llama_gqa_tied": dict(tie_word_embeddings=False, num_key_value_heads=4),
+    "phi3_sliding": dict(num_key_value_heads=4, sliding_window=None),
 }
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "phi3", "qwen2", "qwen3", "gemma2", "gemma3_text"])
 def test_omitted_config_keys_read_as_transformers_reads_them(model_type):
   """A config.json with only the sizes: tying, head_dim, kv heads, window and context length are what that
   model_type's transformers config class assumes (Gemma ties and fixes head_dim 256; Qwen3 fixes head_dim 128)."""
@@ -222,10 +224,10 @@ def test_unexpected_tensor_is_named():
     ("architectures", ["Qwen2ForSequenceClassification"], r"architectures='Qwen2ForSequenceClassification'"),
     ("hidden_act", "tanh", r"hidden_act='tanh' is not supported"),
     ("rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4},
-     r"rope_scaling\.rope_type='yarn' is not supported; expected one of \['default', 'linear', 'llama3'\]"),
+     r"rope_scaling\.rope_type='yarn' is not supported; expected one of \['default', 'linear', 'llama3', 'longrope'\]"),
     ("use_sliding_window", True, r"use_sliding_window"),
-    # transformers rotates only the first half of each head then; we rotate all of it.
-    ("partial_rotary_factor", 0.5, r"partial_rotary_factor=0\.5 is not supported; expected 1\.0"),
+    # Among our classes only transformers' Phi3 rotates part of each head (the others would fail in transformers).
+    ("partial_rotary_factor", 0.5, r"partial_rotary_factor=0\.5 is supported for model_type 'phi3', not 'qwen2'"),
 ])
 def test_unsupported_config_fields_are_named(field, value, pattern):
   hf_config, tensors = _tiny_checkpoint()

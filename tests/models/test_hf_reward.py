@@ -29,6 +29,7 @@ LENGTHS = (16, 11, 7, 3)  # one unpadded row, three padded ones
 FAMILIES = {
     "llama3_untied_scaled": "LlamaForSequenceClassification",
     "mistral_sliding": "MistralForSequenceClassification",
+    "phi3_longrope_partial": "Phi3ForSequenceClassification",
     "qwen2_bias": "Qwen2ForSequenceClassification",
     "qwen3_untied": "Qwen3ForSequenceClassification",
     "gemma2": "Gemma2ForSequenceClassification",
