@@ -51,11 +51,12 @@ SUPPORTED_TENSOR_TYPES = frozenset({
     gguf.GGMLQuantizationType.IQ4_NL,
     gguf.GGMLQuantizationType.IQ4_XS,
 })
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+SUPPORTED_ARCHITECTURES = ("llama", "phi3", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 _GEMMA = ("gemma2", "gemma3")  # Gemma 2 / 3: sandwich norms, soft-caps, local layers
 # Gemma files store every norm weight as 1 + w (llama.cpp's RMSNorm multiplies by the stored weight).
 NORM_PLUS_ONE = ("gemma", "gemma2", "gemma3")
-_HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM"),
+_HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "phi3": ("phi3", "Phi3ForCausalLM"),
+               "qwen2": ("qwen2", "Qwen2ForCausalLM"),
                "qwen3": ("qwen3", "Qwen3ForCausalLM"),
                "gemma": ("gemma", "GemmaForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"),
                "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
@@ -77,6 +78,14 @@ _LAYER_TENSORS = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Phi-3's fused projections, kept fused by llama.cpp's converter (ffn_up holds gate then up, as its SwiGLU splits it).
+_PHI3_TENSORS = {
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",
+    "ffn_up.weight": "mlp.gate_up_proj.weight",
+}
+_PHI3_SPLIT = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "ffn_gate.weight")
+# Phi-3's LongRoPE factors (one per rotated frequency), stored once as F32 vectors.
+ROPE_FACTORS = {"long_factor": "rope_factors_long.weight", "short_factor": "rope_factors_short.weight"}
 # Qwen2's q/k/v projection biases.
 _QKV_BIAS_TENSORS = {
     "attn_q.bias": "self_attn.q_proj.bias",
@@ -97,14 +106,14 @@ _GEMMA_NORM_TENSORS = {
 
 @errors.reads_file("GGUF file")
 def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], "GGUFTensors"]:
-  """Reads a GGUF file of architecture llama, qwen2, qwen3, gemma, gemma2 or gemma3.
+  """Reads a GGUF file of architecture llama, phi3, qwen2, qwen3, gemma, gemma2 or gemma3.
 
   Args:
     path: a `.gguf` file.
 
   Returns:
     `(hf_config, tensors)`: `hf_config` is a transformers config dict (config.json keys) of the matching class
-    (`LlamaConfig`, `Qwen3Config`, `Gemma2Config`, `Gemma3TextConfig`);
+    (`LlamaConfig`, `Phi3Config`, `Qwen3Config`, `Gemma2Config`, `Gemma3TextConfig`);
     `tensors` maps transformers parameter names (`model.embed_tokens.weight`,
     `model.layers.{i}.self_attn.q_proj.weight`, ...) to float32 arrays in torch `nn.Linear` layout
     (out_features, in_features), each read and dequantized when it is looked up (`GGUFTensors`).
@@ -289,9 +298,11 @@ def _header_and_config(path: str | os.PathLike) -> tuple[Header, dict[str, Any]]
   hf_config = gguf_hf_config(metadata, tensor_names=set(gguf_tensors))
   _check_layer_count(path, hf_config["num_hidden_layers"], len(gguf_tensors))
   arch = metadata["general.architecture"]
-  unexpected = sorted(set(gguf_tensors) - set(_hf_names(hf_config["num_hidden_layers"], arch)) - {ROPE_FREQS})
+  unexpected = sorted(set(gguf_tensors) - set(_hf_names(hf_config["num_hidden_layers"], arch)) - {ROPE_FREQS}
+                      - set(ROPE_FACTORS.values()))
   if ROPE_FREQS in gguf_tensors:
     _read_rope_freqs(path, hf_config, gguf_tensors[ROPE_FREQS], arch)
+  _read_longrope_factors(path, hf_config, gguf_tensors, arch)
   if unexpected:
     raise ValueError(f"unexpected GGUF tensors for a {arch} model: {unexpected}")
   return header, hf_config
@@ -342,8 +353,11 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
     raise ValueError(f"GGUF metadata field '{arch}.attention.head_count' is {num_heads}, expected a positive count")
   num_kv_heads = field("attention.head_count_kv", default=num_heads)
   rope_dims = field("rope.dimension_count", default=None)
-  head_dim = field("attention.key_length", default=hidden_size // num_heads if rope_dims is None else rope_dims)
-  if rope_dims is not None and rope_dims != head_dim:
+  # Phi-3's heads always split the embedding (llama.cpp's n_embd / n_head); its rope.dimension_count is the part
+  # of each head that rotates (Phi-4-mini: 96 of 128).
+  head_default = hidden_size // num_heads if rope_dims is None or arch == "phi3" else rope_dims
+  head_dim = field("attention.key_length", default=head_default)
+  if rope_dims is not None and rope_dims != head_dim and arch != "phi3":
     # RoPE on only part of each head (llama.cpp's n_rot < head size; it refuses that for llama files). Loading it
     # as full rotary would change every attention score.
     raise ValueError(f"GGUF {arch}.rope.dimension_count {rope_dims} differs from the head size {head_dim} "
@@ -388,6 +402,8 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
   elif arch == "qwen2":  # q/k/v biases always (Qwen2Config has no switch), no window (llama.cpp has none)
     del config["mlp_bias"], config["attention_bias"]
     config["use_sliding_window"] = False
+  elif arch == "phi3":
+    _phi3_config(config, metadata, head_dim, rope_dims)
   elif arch == "gemma":  # Gemma 1: GELU (tanh), no window, no soft-caps, attention scaled by head_dim ** -0.5
     del config["mlp_bias"]
     config["hidden_act"] = "gelu_pytorch_tanh"
@@ -395,6 +411,59 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
     _gemma_config(config, metadata, arch)
   _check_attention_scale(config, metadata, arch)
   return config
+
+
+def _phi3_config(config: dict[str, Any], metadata: dict[str, Any], head_dim: int, rope_dims: int | None) -> None:
+  """Phi3Config's keys from llama.cpp's phi3 metadata: no biases (Phi3 has no switch), the window (0: none; llama.cpp
+  itself currently runs Phi-3 without it, transformers with it: we follow the checkpoint, as transformers), the
+  rotated part of each head, and LongRoPE's original context and attention factor (its factors are tensors:
+  `_read_longrope_factors`)."""
+  del config["mlp_bias"], config["attention_bias"]
+  window = _number(metadata, "phi3.attention.sliding_window", default=0)
+  if window:
+    config["sliding_window"] = window
+  if rope_dims is not None and rope_dims != head_dim:
+    if not 0 < rope_dims < head_dim or rope_dims % 2:
+      raise ValueError(f"GGUF phi3.rope.dimension_count {rope_dims}: expected an even number of rotated dimensions "
+                       f"up to the head size {head_dim}")
+    config["partial_rotary_factor"] = rope_dims / head_dim
+  original = _number(metadata, "phi3.rope.scaling.original_context_length", default=None)
+  if original is not None:
+    config["original_max_position_embeddings"] = original
+  attn_factor = _number(metadata, "phi3.rope.scaling.attn_factor", float, default=None)
+  if attn_factor is not None:
+    config["_longrope_attention_factor"] = attn_factor  # set into rope_parameters with the factors
+
+
+def _read_longrope_factors(path: str | os.PathLike, hf_config: dict[str, Any], gguf_tensors: Mapping[str, Any],
+                           arch: str) -> None:
+  """Sets Phi-3's LongRoPE `rope_parameters` from `rope_factors_long` / `rope_factors_short` (both or neither)."""
+  attention_factor = hf_config.pop("_longrope_attention_factor", None)
+  present = [name for name in ROPE_FACTORS.values() if name in gguf_tensors]
+  if not present:
+    if attention_factor is not None and not math.isclose(attention_factor, 1.0, rel_tol=1e-6):
+      raise ModelFileError(path, f"GGUF metadata field 'phi3.rope.scaling.attn_factor' is {attention_factor!r} "
+                           f"without LongRoPE factors ({sorted(ROPE_FACTORS.values())}); expected 1.0")
+    return
+  if arch != "phi3":
+    raise ModelFileError(path, f"tensor {present[0]!r} in a {arch} file: llama.cpp reads LongRoPE factors of phi3 "
+                         "files here")
+  if len(present) != 2:
+    raise ModelFileError(path, f"tensor {present[0]!r} without its pair: LongRoPE needs "
+                         f"{sorted(ROPE_FACTORS.values())}")
+  rotated = int(hf_config["head_dim"] * hf_config.get("partial_rotary_factor", 1.0))
+  rope = {"rope_type": "longrope", "rope_theta": hf_config["rope_theta"]}
+  for key, name in ROPE_FACTORS.items():
+    info = gguf_tensors[name]
+    if info.shape != (rotated // 2,):
+      raise ModelFileError(path, f"tensor {name!r} has shape {info.shape}, expected ({rotated // 2},) (one factor "
+                           "per rotated frequency)")
+    rope[key] = [float(v) for v in read_tensor(path, info)]
+  if attention_factor is not None:
+    rope["attention_factor"] = attention_factor
+  if "partial_rotary_factor" in hf_config:
+    rope["partial_rotary_factor"] = hf_config["partial_rotary_factor"]
+  hf_config["rope_parameters"] = rope
 
 
 def _check_attention_scale(config: dict[str, Any], metadata: dict[str, Any], arch: str) -> None:
@@ -413,7 +482,7 @@ def _check_attention_scale(config: dict[str, Any], metadata: dict[str, Any], arc
                        f"logits by {scalar ** -0.5:.6g} (1 / sqrt({scalar:g})); a model with another scale is not "
                        "supported")
   factor_key = f"{arch}.rope.scaling.attn_factor"
-  if factor_key in metadata:
+  if factor_key in metadata and arch != "phi3":  # Phi-3's is LongRoPE's attention factor (_read_longrope_factors)
     factor = _number(metadata, factor_key, float)
     if not math.isclose(factor, 1.0, rel_tol=1e-6):
       raise ValueError(f"GGUF metadata field {factor_key!r} is {factor!r}; only 1.0 is supported (it scales the "
@@ -513,6 +582,10 @@ def _layer_tensors(arch: str) -> dict[str, str]:
     names.update(_QK_NORM_TENSORS)
   if arch == "qwen2":
     names.update(_QKV_BIAS_TENSORS)
+  if arch == "phi3":
+    for split in _PHI3_SPLIT:
+      del names[split]
+    names.update(_PHI3_TENSORS)
   return names
 
 
@@ -550,6 +623,8 @@ def _expected_shapes(config: dict[str, Any], arch: str = "llama") -> dict[str, t
       "self_attn.q_proj.bias": (q_dim,),
       "self_attn.k_proj.bias": (kv_dim,),
       "self_attn.v_proj.bias": (kv_dim,),
+      "self_attn.qkv_proj.weight": (q_dim + 2 * kv_dim, d),
+      "mlp.gate_up_proj.weight": (2 * f, d),
   }
   layer_shapes.update({hf_suffix: (d,) for hf_suffix in _GEMMA_NORM_TENSORS.values()})
   layer_shapes = {suffix: layer_shapes[suffix] for suffix in _layer_tensors(arch).values()}

@@ -87,10 +87,16 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
   if tensor_type not in TENSOR_TYPES:
     raise ValueError(f"tensor_type {tensor_type!r}: expected one of {sorted(TENSOR_TYPES)}")
   config = config or model.config
-  arch = _ARCHITECTURES.get(config.family)
+  arch = "phi3" if config.hf_model_type == "phi3" else _ARCHITECTURES.get(config.family)
   if arch is None:
     raise ValueError(f"family {config.family!r}: GGUF export writes {sorted(_ARCHITECTURES)} models (the "
                      "architectures from_pretrained reads back as llama.cpp runs them)")
+  if arch != "phi3" and config.rope_dim != config.head_dim:
+    raise ValueError(f"rotary_dim={config.rotary_dim}: llama.cpp's {arch} rotates whole heads; a model rotating part "
+                     "of each head exports as hf_model_type 'phi3'")
+  if arch != "phi3" and config.rope_scaling is not None and config.rope_scaling.rope_type == "longrope":
+    raise ValueError(f"rope_scaling 'longrope': llama.cpp reads LongRoPE factors for phi3 files, not {arch}; export "
+                     "with hf_model_type 'phi3'")
   if getattr(model, "lora", None) is not None:
     model = model.merged()
   # Every variable, not only nnx.Param (a frozen model's weights are FrozenParams); tensors are fetched one by one.
@@ -125,7 +131,7 @@ def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig,
                      (writer.add_embedding_length, config.embed_dim), (writer.add_feed_forward_length, config.mlp_dim),
                      (writer.add_head_count, config.num_heads), (writer.add_head_count_kv, config.num_kv_heads),
                      (writer.add_key_length, config.head_dim), (writer.add_value_length, config.head_dim),
-                     (writer.add_rope_dimension_count, config.head_dim),
+                     (writer.add_rope_dimension_count, config.rope_dim),
                      (writer.add_layer_norm_rms_eps, config.norm_eps), (writer.add_vocab_size, config.vocab_size),
                      (writer.add_rope_freq_base, config.rope_theta)):
     add(value)
@@ -137,6 +143,9 @@ def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig,
   elif scaling is not None and scaling.rope_type == "llama3":
     # llama.cpp keeps llama3 scaling as one divisor per frequency (what read_gguf turns back into the scaling).
     rope_freqs = gguf_io.llama3_rope_factors(config.head_dim, config.rope_theta, dataclasses.asdict(scaling))
+  extra_tensors = []
+  if arch == "phi3":
+    extra_tensors = _phi3_metadata(writer, config)
   if arch in ("gemma2", "gemma3"):
     if config.sliding_window is not None:
       writer.add_sliding_window(config.sliding_window)
@@ -156,6 +165,7 @@ def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig,
           for hf_name, shape, fetch in tensors if not (hf_name == "lm_head.weight" and config.tie_word_embeddings)]
   if rope_freqs is not None:
     plan.append((gguf_io.ROPE_FREQS, rope_freqs.shape, lambda: np.asarray(rope_freqs, np.float32)))
+  plan += extra_tensors
   for gguf_name, shape, _ in plan:
     stored = _storage_type(shape, qtype)
     writer.add_tensor_info(gguf_name, shape, np.dtype(np.float32),
@@ -166,6 +176,25 @@ def write_gguf(path: str | os.PathLike, arch: str, config: ModelConfig,
   for _, shape, fetch in plan:
     writer.write_tensor_data(_stored_bytes(fetch(), _storage_type(shape, qtype)))
   writer.close()
+
+
+def _phi3_metadata(writer: gguf.GGUFWriter, config: ModelConfig
+                   ) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+  """llama.cpp's phi3 keys (window, 0 for none; the original context) and, for LongRoPE, its attention factor; returns
+  the factor tensors to write (float32 vectors, one value per rotated frequency)."""
+  scaling = config.rope_scaling
+  longrope = scaling is not None and scaling.rope_type == "longrope"
+  writer.add_sliding_window(config.sliding_window or 0)
+  writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings if longrope
+                                       else config.max_position_embeddings)
+  if not longrope:
+    return []
+  writer.add_rope_scaling_attn_factors(scaling.attention_factor)
+  tensors = []
+  for key, gguf_name in gguf_io.ROPE_FACTORS.items():
+    factors = np.asarray(getattr(scaling, key), np.float32)
+    tensors.append((gguf_name, factors.shape, lambda factors=factors: factors))
+  return tensors
 
 
 def _llama_cpp_layout(fetch: Callable[[], np.ndarray], hf_name: str, arch: str,
@@ -416,6 +445,19 @@ def pre_tokenizer_name(pre_tokenizer: dict[str, Any] | None, ignore_merges: bool
 
 
 # ---------------------------------------------------------------------------------------------- the read-back
+def _same_rope(a: ModelConfig, b: ModelConfig) -> bool:
+  """Whether two configs' RoPE computes the same: the inverse frequencies (float32, to 1e-6 relative; LongRoPE's long
+  ones too) and, for LongRoPE, the switching length and the attention factor."""
+  if not np.allclose(rope_inv_freq(a), rope_inv_freq(b), rtol=1e-6, atol=0):
+    return False
+  longrope = [c.rope_scaling is not None and c.rope_scaling.rope_type == "longrope" for c in (a, b)]
+  if not any(longrope):
+    return True
+  return all(longrope) and np.allclose(rope_inv_freq(a, long=True), rope_inv_freq(b, long=True), rtol=1e-6, atol=0) \
+      and a.rope_scaling.original_max_position_embeddings == b.rope_scaling.original_max_position_embeddings \
+      and math.isclose(a.rope_scaling.attention_factor, b.rope_scaling.attention_factor, rel_tol=1e-6)
+
+
 def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any, *, sentencepiece: bool) -> None:
   """ValueError naming what reads back otherwise from `path` than `config` and `tokenizer` give (`sentencepiece`:
   the file holds a 'llama' vocabulary)."""
@@ -424,9 +466,9 @@ def _check_read_back(path: pathlib.Path, config: ModelConfig, tokenizer: Any, *,
                  for f in dataclasses.fields(ModelConfig)
                  if f.name not in _UNCOMPARED and f.name != "rope_scaling"
                  and not _same(getattr(config, f.name), getattr(back, f.name))]
-  # RoPE scaling by its effect: llama3 parameters come back as equivalent ones (gguf.llama3_scaling_of).
-  if config.position == "rope" and back.position == "rope" and not np.allclose(
-      rope_inv_freq(config), rope_inv_freq(back), rtol=1e-6, atol=0):
+  # RoPE scaling by its effect: llama3 parameters come back as equivalent ones (gguf.llama3_scaling_of); LongRoPE
+  # by both factor sets, the length that switches them and the attention factor.
+  if config.position == "rope" and back.position == "rope" and not _same_rope(config, back):
     differences.append(f"rope_scaling: {config.rope_scaling!r} -> {back.rope_scaling!r} (other frequencies)")
   if differences:
     raise ValueError(f"{path}: the GGUF would describe another model than this one ({'; '.join(differences)}); "

@@ -8,6 +8,7 @@ which covers every entry of hf_fixtures.FAMILIES.
 """
 
 import json
+import math
 
 import gguf
 import jax
@@ -387,13 +388,16 @@ def test_bidirectional_gemma3_is_rejected():
 # llama.cpp's GGUF cannot say query_pre_attn_scalar (it assumes head_dim below 27B), so the GGUF cases use it.
 GGUF_CASES = {"qwen2": ("qwen2_bias", {}), "qwen3": ("qwen3_untied", {}), "gemma": ("gemma", {}),
               "gemma2": ("gemma2", dict(query_pre_attn_scalar=16)),
-              "gemma3": ("gemma3_untied", dict(query_pre_attn_scalar=16))}
+              "gemma3": ("gemma3_untied", dict(query_pre_attn_scalar=16)),
+              "phi3": ("phi3_longrope_partial", {})}
 
 
 def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
   """A GGUF as llama.cpp's convert_hf_to_gguf.py writes `hf_model`: gguf-py's own tensor-name map, Gemma norm
-  weights stored as 1 + w, q/k rows permuted for llama (Qwen2 / 3 and Gemma use GGML's rotate-half RoPE), F32 tensors,
-  and `rope_freqs` (llama3 RoPE scaling's per-frequency divisors) as `rope_freqs.weight` where given."""
+  weights stored as 1 + w, q/k rows permuted for llama (Qwen2 / 3, Phi-3 and Gemma use GGML's rotate-half RoPE; Phi-3
+  keeps its fused qkv and gate-up tensors), F32 tensors, and `rope_freqs` (llama3 RoPE scaling's per-frequency
+  divisors) as `rope_freqs.weight` where given; Phi-3's LongRoPE factors and attention factor as Phi3MiniModel writes
+  them."""
   hf = hf_model.config
   writer = gguf.GGUFWriter(str(path), arch)
   writer.add_block_count(hf.num_hidden_layers)
@@ -418,6 +422,17 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
     writer.add_final_logit_softcapping(hf.final_logit_softcapping)
   if arch in ("gemma2", "gemma3"):
     writer.add_sliding_window(hf.sliding_window)
+  phi3_factors = {}
+  if arch == "phi3":  # Phi3MiniModel: the rotated dimensions, original context, window (0: none), LongRoPE
+    partial = rope.get("partial_rotary_factor", 1.0)
+    writer.add_rope_dimension_count(int(partial * hf.hidden_size) // hf.num_attention_heads)
+    original = rope.get("original_max_position_embeddings", hf.original_max_position_embeddings)
+    writer.add_rope_scaling_orig_ctx_len(original)
+    writer.add_sliding_window(hf.sliding_window or 0)
+    if rope.get("long_factor"):
+      scale = hf.max_position_embeddings / original
+      writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+      phi3_factors = {"rope_factors_long.weight": rope["long_factor"], "rope_factors_short.weight": rope["short_factor"]}
   if arch == "gemma3":  # the fixture's 1-in-3 global layers, as gguf-py's per-layer flags (llama.cpp assumes 1 in 6)
     writer.add_sliding_window_pattern([t == "sliding_attention" for t in hf.layer_types])
   for key in ("bos", "eos", "pad"):
@@ -436,6 +451,8 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
     writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), array)
   if rope_freqs is not None:
     writer.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, np.float32))
+  for name, factors in phi3_factors.items():
+    writer.add_tensor(name, np.asarray(factors, np.float32))
   writer.write_header_to_file()
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
@@ -463,6 +480,9 @@ def test_gguf_import_equals_the_transformers_checkpoint(arch, tmp_path):
   hf_json = json.loads((tmp_path / "hf" / "config.json").read_text())
   ours, reference = ModelConfig.from_hf(hf_config), ModelConfig.from_hf(hf_json)
   assert ours.norm_eps == pytest.approx(reference.norm_eps, rel=1e-7)  # GGUF stores float32
+  if arch == "phi3":  # LongRoPE's attention factor, stored as float32 too
+    assert ours.rope_scaling.attention_factor == pytest.approx(reference.rope_scaling.attention_factor, rel=1e-7)
+    ours = ours.replace(rope_scaling=reference.rope_scaling)
   assert ours.replace(norm_eps=reference.norm_eps) == reference
 
   ids, mask = _padded_rows()

@@ -1,8 +1,9 @@
 """GGUF export (`jaxrlhf.models.gguf_export`): every family we read back (Llama with tied / untied embeddings and
-llama3 RoPE scaling, Qwen3, Gemma 2, Gemma 3) written and loaded by transformers' own GGUF loader, whose logits equal
-the transformers checkpoint's; tensors and configs through our reader; each storage type against its rounding;
-SmolLM2 from the real GGUF, with transformers' GGUF tokenizer; LoRA merged; what a GGUF cannot say refused and no
-file left; the command line."""
+llama3 RoPE scaling, Qwen2, Qwen3, Gemma 1 / 2 / 3, Phi-3 with a window or with partial rotation and LongRoPE)
+against llama.cpp's converter layout and through our reader against the transformers checkpoint; the plain Llama,
+Qwen2 and Phi-3 exports loaded by transformers' own GGUF loader; each storage type against its rounding; SmolLM2 from
+the real GGUF, with transformers' GGUF tokenizer; LoRA merged; what a GGUF cannot say refused and no file left; the
+command line."""
 
 import json
 import pathlib
@@ -29,6 +30,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 # The cases GGUF can say: llama.cpp assumes Gemma's attention scale is the head size (test_families_parity.py).
 # Gemma 3's local layers get a RoPE base other than llama.cpp's default 10000, so the file must say it.
 CASES = {"llama_gqa_tied": {}, "llama3_untied_scaled": {}, "qwen2_bias": {}, "qwen3_untied": {}, "gemma": {},
+         "phi3_sliding": {}, "phi3_longrope_partial": {},
          "gemma2": dict(query_pre_attn_scalar=16),
          "gemma3_untied": dict(query_pre_attn_scalar=16, rope_parameters=dict(
              full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1e5),
@@ -66,20 +68,25 @@ def exported(request, tmp_path_factory):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("case", ["llama_gqa_tied", "qwen2_bias"])
-def test_transformers_gguf_loader_runs_the_llama_and_qwen2_exports(tmp_path, case):
-  """Independent of our reader: transformers dequantizes, un-permutes and configures the file itself. Its GGUF config
-  mapping reads no RoPE scaling, soft-caps, attention scale, per-layer windows or Qwen3 head size (llama.cpp does),
-  so it is the reference for plain Llama and Qwen2 files (and SmolLM2 below); the other families are checked against
-  the converter's layout and, through our reader, against the transformers checkpoint."""
+@pytest.mark.parametrize("case, changes", [("llama_gqa_tied", {}), ("qwen2_bias", {}),
+                                          ("phi3_sliding", dict(sliding_window=None))])
+def test_transformers_gguf_loader_runs_the_llama_qwen2_and_phi3_exports(tmp_path, case, changes):
+  """Independent of our reader: transformers dequantizes, un-permutes, splits Phi-3's fused tensors and configures
+  the file itself. Its GGUF config mapping reads no RoPE scaling, soft-caps, attention scale, windows, partial
+  rotation or Qwen3 head size (llama.cpp does), so it is the reference for plain Llama, Qwen2 and Phi-3 files (and
+  SmolLM2 below); the other cases are checked against the converter's layout and, through our reader, against the
+  transformers checkpoint."""
   import torch
   import transformers
-  hf_model = make_hf_model(case, vocab_size=VOCAB)
+  hf_model = make_hf_model(case, vocab_size=VOCAB, **changes)
   hf_model.save_pretrained(tmp_path / "hf")
   model, _ = from_pretrained(tmp_path / "hf")
   save_gguf(model, tmp_path / "gguf" / "model.gguf", bpe_tokenizer(), tensor_type="f32")
+  # The file has no padding id; Phi3Config's default (32000) lies outside this vocabulary.
+  extra = dict(pad_token_id=0) if case.startswith("phi3") else {}
   loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gguf", gguf_file="model.gguf",
-                                                             dtype=torch.float32)
+                                                             dtype=torch.float32, **extra)
+  assert type(loaded).__name__ == type(hf_model).__name__
   ids, mask = _rows()
   assert _max_diff(hf_logits(loaded.eval(), ids, mask), hf_logits(hf_model, ids, mask), mask) <= TOL
 
@@ -104,6 +111,8 @@ def test_export_has_the_converters_metadata_and_tensors(exported, tmp_path):
   for key, value in reference.metadata.items():
     if key.startswith(("GGUF.", "general.", "tokenizer.")):
       continue
+    if case == "phi3_sliding" and key == "phi3.rope.scaling.original_context_length":
+      continue  # Phi3Config's 4096 default: no effect without LongRoPE factors, and our config does not keep it
     assert ours.metadata[key] == pytest.approx(value, rel=1e-7) if isinstance(value, float) \
         else ours.metadata[key] == value, key
   assert set(ours.tensors) == set(reference.tensors)

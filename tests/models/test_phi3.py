@@ -175,3 +175,56 @@ def test_phi3_settings_export_only_as_phi3():
   with pytest.raises(ValueError, match=r"rope_scaling 'longrope' cannot be exported as family 'llama'"):
     config.replace(hf_model_type=None, rotary_dim=None, rope_scaling=RopeScaling(
         **{**config.rope_scaling.__dict__, "short_factor": (1.0,) * 4, "long_factor": (2.0,) * 4})).to_hf()
+
+
+def test_gguf_export_refuses_phi3_settings_under_other_architectures(tmp_path):
+  """Partial rotation and LongRoPE exist in llama.cpp's phi3 architecture only: a Llama-family model carrying them
+  without hf_model_type 'phi3' is refused before anything is written."""
+  from jaxrlhf.models.gguf_export import save_gguf
+  from test_gguf_export import VOCAB as GGUF_VOCAB, bpe_tokenizer
+
+  make_hf_model("phi3_longrope_partial", vocab_size=GGUF_VOCAB).save_pretrained(tmp_path / "hf")
+  model, config = from_pretrained(tmp_path / "hf")
+  with pytest.raises(ValueError, match=r"rotary_dim=4: llama.cpp's llama rotates whole heads"):
+    save_gguf(model, tmp_path / "a.gguf", bpe_tokenizer(), config=config.replace(hf_model_type=None))
+  whole = config.replace(hf_model_type=None, rotary_dim=None, rope_scaling=RopeScaling(
+      **{**config.rope_scaling.__dict__, "short_factor": (1.0,) * 4, "long_factor": (2.0,) * 4}))
+  with pytest.raises(ValueError, match=r"rope_scaling 'longrope': llama.cpp reads LongRoPE factors for phi3 files"):
+    save_gguf(model, tmp_path / "b.gguf", bpe_tokenizer(), config=whole)
+  assert not list(tmp_path.glob("*.gguf"))
+
+
+@pytest.mark.parametrize("drop, pattern", [
+    ("rope_factors_short.weight", r"tensor 'rope_factors_long.weight' without its pair"),
+    ("both", r"'phi3.rope.scaling.attn_factor' is 1.23\d* without LongRoPE factors"),
+])
+def test_gguf_longrope_factors_come_in_pairs(tmp_path, drop, pattern):
+  """A phi3 file whose LongRoPE is half there is refused naming the tensor or key (dropping it would change every
+  attention score)."""
+  import gguf
+  from test_families_parity import write_llama_cpp_gguf
+
+  from jaxrlhf.models import gguf as gguf_io
+  hf_model = make_hf_model("phi3_longrope_partial")
+  path = write_llama_cpp_gguf(hf_model, tmp_path / "full.gguf", "phi3")
+  reader = gguf.GGUFReader(str(path))
+  writer = gguf.GGUFWriter(str(tmp_path / "cut.gguf"), "phi3")
+  for field in reader.fields.values():
+    if field.name.startswith("GGUF.") or field.name == "general.architecture":
+      continue
+    value = field.contents()
+    kind = field.types[0]
+    if kind == gguf.GGUFValueType.ARRAY:
+      writer.add_array(field.name, value)
+    else:
+      writer.add_key_value(field.name, value, kind)
+  dropped = set(gguf_io.ROPE_FACTORS.values()) if drop == "both" else {drop}
+  for tensor in reader.tensors:
+    if tensor.name not in dropped:
+      writer.add_tensor(tensor.name, np.asarray(tensor.data))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(ValueError, match=pattern):
+    gguf_io.read_gguf(tmp_path / "cut.gguf")
