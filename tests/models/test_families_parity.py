@@ -432,7 +432,8 @@ def write_llama_cpp_gguf(hf_model, path, arch, rope_freqs=None):
     if rope.get("long_factor"):
       scale = hf.max_position_embeddings / original
       writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
-      phi3_factors = {"rope_factors_long.weight": rope["long_factor"], "rope_factors_short.weight": rope["short_factor"]}
+      phi3_factors = {"rope_factors_long.weight": rope["long_factor"],
+                      "rope_factors_short.weight": rope["short_factor"]}
   if arch == "gemma3":  # the fixture's 1-in-3 global layers, as gguf-py's per-layer flags (llama.cpp assumes 1 in 6)
     writer.add_sliding_window_pattern([t == "sliding_attention" for t in hf.layer_types])
   for key in ("bos", "eos", "pad"):
