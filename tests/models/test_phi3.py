@@ -228,3 +228,37 @@ def test_gguf_longrope_factors_come_in_pairs(tmp_path, drop, pattern):
   writer.close()
   with pytest.raises(ValueError, match=pattern):
     gguf_io.read_gguf(tmp_path / "cut.gguf")
+
+
+def test_the_top_level_original_context_wins_as_in_phi3config():
+  """Phi3Config keeps a top-level original_max_position_embeddings and prefers it to rope_parameters' own."""
+  import transformers
+
+  hf = dict(model_type="phi3", vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=128, original_max_position_embeddings=24,
+            rope_parameters=dict(rope_type="longrope", rope_theta=1e4, short_factor=[1.0] * 4, long_factor=[2.0] * 4,
+                                 original_max_position_embeddings=16))
+  reference = transformers.Phi3Config(**json.loads(json.dumps(hf)))
+  ours = ModelConfig.from_hf(hf).rope_scaling
+  assert ours.original_max_position_embeddings == reference.rope_parameters["original_max_position_embeddings"] == 24
+
+
+def test_an_explicit_attention_factor_is_kept_through_hf_and_gguf(tmp_path):
+  """A rope_parameters attention_factor other than the default formula: transformers' logits, and the same model
+  after a GGUF round trip (the file's phi3.rope.scaling.attn_factor read back, not re-derived)."""
+  from jaxrlhf.models.gguf_export import save_gguf
+  from test_gguf_export import VOCAB as GGUF_VOCAB, bpe_tokenizer
+
+  hf_model = make_hf_model("phi3_longrope_partial", vocab_size=GGUF_VOCAB, rope_parameters=dict(
+      rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5, short_factor=[1.0, 1.7],
+      long_factor=[3.0, 11.0], attention_factor=1.5))
+  hf_model.save_pretrained(tmp_path / "hf")
+  model, config = from_pretrained(tmp_path / "hf")
+  assert config.rope_scaling.attention_factor == 1.5
+  ids, mask = _rows(30)
+  ref = hf_logits(hf_model, ids, mask)
+  assert _diff(np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask))), ref, mask) <= TOL
+  save_gguf(model, tmp_path / "model.gguf", bpe_tokenizer(), tensor_type="f32")
+  back, back_config = from_pretrained(tmp_path / "model.gguf")
+  assert back_config.rope_scaling.attention_factor == 1.5
+  assert _diff(np.asarray(forward(back, jnp.asarray(ids), jnp.asarray(mask))), ref, mask) <= TOL
