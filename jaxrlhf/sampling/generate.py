@@ -22,6 +22,7 @@ Shape letters: B batch (prompts), S samples per prompt, R = B * S rows, P prompt
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable, Sequence
 
 import flax.struct
@@ -345,6 +346,22 @@ def _check_tokens_per_iteration(tokens_per_iteration: Any) -> None:
     raise ValueError(f"tokens_per_iteration must be an int >= 1, got {tokens_per_iteration!r}")
 
 
+def _warn_if_longrope_crosses(config: Any, prompt_width: int, max_new_tokens: int) -> None:
+  """Logs a warning when a LongRoPE model's decoding may cross its original context: the prefill (positions below
+  `prompt_width`) rotates with the short factors and the decode steps fed from position `original` on with the long
+  ones, while the cached keys keep the short rotation (transformers' Phi3 `generate` recomputes the cache there)."""
+  scaling = getattr(config, "rope_scaling", None)
+  if scaling is None or scaling.rope_type != "longrope":
+    return
+  original = scaling.original_max_position_embeddings
+  # The last decode call feeds position prompt_width + max_new_tokens - 2 (the last sampled token is not fed back).
+  if prompt_width <= original < prompt_width + max_new_tokens - 1:
+    logging.getLogger(__name__).warning(
+        "LongRoPE: prompts of width %d plus %d new tokens may cross original_max_position_embeddings=%d; the keys "
+        "cached before it keep the short factors (transformers' Phi3 generate recomputes them with the long ones, "
+        "so its tokens may differ past that point)", prompt_width, max_new_tokens, original)
+
+
 def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng: Any = None,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              eos_ids: Sequence[int] | int | None = (), pad_id: int = 0, num_samples: int = 1,
@@ -402,6 +419,7 @@ def generate(model, prompt_ids_BxP, prompt_mask_BxP, *, max_new_tokens: int, rng
   if rng is None:
     rng = jax.random.key(0)  # unused by greedy decoding, but keeps one program signature
   eos_ids = (eos_ids,) if isinstance(eos_ids, (int, np.integer)) else tuple(int(e) for e in (eos_ids or ()))
+  _warn_if_longrope_crosses(getattr(model, "config", None), prompt_ids_BxP.shape[1], int(max_new_tokens))
   B = prompt_ids_BxP.shape[0]
   if mesh is not None:
     mesh = auto_axes(mesh)

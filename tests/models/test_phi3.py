@@ -262,3 +262,18 @@ def test_an_explicit_attention_factor_is_kept_through_hf_and_gguf(tmp_path):
   back, back_config = from_pretrained(tmp_path / "model.gguf")
   assert back_config.rope_scaling.attention_factor == 1.5
   assert _diff(np.asarray(forward(back, jnp.asarray(ids), jnp.asarray(mask))), ref, mask) <= TOL
+
+
+@pytest.mark.parametrize("width, n_new, warns", [(7, 8, False), (20, 5, False), (20, 6, True), (24, 3, True),
+                                                 (25, 8, False)])
+def test_generation_across_the_original_context_is_warned(longrope, caplog, width, n_new, warns):
+  """The decode step that feeds position 24 (of a 24-position original context) switches to the long factors while
+  the cache keeps the short ones: warned, naming the difference from transformers' generate."""
+  _, model = longrope
+  ids, mask = np.full((1, width), 5), np.ones((1, width), np.int64)
+  with caplog.at_level("WARNING", logger="jaxrlhf.sampling.generate"):
+    generate(model, ids, mask, max_new_tokens=n_new, greedy=True, eos_ids=(), pad_id=0)
+  warned = [r.getMessage() for r in caplog.records if "LongRoPE" in r.getMessage()]
+  assert bool(warned) == warns, warned
+  if warns:
+    assert f"width {width} plus {n_new} new tokens may cross original_max_position_embeddings=24" in warned[0]
