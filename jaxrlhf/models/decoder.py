@@ -197,7 +197,8 @@ def rope_inv_freq(config: ModelConfig, local: bool = False, long: bool = False) 
   """
   R = config.rope_dim
   theta, scaling = (config.local_rope_theta, None) if local else (config.rope_theta, config.rope_scaling)
-  inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, R, 2, dtype=np.float32) / np.float32(R)))
+  wavelength_scale = np.float32(theta) ** (np.arange(0, R, 2, dtype=np.float32) / np.float32(R))
+  inv_freq = 1.0 / wavelength_scale
   if scaling is None or scaling.rope_type == "default":
     return inv_freq.astype(np.float32)
   if scaling.rope_type == "linear":
@@ -205,8 +206,7 @@ def rope_inv_freq(config: ModelConfig, local: bool = False, long: bool = False) 
   if scaling.rope_type == "longrope":
     factors = np.asarray(scaling.long_factor if long else scaling.short_factor, np.float32)
     # 1 / (factor * theta^(2i/R)), the product in float32 as transformers forms it.
-    return (1.0 / (factors * np.float32(theta) ** (np.arange(0, R, 2, dtype=np.float32) / np.float32(R)))
-            ).astype(np.float32)
+    return (1.0 / (factors * wavelength_scale)).astype(np.float32)
   # llama3: keep high frequencies, divide low ones by `factor`, interpolate the band in between.
   old_len = scaling.original_max_position_embeddings
   low_wavelen = old_len / scaling.low_freq_factor

@@ -302,7 +302,7 @@ def _header_and_config(path: str | os.PathLike) -> tuple[Header, dict[str, Any]]
                       - set(ROPE_FACTORS.values()))
   if ROPE_FREQS in gguf_tensors:
     _read_rope_freqs(path, hf_config, gguf_tensors[ROPE_FREQS], arch)
-  _read_longrope_factors(path, hf_config, gguf_tensors, arch)
+  _read_longrope_factors(path, hf_config, header)
   if unexpected:
     raise ValueError(f"unexpected GGUF tensors for a {arch} model: {unexpected}")
   return header, hf_config
@@ -416,8 +416,8 @@ def gguf_hf_config(metadata: dict[str, Any], tensor_names: set[str]) -> dict[str
 def _phi3_config(config: dict[str, Any], metadata: dict[str, Any], head_dim: int, rope_dims: int | None) -> None:
   """Phi3Config's keys from llama.cpp's phi3 metadata: no biases (Phi3 has no switch), the window (0: none; llama.cpp
   itself currently runs Phi-3 without it, transformers with it: we follow the checkpoint, as transformers), the
-  rotated part of each head, and LongRoPE's original context and attention factor (its factors are tensors:
-  `_read_longrope_factors`)."""
+  rotated part of each head, and LongRoPE's original context (its factors are tensors, read with its attention
+  factor by `_read_longrope_factors`)."""
   del config["mlp_bias"], config["attention_bias"]
   window = _number(metadata, "phi3.attention.sliding_window", default=0)
   if window:
@@ -430,15 +430,13 @@ def _phi3_config(config: dict[str, Any], metadata: dict[str, Any], head_dim: int
   original = _number(metadata, "phi3.rope.scaling.original_context_length", default=None)
   if original is not None:
     config["original_max_position_embeddings"] = original
-  attn_factor = _number(metadata, "phi3.rope.scaling.attn_factor", float, default=None)
-  if attn_factor is not None:
-    config["_longrope_attention_factor"] = attn_factor  # set into rope_parameters with the factors
 
 
-def _read_longrope_factors(path: str | os.PathLike, hf_config: dict[str, Any], gguf_tensors: Mapping[str, Any],
-                           arch: str) -> None:
-  """Sets Phi-3's LongRoPE `rope_parameters` from `rope_factors_long` / `rope_factors_short` (both or neither)."""
-  attention_factor = hf_config.pop("_longrope_attention_factor", None)
+def _read_longrope_factors(path: str | os.PathLike, hf_config: dict[str, Any], header: Header) -> None:
+  """Sets Phi-3's LongRoPE `rope_parameters` from `rope_factors_long` / `rope_factors_short` (both or neither) and
+  `phi3.rope.scaling.attn_factor`."""
+  gguf_tensors, arch = header.tensors, header.metadata["general.architecture"]
+  attention_factor = _number(header.metadata, "phi3.rope.scaling.attn_factor", float, default=None)
   present = [name for name in ROPE_FACTORS.values() if name in gguf_tensors]
   if not present:
     if attention_factor is not None and not math.isclose(attention_factor, 1.0, rel_tol=1e-6):
