@@ -278,10 +278,9 @@ class ModelConfig:
                                         or not 0 < self.rotary_dim <= self.head_dim):
       raise ValueError(f"rotary_dim={self.rotary_dim}: expected an even number in (0, head_dim={self.head_dim}] "
                        "with position='rope', or None")
-    scaling = self.rope_scaling
-    if scaling is not None and scaling.rope_type == "longrope" and 2 * len(scaling.short_factor) != self.rope_dim:
-      raise ValueError(f"rope_scaling: longrope has {len(scaling.short_factor)} factors; expected one per rotated "
-                       f"frequency, {self.rope_dim // 2} (rotary_dim or head_dim over 2)")
+    if self.longrope and 2 * len(self.rope_scaling.short_factor) != self.rope_dim:
+      raise ValueError(f"rope_scaling: longrope has {len(self.rope_scaling.short_factor)} factors; expected one per "
+                       f"rotated frequency, {self.rope_dim // 2} (rotary_dim or head_dim over 2)")
     if self.sliding_window is not None and self.sliding_window <= 0:
       raise ValueError(f"sliding_window must be > 0 or None, got {self.sliding_window}")
     if self.hf_model_type is not None and HF_MODEL_TYPES.get(self.hf_model_type) != self.family:
@@ -331,6 +330,11 @@ class ModelConfig:
   def rope_dim(self) -> int:
     """The head dimensions RoPE rotates (`rotary_dim`, or all of head_dim)."""
     return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+  @property
+  def longrope(self) -> bool:
+    """Whether RoPE is scaled by LongRoPE (Phi-3's per-frequency short and long factors)."""
+    return self.rope_scaling is not None and self.rope_scaling.rope_type == "longrope"
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -473,7 +477,7 @@ class ModelConfig:
     if model_type != "phi3" and self.rotary_dim is not None and self.rotary_dim != self.head_dim:
       raise ValueError(f"rotary_dim={self.rotary_dim} cannot be exported as {target} (transformers' "
                        f"{HF_ARCHITECTURES[model_type]} rotates all of head_dim); hf_model_type 'phi3' does")
-    if model_type != "phi3" and self.rope_scaling is not None and self.rope_scaling.rope_type == "longrope":
+    if model_type != "phi3" and self.longrope:
       raise ValueError(f"rope_scaling 'longrope' cannot be exported as {target}; hf_model_type 'phi3' has it")
     if model_type == "phi3" and self.rope_scaling is not None and self.rope_scaling.rope_type not in (
         "default", "longrope"):

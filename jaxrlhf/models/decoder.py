@@ -227,9 +227,9 @@ def _rope_tables(config: ModelConfig, positions_BxT: Array, local: bool = False)
   decides it per forward from max(position_ids) + 1, over the whole batch) and scales both tables by its
   attention factor.
   """
-  scaling = None if local else config.rope_scaling
   scale = 1.0
-  if scaling is not None and scaling.rope_type == "longrope":
+  if config.longrope and not local:
+    scaling = config.rope_scaling
     beyond = jnp.max(positions_BxT) + 1 > scaling.original_max_position_embeddings
     inv_freq = jnp.where(beyond, jnp.asarray(rope_inv_freq(config, long=True)), jnp.asarray(rope_inv_freq(config)))
     scale = scaling.attention_factor

@@ -94,7 +94,7 @@ def save_gguf(model: Any, path: str | os.PathLike, tokenizer: Any, config: Model
   if arch != "phi3" and config.rope_dim != config.head_dim:
     raise ValueError(f"rotary_dim={config.rotary_dim}: llama.cpp's {arch} rotates whole heads; a model rotating part "
                      "of each head exports as hf_model_type 'phi3'")
-  if arch != "phi3" and config.rope_scaling is not None and config.rope_scaling.rope_type == "longrope":
+  if arch != "phi3" and config.longrope:
     raise ValueError(f"rope_scaling 'longrope': llama.cpp reads LongRoPE factors for phi3 files, not {arch}; export "
                      "with hf_model_type 'phi3'")
   if getattr(model, "lora", None) is not None:
@@ -183,7 +183,7 @@ def _phi3_metadata(writer: gguf.GGUFWriter, config: ModelConfig
   """llama.cpp's phi3 keys (window, 0 for none; the original context) and, for LongRoPE, its attention factor; returns
   the factor tensors to write (float32 vectors, one value per rotated frequency)."""
   scaling = config.rope_scaling
-  longrope = scaling is not None and scaling.rope_type == "longrope"
+  longrope = config.longrope
   writer.add_sliding_window(config.sliding_window or 0)
   writer.add_rope_scaling_orig_ctx_len(scaling.original_max_position_embeddings if longrope
                                        else config.max_position_embeddings)
@@ -450,7 +450,7 @@ def _same_rope(a: ModelConfig, b: ModelConfig) -> bool:
   ones too) and, for LongRoPE, the switching length and the attention factor."""
   if not np.allclose(rope_inv_freq(a), rope_inv_freq(b), rtol=1e-6, atol=0):
     return False
-  longrope = [c.rope_scaling is not None and c.rope_scaling.rope_type == "longrope" for c in (a, b)]
+  longrope = [a.longrope, b.longrope]
   if not any(longrope):
     return True
   return all(longrope) and np.allclose(rope_inv_freq(a, long=True), rope_inv_freq(b, long=True), rtol=1e-6, atol=0) \

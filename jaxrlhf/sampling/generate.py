@@ -350,9 +350,9 @@ def _warn_if_longrope_crosses(config: Any, prompt_width: int, max_new_tokens: in
   """Logs a warning when a LongRoPE model's decoding may cross its original context: the prefill (positions below
   `prompt_width`) rotates with the short factors and the decode steps fed from position `original` on with the long
   ones, while the cached keys keep the short rotation (transformers' Phi3 `generate` recomputes the cache there)."""
-  scaling = getattr(config, "rope_scaling", None)
-  if scaling is None or scaling.rope_type != "longrope":
+  if not getattr(config, "longrope", False):
     return
+  scaling = config.rope_scaling
   original = scaling.original_max_position_embeddings
   # The last decode call feeds position prompt_width + max_new_tokens - 2 (the last sampled token is not fed back).
   if prompt_width <= original < prompt_width + max_new_tokens - 1:
