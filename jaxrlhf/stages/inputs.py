@@ -248,8 +248,18 @@ def _tuples(value: Any) -> Any:
 
 def make_world(world: Mapping[str, Any]) -> World:
   """The synthetic world of WorldConfig kwargs (lists, nested ones too, become tuples, as config files and JSON give
-  them, e.g. `criteria` = [[name, [5 weights]], ...])."""
-  return World(WorldConfig(**{k: _tuples(v) for k, v in world.items()}))
+  them, e.g. `criteria` = [[name, [5 weights]], ...]).
+
+  One World per WorldConfig per process: every stage of a chain builds the same world, and building one (its prompt
+  pool and tables, ~0.25 s) is a deterministic function of the config. Its arrays are read-only, so a stage cannot
+  change the world the next stage sees.
+  """
+  return _shared_world(WorldConfig(**{k: _tuples(v) for k, v in world.items()}))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_world(config: WorldConfig) -> World:
+  return World(config).freeze()
 
 
 def make_tokenizer(data: DataSpec, world: Any, model_path: str):

@@ -233,6 +233,17 @@ class World:
     bounds = split_bounds(config.split_fractions, len(order))
     self.split_prompts = {s: np.sort(order[bounds[i]:bounds[i + 1]]) for i, s in enumerate(SPLITS)}
 
+  def freeze(self) -> "World":
+    """Makes the world's tables and id arrays read-only (for a world shared between users); returns it. Its sampling
+    caches (`_cdf_for`) still fill in lazily, each entry written once."""
+    arrays = [self.response_ids, self._logits, *self.split_prompts.values(),
+              *(v for v in vars(self.spec).values() if isinstance(v, np.ndarray)),
+              *(v for v in vars(self.tokenizer).values() if isinstance(v, np.ndarray))]
+    for a in arrays:
+      a.setflags(write=False)
+    self.prompt_pool, self.prompt_topics = tuple(self.prompt_pool), tuple(self.prompt_topics)
+    return self
+
   # ---- construction ----------------------------------------------------------------------------------------
 
   def _make_gold_spec(self) -> gold_lib.GoldSpec:
@@ -305,6 +316,7 @@ class World:
       p = np.exp(logits - logits.max(-1, keepdims=True))
       cdf = np.cumsum(p / p.sum(-1, keepdims=True), axis=-1)
       cdf[..., -1] = 1.0
+      cdf.setflags(write=False)
       self._cdf[key] = cdf
     return self._cdf[key]
 
