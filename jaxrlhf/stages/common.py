@@ -268,7 +268,10 @@ def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, see
 
 
 def final_state(setup: state_lib.StateSetup, results: dict) -> state_lib.TrainState:
-  """Restores the last checkpoint the loop wrote (the trained state)."""
+  """The trained state: the one `loop.train` returns with its results, or else (results read from a file) the last
+  checkpoint the loop wrote, restored. The two are equal: the loop checkpoints its final step."""
+  if results.get("state") is not None:
+    return results["state"]
   ckpt = checkpoint_lib.Checkpointer(results["checkpoint_dir"], async_save=False)
   try:
     state, _ = ckpt.restore(setup.abstract)

@@ -118,7 +118,8 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
 
   Returns:
     The results dict also written to results.json: final step, last train window and eval metrics,
-    best checkpoint step, wall time.
+    best checkpoint step, wall time; and, not in the file, "state": the trained TrainState (the state of the last
+    checkpoint, which the loop always writes at num_steps: a caller needs no read-back).
 
   Raises:
     NonFiniteError: a train or eval metric is NaN/inf; nothing from that step on is saved.
@@ -237,7 +238,7 @@ def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn
   if distributed.is_primary():
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-  return results
+  return {**results, "state": state}
 
 
 def _compile_together(jit_step: Any, state: Any, batch: Any, compiled_for: set) -> None:

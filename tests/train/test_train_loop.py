@@ -239,3 +239,34 @@ def test_resume_with_an_rng_stream_in_the_state_is_exact(tmp_path):
     np.testing.assert_array_equal(raw(a), raw(b))
   record = json.loads((tmp_path / "split" / "checkpoints" / "8" / checkpoint_lib.RUN_RECORD_NAME).read_text())
   assert any(v.startswith("key<") for v in record["layout"].values())
+
+
+def _dropout_loop(workdir, num_steps, checkpoint_every):
+  ocfg = optim.OptimizerConfig(name="adamw", learning_rate=0.05, grad_accum_steps=1)
+  opt = optim.make_optimizer(ocfg)
+  setup = state_lib.init_train_state(lambda key: _Dropout(nnx.Rngs(key)), opt, seed=0)
+  step = state_lib.make_train_step(setup.graphdef, squared_error_loss, opt)
+  config = loop_lib.LoopConfig(num_steps=num_steps, log_every=2, checkpoint_every=checkpoint_every, progress=False,
+                               tensorboard=False)
+  out = loop_lib.train(config=config, workdir=str(workdir), setup=setup, step_fn=step, data_iter=RegressionBatches())
+  ckpt = checkpoint_lib.Checkpointer(str(workdir / "checkpoints"))
+  restored, _ = ckpt.restore(setup.abstract)
+  ckpt.close()
+  return out, restored
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_the_returned_state_is_the_last_checkpoints(tmp_path, resumed):
+  """train() hands back the trained state, so a stage needs no read-back (common.final_state): it is bit-equal to the
+  last checkpoint, also when num_steps is not a multiple of checkpoint_every and when a re-run has nothing left to
+  train (its state is the restored one); results.json does not hold it."""
+  out, restored = _dropout_loop(tmp_path, 5, 2)
+  if resumed:
+    out, restored = _dropout_loop(tmp_path, 5, 2)  # Everything done: zero steps run, the state comes from disk.
+  assert out["step"] == out["last_checkpoint_step"] == 5
+  raw = lambda x: np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+  leaves, restored_leaves = jax.tree.leaves(out["state"]), jax.tree.leaves(restored)
+  assert len(leaves) == len(restored_leaves) > 0
+  for a, b in zip(leaves, restored_leaves):
+    np.testing.assert_array_equal(raw(a), raw(b))
+  assert "state" not in json.loads((tmp_path / "results.json").read_text())
