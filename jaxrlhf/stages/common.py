@@ -27,7 +27,6 @@ from jaxrlhf.models import lora as lora_lib
 from jaxrlhf.parallel import distributed
 from jaxrlhf.parallel import make_mesh
 from jaxrlhf.parallel.sharding import batch_shards
-from jaxrlhf.train import checkpoint as checkpoint_lib
 from jaxrlhf.train import scoring
 from jaxrlhf.train import state as state_lib
 
@@ -266,18 +265,6 @@ def policy_setup(model_config: Any, pretrained: dict | None, optimizer: Any, see
 
   return setup._replace(init=init)
 
-
-def final_state(setup: state_lib.StateSetup, results: dict) -> state_lib.TrainState:
-  """The trained state: the one `loop.train` returns with its results, or else (results read from a file) the last
-  checkpoint the loop wrote, restored. The two are equal: the loop checkpoints its final step."""
-  if results.get("state") is not None:
-    return results["state"]
-  ckpt = checkpoint_lib.Checkpointer(results["checkpoint_dir"], async_save=False)
-  try:
-    state, _ = ckpt.restore(setup.abstract)
-  finally:
-    ckpt.close()
-  return state
 
 # ------------------------------------------------------------------------------------------------ outputs
 def stage_outputs(results: Mapping[str, Any], **extra: Any) -> dict:

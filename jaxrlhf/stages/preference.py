@@ -592,7 +592,7 @@ def run(cfg: PreferenceConfig, workdir: str, inputs: dict) -> dict:
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None, run_config=dataclasses.asdict(cfg))
   adapter_dir = os.path.join(workdir, "adapters") if lora else None
-  model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
+  model_dir = artifacts.save_policy(setup, results["state"], os.path.join(workdir, "model"),
                                     prefix="policy" if resident and not lora else "", tokenizer=tokenizer,
                                     adapter_dir=adapter_dir)
   if extra_metrics:

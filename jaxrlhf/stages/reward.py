@@ -447,7 +447,7 @@ def run(cfg: RewardConfig, workdir: str, inputs: dict) -> dict:
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn,
                            run_config=dataclasses.asdict(cfg))
-  state = common.final_state(setup, results)
+  state = results["state"]
   model = nnx.merge(setup.graphdef, state.params, state.extra)
   rm_dir = artifacts.save_reward_model(os.path.join(workdir, "rm"), model_config, head, cfg.num_members,
                                        nnx.state(model), lora=lora, tokenizer=tokenizer)

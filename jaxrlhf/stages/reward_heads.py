@@ -430,7 +430,7 @@ def run(cfg: RewardHeadsConfig, workdir: str, inputs: dict) -> dict:
                            mesh=mesh, batch_shardings=batch_sharding(mesh, axis=1), eval_fn=eval_fn,
                            run_config=dataclasses.asdict(cfg))
   heads_s = time.time() - start
-  state = common.final_state(setup, results)
+  state = results["state"]
   rm_dir = save_heads(os.path.join(workdir, "rm"), model_config, head, backbone, nnx.to_pure_dict(state.params),
                       tokenizer)
   metrics = {**results["metrics"], "time/features_s": round(features_s, 2),

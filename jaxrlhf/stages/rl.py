@@ -1346,7 +1346,7 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
     errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
     raise
   adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
-  model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
+  model_dir = artifacts.save_policy(setup, results["state"], os.path.join(workdir, "model"),
                                     prefix="policy", tokenizer=tokenizer, adapter_dir=adapter_dir)
   extra = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
   # Text rewards' outcome counts (e.g. SQL queries the time limit stopped), rows scored by this process.

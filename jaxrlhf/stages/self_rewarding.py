@@ -254,7 +254,7 @@ def _train_iteration(cfg: SelfRewardingConfig, t: int, policy_path: str, records
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, run_config=dataclasses.asdict(cfg))
   adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
-  return artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
+  return artifacts.save_policy(setup, results["state"], os.path.join(workdir, "model"),
                                tokenizer=tokenizer, adapter_dir=adapter_dir)
 
 

@@ -105,7 +105,7 @@ def run(cfg: SFTConfig, workdir: str, inputs: dict) -> dict:
   results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                            mesh=mesh, eval_fn=eval_fn if batches else None, run_config=dataclasses.asdict(cfg))
   adapter_dir = os.path.join(workdir, "adapters") if cfg.model.lora else None
-  model_dir = artifacts.save_policy(setup, common.final_state(setup, results), os.path.join(workdir, "model"),
+  model_dir = artifacts.save_policy(setup, results["state"], os.path.join(workdir, "model"),
                                     tokenizer=tokenizer, adapter_dir=adapter_dir)
   extra = {} if adapter_dir is None else {"adapter_dir": adapter_dir}
   return common.stage_outputs(results, model_dir=model_dir, data_report=report, **extra)

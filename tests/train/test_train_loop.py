@@ -257,7 +257,7 @@ def _dropout_loop(workdir, num_steps, checkpoint_every):
 
 @pytest.mark.parametrize("resumed", [False, True])
 def test_the_returned_state_is_the_last_checkpoints(tmp_path, resumed):
-  """train() hands back the trained state, so a stage needs no read-back (common.final_state): it is bit-equal to the
+  """train() hands back the trained state, so a stage needs no read-back: it is bit-equal to the
   last checkpoint, also when num_steps is not a multiple of checkpoint_every and when a re-run has nothing left to
   train (its state is the restored one); results.json does not hold it."""
   out, restored = _dropout_loop(tmp_path, 5, 2)
