@@ -14,7 +14,9 @@ and `rollout` holds `prompt_ids` / `prompt_mask` (R, P) left-padded, `tokens` / 
 (the end token included) and `prompt_index` (R,) int32, the row's index in the host-side prompt table.
 Jittable sources (reward model, gold) run as XLA; text rewards run on the host through `jax.pure_callback` on the
 prompt texts, the decoded completions and the prompt table's columns (`PromptTable`), so the step stays one jitted
-program. A text reward returns NaN for "not scorable" (None in the function): a NaN term counts 0 in the weighted
+program; or, where the rollout already holds their scores (`host_scores` under `host_score_key(label)`, computed on
+the host before the program runs: the rl stage's `host_scored_rollouts`), they read those, and the program holds no
+host callback (XLA's persistent compilation cache keeps no program with one). A text reward returns NaN for "not scorable" (None in the function): a NaN term counts 0 in the weighted
 sum, as TRL sums its reward functions, and the fraction of such rows is logged (`reward/<name>/unscored`). A text
 reward with outcome counts (`rewards.outcomes`: e.g. SQL queries the time limit stopped) keeps them on the host;
 the stages report them at the end (`report_outcomes`).
@@ -243,6 +245,14 @@ def follow_up_options(options: Mapping[str, Any], path: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ sources
 Rollout = Mapping[str, jax.Array]
 Score = Callable[[Mapping[str, Any], Rollout], jax.Array]
+# A text reward's host side: (tokens (R, N), mask (R, N), prompt_index (R,)) numpy -> float32 (R,), NaN = not scorable.
+HostScore = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+HOST_SCORE_PREFIX = "host_score:"
+
+
+def host_score_key(label: str) -> str:
+  """The rollout key under which a text reward's host-computed scores (R,) replace its `jax.pure_callback`."""
+  return HOST_SCORE_PREFIX + label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,14 +261,31 @@ class RewardSource:
   means "not scorable" (`unscored_is_nan`), any other source's NaN is an error the NaN guard must see.
   `token_score(models, rollout) -> (R, N)`, where set (the process reward), places the score on the response tokens
   (its row sums are `score`), for PPO's per-token returns. `outcomes`: {name: the host-side outcome counter of a
-  text reward function the source calls} (`rewards.outcomes`; empty for sources without one)."""
+  text reward function the source calls} (`rewards.outcomes`; empty for sources without one).
+  `host`: {rollout key: HostScore} of the text rewards `score` calls (a text reward: one; a hybrid: one per rule):
+  when the rollout holds those keys (`host_scores`), `score` reads them instead of calling back to the host, so the
+  program that scores holds no host callback (XLA's persistent cache keeps no program with one)."""
   label: str
   weight: float
   score: Score
   unscored_is_nan: bool = False
   token_score: Score | None = None
   outcomes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  host: Mapping[str, HostScore] = dataclasses.field(default_factory=dict)
 
+
+def host_functions(sources: Sequence[RewardSource]) -> dict[str, HostScore]:
+  """{rollout key: HostScore} of every text reward the sources call (empty: every source runs in XLA)."""
+  return {key: fn for s in sources for key, fn in s.host.items()}
+
+
+def host_scores(functions: Mapping[str, HostScore], tokens_RxN: Any, mask_RxN: Any, prompt_index_R: Any
+                ) -> dict[str, np.ndarray]:
+  """{rollout key: float32 (R,)}: each text reward of `host_functions` on the completions (tokens / mask (R, N),
+  right-padded, the end token included) of the prompt-table rows prompt_index_R, computed here on the host; put
+  into the rollout, they stand in for the sources' callbacks."""
+  tokens, mask, index = np.asarray(tokens_RxN), np.asarray(mask_RxN), np.asarray(prompt_index_R)
+  return {key: np.asarray(fn(tokens, mask, index), np.float32) for key, fn in functions.items()}
 
 def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
   ids = jnp.concatenate([rollout["prompt_ids"], rollout["tokens"]], axis=1).astype(jnp.int32)
@@ -502,15 +529,18 @@ class CallbackErrors:
 
   def reraise_from(self, error: BaseException) -> None:
     """Raises the remembered exception (chained to `error`, XLA's report of it) if there is one."""
-    if self.error is not None:
+    if self.error is not None and self.error is not error:  # A host-side call raised it directly: no wrapper.
       raise self.error from error
 
 
 def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label: str,
-               errors: CallbackErrors | None = None) -> Score:
-  """A text reward as a jittable score: a `jax.pure_callback` that decodes the completions and calls
-  `fn(prompts, completions, **columns)` on the rows' prompt texts and columns (`rewards.call_reward_function`:
-  float32 (R,), NaN where not scorable). An exception is remembered in `errors` before it propagates."""
+               errors: CallbackErrors | None = None) -> tuple[Score, HostScore]:
+  """A text reward as a jittable score and its host side: (score, host).
+
+  host(tokens, mask, index) decodes the completions and calls `fn(prompts, completions, **columns)` on the rows'
+  prompt texts and columns (`rewards.call_reward_function`: float32 (R,), NaN where not scorable); an exception is
+  remembered in `errors` before it propagates. score(models, rollout) returns the rollout's `host_score_key(label)`
+  entry where it holds one (computed beforehand by `host_scores`), else calls host through a `jax.pure_callback`."""
 
   function = text_rewards.describe(fn)
   # Messages name the source and, when the label does not already say it, the function behind it.
@@ -526,14 +556,18 @@ def text_score(fn: Callable[..., Any], tokenizer: Any, table: PromptTable, label
         errors.error = e
       raise
 
+  key = host_score_key(label)
+
   def score(models, rollout):
     del models
+    if key in rollout:
+      return jnp.asarray(rollout[key], jnp.float32)
     out = jax.ShapeDtypeStruct(rollout["prompt_index"].shape, jnp.float32)
     return jax.pure_callback(lambda t, m, i: np.asarray(host(np.asarray(t), np.asarray(m), np.asarray(i)),
                                                         np.float32),
                              out, rollout["tokens"], rollout["mask"], rollout["prompt_index"])
 
-  return score
+  return score, host
 
 
 def hybrid_score(model_score: Score, rule_scores: Sequence[Score], confidence_K: Sequence[float]) -> Score:
@@ -564,7 +598,7 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
     raise ValueError(f"rewards: source names must be distinct (set `name`), got {labels}")
   out = []
   for i, spec in enumerate(specs):
-    token_score, counters = None, {}
+    token_score, counters, host = None, {}, {}
     if spec.kind == "reward_model":
       stats = None
       if spec.standardize:
@@ -576,8 +610,11 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
       if table is None:
         raise ValueError(f"rewards[{i}]: kind 'hybrid' needs the prompt table (texts and columns) for its rules")
       rules = spec.hybrid_rules(f"rewards[{i}]")
-      rule_scores = [text_score(fn, tokenizer, table, f"{spec.label}.rules[{j}]", errors)
-                     for j, (fn, _) in enumerate(rules)]
+      rule_labels = [f"{spec.label}.rules[{j}]" for j in range(len(rules))]
+      rule_parts = [text_score(fn, tokenizer, table, rule_label, errors)
+                    for rule_label, (fn, _) in zip(rule_labels, rules)]
+      rule_scores = [score for score, _ in rule_parts]
+      host = {host_score_key(rule_label): host_fn for rule_label, (_, host_fn) in zip(rule_labels, rule_parts)}
       counters = {f"{spec.label}.rules[{j}]": text_rewards.outcomes_of(fn) for j, (fn, _) in enumerate(rules)}
       score = hybrid_score(reward_model_score(f"rm_{i}", spec.aggregation, spec.lam), rule_scores,
                            [c for _, c in rules])
@@ -602,10 +639,11 @@ def build_sources(specs: Sequence[RewardSourceSpec], *, world: Any = None, token
       if table is None:
         raise ValueError(f"rewards[{i}]: kind {spec.kind!r} needs the prompt table (texts and columns)")
       fn = spec.text_reward(f"rewards[{i}]")
-      score = text_score(fn, tokenizer, table, spec.label, errors)
+      score, host_fn = text_score(fn, tokenizer, table, spec.label, errors)
+      host = {host_score_key(spec.label): host_fn}
       counters = {spec.label: text_rewards.outcomes_of(fn)}
     out.append(RewardSource(spec.label, float(spec.weight), score, spec.kind not in MODEL_KINDS + (HYBRID,),
-                            token_score, {k: v for k, v in counters.items() if v is not None}))
+                            token_score, {k: v for k, v in counters.items() if v is not None}, host))
   return out
 
 

@@ -17,6 +17,10 @@ Design: ONE jitted program per loop step does the whole iteration, so sampling a
      PPO-clipped surrogate with the rollout's old log-probs, or a named GRPO variant's objective (`loss.variant`:
      Dr. GRPO, DAPO, GSPO, GSPO-token, CISPO from `losses.policy_variants`).
 One loop step is therefore one rollout batch and mu optimizer updates (`state.step` counts the updates).
+With text rewards (Python functions) the stage runs 1-2 in two programs around the host instead: `host_scored_rollouts`
+samples the rollout (`sample`, same key), scores it with the text rewards on the host and hands both to the step,
+whose `rollout` then reads them; the step computes what it computes with the rewards as callbacks, to the bit, and
+holds no host callback, which XLA's persistent cache refuses to keep (several processes keep the callbacks).
 
 PPO (loss.algorithm "ppo", `make_ppo_step`) replaces 3-4: the value model (a head on the policy's backbone, or a
 critic initialized from a reward model) predicts V per response token; `losses.ppo.ppo_advantages` turns the
@@ -53,10 +57,11 @@ holds its current value and a resumed run continues exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,6 +110,10 @@ ONLINE_DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "nca_pair", "bco_pair", "spp
                          "discopop", "sigmoid_norm")
 TIES = ("mask", "first")
 OLD_LOGPS = ("auto", "rollout")
+# Prompt-batch keys of a rollout sampled before the step (`host_scored_rollouts`), and the prefix of the text rewards'
+# scores on the GRPO-S demonstrations.
+SAMPLED_TOKENS, SAMPLED_MASK, SAMPLED_LENGTHS = "sampled_tokens", "sampled_mask", "sampled_lengths"
+DEMO_PREFIX = "demo/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -924,14 +933,16 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   """
   g = num_samples or loss.num_generations
   score_temperature = rollout_score_temperature(loss, sampling)
-  gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
-                 rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
-                 top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id,
-                 num_samples=g, cache_bucket=sampling.cache_bucket,
-                 tokens_per_iteration=sampling.tokens_per_iteration)
+  if SAMPLED_TOKENS in prompts:  # Sampled beforehand by `sample` (`host_scored_rollouts`), with this key.
+    gen = SampledRollout(prompts[SAMPLED_TOKENS], prompts[SAMPLED_MASK], prompts[SAMPLED_LENGTHS])
+  else:
+    gen = sample(model, prompts, rng, loss=loss, sampling=sampling, eos_ids=eos_ids, pad_id=pad_id,
+                 num_samples=num_samples)
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
                mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
+  host_keys = [k for k in prompts if k.startswith(rewards_lib.HOST_SCORE_PREFIX)]
+  batch.update({k: prompts[k] for k in host_keys})  # text rewards computed on the host (`host_scored_rollouts`)
   valid = (gen.mask > 0).astype(jnp.float32)
   tokens = jnp.sum(valid)
   # completion_length counts the end token (TRL's convention); length counts the tokens before it (gold's n).
@@ -945,6 +956,8 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   elif loss.kl_mode == "reward":
     raise ValueError("rollout: kl_mode 'reward' needs the policy's log-probs in the rollout (policy_logps=True)")
   total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
+  for k in host_keys:  # read: the batch goes on as in a rollout scored by callbacks
+    del batch[k]
   task_total = total
   for source in sources:
     r = per_source[source.label]
@@ -989,6 +1002,63 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   return batch, metrics
 
 
+class SampledRollout(NamedTuple):
+  """The completions of a rollout: tokens / mask (R, N) right-padded (the end token included), lengths (R,)."""
+  tokens: jax.Array
+  mask: jax.Array
+  lengths: jax.Array
+
+
+def sample(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, loss: RLLossConfig,
+           sampling: SamplingConfig, eos_ids: tuple[int, ...], pad_id: int, num_samples: int | None = None
+           ) -> SampledRollout:
+  """The rollout's completions: num_samples (default loss.num_generations) per prompt, prompt-major rows, from the
+  policy with `sampling`'s settings; `rollout` calls it, or takes its result from the prompt batch."""
+  gen = generate(model.policy, prompts["prompt_ids"], prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
+                 rng=rng, temperature=sampling.temperature, top_k=sampling.top_k or None,
+                 top_p=sampling.top_p if sampling.top_p < 1.0 else None, eos_ids=eos_ids, pad_id=pad_id,
+                 num_samples=num_samples or loss.num_generations, cache_bucket=sampling.cache_bucket,
+                 tokens_per_iteration=sampling.tokens_per_iteration)
+  return SampledRollout(gen.tokens, gen.mask, gen.lengths)
+
+
+def host_scored_rollouts(graphdef: nnx.GraphDef, cfg: RLConfig, functions: Mapping[str, rewards_lib.HostScore],
+                         sharding: Any, *, eos_ids: tuple[int, ...], pad_id: int, loss: RLLossConfig | None = None,
+                         key_fn: Callable[[state_lib.TrainState], jax.Array] | None = None, num_samples: int | None = None
+                         ) -> Callable[[state_lib.TrainState, dict[str, Any]], dict[str, Any]]:
+  """The host phase of a step whose reward sources include text rewards: (state, prompt batch) -> the batch plus
+  the rollout's completions (`sample` in its own jitted program, under `key_fn(state)`, default `rollout_key`) and
+  the text rewards' scores on them, computed here (`reward_sources.host_scores`; with GRPO-S, on the prompts'
+  demonstrations too). The step's `rollout` then reads them instead of sampling and calling back to the host, so
+  neither program holds a host callback and XLA's persistent cache keeps both (a program with a callback is compiled
+  again in every process: for SmolLM2's GRPO step on this 2-core CPU about 10 s a run). The step computes what it
+  computed with the callbacks, from the same key and the same state. `sharding`: where the new entries go (the
+  step's batch sharding)."""
+  loss = loss or cfg.loss
+  key_fn = key_fn or rollout_key
+
+  @functools.partial(jax.jit, out_shardings=sharding)
+  def sample_program(state, prompts):
+    model = nnx.merge(graphdef, state.params, state.extra)
+    return sample(model, prompts, key_fn(state), loss=loss, sampling=cfg.sampling, eos_ids=eos_ids, pad_id=pad_id,
+                  num_samples=num_samples)
+
+  def prepare(state, prompts):
+    prompts_only = {k: prompts[k] for k in ("prompt_ids", "prompt_mask")}
+    gen = sample_program(state, prompts_only)
+    g = gen.tokens.shape[0] // prompts["prompt_ids"].shape[0]
+    index_R = np.repeat(np.asarray(prompts["prompt_index"]), g)
+    scores = rewards_lib.host_scores(functions, gen.tokens, gen.mask, index_R)
+    if "reference_tokens" in prompts:  # GRPO-S scores the demonstrations with the same sources
+      demo = rewards_lib.host_scores(functions, prompts["reference_tokens"], prompts["reference_mask"],
+                                     prompts["prompt_index"])
+      scores.update({DEMO_PREFIX + k: v for k, v in demo.items()})
+    return {**prompts, SAMPLED_TOKENS: gen.tokens, SAMPLED_MASK: gen.mask, SAMPLED_LENGTHS: gen.lengths,
+            **jax.device_put(scores, sharding)}
+
+  return prepare
+
+
 def grpo_s_advantages(loss: RLLossConfig, model: RLModel, prompts: dict[str, jax.Array], batch: dict[str, jax.Array],
                       task_rewards_R: jax.Array, sources: Sequence[rewards_lib.RewardSource], group_size: int
                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -1000,6 +1070,7 @@ def grpo_s_advantages(loss: RLLossConfig, model: RLModel, prompts: dict[str, jax
   demo = {"prompt_ids": prompts["prompt_ids"], "prompt_mask": prompts["prompt_mask"],
           "tokens": prompts["reference_tokens"], "mask": prompts["reference_mask"],
           "prompt_index": prompts["prompt_index"]}
+  demo.update({k[len(DEMO_PREFIX):]: v for k, v in prompts.items() if k.startswith(DEMO_PREFIX)})
   demo_rewards, _ = rewards_lib.combined_rewards(sources, model.reward_models(), demo)
   rep = lambda x: jnp.repeat(x, group_size, axis=0)  # noqa: E731
   gaps = jax.lax.stop_gradient(task_rewards_R - rep(demo_rewards))
@@ -1271,16 +1342,25 @@ def _eval_fn(cfg: RLConfig, setup: state_lib.StateSetup, sources, held_out: inpu
   eval_loss = dataclasses.replace(cfg.loss, num_generations=1, difficulty_scaling="none", dynamic_sampling=False,
                                   oversample=1, token_rewards=False)
 
+  key = lambda state: jax.random.PRNGKey(cfg.seed + 1)  # noqa: E731  the same samples at every eval
+
   @jax.jit
-  def evaluate(state):
+  def evaluate(state, sampled):
     model = nnx.merge(setup.graphdef, state.params, state.extra)
-    _, m = rollout(model, prompts, jax.random.PRNGKey(cfg.seed + 1), loss=eval_loss, sampling=cfg.sampling,
+    _, m = rollout(model, {**prompts, **sampled}, key(state), loss=eval_loss, sampling=cfg.sampling,
                    sources=sources, eos_ids=eos_ids, pad_id=pad_id, world=world, num_samples=1)
     return {k: v for k, v in m.items()
             if k.startswith(("reward/", "gold", "kl", "completion_length", "repeat_rate")) or k == "length"}
 
+  functions = rewards_lib.host_functions(sources) if jax.process_count() == 1 else {}
+  prepare = host_scored_rollouts(setup.graphdef, cfg, functions, None, eos_ids=eos_ids, pad_id=pad_id,
+                                 loss=eval_loss, key_fn=key, num_samples=1) if functions else None
+
   def eval_fn(state):
-    return {k: float(v) for k, v in jax.device_get(evaluate(state)).items()}
+    sampled = {}
+    if prepare is not None:  # text rewards: sampled and scored before the program that evaluates (no callback)
+      sampled = {k: v for k, v in prepare(state, prompts).items() if k not in prompts}
+    return {k: float(v) for k, v in jax.device_get(evaluate(state, sampled)).items()}
 
   return eval_fn
 
@@ -1338,10 +1418,15 @@ def run(cfg: RLConfig, workdir: str, inputs: dict) -> dict:
                                                member_stats=member_stats, errors=errors)
     eval_fn = _eval_fn(cfg, setup, eval_sources, held_out, world, eos_ids, pad_id)
   replicated = NamedSharding(mesh, P())  # Prompt batches are tiny; R rows need not divide the mesh.
+  # Text rewards: each step's rollout is sampled and scored on the host before the step program (no host callback
+  # in it, so XLA's persistent cache keeps it). Several processes keep the callbacks inside the step.
+  functions = rewards_lib.host_functions(sources) if jax.process_count() == 1 else {}
+  prepare_fn = host_scored_rollouts(setup.graphdef, cfg, functions, replicated, eos_ids=eos_ids,
+                                    pad_id=pad_id) if functions else None
   try:
     results = loop_lib.train(config=cfg.loop, workdir=workdir, setup=setup, step_fn=step_fn, data_iter=data_iter,
                              mesh=mesh, batch_shardings=replicated, eval_fn=eval_fn,
-                             run_config=dataclasses.asdict(cfg))
+                             run_config=dataclasses.asdict(cfg), prepare_fn=prepare_fn)
   except Exception as e:  # pylint: disable=broad-except
     errors.reraise_from(e)  # A reward function's own error, not XLA's report of it.
     raise

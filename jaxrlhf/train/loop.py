@@ -97,7 +97,8 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
           step_fn: Callable[[state_lib.TrainState, Any], tuple[state_lib.TrainState, dict[str, Any]]],
           data_iter: DataIterator, mesh: Mesh | None = None, batch_shardings: Any = None,
           eval_fn: Callable[[state_lib.TrainState], dict[str, float]] | None = None,
-          run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          run_config: Mapping[str, Any] | None = None,
+          prepare_fn: Callable[[state_lib.TrainState, Any], Any] | None = None) -> dict[str, Any]:
   """Runs (or resumes) training to `config.num_steps` updates and writes `workdir/results.json`.
 
   Args:
@@ -115,6 +116,9 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
     run_config: the stage's settings (a JSON-able dict), recorded with each checkpoint: resuming under changed
       settings warns with what changed (`Checkpointer`); a changed train-state layout is reported as a config
       change whether or not this is given.
+    prepare_fn: (state, batch) -> the batch the step gets, run on the host before each step with the state the
+      step gets (placed batch in, placed batch out): work that must not sit inside the step program, such as the
+      RL stage's text rewards (`stages.rl.host_scored_rollouts`).
 
   Returns:
     The results dict also written to results.json: final step, last train window and eval metrics,
@@ -165,14 +169,14 @@ def train(*, config: LoopConfig, workdir: str, setup: state_lib.StateSetup,
     all_finite = jax.jit(state_lib.tree_all_finite)
     process_local = bool(getattr(data_iter, "process_local", False))
     return _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn, ckpt, writer,
-                start_time, batch_shardings, process_local)
+                start_time, batch_shardings, process_local, prepare_fn)
   finally:
     writer.close()
     ckpt.close()
 
 
 def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn, ckpt, writer,
-         start_time, batch_shardings, process_local) -> dict[str, Any]:
+         start_time, batch_shardings, process_local, prepare_fn=None) -> dict[str, Any]:
   """The step loop proper (see `train`)."""
   last = config.num_steps
   window = metrics_lib.Window()
@@ -187,6 +191,8 @@ def _run(config, workdir, state, start, jit_step, all_finite, data_iter, eval_fn
   compiled_for: set = set()
   for step in range(start + 1, last + 1):
     batch = _global_batch(next(data_iter), batch_shardings, process_local)
+    if prepare_fn is not None:
+      batch = prepare_fn(state, batch)
     if jax.process_count() > 1:
       _compile_together(jit_step, state, batch, compiled_for)
     state, step_metrics = jit_step(state, batch)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -58,16 +59,27 @@ def _train_lines(workdir):
     return {d["step"]: d for d in map(json.loads, f) if "train/loss" in d}
 
 
+# The text rewards the grpo_run traced as host callbacks (jax.pure_callback) into its programs.
+GRPO_RUN_CALLBACKS = []
+
+
 @pytest.fixture(scope="module")
 def grpo_run(assets, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("grpo"))
-  return rl.run(_rl_config(assets), workdir, {}), workdir
+  with pytest.MonkeyPatch.context() as patch:
+    original = jax.pure_callback
+    patch.setattr(jax, "pure_callback", lambda *a, **k: GRPO_RUN_CALLBACKS.append(a[0]) or original(*a, **k))
+    out = rl.run(_rl_config(assets), workdir, {})
+  return out, workdir
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_rl_trains_on_prompt_files(assets, grpo_run, tmp_path, algorithm):
   if algorithm == "grpo":
     out, workdir = grpo_run
+    # The text rewards were scored on the host before each step and the eval (`rl.host_scored_rollouts`): no program
+    # of the run calls back to the host, so XLA's persistent cache keeps them all.
+    assert not GRPO_RUN_CALLBACKS
   else:
     workdir = str(tmp_path / "rloo")
     out = rl.run(_rl_config(assets, "rloo", steps=2), workdir, {})
