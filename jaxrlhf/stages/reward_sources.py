@@ -16,10 +16,11 @@ Jittable sources (reward model, gold) run as XLA; text rewards run on the host t
 prompt texts, the decoded completions and the prompt table's columns (`PromptTable`), so the step stays one jitted
 program; or, where the rollout already holds their scores (`host_scores` under `host_score_key(label)`, computed on
 the host before the program runs: the rl stage's `host_scored_rollouts`), they read those, and the program holds no
-host callback (XLA's persistent compilation cache keeps no program with one). A text reward returns NaN for "not scorable" (None in the function): a NaN term counts 0 in the weighted
-sum, as TRL sums its reward functions, and the fraction of such rows is logged (`reward/<name>/unscored`). A text
-reward with outcome counts (`rewards.outcomes`: e.g. SQL queries the time limit stopped) keeps them on the host;
-the stages report them at the end (`report_outcomes`).
+host callback (XLA's persistent compilation cache keeps no program with one). A text reward returns NaN for "not
+scorable" (None in the function): a NaN term counts 0 in the weighted sum, as TRL sums its reward functions, and
+the fraction of such rows is logged (`reward/<name>/unscored`). A text reward with outcome counts
+(`rewards.outcomes`: e.g. SQL queries the time limit stopped) keeps them on the host; the stages report them at the
+end (`report_outcomes`).
 """
 
 from __future__ import annotations
@@ -286,6 +287,7 @@ def host_scores(functions: Mapping[str, HostScore], tokens_RxN: Any, mask_RxN: A
   into the rollout, they stand in for the sources' callbacks."""
   tokens, mask, index = np.asarray(tokens_RxN), np.asarray(mask_RxN), np.asarray(prompt_index_R)
   return {key: np.asarray(fn(tokens, mask, index), np.float32) for key, fn in functions.items()}
+
 
 def _concat(rollout: Rollout) -> tuple[jax.Array, jax.Array]:
   ids = jnp.concatenate([rollout["prompt_ids"], rollout["tokens"]], axis=1).astype(jnp.int32)

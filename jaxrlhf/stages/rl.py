@@ -1024,14 +1024,15 @@ def sample(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, los
 
 def host_scored_rollouts(graphdef: nnx.GraphDef, cfg: RLConfig, functions: Mapping[str, rewards_lib.HostScore],
                          sharding: Any, *, eos_ids: tuple[int, ...], pad_id: int, loss: RLLossConfig | None = None,
-                         key_fn: Callable[[state_lib.TrainState], jax.Array] | None = None, num_samples: int | None = None
+                         key_fn: Callable[[state_lib.TrainState], jax.Array] | None = None,
+                         num_samples: int | None = None
                          ) -> Callable[[state_lib.TrainState, dict[str, Any]], dict[str, Any]]:
   """The host phase of a step whose reward sources include text rewards: (state, prompt batch) -> the batch plus
   the rollout's completions (`sample` in its own jitted program, under `key_fn(state)`, default `rollout_key`) and
   the text rewards' scores on them, computed here (`reward_sources.host_scores`; with GRPO-S, on the prompts'
   demonstrations too). The step's `rollout` then reads them instead of sampling and calling back to the host, so
   neither program holds a host callback and XLA's persistent cache keeps both (a program with a callback is compiled
-  again in every process: for SmolLM2's GRPO step on this 2-core CPU about 10 s a run). The step computes what it
+  again in every process: SmolLM2's GRPO step, about 10 s a run on a 2-core CPU). The step computes what it
   computed with the callbacks, from the same key and the same state. `sharding`: where the new entries go (the
   step's batch sharding)."""
   loss = loss or cfg.loss
