@@ -941,8 +941,6 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
   rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731  prompt-major rows, like generate's output
   batch = dict(prompt_ids=rep(prompts["prompt_ids"]), prompt_mask=rep(prompts["prompt_mask"]), tokens=gen.tokens,
                mask=gen.mask, prompt_index=rep(prompts["prompt_index"]))
-  host_keys = [k for k in prompts if k.startswith(rewards_lib.HOST_SCORE_PREFIX)]
-  batch.update({k: prompts[k] for k in host_keys})  # text rewards computed on the host (`host_scored_rollouts`)
   valid = (gen.mask > 0).astype(jnp.float32)
   tokens = jnp.sum(valid)
   # completion_length counts the end token (TRL's convention); length counts the tokens before it (gold's n).
@@ -955,9 +953,9 @@ def rollout(model: RLModel, prompts: dict[str, jax.Array], rng: jax.Array, *, lo
     metrics["entropy"] = metrics_lib.Avg(jnp.sum(entropy), tokens)
   elif loss.kl_mode == "reward":
     raise ValueError("rollout: kl_mode 'reward' needs the policy's log-probs in the rollout (policy_logps=True)")
-  total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), batch)
-  for k in host_keys:  # read: the batch goes on as in a rollout scored by callbacks
-    del batch[k]
+  # Text rewards computed on the host (`host_scored_rollouts`) are read by their sources, not kept in the batch.
+  host = {k: v for k, v in prompts.items() if k.startswith(rewards_lib.HOST_SCORE_PREFIX)}
+  total, per_source = rewards_lib.combined_rewards(sources, model.reward_models(), {**batch, **host})
   task_total = total
   for source in sources:
     r = per_source[source.label]
